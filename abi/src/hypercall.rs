@@ -1,0 +1,95 @@
+//! Hypercall numbers and the meaning of each call's arguments.
+//!
+//! See the crate documentation for the register convention. Arguments are
+//! named `a0`..`a4` below for `rdi`, `rsi`, `rdx`, `r10`, `r8`.
+
+/// Hypercall numbers, passed in `rax`.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Returns [`crate::ABI_VERSION`]. No arguments. Any domain.
+    Version = 0,
+    /// Writes bytes to the hypervisor's debug log (and its serial console).
+    /// `a0`: guest-physical address of the bytes, `a1`: length in bytes, at
+    /// most [`CONSOLE_WRITE_MAX`]. Returns the number of bytes written. Any
+    /// domain; lines are prefixed with the domain id in the log.
+    ConsoleWrite = 1,
+    /// Copies the most recent bytes of the hypervisor log into a buffer.
+    /// `a0`: guest-physical address of the buffer, `a1`: its length. Returns
+    /// the number of bytes copied (at most the log's capacity, 16 KiB).
+    /// dom0 only.
+    DmesgRead = 2,
+    /// Fills a [`crate::info::HvInfo`]. `a0`: guest-physical address of the
+    /// structure, `a1`: the size the caller allocated. The hypervisor writes
+    /// `min(a1, size_of::<HvInfo>())` bytes and returns the number written, so
+    /// callers built against an older, shorter structure keep working.
+    /// `a1` must be at least [`crate::info::HV_INFO_MIN_SIZE`]. Any domain.
+    HvInfo = 3,
+    /// Fills a [`crate::info::DomainInfo`] for domain `a0`. `a1`: guest-physical
+    /// address, `a2`: size allocated; sizes as for [`Hypercall::HvInfo`]. A
+    /// domain may ask about itself; only dom0 may ask about others.
+    DomainInfo = 4,
+    /// Does nothing and returns 0: the cheapest round trip, for benchmarks.
+    Null = 5,
+    /// Platform control, dom0 only. `a0`: a [`PlatformOp`]. Does not return on
+    /// success.
+    Platform = 6,
+}
+
+/// Number of hypercall numbers defined by this ABI version (they are dense).
+pub const HYPERCALL_COUNT: usize = 7;
+
+/// Longest write accepted by [`Hypercall::ConsoleWrite`] in one call.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+
+impl Hypercall {
+    /// Decodes a hypercall number from `rax`.
+    pub const fn from_number(number: u64) -> Option<Hypercall> {
+        Some(match number {
+            0 => Hypercall::Version,
+            1 => Hypercall::ConsoleWrite,
+            2 => Hypercall::DmesgRead,
+            3 => Hypercall::HvInfo,
+            4 => Hypercall::DomainInfo,
+            5 => Hypercall::Null,
+            6 => Hypercall::Platform,
+            _ => return None,
+        })
+    }
+}
+
+/// Operations of [`Hypercall::Platform`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformOp {
+    /// Turns the machine off (ACPI S5 where the firmware describes it).
+    PowerOff = 0,
+    /// Resets the machine.
+    Reboot = 1,
+}
+
+impl PlatformOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<PlatformOp> {
+        match number {
+            0 => Some(PlatformOp::PowerOff),
+            1 => Some(PlatformOp::Reboot),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_and_round_trip() {
+        for n in 0..HYPERCALL_COUNT as u64 {
+            let call = Hypercall::from_number(n).expect("dense numbering");
+            assert_eq!(call as u64, n);
+        }
+        assert_eq!(Hypercall::from_number(HYPERCALL_COUNT as u64), None);
+        assert_eq!(Hypercall::from_number(u64::MAX), None);
+    }
+}

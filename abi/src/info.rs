@@ -1,0 +1,261 @@
+//! Information structures filled by [`crate::Hypercall::HvInfo`] and
+//! [`crate::Hypercall::DomainInfo`].
+//!
+//! Both are versioned by size: the caller passes the size it allocated and
+//! the hypervisor fills that many bytes. New fields are only ever added at
+//! the end, so an older caller reads a valid prefix.
+
+use core::mem::{offset_of, size_of};
+
+/// Feature bits in [`HvInfo::features`]: the hardware virtualization features
+/// the hypervisor found and uses.
+pub mod feature {
+    /// Extended page tables (SDM 29.3): the domains' memory is partitioned by EPT.
+    pub const EPT: u64 = 1 << 0;
+    /// Virtual-processor identifiers (SDM 29.1): TLB entries tagged per vCPU.
+    pub const VPID: u64 = 1 << 1;
+    /// Unrestricted guest (SDM 26.6): guests may run unpaged or in real mode.
+    pub const UNRESTRICTED_GUEST: u64 = 1 << 2;
+    /// VMX-preemption timer (SDM 26.5.1): bounds how long a guest runs.
+    pub const PREEMPTION_TIMER: u64 = 1 << 3;
+    /// I/O bitmaps (SDM 25.6.4): per-port pass-through for dom0's devices.
+    pub const IO_BITMAPS: u64 = 1 << 4;
+    /// MSR bitmaps (SDM 25.6.9): per-MSR pass-through.
+    pub const MSR_BITMAPS: u64 = 1 << 5;
+    /// EPT accessed and dirty flags (SDM 29.3.5).
+    pub const EPT_ACCESSED_DIRTY: u64 = 1 << 6;
+    /// 2 MiB EPT pages.
+    pub const EPT_2M_PAGES: u64 = 1 << 7;
+
+    /// Names of the bits, lowest first, for display.
+    pub const NAMES: [(u64, &str); 8] = [
+        (EPT, "ept"),
+        (VPID, "vpid"),
+        (UNRESTRICTED_GUEST, "unrestricted-guest"),
+        (PREEMPTION_TIMER, "preemption-timer"),
+        (IO_BITMAPS, "io-bitmaps"),
+        (MSR_BITMAPS, "msr-bitmaps"),
+        (EPT_ACCESSED_DIRTY, "ept-ad"),
+        (EPT_2M_PAGES, "ept-2m"),
+    ];
+}
+
+/// Whole-hypervisor information. Written by hv, read by any domain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvInfo {
+    /// [`crate::ABI_VERSION`] of the running hypervisor.
+    pub abi_version: u32,
+    /// Number of domains that exist (any state).
+    pub domain_count: u32,
+    /// [`feature`] bits in use.
+    pub features: u64,
+    /// Physical memory managed by the hypervisor's frame allocator, in pages.
+    pub total_pages: u64,
+    /// Pages free in the frame allocator right now.
+    pub free_pages: u64,
+    /// Pages used by the hypervisor itself (its image, tables, per-CPU data).
+    pub hv_pages: u64,
+    /// Time-stamp counter frequency in kHz, 0 if unknown.
+    pub tsc_khz: u64,
+    /// TSC value when the hypervisor started.
+    pub boot_tsc: u64,
+    /// Number of physical CPUs the hypervisor runs on.
+    pub cpu_count: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+    /// Hypervisor version string, NUL-padded UTF-8 (for example `0.1.0`).
+    pub hv_version: [u8; 16],
+}
+
+/// The smallest size a caller may pass for [`HvInfo`] (ABI 0.1 layout).
+pub const HV_INFO_MIN_SIZE: u64 = size_of::<HvInfo>() as u64;
+
+const _: () = assert!(size_of::<HvInfo>() == 80);
+const _: () = assert!(offset_of!(HvInfo, abi_version) == 0);
+const _: () = assert!(offset_of!(HvInfo, domain_count) == 4);
+const _: () = assert!(offset_of!(HvInfo, features) == 8);
+const _: () = assert!(offset_of!(HvInfo, total_pages) == 16);
+const _: () = assert!(offset_of!(HvInfo, free_pages) == 24);
+const _: () = assert!(offset_of!(HvInfo, hv_pages) == 32);
+const _: () = assert!(offset_of!(HvInfo, tsc_khz) == 40);
+const _: () = assert!(offset_of!(HvInfo, boot_tsc) == 48);
+const _: () = assert!(offset_of!(HvInfo, cpu_count) == 56);
+const _: () = assert!(offset_of!(HvInfo, hv_version) == 64);
+
+/// Number of exit-reason counters in [`DomainInfo::exit_counts`]: VMX basic
+/// exit reasons 0..=78 (SDM Appendix C); index 79 counts any higher reason.
+pub const EXIT_REASON_SLOTS: usize = 80;
+
+/// State of a domain, in [`DomainInfo::state`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainState {
+    /// Runnable or running.
+    Running = 0,
+    /// Waiting for an event (halted or blocked).
+    Blocked = 1,
+    /// Paused by dom0.
+    Paused = 2,
+    /// Stopped by the hypervisor because it misbehaved; see the hv log.
+    Crashed = 3,
+    /// Shut itself down.
+    Shutdown = 4,
+}
+
+impl DomainState {
+    /// Decodes the state field.
+    pub const fn from_number(number: u32) -> Option<DomainState> {
+        Some(match number {
+            0 => DomainState::Running,
+            1 => DomainState::Blocked,
+            2 => DomainState::Paused,
+            3 => DomainState::Crashed,
+            4 => DomainState::Shutdown,
+            _ => return None,
+        })
+    }
+
+    /// Short name, as `xl list` would show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DomainState::Running => "running",
+            DomainState::Blocked => "blocked",
+            DomainState::Paused => "paused",
+            DomainState::Crashed => "crashed",
+            DomainState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Per-domain information. Written by hv.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// The domain's id.
+    pub domain_id: u32,
+    /// A [`DomainState`] value.
+    pub state: u32,
+    /// Pages the domain owns now.
+    pub current_pages: u64,
+    /// Most pages the domain may own.
+    pub max_pages: u64,
+    /// Number of vCPUs.
+    pub vcpu_count: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+    /// TSC ticks the domain's vCPUs have run in non-root mode (approximate:
+    /// measured from VM entry to VM exit by the hypervisor).
+    pub cpu_time_tsc: u64,
+    /// Total VM exits of this domain.
+    pub exit_total: u64,
+    /// VM exits by VMX basic exit reason, see [`EXIT_REASON_SLOTS`].
+    pub exit_counts: [u64; EXIT_REASON_SLOTS],
+}
+
+impl Default for DomainInfo {
+    fn default() -> Self {
+        DomainInfo {
+            domain_id: 0,
+            state: 0,
+            current_pages: 0,
+            max_pages: 0,
+            vcpu_count: 0,
+            _reserved0: 0,
+            cpu_time_tsc: 0,
+            exit_total: 0,
+            exit_counts: [0; EXIT_REASON_SLOTS],
+        }
+    }
+}
+
+/// The smallest size a caller may pass for [`DomainInfo`] (ABI 0.1 layout).
+pub const DOMAIN_INFO_MIN_SIZE: u64 = size_of::<DomainInfo>() as u64;
+
+const _: () = assert!(size_of::<DomainInfo>() == 48 + 8 * EXIT_REASON_SLOTS);
+const _: () = assert!(offset_of!(DomainInfo, domain_id) == 0);
+const _: () = assert!(offset_of!(DomainInfo, state) == 4);
+const _: () = assert!(offset_of!(DomainInfo, current_pages) == 8);
+const _: () = assert!(offset_of!(DomainInfo, max_pages) == 16);
+const _: () = assert!(offset_of!(DomainInfo, vcpu_count) == 24);
+const _: () = assert!(offset_of!(DomainInfo, cpu_time_tsc) == 32);
+const _: () = assert!(offset_of!(DomainInfo, exit_total) == 40);
+const _: () = assert!(offset_of!(DomainInfo, exit_counts) == 48);
+
+/// Name of a VMX basic exit reason (SDM Appendix C), or `None` if unnamed.
+pub const fn exit_reason_name(reason: usize) -> Option<&'static str> {
+    Some(match reason {
+        0 => "exception-or-nmi",
+        1 => "external-interrupt",
+        2 => "triple-fault",
+        3 => "init",
+        4 => "sipi",
+        7 => "interrupt-window",
+        8 => "nmi-window",
+        9 => "task-switch",
+        10 => "cpuid",
+        11 => "getsec",
+        12 => "hlt",
+        13 => "invd",
+        14 => "invlpg",
+        15 => "rdpmc",
+        16 => "rdtsc",
+        17 => "rsm",
+        18 => "vmcall",
+        19..=27 => "vmx-instruction",
+        28 => "cr-access",
+        29 => "dr-access",
+        30 => "io-instruction",
+        31 => "rdmsr",
+        32 => "wrmsr",
+        33 => "entry-fail-guest-state",
+        34 => "entry-fail-msr-load",
+        36 => "mwait",
+        37 => "monitor-trap-flag",
+        39 => "monitor",
+        40 => "pause",
+        41 => "entry-fail-machine-check",
+        43 => "tpr-below-threshold",
+        44 => "apic-access",
+        45 => "virtualized-eoi",
+        46 => "gdtr-idtr-access",
+        47 => "ldtr-tr-access",
+        48 => "ept-violation",
+        49 => "ept-misconfig",
+        50 => "invept",
+        51 => "rdtscp",
+        52 => "preemption-timer",
+        53 => "invvpid",
+        54 => "wbinvd",
+        55 => "xsetbv",
+        56 => "apic-write",
+        57 => "rdrand",
+        58 => "invpcid",
+        59 => "vmfunc",
+        61 => "rdseed",
+        63 => "xsaves",
+        64 => "xrstors",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip() {
+        for n in 0..5 {
+            assert_eq!(DomainState::from_number(n).unwrap() as u32, n);
+        }
+        assert_eq!(DomainState::from_number(5), None);
+    }
+
+    #[test]
+    fn common_exit_reasons_are_named() {
+        assert_eq!(exit_reason_name(18), Some("vmcall"));
+        assert_eq!(exit_reason_name(10), Some("cpuid"));
+        assert_eq!(exit_reason_name(48), Some("ept-violation"));
+        assert_eq!(exit_reason_name(EXIT_REASON_SLOTS), None);
+    }
+}

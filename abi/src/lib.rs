@@ -1,0 +1,143 @@
+//! The Mica ABI: hypercall numbers and calling convention, error codes, the
+//! CPUID interface and every structure shared between hv, dom0 and guests.
+//!
+//! This crate is the specification that guest PV drivers are written against.
+//! Every shared structure is `#[repr(C)]` with fixed-width fields and explicit
+//! reserved padding, and its size and field offsets are asserted at compile
+//! time, so a layout can never change by accident.
+//!
+//! # Versioning
+//! [`ABI_VERSION`] is `major << 16 | minor`. A minor bump only adds: new
+//! hypercalls, new fields at the end of a structure that is passed with its
+//! size, new flag bits. A guest built against an older minor version of the
+//! same major keeps working. A major bump breaks compatibility. The hypervisor
+//! reports its version through [`hypercall::Hypercall::Version`] and CPUID leaf
+//! [`cpuid::LEAF_VERSION`]. `CHANGELOG.md` in this crate lists every change.
+//!
+//! # Calling convention
+//! A hypercall is the `vmcall` instruction with the hypercall number in `rax`
+//! and up to five arguments in `rdi`, `rsi`, `rdx`, `r10`, `r8`. The result is
+//! returned in `rax`: a non-negative value is success (its meaning depends on
+//! the call), a negative value is an [`Error`]. All other registers are
+//! preserved. Pointer arguments are guest-physical addresses of the calling
+//! domain; a buffer may cross page boundaries.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cpuid;
+pub mod hypercall;
+pub mod info;
+pub mod start_info;
+
+pub use hypercall::Hypercall;
+
+/// Major version of the ABI. Changes only when compatibility breaks.
+pub const ABI_VERSION_MAJOR: u16 = 0;
+/// Minor version of the ABI. Changes when something is added.
+pub const ABI_VERSION_MINOR: u16 = 1;
+/// The ABI version as one word: `major << 16 | minor`.
+pub const ABI_VERSION: u32 = (ABI_VERSION_MAJOR as u32) << 16 | ABI_VERSION_MINOR as u32;
+
+/// Splits an ABI version word into `(major, minor)`.
+pub const fn version_parts(version: u32) -> (u16, u16) {
+    ((version >> 16) as u16, version as u16)
+}
+
+/// Identifier of a domain. Domain 0 is the privileged driver domain.
+pub type DomainId = u32;
+
+/// The id of the privileged driver domain.
+pub const DOM0: DomainId = 0;
+
+/// Errors returned by hypercalls, as negative values in `rax`.
+///
+/// `0` and positive values mean success. The numbering is stable across minor
+/// versions; new codes are only added.
+#[repr(i64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The caller is not allowed to do this (for example a dom0-only call
+    /// made by a guest).
+    Permission = -1,
+    /// An argument has a value outside its documented range.
+    InvalidArgument = -2,
+    /// A guest-physical buffer is not entirely inside the caller's memory.
+    BadAddress = -3,
+    /// The hypercall number is not known to this hypervisor.
+    NoSuchHypercall = -4,
+    /// The hypervisor has no free memory for the request.
+    OutOfMemory = -5,
+    /// A buffer is too small for the smallest valid answer.
+    BufferTooSmall = -6,
+    /// The named object (domain, port, grant) does not exist.
+    NotFound = -7,
+    /// The object is in use or in a state that forbids the operation; retry
+    /// later or change its state first.
+    Busy = -8,
+}
+
+impl Error {
+    /// All error codes, for decoding and for tests.
+    pub const ALL: [Error; 8] = [
+        Error::Permission,
+        Error::InvalidArgument,
+        Error::BadAddress,
+        Error::NoSuchHypercall,
+        Error::OutOfMemory,
+        Error::BufferTooSmall,
+        Error::NotFound,
+        Error::Busy,
+    ];
+
+    /// The value placed in `rax`.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// Decodes a hypercall result: `Ok(value)` when non-negative.
+    pub fn decode(raw: i64) -> Result<u64, Error> {
+        if raw >= 0 {
+            return Ok(raw as u64);
+        }
+        Err(Error::ALL.iter().copied().find(|e| e.code() == raw).unwrap_or(Error::InvalidArgument))
+    }
+
+    /// A short lower-case description, for shells and logs.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Error::Permission => "permission denied",
+            Error::InvalidArgument => "invalid argument",
+            Error::BadAddress => "bad guest address",
+            Error::NoSuchHypercall => "no such hypercall",
+            Error::OutOfMemory => "out of memory",
+            Error::BufferTooSmall => "buffer too small",
+            Error::NotFound => "not found",
+            Error::Busy => "busy",
+        }
+    }
+}
+
+/// Size of a page, in bytes. All frame numbers in the ABI count these.
+pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_round_trips() {
+        assert_eq!(version_parts(ABI_VERSION), (ABI_VERSION_MAJOR, ABI_VERSION_MINOR));
+    }
+
+    #[test]
+    fn errors_decode_to_themselves() {
+        for e in Error::ALL {
+            assert!(e.code() < 0);
+            assert_eq!(Error::decode(e.code()), Err(e));
+        }
+        assert_eq!(Error::decode(0), Ok(0));
+        assert_eq!(Error::decode(42), Ok(42));
+        // Unknown negative codes decode to a generic error rather than panicking.
+        assert_eq!(Error::decode(-1000), Err(Error::InvalidArgument));
+    }
+}

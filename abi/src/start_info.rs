@@ -1,0 +1,205 @@
+//! The start-info page: what a domain is told when it starts.
+//!
+//! The hypervisor (for dom0) or the toolstack (for guests) writes one page of
+//! this layout into the domain's memory before its first instruction and
+//! passes its guest-physical address in `rdi`. The domain starts in 64-bit
+//! mode with paging on: the first [`StartInfo::identity_mapped_bytes`] of its
+//! guest-physical space are identity-mapped (virtual = guest-physical), except
+//! page 0, which is left unmapped to catch null pointers. `rsp` points at the
+//! top of a stack inside a [`MemoryKind::Stack`] region; interrupts are off.
+
+use core::mem::{offset_of, size_of};
+
+/// Value of [`StartInfo::magic`]: "MICASTRT" in little-endian bytes.
+pub const START_INFO_MAGIC: u64 = u64::from_le_bytes(*b"MICASTRT");
+
+/// Most memory regions a start-info page describes.
+pub const MAX_MEMORY_REGIONS: usize = 32;
+
+/// Longest command line, including its terminating NUL.
+pub const CMDLINE_SIZE: usize = 1024;
+
+/// What a guest-physical memory region holds.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Free RAM the domain may use as it likes.
+    Free = 1,
+    /// The domain's loaded kernel image.
+    Kernel = 2,
+    /// Boot structures: this page, the initial page tables and GDT. The domain
+    /// may reuse them once it has built its own.
+    Boot = 3,
+    /// The initial stack.
+    Stack = 4,
+    /// The initial ramdisk (read-only).
+    Ramdisk = 5,
+    /// Device memory or ports passed through to the domain (dom0 only).
+    Device = 6,
+}
+
+impl MemoryKind {
+    /// Decodes [`MemoryRegion::kind`].
+    pub const fn from_number(number: u32) -> Option<MemoryKind> {
+        Some(match number {
+            1 => MemoryKind::Free,
+            2 => MemoryKind::Kernel,
+            3 => MemoryKind::Boot,
+            4 => MemoryKind::Stack,
+            5 => MemoryKind::Ramdisk,
+            6 => MemoryKind::Device,
+            _ => return None,
+        })
+    }
+}
+
+/// One region of the domain's guest-physical address space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// Guest-physical start, page-aligned.
+    pub base: u64,
+    /// Length in bytes, a multiple of the page size.
+    pub size: u64,
+    /// A [`MemoryKind`] value.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+}
+
+const _: () = assert!(size_of::<MemoryRegion>() == 24);
+const _: () = assert!(offset_of!(MemoryRegion, base) == 0);
+const _: () = assert!(offset_of!(MemoryRegion, size) == 8);
+const _: () = assert!(offset_of!(MemoryRegion, kind) == 16);
+
+/// The start-info page. Written by the domain builder, read by the domain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartInfo {
+    /// [`START_INFO_MAGIC`].
+    pub magic: u64,
+    /// [`crate::ABI_VERSION`] of the builder that wrote this page.
+    pub abi_version: u32,
+    /// This domain's id.
+    pub domain_id: u32,
+    /// Flags, see [`flags`].
+    pub flags: u64,
+    /// Bytes of guest-physical space identity-mapped by the initial page tables.
+    pub identity_mapped_bytes: u64,
+    /// Guest-physical address of the initial ramdisk (a tar archive), 0 if none.
+    pub ramdisk_base: u64,
+    /// Length of the ramdisk in bytes.
+    pub ramdisk_size: u64,
+    /// TSC frequency in kHz, 0 if unknown.
+    pub tsc_khz: u64,
+    /// Number of valid entries in [`StartInfo::memory_regions`].
+    pub memory_region_count: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+    /// The domain's memory map, sorted by base, non-overlapping.
+    pub memory_regions: [MemoryRegion; MAX_MEMORY_REGIONS],
+    /// The command line, UTF-8, NUL-terminated.
+    pub cmdline: [u8; CMDLINE_SIZE],
+}
+
+/// Bits of [`StartInfo::flags`].
+pub mod flags {
+    /// This is the privileged driver domain.
+    pub const PRIVILEGED: u64 = 1 << 0;
+}
+
+const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(size_of::<StartInfo>() <= crate::PAGE_SIZE as usize);
+const _: () = assert!(offset_of!(StartInfo, magic) == 0);
+const _: () = assert!(offset_of!(StartInfo, abi_version) == 8);
+const _: () = assert!(offset_of!(StartInfo, domain_id) == 12);
+const _: () = assert!(offset_of!(StartInfo, flags) == 16);
+const _: () = assert!(offset_of!(StartInfo, identity_mapped_bytes) == 24);
+const _: () = assert!(offset_of!(StartInfo, ramdisk_base) == 32);
+const _: () = assert!(offset_of!(StartInfo, ramdisk_size) == 40);
+const _: () = assert!(offset_of!(StartInfo, tsc_khz) == 48);
+const _: () = assert!(offset_of!(StartInfo, memory_region_count) == 56);
+const _: () = assert!(offset_of!(StartInfo, memory_regions) == 64);
+const _: () = assert!(offset_of!(StartInfo, cmdline) == 64 + 24 * MAX_MEMORY_REGIONS);
+
+impl StartInfo {
+    /// An empty start-info page with the magic and version set.
+    pub const fn new(domain_id: u32) -> StartInfo {
+        StartInfo {
+            magic: START_INFO_MAGIC,
+            abi_version: crate::ABI_VERSION,
+            domain_id,
+            flags: 0,
+            identity_mapped_bytes: 0,
+            ramdisk_base: 0,
+            ramdisk_size: 0,
+            tsc_khz: 0,
+            memory_region_count: 0,
+            _reserved0: 0,
+            memory_regions: [MemoryRegion { base: 0, size: 0, kind: 0, _reserved0: 0 }; MAX_MEMORY_REGIONS],
+            cmdline: [0; CMDLINE_SIZE],
+        }
+    }
+
+    /// Appends a memory region; `false` if the table is full.
+    pub fn push_region(&mut self, base: u64, size: u64, kind: MemoryKind) -> bool {
+        let index = self.memory_region_count as usize;
+        if index >= MAX_MEMORY_REGIONS {
+            return false;
+        }
+        self.memory_regions[index] = MemoryRegion { base, size, kind: kind as u32, _reserved0: 0 };
+        self.memory_region_count += 1;
+        true
+    }
+
+    /// The valid memory regions (an out-of-range count is clamped).
+    pub fn regions(&self) -> &[MemoryRegion] {
+        let count = (self.memory_region_count as usize).min(MAX_MEMORY_REGIONS);
+        &self.memory_regions[..count]
+    }
+
+    /// Sets the command line, truncating at a character boundary so that a
+    /// terminating NUL always fits.
+    pub fn set_cmdline(&mut self, text: &str) {
+        let mut end = text.len().min(CMDLINE_SIZE - 1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.cmdline = [0; CMDLINE_SIZE];
+        self.cmdline[..end].copy_from_slice(&text.as_bytes()[..end]);
+    }
+
+    /// The command line up to its NUL; empty if it is not valid UTF-8.
+    pub fn cmdline(&self) -> &str {
+        let len = self.cmdline.iter().position(|&b| b == 0).unwrap_or(CMDLINE_SIZE);
+        core::str::from_utf8(&self.cmdline[..len]).unwrap_or("")
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_truncates_on_char_boundary() {
+        let mut info = StartInfo::new(0);
+        let long = "é".repeat(CMDLINE_SIZE);
+        info.set_cmdline(&long);
+        assert!(info.cmdline().len() < CMDLINE_SIZE);
+        assert!(info.cmdline().chars().all(|c| c == 'é'));
+        info.set_cmdline("console=com1");
+        assert_eq!(info.cmdline(), "console=com1");
+    }
+
+    #[test]
+    fn regions_are_bounded() {
+        let mut info = StartInfo::new(3);
+        for i in 0..MAX_MEMORY_REGIONS as u64 {
+            assert!(info.push_region(i * 4096, 4096, MemoryKind::Free));
+        }
+        assert!(!info.push_region(0, 4096, MemoryKind::Free));
+        info.memory_region_count = u32::MAX;
+        assert_eq!(info.regions().len(), MAX_MEMORY_REGIONS);
+    }
+}

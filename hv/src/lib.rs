@@ -1,0 +1,7 @@
+//! The hardware-independent core of the Mica hypervisor.
+//!
+//! Everything here is plain logic over injected memory, free of unsafe code,
+//! so that it runs and is tested on the host (`cargo test -p hv`). The
+//! architecture code in the `hv` binary feeds it real memory.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
