@@ -5,3 +5,5 @@
 //! architecture code in the `hv` binary feeds it real memory.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod frame;
