@@ -6,4 +6,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod elf;
 pub mod frame;
+pub mod log_ring;
+pub mod multiboot2;
+pub mod paging;
