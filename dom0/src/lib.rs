@@ -1,3 +1,9 @@
-//! dom0's service logic, independent of the hardware.
+//! dom0's service logic, independent of the hardware: the shell's line
+//! editor and command parser, and the formatting of what it reports.
+//! Host-tested (`cargo test -p dom0`).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod line_editor;
+pub mod report;
+pub mod shell;

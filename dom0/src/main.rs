@@ -1,8 +1,220 @@
-//! dom0: Mica's privileged driver domain.
+//! dom0: Mica's privileged driver domain. It drives the serial console and
+//! offers the operator a shell.
 #![no_std]
 #![no_main]
 
+mod uart;
+
+use core::fmt::Write;
+
+use abi::hypercall::PlatformOp;
+use abi::start_info::{START_INFO_MAGIC, StartInfo};
+use dom0core::line_editor::{Action, LineEditor};
+use dom0core::report::{self, Measurement};
+use dom0core::shell::{self, COMMANDS, Command, ParseError};
+use pv_drivers::hypercall;
+
+use crate::uart::Uart;
+
+const PROMPT: &str = "dom0> ";
+
+fn cpuid(leaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid(leaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The CPU's brand string (CPUID 0x8000_0002..4), trimmed.
+fn cpu_brand(buffer: &mut [u8; 48]) -> &str {
+    if cpuid(0x8000_0000)[0] < 0x8000_0004 {
+        return "";
+    }
+    for (index, leaf) in (0x8000_0002..=0x8000_0004u32).enumerate() {
+        for (word, value) in cpuid(leaf).iter().enumerate() {
+            let at = index * 16 + word * 4;
+            buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    let length = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    core::str::from_utf8(&buffer[..length]).unwrap_or("").trim()
+}
+
+/// Entry point: `rdi` holds the start-info page's address (see `abi::start_info`).
+#[unsafe(no_mangle)]
+extern "C" fn _start(start_info_address: u64) -> ! {
+    let mut console = Uart::init();
+    // SAFETY: hv wrote a StartInfo at this identity-mapped address before
+    // entry; it is copied out once and never referenced again.
+    let start_info: StartInfo = unsafe { core::ptr::read_volatile(start_info_address as *const StartInfo) };
+    if start_info.magic != START_INFO_MAGIC {
+        let _ = writeln!(console, "dom0: bad start-info magic {:#x}; stopping", start_info.magic);
+        stop();
+    }
+    let [_, _, ecx, _] = cpuid(1);
+    let [max_leaf, ebx, ecx_signature, edx] = cpuid(abi::cpuid::LEAF_SIGNATURE);
+    let signature = abi::cpuid::signature_from_registers(ebx, ecx_signature, edx);
+    if ecx & abi::cpuid::HYPERVISOR_PRESENT_BIT == 0 || signature != abi::cpuid::SIGNATURE {
+        let _ = writeln!(console, "dom0: not running on the Mica hypervisor; stopping");
+        stop();
+    }
+    let version = if max_leaf >= abi::cpuid::LEAF_VERSION { cpuid(abi::cpuid::LEAF_VERSION)[0] } else { 0 };
+    let (major, minor) = abi::version_parts(version);
+    let _ = writeln!(
+        console,
+        "dom0: running on hypervisor \"{}\" (ABI {major}.{minor})",
+        core::str::from_utf8(&signature).unwrap_or("?")
+    );
+    if major != abi::ABI_VERSION_MAJOR {
+        let _ = writeln!(console, "dom0: warning: built for ABI {}.{}", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
+    }
+    let _ = hypercall::console_write(b"dom0 started\n");
+    let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0 };
+    shell.run()
+}
+
+fn stop() -> ! {
+    loop {
+        // SAFETY: HLT only yields the vCPU to the hypervisor.
+        unsafe { core::arch::asm!("hlt", options(nomem, nostack)) }
+    }
+}
+
+struct Shell {
+    console: Uart,
+    editor: LineEditor,
+    /// TSC when the first prompt was printed (instructions since power-on under Bochs).
+    boot_to_prompt: u64,
+}
+
+impl Shell {
+    fn run(&mut self) -> ! {
+        self.boot_to_prompt = rdtsc();
+        self.console.write_bytes(PROMPT.as_bytes());
+        loop {
+            let byte = self.console.read_byte();
+            match self.editor.feed(byte) {
+                Action::None => {}
+                Action::Echo(byte) => self.console.write_byte(byte),
+                Action::Erase(count) => {
+                    for _ in 0..count {
+                        self.console.write_bytes(b"\x08 \x08");
+                    }
+                }
+                Action::Bell => self.console.write_byte(0x07),
+                Action::Cancel => {
+                    self.console.write_bytes(b"^C\n");
+                    self.console.write_bytes(PROMPT.as_bytes());
+                }
+                Action::Submit => {
+                    self.console.write_bytes(b"\n");
+                    let mut line = [0u8; dom0core::line_editor::MAX_LINE];
+                    let text = self.editor.line();
+                    let length = text.len();
+                    line[..length].copy_from_slice(text.as_bytes());
+                    self.editor.clear();
+                    self.execute(core::str::from_utf8(&line[..length]).unwrap_or(""));
+                    self.console.write_bytes(PROMPT.as_bytes());
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, line: &str) {
+        let command = match shell::parse(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(ParseError::Unknown(name)) => {
+                let _ = writeln!(self.console, "dom0: unknown command '{name}'; type 'help' for a list");
+                return;
+            }
+            Err(ParseError::UnexpectedArgument { command, argument }) => {
+                let _ = writeln!(self.console, "dom0: '{command}' takes no arguments (got '{argument}')");
+                return;
+            }
+        };
+        match command {
+            Command::Help => {
+                for (name, arguments, description) in COMMANDS {
+                    let _ = writeln!(self.console, "  {:<18} {description}", format_args!("{name} {arguments}"));
+                }
+            }
+            Command::Info => self.info(),
+            Command::Dmesg => {
+                let mut buffer = [0u8; 16 * 1024];
+                match hypercall::dmesg(&mut buffer) {
+                    Ok(length) => self.console.write_bytes(&buffer[..length]),
+                    Err(error) => {
+                        let _ = writeln!(self.console, "dom0: dmesg failed: {}", error.describe());
+                    }
+                }
+            }
+            Command::Bench => self.bench(),
+            Command::PowerOff | Command::Reboot => {
+                let (operation, what) = if command == Command::PowerOff {
+                    (PlatformOp::PowerOff, "powering off")
+                } else {
+                    (PlatformOp::Reboot, "rebooting")
+                };
+                let _ = writeln!(self.console, "dom0: {what}");
+                let error = hypercall::platform(operation);
+                let _ = writeln!(self.console, "dom0: {what} failed: {}", error.describe());
+            }
+        }
+    }
+
+    fn info(&mut self) {
+        let hv = match hypercall::hv_info() {
+            Ok(info) => info,
+            Err(error) => {
+                let _ = writeln!(self.console, "dom0: hv info failed: {}", error.describe());
+                return;
+            }
+        };
+        let dom0 = match hypercall::domain_info(abi::DOM0) {
+            Ok(info) => info,
+            Err(error) => {
+                let _ = writeln!(self.console, "dom0: domain info failed: {}", error.describe());
+                return;
+            }
+        };
+        let mut brand = [0u8; 48];
+        let _ = report::write_info(&mut self.console, &hv, &dom0, cpu_brand(&mut brand));
+    }
+
+    fn bench(&mut self) {
+        const CALLS: u64 = 10_000;
+        let measure = |operation: &dyn Fn()| {
+            let mut measurement = Measurement { calls: CALLS, total: 0, minimum: u64::MAX };
+            for _ in 0..CALLS {
+                let start = rdtsc();
+                operation();
+                let ticks = rdtsc().wrapping_sub(start);
+                measurement.total += ticks;
+                measurement.minimum = measurement.minimum.min(ticks);
+            }
+            measurement
+        };
+        let baseline = measure(&|| {});
+        let null = measure(&|| {
+            hypercall::null();
+        });
+        let cpuid_exit = measure(&|| {
+            cpuid(abi::cpuid::LEAF_SIGNATURE);
+        });
+        let _ = report::write_measurement(&mut self.console, "null hypercall", &null);
+        let _ = report::write_measurement(&mut self.console, "cpuid exit", &cpuid_exit);
+        let _ = writeln!(self.console, "bench: boot to prompt {} tsc", self.boot_to_prompt);
+        let _ = report::write_measurement(&mut self.console, "rdtsc pair (overhead)", &baseline);
+    }
+}
+
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut console = Uart;
+    let _ = writeln!(console, "dom0: PANIC: {info}");
+    stop()
 }

@@ -8,6 +8,7 @@
 
 pub mod elf;
 pub mod frame;
+pub mod guest;
 pub mod log_ring;
 pub mod multiboot2;
 pub mod paging;

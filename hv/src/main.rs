@@ -1,8 +1,140 @@
-//! The Mica hypervisor binary.
+//! The Mica hypervisor: boots from multiboot2, takes the CPU into VMX root
+//! mode, partitions memory with EPT and runs dom0 in VMX non-root mode.
+//!
+//! Start-up order: serial log, descriptor tables, boot information, VT-x
+//! check (stop with one clear line if anything is missing), frame
+//! allocator, local APIC, VMXON, dom0, run loop.
 #![no_std]
 #![no_main]
 
+mod arch;
+mod dom0;
+mod domain;
+mod hypercall;
+mod hypervisor;
+mod log;
+mod memory;
+
+use arrayvec::ArrayVec;
+use hvcore::frame::PhysRange;
+use hvcore::multiboot2;
+
+use crate::arch::{cpu, gdt, idt, lapic, serial, vmx};
+use crate::hypervisor::Hypervisor;
+use crate::log::Level;
+
+unsafe extern "C" {
+    static __hv_start: u8;
+    static __hv_end: u8;
+}
+
+/// Stops hv with a clear reason; nothing else runs.
+fn stop(reason: &str) -> ! {
+    log::emergency(format_args!("hv: cannot start: {reason}\nhv: halted\n"));
+    cpu::halt_forever()
+}
+
+/// Rust entry point, called by `boot` in 64-bit mode on the boot stack.
+#[unsafe(no_mangle)]
+extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
+    serial::init();
+    gdt::init();
+    idt::init();
+    let boot_tsc = cpu::rdtsc();
+    info!("Mica hv {} (ABI {}.{})", env!("CARGO_PKG_VERSION"), abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
+
+    if magic != multiboot2::BOOTLOADER_MAGIC {
+        stop("not started by a multiboot2 boot loader");
+    }
+    let info_address = info_address as u64;
+    // SAFETY: the boot loader placed the information structure here; its
+    // first word is its total size, and hv reserves it and never writes it.
+    let boot_bytes = unsafe {
+        let total = arch::memory::read_u64(info_address & !7) >> ((info_address & 4) * 8);
+        arch::memory::boot_slice(info_address, total as u32 as u64)
+    };
+    let boot = match multiboot2::parse(boot_bytes) {
+        Ok(boot) => boot,
+        Err(_) => stop("the multiboot2 boot information is malformed"),
+    };
+    if let Some(level) = boot.cmdline.split_whitespace().find_map(|w| w.strip_prefix("loglevel=")).and_then(Level::parse)
+    {
+        log::set_record_level(level);
+        log::set_console_level(level);
+    }
+    info!("command line '{}', loaded by '{}'", boot.cmdline, boot.bootloader_name);
+
+    let capabilities = match vmx::probe() {
+        Ok(capabilities) => capabilities,
+        Err(missing) => stop(missing),
+    };
+
+    // Modules: "dom0" and "ramdisk" by the first word of their command line.
+    let module_named = |name: &str| boot.modules.iter().find(|m| m.cmdline.split_whitespace().next() == Some(name));
+    let Some(dom0_module) = module_named("dom0") else { stop("no boot module named 'dom0'") };
+    let ramdisk_module = module_named("ramdisk");
+
+    let mut reserved: ArrayVec<PhysRange, 20> = ArrayVec::new();
+    // Only the addresses of the linker symbols are taken; nothing is read.
+    let (hv_start, hv_end) = (&raw const __hv_start as u64, &raw const __hv_end as u64);
+    reserved.push(PhysRange { start: hv_start, end: hv_end });
+    reserved.push(PhysRange { start: info_address, end: info_address + boot_bytes.len() as u64 });
+    for module in &boot.modules {
+        let _ = reserved.try_push(PhysRange { start: module.start as u64, end: module.end as u64 });
+    }
+    let totals = match memory::init(&boot, &reserved) {
+        Ok(totals) => totals,
+        Err(reason) => stop(reason),
+    };
+    info!("memory: {} KiB managed, {} KiB free", totals.total_pages * 4, totals.free_pages * 4);
+
+    let (apic_id, apic_version) = lapic::init();
+    info!("local APIC id {apic_id}, version {apic_version:#x}");
+
+    let Some(vmxon_region) = memory::allocate_frame() else { stop("out of memory for the VMXON region") };
+    if let Err(reason) = vmx::enable(&capabilities, vmxon_region) {
+        stop(reason);
+    }
+    let names: ArrayVec<&str, 8> = abi::info::feature::NAMES
+        .iter()
+        .filter(|(bit, _)| capabilities.features & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    info!(
+        "VMX on; features: {:?}; preemption timer ticks every 2^{} TSC ticks",
+        names.as_slice(),
+        capabilities.preemption_timer_rate
+    );
+
+    // SAFETY: the module is boot data hv reserved above and never writes.
+    let kernel = unsafe { arch::memory::boot_slice(dom0_module.start as u64, (dom0_module.end - dom0_module.start) as u64) };
+    let dom0_command_line = dom0_module.cmdline.split_once(' ').map(|(_, rest)| rest).unwrap_or("");
+    let images = dom0::Dom0Images {
+        kernel,
+        command_line: dom0_command_line,
+        ramdisk: ramdisk_module.map(|m| (m.start as u64, m.end as u64)),
+    };
+    let dom0_memory = dom0::memory_from_command_line(boot.cmdline).unwrap_or(dom0::DEFAULT_MEMORY);
+    let dom0 = match dom0::build(&capabilities, &images, dom0_memory) {
+        Ok(domain) => domain,
+        Err(reason) => stop(reason),
+    };
+    let after = memory::totals();
+    let mut hv = Hypervisor {
+        capabilities,
+        domains: ArrayVec::new(),
+        boot_tsc,
+        hv_pages: (hv_end - hv_start).div_ceil(4096) + (totals.total_pages - after.total_pages),
+    };
+    hv.domains.push(dom0);
+    info!("starting dom0; hv log continues in 'dmesg'");
+    // dom0 owns the console from here; hv only prints warnings and errors.
+    log::set_console_level(Level::Warning);
+    hv.run()
+}
+
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+fn panic(panic: &core::panic::PanicInfo) -> ! {
+    log::emergency(format_args!("hv: PANIC: {panic}\nhv: halted\n"));
+    cpu::halt_forever()
 }

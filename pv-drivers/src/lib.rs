@@ -1,2 +1,10 @@
-//! The guest side of Mica: hypercall wrappers and helpers every domain uses.
+//! The guest side of Mica: hypercall wrappers, start-info access and the
+//! helpers every domain (dom0 included) uses.
+//!
+//! Buffers passed to the hypervisor are named by guest-physical address. The
+//! domain builder identity-maps a domain's memory (see
+//! `abi::start_info`), so a pointer into that memory is its guest-physical
+//! address; these wrappers rely on that and say so where they take buffers.
 #![cfg_attr(not(test), no_std)]
+
+pub mod hypercall;

@@ -1,0 +1,97 @@
+//! 16550 UART driver for COM1, polled. dom0 owns the serial console: hv
+//! passes the eight COM1 ports through to it.
+
+use core::arch::asm;
+use core::fmt;
+
+const COM1: u16 = 0x3f8;
+const DATA: u16 = 0;
+const INTERRUPT_ENABLE: u16 = 1;
+const FIFO_CONTROL: u16 = 2;
+const LINE_CONTROL: u16 = 3;
+const MODEM_CONTROL: u16 = 4;
+const LINE_STATUS: u16 = 5;
+/// LSR bit 0: a received byte is waiting.
+const DATA_READY: u8 = 1 << 0;
+/// LSR bit 5: the transmit holding register is empty.
+const TRANSMIT_EMPTY: u8 = 1 << 5;
+/// LSR bit 6: the transmitter has sent everything.
+const TRANSMITTER_IDLE: u8 = 1 << 6;
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: only COM1's ports are used, which hv passes through to dom0;
+    // writing them affects only the UART.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`; reads of COM1 have no memory effects.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// The serial console.
+pub struct Uart;
+
+impl Uart {
+    /// Programs 115200 8N1, FIFOs on (so emulators deliver input promptly).
+    pub fn init() -> Uart {
+        // Let hv's last log bytes leave before the FIFOs are reset (LSR bit 6:
+        // transmitter empty); bounded so a dead UART cannot hang dom0.
+        for _ in 0..1_000_000 {
+            if inb(COM1 + LINE_STATUS) & TRANSMITTER_IDLE != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        outb(COM1 + INTERRUPT_ENABLE, 0x00);
+        outb(COM1 + LINE_CONTROL, 0x80);
+        outb(COM1 + DATA, 0x01);
+        outb(COM1 + INTERRUPT_ENABLE, 0x00);
+        outb(COM1 + LINE_CONTROL, 0x03);
+        outb(COM1 + FIFO_CONTROL, 0xc7);
+        outb(COM1 + MODEM_CONTROL, 0x0b);
+        Uart
+    }
+
+    /// Sends one byte.
+    pub fn write_byte(&mut self, byte: u8) {
+        while inb(COM1 + LINE_STATUS) & TRANSMIT_EMPTY == 0 {
+            core::hint::spin_loop();
+        }
+        outb(COM1 + DATA, byte);
+    }
+
+    /// Sends bytes, turning `\n` into `\r\n`.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.write_byte(b'\r');
+            }
+            self.write_byte(byte);
+        }
+    }
+
+    /// A received byte, if one is waiting.
+    pub fn try_read_byte(&mut self) -> Option<u8> {
+        if inb(COM1 + LINE_STATUS) & DATA_READY != 0 { Some(inb(COM1 + DATA)) } else { None }
+    }
+
+    /// Waits for a received byte.
+    pub fn read_byte(&mut self) -> u8 {
+        loop {
+            if let Some(byte) = self.try_read_byte() {
+                return byte;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl fmt::Write for Uart {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.write_bytes(text.as_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! hv's IDT (SDM Vol. 3A 6.14): every exception prints a register dump and
+//! stops the machine. hv runs with interrupts disabled; device interrupts
+//! reach it only as VM exits.
+
+use core::arch::{asm, global_asm};
+use core::mem::size_of;
+
+use super::gdt;
+
+/// Registers saved by the exception entry stubs, lowest address first.
+#[repr(C)]
+pub struct ExceptionFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+global_asm!(
+    r#"
+    .macro EXCEPTION_NO_ERROR vector
+    .balign 16
+exception_stub_\vector:
+    push 0
+    push \vector
+    jmp exception_common
+    .endm
+    .macro EXCEPTION_ERROR vector
+    .balign 16
+exception_stub_\vector:
+    push \vector
+    jmp exception_common
+    .endm
+
+    .section .text
+    EXCEPTION_NO_ERROR 0
+    EXCEPTION_NO_ERROR 1
+    EXCEPTION_NO_ERROR 2
+    EXCEPTION_NO_ERROR 3
+    EXCEPTION_NO_ERROR 4
+    EXCEPTION_NO_ERROR 5
+    EXCEPTION_NO_ERROR 6
+    EXCEPTION_NO_ERROR 7
+    EXCEPTION_ERROR 8
+    EXCEPTION_NO_ERROR 9
+    EXCEPTION_ERROR 10
+    EXCEPTION_ERROR 11
+    EXCEPTION_ERROR 12
+    EXCEPTION_ERROR 13
+    EXCEPTION_ERROR 14
+    EXCEPTION_NO_ERROR 15
+    EXCEPTION_NO_ERROR 16
+    EXCEPTION_ERROR 17
+    EXCEPTION_NO_ERROR 18
+    EXCEPTION_NO_ERROR 19
+    EXCEPTION_NO_ERROR 20
+    EXCEPTION_ERROR 21
+    EXCEPTION_NO_ERROR 22
+    EXCEPTION_NO_ERROR 23
+    EXCEPTION_NO_ERROR 24
+    EXCEPTION_NO_ERROR 25
+    EXCEPTION_NO_ERROR 26
+    EXCEPTION_NO_ERROR 27
+    EXCEPTION_NO_ERROR 28
+    EXCEPTION_ERROR 29
+    EXCEPTION_ERROR 30
+    EXCEPTION_NO_ERROR 31
+    EXCEPTION_NO_ERROR 255
+
+exception_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    and rsp, -16
+    call {handler}
+2:
+    cli
+    hlt
+    jmp 2b
+
+    .section .rodata
+    .balign 8
+    .global exception_stub_table
+exception_stub_table:
+    .quad exception_stub_0, exception_stub_1, exception_stub_2, exception_stub_3
+    .quad exception_stub_4, exception_stub_5, exception_stub_6, exception_stub_7
+    .quad exception_stub_8, exception_stub_9, exception_stub_10, exception_stub_11
+    .quad exception_stub_12, exception_stub_13, exception_stub_14, exception_stub_15
+    .quad exception_stub_16, exception_stub_17, exception_stub_18, exception_stub_19
+    .quad exception_stub_20, exception_stub_21, exception_stub_22, exception_stub_23
+    .quad exception_stub_24, exception_stub_25, exception_stub_26, exception_stub_27
+    .quad exception_stub_28, exception_stub_29, exception_stub_30, exception_stub_31
+    .global spurious_stub_address
+spurious_stub_address:
+    .quad exception_stub_255
+    .section .text
+"#,
+    handler = sym exception_handler,
+);
+
+unsafe extern "C" {
+    static exception_stub_table: [u64; 32];
+    static spurious_stub_address: u64;
+}
+
+/// Vector of the local APIC's spurious interrupt.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+
+static mut IDT: Idt = Idt([[0; 2]; 256]);
+
+#[repr(C, packed(2))]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+/// Base address of the IDT, for the VMCS host state.
+pub fn idt_base() -> u64 {
+    &raw const IDT as u64
+}
+
+fn gate(handler: u64, ist: u8) -> [u64; 2] {
+    // 64-bit interrupt gate (type 0xE), present, DPL 0.
+    let low = (handler & 0xffff)
+        | (gdt::CODE_SELECTOR as u64) << 16
+        | (ist as u64 & 0x7) << 32
+        | 0x8e << 40
+        | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
+}
+
+/// Fills and loads the IDT. Boot CPU, once, after the GDT.
+pub fn init() {
+    // SAFETY: boot is single-threaded; the stub table is an immutable array
+    // emitted above, and IDT is only written here.
+    unsafe {
+        let idt = &raw mut IDT;
+        for vector in 0..32 {
+            let ist = match vector {
+                8 => gdt::DOUBLE_FAULT_IST,
+                2 | 18 => gdt::NMI_IST,
+                _ => 0,
+            };
+            (*idt).0[vector] = gate(exception_stub_table[vector], ist);
+        }
+        (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
+        let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
+        asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+    }
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD error",
+    "#VE virtualization exception",
+    "#CP control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved",
+];
+
+extern "C" fn exception_handler(frame: *const ExceptionFrame) -> ! {
+    // SAFETY: the entry stub passes a pointer to the frame it just pushed on
+    // this CPU's stack; it stays valid because this function never returns.
+    let frame = unsafe { &*frame };
+    let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("spurious interrupt");
+    crate::log::emergency(format_args!(
+        "hv: EXCEPTION {} (vector {}) error {:#x} at rip {:#018x}\n\
+         rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
+         rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}\n\
+         r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n\
+         r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n\
+         cs {:#x} ss {:#x} rflags {:#x} cr2 {:#018x} cr3 {:#018x}\n\
+         hv: halted\n",
+        name,
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi,
+        frame.rbp,
+        frame.rsp,
+        frame.r8,
+        frame.r9,
+        frame.r10,
+        frame.r11,
+        frame.r12,
+        frame.r13,
+        frame.r14,
+        frame.r15,
+        frame.cs,
+        frame.ss,
+        frame.rflags,
+        super::cpu::read_cr2(),
+        super::cpu::read_cr3(),
+    ));
+    super::cpu::halt_forever()
+}

@@ -1,0 +1,91 @@
+//! Access to physical memory. hv identity-maps the first 4 GiB (see `boot`),
+//! so a physical address below [`IDENTITY_LIMIT`] is also its virtual address.
+//! These wrappers are the only place hv turns a physical address into a
+//! pointer; everything above them works with addresses.
+
+/// Physical memory below this address is identity-mapped in hv.
+pub const IDENTITY_LIMIT: u64 = 4 << 30;
+
+fn mapped(address: u64, length: u64) -> bool {
+    address.checked_add(length).is_some_and(|end| end <= IDENTITY_LIMIT)
+}
+
+/// Reads a 64-bit word of physical memory (8-byte aligned).
+pub fn read_u64(address: u64) -> u64 {
+    if !mapped(address, 8) || address % 8 != 0 {
+        return 0;
+    }
+    // SAFETY: the address is identity-mapped and aligned; volatile because
+    // the memory may be a page table the CPU also reads.
+    unsafe { core::ptr::read_volatile(address as *const u64) }
+}
+
+/// Writes a 64-bit word of physical memory (8-byte aligned). The caller
+/// owns the frame (a page table or other hv-owned frame).
+pub fn write_u64(address: u64, value: u64) {
+    if !mapped(address, 8) || address % 8 != 0 {
+        return;
+    }
+    // SAFETY: as for `read_u64`; hv only writes frames it allocated.
+    unsafe { core::ptr::write_volatile(address as *mut u64, value) }
+}
+
+/// Fills `length` bytes of physical memory at `address` with zeros.
+pub fn zero(address: u64, length: u64) {
+    if !mapped(address, length) {
+        return;
+    }
+    // SAFETY: identity-mapped range owned by the caller (a freshly
+    // allocated frame), not aliased by any Rust reference.
+    unsafe { core::ptr::write_bytes(address as *mut u8, 0, length as usize) }
+}
+
+/// Copies bytes into physical memory. Returns false if the range is not mapped.
+pub fn copy_to(address: u64, bytes: &[u8]) -> bool {
+    if !mapped(address, bytes.len() as u64) {
+        return false;
+    }
+    // SAFETY: identity-mapped destination owned by a domain or hv; the source
+    // is a Rust slice that cannot overlap a frame hv hands to guests.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };
+    true
+}
+
+/// Copies bytes out of physical memory. Returns false if the range is not mapped.
+pub fn copy_from(address: u64, out: &mut [u8]) -> bool {
+    if !mapped(address, out.len() as u64) {
+        return false;
+    }
+    // SAFETY: identity-mapped source; a guest may change it concurrently,
+    // which only changes the bytes copied (they are treated as untrusted).
+    unsafe { core::ptr::copy_nonoverlapping(address as *const u8, out.as_mut_ptr(), out.len()) };
+    true
+}
+
+/// A read-only view of boot-time memory hv trusts and never frees (the
+/// multiboot2 information and modules).
+///
+/// # Safety
+/// The range must be identity-mapped RAM that nothing writes for the rest
+/// of hv's life.
+pub unsafe fn boot_slice(address: u64, length: u64) -> &'static [u8] {
+    if !mapped(address, length) {
+        return &[];
+    }
+    // SAFETY: the caller guarantees the range is immutable boot data.
+    unsafe { core::slice::from_raw_parts(address as *const u8, length as usize) }
+}
+
+/// A mutable view of frames hv set aside for its own bookkeeping at boot
+/// (the frame allocator's bitmap).
+///
+/// # Safety
+/// The range must be identity-mapped RAM reserved for this use only, and
+/// this must be called once for it.
+pub unsafe fn boot_words_mut(address: u64, words: usize) -> &'static mut [u64] {
+    if !mapped(address, words as u64 * 8) || address % 8 != 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller guarantees exclusive, permanent ownership.
+    unsafe { core::slice::from_raw_parts_mut(address as *mut u64, words) }
+}

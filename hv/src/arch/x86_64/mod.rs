@@ -1,0 +1,11 @@
+//! x86-64 support: boot, descriptor tables, serial, local APIC and VMX.
+
+pub mod boot;
+pub mod cpu;
+pub mod gdt;
+pub mod idt;
+pub mod lapic;
+pub mod memory;
+pub mod platform;
+pub mod serial;
+pub mod vmx;

@@ -1,0 +1,631 @@
+//! Intel VT-x: capability checks, VMXON, and the vCPU.
+//!
+//! This is the narrow boundary between generic hv code and VMX: generic code
+//! creates a [`Vcpu`], calls [`Vcpu::run`] and gets back an [`Exit`]; it reads
+//! and writes guest state through `Vcpu` methods. An AMD SVM backend would
+//! offer the same interface over a VMCB.
+
+mod enter;
+pub mod vmcs;
+
+use core::arch::asm;
+
+use abi::info::feature;
+use bitflags::bitflags;
+
+pub use self::enter::GuestRegisters;
+use self::vmcs::Field;
+use super::cpu::{self, msr, rdmsr};
+use super::{gdt, idt};
+
+bitflags! {
+    /// Pin-based VM-execution controls (SDM Vol. 3C 25.6.1).
+    #[derive(Clone, Copy, Debug)]
+    pub struct PinControls: u32 {
+        /// External interrupts cause VM exits.
+        const EXTERNAL_INTERRUPT_EXITING = 1 << 0;
+        /// NMIs cause VM exits.
+        const NMI_EXITING = 1 << 3;
+        /// The VMX-preemption timer counts down in non-root mode and exits at 0.
+        const PREEMPTION_TIMER = 1 << 6;
+    }
+
+    /// Primary processor-based VM-execution controls (SDM Vol. 3C 25.6.2).
+    #[derive(Clone, Copy, Debug)]
+    pub struct PrimaryControls: u32 {
+        /// HLT causes a VM exit.
+        const HLT_EXITING = 1 << 7;
+        /// MWAIT causes a VM exit.
+        const MWAIT_EXITING = 1 << 10;
+        /// Every I/O instruction exits (ignored when I/O bitmaps are used).
+        const UNCONDITIONAL_IO_EXITING = 1 << 24;
+        /// I/O bitmaps decide which ports exit.
+        const USE_IO_BITMAPS = 1 << 25;
+        /// MSR bitmaps decide which MSR accesses exit.
+        const USE_MSR_BITMAPS = 1 << 28;
+        /// MONITOR causes a VM exit.
+        const MONITOR_EXITING = 1 << 29;
+        /// The secondary controls are in effect.
+        const SECONDARY_CONTROLS = 1 << 31;
+    }
+
+    /// Secondary processor-based VM-execution controls (SDM Vol. 3C 25.6.2).
+    #[derive(Clone, Copy, Debug)]
+    pub struct SecondaryControls: u32 {
+        /// Guest-physical addresses are translated by EPT.
+        const ENABLE_EPT = 1 << 1;
+        /// RDTSCP does not cause #UD in the guest.
+        const ENABLE_RDTSCP = 1 << 3;
+        /// TLB entries are tagged with the VPID.
+        const ENABLE_VPID = 1 << 5;
+        /// The guest may run unpaged or in real mode.
+        const UNRESTRICTED_GUEST = 1 << 7;
+        /// INVPCID does not cause #UD in the guest.
+        const ENABLE_INVPCID = 1 << 12;
+    }
+
+    /// VM-exit controls (SDM Vol. 3C 25.7.1).
+    #[derive(Clone, Copy, Debug)]
+    pub struct ExitControls: u32 {
+        /// Save DR7 and IA32_DEBUGCTL.
+        const SAVE_DEBUG_CONTROLS = 1 << 2;
+        /// The host runs in 64-bit mode after the exit.
+        const HOST_ADDRESS_SPACE_SIZE = 1 << 9;
+        /// The CPU acknowledges the interrupt and stores its vector on exit.
+        const ACKNOWLEDGE_INTERRUPT_ON_EXIT = 1 << 15;
+        /// Save the guest's IA32_PAT.
+        const SAVE_PAT = 1 << 18;
+        /// Load the host's IA32_PAT.
+        const LOAD_PAT = 1 << 19;
+        /// Save the guest's IA32_EFER.
+        const SAVE_EFER = 1 << 20;
+        /// Load the host's IA32_EFER.
+        const LOAD_EFER = 1 << 21;
+    }
+
+    /// VM-entry controls (SDM Vol. 3C 25.8.1).
+    #[derive(Clone, Copy, Debug)]
+    pub struct EntryControls: u32 {
+        /// Load DR7 and IA32_DEBUGCTL.
+        const LOAD_DEBUG_CONTROLS = 1 << 2;
+        /// The guest is in IA-32e mode after entry.
+        const IA32E_MODE_GUEST = 1 << 9;
+        /// Load the guest's IA32_PAT.
+        const LOAD_PAT = 1 << 14;
+        /// Load the guest's IA32_EFER.
+        const LOAD_EFER = 1 << 15;
+    }
+}
+
+/// IA32_FEATURE_CONTROL bits (SDM Vol. 3C 24.7).
+const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
+const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
+/// CR4.VMXE.
+const CR4_VMXE: u64 = 1 << 13;
+
+/// IA32_VMX_EPT_VPID_CAP bits (SDM Vol. 3D A.10).
+mod ept_vpid_cap {
+    pub const PAGE_WALK_4: u64 = 1 << 6;
+    pub const WRITE_BACK: u64 = 1 << 14;
+    pub const PAGES_2M: u64 = 1 << 16;
+    pub const INVEPT: u64 = 1 << 20;
+    pub const ACCESSED_DIRTY: u64 = 1 << 21;
+    pub const INVEPT_SINGLE: u64 = 1 << 25;
+    pub const INVEPT_ALL: u64 = 1 << 26;
+    pub const INVVPID: u64 = 1 << 32;
+    pub const INVVPID_SINGLE: u64 = 1 << 41;
+    pub const INVVPID_ALL: u64 = 1 << 42;
+}
+
+/// What VMX offers on this CPU and the control values hv will use.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    pub revision: u32,
+    pub pin: u32,
+    pub primary: u32,
+    pub secondary: u32,
+    pub exit: u32,
+    pub entry: u32,
+    pub ept_vpid: u64,
+    /// The preemption timer counts down once every 2^rate TSC ticks.
+    pub preemption_timer_rate: u8,
+    /// [`abi::info::feature`] bits.
+    pub features: u64,
+    cr0_fixed0: u64,
+    cr0_fixed1: u64,
+    cr4_fixed0: u64,
+    cr4_fixed1: u64,
+}
+
+/// Combines desired control bits with what a capability MSR allows
+/// (SDM Vol. 3D A.3): low half = bits that must be 1, high half = bits that may be 1.
+fn adjust(desired: u32, capability: u64) -> u32 {
+    (desired | capability as u32) & (capability >> 32) as u32
+}
+
+/// Checks everything hv needs from VT-x. On failure returns one sentence
+/// naming what is missing.
+pub fn probe() -> Result<Capabilities, &'static str> {
+    if cpu::cpuid(1, 0).ecx & (1 << 5) == 0 {
+        return Err("VT-x (VMX) is not supported by this CPU");
+    }
+    // SAFETY: IA32_FEATURE_CONTROL exists on every CPU with CPUID.1:ECX.VMX.
+    let control = unsafe { rdmsr(msr::IA32_FEATURE_CONTROL) };
+    if control & FEATURE_CONTROL_LOCKED != 0 && control & FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {
+        return Err("VT-x is disabled by the firmware (IA32_FEATURE_CONTROL is locked with VMX off)");
+    }
+    // SAFETY: all VMX capability MSRs exist when CPUID reports VMX; the true
+    // control MSRs exist when IA32_VMX_BASIC bit 55 is set (checked).
+    let (basic, pin_cap, primary_cap, exit_cap, entry_cap, secondary_cap, ept_vpid, misc) = unsafe {
+        let basic = rdmsr(msr::IA32_VMX_BASIC);
+        let true_controls = basic & (1 << 55) != 0;
+        let pick = |plain, truly| if true_controls { truly } else { plain };
+        (
+            basic,
+            rdmsr(pick(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS)),
+            rdmsr(pick(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS)),
+            rdmsr(pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS)),
+            rdmsr(pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS)),
+            rdmsr(msr::IA32_VMX_PROCBASED_CTLS2),
+            rdmsr(msr::IA32_VMX_EPT_VPID_CAP),
+            rdmsr(msr::IA32_VMX_MISC),
+        )
+    };
+
+    let primary = adjust(
+        (PrimaryControls::HLT_EXITING
+            | PrimaryControls::USE_IO_BITMAPS
+            | PrimaryControls::USE_MSR_BITMAPS
+            | PrimaryControls::MWAIT_EXITING
+            | PrimaryControls::MONITOR_EXITING
+            | PrimaryControls::SECONDARY_CONTROLS)
+            .bits(),
+        primary_cap,
+    );
+    if primary & PrimaryControls::SECONDARY_CONTROLS.bits() == 0 {
+        return Err("VT-x lacks secondary processor controls (needed for EPT)");
+    }
+    if primary & PrimaryControls::USE_IO_BITMAPS.bits() == 0 || primary & PrimaryControls::USE_MSR_BITMAPS.bits() == 0 {
+        return Err("VT-x lacks I/O or MSR bitmaps");
+    }
+    let secondary = adjust(
+        (SecondaryControls::ENABLE_EPT
+            | SecondaryControls::ENABLE_VPID
+            | SecondaryControls::UNRESTRICTED_GUEST
+            | SecondaryControls::ENABLE_RDTSCP
+            | SecondaryControls::ENABLE_INVPCID)
+            .bits(),
+        secondary_cap,
+    );
+    if secondary & SecondaryControls::ENABLE_EPT.bits() == 0 {
+        return Err("VT-x lacks EPT (extended page tables)");
+    }
+    if secondary & SecondaryControls::UNRESTRICTED_GUEST.bits() == 0 {
+        return Err("VT-x lacks unrestricted guest");
+    }
+    let needed_ept = ept_vpid_cap::PAGE_WALK_4 | ept_vpid_cap::WRITE_BACK | ept_vpid_cap::INVEPT;
+    if ept_vpid & needed_ept != needed_ept || ept_vpid & (ept_vpid_cap::INVEPT_SINGLE | ept_vpid_cap::INVEPT_ALL) == 0 {
+        return Err("EPT lacks 4-level walks, write-back memory or INVEPT");
+    }
+    let vpid_usable = secondary & SecondaryControls::ENABLE_VPID.bits() != 0
+        && ept_vpid & ept_vpid_cap::INVVPID != 0
+        && ept_vpid & (ept_vpid_cap::INVVPID_SINGLE | ept_vpid_cap::INVVPID_ALL) != 0;
+    let secondary = if vpid_usable { secondary } else { secondary & !SecondaryControls::ENABLE_VPID.bits() };
+
+    let pin = adjust(
+        (PinControls::EXTERNAL_INTERRUPT_EXITING | PinControls::NMI_EXITING | PinControls::PREEMPTION_TIMER).bits(),
+        pin_cap,
+    );
+    if pin & PinControls::EXTERNAL_INTERRUPT_EXITING.bits() == 0 {
+        return Err("VT-x cannot intercept external interrupts");
+    }
+    let exit = adjust(
+        (ExitControls::HOST_ADDRESS_SPACE_SIZE
+            | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT
+            | ExitControls::SAVE_EFER
+            | ExitControls::LOAD_EFER
+            | ExitControls::SAVE_PAT
+            | ExitControls::LOAD_PAT)
+            .bits(),
+        exit_cap,
+    );
+    let entry =
+        adjust((EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER | EntryControls::LOAD_PAT).bits(), entry_cap);
+    let needed_exit = (ExitControls::HOST_ADDRESS_SPACE_SIZE
+        | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT
+        | ExitControls::SAVE_EFER
+        | ExitControls::LOAD_EFER)
+        .bits();
+    let needed_entry = (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER).bits();
+    if exit & needed_exit != needed_exit || entry & needed_entry != needed_entry {
+        return Err("VT-x cannot switch IA32_EFER or enter 64-bit guests");
+    }
+
+    let mut features = feature::EPT | feature::UNRESTRICTED_GUEST | feature::IO_BITMAPS | feature::MSR_BITMAPS;
+    if secondary & SecondaryControls::ENABLE_VPID.bits() != 0 {
+        features |= feature::VPID;
+    }
+    if pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
+        features |= feature::PREEMPTION_TIMER;
+    }
+    if ept_vpid & ept_vpid_cap::ACCESSED_DIRTY != 0 {
+        features |= feature::EPT_ACCESSED_DIRTY;
+    }
+    if ept_vpid & ept_vpid_cap::PAGES_2M != 0 {
+        features |= feature::EPT_2M_PAGES;
+    }
+    // SAFETY: the fixed-bit MSRs exist whenever VMX does.
+    let (cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) = unsafe {
+        (
+            rdmsr(msr::IA32_VMX_CR0_FIXED0),
+            rdmsr(msr::IA32_VMX_CR0_FIXED1),
+            rdmsr(msr::IA32_VMX_CR4_FIXED0),
+            rdmsr(msr::IA32_VMX_CR4_FIXED1),
+        )
+    };
+    Ok(Capabilities {
+        revision: basic as u32 & 0x7fff_ffff,
+        pin,
+        primary,
+        secondary,
+        exit,
+        entry,
+        ept_vpid,
+        preemption_timer_rate: (misc & 0x1f) as u8,
+        features,
+        cr0_fixed0,
+        cr0_fixed1,
+        cr4_fixed0,
+        cr4_fixed1,
+    })
+}
+
+/// Executes a VMX instruction with a memory operand and decodes RFLAGS
+/// (SDM Vol. 3C 31.2): CF = VMfailInvalid, ZF = VMfailValid.
+macro_rules! vmx_instruction {
+    ($mnemonic:literal, $operand:expr) => {{
+        let operand: u64 = $operand;
+        let failed: u8;
+        // SAFETY: the callers below pass the physical address of a
+        // 4 KiB-aligned region hv owns and has initialised as the SDM requires.
+        unsafe {
+            asm!(
+                concat!($mnemonic, " qword ptr [{operand}]"),
+                "setbe {failed}",
+                operand = in(reg) &operand,
+                failed = out(reg_byte) failed,
+                options(nostack),
+            );
+        }
+        failed == 0
+    }};
+}
+
+/// Turns VMX on for this CPU: fixes CR0/CR4 as VMX requires and executes
+/// VMXON on `region` (a zeroed page hv gives up for good).
+pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static str> {
+    // SAFETY: reading IA32_FEATURE_CONTROL; writing it only when it is not
+    // locked, to turn VMX on outside SMX and lock it (SDM Vol. 3C 24.7).
+    unsafe {
+        let control = rdmsr(msr::IA32_FEATURE_CONTROL);
+        if control & FEATURE_CONTROL_LOCKED == 0 {
+            cpu::wrmsr(
+                msr::IA32_FEATURE_CONTROL,
+                control | FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX,
+            );
+        }
+    }
+    let cr0 = (cpu::read_cr0() | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
+    let cr4 = (cpu::read_cr4() | capabilities.cr4_fixed0 | CR4_VMXE) & capabilities.cr4_fixed1;
+    // SAFETY: the fixed bits only force NE/PE/PG (already on) in CR0 and
+    // VMXE in CR4, which hv's own code does not depend on.
+    unsafe {
+        cpu::write_cr0(cr0);
+        cpu::write_cr4(cr4);
+    }
+    // SAFETY: the region is hv-owned; the first word must hold the revision id.
+    unsafe { core::ptr::write_volatile(region as *mut u32, capabilities.revision) };
+    if vmx_instruction!("vmxon", region) { Ok(()) } else { Err("VMXON failed") }
+}
+
+/// Invalidates EPT-derived translations for one EPT pointer (SDM Vol. 3C 31.3, INVEPT).
+pub fn invalidate_ept(capabilities: &Capabilities, ept_pointer: u64) {
+    let descriptor: [u64; 2] = [ept_pointer, 0];
+    let kind: u64 = if capabilities.ept_vpid & ept_vpid_cap::INVEPT_SINGLE != 0 { 1 } else { 2 };
+    // SAFETY: INVEPT only drops cached translations; the type was checked
+    // against the capability MSR.
+    unsafe { asm!("invept {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack)) }
+}
+
+/// Everything needed to start a vCPU in 64-bit mode.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuConfig {
+    /// Physical address of the zeroed page to use as the VMCS.
+    pub vmcs_region: u64,
+    /// Root (PML4) of the domain's EPT.
+    pub ept_root: u64,
+    /// Non-zero VPID (ignored without VPID support).
+    pub vpid: u16,
+    /// Physical addresses of I/O bitmaps A and B and of the MSR bitmap.
+    pub io_bitmap_a: u64,
+    pub io_bitmap_b: u64,
+    pub msr_bitmap: u64,
+    /// Guest CR3 (its initial PML4), entry point, stack, GDT.
+    pub cr3: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    /// Value of `rdi` at entry (the start-info page).
+    pub rdi: u64,
+}
+
+/// The guest GDT layout the domain builder writes (selectors used at entry).
+pub mod guest_gdt {
+    /// 64-bit code.
+    pub const CODE: u16 = 0x08;
+    /// Data.
+    pub const DATA: u16 = 0x10;
+    /// Task-state segment.
+    pub const TASK: u16 = 0x18;
+    /// The descriptors: null, code, data, then a 16-byte TSS descriptor with base 0.
+    pub const DESCRIPTORS: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
+}
+
+/// A virtual CPU: one VMCS and the registers the VMCS does not hold.
+pub struct Vcpu {
+    launched: bool,
+    /// General-purpose registers, valid while the vCPU is not running.
+    pub registers: GuestRegisters,
+}
+
+/// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
+#[derive(Clone, Copy, Debug)]
+pub enum Exit {
+    /// VMCALL: a hypercall.
+    Hypercall,
+    /// CPUID.
+    Cpuid,
+    /// HLT.
+    Halt,
+    /// IN/OUT/INS/OUTS to a port the bitmap does not pass through.
+    Io { port: u16, size: u8, input: bool, string: bool },
+    /// RDMSR of an MSR the bitmap does not pass through (number in RCX).
+    MsrRead,
+    /// WRMSR of an MSR the bitmap does not pass through.
+    MsrWrite,
+    /// Guest-physical access EPT does not allow.
+    EptViolation { guest_physical: u64, qualification: u64 },
+    /// A malformed EPT entry (a hv bug, reported as such).
+    EptMisconfiguration { guest_physical: u64 },
+    /// The guest triple-faulted.
+    TripleFault,
+    /// An external interrupt arrived (already acknowledged, SDM 28.2.2).
+    ExternalInterrupt { vector: u8 },
+    /// An NMI or a guest exception hv intercepts.
+    ExceptionOrNmi { information: u32 },
+    /// The preemption timer reached zero.
+    PreemptionTimer,
+    /// MOV to or from a control register hv intercepts.
+    ControlRegister { qualification: u64 },
+    /// VM entry failed on guest state or MSR loading (SDM 27.8).
+    EntryFailure { reason: u32, qualification: u64 },
+    /// VMLAUNCH/VMRESUME itself failed; `error` is the VM-instruction error (SDM 31.4).
+    LaunchFailed { error: u32 },
+    /// Any other exit reason; hv refuses what it does not understand.
+    Other { reason: u32, qualification: u64 },
+}
+
+/// Guest segment access rights (SDM Vol. 3C 25.4.1, Table 25-2).
+const CODE64_ACCESS: u64 = 0xa09b;
+const DATA_ACCESS: u64 = 0xc093;
+const TASK_BUSY_ACCESS: u64 = 0x8b;
+const UNUSABLE: u64 = 1 << 16;
+/// Guest EFER: LME | LMA | NXE.
+const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11);
+/// Guest CR0: PE | MP | ET | NE | WP | PG.
+const GUEST_CR0: u64 = 0x8005_0033;
+/// Guest CR4: PAE (VMXE is added as a fixed bit and hidden by the shadow).
+const GUEST_CR4: u64 = 1 << 5;
+/// The power-on PAT (SDM Vol. 3A 13.12.4).
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+
+impl Vcpu {
+    /// Builds and loads a VMCS for a 64-bit guest. The VMCS stays current
+    /// on this CPU.
+    pub fn new(capabilities: &Capabilities, config: &VcpuConfig) -> Result<Vcpu, &'static str> {
+        // SAFETY: the region is a zeroed page owned by this vCPU.
+        unsafe { core::ptr::write_volatile(config.vmcs_region as *mut u32, capabilities.revision) };
+        if !vmx_instruction!("vmclear", config.vmcs_region) || !vmx_instruction!("vmptrld", config.vmcs_region) {
+            return Err("VMCLEAR/VMPTRLD failed");
+        }
+        use vmcs::write;
+        // Controls.
+        write(Field::PinBasedControls, capabilities.pin as u64);
+        write(Field::PrimaryProcessorControls, capabilities.primary as u64);
+        write(Field::SecondaryProcessorControls, capabilities.secondary as u64);
+        write(Field::ExitControls, capabilities.exit as u64);
+        write(Field::EntryControls, capabilities.entry as u64);
+        write(Field::ExceptionBitmap, 0);
+        write(Field::PageFaultErrorCodeMask, 0);
+        write(Field::PageFaultErrorCodeMatch, 0);
+        write(Field::Cr3TargetCount, 0);
+        write(Field::ExitMsrStoreCount, 0);
+        write(Field::ExitMsrLoadCount, 0);
+        write(Field::EntryMsrLoadCount, 0);
+        write(Field::EntryInterruptionInfo, 0);
+        write(Field::IoBitmapA, config.io_bitmap_a);
+        write(Field::IoBitmapB, config.io_bitmap_b);
+        write(Field::MsrBitmap, config.msr_bitmap);
+        // EPT pointer (SDM 25.6.11): WB, 4-level walk, A/D flags if offered.
+        let mut ept_pointer = config.ept_root | 6 | (3 << 3);
+        if capabilities.features & feature::EPT_ACCESSED_DIRTY != 0 {
+            ept_pointer |= 1 << 6;
+        }
+        write(Field::EptPointer, ept_pointer);
+        if capabilities.features & feature::VPID != 0 {
+            write(Field::VirtualProcessorId, config.vpid as u64);
+        }
+        // The guest owns CR0 and CR4 except VMXE, which VMX forces on and
+        // which the read shadow hides (SDM 25.6.6).
+        let cr0 = (GUEST_CR0 | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
+        let cr4 = (GUEST_CR4 | capabilities.cr4_fixed0) & capabilities.cr4_fixed1;
+        write(Field::Cr0GuestHostMask, 0);
+        write(Field::Cr0ReadShadow, cr0);
+        write(Field::Cr4GuestHostMask, CR4_VMXE);
+        write(Field::Cr4ReadShadow, cr4 & !CR4_VMXE);
+
+        // Host state (SDM 26.2.2, 26.2.3): this CPU's tables, exit into vmx_exit.
+        write(Field::HostCr0, cpu::read_cr0());
+        write(Field::HostCr3, cpu::read_cr3());
+        write(Field::HostCr4, cpu::read_cr4());
+        write(Field::HostCsSelector, gdt::CODE_SELECTOR as u64);
+        write(Field::HostSsSelector, gdt::DATA_SELECTOR as u64);
+        write(Field::HostDsSelector, gdt::DATA_SELECTOR as u64);
+        write(Field::HostEsSelector, gdt::DATA_SELECTOR as u64);
+        write(Field::HostFsSelector, 0);
+        write(Field::HostGsSelector, 0);
+        write(Field::HostTrSelector, gdt::TSS_SELECTOR as u64);
+        write(Field::HostFsBase, 0);
+        write(Field::HostGsBase, 0);
+        write(Field::HostTrBase, gdt::tss_base());
+        write(Field::HostGdtrBase, gdt::gdt_base());
+        write(Field::HostIdtrBase, idt::idt_base());
+        write(Field::HostSysenterCs, 0);
+        write(Field::HostSysenterEsp, 0);
+        write(Field::HostSysenterEip, 0);
+        // SAFETY: IA32_EFER and IA32_PAT exist on every 64-bit CPU.
+        let (host_efer, host_pat) = unsafe { (rdmsr(msr::IA32_EFER), rdmsr(msr::IA32_PAT)) };
+        write(Field::HostEfer, host_efer);
+        write(Field::HostPat, host_pat);
+        write(Field::HostRip, enter::vmx_exit as *const () as u64);
+
+        // Guest state (SDM 26.3.1): 64-bit mode, flat segments, paging on.
+        write(Field::GuestCr0, cr0);
+        write(Field::GuestCr3, config.cr3);
+        write(Field::GuestCr4, cr4);
+        write(Field::GuestDr7, 0x400);
+        write(Field::GuestRsp, config.rsp);
+        write(Field::GuestRip, config.rip);
+        write(Field::GuestRflags, 0x2);
+        write(Field::GuestEfer, GUEST_EFER);
+        write(Field::GuestPat, DEFAULT_PAT);
+        write(Field::GuestDebugControl, 0);
+        write(Field::GuestCsSelector, guest_gdt::CODE as u64);
+        write(Field::GuestCsBase, 0);
+        write(Field::GuestCsLimit, 0xffff_ffff);
+        write(Field::GuestCsAccessRights, CODE64_ACCESS);
+        for (selector, base, limit, access) in [
+            (Field::GuestSsSelector, Field::GuestSsBase, Field::GuestSsLimit, Field::GuestSsAccessRights),
+            (Field::GuestDsSelector, Field::GuestDsBase, Field::GuestDsLimit, Field::GuestDsAccessRights),
+            (Field::GuestEsSelector, Field::GuestEsBase, Field::GuestEsLimit, Field::GuestEsAccessRights),
+            (Field::GuestFsSelector, Field::GuestFsBase, Field::GuestFsLimit, Field::GuestFsAccessRights),
+            (Field::GuestGsSelector, Field::GuestGsBase, Field::GuestGsLimit, Field::GuestGsAccessRights),
+        ] {
+            write(selector, guest_gdt::DATA as u64);
+            write(base, 0);
+            write(limit, 0xffff_ffff);
+            write(access, DATA_ACCESS);
+        }
+        write(Field::GuestLdtrSelector, 0);
+        write(Field::GuestLdtrBase, 0);
+        write(Field::GuestLdtrLimit, 0);
+        write(Field::GuestLdtrAccessRights, UNUSABLE);
+        write(Field::GuestTrSelector, guest_gdt::TASK as u64);
+        write(Field::GuestTrBase, 0);
+        write(Field::GuestTrLimit, 0x67);
+        write(Field::GuestTrAccessRights, TASK_BUSY_ACCESS);
+        write(Field::GuestGdtrBase, config.gdt_base);
+        write(Field::GuestGdtrLimit, config.gdt_limit as u64);
+        write(Field::GuestIdtrBase, 0);
+        write(Field::GuestIdtrLimit, 0);
+        write(Field::GuestInterruptibility, 0);
+        write(Field::GuestActivityState, 0);
+        write(Field::GuestPendingDebugExceptions, 0);
+        write(Field::GuestSysenterCs, 0);
+        write(Field::GuestSysenterEsp, 0);
+        write(Field::GuestSysenterEip, 0);
+        write(Field::VmcsLinkPointer, u64::MAX);
+
+        invalidate_ept(capabilities, ept_pointer);
+        let registers = GuestRegisters { rdi: config.rdi, ..GuestRegisters::default() };
+        Ok(Vcpu { launched: false, registers })
+    }
+
+    /// Arms the preemption timer to expire after `ticks` timer ticks.
+    pub fn set_preemption_timer(&mut self, ticks: u32) {
+        vmcs::write(Field::PreemptionTimerValue, ticks as u64);
+    }
+
+    /// Runs the guest until the next VM exit and decodes it. Returns the exit
+    /// and its basic reason number (for statistics).
+    #[inline]
+    pub fn run(&mut self) -> (Exit, u32) {
+        // SAFETY: this vCPU's VMCS is current and fully initialised (see
+        // `new`); `registers` outlives the call; vmx_enter returns to us
+        // on the same stack after the exit.
+        let status = unsafe { enter::vmx_enter(&mut self.registers, self.launched as u64) };
+        if status != 0 {
+            let error = if status == 2 { vmcs::read(Field::InstructionError) as u32 } else { 0 };
+            return (Exit::LaunchFailed { error }, u32::MAX);
+        }
+        self.launched = true;
+        let raw = vmcs::read(Field::ExitReason) as u32;
+        let reason = raw & 0xffff;
+        let exit = match reason {
+            _ if raw & (1 << 31) != 0 => {
+                Exit::EntryFailure { reason, qualification: vmcs::read(Field::ExitQualification) }
+            }
+            18 => Exit::Hypercall,
+            10 => Exit::Cpuid,
+            12 => Exit::Halt,
+            30 => {
+                let qualification = vmcs::read(Field::ExitQualification);
+                Exit::Io {
+                    port: (qualification >> 16) as u16,
+                    size: (qualification & 7) as u8 + 1,
+                    input: qualification & (1 << 3) != 0,
+                    string: qualification & (1 << 4) != 0,
+                }
+            }
+            31 => Exit::MsrRead,
+            32 => Exit::MsrWrite,
+            48 => Exit::EptViolation {
+                guest_physical: vmcs::read(Field::GuestPhysicalAddress),
+                qualification: vmcs::read(Field::ExitQualification),
+            },
+            49 => Exit::EptMisconfiguration { guest_physical: vmcs::read(Field::GuestPhysicalAddress) },
+            2 => Exit::TripleFault,
+            1 => Exit::ExternalInterrupt { vector: vmcs::read(Field::ExitInterruptionInfo) as u8 },
+            0 => Exit::ExceptionOrNmi { information: vmcs::read(Field::ExitInterruptionInfo) as u32 },
+            52 => Exit::PreemptionTimer,
+            28 => Exit::ControlRegister { qualification: vmcs::read(Field::ExitQualification) },
+            _ => Exit::Other { reason, qualification: vmcs::read(Field::ExitQualification) },
+        };
+        (exit, reason)
+    }
+
+    /// Moves the guest past the instruction that caused the exit.
+    #[inline]
+    pub fn skip_instruction(&mut self) {
+        let length = vmcs::read(Field::ExitInstructionLength);
+        let rip = vmcs::read(Field::GuestRip);
+        vmcs::write(Field::GuestRip, rip.wrapping_add(length));
+    }
+
+    /// The guest's instruction pointer.
+    pub fn rip(&self) -> u64 {
+        vmcs::read(Field::GuestRip)
+    }
+
+    /// Queues a hardware exception for delivery at the next entry (SDM 27.6).
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // Interruption type 3 = hardware exception; bit 11 = deliver error code; bit 31 = valid.
+        let mut information = vector as u64 | (3 << 8) | (1 << 31);
+        if let Some(code) = error_code {
+            information |= 1 << 11;
+            vmcs::write(Field::EntryExceptionErrorCode, code as u64);
+        }
+        vmcs::write(Field::EntryInterruptionInfo, information);
+    }
+}

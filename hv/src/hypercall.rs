@@ -1,0 +1,95 @@
+//! Hypercall dispatch: the table from `abi::Hypercall` numbers to handlers.
+//! Every handler validates its arguments and returns an `abi::Error` rather
+//! than trusting anything the domain passed.
+
+use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, PlatformOp};
+use abi::info::{DOMAIN_INFO_MIN_SIZE, DomainInfo, HV_INFO_MIN_SIZE, HvInfo};
+use abi::{DomainId, Error};
+
+use crate::domain::bytes_of;
+use crate::hypervisor::Hypervisor;
+
+/// A handler: the hypervisor, the calling domain's index, the five arguments.
+type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;
+
+/// Handlers indexed by hypercall number (see `abi::Hypercall`).
+static TABLE: [Handler; HYPERCALL_COUNT] = [version, console_write, dmesg_read, hv_info, domain_info, null, platform];
+
+/// Runs hypercall `number` for domain `caller`; the result goes in RAX.
+#[inline]
+pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64; 5]) -> i64 {
+    let Some(handler) = TABLE.get(number as usize) else {
+        return Error::NoSuchHypercall.code();
+    };
+    match handler(hv, caller, arguments) {
+        Ok(value) => value.min(i64::MAX as u64) as i64,
+        Err(error) => error.code(),
+    }
+}
+
+fn require_privileged(hv: &Hypervisor, caller: usize) -> Result<(), Error> {
+    if hv.domains[caller].privileged { Ok(()) } else { Err(Error::Permission) }
+}
+
+fn version(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
+    Ok(abi::ABI_VERSION as u64)
+}
+
+fn null(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
+    Ok(0)
+}
+
+fn console_write(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
+    if length > CONSOLE_WRITE_MAX {
+        return Err(Error::InvalidArgument);
+    }
+    let mut buffer = [0u8; CONSOLE_WRITE_MAX as usize];
+    let text = &mut buffer[..length as usize];
+    let domain = &hv.domains[caller];
+    domain.read_guest(address, text)?;
+    crate::log::domain_text(domain.id, text);
+    Ok(length)
+}
+
+fn dmesg_read(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
+    require_privileged(hv, caller)?;
+    let mut buffer = [0u8; crate::log::RING_BYTES];
+    let wanted = length.min(buffer.len() as u64) as usize;
+    // Validate the whole destination before doing any work.
+    hvcore::guest::page_chunks(address, length, u64::MAX)?;
+    let copied = crate::log::copy_latest(&mut buffer[..wanted]);
+    hv.domains[caller].write_guest(address, &buffer[..copied])?;
+    Ok(copied as u64)
+}
+
+fn hv_info(hv: &mut Hypervisor, caller: usize, [address, size, ..]: [u64; 5]) -> Result<u64, Error> {
+    let length = hvcore::guest::versioned_size(size, HV_INFO_MIN_SIZE, core::mem::size_of::<HvInfo>())?;
+    let info = hv.info();
+    hv.domains[caller].write_guest(address, &bytes_of(&info)[..length])?;
+    Ok(length as u64)
+}
+
+fn domain_info(hv: &mut Hypervisor, caller: usize, [domain, address, size, ..]: [u64; 5]) -> Result<u64, Error> {
+    let length = hvcore::guest::versioned_size(size, DOMAIN_INFO_MIN_SIZE, core::mem::size_of::<DomainInfo>())?;
+    let target = DomainId::try_from(domain).map_err(|_| Error::InvalidArgument)?;
+    if target != hv.domains[caller].id {
+        require_privileged(hv, caller)?;
+    }
+    let info = hv.domains.iter().find(|d| d.id == target).ok_or(Error::NotFound)?.info();
+    hv.domains[caller].write_guest(address, &bytes_of(&info)[..length])?;
+    Ok(length as u64)
+}
+
+fn platform(hv: &mut Hypervisor, caller: usize, [operation, ..]: [u64; 5]) -> Result<u64, Error> {
+    require_privileged(hv, caller)?;
+    match PlatformOp::from_number(operation).ok_or(Error::InvalidArgument)? {
+        PlatformOp::PowerOff => {
+            crate::warning!("powering off (requested by d{})", hv.domains[caller].id);
+            crate::arch::platform::power_off()
+        }
+        PlatformOp::Reboot => {
+            crate::warning!("rebooting (requested by d{})", hv.domains[caller].id);
+            crate::arch::platform::reboot()
+        }
+    }
+}

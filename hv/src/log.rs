@@ -1,0 +1,184 @@
+//! hv's leveled log: every line goes into the dmesg ring, and lines at or
+//! above the console level also go to COM1.
+//!
+//! Once dom0 owns the serial console, hv lowers its console level to
+//! warnings so the shell is not interleaved with chatter; `dmesg` in dom0
+//! still shows everything.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use hvcore::log_ring::LogRing;
+use spin::Mutex;
+
+use crate::arch::serial;
+
+/// Severity of a log line; a lower value is more severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Error = 0,
+    Warning = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl Level {
+    /// Parses `error`, `warning`, `info`, `debug` (the `loglevel=` option).
+    pub fn parse(text: &str) -> Option<Level> {
+        Some(match text {
+            "error" => Level::Error,
+            "warning" | "warn" => Level::Warning,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            _ => return None,
+        })
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Level::Error => "hv: error: ",
+            Level::Warning => "hv: warning: ",
+            Level::Info => "hv: ",
+            Level::Debug => "hv: debug: ",
+        }
+    }
+}
+
+/// Capacity of the dmesg ring, in bytes.
+pub const RING_BYTES: usize = 16 * 1024;
+
+static RING: Mutex<LogRing<RING_BYTES>> = Mutex::new(LogRing::new());
+static RECORD_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Sets the most verbose level that is recorded at all.
+pub fn set_record_level(level: Level) {
+    RECORD_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Sets the most verbose level that is also written to the serial console.
+pub fn set_console_level(level: Level) {
+    CONSOLE_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether a line at `level` would be recorded (to skip formatting early).
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= RECORD_LEVEL.load(Ordering::Relaxed)
+}
+
+/// Formats into a fixed line buffer, truncating what does not fit.
+struct LineBuffer {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl LineBuffer {
+    const fn new() -> LineBuffer {
+        LineBuffer { bytes: [0; 512], len: 0 }
+    }
+
+    fn push(&mut self, byte: u8) {
+        if self.len < self.bytes.len() {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
+    }
+}
+
+impl Write for LineBuffer {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let room = self.bytes.len() - self.len;
+        let take = text.len().min(room);
+        self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// Records one line at `level` (the newline is added here).
+pub fn write(level: Level, arguments: fmt::Arguments) {
+    if !enabled(level) {
+        return;
+    }
+    let mut line = LineBuffer::new();
+    let _ = line.write_str(level.prefix());
+    let _ = line.write_fmt(arguments);
+    if line.len == line.bytes.len() {
+        line.len -= 1;
+    }
+    line.bytes[line.len] = b'\n';
+    line.len += 1;
+    emit(level, &line.bytes[..line.len]);
+}
+
+/// Records raw text from a domain's console write, one log line per text
+/// line, each tagged with the domain's id.
+pub fn domain_text(domain: u32, text: &[u8]) {
+    let mut line = LineBuffer::new();
+    let _ = write!(line, "(d{domain}) ");
+    let prefix_len = line.len;
+    for &byte in text {
+        // Keep the log printable: control characters other than newline and
+        // tab become '?', so a guest cannot drive the operator's terminal.
+        let clean = if byte == b'\n' || byte == b'\t' || (0x20..0x7f).contains(&byte) { byte } else { b'?' };
+        line.push(clean);
+        if clean == b'\n' || line.len == line.bytes.len() - 1 {
+            if clean != b'\n' {
+                line.push(b'\n');
+            }
+            emit(Level::Info, &line.bytes[..line.len]);
+            line.len = prefix_len;
+        }
+    }
+    if line.len > prefix_len {
+        line.push(b'\n');
+        emit(Level::Info, &line.bytes[..line.len]);
+    }
+}
+
+fn emit(level: Level, bytes: &[u8]) {
+    RING.lock().write(bytes);
+    if level as u8 <= CONSOLE_LEVEL.load(Ordering::Relaxed) {
+        serial::write_bytes(bytes);
+    }
+}
+
+/// Copies the most recent log bytes into `out`; returns how many.
+pub fn copy_latest(out: &mut [u8]) -> usize {
+    RING.lock().copy_latest(out)
+}
+
+/// Writes straight to the serial console, bypassing the ring's lock: for
+/// exception and panic reports, which may happen while the lock is held.
+pub fn emergency(arguments: fmt::Arguments) {
+    struct Serial;
+    impl Write for Serial {
+        fn write_str(&mut self, text: &str) -> fmt::Result {
+            serial::write_bytes(text.as_bytes());
+            Ok(())
+        }
+    }
+    let _ = Serial.write_fmt(arguments);
+}
+
+/// Logs at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
+}
+/// Logs at warning level.
+#[macro_export]
+macro_rules! warning {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warning, format_args!($($arg)*)) };
+}
+/// Logs at info level.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
+}
+/// Logs at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) };
+}
