@@ -6,4 +6,5 @@
 
 pub mod line_editor;
 pub mod report;
+pub mod selftest;
 pub mod shell;

@@ -72,7 +72,7 @@ extern "C" fn _start(start_info_address: u64) -> ! {
         let _ = writeln!(console, "dom0: warning: built for ABI {}.{}", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
     }
     let _ = hypercall::console_write(b"dom0 started\n");
-    let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0 };
+    let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info };
     shell.run()
 }
 
@@ -88,6 +88,7 @@ struct Shell {
     editor: LineEditor,
     /// TSC when the first prompt was printed (instructions since power-on under Bochs).
     boot_to_prompt: u64,
+    start_info: StartInfo,
 }
 
 impl Shell {
@@ -139,7 +140,8 @@ impl Shell {
         match command {
             Command::Help => {
                 for (name, arguments, description) in COMMANDS {
-                    let _ = writeln!(self.console, "  {:<18} {description}", format_args!("{name} {arguments}"));
+                    let width = 18usize.saturating_sub(name.len() + 1);
+                    let _ = writeln!(self.console, "  {name} {arguments:<width$} {description}");
                 }
             }
             Command::Info => self.info(),
@@ -153,6 +155,7 @@ impl Shell {
                 }
             }
             Command::Bench => self.bench(),
+            Command::SelfTest => self.self_test(),
             Command::PowerOff | Command::Reboot => {
                 let (operation, what) = if command == Command::PowerOff {
                     (PlatformOp::PowerOff, "powering off")
@@ -183,6 +186,35 @@ impl Shell {
         };
         let mut brand = [0u8; 48];
         let _ = report::write_info(&mut self.console, &hv, &dom0, cpu_brand(&mut brand));
+    }
+
+    fn self_test(&mut self) {
+        use dom0core::selftest::{Argument, CASES, matches};
+        let mapped_end = self.start_info.identity_mapped_bytes;
+        let ramdisk = if self.start_info.ramdisk_size > 0 { self.start_info.ramdisk_base } else { mapped_end };
+        let mut buffer = [0u8; 4096];
+        let buffer_address = buffer.as_mut_ptr() as u64;
+        let mut passed = 0;
+        for case in CASES {
+            let arguments = case.arguments.map(|argument| match argument {
+                Argument::Value(value) => value,
+                Argument::Buffer => buffer_address,
+                Argument::MappedEnd(offset) => mapped_end.wrapping_add(offset),
+                Argument::Ramdisk => ramdisk,
+            });
+            // SAFETY: every pointer argument is either `buffer` (writable, 4 KiB)
+            // or an address outside dom0's writable RAM that hv must refuse.
+            let result = unsafe { hypercall::raw(case.number, arguments) };
+            passed += self.report_case(case.name, matches(case.expected, result), result);
+        }
+        core::hint::black_box(&mut buffer);
+        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len());
+    }
+
+    fn report_case(&mut self, name: &str, ok: bool, result: i64) -> usize {
+        let verdict = if ok { "ok" } else { "FAILED" };
+        let _ = writeln!(self.console, "selftest: {name}: {verdict} (rax {result})");
+        ok as usize
     }
 
     fn bench(&mut self) {

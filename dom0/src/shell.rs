@@ -15,14 +15,17 @@ pub enum Command {
     PowerOff,
     /// `reboot`: reset the machine.
     Reboot,
+    /// `selftest`: hostile hypercalls against the live hypervisor.
+    SelfTest,
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 6] = [
+pub const COMMANDS: [(&str, &str, &str); 7] = [
     ("help", "", "list the commands"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
     ("bench", "", "measure the null hypercall and a CPUID exit in TSC ticks"),
+    ("selftest", "", "make hostile hypercalls and check each gets its documented error"),
     ("poweroff", "", "turn the machine off"),
     ("reboot", "", "reset the machine"),
 ];
@@ -47,6 +50,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError<'_>> {
         "bench" => Command::Bench,
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,
+        "selftest" => Command::SelfTest,
         _ => return Err(ParseError::Unknown(name)),
     };
     if let Some(argument) = words.next() {

@@ -21,8 +21,9 @@ pub struct Hypervisor {
     pub capabilities: Capabilities,
     pub domains: ArrayVec<Domain, MAX_DOMAINS>,
     pub boot_tsc: u64,
-    /// Pages hv itself occupies (image, bitmap, tables), for `HvInfo`.
-    pub hv_pages: u64,
+    /// Pages reserved for hv at boot (its image and the frame bitmap);
+    /// frames it allocates later (tables, VMCSs) are counted on top.
+    pub reserved_pages: u64,
 }
 
 const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -40,13 +41,20 @@ impl Hypervisor {
             features: self.capabilities.features,
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
-            hv_pages: self.hv_pages,
+            hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
             tsc_khz: 0,
             boot_tsc: self.boot_tsc,
             cpu_count: 1,
             _reserved0: 0,
             hv_version,
         }
+    }
+
+    /// Allocated frames that no domain owns: hv's own tables and VMX structures.
+    fn hv_allocated_pages(&self, totals: crate::memory::Totals) -> u64 {
+        let allocated = totals.total_pages - totals.free_pages;
+        let owned: u64 = self.domains.iter().map(|d| d.current_pages).sum();
+        allocated.saturating_sub(owned)
     }
 
     /// Runs domains forever.

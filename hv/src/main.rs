@@ -119,12 +119,11 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(domain) => domain,
         Err(reason) => stop(reason),
     };
-    let after = memory::totals();
     let mut hv = Hypervisor {
         capabilities,
         domains: ArrayVec::new(),
         boot_tsc,
-        hv_pages: (hv_end - hv_start).div_ceil(4096) + (totals.total_pages - after.total_pages),
+        reserved_pages: (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages,
     };
     hv.domains.push(dom0);
     info!("starting dom0; hv log continues in 'dmesg'");

@@ -15,6 +15,8 @@ static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 pub struct Totals {
     pub total_pages: u64,
     pub free_pages: u64,
+    /// Pages holding the allocator's own bitmap.
+    pub bitmap_pages: u64,
 }
 
 /// Builds the frame allocator from the multiboot2 memory map, leaving out
@@ -49,7 +51,11 @@ pub fn init(boot: &BootInfo, reserved: &[PhysRange]) -> Result<Totals, &'static 
         frames.reserve_range(range.start, range.end);
     }
     frames.reserve_range(bitmap_address, bitmap_address + bitmap_size);
-    let totals = Totals { total_pages: frames.total_count(), free_pages: frames.free_count() };
+    let totals = Totals {
+        total_pages: frames.total_count(),
+        free_pages: frames.free_count(),
+        bitmap_pages: bitmap_size / hvcore::frame::FRAME_SIZE,
+    };
     *FRAMES.lock() = Some(frames);
     Ok(totals)
 }
@@ -59,7 +65,7 @@ pub fn totals() -> Totals {
     FRAMES
         .lock()
         .as_ref()
-        .map(|frames| Totals { total_pages: frames.total_count(), free_pages: frames.free_count() })
+        .map(|frames| Totals { total_pages: frames.total_count(), free_pages: frames.free_count(), bitmap_pages: 0 })
         .unwrap_or_default()
 }
 
