@@ -144,8 +144,8 @@ pub struct DomainInfo {
     pub vcpu_count: u32,
     /// Reserved, zero.
     pub _reserved0: u32,
-    /// TSC ticks the domain's vCPUs have run in non-root mode (approximate:
-    /// measured from VM entry to VM exit by the hypervisor).
+    /// TSC ticks the domain's vCPUs have been scheduled, including the time
+    /// hv spent handling their exits.
     pub cpu_time_tsc: u64,
     /// Total VM exits of this domain.
     pub exit_total: u64,

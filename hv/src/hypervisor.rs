@@ -73,18 +73,19 @@ impl Hypervisor {
         }
     }
 
-    /// Runs domain `index` until something needs the scheduler.
+    /// Runs domain `index` until something needs the scheduler. The whole
+    /// slice, including hv's work on the domain's behalf, is charged to it.
     fn run_slice(&mut self, index: usize) {
+        let start = cpu::rdtsc();
         loop {
             let domain = &mut self.domains[index];
-            let start = cpu::rdtsc();
             let (exit, reason) = domain.vcpu.run();
-            domain.cpu_time_tsc += cpu::rdtsc().wrapping_sub(start);
             domain.count_exit(reason);
             if !self.handle_exit(index, exit) || self.domains[index].state != DomainState::Running {
-                return;
+                break;
             }
         }
+        self.domains[index].cpu_time_tsc += cpu::rdtsc().wrapping_sub(start);
     }
 
     /// Handles one VM exit. Returns false when the scheduler should pick again.
