@@ -1,0 +1,45 @@
+//! Benchmark runner (not a test): boots Mica in Bochs with `clock: sync=none`,
+//! where the TSC counts emulated instructions, runs `bench` at the dom0 shell,
+//! prints the path lengths and powers off.
+//!
+//!     cargo run --release -p mica-tests --bin bench
+
+use std::process::ExitCode;
+
+use mica_tests::{BenchReport, Bochs, Iso, PROMPT, boot_to_prompt, seconds};
+
+fn run() -> Result<(), String> {
+    let iso = Iso::get()?;
+    eprintln!("bench: booting {} in Bochs", iso.path().display());
+    let mut machine = Bochs::boot(iso)?;
+    boot_to_prompt(&mut machine)?;
+    machine.send_line("bench")?;
+    let output = machine.expect(PROMPT, seconds(120))?;
+    let report = BenchReport::parse(&output)?;
+
+    let null = report.null_hypercall;
+    let cpuid = report.cpuid_exit;
+    println!("null hypercall:  {:>8} tsc/call (min {}, {} calls)", null.mean_tsc, null.min_tsc, null.calls);
+    println!("cpuid exit:      {:>8} tsc/call (min {}, {} calls)", cpuid.mean_tsc, cpuid.min_tsc, cpuid.calls);
+    println!("boot to prompt:  {:>8} tsc", report.boot_to_prompt_tsc);
+    if cpuid.mean_tsc > 0 {
+        println!("null/cpuid:      {:>8.3}", null.mean_tsc as f64 / cpuid.mean_tsc as f64);
+    } else {
+        println!("null/cpuid:      undefined (cpuid exit took 0 tsc)");
+    }
+
+    machine.send_line("poweroff")?;
+    machine.expect("hv: powering off", seconds(20))?;
+    machine.wait_exit(seconds(30))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench failed:\n{error}");
+            ExitCode::FAILURE
+        }
+    }
+}

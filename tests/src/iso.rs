@@ -1,0 +1,75 @@
+//! The boot image under test: built once per test process by `run-qemu.sh --build-only`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// A bootable Mica ISO (GRUB, hv, dom0, ramdisk).
+#[derive(Debug)]
+pub struct Iso {
+    path: PathBuf,
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+impl Iso {
+    /// The ISO for this test process: `$MICA_ISO` if set, otherwise built once
+    /// by `run-qemu.sh --build-only` into a target directory of its own
+    /// (`<target>/system`), so the `cargo test` that runs us never waits for
+    /// its own lock. Every caller gets the same result, error included.
+    pub fn get() -> Result<&'static Iso, String> {
+        static ISO: OnceLock<Result<Iso, String>> = OnceLock::new();
+        ISO.get_or_init(Iso::locate_or_build).as_ref().map_err(Clone::clone)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn locate_or_build() -> Result<Iso, String> {
+        if let Some(path) = std::env::var_os("MICA_ISO") {
+            let path = PathBuf::from(path);
+            return if path.is_file() {
+                Ok(Iso { path })
+            } else {
+                Err(format!("MICA_ISO={} is not a file", path.display()))
+            };
+        }
+        let root = workspace_root();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root.join(dir).join("system"),
+            None => root.join("target").join("system"),
+        };
+        let script = root.join("run-qemu.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg("--build-only")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&root)
+            .output()
+            .map_err(|error| format!("could not run {}: {error}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            return Err(format!(
+                "building the ISO failed: `{} --build-only` (CARGO_TARGET_DIR={}) exited with {}\n\
+                 --- its stderr ---\n{stderr}--- its stdout ---\n{stdout}",
+                script.display(),
+                target.display(),
+                output.status
+            ));
+        }
+        let path = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+        if !path.is_file() {
+            return Err(format!(
+                "`run-qemu.sh --build-only` succeeded but its last line of stdout, {:?}, \
+                 is not an ISO file\n--- its stderr ---\n{stderr}",
+                path.display()
+            ));
+        }
+        Ok(Iso { path })
+    }
+}

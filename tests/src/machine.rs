@@ -1,0 +1,539 @@
+//! One emulator run (Bochs or QEMU) of the ISO: its process, working
+//! directory, serial console, hard timeout, and failure reports.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::console::{Console, escape, remaining, tail};
+use crate::iso::Iso;
+use crate::pattern::Pattern;
+
+/// Console text that means hv or dom0 failed: `expect` stops waiting early
+/// when one shows up before what it waits for.
+pub const DEFAULT_FAILURE_MARKERS: &[&str] = &["EXCEPTION", "panicked at", "hv: cannot start: "];
+
+/// A duration in seconds, multiplied by `$MICA_TEST_TIMEOUT_SCALE` (default 1)
+/// for slow machines.
+pub fn seconds(count: u64) -> Duration {
+    let scale = std::env::var("MICA_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .filter(|scale| *scale > 0.0)
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(count as f64 * scale)
+}
+
+/// Fails the test with the harness's (multi-line) message:
+/// `machine.expect(...).unwrap_or_else(fail)`.
+pub fn fail<T>(message: String) -> T {
+    panic!("\n{message}\n")
+}
+
+/// A running emulator with the ISO inserted and COM1 connected to a `Console`.
+/// Dropping it kills the emulator and removes its working directory (kept
+/// when the test panics or `$MICA_TEST_KEEP` is set).
+pub struct Machine {
+    name: &'static str,
+    child: Arc<Mutex<Child>>,
+    exit_status: Option<ExitStatus>,
+    directory: PathBuf,
+    /// Files whose tails go into failure reports (bochs.log, stderr), with
+    /// how many lines to show.
+    logs: Vec<(PathBuf, usize)>,
+    console: Console,
+    watchdog: Watchdog,
+    failure_markers: Vec<String>,
+    _slot: EmulatorSlot,
+}
+
+impl Machine {
+    /// Waits up to `timeout` for `pattern` in the console text not yet
+    /// consumed; returns that text up to and including the match, and
+    /// consumes it. Fails early when a failure marker (EXCEPTION, ...) shows
+    /// up first or the emulator ends; the error explains what was expected
+    /// and shows what was seen.
+    pub fn expect(&mut self, pattern: impl Pattern, timeout: Duration) -> Result<String, String> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut marker_grace: Option<Instant> = None;
+        let failure = loop {
+            let shared = self.console.shared();
+            let mut transcript = shared.lock();
+            let unread = &transcript.text[self.console.cursor()..];
+            if let Some(end) = pattern.find_end(unread) {
+                let found = unread[..end].to_owned();
+                drop(transcript);
+                self.console.advance_to(self.console.cursor() + end);
+                return Ok(found);
+            }
+            if let Some(grace) = marker_grace {
+                // Give the failing code a moment to print the rest of its report.
+                if Instant::now() >= grace {
+                    let marker_line = self.failure_markers.iter().find_map(|marker| line_containing(unread, marker));
+                    break format!(
+                        "hv or dom0 reported a failure while waiting for {}: {:?}",
+                        pattern.describe(),
+                        marker_line.unwrap_or_default()
+                    );
+                }
+            } else if self.failure_markers.iter().any(|marker| unread.contains(marker.as_str())) {
+                marker_grace = Some(Instant::now() + Duration::from_millis(1500));
+            }
+            if let Some(reason) = &transcript.closed {
+                break format!("{reason} while waiting for {}", pattern.describe());
+            }
+            let Some(left) = remaining(deadline) else {
+                break format!("timed out after {:.1?} waiting for {}", timeout, pattern.describe());
+            };
+            transcript = shared.wait(transcript, left.min(Duration::from_millis(200)));
+            drop(transcript);
+        };
+        Err(self.report(&failure))
+    }
+
+    /// Types raw bytes on COM1.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let result = self.console.send(bytes);
+        result.map_err(|error| self.report(&error))
+    }
+
+    /// Types `line` and Enter ("\r") on COM1.
+    pub fn send_line(&mut self, line: &str) -> Result<(), String> {
+        let result = self.console.send_line(line);
+        result.map_err(|error| self.report(&error))
+    }
+
+    /// Waits for the emulator to end by itself; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return if self.watchdog.fired() {
+                    Err(self.report("the emulator did not end by itself: the run's hard timeout killed it"))
+                } else {
+                    Ok(status)
+                };
+            }
+            if remaining(deadline).is_none() {
+                return Err(self.report(&format!(
+                    "{} did not exit by itself within {timeout:.1?}",
+                    self.name
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces the console texts that make `expect` fail early.
+    pub fn set_failure_markers(&mut self, markers: &[&str]) {
+        self.failure_markers = markers.iter().map(|marker| marker.to_string()).collect();
+    }
+
+    /// Everything COM1 has shown so far.
+    pub fn transcript(&self) -> String {
+        self.console.transcript()
+    }
+
+    /// The emulator's working directory (logs, bochsrc).
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// The text of a log file in the working directory (e.g. "bochs.log").
+    pub fn log(&self, name: &str) -> String {
+        fs::read(self.directory.join(name)).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit_status.is_none() {
+            let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.exit_status = child.try_wait().ok().flatten();
+        }
+        self.exit_status
+    }
+
+    /// A failure message: what went wrong, the emulator's state, the console
+    /// text since the last match and overall, and the tails of the logs.
+    fn report(&mut self, what: &str) -> String {
+        // When the serial line closed, the process is usually just exiting.
+        if self.console.shared().lock().closed.is_some() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.try_wait().is_none() && remaining(deadline).is_some() {
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let state = match self.try_wait() {
+            Some(status) if self.watchdog.fired() => {
+                format!("{} was killed by the run's hard timeout of {:.0?} ({status})", self.name, self.watchdog.limit)
+            }
+            Some(status) => format!("{} has exited: {status}", self.name),
+            None => format!("{} is still running", self.name),
+        };
+        let transcript = self.console.transcript();
+        let cursor = self.console.cursor().min(transcript.len());
+        let mut message = format!("{}: {what}\n({state}; working directory {})\n", self.name, self.directory.display());
+        if cursor > 0 {
+            let unread = &transcript[cursor..];
+            let _ = write!(
+                message,
+                "--- console text after the last match ({} bytes) ---\n{}\n",
+                unread.len(),
+                escape(tail(unread, 4000))
+            );
+        }
+        let _ = write!(
+            message,
+            "--- whole console transcript ({} bytes{}) ---\n{}\n",
+            transcript.len(),
+            if transcript.len() > 8000 { ", last 8000 shown" } else { "" },
+            escape(tail(&transcript, 8000))
+        );
+        for (log, count) in &self.logs {
+            let lines = last_lines(log, *count);
+            let _ = write!(message, "--- {} (last {} lines) ---\n{}\n", log.display(), lines.len(), lines.join("\n"));
+        }
+        message.push_str("--- end of report ---");
+        message
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.watchdog.stop();
+        {
+            let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.exit_status.is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if thread::panicking() || std::env::var_os("MICA_TEST_KEEP").is_some() {
+            eprintln!("{}: kept the working directory {}", self.name, self.directory.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.directory);
+        }
+    }
+}
+
+fn line_containing(text: &str, needle: &str) -> Option<String> {
+    text.lines().find(|line| line.contains(needle)).map(str::to_owned)
+}
+
+fn last_lines(path: &Path, count: usize) -> Vec<String> {
+    let Ok(file) = File::open(path) else {
+        return vec![format!("(cannot read {})", path.display())];
+    };
+    let lines: Vec<String> = BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|line| String::from_utf8_lossy(&line).into_owned())
+        .collect();
+    lines[lines.len().saturating_sub(count)..].to_vec()
+}
+
+/// Kills the emulator when a run exceeds its hard time limit.
+struct Watchdog {
+    limit: Duration,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    fired: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(child: Arc<Mutex<Child>>, limit: Duration) -> Watchdog {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (thread_stop, thread_fired) = (Arc::clone(&stop), Arc::clone(&fired));
+        thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let (stopped, wake) = &*thread_stop;
+            let mut stopped = stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            while !*stopped {
+                let Some(left) = remaining(deadline) else {
+                    thread_fired.store(true, Ordering::SeqCst);
+                    let mut child = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let _ = child.kill();
+                    return;
+                };
+                stopped = wake.wait_timeout(stopped, left).map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
+            }
+        });
+        Watchdog { limit, stop, fired }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        wake.notify_all();
+    }
+}
+
+/// At most `$MICA_TEST_EMULATORS` (default 2) emulators run at once in one
+/// test process: each is CPU-bound.
+struct EmulatorSlot;
+
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+impl EmulatorSlot {
+    fn acquire() -> EmulatorSlot {
+        let limit = std::env::var("MICA_TEST_EMULATORS").ok().and_then(|text| text.parse().ok()).unwrap_or(2usize).max(1);
+        let (running, freed) = &SLOTS;
+        let mut running = running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *running >= limit {
+            running = freed.wait(running).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *running += 1;
+        EmulatorSlot
+    }
+}
+
+impl Drop for EmulatorSlot {
+    fn drop(&mut self) {
+        let (running, freed) = &SLOTS;
+        *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A fresh working directory for one run, under the system temp directory.
+fn make_directory(emulator: &str) -> Result<PathBuf, String> {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let directory = std::env::temp_dir().join(format!(
+        "mica-{emulator}-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&directory);
+    fs::create_dir_all(&directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    Ok(directory)
+}
+
+/// Copies the ISO in, so that a rebuild during the run cannot change it.
+fn copy_iso(iso: &Iso, directory: &Path) -> Result<(), String> {
+    fs::copy(iso.path(), directory.join("mica.iso"))
+        .map(drop)
+        .map_err(|error| format!("cannot copy {} into {}: {error}", iso.path().display(), directory.display()))
+}
+
+fn command_exists(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|directory| directory.join(name).is_file()))
+}
+
+/// Bochs settings for one run.
+#[derive(Debug, Clone)]
+pub struct BochsOptions {
+    /// Kill Bochs after this long whatever happens.
+    pub hard_timeout: Duration,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// How long Bochs may take to connect COM1 to the harness.
+    pub connect_timeout: Duration,
+}
+
+impl Default for BochsOptions {
+    fn default() -> Self {
+        BochsOptions { hard_timeout: seconds(120), memory_mib: 256, connect_timeout: seconds(30) }
+    }
+}
+
+/// Boots the ISO in Bochs, whose CPU emulation includes VT-x with EPT.
+pub struct Bochs;
+
+impl Bochs {
+    pub fn boot(iso: &Iso) -> Result<Machine, String> {
+        Bochs::boot_with(iso, &BochsOptions::default())
+    }
+
+    pub fn boot_with(iso: &Iso, options: &BochsOptions) -> Result<Machine, String> {
+        let bios = Path::new("/usr/share/bochs/BIOS-bochs-latest");
+        let vga_bios = Path::new("/usr/share/bochs/VGABIOS-lgpl-latest");
+        if !command_exists("bochs") || !bios.is_file() || !vga_bios.is_file() {
+            return Err(format!(
+                "Bochs is not installed (need `bochs` in PATH, {} and {}); the system tests \
+                 boot Mica in it. Install it with tests/run.sh (installs every missing package) \
+                 or: sudo apt-get install bochs bochsbios vgabios",
+                bios.display(),
+                vga_bios.display()
+            ));
+        }
+        let slot = EmulatorSlot::acquire();
+        let directory = make_directory("bochs")?;
+        copy_iso(iso, &directory)?;
+
+        // Bochs connects COM1 to us (socket-client): bind first, then write
+        // the port into the bochsrc. If nobody listened, Bochs would boot on
+        // without COM1 and the test would hang.
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| format!("cannot listen on 127.0.0.1: {error}"))?;
+        let port = listener.local_addr().map_err(|error| error.to_string())?.port();
+        let bochsrc = bochsrc(options.memory_mib, port);
+        let write = |name: &str, text: &str| {
+            fs::write(directory.join(name), text).map_err(|error| format!("cannot write {name}: {error}"))
+        };
+        write("bochsrc", &bochsrc)?;
+        // `c` starts the simulation; `quit` ends Bochs if it ever stops in
+        // its debugger (magic breakpoint), instead of waiting for a user.
+        write("dbg.rc", "c\nquit\n")?;
+
+        let output = File::create(directory.join("bochs.out")).map_err(|error| error.to_string())?;
+        let errors = output.try_clone().map_err(|error| error.to_string())?;
+        let child = Command::new("bochs")
+            .args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"])
+            .current_dir(&directory)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors)
+            .spawn()
+            .map_err(|error| format!("cannot start bochs: {error}"))?;
+        let child = Arc::new(Mutex::new(child));
+        let logs = vec![(directory.join("bochs.log"), 40), (directory.join("bochs.out"), 8)];
+
+        let stream = match accept(&listener, &child, options.connect_timeout) {
+            Ok(stream) => stream,
+            Err(error) => {
+                let mut report = format!(
+                    "Bochs: {error} (working directory {})\n--- bochsrc ---\n{bochsrc}",
+                    directory.display()
+                );
+                for (log, count) in &logs {
+                    let lines = last_lines(log, *count);
+                    let _ = write!(report, "--- {} (last {} lines) ---\n{}\n", log.display(), lines.len(), lines.join("\n"));
+                }
+                let mut child = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(report);
+            }
+        };
+        // Our typed bytes go out at once; Bochs reads them when the UART has room.
+        let _ = stream.set_nodelay(true);
+        let reader = stream.try_clone().map_err(|error| error.to_string())?;
+        let console = Console::new(reader, Box::new(stream));
+        let watchdog = Watchdog::start(Arc::clone(&child), options.hard_timeout);
+        Ok(Machine {
+            name: "Bochs",
+            child,
+            exit_status: None,
+            directory,
+            logs,
+            console,
+            watchdog,
+            failure_markers: DEFAULT_FAILURE_MARKERS.iter().map(|marker| marker.to_string()).collect(),
+            _slot: slot,
+        })
+    }
+}
+
+/// The bochsrc of a test run (see docs/bochs-vmx.md): headless (rfb display
+/// that waits for no viewer), Skylake-X CPU with VT-x and EPT, the ISO on the
+/// first ATA channel, e1000 with no network, COM1 to the harness, and
+/// `clock: sync=none` so the TSC counts emulated instructions.
+pub fn bochsrc(memory_mib: u32, com1_port: u16) -> String {
+    format!(
+        "config_interface: textconfig
+display_library: rfb, options=\"timeout=0\"
+memory: guest={memory_mib}, host={memory_mib}
+cpu: model=corei7_skylake_x, count=1, ips=50000000, reset_on_triple_fault=0, ignore_bad_msrs=0
+romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot
+vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
+boot: cdrom
+ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14
+ata0-master: type=cdrom, path=mica.iso, status=inserted
+ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15
+pci: enabled=1, chipset=i440fx, slot1=e1000
+e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=null
+com1: enabled=1, mode=socket-client, dev=127.0.0.1:{com1_port}
+port_e9_hack: enabled=1
+magic_break: enabled=1
+clock: sync=none, time0=local
+speaker: enabled=0
+sound: driver=dummy
+log: bochs.log
+panic: action=fatal
+error: action=report
+info: action=report
+debug: action=ignore
+"
+    )
+}
+
+/// Accepts the emulator's connection, giving up when it exits or `timeout` passes.
+fn accept(listener: &TcpListener, child: &Mutex<Child>, timeout: Duration) -> Result<TcpStream, String> {
+    listener.set_nonblocking(true).map_err(|error| error.to_string())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).map_err(|error| error.to_string())?;
+                return Ok(stream);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(format!("accepting the COM1 connection failed: {error}")),
+        }
+        if let Ok(Some(status)) = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).try_wait() {
+            return Err(format!("exited ({status}) before connecting COM1"));
+        }
+        if remaining(deadline).is_none() {
+            return Err(format!("did not connect COM1 within {timeout:.1?}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Boots the ISO in QEMU.
+pub struct Qemu;
+
+impl Qemu {
+    /// QEMU with TCG (`-cpu max`): no VT-x, so hv must refuse to start.
+    /// COM1 is QEMU's stdio.
+    pub fn boot_tcg(iso: &Iso, hard_timeout: Duration) -> Result<Machine, String> {
+        if !command_exists("qemu-system-x86_64") {
+            return Err("QEMU is not installed (no `qemu-system-x86_64` in PATH); the system tests \
+                        boot Mica in it. Install it with tests/run.sh (installs every missing package) \
+                        or: sudo apt-get install qemu-system-x86"
+                .to_owned());
+        }
+        let slot = EmulatorSlot::acquire();
+        let directory = make_directory("qemu")?;
+        copy_iso(iso, &directory)?;
+        let errors = File::create(directory.join("qemu.err")).map_err(|error| error.to_string())?;
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-cdrom", "mica.iso"])
+            .args(["-serial", "stdio", "-monitor", "none", "-display", "none", "-no-reboot"])
+            .current_dir(&directory)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(errors)
+            .spawn()
+            .map_err(|error| format!("cannot start qemu-system-x86_64: {error}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err("QEMU started without stdio pipes".to_owned());
+        };
+        let child = Arc::new(Mutex::new(child));
+        let console = Console::new(stdout, Box::new(stdin));
+        let watchdog = Watchdog::start(Arc::clone(&child), hard_timeout);
+        Ok(Machine {
+            name: "QEMU",
+            child,
+            exit_status: None,
+            logs: vec![(directory.join("qemu.err"), 40)],
+            directory,
+            console,
+            watchdog,
+            failure_markers: DEFAULT_FAILURE_MARKERS.iter().map(|marker| marker.to_string()).collect(),
+            _slot: slot,
+        })
+    }
+}
