@@ -230,7 +230,7 @@ if [ "$mode" = qemu ]; then
         accel=(-accel kvm -cpu host)
     else
         accel=(-accel tcg -cpu max)
-        say "note: without KVM on a CPU with vmx QEMU uses TCG, which emulates no VT-x: hv will say it cannot start"
+        say "note: the host offers no VT-x to KVM guests, so QEMU runs with TCG, which emulates no VT-x: hv will say it cannot start"
     fi
     say "booting QEMU; leave with Ctrl-a x"
     exec qemu-system-x86_64 "${accel[@]}" -m 512 -cdrom "$iso" \

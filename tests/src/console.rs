@@ -40,11 +40,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Transcript> {
         // A panic elsewhere must not hide the transcript from the error report.
-        self.transcript.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.transcript
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits until something changes or `timeout` passes.
-    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, Transcript>, timeout: Duration) -> MutexGuard<'a, Transcript> {
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, Transcript>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Transcript> {
         match self.changed.wait_timeout(guard, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
@@ -69,7 +75,10 @@ pub struct Console {
 
 impl Console {
     /// Starts a thread that copies `source` into the transcript until end of file.
-    pub(crate) fn new(mut source: impl Read + Send + 'static, writer: Box<dyn Write + Send>) -> Console {
+    pub(crate) fn new(
+        mut source: impl Read + Send + 'static,
+        writer: Box<dyn Write + Send>,
+    ) -> Console {
         let shared = Arc::new(Shared::default());
         let feed = Arc::clone(&shared);
         thread::spawn(move || {
@@ -82,11 +91,17 @@ impl Console {
                         feed.changed.notify_all();
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(error) => break feed.close(format!("reading the serial line failed: {error}")),
+                    Err(error) => {
+                        break feed.close(format!("reading the serial line failed: {error}"));
+                    }
                 }
             }
         });
-        Console { shared, writer, cursor: 0 }
+        Console {
+            shared,
+            writer,
+            cursor: 0,
+        }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -111,7 +126,12 @@ impl Console {
         self.writer
             .write_all(bytes)
             .and_then(|()| self.writer.flush())
-            .map_err(|error| format!("typing {:?} on the serial line failed: {error}", escape(&String::from_utf8_lossy(bytes))))
+            .map_err(|error| {
+                format!(
+                    "typing {:?} on the serial line failed: {error}",
+                    escape(&String::from_utf8_lossy(bytes))
+                )
+            })
     }
 
     /// Types `line` and presses Enter (a terminal sends "\r").
@@ -149,7 +169,9 @@ pub fn tail(text: &str, limit: usize) -> &str {
 
 /// Deadline arithmetic for wait loops.
 pub(crate) fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
 }
 
 #[cfg(test)]

@@ -44,7 +44,11 @@ pub fn boot_to_prompt(machine: &mut Machine) -> Result<String, String> {
 
 /// Types `command` at the prompt and returns what it printed, up to and
 /// including the next prompt.
-pub fn run_command(machine: &mut Machine, command: &str, timeout: std::time::Duration) -> Result<String, String> {
+pub fn run_command(
+    machine: &mut Machine,
+    command: &str,
+    timeout: std::time::Duration,
+) -> Result<String, String> {
     machine.send_line(command)?;
     machine.expect(PROMPT, timeout)
 }

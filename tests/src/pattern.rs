@@ -35,12 +35,17 @@ pub struct Line<F> {
 /// The first complete line for which `test` holds; `description` names it in
 /// error messages ("a line starting with \"hv: cannot start: \"").
 pub fn line_where<F: Fn(&str) -> bool>(description: impl Into<String>, test: F) -> Line<F> {
-    Line { description: description.into(), test }
+    Line {
+        description: description.into(),
+        test,
+    }
 }
 
 /// The first complete line starting with `prefix`.
 pub fn line_starting(prefix: &str) -> Line<impl Fn(&str) -> bool + '_> {
-    line_where(format!("a line starting with {prefix:?}"), move |line| line.starts_with(prefix))
+    line_where(format!("a line starting with {prefix:?}"), move |line| {
+        line.starts_with(prefix)
+    })
 }
 
 impl<F: Fn(&str) -> bool> Pattern for Line<F> {
@@ -114,7 +119,10 @@ mod tests {
     #[test]
     fn scan_reads_numbers_and_tolerates_spacing() {
         assert_eq!(
-            scan("memory: total {} KiB, free {} KiB, hv {} KiB", "memory:       total 262144 KiB, free 1 KiB, hv 20 KiB"),
+            scan(
+                "memory: total {} KiB, free {} KiB, hv {} KiB",
+                "memory:       total 262144 KiB, free 1 KiB, hv 20 KiB"
+            ),
             Some(vec![262144, 1, 20])
         );
         assert_eq!(scan("{} total", "17 total"), Some(vec![17]));

@@ -21,11 +21,12 @@ impl InfoReport {
     /// Parses the text of one `info` command (extra lines around it are ignored).
     pub fn parse(text: &str) -> Result<InfoReport, String> {
         let lines: Vec<&str> = text.lines().collect();
-        let find = |prefix: &str| -> Result<usize, String> {
-            lines.iter().position(|line| line.starts_with(prefix)).ok_or_else(|| {
+        let find =
+            |prefix: &str| -> Result<usize, String> {
+                lines.iter().position(|line| line.starts_with(prefix)).ok_or_else(|| {
                 format!("`info` printed no line starting with {prefix:?}; its output was:\n{text}")
             })
-        };
+            };
 
         let features_line = lines[find("vmx features:")?];
         let vmx_features = features_line["vmx features:".len()..]
@@ -34,21 +35,27 @@ impl InfoReport {
             .collect();
 
         let memory_line = lines[find("memory:")?];
-        let memory = scan("memory: total {} KiB, free {} KiB, hv {} KiB", memory_line.trim_end())
-            .ok_or_else(|| {
-                format!(
-                    "`info` memory line {memory_line:?} is not like \
+        let memory = scan(
+            "memory: total {} KiB, free {} KiB, hv {} KiB",
+            memory_line.trim_end(),
+        )
+        .ok_or_else(|| {
+            format!(
+                "`info` memory line {memory_line:?} is not like \
                      \"memory:       total <N> KiB, free <N> KiB, hv <N> KiB\""
-                )
-            })?;
+            )
+        })?;
 
         let exits_index = find("dom0 exits:")?;
         let exits_line = lines[exits_index];
-        let exits_total = scan("dom0 exits: {} total", exits_line.trim_end())
-            .ok_or_else(|| format!("`info` line {exits_line:?} is not like \"dom0 exits:   <N> total\""))?[0];
+        let exits_total = scan("dom0 exits: {} total", exits_line.trim_end()).ok_or_else(|| {
+            format!("`info` line {exits_line:?} is not like \"dom0 exits:   <N> total\"")
+        })?[0];
         let mut exits_by_reason = Vec::new();
         for line in &lines[exits_index + 1..] {
-            let Some(entry) = line.strip_prefix("  ") else { break };
+            let Some(entry) = line.strip_prefix("  ") else {
+                break;
+            };
             let entry = entry.trim_end();
             let parsed = entry
                 .rsplit_once(' ')
@@ -72,7 +79,10 @@ impl InfoReport {
 
     /// The count listed for an exit reason, 0 when it is not listed.
     pub fn exits(&self, reason: &str) -> u64 {
-        self.exits_by_reason.iter().find(|(name, _)| name == reason).map_or(0, |(_, count)| *count)
+        self.exits_by_reason
+            .iter()
+            .find(|(name, _)| name == reason)
+            .map_or(0, |(_, count)| *count)
     }
 
     pub fn has_vmx_feature(&self, name: &str) -> bool {
@@ -101,13 +111,22 @@ impl BenchReport {
         let per_call = |what: &str| -> Result<PerCall, String> {
             let template = format!("bench: {what} {{}} tsc/call (min {{}}, {{}} calls)");
             let prefix = format!("bench: {what} ");
-            let line = text.lines().find(|line| line.starts_with(&prefix)).ok_or_else(|| {
-                format!("`bench` printed no line starting with {prefix:?}; its output was:\n{text}")
-            })?;
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(&prefix))
+                .ok_or_else(|| {
+                    format!(
+                        "`bench` printed no line starting with {prefix:?}; its output was:\n{text}"
+                    )
+                })?;
             let numbers = scan(&template, line.trim_end()).ok_or_else(|| {
                 format!("`bench` line {line:?} is not like \"bench: {what} <N> tsc/call (min <N>, <K> calls)\"")
             })?;
-            Ok(PerCall { mean_tsc: numbers[0], min_tsc: numbers[1], calls: numbers[2] })
+            Ok(PerCall {
+                mean_tsc: numbers[0],
+                min_tsc: numbers[1],
+                calls: numbers[2],
+            })
         };
         let boot_line = text.lines().find(|line| line.starts_with("bench: boot to prompt ")).ok_or_else(
             || format!("`bench` printed no line starting with \"bench: boot to prompt \"; its output was:\n{text}"),
@@ -141,7 +160,14 @@ mod tests {
         assert!(info.has_vmx_feature("ept"));
         assert!(!info.has_vmx_feature("ep"));
         assert_eq!(info.vmx_features.len(), 4);
-        assert_eq!((info.memory_total_kib, info.memory_free_kib, info.memory_hv_kib), (262144, 250000, 2048));
+        assert_eq!(
+            (
+                info.memory_total_kib,
+                info.memory_free_kib,
+                info.memory_hv_kib
+            ),
+            (262144, 250000, 2048)
+        );
         assert_eq!(info.exits_total, 20);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
@@ -163,7 +189,14 @@ mod tests {
             bench: cpuid exit 300 tsc/call (min 290, 10000 calls)\n\
             bench: boot to prompt 123456789 tsc\n";
         let bench = BenchReport::parse(text).unwrap();
-        assert_eq!(bench.null_hypercall, PerCall { mean_tsc: 512, min_tsc: 500, calls: 10000 });
+        assert_eq!(
+            bench.null_hypercall,
+            PerCall {
+                mean_tsc: 512,
+                min_tsc: 500,
+                calls: 10000
+            }
+        );
         assert_eq!(bench.cpuid_exit.min_tsc, 290);
         assert_eq!(bench.boot_to_prompt_tsc, 123456789);
         assert!(BenchReport::parse("bench: cpuid exit 3 tsc/call").is_err());
