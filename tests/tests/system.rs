@@ -84,9 +84,6 @@ fn bochs_shell_rejects_unknown_commands_and_edits_lines() {
     machine.expect(PROMPT, seconds(10)).unwrap_or_else(fail);
 
     let help = run_command(&mut machine, "help", seconds(20)).unwrap_or_else(fail);
-    let words: Vec<&str> = help
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .collect();
     for command in ["help", "info", "dmesg", "poweroff", "bench"] {
         // The echoed "help" itself does not count: look past the first line.
         let listed = help.lines().skip(1).any(|line| {
@@ -95,7 +92,7 @@ fn bochs_shell_rejects_unknown_commands_and_edits_lines() {
         });
         assert!(
             listed,
-            "`help` should list the command {command:?}; it printed:\n{help}\n(words: {words:?})"
+            "`help` should list the command {command:?}; it printed:\n{help}"
         );
     }
 
