@@ -4,7 +4,7 @@
 #
 # QEMU with KVM is used when the host offers VT-x to guests (/dev/kvm and the
 # vmx flag in /proc/cpuinfo); otherwise Bochs, whose CPU emulation includes
-# VT-x with EPT (see docs/bochs-vmx.md). Run with --help for the flags.
+# VT-x with EPT (Debian's Bochs 2.7). Run with --help for the flags.
 set -euo pipefail
 
 usage() {
