@@ -559,7 +559,7 @@ impl Bochs {
     }
 }
 
-/// The bochsrc of a test run (see docs/bochs-vmx.md): headless (rfb display
+/// The bochsrc of a test run: headless (rfb display
 /// that waits for no viewer), Skylake-X CPU with VT-x and EPT, the ISO on the
 /// first ATA channel, e1000 with no network, COM1 to the harness, and
 /// `clock: sync=none` so the TSC counts emulated instructions.
