@@ -4,7 +4,9 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod line_editor;
 pub mod report;
 pub mod selftest;
 pub mod shell;
+pub mod tar;
