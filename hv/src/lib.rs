@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod elf;
+pub mod event;
 pub mod frame;
 pub mod guest;
 pub mod log_ring;
 pub mod multiboot2;
 pub mod paging;
+pub mod scheduler;

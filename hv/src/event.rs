@@ -1,0 +1,965 @@
+//! Event channel port tables: each domain's ports and their bindings, as [`abi::event`] specifies them.
+//!
+//! Every domain has a [`PortTable`] of [`PORT_COUNT`] ports; port 0 is never
+//! allocated. A port is [`Binding::Free`], [`Binding::Unbound`] (allocated
+//! for one remote domain to bind to), [`Binding::Interdomain`] (connected to
+//! a port of a remote domain, possibly the same domain: a loopback) or
+//! [`Binding::Virq`]. The two ends of an interdomain channel always name
+//! each other; every function here keeps that invariant.
+//!
+//! ```text
+//!            allocate_unbound(remote)         bind_interdomain by `remote`
+//!   Free ----------------------------> Unbound ----------------------------> Interdomain
+//!    ^  ^                              |  ^                                   |
+//!    |  +--------- close --------------+  +--- peer closes its end -----------+
+//!    |                                                                        |
+//!    +--------------------------------- close --------------------------------+
+//!   Free --- bind_virq ---> Virq --- close ---> Free
+//! ```
+//!
+//! Operations that need two domains' tables (bind, close) go through
+//! [`TableAccess`] and hold one table at a time, so the same table may be
+//! both ends.
+//!
+//! Errors, the same everywhere:
+//! - [`Error::InvalidArgument`]: a port number beyond the table, or an
+//!   operation that can never apply to the port's kind (sending on a
+//!   virtual IRQ port).
+//! - [`Error::NotFound`]: the port is Free, or the domain has no table.
+//! - [`Error::Permission`]: binding to a port that is Unbound for another
+//!   domain.
+//! - [`Error::Busy`]: the port is in a state that forbids the operation now
+//!   (binding to a port already connected or bound to a virtual IRQ,
+//!   sending on an Unbound port), the virtual IRQ is already bound, or the
+//!   table has no free port.
+
+use abi::Error;
+use abi::event::{BITMAP_WORDS, PORT_COUNT, PortState, PortStatus, VIRQ_COUNT, Virq};
+
+/// An event channel port number, `1..PORT_COUNT` when allocated.
+pub type Port = u32;
+
+/// Identifier of a domain (as in the ABI).
+pub type DomainId = abi::DomainId;
+
+/// What a port is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Not allocated.
+    Free,
+    /// Allocated for domain `remote` to bind to with [`bind_interdomain`].
+    /// Also what an Interdomain port becomes when its peer closes.
+    Unbound { remote: DomainId },
+    /// Connected to port `remote_port` of domain `remote`, whose binding
+    /// names this port in return.
+    Interdomain { remote: DomainId, remote_port: Port },
+    /// Bound to a virtual IRQ that hv raises.
+    Virq(Virq),
+}
+
+/// Marks an entry of `PortTable::virq_ports` with no port bound (port 0
+/// is never allocated).
+const NO_PORT: Port = 0;
+
+/// One domain's event channel ports.
+#[derive(Clone, Debug)]
+pub struct PortTable {
+    /// Binding of each port; index 0 stays Free.
+    bindings: [Binding; PORT_COUNT],
+    /// The port bound to each virtual IRQ (by its number), or `NO_PORT`.
+    virq_ports: [Port; VIRQ_COUNT],
+    /// Ports not Free.
+    allocated: usize,
+}
+
+/// Finds domains' port tables for the operations that touch two of them.
+pub trait TableAccess {
+    /// The table of domain `id`, if it exists.
+    fn table(&mut self, id: DomainId) -> Option<&mut PortTable>;
+}
+
+/// Index of `port` in a table, or `InvalidArgument` beyond it.
+fn port_index(port: Port) -> Result<usize, Error> {
+    usize::try_from(port)
+        .ok()
+        .filter(|&index| index < PORT_COUNT)
+        .ok_or(Error::InvalidArgument)
+}
+
+/// A port index as a [`Port`]; every index is below `PORT_COUNT`, which fits.
+fn port_number(index: usize) -> Port {
+    index as Port
+}
+
+impl PortTable {
+    /// A table with every port Free, usable in a `static`.
+    pub const fn new() -> Self {
+        Self {
+            bindings: [Binding::Free; PORT_COUNT],
+            virq_ports: [NO_PORT; VIRQ_COUNT],
+            allocated: 0,
+        }
+    }
+
+    /// The binding of `port` (Free included). `InvalidArgument` beyond the
+    /// table.
+    pub fn binding(&self, port: Port) -> Result<Binding, Error> {
+        Ok(self.bindings[port_index(port)?])
+    }
+
+    /// The answer to [`abi::event::EventOp::Status`] for `port`: a Free port
+    /// gives state Free; fields that do not apply are 0. `InvalidArgument`
+    /// beyond the table.
+    pub fn status(&self, port: Port) -> Result<PortStatus, Error> {
+        let (state, remote_domain, remote) = match self.binding(port)? {
+            Binding::Free => (PortState::Free, 0, 0),
+            Binding::Unbound { remote } => (PortState::Unbound, remote, 0),
+            // Ports are below PORT_COUNT (256), so they fit the 16-bit field.
+            Binding::Interdomain {
+                remote,
+                remote_port,
+            } => (PortState::Interdomain, remote, remote_port as u16),
+            Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
+        };
+        Ok(PortStatus {
+            state,
+            remote_domain,
+            remote,
+        })
+    }
+
+    /// Allocates the lowest free port (at least 1) as Unbound for domain
+    /// `remote` (whose existence is the caller's to check). `Busy` when no
+    /// port is free.
+    pub fn allocate_unbound(&mut self, remote: DomainId) -> Result<Port, Error> {
+        self.claim(Binding::Unbound { remote })
+    }
+
+    /// Binds the lowest free port to `virq`. `Busy` if `virq` is bound
+    /// already or no port is free.
+    pub fn bind_virq(&mut self, virq: Virq) -> Result<Port, Error> {
+        if self.virq_port(virq).is_some() {
+            return Err(Error::Busy);
+        }
+        let port = self.claim(Binding::Virq(virq))?;
+        self.virq_ports[virq as usize] = port;
+        Ok(port)
+    }
+
+    /// The port bound to `virq`, if any: where hv delivers it.
+    pub fn virq_port(&self, virq: Virq) -> Option<Port> {
+        Some(self.virq_ports[virq as usize]).filter(|&port| port != NO_PORT)
+    }
+
+    /// Ports bound to domain `remote` (Unbound for it, or connected to it),
+    /// in increasing order.
+    pub fn ports_connected_to(&self, remote: DomainId) -> impl Iterator<Item = Port> + '_ {
+        self.bindings
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, binding)| match *binding {
+                Binding::Unbound { remote: domain }
+                | Binding::Interdomain { remote: domain, .. }
+                    if domain == remote =>
+                {
+                    Some(port_number(index))
+                }
+                _ => None,
+            })
+    }
+
+    /// Number of ports that are not Free.
+    pub fn allocated_count(&self) -> usize {
+        self.allocated
+    }
+
+    /// The (domain, port) that [`abi::event::EventOp::Send`] on `port` makes
+    /// pending: the Interdomain peer. `InvalidArgument` beyond the table or
+    /// for a virtual IRQ port (hv alone raises those), `NotFound` for a Free
+    /// port, `Busy` for an Unbound one (nobody to notify until a peer binds).
+    pub fn send_target(&self, port: Port) -> Result<(DomainId, Port), Error> {
+        match self.binding(port)? {
+            Binding::Interdomain {
+                remote,
+                remote_port,
+            } => Ok((remote, remote_port)),
+            Binding::Free => Err(Error::NotFound),
+            Binding::Unbound { .. } => Err(Error::Busy),
+            Binding::Virq(_) => Err(Error::InvalidArgument),
+        }
+    }
+
+    /// Gives the lowest free port (at least 1) `binding`. `Busy` if none.
+    fn claim(&mut self, binding: Binding) -> Result<Port, Error> {
+        let index = (1..PORT_COUNT)
+            .find(|&index| self.bindings[index] == Binding::Free)
+            .ok_or(Error::Busy)?;
+        self.bindings[index] = binding;
+        self.allocated += 1;
+        Ok(port_number(index))
+    }
+
+    /// Frees the port at `index`, releasing its virtual IRQ if it has one.
+    fn release(&mut self, index: usize) {
+        match self.bindings[index] {
+            Binding::Free => return,
+            Binding::Virq(virq) => self.virq_ports[virq as usize] = NO_PORT,
+            Binding::Unbound { .. } | Binding::Interdomain { .. } => {}
+        }
+        self.bindings[index] = Binding::Free;
+        self.allocated -= 1;
+    }
+}
+
+impl Default for PortTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Connects a new port of domain `local_id` to port `remote_port` of
+/// domain `remote_id`, which must be Unbound for `local_id`; both ends
+/// become Interdomain. `local_id == remote_id` makes a loopback channel.
+/// Returns the new local port (the lowest free one).
+///
+/// Errors, checked in this order, with nothing changed on error:
+/// `InvalidArgument` if `remote_port` is beyond the table; `NotFound` if
+/// `remote_id` has no table or the port is Free; `Permission` if it is
+/// Unbound for another domain; `Busy` if it is Interdomain or Virq;
+/// `NotFound` if `local_id` has no table; `Busy` if it has no free port.
+pub fn bind_interdomain(
+    tables: &mut impl TableAccess,
+    local_id: DomainId,
+    remote_id: DomainId,
+    remote_port: Port,
+) -> Result<Port, Error> {
+    let remote_index = port_index(remote_port)?;
+    match tables.table(remote_id).ok_or(Error::NotFound)?.bindings[remote_index] {
+        Binding::Unbound { remote } if remote == local_id => {}
+        Binding::Unbound { .. } => return Err(Error::Permission),
+        Binding::Free => return Err(Error::NotFound),
+        Binding::Interdomain { .. } | Binding::Virq(_) => return Err(Error::Busy),
+    }
+    // The remote port is not Free, so in a loopback the new port differs from it.
+    let local_port =
+        tables
+            .table(local_id)
+            .ok_or(Error::NotFound)?
+            .claim(Binding::Interdomain {
+                remote: remote_id,
+                remote_port,
+            })?;
+    if let Some(remote_table) = tables.table(remote_id) {
+        remote_table.bindings[remote_index] = Binding::Interdomain {
+            remote: local_id,
+            remote_port: local_port,
+        };
+    }
+    Ok(local_port)
+}
+
+/// Closes `port` of domain `id`. An Interdomain peer becomes Unbound for
+/// `id` (so it sees the disconnection with Status, and `id` could bind to
+/// it again); a virtual IRQ is released. Returns the peer's (domain, port)
+/// if there was one.
+///
+/// Errors, with nothing changed: `InvalidArgument` if `port` is beyond the
+/// table; `NotFound` if `id` has no table or the port is Free.
+pub fn close(
+    tables: &mut impl TableAccess,
+    id: DomainId,
+    port: Port,
+) -> Result<Option<(DomainId, Port)>, Error> {
+    let index = port_index(port)?;
+    let table = tables.table(id).ok_or(Error::NotFound)?;
+    let binding = table.bindings[index];
+    if binding == Binding::Free {
+        return Err(Error::NotFound);
+    }
+    table.release(index);
+    let Binding::Interdomain {
+        remote,
+        remote_port,
+    } = binding
+    else {
+        return Ok(None);
+    };
+    // The peer names this port in return (the invariant); check anyway,
+    // so that a broken invariant never frees someone else's port.
+    let Some(peer) = tables
+        .table(remote)
+        .and_then(|peer| peer.bindings.get_mut(remote_port as usize))
+    else {
+        return Ok(None);
+    };
+    if *peer
+        != (Binding::Interdomain {
+            remote: id,
+            remote_port: port,
+        })
+    {
+        return Ok(None);
+    }
+    *peer = Binding::Unbound { remote: id };
+    Ok(Some((remote, remote_port)))
+}
+
+/// The (domain, port) that [`abi::event::EventOp::Send`] on `port` of
+/// domain `id` makes pending: `InvalidArgument` if `port` is beyond the
+/// table, `NotFound` if `id` has no table, otherwise as
+/// [`PortTable::send_target`]. Changes nothing (it takes `&mut` only to
+/// share [`TableAccess`] with the other operations).
+pub fn send_target(
+    tables: &mut impl TableAccess,
+    id: DomainId,
+    port: Port,
+) -> Result<(DomainId, Port), Error> {
+    port_index(port)?;
+    tables.table(id).ok_or(Error::NotFound)?.send_target(port)
+}
+
+/// Closes every port of domain `id` (when it is destroyed): each
+/// Interdomain peer becomes Unbound for `id`. Ports of other domains that
+/// are merely Unbound for `id` stay as they are (their owners see `id` go
+/// with Status; [`PortTable::ports_connected_to`] finds them). Does
+/// nothing if `id` has no table.
+pub fn close_all(tables: &mut impl TableAccess, id: DomainId) {
+    for index in 1..PORT_COUNT {
+        let Some(table) = tables.table(id) else {
+            return;
+        };
+        if table.bindings[index] != Binding::Free {
+            // Cannot fail: the port is in range, allocated, and the table exists.
+            let _ = close(tables, id, port_number(index));
+        }
+    }
+}
+
+/// How a [`set_pending`] went, for deciding on the upcall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The port was pending already.
+    pub was_pending: bool,
+    /// The port is masked.
+    pub masked: bool,
+}
+
+impl Delivery {
+    /// Whether to raise the upcall (set `upcall_pending`; inject the vector
+    /// if it was 0): the port has just become pending and is not masked. A
+    /// port that was pending already needs none: either it was masked when
+    /// it became pending (unmasking with [`abi::event::EventOp::Unmask`]
+    /// delivers it), or the upcall was raised then, and the guest clears
+    /// `upcall_pending` before it scans `pending`, so it will see the port.
+    pub const fn raises_upcall(self) -> bool {
+        !self.was_pending && !self.masked
+    }
+}
+
+/// The word index and bit of `port` in an event page bitmap, or `None`
+/// beyond it. The hypervisor uses it to apply [`set_pending`]'s rule with
+/// an atomic OR on the guest's page.
+pub fn bitmap_position(port: Port) -> Option<(usize, u64)> {
+    let index = port_index(port).ok()?;
+    Some((index / 64, 1 << (index % 64)))
+}
+
+/// Sets `port`'s bit in `pending` and reports whether it was set already
+/// and whether `mask` masks the port. A port beyond the bitmap (a caller
+/// bug: tables only hold ports in range) changes nothing and is reported
+/// masked, so it raises no upcall.
+pub fn set_pending(
+    pending: &mut [u64; BITMAP_WORDS],
+    mask: &[u64; BITMAP_WORDS],
+    port: Port,
+) -> Delivery {
+    let Some((word, bit)) = bitmap_position(port) else {
+        return Delivery {
+            was_pending: false,
+            masked: true,
+        };
+    };
+    let was_pending = pending[word] & bit != 0;
+    pending[word] |= bit;
+    Delivery {
+        was_pending,
+        masked: mask[word] & bit != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Port tables of the test's domains, by id.
+    #[derive(Default)]
+    struct Tables(HashMap<DomainId, PortTable>);
+
+    impl TableAccess for Tables {
+        fn table(&mut self, id: DomainId) -> Option<&mut PortTable> {
+            self.0.get_mut(&id)
+        }
+    }
+
+    impl Tables {
+        fn with_domains(ids: &[DomainId]) -> Self {
+            Tables(ids.iter().map(|&id| (id, PortTable::new())).collect())
+        }
+
+        fn binding(&self, id: DomainId, port: Port) -> Binding {
+            self.0[&id].binding(port).unwrap()
+        }
+
+        /// Every Interdomain binding's peer names it in return; the virtual
+        /// IRQ map and the allocated count match the bindings; port 0 is Free.
+        fn check_invariants(&self) {
+            for (&id, table) in &self.0 {
+                assert_eq!(table.binding(0), Ok(Binding::Free));
+                let mut allocated = 0;
+                for port in 0..PORT_COUNT as Port {
+                    let binding = table.binding(port).unwrap();
+                    if binding != Binding::Free {
+                        allocated += 1;
+                    }
+                    match binding {
+                        Binding::Interdomain {
+                            remote,
+                            remote_port,
+                        } => {
+                            let peer = self.0.get(&remote).expect("peer domain exists");
+                            assert_eq!(
+                                peer.binding(remote_port),
+                                Ok(Binding::Interdomain {
+                                    remote: id,
+                                    remote_port: port
+                                }),
+                                "domain {id} port {port}"
+                            );
+                        }
+                        Binding::Virq(virq) => assert_eq!(table.virq_port(virq), Some(port)),
+                        Binding::Free | Binding::Unbound { .. } => {}
+                    }
+                }
+                assert_eq!(table.allocated_count(), allocated);
+                for virq in [Virq::Timer, Virq::Console] {
+                    if let Some(port) = table.virq_port(virq) {
+                        assert_eq!(table.binding(port), Ok(Binding::Virq(virq)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn allocate_bind_send_close() {
+        let mut tables = Tables::with_domains(&[0, 5]);
+        // Domain 0 offers a port to domain 5; 5 binds to it.
+        let offered = tables.table(0).unwrap().allocate_unbound(5).unwrap();
+        assert_eq!(offered, 1, "port 0 is never allocated");
+        let status = tables.0[&0].status(offered).unwrap();
+        assert_eq!(
+            status,
+            PortStatus {
+                state: PortState::Unbound,
+                remote_domain: 5,
+                remote: 0
+            }
+        );
+        assert_eq!(tables.0[&0].send_target(offered), Err(Error::Busy));
+        let bound = bind_interdomain(&mut tables, 5, 0, offered).unwrap();
+        assert_eq!(bound, 1);
+        assert_eq!(
+            tables.binding(0, offered),
+            Binding::Interdomain {
+                remote: 5,
+                remote_port: bound
+            }
+        );
+        assert_eq!(
+            tables.binding(5, bound),
+            Binding::Interdomain {
+                remote: 0,
+                remote_port: offered
+            }
+        );
+        let status = tables.0[&5].status(bound).unwrap();
+        assert_eq!(
+            status,
+            PortStatus {
+                state: PortState::Interdomain,
+                remote_domain: 0,
+                remote: 1
+            }
+        );
+        // Sends reach the other end, both ways.
+        assert_eq!(tables.0[&0].send_target(offered), Ok((5, bound)));
+        assert_eq!(send_target(&mut tables, 5, bound), Ok((0, offered)));
+        assert_eq!(send_target(&mut tables, 6, bound), Err(Error::NotFound));
+        assert_eq!(
+            send_target(&mut tables, 6, PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        tables.check_invariants();
+        // Domain 5 closes: domain 0's end is Unbound for 5 again.
+        assert_eq!(close(&mut tables, 5, bound), Ok(Some((0, offered))));
+        assert_eq!(tables.binding(5, bound), Binding::Free);
+        assert_eq!(tables.binding(0, offered), Binding::Unbound { remote: 5 });
+        assert_eq!(tables.0[&0].send_target(offered), Err(Error::Busy));
+        assert_eq!(tables.0[&5].send_target(bound), Err(Error::NotFound));
+        assert_eq!(
+            close(&mut tables, 5, bound),
+            Err(Error::NotFound),
+            "closing twice"
+        );
+        // Domain 5 can bind to it again.
+        assert_eq!(bind_interdomain(&mut tables, 5, 0, offered), Ok(1));
+        tables.check_invariants();
+        assert_eq!(close(&mut tables, 0, offered), Ok(Some((5, 1))));
+        assert_eq!(
+            close(&mut tables, 5, 1),
+            Ok(None),
+            "an Unbound port has no peer"
+        );
+        assert_eq!(
+            tables.0[&0].allocated_count() + tables.0[&5].allocated_count(),
+            0
+        );
+    }
+
+    #[test]
+    fn binding_rules() {
+        let mut tables = Tables::with_domains(&[0, 1, 2]);
+        let for_one = tables.table(0).unwrap().allocate_unbound(1).unwrap();
+        let timer = tables.table(0).unwrap().bind_virq(Virq::Timer).unwrap();
+        // Not Unbound for the caller.
+        assert_eq!(
+            bind_interdomain(&mut tables, 2, 0, for_one),
+            Err(Error::Permission)
+        );
+        // Free, out of range, port 0, a missing domain, a virtual IRQ port.
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, 9), Err(Error::NotFound));
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, 0), Err(Error::NotFound));
+        assert_eq!(
+            bind_interdomain(&mut tables, 1, 0, PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            bind_interdomain(&mut tables, 1, 0, u32::MAX),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            bind_interdomain(&mut tables, 1, 7, for_one),
+            Err(Error::NotFound)
+        );
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, timer), Err(Error::Busy));
+        // A local domain without a table changes nothing.
+        assert_eq!(
+            bind_interdomain(&mut tables, 7, 0, for_one),
+            Err(Error::Permission)
+        );
+        let for_seven = tables.table(0).unwrap().allocate_unbound(7).unwrap();
+        assert_eq!(
+            bind_interdomain(&mut tables, 7, 0, for_seven),
+            Err(Error::NotFound)
+        );
+        assert_eq!(tables.binding(0, for_seven), Binding::Unbound { remote: 7 });
+        // Binding twice.
+        let port = bind_interdomain(&mut tables, 1, 0, for_one).unwrap();
+        assert_eq!(
+            bind_interdomain(&mut tables, 1, 0, for_one),
+            Err(Error::Busy)
+        );
+        assert_eq!(tables.0[&1].allocated_count(), 1);
+        // Out-of-range ports everywhere.
+        let table = &tables.0[&1];
+        assert_eq!(
+            table.binding(PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            table.status(PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            table.send_target(PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            close(&mut tables, 1, PORT_COUNT as Port),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(close(&mut tables, 1, 0), Err(Error::NotFound));
+        assert_eq!(close(&mut tables, 9, 1), Err(Error::NotFound));
+        // A Free port has status Free; a virtual IRQ port cannot be sent on.
+        let free = tables.0[&1].status(200).unwrap();
+        assert_eq!(
+            free,
+            PortStatus {
+                state: PortState::Free,
+                remote_domain: 0,
+                remote: 0
+            }
+        );
+        assert_eq!(tables.0[&0].send_target(timer), Err(Error::InvalidArgument));
+        assert_eq!(tables.0[&1].send_target(port), Ok((0, for_one)));
+        tables.check_invariants();
+    }
+
+    #[test]
+    fn loopback_channel_in_one_domain() {
+        let mut tables = Tables::with_domains(&[3]);
+        let first = tables.table(3).unwrap().allocate_unbound(3).unwrap();
+        let second = bind_interdomain(&mut tables, 3, 3, first).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(tables.0[&3].send_target(first), Ok((3, second)));
+        assert_eq!(tables.0[&3].send_target(second), Ok((3, first)));
+        tables.check_invariants();
+        assert_eq!(close(&mut tables, 3, second), Ok(Some((3, first))));
+        assert_eq!(tables.binding(3, first), Binding::Unbound { remote: 3 });
+        let third = bind_interdomain(&mut tables, 3, 3, first).unwrap();
+        assert_eq!(third, second, "lowest free port");
+        close_all(&mut tables, 3);
+        assert_eq!(tables.0[&3].allocated_count(), 0);
+        tables.check_invariants();
+    }
+
+    #[test]
+    fn virq_binds_once() {
+        let mut table = PortTable::new();
+        assert_eq!(table.virq_port(Virq::Console), None);
+        let console = table.bind_virq(Virq::Console).unwrap();
+        assert_eq!(table.bind_virq(Virq::Console), Err(Error::Busy));
+        assert_eq!(table.virq_port(Virq::Console), Some(console));
+        assert_eq!(
+            table.status(console).unwrap(),
+            PortStatus {
+                state: PortState::Virq,
+                remote_domain: 0,
+                remote: 1
+            }
+        );
+        let timer = table.bind_virq(Virq::Timer).unwrap();
+        assert_ne!(timer, console);
+        let mut tables = Tables(HashMap::from([(0, table)]));
+        assert_eq!(close(&mut tables, 0, console), Ok(None));
+        assert_eq!(tables.0[&0].virq_port(Virq::Console), None);
+        assert_eq!(tables.0[&0].virq_port(Virq::Timer), Some(timer));
+        assert_eq!(
+            tables.table(0).unwrap().bind_virq(Virq::Console),
+            Ok(console),
+            "bindable again"
+        );
+        tables.check_invariants();
+    }
+
+    #[test]
+    fn close_all_unbinds_peers() {
+        let mut tables = Tables::with_domains(&[0, 1, 2]);
+        // Domain 1 is connected to 0 twice and to 2 once, has a loopback,
+        // a virtual IRQ, and ports Unbound for 0; 0 has a port Unbound for 1.
+        let mut peers = Vec::new();
+        for owner in [0, 0, 2] {
+            let offered = tables.table(owner).unwrap().allocate_unbound(1).unwrap();
+            bind_interdomain(&mut tables, 1, owner, offered).unwrap();
+            peers.push((owner, offered));
+        }
+        let loop_end = tables.table(1).unwrap().allocate_unbound(1).unwrap();
+        bind_interdomain(&mut tables, 1, 1, loop_end).unwrap();
+        tables.table(1).unwrap().bind_virq(Virq::Timer).unwrap();
+        tables.table(1).unwrap().allocate_unbound(0).unwrap();
+        let waiting = tables.table(0).unwrap().allocate_unbound(1).unwrap();
+        tables.check_invariants();
+        assert_eq!(tables.0[&0].ports_connected_to(1).count(), 3);
+        close_all(&mut tables, 1);
+        assert_eq!(tables.0[&1].allocated_count(), 0);
+        for (owner, port) in peers {
+            assert_eq!(tables.binding(owner, port), Binding::Unbound { remote: 1 });
+        }
+        assert_eq!(tables.binding(0, waiting), Binding::Unbound { remote: 1 });
+        let mut left: Vec<_> = tables.0[&0].ports_connected_to(1).collect();
+        left.sort();
+        assert_eq!(left, [1, 2, waiting]);
+        assert_eq!(tables.0[&2].ports_connected_to(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(tables.0[&2].ports_connected_to(0).count(), 0);
+        tables.check_invariants();
+        // Destroying a domain without a table is harmless.
+        close_all(&mut tables, 42);
+    }
+
+    #[test]
+    fn exhaustion_of_all_ports() {
+        let mut tables = Tables::with_domains(&[0, 1]);
+        let table = tables.table(0).unwrap();
+        for expected in 1..PORT_COUNT as Port {
+            assert_eq!(table.allocate_unbound(1), Ok(expected));
+        }
+        assert_eq!(table.allocated_count(), PORT_COUNT - 1);
+        assert_eq!(table.allocate_unbound(1), Err(Error::Busy));
+        assert_eq!(table.bind_virq(Virq::Timer), Err(Error::Busy));
+        assert_eq!(table.virq_port(Virq::Timer), None);
+        // Domain 1 binds to one of them; then 0 cannot bind back to a port
+        // of 1's: no free port, and nothing changes.
+        let port_of_one = bind_interdomain(&mut tables, 1, 0, 77).unwrap();
+        let offered = tables.table(1).unwrap().allocate_unbound(0).unwrap();
+        assert_eq!(
+            bind_interdomain(&mut tables, 0, 1, offered),
+            Err(Error::Busy)
+        );
+        assert_eq!(tables.binding(1, offered), Binding::Unbound { remote: 0 });
+        // A close frees exactly that port for the next allocation.
+        assert_eq!(close(&mut tables, 0, 77), Ok(Some((1, port_of_one))));
+        assert_eq!(bind_interdomain(&mut tables, 0, 1, offered), Ok(77));
+        tables.check_invariants();
+    }
+
+    #[test]
+    fn set_pending_reports_what_to_raise() {
+        let mut pending = [0u64; BITMAP_WORDS];
+        let mut mask = [0u64; BITMAP_WORDS];
+        mask[1] = 1 << 2; // port 66
+        let first = set_pending(&mut pending, &mask, 65);
+        assert_eq!(
+            first,
+            Delivery {
+                was_pending: false,
+                masked: false
+            }
+        );
+        assert!(first.raises_upcall());
+        assert_eq!(pending[1], 1 << 1);
+        let again = set_pending(&mut pending, &mask, 65);
+        assert_eq!(
+            again,
+            Delivery {
+                was_pending: true,
+                masked: false
+            }
+        );
+        assert!(!again.raises_upcall());
+        let masked = set_pending(&mut pending, &mask, 66);
+        assert_eq!(
+            masked,
+            Delivery {
+                was_pending: false,
+                masked: true
+            }
+        );
+        assert!(!masked.raises_upcall());
+        assert_eq!(pending[1], 0b110);
+        let last = PORT_COUNT as Port - 1;
+        assert!(set_pending(&mut pending, &mask, last).raises_upcall());
+        assert_eq!(pending[BITMAP_WORDS - 1], 1 << 63);
+        // Out of range: nothing changes, nothing is raised.
+        let before = pending;
+        assert!(!set_pending(&mut pending, &mask, PORT_COUNT as Port).raises_upcall());
+        assert_eq!(pending, before);
+        assert_eq!(bitmap_position(0), Some((0, 1)));
+        assert_eq!(bitmap_position(PORT_COUNT as Port), None);
+    }
+
+    #[test]
+    fn random_operations_keep_channels_paired() {
+        // Thousands of random operations over a few domains (one of which
+        // comes and goes), checking every result against the state before
+        // it and the pairing invariant after it.
+        const DOMAINS: DomainId = 4;
+        let mut tables = Tables::with_domains(&[0, 1, 2, 3]);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Ports are drawn mostly from the low ones, so that collisions are
+        // common, with an occasional out-of-range one.
+        let random_port = |value: u64| match value % 20 {
+            0 => PORT_COUNT as Port + (value >> 8) as Port % 4,
+            1..=4 => (value >> 8) as Port % PORT_COUNT as Port,
+            _ => (value >> 8) as Port % 24,
+        };
+        let mut successes = [0usize; 7];
+        for _ in 0..20_000 {
+            let id = (next() % (DOMAINS as u64 + 1)) as DomainId; // DOMAINS: no table, usually
+            let other = (next() % (DOMAINS as u64 + 1)) as DomainId;
+            let mut port = random_port(next());
+            match next() % 16 {
+                0..=2 => {
+                    if let Some(table) = tables.table(id) {
+                        let full = table.allocated_count() == PORT_COUNT - 1;
+                        match table.allocate_unbound(other) {
+                            Ok(port) => {
+                                assert!(!full);
+                                assert_eq!(
+                                    table.binding(port),
+                                    Ok(Binding::Unbound { remote: other })
+                                );
+                                successes[0] += 1;
+                            }
+                            Err(error) => assert!(full && error == Error::Busy),
+                        }
+                    }
+                }
+                3..=7 => {
+                    // Mostly aim at a port that is Unbound for the binder.
+                    if next() % 4 != 0 {
+                        let offered = tables.table(other).and_then(|table| {
+                            let ports: Vec<_> = table
+                                .ports_connected_to(id)
+                                .filter(|&port| {
+                                    table.binding(port) == Ok(Binding::Unbound { remote: id })
+                                })
+                                .collect();
+                            (!ports.is_empty()).then(|| ports[next() as usize % ports.len()])
+                        });
+                        port = offered.unwrap_or(port);
+                    }
+                    let before = tables.table(other).map(|table| table.binding(port));
+                    let local_full = tables
+                        .table(id)
+                        .map(|table| table.allocated_count() == PORT_COUNT - 1);
+                    let result = bind_interdomain(&mut tables, id, other, port);
+                    let expected_error = match (before, local_full) {
+                        (_, _) if port as usize >= PORT_COUNT => Some(Error::InvalidArgument),
+                        (None, _) => Some(Error::NotFound),
+                        (Some(Ok(Binding::Free)), _) => Some(Error::NotFound),
+                        (Some(Ok(Binding::Unbound { remote })), _) if remote != id => {
+                            Some(Error::Permission)
+                        }
+                        (Some(Ok(Binding::Interdomain { .. } | Binding::Virq(_))), _) => {
+                            Some(Error::Busy)
+                        }
+                        (_, None) => Some(Error::NotFound),
+                        (_, Some(true)) => Some(Error::Busy),
+                        _ => None,
+                    };
+                    match result {
+                        Ok(local) => {
+                            assert_eq!(expected_error, None);
+                            assert_eq!(
+                                tables.binding(id, local),
+                                Binding::Interdomain {
+                                    remote: other,
+                                    remote_port: port
+                                }
+                            );
+                            successes[1] += 1;
+                        }
+                        Err(error) => {
+                            assert_eq!(Some(error), expected_error);
+                            if let Some(Ok(binding)) = before {
+                                assert_eq!(
+                                    tables.binding(other, port),
+                                    binding,
+                                    "unchanged on error"
+                                );
+                            }
+                        }
+                    }
+                }
+                8 => {
+                    let virq = if next() % 2 == 0 {
+                        Virq::Timer
+                    } else {
+                        Virq::Console
+                    };
+                    if let Some(table) = tables.table(id) {
+                        let bound = table.virq_port(virq).is_some();
+                        match table.bind_virq(virq) {
+                            Ok(port) => {
+                                assert!(!bound);
+                                assert_eq!(table.virq_port(virq), Some(port));
+                                successes[2] += 1;
+                            }
+                            Err(error) => assert_eq!(error, Error::Busy),
+                        }
+                    }
+                }
+                9..=11 => {
+                    // Mostly close an allocated port.
+                    if next() % 4 != 0 {
+                        let allocated = tables.table(id).and_then(|table| {
+                            let ports: Vec<_> = (1..PORT_COUNT as Port)
+                                .filter(|&port| table.binding(port) != Ok(Binding::Free))
+                                .collect();
+                            (!ports.is_empty()).then(|| ports[next() as usize % ports.len()])
+                        });
+                        port = allocated.unwrap_or(port);
+                    }
+                    let before = tables.table(id).map(|table| table.binding(port));
+                    let result = close(&mut tables, id, port);
+                    match before {
+                        _ if port as usize >= PORT_COUNT => {
+                            assert_eq!(result, Err(Error::InvalidArgument))
+                        }
+                        None => assert_eq!(result, Err(Error::NotFound)),
+                        Some(Err(error)) => panic!("binding of an in-range port failed: {error:?}"),
+                        Some(Ok(Binding::Free)) => assert_eq!(result, Err(Error::NotFound)),
+                        Some(Ok(Binding::Interdomain {
+                            remote,
+                            remote_port,
+                        })) => {
+                            assert_eq!(result, Ok(Some((remote, remote_port))));
+                            assert_eq!(
+                                tables.binding(remote, remote_port),
+                                Binding::Unbound { remote: id }
+                            );
+                            successes[3] += 1;
+                        }
+                        Some(Ok(_)) => {
+                            assert_eq!(result, Ok(None));
+                            successes[4] += 1;
+                        }
+                    }
+                    if let Some(table) = tables.table(id) {
+                        assert_eq!(table.binding(port).unwrap_or(Binding::Free), Binding::Free);
+                    }
+                }
+                12..=14 => {
+                    if let Some(table) = tables.table(id) {
+                        match (table.binding(port), table.send_target(port)) {
+                            (
+                                Ok(Binding::Interdomain {
+                                    remote,
+                                    remote_port,
+                                }),
+                                Ok(target),
+                            ) => {
+                                assert_eq!(target, (remote, remote_port));
+                                successes[5] += 1;
+                            }
+                            (Ok(Binding::Interdomain { .. }), Err(error)) => {
+                                panic!("send failed: {error:?}")
+                            }
+                            (_, result) => assert!(result.is_err()),
+                        }
+                    }
+                }
+                _ if next() % 4 == 0 => {
+                    // Domain `id` is destroyed; sometimes it is created anew.
+                    close_all(&mut tables, id);
+                    if let Some(table) = tables.0.remove(&id) {
+                        assert_eq!(table.allocated_count(), 0);
+                        for table in tables.0.values() {
+                            assert!(
+                                table.ports_connected_to(id).all(|port| table.binding(port)
+                                    == Ok(Binding::Unbound { remote: id }))
+                            );
+                        }
+                        successes[6] += 1;
+                    }
+                    if next() % 2 == 0 && id < DOMAINS {
+                        tables.0.insert(id, PortTable::new());
+                    }
+                }
+                _ => {}
+            }
+            tables.check_invariants();
+        }
+        assert!(
+            successes.iter().all(|&count| count > 20),
+            "too few of some operation: {successes:?}"
+        );
+    }
+}

@@ -1,0 +1,982 @@
+//! A proportional-share (credit) scheduler for one CPU, with a weight and a cap per domain.
+//!
+//! The scheduler never reads the clock: the caller passes the TSC (`now`)
+//! to [`Scheduler::pick`] and reports how long the chosen domain ran with
+//! [`Scheduler::charge`]. The caller's loop is
+//!
+//! ```text
+//! loop {
+//!     match scheduler.pick(now) {
+//!         Some((domain, limit)) => { run domain for at most `limit` TSC ticks;
+//!                                    scheduler.charge(domain, ran, now) }
+//!         None => idle until scheduler.next_event(now), or until an interrupt
+//!                 makes a domain runnable (next_event None: only the interrupt)
+//!     }
+//! }
+//! ```
+//!
+//! Time is cut into accounting periods of `period_tsc` ticks; the first one
+//! starts at the first `pick` or `charge`. The rules:
+//!
+//! - **Credit.** Each period's length is granted as credit to the domains
+//!   that take part in it, in proportion to their weights; running consumes
+//!   credit tick for tick. When a period starts, the domains that were
+//!   *active* in the one that ended (runnable at some moment of it) take
+//!   part. A domain that slept through the whole last period takes part
+//!   from the moment it wakes: the period is shared again among all the
+//!   domains now taking part, and the difference is taken back from (or
+//!   given to) the others' credit. A domain is thus granted at most one
+//!   period's share per period, the grants of a period always add up to its
+//!   length, and the result does not depend on the order of wake-ups.
+//! - **Bounded credit.** Before the new credit is added, what a domain
+//!   carries over (surplus or debt) is clamped to one slice either way: the
+//!   most a domain ever holds is one period's share plus one slice, and time
+//!   taken from an otherwise idle CPU is not held against a domain later.
+//!   The slice of carry-over keeps the rounding of whole slices from
+//!   accumulating into unfairness.
+//! - **Choice.** Among the *eligible* domains (runnable and within their
+//!   cap) `pick` prefers, in order: a domain that woke since it last ran and
+//!   still has credit (prompt service for I/O; it spends credit each time,
+//!   so it cannot starve the others); a domain that has not run yet in this
+//!   period (so every runnable domain runs at least once per period, however
+//!   small its weight: that run, up to a slice, is the floor of a tiny
+//!   share); the most credit per unit of weight; the domain
+//!   picked least recently (round robin, so equal domains alternate).
+//! - **Work conserving.** Credit only orders the eligible domains: a domain
+//!   out of credit still runs when nobody else wants the CPU. Because the
+//!   order is by credit per unit of weight, time that a domain leaves unused
+//!   is shared among the others by weight too.
+//! - **Cap.** A domain with a cap of `c` percent runs at most `c`% of each
+//!   period. Once it has used that, it is not eligible until the next period
+//!   starts; if nothing else is eligible `pick` returns `None` and the CPU
+//!   idles (caps are not work conserving).
+//! - **Limit.** `pick` also says how long the domain may run: until the end
+//!   of its slice, of its cap budget, or of the period, whichever is first,
+//!   so that the scheduler is asked again at every boundary that matters.
+
+use arrayvec::ArrayVec;
+use core::cmp::Reverse;
+
+/// Identifier of a domain (as in the ABI).
+pub type DomainId = abi::DomainId;
+
+/// Smallest valid scheduling weight.
+pub const MIN_WEIGHT: u32 = 1;
+/// Largest valid scheduling weight.
+pub const MAX_WEIGHT: u32 = abi::domctl::MAX_WEIGHT;
+/// Largest valid cap, in percent of the CPU (0 means no cap).
+pub const MAX_CAP_PERCENT: u32 = 100;
+
+/// Why the scheduler refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedError {
+    /// The scheduler already holds its maximum number of domains.
+    Full,
+    /// No domain with that id is known.
+    NotFound,
+    /// A domain with that id was added already.
+    Exists,
+    /// The weight is outside `MIN_WEIGHT..=MAX_WEIGHT`.
+    InvalidWeight,
+    /// The cap is above `MAX_CAP_PERCENT`.
+    InvalidCap,
+}
+
+/// One domain's scheduling state.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: DomainId,
+    /// Relative share, `MIN_WEIGHT..=MAX_WEIGHT`.
+    weight: u32,
+    /// Most of each period the domain may run, in percent; 0 = no cap.
+    cap_percent: u32,
+    /// Whether the domain wants the CPU.
+    runnable: bool,
+    /// Runnable at some moment of the current period, so it earns credit at
+    /// the period's end. Always true while `runnable` is.
+    active: bool,
+    /// Credit granted for the current period; `None` while the domain does
+    /// not take part in it.
+    grant: Option<i64>,
+    /// Became runnable since it was last picked.
+    woken: bool,
+    /// Picked at least once in the current period.
+    ran_this_period: bool,
+    /// TSC ticks the domain is owed (negative: ticks it ran beyond its share).
+    credit: i64,
+    /// TSC ticks charged in the current period, for the cap.
+    used_this_period: u64,
+    /// The pick counter's value when last picked (0 = never); the least
+    /// recently picked domain wins a tie.
+    last_pick: u64,
+}
+
+impl Entry {
+    /// Whether a wake-up gives this domain priority over the others.
+    fn boosted(&self) -> bool {
+        self.woken && self.credit > 0
+    }
+
+    /// Credit per unit of weight (scaled by 2^16 to keep the precision of
+    /// a tick), the order among domains otherwise equal.
+    fn credit_per_weight(&self) -> i128 {
+        (i128::from(self.credit) << 16) / i128::from(self.weight)
+    }
+}
+
+/// A credit scheduler for up to `N` domains sharing one CPU.
+#[derive(Debug)]
+pub struct Scheduler<const N: usize> {
+    entries: ArrayVec<Entry, N>,
+    /// Length of an accounting period, in TSC ticks (at least 1).
+    period_tsc: u64,
+    /// Longest run `pick` grants, in TSC ticks (at least 1).
+    slice_tsc: u64,
+    /// TSC at which the current period started; `None` before the first
+    /// `pick` or `charge`.
+    period_start: Option<u64>,
+    /// Number of picks so far, to order domains for round robin.
+    picks: u64,
+}
+
+impl<const N: usize> Scheduler<N> {
+    /// A scheduler with no domains. `period_tsc` is the accounting period
+    /// (e.g. 30 ms of TSC); `slice_tsc` the longest a domain runs before the
+    /// scheduler is asked again. Zero lengths are taken as 1.
+    pub const fn new(period_tsc: u64, slice_tsc: u64) -> Self {
+        Self {
+            entries: ArrayVec::new_const(),
+            period_tsc: if period_tsc == 0 { 1 } else { period_tsc },
+            slice_tsc: if slice_tsc == 0 { 1 } else { slice_tsc },
+            period_start: None,
+            picks: 0,
+        }
+    }
+
+    /// Adds domain `id` with `weight` (`MIN_WEIGHT..=MAX_WEIGHT`), no cap,
+    /// no credit, not runnable.
+    pub fn add(&mut self, id: DomainId, weight: u32) -> Result<(), SchedError> {
+        check_weight(weight)?;
+        if self.find(id).is_some() {
+            return Err(SchedError::Exists);
+        }
+        let entry = Entry {
+            id,
+            weight,
+            cap_percent: 0,
+            runnable: false,
+            active: false,
+            grant: None,
+            woken: false,
+            ran_this_period: false,
+            credit: 0,
+            used_this_period: 0,
+            last_pick: 0,
+        };
+        self.entries.try_push(entry).map_err(|_| SchedError::Full)
+    }
+
+    /// Removes domain `id`. Charging it afterwards is ignored, so it may be
+    /// removed while it runs.
+    pub fn remove(&mut self, id: DomainId) -> Result<(), SchedError> {
+        let index = self.find(id).ok_or(SchedError::NotFound)?;
+        self.entries.swap_remove(index);
+        Ok(())
+    }
+
+    /// Sets domain `id`'s weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
+    /// (`0..=MAX_CAP_PERCENT`, 0 = none). Arguments are checked before the
+    /// id. The cap applies at once; the weight from the next credit grant.
+    pub fn set_params(
+        &mut self,
+        id: DomainId,
+        weight: u32,
+        cap_percent: u32,
+    ) -> Result<(), SchedError> {
+        check_weight(weight)?;
+        if cap_percent > MAX_CAP_PERCENT {
+            return Err(SchedError::InvalidCap);
+        }
+        let index = self.find(id).ok_or(SchedError::NotFound)?;
+        let entry = &mut self.entries[index];
+        entry.weight = weight;
+        entry.cap_percent = cap_percent;
+        Ok(())
+    }
+
+    /// Domain `id`'s `(weight, cap_percent)`.
+    pub fn params(&self, id: DomainId) -> Option<(u32, u32)> {
+        self.find(id)
+            .map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
+    }
+
+    /// Marks domain `id` runnable (it wants the CPU) or blocked. Unknown ids
+    /// are ignored. A blocked domain that becomes runnable counts as woken,
+    /// and is granted credit if it has had none for this period.
+    pub fn set_runnable(&mut self, id: DomainId, runnable: bool) {
+        let Some(index) = self.find(id) else { return };
+        let entry = &mut self.entries[index];
+        let wakes = runnable && !entry.runnable;
+        entry.runnable = runnable;
+        if wakes {
+            entry.woken = true;
+            entry.active = true;
+            // Before the first period starts nobody has credit yet: the
+            // first grants, at the end of that period, treat all alike.
+            if entry.grant.is_none() && self.period_start.is_some() {
+                self.join_period(index);
+            }
+        }
+    }
+
+    /// Which domain to run now, and for how many TSC ticks at most: until
+    /// the end of its slice, of its cap budget in this period, or of the
+    /// period, whichever is first (always at least 1). `None`: no domain is
+    /// runnable within its cap; the caller idles until
+    /// [`next_event`](Self::next_event) or an interrupt.
+    pub fn pick(&mut self, now: u64) -> Option<(DomainId, u64)> {
+        self.advance(now);
+        let period_end = self.period_end()?;
+        let period_tsc = self.period_tsc;
+        let index = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.runnable && cap_left(entry, period_tsc) > 0)
+            .max_by_key(|(_, entry)| {
+                (
+                    entry.boosted(),
+                    !entry.ran_this_period,
+                    entry.credit_per_weight(),
+                    Reverse(entry.last_pick),
+                )
+            })
+            .map(|(index, _)| index)?;
+        self.picks += 1;
+        let entry = &mut self.entries[index];
+        entry.last_pick = self.picks;
+        entry.woken = false;
+        entry.ran_this_period = true;
+        // `advance` made `now` fall inside the period, so every term is at least 1.
+        let limit = self
+            .slice_tsc
+            .min(period_end - now)
+            .min(cap_left(entry, period_tsc));
+        Some((entry.id, limit))
+    }
+
+    /// Charges `ran_tsc` ticks to domain `id`, which ran until `now`. Unknown
+    /// ids are ignored. The run counts against the period it started in,
+    /// even when `now` lies in a later one.
+    pub fn charge(&mut self, id: DomainId, ran_tsc: u64, now: u64) {
+        if let Some(index) = self.find(id) {
+            let entry = &mut self.entries[index];
+            entry.credit = entry.credit.saturating_sub(saturate_i64(ran_tsc));
+            entry.used_this_period = entry.used_this_period.saturating_add(ran_tsc);
+        }
+        self.advance(now);
+    }
+
+    /// When a runnable domain held back by its cap becomes eligible again:
+    /// the start of the next period (or `now`, if that has passed). `None`
+    /// when no runnable domain is capped out.
+    pub fn next_event(&self, now: u64) -> Option<u64> {
+        let period_end = self.period_end()?;
+        self.entries
+            .iter()
+            .any(|entry| entry.runnable && cap_left(entry, self.period_tsc) == 0)
+            .then_some(period_end.max(now))
+    }
+
+    /// Index of domain `id` in `entries`.
+    fn find(&self, id: DomainId) -> Option<usize> {
+        self.entries.iter().position(|entry| entry.id == id)
+    }
+
+    /// TSC at which the current period ends.
+    fn period_end(&self) -> Option<u64> {
+        self.period_start
+            .map(|start| start.saturating_add(self.period_tsc))
+    }
+
+    /// Starts the first period at `now`, or closes the current one if `now`
+    /// lies beyond it. Periods skipped entirely (nobody asked the scheduler
+    /// during them) are not accounted one by one: the clamp on carried credit
+    /// would make their grants nearly irrelevant anyway.
+    fn advance(&mut self, now: u64) {
+        let Some(start) = self.period_start else {
+            self.period_start = Some(now);
+            return;
+        };
+        let elapsed_periods = now.saturating_sub(start) / self.period_tsc;
+        if elapsed_periods == 0 {
+            return;
+        }
+        self.period_start = Some(start + elapsed_periods * self.period_tsc);
+        self.grant_credit();
+    }
+
+    /// Makes `entries[index]` take part in the current period: shares the
+    /// period again among all the domains taking part, adjusting each
+    /// one's credit by the change in its grant.
+    fn join_period(&mut self, index: usize) {
+        let joiner_weight = u64::from(self.entries[index].weight);
+        let total_weight = joiner_weight
+            + self
+                .entries
+                .iter()
+                .filter(|entry| entry.grant.is_some())
+                .map(|entry| u64::from(entry.weight))
+                .sum::<u64>();
+        self.entries[index].grant = Some(0);
+        for entry in &mut self.entries {
+            if let Some(old_grant) = entry.grant {
+                let grant = share(self.period_tsc, entry.weight, total_weight);
+                entry.credit = entry.credit.saturating_add(grant - old_grant);
+                entry.grant = Some(grant);
+            }
+        }
+    }
+
+    /// The accounting at a period boundary: clamp what each domain carries
+    /// over, share the new period among the domains active in the old one,
+    /// and reset the per-period state.
+    fn grant_credit(&mut self) {
+        let carry = saturate_i64(self.slice_tsc);
+        let total_weight = self
+            .entries
+            .iter()
+            .filter(|entry| entry.active)
+            .map(|entry| u64::from(entry.weight))
+            .sum();
+        for entry in &mut self.entries {
+            entry.credit = entry.credit.clamp(-carry, carry);
+            entry.grant = None;
+            if entry.active {
+                let grant = share(self.period_tsc, entry.weight, total_weight);
+                entry.credit = entry.credit.saturating_add(grant);
+                entry.grant = Some(grant);
+            }
+            entry.active = entry.runnable;
+            entry.ran_this_period = false;
+            entry.used_this_period = 0;
+        }
+    }
+}
+
+/// Checks a weight against `MIN_WEIGHT..=MAX_WEIGHT`.
+fn check_weight(weight: u32) -> Result<(), SchedError> {
+    if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+        Ok(())
+    } else {
+        Err(SchedError::InvalidWeight)
+    }
+}
+
+/// Ticks `entry` may still run in this period under its cap (`u64::MAX`
+/// without a cap). A cap's budget is rounded up, so it is never zero.
+fn cap_left(entry: &Entry, period_tsc: u64) -> u64 {
+    if entry.cap_percent == 0 {
+        return u64::MAX;
+    }
+    // At most period_tsc, since cap_percent <= 100.
+    let budget = (u128::from(period_tsc) * u128::from(entry.cap_percent)).div_ceil(100) as u64;
+    budget.saturating_sub(entry.used_this_period)
+}
+
+/// The part of `period_tsc` that `weight` earns out of `total_weight`
+/// (which includes `weight`, so the result is at most `period_tsc`).
+fn share(period_tsc: u64, weight: u32, total_weight: u64) -> i64 {
+    let share = u128::from(period_tsc) * u128::from(weight) / u128::from(total_weight.max(1));
+    saturate_i64(share.min(u128::from(period_tsc)) as u64)
+}
+
+/// `value` as an `i64`, saturating at `i64::MAX`.
+fn saturate_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SLICE: u64 = 1_000;
+    const PERIOD: u64 = 30 * SLICE;
+
+    /// A simulated CPU: picks, "runs" domains, charges them, advances time.
+    struct Simulation {
+        scheduler: Scheduler<8>,
+        now: u64,
+        /// TSC ticks each domain ran.
+        used: HashMap<DomainId, u64>,
+        /// TSC ticks nothing ran.
+        idle: u64,
+    }
+
+    impl Simulation {
+        fn new(domains: &[(DomainId, u32)]) -> Self {
+            let mut scheduler = Scheduler::new(PERIOD, SLICE);
+            for &(id, weight) in domains {
+                scheduler.add(id, weight).unwrap();
+                scheduler.set_runnable(id, true);
+            }
+            // Start at an arbitrary, unaligned TSC.
+            Simulation {
+                scheduler,
+                now: 123_456_789,
+                used: HashMap::new(),
+                idle: 0,
+            }
+        }
+
+        /// Runs every domain it picks for its whole limit (spinners) until
+        /// `duration` ticks have passed.
+        fn run_for(&mut self, duration: u64) {
+            let end = self.now + duration;
+            while self.now < end {
+                self.step(end);
+            }
+        }
+
+        /// One pick: runs the domain for its limit (or until `end`), or idles.
+        fn step(&mut self, end: u64) -> Option<DomainId> {
+            match self.scheduler.pick(self.now) {
+                Some((id, limit)) => {
+                    assert!((1..=SLICE).contains(&limit), "limit {limit}");
+                    let ran = limit.min(end - self.now);
+                    self.now += ran;
+                    self.scheduler.charge(id, ran, self.now);
+                    *self.used.entry(id).or_default() += ran;
+                    Some(id)
+                }
+                None => {
+                    let wake = self.scheduler.next_event(self.now).unwrap_or(end).min(end);
+                    assert!(wake > self.now, "idle without progress");
+                    self.idle += wake - self.now;
+                    self.now = wake;
+                    None
+                }
+            }
+        }
+
+        fn used(&self, id: DomainId) -> u64 {
+            self.used.get(&id).copied().unwrap_or(0)
+        }
+
+        fn reset_counters(&mut self) {
+            self.used.clear();
+            self.idle = 0;
+        }
+    }
+
+    /// `part / whole` in percent.
+    fn percent(part: u64, whole: u64) -> f64 {
+        part as f64 * 100.0 / whole as f64
+    }
+
+    #[test]
+    fn equal_weights_share_evenly() {
+        let mut simulation = Simulation::new(&[(1, 256), (2, 256)]);
+        simulation.run_for(100 * PERIOD);
+        let share = percent(simulation.used(1), 100 * PERIOD);
+        assert!((45.0..=55.0).contains(&share), "domain 1 got {share}%");
+        // In fact it is even to within a slice.
+        assert!(simulation.used(1).abs_diff(simulation.used(2)) <= SLICE);
+        assert_eq!(simulation.idle, 0);
+    }
+
+    #[test]
+    fn equal_domains_alternate() {
+        let mut simulation = Simulation::new(&[(1, 256), (2, 256), (3, 256)]);
+        let end = simulation.now + 10 * PERIOD;
+        let order: Vec<_> = (0..30).map(|_| simulation.step(end).unwrap()).collect();
+        for window in order.chunks(3) {
+            let mut sorted = window.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, [1, 2, 3], "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn weights_one_to_three() {
+        let mut simulation = Simulation::new(&[(1, 100), (2, 300)]);
+        simulation.run_for(100 * PERIOD);
+        let share = percent(simulation.used(1), 100 * PERIOD);
+        assert!((20.0..=30.0).contains(&share), "weight 1 got {share}%");
+        assert!((24.0..=26.0).contains(&share), "weight 1 got {share}%");
+        assert_eq!(simulation.used(1) + simulation.used(2), 100 * PERIOD);
+    }
+
+    #[test]
+    fn shares_follow_weights_among_several() {
+        let weights = [(1, 100), (2, 200), (3, 300), (4, 400)];
+        let mut simulation = Simulation::new(&weights);
+        simulation.run_for(200 * PERIOD);
+        for (id, weight) in weights {
+            let share = percent(simulation.used(id), 200 * PERIOD);
+            let expected = weight as f64 / 10.0;
+            assert!(
+                (share - expected).abs() < 1.0,
+                "domain {id}: {share}% for {expected}%"
+            );
+        }
+    }
+
+    #[test]
+    fn cap_holds_when_alone() {
+        let mut simulation = Simulation::new(&[(1, 256)]);
+        simulation.scheduler.set_params(1, 256, 20).unwrap();
+        // Align to a period start so whole periods are measured.
+        simulation.run_for(PERIOD);
+        let start = simulation.scheduler.period_start.unwrap();
+        simulation.run_for(start + PERIOD - simulation.now);
+        simulation.reset_counters();
+        let mut idles = 0;
+        let end = simulation.now + 100 * PERIOD;
+        while simulation.now < end {
+            if simulation.step(end).is_none() {
+                idles += 1;
+                // The idle lasts exactly to the next period start.
+                assert_eq!((simulation.now - start) % PERIOD, 0);
+            }
+        }
+        assert_eq!(idles, 100);
+        assert_eq!(simulation.used(1), 100 * PERIOD / 5);
+        assert_eq!(simulation.idle, 100 * PERIOD * 4 / 5);
+    }
+
+    #[test]
+    fn capped_domain_leaves_the_rest_to_others() {
+        let mut simulation = Simulation::new(&[(1, 1000), (2, 100)]);
+        simulation.scheduler.set_params(1, 1000, 20).unwrap();
+        simulation.run_for(100 * PERIOD);
+        assert!(simulation.used(1) <= 100 * PERIOD / 5 + SLICE);
+        assert!(percent(simulation.used(1), 100 * PERIOD) >= 19.0);
+        assert_eq!(simulation.idle, 0, "uncapped domain 2 uses the idle time");
+        // Each period on its own stays within the cap.
+        for _ in 0..10 {
+            simulation.reset_counters();
+            simulation.run_for(PERIOD);
+            assert!(
+                simulation.used(1) <= PERIOD / 5 + SLICE,
+                "{}",
+                simulation.used(1)
+            );
+        }
+    }
+
+    #[test]
+    fn uncapped_domain_uses_idle_time_beyond_its_share() {
+        // Domain 2 exists but is blocked: domain 1 gets the whole CPU.
+        let mut simulation = Simulation::new(&[(1, 1), (2, 65535)]);
+        simulation.scheduler.set_runnable(2, false);
+        simulation.run_for(10 * PERIOD);
+        assert_eq!(simulation.used(1), 10 * PERIOD);
+        assert_eq!(simulation.idle, 0);
+    }
+
+    /// Two spinners (domains 1 and 2) and an I/O-like domain 3 that runs
+    /// for up to `burst_max` ticks, blocks, and wakes a pseudo-random while
+    /// later (an interrupt, a ring notification). Returns the longest time
+    /// from a wake-up of domain 3 to its pick, and the CPU time each got.
+    fn io_latency(weights: [u32; 3], burst_max: u64) -> (u64, [u64; 3]) {
+        let mut scheduler = Scheduler::<4>::new(PERIOD, SLICE);
+        for (id, weight) in (1..).zip(weights) {
+            scheduler.add(id, weight).unwrap();
+            scheduler.set_runnable(id, id != 3);
+        }
+        let mut now = 5_000_000u64;
+        let mut random = 0x9e37_79b9_7f4a_7c15u64;
+        let mut wake_at = Some(now + 2 * SLICE + 1);
+        let mut woke_at = 0;
+        let mut worst = 0;
+        let mut wakes = 0;
+        let mut used = [0; 3];
+        let end = now + 100 * PERIOD;
+        while now < end {
+            if wake_at.is_some_and(|at| at <= now) {
+                woke_at = wake_at.take().unwrap();
+                scheduler.set_runnable(3, true);
+                wakes += 1;
+            }
+            let (id, limit) = scheduler.pick(now).unwrap();
+            let ran = if id == 3 {
+                worst = worst.max(now - woke_at);
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                scheduler.set_runnable(3, false);
+                wake_at = Some(now + 50 + random % (4 * SLICE));
+                limit.min(1 + random % burst_max)
+            } else {
+                limit
+            };
+            now += ran;
+            scheduler.charge(id, ran, now);
+            used[id as usize - 1] += ran;
+        }
+        assert!(wakes > 1000, "{wakes} wakes");
+        (worst, used)
+    }
+
+    #[test]
+    fn io_domain_is_picked_within_a_slice() {
+        for (weights, burst_max) in [
+            ([512, 256, 256], 150),
+            ([256, 256, 256], 500),
+            ([1000, 1000, 100], 60),
+        ] {
+            let (worst, used) = io_latency(weights, burst_max);
+            assert!(
+                worst <= SLICE,
+                "{weights:?}: woken domain waited {worst} ticks"
+            );
+            // The spinners share the rest by weight.
+            let ratio = used[0] as f64 / used[1] as f64;
+            let expected = weights[0] as f64 / weights[1] as f64;
+            assert!(
+                (ratio / expected - 1.0).abs() < 0.05,
+                "{weights:?}: spinners got {used:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn remove_and_add_while_running() {
+        let mut simulation = Simulation::new(&[(1, 256), (2, 256)]);
+        simulation.run_for(3 * PERIOD + 17);
+        // Domain 2 is removed while it runs; charging it afterwards is ignored.
+        let (id, limit) = loop {
+            let (id, limit) = simulation.scheduler.pick(simulation.now).unwrap();
+            if id == 2 {
+                break (id, limit);
+            }
+            simulation.now += limit;
+            simulation.scheduler.charge(id, limit, simulation.now);
+        };
+        simulation.scheduler.remove(2).unwrap();
+        simulation.now += limit;
+        simulation.scheduler.charge(id, limit, simulation.now);
+        assert_eq!(simulation.scheduler.remove(2), Err(SchedError::NotFound));
+        simulation.reset_counters();
+        simulation.run_for(5 * PERIOD);
+        assert_eq!(simulation.used(1), 5 * PERIOD);
+        // Domain 3 arrives, and domain 2 comes back, while 1 runs.
+        let (running, _) = simulation.scheduler.pick(simulation.now).unwrap();
+        assert_eq!(running, 1);
+        simulation.scheduler.add(3, 256).unwrap();
+        simulation.scheduler.set_runnable(3, true);
+        simulation.scheduler.add(2, 256).unwrap();
+        simulation.scheduler.set_runnable(2, true);
+        simulation.now += SLICE;
+        simulation.scheduler.charge(1, SLICE, simulation.now);
+        simulation.run_for(2 * PERIOD);
+        simulation.reset_counters();
+        simulation.run_for(60 * PERIOD);
+        for id in 1..=3 {
+            let share = percent(simulation.used(id), 60 * PERIOD);
+            assert!((share - 100.0 / 3.0).abs() < 2.0, "domain {id}: {share}%");
+        }
+    }
+
+    #[test]
+    fn invalid_weight_and_cap_are_rejected() {
+        let mut scheduler = Scheduler::<2>::new(PERIOD, SLICE);
+        assert_eq!(scheduler.add(1, 0), Err(SchedError::InvalidWeight));
+        assert_eq!(scheduler.add(1, 65536), Err(SchedError::InvalidWeight));
+        scheduler.add(1, 1).unwrap();
+        scheduler.add(2, 65535).unwrap();
+        assert_eq!(
+            scheduler.set_params(1, 0, 0),
+            Err(SchedError::InvalidWeight)
+        );
+        assert_eq!(
+            scheduler.set_params(1, 70000, 0),
+            Err(SchedError::InvalidWeight)
+        );
+        assert_eq!(
+            scheduler.set_params(1, 256, 101),
+            Err(SchedError::InvalidCap)
+        );
+        assert_eq!(scheduler.set_params(9, 256, 0), Err(SchedError::NotFound));
+        assert_eq!(
+            scheduler.set_params(9, 0, 0),
+            Err(SchedError::InvalidWeight),
+            "arguments first"
+        );
+        assert_eq!(scheduler.params(1), Some((1, 0)));
+        scheduler.set_params(1, 300, 100).unwrap();
+        assert_eq!(scheduler.params(1), Some((300, 100)));
+        assert_eq!(scheduler.params(9), None);
+    }
+
+    #[test]
+    fn full_and_duplicate_are_refused() {
+        let mut scheduler = Scheduler::<3>::new(PERIOD, SLICE);
+        for id in 0..3 {
+            scheduler.add(id, 256).unwrap();
+        }
+        assert_eq!(scheduler.add(1, 256), Err(SchedError::Exists));
+        assert_eq!(scheduler.add(3, 256), Err(SchedError::Full));
+        scheduler.remove(0).unwrap();
+        scheduler.add(3, 256).unwrap();
+        assert_eq!(scheduler.params(0), None);
+    }
+
+    #[test]
+    fn nothing_runnable_means_idle_without_event() {
+        let mut scheduler = Scheduler::<2>::new(PERIOD, SLICE);
+        assert_eq!(scheduler.pick(0), None);
+        assert_eq!(scheduler.next_event(0), None);
+        scheduler.add(1, 256).unwrap();
+        assert_eq!(scheduler.pick(10), None, "added domains start blocked");
+        scheduler.set_runnable(7, true); // unknown: ignored
+        scheduler.set_runnable(1, true);
+        assert_eq!(scheduler.pick(20), Some((1, SLICE)));
+        scheduler.charge(1, SLICE, 20 + SLICE);
+        scheduler.set_runnable(1, false);
+        assert_eq!(scheduler.pick(20 + SLICE), None);
+        assert_eq!(scheduler.next_event(20 + SLICE), None);
+    }
+
+    #[test]
+    fn next_event_is_the_next_period_start() {
+        let mut scheduler = Scheduler::<2>::new(PERIOD, SLICE);
+        scheduler.add(1, 256).unwrap();
+        scheduler.set_params(1, 256, 10).unwrap();
+        scheduler.set_runnable(1, true);
+        let start = 1_000_000;
+        let mut now = start;
+        // A 10% budget is 3 slices of this period.
+        for _ in 0..3 {
+            let (id, limit) = scheduler.pick(now).unwrap();
+            assert_eq!((id, limit), (1, SLICE));
+            now += limit;
+            scheduler.charge(id, limit, now);
+        }
+        assert_eq!(scheduler.pick(now), None);
+        assert_eq!(scheduler.next_event(now), Some(start + PERIOD));
+        assert_eq!(
+            scheduler.next_event(start + 2 * PERIOD),
+            Some(start + 2 * PERIOD),
+            "never in the past"
+        );
+        assert_eq!(scheduler.pick(start + PERIOD), Some((1, SLICE)));
+        // A blocked capped domain needs no timer.
+        scheduler.charge(1, 3 * SLICE, start + PERIOD + 3 * SLICE);
+        scheduler.set_runnable(1, false);
+        assert_eq!(scheduler.next_event(start + PERIOD + 3 * SLICE), None);
+    }
+
+    #[test]
+    fn limit_stops_at_period_end_and_cap_budget() {
+        let mut scheduler = Scheduler::<2>::new(PERIOD, SLICE);
+        scheduler.add(1, 256).unwrap();
+        scheduler.set_params(1, 256, 5).unwrap(); // 1500 ticks per period
+        scheduler.set_runnable(1, true);
+        assert_eq!(scheduler.pick(0), Some((1, SLICE)));
+        scheduler.charge(1, SLICE, SLICE);
+        assert_eq!(scheduler.pick(SLICE), Some((1, 500)));
+        scheduler.charge(1, 500, SLICE + 500);
+        assert_eq!(scheduler.pick(SLICE + 500), None);
+        scheduler.set_params(1, 256, 0).unwrap();
+        assert_eq!(scheduler.pick(PERIOD - 300), Some((1, 300)));
+    }
+
+    #[test]
+    fn late_domain_gets_no_flood_of_credit() {
+        // Domain 3 exists from the start but sleeps for 50 periods; domain 4
+        // is added after 50 periods. Neither may take more than a fair share
+        // when it starts to run.
+        let mut simulation = Simulation::new(&[(1, 256), (2, 256), (3, 256)]);
+        simulation.scheduler.set_runnable(3, false);
+        simulation.run_for(50 * PERIOD + 7);
+        simulation.scheduler.set_runnable(3, true);
+        simulation.scheduler.add(4, 256).unwrap();
+        simulation.scheduler.set_runnable(4, true);
+        for period in 0..10 {
+            simulation.reset_counters();
+            simulation.run_for(PERIOD);
+            for id in [3, 4] {
+                let used = simulation.used(id);
+                // At most one period's share, give or take the slice that
+                // rounding carries over.
+                assert!(
+                    used <= PERIOD / 4 + 2 * SLICE,
+                    "period {period}: domain {id} ran {used}"
+                );
+                assert!(
+                    used >= SLICE.min(PERIOD / 4),
+                    "period {period}: domain {id} ran {used}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn waking_domain_cannot_starve_a_spinner() {
+        // Domain 2 has the larger weight, blocks for a long time, then spins:
+        // domain 1 keeps running in every period.
+        let mut simulation = Simulation::new(&[(1, 1), (2, 65535)]);
+        simulation.scheduler.set_runnable(2, false);
+        simulation.run_for(20 * PERIOD);
+        simulation.scheduler.set_runnable(2, true);
+        for period in 0..20 {
+            simulation.reset_counters();
+            simulation.run_for(PERIOD);
+            assert!(simulation.used(1) >= 1, "period {period}: domain 1 starved");
+            assert!(
+                simulation.used(2) >= PERIOD / 3,
+                "period {period}: domain 2 ran {}",
+                simulation.used(2)
+            );
+            // Domain 2's wake-up took back what domain 1 had been granted
+            // while alone: it gets the one run per period that every
+            // runnable domain is guaranteed, and no more.
+            assert!(
+                simulation.used(1) <= SLICE,
+                "period {period}: domain 1 ran {}",
+                simulation.used(1)
+            );
+        }
+    }
+
+    #[test]
+    fn every_runnable_domain_runs_each_period() {
+        let mut simulation = Simulation::new(&[(1, 65535), (2, 1), (3, 1), (4, 30000)]);
+        simulation.run_for(PERIOD / 3);
+        for period in 0..50 {
+            simulation.reset_counters();
+            simulation.run_for(PERIOD);
+            for id in 1..=4 {
+                assert!(
+                    simulation.used(id) > 0,
+                    "period {period}: domain {id} starved"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn works_at_large_tsc_values() {
+        let mut simulation = Simulation::new(&[(1, 256), (2, 256)]);
+        simulation.now = u64::MAX - 1000 * PERIOD;
+        simulation.run_for(100 * PERIOD);
+        assert!(simulation.used(1).abs_diff(simulation.used(2)) <= SLICE);
+    }
+
+    #[test]
+    fn random_operations_keep_the_rules() {
+        // Random adds, removes, parameter changes, blocks and wakes between
+        // picks. Checks: only runnable domains run, the limit respects slice,
+        // period end and cap, and no capped domain exceeds its budget in any
+        // period (tracked here independently).
+        let mut scheduler = Scheduler::<6>::new(PERIOD, SLICE);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Model: id -> (cap, runnable); per-period usage by id.
+        let mut model: HashMap<DomainId, (u32, bool)> = HashMap::new();
+        let mut usage: HashMap<DomainId, u64> = HashMap::new();
+        let mut now = 777u64;
+        let mut period_start: Option<u64> = None;
+        for _ in 0..20_000 {
+            let id = (next() % 8) as DomainId;
+            match next() % 10 {
+                0 => {
+                    let weight = (next() % 70_000) as u32;
+                    let result = scheduler.add(id, weight);
+                    let expected = if !(1..=65535).contains(&weight) {
+                        Err(SchedError::InvalidWeight)
+                    } else if model.contains_key(&id) {
+                        Err(SchedError::Exists)
+                    } else if model.len() == 6 {
+                        Err(SchedError::Full)
+                    } else {
+                        Ok(())
+                    };
+                    assert_eq!(result, expected);
+                    if result.is_ok() {
+                        model.insert(id, (0, false));
+                    }
+                }
+                1 => {
+                    let expected = if model.remove(&id).is_some() {
+                        Ok(())
+                    } else {
+                        Err(SchedError::NotFound)
+                    };
+                    assert_eq!(scheduler.remove(id), expected);
+                    usage.remove(&id);
+                }
+                2 => {
+                    let cap = (next() % 4 * 20) as u32;
+                    if scheduler
+                        .set_params(id, 1 + (next() % 1000) as u32, cap)
+                        .is_ok()
+                    {
+                        model.get_mut(&id).unwrap().0 = cap;
+                    } else {
+                        assert!(!model.contains_key(&id));
+                    }
+                }
+                3..=4 => {
+                    let runnable = next() % 3 != 0;
+                    scheduler.set_runnable(id, runnable);
+                    if let Some(entry) = model.get_mut(&id) {
+                        entry.1 = runnable;
+                    }
+                }
+                _ => {
+                    let picked = scheduler.pick(now);
+                    let start = *period_start.get_or_insert(now);
+                    if now >= start + PERIOD {
+                        period_start = Some(start + (now - start) / PERIOD * PERIOD);
+                        usage.clear();
+                    }
+                    let period_end = period_start.unwrap() + PERIOD;
+                    match picked {
+                        Some((id, limit)) => {
+                            let (cap, runnable) = model[&id];
+                            assert!(runnable);
+                            assert!((1..=SLICE).contains(&limit) && now + limit <= period_end);
+                            let ran = if next() % 4 == 0 {
+                                next() % limit
+                            } else {
+                                limit
+                            };
+                            let used = usage.entry(id).or_default();
+                            *used += ran;
+                            if cap > 0 {
+                                assert!(
+                                    *used <= PERIOD * u64::from(cap) / 100,
+                                    "cap {cap} exceeded"
+                                );
+                            }
+                            now += ran;
+                            scheduler.charge(id, ran, now);
+                        }
+                        None => {
+                            // Nothing runnable is within its cap.
+                            for (id, &(cap, runnable)) in &model {
+                                if runnable {
+                                    assert!(
+                                        cap > 0
+                                            && usage.get(id).copied().unwrap_or(0)
+                                                >= PERIOD * u64::from(cap) / 100
+                                    );
+                                }
+                            }
+                            now = scheduler.next_event(now).unwrap_or(now + next() % PERIOD);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
