@@ -156,8 +156,9 @@ iso=$target_dir/mica.iso
 
 # build_iso: cargo build, pack the ramdisk, make $iso.
 build_iso() {
-    say "building hv and dom0 (target dir $target_dir)"
-    (cd "$root_dir" && cargo build --release --target x86_64-unknown-none -p hv -p dom0 >&2) \
+    say "building hv, dom0 and the example guests (target dir $target_dir)"
+    (cd "$root_dir" && cargo build --release --target x86_64-unknown-none -p hv -p dom0 >&2 \
+        && cargo build --release --target x86_64-unknown-none -p pv-drivers --features example-guests --bins >&2) \
         || die "cargo build failed"
 
     local iso_root=$target_dir/iso
@@ -171,6 +172,13 @@ build_iso() {
     # parse) of everything staged under <target>/ramdisk/, plus a README.txt
     # unless one is staged. Names carry no leading "./"; sorted, owner 0 and
     # mtime 0 make it reproducible.
+    # The example guests and their configs (pv-drivers/guests/*.cfg), then
+    # anything staged by hand or by the tests.
+    mkdir -p "$ramdisk_tmp"
+    for guest in counter echo spinner crasher; do
+        cp "$kernels/$guest" "$ramdisk_tmp/$guest.elf"
+    done
+    cp "$root_dir"/pv-drivers/guests/*.cfg "$ramdisk_tmp/"
     cp -a "$ramdisk_stage/." "$ramdisk_tmp/"
     [ -e "$ramdisk_tmp/README.txt" ] \
         || echo "Mica initial ramdisk: guest kernels and guest configs for dom0." \

@@ -34,10 +34,23 @@ pub enum Hypercall {
     /// Platform control, dom0 only. `a0`: a [`PlatformOp`]. Does not return on
     /// success.
     Platform = 6,
+    /// Domain control, dom0 only. `a0`: a [`crate::domctl::DomCtlOp`], `a1`:
+    /// the target domain (except for `Create`), `a2`..`a4`: as the operation
+    /// says. Since ABI 0.2.
+    DomCtl = 7,
+    /// Scheduling of the calling vCPU. `a0`: a [`SchedOp`], `a1`: its
+    /// argument. Any domain. Since ABI 0.2.
+    Sched = 8,
+    /// Event channels. `a0`: a [`crate::event::EventOp`], `a1`..`a3`: as the
+    /// operation says. Any domain. Since ABI 0.2.
+    Event = 9,
+    /// vCPU services. `a0`: a [`VcpuOp`], `a1`: its argument. Any domain.
+    /// Since ABI 0.2.
+    Vcpu = 10,
 }
 
 /// Number of hypercall numbers defined by this ABI version (they are dense).
-pub const HYPERCALL_COUNT: usize = 7;
+pub const HYPERCALL_COUNT: usize = 11;
 
 /// Longest write accepted by [`Hypercall::ConsoleWrite`] in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
@@ -53,6 +66,10 @@ impl Hypercall {
             4 => Hypercall::DomainInfo,
             5 => Hypercall::Null,
             6 => Hypercall::Platform,
+            7 => Hypercall::DomCtl,
+            8 => Hypercall::Sched,
+            9 => Hypercall::Event,
+            10 => Hypercall::Vcpu,
             _ => return None,
         })
     }
@@ -74,6 +91,77 @@ impl PlatformOp {
         match number {
             0 => Some(PlatformOp::PowerOff),
             1 => Some(PlatformOp::Reboot),
+            _ => None,
+        }
+    }
+}
+
+/// Operations of [`Hypercall::Sched`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedOp {
+    /// Gives up the rest of the time slice. Returns 0.
+    Yield = 0,
+    /// Sleeps until an event channel of this domain is pending and unmasked
+    /// or the vCPU timer fires; returns 0 at once if one already is. Events
+    /// are delivered as usual (the upcall, if interrupts are enabled).
+    Block = 1,
+    /// Stops the domain for good. `a1`: a [`ShutdownReason`]. Does not return.
+    Shutdown = 2,
+}
+
+impl SchedOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<SchedOp> {
+        match number {
+            0 => Some(SchedOp::Yield),
+            1 => Some(SchedOp::Block),
+            2 => Some(SchedOp::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Why a domain shut down (the argument of [`SchedOp::Shutdown`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// The domain finished and wants to be turned off.
+    PowerOff = 0,
+    /// The domain wants to be restarted.
+    Reboot = 1,
+    /// The domain detected a fatal error in itself.
+    Crash = 2,
+}
+
+impl ShutdownReason {
+    /// Decodes the reason argument.
+    pub const fn from_number(number: u64) -> Option<ShutdownReason> {
+        match number {
+            0 => Some(ShutdownReason::PowerOff),
+            1 => Some(ShutdownReason::Reboot),
+            2 => Some(ShutdownReason::Crash),
+            _ => None,
+        }
+    }
+}
+
+/// Operations of [`Hypercall::Vcpu`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuOp {
+    /// Arms the one-shot timer. `a1`: absolute TSC deadline; 0 cancels. When
+    /// the TSC passes the deadline the timer virtual IRQ
+    /// ([`crate::event::Virq::Timer`]) fires once and a blocked vCPU wakes.
+    /// A deadline in the past fires at once.
+    SetTimer = 0,
+}
+
+impl VcpuOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<VcpuOp> {
+        match number {
+            0 => Some(VcpuOp::SetTimer),
             _ => None,
         }
     }

@@ -151,6 +151,15 @@ pub struct DomainInfo {
     pub exit_total: u64,
     /// VM exits by VMX basic exit reason, see [`EXIT_REASON_SLOTS`].
     pub exit_counts: [u64; EXIT_REASON_SLOTS],
+    /// Scheduling weight (since ABI 0.2).
+    pub weight: u32,
+    /// Scheduling cap in percent of a CPU, 0 = none (since ABI 0.2).
+    pub cap: u32,
+    /// A [`crate::hypercall::ShutdownReason`] when `state` is Shutdown
+    /// (since ABI 0.2).
+    pub shutdown_reason: u32,
+    /// Reserved, zero.
+    pub _reserved1: u32,
 }
 
 impl Default for DomainInfo {
@@ -165,14 +174,22 @@ impl Default for DomainInfo {
             cpu_time_tsc: 0,
             exit_total: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
+            weight: 0,
+            cap: 0,
+            shutdown_reason: 0,
+            _reserved1: 0,
         }
     }
 }
 
-/// The smallest size a caller may pass for [`DomainInfo`] (ABI 0.1 layout).
-pub const DOMAIN_INFO_MIN_SIZE: u64 = size_of::<DomainInfo>() as u64;
+/// The smallest size a caller may pass for [`DomainInfo`] (the ABI 0.1
+/// layout, which ends after `exit_counts`).
+pub const DOMAIN_INFO_MIN_SIZE: u64 = offset_of!(DomainInfo, weight) as u64;
 
-const _: () = assert!(size_of::<DomainInfo>() == 48 + 8 * EXIT_REASON_SLOTS);
+const _: () = assert!(size_of::<DomainInfo>() == 48 + 8 * EXIT_REASON_SLOTS + 16);
+const _: () = assert!(offset_of!(DomainInfo, weight) == 48 + 8 * EXIT_REASON_SLOTS);
+const _: () = assert!(offset_of!(DomainInfo, cap) == 52 + 8 * EXIT_REASON_SLOTS);
+const _: () = assert!(offset_of!(DomainInfo, shutdown_reason) == 56 + 8 * EXIT_REASON_SLOTS);
 const _: () = assert!(offset_of!(DomainInfo, domain_id) == 0);
 const _: () = assert!(offset_of!(DomainInfo, state) == 4);
 const _: () = assert!(offset_of!(DomainInfo, current_pages) == 8);

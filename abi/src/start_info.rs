@@ -100,6 +100,14 @@ pub struct StartInfo {
     pub memory_regions: [MemoryRegion; MAX_MEMORY_REGIONS],
     /// The command line, UTF-8, NUL-terminated.
     pub cmdline: [u8; CMDLINE_SIZE],
+    /// Guest-physical address of the console ring page
+    /// ([`crate::console::ConsoleRing`]), 0 if none (since ABI 0.2).
+    pub console_page: u64,
+    /// Event channel port of the console, already bound by the builder
+    /// (since ABI 0.2).
+    pub console_port: u32,
+    /// Reserved, zero.
+    pub _reserved1: u32,
 }
 
 /// Bits of [`StartInfo::flags`].
@@ -108,7 +116,9 @@ pub mod flags {
     pub const PRIVILEGED: u64 = 1 << 0;
 }
 
-const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE + 16);
+const _: () = assert!(offset_of!(StartInfo, console_page) == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(offset_of!(StartInfo, console_port) == 72 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(size_of::<StartInfo>() <= crate::PAGE_SIZE as usize);
 const _: () = assert!(offset_of!(StartInfo, magic) == 0);
 const _: () = assert!(offset_of!(StartInfo, abi_version) == 8);
@@ -138,6 +148,9 @@ impl StartInfo {
             _reserved0: 0,
             memory_regions: [MemoryRegion { base: 0, size: 0, kind: 0, _reserved0: 0 }; MAX_MEMORY_REGIONS],
             cmdline: [0; CMDLINE_SIZE],
+            console_page: 0,
+            console_port: 0,
+            _reserved1: 0,
         }
     }
 
@@ -169,6 +182,32 @@ impl StartInfo {
         self.cmdline[..end].copy_from_slice(&text.as_bytes()[..end]);
     }
 
+    /// The structure's bytes in ABI layout (little-endian), for copying into
+    /// a domain's memory.
+    pub fn to_bytes(&self) -> [u8; size_of::<StartInfo>()] {
+        let mut bytes = [0u8; size_of::<StartInfo>()];
+        let mut put = |offset: usize, value: &[u8]| bytes[offset..offset + value.len()].copy_from_slice(value);
+        put(offset_of!(StartInfo, magic), &self.magic.to_le_bytes());
+        put(offset_of!(StartInfo, abi_version), &self.abi_version.to_le_bytes());
+        put(offset_of!(StartInfo, domain_id), &self.domain_id.to_le_bytes());
+        put(offset_of!(StartInfo, flags), &self.flags.to_le_bytes());
+        put(offset_of!(StartInfo, identity_mapped_bytes), &self.identity_mapped_bytes.to_le_bytes());
+        put(offset_of!(StartInfo, ramdisk_base), &self.ramdisk_base.to_le_bytes());
+        put(offset_of!(StartInfo, ramdisk_size), &self.ramdisk_size.to_le_bytes());
+        put(offset_of!(StartInfo, tsc_khz), &self.tsc_khz.to_le_bytes());
+        put(offset_of!(StartInfo, memory_region_count), &self.memory_region_count.to_le_bytes());
+        for (index, region) in self.memory_regions.iter().enumerate() {
+            let at = offset_of!(StartInfo, memory_regions) + index * size_of::<MemoryRegion>();
+            put(at, &region.base.to_le_bytes());
+            put(at + 8, &region.size.to_le_bytes());
+            put(at + 16, &region.kind.to_le_bytes());
+        }
+        put(offset_of!(StartInfo, cmdline), &self.cmdline);
+        put(offset_of!(StartInfo, console_page), &self.console_page.to_le_bytes());
+        put(offset_of!(StartInfo, console_port), &self.console_port.to_le_bytes());
+        bytes
+    }
+
     /// The command line up to its NUL; empty if it is not valid UTF-8.
     pub fn cmdline(&self) -> &str {
         let len = self.cmdline.iter().position(|&b| b == 0).unwrap_or(CMDLINE_SIZE);
@@ -190,6 +229,24 @@ mod tests {
         assert!(info.cmdline().chars().all(|c| c == 'é'));
         info.set_cmdline("console=com1");
         assert_eq!(info.cmdline(), "console=com1");
+    }
+
+    #[test]
+    fn bytes_follow_the_documented_layout() {
+        let mut info = StartInfo::new(7);
+        info.tsc_khz = 0x1122_3344;
+        info.console_port = 9;
+        info.push_region(0x1000, 0x2000, MemoryKind::Stack);
+        info.set_cmdline("x");
+        let bytes = info.to_bytes();
+        assert_eq!(&bytes[0..8], b"MICASTRT");
+        assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 7);
+        assert_eq!(u64::from_le_bytes(bytes[48..56].try_into().unwrap()), 0x1122_3344);
+        assert_eq!(u32::from_le_bytes(bytes[56..60].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(bytes[64..72].try_into().unwrap()), 0x1000);
+        assert_eq!(u32::from_le_bytes(bytes[80..84].try_into().unwrap()), MemoryKind::Stack as u32);
+        assert_eq!(bytes[offset_of!(StartInfo, cmdline)], b'x');
+        assert_eq!(u32::from_le_bytes(bytes[offset_of!(StartInfo, console_port)..][..4].try_into().unwrap()), 9);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod builder;
 pub mod line_editor;
 pub mod report;
 pub mod selftest;

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod toolstack;
 mod uart;
 
 use core::fmt::Write;
@@ -11,9 +12,10 @@ use abi::hypercall::PlatformOp;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 use dom0core::line_editor::{Action, LineEditor};
 use dom0core::report::{self, Measurement};
-use dom0core::shell::{self, COMMANDS, Command, ParseError};
+use dom0core::shell::{self, COMMANDS, Command};
 use pv_drivers::hypercall;
 
+use crate::toolstack::{TOOLSTACK, Toolstack};
 use crate::uart::Uart;
 
 const PROMPT: &str = "dom0> ";
@@ -72,7 +74,16 @@ extern "C" fn _start(start_info_address: u64) -> ! {
         let _ = writeln!(console, "dom0: warning: built for ABI {}.{}", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
     }
     let _ = hypercall::console_write(b"dom0 started\n");
-    let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info };
+    let ramdisk: &'static [u8] = if start_info.ramdisk_size > 0 {
+        // SAFETY: hv maps the boot ramdisk read-only at this identity-mapped
+        // address for dom0's whole life, and nothing writes it.
+        unsafe { core::slice::from_raw_parts(start_info.ramdisk_base as *const u8, start_info.ramdisk_size as usize) }
+    } else {
+        &[]
+    };
+    let mut toolstack = TOOLSTACK.lock();
+    toolstack.init(ramdisk, start_info.tsc_khz);
+    let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info, toolstack };
     shell.run()
 }
 
@@ -83,42 +94,99 @@ fn stop() -> ! {
     }
 }
 
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// dom0's event page: guests' notifications wake dom0 from `block`.
+static mut EVENT_PAGE: Page = Page([0; 4096]);
+
+/// Ctrl-]: detaches from a guest console.
+const DETACH: u8 = 0x1d;
+
 struct Shell {
     console: Uart,
     editor: LineEditor,
     /// TSC when the first prompt was printed (instructions since power-on under Bochs).
     boot_to_prompt: u64,
     start_info: StartInfo,
+    toolstack: spin::MutexGuard<'static, Toolstack>,
 }
 
 impl Shell {
-    fn run(&mut self) -> ! {
-        self.boot_to_prompt = rdtsc();
+    fn prompt(&mut self) {
         self.console.write_bytes(PROMPT.as_bytes());
+    }
+
+    fn run(&mut self) -> ! {
+        // SAFETY: the static page is dedicated to hv's event bits for good.
+        let _ = unsafe { hypercall::register_event_page(&raw mut EVENT_PAGE as u64, 0) };
+        self.boot_to_prompt = rdtsc();
+        self.prompt();
+        let poll_interval = (self.start_info.tsc_khz.max(1000)) / 1000 * 500; // 0.5 ms
+        let reap_interval = poll_interval * 100;
+        let mut next_reap = rdtsc() + reap_interval;
         loop {
-            let byte = self.console.read_byte();
-            match self.editor.feed(byte) {
-                Action::None => {}
-                Action::Echo(byte) => self.console.write_byte(byte),
-                Action::Erase(count) => {
-                    for _ in 0..count {
-                        self.console.write_bytes(b"\x08 \x08");
-                    }
+            let mut busy = false;
+            while let Some(byte) = self.console.try_read_byte() {
+                busy = true;
+                self.receive(byte);
+            }
+            busy |= self.toolstack.service_consoles(&mut self.console);
+            let now = rdtsc();
+            if now >= next_reap {
+                next_reap = now + reap_interval;
+                if self.toolstack.reap(&mut self.console) && self.toolstack.attached.is_none() {
+                    self.prompt();
+                    let line = self.editor.line();
+                    self.console.write_bytes(line.as_bytes());
                 }
-                Action::Bell => self.console.write_byte(0x07),
-                Action::Cancel => {
-                    self.console.write_bytes(b"^C\n");
-                    self.console.write_bytes(PROMPT.as_bytes());
+            }
+            if !busy {
+                // Nothing to do: sleep until the next poll or a guest's event.
+                let _ = hypercall::set_timer(rdtsc() + poll_interval);
+                hypercall::block();
+                // Whatever fired, the next pass polls everything: take all
+                // the bits, or hv would never let dom0 block again.
+                // SAFETY: EVENT_PAGE is dom0's registered event page.
+                let _ = unsafe { pv_drivers::event_page::take_all_pending(&raw mut EVENT_PAGE as u64) };
+            }
+        }
+    }
+
+    fn receive(&mut self, byte: u8) {
+        if self.toolstack.attached.is_some() {
+            if byte == DETACH {
+                self.toolstack.attached = None;
+                self.console.write_bytes(b"\n");
+                self.prompt();
+            } else {
+                self.toolstack.type_into_attached(&[byte]);
+            }
+            return;
+        }
+        match self.editor.feed(byte) {
+            Action::None => {}
+            Action::Echo(byte) => self.console.write_byte(byte),
+            Action::Erase(count) => {
+                for _ in 0..count {
+                    self.console.write_bytes(b"\x08 \x08");
                 }
-                Action::Submit => {
-                    self.console.write_bytes(b"\n");
-                    let mut line = [0u8; dom0core::line_editor::MAX_LINE];
-                    let text = self.editor.line();
-                    let length = text.len();
-                    line[..length].copy_from_slice(text.as_bytes());
-                    self.editor.clear();
-                    self.execute(core::str::from_utf8(&line[..length]).unwrap_or(""));
-                    self.console.write_bytes(PROMPT.as_bytes());
+            }
+            Action::Bell => self.console.write_byte(0x07),
+            Action::Cancel => {
+                self.console.write_bytes(b"^C\n");
+                self.prompt();
+            }
+            Action::Submit => {
+                self.console.write_bytes(b"\n");
+                let mut line = [0u8; dom0core::line_editor::MAX_LINE];
+                let text = self.editor.line();
+                let length = text.len();
+                line[..length].copy_from_slice(text.as_bytes());
+                self.editor.clear();
+                self.execute(core::str::from_utf8(&line[..length]).unwrap_or(""));
+                if self.toolstack.attached.is_none() {
+                    self.prompt();
                 }
             }
         }
@@ -128,43 +196,71 @@ impl Shell {
         let command = match shell::parse(line) {
             Ok(Some(command)) => command,
             Ok(None) => return,
-            Err(ParseError::Unknown(name)) => {
-                let _ = writeln!(self.console, "dom0: unknown command '{name}'; type 'help' for a list");
+            Err(error) => {
+                let _ = writeln!(self.console, "dom0: {error}");
                 return;
             }
-            Err(ParseError::UnexpectedArgument { command, argument }) => {
-                let _ = writeln!(self.console, "dom0: '{command}' takes no arguments (got '{argument}')");
-                return;
+        };
+        let toolstack = &mut *self.toolstack;
+        let out = &mut self.console;
+        let guest = |toolstack: &Toolstack, out: &mut Uart, name: &str| {
+            let index = toolstack.find(name);
+            if index.is_none() {
+                let _ = writeln!(out, "dom0: no guest '{name}' (see 'list')");
             }
+            index
         };
         match command {
             Command::Help => {
                 for (name, arguments, description) in COMMANDS {
-                    let width = 18usize.saturating_sub(name.len() + 1);
-                    let _ = writeln!(self.console, "  {name} {arguments:<width$} {description}");
+                    let width = 20usize.saturating_sub(name.len() + 1);
+                    let _ = writeln!(out, "  {name} {arguments:<width$} {description}");
                 }
             }
             Command::Info => self.info(),
             Command::Dmesg => {
                 let mut buffer = [0u8; 16 * 1024];
                 match hypercall::dmesg(&mut buffer) {
-                    Ok(length) => self.console.write_bytes(&buffer[..length]),
+                    Ok(length) => out.write_bytes(&buffer[..length]),
                     Err(error) => {
-                        let _ = writeln!(self.console, "dom0: dmesg failed: {}", error.describe());
+                        let _ = writeln!(out, "dom0: dmesg failed: {}", error.describe());
                     }
                 }
             }
             Command::Bench => self.bench(),
             Command::SelfTest => self.self_test(),
+            Command::List => toolstack.list(out),
+            Command::Mem => toolstack.mem(out),
+            Command::Ls => toolstack.ls(out),
+            Command::Create(config) => {
+                toolstack.create(config, out);
+            }
+            Command::Destroy(name) => {
+                if let Some(index) = guest(toolstack, out, name) {
+                    toolstack.destroy(index, out);
+                }
+            }
+            Command::Pause(name) | Command::Unpause(name) => {
+                if let Some(index) = guest(toolstack, out, name) {
+                    toolstack.set_paused(index, matches!(command, Command::Pause(_)), out);
+                }
+            }
+            Command::Console(name) => {
+                if let Some(index) = guest(toolstack, out, name) {
+                    toolstack.attach(index, out);
+                }
+            }
+            Command::Sched { domain, weight, cap } => toolstack.sched(domain, weight, cap, out),
             Command::PowerOff | Command::Reboot => {
                 let (operation, what) = if command == Command::PowerOff {
                     (PlatformOp::PowerOff, "powering off")
                 } else {
                     (PlatformOp::Reboot, "rebooting")
                 };
-                let _ = writeln!(self.console, "dom0: {what}");
+                let _ = writeln!(out, "dom0: {what}");
+                out.flush();
                 let error = hypercall::platform(operation);
-                let _ = writeln!(self.console, "dom0: {what} failed: {}", error.describe());
+                let _ = writeln!(out, "dom0: {what} failed: {}", error.describe());
             }
         }
     }

@@ -79,7 +79,8 @@ mod tests {
         dom0.exit_counts[77] = 1;
         let mut out = String::new();
         write_info(&mut out, &hv, &dom0, "Test CPU").unwrap();
-        assert!(out.starts_with("Mica hv 0.1.0, ABI 0.1\n"), "{out}");
+        let heading = format!("Mica hv 0.1.0, ABI {}.{}\n", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
+        assert!(out.starts_with(&heading), "{out}");
         assert!(out.contains("vmx features: ept vpid\n"), "{out}");
         assert!(out.contains("memory:       total 4000 KiB, free 2000 KiB, hv 40 KiB\n"), "{out}");
         assert!(out.contains("dom0 exits:   7 total\n"), "{out}");

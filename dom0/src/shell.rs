@@ -1,8 +1,9 @@
 //! The dom0 shell's commands: parsing a line into a [`Command`].
 
-/// A parsed shell command.
+/// A parsed shell command. Domain arguments are a name or a numeric id,
+/// resolved by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<'a> {
     /// `help`: list the commands.
     Help,
     /// `info`: hypervisor, CPU, memory and VM-exit statistics.
@@ -11,17 +12,44 @@ pub enum Command {
     Dmesg,
     /// `bench`: measure hypercall and exit round trips.
     Bench,
+    /// `selftest`: hostile hypercalls against the live hypervisor.
+    SelfTest,
+    /// `list`: the domains, like `xl list`.
+    List,
+    /// `create <config>`: build and start a guest from a ramdisk config.
+    Create(&'a str),
+    /// `destroy <domain>`.
+    Destroy(&'a str),
+    /// `pause <domain>`.
+    Pause(&'a str),
+    /// `unpause <domain>`.
+    Unpause(&'a str),
+    /// `console <domain>`: attach to its console (Ctrl-] detaches).
+    Console(&'a str),
+    /// `sched <domain> [weight=N] [cap=N]`.
+    Sched { domain: &'a str, weight: Option<u32>, cap: Option<u32> },
+    /// `mem`: memory of hv and of each domain.
+    Mem,
+    /// `ls`: the files in the boot ramdisk.
+    Ls,
     /// `poweroff`: turn the machine off.
     PowerOff,
     /// `reboot`: reset the machine.
     Reboot,
-    /// `selftest`: hostile hypercalls against the live hypervisor.
-    SelfTest,
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 7] = [
+pub const COMMANDS: [(&str, &str, &str); 16] = [
     ("help", "", "list the commands"),
+    ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
+    ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
+    ("destroy", "<domain>", "stop a guest and free everything it had"),
+    ("pause", "<domain>", "stop running a guest, keeping its state"),
+    ("unpause", "<domain>", "let a paused guest run again"),
+    ("console", "<domain>", "attach to a guest's console; Ctrl-] returns here"),
+    ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
+    ("mem", "", "memory of the hypervisor and of each domain"),
+    ("ls", "", "list the files in the boot ramdisk"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
     ("bench", "", "measure the null hypercall and a CPUID exit in TSC ticks"),
@@ -35,22 +63,71 @@ pub const COMMANDS: [(&str, &str, &str); 7] = [
 pub enum ParseError<'a> {
     /// The first word names no command.
     Unknown(&'a str),
-    /// The command takes no arguments but got some.
+    /// The command got an argument it does not take.
     UnexpectedArgument { command: &'a str, argument: &'a str },
+    /// The command needs an argument (its usage is given).
+    MissingArgument { command: &'a str, usage: &'static str },
+    /// An option is malformed or out of range.
+    BadOption { command: &'a str, option: &'a str, expected: &'static str },
+}
+
+impl core::fmt::Display for ParseError<'_> {
+    fn fmt(&self, out: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            ParseError::Unknown(name) => write!(out, "unknown command '{name}'; type 'help' for a list"),
+            ParseError::UnexpectedArgument { command, argument } => {
+                write!(out, "'{command}' does not take '{argument}'")
+            }
+            ParseError::MissingArgument { command, usage } => write!(out, "usage: {command} {usage}"),
+            ParseError::BadOption { command, option, expected } => {
+                write!(out, "{command}: bad option '{option}': {expected}")
+            }
+        }
+    }
+}
+
+fn usage(name: &str) -> &'static str {
+    COMMANDS.iter().find(|(n, _, _)| *n == name).map_or("", |(_, arguments, _)| arguments)
 }
 
 /// Parses a line. `Ok(None)` for a blank line.
-pub fn parse(line: &str) -> Result<Option<Command>, ParseError<'_>> {
+pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
     let mut words = line.split_whitespace();
     let Some(name) = words.next() else { return Ok(None) };
+    let missing = ParseError::MissingArgument { command: name, usage: usage(name) };
     let command = match name {
         "help" | "?" => Command::Help,
         "info" => Command::Info,
         "dmesg" => Command::Dmesg,
         "bench" => Command::Bench,
+        "selftest" => Command::SelfTest,
+        "list" => Command::List,
+        "mem" => Command::Mem,
+        "ls" => Command::Ls,
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,
-        "selftest" => Command::SelfTest,
+        "create" => Command::Create(words.next().ok_or(missing)?),
+        "destroy" => Command::Destroy(words.next().ok_or(missing)?),
+        "pause" => Command::Pause(words.next().ok_or(missing)?),
+        "unpause" => Command::Unpause(words.next().ok_or(missing)?),
+        "console" => Command::Console(words.next().ok_or(missing)?),
+        "sched" => {
+            let domain = words.next().ok_or(missing)?;
+            let (mut weight, mut cap) = (None, None);
+            for option in words.by_ref() {
+                let bad = |expected| ParseError::BadOption { command: name, option, expected };
+                if let Some(value) = option.strip_prefix("weight=") {
+                    let value = value.parse::<u32>().ok().filter(|w| (1..=65535).contains(w));
+                    weight = Some(value.ok_or(bad("weight must be 1..=65535"))?);
+                } else if let Some(value) = option.strip_prefix("cap=") {
+                    let value = value.parse::<u32>().ok().filter(|c| *c <= 100);
+                    cap = Some(value.ok_or(bad("cap must be 0..=100 (percent of a CPU)"))?);
+                } else {
+                    return Err(bad("expected weight=N or cap=N"));
+                }
+            }
+            Command::Sched { domain, weight, cap }
+        }
         _ => return Err(ParseError::Unknown(name)),
     };
     if let Some(argument) = words.next() {
@@ -68,6 +145,14 @@ mod tests {
         assert_eq!(parse("info"), Ok(Some(Command::Info)));
         assert_eq!(parse("  help  "), Ok(Some(Command::Help)));
         assert_eq!(parse("poweroff"), Ok(Some(Command::PowerOff)));
+        assert_eq!(parse("create counter.cfg"), Ok(Some(Command::Create("counter.cfg"))));
+        assert_eq!(parse("destroy 3"), Ok(Some(Command::Destroy("3"))));
+        assert_eq!(parse("console echo"), Ok(Some(Command::Console("echo"))));
+        assert_eq!(parse("sched spin"), Ok(Some(Command::Sched { domain: "spin", weight: None, cap: None })));
+        assert_eq!(
+            parse("sched spin weight=512 cap=20"),
+            Ok(Some(Command::Sched { domain: "spin", weight: Some(512), cap: Some(20) }))
+        );
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
     }
@@ -77,12 +162,21 @@ mod tests {
         assert_eq!(parse("frobnicate now"), Err(ParseError::Unknown("frobnicate")));
         assert_eq!(parse("Info"), Err(ParseError::Unknown("Info")));
         assert_eq!(parse("info extra"), Err(ParseError::UnexpectedArgument { command: "info", argument: "extra" }));
+        assert_eq!(parse("create"), Err(ParseError::MissingArgument { command: "create", usage: "<config>" }));
+        assert_eq!(parse("destroy a b"), Err(ParseError::UnexpectedArgument { command: "destroy", argument: "b" }));
+        assert!(matches!(parse("sched x weight=0"), Err(ParseError::BadOption { .. })));
+        assert!(matches!(parse("sched x weight=70000"), Err(ParseError::BadOption { .. })));
+        assert!(matches!(parse("sched x cap=101"), Err(ParseError::BadOption { .. })));
+        assert!(matches!(parse("sched x speed=3"), Err(ParseError::BadOption { .. })));
+        let message = format!("{}", parse("create").unwrap_err());
+        assert_eq!(message, "usage: create <config>");
     }
 
     #[test]
     fn every_listed_command_parses() {
-        for (name, _, _) in COMMANDS {
-            assert!(parse(name).unwrap().is_some(), "{name}");
+        for (name, arguments, _) in COMMANDS {
+            let line = if arguments.is_empty() { name.to_string() } else { format!("{name} x") };
+            assert!(parse(&line).unwrap().is_some(), "{name}");
         }
     }
 }

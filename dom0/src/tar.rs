@@ -110,7 +110,7 @@ pub struct Archive<'a> {
 
 impl<'a> Archive<'a> {
     /// Wraps the archive's bytes; nothing is checked until it is read.
-    pub fn new(bytes: &'a [u8]) -> Archive<'a> {
+    pub const fn new(bytes: &'a [u8]) -> Archive<'a> {
         Archive { bytes }
     }
 

@@ -73,19 +73,20 @@ impl Uart {
         }
     }
 
-    /// A received byte, if one is waiting.
-    pub fn try_read_byte(&mut self) -> Option<u8> {
-        if inb(COM1 + LINE_STATUS) & DATA_READY != 0 { Some(inb(COM1 + DATA)) } else { None }
-    }
-
-    /// Waits for a received byte.
-    pub fn read_byte(&mut self) -> u8 {
-        loop {
-            if let Some(byte) = self.try_read_byte() {
-                return byte;
+    /// Waits until everything written has left the UART (LSR bit 6), so a
+    /// power-off does not cut the last line short. Bounded.
+    pub fn flush(&mut self) {
+        for _ in 0..1_000_000 {
+            if inb(COM1 + LINE_STATUS) & TRANSMITTER_IDLE != 0 {
+                return;
             }
             core::hint::spin_loop();
         }
+    }
+
+    /// A received byte, if one is waiting.
+    pub fn try_read_byte(&mut self) -> Option<u8> {
+        if inb(COM1 + LINE_STATUS) & DATA_READY != 0 { Some(inb(COM1 + DATA)) } else { None }
     }
 }
 

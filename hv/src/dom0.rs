@@ -14,7 +14,7 @@
 //! | 0x100000 - ...         | the kernel image, then free RAM            |
 //! | after RAM (2 MiB aligned) | the ramdisk, read-only                 |
 
-use abi::info::{DomainState, EXIT_REASON_SLOTS};
+use abi::domctl::{FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE};
 use abi::start_info::{MemoryKind, StartInfo, flags};
 use hvcore::elf::{ElfImage, PF_X};
 use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
@@ -108,13 +108,14 @@ pub fn memory_from_command_line(command_line: &str) -> Option<u64> {
 
 /// Builds dom0 with `memory_bytes` of RAM. On error everything allocated
 /// stays allocated: hv cannot run without dom0 and stops.
-pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64) -> Result<Domain, &'static str> {
+pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64, tsc_khz: u64) -> Result<Domain, &'static str> {
     let image = ElfImage::parse(images.kernel).map_err(|error| error.describe())?;
     let memory_bytes = memory_bytes.next_multiple_of(TWO_MIB).max(MINIMUM_MEMORY);
     image.check_fits(KERNEL_BASE, memory_bytes).map_err(|error| error.describe())?;
 
     // RAM: 2 MiB pages where the allocator has them, else 4 KiB pages.
-    let mut ept = PageTable::<Ept>::new(&mut HvTables).map_err(|_| "out of memory for dom0's EPT")?;
+    let mut domain = Domain::new(abi::DOM0, true, 0).map_err(|_| "out of memory for dom0's EPT")?;
+    let ept = &mut domain.ept;
     let rwx = Access::READ | Access::WRITE | Access::EXECUTE;
     let mut pages = 0;
     let mut guest_physical = 0;
@@ -148,8 +149,9 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
         mapped_top = (memory_bytes + length).next_multiple_of(TWO_MIB);
     }
 
+    let ept = &domain.ept;
     let write = |guest_physical, bytes: &[u8]| {
-        crate::domain::write_through(&ept, guest_physical, bytes).map_err(|_| "dom0's image does not fit its memory")
+        crate::domain::write_through(ept, guest_physical, bytes).map_err(|_| "dom0's image does not fit its memory")
     };
     for segment in image.segments() {
         write(segment.phys_addr, image.segment_data(segment))?;
@@ -157,12 +159,16 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
     write(GDT, &gdt_bytes())?;
 
     // Initial page tables: identity, page 0 left out, ramdisk read-only.
-    let mut tables = GuestTables { ept: &ept, next: TABLES_START };
+    let mut tables = GuestTables { ept, next: TABLES_START };
     let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| "dom0 page tables")?;
     paging
         .map_range(&mut tables, abi::PAGE_SIZE, abi::PAGE_SIZE, TWO_MIB - abi::PAGE_SIZE, rwx, MemoryType::WriteBack, PageSize::Size4K)
         .and_then(|()| {
             paging.map_range(&mut tables, TWO_MIB, TWO_MIB, memory_bytes - TWO_MIB, rwx, MemoryType::WriteBack, PageSize::Size2M)
+        })
+        .and_then(|()| {
+            // The foreign window: page tables only; EPT backs what MapForeign maps.
+            paging.map_range(&mut tables, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE, Access::READ | Access::WRITE, MemoryType::WriteBack, PageSize::Size2M)
         })
         .and_then(|()| {
             if mapped_top > memory_bytes {
@@ -178,6 +184,7 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
     let kernel_start = kernel_start & !(abi::PAGE_SIZE - 1);
     let kernel_end = kernel_end.next_multiple_of(abi::PAGE_SIZE);
     start_info.flags = flags::PRIVILEGED;
+    start_info.tsc_khz = tsc_khz;
     start_info.identity_mapped_bytes = mapped_top;
     start_info.set_cmdline(images.command_line);
     let regions = [
@@ -246,19 +253,11 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
         entry,
         start_info.ramdisk_size
     );
-    Ok(Domain {
-        id: abi::DOM0,
-        state: DomainState::Running,
-        privileged: true,
-        ept,
-        current_pages: pages,
-        max_pages: pages,
-        vcpu,
-        cpu_time_tsc: 0,
-        exit_total: 0,
-        exit_counts: [0; EXIT_REASON_SLOTS],
-        refusals_logged: 0,
-    })
+    domain.vcpu = Some(vcpu);
+    domain.current_pages = pages;
+    domain.max_pages = pages;
+    domain.paused = false;
+    Ok(domain)
 }
 
 fn gdt_bytes() -> [u8; 40] {

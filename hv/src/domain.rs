@@ -1,21 +1,46 @@
 //! Domains: a guest-physical address space (EPT), memory accounting, one
-//! vCPU and its statistics.
+//! vCPU, scheduling parameters, event channels and statistics.
 
+use abi::hypercall::ShutdownReason;
 use abi::info::{DomainInfo, DomainState, EXIT_REASON_SLOTS};
 use abi::{DomainId, Error};
+use arrayvec::ArrayVec;
 use hvcore::paging::{Access, Ept, PageTable};
 
 use crate::arch::memory as physical;
-use crate::arch::vmx::Vcpu;
-use crate::memory::HvTables;
+use crate::arch::vmx::{Capabilities, Vcpu};
+use crate::memory::{self, HvTables};
 
 /// Most refused-port reports logged per domain (the rest are only counted).
 const REFUSAL_REPORTS: u32 = 8;
 
+/// Most separate `PopulateMemory` ranges a domain may have.
+pub const MAX_POPULATED_RANGES: usize = 32;
+
+/// Most foreign pages dom0 may have mapped at once.
+pub const MAX_FOREIGN_MAPPINGS: usize = 128;
+
+/// Why a domain stopped for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// hv stopped it because it misbehaved.
+    Crashed,
+    /// It shut itself down.
+    Shutdown(ShutdownReason),
+}
+
+/// A page of another domain mapped into dom0's foreign window.
+#[derive(Clone, Copy, Debug)]
+pub struct ForeignMapping {
+    /// Where dom0 sees it.
+    pub dom0_address: u64,
+    /// Whose page it is.
+    pub owner: DomainId,
+}
+
 /// A domain.
 pub struct Domain {
     pub id: DomainId,
-    pub state: DomainState,
     /// dom0: may use dom0-only hypercalls and owns the devices.
     pub privileged: bool,
     /// Guest-physical to host-physical translation.
@@ -23,8 +48,33 @@ pub struct Domain {
     /// Pages of RAM the domain owns now and at most.
     pub current_pages: u64,
     pub max_pages: u64,
-    pub vcpu: Vcpu,
-    /// TSC ticks spent in non-root mode.
+    /// The vCPU, once its initial state is set.
+    pub vcpu: Option<Vcpu>,
+    /// Paused by dom0.
+    pub paused: bool,
+    /// Waiting for an event or its timer.
+    pub blocked: bool,
+    /// Set when the domain has stopped for good.
+    pub ended: Option<Ended>,
+    pub weight: u32,
+    pub cap: u32,
+    /// RAM ranges given by PopulateMemory: (guest-physical base, pages).
+    pub populated: ArrayVec<(u64, u64), MAX_POPULATED_RANGES>,
+    /// dom0 only: foreign pages it has mapped.
+    pub foreign: ArrayVec<ForeignMapping, MAX_FOREIGN_MAPPINGS>,
+    /// Absolute TSC deadline of the one-shot timer, 0 = not armed.
+    pub timer_deadline: u64,
+    /// Event channel ports.
+    pub events: hvcore::event::PortTable,
+    /// Host-physical address of the registered event page, 0 = none.
+    pub event_page: u64,
+    /// Vector injected as the event upcall, 0 = none.
+    pub upcall_vector: u8,
+    /// The upcall is raised and waits for the vCPU to take interrupts.
+    pub upcall_due: bool,
+    /// The domain asked to give up the rest of its slice.
+    pub yield_requested: bool,
+    /// TSC ticks spent scheduled.
     pub cpu_time_tsc: u64,
     pub exit_total: u64,
     pub exit_counts: [u64; EXIT_REASON_SLOTS],
@@ -33,6 +83,52 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// A domain with an address space and no memory or vCPU yet.
+    pub fn new(id: DomainId, privileged: bool, max_pages: u64) -> Result<Domain, Error> {
+        let ept = PageTable::<Ept>::new(&mut HvTables).map_err(|_| Error::OutOfMemory)?;
+        Ok(Domain {
+            id,
+            privileged,
+            ept,
+            current_pages: 0,
+            max_pages,
+            vcpu: None,
+            paused: true,
+            blocked: false,
+            ended: None,
+            weight: abi::domctl::DEFAULT_WEIGHT,
+            cap: 0,
+            populated: ArrayVec::new(),
+            foreign: ArrayVec::new(),
+            timer_deadline: 0,
+            events: hvcore::event::PortTable::new(),
+            event_page: 0,
+            upcall_vector: 0,
+            upcall_due: false,
+            yield_requested: false,
+            cpu_time_tsc: 0,
+            exit_total: 0,
+            exit_counts: [0; EXIT_REASON_SLOTS],
+            refusals_logged: 0,
+        })
+    }
+
+    /// The state reported to dom0.
+    pub fn state(&self) -> DomainState {
+        match self.ended {
+            Some(Ended::Crashed) => DomainState::Crashed,
+            Some(Ended::Shutdown(_)) => DomainState::Shutdown,
+            None if self.paused => DomainState::Paused,
+            None if self.blocked => DomainState::Blocked,
+            None => DomainState::Running,
+        }
+    }
+
+    /// Whether the scheduler may run it.
+    pub fn runnable(&self) -> bool {
+        self.vcpu.is_some() && !self.paused && !self.blocked && self.ended.is_none()
+    }
+
     /// Counts one VM exit by its basic reason.
     #[inline(always)]
     pub fn count_exit(&mut self, reason: u32) {
@@ -50,14 +146,14 @@ impl Domain {
     /// Stops the domain for good because it misbehaved, with one log line.
     pub fn crash(&mut self, why: core::fmt::Arguments) {
         crate::error!("d{} crashed: {}", self.id, why);
-        self.state = DomainState::Crashed;
+        self.ended = Some(Ended::Crashed);
     }
 
     /// Fills the ABI information structure.
     pub fn info(&self) -> DomainInfo {
         DomainInfo {
             domain_id: self.id,
-            state: self.state as u32,
+            state: self.state() as u32,
             current_pages: self.current_pages,
             max_pages: self.max_pages,
             vcpu_count: 1,
@@ -65,7 +161,74 @@ impl Domain {
             cpu_time_tsc: self.cpu_time_tsc,
             exit_total: self.exit_total,
             exit_counts: self.exit_counts,
+            weight: self.weight,
+            cap: self.cap,
+            shutdown_reason: match self.ended {
+                Some(Ended::Shutdown(reason)) => reason as u32,
+                _ => 0,
+            },
+            _reserved1: 0,
         }
+    }
+
+    /// Gives the domain `pages` zeroed frames at `guest_physical`. All or nothing.
+    pub fn populate(&mut self, guest_physical: u64, pages: u64) -> Result<u64, Error> {
+        if guest_physical % abi::PAGE_SIZE != 0 || pages == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        let length = pages.checked_mul(abi::PAGE_SIZE).ok_or(Error::InvalidArgument)?;
+        guest_physical.checked_add(length).filter(|end| *end <= abi::domctl::FOREIGN_WINDOW_BASE).ok_or(Error::InvalidArgument)?;
+        if self.current_pages.checked_add(pages).is_none_or(|total| total > self.max_pages) {
+            return Err(Error::OutOfMemory);
+        }
+        if self.populated.is_full() {
+            return Err(Error::Busy);
+        }
+        let rwx = Access::READ | Access::WRITE | Access::EXECUTE;
+        for index in 0..pages {
+            let address = guest_physical + index * abi::PAGE_SIZE;
+            let mapped = memory::allocate_frame().ok_or(Error::OutOfMemory).and_then(|frame| {
+                self.ept
+                    .map(&mut HvTables, address, frame, hvcore::paging::PageSize::Size4K, rwx, hvcore::paging::MemoryType::WriteBack)
+                    .map_err(|error| {
+                        memory::free_frame(frame);
+                        match error {
+                            hvcore::paging::MapError::AlreadyMapped => Error::Busy,
+                            hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
+                            _ => Error::InvalidArgument,
+                        }
+                    })
+            });
+            if let Err(error) = mapped {
+                // Undo this call's pages so nothing is left half-populated.
+                self.release_range(guest_physical, index);
+                return Err(error);
+            }
+        }
+        self.current_pages += pages;
+        self.populated.push((guest_physical, pages));
+        Ok(pages)
+    }
+
+    /// Unmaps and frees `pages` pages from `guest_physical`.
+    fn release_range(&mut self, guest_physical: u64, pages: u64) {
+        for index in 0..pages {
+            if let Ok((frame, _)) = self.ept.unmap(&mut HvTables, guest_physical + index * abi::PAGE_SIZE) {
+                memory::free_frame(frame);
+            }
+        }
+    }
+
+    /// Frees everything the domain owns: its vCPU, its RAM, its EPT.
+    /// Foreign mappings of its pages must already be gone.
+    pub fn tear_down(mut self, capabilities: &Capabilities) {
+        if let Some(vcpu) = self.vcpu.take() {
+            memory::free_frame(vcpu.release(capabilities));
+        }
+        for (guest_physical, pages) in core::mem::take(&mut self.populated) {
+            self.release_range(guest_physical, pages);
+        }
+        self.ept.destroy(&mut HvTables);
     }
 
     /// Copies a guest buffer into `out`.
@@ -83,6 +246,11 @@ impl Domain {
     /// already have been written (the guest's own memory; no hv state changes).
     pub fn write_guest(&self, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
         write_through(&self.ept, guest_physical, bytes)
+    }
+
+    /// The host frame behind a writable guest page.
+    pub fn host_frame(&self, guest_physical: u64, access: Access) -> Result<u64, Error> {
+        translate(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
     }
 }
 
@@ -113,6 +281,17 @@ pub fn bytes_of<T: AbiStruct>(value: &T) -> &[u8] {
     unsafe { core::slice::from_raw_parts(value as *const T as *const u8, core::mem::size_of::<T>()) }
 }
 
+/// Reads an ABI structure out of guest memory (a copy; the guest may change
+/// its memory at any time, so the copy is what gets validated and used).
+pub fn read_struct<T: AbiStruct + Default>(domain: &Domain, guest_physical: u64) -> Result<T, Error> {
+    let mut value = T::default();
+    // SAFETY: AbiStruct types are plain integers without padding, so any
+    // byte pattern is a valid value; the slice covers exactly `value`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(&mut value as *mut T as *mut u8, core::mem::size_of::<T>()) };
+    domain.read_guest(guest_physical, bytes)?;
+    Ok(value)
+}
+
 /// Marker for ABI structures that are plain bytes (no padding, no pointers).
 ///
 /// # Safety
@@ -126,3 +305,5 @@ unsafe impl AbiStruct for abi::info::HvInfo {}
 unsafe impl AbiStruct for abi::info::DomainInfo {}
 // SAFETY: as above.
 unsafe impl AbiStruct for abi::start_info::StartInfo {}
+// SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
+unsafe impl AbiStruct for abi::domctl::VcpuContext {}

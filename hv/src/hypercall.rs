@@ -13,7 +13,19 @@ use crate::hypervisor::Hypervisor;
 type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;
 
 /// Handlers indexed by hypercall number (see `abi::Hypercall`).
-static TABLE: [Handler; HYPERCALL_COUNT] = [version, console_write, dmesg_read, hv_info, domain_info, null, platform];
+static TABLE: [Handler; HYPERCALL_COUNT] = [
+    version,
+    console_write,
+    dmesg_read,
+    hv_info,
+    domain_info,
+    null,
+    platform,
+    crate::domctl::domctl,
+    crate::events::sched_op,
+    crate::events::event_op,
+    crate::events::vcpu_op,
+];
 
 /// Runs hypercall `number` for domain `caller`; the result goes in RAX.
 #[inline]

@@ -1,34 +1,74 @@
-//! The hypervisor's state and its run loop: enter a domain, handle the VM
-//! exit, repeat. Nothing a domain does can stop this loop; a domain that
-//! misbehaves is marked crashed and no longer entered.
+//! The hypervisor's state and its run loop: pick a domain with the
+//! scheduler, enter it, handle its VM exits until its slice ends, repeat.
+//! Nothing a domain does can stop this loop; a domain that misbehaves is
+//! marked crashed and no longer entered.
 
-use abi::info::{DomainState, HvInfo};
+use abi::DomainId;
+use abi::info::HvInfo;
 use arrayvec::ArrayVec;
+use hvcore::scheduler::Scheduler;
 
 use crate::arch::vmx::{Capabilities, Exit};
 use crate::arch::{cpu, lapic};
 use crate::domain::Domain;
 
-/// Most domains hv tracks at once.
+/// Most domains hv tracks at once (dom0 included).
 pub const MAX_DOMAINS: usize = 64;
 
-/// Length of a time slice in TSC ticks (about 2 million instructions under
+/// Longest time slice in TSC ticks (about 2 million instructions under
 /// Bochs, where the TSC counts instructions; about 1 ms on a 2 GHz CPU).
 const TIME_SLICE_TSC: u64 = 2 << 20;
+/// Scheduler accounting period: weights and caps are shares of this.
+const PERIOD_TSC: u64 = 16 * TIME_SLICE_TSC;
+
+const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything hv knows, owned by the run loop of the boot CPU.
 pub struct Hypervisor {
     pub capabilities: Capabilities,
     pub domains: ArrayVec<Domain, MAX_DOMAINS>,
+    pub scheduler: Scheduler<MAX_DOMAINS>,
     pub boot_tsc: u64,
+    /// TSC frequency, 0 if unknown.
+    pub tsc_khz: u64,
     /// Pages reserved for hv at boot (its image and the frame bitmap);
     /// frames it allocates later (tables, VMCSs) are counted on top.
     pub reserved_pages: u64,
+    /// The id the next created domain gets (ids are not reused soon).
+    pub next_domain_id: DomainId,
+    /// I/O bitmap page shared by every guest: all ports exit.
+    pub guest_io_bitmap: u64,
+    /// MSR bitmap page shared by every guest.
+    pub guest_msr_bitmap: u64,
 }
 
-const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The hypervisor's state. It is far too large for a stack (every domain's
+/// port table and statistics), so it lives here, built in place.
+pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
+    capabilities: Capabilities::NONE,
+    domains: ArrayVec::new_const(),
+    scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
+    boot_tsc: 0,
+    tsc_khz: 0,
+    reserved_pages: 0,
+    next_domain_id: 1,
+    guest_io_bitmap: 0,
+    guest_msr_bitmap: 0,
+});
 
 impl Hypervisor {
+    /// Adds dom0, the first domain.
+    pub fn add_dom0(&mut self, dom0: Domain) {
+        // The table is empty: neither can fail.
+        let _ = self.scheduler.add(dom0.id, dom0.weight);
+        let _ = self.domains.try_push(dom0);
+    }
+
+    /// The index of domain `id` in `domains`.
+    pub fn index_of(&self, id: DomainId) -> Option<usize> {
+        self.domains.iter().position(|d| d.id == id)
+    }
+
     /// The `HvInfo` answer.
     pub fn info(&self) -> HvInfo {
         let totals = crate::memory::totals();
@@ -42,7 +82,7 @@ impl Hypervisor {
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
             hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
-            tsc_khz: 0,
+            tsc_khz: self.tsc_khz,
             boot_tsc: self.boot_tsc,
             cpu_count: 1,
             _reserved0: 0,
@@ -57,54 +97,119 @@ impl Hypervisor {
         allocated.saturating_sub(owned)
     }
 
+    /// Wakes domains whose timer has expired, raising their timer event.
+    /// Returns the earliest deadline still pending.
+    fn fire_timers(&mut self, now: u64) -> Option<u64> {
+        let mut earliest: Option<u64> = None;
+        for index in 0..self.domains.len() {
+            let deadline = self.domains[index].timer_deadline;
+            if deadline == 0 {
+                continue;
+            }
+            if deadline <= now {
+                self.domains[index].timer_deadline = 0;
+                crate::events::raise_virq(self, index, abi::event::Virq::Timer);
+                self.domains[index].blocked = false;
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        earliest
+    }
+
     /// Runs domains forever.
     pub fn run(&mut self) -> ! {
-        // The timer counts down once every 2^rate TSC ticks (SDM 26.5.1).
-        let slice = (TIME_SLICE_TSC >> self.capabilities.preemption_timer_rate).clamp(1, u32::MAX as u64) as u32;
-        for domain in self.domains.iter_mut() {
-            domain.vcpu.set_preemption_timer(slice);
-        }
         loop {
-            let Some(current) = self.domains.iter().position(|d| d.state == DomainState::Running) else {
-                crate::warning!("no domain is runnable; hv is idle");
-                cpu::halt_forever();
-            };
-            self.run_slice(current);
+            let now = cpu::rdtsc();
+            let next_timer = self.fire_timers(now);
+            for domain in &self.domains {
+                self.scheduler.set_runnable(domain.id, domain.runnable());
+            }
+            match self.scheduler.pick(now) {
+                Some((id, budget)) => {
+                    let Some(index) = self.index_of(id) else {
+                        let _ = self.scheduler.remove(id);
+                        continue;
+                    };
+                    // Wake in time for the next timer even if this domain spins.
+                    let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
+                    let ran = self.run_slice(index, slice);
+                    self.scheduler.charge(id, ran, cpu::rdtsc());
+                }
+                None => {
+                    let wake = match (next_timer, self.scheduler.next_event(now)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match wake {
+                        Some(deadline) => lapic::wait_until(deadline),
+                        None => {
+                            crate::warning!("no domain can ever run again; hv is idle");
+                            cpu::halt_forever();
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Runs domain `index` until something needs the scheduler. The whole
-    /// slice, including hv's work on the domain's behalf, is charged to it.
-    fn run_slice(&mut self, index: usize) {
+    /// Runs domain `index` for at most `slice` TSC ticks, handling its exits.
+    /// Returns the ticks it was scheduled (charged to it, including hv's
+    /// work on its behalf).
+    fn run_slice(&mut self, index: usize, slice: u64) -> u64 {
         let start = cpu::rdtsc();
+        let timer = (slice >> self.capabilities.preemption_timer_rate).clamp(1, u32::MAX as u64) as u32;
+        if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+            vcpu.set_preemption_timer(timer);
+        }
         loop {
             let domain = &mut self.domains[index];
-            let (exit, reason) = domain.vcpu.run();
+            if domain.upcall_due {
+                crate::events::deliver_upcall(domain);
+            }
+            let Some(vcpu) = domain.vcpu.as_mut() else { break };
+            let (exit, reason) = vcpu.run();
             domain.count_exit(reason);
-            if !self.handle_exit(index, exit) || self.domains[index].state != DomainState::Running {
+            if !self.handle_exit(index, exit) || !self.domains[index].runnable() {
+                break;
+            }
+            if core::mem::take(&mut self.domains[index].yield_requested) {
+                break;
+            }
+            // Without a saved preemption timer every entry restarts it, so a
+            // domain exiting often would never be preempted: check here.
+            if !self.capabilities.timer_saved_on_exit && cpu::rdtsc().wrapping_sub(start) >= slice {
                 break;
             }
         }
-        self.domains[index].cpu_time_tsc += cpu::rdtsc().wrapping_sub(start);
+        let ran = cpu::rdtsc().wrapping_sub(start);
+        self.domains[index].cpu_time_tsc += ran;
+        ran
     }
 
     /// Handles one VM exit. Returns false when the scheduler should pick again.
     #[inline]
     fn handle_exit(&mut self, index: usize, exit: Exit) -> bool {
+        let domain = &mut self.domains[index];
+        let Some(vcpu) = domain.vcpu.as_mut() else { return false };
         match exit {
             Exit::Hypercall => {
-                let registers = &self.domains[index].vcpu.registers;
+                let registers = &vcpu.registers;
                 let number = registers.rax;
                 let arguments = [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8];
+                // The vCPU moves past VMCALL first, so a hypercall that
+                // blocks resumes after it.
+                vcpu.skip_instruction();
                 let result = crate::hypercall::dispatch(self, index, number, arguments);
-                let domain = &mut self.domains[index];
-                domain.vcpu.registers.rax = result as u64;
-                domain.vcpu.skip_instruction();
+                // The caller may have been destroyed (it cannot: dom0 cannot
+                // destroy itself) or have changed slot; look it up again.
+                if let Some(vcpu) = self.domains.get_mut(index).and_then(|d| d.vcpu.as_mut()) {
+                    vcpu.registers.rax = result as u64;
+                }
                 true
             }
             Exit::Cpuid => {
-                let domain = &mut self.domains[index];
-                let registers = &mut domain.vcpu.registers;
+                let registers = &mut vcpu.registers;
                 let leaf = registers.rax as u32;
                 let raw = cpu::cpuid(leaf, registers.rcx as u32);
                 let [eax, ebx, ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
@@ -112,31 +217,26 @@ impl Hypervisor {
                 registers.rbx = ebx as u64;
                 registers.rcx = ecx as u64;
                 registers.rdx = edx as u64;
-                domain.vcpu.skip_instruction();
+                vcpu.skip_instruction();
                 true
             }
             Exit::PreemptionTimer => false,
+            Exit::InterruptWindow => {
+                vcpu.set_interrupt_window_exiting(false);
+                true
+            }
             Exit::ExternalInterrupt { vector } => {
                 crate::debug!("external interrupt, vector {vector}");
                 lapic::end_of_interrupt();
                 false
             }
             Exit::Halt => {
-                // Nothing wakes a halted vCPU yet (no virtual interrupts), so
-                // HLT is a yield: the domain continues after it.
-                self.domains[index].vcpu.skip_instruction();
+                vcpu.skip_instruction();
+                crate::events::block(domain);
                 false
             }
             Exit::Io { port, size, input, string } => {
-                let domain = &mut self.domains[index];
-                if domain.should_report_refusal() {
-                    crate::warning!(
-                        "d{}: refused I/O {} port {port:#x} ({size} bytes) at rip {:#x}",
-                        domain.id,
-                        if input { "read from" } else { "write to" },
-                        domain.vcpu.rip()
-                    );
-                }
+                let rip = vcpu.rip();
                 if input && !string {
                     // Reads of absent devices float high.
                     let mask = match size {
@@ -144,67 +244,66 @@ impl Hypervisor {
                         2 => 0xffff,
                         _ => 0xffff_ffff,
                     };
-                    domain.vcpu.registers.rax |= mask;
+                    vcpu.registers.rax |= mask;
                 }
-                domain.vcpu.skip_instruction();
+                vcpu.skip_instruction();
+                if domain.should_report_refusal() {
+                    crate::warning!(
+                        "d{}: refused I/O {} port {port:#x} ({size} bytes) at rip {rip:#x}",
+                        domain.id,
+                        if input { "read from" } else { "write to" },
+                    );
+                }
                 true
             }
             Exit::MsrRead | Exit::MsrWrite => {
-                let domain = &mut self.domains[index];
-                let msr = domain.vcpu.registers.rcx as u32;
+                let msr = vcpu.registers.rcx as u32;
+                let rip = vcpu.rip();
+                vcpu.inject_exception(13, Some(0));
                 if domain.should_report_refusal() {
                     crate::warning!(
-                        "d{}: refused {} of MSR {msr:#x} at rip {:#x}; injecting #GP",
+                        "d{}: refused {} of MSR {msr:#x} at rip {rip:#x}; injecting #GP",
                         domain.id,
                         if matches!(exit, Exit::MsrRead) { "read" } else { "write" },
-                        domain.vcpu.rip()
                     );
                 }
-                domain.vcpu.inject_exception(13, Some(0));
                 true
             }
             Exit::EptViolation { guest_physical, qualification } => {
-                let domain = &mut self.domains[index];
-                let rip = domain.vcpu.rip();
+                let rip = vcpu.rip();
                 domain.crash(format_args!(
                     "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
                 ));
                 false
             }
             Exit::EptMisconfiguration { guest_physical } => {
-                let domain = &mut self.domains[index];
                 domain.crash(format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"));
                 false
             }
             Exit::TripleFault => {
-                let domain = &mut self.domains[index];
-                let rip = domain.vcpu.rip();
+                let rip = vcpu.rip();
                 domain.crash(format_args!("triple fault at rip {rip:#x}"));
                 false
             }
             Exit::ExceptionOrNmi { information } => {
-                let domain = &mut self.domains[index];
                 domain.crash(format_args!("unexpected exception or NMI exit (information {information:#x})"));
                 false
             }
             Exit::ControlRegister { qualification } => {
-                let domain = &mut self.domains[index];
-                let rip = domain.vcpu.rip();
+                let rip = vcpu.rip();
                 domain.crash(format_args!("refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"));
                 false
             }
             Exit::EntryFailure { reason, qualification } => {
-                self.domains[index]
-                    .crash(format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
+                domain.crash(format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
                 false
             }
             Exit::LaunchFailed { error } => {
-                self.domains[index].crash(format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
+                domain.crash(format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
                 false
             }
             Exit::Other { reason, qualification } => {
-                let domain = &mut self.domains[index];
-                let rip = domain.vcpu.rip();
+                let rip = vcpu.rip();
                 domain.crash(format_args!(
                     "unhandled VM exit reason {reason} (qualification {qualification:#x}) at rip {rip:#x}"
                 ));

@@ -10,6 +10,8 @@
 mod arch;
 mod dom0;
 mod domain;
+mod domctl;
+mod events;
 mod hypercall;
 mod hypervisor;
 mod log;
@@ -20,7 +22,7 @@ use hvcore::frame::PhysRange;
 use hvcore::multiboot2;
 
 use crate::arch::{cpu, gdt, idt, lapic, serial, vmx};
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::HYPERVISOR;
 use crate::log::Level;
 
 unsafe extern "C" {
@@ -90,6 +92,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
 
     let (apic_id, apic_version) = lapic::init();
     info!("local APIC id {apic_id}, version {apic_version:#x}");
+    let tsc_khz = arch::tsc::calibrate();
+    info!("TSC runs at {} kHz", tsc_khz);
 
     let Some(vmxon_region) = memory::allocate_frame() else { stop("out of memory for the VMXON region") };
     if let Err(reason) = vmx::enable(&capabilities, vmxon_region) {
@@ -115,17 +119,22 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         ramdisk: ramdisk_module.map(|m| (m.start as u64, m.end as u64)),
     };
     let dom0_memory = dom0::memory_from_command_line(boot.cmdline).unwrap_or(dom0::DEFAULT_MEMORY);
-    let dom0 = match dom0::build(&capabilities, &images, dom0_memory) {
+    let dom0 = match dom0::build(&capabilities, &images, dom0_memory, tsc_khz) {
         Ok(domain) => domain,
         Err(reason) => stop(reason),
     };
-    let mut hv = Hypervisor {
-        capabilities,
-        domains: ArrayVec::new(),
-        boot_tsc,
-        reserved_pages: (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages,
-    };
-    hv.domains.push(dom0);
+    let mut hv = HYPERVISOR.lock();
+    hv.capabilities = capabilities;
+    hv.boot_tsc = boot_tsc;
+    hv.tsc_khz = tsc_khz;
+    hv.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
+    hv.add_dom0(dom0);
+    // Guests get no ports and no MSRs: one all-ones page serves as both I/O
+    // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
+    let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };
+    arch::memory::copy_to(deny_all, &[0xff; 4096]);
+    hv.guest_io_bitmap = deny_all;
+    hv.guest_msr_bitmap = deny_all;
     info!("starting dom0; hv log continues in 'dmesg'");
     // dom0 owns the console from here; hv only prints warnings and errors.
     log::set_console_level(Level::Warning);

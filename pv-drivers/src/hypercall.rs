@@ -1,6 +1,8 @@
 //! Hypercall wrappers (convention in the `abi` crate documentation).
 
-use abi::hypercall::{Hypercall, PlatformOp};
+use abi::domctl::{DomCtlOp, VcpuContext};
+use abi::event::EventOp;
+use abi::hypercall::{Hypercall, PlatformOp, SchedOp, ShutdownReason, VcpuOp};
 use abi::info::{DomainInfo, HvInfo};
 use abi::{DomainId, Error};
 
@@ -92,4 +94,95 @@ pub fn platform(operation: PlatformOp) -> Error {
         Err(error) => error,
         Ok(_) => Error::InvalidArgument,
     }
+}
+
+/// Gives up the rest of the time slice.
+pub fn yield_now() {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(Hypercall::Sched as u64, [SchedOp::Yield as u64, 0, 0, 0, 0]) };
+}
+
+/// Sleeps until an event is pending and unmasked or the vCPU timer fires.
+pub fn block() {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(Hypercall::Sched as u64, [SchedOp::Block as u64, 0, 0, 0, 0]) };
+}
+
+/// Stops this domain for good (guests only; dom0 uses [`platform`]).
+pub fn shutdown(reason: ShutdownReason) -> Error {
+    // SAFETY: no pointer arguments.
+    match Error::decode(unsafe { raw(Hypercall::Sched as u64, [SchedOp::Shutdown as u64, reason as u64, 0, 0, 0]) }) {
+        Err(error) => error,
+        Ok(_) => Error::Busy,
+    }
+}
+
+/// Arms the one-shot timer for absolute TSC `deadline` (0 cancels).
+pub fn set_timer(deadline: u64) -> Result<(), Error> {
+    // SAFETY: no pointer arguments.
+    Error::decode(unsafe { raw(Hypercall::Vcpu as u64, [VcpuOp::SetTimer as u64, deadline, 0, 0, 0]) }).map(|_| ())
+}
+
+/// An event channel operation with word arguments.
+pub fn event(operation: EventOp, a1: u64, a2: u64) -> Result<u64, Error> {
+    // SAFETY: no operation takes a pointer except RegisterPage, whose page
+    // the caller passes through [`register_event_page`].
+    Error::decode(unsafe { raw(Hypercall::Event as u64, [operation as u64, a1, a2, 0, 0]) })
+}
+
+/// Registers the event page at `page` with upcall `vector` (0 = none).
+///
+/// # Safety
+/// `page` must be a page of this domain's RAM reserved for the event page
+/// for the rest of the domain's life: the hypervisor writes it.
+pub unsafe fn register_event_page(page: u64, vector: u8) -> Result<(), Error> {
+    // SAFETY: the caller dedicates the page.
+    Error::decode(unsafe { raw(Hypercall::Event as u64, [EventOp::RegisterPage as u64, page, vector as u64, 0, 0]) })
+        .map(|_| ())
+}
+
+/// Makes the remote end of `port` pending.
+pub fn notify(port: u32) -> Result<(), Error> {
+    event(EventOp::Send, port as u64, 0).map(|_| ())
+}
+
+/// Domain control with word arguments (dom0 only).
+pub fn domctl(operation: DomCtlOp, domain: DomainId, a2: u64, a3: u64, a4: u64) -> Result<u64, Error> {
+    debug_assert!(!matches!(operation, DomCtlOp::SetVcpuContext | DomCtlOp::ListDomains | DomCtlOp::CopyToGuest));
+    // SAFETY: the operations passed here take no pointers into dom0's memory
+    // (the ones that do have their own wrappers below).
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, [operation as u64, domain as u64, a2, a3, a4]) })
+}
+
+/// Creates a paused, empty domain allowed `max_pages` pages; returns its id.
+pub fn create_domain(max_pages: u64) -> Result<DomainId, Error> {
+    // SAFETY: no pointer arguments.
+    let raw_result = unsafe { raw(Hypercall::DomCtl as u64, [DomCtlOp::Create as u64, max_pages, 0, 0, 0]) };
+    Error::decode(raw_result).map(|id| id as DomainId)
+}
+
+/// Copies `bytes` (in dom0's identity-mapped memory) to `domain` at guest-physical `destination`.
+pub fn copy_to_guest(domain: DomainId, destination: u64, bytes: &[u8]) -> Result<(), Error> {
+    let mut done = 0;
+    for piece in bytes.chunks(abi::domctl::COPY_MAX as usize) {
+        let arguments = [DomCtlOp::CopyToGuest as u64, domain as u64, destination + done, address_of(piece), piece.len() as u64];
+        // SAFETY: `piece` is readable for its length.
+        Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) })?;
+        done += piece.len() as u64;
+    }
+    Ok(())
+}
+
+/// Sets `domain`'s initial vCPU state.
+pub fn set_vcpu_context(domain: DomainId, context: &VcpuContext) -> Result<(), Error> {
+    let arguments = [DomCtlOp::SetVcpuContext as u64, domain as u64, address_of(context), 0, 0];
+    // SAFETY: `context` is readable for its size.
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|_| ())
+}
+
+/// Lists domain ids from `start` into `ids`; returns how many were written.
+pub fn list_domains(start: DomainId, ids: &mut [u32]) -> Result<usize, Error> {
+    let arguments = [DomCtlOp::ListDomains as u64, start as u64, address_of(ids), ids.len() as u64, 0];
+    // SAFETY: `ids` is writable for its length.
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|count| count as usize)
 }

@@ -7,4 +7,8 @@
 //! address; these wrappers rely on that and say so where they take buffers.
 #![cfg_attr(not(test), no_std)]
 
+pub mod console;
+pub mod event_page;
+#[cfg(target_os = "none")]
+pub mod guest;
 pub mod hypercall;

@@ -48,6 +48,16 @@ impl Iso {
             Some(dir) => root.join(dir).join("system"),
             None => root.join("target").join("system"),
         };
+        // The tests' extra ramdisk files (broken configs, a corrupt kernel)
+        // go into the staging directory run-qemu.sh packs.
+        let stage = target.join("ramdisk");
+        std::fs::create_dir_all(&stage).map_err(|error| format!("creating {}: {error}", stage.display()))?;
+        let fixtures = root.join("tests").join("fixtures").join("ramdisk");
+        for entry in std::fs::read_dir(&fixtures).map_err(|error| format!("reading {}: {error}", fixtures.display()))? {
+            let entry = entry.map_err(|error| error.to_string())?;
+            std::fs::copy(entry.path(), stage.join(entry.file_name()))
+                .map_err(|error| format!("copying {}: {error}", entry.path().display()))?;
+        }
         let script = root.join("run-qemu.sh");
         let output = Command::new("bash")
             .arg(&script)

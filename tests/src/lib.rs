@@ -30,8 +30,8 @@ pub use report::{BenchReport, InfoReport, PerCall};
 /// The prompt of the dom0 shell (no newline follows it).
 pub const PROMPT: &str = "dom0> ";
 
-/// The line dom0 prints once it runs on hv.
-pub const DOM0_SIGNATURE: &str = "dom0: running on hypervisor \"MicaMicaMica\" (ABI 0.1)";
+/// The line dom0 prints once it runs on hv (the ABI version follows).
+pub const DOM0_SIGNATURE: &str = "dom0: running on hypervisor \"MicaMicaMica\" (ABI ";
 
 /// Boots to the first dom0 prompt: checks hv's banner, then dom0's signature
 /// line, then waits for the prompt. Returns the console text up to the prompt.

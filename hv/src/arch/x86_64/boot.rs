@@ -34,7 +34,7 @@ boot_pd:
     .balign 16
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 65536
+    .skip 262144
     .global boot_stack_top
 boot_stack_top:
 

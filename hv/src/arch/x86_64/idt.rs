@@ -83,7 +83,35 @@ exception_stub_\vector:
     EXCEPTION_ERROR 29
     EXCEPTION_ERROR 30
     EXCEPTION_NO_ERROR 31
-    EXCEPTION_NO_ERROR 255
+
+    /* Spurious APIC interrupts need no acknowledgement (SDM 12.9). */
+    .balign 16
+spurious_interrupt_stub:
+    iretq
+
+    /* The APIC timer while hv idles: acknowledge and return. */
+    .balign 16
+timer_interrupt_stub:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    call {end_of_interrupt}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
 
 exception_common:
     push rax
@@ -123,15 +151,20 @@ exception_stub_table:
     .quad exception_stub_28, exception_stub_29, exception_stub_30, exception_stub_31
     .global spurious_stub_address
 spurious_stub_address:
-    .quad exception_stub_255
+    .quad spurious_interrupt_stub
+    .global timer_stub_address
+timer_stub_address:
+    .quad timer_interrupt_stub
     .section .text
 "#,
     handler = sym exception_handler,
+    end_of_interrupt = sym super::lapic::end_of_interrupt,
 );
 
 unsafe extern "C" {
     static exception_stub_table: [u64; 32];
     static spurious_stub_address: u64;
+    static timer_stub_address: u64;
 }
 
 /// Vector of the local APIC's spurious interrupt.
@@ -178,6 +211,7 @@ pub fn init() {
             (*idt).0[vector] = gate(exception_stub_table[vector], ist);
         }
         (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
+        (*idt).0[super::lapic::TIMER_VECTOR as usize] = gate(timer_stub_address, 0);
         let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
         asm!("lidt [{}]", in(reg) &pointer, options(nostack));
     }
@@ -222,7 +256,7 @@ extern "C" fn exception_handler(frame: *const ExceptionFrame) -> ! {
     // SAFETY: the entry stub passes a pointer to the frame it just pushed on
     // this CPU's stack; it stays valid because this function never returns.
     let frame = unsafe { &*frame };
-    let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("spurious interrupt");
+    let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("unknown vector");
     crate::log::emergency(format_args!(
         "hv: EXCEPTION {} (vector {}) error {:#x} at rip {:#018x}\n\
          rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\

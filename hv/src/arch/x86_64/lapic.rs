@@ -67,7 +67,44 @@ pub fn init() -> (u32, u32) {
     (read(ID) >> 24, read(VERSION) & 0xff)
 }
 
+/// Vector of the local APIC timer, used only to wake hv from HLT when idle.
+pub const TIMER_VECTOR: u8 = 0xf0;
+/// IA32_TSC_DEADLINE (SDM Vol. 3A 12.5.4.1).
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// LVT timer mode bits 18:17 = 10b: TSC-deadline mode.
+const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
+
+/// Whether the APIC timer supports TSC-deadline mode (CPUID.1:ECX bit 24).
+fn tsc_deadline_supported() -> bool {
+    BASE.load(Ordering::Relaxed) != 0 && super::cpu::cpuid(1, 0).ecx & (1 << 24) != 0
+}
+
+/// Idles the CPU until the TSC reaches `deadline`: halts with the APIC
+/// timer armed in TSC-deadline mode, or spins where that is missing.
+pub fn wait_until(deadline: u64) {
+    if !tsc_deadline_supported() {
+        while super::cpu::rdtsc() < deadline {
+            core::hint::spin_loop();
+        }
+        return;
+    }
+    write(LVT_TIMER, TSC_DEADLINE_MODE | TIMER_VECTOR as u32);
+    while super::cpu::rdtsc() < deadline {
+        // SAFETY: arming the deadline MSR only schedules the timer interrupt,
+        // whose handler (idt) acknowledges it and returns.
+        unsafe { super::cpu::wrmsr(IA32_TSC_DEADLINE, deadline) };
+        // SAFETY: interrupts are enabled only across HLT: the timer (or any
+        // other interrupt) wakes the CPU, its handler returns here, and CLI
+        // restores hv's interrupts-off rule. STI's one-instruction shadow
+        // guarantees no interrupt is taken before HLT starts.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    // SAFETY: writing 0 disarms the deadline timer.
+    unsafe { super::cpu::wrmsr(IA32_TSC_DEADLINE, 0) };
+    write(LVT_TIMER, MASKED);
+}
+
 /// Signals end of interrupt for the interrupt being serviced.
-pub fn end_of_interrupt() {
+pub extern "C" fn end_of_interrupt() {
     write(END_OF_INTERRUPT, 0);
 }

@@ -62,6 +62,64 @@ pub fn copy_from(address: u64, out: &mut [u8]) -> bool {
     true
 }
 
+fn word_ok(address: u64) -> bool {
+    mapped(address, 8) && address % 8 == 0
+}
+
+// The words below live in pages shared with guests. hv never makes a Rust
+// reference to them: it uses single locked instructions on the raw address,
+// which are atomic against the guest's own accesses (SDM Vol. 3A 10.1.2).
+
+/// Atomically sets bit `bit` (0..64) of the 64-bit word at `address`;
+/// returns whether it was already set (LOCK BTS).
+pub fn atomic_test_and_set_bit(address: u64, bit: u32) -> bool {
+    if !word_ok(address) {
+        return true;
+    }
+    let was_set: u8;
+    // SAFETY: the word is identity-mapped and aligned; a locked BTS changes
+    // only that bit and touches no Rust-visible memory.
+    unsafe {
+        core::arch::asm!("lock bts qword ptr [{address}], {bit}", "setc {was_set}",
+            address = in(reg) address, bit = in(reg) (bit & 63) as u64, was_set = out(reg_byte) was_set, options(nostack));
+    }
+    was_set != 0
+}
+
+/// Atomically clears bit `bit` of the 64-bit word at `address`; returns
+/// whether it was set (LOCK BTR).
+pub fn atomic_test_and_clear_bit(address: u64, bit: u32) -> bool {
+    if !word_ok(address) {
+        return false;
+    }
+    let was_set: u8;
+    // SAFETY: as for `atomic_test_and_set_bit`.
+    unsafe {
+        core::arch::asm!("lock btr qword ptr [{address}], {bit}", "setc {was_set}",
+            address = in(reg) address, bit = in(reg) (bit & 63) as u64, was_set = out(reg_byte) was_set, options(nostack));
+    }
+    was_set != 0
+}
+
+/// Reads a 64-bit word (aligned 8-byte loads are atomic on x86-64).
+pub fn atomic_load(address: u64) -> u64 {
+    read_u64(address)
+}
+
+/// Atomically exchanges the 64-bit word at `address`; returns the old value (XCHG).
+pub fn atomic_swap(address: u64, value: u64) -> u64 {
+    if !word_ok(address) {
+        return value;
+    }
+    let mut old = value;
+    // SAFETY: the word is identity-mapped and aligned; XCHG with memory is
+    // implicitly locked and touches no Rust-visible memory.
+    unsafe {
+        core::arch::asm!("xchg qword ptr [{address}], {value}", address = in(reg) address, value = inout(reg) old, options(nostack));
+    }
+    old
+}
+
 /// A read-only view of boot-time memory hv trusts and never frees (the
 /// multiboot2 information and modules).
 ///

@@ -8,4 +8,5 @@ pub mod lapic;
 pub mod memory;
 pub mod platform;
 pub mod serial;
+pub mod tsc;
 pub mod vmx;

@@ -33,6 +33,8 @@ bitflags! {
     /// Primary processor-based VM-execution controls (SDM Vol. 3C 25.6.2).
     #[derive(Clone, Copy, Debug)]
     pub struct PrimaryControls: u32 {
+        /// Exit as soon as the guest can take an external interrupt.
+        const INTERRUPT_WINDOW_EXITING = 1 << 2;
         /// HLT causes a VM exit.
         const HLT_EXITING = 1 << 7;
         /// MWAIT causes a VM exit.
@@ -81,6 +83,9 @@ bitflags! {
         const SAVE_EFER = 1 << 20;
         /// Load the host's IA32_EFER.
         const LOAD_EFER = 1 << 21;
+        /// Save the preemption timer's remaining value, so a slice keeps
+        /// counting down across VM exits.
+        const SAVE_PREEMPTION_TIMER = 1 << 22;
     }
 
     /// VM-entry controls (SDM Vol. 3C 25.8.1).
@@ -131,10 +136,33 @@ pub struct Capabilities {
     pub preemption_timer_rate: u8,
     /// [`abi::info::feature`] bits.
     pub features: u64,
+    /// The preemption timer keeps counting across exits (else hv must check
+    /// the slice's end itself).
+    pub timer_saved_on_exit: bool,
     cr0_fixed0: u64,
     cr0_fixed1: u64,
     cr4_fixed0: u64,
     cr4_fixed1: u64,
+}
+
+impl Capabilities {
+    /// Nothing: the value before `probe` ran.
+    pub const NONE: Capabilities = Capabilities {
+        revision: 0,
+        pin: 0,
+        primary: 0,
+        secondary: 0,
+        exit: 0,
+        entry: 0,
+        ept_vpid: 0,
+        preemption_timer_rate: 0,
+        features: 0,
+        timer_saved_on_exit: false,
+        cr0_fixed0: 0,
+        cr0_fixed1: 0,
+        cr4_fixed0: 0,
+        cr4_fixed1: 0,
+    };
 }
 
 /// Combines desired control bits with what a capability MSR allows
@@ -225,7 +253,8 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             | ExitControls::SAVE_EFER
             | ExitControls::LOAD_EFER
             | ExitControls::SAVE_PAT
-            | ExitControls::LOAD_PAT)
+            | ExitControls::LOAD_PAT
+            | ExitControls::SAVE_PREEMPTION_TIMER)
             .bits(),
         exit_cap,
     );
@@ -273,6 +302,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
         ept_vpid,
         preemption_timer_rate: (misc & 0x1f) as u8,
         features,
+        timer_saved_on_exit: exit & ExitControls::SAVE_PREEMPTION_TIMER.bits() != 0,
         cr0_fixed0,
         cr0_fixed1,
         cr4_fixed0,
@@ -337,6 +367,22 @@ pub fn invalidate_ept(capabilities: &Capabilities, ept_pointer: u64) {
     unsafe { asm!("invept {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack)) }
 }
 
+/// Invalidates TLB entries tagged with `vpid` (SDM Vol. 3C 31.3, INVVPID).
+pub fn invalidate_vpid(capabilities: &Capabilities, vpid: u16) {
+    if capabilities.features & feature::VPID == 0 {
+        return;
+    }
+    let descriptor: [u64; 2] = [vpid as u64, 0];
+    let kind: u64 = if capabilities.ept_vpid & ept_vpid_cap::INVVPID_SINGLE != 0 { 1 } else { 2 };
+    // SAFETY: INVVPID only drops cached translations; the type was checked
+    // against the capability MSR.
+    unsafe { asm!("invvpid {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack)) }
+}
+
+/// Physical address of the VMCS current on this CPU (0 = none). hv runs on
+/// one CPU, so one word suffices; per-CPU data comes with SMP.
+static CURRENT_VMCS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// Everything needed to start a vCPU in 64-bit mode.
 #[derive(Clone, Copy, Debug)]
 pub struct VcpuConfig {
@@ -368,12 +414,19 @@ pub mod guest_gdt {
     pub const DATA: u16 = 0x10;
     /// Task-state segment.
     pub const TASK: u16 = 0x18;
-    /// The descriptors: null, code, data, then a 16-byte TSS descriptor with base 0.
-    pub const DESCRIPTORS: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
+    /// The descriptors, as the ABI documents them for every domain.
+    pub const DESCRIPTORS: [u64; 5] = abi::domctl::INITIAL_GDT;
 }
 
 /// A virtual CPU: one VMCS and the registers the VMCS does not hold.
+///
+/// Every method makes this vCPU's VMCS current first, so generic code never
+/// has to track which VMCS the CPU has loaded.
 pub struct Vcpu {
+    vmcs_region: u64,
+    ept_pointer: u64,
+    vpid: u16,
+    primary_controls: u32,
     launched: bool,
     /// General-purpose registers, valid while the vCPU is not running.
     pub registers: GuestRegisters,
@@ -412,6 +465,8 @@ pub enum Exit {
     EntryFailure { reason: u32, qualification: u64 },
     /// VMLAUNCH/VMRESUME itself failed; `error` is the VM-instruction error (SDM 31.4).
     LaunchFailed { error: u32 },
+    /// The guest can now take an external interrupt (interrupt-window exiting).
+    InterruptWindow,
     /// Any other exit reason; hv refuses what it does not understand.
     Other { reason: u32, qualification: u64 },
 }
@@ -439,6 +494,7 @@ impl Vcpu {
         if !vmx_instruction!("vmclear", config.vmcs_region) || !vmx_instruction!("vmptrld", config.vmcs_region) {
             return Err("VMCLEAR/VMPTRLD failed");
         }
+        CURRENT_VMCS.store(config.vmcs_region, core::sync::atomic::Ordering::Relaxed);
         use vmcs::write;
         // Controls.
         write(Field::PinBasedControls, capabilities.pin as u64);
@@ -548,12 +604,80 @@ impl Vcpu {
         write(Field::VmcsLinkPointer, u64::MAX);
 
         invalidate_ept(capabilities, ept_pointer);
+        invalidate_vpid(capabilities, config.vpid);
         let registers = GuestRegisters { rdi: config.rdi, ..GuestRegisters::default() };
-        Ok(Vcpu { launched: false, registers })
+        Ok(Vcpu {
+            vmcs_region: config.vmcs_region,
+            ept_pointer,
+            vpid: config.vpid,
+            primary_controls: capabilities.primary,
+            launched: false,
+            registers,
+        })
+    }
+
+    /// Makes this vCPU's VMCS the current one (VMPTRLD) if it is not already.
+    #[inline(always)]
+    fn load(&self) {
+        if CURRENT_VMCS.load(core::sync::atomic::Ordering::Relaxed) != self.vmcs_region {
+            if !vmx_instruction!("vmptrld", self.vmcs_region) {
+                crate::error!("VMPTRLD of {:#x} failed", self.vmcs_region);
+            }
+            CURRENT_VMCS.store(self.vmcs_region, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Retires the vCPU: clears its VMCS (so the CPU holds no cached copy)
+    /// and flushes its translations. Returns the VMCS frame for freeing.
+    pub fn release(self, capabilities: &Capabilities) -> u64 {
+        if !vmx_instruction!("vmclear", self.vmcs_region) {
+            crate::error!("VMCLEAR of {:#x} failed", self.vmcs_region);
+        }
+        let _ = CURRENT_VMCS.compare_exchange(
+            self.vmcs_region,
+            0,
+            core::sync::atomic::Ordering::Relaxed,
+            core::sync::atomic::Ordering::Relaxed,
+        );
+        invalidate_ept(capabilities, self.ept_pointer);
+        invalidate_vpid(capabilities, self.vpid);
+        self.vmcs_region
+    }
+
+    /// Flushes cached translations of this vCPU's EPT (after unmapping).
+    pub fn flush_ept(&self, capabilities: &Capabilities) {
+        invalidate_ept(capabilities, self.ept_pointer);
+    }
+
+    /// Whether the guest can take an external interrupt now: RFLAGS.IF set
+    /// and no STI or MOV-SS blocking (SDM 26.4.2).
+    pub fn interruptible(&self) -> bool {
+        self.load();
+        vmcs::read(Field::GuestRflags) & (1 << 9) != 0 && vmcs::read(Field::GuestInterruptibility) & 0x3 == 0
+    }
+
+    /// Queues external interrupt `vector` for delivery at the next entry.
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        self.load();
+        // Interruption type 0 = external interrupt; bit 31 = valid (SDM 25.8.3).
+        vmcs::write(Field::EntryInterruptionInfo, vector as u64 | (1 << 31));
+    }
+
+    /// Turns interrupt-window exiting on or off (exit when the guest can
+    /// take an interrupt, SDM 26.2).
+    pub fn set_interrupt_window_exiting(&mut self, enabled: bool) {
+        self.load();
+        let bit = PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        let controls = if enabled { self.primary_controls | bit } else { self.primary_controls & !bit };
+        if controls != self.primary_controls {
+            self.primary_controls = controls;
+            vmcs::write(Field::PrimaryProcessorControls, controls as u64);
+        }
     }
 
     /// Arms the preemption timer to expire after `ticks` timer ticks.
     pub fn set_preemption_timer(&mut self, ticks: u32) {
+        self.load();
         vmcs::write(Field::PreemptionTimerValue, ticks as u64);
     }
 
@@ -561,6 +685,7 @@ impl Vcpu {
     /// and its basic reason number (for statistics).
     #[inline]
     pub fn run(&mut self) -> (Exit, u32) {
+        self.load();
         // SAFETY: this vCPU's VMCS is current and fully initialised (see
         // `new`); `registers` outlives the call; vmx_enter returns to us
         // on the same stack after the exit.
@@ -599,6 +724,7 @@ impl Vcpu {
             1 => Exit::ExternalInterrupt { vector: vmcs::read(Field::ExitInterruptionInfo) as u8 },
             0 => Exit::ExceptionOrNmi { information: vmcs::read(Field::ExitInterruptionInfo) as u32 },
             52 => Exit::PreemptionTimer,
+            7 => Exit::InterruptWindow,
             28 => Exit::ControlRegister { qualification: vmcs::read(Field::ExitQualification) },
             _ => Exit::Other { reason, qualification: vmcs::read(Field::ExitQualification) },
         };
@@ -608,6 +734,7 @@ impl Vcpu {
     /// Moves the guest past the instruction that caused the exit.
     #[inline]
     pub fn skip_instruction(&mut self) {
+        self.load();
         let length = vmcs::read(Field::ExitInstructionLength);
         let rip = vmcs::read(Field::GuestRip);
         vmcs::write(Field::GuestRip, rip.wrapping_add(length));
@@ -615,11 +742,13 @@ impl Vcpu {
 
     /// The guest's instruction pointer.
     pub fn rip(&self) -> u64 {
+        self.load();
         vmcs::read(Field::GuestRip)
     }
 
     /// Queues a hardware exception for delivery at the next entry (SDM 27.6).
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.load();
         // Interruption type 3 = hardware exception; bit 11 = deliver error code; bit 31 = valid.
         let mut information = vector as u64 | (3 << 8) | (1 << 31);
         if let Some(code) = error_code {

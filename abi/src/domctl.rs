@@ -1,0 +1,142 @@
+//! Domain control ([`crate::Hypercall::DomCtl`]): how dom0's toolstack builds,
+//! runs and tears down guests. Every operation is refused with
+//! [`crate::Error::Permission`] unless the caller is dom0.
+//!
+//! Building a guest, in order:
+//! 1. `Create` (the domain exists, paused, with no memory);
+//! 2. `PopulateMemory` for its RAM;
+//! 3. `CopyToGuest` for the kernel's segments, page tables, GDT and
+//!    start-info page;
+//! 4. `SetVcpuContext` for the entry state;
+//! 5. optionally `MapForeign` for the rings dom0 serves (console);
+//! 6. `Unpause`.
+//! `Destroy` undoes all of it and returns every frame to the hypervisor.
+
+use core::mem::{offset_of, size_of};
+
+/// Domain control operations (`a0` of the hypercall).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomCtlOp {
+    /// Creates a paused domain. `a1`: most pages it may own (its memory
+    /// limit). Returns the new domain id.
+    Create = 0,
+    /// Destroys domain `a1`: its vCPU stops, its event channels close (their
+    /// peers see them unbound), dom0's foreign mappings of it are removed,
+    /// and every frame it owned is freed. Returns 0.
+    Destroy = 1,
+    /// Pauses domain `a1` (it keeps its state). Returns 0.
+    Pause = 2,
+    /// Unpauses domain `a1`. Refused with `Busy` until `SetVcpuContext`.
+    Unpause = 3,
+    /// Gives domain `a1` `a3` zeroed pages of RAM at guest-physical `a2`
+    /// (page-aligned). All or nothing: fails with `OutOfMemory` beyond its
+    /// limit or when hv has no free frames, `Busy` if any page is mapped
+    /// already. Returns the number of pages added.
+    PopulateMemory = 4,
+    /// Copies `a4` bytes from dom0's guest-physical `a3` to domain `a1`'s
+    /// guest-physical `a2` (at most [`COPY_MAX`] bytes per call). Returns the
+    /// number of bytes copied.
+    CopyToGuest = 5,
+    /// Sets domain `a1`'s initial vCPU state from a [`VcpuContext`] at dom0
+    /// guest-physical `a2`. Only before the domain first runs (else `Busy`).
+    SetVcpuContext = 6,
+    /// Sets domain `a1`'s scheduling weight `a2` (1..=65535, default 256)
+    /// and cap `a3` (percent of one CPU, 0 = no cap, at most 100).
+    SetScheduling = 7,
+    /// Lists domain ids: writes up to `a3` `u32` ids, each at least `a1`, in
+    /// increasing order, to dom0 guest-physical `a2`. Returns the count.
+    ListDomains = 8,
+    /// Maps domain `a1`'s page at guest-physical `a2` read-write into dom0 at
+    /// guest-physical `a3`, which must lie in the foreign window
+    /// ([`FOREIGN_WINDOW_BASE`], [`FOREIGN_WINDOW_SIZE`]) and be unused.
+    MapForeign = 9,
+    /// Removes dom0's foreign mapping at guest-physical `a2` (`a1` ignored).
+    UnmapForeign = 10,
+    /// Sets domain `a1`'s memory limit to `a2` pages (not below what it owns).
+    SetMaxMemory = 11,
+}
+
+impl DomCtlOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<DomCtlOp> {
+        Some(match number {
+            0 => DomCtlOp::Create,
+            1 => DomCtlOp::Destroy,
+            2 => DomCtlOp::Pause,
+            3 => DomCtlOp::Unpause,
+            4 => DomCtlOp::PopulateMemory,
+            5 => DomCtlOp::CopyToGuest,
+            6 => DomCtlOp::SetVcpuContext,
+            7 => DomCtlOp::SetScheduling,
+            8 => DomCtlOp::ListDomains,
+            9 => DomCtlOp::MapForeign,
+            10 => DomCtlOp::UnmapForeign,
+            11 => DomCtlOp::SetMaxMemory,
+            _ => return None,
+        })
+    }
+}
+
+/// Most bytes one `CopyToGuest` call copies.
+pub const COPY_MAX: u64 = 1 << 20;
+
+/// Default scheduling weight.
+pub const DEFAULT_WEIGHT: u32 = 256;
+/// Largest scheduling weight.
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// dom0's guest-physical window for foreign mappings: 4 GiB up, 1 GiB long.
+/// dom0's initial page tables identity-map it; EPT backs only what
+/// `MapForeign` maps.
+pub const FOREIGN_WINDOW_BASE: u64 = 4 << 30;
+/// Length of the foreign window.
+pub const FOREIGN_WINDOW_SIZE: u64 = 1 << 30;
+
+/// A guest's initial vCPU state, for [`DomCtlOp::SetVcpuContext`]. The
+/// vCPU starts in 64-bit mode with paging on, interrupts off, and flat
+/// segments from a GDT laid out as `hv` documents: null, code (0x08),
+/// data (0x10), TSS (0x18, 16 bytes, base 0, limit 0x67).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuContext {
+    /// Entry point (guest-virtual = guest-physical under the initial tables).
+    pub rip: u64,
+    /// Initial stack pointer.
+    pub rsp: u64,
+    /// Guest-physical address of the initial PML4.
+    pub cr3: u64,
+    /// Value of RDI at entry (the start-info page's address).
+    pub rdi: u64,
+    /// Guest-physical address of the GDT.
+    pub gdt_base: u64,
+    /// GDT limit (size in bytes minus one).
+    pub gdt_limit: u16,
+    /// Reserved, zero.
+    pub _reserved0: [u8; 6],
+}
+
+const _: () = assert!(size_of::<VcpuContext>() == 48);
+const _: () = assert!(offset_of!(VcpuContext, rip) == 0);
+const _: () = assert!(offset_of!(VcpuContext, rsp) == 8);
+const _: () = assert!(offset_of!(VcpuContext, cr3) == 16);
+const _: () = assert!(offset_of!(VcpuContext, rdi) == 24);
+const _: () = assert!(offset_of!(VcpuContext, gdt_base) == 32);
+const _: () = assert!(offset_of!(VcpuContext, gdt_limit) == 40);
+
+/// The GDT every domain starts with: null, 64-bit code, data, and a 16-byte
+/// 64-bit TSS descriptor (base 0, limit 0x67, busy).
+pub const INITIAL_GDT: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_round_trip() {
+        for n in 0..12 {
+            assert_eq!(DomCtlOp::from_number(n).unwrap() as u64, n);
+        }
+        assert_eq!(DomCtlOp::from_number(12), None);
+    }
+}

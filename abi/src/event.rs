@@ -1,0 +1,186 @@
+//! Event channels ([`crate::Hypercall::Event`]): one-bit notifications between
+//! domains, and from the hypervisor (virtual IRQs).
+//!
+//! A domain registers an [`EventPage`] in its own memory with
+//! [`EventOp::RegisterPage`] and names the interrupt vector hv injects (the
+//! *upcall*) when a port becomes pending. Delivery: hv sets the port's bit
+//! in `pending`; if the port's `mask` bit is clear and `upcall_pending` was
+//! 0, hv sets `upcall_pending` to 1, injects the vector once the vCPU has
+//! interrupts enabled, and wakes it if it is blocked. The guest's handler
+//! clears `upcall_pending`, then scans and clears `pending` bits
+//! (atomically: hv sets bits concurrently from another CPU in the future).
+//!
+//! A port is `Free`, `Unbound` (allocated for one remote domain to bind to),
+//! `Interdomain` (connected to a remote port) or `Virq`. Closing one end of
+//! an interdomain channel leaves the other end `Unbound` (for the same
+//! remote), so the peer can see the disconnection with `Status`.
+
+use core::mem::{offset_of, size_of};
+
+/// Ports per domain in this ABI version (port 0 is never allocated).
+pub const PORT_COUNT: usize = 256;
+
+/// Words of 64 bits in each bitmap of the [`EventPage`].
+pub const BITMAP_WORDS: usize = PORT_COUNT / 64;
+
+/// Event channel operations (`a0` of the hypercall).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOp {
+    /// Registers the caller's event page at guest-physical `a1` (page
+    /// aligned, in the caller's RAM) and the upcall vector `a2` (32..=255;
+    /// 0 = no upcall, the domain polls or blocks). Returns 0.
+    RegisterPage = 0,
+    /// Allocates a port that domain `a1` may bind to. Returns the port.
+    AllocUnbound = 1,
+    /// Connects a new local port to port `a2` of domain `a1`, which must be
+    /// `Unbound` for the caller. Returns the local port.
+    BindInterdomain = 2,
+    /// Binds a new port to virtual IRQ `a1` (a [`Virq`]). Each virtual IRQ
+    /// binds to at most one port. Returns the port.
+    BindVirq = 3,
+    /// Makes the remote end of port `a1` pending (for interdomain ports).
+    Send = 4,
+    /// Closes port `a1`.
+    Close = 5,
+    /// Sets the mask bit of port `a1` (same as writing the page).
+    Mask = 6,
+    /// Clears the mask bit of port `a1` and delivers the upcall if the port
+    /// is pending.
+    Unmask = 7,
+    /// Returns the state of port `a1` as [`PortStatus`] packed in a word:
+    /// bits 0..8 the state, bits 16..48 the remote domain, bits 48..64 the
+    /// remote port or virtual IRQ.
+    Status = 8,
+}
+
+impl EventOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<EventOp> {
+        Some(match number {
+            0 => EventOp::RegisterPage,
+            1 => EventOp::AllocUnbound,
+            2 => EventOp::BindInterdomain,
+            3 => EventOp::BindVirq,
+            4 => EventOp::Send,
+            5 => EventOp::Close,
+            6 => EventOp::Mask,
+            7 => EventOp::Unmask,
+            8 => EventOp::Status,
+            _ => return None,
+        })
+    }
+}
+
+/// Virtual IRQs: events the hypervisor raises.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Virq {
+    /// The vCPU's one-shot timer fired.
+    Timer = 0,
+    /// Console input is available (raised for dom0 by hv; for guests the
+    /// console back end uses an interdomain port instead).
+    Console = 1,
+}
+
+/// Number of virtual IRQs.
+pub const VIRQ_COUNT: usize = 2;
+
+impl Virq {
+    /// Decodes a virtual IRQ number.
+    pub const fn from_number(number: u64) -> Option<Virq> {
+        match number {
+            0 => Some(Virq::Timer),
+            1 => Some(Virq::Console),
+            _ => None,
+        }
+    }
+}
+
+/// The state part of a `Status` answer.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortState {
+    /// Not allocated.
+    Free = 0,
+    /// Allocated for a remote domain to bind to.
+    Unbound = 1,
+    /// Connected to a remote port.
+    Interdomain = 2,
+    /// Bound to a virtual IRQ.
+    Virq = 3,
+}
+
+/// A decoded `Status` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortStatus {
+    pub state: PortState,
+    /// Remote domain (Unbound, Interdomain).
+    pub remote_domain: u32,
+    /// Remote port (Interdomain) or virtual IRQ number (Virq).
+    pub remote: u16,
+}
+
+impl PortStatus {
+    /// Packs the status into the hypercall's return word.
+    pub const fn encode(self) -> u64 {
+        self.state as u64 | (self.remote_domain as u64) << 16 | (self.remote as u64) << 48
+    }
+
+    /// Unpacks a `Status` return word.
+    pub const fn decode(word: u64) -> Option<PortStatus> {
+        let state = match word & 0xff {
+            0 => PortState::Free,
+            1 => PortState::Unbound,
+            2 => PortState::Interdomain,
+            3 => PortState::Virq,
+            _ => return None,
+        };
+        Some(PortStatus { state, remote_domain: (word >> 16) as u32, remote: (word >> 48) as u16 })
+    }
+}
+
+/// The event page a domain registers. Shared between the domain and hv:
+/// both sides access it only with atomic operations on whole words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventPage {
+    /// Bit `p` set: port `p` is pending. hv sets, the guest clears.
+    pub pending: [u64; BITMAP_WORDS],
+    /// Bit `p` set: port `p` does not raise the upcall. Written by the guest.
+    pub mask: [u64; BITMAP_WORDS],
+    /// 1 when hv has raised the upcall and the guest has not yet cleared it.
+    /// hv sets, the guest clears (before scanning `pending`).
+    pub upcall_pending: u64,
+    /// Reserved, zero.
+    pub _reserved: [u64; 7],
+}
+
+const _: () = assert!(size_of::<EventPage>() == 8 * (2 * BITMAP_WORDS + 8));
+const _: () = assert!(size_of::<EventPage>() <= crate::PAGE_SIZE as usize);
+const _: () = assert!(offset_of!(EventPage, pending) == 0);
+const _: () = assert!(offset_of!(EventPage, mask) == 8 * BITMAP_WORDS);
+const _: () = assert!(offset_of!(EventPage, upcall_pending) == 16 * BITMAP_WORDS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips() {
+        for state in [PortState::Free, PortState::Unbound, PortState::Interdomain, PortState::Virq] {
+            let status = PortStatus { state, remote_domain: 0xdead_beef, remote: 0xabcd };
+            assert_eq!(PortStatus::decode(status.encode()), Some(status));
+        }
+        assert_eq!(PortStatus::decode(9), None);
+    }
+
+    #[test]
+    fn operations_round_trip() {
+        for n in 0..9 {
+            assert_eq!(EventOp::from_number(n).unwrap() as u64, n);
+        }
+        assert_eq!(EventOp::from_number(9), None);
+        assert_eq!(Virq::from_number(2), None);
+    }
+}

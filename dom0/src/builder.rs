@@ -1,0 +1,396 @@
+//! The guest builder: turns a kernel ELF and a memory size into a ready,
+//! paused domain through the hypervisor's domain-control operations.
+//!
+//! Everything is checked before anything is allocated (the ELF, the memory
+//! size); if a hypervisor operation fails midway, the half-built domain is
+//! destroyed, so a failed `create` leaves nothing behind.
+//!
+//! A guest's guest-physical layout (identity-mapped by its page tables up
+//! to [`IDENTITY_MAP`]; only RAM is backed, the rest faults in EPT):
+//!
+//! | range               | contents                              |
+//! |---------------------|---------------------------------------|
+//! | 0x0000              | unmapped (null guard)                 |
+//! | 0x1000              | start-info page                       |
+//! | 0x2000              | GDT                                   |
+//! | 0x3000 - 0xefff     | initial page tables                   |
+//! | 0xf000              | console ring page                     |
+//! | 0x40000 - 0x7ffff   | initial stack                         |
+//! | 0x100000 -          | kernel, then free RAM                  |
+
+use abi::domctl::{INITIAL_GDT, VcpuContext};
+use abi::start_info::{MemoryKind, StartInfo};
+use abi::{DomainId, Error};
+use hvcore::elf::{ElfError, ElfImage};
+use hvcore::paging::{Access, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
+
+pub const START_INFO: u64 = 0x1000;
+pub const GDT: u64 = 0x2000;
+pub const TABLES_START: u64 = 0x3000;
+pub const TABLES_END: u64 = 0xf000;
+pub const CONSOLE_PAGE: u64 = 0xf000;
+pub const STACK_BOTTOM: u64 = 0x40000;
+pub const STACK_TOP: u64 = 0x80000;
+pub const KERNEL_BASE: u64 = 0x100000;
+/// Guest-physical space the initial page tables identity-map.
+pub const IDENTITY_MAP: u64 = 1 << 30;
+/// Smallest guest: 2 MiB.
+pub const MIN_MEMORY: u64 = 2 << 20;
+
+const TABLE_PAGES: usize = ((TABLES_END - TABLES_START) / 4096) as usize;
+
+/// The hypervisor operations the builder needs (dom0's hypercalls; a mock in tests).
+pub trait DomainControl {
+    fn create(&mut self, max_pages: u64) -> Result<DomainId, Error>;
+    fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error>;
+    fn copy(&mut self, domain: DomainId, guest_physical: u64, bytes: &[u8]) -> Result<(), Error>;
+    fn set_context(&mut self, domain: DomainId, context: &VcpuContext) -> Result<(), Error>;
+    fn set_scheduling(&mut self, domain: DomainId, weight: u32, cap: u32) -> Result<(), Error>;
+    /// Sets up the console back end for `domain`, whose ring page is at
+    /// `page`; returns dom0's port for the guest to bind.
+    fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
+    fn destroy(&mut self, domain: DomainId);
+}
+
+/// What to build.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildRequest<'a> {
+    pub kernel: &'a [u8],
+    pub memory_bytes: u64,
+    pub cmdline: &'a str,
+    pub tsc_khz: u64,
+    pub weight: u32,
+    pub cap: u32,
+}
+
+/// Why a build failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildError {
+    /// The kernel is not a loadable ELF.
+    Kernel(ElfError),
+    /// The memory size is outside what a guest may have.
+    Memory,
+    /// A hypervisor operation failed (the step, the error); the domain was destroyed.
+    Hypervisor(&'static str, Error),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, out: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            BuildError::Kernel(error) => write!(out, "bad kernel: {}", error.describe()),
+            BuildError::Memory => write!(out, "memory must be between 2 MiB and 1024 MiB"),
+            BuildError::Hypervisor(step, error) => write!(out, "{step} failed: {}", error.describe()),
+        }
+    }
+}
+
+/// Page-table pages built in dom0's memory, addressed by their future
+/// guest-physical addresses.
+struct LocalTables {
+    pages: [[u64; 512]; TABLE_PAGES],
+    used: usize,
+}
+
+impl LocalTables {
+    fn slot(&self, table: u64) -> Option<usize> {
+        let index = table.checked_sub(TABLES_START)? / 4096;
+        (index < self.used as u64).then_some(index as usize)
+    }
+}
+
+impl TableMemory for LocalTables {
+    fn allocate_table(&mut self) -> Option<u64> {
+        if self.used == TABLE_PAGES {
+            return None;
+        }
+        self.pages[self.used] = [0; 512];
+        self.used += 1;
+        Some(TABLES_START + (self.used as u64 - 1) * 4096)
+    }
+
+    fn read_entry(&self, table: u64, index: usize) -> u64 {
+        self.slot(table).map_or(0, |slot| self.pages[slot][index % 512])
+    }
+
+    fn write_entry(&mut self, table: u64, index: usize, value: u64) {
+        if let Some(slot) = self.slot(table) {
+            self.pages[slot][index % 512] = value;
+        }
+    }
+
+    fn free_table(&mut self, _table: u64) {}
+}
+
+fn page_bytes(words: &[u64; 512]) -> [u8; 4096] {
+    let mut bytes = [0u8; 4096];
+    for (slot, word) in bytes.chunks_exact_mut(8).zip(words) {
+        slot.copy_from_slice(&word.to_le_bytes());
+    }
+    bytes
+}
+
+/// Builds a paused guest; returns its id.
+pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result<DomainId, BuildError> {
+    let image = ElfImage::parse(request.kernel).map_err(BuildError::Kernel)?;
+    let memory = request.memory_bytes;
+    if !(MIN_MEMORY..=IDENTITY_MAP).contains(&memory) || memory % 4096 != 0 {
+        return Err(BuildError::Memory);
+    }
+    image.check_fits(KERNEL_BASE, memory).map_err(BuildError::Kernel)?;
+    let pages = memory / 4096;
+    let id = control.create(pages).map_err(|error| BuildError::Hypervisor("create", error))?;
+    match populate_and_load(control, id, &image, request) {
+        Ok(()) => Ok(id),
+        Err(error) => {
+            control.destroy(id);
+            Err(error)
+        }
+    }
+}
+
+fn populate_and_load(
+    control: &mut impl DomainControl,
+    id: DomainId,
+    image: &ElfImage,
+    request: &BuildRequest,
+) -> Result<(), BuildError> {
+    let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
+    let memory = request.memory_bytes;
+    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
+    for segment in image.segments() {
+        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
+    }
+
+    // Page tables: 4 KiB pages below 2 MiB (page 0 left out), 2 MiB pages above.
+    let mut tables = LocalTables { pages: [[0; 512]; TABLE_PAGES], used: 0 };
+    let rwx = Access::READ | Access::WRITE | Access::EXECUTE;
+    let two_mib = PageSize::Size2M.bytes();
+    let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| BuildError::Memory)?;
+    paging
+        .map_range(&mut tables, 4096, 4096, two_mib - 4096, rwx, MemoryType::WriteBack, PageSize::Size4K)
+        .and_then(|()| paging.map_range(&mut tables, two_mib, two_mib, IDENTITY_MAP - two_mib, rwx, MemoryType::WriteBack, PageSize::Size2M))
+        .map_err(|_| BuildError::Memory)?;
+    for (index, page) in tables.pages[..tables.used].iter().enumerate() {
+        control.copy(id, TABLES_START + index as u64 * 4096, &page_bytes(page)).map_err(step("write page tables"))?;
+    }
+    let mut gdt = [0u8; 40];
+    for (slot, descriptor) in gdt.chunks_exact_mut(8).zip(INITIAL_GDT) {
+        slot.copy_from_slice(&descriptor.to_le_bytes());
+    }
+    control.copy(id, GDT, &gdt).map_err(step("write GDT"))?;
+
+    let console_port = control.connect_console(id, CONSOLE_PAGE).map_err(step("connect console"))?;
+    let (kernel_start, kernel_end) = image.physical_extent();
+    let kernel_start = kernel_start & !0xfff;
+    let kernel_end = kernel_end.next_multiple_of(4096);
+    let mut start_info = StartInfo::new(id);
+    start_info.identity_mapped_bytes = IDENTITY_MAP;
+    start_info.tsc_khz = request.tsc_khz;
+    start_info.console_page = CONSOLE_PAGE;
+    start_info.console_port = console_port;
+    start_info.set_cmdline(request.cmdline);
+    for (start, end, kind) in [
+        (START_INFO, CONSOLE_PAGE + 4096, MemoryKind::Boot),
+        (CONSOLE_PAGE + 4096, STACK_BOTTOM, MemoryKind::Free),
+        (STACK_BOTTOM, STACK_TOP, MemoryKind::Stack),
+        (STACK_TOP, kernel_start, MemoryKind::Free),
+        (kernel_start, kernel_end, MemoryKind::Kernel),
+        (kernel_end, memory, MemoryKind::Free),
+    ] {
+        if end > start {
+            start_info.push_region(start, end - start, kind);
+        }
+    }
+    control.copy(id, START_INFO, &start_info.to_bytes()).map_err(step("write start info"))?;
+
+    let context = VcpuContext {
+        rip: image.entry(),
+        rsp: STACK_TOP - 8,
+        cr3: paging.root(),
+        rdi: START_INFO,
+        gdt_base: GDT,
+        gdt_limit: (INITIAL_GDT.len() * 8 - 1) as u16,
+        _reserved0: [0; 6],
+    };
+    control.set_context(id, &context).map_err(step("set vCPU context"))?;
+    control.set_scheduling(id, request.weight, request.cap).map_err(step("set scheduling"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// A pretend hypervisor: memory per domain as a byte map.
+    #[derive(Default)]
+    struct Mock {
+        next: DomainId,
+        live: HashSet<DomainId>,
+        memory: HashMap<DomainId, HashMap<u64, u8>>,
+        populated: HashMap<DomainId, (u64, u64)>,
+        context: Option<VcpuContext>,
+        fail_at: Option<&'static str>,
+        destroyed: Vec<DomainId>,
+    }
+
+    impl Mock {
+        fn fail(&self, step: &'static str) -> Result<(), Error> {
+            if self.fail_at == Some(step) { Err(Error::OutOfMemory) } else { Ok(()) }
+        }
+        fn read_u64(&self, domain: DomainId, address: u64) -> u64 {
+            let memory = &self.memory[&domain];
+            u64::from_le_bytes(core::array::from_fn(|i| *memory.get(&(address + i as u64)).unwrap_or(&0)))
+        }
+    }
+
+    impl DomainControl for Mock {
+        fn create(&mut self, _max_pages: u64) -> Result<DomainId, Error> {
+            self.fail("create")?;
+            self.next += 1;
+            self.live.insert(self.next);
+            self.memory.insert(self.next, HashMap::new());
+            Ok(self.next)
+        }
+        fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error> {
+            self.fail("populate")?;
+            self.populated.insert(domain, (guest_physical, pages));
+            Ok(())
+        }
+        fn copy(&mut self, domain: DomainId, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
+            self.fail("copy")?;
+            let (base, pages) = self.populated[&domain];
+            assert!(guest_physical >= base && guest_physical + bytes.len() as u64 <= base + pages * 4096, "copy outside RAM");
+            let memory = self.memory.get_mut(&domain).unwrap();
+            for (offset, byte) in bytes.iter().enumerate() {
+                memory.insert(guest_physical + offset as u64, *byte);
+            }
+            Ok(())
+        }
+        fn set_context(&mut self, _domain: DomainId, context: &VcpuContext) -> Result<(), Error> {
+            self.fail("context")?;
+            self.context = Some(*context);
+            Ok(())
+        }
+        fn set_scheduling(&mut self, _domain: DomainId, _weight: u32, _cap: u32) -> Result<(), Error> {
+            Ok(())
+        }
+        fn connect_console(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
+            assert_eq!(page, CONSOLE_PAGE);
+            self.fail("console")?;
+            Ok(5)
+        }
+        fn destroy(&mut self, domain: DomainId) {
+            assert!(self.live.remove(&domain));
+            self.destroyed.push(domain);
+        }
+    }
+
+    /// A minimal x86-64 ELF executable: one RX segment at 1 MiB, 64 bytes of code
+    /// and 4 KiB of bss, entry at its start.
+    fn kernel() -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56 + 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[6] = 1;
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes());
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+        elf[24..32].copy_from_slice(&0x100000u64.to_le_bytes());
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[52..54].copy_from_slice(&64u16.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut elf[64..120];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes());
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+        ph[16..24].copy_from_slice(&0x100000u64.to_le_bytes());
+        ph[24..32].copy_from_slice(&0x100000u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&64u64.to_le_bytes());
+        ph[40..48].copy_from_slice(&(64u64 + 4096).to_le_bytes());
+        ph[48..56].copy_from_slice(&4096u64.to_le_bytes());
+        for (i, byte) in elf[120..].iter_mut().enumerate() {
+            *byte = 0x90 ^ i as u8;
+        }
+        elf
+    }
+
+    fn request(kernel: &[u8]) -> BuildRequest<'_> {
+        BuildRequest { kernel, memory_bytes: 16 << 20, cmdline: "mode=test", tsc_khz: 50_000, weight: 256, cap: 0 }
+    }
+
+    /// Guest memory seen as page-table memory, for walking the built tables.
+    struct GuestView<'a>(&'a Mock, DomainId);
+    impl TableMemory for GuestView<'_> {
+        fn allocate_table(&mut self) -> Option<u64> {
+            None
+        }
+        fn read_entry(&self, table: u64, index: usize) -> u64 {
+            self.0.read_u64(self.1, table + index as u64 * 8)
+        }
+        fn write_entry(&mut self, _: u64, _: usize, _: u64) {}
+        fn free_table(&mut self, _: u64) {}
+    }
+
+    #[test]
+    fn builds_a_guest_with_identity_tables_start_info_and_context() {
+        let kernel = kernel();
+        let mut mock = Mock::default();
+        let id = build(&mut mock, &request(&kernel)).unwrap();
+        assert_eq!(mock.populated[&id], (0, 4096));
+        // The code landed at 1 MiB.
+        assert_eq!(mock.memory[&id][&0x100000], 0x90);
+        let context = mock.context.unwrap();
+        assert_eq!(context.rip, 0x100000);
+        assert_eq!(context.rdi, START_INFO);
+        assert_eq!(context.cr3, TABLES_START);
+        // Walk the page tables the guest will use.
+        let paging = PageTable::<X86Paging>::from_root(context.cr3);
+        let view = GuestView(&mock, id);
+        assert_eq!(paging.translate(&view, 0), None, "page 0 is a null guard");
+        assert_eq!(paging.translate(&view, 0x1234).map(|t| t.0), Some(0x1234));
+        assert_eq!(paging.translate(&view, 0x100010).map(|t| t.0), Some(0x100010));
+        assert_eq!(paging.translate(&view, 0x3fff_f000).map(|t| t.0), Some(0x3fff_f000));
+        assert_eq!(paging.translate(&view, IDENTITY_MAP), None);
+        // The start-info page.
+        assert_eq!(mock.read_u64(id, START_INFO), abi::start_info::START_INFO_MAGIC);
+        assert_eq!(mock.read_u64(id, START_INFO + 48), 50_000, "tsc_khz");
+    }
+
+    #[test]
+    fn a_bad_kernel_allocates_nothing() {
+        let mut broken = kernel();
+        broken[18] = 3; // EM_386
+        let mut mock = Mock::default();
+        assert!(matches!(build(&mut mock, &request(&broken)), Err(BuildError::Kernel(_))));
+        assert_eq!(mock.next, 0, "no domain was created");
+        for length in [0, 10, 63, 100, 150] {
+            assert!(matches!(build(&mut mock, &request(&kernel()[..length])), Err(BuildError::Kernel(_))));
+        }
+        assert_eq!(mock.next, 0);
+        let kernel = kernel();
+        let mut small = request(&kernel);
+        small.memory_bytes = 1 << 20;
+        assert_eq!(build(&mut mock, &small), Err(BuildError::Memory));
+        small.memory_bytes = 2 << 30;
+        assert_eq!(build(&mut mock, &small), Err(BuildError::Memory));
+        assert_eq!(mock.next, 0);
+    }
+
+    #[test]
+    fn a_failing_step_destroys_the_half_built_domain() {
+        let kernel = kernel();
+        for step in ["populate", "copy", "console", "context"] {
+            let mut mock = Mock { fail_at: Some(step), ..Mock::default() };
+            let result = build(&mut mock, &request(&kernel));
+            assert!(matches!(result, Err(BuildError::Hypervisor(_, Error::OutOfMemory))), "{step}: {result:?}");
+            assert!(mock.live.is_empty(), "{step}: domain left behind");
+            assert_eq!(mock.destroyed, vec![1]);
+        }
+        let mut mock = Mock { fail_at: Some("create"), ..Mock::default() };
+        assert!(build(&mut mock, &request(&kernel)).is_err());
+        assert!(mock.destroyed.is_empty());
+    }
+}

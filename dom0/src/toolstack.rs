@@ -1,0 +1,495 @@
+//! dom0's toolstack: the guests it built, their console back ends, and the
+//! shell commands that manage them (`create`, `destroy`, `list`, ...).
+
+use core::fmt::Write;
+
+use abi::domctl::{DomCtlOp, FOREIGN_WINDOW_BASE, VcpuContext};
+use abi::event::EventOp;
+use abi::info::DomainState;
+use abi::{DomainId, Error};
+use arrayvec::{ArrayString, ArrayVec};
+use dom0core::builder::{self, BuildRequest, DomainControl};
+use dom0core::config::{GuestConfig, OnCrash};
+use dom0core::tar::{Archive, EntryKind};
+use pv_drivers::console::ConsoleRing;
+use pv_drivers::hypercall;
+
+use crate::uart::Uart;
+
+/// Most guests dom0 manages (hv's limit less dom0).
+pub const MAX_GUESTS: usize = 63;
+/// Console output kept per guest for `console` to replay on attach.
+const HISTORY: usize = 4096;
+
+/// A guest's console back end.
+pub struct Console {
+    ring: ConsoleRing,
+    /// dom0's end of the console event channel.
+    port: u32,
+    /// Slot of the foreign window holding the ring page.
+    slot: usize,
+}
+
+/// A guest dom0 built.
+pub struct Guest {
+    pub id: DomainId,
+    pub config: GuestConfig,
+    pub console: Option<Console>,
+    history: [u8; HISTORY],
+    history_length: usize,
+    /// A crash or shutdown was already acted on or reported.
+    pub handled_end: bool,
+}
+
+impl Guest {
+    fn remember(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.history_length == HISTORY {
+                self.history.copy_within(HISTORY / 2.., 0);
+                self.history_length = HISTORY / 2;
+            }
+            self.history[self.history_length] = byte;
+            self.history_length += 1;
+        }
+    }
+}
+
+/// The guests, the ramdisk and the foreign-window slots.
+pub struct Toolstack {
+    pub guests: ArrayVec<Guest, MAX_GUESTS>,
+    pub ramdisk: Archive<'static>,
+    pub tsc_khz: u64,
+    window_slots: [bool; 64],
+    /// The guest whose console is attached to the serial line.
+    pub attached: Option<DomainId>,
+}
+
+/// The builder's view of the hypervisor: dom0's hypercalls.
+struct Hypervisor<'a> {
+    window_slots: &'a mut [bool; 64],
+    console: Option<Console>,
+}
+
+impl DomainControl for Hypervisor<'_> {
+    fn create(&mut self, max_pages: u64) -> Result<DomainId, Error> {
+        hypercall::create_domain(max_pages)
+    }
+
+    fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error> {
+        hypercall::domctl(DomCtlOp::PopulateMemory, domain, guest_physical, pages, 0).map(|_| ())
+    }
+
+    fn copy(&mut self, domain: DomainId, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
+        hypercall::copy_to_guest(domain, guest_physical, bytes)
+    }
+
+    fn set_context(&mut self, domain: DomainId, context: &VcpuContext) -> Result<(), Error> {
+        hypercall::set_vcpu_context(domain, context)
+    }
+
+    fn set_scheduling(&mut self, domain: DomainId, weight: u32, cap: u32) -> Result<(), Error> {
+        hypercall::domctl(DomCtlOp::SetScheduling, domain, weight as u64, cap as u64, 0).map(|_| ())
+    }
+
+    fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
+        let slot = self.window_slots.iter().position(|used| !used).ok_or(Error::Busy)?;
+        let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+        hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0)?;
+        let port = match hypercall::event(EventOp::AllocUnbound, domain as u64, 0) {
+            Ok(port) => port as u32,
+            Err(error) => {
+                let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
+                return Err(error);
+            }
+        };
+        self.window_slots[slot] = true;
+        // SAFETY: hv just mapped the guest's console page read-write at this
+        // identity-mapped address of the foreign window; it stays mapped
+        // until dom0 destroys the guest (which drops this Console first).
+        let ring = unsafe { ConsoleRing::new(address as *mut u8) };
+        self.console = Some(Console { ring, port, slot });
+        Ok(port)
+    }
+
+    fn destroy(&mut self, domain: DomainId) {
+        if let Some(console) = self.console.take() {
+            release_console(self.window_slots, console);
+        }
+        let _ = hypercall::domctl(DomCtlOp::Destroy, domain, 0, 0, 0);
+    }
+}
+
+/// Closes dom0's end of a console and frees its window slot. hv removes
+/// the mapping itself when the guest is destroyed; unmapping first is harmless.
+fn release_console(window_slots: &mut [bool; 64], console: Console) {
+    let address = FOREIGN_WINDOW_BASE + console.slot as u64 * abi::PAGE_SIZE;
+    let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
+    let _ = hypercall::event(EventOp::Close, console.port as u64, 0);
+    window_slots[console.slot] = false;
+}
+
+/// A one-letter-per-flag state column like `xl list`'s.
+fn state_flags(state: DomainState) -> &'static str {
+    match state {
+        DomainState::Running => "r-----",
+        DomainState::Blocked => "-b----",
+        DomainState::Paused => "--p---",
+        DomainState::Shutdown => "---s--",
+        DomainState::Crashed => "----c-",
+    }
+}
+
+/// The toolstack's state: far too large for dom0's stack (every guest's
+/// console history), so it lives here.
+pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
+    guests: ArrayVec::new_const(),
+    ramdisk: Archive::new(&[]),
+    tsc_khz: 0,
+    window_slots: [false; 64],
+    attached: None,
+});
+
+impl Toolstack {
+    /// Sets the boot ramdisk and the TSC frequency.
+    pub fn init(&mut self, ramdisk: &'static [u8], tsc_khz: u64) {
+        self.ramdisk = Archive::new(ramdisk);
+        self.tsc_khz = tsc_khz;
+    }
+
+    /// Finds a guest by name or id. dom0 itself is not a guest.
+    pub fn find(&self, name_or_id: &str) -> Option<usize> {
+        if let Ok(id) = name_or_id.parse::<DomainId>() {
+            return self.guests.iter().position(|g| g.id == id);
+        }
+        self.guests.iter().position(|g| g.config.name.as_str() == name_or_id)
+    }
+
+    fn name_of(&self, id: DomainId) -> &str {
+        if id == abi::DOM0 {
+            return "Domain-0";
+        }
+        self.guests.iter().find(|g| g.id == id).map_or("(unknown)", |g| g.config.name.as_str())
+    }
+
+    /// `ls`.
+    pub fn ls(&self, out: &mut Uart) {
+        for entry in self.ramdisk.entries() {
+            match entry {
+                Ok(entry) if entry.kind == EntryKind::File => {
+                    let _ = writeln!(out, "{:>9}  {}", entry.data.len(), entry.name);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: ramdisk: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_file(&self, name: &str) -> Result<&'static [u8], ArrayString<160>> {
+        let mut message = ArrayString::new();
+        match self.ramdisk.find(name) {
+            Ok(Some(entry)) => Ok(entry.data),
+            Ok(None) => {
+                let _ = write!(message, "no file '{name}' in the ramdisk (see 'ls')");
+                Err(message)
+            }
+            Err(error) => {
+                let _ = write!(message, "ramdisk: {error}");
+                Err(message)
+            }
+        }
+    }
+
+    /// `create <config>`: returns the new guest's id.
+    pub fn create(&mut self, config_name: &str, out: &mut Uart) -> Option<DomainId> {
+        let mut with_suffix: ArrayString<300> = ArrayString::new();
+        let _ = write!(with_suffix, "{config_name}.cfg");
+        let text = match self.read_file(config_name).or_else(|_| self.read_file(&with_suffix)) {
+            Ok(text) => text,
+            Err(message) => {
+                let _ = writeln!(out, "dom0: create: {message}");
+                return None;
+            }
+        };
+        let config = match dom0core::config::parse(text) {
+            Ok(config) => config,
+            Err(error) => {
+                let _ = writeln!(out, "dom0: create: {config_name}: {error}");
+                return None;
+            }
+        };
+        self.create_from(config, out)
+    }
+
+    fn create_from(&mut self, config: GuestConfig, out: &mut Uart) -> Option<DomainId> {
+        if self.find(&config.name).is_some() {
+            let _ = writeln!(out, "dom0: create: a guest named '{}' exists already", config.name);
+            return None;
+        }
+        if self.guests.is_full() {
+            let _ = writeln!(out, "dom0: create: dom0 manages at most {MAX_GUESTS} guests");
+            return None;
+        }
+        let kernel = match self.read_file(&config.kernel) {
+            Ok(kernel) => kernel,
+            Err(message) => {
+                let _ = writeln!(out, "dom0: create: kernel: {message}");
+                return None;
+            }
+        };
+        let request = BuildRequest {
+            kernel,
+            memory_bytes: config.memory_mib as u64 * (1 << 20),
+            cmdline: &config.cmdline,
+            tsc_khz: self.tsc_khz,
+            weight: config.weight,
+            cap: config.cap,
+        };
+        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None };
+        let id = match builder::build(&mut control, &request) {
+            Ok(id) => id,
+            Err(error) => {
+                let _ = writeln!(out, "dom0: create: {}: {error}", config.name);
+                return None;
+            }
+        };
+        let console = control.console.take();
+        if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
+            let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
+            control.console = console;
+            control.destroy(id);
+            return None;
+        }
+        let _ = writeln!(out, "dom0: created '{}' as domain {id}", config.name);
+        self.guests.push(Guest { id, config, console, history: [0; HISTORY], history_length: 0, handled_end: false });
+        Some(id)
+    }
+
+    /// `destroy`: tears guest `index` down.
+    pub fn destroy(&mut self, index: usize, out: &mut Uart) {
+        let mut guest = self.guests.remove(index);
+        if self.attached == Some(guest.id) {
+            self.attached = None;
+        }
+        if let Some(console) = guest.console.take() {
+            release_console(&mut self.window_slots, console);
+        }
+        match hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0) {
+            Ok(_) => {
+                let _ = writeln!(out, "dom0: destroyed '{}' (domain {})", guest.config.name, guest.id);
+            }
+            Err(error) => {
+                let _ = writeln!(out, "dom0: destroy '{}': {}", guest.config.name, error.describe());
+            }
+        }
+    }
+
+    /// `pause` / `unpause`.
+    pub fn set_paused(&mut self, index: usize, paused: bool, out: &mut Uart) {
+        let guest = &self.guests[index];
+        let operation = if paused { DomCtlOp::Pause } else { DomCtlOp::Unpause };
+        if let Err(error) = hypercall::domctl(operation, guest.id, 0, 0, 0) {
+            let _ = writeln!(out, "dom0: {}: {}", guest.config.name, error.describe());
+        }
+    }
+
+    /// `sched`: sets what is given, then shows the values.
+    pub fn sched(&mut self, target: &str, weight: Option<u32>, cap: Option<u32>, out: &mut Uart) {
+        let id = if target == "0" || target == "Domain-0" {
+            abi::DOM0
+        } else {
+            match self.find(target) {
+                Some(index) => self.guests[index].id,
+                None => {
+                    let _ = writeln!(out, "dom0: no domain '{target}'");
+                    return;
+                }
+            }
+        };
+        let info = match hypercall::domain_info(id) {
+            Ok(info) => info,
+            Err(error) => {
+                let _ = writeln!(out, "dom0: sched: {}", error.describe());
+                return;
+            }
+        };
+        let (weight, cap) = (weight.unwrap_or(info.weight), cap.unwrap_or(info.cap));
+        if let Err(error) = hypercall::domctl(DomCtlOp::SetScheduling, id, weight as u64, cap as u64, 0) {
+            let _ = writeln!(out, "dom0: sched: {}", error.describe());
+            return;
+        }
+        let _ = writeln!(out, "{:<20} {:>5} {:>6} {:>4}", "Name", "ID", "Weight", "Cap");
+        let _ = writeln!(out, "{:<20} {:>5} {:>6} {:>4}", self.name_of(id), id, weight, cap);
+    }
+
+    /// `list`, like `xl list`.
+    pub fn list(&self, out: &mut Uart) {
+        let mut ids = [0u32; 64];
+        let count = match hypercall::list_domains(0, &mut ids) {
+            Ok(count) => count,
+            Err(error) => {
+                let _ = writeln!(out, "dom0: list: {}", error.describe());
+                return;
+            }
+        };
+        let _ = writeln!(out, "{:<32} {:>5} {:>5} {:>5} {:>8} {:>9}", "Name", "ID", "Mem", "VCPUs", "State", "Time(s)");
+        for &id in &ids[..count] {
+            let Ok(info) = hypercall::domain_info(id) else { continue };
+            let state = DomainState::from_number(info.state).map_or("------", state_flags);
+            let tenths = if self.tsc_khz == 0 { 0 } else { info.cpu_time_tsc / (self.tsc_khz * 100) };
+            let _ = writeln!(
+                out,
+                "{:<32} {:>5} {:>5} {:>5} {:>8} {:>7}.{}",
+                self.name_of(id),
+                id,
+                info.current_pages / 256,
+                info.vcpu_count,
+                state,
+                tenths / 10,
+                tenths % 10
+            );
+        }
+    }
+
+    /// `mem`.
+    pub fn mem(&self, out: &mut Uart) {
+        match hypercall::hv_info() {
+            Ok(hv) => {
+                let _ = writeln!(
+                    out,
+                    "hv memory: total {} KiB, free {} KiB, hv {} KiB",
+                    hv.total_pages * 4,
+                    hv.free_pages * 4,
+                    hv.hv_pages * 4
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(out, "dom0: mem: {}", error.describe());
+                return;
+            }
+        }
+        let _ = writeln!(out, "{:<32} {:>5} {:>12} {:>12}", "Name", "ID", "Current(KiB)", "Max(KiB)");
+        let mut ids = [0u32; 64];
+        let count = hypercall::list_domains(0, &mut ids).unwrap_or(0);
+        for &id in &ids[..count] {
+            if let Ok(info) = hypercall::domain_info(id) {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>5} {:>12} {:>12}",
+                    self.name_of(id),
+                    id,
+                    info.current_pages * 4,
+                    info.max_pages * 4
+                );
+            }
+        }
+    }
+
+    /// Attaches the serial console to guest `index`, replaying its recent output.
+    pub fn attach(&mut self, index: usize, out: &mut Uart) {
+        let guest = &self.guests[index];
+        if guest.console.is_none() {
+            let _ = writeln!(out, "dom0: '{}' has no console", guest.config.name);
+            return;
+        }
+        let _ = writeln!(out, "dom0: attached to '{}' (domain {}); Ctrl-] returns to dom0", guest.config.name, guest.id);
+        out.write_bytes(&guest.history[..guest.history_length]);
+        self.attached = Some(guest.id);
+    }
+
+    /// Sends typed bytes to the attached guest's console.
+    pub fn type_into_attached(&mut self, bytes: &[u8]) {
+        let Some(guest) = self.guests.iter_mut().find(|g| Some(g.id) == self.attached) else { return };
+        if let Some(console) = &guest.console {
+            if console.ring.write_input(bytes).is_ok() {
+                let _ = hypercall::notify(console.port);
+            }
+        }
+    }
+
+    /// Moves guests' console output into their history and, for the
+    /// attached guest, onto the serial line. Returns whether anything moved.
+    pub fn service_consoles(&mut self, out: &mut Uart) -> bool {
+        let mut moved = false;
+        let attached = self.attached;
+        let mut corrupt: ArrayVec<usize, MAX_GUESTS> = ArrayVec::new();
+        for (index, guest) in self.guests.iter_mut().enumerate() {
+            let Some(console) = &guest.console else { continue };
+            let mut buffer = [0u8; 512];
+            match console.ring.read_output(&mut buffer) {
+                Ok(0) => {}
+                Ok(count) => {
+                    moved = true;
+                    let _ = hypercall::notify(console.port);
+                    guest.remember(&buffer[..count]);
+                    if attached == Some(guest.id) {
+                        out.write_bytes(&buffer[..count]);
+                    }
+                }
+                Err(_) => {
+                    let _ = corrupt.try_push(index);
+                }
+            }
+        }
+        for index in corrupt {
+            let guest = &mut self.guests[index];
+            let _ = writeln!(out, "\ndom0: '{}' corrupted its console ring; console disconnected", guest.config.name);
+            if let Some(console) = guest.console.take() {
+                release_console(&mut self.window_slots, console);
+            }
+            if self.attached == Some(guest.id) {
+                self.attached = None;
+            }
+        }
+        moved
+    }
+
+    /// Acts on guests that crashed or shut down (their `on_crash`).
+    /// Returns whether anything was printed.
+    pub fn reap(&mut self, out: &mut Uart) -> bool {
+        let mut printed = false;
+        let mut index = 0;
+        while index < self.guests.len() {
+            let guest = &self.guests[index];
+            let state = hypercall::domain_info(guest.id).ok().map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
+            let (crashed, reboot) = match state {
+                Some((Some(DomainState::Crashed), _)) => (true, false),
+                Some((Some(DomainState::Shutdown), reason)) => (false, reason == abi::hypercall::ShutdownReason::Reboot as u32),
+                _ => {
+                    index += 1;
+                    continue;
+                }
+            };
+            if guest.handled_end {
+                index += 1;
+                continue;
+            }
+            printed = true;
+            let name = guest.config.name;
+            let id = guest.id;
+            let policy = if crashed { guest.config.on_crash } else if reboot { OnCrash::Restart } else { OnCrash::Destroy };
+            let what = if crashed { "crashed (see dmesg)" } else { "shut down" };
+            let policy_name = match policy {
+                OnCrash::Destroy => "destroy",
+                OnCrash::Restart => "restart",
+                OnCrash::Preserve => "preserve",
+            };
+            let _ = writeln!(out, "\ndom0: '{name}' (domain {id}) {what}; on_crash={policy_name}");
+            match policy {
+                OnCrash::Preserve => {
+                    self.guests[index].handled_end = true;
+                    index += 1;
+                }
+                OnCrash::Destroy => self.destroy(index, out),
+                OnCrash::Restart => {
+                    let config = self.guests[index].config.clone();
+                    self.destroy(index, out);
+                    self.create_from(config, out);
+                }
+            }
+        }
+        printed
+    }
+}

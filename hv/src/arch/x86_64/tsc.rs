@@ -1,0 +1,38 @@
+//! Measures the TSC frequency against the legacy PIT (8254), channel 2,
+//! whose input clock is 1.193182 MHz on every PC.
+
+use super::cpu::{inb, outb, rdtsc};
+
+const PIT_HZ: u64 = 1_193_182;
+const CHANNEL2_DATA: u16 = 0x42;
+const COMMAND: u16 = 0x43;
+/// Port 0x61: bit 0 gates channel 2, bit 1 drives the speaker, bit 5 reads OUT2.
+const CONTROL: u16 = 0x61;
+const CALIBRATION_MS: u64 = 10;
+
+/// The TSC frequency in kHz, or 0 if the PIT did not answer.
+pub fn calibrate() -> u64 {
+    let count = PIT_HZ * CALIBRATION_MS / 1000;
+    // SAFETY: ports 0x42, 0x43 and 0x61 are the PIT's channel 2 and its gate,
+    // which hv owns (dom0 and guests never get them); this only runs a
+    // one-shot count with the speaker off.
+    unsafe {
+        let control = inb(CONTROL) & !0x03;
+        outb(CONTROL, control);
+        outb(COMMAND, 0b1011_0000); // channel 2, low then high byte, mode 0, binary
+        outb(CHANNEL2_DATA, count as u8);
+        outb(CHANNEL2_DATA, (count >> 8) as u8);
+        let start = rdtsc();
+        outb(CONTROL, control | 0x01);
+        let mut polls = 0u64;
+        while inb(CONTROL) & 0x20 == 0 {
+            polls += 1;
+            if polls > 100_000_000 {
+                return 0;
+            }
+        }
+        let end = rdtsc();
+        outb(CONTROL, control);
+        (end - start) / CALIBRATION_MS
+    }
+}

@@ -1,0 +1,255 @@
+//! Domain control (`Hypercall::DomCtl`): how dom0 creates, builds, runs and
+//! destroys guests. Every operation checks the caller is dom0, validates
+//! every argument, and leaves nothing half-done on error.
+
+use abi::domctl::{COPY_MAX, DomCtlOp, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE, MAX_WEIGHT, VcpuContext};
+use abi::{DomainId, Error};
+use hvcore::paging::{Access, MemoryType, PageSize};
+
+use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
+use crate::domain::{Domain, ForeignMapping, read_struct};
+use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
+use crate::memory::{self, HvTables};
+
+/// `Hypercall::DomCtl`.
+pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [u64; 5]) -> Result<u64, Error> {
+    if !hv.domains[caller].privileged {
+        return Err(Error::Permission);
+    }
+    let operation = DomCtlOp::from_number(operation).ok_or(Error::InvalidArgument)?;
+    if operation == DomCtlOp::Create {
+        return create(hv, a1);
+    }
+    if operation == DomCtlOp::UnmapForeign {
+        return unmap_foreign(hv, caller, a2);
+    }
+    let id = DomainId::try_from(a1).map_err(|_| Error::InvalidArgument)?;
+    let target = hv.index_of(id).ok_or(Error::NotFound)?;
+    // dom0 itself can be listed and scheduled, but not destroyed, paused or built.
+    let is_guest = !hv.domains[target].privileged;
+    let guest_only = || if is_guest { Ok(()) } else { Err(Error::InvalidArgument) };
+    match operation {
+        DomCtlOp::Create | DomCtlOp::UnmapForeign => unreachable_operation(),
+        DomCtlOp::Destroy => {
+            guest_only()?;
+            destroy(hv, target);
+            Ok(0)
+        }
+        DomCtlOp::Pause => {
+            guest_only()?;
+            hv.domains[target].paused = true;
+            Ok(0)
+        }
+        DomCtlOp::Unpause => {
+            guest_only()?;
+            let domain = &mut hv.domains[target];
+            if domain.vcpu.is_none() {
+                return Err(Error::Busy);
+            }
+            domain.paused = false;
+            Ok(0)
+        }
+        DomCtlOp::PopulateMemory => {
+            guest_only()?;
+            hv.domains[target].populate(a2, a3)
+        }
+        DomCtlOp::CopyToGuest => {
+            guest_only()?;
+            copy_to_guest(hv, caller, target, a2, a3, a4)
+        }
+        DomCtlOp::SetVcpuContext => {
+            guest_only()?;
+            set_vcpu_context(hv, caller, target, a2)
+        }
+        DomCtlOp::SetScheduling => {
+            let weight = u32::try_from(a2).ok().filter(|w| (1..=MAX_WEIGHT).contains(w)).ok_or(Error::InvalidArgument)?;
+            let cap = u32::try_from(a3).ok().filter(|c| *c <= 100).ok_or(Error::InvalidArgument)?;
+            hv.scheduler.set_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
+            let domain = &mut hv.domains[target];
+            domain.weight = weight;
+            domain.cap = cap;
+            Ok(0)
+        }
+        DomCtlOp::ListDomains => list_domains(hv, caller, id, a2, a3),
+        DomCtlOp::MapForeign => {
+            guest_only()?;
+            map_foreign(hv, caller, target, a2, a3)
+        }
+        DomCtlOp::SetMaxMemory => {
+            let domain = &mut hv.domains[target];
+            if a2 < domain.current_pages {
+                return Err(Error::Busy);
+            }
+            domain.max_pages = a2;
+            Ok(0)
+        }
+    }
+}
+
+fn unreachable_operation() -> Result<u64, Error> {
+    Err(Error::InvalidArgument)
+}
+
+fn create(hv: &mut Hypervisor, max_pages: u64) -> Result<u64, Error> {
+    if hv.domains.is_full() {
+        return Err(Error::Busy);
+    }
+    if max_pages == 0 || max_pages > crate::memory::totals().total_pages {
+        return Err(Error::InvalidArgument);
+    }
+    // Ids count up (1..=32767, then wrap), skipping ids in use, so a stale
+    // id in dom0's tools rarely names a new domain.
+    let mut id = hv.next_domain_id;
+    while id == abi::DOM0 || hv.index_of(id).is_some() {
+        id = if id >= 32767 { 1 } else { id + 1 };
+    }
+    let domain = Domain::new(id, false, max_pages)?;
+    if hv.scheduler.add(id, domain.weight).is_err() {
+        domain.tear_down(&hv.capabilities);
+        return Err(Error::Busy);
+    }
+    hv.domains.push(domain);
+    hv.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
+    crate::info!("d{id} created (at most {} KiB)", max_pages * 4);
+    const _: () = assert!(MAX_DOMAINS < 32767);
+    Ok(id as u64)
+}
+
+/// Removes domain `target` and returns everything it had.
+pub fn destroy(hv: &mut Hypervisor, target: usize) {
+    let id = hv.domains[target].id;
+    // 1. dom0's mappings of its pages go first, so no frame is freed while mapped.
+    if let Some(dom0) = hv.domains.iter_mut().find(|d| d.privileged) {
+        let mut index = 0;
+        let mut unmapped = false;
+        while index < dom0.foreign.len() {
+            if dom0.foreign[index].owner == id {
+                let mapping = dom0.foreign.swap_remove(index);
+                let _ = dom0.ept.unmap(&mut HvTables, mapping.dom0_address);
+                unmapped = true;
+            } else {
+                index += 1;
+            }
+        }
+        if unmapped && let Some(vcpu) = dom0.vcpu.as_ref() {
+            vcpu.flush_ept(&hv.capabilities);
+        }
+    }
+    // 2. Its event channels close; peers see them unbound.
+    hvcore::event::close_all(&mut crate::events::Tables(&mut hv.domains), id);
+    // 3. The scheduler forgets it; its frames, tables and VMCS are freed.
+    let _ = hv.scheduler.remove(id);
+    let domain = hv.domains.remove(target);
+    let pages = domain.current_pages;
+    domain.tear_down(&hv.capabilities);
+    crate::info!("d{id} destroyed, {} KiB returned", pages * 4);
+}
+
+fn copy_to_guest(hv: &mut Hypervisor, caller: usize, target: usize, destination: u64, source: u64, length: u64) -> Result<u64, Error> {
+    if length > COPY_MAX {
+        return Err(Error::InvalidArgument);
+    }
+    let mut buffer = [0u8; abi::PAGE_SIZE as usize];
+    let mut done = 0;
+    while done < length {
+        let piece = (length - done).min(buffer.len() as u64) as usize;
+        let source_address = source.checked_add(done).ok_or(Error::BadAddress)?;
+        let destination_address = destination.checked_add(done).ok_or(Error::BadAddress)?;
+        hv.domains[caller].read_guest(source_address, &mut buffer[..piece])?;
+        hv.domains[target].write_guest(destination_address, &buffer[..piece])?;
+        done += piece as u64;
+    }
+    Ok(done)
+}
+
+fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_address: u64) -> Result<u64, Error> {
+    let context: VcpuContext = read_struct(&hv.domains[caller], context_address)?;
+    if hv.domains[target].vcpu.is_some() {
+        return Err(Error::Busy);
+    }
+    let canonical = |address: u64| address < (1 << 47);
+    if !canonical(context.rip)
+        || !canonical(context.rsp)
+        || !canonical(context.gdt_base)
+        || context.cr3 % abi::PAGE_SIZE != 0
+        || context.cr3 >= FOREIGN_WINDOW_BASE
+        || context.gdt_limit as usize != guest_gdt::DESCRIPTORS.len() * 8 - 1
+    {
+        return Err(Error::InvalidArgument);
+    }
+    let vmcs_region = memory::allocate_frame().ok_or(Error::OutOfMemory)?;
+    let domain = &hv.domains[target];
+    let config = VcpuConfig {
+        vmcs_region,
+        ept_root: domain.ept.root(),
+        vpid: (domain.id + 1) as u16,
+        io_bitmap_a: hv.guest_io_bitmap,
+        io_bitmap_b: hv.guest_io_bitmap,
+        msr_bitmap: hv.guest_msr_bitmap,
+        cr3: context.cr3,
+        rip: context.rip,
+        rsp: context.rsp,
+        gdt_base: context.gdt_base,
+        gdt_limit: context.gdt_limit,
+        rdi: context.rdi,
+    };
+    match Vcpu::new(&hv.capabilities, &config) {
+        Ok(vcpu) => {
+            hv.domains[target].vcpu = Some(vcpu);
+            Ok(0)
+        }
+        Err(reason) => {
+            memory::free_frame(vmcs_region);
+            crate::error!("d{}: creating its vCPU failed: {reason}", hv.domains[target].id);
+            Err(Error::InvalidArgument)
+        }
+    }
+}
+
+fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u64, count: u64) -> Result<u64, Error> {
+    let mut ids: arrayvec::ArrayVec<DomainId, MAX_DOMAINS> = hv.domains.iter().map(|d| d.id).filter(|&id| id >= start).collect();
+    ids.sort_unstable();
+    let count = (count as usize).min(ids.len());
+    let mut bytes = [0u8; MAX_DOMAINS * 4];
+    for (slot, id) in bytes.chunks_exact_mut(4).zip(&ids[..count]) {
+        slot.copy_from_slice(&id.to_le_bytes());
+    }
+    hv.domains[caller].write_guest(address, &bytes[..count * 4])?;
+    Ok(count as u64)
+}
+
+fn in_foreign_window(address: u64) -> bool {
+    address % abi::PAGE_SIZE == 0 && (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&address)
+}
+
+fn map_foreign(hv: &mut Hypervisor, caller: usize, target: usize, guest_address: u64, dom0_address: u64) -> Result<u64, Error> {
+    if !in_foreign_window(dom0_address) || guest_address % abi::PAGE_SIZE != 0 {
+        return Err(Error::InvalidArgument);
+    }
+    let frame = hv.domains[target].host_frame(guest_address, Access::READ | Access::WRITE)?;
+    let owner = hv.domains[target].id;
+    let dom0 = &mut hv.domains[caller];
+    if dom0.foreign.is_full() {
+        return Err(Error::Busy);
+    }
+    dom0.ept
+        .map(&mut HvTables, dom0_address, frame, PageSize::Size4K, Access::READ | Access::WRITE, MemoryType::WriteBack)
+        .map_err(|error| match error {
+            hvcore::paging::MapError::AlreadyMapped => Error::Busy,
+            hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
+            _ => Error::InvalidArgument,
+        })?;
+    dom0.foreign.push(ForeignMapping { dom0_address, owner });
+    Ok(0)
+}
+
+fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Result<u64, Error> {
+    let dom0 = &mut hv.domains[caller];
+    let slot = dom0.foreign.iter().position(|m| m.dom0_address == dom0_address).ok_or(Error::NotFound)?;
+    dom0.foreign.swap_remove(slot);
+    let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
+    if let Some(vcpu) = dom0.vcpu.as_ref() {
+        vcpu.flush_ept(&hv.capabilities);
+    }
+    Ok(0)
+}

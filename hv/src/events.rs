@@ -1,0 +1,214 @@
+//! Event channel delivery and the `Event`, `Sched` and `Vcpu` hypercalls:
+//! the glue between the pure port tables (`hvcore::event`), the domains'
+//! event pages and the vCPUs.
+
+use abi::Error;
+use abi::event::{BITMAP_WORDS, EventOp, PORT_COUNT, Virq};
+use abi::hypercall::{SchedOp, ShutdownReason, VcpuOp};
+use hvcore::event::{self as ports, TableAccess};
+use hvcore::paging::Access;
+
+use crate::arch::memory as physical;
+use crate::domain::{Domain, Ended};
+use crate::hypervisor::Hypervisor;
+
+/// Byte offsets within `abi::event::EventPage`.
+const MASK_OFFSET: u64 = 8 * BITMAP_WORDS as u64;
+const UPCALL_PENDING_OFFSET: u64 = 16 * BITMAP_WORDS as u64;
+
+/// Port tables of all domains, by id, for the pure binding logic.
+pub struct Tables<'a>(pub &'a mut [Domain]);
+
+impl TableAccess for Tables<'_> {
+    fn table(&mut self, id: abi::DomainId) -> Option<&mut ports::PortTable> {
+        self.0.iter_mut().find(|d| d.id == id && d.ended.is_none()).map(|d| &mut d.events)
+    }
+}
+
+/// Marks `port` of domain `index` pending and, if it is unmasked, raises
+/// the upcall and wakes the domain.
+pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
+    let Some(domain) = hv.domains.get_mut(index) else { return };
+    if port as usize >= PORT_COUNT || domain.ended.is_some() {
+        return;
+    }
+    let page = domain.event_page;
+    if page == 0 {
+        // No page registered: the domain polls; a wake-up is all we can give.
+        domain.blocked = false;
+        return;
+    }
+    let word = (port / 64) as u64 * 8;
+    let was_pending = physical::atomic_test_and_set_bit(page + word, port % 64);
+    let masked = physical::atomic_load(page + MASK_OFFSET + word) & (1 << (port % 64)) != 0;
+    if was_pending || masked {
+        return;
+    }
+    domain.blocked = false;
+    if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
+        domain.upcall_due = true;
+    }
+}
+
+/// Raises virtual IRQ `virq` of domain `index` if it has bound it.
+pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq) {
+    if let Some(port) = hv.domains.get(index).and_then(|d| d.events.virq_port(virq)) {
+        raise(hv, index, port);
+    }
+}
+
+/// Whether the domain has a pending, unmasked port.
+fn has_unmasked_pending(domain: &Domain) -> bool {
+    let page = domain.event_page;
+    if page == 0 {
+        return false;
+    }
+    (0..BITMAP_WORDS as u64).any(|word| {
+        physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0
+    })
+}
+
+/// Blocks the domain's vCPU unless an event is already waiting.
+pub fn block(domain: &mut Domain) {
+    if !has_unmasked_pending(domain) {
+        domain.blocked = true;
+    }
+}
+
+/// Injects the upcall if the vCPU can take it now, else asks for an exit
+/// as soon as it can.
+pub fn deliver_upcall(domain: &mut Domain) {
+    let Some(vcpu) = domain.vcpu.as_mut() else { return };
+    if vcpu.interruptible() {
+        vcpu.inject_interrupt(domain.upcall_vector);
+        vcpu.set_interrupt_window_exiting(false);
+        domain.upcall_due = false;
+    } else {
+        vcpu.set_interrupt_window_exiting(true);
+    }
+}
+
+fn port_argument(value: u64) -> Result<u32, Error> {
+    u32::try_from(value).ok().filter(|&p| (p as usize) < PORT_COUNT).ok_or(Error::InvalidArgument)
+}
+
+fn domain_argument(value: u64) -> Result<abi::DomainId, Error> {
+    abi::DomainId::try_from(value).map_err(|_| Error::InvalidArgument)
+}
+
+/// `Hypercall::Event`.
+pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64; 5]) -> Result<u64, Error> {
+    let operation = EventOp::from_number(operation).ok_or(Error::InvalidArgument)?;
+    let caller_id = hv.domains[caller].id;
+    match operation {
+        EventOp::RegisterPage => {
+            let vector = u8::try_from(a2).map_err(|_| Error::InvalidArgument)?;
+            if vector != 0 && vector < 32 {
+                return Err(Error::InvalidArgument);
+            }
+            if a1 % abi::PAGE_SIZE != 0 {
+                return Err(Error::InvalidArgument);
+            }
+            let domain = &mut hv.domains[caller];
+            // The page must be the domain's own RAM: hv keeps its host frame,
+            // which stays valid as long as the domain exists.
+            let frame = domain.host_frame(a1, Access::READ | Access::WRITE)?;
+            if domain.privileged && a1 >= abi::domctl::FOREIGN_WINDOW_BASE {
+                return Err(Error::InvalidArgument);
+            }
+            domain.event_page = frame;
+            domain.upcall_vector = vector;
+            Ok(0)
+        }
+        EventOp::AllocUnbound => {
+            let remote = domain_argument(a1)?;
+            if hv.index_of(remote).is_none() {
+                return Err(Error::NotFound);
+            }
+            hv.domains[caller].events.allocate_unbound(remote).map(u64::from)
+        }
+        EventOp::BindInterdomain => {
+            let remote = domain_argument(a1)?;
+            let remote_port = port_argument(a2)?;
+            ports::bind_interdomain(&mut Tables(&mut hv.domains), caller_id, remote, remote_port).map(u64::from)
+        }
+        EventOp::BindVirq => {
+            let virq = Virq::from_number(a1).ok_or(Error::InvalidArgument)?;
+            hv.domains[caller].events.bind_virq(virq).map(u64::from)
+        }
+        EventOp::Send => {
+            let port = port_argument(a1)?;
+            let (target, target_port) = ports::send_target(&mut Tables(&mut hv.domains), caller_id, port)?;
+            if let Some(index) = hv.index_of(target) {
+                raise(hv, index, target_port);
+            }
+            Ok(0)
+        }
+        EventOp::Close => {
+            let port = port_argument(a1)?;
+            ports::close(&mut Tables(&mut hv.domains), caller_id, port)?;
+            Ok(0)
+        }
+        EventOp::Mask | EventOp::Unmask => {
+            let port = port_argument(a1)?;
+            let domain = &mut hv.domains[caller];
+            let page = domain.event_page;
+            if page == 0 {
+                return Err(Error::Busy);
+            }
+            let word = page + MASK_OFFSET + (port / 64) as u64 * 8;
+            if operation == EventOp::Mask {
+                physical::atomic_test_and_set_bit(word, port % 64);
+            } else {
+                physical::atomic_test_and_clear_bit(word, port % 64);
+                if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
+                    // Pending while masked: deliver it now.
+                    if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
+                        domain.upcall_due = true;
+                    }
+                }
+            }
+            Ok(0)
+        }
+        EventOp::Status => {
+            let port = port_argument(a1)?;
+            hv.domains[caller].events.status(port).map(|status| status.encode())
+        }
+    }
+}
+
+/// `Hypercall::Sched`.
+pub fn sched_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [u64; 5]) -> Result<u64, Error> {
+    let domain = &mut hv.domains[caller];
+    match SchedOp::from_number(operation).ok_or(Error::InvalidArgument)? {
+        SchedOp::Yield => {
+            domain.yield_requested = true;
+            Ok(0)
+        }
+        SchedOp::Block => {
+            block(domain);
+            Ok(0)
+        }
+        SchedOp::Shutdown => {
+            let reason = ShutdownReason::from_number(argument).ok_or(Error::InvalidArgument)?;
+            if domain.privileged {
+                // dom0 shutting down is the machine shutting down.
+                return Err(Error::Permission);
+            }
+            crate::info!("d{} shut down ({reason:?})", domain.id);
+            domain.ended = Some(Ended::Shutdown(reason));
+            Ok(0)
+        }
+    }
+}
+
+/// `Hypercall::Vcpu`.
+pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [u64; 5]) -> Result<u64, Error> {
+    match VcpuOp::from_number(operation).ok_or(Error::InvalidArgument)? {
+        VcpuOp::SetTimer => {
+            // A past deadline fires at the next scheduling decision.
+            hv.domains[caller].timer_deadline = argument;
+            Ok(0)
+        }
+    }
+}

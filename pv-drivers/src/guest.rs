@@ -1,0 +1,252 @@
+//! A minimal runtime for guest kernels: reads the start-info page, registers
+//! the event page and the upcall handler, binds the console and offers
+//! console I/O and sleeping on the vCPU timer.
+
+use core::arch::{asm, global_asm};
+use core::fmt;
+
+use abi::event::{EventOp, PortStatus, PortState, Virq};
+use abi::start_info::{START_INFO_MAGIC, StartInfo};
+
+use crate::console::ConsoleRing;
+use crate::hypercall;
+
+/// The vector hv injects for event upcalls.
+pub const UPCALL_VECTOR: u8 = 0xf3;
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// The event page, shared with hv (accessed only through raw pointers).
+static mut EVENT_PAGE: Page = Page([0; 4096]);
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+static mut IDT: Idt = Idt([[0; 2]; 256]);
+
+/// Upcalls taken so far (written only by the upcall handler).
+static UPCALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+global_asm!(
+    r#"
+    .section .text
+    .balign 16
+    .global mica_upcall_stub
+mica_upcall_stub:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    call {handler}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+"#,
+    handler = sym upcall_handler,
+);
+
+unsafe extern "C" {
+    fn mica_upcall_stub();
+}
+
+extern "C" fn upcall_handler() {
+    // Acknowledge: hv raises the upcall again only after this is cleared.
+    let page = &raw mut EVENT_PAGE as *mut u8;
+    // SAFETY: upcall_pending is a u64 inside the event page; volatile store, no reference.
+    unsafe { core::ptr::write_volatile(page.add(abi::event::BITMAP_WORDS * 16) as *mut u64, 0) };
+    UPCALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Tests and clears port `port`'s pending bit.
+fn take_pending(port: u32) -> bool {
+    // SAFETY: EVENT_PAGE is this domain's registered event page.
+    unsafe { crate::event_page::take_pending(&raw mut EVENT_PAGE as u64, port) }
+}
+
+/// A running guest.
+pub struct Guest {
+    pub start_info: StartInfo,
+    console: Option<ConsoleRing>,
+    console_port: u32,
+    timer_port: u32,
+    /// The console port fired since the last `wait_for_input`.
+    console_event: bool,
+}
+
+impl Guest {
+    /// Sets the guest up from the start-info page at `start_info_address`.
+    /// Stops the domain if the page is not a Mica start-info page.
+    pub fn init(start_info_address: u64) -> Guest {
+        // SAFETY: the builder wrote a StartInfo there before entry; it is
+        // copied out once.
+        let start_info: StartInfo = unsafe { core::ptr::read_volatile(start_info_address as *const StartInfo) };
+        if start_info.magic != START_INFO_MAGIC {
+            let _ = hypercall::console_write(b"guest: bad start-info magic\n");
+            hypercall::shutdown(abi::hypercall::ShutdownReason::Crash);
+        }
+        // IDT: only the upcall vector (an exception in a guest without
+        // handlers triple-faults, and hv reports the crash).
+        let handler = mica_upcall_stub as *const () as u64;
+        let gate_low = (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | ((handler >> 16) & 0xffff) << 48;
+        // SAFETY: boot is single-threaded; IDT is written once, then loaded.
+        unsafe {
+            let idt = &raw mut IDT;
+            (*idt).0[UPCALL_VECTOR as usize] = [gate_low, handler >> 32];
+            let pointer: [u16; 5] = {
+                let base = idt as u64;
+                [4095, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16]
+            };
+            asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+        }
+        let page = &raw mut EVENT_PAGE as u64;
+        // SAFETY: the static page is dedicated to hv's use for the domain's life.
+        let _ = unsafe { hypercall::register_event_page(page, UPCALL_VECTOR) };
+        let timer_port = hypercall::event(EventOp::BindVirq, Virq::Timer as u64, 0).unwrap_or(0) as u32;
+        let mut guest = Guest { start_info, console: None, console_port: 0, timer_port, console_event: false };
+        if start_info.console_page != 0 {
+            if let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64) {
+                // SAFETY: the builder reserved this page of our RAM for the console.
+                guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
+                guest.console_port = port as u32;
+            }
+        }
+        // SAFETY: the upcall handler is installed; from here events interrupt us.
+        unsafe { asm!("sti", options(nomem, nostack)) };
+        guest
+    }
+
+    /// This domain's id.
+    pub fn domain_id(&self) -> u32 {
+        self.start_info.domain_id
+    }
+
+    /// The command line.
+    pub fn cmdline(&self) -> &str {
+        self.start_info.cmdline()
+    }
+
+    /// TSC ticks in one second (from the start-info page; a guess if unknown).
+    pub fn ticks_per_second(&self) -> u64 {
+        if self.start_info.tsc_khz == 0 { 1_000_000_000 } else { self.start_info.tsc_khz * 1000 }
+    }
+
+    /// Upcalls taken so far.
+    pub fn upcalls(&self) -> u64 {
+        UPCALLS.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes to the console (or the hypervisor log when there is none),
+    /// waiting while the ring is full.
+    pub fn write(&mut self, mut bytes: &[u8]) {
+        let Some(ring) = &self.console else {
+            let _ = hypercall::console_write(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            match ring.write_output(bytes) {
+                Ok(0) => {
+                    let _ = hypercall::notify(self.console_port);
+                    hypercall::yield_now();
+                }
+                Ok(count) => bytes = &bytes[count..],
+                Err(_) => {
+                    // dom0 corrupted the ring: fall back to the hv log.
+                    let _ = hypercall::console_write(bytes);
+                    return;
+                }
+            }
+        }
+        let _ = hypercall::notify(self.console_port);
+    }
+
+    /// Reads waiting console input (non-blocking).
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let count = self.console.as_ref().and_then(|ring| ring.read_input(out).ok()).unwrap_or(0);
+        if count > 0 {
+            let _ = hypercall::notify(self.console_port);
+        }
+        count
+    }
+
+    /// Halts until an event arrives (the upcall wakes us), then collects
+    /// the ports that fired. hv does not block a vCPU while an unmasked port
+    /// is pending, so every port we bound is consumed here.
+    pub fn wait_for_event(&mut self) {
+        // SAFETY: STI;HLT: the vCPU blocks in hv until an event; the upcall
+        // handler runs on wake-up and returns after HLT.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+        self.collect_events();
+    }
+
+    fn collect_events(&mut self) {
+        take_pending(self.timer_port);
+        if self.console.is_some() && take_pending(self.console_port) {
+            self.console_event = true;
+        }
+    }
+
+    /// Sleeps until the TSC reaches `deadline`.
+    pub fn sleep_until(&mut self, deadline: u64) {
+        let _ = hypercall::set_timer(deadline);
+        while now() < deadline {
+            self.wait_for_event();
+        }
+    }
+
+    /// Waits until the console port fires (input arrived or space freed).
+    pub fn wait_for_input(&mut self) {
+        self.collect_events();
+        while !core::mem::take(&mut self.console_event) {
+            self.wait_for_event();
+        }
+    }
+
+    /// Whether the console port is connected (dom0 still serves it).
+    pub fn console_connected(&self) -> bool {
+        hypercall::event(EventOp::Status, self.console_port as u64, 0)
+            .ok()
+            .and_then(PortStatus::decode)
+            .is_some_and(|status| status.state == PortState::Interdomain)
+    }
+}
+
+impl fmt::Write for Guest {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.write(text.as_bytes());
+        Ok(())
+    }
+}
+
+/// The time-stamp counter.
+pub fn now() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Stops the guest with a crash report (for panic handlers).
+pub fn crash(message: fmt::Arguments) -> ! {
+    struct HvLog;
+    impl fmt::Write for HvLog {
+        fn write_str(&mut self, text: &str) -> fmt::Result {
+            let _ = hypercall::console_write(text.as_bytes());
+            Ok(())
+        }
+    }
+    let _ = fmt::write(&mut HvLog, message);
+    hypercall::shutdown(abi::hypercall::ShutdownReason::Crash);
+    loop {
+        core::hint::spin_loop();
+    }
+}
