@@ -175,7 +175,7 @@ build_iso() {
     # The example guests and their configs (pv-drivers/guests/*.cfg), then
     # anything staged by hand or by the tests.
     mkdir -p "$ramdisk_tmp"
-    for guest in counter echo spinner crasher; do
+    for guest in counter echo spinner crasher hcbench; do
         cp "$kernels/$guest" "$ramdisk_tmp/$guest.elf"
     done
     cp "$root_dir"/pv-drivers/guests/*.cfg "$ramdisk_tmp/"

@@ -8,6 +8,7 @@ mod uart;
 
 use core::fmt::Write;
 
+use abi::event::EventOp;
 use abi::hypercall::PlatformOp;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 use dom0core::line_editor::{Action, LineEditor};
@@ -337,6 +338,33 @@ impl Shell {
         let _ = report::write_measurement(&mut self.console, "cpuid exit", &cpuid_exit);
         let _ = writeln!(self.console, "bench: boot to prompt {} tsc", self.boot_to_prompt);
         let _ = report::write_measurement(&mut self.console, "rdtsc pair (overhead)", &baseline);
+
+        // Event delivery: a loopback channel in dom0 (send on one end makes
+        // the other pending in dom0's own event page): the hv path of Send,
+        // from port lookup to pending bit and wake-up.
+        let ports = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).and_then(|unbound| {
+            hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, unbound).map(|bound| (unbound, bound))
+        });
+        match ports {
+            Ok((unbound, bound)) => {
+                let send = measure(&|| {
+                    let _ = hypercall::notify(bound as u32);
+                    // SAFETY: EVENT_PAGE is dom0's registered event page.
+                    unsafe { pv_drivers::event_page::take_pending(&raw mut EVENT_PAGE as u64, unbound as u32) };
+                });
+                let _ = report::write_measurement(&mut self.console, "event send+deliver", &send);
+                let _ = hypercall::event(EventOp::Close, bound, 0);
+                let _ = hypercall::event(EventOp::Close, unbound, 0);
+            }
+            Err(error) => {
+                let _ = writeln!(self.console, "bench: event channel setup failed: {}", error.describe());
+            }
+        }
+        for guest in &self.toolstack.guests {
+            if let Some(ticks) = guest.create_to_first_output {
+                let _ = writeln!(self.console, "bench: create to first output {ticks} tsc ({})", guest.config.name);
+            }
+        }
     }
 }
 

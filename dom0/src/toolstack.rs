@@ -16,6 +16,11 @@ use pv_drivers::hypercall;
 
 use crate::uart::Uart;
 
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Most guests dom0 manages (hv's limit less dom0).
 pub const MAX_GUESTS: usize = 63;
 /// Console output kept per guest for `console` to replay on attach.
@@ -39,6 +44,10 @@ pub struct Guest {
     history_length: usize,
     /// A crash or shutdown was already acted on or reported.
     pub handled_end: bool,
+    /// TSC when `create` started.
+    created_at: u64,
+    /// TSC ticks from `create` to the first console byte dom0 saw.
+    pub create_to_first_output: Option<u64>,
 }
 
 impl Guest {
@@ -224,6 +233,7 @@ impl Toolstack {
     }
 
     fn create_from(&mut self, config: GuestConfig, out: &mut Uart) -> Option<DomainId> {
+        let created_at = rdtsc();
         if self.find(&config.name).is_some() {
             let _ = writeln!(out, "dom0: create: a guest named '{}' exists already", config.name);
             return None;
@@ -263,7 +273,16 @@ impl Toolstack {
             return None;
         }
         let _ = writeln!(out, "dom0: created '{}' as domain {id}", config.name);
-        self.guests.push(Guest { id, config, console, history: [0; HISTORY], history_length: 0, handled_end: false });
+        self.guests.push(Guest {
+            id,
+            config,
+            console,
+            history: [0; HISTORY],
+            history_length: 0,
+            handled_end: false,
+            created_at,
+            create_to_first_output: None,
+        });
         Some(id)
     }
 
@@ -423,6 +442,9 @@ impl Toolstack {
                 Ok(count) => {
                     moved = true;
                     let _ = hypercall::notify(console.port);
+                    if guest.create_to_first_output.is_none() {
+                        guest.create_to_first_output = Some(rdtsc().wrapping_sub(guest.created_at));
+                    }
                     guest.remember(&buffer[..count]);
                     if attached == Some(guest.id) {
                         out.write_bytes(&buffer[..count]);

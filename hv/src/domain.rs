@@ -72,8 +72,10 @@ pub struct Domain {
     pub upcall_vector: u8,
     /// The upcall is raised and waits for the vCPU to take interrupts.
     pub upcall_due: bool,
-    /// The domain asked to give up the rest of its slice.
-    pub yield_requested: bool,
+    /// Its vCPU must leave the CPU at the next opportunity: it yielded,
+    /// blocked, shut down or crashed. Set by whatever changes its state, so
+    /// the run loop checks one flag per exit.
+    pub reschedule: bool,
     /// TSC ticks spent scheduled.
     pub cpu_time_tsc: u64,
     pub exit_total: u64,
@@ -105,7 +107,7 @@ impl Domain {
             event_page: 0,
             upcall_vector: 0,
             upcall_due: false,
-            yield_requested: false,
+            reschedule: false,
             cpu_time_tsc: 0,
             exit_total: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
@@ -147,6 +149,7 @@ impl Domain {
     pub fn crash(&mut self, why: core::fmt::Arguments) {
         crate::error!("d{} crashed: {}", self.id, why);
         self.ended = Some(Ended::Crashed);
+        self.reschedule = true;
     }
 
     /// Fills the ABI information structure.

@@ -38,6 +38,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         DomCtlOp::Pause => {
             guest_only()?;
             hv.domains[target].paused = true;
+            hv.domains[target].reschedule = true;
             Ok(0)
         }
         DomCtlOp::Unpause => {

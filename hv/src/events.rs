@@ -72,6 +72,7 @@ fn has_unmasked_pending(domain: &Domain) -> bool {
 pub fn block(domain: &mut Domain) {
     if !has_unmasked_pending(domain) {
         domain.blocked = true;
+        domain.reschedule = true;
     }
 }
 
@@ -182,7 +183,7 @@ pub fn sched_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [
     let domain = &mut hv.domains[caller];
     match SchedOp::from_number(operation).ok_or(Error::InvalidArgument)? {
         SchedOp::Yield => {
-            domain.yield_requested = true;
+            domain.reschedule = true;
             Ok(0)
         }
         SchedOp::Block => {
@@ -197,6 +198,7 @@ pub fn sched_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [
             }
             crate::info!("d{} shut down ({reason:?})", domain.id);
             domain.ended = Some(Ended::Shutdown(reason));
+            domain.reschedule = true;
             Ok(0)
         }
     }

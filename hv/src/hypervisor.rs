@@ -8,7 +8,7 @@ use abi::info::HvInfo;
 use arrayvec::ArrayVec;
 use hvcore::scheduler::Scheduler;
 
-use crate::arch::vmx::{Capabilities, Exit};
+use crate::arch::vmx::{Capabilities, Exit, Vcpu};
 use crate::arch::{cpu, lapic};
 use crate::domain::Domain;
 
@@ -22,6 +22,12 @@ const TIME_SLICE_TSC: u64 = 2 << 20;
 const PERIOD_TSC: u64 = 16 * TIME_SLICE_TSC;
 
 const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Hypercall exits are handled inline in `run_slice`; this arm is never taken.
+fn unreachable_hypercall() -> bool {
+    crate::error!("hypercall exit reached the generic handler (hv bug)");
+    true
+}
 
 /// Everything hv knows, owned by the run loop of the boot CPU.
 pub struct Hypervisor {
@@ -162,18 +168,37 @@ impl Hypervisor {
         if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
             vcpu.set_preemption_timer(timer);
         }
+        self.domains[index].reschedule = false;
         loop {
             let domain = &mut self.domains[index];
             if domain.upcall_due {
                 crate::events::deliver_upcall(domain);
             }
             let Some(vcpu) = domain.vcpu.as_mut() else { break };
-            let (exit, reason) = vcpu.run();
-            domain.count_exit(reason);
-            if !self.handle_exit(index, exit) || !self.domains[index].runnable() {
-                break;
-            }
-            if core::mem::take(&mut self.domains[index].yield_requested) {
+            let raw = vcpu.enter();
+            let carry_on = if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
+                // The hot path, kept inline: hypercalls are most exits.
+                let registers = &vcpu.registers;
+                let (number, arguments) =
+                    (registers.rax, [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8]);
+                // Move past VMCALL first, so a hypercall that blocks resumes after it.
+                vcpu.skip_exit_instruction();
+                domain.count_exit(Vcpu::VMCALL_EXIT);
+                let result = crate::hypercall::dispatch(self, index, number, arguments);
+                // dom0 cannot destroy itself, so the caller is still at `index`.
+                if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+                    vcpu.registers.rax = result as u64;
+                }
+                true
+            } else {
+                let (exit, reason) = match raw {
+                    Ok(raw) => (Vcpu::decode(raw), raw & 0xffff),
+                    Err(exit) => (exit, u32::MAX),
+                };
+                domain.count_exit(reason);
+                self.handle_exit(index, exit)
+            };
+            if !carry_on || self.domains[index].reschedule {
                 break;
             }
             // Without a saved preemption timer every entry restarts it, so a
@@ -193,21 +218,7 @@ impl Hypervisor {
         let domain = &mut self.domains[index];
         let Some(vcpu) = domain.vcpu.as_mut() else { return false };
         match exit {
-            Exit::Hypercall => {
-                let registers = &vcpu.registers;
-                let number = registers.rax;
-                let arguments = [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8];
-                // The vCPU moves past VMCALL first, so a hypercall that
-                // blocks resumes after it.
-                vcpu.skip_instruction();
-                let result = crate::hypercall::dispatch(self, index, number, arguments);
-                // The caller may have been destroyed (it cannot: dom0 cannot
-                // destroy itself) or have changed slot; look it up again.
-                if let Some(vcpu) = self.domains.get_mut(index).and_then(|d| d.vcpu.as_mut()) {
-                    vcpu.registers.rax = result as u64;
-                }
-                true
-            }
+            Exit::Hypercall => unreachable_hypercall(),
             Exit::Cpuid => {
                 let registers = &mut vcpu.registers;
                 let leaf = registers.rax as u32;
@@ -217,7 +228,7 @@ impl Hypervisor {
                 registers.rbx = ebx as u64;
                 registers.rcx = ecx as u64;
                 registers.rdx = edx as u64;
-                vcpu.skip_instruction();
+                vcpu.skip_exit_instruction();
                 true
             }
             Exit::PreemptionTimer => false,

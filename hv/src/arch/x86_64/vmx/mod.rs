@@ -681,10 +681,10 @@ impl Vcpu {
         vmcs::write(Field::PreemptionTimerValue, ticks as u64);
     }
 
-    /// Runs the guest until the next VM exit and decodes it. Returns the exit
-    /// and its basic reason number (for statistics).
-    #[inline]
-    pub fn run(&mut self) -> (Exit, u32) {
+    /// Enters the guest and returns the raw exit reason (SDM 25.9.1), so the
+    /// caller can take its hot path (VMCALL) before decoding anything else.
+    #[inline(always)]
+    pub fn enter(&mut self) -> Result<u32, Exit> {
         self.load();
         // SAFETY: this vCPU's VMCS is current and fully initialised (see
         // `new`); `registers` outlives the call; vmx_enter returns to us
@@ -692,12 +692,19 @@ impl Vcpu {
         let status = unsafe { enter::vmx_enter(&mut self.registers, self.launched as u64) };
         if status != 0 {
             let error = if status == 2 { vmcs::read(Field::InstructionError) as u32 } else { 0 };
-            return (Exit::LaunchFailed { error }, u32::MAX);
+            return Err(Exit::LaunchFailed { error });
         }
         self.launched = true;
-        let raw = vmcs::read(Field::ExitReason) as u32;
+        Ok(vmcs::read(Field::ExitReason) as u32)
+    }
+
+    /// The basic exit reason of VMCALL.
+    pub const VMCALL_EXIT: u32 = 18;
+
+    /// Decodes a raw exit reason of the current VMCS into an [`Exit`].
+    pub fn decode(raw: u32) -> Exit {
         let reason = raw & 0xffff;
-        let exit = match reason {
+        match reason {
             _ if raw & (1 << 31) != 0 => {
                 Exit::EntryFailure { reason, qualification: vmcs::read(Field::ExitQualification) }
             }
@@ -727,14 +734,20 @@ impl Vcpu {
             7 => Exit::InterruptWindow,
             28 => Exit::ControlRegister { qualification: vmcs::read(Field::ExitQualification) },
             _ => Exit::Other { reason, qualification: vmcs::read(Field::ExitQualification) },
-        };
-        (exit, reason)
+        }
     }
 
     /// Moves the guest past the instruction that caused the exit.
     #[inline]
     pub fn skip_instruction(&mut self) {
         self.load();
+        self.skip_exit_instruction();
+    }
+
+    /// As [`Vcpu::skip_instruction`], for the hot path right after
+    /// [`Vcpu::enter`] returned, when this VMCS is known to be current.
+    #[inline(always)]
+    pub fn skip_exit_instruction(&mut self) {
         let length = vmcs::read(Field::ExitInstructionLength);
         let rip = vmcs::read(Field::GuestRip);
         vmcs::write(Field::GuestRip, rip.wrapping_add(length));
