@@ -337,6 +337,14 @@ impl Shell {
         let _ = report::write_measurement(&mut self.console, "null hypercall", &null);
         let _ = report::write_measurement(&mut self.console, "cpuid exit", &cpuid_exit);
         let _ = writeln!(self.console, "bench: boot to prompt {} tsc", self.boot_to_prompt);
+        if let Ok(hv) = hypercall::hv_info() {
+            let _ = writeln!(
+                self.console,
+                "bench: hv entry to prompt {} tsc (firmware and GRUB took {})",
+                self.boot_to_prompt.saturating_sub(hv.boot_tsc),
+                hv.boot_tsc
+            );
+        }
         let _ = report::write_measurement(&mut self.console, "rdtsc pair (overhead)", &baseline);
 
         // Event delivery: a loopback channel in dom0 (send on one end makes

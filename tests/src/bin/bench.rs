@@ -37,6 +37,33 @@ fn run() -> Result<(), String> {
         println!("null/cpuid:      undefined (cpuid exit took 0 tsc)");
     }
 
+    // Guests: a guest's own null hypercall, event delivery, and the time from
+    // `create` to the guest's first console byte.
+    for config in ["hcbench", "counter"] {
+        machine.send_line(&format!("create {config}"))?;
+        machine.expect(PROMPT, seconds(60))?;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    machine.send_line("console hcbench")?;
+    let guest_null = machine.expect(mica_tests::line_starting("hcbench: null hypercall"), seconds(60))?;
+    machine.send(&[0x1d])?;
+    machine.expect(PROMPT, seconds(20))?;
+    machine.send_line("bench")?;
+    let output = machine.expect(PROMPT, seconds(120))?;
+    for (label, text, prefix) in [
+        ("guest null:     ", &guest_null, "hcbench: null hypercall"),
+        ("event delivery: ", &output, "bench: event send+deliver"),
+        ("create->output: ", &output, "bench: create to first output"),
+    ] {
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|line| line.starts_with(prefix)).collect();
+        if lines.is_empty() {
+            println!("{label} (missing)");
+        }
+        for line in lines {
+            println!("{label} {line}");
+        }
+    }
+
     machine.send_line("poweroff")?;
     machine.expect("hv: powering off", seconds(20))?;
     machine.wait_exit(seconds(30))?;
