@@ -289,15 +289,30 @@ impl Shell {
         use dom0core::selftest::{Argument, CASES, matches};
         let mapped_end = self.start_info.identity_mapped_bytes;
         let ramdisk = if self.start_info.ramdisk_size > 0 { self.start_info.ramdisk_base } else { mapped_end };
+        let free_before = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(0);
+        // A scratch domain for the domain-control checks: 16 pages allowed,
+        // 4 populated at guest-physical 0.
+        let scratch = match hypercall::create_domain(16).and_then(|id| {
+            hypercall::domctl(abi::domctl::DomCtlOp::PopulateMemory, id, 0, 4, 0).map(|_| id)
+        }) {
+            Ok(id) => id,
+            Err(error) => {
+                let _ = writeln!(self.console, "selftest: cannot create the scratch domain: {}", error.describe());
+                return;
+            }
+        };
         let mut buffer = [0u8; 4096];
         let buffer_address = buffer.as_mut_ptr() as u64;
         let mut passed = 0;
         for case in CASES {
+            buffer.fill(0);
+            core::hint::black_box(&mut buffer);
             let arguments = case.arguments.map(|argument| match argument {
                 Argument::Value(value) => value,
                 Argument::Buffer => buffer_address,
                 Argument::MappedEnd(offset) => mapped_end.wrapping_add(offset),
                 Argument::Ramdisk => ramdisk,
+                Argument::Scratch => scratch as u64,
             });
             // SAFETY: every pointer argument is either `buffer` (writable, 4 KiB)
             // or an address outside dom0's writable RAM that hv must refuse.
@@ -305,7 +320,11 @@ impl Shell {
             passed += self.report_case(case.name, matches(case.expected, result), result);
         }
         core::hint::black_box(&mut buffer);
-        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len());
+        let _ = hypercall::domctl(abi::domctl::DomCtlOp::Destroy, scratch, 0, 0, 0);
+        let free_after = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(u64::MAX);
+        let leak_free = free_before == free_after;
+        passed += self.report_case("no frame leaked", leak_free, free_after as i64 - free_before as i64);
+        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len() + 1);
     }
 
     fn report_case(&mut self, name: &str, ok: bool, result: i64) -> usize {

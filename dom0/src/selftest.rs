@@ -19,6 +19,9 @@ pub enum Argument {
     MappedEnd(u64),
     /// The read-only ramdisk mapping (or the mapped end when there is none).
     Ramdisk,
+    /// The id of a scratch domain `selftest` creates (16 pages allowed, 4
+    /// populated at guest-physical 0) and destroys afterwards.
+    Scratch,
 }
 
 /// The result a case expects.
@@ -39,7 +42,7 @@ pub struct Case {
     pub expected: Expected,
 }
 
-use Argument::{Buffer, MappedEnd, Ramdisk, Value};
+use Argument::{Buffer, MappedEnd, Ramdisk, Scratch, Value};
 
 const fn case(name: &'static str, number: u64, arguments: [Argument; 5], expected: Expected) -> Case {
     Case { name, number, arguments, expected }
@@ -51,9 +54,19 @@ const HV_INFO_SIZE: u64 = core::mem::size_of::<abi::info::HvInfo>() as u64;
 const DOMAIN_INFO: u64 = Hypercall::DomainInfo as u64;
 const DOMAIN_INFO_SIZE: u64 = core::mem::size_of::<abi::info::DomainInfo>() as u64;
 const CONSOLE: u64 = Hypercall::ConsoleWrite as u64;
+const DOMCTL: u64 = Hypercall::DomCtl as u64;
+const EVENT: u64 = Hypercall::Event as u64;
+const fn op(operation: abi::domctl::DomCtlOp) -> Argument {
+    Value(operation as u64)
+}
+const fn event(operation: abi::event::EventOp) -> Argument {
+    Value(operation as u64)
+}
+use abi::domctl::{COPY_MAX, DomCtlOp as D, FOREIGN_WINDOW_BASE};
+use abi::event::EventOp as E;
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 17] = [
+pub const CASES: [Case; 51] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
     case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
@@ -71,6 +84,42 @@ pub const CASES: [Case; 17] = [
     case("dmesg past mapped memory", Hypercall::DmesgRead as u64, [MappedEnd(0), Value(64), NONE, NONE, NONE], Expected::Error(Error::BadAddress)),
     case("platform op unknown", Hypercall::Platform as u64, [Value(99), NONE, NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
     case("null ignores arguments", Hypercall::Null as u64, [Value(u64::MAX); 5], Expected::Value(0)),
+    // Domain control, against a scratch domain.
+    case("domctl unknown operation", DOMCTL, [Value(99), Scratch, NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("domctl create with no memory", DOMCTL, [op(D::Create), Value(0), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("domctl create larger than the machine", DOMCTL, [op(D::Create), Value(1 << 40), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("domctl destroy dom0", DOMCTL, [op(D::Destroy), Value(0), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("domctl pause dom0", DOMCTL, [op(D::Pause), Value(0), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("domctl destroy no such domain", DOMCTL, [op(D::Destroy), Value(31000), NONE, NONE, NONE], Expected::Error(Error::NotFound)),
+    case("domctl domain id beyond 32 bits", DOMCTL, [op(D::Pause), Value(1 << 33), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("populate unaligned", DOMCTL, [op(D::PopulateMemory), Scratch, Value(0x10001), Value(1), NONE], Expected::Error(Error::InvalidArgument)),
+    case("populate past the limit", DOMCTL, [op(D::PopulateMemory), Scratch, Value(0x100000), Value(13), NONE], Expected::Error(Error::OutOfMemory)),
+    case("populate overflowing count", DOMCTL, [op(D::PopulateMemory), Scratch, Value(0x100000), Value(u64::MAX), NONE], Expected::Error(Error::InvalidArgument)),
+    case("populate over populated pages", DOMCTL, [op(D::PopulateMemory), Scratch, Value(0), Value(1), NONE], Expected::Error(Error::Busy)),
+    case("populate in the foreign window", DOMCTL, [op(D::PopulateMemory), Scratch, Value(FOREIGN_WINDOW_BASE), Value(1), NONE], Expected::Error(Error::InvalidArgument)),
+    case("copy to unpopulated memory", DOMCTL, [op(D::CopyToGuest), Scratch, Value(0x200000), Buffer, Value(16)], Expected::Error(Error::BadAddress)),
+    case("copy straddling populated end", DOMCTL, [op(D::CopyToGuest), Scratch, Value(0x3ff8), Buffer, Value(16)], Expected::Error(Error::BadAddress)),
+    case("copy too long", DOMCTL, [op(D::CopyToGuest), Scratch, Value(0), Buffer, Value(COPY_MAX + 1)], Expected::Error(Error::InvalidArgument)),
+    case("copy from beyond dom0", DOMCTL, [op(D::CopyToGuest), Scratch, Value(0), MappedEnd(0), Value(16)], Expected::Error(Error::BadAddress)),
+    case("copy into the guest", DOMCTL, [op(D::CopyToGuest), Scratch, Value(0x1000), Buffer, Value(64)], Expected::Value(64)),
+    case("vcpu context from a bad address", DOMCTL, [op(D::SetVcpuContext), Scratch, MappedEnd(0), NONE, NONE], Expected::Error(Error::BadAddress)),
+    case("vcpu context all zero", DOMCTL, [op(D::SetVcpuContext), Scratch, Buffer, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("unpause without a vcpu", DOMCTL, [op(D::Unpause), Scratch, NONE, NONE, NONE], Expected::Error(Error::Busy)),
+    case("map foreign outside the window", DOMCTL, [op(D::MapForeign), Scratch, Value(0), Value(0x100000), NONE], Expected::Error(Error::InvalidArgument)),
+    case("map foreign unpopulated page", DOMCTL, [op(D::MapForeign), Scratch, Value(0x100000), Value(FOREIGN_WINDOW_BASE + 0x3f000), NONE], Expected::Error(Error::BadAddress)),
+    case("unmap foreign not mapped", DOMCTL, [op(D::UnmapForeign), NONE, Value(FOREIGN_WINDOW_BASE + 0x3f000), NONE, NONE], Expected::Error(Error::NotFound)),
+    case("weight zero", DOMCTL, [op(D::SetScheduling), Scratch, Value(0), Value(0), NONE], Expected::Error(Error::InvalidArgument)),
+    case("cap over 100", DOMCTL, [op(D::SetScheduling), Scratch, Value(256), Value(101), NONE], Expected::Error(Error::InvalidArgument)),
+    case("max memory below current", DOMCTL, [op(D::SetMaxMemory), Scratch, Value(1), NONE, NONE], Expected::Error(Error::Busy)),
+    case("list domains into a bad buffer", DOMCTL, [op(D::ListDomains), Value(0), MappedEnd(0), Value(4), NONE], Expected::Error(Error::BadAddress)),
+    // Event channels.
+    case("event unknown operation", EVENT, [Value(99), NONE, NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("event bind unknown virq", EVENT, [event(E::BindVirq), Value(77), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("event send on a free port", EVENT, [event(E::Send), Value(250), NONE, NONE, NONE], Expected::Error(Error::NotFound)),
+    case("event send on port beyond the table", EVENT, [event(E::Send), Value(1 << 20), NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case("event bind to a port not offered", EVENT, [event(E::BindInterdomain), Scratch, Value(1), NONE, NONE], Expected::Error(Error::NotFound)),
+    case("event unbound for no such domain", EVENT, [event(E::AllocUnbound), Value(31000), NONE, NONE, NONE], Expected::Error(Error::NotFound)),
+    case("event page with a low vector", EVENT, [event(E::RegisterPage), Buffer, Value(5), NONE, NONE], Expected::Error(Error::InvalidArgument)),
 ];
 
 /// Whether a raw RAX value matches the expectation.
@@ -92,7 +141,15 @@ mod tests {
                 assert_ne!(a.name, b.name);
             }
         }
-        for error in [Error::NoSuchHypercall, Error::BadAddress, Error::InvalidArgument, Error::BufferTooSmall, Error::NotFound] {
+        for error in [
+            Error::NoSuchHypercall,
+            Error::BadAddress,
+            Error::InvalidArgument,
+            Error::BufferTooSmall,
+            Error::NotFound,
+            Error::Busy,
+            Error::OutOfMemory,
+        ] {
             assert!(CASES.iter().any(|c| c.expected == Expected::Error(error)), "{error:?} untested");
         }
     }
