@@ -24,12 +24,15 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod block;
 pub mod console;
 pub mod cpuid;
 pub mod domctl;
 pub mod event;
+pub mod grant;
 pub mod hypercall;
 pub mod info;
+pub mod ring;
 pub mod start_info;
 
 pub use hypercall::Hypercall;

@@ -33,6 +33,18 @@ const STACK_BOTTOM: u64 = 0x40000;
 const STACK_TOP: u64 = 0x80000;
 const KERNEL_BASE: u64 = 0x100000;
 const TWO_MIB: u64 = 2 << 20;
+/// I/O ports dom0's drivers own (all below 0x8000, so in I/O bitmap A).
+const DOM0_PORTS: [core::ops::Range<u16>; 6] = [
+    COM1_PORTS,
+    // PCI configuration mechanism #1 (address and data ports).
+    0xcf8..0xd00,
+    // ATA primary and secondary channels: command blocks and control ports.
+    0x1f0..0x1f8,
+    0x3f6..0x3f7,
+    0x170..0x178,
+    0x376..0x377,
+];
+
 /// Default dom0 memory when the command line has no `dom0_mem=`.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
 /// Smallest dom0 hv agrees to build.
@@ -214,11 +226,15 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
         return Err("dom0's entry point is not in an executable segment");
     }
 
-    // Device access: COM1's ports pass through; every other port and MSR exits.
+    // Device access: the ports of dom0's devices pass through; every other
+    // port (the PIT, PICs, CMOS, ACPI, the keyboard controller: hv's) and
+    // every MSR exits.
     let io_bitmap_a = filled_frame(0xff)?;
     let io_bitmap_b = filled_frame(0xff)?;
-    for port in COM1_PORTS {
-        clear_bit(io_bitmap_a, port as u64);
+    for range in DOM0_PORTS {
+        for port in range.clone() {
+            clear_bit(io_bitmap_a, port as u64);
+        }
     }
     let msr_bitmap = filled_frame(0xff)?;
     // FS and GS bases are switched by the VMCS: reads (byte 1024) and writes

@@ -1,0 +1,81 @@
+//! Grant tables, version 1 ([`crate::Hypercall::Grant`]): how a domain lets
+//! one other domain reach one of its pages.
+//!
+//! The granter keeps a table of [`GrantEntry`] in a page of its own RAM and
+//! registers it with [`GrantOp::SetupTable`]. To grant page `frame` to domain
+//! `d`, it fills an entry (`frame`, `domain = d`) and then (release) sets
+//! `flags = PERMIT_ACCESS` (plus `READONLY`). The entry's index is the grant
+//! reference it passes to `d` (on a ring).
+//!
+//! The grantee either maps the page ([`GrantOp::Map`], dom0 only in this
+//! version: into its foreign window) or asks hv to copy ([`GrantOp::Copy`]).
+//! While mapped, hv keeps the `MAPPED` bit set in the entry.
+//!
+//! Revoking: the granter clears `flags` with an atomic compare-exchange that
+//! expects `MAPPED` clear. If the grantee still maps the page the exchange
+//! fails and the grant stays: revocation is refused while mapped.
+
+use core::mem::{offset_of, size_of};
+
+/// Entries in a one-page grant table.
+pub const ENTRIES: usize = crate::PAGE_SIZE as usize / size_of::<GrantEntry>();
+
+/// `flags`: the grantee may access the page (set by the granter).
+pub const PERMIT_ACCESS: u16 = 1 << 0;
+/// `flags`: read-only access (set by the granter).
+pub const READONLY: u16 = 1 << 1;
+/// `flags`: the grantee has the page mapped (set and cleared by hv).
+pub const MAPPED: u16 = 1 << 2;
+
+/// One grant, written by the granter (except `MAPPED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantEntry {
+    /// `PERMIT_ACCESS`, `READONLY`, `MAPPED`.
+    pub flags: u16,
+    /// The domain allowed to use the grant (16 bits: ids are below 32768).
+    pub domain: u16,
+    /// The granter's guest frame number (guest-physical address / 4096).
+    pub frame: u32,
+}
+
+const _: () = assert!(size_of::<GrantEntry>() == 8);
+const _: () = assert!(offset_of!(GrantEntry, flags) == 0);
+const _: () = assert!(offset_of!(GrantEntry, domain) == 2);
+const _: () = assert!(offset_of!(GrantEntry, frame) == 4);
+const _: () = assert!(ENTRIES == 512);
+
+/// Grant operations (`a0` of the hypercall).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantOp {
+    /// Registers the caller's grant table: one page at guest-physical `a1`.
+    SetupTable = 0,
+    /// Maps grant `a2` of domain `a1` at the caller's guest-physical `a3`
+    /// (dom0: in its foreign window), read-only if the grant says so.
+    Map = 1,
+    /// Removes the caller's grant mapping at guest-physical `a1`.
+    Unmap = 2,
+    /// Copies between a granted page and the caller's memory: `a1` the
+    /// granter, `a2` the grant reference with the byte offset in the page in
+    /// bits 32..44, `a3` the caller's guest-physical address, `a4` the length
+    /// with the direction in bit 63 (1 = into the granted page). The range
+    /// must stay within the granted page.
+    Copy = 3,
+}
+
+impl GrantOp {
+    /// Decodes the operation argument.
+    pub const fn from_number(number: u64) -> Option<GrantOp> {
+        match number {
+            0 => Some(GrantOp::SetupTable),
+            1 => Some(GrantOp::Map),
+            2 => Some(GrantOp::Unmap),
+            3 => Some(GrantOp::Copy),
+            _ => None,
+        }
+    }
+}
+
+/// `Copy`'s direction bit in `a4`.
+pub const COPY_TO_GRANT: u64 = 1 << 63;
