@@ -47,10 +47,13 @@ pub enum Hypercall {
     /// vCPU services. `a0`: a [`VcpuOp`], `a1`: its argument. Any domain.
     /// Since ABI 0.2.
     Vcpu = 10,
+    /// Grant tables. `a0`: a [`crate::grant::GrantOp`], `a1`..`a4`: as the
+    /// operation says. Since ABI 0.3.
+    Grant = 11,
 }
 
 /// Number of hypercall numbers defined by this ABI version (they are dense).
-pub const HYPERCALL_COUNT: usize = 11;
+pub const HYPERCALL_COUNT: usize = 12;
 
 /// Longest write accepted by [`Hypercall::ConsoleWrite`] in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
@@ -70,6 +73,7 @@ impl Hypercall {
             8 => Hypercall::Sched,
             9 => Hypercall::Event,
             10 => Hypercall::Vcpu,
+            11 => Hypercall::Grant,
             _ => return None,
         })
     }

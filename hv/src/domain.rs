@@ -36,6 +36,8 @@ pub struct ForeignMapping {
     pub dom0_address: u64,
     /// Whose page it is.
     pub owner: DomainId,
+    /// The grant reference it was mapped through (None: a builder mapping).
+    pub grant: Option<u32>,
 }
 
 /// A domain.
@@ -68,6 +70,8 @@ pub struct Domain {
     pub events: hvcore::event::PortTable,
     /// Host-physical address of the registered event page, 0 = none.
     pub event_page: u64,
+    /// Host-physical address of the registered grant table page, 0 = none.
+    pub grant_table: u64,
     /// Vector injected as the event upcall, 0 = none.
     pub upcall_vector: u8,
     /// The upcall is raised and waits for the vCPU to take interrupts.
@@ -105,6 +109,7 @@ impl Domain {
             timer_deadline: 0,
             events: hvcore::event::PortTable::new(),
             event_page: 0,
+            grant_table: 0,
             upcall_vector: 0,
             upcall_due: false,
             reschedule: false,

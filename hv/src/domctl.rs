@@ -219,7 +219,7 @@ fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u6
     Ok(count as u64)
 }
 
-fn in_foreign_window(address: u64) -> bool {
+pub fn in_foreign_window(address: u64) -> bool {
     address % abi::PAGE_SIZE == 0 && (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&address)
 }
 
@@ -240,13 +240,17 @@ fn map_foreign(hv: &mut Hypervisor, caller: usize, target: usize, guest_address:
             hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
             _ => Error::InvalidArgument,
         })?;
-    dom0.foreign.push(ForeignMapping { dom0_address, owner });
+    dom0.foreign.push(ForeignMapping { dom0_address, owner, grant: None });
     Ok(0)
 }
 
 fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Result<u64, Error> {
     let dom0 = &mut hv.domains[caller];
-    let slot = dom0.foreign.iter().position(|m| m.dom0_address == dom0_address).ok_or(Error::NotFound)?;
+    let slot = dom0
+        .foreign
+        .iter()
+        .position(|m| m.dom0_address == dom0_address && m.grant.is_none())
+        .ok_or(Error::NotFound)?;
     dom0.foreign.swap_remove(slot);
     let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
     if let Some(vcpu) = dom0.vcpu.as_ref() {

@@ -25,6 +25,7 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     crate::events::sched_op,
     crate::events::event_op,
     crate::events::vcpu_op,
+    crate::grants::grant_op,
 ];
 
 /// Runs hypercall `number` for domain `caller`; the result goes in RAX.

@@ -12,6 +12,7 @@ mod dom0;
 mod domain;
 mod domctl;
 mod events;
+mod grants;
 mod hypercall;
 mod hypervisor;
 mod log;

@@ -2,6 +2,7 @@
 
 use abi::domctl::{DomCtlOp, VcpuContext};
 use abi::event::EventOp;
+use abi::grant::GrantOp;
 use abi::hypercall::{Hypercall, PlatformOp, SchedOp, ShutdownReason, VcpuOp};
 use abi::info::{DomainInfo, HvInfo};
 use abi::{DomainId, Error};
@@ -185,4 +186,35 @@ pub fn list_domains(start: DomainId, ids: &mut [u32]) -> Result<usize, Error> {
     let arguments = [DomCtlOp::ListDomains as u64, start as u64, address_of(ids), ids.len() as u64, 0];
     // SAFETY: `ids` is writable for its length.
     Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|count| count as usize)
+}
+
+/// Registers this domain's grant table page.
+pub fn grant_setup_table(page: u64) -> Result<(), Error> {
+    // SAFETY: the caller dedicates `page` (see `grant::GrantTable::new`).
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, [GrantOp::SetupTable as u64, page, 0, 0, 0]) }).map(|_| ())
+}
+
+/// Copies between grant `reference` of `granter` (at byte `offset` of the
+/// page) and `local` in this domain; `to_grant` writes into the granted page.
+pub fn grant_copy(granter: DomainId, reference: u32, offset: u16, local: &mut [u8], to_grant: bool) -> Result<(), Error> {
+    let selector = reference as u64 | (offset as u64 & 0xfff) << 32;
+    let length = local.len() as u64 | if to_grant { abi::grant::COPY_TO_GRANT } else { 0 };
+    let arguments = [GrantOp::Copy as u64, granter as u64, selector, address_of(local), length];
+    // SAFETY: `local` is writable (and readable) for its length.
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, arguments) }).map(|_| ())
+}
+
+/// Maps grant `reference` of `granter` at guest-physical `address` (dom0:
+/// in its foreign window).
+pub fn grant_map(granter: DomainId, reference: u32, address: u64) -> Result<(), Error> {
+    // SAFETY: hv only maps into this domain's address space; no memory of
+    // ours is written.
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, [GrantOp::Map as u64, granter as u64, reference as u64, address, 0]) })
+        .map(|_| ())
+}
+
+/// Removes a grant mapping at `address`.
+pub fn grant_unmap(address: u64) -> Result<(), Error> {
+    // SAFETY: no memory of ours is written.
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, [GrantOp::Unmap as u64, address, 0, 0, 0]) }).map(|_| ())
 }

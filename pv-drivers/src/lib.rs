@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod event_page;
+pub mod grant;
 #[cfg(target_os = "none")]
 pub mod guest;
 pub mod hypercall;
