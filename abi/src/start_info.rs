@@ -108,6 +108,15 @@ pub struct StartInfo {
     pub console_port: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
+    /// Guest-physical address of the block ring page (`abi::block`), 0 if
+    /// the domain has no disk (since ABI 0.3).
+    pub block_ring: u64,
+    /// dom0's event port of the disk, for the guest to bind (since ABI 0.3).
+    pub block_port: u32,
+    /// Reserved, zero.
+    pub _reserved2: u32,
+    /// Size of the disk in 512-byte sectors (since ABI 0.3).
+    pub block_sectors: u64,
 }
 
 /// Bits of [`StartInfo::flags`].
@@ -116,7 +125,10 @@ pub mod flags {
     pub const PRIVILEGED: u64 = 1 << 0;
 }
 
-const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE + 16);
+const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE + 40);
+const _: () = assert!(offset_of!(StartInfo, block_ring) == 80 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(offset_of!(StartInfo, block_port) == 88 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(offset_of!(StartInfo, block_sectors) == 96 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(offset_of!(StartInfo, console_page) == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(offset_of!(StartInfo, console_port) == 72 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(size_of::<StartInfo>() <= crate::PAGE_SIZE as usize);
@@ -151,6 +163,10 @@ impl StartInfo {
             console_page: 0,
             console_port: 0,
             _reserved1: 0,
+            block_ring: 0,
+            block_port: 0,
+            _reserved2: 0,
+            block_sectors: 0,
         }
     }
 
@@ -205,6 +221,9 @@ impl StartInfo {
         put(offset_of!(StartInfo, cmdline), &self.cmdline);
         put(offset_of!(StartInfo, console_page), &self.console_page.to_le_bytes());
         put(offset_of!(StartInfo, console_port), &self.console_port.to_le_bytes());
+        put(offset_of!(StartInfo, block_ring), &self.block_ring.to_le_bytes());
+        put(offset_of!(StartInfo, block_port), &self.block_port.to_le_bytes());
+        put(offset_of!(StartInfo, block_sectors), &self.block_sectors.to_le_bytes());
         bytes
     }
 

@@ -15,6 +15,7 @@
 //! | 0x2000              | GDT                                   |
 //! | 0x3000 - 0xefff     | initial page tables                   |
 //! | 0xf000              | console ring page                     |
+//! | 0x10000             | block ring page (when it has a disk)  |
 //! | 0x40000 - 0x7ffff   | initial stack                         |
 //! | 0x100000 -          | kernel, then free RAM                  |
 
@@ -29,6 +30,7 @@ pub const GDT: u64 = 0x2000;
 pub const TABLES_START: u64 = 0x3000;
 pub const TABLES_END: u64 = 0xf000;
 pub const CONSOLE_PAGE: u64 = 0xf000;
+pub const BLOCK_RING: u64 = 0x10000;
 pub const STACK_BOTTOM: u64 = 0x40000;
 pub const STACK_TOP: u64 = 0x80000;
 pub const KERNEL_BASE: u64 = 0x100000;
@@ -49,6 +51,9 @@ pub trait DomainControl {
     /// Sets up the console back end for `domain`, whose ring page is at
     /// `page`; returns dom0's port for the guest to bind.
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
+    /// Sets up the block back end for `domain`'s ring page at `page`;
+    /// returns dom0's port for the guest to bind.
+    fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
     fn destroy(&mut self, domain: DomainId);
 }
 
@@ -61,6 +66,8 @@ pub struct BuildRequest<'a> {
     pub tsc_khz: u64,
     pub weight: u32,
     pub cap: u32,
+    /// The guest's disk size in sectors, if it has a disk.
+    pub block_sectors: Option<u64>,
 }
 
 /// Why a build failed.
@@ -189,9 +196,14 @@ fn populate_and_load(
     start_info.console_page = CONSOLE_PAGE;
     start_info.console_port = console_port;
     start_info.set_cmdline(request.cmdline);
+    if let Some(sectors) = request.block_sectors {
+        start_info.block_port = control.connect_block(id, BLOCK_RING).map_err(step("connect disk"))?;
+        start_info.block_ring = BLOCK_RING;
+        start_info.block_sectors = sectors;
+    }
     for (start, end, kind) in [
-        (START_INFO, CONSOLE_PAGE + 4096, MemoryKind::Boot),
-        (CONSOLE_PAGE + 4096, STACK_BOTTOM, MemoryKind::Free),
+        (START_INFO, BLOCK_RING + 4096, MemoryKind::Boot),
+        (BLOCK_RING + 4096, STACK_BOTTOM, MemoryKind::Free),
         (STACK_BOTTOM, STACK_TOP, MemoryKind::Stack),
         (STACK_TOP, kernel_start, MemoryKind::Free),
         (kernel_start, kernel_end, MemoryKind::Kernel),
@@ -280,6 +292,11 @@ mod tests {
             self.fail("console")?;
             Ok(5)
         }
+        fn connect_block(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
+            assert_eq!(page, BLOCK_RING);
+            self.fail("block")?;
+            Ok(6)
+        }
         fn destroy(&mut self, domain: DomainId) {
             assert!(self.live.remove(&domain));
             self.destroyed.push(domain);
@@ -318,7 +335,15 @@ mod tests {
     }
 
     fn request(kernel: &[u8]) -> BuildRequest<'_> {
-        BuildRequest { kernel, memory_bytes: 16 << 20, cmdline: "mode=test", tsc_khz: 50_000, weight: 256, cap: 0 }
+        BuildRequest {
+            kernel,
+            memory_bytes: 16 << 20,
+            cmdline: "mode=test",
+            tsc_khz: 50_000,
+            weight: 256,
+            cap: 0,
+            block_sectors: Some(100),
+        }
     }
 
     /// Guest memory seen as page-table memory, for walking the built tables.
@@ -357,6 +382,10 @@ mod tests {
         // The start-info page.
         assert_eq!(mock.read_u64(id, START_INFO), abi::start_info::START_INFO_MAGIC);
         assert_eq!(mock.read_u64(id, START_INFO + 48), 50_000, "tsc_khz");
+        let block_ring = core::mem::offset_of!(StartInfo, block_ring) as u64;
+        assert_eq!(mock.read_u64(id, START_INFO + block_ring), BLOCK_RING);
+        let block_sectors = core::mem::offset_of!(StartInfo, block_sectors) as u64;
+        assert_eq!(mock.read_u64(id, START_INFO + block_sectors), 100);
     }
 
     #[test]
@@ -382,7 +411,7 @@ mod tests {
     #[test]
     fn a_failing_step_destroys_the_half_built_domain() {
         let kernel = kernel();
-        for step in ["populate", "copy", "console", "context"] {
+        for step in ["populate", "copy", "console", "block", "context"] {
             let mut mock = Mock { fail_at: Some(step), ..Mock::default() };
             let result = build(&mut mock, &request(&kernel));
             assert!(matches!(result, Err(BuildError::Hypervisor(_, Error::OutOfMemory))), "{step}: {result:?}");

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod disk_spec;
+pub mod block_backend;
 pub mod builder;
 pub mod line_editor;
 pub mod report;

@@ -120,6 +120,10 @@ impl DomainControl for Hypervisor<'_> {
         Ok(port)
     }
 
+    fn connect_block(&mut self, _domain: DomainId, _page: u64) -> Result<u32, Error> {
+        Err(Error::InvalidArgument)
+    }
+
     fn destroy(&mut self, domain: DomainId) {
         if let Some(console) = self.console.take() {
             release_console(self.window_slots, console);
@@ -256,6 +260,7 @@ impl Toolstack {
             tsc_khz: self.tsc_khz,
             weight: config.weight,
             cap: config.cap,
+            block_sectors: None,
         };
         let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None };
         let id = match builder::build(&mut control, &request) {
