@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod ata_protocol;
 pub mod config;
 pub mod disk_spec;
 pub mod block_backend;

@@ -1,0 +1,433 @@
+//! ATA disks on the two legacy IDE channels (ports 0x1F0/0x3F6 and
+//! 0x170/0x376, passed through to dom0 by hv): probing, and polled PIO
+//! reads, writes and cache flushes.
+//!
+//! Interrupts stay off (nIEN in the device control register) and no DMA
+//! command is ever issued, so the devices never touch memory: data moves
+//! only through the 16-bit data port. Every wait polls the status register
+//! against a deadline on the TSC, so a dead or hostile device costs dom0 at
+//! most a timeout, never a hang. What the bytes mean (IDENTIFY data,
+//! task-file values, status bits, request splitting) is decided in
+//! `dom0core::ata_protocol`, host-tested.
+//!
+//! Packet devices (ATAPI CD-ROMs, like Bochs's boot CD on ata0-master) are
+//! recognised by their signature and skipped.
+
+use core::arch::asm;
+
+use arrayvec::{ArrayString, ArrayVec};
+pub use dom0core::ata_protocol::AtaError;
+use dom0core::ata_protocol::{
+    Condition, DeviceKind, Direction, MAX_SECTORS_PER_COMMAND, SECTOR_SIZE, Status, TaskFile, control, device,
+    device_kind, flush_command, parse_identify, register, split, task_file,
+};
+use pv_drivers::hypercall;
+
+/// Longest wait for BSY to clear after a software reset (ATA allows a
+/// device 31 s to spin up; emulated and solid-state devices take
+/// microseconds, and dom0 should not stall for half a minute at boot).
+const RESET_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for one step of a command: the device to become ready, or
+/// one sector's data.
+const COMMAND_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for a cache flush, which may write a whole cache to media.
+const FLUSH_TIMEOUT_MS: u64 = 30_000;
+/// TSC ticks per millisecond assumed when hv cannot say: a 3 GHz guess,
+/// on the high side so that timeouts only get longer.
+const FALLBACK_TICKS_PER_MS: u64 = 3_000_000;
+
+/// One IDE channel's ports.
+#[derive(Clone, Copy, Debug)]
+struct Channel {
+    /// 0 for the primary channel, 1 for the secondary.
+    number: u8,
+    /// Command block: data port, then the registers of `ata_protocol::register`.
+    base: u16,
+    /// Control block: alternate status (read), device control (write).
+    control: u16,
+}
+
+/// The legacy (ISA-compatible) channels: fixed ports, no PCI BARs needed.
+const CHANNELS: [Channel; 2] =
+    [Channel { number: 0, base: 0x1f0, control: 0x3f6 }, Channel { number: 1, base: 0x170, control: 0x376 }];
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: only the IDE channels' ports in `CHANNELS` are used, which hv
+    // passes through to dom0; no command written there starts DMA, so a
+    // write affects only the disk controller.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`; reads have no memory effects.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Reads one sector's 256 words from a data port into `block`.
+fn read_block(port: u16, block: &mut [u8; SECTOR_SIZE]) {
+    // SAFETY: REP INSW stores RCX = 256 words, 512 bytes, from the data port
+    // at RDI upwards (the direction flag is clear on entry to inline asm):
+    // exactly `block`, which is borrowed mutably. The port is a channel's
+    // data port (see `outb`).
+    unsafe {
+        asm!(
+            "rep insw",
+            in("dx") port,
+            inout("rdi") block.as_mut_ptr() => _,
+            inout("rcx") SECTOR_SIZE / 2 => _,
+            options(nostack, preserves_flags)
+        )
+    }
+}
+
+/// Writes one sector's 256 words from `block` to a data port.
+fn write_block(port: u16, block: &[u8; SECTOR_SIZE]) {
+    // SAFETY: REP OUTSW loads RCX = 256 words, 512 bytes, from RSI upwards
+    // (the direction flag is clear on entry to inline asm): exactly `block`.
+    // It writes no memory. The port is a channel's data port (see `outb`).
+    unsafe {
+        asm!(
+            "rep outsw",
+            in("dx") port,
+            inout("rsi") block.as_ptr() => _,
+            inout("rcx") SECTOR_SIZE / 2 => _,
+            options(readonly, nostack, preserves_flags)
+        )
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Converts milliseconds into TSC deadlines.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    ticks_per_ms: u64,
+}
+
+impl Clock {
+    /// The TSC rate hv measured at boot (kHz is ticks per millisecond).
+    fn from_hv() -> Clock {
+        let khz = hypercall::hv_info().map(|info| info.tsc_khz).unwrap_or(0);
+        Clock { ticks_per_ms: if khz == 0 { FALLBACK_TICKS_PER_MS } else { khz } }
+    }
+
+    fn deadline(self, milliseconds: u64) -> Deadline {
+        Deadline(rdtsc().saturating_add(milliseconds.saturating_mul(self.ticks_per_ms)))
+    }
+}
+
+/// A TSC value after which a wait gives up.
+#[derive(Clone, Copy, Debug)]
+struct Deadline(u64);
+
+impl Deadline {
+    fn passed(self) -> bool {
+        rdtsc() > self.0
+    }
+}
+
+impl Channel {
+    fn write(&self, register: u16, value: u8) {
+        outb(self.base + register, value);
+    }
+
+    fn read(&self, register: u16) -> u8 {
+        inb(self.base + register)
+    }
+
+    /// The status register (reading it also acknowledges an interrupt,
+    /// which nIEN keeps from being raised anyway).
+    fn status(&self) -> Status {
+        Status(self.read(register::STATUS))
+    }
+
+    /// The 400 ns a device may take to put a valid status after a command
+    /// or device selection: four reads of the alternate status register,
+    /// which take at least 100 ns each on a real controller.
+    fn delay_400ns(&self) {
+        for _ in 0..4 {
+            inb(self.control);
+        }
+    }
+
+    /// Polls the status until `done` holds for it. All ones means nobody
+    /// drives the bus: no device, without waiting for the deadline.
+    fn wait(&self, deadline: Deadline, done: impl Fn(Status) -> bool) -> Result<Status, AtaError> {
+        loop {
+            let status = self.status();
+            if status.floating() {
+                return Err(AtaError::NoDevice);
+            }
+            if done(status) {
+                return Ok(status);
+            }
+            if deadline.passed() {
+                return Err(AtaError::Timeout);
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn wait_not_busy(&self, deadline: Deadline) -> Result<Status, AtaError> {
+        self.wait(deadline, |status| status.condition() != Condition::Busy)
+    }
+
+    /// The error register, for a failed command.
+    fn error(&self) -> AtaError {
+        AtaError::DeviceError(self.read(register::ERROR))
+    }
+
+    /// Software reset of both devices (SRST), leaving interrupts disabled;
+    /// afterwards the master is selected and each device's signature is in
+    /// its LBA mid/high registers.
+    fn reset(&self, clock: Clock) -> Result<(), AtaError> {
+        outb(self.control, control::SOFTWARE_RESET | control::INTERRUPTS_DISABLED);
+        // SRST must stay set at least 5 us: 13 delays of 400 ns.
+        for _ in 0..13 {
+            self.delay_400ns();
+        }
+        outb(self.control, control::INTERRUPTS_DISABLED);
+        // The host waits 2 ms before it may trust BSY (ATA8-APT, software reset protocol).
+        let settle = clock.deadline(2);
+        while !settle.passed() {
+            core::hint::spin_loop();
+        }
+        self.wait_not_busy(clock.deadline(RESET_TIMEOUT_MS)).map(|_| ())
+    }
+
+    /// Selects a device (with the device register value `select`) and
+    /// waits until it accepts a command. A channel left mid-transfer by an
+    /// earlier failure (DRQ still set), or stuck busy, is reset once.
+    fn select(&self, clock: Clock, select: u8) -> Result<(), AtaError> {
+        if self.try_select(clock, select)? {
+            return Ok(());
+        }
+        self.reset(clock)?;
+        if self.try_select(clock, select)? { Ok(()) } else { Err(AtaError::Timeout) }
+    }
+
+    /// `select`'s one attempt: `Ok(false)` when the channel is stuck.
+    fn try_select(&self, clock: Clock, select: u8) -> Result<bool, AtaError> {
+        let idle = |status: Status| status.0 & Status::DRQ == 0;
+        // The device register may only be written while BSY is clear.
+        match self.wait_not_busy(clock.deadline(COMMAND_TIMEOUT_MS)) {
+            Ok(status) if idle(status) => {}
+            Ok(_) | Err(AtaError::Timeout) => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        self.write(register::DEVICE, select);
+        self.delay_400ns();
+        match self.wait(clock.deadline(COMMAND_TIMEOUT_MS), Status::ready) {
+            Ok(status) => Ok(idle(status)),
+            Err(AtaError::Timeout) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// An ATA disk found by [`probe_all`].
+#[derive(Debug)]
+pub struct AtaDisk {
+    channel: Channel,
+    slave: bool,
+    sectors: u64,
+    lba48: bool,
+    model: ArrayString<40>,
+    clock: Clock,
+}
+
+/// Every ATA disk on the two legacy channels, master and slave; ATAPI
+/// devices and anything that does not answer IDENTIFY DEVICE sensibly are
+/// left out. Resets both channels.
+pub fn probe_all() -> ArrayVec<AtaDisk, 4> {
+    let clock = Clock::from_hv();
+    let mut disks = ArrayVec::new();
+    for channel in CHANNELS {
+        // Nobody drives an empty channel's bus: no reset, no waiting.
+        if channel.status().floating() {
+            continue;
+        }
+        if channel.reset(clock).is_err() {
+            continue;
+        }
+        for slave in [false, true] {
+            if let Ok(disk) = identify(channel, slave, clock) {
+                disks.push(disk);
+            }
+        }
+    }
+    disks
+}
+
+/// Looks at one position on a freshly reset channel: a disk answers
+/// IDENTIFY DEVICE with its 256 words; a packet device aborts it and shows
+/// its signature; an empty position reads status 0 (or all ones).
+fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<AtaDisk, AtaError> {
+    channel.write(register::DEVICE, device::select(slave));
+    channel.delay_400ns();
+    if channel.status().0 == 0 {
+        return Err(AtaError::NoDevice);
+    }
+    channel.wait_not_busy(clock.deadline(RESET_TIMEOUT_MS))?;
+    let signature = || device_kind(channel.read(register::LBA_MID), channel.read(register::LBA_HIGH));
+    if signature() != DeviceKind::Ata {
+        return Err(AtaError::NoDevice);
+    }
+    channel.write(register::COMMAND, dom0core::ata_protocol::command::IDENTIFY_DEVICE);
+    channel.delay_400ns();
+    if channel.status().0 == 0 {
+        return Err(AtaError::NoDevice);
+    }
+    let status = channel.wait_not_busy(clock.deadline(COMMAND_TIMEOUT_MS))?;
+    match status.condition() {
+        Condition::DataRequest => {}
+        // A packet device aborts with its signature set; either way, not a disk.
+        Condition::Failed => {
+            return Err(if signature() == DeviceKind::Ata { channel.error() } else { AtaError::NoDevice });
+        }
+        Condition::Busy | Condition::Idle => return Err(AtaError::NoDevice),
+    }
+    let mut block = [0u8; SECTOR_SIZE];
+    read_block(channel.base + register::DATA, &mut block);
+    channel.delay_400ns();
+    let mut words = [0u16; 256];
+    for (word, bytes) in words.iter_mut().zip(block.as_chunks::<2>().0) {
+        *word = u16::from_le_bytes(*bytes);
+    }
+    let identity = parse_identify(&words).map_err(|_| AtaError::NoDevice)?;
+    Ok(AtaDisk { channel, slave, sectors: identity.sectors, lba48: identity.lba48, model: identity.model, clock })
+}
+
+impl AtaDisk {
+    /// Size in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// The model string from IDENTIFY DEVICE.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Where the disk sits: "ata0-master", "ata0-slave", "ata1-master", "ata1-slave".
+    pub fn name(&self) -> &'static str {
+        match (self.channel.number, self.slave) {
+            (0, false) => "ata0-master",
+            (0, true) => "ata0-slave",
+            (_, false) => "ata1-master",
+            (_, true) => "ata1-slave",
+        }
+    }
+
+    /// Reads `buffer.len()` bytes, a multiple of 512, from sector `lba` on,
+    /// in commands of up to 256 sectors. The whole range must lie on the disk.
+    pub fn read(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), AtaError> {
+        for chunk in split(lba, buffer.len(), self.sectors)? {
+            self.read_sectors(chunk.lba, chunk.sectors, &mut buffer[chunk.bytes()])?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data`, a multiple of 512 bytes, from sector `lba` on. The
+    /// data may sit in the disk's cache until [`flush`](Self::flush).
+    pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), AtaError> {
+        for chunk in split(lba, data.len(), self.sectors)? {
+            self.write_sectors(chunk.lba, chunk.sectors, &data[chunk.bytes()])?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable: FLUSH CACHE (EXT).
+    pub fn flush(&mut self) -> Result<(), AtaError> {
+        let channel = self.channel;
+        channel.select(self.clock, device::select(self.slave))?;
+        channel.write(register::COMMAND, flush_command(self.lba48));
+        channel.delay_400ns();
+        let status = channel.wait_not_busy(self.clock.deadline(FLUSH_TIMEOUT_MS))?;
+        match status.condition() {
+            Condition::Failed => Err(channel.error()),
+            _ => Ok(()),
+        }
+    }
+
+    /// One READ SECTORS (EXT) command: `sectors` (1..=256) sectors at `lba`
+    /// into `buffer`, which must be exactly that long.
+    pub fn read_sectors(&mut self, lba: u64, sectors: u16, buffer: &mut [u8]) -> Result<(), AtaError> {
+        let task = self.task_file(Direction::Read, lba, sectors, buffer.len())?;
+        self.start(&task)?;
+        let channel = self.channel;
+        for block in buffer.as_chunks_mut::<SECTOR_SIZE>().0 {
+            self.wait_for_data()?;
+            read_block(channel.base + register::DATA, block);
+        }
+        self.finish()
+    }
+
+    /// One WRITE SECTORS (EXT) command: `sectors` (1..=256) sectors at
+    /// `lba` from `data`, which must be exactly that long.
+    pub fn write_sectors(&mut self, lba: u64, sectors: u16, data: &[u8]) -> Result<(), AtaError> {
+        let task = self.task_file(Direction::Write, lba, sectors, data.len())?;
+        self.start(&task)?;
+        let channel = self.channel;
+        for block in data.as_chunks::<SECTOR_SIZE>().0 {
+            self.wait_for_data()?;
+            write_block(channel.base + register::DATA, block);
+        }
+        self.finish()
+    }
+
+    /// Checks a one-command request and makes its task file.
+    fn task_file(&self, direction: Direction, lba: u64, sectors: u16, length: usize) -> Result<TaskFile, AtaError> {
+        if sectors == 0 || sectors > MAX_SECTORS_PER_COMMAND || length != usize::from(sectors) * SECTOR_SIZE {
+            return Err(AtaError::BadLength);
+        }
+        match lba.checked_add(u64::from(sectors)) {
+            Some(end) if end <= self.sectors => task_file(direction, lba, sectors, self.slave, self.lba48),
+            _ => Err(AtaError::OutOfRange),
+        }
+    }
+
+    /// Selects the device and writes the task file; the command starts.
+    fn start(&self, task: &TaskFile) -> Result<(), AtaError> {
+        let channel = self.channel;
+        channel.select(self.clock, task.device)?;
+        // LBA48: the "previous" bytes first; each register keeps the last two writes.
+        for registers in task.high_order.iter().chain(core::iter::once(&task.low_order)) {
+            channel.write(register::SECTOR_COUNT, registers.sector_count);
+            channel.write(register::LBA_LOW, registers.lba_low);
+            channel.write(register::LBA_MID, registers.lba_mid);
+            channel.write(register::LBA_HIGH, registers.lba_high);
+        }
+        channel.write(register::COMMAND, task.command);
+        Ok(())
+    }
+
+    /// Waits until the device asks for (or offers) the next sector.
+    fn wait_for_data(&self) -> Result<(), AtaError> {
+        let channel = self.channel;
+        channel.delay_400ns();
+        let status = channel.wait_not_busy(self.clock.deadline(COMMAND_TIMEOUT_MS))?;
+        match status.condition() {
+            Condition::DataRequest => Ok(()),
+            // Failed, or done early: the device will not move this sector.
+            _ => Err(channel.error()),
+        }
+    }
+
+    /// Waits for the command to end after the last sector and checks it went well.
+    fn finish(&self) -> Result<(), AtaError> {
+        let channel = self.channel;
+        channel.delay_400ns();
+        let status = channel.wait_not_busy(self.clock.deadline(COMMAND_TIMEOUT_MS))?;
+        match status.condition() {
+            Condition::Idle => Ok(()),
+            // ERR/DF, or DRQ still set: it wants to move more than was asked.
+            _ => Err(channel.error()),
+        }
+    }
+}

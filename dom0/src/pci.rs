@@ -1,0 +1,76 @@
+//! PCI bus enumeration through configuration mechanism #1 (ports 0xCF8 and
+//! 0xCFC, which hv passes through to dom0). Decoding lives in
+//! `dom0core::ata_protocol::pci`, host-tested; this file only moves dwords.
+
+use core::arch::asm;
+
+use arrayvec::ArrayVec;
+use dom0core::ata_protocol::pci::{
+    DEVICES_PER_BUS, FUNCTIONS_PER_DEVICE, HEADER_DWORDS, NO_VENDOR, config_address, decode, is_multi_function,
+};
+pub use dom0core::ata_protocol::pci::{PciDevice, class_name};
+
+/// CONFIG_ADDRESS: which dword of configuration space 0xCFC reaches.
+const CONFIG_ADDRESS: u16 = 0xcf8;
+/// CONFIG_DATA: the selected dword.
+const CONFIG_DATA: u16 = 0xcfc;
+
+fn outl(port: u16, value: u32) {
+    // SAFETY: only the configuration mechanism's ports are used, which hv
+    // passes through to dom0; selecting a dword has no other effect.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outl`; reading configuration space has no memory
+    // effects (the standard header has no read-to-clear registers).
+    unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Reads one dword of a function's configuration space. The address and
+/// data ports are a pair: dom0 is single-threaded, so nothing else selects
+/// another dword in between.
+fn read_config(bus: u8, device: u8, function: u8, offset: u8) -> u32 {
+    outl(CONFIG_ADDRESS, config_address(bus, device, function, offset));
+    inl(CONFIG_DATA)
+}
+
+/// Reads the standard header of a function, or `None` when nothing answers.
+fn probe(bus: u8, device: u8, function: u8) -> Option<PciDevice> {
+    // The vendor alone first: most slots are empty.
+    if read_config(bus, device, function, 0) as u16 == NO_VENDOR {
+        return None;
+    }
+    let mut header = [0u32; HEADER_DWORDS];
+    for (index, dword) in header.iter_mut().enumerate() {
+        *dword = read_config(bus, device, function, (index * 4) as u8);
+    }
+    decode(bus, device, function, &header)
+}
+
+/// Replaces `out`'s contents with every function on buses 0-255, in bus,
+/// device, function order: functions 1-7 are probed only when function 0's
+/// header type says the device has them. Devices past the 32nd are left out.
+pub fn enumerate(out: &mut ArrayVec<PciDevice, 32>) {
+    out.clear();
+    for bus in 0..=u8::MAX {
+        for device in 0..DEVICES_PER_BUS {
+            let Some(first) = probe(bus, device, 0) else { continue };
+            if out.try_push(first).is_err() {
+                return;
+            }
+            if !is_multi_function(read_config(bus, device, 0, 0x0c)) {
+                continue;
+            }
+            for function in 1..FUNCTIONS_PER_DEVICE {
+                if let Some(found) = probe(bus, device, function)
+                    && out.try_push(found).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
