@@ -25,7 +25,10 @@ pub use console::Console;
 pub use iso::{Iso, workspace_root};
 pub use machine::{Bochs, BochsOptions, Machine, Qemu, fail, seconds};
 pub use pattern::{Pattern, line_starting, line_where, scan};
-pub use report::{BenchReport, InfoReport, PerCall};
+pub use report::{
+    BenchReport, DomainList, DomainRow, InfoReport, MemoryReport, MemoryRow, PerCall,
+    SchedulingRow, SelfTestReport,
+};
 
 /// The prompt of the dom0 shell (no newline follows it).
 pub const PROMPT: &str = "dom0> ";

@@ -185,7 +185,9 @@ impl Machine {
 
     /// A failure message: what went wrong, the emulator's state, the console
     /// text since the last match and overall, and the tails of the logs.
-    fn report(&mut self, what: &str) -> String {
+    /// Tests call it for checks of their own on text `expect` returned:
+    /// `panic!("\n{}\n", machine.report("..."))`. Stops Bochs (see `expect`).
+    pub fn report(&mut self, what: &str) -> String {
         // When the serial line closed, the process is usually just exiting.
         if self.console.shared().lock().closed.is_some() {
             let deadline = Instant::now() + Duration::from_secs(2);

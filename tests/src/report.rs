@@ -1,5 +1,5 @@
-//! Parsers for what the dom0 shell prints (`info`, `bench`), with errors that
-//! quote the text they could not read.
+//! Parsers for what the dom0 shell prints (`info`, `bench`, `list`, `mem`,
+//! `sched`, `selftest`), with errors that quote the text they could not read.
 
 use crate::pattern::scan;
 
@@ -142,6 +142,270 @@ impl BenchReport {
     }
 }
 
+/// One row of the `list` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRow {
+    pub name: String,
+    pub id: u64,
+    /// The `Mem` column, in MiB.
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    /// The six-letter `State` column: `r-----`, `-b----`, `--p---`, ...
+    pub state: String,
+    /// The `Time(s)` column (CPU seconds, one decimal) in tenths of a second.
+    pub cpu_tenths: u64,
+}
+
+/// The output of the `list` command: `Name ID Mem VCPUs State Time(s)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainList {
+    pub rows: Vec<DomainRow>,
+}
+
+impl DomainList {
+    /// Parses the text of one `list` command: the header line, then one row
+    /// per line until an empty line, the prompt or the end. Any other line
+    /// inside the table is an error: the table must not be garbled.
+    pub fn parse(text: &str) -> Result<DomainList, String> {
+        let rows = table_rows(
+            text,
+            "list",
+            &["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"],
+        )?;
+        let rows = rows
+            .into_iter()
+            .map(|(line, name, fields)| {
+                let bad = || {
+                    format!(
+                        "`list` row {line:?} is not like \"<name> <id> <MiB> <vcpus> <state> <seconds>.<tenth>\"; \
+                         its output was:\n{text}"
+                    )
+                };
+                let number = |field: &str| field.parse::<u64>().map_err(|_| bad());
+                let state = fields[3];
+                if state.len() != 6 || !state.chars().all(|c| c == '-' || c.is_ascii_lowercase()) {
+                    return Err(bad());
+                }
+                let (whole, tenth) = fields[4].split_once('.').ok_or_else(bad)?;
+                if tenth.len() != 1 {
+                    return Err(bad());
+                }
+                Ok(DomainRow {
+                    name,
+                    id: number(fields[0])?,
+                    memory_mib: number(fields[1])?,
+                    vcpus: number(fields[2])?,
+                    state: state.to_owned(),
+                    cpu_tenths: number(whole)? * 10 + number(tenth)?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(DomainList { rows })
+    }
+
+    /// The row of the domain called `name`.
+    pub fn get(&self, name: &str) -> Option<&DomainRow> {
+        self.rows.iter().find(|row| row.name == name)
+    }
+
+    /// The names in the order listed.
+    pub fn names(&self) -> Vec<&str> {
+        self.rows.iter().map(|row| row.name.as_str()).collect()
+    }
+}
+
+/// One row of the `mem` command's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRow {
+    pub name: String,
+    pub id: u64,
+    pub current_kib: u64,
+    pub max_kib: u64,
+}
+
+/// The output of the `mem` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub total_kib: u64,
+    pub free_kib: u64,
+    pub hv_kib: u64,
+    pub domains: Vec<MemoryRow>,
+}
+
+impl MemoryReport {
+    /// Parses the text of one `mem` command: `hv memory: total <N> KiB, free
+    /// <N> KiB, hv <N> KiB`, then the table `Name ID Current(KiB) Max(KiB)`.
+    pub fn parse(text: &str) -> Result<MemoryReport, String> {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("hv memory:"))
+            .ok_or_else(|| {
+                format!(
+                    "`mem` printed no line starting with \"hv memory:\"; its output was:\n{text}"
+                )
+            })?;
+        let totals = scan("hv memory: total {} KiB, free {} KiB, hv {} KiB", line.trim_end()).ok_or_else(|| {
+            format!("`mem` line {line:?} is not like \"hv memory: total <N> KiB, free <N> KiB, hv <N> KiB\"")
+        })?;
+        let rows = table_rows(text, "mem", &["Name", "ID", "Current(KiB)", "Max(KiB)"])?;
+        let domains = rows
+            .into_iter()
+            .map(|(line, name, fields)| {
+                let number = |field: &str| {
+                    field.parse::<u64>().map_err(|_| {
+                        format!("`mem` row {line:?} is not like \"<name> <id> <KiB> <KiB>\"; its output was:\n{text}")
+                    })
+                };
+                Ok(MemoryRow {
+                    name,
+                    id: number(fields[0])?,
+                    current_kib: number(fields[1])?,
+                    max_kib: number(fields[2])?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(MemoryReport {
+            total_kib: totals[0],
+            free_kib: totals[1],
+            hv_kib: totals[2],
+            domains,
+        })
+    }
+}
+
+/// The row printed by the `sched` command: `Name ID Weight Cap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulingRow {
+    pub name: String,
+    pub id: u64,
+    pub weight: u64,
+    pub cap: u64,
+}
+
+impl SchedulingRow {
+    /// Parses the text of one `sched` command, which shows exactly one row.
+    pub fn parse(text: &str) -> Result<SchedulingRow, String> {
+        let rows = table_rows(text, "sched", &["Name", "ID", "Weight", "Cap"])?;
+        let [(line, name, fields)] = <[_; 1]>::try_from(rows).map_err(|rows: Vec<_>| {
+            format!(
+                "`sched` should show one row, it showed {}; its output was:\n{text}",
+                rows.len()
+            )
+        })?;
+        let number = |field: &str| {
+            field.parse::<u64>().map_err(|_| {
+                format!("`sched` row {line:?} is not like \"<name> <id> <weight> <cap>\"; its output was:\n{text}")
+            })
+        };
+        Ok(SchedulingRow {
+            name,
+            id: number(fields[0])?,
+            weight: number(fields[1])?,
+            cap: number(fields[2])?,
+        })
+    }
+}
+
+/// The output of the `selftest` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfTestReport {
+    /// Each `selftest: <name>: ok|FAILED (rax <N>)` line: name, passed, rax.
+    pub checks: Vec<(String, bool, i64)>,
+    /// From the final `selftest: <passed> of <total> hypercall checks passed`.
+    pub passed: u64,
+    pub total: u64,
+}
+
+impl SelfTestReport {
+    pub fn parse(text: &str) -> Result<SelfTestReport, String> {
+        let mut checks = Vec::new();
+        let mut summary = None;
+        for line in text.lines().map(str::trim_end) {
+            let Some(rest) = line.strip_prefix("selftest: ") else {
+                continue;
+            };
+            if let Some(numbers) = scan("{} of {} hypercall checks passed", rest) {
+                summary = Some((numbers[0], numbers[1]));
+                continue;
+            }
+            let parsed = rest.rsplit_once(": ").and_then(|(name, verdict)| {
+                let (verdict, rax) = verdict.split_once(" (rax ")?;
+                let rax = rax.strip_suffix(')')?.parse::<i64>().ok()?;
+                let passed = match verdict {
+                    "ok" => true,
+                    "FAILED" => false,
+                    _ => return None,
+                };
+                Some((name.to_owned(), passed, rax))
+            });
+            checks.push(parsed.ok_or_else(|| {
+                format!(
+                    "`selftest` line {line:?} is not like \"selftest: <name>: ok|FAILED (rax <N>)\"; \
+                     its output was:\n{text}"
+                )
+            })?);
+        }
+        let (passed, total) = summary.ok_or_else(|| {
+            format!(
+                "`selftest` printed no line like \"selftest: <N> of <N> hypercall checks passed\"; \
+                 its output was:\n{text}"
+            )
+        })?;
+        Ok(SelfTestReport {
+            checks,
+            passed,
+            total,
+        })
+    }
+
+    /// The lines of the checks that failed.
+    pub fn failures(&self) -> Vec<&(String, bool, i64)> {
+        self.checks
+            .iter()
+            .filter(|(_, passed, _)| !passed)
+            .collect()
+    }
+}
+
+/// A row of a table: the whole line, the name (first column), the other fields.
+type TableRow<'a> = (&'a str, String, Vec<&'a str>);
+
+/// The rows under the header whose whitespace-separated words are `header`:
+/// every line up to an empty line, the prompt or the end must have the
+/// header's number of columns (the first, a name, has no spaces).
+fn table_rows<'a>(
+    text: &'a str,
+    command: &str,
+    header: &[&str],
+) -> Result<Vec<TableRow<'a>>, String> {
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|line| line.split_whitespace().eq(header.iter().copied()))
+        .ok_or_else(|| {
+            format!(
+                "`{command}` printed no header line {:?}; its output was:\n{text}",
+                header.join(" ")
+            )
+        })?;
+    let mut rows = Vec::new();
+    for line in lines {
+        if line.trim().is_empty() || line.starts_with(crate::PROMPT.trim_end()) {
+            break;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != header.len() {
+            return Err(format!(
+                "`{command}` row {line:?} does not have the {} columns {:?}; its output was:\n{text}",
+                header.len(),
+                header.join(" ")
+            ));
+        }
+        rows.push((line, fields[0].to_owned(), fields[1..].to_vec()));
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +464,127 @@ mod tests {
         assert_eq!(bench.cpuid_exit.min_tsc, 290);
         assert_eq!(bench.boot_to_prompt_tsc, 123456789);
         assert!(BenchReport::parse("bench: cpuid exit 3 tsc/call").is_err());
+    }
+
+    const LIST: &str = "list\n\
+        Name                                ID   Mem VCPUs    State   Time(s)\n\
+        Domain-0                             0    64     1   r-----       1.4\n\
+        counter                              1     4     1   -b----       0.0\n\
+        spinner                              3     4     1   r-----      12.7\n\
+        dom0> ";
+
+    #[test]
+    fn list_parses() {
+        let list = DomainList::parse(LIST).unwrap();
+        assert_eq!(list.names(), ["Domain-0", "counter", "spinner"]);
+        assert_eq!(
+            list.get("spinner"),
+            Some(&DomainRow {
+                name: "spinner".into(),
+                id: 3,
+                memory_mib: 4,
+                vcpus: 1,
+                state: "r-----".into(),
+                cpu_tenths: 127,
+            })
+        );
+        assert_eq!(list.get("Domain-0").unwrap().cpu_tenths, 14);
+        assert_eq!(list.get("counter").unwrap().state, "-b----");
+        assert!(list.get("echo").is_none());
+    }
+
+    #[test]
+    fn list_without_guests_and_at_end_of_text() {
+        let text = "Name ID Mem VCPUs State Time(s)\nDomain-0 0 64 1 r----- 0.0";
+        assert_eq!(DomainList::parse(text).unwrap().names(), ["Domain-0"]);
+    }
+
+    #[test]
+    fn list_errors_quote_the_bad_row() {
+        let garbled = LIST.replace("-b----       0.0", "-b----  hv: error");
+        let error = DomainList::parse(&garbled).unwrap_err();
+        assert!(error.contains("counter"), "{error}");
+        let error = DomainList::parse(&LIST.replace("12.7", "12")).unwrap_err();
+        assert!(error.contains("\"spinner "), "{error}");
+        let error =
+            DomainList::parse(&LIST.replace("r-----      12.7", "running      12.7")).unwrap_err();
+        assert!(error.contains("running"), "{error}");
+        let error = DomainList::parse("dom0: list: busy\n").unwrap_err();
+        assert!(error.contains("no header line"), "{error}");
+    }
+
+    const MEM: &str = "mem\n\
+        hv memory: total 255612 KiB, free 177664 KiB, hv 1040 KiB\n\
+        Name                                ID Current(KiB)     Max(KiB)\n\
+        Domain-0                             0        65536        65536\n\
+        counter                              1         4096         4096\n\
+        dom0> ";
+
+    #[test]
+    fn mem_parses() {
+        let mem = MemoryReport::parse(MEM).unwrap();
+        assert_eq!(
+            (mem.total_kib, mem.free_kib, mem.hv_kib),
+            (255612, 177664, 1040)
+        );
+        assert_eq!(
+            mem.domains[1],
+            MemoryRow {
+                name: "counter".into(),
+                id: 1,
+                current_kib: 4096,
+                max_kib: 4096
+            }
+        );
+        assert_eq!(mem.domains.len(), 2);
+    }
+
+    #[test]
+    fn mem_errors_quote_the_bad_line() {
+        let error = MemoryReport::parse(&MEM.replace("free 177664", "free lots")).unwrap_err();
+        assert!(error.contains("free lots"), "{error}");
+        let error = MemoryReport::parse(&MEM.replace("4096         4096", "4096")).unwrap_err();
+        assert!(error.contains("counter"), "{error}");
+    }
+
+    #[test]
+    fn sched_parses_one_row() {
+        let text = "sched spinner weight=768\n\
+            Name                    ID Weight  Cap\n\
+            spinner                  1    768    0\n\
+            dom0> ";
+        assert_eq!(
+            SchedulingRow::parse(text).unwrap(),
+            SchedulingRow {
+                name: "spinner".into(),
+                id: 1,
+                weight: 768,
+                cap: 0
+            }
+        );
+        let error = SchedulingRow::parse("sched x\ndom0: no domain 'x'\n").unwrap_err();
+        assert!(error.contains("no domain 'x'"), "{error}");
+    }
+
+    #[test]
+    fn selftest_parses_passes_and_failures() {
+        let text = "selftest\n\
+            selftest: version: ok (rax 2)\n\
+            selftest: unknown number: ok (rax -4)\n\
+            selftest: hv info at 4 GiB: FAILED (rax 80)\n\
+            selftest: 2 of 3 hypercall checks passed\n\
+            dom0> ";
+        let report = SelfTestReport::parse(text).unwrap();
+        assert_eq!((report.passed, report.total), (2, 3));
+        assert_eq!(report.checks.len(), 3);
+        assert_eq!(report.checks[1], ("unknown number".into(), true, -4));
+        assert_eq!(
+            report.failures(),
+            [&("hv info at 4 GiB".to_owned(), false, 80)]
+        );
+        let error = SelfTestReport::parse("selftest: version: maybe (rax 2)\n").unwrap_err();
+        assert!(error.contains("maybe"), "{error}");
+        let error = SelfTestReport::parse("selftest: version: ok (rax 2)\n").unwrap_err();
+        assert!(error.contains("checks passed"), "{error}");
     }
 }
