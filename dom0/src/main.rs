@@ -3,6 +3,9 @@
 #![no_std]
 #![no_main]
 
+mod ata;
+mod blkback;
+mod pci;
 mod toolstack;
 mod uart;
 
@@ -84,6 +87,24 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     };
     let mut toolstack = TOOLSTACK.lock();
     toolstack.init(ramdisk, start_info.tsc_khz);
+    let mut devices = arrayvec::ArrayVec::<pci::PciDevice, 32>::new();
+    pci::enumerate(&mut devices);
+    for device in &devices {
+        let _ = writeln!(
+            console,
+            "dom0: pci {:02x}:{:02x}.{} {:04x}:{:04x} {}",
+            device.bus,
+            device.device,
+            device.function,
+            device.vendor,
+            device.device_id,
+            pci::class_name(device.class, device.subclass)
+        );
+    }
+    toolstack.disks = ata::probe_all();
+    for disk in &toolstack.disks {
+        let _ = writeln!(console, "dom0: disk {}: {} sectors, {}", disk.name(), disk.sectors(), disk.model());
+    }
     let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info, toolstack };
     shell.run()
 }
@@ -133,6 +154,7 @@ impl Shell {
                 self.receive(byte);
             }
             busy |= self.toolstack.service_consoles(&mut self.console);
+            busy |= self.toolstack.service_disks(&mut self.console);
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;
@@ -233,6 +255,7 @@ impl Shell {
             Command::List => toolstack.list(out),
             Command::Mem => toolstack.mem(out),
             Command::Ls => toolstack.ls(out),
+            Command::Devices => toolstack.devices(out),
             Command::Create(config) => {
                 toolstack.create(config, out);
             }

@@ -32,6 +32,8 @@ pub enum Command<'a> {
     Mem,
     /// `ls`: the files in the boot ramdisk.
     Ls,
+    /// `devices`: physical disks and each guest's devices.
+    Devices,
     /// `poweroff`: turn the machine off.
     PowerOff,
     /// `reboot`: reset the machine.
@@ -39,7 +41,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 16] = [
+pub const COMMANDS: [(&str, &str, &str); 17] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -50,6 +52,7 @@ pub const COMMANDS: [(&str, &str, &str); 16] = [
     ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
+    ("devices", "", "physical disks, and each guest's console and disk with their state"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
     ("bench", "", "measure the null hypercall and a CPUID exit in TSC ticks"),
@@ -104,6 +107,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
         "list" => Command::List,
         "mem" => Command::Mem,
         "ls" => Command::Ls,
+        "devices" => Command::Devices,
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,
         "create" => Command::Create(words.next().ok_or(missing)?),

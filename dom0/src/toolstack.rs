@@ -14,7 +14,10 @@ use dom0core::tar::{Archive, EntryKind};
 use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
+use crate::ata::AtaDisk;
 use crate::uart::Uart;
+use dom0core::block_backend::Region;
+use pv_drivers::ring::BlockBack;
 
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter.
@@ -48,6 +51,23 @@ pub struct Guest {
     created_at: u64,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
+    /// Its disk's back end, if it has a disk.
+    pub block: Option<BlockBackend>,
+}
+
+/// A guest disk's back end: the ring dom0 maps, the event port, and the
+/// region of a physical disk it serves.
+pub struct BlockBackend {
+    pub ring: BlockBack,
+    pub port: u32,
+    slot: usize,
+    /// Index of the physical disk in `Toolstack::disks`.
+    pub disk: usize,
+    pub region: Region,
+    /// Requests served so far.
+    pub requests: u64,
+    /// Set when the front end broke the protocol; the ring is no longer read.
+    pub broken: Option<&'static str>,
 }
 
 impl Guest {
@@ -63,8 +83,10 @@ impl Guest {
     }
 }
 
-/// The guests, the ramdisk and the foreign-window slots.
+/// The guests, the ramdisk, the physical disks and the foreign-window slots.
 pub struct Toolstack {
+    /// ATA disks found at start-up.
+    pub disks: ArrayVec<AtaDisk, 4>,
     pub guests: ArrayVec<Guest, MAX_GUESTS>,
     pub ramdisk: Archive<'static>,
     pub tsc_khz: u64,
@@ -77,6 +99,27 @@ pub struct Toolstack {
 struct Hypervisor<'a> {
     window_slots: &'a mut [bool; 64],
     console: Option<Console>,
+    /// The block ring being connected: (ring, dom0's port, window slot).
+    block: Option<(BlockBack, u32, usize)>,
+}
+
+impl Hypervisor<'_> {
+    /// Maps `page` of `domain` into a free foreign-window slot and allocates
+    /// dom0's end of an event channel to it. Returns (address, slot, port).
+    fn map_and_bind(&mut self, domain: DomainId, page: u64) -> Result<(u64, usize, u32), Error> {
+        let slot = self.window_slots.iter().position(|used| !used).ok_or(Error::Busy)?;
+        let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+        hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0)?;
+        let port = match hypercall::event(EventOp::AllocUnbound, domain as u64, 0) {
+            Ok(port) => port as u32,
+            Err(error) => {
+                let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
+                return Err(error);
+            }
+        };
+        self.window_slots[slot] = true;
+        Ok((address, slot, port))
+    }
 }
 
 impl DomainControl for Hypervisor<'_> {
@@ -101,17 +144,7 @@ impl DomainControl for Hypervisor<'_> {
     }
 
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
-        let slot = self.window_slots.iter().position(|used| !used).ok_or(Error::Busy)?;
-        let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-        hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0)?;
-        let port = match hypercall::event(EventOp::AllocUnbound, domain as u64, 0) {
-            Ok(port) => port as u32,
-            Err(error) => {
-                let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
-                return Err(error);
-            }
-        };
-        self.window_slots[slot] = true;
+        let (address, slot, port) = self.map_and_bind(domain, page)?;
         // SAFETY: hv just mapped the guest's console page read-write at this
         // identity-mapped address of the foreign window; it stays mapped
         // until dom0 destroys the guest (which drops this Console first).
@@ -120,25 +153,39 @@ impl DomainControl for Hypervisor<'_> {
         Ok(port)
     }
 
-    fn connect_block(&mut self, _domain: DomainId, _page: u64) -> Result<u32, Error> {
-        Err(Error::InvalidArgument)
+    fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
+        let (address, slot, port) = self.map_and_bind(domain, page)?;
+        // SAFETY: hv just mapped the guest's ring page read-write at this
+        // identity-mapped address of the foreign window; it stays mapped
+        // until dom0 destroys the guest (which drops the back end first).
+        let ring = unsafe { BlockBack::attach(address as *mut u8) };
+        self.block = Some((ring, port, slot));
+        Ok(port)
     }
 
     fn destroy(&mut self, domain: DomainId) {
         if let Some(console) = self.console.take() {
             release_console(self.window_slots, console);
         }
+        if let Some((_, port, slot)) = self.block.take() {
+            release_slot(self.window_slots, port, slot);
+        }
         let _ = hypercall::domctl(DomCtlOp::Destroy, domain, 0, 0, 0);
     }
 }
 
-/// Closes dom0's end of a console and frees its window slot. hv removes
-/// the mapping itself when the guest is destroyed; unmapping first is harmless.
-fn release_console(window_slots: &mut [bool; 64], console: Console) {
-    let address = FOREIGN_WINDOW_BASE + console.slot as u64 * abi::PAGE_SIZE;
+/// Closes dom0's end of a back end's channel and frees its window slot. hv
+/// removes the mapping itself when the guest is destroyed; unmapping first
+/// is harmless.
+fn release_slot(window_slots: &mut [bool; 64], port: u32, slot: usize) {
+    let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
     let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
-    let _ = hypercall::event(EventOp::Close, console.port as u64, 0);
-    window_slots[console.slot] = false;
+    let _ = hypercall::event(EventOp::Close, port as u64, 0);
+    window_slots[slot] = false;
+}
+
+fn release_console(window_slots: &mut [bool; 64], console: Console) {
+    release_slot(window_slots, console.port, console.slot);
 }
 
 /// A one-letter-per-flag state column like `xl list`'s.
@@ -155,6 +202,7 @@ fn state_flags(state: DomainState) -> &'static str {
 /// The toolstack's state: far too large for dom0's stack (every guest's
 /// console history), so it lives here.
 pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
+    disks: ArrayVec::new_const(),
     guests: ArrayVec::new_const(),
     ramdisk: Archive::new(&[]),
     tsc_khz: 0,
@@ -253,6 +301,45 @@ impl Toolstack {
                 return None;
             }
         };
+        // The disk: at most one per guest for now, a region of a disk dom0 found.
+        let mut disk = None;
+        if config.disks.len() > 1 {
+            let _ = writeln!(out, "dom0: create: {}: only one disk per guest is supported", config.name);
+            return None;
+        }
+        if let Some(entry) = config.disks.first() {
+            let spec = match dom0core::disk_spec::parse(entry) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: create: {}: disk \"{entry}\": {error}", config.name);
+                    return None;
+                }
+            };
+            let Some(index) = self.disks.iter().position(|d| d.name() == spec.device) else {
+                let _ = writeln!(out, "dom0: create: {}: no disk '{}' (see 'devices')", config.name, spec.device);
+                return None;
+            };
+            if spec.start + spec.sectors > self.disks[index].sectors() {
+                let _ = writeln!(
+                    out,
+                    "dom0: create: {}: disk region {}+{} is past the end of {} ({} sectors)",
+                    config.name,
+                    spec.start,
+                    spec.sectors,
+                    spec.device,
+                    self.disks[index].sectors()
+                );
+                return None;
+            }
+            let overlapping = self.guests.iter().filter_map(|g| g.block.as_ref()).any(|b| {
+                b.disk == index && spec.start < b.region.start + b.region.sectors && b.region.start < spec.start + spec.sectors
+            });
+            if overlapping {
+                let _ = writeln!(out, "dom0: create: {}: disk region overlaps another guest's", config.name);
+                return None;
+            }
+            disk = Some((index, Region { start: spec.start, sectors: spec.sectors, readonly: spec.readonly }));
+        }
         let request = BuildRequest {
             kernel,
             memory_bytes: config.memory_mib as u64 * (1 << 20),
@@ -260,9 +347,9 @@ impl Toolstack {
             tsc_khz: self.tsc_khz,
             weight: config.weight,
             cap: config.cap,
-            block_sectors: None,
+            block_sectors: disk.map(|(_, region)| region.sectors),
         };
-        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None };
+        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, block: None };
         let id = match builder::build(&mut control, &request) {
             Ok(id) => id,
             Err(error) => {
@@ -271,9 +358,16 @@ impl Toolstack {
             }
         };
         let console = control.console.take();
+        let block = match (control.block.take(), disk) {
+            (Some((ring, port, slot)), Some((disk, region))) => {
+                Some(BlockBackend { ring, port, slot, disk, region, requests: 0, broken: None })
+            }
+            _ => None,
+        };
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
             let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
             control.console = console;
+            control.block = block.map(|b| (b.ring, b.port, b.slot));
             control.destroy(id);
             return None;
         }
@@ -287,6 +381,7 @@ impl Toolstack {
             handled_end: false,
             created_at,
             create_to_first_output: None,
+            block,
         });
         Some(id)
     }
@@ -299,6 +394,13 @@ impl Toolstack {
         }
         if let Some(console) = guest.console.take() {
             release_console(&mut self.window_slots, console);
+        }
+        if let Some(block) = guest.block.take() {
+            // Make what the guest wrote durable before it goes away.
+            if let Some(disk) = self.disks.get_mut(block.disk) {
+                let _ = disk.flush();
+            }
+            release_slot(&mut self.window_slots, block.port, block.slot);
         }
         match hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0) {
             Ok(_) => {
@@ -471,6 +573,52 @@ impl Toolstack {
             }
         }
         moved
+    }
+
+    /// Serves the guests' disk requests. Returns whether anything was done.
+    pub fn service_disks(&mut self, out: &mut Uart) -> bool {
+        let mut busy = false;
+        for guest in self.guests.iter_mut() {
+            let Some(block) = guest.block.as_mut() else { continue };
+            if block.broken.is_some() {
+                continue;
+            }
+            busy |= block.service(&mut self.disks, guest.id);
+            if let Some(reason) = block.broken {
+                let _ = writeln!(out, "\ndom0: '{}' broke its disk ring ({reason}); disk disconnected", guest.config.name);
+                let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
+            }
+        }
+        busy
+    }
+
+    /// `devices`: physical disks, and each guest's console and disk.
+    pub fn devices(&self, out: &mut Uart) {
+        let _ = writeln!(out, "Physical disks:");
+        if self.disks.is_empty() {
+            let _ = writeln!(out, "  (none found)");
+        }
+        for disk in &self.disks {
+            let _ = writeln!(out, "  {:<12} {:>10} sectors  {}", disk.name(), disk.sectors(), disk.model());
+        }
+        let _ = writeln!(out, "Guest devices:");
+        for guest in &self.guests {
+            let console = if guest.console.is_some() { "connected" } else { "disconnected" };
+            let _ = writeln!(out, "  {:<20} console  {console}", guest.config.name);
+            if let Some(block) = &guest.block {
+                let state = block.broken.unwrap_or("connected");
+                let _ = writeln!(
+                    out,
+                    "  {:<20} disk     {}:{}+{}{}  {state}, {} requests",
+                    guest.config.name,
+                    self.disks.get(block.disk).map_or("?", |d| d.name()),
+                    block.region.start,
+                    block.region.sectors,
+                    if block.region.readonly { ",ro" } else { "" },
+                    block.requests
+                );
+            }
+        }
     }
 
     /// Acts on guests that crashed or shut down (their `on_crash`).

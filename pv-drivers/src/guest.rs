@@ -24,6 +24,39 @@ static mut EVENT_PAGE: Page = Page([0; 4096]);
 struct Idt([[u64; 2]; 256]);
 static mut IDT: Idt = Idt([[0; 2]; 256]);
 
+/// The grant table page.
+static mut GRANT_PAGE: Page = Page([0; 4096]);
+
+/// Pages for disk transfers, granted to dom0 once at start-up.
+const DISK_PAGES: usize = abi::block::MAX_SEGMENTS;
+#[repr(C, align(4096))]
+struct DiskBuffer([[u8; 4096]; DISK_PAGES]);
+static mut DISK_BUFFER: DiskBuffer = DiskBuffer([[0; 4096]; DISK_PAGES]);
+
+/// Why a disk transfer failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskError {
+    /// The guest has no disk.
+    NoDisk,
+    /// Not a whole number of sectors, more than the buffer, or past the end.
+    BadRequest,
+    /// dom0 answered with an error status.
+    Status(i32),
+    /// dom0 broke the ring protocol; the disk is no longer used.
+    Broken,
+}
+
+/// The block front end: one ring, the event port, persistent grants of
+/// the transfer pages.
+struct Disk {
+    ring: crate::ring::BlockFront,
+    port: u32,
+    sectors: u64,
+    grants: [u32; DISK_PAGES],
+    next_id: u64,
+    broken: bool,
+}
+
 /// Upcalls taken so far (written only by the upcall handler).
 static UPCALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -83,6 +116,7 @@ pub struct Guest {
     timer_port: u32,
     /// The console port fired since the last `wait_for_input`.
     console_event: bool,
+    disk: Option<Disk>,
 }
 
 impl Guest {
@@ -114,7 +148,7 @@ impl Guest {
         // SAFETY: the static page is dedicated to hv's use for the domain's life.
         let _ = unsafe { hypercall::register_event_page(page, UPCALL_VECTOR) };
         let timer_port = hypercall::event(EventOp::BindVirq, Virq::Timer as u64, 0).unwrap_or(0) as u32;
-        let mut guest = Guest { start_info, console: None, console_port: 0, timer_port, console_event: false };
+        let mut guest = Guest { start_info, console: None, console_port: 0, timer_port, console_event: false, disk: None };
         if start_info.console_page != 0 {
             if let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64) {
                 // SAFETY: the builder reserved this page of our RAM for the console.
@@ -122,9 +156,116 @@ impl Guest {
                 guest.console_port = port as u32;
             }
         }
+        if start_info.block_ring != 0 {
+            guest.disk = Self::connect_disk(&start_info);
+        }
         // SAFETY: the upcall handler is installed; from here events interrupt us.
         unsafe { asm!("sti", options(nomem, nostack)) };
         guest
+    }
+
+    fn connect_disk(start_info: &StartInfo) -> Option<Disk> {
+        let port = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.block_port as u64).ok()? as u32;
+        // SAFETY: the static page is dedicated to the grant table for good.
+        let mut table = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok()?;
+        let mut grants = [0u32; DISK_PAGES];
+        for (index, grant) in grants.iter_mut().enumerate() {
+            let page = (&raw mut DISK_BUFFER as u64) + index as u64 * 4096;
+            *grant = table.grant(abi::DOM0, page, false).ok()?;
+        }
+        // The table must outlive every grant: it lives as long as the guest.
+        core::mem::forget(table);
+        // SAFETY: the builder reserved this page of our RAM for the ring, and
+        // dom0 maps it; it stays ours for the guest's life.
+        let ring = unsafe { crate::ring::BlockFront::new(start_info.block_ring as *mut u8) };
+        Some(Disk { ring, port, sectors: start_info.block_sectors, grants, next_id: 1, broken: false })
+    }
+
+    /// The disk's size in sectors (0 without a disk).
+    pub fn disk_sectors(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |disk| disk.sectors)
+    }
+
+    /// Most bytes one disk transfer moves.
+    pub const DISK_TRANSFER_MAX: usize = DISK_PAGES * 4096;
+
+    /// Reads whole sectors from `sector` into `out` (at most
+    /// [`Guest::DISK_TRANSFER_MAX`] bytes), waiting for dom0's answer.
+    pub fn disk_read(&mut self, sector: u64, out: &mut [u8]) -> Result<(), DiskError> {
+        self.disk_transfer(abi::block::OP_READ, sector, out.len())?;
+        let buffer = &raw const DISK_BUFFER as *const u8;
+        // SAFETY: the buffer holds `out.len()` bytes dom0 just wrote through
+        // the grants; no Rust reference to it exists.
+        unsafe { core::ptr::copy_nonoverlapping(buffer, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Writes whole sectors from `data` at `sector`, waiting for dom0's answer.
+    pub fn disk_write(&mut self, sector: u64, data: &[u8]) -> Result<(), DiskError> {
+        if data.len() > Self::DISK_TRANSFER_MAX {
+            return Err(DiskError::BadRequest);
+        }
+        let buffer = &raw mut DISK_BUFFER as *mut u8;
+        // SAFETY: the buffer is ours and large enough (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), buffer, data.len()) };
+        self.disk_transfer(abi::block::OP_WRITE, sector, data.len())
+    }
+
+    /// Asks dom0 to make earlier writes durable.
+    pub fn disk_flush(&mut self) -> Result<(), DiskError> {
+        self.disk_transfer(abi::block::OP_FLUSH, 0, 0)
+    }
+
+    fn disk_transfer(&mut self, operation: u8, sector: u64, bytes: usize) -> Result<(), DiskError> {
+        let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+        if disk.broken {
+            return Err(DiskError::Broken);
+        }
+        let sector_size = abi::block::SECTOR_SIZE as usize;
+        let count = bytes / sector_size;
+        if bytes % sector_size != 0 || bytes > Self::DISK_TRANSFER_MAX || (operation != abi::block::OP_FLUSH && count == 0) {
+            return Err(DiskError::BadRequest);
+        }
+        if sector.checked_add(count as u64).is_none_or(|end| end > disk.sectors) {
+            return Err(DiskError::BadRequest);
+        }
+        let mut request = abi::block::Request { id: disk.next_id, operation, sector, ..Default::default() };
+        disk.next_id += 1;
+        let pages = count.div_ceil(abi::block::SECTORS_PER_PAGE as usize);
+        for page in 0..pages {
+            let first = page * 8;
+            let last = (count - 1).min(first + 7);
+            request.segments[page] = abi::block::Segment {
+                grant: disk.grants[page],
+                first_sector: 0,
+                last_sector: (last - first) as u8,
+                _reserved: 0,
+            };
+        }
+        request.segment_count = pages as u8;
+        if disk.ring.push_request(&request).is_err() {
+            return Err(DiskError::Broken);
+        }
+        if disk.ring.publish_requests() {
+            let _ = hypercall::notify(disk.port);
+        }
+        loop {
+            let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+            match disk.ring.pop_response() {
+                Ok(Some(response)) if response.id == request.id => {
+                    return if response.status == abi::block::STATUS_OK { Ok(()) } else { Err(DiskError::Status(response.status)) };
+                }
+                Ok(Some(_)) | Err(_) => {
+                    disk.broken = true;
+                    return Err(DiskError::Broken);
+                }
+                Ok(None) => {
+                    if !disk.ring.arm_response_event() {
+                        self.wait_for_event();
+                    }
+                }
+            }
+        }
     }
 
     /// This domain's id.
@@ -192,6 +333,9 @@ impl Guest {
 
     fn collect_events(&mut self) {
         take_pending(self.timer_port);
+        if let Some(disk) = &self.disk {
+            take_pending(disk.port);
+        }
         if self.console.is_some() && take_pending(self.console_port) {
             self.console_event = true;
         }

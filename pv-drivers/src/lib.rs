@@ -13,3 +13,4 @@ pub mod grant;
 #[cfg(target_os = "none")]
 pub mod guest;
 pub mod hypercall;
+pub mod ring;

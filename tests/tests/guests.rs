@@ -213,14 +213,9 @@ fn selftest_hypercalls_reject_hostile_arguments() {
 }
 
 /// `selftest` while a guest runs: its checks must not depend on what dom0
-/// has mapped, and must not write into a guest's pages.
-///
-/// Ignored because it fails: the check "hv info at 4 GiB" writes hv's info
-/// to guest-physical 4 GiB, which is `FOREIGN_WINDOW_BASE`, where dom0 maps
-/// the first guest's console page; hv rightly accepts the write (rax 80), so
-/// the check reports FAILED and the guest's console page is overwritten.
+/// has mapped, and must not write into a guest's pages. (It once wrote to
+/// guest-physical 4 GiB, where dom0 maps the first guest's console page.)
 #[test]
-#[ignore = "dom0 bug: selftest's 'hv info at 4 GiB' targets the foreign window, where guest consoles are mapped"]
 fn selftest_passes_with_a_guest_running() {
     let mut machine = boot();
     let id = create(&mut machine, "counter", "counter");

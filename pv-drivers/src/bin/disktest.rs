@@ -1,0 +1,98 @@
+//! Example guest: writes a known pattern across its whole disk, reads it
+//! back and checks every byte (`mode=write`, the default), or only reads
+//! and checks what an earlier run wrote (`mode=verify`).
+//!
+//! Sector `s` holds: bytes 0..8 `s` (little-endian), bytes 8..16 `MICADISK`,
+//! then byte `i` = `(s * 7 + i) % 251`. The system tests read the disk image
+//! on the host and check the same pattern at the region's offset.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+
+use pv_drivers::guest::{self, Guest};
+
+const SECTOR: usize = 512;
+const CHUNK: usize = Guest::DISK_TRANSFER_MAX;
+
+fn fill(sector: u64, out: &mut [u8]) {
+    out[..8].copy_from_slice(&sector.to_le_bytes());
+    out[8..16].copy_from_slice(b"MICADISK");
+    for (i, byte) in out.iter_mut().enumerate().skip(16) {
+        *byte = ((sector as usize * 7 + i) % 251) as u8;
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn _start(start_info: u64) -> ! {
+    let mut guest = Guest::init(start_info);
+    let start = guest.start_info;
+    let verify_only = start.cmdline().split_whitespace().any(|word| word == "mode=verify");
+    let sectors = guest.disk_sectors();
+    let _ = writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
+    if sectors == 0 {
+        let _ = writeln!(guest, "disktest: FAILED: no disk");
+        idle(&mut guest);
+    }
+    let mut buffer = [0u8; CHUNK];
+    let per_chunk = (CHUNK / SECTOR) as u64;
+    let started = guest::now();
+    if !verify_only {
+        let mut sector = 0;
+        while sector < sectors {
+            let count = per_chunk.min(sectors - sector);
+            let bytes = count as usize * SECTOR;
+            for (index, chunk) in buffer[..bytes].chunks_exact_mut(SECTOR).enumerate() {
+                fill(sector + index as u64, chunk);
+            }
+            if let Err(error) = guest.disk_write(sector, &buffer[..bytes]) {
+                let _ = writeln!(guest, "disktest: FAILED: write at sector {sector}: {error:?}");
+                idle(&mut guest);
+            }
+            sector += count;
+        }
+        if let Err(error) = guest.disk_flush() {
+            let _ = writeln!(guest, "disktest: FAILED: flush: {error:?}");
+            idle(&mut guest);
+        }
+    }
+    let written = guest::now();
+    let mut expected = [0u8; SECTOR];
+    let mut sector = 0;
+    while sector < sectors {
+        let count = per_chunk.min(sectors - sector);
+        let bytes = count as usize * SECTOR;
+        if let Err(error) = guest.disk_read(sector, &mut buffer[..bytes]) {
+            let _ = writeln!(guest, "disktest: FAILED: read at sector {sector}: {error:?}");
+            idle(&mut guest);
+        }
+        for (index, chunk) in buffer[..bytes].chunks_exact(SECTOR).enumerate() {
+            fill(sector + index as u64, &mut expected);
+            if chunk != expected {
+                let _ = writeln!(guest, "disktest: FAILED: sector {} differs", sector + index as u64);
+                idle(&mut guest);
+            }
+        }
+        sector += count;
+    }
+    let read = guest::now();
+    let _ = writeln!(
+        guest,
+        "disktest: {} {sectors} sectors: all match (write {} tsc, read {} tsc)",
+        if verify_only { "verified" } else { "wrote and verified" },
+        written - started,
+        read - written
+    );
+    idle(&mut guest)
+}
+
+fn idle(guest: &mut Guest) -> ! {
+    loop {
+        guest.wait_for_event();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    guest::crash(format_args!("disktest: panic: {info}\n"))
+}
