@@ -27,7 +27,8 @@ then boots it with COM1 on this terminal.
 Leaving: in QEMU press Ctrl-a then x; in Bochs press Ctrl-C. Typing
 `poweroff` at the dom0 prompt ends either emulator.
 <target> is $CARGO_TARGET_DIR if set, else ./target. Setting MICA_ISO=<path>
-boots that ISO instead of building one.
+boots that ISO instead of building one. The physical disk guests' disks live
+on is <target>/disk.img (64 MiB, created once), or MICA_DISK=<path>.
 EOF
 }
 
@@ -235,6 +236,14 @@ fi
 
 # --- boot -----------------------------------------------------------------------
 
+# The physical disk dom0 serves guest disks from: a 64 MiB raw image, made
+# once and kept (guests' data persists across runs). It is the secondary
+# channel's master (ata1-master) in both emulators; the CD is ata0-master.
+disk=${MICA_DISK:-$target_dir/disk.img}
+[ -e "$disk" ] || truncate -s 64M "$disk" || die "could not create the disk image $disk"
+disk=$(cd "$(dirname "$disk")" && pwd)/$(basename "$disk")
+say "disk image: $disk (ata1-master)"
+
 if [ "$mode" = qemu ]; then
     if kvm_usable && host_has_vmx; then
         accel=(-accel kvm -cpu host)
@@ -243,7 +252,9 @@ if [ "$mode" = qemu ]; then
         say "note: the host offers no VT-x to KVM guests, so QEMU runs with TCG, which emulates no VT-x: hv will say it cannot start"
     fi
     say "booting QEMU; leave with Ctrl-a x"
-    exec qemu-system-x86_64 "${accel[@]}" -m 512 -cdrom "$iso" \
+    exec qemu-system-x86_64 "${accel[@]}" -m 512 \
+        -drive "file=$iso,media=cdrom,if=ide,index=0" \
+        -drive "file=$disk,format=raw,if=ide,index=2" \
         -serial mon:stdio -display none -no-reboot
 fi
 
@@ -281,6 +292,7 @@ boot: cdrom
 ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14
 ata0-master: type=cdrom, path=mica.iso, status=inserted
 ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15
+ata1-master: type=disk, mode=flat, path=$disk
 pci: enabled=1, chipset=i440fx, slot1=e1000
 e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=null
 com1: enabled=1, mode=term, dev=$tty_path

@@ -49,6 +49,7 @@ pub enum DiskError {
 /// The block front end: one ring, the event port, persistent grants of
 /// the transfer pages.
 struct Disk {
+    table: crate::grant::GrantTable,
     ring: crate::ring::BlockFront,
     port: u32,
     sectors: u64,
@@ -173,12 +174,10 @@ impl Guest {
             let page = (&raw mut DISK_BUFFER as u64) + index as u64 * 4096;
             *grant = table.grant(abi::DOM0, page, false).ok()?;
         }
-        // The table must outlive every grant: it lives as long as the guest.
-        core::mem::forget(table);
         // SAFETY: the builder reserved this page of our RAM for the ring, and
         // dom0 maps it; it stays ours for the guest's life.
         let ring = unsafe { crate::ring::BlockFront::new(start_info.block_ring as *mut u8) };
-        Some(Disk { ring, port, sectors: start_info.block_sectors, grants, next_id: 1, broken: false })
+        Some(Disk { table, ring, port, sectors: start_info.block_sectors, grants, next_id: 1, broken: false })
     }
 
     /// The disk's size in sectors (0 without a disk).
@@ -216,6 +215,55 @@ impl Guest {
         self.disk_transfer(abi::block::OP_FLUSH, 0, 0)
     }
 
+    /// Grants dom0 access to the page at `address` through the disk's grant
+    /// table (for tests of hostile front ends: the address need not be ours).
+    pub fn grant_to_dom0(&mut self, address: u64, readonly: bool) -> Result<u32, DiskError> {
+        let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+        disk.table.grant(abi::DOM0, address, readonly).map_err(|_| DiskError::BadRequest)
+    }
+
+    /// Sends `request` as it is (no checks) and waits for its response's status.
+    pub fn disk_request(&mut self, request: &abi::block::Request) -> Result<i32, DiskError> {
+        let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+        if disk.ring.push_request(request).is_err() {
+            return Err(DiskError::Broken);
+        }
+        if disk.ring.publish_requests() {
+            let _ = hypercall::notify(disk.port);
+        }
+        self.wait_for_response(request.id)
+    }
+
+    /// The disk ring page's address (tests corrupt it on purpose).
+    pub fn disk_ring_page(&self) -> Option<u64> {
+        self.disk.as_ref().map(|_| self.start_info.block_ring)
+    }
+
+    /// Notifies dom0's disk back end.
+    pub fn disk_notify(&self) {
+        if let Some(disk) = &self.disk {
+            let _ = hypercall::notify(disk.port);
+        }
+    }
+
+    fn wait_for_response(&mut self, id: u64) -> Result<i32, DiskError> {
+        loop {
+            let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+            match disk.ring.pop_response() {
+                Ok(Some(response)) if response.id == id => return Ok(response.status),
+                Ok(Some(_)) | Err(_) => {
+                    disk.broken = true;
+                    return Err(DiskError::Broken);
+                }
+                Ok(None) => {
+                    if !disk.ring.arm_response_event() {
+                        self.wait_for_event();
+                    }
+                }
+            }
+        }
+    }
+
     fn disk_transfer(&mut self, operation: u8, sector: u64, bytes: usize) -> Result<(), DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
         if disk.broken {
@@ -243,28 +291,9 @@ impl Guest {
             };
         }
         request.segment_count = pages as u8;
-        if disk.ring.push_request(&request).is_err() {
-            return Err(DiskError::Broken);
-        }
-        if disk.ring.publish_requests() {
-            let _ = hypercall::notify(disk.port);
-        }
-        loop {
-            let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
-            match disk.ring.pop_response() {
-                Ok(Some(response)) if response.id == request.id => {
-                    return if response.status == abi::block::STATUS_OK { Ok(()) } else { Err(DiskError::Status(response.status)) };
-                }
-                Ok(Some(_)) | Err(_) => {
-                    disk.broken = true;
-                    return Err(DiskError::Broken);
-                }
-                Ok(None) => {
-                    if !disk.ring.arm_response_event() {
-                        self.wait_for_event();
-                    }
-                }
-            }
+        match self.disk_request(&request)? {
+            abi::block::STATUS_OK => Ok(()),
+            status => Err(DiskError::Status(status)),
         }
     }
 

@@ -440,6 +440,10 @@ pub struct BochsOptions {
     pub memory_mib: u32,
     /// How long Bochs may take to connect COM1 to the harness.
     pub connect_timeout: Duration,
+    /// The physical disk (ata1-master): this image file, used in place (so
+    /// a later run sees what an earlier one wrote). `None`: a fresh, zeroed
+    /// 16 MiB `disk.img` in the run's own directory.
+    pub disk_image: Option<PathBuf>,
 }
 
 impl Default for BochsOptions {
@@ -448,6 +452,7 @@ impl Default for BochsOptions {
             hard_timeout: seconds(120),
             memory_mib: 256,
             connect_timeout: seconds(30),
+            disk_image: None,
         }
     }
 }
@@ -485,7 +490,19 @@ impl Bochs {
             .local_addr()
             .map_err(|error| error.to_string())?
             .port();
-        let bochsrc = bochsrc(options.memory_mib, port);
+        let disk = match &options.disk_image {
+            Some(path) => path.clone(),
+            None => {
+                let path = directory.join("disk.img");
+                let file = File::create(&path).map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+                file.set_len(16 << 20).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
+                path
+            }
+        };
+        let bochsrc = bochsrc(options.memory_mib, port).replace(
+            "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n",
+            &format!("ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\nata1-master: type=disk, mode=flat, path={}\n", disk.display()),
+        );
         let write = |name: &str, text: &str| {
             fs::write(directory.join(name), text)
                 .map_err(|error| format!("cannot write {name}: {error}"))

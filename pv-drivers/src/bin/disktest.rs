@@ -1,6 +1,8 @@
 //! Example guest: writes a known pattern across its whole disk, reads it
 //! back and checks every byte (`mode=write`, the default), or only reads
-//! and checks what an earlier run wrote (`mode=verify`).
+//! and checks what an earlier run wrote (`mode=verify`). `mode=hostile`
+//! attacks dom0's back end instead: a request naming a page it does not
+//! own, then a ring whose producer index runs away.
 //!
 //! Sector `s` holds: bytes 0..8 `s` (little-endian), bytes 8..16 `MICADISK`,
 //! then byte `i` = `(s * 7 + i) % 251`. The system tests read the disk image
@@ -28,6 +30,9 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
     let start = guest.start_info;
     let verify_only = start.cmdline().split_whitespace().any(|word| word == "mode=verify");
+    if start.cmdline().split_whitespace().any(|word| word == "mode=hostile") {
+        hostile(&mut guest);
+    }
     let sectors = guest.disk_sectors();
     let _ = writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
     if sectors == 0 {
@@ -84,6 +89,41 @@ extern "C" fn _start(start_info: u64) -> ! {
         read - written
     );
     idle(&mut guest)
+}
+
+/// Guest-physical memory this guest does not own.
+const NOT_MINE: u64 = 0x3000_0000;
+
+fn hostile(guest: &mut Guest) -> ! {
+    // 1. Grant dom0 a frame that is not ours and ask it to read into it.
+    let bad_grant = match guest.grant_to_dom0(NOT_MINE, false) {
+        Ok(reference) => reference,
+        Err(error) => {
+            let _ = writeln!(guest, "disktest: FAILED: granting: {error:?}");
+            idle(guest)
+        }
+    };
+    let mut request = abi::block::Request { id: 99, operation: abi::block::OP_READ, segment_count: 1, ..Default::default() };
+    request.segments[0] = abi::block::Segment { grant: bad_grant, first_sector: 0, last_sector: 7, _reserved: 0 };
+    match guest.disk_request(&request) {
+        Ok(status) => {
+            let _ = writeln!(guest, "disktest: a grant of a page I do not own was answered with status {status}");
+        }
+        Err(error) => {
+            let _ = writeln!(guest, "disktest: FAILED: bad-grant request: {error:?}");
+        }
+    }
+    // 2. Run the request producer index far past the ring and notify.
+    if let Some(page) = guest.disk_ring_page() {
+        // SAFETY: the ring page is our own memory; corrupting it is the point.
+        unsafe {
+            let producer = core::ptr::read_volatile(page as *const u32);
+            core::ptr::write_volatile(page as *mut u32, producer.wrapping_add(1000));
+        }
+        guest.disk_notify();
+        let _ = writeln!(guest, "disktest: corrupted my ring's producer index");
+    }
+    idle(guest)
 }
 
 fn idle(guest: &mut Guest) -> ! {
