@@ -20,6 +20,7 @@ pub mod iso;
 pub mod machine;
 pub mod pattern;
 pub mod report;
+pub mod session;
 
 pub use console::Console;
 pub use iso::{Iso, workspace_root};

@@ -10,90 +10,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mica_tests::{
-    Bochs, DomainList, InfoReport, Iso, Machine, MemoryReport, PROMPT, SchedulingRow,
-    SelfTestReport, boot_to_prompt, fail, line_where, scan, seconds,
-};
-
-/// Ctrl-]: leaves a guest's console.
-const DETACH: u8 = 0x1d;
-
-fn boot() -> Machine {
-    let iso = Iso::get().unwrap_or_else(fail);
-    let mut machine = Bochs::boot(iso).unwrap_or_else(fail);
-    boot_to_prompt(&mut machine).unwrap_or_else(fail);
-    machine
-}
-
-/// Fails the test with `message` and the harness's report (console
-/// transcript, Bochs log): for checks on output that `expect` already matched.
-fn fail_with(machine: &mut Machine, message: &str) -> ! {
-    panic!("\n{}\n", machine.report(message))
-}
-
-/// Types `line` at the prompt and returns what the command printed: the text
-/// after the shell's echo of `line` up to the next prompt (excluded). Waiting
-/// for the echo first (a line that is `line`, or ends with the prompt and
-/// `line`) keeps us in step even when dom0 printed a prompt of its own in
-/// between (it does after reporting a crashed guest).
-fn command(machine: &mut Machine, line: &str) -> String {
-    machine.send_line(line).unwrap_or_else(fail);
-    let prompted = format!("{PROMPT}{line}");
-    machine
-        .expect(
-            line_where(format!("the echo of {line:?}"), |echo| {
-                echo == line || echo.ends_with(&prompted)
-            }),
-            seconds(20),
-        )
-        .unwrap_or_else(fail);
-    let output = machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
-    output[..output.len() - PROMPT.len()].to_owned()
-}
-
-/// `create <config>`: checks dom0's `created '<name>' as domain <id>` line
-/// and returns the id.
-fn create(machine: &mut Machine, config: &str, name: &str) -> u64 {
-    let output = command(machine, &format!("create {config}"));
-    let prefix = format!("dom0: created '{name}' as domain ");
-    let id = output
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok());
-    id.unwrap_or_else(|| {
-        fail_with(
-            machine,
-            &format!("`create {config}` should print \"{prefix}<id>\"; it printed:\n{output}"),
-        )
-    })
-}
-
-/// `destroy <name>`: checks dom0's `destroyed '<name>' (domain <id>)` line.
-fn destroy(machine: &mut Machine, name: &str, id: u64) {
-    let output = command(machine, &format!("destroy {name}"));
-    let expected = format!("dom0: destroyed '{name}' (domain {id})");
-    if !output.lines().any(|line| line == expected) {
-        fail_with(
-            machine,
-            &format!("`destroy {name}` should print {expected:?}; it printed:\n{output}"),
-        );
-    }
-}
-
-fn list(machine: &mut Machine) -> (String, DomainList) {
-    let output = command(machine, "list");
-    match DomainList::parse(&output) {
-        Ok(list) => (output, list),
-        Err(error) => fail_with(machine, &error),
-    }
-}
-
-fn mem(machine: &mut Machine) -> (String, MemoryReport) {
-    let output = command(machine, "mem");
-    match MemoryReport::parse(&output) {
-        Ok(report) => (output, report),
-        Err(error) => fail_with(machine, &error),
-    }
-}
+use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, list, mem};
+use mica_tests::{DomainList, InfoReport, Machine, MemoryReport, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan, seconds};
 
 /// The state column of `name` in a `list`, failing when it is not listed.
 fn state_of<'a>(machine: &mut Machine, list: &'a DomainList, text: &str, name: &str) -> &'a str {
@@ -115,28 +33,6 @@ fn cpu_tenths(machine: &mut Machine, list: &DomainList, text: &str, name: &str) 
             &format!("`list` should show {name}; it printed:\n{text}"),
         ),
     }
-}
-
-/// `console <name>`: waits for dom0's `attached to '<name>' (domain <id>)` line.
-fn attach(machine: &mut Machine, name: &str, id: u64) {
-    machine
-        .send_line(&format!("console {name}"))
-        .unwrap_or_else(fail);
-    let attached = format!("dom0: attached to '{name}' (domain {id}); Ctrl-] returns to dom0");
-    machine
-        .expect(
-            line_where(format!("the line {attached:?}"), |line| line == attached),
-            seconds(20),
-        )
-        .unwrap_or_else(fail);
-}
-
-/// Ctrl-]: returns what the guest printed since the last match (without the
-/// newline dom0 adds on leaving) and waits for the prompt.
-fn detach(machine: &mut Machine) -> String {
-    machine.send(&[DETACH]).unwrap_or_else(fail);
-    let output = machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
-    output[..output.len() - PROMPT.len()].to_owned()
 }
 
 /// The numbers of the `counter: <N>` lines in `text`.
