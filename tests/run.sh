@@ -3,10 +3,24 @@
 # and QEMU; the x86_64-unknown-none Rust target), then `cargo test
 # --workspace`: the host unit tests of every crate and the system tests in
 # tests/tests/, which boot the ISO in Bochs and QEMU. Extra arguments go to
-# cargo test (e.g. `tests/run.sh -p mica-tests`).
+# cargo test (e.g. `tests/run.sh -p mica-tests`). The last line sums up every
+# test binary's result: `tests: N passed, N failed, N skipped`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 ./run-qemu.sh --install-deps
-exec cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# cargo prints one `test result:` line per test binary; add them up.
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed;?$/) passed += $i
+            if ($(i + 1) ~ /^failed;?$/) failed += $i
+            if ($(i + 1) ~ /^ignored;?$/) ignored += $i
+        }
+    }
+    END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"
