@@ -33,6 +33,9 @@ extern "C" fn _start(start_info: u64) -> ! {
     if start.cmdline().split_whitespace().any(|word| word == "mode=hostile") {
         hostile(&mut guest);
     }
+    if start.cmdline().split_whitespace().any(|word| word == "mode=bench") {
+        bench(&mut guest);
+    }
     let sectors = guest.disk_sectors();
     let _ = writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
     if sectors == 0 {
@@ -89,6 +92,27 @@ extern "C" fn _start(start_info: u64) -> ! {
         read - written
     );
     idle(&mut guest)
+}
+
+/// Reads the whole disk in the largest requests the front end makes and
+/// reports the TSC ticks (no checking: the I/O path alone).
+fn bench(guest: &mut Guest) -> ! {
+    let sectors = guest.disk_sectors();
+    let mut buffer = [0u8; CHUNK];
+    let per_chunk = (CHUNK / SECTOR) as u64;
+    let started = guest::now();
+    let mut sector = 0;
+    while sector < sectors {
+        let count = per_chunk.min(sectors - sector);
+        if let Err(error) = guest.disk_read(sector, &mut buffer[..count as usize * SECTOR]) {
+            let _ = writeln!(guest, "disktest: FAILED: read at sector {sector}: {error:?}");
+            idle(guest);
+        }
+        sector += count;
+    }
+    let ticks = guest::now() - started;
+    let _ = writeln!(guest, "disktest: read {sectors} sectors in {ticks} tsc");
+    idle(guest)
 }
 
 /// Guest-physical memory this guest does not own.
