@@ -52,7 +52,9 @@ pub enum GrantOp {
     /// Registers the caller's grant table: one page at guest-physical `a1`.
     SetupTable = 0,
     /// Maps grant `a2` of domain `a1` at the caller's guest-physical `a3`
-    /// (dom0: in its foreign window), read-only if the grant says so.
+    /// (dom0: in its foreign window), read-only if the grant says so. `a4`
+    /// bit 0 ([`MAP_WRITABLE`]): the caller needs to write; a read-only grant
+    /// is then refused with `Permission` instead of mapped read-only.
     Map = 1,
     /// Removes the caller's grant mapping at guest-physical `a1`.
     Unmap = 2,
@@ -76,6 +78,9 @@ impl GrantOp {
         }
     }
 }
+
+/// `Map`'s flag in `a4`: the mapping must be writable.
+pub const MAP_WRITABLE: u64 = 1 << 0;
 
 /// `Copy`'s direction bit in `a4`.
 pub const COPY_TO_GRANT: u64 = 1 << 63;

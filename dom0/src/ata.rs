@@ -65,17 +65,21 @@ fn inb(port: u16) -> u8 {
     value
 }
 
-/// Reads one sector's 256 words from a data port into `block`.
-fn read_block(port: u16, block: &mut [u8; SECTOR_SIZE]) {
+/// Reads one sector's 256 words from a data port to `block`.
+///
+/// # Safety
+/// `block` must be valid for 512 bytes of writes: memory dom0 owns, or a
+/// guest page mapped into dom0 (written without any Rust reference to it).
+unsafe fn read_block(port: u16, block: *mut u8) {
     // SAFETY: REP INSW stores RCX = 256 words, 512 bytes, from the data port
     // at RDI upwards (the direction flag is clear on entry to inline asm):
-    // exactly `block`, which is borrowed mutably. The port is a channel's
+    // exactly the 512 bytes the caller vouches for. The port is a channel's
     // data port (see `outb`).
     unsafe {
         asm!(
             "rep insw",
             in("dx") port,
-            inout("rdi") block.as_mut_ptr() => _,
+            inout("rdi") block => _,
             inout("rcx") SECTOR_SIZE / 2 => _,
             options(nostack, preserves_flags)
         )
@@ -83,15 +87,18 @@ fn read_block(port: u16, block: &mut [u8; SECTOR_SIZE]) {
 }
 
 /// Writes one sector's 256 words from `block` to a data port.
-fn write_block(port: u16, block: &[u8; SECTOR_SIZE]) {
+///
+/// # Safety
+/// `block` must be valid for 512 bytes of reads.
+unsafe fn write_block(port: u16, block: *const u8) {
     // SAFETY: REP OUTSW loads RCX = 256 words, 512 bytes, from RSI upwards
-    // (the direction flag is clear on entry to inline asm): exactly `block`.
-    // It writes no memory. The port is a channel's data port (see `outb`).
+    // (the direction flag is clear on entry to inline asm): the caller's 512
+    // bytes. It writes no memory. The port is a channel's data port.
     unsafe {
         asm!(
             "rep outsw",
             in("dx") port,
-            inout("rsi") block.as_ptr() => _,
+            inout("rsi") block => _,
             inout("rcx") SECTOR_SIZE / 2 => _,
             options(readonly, nostack, preserves_flags)
         )
@@ -293,7 +300,8 @@ fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<AtaDisk, AtaE
         Condition::Busy | Condition::Idle => return Err(AtaError::NoDevice),
     }
     let mut block = [0u8; SECTOR_SIZE];
-    read_block(channel.base + register::DATA, &mut block);
+    // SAFETY: `block` is 512 bytes of dom0's own stack.
+    unsafe { read_block(channel.base + register::DATA, block.as_mut_ptr()) };
     channel.delay_400ns();
     let mut words = [0u16; 256];
     for (word, bytes) in words.iter_mut().zip(block.as_chunks::<2>().0) {
@@ -358,12 +366,44 @@ impl AtaDisk {
     /// One READ SECTORS (EXT) command: `sectors` (1..=256) sectors at `lba`
     /// into `buffer`, which must be exactly that long.
     pub fn read_sectors(&mut self, lba: u64, sectors: u16, buffer: &mut [u8]) -> Result<(), AtaError> {
-        let task = self.task_file(Direction::Read, lba, sectors, buffer.len())?;
+        // SAFETY: `buffer` is valid for its whole length, which task_file
+        // checks is exactly `sectors` sectors.
+        unsafe { self.read_sectors_to(lba, sectors, buffer.as_mut_ptr(), buffer.len()) }
+    }
+
+    /// As [`read_sectors`](Self::read_sectors), into raw memory: a guest's
+    /// page mapped into dom0, which must never be reached through a reference.
+    ///
+    /// # Safety
+    /// `destination` must be valid for `length` bytes of writes.
+    pub unsafe fn read_sectors_to(&mut self, lba: u64, sectors: u16, destination: *mut u8, length: usize) -> Result<(), AtaError> {
+        if usize::from(sectors) * SECTOR_SIZE != length {
+            return Err(AtaError::BadLength);
+        }
+        // SAFETY: the caller vouches for the one piece.
+        unsafe { self.read_scattered(lba, &[(destination, length)]) }
+    }
+
+    /// Reads consecutive sectors from `lba` into several pieces of raw
+    /// memory, in one command: each piece a multiple of 512 bytes, at most
+    /// 256 sectors in all.
+    ///
+    /// # Safety
+    /// Every piece must be valid for its length of writes.
+    pub unsafe fn read_scattered(&mut self, lba: u64, pieces: &[(*mut u8, usize)]) -> Result<(), AtaError> {
+        let length: usize = pieces.iter().map(|(_, length)| length).sum();
+        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0) || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE {
+            return Err(AtaError::BadLength);
+        }
+        let task = self.task_file(Direction::Read, lba, (length / SECTOR_SIZE) as u16, length)?;
         self.start(&task)?;
         let channel = self.channel;
-        for block in buffer.as_chunks_mut::<SECTOR_SIZE>().0 {
-            self.wait_for_data()?;
-            read_block(channel.base + register::DATA, block);
+        for &(destination, piece) in pieces {
+            for offset in (0..piece).step_by(SECTOR_SIZE) {
+                self.wait_for_data()?;
+                // SAFETY: offset + 512 <= piece, inside the caller's range.
+                unsafe { read_block(channel.base + register::DATA, destination.add(offset)) };
+            }
         }
         self.finish()
     }
@@ -371,12 +411,41 @@ impl AtaDisk {
     /// One WRITE SECTORS (EXT) command: `sectors` (1..=256) sectors at
     /// `lba` from `data`, which must be exactly that long.
     pub fn write_sectors(&mut self, lba: u64, sectors: u16, data: &[u8]) -> Result<(), AtaError> {
-        let task = self.task_file(Direction::Write, lba, sectors, data.len())?;
+        // SAFETY: `data` is valid for its whole length.
+        unsafe { self.write_sectors_from(lba, sectors, data.as_ptr(), data.len()) }
+    }
+
+    /// As [`write_sectors`](Self::write_sectors), from raw memory.
+    ///
+    /// # Safety
+    /// `source` must be valid for `length` bytes of reads.
+    pub unsafe fn write_sectors_from(&mut self, lba: u64, sectors: u16, source: *const u8, length: usize) -> Result<(), AtaError> {
+        if usize::from(sectors) * SECTOR_SIZE != length {
+            return Err(AtaError::BadLength);
+        }
+        // SAFETY: the caller vouches for the one piece.
+        unsafe { self.write_gathered(lba, &[(source, length)]) }
+    }
+
+    /// Writes consecutive sectors from `lba` out of several pieces of raw
+    /// memory, in one command (pieces as for [`read_scattered`](Self::read_scattered)).
+    ///
+    /// # Safety
+    /// Every piece must be valid for its length of reads.
+    pub unsafe fn write_gathered(&mut self, lba: u64, pieces: &[(*const u8, usize)]) -> Result<(), AtaError> {
+        let length: usize = pieces.iter().map(|(_, length)| length).sum();
+        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0) || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE {
+            return Err(AtaError::BadLength);
+        }
+        let task = self.task_file(Direction::Write, lba, (length / SECTOR_SIZE) as u16, length)?;
         self.start(&task)?;
         let channel = self.channel;
-        for block in data.as_chunks::<SECTOR_SIZE>().0 {
-            self.wait_for_data()?;
-            write_block(channel.base + register::DATA, block);
+        for &(source, piece) in pieces {
+            for offset in (0..piece).step_by(SECTOR_SIZE) {
+                self.wait_for_data()?;
+                // SAFETY: offset + 512 <= piece, inside the caller's range.
+                unsafe { write_block(channel.base + register::DATA, source.add(offset)) };
+            }
         }
         self.finish()
     }

@@ -1,14 +1,27 @@
 //! The block back end's I/O: takes checked requests off a guest's ring,
-//! moves the data between the physical disk and the guest's granted pages
-//! (hypervisor grant copies), and answers.
+//! moves the data between the physical disk and the guest's granted pages,
+//! and answers.
+//!
+//! Grants are kept mapped once used (persistent grants: the front end
+//! reuses the same pages), so the disk's PIO transfers land in the guest's
+//! page with no copy. When the cache is full, or a grant cannot be mapped as
+//! needed, the data goes through a hypervisor grant copy instead.
 
 use abi::DomainId;
 use abi::block::{Response, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED};
 use dom0core::block_backend::{Plan, Refusal, plan};
 use pv_drivers::hypercall;
 
+use abi::block::MAX_SEGMENTS;
+use abi::domctl::FOREIGN_WINDOW_BASE;
+use arrayvec::ArrayVec;
+use dom0core::block_backend::Transfer;
+
 use crate::ata::AtaDisk;
-use crate::toolstack::BlockBackend;
+use crate::toolstack::{BlockBackend, WINDOW_SLOTS};
+
+/// Grants one guest disk may keep mapped in dom0.
+pub const PERSISTENT_GRANTS: usize = 16;
 
 /// Most requests served per call, so one busy guest cannot keep dom0 from
 /// its other work.
@@ -16,7 +29,7 @@ const BATCH: usize = 32;
 
 impl BlockBackend {
     /// Serves up to a batch of requests. Returns whether any was served.
-    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId) -> bool {
+    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId, slots: &mut [bool; WINDOW_SLOTS]) -> bool {
         let mut served = 0;
         while served < BATCH {
             let request = match self.ring.pop_request() {
@@ -36,7 +49,7 @@ impl BlockBackend {
             served += 1;
             self.requests += 1;
             let status = match plan(&request, &self.region) {
-                Ok(plan) => execute(&plan, disks.get_mut(self.disk), guest),
+                Ok(plan) => self.execute(&plan, disks.get_mut(self.disk), guest, slots),
                 Err(Refusal::UnknownOperation) => STATUS_UNSUPPORTED,
                 Err(_) => STATUS_ERROR,
             };
@@ -53,34 +66,76 @@ impl BlockBackend {
     }
 }
 
-fn execute(plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId) -> i32 {
-    let Some(disk) = disk else { return STATUS_ERROR };
+impl BlockBackend {
+    /// The dom0 address of grant `grant`, mapping it (writable if asked)
+    /// on first use; None when it cannot be mapped (then copy instead).
+    fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool, slots: &mut [bool; WINDOW_SLOTS]) -> Option<u64> {
+        let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+        if let Some(&(_, _, slot)) = self.mapped.iter().find(|(g, w, _)| *g == grant && (*w || !writable)) {
+            return Some(address(slot));
+        }
+        if self.mapped.is_full() {
+            return None;
+        }
+        let slot = slots.iter().position(|used| !used)?;
+        hypercall::grant_map(guest, grant, address(slot), writable).ok()?;
+        slots[slot] = true;
+        self.mapped.push((grant, writable, slot));
+        Some(address(slot))
+    }
+
+    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId, slots: &mut [bool; WINDOW_SLOTS]) -> i32 {
+        let Some(disk) = disk else { return STATUS_ERROR };
+        let (transfers, to_guest) = match plan {
+            Plan::Flush => return if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR },
+            Plan::Read(transfers) => (transfers, true),
+            Plan::Write(transfers) => (transfers, false),
+        };
+        // The transfers are consecutive on the disk (see `plan`): when every
+        // page is mapped, one disk command moves them all in place.
+        let mut pieces: ArrayVec<(u64, usize), MAX_SEGMENTS> = ArrayVec::new();
+        for transfer in transfers {
+            match self.mapped_page(guest, transfer.grant, to_guest, slots) {
+                Some(page) => pieces.push((page + transfer.offset as u64, transfer.bytes as usize)),
+                None => break,
+            }
+        }
+        if pieces.len() == transfers.len() {
+            let first = transfers[0].disk_sector;
+            // SAFETY: each piece lies in a guest page hv mapped into dom0's
+            // foreign window (writable when `to_guest`), inside the page
+            // (checked by `plan`), reached only through these raw addresses.
+            let result = unsafe {
+                if to_guest {
+                    let pieces: ArrayVec<(*mut u8, usize), MAX_SEGMENTS> =
+                        pieces.iter().map(|&(address, length)| (address as *mut u8, length)).collect();
+                    disk.read_scattered(first, &pieces)
+                } else {
+                    let pieces: ArrayVec<(*const u8, usize), MAX_SEGMENTS> =
+                        pieces.iter().map(|&(address, length)| (address as *const u8, length)).collect();
+                    disk.write_gathered(first, &pieces)
+                }
+            };
+            return if result.is_ok() { STATUS_OK } else { STATUS_ERROR };
+        }
+        for transfer in transfers {
+            if !copied(disk, transfer, guest, to_guest) {
+                return STATUS_ERROR;
+            }
+        }
+        STATUS_OK
+    }
+}
+
+/// Moves one transfer through a bounce buffer and a hypervisor grant copy.
+fn copied(disk: &mut AtaDisk, transfer: &Transfer, guest: DomainId, to_guest: bool) -> bool {
     let mut buffer = [0u8; 4096];
-    match plan {
-        Plan::Flush => {
-            if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR }
-        }
-        Plan::Read(transfers) => {
-            for transfer in transfers {
-                let bytes = &mut buffer[..transfer.bytes as usize];
-                if disk.read(transfer.disk_sector, bytes).is_err()
-                    || hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, true).is_err()
-                {
-                    return STATUS_ERROR;
-                }
-            }
-            STATUS_OK
-        }
-        Plan::Write(transfers) => {
-            for transfer in transfers {
-                let bytes = &mut buffer[..transfer.bytes as usize];
-                if hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, false).is_err()
-                    || disk.write(transfer.disk_sector, bytes).is_err()
-                {
-                    return STATUS_ERROR;
-                }
-            }
-            STATUS_OK
-        }
+    let bytes = &mut buffer[..transfer.bytes as usize];
+    if to_guest {
+        disk.read(transfer.disk_sector, bytes).is_ok()
+            && hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, true).is_ok()
+    } else {
+        hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, false).is_ok()
+            && disk.write(transfer.disk_sector, bytes).is_ok()
     }
 }

@@ -26,6 +26,8 @@ fn rdtsc() -> u64 {
 
 /// Most guests dom0 manages (hv's limit less dom0).
 pub const MAX_GUESTS: usize = 63;
+/// Pages of dom0's foreign window it hands out (consoles, rings, data pages).
+pub const WINDOW_SLOTS: usize = 1024;
 /// Console output kept per guest for `console` to replay on attach.
 const HISTORY: usize = 4096;
 
@@ -68,6 +70,9 @@ pub struct BlockBackend {
     pub requests: u64,
     /// Set when the front end broke the protocol; the ring is no longer read.
     pub broken: Option<&'static str>,
+    /// Grants dom0 keeps mapped (persistent grants): (grant, writable,
+    /// window slot). The disk reads and writes them in place.
+    pub mapped: ArrayVec<(u32, bool, usize), { crate::blkback::PERSISTENT_GRANTS }>,
 }
 
 impl Guest {
@@ -90,14 +95,14 @@ pub struct Toolstack {
     pub guests: ArrayVec<Guest, MAX_GUESTS>,
     pub ramdisk: Archive<'static>,
     pub tsc_khz: u64,
-    window_slots: [bool; 64],
+    window_slots: [bool; WINDOW_SLOTS],
     /// The guest whose console is attached to the serial line.
     pub attached: Option<DomainId>,
 }
 
 /// The builder's view of the hypervisor: dom0's hypercalls.
 struct Hypervisor<'a> {
-    window_slots: &'a mut [bool; 64],
+    window_slots: &'a mut [bool; WINDOW_SLOTS],
     console: Option<Console>,
     /// The block ring being connected: (ring, dom0's port, window slot).
     block: Option<(BlockBack, u32, usize)>,
@@ -177,14 +182,14 @@ impl DomainControl for Hypervisor<'_> {
 /// Closes dom0's end of a back end's channel and frees its window slot. hv
 /// removes the mapping itself when the guest is destroyed; unmapping first
 /// is harmless.
-fn release_slot(window_slots: &mut [bool; 64], port: u32, slot: usize) {
+fn release_slot(window_slots: &mut [bool; WINDOW_SLOTS], port: u32, slot: usize) {
     let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
     let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
     let _ = hypercall::event(EventOp::Close, port as u64, 0);
     window_slots[slot] = false;
 }
 
-fn release_console(window_slots: &mut [bool; 64], console: Console) {
+fn release_console(window_slots: &mut [bool; WINDOW_SLOTS], console: Console) {
     release_slot(window_slots, console.port, console.slot);
 }
 
@@ -206,7 +211,7 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     guests: ArrayVec::new_const(),
     ramdisk: Archive::new(&[]),
     tsc_khz: 0,
-    window_slots: [false; 64],
+    window_slots: [false; WINDOW_SLOTS],
     attached: None,
 });
 
@@ -360,7 +365,7 @@ impl Toolstack {
         let console = control.console.take();
         let block = match (control.block.take(), disk) {
             (Some((ring, port, slot)), Some((disk, region))) => {
-                Some(BlockBackend { ring, port, slot, disk, region, requests: 0, broken: None })
+                Some(BlockBackend { ring, port, slot, disk, region, requests: 0, broken: None, mapped: ArrayVec::new() })
             }
             _ => None,
         };
@@ -401,6 +406,11 @@ impl Toolstack {
                 let _ = disk.flush();
             }
             release_slot(&mut self.window_slots, block.port, block.slot);
+            // hv removes dom0's mappings of the guest's pages when it is
+            // destroyed; the slots come back here.
+            for (_, _, slot) in block.mapped {
+                self.window_slots[slot] = false;
+            }
         }
         match hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0) {
             Ok(_) => {
@@ -583,7 +593,7 @@ impl Toolstack {
             if block.broken.is_some() {
                 continue;
             }
-            busy |= block.service(&mut self.disks, guest.id);
+            busy |= block.service(&mut self.disks, guest.id, &mut self.window_slots);
             if let Some(reason) = block.broken {
                 let _ = writeln!(out, "\ndom0: '{}' broke its disk ring ({reason}); disk disconnected", guest.config.name);
                 let _ = hypercall::event(EventOp::Close, block.port as u64, 0);

@@ -4,7 +4,7 @@
 //! entry's `MAPPED` bit set while any mapping of it exists, which is what
 //! makes the granter's revocation fail while mapped (see `abi::grant`).
 
-use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAPPED, PERMIT_ACCESS, READONLY};
+use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED, PERMIT_ACCESS, READONLY};
 use abi::{DomainId, Error};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
@@ -93,7 +93,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
                 return Err(Error::InvalidArgument);
             }
             let granter = granter_index(hv, caller, a1)?;
-            let (frame, entry) = check(hv, granter, a2, caller_id, false)?;
+            let (frame, entry) = check(hv, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
             let owner = hv.domains[granter].id;
             let entry_at = entry_address(hv, granter, a2)?;
             let domain = &mut hv.domains[caller];

@@ -210,6 +210,55 @@ impl Guest {
         self.disk_transfer(abi::block::OP_WRITE, sector, data.len())
     }
 
+    /// Reads `pages` pages (8 sectors each) from `sector` into the granted
+    /// transfer pages, one request per page, all in flight at once, and
+    /// leaves the data there (no copy): the front end at full speed, for
+    /// throughput measurements. Returns how many requests succeeded.
+    pub fn disk_read_ahead(&mut self, sector: u64, pages: usize) -> Result<usize, DiskError> {
+        let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+        let pages = pages.min(DISK_PAGES);
+        if sector.checked_add(pages as u64 * 8).is_none_or(|end| end > disk.sectors) {
+            return Err(DiskError::BadRequest);
+        }
+        let first_id = disk.next_id;
+        for page in 0..pages {
+            let mut request = abi::block::Request {
+                id: disk.next_id,
+                operation: abi::block::OP_READ,
+                segment_count: 1,
+                sector: sector + page as u64 * 8,
+                ..Default::default()
+            };
+            request.segments[0] = abi::block::Segment { grant: disk.grants[page], first_sector: 0, last_sector: 7, _reserved: 0 };
+            disk.next_id += 1;
+            disk.ring.push_request(&request).map_err(|_| DiskError::Broken)?;
+        }
+        if disk.ring.publish_requests() {
+            let _ = hypercall::notify(disk.port);
+        }
+        let mut good = 0;
+        let mut answered = 0;
+        while answered < pages {
+            let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
+            match disk.ring.pop_response() {
+                Ok(Some(response)) if (first_id..first_id + pages as u64).contains(&response.id) => {
+                    answered += 1;
+                    good += (response.status == abi::block::STATUS_OK) as usize;
+                }
+                Ok(Some(_)) | Err(_) => {
+                    disk.broken = true;
+                    return Err(DiskError::Broken);
+                }
+                Ok(None) => {
+                    if !disk.ring.arm_response_event() {
+                        self.wait_for_event();
+                    }
+                }
+            }
+        }
+        Ok(good)
+    }
+
     /// Asks dom0 to make earlier writes durable.
     pub fn disk_flush(&mut self) -> Result<(), DiskError> {
         self.disk_transfer(abi::block::OP_FLUSH, 0, 0)

@@ -205,12 +205,14 @@ pub fn grant_copy(granter: DomainId, reference: u32, offset: u16, local: &mut [u
 }
 
 /// Maps grant `reference` of `granter` at guest-physical `address` (dom0:
-/// in its foreign window).
-pub fn grant_map(granter: DomainId, reference: u32, address: u64) -> Result<(), Error> {
+/// in its foreign window), writable when `writable` (else refused for a
+/// read-only grant).
+pub fn grant_map(granter: DomainId, reference: u32, address: u64, writable: bool) -> Result<(), Error> {
+    let flags = if writable { abi::grant::MAP_WRITABLE } else { 0 };
+    let arguments = [GrantOp::Map as u64, granter as u64, reference as u64, address, flags];
     // SAFETY: hv only maps into this domain's address space; no memory of
     // ours is written.
-    Error::decode(unsafe { raw(Hypercall::Grant as u64, [GrantOp::Map as u64, granter as u64, reference as u64, address, 0]) })
-        .map(|_| ())
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, arguments) }).map(|_| ())
 }
 
 /// Removes a grant mapping at `address`.
