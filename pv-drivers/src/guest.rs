@@ -346,6 +346,11 @@ impl Guest {
         }
     }
 
+    /// This domain's end of the console event channel (0 without a console).
+    pub fn console_port(&self) -> u32 {
+        self.console_port
+    }
+
     /// This domain's id.
     pub fn domain_id(&self) -> u32 {
         self.start_info.domain_id

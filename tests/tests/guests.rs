@@ -809,3 +809,31 @@ fn bad_configs_and_kernels_give_clear_errors() {
     let seen = counter_reaches(&mut machine, counter, 1);
     counter_reaches(&mut machine, counter, seen + 1);
 }
+
+/// `hostile` makes dom0-only calls, uses memory and event ports that are
+/// not its own and passes bad values: every call gets its documented error
+/// (`Permission` for dom0-only operations), and it, dom0 and hv run on.
+#[test]
+fn a_hostile_guest_gets_documented_errors() {
+    let mut machine = boot();
+    let id = create(&mut machine, "hostile", "hostile");
+    attach(&mut machine, "hostile", id);
+    let output = machine
+        .expect(line_where("the hostile summary line", |line| line.starts_with("hostile: ") && line.contains(" checks passed")), seconds(60))
+        .unwrap_or_else(fail);
+    detach(&mut machine);
+    let summary = output.lines().rev().find(|line| line.contains(" checks passed")).unwrap_or("");
+    let numbers = scan("hostile: {} of {} checks passed; still running", summary).unwrap_or_default();
+    if numbers.len() != 2 || numbers[0] != numbers[1] || output.contains("WRONG") {
+        fail_with(&mut machine, &format!("every hostile check should pass; the guest printed:\n{output}"));
+    }
+    for refused in ["create a domain: as documented (rax -1)", "power the machine off: as documented (rax -1)", "read the hv log: as documented (rax -1)"] {
+        if !output.contains(refused) {
+            fail_with(&mut machine, &format!("expected {refused:?} (Permission) in:\n{output}"));
+        }
+    }
+    let (text, list) = list(&mut machine);
+    if list.get("hostile").is_none_or(|row| row.state.contains('c')) {
+        fail_with(&mut machine, &format!("hostile should still run after its attacks:\n{text}"));
+    }
+}
