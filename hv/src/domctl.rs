@@ -138,7 +138,12 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     }
     // 2. Its event channels close; peers see them unbound.
     hvcore::event::close_all(&mut crate::events::Tables(&mut hv.domains), id);
-    // 3. The scheduler forgets it; its frames, tables and VMCS are freed.
+    // 3. Its registers in the CPU are dropped with it, so a later domain that
+    //    reuses its id does not inherit them.
+    if hv.state_owner == Some(id) {
+        hv.state_owner = None;
+    }
+    // 4. The scheduler forgets it; its frames, tables and VMCS are freed.
     let _ = hv.scheduler.remove(id);
     let domain = hv.domains.remove(target);
     let pages = domain.current_pages;

@@ -42,6 +42,8 @@ pub struct Hypervisor {
     pub reserved_pages: u64,
     /// The id the next created domain gets (ids are not reused soon).
     pub next_domain_id: DomainId,
+    /// The domain whose x87/SSE state and CR2 are in the CPU's registers.
+    pub state_owner: Option<DomainId>,
     /// I/O bitmap page shared by every guest: all ports exit.
     pub guest_io_bitmap: u64,
     /// MSR bitmap page shared by every guest.
@@ -58,6 +60,7 @@ pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
     tsc_khz: 0,
     reserved_pages: 0,
     next_domain_id: 1,
+    state_owner: None,
     guest_io_bitmap: 0,
     guest_msr_bitmap: 0,
 });
@@ -163,6 +166,7 @@ impl Hypervisor {
     /// Returns the ticks it was scheduled (charged to it, including hv's
     /// work on its behalf).
     fn run_slice(&mut self, index: usize, slice: u64) -> u64 {
+        self.switch_processor_state(index);
         let start = cpu::rdtsc();
         let timer = (slice >> self.capabilities.preemption_timer_rate).clamp(1, u32::MAX as u64) as u32;
         if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
@@ -210,6 +214,25 @@ impl Hypervisor {
         let ran = cpu::rdtsc().wrapping_sub(start);
         self.domains[index].cpu_time_tsc += ran;
         ran
+    }
+
+    /// Makes the CPU's x87/SSE registers and CR2 those of domain `index`,
+    /// saving the previous owner's (lazily: nothing moves while one domain
+    /// keeps running).
+    fn switch_processor_state(&mut self, index: usize) {
+        let id = self.domains[index].id;
+        if self.state_owner == Some(id) {
+            return;
+        }
+        if let Some(owner) = self.state_owner
+            && let Some(vcpu) = self.index_of(owner).and_then(|i| self.domains[i].vcpu.as_mut())
+        {
+            vcpu.save_processor_state();
+        }
+        if let Some(vcpu) = self.domains[index].vcpu.as_ref() {
+            vcpu.restore_processor_state();
+            self.state_owner = Some(id);
+        }
     }
 
     /// Handles one VM exit. Returns false when the scheduler should pick again.

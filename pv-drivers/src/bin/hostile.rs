@@ -53,12 +53,44 @@ extern "C" fn _start(start_info: u64) -> ! {
         passed += ok as usize;
         let _ = writeln!(guest, "hostile: {name}: {} (rax {raw})", if ok { "as documented" } else { "WRONG" });
     }
+    // Register isolation: keep a marker in XMM0 across yields for a second
+    // of guest time while other domains run (another `hostile` does the
+    // same with its own marker); hv must switch SSE state, not leak it.
+    let marker = 0x4d49_4341_0000_0000u64 | me;
+    let mut kept = true;
+    // SAFETY: turns on CR4.OSFXSR (bit 9) so SSE instructions work; this
+    // guest owns its CR4 (hv only reserves VMXE).
+    unsafe { core::arch::asm!("mov {t}, cr4", "or {t}, 0x200", "mov cr4, {t}", t = out(reg) _, options(nostack)) };
+    let until = guest::now() + guest.ticks_per_second();
+    let mut yields = 0u64;
+    while guest::now() < until {
+        yields += 1;
+        let seen: u64;
+        // SAFETY: moves a value into XMM0, yields through a hypercall (which
+        // preserves every register but RAX) and reads XMM0 back.
+        unsafe {
+            core::arch::asm!(
+                "movq xmm0, {marker}",
+                "vmcall",
+                "movq {seen}, xmm0",
+                marker = in(reg) marker,
+                seen = out(reg) seen,
+                inout("rax") abi::Hypercall::Sched as u64 => _,
+                in("rdi") abi::hypercall::SchedOp::Yield as u64,
+                out("xmm0") _,
+                options(nostack),
+            );
+        }
+        kept &= seen == marker;
+    }
+    passed += kept as usize;
+    let _ = writeln!(guest, "hostile: XMM0 kept across {yields} yields: {}", if kept { "as documented" } else { "WRONG" });
     // SAFETY: number 9999 is no hypercall; hv must say so.
     let unknown = unsafe { hypercall::raw(9999, [0; 5]) };
     let ok = Error::decode(unknown) == Err(Error::NoSuchHypercall);
     passed += ok as usize;
     let _ = writeln!(guest, "hostile: unknown hypercall 9999: {} (rax {unknown})", if ok { "as documented" } else { "WRONG" });
-    let _ = writeln!(guest, "hostile: {} of {} checks passed; still running", passed, checks.len() + 1);
+    let _ = writeln!(guest, "hostile: {} of {} checks passed; still running", passed, checks.len() + 2);
     core::hint::black_box(&mut buffer);
     loop {
         guest.wait_for_event();

@@ -39,6 +39,9 @@ bitflags! {
         const HLT_EXITING = 1 << 7;
         /// MWAIT causes a VM exit.
         const MWAIT_EXITING = 1 << 10;
+        /// MOV to or from a debug register exits (debug registers are not
+        /// switched between domains, so no domain may use them).
+        const MOV_DR_EXITING = 1 << 23;
         /// Every I/O instruction exits (ignored when I/O bitmaps are used).
         const UNCONDITIONAL_IO_EXITING = 1 << 24;
         /// I/O bitmaps decide which ports exit.
@@ -107,6 +110,24 @@ const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
 const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 /// CR4.VMXE.
 const CR4_VMXE: u64 = 1 << 13;
+/// CR4.OSFXSR.
+const CR4_OSFXSR: u64 = 1 << 9;
+
+/// The x87/SSE state of a vCPU in FXSAVE format (SDM Vol. 1 10.5.1).
+#[repr(C, align(16))]
+pub struct FpuState([u8; 512]);
+
+impl FpuState {
+    /// The state after FNINIT with SSE reset: FCW 0x37F, MXCSR 0x1F80.
+    pub const fn initial() -> FpuState {
+        let mut bytes = [0u8; 512];
+        bytes[0] = 0x7f;
+        bytes[1] = 0x03;
+        bytes[24] = 0x80;
+        bytes[25] = 0x1f;
+        FpuState(bytes)
+    }
+}
 
 /// IA32_VMX_EPT_VPID_CAP bits (SDM Vol. 3D A.10).
 mod ept_vpid_cap {
@@ -206,6 +227,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             | PrimaryControls::USE_MSR_BITMAPS
             | PrimaryControls::MWAIT_EXITING
             | PrimaryControls::MONITOR_EXITING
+            | PrimaryControls::MOV_DR_EXITING
             | PrimaryControls::SECONDARY_CONTROLS)
             .bits(),
         primary_cap,
@@ -346,7 +368,9 @@ pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static s
         }
     }
     let cr0 = (cpu::read_cr0() | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
-    let cr4 = (cpu::read_cr4() | capabilities.cr4_fixed0 | CR4_VMXE) & capabilities.cr4_fixed1;
+    // CR4.OSFXSR: FXSAVE/FXRSTOR then move the SSE registers too, which hv
+    // switches between domains (hv itself is built without SSE).
+    let cr4 = (cpu::read_cr4() | capabilities.cr4_fixed0 | CR4_VMXE | CR4_OSFXSR) & capabilities.cr4_fixed1;
     // SAFETY: the fixed bits only force NE/PE/PG (already on) in CR0 and
     // VMXE in CR4, which hv's own code does not depend on.
     unsafe {
@@ -430,6 +454,10 @@ pub struct Vcpu {
     launched: bool,
     /// General-purpose registers, valid while the vCPU is not running.
     pub registers: GuestRegisters,
+    /// x87/SSE registers and CR2 while another domain runs: state the VMCS
+    /// does not switch, so hv does (see `save_processor_state`).
+    fpu: FpuState,
+    cr2: u64,
 }
 
 /// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
@@ -613,7 +641,29 @@ impl Vcpu {
             primary_controls: capabilities.primary,
             launched: false,
             registers,
+            fpu: FpuState::initial(),
+            cr2: 0,
         })
+    }
+
+    /// Saves the processor state the VMCS does not hold (x87/SSE, CR2)
+    /// before another domain's vCPU runs on this CPU.
+    pub fn save_processor_state(&mut self) {
+        self.cr2 = cpu::read_cr2();
+        // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer we own;
+        // CR4.OSFXSR is set and CR0.EM/TS are clear in VMX root.
+        unsafe { asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
+    }
+
+    /// Loads what `save_processor_state` saved (or the initial state).
+    pub fn restore_processor_state(&self) {
+        // SAFETY: FXRSTOR64 reads 512 bytes from a 16-byte aligned buffer in
+        // FXSAVE format (the initial image or one FXSAVE wrote; its reserved
+        // MXCSR bits are zero, so it cannot fault).
+        unsafe { asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack, readonly)) };
+        // SAFETY: CR2 only holds the last page-fault address; writing it
+        // affects nothing but what the guest reads back.
+        unsafe { asm!("mov cr2, {}", in(reg) self.cr2, options(nostack, nomem)) };
     }
 
     /// Makes this vCPU's VMCS the current one (VMPTRLD) if it is not already.
