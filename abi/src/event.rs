@@ -50,8 +50,12 @@ pub enum EventOp {
     Unmask = 7,
     /// Returns the state of port `a1` as [`PortStatus`] packed in a word:
     /// bits 0..8 the state, bits 16..48 the remote domain, bits 48..64 the
-    /// remote port or virtual IRQ.
+    /// remote port, virtual IRQ or physical line.
     Status = 8,
+    /// dom0 only: binds a new port to ISA interrupt line `a1` (1, 3..=7,
+    /// 9..=15: the lines hv does not keep). Each edge on the line makes the
+    /// port pending; the line stays unmasked. Returns the port. Since ABI 0.4.
+    BindPirq = 9,
 }
 
 impl EventOp {
@@ -67,6 +71,7 @@ impl EventOp {
             6 => EventOp::Mask,
             7 => EventOp::Unmask,
             8 => EventOp::Status,
+            9 => EventOp::BindPirq,
             _ => return None,
         })
     }
@@ -109,6 +114,8 @@ pub enum PortState {
     Interdomain = 2,
     /// Bound to a virtual IRQ.
     Virq = 3,
+    /// Bound to a physical interrupt line (dom0; since ABI 0.4).
+    Pirq = 4,
 }
 
 /// A decoded `Status` answer.
@@ -134,6 +141,7 @@ impl PortStatus {
             1 => PortState::Unbound,
             2 => PortState::Interdomain,
             3 => PortState::Virq,
+            4 => PortState::Pirq,
             _ => return None,
         };
         Some(PortStatus { state, remote_domain: (word >> 16) as u32, remote: (word >> 48) as u16 })
@@ -168,7 +176,7 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for state in [PortState::Free, PortState::Unbound, PortState::Interdomain, PortState::Virq] {
+        for state in [PortState::Free, PortState::Unbound, PortState::Interdomain, PortState::Virq, PortState::Pirq] {
             let status = PortStatus { state, remote_domain: 0xdead_beef, remote: 0xabcd };
             assert_eq!(PortStatus::decode(status.encode()), Some(status));
         }
@@ -177,10 +185,10 @@ mod tests {
 
     #[test]
     fn operations_round_trip() {
-        for n in 0..9 {
+        for n in 0..10 {
             assert_eq!(EventOp::from_number(n).unwrap() as u64, n);
         }
-        assert_eq!(EventOp::from_number(9), None);
+        assert_eq!(EventOp::from_number(10), None);
         assert_eq!(Virq::from_number(2), None);
     }
 }

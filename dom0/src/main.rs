@@ -144,8 +144,15 @@ impl Shell {
         let _ = unsafe { hypercall::register_event_page(&raw mut EVENT_PAGE as u64, 0) };
         self.boot_to_prompt = rdtsc();
         self.prompt();
-        let poll_interval = (self.start_info.tsc_khz.max(1000)) / 1000 * 500; // 0.5 ms
-        let reap_interval = poll_interval * 100;
+        // Typed input wakes dom0 through COM1's interrupt line when hv can
+        // route it; otherwise dom0 polls the UART every 0.5 ms.
+        let ticks_per_ms = self.start_info.tsc_khz.max(1000);
+        let serial_interrupt = hypercall::event(EventOp::BindPirq, 4, 0).is_ok();
+        if serial_interrupt {
+            self.console.enable_receive_interrupt();
+        }
+        let poll_interval = if serial_interrupt { ticks_per_ms * 10 } else { ticks_per_ms / 2 };
+        let reap_interval = ticks_per_ms * 50;
         let mut next_reap = rdtsc() + reap_interval;
         loop {
             let mut busy = false;

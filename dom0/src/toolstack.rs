@@ -684,7 +684,28 @@ impl Toolstack {
             let name = guest.config.name;
             let id = guest.id;
             let policy = if crashed { guest.config.on_crash } else if reboot { OnCrash::Restart } else { OnCrash::Destroy };
-            let what = if crashed { "crashed (see dmesg)" } else { "shut down" };
+            let mut log = [0u8; 16 * 1024];
+            let mut reason: ArrayString<200> = ArrayString::new();
+            if crashed {
+                let length = hypercall::dmesg(&mut log).unwrap_or(0);
+                let marker: ArrayString<24> = {
+                    let mut marker = ArrayString::new();
+                    let _ = write!(marker, "d{id} crashed: ");
+                    marker
+                };
+                let text = core::str::from_utf8(&log[..length]).unwrap_or("");
+                if let Some(line) = text.lines().rev().find(|line| line.contains(marker.as_str())) {
+                    let why = line.split_once(marker.as_str()).map_or("", |(_, why)| why);
+                    let _ = write!(reason, "crashed: {}", &why[..why.len().min(180)]);
+                }
+            }
+            let what = if !crashed {
+                "shut down"
+            } else if reason.is_empty() {
+                "crashed (see dmesg)"
+            } else {
+                reason.as_str()
+            };
             let policy_name = match policy {
                 OnCrash::Destroy => "destroy",
                 OnCrash::Restart => "restart",

@@ -84,6 +84,12 @@ impl Uart {
         }
     }
 
+    /// Interrupts on received data (IER bit 0); the line is ISA IRQ 4, which
+    /// dom0 binds to an event channel. OUT2 (set by `init`) gates it on PCs.
+    pub fn enable_receive_interrupt(&mut self) {
+        outb(COM1 + INTERRUPT_ENABLE, 0x01);
+    }
+
     /// A received byte, if one is waiting.
     pub fn try_read_byte(&mut self) -> Option<u8> {
         if inb(COM1 + LINE_STATUS) & DATA_READY != 0 { Some(inb(COM1 + DATA)) } else { None }

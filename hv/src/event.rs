@@ -55,6 +55,8 @@ pub enum Binding {
     Interdomain { remote: DomainId, remote_port: Port },
     /// Bound to a virtual IRQ that hv raises.
     Virq(Virq),
+    /// Bound to a physical interrupt line (dom0's devices), which hv raises.
+    Pirq(u8),
 }
 
 /// Marks an entry of `PortTable::virq_ports` with no port bound (port 0
@@ -120,6 +122,7 @@ impl PortTable {
                 remote_port,
             } => (PortState::Interdomain, remote, remote_port as u16),
             Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
+            Binding::Pirq(line) => (PortState::Pirq, 0, line as u16),
         };
         Ok(PortStatus {
             state,
@@ -185,8 +188,22 @@ impl PortTable {
             } => Ok((remote, remote_port)),
             Binding::Free => Err(Error::NotFound),
             Binding::Unbound { .. } => Err(Error::Busy),
-            Binding::Virq(_) => Err(Error::InvalidArgument),
+            Binding::Virq(_) | Binding::Pirq(_) => Err(Error::InvalidArgument),
         }
+    }
+
+    /// Binds a new port to physical interrupt line `line`. The caller (hv)
+    /// checks the line is one this domain may have and is bound nowhere else.
+    pub fn bind_pirq(&mut self, line: u8) -> Result<Port, Error> {
+        if self.pirq_port(line).is_some() {
+            return Err(Error::Busy);
+        }
+        self.claim(Binding::Pirq(line))
+    }
+
+    /// The port bound to physical line `line`, if any.
+    pub fn pirq_port(&self, line: u8) -> Option<Port> {
+        self.bindings.iter().position(|b| *b == Binding::Pirq(line)).map(port_number)
     }
 
     /// Gives the lowest free port (at least 1) `binding`. `Busy` if none.
@@ -204,7 +221,7 @@ impl PortTable {
         match self.bindings[index] {
             Binding::Free => return,
             Binding::Virq(virq) => self.virq_ports[virq as usize] = NO_PORT,
-            Binding::Unbound { .. } | Binding::Interdomain { .. } => {}
+            Binding::Unbound { .. } | Binding::Interdomain { .. } | Binding::Pirq(_) => {}
         }
         self.bindings[index] = Binding::Free;
         self.allocated -= 1;
@@ -238,7 +255,7 @@ pub fn bind_interdomain(
         Binding::Unbound { remote } if remote == local_id => {}
         Binding::Unbound { .. } => return Err(Error::Permission),
         Binding::Free => return Err(Error::NotFound),
-        Binding::Interdomain { .. } | Binding::Virq(_) => return Err(Error::Busy),
+        Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_) => return Err(Error::Busy),
     }
     // The remote port is not Free, so in a loopback the new port differs from it.
     let local_port =
@@ -388,6 +405,22 @@ pub fn set_pending(
 }
 
 #[cfg(test)]
+mod pirq_tests {
+    use super::*;
+
+    #[test]
+    fn a_line_binds_once_and_cannot_be_sent_on() {
+        let mut table = PortTable::new();
+        let port = table.bind_pirq(4).unwrap();
+        assert_eq!(table.pirq_port(4), Some(port));
+        assert_eq!(table.bind_pirq(4), Err(Error::Busy));
+        assert_eq!(table.send_target(port), Err(Error::InvalidArgument));
+        assert_eq!(table.status(port).unwrap().state, PortState::Pirq);
+        assert_eq!(table.status(port).unwrap().remote, 4);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
@@ -438,6 +471,7 @@ mod tests {
                             );
                         }
                         Binding::Virq(virq) => assert_eq!(table.virq_port(virq), Some(port)),
+                        Binding::Pirq(line) => assert_eq!(table.pirq_port(line), Some(port)),
                         Binding::Free | Binding::Unbound { .. } => {}
                     }
                 }
@@ -827,7 +861,7 @@ mod tests {
                         (Some(Ok(Binding::Unbound { remote })), _) if remote != id => {
                             Some(Error::Permission)
                         }
-                        (Some(Ok(Binding::Interdomain { .. } | Binding::Virq(_))), _) => {
+                        (Some(Ok(Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_))), _) => {
                             Some(Error::Busy)
                         }
                         (_, None) => Some(Error::NotFound),

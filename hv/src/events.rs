@@ -50,6 +50,26 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     }
 }
 
+/// Delivers the device interrupts that arrived: each line's port in the
+/// domain that bound it (dom0) becomes pending.
+pub fn deliver_device_interrupts(hv: &mut Hypervisor) {
+    let lines = crate::arch::ioapic::take_pending();
+    if lines == 0 {
+        return;
+    }
+    for line in 0..16u8 {
+        if lines & (1 << line) == 0 {
+            continue;
+        }
+        let target = hv.domains.iter().position(|d| d.privileged).and_then(|index| {
+            hv.domains[index].events.pirq_port(line).map(|port| (index, port))
+        });
+        if let Some((index, port)) = target {
+            raise(hv, index, port);
+        }
+    }
+}
+
 /// Raises virtual IRQ `virq` of domain `index` if it has bound it.
 pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq) {
     if let Some(port) = hv.domains.get(index).and_then(|d| d.events.virq_port(virq)) {
@@ -147,8 +167,25 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
         }
         EventOp::Close => {
             let port = port_argument(a1)?;
+            let binding = hv.domains[caller].events.binding(port)?;
             ports::close(&mut Tables(&mut hv.domains), caller_id, port)?;
+            if let ports::Binding::Pirq(line) = binding {
+                crate::arch::ioapic::mask(line);
+            }
             Ok(0)
+        }
+        EventOp::BindPirq => {
+            if !hv.domains[caller].privileged {
+                return Err(Error::Permission);
+            }
+            // hv keeps the PIT (0), the cascade (2) and the RTC (8).
+            let line = u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
+            let port = hv.domains[caller].events.bind_pirq(line)?;
+            if !crate::arch::ioapic::unmask(line) {
+                let _ = ports::close(&mut Tables(&mut hv.domains), caller_id, port);
+                return Err(Error::NotFound);
+            }
+            Ok(port as u64)
         }
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;

@@ -129,6 +129,7 @@ impl Hypervisor {
     /// Runs domains forever.
     pub fn run(&mut self) -> ! {
         loop {
+            crate::events::deliver_device_interrupts(self);
             let now = cpu::rdtsc();
             let next_timer = self.fire_timers(now);
             for domain in &self.domains {
@@ -150,13 +151,8 @@ impl Hypervisor {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    match wake {
-                        Some(deadline) => lapic::wait_until(deadline),
-                        None => {
-                            crate::warning!("no domain can ever run again; hv is idle");
-                            cpu::halt_forever();
-                        }
-                    }
+                    // Device interrupts also end the wait (dom0 may have bound lines).
+                    lapic::wait_until(wake.unwrap_or(u64::MAX));
                 }
             }
         }
@@ -260,7 +256,9 @@ impl Hypervisor {
                 true
             }
             Exit::ExternalInterrupt { vector } => {
-                crate::debug!("external interrupt, vector {vector}");
+                // A device line is recorded and delivered by the run loop;
+                // anything else was only a wake-up.
+                crate::arch::ioapic::record(vector);
                 lapic::end_of_interrupt();
                 false
             }

@@ -57,10 +57,14 @@ pub fn set_record_level(level: Level) {
     RECORD_LEVEL.store(level as u8, Ordering::Relaxed);
 }
 
-/// Sets the most verbose level that is also written to the serial console.
-pub fn set_console_level(level: Level) {
-    CONSOLE_LEVEL.store(level as u8, Ordering::Relaxed);
+/// Sets the most verbose level that is also written to the serial console
+/// (`None`: nothing, the console belongs to dom0).
+pub fn set_console_level(level: Option<Level>) {
+    CONSOLE_LEVEL.store(level.map_or(CONSOLE_OFF, |level| level as u8), Ordering::Relaxed);
 }
+
+/// `CONSOLE_LEVEL` value meaning "write nothing to the console".
+const CONSOLE_OFF: u8 = u8::MAX;
 
 /// Whether a line at `level` would be recorded (to skip formatting early).
 pub fn enabled(level: Level) -> bool {
@@ -139,7 +143,8 @@ pub fn domain_text(domain: u32, text: &[u8]) {
 
 fn emit(level: Level, bytes: &[u8]) {
     RING.lock().write(bytes);
-    if level as u8 <= CONSOLE_LEVEL.load(Ordering::Relaxed) {
+    let console = CONSOLE_LEVEL.load(Ordering::Relaxed);
+    if console != CONSOLE_OFF && level as u8 <= console {
         serial::write_bytes(bytes);
     }
 }

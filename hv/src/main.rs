@@ -63,7 +63,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     if let Some(level) = boot.cmdline.split_whitespace().find_map(|w| w.strip_prefix("loglevel=")).and_then(Level::parse)
     {
         log::set_record_level(level);
-        log::set_console_level(level);
+        log::set_console_level(Some(level));
     }
     info!("command line '{}', loaded by '{}'", boot.cmdline, boot.bootloader_name);
 
@@ -93,6 +93,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
 
     let (apic_id, apic_version) = lapic::init();
     info!("local APIC id {apic_id}, version {apic_version:#x}");
+    let ioapic_entries = arch::ioapic::init(apic_id);
+    info!("I/O APIC: {ioapic_entries} redirection entries, ISA lines routed to vectors 0x30-0x3f (masked)");
     let tsc_khz = arch::tsc::calibrate();
     info!("TSC runs at {} kHz", tsc_khz);
 
@@ -137,8 +139,10 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     hv.guest_io_bitmap = deny_all;
     hv.guest_msr_bitmap = deny_all;
     info!("starting dom0; hv log continues in 'dmesg'");
-    // dom0 owns the console from here; hv only prints warnings and errors.
-    log::set_console_level(Level::Warning);
+    // dom0 owns the console from here: hv writes its log only to the dmesg
+    // ring (dom0 reports what concerns the operator, such as a crash and its
+    // reason, as whole lines). Only fatal hv errors still go to COM1.
+    log::set_console_level(None);
     hv.run()
 }
 

@@ -466,6 +466,35 @@ impl Bochs {
     }
 
     pub fn boot_with(iso: &Iso, options: &BochsOptions) -> Result<Machine, String> {
+        // Bochs's only headless display on Debian is its VNC server, which
+        // takes a port from 5900 to 5949 and crashes when it finds none free
+        // (seen under load). That is the emulator failing to start, not Mica
+        // failing: start it again, at most twice, and say so.
+        let mut attempt = 1;
+        loop {
+            let no_display_port = |log: &str| log.contains("Could not bind socket") && log.contains("Trying port 5949");
+            match Bochs::boot_once(iso, options) {
+                Err(error) if attempt < 3 && no_display_port(&error) => {}
+                Err(error) => return Err(error),
+                Ok(machine) => {
+                    // The display starts after COM1 connects: wait for the
+                    // first console byte, or for the display to give up.
+                    let deadline = Instant::now() + seconds(30);
+                    while machine.transcript().is_empty() && Instant::now() < deadline && !no_display_port(&machine.log("bochs.log")) {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    if attempt >= 3 || !no_display_port(&machine.log("bochs.log")) {
+                        return Ok(machine);
+                    }
+                }
+            }
+            eprintln!("Bochs: its VNC display found no free port (5900-5949) and Bochs died before booting; starting it again");
+            attempt += 1;
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn boot_once(iso: &Iso, options: &BochsOptions) -> Result<Machine, String> {
         let bios = Path::new("/usr/share/bochs/BIOS-bochs-latest");
         let vga_bios = Path::new("/usr/share/bochs/VGABIOS-lgpl-latest");
         if !command_exists("bochs") || !bios.is_file() || !vga_bios.is_file() {

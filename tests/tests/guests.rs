@@ -494,17 +494,10 @@ fn a_crashing_guest_is_stopped_alone() {
                 &format!("`create crasher` should print \"dom0: created 'crasher' as domain <id>\"; it printed:\n{seen}"),
             )
         });
-    let hv_line =
-        format!("hv: error: d{crasher} crashed: EPT violation at guest-physical 0x30000000");
-    if !seen.contains(&hv_line) {
-        fail_with(
-            &mut machine,
-            &format!("hv should report {hv_line:?} on the console; it printed:\n{seen}"),
-        );
-    }
-    let dom0_line =
-        format!("dom0: 'crasher' (domain {crasher}) crashed (see dmesg); on_crash=preserve");
-    if !seen.lines().any(|line| line == dom0_line) {
+    // hv logs the reason (dmesg, checked below); dom0 reports it on the
+    // console as one whole line.
+    let dom0_line = format!("dom0: 'crasher' (domain {crasher}) crashed: EPT violation at guest-physical 0x30000000");
+    if !seen.lines().any(|line| line.starts_with(&dom0_line) && line.ends_with("; on_crash=preserve")) {
         fail_with(
             &mut machine,
             &format!("dom0 should report {dom0_line:?}; it printed:\n{seen}"),
@@ -618,7 +611,7 @@ fn destroy_returns_every_frame_and_cycles_do_not_leak() {
         .expect(
             line_where(
                 "dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"",
-                |line| line.starts_with("dom0: 'crasher' (domain ") && line.contains(" crashed "),
+                |line| line.starts_with("dom0: 'crasher' (domain ") && line.contains(" crashed"),
             ),
             seconds(30),
         )

@@ -89,6 +89,52 @@ exception_stub_\vector:
 spurious_interrupt_stub:
     iretq
 
+    /* Device interrupts while hv idles (vectors 0x30-0x3f): record the line,
+       acknowledge, return. */
+    .macro DEVICE_INTERRUPT vector
+    .balign 16
+device_stub_\vector:
+    push rdi
+    mov edi, \vector
+    jmp device_common
+    .endm
+    DEVICE_INTERRUPT 48
+    DEVICE_INTERRUPT 49
+    DEVICE_INTERRUPT 50
+    DEVICE_INTERRUPT 51
+    DEVICE_INTERRUPT 52
+    DEVICE_INTERRUPT 53
+    DEVICE_INTERRUPT 54
+    DEVICE_INTERRUPT 55
+    DEVICE_INTERRUPT 56
+    DEVICE_INTERRUPT 57
+    DEVICE_INTERRUPT 58
+    DEVICE_INTERRUPT 59
+    DEVICE_INTERRUPT 60
+    DEVICE_INTERRUPT 61
+    DEVICE_INTERRUPT 62
+    DEVICE_INTERRUPT 63
+device_common:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push r8
+    push r9
+    push r10
+    push r11
+    call {device_interrupt}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    pop rdi
+    iretq
+
     /* The APIC timer while hv idles: acknowledge and return. */
     .balign 16
 timer_interrupt_stub:
@@ -155,16 +201,24 @@ spurious_stub_address:
     .global timer_stub_address
 timer_stub_address:
     .quad timer_interrupt_stub
+    .global device_stub_table
+device_stub_table:
+    .quad device_stub_48, device_stub_49, device_stub_50, device_stub_51
+    .quad device_stub_52, device_stub_53, device_stub_54, device_stub_55
+    .quad device_stub_56, device_stub_57, device_stub_58, device_stub_59
+    .quad device_stub_60, device_stub_61, device_stub_62, device_stub_63
     .section .text
 "#,
     handler = sym exception_handler,
     end_of_interrupt = sym super::lapic::end_of_interrupt,
+    device_interrupt = sym super::ioapic::device_interrupt,
 );
 
 unsafe extern "C" {
     static exception_stub_table: [u64; 32];
     static spurious_stub_address: u64;
     static timer_stub_address: u64;
+    static device_stub_table: [u64; 16];
 }
 
 /// Vector of the local APIC's spurious interrupt.
@@ -212,6 +266,9 @@ pub fn init() {
         }
         (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
         (*idt).0[super::lapic::TIMER_VECTOR as usize] = gate(timer_stub_address, 0);
+        for (line, stub) in device_stub_table.iter().enumerate() {
+            (*idt).0[super::ioapic::FIRST_VECTOR as usize + line] = gate(*stub, 0);
+        }
         let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
         asm!("lidt [{}]", in(reg) &pointer, options(nostack));
     }

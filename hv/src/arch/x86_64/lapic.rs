@@ -79,17 +79,22 @@ fn tsc_deadline_supported() -> bool {
     BASE.load(Ordering::Relaxed) != 0 && super::cpu::cpuid(1, 0).ecx & (1 << 24) != 0
 }
 
-/// Idles the CPU until the TSC reaches `deadline`: halts with the APIC
-/// timer armed in TSC-deadline mode, or spins where that is missing.
+/// Idles the CPU until the TSC reaches `deadline` or a device interrupt
+/// arrives: halts with the APIC timer armed in TSC-deadline mode, or (where
+/// that is missing) halts briefly in a loop.
 pub fn wait_until(deadline: u64) {
+    let waiting = || super::cpu::rdtsc() < deadline && !super::ioapic::any_pending();
     if !tsc_deadline_supported() {
-        while super::cpu::rdtsc() < deadline {
+        while waiting() {
+            // SAFETY: interrupts are enabled only across one NOP-length
+            // window so a device interrupt can be taken; its handler returns.
+            unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             core::hint::spin_loop();
         }
         return;
     }
     write(LVT_TIMER, TSC_DEADLINE_MODE | TIMER_VECTOR as u32);
-    while super::cpu::rdtsc() < deadline {
+    while waiting() {
         // SAFETY: arming the deadline MSR only schedules the timer interrupt,
         // whose handler (idt) acknowledges it and returns.
         unsafe { super::cpu::wrmsr(IA32_TSC_DEADLINE, deadline) };

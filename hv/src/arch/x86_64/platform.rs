@@ -9,6 +9,7 @@ use super::cpu::{halt_forever, outb, outw};
 // real machines power off too; until then they halt with a message.
 pub fn power_off() -> ! {
     crate::log::emergency(format_args!("hv: powering off\n"));
+    super::serial::flush();
     // SAFETY: writing SLP_EN|SLP_TYP=0 to a PM1a control register turns an
     // emulated PC off; on other machines these ports are unused.
     unsafe {
@@ -26,6 +27,7 @@ pub fn power_off() -> ! {
 /// the keyboard controller.
 pub fn reboot() -> ! {
     crate::log::emergency(format_args!("hv: rebooting\n"));
+    super::serial::flush();
     // SAFETY: 0xcf9 bit 2 with bit 1 set requests a hard reset; 0xfe to the
     // keyboard controller pulses the reset line. Both end hv, as asked.
     unsafe {

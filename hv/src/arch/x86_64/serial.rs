@@ -14,6 +14,8 @@ const MODEM_CONTROL: u16 = 4;
 const LINE_STATUS: u16 = 5;
 /// LSR bit 5: the transmit holding register is empty.
 const TRANSMIT_EMPTY: u8 = 1 << 5;
+/// LSR bit 6: the transmitter has sent everything.
+const TRANSMITTER_IDLE: u8 = 1 << 6;
 
 /// The ports passed through to dom0 (it owns the UART's input side).
 pub const COM1_PORTS: core::ops::Range<u16> = COM1..COM1 + 8;
@@ -44,6 +46,18 @@ pub fn write_byte(byte: u8) {
     }
     // SAFETY: writing the data register sends one byte.
     unsafe { outb(COM1 + DATA, byte) }
+}
+
+/// Waits (bounded) until every byte written has left the UART (LSR bit 6),
+/// so a power-off or reset does not cut the last line short.
+pub fn flush() {
+    for _ in 0..1_000_000 {
+        // SAFETY: reading the line status register has no side effects.
+        if unsafe { inb(COM1 + LINE_STATUS) } & TRANSMITTER_IDLE != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// Writes bytes, turning `\n` into `\r\n` for terminals.

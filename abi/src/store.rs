@@ -1,0 +1,664 @@
+//! The store protocol (since ABI 0.4): how a domain talks to dom0's store, a
+//! hierarchical key/value tree with watches through which front ends and
+//! back ends find each other.
+//!
+//! # The tree
+//! Nodes are named by paths. Every node has a value (UTF-8 text, possibly
+//! empty) and may have children; there is no separate "directory" kind.
+//! Each domain has a home, `/local/domain/<id>` (decimal id, no leading
+//! zeros), which dom0 creates when it builds the domain.
+//!
+//! - An *absolute* path starts with `/`: `/` itself, or `/` followed by
+//!   components separated by single `/`.
+//! - A *relative* path does not start with `/` and is resolved against the
+//!   caller's home: domain 5 writing `device/vbd/0/state` writes
+//!   `/local/domain/5/device/vbd/0/state`.
+//! - A component is one or more of `A-Z a-z 0-9 _ . - @`, and is neither `.`
+//!   nor `..` (they have no special meaning, so they are refused rather than
+//!   silently taken literally). No empty components: no `//`, no trailing `/`.
+//! - A path is at most [`PATH_MAX`] bytes *after* a relative path has been
+//!   resolved; a value at most [`VALUE_MAX`] bytes; a watch token at most
+//!   [`TOKEN_MAX`] bytes. Values and tokens are UTF-8 without NUL bytes.
+//!   Longer ones are refused with [`StoreError::TooBig`].
+//! - Numbers stored as values (states, grant references, ports, sizes) are
+//!   decimal ASCII digits, no sign, no spaces ([`parse_decimal`]).
+//!
+//! # Permissions
+//! Each node has an owner domain, an access level for every other domain
+//! ([`Access`]), and up to [`GRANTS_MAX`] per-domain grants that override it.
+//! The owner may read and write its node; dom0 may do everything everywhere.
+//! Permissions are per node: reading `/a/b` needs read access to `/a/b`
+//! only, not to `/a`. Reading a node or listing its children needs read
+//! access to it; writing an existing node or removing it (with its
+//! subtree) needs write access to it; creating a node needs write access to
+//! its nearest existing ancestor. Only the owner (or dom0) may change a
+//! node's permissions, and only dom0 may give a node to another owner.
+//!
+//! A node created by a guest is owned by that guest and inherits its
+//! parent's other-access and grants. A node created by dom0 keeps its
+//! parent's owner as well, so the toolstack filling in a guest's home makes
+//! nodes the guest owns. Nodes count against their owner's quota; a guest
+//! over quota gets [`StoreError::Quota`].
+//!
+//! On the wire, permissions are a list of entries, each a letter
+//! ([`Access::letter`]) followed by a decimal domain id: the first entry is
+//! the owner, its letter the access of domains not listed; each further
+//! entry grants its domain that access. `b5` `r0` = owned by domain 5, no
+//! access for others, dom0 may read (it could anyway).
+//!
+//! # Messages
+//! A message is a 16-byte [`StoreHeader`] followed by `length` payload bytes
+//! (`length <= STORE_PAYLOAD_MAX`, so a whole message fits in
+//! [`STORE_MESSAGE_MAX`] = one page of buffer on each side). All header
+//! fields are little-endian. The payload is a sequence of fields, each
+//! UTF-8 text *terminated* by a NUL byte (the last one too); `length`
+//! counts the NULs. A payload with a missing final NUL, a wrong number of
+//! fields or invalid UTF-8 is refused with [`StoreError::Invalid`].
+//!
+//! | kind             | request payload              | success reply payload           |
+//! |------------------|------------------------------|---------------------------------|
+//! | `Read`           | path                         | value                           |
+//! | `Write`          | path, value                  | (empty)                         |
+//! | `Mkdir`          | path                         | (empty)                         |
+//! | `Remove`         | path                         | (empty)                         |
+//! | `Directory`      | path                         | child name, child name, ...     |
+//! | `GetPermissions` | path                         | owner entry, grant entries, ... |
+//! | `SetPermissions` | path, owner entry, grants... | (empty)                         |
+//! | `Watch`          | path, token                  | (empty)                         |
+//! | `Unwatch`        | path, token                  | (empty)                         |
+//!
+//! The reply to a request has the request's `kind`, `request_id` and
+//! `transaction` on success, or kind [`StoreOp::Error`] with one field, the
+//! error's name ([`StoreError::name`], e.g. `ENOENT`). Replies come in
+//! request order; a client may send several requests before reading
+//! replies. [`StoreOp::WatchEvent`] messages (fields: path, token;
+//! `request_id` 0) may arrive between replies at any time.
+//!
+//! Semantics worth knowing:
+//! - `Write` creates missing parents (with empty values). `Mkdir` creates a
+//!   node with an empty value and succeeds without change if it exists.
+//! - `Remove` removes the node and its whole subtree; removing `/` is
+//!   [`StoreError::Invalid`]; a missing node is [`StoreError::NoEntry`].
+//! - `Directory` lists child names (not paths) in no promised order; a list
+//!   longer than [`STORE_PAYLOAD_MAX`] is [`StoreError::TooBig`].
+//! - `transaction` must be 0 in this version; anything else, and any `kind`
+//!   the server does not know, is [`StoreError::NotSupported`], so a client
+//!   can probe for later features.
+//!
+//! # Watches
+//! `Watch` registers (path, token) for the caller; the path need not exist.
+//! The server at once queues one event for the watched path (so the client
+//! reads the current state without racing a change), then one event
+//! whenever a node at or below the watched path is written, created, has
+//! its permissions changed or is removed, and when an ancestor of the
+//! watched path is removed. The event carries the *absolute* path of the
+//! changed node (for a removed ancestor: the watched path) and the
+//! registration's token. A domain only gets events for nodes it may read.
+//! Registering the same (path, token) twice is [`StoreError::Exists`];
+//! `Unwatch` of an unknown pair is [`StoreError::NoEntry`].
+//!
+//! Events say *that* something changed, never what: the client reads the
+//! keys it cares about after any event. A domain's pending events are kept
+//! in a bounded queue; when a client falls behind, the oldest are dropped,
+//! which is harmless under that rule as long as one event remains.
+//!
+//! # Transport
+//! A [`StoreRing`]: one page of the guest's memory, which dom0 maps, with an
+//! event channel for notification in both directions. Two byte rings:
+//! `request` (client writes, server reads) and `response` (server writes,
+//! client reads). Indices are free-running `u32` counters, never reduced
+//! modulo the size; a ring holds `producer - consumer` bytes (wrapping
+//! arithmetic) at index `counter % SIZE`. The producer writes the bytes,
+//! then (release) its producer index; the consumer reads the producer index
+//! (acquire), copies the bytes out, then (release) its consumer index. A
+//! side that finds `producer - consumer > SIZE` treats the ring as corrupt
+//! and stops using it. After producing or consuming, send an event on the
+//! store port; the other side may also poll.
+//!
+//! The rings are a byte stream: a message larger than the free space is
+//! written in pieces, each published as it is written; the reader
+//! reassembles. A writer finishes one message before starting the next, so
+//! messages never interleave. A header whose `length` exceeds
+//! [`STORE_PAYLOAD_MAX`] is answered with [`StoreError::TooBig`] after the
+//! server has skipped its `length` payload bytes, so the stream stays in
+//! step. A client that stops reading responses stalls only itself: the
+//! server stops reading its requests until the reply fits.
+//!
+//! The builder of the domain names the store page and the event port in
+//! the domain's start-info page.
+//!
+//! # Devices and the handshake
+//! A split device `vbd` number `<n>` of guest `<g>`, served by back-end
+//! domain `<b>` (dom0 in this version), lives in two directories, both
+//! created by the toolstack:
+//!
+//! ```text
+//! /local/domain/<g>/device/vbd/<n>/        owned by <g>, readable by <b>
+//!     backend        absolute path of the back-end directory   (toolstack)
+//!     backend-id     <b>; absent = 0                           (toolstack)
+//!     state          the front end's DeviceState               (front end)
+//!     ring-ref       grant reference of the ring page          (front end)
+//!     event-channel  port the front end allocated for <b>      (front end)
+//! /local/domain/<b>/backend/vbd/<g>/<n>/   owned by <b>, readable by <g>
+//!     frontend       absolute path of the front-end directory  (toolstack)
+//!     frontend-id    <g>                                        (toolstack)
+//!     state          the back end's DeviceState                (back end)
+//!     sectors        disk size in sector-size units            (back end)
+//!     sector-size    bytes per sector; absent = 512            (back end)
+//!     mode           "r" read-only or "w" read-write; absent = "w" (back end)
+//! ```
+//!
+//! Each end watches the other's `state` and reacts to what it reads there
+//! (a read, not the event, is the truth). States ([`DeviceState`]):
+//!
+//! ```text
+//!   front end                                   back end
+//!   1 Initialising (toolstack)                  1 Initialising (toolstack)
+//!                                               writes sectors, mode ...
+//!                                               -> 2 InitWait
+//!   sees back end 2: grants the ring page,
+//!   allocates a port for <b>, writes
+//!   ring-ref, event-channel
+//!   -> 3 Initialised
+//!                                               sees front end 3: reads
+//!                                               ring-ref and event-channel,
+//!                                               maps the ring, binds the port
+//!                                               -> 4 Connected
+//!   sees back end 4: -> 4 Connected
+//!
+//!   Closing (either end starts by writing 5 Closing):
+//!   front end sees back end 5: stops issuing requests, waits for the
+//!   outstanding responses, -> 5 Closing.
+//!   back end sees front end 5 (or 6, or its directory gone): stops serving,
+//!   unmaps the ring, closes its port, -> 6 Closed.
+//!   front end sees back end 6: revokes its grants, closes its port,
+//!   -> 6 Closed.
+//!   To reconnect, the front end writes 1 Initialising; a Closed back end
+//!   that sees it goes back to 2 InitWait.
+//! ```
+//!
+//! Defaults when a key is absent: a missing `state` reads as Initialising
+//! (the other end has not started), except that an end that has seen its
+//! peer in any later state and then finds `state` (or the whole directory)
+//! gone treats the peer as Closed; a `state` value that does not parse is
+//! read as Closed, the safe reading ([`DeviceState::from_key`]). Missing
+//! optional keys take the defaults listed above; a missing required key
+//! (`ring-ref`, `event-channel`, `sectors`) after the peer said it was ready
+//! means the peer is broken: write Closing.
+
+use core::mem::{offset_of, size_of};
+
+/// Bytes of a message header.
+pub const STORE_HEADER_SIZE: usize = 16;
+/// Largest message, header included: one page, the reassembly buffer each
+/// side needs.
+pub const STORE_MESSAGE_MAX: usize = 4096;
+/// Largest payload of a message: the rest of the page after the header.
+pub const STORE_PAYLOAD_MAX: usize = STORE_MESSAGE_MAX - STORE_HEADER_SIZE;
+/// Longest path, in bytes, after a relative path is resolved; its NUL is
+/// not counted.
+pub const PATH_MAX: usize = 1024;
+/// Longest value, in bytes; its NUL is not counted.
+pub const VALUE_MAX: usize = 2048;
+/// Longest watch token, in bytes; its NUL is not counted.
+pub const TOKEN_MAX: usize = 128;
+/// Most per-domain grants a node carries, besides its owner entry.
+pub const GRANTS_MAX: usize = 4;
+/// The prefix of every domain's home; the decimal domain id follows.
+pub const HOME_PREFIX: &str = "/local/domain/";
+
+// The largest request (a write of a maximal path and value) and the largest
+// event fit in a message.
+const _: () = assert!(PATH_MAX + 1 + VALUE_MAX + 1 <= STORE_PAYLOAD_MAX);
+const _: () = assert!(PATH_MAX + 1 + TOKEN_MAX + 1 <= STORE_PAYLOAD_MAX);
+
+/// Message kinds ([`StoreHeader::kind`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Read a node's value.
+    Read = 1,
+    /// Write a node's value, creating it and its missing parents.
+    Write = 2,
+    /// Create a node with an empty value if it does not exist.
+    Mkdir = 3,
+    /// Remove a node and its subtree.
+    Remove = 4,
+    /// List a node's children.
+    Directory = 5,
+    /// Read a node's permissions.
+    GetPermissions = 6,
+    /// Replace a node's permissions.
+    SetPermissions = 7,
+    /// Register a watch.
+    Watch = 8,
+    /// Remove a watch.
+    Unwatch = 9,
+    /// Server to client only: a watched node changed.
+    WatchEvent = 10,
+    /// Server to client only: the request failed.
+    Error = 11,
+}
+
+impl StoreOp {
+    /// Every kind, for decoding and tests.
+    pub const ALL: [StoreOp; 11] = [
+        StoreOp::Read,
+        StoreOp::Write,
+        StoreOp::Mkdir,
+        StoreOp::Remove,
+        StoreOp::Directory,
+        StoreOp::GetPermissions,
+        StoreOp::SetPermissions,
+        StoreOp::Watch,
+        StoreOp::Unwatch,
+        StoreOp::WatchEvent,
+        StoreOp::Error,
+    ];
+
+    /// Decodes [`StoreHeader::kind`]; `None` for a kind this version does
+    /// not know.
+    pub fn from_number(number: u32) -> Option<StoreOp> {
+        StoreOp::ALL.iter().copied().find(|op| *op as u32 == number)
+    }
+}
+
+/// The header of every message, in both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreHeader {
+    /// A [`StoreOp`] value. Requests: any but `WatchEvent` and `Error`.
+    pub kind: u32,
+    /// Chosen by the client, echoed in the reply; 0 in a `WatchEvent`.
+    pub request_id: u32,
+    /// 0 in this version (transactions are a later feature); echoed.
+    pub transaction: u32,
+    /// Payload bytes after the header, at most [`STORE_PAYLOAD_MAX`].
+    pub length: u32,
+}
+
+const _: () = assert!(size_of::<StoreHeader>() == STORE_HEADER_SIZE);
+const _: () = assert!(offset_of!(StoreHeader, kind) == 0);
+const _: () = assert!(offset_of!(StoreHeader, request_id) == 4);
+const _: () = assert!(offset_of!(StoreHeader, transaction) == 8);
+const _: () = assert!(offset_of!(StoreHeader, length) == 12);
+
+impl StoreHeader {
+    /// The header as it travels (little-endian fields).
+    pub fn to_bytes(&self) -> [u8; STORE_HEADER_SIZE] {
+        let mut bytes = [0; STORE_HEADER_SIZE];
+        bytes[0..4].copy_from_slice(&self.kind.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.request_id.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.transaction.to_le_bytes());
+        bytes[12..16].copy_from_slice(&self.length.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a header; the fields are not checked.
+    pub fn from_bytes(bytes: &[u8; STORE_HEADER_SIZE]) -> StoreHeader {
+        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        StoreHeader { kind: word(0), request_id: word(4), transaction: word(8), length: word(12) }
+    }
+}
+
+/// Why a request failed: the payload of an [`StoreOp::Error`] reply is the
+/// [`StoreError::name`]. Names are only added, never changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// `ENOENT`: no such node, or no such watch.
+    NoEntry,
+    /// `EACCES`: the caller lacks the access the operation needs.
+    Access,
+    /// `EINVAL`: a malformed message or path, or an operation that makes no
+    /// sense (removing `/`, a client sending `WatchEvent`).
+    Invalid,
+    /// `E2BIG`: a path, value, token, listing or message over its limit, or
+    /// more permission entries than a node holds.
+    TooBig,
+    /// `EQUOTA`: the caller (or the node's owner) is at its quota of nodes,
+    /// bytes or watches.
+    Quota,
+    /// `EEXIST`: the watch is already registered.
+    Exists,
+    /// `ENOSPC`: the store as a whole is full (dom0 sizes it so that guests
+    /// within their quotas cannot fill it).
+    NoSpace,
+    /// `ENOSYS`: a kind or feature (transactions) this server does not have.
+    NotSupported,
+}
+
+impl StoreError {
+    /// Every error, for decoding and tests.
+    pub const ALL: [StoreError; 8] = [
+        StoreError::NoEntry,
+        StoreError::Access,
+        StoreError::Invalid,
+        StoreError::TooBig,
+        StoreError::Quota,
+        StoreError::Exists,
+        StoreError::NoSpace,
+        StoreError::NotSupported,
+    ];
+
+    /// The name carried in an `Error` reply.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StoreError::NoEntry => "ENOENT",
+            StoreError::Access => "EACCES",
+            StoreError::Invalid => "EINVAL",
+            StoreError::TooBig => "E2BIG",
+            StoreError::Quota => "EQUOTA",
+            StoreError::Exists => "EEXIST",
+            StoreError::NoSpace => "ENOSPC",
+            StoreError::NotSupported => "ENOSYS",
+        }
+    }
+
+    /// Decodes an error name; `None` for a name this version does not know
+    /// (a client should treat it as a failure all the same).
+    pub fn from_name(name: &[u8]) -> Option<StoreError> {
+        StoreError::ALL.iter().copied().find(|error| error.name().as_bytes() == name)
+    }
+}
+
+/// What a domain other than the owner may do with a node.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing (`n`).
+    #[default]
+    None = 0,
+    /// Read the value, list children, read permissions, get events (`r`).
+    Read = 1,
+    /// Write the value, create children, remove (`w`).
+    Write = 2,
+    /// Both (`b`).
+    Both = 3,
+}
+
+impl Access {
+    /// The letter used on the wire.
+    pub const fn letter(self) -> u8 {
+        match self {
+            Access::None => b'n',
+            Access::Read => b'r',
+            Access::Write => b'w',
+            Access::Both => b'b',
+        }
+    }
+
+    /// Decodes a letter.
+    pub const fn from_letter(letter: u8) -> Option<Access> {
+        Some(match letter {
+            b'n' => Access::None,
+            b'r' => Access::Read,
+            b'w' => Access::Write,
+            b'b' => Access::Both,
+            _ => return None,
+        })
+    }
+
+    /// Whether this access includes reading.
+    pub const fn can_read(self) -> bool {
+        matches!(self, Access::Read | Access::Both)
+    }
+
+    /// Whether this access includes writing.
+    pub const fn can_write(self) -> bool {
+        matches!(self, Access::Write | Access::Both)
+    }
+}
+
+/// The state each end of a split device publishes in its `state` key
+/// (decimal text). See the module docs for the diagram.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceState {
+    /// The directory exists; this end has not started.
+    Initialising = 1,
+    /// Back end: its parameters are published; waiting for the front end.
+    InitWait = 2,
+    /// Front end: ring-ref and event-channel are published.
+    Initialised = 3,
+    /// Requests may flow.
+    Connected = 4,
+    /// This end asks to close, or acknowledges the peer's request.
+    Closing = 5,
+    /// This end has released everything it held for the device.
+    Closed = 6,
+}
+
+impl DeviceState {
+    /// Every state, for decoding and tests.
+    pub const ALL: [DeviceState; 6] = [
+        DeviceState::Initialising,
+        DeviceState::InitWait,
+        DeviceState::Initialised,
+        DeviceState::Connected,
+        DeviceState::Closing,
+        DeviceState::Closed,
+    ];
+
+    /// Decodes a state number.
+    pub fn from_number(number: u32) -> Option<DeviceState> {
+        DeviceState::ALL.iter().copied().find(|state| *state as u32 == number)
+    }
+
+    /// The value to write to a `state` key.
+    pub const fn as_value(self) -> &'static str {
+        match self {
+            DeviceState::Initialising => "1",
+            DeviceState::InitWait => "2",
+            DeviceState::Initialised => "3",
+            DeviceState::Connected => "4",
+            DeviceState::Closing => "5",
+            DeviceState::Closed => "6",
+        }
+    }
+
+    /// Decodes a `state` value; `None` if it is not one.
+    pub fn from_value(value: &[u8]) -> Option<DeviceState> {
+        parse_decimal(value).and_then(DeviceState::from_number)
+    }
+
+    /// The reading of a peer's `state` key under the default rules: absent
+    /// is Initialising, unparseable is Closed. (An end that has seen its
+    /// peer past Initialising reads a later absence as Closed itself.)
+    pub fn from_key(value: Option<&[u8]>) -> DeviceState {
+        match value {
+            None => DeviceState::Initialising,
+            Some(value) => DeviceState::from_value(value).unwrap_or(DeviceState::Closed),
+        }
+    }
+}
+
+/// Key names of the device directories (see the module docs).
+pub mod keys {
+    /// Both ends: the [`super::DeviceState`].
+    pub const STATE: &str = "state";
+    /// Front end: absolute path of the back-end directory.
+    pub const BACKEND: &str = "backend";
+    /// Front end: the back end's domain id; absent = 0.
+    pub const BACKEND_ID: &str = "backend-id";
+    /// Front end: grant reference of the ring page.
+    pub const RING_REF: &str = "ring-ref";
+    /// Front end: the port the front end allocated for the back end.
+    pub const EVENT_CHANNEL: &str = "event-channel";
+    /// Back end: absolute path of the front-end directory.
+    pub const FRONTEND: &str = "frontend";
+    /// Back end: the front end's domain id.
+    pub const FRONTEND_ID: &str = "frontend-id";
+    /// Back end (vbd): disk size in sectors.
+    pub const SECTORS: &str = "sectors";
+    /// Back end (vbd): bytes per sector; absent = 512.
+    pub const SECTOR_SIZE: &str = "sector-size";
+    /// Back end (vbd): `r` or `w`; absent = `w`.
+    pub const MODE: &str = "mode";
+}
+
+/// Parses a decimal number as stored in values: 1 to 10 ASCII digits, no
+/// sign, no spaces, at most `u32::MAX`.
+pub fn parse_decimal(text: &[u8]) -> Option<u32> {
+    if text.is_empty() || text.len() > 10 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &byte in text {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + (byte - b'0') as u64;
+    }
+    u32::try_from(value).ok()
+}
+
+/// Whether a byte may appear in a path component.
+pub const fn is_component_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b'@')
+}
+
+/// Whether `name` is a valid path component.
+pub fn is_valid_component(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && name.iter().all(|&byte| is_component_byte(byte))
+}
+
+/// The two forms of a valid path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathForm {
+    /// Starts with `/`.
+    Absolute,
+    /// Resolved against the caller's home.
+    Relative,
+}
+
+/// Checks a path's syntax (not the length after resolution, which depends
+/// on the caller): [`StoreError::TooBig`] if longer than [`PATH_MAX`],
+/// [`StoreError::Invalid`] if malformed.
+pub fn check_path(path: &[u8]) -> Result<PathForm, StoreError> {
+    if path.len() > PATH_MAX {
+        return Err(StoreError::TooBig);
+    }
+    let (form, rest) = match path {
+        [] => return Err(StoreError::Invalid),
+        [b'/'] => return Ok(PathForm::Absolute),
+        [b'/', rest @ ..] => (PathForm::Absolute, rest),
+        _ => (PathForm::Relative, path),
+    };
+    if rest.split(|&byte| byte == b'/').all(is_valid_component) {
+        Ok(form)
+    } else {
+        Err(StoreError::Invalid)
+    }
+}
+
+/// Bytes in the request ring (client to server).
+pub const REQUEST_RING_SIZE: usize = 1024;
+/// Bytes in the response ring (server to client): larger, since replies
+/// (values, listings) and unsolicited events travel this way.
+pub const RESPONSE_RING_SIZE: usize = 2048;
+/// Reserved words at the end of the page, for later fields.
+const RESERVED_WORDS: usize = (crate::PAGE_SIZE as usize - REQUEST_RING_SIZE - RESPONSE_RING_SIZE - 16) / 4;
+
+/// The store ring page layout. The client is the domain, the server dom0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreRing {
+    /// Request bytes, written by the client.
+    pub request: [u8; REQUEST_RING_SIZE],
+    /// Response bytes (replies and events), written by the server.
+    pub response: [u8; RESPONSE_RING_SIZE],
+    /// Request consumer index, written by the server.
+    pub request_consumer: u32,
+    /// Request producer index, written by the client.
+    pub request_producer: u32,
+    /// Response consumer index, written by the client.
+    pub response_consumer: u32,
+    /// Response producer index, written by the server.
+    pub response_producer: u32,
+    /// Reserved, zero; later minor versions may define fields here.
+    pub _reserved: [u32; RESERVED_WORDS],
+}
+
+const _: () = assert!(REQUEST_RING_SIZE.is_power_of_two() && RESPONSE_RING_SIZE.is_power_of_two());
+const _: () = assert!(size_of::<StoreRing>() == crate::PAGE_SIZE as usize);
+const _: () = assert!(offset_of!(StoreRing, request) == 0);
+const _: () = assert!(offset_of!(StoreRing, response) == 1024);
+const _: () = assert!(offset_of!(StoreRing, request_consumer) == 3072);
+const _: () = assert!(offset_of!(StoreRing, request_producer) == 3076);
+const _: () = assert!(offset_of!(StoreRing, response_consumer) == 3080);
+const _: () = assert!(offset_of!(StoreRing, response_producer) == 3084);
+const _: () = assert!(offset_of!(StoreRing, _reserved) == 3088);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_little_endian() {
+        let header = StoreHeader { kind: StoreOp::Write as u32, request_id: 0x0102_0304, transaction: 0, length: 7 };
+        let bytes = header.to_bytes();
+        assert_eq!(bytes[..8], [2, 0, 0, 0, 4, 3, 2, 1]);
+        assert_eq!(StoreHeader::from_bytes(&bytes), header);
+    }
+
+    #[test]
+    fn kinds_and_errors_decode_to_themselves() {
+        for op in StoreOp::ALL {
+            assert_eq!(StoreOp::from_number(op as u32), Some(op));
+        }
+        assert_eq!(StoreOp::from_number(0), None);
+        assert_eq!(StoreOp::from_number(12), None);
+        for error in StoreError::ALL {
+            assert_eq!(StoreError::from_name(error.name().as_bytes()), Some(error));
+        }
+        assert_eq!(StoreError::from_name(b"EWHAT"), None);
+    }
+
+    #[test]
+    fn access_letters() {
+        for access in [Access::None, Access::Read, Access::Write, Access::Both] {
+            assert_eq!(Access::from_letter(access.letter()), Some(access));
+        }
+        assert_eq!(Access::from_letter(b'x'), None);
+        assert!(Access::Both.can_read() && Access::Both.can_write());
+        assert!(!Access::Write.can_read() && !Access::Read.can_write());
+    }
+
+    #[test]
+    fn device_states_and_defaults() {
+        for state in DeviceState::ALL {
+            assert_eq!(DeviceState::from_value(state.as_value().as_bytes()), Some(state));
+        }
+        assert_eq!(DeviceState::from_key(None), DeviceState::Initialising);
+        assert_eq!(DeviceState::from_key(Some(b"4")), DeviceState::Connected);
+        assert_eq!(DeviceState::from_key(Some(b"7")), DeviceState::Closed);
+        assert_eq!(DeviceState::from_key(Some(b"four")), DeviceState::Closed);
+        assert_eq!(DeviceState::from_key(Some(b"")), DeviceState::Closed);
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_decimal(b"4294967296"), None);
+        assert_eq!(parse_decimal(b"99999999999"), None);
+        for bad in [&b""[..], b"-1", b"+1", b" 1", b"1 ", b"0x10"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn path_syntax() {
+        assert_eq!(check_path(b"/"), Ok(PathForm::Absolute));
+        assert_eq!(check_path(b"/local/domain/7/device/vbd/0/ring-ref"), Ok(PathForm::Absolute));
+        assert_eq!(check_path(b"device/vbd/0/state"), Ok(PathForm::Relative));
+        assert_eq!(check_path(b"a_b.c-d@e/F9"), Ok(PathForm::Relative));
+        for bad in [&b""[..], b"//", b"/a/", b"a//b", b"/a b", b"a/./b", b"..", b"/a/..", b"a\0b", b"\xc3\xa9"] {
+            assert_eq!(check_path(bad), Err(StoreError::Invalid), "{bad:?}");
+        }
+        let mut long = [b'a'; PATH_MAX + 1];
+        long[0] = b'/';
+        assert_eq!(check_path(&long), Err(StoreError::TooBig));
+        assert_eq!(check_path(&long[..PATH_MAX]), Ok(PathForm::Absolute));
+    }
+}
