@@ -271,6 +271,14 @@ impl Guest {
         disk.table.grant(abi::DOM0, address, readonly).map_err(|_| DiskError::BadRequest)
     }
 
+    /// Tries to revoke the grant of transfer page `page` (tests: dom0 keeps
+    /// used pages mapped, so this must fail with `Busy`).
+    pub fn revoke_transfer_page(&mut self, page: usize) -> Result<(), abi::Error> {
+        let disk = self.disk.as_mut().ok_or(abi::Error::NotFound)?;
+        let reference = *disk.grants.get(page).ok_or(abi::Error::InvalidArgument)?;
+        disk.table.end_access(reference)
+    }
+
     /// Sends `request` as it is (no checks) and waits for its response's status.
     pub fn disk_request(&mut self, request: &abi::block::Request) -> Result<i32, DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;

@@ -75,7 +75,8 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     );
 }
 
-/// `diskhostile` grants dom0 a page it does not own (the request fails with
+/// `diskhostile` first tries to revoke a grant dom0 keeps mapped (refused:
+/// busy), grants dom0 a page it does not own (the request fails with
 /// status -1) and then runs its ring's producer index away: dom0 disconnects
 /// its disk with a log line, while `disktest` on another region of the same
 /// physical disk does all its I/O; both guests keep running.
@@ -90,6 +91,9 @@ fn a_hostile_disk_front_end_is_cut_off_and_other_disks_carry_on() {
     detach(&mut machine);
     attach(&mut machine, "diskhostile", hostile_id);
     let replay = detach(&mut machine);
+    if !replay.contains("disktest: revoking a grant dom0 has mapped was refused (busy)") {
+        fail_with(&mut machine, &format!("diskhostile's revocation of a mapped grant should be refused; its console showed:\n{replay}"));
+    }
     if !replay.contains("disktest: a grant of a page I do not own was answered with status -1") {
         fail_with(&mut machine, &format!("diskhostile's bad grant should get status -1; its console showed:\n{replay}"));
     }

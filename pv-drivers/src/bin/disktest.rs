@@ -134,6 +134,22 @@ fn bench(guest: &mut Guest) -> ! {
 const NOT_MINE: u64 = 0x3000_0000;
 
 fn hostile(guest: &mut Guest) -> ! {
+    // 0. A good read makes dom0 map our first transfer page (it keeps it
+    //    mapped); revoking that grant now must be refused.
+    let mut sector = [0u8; SECTOR];
+    match guest.disk_read(0, &mut sector) {
+        Ok(()) => match guest.revoke_transfer_page(0) {
+            Err(abi::Error::Busy) => {
+                let _ = writeln!(guest, "disktest: revoking a grant dom0 has mapped was refused (busy)");
+            }
+            other => {
+                let _ = writeln!(guest, "disktest: FAILED: revoking a mapped grant gave {other:?}");
+            }
+        },
+        Err(error) => {
+            let _ = writeln!(guest, "disktest: FAILED: first read: {error:?}");
+        }
+    }
     // 1. Grant dom0 a frame that is not ours and ask it to read into it.
     let bad_grant = match guest.grant_to_dom0(NOT_MINE, false) {
         Ok(reference) => reference,
