@@ -6,7 +6,7 @@
 
 use std::fs;
 
-use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with};
+use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, mem};
 use mica_tests::{Machine, fail, line_where, seconds};
 
 const SECTOR: usize = 512;
@@ -37,6 +37,7 @@ fn expect_line(machine: &mut Machine, wanted: &str, timeout: u64) -> String {
 #[test]
 fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     let mut machine = boot();
+    let (_, before) = mem(&mut machine);
     let id = create(&mut machine, "disktest", "disktest");
     attach(&mut machine, "disktest", id);
     expect_line(&mut machine, "disktest: wrote and verified 8192 sectors: all match", 120);
@@ -52,6 +53,12 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     attach(&mut machine, "disktest-verify", id);
     expect_line(&mut machine, "disktest: verified 8192 sectors: all match", 120);
     detach(&mut machine);
+    destroy(&mut machine, "disktest-verify", id);
+    // Rings, consoles and persistent grant mappings all came back.
+    let (text, after) = mem(&mut machine);
+    if after.free_kib != before.free_kib {
+        fail_with(&mut machine, &format!("free memory should be back to {} KiB after destroying the disk guests:\n{text}", before.free_kib));
+    }
 
     machine.send_line("poweroff").unwrap_or_else(fail);
     machine.expect("hv: powering off", seconds(30)).unwrap_or_else(fail);
