@@ -21,7 +21,8 @@ use crate::ata::AtaDisk;
 use crate::toolstack::{BlockBackend, WINDOW_SLOTS};
 
 /// Grants one guest disk may keep mapped in dom0.
-pub const PERSISTENT_GRANTS: usize = 16;
+pub const PERSISTENT_GRANTS: usize = 64;
+const _: () = assert!(PERSISTENT_GRANTS < u8::MAX as usize);
 
 /// Most requests served per call, so one busy guest cannot keep dom0 from
 /// its other work.
@@ -71,16 +72,20 @@ impl BlockBackend {
     /// on first use; None when it cannot be mapped (then copy instead).
     fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool, slots: &mut [bool; WINDOW_SLOTS]) -> Option<u64> {
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-        if let Some(&(_, _, slot)) = self.mapped.iter().find(|(g, w, _)| *g == grant && (*w || !writable)) {
-            return Some(address(slot));
+        let known = self.mapped_by_grant.get(grant as usize).copied().unwrap_or(0);
+        if known != 0 {
+            let (_, mapped_writable, slot) = self.mapped[known as usize - 1];
+            // A read-only mapping does not serve a transfer into the guest.
+            return (mapped_writable || !writable).then(|| address(slot));
         }
-        if self.mapped.is_full() {
+        if self.mapped.is_full() || grant as usize >= abi::grant::ENTRIES {
             return None;
         }
         let slot = slots.iter().position(|used| !used)?;
         hypercall::grant_map(guest, grant, address(slot), writable).ok()?;
         slots[slot] = true;
         self.mapped.push((grant, writable, slot));
+        self.mapped_by_grant[grant as usize] = self.mapped.len() as u8;
         Some(address(slot))
     }
 

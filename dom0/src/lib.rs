@@ -13,4 +13,5 @@ pub mod line_editor;
 pub mod report;
 pub mod selftest;
 pub mod shell;
+pub mod store;
 pub mod tar;

@@ -28,7 +28,7 @@ static mut IDT: Idt = Idt([[0; 2]; 256]);
 static mut GRANT_PAGE: Page = Page([0; 4096]);
 
 /// Pages for disk transfers, granted to dom0 once at start-up.
-const DISK_PAGES: usize = abi::block::MAX_SEGMENTS;
+const DISK_PAGES: usize = 8 * abi::block::MAX_SEGMENTS;
 #[repr(C, align(4096))]
 struct DiskBuffer([[u8; 4096]; DISK_PAGES]);
 static mut DISK_BUFFER: DiskBuffer = DiskBuffer([[0; 4096]; DISK_PAGES]);
@@ -186,7 +186,7 @@ impl Guest {
     }
 
     /// Most bytes one disk transfer moves.
-    pub const DISK_TRANSFER_MAX: usize = DISK_PAGES * 4096;
+    pub const DISK_TRANSFER_MAX: usize = abi::block::MAX_SEGMENTS * 4096;
 
     /// Reads whole sectors from `sector` into `out` (at most
     /// [`Guest::DISK_TRANSFER_MAX`] bytes), waiting for dom0's answer.
@@ -197,6 +197,13 @@ impl Guest {
         // the grants; no Rust reference to it exists.
         unsafe { core::ptr::copy_nonoverlapping(buffer, out.as_mut_ptr(), out.len()) };
         Ok(())
+    }
+
+    /// Reads `bytes` (whole sectors, at most [`Guest::DISK_TRANSFER_MAX`])
+    /// from `sector` into the transfer pages and leaves them there: no copy,
+    /// for callers that can use the data in place (and for measurements).
+    pub fn disk_read_in_place(&mut self, sector: u64, bytes: usize) -> Result<(), DiskError> {
+        self.disk_transfer(abi::block::OP_READ, sector, bytes)
     }
 
     /// Writes whole sectors from `data` at `sector`, waiting for dom0's answer.
@@ -210,29 +217,33 @@ impl Guest {
         self.disk_transfer(abi::block::OP_WRITE, sector, data.len())
     }
 
-    /// Reads `pages` pages (8 sectors each) from `sector` into the granted
-    /// transfer pages, one request per page, all in flight at once, and
-    /// leaves the data there (no copy): the front end at full speed, for
-    /// throughput measurements. Returns how many requests succeeded.
-    pub fn disk_read_ahead(&mut self, sector: u64, pages: usize) -> Result<usize, DiskError> {
+    /// Reads `requests` requests of `pages_each` pages (8 sectors a page)
+    /// from `sector` on into the granted transfer pages, all in flight at
+    /// once, and leaves the data there (no copy): the front end at full
+    /// speed, for throughput measurements. Returns how many succeeded.
+    pub fn disk_read_ahead(&mut self, sector: u64, requests: usize, pages_each: usize) -> Result<usize, DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
-        let pages = pages.min(DISK_PAGES);
+        let pages_each = pages_each.clamp(1, abi::block::MAX_SEGMENTS);
+        let pages = (requests * pages_each).min(DISK_PAGES) / pages_each * pages_each;
         if sector.checked_add(pages as u64 * 8).is_none_or(|end| end > disk.sectors) {
             return Err(DiskError::BadRequest);
         }
         let first_id = disk.next_id;
-        for page in 0..pages {
+        for first_page in (0..pages).step_by(pages_each) {
             let mut request = abi::block::Request {
                 id: disk.next_id,
                 operation: abi::block::OP_READ,
-                segment_count: 1,
-                sector: sector + page as u64 * 8,
+                segment_count: pages_each as u8,
+                sector: sector + first_page as u64 * 8,
                 ..Default::default()
             };
-            request.segments[0] = abi::block::Segment { grant: disk.grants[page], first_sector: 0, last_sector: 7, _reserved: 0 };
+            for (slot, page) in request.segments.iter_mut().zip(first_page..first_page + pages_each) {
+                *slot = abi::block::Segment { grant: disk.grants[page], first_sector: 0, last_sector: 7, _reserved: 0 };
+            }
             disk.next_id += 1;
             disk.ring.push_request(&request).map_err(|_| DiskError::Broken)?;
         }
+        let pages = pages / pages_each;
         if disk.ring.publish_requests() {
             let _ = hypercall::notify(disk.port);
         }
