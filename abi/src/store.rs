@@ -43,8 +43,8 @@
 //! On the wire, permissions are a list of entries, each a letter
 //! ([`Access::letter`]) followed by a decimal domain id: the first entry is
 //! the owner, its letter the access of domains not listed; each further
-//! entry grants its domain that access. `b5` `r0` = owned by domain 5, no
-//! access for others, dom0 may read (it could anyway).
+//! entry grants its domain that access. `n5` `r7` = owned by domain 5, no
+//! access for others, domain 7 may read.
 //!
 //! # Messages
 //! A message is a 16-byte [`StoreHeader`] followed by `length` payload bytes
@@ -207,10 +207,11 @@ pub const GRANTS_MAX: usize = 4;
 /// The prefix of every domain's home; the decimal domain id follows.
 pub const HOME_PREFIX: &str = "/local/domain/";
 
-// The largest request (a write of a maximal path and value) and the largest
-// event fit in a message.
-const _: () = assert!(PATH_MAX + 1 + VALUE_MAX + 1 <= STORE_PAYLOAD_MAX);
-const _: () = assert!(PATH_MAX + 1 + TOKEN_MAX + 1 <= STORE_PAYLOAD_MAX);
+/// Payload of the largest request (a write of a maximal path and value).
+const LARGEST_WRITE: usize = PATH_MAX + 1 + VALUE_MAX + 1;
+/// Payload of the largest event (or watch request).
+const LARGEST_EVENT: usize = PATH_MAX + 1 + TOKEN_MAX + 1;
+const _: () = assert!(LARGEST_WRITE <= STORE_PAYLOAD_MAX && LARGEST_EVENT <= STORE_PAYLOAD_MAX);
 
 /// Message kinds ([`StoreHeader::kind`]).
 #[repr(u32)]
@@ -544,11 +545,7 @@ pub fn check_path(path: &[u8]) -> Result<PathForm, StoreError> {
         [b'/', rest @ ..] => (PathForm::Absolute, rest),
         _ => (PathForm::Relative, path),
     };
-    if rest.split(|&byte| byte == b'/').all(is_valid_component) {
-        Ok(form)
-    } else {
-        Err(StoreError::Invalid)
-    }
+    if rest.split(|&byte| byte == b'/').all(is_valid_component) { Ok(form) } else { Err(StoreError::Invalid) }
 }
 
 /// Bytes in the request ring (client to server).

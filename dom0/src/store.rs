@@ -18,6 +18,9 @@
 //!   [`EVENT_QUEUE_BYTES`] bytes of pending watch events; when it is full
 //!   the oldest events are dropped and counted.
 //!
+//! [`Store::new`] is a `const fn`, so dom0 can keep the store in a static
+//! (about 1 MiB for [`DefaultStore`]) rather than on a stack.
+//!
 //! Quotas: a guest may own at most [`Quota::nodes`] nodes and
 //! [`Quota::bytes`] arena bytes, and register [`Quota::watches`] watches
 //! ([`StoreError::Quota`] beyond). A node's bytes are charged to its owner;
