@@ -117,6 +117,13 @@ pub struct StartInfo {
     pub _reserved2: u32,
     /// Size of the disk in 512-byte sectors (since ABI 0.3).
     pub block_sectors: u64,
+    /// Guest-physical address of the store ring page
+    /// ([`crate::store::StoreRing`]), 0 if none (since ABI 0.4).
+    pub store_page: u64,
+    /// dom0's event port of the store, for the guest to bind (since ABI 0.4).
+    pub store_port: u32,
+    /// Reserved, zero.
+    pub _reserved3: u32,
 }
 
 /// Bits of [`StartInfo::flags`].
@@ -125,7 +132,9 @@ pub mod flags {
     pub const PRIVILEGED: u64 = 1 << 0;
 }
 
-const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE + 40);
+const _: () = assert!(size_of::<StartInfo>() == 64 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE + 56);
+const _: () = assert!(offset_of!(StartInfo, store_page) == 104 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
+const _: () = assert!(offset_of!(StartInfo, store_port) == 112 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(offset_of!(StartInfo, block_ring) == 80 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(offset_of!(StartInfo, block_port) == 88 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
 const _: () = assert!(offset_of!(StartInfo, block_sectors) == 96 + 24 * MAX_MEMORY_REGIONS + CMDLINE_SIZE);
@@ -167,6 +176,9 @@ impl StartInfo {
             block_port: 0,
             _reserved2: 0,
             block_sectors: 0,
+            store_page: 0,
+            store_port: 0,
+            _reserved3: 0,
         }
     }
 
@@ -224,6 +236,8 @@ impl StartInfo {
         put(offset_of!(StartInfo, block_ring), &self.block_ring.to_le_bytes());
         put(offset_of!(StartInfo, block_port), &self.block_port.to_le_bytes());
         put(offset_of!(StartInfo, block_sectors), &self.block_sectors.to_le_bytes());
+        put(offset_of!(StartInfo, store_page), &self.store_page.to_le_bytes());
+        put(offset_of!(StartInfo, store_port), &self.store_port.to_le_bytes());
         bytes
     }
 

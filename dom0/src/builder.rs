@@ -16,6 +16,7 @@
 //! | 0x3000 - 0xefff     | initial page tables                   |
 //! | 0xf000              | console ring page                     |
 //! | 0x10000             | block ring page (when it has a disk)  |
+//! | 0x11000             | store ring page                       |
 //! | 0x40000 - 0x7ffff   | initial stack                         |
 //! | 0x100000 -          | kernel, then free RAM                  |
 
@@ -31,6 +32,7 @@ pub const TABLES_START: u64 = 0x3000;
 pub const TABLES_END: u64 = 0xf000;
 pub const CONSOLE_PAGE: u64 = 0xf000;
 pub const BLOCK_RING: u64 = 0x10000;
+pub const STORE_PAGE: u64 = 0x11000;
 pub const STACK_BOTTOM: u64 = 0x40000;
 pub const STACK_TOP: u64 = 0x80000;
 pub const KERNEL_BASE: u64 = 0x100000;
@@ -54,6 +56,9 @@ pub trait DomainControl {
     /// Sets up the block back end for `domain`'s ring page at `page`;
     /// returns dom0's port for the guest to bind.
     fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
+    /// Sets up the store for `domain`, whose ring page is at `page`; returns
+    /// dom0's port for the guest to bind.
+    fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
     fn destroy(&mut self, domain: DomainId);
 }
 
@@ -196,14 +201,16 @@ fn populate_and_load(
     start_info.console_page = CONSOLE_PAGE;
     start_info.console_port = console_port;
     start_info.set_cmdline(request.cmdline);
+    start_info.store_port = control.connect_store(id, STORE_PAGE).map_err(step("connect store"))?;
+    start_info.store_page = STORE_PAGE;
     if let Some(sectors) = request.block_sectors {
         start_info.block_port = control.connect_block(id, BLOCK_RING).map_err(step("connect disk"))?;
         start_info.block_ring = BLOCK_RING;
         start_info.block_sectors = sectors;
     }
     for (start, end, kind) in [
-        (START_INFO, BLOCK_RING + 4096, MemoryKind::Boot),
-        (BLOCK_RING + 4096, STACK_BOTTOM, MemoryKind::Free),
+        (START_INFO, STORE_PAGE + 4096, MemoryKind::Boot),
+        (STORE_PAGE + 4096, STACK_BOTTOM, MemoryKind::Free),
         (STACK_BOTTOM, STACK_TOP, MemoryKind::Stack),
         (STACK_TOP, kernel_start, MemoryKind::Free),
         (kernel_start, kernel_end, MemoryKind::Kernel),
@@ -291,6 +298,11 @@ mod tests {
             assert_eq!(page, CONSOLE_PAGE);
             self.fail("console")?;
             Ok(5)
+        }
+        fn connect_store(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
+            assert_eq!(page, STORE_PAGE);
+            self.fail("store")?;
+            Ok(7)
         }
         fn connect_block(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
             assert_eq!(page, BLOCK_RING);
@@ -411,7 +423,7 @@ mod tests {
     #[test]
     fn a_failing_step_destroys_the_half_built_domain() {
         let kernel = kernel();
-        for step in ["populate", "copy", "console", "block", "context"] {
+        for step in ["populate", "copy", "console", "store", "block", "context"] {
             let mut mock = Mock { fail_at: Some(step), ..Mock::default() };
             let result = build(&mut mock, &request(&kernel));
             assert!(matches!(result, Err(BuildError::Hypervisor(_, Error::OutOfMemory))), "{step}: {result:?}");

@@ -87,6 +87,11 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     };
     let mut toolstack = TOOLSTACK.lock();
     toolstack.init(ramdisk, start_info.tsc_khz);
+    {
+        let mut store = toolstack::STORE.lock();
+        let _ = store.introduce_domain(abi::DOM0, dom0core::store::Quota::UNLIMITED);
+        let _ = store.write(abi::DOM0, "/local/domain/0/name", "Domain-0");
+    }
     let mut devices = arrayvec::ArrayVec::<pci::PciDevice, 32>::new();
     pci::enumerate(&mut devices);
     for device in &devices {
@@ -162,6 +167,7 @@ impl Shell {
             }
             busy |= self.toolstack.service_consoles(&mut self.console);
             busy |= self.toolstack.service_disks(&mut self.console);
+            busy |= self.toolstack.service_store();
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;

@@ -15,6 +15,9 @@ use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
 use crate::ata::AtaDisk;
+use abi::store::STORE_MESSAGE_MAX;
+use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
+use pv_drivers::console::StoreRingAccess;
 use crate::uart::Uart;
 use dom0core::block_backend::Region;
 use pv_drivers::ring::BlockBack;
@@ -55,7 +58,29 @@ pub struct Guest {
     pub create_to_first_output: Option<u64>,
     /// Its disk's back end, if it has a disk.
     pub block: Option<BlockBackend>,
+    /// Its store connection.
+    pub store: Option<StoreChannel>,
 }
+
+/// A guest's connection to the store: its ring page (mapped in dom0), the
+/// event port, and the message being reassembled from its request bytes.
+pub struct StoreChannel {
+    ring: StoreRingAccess,
+    port: u32,
+    slot: usize,
+    assembler: MessageAssembler,
+    /// A reply or event that did not fit in the ring yet, and how much of
+    /// it was sent.
+    pending: [u8; STORE_MESSAGE_MAX],
+    pending_length: usize,
+    pending_sent: usize,
+    /// Request bytes taken from the ring but not yet fed to the assembler.
+    carry: [u8; 256],
+    carry_length: usize,
+}
+
+/// The store, served to every domain (dom0 uses it directly).
+pub static STORE: spin::Mutex<DefaultStore> = spin::Mutex::new(DefaultStore::new());
 
 /// A guest disk's back end: the ring dom0 maps, the event port, and the
 /// region of a physical disk it serves.
@@ -111,6 +136,8 @@ struct Hypervisor<'a> {
     console: Option<Console>,
     /// The block ring being connected: (ring, dom0's port, window slot).
     block: Option<(BlockBack, u32, usize)>,
+    /// The store ring being connected.
+    store: Option<StoreChannel>,
 }
 
 impl Hypervisor<'_> {
@@ -163,6 +190,26 @@ impl DomainControl for Hypervisor<'_> {
         Ok(port)
     }
 
+    fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
+        let (address, slot, port) = self.map_and_bind(domain, page)?;
+        // SAFETY: hv just mapped the guest's store page read-write at this
+        // identity-mapped address of the foreign window; it stays mapped
+        // until dom0 destroys the guest (which drops the channel first).
+        let ring = unsafe { StoreRingAccess::new(address as *mut u8) };
+        self.store = Some(StoreChannel {
+            ring,
+            port,
+            slot,
+            assembler: MessageAssembler::new(),
+            pending: [0; STORE_MESSAGE_MAX],
+            pending_length: 0,
+            pending_sent: 0,
+            carry: [0; 256],
+            carry_length: 0,
+        });
+        Ok(port)
+    }
+
     fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
         let (address, slot, port) = self.map_and_bind(domain, page)?;
         // SAFETY: hv just mapped the guest's ring page read-write at this
@@ -179,6 +226,9 @@ impl DomainControl for Hypervisor<'_> {
         }
         if let Some((_, port, slot)) = self.block.take() {
             release_slot(self.window_slots, port, slot);
+        }
+        if let Some(store) = self.store.take() {
+            release_slot(self.window_slots, store.port, store.slot);
         }
         let _ = hypercall::domctl(DomCtlOp::Destroy, domain, 0, 0, 0);
     }
@@ -359,7 +409,7 @@ impl Toolstack {
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
         };
-        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, block: None };
+        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, block: None, store: None };
         let id = match builder::build(&mut control, &request) {
             Ok(id) => id,
             Err(error) => {
@@ -368,6 +418,7 @@ impl Toolstack {
             }
         };
         let console = control.console.take();
+        let store = control.store.take();
         let block = match (control.block.take(), disk) {
             (Some((ring, port, slot)), Some((disk, region))) => {
                 Some(BlockBackend { ring, port, slot, disk, region, requests: 0, service_tsc: 0, broken: None, mapped: ArrayVec::new(), mapped_by_grant: [0; abi::grant::ENTRIES] })
@@ -377,9 +428,26 @@ impl Toolstack {
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
             let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
             control.console = console;
+            control.store = store;
             control.block = block.map(|b| (b.ring, b.port, b.slot));
             control.destroy(id);
             return None;
+        }
+        // The guest's home in the store: its name and id, readable by it.
+        {
+            let mut store_tree = STORE.lock();
+            let _ = store_tree.introduce_domain(id, Quota::GUEST);
+            let mut path: ArrayString<64> = ArrayString::new();
+            let mut value: ArrayString<16> = ArrayString::new();
+            let _ = write!(path, "/local/domain/{id}/name");
+            let _ = store_tree.write(abi::DOM0, &path, &config.name);
+            path.clear();
+            let _ = write!(path, "/local/domain/{id}/domid");
+            let _ = write!(value, "{id}");
+            let _ = store_tree.write(abi::DOM0, &path, &value);
+            path.clear();
+            let _ = write!(path, "/local/domain/{id}");
+            let _ = store_tree.set_permissions(abi::DOM0, &path, &Permissions::owned_by(id));
         }
         let _ = writeln!(out, "dom0: created '{}' as domain {id}", config.name);
         self.guests.push(Guest {
@@ -392,6 +460,7 @@ impl Toolstack {
             created_at,
             create_to_first_output: None,
             block,
+            store,
         });
         Some(id)
     }
@@ -405,6 +474,10 @@ impl Toolstack {
         if let Some(console) = guest.console.take() {
             release_console(&mut self.window_slots, console);
         }
+        if let Some(store) = guest.store.take() {
+            release_slot(&mut self.window_slots, store.port, store.slot);
+        }
+        let _ = STORE.lock().remove_domain(guest.id);
         if let Some(block) = guest.block.take() {
             // Make what the guest wrote durable before it goes away.
             if let Some(disk) = self.disks.get_mut(block.disk) {
@@ -585,6 +658,79 @@ impl Toolstack {
             }
             if self.attached == Some(guest.id) {
                 self.attached = None;
+            }
+        }
+        moved
+    }
+
+    /// Serves the guests' store requests and delivers their watch events.
+    /// Returns whether anything moved.
+    pub fn service_store(&mut self) -> bool {
+        let mut moved = false;
+        let mut store_tree = STORE.lock();
+        for guest in self.guests.iter_mut() {
+            let Some(channel) = guest.store.as_mut() else { continue };
+            let mut notify = false;
+            let mut broken = false;
+            loop {
+                // Finish sending what is pending first.
+                if channel.pending_sent < channel.pending_length {
+                    match channel.ring.server_send(&channel.pending[channel.pending_sent..channel.pending_length]) {
+                        Ok(0) => break,
+                        Ok(count) => {
+                            channel.pending_sent += count;
+                            notify = true;
+                            continue;
+                        }
+                        Err(_) => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                }
+                // Then a complete request, or more request bytes.
+                if let Some(message) = channel.assembler.message() {
+                    channel.pending_length = store_tree.handle(guest.id, message, &mut channel.pending);
+                    channel.pending_sent = 0;
+                    channel.assembler.clear();
+                    moved = true;
+                    continue;
+                }
+                if store_tree.next_event_size(guest.id).is_some() {
+                    channel.pending_length = store_tree.pop_event(guest.id, &mut channel.pending);
+                    channel.pending_sent = 0;
+                    moved = true;
+                    continue;
+                }
+                // Then request bytes already taken from the ring, then more.
+                if channel.carry_length > 0 {
+                    let taken = channel.assembler.feed(&channel.carry[..channel.carry_length]);
+                    if taken == 0 {
+                        break;
+                    }
+                    channel.carry.copy_within(taken..channel.carry_length, 0);
+                    channel.carry_length -= taken;
+                    continue;
+                }
+                match channel.ring.server_receive(&mut channel.carry) {
+                    Ok(0) => break,
+                    Ok(count) => {
+                        channel.carry_length = count;
+                        moved = true;
+                    }
+                    Err(_) => {
+                        // The guest ran its request index away: disconnect.
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if broken {
+                if let Some(channel) = guest.store.take() {
+                    release_slot(&mut self.window_slots, channel.port, channel.slot);
+                }
+            } else if notify {
+                let _ = hypercall::notify(channel.port);
             }
         }
         moved

@@ -120,9 +120,65 @@ impl ConsoleRing {
         self.consume(FROM_GUEST, out)
     }
 
+    /// Back end: free bytes in the output ring (what `write_output` would take).
+    pub fn output_room(&self) -> Result<usize, Corrupt> {
+        let used = pending(self.load(FROM_GUEST.producer), self.load(FROM_GUEST.consumer), FROM_GUEST.size)?;
+        Ok(FROM_GUEST.size - used)
+    }
+
     /// Back end: queues input for the guest; returns how many bytes fit.
     pub fn write_input(&self, bytes: &[u8]) -> Result<usize, Corrupt> {
         self.produce(TO_GUEST, bytes)
+    }
+}
+
+/// A store ring page (`abi::store::StoreRing`): the console page's layout
+/// (the ABI asserts the same offsets) with the directions named for the
+/// store: requests go client to server in the 1024-byte ring, replies and
+/// watch events server to client in the 2048-byte ring.
+#[derive(Debug)]
+pub struct StoreRingAccess(ConsoleRing);
+
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request) == INPUT);
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response) == OUTPUT);
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request_consumer) == INPUT_CONSUMER);
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request_producer) == INPUT_PRODUCER);
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response_consumer) == OUTPUT_CONSUMER);
+const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response_producer) == OUTPUT_PRODUCER);
+
+impl StoreRingAccess {
+    /// Wraps the store page at `base`.
+    ///
+    /// # Safety
+    /// As for [`ConsoleRing::new`].
+    pub const unsafe fn new(base: *mut u8) -> StoreRingAccess {
+        // SAFETY: the caller's promise is the one ConsoleRing needs.
+        StoreRingAccess(unsafe { ConsoleRing::new(base) })
+    }
+
+    /// Client: queues request bytes; returns how many fit.
+    pub fn client_send(&self, bytes: &[u8]) -> Result<usize, Corrupt> {
+        self.0.write_input(bytes)
+    }
+
+    /// Client: takes reply and event bytes.
+    pub fn client_receive(&self, out: &mut [u8]) -> Result<usize, Corrupt> {
+        self.0.read_output(out)
+    }
+
+    /// Server: takes request bytes.
+    pub fn server_receive(&self, out: &mut [u8]) -> Result<usize, Corrupt> {
+        self.0.read_input(out)
+    }
+
+    /// Server: queues reply and event bytes; returns how many fit.
+    pub fn server_send(&self, bytes: &[u8]) -> Result<usize, Corrupt> {
+        self.0.write_output(bytes)
+    }
+
+    /// Server: bytes of room in the reply ring.
+    pub fn server_room(&self) -> Result<usize, Corrupt> {
+        self.0.output_room()
     }
 }
 

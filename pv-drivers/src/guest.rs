@@ -58,6 +58,27 @@ struct Disk {
     broken: bool,
 }
 
+/// The store client: the ring page, the event port, the next request id.
+struct StoreClient {
+    ring: crate::console::StoreRingAccess,
+    port: u32,
+    next_id: u32,
+}
+
+/// Why a store request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The guest has no store connection.
+    NoStore,
+    /// dom0 answered with this error.
+    Refused(abi::store::StoreError),
+    /// The request does not fit a message, or the reply was malformed or
+    /// too long for the caller's buffer.
+    BadMessage,
+    /// dom0 broke the ring protocol.
+    Broken,
+}
+
 /// Upcalls taken so far (written only by the upcall handler).
 static UPCALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -118,6 +139,9 @@ pub struct Guest {
     /// The console port fired since the last `wait_for_input`.
     console_event: bool,
     disk: Option<Disk>,
+    store: Option<StoreClient>,
+    /// The store port fired since the client last looked.
+    store_event: bool,
 }
 
 impl Guest {
@@ -149,7 +173,24 @@ impl Guest {
         // SAFETY: the static page is dedicated to hv's use for the domain's life.
         let _ = unsafe { hypercall::register_event_page(page, UPCALL_VECTOR) };
         let timer_port = hypercall::event(EventOp::BindVirq, Virq::Timer as u64, 0).unwrap_or(0) as u32;
-        let mut guest = Guest { start_info, console: None, console_port: 0, timer_port, console_event: false, disk: None };
+        let mut guest = Guest {
+            start_info,
+            console: None,
+            console_port: 0,
+            timer_port,
+            console_event: false,
+            disk: None,
+            store: None,
+            store_event: false,
+        };
+        if start_info.store_page != 0
+            && let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.store_port as u64)
+        {
+            // SAFETY: the builder reserved this page of our RAM for the store
+            // ring; dom0 maps it; it stays ours for the guest's life.
+            let ring = unsafe { crate::console::StoreRingAccess::new(start_info.store_page as *mut u8) };
+            guest.store = Some(StoreClient { ring, port: port as u32, next_id: 1 });
+        }
         if start_info.console_page != 0 {
             if let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64) {
                 // SAFETY: the builder reserved this page of our RAM for the console.
@@ -365,6 +406,107 @@ impl Guest {
         }
     }
 
+    /// Reads store node `path` (absolute, or relative to this domain's home)
+    /// into `out`; returns the value's length.
+    pub fn store_read(&mut self, path: &str, out: &mut [u8]) -> Result<usize, StoreFailure> {
+        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
+        let length = self.store_request(abi::store::StoreOp::Read, &[path], &mut reply)?;
+        // The reply payload is the value and its NUL.
+        let value = &reply[abi::store::STORE_HEADER_SIZE..abi::store::STORE_HEADER_SIZE + length];
+        let value = value.strip_suffix(&[0]).unwrap_or(value);
+        let destination = out.get_mut(..value.len()).ok_or(StoreFailure::BadMessage)?;
+        destination.copy_from_slice(value);
+        Ok(value.len())
+    }
+
+    /// Writes `value` at store node `path`, creating it.
+    pub fn store_write(&mut self, path: &str, value: &str) -> Result<(), StoreFailure> {
+        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
+        self.store_request(abi::store::StoreOp::Write, &[path, value], &mut reply).map(|_| ())
+    }
+
+    /// Sends one request and waits for its reply (watch events that arrive
+    /// meanwhile are dropped: this client registers none). Returns the
+    /// reply's payload length (the payload follows the header in `reply`).
+    fn store_request(
+        &mut self,
+        operation: abi::store::StoreOp,
+        fields: &[&str],
+        reply: &mut [u8; abi::store::STORE_MESSAGE_MAX],
+    ) -> Result<usize, StoreFailure> {
+        use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreHeader, StoreOp};
+        let store = self.store.as_mut().ok_or(StoreFailure::NoStore)?;
+        let mut message = [0u8; STORE_MESSAGE_MAX];
+        let mut length = STORE_HEADER_SIZE;
+        for field in fields {
+            let end = length + field.len() + 1;
+            if end > STORE_MESSAGE_MAX || field.as_bytes().contains(&0) {
+                return Err(StoreFailure::BadMessage);
+            }
+            message[length..end - 1].copy_from_slice(field.as_bytes());
+            length = end;
+        }
+        let id = store.next_id;
+        store.next_id = store.next_id.wrapping_add(1).max(1);
+        let header = StoreHeader { kind: operation as u32, request_id: id, transaction: 0, length: (length - STORE_HEADER_SIZE) as u32 };
+        message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        let mut sent = 0;
+        let mut received = 0;
+        loop {
+            let store = self.store.as_mut().ok_or(StoreFailure::NoStore)?;
+            let mut progress = false;
+            if sent < length {
+                let count = store.ring.client_send(&message[sent..length]).map_err(|_| StoreFailure::Broken)?;
+                if count > 0 {
+                    sent += count;
+                    progress = true;
+                    let _ = hypercall::notify(store.port);
+                }
+            }
+            // Read the reply: the header first, then exactly its payload.
+            let wanted = if received < STORE_HEADER_SIZE {
+                STORE_HEADER_SIZE
+            } else {
+                let header = StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
+                STORE_HEADER_SIZE + (header.length as usize).min(STORE_MESSAGE_MAX - STORE_HEADER_SIZE)
+            };
+            if received < wanted {
+                let count = store.ring.client_receive(&mut reply[received..wanted]).map_err(|_| StoreFailure::Broken)?;
+                if count > 0 {
+                    received += count;
+                    progress = true;
+                    let _ = hypercall::notify(store.port);
+                }
+            }
+            if received >= STORE_HEADER_SIZE {
+                let header = StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
+                let total = STORE_HEADER_SIZE + header.length as usize;
+                if total > STORE_MESSAGE_MAX {
+                    return Err(StoreFailure::Broken);
+                }
+                if received == total {
+                    match StoreOp::from_number(header.kind) {
+                        Some(StoreOp::WatchEvent) => {
+                            received = 0;
+                            continue;
+                        }
+                        Some(StoreOp::Error) if header.request_id == id => {
+                            let name = &reply[STORE_HEADER_SIZE..total];
+                            let name = name.strip_suffix(&[0]).unwrap_or(name);
+                            return Err(abi::store::StoreError::from_name(name).map_or(StoreFailure::BadMessage, StoreFailure::Refused));
+                        }
+                        Some(_) if header.request_id == id => return Ok(header.length as usize),
+                        _ => return Err(StoreFailure::BadMessage),
+                    }
+                }
+            }
+            if !progress {
+                self.store_event = false;
+                self.wait_for_event();
+            }
+        }
+    }
+
     /// This domain's end of the console event channel (0 without a console).
     pub fn console_port(&self) -> u32 {
         self.console_port
@@ -437,6 +579,11 @@ impl Guest {
         take_pending(self.timer_port);
         if let Some(disk) = &self.disk {
             take_pending(disk.port);
+        }
+        if let Some(store) = &self.store
+            && take_pending(store.port)
+        {
+            self.store_event = true;
         }
         if self.console.is_some() && take_pending(self.console_port) {
             self.console_event = true;

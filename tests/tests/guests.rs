@@ -845,3 +845,26 @@ fn a_hostile_guest_gets_documented_errors() {
         fail_with(&mut machine, &format!("hostile should still run after its attacks:\n{text}"));
     }
 }
+
+/// `storetest` talks to dom0's store over its own ring: it writes and reads
+/// back a key in its home, reads the name dom0 wrote there, and is refused
+/// dom0's home, dom0's tree and a path with `..`. Destroyed and built
+/// again, it starts from a clean home.
+#[test]
+fn a_guest_uses_the_store_over_its_ring() {
+    let mut machine = boot();
+    for round in 0..2 {
+        let id = create(&mut machine, "storetest", "storetest");
+        attach(&mut machine, "storetest", id);
+        let output = machine
+            .expect(line_where("the storetest summary", |line| line.starts_with("storetest: ") && line.contains(" checks passed")), seconds(60))
+            .unwrap_or_else(fail);
+        detach(&mut machine);
+        let summary = output.lines().rev().find(|line| line.contains(" checks passed")).unwrap_or("");
+        let numbers = scan("storetest: {} of {} checks passed", summary).unwrap_or_default();
+        if numbers.len() != 2 || numbers[0] != numbers[1] || numbers[0] < 6 || output.contains("WRONG") {
+            fail_with(&mut machine, &format!("round {round}: every store check should pass; the guest printed:\n{output}"));
+        }
+        destroy(&mut machine, "storetest", id);
+    }
+}
