@@ -246,7 +246,6 @@ impl StartInfo {
         let len = self.cmdline.iter().position(|&b| b == 0).unwrap_or(CMDLINE_SIZE);
         core::str::from_utf8(&self.cmdline[..len]).unwrap_or("")
     }
-
 }
 
 #[cfg(test)]

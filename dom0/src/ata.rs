@@ -376,7 +376,13 @@ impl AtaDisk {
     ///
     /// # Safety
     /// `destination` must be valid for `length` bytes of writes.
-    pub unsafe fn read_sectors_to(&mut self, lba: u64, sectors: u16, destination: *mut u8, length: usize) -> Result<(), AtaError> {
+    pub unsafe fn read_sectors_to(
+        &mut self,
+        lba: u64,
+        sectors: u16,
+        destination: *mut u8,
+        length: usize,
+    ) -> Result<(), AtaError> {
         if usize::from(sectors) * SECTOR_SIZE != length {
             return Err(AtaError::BadLength);
         }
@@ -392,7 +398,9 @@ impl AtaDisk {
     /// Every piece must be valid for its length of writes.
     pub unsafe fn read_scattered(&mut self, lba: u64, pieces: &[(*mut u8, usize)]) -> Result<(), AtaError> {
         let length: usize = pieces.iter().map(|(_, length)| length).sum();
-        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0) || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE {
+        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0)
+            || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE
+        {
             return Err(AtaError::BadLength);
         }
         let task = self.task_file(Direction::Read, lba, (length / SECTOR_SIZE) as u16, length)?;
@@ -419,7 +427,13 @@ impl AtaDisk {
     ///
     /// # Safety
     /// `source` must be valid for `length` bytes of reads.
-    pub unsafe fn write_sectors_from(&mut self, lba: u64, sectors: u16, source: *const u8, length: usize) -> Result<(), AtaError> {
+    pub unsafe fn write_sectors_from(
+        &mut self,
+        lba: u64,
+        sectors: u16,
+        source: *const u8,
+        length: usize,
+    ) -> Result<(), AtaError> {
         if usize::from(sectors) * SECTOR_SIZE != length {
             return Err(AtaError::BadLength);
         }
@@ -434,7 +448,9 @@ impl AtaDisk {
     /// Every piece must be valid for its length of reads.
     pub unsafe fn write_gathered(&mut self, lba: u64, pieces: &[(*const u8, usize)]) -> Result<(), AtaError> {
         let length: usize = pieces.iter().map(|(_, length)| length).sum();
-        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0) || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE {
+        if pieces.iter().any(|(_, length)| length % SECTOR_SIZE != 0)
+            || length > usize::from(MAX_SECTORS_PER_COMMAND) * SECTOR_SIZE
+        {
             return Err(AtaError::BadLength);
         }
         let task = self.task_file(Direction::Write, lba, (length / SECTOR_SIZE) as u16, length)?;

@@ -70,7 +70,13 @@ impl BlockBackend {
 impl BlockBackend {
     /// The dom0 address of grant `grant`, mapping it (writable if asked)
     /// on first use; None when it cannot be mapped (then copy instead).
-    fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool, slots: &mut [bool; WINDOW_SLOTS]) -> Option<u64> {
+    fn mapped_page(
+        &mut self,
+        guest: DomainId,
+        grant: u32,
+        writable: bool,
+        slots: &mut [bool; WINDOW_SLOTS],
+    ) -> Option<u64> {
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let known = self.mapped_by_grant.get(grant as usize).copied().unwrap_or(0);
         if known != 0 {
@@ -89,7 +95,13 @@ impl BlockBackend {
         Some(address(slot))
     }
 
-    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId, slots: &mut [bool; WINDOW_SLOTS]) -> i32 {
+    fn execute(
+        &mut self,
+        plan: &Plan,
+        disk: Option<&mut AtaDisk>,
+        guest: DomainId,
+        slots: &mut [bool; WINDOW_SLOTS],
+    ) -> i32 {
         let Some(disk) = disk else { return STATUS_ERROR };
         let (transfers, to_guest) = match plan {
             Plan::Flush => return if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR },

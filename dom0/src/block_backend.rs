@@ -92,7 +92,8 @@ mod tests {
     const REGION: Region = Region { start: 1000, sectors: 64, readonly: false };
 
     fn request(operation: u8, sector: u64, segments: &[(u8, u8)]) -> Request {
-        let mut request = Request { id: 7, operation, segment_count: segments.len() as u8, sector, ..Request::default() };
+        let mut request =
+            Request { id: 7, operation, segment_count: segments.len() as u8, sector, ..Request::default() };
         for (slot, &(first, last)) in request.segments.iter_mut().zip(segments) {
             *slot = Segment { grant: 5, first_sector: first, last_sector: last, _reserved: 0 };
         }

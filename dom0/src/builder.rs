@@ -145,7 +145,7 @@ fn page_bytes(words: &[u64; 512]) -> [u8; 4096] {
 pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result<DomainId, BuildError> {
     let image = ElfImage::parse(request.kernel).map_err(BuildError::Kernel)?;
     let memory = request.memory_bytes;
-    if !(MIN_MEMORY..=IDENTITY_MAP).contains(&memory) || memory % 4096 != 0 {
+    if !(MIN_MEMORY..=IDENTITY_MAP).contains(&memory) || !memory.is_multiple_of(4096) {
         return Err(BuildError::Memory);
     }
     image.check_fits(KERNEL_BASE, memory).map_err(BuildError::Kernel)?;
@@ -180,7 +180,17 @@ fn populate_and_load(
     let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| BuildError::Memory)?;
     paging
         .map_range(&mut tables, 4096, 4096, two_mib - 4096, rwx, MemoryType::WriteBack, PageSize::Size4K)
-        .and_then(|()| paging.map_range(&mut tables, two_mib, two_mib, IDENTITY_MAP - two_mib, rwx, MemoryType::WriteBack, PageSize::Size2M))
+        .and_then(|()| {
+            paging.map_range(
+                &mut tables,
+                two_mib,
+                two_mib,
+                IDENTITY_MAP - two_mib,
+                rwx,
+                MemoryType::WriteBack,
+                PageSize::Size2M,
+            )
+        })
         .map_err(|_| BuildError::Memory)?;
     for (index, page) in tables.pages[..tables.used].iter().enumerate() {
         control.copy(id, TABLES_START + index as u64 * 4096, &page_bytes(page)).map_err(step("write page tables"))?;
@@ -279,7 +289,10 @@ mod tests {
         fn copy(&mut self, domain: DomainId, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
             self.fail("copy")?;
             let (base, pages) = self.populated[&domain];
-            assert!(guest_physical >= base && guest_physical + bytes.len() as u64 <= base + pages * 4096, "copy outside RAM");
+            assert!(
+                guest_physical >= base && guest_physical + bytes.len() as u64 <= base + pages * 4096,
+                "copy outside RAM"
+            );
             let memory = self.memory.get_mut(&domain).unwrap();
             for (offset, byte) in bytes.iter().enumerate() {
                 memory.insert(guest_physical + offset as u64, *byte);

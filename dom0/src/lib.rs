@@ -5,10 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod ata_protocol;
-pub mod config;
-pub mod disk_spec;
 pub mod block_backend;
 pub mod builder;
+pub mod config;
+pub mod disk_spec;
 pub mod line_editor;
 pub mod report;
 pub mod selftest;

@@ -329,9 +329,9 @@ impl Shell {
         let free_before = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(0);
         // A scratch domain for the domain-control checks: 16 pages allowed,
         // 4 populated at guest-physical 0.
-        let scratch = match hypercall::create_domain(16).and_then(|id| {
-            hypercall::domctl(abi::domctl::DomCtlOp::PopulateMemory, id, 0, 4, 0).map(|_| id)
-        }) {
+        let scratch = match hypercall::create_domain(16)
+            .and_then(|id| hypercall::domctl(abi::domctl::DomCtlOp::PopulateMemory, id, 0, 4, 0).map(|_| id))
+        {
             Ok(id) => id,
             Err(error) => {
                 let _ = writeln!(self.console, "selftest: cannot create the scratch domain: {}", error.describe());

@@ -58,7 +58,13 @@ impl Measurement {
 
 /// Writes one `bench` line.
 pub fn write_measurement(out: &mut impl Write, what: &str, measurement: &Measurement) -> fmt::Result {
-    writeln!(out, "bench: {what} {} tsc/call (min {}, {} calls)", measurement.mean(), measurement.minimum, measurement.calls)
+    writeln!(
+        out,
+        "bench: {what} {} tsc/call (min {}, {} calls)",
+        measurement.mean(),
+        measurement.minimum,
+        measurement.calls
+    )
 }
 
 #[cfg(test)]

@@ -15,11 +15,11 @@ use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
 use crate::ata::AtaDisk;
+use crate::uart::Uart;
 use abi::store::STORE_MESSAGE_MAX;
+use dom0core::block_backend::Region;
 use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
-use crate::uart::Uart;
-use dom0core::block_backend::Region;
 use pv_drivers::ring::BlockBack;
 
 fn rdtsc() -> u64 {
@@ -392,7 +392,9 @@ impl Toolstack {
                 return None;
             }
             let overlapping = self.guests.iter().filter_map(|g| g.block.as_ref()).any(|b| {
-                b.disk == index && spec.start < b.region.start + b.region.sectors && b.region.start < spec.start + spec.sectors
+                b.disk == index
+                    && spec.start < b.region.start + b.region.sectors
+                    && b.region.start < spec.start + spec.sectors
             });
             if overlapping {
                 let _ = writeln!(out, "dom0: create: {}: disk region overlaps another guest's", config.name);
@@ -420,9 +422,18 @@ impl Toolstack {
         let console = control.console.take();
         let store = control.store.take();
         let block = match (control.block.take(), disk) {
-            (Some((ring, port, slot)), Some((disk, region))) => {
-                Some(BlockBackend { ring, port, slot, disk, region, requests: 0, service_tsc: 0, broken: None, mapped: ArrayVec::new(), mapped_by_grant: [0; abi::grant::ENTRIES] })
-            }
+            (Some((ring, port, slot)), Some((disk, region))) => Some(BlockBackend {
+                ring,
+                port,
+                slot,
+                disk,
+                region,
+                requests: 0,
+                service_tsc: 0,
+                broken: None,
+                mapped: ArrayVec::new(),
+                mapped_by_grant: [0; abi::grant::ENTRIES],
+            }),
             _ => None,
         };
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
@@ -608,7 +619,8 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: '{}' has no console", guest.config.name);
             return;
         }
-        let _ = writeln!(out, "dom0: attached to '{}' (domain {}); Ctrl-] returns to dom0", guest.config.name, guest.id);
+        let _ =
+            writeln!(out, "dom0: attached to '{}' (domain {}); Ctrl-] returns to dom0", guest.config.name, guest.id);
         out.write_bytes(&guest.history[..guest.history_length]);
         self.attached = Some(guest.id);
     }
@@ -616,10 +628,10 @@ impl Toolstack {
     /// Sends typed bytes to the attached guest's console.
     pub fn type_into_attached(&mut self, bytes: &[u8]) {
         let Some(guest) = self.guests.iter_mut().find(|g| Some(g.id) == self.attached) else { return };
-        if let Some(console) = &guest.console {
-            if console.ring.write_input(bytes).is_ok() {
-                let _ = hypercall::notify(console.port);
-            }
+        if let Some(console) = &guest.console
+            && console.ring.write_input(bytes).is_ok()
+        {
+            let _ = hypercall::notify(console.port);
         }
     }
 
@@ -751,7 +763,8 @@ impl Toolstack {
             }
             busy |= served;
             if let Some(reason) = block.broken {
-                let _ = writeln!(out, "\ndom0: '{}' broke its disk ring ({reason}); disk disconnected", guest.config.name);
+                let _ =
+                    writeln!(out, "\ndom0: '{}' broke its disk ring ({reason}); disk disconnected", guest.config.name);
                 let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
             }
         }
@@ -824,10 +837,13 @@ impl Toolstack {
         let mut index = 0;
         while index < self.guests.len() {
             let guest = &self.guests[index];
-            let state = hypercall::domain_info(guest.id).ok().map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
+            let state =
+                hypercall::domain_info(guest.id).ok().map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
             let (crashed, reboot) = match state {
                 Some((Some(DomainState::Crashed), _)) => (true, false),
-                Some((Some(DomainState::Shutdown), reason)) => (false, reason == abi::hypercall::ShutdownReason::Reboot as u32),
+                Some((Some(DomainState::Shutdown), reason)) => {
+                    (false, reason == abi::hypercall::ShutdownReason::Reboot as u32)
+                }
                 _ => {
                     index += 1;
                     continue;
@@ -840,7 +856,13 @@ impl Toolstack {
             printed = true;
             let name = guest.config.name;
             let id = guest.id;
-            let policy = if crashed { guest.config.on_crash } else if reboot { OnCrash::Restart } else { OnCrash::Destroy };
+            let policy = if crashed {
+                guest.config.on_crash
+            } else if reboot {
+                OnCrash::Restart
+            } else {
+                OnCrash::Destroy
+            };
             let mut log = [0u8; 16 * 1024];
             let mut reason: ArrayString<200> = ArrayString::new();
             if crashed {

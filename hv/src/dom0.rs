@@ -120,7 +120,12 @@ pub fn memory_from_command_line(command_line: &str) -> Option<u64> {
 
 /// Builds dom0 with `memory_bytes` of RAM. On error everything allocated
 /// stays allocated: hv cannot run without dom0 and stops.
-pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64, tsc_khz: u64) -> Result<Domain, &'static str> {
+pub fn build(
+    capabilities: &Capabilities,
+    images: &Dom0Images,
+    memory_bytes: u64,
+    tsc_khz: u64,
+) -> Result<Domain, &'static str> {
     let image = ElfImage::parse(images.kernel).map_err(|error| error.describe())?;
     let memory_bytes = memory_bytes.next_multiple_of(TWO_MIB).max(MINIMUM_MEMORY);
     image.check_fits(KERNEL_BASE, memory_bytes).map_err(|error| error.describe())?;
@@ -154,8 +159,16 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
     if let Some((start, end)) = images.ramdisk {
         let first = start & !(abi::PAGE_SIZE - 1);
         let length = end.next_multiple_of(abi::PAGE_SIZE) - first;
-        ept.map_range(&mut HvTables, memory_bytes, first, length, Access::READ, MemoryType::WriteBack, PageSize::Size4K)
-            .map_err(|_| "mapping the ramdisk failed")?;
+        ept.map_range(
+            &mut HvTables,
+            memory_bytes,
+            first,
+            length,
+            Access::READ,
+            MemoryType::WriteBack,
+            PageSize::Size4K,
+        )
+        .map_err(|_| "mapping the ramdisk failed")?;
         start_info.ramdisk_base = memory_bytes + (start - first);
         start_info.ramdisk_size = end - start;
         mapped_top = (memory_bytes + length).next_multiple_of(TWO_MIB);
@@ -174,17 +187,49 @@ pub fn build(capabilities: &Capabilities, images: &Dom0Images, memory_bytes: u64
     let mut tables = GuestTables { ept, next: TABLES_START };
     let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| "dom0 page tables")?;
     paging
-        .map_range(&mut tables, abi::PAGE_SIZE, abi::PAGE_SIZE, TWO_MIB - abi::PAGE_SIZE, rwx, MemoryType::WriteBack, PageSize::Size4K)
+        .map_range(
+            &mut tables,
+            abi::PAGE_SIZE,
+            abi::PAGE_SIZE,
+            TWO_MIB - abi::PAGE_SIZE,
+            rwx,
+            MemoryType::WriteBack,
+            PageSize::Size4K,
+        )
         .and_then(|()| {
-            paging.map_range(&mut tables, TWO_MIB, TWO_MIB, memory_bytes - TWO_MIB, rwx, MemoryType::WriteBack, PageSize::Size2M)
+            paging.map_range(
+                &mut tables,
+                TWO_MIB,
+                TWO_MIB,
+                memory_bytes - TWO_MIB,
+                rwx,
+                MemoryType::WriteBack,
+                PageSize::Size2M,
+            )
         })
         .and_then(|()| {
             // The foreign window: page tables only; EPT backs what MapForeign maps.
-            paging.map_range(&mut tables, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE, Access::READ | Access::WRITE, MemoryType::WriteBack, PageSize::Size2M)
+            paging.map_range(
+                &mut tables,
+                FOREIGN_WINDOW_BASE,
+                FOREIGN_WINDOW_BASE,
+                FOREIGN_WINDOW_SIZE,
+                Access::READ | Access::WRITE,
+                MemoryType::WriteBack,
+                PageSize::Size2M,
+            )
         })
         .and_then(|()| {
             if mapped_top > memory_bytes {
-                paging.map_range(&mut tables, memory_bytes, memory_bytes, mapped_top - memory_bytes, Access::READ, MemoryType::WriteBack, PageSize::Size2M)
+                paging.map_range(
+                    &mut tables,
+                    memory_bytes,
+                    memory_bytes,
+                    mapped_top - memory_bytes,
+                    Access::READ,
+                    MemoryType::WriteBack,
+                    PageSize::Size2M,
+                )
             } else {
                 Ok(())
             }

@@ -181,11 +181,14 @@ impl Domain {
 
     /// Gives the domain `pages` zeroed frames at `guest_physical`. All or nothing.
     pub fn populate(&mut self, guest_physical: u64, pages: u64) -> Result<u64, Error> {
-        if guest_physical % abi::PAGE_SIZE != 0 || pages == 0 {
+        if !guest_physical.is_multiple_of(abi::PAGE_SIZE) || pages == 0 {
             return Err(Error::InvalidArgument);
         }
         let length = pages.checked_mul(abi::PAGE_SIZE).ok_or(Error::InvalidArgument)?;
-        guest_physical.checked_add(length).filter(|end| *end <= abi::domctl::FOREIGN_WINDOW_BASE).ok_or(Error::InvalidArgument)?;
+        guest_physical
+            .checked_add(length)
+            .filter(|end| *end <= abi::domctl::FOREIGN_WINDOW_BASE)
+            .ok_or(Error::InvalidArgument)?;
         if self.current_pages.checked_add(pages).is_none_or(|total| total > self.max_pages) {
             return Err(Error::OutOfMemory);
         }
@@ -197,7 +200,14 @@ impl Domain {
             let address = guest_physical + index * abi::PAGE_SIZE;
             let mapped = memory::allocate_frame().ok_or(Error::OutOfMemory).and_then(|frame| {
                 self.ept
-                    .map(&mut HvTables, address, frame, hvcore::paging::PageSize::Size4K, rwx, hvcore::paging::MemoryType::WriteBack)
+                    .map(
+                        &mut HvTables,
+                        address,
+                        frame,
+                        hvcore::paging::PageSize::Size4K,
+                        rwx,
+                        hvcore::paging::MemoryType::WriteBack,
+                    )
                     .map_err(|error| {
                         memory::free_frame(frame);
                         match error {

@@ -63,7 +63,8 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             set_vcpu_context(hv, caller, target, a2)
         }
         DomCtlOp::SetScheduling => {
-            let weight = u32::try_from(a2).ok().filter(|w| (1..=MAX_WEIGHT).contains(w)).ok_or(Error::InvalidArgument)?;
+            let weight =
+                u32::try_from(a2).ok().filter(|w| (1..=MAX_WEIGHT).contains(w)).ok_or(Error::InvalidArgument)?;
             let cap = u32::try_from(a3).ok().filter(|c| *c <= 100).ok_or(Error::InvalidArgument)?;
             hv.scheduler.set_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
             let domain = &mut hv.domains[target];
@@ -151,7 +152,14 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     crate::info!("d{id} destroyed, {} KiB returned", pages * 4);
 }
 
-fn copy_to_guest(hv: &mut Hypervisor, caller: usize, target: usize, destination: u64, source: u64, length: u64) -> Result<u64, Error> {
+fn copy_to_guest(
+    hv: &mut Hypervisor,
+    caller: usize,
+    target: usize,
+    destination: u64,
+    source: u64,
+    length: u64,
+) -> Result<u64, Error> {
     if length > COPY_MAX {
         return Err(Error::InvalidArgument);
     }
@@ -177,7 +185,7 @@ fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_a
     if !canonical(context.rip)
         || !canonical(context.rsp)
         || !canonical(context.gdt_base)
-        || context.cr3 % abi::PAGE_SIZE != 0
+        || !context.cr3.is_multiple_of(abi::PAGE_SIZE)
         || context.cr3 >= FOREIGN_WINDOW_BASE
         || context.gdt_limit as usize != guest_gdt::DESCRIPTORS.len() * 8 - 1
     {
@@ -213,7 +221,8 @@ fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_a
 }
 
 fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u64, count: u64) -> Result<u64, Error> {
-    let mut ids: arrayvec::ArrayVec<DomainId, MAX_DOMAINS> = hv.domains.iter().map(|d| d.id).filter(|&id| id >= start).collect();
+    let mut ids: arrayvec::ArrayVec<DomainId, MAX_DOMAINS> =
+        hv.domains.iter().map(|d| d.id).filter(|&id| id >= start).collect();
     ids.sort_unstable();
     let count = (count as usize).min(ids.len());
     let mut bytes = [0u8; MAX_DOMAINS * 4];
@@ -225,11 +234,18 @@ fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u6
 }
 
 pub fn in_foreign_window(address: u64) -> bool {
-    address % abi::PAGE_SIZE == 0 && (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&address)
+    address.is_multiple_of(abi::PAGE_SIZE)
+        && (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&address)
 }
 
-fn map_foreign(hv: &mut Hypervisor, caller: usize, target: usize, guest_address: u64, dom0_address: u64) -> Result<u64, Error> {
-    if !in_foreign_window(dom0_address) || guest_address % abi::PAGE_SIZE != 0 {
+fn map_foreign(
+    hv: &mut Hypervisor,
+    caller: usize,
+    target: usize,
+    guest_address: u64,
+    dom0_address: u64,
+) -> Result<u64, Error> {
+    if !in_foreign_window(dom0_address) || !guest_address.is_multiple_of(abi::PAGE_SIZE) {
         return Err(Error::InvalidArgument);
     }
     let frame = hv.domains[target].host_frame(guest_address, Access::READ | Access::WRITE)?;
@@ -251,11 +267,8 @@ fn map_foreign(hv: &mut Hypervisor, caller: usize, target: usize, guest_address:
 
 fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Result<u64, Error> {
     let dom0 = &mut hv.domains[caller];
-    let slot = dom0
-        .foreign
-        .iter()
-        .position(|m| m.dom0_address == dom0_address && m.grant.is_none())
-        .ok_or(Error::NotFound)?;
+    let slot =
+        dom0.foreign.iter().position(|m| m.dom0_address == dom0_address && m.grant.is_none()).ok_or(Error::NotFound)?;
     dom0.foreign.swap_remove(slot);
     let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
     if let Some(vcpu) = dom0.vcpu.as_ref() {

@@ -187,26 +187,18 @@ impl<'a> ElfImage<'a> {
             if segments.iter().any(|other| overlaps(other, &segment)) {
                 return Err(ElfError::OverlappingSegments);
             }
-            segments
-                .try_push(segment)
-                .map_err(|_| ElfError::TooManySegments)?;
+            segments.try_push(segment).map_err(|_| ElfError::TooManySegments)?;
         }
         if segments.is_empty() {
             return Err(ElfError::NoLoadableSegments);
         }
         let entry_is_executable = segments.iter().any(|segment| {
-            segment.flags & PF_X != 0
-                && segment.virt_addr <= entry
-                && entry - segment.virt_addr < segment.mem_size
+            segment.flags & PF_X != 0 && segment.virt_addr <= entry && entry - segment.virt_addr < segment.mem_size
         });
         if !entry_is_executable {
             return Err(ElfError::EntryNotExecutable);
         }
-        Ok(Self {
-            bytes,
-            entry,
-            segments,
-        })
+        Ok(Self { bytes, entry, segments })
     }
 
     /// Virtual address of the first instruction.
@@ -234,31 +226,18 @@ impl<'a> ElfImage<'a> {
     /// in `[base, limit)`; otherwise `OutsideMemory`.
     pub fn check_fits(&self, base: u64, limit: u64) -> Result<(), ElfError> {
         // Ends cannot wrap: parse rejected that.
-        let fits = self.segments.iter().all(|segment| {
-            segment.phys_addr >= base && segment.phys_addr + segment.mem_size <= limit
-        });
-        if fits {
-            Ok(())
-        } else {
-            Err(ElfError::OutsideMemory)
-        }
+        let fits = self
+            .segments
+            .iter()
+            .all(|segment| segment.phys_addr >= base && segment.phys_addr + segment.mem_size <= limit);
+        if fits { Ok(()) } else { Err(ElfError::OutsideMemory) }
     }
 
     /// The lowest physical address and the highest physical end over the
     /// loadable segments: the memory a loader must provide.
     pub fn physical_extent(&self) -> (u64, u64) {
-        let lowest = self
-            .segments
-            .iter()
-            .map(|segment| segment.phys_addr)
-            .min()
-            .unwrap_or(0);
-        let highest = self
-            .segments
-            .iter()
-            .map(|segment| segment.phys_addr + segment.mem_size)
-            .max()
-            .unwrap_or(0);
+        let lowest = self.segments.iter().map(|segment| segment.phys_addr).min().unwrap_or(0);
+        let highest = self.segments.iter().map(|segment| segment.phys_addr + segment.mem_size).max().unwrap_or(0);
         (lowest, highest)
     }
 }
@@ -266,20 +245,15 @@ impl<'a> ElfImage<'a> {
 /// The program header table's bytes, after checking its entry size and
 /// that it lies inside the file.
 fn program_header_table<'a>(bytes: &'a [u8], file_header: &[u8]) -> Result<&'a [u8], ElfError> {
-    let offset =
-        read_u64(file_header, header::PROGRAM_HEADER_OFFSET).ok_or(ElfError::BadProgramHeaders)?;
-    let entry_size = read_u16(file_header, header::PROGRAM_HEADER_ENTRY_SIZE)
-        .ok_or(ElfError::BadProgramHeaders)?;
-    let count =
-        read_u16(file_header, header::PROGRAM_HEADER_COUNT).ok_or(ElfError::BadProgramHeaders)?;
+    let offset = read_u64(file_header, header::PROGRAM_HEADER_OFFSET).ok_or(ElfError::BadProgramHeaders)?;
+    let entry_size = read_u16(file_header, header::PROGRAM_HEADER_ENTRY_SIZE).ok_or(ElfError::BadProgramHeaders)?;
+    let count = read_u16(file_header, header::PROGRAM_HEADER_COUNT).ok_or(ElfError::BadProgramHeaders)?;
     if usize::from(entry_size) != program_header::SIZE {
         return Err(ElfError::BadProgramHeaders);
     }
     let start = usize::try_from(offset).map_err(|_| ElfError::BadProgramHeaders)?;
     let length = usize::from(count) * program_header::SIZE;
-    let end = start
-        .checked_add(length)
-        .ok_or(ElfError::BadProgramHeaders)?;
+    let end = start.checked_add(length).ok_or(ElfError::BadProgramHeaders)?;
     bytes.get(start..end).ok_or(ElfError::BadProgramHeaders)
 }
 
@@ -303,10 +277,7 @@ fn parse_segment(bytes: &[u8], raw: &[u8]) -> Result<Option<Segment>, ElfError> 
     }
     // With no file bytes the offset is meaningless, so it is not checked.
     if segment.file_size != 0 {
-        let file_end = segment
-            .file_offset
-            .checked_add(segment.file_size)
-            .ok_or(ElfError::SegmentOutsideFile)?;
+        let file_end = segment.file_offset.checked_add(segment.file_size).ok_or(ElfError::SegmentOutsideFile)?;
         if file_end > bytes.len() as u64 {
             return Err(ElfError::SegmentOutsideFile);
         }
@@ -364,15 +335,7 @@ mod tests {
 
     /// A loadable segment header.
     fn load(flags: u32, offset: u64, address: u64, file_size: u64, mem_size: u64) -> Header {
-        Header {
-            kind: 1,
-            flags,
-            offset,
-            virt: address,
-            phys: address,
-            file_size,
-            mem_size,
-        }
+        Header { kind: 1, flags, offset, virt: address, phys: address, file_size, mem_size }
     }
 
     /// Writes an ELF64 x86-64 executable: the file header, the program
@@ -412,15 +375,7 @@ mod tests {
             0x20_0010,
             &[
                 load(PF_R | PF_X, 0x1000, 0x20_0000, 0x800, 0x800),
-                Header {
-                    kind: 4,
-                    flags: PF_R,
-                    offset: 0,
-                    virt: 0,
-                    phys: 0,
-                    file_size: 0,
-                    mem_size: 0x40,
-                },
+                Header { kind: 4, flags: PF_R, offset: 0, virt: 0, phys: 0, file_size: 0, mem_size: 0x40 },
                 load(PF_R, 0x2000, 0x20_1000, 0x100, 0x100),
                 load(PF_R | PF_W, 0x3000, 0x20_2000, 0x80, 0x5000),
             ],
@@ -456,10 +411,7 @@ mod tests {
         assert_eq!(image.physical_extent(), (0x20_0000, 0x20_7000));
         assert_eq!(image.check_fits(0x20_0000, 0x20_7000), Ok(()));
         assert_eq!(image.check_fits(0x10_0000, 0x100_0000), Ok(()));
-        assert_eq!(
-            image.check_fits(0x20_1000, 0x100_0000),
-            Err(ElfError::OutsideMemory)
-        );
+        assert_eq!(image.check_fits(0x20_1000, 0x100_0000), Err(ElfError::OutsideMemory));
         assert_eq!(image.check_fits(0, 0x20_6fff), Err(ElfError::OutsideMemory));
     }
 
@@ -479,10 +431,7 @@ mod tests {
         assert_eq!(image.physical_extent(), (0x100_0000, 0x100_0010));
         // The entry point is virtual: the physical address does not count.
         let file = build(0x100_0004, &[header], 0x1010);
-        assert_eq!(
-            ElfImage::parse(&file).unwrap_err(),
-            ElfError::EntryNotExecutable
-        );
+        assert_eq!(ElfImage::parse(&file).unwrap_err(), ElfError::EntryNotExecutable);
     }
 
     #[test]
@@ -516,36 +465,15 @@ mod tests {
         assert_eq!(corrupt(18, &3u16.to_le_bytes()), ElfError::WrongMachine);
         assert_eq!(corrupt(18, &183u16.to_le_bytes()), ElfError::WrongMachine);
         // Program header table offset past the end, or wrapping.
-        assert_eq!(
-            corrupt(32, &(good.len() as u64).to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
-        assert_eq!(
-            corrupt(32, &u64::MAX.to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
-        assert_eq!(
-            corrupt(32, &(good.len() as u64 - 100).to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
+        assert_eq!(corrupt(32, &(good.len() as u64).to_le_bytes()), ElfError::BadProgramHeaders);
+        assert_eq!(corrupt(32, &u64::MAX.to_le_bytes()), ElfError::BadProgramHeaders);
+        assert_eq!(corrupt(32, &(good.len() as u64 - 100).to_le_bytes()), ElfError::BadProgramHeaders);
         // Wrong entry size, and a count reaching past the end.
-        assert_eq!(
-            corrupt(54, &32u16.to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
-        assert_eq!(
-            corrupt(54, &64u16.to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
-        assert_eq!(
-            corrupt(56, &u16::MAX.to_le_bytes()),
-            ElfError::BadProgramHeaders
-        );
+        assert_eq!(corrupt(54, &32u16.to_le_bytes()), ElfError::BadProgramHeaders);
+        assert_eq!(corrupt(54, &64u16.to_le_bytes()), ElfError::BadProgramHeaders);
+        assert_eq!(corrupt(56, &u16::MAX.to_le_bytes()), ElfError::BadProgramHeaders);
         // No program headers at all.
-        assert_eq!(
-            corrupt(56, &0u16.to_le_bytes()),
-            ElfError::NoLoadableSegments
-        );
+        assert_eq!(corrupt(56, &0u16.to_le_bytes()), ElfError::NoLoadableSegments);
     }
 
     #[test]
@@ -576,35 +504,15 @@ mod tests {
 
     #[test]
     fn segment_corruptions() {
-        let text =
-            |offset, file_size, mem_size| load(PF_R | PF_X, offset, 0x40_0000, file_size, mem_size);
-        let parse = |headers: &[Header]| {
-            ElfImage::parse(&build(0x40_0000, headers, 0x2000))
-                .map(|_| ())
-                .unwrap_err()
-        };
-        assert_eq!(
-            parse(&[text(0x1000, 0x1001, 0x2000)]),
-            ElfError::SegmentOutsideFile
-        );
-        assert_eq!(
-            parse(&[text(0x2000, 1, 0x2000)]),
-            ElfError::SegmentOutsideFile
-        );
-        assert_eq!(
-            parse(&[text(u64::MAX, 2, 0x2000)]),
-            ElfError::SegmentOutsideFile
-        );
+        let text = |offset, file_size, mem_size| load(PF_R | PF_X, offset, 0x40_0000, file_size, mem_size);
+        let parse = |headers: &[Header]| ElfImage::parse(&build(0x40_0000, headers, 0x2000)).map(|_| ()).unwrap_err();
+        assert_eq!(parse(&[text(0x1000, 0x1001, 0x2000)]), ElfError::SegmentOutsideFile);
+        assert_eq!(parse(&[text(0x2000, 1, 0x2000)]), ElfError::SegmentOutsideFile);
+        assert_eq!(parse(&[text(u64::MAX, 2, 0x2000)]), ElfError::SegmentOutsideFile);
         assert_eq!(parse(&[text(0x1000, 0x200, 0x100)]), ElfError::SegmentSizes);
-        let wrapping = Header {
-            phys: u64::MAX - 0xfff,
-            ..text(0x1000, 0x100, 0x1000)
-        };
+        let wrapping = Header { phys: u64::MAX - 0xfff, ..text(0x1000, 0x100, 0x1000) };
         assert_eq!(parse(&[wrapping]), ElfError::AddressOverflow);
-        let wrapping = Header {
-            virt: u64::MAX - 0x800,
-            ..text(0x1000, 0x100, 0x1000)
-        };
+        let wrapping = Header { virt: u64::MAX - 0x800, ..text(0x1000, 0x100, 0x1000) };
         assert_eq!(parse(&[wrapping]), ElfError::AddressOverflow);
         // Overlap in physical memory, in virtual memory, and containment.
         let data = |phys, virt| Header {
@@ -616,26 +524,13 @@ mod tests {
             file_size: 0x100,
             mem_size: 0x1000,
         };
-        assert_eq!(
-            parse(&[text(0x1000, 0x100, 0x1000), data(0x40_0fff, 0x80_0000)]),
-            ElfError::OverlappingSegments
-        );
-        assert_eq!(
-            parse(&[text(0x1000, 0x100, 0x1000), data(0x80_0000, 0x3f_f001)]),
-            ElfError::OverlappingSegments
-        );
-        assert_eq!(
-            parse(&[text(0x1000, 0x100, 0x10_0000), data(0x40_8000, 0x40_8000)]),
-            ElfError::OverlappingSegments
-        );
+        assert_eq!(parse(&[text(0x1000, 0x100, 0x1000), data(0x40_0fff, 0x80_0000)]), ElfError::OverlappingSegments);
+        assert_eq!(parse(&[text(0x1000, 0x100, 0x1000), data(0x80_0000, 0x3f_f001)]), ElfError::OverlappingSegments);
+        assert_eq!(parse(&[text(0x1000, 0x100, 0x10_0000), data(0x40_8000, 0x40_8000)]), ElfError::OverlappingSegments);
         // Touching is fine.
         assert!(
-            ElfImage::parse(&build(
-                0x40_0000,
-                &[text(0x1000, 0x100, 0x1000), data(0x40_1000, 0x40_1000)],
-                0x2000
-            ))
-            .is_ok()
+            ElfImage::parse(&build(0x40_0000, &[text(0x1000, 0x100, 0x1000), data(0x40_1000, 0x40_1000)], 0x2000))
+                .is_ok()
         );
     }
 
@@ -651,21 +546,10 @@ mod tests {
             file_size: 0x10,
             mem_size: 0x10,
         };
-        assert_eq!(
-            ElfImage::parse(&build(0x40_0000, &[note], 0x1000)).unwrap_err(),
-            ElfError::NoLoadableSegments
-        );
+        assert_eq!(ElfImage::parse(&build(0x40_0000, &[note], 0x1000)).unwrap_err(), ElfError::NoLoadableSegments);
         // An empty load segment is ignored even with absurd fields.
-        let empty = Header {
-            offset: u64::MAX,
-            file_size: 5,
-            phys: u64::MAX,
-            ..load(PF_X, 0, 0x40_0000, 0, 0)
-        };
-        assert_eq!(
-            ElfImage::parse(&build(0x40_0000, &[empty], 0x1000)).unwrap_err(),
-            ElfError::NoLoadableSegments
-        );
+        let empty = Header { offset: u64::MAX, file_size: 5, phys: u64::MAX, ..load(PF_X, 0, 0x40_0000, 0, 0) };
+        assert_eq!(ElfImage::parse(&build(0x40_0000, &[empty], 0x1000)).unwrap_err(), ElfError::NoLoadableSegments);
         let text = load(PF_R | PF_X, 0x1000, 0x40_0000, 0x10, 0x10);
         let file = build(0x40_0000, &[empty, note, text], 0x1010);
         let image = ElfImage::parse(&file).unwrap();
@@ -681,10 +565,7 @@ mod tests {
             }]
         );
         // A bss-only segment needs no file bytes, wherever its offset points.
-        let bss = Header {
-            offset: u64::MAX,
-            ..load(PF_R | PF_W, 0, 0x50_0000, 0, 0x1000)
-        };
+        let bss = Header { offset: u64::MAX, ..load(PF_R | PF_W, 0, 0x50_0000, 0, 0x1000) };
         let file = build(0x40_0000, &[text, bss], 0x1010);
         let image = ElfImage::parse(&file).unwrap();
         assert_eq!(image.segment_data(&image.segments()[1]), &[] as &[u8]);
@@ -692,37 +573,17 @@ mod tests {
 
     #[test]
     fn too_many_segments() {
-        let segments: Vec<Header> = (0..17)
-            .map(|number| {
-                load(
-                    PF_R | PF_X,
-                    0x1000,
-                    0x40_0000 + number * 0x1000,
-                    0x10,
-                    0x1000,
-                )
-            })
-            .collect();
-        assert_eq!(
-            ElfImage::parse(&build(0x40_0000, &segments, 0x1010)).unwrap_err(),
-            ElfError::TooManySegments
-        );
-        assert_eq!(
-            ElfImage::parse(&build(0x40_0000, &segments[..16], 0x1010))
-                .unwrap()
-                .segments()
-                .len(),
-            16
-        );
+        let segments: Vec<Header> =
+            (0..17).map(|number| load(PF_R | PF_X, 0x1000, 0x40_0000 + number * 0x1000, 0x10, 0x1000)).collect();
+        assert_eq!(ElfImage::parse(&build(0x40_0000, &segments, 0x1010)).unwrap_err(), ElfError::TooManySegments);
+        assert_eq!(ElfImage::parse(&build(0x40_0000, &segments[..16], 0x1010)).unwrap().segments().len(), 16);
     }
 
     #[test]
     fn entry_must_be_in_an_executable_segment() {
         let text = load(PF_R | PF_X, 0x1000, 0x40_0000, 0x100, 0x1000);
         let data = load(PF_R | PF_W, 0x1100, 0x40_1000, 0x100, 0x1000);
-        let parse = |entry| {
-            ElfImage::parse(&build(entry, &[text, data], 0x1200)).map(|image| image.entry())
-        };
+        let parse = |entry| ElfImage::parse(&build(entry, &[text, data], 0x1200)).map(|image| image.entry());
         assert_eq!(parse(0x40_0000), Ok(0x40_0000));
         // Past the file bytes but within memory still counts.
         assert_eq!(parse(0x40_0fff), Ok(0x40_0fff));
@@ -770,10 +631,7 @@ mod tests {
         // Only the headers matter, so fuzz a short file for speed.
         let original = build(
             0x40_0010,
-            &[
-                load(PF_R | PF_X, 0x200, 0x40_0000, 0x40, 0x40),
-                load(PF_R | PF_W, 0x240, 0x40_1000, 0x10, 0x2000),
-            ],
+            &[load(PF_R | PF_X, 0x200, 0x40_0000, 0x40, 0x40), load(PF_R | PF_W, 0x240, 0x40_1000, 0x10, 0x2000)],
             0x300,
         );
         assert!(ElfImage::parse(&original).is_ok());
@@ -782,18 +640,14 @@ mod tests {
             let mut file = original.clone();
             for _ in 0..1 + random.below(4) {
                 // Aim at the headers most of the time.
-                let position = if random.next().is_multiple_of(4) {
-                    random.below(file.len())
-                } else {
-                    random.below(64 + 2 * 56)
-                };
+                let position =
+                    if random.next().is_multiple_of(4) { random.below(file.len()) } else { random.below(64 + 2 * 56) };
                 match random.below(3) {
                     0 => file[position] = random.next() as u8,
                     1 => file[position] ^= 1 << random.below(8),
                     _ => {
                         let aligned = position & !7;
-                        let value = [0u64, 1, 0x40_0000, u64::MAX, u64::MAX - 0xfff, 1 << 63]
-                            [random.below(6)];
+                        let value = [0u64, 1, 0x40_0000, u64::MAX, u64::MAX - 0xfff, 1 << 63][random.below(6)];
                         file[aligned..aligned + 8].copy_from_slice(&value.to_le_bytes());
                     }
                 }

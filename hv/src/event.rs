@@ -82,10 +82,7 @@ pub trait TableAccess {
 
 /// Index of `port` in a table, or `InvalidArgument` beyond it.
 fn port_index(port: Port) -> Result<usize, Error> {
-    usize::try_from(port)
-        .ok()
-        .filter(|&index| index < PORT_COUNT)
-        .ok_or(Error::InvalidArgument)
+    usize::try_from(port).ok().filter(|&index| index < PORT_COUNT).ok_or(Error::InvalidArgument)
 }
 
 /// A port index as a [`Port`]; every index is below `PORT_COUNT`, which fits.
@@ -96,11 +93,7 @@ fn port_number(index: usize) -> Port {
 impl PortTable {
     /// A table with every port Free, usable in a `static`.
     pub const fn new() -> Self {
-        Self {
-            bindings: [Binding::Free; PORT_COUNT],
-            virq_ports: [NO_PORT; VIRQ_COUNT],
-            allocated: 0,
-        }
+        Self { bindings: [Binding::Free; PORT_COUNT], virq_ports: [NO_PORT; VIRQ_COUNT], allocated: 0 }
     }
 
     /// The binding of `port` (Free included). `InvalidArgument` beyond the
@@ -117,18 +110,11 @@ impl PortTable {
             Binding::Free => (PortState::Free, 0, 0),
             Binding::Unbound { remote } => (PortState::Unbound, remote, 0),
             // Ports are below PORT_COUNT (256), so they fit the 16-bit field.
-            Binding::Interdomain {
-                remote,
-                remote_port,
-            } => (PortState::Interdomain, remote, remote_port as u16),
+            Binding::Interdomain { remote, remote_port } => (PortState::Interdomain, remote, remote_port as u16),
             Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
             Binding::Pirq(line) => (PortState::Pirq, 0, line as u16),
         };
-        Ok(PortStatus {
-            state,
-            remote_domain,
-            remote,
-        })
+        Ok(PortStatus { state, remote_domain, remote })
     }
 
     /// Allocates the lowest free port (at least 1) as Unbound for domain
@@ -157,18 +143,12 @@ impl PortTable {
     /// Ports bound to domain `remote` (Unbound for it, or connected to it),
     /// in increasing order.
     pub fn ports_connected_to(&self, remote: DomainId) -> impl Iterator<Item = Port> + '_ {
-        self.bindings
-            .iter()
-            .enumerate()
-            .filter_map(move |(index, binding)| match *binding {
-                Binding::Unbound { remote: domain }
-                | Binding::Interdomain { remote: domain, .. }
-                    if domain == remote =>
-                {
-                    Some(port_number(index))
-                }
-                _ => None,
-            })
+        self.bindings.iter().enumerate().filter_map(move |(index, binding)| match *binding {
+            Binding::Unbound { remote: domain } | Binding::Interdomain { remote: domain, .. } if domain == remote => {
+                Some(port_number(index))
+            }
+            _ => None,
+        })
     }
 
     /// Number of ports that are not Free.
@@ -182,10 +162,7 @@ impl PortTable {
     /// port, `Busy` for an Unbound one (nobody to notify until a peer binds).
     pub fn send_target(&self, port: Port) -> Result<(DomainId, Port), Error> {
         match self.binding(port)? {
-            Binding::Interdomain {
-                remote,
-                remote_port,
-            } => Ok((remote, remote_port)),
+            Binding::Interdomain { remote, remote_port } => Ok((remote, remote_port)),
             Binding::Free => Err(Error::NotFound),
             Binding::Unbound { .. } => Err(Error::Busy),
             Binding::Virq(_) | Binding::Pirq(_) => Err(Error::InvalidArgument),
@@ -208,9 +185,7 @@ impl PortTable {
 
     /// Gives the lowest free port (at least 1) `binding`. `Busy` if none.
     fn claim(&mut self, binding: Binding) -> Result<Port, Error> {
-        let index = (1..PORT_COUNT)
-            .find(|&index| self.bindings[index] == Binding::Free)
-            .ok_or(Error::Busy)?;
+        let index = (1..PORT_COUNT).find(|&index| self.bindings[index] == Binding::Free).ok_or(Error::Busy)?;
         self.bindings[index] = binding;
         self.allocated += 1;
         Ok(port_number(index))
@@ -258,19 +233,12 @@ pub fn bind_interdomain(
         Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_) => return Err(Error::Busy),
     }
     // The remote port is not Free, so in a loopback the new port differs from it.
-    let local_port =
-        tables
-            .table(local_id)
-            .ok_or(Error::NotFound)?
-            .claim(Binding::Interdomain {
-                remote: remote_id,
-                remote_port,
-            })?;
+    let local_port = tables
+        .table(local_id)
+        .ok_or(Error::NotFound)?
+        .claim(Binding::Interdomain { remote: remote_id, remote_port })?;
     if let Some(remote_table) = tables.table(remote_id) {
-        remote_table.bindings[remote_index] = Binding::Interdomain {
-            remote: local_id,
-            remote_port: local_port,
-        };
+        remote_table.bindings[remote_index] = Binding::Interdomain { remote: local_id, remote_port: local_port };
     }
     Ok(local_port)
 }
@@ -282,11 +250,7 @@ pub fn bind_interdomain(
 ///
 /// Errors, with nothing changed: `InvalidArgument` if `port` is beyond the
 /// table; `NotFound` if `id` has no table or the port is Free.
-pub fn close(
-    tables: &mut impl TableAccess,
-    id: DomainId,
-    port: Port,
-) -> Result<Option<(DomainId, Port)>, Error> {
+pub fn close(tables: &mut impl TableAccess, id: DomainId, port: Port) -> Result<Option<(DomainId, Port)>, Error> {
     let index = port_index(port)?;
     let table = tables.table(id).ok_or(Error::NotFound)?;
     let binding = table.bindings[index];
@@ -294,27 +258,15 @@ pub fn close(
         return Err(Error::NotFound);
     }
     table.release(index);
-    let Binding::Interdomain {
-        remote,
-        remote_port,
-    } = binding
-    else {
+    let Binding::Interdomain { remote, remote_port } = binding else {
         return Ok(None);
     };
     // The peer names this port in return (the invariant); check anyway,
     // so that a broken invariant never frees someone else's port.
-    let Some(peer) = tables
-        .table(remote)
-        .and_then(|peer| peer.bindings.get_mut(remote_port as usize))
-    else {
+    let Some(peer) = tables.table(remote).and_then(|peer| peer.bindings.get_mut(remote_port as usize)) else {
         return Ok(None);
     };
-    if *peer
-        != (Binding::Interdomain {
-            remote: id,
-            remote_port: port,
-        })
-    {
+    if *peer != (Binding::Interdomain { remote: id, remote_port: port }) {
         return Ok(None);
     }
     *peer = Binding::Unbound { remote: id };
@@ -326,11 +278,7 @@ pub fn close(
 /// table, `NotFound` if `id` has no table, otherwise as
 /// [`PortTable::send_target`]. Changes nothing (it takes `&mut` only to
 /// share [`TableAccess`] with the other operations).
-pub fn send_target(
-    tables: &mut impl TableAccess,
-    id: DomainId,
-    port: Port,
-) -> Result<(DomainId, Port), Error> {
+pub fn send_target(tables: &mut impl TableAccess, id: DomainId, port: Port) -> Result<(DomainId, Port), Error> {
     port_index(port)?;
     tables.table(id).ok_or(Error::NotFound)?.send_target(port)
 }
@@ -385,23 +333,13 @@ pub fn bitmap_position(port: Port) -> Option<(usize, u64)> {
 /// and whether `mask` masks the port. A port beyond the bitmap (a caller
 /// bug: tables only hold ports in range) changes nothing and is reported
 /// masked, so it raises no upcall.
-pub fn set_pending(
-    pending: &mut [u64; BITMAP_WORDS],
-    mask: &[u64; BITMAP_WORDS],
-    port: Port,
-) -> Delivery {
+pub fn set_pending(pending: &mut [u64; BITMAP_WORDS], mask: &[u64; BITMAP_WORDS], port: Port) -> Delivery {
     let Some((word, bit)) = bitmap_position(port) else {
-        return Delivery {
-            was_pending: false,
-            masked: true,
-        };
+        return Delivery { was_pending: false, masked: true };
     };
     let was_pending = pending[word] & bit != 0;
     pending[word] |= bit;
-    Delivery {
-        was_pending,
-        masked: mask[word] & bit != 0,
-    }
+    Delivery { was_pending, masked: mask[word] & bit != 0 }
 }
 
 #[cfg(test)]
@@ -456,17 +394,11 @@ mod tests {
                         allocated += 1;
                     }
                     match binding {
-                        Binding::Interdomain {
-                            remote,
-                            remote_port,
-                        } => {
+                        Binding::Interdomain { remote, remote_port } => {
                             let peer = self.0.get(&remote).expect("peer domain exists");
                             assert_eq!(
                                 peer.binding(remote_port),
-                                Ok(Binding::Interdomain {
-                                    remote: id,
-                                    remote_port: port
-                                }),
+                                Ok(Binding::Interdomain { remote: id, remote_port: port }),
                                 "domain {id} port {port}"
                             );
                         }
@@ -492,48 +424,19 @@ mod tests {
         let offered = tables.table(0).unwrap().allocate_unbound(5).unwrap();
         assert_eq!(offered, 1, "port 0 is never allocated");
         let status = tables.0[&0].status(offered).unwrap();
-        assert_eq!(
-            status,
-            PortStatus {
-                state: PortState::Unbound,
-                remote_domain: 5,
-                remote: 0
-            }
-        );
+        assert_eq!(status, PortStatus { state: PortState::Unbound, remote_domain: 5, remote: 0 });
         assert_eq!(tables.0[&0].send_target(offered), Err(Error::Busy));
         let bound = bind_interdomain(&mut tables, 5, 0, offered).unwrap();
         assert_eq!(bound, 1);
-        assert_eq!(
-            tables.binding(0, offered),
-            Binding::Interdomain {
-                remote: 5,
-                remote_port: bound
-            }
-        );
-        assert_eq!(
-            tables.binding(5, bound),
-            Binding::Interdomain {
-                remote: 0,
-                remote_port: offered
-            }
-        );
+        assert_eq!(tables.binding(0, offered), Binding::Interdomain { remote: 5, remote_port: bound });
+        assert_eq!(tables.binding(5, bound), Binding::Interdomain { remote: 0, remote_port: offered });
         let status = tables.0[&5].status(bound).unwrap();
-        assert_eq!(
-            status,
-            PortStatus {
-                state: PortState::Interdomain,
-                remote_domain: 0,
-                remote: 1
-            }
-        );
+        assert_eq!(status, PortStatus { state: PortState::Interdomain, remote_domain: 0, remote: 1 });
         // Sends reach the other end, both ways.
         assert_eq!(tables.0[&0].send_target(offered), Ok((5, bound)));
         assert_eq!(send_target(&mut tables, 5, bound), Ok((0, offered)));
         assert_eq!(send_target(&mut tables, 6, bound), Err(Error::NotFound));
-        assert_eq!(
-            send_target(&mut tables, 6, PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
+        assert_eq!(send_target(&mut tables, 6, PORT_COUNT as Port), Err(Error::InvalidArgument));
         tables.check_invariants();
         // Domain 5 closes: domain 0's end is Unbound for 5 again.
         assert_eq!(close(&mut tables, 5, bound), Ok(Some((0, offered))));
@@ -541,24 +444,13 @@ mod tests {
         assert_eq!(tables.binding(0, offered), Binding::Unbound { remote: 5 });
         assert_eq!(tables.0[&0].send_target(offered), Err(Error::Busy));
         assert_eq!(tables.0[&5].send_target(bound), Err(Error::NotFound));
-        assert_eq!(
-            close(&mut tables, 5, bound),
-            Err(Error::NotFound),
-            "closing twice"
-        );
+        assert_eq!(close(&mut tables, 5, bound), Err(Error::NotFound), "closing twice");
         // Domain 5 can bind to it again.
         assert_eq!(bind_interdomain(&mut tables, 5, 0, offered), Ok(1));
         tables.check_invariants();
         assert_eq!(close(&mut tables, 0, offered), Ok(Some((5, 1))));
-        assert_eq!(
-            close(&mut tables, 5, 1),
-            Ok(None),
-            "an Unbound port has no peer"
-        );
-        assert_eq!(
-            tables.0[&0].allocated_count() + tables.0[&5].allocated_count(),
-            0
-        );
+        assert_eq!(close(&mut tables, 5, 1), Ok(None), "an Unbound port has no peer");
+        assert_eq!(tables.0[&0].allocated_count() + tables.0[&5].allocated_count(), 0);
     }
 
     #[test]
@@ -567,74 +459,34 @@ mod tests {
         let for_one = tables.table(0).unwrap().allocate_unbound(1).unwrap();
         let timer = tables.table(0).unwrap().bind_virq(Virq::Timer).unwrap();
         // Not Unbound for the caller.
-        assert_eq!(
-            bind_interdomain(&mut tables, 2, 0, for_one),
-            Err(Error::Permission)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 2, 0, for_one), Err(Error::Permission));
         // Free, out of range, port 0, a missing domain, a virtual IRQ port.
         assert_eq!(bind_interdomain(&mut tables, 1, 0, 9), Err(Error::NotFound));
         assert_eq!(bind_interdomain(&mut tables, 1, 0, 0), Err(Error::NotFound));
-        assert_eq!(
-            bind_interdomain(&mut tables, 1, 0, PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
-        assert_eq!(
-            bind_interdomain(&mut tables, 1, 0, u32::MAX),
-            Err(Error::InvalidArgument)
-        );
-        assert_eq!(
-            bind_interdomain(&mut tables, 1, 7, for_one),
-            Err(Error::NotFound)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, PORT_COUNT as Port), Err(Error::InvalidArgument));
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, u32::MAX), Err(Error::InvalidArgument));
+        assert_eq!(bind_interdomain(&mut tables, 1, 7, for_one), Err(Error::NotFound));
         assert_eq!(bind_interdomain(&mut tables, 1, 0, timer), Err(Error::Busy));
         // A local domain without a table changes nothing.
-        assert_eq!(
-            bind_interdomain(&mut tables, 7, 0, for_one),
-            Err(Error::Permission)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 7, 0, for_one), Err(Error::Permission));
         let for_seven = tables.table(0).unwrap().allocate_unbound(7).unwrap();
-        assert_eq!(
-            bind_interdomain(&mut tables, 7, 0, for_seven),
-            Err(Error::NotFound)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 7, 0, for_seven), Err(Error::NotFound));
         assert_eq!(tables.binding(0, for_seven), Binding::Unbound { remote: 7 });
         // Binding twice.
         let port = bind_interdomain(&mut tables, 1, 0, for_one).unwrap();
-        assert_eq!(
-            bind_interdomain(&mut tables, 1, 0, for_one),
-            Err(Error::Busy)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 1, 0, for_one), Err(Error::Busy));
         assert_eq!(tables.0[&1].allocated_count(), 1);
         // Out-of-range ports everywhere.
         let table = &tables.0[&1];
-        assert_eq!(
-            table.binding(PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
-        assert_eq!(
-            table.status(PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
-        assert_eq!(
-            table.send_target(PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
-        assert_eq!(
-            close(&mut tables, 1, PORT_COUNT as Port),
-            Err(Error::InvalidArgument)
-        );
+        assert_eq!(table.binding(PORT_COUNT as Port), Err(Error::InvalidArgument));
+        assert_eq!(table.status(PORT_COUNT as Port), Err(Error::InvalidArgument));
+        assert_eq!(table.send_target(PORT_COUNT as Port), Err(Error::InvalidArgument));
+        assert_eq!(close(&mut tables, 1, PORT_COUNT as Port), Err(Error::InvalidArgument));
         assert_eq!(close(&mut tables, 1, 0), Err(Error::NotFound));
         assert_eq!(close(&mut tables, 9, 1), Err(Error::NotFound));
         // A Free port has status Free; a virtual IRQ port cannot be sent on.
         let free = tables.0[&1].status(200).unwrap();
-        assert_eq!(
-            free,
-            PortStatus {
-                state: PortState::Free,
-                remote_domain: 0,
-                remote: 0
-            }
-        );
+        assert_eq!(free, PortStatus { state: PortState::Free, remote_domain: 0, remote: 0 });
         assert_eq!(tables.0[&0].send_target(timer), Err(Error::InvalidArgument));
         assert_eq!(tables.0[&1].send_target(port), Ok((0, for_one)));
         tables.check_invariants();
@@ -665,25 +517,14 @@ mod tests {
         let console = table.bind_virq(Virq::Console).unwrap();
         assert_eq!(table.bind_virq(Virq::Console), Err(Error::Busy));
         assert_eq!(table.virq_port(Virq::Console), Some(console));
-        assert_eq!(
-            table.status(console).unwrap(),
-            PortStatus {
-                state: PortState::Virq,
-                remote_domain: 0,
-                remote: 1
-            }
-        );
+        assert_eq!(table.status(console).unwrap(), PortStatus { state: PortState::Virq, remote_domain: 0, remote: 1 });
         let timer = table.bind_virq(Virq::Timer).unwrap();
         assert_ne!(timer, console);
         let mut tables = Tables(HashMap::from([(0, table)]));
         assert_eq!(close(&mut tables, 0, console), Ok(None));
         assert_eq!(tables.0[&0].virq_port(Virq::Console), None);
         assert_eq!(tables.0[&0].virq_port(Virq::Timer), Some(timer));
-        assert_eq!(
-            tables.table(0).unwrap().bind_virq(Virq::Console),
-            Ok(console),
-            "bindable again"
-        );
+        assert_eq!(tables.table(0).unwrap().bind_virq(Virq::Console), Ok(console), "bindable again");
         tables.check_invariants();
     }
 
@@ -736,10 +577,7 @@ mod tests {
         // of 1's: no free port, and nothing changes.
         let port_of_one = bind_interdomain(&mut tables, 1, 0, 77).unwrap();
         let offered = tables.table(1).unwrap().allocate_unbound(0).unwrap();
-        assert_eq!(
-            bind_interdomain(&mut tables, 0, 1, offered),
-            Err(Error::Busy)
-        );
+        assert_eq!(bind_interdomain(&mut tables, 0, 1, offered), Err(Error::Busy));
         assert_eq!(tables.binding(1, offered), Binding::Unbound { remote: 0 });
         // A close frees exactly that port for the next allocation.
         assert_eq!(close(&mut tables, 0, 77), Ok(Some((1, port_of_one))));
@@ -753,32 +591,14 @@ mod tests {
         let mut mask = [0u64; BITMAP_WORDS];
         mask[1] = 1 << 2; // port 66
         let first = set_pending(&mut pending, &mask, 65);
-        assert_eq!(
-            first,
-            Delivery {
-                was_pending: false,
-                masked: false
-            }
-        );
+        assert_eq!(first, Delivery { was_pending: false, masked: false });
         assert!(first.raises_upcall());
         assert_eq!(pending[1], 1 << 1);
         let again = set_pending(&mut pending, &mask, 65);
-        assert_eq!(
-            again,
-            Delivery {
-                was_pending: true,
-                masked: false
-            }
-        );
+        assert_eq!(again, Delivery { was_pending: true, masked: false });
         assert!(!again.raises_upcall());
         let masked = set_pending(&mut pending, &mask, 66);
-        assert_eq!(
-            masked,
-            Delivery {
-                was_pending: false,
-                masked: true
-            }
-        );
+        assert_eq!(masked, Delivery { was_pending: false, masked: true });
         assert!(!masked.raises_upcall());
         assert_eq!(pending[1], 0b110);
         let last = PORT_COUNT as Port - 1;
@@ -825,10 +645,7 @@ mod tests {
                         match table.allocate_unbound(other) {
                             Ok(port) => {
                                 assert!(!full);
-                                assert_eq!(
-                                    table.binding(port),
-                                    Ok(Binding::Unbound { remote: other })
-                                );
+                                assert_eq!(table.binding(port), Ok(Binding::Unbound { remote: other }));
                                 successes[0] += 1;
                             }
                             Err(error) => assert!(full && error == Error::Busy),
@@ -841,26 +658,20 @@ mod tests {
                         let offered = tables.table(other).and_then(|table| {
                             let ports: Vec<_> = table
                                 .ports_connected_to(id)
-                                .filter(|&port| {
-                                    table.binding(port) == Ok(Binding::Unbound { remote: id })
-                                })
+                                .filter(|&port| table.binding(port) == Ok(Binding::Unbound { remote: id }))
                                 .collect();
                             (!ports.is_empty()).then(|| ports[next() as usize % ports.len()])
                         });
                         port = offered.unwrap_or(port);
                     }
                     let before = tables.table(other).map(|table| table.binding(port));
-                    let local_full = tables
-                        .table(id)
-                        .map(|table| table.allocated_count() == PORT_COUNT - 1);
+                    let local_full = tables.table(id).map(|table| table.allocated_count() == PORT_COUNT - 1);
                     let result = bind_interdomain(&mut tables, id, other, port);
                     let expected_error = match (before, local_full) {
                         (_, _) if port as usize >= PORT_COUNT => Some(Error::InvalidArgument),
                         (None, _) => Some(Error::NotFound),
                         (Some(Ok(Binding::Free)), _) => Some(Error::NotFound),
-                        (Some(Ok(Binding::Unbound { remote })), _) if remote != id => {
-                            Some(Error::Permission)
-                        }
+                        (Some(Ok(Binding::Unbound { remote })), _) if remote != id => Some(Error::Permission),
                         (Some(Ok(Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_))), _) => {
                             Some(Error::Busy)
                         }
@@ -873,31 +684,20 @@ mod tests {
                             assert_eq!(expected_error, None);
                             assert_eq!(
                                 tables.binding(id, local),
-                                Binding::Interdomain {
-                                    remote: other,
-                                    remote_port: port
-                                }
+                                Binding::Interdomain { remote: other, remote_port: port }
                             );
                             successes[1] += 1;
                         }
                         Err(error) => {
                             assert_eq!(Some(error), expected_error);
                             if let Some(Ok(binding)) = before {
-                                assert_eq!(
-                                    tables.binding(other, port),
-                                    binding,
-                                    "unchanged on error"
-                                );
+                                assert_eq!(tables.binding(other, port), binding, "unchanged on error");
                             }
                         }
                     }
                 }
                 8 => {
-                    let virq = if next() % 2 == 0 {
-                        Virq::Timer
-                    } else {
-                        Virq::Console
-                    };
+                    let virq = if next() % 2 == 0 { Virq::Timer } else { Virq::Console };
                     if let Some(table) = tables.table(id) {
                         let bound = table.virq_port(virq).is_some();
                         match table.bind_virq(virq) {
@@ -930,15 +730,9 @@ mod tests {
                         None => assert_eq!(result, Err(Error::NotFound)),
                         Some(Err(error)) => panic!("binding of an in-range port failed: {error:?}"),
                         Some(Ok(Binding::Free)) => assert_eq!(result, Err(Error::NotFound)),
-                        Some(Ok(Binding::Interdomain {
-                            remote,
-                            remote_port,
-                        })) => {
+                        Some(Ok(Binding::Interdomain { remote, remote_port })) => {
                             assert_eq!(result, Ok(Some((remote, remote_port))));
-                            assert_eq!(
-                                tables.binding(remote, remote_port),
-                                Binding::Unbound { remote: id }
-                            );
+                            assert_eq!(tables.binding(remote, remote_port), Binding::Unbound { remote: id });
                             successes[3] += 1;
                         }
                         Some(Ok(_)) => {
@@ -953,13 +747,7 @@ mod tests {
                 12..=14 => {
                     if let Some(table) = tables.table(id) {
                         match (table.binding(port), table.send_target(port)) {
-                            (
-                                Ok(Binding::Interdomain {
-                                    remote,
-                                    remote_port,
-                                }),
-                                Ok(target),
-                            ) => {
+                            (Ok(Binding::Interdomain { remote, remote_port }), Ok(target)) => {
                                 assert_eq!(target, (remote, remote_port));
                                 successes[5] += 1;
                             }
@@ -977,8 +765,9 @@ mod tests {
                         assert_eq!(table.allocated_count(), 0);
                         for table in tables.0.values() {
                             assert!(
-                                table.ports_connected_to(id).all(|port| table.binding(port)
-                                    == Ok(Binding::Unbound { remote: id }))
+                                table
+                                    .ports_connected_to(id)
+                                    .all(|port| table.binding(port) == Ok(Binding::Unbound { remote: id }))
                             );
                         }
                         successes[6] += 1;
@@ -991,9 +780,6 @@ mod tests {
             }
             tables.check_invariants();
         }
-        assert!(
-            successes.iter().all(|&count| count > 20),
-            "too few of some operation: {successes:?}"
-        );
+        assert!(successes.iter().all(|&count| count > 20), "too few of some operation: {successes:?}");
     }
 }

@@ -61,9 +61,11 @@ pub fn deliver_device_interrupts(hv: &mut Hypervisor) {
         if lines & (1 << line) == 0 {
             continue;
         }
-        let target = hv.domains.iter().position(|d| d.privileged).and_then(|index| {
-            hv.domains[index].events.pirq_port(line).map(|port| (index, port))
-        });
+        let target = hv
+            .domains
+            .iter()
+            .position(|d| d.privileged)
+            .and_then(|index| hv.domains[index].events.pirq_port(line).map(|port| (index, port)));
         if let Some((index, port)) = target {
             raise(hv, index, port);
         }
@@ -83,9 +85,8 @@ fn has_unmasked_pending(domain: &Domain) -> bool {
     if page == 0 {
         return false;
     }
-    (0..BITMAP_WORDS as u64).any(|word| {
-        physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0
-    })
+    (0..BITMAP_WORDS as u64)
+        .any(|word| physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0)
 }
 
 /// Blocks the domain's vCPU unless an event is already waiting.
@@ -179,7 +180,8 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
                 return Err(Error::Permission);
             }
             // hv keeps the PIT (0), the cascade (2) and the RTC (8).
-            let line = u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
+            let line =
+                u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
             let port = hv.domains[caller].events.bind_pirq(line)?;
             if !crate::arch::ioapic::unmask(line) {
                 let _ = ports::close(&mut Tables(&mut hv.domains), caller_id, port);

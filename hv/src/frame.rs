@@ -61,12 +61,7 @@ impl<'a> FrameAllocator<'a> {
     /// tracks `bitmap.len() * 64` frames from physical address 0.
     pub fn new(bitmap: &'a mut [u64]) -> Self {
         bitmap.fill(u64::MAX);
-        Self {
-            bitmap,
-            free: 0,
-            total: 0,
-            hint: 0,
-        }
+        Self { bitmap, free: 0, total: 0, hint: 0 }
     }
 
     /// Frames the bitmap can describe.
@@ -221,18 +216,13 @@ impl<'a> FrameAllocator<'a> {
     /// Whether `frame`'s bit is set; frames beyond the bitmap count as used.
     fn frame_is_used(&self, frame: u64) -> bool {
         let (word_index, bit) = split_frame(frame);
-        self.bitmap
-            .get(word_index)
-            .is_none_or(|word| word & (1 << bit) != 0)
+        self.bitmap.get(word_index).is_none_or(|word| word & (1 << bit) != 0)
     }
 }
 
 /// A frame number's bitmap word index and bit within that word.
 fn split_frame(frame: u64) -> (usize, u32) {
-    (
-        (frame / FRAMES_PER_WORD) as usize,
-        (frame % FRAMES_PER_WORD) as u32,
-    )
+    ((frame / FRAMES_PER_WORD) as usize, (frame % FRAMES_PER_WORD) as u32)
 }
 
 /// Calls `action(word_index, mask)` for each bitmap word covering frames
@@ -243,11 +233,7 @@ fn for_each_word_mask(first: u64, last: u64, mut action: impl FnMut(usize, u64))
     while frame < last {
         let (word_index, bit) = split_frame(frame);
         let frames_here = (FRAMES_PER_WORD - u64::from(bit)).min(last - frame);
-        let mask = if frames_here == FRAMES_PER_WORD {
-            u64::MAX
-        } else {
-            ((1u64 << frames_here) - 1) << bit
-        };
+        let mask = if frames_here == FRAMES_PER_WORD { u64::MAX } else { ((1u64 << frames_here) - 1) << bit };
         action(word_index, mask);
         frame += frames_here;
     }
@@ -274,37 +260,23 @@ impl PhysRange {
 /// such address wins. The area never starts in the first MiB, which firmware
 /// and legacy devices own. Used at boot to place the frame bitmap itself,
 /// before any allocator exists. Returns `None` for `size` 0.
-pub fn find_free_area(
-    usable: &[PhysRange],
-    reserved: &[PhysRange],
-    size: u64,
-    align: u64,
-) -> Option<u64> {
+pub fn find_free_area(usable: &[PhysRange], reserved: &[PhysRange], size: u64, align: u64) -> Option<u64> {
     if size == 0 || !align.is_power_of_two() {
         return None;
     }
-    usable
-        .iter()
-        .filter_map(|range| lowest_fit(range, reserved, size, align))
-        .min()
+    usable.iter().filter_map(|range| lowest_fit(range, reserved, size, align)).min()
 }
 
 /// The lowest aligned start of `size` bytes inside `range`, above the first
 /// MiB and clear of every reserved range.
 fn lowest_fit(range: &PhysRange, reserved: &[PhysRange], size: u64, align: u64) -> Option<u64> {
-    let mut candidate = range
-        .start
-        .max(LOW_MEMORY_END)
-        .checked_next_multiple_of(align)?;
+    let mut candidate = range.start.max(LOW_MEMORY_END).checked_next_multiple_of(align)?;
     loop {
         let end = candidate.checked_add(size)?;
         if end > range.end {
             return None;
         }
-        match reserved
-            .iter()
-            .find(|blocker| blocker.overlaps(candidate, end))
-        {
+        match reserved.iter().find(|blocker| blocker.overlaps(candidate, end)) {
             None => return Some(candidate),
             // The candidate only ever grows, so the loop ends.
             Some(blocker) => candidate = blocker.end.checked_next_multiple_of(align)?,
@@ -430,22 +402,10 @@ mod tests {
         let mut bitmap = bitmap_for(16);
         let mut allocator = FrameAllocator::new(&mut bitmap);
         let reserved = [
-            PhysRange {
-                start: 0x10_0000,
-                end: 0x18_3456,
-            },
-            PhysRange {
-                start: 0x40_0fff,
-                end: 0x40_1001,
-            },
-            PhysRange {
-                start: 0x7f_f000,
-                end: 0x80_1000,
-            },
-            PhysRange {
-                start: 0xa0_0000,
-                end: 0xa4_0000,
-            },
+            PhysRange { start: 0x10_0000, end: 0x18_3456 },
+            PhysRange { start: 0x40_0fff, end: 0x40_1001 },
+            PhysRange { start: 0x7f_f000, end: 0x80_1000 },
+            PhysRange { start: 0xa0_0000, end: 0xa4_0000 },
         ];
         allocator.add_free_range(0x1000, 0xa_0000);
         allocator.add_free_range(0x10_0000, 0xc0_0000);
@@ -458,10 +418,7 @@ mod tests {
             assert_eq!(address % FRAME_SIZE, 0);
             for range in reserved {
                 let frame_end = address + FRAME_SIZE;
-                assert!(
-                    !range.overlaps(address, frame_end),
-                    "{address:#x} is in {range:?}"
-                );
+                assert!(!range.overlaps(address, frame_end), "{address:#x} is in {range:?}");
             }
             assert!((0x1000..0xc0_0000).contains(&address));
             assert!(!(0xa_0000..0x10_0000).contains(&address));
@@ -470,11 +427,7 @@ mod tests {
         assert_eq!(handed_out.len() as u64, total);
         handed_out.sort_unstable();
         handed_out.dedup();
-        assert_eq!(
-            handed_out.len() as u64,
-            total,
-            "a frame was handed out twice"
-        );
+        assert_eq!(handed_out.len() as u64, total, "a frame was handed out twice");
     }
 
     #[test]
@@ -568,10 +521,7 @@ mod tests {
         allocator.allocate().unwrap();
         assert_eq!(allocator.free(MIB), Err(FrameError::OutOfRange));
         assert_eq!(allocator.free(1 << 40), Err(FrameError::OutOfRange));
-        assert_eq!(
-            allocator.free(!(FRAME_SIZE - 1)),
-            Err(FrameError::OutOfRange)
-        );
+        assert_eq!(allocator.free(!(FRAME_SIZE - 1)), Err(FrameError::OutOfRange));
         assert!(!allocator.is_free(MIB));
         assert!(!allocator.is_free(u64::MAX));
     }
@@ -584,10 +534,7 @@ mod tests {
         let two_mib = 2 * MIB;
         let block = allocator.allocate_contiguous(512, two_mib).unwrap();
         assert_eq!(block % two_mib, 0);
-        assert_eq!(
-            block, two_mib,
-            "frame 0 is not RAM, so the first 2 MiB block is at 2 MiB"
-        );
+        assert_eq!(block, two_mib, "frame 0 is not RAM, so the first 2 MiB block is at 2 MiB");
         for frame in 0..512 {
             assert!(!allocator.is_free(block + frame * FRAME_SIZE));
         }
@@ -644,109 +591,46 @@ mod tests {
 
     #[test]
     fn find_free_area_skips_low_memory_and_reserved() {
-        let usable = [
-            PhysRange {
-                start: 0,
-                end: 0xa_0000,
-            },
-            PhysRange {
-                start: 0x10_0000,
-                end: 0x800_0000,
-            },
-        ];
+        let usable = [PhysRange { start: 0, end: 0xa_0000 }, PhysRange { start: 0x10_0000, end: 0x800_0000 }];
         // The low range is large enough but below 1 MiB.
-        assert_eq!(
-            find_free_area(&usable, &[], 0x1000, 0x1000),
-            Some(0x10_0000)
-        );
+        assert_eq!(find_free_area(&usable, &[], 0x1000, 0x1000), Some(0x10_0000));
 
-        let reserved = [
-            PhysRange {
-                start: 0x10_0000,
-                end: 0x20_0123,
-            },
-            PhysRange {
-                start: 0x20_2000,
-                end: 0x20_3000,
-            },
-        ];
+        let reserved = [PhysRange { start: 0x10_0000, end: 0x20_0123 }, PhysRange { start: 0x20_2000, end: 0x20_3000 }];
         // The gap 0x201000..0x202000 fits one page but not two.
-        assert_eq!(
-            find_free_area(&usable, &reserved, 0x1000, 0x1000),
-            Some(0x20_1000)
-        );
-        assert_eq!(
-            find_free_area(&usable, &reserved, 0x2000, 0x1000),
-            Some(0x20_3000)
-        );
+        assert_eq!(find_free_area(&usable, &reserved, 0x1000, 0x1000), Some(0x20_1000));
+        assert_eq!(find_free_area(&usable, &reserved, 0x2000, 0x1000), Some(0x20_3000));
         // Alignment pushes past the reservations.
-        assert_eq!(
-            find_free_area(&usable, &reserved, 0x1000, 0x20_0000),
-            Some(0x40_0000)
-        );
+        assert_eq!(find_free_area(&usable, &reserved, 0x1000, 0x20_0000), Some(0x40_0000));
     }
 
     #[test]
     fn find_free_area_chooses_lowest_across_unsorted_ranges() {
         let usable = [
-            PhysRange {
-                start: 0x1000_0000,
-                end: 0x2000_0000,
-            },
-            PhysRange {
-                start: 0x20_0000,
-                end: 0x30_0000,
-            },
-            PhysRange {
-                start: 0x50_0000,
-                end: 0x60_0000,
-            },
+            PhysRange { start: 0x1000_0000, end: 0x2000_0000 },
+            PhysRange { start: 0x20_0000, end: 0x30_0000 },
+            PhysRange { start: 0x50_0000, end: 0x60_0000 },
         ];
-        assert_eq!(
-            find_free_area(&usable, &[], 0x1000, 0x1000),
-            Some(0x20_0000)
-        );
+        assert_eq!(find_free_area(&usable, &[], 0x1000, 0x1000), Some(0x20_0000));
         // Too big for the two small ranges.
-        assert_eq!(
-            find_free_area(&usable, &[], 0x20_0000, 0x1000),
-            Some(0x1000_0000)
-        );
-        let reserved = [PhysRange {
-            start: 0,
-            end: 0x40_0000,
-        }];
-        assert_eq!(
-            find_free_area(&usable, &reserved, 0x1000, 0x1000),
-            Some(0x50_0000)
-        );
+        assert_eq!(find_free_area(&usable, &[], 0x20_0000, 0x1000), Some(0x1000_0000));
+        let reserved = [PhysRange { start: 0, end: 0x40_0000 }];
+        assert_eq!(find_free_area(&usable, &reserved, 0x1000, 0x1000), Some(0x50_0000));
     }
 
     #[test]
     fn find_free_area_fails_cleanly() {
-        let usable = [PhysRange {
-            start: 0x10_0000,
-            end: 0x20_0000,
-        }];
-        let everything = [PhysRange {
-            start: 0,
-            end: u64::MAX,
-        }];
+        let usable = [PhysRange { start: 0x10_0000, end: 0x20_0000 }];
+        let everything = [PhysRange { start: 0, end: u64::MAX }];
         assert_eq!(find_free_area(&usable, &everything, 0x1000, 0x1000), None);
         assert_eq!(find_free_area(&usable, &[], 0x10_0001, 0x1000), None);
         assert_eq!(find_free_area(&usable, &[], 0, 0x1000), None);
         assert_eq!(find_free_area(&usable, &[], 0x1000, 0x3000), None);
         assert_eq!(find_free_area(&[], &[], 0x1000, 0x1000), None);
-        let high = [PhysRange {
-            start: u64::MAX - 0x1000,
-            end: u64::MAX,
-        }];
+        let high = [PhysRange { start: u64::MAX - 0x1000, end: u64::MAX }];
         assert_eq!(find_free_area(&high, &[], 0x2000, 0x1000), None);
         assert_eq!(find_free_area(&high, &[], 0x1000, 1 << 63), None);
         // Only the area below 1 MiB is big enough.
-        let low = [PhysRange {
-            start: 0,
-            end: 0x10_0fff,
-        }];
+        let low = [PhysRange { start: 0, end: 0x10_0fff }];
         assert_eq!(find_free_area(&low, &[], 0x1000, 0x1000), None);
     }
 }

@@ -42,7 +42,13 @@ fn read_entry(address: u64) -> Entry {
 
 /// Checks grant `reference` of domain `granter_index` for use by `caller`
 /// (writable access if `write`), returning the host frame it names.
-fn check(hv: &Hypervisor, granter_index: usize, reference: u64, caller: DomainId, write: bool) -> Result<(u64, Entry), Error> {
+fn check(
+    hv: &Hypervisor,
+    granter_index: usize,
+    reference: u64,
+    caller: DomainId,
+    write: bool,
+) -> Result<(u64, Entry), Error> {
     let address = entry_address(hv, granter_index, reference)?;
     let entry = read_entry(address);
     if entry.flags & PERMIT_ACCESS == 0 || entry.domain as u32 != caller {
@@ -101,14 +107,13 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
                 return Err(Error::Busy);
             }
             let access = if entry.flags & READONLY != 0 { Access::READ } else { Access::READ | Access::WRITE };
-            domain
-                .ept
-                .map(&mut HvTables, a3, frame, PageSize::Size4K, access, MemoryType::WriteBack)
-                .map_err(|error| match error {
+            domain.ept.map(&mut HvTables, a3, frame, PageSize::Size4K, access, MemoryType::WriteBack).map_err(
+                |error| match error {
                     hvcore::paging::MapError::AlreadyMapped => Error::Busy,
                     hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
                     _ => Error::InvalidArgument,
-                })?;
+                },
+            )?;
             domain.foreign.push(ForeignMapping { dom0_address: a3, owner, grant: Some(a2 as u32) });
             // Entries are 8-byte aligned with `flags` in the low bits.
             physical::atomic_test_and_set_bit(entry_at, MAPPED.trailing_zeros());
@@ -116,11 +121,8 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
         }
         GrantOp::Unmap => {
             let domain = &mut hv.domains[caller];
-            let slot = domain
-                .foreign
-                .iter()
-                .position(|m| m.dom0_address == a1 && m.grant.is_some())
-                .ok_or(Error::NotFound)?;
+            let slot =
+                domain.foreign.iter().position(|m| m.dom0_address == a1 && m.grant.is_some()).ok_or(Error::NotFound)?;
             let mapping = domain.foreign.swap_remove(slot);
             let _ = domain.ept.unmap(&mut HvTables, a1);
             if let Some(vcpu) = domain.vcpu.as_ref() {

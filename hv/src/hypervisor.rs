@@ -323,7 +323,9 @@ impl Hypervisor {
             }
             Exit::ControlRegister { qualification } => {
                 let rip = vcpu.rip();
-                domain.crash(format_args!("refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"));
+                domain.crash(format_args!(
+                    "refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"
+                ));
                 false
             }
             Exit::EntryFailure { reason, qualification } => {

@@ -18,10 +18,7 @@ impl<const N: usize> LogRing<N> {
     /// An empty ring, usable in a `static`.
     pub const fn new() -> Self {
         const { assert!(N > 0, "a log ring needs room for at least one byte") };
-        Self {
-            buf: [0; N],
-            written: 0,
-        }
+        Self { buf: [0; N], written: 0 }
     }
 
     /// Index in `buf` of byte number `position`.
@@ -63,11 +60,7 @@ impl<const N: usize> LogRing<N> {
 
     /// Bytes currently held: `min(total_written, N)`.
     pub fn len(&self) -> usize {
-        if self.written < N as u64 {
-            self.written as usize
-        } else {
-            N
-        }
+        if self.written < N as u64 { self.written as usize } else { N }
     }
 
     /// Whether nothing has been written yet.
@@ -180,10 +173,7 @@ mod tests {
             for out_length in 0..9 {
                 let mut out = vec![0; out_length];
                 let count = ring.copy_latest(&mut out);
-                assert_eq!(
-                    &out[..count],
-                    &expected[expected.len().saturating_sub(out_length)..]
-                );
+                assert_eq!(&out[..count], &expected[expected.len().saturating_sub(out_length)..]);
             }
         }
         assert_eq!(ring.total_written(), model.len() as u64);

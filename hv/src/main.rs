@@ -60,7 +60,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(boot) => boot,
         Err(_) => stop("the multiboot2 boot information is malformed"),
     };
-    if let Some(level) = boot.cmdline.split_whitespace().find_map(|w| w.strip_prefix("loglevel=")).and_then(Level::parse)
+    if let Some(level) =
+        boot.cmdline.split_whitespace().find_map(|w| w.strip_prefix("loglevel=")).and_then(Level::parse)
     {
         log::set_record_level(level);
         log::set_console_level(Some(level));
@@ -114,7 +115,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     );
 
     // SAFETY: the module is boot data hv reserved above and never writes.
-    let kernel = unsafe { arch::memory::boot_slice(dom0_module.start as u64, (dom0_module.end - dom0_module.start) as u64) };
+    let kernel =
+        unsafe { arch::memory::boot_slice(dom0_module.start as u64, (dom0_module.end - dom0_module.start) as u64) };
     let dom0_command_line = dom0_module.cmdline.split_once(' ').map(|(_, rest)| rest).unwrap_or("");
     let images = dom0::Dom0Images {
         kernel,

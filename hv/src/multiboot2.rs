@@ -149,9 +149,7 @@ pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
         if size < HEADER_SIZE {
             return Err(bad_tag);
         }
-        let tag = info
-            .get(offset..offset.checked_add(size).ok_or(bad_tag)?)
-            .ok_or(bad_tag)?;
+        let tag = info.get(offset..offset.checked_add(size).ok_or(bad_tag)?).ok_or(bad_tag)?;
         let payload = tag.get(HEADER_SIZE..).ok_or(bad_tag)?;
 
         match kind {
@@ -165,10 +163,7 @@ pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
             tag_type::BOOTLOADER_NAME => boot_info.bootloader_name = parse_string(payload)?,
             tag_type::MODULE => {
                 let module = parse_module(payload)?;
-                boot_info
-                    .modules
-                    .try_push(module)
-                    .map_err(|_| Multiboot2Error::TooManyEntries)?;
+                boot_info.modules.try_push(module).map_err(|_| Multiboot2Error::TooManyEntries)?;
             }
             tag_type::MEMORY_MAP => {
                 if have_memory_map {
@@ -206,10 +201,7 @@ fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
 
 /// The UTF-8 text before the first NUL of `payload`.
 fn parse_string(payload: &[u8]) -> Result<&str, Multiboot2Error> {
-    let length = payload
-        .iter()
-        .position(|&byte| byte == 0)
-        .ok_or(Multiboot2Error::BadString)?;
+    let length = payload.iter().position(|&byte| byte == 0).ok_or(Multiboot2Error::BadString)?;
     let text = payload.get(..length).ok_or(Multiboot2Error::BadString)?;
     core::str::from_utf8(text).map_err(|_| Multiboot2Error::BadString)
 }
@@ -222,11 +214,7 @@ fn parse_module(payload: &[u8]) -> Result<Module<'_>, Multiboot2Error> {
         return Err(Multiboot2Error::BadModule);
     }
     let cmdline = parse_string(payload.get(8..).ok_or(Multiboot2Error::BadModule)?)?;
-    Ok(Module {
-        start,
-        end,
-        cmdline,
-    })
+    Ok(Module { start, end, cmdline })
 }
 
 /// A memory map tag payload: `entry_size: u32`, `entry_version: u32`, then
@@ -234,24 +222,17 @@ fn parse_module(payload: &[u8]) -> Result<Module<'_>, Multiboot2Error> {
 /// `type: u32`, `reserved: u32`. Trailing bytes too few for a whole entry
 /// are ignored. The entry version is not checked: the spec promises that
 /// later versions only append fields, which `entry_size` skips over.
-fn parse_memory_map(
-    payload: &[u8],
-    entries: &mut ArrayVec<MemoryMapEntry, 128>,
-) -> Result<(), Multiboot2Error> {
+fn parse_memory_map(payload: &[u8], entries: &mut ArrayVec<MemoryMapEntry, 128>) -> Result<(), Multiboot2Error> {
     let entry_size = read_u32(payload, 0).ok_or(Multiboot2Error::BadMemoryMap)?;
     if entry_size < MEMORY_MAP_ENTRY_MINIMUM || !entry_size.is_multiple_of(8) {
         return Err(Multiboot2Error::BadMemoryMap);
     }
     let list = payload.get(8..).ok_or(Multiboot2Error::BadMemoryMap)?;
     for raw in list.chunks_exact(entry_size as usize) {
-        let (Some(base), Some(length), Some(kind)) =
-            (read_u64(raw, 0), read_u64(raw, 8), read_u32(raw, 16))
-        else {
+        let (Some(base), Some(length), Some(kind)) = (read_u64(raw, 0), read_u64(raw, 8), read_u32(raw, 16)) else {
             return Err(Multiboot2Error::BadMemoryMap);
         };
-        entries
-            .try_push(MemoryMapEntry { base, length, kind })
-            .map_err(|_| Multiboot2Error::TooManyEntries)?;
+        entries.try_push(MemoryMapEntry { base, length, kind }).map_err(|_| Multiboot2Error::TooManyEntries)?;
     }
     Ok(())
 }
@@ -348,27 +329,12 @@ mod tests {
         assert_eq!(
             info.modules.as_slice(),
             &[
-                Module {
-                    start: 0x20_0000,
-                    end: 0x28_1234,
-                    cmdline: "dom0 verbose"
-                },
-                Module {
-                    start: 0x30_0000,
-                    end: 0x30_0000,
-                    cmdline: ""
-                },
+                Module { start: 0x20_0000, end: 0x28_1234, cmdline: "dom0 verbose" },
+                Module { start: 0x30_0000, end: 0x30_0000, cmdline: "" },
             ]
         );
         assert_eq!(info.memory_map.len(), 4);
-        assert_eq!(
-            info.memory_map[2],
-            MemoryMapEntry {
-                base: 0x10_0000,
-                length: 0x7ff0_0000,
-                kind: 1
-            }
-        );
+        assert_eq!(info.memory_map[2], MemoryMapEntry { base: 0x10_0000, length: 0x7ff0_0000, kind: 1 });
         assert!(info.memory_map[2].is_available());
         assert!(!info.memory_map[1].is_available());
         assert_eq!(info.memory_map[2].end(), 0x8000_0000);
@@ -391,10 +357,7 @@ mod tests {
         let blob = build(&[(14, vec![7; 20]), (6, memory_map(&[]))], true);
         assert_eq!(parse(&blob).unwrap().acpi_rsdp, Some(&[7u8; 20][..]));
         // The new RSDP wins whatever the order.
-        let blob = build(
-            &[(15, vec![8; 36]), (14, vec![7; 20]), (6, memory_map(&[]))],
-            true,
-        );
+        let blob = build(&[(15, vec![8; 36]), (14, vec![7; 20]), (6, memory_map(&[]))], true);
         assert_eq!(parse(&blob).unwrap().acpi_rsdp, Some(&[8u8; 36][..]));
     }
 
@@ -407,38 +370,20 @@ mod tests {
 
     #[test]
     fn larger_memory_map_entries_are_stepped_over() {
-        let blob = build(
-            &[(
-                6,
-                memory_map_sized(&[(0x1000, 0x2000, 1), (0x5000, 0x1000, 5)], 32),
-            )],
-            true,
-        );
+        let blob = build(&[(6, memory_map_sized(&[(0x1000, 0x2000, 1), (0x5000, 0x1000, 5)], 32))], true);
         let info = parse(&blob).unwrap();
         assert_eq!(
             info.memory_map.as_slice(),
             &[
-                MemoryMapEntry {
-                    base: 0x1000,
-                    length: 0x2000,
-                    kind: 1
-                },
-                MemoryMapEntry {
-                    base: 0x5000,
-                    length: 0x1000,
-                    kind: 5
-                }
+                MemoryMapEntry { base: 0x1000, length: 0x2000, kind: 1 },
+                MemoryMapEntry { base: 0x5000, length: 0x1000, kind: 5 }
             ]
         );
     }
 
     #[test]
     fn memory_map_end_saturates() {
-        let entry = MemoryMapEntry {
-            base: u64::MAX - 5,
-            length: 100,
-            kind: 1,
-        };
+        let entry = MemoryMapEntry { base: u64::MAX - 5, length: 100, kind: 1 };
         assert_eq!(entry.end(), u64::MAX);
     }
 
@@ -448,10 +393,7 @@ mod tests {
         assert_eq!(parse(&[16, 0, 0]).unwrap_err(), Multiboot2Error::Truncated);
         let mut blob = build(&typical_tags(), true);
         let total = blob.len();
-        assert_eq!(
-            parse(&blob[..total - 1]).unwrap_err(),
-            Multiboot2Error::Truncated
-        );
+        assert_eq!(parse(&blob[..total - 1]).unwrap_err(), Multiboot2Error::Truncated);
         blob[..4].copy_from_slice(&7u32.to_le_bytes());
         assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTotalSize);
         blob[..4].copy_from_slice(&0u32.to_le_bytes());
@@ -489,70 +431,41 @@ mod tests {
         for size in [0, 1, 7] {
             let mut blob = build(&tags, true);
             set_tag_size(&mut blob, 8, size);
-            assert_eq!(
-                parse(&blob).unwrap_err(),
-                Multiboot2Error::BadTag { offset: 8 }
-            );
+            assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTag { offset: 8 });
         }
         // Past total_size.
         let mut blob = build(&tags, true);
         let total = blob.len() as u32;
         set_tag_size(&mut blob, 8, total);
-        assert_eq!(
-            parse(&blob).unwrap_err(),
-            Multiboot2Error::BadTag { offset: 8 }
-        );
+        assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTag { offset: 8 });
         set_tag_size(&mut blob, 8, u32::MAX);
-        assert_eq!(
-            parse(&blob).unwrap_err(),
-            Multiboot2Error::BadTag { offset: 8 }
-        );
+        assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTag { offset: 8 });
         // An end tag must be exactly 8 bytes.
         let mut blob = build(&tags, true);
         let end_offset = blob.len() - 8;
         set_tag_size(&mut blob, end_offset, 16);
-        assert_eq!(
-            parse(&blob).unwrap_err(),
-            Multiboot2Error::BadTag { offset: end_offset }
-        );
+        assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTag { offset: end_offset });
         let mut blob = build(&tags, false);
         blob.extend_from_slice(&[0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let total = blob.len() as u32;
         blob[..4].copy_from_slice(&total.to_le_bytes());
-        assert_eq!(
-            parse(&blob).unwrap_err(),
-            Multiboot2Error::BadTag { offset: end_offset }
-        );
+        assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadTag { offset: end_offset });
     }
 
     #[test]
     fn unknown_tags_are_skipped() {
-        let blob = build(
-            &[
-                (0xdead, vec![0xff; 13]),
-                (6, memory_map(&[])),
-                (99, Vec::new()),
-            ],
-            true,
-        );
+        let blob = build(&[(0xdead, vec![0xff; 13]), (6, memory_map(&[])), (99, Vec::new())], true);
         assert!(parse(&blob).is_ok());
     }
 
     #[test]
     fn bad_memory_maps() {
         for entry_size in [0, 8, 16, 20, 28] {
-            let blob = build(
-                &[(6, memory_map_sized(&[(0, 0x1000, 1)], entry_size.max(20)))],
-                true,
-            );
+            let blob = build(&[(6, memory_map_sized(&[(0, 0x1000, 1)], entry_size.max(20)))], true);
             let mut blob = blob;
             // Patch entry_size independently of how the entries were laid out.
             blob[16..20].copy_from_slice(&entry_size.to_le_bytes());
-            assert_eq!(
-                parse(&blob).unwrap_err(),
-                Multiboot2Error::BadMemoryMap,
-                "entry size {entry_size}"
-            );
+            assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::BadMemoryMap, "entry size {entry_size}");
         }
         // Too short to hold entry_size and entry_version.
         let blob = build(&[(6, vec![24, 0, 0, 0])], true);
@@ -572,22 +485,15 @@ mod tests {
 
     #[test]
     fn too_many_entries() {
-        let many: Vec<_> = (0..129u64)
-            .map(|index| (index * 0x1000, 0x1000, 1))
-            .collect();
+        let many: Vec<_> = (0..129u64).map(|index| (index * 0x1000, 0x1000, 1)).collect();
         let blob = build(&[(6, memory_map(&many))], true);
         assert_eq!(parse(&blob).unwrap_err(), Multiboot2Error::TooManyEntries);
         let blob = build(&[(6, memory_map(&many[..128]))], true);
         assert_eq!(parse(&blob).unwrap().memory_map.len(), 128);
 
-        let mut tags: Vec<_> = (0..17)
-            .map(|index| (3, module(index, index + 1, "m")))
-            .collect();
+        let mut tags: Vec<_> = (0..17).map(|index| (3, module(index, index + 1, "m"))).collect();
         tags.push((6, memory_map(&[])));
-        assert_eq!(
-            parse(&build(&tags, true)).unwrap_err(),
-            Multiboot2Error::TooManyEntries
-        );
+        assert_eq!(parse(&build(&tags, true)).unwrap_err(), Multiboot2Error::TooManyEntries);
         tags.remove(0);
         assert_eq!(parse(&build(&tags, true)).unwrap().modules.len(), 16);
     }
@@ -601,14 +507,8 @@ mod tests {
         assert_eq!(parse(&empty).unwrap_err(), Multiboot2Error::BadString);
         let not_utf8 = build(&[(2, vec![b'a', 0xff, 0xfe, 0]), map.clone()], true);
         assert_eq!(parse(&not_utf8).unwrap_err(), Multiboot2Error::BadString);
-        let module_no_nul = build(
-            &[(3, vec![0, 0, 0, 0, 1, 0, 0, 0, b'x']), map.clone()],
-            true,
-        );
-        assert_eq!(
-            parse(&module_no_nul).unwrap_err(),
-            Multiboot2Error::BadString
-        );
+        let module_no_nul = build(&[(3, vec![0, 0, 0, 0, 1, 0, 0, 0, b'x']), map.clone()], true);
+        assert_eq!(parse(&module_no_nul).unwrap_err(), Multiboot2Error::BadString);
         // Text after the first NUL is ignored, even if it is not UTF-8.
         let after_nul = build(&[(1, vec![b'o', b'k', 0, 0xff]), map], true);
         assert_eq!(parse(&after_nul).unwrap().cmdline, "ok");

@@ -196,11 +196,7 @@ impl EntryFormat for X86Paging {
     /// Canonical: bits 63:47 all equal (SDM Vol. 1 3.3.7.1).
     fn check_input_address(virt: u64) -> Result<(), MapError> {
         let upper = virt >> 47;
-        if upper == 0 || upper == (1 << 17) - 1 {
-            Ok(())
-        } else {
-            Err(MapError::NonCanonical)
-        }
+        if upper == 0 || upper == (1 << 17) - 1 { Ok(()) } else { Err(MapError::NonCanonical) }
     }
 
     fn table_entry(table: u64) -> u64 {
@@ -272,11 +268,7 @@ const EPT_INPUT_LIMIT: u64 = 1 << 48;
 
 impl EntryFormat for Ept {
     fn check_input_address(virt: u64) -> Result<(), MapError> {
-        if virt < EPT_INPUT_LIMIT {
-            Ok(())
-        } else {
-            Err(MapError::NonCanonical)
-        }
+        if virt < EPT_INPUT_LIMIT { Ok(()) } else { Err(MapError::NonCanonical) }
     }
 
     fn table_entry(table: u64) -> u64 {
@@ -284,8 +276,7 @@ impl EntryFormat for Ept {
     }
 
     fn leaf_entry(phys: u64, size: PageSize, access: Access, memory_type: MemoryType) -> u64 {
-        let mut entry =
-            phys | ept_bits::READ | ((memory_type as u64) << ept_bits::MEMORY_TYPE_SHIFT);
+        let mut entry = phys | ept_bits::READ | ((memory_type as u64) << ept_bits::MEMORY_TYPE_SHIFT);
         if access.contains(Access::WRITE) {
             entry |= ept_bits::WRITE;
         }
@@ -336,10 +327,7 @@ impl<F: EntryFormat> PageTable<F> {
     /// An empty structure: just a zeroed root table.
     pub fn new(memory: &mut impl TableMemory) -> Result<Self, MapError> {
         let root = memory.allocate_table().ok_or(MapError::OutOfTables)?;
-        Ok(Self {
-            root,
-            format: PhantomData,
-        })
+        Ok(Self { root, format: PhantomData })
     }
 
     /// Adopts tables that already exist at `root` (built elsewhere, for
@@ -374,10 +362,7 @@ impl<F: EntryFormat> PageTable<F> {
             return Err(MapError::Overflow);
         }
 
-        let mut created = CreatedTables {
-            tables: [(0, 0, 0); ROOT_LEVEL - 1],
-            count: 0,
-        };
+        let mut created = CreatedTables { tables: [(0, 0, 0); ROOT_LEVEL - 1], count: 0 };
         let mut table = self.root;
         for level in (size.level() + 1..=ROOT_LEVEL).rev() {
             let index = index_of(virt, level);
@@ -429,10 +414,7 @@ impl<F: EntryFormat> PageTable<F> {
         largest: PageSize,
     ) -> Result<(), MapError> {
         let small = PageSize::Size4K.bytes();
-        if !virt.is_multiple_of(small)
-            || !phys.is_multiple_of(small)
-            || !length.is_multiple_of(small)
-        {
+        if !virt.is_multiple_of(small) || !phys.is_multiple_of(small) || !length.is_multiple_of(small) {
             return Err(MapError::Misaligned);
         }
         if virt.checked_add(length).is_none() || phys.checked_add(length).is_none() {
@@ -451,14 +433,7 @@ impl<F: EntryFormat> PageTable<F> {
                         && length - offset >= bytes
                 })
                 .unwrap_or(PageSize::Size4K);
-            if let Err(error) = self.map(
-                memory,
-                virt + offset,
-                phys + offset,
-                size,
-                access,
-                memory_type,
-            ) {
+            if let Err(error) = self.map(memory, virt + offset, phys + offset, size, access, memory_type) {
                 self.unmap_mapped_prefix(memory, virt, offset);
                 return Err(error);
             }
@@ -483,11 +458,7 @@ impl<F: EntryFormat> PageTable<F> {
     /// Unmaps the page containing `virt` and frees any tables that become
     /// empty; returns that page's physical base and size. The caller must
     /// flush the TLB (INVLPG / INVEPT) before reusing the frame.
-    pub fn unmap(
-        &mut self,
-        memory: &mut impl TableMemory,
-        virt: u64,
-    ) -> Result<(u64, PageSize), MapError> {
+    pub fn unmap(&mut self, memory: &mut impl TableMemory, virt: u64) -> Result<(u64, PageSize), MapError> {
         F::check_input_address(virt)?;
         // The tables on the path, root first, to climb back up while freeing.
         let mut path = [(0u64, 0usize); ROOT_LEVEL];
@@ -536,18 +507,10 @@ impl<F: EntryFormat> PageTable<F> {
     /// Walks the tables for `virt`: the physical address it translates to
     /// (page base plus the offset within the page), the page's access and
     /// its size; `None` if unmapped or not a valid input address.
-    pub fn translate(
-        &self,
-        memory: &impl TableMemory,
-        virt: u64,
-    ) -> Option<(u64, Access, PageSize)> {
+    pub fn translate(&self, memory: &impl TableMemory, virt: u64) -> Option<(u64, Access, PageSize)> {
         F::check_input_address(virt).ok()?;
         let (_, _, entry, size) = self.walk(memory, virt)?;
-        Some((
-            address_of(entry, size) | (virt & (size.bytes() - 1)),
-            F::leaf_access(entry),
-            size,
-        ))
+        Some((address_of(entry, size) | (virt & (size.bytes() - 1)), F::leaf_access(entry), size))
     }
 
     /// Follows `virt` down from the root to a present leaf: the table holding
@@ -616,17 +579,11 @@ mod tests {
 
     impl TestMemory {
         fn new() -> Self {
-            Self {
-                next: 0x10_0000,
-                ..Self::default()
-            }
+            Self { next: 0x10_0000, ..Self::default() }
         }
 
         fn with_limit(limit: usize) -> Self {
-            Self {
-                limit: Some(limit),
-                ..Self::new()
-            }
+            Self { limit: Some(limit), ..Self::new() }
         }
 
         fn live(&self) -> usize {
@@ -647,22 +604,15 @@ mod tests {
         }
 
         fn read_entry(&self, table: u64, index: usize) -> u64 {
-            self.tables
-                .get(&table)
-                .expect("read from a table that is not live")[index]
+            self.tables.get(&table).expect("read from a table that is not live")[index]
         }
 
         fn write_entry(&mut self, table: u64, index: usize, value: u64) {
-            self.tables
-                .get_mut(&table)
-                .expect("write to a table that is not live")[index] = value;
+            self.tables.get_mut(&table).expect("write to a table that is not live")[index] = value;
         }
 
         fn free_table(&mut self, table: u64) {
-            assert!(
-                self.tables.remove(&table).is_some(),
-                "double free of table {table:#x}"
-            );
+            assert!(self.tables.remove(&table).is_some(), "double free of table {table:#x}");
             self.freed += 1;
         }
     }
@@ -689,15 +639,7 @@ mod tests {
     fn ept_leaf_bits() {
         let mut memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut memory).unwrap();
-        ept.map(
-            &mut memory,
-            0x5000,
-            0x1234_5000,
-            PageSize::Size4K,
-            RWX,
-            MemoryType::WriteBack,
-        )
-        .unwrap();
+        ept.map(&mut memory, 0x5000, 0x1234_5000, PageSize::Size4K, RWX, MemoryType::WriteBack).unwrap();
         // R|W|X = 0x7, WB (6) << 3 = 0x30, ignore-PAT clear.
         assert_eq!(raw_leaf(&ept, &memory, 0x5000), 0x1234_5000 | 0x37);
         ept.map(
@@ -722,34 +664,15 @@ mod tests {
         .unwrap();
         // R|X = 0x5, WB 0x30, large 0x80.
         assert_eq!(raw_leaf(&ept, &memory, 3 * MIB2), (7 * MIB2) | 0xb5);
-        ept.map(
-            &mut memory,
-            2 * GIB1,
-            5 * GIB1,
-            PageSize::Size1G,
-            Access::READ,
-            MemoryType::WriteBack,
-        )
-        .unwrap();
+        ept.map(&mut memory, 2 * GIB1, 5 * GIB1, PageSize::Size1G, Access::READ, MemoryType::WriteBack).unwrap();
         assert_eq!(raw_leaf(&ept, &memory, 2 * GIB1), (5 * GIB1) | 0xb1);
         // Table entries are R|W|X.
         let root_entry = memory.read_entry(ept.root(), 0);
         assert_eq!(root_entry & 0xfff, 0x7);
         // USER means nothing to EPT.
-        ept.map(
-            &mut memory,
-            0x7000,
-            0x7000,
-            PageSize::Size4K,
-            RWX | Access::USER,
-            MemoryType::WriteBack,
-        )
-        .unwrap();
+        ept.map(&mut memory, 0x7000, 0x7000, PageSize::Size4K, RWX | Access::USER, MemoryType::WriteBack).unwrap();
         assert_eq!(raw_leaf(&ept, &memory, 0x7000), 0x7000 | 0x37);
-        assert_eq!(
-            ept.translate(&memory, 0x7000),
-            Some((0x7000, RWX, PageSize::Size4K))
-        );
+        assert_eq!(ept.translate(&memory, 0x7000), Some((0x7000, RWX, PageSize::Size4K)));
     }
 
     #[test]
@@ -757,32 +680,13 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let kernel = 0xffff_8000_0000_0000;
-        table
-            .map(
-                &mut memory,
-                kernel,
-                0x20_0000,
-                PageSize::Size4K,
-                RWX,
-                MemoryType::WriteBack,
-            )
-            .unwrap();
+        table.map(&mut memory, kernel, 0x20_0000, PageSize::Size4K, RWX, MemoryType::WriteBack).unwrap();
         // P|RW, executable: no XD.
         assert_eq!(raw_leaf(&table, &memory, kernel), 0x20_0000 | 0x3);
         table
-            .map(
-                &mut memory,
-                kernel + KIB4,
-                0x21_0000,
-                PageSize::Size4K,
-                Access::READ,
-                MemoryType::WriteBack,
-            )
+            .map(&mut memory, kernel + KIB4, 0x21_0000, PageSize::Size4K, Access::READ, MemoryType::WriteBack)
             .unwrap();
-        assert_eq!(
-            raw_leaf(&table, &memory, kernel + KIB4),
-            0x21_0000 | 0x1 | 1 << 63
-        );
+        assert_eq!(raw_leaf(&table, &memory, kernel + KIB4), 0x21_0000 | 0x1 | 1 << 63);
         table
             .map(
                 &mut memory,
@@ -794,31 +698,12 @@ mod tests {
             )
             .unwrap();
         // P|RW|PWT|PCD|XD.
-        assert_eq!(
-            raw_leaf(&table, &memory, kernel + 2 * KIB4),
-            0xfec0_0000 | 0x1b | 1 << 63
-        );
-        table
-            .map(
-                &mut memory,
-                MIB2,
-                MIB2,
-                PageSize::Size2M,
-                RWX | Access::USER,
-                MemoryType::WriteBack,
-            )
-            .unwrap();
+        assert_eq!(raw_leaf(&table, &memory, kernel + 2 * KIB4), 0xfec0_0000 | 0x1b | 1 << 63);
+        table.map(&mut memory, MIB2, MIB2, PageSize::Size2M, RWX | Access::USER, MemoryType::WriteBack).unwrap();
         // P|RW|US|PS.
         assert_eq!(raw_leaf(&table, &memory, MIB2), MIB2 | 0x87);
         table
-            .map(
-                &mut memory,
-                GIB1,
-                3 * GIB1,
-                PageSize::Size1G,
-                Access::READ | Access::EXECUTE,
-                MemoryType::WriteBack,
-            )
+            .map(&mut memory, GIB1, 3 * GIB1, PageSize::Size1G, Access::READ | Access::EXECUTE, MemoryType::WriteBack)
             .unwrap();
         assert_eq!(raw_leaf(&table, &memory, GIB1), (3 * GIB1) | 0x81);
         // Table entries grant everything; the leaves decide.
@@ -846,42 +731,20 @@ mod tests {
             Some((0x41_2345, Access::READ | Access::EXECUTE, PageSize::Size2M))
         );
         table
-            .map(
-                &mut memory,
-                0x1000,
-                0x9000,
-                PageSize::Size4K,
-                Access::WRITE | Access::USER,
-                MemoryType::WriteBack,
-            )
+            .map(&mut memory, 0x1000, 0x9000, PageSize::Size4K, Access::WRITE | Access::USER, MemoryType::WriteBack)
             .unwrap();
         // READ is implied.
         assert_eq!(
             table.translate(&memory, 0x1fff),
-            Some((
-                0x9fff,
-                Access::READ | Access::WRITE | Access::USER,
-                PageSize::Size4K
-            ))
+            Some((0x9fff, Access::READ | Access::WRITE | Access::USER, PageSize::Size4K))
         );
         assert_eq!(table.translate(&memory, 0x2000), None);
         assert_eq!(table.translate(&memory, 0), None);
         assert_eq!(table.translate(&memory, 0x8000_0000_0000), None);
         let mut ept_memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut ept_memory).unwrap();
-        ept.map(
-            &mut ept_memory,
-            4 * GIB1,
-            GIB1,
-            PageSize::Size1G,
-            RWX,
-            MemoryType::WriteBack,
-        )
-        .unwrap();
-        assert_eq!(
-            ept.translate(&ept_memory, 4 * GIB1 + 0x3fff_ffff),
-            Some((2 * GIB1 - 1, RWX, PageSize::Size1G))
-        );
+        ept.map(&mut ept_memory, 4 * GIB1, GIB1, PageSize::Size1G, RWX, MemoryType::WriteBack).unwrap();
+        assert_eq!(ept.translate(&ept_memory, 4 * GIB1 + 0x3fff_ffff), Some((2 * GIB1 - 1, RWX, PageSize::Size1G)));
         assert_eq!(ept.translate(&ept_memory, 1 << 48), None);
     }
 
@@ -892,16 +755,7 @@ mod tests {
         // 0x1f_e000 .. 0x60_3000: two 4K pages, then 2M pages, then three 4K pages.
         let start = MIB2 - 2 * KIB4;
         let end = 3 * MIB2 + 3 * KIB4;
-        ept.map_range(
-            &mut memory,
-            start,
-            start,
-            end - start,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size1G,
-        )
-        .unwrap();
+        ept.map_range(&mut memory, start, start, end - start, RWX, MemoryType::WriteBack, PageSize::Size1G).unwrap();
         let mut address = start;
         let mut sizes = Vec::new();
         while address < end {
@@ -912,10 +766,7 @@ mod tests {
             address += size.bytes();
         }
         use PageSize::*;
-        assert_eq!(
-            sizes,
-            [Size4K, Size4K, Size2M, Size2M, Size4K, Size4K, Size4K]
-        );
+        assert_eq!(sizes, [Size4K, Size4K, Size2M, Size2M, Size4K, Size4K, Size4K]);
         assert_eq!(ept.translate(&memory, start - 1), None);
         assert_eq!(ept.translate(&memory, end), None);
     }
@@ -925,78 +776,23 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         // Virtual 2M-aligned, physical only 4K-aligned: 4K pages only.
-        table
-            .map_range(
-                &mut memory,
-                MIB2,
-                MIB2 + KIB4,
-                MIB2,
-                RWX,
-                MemoryType::WriteBack,
-                PageSize::Size1G,
-            )
-            .unwrap();
+        table.map_range(&mut memory, MIB2, MIB2 + KIB4, MIB2, RWX, MemoryType::WriteBack, PageSize::Size1G).unwrap();
         assert_eq!(table.translate(&memory, MIB2).unwrap().2, PageSize::Size4K);
-        assert_eq!(
-            table.translate(&memory, 2 * MIB2 - 1).unwrap().0,
-            2 * MIB2 + KIB4 - 1
-        );
+        assert_eq!(table.translate(&memory, 2 * MIB2 - 1).unwrap().0, 2 * MIB2 + KIB4 - 1);
     }
 
     #[test]
     fn map_range_respects_largest() {
         let mut memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut memory).unwrap();
-        ept.map_range(
-            &mut memory,
-            0,
-            0,
-            2 * GIB1,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size1G,
-        )
-        .unwrap();
+        ept.map_range(&mut memory, 0, 0, 2 * GIB1, RWX, MemoryType::WriteBack, PageSize::Size1G).unwrap();
         assert_eq!(ept.translate(&memory, GIB1).unwrap().2, PageSize::Size1G);
-        ept.map_range(
-            &mut memory,
-            4 * GIB1,
-            4 * GIB1,
-            GIB1,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size2M,
-        )
-        .unwrap();
-        assert_eq!(
-            ept.translate(&memory, 4 * GIB1).unwrap().2,
-            PageSize::Size2M
-        );
-        ept.map_range(
-            &mut memory,
-            8 * GIB1,
-            8 * GIB1,
-            MIB2,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size4K,
-        )
-        .unwrap();
-        assert_eq!(
-            ept.translate(&memory, 8 * GIB1 + MIB2 - 1).unwrap().2,
-            PageSize::Size4K
-        );
+        ept.map_range(&mut memory, 4 * GIB1, 4 * GIB1, GIB1, RWX, MemoryType::WriteBack, PageSize::Size2M).unwrap();
+        assert_eq!(ept.translate(&memory, 4 * GIB1).unwrap().2, PageSize::Size2M);
+        ept.map_range(&mut memory, 8 * GIB1, 8 * GIB1, MIB2, RWX, MemoryType::WriteBack, PageSize::Size4K).unwrap();
+        assert_eq!(ept.translate(&memory, 8 * GIB1 + MIB2 - 1).unwrap().2, PageSize::Size4K);
         // Zero length maps nothing.
-        ept.map_range(
-            &mut memory,
-            9 * GIB1,
-            0,
-            0,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size1G,
-        )
-        .unwrap();
+        ept.map_range(&mut memory, 9 * GIB1, 0, 0, RWX, MemoryType::WriteBack, PageSize::Size1G).unwrap();
         assert_eq!(ept.translate(&memory, 9 * GIB1), None);
     }
 
@@ -1005,49 +801,22 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        table
-            .map(&mut memory, 0x40_1000, 0x1000, PageSize::Size4K, RWX, wb)
-            .unwrap();
+        table.map(&mut memory, 0x40_1000, 0x1000, PageSize::Size4K, RWX, wb).unwrap();
         // Same page again.
-        assert_eq!(
-            table.map(&mut memory, 0x40_1000, 0x2000, PageSize::Size4K, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
+        assert_eq!(table.map(&mut memory, 0x40_1000, 0x2000, PageSize::Size4K, RWX, wb), Err(MapError::AlreadyMapped));
         // A 2M page over a 4K page.
-        assert_eq!(
-            table.map(&mut memory, 0x40_0000, 0, PageSize::Size2M, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
+        assert_eq!(table.map(&mut memory, 0x40_0000, 0, PageSize::Size2M, RWX, wb), Err(MapError::AlreadyMapped));
         // A 1G page over it.
-        assert_eq!(
-            table.map(&mut memory, 0, 0, PageSize::Size1G, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
+        assert_eq!(table.map(&mut memory, 0, 0, PageSize::Size1G, RWX, wb), Err(MapError::AlreadyMapped));
         // A 4K page under a 2M page, and under a 1G page.
-        table
-            .map(&mut memory, 0x80_0000, 0, PageSize::Size2M, RWX, wb)
-            .unwrap();
-        assert_eq!(
-            table.map(&mut memory, 0x80_5000, 0, PageSize::Size4K, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
-        table
-            .map(&mut memory, GIB1, 0, PageSize::Size1G, RWX, wb)
-            .unwrap();
-        assert_eq!(
-            table.map(&mut memory, GIB1 + MIB2, 0, PageSize::Size2M, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
-        assert_eq!(
-            table.map(&mut memory, GIB1 + KIB4, 0, PageSize::Size4K, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
+        table.map(&mut memory, 0x80_0000, 0, PageSize::Size2M, RWX, wb).unwrap();
+        assert_eq!(table.map(&mut memory, 0x80_5000, 0, PageSize::Size4K, RWX, wb), Err(MapError::AlreadyMapped));
+        table.map(&mut memory, GIB1, 0, PageSize::Size1G, RWX, wb).unwrap();
+        assert_eq!(table.map(&mut memory, GIB1 + MIB2, 0, PageSize::Size2M, RWX, wb), Err(MapError::AlreadyMapped));
+        assert_eq!(table.map(&mut memory, GIB1 + KIB4, 0, PageSize::Size4K, RWX, wb), Err(MapError::AlreadyMapped));
         // The failed calls left no tables behind.
         let live = memory.live();
-        assert_eq!(
-            table.map(&mut memory, GIB1 + 7 * KIB4, 0, PageSize::Size4K, RWX, wb),
-            Err(MapError::AlreadyMapped)
-        );
+        assert_eq!(table.map(&mut memory, GIB1 + 7 * KIB4, 0, PageSize::Size4K, RWX, wb), Err(MapError::AlreadyMapped));
         assert_eq!(memory.live(), live);
     }
 
@@ -1056,84 +825,29 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        assert_eq!(
-            table.map(&mut memory, 0x1001, 0, PageSize::Size4K, RWX, wb),
-            Err(MapError::Misaligned)
-        );
-        assert_eq!(
-            table.map(&mut memory, 0x1000, 0x10, PageSize::Size4K, RWX, wb),
-            Err(MapError::Misaligned)
-        );
-        assert_eq!(
-            table.map(&mut memory, 0x1000, 0, PageSize::Size2M, RWX, wb),
-            Err(MapError::Misaligned)
-        );
-        assert_eq!(
-            table.map(&mut memory, 0, MIB2, PageSize::Size1G, RWX, wb),
-            Err(MapError::Misaligned)
-        );
-        assert_eq!(
-            table.map_range(&mut memory, 0, 0, 0x1800, RWX, wb, PageSize::Size2M),
-            Err(MapError::Misaligned)
-        );
-        for virt in [
-            0x8000_0000_0000,
-            0xffff_7fff_ffff_f000,
-            0x0001_0000_0000_0000,
-        ] {
-            assert_eq!(
-                table.map(&mut memory, virt, 0, PageSize::Size4K, RWX, wb),
-                Err(MapError::NonCanonical)
-            );
+        assert_eq!(table.map(&mut memory, 0x1001, 0, PageSize::Size4K, RWX, wb), Err(MapError::Misaligned));
+        assert_eq!(table.map(&mut memory, 0x1000, 0x10, PageSize::Size4K, RWX, wb), Err(MapError::Misaligned));
+        assert_eq!(table.map(&mut memory, 0x1000, 0, PageSize::Size2M, RWX, wb), Err(MapError::Misaligned));
+        assert_eq!(table.map(&mut memory, 0, MIB2, PageSize::Size1G, RWX, wb), Err(MapError::Misaligned));
+        assert_eq!(table.map_range(&mut memory, 0, 0, 0x1800, RWX, wb, PageSize::Size2M), Err(MapError::Misaligned));
+        for virt in [0x8000_0000_0000, 0xffff_7fff_ffff_f000, 0x0001_0000_0000_0000] {
+            assert_eq!(table.map(&mut memory, virt, 0, PageSize::Size4K, RWX, wb), Err(MapError::NonCanonical));
             assert_eq!(table.unmap(&mut memory, virt), Err(MapError::NonCanonical));
         }
-        assert_eq!(
-            table.map(&mut memory, 0, 1 << 52, PageSize::Size4K, RWX, wb),
-            Err(MapError::Overflow)
-        );
-        assert_eq!(
-            table.map_range(&mut memory, !0xfff, 0, 0x2000, RWX, wb, PageSize::Size4K),
-            Err(MapError::Overflow)
-        );
+        assert_eq!(table.map(&mut memory, 0, 1 << 52, PageSize::Size4K, RWX, wb), Err(MapError::Overflow));
+        assert_eq!(table.map_range(&mut memory, !0xfff, 0, 0x2000, RWX, wb, PageSize::Size4K), Err(MapError::Overflow));
         // The top canonical page works.
-        table
-            .map(
-                &mut memory,
-                0xffff_ffff_ffff_f000,
-                0x5000,
-                PageSize::Size4K,
-                RWX,
-                wb,
-            )
-            .unwrap();
+        table.map(&mut memory, 0xffff_ffff_ffff_f000, 0x5000, PageSize::Size4K, RWX, wb).unwrap();
         assert_eq!(table.translate(&memory, u64::MAX).unwrap().0, 0x5fff);
 
         let mut ept_memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut ept_memory).unwrap();
+        assert_eq!(ept.map(&mut ept_memory, 1 << 48, 0, PageSize::Size4K, RWX, wb), Err(MapError::NonCanonical));
         assert_eq!(
-            ept.map(&mut ept_memory, 1 << 48, 0, PageSize::Size4K, RWX, wb),
+            ept.map(&mut ept_memory, 0xffff_8000_0000_0000, 0, PageSize::Size4K, RWX, wb),
             Err(MapError::NonCanonical)
         );
-        assert_eq!(
-            ept.map(
-                &mut ept_memory,
-                0xffff_8000_0000_0000,
-                0,
-                PageSize::Size4K,
-                RWX,
-                wb
-            ),
-            Err(MapError::NonCanonical)
-        );
-        ept.map(
-            &mut ept_memory,
-            (1 << 48) - KIB4,
-            0,
-            PageSize::Size4K,
-            RWX,
-            wb,
-        )
-        .unwrap();
+        ept.map(&mut ept_memory, (1 << 48) - KIB4, 0, PageSize::Size4K, RWX, wb).unwrap();
     }
 
     #[test]
@@ -1141,15 +855,7 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let below_hole = 0x7fff_ffff_e000;
-        let result = table.map_range(
-            &mut memory,
-            below_hole,
-            0,
-            0x4000,
-            RWX,
-            MemoryType::WriteBack,
-            PageSize::Size2M,
-        );
+        let result = table.map_range(&mut memory, below_hole, 0, 0x4000, RWX, MemoryType::WriteBack, PageSize::Size2M);
         assert_eq!(result, Err(MapError::NonCanonical));
         assert_eq!(table.translate(&memory, below_hole), None);
         assert_eq!(memory.live(), 1);
@@ -1160,35 +866,17 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        table
-            .map(&mut memory, 0x3000, 0x7000, PageSize::Size4K, RWX, wb)
-            .unwrap();
-        table
-            .map(&mut memory, 0x4000, 0x8000, PageSize::Size4K, RWX, wb)
-            .unwrap();
-        table
-            .map(&mut memory, 0x60_0000, 0x80_0000, PageSize::Size2M, RWX, wb)
-            .unwrap();
-        assert_eq!(
-            table.unmap(&mut memory, 0x3abc),
-            Ok((0x7000, PageSize::Size4K))
-        );
+        table.map(&mut memory, 0x3000, 0x7000, PageSize::Size4K, RWX, wb).unwrap();
+        table.map(&mut memory, 0x4000, 0x8000, PageSize::Size4K, RWX, wb).unwrap();
+        table.map(&mut memory, 0x60_0000, 0x80_0000, PageSize::Size2M, RWX, wb).unwrap();
+        assert_eq!(table.unmap(&mut memory, 0x3abc), Ok((0x7000, PageSize::Size4K)));
         assert_eq!(table.translate(&memory, 0x3000), None);
         assert_eq!(table.translate(&memory, 0x4000).unwrap().0, 0x8000);
         assert_eq!(table.unmap(&mut memory, 0x3000), Err(MapError::NotMapped));
-        assert_eq!(
-            table.unmap(&mut memory, 0x71_2345),
-            Ok((0x80_0000, PageSize::Size2M))
-        );
+        assert_eq!(table.unmap(&mut memory, 0x71_2345), Ok((0x80_0000, PageSize::Size2M)));
         assert_eq!(table.translate(&memory, 0x60_0000), None);
-        assert_eq!(
-            table.unmap(&mut memory, 0x4000),
-            Ok((0x8000, PageSize::Size4K))
-        );
-        assert_eq!(
-            table.unmap(&mut memory, 0xffff_8000_0000_0000),
-            Err(MapError::NotMapped)
-        );
+        assert_eq!(table.unmap(&mut memory, 0x4000), Ok((0x8000, PageSize::Size4K)));
+        assert_eq!(table.unmap(&mut memory, 0xffff_8000_0000_0000), Err(MapError::NotMapped));
         // Every table but the root was emptied and freed.
         assert_eq!(memory.live(), 1);
         assert_eq!(memory.read_entry(table.root(), 0), 0);
@@ -1199,17 +887,12 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        ept.map_range(&mut memory, 0, 0x1000_0000, MIB2, RWX, wb, PageSize::Size4K)
-            .unwrap();
+        ept.map_range(&mut memory, 0, 0x1000_0000, MIB2, RWX, wb, PageSize::Size4K).unwrap();
         for page in 0..512 {
             ept.unmap(&mut memory, page * KIB4).unwrap();
         }
-        ept.map(&mut memory, 0, 0x1000_0000, PageSize::Size2M, RWX, wb)
-            .unwrap();
-        assert_eq!(
-            ept.translate(&memory, 0x1234),
-            Some((0x1000_1234, RWX, PageSize::Size2M))
-        );
+        ept.map(&mut memory, 0, 0x1000_0000, PageSize::Size2M, RWX, wb).unwrap();
+        assert_eq!(ept.translate(&memory, 0x1234), Some((0x1000_1234, RWX, PageSize::Size2M)));
     }
 
     #[test]
@@ -1218,14 +901,7 @@ mod tests {
         let mut memory = TestMemory::with_limit(2);
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         assert_eq!(
-            table.map(
-                &mut memory,
-                0x1000,
-                0x1000,
-                PageSize::Size4K,
-                RWX,
-                MemoryType::WriteBack
-            ),
+            table.map(&mut memory, 0x1000, 0x1000, PageSize::Size4K, RWX, MemoryType::WriteBack),
             Err(MapError::OutOfTables)
         );
         assert_eq!(memory.allocated, 2);
@@ -1252,11 +928,7 @@ mod tests {
         );
         let mut address = start;
         while address < start + length {
-            assert_eq!(
-                ept.translate(&memory, address),
-                None,
-                "{address:#x} still mapped"
-            );
+            assert_eq!(ept.translate(&memory, address), None, "{address:#x} still mapped");
             address += KIB4;
         }
         assert_eq!(memory.live(), 1);
@@ -1265,24 +937,12 @@ mod tests {
         // Existing mappings survive another call's rollback.
         let mut memory = TestMemory::with_limit(4);
         let mut ept = PageTable::<Ept>::new(&mut memory).unwrap();
-        ept.map(&mut memory, 0, 0x9000, PageSize::Size4K, RWX, wb)
-            .unwrap();
+        ept.map(&mut memory, 0, 0x9000, PageSize::Size4K, RWX, wb).unwrap();
         assert_eq!(
-            ept.map_range(
-                &mut memory,
-                KIB4,
-                KIB4,
-                MIB2 + KIB4,
-                RWX,
-                wb,
-                PageSize::Size2M
-            ),
+            ept.map_range(&mut memory, KIB4, KIB4, MIB2 + KIB4, RWX, wb, PageSize::Size2M),
             Err(MapError::OutOfTables)
         );
-        assert_eq!(
-            ept.translate(&memory, 0),
-            Some((0x9000, RWX, PageSize::Size4K))
-        );
+        assert_eq!(ept.translate(&memory, 0), Some((0x9000, RWX, PageSize::Size4K)));
         assert_eq!(ept.translate(&memory, KIB4), None);
         assert_eq!(memory.live(), 4);
     }
@@ -1292,9 +952,7 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        table
-            .map(&mut memory, 0x40_0000, 0, PageSize::Size4K, RWX, wb)
-            .unwrap();
+        table.map(&mut memory, 0x40_0000, 0, PageSize::Size4K, RWX, wb).unwrap();
         let live = memory.live();
         assert_eq!(
             table.map_range(&mut memory, 0, 0, 0x80_0000, RWX, wb, PageSize::Size2M),
@@ -1311,47 +969,16 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut table = PageTable::<X86Paging>::new(&mut memory).unwrap();
         let wb = MemoryType::WriteBack;
-        table
-            .map_range(
-                &mut memory,
-                0,
-                0,
-                4 * GIB1 + 3 * MIB2 + 5 * KIB4,
-                RWX,
-                wb,
-                PageSize::Size1G,
-            )
-            .unwrap();
-        table
-            .map_range(
-                &mut memory,
-                0xffff_8000_0000_0000,
-                0,
-                3 * MIB2,
-                RWX,
-                wb,
-                PageSize::Size4K,
-            )
-            .unwrap();
-        table
-            .map(
-                &mut memory,
-                0xffff_ffff_ffe0_0000,
-                0,
-                PageSize::Size2M,
-                RWX,
-                wb,
-            )
-            .unwrap();
+        table.map_range(&mut memory, 0, 0, 4 * GIB1 + 3 * MIB2 + 5 * KIB4, RWX, wb, PageSize::Size1G).unwrap();
+        table.map_range(&mut memory, 0xffff_8000_0000_0000, 0, 3 * MIB2, RWX, wb, PageSize::Size4K).unwrap();
+        table.map(&mut memory, 0xffff_ffff_ffe0_0000, 0, PageSize::Size2M, RWX, wb).unwrap();
         assert!(memory.allocated > 5);
         table.destroy(&mut memory);
         assert_eq!(memory.freed, memory.allocated);
         assert_eq!(memory.live(), 0);
 
         let mut memory = TestMemory::new();
-        PageTable::<Ept>::new(&mut memory)
-            .unwrap()
-            .destroy(&mut memory);
+        PageTable::<Ept>::new(&mut memory).unwrap().destroy(&mut memory);
         assert_eq!((memory.allocated, memory.freed), (1, 1));
     }
 
@@ -1370,24 +997,15 @@ mod tests {
             state
         };
         let covering = |model: &HashMap<u64, (u64, PageSize)>, start: u64, end: u64| {
-            model
-                .iter()
-                .any(|(&virt, &(_, size))| virt < end && start < virt + size.bytes())
+            model.iter().any(|(&virt, &(_, size))| virt < end && start < virt + size.bytes())
         };
         for _ in 0..3000 {
-            let size = [
-                PageSize::Size4K,
-                PageSize::Size4K,
-                PageSize::Size2M,
-                PageSize::Size1G,
-            ][(next() % 4) as usize];
+            let size = [PageSize::Size4K, PageSize::Size4K, PageSize::Size2M, PageSize::Size1G][(next() % 4) as usize];
             // A small window of 4 GiB so that operations collide often.
             let virt = (next() % (4 * GIB1)) & !(size.bytes() - 1);
             if next() % 3 == 0 {
-                let expected = model
-                    .iter()
-                    .find(|(v, (_, s))| **v <= virt && virt < **v + s.bytes())
-                    .map(|(v, e)| (*v, *e));
+                let expected =
+                    model.iter().find(|(v, (_, s))| **v <= virt && virt < **v + s.bytes()).map(|(v, e)| (*v, *e));
                 let result = ept.unmap(&mut memory, virt);
                 match expected {
                     Some((base, (phys, size))) => {
@@ -1408,10 +1026,7 @@ mod tests {
             }
         }
         for (&virt, &(phys, size)) in &model {
-            assert_eq!(
-                ept.translate(&memory, virt + size.bytes() - 1),
-                Some((phys + size.bytes() - 1, RWX, size))
-            );
+            assert_eq!(ept.translate(&memory, virt + size.bytes() - 1), Some((phys + size.bytes() - 1, RWX, size)));
         }
         let bases: Vec<u64> = model.keys().copied().collect();
         for virt in bases {

@@ -187,12 +187,7 @@ impl<const N: usize> Scheduler<N> {
     /// Sets domain `id`'s weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
     /// (`0..=MAX_CAP_PERCENT`, 0 = none). Arguments are checked before the
     /// id. The cap applies at once; the weight from the next credit grant.
-    pub fn set_params(
-        &mut self,
-        id: DomainId,
-        weight: u32,
-        cap_percent: u32,
-    ) -> Result<(), SchedError> {
+    pub fn set_params(&mut self, id: DomainId, weight: u32, cap_percent: u32) -> Result<(), SchedError> {
         check_weight(weight)?;
         if cap_percent > MAX_CAP_PERCENT {
             return Err(SchedError::InvalidCap);
@@ -206,8 +201,7 @@ impl<const N: usize> Scheduler<N> {
 
     /// Domain `id`'s `(weight, cap_percent)`.
     pub fn params(&self, id: DomainId) -> Option<(u32, u32)> {
-        self.find(id)
-            .map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
+        self.find(id).map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
     }
 
     /// Marks domain `id` runnable (it wants the CPU) or blocked. Unknown ids
@@ -244,12 +238,7 @@ impl<const N: usize> Scheduler<N> {
             .enumerate()
             .filter(|(_, entry)| entry.runnable && cap_left(entry, period_tsc) > 0)
             .max_by_key(|(_, entry)| {
-                (
-                    entry.boosted(),
-                    !entry.ran_this_period,
-                    entry.credit_per_weight(),
-                    Reverse(entry.last_pick),
-                )
+                (entry.boosted(), !entry.ran_this_period, entry.credit_per_weight(), Reverse(entry.last_pick))
             })
             .map(|(index, _)| index)?;
         self.picks += 1;
@@ -258,10 +247,7 @@ impl<const N: usize> Scheduler<N> {
         entry.woken = false;
         entry.ran_this_period = true;
         // `advance` made `now` fall inside the period, so every term is at least 1.
-        let limit = self
-            .slice_tsc
-            .min(period_end - now)
-            .min(cap_left(entry, period_tsc));
+        let limit = self.slice_tsc.min(period_end - now).min(cap_left(entry, period_tsc));
         Some((entry.id, limit))
     }
 
@@ -295,8 +281,7 @@ impl<const N: usize> Scheduler<N> {
 
     /// TSC at which the current period ends.
     fn period_end(&self) -> Option<u64> {
-        self.period_start
-            .map(|start| start.saturating_add(self.period_tsc))
+        self.period_start.map(|start| start.saturating_add(self.period_tsc))
     }
 
     /// Starts the first period at `now`, or closes the current one if `now`
@@ -343,12 +328,7 @@ impl<const N: usize> Scheduler<N> {
     /// and reset the per-period state.
     fn grant_credit(&mut self) {
         let carry = saturate_i64(self.slice_tsc);
-        let total_weight = self
-            .entries
-            .iter()
-            .filter(|entry| entry.active)
-            .map(|entry| u64::from(entry.weight))
-            .sum();
+        let total_weight = self.entries.iter().filter(|entry| entry.active).map(|entry| u64::from(entry.weight)).sum();
         for entry in &mut self.entries {
             entry.credit = entry.credit.clamp(-carry, carry);
             entry.grant = None;
@@ -366,11 +346,7 @@ impl<const N: usize> Scheduler<N> {
 
 /// Checks a weight against `MIN_WEIGHT..=MAX_WEIGHT`.
 fn check_weight(weight: u32) -> Result<(), SchedError> {
-    if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
-        Ok(())
-    } else {
-        Err(SchedError::InvalidWeight)
-    }
+    if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) { Ok(()) } else { Err(SchedError::InvalidWeight) }
 }
 
 /// Ticks `entry` may still run in this period under its cap (`u64::MAX`
@@ -422,12 +398,7 @@ mod tests {
                 scheduler.set_runnable(id, true);
             }
             // Start at an arbitrary, unaligned TSC.
-            Simulation {
-                scheduler,
-                now: 123_456_789,
-                used: HashMap::new(),
-                idle: 0,
-            }
+            Simulation { scheduler, now: 123_456_789, used: HashMap::new(), idle: 0 }
         }
 
         /// Runs every domain it picks for its whole limit (spinners) until
@@ -516,10 +487,7 @@ mod tests {
         for (id, weight) in weights {
             let share = percent(simulation.used(id), 200 * PERIOD);
             let expected = weight as f64 / 10.0;
-            assert!(
-                (share - expected).abs() < 1.0,
-                "domain {id}: {share}% for {expected}%"
-            );
+            assert!((share - expected).abs() < 1.0, "domain {id}: {share}% for {expected}%");
         }
     }
 
@@ -558,11 +526,7 @@ mod tests {
         for _ in 0..10 {
             simulation.reset_counters();
             simulation.run_for(PERIOD);
-            assert!(
-                simulation.used(1) <= PERIOD / 5 + SLICE,
-                "{}",
-                simulation.used(1)
-            );
+            assert!(simulation.used(1) <= PERIOD / 5 + SLICE, "{}", simulation.used(1));
         }
     }
 
@@ -622,23 +586,13 @@ mod tests {
 
     #[test]
     fn io_domain_is_picked_within_a_slice() {
-        for (weights, burst_max) in [
-            ([512, 256, 256], 150),
-            ([256, 256, 256], 500),
-            ([1000, 1000, 100], 60),
-        ] {
+        for (weights, burst_max) in [([512, 256, 256], 150), ([256, 256, 256], 500), ([1000, 1000, 100], 60)] {
             let (worst, used) = io_latency(weights, burst_max);
-            assert!(
-                worst <= SLICE,
-                "{weights:?}: woken domain waited {worst} ticks"
-            );
+            assert!(worst <= SLICE, "{weights:?}: woken domain waited {worst} ticks");
             // The spinners share the rest by weight.
             let ratio = used[0] as f64 / used[1] as f64;
             let expected = weights[0] as f64 / weights[1] as f64;
-            assert!(
-                (ratio / expected - 1.0).abs() < 0.05,
-                "{weights:?}: spinners got {used:?}"
-            );
+            assert!((ratio / expected - 1.0).abs() < 0.05, "{weights:?}: spinners got {used:?}");
         }
     }
 
@@ -687,24 +641,11 @@ mod tests {
         assert_eq!(scheduler.add(1, 65536), Err(SchedError::InvalidWeight));
         scheduler.add(1, 1).unwrap();
         scheduler.add(2, 65535).unwrap();
-        assert_eq!(
-            scheduler.set_params(1, 0, 0),
-            Err(SchedError::InvalidWeight)
-        );
-        assert_eq!(
-            scheduler.set_params(1, 70000, 0),
-            Err(SchedError::InvalidWeight)
-        );
-        assert_eq!(
-            scheduler.set_params(1, 256, 101),
-            Err(SchedError::InvalidCap)
-        );
+        assert_eq!(scheduler.set_params(1, 0, 0), Err(SchedError::InvalidWeight));
+        assert_eq!(scheduler.set_params(1, 70000, 0), Err(SchedError::InvalidWeight));
+        assert_eq!(scheduler.set_params(1, 256, 101), Err(SchedError::InvalidCap));
         assert_eq!(scheduler.set_params(9, 256, 0), Err(SchedError::NotFound));
-        assert_eq!(
-            scheduler.set_params(9, 0, 0),
-            Err(SchedError::InvalidWeight),
-            "arguments first"
-        );
+        assert_eq!(scheduler.set_params(9, 0, 0), Err(SchedError::InvalidWeight), "arguments first");
         assert_eq!(scheduler.params(1), Some((1, 0)));
         scheduler.set_params(1, 300, 100).unwrap();
         assert_eq!(scheduler.params(1), Some((300, 100)));
@@ -757,11 +698,7 @@ mod tests {
         }
         assert_eq!(scheduler.pick(now), None);
         assert_eq!(scheduler.next_event(now), Some(start + PERIOD));
-        assert_eq!(
-            scheduler.next_event(start + 2 * PERIOD),
-            Some(start + 2 * PERIOD),
-            "never in the past"
-        );
+        assert_eq!(scheduler.next_event(start + 2 * PERIOD), Some(start + 2 * PERIOD), "never in the past");
         assert_eq!(scheduler.pick(start + PERIOD), Some((1, SLICE)));
         // A blocked capped domain needs no timer.
         scheduler.charge(1, 3 * SLICE, start + PERIOD + 3 * SLICE);
@@ -802,14 +739,8 @@ mod tests {
                 let used = simulation.used(id);
                 // At most one period's share, give or take the slice that
                 // rounding carries over.
-                assert!(
-                    used <= PERIOD / 4 + 2 * SLICE,
-                    "period {period}: domain {id} ran {used}"
-                );
-                assert!(
-                    used >= SLICE.min(PERIOD / 4),
-                    "period {period}: domain {id} ran {used}"
-                );
+                assert!(used <= PERIOD / 4 + 2 * SLICE, "period {period}: domain {id} ran {used}");
+                assert!(used >= SLICE.min(PERIOD / 4), "period {period}: domain {id} ran {used}");
             }
         }
     }
@@ -826,19 +757,11 @@ mod tests {
             simulation.reset_counters();
             simulation.run_for(PERIOD);
             assert!(simulation.used(1) >= 1, "period {period}: domain 1 starved");
-            assert!(
-                simulation.used(2) >= PERIOD / 3,
-                "period {period}: domain 2 ran {}",
-                simulation.used(2)
-            );
+            assert!(simulation.used(2) >= PERIOD / 3, "period {period}: domain 2 ran {}", simulation.used(2));
             // Domain 2's wake-up took back what domain 1 had been granted
             // while alone: it gets the one run per period that every
             // runnable domain is guaranteed, and no more.
-            assert!(
-                simulation.used(1) <= SLICE,
-                "period {period}: domain 1 ran {}",
-                simulation.used(1)
-            );
+            assert!(simulation.used(1) <= SLICE, "period {period}: domain 1 ran {}", simulation.used(1));
         }
     }
 
@@ -850,10 +773,7 @@ mod tests {
             simulation.reset_counters();
             simulation.run_for(PERIOD);
             for id in 1..=4 {
-                assert!(
-                    simulation.used(id) > 0,
-                    "period {period}: domain {id} starved"
-                );
+                assert!(simulation.used(id) > 0, "period {period}: domain {id} starved");
             }
         }
     }
@@ -906,20 +826,13 @@ mod tests {
                     }
                 }
                 1 => {
-                    let expected = if model.remove(&id).is_some() {
-                        Ok(())
-                    } else {
-                        Err(SchedError::NotFound)
-                    };
+                    let expected = if model.remove(&id).is_some() { Ok(()) } else { Err(SchedError::NotFound) };
                     assert_eq!(scheduler.remove(id), expected);
                     usage.remove(&id);
                 }
                 2 => {
                     let cap = (next() % 4 * 20) as u32;
-                    if scheduler
-                        .set_params(id, 1 + (next() % 1000) as u32, cap)
-                        .is_ok()
-                    {
+                    if scheduler.set_params(id, 1 + (next() % 1000) as u32, cap).is_ok() {
                         model.get_mut(&id).unwrap().0 = cap;
                     } else {
                         assert!(!model.contains_key(&id));
@@ -945,18 +858,11 @@ mod tests {
                             let (cap, runnable) = model[&id];
                             assert!(runnable);
                             assert!((1..=SLICE).contains(&limit) && now + limit <= period_end);
-                            let ran = if next() % 4 == 0 {
-                                next() % limit
-                            } else {
-                                limit
-                            };
+                            let ran = if next() % 4 == 0 { next() % limit } else { limit };
                             let used = usage.entry(id).or_default();
                             *used += ran;
                             if cap > 0 {
-                                assert!(
-                                    *used <= PERIOD * u64::from(cap) / 100,
-                                    "cap {cap} exceeded"
-                                );
+                                assert!(*used <= PERIOD * u64::from(cap) / 100, "cap {cap} exceeded");
                             }
                             now += ran;
                             scheduler.charge(id, ran, now);
@@ -966,9 +872,7 @@ mod tests {
                             for (id, &(cap, runnable)) in &model {
                                 if runnable {
                                     assert!(
-                                        cap > 0
-                                            && usage.get(id).copied().unwrap_or(0)
-                                                >= PERIOD * u64::from(cap) / 100
+                                        cap > 0 && usage.get(id).copied().unwrap_or(0) >= PERIOD * u64::from(cap) / 100
                                     );
                                 }
                             }

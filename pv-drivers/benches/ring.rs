@@ -36,7 +36,8 @@ fn ring() -> f64 {
         while answered < ROUND_TRIPS {
             match back.pop_request() {
                 Ok(Some(request)) => {
-                    let response = Response { id: request.id, operation: request.operation, _reserved: [0; 3], status: 0 };
+                    let response =
+                        Response { id: request.id, operation: request.operation, _reserved: [0; 3], status: 0 };
                     back.push_response(&response).expect("a slot per consumed request");
                     answered += 1;
                 }
@@ -51,7 +52,10 @@ fn ring() -> f64 {
     });
     let (mut sent, mut received) = (0u64, 0u64);
     while received < ROUND_TRIPS {
-        while sent < ROUND_TRIPS && sent - received < DEPTH && front.push_request(&Request { id: sent, ..Request::default() }).is_ok() {
+        while sent < ROUND_TRIPS
+            && sent - received < DEPTH
+            && front.push_request(&Request { id: sent, ..Request::default() }).is_ok()
+        {
             sent += 1;
         }
         front.publish_requests();
@@ -87,7 +91,10 @@ fn spsc() -> f64 {
     });
     let (mut sent, mut received) = (0u64, 0u64);
     while received < ROUND_TRIPS {
-        while sent < ROUND_TRIPS && sent - received < DEPTH && requests_in.push(Request { id: sent, ..Request::default() }).is_ok() {
+        while sent < ROUND_TRIPS
+            && sent - received < DEPTH
+            && requests_in.push(Request { id: sent, ..Request::default() }).is_ok()
+        {
             sent += 1;
         }
         while let Ok(response) = responses_out.pop() {

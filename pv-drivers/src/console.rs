@@ -36,7 +36,8 @@ struct Direction {
     consumer: usize,
 }
 
-const TO_GUEST: Direction = Direction { data: INPUT, size: INPUT_SIZE, producer: INPUT_PRODUCER, consumer: INPUT_CONSUMER };
+const TO_GUEST: Direction =
+    Direction { data: INPUT, size: INPUT_SIZE, producer: INPUT_PRODUCER, consumer: INPUT_CONSUMER };
 const FROM_GUEST: Direction =
     Direction { data: OUTPUT, size: OUTPUT_SIZE, producer: OUTPUT_PRODUCER, consumer: OUTPUT_CONSUMER };
 

@@ -29,7 +29,14 @@ impl GrantTable {
         unsafe { core::ptr::write_bytes(page as *mut u8, 0, abi::PAGE_SIZE as usize) };
         crate::hypercall::grant_setup_table(page)?;
         // Reference 0 is never handed out, so a zeroed ring slot names no grant.
-        Ok(GrantTable { page, used: { let mut used = [0; ENTRIES / 64]; used[0] = 1; used } })
+        Ok(GrantTable {
+            page,
+            used: {
+                let mut used = [0; ENTRIES / 64];
+                used[0] = 1;
+                used
+            },
+        })
     }
 
     /// Grants `domain` access to the page at guest-physical `address`;

@@ -5,7 +5,7 @@
 use core::arch::{asm, global_asm};
 use core::fmt;
 
-use abi::event::{EventOp, PortStatus, PortState, Virq};
+use abi::event::{EventOp, PortState, PortStatus, Virq};
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 
 use crate::console::ConsoleRing;
@@ -191,12 +191,13 @@ impl Guest {
             let ring = unsafe { crate::console::StoreRingAccess::new(start_info.store_page as *mut u8) };
             guest.store = Some(StoreClient { ring, port: port as u32, next_id: 1 });
         }
-        if start_info.console_page != 0 {
-            if let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64) {
-                // SAFETY: the builder reserved this page of our RAM for the console.
-                guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
-                guest.console_port = port as u32;
-            }
+        if start_info.console_page != 0
+            && let Ok(port) =
+                hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64)
+        {
+            // SAFETY: the builder reserved this page of our RAM for the console.
+            guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
+            guest.console_port = port as u32;
         }
         if start_info.block_ring != 0 {
             guest.disk = Self::connect_disk(&start_info);
@@ -207,7 +208,8 @@ impl Guest {
     }
 
     fn connect_disk(start_info: &StartInfo) -> Option<Disk> {
-        let port = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.block_port as u64).ok()? as u32;
+        let port =
+            hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.block_port as u64).ok()? as u32;
         // SAFETY: the static page is dedicated to the grant table for good.
         let mut table = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok()?;
         let mut grants = [0u32; DISK_PAGES];
@@ -380,7 +382,10 @@ impl Guest {
         }
         let sector_size = abi::block::SECTOR_SIZE as usize;
         let count = bytes / sector_size;
-        if bytes % sector_size != 0 || bytes > Self::DISK_TRANSFER_MAX || (operation != abi::block::OP_FLUSH && count == 0) {
+        if !bytes.is_multiple_of(sector_size)
+            || bytes > Self::DISK_TRANSFER_MAX
+            || (operation != abi::block::OP_FLUSH && count == 0)
+        {
             return Err(DiskError::BadRequest);
         }
         if sector.checked_add(count as u64).is_none_or(|end| end > disk.sectors) {
@@ -448,7 +453,12 @@ impl Guest {
         }
         let id = store.next_id;
         store.next_id = store.next_id.wrapping_add(1).max(1);
-        let header = StoreHeader { kind: operation as u32, request_id: id, transaction: 0, length: (length - STORE_HEADER_SIZE) as u32 };
+        let header = StoreHeader {
+            kind: operation as u32,
+            request_id: id,
+            transaction: 0,
+            length: (length - STORE_HEADER_SIZE) as u32,
+        };
         message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
         let mut sent = 0;
         let mut received = 0;
@@ -467,11 +477,13 @@ impl Guest {
             let wanted = if received < STORE_HEADER_SIZE {
                 STORE_HEADER_SIZE
             } else {
-                let header = StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
+                let header =
+                    StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
                 STORE_HEADER_SIZE + (header.length as usize).min(STORE_MESSAGE_MAX - STORE_HEADER_SIZE)
             };
             if received < wanted {
-                let count = store.ring.client_receive(&mut reply[received..wanted]).map_err(|_| StoreFailure::Broken)?;
+                let count =
+                    store.ring.client_receive(&mut reply[received..wanted]).map_err(|_| StoreFailure::Broken)?;
                 if count > 0 {
                     received += count;
                     progress = true;
@@ -479,7 +491,8 @@ impl Guest {
                 }
             }
             if received >= STORE_HEADER_SIZE {
-                let header = StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
+                let header =
+                    StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
                 let total = STORE_HEADER_SIZE + header.length as usize;
                 if total > STORE_MESSAGE_MAX {
                     return Err(StoreFailure::Broken);
@@ -493,7 +506,8 @@ impl Guest {
                         Some(StoreOp::Error) if header.request_id == id => {
                             let name = &reply[STORE_HEADER_SIZE..total];
                             let name = name.strip_suffix(&[0]).unwrap_or(name);
-                            return Err(abi::store::StoreError::from_name(name).map_or(StoreFailure::BadMessage, StoreFailure::Refused));
+                            return Err(abi::store::StoreError::from_name(name)
+                                .map_or(StoreFailure::BadMessage, StoreFailure::Refused));
                         }
                         Some(_) if header.request_id == id => return Ok(header.length as usize),
                         _ => return Err(StoreFailure::BadMessage),

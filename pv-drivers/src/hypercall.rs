@@ -57,7 +57,9 @@ pub fn null() -> i64 {
 pub fn console_write(text: &[u8]) -> Result<(), Error> {
     for piece in text.chunks(abi::hypercall::CONSOLE_WRITE_MAX as usize) {
         // SAFETY: `piece` is readable memory of the given length.
-        Error::decode(unsafe { raw(Hypercall::ConsoleWrite as u64, [address_of(piece), piece.len() as u64, 0, 0, 0]) })?;
+        Error::decode(unsafe {
+            raw(Hypercall::ConsoleWrite as u64, [address_of(piece), piece.len() as u64, 0, 0, 0])
+        })?;
     }
     Ok(())
 }
@@ -166,7 +168,8 @@ pub fn create_domain(max_pages: u64) -> Result<DomainId, Error> {
 pub fn copy_to_guest(domain: DomainId, destination: u64, bytes: &[u8]) -> Result<(), Error> {
     let mut done = 0;
     for piece in bytes.chunks(abi::domctl::COPY_MAX as usize) {
-        let arguments = [DomCtlOp::CopyToGuest as u64, domain as u64, destination + done, address_of(piece), piece.len() as u64];
+        let arguments =
+            [DomCtlOp::CopyToGuest as u64, domain as u64, destination + done, address_of(piece), piece.len() as u64];
         // SAFETY: `piece` is readable for its length.
         Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) })?;
         done += piece.len() as u64;
@@ -196,7 +199,13 @@ pub fn grant_setup_table(page: u64) -> Result<(), Error> {
 
 /// Copies between grant `reference` of `granter` (at byte `offset` of the
 /// page) and `local` in this domain; `to_grant` writes into the granted page.
-pub fn grant_copy(granter: DomainId, reference: u32, offset: u16, local: &mut [u8], to_grant: bool) -> Result<(), Error> {
+pub fn grant_copy(
+    granter: DomainId,
+    reference: u32,
+    offset: u16,
+    local: &mut [u8],
+    to_grant: bool,
+) -> Result<(), Error> {
     let selector = reference as u64 | (offset as u64 & 0xfff) << 32;
     let length = local.len() as u64 | if to_grant { abi::grant::COPY_TO_GRANT } else { 0 };
     let arguments = [GrantOp::Copy as u64, granter as u64, selector, address_of(local), length];

@@ -40,17 +40,11 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Transcript> {
         // A panic elsewhere must not hide the transcript from the error report.
-        self.transcript
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.transcript.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits until something changes or `timeout` passes.
-    pub(crate) fn wait<'a>(
-        &self,
-        guard: MutexGuard<'a, Transcript>,
-        timeout: Duration,
-    ) -> MutexGuard<'a, Transcript> {
+    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, Transcript>, timeout: Duration) -> MutexGuard<'a, Transcript> {
         match self.changed.wait_timeout(guard, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
@@ -75,10 +69,7 @@ pub struct Console {
 
 impl Console {
     /// Starts a thread that copies `source` into the transcript until end of file.
-    pub(crate) fn new(
-        mut source: impl Read + Send + 'static,
-        writer: Box<dyn Write + Send>,
-    ) -> Console {
+    pub(crate) fn new(mut source: impl Read + Send + 'static, writer: Box<dyn Write + Send>) -> Console {
         let shared = Arc::new(Shared::default());
         let feed = Arc::clone(&shared);
         thread::spawn(move || {
@@ -97,11 +88,7 @@ impl Console {
                 }
             }
         });
-        Console {
-            shared,
-            writer,
-            cursor: 0,
-        }
+        Console { shared, writer, cursor: 0 }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -123,15 +110,9 @@ impl Console {
 
     /// Sends raw bytes down the serial line.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.writer
-            .write_all(bytes)
-            .and_then(|()| self.writer.flush())
-            .map_err(|error| {
-                format!(
-                    "typing {:?} on the serial line failed: {error}",
-                    escape(&String::from_utf8_lossy(bytes))
-                )
-            })
+        self.writer.write_all(bytes).and_then(|()| self.writer.flush()).map_err(|error| {
+            format!("typing {:?} on the serial line failed: {error}", escape(&String::from_utf8_lossy(bytes)))
+        })
     }
 
     /// Types `line` and presses Enter (a terminal sends "\r").
@@ -169,9 +150,7 @@ pub fn tail(text: &str, limit: usize) -> &str {
 
 /// Deadline arithmetic for wait loops.
 pub(crate) fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
+    deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
 }
 
 #[cfg(test)]

@@ -12,10 +12,7 @@ pub struct Iso {
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 impl Iso {
@@ -25,9 +22,7 @@ impl Iso {
     /// its own lock. Every caller gets the same result, error included.
     pub fn get() -> Result<&'static Iso, String> {
         static ISO: OnceLock<Result<Iso, String>> = OnceLock::new();
-        ISO.get_or_init(Iso::locate_or_build)
-            .as_ref()
-            .map_err(Clone::clone)
+        ISO.get_or_init(Iso::locate_or_build).as_ref().map_err(Clone::clone)
     }
 
     pub fn path(&self) -> &Path {

@@ -27,8 +27,7 @@ pub use iso::{Iso, workspace_root};
 pub use machine::{Bochs, BochsOptions, Machine, Qemu, fail, seconds};
 pub use pattern::{Pattern, line_starting, line_where, scan};
 pub use report::{
-    BenchReport, DomainList, DomainRow, InfoReport, MemoryReport, MemoryRow, PerCall,
-    SchedulingRow, SelfTestReport,
+    BenchReport, DomainList, DomainRow, InfoReport, MemoryReport, MemoryRow, PerCall, SchedulingRow, SelfTestReport,
 };
 
 /// The prompt of the dom0 shell (no newline follows it).
@@ -48,11 +47,7 @@ pub fn boot_to_prompt(machine: &mut Machine) -> Result<String, String> {
 
 /// Types `command` at the prompt and returns what it printed, up to and
 /// including the next prompt.
-pub fn run_command(
-    machine: &mut Machine,
-    command: &str,
-    timeout: std::time::Duration,
-) -> Result<String, String> {
+pub fn run_command(machine: &mut Machine, command: &str, timeout: std::time::Duration) -> Result<String, String> {
     machine.send_line(command)?;
     machine.expect(PROMPT, timeout)
 }

@@ -82,32 +82,21 @@ impl Machine {
             if let Some(grace) = marker_grace {
                 // Give the failing code a moment to print the rest of its report.
                 if Instant::now() >= grace {
-                    let marker_line = self
-                        .failure_markers
-                        .iter()
-                        .find_map(|marker| line_containing(unread, marker));
+                    let marker_line = self.failure_markers.iter().find_map(|marker| line_containing(unread, marker));
                     break format!(
                         "hv or dom0 reported a failure while waiting for {}: {:?}",
                         pattern.describe(),
                         marker_line.unwrap_or_default()
                     );
                 }
-            } else if self
-                .failure_markers
-                .iter()
-                .any(|marker| unread.contains(marker.as_str()))
-            {
+            } else if self.failure_markers.iter().any(|marker| unread.contains(marker.as_str())) {
                 marker_grace = Some(Instant::now() + Duration::from_millis(1500));
             }
             if let Some(reason) = &transcript.closed {
                 break format!("{reason} while waiting for {}", pattern.describe());
             }
             let Some(left) = remaining(deadline) else {
-                break format!(
-                    "timed out after {:.1?} waiting for {}",
-                    timeout,
-                    pattern.describe()
-                );
+                break format!("timed out after {:.1?} waiting for {}", timeout, pattern.describe());
             };
             transcript = shared.wait(transcript, left.min(Duration::from_millis(200)));
             drop(transcript);
@@ -133,18 +122,13 @@ impl Machine {
         loop {
             if let Some(status) = self.try_wait() {
                 return if self.watchdog.fired() {
-                    Err(self.report(
-                        "the emulator did not end by itself: the run's hard timeout killed it",
-                    ))
+                    Err(self.report("the emulator did not end by itself: the run's hard timeout killed it"))
                 } else {
                     Ok(status)
                 };
             }
             if remaining(deadline).is_none() {
-                return Err(self.report(&format!(
-                    "{} did not exit by itself within {timeout:.1?}",
-                    self.name
-                )));
+                return Err(self.report(&format!("{} did not exit by itself within {timeout:.1?}", self.name)));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -174,10 +158,7 @@ impl Machine {
 
     fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.exit_status.is_none() {
-            let mut child = self
-                .child
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.exit_status = child.try_wait().ok().flatten();
         }
         self.exit_status
@@ -196,15 +177,8 @@ impl Machine {
             }
         }
         if let (None, Some(signal)) = (self.try_wait(), self.report_signal) {
-            let pid = self
-                .child
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .id();
-            let sent = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .status();
+            let pid = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).id();
+            let sent = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
             if sent.is_ok_and(|status| status.success()) {
                 self.stopped_for_report = true;
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -215,10 +189,7 @@ impl Machine {
         }
         let state = match self.try_wait() {
             Some(status) if self.watchdog.fired() => {
-                format!(
-                    "{} was killed by the run's hard timeout of {:.0?} ({status})",
-                    self.name, self.watchdog.limit
-                )
+                format!("{} was killed by the run's hard timeout of {:.0?} ({status})", self.name, self.watchdog.limit)
             }
             Some(_) if self.stopped_for_report => format!(
                 "{} was stopped by the harness for this report with SIG{}; its CPU state is at the end of its log",
@@ -230,11 +201,7 @@ impl Machine {
         };
         let transcript = self.console.transcript();
         let cursor = self.console.cursor().min(transcript.len());
-        let mut message = format!(
-            "{}: {what}\n({state}; working directory {})\n",
-            self.name,
-            self.directory.display()
-        );
+        let mut message = format!("{}: {what}\n({state}; working directory {})\n", self.name, self.directory.display());
         if cursor > 0 {
             let unread = &transcript[cursor..];
             let _ = write!(
@@ -248,22 +215,12 @@ impl Machine {
             message,
             "--- whole console transcript ({} bytes{}) ---\n{}\n",
             transcript.len(),
-            if transcript.len() > 8000 {
-                ", last 8000 shown"
-            } else {
-                ""
-            },
+            if transcript.len() > 8000 { ", last 8000 shown" } else { "" },
             escape(tail(&transcript, 8000))
         );
         for (log, count) in &self.logs {
             let lines = last_lines(log, *count);
-            let _ = write!(
-                message,
-                "--- {} (last {} lines) ---\n{}\n",
-                log.display(),
-                lines.len(),
-                lines.join("\n")
-            );
+            let _ = write!(message, "--- {} (last {} lines) ---\n{}\n", log.display(), lines.len(), lines.join("\n"));
         }
         message.push_str("--- end of report ---");
         message
@@ -274,21 +231,14 @@ impl Drop for Machine {
     fn drop(&mut self) {
         self.watchdog.stop();
         {
-            let mut child = self
-                .child
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if self.exit_status.is_none() {
                 let _ = child.kill();
             }
             let _ = child.wait();
         }
         if thread::panicking() || std::env::var_os("MICA_TEST_KEEP").is_some() {
-            eprintln!(
-                "{}: kept the working directory {}",
-                self.name,
-                self.directory.display()
-            );
+            eprintln!("{}: kept the working directory {}", self.name, self.directory.display());
         } else {
             let _ = fs::remove_dir_all(&self.directory);
         }
@@ -296,9 +246,7 @@ impl Drop for Machine {
 }
 
 fn line_containing(text: &str, needle: &str) -> Option<String> {
-    text.lines()
-        .find(|line| line.contains(needle))
-        .map(str::to_owned)
+    text.lines().find(|line| line.contains(needle)).map(str::to_owned)
 }
 
 fn last_lines(path: &Path, count: usize) -> Vec<String> {
@@ -328,15 +276,11 @@ impl Watchdog {
         thread::spawn(move || {
             let deadline = Instant::now() + limit;
             let (stopped, wake) = &*thread_stop;
-            let mut stopped = stopped
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut stopped = stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             while !*stopped {
                 let Some(left) = remaining(deadline) else {
                     thread_fired.store(true, Ordering::SeqCst);
-                    let mut child = child
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut child = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let _ = child.kill();
                     return;
                 };
@@ -354,9 +298,7 @@ impl Watchdog {
 
     fn stop(&self) {
         let (stopped, wake) = &*self.stop;
-        *stopped
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        *stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
         wake.notify_all();
     }
 }
@@ -369,19 +311,12 @@ static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
 impl EmulatorSlot {
     fn acquire() -> EmulatorSlot {
-        let limit = std::env::var("MICA_TEST_EMULATORS")
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(2usize)
-            .max(1);
+        let limit =
+            std::env::var("MICA_TEST_EMULATORS").ok().and_then(|text| text.parse().ok()).unwrap_or(2usize).max(1);
         let (running, freed) = &SLOTS;
-        let mut running = running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut running = running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while *running >= limit {
-            running = freed
-                .wait(running)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            running = freed.wait(running).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         *running += 1;
         EmulatorSlot
@@ -391,9 +326,7 @@ impl EmulatorSlot {
 impl Drop for EmulatorSlot {
     fn drop(&mut self) {
         let (running, freed) = &SLOTS;
-        *running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
+        *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
         freed.notify_one();
     }
 }
@@ -407,8 +340,7 @@ fn make_directory(emulator: &str) -> Result<PathBuf, String> {
         COUNT.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = fs::remove_dir_all(&directory);
-    fs::create_dir_all(&directory)
-        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    fs::create_dir_all(&directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
     Ok(directory)
 }
 
@@ -416,19 +348,12 @@ fn make_directory(emulator: &str) -> Result<PathBuf, String> {
 fn copy_iso(iso: &Iso, directory: &Path) -> Result<(), String> {
     fs::copy(iso.path(), directory.join("mica.iso"))
         .map(drop)
-        .map_err(|error| {
-            format!(
-                "cannot copy {} into {}: {error}",
-                iso.path().display(),
-                directory.display()
-            )
-        })
+        .map_err(|error| format!("cannot copy {} into {}: {error}", iso.path().display(), directory.display()))
 }
 
 fn command_exists(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|directory| directory.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|directory| directory.join(name).is_file()))
 }
 
 /// Bochs settings for one run.
@@ -448,12 +373,7 @@ pub struct BochsOptions {
 
 impl Default for BochsOptions {
     fn default() -> Self {
-        BochsOptions {
-            hard_timeout: seconds(120),
-            memory_mib: 256,
-            connect_timeout: seconds(30),
-            disk_image: None,
-        }
+        BochsOptions { hard_timeout: seconds(120), memory_mib: 256, connect_timeout: seconds(30), disk_image: None }
     }
 }
 
@@ -480,7 +400,10 @@ impl Bochs {
                     // The display starts after COM1 connects: wait for the
                     // first console byte, or for the display to give up.
                     let deadline = Instant::now() + seconds(30);
-                    while machine.transcript().is_empty() && Instant::now() < deadline && !no_display_port(&machine.log("bochs.log")) {
+                    while machine.transcript().is_empty()
+                        && Instant::now() < deadline
+                        && !no_display_port(&machine.log("bochs.log"))
+                    {
                         thread::sleep(Duration::from_millis(50));
                     }
                     if attempt >= 3 || !no_display_port(&machine.log("bochs.log")) {
@@ -488,7 +411,9 @@ impl Bochs {
                     }
                 }
             }
-            eprintln!("Bochs: its VNC display found no free port (5900-5949) and Bochs died before booting; starting it again");
+            eprintln!(
+                "Bochs: its VNC display found no free port (5900-5949) and Bochs died before booting; starting it again"
+            );
             attempt += 1;
             thread::sleep(Duration::from_millis(500));
         }
@@ -513,12 +438,9 @@ impl Bochs {
         // Bochs connects COM1 to us (socket-client): bind first, then write
         // the port into the bochsrc. If nobody listened, Bochs would boot on
         // without COM1 and the test would hang.
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(|error| format!("cannot listen on 127.0.0.1: {error}"))?;
-        let port = listener
-            .local_addr()
-            .map_err(|error| error.to_string())?
-            .port();
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|error| format!("cannot listen on 127.0.0.1: {error}"))?;
+        let port = listener.local_addr().map_err(|error| error.to_string())?.port();
         let disk = match &options.disk_image {
             Some(path) => path.clone(),
             None => {
@@ -530,19 +452,20 @@ impl Bochs {
         };
         let bochsrc = bochsrc(options.memory_mib, port).replace(
             "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n",
-            &format!("ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\nata1-master: type=disk, mode=flat, path={}\n", disk.display()),
+            &format!(
+                "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\nata1-master: type=disk, mode=flat, path={}\n",
+                disk.display()
+            ),
         );
         let write = |name: &str, text: &str| {
-            fs::write(directory.join(name), text)
-                .map_err(|error| format!("cannot write {name}: {error}"))
+            fs::write(directory.join(name), text).map_err(|error| format!("cannot write {name}: {error}"))
         };
         write("bochsrc", &bochsrc)?;
         // `c` starts the simulation; `quit` ends Bochs if it ever stops in
         // its debugger (magic breakpoint), instead of waiting for a user.
         write("dbg.rc", "c\nquit\n")?;
 
-        let output =
-            File::create(directory.join("bochs.out")).map_err(|error| error.to_string())?;
+        let output = File::create(directory.join("bochs.out")).map_err(|error| error.to_string())?;
         let errors = output.try_clone().map_err(|error| error.to_string())?;
         let child = Command::new("bochs")
             .args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"])
@@ -553,18 +476,13 @@ impl Bochs {
             .spawn()
             .map_err(|error| format!("cannot start bochs: {error}"))?;
         let child = Arc::new(Mutex::new(child));
-        let logs = vec![
-            (directory.join("bochs.log"), 60),
-            (directory.join("bochs.out"), 8),
-        ];
+        let logs = vec![(directory.join("bochs.log"), 60), (directory.join("bochs.out"), 8)];
 
         let stream = match accept(&listener, &child, options.connect_timeout) {
             Ok(stream) => stream,
             Err(error) => {
-                let mut report = format!(
-                    "Bochs: {error} (working directory {})\n--- bochsrc ---\n{bochsrc}",
-                    directory.display()
-                );
+                let mut report =
+                    format!("Bochs: {error} (working directory {})\n--- bochsrc ---\n{bochsrc}", directory.display());
                 for (log, count) in &logs {
                     let lines = last_lines(log, *count);
                     let _ = write!(
@@ -575,9 +493,7 @@ impl Bochs {
                         lines.join("\n")
                     );
                 }
-                let mut child = child
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut child = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(report);
@@ -596,10 +512,7 @@ impl Bochs {
             logs,
             console,
             watchdog,
-            failure_markers: DEFAULT_FAILURE_MARKERS
-                .iter()
-                .map(|marker| marker.to_string())
-                .collect(),
+            failure_markers: DEFAULT_FAILURE_MARKERS.iter().map(|marker| marker.to_string()).collect(),
             report_signal: Some("INT"),
             stopped_for_report: false,
             _slot: slot,
@@ -641,31 +554,19 @@ debug: action=ignore
 }
 
 /// Accepts the emulator's connection, giving up when it exits or `timeout` passes.
-fn accept(
-    listener: &TcpListener,
-    child: &Mutex<Child>,
-    timeout: Duration,
-) -> Result<TcpStream, String> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|error| error.to_string())?;
+fn accept(listener: &TcpListener, child: &Mutex<Child>, timeout: Duration) -> Result<TcpStream, String> {
+    listener.set_nonblocking(true).map_err(|error| error.to_string())?;
     let deadline = Instant::now() + timeout;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                stream
-                    .set_nonblocking(false)
-                    .map_err(|error| error.to_string())?;
+                stream.set_nonblocking(false).map_err(|error| error.to_string())?;
                 return Ok(stream);
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(format!("accepting the COM1 connection failed: {error}")),
         }
-        if let Ok(Some(status)) = child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .try_wait()
-        {
+        if let Ok(Some(status)) = child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).try_wait() {
             return Err(format!("exited ({status}) before connecting COM1"));
         }
         if remaining(deadline).is_none() {
@@ -693,18 +594,8 @@ impl Qemu {
         copy_iso(iso, &directory)?;
         let errors = File::create(directory.join("qemu.err")).map_err(|error| error.to_string())?;
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel", "tcg", "-cpu", "max", "-m", "256", "-cdrom", "mica.iso",
-            ])
-            .args([
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-cdrom", "mica.iso"])
+            .args(["-serial", "stdio", "-monitor", "none", "-display", "none", "-no-reboot"])
             .current_dir(&directory)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -726,10 +617,7 @@ impl Qemu {
             directory,
             console,
             watchdog,
-            failure_markers: DEFAULT_FAILURE_MARKERS
-                .iter()
-                .map(|marker| marker.to_string())
-                .collect(),
+            failure_markers: DEFAULT_FAILURE_MARKERS.iter().map(|marker| marker.to_string()).collect(),
             report_signal: None,
             stopped_for_report: false,
             _slot: slot,

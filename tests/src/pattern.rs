@@ -35,17 +35,12 @@ pub struct Line<F> {
 /// The first complete line for which `test` holds; `description` names it in
 /// error messages ("a line starting with \"hv: cannot start: \"").
 pub fn line_where<F: Fn(&str) -> bool>(description: impl Into<String>, test: F) -> Line<F> {
-    Line {
-        description: description.into(),
-        test,
-    }
+    Line { description: description.into(), test }
 }
 
 /// The first complete line starting with `prefix`.
 pub fn line_starting(prefix: &str) -> Line<impl Fn(&str) -> bool + '_> {
-    line_where(format!("a line starting with {prefix:?}"), move |line| {
-        line.starts_with(prefix)
-    })
+    line_where(format!("a line starting with {prefix:?}"), move |line| line.starts_with(prefix))
 }
 
 impl<F: Fn(&str) -> bool> Pattern for Line<F> {

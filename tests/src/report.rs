@@ -21,25 +21,18 @@ impl InfoReport {
     /// Parses the text of one `info` command (extra lines around it are ignored).
     pub fn parse(text: &str) -> Result<InfoReport, String> {
         let lines: Vec<&str> = text.lines().collect();
-        let find =
-            |prefix: &str| -> Result<usize, String> {
-                lines.iter().position(|line| line.starts_with(prefix)).ok_or_else(|| {
-                format!("`info` printed no line starting with {prefix:?}; its output was:\n{text}")
-            })
-            };
+        let find = |prefix: &str| -> Result<usize, String> {
+            lines
+                .iter()
+                .position(|line| line.starts_with(prefix))
+                .ok_or_else(|| format!("`info` printed no line starting with {prefix:?}; its output was:\n{text}"))
+        };
 
         let features_line = lines[find("vmx features:")?];
-        let vmx_features = features_line["vmx features:".len()..]
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+        let vmx_features = features_line["vmx features:".len()..].split_whitespace().map(str::to_owned).collect();
 
         let memory_line = lines[find("memory:")?];
-        let memory = scan(
-            "memory: total {} KiB, free {} KiB, hv {} KiB",
-            memory_line.trim_end(),
-        )
-        .ok_or_else(|| {
+        let memory = scan("memory: total {} KiB, free {} KiB, hv {} KiB", memory_line.trim_end()).ok_or_else(|| {
             format!(
                 "`info` memory line {memory_line:?} is not like \
                      \"memory:       total <N> KiB, free <N> KiB, hv <N> KiB\""
@@ -48,9 +41,8 @@ impl InfoReport {
 
         let exits_index = find("dom0 exits:")?;
         let exits_line = lines[exits_index];
-        let exits_total = scan("dom0 exits: {} total", exits_line.trim_end()).ok_or_else(|| {
-            format!("`info` line {exits_line:?} is not like \"dom0 exits:   <N> total\"")
-        })?[0];
+        let exits_total = scan("dom0 exits: {} total", exits_line.trim_end())
+            .ok_or_else(|| format!("`info` line {exits_line:?} is not like \"dom0 exits:   <N> total\""))?[0];
         let mut exits_by_reason = Vec::new();
         for line in &lines[exits_index + 1..] {
             let Some(entry) = line.strip_prefix("  ") else {
@@ -61,9 +53,8 @@ impl InfoReport {
                 .rsplit_once(' ')
                 .and_then(|(name, count)| Some((name.trim(), count.parse::<u64>().ok()?)))
                 .filter(|(name, _)| !name.is_empty() && !name.contains(' '));
-            let (name, count) = parsed.ok_or_else(|| {
-                format!("`info` exit line {line:?} is not like \"  <reason-name> <count>\"")
-            })?;
+            let (name, count) =
+                parsed.ok_or_else(|| format!("`info` exit line {line:?} is not like \"  <reason-name> <count>\""))?;
             exits_by_reason.push((name.to_owned(), count));
         }
 
@@ -79,10 +70,7 @@ impl InfoReport {
 
     /// The count listed for an exit reason, 0 when it is not listed.
     pub fn exits(&self, reason: &str) -> u64 {
-        self.exits_by_reason
-            .iter()
-            .find(|(name, _)| name == reason)
-            .map_or(0, |(_, count)| *count)
+        self.exits_by_reason.iter().find(|(name, _)| name == reason).map_or(0, |(_, count)| *count)
     }
 
     pub fn has_vmx_feature(&self, name: &str) -> bool {
@@ -114,26 +102,17 @@ impl BenchReport {
             let line = text
                 .lines()
                 .find(|line| line.starts_with(&prefix))
-                .ok_or_else(|| {
-                    format!(
-                        "`bench` printed no line starting with {prefix:?}; its output was:\n{text}"
-                    )
-                })?;
+                .ok_or_else(|| format!("`bench` printed no line starting with {prefix:?}; its output was:\n{text}"))?;
             let numbers = scan(&template, line.trim_end()).ok_or_else(|| {
                 format!("`bench` line {line:?} is not like \"bench: {what} <N> tsc/call (min <N>, <K> calls)\"")
             })?;
-            Ok(PerCall {
-                mean_tsc: numbers[0],
-                min_tsc: numbers[1],
-                calls: numbers[2],
-            })
+            Ok(PerCall { mean_tsc: numbers[0], min_tsc: numbers[1], calls: numbers[2] })
         };
-        let boot_line = text.lines().find(|line| line.starts_with("bench: boot to prompt ")).ok_or_else(
-            || format!("`bench` printed no line starting with \"bench: boot to prompt \"; its output was:\n{text}"),
-        )?;
-        let boot = scan("bench: boot to prompt {} tsc", boot_line.trim_end()).ok_or_else(|| {
-            format!("`bench` line {boot_line:?} is not like \"bench: boot to prompt <N> tsc\"")
+        let boot_line = text.lines().find(|line| line.starts_with("bench: boot to prompt ")).ok_or_else(|| {
+            format!("`bench` printed no line starting with \"bench: boot to prompt \"; its output was:\n{text}")
         })?;
+        let boot = scan("bench: boot to prompt {} tsc", boot_line.trim_end())
+            .ok_or_else(|| format!("`bench` line {boot_line:?} is not like \"bench: boot to prompt <N> tsc\""))?;
         Ok(BenchReport {
             null_hypercall: per_call("null hypercall")?,
             cpuid_exit: per_call("cpuid exit")?,
@@ -167,11 +146,7 @@ impl DomainList {
     /// per line until an empty line, the prompt or the end. Any other line
     /// inside the table is an error: the table must not be garbled.
     pub fn parse(text: &str) -> Result<DomainList, String> {
-        let rows = table_rows(
-            text,
-            "list",
-            &["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"],
-        )?;
+        let rows = table_rows(text, "list", &["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"])?;
         let rows = rows
             .into_iter()
             .map(|(line, name, fields)| {
@@ -239,11 +214,7 @@ impl MemoryReport {
         let line = text
             .lines()
             .find(|line| line.starts_with("hv memory:"))
-            .ok_or_else(|| {
-                format!(
-                    "`mem` printed no line starting with \"hv memory:\"; its output was:\n{text}"
-                )
-            })?;
+            .ok_or_else(|| format!("`mem` printed no line starting with \"hv memory:\"; its output was:\n{text}"))?;
         let totals = scan("hv memory: total {} KiB, free {} KiB, hv {} KiB", line.trim_end()).ok_or_else(|| {
             format!("`mem` line {line:?} is not like \"hv memory: total <N> KiB, free <N> KiB, hv <N> KiB\"")
         })?;
@@ -264,12 +235,7 @@ impl MemoryReport {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(MemoryReport {
-            total_kib: totals[0],
-            free_kib: totals[1],
-            hv_kib: totals[2],
-            domains,
-        })
+        Ok(MemoryReport { total_kib: totals[0], free_kib: totals[1], hv_kib: totals[2], domains })
     }
 }
 
@@ -287,22 +253,14 @@ impl SchedulingRow {
     pub fn parse(text: &str) -> Result<SchedulingRow, String> {
         let rows = table_rows(text, "sched", &["Name", "ID", "Weight", "Cap"])?;
         let [(line, name, fields)] = <[_; 1]>::try_from(rows).map_err(|rows: Vec<_>| {
-            format!(
-                "`sched` should show one row, it showed {}; its output was:\n{text}",
-                rows.len()
-            )
+            format!("`sched` should show one row, it showed {}; its output was:\n{text}", rows.len())
         })?;
         let number = |field: &str| {
             field.parse::<u64>().map_err(|_| {
                 format!("`sched` row {line:?} is not like \"<name> <id> <weight> <cap>\"; its output was:\n{text}")
             })
         };
-        Ok(SchedulingRow {
-            name,
-            id: number(fields[0])?,
-            weight: number(fields[1])?,
-            cap: number(fields[2])?,
-        })
+        Ok(SchedulingRow { name, id: number(fields[0])?, weight: number(fields[1])?, cap: number(fields[2])? })
     }
 }
 
@@ -351,19 +309,12 @@ impl SelfTestReport {
                  its output was:\n{text}"
             )
         })?;
-        Ok(SelfTestReport {
-            checks,
-            passed,
-            total,
-        })
+        Ok(SelfTestReport { checks, passed, total })
     }
 
     /// The lines of the checks that failed.
     pub fn failures(&self) -> Vec<&(String, bool, i64)> {
-        self.checks
-            .iter()
-            .filter(|(_, passed, _)| !passed)
-            .collect()
+        self.checks.iter().filter(|(_, passed, _)| !passed).collect()
     }
 }
 
@@ -373,21 +324,12 @@ type TableRow<'a> = (&'a str, String, Vec<&'a str>);
 /// The rows under the header whose whitespace-separated words are `header`:
 /// every line up to an empty line, the prompt or the end must have the
 /// header's number of columns (the first, a name, has no spaces).
-fn table_rows<'a>(
-    text: &'a str,
-    command: &str,
-    header: &[&str],
-) -> Result<Vec<TableRow<'a>>, String> {
+fn table_rows<'a>(text: &'a str, command: &str, header: &[&str]) -> Result<Vec<TableRow<'a>>, String> {
     let mut lines = text.lines();
     lines
         .by_ref()
         .find(|line| line.split_whitespace().eq(header.iter().copied()))
-        .ok_or_else(|| {
-            format!(
-                "`{command}` printed no header line {:?}; its output was:\n{text}",
-                header.join(" ")
-            )
-        })?;
+        .ok_or_else(|| format!("`{command}` printed no header line {:?}; its output was:\n{text}", header.join(" ")))?;
     let mut rows = Vec::new();
     for line in lines {
         if line.trim().is_empty() || line.starts_with(crate::PROMPT.trim_end()) {
@@ -424,14 +366,7 @@ mod tests {
         assert!(info.has_vmx_feature("ept"));
         assert!(!info.has_vmx_feature("ep"));
         assert_eq!(info.vmx_features.len(), 4);
-        assert_eq!(
-            (
-                info.memory_total_kib,
-                info.memory_free_kib,
-                info.memory_hv_kib
-            ),
-            (262144, 250000, 2048)
-        );
+        assert_eq!((info.memory_total_kib, info.memory_free_kib, info.memory_hv_kib), (262144, 250000, 2048));
         assert_eq!(info.exits_total, 20);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
@@ -453,14 +388,7 @@ mod tests {
             bench: cpuid exit 300 tsc/call (min 290, 10000 calls)\n\
             bench: boot to prompt 123456789 tsc\n";
         let bench = BenchReport::parse(text).unwrap();
-        assert_eq!(
-            bench.null_hypercall,
-            PerCall {
-                mean_tsc: 512,
-                min_tsc: 500,
-                calls: 10000
-            }
-        );
+        assert_eq!(bench.null_hypercall, PerCall { mean_tsc: 512, min_tsc: 500, calls: 10000 });
         assert_eq!(bench.cpuid_exit.min_tsc, 290);
         assert_eq!(bench.boot_to_prompt_tsc, 123456789);
         assert!(BenchReport::parse("bench: cpuid exit 3 tsc/call").is_err());
@@ -506,8 +434,7 @@ mod tests {
         assert!(error.contains("counter"), "{error}");
         let error = DomainList::parse(&LIST.replace("12.7", "12")).unwrap_err();
         assert!(error.contains("\"spinner "), "{error}");
-        let error =
-            DomainList::parse(&LIST.replace("r-----      12.7", "running      12.7")).unwrap_err();
+        let error = DomainList::parse(&LIST.replace("r-----      12.7", "running      12.7")).unwrap_err();
         assert!(error.contains("running"), "{error}");
         let error = DomainList::parse("dom0: list: busy\n").unwrap_err();
         assert!(error.contains("no header line"), "{error}");
@@ -523,19 +450,8 @@ mod tests {
     #[test]
     fn mem_parses() {
         let mem = MemoryReport::parse(MEM).unwrap();
-        assert_eq!(
-            (mem.total_kib, mem.free_kib, mem.hv_kib),
-            (255612, 177664, 1040)
-        );
-        assert_eq!(
-            mem.domains[1],
-            MemoryRow {
-                name: "counter".into(),
-                id: 1,
-                current_kib: 4096,
-                max_kib: 4096
-            }
-        );
+        assert_eq!((mem.total_kib, mem.free_kib, mem.hv_kib), (255612, 177664, 1040));
+        assert_eq!(mem.domains[1], MemoryRow { name: "counter".into(), id: 1, current_kib: 4096, max_kib: 4096 });
         assert_eq!(mem.domains.len(), 2);
     }
 
@@ -555,12 +471,7 @@ mod tests {
             dom0> ";
         assert_eq!(
             SchedulingRow::parse(text).unwrap(),
-            SchedulingRow {
-                name: "spinner".into(),
-                id: 1,
-                weight: 768,
-                cap: 0
-            }
+            SchedulingRow { name: "spinner".into(), id: 1, weight: 768, cap: 0 }
         );
         let error = SchedulingRow::parse("sched x\ndom0: no domain 'x'\n").unwrap_err();
         assert!(error.contains("no domain 'x'"), "{error}");
@@ -578,10 +489,7 @@ mod tests {
         assert_eq!((report.passed, report.total), (2, 3));
         assert_eq!(report.checks.len(), 3);
         assert_eq!(report.checks[1], ("unknown number".into(), true, -4));
-        assert_eq!(
-            report.failures(),
-            [&("hv info at 4 GiB".to_owned(), false, 80)]
-        );
+        assert_eq!(report.failures(), [&("hv info at 4 GiB".to_owned(), false, 80)]);
         let error = SelfTestReport::parse("selftest: version: maybe (rax 2)\n").unwrap_err();
         assert!(error.contains("maybe"), "{error}");
         let error = SelfTestReport::parse("selftest: version: ok (rax 2)\n").unwrap_err();

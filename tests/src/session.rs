@@ -1,7 +1,9 @@
 //! Shell sessions for system tests: boot to the prompt, run commands and
 //! read their output, create and destroy guests, attach to their consoles.
 
-use crate::{Bochs, BochsOptions, DomainList, Iso, Machine, MemoryReport, PROMPT, boot_to_prompt, fail, line_where, seconds};
+use crate::{
+    Bochs, BochsOptions, DomainList, Iso, Machine, MemoryReport, PROMPT, boot_to_prompt, fail, line_where, seconds,
+};
 
 /// Ctrl-]: leaves a guest's console.
 pub const DETACH: u8 = 0x1d;
@@ -34,9 +36,7 @@ pub fn command(machine: &mut Machine, line: &str) -> String {
     let prompted = format!("{PROMPT}{line}");
     machine
         .expect(
-            line_where(format!("the echo of {line:?}"), |echo| {
-                echo == line || echo.ends_with(&prompted)
-            }),
+            line_where(format!("the echo of {line:?}"), |echo| echo == line || echo.ends_with(&prompted)),
             seconds(20),
         )
         .unwrap_or_else(fail);
@@ -49,14 +49,9 @@ pub fn command(machine: &mut Machine, line: &str) -> String {
 pub fn create(machine: &mut Machine, config: &str, name: &str) -> u64 {
     let output = command(machine, &format!("create {config}"));
     let prefix = format!("dom0: created '{name}' as domain ");
-    let id = output
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok());
+    let id = output.lines().find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok());
     id.unwrap_or_else(|| {
-        fail_with(
-            machine,
-            &format!("`create {config}` should print \"{prefix}<id>\"; it printed:\n{output}"),
-        )
+        fail_with(machine, &format!("`create {config}` should print \"{prefix}<id>\"; it printed:\n{output}"))
     })
 }
 
@@ -65,10 +60,7 @@ pub fn destroy(machine: &mut Machine, name: &str, id: u64) {
     let output = command(machine, &format!("destroy {name}"));
     let expected = format!("dom0: destroyed '{name}' (domain {id})");
     if !output.lines().any(|line| line == expected) {
-        fail_with(
-            machine,
-            &format!("`destroy {name}` should print {expected:?}; it printed:\n{output}"),
-        );
+        fail_with(machine, &format!("`destroy {name}` should print {expected:?}; it printed:\n{output}"));
     }
 }
 
@@ -90,15 +82,10 @@ pub fn mem(machine: &mut Machine) -> (String, MemoryReport) {
 
 /// `console <name>`: waits for dom0's `attached to '<name>' (domain <id>)` line.
 pub fn attach(machine: &mut Machine, name: &str, id: u64) {
-    machine
-        .send_line(&format!("console {name}"))
-        .unwrap_or_else(fail);
+    machine.send_line(&format!("console {name}")).unwrap_or_else(fail);
     let attached = format!("dom0: attached to '{name}' (domain {id}); Ctrl-] returns to dom0");
     machine
-        .expect(
-            line_where(format!("the line {attached:?}"), |line| line == attached),
-            seconds(20),
-        )
+        .expect(line_where(format!("the line {attached:?}"), |line| line == attached), seconds(20))
         .unwrap_or_else(fail);
 }
 
@@ -109,4 +96,3 @@ pub fn detach(machine: &mut Machine) -> String {
     let output = machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
     output[..output.len() - PROMPT.len()].to_owned()
 }
-

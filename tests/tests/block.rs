@@ -43,7 +43,9 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     expect_line(&mut machine, "disktest: wrote and verified 8192 sectors: all match", 120);
     detach(&mut machine);
     let devices = command(&mut machine, "devices");
-    if !devices.lines().any(|line| line.contains("disktest") && line.contains("ata1-master:2048+8192") && line.contains("connected"))
+    if !devices
+        .lines()
+        .any(|line| line.contains("disktest") && line.contains("ata1-master:2048+8192") && line.contains("connected"))
     {
         fail_with(&mut machine, &format!("`devices` should show disktest's connected disk; it printed:\n{devices}"));
     }
@@ -57,7 +59,10 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     // Rings, consoles and persistent grant mappings all came back.
     let (text, after) = mem(&mut machine);
     if after.free_kib != before.free_kib {
-        fail_with(&mut machine, &format!("free memory should be back to {} KiB after destroying the disk guests:\n{text}", before.free_kib));
+        fail_with(
+            &mut machine,
+            &format!("free memory should be back to {} KiB after destroying the disk guests:\n{text}", before.free_kib),
+        );
     }
 
     machine.send_line("poweroff").unwrap_or_else(fail);
@@ -68,7 +73,11 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     let mut wrong = Vec::new();
     for (sector, bytes) in image.chunks_exact(SECTOR).enumerate() {
         let inside = (REGION_START..REGION_START + REGION_SECTORS).contains(&sector);
-        let good = if inside { bytes == pattern((sector - REGION_START) as u64).as_slice() } else { bytes.iter().all(|&b| b == 0) };
+        let good = if inside {
+            bytes == pattern((sector - REGION_START) as u64).as_slice()
+        } else {
+            bytes.iter().all(|&b| b == 0)
+        };
         if !good {
             wrong.push(sector);
         }
@@ -91,7 +100,11 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
 fn a_hostile_disk_front_end_is_cut_off_and_other_disks_carry_on() {
     let mut machine = boot();
     let hostile_id = create(&mut machine, "diskhostile", "diskhostile");
-    expect_line(&mut machine, "dom0: 'diskhostile' broke its disk ring (request index out of range); disk disconnected", 60);
+    expect_line(
+        &mut machine,
+        "dom0: 'diskhostile' broke its disk ring (request index out of range); disk disconnected",
+        60,
+    );
     let id = create(&mut machine, "disktest", "disktest");
     attach(&mut machine, "disktest", id);
     expect_line(&mut machine, "disktest: wrote and verified 8192 sectors: all match", 120);
@@ -99,15 +112,26 @@ fn a_hostile_disk_front_end_is_cut_off_and_other_disks_carry_on() {
     attach(&mut machine, "diskhostile", hostile_id);
     let replay = detach(&mut machine);
     if !replay.contains("disktest: revoking a grant dom0 has mapped was refused (busy)") {
-        fail_with(&mut machine, &format!("diskhostile's revocation of a mapped grant should be refused; its console showed:\n{replay}"));
+        fail_with(
+            &mut machine,
+            &format!("diskhostile's revocation of a mapped grant should be refused; its console showed:\n{replay}"),
+        );
     }
     if !replay.contains("disktest: a grant of a page I do not own was answered with status -1") {
-        fail_with(&mut machine, &format!("diskhostile's bad grant should get status -1; its console showed:\n{replay}"));
+        fail_with(
+            &mut machine,
+            &format!("diskhostile's bad grant should get status -1; its console showed:\n{replay}"),
+        );
     }
     let devices = command(&mut machine, "devices");
-    let line_of = |name: &str| devices.lines().find(|line| line.contains(name) && line.contains(" disk ")).unwrap_or("").to_owned();
+    let line_of = |name: &str| {
+        devices.lines().find(|line| line.contains(name) && line.contains(" disk ")).unwrap_or("").to_owned()
+    };
     if !line_of("diskhostile").contains("request index out of range") || !line_of("disktest ").contains("connected") {
-        fail_with(&mut machine, &format!("`devices` should show diskhostile cut off and disktest connected:\n{devices}"));
+        fail_with(
+            &mut machine,
+            &format!("`devices` should show diskhostile cut off and disktest connected:\n{devices}"),
+        );
     }
     let list = command(&mut machine, "list");
     for name in ["diskhostile", "disktest"] {

@@ -11,16 +11,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, list, mem};
-use mica_tests::{DomainList, InfoReport, Machine, MemoryReport, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan, seconds};
+use mica_tests::{
+    DomainList, InfoReport, Machine, MemoryReport, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan,
+    seconds,
+};
 
 /// The state column of `name` in a `list`, failing when it is not listed.
 fn state_of<'a>(machine: &mut Machine, list: &'a DomainList, text: &str, name: &str) -> &'a str {
     match list.get(name) {
         Some(row) => &row.state,
-        None => fail_with(
-            machine,
-            &format!("`list` should show {name}; it printed:\n{text}"),
-        ),
+        None => fail_with(machine, &format!("`list` should show {name}; it printed:\n{text}")),
     }
 }
 
@@ -28,19 +28,13 @@ fn state_of<'a>(machine: &mut Machine, list: &'a DomainList, text: &str, name: &
 fn cpu_tenths(machine: &mut Machine, list: &DomainList, text: &str, name: &str) -> u64 {
     match list.get(name) {
         Some(row) => row.cpu_tenths,
-        None => fail_with(
-            machine,
-            &format!("`list` should show {name}; it printed:\n{text}"),
-        ),
+        None => fail_with(machine, &format!("`list` should show {name}; it printed:\n{text}")),
     }
 }
 
 /// The numbers of the `counter: <N>` lines in `text`.
 fn counter_values(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|line| scan("counter: {}", line))
-        .map(|numbers| numbers[0])
-        .collect()
+    text.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).collect()
 }
 
 /// Attaches to the counter guest, waits for a live or replayed `counter: <N>`
@@ -49,10 +43,9 @@ fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
     attach(machine, "counter", id);
     let mut seen = machine
         .expect(
-            line_where(
-                format!("a line \"counter: <N>\" with N >= {at_least}"),
-                |line| scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least),
-            ),
+            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
+                scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
+            }),
             seconds(30),
         )
         .unwrap_or_else(fail);
@@ -66,19 +59,12 @@ fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
 fn selftest_hypercalls_reject_hostile_arguments() {
     let mut machine = boot();
     let output = command(&mut machine, "selftest");
-    let report =
-        SelfTestReport::parse(&output).unwrap_or_else(|error| fail_with(&mut machine, &error));
-    eprintln!(
-        "selftest: {} of {} checks passed",
-        report.passed, report.total
-    );
+    let report = SelfTestReport::parse(&output).unwrap_or_else(|error| fail_with(&mut machine, &error));
+    eprintln!("selftest: {} of {} checks passed", report.passed, report.total);
     if !report.failures().is_empty() || report.passed != report.total || report.total == 0 {
         fail_with(
             &mut machine,
-            &format!(
-                "`selftest` should pass every check; failures: {:?}; it printed:\n{output}",
-                report.failures()
-            ),
+            &format!("`selftest` should pass every check; failures: {:?}; it printed:\n{output}", report.failures()),
         );
     }
     if report.checks.len() as u64 != report.total {
@@ -96,14 +82,10 @@ fn selftest_hypercalls_reject_hostile_arguments() {
     let info = command(&mut machine, "info");
     InfoReport::parse(&info).unwrap_or_else(|error| fail_with(&mut machine, &error));
     let (text, domains) = list(&mut machine);
-    if domains.names() != ["Domain-0"]
-        || state_of(&mut machine, &domains, &text, "Domain-0") != "r-----"
-    {
+    if domains.names() != ["Domain-0"] || state_of(&mut machine, &domains, &text, "Domain-0") != "r-----" {
         fail_with(
             &mut machine,
-            &format!(
-                "after `selftest`, `list` should show only Domain-0, running; it printed:\n{text}"
-            ),
+            &format!("after `selftest`, `list` should show only Domain-0, running; it printed:\n{text}"),
         );
     }
 }
@@ -117,8 +99,7 @@ fn selftest_passes_with_a_guest_running() {
     let id = create(&mut machine, "counter", "counter");
     counter_reaches(&mut machine, id, 1);
     let output = command(&mut machine, "selftest");
-    let report =
-        SelfTestReport::parse(&output).unwrap_or_else(|error| fail_with(&mut machine, &error));
+    let report = SelfTestReport::parse(&output).unwrap_or_else(|error| fail_with(&mut machine, &error));
     if !report.failures().is_empty() || report.passed != report.total {
         fail_with(
             &mut machine,
@@ -144,19 +125,14 @@ fn three_guests_run_and_list_shows_them() {
     let spinner = create(&mut machine, "spinner", "spinner");
     let ids = [counter, echo, spinner];
     if ids.contains(&0) || ids[0] == ids[1] || ids[1] == ids[2] || ids[0] == ids[2] {
-        fail_with(
-            &mut machine,
-            &format!("the guests should get distinct non-zero domain ids, got {ids:?}"),
-        );
+        fail_with(&mut machine, &format!("the guests should get distinct non-zero domain ids, got {ids:?}"));
     }
 
     let (text, domains) = list(&mut machine);
     if domains.names() != ["Domain-0", "counter", "echo", "spinner"] {
         fail_with(
             &mut machine,
-            &format!(
-                "`list` should show Domain-0, counter, echo and spinner, in that order; it printed:\n{text}"
-            ),
+            &format!("`list` should show Domain-0, counter, echo and spinner, in that order; it printed:\n{text}"),
         );
     }
     for (name, id) in [("counter", counter), ("echo", echo), ("spinner", spinner)] {
@@ -164,9 +140,7 @@ fn three_guests_run_and_list_shows_them() {
         if row.id != id || row.memory_mib != 4 || row.vcpus != 1 {
             fail_with(
                 &mut machine,
-                &format!(
-                    "`list` should show {name} as domain {id} with Mem 4 and 1 VCPU; it printed:\n{text}"
-                ),
+                &format!("`list` should show {name} as domain {id} with Mem 4 and 1 VCPU; it printed:\n{text}"),
             );
         }
     }
@@ -184,17 +158,12 @@ fn three_guests_run_and_list_shows_them() {
         if !allowed.contains(&state) {
             fail_with(
                 &mut machine,
-                &format!(
-                    "`list` should show {name} in state {allowed:?}, not {state:?}; it printed:\n{text}"
-                ),
+                &format!("`list` should show {name} in state {allowed:?}, not {state:?}; it printed:\n{text}"),
             );
         }
     }
     if dom0.id != 0 || dom0.memory_mib != 64 {
-        fail_with(
-            &mut machine,
-            &format!("`list` should show Domain-0 as domain 0 with Mem 64; it printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("`list` should show Domain-0 as domain 0 with Mem 64; it printed:\n{text}"));
     }
     let spinner_before = cpu_tenths(&mut machine, &domains, &text, "spinner");
 
@@ -203,31 +172,16 @@ fn three_guests_run_and_list_shows_them() {
 
     // echo answers at its console.
     attach(&mut machine, "echo", echo);
-    machine
-        .expect(
-            format!("echo: ready (domain {echo}); type a line\n"),
-            seconds(20),
-        )
-        .unwrap_or_else(fail);
+    machine.expect(format!("echo: ready (domain {echo}); type a line\n"), seconds(20)).unwrap_or_else(fail);
     machine.send(b"hello mica\r").unwrap_or_else(fail);
     machine
-        .expect(
-            line_where("the line \"echo: hello mica\"", |line| {
-                line == "echo: hello mica"
-            }),
-            seconds(20),
-        )
+        .expect(line_where("the line \"echo: hello mica\"", |line| line == "echo: hello mica"), seconds(20))
         .unwrap_or_else(fail);
     detach(&mut machine);
 
     // spinner is alive and spinning.
     attach(&mut machine, "spinner", spinner);
-    machine
-        .expect(
-            format!("spinner: spinning (domain {spinner})\n"),
-            seconds(20),
-        )
-        .unwrap_or_else(fail);
+    machine.expect(format!("spinner: spinning (domain {spinner})\n"), seconds(20)).unwrap_or_else(fail);
     machine
         .expect(
             line_where("a line \"spinner: <N> million iterations\"", |line| {
@@ -256,10 +210,7 @@ fn three_guests_run_and_list_shows_them() {
         );
     }
     if domains.names() != ["Domain-0", "counter", "echo", "spinner"] {
-        fail_with(
-            &mut machine,
-            &format!("all three guests should still be listed; `list` printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("all three guests should still be listed; `list` printed:\n{text}"));
     }
 }
 
@@ -273,17 +224,11 @@ fn pause_stops_a_guest_and_unpause_resumes_it() {
 
     let output = command(&mut machine, "pause counter");
     if !output.trim().is_empty() {
-        fail_with(
-            &mut machine,
-            &format!("`pause counter` should print nothing; it printed:\n{output}"),
-        );
+        fail_with(&mut machine, &format!("`pause counter` should print nothing; it printed:\n{output}"));
     }
     let (text, domains) = list(&mut machine);
     if state_of(&mut machine, &domains, &text, "counter") != "--p---" {
-        fail_with(
-            &mut machine,
-            &format!("`list` should show counter paused (\"--p---\"); it printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("`list` should show counter paused (\"--p---\"); it printed:\n{text}"));
     }
 
     // The replay shows everything it printed; nothing comes live.
@@ -294,9 +239,7 @@ fn pause_stops_a_guest_and_unpause_resumes_it() {
     if paused_at < 2 {
         fail_with(
             &mut machine,
-            &format!(
-                "counter's console history should show at least \"counter: 2\"; it showed:\n{history}"
-            ),
+            &format!("counter's console history should show at least \"counter: 2\"; it showed:\n{history}"),
         );
     }
 
@@ -317,31 +260,20 @@ fn pause_stops_a_guest_and_unpause_resumes_it() {
     }
     let (text, domains) = list(&mut machine);
     if state_of(&mut machine, &domains, &text, "counter") != "--p---" {
-        fail_with(
-            &mut machine,
-            &format!("counter should still be paused; `list` printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("counter should still be paused; `list` printed:\n{text}"));
     }
 
     let output = command(&mut machine, "pause nosuch");
-    if !output
-        .lines()
-        .any(|line| line == "dom0: no guest 'nosuch' (see 'list')")
-    {
+    if !output.lines().any(|line| line == "dom0: no guest 'nosuch' (see 'list')") {
         fail_with(
             &mut machine,
-            &format!(
-                "`pause nosuch` should print \"dom0: no guest 'nosuch' (see 'list')\"; it printed:\n{output}"
-            ),
+            &format!("`pause nosuch` should print \"dom0: no guest 'nosuch' (see 'list')\"; it printed:\n{output}"),
         );
     }
 
     let output = command(&mut machine, "unpause counter");
     if !output.trim().is_empty() {
-        fail_with(
-            &mut machine,
-            &format!("`unpause counter` should print nothing; it printed:\n{output}"),
-        );
+        fail_with(&mut machine, &format!("`unpause counter` should print nothing; it printed:\n{output}"));
     }
     let resumed = counter_reaches(&mut machine, counter, paused_at + 2);
     eprintln!("unpaused, counter went on to {resumed}");
@@ -349,9 +281,7 @@ fn pause_stops_a_guest_and_unpause_resumes_it() {
     if !["-b----", "r-----"].contains(&state_of(&mut machine, &domains, &text, "counter")) {
         fail_with(
             &mut machine,
-            &format!(
-                "after `unpause`, counter should be blocked or running; `list` printed:\n{text}"
-            ),
+            &format!("after `unpause`, counter should be blocked or running; `list` printed:\n{text}"),
         );
     }
 }
@@ -475,10 +405,9 @@ fn a_crashing_guest_is_stopped_alone() {
     machine.send_line("create crasher").unwrap_or_else(fail);
     let mut seen = machine
         .expect(
-            line_where(
-                "dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"",
-                |line| line.starts_with("dom0: 'crasher' (domain "),
-            ),
+            line_where("dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"", |line| {
+                line.starts_with("dom0: 'crasher' (domain ")
+            }),
             seconds(30),
         )
         .unwrap_or_else(fail);
@@ -491,46 +420,35 @@ fn a_crashing_guest_is_stopped_alone() {
         .unwrap_or_else(|| {
             fail_with(
                 &mut machine,
-                &format!("`create crasher` should print \"dom0: created 'crasher' as domain <id>\"; it printed:\n{seen}"),
+                &format!(
+                    "`create crasher` should print \"dom0: created 'crasher' as domain <id>\"; it printed:\n{seen}"
+                ),
             )
         });
     // hv logs the reason (dmesg, checked below); dom0 reports it on the
     // console as one whole line.
     let dom0_line = format!("dom0: 'crasher' (domain {crasher}) crashed: EPT violation at guest-physical 0x30000000");
     if !seen.lines().any(|line| line.starts_with(&dom0_line) && line.ends_with("; on_crash=preserve")) {
-        fail_with(
-            &mut machine,
-            &format!("dom0 should report {dom0_line:?}; it printed:\n{seen}"),
-        );
+        fail_with(&mut machine, &format!("dom0 should report {dom0_line:?}; it printed:\n{seen}"));
     }
 
     let (text, domains) = list(&mut machine);
     if state_of(&mut machine, &domains, &text, "crasher") != "----c-" {
-        fail_with(
-            &mut machine,
-            &format!("`list` should show crasher crashed (\"----c-\"); it printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("`list` should show crasher crashed (\"----c-\"); it printed:\n{text}"));
     }
     if !["-b----", "r-----"].contains(&state_of(&mut machine, &domains, &text, "counter")) {
-        fail_with(
-            &mut machine,
-            &format!("counter should be unaffected (blocked or running); `list` printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("counter should be unaffected (blocked or running); `list` printed:\n{text}"));
     }
 
     // crasher got as far as its misdeed, and not one step further.
     attach(&mut machine, "crasher", crasher);
-    machine
-        .expect("crasher: misbehaving now (mode=memory)\n", seconds(20))
-        .unwrap_or_else(fail);
+    machine.expect("crasher: misbehaving now (mode=memory)\n", seconds(20)).unwrap_or_else(fail);
     thread::sleep(Duration::from_millis(300));
     let after = detach(&mut machine);
     if after.contains("still alive") {
         fail_with(
             &mut machine,
-            &format!(
-                "crasher ran past its write to memory it does not own; its console showed:\n{after}"
-            ),
+            &format!("crasher ran past its write to memory it does not own; its console showed:\n{after}"),
         );
     }
 
@@ -538,10 +456,7 @@ fn a_crashing_guest_is_stopped_alone() {
     eprintln!("counter went from {first} to {later} after crasher crashed");
 
     let dmesg = command(&mut machine, "dmesg");
-    let crashes: Vec<&str> = dmesg
-        .lines()
-        .filter(|line| line.contains("crashed"))
-        .collect();
+    let crashes: Vec<&str> = dmesg.lines().filter(|line| line.contains("crashed")).collect();
     if crashes.len() != 1 || !crashes[0].contains(&format!("d{crasher} crashed: EPT violation")) {
         fail_with(
             &mut machine,
@@ -555,21 +470,13 @@ fn a_crashing_guest_is_stopped_alone() {
     if domains.names() != ["Domain-0", "counter", "crasher"]
         || state_of(&mut machine, &domains, &text, "crasher") != "----c-"
     {
-        fail_with(
-            &mut machine,
-            &format!("`list` should still show counter and crasher, crashed; it printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("`list` should still show counter and crasher, crashed; it printed:\n{text}"));
     }
 }
 
 /// Checks that `mem` reports exactly the free memory of `baseline` and only
 /// Domain-0; `when` says at what point, for the message.
-fn expect_memory_back(
-    machine: &mut Machine,
-    baseline: &MemoryReport,
-    baseline_text: &str,
-    when: &str,
-) {
+fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str, when: &str) {
     let (text, report) = mem(machine);
     if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib {
         fail_with(
@@ -588,10 +495,7 @@ fn expect_memory_back(
     }
     let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
     if names != ["Domain-0"] {
-        fail_with(
-            machine,
-            &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"),
-        );
+        fail_with(machine, &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"));
     }
 }
 
@@ -609,31 +513,22 @@ fn destroy_returns_every_frame_and_cycles_do_not_leak() {
     machine.send_line("create crasher").unwrap_or_else(fail);
     let crash = machine
         .expect(
-            line_where(
-                "dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"",
-                |line| line.starts_with("dom0: 'crasher' (domain ") && line.contains(" crashed"),
-            ),
+            line_where("dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"", |line| {
+                line.starts_with("dom0: 'crasher' (domain ") && line.contains(" crashed")
+            }),
             seconds(30),
         )
         .unwrap_or_else(fail);
     machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
-    let crasher = crash
-        .lines()
-        .find_map(|line| scan("dom0: created 'crasher' as domain {}", line))
-        .unwrap_or_else(|| {
-            fail_with(
-                &mut machine,
-                &format!("`create crasher` printed no \"created\" line:\n{crash}"),
-            )
+    let crasher =
+        crash.lines().find_map(|line| scan("dom0: created 'crasher' as domain {}", line)).unwrap_or_else(|| {
+            fail_with(&mut machine, &format!("`create crasher` printed no \"created\" line:\n{crash}"))
         })[0];
     guests.push(("crasher", crasher));
 
     let (text, domains) = list(&mut machine);
     if state_of(&mut machine, &domains, &text, "crasher") != "----c-" {
-        fail_with(
-            &mut machine,
-            &format!("crasher should be preserved as crashed; `list` printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("crasher should be preserved as crashed; `list` printed:\n{text}"));
     }
     let (text, report) = mem(&mut machine);
     for (name, _) in &guests {
@@ -641,9 +536,7 @@ fn destroy_returns_every_frame_and_cycles_do_not_leak() {
         if row.is_none_or(|row| row.current_kib != 4096 || row.max_kib != 4096) {
             fail_with(
                 &mut machine,
-                &format!(
-                    "`mem` should show {name} with 4096 KiB current and max; it printed:\n{text}"
-                ),
+                &format!("`mem` should show {name} with 4096 KiB current and max; it printed:\n{text}"),
             );
         }
     }
@@ -660,19 +553,12 @@ fn destroy_returns_every_frame_and_cycles_do_not_leak() {
     for (name, id) in &guests {
         destroy(&mut machine, name, *id);
     }
-    expect_memory_back(
-        &mut machine,
-        &baseline,
-        &baseline_text,
-        "after destroying all four guests",
-    );
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying all four guests");
     let (text, domains) = list(&mut machine);
     if domains.names() != ["Domain-0"] {
         fail_with(
             &mut machine,
-            &format!(
-                "after destroying every guest `list` should show only Domain-0; it printed:\n{text}"
-            ),
+            &format!("after destroying every guest `list` should show only Domain-0; it printed:\n{text}"),
         );
     }
 
@@ -690,10 +576,7 @@ fn destroy_returns_every_frame_and_cycles_do_not_leak() {
     }
     let (text, domains) = list(&mut machine);
     if domains.names() != ["Domain-0"] {
-        fail_with(
-            &mut machine,
-            &format!("after the cycles `list` should show only Domain-0; it printed:\n{text}"),
-        );
+        fail_with(&mut machine, &format!("after the cycles `list` should show only Domain-0; it printed:\n{text}"));
     }
 }
 
@@ -705,9 +588,7 @@ fn error_line(machine: &mut Machine, line: &str, prefix: &str) -> String {
         [one] => (*one).to_owned(),
         _ => fail_with(
             machine,
-            &format!(
-                "`{line}` should print one line starting with {prefix:?}; it printed:\n{output}"
-            ),
+            &format!("`{line}` should print one line starting with {prefix:?}; it printed:\n{output}"),
         ),
     }
 }
@@ -732,9 +613,7 @@ fn bad_configs_and_kernels_give_clear_errors() {
     if nokernel != "dom0: create: kernel: no file 'missing.elf' in the ramdisk (see 'ls')" {
         fail_with(
             &mut machine,
-            &format!(
-                "`create nokernel` should say that missing.elf is not in the ramdisk; it printed {nokernel:?}"
-            ),
+            &format!("`create nokernel` should say that missing.elf is not in the ramdisk; it printed {nokernel:?}"),
         );
     }
     let corrupt = error_line(&mut machine, "create corrupt", "dom0: create:");
@@ -751,18 +630,11 @@ fn bad_configs_and_kernels_give_clear_errors() {
     if !missing.contains("'nosuchfile") || !missing.contains("ramdisk") {
         fail_with(
             &mut machine,
-            &format!(
-                "`create nosuchfile` should say that no such file is in the ramdisk; it printed {missing:?}"
-            ),
+            &format!("`create nosuchfile` should say that no such file is in the ramdisk; it printed {missing:?}"),
         );
     }
     eprintln!("errors:\n  {broken}\n  {nokernel}\n  {corrupt}\n  {missing}");
-    expect_memory_back(
-        &mut machine,
-        &baseline,
-        &baseline_text,
-        "after four failed creates",
-    );
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after four failed creates");
 
     let counter = create(&mut machine, "counter", "counter");
     let (with_counter_text, with_counter) = mem(&mut machine);
@@ -793,9 +665,7 @@ fn bad_configs_and_kernels_give_clear_errors() {
     if domains.names() != ["Domain-0", "counter"] {
         fail_with(
             &mut machine,
-            &format!(
-                "`list` should show only Domain-0 and the one counter created; it printed:\n{text}"
-            ),
+            &format!("`list` should show only Domain-0 and the one counter created; it printed:\n{text}"),
         );
     }
     // The refused duplicate left the first counter alone.
@@ -814,12 +684,18 @@ fn a_hostile_guest_gets_documented_errors() {
     let id = create(&mut machine, "hostile", "hostile");
     let second = create(&mut machine, "hostile2", "hostile2");
     attach(&mut machine, "hostile2", second);
-    let summary = line_where("the hostile summary line", |line| line.starts_with("hostile: ") && line.contains(" checks passed"));
+    let summary =
+        line_where("the hostile summary line", |line| line.starts_with("hostile: ") && line.contains(" checks passed"));
     let other = machine.expect(summary, seconds(60)).unwrap_or_else(fail);
     detach(&mut machine);
     attach(&mut machine, "hostile", id);
     let output = machine
-        .expect(line_where("the hostile summary line", |line| line.starts_with("hostile: ") && line.contains(" checks passed")), seconds(60))
+        .expect(
+            line_where("the hostile summary line", |line| {
+                line.starts_with("hostile: ") && line.contains(" checks passed")
+            }),
+            seconds(60),
+        )
         .unwrap_or_else(fail);
     detach(&mut machine);
     if other.contains("WRONG") || !other.contains("XMM0 kept across") {
@@ -857,13 +733,21 @@ fn a_guest_uses_the_store_over_its_ring() {
         let id = create(&mut machine, "storetest", "storetest");
         attach(&mut machine, "storetest", id);
         let output = machine
-            .expect(line_where("the storetest summary", |line| line.starts_with("storetest: ") && line.contains(" checks passed")), seconds(60))
+            .expect(
+                line_where("the storetest summary", |line| {
+                    line.starts_with("storetest: ") && line.contains(" checks passed")
+                }),
+                seconds(60),
+            )
             .unwrap_or_else(fail);
         detach(&mut machine);
         let summary = output.lines().rev().find(|line| line.contains(" checks passed")).unwrap_or("");
         let numbers = scan("storetest: {} of {} checks passed", summary).unwrap_or_default();
         if numbers.len() != 2 || numbers[0] != numbers[1] || numbers[0] < 6 || output.contains("WRONG") {
-            fail_with(&mut machine, &format!("round {round}: every store check should pass; the guest printed:\n{output}"));
+            fail_with(
+                &mut machine,
+                &format!("round {round}: every store check should pass; the guest printed:\n{output}"),
+            );
         }
         destroy(&mut machine, "storetest", id);
     }

@@ -6,8 +6,8 @@
 //! with the command that installs it.
 
 use mica_tests::{
-    Bochs, InfoReport, Iso, Machine, PROMPT, Qemu, boot_to_prompt, fail, line_starting, line_where,
-    run_command, seconds,
+    Bochs, InfoReport, Iso, Machine, PROMPT, Qemu, boot_to_prompt, fail, line_starting, line_where, run_command,
+    seconds,
 };
 
 fn boot_bochs() -> Machine {
@@ -34,23 +34,16 @@ fn bochs_boots_to_the_dom0_prompt_and_info_counts_exits() {
         "`info` should list ept among the VT-x features, got {:?}\n{first_text}",
         first.vmx_features
     );
-    assert!(
-        first.exits_total > 0,
-        "dom0 exits total should be non-zero after booting\n{first_text}"
-    );
+    assert!(first.exits_total > 0, "dom0 exits total should be non-zero after booting\n{first_text}");
     assert!(
         first.exits("vmcall") > 0,
         "dom0 should have made hypercalls (a non-zero `  vmcall <N>` line)\n{first_text}"
     );
     for (reason, count) in &first.exits_by_reason {
-        assert!(
-            *count > 0,
-            "`info` should list only non-zero exit reasons, but lists {reason} {count}\n{first_text}"
-        );
+        assert!(*count > 0, "`info` should list only non-zero exit reasons, but lists {reason} {count}\n{first_text}");
     }
     assert!(
-        first.memory_free_kib <= first.memory_total_kib
-            && first.memory_hv_kib <= first.memory_total_kib,
+        first.memory_free_kib <= first.memory_total_kib && first.memory_hv_kib <= first.memory_total_kib,
         "`info` memory figures are inconsistent\n{first_text}"
     );
 
@@ -74,10 +67,9 @@ fn bochs_shell_rejects_unknown_commands_and_edits_lines() {
     machine.send_line("frobnicate").unwrap_or_else(fail);
     machine
         .expect(
-            line_where(
-                "the line \"dom0: unknown command 'frobnicate'; type 'help' for a list\"",
-                |line| line == "dom0: unknown command 'frobnicate'; type 'help' for a list",
-            ),
+            line_where("the line \"dom0: unknown command 'frobnicate'; type 'help' for a list\"", |line| {
+                line == "dom0: unknown command 'frobnicate'; type 'help' for a list"
+            }),
             seconds(20),
         )
         .unwrap_or_else(fail);
@@ -87,13 +79,9 @@ fn bochs_shell_rejects_unknown_commands_and_edits_lines() {
     for command in ["help", "info", "dmesg", "poweroff", "bench"] {
         // The echoed "help" itself does not count: look past the first line.
         let listed = help.lines().skip(1).any(|line| {
-            line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                .any(|word| word == command)
+            line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).any(|word| word == command)
         });
-        assert!(
-            listed,
-            "`help` should list the command {command:?}; it printed:\n{help}"
-        );
+        assert!(listed, "`help` should list the command {command:?}; it printed:\n{help}");
     }
 
     let dmesg = run_command(&mut machine, "dmesg", seconds(20)).unwrap_or_else(fail);
@@ -109,8 +97,7 @@ fn bochs_shell_rejects_unknown_commands_and_edits_lines() {
         !edited.contains("unknown command"),
         "after typing \"infx\", backspace, \"o\" the shell should run `info`, but it printed:\n{edited}"
     );
-    InfoReport::parse(&edited)
-        .unwrap_or_else(|error| panic!("\nafter \"infx\", backspace, \"o\": {error}\n"));
+    InfoReport::parse(&edited).unwrap_or_else(|error| panic!("\nafter \"infx\", backspace, \"o\": {error}\n"));
 }
 
 /// `poweroff` ends the emulator by itself (no kill by the harness).
@@ -120,12 +107,8 @@ fn bochs_poweroff_ends_the_emulator() {
     boot_to_prompt(&mut machine).unwrap_or_else(fail);
 
     machine.send_line("poweroff").unwrap_or_else(fail);
-    machine
-        .expect("dom0: powering off", seconds(20))
-        .unwrap_or_else(fail);
-    machine
-        .expect("hv: powering off", seconds(20))
-        .unwrap_or_else(fail);
+    machine.expect("dom0: powering off", seconds(20)).unwrap_or_else(fail);
+    machine.expect("hv: powering off", seconds(20)).unwrap_or_else(fail);
     let status = machine.wait_exit(seconds(30)).unwrap_or_else(fail);
     eprintln!("Bochs exited by itself after poweroff: {status}");
     // Bochs logs the guest's shutdown request itself as a ">>PANIC<<" line
@@ -139,11 +122,7 @@ fn bochs_poweroff_ends_the_emulator() {
             !(line.contains("shutdown") || line.contains("power off"))
         })
         .collect();
-    assert!(
-        panics.is_empty(),
-        "Bochs ended ({status}) but bochs.log reports panics:\n{}",
-        panics.join("\n")
-    );
+    assert!(panics.is_empty(), "Bochs ended ({status}) but bochs.log reports panics:\n{}", panics.join("\n"));
 }
 
 /// QEMU without KVM emulates no VT-x: hv must say so and halt, not crash.
@@ -154,26 +133,15 @@ fn qemu_without_vmx_says_hv_cannot_start() {
     machine.set_failure_markers(&["EXCEPTION", "panicked at"]);
 
     machine.expect("Mica hv ", seconds(30)).unwrap_or_else(fail);
-    let reason = machine
-        .expect(line_starting("hv: cannot start: "), seconds(30))
-        .unwrap_or_else(fail);
+    let reason = machine.expect(line_starting("hv: cannot start: "), seconds(30)).unwrap_or_else(fail);
     let reason = reason.lines().last().unwrap_or_default().to_owned();
-    assert!(
-        reason.contains("VT-x"),
-        "hv's reason for not starting should name VT-x, got {reason:?}"
-    );
+    assert!(reason.contains("VT-x"), "hv's reason for not starting should name VT-x, got {reason:?}");
     machine
-        .expect(
-            line_where("the line \"hv: halted\"", |line| line == "hv: halted"),
-            seconds(10),
-        )
+        .expect(line_where("the line \"hv: halted\"", |line| line == "hv: halted"), seconds(10))
         .unwrap_or_else(fail);
 
     // Halted means quiet: nothing else, and no exception, for a while.
     std::thread::sleep(seconds(2));
     let transcript = machine.transcript();
-    assert!(
-        !transcript.contains("EXCEPTION"),
-        "hv reported an exception after refusing to start:\n{transcript}"
-    );
+    assert!(!transcript.contains("EXCEPTION"), "hv reported an exception after refusing to start:\n{transcript}");
 }

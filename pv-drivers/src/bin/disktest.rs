@@ -37,7 +37,8 @@ extern "C" fn _start(start_info: u64) -> ! {
         bench(&mut guest);
     }
     let sectors = guest.disk_sectors();
-    let _ = writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
+    let _ =
+        writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
     if sectors == 0 {
         let _ = writeln!(guest, "disktest: FAILED: no disk");
         idle(&mut guest);
@@ -127,12 +128,9 @@ fn bench(guest: &mut Guest) -> ! {
     let _ = writeln!(guest, "disktest: read {sectors} sectors in {ticks} tsc (depth 1, in place)");
     // A warm-up pass first: dom0 maps each transfer page the first time it
     // sees it (persistent grants); the passes after it are the steady state.
-    for (requests, pages_each, label) in [
-        (8, 8, "warm-up"),
-        (8, 1, "depth 8 x 4 KiB"),
-        (4, 8, "depth 4 x 32 KiB"),
-        (8, 8, "depth 8 x 32 KiB"),
-    ] {
+    for (requests, pages_each, label) in
+        [(8, 8, "warm-up"), (8, 1, "depth 8 x 4 KiB"), (4, 8, "depth 4 x 32 KiB"), (8, 8, "depth 8 x 32 KiB")]
+    {
         let step = (requests * pages_each * 8) as u64;
         let started = guest::now();
         let mut sector = 0;
@@ -180,7 +178,8 @@ fn hostile(guest: &mut Guest) -> ! {
             idle(guest)
         }
     };
-    let mut request = abi::block::Request { id: 99, operation: abi::block::OP_READ, segment_count: 1, ..Default::default() };
+    let mut request =
+        abi::block::Request { id: 99, operation: abi::block::OP_READ, segment_count: 1, ..Default::default() };
     request.segments[0] = abi::block::Segment { grant: bad_grant, first_sector: 0, last_sector: 7, _reserved: 0 };
     match guest.disk_request(&request) {
         Ok(status) => {

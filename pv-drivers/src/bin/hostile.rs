@@ -84,12 +84,17 @@ extern "C" fn _start(start_info: u64) -> ! {
         kept &= seen == marker;
     }
     passed += kept as usize;
-    let _ = writeln!(guest, "hostile: XMM0 kept across {yields} yields: {}", if kept { "as documented" } else { "WRONG" });
+    let _ =
+        writeln!(guest, "hostile: XMM0 kept across {yields} yields: {}", if kept { "as documented" } else { "WRONG" });
     // SAFETY: number 9999 is no hypercall; hv must say so.
     let unknown = unsafe { hypercall::raw(9999, [0; 5]) };
     let ok = Error::decode(unknown) == Err(Error::NoSuchHypercall);
     passed += ok as usize;
-    let _ = writeln!(guest, "hostile: unknown hypercall 9999: {} (rax {unknown})", if ok { "as documented" } else { "WRONG" });
+    let _ = writeln!(
+        guest,
+        "hostile: unknown hypercall 9999: {} (rax {unknown})",
+        if ok { "as documented" } else { "WRONG" }
+    );
     let _ = writeln!(guest, "hostile: {} of {} checks passed; still running", passed, checks.len() + 2);
     core::hint::black_box(&mut buffer);
     loop {

@@ -17,7 +17,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut iterations: u64 = 0;
     loop {
         iterations = core::hint::black_box(iterations + 1);
-        if iterations % REPORT_EVERY == 0 {
+        if iterations.is_multiple_of(REPORT_EVERY) {
             let _ = writeln!(guest, "spinner: {} million iterations", iterations >> 20);
         }
     }

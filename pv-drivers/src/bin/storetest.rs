@@ -24,7 +24,12 @@ extern "C" fn _start(start_info: u64) -> ! {
     let written = guest.store_write("data/greeting", "hello from the store");
     let read = guest.store_read("data/greeting", &mut value);
     let text = core::str::from_utf8(&value[..*read.as_ref().unwrap_or(&0)]).unwrap_or("?");
-    check(&mut guest, "write then read my own key", written.is_ok() && text == "hello from the store", format_args!("{written:?}, read {read:?} {text:?}"));
+    check(
+        &mut guest,
+        "write then read my own key",
+        written.is_ok() && text == "hello from the store",
+        format_args!("{written:?}, read {read:?} {text:?}"),
+    );
 
     let read = guest.store_read("name", &mut value);
     let name = core::str::from_utf8(&value[..*read.as_ref().unwrap_or(&0)]).unwrap_or("?");
@@ -44,7 +49,12 @@ extern "C" fn _start(start_info: u64) -> ! {
     check(&mut guest, "read my key by its absolute path", absolute == Ok(20), format_args!("{absolute:?}"));
 
     let dom0 = guest.store_write("/local/domain/0/backend/stolen", "yes");
-    check(&mut guest, "write into dom0's tree", matches!(dom0, Err(StoreFailure::Refused(_))), format_args!("{dom0:?}"));
+    check(
+        &mut guest,
+        "write into dom0's tree",
+        matches!(dom0, Err(StoreFailure::Refused(_))),
+        format_args!("{dom0:?}"),
+    );
 
     let bad = guest.store_write("data/../../0/escape", "x");
     check(&mut guest, "path with ..", matches!(bad, Err(StoreFailure::Refused(_))), format_args!("{bad:?}"));

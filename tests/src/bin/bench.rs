@@ -19,20 +19,11 @@ fn run() -> Result<(), String> {
 
     let null = report.null_hypercall;
     let cpuid = report.cpuid_exit;
-    println!(
-        "null hypercall:  {:>8} tsc/call (min {}, {} calls)",
-        null.mean_tsc, null.min_tsc, null.calls
-    );
-    println!(
-        "cpuid exit:      {:>8} tsc/call (min {}, {} calls)",
-        cpuid.mean_tsc, cpuid.min_tsc, cpuid.calls
-    );
+    println!("null hypercall:  {:>8} tsc/call (min {}, {} calls)", null.mean_tsc, null.min_tsc, null.calls);
+    println!("cpuid exit:      {:>8} tsc/call (min {}, {} calls)", cpuid.mean_tsc, cpuid.min_tsc, cpuid.calls);
     println!("boot to prompt:  {:>8} tsc", report.boot_to_prompt_tsc);
     if cpuid.mean_tsc > 0 {
-        println!(
-            "null/cpuid:      {:>8.3}",
-            null.mean_tsc as f64 / cpuid.mean_tsc as f64
-        );
+        println!("null/cpuid:      {:>8.3}", null.mean_tsc as f64 / cpuid.mean_tsc as f64);
     } else {
         println!("null/cpuid:      undefined (cpuid exit took 0 tsc)");
     }

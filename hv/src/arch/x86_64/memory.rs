@@ -12,7 +12,7 @@ fn mapped(address: u64, length: u64) -> bool {
 
 /// Reads a 64-bit word of physical memory (8-byte aligned).
 pub fn read_u64(address: u64) -> u64 {
-    if !mapped(address, 8) || address % 8 != 0 {
+    if !mapped(address, 8) || !address.is_multiple_of(8) {
         return 0;
     }
     // SAFETY: the address is identity-mapped and aligned; volatile because
@@ -23,7 +23,7 @@ pub fn read_u64(address: u64) -> u64 {
 /// Writes a 64-bit word of physical memory (8-byte aligned). The caller
 /// owns the frame (a page table or other hv-owned frame).
 pub fn write_u64(address: u64, value: u64) {
-    if !mapped(address, 8) || address % 8 != 0 {
+    if !mapped(address, 8) || !address.is_multiple_of(8) {
         return;
     }
     // SAFETY: as for `read_u64`; hv only writes frames it allocated.
@@ -63,7 +63,7 @@ pub fn copy_from(address: u64, out: &mut [u8]) -> bool {
 }
 
 fn word_ok(address: u64) -> bool {
-    mapped(address, 8) && address % 8 == 0
+    mapped(address, 8) && address.is_multiple_of(8)
 }
 
 // The words below live in pages shared with guests. hv never makes a Rust
@@ -141,7 +141,7 @@ pub unsafe fn boot_slice(address: u64, length: u64) -> &'static [u8] {
 /// The range must be identity-mapped RAM reserved for this use only, and
 /// this must be called once for it.
 pub unsafe fn boot_words_mut(address: u64, words: usize) -> &'static mut [u64] {
-    if !mapped(address, words as u64 * 8) || address % 8 != 0 {
+    if !mapped(address, words as u64 * 8) || !address.is_multiple_of(8) {
         return &mut [];
     }
     // SAFETY: the caller guarantees exclusive, permanent ownership.

@@ -280,8 +280,10 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             .bits(),
         exit_cap,
     );
-    let entry =
-        adjust((EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER | EntryControls::LOAD_PAT).bits(), entry_cap);
+    let entry = adjust(
+        (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER | EntryControls::LOAD_PAT).bits(),
+        entry_cap,
+    );
     let needed_exit = (ExitControls::HOST_ADDRESS_SPACE_SIZE
         | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT
         | ExitControls::SAVE_EFER
@@ -361,10 +363,7 @@ pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static s
     unsafe {
         let control = rdmsr(msr::IA32_FEATURE_CONTROL);
         if control & FEATURE_CONTROL_LOCKED == 0 {
-            cpu::wrmsr(
-                msr::IA32_FEATURE_CONTROL,
-                control | FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX,
-            );
+            cpu::wrmsr(msr::IA32_FEATURE_CONTROL, control | FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX);
         }
     }
     let cr0 = (cpu::read_cr0() | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
@@ -388,7 +387,9 @@ pub fn invalidate_ept(capabilities: &Capabilities, ept_pointer: u64) {
     let kind: u64 = if capabilities.ept_vpid & ept_vpid_cap::INVEPT_SINGLE != 0 { 1 } else { 2 };
     // SAFETY: INVEPT only drops cached translations; the type was checked
     // against the capability MSR.
-    unsafe { asm!("invept {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack)) }
+    unsafe {
+        asm!("invept {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack))
+    }
 }
 
 /// Invalidates TLB entries tagged with `vpid` (SDM Vol. 3C 31.3, INVVPID).
@@ -400,7 +401,9 @@ pub fn invalidate_vpid(capabilities: &Capabilities, vpid: u16) {
     let kind: u64 = if capabilities.ept_vpid & ept_vpid_cap::INVVPID_SINGLE != 0 { 1 } else { 2 };
     // SAFETY: INVVPID only drops cached translations; the type was checked
     // against the capability MSR.
-    unsafe { asm!("invvpid {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack)) }
+    unsafe {
+        asm!("invvpid {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack))
+    }
 }
 
 /// Physical address of the VMCS current on this CPU (0 = none). hv runs on
