@@ -111,7 +111,9 @@ pub struct StartInfo {
     /// Guest-physical address of the block ring page (`abi::block`), 0 if
     /// the domain has no disk (since ABI 0.3).
     pub block_ring: u64,
-    /// dom0's event port of the disk, for the guest to bind (since ABI 0.3).
+    /// ABI 0.3 only: dom0's event port of the disk. Since ABI 0.4 it is 0:
+    /// the front end connects through the store (`device/vbd/0`, see
+    /// `abi::store`), granting this ring page and allocating its own port.
     pub block_port: u32,
     /// Reserved, zero.
     pub _reserved2: u32,

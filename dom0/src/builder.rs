@@ -53,9 +53,6 @@ pub trait DomainControl {
     /// Sets up the console back end for `domain`, whose ring page is at
     /// `page`; returns dom0's port for the guest to bind.
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
-    /// Sets up the block back end for `domain`'s ring page at `page`;
-    /// returns dom0's port for the guest to bind.
-    fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
     /// Sets up the store for `domain`, whose ring page is at `page`; returns
     /// dom0's port for the guest to bind.
     fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
@@ -214,7 +211,8 @@ fn populate_and_load(
     start_info.store_port = control.connect_store(id, STORE_PAGE).map_err(step("connect store"))?;
     start_info.store_page = STORE_PAGE;
     if let Some(sectors) = request.block_sectors {
-        start_info.block_port = control.connect_block(id, BLOCK_RING).map_err(step("connect disk"))?;
+        // The front end connects through the store (device/vbd/0); the page
+        // is reserved for its ring, the size is only informational.
         start_info.block_ring = BLOCK_RING;
         start_info.block_sectors = sectors;
     }
@@ -316,11 +314,6 @@ mod tests {
             assert_eq!(page, STORE_PAGE);
             self.fail("store")?;
             Ok(7)
-        }
-        fn connect_block(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
-            assert_eq!(page, BLOCK_RING);
-            self.fail("block")?;
-            Ok(6)
         }
         fn destroy(&mut self, domain: DomainId) {
             assert!(self.live.remove(&domain));
@@ -436,7 +429,7 @@ mod tests {
     #[test]
     fn a_failing_step_destroys_the_half_built_domain() {
         let kernel = kernel();
-        for step in ["populate", "copy", "console", "store", "block", "context"] {
+        for step in ["populate", "copy", "console", "store", "context"] {
             let mut mock = Mock { fail_at: Some(step), ..Mock::default() };
             let result = build(&mut mock, &request(&kernel));
             assert!(matches!(result, Err(BuildError::Hypervisor(_, Error::OutOfMemory))), "{step}: {result:?}");

@@ -168,6 +168,7 @@ impl Shell {
             busy |= self.toolstack.service_consoles(&mut self.console);
             busy |= self.toolstack.service_disks(&mut self.console);
             busy |= self.toolstack.service_store();
+            self.toolstack.advance_handshakes(&mut self.console);
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;

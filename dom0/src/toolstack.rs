@@ -16,11 +16,26 @@ use pv_drivers::hypercall;
 
 use crate::ata::AtaDisk;
 use crate::uart::Uart;
-use abi::store::STORE_MESSAGE_MAX;
+use abi::store::Access;
+use abi::store::{DeviceState, STORE_MESSAGE_MAX, keys, parse_decimal};
 use dom0core::block_backend::Region;
 use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
+
+/// `n` in decimal, as the store keeps numbers.
+fn decimal(n: u64) -> ArrayString<20> {
+    let mut text = ArrayString::new();
+    let _ = write!(text, "{n}");
+    text
+}
+
+/// Where dom0 keeps the back-end side of guest `id`'s first disk.
+fn backend_path(id: DomainId) -> ArrayString<64> {
+    let mut path = ArrayString::new();
+    let _ = write!(path, "/local/domain/0/backend/vbd/{id}/0");
+    path
+}
 
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter.
@@ -56,8 +71,10 @@ pub struct Guest {
     created_at: u64,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
-    /// Its disk's back end, if it has a disk.
+    /// Its disk's back end, once the front end connected through the store.
     pub block: Option<BlockBackend>,
+    /// Its disk until the front end has connected: (physical disk, region).
+    pub pending_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
 }
@@ -134,8 +151,6 @@ pub struct Toolstack {
 struct Hypervisor<'a> {
     window_slots: &'a mut [bool; WINDOW_SLOTS],
     console: Option<Console>,
-    /// The block ring being connected: (ring, dom0's port, window slot).
-    block: Option<(BlockBack, u32, usize)>,
     /// The store ring being connected.
     store: Option<StoreChannel>,
 }
@@ -210,22 +225,9 @@ impl DomainControl for Hypervisor<'_> {
         Ok(port)
     }
 
-    fn connect_block(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
-        let (address, slot, port) = self.map_and_bind(domain, page)?;
-        // SAFETY: hv just mapped the guest's ring page read-write at this
-        // identity-mapped address of the foreign window; it stays mapped
-        // until dom0 destroys the guest (which drops the back end first).
-        let ring = unsafe { BlockBack::attach(address as *mut u8) };
-        self.block = Some((ring, port, slot));
-        Ok(port)
-    }
-
     fn destroy(&mut self, domain: DomainId) {
         if let Some(console) = self.console.take() {
             release_console(self.window_slots, console);
-        }
-        if let Some((_, port, slot)) = self.block.take() {
-            release_slot(self.window_slots, port, slot);
         }
         if let Some(store) = self.store.take() {
             release_slot(self.window_slots, store.port, store.slot);
@@ -411,7 +413,7 @@ impl Toolstack {
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
         };
-        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, block: None, store: None };
+        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, store: None };
         let id = match builder::build(&mut control, &request) {
             Ok(id) => id,
             Err(error) => {
@@ -421,44 +423,51 @@ impl Toolstack {
         };
         let console = control.console.take();
         let store = control.store.take();
-        let block = match (control.block.take(), disk) {
-            (Some((ring, port, slot)), Some((disk, region))) => Some(BlockBackend {
-                ring,
-                port,
-                slot,
-                disk,
-                region,
-                requests: 0,
-                service_tsc: 0,
-                broken: None,
-                mapped: ArrayVec::new(),
-                mapped_by_grant: [0; abi::grant::ENTRIES],
-            }),
-            _ => None,
-        };
-        if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
-            let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
-            control.console = console;
-            control.store = store;
-            control.block = block.map(|b| (b.ring, b.port, b.slot));
-            control.destroy(id);
-            return None;
-        }
-        // The guest's home in the store: its name and id, readable by it.
+        // The guest's home in the store, before it first runs: its name and
+        // id, and its disk's front-end and back-end directories.
         {
             let mut store_tree = STORE.lock();
             let _ = store_tree.introduce_domain(id, Quota::GUEST);
-            let mut path: ArrayString<64> = ArrayString::new();
-            let mut value: ArrayString<16> = ArrayString::new();
-            let _ = write!(path, "/local/domain/{id}/name");
-            let _ = store_tree.write(abi::DOM0, &path, &config.name);
-            path.clear();
-            let _ = write!(path, "/local/domain/{id}/domid");
-            let _ = write!(value, "{id}");
-            let _ = store_tree.write(abi::DOM0, &path, &value);
-            path.clear();
-            let _ = write!(path, "/local/domain/{id}");
-            let _ = store_tree.set_permissions(abi::DOM0, &path, &Permissions::owned_by(id));
+            let home = |key: &str| {
+                let mut path: ArrayString<96> = ArrayString::new();
+                let _ = write!(path, "/local/domain/{id}/{key}");
+                path
+            };
+            let _ = store_tree.write(abi::DOM0, &home("name"), &config.name);
+            let _ = store_tree.write(abi::DOM0, &home("domid"), &decimal(id as u64));
+            let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
+            if let Some((_, region)) = disk {
+                let backend = backend_path(id);
+                let key = |name: &str| {
+                    let mut path: ArrayString<96> = ArrayString::new();
+                    let _ = write!(path, "{backend}/{name}");
+                    path
+                };
+                // Permissions first: nodes created below inherit them.
+                let mut readable = Permissions::owned_by(abi::DOM0);
+                let _ = readable.grant(id, Access::Read);
+                let _ = store_tree.mkdir(abi::DOM0, &backend);
+                let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
+                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &home("device/vbd/0"));
+                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
+                let _ = store_tree.write(abi::DOM0, &key(keys::SECTORS), &decimal(region.sectors));
+                let _ = store_tree.write(abi::DOM0, &key(keys::MODE), if region.readonly { "r" } else { "w" });
+                let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
+                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/backend"), &backend);
+                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/backend-id"), "0");
+                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/state"), DeviceState::Initialising.as_value());
+            }
+        }
+        if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
+            let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
+            let _ = STORE.lock().remove_domain(id);
+            if disk.is_some() {
+                let _ = STORE.lock().remove(abi::DOM0, &backend_path(id));
+            }
+            control.console = console;
+            control.store = store;
+            control.destroy(id);
+            return None;
         }
         let _ = writeln!(out, "dom0: created '{}' as domain {id}", config.name);
         self.guests.push(Guest {
@@ -470,7 +479,8 @@ impl Toolstack {
             handled_end: false,
             created_at,
             create_to_first_output: None,
-            block,
+            block: None,
+            pending_disk: disk,
             store,
         });
         Some(id)
@@ -489,6 +499,7 @@ impl Toolstack {
             release_slot(&mut self.window_slots, store.port, store.slot);
         }
         let _ = STORE.lock().remove_domain(guest.id);
+        let _ = STORE.lock().remove(abi::DOM0, &backend_path(guest.id));
         if let Some(block) = guest.block.take() {
             // Make what the guest wrote durable before it goes away.
             if let Some(disk) = self.disks.get_mut(block.disk) {
@@ -675,6 +686,74 @@ impl Toolstack {
         moved
     }
 
+    /// Connects disks whose front end reached Initialised in the store: maps
+    /// its granted ring page, binds its event port, and answers Connected.
+    /// A front end that names a bad grant or port is told Closed.
+    pub fn advance_handshakes(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            let Some((disk, region)) = guest.pending_disk else { continue };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            let front = |key: &str| {
+                let mut path: ArrayString<96> = ArrayString::new();
+                let _ = write!(path, "/local/domain/{id}/device/vbd/0/{key}");
+                path
+            };
+            let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
+            if state != DeviceState::Initialised {
+                continue;
+            }
+            let number =
+                |key: &str| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes()));
+            let (ring_ref, port) = (number(keys::RING_REF), number(keys::EVENT_CHANNEL));
+            let mut back_state: ArrayString<96> = ArrayString::new();
+            let _ = write!(back_state, "{}/{}", backend_path(id), keys::STATE);
+            guest.pending_disk = None;
+            let connected = match (ring_ref, port, self.window_slots.iter().position(|used| !used)) {
+                (Some(ring_ref), Some(port), Some(slot)) => {
+                    let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+                    let mapped = hypercall::grant_map(id, ring_ref, address, true);
+                    let bound =
+                        mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
+                    match bound {
+                        Ok(dom0_port) => {
+                            self.window_slots[slot] = true;
+                            // SAFETY: hv just mapped the guest's granted ring page
+                            // read-write at this identity-mapped address; dom0
+                            // keeps it mapped until the guest is destroyed.
+                            let ring = unsafe { BlockBack::attach(address as *mut u8) };
+                            guest.block = Some(BlockBackend {
+                                ring,
+                                port: dom0_port as u32,
+                                slot,
+                                disk,
+                                region,
+                                requests: 0,
+                                service_tsc: 0,
+                                broken: None,
+                                mapped: ArrayVec::new(),
+                                mapped_by_grant: [0; abi::grant::ENTRIES],
+                            });
+                            let _ = hypercall::notify(dom0_port as u32);
+                            true
+                        }
+                        Err(_) => {
+                            let _ = hypercall::grant_unmap(address);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
+            let _ = store_tree.write(abi::DOM0, &back_state, answer.as_value());
+            if !connected {
+                let _ =
+                    writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
+            }
+        }
+    }
+
     /// Serves the guests' store requests and delivers their watch events.
     /// Returns whether anything moved.
     pub fn service_store(&mut self) -> bool {
@@ -813,6 +892,16 @@ impl Toolstack {
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
             let _ = writeln!(out, "  {:<20} console  {console}", guest.config.name);
+            if let Some((disk, region)) = guest.pending_disk {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} disk     {}:{}+{}  waiting for the front end (store: device/vbd/0)",
+                    guest.config.name,
+                    self.disks.get(disk).map_or("?", |d| d.name()),
+                    region.start,
+                    region.sectors
+                );
+            }
             if let Some(block) = &guest.block {
                 let state = block.broken.unwrap_or("connected");
                 let _ = writeln!(

@@ -4,6 +4,7 @@
 
 use core::arch::{asm, global_asm};
 use core::fmt;
+use core::fmt::Write as _;
 
 use abi::event::{EventOp, PortState, PortStatus, Virq};
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
@@ -199,28 +200,73 @@ impl Guest {
             guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
             guest.console_port = port as u32;
         }
-        if start_info.block_ring != 0 {
-            guest.disk = Self::connect_disk(&start_info);
+        if start_info.block_ring != 0 && guest.store.is_some() {
+            guest.disk = guest.connect_disk();
         }
         // SAFETY: the upcall handler is installed; from here events interrupt us.
         unsafe { asm!("sti", options(nomem, nostack)) };
         guest
     }
 
-    fn connect_disk(start_info: &StartInfo) -> Option<Disk> {
-        let port =
-            hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.block_port as u64).ok()? as u32;
+    /// Connects the block front end through the store (`abi::store`):
+    /// reads the back end's directory and the disk size, grants dom0 the ring
+    /// page and the transfer pages, allocates an event port for dom0,
+    /// publishes `ring-ref`, `event-channel` and `state` = Initialised, and
+    /// waits (bounded) for the back end to answer Connected.
+    fn connect_disk(&mut self) -> Option<Disk> {
+        use abi::store::{DeviceState, keys, parse_decimal};
+        let mut backend = [0u8; 96];
+        let length = self.store_read("device/vbd/0/backend", &mut backend).ok()?;
+        let backend = core::str::from_utf8(&backend[..length]).ok()?;
+        let mut backend_path = arrayvec::ArrayString::<96>::new();
+        backend_path.try_push_str(backend).ok()?;
+        let key = |name: &str| {
+            let mut path = arrayvec::ArrayString::<128>::new();
+            let _ = write!(path, "{backend_path}/{name}");
+            path
+        };
+        let mut value = [0u8; 32];
+        let length = self.store_read(&key(keys::SECTORS), &mut value).ok()?;
+        let sectors = parse_decimal(&value[..length])? as u64;
+
         // SAFETY: the static page is dedicated to the grant table for good.
         let mut table = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok()?;
+        // The ring is initialised before dom0 can see it.
+        // SAFETY: the builder reserved this page of our RAM for the ring; it
+        // stays ours for the guest's life (dom0 maps it through the grant).
+        let ring = unsafe { crate::ring::BlockFront::new(self.start_info.block_ring as *mut u8) };
+        let ring_ref = table.grant(abi::DOM0, self.start_info.block_ring, false).ok()?;
         let mut grants = [0u32; DISK_PAGES];
         for (index, grant) in grants.iter_mut().enumerate() {
             let page = (&raw mut DISK_BUFFER as u64) + index as u64 * 4096;
             *grant = table.grant(abi::DOM0, page, false).ok()?;
         }
-        // SAFETY: the builder reserved this page of our RAM for the ring, and
-        // dom0 maps it; it stays ours for the guest's life.
-        let ring = unsafe { crate::ring::BlockFront::new(start_info.block_ring as *mut u8) };
-        Some(Disk { table, ring, port, sectors: start_info.block_sectors, grants, next_id: 1, broken: false })
+        let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        let mut number = arrayvec::ArrayString::<16>::new();
+        let _ = write!(number, "{ring_ref}");
+        self.store_write("device/vbd/0/ring-ref", &number).ok()?;
+        number.clear();
+        let _ = write!(number, "{port}");
+        self.store_write("device/vbd/0/event-channel", &number).ok()?;
+        self.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).ok()?;
+        // Wait for the back end (it notifies our port when it connects; the
+        // timer bounds each wait, a second of guest time bounds them all).
+        let give_up = now() + self.ticks_per_second();
+        loop {
+            let length = self.store_read(&key(keys::STATE), &mut value).unwrap_or(0);
+            match DeviceState::from_key(Some(&value[..length])) {
+                DeviceState::Connected => break,
+                DeviceState::Closing | DeviceState::Closed => return None,
+                _ if now() > give_up => return None,
+                _ => {
+                    let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
+                    self.wait_for_event();
+                    take_pending(port);
+                }
+            }
+        }
+        let _ = self.store_write("device/vbd/0/state", DeviceState::Connected.as_value());
+        Some(Disk { table, ring, port, sectors, grants, next_id: 1, broken: false })
     }
 
     /// The disk's size in sectors (0 without a disk).
