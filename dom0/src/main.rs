@@ -270,6 +270,7 @@ impl Shell {
             Command::Mem => toolstack.mem(out),
             Command::Ls => toolstack.ls(out),
             Command::Devices => toolstack.devices(out),
+            Command::Store(path) => toolstack::show_store(path.unwrap_or("/local/domain"), out),
             Command::DiskBench(region) => toolstack.disk_bench(region, out),
             Command::Create(config) => {
                 toolstack.create(config, out);

@@ -34,6 +34,8 @@ pub enum Command<'a> {
     Ls,
     /// `devices`: physical disks and each guest's devices.
     Devices,
+    /// `store [path]`: the store's tree below `path` (default `/local/domain`).
+    Store(Option<&'a str>),
     /// `diskbench <device:start+count>`: time dom0 reading a disk region
     /// directly, in the same 32 KiB requests a guest's front end makes.
     DiskBench(&'a str),
@@ -44,7 +46,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 18] = [
+pub const COMMANDS: [(&str, &str, &str); 19] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -56,6 +58,7 @@ pub const COMMANDS: [(&str, &str, &str); 18] = [
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
     ("devices", "", "physical disks, and each guest's console and disk with their state"),
+    ("store", "[path]", "show the store's keys and values below path (default /local/domain)"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
     ("bench", "", "measure the null hypercall and a CPUID exit in TSC ticks"),
@@ -112,6 +115,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
         "mem" => Command::Mem,
         "ls" => Command::Ls,
         "devices" => Command::Devices,
+        "store" => Command::Store(words.next()),
         "diskbench" => Command::DiskBench(words.next().ok_or(missing)?),
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,

@@ -23,11 +23,55 @@ use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
 
+/// `store [path]`: prints the tree below `path`, one `path = "value"` line
+/// per node, depth first (bounded depth and output).
+pub fn show_store(path: &str, out: &mut Uart) {
+    let store = STORE.lock();
+    if let Err(error) = store.read(abi::DOM0, path) {
+        let _ = writeln!(out, "dom0: store: {path}: {}", error.name());
+        return;
+    }
+    let mut lines = 0;
+    show_node(&store, path, 0, &mut lines, out);
+}
+
+fn show_node(store: &DefaultStore, path: &str, depth: usize, lines: &mut usize, out: &mut Uart) {
+    const MAX_LINES: usize = 400;
+    if *lines >= MAX_LINES || depth > 12 {
+        return;
+    }
+    let value = store.read(abi::DOM0, path).unwrap_or("");
+    let _ = writeln!(out, "{path} = \"{value}\"");
+    *lines += 1;
+    let Ok(children) = store.directory(abi::DOM0, path) else { return };
+    let mut names: ArrayVec<ArrayString<64>, 32> = ArrayVec::new();
+    for name in children {
+        let mut copy = ArrayString::new();
+        if copy.try_push_str(name).is_ok() && names.try_push(copy).is_err() {
+            break;
+        }
+    }
+    for name in names {
+        let mut child: ArrayString<256> = ArrayString::new();
+        let separator = if path.ends_with('/') { "" } else { "/" };
+        if write!(child, "{path}{separator}{name}").is_ok() {
+            show_node(store, &child, depth + 1, lines, out);
+        }
+    }
+}
+
 /// `n` in decimal, as the store keeps numbers.
 fn decimal(n: u64) -> ArrayString<20> {
     let mut text = ArrayString::new();
     let _ = write!(text, "{n}");
     text
+}
+
+/// Where dom0 keeps the back-end sides of all of guest `id`'s disks.
+fn backend_directory(id: DomainId) -> ArrayString<64> {
+    let mut path = ArrayString::new();
+    let _ = write!(path, "/local/domain/0/backend/vbd/{id}");
+    path
 }
 
 /// Where dom0 keeps the back-end side of guest `id`'s first disk.
@@ -462,7 +506,7 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
             let _ = STORE.lock().remove_domain(id);
             if disk.is_some() {
-                let _ = STORE.lock().remove(abi::DOM0, &backend_path(id));
+                let _ = STORE.lock().remove(abi::DOM0, &backend_directory(id));
             }
             control.console = console;
             control.store = store;
@@ -499,7 +543,7 @@ impl Toolstack {
             release_slot(&mut self.window_slots, store.port, store.slot);
         }
         let _ = STORE.lock().remove_domain(guest.id);
-        let _ = STORE.lock().remove(abi::DOM0, &backend_path(guest.id));
+        let _ = STORE.lock().remove(abi::DOM0, &backend_directory(guest.id));
         if let Some(block) = guest.block.take() {
             // Make what the guest wrote durable before it goes away.
             if let Some(disk) = self.disks.get_mut(block.disk) {

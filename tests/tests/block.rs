@@ -49,7 +49,18 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     {
         fail_with(&mut machine, &format!("`devices` should show disktest's connected disk; it printed:\n{devices}"));
     }
+    // Front and back end met through the store: both sides say Connected (4).
+    let store = command(&mut machine, "store");
+    let front = format!("/local/domain/{id}/device/vbd/0/state = \"4\"");
+    let back = format!("/local/domain/0/backend/vbd/{id}/0/state = \"4\"");
+    if !store.contains(&front) || !store.contains(&back) {
+        fail_with(&mut machine, &format!("the store should show both ends Connected ({front}, {back}):\n{store}"));
+    }
     destroy(&mut machine, "disktest", id);
+    let store = command(&mut machine, "store");
+    if store.contains(&format!("/local/domain/{id}")) || store.contains(&format!("backend/vbd/{id}")) {
+        fail_with(&mut machine, &format!("destroying the guest should remove its store entries:\n{store}"));
+    }
 
     let id = create(&mut machine, "disktest-verify", "disktest-verify");
     attach(&mut machine, "disktest-verify", id);
