@@ -94,7 +94,20 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
 
     let (apic_id, apic_version) = lapic::init();
     info!("local APIC id {apic_id}, version {apic_version:#x}");
-    let ioapic_entries = arch::ioapic::init(apic_id);
+    let acpi = boot.acpi_rsdp.and_then(|rsdp| hvcore::acpi::parse(rsdp, &arch::memory::PhysicalMemory));
+    match acpi {
+        Some(acpi) => {
+            info!(
+                "ACPI: PM1a control {:#x}, S5 sleep types {:?}, I/O APIC at {:#x}",
+                acpi.pm1a_control,
+                acpi.s5_sleep_types,
+                acpi.ioapic_address.unwrap_or(0)
+            );
+            arch::platform::set_acpi(acpi);
+        }
+        None => warning!("no usable ACPI tables; power-off falls back to emulator ports"),
+    }
+    let ioapic_entries = arch::ioapic::init(apic_id, acpi.and_then(|a| a.ioapic_address));
     info!("I/O APIC: {ioapic_entries} redirection entries, ISA lines routed to vectors 0x30-0x3f (masked)");
     let tsc_khz = arch::tsc::calibrate();
     info!("TSC runs at {} kHz", tsc_khz);

@@ -2,14 +2,17 @@
 //! routes ISA interrupt lines to the boot CPU's local APIC, one vector per
 //! line, and unmasks only the lines dom0 binds to event channels.
 //!
-//! The address and the ISA-to-GSI identity mapping are the PC defaults; the
-//! ACPI MADT (which can move the I/O APIC and override ISA lines) is not
-//! read yet.
+//! The address comes from the ACPI MADT (PC default otherwise); the
+//! ISA-to-GSI mapping is the identity (MADT interrupt overrides are not
+//! applied yet).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+/// The PC default address of the I/O APIC's registers, used when the ACPI
+/// MADT names none.
+const DEFAULT_BASE: u64 = 0xfec0_0000;
 /// Physical (= hv virtual) address of the I/O APIC's registers.
-const BASE: u64 = 0xfec0_0000;
+static BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(DEFAULT_BASE);
 const SELECT: u64 = 0x00;
 const WINDOW: u64 = 0x10;
 const VERSION_REGISTER: u32 = 0x01;
@@ -30,16 +33,18 @@ fn read(register: u32) -> u32 {
     // uncached by hv's boot page tables; 32-bit volatile accesses are the
     // documented interface.
     unsafe {
-        core::ptr::write_volatile((BASE + SELECT) as *mut u32, register);
-        core::ptr::read_volatile((BASE + WINDOW) as *const u32)
+        let base = BASE.load(Ordering::Relaxed);
+        core::ptr::write_volatile((base + SELECT) as *mut u32, register);
+        core::ptr::read_volatile((base + WINDOW) as *const u32)
     }
 }
 
 fn write(register: u32, value: u32) {
     // SAFETY: as for `read`.
     unsafe {
-        core::ptr::write_volatile((BASE + SELECT) as *mut u32, register);
-        core::ptr::write_volatile((BASE + WINDOW) as *mut u32, value);
+        let base = BASE.load(Ordering::Relaxed);
+        core::ptr::write_volatile((base + SELECT) as *mut u32, register);
+        core::ptr::write_volatile((base + WINDOW) as *mut u32, value);
     }
 }
 
@@ -52,7 +57,11 @@ fn write_entry(line: u8, entry: u64) {
 /// Masks every redirection entry and routes ISA lines to their vectors
 /// (edge, active high, physical destination APIC `apic_id`), still masked.
 /// Returns the number of redirection entries.
-pub fn init(apic_id: u32) -> u32 {
+pub fn init(apic_id: u32, address: Option<u32>) -> u32 {
+    // Only addresses in the uncached top GiB of hv's identity map are used.
+    if let Some(address) = address.filter(|&a| (0xc000_0000..0xffff_f000).contains(&a)) {
+        BASE.store(address as u64, Ordering::Relaxed);
+    }
     let entries = ((read(VERSION_REGISTER) >> 16) & 0xff) + 1;
     if entries == 1 || entries > 240 {
         return 0; // no I/O APIC answered

@@ -120,6 +120,15 @@ pub fn atomic_swap(address: u64, value: u64) -> u64 {
     old
 }
 
+/// Firmware tables (ACPI) read through the identity map.
+pub struct PhysicalMemory;
+
+impl hvcore::acpi::PhysicalReader for PhysicalMemory {
+    fn read(&self, address: u64, out: &mut [u8]) -> bool {
+        copy_from(address, out)
+    }
+}
+
 /// A read-only view of boot-time memory hv trusts and never frees (the
 /// multiboot2 information and modules).
 ///

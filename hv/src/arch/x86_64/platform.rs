@@ -2,14 +2,37 @@
 
 use super::cpu::{halt_forever, outb, outw};
 
-/// Powers the machine off. Tries the ACPI PM1a control ports that PC
-/// firmware commonly uses under emulators (QEMU's PIIX4 at 0x604, Bochs's
-/// at 0xb004), then Bochs's shutdown port, then halts.
-// TODO(acpi): find PM1a_CNT and SLP_TYP for S5 from the FADT and DSDT, so
-// real machines power off too; until then they halt with a message.
+/// What the firmware's ACPI tables say about powering off (set at boot).
+static ACPI: spin::Once<hvcore::acpi::AcpiInfo> = spin::Once::new();
+
+/// Records the ACPI facts found at boot.
+pub fn set_acpi(info: hvcore::acpi::AcpiInfo) {
+    ACPI.call_once(|| info);
+}
+
+/// SLP_EN, PM1 control register bit 13 (ACPI 4.8.4.2.1).
+const SLEEP_ENABLE: u16 = 1 << 13;
+
+/// Powers the machine off: ACPI S5 through the FADT's PM1 control ports with
+/// the DSDT's `\_S5` sleep types; if that did not stop the CPU, the PM1a
+/// ports emulators commonly use (QEMU's PIIX4 at 0x604, Bochs's at 0xb004)
+/// and Bochs's shutdown port; then it halts.
 pub fn power_off() -> ! {
     crate::log::emergency(format_args!("hv: powering off\n"));
     super::serial::flush();
+    if let Some(info) = ACPI.get()
+        && let Some((type_a, type_b)) = info.s5_sleep_types
+        && info.pm1a_control != 0
+    {
+        // SAFETY: the firmware describes these as the PM1 control ports;
+        // writing SLP_TYP|SLP_EN there enters S5, which is what was asked.
+        unsafe {
+            outw(info.pm1a_control, (type_a as u16) << 10 | SLEEP_ENABLE);
+            if info.pm1b_control != 0 {
+                outw(info.pm1b_control, (type_b as u16) << 10 | SLEEP_ENABLE);
+            }
+        }
+    }
     // SAFETY: writing SLP_EN|SLP_TYP=0 to a PM1a control register turns an
     // emulated PC off; on other machines these ports are unused.
     unsafe {

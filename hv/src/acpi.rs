@@ -1,0 +1,269 @@
+//! Just enough ACPI (ACPI 6.x spec, chapter 5) for hv: from the RSDP the boot
+//! loader hands over, find the FADT's PM1a/PM1b control ports and the
+//! DSDT's `\_S5` sleep type (to power off), and the MADT's I/O APIC address.
+//!
+//! Every table is read through a [`PhysicalReader`] and length- and
+//! checksum-checked before use; firmware tables are data, not trusted code.
+
+/// Reads physical memory (the caller's identity map, or a test image).
+pub trait PhysicalReader {
+    /// Copies `out.len()` bytes at `address`; false if unreadable.
+    fn read(&self, address: u64, out: &mut [u8]) -> bool;
+}
+
+/// What hv uses from ACPI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcpiInfo {
+    /// PM1a control block I/O port (0 if absent).
+    pub pm1a_control: u16,
+    /// PM1b control block I/O port (0 if absent).
+    pub pm1b_control: u16,
+    /// `\_S5` SLP_TYPa and SLP_TYPb values, if the DSDT has them.
+    pub s5_sleep_types: Option<(u8, u8)>,
+    /// The I/O APIC's physical address from the MADT (first one), if any.
+    pub ioapic_address: Option<u32>,
+}
+
+const MAX_TABLES: usize = 64;
+const MAX_DSDT: usize = 256 * 1024;
+
+fn checksum_ok(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |sum, &b| sum.wrapping_add(b)) == 0
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Reads a whole table at `address` into `buffer`, checking its length
+/// field and checksum; returns its signature and length.
+fn read_table<'a>(reader: &impl PhysicalReader, address: u64, buffer: &'a mut [u8]) -> Option<([u8; 4], &'a [u8])> {
+    let mut header = [0u8; 36];
+    if !reader.read(address, &mut header) {
+        return None;
+    }
+    let length = u32_at(&header, 4)? as usize;
+    if length < 36 || length > buffer.len() {
+        return None;
+    }
+    let table = &mut buffer[..length];
+    if !reader.read(address, table) || !checksum_ok(table) {
+        return None;
+    }
+    Some((header[..4].try_into().ok()?, table))
+}
+
+/// Finds `\_S5` in AML: `NameOp "_S5_" PackageOp PkgLength NumElements
+/// SLP_TYPa SLP_TYPb` (values as BytePrefix+byte or a bare 0/1 constant).
+pub fn find_s5(aml: &[u8]) -> Option<(u8, u8)> {
+    let at = aml.windows(4).position(|w| w == b"_S5_")?;
+    let mut cursor = at + 4;
+    if *aml.get(cursor)? != 0x12 {
+        return None; // not followed by a PackageOp
+    }
+    cursor += 1;
+    // PkgLength: the top two bits of the first byte count extra bytes.
+    let extra = (*aml.get(cursor)? >> 6) as usize;
+    cursor += 1 + extra + 1; // length bytes, then NumElements
+    let mut value = || -> Option<u8> {
+        let byte = *aml.get(cursor)?;
+        let (result, width) = match byte {
+            0x0a => (*aml.get(cursor + 1)?, 2), // BytePrefix
+            0x00 => (0, 1),                     // ZeroOp
+            0x01 => (1, 1),                     // OneOp
+            _ => return None,
+        };
+        cursor += width;
+        Some(result)
+    };
+    let a = value()?;
+    let b = value().unwrap_or(0);
+    Some((a & 7, b & 7))
+}
+
+/// Walks the tables from the RSDP bytes the boot loader copied.
+pub fn parse(rsdp: &[u8], reader: &impl PhysicalReader) -> Option<AcpiInfo> {
+    if rsdp.get(..8)? != b"RSD PTR " || !checksum_ok(rsdp.get(..20)?) {
+        return None;
+    }
+    let revision = *rsdp.get(15)?;
+    // ACPI 2+: the XSDT (64-bit entries) if present, else the RSDT.
+    let (root, entry_size) = match (revision, u64_at(rsdp, 24)) {
+        (2.., Some(xsdt)) if xsdt != 0 && rsdp.len() >= 36 && checksum_ok(&rsdp[..36]) => (xsdt, 8),
+        _ => (u32_at(rsdp, 16)? as u64, 4),
+    };
+    let mut buffer = [0u8; 4 + 36 + 8 * MAX_TABLES];
+    let (signature, root_table) = read_table(reader, root, &mut buffer)?;
+    if &signature != b"XSDT" && &signature != b"RSDT" {
+        return None;
+    }
+    let mut entries = [0u64; MAX_TABLES];
+    let count = ((root_table.len() - 36) / entry_size).min(MAX_TABLES);
+    for (index, entry) in entries.iter_mut().take(count).enumerate() {
+        let at = 36 + index * entry_size;
+        *entry = if entry_size == 8 { u64_at(root_table, at)? } else { u32_at(root_table, at)? as u64 };
+    }
+    let mut info = AcpiInfo::default();
+    let mut table = [0u8; 4096];
+    for &address in &entries[..count] {
+        let Some((signature, bytes)) = read_table(reader, address, &mut table) else { continue };
+        match &signature {
+            b"FACP" => {
+                info.pm1a_control = u32_at(bytes, 64).unwrap_or(0) as u16;
+                info.pm1b_control = u32_at(bytes, 68).unwrap_or(0) as u16;
+                let dsdt = u64_at(bytes, 140).filter(|&a| a != 0).or(u32_at(bytes, 40).map(u64::from));
+                if let Some(dsdt) = dsdt {
+                    info.s5_sleep_types = find_s5_in_table(reader, dsdt);
+                }
+            }
+            b"APIC" => {
+                // MADT entries from offset 44: type, length, ...; type 1 is an I/O APIC.
+                let mut at = 44;
+                while at + 2 <= bytes.len() {
+                    let (kind, length) = (bytes[at], bytes[at + 1] as usize);
+                    if length < 2 || at + length > bytes.len() {
+                        break;
+                    }
+                    if kind == 1 && length >= 12 && info.ioapic_address.is_none() {
+                        info.ioapic_address = u32_at(bytes, at + 4);
+                    }
+                    at += length;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+/// Reads the DSDT in pieces (it can be large) and finds `\_S5`.
+fn find_s5_in_table(reader: &impl PhysicalReader, address: u64) -> Option<(u8, u8)> {
+    let mut header = [0u8; 36];
+    if !reader.read(address, &mut header) || &header[..4] != b"DSDT" {
+        return None;
+    }
+    let length = (u32_at(&header, 4)? as usize).min(MAX_DSDT);
+    // Scan in overlapping windows so a match across a boundary is found.
+    let mut window = [0u8; 4096];
+    let mut offset = 36;
+    while offset < length {
+        let size = (length - offset).min(window.len());
+        if !reader.read(address + offset as u64, &mut window[..size]) {
+            return None;
+        }
+        if let Some(found) = find_s5(&window[..size]) {
+            return Some(found);
+        }
+        if size < window.len() {
+            break;
+        }
+        offset += size - 16;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sparse physical memory for tests.
+    struct Memory(std::collections::BTreeMap<u64, Vec<u8>>);
+
+    impl PhysicalReader for Memory {
+        fn read(&self, address: u64, out: &mut [u8]) -> bool {
+            for (&base, bytes) in &self.0 {
+                if address >= base && address + out.len() as u64 <= base + bytes.len() as u64 {
+                    let start = (address - base) as usize;
+                    out.copy_from_slice(&bytes[start..start + out.len()]);
+                    return true;
+                }
+            }
+            false
+        }
+    }
+
+    fn table(signature: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0u8; 36];
+        bytes[..4].copy_from_slice(signature);
+        bytes.extend_from_slice(body);
+        let length = bytes.len() as u32;
+        bytes[4..8].copy_from_slice(&length.to_le_bytes());
+        let sum = bytes.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        bytes[9] = 0u8.wrapping_sub(sum);
+        bytes
+    }
+
+    fn machine() -> (Vec<u8>, Memory) {
+        let mut aml = vec![0x10, 0x20, 0x5c]; // some unrelated AML first
+        aml.extend_from_slice(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00]);
+        let dsdt = table(b"DSDT", &aml);
+        let mut fadt_body = vec![0u8; 244 - 36];
+        fadt_body[40 - 36..44 - 36].copy_from_slice(&0x3000u32.to_le_bytes());
+        fadt_body[64 - 36..68 - 36].copy_from_slice(&0xb004u32.to_le_bytes());
+        let fadt = table(b"FACP", &fadt_body);
+        let mut madt_body = vec![0u8; 8];
+        madt_body.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]); // a local APIC
+        madt_body.extend_from_slice(&[1, 12, 1, 0]);
+        madt_body.extend_from_slice(&0xfec0_0000u32.to_le_bytes());
+        madt_body.extend_from_slice(&0u32.to_le_bytes());
+        let madt = table(b"APIC", &madt_body);
+        let mut rsdt_body = Vec::new();
+        rsdt_body.extend_from_slice(&0x1000u32.to_le_bytes());
+        rsdt_body.extend_from_slice(&0x2000u32.to_le_bytes());
+        let rsdt = table(b"RSDT", &rsdt_body);
+        let mut rsdp = b"RSD PTR ".to_vec();
+        rsdp.extend_from_slice(&[0; 7]);
+        rsdp.push(0); // revision 0
+        rsdp.extend_from_slice(&0x4000u32.to_le_bytes());
+        let sum = rsdp.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        rsdp[8] = 0u8.wrapping_sub(sum);
+        let memory = Memory([(0x1000, fadt), (0x2000, madt), (0x3000, dsdt), (0x4000, rsdt)].into_iter().collect());
+        (rsdp, memory)
+    }
+
+    #[test]
+    fn finds_power_off_and_the_io_apic() {
+        let (rsdp, memory) = machine();
+        let info = parse(&rsdp, &memory).unwrap();
+        assert_eq!(info.pm1a_control, 0xb004);
+        assert_eq!(info.s5_sleep_types, Some((5, 5)));
+        assert_eq!(info.ioapic_address, Some(0xfec0_0000));
+    }
+
+    #[test]
+    fn broken_tables_are_skipped_not_trusted() {
+        let (mut rsdp, memory) = machine();
+        rsdp[0] = b'X';
+        assert_eq!(parse(&rsdp, &memory), None);
+        let (rsdp, mut memory) = machine();
+        memory.0.get_mut(&0x1000).unwrap()[40] ^= 0xff; // FADT checksum broken
+        let info = parse(&rsdp, &memory).unwrap();
+        assert_eq!(info.pm1a_control, 0, "a table with a bad checksum is ignored");
+        assert_eq!(info.ioapic_address, Some(0xfec0_0000));
+        assert_eq!(find_s5(b"_S5_"), None);
+        assert_eq!(find_s5(&[b'_', b'S', b'5', b'_', 0x12, 0x04, 0x02, 0x00, 0x01]), Some((0, 1)));
+    }
+
+    #[test]
+    fn random_memory_never_panics() {
+        let (rsdp, memory) = machine();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut memory = Memory(memory.0.clone());
+            for bytes in memory.0.values_mut() {
+                for _ in 0..4 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let at = (seed as usize) % bytes.len();
+                    bytes[at] = (seed >> 32) as u8;
+                }
+            }
+            let _ = parse(&rsdp, &memory);
+        }
+    }
+}
