@@ -90,6 +90,10 @@ fn rdtsc() -> u64 {
 pub const MAX_GUESTS: usize = 63;
 /// Pages of dom0's foreign window it hands out (consoles, rings, data pages).
 pub const WINDOW_SLOTS: usize = 1024;
+/// A guest that dies within this many seconds of starting counts as a quick death.
+const QUICK_DEATH_SECONDS: u64 = 10;
+/// Quick deaths in a row after which `on_crash = "restart"` gives up.
+const RESTARTS_MAX: u32 = 5;
 /// Console output kept per guest for `console` to replay on attach.
 const HISTORY: usize = 4096;
 
@@ -113,6 +117,8 @@ pub struct Guest {
     pub handled_end: bool,
     /// TSC when `create` started.
     created_at: u64,
+    /// Restarts in a row that followed a death soon after start.
+    quick_restarts: u32,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
     /// Its disk's back end, once the front end connected through the store.
@@ -522,6 +528,7 @@ impl Toolstack {
             history_length: 0,
             handled_end: false,
             created_at,
+            quick_restarts: 0,
             create_to_first_output: None,
             block: None,
             pending_disk: disk,
@@ -1031,9 +1038,25 @@ impl Toolstack {
                 }
                 OnCrash::Destroy => self.destroy(index, out),
                 OnCrash::Restart => {
-                    let config = self.guests[index].config.clone();
+                    // A guest that keeps dying soon after it starts is not
+                    // restarted forever: after RESTARTS_MAX quick deaths in a
+                    // row it stays down.
+                    let guest = &self.guests[index];
+                    let quick =
+                        rdtsc().wrapping_sub(guest.created_at) < self.tsc_khz.max(1) * 1000 * QUICK_DEATH_SECONDS;
+                    let restarts = if quick { guest.quick_restarts + 1 } else { 0 };
+                    let config = guest.config.clone();
                     self.destroy(index, out);
-                    self.create_from(config, out);
+                    if restarts > RESTARTS_MAX {
+                        let _ = writeln!(
+                            out,
+                            "dom0: '{name}' died {restarts} times within {QUICK_DEATH_SECONDS} s of starting; not restarting it"
+                        );
+                    } else if let Some(id) = self.create_from(config, out)
+                        && let Some(new) = self.guests.iter_mut().find(|g| g.id == id)
+                    {
+                        new.quick_restarts = restarts;
+                    }
                 }
             }
         }

@@ -752,3 +752,33 @@ fn a_guest_uses_the_store_over_its_ring() {
         destroy(&mut machine, "storetest", id);
     }
 }
+
+/// A guest with `on_crash = "restart"` that dies right after every start is
+/// restarted a few times, then left down with a message; nothing leaks.
+#[test]
+fn a_crash_looping_guest_is_not_restarted_forever() {
+    let mut machine = boot();
+    let (_, before) = mem(&mut machine);
+    machine.send_line("create crashloop").unwrap_or_else(fail);
+    let seen = machine
+        .expect(
+            line_where("dom0 giving up on crashloop", |line| {
+                line.starts_with("dom0: 'crashloop' died ") && line.ends_with("of starting; not restarting it")
+            }),
+            seconds(90),
+        )
+        .unwrap_or_else(fail);
+    let restarts = seen.lines().filter(|line| line.starts_with("dom0: created 'crashloop' as domain ")).count();
+    if !(2..=10).contains(&restarts) {
+        fail_with(&mut machine, &format!("crashloop should be built a few times (not {restarts}):\n{seen}"));
+    }
+    machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
+    let (text, list) = list(&mut machine);
+    if list.get("crashloop").is_some() {
+        fail_with(&mut machine, &format!("crashloop should be gone:\n{text}"));
+    }
+    let (text, after) = mem(&mut machine);
+    if after.free_kib != before.free_kib {
+        fail_with(&mut machine, &format!("free memory should be back to {} KiB:\n{text}", before.free_kib));
+    }
+}
