@@ -23,9 +23,12 @@ pub struct Totals {
 /// the first MiB, hv's image, the boot information and every module.
 pub fn init(boot: &BootInfo, reserved: &[PhysRange]) -> Result<Totals, &'static str> {
     let mut usable: arrayvec::ArrayVec<PhysRange, 128> = arrayvec::ArrayVec::new();
+    let ram_top =
+        boot.memory_map.iter().filter(|entry| entry.is_available()).map(|entry| entry.end()).max().unwrap_or(0);
+    let limit = physical::extend_identity_map(ram_top);
     let mut top = 0;
     for entry in boot.memory_map.iter().filter(|entry| entry.is_available()) {
-        let end = entry.end().min(physical::IDENTITY_LIMIT);
+        let end = entry.end().min(limit);
         if entry.base >= end {
             continue;
         }

@@ -27,6 +27,7 @@ mb2_header_end:
     .balign 4096
 boot_pml4:
     .skip 4096
+    .global boot_pdpt
 boot_pdpt:
     .skip 4096
 boot_pd:

@@ -1,13 +1,54 @@
 //! Access to physical memory. hv identity-maps the first 4 GiB (see `boot`),
-//! so a physical address below [`IDENTITY_LIMIT`] is also its virtual address.
+//! and all RAM above with 1 GiB pages where the CPU has them
+//! ([`extend_identity_map`]), so a physical address below
+//! [`identity_limit`] is also its virtual address.
 //! These wrappers are the only place hv turns a physical address into a
 //! pointer; everything above them works with addresses.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 /// Physical memory below this address is identity-mapped in hv.
-pub const IDENTITY_LIMIT: u64 = 4 << 30;
+static IDENTITY_LIMIT: AtomicU64 = AtomicU64::new(4 << 30);
+
+/// The end of hv's identity map.
+pub fn identity_limit() -> u64 {
+    IDENTITY_LIMIT.load(Ordering::Relaxed)
+}
+
+unsafe extern "C" {
+    /// The boot page tables' PDPT (its entries 0-3 map the first 4 GiB).
+    static mut boot_pdpt: [u64; 512];
+}
+
+/// Identity-maps physical memory up to `top` (at most 512 GiB, one PDPT)
+/// with 1 GiB pages, write-back, when the CPU supports them (CPUID
+/// 8000_0001h:EDX bit 26, SDM Vol. 3A 5.5.4); otherwise hv keeps to the
+/// first 4 GiB. Boot CPU, once, before the frame allocator. Returns the new
+/// limit.
+pub fn extend_identity_map(top: u64) -> u64 {
+    let has_1g_pages = super::cpu::cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
+    let gigabytes = top.div_ceil(1 << 30).min(512);
+    if !has_1g_pages || gigabytes <= 4 {
+        return identity_limit();
+    }
+    // SAFETY: boot is single-threaded; entries 4.. of the boot PDPT are
+    // unused (the boot code fills 0-3), and each becomes a present,
+    // writable 1 GiB page mapping the same physical range (P|RW|PS).
+    unsafe {
+        let pdpt = &raw mut boot_pdpt;
+        for index in 4..gigabytes as usize {
+            (*pdpt)[index] = (index as u64) << 30 | 0x83;
+        }
+        // Reloading CR3 flushes the TLB (the new entries were not present
+        // before, so this is belt and braces).
+        core::arch::asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack));
+    }
+    IDENTITY_LIMIT.store(gigabytes << 30, Ordering::Relaxed);
+    identity_limit()
+}
 
 fn mapped(address: u64, length: u64) -> bool {
-    address.checked_add(length).is_some_and(|end| end <= IDENTITY_LIMIT)
+    address.checked_add(length).is_some_and(|end| end <= identity_limit())
 }
 
 /// Reads a 64-bit word of physical memory (8-byte aligned).
