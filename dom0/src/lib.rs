@@ -14,4 +14,5 @@ pub mod report;
 pub mod selftest;
 pub mod shell;
 pub mod store;
+pub mod switch;
 pub mod tar;
