@@ -127,13 +127,8 @@ mod tests {
 
     #[test]
     fn random_requests_never_escape_the_region() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut random = crate::test_random::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = || random.next();
         for _ in 0..100_000 {
             let mut request = Request {
                 id: next(),

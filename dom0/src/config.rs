@@ -882,13 +882,8 @@ vif = [\"mac=00:16:3e:00:00:01\",]
     /// accepts must satisfy every documented rule.
     #[test]
     fn mutations_never_panic() {
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut generator = crate::test_random::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut random = move || generator.next();
         const INTERESTING: &[u8] = b"\"\\[]#=,\r\n \t-09aZ_.\0\xff\xc3\xa9";
         let good = GOOD.as_bytes();
         let (mut accepted, mut rejected) = (0, 0);

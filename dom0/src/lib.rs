@@ -16,3 +16,7 @@ pub mod shell;
 pub mod store;
 pub mod switch;
 pub mod tar;
+// The tests share hv core's generator (one file, used by both crates).
+#[cfg(test)]
+#[path = "../../hv/src/test_random.rs"]
+mod test_random;

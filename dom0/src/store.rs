@@ -1763,20 +1763,7 @@ mod tests {
         check_consistent(&*store);
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-    }
+    use crate::test_random::XorShift;
 
     #[test]
     fn the_tree_matches_a_model_through_many_changes() {
@@ -1787,7 +1774,7 @@ mod tests {
         let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
         let paths = ["/a", "/a/b", "/a/b/c", "/a/d", "/e", "/e/f", "/e/f/g", "/h"];
         for step in 0..20_000 {
-            let path = paths[random.below(paths.len() as u64) as usize];
+            let path = paths[random.below(paths.len())];
             if random.below(4) == 0 {
                 let result = store.remove(DOM0, path);
                 let present = model.contains_key(path);
@@ -1998,15 +1985,15 @@ mod tests {
             (_, Some(StoreOp::SetPermissions)) => 2 + random.below(3) as usize,
             _ => 1,
         };
-        let fields: Vec<&[u8]> = (0..count).map(|_| PIECES[random.below(PIECES.len() as u64) as usize]).collect();
+        let fields: Vec<&[u8]> = (0..count).map(|_| PIECES[random.below(PIECES.len())]).collect();
         let mut bytes = message(kind, random.next() as u32, &fields);
         for _ in 0..random.below(4).saturating_sub(1) {
             match random.below(4) {
                 0 if !bytes.is_empty() => {
-                    let at = random.below(bytes.len() as u64) as usize;
+                    let at = random.below(bytes.len());
                     bytes[at] = random.next() as u8;
                 }
-                1 => bytes.truncate(random.below(bytes.len() as u64 + 1) as usize),
+                1 => bytes.truncate(random.below(bytes.len() + 1)),
                 2 => bytes.push(random.next() as u8),
                 _ if bytes.len() > 12 => bytes[12] = random.below(40) as u8,
                 _ => {}

@@ -710,13 +710,8 @@ mod tests {
         let directory = TempDir::new("fuzz");
         let good = make_archive(&directory, "gnu", &["."]);
         let good = &good[..good.len().min(16 * 1024)];
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as usize
-        };
+        let mut generator = crate::test_random::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut random = move || generator.next() as usize;
         const INTERESTING: &[u8] = b"\0 /.01578xLg5\x80\xff";
         let mut outcomes = [0usize; 5];
         for _ in 0..20_000 {

@@ -251,14 +251,12 @@ mod tests {
     #[test]
     fn random_memory_never_panics() {
         let (rsdp, memory) = machine();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut random = crate::test_random::XorShift(0x2545_f491_4f6c_dd1d);
         for _ in 0..2000 {
             let mut memory = Memory(memory.0.clone());
             for bytes in memory.0.values_mut() {
                 for _ in 0..4 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
+                    let seed = random.next();
                     let at = (seed as usize) % bytes.len();
                     bytes[at] = (seed >> 32) as u8;
                 }

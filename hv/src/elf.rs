@@ -609,21 +609,7 @@ mod tests {
         assert!(ElfImage::parse(&good).is_ok());
     }
 
-    /// A tiny xorshift64 generator: deterministic, so failures reproduce.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, limit: usize) -> usize {
-            (self.next() % limit as u64) as usize
-        }
-    }
+    use crate::test_random::XorShift;
 
     #[test]
     fn mutated_files_never_panic() {

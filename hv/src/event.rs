@@ -619,13 +619,8 @@ mod tests {
         // it and the pairing invariant after it.
         const DOMAINS: DomainId = 4;
         let mut tables = Tables::with_domains(&[0, 1, 2, 3]);
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || random.next();
         // Ports are drawn mostly from the low ones, so that collisions are
         // common, with an occasional out-of-range one.
         let random_port = |value: u64| match value % 20 {

@@ -116,11 +116,9 @@ mod tests {
 
     #[test]
     fn chunks_of_random_buffers_cover_them_exactly() {
-        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut random = crate::test_random::XorShift(0x1234_5678_9abc_def0);
         for _ in 0..10_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = random.next();
             let address = seed % (1 << 40);
             let length = (seed >> 40) % 20_000;
             let mut expected = address;

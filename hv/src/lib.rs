@@ -15,3 +15,5 @@ pub mod log_ring;
 pub mod multiboot2;
 pub mod paging;
 pub mod scheduler;
+#[cfg(test)]
+mod test_random;

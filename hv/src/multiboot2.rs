@@ -523,21 +523,7 @@ mod tests {
         assert_eq!(parse(&short).unwrap_err(), Multiboot2Error::BadModule);
     }
 
-    /// A tiny xorshift64 generator: deterministic, so failures reproduce.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, limit: usize) -> usize {
-            (self.next() % limit as u64) as usize
-        }
-    }
+    use crate::test_random::XorShift;
 
     #[test]
     fn random_bytes_never_panic() {

@@ -989,13 +989,8 @@ mod tests {
         let mut memory = TestMemory::new();
         let mut ept = PageTable::<Ept>::new(&mut memory).unwrap();
         let mut model: HashMap<u64, (u64, PageSize)> = HashMap::new();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || random.next();
         let covering = |model: &HashMap<u64, (u64, PageSize)>, start: u64, end: u64| {
             model.iter().any(|(&virt, &(_, size))| virt < end && start < virt + size.bytes())
         };

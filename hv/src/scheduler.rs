@@ -793,13 +793,8 @@ mod tests {
         // period end and cap, and no capped domain exceeds its budget in any
         // period (tracked here independently).
         let mut scheduler = Scheduler::<6>::new(PERIOD, SLICE);
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || random.next();
         // Model: id -> (cap, runnable); per-period usage by id.
         let mut model: HashMap<DomainId, (u32, bool)> = HashMap::new();
         let mut usage: HashMap<DomainId, u64> = HashMap::new();
