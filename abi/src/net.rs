@@ -1,0 +1,220 @@
+//! The network device protocol (since ABI 0.5): a guest's virtual network
+//! interface (vif) carries Ethernet frames to and from dom0's software
+//! switch over two [`crate::ring`] rings, one for each direction.
+//!
+//! # Connecting
+//! dom0 publishes the back-end directory `/local/domain/0/backend/vif/<guest>/<n>`
+//! with `frontend`, `frontend-id`, [`keys::MAC`], the feature keys below and
+//! `state` = InitWait, and the front-end directory `device/vif/<n>` with
+//! `backend`, `backend-id`, [`keys::MAC`] and `state` = Initialising, before
+//! the guest first runs. The front end then:
+//! 1. initialises two ring pages (all zero is a valid empty ring), grants
+//!    each to dom0 read-write, and allocates one event port for dom0;
+//! 2. writes [`keys::TX_RING_REF`], [`keys::RX_RING_REF`],
+//!    `event-channel`, then `state` = Initialised;
+//! 3. waits for the back end's `state` = Connected (Closed: refused).
+//!
+//! One event channel serves both rings in both directions.
+//!
+//! # Transmit ring (guest to dom0)
+//! The front end puts a frame in a page it granted to dom0 (read-only is
+//! enough) and queues a [`TxRequest`] naming the grant, the offset and the
+//! length. The back end copies the frame out (one hypervisor grant copy),
+//! hands it to the switch and answers a [`TxResponse`] with the request's
+//! `id`: [`STATUS_OK`] once the frame left the vif (the switch may still
+//! drop it, as a real switch would, when no port can take it), or
+//! [`STATUS_ERROR`] for a malformed request (bad grant, range past the page,
+//! length outside [`FRAME_MIN`]..=[`FRAME_MAX`]). The page may be reused
+//! once the response arrived.
+//!
+//! # Receive ring (dom0 to guest)
+//! The front end posts empty buffers: an [`RxRequest`] names a whole page
+//! granted to dom0 read-write. For each frame the switch sends to the vif,
+//! the back end takes the oldest posted buffer, copies the frame to offset
+//! 0 of its page, and answers an [`RxResponse`] whose `status` is the
+//! frame's length (or [`STATUS_ERROR`] when the grant was unusable: the
+//! buffer is returned empty). Frames for a vif with no posted buffer are
+//! dropped and counted in dom0. Frames carry no FCS and are not padded.
+//!
+//! # Hostile ends
+//! The back end copies each request out of the ring once and validates it;
+//! a front end whose producer index runs past the ring is disconnected
+//! (state Closed) with a log line in dom0. Other vifs are not affected.
+//!
+//! # Features
+//! Keys the back end writes in its directory; absent means the default.
+//! - [`keys::FEATURE_RX_COPY`] = `1`: frames are copied into posted
+//!   buffers (the only receive mode of this version). Default `1`.
+//! - [`keys::FEATURE_SG`] = `0`: a frame is one buffer; no scatter-gather.
+//!   Default `0`.
+//! - [`keys::FEATURE_CSUM_OFFLOAD`] = `0`: checksums are the sender's job.
+//!   Default `0`.
+//! - [`keys::MTU`]: the largest payload, default [`MTU`].
+
+use core::mem::{offset_of, size_of};
+
+/// Largest Ethernet payload.
+pub const MTU: usize = 1500;
+/// Ethernet header bytes: destination, source, EtherType.
+pub const HEADER: usize = 14;
+/// Longest frame on a vif (header + MTU; no FCS, no VLAN tag).
+pub const FRAME_MAX: usize = HEADER + MTU;
+/// Shortest frame on a vif (the header alone).
+pub const FRAME_MIN: usize = HEADER;
+
+/// Success.
+pub const STATUS_OK: i16 = 0;
+/// The request was malformed (bad grant, offset or length).
+pub const STATUS_ERROR: i16 = -1;
+
+/// A frame to send, written by the front end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxRequest {
+    /// The front end's tag, echoed in the response.
+    pub id: u16,
+    /// Reserved, zero.
+    pub flags: u16,
+    /// Grant reference of the page holding the frame.
+    pub grant: u32,
+    /// Offset of the frame in the page; `offset + size <= 4096`.
+    pub offset: u16,
+    /// Length of the frame, [`FRAME_MIN`]..=[`FRAME_MAX`].
+    pub size: u16,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
+const _: () = assert!(size_of::<TxRequest>() == 16);
+const _: () = assert!(offset_of!(TxRequest, flags) == 2);
+const _: () = assert!(offset_of!(TxRequest, grant) == 4);
+const _: () = assert!(offset_of!(TxRequest, offset) == 8);
+const _: () = assert!(offset_of!(TxRequest, size) == 10);
+
+/// The answer to a [`TxRequest`], written by the back end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxResponse {
+    /// The request's `id`.
+    pub id: u16,
+    /// [`STATUS_OK`] or [`STATUS_ERROR`].
+    pub status: i16,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
+const _: () = assert!(size_of::<TxResponse>() == 8);
+const _: () = assert!(offset_of!(TxResponse, status) == 2);
+
+/// An empty receive buffer, posted by the front end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxRequest {
+    /// The front end's tag, echoed in the response.
+    pub id: u16,
+    /// Reserved, zero.
+    pub _reserved: u16,
+    /// Grant reference of a page granted read-write to dom0.
+    pub grant: u32,
+}
+
+const _: () = assert!(size_of::<RxRequest>() == 8);
+const _: () = assert!(offset_of!(RxRequest, grant) == 4);
+
+/// A received frame (or a returned buffer), written by the back end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxResponse {
+    /// The buffer's `id`.
+    pub id: u16,
+    /// Offset of the frame in the page (0 in this version).
+    pub offset: u16,
+    /// The frame's length (> 0), or [`STATUS_ERROR`].
+    pub status: i16,
+    /// Reserved, zero.
+    pub _reserved: u16,
+}
+
+const _: () = assert!(size_of::<RxResponse>() == 8);
+const _: () = assert!(offset_of!(RxResponse, offset) == 2);
+const _: () = assert!(offset_of!(RxResponse, status) == 4);
+
+/// Bytes per transmit-ring slot.
+pub const TX_SLOT_SIZE: usize = size_of::<TxRequest>();
+/// Slots in the transmit ring.
+pub const TX_SLOTS: usize = crate::ring::slot_count(TX_SLOT_SIZE);
+const _: () = assert!(TX_SLOTS == 128);
+/// Bytes per receive-ring slot.
+pub const RX_SLOT_SIZE: usize = size_of::<RxRequest>();
+/// Slots in the receive ring.
+pub const RX_SLOTS: usize = crate::ring::slot_count(RX_SLOT_SIZE);
+const _: () = assert!(RX_SLOTS == 256);
+
+/// Store keys of the vif protocol (besides those in [`crate::store::keys`]).
+pub mod keys {
+    /// Both directories: the vif's MAC address, `xx:xx:xx:xx:xx:xx` in
+    /// lower-case hex, chosen by dom0 (from the config or generated).
+    pub const MAC: &str = "mac";
+    /// Front end: grant reference of the transmit ring page.
+    pub const TX_RING_REF: &str = "tx-ring-ref";
+    /// Front end: grant reference of the receive ring page.
+    pub const RX_RING_REF: &str = "rx-ring-ref";
+    /// Back end: `1` when frames are copied into posted buffers.
+    pub const FEATURE_RX_COPY: &str = "feature-rx-copy";
+    /// Back end: `1` when a frame may span several buffers (never, here).
+    pub const FEATURE_SG: &str = "feature-sg";
+    /// Back end: `1` when checksums may be left to the other side (never, here).
+    pub const FEATURE_CSUM_OFFLOAD: &str = "feature-csum-offload";
+    /// Back end: the largest payload in bytes, decimal.
+    pub const MTU: &str = "mtu";
+}
+
+/// Parses a MAC address written as six `:`-separated pairs of hex digits.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Writes `mac` as `xx:xx:xx:xx:xx:xx` into `out`; returns the 17 bytes.
+pub fn format_mac(mac: [u8; 6], out: &mut [u8; 17]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (index, byte) in mac.iter().enumerate() {
+        out[index * 3] = HEX[(byte >> 4) as usize];
+        out[index * 3 + 1] = HEX[(byte & 15) as usize];
+        if index < 5 {
+            out[index * 3 + 2] = b':';
+        }
+    }
+    core::str::from_utf8(out).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_text_round_trips() {
+        let mut out = [0u8; 17];
+        let mac = [0x00, 0x16, 0x3e, 0xab, 0x0c, 0xff];
+        assert_eq!(format_mac(mac, &mut out), "00:16:3e:ab:0c:ff");
+        assert_eq!(parse_mac("00:16:3e:ab:0c:ff"), Some(mac));
+        assert_eq!(parse_mac("00:16:3E:AB:0C:FF"), Some(mac));
+        for bad in ["", "00:16:3e:ab:0c", "00:16:3e:ab:0c:ff:00", "0:16:3e:ab:0c:ff", "00:16:3e:ab:0c:fg", "00-16-3e-ab-0c-ff"]
+        {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_largest_frame_fits_a_page() {
+        assert!(FRAME_MAX <= crate::PAGE_SIZE as usize);
+    }
+}
