@@ -10,6 +10,7 @@ pub mod builder;
 pub mod config;
 pub mod disk_spec;
 pub mod line_editor;
+pub mod net_backend;
 pub mod report;
 pub mod selftest;
 pub mod shell;

@@ -13,4 +13,5 @@ pub mod grant;
 #[cfg(target_os = "none")]
 pub mod guest;
 pub mod hypercall;
+pub mod net;
 pub mod ring;

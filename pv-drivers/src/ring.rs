@@ -55,11 +55,11 @@ pub trait Slot: Copy + Default {
     fn from_bytes(bytes: &[u8]) -> Self;
 }
 
-fn put(out: &mut [u8], offset: usize, field: &[u8]) {
+pub(crate) fn put(out: &mut [u8], offset: usize, field: &[u8]) {
     out[offset..offset + field.len()].copy_from_slice(field);
 }
 
-fn take<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+pub(crate) fn take<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
     let mut field = [0; N];
     field.copy_from_slice(&bytes[offset..offset + N]);
     field

@@ -1,0 +1,480 @@
+//! The network front end's ring logic (`abi::net`): the transmit and
+//! receive rings, and the bookkeeping of the buffer pages granted to dom0.
+//! It moves frames in and out of those pages and tells the caller when to
+//! notify dom0; the guest runtime connects it through the store and owns
+//! the event channel. Responses are checked like requests in a back end:
+//! a response for a buffer that is not in flight marks the vif broken.
+
+use core::mem::{offset_of, size_of};
+
+use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
+
+use crate::ring::{BackRing, FrontRing, RingError, Slot, put, take};
+
+impl Slot for TxRequest {
+    const SIZE: usize = size_of::<TxRequest>();
+
+    fn to_bytes(&self, out: &mut [u8]) {
+        put(out, offset_of!(TxRequest, id), &self.id.to_le_bytes());
+        put(out, offset_of!(TxRequest, flags), &self.flags.to_le_bytes());
+        put(out, offset_of!(TxRequest, grant), &self.grant.to_le_bytes());
+        put(out, offset_of!(TxRequest, offset), &self.offset.to_le_bytes());
+        put(out, offset_of!(TxRequest, size), &self.size.to_le_bytes());
+        put(out, offset_of!(TxRequest, _reserved), &self._reserved.to_le_bytes());
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        TxRequest {
+            id: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, id))),
+            flags: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, flags))),
+            grant: u32::from_le_bytes(take(bytes, offset_of!(TxRequest, grant))),
+            offset: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, offset))),
+            size: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, size))),
+            _reserved: u32::from_le_bytes(take(bytes, offset_of!(TxRequest, _reserved))),
+        }
+    }
+}
+
+impl Slot for TxResponse {
+    const SIZE: usize = size_of::<TxResponse>();
+
+    fn to_bytes(&self, out: &mut [u8]) {
+        put(out, offset_of!(TxResponse, id), &self.id.to_le_bytes());
+        put(out, offset_of!(TxResponse, status), &self.status.to_le_bytes());
+        put(out, offset_of!(TxResponse, _reserved), &self._reserved.to_le_bytes());
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        TxResponse {
+            id: u16::from_le_bytes(take(bytes, offset_of!(TxResponse, id))),
+            status: i16::from_le_bytes(take(bytes, offset_of!(TxResponse, status))),
+            _reserved: u32::from_le_bytes(take(bytes, offset_of!(TxResponse, _reserved))),
+        }
+    }
+}
+
+impl Slot for RxRequest {
+    const SIZE: usize = size_of::<RxRequest>();
+
+    fn to_bytes(&self, out: &mut [u8]) {
+        put(out, offset_of!(RxRequest, id), &self.id.to_le_bytes());
+        put(out, offset_of!(RxRequest, _reserved), &self._reserved.to_le_bytes());
+        put(out, offset_of!(RxRequest, grant), &self.grant.to_le_bytes());
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        RxRequest {
+            id: u16::from_le_bytes(take(bytes, offset_of!(RxRequest, id))),
+            _reserved: u16::from_le_bytes(take(bytes, offset_of!(RxRequest, _reserved))),
+            grant: u32::from_le_bytes(take(bytes, offset_of!(RxRequest, grant))),
+        }
+    }
+}
+
+impl Slot for RxResponse {
+    const SIZE: usize = size_of::<RxResponse>();
+
+    fn to_bytes(&self, out: &mut [u8]) {
+        put(out, offset_of!(RxResponse, id), &self.id.to_le_bytes());
+        put(out, offset_of!(RxResponse, offset), &self.offset.to_le_bytes());
+        put(out, offset_of!(RxResponse, status), &self.status.to_le_bytes());
+        put(out, offset_of!(RxResponse, _reserved), &self._reserved.to_le_bytes());
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        RxResponse {
+            id: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, id))),
+            offset: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, offset))),
+            status: i16::from_le_bytes(take(bytes, offset_of!(RxResponse, status))),
+            _reserved: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, _reserved))),
+        }
+    }
+}
+
+/// The transmit ring's front end.
+pub type TxFront = FrontRing<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>;
+/// The transmit ring's back end.
+pub type TxBack = BackRing<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>;
+/// The receive ring's front end.
+pub type RxFront = FrontRing<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>;
+/// The receive ring's back end.
+pub type RxBack = BackRing<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>;
+
+/// Transmit buffers (one page each, one frame a page).
+pub const TX_BUFFERS: usize = 16;
+/// Receive buffers posted to dom0 (one page each).
+pub const RX_BUFFERS: usize = 32;
+
+/// Why the front end could not do what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetError {
+    /// Every transmit buffer is in flight: try again after dom0 answers.
+    Full,
+    /// The frame is shorter than a header or longer than [`FRAME_MAX`].
+    BadFrame,
+    /// dom0 broke the protocol (a runaway index, an answer for a buffer not
+    /// in flight); the vif is no longer used.
+    Broken,
+}
+
+/// A buffer page: its address in this domain and its grant to dom0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buffer {
+    pub address: u64,
+    pub grant: u32,
+}
+
+/// Counters of one vif.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub tx_frames: u64,
+    pub tx_errors: u64,
+    pub rx_frames: u64,
+    pub rx_errors: u64,
+}
+
+/// The front end of one vif.
+#[derive(Debug)]
+pub struct NetFront {
+    tx: TxFront,
+    rx: RxFront,
+    tx_buffers: [Buffer; TX_BUFFERS],
+    rx_buffers: [Buffer; RX_BUFFERS],
+    /// Bit `i`: transmit buffer `i` is in flight.
+    tx_in_flight: u32,
+    /// Bit `i`: receive buffer `i` is posted to dom0.
+    rx_posted: u32,
+    broken: bool,
+    pub stats: NetStats,
+}
+
+const _: () = assert!(TX_BUFFERS <= 32 && RX_BUFFERS <= 32);
+
+impl NetFront {
+    /// Creates both rings (zeroing their headers) over the buffer pages.
+    /// Nothing is posted yet: call [`NetFront::post_receive_buffers`].
+    ///
+    /// # Safety
+    /// `tx_ring` and `rx_ring` must be distinct writable 4 KiB pages shared
+    /// with dom0 for the life of the value; every buffer's address must be a
+    /// writable page of this domain, granted to dom0 as `grant` (read-write
+    /// for receive buffers), used by nothing else; none of these pages may
+    /// be accessed through Rust references meanwhile.
+    #[allow(unsafe_code, reason = "takes raw pages")]
+    pub unsafe fn new(
+        tx_ring: *mut u8,
+        rx_ring: *mut u8,
+        tx_buffers: [Buffer; TX_BUFFERS],
+        rx_buffers: [Buffer; RX_BUFFERS],
+    ) -> NetFront {
+        NetFront {
+            // SAFETY: the caller's guarantees are those `FrontRing::new` needs.
+            tx: unsafe { TxFront::new(tx_ring) },
+            // SAFETY: as above.
+            rx: unsafe { RxFront::new(rx_ring) },
+            tx_buffers,
+            rx_buffers,
+            tx_in_flight: 0,
+            rx_posted: 0,
+            broken: false,
+            stats: NetStats::default(),
+        }
+    }
+
+    /// Whether dom0 broke the protocol.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn fail<T>(&mut self) -> Result<T, NetError> {
+        self.broken = true;
+        Err(NetError::Broken)
+    }
+
+    /// Posts every receive buffer that is not posted. Returns whether to
+    /// notify dom0.
+    pub fn post_receive_buffers(&mut self) -> Result<bool, NetError> {
+        if self.broken {
+            return Err(NetError::Broken);
+        }
+        let mut posted = false;
+        for index in 0..RX_BUFFERS {
+            if self.rx_posted & (1 << index) != 0 {
+                continue;
+            }
+            let request = RxRequest { id: index as u16, _reserved: 0, grant: self.rx_buffers[index].grant };
+            if self.rx.push_request(&request).is_err() {
+                break;
+            }
+            self.rx_posted |= 1 << index;
+            posted = true;
+        }
+        Ok(posted && self.rx.publish_requests())
+    }
+
+    /// Takes the transmit answers dom0 published, freeing their buffers.
+    pub fn reclaim(&mut self) -> Result<(), NetError> {
+        loop {
+            match self.tx.pop_response() {
+                Ok(Some(response)) => {
+                    let index = response.id as usize;
+                    if index >= TX_BUFFERS || self.tx_in_flight & (1 << index) == 0 {
+                        return self.fail();
+                    }
+                    self.tx_in_flight &= !(1 << index);
+                    if response.status == abi::net::STATUS_OK {
+                        self.stats.tx_frames += 1;
+                    } else {
+                        self.stats.tx_errors += 1;
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(_) => return self.fail(),
+            }
+        }
+    }
+
+    /// Copies `frame` into a free transmit buffer and queues it. Returns
+    /// whether to notify dom0.
+    pub fn send(&mut self, frame: &[u8]) -> Result<bool, NetError> {
+        if self.broken {
+            return Err(NetError::Broken);
+        }
+        if !(FRAME_MIN..=FRAME_MAX).contains(&frame.len()) {
+            return Err(NetError::BadFrame);
+        }
+        self.reclaim()?;
+        let index = (!self.tx_in_flight).trailing_zeros() as usize;
+        if index >= TX_BUFFERS {
+            return Err(NetError::Full);
+        }
+        let buffer = self.tx_buffers[index];
+        // SAFETY: the buffer is a page of ours (see `new`) not in flight, so
+        // dom0 does not read it now; the frame fits (checked above).
+        #[allow(unsafe_code, reason = "writes the buffer page")]
+        unsafe {
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), buffer.address as *mut u8, frame.len())
+        };
+        let request =
+            TxRequest { id: index as u16, flags: 0, grant: buffer.grant, offset: 0, size: frame.len() as u16, _reserved: 0 };
+        if self.tx.push_request(&request).is_err() {
+            return Err(NetError::Full);
+        }
+        self.tx_in_flight |= 1 << index;
+        Ok(self.tx.publish_requests())
+    }
+
+    /// Copies the next received frame into `out` (at least [`FRAME_MAX`]
+    /// bytes) and posts its buffer again. `Ok(None)` when none is waiting;
+    /// `Ok(Some((length, notify)))` otherwise.
+    pub fn receive(&mut self, out: &mut [u8]) -> Result<Option<(usize, bool)>, NetError> {
+        if self.broken {
+            return Err(NetError::Broken);
+        }
+        loop {
+            let response = match self.rx.pop_response() {
+                Ok(Some(response)) => response,
+                Ok(None) => return Ok(None),
+                Err(_) => return self.fail(),
+            };
+            let index = response.id as usize;
+            if index >= RX_BUFFERS || self.rx_posted & (1 << index) == 0 {
+                return self.fail();
+            }
+            self.rx_posted &= !(1 << index);
+            let length = response.status as usize;
+            let offset = response.offset as usize;
+            let good = response.status > 0 && offset + length <= abi::PAGE_SIZE as usize && length <= out.len();
+            if good {
+                let source = self.rx_buffers[index].address + offset as u64;
+                // SAFETY: the buffer is ours and dom0 finished with it (it
+                // answered); the range lies inside its page and fits `out`.
+                #[allow(unsafe_code, reason = "reads the buffer page")]
+                unsafe {
+                    core::ptr::copy_nonoverlapping(source as *const u8, out.as_mut_ptr(), length)
+                };
+                self.stats.rx_frames += 1;
+            } else {
+                self.stats.rx_errors += 1;
+            }
+            let notify = self.post_receive_buffers()?;
+            if good {
+                return Ok(Some((length, notify)));
+            }
+        }
+    }
+
+    /// Prepares to wait: asks dom0 to notify on its next answer on either
+    /// ring. Returns true when something already arrived (do not wait).
+    pub fn arm_events(&mut self) -> bool {
+        let tx = self.tx.arm_response_event();
+        let rx = self.rx.arm_response_event();
+        tx || rx
+    }
+
+    /// Transmit buffers in flight.
+    pub fn tx_in_flight(&self) -> usize {
+        self.tx_in_flight.count_ones() as usize
+    }
+}
+
+/// The error a ring reported, as a vif error.
+impl From<RingError> for NetError {
+    fn from(_: RingError) -> NetError {
+        NetError::Broken
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code, reason = "the tests allocate the shared pages")]
+mod tests {
+    use super::*;
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+    struct Pages {
+        base: *mut u8,
+        count: usize,
+    }
+
+    impl Pages {
+        fn new(count: usize) -> Pages {
+            let layout = Layout::from_size_align(count * 4096, 4096).unwrap();
+            // SAFETY: non-zero size.
+            Pages { base: unsafe { alloc_zeroed(layout) }, count }
+        }
+        fn page(&self, index: usize) -> *mut u8 {
+            assert!(index < self.count);
+            // SAFETY: inside the allocation.
+            unsafe { self.base.add(index * 4096) }
+        }
+    }
+
+    impl Drop for Pages {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { dealloc(self.base, Layout::from_size_align(self.count * 4096, 4096).unwrap()) }
+        }
+    }
+
+    /// A front end and a model back end over host pages; grant `g` names
+    /// buffer page `g - 1` (tx first, then rx).
+    fn pair(pages: &Pages) -> (NetFront, TxBack, RxBack) {
+        let buffer = |index: usize| Buffer { address: pages.page(2 + index) as u64, grant: index as u32 + 1 };
+        let tx_buffers = core::array::from_fn(buffer);
+        let rx_buffers = core::array::from_fn(|index| buffer(TX_BUFFERS + index));
+        // SAFETY: the pages live as long as the test's `pages`.
+        let front = unsafe { NetFront::new(pages.page(0), pages.page(1), tx_buffers, rx_buffers) };
+        // SAFETY: as above.
+        let back = unsafe { (TxBack::attach(pages.page(0)), RxBack::attach(pages.page(1))) };
+        (front, back.0, back.1)
+    }
+
+    fn frame(length: usize, seed: u8) -> Vec<u8> {
+        (0..length).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn slot_encodings_round_trip_at_abi_offsets() {
+        let request = TxRequest { id: 0x1234, flags: 0, grant: 0xdead_beef, offset: 0x100, size: 1514, _reserved: 0 };
+        let mut bytes = [0u8; 16];
+        request.to_bytes(&mut bytes);
+        assert_eq!(&bytes[4..8], &0xdead_beefu32.to_le_bytes());
+        assert_eq!(&bytes[10..12], &1514u16.to_le_bytes());
+        assert_eq!(TxRequest::from_bytes(&bytes), request);
+        let response = RxResponse { id: 7, offset: 0, status: -1, _reserved: 0 };
+        let mut bytes = [0u8; 8];
+        response.to_bytes(&mut bytes);
+        assert_eq!(&bytes[4..6], &(-1i16).to_le_bytes());
+        assert_eq!(RxResponse::from_bytes(&bytes), response);
+        let request = RxRequest { id: 3, _reserved: 0, grant: 77 };
+        request.to_bytes(&mut bytes);
+        assert_eq!(RxRequest::from_bytes(&bytes), request);
+        let response = TxResponse { id: 9, status: 0, _reserved: 0 };
+        response.to_bytes(&mut bytes);
+        assert_eq!(TxResponse::from_bytes(&bytes), response);
+    }
+
+    #[test]
+    fn frames_travel_both_ways_and_buffers_are_recycled() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, mut rx_back) = pair(&pages);
+        front.post_receive_buffers().unwrap();
+        // Many more frames than buffers, so every buffer is reused.
+        for round in 0..200usize {
+            let sent = frame(FRAME_MIN + round * 7 % (FRAME_MAX - FRAME_MIN), round as u8);
+            front.send(&sent).unwrap();
+            let request = tx_back.pop_request().unwrap().expect("a request");
+            assert_eq!(request.size as usize, sent.len());
+            let page = pages.page(2 + request.grant as usize - 1);
+            // SAFETY: the page is one of the test's.
+            let seen = unsafe { std::slice::from_raw_parts(page.add(request.offset as usize), sent.len()) };
+            assert_eq!(seen, &sent[..]);
+            tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+            tx_back.publish_responses();
+
+            // The back end delivers it into a posted buffer.
+            let buffer = rx_back.pop_request().unwrap().expect("a posted buffer");
+            let page = pages.page(2 + buffer.grant as usize - 1);
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(sent.as_ptr(), page, sent.len()) };
+            rx_back.push_response(&RxResponse { id: buffer.id, offset: 0, status: sent.len() as i16, _reserved: 0 }).unwrap();
+            rx_back.publish_responses();
+            let mut out = [0u8; FRAME_MAX];
+            let (length, _) = front.receive(&mut out).unwrap().expect("a frame");
+            assert_eq!(&out[..length], &sent[..]);
+        }
+        front.reclaim().unwrap();
+        assert_eq!(front.tx_in_flight(), 0);
+        assert_eq!(front.stats.tx_frames, 200);
+        assert_eq!(front.stats.rx_frames, 200);
+    }
+
+    #[test]
+    fn transmit_buffers_run_out_then_come_back() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, _) = pair(&pages);
+        for _ in 0..TX_BUFFERS {
+            front.send(&frame(60, 1)).unwrap();
+        }
+        assert_eq!(front.send(&frame(60, 1)), Err(NetError::Full));
+        let request = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&TxResponse { id: request.id, status: -1, _reserved: 0 }).unwrap();
+        tx_back.publish_responses();
+        front.send(&frame(60, 2)).unwrap();
+        assert_eq!(front.stats.tx_errors, 1);
+        assert_eq!(front.send(&[0; 13]), Err(NetError::BadFrame));
+        assert_eq!(front.send(&[0; FRAME_MAX + 1]), Err(NetError::BadFrame));
+    }
+
+    #[test]
+    fn a_hostile_back_end_breaks_the_vif() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        // An answer for a transmit buffer that is not in flight.
+        let (mut front, mut tx_back, _) = pair(&pages);
+        front.send(&frame(60, 1)).unwrap();
+        let _ = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&TxResponse { id: 5, status: 0, _reserved: 0 }).unwrap();
+        tx_back.publish_responses();
+        assert_eq!(front.reclaim(), Err(NetError::Broken));
+        assert_eq!(front.send(&frame(60, 1)), Err(NetError::Broken));
+
+        // A received frame longer than the page, then a buffer id never posted.
+        let (mut front, _, mut rx_back) = pair(&pages);
+        front.post_receive_buffers().unwrap();
+        let buffer = rx_back.pop_request().unwrap().unwrap();
+        rx_back.push_response(&RxResponse { id: buffer.id, offset: 4000, status: 200, _reserved: 0 }).unwrap();
+        rx_back.publish_responses();
+        let mut out = [0u8; FRAME_MAX];
+        assert_eq!(front.receive(&mut out), Ok(None), "a bad frame is dropped, not delivered");
+        assert_eq!(front.stats.rx_errors, 1);
+        let _ = rx_back.pop_request().unwrap().unwrap();
+        let _ = rx_back.pop_request().unwrap().unwrap();
+        rx_back.push_response(&RxResponse { id: 31, offset: 0, status: 60, _reserved: 0 }).unwrap();
+        rx_back.push_response(&RxResponse { id: RX_BUFFERS as u16, offset: 0, status: 60, _reserved: 0 }).unwrap();
+        rx_back.publish_responses();
+        // Buffer 31 is posted: its answer is fine; there is no buffer 32.
+        assert!(front.receive(&mut out).unwrap().is_some());
+        assert_eq!(front.receive(&mut out), Err(NetError::Broken));
+        assert_eq!(front.receive(&mut out), Err(NetError::Broken), "stays broken");
+    }
+}
