@@ -50,10 +50,14 @@ pub enum Hypercall {
     /// Grant tables. `a0`: a [`crate::grant::GrantOp`], `a1`..`a4`: as the
     /// operation says. Since ABI 0.3.
     Grant = 11,
+    /// Physical device access, dom0 only. `a0`: a
+    /// [`crate::physdev::PhysdevOp`], `a1`, `a2`: as the operation says.
+    /// Since ABI 0.5.
+    Physdev = 12,
 }
 
 /// Number of hypercall numbers defined by this ABI version (they are dense).
-pub const HYPERCALL_COUNT: usize = 12;
+pub const HYPERCALL_COUNT: usize = 13;
 
 /// Longest write accepted by [`Hypercall::ConsoleWrite`] in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
@@ -74,6 +78,7 @@ impl Hypercall {
             9 => Hypercall::Event,
             10 => Hypercall::Vcpu,
             11 => Hypercall::Grant,
+            12 => Hypercall::Physdev,
             _ => return None,
         })
     }

@@ -56,6 +56,9 @@ const DOMAIN_INFO_SIZE: u64 = core::mem::size_of::<abi::info::DomainInfo>() as u
 const CONSOLE: u64 = Hypercall::ConsoleWrite as u64;
 const DOMCTL: u64 = Hypercall::DomCtl as u64;
 const EVENT: u64 = Hypercall::Event as u64;
+const PHYSDEV: u64 = Hypercall::Physdev as u64;
+const MAP_MMIO: Argument = Value(abi::physdev::PhysdevOp::MapMmio as u64);
+const TRANSLATE: Argument = Value(abi::physdev::PhysdevOp::Translate as u64);
 const fn op(operation: abi::domctl::DomCtlOp) -> Argument {
     Value(operation as u64)
 }
@@ -64,9 +67,10 @@ const fn event(operation: abi::event::EventOp) -> Argument {
 }
 use abi::domctl::{COPY_MAX, DomCtlOp as D, FOREIGN_WINDOW_BASE};
 use abi::event::EventOp as E;
+use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, MMIO_PAGES_MAX};
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 51] = [
+pub const CASES: [Case; 64] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
     case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
@@ -335,6 +339,85 @@ pub const CASES: [Case; 51] = [
         "event page with a low vector",
         EVENT,
         [event(E::RegisterPage), Buffer, Value(5), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    // Physical device access: every bad range is refused before anything is mapped.
+    case(
+        "physdev unknown operation",
+        PHYSDEV,
+        [Value(99), NONE, NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio unaligned",
+        PHYSDEV,
+        [MAP_MMIO, Value(DEVICE_WINDOW_BASE + 0x800), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio zero pages",
+        PHYSDEV,
+        [MAP_MMIO, Value(DEVICE_WINDOW_BASE), Value(0), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio too many pages",
+        PHYSDEV,
+        [MAP_MMIO, Value(DEVICE_WINDOW_BASE), Value(MMIO_PAGES_MAX + 1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio over RAM",
+        PHYSDEV,
+        [MAP_MMIO, Value(0x100000), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio the local APIC",
+        PHYSDEV,
+        [MAP_MMIO, Value(0xfee0_0000), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio the I/O APIC",
+        PHYSDEV,
+        [MAP_MMIO, Value(0xfec0_0000), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio below the window",
+        PHYSDEV,
+        [MAP_MMIO, Value(DEVICE_WINDOW_BASE - 0x1000), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio past the window",
+        PHYSDEV,
+        [MAP_MMIO, Value(DEVICE_WINDOW_END - 0x1000), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "map mmio wrapping range",
+        PHYSDEV,
+        [MAP_MMIO, Value(!0xfff), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate past dom0's memory",
+        PHYSDEV,
+        [TRANSLATE, MappedEnd(0x1000), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate the ramdisk",
+        PHYSDEV,
+        [TRANSLATE, Ramdisk, NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate u64::MAX",
+        PHYSDEV,
+        [TRANSLATE, Value(u64::MAX), NONE, NONE, NONE],
         Expected::Error(Error::InvalidArgument),
     ),
 ];

@@ -13,8 +13,14 @@
 //! | 0x40000 - 0x7ffff      | initial stack                             |
 //! | 0x100000 - ...         | the kernel image, then free RAM            |
 //! | after RAM (2 MiB aligned) | the ramdisk, read-only                 |
+//! | 0xc000_0000 - 4 GiB    | device window: uncached, not executable;  |
+//! |                        | EPT backs only what `MapMmio` mapped       |
+//! | 4 GiB - 5 GiB          | foreign window (EPT: what dom0 mapped)    |
+//!
+//! RAM and ramdisk must end below the device window.
 
 use abi::domctl::{FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE};
+use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END};
 use abi::start_info::{MemoryKind, StartInfo, flags};
 use hvcore::elf::{ElfImage, PF_X};
 use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
@@ -174,6 +180,10 @@ pub fn build(
         mapped_top = (memory_bytes + length).next_multiple_of(TWO_MIB);
     }
 
+    if mapped_top > DEVICE_WINDOW_BASE {
+        return Err("dom0's memory and ramdisk must end below the device window (3 GiB)");
+    }
+
     let ept = &domain.ept;
     let write = |guest_physical, bytes: &[u8]| {
         crate::domain::write_through(ept, guest_physical, bytes).map_err(|_| "dom0's image does not fit its memory")
@@ -184,6 +194,10 @@ pub fn build(
     write(GDT, &gdt_bytes())?;
 
     // Initial page tables: identity, page 0 left out, ramdisk read-only.
+    // At most 8 table pages of the 13 in the boot area: the PML4, one PDPT,
+    // one page table for the first 2 MiB and a page directory for each GiB
+    // of RAM (at most 3, below the device window), the device window and
+    // the foreign window.
     let mut tables = GuestTables { ept, next: TABLES_START };
     let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| "dom0 page tables")?;
     paging
@@ -216,6 +230,18 @@ pub fn build(
                 FOREIGN_WINDOW_SIZE,
                 Access::READ | Access::WRITE,
                 MemoryType::WriteBack,
+                PageSize::Size2M,
+            )
+        })
+        .and_then(|()| {
+            // The device window: page tables only; EPT backs what MapMmio maps.
+            paging.map_range(
+                &mut tables,
+                DEVICE_WINDOW_BASE,
+                DEVICE_WINDOW_BASE,
+                DEVICE_WINDOW_END - DEVICE_WINDOW_BASE,
+                Access::READ | Access::WRITE,
+                MemoryType::Uncacheable,
                 PageSize::Size2M,
             )
         })

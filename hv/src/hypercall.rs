@@ -26,6 +26,7 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     crate::events::event_op,
     crate::events::vcpu_op,
     crate::grants::grant_op,
+    crate::physdev::physdev_op,
 ];
 
 /// Runs hypercall `number` for domain `caller`; the result goes in RAX.

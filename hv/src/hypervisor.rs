@@ -48,6 +48,10 @@ pub struct Hypervisor {
     pub guest_io_bitmap: u64,
     /// MSR bitmap page shared by every guest.
     pub guest_msr_bitmap: u64,
+    /// What dom0 may map as device memory (`Hypercall::Physdev`).
+    pub device_policy: hvcore::mmio::DevicePolicy,
+    /// Bytes of RAM dom0 has from guest-physical 0 (what `Translate` answers for).
+    pub dom0_ram_bytes: u64,
 }
 
 /// The hypervisor's state. It is far too large for a stack (every domain's
@@ -63,6 +67,8 @@ pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
     state_owner: None,
     guest_io_bitmap: 0,
     guest_msr_bitmap: 0,
+    device_policy: hvcore::mmio::DevicePolicy::new(),
+    dom0_ram_bytes: 0,
 });
 
 impl Hypervisor {

@@ -12,6 +12,7 @@ pub mod event;
 pub mod frame;
 pub mod guest;
 pub mod log_ring;
+pub mod mmio;
 pub mod multiboot2;
 pub mod paging;
 pub mod scheduler;

@@ -17,6 +17,7 @@ mod hypercall;
 mod hypervisor;
 mod log;
 mod memory;
+mod physdev;
 
 use arrayvec::ArrayVec;
 use hvcore::frame::PhysRange;
@@ -30,6 +31,10 @@ unsafe extern "C" {
     static __hv_start: u8;
     static __hv_end: u8;
 }
+
+/// Where the local APIC's registers are after reset (SDM Vol. 3A 12.4.4),
+/// kept from dom0 even if the firmware moved or disabled the APIC.
+const LAPIC_DEFAULT_BASE: u64 = 0xfee0_0000;
 
 /// Stops hv with a clear reason; nothing else runs.
 fn stop(reason: &str) -> ! {
@@ -109,6 +114,12 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     }
     let ioapic_entries = arch::ioapic::init(apic_id, acpi.and_then(|a| a.ioapic_address));
     info!("I/O APIC: {ioapic_entries} redirection entries, ISA lines routed to vectors 0x30-0x3f (masked)");
+    // Device memory dom0 may map: not RAM, not the APICs (hv's).
+    let mut device_policy = hvcore::mmio::DevicePolicy::new();
+    device_policy.forbid_ram(&boot.memory_map);
+    for page in [lapic::base(), LAPIC_DEFAULT_BASE, arch::ioapic::base()] {
+        device_policy.forbid(page, page + abi::PAGE_SIZE);
+    }
     let tsc_khz = arch::tsc::calibrate();
     info!("TSC runs at {} kHz", tsc_khz);
 
@@ -146,6 +157,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     hv.boot_tsc = boot_tsc;
     hv.tsc_khz = tsc_khz;
     hv.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
+    hv.device_policy = device_policy;
+    hv.dom0_ram_bytes = dom0.max_pages * abi::PAGE_SIZE;
     hv.add_dom0(dom0);
     // Guests get no ports and no MSRs: one all-ones page serves as both I/O
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).

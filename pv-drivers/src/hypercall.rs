@@ -5,6 +5,7 @@ use abi::event::EventOp;
 use abi::grant::GrantOp;
 use abi::hypercall::{Hypercall, PlatformOp, SchedOp, ShutdownReason, VcpuOp};
 use abi::info::{DomainInfo, HvInfo};
+use abi::physdev::PhysdevOp;
 use abi::{DomainId, Error};
 
 /// Issues hypercall `number` with up to five arguments and returns RAX.
@@ -228,4 +229,21 @@ pub fn grant_map(granter: DomainId, reference: u32, address: u64, writable: bool
 pub fn grant_unmap(address: u64) -> Result<(), Error> {
     // SAFETY: no memory of ours is written.
     Error::decode(unsafe { raw(Hypercall::Grant as u64, [GrantOp::Unmap as u64, address, 0, 0, 0]) }).map(|_| ())
+}
+
+/// Maps `pages` pages of device memory from `machine_address` into this
+/// domain at the same address, uncached (dom0 only; see
+/// [`abi::physdev::PhysdevOp::MapMmio`]).
+pub fn physdev_map_mmio(machine_address: u64, pages: u64) -> Result<(), Error> {
+    let arguments = [PhysdevOp::MapMmio as u64, machine_address, pages, 0, 0];
+    // SAFETY: hv only maps device memory into this domain's address space
+    // (its device window, where no RAM is); no memory of ours is written.
+    Error::decode(unsafe { raw(Hypercall::Physdev as u64, arguments) }).map(|_| ())
+}
+
+/// The machine address behind `guest_physical` in this domain's RAM, for a
+/// device's DMA (dom0 only; valid within that 4 KiB page).
+pub fn physdev_translate(guest_physical: u64) -> Result<u64, Error> {
+    // SAFETY: no pointer arguments: the address is only looked up.
+    Error::decode(unsafe { raw(Hypercall::Physdev as u64, [PhysdevOp::Translate as u64, guest_physical, 0, 0, 0]) })
 }

@@ -75,6 +75,11 @@ pub fn init(apic_id: u32, address: Option<u32>) -> u32 {
     entries
 }
 
+/// Physical address of the I/O APIC's registers.
+pub fn base() -> u64 {
+    BASE.load(Ordering::Relaxed)
+}
+
 static ENTRIES: AtomicU32 = AtomicU32::new(0);
 static APIC_ID: AtomicU32 = AtomicU32::new(0);
 

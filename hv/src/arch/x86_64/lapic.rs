@@ -67,6 +67,12 @@ pub fn init() -> (u32, u32) {
     (read(ID) >> 24, read(VERSION) & 0xff)
 }
 
+/// Physical address of the local APIC's registers (from IA32_APIC_BASE), 0
+/// when the APIC is disabled.
+pub fn base() -> u64 {
+    BASE.load(Ordering::Relaxed)
+}
+
 /// Vector of the local APIC timer, used only to wake hv from HLT when idle.
 pub const TIMER_VECTOR: u8 = 0xf0;
 /// IA32_TSC_DEADLINE (SDM Vol. 3A 12.5.4.1).
