@@ -9,6 +9,7 @@ pub mod block_backend;
 pub mod builder;
 pub mod config;
 pub mod disk_spec;
+pub mod e1000_ring;
 pub mod line_editor;
 pub mod net_backend;
 pub mod report;

@@ -5,6 +5,7 @@
 
 mod ata;
 mod blkback;
+mod e1000;
 mod pci;
 mod toolstack;
 mod uart;
@@ -109,6 +110,21 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     toolstack.disks = ata::probe_all();
     for disk in &toolstack.disks {
         let _ = writeln!(console, "dom0: disk {}: {} sectors, {}", disk.name(), disk.sectors(), disk.model());
+    }
+    if let Some(probed) = e1000::probe(&devices) {
+        match probed {
+            Ok(nic) => {
+                let (bus, slot, function) = nic.location();
+                let mut text = [0u8; 17];
+                let mac = abi::net::format_mac(nic.mac(), &mut text);
+                let link = if nic.link_up() { "up" } else { "down" };
+                let _ = writeln!(console, "dom0: nic e1000 {bus:02x}:{slot:02x}.{function} mac {mac} link {link}");
+                *e1000::NIC.lock() = Some(nic);
+            }
+            Err(reason) => {
+                let _ = writeln!(console, "dom0: nic e1000: {reason}");
+            }
+        }
     }
     let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info, toolstack };
     shell.run()

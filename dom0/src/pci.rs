@@ -37,6 +37,41 @@ fn read_config(bus: u8, device: u8, function: u8, offset: u8) -> u32 {
     inl(CONFIG_DATA)
 }
 
+/// Writes one dword of a function's configuration space (same pairing as
+/// `read_config`).
+fn write_config(bus: u8, device: u8, function: u8, offset: u8, value: u32) {
+    outl(CONFIG_ADDRESS, config_address(bus, device, function, offset));
+    outl(CONFIG_DATA, value);
+}
+
+/// Command register bits (PCI Local Bus Specification 3.0, 6.2.2).
+const COMMAND_MEMORY_SPACE: u16 = 1 << 1;
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
+
+/// Lets `device` answer memory accesses to its BARs and master the bus (DMA).
+/// Other command bits are kept; the status half of the dword is written as
+/// zeros, which clears none of its write-one-to-clear bits.
+pub fn enable_memory_and_bus_master(device: &PciDevice) {
+    let (bus, slot, function) = (device.bus, device.device, device.function);
+    let command = read_config(bus, slot, function, 0x04) as u16;
+    write_config(bus, slot, function, 0x04, (command | COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER) as u32);
+}
+
+/// The physical address BAR `index` decodes, if it is a memory BAR (32- or
+/// 64-bit; PCI 3.0, 6.2.5.1).
+pub fn memory_bar(device: &PciDevice, index: usize) -> Option<u64> {
+    let low = *device.bars.get(index)?;
+    if low & 1 != 0 {
+        return None; // an I/O BAR
+    }
+    let high = match (low >> 1) & 0b11 {
+        0b00 => 0,
+        0b10 => *device.bars.get(index + 1)?,
+        _ => return None,
+    };
+    Some((high as u64) << 32 | (low & !0xf) as u64)
+}
+
 /// Reads the standard header of a function, or `None` when nothing answers.
 fn probe(bus: u8, device: u8, function: u8) -> Option<PciDevice> {
     // The vendor alone first: most slots are empty.
