@@ -15,6 +15,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering, fence};
 
+use abi::event::EventOp;
 pub use dom0core::e1000_ring::NicStats;
 use dom0core::e1000_ring::{
     self as ring, BUFFER_SIZE, DESCRIPTOR_DONE, DESCRIPTOR_SIZE, FRAME_MAX, FRAME_MIN, RxRing, RxWriteBack, TxRing,
@@ -181,6 +182,7 @@ impl E1000 {
         let control = nic.read(register::CTRL);
         let cleared = ctrl::LINK_RESET | ctrl::PHY_RESET | ctrl::INVERT_LOSS_OF_SIGNAL | ctrl::VLAN_MODE;
         nic.write(register::CTRL, (control & !cleared) | ctrl::SET_LINK_UP | ctrl::AUTO_SPEED_DETECTION);
+        nic.bind_interrupt(device.interrupt_line);
         Ok(nic)
     }
 
@@ -357,6 +359,9 @@ impl E1000 {
     /// length; None when none is waiting. Bad descriptors are counted in
     /// `rx_errors`, recycled and skipped. Reclaims completed tx descriptors too.
     pub fn receive(&mut self, out: &mut [u8; BUFFER_SIZE]) -> Option<usize> {
+        // First, so that a frame arriving after the descriptors were looked
+        // at raises the line again.
+        self.acknowledge_interrupt();
         self.reclaim_transmitted();
         // At most one pass over the ring, so a device that marks everything
         // done cannot keep dom0 here.
@@ -424,21 +429,32 @@ impl E1000 {
         None
     }
 
-    /// The event port the NIC's interrupt arrives on, if bound.
+    /// The event port the NIC's interrupt arrives on, if hv could bind its
+    /// line. Whenever it fires, call `receive` (which also acknowledges the
+    /// interrupt) until it returns None.
     pub fn interrupt_port(&self) -> Option<u32> {
         self.interrupt_port
     }
 
-    /// Reads (and so clears) the interrupt causes: call when the port fired.
-    pub fn acknowledge_interrupt(&mut self) -> u32 {
-        let causes = self.read(register::ICR);
-        if causes != 0 {
-            self.stats.interrupts += 1;
+    /// Binds the PCI interrupt line firmware assigned to an event port and
+    /// enables the interrupt causes dom0 handles. hv programs ISA lines
+    /// edge-triggered while PCI INTx is a level: the device holds the line
+    /// until ICR is read, so `receive` reads ICR first, which lets the line
+    /// drop and gives the next cause a fresh edge.
+    fn bind_interrupt(&mut self, line: u8) {
+        if !(1..16).contains(&line) {
+            return; // 0xFF: not connected; 0 and above 15: not an ISA line
         }
-        causes
+        if let Ok(port) = hypercall::event(EventOp::BindPirq, line as u64, 0) {
+            self.interrupt_port = Some(port as u32);
+            self.write(register::IMS, interrupt::ENABLED);
+        }
     }
 
-    fn enable_interrupts(&mut self) {
-        self.write(register::IMS, interrupt::ENABLED);
+    /// Reads (and so clears) the interrupt causes when interrupts are on.
+    fn acknowledge_interrupt(&mut self) {
+        if self.interrupt_port.is_some() && self.read(register::ICR) != 0 {
+            self.stats.interrupts += 1;
+        }
     }
 }

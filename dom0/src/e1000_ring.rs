@@ -364,7 +364,7 @@ pub struct NicStats {
     pub rx_errors: u64,
     /// Frames the device missed for lack of descriptors (its MPC register).
     pub rx_missed: u64,
-    /// Interrupts taken (0 when polling).
+    /// Interrupt cause reads that found a cause (0 when polling).
     pub interrupts: u64,
 }
 
