@@ -207,7 +207,8 @@ mod tests {
         assert_eq!(format_mac(mac, &mut out), "00:16:3e:ab:0c:ff");
         assert_eq!(parse_mac("00:16:3e:ab:0c:ff"), Some(mac));
         assert_eq!(parse_mac("00:16:3E:AB:0C:FF"), Some(mac));
-        for bad in ["", "00:16:3e:ab:0c", "00:16:3e:ab:0c:ff:00", "0:16:3e:ab:0c:ff", "00:16:3e:ab:0c:fg", "00-16-3e-ab-0c-ff"]
+        for bad in
+            ["", "00:16:3e:ab:0c", "00:16:3e:ab:0c:ff:00", "0:16:3e:ab:0c:ff", "00:16:3e:ab:0c:fg", "00-16-3e-ab-0c-ff"]
         {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }

@@ -11,8 +11,6 @@
 //! lengths it writes back are checked against the buffer (see
 //! `dom0core::e1000_ring`), and every wait has a deadline.
 
-#![allow(dead_code, reason = "transmit, receive and the rest are for the network switch, which calls them")]
-
 use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use abi::event::EventOp;
@@ -271,6 +269,8 @@ impl E1000 {
         self.write(
             register::RCTL,
             rctl::ENABLE
+                | rctl::UNICAST_PROMISCUOUS
+                | rctl::MULTICAST_PROMISCUOUS
                 | rctl::BROADCAST_ACCEPT
                 | rctl::STRIP_CRC
                 | rctl::BUFFER_SIZE_2048
@@ -403,30 +403,6 @@ impl E1000 {
     /// Counters for the `devices` shell listing.
     pub fn stats(&self) -> NicStats {
         self.stats
-    }
-
-    /// Asks who has `ip` (a broadcast ARP request from 0.0.0.0, RFC 5227's
-    /// probe) and waits up to `timeout_tsc` TSC ticks for the answer.
-    /// Frames received meanwhile that are not the answer are dropped.
-    pub fn arp_probe(&mut self, ip: [u8; 4], timeout_tsc: u64) -> Option<[u8; 6]> {
-        let request = ring::arp_request(self.mac, [0; 4], ip);
-        self.transmit(&request).ok()?;
-        let deadline = rdtsc().saturating_add(timeout_tsc);
-        let mut frame = [0u8; BUFFER_SIZE];
-        while rdtsc() < deadline {
-            match self.receive(&mut frame) {
-                Some(length) => {
-                    if let Some(mac) = ring::arp_reply_from(&frame[..length], self.mac, ip) {
-                        return Some(mac);
-                    }
-                }
-                None => {
-                    let _ = hypercall::set_timer(rdtsc() + self.ticks_per_ms);
-                    hypercall::block();
-                }
-            }
-        }
-        None
     }
 
     /// The event port the NIC's interrupt arrives on, if hv could bind its

@@ -95,6 +95,11 @@ pub mod interrupt {
 pub mod rctl {
     /// EN: receiver enable.
     pub const ENABLE: u32 = 1 << 1;
+    /// UPE: unicast promiscuous: accept frames for every MAC address (the
+    /// NIC is a port of dom0's switch, behind which the guests' MACs live).
+    pub const UNICAST_PROMISCUOUS: u32 = 1 << 3;
+    /// MPE: multicast promiscuous.
+    pub const MULTICAST_PROMISCUOUS: u32 = 1 << 4;
     /// RDMTS = 00b: RXDMT0 when half the descriptors are left.
     pub const MINIMUM_THRESHOLD_HALF: u32 = 0 << 8;
     /// BAM: accept broadcast frames.

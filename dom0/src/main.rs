@@ -6,6 +6,7 @@
 mod ata;
 mod blkback;
 mod e1000;
+mod netback;
 mod pci;
 mod toolstack;
 mod uart;
@@ -184,7 +185,9 @@ impl Shell {
             busy |= self.toolstack.service_consoles(&mut self.console);
             busy |= self.toolstack.service_disks(&mut self.console);
             busy |= self.toolstack.service_store();
+            busy |= self.toolstack.service_net(&mut self.console);
             self.toolstack.advance_handshakes(&mut self.console);
+            self.toolstack.advance_vif_handshakes(&mut self.console);
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;

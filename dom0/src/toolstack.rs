@@ -23,6 +23,9 @@ use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
 
+use crate::netback::{NetBackend, TX_BATCH, Transmit};
+use dom0core::switch::{Forward, PortId, Switch};
+
 /// `store [path]`: prints the tree below `path`, one `path = "value"` line
 /// per node, depth first (bounded depth and output).
 pub fn show_store(path: &str, out: &mut Uart) {
@@ -67,12 +70,25 @@ fn decimal(n: u64) -> ArrayString<20> {
     text
 }
 
-/// Where dom0 keeps the back-end sides of all of guest `id`'s disks.
-fn backend_directory(id: DomainId) -> ArrayString<64> {
+/// Where dom0 keeps the back-end sides of all of guest `id`'s devices of
+/// `kind` (`vbd`, `vif`).
+fn backend_directory(kind: &str, id: DomainId) -> ArrayString<64> {
     let mut path = ArrayString::new();
-    let _ = write!(path, "/local/domain/0/backend/vbd/{id}");
+    let _ = write!(path, "/local/domain/0/backend/{kind}/{id}");
     path
 }
+
+/// Where dom0 keeps the back-end side of guest `id`'s first vif.
+fn vif_backend_path(id: DomainId) -> ArrayString<64> {
+    let mut path = ArrayString::new();
+    let _ = write!(path, "/local/domain/0/backend/vif/{id}/0");
+    path
+}
+
+/// The switch port of the physical NIC (guest vifs use their domain id).
+pub const UPLINK: PortId = 0;
+/// Switch entries not refreshed for this many milliseconds are forgotten.
+const SWITCH_AGE_MS: u64 = 300_000;
 
 /// Where dom0 keeps the back-end side of guest `id`'s first disk.
 fn backend_path(id: DomainId) -> ArrayString<64> {
@@ -127,6 +143,13 @@ pub struct Guest {
     pub pending_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
+    /// Its vif's back end, once the front end connected through the store.
+    pub net: Option<NetBackend>,
+    /// Its vif's MAC until the front end has connected.
+    pub pending_vif: Option<[u8; 6]>,
+    /// A vif dom0 disconnected: the window slots of its ring pages (freed
+    /// when the guest is destroyed) and why.
+    pub broken_vif: Option<([usize; 2], &'static str)>,
 }
 
 /// A guest's connection to the store: its ring page (mapped in dom0), the
@@ -195,6 +218,10 @@ pub struct Toolstack {
     window_slots: [bool; WINDOW_SLOTS],
     /// The guest whose console is attached to the serial line.
     pub attached: Option<DomainId>,
+    /// The L2 switch joining the guests' vifs and the physical NIC.
+    pub switch: Switch<256>,
+    /// Frames the switch dropped (no port could take them, or malformed).
+    pub switch_dropped: u64,
 }
 
 /// The builder's view of the hypervisor: dom0's hypercalls.
@@ -320,6 +347,8 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     tsc_khz: 0,
     window_slots: [false; WINDOW_SLOTS],
     attached: None,
+    switch: Switch::new(SWITCH_AGE_MS),
+    switch_dropped: 0,
 });
 
 impl Toolstack {
@@ -454,6 +483,45 @@ impl Toolstack {
             }
             disk = Some((index, Region { start: spec.start, sectors: spec.sectors, readonly: spec.readonly }));
         }
+        // The vif: at most one per guest for now, with a MAC unique on the switch.
+        let mut vif = None;
+        if config.vifs.len() > 1 {
+            let _ = writeln!(out, "dom0: create: {}: only one vif per guest is supported", config.name);
+            return None;
+        }
+        if let Some(entry) = config.vifs.first() {
+            let spec = match dom0core::net_backend::parse_vif(entry) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: create: {}: vif \"{entry}\": {error}", config.name);
+                    return None;
+                }
+            };
+            let nic_mac = crate::e1000::NIC.lock().as_ref().map(|nic| nic.mac());
+            let in_use = |mac: [u8; 6]| {
+                nic_mac == Some(mac)
+                    || self
+                        .guests
+                        .iter()
+                        .any(|g| g.pending_vif == Some(mac) || g.net.as_ref().is_some_and(|net| net.mac == mac))
+            };
+            let mac = match spec.mac {
+                Some(mac) if in_use(mac) => {
+                    let mut text = [0u8; 17];
+                    let _ = writeln!(
+                        out,
+                        "dom0: create: {}: MAC {} is already on the switch",
+                        config.name,
+                        abi::net::format_mac(mac, &mut text)
+                    );
+                    return None;
+                }
+                Some(mac) => mac,
+                // Filled in once the domain id is known.
+                None => [0; 6],
+            };
+            vif = Some(mac);
+        }
         let request = BuildRequest {
             kernel,
             memory_bytes: config.memory_mib as u64 * (1 << 20),
@@ -507,13 +575,41 @@ impl Toolstack {
                 let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/backend-id"), "0");
                 let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/state"), DeviceState::Initialising.as_value());
             }
+            if let Some(mac) = vif.as_mut() {
+                if *mac == [0; 6] {
+                    *mac = dom0core::net_backend::default_mac(id, 0);
+                }
+                let backend = vif_backend_path(id);
+                let key = |name: &str| {
+                    let mut path: ArrayString<96> = ArrayString::new();
+                    let _ = write!(path, "{backend}/{name}");
+                    path
+                };
+                let mut text = [0u8; 17];
+                let mac_text = abi::net::format_mac(*mac, &mut text);
+                let mut readable = Permissions::owned_by(abi::DOM0);
+                let _ = readable.grant(id, Access::Read);
+                let _ = store_tree.mkdir(abi::DOM0, &backend);
+                let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
+                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &home("device/vif/0"));
+                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
+                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MAC), mac_text);
+                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_RX_COPY), "1");
+                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_SG), "0");
+                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_CSUM_OFFLOAD), "0");
+                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MTU), &decimal(abi::net::MTU as u64));
+                let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
+                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/backend"), &backend);
+                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/backend-id"), "0");
+                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/mac"), mac_text);
+                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/state"), DeviceState::Initialising.as_value());
+            }
         }
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
             let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
             let _ = STORE.lock().remove_domain(id);
-            if disk.is_some() {
-                let _ = STORE.lock().remove(abi::DOM0, &backend_directory(id));
-            }
+            let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vbd", id));
+            let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vif", id));
             control.console = console;
             control.store = store;
             control.destroy(id);
@@ -533,6 +629,9 @@ impl Toolstack {
             block: None,
             pending_disk: disk,
             store,
+            net: None,
+            pending_vif: vif,
+            broken_vif: None,
         });
         Some(id)
     }
@@ -550,7 +649,22 @@ impl Toolstack {
             release_slot(&mut self.window_slots, store.port, store.slot);
         }
         let _ = STORE.lock().remove_domain(guest.id);
-        let _ = STORE.lock().remove(abi::DOM0, &backend_directory(guest.id));
+        let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vbd", guest.id));
+        let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vif", guest.id));
+        if let Some(net) = guest.net.take() {
+            let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+            // hv removes dom0's grant mappings of the ring pages when the
+            // guest is destroyed; the slots come back here.
+            for slot in net.slots {
+                self.window_slots[slot] = false;
+            }
+        }
+        if let Some((slots, _)) = guest.broken_vif.take() {
+            for slot in slots {
+                self.window_slots[slot] = false;
+            }
+        }
+        self.switch.remove_port(guest.id as PortId);
         if let Some(block) = guest.block.take() {
             // Make what the guest wrote durable before it goes away.
             if let Some(disk) = self.disks.get_mut(block.disk) {
@@ -805,6 +919,168 @@ impl Toolstack {
         }
     }
 
+    /// Connects vifs whose front end reached Initialised: maps both granted
+    /// ring pages, binds the event port and answers Connected (Closed when
+    /// anything it named is unusable; then nothing stays mapped or bound).
+    pub fn advance_vif_handshakes(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            let Some(mac) = guest.pending_vif else { continue };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            let front = |key: &str| {
+                let mut path: ArrayString<96> = ArrayString::new();
+                let _ = write!(path, "/local/domain/{id}/device/vif/0/{key}");
+                path
+            };
+            let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
+            if state != DeviceState::Initialised {
+                continue;
+            }
+            let number =
+                |key: &str| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes()));
+            let (tx_ref, rx_ref, port) =
+                (number(abi::net::keys::TX_RING_REF), number(abi::net::keys::RX_RING_REF), number(keys::EVENT_CHANNEL));
+            guest.pending_vif = None;
+            let mut free = self.window_slots.iter().enumerate().filter(|(_, used)| !**used).map(|(slot, _)| slot);
+            let connected = match (tx_ref, rx_ref, port, free.next(), free.next()) {
+                (Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
+                    let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+                    let tx_mapped = hypercall::grant_map(id, tx_ref, address(tx_slot), true);
+                    let rx_mapped = tx_mapped.and_then(|()| hypercall::grant_map(id, rx_ref, address(rx_slot), true));
+                    let bound =
+                        rx_mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
+                    match bound {
+                        Ok(dom0_port) => {
+                            self.window_slots[tx_slot] = true;
+                            self.window_slots[rx_slot] = true;
+                            // SAFETY: hv just mapped the guest's granted ring pages
+                            // read-write at these identity-mapped addresses; dom0
+                            // keeps them mapped until the guest is destroyed.
+                            let (tx, rx) = unsafe {
+                                (
+                                    pv_drivers::net::TxBack::attach(address(tx_slot) as *mut u8),
+                                    pv_drivers::net::RxBack::attach(address(rx_slot) as *mut u8),
+                                )
+                            };
+                            guest.net = Some(NetBackend::new(tx, rx, dom0_port as u32, [tx_slot, rx_slot], mac));
+                            let _ = hypercall::notify(dom0_port as u32);
+                            true
+                        }
+                        Err(_) => {
+                            if tx_mapped.is_ok() {
+                                let _ = hypercall::grant_unmap(address(tx_slot));
+                            }
+                            if rx_mapped.is_ok() {
+                                let _ = hypercall::grant_unmap(address(rx_slot));
+                            }
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            let mut back_state: ArrayString<96> = ArrayString::new();
+            let _ = write!(back_state, "{}/{}", vif_backend_path(id), keys::STATE);
+            let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
+            let _ = store_tree.write(abi::DOM0, &back_state, answer.as_value());
+            if !connected {
+                let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
+            }
+        }
+    }
+
+    /// Moves frames: from every guest's transmit ring and from the NIC
+    /// through the switch to guests' receive buffers and the NIC. A front
+    /// end that breaks its rings is disconnected with a log line. Returns
+    /// whether any frame moved.
+    pub fn service_net(&mut self, out: &mut Uart) -> bool {
+        let mut frame = [0u8; 2048];
+        let mut moved = false;
+        let now = rdtsc() / self.tsc_khz.max(1);
+        for index in 0..self.guests.len() {
+            let id = self.guests[index].id;
+            for _ in 0..TX_BATCH {
+                let Some(net) = self.guests[index].net.as_mut() else { break };
+                match net.take_frame(id, &mut frame) {
+                    Transmit::Frame(length) => {
+                        moved = true;
+                        self.switch_frame(id as PortId, &frame[..length], now);
+                    }
+                    Transmit::Refused => moved = true,
+                    Transmit::Idle => break,
+                }
+            }
+        }
+        for _ in 0..TX_BATCH {
+            let received = crate::e1000::NIC.lock().as_mut().and_then(|nic| {
+                let mut buffer = [0u8; 2048];
+                let length = nic.receive(&mut buffer)?;
+                frame[..length].copy_from_slice(&buffer[..length]);
+                Some(length)
+            });
+            let Some(length) = received else { break };
+            moved = true;
+            if (abi::net::FRAME_MIN..=abi::net::FRAME_MAX).contains(&length) {
+                self.switch_frame(UPLINK, &frame[..length], now);
+            } else {
+                self.switch_dropped += 1;
+            }
+        }
+        for guest in self.guests.iter_mut() {
+            let Some(net) = guest.net.as_mut() else { continue };
+            net.flush();
+            if let Some(reason) = net.broken {
+                let _ =
+                    writeln!(out, "\ndom0: '{}' broke its vif rings ({reason}); vif disconnected", guest.config.name);
+                let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+                let mut state: ArrayString<96> = ArrayString::new();
+                let _ = write!(state, "{}/{}", vif_backend_path(guest.id), keys::STATE);
+                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                self.switch.remove_port(guest.id as PortId);
+                // The ring pages stay mapped (and their slots taken) until
+                // the guest is destroyed.
+                let slots = net.slots;
+                guest.net = None;
+                guest.broken_vif = Some((slots, reason));
+            }
+        }
+        moved
+    }
+
+    /// Sends one frame that arrived on switch port `from` where the switch says.
+    fn switch_frame(&mut self, from: PortId, frame: &[u8], now: u64) {
+        match self.switch.forward(from, frame, now) {
+            Forward::Port(port) => self.send_to_port(port, frame),
+            Forward::Flood => {
+                if from != UPLINK {
+                    self.send_to_port(UPLINK, frame);
+                }
+                for index in 0..self.guests.len() {
+                    let port = self.guests[index].id as PortId;
+                    if port != from && self.guests[index].net.is_some() {
+                        self.send_to_port(port, frame);
+                    }
+                }
+            }
+            Forward::Drop => self.switch_dropped += 1,
+        }
+    }
+
+    fn send_to_port(&mut self, port: PortId, frame: &[u8]) {
+        if port == UPLINK {
+            if let Some(nic) = crate::e1000::NIC.lock().as_mut()
+                && nic.transmit(frame).is_err()
+            {
+                self.switch_dropped += 1;
+            }
+            return;
+        }
+        match self.guests.iter_mut().find(|g| g.id as PortId == port).and_then(|g| Some((g.id, g.net.as_mut()?))) {
+            Some((id, net)) => net.deliver(id, frame),
+            None => self.switch_dropped += 1,
+        }
+    }
+
     /// Serves the guests' store requests and delivers their watch events.
     /// Returns whether anything moved.
     pub fn service_store(&mut self) -> bool {
@@ -939,6 +1215,29 @@ impl Toolstack {
         for disk in &self.disks {
             let _ = writeln!(out, "  {:<12} {:>10} sectors  {}", disk.name(), disk.sectors(), disk.model());
         }
+        let _ = writeln!(out, "Network:");
+        match crate::e1000::NIC.lock().as_ref() {
+            Some(nic) => {
+                let stats = nic.stats();
+                let mut text = [0u8; 17];
+                let _ = writeln!(
+                    out,
+                    "  {:<12} e1000 mac {}  link {}, {}, tx {} frames ({} dropped), rx {} frames",
+                    "nic0",
+                    abi::net::format_mac(nic.mac(), &mut text),
+                    if nic.link_up() { "up" } else { "down" },
+                    if nic.interrupt_port().is_some() { "interrupts" } else { "polled" },
+                    stats.tx_frames,
+                    stats.tx_dropped,
+                    stats.rx_frames
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  (no NIC found)");
+            }
+        }
+        let _ =
+            writeln!(out, "  switch: {} addresses learned, {} frames dropped", self.switch.len(), self.switch_dropped);
         let _ = writeln!(out, "Guest devices:");
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
@@ -951,6 +1250,31 @@ impl Toolstack {
                     self.disks.get(disk).map_or("?", |d| d.name()),
                     region.start,
                     region.sectors
+                );
+            }
+            let mut text = [0u8; 17];
+            if let Some(mac) = guest.pending_vif {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} vif      {}  waiting for the front end (store: device/vif/0)",
+                    guest.config.name,
+                    abi::net::format_mac(mac, &mut text)
+                );
+            }
+            if let Some((_, reason)) = guest.broken_vif {
+                let _ = writeln!(out, "  {:<20} vif      disconnected: {reason}", guest.config.name);
+            }
+            if let Some(net) = &guest.net {
+                let stats = net.stats;
+                let _ = writeln!(
+                    out,
+                    "  {:<20} vif      {}  connected, tx {} frames ({} refused), rx {} frames ({} dropped)",
+                    guest.config.name,
+                    abi::net::format_mac(net.mac, &mut text),
+                    stats.tx_frames,
+                    stats.tx_errors,
+                    stats.rx_frames,
+                    stats.rx_dropped
                 );
             }
             if let Some(block) = &guest.block {

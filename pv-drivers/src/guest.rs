@@ -28,6 +28,13 @@ static mut IDT: Idt = Idt([[0; 2]; 256]);
 /// The grant table page.
 static mut GRANT_PAGE: Page = Page([0; 4096]);
 
+/// The first vif's pages: the transmit and receive rings, then the
+/// transmit and receive buffers (granted to dom0 once at start-up).
+const NET_PAGES_COUNT: usize = 2 + crate::net::TX_BUFFERS + crate::net::RX_BUFFERS;
+#[repr(C, align(4096))]
+struct NetPages([[u8; 4096]; NET_PAGES_COUNT]);
+static mut NET_PAGES: NetPages = NetPages([[0; 4096]; NET_PAGES_COUNT]);
+
 /// Pages for disk transfers, granted to dom0 once at start-up.
 const DISK_PAGES: usize = 8 * abi::block::MAX_SEGMENTS;
 #[repr(C, align(4096))]
@@ -50,7 +57,6 @@ pub enum DiskError {
 /// The block front end: one ring, the event port, persistent grants of
 /// the transfer pages.
 struct Disk {
-    table: crate::grant::GrantTable,
     ring: crate::ring::BlockFront,
     port: u32,
     sectors: u64,
@@ -143,6 +149,10 @@ pub struct Guest {
     store: Option<StoreClient>,
     /// The store port fired since the client last looked.
     store_event: bool,
+    /// The grant table (set up when the guest has a store, so devices).
+    grants: Option<crate::grant::GrantTable>,
+    /// The first vif's front end and its event port.
+    net: Option<(crate::net::NetFront, u32)>,
 }
 
 impl Guest {
@@ -183,6 +193,8 @@ impl Guest {
             disk: None,
             store: None,
             store_event: false,
+            grants: None,
+            net: None,
         };
         if start_info.store_page != 0
             && let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.store_port as u64)
@@ -200,8 +212,15 @@ impl Guest {
             guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
             guest.console_port = port as u32;
         }
+        if guest.store.is_some() {
+            // SAFETY: the static page is dedicated to the grant table for good.
+            guest.grants = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok();
+        }
         if start_info.block_ring != 0 && guest.store.is_some() {
             guest.disk = guest.connect_disk();
+        }
+        if guest.store.is_some() {
+            guest.net = guest.connect_net();
         }
         // SAFETY: the upcall handler is installed; from here events interrupt us.
         unsafe { asm!("sti", options(nomem, nostack)) };
@@ -229,8 +248,7 @@ impl Guest {
         let length = self.store_read(&key(keys::SECTORS), &mut value).ok()?;
         let sectors = parse_decimal(&value[..length])? as u64;
 
-        // SAFETY: the static page is dedicated to the grant table for good.
-        let mut table = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok()?;
+        let table = self.grants.as_mut()?;
         // The ring is initialised before dom0 can see it.
         // SAFETY: the builder reserved this page of our RAM for the ring; it
         // stays ours for the guest's life (dom0 maps it through the grant).
@@ -249,15 +267,27 @@ impl Guest {
         let _ = write!(number, "{port}");
         self.store_write("device/vbd/0/event-channel", &number).ok()?;
         self.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).ok()?;
-        // Wait for the back end (it notifies our port when it connects; the
-        // timer bounds each wait, a second of guest time bounds them all).
+        if !self.wait_for_backend(&key(keys::STATE), port) {
+            return None;
+        }
+        let _ = self.store_write("device/vbd/0/state", DeviceState::Connected.as_value());
+        Some(Disk { ring, port, sectors, grants, next_id: 1, broken: false })
+    }
+
+    /// Waits until the back end's `state` node (absolute path `state_key`)
+    /// says Connected: true, or Closing/Closed or a second of guest time
+    /// passed: false. The back end notifies `port` when it connects; a 1 ms
+    /// timer bounds each wait.
+    fn wait_for_backend(&mut self, state_key: &str, port: u32) -> bool {
+        use abi::store::DeviceState;
+        let mut value = [0u8; 32];
         let give_up = now() + self.ticks_per_second();
         loop {
-            let length = self.store_read(&key(keys::STATE), &mut value).unwrap_or(0);
+            let length = self.store_read(state_key, &mut value).unwrap_or(0);
             match DeviceState::from_key(Some(&value[..length])) {
-                DeviceState::Connected => break,
-                DeviceState::Closing | DeviceState::Closed => return None,
-                _ if now() > give_up => return None,
+                DeviceState::Connected => return true,
+                DeviceState::Closing | DeviceState::Closed => return false,
+                _ if now() > give_up => return false,
                 _ => {
                     let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
                     self.wait_for_event();
@@ -265,8 +295,138 @@ impl Guest {
                 }
             }
         }
-        let _ = self.store_write("device/vbd/0/state", DeviceState::Connected.as_value());
-        Some(Disk { table, ring, port, sectors, grants, next_id: 1, broken: false })
+    }
+
+    /// Connects the first vif's front end through the store (`abi::net`):
+    /// grants dom0 both ring pages and the buffer pages, allocates the event
+    /// port, publishes `tx-ring-ref`, `rx-ring-ref`, `event-channel` and
+    /// `state` = Initialised, waits for Connected, then posts the receive
+    /// buffers. None when the guest has no vif or the back end refused.
+    fn connect_net(&mut self) -> Option<(crate::net::NetFront, u32)> {
+        use crate::net::{Buffer, NetFront, RX_BUFFERS, TX_BUFFERS};
+        use abi::store::{DeviceState, keys};
+        let mut text = [0u8; 96];
+        let length = self.store_read("device/vif/0/backend", &mut text).ok()?;
+        let mut backend_state = arrayvec::ArrayString::<128>::new();
+        let backend = core::str::from_utf8(&text[..length]).ok()?;
+        write!(backend_state, "{backend}/{}", keys::STATE).ok()?;
+        let table = self.grants.as_mut()?;
+        let rings = &raw mut NET_PAGES as u64;
+        let page = |index: usize| rings + index as u64 * 4096;
+        let tx_ring = table.grant(abi::DOM0, page(0), false).ok()?;
+        let rx_ring = table.grant(abi::DOM0, page(1), false).ok()?;
+        let mut tx_buffers = [Buffer::default(); TX_BUFFERS];
+        for (index, buffer) in tx_buffers.iter_mut().enumerate() {
+            let address = page(2 + index);
+            *buffer = Buffer { address, grant: table.grant(abi::DOM0, address, true).ok()? };
+        }
+        let mut rx_buffers = [Buffer::default(); RX_BUFFERS];
+        for (index, buffer) in rx_buffers.iter_mut().enumerate() {
+            let address = page(2 + TX_BUFFERS + index);
+            *buffer = Buffer { address, grant: table.grant(abi::DOM0, address, false).ok()? };
+        }
+        // SAFETY: NET_PAGES is dedicated to this one vif: two ring pages, then
+        // the buffers, each granted to dom0 as passed; nothing else uses them.
+        let mut front = unsafe { NetFront::new(page(0) as *mut u8, page(1) as *mut u8, tx_buffers, rx_buffers) };
+        let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        let mut number = arrayvec::ArrayString::<16>::new();
+        for (key, value) in [
+            (abi::net::keys::TX_RING_REF, tx_ring),
+            (abi::net::keys::RX_RING_REF, rx_ring),
+            (keys::EVENT_CHANNEL, port),
+        ] {
+            let mut path = arrayvec::ArrayString::<64>::new();
+            write!(path, "device/vif/0/{key}").ok()?;
+            number.clear();
+            write!(number, "{value}").ok()?;
+            self.store_write(&path, &number).ok()?;
+        }
+        self.store_write("device/vif/0/state", DeviceState::Initialised.as_value()).ok()?;
+        if !self.wait_for_backend(&backend_state, port) {
+            return None;
+        }
+        let _ = self.store_write("device/vif/0/state", DeviceState::Connected.as_value());
+        front.post_receive_buffers().ok()?;
+        // The back end has not asked for events yet: tell it once.
+        let _ = hypercall::notify(port);
+        Some((front, port))
+    }
+
+    /// The vif's MAC address as dom0 assigned it (None without a vif).
+    pub fn net_mac(&mut self) -> Option<[u8; 6]> {
+        self.net.as_ref()?;
+        let mut text = [0u8; 32];
+        let length = self.store_read("device/vif/0/mac", &mut text).ok()?;
+        abi::net::parse_mac(core::str::from_utf8(&text[..length]).ok()?)
+    }
+
+    /// Sends one Ethernet frame on the vif (without waiting for dom0).
+    pub fn net_send(&mut self, frame: &[u8]) -> Result<(), crate::net::NetError> {
+        let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
+        if front.send(frame)? {
+            let _ = hypercall::notify(*port);
+        }
+        Ok(())
+    }
+
+    /// Copies the next received frame into `out` (at least 1514 bytes);
+    /// returns its length, or None when nothing is waiting.
+    pub fn net_receive(&mut self, out: &mut [u8]) -> Result<Option<usize>, crate::net::NetError> {
+        let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
+        match front.receive(out)? {
+            Some((length, notify)) => {
+                if notify {
+                    let _ = hypercall::notify(*port);
+                }
+                Ok(Some(length))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for the vif (a frame or a transmit answer), the console, or
+    /// the TSC `deadline`, whichever comes first.
+    pub fn net_wait(&mut self, deadline: u64) {
+        let Some((front, _)) = self.net.as_mut() else {
+            self.sleep_until(deadline);
+            return;
+        };
+        if front.arm_events() || now() >= deadline {
+            return;
+        }
+        let _ = hypercall::set_timer(deadline);
+        self.wait_for_event();
+    }
+
+    /// Sends a raw transmit request (tests of hostile front ends: nothing is
+    /// checked) and notifies dom0.
+    pub fn net_send_raw(&mut self, request: &abi::net::TxRequest) -> Result<(), crate::net::NetError> {
+        let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
+        front.send_raw(request)?;
+        let _ = hypercall::notify(*port);
+        Ok(())
+    }
+
+    /// Takes dom0's transmit answers (frees buffers, counts errors).
+    pub fn net_reclaim(&mut self) -> Result<(), crate::net::NetError> {
+        self.net.as_mut().ok_or(crate::net::NetError::Broken)?.0.reclaim()
+    }
+
+    /// The transmit ring page's address (tests corrupt it on purpose).
+    pub fn net_tx_ring_page(&self) -> Option<u64> {
+        self.net.as_ref().map(|_| &raw const NET_PAGES as u64)
+    }
+
+    /// Notifies dom0's net back end.
+    pub fn net_notify(&self) {
+        if let Some((_, port)) = &self.net {
+            let _ = hypercall::notify(*port);
+        }
+    }
+
+    /// The vif's counters (None without a vif).
+    pub fn net_stats(&self) -> Option<crate::net::NetStats> {
+        self.net.as_ref().map(|(front, _)| front.stats)
     }
 
     /// The disk's size in sectors (0 without a disk).
@@ -367,8 +527,8 @@ impl Guest {
     /// Grants dom0 access to the page at `address` through the disk's grant
     /// table (for tests of hostile front ends: the address need not be ours).
     pub fn grant_to_dom0(&mut self, address: u64, readonly: bool) -> Result<u32, DiskError> {
-        let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
-        disk.table.grant(abi::DOM0, address, readonly).map_err(|_| DiskError::BadRequest)
+        let table = self.grants.as_mut().ok_or(DiskError::NoDisk)?;
+        table.grant(abi::DOM0, address, readonly).map_err(|_| DiskError::BadRequest)
     }
 
     /// Tries to revoke the grant of transfer page `page` (tests: dom0 keeps
@@ -376,7 +536,7 @@ impl Guest {
     pub fn revoke_transfer_page(&mut self, page: usize) -> Result<(), abi::Error> {
         let disk = self.disk.as_mut().ok_or(abi::Error::NotFound)?;
         let reference = *disk.grants.get(page).ok_or(abi::Error::InvalidArgument)?;
-        disk.table.end_access(reference)
+        self.grants.as_mut().ok_or(abi::Error::NotFound)?.end_access(reference)
     }
 
     /// Sends `request` as it is (no checks) and waits for its response's status.
@@ -639,6 +799,9 @@ impl Guest {
         take_pending(self.timer_port);
         if let Some(disk) = &self.disk {
             take_pending(disk.port);
+        }
+        if let Some((_, port)) = &self.net {
+            take_pending(*port);
         }
         if let Some(store) = &self.store
             && take_pending(store.port)

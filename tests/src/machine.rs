@@ -369,11 +369,20 @@ pub struct BochsOptions {
     /// a later run sees what an earlier one wrote). `None`: a fresh, zeroed
     /// 16 MiB `disk.img` in the run's own directory.
     pub disk_image: Option<PathBuf>,
+    /// The e1000's Bochs back end: `null` (frames go nowhere) or `vnet`
+    /// (Bochs's built-in virtual host at 192.168.10.1: ARP, ICMP echo).
+    pub network: &'static str,
 }
 
 impl Default for BochsOptions {
     fn default() -> Self {
-        BochsOptions { hard_timeout: seconds(120), memory_mib: 256, connect_timeout: seconds(30), disk_image: None }
+        BochsOptions {
+            hard_timeout: seconds(120),
+            memory_mib: 256,
+            connect_timeout: seconds(30),
+            disk_image: None,
+            network: "null",
+        }
     }
 }
 
@@ -450,7 +459,9 @@ impl Bochs {
                 path
             }
         };
-        let bochsrc = bochsrc(options.memory_mib, port).replace(
+        let bochsrc = bochsrc(options.memory_mib, port)
+            .replace("ethmod=null", &format!("ethmod={}", options.network))
+            .replace(
             "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n",
             &format!(
                 "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\nata1-master: type=disk, mode=flat, path={}\n",

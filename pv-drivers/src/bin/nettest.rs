@@ -1,0 +1,257 @@
+//! Example guest: a host on the vif, with smoltcp as its TCP/IP stack
+//! (ARP, IPv4, ICMP echo). It answers pings at the address its command
+//! line gives, and with `ping=<address>` it pings that address:
+//!
+//! ```text
+//! cmdline = "ip=10.0.0.1/24 ping=10.0.0.2 count=10"
+//! ```
+//!
+//! Each reply is reported on the console with its round trip in TSC ticks
+//! (emulated instructions under Bochs), then a summary line
+//! `nettest: ping <address>: <n> of <count> replies`. A reply that does not
+//! come within a second (guest time) counts as lost.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+
+use pv_drivers::guest::{self, Guest};
+use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
+use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::icmp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address};
+
+/// The vif as a smoltcp device: the guest runtime moves the frames.
+struct Vif {
+    guest: Guest,
+    ticks_per_micro: u64,
+}
+
+struct RxToken {
+    frame: [u8; abi::net::FRAME_MAX],
+    length: usize,
+}
+
+struct TxToken<'a> {
+    guest: &'a mut Guest,
+}
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.frame[..self.length])
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, length: usize, f: F) -> R {
+        let mut frame = [0u8; abi::net::FRAME_MAX];
+        let length = length.min(frame.len());
+        let result = f(&mut frame[..length]);
+        // Transmit buffers free up as dom0 answers; wait (bounded) for one.
+        let give_up = guest::now() + self.guest.ticks_per_second() / 10;
+        while self.guest.net_send(&frame[..length]) == Err(pv_drivers::net::NetError::Full) {
+            if guest::now() > give_up {
+                break;
+            }
+            self.guest.net_wait(guest::now() + self.guest.ticks_per_second() / 1000);
+        }
+        result
+    }
+}
+
+impl Device for Vif {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let mut frame = [0u8; abi::net::FRAME_MAX];
+        let length = self.guest.net_receive(&mut frame).ok()??;
+        Some((RxToken { frame, length }, TxToken { guest: &mut self.guest }))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken { guest: &mut self.guest })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut capabilities = DeviceCapabilities::default();
+        capabilities.medium = Medium::Ethernet;
+        capabilities.max_transmission_unit = abi::net::FRAME_MAX;
+        capabilities.checksum = ChecksumCapabilities::default();
+        capabilities
+    }
+}
+
+impl Vif {
+    fn now(&self) -> Instant {
+        Instant::from_micros((guest::now() / self.ticks_per_micro) as i64)
+    }
+}
+
+/// The value of `key=` on the command line.
+fn argument<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn parse_cidr(text: &str) -> Option<IpCidr> {
+    let (address, prefix) = text.split_once('/').unwrap_or((text, "24"));
+    Some(IpCidr::new(IpAddress::Ipv4(address.parse::<Ipv4Address>().ok()?), prefix.parse().ok()?))
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn _start(start_info: u64) -> ! {
+    let mut guest = Guest::init(start_info);
+    let mut cmdline = arrayvec::ArrayString::<256>::new();
+    let _ = cmdline.try_push_str(guest.cmdline());
+    let cmdline = cmdline.as_str();
+    let Some(mac) = guest.net_mac() else {
+        let _ = writeln!(guest, "nettest: no connected vif; stopping");
+        stop(guest)
+    };
+    if argument(cmdline, "mode") == Some("hostile") {
+        hostile(guest)
+    }
+    let Some(cidr) = argument(cmdline, "ip").and_then(parse_cidr) else {
+        let _ = writeln!(guest, "nettest: expected ip=<a.b.c.d>[/prefix] on the command line; stopping");
+        stop(guest)
+    };
+    let target = argument(cmdline, "ping").and_then(|text| text.parse::<Ipv4Address>().ok());
+    let count: u16 = argument(cmdline, "count").and_then(|text| text.parse().ok()).unwrap_or(4);
+
+    let ticks_per_micro = (guest.ticks_per_second() / 1_000_000).max(1);
+    let mut vif = Vif { guest, ticks_per_micro };
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    config.random_seed = guest::now();
+    let start = vif.now();
+    let mut interface = Interface::new(config, &mut vif, start);
+    interface.update_ip_addrs(|addresses| {
+        let _ = addresses.push(cidr);
+    });
+    let mut mac_text = [0u8; 17];
+    let _ = writeln!(vif.guest, "nettest: {cidr} up on vif 0, mac {}", abi::net::format_mac(mac, &mut mac_text));
+
+    let mut rx_metadata = [icmp::PacketMetadata::EMPTY; 4];
+    let mut rx_payload = [0u8; 1024];
+    let mut tx_metadata = [icmp::PacketMetadata::EMPTY; 4];
+    let mut tx_payload = [0u8; 1024];
+    let mut socket = icmp::Socket::new(
+        icmp::PacketBuffer::new(&mut rx_metadata[..], &mut rx_payload[..]),
+        icmp::PacketBuffer::new(&mut tx_metadata[..], &mut tx_payload[..]),
+    );
+    let ident = 0x4d69;
+    let _ = socket.bind(icmp::Endpoint::Ident(ident));
+    let mut storage = [SocketStorage::EMPTY; 1];
+    let mut sockets = SocketSet::new(&mut storage[..]);
+    let handle = sockets.add(socket);
+
+    let second = vif.guest.ticks_per_second();
+    let mut sequence: u16 = 0;
+    let mut sent_at = 0u64;
+    let mut waiting = false;
+    let mut replies = 0u16;
+    let mut round_trips = 0u64;
+    let mut started = 0u64;
+    let mut reported = false;
+    loop {
+        let now = vif.now();
+        interface.poll(now, &mut vif, &mut sockets);
+        if let Some(target) = target {
+            let socket = sockets.get_mut::<icmp::Socket>(handle);
+            while socket.can_recv() {
+                let Ok((payload, from)) = socket.recv() else { break };
+                let Ok(packet) = Icmpv4Packet::new_checked(payload) else { continue };
+                let Ok(Icmpv4Repr::EchoReply { seq_no, .. }) =
+                    Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+                else {
+                    continue;
+                };
+                if waiting && seq_no == sequence {
+                    let rtt = guest::now() - sent_at;
+                    round_trips += rtt;
+                    replies += 1;
+                    waiting = false;
+                    let _ = writeln!(vif.guest, "nettest: reply from {from} seq={seq_no} rtt={rtt} tsc");
+                }
+            }
+            if waiting && guest::now() - sent_at > second {
+                let _ = writeln!(vif.guest, "nettest: no reply from {target} seq={sequence}");
+                waiting = false;
+            }
+            if !waiting && sequence < count && socket.can_send() {
+                sequence += 1;
+                let payload = *b"mica-nettest-ping";
+                let request = Icmpv4Repr::EchoRequest { ident, seq_no: sequence, data: &payload };
+                if let Ok(buffer) = socket.send(request.buffer_len(), IpAddress::Ipv4(target)) {
+                    request.emit(&mut Icmpv4Packet::new_unchecked(buffer), &ChecksumCapabilities::default());
+                    sent_at = guest::now();
+                    if started == 0 {
+                        started = sent_at;
+                    }
+                    waiting = true;
+                    continue;
+                }
+            }
+            if !waiting && sequence == count && !reported {
+                reported = true;
+                let total = guest::now() - started;
+                let _ = writeln!(vif.guest, "nettest: ping {target}: {replies} of {count} replies");
+                if replies > 0 {
+                    let _ = writeln!(
+                        vif.guest,
+                        "nettest: bench: {replies} round trips in {total} tsc, {} tsc per round trip",
+                        round_trips / replies as u64
+                    );
+                }
+            }
+        }
+        let wake = interface
+            .poll_delay(vif.now(), &sockets)
+            .map_or(second / 10, |delay| (delay.total_micros() * vif.ticks_per_micro).clamp(1, second / 10));
+        let wake = if waiting { wake.min(sent_at + second - guest::now().min(sent_at + second)) } else { wake };
+        vif.guest.net_wait(guest::now() + wake.max(1));
+    }
+}
+
+/// Attacks dom0's net back end: a transmit request naming a grant of memory
+/// this guest does not own (dom0 must answer an error), then a runaway
+/// transmit producer index (dom0 must disconnect the vif). Reports each step.
+fn hostile(mut guest: Guest) -> ! {
+    let _ = writeln!(guest, "nettest: hostile: start");
+    // Guest-physical 1 GiB is far past this guest's memory.
+    let foreign = guest.grant_to_dom0(1 << 30, true);
+    let request = match foreign {
+        Ok(grant) => abi::net::TxRequest { id: 0, flags: 0, grant, offset: 0, size: 60, _reserved: 0 },
+        Err(_) => {
+            let _ = writeln!(guest, "nettest: hostile: could not create the grant; stopping");
+            stop(guest)
+        }
+    };
+    let _ = guest.net_send_raw(&request);
+    let give_up = guest::now() + guest.ticks_per_second();
+    while guest.net_stats().is_some_and(|stats| stats.tx_errors == 0) && guest::now() < give_up {
+        guest.net_wait(guest::now() + guest.ticks_per_second() / 100);
+        let _ = guest.net_reclaim();
+    }
+    let refused = guest.net_stats().map_or(0, |stats| stats.tx_errors);
+    let _ =
+        writeln!(guest, "nettest: hostile: foreign grant refused by dom0: {}", if refused == 1 { "yes" } else { "NO" });
+    if let Some(page) = guest.net_tx_ring_page() {
+        // SAFETY: the transmit ring page is ours; req_prod is its first word.
+        unsafe { core::ptr::write_volatile(page as *mut u32, 0x4000_0000) };
+        guest.net_notify();
+        let _ = writeln!(guest, "nettest: hostile: transmit index corrupted");
+    }
+    stop(guest)
+}
+
+fn stop(mut guest: Guest) -> ! {
+    loop {
+        guest.wait_for_event();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    guest::crash(format_args!("nettest: panic: {info}\n"))
+}

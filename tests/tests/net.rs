@@ -1,0 +1,156 @@
+//! System tests of networking: guests' vifs join dom0's software switch;
+//! two guests running smoltcp resolve each other with ARP and ping; a
+//! hostile front end is disconnected while the others keep pinging.
+
+use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, mem};
+use mica_tests::{Machine, fail, line_where, seconds};
+
+fn expect_line(machine: &mut Machine, wanted: &str, timeout: u64) -> String {
+    machine
+        .expect(line_where(format!("a line starting {wanted:?}"), |line| line.starts_with(wanted)), seconds(timeout))
+        .unwrap_or_else(fail)
+}
+
+/// Waits for netping's summary and requires every ping answered.
+fn expect_all_replies(machine: &mut Machine) {
+    let summary = expect_line(machine, "nettest: ping 10.0.0.2:", 120);
+    if !summary.contains(": 10 of 10 replies") {
+        fail_with(machine, &format!("every ping should be answered; netping said {summary:?}"));
+    }
+}
+
+/// The line of `devices` about `name`'s vif.
+fn vif_line<'a>(devices: &'a str, name: &str) -> Option<&'a str> {
+    devices.lines().find(|line| line.trim_start().starts_with(name) && line.contains(" vif "))
+}
+
+/// Frames counted after `label` ("tx", "rx") in a `devices` vif line.
+fn frames(line: &str, label: &str) -> u64 {
+    line.split(&format!("{label} "))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// netserve (10.0.0.2, MAC from its config) and netping (10.0.0.1, MAC
+/// chosen by dom0) meet through the store, resolve each other with ARP
+/// and exchange ten pings through dom0's switch; `devices` and `store`
+/// show both vifs connected; destroying them removes their store entries
+/// and returns every page.
+#[test]
+fn two_guests_ping_each_other_through_the_switch() {
+    let mut machine = boot();
+    let (_, before) = mem(&mut machine);
+    let server = create(&mut machine, "netserve", "netserve");
+    let client = create(&mut machine, "netping", "netping");
+    attach(&mut machine, "netping", client);
+    expect_line(&mut machine, "nettest: 10.0.0.1/24 up on vif 0, mac 02:4d:69:00:", 60);
+    let reply = expect_line(&mut machine, "nettest: reply from 10.0.0.2 seq=1 ", 60);
+    if !reply.contains("rtt=") {
+        fail_with(&mut machine, &format!("a reply should carry its round trip: {reply:?}"));
+    }
+    expect_all_replies(&mut machine);
+    detach(&mut machine);
+
+    let devices = command(&mut machine, "devices");
+    for name in ["netserve", "netping"] {
+        let Some(line) = vif_line(&devices, name) else {
+            fail_with(&mut machine, &format!("`devices` should list {name}'s vif:\n{devices}"));
+        };
+        // Ten echo requests or replies each way, plus ARP.
+        if !line.contains("connected") || frames(line, "tx") < 10 || frames(line, "rx") < 10 {
+            fail_with(&mut machine, &format!("{name}'s vif should be connected and have moved frames:\n{devices}"));
+        }
+    }
+    if !vif_line(&devices, "netserve").is_some_and(|line| line.contains("02:00:00:00:00:02")) {
+        fail_with(&mut machine, &format!("netserve's vif should have its config's MAC:\n{devices}"));
+    }
+    if !devices.contains("switch: 2 addresses learned") {
+        fail_with(&mut machine, &format!("the switch should have learned both guests' addresses:\n{devices}"));
+    }
+    let store = command(&mut machine, "store");
+    for id in [server, client] {
+        let front = format!("/local/domain/{id}/device/vif/0/state = \"4\"");
+        let back = format!("/local/domain/0/backend/vif/{id}/0/state = \"4\"");
+        if !store.contains(&front) || !store.contains(&back) {
+            fail_with(&mut machine, &format!("the store should show both ends Connected ({front}, {back}):\n{store}"));
+        }
+    }
+    if !store.contains(&format!("/local/domain/0/backend/vif/{server}/0/feature-rx-copy = \"1\"")) {
+        fail_with(&mut machine, &format!("the back end should publish its features:\n{store}"));
+    }
+
+    destroy(&mut machine, "netping", client);
+    destroy(&mut machine, "netserve", server);
+    let store = command(&mut machine, "store");
+    if store.contains("backend/vif/") {
+        fail_with(&mut machine, &format!("destroying the guests should remove their vif entries:\n{store}"));
+    }
+    let (text, after) = mem(&mut machine);
+    if after.free_kib != before.free_kib {
+        fail_with(
+            &mut machine,
+            &format!("free memory should be back to {} KiB after destroying the net guests:\n{text}", before.free_kib),
+        );
+    }
+}
+
+/// A guest that sends a transmit request naming memory it does not own gets
+/// an error answer; when it then runs its ring index away dom0 disconnects
+/// its vif (and says so) while two other guests ping on unharmed.
+#[test]
+fn a_hostile_vif_is_disconnected_and_the_others_keep_pinging() {
+    let mut machine = boot();
+    let server = create(&mut machine, "netserve", "netserve");
+    let hostile = create(&mut machine, "nethostile", "nethostile");
+    attach(&mut machine, "nethostile", hostile);
+    let refused = expect_line(&mut machine, "nettest: hostile: foreign grant refused by dom0:", 60);
+    if !refused.trim_end().ends_with("yes") {
+        fail_with(&mut machine, &format!("dom0 should refuse the foreign grant with an error: {refused:?}"));
+    }
+    expect_line(&mut machine, "nettest: hostile: transmit index corrupted", 60);
+    detach(&mut machine);
+    // dom0's line may come before the console was attached (the guest is quick).
+    let disconnected = "dom0: 'nethostile' broke its vif rings (transmit request index out of range); vif disconnected";
+    if !machine.transcript().contains(disconnected) {
+        machine.expect(disconnected, seconds(30)).unwrap_or_else(fail);
+    }
+    let client = create(&mut machine, "netping", "netping");
+    attach(&mut machine, "netping", client);
+    expect_all_replies(&mut machine);
+    detach(&mut machine);
+    let devices = command(&mut machine, "devices");
+    if !vif_line(&devices, "nethostile").is_some_and(|line| line.contains("disconnected")) {
+        fail_with(&mut machine, &format!("`devices` should show the hostile vif disconnected:\n{devices}"));
+    }
+    let store = command(&mut machine, "store");
+    if !store.contains(&format!("/local/domain/0/backend/vif/{hostile}/0/state = \"6\"")) {
+        fail_with(&mut machine, &format!("the back end should say Closed (6) for the hostile vif:\n{store}"));
+    }
+    for (name, id) in [("netping", client), ("nethostile", hostile), ("netserve", server)] {
+        destroy(&mut machine, name, id);
+    }
+}
+
+/// A guest reaches a host beyond the physical NIC: with Bochs's `vnet`
+/// back end behind the e1000, `netuplink` (192.168.10.2) pings Bochs's
+/// virtual host 192.168.10.1 through dom0's switch and e1000 driver.
+#[test]
+fn a_guest_pings_a_host_beyond_the_physical_nic() {
+    let mut machine =
+        mica_tests::session::boot_with(&mica_tests::BochsOptions { network: "slirp", ..Default::default() });
+    let id = create(&mut machine, "netuplink", "netuplink");
+    attach(&mut machine, "netuplink", id);
+    let summary = expect_line(&mut machine, "nettest: ping 10.0.2.2:", 120);
+    if !summary.contains(": 4 of 4 replies") {
+        fail_with(&mut machine, &format!("the host beyond the NIC should answer every ping; got {summary:?}"));
+    }
+    detach(&mut machine);
+    let devices = command(&mut machine, "devices");
+    let nic = devices.lines().find(|line| line.contains("nic0")).unwrap_or("");
+    if frames(nic, "tx") < 5 || frames(nic, "rx") < 5 {
+        fail_with(&mut machine, &format!("the NIC should have carried the ARP and ping frames:\n{devices}"));
+    }
+    destroy(&mut machine, "netuplink", id);
+}
