@@ -310,9 +310,15 @@ impl NetFront {
         }
     }
 
-    /// Prepares to wait: asks dom0 to notify on its next answer on either
-    /// ring. Returns true when something already arrived (do not wait).
+    /// Prepares to wait: takes the transmit answers that arrived (they
+    /// need no attention, so they must not stop the wait), then asks dom0
+    /// to notify on its next answer on either ring. Returns true when
+    /// something arrived that the caller must look at (a frame, or a broken
+    /// ring): do not wait.
     pub fn arm_events(&mut self) -> bool {
+        if self.reclaim().is_err() {
+            return true;
+        }
         let tx = self.tx.arm_response_event();
         let rx = self.rx.arm_response_event();
         tx || rx
@@ -448,6 +454,26 @@ mod tests {
         assert_eq!(front.tx_in_flight(), 0);
         assert_eq!(front.stats.tx_frames, 200);
         assert_eq!(front.stats.rx_frames, 200);
+    }
+
+    #[test]
+    fn transmit_answers_alone_do_not_cut_a_wait_short() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, mut rx_back) = pair(&pages);
+        front.post_receive_buffers().unwrap();
+        front.send(&frame(60, 1)).unwrap();
+        let request = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        tx_back.publish_responses();
+        // Only a transmit answer waits: it is taken, and the caller may sleep.
+        assert!(!front.arm_events(), "a transmit answer must not keep the front end awake");
+        assert_eq!(front.tx_in_flight(), 0);
+        // dom0 asked to be told of both rings' next answers.
+        tx_back.push_response(&TxResponse { id: 0, status: 0, _reserved: 0 }).unwrap_err();
+        let buffer = rx_back.pop_request().unwrap().unwrap();
+        rx_back.push_response(&RxResponse { id: buffer.id, offset: 0, status: 60, _reserved: 0 }).unwrap();
+        assert!(rx_back.publish_responses(), "the receive answer must be notified");
+        assert!(front.arm_events(), "a received frame ends the wait");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Each reply is reported on the console with its round trip in TSC ticks
-//! (emulated instructions under Bochs), then a summary line
+//! (emulated instructions under Bochs; `quiet` leaves these out), then a
+//! summary line
 //! `nettest: ping <address>: <n> of <count> replies`. A reply that does not
 //! come within a second (guest time) counts as lost.
 #![no_std]
@@ -118,6 +119,8 @@ extern "C" fn _start(start_info: u64) -> ! {
     };
     let target = argument(cmdline, "ping").and_then(|text| text.parse::<Ipv4Address>().ok());
     let count: u16 = argument(cmdline, "count").and_then(|text| text.parse().ok()).unwrap_or(4);
+    // `quiet`: no line per reply (benchmarks), only losses and the summary.
+    let quiet = cmdline.split_whitespace().any(|word| word == "quiet");
 
     let ticks_per_micro = (guest.ticks_per_second() / 1_000_000).max(1);
     let mut vif = Vif { guest, ticks_per_micro };
@@ -171,7 +174,9 @@ extern "C" fn _start(start_info: u64) -> ! {
                     round_trips += rtt;
                     replies += 1;
                     waiting = false;
-                    let _ = writeln!(vif.guest, "nettest: reply from {from} seq={seq_no} rtt={rtt} tsc");
+                    if !quiet {
+                        let _ = writeln!(vif.guest, "nettest: reply from {from} seq={seq_no} rtt={rtt} tsc");
+                    }
                 }
             }
             if waiting && guest::now() - sent_at > second {

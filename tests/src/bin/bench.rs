@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use mica_tests::{BenchReport, Bochs, Iso, PROMPT, boot_to_prompt, seconds};
+use mica_tests::{BenchReport, Bochs, Iso, Machine, PROMPT, boot_to_prompt, seconds};
 
 fn run() -> Result<(), String> {
     let iso = Iso::get()?;
@@ -57,9 +57,71 @@ fn run() -> Result<(), String> {
         }
     }
 
+    block_and_network(&mut machine)?;
+
     machine.send_line("poweroff")?;
     machine.expect("hv: powering off", seconds(20))?;
     machine.wait_exit(seconds(30))?;
+    Ok(())
+}
+
+/// Runs `console <guest>` until a line starting `wanted` and containing
+/// `also` arrives, detaches, and returns that line.
+fn guest_line(machine: &mut Machine, guest: &str, wanted: &str, also: &str, timeout: u64) -> Result<String, String> {
+    machine.send_line(&format!("console {guest}"))?;
+    let matches = |line: &str| line.trim_start().starts_with(wanted) && line.contains(also);
+    let text =
+        machine.expect(mica_tests::line_where(format!("{wanted:?} with {also:?}"), matches), seconds(timeout))?;
+    machine.send(&[0x1d])?;
+    machine.expect(PROMPT, seconds(20))?;
+    let line = text.lines().rev().find(|line| matches(line)).unwrap_or("");
+    Ok(line.trim().to_string())
+}
+
+/// The number just before `unit` in `line` ("... in 123 tsc" -> 123).
+fn number_before(line: &str, unit: &str) -> Option<u64> {
+    line.split(&format!(" {unit}")).next()?.rsplit(' ').next()?.parse().ok()
+}
+
+/// Block: the guest's disk reads through the rings against dom0 reading the
+/// same region itself. Network: guest-to-guest ping round trips through
+/// dom0's switch, as frames per million instructions.
+fn block_and_network(machine: &mut Machine) -> Result<(), String> {
+    machine.send_line("create diskbench")?;
+    machine.expect(PROMPT, seconds(60))?;
+    // Its last line is the deepest queue: 8 requests of 32 KiB in flight.
+    let guest = guest_line(machine, "diskbench", "disktest: read 8192 sectors in", "depth 8 x 32 KiB", 600)?;
+    machine.send_line("diskbench ata1-master:2048+8192")?;
+    let dom0 = machine.expect(PROMPT, seconds(120))?;
+    let dom0_line = dom0.lines().find(|line| line.starts_with("diskbench: read 8192 sectors in")).unwrap_or("");
+    match (number_before(dom0_line, "tsc"), number_before(&guest, "tsc")) {
+        (Some(dom0), Some(guest)) if guest > 0 => println!(
+            "block: dom0 direct {dom0} tsc, guest (8 x 32 KiB in flight) {guest} tsc, ratio {:.3}",
+            dom0 as f64 / guest as f64
+        ),
+        _ => println!("block: (missing: dom0 {dom0_line:?}, guest {guest:?})"),
+    }
+
+    machine.send_line("create netserve")?;
+    machine.expect(PROMPT, seconds(60))?;
+    machine.send_line("create netbench")?;
+    machine.expect(PROMPT, seconds(60))?;
+    let line = guest_line(machine, "netbench", "nettest: bench:", "", 600)?;
+    // "nettest: bench: N round trips in T tsc, R tsc per round trip"
+    let trips =
+        line.split("bench: ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    let total = number_before(line.split(',').next().unwrap_or(""), "tsc");
+    match (trips, total) {
+        (Some(trips), Some(total)) if total > 0 => {
+            // Each round trip is two frames through the switch (request, reply).
+            println!(
+                "net: {trips} ping round trips in {total} tsc: {} tsc per round trip, {:.1} frames per million instructions",
+                total / trips,
+                2.0 * trips as f64 * 1e6 / total as f64
+            );
+        }
+        _ => println!("net: (missing: {line:?})"),
+    }
     Ok(())
 }
 
