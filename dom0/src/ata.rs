@@ -1,27 +1,42 @@
 //! ATA disks on the two legacy IDE channels (ports 0x1F0/0x3F6 and
-//! 0x170/0x376, passed through to dom0 by hv): probing, and polled PIO
-//! reads, writes and cache flushes.
+//! 0x170/0x376, passed through to dom0 by hv): probing, and polled reads,
+//! writes and cache flushes, by bus-master DMA when the IDE controller and
+//! the disk allow it, else by PIO.
 //!
-//! Interrupts stay off (nIEN in the device control register) and no DMA
-//! command is ever issued, so the devices never touch memory: data moves
-//! only through the 16-bit data port. Every wait polls the status register
-//! against a deadline on the TSC, so a dead or hostile device costs dom0 at
-//! most a timeout, never a hang. What the bytes mean (IDENTIFY data,
-//! task-file values, status bits, request splitting) is decided in
-//! `dom0core::ata_protocol`, host-tested.
+//! DMA: the PCI IDE function's bus-master engine (BAR4, opened to dom0 with
+//! `Physdev::AllowIoPorts`) walks a PRD table in dom0's static memory that
+//! names the machine addresses (`Physdev::Translate`) of the caller's
+//! pieces, page by page: dom0's own RAM, or guest pages mapped into its
+//! foreign window, so a guest's data moves in place. A transfer is started
+//! and polled to its end (or stopped at the deadline) before the call
+//! returns, so the device never touches a page after its caller let go of
+//! it. Anything that goes wrong with DMA (no translation, an engine error,
+//! a timeout, a device error) makes that request go again by PIO.
+//!
+//! Interrupts stay off (nIEN in the device control register). Every wait
+//! polls a status register against a deadline on the TSC, so a dead or
+//! hostile device costs dom0 at most a timeout, never a hang. What the
+//! bytes mean (IDENTIFY data, task-file values, status bits, request
+//! splitting, PRD entries) is decided in `dom0core::ata_protocol`,
+//! host-tested.
 //!
 //! Packet devices (ATAPI CD-ROMs, like Bochs's boot CD on ata0-master) are
 //! recognised by their signature and skipped.
 
 use core::arch::asm;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use arrayvec::{ArrayString, ArrayVec};
 pub use dom0core::ata_protocol::AtaError;
+use dom0core::ata_protocol::bus_master::{self, NoBusMaster, PRD_ENTRIES_MAX, PrdList, page_spans};
 use dom0core::ata_protocol::{
     Condition, DeviceKind, Direction, MAX_SECTORS_PER_COMMAND, SECTOR_SIZE, Status, TaskFile, control, device,
-    device_kind, flush_command, parse_identify, register, split, task_file,
+    device_kind, dma_task_file, flush_command, parse_identify, register, split, task_file,
 };
 use pv_drivers::hypercall;
+
+use crate::pci::{self, PciDevice};
 
 /// Longest wait for BSY to clear after a software reset (ATA allows a
 /// device 31 s to spin up; emulated and solid-state devices take
@@ -102,6 +117,123 @@ unsafe fn write_block(port: u16, block: *const u8) {
             inout("rcx") SECTOR_SIZE / 2 => _,
             options(readonly, nostack, preserves_flags)
         )
+    }
+}
+
+/// The two channels' PRD tables, one page (so neither crosses a 64 KiB
+/// boundary). Only the engine and `BusMaster::transfer` touch it, through
+/// raw pointers; one transfer runs at a time (dom0 is single-threaded and
+/// a transfer ends before its call returns).
+#[repr(C, align(4096))]
+struct PrdTables([[u64; PRD_ENTRIES_MAX]; 2]);
+
+const _: () = assert!(core::mem::size_of::<PrdTables>() <= abi::PAGE_SIZE as usize);
+
+static mut PRD_TABLES: PrdTables = PrdTables([[0; PRD_ENTRIES_MAX]; 2]);
+/// Set by the first `probe_all` that hands the tables to disks.
+static PRD_TABLES_CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// One channel's bus-master registers and PRD table.
+#[derive(Clone, Copy, Debug)]
+struct BusMaster {
+    /// Command register; status at +2, PRD table address at +4.
+    base: u16,
+    /// Which of `PRD_TABLES` is the channel's (0 or 1).
+    table: usize,
+    /// Its machine address, for the engine.
+    table_machine: u32,
+}
+
+// The bus-master registers are ports dom0 alone uses (hv opened them for
+// it); unlike the ATA command blocks these accessors are not `nomem`: the
+// engine reads and writes memory between them, so the compiler must keep
+// every memory access on its side of each one.
+
+fn bus_master_out8(port: u16, value: u8) {
+    // SAFETY: a bus-master register hv opened for dom0. Writing the status
+    // register only clears its bits; the command register's START bit is
+    // written by `BusMaster::transfer` only, with a table it built.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags)) }
+}
+
+fn bus_master_in8(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: reading a bus-master register has no side effects.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nostack, preserves_flags)) }
+    value
+}
+
+fn bus_master_out32(port: u16, value: u32) {
+    // SAFETY: the PRD table address register; the engine reads the table
+    // only once started.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags)) }
+}
+
+/// The IDE controller's bus-master engine, made reachable: its base port
+/// and the PRD tables' machine address.
+fn find_bus_master(devices: &[PciDevice]) -> Result<(u16, u32), NoBusMaster> {
+    let controller = devices
+        .iter()
+        .find(|device| (device.class, device.subclass) == bus_master::IDE_CLASS)
+        .ok_or(NoBusMaster::NoController)?;
+    let base = bus_master::base_port(controller.prog_if, controller.bars[4])?;
+    hypercall::physdev_allow_io_ports(base, bus_master::PORTS).map_err(|_| NoBusMaster::PortsRefused)?;
+    if PRD_TABLES_CLAIMED.swap(true, Ordering::Acquire) {
+        return Err(NoBusMaster::TableUnreachable);
+    }
+    let table = &raw mut PRD_TABLES as u64;
+    let machine = hypercall::physdev_translate(table).map_err(|_| NoBusMaster::TableUnreachable)?;
+    let machine = u32::try_from(machine).map_err(|_| NoBusMaster::TableUnreachable)?;
+    pci::enable_io_and_bus_master(controller);
+    // Whatever the firmware left running stops.
+    for channel in 0..2 {
+        let port = base + channel * bus_master::CHANNEL_PORTS;
+        bus_master_out8(port + bus_master::COMMAND, 0);
+        let status = bus_master_in8(port + bus_master::STATUS);
+        bus_master_out8(
+            port + bus_master::STATUS,
+            status & bus_master::status::DRIVES_DMA_CAPABLE | bus_master::status::ERROR | bus_master::status::INTERRUPT,
+        );
+    }
+    Ok((base, machine))
+}
+
+impl BusMaster {
+    /// Channel `channel`'s engine of the one at `base`.
+    fn new(base: u16, tables_machine: u32, channel: u8) -> BusMaster {
+        let index = usize::from(channel & 1);
+        let offset = index * PRD_ENTRIES_MAX * bus_master::PRD_ENTRY_BYTES;
+        BusMaster {
+            base: base + u16::from(channel & 1) * bus_master::CHANNEL_PORTS,
+            table: index,
+            table_machine: tables_machine + offset as u32,
+        }
+    }
+
+    fn status(&self) -> u8 {
+        bus_master_in8(self.base + bus_master::STATUS)
+    }
+
+    /// Clears the error and interrupt bits, keeping the firmware's bits.
+    fn clear_status(&self) {
+        let status = self.status() & bus_master::status::DRIVES_DMA_CAPABLE;
+        bus_master_out8(
+            self.base + bus_master::STATUS,
+            status | bus_master::status::ERROR | bus_master::status::INTERRUPT,
+        );
+    }
+
+    /// The PRD table for `pieces` (dom0 addresses), page by page; `None`
+    /// when some page has no usable machine address.
+    fn describe(pieces: impl Iterator<Item = (u64, usize)>, device_writes: bool) -> Option<PrdList> {
+        let mut list = PrdList::new();
+        for (address, length) in pieces {
+            for (span, span_length) in page_spans(address, length) {
+                let machine = hypercall::physdev_translate_for_dma(span, device_writes).ok()?;
+                list.push(machine, span_length).ok()?;
+            }
+        }
+        (!list.is_empty()).then_some(list)
     }
 }
 
@@ -246,13 +378,31 @@ pub struct AtaDisk {
     lba48: bool,
     model: ArrayString<40>,
     clock: Clock,
+    /// The bus-master engine to use, or why there is none (PIO then).
+    dma: Result<BusMaster, NoBusMaster>,
+}
+
+/// How an [`AtaDisk`] moves data, for the probe's log line: `DMA` or
+/// `PIO (<reason>)`.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferMode(Option<NoBusMaster>);
+
+impl fmt::Display for TransferMode {
+    fn fmt(&self, out: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            None => out.write_str("DMA"),
+            Some(reason) => write!(out, "PIO ({reason})"),
+        }
+    }
 }
 
 /// Every ATA disk on the two legacy channels, master and slave; ATAPI
 /// devices and anything that does not answer IDENTIFY DEVICE sensibly are
-/// left out. Resets both channels.
-pub fn probe_all() -> ArrayVec<AtaDisk, 4> {
+/// left out. Resets both channels. `devices` is the PCI scan, where the IDE
+/// controller's bus-master engine is looked for.
+pub fn probe_all(devices: &[PciDevice]) -> ArrayVec<AtaDisk, 4> {
     let clock = Clock::from_hv();
+    let engine = find_bus_master(devices);
     let mut disks = ArrayVec::new();
     for channel in CHANNELS {
         // Nobody drives an empty channel's bus: no reset, no waiting.
@@ -263,7 +413,12 @@ pub fn probe_all() -> ArrayVec<AtaDisk, 4> {
             continue;
         }
         for slave in [false, true] {
-            if let Ok(disk) = identify(channel, slave, clock) {
+            if let Ok((mut disk, dma_capable)) = identify(channel, slave, clock) {
+                disk.dma = match engine {
+                    Ok(_) if !dma_capable => Err(NoBusMaster::DeviceCannot),
+                    Ok((base, tables)) => Ok(BusMaster::new(base, tables, channel.number)),
+                    Err(reason) => Err(reason),
+                };
                 disks.push(disk);
             }
         }
@@ -273,8 +428,9 @@ pub fn probe_all() -> ArrayVec<AtaDisk, 4> {
 
 /// Looks at one position on a freshly reset channel: a disk answers
 /// IDENTIFY DEVICE with its 256 words; a packet device aborts it and shows
-/// its signature; an empty position reads status 0 (or all ones).
-fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<AtaDisk, AtaError> {
+/// its signature; an empty position reads status 0 (or all ones). Also
+/// says whether the disk can do DMA (IDENTIFY word 49 bit 8).
+fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<(AtaDisk, bool), AtaError> {
     channel.write(register::DEVICE, device::select(slave));
     channel.delay_400ns();
     if channel.status().0 == 0 {
@@ -308,7 +464,16 @@ fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<AtaDisk, AtaE
         *word = u16::from_le_bytes(*bytes);
     }
     let identity = parse_identify(&words).map_err(|_| AtaError::NoDevice)?;
-    Ok(AtaDisk { channel, slave, sectors: identity.sectors, lba48: identity.lba48, model: identity.model, clock })
+    let disk = AtaDisk {
+        channel,
+        slave,
+        sectors: identity.sectors,
+        lba48: identity.lba48,
+        model: identity.model,
+        clock,
+        dma: Err(NoBusMaster::NoController),
+    };
+    Ok((disk, identity.dma))
 }
 
 impl AtaDisk {
@@ -320,6 +485,11 @@ impl AtaDisk {
     /// The model string from IDENTIFY DEVICE.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// DMA or PIO (and why), for the log.
+    pub fn transfer_mode(&self) -> TransferMode {
+        TransferMode(self.dma.err())
     }
 
     /// Where the disk sits: "ata0-master", "ata0-slave", "ata1-master", "ata1-slave".
@@ -404,6 +574,12 @@ impl AtaDisk {
             return Err(AtaError::BadLength);
         }
         let task = self.task_file(Direction::Read, lba, (length / SECTOR_SIZE) as u16, length)?;
+        let pieces_as_addresses = pieces.iter().map(|&(address, length)| (address as u64, length));
+        // SAFETY: the caller vouches that every piece may be written; the
+        // transfer is over when this returns.
+        if unsafe { self.dma_transfer(Direction::Read, lba, length, pieces_as_addresses) }.is_ok() {
+            return Ok(());
+        }
         self.start(&task)?;
         let channel = self.channel;
         for &(destination, piece) in pieces {
@@ -454,6 +630,12 @@ impl AtaDisk {
             return Err(AtaError::BadLength);
         }
         let task = self.task_file(Direction::Write, lba, (length / SECTOR_SIZE) as u16, length)?;
+        let pieces_as_addresses = pieces.iter().map(|&(address, length)| (address as u64, length));
+        // SAFETY: the caller vouches that every piece may be read; the
+        // device only reads memory in a disk write.
+        if unsafe { self.dma_transfer(Direction::Write, lba, length, pieces_as_addresses) }.is_ok() {
+            return Ok(());
+        }
         self.start(&task)?;
         let channel = self.channel;
         for &(source, piece) in pieces {
@@ -464,6 +646,77 @@ impl AtaDisk {
             }
         }
         self.finish()
+    }
+
+    /// One command by bus-master DMA: `length` bytes (checked by the caller
+    /// against the disk and the command limit) at `lba`, to or from
+    /// `pieces` (dom0 addresses and lengths, in order). Any error means the
+    /// caller repeats the request by PIO; the engine is stopped by then.
+    ///
+    /// # Safety
+    /// Every piece must be valid for its length of writes (`Read`) or of
+    /// reads (`Write`) until this returns.
+    unsafe fn dma_transfer(
+        &mut self,
+        direction: Direction,
+        lba: u64,
+        length: usize,
+        pieces: impl Iterator<Item = (u64, usize)>,
+    ) -> Result<(), AtaError> {
+        let Ok(engine) = self.dma else { return Err(AtaError::Dma) };
+        let device_writes = direction == Direction::Read;
+        let list = BusMaster::describe(pieces, device_writes).ok_or(AtaError::Dma)?;
+        if list.bytes() != length as u64 {
+            return Err(AtaError::Dma);
+        }
+        let task = dma_task_file(direction, lba, (length / SECTOR_SIZE) as u16, self.slave, self.lba48)?;
+        let table = (&raw mut PRD_TABLES).cast::<u64>().wrapping_add(engine.table * PRD_ENTRIES_MAX);
+        for (index, entry) in list.encoded().enumerate() {
+            // SAFETY: index < PRD_ENTRIES_MAX (the list's capacity), so the
+            // entry lies in this channel's table inside PRD_TABLES, which
+            // nothing else uses while no transfer runs (none does now).
+            unsafe { table.add(index).write_volatile(entry) };
+        }
+        // The table's stores are done before the OUTs that hand it over
+        // (x86 does not buffer port writes ahead of stores; this keeps the
+        // compiler from moving them either).
+        fence(Ordering::SeqCst);
+        let direction_bit = if device_writes { bus_master::command::WRITE_TO_MEMORY } else { 0 };
+        bus_master_out32(engine.base + bus_master::PRD_TABLE, engine.table_machine);
+        bus_master_out8(engine.base + bus_master::COMMAND, direction_bit);
+        engine.clear_status();
+        self.start(&task)?;
+        // The device waits for the engine: START lets it move the data.
+        bus_master_out8(engine.base + bus_master::COMMAND, direction_bit | bus_master::command::START);
+        let deadline = self.clock.deadline(COMMAND_TIMEOUT_MS);
+        let outcome = loop {
+            let status = engine.status();
+            if status & bus_master::status::ERROR != 0 {
+                break Err(AtaError::Dma);
+            }
+            if status & bus_master::status::ACTIVE == 0 {
+                break Ok(());
+            }
+            if deadline.passed() {
+                break Err(AtaError::Timeout);
+            }
+            core::hint::spin_loop();
+        };
+        // Stopped in every case: no memory access after this returns.
+        bus_master_out8(engine.base + bus_master::COMMAND, direction_bit);
+        engine.clear_status();
+        // What the device wrote is read only after the engine stopped.
+        fence(Ordering::SeqCst);
+        outcome?;
+        let channel = self.channel;
+        channel.delay_400ns();
+        let status = channel.wait_not_busy(self.clock.deadline(COMMAND_TIMEOUT_MS))?;
+        match status.condition() {
+            Condition::Idle => Ok(()),
+            Condition::Failed => Err(channel.error()),
+            // Still asking for data: the engine stopped short of the transfer.
+            _ => Err(AtaError::Dma),
+        }
     }
 
     /// Checks a one-command request and makes its task file.

@@ -1,6 +1,7 @@
-//! The ATA PIO protocol without the hardware: IDENTIFY parsing, task-file
+//! The ATA protocol without the hardware: IDENTIFY parsing, task-file
 //! register values for a transfer, status decoding and request splitting,
-//! plus the PCI configuration-header decoding the bus scan uses.
+//! the IDE bus-master DMA engine's registers and PRD tables, plus the PCI
+//! configuration-header decoding the bus scan uses.
 //!
 //! The port-I/O drivers (`ata.rs`, `pci.rs` in the binary) only move bytes;
 //! every decision about what the bytes mean is made here, host-tested, and
@@ -20,6 +21,17 @@
 //!  write count 7:0, LBA 7:0, 15:8, 23:16; write the command
 //!  for each sector: 400 ns, wait !BSY; ERR or DF -> fail; DRQ -> move 256 words
 //!  after the last sector: wait !BSY; ERR or DF -> fail
+//! ```
+//!
+//! A bus-master DMA transfer (READ/WRITE DMA (EXT); SFF-8038i, the PIIX
+//! datasheet's bus-master IDE registers):
+//!
+//! ```text
+//!  PRD table (machine addresses) -> PRD table register; direction -> command
+//!  clear ERROR and INTERRUPT in the bus-master status (write ones)
+//!  select device, write the task file and the DMA command; set START
+//!  poll: ACTIVE clears (the table is done) or ERROR sets; deadline
+//!  clear START; wait !BSY; ERR, DF or DRQ -> fail
 //! ```
 
 use core::fmt;
@@ -82,6 +94,14 @@ pub mod command {
     pub const WRITE_SECTORS: u8 = 0x30;
     /// WRITE SECTORS EXT (48-bit, PIO data-out).
     pub const WRITE_SECTORS_EXT: u8 = 0x34;
+    /// READ DMA (28-bit).
+    pub const READ_DMA: u8 = 0xc8;
+    /// READ DMA EXT (48-bit).
+    pub const READ_DMA_EXT: u8 = 0x25;
+    /// WRITE DMA (28-bit).
+    pub const WRITE_DMA: u8 = 0xca;
+    /// WRITE DMA EXT (48-bit).
+    pub const WRITE_DMA_EXT: u8 = 0x35;
     /// FLUSH CACHE (28-bit).
     pub const FLUSH_CACHE: u8 = 0xe7;
     /// FLUSH CACHE EXT (48-bit).
@@ -122,6 +142,9 @@ pub enum AtaError {
     BadLength,
     /// Nothing answers at this position on the channel.
     NoDevice,
+    /// The bus-master engine reported an error, or stopped before the
+    /// device was done (the driver then repeats the request with PIO).
+    Dma,
 }
 
 impl fmt::Display for AtaError {
@@ -132,6 +155,7 @@ impl fmt::Display for AtaError {
             AtaError::OutOfRange => out.write_str("sector out of range"),
             AtaError::BadLength => out.write_str("length is not a whole number of sectors"),
             AtaError::NoDevice => out.write_str("no device"),
+            AtaError::Dma => out.write_str("bus-master DMA failed"),
         }
     }
 }
@@ -272,6 +296,8 @@ pub struct Identity {
     pub sectors: u64,
     /// The device supports the 48-bit commands (word 83 bit 10).
     pub lba48: bool,
+    /// The device supports DMA (word 49 bit 8).
+    pub dma: bool,
     /// The model number, byte order fixed, spaces trimmed, non-printable
     /// characters shown as `?`.
     pub model: ArrayString<40>,
@@ -323,7 +349,8 @@ pub fn parse_identify(words: &[u16; 256]) -> Result<Identity, IdentifyError> {
     if sectors == 0 {
         return Err(IdentifyError::NoCapacity);
     }
-    Ok(Identity { sectors, lba48, model: ata_string(&words[word::MODEL]) })
+    let dma = words[word::CAPABILITIES] & (1 << 8) != 0;
+    Ok(Identity { sectors, lba48, dma, model: ata_string(&words[word::MODEL]) })
 }
 
 /// An IDENTIFY string field: each word holds two characters, the first in
@@ -442,6 +469,25 @@ pub fn task_file(direction: Direction, lba: u64, sectors: u16, slave: bool, lba4
     })
 }
 
+/// As [`task_file`], with the DMA command for the same direction and
+/// addressing: READ/WRITE DMA, or their EXT forms above 2^28.
+pub fn dma_task_file(
+    direction: Direction,
+    lba: u64,
+    sectors: u16,
+    slave: bool,
+    lba48: bool,
+) -> Result<TaskFile, AtaError> {
+    let task = task_file(direction, lba, sectors, slave, lba48)?;
+    let command = match (direction, task.high_order.is_some()) {
+        (Direction::Read, false) => command::READ_DMA,
+        (Direction::Read, true) => command::READ_DMA_EXT,
+        (Direction::Write, false) => command::WRITE_DMA,
+        (Direction::Write, true) => command::WRITE_DMA_EXT,
+    };
+    Ok(TaskFile { command, ..task })
+}
+
 /// The cache flush command for a device: FLUSH CACHE EXT when it has the
 /// 48-bit feature set (it may cache sectors above 2^28), else FLUSH CACHE.
 pub const fn flush_command(lba48: bool) -> u8 {
@@ -507,6 +553,218 @@ pub fn split(lba: u64, length: usize, disk_sectors: u64) -> Result<Chunks, AtaEr
         _ => return Err(AtaError::OutOfRange),
     }
     Ok(Chunks { lba, remaining: sectors, offset: 0 })
+}
+
+// ---------------------------------------------------------------------------
+// Bus-master IDE DMA
+
+/// The bus-master IDE registers (SFF-8038i; Intel PIIX3/PIIX4 datasheets,
+/// "Bus Master IDE I/O Registers") and the physical region descriptor
+/// (PRD) tables the engine walks.
+///
+/// The IDE function's BAR4 is a 16-port I/O range: the primary channel's
+/// registers at +0, the secondary's at +8. A PRD entry is 8 bytes: a 32-bit
+/// machine address (bit 0 zero), a 16-bit byte count (bit 0 zero, 0 means
+/// 64 KiB), and in the last dword's bit 31 the end-of-table mark. No entry
+/// may cross a 64 KiB boundary; the table itself must be dword aligned and
+/// must not cross one either.
+pub mod bus_master {
+    use core::fmt;
+
+    use arrayvec::ArrayVec;
+
+    /// Command register (byte): start/stop and direction.
+    pub const COMMAND: u16 = 0;
+    /// Status register (byte): activity, error and interrupt bits.
+    pub const STATUS: u16 = 2;
+    /// PRD table address register (dword): the table's machine address.
+    pub const PRD_TABLE: u16 = 4;
+    /// Ports one channel's registers take.
+    pub const CHANNEL_PORTS: u16 = 8;
+    /// Ports of the whole BAR (both channels).
+    pub const PORTS: u16 = 16;
+
+    /// Command register bits.
+    pub mod command {
+        /// Start/stop bus master: set starts walking the PRD table, clear
+        /// stops the engine (whatever it was doing).
+        pub const START: u8 = 1 << 0;
+        /// Read/write control: set, the engine writes memory (a disk
+        /// read); clear, it reads memory (a disk write).
+        pub const WRITE_TO_MEMORY: u8 = 1 << 3;
+    }
+
+    /// Status register bits.
+    pub mod status {
+        /// Bus master IDE active: set by START, cleared when the last PRD
+        /// entry is done (or START is cleared).
+        pub const ACTIVE: u8 = 1 << 0;
+        /// Error in a transfer to or from memory; write one to clear.
+        pub const ERROR: u8 = 1 << 1;
+        /// The device raised its interrupt; write one to clear.
+        pub const INTERRUPT: u8 = 1 << 2;
+        /// Firmware's marks that drive 0 and drive 1 may use DMA (kept as
+        /// they are: written back unchanged).
+        pub const DRIVES_DMA_CAPABLE: u8 = 0b11 << 5;
+    }
+
+    /// PRD entry bit 63: the last entry of the table.
+    pub const END_OF_TABLE: u64 = 1 << 63;
+    /// Most bytes one PRD entry moves, and the boundary none may cross.
+    pub const PRD_REGION: u64 = 0x1_0000;
+    /// Entries one channel's table holds: 2 KiB, so both channels' tables
+    /// fit one page (which crosses no 64 KiB boundary).
+    pub const PRD_ENTRIES_MAX: usize = 256;
+    /// Bytes of one PRD entry.
+    pub const PRD_ENTRY_BYTES: usize = 8;
+
+    /// Why memory cannot be described to the engine.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PrdError {
+        /// An odd machine address or byte count (the engine moves words).
+        Odd,
+        /// Memory at or above 4 GiB: PRD addresses are 32 bits.
+        AboveFourGiB,
+        /// More than [`PRD_ENTRIES_MAX`] entries.
+        TooManyEntries,
+    }
+
+    /// A PRD table being built: entries as (machine address, byte count).
+    #[derive(Clone, Debug, Default)]
+    pub struct PrdList {
+        entries: ArrayVec<(u32, u32), PRD_ENTRIES_MAX>,
+        bytes: u64,
+    }
+
+    impl PrdList {
+        /// An empty table.
+        pub const fn new() -> PrdList {
+            PrdList { entries: ArrayVec::new_const(), bytes: 0 }
+        }
+
+        /// Appends `length` bytes of machine memory from `machine`: split at
+        /// 64 KiB boundaries, and merged into the previous entry when they
+        /// continue it inside the same 64 KiB region. On error the list is
+        /// unusable (the caller drops it and uses PIO).
+        pub fn push(&mut self, machine: u64, length: u64) -> Result<(), PrdError> {
+            if !machine.is_multiple_of(2) || !length.is_multiple_of(2) {
+                return Err(PrdError::Odd);
+            }
+            match machine.checked_add(length) {
+                Some(end) if end <= 1 << 32 => {}
+                _ => return Err(PrdError::AboveFourGiB),
+            }
+            let (mut address, end) = (machine, machine + length);
+            while address < end {
+                let region_end = (address / PRD_REGION + 1) * PRD_REGION;
+                let piece = end.min(region_end) - address;
+                match self.entries.last_mut() {
+                    Some((start, count))
+                        if u64::from(*start) + u64::from(*count) == address
+                            && u64::from(*start) / PRD_REGION == address / PRD_REGION =>
+                    {
+                        *count += piece as u32;
+                    }
+                    _ => self.entries.try_push((address as u32, piece as u32)).map_err(|_| PrdError::TooManyEntries)?,
+                }
+                address += piece;
+            }
+            self.bytes += length;
+            Ok(())
+        }
+
+        /// Bytes the table moves.
+        pub fn bytes(&self) -> u64 {
+            self.bytes
+        }
+
+        /// Entries in the table.
+        pub fn len(&self) -> usize {
+            self.entries.len()
+        }
+
+        /// Whether the table is empty (an engine must never be given one).
+        pub fn is_empty(&self) -> bool {
+            self.entries.is_empty()
+        }
+
+        /// The entries as the engine reads them (little-endian 64-bit
+        /// values), the last one marked [`END_OF_TABLE`].
+        pub fn encoded(&self) -> impl Iterator<Item = u64> + '_ {
+            let last = self.entries.len().wrapping_sub(1);
+            self.entries.iter().enumerate().map(move |(index, &(address, count))| {
+                // 64 KiB is written as 0 (the count field has 16 bits).
+                let field = u64::from(count as u16);
+                u64::from(address) | field << 32 | if index == last { END_OF_TABLE } else { 0 }
+            })
+        }
+    }
+
+    /// Splits `length` bytes at guest-physical `address` into the pieces
+    /// that lie within one 4 KiB page each (each page is translated on its
+    /// own: dom0's memory is contiguous in machine memory per page only).
+    pub fn page_spans(address: u64, length: usize) -> impl Iterator<Item = (u64, u64)> {
+        let end = address.saturating_add(length as u64);
+        let mut next = address;
+        core::iter::from_fn(move || {
+            if next >= end {
+                return None;
+            }
+            let page_end = (next & !(abi::PAGE_SIZE - 1)).saturating_add(abi::PAGE_SIZE);
+            let span = (next, end.min(page_end) - next);
+            next += span.1;
+            Some(span)
+        })
+    }
+
+    /// Why an IDE function's bus-master engine is not used.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum NoBusMaster {
+        /// No PCI function of class IDE controller was found.
+        NoController,
+        /// Programming interface bit 7 is clear: no bus-master engine.
+        NotCapable,
+        /// BAR4 is not an I/O BAR, or the firmware left it unassigned.
+        Unassigned,
+        /// hv refused to open the BAR's ports.
+        PortsRefused,
+        /// The PRD table's own machine address is not usable.
+        TableUnreachable,
+        /// The disk's IDENTIFY data says it cannot do DMA.
+        DeviceCannot,
+    }
+
+    impl fmt::Display for NoBusMaster {
+        fn fmt(&self, out: &mut fmt::Formatter) -> fmt::Result {
+            out.write_str(match self {
+                NoBusMaster::NoController => "no PCI IDE controller",
+                NoBusMaster::NotCapable => "the IDE controller has no bus master",
+                NoBusMaster::Unassigned => "the bus-master BAR is not assigned",
+                NoBusMaster::PortsRefused => "hv refused the bus-master ports",
+                NoBusMaster::TableUnreachable => "no machine address for the PRD table",
+                NoBusMaster::DeviceCannot => "the disk does not support DMA",
+            })
+        }
+    }
+
+    /// PCI class and subclass of an IDE controller.
+    pub const IDE_CLASS: (u8, u8) = (0x01, 0x01);
+    /// Programming interface bit 7: the function has a bus-master engine.
+    pub const PROG_IF_BUS_MASTER: u8 = 1 << 7;
+
+    /// The first port of an IDE function's bus-master registers, from its
+    /// programming interface and raw BAR4.
+    pub fn base_port(prog_if: u8, bar4: u32) -> Result<u16, NoBusMaster> {
+        if prog_if & PROG_IF_BUS_MASTER == 0 {
+            return Err(NoBusMaster::NotCapable);
+        }
+        // An I/O BAR has bit 0 set; bits 31:2 are the address (PCI 3.0, 6.2.5.1).
+        let base = bar4 & !0b11;
+        if bar4 & 1 == 0 || base == 0 || base > 0x1_0000 - u32::from(PORTS) || !base.is_multiple_of(u32::from(PORTS)) {
+            return Err(NoBusMaster::Unassigned);
+        }
+        Ok(base as u16)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -973,5 +1231,167 @@ mod tests {
         assert_eq!(class_name(0x01, 0x42), "mass storage controller");
         assert_eq!(class_name(0x14, 0x00), "unknown class");
         assert_eq!(class_name(0xff, 0xff), "vendor-specific device");
+    }
+
+    #[test]
+    fn identify_reports_dma_support() {
+        let mut words = identify_block(32768, None, "Generic 1234");
+        assert!(!parse_identify(&words).unwrap().dma);
+        words[49] |= 1 << 8;
+        assert!(parse_identify(&words).unwrap().dma);
+    }
+
+    #[test]
+    fn dma_task_files_use_the_dma_commands() {
+        let read = dma_task_file(Direction::Read, 2048, 64, false, true).unwrap();
+        assert_eq!(read.command, command::READ_DMA);
+        assert_eq!(
+            read,
+            TaskFile { command: command::READ_DMA, ..task_file(Direction::Read, 2048, 64, false, true).unwrap() }
+        );
+        assert_eq!(dma_task_file(Direction::Write, 7, 1, true, false).unwrap().command, command::WRITE_DMA);
+        assert_eq!(dma_task_file(Direction::Read, LBA28_LIMIT, 8, false, true).unwrap().command, command::READ_DMA_EXT);
+        assert_eq!(
+            dma_task_file(Direction::Write, LBA28_LIMIT - 1, 2, false, true).unwrap().command,
+            command::WRITE_DMA_EXT
+        );
+        assert_eq!(dma_task_file(Direction::Read, LBA28_LIMIT, 8, false, false), Err(AtaError::OutOfRange));
+        assert_eq!(dma_task_file(Direction::Read, 0, 0, false, false), Err(AtaError::BadLength));
+    }
+
+    use super::bus_master::{
+        END_OF_TABLE, NoBusMaster, PRD_ENTRIES_MAX, PRD_ENTRY_BYTES, PRD_REGION, PrdError, PrdList, base_port,
+        page_spans,
+    };
+
+    /// Decodes an encoded entry: (address, bytes, last).
+    fn prd(entry: u64) -> (u64, u64, bool) {
+        let count = (entry >> 32) & 0xffff;
+        (entry & 0xffff_ffff, if count == 0 { 0x1_0000 } else { count }, entry & END_OF_TABLE != 0)
+    }
+
+    fn decoded(list: &PrdList) -> Vec<(u64, u64, bool)> {
+        list.encoded().map(prd).collect()
+    }
+
+    #[test]
+    fn prd_entries_per_page_and_the_end_mark() {
+        let mut list = PrdList::new();
+        assert!(list.is_empty() && list.encoded().next().is_none());
+        list.push(0x10_3000, 0x1000).unwrap();
+        list.push(0x20_0200, 0x400).unwrap();
+        list.push(0x7000, 0x200).unwrap();
+        assert_eq!(decoded(&list), [(0x10_3000, 0x1000, false), (0x20_0200, 0x400, false), (0x7000, 0x200, true)]);
+        assert_eq!(list.bytes(), 0x1600);
+        // Reserved bits stay clear: only address, count and bit 63.
+        for entry in list.encoded() {
+            assert_eq!(entry & 0x7fff_0000_0000_0000, 0);
+        }
+    }
+
+    #[test]
+    fn prd_entries_merge_but_never_cross_64k() {
+        let mut list = PrdList::new();
+        // Contiguous pages merge up to the 64 KiB boundary, then a new entry starts.
+        for page in 0..20u64 {
+            list.push(0x3_c000 + page * 0x1000, 0x1000).unwrap();
+        }
+        let entries = decoded(&list);
+        assert_eq!(entries[0], (0x3_c000, 0x4000, false));
+        assert_eq!(entries[1], (0x4_0000, 0x1_0000, true));
+        assert_eq!(list.encoded().nth(1).unwrap() >> 32 & 0xffff, 0, "64 KiB is written as 0");
+        // One long piece is cut at every boundary.
+        let mut long = PrdList::new();
+        long.push(0x1_f000, 0x2_2000).unwrap();
+        assert_eq!(
+            decoded(&long),
+            [
+                (0x1_f000, 0x1000, false),
+                (0x2_0000, 0x1_0000, false),
+                (0x3_0000, 0x1_0000, false),
+                (0x4_0000, 0x1000, true)
+            ]
+        );
+        // Not contiguous: no merge.
+        let mut apart = PrdList::new();
+        apart.push(0x5000, 0x200).unwrap();
+        apart.push(0x5400, 0x200).unwrap();
+        assert_eq!(apart.len(), 2);
+    }
+
+    #[test]
+    fn no_prd_entry_crosses_64k_whatever_the_pieces() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut list = PrdList::new();
+            let mut total = 0;
+            let mut address = (next() % 0x100_0000) & !1;
+            for _ in 0..(next() % 40 + 1) {
+                let length = (next() % 0x3000 + 2) & !1;
+                if list.push(address, length).is_err() {
+                    break;
+                }
+                total += length;
+                address = if next() % 2 == 0 { address + length } else { (next() % 0x100_0000) & !1 };
+            }
+            let entries = decoded(&list);
+            assert_eq!(entries.iter().map(|e| e.1).sum::<u64>(), total);
+            assert_eq!(list.bytes(), total);
+            for (index, &(start, count, last)) in entries.iter().enumerate() {
+                assert!(count > 0 && count <= PRD_REGION && start % 2 == 0 && count % 2 == 0);
+                assert_eq!(start / PRD_REGION, (start + count - 1) / PRD_REGION, "{start:#x}+{count:#x}");
+                assert_eq!(last, index + 1 == entries.len());
+            }
+        }
+    }
+
+    #[test]
+    fn prd_refusals() {
+        let mut list = PrdList::new();
+        assert_eq!(list.push(0x1001, 0x200), Err(PrdError::Odd));
+        assert_eq!(list.push(0x1000, 0x201), Err(PrdError::Odd));
+        assert_eq!(list.push(0x1_0000_0000, 0x200), Err(PrdError::AboveFourGiB));
+        assert_eq!(list.push(0xffff_fe00, 0x400), Err(PrdError::AboveFourGiB));
+        assert_eq!(list.push(u64::MAX - 1, 0x200), Err(PrdError::AboveFourGiB));
+        assert!(list.push(0xffff_fe00, 0x200).is_ok());
+        let mut full = PrdList::new();
+        for index in 0..PRD_ENTRIES_MAX as u64 {
+            full.push(index * 0x2000, 0x200).unwrap();
+        }
+        assert_eq!(full.push(0x100_0000, 0x200), Err(PrdError::TooManyEntries));
+        // Both channels' tables fit one page.
+        assert!(2 * PRD_ENTRIES_MAX * PRD_ENTRY_BYTES <= abi::PAGE_SIZE as usize);
+    }
+
+    #[test]
+    fn page_spans_split_at_pages() {
+        assert_eq!(page_spans(0x1000, 0x1000).collect::<Vec<_>>(), [(0x1000, 0x1000)]);
+        assert_eq!(page_spans(0x1e00, 0x800).collect::<Vec<_>>(), [(0x1e00, 0x200), (0x2000, 0x600)]);
+        assert_eq!(
+            page_spans(0x4_0200, 0x2000).collect::<Vec<_>>(),
+            [(0x4_0200, 0xe00), (0x4_1000, 0x1000), (0x4_2000, 0x200)]
+        );
+        assert_eq!(page_spans(0x5000, 0).count(), 0);
+        assert_eq!(page_spans(u64::MAX - 0x100, 0x1000).map(|span| span.1).sum::<u64>(), 0x100);
+    }
+
+    #[test]
+    fn bus_master_base_port() {
+        // Bochs's PIIX3 IDE: prog-if 0x80, BAR4 0xc001.
+        assert_eq!(base_port(0x80, 0xc001), Ok(0xc000));
+        assert_eq!(base_port(0x8a, 0xd001), Ok(0xd000));
+        assert_eq!(base_port(0x00, 0xc001), Err(NoBusMaster::NotCapable));
+        assert_eq!(base_port(0x80, 0), Err(NoBusMaster::Unassigned));
+        assert_eq!(base_port(0x80, 1), Err(NoBusMaster::Unassigned));
+        assert_eq!(base_port(0x80, 0xc000_0000), Err(NoBusMaster::Unassigned));
+        assert_eq!(base_port(0x80, 0xc009), Err(NoBusMaster::Unassigned));
+        assert_eq!(base_port(0x80, 0x1_0001), Err(NoBusMaster::Unassigned));
+        assert_eq!(base_port(0x80, 0xfff1), Ok(0xfff0));
     }
 }

@@ -108,9 +108,10 @@ extern "C" fn _start(start_info_address: u64) -> ! {
             pci::class_name(device.class, device.subclass)
         );
     }
-    toolstack.disks = ata::probe_all();
+    toolstack.disks = ata::probe_all(&devices);
     for disk in &toolstack.disks {
-        let _ = writeln!(console, "dom0: disk {}: {} sectors, {}", disk.name(), disk.sectors(), disk.model());
+        let (name, sectors, model, mode) = (disk.name(), disk.sectors(), disk.model(), disk.transfer_mode());
+        let _ = writeln!(console, "dom0: disk {name}: {sectors} sectors, {model}, {mode}");
     }
     if let Some(probed) = e1000::probe(&devices) {
         match probed {

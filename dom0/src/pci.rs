@@ -45,6 +45,7 @@ fn write_config(bus: u8, device: u8, function: u8, offset: u8, value: u32) {
 }
 
 /// Command register bits (PCI Local Bus Specification 3.0, 6.2.2).
+const COMMAND_IO_SPACE: u16 = 1 << 0;
 const COMMAND_MEMORY_SPACE: u16 = 1 << 1;
 const COMMAND_BUS_MASTER: u16 = 1 << 2;
 
@@ -55,6 +56,14 @@ pub fn enable_memory_and_bus_master(device: &PciDevice) {
     let (bus, slot, function) = (device.bus, device.device, device.function);
     let command = read_config(bus, slot, function, 0x04) as u16;
     write_config(bus, slot, function, 0x04, (command | COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER) as u32);
+}
+
+/// Lets `device` answer I/O accesses to its BARs and master the bus (DMA),
+/// keeping the other command bits as `enable_memory_and_bus_master` does.
+pub fn enable_io_and_bus_master(device: &PciDevice) {
+    let (bus, slot, function) = (device.bus, device.device, device.function);
+    let command = read_config(bus, slot, function, 0x04) as u16;
+    write_config(bus, slot, function, 0x04, (command | COMMAND_IO_SPACE | COMMAND_BUS_MASTER) as u32);
 }
 
 /// The physical address BAR `index` decodes, if it is a memory BAR (32- or

@@ -59,18 +59,19 @@ const EVENT: u64 = Hypercall::Event as u64;
 const PHYSDEV: u64 = Hypercall::Physdev as u64;
 const MAP_MMIO: Argument = Value(abi::physdev::PhysdevOp::MapMmio as u64);
 const TRANSLATE: Argument = Value(abi::physdev::PhysdevOp::Translate as u64);
+const ALLOW_PORTS: Argument = Value(abi::physdev::PhysdevOp::AllowIoPorts as u64);
 const fn op(operation: abi::domctl::DomCtlOp) -> Argument {
     Value(operation as u64)
 }
 const fn event(operation: abi::event::EventOp) -> Argument {
     Value(operation as u64)
 }
-use abi::domctl::{COPY_MAX, DomCtlOp as D, FOREIGN_WINDOW_BASE};
+use abi::domctl::{COPY_MAX, DomCtlOp as D, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE};
 use abi::event::EventOp as E;
-use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, MMIO_PAGES_MAX};
+use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, IO_PORTS_MAX, MMIO_PAGES_MAX, TRANSLATE_DEVICE_WRITES};
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 64] = [
+pub const CASES: [Case; 83] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
     case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
@@ -418,6 +419,127 @@ pub const CASES: [Case; 64] = [
         "translate u64::MAX",
         PHYSDEV,
         [TRANSLATE, Value(u64::MAX), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ), // The window's last page: past every slot dom0's toolstack uses, never mapped.
+    case(
+        "translate an unmapped window page",
+        PHYSDEV,
+        [TRANSLATE, Value(FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE - 0x1000), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate an unmapped window page for writes",
+        PHYSDEV,
+        [
+            TRANSLATE,
+            Value(FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE - 0x1000),
+            Value(TRANSLATE_DEVICE_WRITES),
+            NONE,
+            NONE,
+        ],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate past the foreign window",
+        PHYSDEV,
+        [TRANSLATE, Value(FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate device memory",
+        PHYSDEV,
+        [TRANSLATE, Value(DEVICE_WINDOW_BASE), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "translate with an unknown flag",
+        PHYSDEV,
+        [TRANSLATE, Buffer, Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    // I/O ports: device BARs may be opened, hv's own ports never.
+    case(
+        "allow ports already passed through",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x1f0), Value(8), NONE, NONE],
+        Expected::Value(0),
+    ),
+    case(
+        "allow zero ports",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xc000), Value(0), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow too many ports",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xc000), Value(IO_PORTS_MAX + 1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow ports past 0xffff",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xffff), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow port 0x10000",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x1_0000), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow ports wrapping",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(u64::MAX), Value(16), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the PIT",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x40), Value(4), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the master PIC",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x20), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the slave PIC",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xa1), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the keyboard controller",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x64), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow CMOS",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x70), Value(2), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the reset register",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xcf8), Value(8), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the ACPI PM1 control port",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0xb000), Value(16), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "allow the Bochs shutdown port",
+        PHYSDEV,
+        [ALLOW_PORTS, Value(0x8900), Value(1), NONE, NONE],
         Expected::Error(Error::InvalidArgument),
     ),
 ];

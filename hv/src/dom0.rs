@@ -107,7 +107,7 @@ fn filled_frame(value: u8) -> Result<u64, &'static str> {
 }
 
 /// Clears `bit` in a bitmap page (1 = exit, 0 = pass through).
-fn clear_bit(page: u64, bit: u64) {
+pub fn clear_bit(page: u64, bit: u64) {
     let word = page + (bit / 64) * 8;
     physical::write_u64(word, physical::read_u64(word) & !(1 << (bit % 64)));
 }
@@ -341,6 +341,7 @@ pub fn build(
         start_info.ramdisk_size
     );
     domain.vcpu = Some(vcpu);
+    domain.io_bitmaps = [io_bitmap_a, io_bitmap_b];
     domain.current_pages = pages;
     domain.max_pages = pages;
     domain.paused = false;

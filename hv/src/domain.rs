@@ -72,6 +72,9 @@ pub struct Domain {
     pub event_page: u64,
     /// Host-physical address of the registered grant table page, 0 = none.
     pub grant_table: u64,
+    /// dom0 only: its own I/O bitmaps A and B (host-physical; 0 = the
+    /// guests' shared deny-all page, which must never be changed).
+    pub io_bitmaps: [u64; 2],
     /// Vector injected as the event upcall, 0 = none.
     pub upcall_vector: u8,
     /// The upcall is raised and waits for the vCPU to take interrupts.
@@ -110,6 +113,7 @@ impl Domain {
             events: hvcore::event::PortTable::new(),
             event_page: 0,
             grant_table: 0,
+            io_bitmaps: [0; 2],
             upcall_vector: 0,
             upcall_due: false,
             reschedule: false,

@@ -11,6 +11,7 @@ pub mod elf;
 pub mod event;
 pub mod frame;
 pub mod guest;
+pub mod io_ports;
 pub mod log_ring;
 pub mod mmio;
 pub mod multiboot2;

@@ -247,3 +247,21 @@ pub fn physdev_translate(guest_physical: u64) -> Result<u64, Error> {
     // SAFETY: no pointer arguments: the address is only looked up.
     Error::decode(unsafe { raw(Hypercall::Physdev as u64, [PhysdevOp::Translate as u64, guest_physical, 0, 0, 0]) })
 }
+
+/// As [`physdev_translate`], also for a page mapped into this domain's
+/// foreign window (valid while it stays mapped); `device_writes` when the
+/// device will write the page, which refuses a read-only mapping.
+pub fn physdev_translate_for_dma(guest_physical: u64, device_writes: bool) -> Result<u64, Error> {
+    let flags = if device_writes { abi::physdev::TRANSLATE_DEVICE_WRITES } else { 0 };
+    let arguments = [PhysdevOp::Translate as u64, guest_physical, flags, 0, 0];
+    // SAFETY: no pointer arguments: the address is only looked up.
+    Error::decode(unsafe { raw(Hypercall::Physdev as u64, arguments) })
+}
+
+/// Lets this domain reach `count` I/O ports from `first` directly (dom0
+/// only; see [`abi::physdev::PhysdevOp::AllowIoPorts`]).
+pub fn physdev_allow_io_ports(first: u16, count: u16) -> Result<(), Error> {
+    let arguments = [PhysdevOp::AllowIoPorts as u64, u64::from(first), u64::from(count), 0, 0];
+    // SAFETY: hv only changes which ports exit; no memory of ours is written.
+    Error::decode(unsafe { raw(Hypercall::Physdev as u64, arguments) }).map(|_| ())
+}

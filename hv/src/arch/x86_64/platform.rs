@@ -10,6 +10,11 @@ pub fn set_acpi(info: hvcore::acpi::AcpiInfo) {
     ACPI.call_once(|| info);
 }
 
+/// The ACPI facts found at boot, if any.
+pub fn acpi() -> Option<&'static hvcore::acpi::AcpiInfo> {
+    ACPI.get()
+}
+
 /// SLP_EN, PM1 control register bit 13 (ACPI 4.8.4.2.1).
 const SLEEP_ENABLE: u16 = 1 << 13;
 
