@@ -255,6 +255,7 @@ if [ "$mode" = qemu ]; then
     exec qemu-system-x86_64 "${accel[@]}" -m 512 \
         -drive "file=$iso,media=cdrom,if=ide,index=0" \
         -drive "file=$disk,format=raw,if=ide,index=2" \
+        -nic user,model=e1000 \
         -serial mon:stdio -display none -no-reboot
 fi
 
@@ -294,7 +295,7 @@ ata0-master: type=cdrom, path=mica.iso, status=inserted
 ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15
 ata1-master: type=disk, mode=flat, path=$disk
 pci: enabled=1, chipset=i440fx, slot1=e1000
-e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=null
+e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=slirp
 com1: enabled=1, mode=term, dev=$tty_path
 port_e9_hack: enabled=1
 magic_break: enabled=1

@@ -380,6 +380,8 @@ pub struct AtaDisk {
     clock: Clock,
     /// The bus-master engine to use, or why there is none (PIO then).
     dma: Result<BusMaster, NoBusMaster>,
+    /// The operator's choice (`diskmode`): use the engine when there is one.
+    use_dma: bool,
 }
 
 /// How an [`AtaDisk`] moves data, for the probe's log line: `DMA` or
@@ -472,6 +474,7 @@ fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<(AtaDisk, boo
         model: identity.model,
         clock,
         dma: Err(NoBusMaster::NoController),
+        use_dma: true,
     };
     Ok((disk, identity.dma))
 }
@@ -489,7 +492,20 @@ impl AtaDisk {
 
     /// DMA or PIO (and why), for the log.
     pub fn transfer_mode(&self) -> TransferMode {
-        TransferMode(self.dma.err())
+        match self.dma {
+            Ok(_) if !self.use_dma => TransferMode(Some(NoBusMaster::TurnedOff)),
+            _ => TransferMode(self.dma.err()),
+        }
+    }
+
+    /// Chooses DMA (where the disk has a bus-master engine) or PIO. Refused
+    /// with the reason when DMA is asked for and there is no engine.
+    pub fn set_dma(&mut self, on: bool) -> Result<(), NoBusMaster> {
+        if on && let Err(reason) = self.dma {
+            return Err(reason);
+        }
+        self.use_dma = on;
+        Ok(())
     }
 
     /// Where the disk sits: "ata0-master", "ata0-slave", "ata1-master", "ata1-slave".
@@ -664,6 +680,9 @@ impl AtaDisk {
         pieces: impl Iterator<Item = (u64, usize)>,
     ) -> Result<(), AtaError> {
         let Ok(engine) = self.dma else { return Err(AtaError::Dma) };
+        if !self.use_dma {
+            return Err(AtaError::Dma);
+        }
         let device_writes = direction == Direction::Read;
         let list = BusMaster::describe(pieces, device_writes).ok_or(AtaError::Dma)?;
         if list.bytes() != length as u64 {

@@ -732,6 +732,8 @@ pub mod bus_master {
         TableUnreachable,
         /// The disk's IDENTIFY data says it cannot do DMA.
         DeviceCannot,
+        /// The operator chose PIO (`diskmode <disk> pio`).
+        TurnedOff,
     }
 
     impl fmt::Display for NoBusMaster {
@@ -743,6 +745,7 @@ pub mod bus_master {
                 NoBusMaster::PortsRefused => "hv refused the bus-master ports",
                 NoBusMaster::TableUnreachable => "no machine address for the PRD table",
                 NoBusMaster::DeviceCannot => "the disk does not support DMA",
+                NoBusMaster::TurnedOff => "chosen with diskmode",
             })
         }
     }

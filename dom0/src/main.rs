@@ -177,6 +177,9 @@ impl Shell {
         let poll_interval = if serial_interrupt { ticks_per_ms * 10 } else { ticks_per_ms / 2 };
         let reap_interval = ticks_per_ms * 50;
         let mut next_reap = rdtsc() + reap_interval;
+        // The NIC's interrupt port: its receive ring is looked at when the
+        // port fired (or on every pass when the NIC has no interrupt).
+        let nic_port = e1000::NIC.lock().as_ref().map(|nic| nic.interrupt_port());
         loop {
             let mut busy = false;
             while let Some(byte) = self.console.try_read_byte() {
@@ -185,10 +188,16 @@ impl Shell {
             }
             busy |= self.toolstack.service_consoles(&mut self.console);
             busy |= self.toolstack.service_disks(&mut self.console);
-            busy |= self.toolstack.service_store();
+            if matches!(nic_port, Some(None)) {
+                self.toolstack.nic_due = true;
+            }
             busy |= self.toolstack.service_net(&mut self.console);
-            self.toolstack.advance_handshakes(&mut self.console);
-            self.toolstack.advance_vif_handshakes(&mut self.console);
+            // Front ends move through the handshake by writing the store.
+            if self.toolstack.service_store() {
+                busy = true;
+                self.toolstack.advance_handshakes(&mut self.console);
+                self.toolstack.advance_vif_handshakes(&mut self.console);
+            }
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;
@@ -200,12 +209,23 @@ impl Shell {
             }
             if !busy {
                 // Nothing to do: sleep until the next poll or a guest's event.
-                let _ = hypercall::set_timer(rdtsc() + poll_interval);
+                let deadline = rdtsc() + poll_interval;
+                let _ = hypercall::set_timer(deadline);
                 hypercall::block();
+                // On the poll timer, look at the NIC too: an interrupt on a
+                // shared line may have gone to another device's edge.
+                if rdtsc() >= deadline {
+                    self.toolstack.nic_due = true;
+                }
                 // Whatever fired, the next pass polls everything: take all
                 // the bits, or hv would never let dom0 block again.
                 // SAFETY: EVENT_PAGE is dom0's registered event page.
-                let _ = unsafe { pv_drivers::event_page::take_all_pending(&raw mut EVENT_PAGE as u64) };
+                let fired = unsafe { pv_drivers::event_page::take_all_pending(&raw mut EVENT_PAGE as u64) };
+                if let Some(Some(port)) = nic_port
+                    && fired.get(port as usize / 64).is_some_and(|word| word & (1 << (port % 64)) != 0)
+                {
+                    self.toolstack.nic_due = true;
+                }
             }
         }
     }
@@ -292,6 +312,7 @@ impl Shell {
             Command::Devices => toolstack.devices(out),
             Command::Store(path) => toolstack::show_store(path.unwrap_or("/local/domain"), out),
             Command::DiskBench(region) => toolstack.disk_bench(region, out),
+            Command::DiskMode { disk, dma } => toolstack.disk_mode(disk, dma, out),
             Command::Create(config) => {
                 toolstack.create(config, out);
             }

@@ -118,13 +118,9 @@ impl NetBackend {
                     return;
                 }
             };
-            // The hypercall wrapper takes a mutable buffer for both directions.
-            let mut bytes = [0u8; abi::net::FRAME_MAX];
-            let bytes = &mut bytes[..frame.len().min(abi::net::FRAME_MAX)];
-            bytes.copy_from_slice(&frame[..bytes.len()]);
             let copied = check_rx(&request)
                 .ok()
-                .and_then(|grant| hypercall::grant_copy(guest, grant, 0, bytes, true).ok())
+                .and_then(|grant| hypercall::grant_copy_to(guest, grant, 0, frame).ok())
                 .is_some();
             let status = if copied { frame.len() as i16 } else { STATUS_ERROR };
             let response = RxResponse { id: request.id, offset: 0, status, _reserved: 0 };

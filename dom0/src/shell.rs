@@ -39,6 +39,9 @@ pub enum Command<'a> {
     /// `diskbench <device:start+count>`: time dom0 reading a disk region
     /// directly, in the same 32 KiB requests a guest's front end makes.
     DiskBench(&'a str),
+    /// `diskmode <disk> [pio|dma]`: show or choose how a disk moves data
+    /// (`Some(true)`: bus-master DMA where the disk has it).
+    DiskMode { disk: &'a str, dma: Option<bool> },
     /// `poweroff`: turn the machine off.
     PowerOff,
     /// `reboot`: reset the machine.
@@ -46,7 +49,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 19] = [
+pub const COMMANDS: [(&str, &str, &str); 20] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -57,12 +60,13 @@ pub const COMMANDS: [(&str, &str, &str); 19] = [
     ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
-    ("devices", "", "physical disks, and each guest's console and disk with their state"),
+    ("devices", "", "physical disks and NIC, the switch, and each guest's console, disk and vif with their state"),
     ("store", "[path]", "show the store's keys and values below path (default /local/domain)"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
     ("bench", "", "measure the null hypercall and a CPUID exit in TSC ticks"),
     ("diskbench", "<disk:start+count>", "time dom0 reading a disk region directly (compare a guest's disk)"),
+    ("diskmode", "<disk> [pio|dma]", "show or choose how a disk moves data: bus-master DMA or PIO"),
     ("selftest", "", "make hostile hypercalls and check each gets its documented error"),
     ("poweroff", "", "turn the machine off"),
     ("reboot", "", "reset the machine"),
@@ -117,6 +121,18 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
         "devices" => Command::Devices,
         "store" => Command::Store(words.next()),
         "diskbench" => Command::DiskBench(words.next().ok_or(missing)?),
+        "diskmode" => {
+            let disk = words.next().ok_or(missing)?;
+            let dma = match words.next() {
+                None => None,
+                Some("dma") => Some(true),
+                Some("pio") => Some(false),
+                Some(option) => {
+                    return Err(ParseError::BadOption { command: name, option, expected: "the mode is pio or dma" });
+                }
+            };
+            Command::DiskMode { disk, dma }
+        }
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,
         "create" => Command::Create(words.next().ok_or(missing)?),
@@ -166,6 +182,11 @@ mod tests {
             parse("sched spin weight=512 cap=20"),
             Ok(Some(Command::Sched { domain: "spin", weight: Some(512), cap: Some(20) }))
         );
+        assert_eq!(parse("diskmode ata1-master"), Ok(Some(Command::DiskMode { disk: "ata1-master", dma: None })));
+        assert_eq!(
+            parse("diskmode ata1-master pio"),
+            Ok(Some(Command::DiskMode { disk: "ata1-master", dma: Some(false) }))
+        );
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
     }
@@ -181,6 +202,7 @@ mod tests {
         assert!(matches!(parse("sched x weight=70000"), Err(ParseError::BadOption { .. })));
         assert!(matches!(parse("sched x cap=101"), Err(ParseError::BadOption { .. })));
         assert!(matches!(parse("sched x speed=3"), Err(ParseError::BadOption { .. })));
+        assert!(matches!(parse("diskmode ata1-master udma"), Err(ParseError::BadOption { .. })));
         let message = format!("{}", parse("create").unwrap_err());
         assert_eq!(message, "usage: create <config>");
     }

@@ -222,6 +222,13 @@ pub struct Toolstack {
     pub switch: Switch<256>,
     /// Frames the switch dropped (no port could take them, or malformed).
     pub switch_dropped: u64,
+    /// The NIC may hold received frames (its interrupt fired, or it has no
+    /// interrupt and dom0 polls it).
+    pub nic_due: bool,
+    /// One frame on its way through the switch.
+    frame: [u8; 2048],
+    /// Console output on its way to the history and the serial line.
+    console_buffer: [u8; 512],
 }
 
 /// The builder's view of the hypervisor: dom0's hypercalls.
@@ -349,6 +356,9 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     attached: None,
     switch: Switch::new(SWITCH_AGE_MS),
     switch_dropped: 0,
+    nic_due: true,
+    frame: [0; 2048],
+    console_buffer: [0; 512],
 });
 
 impl Toolstack {
@@ -817,10 +827,10 @@ impl Toolstack {
         let mut moved = false;
         let attached = self.attached;
         let mut corrupt: ArrayVec<usize, MAX_GUESTS> = ArrayVec::new();
+        let buffer = &mut self.console_buffer;
         for (index, guest) in self.guests.iter_mut().enumerate() {
             let Some(console) = &guest.console else { continue };
-            let mut buffer = [0u8; 512];
-            match console.ring.read_output(&mut buffer) {
+            match console.ring.read_output(buffer) {
                 Ok(0) => {}
                 Ok(count) => {
                     moved = true;
@@ -989,44 +999,49 @@ impl Toolstack {
         }
     }
 
-    /// Moves frames: from every guest's transmit ring and from the NIC
+    /// Moves frames: from every guest's transmit ring and (when its
+    /// interrupt fired, or `nic_due` was set otherwise) from the NIC,
     /// through the switch to guests' receive buffers and the NIC. A front
     /// end that breaks its rings is disconnected with a log line. Returns
     /// whether any frame moved.
     pub fn service_net(&mut self, out: &mut Uart) -> bool {
-        let mut frame = [0u8; 2048];
+        let Toolstack { guests, switch, switch_dropped, frame, nic_due, tsc_khz, .. } = self;
+        let mut ports = Ports { guests, switch, dropped: switch_dropped };
         let mut moved = false;
-        let now = rdtsc() / self.tsc_khz.max(1);
-        for index in 0..self.guests.len() {
-            let id = self.guests[index].id;
+        let now = rdtsc() / (*tsc_khz).max(1);
+        for index in 0..ports.guests.len() {
+            let id = ports.guests[index].id;
             for _ in 0..TX_BATCH {
-                let Some(net) = self.guests[index].net.as_mut() else { break };
-                match net.take_frame(id, &mut frame) {
+                let Some(net) = ports.guests[index].net.as_mut() else { break };
+                match net.take_frame(id, frame) {
                     Transmit::Frame(length) => {
                         moved = true;
-                        self.switch_frame(id as PortId, &frame[..length], now);
+                        ports.switch_frame(id as PortId, &frame[..length], now);
                     }
                     Transmit::Refused => moved = true,
                     Transmit::Idle => break,
                 }
             }
         }
-        for _ in 0..TX_BATCH {
-            let received = crate::e1000::NIC.lock().as_mut().and_then(|nic| {
-                let mut buffer = [0u8; 2048];
-                let length = nic.receive(&mut buffer)?;
-                frame[..length].copy_from_slice(&buffer[..length]);
-                Some(length)
-            });
-            let Some(length) = received else { break };
-            moved = true;
-            if (abi::net::FRAME_MIN..=abi::net::FRAME_MAX).contains(&length) {
-                self.switch_frame(UPLINK, &frame[..length], now);
-            } else {
-                self.switch_dropped += 1;
+        if *nic_due {
+            // Drained unless a whole batch came in (then look again next pass).
+            *nic_due = false;
+            for _ in 0..TX_BATCH {
+                // The lock is dropped before switching: the switch may send
+                // the frame back out through the NIC.
+                let Some(length) = crate::e1000::NIC.lock().as_mut().and_then(|nic| nic.receive(frame)) else {
+                    break;
+                };
+                moved = true;
+                *nic_due = true;
+                if (abi::net::FRAME_MIN..=abi::net::FRAME_MAX).contains(&length) {
+                    ports.switch_frame(UPLINK, &frame[..length], now);
+                } else {
+                    *ports.dropped += 1;
+                }
             }
         }
-        for guest in self.guests.iter_mut() {
+        for guest in ports.guests.iter_mut() {
             let Some(net) = guest.net.as_mut() else { continue };
             net.flush();
             if let Some(reason) = net.broken {
@@ -1036,7 +1051,7 @@ impl Toolstack {
                 let mut state: ArrayString<96> = ArrayString::new();
                 let _ = write!(state, "{}/{}", vif_backend_path(guest.id), keys::STATE);
                 let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closed.as_value());
-                self.switch.remove_port(guest.id as PortId);
+                ports.switch.remove_port(guest.id as PortId);
                 // The ring pages stay mapped (and their slots taken) until
                 // the guest is destroyed.
                 let slots = net.slots;
@@ -1045,40 +1060,6 @@ impl Toolstack {
             }
         }
         moved
-    }
-
-    /// Sends one frame that arrived on switch port `from` where the switch says.
-    fn switch_frame(&mut self, from: PortId, frame: &[u8], now: u64) {
-        match self.switch.forward(from, frame, now) {
-            Forward::Port(port) => self.send_to_port(port, frame),
-            Forward::Flood => {
-                if from != UPLINK {
-                    self.send_to_port(UPLINK, frame);
-                }
-                for index in 0..self.guests.len() {
-                    let port = self.guests[index].id as PortId;
-                    if port != from && self.guests[index].net.is_some() {
-                        self.send_to_port(port, frame);
-                    }
-                }
-            }
-            Forward::Drop => self.switch_dropped += 1,
-        }
-    }
-
-    fn send_to_port(&mut self, port: PortId, frame: &[u8]) {
-        if port == UPLINK {
-            if let Some(nic) = crate::e1000::NIC.lock().as_mut()
-                && nic.transmit(frame).is_err()
-            {
-                self.switch_dropped += 1;
-            }
-            return;
-        }
-        match self.guests.iter_mut().find(|g| g.id as PortId == port).and_then(|g| Some((g.id, g.net.as_mut()?))) {
-            Some((id, net)) => net.deliver(id, frame),
-            None => self.switch_dropped += 1,
-        }
     }
 
     /// Serves the guests' store requests and delivers their watch events.
@@ -1206,6 +1187,21 @@ impl Toolstack {
         let _ = writeln!(out, "diskbench: read {} sectors in {} tsc", spec.sectors, rdtsc() - started);
     }
 
+    /// `diskmode <disk> [pio|dma]`: shows, or chooses, how a disk moves data.
+    pub fn disk_mode(&mut self, name: &str, dma: Option<bool>, out: &mut Uart) {
+        let Some(disk) = self.disks.iter_mut().find(|d| d.name() == name) else {
+            let _ = writeln!(out, "dom0: diskmode: no disk '{name}' (see 'devices')");
+            return;
+        };
+        if let Some(on) = dma
+            && let Err(reason) = disk.set_dma(on)
+        {
+            let _ = writeln!(out, "dom0: diskmode: {name} cannot use DMA: {reason}");
+            return;
+        }
+        let _ = writeln!(out, "{name}: {}", disk.transfer_mode());
+    }
+
     /// `devices`: physical disks, and each guest's console and disk.
     pub fn devices(&self, out: &mut Uart) {
         let _ = writeln!(out, "Physical disks:");
@@ -1213,7 +1209,8 @@ impl Toolstack {
             let _ = writeln!(out, "  (none found)");
         }
         for disk in &self.disks {
-            let _ = writeln!(out, "  {:<12} {:>10} sectors  {}", disk.name(), disk.sectors(), disk.model());
+            let (name, sectors, model, mode) = (disk.name(), disk.sectors(), disk.model(), disk.transfer_mode());
+            let _ = writeln!(out, "  {name:<12} {sectors:>10} sectors  {model}, {mode}");
         }
         let _ = writeln!(out, "Network:");
         match crate::e1000::NIC.lock().as_ref() {
@@ -1385,5 +1382,49 @@ impl Toolstack {
             }
         }
         printed
+    }
+}
+
+/// The switch's view of its ports: the guests' vifs and the NIC (borrowed
+/// apart from the toolstack's frame buffer).
+struct Ports<'a> {
+    guests: &'a mut ArrayVec<Guest, MAX_GUESTS>,
+    switch: &'a mut Switch<256>,
+    dropped: &'a mut u64,
+}
+
+impl Ports<'_> {
+    /// Sends one frame that arrived on switch port `from` where the switch says.
+    fn switch_frame(&mut self, from: PortId, frame: &[u8], now: u64) {
+        match self.switch.forward(from, frame, now) {
+            Forward::Port(port) => self.send_to_port(port, frame),
+            Forward::Flood => {
+                if from != UPLINK {
+                    self.send_to_port(UPLINK, frame);
+                }
+                for index in 0..self.guests.len() {
+                    let port = self.guests[index].id as PortId;
+                    if port != from && self.guests[index].net.is_some() {
+                        self.send_to_port(port, frame);
+                    }
+                }
+            }
+            Forward::Drop => *self.dropped += 1,
+        }
+    }
+
+    fn send_to_port(&mut self, port: PortId, frame: &[u8]) {
+        if port == UPLINK {
+            if let Some(nic) = crate::e1000::NIC.lock().as_mut()
+                && nic.transmit(frame).is_err()
+            {
+                *self.dropped += 1;
+            }
+            return;
+        }
+        match self.guests.iter_mut().find(|g| g.id as PortId == port).and_then(|g| Some((g.id, g.net.as_mut()?))) {
+            Some((id, net)) => net.deliver(id, frame),
+            None => *self.dropped += 1,
+        }
     }
 }

@@ -214,6 +214,16 @@ pub fn grant_copy(
     Error::decode(unsafe { raw(Hypercall::Grant as u64, arguments) }).map(|_| ())
 }
 
+/// Copies `local` into grant `reference` of `granter` at byte `offset`
+/// (the direction that only reads the caller's memory).
+pub fn grant_copy_to(granter: DomainId, reference: u32, offset: u16, local: &[u8]) -> Result<(), Error> {
+    let selector = reference as u64 | (offset as u64 & 0xfff) << 32;
+    let length = local.len() as u64 | abi::grant::COPY_TO_GRANT;
+    let arguments = [GrantOp::Copy as u64, granter as u64, selector, local.as_ptr() as u64, length];
+    // SAFETY: in this direction hv only reads `local`, readable for its length.
+    Error::decode(unsafe { raw(Hypercall::Grant as u64, arguments) }).map(|_| ())
+}
+
 /// Maps grant `reference` of `granter` at guest-physical `address` (dom0:
 /// in its foreign window), writable when `writable` (else refused for a
 /// read-only grant).

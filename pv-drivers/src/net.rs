@@ -312,14 +312,16 @@ impl NetFront {
 
     /// Prepares to wait: takes the transmit answers that arrived (they
     /// need no attention, so they must not stop the wait), then asks dom0
-    /// to notify on its next answer on either ring. Returns true when
-    /// something arrived that the caller must look at (a frame, or a broken
-    /// ring): do not wait.
+    /// to notify on its next received frame, and on its next transmit
+    /// answer only when every transmit buffer is in flight (otherwise
+    /// answers are taken lazily, saving a wake-up per frame sent). Returns
+    /// true when something arrived that the caller must look at (a frame,
+    /// a freed buffer it was waiting for, or a broken ring): do not wait.
     pub fn arm_events(&mut self) -> bool {
         if self.reclaim().is_err() {
             return true;
         }
-        let tx = self.tx.arm_response_event();
+        let tx = self.tx_in_flight() == TX_BUFFERS && self.tx.arm_response_event();
         let rx = self.rx.arm_response_event();
         tx || rx
     }
@@ -468,8 +470,19 @@ mod tests {
         // Only a transmit answer waits: it is taken, and the caller may sleep.
         assert!(!front.arm_events(), "a transmit answer must not keep the front end awake");
         assert_eq!(front.tx_in_flight(), 0);
-        // dom0 asked to be told of both rings' next answers.
-        tx_back.push_response(&TxResponse { id: 0, status: 0, _reserved: 0 }).unwrap_err();
+        // Transmit answers are not asked for while buffers are free...
+        front.send(&frame(60, 2)).unwrap();
+        let request = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        assert!(!tx_back.publish_responses(), "no wake-up for a transmit answer with buffers free");
+        // ...but are when every buffer is in flight.
+        for _ in 0..TX_BUFFERS {
+            front.send(&frame(60, 3)).unwrap();
+        }
+        assert!(!front.arm_events());
+        let request = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        assert!(tx_back.publish_responses(), "a full front end is woken by the answer that frees a buffer");
         let buffer = rx_back.pop_request().unwrap().unwrap();
         rx_back.push_response(&RxResponse { id: buffer.id, offset: 0, status: 60, _reserved: 0 }).unwrap();
         assert!(rx_back.publish_responses(), "the receive answer must be notified");
