@@ -404,7 +404,14 @@ impl Shell {
         let free_after = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(u64::MAX);
         let leak_free = free_before == free_after;
         passed += self.report_case("no frame leaked", leak_free, free_after as i64 - free_before as i64);
-        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len() + 1);
+        // dom0's ports: the PCI address port works through hv; the reset
+        // control register sharing its doubleword stays hv's.
+        let address = 0x8000_0000 | 0x10 << 11;
+        let echoed = pci::address_round_trip(address);
+        passed += self.report_case("PCI config address forwarded", echoed == address, echoed as i64);
+        let reset = pci::read_reset_control();
+        passed += self.report_case("reset control port 0xcf9 refused", reset == 0xff, reset as i64);
+        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len() + 3);
     }
 
     fn report_case(&mut self, name: &str, ok: bool, result: i64) -> usize {

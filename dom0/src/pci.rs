@@ -1,5 +1,6 @@
-//! PCI bus enumeration through configuration mechanism #1 (ports 0xCF8 and
-//! 0xCFC, which hv passes through to dom0). Decoding lives in
+//! PCI bus enumeration through configuration mechanism #1 (the data port
+//! 0xCFC passes through to dom0; hv performs dom0's doubleword accesses to
+//! the address port 0xCF8 and keeps 0xCF9, the reset control register). Decoding lives in
 //! `dom0core::ata_protocol::pci`, host-tested; this file only moves dwords.
 
 use core::arch::asm;
@@ -26,6 +27,23 @@ fn inl(port: u16) -> u32 {
     // SAFETY: as for `outl`; reading configuration space has no memory
     // effects (the standard header has no read-to-clear registers).
     unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Writes `value` to the configuration address port and reads it back (the
+/// selftest's check that hv forwards dom0's accesses to it).
+pub fn address_round_trip(value: u32) -> u32 {
+    outl(CONFIG_ADDRESS, value);
+    inl(CONFIG_ADDRESS)
+}
+
+/// Reads the reset control register 0xCF9 as any dom0 code could: hv keeps
+/// it, so the read is refused and floats high (0xFF).
+pub fn read_reset_control() -> u8 {
+    let value: u8;
+    // SAFETY: a read of the reset control register has no effect (and hv
+    // refuses it anyway); no memory is touched.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") 0xcf9u16, options(nomem, nostack, preserves_flags)) }
     value
 }
 

@@ -42,8 +42,11 @@ const TWO_MIB: u64 = 2 << 20;
 /// I/O ports dom0's drivers own (all below 0x8000, so in I/O bitmap A).
 const DOM0_PORTS: [core::ops::Range<u16>; 6] = [
     COM1_PORTS,
-    // PCI configuration mechanism #1 (address and data ports).
-    0xcf8..0xd00,
+    // PCI configuration mechanism #1: the data port. The address port
+    // 0xcf8 shares its doubleword with 0xcf9, the PIIX reset control
+    // register (hv's), so it exits and hv performs dom0's doubleword
+    // accesses to it (see `Hypervisor::handle_exit`).
+    0xcfc..0xd00,
     // ATA primary and secondary channels: command blocks and control ports.
     0x1f0..0x1f8,
     0x3f6..0x3f7,

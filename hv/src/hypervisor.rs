@@ -23,6 +23,9 @@ const PERIOD_TSC: u64 = 16 * TIME_SLICE_TSC;
 
 const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// PCI configuration mechanism #1's address port (see `handle_exit`).
+const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+
 /// Hypercall exits are handled inline in `run_slice`; this arm is never taken.
 fn unreachable_hypercall() -> bool {
     crate::error!("hypercall exit reached the generic handler (hv bug)");
@@ -272,6 +275,21 @@ impl Hypervisor {
                 vcpu.skip_instruction();
                 crate::events::block(domain);
                 false
+            }
+            Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
+                // dom0's PCI configuration address: any value only selects
+                // a register (the data port passes through); 0xcf9 stays hv's.
+                // SAFETY: the address latch of configuration mechanism #1,
+                // doubleword access only, which never reaches 0xcf9's reset bits.
+                unsafe {
+                    if input {
+                        vcpu.registers.rax = cpu::inl(PCI_CONFIG_ADDRESS) as u64;
+                    } else {
+                        cpu::outl(PCI_CONFIG_ADDRESS, vcpu.registers.rax as u32);
+                    }
+                }
+                vcpu.skip_instruction();
+                true
             }
             Exit::Io { port, size, input, string } => {
                 let rip = vcpu.rip();

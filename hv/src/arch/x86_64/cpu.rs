@@ -57,6 +57,28 @@ pub unsafe fn outw(port: u16, value: u16) {
     unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) }
 }
 
+/// Writes a 32-bit doubleword to an I/O port.
+///
+/// # Safety
+/// As for [`outb`].
+#[inline(always)]
+pub unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: the caller vouches for the port.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads a 32-bit doubleword from an I/O port.
+///
+/// # Safety
+/// As for [`outb`].
+#[inline(always)]
+pub unsafe fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: the caller vouches for the port.
+    unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
 /// Reads a model-specific register.
 ///
 /// # Safety
