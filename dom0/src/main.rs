@@ -197,10 +197,13 @@ impl Shell {
                 busy = true;
                 self.toolstack.advance_handshakes(&mut self.console);
                 self.toolstack.advance_vif_handshakes(&mut self.console);
+                self.toolstack.finish_vif_detaches(&mut self.console);
             }
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;
+                // Detaches whose front end never answers end on time too.
+                self.toolstack.finish_vif_detaches(&mut self.console);
                 if self.toolstack.reap(&mut self.console) && self.toolstack.attached.is_none() {
                     self.prompt();
                     let line = self.editor.line();
@@ -324,6 +327,16 @@ impl Shell {
             Command::Pause(name) | Command::Unpause(name) => {
                 if let Some(index) = guest(toolstack, out, name) {
                     toolstack.set_paused(index, matches!(command, Command::Pause(_)), out);
+                }
+            }
+            Command::NetworkAttach { domain, settings } => {
+                if let Some(index) = guest(toolstack, out, domain) {
+                    toolstack.network_attach(index, settings, out);
+                }
+            }
+            Command::NetworkDetach(domain) => {
+                if let Some(index) = guest(toolstack, out, domain) {
+                    toolstack.network_detach(index, out);
                 }
             }
             Command::Console(name) => {

@@ -42,6 +42,11 @@ pub enum Command<'a> {
     /// `diskmode <disk> [pio|dma]`: show or choose how a disk moves data
     /// (`Some(true)`: bus-master DMA where the disk has it).
     DiskMode { disk: &'a str, dma: Option<bool> },
+    /// `network-attach <domain> [settings]`: give a running guest a vif
+    /// (settings as in a config's `vif` entry, e.g. `mac=02:00:00:00:00:09`).
+    NetworkAttach { domain: &'a str, settings: &'a str },
+    /// `network-detach <domain>`: take a running guest's vif away.
+    NetworkDetach(&'a str),
     /// `poweroff`: turn the machine off.
     PowerOff,
     /// `reboot`: reset the machine.
@@ -49,7 +54,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 20] = [
+pub const COMMANDS: [(&str, &str, &str); 22] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -61,6 +66,8 @@ pub const COMMANDS: [(&str, &str, &str); 20] = [
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
     ("devices", "", "physical disks and NIC, the switch, and each guest's console, disk and vif with their state"),
+    ("network-attach", "<domain> [mac=..]", "give a running guest a vif on the switch (its front end connects)"),
+    ("network-detach", "<domain>", "take a guest's vif away (Closing, then Closed when its front end lets go)"),
     ("store", "[path]", "show the store's keys and values below path (default /local/domain)"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
@@ -133,6 +140,10 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
             };
             Command::DiskMode { disk, dma }
         }
+        "network-attach" => {
+            Command::NetworkAttach { domain: words.next().ok_or(missing)?, settings: words.next().unwrap_or("") }
+        }
+        "network-detach" => Command::NetworkDetach(words.next().ok_or(missing)?),
         "poweroff" => Command::PowerOff,
         "reboot" => Command::Reboot,
         "create" => Command::Create(words.next().ok_or(missing)?),
@@ -187,6 +198,12 @@ mod tests {
             parse("diskmode ata1-master pio"),
             Ok(Some(Command::DiskMode { disk: "ata1-master", dma: Some(false) }))
         );
+        assert_eq!(parse("network-attach web"), Ok(Some(Command::NetworkAttach { domain: "web", settings: "" })));
+        assert_eq!(
+            parse("network-attach web mac=02:00:00:00:00:09"),
+            Ok(Some(Command::NetworkAttach { domain: "web", settings: "mac=02:00:00:00:00:09" }))
+        );
+        assert_eq!(parse("network-detach web"), Ok(Some(Command::NetworkDetach("web"))));
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
     }

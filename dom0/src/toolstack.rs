@@ -85,8 +85,56 @@ fn vif_backend_path(id: DomainId) -> ArrayString<64> {
     path
 }
 
+/// Publishes guest `id`'s vif 0 in the store: the back-end directory (read
+/// by the guest only) with the MAC and features, state InitWait, and the
+/// front-end directory with the MAC, state Initialising (`abi::net`).
+fn publish_vif(store_tree: &mut DefaultStore, id: DomainId, mac: [u8; 6]) {
+    let backend = vif_backend_path(id);
+    let key = |name: &str| {
+        let mut path: ArrayString<96> = ArrayString::new();
+        let _ = write!(path, "{backend}/{name}");
+        path
+    };
+    let front = |name: &str| {
+        let mut path: ArrayString<96> = ArrayString::new();
+        let _ = write!(path, "/local/domain/{id}/device/vif/0/{name}");
+        path
+    };
+    let mut text = [0u8; 17];
+    let mac_text = abi::net::format_mac(mac, &mut text);
+    let mut readable = Permissions::owned_by(abi::DOM0);
+    let _ = readable.grant(id, Access::Read);
+    let _ = store_tree.mkdir(abi::DOM0, &backend);
+    let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
+    let mut frontend: ArrayString<96> = ArrayString::new();
+    let _ = write!(frontend, "/local/domain/{id}/device/vif/0");
+    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &frontend);
+    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
+    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MAC), mac_text);
+    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_RX_COPY), "1");
+    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_SG), "0");
+    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_CSUM_OFFLOAD), "0");
+    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MTU), &decimal(abi::net::MTU as u64));
+    let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
+    let _ = store_tree.write(abi::DOM0, &front("backend"), &backend);
+    let _ = store_tree.write(abi::DOM0, &front("backend-id"), "0");
+    let _ = store_tree.write(abi::DOM0, &front(abi::net::keys::MAC), mac_text);
+    let _ = store_tree.write(abi::DOM0, &front(keys::STATE), DeviceState::Initialising.as_value());
+}
+
+/// Removes guest `id`'s vif 0 from the store (both directories; the
+/// back-end side's per-guest directory too, vif 0 being its only entry).
+fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
+    let _ = store_tree.remove(abi::DOM0, &backend_directory("vif", id));
+    let mut frontend: ArrayString<96> = ArrayString::new();
+    let _ = write!(frontend, "/local/domain/{id}/device/vif/0");
+    let _ = store_tree.remove(abi::DOM0, &frontend);
+}
+
 /// The switch port of the physical NIC (guest vifs use their domain id).
 pub const UPLINK: PortId = 0;
+/// Seconds a front end has to let go of a vif being detached.
+const DETACH_TIMEOUT_SECONDS: u64 = 5;
 /// Switch entries not refreshed for this many milliseconds are forgotten.
 const SWITCH_AGE_MS: u64 = 300_000;
 
@@ -150,6 +198,8 @@ pub struct Guest {
     /// A vif dom0 disconnected: the window slots of its ring pages (freed
     /// when the guest is destroyed) and why.
     pub broken_vif: Option<([usize; 2], &'static str)>,
+    /// `network-detach` asked the connected vif to close at this TSC.
+    pub vif_closing: Option<u64>,
 }
 
 /// A guest's connection to the store: its ring page (mapped in dom0), the
@@ -507,16 +557,8 @@ impl Toolstack {
                     return None;
                 }
             };
-            let nic_mac = crate::e1000::NIC.lock().as_ref().map(|nic| nic.mac());
-            let in_use = |mac: [u8; 6]| {
-                nic_mac == Some(mac)
-                    || self
-                        .guests
-                        .iter()
-                        .any(|g| g.pending_vif == Some(mac) || g.net.as_ref().is_some_and(|net| net.mac == mac))
-            };
             let mac = match spec.mac {
-                Some(mac) if in_use(mac) => {
+                Some(mac) if self.mac_in_use(mac) => {
                     let mut text = [0u8; 17];
                     let _ = writeln!(
                         out,
@@ -589,30 +631,7 @@ impl Toolstack {
                 if *mac == [0; 6] {
                     *mac = dom0core::net_backend::default_mac(id, 0);
                 }
-                let backend = vif_backend_path(id);
-                let key = |name: &str| {
-                    let mut path: ArrayString<96> = ArrayString::new();
-                    let _ = write!(path, "{backend}/{name}");
-                    path
-                };
-                let mut text = [0u8; 17];
-                let mac_text = abi::net::format_mac(*mac, &mut text);
-                let mut readable = Permissions::owned_by(abi::DOM0);
-                let _ = readable.grant(id, Access::Read);
-                let _ = store_tree.mkdir(abi::DOM0, &backend);
-                let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
-                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &home("device/vif/0"));
-                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
-                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MAC), mac_text);
-                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_RX_COPY), "1");
-                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_SG), "0");
-                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_CSUM_OFFLOAD), "0");
-                let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MTU), &decimal(abi::net::MTU as u64));
-                let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
-                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/backend"), &backend);
-                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/backend-id"), "0");
-                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/mac"), mac_text);
-                let _ = store_tree.write(abi::DOM0, &home("device/vif/0/state"), DeviceState::Initialising.as_value());
+                publish_vif(&mut store_tree, id, *mac);
             }
         }
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
@@ -642,6 +661,7 @@ impl Toolstack {
             net: None,
             pending_vif: vif,
             broken_vif: None,
+            vif_closing: None,
         });
         Some(id)
     }
@@ -926,6 +946,116 @@ impl Toolstack {
                 let _ =
                     writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
             }
+        }
+    }
+
+    /// `network-attach`: offers guest `index` a vif (settings as in a
+    /// config's `vif` entry); its front end connects as at start-up.
+    pub fn network_attach(&mut self, index: usize, settings: &str, out: &mut Uart) {
+        let guest = &self.guests[index];
+        let name = guest.config.name;
+        if guest.pending_vif.is_some() || guest.net.is_some() || guest.broken_vif.is_some() {
+            let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
+            return;
+        }
+        let spec = match dom0core::net_backend::parse_vif(settings) {
+            Ok(spec) => spec,
+            Err(error) => {
+                let _ = writeln!(out, "dom0: network-attach: \"{settings}\": {error}");
+                return;
+            }
+        };
+        let id = guest.id;
+        let mac = spec.mac.unwrap_or(dom0core::net_backend::default_mac(id, 0));
+        if self.mac_in_use(mac) {
+            let mut text = [0u8; 17];
+            let _ = writeln!(
+                out,
+                "dom0: network-attach: MAC {} is already on the switch",
+                abi::net::format_mac(mac, &mut text)
+            );
+            return;
+        }
+        publish_vif(&mut STORE.lock(), id, mac);
+        self.guests[index].pending_vif = Some(mac);
+        let mut text = [0u8; 17];
+        let _ = writeln!(out, "dom0: '{name}': vif 0 offered, mac {}", abi::net::format_mac(mac, &mut text));
+    }
+
+    /// Whether `mac` is the NIC's or any guest's vif's.
+    fn mac_in_use(&self, mac: [u8; 6]) -> bool {
+        crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac)
+            || self
+                .guests
+                .iter()
+                .any(|g| g.pending_vif == Some(mac) || g.net.as_ref().is_some_and(|net| net.mac == mac))
+    }
+
+    /// `network-detach`: a connected vif is asked to close (state Closing)
+    /// and goes once the front end says Closed, or after
+    /// `DETACH_TIMEOUT_SECONDS`; an unconnected or broken one goes at once.
+    pub fn network_detach(&mut self, index: usize, out: &mut Uart) {
+        let guest = &mut self.guests[index];
+        let (id, name) = (guest.id, guest.config.name);
+        if let Some(net) = &guest.net {
+            if guest.vif_closing.is_none() {
+                let mut state: ArrayString<96> = ArrayString::new();
+                let _ = write!(state, "{}/{}", vif_backend_path(id), keys::STATE);
+                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closing.as_value());
+                let _ = hypercall::notify(net.port);
+                guest.vif_closing = Some(rdtsc());
+            }
+            let _ = writeln!(out, "dom0: '{name}': vif 0 closing (waiting for the front end)");
+            return;
+        }
+        if guest.pending_vif.take().is_none() && guest.broken_vif.is_none() {
+            let _ = writeln!(out, "dom0: network-detach: '{name}' has no vif");
+            return;
+        }
+        if let Some((slots, _)) = guest.broken_vif.take() {
+            for slot in slots {
+                let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
+                self.window_slots[slot] = false;
+            }
+        }
+        unpublish_vif(&mut STORE.lock(), id);
+        let _ = writeln!(out, "dom0: '{name}': vif 0 detached");
+    }
+
+    /// Finishes `network-detach` of vifs whose front end answered Closed,
+    /// or that have been Closing for longer than the timeout: dom0 lets go
+    /// of the ring pages (so the guest can revoke its grants), closes the
+    /// channel, leaves the switch and removes both store directories.
+    pub fn finish_vif_detaches(&mut self, out: &mut Uart) {
+        let timeout = self.tsc_khz.max(1) * 1000 * DETACH_TIMEOUT_SECONDS;
+        for guest in self.guests.iter_mut() {
+            let Some(since) = guest.vif_closing else { continue };
+            let id = guest.id;
+            let mut front_state: ArrayString<96> = ArrayString::new();
+            let _ = write!(front_state, "/local/domain/{id}/device/vif/0/{}", keys::STATE);
+            let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &front_state).ok().map(str::as_bytes));
+            let timed_out = rdtsc().wrapping_sub(since) > timeout;
+            if state != DeviceState::Closed && !timed_out {
+                continue;
+            }
+            guest.vif_closing = None;
+            if let Some(net) = guest.net.take() {
+                let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+                for slot in net.slots {
+                    let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
+                    self.window_slots[slot] = false;
+                }
+            }
+            self.switch.remove_port(id as PortId);
+            {
+                let mut store_tree = STORE.lock();
+                let mut state: ArrayString<96> = ArrayString::new();
+                let _ = write!(state, "{}/{}", vif_backend_path(id), keys::STATE);
+                let _ = store_tree.write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                unpublish_vif(&mut store_tree, id);
+            }
+            let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
+            let _ = writeln!(out, "\ndom0: '{}': vif 0 detached{how}", guest.config.name);
         }
     }
 

@@ -70,6 +70,47 @@ struct StoreClient {
     ring: crate::console::StoreRingAccess,
     port: u32,
     next_id: u32,
+    /// The message being received (header, then exactly its payload).
+    incoming: [u8; abi::store::STORE_MESSAGE_MAX],
+    incoming_length: usize,
+    /// Watch events received and not yet taken by `take_watch_events`.
+    watch_events: u32,
+}
+
+impl StoreClient {
+    /// Reads more of the incoming message; returns its total length once
+    /// it is complete (it is then in `incoming[..total]`; the caller resets
+    /// `incoming_length`).
+    fn receive(&mut self) -> Result<Option<usize>, StoreFailure> {
+        use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreHeader};
+        loop {
+            let wanted = if self.incoming_length < STORE_HEADER_SIZE {
+                STORE_HEADER_SIZE
+            } else {
+                let header = StoreHeader::from_bytes(
+                    self.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
+                );
+                let total = STORE_HEADER_SIZE + header.length as usize;
+                if total > STORE_MESSAGE_MAX {
+                    return Err(StoreFailure::Broken);
+                }
+                total
+            };
+            // Complete: the header is in, and as much payload as it announces.
+            if self.incoming_length >= STORE_HEADER_SIZE && self.incoming_length == wanted {
+                return Ok(Some(wanted));
+            }
+            let count = self
+                .ring
+                .client_receive(&mut self.incoming[self.incoming_length..wanted])
+                .map_err(|_| StoreFailure::Broken)?;
+            if count == 0 {
+                return Ok(None);
+            }
+            let _ = hypercall::notify(self.port);
+            self.incoming_length += count;
+        }
+    }
 }
 
 /// Why a store request failed.
@@ -153,6 +194,17 @@ pub struct Guest {
     grants: Option<crate::grant::GrantTable>,
     /// The first vif's front end and its event port.
     net: Option<(crate::net::NetFront, u32)>,
+    /// Grants of the vif's pages (kept until dom0 has let go of them).
+    net_grants: arrayvec::ArrayVec<u32, NET_PAGES_COUNT>,
+}
+
+/// What [`Guest::net_hotplug`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetChange {
+    /// A vif dom0 offered is connected.
+    Connected,
+    /// dom0 took the vif away; the front end let go of it.
+    Disconnected,
 }
 
 impl Guest {
@@ -195,6 +247,7 @@ impl Guest {
             store_event: false,
             grants: None,
             net: None,
+            net_grants: arrayvec::ArrayVec::new_const(),
         };
         if start_info.store_page != 0
             && let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.store_port as u64)
@@ -202,7 +255,14 @@ impl Guest {
             // SAFETY: the builder reserved this page of our RAM for the store
             // ring; dom0 maps it; it stays ours for the guest's life.
             let ring = unsafe { crate::console::StoreRingAccess::new(start_info.store_page as *mut u8) };
-            guest.store = Some(StoreClient { ring, port: port as u32, next_id: 1 });
+            guest.store = Some(StoreClient {
+                ring,
+                port: port as u32,
+                next_id: 1,
+                incoming: [0; abi::store::STORE_MESSAGE_MAX],
+                incoming_length: 0,
+                watch_events: 0,
+            });
         }
         if start_info.console_page != 0
             && let Ok(port) =
@@ -221,6 +281,8 @@ impl Guest {
         }
         if guest.store.is_some() {
             guest.net = guest.connect_net();
+            // Hear of vifs dom0 offers later (network-attach).
+            let _ = guest.store_watch("device/vif", "vifs");
         }
         // SAFETY: the upcall handler is installed; from here events interrupt us.
         unsafe { asm!("sti", options(nomem, nostack)) };
@@ -303,6 +365,22 @@ impl Guest {
     /// `state` = Initialised, waits for Connected, then posts the receive
     /// buffers. None when the guest has no vif or the back end refused.
     fn connect_net(&mut self) -> Option<(crate::net::NetFront, u32)> {
+        // The pages of an earlier connection must be ours again first.
+        if !self.release_net_grants() {
+            return None;
+        }
+        let mut port = None;
+        let connected = self.try_connect_net(&mut port);
+        if connected.is_none() {
+            if let Some(port) = port {
+                let _ = hypercall::event(EventOp::Close, port as u64, 0);
+            }
+            self.release_net_grants();
+        }
+        connected
+    }
+
+    fn try_connect_net(&mut self, allocated_port: &mut Option<u32>) -> Option<(crate::net::NetFront, u32)> {
         use crate::net::{Buffer, NetFront, RX_BUFFERS, TX_BUFFERS};
         use abi::store::{DeviceState, keys};
         let mut text = [0u8; 96];
@@ -310,25 +388,38 @@ impl Guest {
         let mut backend_state = arrayvec::ArrayString::<128>::new();
         let backend = core::str::from_utf8(&text[..length]).ok()?;
         write!(backend_state, "{backend}/{}", keys::STATE).ok()?;
-        let table = self.grants.as_mut()?;
+        let mut backend_path = arrayvec::ArrayString::<96>::new();
+        backend_path.try_push_str(backend).ok()?;
+        let mut state = [0u8; 8];
+        let length = self.store_read(&backend_state, &mut state).ok()?;
+        if DeviceState::from_key(Some(&state[..length])) != DeviceState::InitWait {
+            return None;
+        }
         let rings = &raw mut NET_PAGES as u64;
         let page = |index: usize| rings + index as u64 * 4096;
-        let tx_ring = table.grant(abi::DOM0, page(0), false).ok()?;
-        let rx_ring = table.grant(abi::DOM0, page(1), false).ok()?;
+        let mut grant = |address: u64, readonly: bool| {
+            let reference = self.grants.as_mut()?.grant(abi::DOM0, address, readonly).ok()?;
+            self.net_grants.try_push(reference).ok()?;
+            Some(reference)
+        };
+        let tx_ring = grant(page(0), false)?;
+        let rx_ring = grant(page(1), false)?;
         let mut tx_buffers = [Buffer::default(); TX_BUFFERS];
         for (index, buffer) in tx_buffers.iter_mut().enumerate() {
             let address = page(2 + index);
-            *buffer = Buffer { address, grant: table.grant(abi::DOM0, address, true).ok()? };
+            *buffer = Buffer { address, grant: grant(address, true)? };
         }
         let mut rx_buffers = [Buffer::default(); RX_BUFFERS];
         for (index, buffer) in rx_buffers.iter_mut().enumerate() {
             let address = page(2 + TX_BUFFERS + index);
-            *buffer = Buffer { address, grant: table.grant(abi::DOM0, address, false).ok()? };
+            *buffer = Buffer { address, grant: grant(address, false)? };
         }
         // SAFETY: NET_PAGES is dedicated to this one vif: two ring pages, then
-        // the buffers, each granted to dom0 as passed; nothing else uses them.
+        // the buffers, each granted to dom0 as passed; nothing else uses them
+        // (an earlier connection's grants were all revoked above).
         let mut front = unsafe { NetFront::new(page(0) as *mut u8, page(1) as *mut u8, tx_buffers, rx_buffers) };
         let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
         for (key, value) in [
             (abi::net::keys::TX_RING_REF, tx_ring),
@@ -346,10 +437,64 @@ impl Guest {
             return None;
         }
         let _ = self.store_write("device/vif/0/state", DeviceState::Connected.as_value());
+        // Hear of the back end's state changes (network-detach).
+        let _ = self.store_watch(&backend_path, "vif-backend");
         front.post_receive_buffers().ok()?;
         // The back end has not asked for events yet: tell it once.
         let _ = hypercall::notify(port);
         Some((front, port))
+    }
+
+    /// Revokes the grants of the vif pages; true when none is left (a page
+    /// dom0 still maps stays granted until it lets go).
+    fn release_net_grants(&mut self) -> bool {
+        let Some(table) = self.grants.as_mut() else { return self.net_grants.is_empty() };
+        self.net_grants.retain(|reference| table.end_access(*reference).is_err());
+        self.net_grants.is_empty()
+    }
+
+    /// Follows dom0's changes to the vif (call after store watch events,
+    /// see [`Guest::take_watch_events`]): connects a vif dom0 offered
+    /// (`network-attach`), and lets go of one dom0 is closing
+    /// (`network-detach`): the front end stops, says Closed, and revokes
+    /// its grants once dom0 has unmapped the pages.
+    pub fn net_hotplug(&mut self) -> Option<NetChange> {
+        use abi::store::DeviceState;
+        if self.net.is_none() {
+            // Pages of a closed connection come back as dom0 unmaps them.
+            self.release_net_grants();
+            let mut text = [0u8; 96];
+            if self.store_read("device/vif/0/backend", &mut text).is_err() {
+                return None;
+            }
+            self.net = self.connect_net();
+            return self.net.is_some().then_some(NetChange::Connected);
+        }
+        let mut text = [0u8; 96];
+        let state = match self.store_read("device/vif/0/backend", &mut text) {
+            Ok(length) => {
+                let mut path = arrayvec::ArrayString::<128>::new();
+                let backend = core::str::from_utf8(&text[..length]).unwrap_or("");
+                let _ = write!(path, "{backend}/{}", abi::store::keys::STATE);
+                let length = self.store_read(&path, &mut text).unwrap_or(0);
+                DeviceState::from_key(Some(&text[..length]))
+            }
+            Err(_) => DeviceState::Closed,
+        };
+        if !matches!(state, DeviceState::Closing | DeviceState::Closed) {
+            return None;
+        }
+        if let Some((_, port)) = self.net.take() {
+            let _ = hypercall::event(EventOp::Close, port as u64, 0);
+        }
+        let _ = self.store_write("device/vif/0/state", DeviceState::Closed.as_value());
+        self.release_net_grants();
+        Some(NetChange::Disconnected)
+    }
+
+    /// Whether the vif is connected.
+    pub fn net_connected(&self) -> bool {
+        self.net.is_some()
     }
 
     /// The vif's MAC address as dom0 assigned it (None without a vif).
@@ -636,8 +781,8 @@ impl Guest {
         self.store_request(abi::store::StoreOp::Write, &[path, value], &mut reply).map(|_| ())
     }
 
-    /// Sends one request and waits for its reply (watch events that arrive
-    /// meanwhile are dropped: this client registers none). Returns the
+    /// Sends one request and waits for its reply; watch events that arrive
+    /// meanwhile are counted for [`Guest::take_watch_events`]. Returns the
     /// reply's payload length (the payload follows the header in `reply`).
     fn store_request(
         &mut self,
@@ -667,7 +812,6 @@ impl Guest {
         };
         message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
         let mut sent = 0;
-        let mut received = 0;
         loop {
             let store = self.store.as_mut().ok_or(StoreFailure::NoStore)?;
             let mut progress = false;
@@ -679,45 +823,25 @@ impl Guest {
                     let _ = hypercall::notify(store.port);
                 }
             }
-            // Read the reply: the header first, then exactly its payload.
-            let wanted = if received < STORE_HEADER_SIZE {
-                STORE_HEADER_SIZE
-            } else {
-                let header =
-                    StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
-                STORE_HEADER_SIZE + (header.length as usize).min(STORE_MESSAGE_MAX - STORE_HEADER_SIZE)
-            };
-            if received < wanted {
-                let count =
-                    store.ring.client_receive(&mut reply[received..wanted]).map_err(|_| StoreFailure::Broken)?;
-                if count > 0 {
-                    received += count;
-                    progress = true;
-                    let _ = hypercall::notify(store.port);
-                }
-            }
-            if received >= STORE_HEADER_SIZE {
-                let header =
-                    StoreHeader::from_bytes(reply[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]));
-                let total = STORE_HEADER_SIZE + header.length as usize;
-                if total > STORE_MESSAGE_MAX {
-                    return Err(StoreFailure::Broken);
-                }
-                if received == total {
-                    match StoreOp::from_number(header.kind) {
-                        Some(StoreOp::WatchEvent) => {
-                            received = 0;
-                            continue;
-                        }
-                        Some(StoreOp::Error) if header.request_id == id => {
-                            let name = &reply[STORE_HEADER_SIZE..total];
-                            let name = name.strip_suffix(&[0]).unwrap_or(name);
-                            return Err(abi::store::StoreError::from_name(name)
-                                .map_or(StoreFailure::BadMessage, StoreFailure::Refused));
-                        }
-                        Some(_) if header.request_id == id => return Ok(header.length as usize),
-                        _ => return Err(StoreFailure::BadMessage),
+            if let Some(total) = store.receive()? {
+                progress = true;
+                store.incoming_length = 0;
+                let header = StoreHeader::from_bytes(
+                    store.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
+                );
+                match StoreOp::from_number(header.kind) {
+                    Some(StoreOp::WatchEvent) => store.watch_events = store.watch_events.saturating_add(1),
+                    Some(StoreOp::Error) if header.request_id == id => {
+                        let name = &store.incoming[STORE_HEADER_SIZE..total];
+                        let name = name.strip_suffix(&[0]).unwrap_or(name);
+                        return Err(abi::store::StoreError::from_name(name)
+                            .map_or(StoreFailure::BadMessage, StoreFailure::Refused));
                     }
+                    Some(_) if header.request_id == id => {
+                        reply[..total].copy_from_slice(&store.incoming[..total]);
+                        return Ok(header.length as usize);
+                    }
+                    _ => return Err(StoreFailure::BadMessage),
                 }
             }
             if !progress {
@@ -725,6 +849,32 @@ impl Guest {
                 self.wait_for_event();
             }
         }
+    }
+
+    /// Asks the store to report changes at or below `path` (relative to
+    /// this domain's home, or absolute); events are counted, see
+    /// [`Guest::take_watch_events`]. The store reports once at once.
+    pub fn store_watch(&mut self, path: &str, token: &str) -> Result<(), StoreFailure> {
+        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
+        self.store_request(abi::store::StoreOp::Watch, &[path, token], &mut reply).map(|_| ())
+    }
+
+    /// Watch events that arrived since the last call (reads any waiting on
+    /// the store ring first, without blocking).
+    pub fn take_watch_events(&mut self) -> u32 {
+        use abi::store::{STORE_HEADER_SIZE, StoreHeader, StoreOp};
+        let Some(store) = self.store.as_mut() else { return 0 };
+        while let Ok(Some(_)) = store.receive() {
+            store.incoming_length = 0;
+            let header = StoreHeader::from_bytes(
+                store.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
+            );
+            // Nothing else is outstanding here: anything but an event is dropped.
+            if StoreOp::from_number(header.kind) == Some(StoreOp::WatchEvent) {
+                store.watch_events = store.watch_events.saturating_add(1);
+            }
+        }
+        core::mem::take(&mut store.watch_events)
     }
 
     /// This domain's end of the console event channel (0 without a console).

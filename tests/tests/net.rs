@@ -128,6 +128,15 @@ fn a_hostile_vif_is_disconnected_and_the_others_keep_pinging() {
     if !store.contains(&format!("/local/domain/0/backend/vif/{hostile}/0/state = \"6\"")) {
         fail_with(&mut machine, &format!("the back end should say Closed (6) for the hostile vif:\n{store}"));
     }
+    // The broken vif can be taken away at once (its pages unmapped).
+    let detached = command(&mut machine, "network-detach nethostile");
+    if !detached.contains("dom0: 'nethostile': vif 0 detached") {
+        fail_with(&mut machine, &format!("a broken vif should be detached at once:\n{detached}"));
+    }
+    let again = command(&mut machine, "network-detach nethostile");
+    if !again.contains("has no vif") {
+        fail_with(&mut machine, &format!("detaching a vif twice should say there is none:\n{again}"));
+    }
     for (name, id) in [("netping", client), ("nethostile", hostile), ("netserve", server)] {
         destroy(&mut machine, name, id);
     }
@@ -153,4 +162,72 @@ fn a_guest_pings_a_host_beyond_the_physical_nic() {
         fail_with(&mut machine, &format!("the NIC should have carried the ARP and ping frames:\n{devices}"));
     }
     destroy(&mut machine, "netuplink", id);
+}
+
+/// Hot-plug: `netlate` starts without a vif and waits; `network-attach`
+/// offers one, its front end connects and pings; `network-detach` moves the
+/// vif to Closing, the front end lets go (Closed), dom0 unmaps, closes and
+/// removes it; a second attach works again, and
+/// destroying everything returns every page.
+#[test]
+fn a_vif_is_attached_and_detached_while_the_guest_runs() {
+    let mut machine = boot();
+    let (_, before) = mem(&mut machine);
+    let server = create(&mut machine, "netserve", "netserve");
+    let late = create(&mut machine, "netlate", "netlate");
+    attach(&mut machine, "netlate", late);
+    expect_line(&mut machine, "nettest: waiting for a vif", 60);
+    detach(&mut machine);
+
+    let offered = command(&mut machine, "network-attach netlate mac=02:00:00:00:00:05");
+    if !offered.contains("vif 0 offered, mac 02:00:00:00:00:05") {
+        fail_with(&mut machine, &format!("network-attach should offer the vif:\n{offered}"));
+    }
+    attach(&mut machine, "netlate", late);
+    expect_line(&mut machine, "nettest: 10.0.0.5/24 up on vif 0, mac 02:00:00:00:00:05", 60);
+    let summary = expect_line(&mut machine, "nettest: ping 10.0.0.2:", 120);
+    if !summary.contains(": 3 of 3 replies") {
+        fail_with(&mut machine, &format!("the attached vif should carry every ping; got {summary:?}"));
+    }
+    detach(&mut machine);
+
+    let closing = command(&mut machine, "network-detach netlate");
+    if !closing.contains("vif 0 closing") {
+        fail_with(&mut machine, &format!("network-detach should close the connected vif:\n{closing}"));
+    }
+    let detached = "dom0: 'netlate': vif 0 detached";
+    if !machine.transcript().contains(detached) {
+        machine.expect(detached, seconds(30)).unwrap_or_else(fail);
+    }
+    if machine.transcript().contains("the front end did not answer") {
+        fail_with(&mut machine, "the front end should let go of the vif itself, not time out");
+    }
+    let devices = command(&mut machine, "devices");
+    if vif_line(&devices, "netlate").is_some() {
+        fail_with(&mut machine, &format!("`devices` should show no vif for netlate after the detach:\n{devices}"));
+    }
+    let store = command(&mut machine, "store");
+    if store.contains(&format!("backend/vif/{late}")) || store.contains(&format!("/local/domain/{late}/device/vif/0")) {
+        fail_with(&mut machine, &format!("the detached vif's store entries should be gone:\n{store}"));
+    }
+    // Plugged in again with the same MAC (the server's ARP cache still
+    // holds it, as a real peer's would).
+    let again = command(&mut machine, "network-attach netlate mac=02:00:00:00:00:05");
+    if !again.contains("vif 0 offered, mac 02:00:00:00:00:05") {
+        fail_with(&mut machine, &format!("a second network-attach should offer the vif again:\n{again}"));
+    }
+    attach(&mut machine, "netlate", late);
+    expect_line(&mut machine, "nettest: vif 0 disconnected by dom0", 60);
+    expect_line(&mut machine, "nettest: 10.0.0.5/24 up on vif 0, mac 02:00:00:00:00:05", 60);
+    let summary = expect_line(&mut machine, "nettest: ping 10.0.0.2:", 120);
+    if !summary.contains(": 3 of 3 replies") {
+        fail_with(&mut machine, &format!("the re-attached vif should carry every ping; got {summary:?}"));
+    }
+    detach(&mut machine);
+    destroy(&mut machine, "netlate", late);
+    destroy(&mut machine, "netserve", server);
+    let (text, after) = mem(&mut machine);
+    if after.free_kib != before.free_kib {
+        fail_with(&mut machine, &format!("free memory should be back to {} KiB:\n{text}", before.free_kib));
+    }
 }

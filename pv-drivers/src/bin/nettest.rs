@@ -6,6 +6,10 @@
 //! cmdline = "ip=10.0.0.1/24 ping=10.0.0.2 count=10"
 //! ```
 //!
+//! A guest created without a vif waits for one (`network-attach`); when dom0
+//! takes the vif away (`network-detach`) it says so, and when a vif comes
+//! back it pings all over again.
+//!
 //! Each reply is reported on the console with its round trip in TSC ticks
 //! (emulated instructions under Bochs; `quiet` leaves these out), then a
 //! summary line
@@ -16,7 +20,7 @@
 
 use core::fmt::Write;
 
-use pv_drivers::guest::{self, Guest};
+use pv_drivers::guest::{self, Guest, NetChange};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::icmp;
@@ -106,13 +110,23 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut cmdline = arrayvec::ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
     let cmdline = cmdline.as_str();
-    let Some(mac) = guest.net_mac() else {
-        let _ = writeln!(guest, "nettest: no connected vif; stopping");
-        stop(guest)
-    };
     if argument(cmdline, "mode") == Some("hostile") {
         hostile(guest)
     }
+    // A guest created without a vif waits for `network-attach`.
+    if !guest.net_connected() {
+        let _ = writeln!(guest, "nettest: waiting for a vif (network-attach)");
+        while !guest.net_connected() {
+            guest.wait_for_event();
+            if guest.take_watch_events() > 0 {
+                let _ = guest.net_hotplug();
+            }
+        }
+    }
+    let Some(mac) = guest.net_mac() else {
+        let _ = writeln!(guest, "nettest: the vif has no MAC address in the store; stopping");
+        stop(guest)
+    };
     let Some(cidr) = argument(cmdline, "ip").and_then(parse_cidr) else {
         let _ = writeln!(guest, "nettest: expected ip=<a.b.c.d>[/prefix] on the command line; stopping");
         stop(guest)
@@ -157,9 +171,31 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut started = 0u64;
     let mut reported = false;
     loop {
+        if vif.guest.take_watch_events() > 0 {
+            match vif.guest.net_hotplug() {
+                Some(NetChange::Disconnected) => {
+                    let _ = writeln!(vif.guest, "nettest: vif 0 disconnected by dom0");
+                }
+                Some(NetChange::Connected) => {
+                    if let Some(mac) = vif.guest.net_mac() {
+                        interface.set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac)));
+                        let _ = writeln!(
+                            vif.guest,
+                            "nettest: {cidr} up on vif 0, mac {}",
+                            abi::net::format_mac(mac, &mut mac_text)
+                        );
+                    }
+                    // A new link: ping the target all over again.
+                    (sequence, replies, round_trips, started, reported, waiting) = (0, 0, 0, 0, false, false);
+                }
+                None => {}
+            }
+        }
         let now = vif.now();
         interface.poll(now, &mut vif, &mut sockets);
-        if let Some(target) = target {
+        if let Some(target) = target
+            && vif.guest.net_connected()
+        {
             let socket = sockets.get_mut::<icmp::Socket>(handle);
             while socket.can_recv() {
                 let Ok((payload, from)) = socket.recv() else { break };
