@@ -122,6 +122,26 @@ fn publish_vif(store_tree: &mut DefaultStore, id: DomainId, mac: [u8; 6]) {
     let _ = store_tree.write(abi::DOM0, &front(keys::STATE), DeviceState::Initialising.as_value());
 }
 
+/// What guest `id`'s front end of device `<kind>/0` published, once it
+/// says Initialised (None before): the decimal values of `names`, in
+/// order, each None when absent or malformed.
+fn initialised_front<const N: usize>(
+    store_tree: &DefaultStore,
+    id: DomainId,
+    kind: &str,
+    names: [&str; N],
+) -> Option<[Option<u32>; N]> {
+    let front = |key: &str| {
+        let mut path: ArrayString<96> = ArrayString::new();
+        let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{key}");
+        path
+    };
+    let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
+    (state == DeviceState::Initialised).then(|| {
+        names.map(|key| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes())))
+    })
+}
+
 /// Removes guest `id`'s vif 0 from the store (both directories; the
 /// back-end side's per-guest directory too, vif 0 being its only entry).
 fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
@@ -889,18 +909,11 @@ impl Toolstack {
             let Some((disk, region)) = guest.pending_disk else { continue };
             let id = guest.id;
             let mut store_tree = STORE.lock();
-            let front = |key: &str| {
-                let mut path: ArrayString<96> = ArrayString::new();
-                let _ = write!(path, "/local/domain/{id}/device/vbd/0/{key}");
-                path
-            };
-            let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
-            if state != DeviceState::Initialised {
+            let Some([ring_ref, port]) =
+                initialised_front(&store_tree, id, "vbd", [keys::RING_REF, keys::EVENT_CHANNEL])
+            else {
                 continue;
-            }
-            let number =
-                |key: &str| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes()));
-            let (ring_ref, port) = (number(keys::RING_REF), number(keys::EVENT_CHANNEL));
+            };
             let mut back_state: ArrayString<96> = ArrayString::new();
             let _ = write!(back_state, "{}/{}", backend_path(id), keys::STATE);
             guest.pending_disk = None;
@@ -1067,19 +1080,8 @@ impl Toolstack {
             let Some(mac) = guest.pending_vif else { continue };
             let id = guest.id;
             let mut store_tree = STORE.lock();
-            let front = |key: &str| {
-                let mut path: ArrayString<96> = ArrayString::new();
-                let _ = write!(path, "/local/domain/{id}/device/vif/0/{key}");
-                path
-            };
-            let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
-            if state != DeviceState::Initialised {
-                continue;
-            }
-            let number =
-                |key: &str| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes()));
-            let (tx_ref, rx_ref, port) =
-                (number(abi::net::keys::TX_RING_REF), number(abi::net::keys::RX_RING_REF), number(keys::EVENT_CHANNEL));
+            let published = [abi::net::keys::TX_RING_REF, abi::net::keys::RX_RING_REF, keys::EVENT_CHANNEL];
+            let Some([tx_ref, rx_ref, port]) = initialised_front(&store_tree, id, "vif", published) else { continue };
             guest.pending_vif = None;
             let mut free = self.window_slots.iter().enumerate().filter(|(_, used)| !**used).map(|(slot, _)| slot);
             let connected = match (tx_ref, rx_ref, port, free.next(), free.next()) {
