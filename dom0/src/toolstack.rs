@@ -1397,9 +1397,10 @@ impl Toolstack {
                 let stats = net.stats;
                 let _ = writeln!(
                     out,
-                    "  {:<20} vif      {}  connected, tx {} frames ({} refused), rx {} frames ({} dropped)",
+                    "  {:<20} vif      {}  {}, tx {} frames ({} refused), rx {} frames ({} dropped)",
                     guest.config.name,
                     abi::net::format_mac(net.mac, &mut text),
+                    if guest.vif_closing.is_some() { "closing" } else { "connected" },
                     stats.tx_frames,
                     stats.tx_errors,
                     stats.rx_frames,
