@@ -49,8 +49,9 @@ pub struct NetBackend {
 pub enum Transmit {
     /// A frame of this length is in the caller's buffer.
     Frame(usize),
-    /// A request was refused and answered; look again.
-    Refused,
+    /// No frame this time (a request was refused and answered, or new
+    /// requests arrived while arming the event): look again.
+    Again,
     /// Nothing more to take (the back end asked to be told of the next).
     Idle,
 }
@@ -70,7 +71,7 @@ impl NetBackend {
             Ok(Some(request)) => request,
             Ok(None) => {
                 // Ask to be told of the next request, then look once more.
-                return if self.tx.arm_request_event() { Transmit::Refused } else { Transmit::Idle };
+                return if self.tx.arm_request_event() { Transmit::Again } else { Transmit::Idle };
             }
             Err(_) => {
                 self.broken = Some("transmit request index out of range");
@@ -95,7 +96,7 @@ impl NetBackend {
             }
             None => {
                 self.stats.tx_errors += 1;
-                Transmit::Refused
+                Transmit::Again
             }
         }
     }

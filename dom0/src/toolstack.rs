@@ -1150,7 +1150,7 @@ impl Toolstack {
                         moved = true;
                         ports.switch_frame(id as PortId, &frame[..length], now);
                     }
-                    Transmit::Refused => moved = true,
+                    Transmit::Again => moved = true,
                     Transmit::Idle => break,
                 }
             }
