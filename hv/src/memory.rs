@@ -26,6 +26,8 @@ pub fn init(boot: &BootInfo, reserved: &[PhysRange]) -> Result<Totals, &'static 
     let ram_top =
         boot.memory_map.iter().filter(|entry| entry.is_available()).map(|entry| entry.end()).max().unwrap_or(0);
     let limit = physical::extend_identity_map(ram_top);
+    let guard = physical::guard_boot_stack();
+    crate::debug!("boot stack guard page at {guard:#x} (unmapped)");
     let mut top = 0;
     for entry in boot.memory_map.iter().filter(|entry| entry.is_available()) {
         let end = entry.end().min(limit);

@@ -30,9 +30,17 @@ boot_pml4:
     .global boot_pdpt
 boot_pdpt:
     .skip 4096
+    .global boot_pd
 boot_pd:
     .skip 4096 * 4
-    .balign 16
+    /* A page table for the 2 MiB around the stack's guard page (see
+       memory::guard_boot_stack), then the guard page, then the stack. */
+    .global boot_guard_pt
+boot_guard_pt:
+    .skip 4096
+    .global boot_stack_guard
+boot_stack_guard:
+    .skip 4096
     .global boot_stack_bottom
 boot_stack_bottom:
     .skip 262144

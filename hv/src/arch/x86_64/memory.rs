@@ -20,6 +20,39 @@ unsafe extern "C" {
     static mut boot_pdpt: [u64; 512];
 }
 
+unsafe extern "C" {
+    /// The boot page directories (4 x 512 entries of 2 MiB pages).
+    static mut boot_pd: [u64; 2048];
+    /// A spare page table in hv's image for `guard_boot_stack`.
+    static mut boot_guard_pt: [u64; 512];
+    /// The page just below the boot stack.
+    static boot_stack_guard: u8;
+}
+
+/// Unmaps the page below hv's boot stack, so an overflow faults (and the
+/// double fault, on its own stack, reports it) instead of overwriting the
+/// boot page tables. The 2 MiB page holding it is split into 4 KiB pages
+/// in a page table of hv's image. Boot CPU, once. Returns the guard's address.
+pub fn guard_boot_stack() -> u64 {
+    let guard = &raw const boot_stack_guard as u64;
+    let region = guard & !((2 << 20) - 1);
+    // SAFETY: boot is single-threaded; the page table lives in hv's image
+    // (identity-mapped), gets the same mappings the 2 MiB page had (present,
+    // writable, write-back: the boot code sets no PCD/PWT below 3 GiB) but
+    // for the guard page, and only then replaces the directory entry.
+    unsafe {
+        let table = &raw mut boot_guard_pt;
+        for index in 0..512 {
+            (*table)[index] = (region + index as u64 * 4096) | 0x3;
+        }
+        (*table)[((guard - region) / 4096) as usize] = 0;
+        let directory = &raw mut boot_pd;
+        (*directory)[(guard >> 21) as usize] = table as u64 | 0x3;
+        core::arch::asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack));
+    }
+    guard
+}
+
 /// Identity-maps physical memory up to `top` (at most 512 GiB, one PDPT)
 /// with 1 GiB pages, write-back, when the CPU supports them (CPUID
 /// 8000_0001h:EDX bit 26, SDM Vol. 3A 5.5.4); otherwise hv keeps to the
