@@ -282,32 +282,9 @@ trap 'printf "\r\n" >&2; say "Ctrl-C: stopping Bochs"; exit 130' INT TERM
 # The display is Debian's only headless choice, rfb (a VNC server on port
 # 5900 or the next free one); COM1 is the console that matters.
 ln -s "$iso" "$work/mica.iso"
-cat >"$work/bochsrc" <<EOF
-config_interface: textconfig
-display_library: rfb, options="timeout=0"
-memory: guest=256, host=256
-cpu: model=corei7_skylake_x, count=1, ips=50000000, reset_on_triple_fault=0, ignore_bad_msrs=0
-romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot
-vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
-boot: cdrom
-ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14
-ata0-master: type=cdrom, path=mica.iso, status=inserted
-ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15
-ata1-master: type=disk, mode=flat, path=$disk
-pci: enabled=1, chipset=i440fx, slot1=e1000
-e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=slirp
-com1: enabled=1, mode=term, dev=$tty_path
-port_e9_hack: enabled=1
-magic_break: enabled=1
-clock: sync=none, time0=local
-speaker: enabled=0
-sound: driver=dummy
-log: bochs.log
-panic: action=fatal
-error: action=report
-info: action=report
-debug: action=ignore
-EOF
+# One configuration for this script and the test harness.
+sed -e "s|@MEMORY@|256|g" -e "s|@DISK@|$disk|" -e "s|@ETHMOD@|slirp|" -e "s|@COM1@|mode=term, dev=$tty_path|" \
+    "$root_dir/tests/bochsrc.template" >"$work/bochsrc"
 printf 'c\nquit\n' >"$work/dbg.rc"
 
 say "booting Bochs (log: $target_dir/bochs.log); leave with Ctrl-C or 'poweroff'"

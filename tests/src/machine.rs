@@ -459,15 +459,7 @@ impl Bochs {
                 path
             }
         };
-        let bochsrc = bochsrc(options.memory_mib, port)
-            .replace("ethmod=null", &format!("ethmod={}", options.network))
-            .replace(
-            "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n",
-            &format!(
-                "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\nata1-master: type=disk, mode=flat, path={}\n",
-                disk.display()
-            ),
-        );
+        let bochsrc = bochsrc(options.memory_mib, &disk, options.network, port);
         let write = |name: &str, text: &str| {
             fs::write(directory.join(name), text).map_err(|error| format!("cannot write {name}: {error}"))
         };
@@ -531,37 +523,15 @@ impl Bochs {
     }
 }
 
-/// The bochsrc of a test run: headless (rfb display
-/// that waits for no viewer), Skylake-X CPU with VT-x and EPT, the ISO on the
-/// first ATA channel, e1000 with no network, COM1 to the harness, and
-/// `clock: sync=none` so the TSC counts emulated instructions.
-pub fn bochsrc(memory_mib: u32, com1_port: u16) -> String {
-    format!(
-        "config_interface: textconfig
-display_library: rfb, options=\"timeout=0\"
-memory: guest={memory_mib}, host={memory_mib}
-cpu: model=corei7_skylake_x, count=1, ips=50000000, reset_on_triple_fault=0, ignore_bad_msrs=0
-romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot
-vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
-boot: cdrom
-ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14
-ata0-master: type=cdrom, path=mica.iso, status=inserted
-ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15
-pci: enabled=1, chipset=i440fx, slot1=e1000
-e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=null
-com1: enabled=1, mode=socket-client, dev=127.0.0.1:{com1_port}
-port_e9_hack: enabled=1
-magic_break: enabled=1
-clock: sync=none, time0=local
-speaker: enabled=0
-sound: driver=dummy
-log: bochs.log
-panic: action=fatal
-error: action=report
-info: action=report
-debug: action=ignore
-"
-    )
+/// The bochsrc of a test run: `tests/bochsrc.template` (shared with
+/// run-qemu.sh) with the guest memory, the disk image, the e1000's network
+/// back end and COM1 connected to the harness on `com1_port`.
+pub fn bochsrc(memory_mib: u32, disk: &Path, network: &str, com1_port: u16) -> String {
+    include_str!("../bochsrc.template")
+        .replace("@MEMORY@", &memory_mib.to_string())
+        .replace("@DISK@", &disk.display().to_string())
+        .replace("@ETHMOD@", network)
+        .replace("@COM1@", &format!("mode=socket-client, dev=127.0.0.1:{com1_port}"))
 }
 
 /// Accepts the emulator's connection, giving up when it exits or `timeout` passes.
