@@ -73,6 +73,7 @@ const fn segment_offset(index: usize) -> usize {
 impl Slot for Request {
     const SIZE: usize = size_of::<Request>();
 
+    #[inline]
     fn to_bytes(&self, out: &mut [u8]) {
         put(out, offset_of!(Request, id), &self.id.to_le_bytes());
         put(out, offset_of!(Request, operation), &[self.operation]);
@@ -88,6 +89,7 @@ impl Slot for Request {
         }
     }
 
+    #[inline]
     fn from_bytes(bytes: &[u8]) -> Self {
         let mut segments = [Segment::default(); MAX_SEGMENTS];
         for (index, segment) in segments.iter_mut().enumerate() {
@@ -161,6 +163,7 @@ mod shared_page {
         }
 
         /// Reads the 32-bit word at `offset`, a multiple of 4 inside the page.
+        #[inline]
         pub(super) fn load(&self, offset: usize) -> u32 {
             assert!(offset.is_multiple_of(4) && offset < PAGE_SIZE, "word outside the ring page");
             // SAFETY: the word is inside the page `new` vouched for and
@@ -169,6 +172,7 @@ mod shared_page {
         }
 
         /// Writes the 32-bit word at `offset`, a multiple of 4 inside the page.
+        #[inline]
         pub(super) fn store(&self, offset: usize, value: u32) {
             assert!(offset.is_multiple_of(4) && offset < PAGE_SIZE, "word outside the ring page");
             // SAFETY: as for `load`; the page is writable.
@@ -178,6 +182,7 @@ mod shared_page {
         /// Copies `out.len()` bytes of the page starting at `offset` into
         /// `out`: whole 8-byte words where aligned (every slot of the block
         /// ring), the rest byte by byte. Byte order in memory is preserved.
+        #[inline]
         pub(super) fn copy_out(&self, offset: usize, out: &mut [u8]) {
             assert!(offset <= PAGE_SIZE && out.len() <= PAGE_SIZE - offset, "bytes outside the ring page");
             let word_bytes = if offset.is_multiple_of(8) { out.len() / 8 * 8 } else { 0 };
@@ -194,6 +199,7 @@ mod shared_page {
         }
 
         /// Copies `bytes` into the page starting at `offset`, as `copy_out`.
+        #[inline]
         pub(super) fn copy_in(&self, offset: usize, bytes: &[u8]) {
             assert!(offset <= PAGE_SIZE && bytes.len() <= PAGE_SIZE - offset, "bytes outside the ring page");
             let word_bytes = if offset.is_multiple_of(8) { bytes.len() / 8 * 8 } else { 0 };
