@@ -1,6 +1,7 @@
 //! Just enough ACPI (ACPI 6.x spec, chapter 5) for hv: from the RSDP the boot
 //! loader hands over, find the FADT's PM1a/PM1b control ports and the
-//! DSDT's `\_S5` sleep type (to power off), and the MADT's I/O APIC address.
+//! DSDT's `\_S5` sleep type (to power off), the FADT's reset register (to
+//! reboot), and the MADT's I/O APIC address.
 //!
 //! Every table is read through a [`PhysicalReader`] and length- and
 //! checksum-checked before use; firmware tables are data, not trusted code.
@@ -22,6 +23,49 @@ pub struct AcpiInfo {
     pub s5_sleep_types: Option<(u8, u8)>,
     /// The I/O APIC's physical address from the MADT (first one), if any.
     pub ioapic_address: Option<u32>,
+    /// The FADT's reset register and value, when the firmware says it works
+    /// (ACPI 4.8.3.6) and it is a register hv can write.
+    pub reset: Option<ResetRegister>,
+}
+
+/// Where writing [`ResetRegister::value`] resets the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSpace {
+    /// An I/O port (Generic Address Structure space 1).
+    Io(u16),
+    /// A byte of physical memory (space 0).
+    Memory(u64),
+}
+
+/// The FADT's RESET_REG (a byte-wide register) and RESET_VALUE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRegister {
+    pub space: ResetSpace,
+    pub value: u8,
+}
+
+/// FADT Flags bit 10: RESET_REG_SUP.
+const FADT_RESET_SUPPORTED: u32 = 1 << 10;
+
+/// The reset register from a FADT (Flags at 112, RESET_REG, a 12-byte
+/// Generic Address Structure, at 116, RESET_VALUE at 128). Only an 8-bit
+/// register at bit offset 0 in I/O or memory space is taken.
+fn reset_register(fadt: &[u8]) -> Option<ResetRegister> {
+    if u32_at(fadt, 112)? & FADT_RESET_SUPPORTED == 0 {
+        return None;
+    }
+    let (space_id, width, offset) = (*fadt.get(116)?, *fadt.get(117)?, *fadt.get(118)?);
+    let address = u64_at(fadt, 120)?;
+    let value = *fadt.get(128)?;
+    if width != 8 || offset != 0 || address == 0 {
+        return None;
+    }
+    let space = match space_id {
+        0 => ResetSpace::Memory(address),
+        1 => ResetSpace::Io(u16::try_from(address).ok()?),
+        _ => return None,
+    };
+    Some(ResetRegister { space, value })
 }
 
 const MAX_TABLES: usize = 64;
@@ -115,6 +159,7 @@ pub fn parse(rsdp: &[u8], reader: &impl PhysicalReader) -> Option<AcpiInfo> {
             b"FACP" => {
                 info.pm1a_control = u32_at(bytes, 64).unwrap_or(0) as u16;
                 info.pm1b_control = u32_at(bytes, 68).unwrap_or(0) as u16;
+                info.reset = reset_register(bytes);
                 let dsdt = u64_at(bytes, 140).filter(|&a| a != 0).or(u32_at(bytes, 40).map(u64::from));
                 if let Some(dsdt) = dsdt {
                     info.s5_sleep_types = find_s5_in_table(reader, dsdt);
@@ -232,6 +277,29 @@ mod tests {
         assert_eq!(info.pm1a_control, 0xb004);
         assert_eq!(info.s5_sleep_types, Some((5, 5)));
         assert_eq!(info.ioapic_address, Some(0xfec0_0000));
+    }
+
+    #[test]
+    fn the_reset_register_is_taken_only_when_supported_and_writable() {
+        let mut fadt = vec![0u8; 244];
+        assert_eq!(reset_register(&fadt), None, "RESET_REG_SUP clear");
+        fadt[112..116].copy_from_slice(&FADT_RESET_SUPPORTED.to_le_bytes());
+        fadt[116..120].copy_from_slice(&[1, 8, 0, 1]);
+        fadt[120..128].copy_from_slice(&0xcf9u64.to_le_bytes());
+        fadt[128] = 0x06;
+        assert_eq!(reset_register(&fadt), Some(ResetRegister { space: ResetSpace::Io(0xcf9), value: 6 }));
+        fadt[116] = 0;
+        fadt[120..128].copy_from_slice(&0xfed0_0000u64.to_le_bytes());
+        assert_eq!(reset_register(&fadt).map(|r| r.space), Some(ResetSpace::Memory(0xfed0_0000)));
+        fadt[116] = 2; // PCI configuration space: not taken
+        assert_eq!(reset_register(&fadt), None);
+        fadt[116] = 1;
+        fadt[120..128].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        assert_eq!(reset_register(&fadt), None, "past the I/O space");
+        fadt[120..128].copy_from_slice(&0xcf9u64.to_le_bytes());
+        fadt[117] = 16;
+        assert_eq!(reset_register(&fadt), None, "not a byte register");
+        assert_eq!(reset_register(&fadt[..100]), None, "an ACPI 1.0 FADT has none");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! hv keeps the ports through which dom0 could take the machine from it:
 //! the legacy interrupt controllers and timer it programs, the reset and
 //! power-off ports, and the emulators' debug ports (one of which ends a
-//! Bochs run). The ACPI PM1 control ports come from the firmware's FADT.
+//! Bochs run). The ACPI PM1 control ports and the reset register (when it
+//! is a port) come from the firmware's FADT.
 
 use core::ops::Range;
 
@@ -53,7 +54,8 @@ pub enum Refusal {
 }
 
 /// Checks a request to open `count` ports from `first`; returns the ports
-/// to open. `acpi` adds the FADT's PM1 control ports to [`HV_PORTS`].
+/// to open. `acpi` adds the FADT's PM1 control ports and reset port to
+/// [`HV_PORTS`].
 pub fn check(first: u64, count: u64, acpi: Option<&AcpiInfo>) -> Result<Range<u32>, Refusal> {
     if count == 0 || count > IO_PORTS_MAX {
         return Err(Refusal::BadLength);
@@ -69,7 +71,11 @@ pub fn check(first: u64, count: u64, acpi: Option<&AcpiInfo>) -> Result<Range<u3
         .flat_map(|info| [info.pm1a_control, info.pm1b_control])
         .filter(|&port| port != 0)
         .map(|port| u32::from(port)..u32::from(port) + PM1_CONTROL_BYTES);
-    let mut kept = HV_PORTS.iter().cloned().chain(fadt_ports);
+    let reset_port = acpi.and_then(|info| info.reset).and_then(|reset| match reset.space {
+        crate::acpi::ResetSpace::Io(port) => Some(u32::from(port)..u32::from(port) + 1),
+        crate::acpi::ResetSpace::Memory(_) => None,
+    });
+    let mut kept = HV_PORTS.iter().cloned().chain(fadt_ports).chain(reset_port);
     if kept.any(|range| range.start < end && first < range.end) {
         return Err(Refusal::Forbidden);
     }
@@ -81,7 +87,21 @@ mod tests {
     use super::*;
 
     fn bochs_acpi() -> AcpiInfo {
-        AcpiInfo { pm1a_control: 0xb004, pm1b_control: 0, s5_sleep_types: Some((0, 0)), ioapic_address: None }
+        AcpiInfo {
+            pm1a_control: 0xb004,
+            pm1b_control: 0,
+            s5_sleep_types: Some((0, 0)),
+            ioapic_address: None,
+            reset: Some(crate::acpi::ResetRegister { space: crate::acpi::ResetSpace::Io(0x3f0), value: 1 }),
+        }
+    }
+
+    #[test]
+    fn the_fadt_reset_port_is_hvs() {
+        let acpi = bochs_acpi();
+        assert_eq!(check(0x3f0, 1, Some(&acpi)), Err(Refusal::Forbidden));
+        assert_eq!(check(0x3e8, 16, Some(&acpi)), Err(Refusal::Forbidden));
+        assert!(check(0x3f0, 1, None).is_ok(), "without a FADT reset port it is an ordinary port");
     }
 
     #[test]

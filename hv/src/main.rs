@@ -103,10 +103,11 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     match acpi {
         Some(acpi) => {
             info!(
-                "ACPI: PM1a control {:#x}, S5 sleep types {:?}, I/O APIC at {:#x}",
+                "ACPI: PM1a control {:#x}, S5 sleep types {:?}, I/O APIC at {:#x}, reset register {:?}",
                 acpi.pm1a_control,
                 acpi.s5_sleep_types,
-                acpi.ioapic_address.unwrap_or(0)
+                acpi.ioapic_address.unwrap_or(0),
+                acpi.reset
             );
             arch::platform::set_acpi(acpi);
         }

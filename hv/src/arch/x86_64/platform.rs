@@ -51,11 +51,26 @@ pub fn power_off() -> ! {
     halt_forever()
 }
 
-/// Resets the machine through the PCI reset control register (0xcf9), then
-/// the keyboard controller.
+/// Resets the machine through the FADT's reset register when the firmware
+/// has one, then the PCI reset control register (0xcf9), then the keyboard
+/// controller.
 pub fn reboot() -> ! {
     crate::log::emergency(format_args!("hv: rebooting\n"));
     super::serial::flush();
+    if let Some(reset) = ACPI.get().and_then(|info| info.reset) {
+        match reset.space {
+            // SAFETY: the firmware describes this port as its reset register;
+            // writing RESET_VALUE resets the machine, as asked.
+            hvcore::acpi::ResetSpace::Io(port) => unsafe { outb(port, reset.value) },
+            hvcore::acpi::ResetSpace::Memory(address) => {
+                if address < super::memory::identity_limit() {
+                    // SAFETY: as above, a byte register in identity-mapped
+                    // physical memory the firmware names for this purpose.
+                    unsafe { core::ptr::write_volatile(address as *mut u8, reset.value) }
+                }
+            }
+        }
+    }
     // SAFETY: 0xcf9 bit 2 with bit 1 set requests a hard reset; 0xfe to the
     // keyboard controller pulses the reset line. Both end hv, as asked.
     unsafe {
