@@ -198,12 +198,14 @@ impl Shell {
                 self.toolstack.advance_handshakes(&mut self.console);
                 self.toolstack.advance_vif_handshakes(&mut self.console);
                 self.toolstack.finish_vif_detaches(&mut self.console);
+                self.toolstack.finish_disk_detaches(&mut self.console);
             }
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;
                 // Detaches whose front end never answers end on time too.
                 self.toolstack.finish_vif_detaches(&mut self.console);
+                self.toolstack.finish_disk_detaches(&mut self.console);
                 if self.toolstack.reap(&mut self.console) && self.toolstack.attached.is_none() {
                     self.prompt();
                     let line = self.editor.line();
@@ -327,6 +329,16 @@ impl Shell {
             Command::Pause(name) | Command::Unpause(name) => {
                 if let Some(index) = guest(toolstack, out, name) {
                     toolstack.set_paused(index, matches!(command, Command::Pause(_)), out);
+                }
+            }
+            Command::BlockAttach { domain, disk } => {
+                if let Some(index) = guest(toolstack, out, domain) {
+                    toolstack.block_attach(index, disk, out);
+                }
+            }
+            Command::BlockDetach(domain) => {
+                if let Some(index) = guest(toolstack, out, domain) {
+                    toolstack.block_detach(index, out);
                 }
             }
             Command::NetworkAttach { domain, settings } => {

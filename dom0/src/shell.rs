@@ -42,6 +42,11 @@ pub enum Command<'a> {
     /// `diskmode <disk> [pio|dma]`: show or choose how a disk moves data
     /// (`Some(true)`: bus-master DMA where the disk has it).
     DiskMode { disk: &'a str, dma: Option<bool> },
+    /// `block-attach <domain> <disk:start+count[,ro]>`: give a running
+    /// guest a disk (as a config's `disk` entry).
+    BlockAttach { domain: &'a str, disk: &'a str },
+    /// `block-detach <domain>`: take a running guest's disk away.
+    BlockDetach(&'a str),
     /// `network-attach <domain> [settings]`: give a running guest a vif
     /// (settings as in a config's `vif` entry, e.g. `mac=02:00:00:00:00:09`).
     NetworkAttach { domain: &'a str, settings: &'a str },
@@ -54,7 +59,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 22] = [
+pub const COMMANDS: [(&str, &str, &str); 24] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -66,6 +71,8 @@ pub const COMMANDS: [(&str, &str, &str); 22] = [
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
     ("devices", "", "physical disks and NIC, the switch, and each guest's console, disk and vif with their state"),
+    ("block-attach", "<domain> <disk:start+count>", "give a running guest a disk (its front end connects)"),
+    ("block-detach", "<domain>", "take a guest's disk away (Closing, then Closed when its front end lets go)"),
     ("network-attach", "<domain> [mac=..]", "give a running guest a vif on the switch (its front end connects)"),
     ("network-detach", "<domain>", "take a guest's vif away (Closing, then Closed when its front end lets go)"),
     ("store", "[path]", "show the store's keys and values below path (default /local/domain)"),
@@ -140,6 +147,11 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
             };
             Command::DiskMode { disk, dma }
         }
+        "block-attach" => {
+            let domain = words.next().ok_or(missing)?;
+            Command::BlockAttach { domain, disk: words.next().ok_or(missing)? }
+        }
+        "block-detach" => Command::BlockDetach(words.next().ok_or(missing)?),
         "network-attach" => {
             Command::NetworkAttach { domain: words.next().ok_or(missing)?, settings: words.next().unwrap_or("") }
         }
@@ -204,6 +216,12 @@ mod tests {
             Ok(Some(Command::NetworkAttach { domain: "web", settings: "mac=02:00:00:00:00:09" }))
         );
         assert_eq!(parse("network-detach web"), Ok(Some(Command::NetworkDetach("web"))));
+        assert_eq!(
+            parse("block-attach web ata1-master:0+8"),
+            Ok(Some(Command::BlockAttach { domain: "web", disk: "ata1-master:0+8" }))
+        );
+        assert!(matches!(parse("block-attach web"), Err(ParseError::MissingArgument { .. })));
+        assert_eq!(parse("block-detach web"), Ok(Some(Command::BlockDetach("web"))));
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
     }
@@ -227,7 +245,9 @@ mod tests {
     #[test]
     fn every_listed_command_parses() {
         for (name, arguments, _) in COMMANDS {
-            let line = if arguments.is_empty() { name.to_string() } else { format!("{name} x") };
+            // One word for each required `<argument>`.
+            let required = arguments.matches('<').count();
+            let line = core::iter::once(name).chain(core::iter::repeat_n("x", required)).collect::<Vec<_>>().join(" ");
             assert!(parse(&line).unwrap().is_some(), "{name}");
         }
     }

@@ -142,6 +142,46 @@ fn initialised_front<const N: usize>(
     })
 }
 
+/// Publishes guest `id`'s disk 0 in the store: the back-end directory
+/// (read by the guest only) with its size and mode, state InitWait, and the
+/// front-end directory, state Initialising (`abi::block`, `abi::store`).
+fn publish_vbd(store_tree: &mut DefaultStore, id: DomainId, region: Region) {
+    let backend = backend_path(id);
+    let key = |name: &str| {
+        let mut path: ArrayString<96> = ArrayString::new();
+        let _ = write!(path, "{backend}/{name}");
+        path
+    };
+    let front = |name: &str| {
+        let mut path: ArrayString<96> = ArrayString::new();
+        let _ = write!(path, "/local/domain/{id}/device/vbd/0/{name}");
+        path
+    };
+    // Permissions first: nodes created below inherit them.
+    let mut readable = Permissions::owned_by(abi::DOM0);
+    let _ = readable.grant(id, Access::Read);
+    let _ = store_tree.mkdir(abi::DOM0, &backend);
+    let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
+    let mut frontend: ArrayString<96> = ArrayString::new();
+    let _ = write!(frontend, "/local/domain/{id}/device/vbd/0");
+    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &frontend);
+    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
+    let _ = store_tree.write(abi::DOM0, &key(keys::SECTORS), &decimal(region.sectors));
+    let _ = store_tree.write(abi::DOM0, &key(keys::MODE), if region.readonly { "r" } else { "w" });
+    let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
+    let _ = store_tree.write(abi::DOM0, &front("backend"), &backend);
+    let _ = store_tree.write(abi::DOM0, &front("backend-id"), "0");
+    let _ = store_tree.write(abi::DOM0, &front(keys::STATE), DeviceState::Initialising.as_value());
+}
+
+/// Removes guest `id`'s disk 0 from the store (both directories).
+fn unpublish_vbd(store_tree: &mut DefaultStore, id: DomainId) {
+    let _ = store_tree.remove(abi::DOM0, &backend_directory("vbd", id));
+    let mut frontend: ArrayString<96> = ArrayString::new();
+    let _ = write!(frontend, "/local/domain/{id}/device/vbd/0");
+    let _ = store_tree.remove(abi::DOM0, &frontend);
+}
+
 /// Removes guest `id`'s vif 0 from the store (both directories; the
 /// back-end side's per-guest directory too, vif 0 being its only entry).
 fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
@@ -220,6 +260,8 @@ pub struct Guest {
     pub broken_vif: Option<([usize; 2], &'static str)>,
     /// `network-detach` asked the connected vif to close at this TSC.
     pub vif_closing: Option<u64>,
+    /// `block-detach` asked the connected disk to close at this TSC.
+    pub disk_closing: Option<u64>,
 }
 
 /// A guest's connection to the store: its ring page (mapped in dom0), the
@@ -529,39 +571,13 @@ impl Toolstack {
             return None;
         }
         if let Some(entry) = config.disks.first() {
-            let spec = match dom0core::disk_spec::parse(entry) {
-                Ok(spec) => spec,
-                Err(error) => {
-                    let _ = writeln!(out, "dom0: create: {}: disk \"{entry}\": {error}", config.name);
+            match self.disk_region(entry) {
+                Ok(found) => disk = Some(found),
+                Err(message) => {
+                    let _ = writeln!(out, "dom0: create: {}: {message}", config.name);
                     return None;
                 }
-            };
-            let Some(index) = self.disks.iter().position(|d| d.name() == spec.device) else {
-                let _ = writeln!(out, "dom0: create: {}: no disk '{}' (see 'devices')", config.name, spec.device);
-                return None;
-            };
-            if spec.start + spec.sectors > self.disks[index].sectors() {
-                let _ = writeln!(
-                    out,
-                    "dom0: create: {}: disk region {}+{} is past the end of {} ({} sectors)",
-                    config.name,
-                    spec.start,
-                    spec.sectors,
-                    spec.device,
-                    self.disks[index].sectors()
-                );
-                return None;
             }
-            let overlapping = self.guests.iter().filter_map(|g| g.block.as_ref()).any(|b| {
-                b.disk == index
-                    && spec.start < b.region.start + b.region.sectors
-                    && b.region.start < spec.start + spec.sectors
-            });
-            if overlapping {
-                let _ = writeln!(out, "dom0: create: {}: disk region overlaps another guest's", config.name);
-                return None;
-            }
-            disk = Some((index, Region { start: spec.start, sectors: spec.sectors, readonly: spec.readonly }));
         }
         // The vif: at most one per guest for now, with a MAC unique on the switch.
         let mut vif = None;
@@ -627,25 +643,7 @@ impl Toolstack {
             let _ = store_tree.write(abi::DOM0, &home("domid"), &decimal(id as u64));
             let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
             if let Some((_, region)) = disk {
-                let backend = backend_path(id);
-                let key = |name: &str| {
-                    let mut path: ArrayString<96> = ArrayString::new();
-                    let _ = write!(path, "{backend}/{name}");
-                    path
-                };
-                // Permissions first: nodes created below inherit them.
-                let mut readable = Permissions::owned_by(abi::DOM0);
-                let _ = readable.grant(id, Access::Read);
-                let _ = store_tree.mkdir(abi::DOM0, &backend);
-                let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
-                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &home("device/vbd/0"));
-                let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
-                let _ = store_tree.write(abi::DOM0, &key(keys::SECTORS), &decimal(region.sectors));
-                let _ = store_tree.write(abi::DOM0, &key(keys::MODE), if region.readonly { "r" } else { "w" });
-                let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
-                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/backend"), &backend);
-                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/backend-id"), "0");
-                let _ = store_tree.write(abi::DOM0, &home("device/vbd/0/state"), DeviceState::Initialising.as_value());
+                publish_vbd(&mut store_tree, id, region);
             }
             if let Some(mac) = vif.as_mut() {
                 if *mac == [0; 6] {
@@ -682,6 +680,7 @@ impl Toolstack {
             pending_vif: vif,
             broken_vif: None,
             vif_closing: None,
+            disk_closing: None,
         });
         Some(id)
     }
@@ -959,6 +958,134 @@ impl Toolstack {
                 let _ =
                     writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
             }
+        }
+    }
+
+    /// The physical disk and region a `disk` entry names, checked: the disk
+    /// exists, the region fits it, and no other guest's disk (connected or
+    /// waiting for its front end) overlaps it.
+    fn disk_region(&self, entry: &str) -> Result<(usize, Region), ArrayString<200>> {
+        let mut message = ArrayString::new();
+        let spec = match dom0core::disk_spec::parse(entry) {
+            Ok(spec) => spec,
+            Err(error) => {
+                let _ = write!(message, "disk \"{entry}\": {error}");
+                return Err(message);
+            }
+        };
+        let Some(index) = self.disks.iter().position(|d| d.name() == spec.device) else {
+            let _ = write!(message, "no disk '{}' (see 'devices')", spec.device);
+            return Err(message);
+        };
+        let size = self.disks[index].sectors();
+        if spec.start + spec.sectors > size {
+            let _ = write!(
+                message,
+                "disk region {}+{} is past the end of {} ({size} sectors)",
+                spec.start, spec.sectors, spec.device
+            );
+            return Err(message);
+        }
+        let overlapping = self
+            .guests
+            .iter()
+            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk))
+            .any(|(disk, region)| {
+                disk == index && spec.start < region.start + region.sectors && region.start < spec.start + spec.sectors
+            });
+        if overlapping {
+            let _ = write!(message, "disk region overlaps another guest's");
+            return Err(message);
+        }
+        Ok((index, Region { start: spec.start, sectors: spec.sectors, readonly: spec.readonly }))
+    }
+
+    /// `block-attach`: offers guest `index` a disk (a `disk` entry); its
+    /// front end connects as at start-up.
+    pub fn block_attach(&mut self, index: usize, entry: &str, out: &mut Uart) {
+        let guest = &self.guests[index];
+        let name = guest.config.name;
+        if guest.pending_disk.is_some() || guest.block.is_some() {
+            let _ = writeln!(out, "dom0: block-attach: '{name}' has a disk already (block-detach it first)");
+            return;
+        }
+        let (disk, region) = match self.disk_region(entry) {
+            Ok(found) => found,
+            Err(message) => {
+                let _ = writeln!(out, "dom0: block-attach: {message}");
+                return;
+            }
+        };
+        let id = guest.id;
+        publish_vbd(&mut STORE.lock(), id, region);
+        self.guests[index].pending_disk = Some((disk, region));
+        let _ = writeln!(out, "dom0: '{name}': disk 0 offered ({entry}, {} sectors)", region.sectors);
+    }
+
+    /// `block-detach`: a connected disk is asked to close (state Closing)
+    /// and goes once the front end says Closed, or after
+    /// `DETACH_TIMEOUT_SECONDS`; an unconnected one goes at once.
+    pub fn block_detach(&mut self, index: usize, out: &mut Uart) {
+        let guest = &mut self.guests[index];
+        let (id, name) = (guest.id, guest.config.name);
+        if let Some(block) = &guest.block {
+            if guest.disk_closing.is_none() {
+                let mut state: ArrayString<96> = ArrayString::new();
+                let _ = write!(state, "{}/{}", backend_path(id), keys::STATE);
+                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closing.as_value());
+                let _ = hypercall::notify(block.port);
+                guest.disk_closing = Some(rdtsc());
+            }
+            let _ = writeln!(out, "dom0: '{name}': disk 0 closing (waiting for the front end)");
+            return;
+        }
+        if guest.pending_disk.take().is_none() {
+            let _ = writeln!(out, "dom0: block-detach: '{name}' has no disk");
+            return;
+        }
+        unpublish_vbd(&mut STORE.lock(), id);
+        let _ = writeln!(out, "dom0: '{name}': disk 0 detached");
+    }
+
+    /// Finishes `block-detach` of disks whose front end answered Closed, or
+    /// that have been Closing for longer than the timeout: dom0 makes the
+    /// writes durable, unmaps the ring and every persistent grant (so the
+    /// guest can revoke them), closes the channel and removes both store
+    /// directories.
+    pub fn finish_disk_detaches(&mut self, out: &mut Uart) {
+        let timeout = self.tsc_khz.max(1) * 1000 * DETACH_TIMEOUT_SECONDS;
+        for guest in self.guests.iter_mut() {
+            let Some(since) = guest.disk_closing else { continue };
+            let id = guest.id;
+            let mut front_state: ArrayString<96> = ArrayString::new();
+            let _ = write!(front_state, "/local/domain/{id}/device/vbd/0/{}", keys::STATE);
+            let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &front_state).ok().map(str::as_bytes));
+            let timed_out = rdtsc().wrapping_sub(since) > timeout;
+            if state != DeviceState::Closed && !timed_out {
+                continue;
+            }
+            guest.disk_closing = None;
+            if let Some(block) = guest.block.take() {
+                if let Some(disk) = self.disks.get_mut(block.disk) {
+                    let _ = disk.flush();
+                }
+                let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + block.slot as u64 * abi::PAGE_SIZE);
+                let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
+                self.window_slots[block.slot] = false;
+                for (_, _, slot) in block.mapped {
+                    let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
+                    self.window_slots[slot] = false;
+                }
+            }
+            {
+                let mut store_tree = STORE.lock();
+                let mut state: ArrayString<96> = ArrayString::new();
+                let _ = write!(state, "{}/{}", backend_path(id), keys::STATE);
+                let _ = store_tree.write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                unpublish_vbd(&mut store_tree, id);
+            }
+            let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
+            let _ = writeln!(out, "\ndom0: '{}': disk 0 detached{how}", guest.config.name);
         }
     }
 

@@ -35,6 +35,10 @@ const NET_PAGES_COUNT: usize = 2 + crate::net::TX_BUFFERS + crate::net::RX_BUFFE
 struct NetPages([[u8; 4096]; NET_PAGES_COUNT]);
 static mut NET_PAGES: NetPages = NetPages([[0; 4096]; NET_PAGES_COUNT]);
 
+/// The disk ring's page when the builder reserved none (a disk attached
+/// after start-up).
+static mut DISK_RING: Page = Page([0; 4096]);
+
 /// Pages for disk transfers, granted to dom0 once at start-up.
 const DISK_PAGES: usize = 8 * abi::block::MAX_SEGMENTS;
 #[repr(C, align(4096))]
@@ -58,6 +62,8 @@ pub enum DiskError {
 /// the transfer pages.
 struct Disk {
     ring: crate::ring::BlockFront,
+    /// The ring's page (the builder's or `DISK_RING`).
+    ring_page: u64,
     port: u32,
     sectors: u64,
     grants: [u32; DISK_PAGES],
@@ -196,15 +202,29 @@ pub struct Guest {
     net: Option<(crate::net::NetFront, u32)>,
     /// Grants of the vif's pages (kept until dom0 has let go of them).
     net_grants: arrayvec::ArrayVec<u32, NET_PAGES_COUNT>,
+    /// Grants of the disk's ring and transfer pages (likewise).
+    disk_grants: arrayvec::ArrayVec<u32, { DISK_PAGES + 1 }>,
 }
 
-/// What [`Guest::net_hotplug`] did.
+/// What [`Guest::net_hotplug`] or [`Guest::disk_hotplug`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetChange {
-    /// A vif dom0 offered is connected.
+pub enum DeviceChange {
+    /// A device dom0 offered is connected.
     Connected,
-    /// dom0 took the vif away; the front end let go of it.
+    /// dom0 took the device away; the front end let go of it.
     Disconnected,
+}
+
+/// Revokes the grants in `references`; true when none is left (a page dom0
+/// still maps stays granted, and listed, until it lets go).
+fn release_grants<const N: usize>(
+    table: &mut Option<crate::grant::GrantTable>,
+    references: &mut arrayvec::ArrayVec<u32, N>,
+) -> bool {
+    if let Some(table) = table.as_mut() {
+        references.retain(|reference| table.end_access(*reference).is_err());
+    }
+    references.is_empty()
 }
 
 impl Guest {
@@ -248,6 +268,7 @@ impl Guest {
             grants: None,
             net: None,
             net_grants: arrayvec::ArrayVec::new_const(),
+            disk_grants: arrayvec::ArrayVec::new_const(),
         };
         if start_info.store_page != 0
             && let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.store_port as u64)
@@ -276,8 +297,12 @@ impl Guest {
             // SAFETY: the static page is dedicated to the grant table for good.
             guest.grants = unsafe { crate::grant::GrantTable::new(&raw mut GRANT_PAGE as u64) }.ok();
         }
-        if start_info.block_ring != 0 && guest.store.is_some() {
-            guest.disk = guest.connect_disk();
+        if guest.store.is_some() {
+            if guest.device_offered("vbd") {
+                guest.disk = guest.connect_disk();
+            }
+            // Hear of disks dom0 offers later (block-attach).
+            let _ = guest.store_watch("device/vbd", "vbds");
         }
         if guest.store.is_some() {
             guest.net = guest.connect_net();
@@ -293,8 +318,24 @@ impl Guest {
     /// reads the back end's directory and the disk size, grants dom0 the ring
     /// page and the transfer pages, allocates an event port for dom0,
     /// publishes `ring-ref`, `event-channel` and `state` = Initialised, and
-    /// waits (bounded) for the back end to answer Connected.
+    /// waits (bounded) for the back end to answer Connected. On failure
+    /// nothing stays granted or allocated.
     fn connect_disk(&mut self) -> Option<Disk> {
+        if !release_grants(&mut self.grants, &mut self.disk_grants) {
+            return None;
+        }
+        let mut port = None;
+        let connected = self.try_connect_disk(&mut port);
+        if connected.is_none() {
+            if let Some(port) = port {
+                let _ = hypercall::event(EventOp::Close, port as u64, 0);
+            }
+            release_grants(&mut self.grants, &mut self.disk_grants);
+        }
+        connected
+    }
+
+    fn try_connect_disk(&mut self, allocated_port: &mut Option<u32>) -> Option<Disk> {
         use abi::store::{DeviceState, keys, parse_decimal};
         let mut backend = [0u8; 96];
         let length = self.store_read("device/vbd/0/backend", &mut backend).ok()?;
@@ -307,21 +348,34 @@ impl Guest {
             path
         };
         let mut value = [0u8; 32];
+        let length = self.store_read(&key(keys::STATE), &mut value).ok()?;
+        if DeviceState::from_key(Some(&value[..length])) != DeviceState::InitWait {
+            return None;
+        }
         let length = self.store_read(&key(keys::SECTORS), &mut value).ok()?;
         let sectors = parse_decimal(&value[..length])? as u64;
 
-        let table = self.grants.as_mut()?;
+        // The builder's ring page if it reserved one (a disk in the config),
+        // else the runtime's own (a disk attached later).
+        let ring_page =
+            if self.start_info.block_ring != 0 { self.start_info.block_ring } else { &raw mut DISK_RING as u64 };
+        let mut grant = |address: u64| {
+            let reference = self.grants.as_mut()?.grant(abi::DOM0, address, false).ok()?;
+            self.disk_grants.try_push(reference).ok()?;
+            Some(reference)
+        };
         // The ring is initialised before dom0 can see it.
-        // SAFETY: the builder reserved this page of our RAM for the ring; it
-        // stays ours for the guest's life (dom0 maps it through the grant).
-        let ring = unsafe { crate::ring::BlockFront::new(self.start_info.block_ring as *mut u8) };
-        let ring_ref = table.grant(abi::DOM0, self.start_info.block_ring, false).ok()?;
+        // SAFETY: the page is ours for the guest's life and used by nothing
+        // else (an earlier connection's grants were all revoked above); dom0
+        // maps it through the grant.
+        let ring = unsafe { crate::ring::BlockFront::new(ring_page as *mut u8) };
+        let ring_ref = grant(ring_page)?;
         let mut grants = [0u32; DISK_PAGES];
-        for (index, grant) in grants.iter_mut().enumerate() {
-            let page = (&raw mut DISK_BUFFER as u64) + index as u64 * 4096;
-            *grant = table.grant(abi::DOM0, page, false).ok()?;
+        for (index, reference) in grants.iter_mut().enumerate() {
+            *reference = grant((&raw mut DISK_BUFFER as u64) + index as u64 * 4096)?;
         }
         let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
         let _ = write!(number, "{ring_ref}");
         self.store_write("device/vbd/0/ring-ref", &number).ok()?;
@@ -333,7 +387,55 @@ impl Guest {
             return None;
         }
         let _ = self.store_write("device/vbd/0/state", DeviceState::Connected.as_value());
-        Some(Disk { ring, port, sectors, grants, next_id: 1, broken: false })
+        // Hear of the back end's state changes (block-detach).
+        let _ = self.store_watch(&backend_path, "vbd-backend");
+        Some(Disk { ring, ring_page, port, sectors, grants, next_id: 1, broken: false })
+    }
+
+    /// Whether dom0 closed (or removed) device `<kind>/0`'s back end.
+    fn backend_closing(&mut self, kind: &str) -> bool {
+        use abi::store::DeviceState;
+        let mut path = arrayvec::ArrayString::<64>::new();
+        let _ = write!(path, "device/{kind}/0/backend");
+        let mut text = [0u8; 96];
+        let Ok(length) = self.store_read(&path, &mut text) else { return true };
+        let mut state = arrayvec::ArrayString::<128>::new();
+        let _ = write!(state, "{}/{}", core::str::from_utf8(&text[..length]).unwrap_or(""), abi::store::keys::STATE);
+        let length = self.store_read(&state, &mut text).unwrap_or(0);
+        matches!(DeviceState::from_key(Some(&text[..length])), DeviceState::Closing | DeviceState::Closed)
+    }
+
+    /// Whether dom0 offers device `<kind>/0` (its front-end directory names
+    /// a back end).
+    fn device_offered(&mut self, kind: &str) -> bool {
+        let mut path = arrayvec::ArrayString::<64>::new();
+        let _ = write!(path, "device/{kind}/0/backend");
+        let mut text = [0u8; 96];
+        self.store_read(&path, &mut text).is_ok()
+    }
+
+    /// Follows dom0's changes to the disk (call after store watch events):
+    /// connects a disk dom0 offered (`block-attach`), and lets go of one
+    /// dom0 is closing (`block-detach`): the front end stops, says Closed,
+    /// and revokes its grants once dom0 has unmapped the pages.
+    pub fn disk_hotplug(&mut self) -> Option<DeviceChange> {
+        if self.disk.is_none() {
+            release_grants(&mut self.grants, &mut self.disk_grants);
+            if !self.device_offered("vbd") {
+                return None;
+            }
+            self.disk = self.connect_disk();
+            return self.disk.is_some().then_some(DeviceChange::Connected);
+        }
+        if !self.backend_closing("vbd") {
+            return None;
+        }
+        if let Some(disk) = self.disk.take() {
+            let _ = hypercall::event(EventOp::Close, disk.port as u64, 0);
+        }
+        let _ = self.store_write("device/vbd/0/state", abi::store::DeviceState::Closed.as_value());
+        release_grants(&mut self.grants, &mut self.disk_grants);
+        Some(DeviceChange::Disconnected)
     }
 
     /// Waits until the back end's `state` node (absolute path `state_key`)
@@ -366,7 +468,7 @@ impl Guest {
     /// buffers. None when the guest has no vif or the back end refused.
     fn connect_net(&mut self) -> Option<(crate::net::NetFront, u32)> {
         // The pages of an earlier connection must be ours again first.
-        if !self.release_net_grants() {
+        if !release_grants(&mut self.grants, &mut self.net_grants) {
             return None;
         }
         let mut port = None;
@@ -375,7 +477,7 @@ impl Guest {
             if let Some(port) = port {
                 let _ = hypercall::event(EventOp::Close, port as u64, 0);
             }
-            self.release_net_grants();
+            release_grants(&mut self.grants, &mut self.net_grants);
         }
         connected
     }
@@ -445,51 +547,30 @@ impl Guest {
         Some((front, port))
     }
 
-    /// Revokes the grants of the vif pages; true when none is left (a page
-    /// dom0 still maps stays granted until it lets go).
-    fn release_net_grants(&mut self) -> bool {
-        let Some(table) = self.grants.as_mut() else { return self.net_grants.is_empty() };
-        self.net_grants.retain(|reference| table.end_access(*reference).is_err());
-        self.net_grants.is_empty()
-    }
-
     /// Follows dom0's changes to the vif (call after store watch events,
     /// see [`Guest::take_watch_events`]): connects a vif dom0 offered
     /// (`network-attach`), and lets go of one dom0 is closing
     /// (`network-detach`): the front end stops, says Closed, and revokes
     /// its grants once dom0 has unmapped the pages.
-    pub fn net_hotplug(&mut self) -> Option<NetChange> {
-        use abi::store::DeviceState;
+    pub fn net_hotplug(&mut self) -> Option<DeviceChange> {
         if self.net.is_none() {
             // Pages of a closed connection come back as dom0 unmaps them.
-            self.release_net_grants();
-            let mut text = [0u8; 96];
-            if self.store_read("device/vif/0/backend", &mut text).is_err() {
+            release_grants(&mut self.grants, &mut self.net_grants);
+            if !self.device_offered("vif") {
                 return None;
             }
             self.net = self.connect_net();
-            return self.net.is_some().then_some(NetChange::Connected);
+            return self.net.is_some().then_some(DeviceChange::Connected);
         }
-        let mut text = [0u8; 96];
-        let state = match self.store_read("device/vif/0/backend", &mut text) {
-            Ok(length) => {
-                let mut path = arrayvec::ArrayString::<128>::new();
-                let backend = core::str::from_utf8(&text[..length]).unwrap_or("");
-                let _ = write!(path, "{backend}/{}", abi::store::keys::STATE);
-                let length = self.store_read(&path, &mut text).unwrap_or(0);
-                DeviceState::from_key(Some(&text[..length]))
-            }
-            Err(_) => DeviceState::Closed,
-        };
-        if !matches!(state, DeviceState::Closing | DeviceState::Closed) {
+        if !self.backend_closing("vif") {
             return None;
         }
         if let Some((_, port)) = self.net.take() {
             let _ = hypercall::event(EventOp::Close, port as u64, 0);
         }
-        let _ = self.store_write("device/vif/0/state", DeviceState::Closed.as_value());
-        self.release_net_grants();
-        Some(NetChange::Disconnected)
+        let _ = self.store_write("device/vif/0/state", abi::store::DeviceState::Closed.as_value());
+        release_grants(&mut self.grants, &mut self.net_grants);
+        Some(DeviceChange::Disconnected)
     }
 
     /// Whether the vif is connected.
@@ -698,7 +779,7 @@ impl Guest {
 
     /// The disk ring page's address (tests corrupt it on purpose).
     pub fn disk_ring_page(&self) -> Option<u64> {
-        self.disk.as_ref().map(|_| self.start_info.block_ring)
+        self.disk.as_ref().map(|disk| disk.ring_page)
     }
 
     /// Notifies dom0's disk back end.

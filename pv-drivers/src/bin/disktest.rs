@@ -36,6 +36,16 @@ extern "C" fn _start(start_info: u64) -> ! {
     if start.cmdline().split_whitespace().any(|word| word == "mode=bench") {
         bench(&mut guest);
     }
+    // `wait`: a guest created without a disk waits for `block-attach`.
+    if guest.disk_sectors() == 0 && start.cmdline().split_whitespace().any(|word| word == "wait") {
+        let _ = writeln!(guest, "disktest: waiting for a disk (block-attach)");
+        while guest.disk_sectors() == 0 {
+            guest.wait_for_event();
+            if guest.take_watch_events() > 0 {
+                let _ = guest.disk_hotplug();
+            }
+        }
+    }
     let sectors = guest.disk_sectors();
     let _ =
         writeln!(guest, "disktest: disk of {sectors} sectors, mode={}", if verify_only { "verify" } else { "write" });
@@ -202,9 +212,13 @@ fn hostile(guest: &mut Guest) -> ! {
     idle(guest)
 }
 
+/// Waits for good, letting go of the disk when dom0 takes it away.
 fn idle(guest: &mut Guest) -> ! {
     loop {
         guest.wait_for_event();
+        if guest.take_watch_events() > 0 && guest.disk_hotplug() == Some(guest::DeviceChange::Disconnected) {
+            let _ = writeln!(guest, "disktest: disk 0 disconnected by dom0");
+        }
     }
 }
 

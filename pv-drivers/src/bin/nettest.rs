@@ -20,7 +20,7 @@
 
 use core::fmt::Write;
 
-use pv_drivers::guest::{self, Guest, NetChange};
+use pv_drivers::guest::{self, DeviceChange, Guest};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::icmp;
@@ -173,10 +173,10 @@ extern "C" fn _start(start_info: u64) -> ! {
     loop {
         if vif.guest.take_watch_events() > 0 {
             match vif.guest.net_hotplug() {
-                Some(NetChange::Disconnected) => {
+                Some(DeviceChange::Disconnected) => {
                     let _ = writeln!(vif.guest, "nettest: vif 0 disconnected by dom0");
                 }
-                Some(NetChange::Connected) => {
+                Some(DeviceChange::Connected) => {
                     if let Some(mac) = vif.guest.net_mac() {
                         interface.set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac)));
                         let _ = writeln!(
