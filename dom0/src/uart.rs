@@ -1,4 +1,5 @@
-//! 16550 UART driver for COM1, polled. dom0 owns the serial console: hv
+//! 16550 UART driver for COM1: input polled or on IRQ 4, output queued and
+//! handed over a FIFO at a time. dom0 owns the serial console: hv
 //! passes the eight COM1 ports through to it.
 
 use core::arch::asm;
@@ -31,8 +32,23 @@ fn inb(port: u16) -> u8 {
     value
 }
 
-/// The serial console.
-pub struct Uart;
+/// Bytes written but not yet handed to the UART.
+const TRANSMIT_QUEUE: usize = 4096;
+/// The 16550's transmit FIFO: bytes the UART takes at once when LSR says
+/// the holding register (the FIFO, with FIFOs on) is empty.
+const TRANSMIT_FIFO: usize = 16;
+
+/// The serial console. Output is queued and handed to the UART a FIFO's
+/// worth at a time ([`Uart::drain`], called from dom0's loop), so a line
+/// of output costs dom0 a few port writes instead of a busy wait of a
+/// whole line at 115200 baud while guests wait for their I/O.
+pub struct Uart {
+    queue: [u8; TRANSMIT_QUEUE],
+    /// Index of the oldest queued byte.
+    head: usize,
+    /// Queued bytes.
+    length: usize,
+}
 
 impl Uart {
     /// Programs 115200 8N1, FIFOs on (so emulators deliver input promptly).
@@ -52,15 +68,43 @@ impl Uart {
         outb(COM1 + LINE_CONTROL, 0x03);
         outb(COM1 + FIFO_CONTROL, 0xc7);
         outb(COM1 + MODEM_CONTROL, 0x0b);
-        Uart
+        Uart { queue: [0; TRANSMIT_QUEUE], head: 0, length: 0 }
     }
 
-    /// Sends one byte.
+    /// The UART as `init` left it, with an empty queue (for the panic handler).
+    pub fn without_init() -> Uart {
+        Uart { queue: [0; TRANSMIT_QUEUE], head: 0, length: 0 }
+    }
+
+    /// Queues one byte and hands the UART what it can take now. With the
+    /// queue full, waits for the UART to take the oldest bytes first.
     pub fn write_byte(&mut self, byte: u8) {
-        while inb(COM1 + LINE_STATUS) & TRANSMIT_EMPTY == 0 {
-            core::hint::spin_loop();
+        while self.length == TRANSMIT_QUEUE {
+            while inb(COM1 + LINE_STATUS) & TRANSMIT_EMPTY == 0 {
+                core::hint::spin_loop();
+            }
+            self.drain();
         }
-        outb(COM1 + DATA, byte);
+        self.queue[(self.head + self.length) % TRANSMIT_QUEUE] = byte;
+        self.length += 1;
+        self.drain();
+    }
+
+    /// Hands queued bytes to the UART if its transmit FIFO is empty (one
+    /// status read otherwise). Returns whether bytes are still queued.
+    pub fn drain(&mut self) -> bool {
+        if self.length == 0 {
+            return false;
+        }
+        if inb(COM1 + LINE_STATUS) & TRANSMIT_EMPTY == 0 {
+            return true;
+        }
+        for _ in 0..self.length.min(TRANSMIT_FIFO) {
+            outb(COM1 + DATA, self.queue[self.head]);
+            self.head = (self.head + 1) % TRANSMIT_QUEUE;
+            self.length -= 1;
+        }
+        self.length != 0
     }
 
     /// Sends bytes, turning `\n` into `\r\n`.
@@ -76,6 +120,9 @@ impl Uart {
     /// Waits until everything written has left the UART (LSR bit 6), so a
     /// power-off does not cut the last line short. Bounded.
     pub fn flush(&mut self) {
+        while self.drain() {
+            core::hint::spin_loop();
+        }
         for _ in 0..1_000_000 {
             if inb(COM1 + LINE_STATUS) & TRANSMITTER_IDLE != 0 {
                 return;
