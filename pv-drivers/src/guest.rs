@@ -643,6 +643,11 @@ impl Guest {
         self.net.as_ref().map(|_| &raw const NET_PAGES as u64)
     }
 
+    /// The receive ring page's address (tests corrupt it on purpose).
+    pub fn net_rx_ring_page(&self) -> Option<u64> {
+        self.net.as_ref().map(|_| &raw const NET_PAGES as u64 + abi::PAGE_SIZE)
+    }
+
     /// Notifies dom0's net back end.
     pub fn net_notify(&self) {
         if let Some((_, port)) = &self.net {

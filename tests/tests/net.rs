@@ -142,6 +142,35 @@ fn a_hostile_vif_is_disconnected_and_the_others_keep_pinging() {
     }
 }
 
+/// A guest that runs its receive ring's index away is disconnected when the
+/// switch floods the next broadcast to it (netping's ARP request), while
+/// netping and netserve exchange every ping.
+#[test]
+fn a_runaway_receive_ring_is_disconnected_and_the_others_keep_pinging() {
+    let mut machine = boot();
+    let server = create(&mut machine, "netserve", "netserve");
+    let hostile = create(&mut machine, "nethostilerx", "nethostilerx");
+    attach(&mut machine, "nethostilerx", hostile);
+    expect_line(&mut machine, "nettest: hostile: receive index corrupted", 60);
+    detach(&mut machine);
+    let client = create(&mut machine, "netping", "netping");
+    attach(&mut machine, "netping", client);
+    expect_all_replies(&mut machine);
+    detach(&mut machine);
+    let disconnected =
+        "dom0: 'nethostilerx' broke its vif rings (receive request index out of range); vif disconnected";
+    if !machine.transcript().contains(disconnected) {
+        fail_with(&mut machine, &format!("dom0 should have disconnected the hostile vif ({disconnected:?})"));
+    }
+    let devices = command(&mut machine, "devices");
+    if !vif_line(&devices, "nethostilerx").is_some_and(|line| line.contains("disconnected")) {
+        fail_with(&mut machine, &format!("`devices` should show the hostile vif disconnected:\n{devices}"));
+    }
+    for (name, id) in [("netping", client), ("nethostilerx", hostile), ("netserve", server)] {
+        destroy(&mut machine, name, id);
+    }
+}
+
 /// A guest reaches a host beyond the physical NIC: with Bochs's `vnet`
 /// back end behind the e1000, `netuplink` (192.168.10.2) pings Bochs's
 /// virtual host 192.168.10.1 through dom0's switch and e1000 driver.

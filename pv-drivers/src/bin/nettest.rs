@@ -110,8 +110,10 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut cmdline = arrayvec::ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
     let cmdline = cmdline.as_str();
-    if argument(cmdline, "mode") == Some("hostile") {
-        hostile(guest)
+    match argument(cmdline, "mode") {
+        Some("hostile") => hostile(guest),
+        Some("hostile-rx") => hostile_receive(guest),
+        _ => {}
     }
     // A guest created without a vif waits for `network-attach`.
     if !guest.net_connected() {
@@ -288,6 +290,20 @@ fn hostile(mut guest: Guest) -> ! {
         unsafe { core::ptr::write_volatile(page as *mut u32, 0x4000_0000) };
         guest.net_notify();
         let _ = writeln!(guest, "nettest: hostile: transmit index corrupted");
+    }
+    stop(guest)
+}
+
+/// Attacks the receive side: runs the receive ring's producer index away
+/// (as if it had posted a billion buffers). dom0 reads that ring only when
+/// it has a frame for this vif: the next broadcast on the switch (an ARP
+/// request) makes it disconnect the vif.
+fn hostile_receive(mut guest: Guest) -> ! {
+    if let Some(page) = guest.net_rx_ring_page() {
+        // SAFETY: the receive ring page is ours; req_prod is its first word.
+        unsafe { core::ptr::write_volatile(page as *mut u32, 0x4000_0000) };
+        guest.net_notify();
+        let _ = writeln!(guest, "nettest: hostile: receive index corrupted");
     }
     stop(guest)
 }
