@@ -6,8 +6,10 @@
 //! dom0 publishes the back-end directory `/local/domain/0/backend/vif/<guest>/<n>`
 //! with `frontend`, `frontend-id`, [`keys::MAC`], the feature keys below and
 //! `state` = InitWait, and the front-end directory `device/vif/<n>` with
-//! `backend`, `backend-id`, [`keys::MAC`] and `state` = Initialising, before
-//! the guest first runs. The front end then:
+//! `backend`, `backend-id`, [`keys::MAC`] and `state` = Initialising:
+//! before the guest first runs for a vif in its config, or while it runs
+//! (`network-attach`; a front end that wants hot-plug watches
+//! `device/vif`). The front end then:
 //! 1. initialises two ring pages (all zero is a valid empty ring), grants
 //!    each to dom0 read-write, and allocates one event port for dom0;
 //! 2. writes [`keys::TX_RING_REF`], [`keys::RX_RING_REF`],
@@ -15,6 +17,15 @@
 //! 3. waits for the back end's `state` = Connected (Closed: refused).
 //!
 //! One event channel serves both rings in both directions.
+//!
+//! # Disconnecting
+//! To take a vif away (`network-detach`) dom0 sets its `state` to Closing
+//! (and notifies). The front end stops using the rings, closes its port and
+//! writes its own `state` = Closed; dom0 then unmaps the ring pages, closes
+//! its end and removes both directories, after which the front end can
+//! revoke its grants (they stay mapped, and unrevocable, until then). A
+//! front end that does not answer within 5 seconds loses the vif anyway.
+//! The block protocol ([`crate::block`]) disconnects the same way.
 //!
 //! # Transmit ring (guest to dom0)
 //! The front end puts a frame in a page it granted to dom0 (read-only is
