@@ -5,12 +5,19 @@
 //! through pages the front end grants to dom0 ([`crate::grant`]): each
 //! segment names a grant and the sectors of that page to transfer.
 //!
-//! The front end finds its disk in the start-info page: `block_ring` (a page
-//! of its RAM holding the ring), `block_port` (dom0's event port, to bind),
-//! `block_sectors` (the disk's size). Features in this version: read,
-//! write, flush; no discard, no barriers beyond flush. A back end that
-//! receives a request it cannot parse answers [`STATUS_ERROR`]; a ring whose
-//! indices run away is disconnected.
+//! Front and back end meet through the store (since ABI 0.4): dom0
+//! publishes `/local/domain/0/backend/vbd/<guest>/0` (`frontend`,
+//! `sectors`, `mode`, `state` = InitWait) and `device/vbd/0` (`backend`,
+//! `state` = Initialising), before the guest runs for a disk in its config
+//! or while it runs (`block-attach`). The front end grants dom0 its ring
+//! page (the start-info page's `block_ring` when the builder reserved one,
+//! else any page of its own), allocates an event port for dom0, writes
+//! `ring-ref`, `event-channel` and `state` = Initialised, and waits for
+//! Connected. Disconnecting (`block-detach`) goes through Closing and Closed
+//! as for a vif ([`crate::net`]). Features in this version: read, write,
+//! flush; no discard, no barriers beyond flush. A back end that receives a
+//! request it cannot parse answers [`STATUS_ERROR`]; a ring whose indices
+//! run away is disconnected.
 
 use core::mem::{offset_of, size_of};
 

@@ -108,8 +108,10 @@ pub struct StartInfo {
     pub console_port: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
-    /// Guest-physical address of the block ring page (`abi::block`), 0 if
-    /// the domain has no disk (since ABI 0.3).
+    /// Guest-physical address of a page the builder reserved for the block
+    /// ring (`abi::block`) when the config gives the domain a disk; 0
+    /// otherwise (a disk attached later uses a page of the guest's choice).
+    /// Since ABI 0.3.
     pub block_ring: u64,
     /// ABI 0.3 only: dom0's event port of the disk. Since ABI 0.4 it is 0:
     /// the front end connects through the store (`device/vbd/0`, see
