@@ -171,6 +171,21 @@ fn a_runaway_receive_ring_is_disconnected_and_the_others_keep_pinging() {
     }
 }
 
+/// The pinging guest starts before its peer: its first ARP request goes
+/// nowhere (the peer's vif is not on the switch yet), smoltcp asks again a
+/// second later, and that first ping is still answered in time.
+#[test]
+fn a_peer_that_comes_up_later_answers_every_ping() {
+    let mut machine = boot();
+    let client = create(&mut machine, "netping", "netping");
+    let server = create(&mut machine, "netserve", "netserve");
+    attach(&mut machine, "netping", client);
+    expect_all_replies(&mut machine);
+    detach(&mut machine);
+    destroy(&mut machine, "netping", client);
+    destroy(&mut machine, "netserve", server);
+}
+
 /// A guest reaches a host beyond the physical NIC: with Bochs's `vnet`
 /// back end behind the e1000, `netuplink` (192.168.10.2) pings Bochs's
 /// virtual host 192.168.10.1 through dom0's switch and e1000 driver.

@@ -14,7 +14,9 @@
 //! (emulated instructions under Bochs; `quiet` leaves these out), then a
 //! summary line
 //! `nettest: ping <address>: <n> of <count> replies`. A reply that does not
-//! come within a second (guest time) counts as lost.
+//! come within three seconds (guest time) counts as lost: long enough for
+//! the address resolution to be retried once (smoltcp retries after a
+//! second) when the peer's vif came up after the first request.
 #![no_std]
 #![no_main]
 
@@ -165,6 +167,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     let handle = sockets.add(socket);
 
     let second = vif.guest.ticks_per_second();
+    let reply_timeout = 3 * second;
     let mut sequence: u16 = 0;
     let mut sent_at = 0u64;
     let mut waiting = false;
@@ -226,7 +229,7 @@ extern "C" fn _start(start_info: u64) -> ! {
                     }
                 }
             }
-            if waiting && guest::now() - sent_at > second {
+            if waiting && guest::now() - sent_at > reply_timeout {
                 let _ = writeln!(vif.guest, "nettest: no reply from {target} seq={sequence}");
                 waiting = false;
             }
@@ -257,7 +260,8 @@ extern "C" fn _start(start_info: u64) -> ! {
         let wake = interface
             .poll_delay(vif.now(), &sockets)
             .map_or(second / 10, |delay| (delay.total_micros() * vif.ticks_per_micro).clamp(1, second / 10));
-        let wake = if waiting { wake.min(sent_at + second - guest::now().min(sent_at + second)) } else { wake };
+        let deadline = sent_at + reply_timeout;
+        let wake = if waiting { wake.min(deadline - guest::now().min(deadline)) } else { wake };
         vif.guest.net_wait(guest::now() + wake.max(1));
     }
 }
