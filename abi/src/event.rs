@@ -46,15 +46,21 @@ pub enum EventOp {
     /// Sets the mask bit of port `a1` (same as writing the page).
     Mask = 6,
     /// Clears the mask bit of port `a1` and delivers the upcall if the port
-    /// is pending.
+    /// is pending. On a port bound to a level-triggered physical line
+    /// ([`EventOp::BindPirq`]) it also lets the line interrupt again (since
+    /// ABI 0.5).
     Unmask = 7,
     /// Returns the state of port `a1` as [`PortStatus`] packed in a word:
     /// bits 0..8 the state, bits 16..48 the remote domain, bits 48..64 the
     /// remote port, virtual IRQ or physical line.
     Status = 8,
     /// dom0 only: binds a new port to ISA interrupt line `a1` (1, 3..=7,
-    /// 9..=15: the lines hv does not keep). Each edge on the line makes the
-    /// port pending; the line stays unmasked. Returns the port. Since ABI 0.4.
+    /// 9..=15: the lines hv does not keep), routed as the firmware's MADT
+    /// says (input, polarity, trigger). Each interrupt on the line makes the
+    /// port pending. An edge-triggered line stays unmasked; a level-triggered
+    /// one (a PCI interrupt, since ABI 0.5) is masked each time it fires,
+    /// until dom0 has serviced the device and sends [`EventOp::Unmask`] for
+    /// the port. Returns the port. Since ABI 0.4.
     BindPirq = 9,
 }
 

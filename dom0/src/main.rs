@@ -180,6 +180,9 @@ impl Shell {
         // The NIC's interrupt port: its receive ring is looked at when the
         // port fired (or on every pass when the NIC has no interrupt).
         let nic_port = e1000::NIC.lock().as_ref().map(|nic| nic.interrupt_port());
+        // The NIC's line fired and, if it is level-triggered, hv keeps it
+        // masked until dom0 has drained the NIC and unmasks its port.
+        let mut nic_fired = false;
         loop {
             let mut busy = false;
             let output_queued = self.console.drain();
@@ -193,6 +196,13 @@ impl Shell {
                 self.toolstack.nic_due = true;
             }
             busy |= self.toolstack.service_net(&mut self.console);
+            if nic_fired
+                && !self.toolstack.nic_due
+                && let Some(Some(port)) = nic_port
+            {
+                nic_fired = false;
+                let _ = hypercall::event(EventOp::Unmask, port as u64, 0);
+            }
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
                 busy = true;
@@ -233,6 +243,8 @@ impl Shell {
                     && fired.get(port as usize / 64).is_some_and(|word| word & (1 << (port % 64)) != 0)
                 {
                     self.toolstack.nic_due = true;
+                    self.toolstack.nic_interrupts += 1;
+                    nic_fired = true;
                 }
             }
         }

@@ -337,6 +337,8 @@ pub struct Toolstack {
     /// The NIC may hold received frames (its interrupt fired, or it has no
     /// interrupt and dom0 polls it).
     pub nic_due: bool,
+    /// Times the NIC's interrupt port fired (for `devices`).
+    pub nic_interrupts: u64,
     /// One frame on its way through the switch.
     frame: [u8; 2048],
     /// Console output on its way to the history and the serial line.
@@ -469,6 +471,7 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     switch: Switch::new(SWITCH_AGE_MS),
     switch_dropped: 0,
     nic_due: true,
+    nic_interrupts: 0,
     frame: [0; 2048],
     console_buffer: [0; 512],
 });
@@ -1478,14 +1481,15 @@ impl Toolstack {
                 let mut text = [0u8; 17];
                 let _ = writeln!(
                     out,
-                    "  {:<12} e1000 mac {}  link {}, {}, tx {} frames ({} dropped), rx {} frames",
+                    "  {:<12} e1000 mac {}  link {}, {}, tx {} frames ({} dropped), rx {} frames, {} interrupt events",
                     "nic0",
                     abi::net::format_mac(nic.mac(), &mut text),
                     if nic.link_up() { "up" } else { "down" },
-                    if nic.interrupt_port().is_some() { "interrupts" } else { "polled" },
+                    if nic.interrupt_port().is_some() { "interrupt-driven" } else { "polled" },
                     stats.tx_frames,
                     stats.tx_dropped,
-                    stats.rx_frames
+                    stats.rx_frames,
+                    self.nic_interrupts
                 );
             }
             None => {

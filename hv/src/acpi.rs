@@ -13,7 +13,7 @@ pub trait PhysicalReader {
 }
 
 /// What hv uses from ACPI.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcpiInfo {
     /// PM1a control block I/O port (0 if absent).
     pub pm1a_control: u16,
@@ -26,6 +26,74 @@ pub struct AcpiInfo {
     /// The FADT's reset register and value, when the firmware says it works
     /// (ACPI 4.8.3.6) and it is a register hv can write.
     pub reset: Option<ResetRegister>,
+    /// How each ISA IRQ reaches the I/O APIC: the MADT's interrupt source
+    /// overrides (ACPI 5.2.12.5), identity and ISA defaults elsewhere.
+    pub isa_routes: [IsaRoute; 16],
+}
+
+/// Where ISA IRQ `n` arrives at the I/O APIC and how it signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaRoute {
+    /// The global system interrupt (I/O APIC input) the IRQ is wired to.
+    pub gsi: u32,
+    /// Active low (ISA default: active high).
+    pub active_low: bool,
+    /// Level-triggered (ISA default: edge).
+    pub level: bool,
+}
+
+impl IsaRoute {
+    /// The ISA default for IRQ `irq`: same input, edge, active high.
+    pub const fn identity(irq: u8) -> IsaRoute {
+        IsaRoute { gsi: irq as u32, active_low: false, level: false }
+    }
+}
+
+impl Default for AcpiInfo {
+    fn default() -> AcpiInfo {
+        AcpiInfo {
+            pm1a_control: 0,
+            pm1b_control: 0,
+            s5_sleep_types: None,
+            ioapic_address: None,
+            reset: None,
+            isa_routes: core::array::from_fn(|irq| IsaRoute::identity(irq as u8)),
+        }
+    }
+}
+
+/// The I/O APIC input each ISA IRQ uses, given its routes and the number of
+/// inputs: overridden IRQs first, so an override wins the input it names
+/// over the identity route of the IRQ that input would otherwise carry (IRQ
+/// 2 has none once IRQ 0 arrives at GSI 2); None for an IRQ whose input is
+/// taken or missing.
+pub fn assign_inputs(routes: &[IsaRoute; 16], inputs: u32) -> [Option<u32>; 16] {
+    let mut assigned = [None; 16];
+    let mut claimed = 0u64;
+    let overridden = |irq: usize| routes[irq] != IsaRoute::identity(irq as u8);
+    let order = (0..16).filter(|&irq| overridden(irq)).chain((0..16).filter(|&irq| !overridden(irq)));
+    for irq in order {
+        let gsi = routes[irq].gsi;
+        if gsi < inputs.min(64) && claimed & 1 << gsi == 0 {
+            claimed |= 1 << gsi;
+            assigned[irq] = Some(gsi);
+        }
+    }
+    assigned
+}
+
+/// An interrupt source override (MADT entry type 2, 10 bytes: bus, source
+/// IRQ, GSI, MPS INTI flags): polarity in flags bits 0-1 (0 = the bus's,
+/// 1 = high, 3 = low), trigger in bits 2-3 (0 = the bus's, 1 = edge, 3 =
+/// level). Only ISA (bus 0) sources are taken.
+fn isa_override(entry: &[u8]) -> Option<(u8, IsaRoute)> {
+    let (bus, irq) = (*entry.get(2)?, *entry.get(3)?);
+    let gsi = u32_at(entry, 4)?;
+    let flags = u16::from_le_bytes(entry.get(8..10)?.try_into().ok()?);
+    if bus != 0 || irq >= 16 {
+        return None;
+    }
+    Some((irq, IsaRoute { gsi, active_low: flags & 3 == 3, level: (flags >> 2) & 3 == 3 }))
 }
 
 /// Where writing [`ResetRegister::value`] resets the machine.
@@ -176,6 +244,12 @@ pub fn parse(rsdp: &[u8], reader: &impl PhysicalReader) -> Option<AcpiInfo> {
                     if kind == 1 && length >= 12 && info.ioapic_address.is_none() {
                         info.ioapic_address = u32_at(bytes, at + 4);
                     }
+                    if kind == 2
+                        && length >= 10
+                        && let Some((irq, route)) = isa_override(&bytes[at..at + length])
+                    {
+                        info.isa_routes[irq as usize] = route;
+                    }
                     at += length;
                 }
             }
@@ -255,6 +329,9 @@ mod tests {
         madt_body.extend_from_slice(&[1, 12, 1, 0]);
         madt_body.extend_from_slice(&0xfec0_0000u32.to_le_bytes());
         madt_body.extend_from_slice(&0u32.to_le_bytes());
+        // Overrides: IRQ 0 -> GSI 2 (bus defaults), IRQ 9 level, active low.
+        madt_body.extend_from_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
+        madt_body.extend_from_slice(&[2, 10, 0, 9, 9, 0, 0, 0, 0x0f, 0]);
         let madt = table(b"APIC", &madt_body);
         let mut rsdt_body = Vec::new();
         rsdt_body.extend_from_slice(&0x1000u32.to_le_bytes());
@@ -277,6 +354,32 @@ mod tests {
         assert_eq!(info.pm1a_control, 0xb004);
         assert_eq!(info.s5_sleep_types, Some((5, 5)));
         assert_eq!(info.ioapic_address, Some(0xfec0_0000));
+        assert_eq!(info.isa_routes[0], IsaRoute { gsi: 2, active_low: false, level: false });
+        assert_eq!(info.isa_routes[9], IsaRoute { gsi: 9, active_low: true, level: true });
+        assert_eq!(info.isa_routes[4], IsaRoute::identity(4));
+        // An override of a non-ISA bus, or of an IRQ past 15, is not an ISA route.
+        assert_eq!(isa_override(&[2, 10, 1, 5, 5, 0, 0, 0, 0x0f, 0]), None);
+        assert_eq!(isa_override(&[2, 10, 0, 16, 16, 0, 0, 0, 0x0f, 0]), None);
+        assert_eq!(isa_override(&[2, 10, 0, 5]), None, "truncated");
+    }
+
+    #[test]
+    fn overrides_win_their_inputs() {
+        let mut routes: [IsaRoute; 16] = core::array::from_fn(|irq| IsaRoute::identity(irq as u8));
+        routes[0] = IsaRoute { gsi: 2, active_low: false, level: false };
+        routes[9] = IsaRoute { gsi: 20, active_low: true, level: true };
+        let inputs = assign_inputs(&routes, 24);
+        assert_eq!(inputs[0], Some(2));
+        assert_eq!(inputs[2], None, "IRQ 2's input went to IRQ 0");
+        assert_eq!(inputs[9], Some(20));
+        assert_eq!(inputs[4], Some(4));
+        // An override past the I/O APIC's inputs routes nowhere.
+        routes[9].gsi = 30;
+        assert_eq!(assign_inputs(&routes, 24)[9], None);
+        // IRQ 5 overridden onto input 11: it wins it over IRQ 11's identity route.
+        routes[5] = IsaRoute { gsi: 11, active_low: false, level: true };
+        let inputs = assign_inputs(&routes, 24);
+        assert_eq!((inputs[5], inputs[11]), (Some(11), None));
     }
 
     #[test]

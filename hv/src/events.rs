@@ -200,6 +200,10 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
             if operation == EventOp::Mask {
                 physical::atomic_test_and_set_bit(word, port % 64);
             } else {
+                // A level-triggered line hv masked when it fired comes back.
+                if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
+                    crate::arch::ioapic::unmask(line);
+                }
                 physical::atomic_test_and_clear_bit(word, port % 64);
                 if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
                     // Pending while masked: deliver it now.

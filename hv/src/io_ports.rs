@@ -93,6 +93,7 @@ mod tests {
             s5_sleep_types: Some((0, 0)),
             ioapic_address: None,
             reset: Some(crate::acpi::ResetRegister { space: crate::acpi::ResetSpace::Io(0x3f0), value: 1 }),
+            ..AcpiInfo::default()
         }
     }
 

@@ -113,8 +113,19 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         }
         None => warning!("no usable ACPI tables; power-off falls back to emulator ports"),
     }
-    let ioapic_entries = arch::ioapic::init(apic_id, acpi.and_then(|a| a.ioapic_address));
+    let routes = acpi.map_or_else(|| hvcore::acpi::AcpiInfo::default().isa_routes, |a| a.isa_routes);
+    let ioapic_entries = arch::ioapic::init(apic_id, acpi.and_then(|a| a.ioapic_address), &routes);
     info!("I/O APIC: {ioapic_entries} redirection entries, ISA lines routed to vectors 0x30-0x3f (masked)");
+    for (irq, route) in
+        routes.iter().enumerate().filter(|(irq, route)| **route != hvcore::acpi::IsaRoute::identity(*irq as u8))
+    {
+        info!(
+            "I/O APIC: IRQ {irq} -> input {}, {}, active {}",
+            route.gsi,
+            if route.level { "level" } else { "edge" },
+            if route.active_low { "low" } else { "high" }
+        );
+    }
     // Device memory dom0 may map: not RAM, not the APICs (hv's).
     let mut device_policy = hvcore::mmio::DevicePolicy::new();
     device_policy.forbid_ram(&boot.memory_map);

@@ -205,6 +205,16 @@ fn a_guest_pings_a_host_beyond_the_physical_nic() {
     if frames(nic, "tx") < 5 || frames(nic, "rx") < 5 {
         fail_with(&mut machine, &format!("the NIC should have carried the ARP and ping frames:\n{devices}"));
     }
+    // The replies arrived by interrupt: the e1000's line, through hv's
+    // I/O APIC, as an event on dom0's port.
+    let events = nic
+        .split(" interrupt events")
+        .next()
+        .and_then(|text| text.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    if !events.is_some_and(|count| count > 0) {
+        fail_with(&mut machine, &format!("the NIC's interrupt should have reached dom0:\n{devices}"));
+    }
     destroy(&mut machine, "netuplink", id);
 }
 
