@@ -183,6 +183,13 @@ impl Shell {
         // The NIC's line fired and, if it is level-triggered, hv keeps it
         // masked until dom0 has drained the NIC and unmasks its port.
         let mut nic_fired = false;
+        // Firings in a row that found no cause in the NIC: the line is
+        // shared with a device nobody services (an ACPI SCI, say) and, if
+        // level-triggered, would keep firing; after `SPURIOUS_MAX` of them
+        // dom0 leaves it masked and polls the NIC on its timer.
+        const SPURIOUS_MAX: u32 = 1000;
+        let mut nic_spurious = 0u32;
+        let mut nic_causes = 0u64;
         loop {
             let mut busy = false;
             let output_queued = self.console.drain();
@@ -201,7 +208,17 @@ impl Shell {
                 && let Some(Some(port)) = nic_port
             {
                 nic_fired = false;
-                let _ = hypercall::event(EventOp::Unmask, port as u64, 0);
+                let causes = e1000::NIC.lock().as_ref().map_or(0, |nic| nic.stats().interrupts);
+                nic_spurious = if causes == nic_causes { nic_spurious + 1 } else { 0 };
+                nic_causes = causes;
+                if nic_spurious < SPURIOUS_MAX {
+                    let _ = hypercall::event(EventOp::Unmask, port as u64, 0);
+                } else if nic_spurious == SPURIOUS_MAX {
+                    let _ = writeln!(
+                        self.console,
+                        "\ndom0: the NIC's interrupt line keeps firing for another device; polling the NIC instead"
+                    );
+                }
             }
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
