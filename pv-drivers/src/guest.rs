@@ -200,6 +200,8 @@ pub struct Guest {
     grants: Option<crate::grant::GrantTable>,
     /// The first vif's front end and its event port.
     net: Option<(crate::net::NetFront, u32)>,
+    /// The event port of a device being connected (see `wait_for_backend`).
+    handshake_port: Option<u32>,
     /// Grants of the vif's pages (kept until dom0 has let go of them).
     net_grants: arrayvec::ArrayVec<u32, NET_PAGES_COUNT>,
     /// Grants of the disk's ring and transfer pages (likewise).
@@ -267,6 +269,7 @@ impl Guest {
             store_event: false,
             grants: None,
             net: None,
+            handshake_port: None,
             net_grants: arrayvec::ArrayVec::new_const(),
             disk_grants: arrayvec::ArrayVec::new_const(),
         };
@@ -443,6 +446,17 @@ impl Guest {
     /// passed: false. The back end notifies `port` when it connects; a 1 ms
     /// timer bounds each wait.
     fn wait_for_backend(&mut self, state_key: &str, port: u32) -> bool {
+        // The back end notifies `port` when it binds it; every wait in here
+        // (the store requests' too) must take that bit, or hv would not let
+        // the vCPU block while it is pending and the guest would spin.
+        self.handshake_port = Some(port);
+        let connected = self.poll_backend_state(state_key);
+        self.handshake_port = None;
+        take_pending(port);
+        connected
+    }
+
+    fn poll_backend_state(&mut self, state_key: &str) -> bool {
         use abi::store::DeviceState;
         let mut value = [0u8; 32];
         let give_up = now() + self.ticks_per_second();
@@ -455,7 +469,6 @@ impl Guest {
                 _ => {
                     let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
                     self.wait_for_event();
-                    take_pending(port);
                 }
             }
         }
@@ -1033,6 +1046,9 @@ impl Guest {
 
     fn collect_events(&mut self) {
         take_pending(self.timer_port);
+        if let Some(port) = self.handshake_port {
+            take_pending(port);
+        }
         if let Some(disk) = &self.disk {
             take_pending(disk.port);
         }
