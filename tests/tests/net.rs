@@ -285,3 +285,35 @@ fn a_vif_is_attached_and_detached_while_the_guest_runs() {
         fail_with(&mut machine, &format!("free memory should be back to {} KiB:\n{text}", before.free_kib));
     }
 }
+
+/// Disk and network at once: a disk guest writes and checks its disk while
+/// two guests ping a third through the switch; everything completes and
+/// everything comes back.
+#[test]
+fn disk_and_network_guests_run_side_by_side() {
+    let mut machine = boot();
+    let (_, before) = mem(&mut machine);
+    let server = create(&mut machine, "netserve", "netserve");
+    let disk = create(&mut machine, "disktest", "disktest");
+    let client = create(&mut machine, "netping", "netping");
+    let bench = create(&mut machine, "netbench", "netbench");
+    attach(&mut machine, "disktest", disk);
+    expect_line(&mut machine, "disktest: wrote and verified 8192 sectors: all match", 180);
+    detach(&mut machine);
+    attach(&mut machine, "netping", client);
+    expect_all_replies(&mut machine);
+    detach(&mut machine);
+    attach(&mut machine, "netbench", bench);
+    let summary = expect_line(&mut machine, "nettest: ping 10.0.0.2:", 180);
+    if !summary.contains(": 500 of 500 replies") {
+        fail_with(&mut machine, &format!("netbench should get every reply; it said {summary:?}"));
+    }
+    detach(&mut machine);
+    for (name, id) in [("netbench", bench), ("netping", client), ("disktest", disk), ("netserve", server)] {
+        destroy(&mut machine, name, id);
+    }
+    let (text, after) = mem(&mut machine);
+    if after.free_kib != before.free_kib {
+        fail_with(&mut machine, &format!("free memory should be back to {} KiB:\n{text}", before.free_kib));
+    }
+}
