@@ -182,6 +182,30 @@ fn unpublish_vbd(store_tree: &mut DefaultStore, id: DomainId) {
     let _ = store_tree.remove(abi::DOM0, &frontend);
 }
 
+/// Sets the back-end `state` of guest `id`'s device `<kind>/0`.
+fn write_backend_state(store_tree: &mut DefaultStore, kind: &str, id: DomainId, state: DeviceState) {
+    let mut path: ArrayString<96> = ArrayString::new();
+    let _ = write!(path, "/local/domain/0/backend/{kind}/{id}/0/{}", keys::STATE);
+    let _ = store_tree.write(abi::DOM0, &path, state.as_value());
+}
+
+/// Whether a device `<kind>/0` of guest `id` that dom0 asked to close at
+/// TSC `since` may go now: `Some(timed_out)` once its front end says Closed
+/// or `timeout` ticks have passed.
+fn detach_ready(id: DomainId, kind: &str, since: u64, timeout: u64) -> Option<bool> {
+    let mut path: ArrayString<96> = ArrayString::new();
+    let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{}", keys::STATE);
+    let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &path).ok().map(str::as_bytes));
+    let timed_out = rdtsc().wrapping_sub(since) > timeout;
+    (state == DeviceState::Closed || timed_out).then_some(timed_out)
+}
+
+/// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
+fn unmap_slot(window_slots: &mut [bool; WINDOW_SLOTS], slot: usize) {
+    let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
+    window_slots[slot] = false;
+}
+
 /// Removes guest `id`'s vif 0 from the store (both directories; the
 /// back-end side's per-guest directory too, vif 0 being its only entry).
 fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
@@ -916,8 +940,6 @@ impl Toolstack {
             else {
                 continue;
             };
-            let mut back_state: ArrayString<96> = ArrayString::new();
-            let _ = write!(back_state, "{}/{}", backend_path(id), keys::STATE);
             guest.pending_disk = None;
             let connected = match (ring_ref, port, self.window_slots.iter().position(|used| !used)) {
                 (Some(ring_ref), Some(port), Some(slot)) => {
@@ -956,7 +978,7 @@ impl Toolstack {
                 _ => false,
             };
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
-            let _ = store_tree.write(abi::DOM0, &back_state, answer.as_value());
+            write_backend_state(&mut store_tree, "vbd", id, answer);
             if !connected {
                 let _ =
                     writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
@@ -1033,9 +1055,7 @@ impl Toolstack {
         let (id, name) = (guest.id, guest.config.name);
         if let Some(block) = &guest.block {
             if guest.disk_closing.is_none() {
-                let mut state: ArrayString<96> = ArrayString::new();
-                let _ = write!(state, "{}/{}", backend_path(id), keys::STATE);
-                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closing.as_value());
+                write_backend_state(&mut STORE.lock(), "vbd", id, DeviceState::Closing);
                 let _ = hypercall::notify(block.port);
                 guest.disk_closing = Some(rdtsc());
             }
@@ -1060,31 +1080,21 @@ impl Toolstack {
         for guest in self.guests.iter_mut() {
             let Some(since) = guest.disk_closing else { continue };
             let id = guest.id;
-            let mut front_state: ArrayString<96> = ArrayString::new();
-            let _ = write!(front_state, "/local/domain/{id}/device/vbd/0/{}", keys::STATE);
-            let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &front_state).ok().map(str::as_bytes));
-            let timed_out = rdtsc().wrapping_sub(since) > timeout;
-            if state != DeviceState::Closed && !timed_out {
-                continue;
-            }
+            let Some(timed_out) = detach_ready(id, "vbd", since, timeout) else { continue };
             guest.disk_closing = None;
             if let Some(block) = guest.block.take() {
                 if let Some(disk) = self.disks.get_mut(block.disk) {
                     let _ = disk.flush();
                 }
-                let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + block.slot as u64 * abi::PAGE_SIZE);
                 let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
-                self.window_slots[block.slot] = false;
+                unmap_slot(&mut self.window_slots, block.slot);
                 for (_, _, slot) in block.mapped {
-                    let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
-                    self.window_slots[slot] = false;
+                    unmap_slot(&mut self.window_slots, slot);
                 }
             }
             {
                 let mut store_tree = STORE.lock();
-                let mut state: ArrayString<96> = ArrayString::new();
-                let _ = write!(state, "{}/{}", backend_path(id), keys::STATE);
-                let _ = store_tree.write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
                 unpublish_vbd(&mut store_tree, id);
             }
             let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
@@ -1142,9 +1152,7 @@ impl Toolstack {
         let (id, name) = (guest.id, guest.config.name);
         if let Some(net) = &guest.net {
             if guest.vif_closing.is_none() {
-                let mut state: ArrayString<96> = ArrayString::new();
-                let _ = write!(state, "{}/{}", vif_backend_path(id), keys::STATE);
-                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closing.as_value());
+                write_backend_state(&mut STORE.lock(), "vif", id, DeviceState::Closing);
                 let _ = hypercall::notify(net.port);
                 guest.vif_closing = Some(rdtsc());
             }
@@ -1157,8 +1165,7 @@ impl Toolstack {
         }
         if let Some((slots, _)) = guest.broken_vif.take() {
             for slot in slots {
-                let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
-                self.window_slots[slot] = false;
+                unmap_slot(&mut self.window_slots, slot);
             }
         }
         unpublish_vif(&mut STORE.lock(), id);
@@ -1174,27 +1181,18 @@ impl Toolstack {
         for guest in self.guests.iter_mut() {
             let Some(since) = guest.vif_closing else { continue };
             let id = guest.id;
-            let mut front_state: ArrayString<96> = ArrayString::new();
-            let _ = write!(front_state, "/local/domain/{id}/device/vif/0/{}", keys::STATE);
-            let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &front_state).ok().map(str::as_bytes));
-            let timed_out = rdtsc().wrapping_sub(since) > timeout;
-            if state != DeviceState::Closed && !timed_out {
-                continue;
-            }
+            let Some(timed_out) = detach_ready(id, "vif", since, timeout) else { continue };
             guest.vif_closing = None;
             if let Some(net) = guest.net.take() {
                 let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
                 for slot in net.slots {
-                    let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
-                    self.window_slots[slot] = false;
+                    unmap_slot(&mut self.window_slots, slot);
                 }
             }
             self.switch.remove_port(id as PortId);
             {
                 let mut store_tree = STORE.lock();
-                let mut state: ArrayString<96> = ArrayString::new();
-                let _ = write!(state, "{}/{}", vif_backend_path(id), keys::STATE);
-                let _ = store_tree.write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
                 unpublish_vif(&mut store_tree, id);
             }
             let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
@@ -1251,10 +1249,8 @@ impl Toolstack {
                 }
                 _ => false,
             };
-            let mut back_state: ArrayString<96> = ArrayString::new();
-            let _ = write!(back_state, "{}/{}", vif_backend_path(id), keys::STATE);
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
-            let _ = store_tree.write(abi::DOM0, &back_state, answer.as_value());
+            write_backend_state(&mut store_tree, "vif", id, answer);
             if !connected {
                 let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
             }
@@ -1310,9 +1306,7 @@ impl Toolstack {
                 let _ =
                     writeln!(out, "\ndom0: '{}' broke its vif rings ({reason}); vif disconnected", guest.config.name);
                 let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
-                let mut state: ArrayString<96> = ArrayString::new();
-                let _ = write!(state, "{}/{}", vif_backend_path(guest.id), keys::STATE);
-                let _ = STORE.lock().write(abi::DOM0, &state, DeviceState::Closed.as_value());
+                write_backend_state(&mut STORE.lock(), "vif", guest.id, DeviceState::Closed);
                 ports.switch.remove_port(guest.id as PortId);
                 // The ring pages stay mapped (and their slots taken) until
                 // the guest is destroyed.
