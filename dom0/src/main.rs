@@ -326,9 +326,16 @@ impl Shell {
         };
         match command {
             Command::Help => {
+                // One column for the usages; a longer one puts its text on the next line.
+                const COLUMN: usize = 34;
                 for (name, arguments, description) in COMMANDS {
-                    let width = 20usize.saturating_sub(name.len() + 1);
-                    let _ = writeln!(out, "  {name} {arguments:<width$} {description}");
+                    let usage_length = name.len() + 1 + arguments.len();
+                    if usage_length <= COLUMN {
+                        let width = COLUMN - name.len() - 1;
+                        let _ = writeln!(out, "  {name} {arguments:<width$} {description}");
+                    } else {
+                        let _ = writeln!(out, "  {name} {arguments}\n  {:COLUMN$} {description}", "");
+                    }
                 }
             }
             Command::Info => self.info(),

@@ -70,7 +70,7 @@ pub const COMMANDS: [(&str, &str, &str); 24] = [
     ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
-    ("devices", "", "physical disks and NIC, the switch, and each guest's console, disk and vif with their state"),
+    ("devices", "", "disks, the NIC and the switch; each guest's console, disk and vif and their state"),
     ("block-attach", "<domain> <disk:start+count>", "give a running guest a disk (its front end connects)"),
     ("block-detach", "<domain>", "take a guest's disk away (Closing, then Closed when its front end lets go)"),
     ("network-attach", "<domain> [mac=..]", "give a running guest a vif on the switch (its front end connects)"),
