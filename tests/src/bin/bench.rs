@@ -103,8 +103,9 @@ fn block_and_network(machine: &mut Machine) -> Result<(), String> {
         let dom0_line = dom0.lines().find(|line| line.starts_with("diskbench: read 8192 sectors in")).unwrap_or("");
         match (number_before(dom0_line, "tsc"), number_before(&guest, "tsc")) {
             (Some(dom0), Some(guest)) if guest > 0 => println!(
-                "block ({mode}): dom0 direct {dom0} tsc, guest (8 x 32 KiB in flight) {guest} tsc, ratio {:.3}",
-                dom0 as f64 / guest as f64
+                "block ({mode}): dom0 direct {dom0} tsc, guest (8 x 32 KiB in flight) {guest} tsc, ratio {:.3}{}",
+                dom0 as f64 / guest as f64,
+                if mode == "dma" { " (device time: Bochs's seek model, varies between runs)" } else { "" }
             ),
             _ => println!("block ({mode}): (missing: dom0 {dom0_line:?}, guest {guest:?})"),
         }
