@@ -354,6 +354,7 @@ impl Shell {
             Command::Mem => toolstack.mem(out),
             Command::Ls => toolstack.ls(out),
             Command::Devices => toolstack.devices(out),
+            Command::Switch => toolstack.show_switch(out),
             Command::Store(path) => toolstack::show_store(path.unwrap_or("/local/domain"), out),
             Command::DiskBench(region) => toolstack.disk_bench(region, out),
             Command::DiskMode { disk, dma } => toolstack.disk_mode(disk, dma, out),

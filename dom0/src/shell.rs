@@ -34,6 +34,8 @@ pub enum Command<'a> {
     Ls,
     /// `devices`: physical disks and each guest's devices.
     Devices,
+    /// `switch`: the switch's MAC table (address, port, age).
+    Switch,
     /// `store [path]`: the store's tree below `path` (default `/local/domain`).
     Store(Option<&'a str>),
     /// `diskbench <device:start+count>`: time dom0 reading a disk region
@@ -59,7 +61,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 24] = [
+pub const COMMANDS: [(&str, &str, &str); 25] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -75,6 +77,7 @@ pub const COMMANDS: [(&str, &str, &str); 24] = [
     ("block-detach", "<domain>", "take a guest's disk away (Closing, then Closed when its front end lets go)"),
     ("network-attach", "<domain> [mac=..]", "give a running guest a vif on the switch (its front end connects)"),
     ("network-detach", "<domain>", "take a guest's vif away (Closing, then Closed when its front end lets go)"),
+    ("switch", "", "the switch's MAC table: address, port (guest or nic0), seconds since last seen"),
     ("store", "[path]", "show the store's keys and values below path (default /local/domain)"),
     ("info", "", "hypervisor and ABI version, CPU, VMX features, memory, VM exits by reason"),
     ("dmesg", "", "print the hypervisor log"),
@@ -133,6 +136,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
         "mem" => Command::Mem,
         "ls" => Command::Ls,
         "devices" => Command::Devices,
+        "switch" => Command::Switch,
         "store" => Command::Store(words.next()),
         "diskbench" => Command::DiskBench(words.next().ok_or(missing)?),
         "diskmode" => {

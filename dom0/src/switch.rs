@@ -86,6 +86,15 @@ impl<const ENTRIES: usize> Switch<ENTRIES> {
             .map(|entry| entry.port)
     }
 
+    /// The fresh entries at tick `now`: (MAC, port, ticks since last seen),
+    /// in table order.
+    pub fn entries(&self, now: u64) -> impl Iterator<Item = (Mac, PortId, u64)> + '_ {
+        self.table.iter().filter_map(move |entry| {
+            let age = now.saturating_sub(entry.seen);
+            (age <= self.max_age).then_some((entry.mac, entry.port, age))
+        })
+    }
+
     /// Entries in the table (including stale ones not yet replaced).
     pub fn len(&self) -> usize {
         self.table.len()
@@ -140,6 +149,16 @@ mod tests {
         assert_eq!(switch.forward(1, &frame(BROADCAST, A), 3), Forward::Flood);
         assert_eq!(switch.forward(1, &frame(A, C), 4), Forward::Drop, "to its own port");
         assert_eq!(switch.lookup(&C, 4), Some(1));
+    }
+
+    #[test]
+    fn the_table_can_be_listed() {
+        let mut switch = Switch::<8>::new(10);
+        switch.forward(1, &frame(B, A), 0);
+        switch.forward(2, &frame(A, B), 5);
+        let listed: Vec<_> = switch.entries(8).collect();
+        assert_eq!(listed, vec![(A, 1, 8), (B, 2, 3)]);
+        assert_eq!(switch.entries(12).collect::<Vec<_>>(), vec![(B, 2, 7)], "A aged out");
     }
 
     #[test]

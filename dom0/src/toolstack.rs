@@ -1458,6 +1458,19 @@ impl Toolstack {
         let _ = writeln!(out, "{name}: {}", disk.transfer_mode());
     }
 
+    /// `switch`: the MAC table, one line per fresh entry.
+    pub fn show_switch(&self, out: &mut Uart) {
+        let now = rdtsc() / self.tsc_khz.max(1);
+        let _ = writeln!(out, "{:<17}  {:<20} {:>8}", "MAC", "Port", "Age(s)");
+        for (mac, port, age_ms) in self.switch.entries(now) {
+            let mut text = [0u8; 17];
+            let name = if port == UPLINK { "nic0" } else { self.name_of(port as DomainId) };
+            let (seconds, tenths) = (age_ms / 1000, age_ms % 1000 / 100);
+            let _ = writeln!(out, "{}  {name:<20} {seconds:>6}.{tenths}", abi::net::format_mac(mac, &mut text));
+        }
+        let _ = writeln!(out, "{} frames dropped", self.switch_dropped);
+    }
+
     /// `devices`: physical disks, and each guest's console and disk.
     pub fn devices(&self, out: &mut Uart) {
         let _ = writeln!(out, "Physical disks:");

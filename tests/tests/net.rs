@@ -69,6 +69,13 @@ fn two_guests_ping_each_other_through_the_switch() {
     if !devices.contains("switch: 2 addresses learned") {
         fail_with(&mut machine, &format!("the switch should have learned both guests' addresses:\n{devices}"));
     }
+    let table = command(&mut machine, "switch");
+    let learned = |mac: &str, port: &str| {
+        table.lines().any(|line| line.starts_with(mac) && line.split_whitespace().nth(1) == Some(port))
+    };
+    if !learned("02:00:00:00:00:02", "netserve") || !learned("02:4d:69:00:", "netping") {
+        fail_with(&mut machine, &format!("`switch` should list each guest's MAC on its port:\n{table}"));
+    }
     let store = command(&mut machine, "store");
     for id in [server, client] {
         let front = format!("/local/domain/{id}/device/vif/0/state = \"4\"");
