@@ -15,3 +15,7 @@ pub mod guest;
 pub mod hypercall;
 pub mod net;
 pub mod ring;
+// The tests share hv core's generator (one file for the workspace's tests).
+#[cfg(test)]
+#[path = "../../hv/src/test_random.rs"]
+mod test_random;

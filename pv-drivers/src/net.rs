@@ -507,6 +507,52 @@ mod tests {
     }
 
     #[test]
+    fn random_back_end_writes_never_get_past_the_checks() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let mut random = crate::test_random::XorShift(0x6e65_7466_757a_7a31);
+        let mut out = [0u8; FRAME_MAX];
+        let (mut delivered, mut broken) = (0, 0);
+        for _ in 0..300 {
+            let (mut front, _, _) = pair(&pages);
+            front.post_receive_buffers().unwrap();
+            for round in 0..40 {
+                // A back end that scribbles over the rings' response side:
+                // producer indices and slot bytes, anything at all.
+                for ring in [0, 1] {
+                    let page = pages.page(ring);
+                    for _ in 0..4 {
+                        let offset = 4 * random.below(1024);
+                        // SAFETY: inside the test's ring page.
+                        unsafe { (page.add(offset) as *mut u32).write_unaligned(random.next() as u32) };
+                    }
+                    // Often a plausible producer index, so random slots are
+                    // taken as answers and their fields checked.
+                    if random.below(2) == 0 {
+                        // SAFETY: rsp_prod, inside the test's ring page.
+                        unsafe { (page.add(8) as *mut u32).write_unaligned(random.below(48) as u32) };
+                    }
+                }
+                let sent = front.send(&frame(60 + round, round as u8));
+                let received = front.receive(&mut out);
+                let _ = front.reclaim();
+                if let Ok(Some((length, _))) = received {
+                    assert!((1..=FRAME_MAX).contains(&length), "a delivered frame fits its buffer");
+                    delivered += 1;
+                }
+                if front.is_broken() {
+                    assert_eq!(front.send(&frame(60, 0)), Err(NetError::Broken));
+                    broken += 1;
+                    break;
+                }
+                assert!(matches!(sent, Ok(_) | Err(NetError::Full)), "{sent:?}");
+                assert!(front.tx_in_flight() <= TX_BUFFERS);
+            }
+        }
+        // The fuzzer reached both outcomes: answers taken, and vifs broken.
+        assert!(delivered > 0 && broken > 0, "delivered {delivered}, broken {broken}");
+    }
+
+    #[test]
     fn a_hostile_back_end_breaks_the_vif() {
         let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
         // An answer for a transmit buffer that is not in flight.
