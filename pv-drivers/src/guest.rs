@@ -203,9 +203,9 @@ pub struct Guest {
     /// The event port of a device being connected (see `wait_for_backend`).
     handshake_port: Option<u32>,
     /// Grants of the vif's pages (kept until dom0 has let go of them).
-    net_grants: arrayvec::ArrayVec<u32, NET_PAGES_COUNT>,
+    net_grants: DeviceGrants,
     /// Grants of the disk's ring and transfer pages (likewise).
-    disk_grants: arrayvec::ArrayVec<u32, { DISK_PAGES + 1 }>,
+    disk_grants: DeviceGrants,
 }
 
 /// What [`Guest::net_hotplug`] or [`Guest::disk_hotplug`] did.
@@ -217,16 +217,16 @@ pub enum DeviceChange {
     Disconnected,
 }
 
-/// Revokes the grants in `references`; true when none is left (a page dom0
-/// still maps stays granted, and listed, until it lets go).
-fn release_grants<const N: usize>(
-    table: &mut Option<crate::grant::GrantTable>,
-    references: &mut arrayvec::ArrayVec<u32, N>,
-) -> bool {
-    if let Some(table) = table.as_mut() {
-        references.retain(|reference| table.end_access(*reference).is_err());
-    }
-    references.is_empty()
+/// The grants of one device's pages (the disk's ring and transfer pages,
+/// or the vif's rings and buffers), kept until dom0 has let go of them.
+type DeviceGrants = arrayvec::ArrayVec<u32, { DISK_PAGES + 1 }>;
+const _: () = assert!(NET_PAGES_COUNT <= DISK_PAGES + 1, "a vif's grants fit the list");
+
+/// The devices a guest's front ends connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceKind {
+    Disk,
+    Vif,
 }
 
 impl Guest {
@@ -324,18 +324,43 @@ impl Guest {
     /// waits (bounded) for the back end to answer Connected. On failure
     /// nothing stays granted or allocated.
     fn connect_disk(&mut self) -> Option<Disk> {
-        if !release_grants(&mut self.grants, &mut self.disk_grants) {
+        self.connect_device(DeviceKind::Disk, Guest::try_connect_disk)
+    }
+
+    /// Runs a device connection `attempt` with the pages of an earlier
+    /// connection revoked first (refused while dom0 still maps one); if the
+    /// attempt fails, closes the port it allocated and revokes what it
+    /// granted, so nothing stays granted or allocated.
+    fn connect_device<T>(
+        &mut self,
+        device: DeviceKind,
+        attempt: fn(&mut Guest, &mut Option<u32>) -> Option<T>,
+    ) -> Option<T> {
+        if !self.release_grants(device) {
             return None;
         }
         let mut port = None;
-        let connected = self.try_connect_disk(&mut port);
+        let connected = attempt(self, &mut port);
         if connected.is_none() {
             if let Some(port) = port {
                 let _ = hypercall::event(EventOp::Close, port as u64, 0);
             }
-            release_grants(&mut self.grants, &mut self.disk_grants);
+            self.release_grants(device);
         }
         connected
+    }
+
+    /// Revokes the grants of `device`'s pages; true when none is left (a
+    /// page dom0 still maps stays granted, and listed, until it lets go).
+    fn release_grants(&mut self, device: DeviceKind) -> bool {
+        let references = match device {
+            DeviceKind::Disk => &mut self.disk_grants,
+            DeviceKind::Vif => &mut self.net_grants,
+        };
+        if let Some(table) = self.grants.as_mut() {
+            references.retain(|reference| table.end_access(*reference).is_err());
+        }
+        references.is_empty()
     }
 
     fn try_connect_disk(&mut self, allocated_port: &mut Option<u32>) -> Option<Disk> {
@@ -423,7 +448,7 @@ impl Guest {
     /// and revokes its grants once dom0 has unmapped the pages.
     pub fn disk_hotplug(&mut self) -> Option<DeviceChange> {
         if self.disk.is_none() {
-            release_grants(&mut self.grants, &mut self.disk_grants);
+            self.release_grants(DeviceKind::Disk);
             if !self.device_offered("vbd") {
                 return None;
             }
@@ -437,7 +462,7 @@ impl Guest {
             let _ = hypercall::event(EventOp::Close, disk.port as u64, 0);
         }
         let _ = self.store_write("device/vbd/0/state", abi::store::DeviceState::Closed.as_value());
-        release_grants(&mut self.grants, &mut self.disk_grants);
+        self.release_grants(DeviceKind::Disk);
         Some(DeviceChange::Disconnected)
     }
 
@@ -480,19 +505,7 @@ impl Guest {
     /// `state` = Initialised, waits for Connected, then posts the receive
     /// buffers. None when the guest has no vif or the back end refused.
     fn connect_net(&mut self) -> Option<(crate::net::NetFront, u32)> {
-        // The pages of an earlier connection must be ours again first.
-        if !release_grants(&mut self.grants, &mut self.net_grants) {
-            return None;
-        }
-        let mut port = None;
-        let connected = self.try_connect_net(&mut port);
-        if connected.is_none() {
-            if let Some(port) = port {
-                let _ = hypercall::event(EventOp::Close, port as u64, 0);
-            }
-            release_grants(&mut self.grants, &mut self.net_grants);
-        }
-        connected
+        self.connect_device(DeviceKind::Vif, Guest::try_connect_net)
     }
 
     fn try_connect_net(&mut self, allocated_port: &mut Option<u32>) -> Option<(crate::net::NetFront, u32)> {
@@ -568,7 +581,7 @@ impl Guest {
     pub fn net_hotplug(&mut self) -> Option<DeviceChange> {
         if self.net.is_none() {
             // Pages of a closed connection come back as dom0 unmaps them.
-            release_grants(&mut self.grants, &mut self.net_grants);
+            self.release_grants(DeviceKind::Vif);
             if !self.device_offered("vif") {
                 return None;
             }
@@ -582,7 +595,7 @@ impl Guest {
             let _ = hypercall::event(EventOp::Close, port as u64, 0);
         }
         let _ = self.store_write("device/vif/0/state", abi::store::DeviceState::Closed.as_value());
-        release_grants(&mut self.grants, &mut self.net_grants);
+        self.release_grants(DeviceKind::Vif);
         Some(DeviceChange::Disconnected)
     }
 
