@@ -447,22 +447,48 @@ impl Guest {
     /// dom0 is closing (`block-detach`): the front end stops, says Closed,
     /// and revokes its grants once dom0 has unmapped the pages.
     pub fn disk_hotplug(&mut self) -> Option<DeviceChange> {
-        if self.disk.is_none() {
-            self.release_grants(DeviceKind::Disk);
-            if !self.device_offered("vbd") {
+        self.hotplug(DeviceKind::Disk)
+    }
+
+    /// `disk_hotplug` and `net_hotplug`: connects `device` if dom0 offers
+    /// it and it is not connected, lets go of it if dom0 is closing it.
+    fn hotplug(&mut self, device: DeviceKind) -> Option<DeviceChange> {
+        let (kind, connected) = match device {
+            DeviceKind::Disk => ("vbd", self.disk.is_some()),
+            DeviceKind::Vif => ("vif", self.net.is_some()),
+        };
+        if !connected {
+            // Pages of a closed connection come back as dom0 unmaps them.
+            self.release_grants(device);
+            if !self.device_offered(kind) {
                 return None;
             }
-            self.disk = self.connect_disk();
-            return self.disk.is_some().then_some(DeviceChange::Connected);
+            let connected = match device {
+                DeviceKind::Disk => {
+                    self.disk = self.connect_disk();
+                    self.disk.is_some()
+                }
+                DeviceKind::Vif => {
+                    self.net = self.connect_net();
+                    self.net.is_some()
+                }
+            };
+            return connected.then_some(DeviceChange::Connected);
         }
-        if !self.backend_closing("vbd") {
+        if !self.backend_closing(kind) {
             return None;
         }
-        if let Some(disk) = self.disk.take() {
-            let _ = hypercall::event(EventOp::Close, disk.port as u64, 0);
+        let port = match device {
+            DeviceKind::Disk => self.disk.take().map(|disk| disk.port),
+            DeviceKind::Vif => self.net.take().map(|(_, port)| port),
+        };
+        if let Some(port) = port {
+            let _ = hypercall::event(EventOp::Close, port as u64, 0);
         }
-        let _ = self.store_write("device/vbd/0/state", abi::store::DeviceState::Closed.as_value());
-        self.release_grants(DeviceKind::Disk);
+        let mut state = arrayvec::ArrayString::<32>::new();
+        let _ = write!(state, "device/{kind}/0/state");
+        let _ = self.store_write(&state, abi::store::DeviceState::Closed.as_value());
+        self.release_grants(device);
         Some(DeviceChange::Disconnected)
     }
 
@@ -579,24 +605,7 @@ impl Guest {
     /// (`network-detach`): the front end stops, says Closed, and revokes
     /// its grants once dom0 has unmapped the pages.
     pub fn net_hotplug(&mut self) -> Option<DeviceChange> {
-        if self.net.is_none() {
-            // Pages of a closed connection come back as dom0 unmaps them.
-            self.release_grants(DeviceKind::Vif);
-            if !self.device_offered("vif") {
-                return None;
-            }
-            self.net = self.connect_net();
-            return self.net.is_some().then_some(DeviceChange::Connected);
-        }
-        if !self.backend_closing("vif") {
-            return None;
-        }
-        if let Some((_, port)) = self.net.take() {
-            let _ = hypercall::event(EventOp::Close, port as u64, 0);
-        }
-        let _ = self.store_write("device/vif/0/state", abi::store::DeviceState::Closed.as_value());
-        self.release_grants(DeviceKind::Vif);
-        Some(DeviceChange::Disconnected)
+        self.hotplug(DeviceKind::Vif)
     }
 
     /// Whether the vif is connected.
