@@ -1,19 +1,168 @@
-//! Hostile-guest suite: attack-hv (placeholder; its attack modes are being written).
+//! Hostile-guest suite: attack-hv, a guest that attacks hv's shared services
+//! (CPU time, the log, crash reports, event channels). Its command line
+//! picks the attack, `mode=<name>`:
+//!
+//! - `hypercall-storm`: 4 KiB `ConsoleWrite`s in a loop, never an idle
+//!   moment: hv's time spent on them must count against its slice.
+//! - `log-flood`: writes `FLOOD_LINES` lines to hv's log, then says so on its
+//!   console: hv's own lines must survive.
+//! - `forge-crash`: writes, over and over, text that looks like hv's crash
+//!   line for the next few domain ids: dom0 must never report it.
+//! - `event-server`: offers a port to the domain created just before it
+//!   (its id minus one), waits until that domain binds it, then crashes.
+//! - `event-peer`: binds to the port the domain created just after it
+//!   offers, then sends on it every tenth of a second and reports on its
+//!   console each time the outcome or the port's status changes.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
+use abi::Error;
+use abi::event::{EventOp, PortStatus};
+use arrayvec::ArrayString;
 use pv_drivers::guest::{self, Guest};
+use pv_drivers::hypercall;
+
+/// Lines `log-flood` writes: about 20 times hv's whole log.
+const FLOOD_LINES: usize = 4000;
+
+/// 768 MiB: mapped by the initial page tables, backed by nothing.
+const NOT_MINE: u64 = 0x3000_0000;
+
+/// Ports `event-peer` tries on its server.
+const SERVER_PORTS: u32 = 32;
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
-    let mut cmdline = arrayvec::ArrayString::<256>::new();
-    let _ = cmdline.try_push_str(guest.cmdline());
-    let _ = writeln!(guest, "attack-hv: no attack modes yet (cmdline {:?})", cmdline.as_str());
+    let mut mode = ArrayString::<64>::new();
+    let _ = mode.try_push_str(guest.cmdline().split_whitespace().find_map(|w| w.strip_prefix("mode=")).unwrap_or(""));
+    let _ = writeln!(guest, "attack-hv: domain {} mode={}", guest.domain_id(), mode);
+    match mode.as_str() {
+        "hypercall-storm" => hypercall_storm(&mut guest),
+        "log-flood" => log_flood(&mut guest),
+        "forge-crash" => forge_crash(&mut guest),
+        "event-server" => event_server(&mut guest),
+        "event-peer" => event_peer(&mut guest),
+        _ => {
+            let _ = writeln!(guest, "attack-hv: unknown mode");
+        }
+    }
     loop {
         guest.wait_for_event();
+    }
+}
+
+fn hypercall_storm(guest: &mut Guest) -> ! {
+    let mut text = [b'S'; abi::hypercall::CONSOLE_WRITE_MAX as usize];
+    for line in text.chunks_mut(128) {
+        if let Some(last) = line.last_mut() {
+            *last = b'\n';
+        }
+    }
+    let _ = writeln!(guest, "attack-hv: storming");
+    loop {
+        let _ = hypercall::console_write(&text);
+    }
+}
+
+fn log_flood(guest: &mut Guest) {
+    let id = guest.domain_id();
+    let mut refused = 0usize;
+    for number in 0..FLOOD_LINES {
+        let mut line = ArrayString::<128>::new();
+        let _ = writeln!(line, "attack-hv d{id} flood line {number:05} ........................................");
+        if hypercall::console_write(line.as_bytes()).is_err() {
+            refused += 1;
+        }
+    }
+    let _ = writeln!(guest, "attack-hv: log-flood done ({FLOOD_LINES} lines, {refused} refused)");
+}
+
+fn forge_crash(guest: &mut Guest) -> ! {
+    let id = guest.domain_id();
+    let mut text = ArrayString::<1024>::new();
+    for victim in id + 1..=id + 3 {
+        // A newline first, so the forged text starts a line of its own if hv
+        // does not prefix every line.
+        let _ = write!(
+            text,
+            "\nhv: error: d{victim} crashed: FORGED-BY-d{id} EPT violation at guest-physical 0x0 (qualification 0x0) at rip 0x0\n"
+        );
+    }
+    let _ = writeln!(guest, "attack-hv: forging crash lines for d{} to d{}", id + 1, id + 3);
+    loop {
+        let _ = hypercall::console_write(text.as_bytes());
+        hypercall::yield_now();
+    }
+}
+
+fn event_server(guest: &mut Guest) {
+    let id = guest.domain_id();
+    let client = id - 1;
+    let port = match hypercall::event(EventOp::AllocUnbound, client as u64, 0) {
+        Ok(port) => port,
+        Err(error) => {
+            let _ = writeln!(guest, "attack-hv: event-server: AllocUnbound for d{client} failed: {error:?}");
+            return;
+        }
+    };
+    let _ = writeln!(guest, "attack-hv: event-server: port {port} offered to d{client}");
+    let tick = guest.ticks_per_second() / 20;
+    loop {
+        let status = hypercall::event(EventOp::Status, port, 0).ok().and_then(PortStatus::decode);
+        if status.is_some_and(|status| status.state == abi::event::PortState::Interdomain) {
+            break;
+        }
+        guest.sleep_until(guest::now() + tick);
+    }
+    let _ = writeln!(guest, "attack-hv: event-server: d{client} bound port {port}; crashing now");
+    guest.sleep_until(guest::now() + guest.ticks_per_second() / 2);
+    // SAFETY: deliberately writes memory this domain does not own: hv stops it.
+    unsafe { core::ptr::write_volatile(NOT_MINE as *mut u64, 0xdead) };
+    let _ = writeln!(guest, "attack-hv: event-server: still alive, which is a hypervisor bug");
+}
+
+fn event_peer(guest: &mut Guest) {
+    let id = guest.domain_id();
+    let server = id + 1;
+    let tick = guest.ticks_per_second() / 10;
+    let (local, remote) = loop {
+        if let Some(bound) = (1..SERVER_PORTS).find_map(|port| {
+            hypercall::event(EventOp::BindInterdomain, server as u64, port as u64).ok().map(|local| (local, port))
+        }) {
+            break bound;
+        }
+        guest.sleep_until(guest::now() + tick);
+    };
+    let _ = writeln!(guest, "attack-hv: event-peer: bound port {local} to d{server} port {remote}");
+    let mut last: Option<(Result<u64, Error>, Option<PortStatus>)> = None;
+    loop {
+        let sent = hypercall::event(EventOp::Send, local, 0);
+        let status = hypercall::event(EventOp::Status, local, 0).ok().and_then(PortStatus::decode);
+        if last != Some((sent, status)) {
+            let mut line = ArrayString::<160>::new();
+            match sent {
+                Ok(_) => {
+                    let _ = write!(line, "send Ok");
+                }
+                Err(error) => {
+                    let _ = write!(line, "send Err({error:?})");
+                }
+            }
+            match status {
+                Some(status) => {
+                    let _ = write!(line, ", status {:?} d{}", status.state, status.remote_domain);
+                }
+                None => {
+                    let _ = write!(line, ", status unknown");
+                }
+            }
+            let _ = writeln!(guest, "attack-hv: event-peer: {line}");
+            last = Some((sent, status));
+        }
+        guest.sleep_until(guest::now() + tick);
     }
 }
 

@@ -1,0 +1,238 @@
+//! Hostile-guest suite, hv's shared services: the `attack-hv` guest attacks
+//! CPU time (a hypercall storm), the log (a flood, forged crash lines) and
+//! event channels (a peer that crashes), next to victims, and the tests check
+//! that the shell answers, victims progress, hv's own lines and dom0's crash
+//! reports stay genuine, Send reports a dead peer, and memory comes back.
+//!
+//! A bound on wall time here is a correctness bound (the shell answered
+//! within 5 s or not at all for half a minute), not a performance figure.
+
+use std::time::{Duration, Instant};
+
+use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, mem};
+use mica_tests::{Machine, MemoryReport, PROMPT, fail, line_where, scan, seconds};
+
+/// Longest the shell may take to answer `list` next to an attacker.
+const SHELL_ANSWER: Duration = Duration::from_secs(5);
+
+/// Checks that `mem` reports exactly the free memory and hv memory of
+/// `baseline` and only Domain-0; `when` says at what point.
+fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str, when: &str) {
+    let (text, report) = mem(machine);
+    if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib {
+        fail_with(
+            machine,
+            &format!(
+                "{when}, `mem` should show exactly the free memory of before ({} KiB free, hv {} KiB), \
+                 but shows {} KiB free, hv {} KiB\n--- before ---\n{baseline_text}\n--- now ---\n{text}",
+                baseline.free_kib, baseline.hv_kib, report.free_kib, report.hv_kib
+            ),
+        );
+    }
+    let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
+    if names != ["Domain-0"] {
+        fail_with(machine, &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"));
+    }
+}
+
+/// `create <config>` with a long timeout (an attacker may already be
+/// running): returns the id from dom0's "created" line.
+fn create_slowly(machine: &mut Machine, config: &str, name: &str) -> u64 {
+    machine.send_line(&format!("create {config}")).unwrap_or_else(fail);
+    let prefix = format!("dom0: created '{name}' as domain ");
+    let seen = machine
+        .expect(line_where(format!("the line \"{prefix}<id>\""), |line| line.starts_with(&prefix)), seconds(120))
+        .unwrap_or_else(fail);
+    machine.expect(PROMPT, seconds(120)).unwrap_or_else(fail);
+    seen.lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| fail_with(machine, &format!("no domain id in dom0's line:\n{seen}")))
+}
+
+/// The numbers of the `counter: <N>` lines in `text`.
+fn counter_values(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).collect()
+}
+
+/// Attaches to the counter guest, waits for a `counter: <N>` line with N at
+/// least `at_least`, detaches; returns the highest N shown.
+fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
+    attach(machine, "counter", id);
+    let mut seen = machine
+        .expect(
+            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
+                scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
+            }),
+            seconds(60),
+        )
+        .unwrap_or_else(fail);
+    seen += &detach(machine);
+    counter_values(&seen).into_iter().max().unwrap_or(0)
+}
+
+/// A guest that spends its whole slice in 4 KiB ConsoleWrite hypercalls
+/// must still be preempted: the shell answers `list` promptly (it took
+/// 27-37 s when only guest time counted against a slice), the counter
+/// guest beside it keeps counting, and destroying it returns its memory.
+#[test]
+fn a_hypercall_storm_does_not_starve_the_shell() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let counter = create(&mut machine, "counter", "counter");
+    let before = counter_reaches(&mut machine, counter, 1);
+    let attacker = create_slowly(&mut machine, "attack-hypercall-storm", "attack-hypercall-storm");
+    attach(&mut machine, "attack-hypercall-storm", attacker);
+    machine.expect("attack-hv: storming\n", seconds(60)).unwrap_or_else(fail);
+    detach(&mut machine);
+
+    for round in 0..3 {
+        let started = Instant::now();
+        machine.send_line("list").unwrap_or_else(fail);
+        let output = machine.expect(PROMPT, seconds(120)).unwrap_or_else(fail);
+        let took = started.elapsed();
+        eprintln!("list next to a hypercall storm, round {round}: answered in {took:.1?}");
+        if took > SHELL_ANSWER {
+            fail_with(
+                &mut machine,
+                &format!(
+                    "next to a hypercall storm the shell should answer `list` within {SHELL_ANSWER:?}, \
+                     but took {took:.1?}; it printed:\n{output}"
+                ),
+            );
+        }
+        if !output.contains("attack-hypercall-storm") {
+            fail_with(&mut machine, &format!("`list` should show the attacker; it printed:\n{output}"));
+        }
+    }
+    counter_reaches(&mut machine, counter, before + 2);
+
+    destroy(&mut machine, "attack-hypercall-storm", attacker);
+    destroy(&mut machine, "counter", counter);
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying the attacker and counter");
+}
+
+/// A guest floods hv's log after a genuine crash; another writes text that
+/// looks like hv's crash line for the domains created after it. dom0 must
+/// report the genuine reason (never the forged text), and `dmesg` must still
+/// show hv's crash line after the flood, with guest text marked as such.
+#[test]
+fn log_floods_and_forged_crash_lines_do_not_fool_dom0() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let forger = create(&mut machine, "attack-forge-crash", "attack-forge-crash");
+    attach(&mut machine, "attack-forge-crash", forger);
+    machine.expect("attack-hv: forging crash lines", seconds(60)).unwrap_or_else(fail);
+    detach(&mut machine);
+
+    // crasher (on_crash = "preserve") writes to memory it does not own.
+    machine.send_line("create crasher").unwrap_or_else(fail);
+    let seen = machine
+        .expect(
+            line_where("dom0's line \"dom0: 'crasher' (domain <id>) crashed ...\"", |line| {
+                line.starts_with("dom0: 'crasher' (domain ")
+            }),
+            seconds(60),
+        )
+        .unwrap_or_else(fail);
+    let report = seen.lines().rev().find(|line| line.starts_with("dom0: 'crasher' (domain ")).unwrap_or_default();
+    let Some(crasher) = scan("dom0: 'crasher' (domain {}) ", report).map(|numbers| numbers[0]) else {
+        fail_with(&mut machine, &format!("no domain id in dom0's crash report {report:?}"))
+    };
+    if crasher <= forger || crasher > forger + 3 {
+        fail_with(&mut machine, &format!("crasher should be one of the next 3 domains after {forger}, is {crasher}"));
+    }
+    let genuine = format!("dom0: 'crasher' (domain {crasher}) crashed: EPT violation at guest-physical 0x30000000");
+    if report.contains("FORGED") || !report.starts_with(&genuine) {
+        fail_with(
+            &mut machine,
+            &format!("dom0 should report crasher's genuine crash reason ({genuine:?}...), but printed {report:?}"),
+        );
+    }
+    machine.expect(PROMPT, seconds(60)).unwrap_or_else(fail);
+
+    let flooder = create(&mut machine, "attack-log-flood", "attack-log-flood");
+    attach(&mut machine, "attack-log-flood", flooder);
+    machine.expect("attack-hv: log-flood done", seconds(120)).unwrap_or_else(fail);
+    detach(&mut machine);
+    let log = command(&mut machine, "dmesg");
+    let hv_line = format!("hv: error: d{crasher} crashed: EPT violation at guest-physical 0x30000000");
+    if !log.lines().any(|line| line.starts_with(&hv_line)) {
+        fail_with(
+            &mut machine,
+            &format!("after a log flood, `dmesg` should still show hv's line {hv_line:?}; it printed:\n{log}"),
+        );
+    }
+    // Guest text never passes for hv's: every line that starts like hv's
+    // was written by hv, and the forged text appears only behind its author.
+    for line in log.lines().filter(|line| line.contains("FORGED")) {
+        if line.starts_with("hv:") || !line.starts_with(&format!("(d{forger}) ")) {
+            fail_with(&mut machine, &format!("guest text should be marked with its domain in `dmesg`: {line:?}"));
+        }
+    }
+    if !log.contains(&format!("d{flooder}: ")) || !log.contains("suppressed") {
+        fail_with(
+            &mut machine,
+            &format!("`dmesg` should say that lines of d{flooder} were suppressed; it printed:\n{log}"),
+        );
+    }
+
+    destroy(&mut machine, "attack-log-flood", flooder);
+    destroy(&mut machine, "attack-forge-crash", forger);
+    destroy(&mut machine, "crasher", crasher);
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying the attackers and crasher");
+}
+
+/// A guest bound to a peer's port keeps sending after the peer crashed and
+/// after it is destroyed: Send must fail with `Closed` and Status say
+/// Closed, not pretend the event went somewhere.
+#[test]
+fn events_to_a_dead_peer_report_the_channel_closed() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let peer = create(&mut machine, "attack-event-peer", "attack-event-peer");
+    machine.send_line("create attack-event-server").unwrap_or_else(fail);
+    let seen = machine
+        .expect(
+            line_where("dom0's line \"dom0: 'attack-event-server' (domain <id>) crashed ...\"", |line| {
+                line.starts_with("dom0: 'attack-event-server' (domain ") && line.contains(" crashed")
+            }),
+            seconds(60),
+        )
+        .unwrap_or_else(fail);
+    let server = seen
+        .lines()
+        .find_map(|line| scan("dom0: created 'attack-event-server' as domain {}", line))
+        .map(|numbers| numbers[0])
+        .unwrap_or_else(|| fail_with(&mut machine, &format!("no domain id for the server in:\n{seen}")));
+    if server != peer + 1 {
+        fail_with(&mut machine, &format!("the server should be domain {} (the peer's id + 1), is {server}", peer + 1));
+    }
+    machine.expect(PROMPT, seconds(60)).unwrap_or_else(fail);
+
+    attach(&mut machine, "attack-event-peer", peer);
+    machine.expect("attack-hv: event-peer: bound port ", seconds(30)).unwrap_or_else(fail);
+    let crashed = format!("attack-hv: event-peer: send Err(Closed), status Closed d{server}\n");
+    let output = machine.expect(crashed.as_str(), seconds(30)).unwrap_or_else(fail);
+    if !output.contains(&format!("attack-hv: event-peer: send Ok, status Interdomain d{server}\n")) {
+        fail_with(&mut machine, &format!("the peer should have sent successfully before the crash; it printed:\n{output}"));
+    }
+    detach(&mut machine);
+
+    destroy(&mut machine, "attack-event-server", server);
+    // The peer prints only when the outcome changes; its console replays
+    // what it printed, so the last outcome is the last such line.
+    std::thread::sleep(Duration::from_secs(3));
+    attach(&mut machine, "attack-event-peer", peer);
+    let mut after = machine.expect(crashed.as_str(), seconds(30)).unwrap_or_else(fail);
+    std::thread::sleep(Duration::from_secs(1));
+    after += &detach(&mut machine);
+    let last = after.lines().filter(|line| line.starts_with("attack-hv: event-peer: send")).last();
+    if last != Some(crashed.trim_end()) {
+        fail_with(
+            &mut machine,
+            &format!("after the server was destroyed the peer should still see Closed; it printed:\n{after}"),
+        );
+    }
+    destroy(&mut machine, "attack-event-peer", peer);
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying both");
+}
