@@ -20,6 +20,15 @@ pub const MAX_DOMAINS: usize = 64;
 const TIME_SLICE_TSC: u64 = 2 << 20;
 /// Scheduler accounting period: weights and caps are shares of this.
 const PERIOD_TSC: u64 = 16 * TIME_SLICE_TSC;
+/// How many times per slice `run_slice` may re-arm the preemption timer
+/// with the slice's remaining wall time (see there).
+const TIMER_RETARGETS: u64 = 8;
+
+/// The VMX-preemption timer value for `tsc` ticks: the timer counts down
+/// once every 2^`rate` TSC ticks (SDM 26.5.1); at least 1.
+fn preemption_ticks(tsc: u64, rate: u8) -> u32 {
+    (tsc >> rate).clamp(1, u32::MAX as u64) as u32
+}
 
 const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -167,15 +176,26 @@ impl Hypervisor {
         }
     }
 
-    /// Runs domain `index` for at most `slice` TSC ticks, handling its exits.
-    /// Returns the ticks it was scheduled (charged to it, including hv's
-    /// work on its behalf).
+    /// Runs domain `index` for at most `slice` TSC ticks of wall time,
+    /// handling its exits. Returns the ticks it was scheduled (charged to
+    /// it, including hv's work on its behalf).
+    ///
+    /// The VMX-preemption timer counts only guest time (and, without the
+    /// "save timer" exit control, restarts at every entry), so a domain that
+    /// spends its slice in hypercalls or cheap exits would outrun it: after
+    /// every exit one RDTSC compares the slice's wall-clock deadline, and the
+    /// timer is re-armed with what is left of the slice whenever
+    /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
+    /// stretch without exits overruns the slice by at most that much.
     fn run_slice(&mut self, index: usize, slice: u64) -> u64 {
         self.switch_processor_state(index);
         let start = cpu::rdtsc();
-        let timer = (slice >> self.capabilities.preemption_timer_rate).clamp(1, u32::MAX as u64) as u32;
+        let deadline = start.saturating_add(slice);
+        let retarget_every = (slice / TIMER_RETARGETS).max(1);
+        let mut retarget_at = start.saturating_add(retarget_every);
+        let timer_rate = self.capabilities.preemption_timer_rate;
         if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
-            vcpu.set_preemption_timer(timer);
+            vcpu.set_preemption_timer(preemption_ticks(slice, timer_rate));
         }
         self.domains[index].reschedule = false;
         loop {
@@ -210,10 +230,16 @@ impl Hypervisor {
             if !carry_on || self.domains[index].reschedule {
                 break;
             }
-            // Without a saved preemption timer every entry restarts it, so a
-            // domain exiting often would never be preempted: check here.
-            if !self.capabilities.timer_saved_on_exit && cpu::rdtsc().wrapping_sub(start) >= slice {
+            // The slice is wall time, hv's included: one RDTSC per exit.
+            let now = cpu::rdtsc();
+            if now >= deadline {
                 break;
+            }
+            if now >= retarget_at {
+                retarget_at = now.saturating_add(retarget_every);
+                if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+                    vcpu.set_preemption_timer(preemption_ticks(deadline - now, timer_rate));
+                }
             }
         }
         let ran = cpu::rdtsc().wrapping_sub(start);

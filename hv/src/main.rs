@@ -145,9 +145,10 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         .map(|(_, name)| *name)
         .collect();
     info!(
-        "VMX on; features: {:?}; preemption timer ticks every 2^{} TSC ticks",
+        "VMX on; features: {:?}; preemption timer ticks every 2^{} TSC ticks ({})",
         names.as_slice(),
-        capabilities.preemption_timer_rate
+        capabilities.preemption_timer_rate,
+        if capabilities.timer_saved_on_exit { "saved on exit" } else { "restarted at each entry" }
     );
 
     // SAFETY: the module is boot data hv reserved above and never writes.
