@@ -14,6 +14,14 @@
 //! `Interdomain` (connected to a remote port) or `Virq`. Closing one end of
 //! an interdomain channel leaves the other end `Unbound` (for the same
 //! remote), so the peer can see the disconnection with `Status`.
+//!
+//! When a domain ends (crashes, shuts down or is destroyed), every port of
+//! another domain that was `Unbound` for it or `Interdomain` with it becomes
+//! `Closed` (since ABI 0.6); a connected one is also made pending, so its
+//! owner notices. On a `Closed` port `Send` fails with
+//! [`crate::Error::Closed`], nobody can bind to it (`Busy`), and `Status`
+//! names the domain that ended; only `Close` frees it. A later domain that
+//! is given the same id therefore inherits no connection.
 
 use core::mem::{offset_of, size_of};
 
@@ -40,6 +48,9 @@ pub enum EventOp {
     /// binds to at most one port. Returns the port.
     BindVirq = 3,
     /// Makes the remote end of port `a1` pending (for interdomain ports).
+    /// Fails with [`crate::Error::Closed`] once the remote domain has ended
+    /// (the port is [`PortState::Closed`]; since ABI 0.6), `Busy` while the
+    /// port is `Unbound`.
     Send = 4,
     /// Closes port `a1`.
     Close = 5,
@@ -122,13 +133,16 @@ pub enum PortState {
     Virq = 3,
     /// Bound to a physical interrupt line (dom0; since ABI 0.4).
     Pirq = 4,
+    /// Was `Unbound` for or `Interdomain` with the remote domain, which has
+    /// ended since; only `Close` frees it (since ABI 0.6).
+    Closed = 5,
 }
 
 /// A decoded `Status` answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortStatus {
     pub state: PortState,
-    /// Remote domain (Unbound, Interdomain).
+    /// Remote domain (Unbound, Interdomain, Closed: the domain that ended).
     pub remote_domain: u32,
     /// Remote port (Interdomain) or virtual IRQ number (Virq).
     pub remote: u16,
@@ -148,6 +162,7 @@ impl PortStatus {
             2 => PortState::Interdomain,
             3 => PortState::Virq,
             4 => PortState::Pirq,
+            5 => PortState::Closed,
             _ => return None,
         };
         Some(PortStatus { state, remote_domain: (word >> 16) as u32, remote: (word >> 48) as u16 })
@@ -182,7 +197,14 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for state in [PortState::Free, PortState::Unbound, PortState::Interdomain, PortState::Virq, PortState::Pirq] {
+        for state in [
+            PortState::Free,
+            PortState::Unbound,
+            PortState::Interdomain,
+            PortState::Virq,
+            PortState::Pirq,
+            PortState::Closed,
+        ] {
             let status = PortStatus { state, remote_domain: 0xdead_beef, remote: 0xabcd };
             assert_eq!(PortStatus::decode(status.encode()), Some(status));
         }

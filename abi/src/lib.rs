@@ -83,11 +83,15 @@ pub enum Error {
     /// The object is in use or in a state that forbids the operation; retry
     /// later or change its state first.
     Busy = -8,
+    /// The event channel's remote domain has ended (crashed, shut down or
+    /// was destroyed): the port is `PortState::Closed` and only `Close` is
+    /// left to do with it. Since ABI 0.6.
+    Closed = -9,
 }
 
 impl Error {
     /// All error codes, for decoding and for tests.
-    pub const ALL: [Error; 8] = [
+    pub const ALL: [Error; 9] = [
         Error::Permission,
         Error::InvalidArgument,
         Error::BadAddress,
@@ -96,6 +100,7 @@ impl Error {
         Error::BufferTooSmall,
         Error::NotFound,
         Error::Busy,
+        Error::Closed,
     ];
 
     /// The value placed in `rax`.
@@ -122,6 +127,7 @@ impl Error {
             Error::BufferTooSmall => "buffer too small",
             Error::NotFound => "not found",
             Error::Busy => "busy",
+            Error::Closed => "channel closed: the peer domain is gone",
         }
     }
 }

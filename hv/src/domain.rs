@@ -68,6 +68,9 @@ pub struct Domain {
     pub timer_deadline: u64,
     /// Event channel ports.
     pub events: hvcore::event::PortTable,
+    /// Its channels were ended (`events::end_channels`): set once it has
+    /// crashed, shut down or is being destroyed.
+    pub channels_ended: bool,
     /// Host-physical address of the registered event page, 0 = none.
     pub event_page: u64,
     /// Host-physical address of the registered grant table page, 0 = none.
@@ -111,6 +114,7 @@ impl Domain {
             foreign: ArrayVec::new(),
             timer_deadline: 0,
             events: hvcore::event::PortTable::new(),
+            channels_ended: false,
             event_page: 0,
             grant_table: 0,
             io_bitmaps: [0; 2],

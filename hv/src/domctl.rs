@@ -137,8 +137,9 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
             vcpu.flush_ept(&hv.capabilities);
         }
     }
-    // 2. Its event channels close; peers see them unbound.
-    hvcore::event::close_all(&mut crate::events::Tables(&mut hv.domains), id);
+    // 2. Its event channels end; peers see them Closed (if it crashed or
+    //    shut down, this happened then).
+    crate::events::end_channels(hv, target);
     // 3. Its registers in the CPU are dropped with it, so a later domain that
     //    reuses its id does not inherit them.
     if hv.state_owner == Some(id) {

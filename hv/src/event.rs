@@ -3,9 +3,16 @@
 //! Every domain has a [`PortTable`] of [`PORT_COUNT`] ports; port 0 is never
 //! allocated. A port is [`Binding::Free`], [`Binding::Unbound`] (allocated
 //! for one remote domain to bind to), [`Binding::Interdomain`] (connected to
-//! a port of a remote domain, possibly the same domain: a loopback) or
-//! [`Binding::Virq`]. The two ends of an interdomain channel always name
-//! each other; every function here keeps that invariant.
+//! a port of a remote domain, possibly the same domain: a loopback),
+//! [`Binding::Closed`] (its remote domain ended) or [`Binding::Virq`]. The
+//! two ends of an interdomain channel always name each other; every
+//! function here keeps that invariant.
+//!
+//! When a domain ends (crashes, shuts down, is destroyed), every port of
+//! the others that names it, Unbound or Interdomain, becomes Closed
+//! ([`PortTable::remote_ended`]): its owner sees why with Status, Send says
+//! [`Error::Closed`], and nobody can bind to it, so a later domain that
+//! gets the same id inherits nothing. Only Close frees it.
 //!
 //! ```text
 //!            allocate_unbound(remote)         bind_interdomain by `remote`
@@ -15,6 +22,7 @@
 //!    |                                                                        |
 //!    +--------------------------------- close --------------------------------+
 //!   Free --- bind_virq ---> Virq --- close ---> Free
+//!   Unbound or Interdomain --- remote domain ends ---> Closed --- close ---> Free
 //! ```
 //!
 //! Operations that need two domains' tables (bind, close) go through
@@ -30,8 +38,9 @@
 //!   domain.
 //! - [`Error::Busy`]: the port is in a state that forbids the operation now
 //!   (binding to a port already connected or bound to a virtual IRQ,
-//!   sending on an Unbound port), the virtual IRQ is already bound, or the
-//!   table has no free port.
+//!   sending on an Unbound port, binding to a Closed port), the virtual IRQ
+//!   is already bound, or the table has no free port.
+//! - [`Error::Closed`]: sending on a port whose remote domain ended.
 
 use abi::Error;
 use abi::event::{BITMAP_WORDS, PORT_COUNT, PortState, PortStatus, VIRQ_COUNT, Virq};
@@ -53,6 +62,9 @@ pub enum Binding {
     /// Connected to port `remote_port` of domain `remote`, whose binding
     /// names this port in return.
     Interdomain { remote: DomainId, remote_port: Port },
+    /// Was Unbound for, or connected to, domain `remote`, which has ended
+    /// since (crashed, shut down or destroyed). Only Close frees it.
+    Closed { remote: DomainId },
     /// Bound to a virtual IRQ that hv raises.
     Virq(Virq),
     /// Bound to a physical interrupt line (dom0's devices), which hv raises.
@@ -111,6 +123,7 @@ impl PortTable {
             Binding::Unbound { remote } => (PortState::Unbound, remote, 0),
             // Ports are below PORT_COUNT (256), so they fit the 16-bit field.
             Binding::Interdomain { remote, remote_port } => (PortState::Interdomain, remote, remote_port as u16),
+            Binding::Closed { remote } => (PortState::Closed, remote, 0),
             Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
             Binding::Pirq(line) => (PortState::Pirq, 0, line as u16),
         };
@@ -140,11 +153,15 @@ impl PortTable {
         Some(self.virq_ports[virq as usize]).filter(|&port| port != NO_PORT)
     }
 
-    /// Ports bound to domain `remote` (Unbound for it, or connected to it),
-    /// in increasing order.
+    /// Ports bound to domain `remote` (Unbound for it, connected to it, or
+    /// Closed since it ended), in increasing order.
     pub fn ports_connected_to(&self, remote: DomainId) -> impl Iterator<Item = Port> + '_ {
         self.bindings.iter().enumerate().filter_map(move |(index, binding)| match *binding {
-            Binding::Unbound { remote: domain } | Binding::Interdomain { remote: domain, .. } if domain == remote => {
+            Binding::Unbound { remote: domain }
+            | Binding::Interdomain { remote: domain, .. }
+            | Binding::Closed { remote: domain }
+                if domain == remote =>
+            {
                 Some(port_number(index))
             }
             _ => None,
@@ -159,11 +176,13 @@ impl PortTable {
     /// The (domain, port) that [`abi::event::EventOp::Send`] on `port` makes
     /// pending: the Interdomain peer. `InvalidArgument` beyond the table or
     /// for a virtual IRQ port (hv alone raises those), `NotFound` for a Free
-    /// port, `Busy` for an Unbound one (nobody to notify until a peer binds).
+    /// port, `Busy` for an Unbound one (nobody to notify until a peer binds),
+    /// `Closed` for a Closed one (its remote domain ended).
     pub fn send_target(&self, port: Port) -> Result<(DomainId, Port), Error> {
         match self.binding(port)? {
             Binding::Interdomain { remote, remote_port } => Ok((remote, remote_port)),
             Binding::Free => Err(Error::NotFound),
+            Binding::Closed { .. } => Err(Error::Closed),
             Binding::Unbound { .. } => Err(Error::Busy),
             Binding::Virq(_) | Binding::Pirq(_) => Err(Error::InvalidArgument),
         }
@@ -183,6 +202,31 @@ impl PortTable {
         self.bindings.iter().position(|b| *b == Binding::Pirq(line)).map(port_number)
     }
 
+    /// Domain `remote` has ended: every port Unbound for it or connected to
+    /// it becomes Closed for it. Returns the ports that were connected (a
+    /// bitmap in the event page's layout), so hv can make them pending and
+    /// their owner notices. Ports already Closed stay as they are.
+    pub fn remote_ended(&mut self, remote: DomainId) -> [u64; BITMAP_WORDS] {
+        let mut connected = [0u64; BITMAP_WORDS];
+        for (index, binding) in self.bindings.iter_mut().enumerate() {
+            match *binding {
+                Binding::Interdomain { remote: domain, .. } if domain == remote => {
+                    connected[index / 64] |= 1 << (index % 64);
+                }
+                Binding::Unbound { remote: domain } if domain == remote => {}
+                _ => continue,
+            }
+            *binding = Binding::Closed { remote };
+        }
+        connected
+    }
+
+    /// Frees every port (the domain itself has ended: nothing of it may be
+    /// reached any more).
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+
     /// Gives the lowest free port (at least 1) `binding`. `Busy` if none.
     fn claim(&mut self, binding: Binding) -> Result<Port, Error> {
         let index = (1..PORT_COUNT).find(|&index| self.bindings[index] == Binding::Free).ok_or(Error::Busy)?;
@@ -196,7 +240,7 @@ impl PortTable {
         match self.bindings[index] {
             Binding::Free => return,
             Binding::Virq(virq) => self.virq_ports[virq as usize] = NO_PORT,
-            Binding::Unbound { .. } | Binding::Interdomain { .. } | Binding::Pirq(_) => {}
+            Binding::Unbound { .. } | Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Pirq(_) => {}
         }
         self.bindings[index] = Binding::Free;
         self.allocated -= 1;
@@ -217,7 +261,7 @@ impl Default for PortTable {
 /// Errors, checked in this order, with nothing changed on error:
 /// `InvalidArgument` if `remote_port` is beyond the table; `NotFound` if
 /// `remote_id` has no table or the port is Free; `Permission` if it is
-/// Unbound for another domain; `Busy` if it is Interdomain or Virq;
+/// Unbound for another domain; `Busy` if it is Interdomain, Closed or Virq;
 /// `NotFound` if `local_id` has no table; `Busy` if it has no free port.
 pub fn bind_interdomain(
     tables: &mut impl TableAccess,
@@ -230,7 +274,9 @@ pub fn bind_interdomain(
         Binding::Unbound { remote } if remote == local_id => {}
         Binding::Unbound { .. } => return Err(Error::Permission),
         Binding::Free => return Err(Error::NotFound),
-        Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_) => return Err(Error::Busy),
+        Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Virq(_) | Binding::Pirq(_) => {
+            return Err(Error::Busy);
+        }
     }
     // The remote port is not Free, so in a loopback the new port differs from it.
     let local_port = tables
@@ -283,19 +329,27 @@ pub fn send_target(tables: &mut impl TableAccess, id: DomainId, port: Port) -> R
     tables.table(id).ok_or(Error::NotFound)?.send_target(port)
 }
 
-/// Closes every port of domain `id` (when it is destroyed): each
-/// Interdomain peer becomes Unbound for `id`. Ports of other domains that
-/// are merely Unbound for `id` stay as they are (their owners see `id` go
-/// with Status; [`PortTable::ports_connected_to`] finds them). Does
-/// nothing if `id` has no table.
-pub fn close_all(tables: &mut impl TableAccess, id: DomainId) {
-    for index in 1..PORT_COUNT {
-        let Some(table) = tables.table(id) else {
-            return;
-        };
-        if table.bindings[index] != Binding::Free {
-            // Cannot fail: the port is in range, allocated, and the table exists.
-            let _ = close(tables, id, port_number(index));
+/// Domain `id` has ended (crashed, shut down or is being destroyed): its
+/// own ports are all freed and every port of the others that names it
+/// becomes Closed ([`PortTable::remote_ended`]). `others` yields every
+/// other domain's table; `notify(owner, port)` is called for each port that
+/// was connected to `id`, which hv makes pending so its owner notices.
+pub fn end_domain<'a>(
+    own: &mut PortTable,
+    id: DomainId,
+    others: impl IntoIterator<Item = (DomainId, &'a mut PortTable)>,
+    mut notify: impl FnMut(DomainId, Port),
+) {
+    own.clear();
+    for (owner, table) in others {
+        let connected = table.remote_ended(id);
+        for (word, bits) in connected.iter().enumerate() {
+            let mut bits = *bits;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                notify(owner, port_number(word * 64 + bit));
+            }
         }
     }
 }
@@ -382,6 +436,18 @@ mod tests {
             self.0[&id].binding(port).unwrap()
         }
 
+        /// Domain `id` ends ([`end_domain`]); returns the ports notified.
+        fn end(&mut self, id: DomainId) -> Vec<(DomainId, Port)> {
+            let mut own = self.0.remove(&id).unwrap_or_default();
+            let mut notified = Vec::new();
+            end_domain(&mut own, id, self.0.iter_mut().map(|(&owner, table)| (owner, table)), |owner, port| {
+                notified.push((owner, port))
+            });
+            self.0.insert(id, own);
+            notified.sort();
+            notified
+        }
+
         /// Every Interdomain binding's peer names it in return; the virtual
         /// IRQ map and the allocated count match the bindings; port 0 is Free.
         fn check_invariants(&self) {
@@ -404,7 +470,7 @@ mod tests {
                         }
                         Binding::Virq(virq) => assert_eq!(table.virq_port(virq), Some(port)),
                         Binding::Pirq(line) => assert_eq!(table.pirq_port(line), Some(port)),
-                        Binding::Free | Binding::Unbound { .. } => {}
+                        Binding::Free | Binding::Unbound { .. } | Binding::Closed { .. } => {}
                     }
                 }
                 assert_eq!(table.allocated_count(), allocated);
@@ -505,7 +571,7 @@ mod tests {
         assert_eq!(tables.binding(3, first), Binding::Unbound { remote: 3 });
         let third = bind_interdomain(&mut tables, 3, 3, first).unwrap();
         assert_eq!(third, second, "lowest free port");
-        close_all(&mut tables, 3);
+        tables.end(3);
         assert_eq!(tables.0[&3].allocated_count(), 0);
         tables.check_invariants();
     }
@@ -529,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn close_all_unbinds_peers() {
+    fn an_ended_domain_leaves_its_peers_closed_and_its_id_inherits_nothing() {
         let mut tables = Tables::with_domains(&[0, 1, 2]);
         // Domain 1 is connected to 0 twice and to 2 once, has a loopback,
         // a virtual IRQ, and ports Unbound for 0; 0 has a port Unbound for 1.
@@ -544,22 +610,39 @@ mod tests {
         tables.table(1).unwrap().bind_virq(Virq::Timer).unwrap();
         tables.table(1).unwrap().allocate_unbound(0).unwrap();
         let waiting = tables.table(0).unwrap().allocate_unbound(1).unwrap();
+        let unrelated = tables.table(0).unwrap().allocate_unbound(2).unwrap();
         tables.check_invariants();
         assert_eq!(tables.0[&0].ports_connected_to(1).count(), 3);
-        close_all(&mut tables, 1);
+
+        let notified = tables.end(1);
+        // The connected peers are told; the port merely offered to 1 is not.
+        let mut expected = peers.clone();
+        expected.sort();
+        assert_eq!(notified, expected);
         assert_eq!(tables.0[&1].allocated_count(), 0);
-        for (owner, port) in peers {
-            assert_eq!(tables.binding(owner, port), Binding::Unbound { remote: 1 });
+        for &(owner, port) in peers.iter().chain([(0, waiting)].iter()) {
+            assert_eq!(tables.binding(owner, port), Binding::Closed { remote: 1 });
+            let status = tables.0[&owner].status(port).unwrap();
+            assert_eq!(status, PortStatus { state: PortState::Closed, remote_domain: 1, remote: 0 });
+            assert_eq!(tables.0[&owner].send_target(port), Err(Error::Closed));
+            assert_eq!(send_target(&mut tables, owner, port), Err(Error::Closed));
         }
-        assert_eq!(tables.binding(0, waiting), Binding::Unbound { remote: 1 });
-        let mut left: Vec<_> = tables.0[&0].ports_connected_to(1).collect();
-        left.sort();
-        assert_eq!(left, [1, 2, waiting]);
-        assert_eq!(tables.0[&2].ports_connected_to(1).collect::<Vec<_>>(), [1]);
-        assert_eq!(tables.0[&2].ports_connected_to(0).count(), 0);
+        assert_eq!(tables.binding(0, unrelated), Binding::Unbound { remote: 2 });
         tables.check_invariants();
-        // Destroying a domain without a table is harmless.
-        close_all(&mut tables, 42);
+
+        // A new domain that gets id 1 can bind none of them, and ending it
+        // again changes nothing.
+        for &(owner, port) in peers.iter().chain([(0, waiting)].iter()) {
+            assert_eq!(bind_interdomain(&mut tables, 1, owner, port), Err(Error::Busy));
+        }
+        assert_eq!(tables.end(1), []);
+        // Close frees a Closed port, with no peer to tell.
+        let (owner, port) = peers[0];
+        assert_eq!(close(&mut tables, owner, port), Ok(None));
+        assert_eq!(tables.binding(owner, port), Binding::Free);
+        tables.check_invariants();
+        // Ending a domain without ports is harmless.
+        assert_eq!(tables.end(42), []);
     }
 
     #[test]
@@ -667,9 +750,15 @@ mod tests {
                         (None, _) => Some(Error::NotFound),
                         (Some(Ok(Binding::Free)), _) => Some(Error::NotFound),
                         (Some(Ok(Binding::Unbound { remote })), _) if remote != id => Some(Error::Permission),
-                        (Some(Ok(Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Pirq(_))), _) => {
-                            Some(Error::Busy)
-                        }
+                        (
+                            Some(Ok(
+                                Binding::Interdomain { .. }
+                                | Binding::Closed { .. }
+                                | Binding::Virq(_)
+                                | Binding::Pirq(_),
+                            )),
+                            _,
+                        ) => Some(Error::Busy),
                         (_, None) => Some(Error::NotFound),
                         (_, Some(true)) => Some(Error::Busy),
                         _ => None,
@@ -754,15 +843,32 @@ mod tests {
                     }
                 }
                 _ if next() % 4 == 0 => {
-                    // Domain `id` is destroyed; sometimes it is created anew.
-                    close_all(&mut tables, id);
-                    if let Some(table) = tables.0.remove(&id) {
+                    // Domain `id` ends and is destroyed; sometimes a new
+                    // domain gets its id. Nothing of the old one's channels
+                    // may reach the new one: every port naming it is Closed.
+                    if tables.0.contains_key(&id) {
+                        let connected: Vec<(DomainId, Port)> = tables
+                            .0
+                            .iter()
+                            .filter(|&(&owner, _)| owner != id)
+                            .flat_map(|(&owner, table)| {
+                                (1..PORT_COUNT as Port)
+                                    .filter(move |&port| {
+                                        matches!(table.binding(port), Ok(Binding::Interdomain { remote, .. }) if remote == id)
+                                    })
+                                    .map(move |port| (owner, port))
+                            })
+                            .collect();
+                        let mut connected = connected;
+                        connected.sort();
+                        assert_eq!(tables.end(id), connected);
+                        let table = tables.0.remove(&id).unwrap_or_default();
                         assert_eq!(table.allocated_count(), 0);
                         for table in tables.0.values() {
                             assert!(
                                 table
                                     .ports_connected_to(id)
-                                    .all(|port| table.binding(port) == Ok(Binding::Unbound { remote: id }))
+                                    .all(|port| table.binding(port) == Ok(Binding::Closed { remote: id }))
                             );
                         }
                         successes[6] += 1;

@@ -5,6 +5,7 @@
 use abi::Error;
 use abi::event::{BITMAP_WORDS, EventOp, PORT_COUNT, Virq};
 use abi::hypercall::{SchedOp, ShutdownReason, VcpuOp};
+use arrayvec::ArrayVec;
 use hvcore::event::{self as ports, TableAccess};
 use hvcore::paging::Access;
 
@@ -47,6 +48,32 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     domain.blocked = false;
     if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
         domain.upcall_due = true;
+    }
+}
+
+/// Domain `index` has ended (crashed, shut down) or is being destroyed: its
+/// ports are freed, and every port of the others bound to it becomes
+/// Closed (`hvcore::event::end_domain`), the connected ones also pending so
+/// their owners notice. Done once per domain; later calls do nothing.
+pub fn end_channels(hv: &mut Hypervisor, index: usize) {
+    let Some(domain) = hv.domains.get_mut(index) else { return };
+    if domain.channels_ended {
+        return;
+    }
+    domain.channels_ended = true;
+    let id = domain.id;
+    let mut own = core::mem::take(&mut domain.events);
+    // Each of the ended domain's ports was connected to at most one port,
+    // so at most PORT_COUNT ports are notified.
+    let mut notified: ArrayVec<(abi::DomainId, u32), PORT_COUNT> = ArrayVec::new();
+    let others = hv.domains.iter_mut().filter(|d| d.id != id).map(|d| (d.id, &mut d.events));
+    ports::end_domain(&mut own, id, others, |owner, port| {
+        let _ = notified.try_push((owner, port));
+    });
+    for (owner, port) in notified {
+        if let Some(owner_index) = hv.index_of(owner) {
+            raise(hv, owner_index, port);
+        }
     }
 }
 
@@ -144,7 +171,9 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
         }
         EventOp::AllocUnbound => {
             let remote = domain_argument(a1)?;
-            if hv.index_of(remote).is_none() {
+            // A domain that ended is gone as far as channels go: a port
+            // offered to it now would outlive the Closed ports it left.
+            if hv.index_of(remote).is_none_or(|index| hv.domains[index].ended.is_some()) {
                 return Err(Error::NotFound);
             }
             hv.domains[caller].events.allocate_unbound(remote).map(u64::from)

@@ -163,6 +163,13 @@ impl Hypervisor {
                     let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
                     let ran = self.run_slice(index, slice);
                     self.scheduler.charge(id, ran, cpu::rdtsc());
+                    // A domain that crashed or shut down leaves its peers'
+                    // channels Closed at once (dom0's run may have moved it).
+                    if let Some(index) = self.index_of(id)
+                        && self.domains[index].ended.is_some()
+                    {
+                        crate::events::end_channels(self, index);
+                    }
                 }
                 None => {
                     let wake = match (next_timer, self.scheduler.next_event(now)) {
