@@ -135,7 +135,8 @@ fn log_floods_and_forged_crash_lines_do_not_fool_dom0() {
         )
         .unwrap_or_else(fail);
     let report = seen.lines().rev().find(|line| line.starts_with("dom0: 'crasher' (domain ")).unwrap_or_default();
-    let Some(crasher) = scan("dom0: 'crasher' (domain {}) ", report).map(|numbers| numbers[0]) else {
+    let id = report.strip_prefix("dom0: 'crasher' (domain ").and_then(|rest| rest.split_once(')'));
+    let Some(crasher) = id.and_then(|(id, _)| id.parse::<u64>().ok()) else {
         fail_with(&mut machine, &format!("no domain id in dom0's crash report {report:?}"))
     };
     if crasher <= forger || crasher > forger + 3 {
@@ -214,7 +215,10 @@ fn events_to_a_dead_peer_report_the_channel_closed() {
     let crashed = format!("attack-hv: event-peer: send Err(Closed), status Closed d{server}\n");
     let output = machine.expect(crashed.as_str(), seconds(30)).unwrap_or_else(fail);
     if !output.contains(&format!("attack-hv: event-peer: send Ok, status Interdomain d{server}\n")) {
-        fail_with(&mut machine, &format!("the peer should have sent successfully before the crash; it printed:\n{output}"));
+        fail_with(
+            &mut machine,
+            &format!("the peer should have sent successfully before the crash; it printed:\n{output}"),
+        );
     }
     detach(&mut machine);
 
