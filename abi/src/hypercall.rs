@@ -11,13 +11,22 @@ pub enum Hypercall {
     Version = 0,
     /// Writes bytes to the hypervisor's debug log (and its serial console).
     /// `a0`: guest-physical address of the bytes, `a1`: length in bytes, at
-    /// most [`CONSOLE_WRITE_MAX`]. Returns the number of bytes written. Any
-    /// domain; lines are prefixed with the domain id in the log.
+    /// most [`CONSOLE_WRITE_MAX`]. Returns the number of bytes accepted
+    /// (all of them, including lines dropped by the rate limit). Any
+    /// domain. Each line is logged as `(d<id>) <text>`, non-printable bytes
+    /// as `?`, in a part of the log of its own, so guest text never evicts
+    /// hv's lines and never passes for them (hv's lines start with `hv: `).
+    /// Each domain may log 32 lines at once and 20 lines per second after
+    /// that; the rest are dropped and counted, and the count is logged as
+    /// `hv: d<id>: <count> lines suppressed (rate limit)` before its next
+    /// line (since ABI 0.6).
     ConsoleWrite = 1,
     /// Copies the most recent bytes of the hypervisor log into a buffer.
     /// `a0`: guest-physical address of the buffer, `a1`: its length. Returns
     /// the number of bytes copied (at most the log's capacity, 16 KiB).
-    /// dom0 only.
+    /// hv's own lines come first, then the guests' `ConsoleWrite` lines,
+    /// each part starting at a whole line (since ABI 0.6; before, one
+    /// stream). dom0 only.
     DmesgRead = 2,
     /// Fills a [`crate::info::HvInfo`]. `a0`: guest-physical address of the
     /// structure, `a1`: the size the caller allocated. The hypervisor writes

@@ -92,6 +92,8 @@ pub struct Domain {
     pub exit_counts: [u64; EXIT_REASON_SLOTS],
     /// How many refused I/O or MSR accesses were logged so far.
     pub refusals_logged: u32,
+    /// Its share of hv's log for `ConsoleWrite` text (see `log::domain_text`).
+    pub log_budget: hvcore::log_ring::LineBudget,
 }
 
 impl Domain {
@@ -125,6 +127,7 @@ impl Domain {
             exit_total: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
+            log_budget: hvcore::log_ring::LineBudget::new(),
         })
     }
 

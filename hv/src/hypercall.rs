@@ -59,9 +59,11 @@ fn console_write(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64
     }
     let mut buffer = [0u8; CONSOLE_WRITE_MAX as usize];
     let text = &mut buffer[..length as usize];
-    let domain = &hv.domains[caller];
+    let interval = crate::log::guest_line_interval(hv.tsc_khz);
+    let domain = &mut hv.domains[caller];
     domain.read_guest(address, text)?;
-    crate::log::domain_text(domain.id, text);
+    let now = crate::arch::cpu::rdtsc();
+    crate::log::domain_text(domain.id, text, &mut domain.log_budget, now, interval);
     Ok(length)
 }
 

@@ -1,6 +1,13 @@
 //! hv's leveled log: every line goes into the dmesg ring, and lines at or
 //! above the console level also go to COM1.
 //!
+//! Guest console text (`ConsoleWrite`) goes into a ring of its own, so it
+//! never evicts hv's lines; each of its lines starts with "(d<id>) ", which
+//! the guest cannot leave out (hv's own lines start with "hv: "), and each
+//! domain is held to `GUEST_LINE_BURST` lines at once and
+//! `GUEST_LINES_PER_SECOND` after that, the rest counted in a
+//! "hv: d<id>: <count> lines suppressed" line.
+//!
 //! Once dom0 owns the serial console, hv lowers its console level to
 //! warnings so the shell is not interleaved with chatter; `dmesg` in dom0
 //! still shows everything.
@@ -8,7 +15,7 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use hvcore::log_ring::LogRing;
+use hvcore::log_ring::{LineBudget, SplitLog};
 use spin::Mutex;
 
 use crate::arch::serial;
@@ -45,10 +52,19 @@ impl Level {
     }
 }
 
-/// Capacity of the dmesg ring, in bytes.
-pub const RING_BYTES: usize = 16 * 1024;
+/// Capacity of the ring for hv's own lines, in bytes.
+const HV_RING_BYTES: usize = 12 * 1024;
+/// Capacity of the ring for guest console text, in bytes.
+const GUEST_RING_BYTES: usize = 4 * 1024;
+/// Capacity of the whole log (both rings), in bytes: what `DmesgRead` can return.
+pub const RING_BYTES: usize = HV_RING_BYTES + GUEST_RING_BYTES;
 
-static RING: Mutex<LogRing<RING_BYTES>> = Mutex::new(LogRing::new());
+/// Lines a domain may log at once.
+pub const GUEST_LINE_BURST: u32 = 32;
+/// Lines a domain may log per second after its burst.
+pub const GUEST_LINES_PER_SECOND: u64 = 20;
+
+static RING: Mutex<SplitLog<HV_RING_BYTES, GUEST_RING_BYTES>> = Mutex::new(SplitLog::new());
 static RECORD_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
@@ -117,11 +133,26 @@ pub fn write(level: Level, arguments: fmt::Arguments) {
 }
 
 /// Records raw text from a domain's console write, one log line per text
-/// line, each tagged with the domain's id.
-pub fn domain_text(domain: u32, text: &[u8]) {
+/// line, each tagged with the domain's id, in the guest ring. Lines beyond
+/// the domain's `budget` (at TSC `now`, one line per `interval` ticks) are
+/// dropped and counted; the count is logged before the next line that
+/// passes.
+pub fn domain_text(domain: u32, text: &[u8], budget: &mut LineBudget, now: u64, interval: u64) {
     let mut line = LineBuffer::new();
     let _ = write!(line, "(d{domain}) ");
     let prefix_len = line.len;
+    let mut emit_line = |line: &mut LineBuffer| {
+        if line.len > prefix_len && budget.take(now, interval, GUEST_LINE_BURST) {
+            let suppressed = budget.take_suppressed();
+            if suppressed > 0 {
+                let mut summary = LineBuffer::new();
+                let _ = writeln!(summary, "hv: d{domain}: {suppressed} lines suppressed (rate limit)");
+                emit_guest(&summary.bytes[..summary.len]);
+            }
+            emit_guest(&line.bytes[..line.len]);
+        }
+        line.len = prefix_len;
+    };
     for &byte in text {
         // Keep the log printable: control characters other than newline and
         // tab become '?', so a guest cannot drive the operator's terminal.
@@ -131,18 +162,29 @@ pub fn domain_text(domain: u32, text: &[u8]) {
             if clean != b'\n' {
                 line.push(b'\n');
             }
-            emit(Level::Info, &line.bytes[..line.len]);
-            line.len = prefix_len;
+            emit_line(&mut line);
         }
     }
     if line.len > prefix_len {
         line.push(b'\n');
-        emit(Level::Info, &line.bytes[..line.len]);
+        emit_line(&mut line);
     }
 }
 
+/// The TSC ticks per guest log line after the burst, for `tsc_khz` (0:
+/// unknown, then about 2^21 ticks, a slice).
+pub fn guest_line_interval(tsc_khz: u64) -> u64 {
+    if tsc_khz == 0 { 1 << 21 } else { tsc_khz * 1000 / GUEST_LINES_PER_SECOND }
+}
+
+/// Guest text goes to the guest ring only (never to COM1: dom0 owns it, and
+/// guests have their own consoles).
+fn emit_guest(bytes: &[u8]) {
+    RING.lock().write_guest(bytes);
+}
+
 fn emit(level: Level, bytes: &[u8]) {
-    RING.lock().write(bytes);
+    RING.lock().write_hv(bytes);
     let console = CONSOLE_LEVEL.load(Ordering::Relaxed);
     if console != CONSOLE_OFF && level as u8 <= console {
         serial::write_bytes(bytes);

@@ -3,6 +3,12 @@
 //! Byte number `i` of everything ever written (counting from 0) lives at
 //! `buf[i % N]`, so the position of the next write is `written % N` and the
 //! oldest byte still held is number `written - len()`.
+//!
+//! hv keeps two: [`SplitLog`] holds hv's own lines in one ring and the text
+//! guests write (`ConsoleWrite`) in another, so guest text can never evict
+//! hv's lines; and each domain's text is rate-limited by a [`LineBudget`]
+//! (a token bucket of lines), so no domain takes more than its share of the
+//! guest ring's turnover.
 
 /// A byte ring of capacity `N` (must be non-zero) that overwrites its oldest
 /// bytes when full.
@@ -80,6 +86,132 @@ impl<const N: usize> core::fmt::Write for LogRing<N> {
     fn write_str(&mut self, text: &str) -> core::fmt::Result {
         self.write(text.as_bytes());
         Ok(())
+    }
+}
+
+/// hv's log: its own lines in one ring, guest console text in another.
+///
+/// [`SplitLog::copy_latest`] gives hv's lines first, then the guest text,
+/// each from its first whole line: so a reader whose buffer holds
+/// `HV + GUEST` bytes always sees every line hv still keeps, however much
+/// the guests wrote.
+#[derive(Debug)]
+pub struct SplitLog<const HV: usize, const GUEST: usize> {
+    hv: LogRing<HV>,
+    guest: LogRing<GUEST>,
+}
+
+impl<const HV: usize, const GUEST: usize> SplitLog<HV, GUEST> {
+    /// An empty log, usable in a `static`.
+    pub const fn new() -> Self {
+        Self { hv: LogRing::new(), guest: LogRing::new() }
+    }
+
+    /// Appends hv's own text.
+    pub fn write_hv(&mut self, bytes: &[u8]) {
+        self.hv.write(bytes);
+    }
+
+    /// Appends guest text (already tagged with its domain by the caller).
+    pub fn write_guest(&mut self, bytes: &[u8]) {
+        self.guest.write(bytes);
+    }
+
+    /// Copies hv's latest lines, then the guests' latest lines, into `out`
+    /// and returns the byte count. hv's lines come first and get the room
+    /// they need; the guest text gets what is left. A line cut by either
+    /// ring's wrap-around or by the room left is left out.
+    pub fn copy_latest(&self, out: &mut [u8]) -> usize {
+        let hv = copy_whole_lines(&self.hv, out);
+        hv + copy_whole_lines(&self.guest, &mut out[hv..])
+    }
+}
+
+impl<const HV: usize, const GUEST: usize> Default for SplitLog<HV, GUEST> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Copies the latest bytes of `ring` that fit in `out`, starting at a line
+/// boundary: when the copy does not begin with the first byte ever written,
+/// the bytes up to the first newline (a partial line) are dropped.
+fn copy_whole_lines<const N: usize>(ring: &LogRing<N>, out: &mut [u8]) -> usize {
+    let count = ring.copy_latest(out);
+    if count as u64 == ring.total_written() {
+        return count;
+    }
+    match out[..count].iter().position(|&byte| byte == b'\n') {
+        Some(newline) => {
+            out.copy_within(newline + 1..count, 0);
+            count - newline - 1
+        }
+        None => 0,
+    }
+}
+
+/// A token bucket of log lines for one domain: up to `burst` lines at
+/// once, refilled by one line every `interval` TSC ticks. The clock is
+/// passed in (`now`), so it is host-testable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineBudget {
+    /// Lines that may be logged now.
+    tokens: u32,
+    /// TSC up to which refills have been counted; `None` before first use.
+    refilled_to: Option<u64>,
+    /// Lines refused since the last summary.
+    suppressed: u64,
+}
+
+impl LineBudget {
+    /// A budget that starts full (its first use fills it to `burst`).
+    pub const fn new() -> Self {
+        Self { tokens: 0, refilled_to: None, suppressed: 0 }
+    }
+
+    /// Whether one more line may be logged at `now`; takes its token if so,
+    /// else counts it as suppressed.
+    pub fn take(&mut self, now: u64, interval: u64, burst: u32) -> bool {
+        let interval = interval.max(1);
+        match self.refilled_to {
+            None => {
+                self.tokens = burst;
+                self.refilled_to = Some(now);
+            }
+            Some(last) if now > last => {
+                let earned = (now - last) / interval;
+                if earned > 0 {
+                    self.tokens = (u64::from(self.tokens) + earned).min(u64::from(burst)) as u32;
+                    // Keep the remainder, so slow writers are not short-changed.
+                    self.refilled_to = Some(last + earned * interval);
+                }
+            }
+            Some(_) => {}
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Lines suppressed since the last call, which resets the count: the
+    /// caller logs "<count> lines suppressed" before the next line it logs.
+    pub fn take_suppressed(&mut self) -> u64 {
+        core::mem::take(&mut self.suppressed)
+    }
+
+    /// Lines suppressed since the last [`take_suppressed`](Self::take_suppressed).
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+impl Default for LineBudget {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -193,5 +325,77 @@ mod tests {
         ring.write(b"abc");
         ring.write(b"d");
         assert_eq!(contents(&ring), b"d");
+    }
+
+    #[test]
+    fn guest_text_never_evicts_hv_lines() {
+        let mut log = SplitLog::<64, 32>::new();
+        log.write_hv(b"hv: d3 crashed: EPT violation\n");
+        for number in 0..1000 {
+            log.write_guest(format!("(d4) flood {number}\n").as_bytes());
+        }
+        let mut out = [0u8; 96];
+        let count = log.copy_latest(&mut out);
+        let text = core::str::from_utf8(&out[..count]).unwrap();
+        assert!(text.starts_with("hv: d3 crashed: EPT violation\n"), "{text:?}");
+        // The guest text is there, from a whole line, and the latest of it.
+        let guest = &text["hv: d3 crashed: EPT violation\n".len()..];
+        assert!(guest.starts_with("(d4) flood "), "{guest:?}");
+        assert!(guest.ends_with("(d4) flood 999\n"), "{guest:?}");
+        assert!(guest.len() <= 32);
+    }
+
+    #[test]
+    fn split_log_drops_partial_lines_and_respects_small_buffers() {
+        let mut log = SplitLog::<16, 16>::new();
+        log.write_hv(b"first line\nsecond\nthird\n");
+        let mut out = [0u8; 40];
+        let count = log.copy_latest(&mut out);
+        assert_eq!(&out[..count], b"second\nthird\n");
+        // A buffer too small for a whole line gets nothing of that ring.
+        let mut tiny = [0u8; 3];
+        assert_eq!(log.copy_latest(&mut tiny), 0);
+        // Before any wrap everything is shown as written.
+        let mut log = SplitLog::<16, 16>::new();
+        log.write_hv(b"a\n");
+        log.write_guest(b"(d1) b\n");
+        let count = log.copy_latest(&mut out);
+        assert_eq!(&out[..count], b"a\n(d1) b\n");
+    }
+
+    #[test]
+    fn line_budget_allows_a_burst_then_one_line_per_interval() {
+        let mut budget = LineBudget::new();
+        let (interval, burst) = (100, 4);
+        for _ in 0..4 {
+            assert!(budget.take(1000, interval, burst));
+        }
+        assert!(!budget.take(1000, interval, burst));
+        assert!(!budget.take(1099, interval, burst));
+        assert_eq!(budget.suppressed(), 2);
+        assert!(budget.take(1100, interval, burst));
+        assert!(!budget.take(1150, interval, burst));
+        // The half interval already waited counts toward the next token.
+        assert!(budget.take(1200, interval, burst));
+        assert_eq!(budget.take_suppressed(), 3);
+        assert_eq!(budget.take_suppressed(), 0);
+        // A long pause refills to the burst, never beyond.
+        let mut allowed = 0;
+        for _ in 0..100 {
+            allowed += budget.take(1_000_000, interval, burst) as u32;
+        }
+        assert_eq!(allowed, burst);
+        // A clock that goes backwards (another CPU's TSC) earns nothing.
+        assert!(!budget.take(5, interval, burst));
+    }
+
+    #[test]
+    fn a_flood_gets_only_its_rate() {
+        // 100,000 lines over 10,000 ticks at one line per 100 ticks, burst 8:
+        // at most 8 + 100 get through.
+        let mut budget = LineBudget::new();
+        let allowed = (0..100_000u64).filter(|line| budget.take(line / 10, 100, 8)).count();
+        assert!((100..=108).contains(&allowed), "{allowed}");
+        assert_eq!(budget.take_suppressed(), 100_000 - allowed as u64);
     }
 }
