@@ -40,6 +40,7 @@ pub enum EventOp {
     /// 0 = no upcall, the domain polls or blocks). Returns 0.
     RegisterPage = 0,
     /// Allocates a port that domain `a1` may bind to. Returns the port.
+    /// `NotFound` if `a1` does not exist or has ended (since ABI 0.6).
     AllocUnbound = 1,
     /// Connects a new local port to port `a2` of domain `a1`, which must be
     /// `Unbound` for the caller. Returns the local port.

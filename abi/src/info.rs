@@ -97,7 +97,8 @@ pub enum DomainState {
     Blocked = 1,
     /// Paused by dom0.
     Paused = 2,
-    /// Stopped by the hypervisor because it misbehaved; see the hv log.
+    /// Stopped by the hypervisor because it misbehaved; why is in
+    /// [`DomainInfo::crash`] (since ABI 0.6; before, only in the hv log).
     Crashed = 3,
     /// Shut itself down.
     Shutdown = 4,
@@ -127,6 +128,101 @@ impl DomainState {
         }
     }
 }
+
+/// Why hv stopped a domain, in [`CrashRecord::reason`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashReason {
+    /// The domain has not crashed.
+    None = 0,
+    /// It accessed guest-physical memory it does not have, or not in the
+    /// way it may (EPT violation, SDM 28.3.3.2): `guest_physical`, `rip`
+    /// and `qualification` (the exit qualification, SDM Table 28-7) are set.
+    EptViolation = 1,
+    /// Its EPT entry was malformed (an hv bug): `guest_physical` is set.
+    EptMisconfiguration = 2,
+    /// Its vCPU triple-faulted: `rip` is set.
+    TripleFault = 3,
+    /// Anything else hv could not let it go on after (an unexpected exit or
+    /// exception, a refused control-register access, a failed VM entry):
+    /// `text` says which, with its numbers.
+    Other = 4,
+}
+
+impl CrashReason {
+    /// Decodes the reason field; unknown values (from a newer hv) give `None`.
+    pub const fn from_number(number: u32) -> Option<CrashReason> {
+        Some(match number {
+            0 => CrashReason::None,
+            1 => CrashReason::EptViolation,
+            2 => CrashReason::EptMisconfiguration,
+            3 => CrashReason::TripleFault,
+            4 => CrashReason::Other,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes of [`CrashRecord::text`].
+pub const CRASH_TEXT_BYTES: usize = 96;
+
+/// Why hv stopped a domain: written by hv alone, when it marks the domain
+/// crashed, and never changed after; all zero while the domain has not
+/// crashed (and when it shut itself down). Nothing a guest writes (its
+/// console, `ConsoleWrite` text) ever reaches it, so dom0 reports a crash
+/// from this record, never from log text. Since ABI 0.6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashRecord {
+    /// A [`CrashReason`] value.
+    pub reason: u32,
+    /// VMX basic exit reason of the exit that ended the domain (SDM
+    /// Appendix C), or `u32::MAX` when none applies.
+    pub exit_reason: u32,
+    /// Guest-physical address involved (EPT violation or
+    /// misconfiguration), else 0.
+    pub guest_physical: u64,
+    /// Guest RIP at the exit, else 0.
+    pub rip: u64,
+    /// Exit qualification of the exit, else 0.
+    pub qualification: u64,
+    /// hv's one-line description, printable ASCII (0x20..=0x7e), NUL-padded
+    /// and cut at [`CRASH_TEXT_BYTES`], for example `EPT violation at
+    /// guest-physical 0x30000000 (qualification 0x182) at rip 0x200123`.
+    pub text: [u8; CRASH_TEXT_BYTES],
+}
+
+impl CrashRecord {
+    /// The record of a domain that has not crashed.
+    pub const NONE: CrashRecord = CrashRecord {
+        reason: CrashReason::None as u32,
+        exit_reason: 0,
+        guest_physical: 0,
+        rip: 0,
+        qualification: 0,
+        text: [0; CRASH_TEXT_BYTES],
+    };
+
+    /// The text, up to its first NUL.
+    pub fn text_bytes(&self) -> &[u8] {
+        let length = self.text.iter().position(|&byte| byte == 0).unwrap_or(CRASH_TEXT_BYTES);
+        &self.text[..length]
+    }
+}
+
+impl Default for CrashRecord {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+const _: () = assert!(size_of::<CrashRecord>() == 32 + CRASH_TEXT_BYTES);
+const _: () = assert!(offset_of!(CrashRecord, reason) == 0);
+const _: () = assert!(offset_of!(CrashRecord, exit_reason) == 4);
+const _: () = assert!(offset_of!(CrashRecord, guest_physical) == 8);
+const _: () = assert!(offset_of!(CrashRecord, rip) == 16);
+const _: () = assert!(offset_of!(CrashRecord, qualification) == 24);
+const _: () = assert!(offset_of!(CrashRecord, text) == 32);
 
 /// Per-domain information. Written by hv.
 #[repr(C)]
@@ -160,6 +256,10 @@ pub struct DomainInfo {
     pub shutdown_reason: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
+    /// Why hv stopped the domain when `state` is Crashed; all zero
+    /// otherwise (since ABI 0.6; a caller passing the 0.5 size does not get
+    /// it).
+    pub crash: CrashRecord,
 }
 
 impl Default for DomainInfo {
@@ -178,6 +278,7 @@ impl Default for DomainInfo {
             cap: 0,
             shutdown_reason: 0,
             _reserved1: 0,
+            crash: CrashRecord::NONE,
         }
     }
 }
@@ -186,7 +287,8 @@ impl Default for DomainInfo {
 /// layout, which ends after `exit_counts`).
 pub const DOMAIN_INFO_MIN_SIZE: u64 = offset_of!(DomainInfo, weight) as u64;
 
-const _: () = assert!(size_of::<DomainInfo>() == 48 + 8 * EXIT_REASON_SLOTS + 16);
+const _: () = assert!(size_of::<DomainInfo>() == 48 + 8 * EXIT_REASON_SLOTS + 16 + size_of::<CrashRecord>());
+const _: () = assert!(offset_of!(DomainInfo, crash) == 64 + 8 * EXIT_REASON_SLOTS);
 const _: () = assert!(offset_of!(DomainInfo, weight) == 48 + 8 * EXIT_REASON_SLOTS);
 const _: () = assert!(offset_of!(DomainInfo, cap) == 52 + 8 * EXIT_REASON_SLOTS);
 const _: () = assert!(offset_of!(DomainInfo, shutdown_reason) == 56 + 8 * EXIT_REASON_SLOTS);
@@ -266,6 +368,20 @@ mod tests {
             assert_eq!(DomainState::from_number(n).unwrap() as u32, n);
         }
         assert_eq!(DomainState::from_number(5), None);
+    }
+
+    #[test]
+    fn crash_reasons_round_trip_and_text_stops_at_nul() {
+        for n in 0..5 {
+            assert_eq!(CrashReason::from_number(n).unwrap() as u32, n);
+        }
+        assert_eq!(CrashReason::from_number(5), None);
+        let mut record = CrashRecord::NONE;
+        assert_eq!(record.text_bytes(), b"");
+        record.text[..4].copy_from_slice(b"oops");
+        assert_eq!(record.text_bytes(), b"oops");
+        record.text = [b'x'; CRASH_TEXT_BYTES];
+        assert_eq!(record.text_bytes().len(), CRASH_TEXT_BYTES);
     }
 
     #[test]

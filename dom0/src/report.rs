@@ -67,6 +67,30 @@ pub fn write_measurement(out: &mut impl Write, what: &str, measurement: &Measure
     )
 }
 
+/// Describes a crash record as "crashed: <hv's text>" into `out` (left
+/// empty when the record holds nothing, for a "see dmesg" fallback).
+/// Bytes outside printable ASCII are shown as `\xNN`; whatever does not
+/// fit in `out` is left out, a whole escape at a time.
+pub fn crash_reason<const N: usize>(record: &abi::info::CrashRecord, out: &mut arrayvec::ArrayString<N>) {
+    let text = record.text_bytes();
+    if record.reason == abi::info::CrashReason::None as u32 || text.is_empty() {
+        return;
+    }
+    let _ = out.try_push_str("crashed: ");
+    for &byte in text {
+        let fits = if (0x20..0x7f).contains(&byte) {
+            out.try_push(byte as char).is_ok()
+        } else {
+            let mut escape: arrayvec::ArrayString<4> = arrayvec::ArrayString::new();
+            let _ = write!(escape, "\\x{byte:02x}");
+            out.try_push_str(&escape).is_ok()
+        };
+        if !fits {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +127,40 @@ mod tests {
         write_measurement(&mut out, "null hypercall", &m).unwrap();
         assert_eq!(out, "bench: null hypercall 100 tsc/call (min 90, 4 calls)\n");
         assert_eq!(Measurement { calls: 0, total: 0, minimum: 0 }.mean(), 0);
+    }
+
+    #[test]
+    fn crash_reason_comes_from_the_record_and_is_escaped_and_bounded() {
+        use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord};
+        use arrayvec::ArrayString;
+        let mut out: ArrayString<200> = ArrayString::new();
+        crash_reason(&CrashRecord::NONE, &mut out);
+        assert_eq!(out.as_str(), "", "no record: the caller falls back to 'see dmesg'");
+
+        let mut record = CrashRecord { reason: CrashReason::EptViolation as u32, ..CrashRecord::NONE };
+        let text = b"EPT violation at guest-physical 0x30000000";
+        record.text[..text.len()].copy_from_slice(text);
+        crash_reason(&record, &mut out);
+        assert_eq!(out.as_str(), "crashed: EPT violation at guest-physical 0x30000000");
+
+        // Multi-byte and control bytes are escaped, never sliced through;
+        // a full buffer stops at a whole escape.
+        record.text = [0; CRASH_TEXT_BYTES];
+        record.text[..8].copy_from_slice(&[b'a', 0xc3, 0xa9, 0x1b, b'[', b'2', b'J', b'z']);
+        let mut out: ArrayString<200> = ArrayString::new();
+        crash_reason(&record, &mut out);
+        assert_eq!(out.as_str(), "crashed: a\\xc3\\xa9\\x1b[2Jz");
+        record.text = [0xe2; CRASH_TEXT_BYTES];
+        for size in 0..40 {
+            let mut small: ArrayString<40> = ArrayString::new();
+            for _ in 0..size {
+                small.push('.');
+            }
+            crash_reason(&record, &mut small);
+            assert!(small.is_char_boundary(small.len()));
+        }
+        let mut short: ArrayString<14> = ArrayString::new();
+        crash_reason(&record, &mut short);
+        assert_eq!(short.as_str(), "crashed: \\xe2");
     }
 }

@@ -1569,8 +1569,8 @@ impl Toolstack {
         let mut index = 0;
         while index < self.guests.len() {
             let guest = &self.guests[index];
-            let state =
-                hypercall::domain_info(guest.id).ok().map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
+            let info = hypercall::domain_info(guest.id).ok();
+            let state = info.map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
             let (crashed, reboot) = match state {
                 Some((Some(DomainState::Crashed), _)) => (true, false),
                 Some((Some(DomainState::Shutdown), reason)) => {
@@ -1595,20 +1595,11 @@ impl Toolstack {
             } else {
                 OnCrash::Destroy
             };
-            let mut log = [0u8; 16 * 1024];
+            // Why it crashed comes from hv's crash record, never from log
+            // text, which any guest can write.
             let mut reason: ArrayString<200> = ArrayString::new();
-            if crashed {
-                let length = hypercall::dmesg(&mut log).unwrap_or(0);
-                let marker: ArrayString<24> = {
-                    let mut marker = ArrayString::new();
-                    let _ = write!(marker, "d{id} crashed: ");
-                    marker
-                };
-                let text = core::str::from_utf8(&log[..length]).unwrap_or("");
-                if let Some(line) = text.lines().rev().find(|line| line.contains(marker.as_str())) {
-                    let why = line.split_once(marker.as_str()).map_or("", |(_, why)| why);
-                    let _ = write!(reason, "crashed: {}", &why[..why.len().min(180)]);
-                }
+            if crashed && let Some(info) = info {
+                dom0core::report::crash_reason(&info.crash, &mut reason);
             }
             let what = if !crashed {
                 "shut down"

@@ -2,7 +2,7 @@
 //! vCPU, scheduling parameters, event channels and statistics.
 
 use abi::hypercall::ShutdownReason;
-use abi::info::{DomainInfo, DomainState, EXIT_REASON_SLOTS};
+use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord, DomainInfo, DomainState, EXIT_REASON_SLOTS};
 use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
 use hvcore::paging::{Access, Ept, PageTable};
@@ -94,6 +94,20 @@ pub struct Domain {
     pub refusals_logged: u32,
     /// Its share of hv's log for `ConsoleWrite` text (see `log::domain_text`).
     pub log_budget: hvcore::log_ring::LineBudget,
+    /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
+    /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
+    pub crash_record: CrashRecord,
+}
+
+/// What hv knows about the exit that ends a crashing domain, for its
+/// `CrashRecord` (fields that do not apply are 0).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrashDetails {
+    /// VMX basic exit reason, `u32::MAX` if none.
+    pub exit_reason: u32,
+    pub guest_physical: u64,
+    pub rip: u64,
+    pub qualification: u64,
 }
 
 impl Domain {
@@ -128,6 +142,7 @@ impl Domain {
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
             log_budget: hvcore::log_ring::LineBudget::new(),
+            crash_record: CrashRecord::NONE,
         })
     }
 
@@ -161,9 +176,29 @@ impl Domain {
         self.refusals_logged <= REFUSAL_REPORTS
     }
 
-    /// Stops the domain for good because it misbehaved, with one log line.
+    /// Stops the domain for good because it misbehaved, with one log line
+    /// and a crash record of reason `Other` whose text is `why`.
     pub fn crash(&mut self, why: core::fmt::Arguments) {
+        let rip = self.vcpu.as_ref().map_or(0, |vcpu| vcpu.rip());
+        let details = CrashDetails { exit_reason: u32::MAX, rip, ..CrashDetails::default() };
+        self.crash_with(CrashReason::Other, details, why);
+    }
+
+    /// Stops the domain for good because it misbehaved: one log line, and
+    /// the crash record dom0 reads (`reason`, `details`, `why` as its text).
+    /// The first crash is the one recorded.
+    pub fn crash_with(&mut self, reason: CrashReason, details: CrashDetails, why: core::fmt::Arguments) {
         crate::error!("d{} crashed: {}", self.id, why);
+        if self.ended.is_none() {
+            self.crash_record = CrashRecord {
+                reason: reason as u32,
+                exit_reason: details.exit_reason,
+                guest_physical: details.guest_physical,
+                rip: details.rip,
+                qualification: details.qualification,
+                text: crash_text(why),
+            };
+        }
         self.ended = Some(Ended::Crashed);
         self.reschedule = true;
     }
@@ -187,6 +222,7 @@ impl Domain {
                 _ => 0,
             },
             _reserved1: 0,
+            crash: self.crash_record,
         }
     }
 
@@ -281,6 +317,30 @@ impl Domain {
     pub fn host_frame(&self, guest_physical: u64, access: Access) -> Result<u64, Error> {
         translate(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
     }
+}
+
+/// `why` formatted into a crash record's text: cut at `CRASH_TEXT_BYTES`,
+/// anything but printable ASCII as '?', NUL-padded.
+fn crash_text(why: core::fmt::Arguments) -> [u8; CRASH_TEXT_BYTES] {
+    struct Text {
+        bytes: [u8; CRASH_TEXT_BYTES],
+        length: usize,
+    }
+    impl core::fmt::Write for Text {
+        fn write_str(&mut self, text: &str) -> core::fmt::Result {
+            for &byte in text.as_bytes() {
+                if self.length == CRASH_TEXT_BYTES {
+                    break;
+                }
+                self.bytes[self.length] = if (0x20..0x7f).contains(&byte) { byte } else { b'?' };
+                self.length += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut text = Text { bytes: [0; CRASH_TEXT_BYTES], length: 0 };
+    let _ = core::fmt::write(&mut text, why);
+    text.bytes
 }
 
 /// Translates a guest-physical address the domain may access with `access`.

@@ -10,7 +10,8 @@ use hvcore::scheduler::Scheduler;
 
 use crate::arch::vmx::{Capabilities, Exit, Vcpu};
 use crate::arch::{cpu, lapic};
-use crate::domain::Domain;
+use crate::domain::{CrashDetails, Domain};
+use abi::info::CrashReason;
 
 /// Most domains hv tracks at once (dom0 included).
 pub const MAX_DOMAINS: usize = 64;
@@ -360,18 +361,25 @@ impl Hypervisor {
             }
             Exit::EptViolation { guest_physical, qualification } => {
                 let rip = vcpu.rip();
-                domain.crash(format_args!(
+                let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
+                domain.crash_with(CrashReason::EptViolation, details, format_args!(
                     "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
                 ));
                 false
             }
             Exit::EptMisconfiguration { guest_physical } => {
-                domain.crash(format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"));
+                let details = CrashDetails { exit_reason: 49, guest_physical, ..CrashDetails::default() };
+                domain.crash_with(
+                    CrashReason::EptMisconfiguration,
+                    details,
+                    format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"),
+                );
                 false
             }
             Exit::TripleFault => {
                 let rip = vcpu.rip();
-                domain.crash(format_args!("triple fault at rip {rip:#x}"));
+                let details = CrashDetails { exit_reason: 2, rip, ..CrashDetails::default() };
+                domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
                 false
             }
             Exit::ExceptionOrNmi { information } => {
