@@ -21,6 +21,27 @@
 //! the call), a negative value is an [`Error`]. All other registers are
 //! preserved. Pointer arguments are guest-physical addresses of the calling
 //! domain; a buffer may cross page boundaries.
+//!
+//! Only a domain's kernel makes hypercalls: a `vmcall` from guest CPL > 0
+//! (its user programs) does nothing and returns [`Error::Permission`] in
+//! `rax`, whatever the number (since ABI 0.6). hv reads the CPL from the DPL
+//! of SS. (Xen injects #UD instead; an error in `rax` lets the kernel's
+//! user programs tell a refusal from a missing hypervisor without a fault.)
+//!
+//! # Processor state
+//! Every vCPU has its own copy of the state a guest can change without an
+//! exit: general registers, x87/SSE, CR2, IA32_KERNEL_GS_BASE (SWAPGS),
+//! XCR0 and the task priority CR8. From ABI 0.6:
+//! - CR8 is a per-vCPU value 0..=15 (a larger one gets #GP) that a vCPU
+//!   reads back; it masks nothing. The event upcall ignores it (a guest
+//!   masks upcalls with RFLAGS.IF or the event page's masks), and it never
+//!   reaches the local APIC.
+//! - XCR0: XSETBV accepts x87 (bit 0, required) and SSE (bit 1) only; CPUID
+//!   leaf 0xD offers no more. Anything else, or XCR1, gets #GP.
+//! - RDMSR/WRMSR of every MSR hv does not switch gets #GP (guests: all of
+//!   them; dom0 may use FS and GS base). RDPMC, MOV to or from a debug
+//!   register, and setting CR4.PKE (protection keys) get #GP. WBINVD is a
+//!   no-op (memory is write-back and DMA is coherent).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

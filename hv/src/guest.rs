@@ -83,13 +83,42 @@ pub fn filter_cpuid(leaf: u32, raw: [u32; 4]) -> [u32; 4] {
         }
         cpuid::LEAF_VERSION => [abi::ABI_VERSION, 0, 0, 0],
         0x4000_0002..=0x4000_00ff => [0; 4],
+        // Structured extended features: no protection keys (hv keeps
+        // CR4.PKE, so PKRU, to itself).
+        7 => [eax, ebx, ecx & !HIDDEN_LEAF7_ECX, edx],
+        // XSAVE: only the state hv switches (see `cpu_state::xcr0`), in the
+        // legacy area and the header (512 + 64 bytes).
+        0xd => [eax & crate::cpu_state::xcr0::ALLOWED as u32, ebx, XSAVE_AREA_BYTES, 0],
         _ => raw,
     }
+}
+
+/// CPUID.7.0:ECX bits hv hides: PKU (3) and OSPKE (4).
+const HIDDEN_LEAF7_ECX: u32 = (1 << 3) | (1 << 4);
+/// Size of an XSAVE area holding x87 and SSE state only.
+const XSAVE_AREA_BYTES: u32 = 576;
+/// CPUID.1:ECX.OSXSAVE.
+const OSXSAVE_BIT: u32 = 1 << 27;
+
+/// CPUID.1:ECX with OSXSAVE as the guest's CR4.OSXSAVE has it (CPUID runs
+/// in hv, where the bit would show hv's CR4).
+pub fn with_osxsave(ecx: u32, guest_osxsave: bool) -> u32 {
+    if guest_osxsave { ecx | OSXSAVE_BIT } else { ecx & !OSXSAVE_BIT }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpuid_offers_only_state_hv_switches() {
+        // Leaf 7: PKU and OSPKE hidden, the rest kept.
+        assert_eq!(filter_cpuid(7, [0, 1, 0xff, 2]), [0, 1, 0xe7, 2]);
+        // Leaf 0xD: a Skylake-X's x87..PKRU becomes x87 and SSE only.
+        assert_eq!(filter_cpuid(0xd, [0x2ff, 0x240, 0xa88, 0]), [3, 0x240, 576, 0]);
+        assert_eq!(with_osxsave(0, true), 1 << 27);
+        assert_eq!(with_osxsave(u32::MAX, false), !(1 << 27));
+    }
 
     #[test]
     fn chunks_split_at_page_boundaries() {

@@ -279,13 +279,21 @@ impl Hypervisor {
     fn handle_exit(&mut self, index: usize, exit: Exit) -> bool {
         let domain = &mut self.domains[index];
         let Some(vcpu) = domain.vcpu.as_mut() else { return false };
+        if !matches!(exit, Exit::LaunchFailed { .. } | Exit::EntryFailure { .. }) {
+            vcpu.requeue_interrupted_event();
+        }
         match exit {
             Exit::Hypercall => unreachable_hypercall(),
             Exit::Cpuid => {
+                let osxsave = vcpu.guest_osxsave();
                 let registers = &mut vcpu.registers;
                 let leaf = registers.rax as u32;
                 let raw = cpu::cpuid(leaf, registers.rcx as u32);
-                let [eax, ebx, ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
+                let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
+                if leaf == 1 {
+                    // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
+                    ecx = hvcore::guest::with_osxsave(ecx, osxsave);
+                }
                 registers.rax = eax as u64;
                 registers.rbx = ebx as u64;
                 registers.rcx = ecx as u64;
@@ -382,16 +390,52 @@ impl Hypervisor {
                 domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
                 false
             }
-            Exit::ExceptionOrNmi { information } => {
-                domain.crash(format_args!("unexpected exception or NMI exit (information {information:#x})"));
+            Exit::Nmi => {
+                // hv's NMI (hv has no NMI source of its own: a platform or
+                // watchdog event). It is no fault of the guest, which runs on.
+                let count = crate::arch::vmx::count_nmi();
+                if count <= 8 {
+                    crate::warning!("NMI #{count} while d{} ran (hv's; the domain runs on)", domain.id);
+                }
+                true
+            }
+            Exit::Exception { information } => {
+                domain.crash(format_args!("unexpected exception exit (information {information:#x})"));
                 false
             }
             Exit::ControlRegister { qualification } => {
+                if vcpu.emulate_control_register(qualification) {
+                    return true;
+                }
                 let rip = vcpu.rip();
                 domain.crash(format_args!(
                     "refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"
                 ));
                 false
+            }
+            Exit::Xsetbv => {
+                vcpu.emulate_xsetbv(self.capabilities.xcr0_supported);
+                true
+            }
+            Exit::Wbinvd => {
+                // A no-op: x86 DMA is cache-coherent and hv maps all guest
+                // memory write-back, so no domain needs caches written back.
+                vcpu.skip_instruction();
+                true
+            }
+            Exit::Rdpmc | Exit::DebugRegister => {
+                // Performance counters and debug registers are not
+                // switched between domains, so none may use them.
+                let rip = vcpu.rip();
+                vcpu.inject_exception(13, Some(0));
+                if domain.should_report_refusal() {
+                    crate::warning!(
+                        "d{}: refused {} at rip {rip:#x}; injecting #GP",
+                        domain.id,
+                        if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" },
+                    );
+                }
+                true
             }
             Exit::EntryFailure { reason, qualification } => {
                 domain.crash(format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));

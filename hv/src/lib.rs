@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acpi;
+pub mod cpu_state;
 pub mod elf;
 pub mod event;
 pub mod frame;

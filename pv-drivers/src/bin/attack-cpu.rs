@@ -1,20 +1,465 @@
-//! Hostile-guest suite: attack-cpu (placeholder; its attack modes are being written).
+//! Hostile-guest suite: attack-cpu tries to reach processor state that other
+//! domains or hv use, or to act above its station. One mode per run, chosen
+//! by the cmdline (`mode=<name> value=<n>`):
+//!
+//! - `cr8`: reads CR8 (a fresh vCPU has 0), sets it to `value` and checks
+//!   for a guest second of yields that it keeps its own value (another
+//!   instance sets another). On the real TPR, 15 would block hv's interrupts.
+//! - `kgs`: puts `value` into IA32_KERNEL_GS_BASE with SWAPGS (no exit) and
+//!   checks it is kept across yields and that a fresh vCPU starts at 0.
+//! - `traps`: RDMSR/WRMSR of STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE and
+//!   TSC_AUX, RDPMC, MOV DR0 and setting CR4.PKE are refused with #GP (and
+//!   the guest runs on); WBINVD returns.
+//! - `xcr0`: XSETBV of `value` (1 or 3) is accepted and kept across yields
+//!   (XGETBV reads it back), a fresh vCPU has 1, and AVX state or XCR1 get #GP.
+//! - `cpl3`: drops to ring 3 and makes the null hypercall and a shutdown
+//!   from there: both must return `Permission` and the kernel runs on.
+//!
+//! Prints one line per check (`ok` or `WRONG`) and a summary
+//! `attack-cpu: <mode>: <passed> of <total> checks passed`, then prints
+//! `attack-cpu: alive <n>` every guest second.
 #![no_std]
 #![no_main]
 
+use core::arch::{asm, global_asm};
 use core::fmt::Write;
+use core::ptr::{read_volatile, write_volatile};
 
+use abi::Error;
 use pv_drivers::guest::{self, Guest};
+
+/// The vector a fault handler records (0 = none since it was cleared).
+static mut FAULT: u64 = 0;
+/// Where a fault handler resumes: the instruction after the probed one.
+static mut RECOVERY: u64 = 0;
+/// The kernel stack pointer saved while ring 3 runs.
+static mut SAVED_RSP: u64 = 0;
+/// What the ring-3 hypercalls returned in RAX.
+static mut USER_NULL_RESULT: u64 = 0;
+static mut USER_SHUTDOWN_RESULT: u64 = 0;
+
+/// The vector ring 3 uses to come back to the kernel.
+const RETURN_VECTOR: usize = 0x80;
+
+global_asm!(
+    r#"
+    .section .text
+    .balign 16
+    .global attack_cpu_gp_stub
+attack_cpu_gp_stub:
+    add rsp, 8
+    mov qword ptr [rip + {fault}], 13
+    jmp 2f
+    .global attack_cpu_ud_stub
+attack_cpu_ud_stub:
+    mov qword ptr [rip + {fault}], 6
+2:
+    push rax
+    mov rax, qword ptr [rip + {recovery}]
+    mov qword ptr [rsp + 8], rax
+    pop rax
+    iretq
+
+    .balign 16
+    .global attack_cpu_enter_user
+attack_cpu_enter_user:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov qword ptr [rip + {saved_rsp}], rsp
+    push 0x2b
+    push rdi
+    push 0x2
+    push 0x33
+    lea rax, [rip + attack_cpu_user_code]
+    push rax
+    iretq
+
+attack_cpu_user_code:
+    mov eax, {null}
+    vmcall
+    mov qword ptr [rip + {null_result}], rax
+    mov eax, {sched}
+    mov edi, {shutdown}
+    mov esi, {power_off}
+    vmcall
+    mov qword ptr [rip + {shutdown_result}], rax
+    int 0x80
+    ud2
+
+    .balign 16
+    .global attack_cpu_return_stub
+attack_cpu_return_stub:
+    mov rsp, qword ptr [rip + {saved_rsp}]
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+"#,
+    fault = sym FAULT,
+    recovery = sym RECOVERY,
+    saved_rsp = sym SAVED_RSP,
+    null_result = sym USER_NULL_RESULT,
+    shutdown_result = sym USER_SHUTDOWN_RESULT,
+    null = const abi::Hypercall::Null as u64,
+    sched = const abi::Hypercall::Sched as u64,
+    shutdown = const abi::hypercall::SchedOp::Shutdown as u64,
+    power_off = const abi::hypercall::ShutdownReason::PowerOff as u32,
+);
+
+unsafe extern "C" {
+    fn attack_cpu_gp_stub();
+    fn attack_cpu_ud_stub();
+    fn attack_cpu_enter_user(user_stack_top: u64);
+    fn attack_cpu_return_stub();
+}
+
+/// Runs one instruction (the asm text `$instruction`, with operands) with
+/// the #GP/#UD handlers ready to resume after it; evaluates to the vector
+/// it faulted with (0 = none).
+macro_rules! probe {
+    ($instruction:literal $(, $($operands:tt)*)?) => {{
+        // SAFETY: FAULT is written only here and by the fault stubs, on this
+        // one vCPU; volatile, no reference.
+        unsafe { write_volatile(&raw mut FAULT, 0) };
+        // SAFETY: the instruction is one this guest may attempt: hv must
+        // refuse it or emulate it; a #GP or #UD resumes at label 2.
+        unsafe {
+            asm!(
+                "lea {recovery_address}, [rip + 2f]",
+                "mov qword ptr [{recovery}], {recovery_address}",
+                $instruction,
+                "2:",
+                recovery = in(reg) &raw mut RECOVERY,
+                recovery_address = out(reg) _,
+                $($($operands)*,)?
+                options(nostack),
+            );
+        }
+        // SAFETY: as above.
+        unsafe { read_volatile(&raw const FAULT) }
+    }};
+}
+
+/// Points IDT vector `vector` at `handler` (interrupt gate, kernel code,
+/// descriptor privilege `dpl`).
+fn set_gate(vector: usize, handler: unsafe extern "C" fn(), dpl: u64) {
+    let mut idtr = [0u8; 10];
+    // SAFETY: SIDT stores 10 bytes into the buffer.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+    let handler = handler as *const () as u64;
+    let low = (handler & 0xffff) | (0x08 << 16) | ((0x8e | dpl << 5) << 40) | ((handler >> 16) & 0xffff) << 48;
+    // SAFETY: the runtime's IDT has 256 16-byte gates in our own memory.
+    unsafe {
+        let gate = (base as *mut u64).add(vector * 2);
+        write_volatile(gate, low);
+        write_volatile(gate.add(1), handler >> 32);
+    }
+}
+
+fn read_cr4() -> u64 {
+    let value;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) value, options(nostack, nomem)) };
+    value
+}
+
+fn read_cr8() -> u64 {
+    let value;
+    // SAFETY: reading CR8 has no side effects.
+    unsafe { asm!("mov {}, cr8", out(reg) value, options(nostack, nomem)) };
+    value
+}
+
+/// Sets CR4 bit `bit`; returns the fault vector (0 = the bit is set).
+fn set_cr4_bit(bit: u32) -> u64 {
+    let value = read_cr4() | 1 << bit;
+    probe!("mov cr4, {value}", value = in(reg) value)
+}
+
+/// Reads IA32_KERNEL_GS_BASE without RDMSR: SWAPGS, RDGSBASE, SWAPGS.
+fn kernel_gs_base() -> u64 {
+    let value;
+    // SAFETY: CR4.FSGSBASE is set; the two SWAPGS leave both bases as found.
+    unsafe { asm!("swapgs", "rdgsbase {}", "swapgs", out(reg) value, options(nostack, nomem)) };
+    value
+}
+
+/// Writes IA32_KERNEL_GS_BASE without WRMSR (GS base keeps its value).
+fn set_kernel_gs_base(value: u64) {
+    // SAFETY: swaps GS base and KERNEL_GS_BASE around a WRGSBASE: GS base
+    // comes back unchanged, KERNEL_GS_BASE gets `value` (canonical).
+    unsafe { asm!("swapgs", "wrgsbase {}", "swapgs", in(reg) value, options(nostack, nomem)) };
+}
+
+fn xgetbv() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: CR4.OSXSAVE is set; XGETBV of XCR0 only reads it.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") high, options(nostack, nomem)) };
+    (high as u64) << 32 | low as u64
+}
+
+/// The report of one mode: checks passed and made.
+struct Report<'a> {
+    guest: &'a mut Guest,
+    mode: &'a str,
+    passed: u32,
+    total: u32,
+}
+
+impl Report<'_> {
+    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments) {
+        self.total += 1;
+        self.passed += ok as u32;
+        let verdict = if ok { "ok" } else { "WRONG" };
+        let _ = writeln!(self.guest, "attack-cpu: {}: {name}: {verdict} ({detail})", self.mode);
+    }
+
+    /// Yields for one guest second, checking `still` after each yield;
+    /// returns (yields, the first differing value seen).
+    fn yield_while(&mut self, still: impl Fn() -> Option<u64>) -> (u64, Option<u64>) {
+        let until = guest::now() + self.guest.ticks_per_second();
+        let mut yields = 0;
+        while guest::now() < until {
+            pv_drivers::hypercall::yield_now();
+            yields += 1;
+            if let Some(changed) = still() {
+                return (yields, Some(changed));
+            }
+        }
+        (yields, None)
+    }
+}
+
+fn cr8(report: &mut Report, value: u64) {
+    let initial = read_cr8();
+    report.check("a fresh vCPU has CR8 0", initial == 0, format_args!("read {initial}"));
+    // SAFETY: MOV to CR8 of a value 0..=15: hv must keep it to this vCPU.
+    unsafe { asm!("mov cr8, {}", in(reg) value, options(nostack, nomem)) };
+    let (yields, changed) = report.yield_while(|| Some(read_cr8()).filter(|&now| now != value));
+    report.check(
+        "CR8 kept across yields",
+        changed.is_none(),
+        format_args!("set {value}, {yields} yields, changed to {changed:?}"),
+    );
+    let fault = probe!("mov cr8, {v}", v = in(reg) 16u64);
+    report.check("MOV CR8 of 16 faults", fault == 13, format_args!("vector {fault}"));
+    let now = read_cr8();
+    report.check("CR8 still holds the value", now == value, format_args!("read {now}"));
+}
+
+fn kernel_gs_base_mode(report: &mut Report, value: u64) {
+    let fault = set_cr4_bit(16);
+    report.check("CR4.FSGSBASE can be set", fault == 0, format_args!("vector {fault}"));
+    if fault == 0 {
+        let initial = kernel_gs_base();
+        report.check("a fresh vCPU has KERNEL_GS_BASE 0", initial == 0, format_args!("read {initial:#x}"));
+        set_kernel_gs_base(value);
+        let (yields, changed) = report.yield_while(|| Some(kernel_gs_base()).filter(|&now| now != value));
+        report.check(
+            "KERNEL_GS_BASE kept across yields",
+            changed.is_none(),
+            format_args!("set {value:#x}, {yields} yields, changed to {changed:?}"),
+        );
+    }
+}
+
+fn traps(report: &mut Report) {
+    // MSRs a guest kernel would like: every access is refused.
+    for (name, msr) in [
+        ("STAR", 0xc000_0081u32),
+        ("LSTAR", 0xc000_0082),
+        ("CSTAR", 0xc000_0083),
+        ("SFMASK", 0xc000_0084),
+        ("KERNEL_GS_BASE", 0xc000_0102),
+        ("TSC_AUX", 0xc000_0103),
+    ] {
+        let read = probe!("rdmsr", in("ecx") msr, out("eax") _, out("edx") _);
+        let written = probe!("wrmsr", in("ecx") msr, in("eax") 0x1000u32, in("edx") 0u32);
+        report.check(name, read == 13 && written == 13, format_args!("RDMSR vector {read}, WRMSR vector {written}"));
+    }
+    let fault = probe!("rdpmc", in("ecx") 0u32, out("eax") _, out("edx") _);
+    report.check("RDPMC refused", fault == 13, format_args!("vector {fault}"));
+    let fault = probe!("mov {t}, dr0", t = out(reg) _);
+    report.check("MOV from DR0 refused", fault == 13, format_args!("vector {fault}"));
+    let fault = probe!("mov dr0, {t}", t = in(reg) 0x1000u64);
+    report.check("MOV to DR0 refused", fault == 13, format_args!("vector {fault}"));
+    let fault = set_cr4_bit(22);
+    let pke = read_cr4() & (1 << 22) != 0;
+    report.check("CR4.PKE refused", fault == 13 && !pke, format_args!("vector {fault}, reads back {pke}"));
+    let fault = probe!("wbinvd");
+    report.check("WBINVD returns", fault == 0, format_args!("vector {fault}"));
+}
+
+fn xcr0(report: &mut Report, value: u64) {
+    let fault = set_cr4_bit(18);
+    report.check("CR4.OSXSAVE can be set", fault == 0, format_args!("vector {fault}"));
+    if fault != 0 {
+        return;
+    }
+    let initial = xgetbv();
+    report.check("a fresh vCPU has XCR0 1", initial == 1, format_args!("read {initial:#x}"));
+    let fault = probe!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") 0u32);
+    report.check("XSETBV of the value", fault == 0, format_args!("value {value:#x}, vector {fault}"));
+    let (yields, changed) = report.yield_while(|| Some(xgetbv()).filter(|&now| now != value));
+    report.check("XCR0 kept across yields", changed.is_none(), format_args!("{yields} yields, changed to {changed:?}"));
+    for (name, ecx, eax) in
+        [("XCR0 with AVX refused", 0u32, 7u32), ("XCR0 without x87 refused", 0, 2), ("XCR1 refused", 1, 1)]
+    {
+        let fault = probe!("xsetbv", in("ecx") ecx, in("eax") eax, in("edx") 0u32);
+        report.check(name, fault == 13, format_args!("vector {fault}"));
+    }
+    let now = xgetbv();
+    report.check("XCR0 still holds the value", now == value, format_args!("read {now:#x}"));
+}
+
+/// A ring-3 stack and the kernel stack the CPU switches to on the way back.
+#[repr(C, align(4096))]
+struct Stack([u8; 8192]);
+static mut USER_STACK: Stack = Stack([0; 8192]);
+static mut RING0_STACK: Stack = Stack([0; 8192]);
+/// A 64-bit TSS (104 bytes; RSP0 at byte 4).
+#[repr(C, align(16))]
+struct Tss([u8; 104]);
+static mut TSS: Tss = Tss([0; 104]);
+/// Kernel code, data, the TSS, user data (0x28) and user code (0x30).
+#[repr(C, align(16))]
+struct Gdt([u64; 7]);
+static mut GDT: Gdt = Gdt([0; 7]);
+
+/// Sets the user bit on every present entry of the page tables (the
+/// builder maps everything supervisor-only), so ring 3 can run our code.
+fn open_page_tables_to_ring_3() {
+    const PRESENT: u64 = 1;
+    const USER: u64 = 1 << 2;
+    const LARGE: u64 = 1 << 7;
+    const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    fn walk(table: u64, level: u32) {
+        for index in 0..512 {
+            // SAFETY: the tables are identity-mapped pages of our memory.
+            unsafe {
+                let entry = (table as *mut u64).add(index);
+                let value = read_volatile(entry);
+                if value & PRESENT == 0 {
+                    continue;
+                }
+                write_volatile(entry, value | USER);
+                if level > 1 && value & LARGE == 0 {
+                    walk(value & ADDRESS, level - 1);
+                }
+            }
+        }
+    }
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nostack, nomem)) };
+    walk(cr3 & ADDRESS, 4);
+    // SAFETY: reloading CR3 flushes the TLB; the tables are unchanged but for U.
+    unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack)) };
+}
+
+fn cpl3(report: &mut Report) {
+    open_page_tables_to_ring_3();
+    // SAFETY: one vCPU, boot-time setup of our own GDT, TSS and IDT gate.
+    unsafe {
+        let tss = &raw mut TSS as u64;
+        let rsp0 = &raw mut RING0_STACK as u64 + 8192;
+        let tss_bytes = &raw mut TSS as *mut u8;
+        for (i, byte) in rsp0.to_le_bytes().iter().enumerate() {
+            write_volatile(tss_bytes.add(4 + i), *byte);
+        }
+        // I/O map base past the limit: no I/O bitmap.
+        write_volatile(tss_bytes.add(102), 104);
+        let gdt = &raw mut GDT as *mut u64;
+        let descriptors = [
+            0,
+            0x00af_9b00_0000_ffff,
+            0x00cf_9300_0000_ffff,
+            0x67 | (tss & 0xff_ffff) << 16 | 0x89 << 40 | ((tss >> 24) & 0xff) << 56,
+            tss >> 32,
+            0x00cf_f300_0000_ffff,
+            0x00af_fb00_0000_ffff,
+        ];
+        for (i, descriptor) in descriptors.iter().enumerate() {
+            write_volatile(gdt.add(i), *descriptor);
+        }
+        let pointer: [u16; 5] = {
+            let base = gdt as u64;
+            [7 * 8 - 1, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16]
+        };
+        asm!("lgdt [{}]", "ltr {:x}", in(reg) &pointer, in(reg) 0x18u16, options(nostack));
+    }
+    set_gate(RETURN_VECTOR, attack_cpu_return_stub, 3);
+    // SAFETY: enters ring 3 at our user code with interrupts off; it makes
+    // two hypercalls and comes back through INT 0x80, which restores the
+    // kernel stack and registers saved here.
+    unsafe { attack_cpu_enter_user(&raw mut USER_STACK as u64 + 8192) };
+    // SAFETY: written by the ring-3 code above; volatile, no reference.
+    let (null, shutdown) =
+        unsafe { (read_volatile(&raw const USER_NULL_RESULT), read_volatile(&raw const USER_SHUTDOWN_RESULT)) };
+    let permission = Error::Permission.code() as u64;
+    report.check("null hypercall from ring 3 refused", null == permission, format_args!("rax {}", null as i64));
+    report.check("shutdown from ring 3 refused", shutdown == permission, format_args!("rax {}", shutdown as i64));
+    let version = pv_drivers::hypercall::version();
+    report.check(
+        "the kernel still makes hypercalls",
+        version == abi::ABI_VERSION,
+        format_args!("version {version:#x}"),
+    );
+}
+
+/// The value of `key=` in the cmdline, if present.
+fn argument<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_ascii_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
     let mut cmdline = arrayvec::ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
-    let _ = writeln!(guest, "attack-cpu: no attack modes yet (cmdline {:?})", cmdline.as_str());
-    loop {
-        guest.wait_for_event();
+    set_gate(13, attack_cpu_gp_stub, 0);
+    set_gate(6, attack_cpu_ud_stub, 0);
+    let mode = argument(&cmdline, "mode").unwrap_or("");
+    let value = argument(&cmdline, "value").and_then(parse_number).unwrap_or(0);
+    let _ = writeln!(guest, "attack-cpu: domain {} mode {mode} value {value:#x}", guest.domain_id());
+    let mut report = Report { guest: &mut guest, mode, passed: 0, total: 0 };
+    match mode {
+        "cr8" => cr8(&mut report, value),
+        "kgs" => kernel_gs_base_mode(&mut report, value),
+        "traps" => traps(&mut report),
+        "xcr0" => xcr0(&mut report, value),
+        "cpl3" => cpl3(&mut report),
+        _ => report.check("known mode", false, format_args!("mode {mode:?}")),
     }
+    let (passed, total) = (report.passed, report.total);
+    let _ = writeln!(guest, "attack-cpu: {mode}: {passed} of {total} checks passed");
+    let second = guest.ticks_per_second();
+    let mut deadline = guest::now() + second;
+    for alive in 1u64.. {
+        guest.sleep_until(deadline);
+        deadline += second;
+        let _ = writeln!(guest, "attack-cpu: alive {alive}");
+    }
+    unreachable!()
 }
 
 #[panic_handler]

@@ -104,6 +104,20 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     }
 }
 
+/// Writes extended control register `register` (XSETBV).
+///
+/// # Safety
+/// CR4.OSXSAVE must be set, `register` must exist (0 = XCR0), and the value
+/// must be valid for it (for XCR0: x87 set, only supported bits), or the
+/// instruction faults.
+#[inline(always)]
+pub unsafe fn xsetbv(register: u32, value: u64) {
+    // SAFETY: the caller vouches for CR4.OSXSAVE, the register and the value.
+    unsafe {
+        asm!("xsetbv", in("ecx") register, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Reads CR0.
 pub fn read_cr0() -> u64 {
     let value;
@@ -185,4 +199,5 @@ pub mod msr {
     pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
     pub const IA32_PAT: u32 = 0x277;
     pub const IA32_EFER: u32 = 0xc000_0080;
+    pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 }

@@ -39,6 +39,13 @@ bitflags! {
         const HLT_EXITING = 1 << 7;
         /// MWAIT causes a VM exit.
         const MWAIT_EXITING = 1 << 10;
+        /// RDPMC causes a VM exit (performance counters are hv's, and are
+        /// not switched between domains).
+        const RDPMC_EXITING = 1 << 11;
+        /// MOV to CR8 causes a VM exit (the TPR is virtualized per vCPU).
+        const CR8_LOAD_EXITING = 1 << 19;
+        /// MOV from CR8 causes a VM exit.
+        const CR8_STORE_EXITING = 1 << 20;
         /// MOV to or from a debug register exits (debug registers are not
         /// switched between domains, so no domain may use them).
         const MOV_DR_EXITING = 1 << 23;
@@ -63,6 +70,8 @@ bitflags! {
         const ENABLE_RDTSCP = 1 << 3;
         /// TLB entries are tagged with the VPID.
         const ENABLE_VPID = 1 << 5;
+        /// WBINVD causes a VM exit.
+        const WBINVD_EXITING = 1 << 6;
         /// The guest may run unpaged or in real mode.
         const UNRESTRICTED_GUEST = 1 << 7;
         /// INVPCID does not cause #UD in the guest.
@@ -112,6 +121,13 @@ const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 const CR4_VMXE: u64 = 1 << 13;
 /// CR4.OSFXSR.
 const CR4_OSFXSR: u64 = 1 << 9;
+/// CR4.OSXSAVE: XSETBV/XGETBV work (hv needs it to load a guest's XCR0).
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// CR4.PKE: protection keys (PKRU, which WRPKRU changes without an exit).
+const CR4_PKE: u64 = 1 << 22;
+/// The CR4 bits hv owns: a guest MOV to CR4 that would set one exits and
+/// gets #GP (SDM 25.6.6); the read shadow shows them clear.
+const CR4_OWNED_BY_HV: u64 = CR4_VMXE | CR4_PKE;
 
 /// The x87/SSE state of a vCPU in FXSAVE format (SDM Vol. 1 10.5.1).
 #[repr(C, align(16))]
@@ -160,6 +176,10 @@ pub struct Capabilities {
     /// The preemption timer keeps counting across exits (else hv must check
     /// the slice's end itself).
     pub timer_saved_on_exit: bool,
+    /// The XCR0 bits the CPU supports (CPUID.(EAX=0DH,ECX=0):EDX:EAX), 0
+    /// without XSAVE. hv lets a guest set only some of them (see
+    /// `hvcore::cpu_state::xsetbv`) and loads each vCPU's XCR0 on a switch.
+    pub xcr0_supported: u64,
     cr0_fixed0: u64,
     cr0_fixed1: u64,
     cr4_fixed0: u64,
@@ -179,6 +199,7 @@ impl Capabilities {
         preemption_timer_rate: 0,
         features: 0,
         timer_saved_on_exit: false,
+        xcr0_supported: 0,
         cr0_fixed0: 0,
         cr0_fixed1: 0,
         cr4_fixed0: 0,
@@ -228,10 +249,21 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             | PrimaryControls::MWAIT_EXITING
             | PrimaryControls::MONITOR_EXITING
             | PrimaryControls::MOV_DR_EXITING
+            | PrimaryControls::RDPMC_EXITING
+            | PrimaryControls::CR8_LOAD_EXITING
+            | PrimaryControls::CR8_STORE_EXITING
             | PrimaryControls::SECONDARY_CONTROLS)
             .bits(),
         primary_cap,
     );
+    let isolating = (PrimaryControls::MOV_DR_EXITING
+        | PrimaryControls::RDPMC_EXITING
+        | PrimaryControls::CR8_LOAD_EXITING
+        | PrimaryControls::CR8_STORE_EXITING)
+        .bits();
+    if primary & isolating != isolating {
+        return Err("VT-x cannot intercept MOV CR8, MOV DR or RDPMC (needed to keep domains apart)");
+    }
     if primary & PrimaryControls::SECONDARY_CONTROLS.bits() == 0 {
         return Err("VT-x lacks secondary processor controls (needed for EPT)");
     }
@@ -243,6 +275,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             | SecondaryControls::ENABLE_VPID
             | SecondaryControls::UNRESTRICTED_GUEST
             | SecondaryControls::ENABLE_RDTSCP
+            | SecondaryControls::WBINVD_EXITING
             | SecondaryControls::ENABLE_INVPCID)
             .bits(),
         secondary_cap,
@@ -307,6 +340,13 @@ pub fn probe() -> Result<Capabilities, &'static str> {
     if ept_vpid & ept_vpid_cap::PAGES_2M != 0 {
         features |= feature::EPT_2M_PAGES;
     }
+    // CPUID.1:ECX.XSAVE (bit 26), then the supported XCR0 bits in leaf 0xD.
+    let xcr0_supported = if cpu::cpuid(1, 0).ecx & (1 << 26) != 0 {
+        let leaf = cpu::cpuid(0xd, 0);
+        (leaf.edx as u64) << 32 | leaf.eax as u64
+    } else {
+        0
+    };
     // SAFETY: the fixed-bit MSRs exist whenever VMX does.
     let (cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) = unsafe {
         (
@@ -327,6 +367,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
         preemption_timer_rate: (misc & 0x1f) as u8,
         features,
         timer_saved_on_exit: exit & ExitControls::SAVE_PREEMPTION_TIMER.bits() != 0,
+        xcr0_supported,
         cr0_fixed0,
         cr0_fixed1,
         cr4_fixed0,
@@ -369,7 +410,9 @@ pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static s
     let cr0 = (cpu::read_cr0() | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
     // CR4.OSFXSR: FXSAVE/FXRSTOR then move the SSE registers too, which hv
     // switches between domains (hv itself is built without SSE).
-    let cr4 = (cpu::read_cr4() | capabilities.cr4_fixed0 | CR4_VMXE | CR4_OSFXSR) & capabilities.cr4_fixed1;
+    // CR4.OSXSAVE where the CPU has XSAVE: hv loads each vCPU's XCR0.
+    let osxsave = if capabilities.xcr0_supported != 0 { CR4_OSXSAVE } else { 0 };
+    let cr4 = (cpu::read_cr4() | capabilities.cr4_fixed0 | CR4_VMXE | CR4_OSFXSR | osxsave) & capabilities.cr4_fixed1;
     // SAFETY: the fixed bits only force NE/PE/PG (already on) in CR0 and
     // VMXE in CR4, which hv's own code does not depend on.
     unsafe {
@@ -404,6 +447,14 @@ pub fn invalidate_vpid(capabilities: &Capabilities, vpid: u16) {
     unsafe {
         asm!("invvpid {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack))
     }
+}
+
+/// NMIs that arrived while a guest ran (NMI exiting), since boot.
+static NMI_EXITS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts an NMI exit; returns the count including this one.
+pub fn count_nmi() -> u64 {
+    NMI_EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// Physical address of the VMCS current on this CPU (0 = none). hv runs on
@@ -461,6 +512,16 @@ pub struct Vcpu {
     /// does not switch, so hv does (see `save_processor_state`).
     fpu: FpuState,
     cr2: u64,
+    /// IA32_KERNEL_GS_BASE, which SWAPGS changes without an exit: switched
+    /// with the FPU state (see `save_processor_state`).
+    kernel_gs_base: u64,
+    /// XCR0 as the guest set it with XSETBV (validated), loaded on a switch.
+    xcr0: u64,
+    /// Whether the CPU has XSAVE (so XCR0 exists and hv loads it).
+    xsave: bool,
+    /// The virtual task priority (CR8): MOV to and from CR8 exit and read
+    /// or write this; the local APIC's TPR is never touched.
+    cr8: u8,
 }
 
 /// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
@@ -486,8 +547,19 @@ pub enum Exit {
     TripleFault,
     /// An external interrupt arrived (already acknowledged, SDM 28.2.2).
     ExternalInterrupt { vector: u8 },
-    /// An NMI or a guest exception hv intercepts.
-    ExceptionOrNmi { information: u32 },
+    /// An NMI arrived while the guest ran: hv's, never the guest's fault.
+    Nmi,
+    /// A guest exception hv intercepts (the exception bitmap is empty, so
+    /// none today).
+    Exception { information: u32 },
+    /// XSETBV (always exits, SDM 26.1.2).
+    Xsetbv,
+    /// RDPMC (RDPMC exiting).
+    Rdpmc,
+    /// WBINVD (WBINVD exiting).
+    Wbinvd,
+    /// MOV to or from a debug register (MOV-DR exiting).
+    DebugRegister,
     /// The preemption timer reached zero.
     PreemptionTimer,
     /// MOV to or from a control register hv intercepts.
@@ -559,8 +631,8 @@ impl Vcpu {
         let cr4 = (GUEST_CR4 | capabilities.cr4_fixed0) & capabilities.cr4_fixed1;
         write(Field::Cr0GuestHostMask, 0);
         write(Field::Cr0ReadShadow, cr0);
-        write(Field::Cr4GuestHostMask, CR4_VMXE);
-        write(Field::Cr4ReadShadow, cr4 & !CR4_VMXE);
+        write(Field::Cr4GuestHostMask, CR4_OWNED_BY_HV);
+        write(Field::Cr4ReadShadow, cr4 & !CR4_OWNED_BY_HV);
 
         // Host state (SDM 26.2.2, 26.2.3): this CPU's tables, exit into vmx_exit.
         write(Field::HostCr0, cpu::read_cr0());
@@ -646,13 +718,25 @@ impl Vcpu {
             registers,
             fpu: FpuState::initial(),
             cr2: 0,
+            kernel_gs_base: 0,
+            xcr0: hvcore::cpu_state::xcr0::INITIAL,
+            xsave: capabilities.xcr0_supported != 0,
+            cr8: 0,
         })
     }
 
-    /// Saves the processor state the VMCS does not hold (x87/SSE, CR2)
-    /// before another domain's vCPU runs on this CPU.
+    /// Saves the processor state the VMCS does not hold (x87/SSE, CR2,
+    /// IA32_KERNEL_GS_BASE) before another domain's vCPU runs on this CPU.
+    ///
+    /// Saved here, on a domain switch, rather than through the VMCS MSR
+    /// load/store areas: those would cost an MSR load and store on every
+    /// VM entry and exit (hypercalls included), while hv switches domains
+    /// far less often and not at all while one domain keeps running.
+    /// XCR0 needs no saving: it changes only through XSETBV, which exits.
     pub fn save_processor_state(&mut self) {
         self.cr2 = cpu::read_cr2();
+        // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU.
+        self.kernel_gs_base = unsafe { rdmsr(msr::IA32_KERNEL_GS_BASE) };
         // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer we own;
         // CR4.OSFXSR is set and CR0.EM/TS are clear in VMX root.
         unsafe { asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
@@ -667,6 +751,17 @@ impl Vcpu {
         // SAFETY: CR2 only holds the last page-fault address; writing it
         // affects nothing but what the guest reads back.
         unsafe { asm!("mov cr2, {}", in(reg) self.cr2, options(nostack, nomem)) };
+        // SAFETY: hv does not use IA32_KERNEL_GS_BASE (it never executes
+        // SWAPGS); the value is canonical (the CPU checked it when the guest
+        // put it there with SWAPGS, or it is the initial 0).
+        unsafe { cpu::wrmsr(msr::IA32_KERNEL_GS_BASE, self.kernel_gs_base) };
+        if self.xsave {
+            // SAFETY: CR4.OSXSAVE is set in VMX root when the CPU has XSAVE
+            // (`enable`); the value passed `cpu_state::xsetbv` (x87 set,
+            // only supported bits) or is the initial x87-only value. hv
+            // itself uses no XSAVE-managed state.
+            unsafe { cpu::xsetbv(0, self.xcr0) };
+        }
     }
 
     /// Makes this vCPU's VMCS the current one (VMPTRLD) if it is not already.
@@ -702,11 +797,143 @@ impl Vcpu {
         invalidate_ept(capabilities, self.ept_pointer);
     }
 
-    /// Whether the guest can take an external interrupt now: RFLAGS.IF set
-    /// and no STI or MOV-SS blocking (SDM 26.4.2).
+    /// Whether the guest can take an external interrupt now: RFLAGS.IF set,
+    /// no STI or MOV-SS blocking (SDM 26.4.2), and no event already queued
+    /// for the next entry (a re-injected one must go first).
     pub fn interruptible(&self) -> bool {
         self.load();
-        vmcs::read(Field::GuestRflags) & (1 << 9) != 0 && vmcs::read(Field::GuestInterruptibility) & 0x3 == 0
+        vmcs::read(Field::GuestRflags) & (1 << 9) != 0
+            && vmcs::read(Field::GuestInterruptibility) & 0x3 == 0
+            && vmcs::read(Field::EntryInterruptionInfo) & (1 << 31) == 0
+    }
+
+    /// The guest's current privilege level (DPL of SS).
+    #[inline(always)]
+    pub fn privilege_level(&self) -> u8 {
+        self.load();
+        hvcore::cpu_state::current_privilege_level(vmcs::read(Field::GuestSsAccessRights))
+    }
+
+    /// Queues again an event whose delivery this exit cut short (SDM
+    /// 28.2.4, 27.6.1.1); without this the guest would lose it (an upcall,
+    /// an exception). Call on every exit but VMCALL's (an instruction exit
+    /// never interrupts event delivery).
+    pub fn requeue_interrupted_event(&mut self) {
+        self.load();
+        let Some(event) = hvcore::cpu_state::reinjection(
+            vmcs::read(Field::IdtVectoringInfo) as u32,
+            vmcs::read(Field::IdtVectoringErrorCode) as u32,
+            vmcs::read(Field::ExitInstructionLength) as u32,
+        ) else {
+            return;
+        };
+        if let Some(code) = event.error_code {
+            vmcs::write(Field::EntryExceptionErrorCode, code as u64);
+        }
+        if let Some(length) = event.instruction_length {
+            vmcs::write(Field::EntryInstructionLength, length as u64);
+        }
+        vmcs::write(Field::EntryInterruptionInfo, event.information as u64);
+    }
+
+    /// General-purpose register `number` (0 = RAX ... 15 = R15, the
+    /// encoding of exit qualifications).
+    fn register(&self, number: u8) -> u64 {
+        let r = &self.registers;
+        match number & 15 {
+            0 => r.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => vmcs::read(Field::GuestRsp),
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            _ => r.r15,
+        }
+    }
+
+    /// Sets general-purpose register `number` (as [`Vcpu::register`]).
+    fn set_register(&mut self, number: u8, value: u64) {
+        let r = &mut self.registers;
+        let slot = match number & 15 {
+            0 => &mut r.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            4 => {
+                vmcs::write(Field::GuestRsp, value);
+                return;
+            }
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            _ => &mut r.r15,
+        };
+        *slot = value;
+    }
+
+    /// Emulates a control-register access exit: MOV to/from CR8 use the
+    /// vCPU's virtual TPR; a MOV to CR4 that would set a bit hv owns
+    /// (VMXE, PKE) gets #GP, as on a CPU without those features. Returns
+    /// false for an access hv never asked to intercept.
+    pub fn emulate_control_register(&mut self, qualification: u64) -> bool {
+        use hvcore::cpu_state::ControlRegisterAccess as Access;
+        self.load();
+        match hvcore::cpu_state::decode_control_register_access(qualification) {
+            Access::WriteCr8 { register } => match hvcore::cpu_state::cr8_write(self.register(register)) {
+                Some(priority) => {
+                    self.cr8 = priority;
+                    self.skip_exit_instruction();
+                }
+                None => self.inject_exception(13, Some(0)),
+            },
+            Access::ReadCr8 { register } => {
+                self.set_register(register, self.cr8 as u64);
+                self.skip_exit_instruction();
+            }
+            Access::WriteCr4 { .. } => self.inject_exception(13, Some(0)),
+            Access::Other => return false,
+        }
+        true
+    }
+
+    /// Emulates XSETBV: a valid value becomes this vCPU's XCR0 (and the
+    /// CPU's, as this vCPU owns the processor state while it runs); any
+    /// other gets #GP(0).
+    pub fn emulate_xsetbv(&mut self, supported: u64) {
+        self.load();
+        let value = (self.registers.rdx << 32) | (self.registers.rax & 0xffff_ffff);
+        match hvcore::cpu_state::xsetbv(self.registers.rcx, value, supported) {
+            Some(xcr0) if self.xsave => {
+                self.xcr0 = xcr0;
+                // SAFETY: as in `restore_processor_state`: CR4.OSXSAVE is
+                // set in VMX root and the value was validated.
+                unsafe { cpu::xsetbv(0, xcr0) };
+                self.skip_exit_instruction();
+            }
+            _ => self.inject_exception(13, Some(0)),
+        }
+    }
+
+    /// Whether the guest has CR4.OSXSAVE set (CPUID.1:ECX.OSXSAVE shows it).
+    pub fn guest_osxsave(&self) -> bool {
+        self.load();
+        vmcs::read(Field::GuestCr4) & CR4_OSXSAVE != 0
     }
 
     /// Queues external interrupt `vector` for delivery at the next entry.
@@ -782,7 +1009,14 @@ impl Vcpu {
             49 => Exit::EptMisconfiguration { guest_physical: vmcs::read(Field::GuestPhysicalAddress) },
             2 => Exit::TripleFault,
             1 => Exit::ExternalInterrupt { vector: vmcs::read(Field::ExitInterruptionInfo) as u8 },
-            0 => Exit::ExceptionOrNmi { information: vmcs::read(Field::ExitInterruptionInfo) as u32 },
+            0 => {
+                let information = vmcs::read(Field::ExitInterruptionInfo) as u32;
+                if hvcore::cpu_state::is_nmi(information) { Exit::Nmi } else { Exit::Exception { information } }
+            }
+            55 => Exit::Xsetbv,
+            15 => Exit::Rdpmc,
+            54 => Exit::Wbinvd,
+            29 => Exit::DebugRegister,
             52 => Exit::PreemptionTimer,
             7 => Exit::InterruptWindow,
             28 => Exit::ControlRegister { qualification: vmcs::read(Field::ExitQualification) },

@@ -63,6 +63,7 @@ pub enum Field {
     ExitInterruptionInfo = 0x4404,
     ExitInterruptionErrorCode = 0x4406,
     IdtVectoringInfo = 0x4408,
+    IdtVectoringErrorCode = 0x440a,
     ExitInstructionLength = 0x440c,
     ExitInstructionInfo = 0x440e,
     // B.3.3 32-bit guest-state fields
