@@ -25,6 +25,7 @@ use pv_drivers::ring::BlockBack;
 
 use crate::netback::{NetBackend, TX_BATCH, Transmit};
 use dom0core::switch::{Forward, PortId, Switch};
+use dom0core::terminal::{Context, escape};
 
 /// `store [path]`: prints the tree below `path`, one `path = "value"` line
 /// per node, depth first (bounded depth and output).
@@ -44,7 +45,8 @@ fn show_node(store: &DefaultStore, path: &str, depth: usize, lines: &mut usize, 
         return;
     }
     let value = store.read(abi::DOM0, path).unwrap_or("");
-    let _ = writeln!(out, "{path} = \"{value}\"");
+    // Values are guest-written: escaped, so they cannot reach the terminal raw.
+    let _ = writeln!(out, "{path} = \"{}\"", escape(value.as_bytes(), Context::Quoted));
     *lines += 1;
     let Ok(children) = store.directory(abi::DOM0, path) else { return };
     let mut names: ArrayVec<ArrayString<64>, 32> = ArrayVec::new();
@@ -873,7 +875,7 @@ impl Toolstack {
         }
         let _ =
             writeln!(out, "dom0: attached to '{}' (domain {}); Ctrl-] returns to dom0", guest.config.name, guest.id);
-        out.write_bytes(&guest.history[..guest.history_length]);
+        let _ = write!(out, "{}", escape(&guest.history[..guest.history_length], Context::Console));
         self.attached = Some(guest.id);
     }
 
@@ -906,7 +908,7 @@ impl Toolstack {
                     }
                     guest.remember(&buffer[..count]);
                     if attached == Some(guest.id) {
-                        out.write_bytes(&buffer[..count]);
+                        let _ = write!(out, "{}", escape(&buffer[..count], Context::Console));
                     }
                 }
                 Err(_) => {
