@@ -668,8 +668,9 @@ impl Toolstack {
                 let _ = write!(path, "/local/domain/{id}/{key}");
                 path
             };
-            let _ = store_tree.write(abi::DOM0, &home("name"), &config.name);
-            let _ = store_tree.write(abi::DOM0, &home("domid"), &decimal(id as u64));
+            // dom0's word about the guest: it may read them, never change them.
+            let _ = store_tree.write_read_only(&home("name"), &config.name, id);
+            let _ = store_tree.write_read_only(&home("domid"), &decimal(id as u64), id);
             let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
             if let Some((_, region)) = disk {
                 publish_vbd(&mut store_tree, id, region);
