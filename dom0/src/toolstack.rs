@@ -223,6 +223,11 @@ pub const UPLINK: PortId = 0;
 const DETACH_TIMEOUT_SECONDS: u64 = 5;
 /// Switch entries not refreshed for this many milliseconds are forgotten.
 const SWITCH_AGE_MS: u64 = 300_000;
+/// Most addresses the switch learns behind the NIC. Guests' vifs learn
+/// nothing (each is locked to its MAC, a static entry), so the table holds
+/// every guest's and this many more.
+const NIC_LEARN_LIMIT: usize = 128;
+const _: () = assert!(MAX_GUESTS + NIC_LEARN_LIMIT <= 256, "the switch table holds every guest and the NIC's share");
 
 /// Where dom0 keeps the back-end side of guest `id`'s first disk.
 fn backend_path(id: DomainId) -> ArrayString<64> {
@@ -494,7 +499,7 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     tsc_khz: 0,
     window_slots: [false; WINDOW_SLOTS],
     attached: None,
-    switch: Switch::new(SWITCH_AGE_MS),
+    switch: Switch::new(SWITCH_AGE_MS, NIC_LEARN_LIMIT),
     switch_dropped: 0,
     nic_due: true,
     nic_interrupts: 0,
@@ -1214,9 +1219,11 @@ impl Toolstack {
             let published = [abi::net::keys::TX_RING_REF, abi::net::keys::RX_RING_REF, keys::EVENT_CHANNEL];
             let Some([tx_ref, rx_ref, port]) = initialised_front(&store_tree, id, "vif", published) else { continue };
             guest.pending_vif = None;
+            // The vif may send from its MAC only, and frames to it come here.
+            let locked = self.switch.add_static(id as PortId, mac).is_ok();
             let mut free = self.window_slots.iter().enumerate().filter(|(_, used)| !**used).map(|(slot, _)| slot);
-            let connected = match (tx_ref, rx_ref, port, free.next(), free.next()) {
-                (Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
+            let connected = match (locked, tx_ref, rx_ref, port, free.next(), free.next()) {
+                (true, Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
                     let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
                     let tx_mapped = hypercall::grant_map(id, tx_ref, address(tx_slot), true);
                     let rx_mapped = tx_mapped.and_then(|()| hypercall::grant_map(id, rx_ref, address(rx_slot), true));
@@ -1255,6 +1262,9 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vif", id, answer);
             if !connected {
+                if locked {
+                    self.switch.remove_port(id as PortId);
+                }
                 let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
             }
         }
@@ -1468,10 +1478,20 @@ impl Toolstack {
         for (mac, port, age_ms) in self.switch.entries(now) {
             let mut text = [0u8; 17];
             let name = if port == UPLINK { "nic0" } else { self.name_of(port as DomainId) };
-            let (seconds, tenths) = (age_ms / 1000, age_ms % 1000 / 100);
-            let _ = writeln!(out, "{}  {name:<20} {seconds:>6}.{tenths}", abi::net::format_mac(mac, &mut text));
+            let mac = abi::net::format_mac(mac, &mut text);
+            match age_ms {
+                Some(age_ms) => {
+                    let (seconds, tenths) = (age_ms / 1000, age_ms % 1000 / 100);
+                    let _ = writeln!(out, "{mac}  {name:<20} {seconds:>6}.{tenths}");
+                }
+                // A vif's configured MAC, locked to its port.
+                None => {
+                    let _ = writeln!(out, "{mac}  {name:<20} {:>8}", "static");
+                }
+            }
         }
         let _ = writeln!(out, "{} frames dropped", self.switch_dropped);
+        let _ = writeln!(out, "{} frames refused (source MAC not the port's)", self.switch.refused());
     }
 
     /// `devices`: physical disks, and each guest's console and disk.
@@ -1506,8 +1526,13 @@ impl Toolstack {
                 let _ = writeln!(out, "  (no NIC found)");
             }
         }
-        let _ =
-            writeln!(out, "  switch: {} addresses learned, {} frames dropped", self.switch.len(), self.switch_dropped);
+        let _ = writeln!(
+            out,
+            "  switch: {} addresses learned, {} frames dropped, {} refused (source MAC not the port's)",
+            self.switch.len(),
+            self.switch_dropped,
+            self.switch.refused()
+        );
         let _ = writeln!(out, "Guest devices:");
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
@@ -1538,12 +1563,13 @@ impl Toolstack {
                 let stats = net.stats;
                 let _ = writeln!(
                     out,
-                    "  {:<20} vif      {}  {}, tx {} frames ({} refused), rx {} frames ({} dropped)",
+                    "  {:<20} vif      {}  {}, tx {} frames ({} refused, {} spoofed), rx {} frames ({} dropped)",
                     guest.config.name,
                     abi::net::format_mac(net.mac, &mut text),
                     if guest.vif_closing.is_some() { "closing" } else { "connected" },
                     stats.tx_frames,
                     stats.tx_errors,
+                    stats.tx_spoofed,
                     stats.rx_frames,
                     stats.rx_dropped
                 );
@@ -1684,6 +1710,13 @@ impl Ports<'_> {
                 }
             }
             Forward::Drop => *self.dropped += 1,
+            // Counted by the switch, and against the vif that sent it.
+            Forward::Refused => {
+                if let Some(net) = self.guests.iter_mut().find(|g| g.id as PortId == from).and_then(|g| g.net.as_mut())
+                {
+                    net.stats.tx_spoofed += 1;
+                }
+            }
         }
     }
 
