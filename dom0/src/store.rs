@@ -666,27 +666,27 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
     }
 
     /// Follows `path` for `caller` without telling it what it may not
-    /// know: the deepest existing node on the path, and whether that is
-    /// the node itself. A caller with no access at all to that node is
+    /// know: the deepest existing node on the path and how many components
+    /// it took (as [`Self::walk`]). A caller with no access at all to that node is
     /// refused with [`StoreError::Access`] whether the rest of the path
     /// exists or not, so a node it may not see and a missing one below
     /// it are refused alike, by every operation (otherwise a guest could
     /// enumerate other guests' devices). Where it may look, a missing
     /// child is no secret: `Directory` would list it.
-    fn locate(&self, caller: DomainId, path: &str) -> Result<(u16, bool), StoreError> {
+    fn locate(&self, caller: DomainId, path: &str) -> Result<(u16, usize), StoreError> {
         let (node, depth) = self.walk(path);
         if self.nodes[node as usize].permissions.access(caller) == Access::None {
             return Err(StoreError::Access);
         }
-        Ok((node, depth == components(path).count()))
+        Ok((node, depth))
     }
 
     /// Looks up an existing node that `caller` needs `read` or write access
     /// to (refused alike whether it exists, where the caller may not look:
     /// see [`Self::locate`]).
     fn find(&self, caller: DomainId, path: &str, read: bool) -> Result<u16, StoreError> {
-        let (node, exists) = self.locate(caller, path)?;
-        if !exists {
+        let (node, depth) = self.locate(caller, path)?;
+        if depth != components(path).count() {
             return Err(StoreError::NoEntry);
         }
         let access = self.nodes[node as usize].permissions.access(caller);
@@ -700,8 +700,7 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
     /// Mkdir of an existing node needs write access to it, as a write does:
     /// its answer must not depend on existence where the caller may not look.
     fn create(&mut self, caller: DomainId, path: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let (deepest, _) = self.locate(caller, path)?;
-        let (_, depth) = self.walk(path);
+        let (deepest, depth) = self.locate(caller, path)?;
         let total = components(path).count();
         let parent = self.nodes[deepest as usize];
         if depth == total {
@@ -1020,8 +1019,8 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
         permissions: &Permissions,
     ) -> Result<(), StoreError> {
         let path = resolve(caller, path)?;
-        let (node, exists) = self.locate(caller, &path)?;
-        if !exists {
+        let (node, depth) = self.locate(caller, &path)?;
+        if depth != components(&path).count() {
             return Err(StoreError::NoEntry);
         }
         let old = self.nodes[node as usize];
