@@ -34,6 +34,13 @@
 //! its nearest existing ancestor. Only the owner (or dom0) may change a
 //! node's permissions, and only dom0 may give a node to another owner.
 //!
+//! Existence is no secret only where a domain may look: every operation
+//! first follows the path to its deepest existing node, and a domain with
+//! no access at all to that node gets [`StoreError::Access`] whether the
+//! rest of the path exists or not (it cannot tell another domain's node
+//! from a missing one). Where it has some access, a missing node is
+//! [`StoreError::NoEntry`].
+//!
 //! A node created by a guest is owned by that guest and inherits its
 //! parent's other-access and grants. A node created by dom0 keeps its
 //! parent's owner as well, so the toolstack filling in a guest's home makes
@@ -76,9 +83,14 @@
 //!
 //! Semantics worth knowing:
 //! - `Write` creates missing parents (with empty values). `Mkdir` creates a
-//!   node with an empty value and succeeds without change if it exists.
+//!   node with an empty value and succeeds without change if it exists and
+//!   the caller may write it.
 //! - `Remove` removes the node and its whole subtree; removing `/` is
-//!   [`StoreError::Invalid`]; a missing node is [`StoreError::NoEntry`].
+//!   [`StoreError::Invalid`]; a missing node is [`StoreError::NoEntry`]; a
+//!   subtree holding a node the caller may not write is
+//!   [`StoreError::Access`] (the `name` and `domid` dom0 writes in a guest's
+//!   home are dom0's, readable by the guest, so it cannot drop them with
+//!   its home).
 //! - `Directory` lists child names (not paths) in no promised order; a list
 //!   longer than [`STORE_PAYLOAD_MAX`] is [`StoreError::TooBig`].
 //! - `transaction` must be 0 in this version; anything else, and any `kind`

@@ -11,7 +11,10 @@
 //! and polled to its end (or stopped at the deadline) before the call
 //! returns, so the device never touches a page after its caller let go of
 //! it. Anything that goes wrong with DMA (no translation, an engine error,
-//! a timeout, a device error) makes that request go again by PIO.
+//! a timeout, a device error) makes that request go again by PIO; a
+//! transfer that failed with its command still open has that command
+//! aborted (a channel reset) first, and if the device does not come back,
+//! DMA stays off for the disk.
 //!
 //! Interrupts stay off (nIEN in the device control register). Every wait
 //! polls a status register against a deadline on the TSC, so a dead or
@@ -29,7 +32,9 @@ use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use arrayvec::{ArrayString, ArrayVec};
 pub use dom0core::ata_protocol::AtaError;
-use dom0core::ata_protocol::bus_master::{self, NoBusMaster, PRD_ENTRIES_MAX, PrdList, page_spans};
+use dom0core::ata_protocol::bus_master::{
+    self, DmaChannel, NoBusMaster, PRD_ENTRIES_MAX, PrdList, page_spans, run_transfer,
+};
 use dom0core::ata_protocol::{
     Condition, DeviceKind, Direction, MAX_SECTORS_PER_COMMAND, SECTOR_SIZE, Status, TaskFile, control, device,
     device_kind, dma_task_file, flush_command, parse_identify, register, split, task_file,
@@ -234,6 +239,36 @@ impl BusMaster {
             }
         }
         (!list.is_empty()).then_some(list)
+    }
+}
+
+/// A started DMA transfer, as `run_transfer` drives it.
+struct RunningTransfer {
+    engine: BusMaster,
+    channel: Channel,
+    clock: Clock,
+    deadline: Deadline,
+}
+
+impl DmaChannel for RunningTransfer {
+    fn engine_status(&mut self) -> u8 {
+        self.engine.status()
+    }
+
+    fn engine_command(&mut self, value: u8) {
+        bus_master_out8(self.engine.base + bus_master::COMMAND, value);
+    }
+
+    fn clear_engine_status(&mut self) {
+        self.engine.clear_status();
+    }
+
+    fn deadline_passed(&mut self) -> bool {
+        self.deadline.passed()
+    }
+
+    fn reset_device(&mut self) -> Result<(), AtaError> {
+        self.channel.reset(self.clock)
     }
 }
 
@@ -706,36 +741,34 @@ impl AtaDisk {
         engine.clear_status();
         self.start(&task)?;
         // The device waits for the engine: START lets it move the data.
-        bus_master_out8(engine.base + bus_master::COMMAND, direction_bit | bus_master::command::START);
+        // Stopped in every case, the command aborted after a failure: no
+        // memory access after this returns (see `run_transfer`).
         let deadline = self.clock.deadline(COMMAND_TIMEOUT_MS);
-        let outcome = loop {
-            let status = engine.status();
-            if status & bus_master::status::ERROR != 0 {
-                break Err(AtaError::Dma);
-            }
-            if status & bus_master::status::ACTIVE == 0 {
-                break Ok(());
-            }
-            if deadline.passed() {
-                break Err(AtaError::Timeout);
-            }
-            core::hint::spin_loop();
-        };
-        // Stopped in every case: no memory access after this returns.
-        bus_master_out8(engine.base + bus_master::COMMAND, direction_bit);
-        engine.clear_status();
+        let mut transfer = RunningTransfer { engine, channel: self.channel, clock: self.clock, deadline };
+        let outcome = run_transfer(&mut transfer, direction_bit);
         // What the device wrote is read only after the engine stopped.
         fence(Ordering::SeqCst);
+        if outcome == Err(AtaError::DmaStuck) {
+            self.dma = Err(NoBusMaster::Stuck);
+        }
         outcome?;
         let channel = self.channel;
         channel.delay_400ns();
-        let status = channel.wait_not_busy(self.clock.deadline(COMMAND_TIMEOUT_MS))?;
-        match status.condition() {
-            Condition::Idle => Ok(()),
-            Condition::Failed => Err(channel.error()),
-            // Still asking for data: the engine stopped short of the transfer.
-            _ => Err(AtaError::Dma),
+        let ended = channel.wait_not_busy(self.clock.deadline(COMMAND_TIMEOUT_MS)).and_then(|status| {
+            match status.condition() {
+                Condition::Idle => Ok(()),
+                Condition::Failed => Err(channel.error()),
+                // Still asking for data: the engine stopped short of the transfer.
+                _ => Err(AtaError::Dma),
+            }
+        });
+        // Still busy, or still wanting data: the command is open. Abort it
+        // before the caller lets the pages go (see `run_transfer`).
+        if matches!(ended, Err(AtaError::Dma | AtaError::Timeout)) && transfer.reset_device().is_err() {
+            self.dma = Err(NoBusMaster::Stuck);
+            return Err(AtaError::DmaStuck);
         }
+        ended
     }
 
     /// Checks a one-command request and makes its task file.

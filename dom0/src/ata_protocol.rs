@@ -145,6 +145,9 @@ pub enum AtaError {
     /// The bus-master engine reported an error, or stopped before the
     /// device was done (the driver then repeats the request with PIO).
     Dma,
+    /// A DMA transfer failed and the device did not come back from the
+    /// reset that aborts its command: DMA on this disk must stop for good.
+    DmaStuck,
 }
 
 impl fmt::Display for AtaError {
@@ -156,6 +159,7 @@ impl fmt::Display for AtaError {
             AtaError::BadLength => out.write_str("length is not a whole number of sectors"),
             AtaError::NoDevice => out.write_str("no device"),
             AtaError::Dma => out.write_str("bus-master DMA failed"),
+            AtaError::DmaStuck => out.write_str("bus-master DMA failed and the device did not reset"),
         }
     }
 }
@@ -573,6 +577,8 @@ pub mod bus_master {
 
     use arrayvec::ArrayVec;
 
+    use super::AtaError;
+
     /// Command register (byte): start/stop and direction.
     pub const COMMAND: u16 = 0;
     /// Status register (byte): activity, error and interrupt bits.
@@ -734,6 +740,9 @@ pub mod bus_master {
         DeviceCannot,
         /// The operator chose PIO (`diskmode <disk> pio`).
         TurnedOff,
+        /// A failed transfer's command could not be aborted (the device
+        /// did not come back from a reset): the engine is not started again.
+        Stuck,
     }
 
     impl fmt::Display for NoBusMaster {
@@ -746,8 +755,56 @@ pub mod bus_master {
                 NoBusMaster::TableUnreachable => "no machine address for the PRD table",
                 NoBusMaster::DeviceCannot => "the disk does not support DMA",
                 NoBusMaster::TurnedOff => "chosen with diskmode",
+                NoBusMaster::Stuck => "a failed DMA transfer could not be aborted",
             })
         }
+    }
+
+    /// What [`run_transfer`] needs of a channel with a started command and
+    /// its engine's PRD table set: dom0's port I/O, a model in the tests.
+    pub trait DmaChannel {
+        /// The engine's status register.
+        fn engine_status(&mut self) -> u8;
+        /// Writes the engine's command register.
+        fn engine_command(&mut self, value: u8);
+        /// Clears the engine's error and interrupt bits.
+        fn clear_engine_status(&mut self);
+        /// Whether the transfer's deadline has passed.
+        fn deadline_passed(&mut self) -> bool;
+        /// Aborts the device's command (a software reset of the channel);
+        /// Err when the device does not come back.
+        fn reset_device(&mut self) -> Result<(), AtaError>;
+    }
+
+    /// Runs the engine (`direction` is 0 or [`command::WRITE_TO_MEMORY`])
+    /// until it is done, reports an error, or the deadline passes. In every
+    /// case the engine is stopped when this returns, and after a failure
+    /// the device's command is aborted too: left open, it would move its
+    /// data the next time the engine starts, into the next transfer's
+    /// pages, after the caller let this one's pages go (back to a guest,
+    /// or to the free pool). [`AtaError::DmaStuck`] when the device does
+    /// not come back from that: the engine must not be started again.
+    pub fn run_transfer(channel: &mut impl DmaChannel, direction: u8) -> Result<(), AtaError> {
+        channel.engine_command(direction | command::START);
+        let outcome = loop {
+            let status = channel.engine_status();
+            if status & status::ERROR != 0 {
+                break Err(AtaError::Dma);
+            }
+            if status & status::ACTIVE == 0 {
+                break Ok(());
+            }
+            if channel.deadline_passed() {
+                break Err(AtaError::Timeout);
+            }
+            core::hint::spin_loop();
+        };
+        channel.engine_command(direction);
+        channel.clear_engine_status();
+        if outcome.is_err() && channel.reset_device().is_err() {
+            return Err(AtaError::DmaStuck);
+        }
+        outcome
     }
 
     /// PCI class and subclass of an IDE controller.
@@ -1263,8 +1320,8 @@ mod tests {
     }
 
     use super::bus_master::{
-        END_OF_TABLE, NoBusMaster, PRD_ENTRIES_MAX, PRD_ENTRY_BYTES, PRD_REGION, PrdError, PrdList, base_port,
-        page_spans,
+        DmaChannel, END_OF_TABLE, NoBusMaster, PRD_ENTRIES_MAX, PRD_ENTRY_BYTES, PRD_REGION, PrdError, PrdList,
+        base_port, command as engine, page_spans, run_transfer, status as engine_status,
     };
 
     /// Decodes an encoded entry: (address, bytes, last).
@@ -1396,5 +1453,100 @@ mod tests {
         assert_eq!(base_port(0x80, 0xc009), Err(NoBusMaster::Unassigned));
         assert_eq!(base_port(0x80, 0x1_0001), Err(NoBusMaster::Unassigned));
         assert_eq!(base_port(0x80, 0xfff1), Ok(0xfff0));
+    }
+
+    /// A channel: an engine that moves one unit per poll while started,
+    /// and a device whose command stays open until it is done or reset.
+    /// What reached memory after the call returned is what matters.
+    struct ModelChannel {
+        /// Units the device has to move; `u32::MAX`: it never finishes.
+        remaining: u32,
+        /// The engine reports an error at this poll.
+        error_at: Option<u32>,
+        polls: u32,
+        /// Polls before the deadline passes.
+        deadline: u32,
+        started: bool,
+        /// The device's command is still open (it would move data into
+        /// whatever table the engine is next started with).
+        command_open: bool,
+        /// The device comes back from a reset.
+        resets_work: bool,
+        resets: u32,
+    }
+
+    impl ModelChannel {
+        fn new(remaining: u32) -> ModelChannel {
+            ModelChannel {
+                remaining,
+                error_at: None,
+                polls: 0,
+                deadline: 100,
+                started: false,
+                command_open: true,
+                resets_work: true,
+                resets: 0,
+            }
+        }
+    }
+
+    impl DmaChannel for ModelChannel {
+        fn engine_status(&mut self) -> u8 {
+            self.polls += 1;
+            if self.error_at == Some(self.polls) {
+                return engine_status::ERROR;
+            }
+            if self.started && self.remaining > 0 {
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    self.command_open = false;
+                    self.started = false;
+                }
+            }
+            if self.started { engine_status::ACTIVE } else { 0 }
+        }
+        fn engine_command(&mut self, value: u8) {
+            self.started = value & engine::START != 0;
+        }
+        fn clear_engine_status(&mut self) {}
+        fn deadline_passed(&mut self) -> bool {
+            self.polls >= self.deadline
+        }
+        fn reset_device(&mut self) -> Result<(), AtaError> {
+            self.resets += 1;
+            if !self.resets_work {
+                return Err(AtaError::Timeout);
+            }
+            self.command_open = false;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_finished_transfer_leaves_the_engine_stopped() {
+        let mut channel = ModelChannel::new(5);
+        assert_eq!(run_transfer(&mut channel, engine::WRITE_TO_MEMORY), Ok(()));
+        assert!(!channel.started && !channel.command_open);
+        assert_eq!(channel.resets, 0, "nothing to abort");
+    }
+
+    /// Issue 8: a DMA transfer that timed out was stopped at the engine
+    /// only; the device's command stayed open, ready to move data the next
+    /// time the engine started, into pages that had returned to their
+    /// owner (or the free pool) meanwhile. Now the command is aborted too.
+    #[test]
+    fn a_transfer_that_times_out_or_fails_is_stopped_and_its_command_aborted() {
+        let mut hung = ModelChannel::new(u32::MAX);
+        assert_eq!(run_transfer(&mut hung, engine::WRITE_TO_MEMORY), Err(AtaError::Timeout));
+        assert!(!hung.started, "the engine is stopped");
+        assert!(!hung.command_open, "the device's command is aborted");
+        let mut failing = ModelChannel { error_at: Some(3), ..ModelChannel::new(50) };
+        assert_eq!(run_transfer(&mut failing, 0), Err(AtaError::Dma));
+        assert!(!failing.started && !failing.command_open);
+        // A device that does not come back from the reset: the caller is
+        // told, and must not start this engine again.
+        let mut dead = ModelChannel { resets_work: false, ..ModelChannel::new(u32::MAX) };
+        assert_eq!(run_transfer(&mut dead, 0), Err(AtaError::DmaStuck));
+        assert!(!dead.started);
     }
 }

@@ -129,20 +129,36 @@ mod tests {
     fn random_requests_never_escape_the_region() {
         let mut random = crate::test_random::XorShift(0x9e37_79b9_7f4a_7c15);
         let mut next = || random.next();
+        // Requests planned as reads and as writes: the checks must be
+        // passed often, or the loop proves nothing about accepted requests.
+        let (mut reads, mut writes) = (0, 0);
         for _ in 0..100_000 {
+            // Half the requests are near-valid (short, in-page segments
+            // near the region), so that the edges are hit from both sides.
+            let near_valid = next() % 2 == 0;
             let mut request = Request {
                 id: next(),
                 operation: (next() % 4) as u8,
-                segment_count: (next() % 11) as u8,
-                sector: if next() % 2 == 0 { next() % 80 } else { next() },
+                segment_count: if near_valid { 1 + next() % 3 } else { next() % 11 } as u8,
+                sector: if near_valid || next() % 2 == 0 { next() % 80 } else { next() },
                 ..Request::default()
             };
             for segment in &mut request.segments {
                 segment.grant = next() as u32;
                 segment.first_sector = (next() % 10) as u8;
                 segment.last_sector = (next() % 10) as u8;
+                if near_valid {
+                    segment.first_sector %= 8;
+                    segment.last_sector = (segment.first_sector + (next() % 3) as u8).min(8);
+                }
             }
-            if let Ok(Plan::Read(transfers) | Plan::Write(transfers)) = plan(&request, &REGION) {
+            let planned = plan(&request, &REGION);
+            match planned {
+                Ok(Plan::Read(_)) => reads += 1,
+                Ok(Plan::Write(_)) => writes += 1,
+                _ => {}
+            }
+            if let Ok(Plan::Read(transfers) | Plan::Write(transfers)) = planned {
                 for transfer in transfers {
                     assert!(transfer.disk_sector >= REGION.start);
                     let end = transfer.disk_sector + transfer.bytes as u64 / SECTOR_SIZE;
@@ -151,5 +167,9 @@ mod tests {
                 }
             }
         }
+        assert!(
+            reads > 1000 && writes > 1000,
+            "the fuzzer must reach the accepting path ({reads} reads, {writes} writes)"
+        );
     }
 }

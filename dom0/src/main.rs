@@ -342,7 +342,14 @@ impl Shell {
             Command::Dmesg => {
                 let mut buffer = [0u8; 16 * 1024];
                 match hypercall::dmesg(&mut buffer) {
-                    Ok(length) => out.write_bytes(&buffer[..length]),
+                    // Guests' console text is in the log: escaped.
+                    Ok(length) => {
+                        let _ = write!(
+                            out,
+                            "{}",
+                            dom0core::terminal::escape(&buffer[..length], dom0core::terminal::Context::Log)
+                        );
+                    }
                     Err(error) => {
                         let _ = writeln!(out, "dom0: dmesg failed: {}", error.describe());
                     }

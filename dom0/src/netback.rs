@@ -21,6 +21,9 @@ pub struct VifStats {
     pub tx_frames: u64,
     /// Transmit requests refused (bad grant, size or range).
     pub tx_errors: u64,
+    /// Frames the guest sent from a source MAC not its vif's: refused by
+    /// the switch (counted in `tx_frames` too).
+    pub tx_spoofed: u64,
     /// Frames delivered into the guest's buffers.
     pub rx_frames: u64,
     /// Frames for the guest dropped: no buffer posted.

@@ -665,9 +665,30 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
         (depth == components(path).count()).then_some(node)
     }
 
-    /// Looks up an existing node that `caller` needs `read` or write access to.
+    /// Follows `path` for `caller` without telling it what it may not
+    /// know: the deepest existing node on the path and how many components
+    /// it took (as [`Self::walk`]). A caller with no access at all to that node is
+    /// refused with [`StoreError::Access`] whether the rest of the path
+    /// exists or not, so a node it may not see and a missing one below
+    /// it are refused alike, by every operation (otherwise a guest could
+    /// enumerate other guests' devices). Where it may look, a missing
+    /// child is no secret: `Directory` would list it.
+    fn locate(&self, caller: DomainId, path: &str) -> Result<(u16, usize), StoreError> {
+        let (node, depth) = self.walk(path);
+        if self.nodes[node as usize].permissions.access(caller) == Access::None {
+            return Err(StoreError::Access);
+        }
+        Ok((node, depth))
+    }
+
+    /// Looks up an existing node that `caller` needs `read` or write access
+    /// to (refused alike whether it exists, where the caller may not look:
+    /// see [`Self::locate`]).
     fn find(&self, caller: DomainId, path: &str, read: bool) -> Result<u16, StoreError> {
-        let node = self.lookup(path).ok_or(StoreError::NoEntry)?;
+        let (node, depth) = self.locate(caller, path)?;
+        if depth != components(path).count() {
+            return Err(StoreError::NoEntry);
+        }
         let access = self.nodes[node as usize].permissions.access(caller);
         if (read && !access.can_read()) || (!read && !access.can_write()) {
             return Err(StoreError::Access);
@@ -676,15 +697,17 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
     }
 
     /// Write (`value` given) or mkdir (`None`) on a resolved path.
+    /// Mkdir of an existing node needs write access to it, as a write does:
+    /// its answer must not depend on existence where the caller may not look.
     fn create(&mut self, caller: DomainId, path: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let (deepest, depth) = self.walk(path);
+        let (deepest, depth) = self.locate(caller, path)?;
         let total = components(path).count();
         let parent = self.nodes[deepest as usize];
         if depth == total {
-            let Some(value) = value else { return Ok(()) };
             if !parent.permissions.access(caller).can_write() {
                 return Err(StoreError::Access);
             }
+            let Some(value) = value else { return Ok(()) };
             self.replace_value(caller, deepest, value)?;
             let permissions = self.nodes[deepest as usize].permissions;
             self.fire(path, &permissions, false);
@@ -791,6 +814,34 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
         self.charge(node.permissions.owner, -1, -(node.size() as i64));
         self.nodes[index as usize] = Node::EMPTY;
         self.node_count -= 1;
+    }
+
+    /// Whether `caller` may write `top` and every node below it.
+    fn subtree_writable(&self, caller: DomainId, top: u16) -> bool {
+        // Depth first along the links: down to the first child, else on to
+        // the next sibling of the nearest node below `top` that has one.
+        let mut node = top;
+        loop {
+            if !self.nodes[node as usize].permissions.access(caller).can_write() {
+                return false;
+            }
+            let first = self.nodes[node as usize].first_child;
+            if first != 0 {
+                node = first;
+                continue;
+            }
+            loop {
+                if node == top {
+                    return true;
+                }
+                let next = self.nodes[node as usize].next_sibling;
+                if next != 0 {
+                    node = next;
+                    break;
+                }
+                node = self.nodes[node as usize].parent;
+            }
+        }
     }
 
     /// Unlinks `top` from its parent and frees it with everything below.
@@ -914,10 +965,26 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
             return Err(StoreError::Invalid);
         }
         let node = self.find(caller, &path, false)?;
+        if !self.subtree_writable(caller, node) {
+            return Err(StoreError::Access);
+        }
         let permissions = self.nodes[node as usize].permissions;
         self.fire(&path, &permissions, true);
         self.delete_subtree(node);
         Ok(())
+    }
+
+    /// dom0 writes a node it keeps owning that `reader` may read but not
+    /// change or remove (not even by removing a parent it owns): facts
+    /// about a guest in its home, like its `name` and `domid`. Missing
+    /// parents are created as [`Self::write`] creates them.
+    pub fn write_read_only(&mut self, path: &str, value: &str, reader: DomainId) -> Result<(), StoreError> {
+        self.write(DOM0, path, value)?;
+        let mut permissions = Permissions::owned_by(DOM0);
+        if reader != DOM0 {
+            permissions.grant(reader, Access::Read)?;
+        }
+        self.set_permissions(DOM0, path, &permissions)
     }
 
     /// The names of a node's children, in creation order.
@@ -952,7 +1019,10 @@ impl<const NODES: usize, const ARENA: usize, const WATCHES: usize, const DOMAINS
         permissions: &Permissions,
     ) -> Result<(), StoreError> {
         let path = resolve(caller, path)?;
-        let node = self.lookup(&path).ok_or(StoreError::NoEntry)?;
+        let (node, depth) = self.locate(caller, &path)?;
+        if depth != components(&path).count() {
+            return Err(StoreError::NoEntry);
+        }
         let old = self.nodes[node as usize];
         if caller != DOM0 && (old.permissions.owner != caller || permissions.owner != caller) {
             return Err(StoreError::Access);
@@ -1534,6 +1604,39 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_cannot_change_what_dom0_says_about_it() {
+        let mut store = small();
+        store.introduce_domain(4, Quota::GUEST).unwrap();
+        // A node dom0 writes in a home with a plain write is the guest's:
+        // how `name` and `domid` were written, and the guest rewrote them.
+        store.write(DOM0, "/local/domain/4/scratch", "dom0's").unwrap();
+        assert_eq!(store.write(4, "scratch", "mine"), Ok(()));
+        let usage = store.domain(4).unwrap().usage;
+        store.write_read_only("/local/domain/4/name", "web", 4).unwrap();
+        store.write_read_only("/local/domain/4/domid", "4", 4).unwrap();
+        assert_eq!(store.domain(4).unwrap().usage, usage, "dom0's nodes are not charged to the guest");
+        assert_eq!(store.read(4, "name"), Ok("web"));
+        assert_eq!(store.read(4, "/local/domain/4/domid"), Ok("4"));
+        assert_eq!(store.write(4, "name", "dom0"), Err(StoreError::Access));
+        assert_eq!(store.remove(4, "name"), Err(StoreError::Access));
+        assert_eq!(store.set_permissions(4, "name", &Permissions::owned_by(4)), Err(StoreError::Access));
+        assert_eq!(store.mkdir(4, "name"), Err(StoreError::Access));
+        // Nor by removing its home, which it owns, with them.
+        assert_eq!(store.remove(4, "/local/domain/4"), Err(StoreError::Access));
+        assert_eq!(store.read(4, "name"), Ok("web"));
+        // What is its own below goes as before, with everything below it.
+        store.write(4, "data/a/b", "1").unwrap();
+        assert_eq!(store.remove(4, "data"), Ok(()));
+        assert_eq!(store.read(4, "data/a/b"), Err(StoreError::NoEntry));
+        // Another guest sees nothing of it; dom0 still removes the home.
+        store.introduce_domain(5, Quota::GUEST).unwrap();
+        assert_eq!(store.read(5, "/local/domain/4/name"), Err(StoreError::Access));
+        store.remove_domain(4).unwrap();
+        assert_eq!(store.read(DOM0, "/local/domain/4/name"), Err(StoreError::NoEntry));
+        check_consistent(&*store);
+    }
+
+    #[test]
     fn tree_operations() {
         let mut store = small();
         assert_eq!(store.node_count(), 1);
@@ -1734,6 +1837,63 @@ mod tests {
         assert_eq!(store.next_event_size(DOM0), None);
     }
 
+    /// Every operation a guest sends about another domain's tree, and
+    /// about the tree outside its home, is answered the same whether the
+    /// node exists or not: no operation is an existence oracle.
+    #[test]
+    fn refusals_do_not_reveal_whether_a_node_exists() {
+        let mut store = small();
+        for domain in [5, 6] {
+            store.introduce_domain(domain, Quota::GUEST).unwrap();
+        }
+        store.write(DOM0, "/local/domain/6/device/vif/0/state", "1").unwrap();
+        store.write(DOM0, "/local/domain/0/backend/vif/6/0/state", "2").unwrap();
+        let mut permissions = Permissions::owned_by(DOM0);
+        permissions.grant(5, Access::Read).unwrap();
+        store.mkdir(DOM0, "/local/domain/0/backend/vif/5/0").unwrap();
+        store.set_permissions(DOM0, "/local/domain/0/backend/vif/5/0", &permissions).unwrap();
+        // (existing, missing) pairs guest 5 may not see.
+        let pairs = [
+            ("/local/domain/6/device/vif/0", "/local/domain/6/device/vbd/0"),
+            ("/local/domain/6/device/vif/0/state", "/local/domain/6/device/vif/1/state"),
+            ("/local/domain/6", "/local/domain/7"),
+            ("/local/domain/0/backend/vif/6/0", "/local/domain/0/backend/vif/7/0"),
+            ("/local/domain/0/backend/vif/6", "/local/domain/0/backend/vbd/5"),
+            ("/local", "/nothing"),
+        ];
+        let operations = [
+            StoreOp::Read,
+            StoreOp::Mkdir,
+            StoreOp::Write,
+            StoreOp::Remove,
+            StoreOp::Directory,
+            StoreOp::GetPermissions,
+            StoreOp::SetPermissions,
+        ];
+        for (existing, missing) in pairs {
+            for op in operations {
+                let ask = |store: &mut Small, path: &str| {
+                    let fields: &[&str] = match op {
+                        StoreOp::Write => &[path, "x"],
+                        StoreOp::SetPermissions => &[path, "b5"],
+                        _ => &[path],
+                    };
+                    call(store, 5, op, fields)
+                };
+                assert_eq!(ask(&mut store, existing), Err(StoreError::Access), "{op:?} {existing}");
+                assert_eq!(ask(&mut store, missing), Err(StoreError::Access), "{op:?} {missing}");
+            }
+        }
+        // Where the guest may look, missing nodes are reported as missing.
+        assert_eq!(store.read(5, "/local/domain/0/backend/vif/5/0/nothing"), Err(StoreError::NoEntry));
+        assert_eq!(store.read(5, "nothing"), Err(StoreError::NoEntry));
+        // Nothing was changed by the refused requests.
+        assert_eq!(store.read(DOM0, "/local/domain/6/device/vif/0/state"), Ok("1"));
+        assert_eq!(store.read(DOM0, "/local/domain/6/device/vbd"), Err(StoreError::NoEntry));
+        assert_eq!(store.read(DOM0, "/local/domain/7"), Err(StoreError::NoEntry));
+        check_consistent(&*store);
+    }
+
     #[test]
     fn a_full_store_refuses_with_enospc_and_recovers() {
         let mut store = small();
@@ -1873,7 +2033,8 @@ mod tests {
         assert_eq!(call(&mut *store, 2, Unwatch, &["dev", "tok"]), Ok(vec![]));
         assert_eq!(call(&mut *store, 2, Unwatch, &["dev", "tok"]), Err(StoreError::NoEntry));
         assert_eq!(call(&mut *store, 2, Read, &["dev/b"]), Err(StoreError::NoEntry));
-        assert_eq!(call(&mut *store, 2, Read, &["/local/domain/0"]), Err(StoreError::NoEntry));
+        // Missing, but where guest 2 may not look: refused, not reported missing.
+        assert_eq!(call(&mut *store, 2, Read, &["/local/domain/0"]), Err(StoreError::Access));
         assert_eq!(call(&mut *store, 2, Read, &["/"]), Err(StoreError::Access));
         // A listing too long for one message.
         for index in 0..20 {

@@ -25,6 +25,7 @@ use pv_drivers::ring::BlockBack;
 
 use crate::netback::{NetBackend, TX_BATCH, Transmit};
 use dom0core::switch::{Forward, PortId, Switch};
+use dom0core::terminal::{Context, escape};
 
 /// `store [path]`: prints the tree below `path`, one `path = "value"` line
 /// per node, depth first (bounded depth and output).
@@ -44,7 +45,8 @@ fn show_node(store: &DefaultStore, path: &str, depth: usize, lines: &mut usize, 
         return;
     }
     let value = store.read(abi::DOM0, path).unwrap_or("");
-    let _ = writeln!(out, "{path} = \"{value}\"");
+    // Values are guest-written: escaped, so they cannot reach the terminal raw.
+    let _ = writeln!(out, "{path} = \"{}\"", escape(value.as_bytes(), Context::Quoted));
     *lines += 1;
     let Ok(children) = store.directory(abi::DOM0, path) else { return };
     let mut names: ArrayVec<ArrayString<64>, 32> = ArrayVec::new();
@@ -221,6 +223,11 @@ pub const UPLINK: PortId = 0;
 const DETACH_TIMEOUT_SECONDS: u64 = 5;
 /// Switch entries not refreshed for this many milliseconds are forgotten.
 const SWITCH_AGE_MS: u64 = 300_000;
+/// Most addresses the switch learns behind the NIC. Guests' vifs learn
+/// nothing (each is locked to its MAC, a static entry), so the table holds
+/// every guest's and this many more.
+const NIC_LEARN_LIMIT: usize = 128;
+const _: () = assert!(MAX_GUESTS + NIC_LEARN_LIMIT <= 256, "the switch table holds every guest and the NIC's share");
 
 /// Where dom0 keeps the back-end side of guest `id`'s first disk.
 fn backend_path(id: DomainId) -> ArrayString<64> {
@@ -492,7 +499,7 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     tsc_khz: 0,
     window_slots: [false; WINDOW_SLOTS],
     attached: None,
-    switch: Switch::new(SWITCH_AGE_MS),
+    switch: Switch::new(SWITCH_AGE_MS, NIC_LEARN_LIMIT),
     switch_dropped: 0,
     nic_due: true,
     nic_interrupts: 0,
@@ -666,8 +673,9 @@ impl Toolstack {
                 let _ = write!(path, "/local/domain/{id}/{key}");
                 path
             };
-            let _ = store_tree.write(abi::DOM0, &home("name"), &config.name);
-            let _ = store_tree.write(abi::DOM0, &home("domid"), &decimal(id as u64));
+            // dom0's word about the guest: it may read them, never change them.
+            let _ = store_tree.write_read_only(&home("name"), &config.name, id);
+            let _ = store_tree.write_read_only(&home("domid"), &decimal(id as u64), id);
             let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
             if let Some((_, region)) = disk {
                 publish_vbd(&mut store_tree, id, region);
@@ -873,7 +881,7 @@ impl Toolstack {
         }
         let _ =
             writeln!(out, "dom0: attached to '{}' (domain {}); Ctrl-] returns to dom0", guest.config.name, guest.id);
-        out.write_bytes(&guest.history[..guest.history_length]);
+        let _ = write!(out, "{}", escape(&guest.history[..guest.history_length], Context::Console));
         self.attached = Some(guest.id);
     }
 
@@ -906,7 +914,7 @@ impl Toolstack {
                     }
                     guest.remember(&buffer[..count]);
                     if attached == Some(guest.id) {
-                        out.write_bytes(&buffer[..count]);
+                        let _ = write!(out, "{}", escape(&buffer[..count], Context::Console));
                     }
                 }
                 Err(_) => {
@@ -1211,9 +1219,11 @@ impl Toolstack {
             let published = [abi::net::keys::TX_RING_REF, abi::net::keys::RX_RING_REF, keys::EVENT_CHANNEL];
             let Some([tx_ref, rx_ref, port]) = initialised_front(&store_tree, id, "vif", published) else { continue };
             guest.pending_vif = None;
+            // The vif may send from its MAC only, and frames to it come here.
+            let locked = self.switch.add_static(id as PortId, mac).is_ok();
             let mut free = self.window_slots.iter().enumerate().filter(|(_, used)| !**used).map(|(slot, _)| slot);
-            let connected = match (tx_ref, rx_ref, port, free.next(), free.next()) {
-                (Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
+            let connected = match (locked, tx_ref, rx_ref, port, free.next(), free.next()) {
+                (true, Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
                     let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
                     let tx_mapped = hypercall::grant_map(id, tx_ref, address(tx_slot), true);
                     let rx_mapped = tx_mapped.and_then(|()| hypercall::grant_map(id, rx_ref, address(rx_slot), true));
@@ -1252,6 +1262,9 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vif", id, answer);
             if !connected {
+                if locked {
+                    self.switch.remove_port(id as PortId);
+                }
                 let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
             }
         }
@@ -1465,10 +1478,20 @@ impl Toolstack {
         for (mac, port, age_ms) in self.switch.entries(now) {
             let mut text = [0u8; 17];
             let name = if port == UPLINK { "nic0" } else { self.name_of(port as DomainId) };
-            let (seconds, tenths) = (age_ms / 1000, age_ms % 1000 / 100);
-            let _ = writeln!(out, "{}  {name:<20} {seconds:>6}.{tenths}", abi::net::format_mac(mac, &mut text));
+            let mac = abi::net::format_mac(mac, &mut text);
+            match age_ms {
+                Some(age_ms) => {
+                    let (seconds, tenths) = (age_ms / 1000, age_ms % 1000 / 100);
+                    let _ = writeln!(out, "{mac}  {name:<20} {seconds:>6}.{tenths}");
+                }
+                // A vif's configured MAC, locked to its port.
+                None => {
+                    let _ = writeln!(out, "{mac}  {name:<20} {:>8}", "static");
+                }
+            }
         }
         let _ = writeln!(out, "{} frames dropped", self.switch_dropped);
+        let _ = writeln!(out, "{} frames refused (source MAC not the port's)", self.switch.refused());
     }
 
     /// `devices`: physical disks, and each guest's console and disk.
@@ -1503,8 +1526,13 @@ impl Toolstack {
                 let _ = writeln!(out, "  (no NIC found)");
             }
         }
-        let _ =
-            writeln!(out, "  switch: {} addresses learned, {} frames dropped", self.switch.len(), self.switch_dropped);
+        let _ = writeln!(
+            out,
+            "  switch: {} addresses learned, {} frames dropped, {} refused (source MAC not the port's)",
+            self.switch.len(),
+            self.switch_dropped,
+            self.switch.refused()
+        );
         let _ = writeln!(out, "Guest devices:");
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
@@ -1535,12 +1563,13 @@ impl Toolstack {
                 let stats = net.stats;
                 let _ = writeln!(
                     out,
-                    "  {:<20} vif      {}  {}, tx {} frames ({} refused), rx {} frames ({} dropped)",
+                    "  {:<20} vif      {}  {}, tx {} frames ({} refused, {} spoofed), rx {} frames ({} dropped)",
                     guest.config.name,
                     abi::net::format_mac(net.mac, &mut text),
                     if guest.vif_closing.is_some() { "closing" } else { "connected" },
                     stats.tx_frames,
                     stats.tx_errors,
+                    stats.tx_spoofed,
                     stats.rx_frames,
                     stats.rx_dropped
                 );
@@ -1672,6 +1701,13 @@ impl Ports<'_> {
                 }
             }
             Forward::Drop => *self.dropped += 1,
+            // Counted by the switch, and against the vif that sent it.
+            Forward::Refused => {
+                if let Some(net) = self.guests.iter_mut().find(|g| g.id as PortId == from).and_then(|g| g.net.as_mut())
+                {
+                    net.stats.tx_spoofed += 1;
+                }
+            }
         }
     }
 

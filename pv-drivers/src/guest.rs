@@ -902,6 +902,14 @@ impl Guest {
         self.store_request(abi::store::StoreOp::Write, &[path, value], &mut reply).map(|_| ())
     }
 
+    /// Sends any one request (`fields` as the operation takes them) and
+    /// waits for its reply; returns the reply's payload length. For guests
+    /// that probe the store (the hostile-guest suite).
+    pub fn store_op(&mut self, operation: abi::store::StoreOp, fields: &[&str]) -> Result<usize, StoreFailure> {
+        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
+        self.store_request(operation, fields, &mut reply)
+    }
+
     /// Sends one request and waits for its reply; watch events that arrive
     /// meanwhile are counted for [`Guest::take_watch_events`]. Returns the
     /// reply's payload length (the payload follows the header in `reply`).

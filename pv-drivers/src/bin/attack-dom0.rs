@@ -1,20 +1,104 @@
-//! Hostile-guest suite: attack-dom0 (placeholder; its attack modes are being written).
+//! Hostile-guest suite: attack-dom0 attacks dom0's services from a guest.
+//! Its command line names the attacks, run in order:
+//!
+//! - `store`: probes other domains' store nodes for existence: each
+//!   operation on a path that may exist (another domain's vif) is compared
+//!   with the same operation on a path that cannot (a made-up device); any
+//!   difference reveals a node. Then tries to rewrite and remove the `name`
+//!   and `domid` dom0 wrote in its home. Reports
+//!   `attack-dom0: store: other domains' nodes revealed: N` and
+//!   `attack-dom0: store: rewrite my name: <result>`.
+//! - `escape`: writes terminal escape sequences (set the title, clear the
+//!   screen) on its console, into the store (`data/evil`) and into hv's
+//!   log, all marked `PWNED`, which dom0 must show escaped.
+//!
+//! It ends with `attack-dom0: done` and waits.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
+use abi::store::StoreOp;
+use arrayvec::ArrayString;
 use pv_drivers::guest::{self, Guest};
+use pv_drivers::hypercall;
+
+/// Domains probed: ids 1 to this (the suite's victims are among the first).
+const PROBED_DOMAINS: u32 = 16;
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
-    let mut cmdline = arrayvec::ArrayString::<256>::new();
+    let mut cmdline = ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
-    let _ = writeln!(guest, "attack-dom0: no attack modes yet (cmdline {:?})", cmdline.as_str());
+    for attack in cmdline.split_whitespace() {
+        match attack {
+            "store" => probe_store(&mut guest),
+            "escape" => inject_escapes(&mut guest),
+            other => {
+                let _ = writeln!(guest, "attack-dom0: unknown attack {other:?}");
+            }
+        }
+    }
+    let _ = writeln!(guest, "attack-dom0: done");
     loop {
         guest.wait_for_event();
     }
+}
+
+fn probe_store(guest: &mut Guest) {
+    let me = guest.domain_id();
+    let operations = [
+        StoreOp::Mkdir,
+        StoreOp::Read,
+        StoreOp::Directory,
+        StoreOp::GetPermissions,
+        StoreOp::SetPermissions,
+        StoreOp::Remove,
+        StoreOp::Write,
+    ];
+    let mut revealed = 0;
+    let mut permissions = ArrayString::<16>::new();
+    let _ = write!(permissions, "b{me}");
+    for domain in (1..=PROBED_DOMAINS).filter(|&domain| domain != me) {
+        let mut maybe = ArrayString::<64>::new();
+        let mut missing = ArrayString::<64>::new();
+        let _ = write!(maybe, "/local/domain/{domain}/device/vif/0");
+        let _ = write!(missing, "/local/domain/{domain}/device/no-such-device/0");
+        for operation in operations {
+            let mut ask = |path: &str| {
+                let fields: &[&str] = match operation {
+                    StoreOp::SetPermissions => &[path, &permissions],
+                    StoreOp::Write => &[path, "x"],
+                    _ => &[path],
+                };
+                guest.store_op(operation, fields).map(|_| ())
+            };
+            let (on_maybe, on_missing) = (ask(&maybe), ask(&missing));
+            if on_maybe != on_missing {
+                revealed += 1;
+                let _ = writeln!(
+                    guest,
+                    "attack-dom0: store: {operation:?} {maybe}: {on_maybe:?}, on a missing path: {on_missing:?}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(guest, "attack-dom0: store: other domains' nodes revealed: {revealed}");
+    let rewrite = guest.store_write("name", "Domain-0");
+    let _ = writeln!(guest, "attack-dom0: store: rewrite my name: {rewrite:?}");
+    let rewrite = guest.store_write("domid", "0");
+    let _ = writeln!(guest, "attack-dom0: store: rewrite my domid: {rewrite:?}");
+    let removed = guest.store_op(StoreOp::Remove, &["name"]).map(|_| ());
+    let _ = writeln!(guest, "attack-dom0: store: remove my name: {removed:?}");
+}
+
+fn inject_escapes(guest: &mut Guest) {
+    // Set the window title, clear the screen, home the cursor, ring the bell.
+    let _ = writeln!(guest, "attack-dom0: escape: \x1b]0;PWNED-CONSOLE\x07\x1b[2J\x1b[H\x07 end");
+    let stored = guest.store_write("data/evil", "\x1b]0;PWNED-STORE\x07\x1b[2J");
+    let logged = hypercall::console_write(b"attack-dom0: log \x1b]0;PWNED-LOG\x07\x1b[2J end\n");
+    let _ = writeln!(guest, "attack-dom0: escape: stored {stored:?}, logged {logged:?}");
 }
 
 #[panic_handler]

@@ -6,6 +6,8 @@
 //! cmdline = "ip=10.0.0.1/24 ping=10.0.0.2 count=10"
 //! ```
 //!
+//! (`interval=<ms>` pauses that long between an answer and the next ping.)
+//!
 //! A guest created without a vif waits for one (`network-attach`); when dom0
 //! takes the vif away (`network-detach`) it says so, and when a vif comes
 //! back it pings all over again.
@@ -17,6 +19,11 @@
 //! come within three seconds (guest time) counts as lost: long enough for
 //! the address resolution to be retried once (smoltcp retries after a
 //! second) when the peer's vif came up after the first request.
+//!
+//! Hostile modes (the hostile-guest suite): `mode=hostile` and
+//! `mode=hostile-rx` break the vif's rings; `mode=spoof victim=<mac>` and
+//! `mode=flood-macs` attack dom0's switch and count the frames for other
+//! guests it receives (see [`sniff`]).
 #![no_std]
 #![no_main]
 
@@ -115,6 +122,11 @@ extern "C" fn _start(start_info: u64) -> ! {
     match argument(cmdline, "mode") {
         Some("hostile") => hostile(guest),
         Some("hostile-rx") => hostile_receive(guest),
+        Some("spoof") => {
+            let victim = argument(cmdline, "victim").and_then(abi::net::parse_mac);
+            sniff(guest, Attack::Spoof(victim.unwrap_or([0x02, 0, 0, 0, 0, 0x02])))
+        }
+        Some("flood-macs") => sniff(guest, Attack::FloodMacs),
         _ => {}
     }
     // A guest created without a vif waits for `network-attach`.
@@ -137,6 +149,8 @@ extern "C" fn _start(start_info: u64) -> ! {
     };
     let target = argument(cmdline, "ping").and_then(|text| text.parse::<Ipv4Address>().ok());
     let count: u16 = argument(cmdline, "count").and_then(|text| text.parse().ok()).unwrap_or(4);
+    // `interval=<ms>`: a pause between an answer (or a loss) and the next ping.
+    let interval_ms: u64 = argument(cmdline, "interval").and_then(|text| text.parse().ok()).unwrap_or(0);
     // `quiet`: no line per reply (benchmarks), only losses and the summary.
     let quiet = cmdline.split_whitespace().any(|word| word == "quiet");
 
@@ -176,6 +190,8 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut timed = 0u64;
     let mut started = 0u64;
     let mut reported = false;
+    let interval = interval_ms * (second / 1000);
+    let mut next_send = 0u64;
     loop {
         if vif.guest.take_watch_events() > 0 {
             match vif.guest.net_hotplug() {
@@ -224,6 +240,7 @@ extern "C" fn _start(start_info: u64) -> ! {
                         timed += 1;
                     }
                     waiting = false;
+                    next_send = guest::now() + interval;
                     if !quiet {
                         let _ = writeln!(vif.guest, "nettest: reply from {from} seq={seq_no} rtt={rtt} tsc");
                     }
@@ -232,8 +249,9 @@ extern "C" fn _start(start_info: u64) -> ! {
             if waiting && guest::now() - sent_at > reply_timeout {
                 let _ = writeln!(vif.guest, "nettest: no reply from {target} seq={sequence}");
                 waiting = false;
+                next_send = guest::now() + interval;
             }
-            if !waiting && sequence < count && socket.can_send() {
+            if !waiting && sequence < count && socket.can_send() && guest::now() >= next_send {
                 sequence += 1;
                 let payload = *b"mica-nettest-ping";
                 let request = Icmpv4Repr::EchoRequest { ident, seq_no: sequence, data: &payload };
@@ -310,6 +328,104 @@ fn hostile_receive(mut guest: Guest) -> ! {
         let _ = writeln!(guest, "nettest: hostile: receive index corrupted");
     }
     stop(guest)
+}
+
+/// What a sniffing attacker sends.
+#[derive(Clone, Copy)]
+enum Attack {
+    /// Frames from another guest's MAC, to take its traffic over.
+    Spoof([u8; 6]),
+    /// Frames from ever new MACs, to flood the switch's table so that it
+    /// floods other guests' unicast frames here.
+    FloodMacs,
+}
+
+/// Attacks the switch (`mode=spoof victim=<mac>` or `mode=flood-macs`) and
+/// counts the unicast frames it receives for other MACs (which a switch
+/// must never send it). Every half second it reports in the store, at
+/// `data/sniffed`: `reports R sent S received N foreign F`; the first
+/// foreign frame is reported on the console.
+fn sniff(mut guest: Guest, attack: Attack) -> ! {
+    while !guest.net_connected() {
+        guest.wait_for_event();
+        if guest.take_watch_events() > 0 {
+            let _ = guest.net_hotplug();
+        }
+    }
+    let own = guest.net_mac().unwrap_or([0; 6]);
+    let mut text = [0u8; 17];
+    let what = match attack {
+        Attack::Spoof(victim) => {
+            let _ = writeln!(guest, "nettest: spoof: sending as {}", abi::net::format_mac(victim, &mut text));
+            "spoof"
+        }
+        Attack::FloodMacs => {
+            let _ = writeln!(guest, "nettest: flood-macs: sending from new source MACs");
+            "flood-macs"
+        }
+    };
+    let second = guest.ticks_per_second();
+    let (mut sent, mut received, mut foreign, mut reports) = (0u64, 0u64, 0u64, 0u64);
+    let mut next_report = guest::now();
+    let mut fake = 0u32;
+    let mut frame = [0u8; abi::net::FRAME_MAX];
+    loop {
+        // A burst of frames addressed to this guest itself: the switch
+        // learns (or refuses) their source and bothers nobody else.
+        // One from its own MAC too: the switch knows where it lives, so the
+        // burst below is dropped at its own port rather than flooded.
+        let mut outgoing = [0u8; 60];
+        outgoing[..6].copy_from_slice(&own);
+        outgoing[6..12].copy_from_slice(&own);
+        outgoing[12..14].copy_from_slice(&[0x88, 0xb5]);
+        if guest.net_send(&outgoing).is_ok() {
+            sent += 1;
+        }
+        for _ in 0..16 {
+            let source = match attack {
+                Attack::Spoof(victim) => victim,
+                Attack::FloodMacs => {
+                    fake = fake.wrapping_add(1);
+                    let mut mac = [0x02, 0xf1, 0, 0, 0, 0];
+                    mac[2..].copy_from_slice(&fake.to_be_bytes());
+                    mac
+                }
+            };
+            let mut outgoing = [0u8; 60];
+            outgoing[..6].copy_from_slice(&own);
+            outgoing[6..12].copy_from_slice(&source);
+            // An experimental EtherType: no stack takes it for its own.
+            outgoing[12..14].copy_from_slice(&[0x88, 0xb5]);
+            if guest.net_send(&outgoing).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        while let Ok(Some(length)) = guest.net_receive(&mut frame) {
+            received += 1;
+            let destination = &frame[..6.min(length)];
+            if destination.len() == 6 && destination[0] & 1 == 0 && destination != own {
+                foreign += 1;
+                if foreign == 1 {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(destination);
+                    let _ = writeln!(
+                        guest,
+                        "nettest: {what}: received a frame for {}",
+                        abi::net::format_mac(mac, &mut text)
+                    );
+                }
+            }
+        }
+        if guest::now() >= next_report {
+            reports += 1;
+            let mut report = arrayvec::ArrayString::<96>::new();
+            let _ = write!(report, "reports {reports} sent {sent} received {received} foreign {foreign}");
+            let _ = guest.store_write("data/sniffed", &report);
+            next_report = guest::now() + second / 2;
+        }
+        guest.net_wait(guest::now() + second / 1000);
+    }
 }
 
 fn stop(mut guest: Guest) -> ! {
