@@ -9,6 +9,7 @@
 pub mod acpi;
 pub mod elf;
 pub mod event;
+pub mod foreign;
 pub mod frame;
 pub mod guest;
 pub mod io_ports;
