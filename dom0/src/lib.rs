@@ -18,6 +18,7 @@ pub mod shell;
 pub mod store;
 pub mod switch;
 pub mod tar;
+pub mod window;
 // The tests share hv core's generator (one file, used by both crates).
 #[cfg(test)]
 #[path = "../../hv/src/test_random.rs"]
