@@ -774,6 +774,77 @@ impl Toolstack {
         }
     }
 
+    /// `selftest`'s check that hv holds a domain to its share of the
+    /// foreign window and no further: maps page 0 of `domain` (a scratch
+    /// domain dom0 maps nothing else of) at `FOREIGN_SHARE_PAGES` window
+    /// pages, then at one more (hv must refuse: Busy); a page of another,
+    /// new domain still maps there; after one of the first is unmapped, the
+    /// scratch domain's page maps there too. Everything is unmapped and the
+    /// second domain destroyed. Returns the refused call's result, or what
+    /// went wrong.
+    pub fn check_foreign_share(&mut self, domain: DomainId) -> Result<i64, &'static str> {
+        let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+        let map = |owner: DomainId, slot: usize| hypercall::domctl(DomCtlOp::MapForeign, owner, 0, address(slot), 0);
+        let unmap = |slot: usize| hypercall::domctl(DomCtlOp::UnmapForeign, 0, address(slot), 0, 0);
+        let mut slots: ArrayVec<usize, { dom0core::window::SHARE }> = ArrayVec::new();
+        let mut outcome = Ok(0);
+        while !slots.is_full() {
+            let Some(slot) = self.window_slots.take(domain, Use::Ring) else {
+                outcome = Err("no window page for a mapping within the share");
+                break;
+            };
+            slots.push(slot);
+            if map(domain, slot).is_err() {
+                outcome = Err("hv refused a mapping within the share");
+                break;
+            }
+        }
+        // A page no one uses, so only the share can make hv refuse it.
+        let extra = self.window_slots.first_free();
+        if let (Ok(_), Some(extra)) = (outcome, extra) {
+            outcome = match map(domain, extra) {
+                Ok(_) => {
+                    let _ = unmap(extra);
+                    Err("hv mapped more than the share")
+                }
+                Err(Error::Busy) => Ok(Error::Busy.code()),
+                Err(_) => Err("hv refused the mapping beyond the share with the wrong error"),
+            };
+        }
+        if let (Ok(_), Some(extra)) = (outcome, extra) {
+            // Another domain's page is not held back by this one's share.
+            let other = hypercall::create_domain(1)
+                .and_then(|id| hypercall::domctl(DomCtlOp::PopulateMemory, id, 0, 1, 0).map(|_| id));
+            let other_mapped = match other {
+                Ok(id) => {
+                    let mapped = map(id, extra).is_ok();
+                    let _ = unmap(extra);
+                    mapped
+                }
+                Err(_) => false,
+            };
+            if let Ok(id) = other {
+                let _ = hypercall::domctl(DomCtlOp::Destroy, id, 0, 0, 0);
+            }
+            let _ = unmap(slots[0]);
+            let remapped = map(domain, extra).is_ok();
+            let _ = unmap(extra);
+            if !other_mapped {
+                outcome = Err("another domain's page was refused while one domain held its share");
+            } else if !remapped {
+                outcome = Err("hv refused a mapping after one was unmapped");
+            }
+        }
+        if extra.is_none() && outcome.is_ok() {
+            outcome = Err("no free window page");
+        }
+        for slot in slots {
+            let _ = unmap(slot);
+            self.window_slots.release(slot);
+        }
+        outcome
+    }
+
     /// `pause` / `unpause`.
     pub fn set_paused(&mut self, index: usize, paused: bool, out: &mut Uart) {
         let guest = &self.guests[index];

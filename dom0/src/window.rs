@@ -140,6 +140,12 @@ impl<const SLOTS: usize, const GUESTS: usize> Window<SLOTS, GUESTS> {
         released
     }
 
+    /// The first window page not in use, left free (for `selftest`, which
+    /// must ask hv for a page beyond a guest's share).
+    pub fn first_free(&self) -> Option<usize> {
+        self.pages.iter().position(Option::is_none)
+    }
+
     /// Window pages not in use.
     pub fn free(&self) -> usize {
         self.pages.iter().filter(|page| page.is_none()).count()
@@ -218,6 +224,9 @@ mod tests {
         let a = window.take(1, Use::Ring).unwrap();
         let b = window.take(2, Use::Ring).unwrap();
         assert_ne!(a, b);
+        let free = window.first_free().unwrap();
+        assert!(free != a && free != b);
+        assert_eq!(window.first_free(), Some(free));
         assert_eq!(Small::address(1) - Small::address(0), abi::PAGE_SIZE);
         assert_eq!(Small::address(0), FOREIGN_WINDOW_BASE);
         window.release(a);
