@@ -49,7 +49,9 @@ pub enum DomCtlOp {
     ListDomains = 8,
     /// Maps domain `a1`'s page at guest-physical `a2` read-write into dom0 at
     /// guest-physical `a3`, which must lie in the foreign window
-    /// ([`FOREIGN_WINDOW_BASE`], [`FOREIGN_WINDOW_SIZE`]) and be unused.
+    /// ([`FOREIGN_WINDOW_BASE`], [`FOREIGN_WINDOW_SIZE`]) and be unused
+    /// (else `Busy`). Counts towards domain `a1`'s share of the window:
+    /// `Busy` when [`FOREIGN_SHARE_PAGES`] of its pages are mapped already.
     MapForeign = 9,
     /// Removes dom0's foreign mapping at guest-physical `a2` (`a1` ignored).
     UnmapForeign = 10,
@@ -86,12 +88,38 @@ pub const DEFAULT_WEIGHT: u32 = 256;
 /// Largest scheduling weight.
 pub const MAX_WEIGHT: u32 = 65535;
 
-/// dom0's guest-physical window for foreign mappings: 4 GiB up, 1 GiB long.
-/// dom0's initial page tables identity-map it; EPT backs only what
-/// `MapForeign` maps.
+/// dom0's guest-physical window for foreign mappings: [`FOREIGN_WINDOW_PAGES`]
+/// pages from 4 GiB up. dom0's initial page tables identity-map it; EPT
+/// backs only what `MapForeign` and `GrantOp::Map` map there.
+///
+/// Every page dom0 maps of another domain lies here: the console and store
+/// rings the toolstack maps when it builds a guest, and the block and vif
+/// rings and persistent grants the back ends map. hv counts the pages
+/// mapped of each domain (the domain whose page it is: the granter, or the
+/// guest being built) and refuses a mapping beyond [`FOREIGN_SHARE_PAGES`]
+/// of one domain with `Busy`, so one guest's grants can never take the
+/// window from the others.
+///
+/// Cost: in dom0's page tables, 2 MiB pages (16 entries of one page
+/// directory); in EPT, 4 KiB pages, with one EPT page table per 2 MiB of
+/// the window in use (at most 16 pages, 64 KiB, allocated on map and freed
+/// when emptied); in hv, one record per window page (128 KiB in all).
 pub const FOREIGN_WINDOW_BASE: u64 = 4 << 30;
-/// Length of the foreign window.
-pub const FOREIGN_WINDOW_SIZE: u64 = 1 << 30;
+/// Pages in the foreign window: a full share ([`FOREIGN_SHARE_PAGES`]) for
+/// each of the 63 guests hv runs at most (64 domains less dom0), 8064
+/// pages, rounded up to 8192 (32 MiB).
+pub const FOREIGN_WINDOW_PAGES: u64 = 8192;
+/// Length of the foreign window in bytes.
+pub const FOREIGN_WINDOW_SIZE: u64 = FOREIGN_WINDOW_PAGES * crate::PAGE_SIZE;
+/// Most pages of one domain dom0 may have mapped in its foreign window at
+/// once, through `MapForeign` and `GrantOp::Map` together; a further
+/// mapping fails with `Busy` until dom0 unmaps one. A guest needs 5 for its
+/// rings (console, store, block, vif transmit and receive); dom0 spends the
+/// rest on the disk's persistent grants (see dom0's block back end).
+pub const FOREIGN_SHARE_PAGES: u64 = 128;
+
+const _: () = assert!(63 * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
+const _: () = assert!(FOREIGN_WINDOW_SIZE.is_multiple_of(2 << 20));
 
 /// A guest's initial vCPU state, for [`DomCtlOp::SetVcpuContext`]. The
 /// vCPU starts in 64-bit mode with paging on, interrupts off, and flat

@@ -54,7 +54,10 @@ pub enum GrantOp {
     /// Maps grant `a2` of domain `a1` at the caller's guest-physical `a3`
     /// (dom0: in its foreign window), read-only if the grant says so. `a4`
     /// bit 0 ([`MAP_WRITABLE`]): the caller needs to write; a read-only grant
-    /// is then refused with `Permission` instead of mapped read-only.
+    /// is then refused with `Permission` instead of mapped read-only. Refused
+    /// with `Busy` when `a3` is mapped already, or when the caller has
+    /// [`crate::domctl::FOREIGN_SHARE_PAGES`] pages of domain `a1` mapped
+    /// (its share of the window; see [`crate::domctl::FOREIGN_WINDOW_BASE`]).
     Map = 1,
     /// Removes the caller's grant mapping at guest-physical `a1`.
     Unmap = 2,

@@ -4,8 +4,10 @@
 //!
 //! Grants are kept mapped once used (persistent grants: the front end
 //! reuses the same pages), so the disk's PIO transfers land in the guest's
-//! page with no copy. When the cache is full, or a grant cannot be mapped as
-//! needed, the data goes through a hypervisor grant copy instead.
+//! page with no copy. At most [`PERSISTENT_GRANTS`] per guest, within its
+//! share of dom0's foreign window (`dom0core::window`): when that budget is
+//! spent, or a grant cannot be mapped as needed, the data goes through a
+//! hypervisor grant copy instead.
 
 use abi::DomainId;
 use abi::block::{Response, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED};
@@ -18,10 +20,11 @@ use arrayvec::ArrayVec;
 use dom0core::block_backend::Transfer;
 
 use crate::ata::AtaDisk;
-use crate::toolstack::{BlockBackend, WINDOW_SLOTS};
+use crate::toolstack::{BlockBackend, ForeignWindow};
+pub use dom0core::window::PERSISTENT_GRANTS;
+use dom0core::window::Use;
 
-/// Grants one guest disk may keep mapped in dom0.
-pub const PERSISTENT_GRANTS: usize = 64;
+// `mapped_by_grant` holds indexes into `mapped` as u8.
 const _: () = assert!(PERSISTENT_GRANTS < u8::MAX as usize);
 
 /// Most requests served per call, so one busy guest cannot keep dom0 from
@@ -30,7 +33,7 @@ const BATCH: usize = 32;
 
 impl BlockBackend {
     /// Serves up to a batch of requests. Returns whether any was served.
-    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId, slots: &mut [bool; WINDOW_SLOTS]) -> bool {
+    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId, slots: &mut ForeignWindow) -> bool {
         let mut served = 0;
         while served < BATCH {
             let request = match self.ring.pop_request() {
@@ -70,13 +73,7 @@ impl BlockBackend {
 impl BlockBackend {
     /// The dom0 address of grant `grant`, mapping it (writable if asked)
     /// on first use; None when it cannot be mapped (then copy instead).
-    fn mapped_page(
-        &mut self,
-        guest: DomainId,
-        grant: u32,
-        writable: bool,
-        slots: &mut [bool; WINDOW_SLOTS],
-    ) -> Option<u64> {
+    fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool, slots: &mut ForeignWindow) -> Option<u64> {
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let known = self.mapped_by_grant.get(grant as usize).copied().unwrap_or(0);
         if known != 0 {
@@ -87,21 +84,18 @@ impl BlockBackend {
         if self.mapped.is_full() || grant as usize >= abi::grant::ENTRIES {
             return None;
         }
-        let slot = slots.iter().position(|used| !used)?;
-        hypercall::grant_map(guest, grant, address(slot), writable).ok()?;
-        slots[slot] = true;
+        // Refused once the guest's budget of persistent grants is spent.
+        let slot = slots.take(guest, Use::PersistentGrant)?;
+        if hypercall::grant_map(guest, grant, address(slot), writable).is_err() {
+            slots.release(slot);
+            return None;
+        }
         self.mapped.push((grant, writable, slot));
         self.mapped_by_grant[grant as usize] = self.mapped.len() as u8;
         Some(address(slot))
     }
 
-    fn execute(
-        &mut self,
-        plan: &Plan,
-        disk: Option<&mut AtaDisk>,
-        guest: DomainId,
-        slots: &mut [bool; WINDOW_SLOTS],
-    ) -> i32 {
+    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId, slots: &mut ForeignWindow) -> i32 {
         let Some(disk) = disk else { return STATUS_ERROR };
         let (transfers, to_guest) = match plan {
             Plan::Flush => return if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR },

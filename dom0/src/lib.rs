@@ -19,6 +19,7 @@ pub mod store;
 pub mod switch;
 pub mod tar;
 pub mod terminal;
+pub mod window;
 // The tests share hv core's generator (one file, used by both crates).
 #[cfg(test)]
 #[path = "../../hv/src/test_random.rs"]

@@ -472,6 +472,14 @@ impl Shell {
             passed += self.report_case(case.name, matches(case.expected, result), result);
         }
         core::hint::black_box(&mut buffer);
+        // hv refuses a mapping beyond a domain's share of the foreign window.
+        let share = self.toolstack.check_foreign_share(scratch);
+        let mut name: arrayvec::ArrayString<128> = arrayvec::ArrayString::new();
+        let _ = write!(name, "foreign mappings beyond a domain's share refused");
+        if let Err(reason) = share {
+            let _ = write!(name, " ({reason})");
+        }
+        passed += self.report_case(&name, share.is_ok(), share.unwrap_or(0));
         let _ = hypercall::domctl(abi::domctl::DomCtlOp::Destroy, scratch, 0, 0, 0);
         let free_after = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(u64::MAX);
         let leak_free = free_before == free_after;
@@ -483,7 +491,7 @@ impl Shell {
         passed += self.report_case("PCI config address forwarded", echoed == address, echoed as i64);
         let reset = pci::read_reset_control();
         passed += self.report_case("reset control port 0xcf9 refused", reset == 0xff, reset as i64);
-        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len() + 3);
+        let _ = writeln!(self.console, "selftest: {passed} of {} hypercall checks passed", CASES.len() + 4);
     }
 
     fn report_case(&mut self, name: &str, ok: bool, result: i64) -> usize {

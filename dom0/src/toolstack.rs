@@ -11,6 +11,7 @@ use arrayvec::{ArrayString, ArrayVec};
 use dom0core::builder::{self, BuildRequest, DomainControl};
 use dom0core::config::{GuestConfig, OnCrash};
 use dom0core::tar::{Archive, EntryKind};
+use dom0core::window::Use;
 use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
@@ -203,9 +204,9 @@ fn detach_ready(id: DomainId, kind: &str, since: u64, timeout: u64) -> Option<bo
 }
 
 /// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
-fn unmap_slot(window_slots: &mut [bool; WINDOW_SLOTS], slot: usize) {
+fn unmap_slot(window_slots: &mut ForeignWindow, slot: usize) {
     let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
-    window_slots[slot] = false;
+    window_slots.release(slot);
 }
 
 /// Removes guest `id`'s vif 0 from the store (both directories; the
@@ -244,7 +245,10 @@ fn rdtsc() -> u64 {
 /// Most guests dom0 manages (hv's limit less dom0).
 pub const MAX_GUESTS: usize = 63;
 /// Pages of dom0's foreign window it hands out (consoles, rings, data pages).
-pub const WINDOW_SLOTS: usize = 1024;
+pub const WINDOW_SLOTS: usize = abi::domctl::FOREIGN_WINDOW_PAGES as usize;
+/// dom0's foreign window: each guest's pages within its share (see
+/// `dom0core::window`).
+pub type ForeignWindow = dom0core::window::Window<WINDOW_SLOTS, MAX_GUESTS>;
 /// A guest that dies within this many seconds of starting counts as a quick death.
 const QUICK_DEATH_SECONDS: u64 = 10;
 /// Quick deaths in a row after which `on_crash = "restart"` gives up.
@@ -358,7 +362,7 @@ pub struct Toolstack {
     pub guests: ArrayVec<Guest, MAX_GUESTS>,
     pub ramdisk: Archive<'static>,
     pub tsc_khz: u64,
-    window_slots: [bool; WINDOW_SLOTS],
+    window_slots: ForeignWindow,
     /// The guest whose console is attached to the serial line.
     pub attached: Option<DomainId>,
     /// The L2 switch joining the guests' vifs and the physical NIC.
@@ -378,7 +382,7 @@ pub struct Toolstack {
 
 /// The builder's view of the hypervisor: dom0's hypercalls.
 struct Hypervisor<'a> {
-    window_slots: &'a mut [bool; WINDOW_SLOTS],
+    window_slots: &'a mut ForeignWindow,
     console: Option<Console>,
     /// The store ring being connected.
     store: Option<StoreChannel>,
@@ -388,18 +392,20 @@ impl Hypervisor<'_> {
     /// Maps `page` of `domain` into a free foreign-window slot and allocates
     /// dom0's end of an event channel to it. Returns (address, slot, port).
     fn map_and_bind(&mut self, domain: DomainId, page: u64) -> Result<(u64, usize, u32), Error> {
-        let slot = self.window_slots.iter().position(|used| !used).ok_or(Error::Busy)?;
+        let slot = self.window_slots.take(domain, Use::Ring).ok_or(Error::Busy)?;
         let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-        hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0)?;
-        let port = match hypercall::event(EventOp::AllocUnbound, domain as u64, 0) {
-            Ok(port) => port as u32,
-            Err(error) => {
+        let port = hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0).and_then(|_| {
+            hypercall::event(EventOp::AllocUnbound, domain as u64, 0).inspect_err(|_| {
                 let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
-                return Err(error);
+            })
+        });
+        match port {
+            Ok(port) => Ok((address, slot, port as u32)),
+            Err(error) => {
+                self.window_slots.release(slot);
+                Err(error)
             }
-        };
-        self.window_slots[slot] = true;
-        Ok((address, slot, port))
+        }
     }
 }
 
@@ -462,20 +468,21 @@ impl DomainControl for Hypervisor<'_> {
             release_slot(self.window_slots, store.port, store.slot);
         }
         let _ = hypercall::domctl(DomCtlOp::Destroy, domain, 0, 0, 0);
+        self.window_slots.release_guest(domain);
     }
 }
 
 /// Closes dom0's end of a back end's channel and frees its window slot. hv
 /// removes the mapping itself when the guest is destroyed; unmapping first
 /// is harmless.
-fn release_slot(window_slots: &mut [bool; WINDOW_SLOTS], port: u32, slot: usize) {
+fn release_slot(window_slots: &mut ForeignWindow, port: u32, slot: usize) {
     let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
     let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
     let _ = hypercall::event(EventOp::Close, port as u64, 0);
-    window_slots[slot] = false;
+    window_slots.release(slot);
 }
 
-fn release_console(window_slots: &mut [bool; WINDOW_SLOTS], console: Console) {
+fn release_console(window_slots: &mut ForeignWindow, console: Console) {
     release_slot(window_slots, console.port, console.slot);
 }
 
@@ -497,7 +504,7 @@ pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     guests: ArrayVec::new_const(),
     ramdisk: Archive::new(&[]),
     tsc_khz: 0,
-    window_slots: [false; WINDOW_SLOTS],
+    window_slots: ForeignWindow::new(),
     attached: None,
     switch: Switch::new(SWITCH_AGE_MS, NIC_LEARN_LIMIT),
     switch_dropped: 0,
@@ -740,12 +747,12 @@ impl Toolstack {
             // hv removes dom0's grant mappings of the ring pages when the
             // guest is destroyed; the slots come back here.
             for slot in net.slots {
-                self.window_slots[slot] = false;
+                self.window_slots.release(slot);
             }
         }
         if let Some((slots, _)) = guest.broken_vif.take() {
             for slot in slots {
-                self.window_slots[slot] = false;
+                self.window_slots.release(slot);
             }
         }
         self.switch.remove_port(guest.id as PortId);
@@ -758,10 +765,14 @@ impl Toolstack {
             // hv removes dom0's mappings of the guest's pages when it is
             // destroyed; the slots come back here.
             for (_, _, slot) in block.mapped {
-                self.window_slots[slot] = false;
+                self.window_slots.release(slot);
             }
         }
-        match hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0) {
+        let destroyed = hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0);
+        // hv removed every mapping of the guest's pages; whatever window
+        // page dom0 still counted for it is free again.
+        self.window_slots.release_guest(guest.id);
+        match destroyed {
             Ok(_) => {
                 let _ = writeln!(out, "dom0: destroyed '{}' (domain {})", guest.config.name, guest.id);
             }
@@ -769,6 +780,77 @@ impl Toolstack {
                 let _ = writeln!(out, "dom0: destroy '{}': {}", guest.config.name, error.describe());
             }
         }
+    }
+
+    /// `selftest`'s check that hv holds a domain to its share of the
+    /// foreign window and no further: maps page 0 of `domain` (a scratch
+    /// domain dom0 maps nothing else of) at `FOREIGN_SHARE_PAGES` window
+    /// pages, then at one more (hv must refuse: Busy); a page of another,
+    /// new domain still maps there; after one of the first is unmapped, the
+    /// scratch domain's page maps there too. Everything is unmapped and the
+    /// second domain destroyed. Returns the refused call's result, or what
+    /// went wrong.
+    pub fn check_foreign_share(&mut self, domain: DomainId) -> Result<i64, &'static str> {
+        let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+        let map = |owner: DomainId, slot: usize| hypercall::domctl(DomCtlOp::MapForeign, owner, 0, address(slot), 0);
+        let unmap = |slot: usize| hypercall::domctl(DomCtlOp::UnmapForeign, 0, address(slot), 0, 0);
+        let mut slots: ArrayVec<usize, { dom0core::window::SHARE }> = ArrayVec::new();
+        let mut outcome = Ok(0);
+        while !slots.is_full() {
+            let Some(slot) = self.window_slots.take(domain, Use::Ring) else {
+                outcome = Err("no window page for a mapping within the share");
+                break;
+            };
+            slots.push(slot);
+            if map(domain, slot).is_err() {
+                outcome = Err("hv refused a mapping within the share");
+                break;
+            }
+        }
+        // A page no one uses, so only the share can make hv refuse it.
+        let extra = self.window_slots.first_free();
+        if let (Ok(_), Some(extra)) = (outcome, extra) {
+            outcome = match map(domain, extra) {
+                Ok(_) => {
+                    let _ = unmap(extra);
+                    Err("hv mapped more than the share")
+                }
+                Err(Error::Busy) => Ok(Error::Busy.code()),
+                Err(_) => Err("hv refused the mapping beyond the share with the wrong error"),
+            };
+        }
+        if let (Ok(_), Some(extra)) = (outcome, extra) {
+            // Another domain's page is not held back by this one's share.
+            let other = hypercall::create_domain(1)
+                .and_then(|id| hypercall::domctl(DomCtlOp::PopulateMemory, id, 0, 1, 0).map(|_| id));
+            let other_mapped = match other {
+                Ok(id) => {
+                    let mapped = map(id, extra).is_ok();
+                    let _ = unmap(extra);
+                    mapped
+                }
+                Err(_) => false,
+            };
+            if let Ok(id) = other {
+                let _ = hypercall::domctl(DomCtlOp::Destroy, id, 0, 0, 0);
+            }
+            let _ = unmap(slots[0]);
+            let remapped = map(domain, extra).is_ok();
+            let _ = unmap(extra);
+            if !other_mapped {
+                outcome = Err("another domain's page was refused while one domain held its share");
+            } else if !remapped {
+                outcome = Err("hv refused a mapping after one was unmapped");
+            }
+        }
+        if extra.is_none() && outcome.is_ok() {
+            outcome = Err("no free window page");
+        }
+        for slot in slots {
+            let _ = unmap(slot);
+            self.window_slots.release(slot);
+        }
+        outcome
     }
 
     /// `pause` / `unpause`.
@@ -949,7 +1031,7 @@ impl Toolstack {
                 continue;
             };
             guest.pending_disk = None;
-            let connected = match (ring_ref, port, self.window_slots.iter().position(|used| !used)) {
+            let connected = match (ring_ref, port, self.window_slots.take(id, Use::Ring)) {
                 (Some(ring_ref), Some(port), Some(slot)) => {
                     let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
                     let mapped = hypercall::grant_map(id, ring_ref, address, true);
@@ -957,7 +1039,6 @@ impl Toolstack {
                         mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
                     match bound {
                         Ok(dom0_port) => {
-                            self.window_slots[slot] = true;
                             // SAFETY: hv just mapped the guest's granted ring page
                             // read-write at this identity-mapped address; dom0
                             // keeps it mapped until the guest is destroyed.
@@ -979,11 +1060,17 @@ impl Toolstack {
                         }
                         Err(_) => {
                             let _ = hypercall::grant_unmap(address);
+                            self.window_slots.release(slot);
                             false
                         }
                     }
                 }
-                _ => false,
+                (_, _, slot) => {
+                    if let Some(slot) = slot {
+                        self.window_slots.release(slot);
+                    }
+                    false
+                }
             };
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vbd", id, answer);
@@ -1221,8 +1308,9 @@ impl Toolstack {
             guest.pending_vif = None;
             // The vif may send from its MAC only, and frames to it come here.
             let locked = self.switch.add_static(id as PortId, mac).is_ok();
-            let mut free = self.window_slots.iter().enumerate().filter(|(_, used)| !**used).map(|(slot, _)| slot);
-            let connected = match (locked, tx_ref, rx_ref, port, free.next(), free.next()) {
+            let tx_slot = self.window_slots.take(id, Use::Ring);
+            let rx_slot = self.window_slots.take(id, Use::Ring);
+            let connected = match (locked, tx_ref, rx_ref, port, tx_slot, rx_slot) {
                 (true, Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
                     let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
                     let tx_mapped = hypercall::grant_map(id, tx_ref, address(tx_slot), true);
@@ -1231,8 +1319,6 @@ impl Toolstack {
                         rx_mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
                     match bound {
                         Ok(dom0_port) => {
-                            self.window_slots[tx_slot] = true;
-                            self.window_slots[rx_slot] = true;
                             // SAFETY: hv just mapped the guest's granted ring pages
                             // read-write at these identity-mapped addresses; dom0
                             // keeps them mapped until the guest is destroyed.
@@ -1253,11 +1339,18 @@ impl Toolstack {
                             if rx_mapped.is_ok() {
                                 let _ = hypercall::grant_unmap(address(rx_slot));
                             }
+                            self.window_slots.release(tx_slot);
+                            self.window_slots.release(rx_slot);
                             false
                         }
                     }
                 }
-                _ => false,
+                _ => {
+                    for slot in [tx_slot, rx_slot].into_iter().flatten() {
+                        self.window_slots.release(slot);
+                    }
+                    false
+                }
             };
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vif", id, answer);
@@ -1578,14 +1671,15 @@ impl Toolstack {
                 let state = block.broken.unwrap_or("connected");
                 let _ = writeln!(
                     out,
-                    "  {:<20} disk     {}:{}+{}{}  {state}, {} requests, {} tsc serving them",
+                    "  {:<20} disk     {}:{}+{}{}  {state}, {} requests, {} tsc serving them, {} pages mapped",
                     guest.config.name,
                     self.disks.get(block.disk).map_or("?", |d| d.name()),
                     block.region.start,
                     block.region.sectors,
                     if block.region.readonly { ",ro" } else { "" },
                     block.requests,
-                    block.service_tsc
+                    block.service_tsc,
+                    block.mapped.len()
                 );
             }
         }

@@ -17,9 +17,6 @@ const REFUSAL_REPORTS: u32 = 8;
 /// Most separate `PopulateMemory` ranges a domain may have.
 pub const MAX_POPULATED_RANGES: usize = 32;
 
-/// Most foreign pages dom0 may have mapped at once.
-pub const MAX_FOREIGN_MAPPINGS: usize = 128;
-
 /// Why a domain stopped for good.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -27,17 +24,6 @@ pub enum Ended {
     Crashed,
     /// It shut itself down.
     Shutdown(ShutdownReason),
-}
-
-/// A page of another domain mapped into dom0's foreign window.
-#[derive(Clone, Copy, Debug)]
-pub struct ForeignMapping {
-    /// Where dom0 sees it.
-    pub dom0_address: u64,
-    /// Whose page it is.
-    pub owner: DomainId,
-    /// The grant reference it was mapped through (None: a builder mapping).
-    pub grant: Option<u32>,
 }
 
 /// A domain.
@@ -62,8 +48,6 @@ pub struct Domain {
     pub cap: u32,
     /// RAM ranges given by PopulateMemory: (guest-physical base, pages).
     pub populated: ArrayVec<(u64, u64), MAX_POPULATED_RANGES>,
-    /// dom0 only: foreign pages it has mapped.
-    pub foreign: ArrayVec<ForeignMapping, MAX_FOREIGN_MAPPINGS>,
     /// Absolute TSC deadline of the one-shot timer, 0 = not armed.
     pub timer_deadline: u64,
     /// Event channel ports.
@@ -127,7 +111,6 @@ impl Domain {
             weight: abi::domctl::DEFAULT_WEIGHT,
             cap: 0,
             populated: ArrayVec::new(),
-            foreign: ArrayVec::new(),
             timer_deadline: 0,
             events: hvcore::event::PortTable::new(),
             channels_ended: false,

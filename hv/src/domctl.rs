@@ -2,12 +2,15 @@
 //! destroys guests. Every operation checks the caller is dom0, validates
 //! every argument, and leaves nothing half-done on error.
 
-use abi::domctl::{COPY_MAX, DomCtlOp, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE, MAX_WEIGHT, VcpuContext};
+use abi::domctl::{
+    COPY_MAX, DomCtlOp, FOREIGN_SHARE_PAGES, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_PAGES, MAX_WEIGHT, VcpuContext,
+};
 use abi::{DomainId, Error};
+use hvcore::foreign::{ForeignWindow, Mapping};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
-use crate::domain::{Domain, ForeignMapping, read_struct};
+use crate::domain::{Domain, read_struct};
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
 use crate::memory::{self, HvTables};
 
@@ -122,18 +125,12 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     let id = hv.domains[target].id;
     // 1. dom0's mappings of its pages go first, so no frame is freed while mapped.
     if let Some(dom0) = hv.domains.iter_mut().find(|d| d.privileged) {
-        let mut index = 0;
-        let mut unmapped = false;
-        while index < dom0.foreign.len() {
-            if dom0.foreign[index].owner == id {
-                let mapping = dom0.foreign.swap_remove(index);
-                let _ = dom0.ept.unmap(&mut HvTables, mapping.dom0_address);
-                unmapped = true;
-            } else {
-                index += 1;
-            }
-        }
-        if unmapped && let Some(vcpu) = dom0.vcpu.as_ref() {
+        let unmapped = hv.foreign.remove_owner(id, |address| {
+            let _ = dom0.ept.unmap(&mut HvTables, address);
+        });
+        if unmapped > 0
+            && let Some(vcpu) = dom0.vcpu.as_ref()
+        {
             vcpu.flush_ept(&hv.capabilities);
         }
     }
@@ -234,9 +231,12 @@ fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u6
     Ok(count as u64)
 }
 
+// Every guest hv can run (all its domains but dom0) gets a full share of
+// dom0's foreign window.
+const _: () = assert!((MAX_DOMAINS as u64 - 1) * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
+
 pub fn in_foreign_window(address: u64) -> bool {
-    address.is_multiple_of(abi::PAGE_SIZE)
-        && (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&address)
+    ForeignWindow::<MAX_DOMAINS>::page_of(address).is_some()
 }
 
 fn map_foreign(
@@ -251,26 +251,31 @@ fn map_foreign(
     }
     let frame = hv.domains[target].host_frame(guest_address, Access::READ | Access::WRITE)?;
     let owner = hv.domains[target].id;
+    // Recorded first: refused here when the page is in use or the guest has
+    // its share of the window mapped.
+    hv.foreign.insert(dom0_address, Mapping { owner, grant: None })?;
     let dom0 = &mut hv.domains[caller];
-    if dom0.foreign.is_full() {
-        return Err(Error::Busy);
-    }
-    dom0.ept
-        .map(&mut HvTables, dom0_address, frame, PageSize::Size4K, Access::READ | Access::WRITE, MemoryType::WriteBack)
-        .map_err(|error| match error {
+    if let Err(error) = dom0.ept.map(
+        &mut HvTables,
+        dom0_address,
+        frame,
+        PageSize::Size4K,
+        Access::READ | Access::WRITE,
+        MemoryType::WriteBack,
+    ) {
+        hv.foreign.remove(dom0_address, false);
+        return Err(match error {
             hvcore::paging::MapError::AlreadyMapped => Error::Busy,
             hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
             _ => Error::InvalidArgument,
-        })?;
-    dom0.foreign.push(ForeignMapping { dom0_address, owner, grant: None });
+        });
+    }
     Ok(0)
 }
 
 fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Result<u64, Error> {
+    hv.foreign.remove(dom0_address, false).ok_or(Error::NotFound)?;
     let dom0 = &mut hv.domains[caller];
-    let slot =
-        dom0.foreign.iter().position(|m| m.dom0_address == dom0_address && m.grant.is_none()).ok_or(Error::NotFound)?;
-    dom0.foreign.swap_remove(slot);
     let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
     if let Some(vcpu) = dom0.vcpu.as_ref() {
         vcpu.flush_ept(&hv.capabilities);

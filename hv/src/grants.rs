@@ -3,13 +3,16 @@
 //! of use, checks it names the caller and permits the access, and keeps the
 //! entry's `MAPPED` bit set while any mapping of it exists, which is what
 //! makes the granter's revocation fail while mapped (see `abi::grant`).
+//! Every mapping is recorded in `Hypervisor::foreign`, which also holds
+//! each granter to its share of dom0's foreign window.
 
 use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED, PERMIT_ACCESS, READONLY};
 use abi::{DomainId, Error};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
+use hvcore::foreign::Mapping;
+
 use crate::arch::memory as physical;
-use crate::domain::ForeignMapping;
 use crate::domctl::in_foreign_window;
 use crate::hypervisor::Hypervisor;
 use crate::memory::HvTables;
@@ -82,8 +85,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             }
             // Moving the table while another domain maps one of its grants
             // would lose track of the MAPPED bits.
-            let mapped = hv.domains.iter().any(|d| d.foreign.iter().any(|m| m.owner == caller_id && m.grant.is_some()));
-            if mapped {
+            if hv.foreign.maps_grants_of(caller_id) {
                 return Err(Error::Busy);
             }
             let domain = &mut hv.domains[caller];
@@ -102,35 +104,38 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             let (frame, entry) = check(hv, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
             let owner = hv.domains[granter].id;
             let entry_at = entry_address(hv, granter, a2)?;
-            let domain = &mut hv.domains[caller];
-            if domain.foreign.is_full() {
-                return Err(Error::Busy);
-            }
+            // Recorded first: refused here when the page is in use or the
+            // granter has its share of the window mapped.
+            hv.foreign.insert(a3, Mapping { owner, grant: Some(a2 as u32) })?;
             let access = if entry.flags & READONLY != 0 { Access::READ } else { Access::READ | Access::WRITE };
-            domain.ept.map(&mut HvTables, a3, frame, PageSize::Size4K, access, MemoryType::WriteBack).map_err(
-                |error| match error {
+            let domain = &mut hv.domains[caller];
+            if let Err(error) =
+                domain.ept.map(&mut HvTables, a3, frame, PageSize::Size4K, access, MemoryType::WriteBack)
+            {
+                hv.foreign.remove(a3, true);
+                return Err(match error {
                     hvcore::paging::MapError::AlreadyMapped => Error::Busy,
                     hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
                     _ => Error::InvalidArgument,
-                },
-            )?;
-            domain.foreign.push(ForeignMapping { dom0_address: a3, owner, grant: Some(a2 as u32) });
+                });
+            }
             // Entries are 8-byte aligned with `flags` in the low bits.
             physical::atomic_test_and_set_bit(entry_at, MAPPED.trailing_zeros());
             Ok(0)
         }
         GrantOp::Unmap => {
+            // Only dom0 maps grants (into its foreign window).
+            if !hv.domains[caller].privileged {
+                return Err(Error::NotFound);
+            }
+            let mapping = hv.foreign.remove(a1, true).ok_or(Error::NotFound)?;
             let domain = &mut hv.domains[caller];
-            let slot =
-                domain.foreign.iter().position(|m| m.dom0_address == a1 && m.grant.is_some()).ok_or(Error::NotFound)?;
-            let mapping = domain.foreign.swap_remove(slot);
             let _ = domain.ept.unmap(&mut HvTables, a1);
             if let Some(vcpu) = domain.vcpu.as_ref() {
                 vcpu.flush_ept(&hv.capabilities);
             }
-            let still_mapped = domain.foreign.iter().any(|m| m.owner == mapping.owner && m.grant == mapping.grant);
-            if !still_mapped
-                && let (Some(owner), Some(reference)) = (hv.index_of(mapping.owner), mapping.grant)
+            if let (Some(owner), Some(reference)) = (hv.index_of(mapping.owner), mapping.grant)
+                && !hv.foreign.maps_grant(mapping.owner, reference)
                 && let Ok(entry_at) = entry_address(hv, owner, reference as u64)
             {
                 physical::atomic_test_and_clear_bit(entry_at, MAPPED.trailing_zeros());

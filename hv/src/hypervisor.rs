@@ -65,6 +65,8 @@ pub struct Hypervisor {
     pub device_policy: hvcore::mmio::DevicePolicy,
     /// Bytes of RAM dom0 has from guest-physical 0 (what `Translate` answers for).
     pub dom0_ram_bytes: u64,
+    /// What dom0 has mapped in its foreign window, and of whom.
+    pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
 }
 
 /// The hypervisor's state. It is far too large for a stack (every domain's
@@ -82,6 +84,7 @@ pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
     guest_msr_bitmap: 0,
     device_policy: hvcore::mmio::DevicePolicy::new(),
     dom0_ram_bytes: 0,
+    foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
 
 impl Hypervisor {

@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod cpu_state;
 pub mod elf;
 pub mod event;
+pub mod foreign;
 pub mod frame;
 pub mod guest;
 pub mod io_ports;

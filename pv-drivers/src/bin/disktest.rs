@@ -2,7 +2,10 @@
 //! back and checks every byte (`mode=write`, the default), or only reads
 //! and checks what an earlier run wrote (`mode=verify`). `mode=hostile`
 //! attacks dom0's back end instead: a request naming a page it does not
-//! own, then a ring whose producer index runs away.
+//! own, then a ring whose producer index runs away. `mode=flood` grants
+//! dom0 [`FLOOD_PAGES`] distinct pages (twice a guest's share of dom0's
+//! foreign window) and names each in its own request, so dom0 would map
+//! them all if it let a guest keep as many pages mapped as it asked.
 //!
 //! Sector `s` holds: bytes 0..8 `s` (little-endian), bytes 8..16 `MICADISK`,
 //! then byte `i` = `(s * 7 + i) % 251`. The system tests read the disk image
@@ -12,6 +15,7 @@
 
 use core::fmt::Write;
 
+use abi::start_info::MemoryKind;
 use pv_drivers::guest::{self, Guest};
 
 const SECTOR: usize = 512;
@@ -35,6 +39,9 @@ extern "C" fn _start(start_info: u64) -> ! {
     }
     if start.cmdline().split_whitespace().any(|word| word == "mode=bench") {
         bench(&mut guest);
+    }
+    if start.cmdline().split_whitespace().any(|word| word == "mode=flood") {
+        flood(&mut guest);
     }
     // `wait`: a guest created without a disk waits for `block-attach`.
     if guest.disk_sectors() == 0 && start.cmdline().split_whitespace().any(|word| word == "wait") {
@@ -209,6 +216,98 @@ fn hostile(guest: &mut Guest) -> ! {
         guest.disk_notify();
         let _ = writeln!(guest, "disktest: corrupted my ring's producer index");
     }
+    idle(guest)
+}
+
+/// Pages `mode=flood` grants dom0, one request each: twice its share of
+/// dom0's foreign window.
+const FLOOD_PAGES: usize = 2 * abi::domctl::FOREIGN_SHARE_PAGES as usize;
+
+/// `mode=flood`: grants dom0 `FLOOD_PAGES` pages of its free RAM (the
+/// start-info page's largest free region), writes the pattern over the
+/// first `FLOOD_PAGES` pages of the disk with one single-page request per
+/// grant, clears the pages, reads them back the same way and checks them.
+/// Every request must succeed (dom0 maps what its budget allows and copies
+/// the rest).
+fn flood(guest: &mut Guest) -> ! {
+    let sectors_per_page = (4096 / SECTOR) as u64;
+    let free = guest.start_info.regions().iter().filter(|region| region.kind == MemoryKind::Free as u32).copied();
+    let Some(region) = free.max_by_key(|region| region.size) else {
+        let _ = writeln!(guest, "disktest: FAILED: flood: no free RAM");
+        idle(guest)
+    };
+    let pages = FLOOD_PAGES.min((guest.disk_sectors() / sectors_per_page) as usize).min((region.size / 4096) as usize);
+    let page_address = |page: usize| region.base + page as u64 * 4096;
+    let mut grants = [0u32; FLOOD_PAGES];
+    for (page, grant) in grants.iter_mut().enumerate().take(pages) {
+        *grant = match guest.grant_to_dom0(page_address(page), false) {
+            Ok(reference) => reference,
+            Err(error) => {
+                let _ = writeln!(guest, "disktest: FAILED: flood: granting page {page}: {error:?}");
+                idle(guest)
+            }
+        };
+    }
+    let _ = writeln!(guest, "disktest: flood: {pages} pages granted to dom0");
+    let mut sector_bytes = [0u8; SECTOR];
+    let mut id = 1 << 32;
+    for (operation, label) in [(abi::block::OP_WRITE, "write"), (abi::block::OP_READ, "read")] {
+        for (page, &grant) in grants.iter().enumerate().take(pages) {
+            let first = page as u64 * sectors_per_page;
+            for index in 0..sectors_per_page {
+                if operation == abi::block::OP_WRITE {
+                    fill(first + index, &mut sector_bytes);
+                } else {
+                    sector_bytes = [0; SECTOR];
+                }
+                // SAFETY: the page is free RAM of ours, reached only through
+                // raw pointers; dom0 touches it only while serving a request
+                // we wait for.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        sector_bytes.as_ptr(),
+                        (page_address(page) + index * SECTOR as u64) as *mut u8,
+                        SECTOR,
+                    );
+                }
+            }
+            id += 1;
+            let mut request =
+                abi::block::Request { id, operation, segment_count: 1, sector: first, ..Default::default() };
+            request.segments[0] = abi::block::Segment { grant, first_sector: 0, last_sector: 7, _reserved: 0 };
+            match guest.disk_request(&request) {
+                Ok(abi::block::STATUS_OK) => {}
+                other => {
+                    let _ = writeln!(guest, "disktest: FAILED: flood: {label} of page {page}: {other:?}");
+                    idle(guest)
+                }
+            }
+        }
+    }
+    let mut expected = [0u8; SECTOR];
+    for page in 0..pages {
+        for index in 0..sectors_per_page {
+            let sector = page as u64 * sectors_per_page + index;
+            fill(sector, &mut expected);
+            // SAFETY: as above; dom0 has answered every request.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (page_address(page) + index * SECTOR as u64) as *const u8,
+                    sector_bytes.as_mut_ptr(),
+                    SECTOR,
+                );
+            }
+            if sector_bytes != expected {
+                let _ = writeln!(guest, "disktest: FAILED: flood: sector {sector} differs");
+                idle(guest)
+            }
+        }
+    }
+    let _ = writeln!(
+        guest,
+        "disktest: flood: {pages} distinct grants, wrote and verified {} sectors: all match",
+        pages as u64 * sectors_per_page
+    );
     idle(guest)
 }
 
