@@ -1,0 +1,4 @@
+//! libFuzzer entry for [`mica_fuzz::block_request`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mica_fuzz::block_request(data));

@@ -1,0 +1,283 @@
+//! Targets for what a front end writes on its rings: block and net requests
+//! as dom0's back ends decode and check them, and the ring indices a hostile
+//! front end can set to anything.
+#![allow(unsafe_code, reason = "the ring target hands a raw page to the ring code, as dom0 does")]
+
+use core::fmt::Debug;
+use core::mem::offset_of;
+
+use abi::block::{OP_FLUSH, OP_READ, OP_WRITE, Request, Response, SECTOR_SIZE};
+use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
+use abi::ring::{HEADER_SIZE, RingHeader};
+use dom0core::block_backend::{Plan, Region, plan};
+use dom0core::net_backend::{check_rx, check_tx};
+use pv_drivers::ring::{BackRing, RingError, Slot};
+
+use crate::bytes::Bytes;
+
+/// One block request from the ring, checked against a region of the disk:
+/// a request that is accepted moves whole sectors within one page per
+/// segment and never leaves the region.
+pub fn block_request(data: &[u8]) {
+    let mut input = Bytes::new(data);
+    let region = region(&mut input);
+    let bytes = input.array::<{ Request::SIZE }>();
+    let request = Request::from_bytes(&bytes);
+    check_encoding(&request, &bytes);
+    check_block_request(&request, &region);
+}
+
+/// A region as `disk_spec` accepts one: at least one sector, not wrapping.
+fn region(input: &mut Bytes) -> Region {
+    let start = input.u64();
+    let sectors = input.u64().clamp(1, u64::MAX - start.min(u64::MAX - 1));
+    Region { start, sectors, readonly: input.byte() & 1 != 0 }
+}
+
+fn check_block_request(request: &Request, region: &Region) {
+    let Ok(planned) = plan(request, region) else { return };
+    let transfers = match planned {
+        Plan::Flush => {
+            assert_eq!(request.operation, OP_FLUSH);
+            return;
+        }
+        Plan::Read(transfers) => {
+            assert_eq!(request.operation, OP_READ);
+            transfers
+        }
+        Plan::Write(transfers) => {
+            assert_eq!(request.operation, OP_WRITE);
+            assert!(!region.readonly, "a write planned on a read-only disk");
+            transfers
+        }
+    };
+    assert_eq!(transfers.len(), request.segment_count as usize);
+    let region_end = region.start + region.sectors;
+    let mut next_sector = region.start.checked_add(request.sector).expect("accepted sector past the region");
+    for (transfer, segment) in transfers.iter().zip(&request.segments) {
+        assert_eq!(transfer.grant, segment.grant);
+        let bytes = u64::from(transfer.bytes);
+        assert!(bytes > 0 && bytes.is_multiple_of(SECTOR_SIZE), "{transfer:?}");
+        assert!(u64::from(transfer.offset).is_multiple_of(SECTOR_SIZE));
+        assert!(u64::from(transfer.offset) + bytes <= abi::PAGE_SIZE, "transfer past its page: {transfer:?}");
+        assert_eq!(transfer.disk_sector, next_sector, "segments are contiguous on the disk");
+        next_sector = transfer.disk_sector + bytes / SECTOR_SIZE;
+        assert!(transfer.disk_sector >= region.start && next_sector <= region_end, "{request:?} left {region:?}");
+    }
+}
+
+/// Net requests, 16 bytes at a time: each is decoded as a transmit request
+/// and its first 8 bytes as a posted receive buffer. An accepted transmit
+/// names a frame of legal length inside its page and a grant inside the
+/// table; an accepted receive buffer a grant inside the table.
+pub fn net_request(data: &[u8]) {
+    for chunk in data.chunks(TxRequest::SIZE) {
+        let mut bytes = [0u8; TxRequest::SIZE];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let transmit = TxRequest::from_bytes(&bytes);
+        check_encoding(&transmit, &bytes);
+        check_transmit(&transmit);
+        let receive = RxRequest::from_bytes(&bytes[..RxRequest::SIZE]);
+        check_encoding(&receive, &bytes[..RxRequest::SIZE]);
+        check_receive(&receive);
+    }
+}
+
+fn check_transmit(request: &TxRequest) {
+    let Ok(plan) = check_tx(request) else { return };
+    assert_eq!((plan.grant, plan.offset, plan.size), (request.grant, request.offset, request.size));
+    assert!(plan.grant != 0 && (plan.grant as usize) < abi::grant::ENTRIES, "{request:?}");
+    assert!((FRAME_MIN..=FRAME_MAX).contains(&(plan.size as usize)), "{request:?}");
+    assert!(plan.offset as usize + plan.size as usize <= abi::PAGE_SIZE as usize, "{request:?}");
+    assert_eq!((request.flags, request._reserved), (0, 0));
+}
+
+fn check_receive(request: &RxRequest) {
+    let Ok(grant) = check_rx(request) else { return };
+    assert_eq!(grant, request.grant);
+    assert!(grant != 0 && (grant as usize) < abi::grant::ENTRIES, "{request:?}");
+    assert_eq!(request._reserved, 0);
+}
+
+/// The slot encoding is a bijection on the structure's bytes: what the back
+/// end decodes is exactly what the front end wrote.
+fn check_encoding<T: Slot + PartialEq + Debug>(value: &T, bytes: &[u8]) {
+    let mut encoded = [0u8; 128];
+    value.to_bytes(&mut encoded);
+    assert_eq!(&encoded[..T::SIZE], &bytes[..T::SIZE]);
+}
+
+/// A back end's ring (block, net transmit or net receive, by the first
+/// byte) driven by a hostile front end: the rest of the input is a script
+/// of front-end writes (any header word, any slot byte) and back-end
+/// operations. A model of the protocol predicts every outcome: the back
+/// end takes a request only when the front end published it and a slot is
+/// free of unanswered requests, reports corruption otherwise without
+/// changing state, copies exactly the slot's bytes, and writes responses
+/// only into the slots of requests it took.
+pub fn ring(data: &[u8]) {
+    let mut input = Bytes::new(data);
+    match input.byte() % 3 {
+        0 => drive::<Request, Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>(
+            &mut input,
+            |request| check_block_request(request, &Region { start: 2048, sectors: 8192, readonly: false }),
+            |request| Response { id: request.id, operation: request.operation, ..Response::default() },
+        ),
+        1 => drive::<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>(
+            &mut input,
+            check_transmit,
+            |request| TxResponse { id: request.id, status: abi::net::STATUS_OK, _reserved: 0 },
+        ),
+        _ => drive::<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>(
+            &mut input,
+            check_receive,
+            |request| RxResponse { id: request.id, offset: 0, status: 60, _reserved: 0 },
+        ),
+    }
+}
+
+/// The shared ring page.
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// A page on the heap, touched only through raw pointers while a ring uses it.
+struct SharedPage(*mut Page);
+
+impl SharedPage {
+    fn new() -> SharedPage {
+        SharedPage(Box::into_raw(Box::new(Page([0; 4096]))))
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.0.cast()
+    }
+
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= 4096);
+        for (index, &byte) in bytes.iter().enumerate() {
+            // SAFETY: inside the live page (checked above); no reference to
+            // it exists, the ring reads it only through raw pointers too.
+            unsafe { self.base().add(offset + index).write_volatile(byte) };
+        }
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= 4096);
+        for (index, byte) in out.iter_mut().enumerate() {
+            // SAFETY: as for `write`.
+            *byte = unsafe { self.base().add(offset + index).read_volatile() };
+        }
+    }
+
+    fn word(&self, offset: usize) -> u32 {
+        let mut bytes = [0; 4];
+        self.read(offset, &mut bytes);
+        u32::from_ne_bytes(bytes)
+    }
+
+    fn set_word(&self, offset: usize, value: u32) {
+        self.write(offset, &value.to_ne_bytes());
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` in `new`; the ring that used the
+        // page was dropped before (it is declared after the page).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+const REQ_PROD: usize = offset_of!(RingHeader, req_prod);
+const REQ_EVENT: usize = offset_of!(RingHeader, req_event);
+const RSP_PROD: usize = offset_of!(RingHeader, rsp_prod);
+
+fn drive<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize>(
+    input: &mut Bytes,
+    check: impl Fn(&Req),
+    respond: impl Fn(&Req) -> Rsp,
+) where
+    Req: Slot + PartialEq + Debug,
+    Rsp: Slot + PartialEq + Debug,
+{
+    let page = SharedPage::new();
+    // SAFETY: the page is 4 KiB, page-aligned, writable, outlives the ring
+    // (dropped after it), and is only accessed through raw pointers.
+    let mut back = unsafe { BackRing::<Req, Rsp, SLOTS, SLOT_SIZE>::attach(page.base()) };
+    let slot_offset = |index: u32| HEADER_SIZE + index as usize % SLOTS * SLOT_SIZE;
+    let slot = |index: u32| {
+        let mut bytes = [0u8; SLOT_SIZE];
+        page.read(slot_offset(index), &mut bytes);
+        bytes
+    };
+    // The model: requests taken, responses written, responses published.
+    let (mut taken, mut answered, mut published) = (0u32, 0u32, 0u32);
+    let mut steps = 0;
+    while !input.is_empty() && steps < 4096 {
+        steps += 1;
+        match input.byte() % 7 {
+            0 => {
+                let word = input.byte() as usize % (HEADER_SIZE / 4) * 4;
+                page.set_word(word, input.u32());
+            }
+            1 => {
+                let index = u32::from(input.byte());
+                let bytes = input.take(SLOT_SIZE);
+                page.write(slot_offset(index), bytes);
+            }
+            2 => {
+                // An honest-looking producer index near the window, so the
+                // script reaches the accepting paths without guessing it.
+                let ahead = u32::from(input.byte()) % (SLOTS as u32 + 2);
+                page.set_word(REQ_PROD, answered.wrapping_add(ahead));
+            }
+            3 => {
+                let req_prod = page.word(REQ_PROD);
+                let unanswered = req_prod.wrapping_sub(answered);
+                let available = req_prod.wrapping_sub(taken);
+                let expected = Req::from_bytes(&slot(taken));
+                match back.pop_request() {
+                    Err(RingError::Corrupt) => {
+                        assert!(unanswered > SLOTS as u32 || available > unanswered, "corrupt on a good index")
+                    }
+                    Err(RingError::Full) => panic!("pop_request never reports Full"),
+                    Ok(None) => assert_eq!(available, 0),
+                    Ok(Some(request)) => {
+                        assert!(unanswered <= SLOTS as u32 && available <= unanswered && available > 0);
+                        assert_eq!(request, expected, "not the bytes of slot {taken}");
+                        taken = taken.wrapping_add(1);
+                        check(&request);
+                    }
+                }
+            }
+            4 => {
+                let response = respond(&Req::from_bytes(&slot(answered)));
+                match back.push_response(&response) {
+                    Ok(()) => {
+                        assert_ne!(answered, taken, "a response with no request taken");
+                        let written = Rsp::from_bytes(&slot(answered));
+                        assert_eq!(written, response, "response not in its request's slot");
+                        answered = answered.wrapping_add(1);
+                    }
+                    Err(error) => assert_eq!((error, answered), (RingError::Full, taken)),
+                }
+            }
+            5 => {
+                let _notify = back.publish_responses();
+                if published != answered {
+                    assert_eq!(page.word(RSP_PROD), answered);
+                    published = answered;
+                }
+            }
+            _ => {
+                let pending = page.word(REQ_PROD) != taken;
+                assert_eq!(back.arm_request_event(), pending);
+                if !pending {
+                    assert_eq!(page.word(REQ_EVENT), taken.wrapping_add(1));
+                }
+            }
+        }
+        assert!(taken.wrapping_sub(answered) <= SLOTS as u32, "more requests taken than slots");
+    }
+    // `back` is dropped before `page` (declared after it).
+}

@@ -1,0 +1,121 @@
+//! The store's wire protocol as guests speak it: byte streams from two
+//! guests, cut at arbitrary points, assembled into messages and handled by
+//! a small store, with domains coming and going.
+
+use abi::DomainId;
+use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreError, StoreHeader, StoreOp};
+use dom0core::store::{MessageAssembler, Quota, Store};
+
+use crate::bytes::Bytes;
+
+/// A store small enough to build for every input: 128 nodes, 8 KiB of
+/// arena, 32 watches, 8 domains.
+type Small = Store<128, 8192, 32, 8>;
+
+/// The guests whose streams the input carries.
+const GUESTS: [DomainId; 2] = [1, 3];
+/// A value only domain 2 can read; no reply or event to another guest may
+/// carry it (unless the input itself contains it).
+const SECRET: &str = "s3cr3t-of-d2";
+
+/// The input is a sequence of steps `[control][bytes]`: bit 0 of `control`
+/// picks the guest, the other bits the number of bytes (0..=127) fed to its
+/// assembler; a step of 0 bytes destroys the guest's domain and introduces
+/// a new one with the same id (and a fresh stream). Every reply and queued
+/// event must be a well-formed message, quotas must hold, and no guest may
+/// read what only domain 2 can.
+pub fn store(data: &[u8]) {
+    let leaks_checked = !data.windows(SECRET.len()).any(|window| window == SECRET.as_bytes());
+    let mut store = Box::new(Small::new());
+    for domain in [1, 2, 3] {
+        store.introduce_domain(domain, Quota::GUEST).expect("introduce");
+    }
+    store.write(2, "secret", SECRET).expect("domain 2 writes its secret");
+    // A device as dom0 sets one up: its directory, the guest's state node.
+    store.write(abi::DOM0, "/local/domain/1/device/vbd/0/state", "1").expect("dom0 writes");
+    let mut assemblers = [MessageAssembler::new(), MessageAssembler::new()];
+    let mut reply = [0u8; STORE_MESSAGE_MAX];
+    let mut input = Bytes::new(data);
+    while !input.is_empty() {
+        let control = input.byte();
+        let which = usize::from(control & 1);
+        let caller = GUESTS[which];
+        let mut chunk = input.take(usize::from(control >> 1));
+        if chunk.is_empty() {
+            store.remove_domain(caller).expect("remove a guest");
+            store.introduce_domain(caller, Quota::GUEST).expect("introduce it again");
+            assemblers[which].clear();
+            continue;
+        }
+        while !chunk.is_empty() {
+            let taken = assemblers[which].feed(chunk);
+            chunk = &chunk[taken..];
+            if let Some(message) = assemblers[which].message() {
+                let size = store.handle(caller, message, &mut reply);
+                check_reply(message, &reply[..size], leaks_checked);
+                assemblers[which].clear();
+                while let Some(size) = store.next_event_size(caller) {
+                    assert_eq!(store.pop_event(caller, &mut reply), size);
+                    check_event(&reply[..size], leaks_checked);
+                }
+            } else {
+                assert_eq!(chunk.len(), 0, "the assembler stopped short of a message");
+            }
+        }
+        for domain in [1, 2, 3] {
+            let report = store.domain(domain).expect("a guest's record");
+            assert!(report.usage.nodes <= report.quota.nodes, "{domain}: {report:?}");
+            assert!(report.usage.bytes <= report.quota.bytes, "{domain}: {report:?}");
+            assert!(report.usage.watches <= report.quota.watches, "{domain}: {report:?}");
+        }
+        assert!(store.node_count() <= 128 && store.arena_bytes() <= 8192);
+    }
+}
+
+/// The header and NUL-terminated fields of a message, checking the framing.
+fn parse(message: &[u8]) -> (StoreHeader, Vec<&[u8]>) {
+    assert!(message.len() >= STORE_HEADER_SIZE && message.len() <= STORE_MESSAGE_MAX);
+    let header = StoreHeader::from_bytes(message.first_chunk().expect("a header"));
+    let payload = &message[STORE_HEADER_SIZE..];
+    assert_eq!(header.length as usize, payload.len(), "header length disagrees with the message");
+    let fields = match payload.split_last() {
+        None => Vec::new(),
+        Some((&last, body)) => {
+            assert_eq!(last, 0, "payload not NUL-terminated");
+            body.split(|&byte| byte == 0).collect()
+        }
+    };
+    (header, fields)
+}
+
+fn check_reply(request: &[u8], reply: &[u8], leaks_checked: bool) {
+    let (header, fields) = parse(reply);
+    let sent = request.first_chunk::<STORE_HEADER_SIZE>().map(StoreHeader::from_bytes).unwrap_or_default();
+    assert_eq!(header.request_id, sent.request_id);
+    assert_eq!(header.transaction, sent.transaction);
+    if header.kind == StoreOp::Error as u32 {
+        assert_eq!(fields.len(), 1);
+        assert!(StoreError::from_name(fields[0]).is_some(), "unknown error name");
+    } else {
+        assert_eq!(header.kind, sent.kind);
+        let op = StoreOp::from_number(sent.kind).expect("success for an unknown kind");
+        assert!(!matches!(op, StoreOp::WatchEvent | StoreOp::Error), "a guest's {op:?} succeeded");
+    }
+    if leaks_checked {
+        assert!(!contains_secret(reply), "a guest read domain 2's secret");
+    }
+}
+
+fn check_event(event: &[u8], leaks_checked: bool) {
+    let (header, fields) = parse(event);
+    assert_eq!(header.kind, StoreOp::WatchEvent as u32);
+    assert_eq!(header.request_id, 0);
+    assert_eq!(fields.len(), 2, "an event is a path and a token");
+    if leaks_checked {
+        assert!(!contains_secret(event), "a watch event carried domain 2's secret");
+    }
+}
+
+fn contains_secret(message: &[u8]) -> bool {
+    message.windows(SECRET.len()).any(|window| window == SECRET.as_bytes())
+}
