@@ -797,6 +797,12 @@ impl Guest {
         table.grant(abi::DOM0, address, readonly).map_err(|_| DiskError::BadRequest)
     }
 
+    /// Revokes a grant made with [`Guest::grant_to_dom0`]: `Busy` while
+    /// dom0 maps the page.
+    pub fn end_grant(&mut self, reference: u32) -> Result<(), abi::Error> {
+        self.grants.as_mut().ok_or(abi::Error::NotFound)?.end_access(reference)
+    }
+
     /// Tries to revoke the grant of transfer page `page` (tests: dom0 keeps
     /// used pages mapped, so this must fail with `Busy`).
     pub fn revoke_transfer_page(&mut self, page: usize) -> Result<(), abi::Error> {
@@ -807,14 +813,28 @@ impl Guest {
 
     /// Sends `request` as it is (no checks) and waits for its response's status.
     pub fn disk_request(&mut self, request: &abi::block::Request) -> Result<i32, DiskError> {
+        self.disk_submit(request)?;
+        self.wait_for_response(request.id)
+    }
+
+    /// Sends `request` as it is (no checks) and notifies dom0 without
+    /// waiting (tests of hostile front ends race dom0 with it); take the
+    /// answer with [`Guest::disk_wait_response`].
+    pub fn disk_submit(&mut self, request: &abi::block::Request) -> Result<(), DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
         if disk.ring.push_request(request).is_err() {
             return Err(DiskError::Broken);
         }
-        if disk.ring.publish_requests() {
-            let _ = hypercall::notify(disk.port);
-        }
-        self.wait_for_response(request.id)
+        // Always notify: a hostile front end wants dom0 running now.
+        disk.ring.publish_requests();
+        let _ = hypercall::notify(disk.port);
+        Ok(())
+    }
+
+    /// Waits for the response to the request `id` sent by
+    /// [`Guest::disk_submit`] (the next one on the ring); its status.
+    pub fn disk_wait_response(&mut self, id: u64) -> Result<i32, DiskError> {
+        self.wait_for_response(id)
     }
 
     /// The disk ring page's address (tests corrupt it on purpose).
@@ -1004,6 +1024,13 @@ impl Guest {
             }
         }
         core::mem::take(&mut store.watch_events)
+    }
+
+    /// The guest-physical addresses of the event page and the grant table
+    /// page the runtime registered (tests that register others on purpose
+    /// put these back).
+    pub fn registered_pages(&self) -> (u64, u64) {
+        (&raw const EVENT_PAGE as u64, &raw const GRANT_PAGE as u64)
     }
 
     /// This domain's end of the console event channel (0 without a console).

@@ -16,6 +16,7 @@
 //! emulators' working directories.
 
 pub mod console;
+pub mod hostile;
 pub mod iso;
 pub mod machine;
 pub mod pattern;

@@ -1,19 +1,575 @@
-//! Hostile-guest suite: attack-xsa (placeholder; its attack modes are being written).
+//! Hostile-guest suite: the classes of Xen's security advisories, one mode
+//! each, run next to victims by tests/tests/hostile_xsa.rs.
+//!
+//! cmdline `mode=<m>[,<m>...]` (default all of them, in this order):
+//! - `grants`: grant refcount and revocation races. Grants pages of its own
+//!   to dom0 and sends disk requests naming them, revoking each grant right
+//!   after the notification (while the request is in flight): a revocation
+//!   that succeeds must end dom0's access (a page changed after it never
+//!   reaches the disk, dom0 never writes the page after it); one refused
+//!   must be refused only because dom0 maps the page. A reference revoked
+//!   and granted again for another page must reach the new page (no stale
+//!   mapping). Revoking a transfer page dom0 keeps mapped is refused.
+//! - `doublefetch`: writes a block request slot, notifies, and keeps
+//!   rewriting the slot's fields (segment count, sector, operation,
+//!   segments) while dom0 works: dom0 must copy the request once and answer
+//!   it once with a documented status; the disk must work on afterwards.
+//! - `events`: event storms (sends on every port dom0 serves, a loopback
+//!   channel to itself) and bind/close churn up to the port table's limit;
+//!   every port comes back free.
+//! - `watches`: registers watches up to its quota (the next is refused with
+//!   EQUOTA), then floods writes under them without reading its store ring:
+//!   dom0 must stop reading its requests and bound its event queue; after
+//!   reading again the guest gets at most a queue's worth of events.
+//! - `storeflood`: store requests back to back, good and malformed, with
+//!   replies read: dom0 answers every one (or refuses it with an error).
+//!
+//! Every mode prints `attack-xsa: <mode>: ...` lines, `FAILED` for what
+//! must not happen, and the guest ends with `attack-xsa: done, <n> FAILED`.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
-use pv_drivers::guest::{self, Guest};
+use abi::Error;
+use abi::block::{OP_READ, OP_WRITE, Request, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED, Segment};
+use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
+use abi::store::{STORE_HEADER_SIZE, StoreHeader, StoreOp};
+use pv_drivers::guest::{self, Guest, StoreFailure};
+use pv_drivers::hypercall;
+
+const PAGE: usize = 4096;
+const SECTOR: usize = 512;
+/// Pages of its own this guest grants to dom0 one request at a time.
+const OWN_PAGES: usize = 4;
+/// Rounds of revoking a used reference and granting it again.
+const REUSE_ROUNDS: u64 = 80;
+
+#[repr(C, align(4096))]
+struct Pages([[u8; PAGE]; OWN_PAGES]);
+static mut PAGES: Pages = Pages([[0; PAGE]; OWN_PAGES]);
+
+fn page_address(index: usize) -> u64 {
+    &raw mut PAGES as u64 + (index * PAGE) as u64
+}
+
+/// Fills own page `index` with `byte` (volatile: dom0 may read it meanwhile).
+fn fill(index: usize, byte: u8) {
+    let page = page_address(index) as *mut u8;
+    for offset in 0..PAGE {
+        // SAFETY: inside PAGES; no reference is made (dom0 may map it).
+        unsafe { core::ptr::write_volatile(page.add(offset), byte) };
+    }
+}
+
+/// Whether own page `index` holds only `byte`.
+fn holds(index: usize, byte: u8) -> bool {
+    let page = page_address(index) as *const u8;
+    // SAFETY: inside PAGES; read without a reference.
+    (0..PAGE).all(|offset| unsafe { core::ptr::read_volatile(page.add(offset)) } == byte)
+}
+
+/// A one-page request naming grant `reference`.
+fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> Request {
+    let mut request = Request { id, operation, segment_count: 1, sector, ..Default::default() };
+    request.segments[0] = Segment { grant: reference, first_sector: 0, last_sector: 7, _reserved: 0 };
+    request
+}
+
+struct Attack {
+    guest: Guest,
+    failed: u32,
+    next_id: u64,
+}
+
+impl Attack {
+    fn say(&mut self, arguments: core::fmt::Arguments) {
+        let _ = self.guest.write_fmt(arguments);
+        self.guest.write(b"\n");
+    }
+
+    fn fail(&mut self, mode: &str, arguments: core::fmt::Arguments) {
+        self.failed += 1;
+        let _ = write!(self.guest, "attack-xsa: {mode}: FAILED: ");
+        self.say(arguments);
+    }
+
+    fn id(&mut self) -> u64 {
+        // Far from the runtime's own ids.
+        self.next_id += 1;
+        (1 << 40) + self.next_id
+    }
+
+    /// `rsp_prod` on the disk ring.
+    fn responses_produced(&self) -> u32 {
+        let ring = self.guest.disk_ring_page().unwrap_or(0);
+        // SAFETY: the ring page is ours (dom0 writes rsp_prod; read without a reference).
+        unsafe { core::ptr::read_volatile((ring + 8) as *const u32) }
+    }
+
+    /// Whether guest sector `sector` holds only `byte` (read through the runtime's pages).
+    fn sector_holds(&mut self, sector: u64, byte: u8) -> Result<bool, guest::DiskError> {
+        let mut data = [0u8; PAGE];
+        self.guest.disk_read(sector, &mut data)?;
+        Ok(data.iter().all(|&b| b == byte))
+    }
+
+    fn grants(&mut self) {
+        const MODE: &str = "grants";
+        let sectors = self.guest.disk_sectors();
+        if sectors < 64 {
+            return self.fail(MODE, format_args!("no disk"));
+        }
+        // 0. A transfer page dom0 keeps mapped cannot be revoked (first, while
+        //    dom0 has room to keep grants mapped).
+        let mut data = [0u8; SECTOR * 8];
+        if self.guest.disk_read(0, &mut data).is_ok() {
+            match self.guest.revoke_transfer_page(0) {
+                Err(Error::Busy) => {
+                    self.say(format_args!("attack-xsa: grants: revoking a mapped transfer page was refused (busy)"))
+                }
+                Ok(()) => {
+                    self.say(format_args!("attack-xsa: grants: dom0 did not keep the transfer page mapped (revoked)"))
+                }
+                Err(error) => self.fail(MODE, format_args!("revoking a transfer page gave {error:?}")),
+            }
+        }
+        // 1. Revocation while a request is in flight, writes and reads.
+        let (mut revoked, mut refused, mut late_ok) = (0, 0, 0);
+        for round in 0..48u64 {
+            let page = (round % OWN_PAGES as u64) as usize;
+            let byte = 0x40 + round as u8;
+            fill(page, byte);
+            let Ok(reference) = self.guest.grant_to_dom0(page_address(page), false) else {
+                return self.fail(MODE, format_args!("round {round}: granting failed"));
+            };
+            let write = round % 2 == 0;
+            let sector = 8 * (round % 8);
+            let id = self.id();
+            let request = one_page(id, if write { OP_WRITE } else { OP_READ }, sector, reference);
+            let answered_before = self.responses_produced();
+            if self.guest.disk_submit(&request).is_err() {
+                return self.fail(MODE, format_args!("round {round}: the ring is broken"));
+            }
+            // Revoke at once, or after letting dom0 run a little: both
+            // orders of the race happen.
+            for _ in 0..round % 4 {
+                hypercall::yield_now();
+            }
+            let revocation = self.guest.end_grant(reference);
+            // After a revocation that worked, dom0 must not see or write the page.
+            if revocation.is_ok() {
+                fill(page, 0xee);
+            }
+            let in_flight = self.responses_produced() == answered_before;
+            let status = match self.guest.disk_wait_response(id) {
+                Ok(status) => status,
+                Err(error) => return self.fail(MODE, format_args!("round {round}: no answer: {error:?}")),
+            };
+            if ![STATUS_OK, STATUS_ERROR].contains(&status) {
+                self.fail(MODE, format_args!("round {round}: undocumented status {status}"));
+            }
+            match revocation {
+                Ok(()) => {
+                    revoked += 1;
+                    late_ok += (in_flight && status == STATUS_OK) as u32;
+                    if !holds(page, 0xee) {
+                        self.fail(MODE, format_args!("round {round}: dom0 wrote a page after its grant was revoked"));
+                    }
+                    if write && status == STATUS_OK && self.sector_holds(sector, 0xee).unwrap_or(false) {
+                        self.fail(
+                            MODE,
+                            format_args!("round {round}: a page changed after revocation reached the disk"),
+                        );
+                    }
+                }
+                Err(Error::Busy) => {
+                    refused += 1;
+                    // Refused: dom0 maps it (persistent grant). It may let go later.
+                }
+                Err(error) => self.fail(MODE, format_args!("round {round}: revocation gave {error:?}")),
+            }
+        }
+        self.say(format_args!(
+            "attack-xsa: grants: 48 requests revoked in flight: {revoked} revocations took effect ({late_ok} of them answered OK: dom0 had copied first), {refused} refused while dom0 maps the page"
+        ));
+
+        // 2. A reference revoked and granted again for another page.
+        let (mut regranted, mut same, mut kept) = (0, 0, 0);
+        // More rounds than dom0 keeps grants mapped (64 per disk): the
+        // later ones go through copies and can be revoked and reused.
+        for round in 0..REUSE_ROUNDS {
+            let (first, second) = (0, 1);
+            fill(first, 0xa1);
+            fill(second, 0xb2);
+            let Ok(reference) = self.guest.grant_to_dom0(page_address(first), false) else { break };
+            let id = self.id();
+            let _ = self.guest.disk_request(&one_page(id, OP_WRITE, 64 + 8 * (round % 8), reference));
+            if self.guest.end_grant(reference).is_err() {
+                kept += 1; // dom0 keeps it mapped: it cannot be reused.
+                continue;
+            }
+            let Ok(again) = self.guest.grant_to_dom0(page_address(second), false) else { break };
+            regranted += 1;
+            same += (again == reference) as u32;
+            let id = self.id();
+            let status = self.guest.disk_request(&one_page(id, OP_WRITE, 64 + 8 * (round % 8), again));
+            if status != Ok(STATUS_OK) {
+                self.fail(MODE, format_args!("write through a re-granted reference: {status:?}"));
+            } else if !self.sector_holds(64 + 8 * (round % 8), 0xb2).unwrap_or(false) {
+                self.fail(MODE, format_args!("a re-granted reference reached the page it named before"));
+            }
+            let _ = self.guest.end_grant(again);
+        }
+        self.say(format_args!(
+            "attack-xsa: grants: {REUSE_ROUNDS} references used: {regranted} revoked and granted again ({same} under the same number) reached only their new page, {kept} stayed mapped by dom0 (not revocable)"
+        ));
+
+        self.say(format_args!("attack-xsa: grants: done"));
+    }
+
+    fn doublefetch(&mut self) {
+        const MODE: &str = "doublefetch";
+        let Some(ring) = self.guest.disk_ring_page() else {
+            return self.fail(MODE, format_args!("no disk"));
+        };
+        let sectors = self.guest.disk_sectors();
+        fill(2, 0x5d);
+        let Ok(reference) = self.guest.grant_to_dom0(page_address(2), false) else {
+            return self.fail(MODE, format_args!("granting failed"));
+        };
+        let mut random = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random
+        };
+        let (mut good, mut refused, mut rewrites) = (0u32, 0u32, 0u64);
+        let slice = self.guest.ticks_per_second() / 200;
+        for round in 0..64u64 {
+            let id = self.id();
+            // SAFETY: the ring page is ours; req_prod is only written by us.
+            let index = unsafe { core::ptr::read_volatile(ring as *const u32) };
+            let sector = 128 + 8 * (round % 16);
+            if self.guest.disk_submit(&one_page(id, OP_WRITE, sector, reference)).is_err() {
+                return self.fail(MODE, format_args!("the ring is broken"));
+            }
+            let slot = ring + 64 + (index as u64 % abi::block::SLOTS as u64) * abi::block::SLOT_SIZE as u64;
+            let until = guest::now() + slice;
+            // Rewrite everything but the id until dom0 answers (or a while).
+            while self.responses_produced() == index && guest::now() < until {
+                let value = next();
+                let operation = [OP_WRITE, OP_READ, 7, abi::block::OP_FLUSH][value as usize % 4];
+                let count = [1u8, 9, 255, 0, 8][(value >> 8) as usize % 5];
+                let bad_sector = [sector, u64::MAX - 3, sectors - 1, 1 << 40, sectors][(value >> 16) as usize % 5];
+                let last = [7u8, 200, 0, 8][(value >> 24) as usize % 4];
+                // SAFETY: the slot lies in our ring page; dom0 may read it
+                // meanwhile, which is the point; no reference is made.
+                unsafe {
+                    core::ptr::write_volatile((slot + 8) as *mut u8, operation);
+                    core::ptr::write_volatile((slot + 9) as *mut u8, count);
+                    core::ptr::write_volatile((slot + 16) as *mut u64, bad_sector);
+                    for segment in 0..abi::block::MAX_SEGMENTS as u64 {
+                        let at = slot + 24 + 8 * segment;
+                        core::ptr::write_volatile(at as *mut u32, (value >> 32) as u32 ^ segment as u32);
+                        core::ptr::write_volatile((at + 5) as *mut u8, last);
+                    }
+                }
+                rewrites += 1;
+            }
+            match self.guest.disk_wait_response(id) {
+                Ok(STATUS_OK) => good += 1,
+                Ok(STATUS_ERROR | STATUS_UNSUPPORTED) => refused += 1,
+                Ok(status) => self.fail(MODE, format_args!("round {round}: undocumented status {status}")),
+                Err(error) => {
+                    return self.fail(
+                        MODE,
+                        format_args!("round {round}: answer: {error:?} (one answer per request, with its id)"),
+                    );
+                }
+            }
+        }
+        self.say(format_args!(
+            "attack-xsa: doublefetch: 64 requests rewritten {rewrites} times while in flight: {good} done, {refused} refused, each answered once"
+        ));
+        let _ = self.guest.end_grant(reference);
+        // The disk works on: write and read back a pattern.
+        let pattern = [0x3cu8; PAGE];
+        let written = self.guest.disk_write(256, &pattern);
+        match (written, self.sector_holds(256, 0x3c)) {
+            (Ok(()), Ok(true)) => {
+                self.say(format_args!("attack-xsa: doublefetch: the disk still reads back what was written"))
+            }
+            other => self.fail(MODE, format_args!("the disk after the attack: {other:?}")),
+        }
+    }
+
+    fn events(&mut self) {
+        const MODE: &str = "events";
+        let me = self.guest.domain_id() as u64;
+        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
+        let mut before = [false; PORT_COUNT];
+        for (port, busy) in before.iter_mut().enumerate() {
+            *busy = status(port as u64).is_none_or(|status| status.state != PortState::Free);
+        }
+        // 1. Storm every port dom0 serves (console, store, disk).
+        let served: arrayvec::ArrayVec<u64, 8> = (1..PORT_COUNT as u64)
+            .filter(|&port| status(port).is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0))
+            .collect();
+        let mut sent = 0u64;
+        let until = guest::now() + self.guest.ticks_per_second() / 2;
+        while guest::now() < until {
+            for &port in &served {
+                if hypercall::event(E::Send, port, 0).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        self.say(format_args!("attack-xsa: events: {sent} sends on the {} ports dom0 serves", served.len()));
+        // 2. A loopback channel to itself, sent as fast as possible.
+        let upcalls = self.guest.upcalls();
+        match hypercall::event(E::AllocUnbound, me, 0)
+            .and_then(|unbound| Ok((unbound, hypercall::event(E::BindInterdomain, me, unbound)?)))
+        {
+            Ok((unbound, bound)) => {
+                let mut loops = 0;
+                for _ in 0..50_000 {
+                    loops += hypercall::event(E::Send, bound, 0).is_ok() as u32;
+                }
+                let _ = hypercall::event(E::Close, bound, 0);
+                let _ = hypercall::event(E::Close, unbound, 0);
+                // A bit left pending on a closed port would keep the vCPU
+                // from ever blocking again: take it.
+                let (event_page, _) = self.guest.registered_pages();
+                for port in [bound, unbound] {
+                    // SAFETY: the runtime's registered event page.
+                    unsafe { pv_drivers::event_page::take_pending(event_page, port as u32) };
+                }
+                self.say(format_args!(
+                    "attack-xsa: events: {loops} sends to itself, {} upcalls taken",
+                    self.guest.upcalls() - upcalls
+                ));
+            }
+            Err(error) => self.say(format_args!("attack-xsa: events: a loopback channel was refused ({error:?})")),
+        }
+        // 3. Bind/close churn, then the whole table.
+        let mut churned = 0;
+        for round in 0..3000u64 {
+            let bound = match round % 3 {
+                0 => hypercall::event(E::AllocUnbound, 0, 0),
+                1 => hypercall::event(E::AllocUnbound, me, 0),
+                _ => hypercall::event(E::BindVirq, abi::event::Virq::Console as u64, 0),
+            };
+            if let Ok(port) = bound {
+                churned += hypercall::event(E::Close, port, 0).is_ok() as u32;
+            }
+        }
+        let mut held = arrayvec::ArrayVec::<u64, PORT_COUNT>::new();
+        let exhausted = loop {
+            match hypercall::event(E::AllocUnbound, 0, 0) {
+                Ok(port) if held.try_push(port).is_ok() => {}
+                Ok(port) => break Err(port),
+                Err(error) => break Ok(error),
+            }
+        };
+        match exhausted {
+            Ok(error) if Error::ALL.contains(&error) => self.say(format_args!(
+                "attack-xsa: events: {churned} bind/close rounds; the table filled after {} more ports ({})",
+                held.len(),
+                error.describe()
+            )),
+            other => self.fail(MODE, format_args!("filling the port table: {other:?}")),
+        }
+        for port in held {
+            if hypercall::event(E::Close, port, 0).is_err() {
+                self.fail(MODE, format_args!("closing port {port}"));
+            }
+        }
+        let leaked = (0..PORT_COUNT)
+            .filter(|&port| !before[port] && status(port as u64).is_none_or(|s| s.state != PortState::Free))
+            .count();
+        if leaked > 0 {
+            self.fail(MODE, format_args!("{leaked} ports are not free again"));
+        }
+        if !self.guest.console_connected() {
+            self.fail(MODE, format_args!("the console port is no longer connected"));
+        }
+        self.say(format_args!("attack-xsa: events: done"));
+    }
+
+    fn watches(&mut self) {
+        const MODE: &str = "watches";
+        // Nested paths (data/n, data/n/n, ...): one write below the last
+        // fires every one of them.
+        let mut path = arrayvec::ArrayString::<96>::new();
+        let _ = path.try_push_str("data");
+        let mut registered = 0;
+        let refusal = loop {
+            let _ = path.try_push_str("/n");
+            match self.guest.store_watch(&path, "t") {
+                Ok(()) => registered += 1,
+                Err(error) => break error,
+            }
+            if registered > 4096 {
+                break StoreFailure::BadMessage;
+            }
+        };
+        if refusal != StoreFailure::Refused(abi::store::StoreError::Quota) {
+            return self.fail(MODE, format_args!("watch {registered} was answered {refusal:?}, not EQUOTA"));
+        }
+        let _ = self.guest.take_watch_events();
+        self.say(format_args!("attack-xsa: watches: {registered} more watches registered, the next refused (EQUOTA)"));
+        // Flood writes under every watch, never reading the ring.
+        let page = self.guest.start_info.store_page;
+        // SAFETY: our own store ring page; the runtime's client is not used
+        // while this one writes (and only reads it afterwards).
+        let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
+        let mut message = [0u8; 160];
+        let (mut queued, mut stalled, mut stalled_events) = (0u32, false, 0u64);
+        let give_up = guest::now() + self.guest.ticks_per_second();
+        'flood: for round in 0..4000u32 {
+            let mut payload = arrayvec::ArrayString::<128>::new();
+            let _ = write!(payload, "{path}\0{round}\0");
+            let header = StoreHeader {
+                kind: StoreOp::Write as u32,
+                request_id: 0x7000_0000 + round,
+                transaction: 0,
+                length: payload.len() as u32,
+            };
+            message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+            message[STORE_HEADER_SIZE..STORE_HEADER_SIZE + payload.len()].copy_from_slice(payload.as_bytes());
+            let mut sent = 0;
+            let total = STORE_HEADER_SIZE + payload.len();
+            while sent < total {
+                match ring.client_send(&message[sent..total]) {
+                    Ok(0) => {
+                        // The ring is full: dom0 stopped reading (our replies do not fit).
+                        let _ = self.guest_notify_store();
+                        if guest::now() > give_up {
+                            stalled = true;
+                            // Finish the message (messages never interleave):
+                            // read replies so that dom0 takes requests again.
+                            while sent < total {
+                                stalled_events += self.guest.take_watch_events() as u64;
+                                let _ = self.guest_notify_store();
+                                hypercall::yield_now();
+                                sent += ring.client_send(&message[sent..total]).unwrap_or(0);
+                            }
+                            queued += 1;
+                            break 'flood;
+                        }
+                        hypercall::yield_now();
+                    }
+                    Ok(count) => sent += count,
+                    Err(_) => return self.fail(MODE, format_args!("dom0 corrupted the store ring")),
+                }
+            }
+            queued += 1;
+            let _ = self.guest_notify_store();
+        }
+        self.say(format_args!(
+            "attack-xsa: watches: {queued} writes sent without reading a reply{}",
+            if stalled { "; dom0 stopped taking requests (its replies to me did not fit)" } else { "" }
+        ));
+        // Let dom0 work, then read everything: events must be bounded.
+        let mut events = stalled_events;
+        let mut quiet = 0;
+        while quiet < 20 {
+            let taken = self.guest.take_watch_events() as u64;
+            events += taken;
+            quiet = if taken == 0 { quiet + 1 } else { 0 };
+            let _ = self.guest_notify_store();
+            self.guest.sleep_until(guest::now() + self.guest.ticks_per_second() / 100);
+        }
+        // Each write fires every watch (the first one also creates the node).
+        let produced = queued as u64 * registered as u64;
+        self.say(format_args!(
+            "attack-xsa: watches: {events} events read back for {produced} changes ({} dropped by dom0's bounded queue)",
+            produced.saturating_sub(events)
+        ));
+        let mut value = [0u8; 16];
+        // A late reply to the flood may still come first: ask twice.
+        let read = self.guest.store_read(&path, &mut value);
+        let read = if read.is_err() { self.guest.store_read(&path, &mut value) } else { read };
+        match read {
+            Ok(_) => self.say(format_args!("attack-xsa: watches: the store still answers")),
+            Err(error) => self.fail(MODE, format_args!("the store after the flood: {error:?}")),
+        }
+    }
+
+    fn guest_notify_store(&self) -> Result<(), Error> {
+        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
+        // The store's port: the one bound to dom0's store_port.
+        let wanted = self.guest.start_info.store_port as u16;
+        let port = (1..PORT_COUNT as u64).find(|&port| {
+            status(port)
+                .is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0 && s.remote == wanted)
+        });
+        port.map_or(Err(Error::NotFound), |port| hypercall::notify(port as u32))
+    }
+
+    fn storeflood(&mut self) {
+        const MODE: &str = "storeflood";
+        let (mut answered, mut refused) = (0u32, 0u32);
+        let mut buffer = [0u8; 2100];
+        let long = [b'x'; 200];
+        let long = core::str::from_utf8(&long).unwrap_or("x");
+        for round in 0..1500u32 {
+            let result = match round % 6 {
+                0 => self.guest.store_write("data/flood", "v").map(|_| 0),
+                1 => self.guest.store_read("data/flood", &mut buffer),
+                2 => self.guest.store_read("/local/domain/0", &mut buffer),
+                3 => self.guest.store_read("bad//path", &mut buffer),
+                4 => self.guest.store_write("/local/domain/0/intruder", "x").map(|_| 0),
+                _ => self.guest.store_read(long, &mut buffer),
+            };
+            match result {
+                Ok(_) => answered += 1,
+                Err(StoreFailure::Refused(_)) => refused += 1,
+                Err(error) => return self.fail(MODE, format_args!("request {round}: {error:?}")),
+            }
+        }
+        if answered < 500 {
+            self.fail(MODE, format_args!("only {answered} good requests answered"));
+        }
+        self.say(format_args!(
+            "attack-xsa: storeflood: 1500 requests: {answered} answered, {refused} refused with an error"
+        ));
+    }
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
-    let mut guest = Guest::init(start_info);
+    let guest = Guest::init(start_info);
     let mut cmdline = arrayvec::ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
-    let _ = writeln!(guest, "attack-xsa: no attack modes yet (cmdline {:?})", cmdline.as_str());
+    let modes = cmdline
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("mode="))
+        .unwrap_or("grants,doublefetch,events,watches,storeflood");
+    let mut attack = Attack { guest, failed: 0, next_id: 0 };
+    let sectors = attack.guest.disk_sectors();
+    attack
+        .say(format_args!("attack-xsa: domain {}, disk of {sectors} sectors, modes {modes}", attack.guest.domain_id()));
+    for mode in modes.split(',') {
+        match mode {
+            "grants" => attack.grants(),
+            "doublefetch" => attack.doublefetch(),
+            "events" => attack.events(),
+            "watches" => attack.watches(),
+            "storeflood" => attack.storeflood(),
+            other => attack.fail(other, format_args!("unknown mode")),
+        }
+    }
+    let failed = attack.failed;
+    attack.say(format_args!("attack-xsa: done, {failed} FAILED"));
     loop {
-        guest.wait_for_event();
+        attack.guest.wait_for_event();
+        // Let go of the disk if dom0 takes it away.
+        if attack.guest.take_watch_events() > 0 {
+            let _ = attack.guest.disk_hotplug();
+        }
     }
 }
 

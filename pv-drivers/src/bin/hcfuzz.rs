@@ -1,17 +1,754 @@
-//! Hostile-guest suite: hcfuzz (placeholder; its attack modes are being written).
+//! Hostile-guest suite: hypercall fuzzing. `hostile` checks a fixed list
+//! and dom0's `selftest` checks dom0's view; this guest issues hypercalls
+//! at scale as an unprivileged domain: every number in the ABI's table and
+//! numbers past it, every sub-operation and some past the last, and
+//! arguments mixing random words, boundary values, and pointers into its
+//! own scratch memory, just outside it, into memory it does not have and
+//! into its start-info page.
+//!
+//! cmdline: `count=N` (random calls, default 100000), `seed=S`,
+//! `mode=structured|random|both` (default both: structured first).
+//!
+//! Structured mode checks the documented error of known-bad inputs. Random
+//! mode checks what must hold whatever the arguments (an unknown number is
+//! `NoSuchHypercall`, a dom0-only call is `Permission`, every error is one
+//! the ABI defines, a buffer over its limit is refused, memory around the
+//! scratch area is never written, no event port leaks). A wrong result is
+//! printed as `FAILED`. Calls that would end this guest on purpose
+//! (`SchedOp::Shutdown` with a valid reason) are skipped and counted; calls
+//! that would take its event page, grant table or bound ports away are put
+//! right at once (re-registered) or skipped.
+//!
+//! Output: `hcfuzz: structured: <n> checks, <k> as documented` (one
+//! `FAILED` line per wrong one), progress every tenth of the calls, then
+//! `hcfuzz: <N> calls, <k> ok, <m> errors (permission a, ...), <s> skipped,
+//! <f> FAILED, done`.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
-use pv_drivers::guest::{self, Guest};
+use abi::Error;
+use abi::Hypercall as H;
+use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
+use abi::grant::GrantOp as G;
+use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, SchedOp, VcpuOp};
+use abi::info::{DOMAIN_INFO_MIN_SIZE, HV_INFO_MIN_SIZE, HvInfo};
+use core::mem::size_of;
+use pv_drivers::guest::{self, Guest, UPCALL_VECTOR};
+use pv_drivers::hypercall;
+
+const PAGE: u64 = abi::PAGE_SIZE;
+/// Guest-physical memory no guest is given (mapped by the initial page
+/// tables, backed by nothing in EPT).
+const NOT_MINE: u64 = 0x3000_0000;
+/// Pages of the scratch area: a guard page, `SCRATCH_PAGES - 2` pages hv may
+/// write, a guard page.
+const SCRATCH_PAGES: usize = 10;
+const GUARD_BYTE: u8 = 0xa5;
+/// Pointers handed to calls that write go this far into the writable part
+/// at most, so the longest write (a page) stays inside it.
+const WRITE_WINDOW: u64 = 4 * PAGE;
+
+#[repr(C, align(4096))]
+struct Scratch([[u8; 4096]; SCRATCH_PAGES]);
+static mut SCRATCH: Scratch = Scratch([[0; 4096]; SCRATCH_PAGES]);
+
+/// Harmless text for the console writes that succeed.
+static TEXT: [u8; 16] = *b"hcfuzz.hcfuzz.hc";
+
+/// xorshift64 (the workspace's generator, see hv/src/test_random.rs).
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, limit: u64) -> u64 {
+        self.next() % limit
+    }
+
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+/// Values at the edges of every argument's range.
+const BOUNDARY: [u64; 20] = [
+    0,
+    1,
+    2,
+    PAGE - 1,
+    PAGE,
+    PAGE + 1,
+    255,
+    256,
+    65535,
+    1 << 15,
+    u32::MAX as u64,
+    1 << 32,
+    (1 << 47) - 1,
+    1 << 47,
+    1 << 63,
+    (1 << 63) + PAGE,
+    u64::MAX - PAGE,
+    u64::MAX - 1,
+    u64::MAX,
+    (1 << 44) | 7,
+];
+
+/// Fixed facts about this guest the generator and the checks use.
+struct Layout {
+    me: u64,
+    start_info: u64,
+    /// First address past this guest's RAM.
+    ram_end: u64,
+    scratch: u64,
+    event_page: u64,
+    grant_table: u64,
+    /// Ports bound before fuzzing (console, timer, store): never closed or masked.
+    protected: [bool; PORT_COUNT],
+}
+
+impl Layout {
+    fn writable(&self) -> u64 {
+        self.scratch + PAGE
+    }
+}
+
+/// Results by outcome.
+#[derive(Default)]
+struct Tally {
+    calls: u64,
+    ok: u64,
+    errors: [u64; Error::ALL.len()],
+    skipped: u64,
+    failed: u64,
+    /// Event pages or grant tables registered elsewhere and put back.
+    restored: u64,
+}
+
+impl Tally {
+    fn count(&mut self, result: i64) {
+        self.calls += 1;
+        match Error::ALL.iter().position(|error| error.code() == result) {
+            Some(index) => self.errors[index] += 1,
+            None => self.ok += 1,
+        }
+    }
+}
+
+/// Which kind of address a pointer argument gets. Calls that write get
+/// only the scratch area, the start-info page or memory this guest does not
+/// have (a boundary value inside its RAM becomes `NOT_MINE`).
+fn pointer(random: &mut Random, layout: &Layout, writes: bool) -> u64 {
+    let address = any_pointer(random, layout, writes);
+    let ours = address < layout.ram_end;
+    let allowed = (layout.writable()..layout.writable() + WRITE_WINDOW).contains(&address)
+        || address & !(PAGE - 1) == layout.start_info;
+    if writes && ours && !allowed { NOT_MINE } else { address }
+}
+
+fn any_pointer(random: &mut Random, layout: &Layout, writes: bool) -> u64 {
+    match random.below(10) {
+        // Inside the scratch area (any alignment).
+        0..=3 => layout.writable() + random.below(WRITE_WINDOW),
+        4 => layout.writable() + random.below(4) * PAGE,
+        // The start-info page (writes land in the page: the runtime keeps a copy).
+        5 => layout.start_info,
+        // Memory this guest does not have: just past its RAM, far away.
+        6 => layout.ram_end + random.below(3) * PAGE + random.below(8),
+        7 => NOT_MINE + random.below(1 << 20),
+        // Reads may also start inside and run off the end of RAM.
+        8 if !writes => layout.ram_end - random.below(2 * PAGE),
+        _ => BOUNDARY[random.below(BOUNDARY.len() as u64) as usize],
+    }
+}
+
+/// A length argument: mostly around the limits.
+fn length(random: &mut Random) -> u64 {
+    match random.below(6) {
+        0 => random.below(CONSOLE_WRITE_MAX + 2),
+        1 => CONSOLE_WRITE_MAX + random.below(3) - 1,
+        2 => random.below(128),
+        3 => random.next(),
+        _ => BOUNDARY[random.below(BOUNDARY.len() as u64) as usize],
+    }
+}
+
+/// A plain word: random, boundary, or small.
+fn word(random: &mut Random) -> u64 {
+    match random.below(4) {
+        0 => random.next(),
+        1 => random.below(300),
+        _ => BOUNDARY[random.below(BOUNDARY.len() as u64) as usize],
+    }
+}
+
+/// An operation argument: valid ones most of the time, then just past the
+/// last and random words.
+fn operation(random: &mut Random, count: u64) -> u64 {
+    match random.below(8) {
+        0 => count + random.below(3),
+        1 => word(random),
+        _ => random.below(count),
+    }
+}
+
+/// A port: ours (bound or free), just past the table, or anything.
+fn port(random: &mut Random) -> u64 {
+    match random.below(6) {
+        0 => PORT_COUNT as u64 + random.below(2),
+        1 => word(random),
+        _ => random.below(PORT_COUNT as u64),
+    }
+}
+
+/// A domain id: ours, dom0, the ones after ours (victims), absent, huge.
+fn domain(random: &mut Random, layout: &Layout) -> u64 {
+    match random.below(6) {
+        0 => layout.me,
+        1 => 0,
+        2 => layout.me.saturating_sub(3) + random.below(6),
+        3 => 32767 + random.below(2),
+        _ => word(random),
+    }
+}
+
+/// One random call: its number and arguments, with the calls that would
+/// end this guest taken out (`None`).
+fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
+    let number = if random.chance(12) {
+        match random.below(4) {
+            0 => HYPERCALL_COUNT as u64 + random.below(4),
+            1 => word(random),
+            _ => random.next() | (1 << 63),
+        }
+    } else {
+        random.below(HYPERCALL_COUNT as u64)
+    };
+    let mut arguments = [word(random), word(random), word(random), word(random), word(random)];
+    match H::from_number(number) {
+        Some(H::ConsoleWrite) => {
+            // Succeeding writes print only TEXT, and only a few of them.
+            if random.chance(40) {
+                arguments[0] = TEXT.as_ptr() as u64;
+                arguments[1] = random.below(TEXT.len() as u64 + 1);
+            } else {
+                arguments[0] = pointer(random, layout, false);
+                arguments[1] = length(random);
+                // Nothing of our memory is printed: a write that would
+                // succeed is cut to nothing (one running off the end stays).
+                let inside = arguments[0].checked_add(arguments[1]).is_some_and(|end| end <= layout.ram_end);
+                if inside && arguments[1] <= CONSOLE_WRITE_MAX {
+                    arguments[1] = 0;
+                }
+            }
+        }
+        Some(H::HvInfo) => {
+            arguments[0] = pointer(random, layout, true);
+            arguments[1] = length(random);
+        }
+        Some(H::DomainInfo) => {
+            arguments[0] = domain(random, layout);
+            arguments[1] = pointer(random, layout, true);
+            arguments[2] = if random.chance(2) { DOMAIN_INFO_MIN_SIZE + random.below(3) - 1 } else { length(random) };
+        }
+        Some(H::Sched) => {
+            arguments[0] = operation(random, 3);
+            if arguments[0] == SchedOp::Shutdown as u64 && arguments[1] <= 2 {
+                return None;
+            }
+            if arguments[0] == SchedOp::Block as u64 {
+                // Never block for long: a timer wakes us.
+                let _ = hypercall::set_timer(guest::now() + 10_000);
+            }
+        }
+        Some(H::Vcpu) => {
+            arguments[0] = operation(random, 1);
+            if random.chance(2) {
+                arguments[1] = guest::now().wrapping_add(random.below(1 << 24));
+            }
+        }
+        Some(H::Event) => {
+            arguments[0] = operation(random, 10);
+            match E::from_number(arguments[0]) {
+                Some(E::RegisterPage) => {
+                    arguments[1] =
+                        (pointer(random, layout, true) & !(PAGE - 1)) | (random.below(2) * random.below(PAGE));
+                    arguments[2] = if random.chance(2) { random.below(40) } else { word(random) };
+                }
+                Some(E::AllocUnbound) => arguments[1] = domain(random, layout),
+                Some(E::BindInterdomain) => {
+                    arguments[1] = domain(random, layout);
+                    arguments[2] = port(random);
+                }
+                Some(E::BindVirq) => arguments[1] = random.below(4),
+                Some(E::Close | E::Mask) => {
+                    arguments[1] = port(random);
+                    if layout.protected.get(arguments[1] as usize).copied().unwrap_or(false) {
+                        return None;
+                    }
+                }
+                Some(E::Send | E::Unmask | E::Status | E::BindPirq) => arguments[1] = port(random),
+                None => {}
+            }
+        }
+        Some(H::Grant) => {
+            arguments[0] = operation(random, 4);
+            match G::from_number(arguments[0]) {
+                Some(G::SetupTable) => arguments[1] = pointer(random, layout, true) & !(PAGE - 1),
+                Some(G::Copy) => {
+                    arguments[1] = domain(random, layout);
+                    arguments[2] = random.below(600) | if random.chance(2) { random.below(PAGE + 2) << 32 } else { 0 };
+                    if random.chance(8) {
+                        arguments[2] = word(random);
+                    }
+                    let to_grant = random.chance(2);
+                    arguments[3] = pointer(random, layout, !to_grant);
+                    arguments[4] = random.below(PAGE + 2) | if to_grant { abi::grant::COPY_TO_GRANT } else { 0 };
+                }
+                Some(G::Map) => arguments[1] = domain(random, layout),
+                Some(G::Unmap) | None => {}
+            }
+        }
+        // dom0-only calls (refused whatever the arguments) and the rest.
+        Some(H::DomCtl) => arguments[0] = operation(random, 12),
+        Some(H::Platform) => arguments[0] = operation(random, 2),
+        Some(H::Physdev) => arguments[0] = operation(random, 3),
+        Some(H::DmesgRead) => arguments[0] = pointer(random, layout, true),
+        Some(H::Version | H::Null) | None => {}
+    }
+    Some((number, arguments))
+}
+
+/// What must hold for this call whatever the arguments; `Err` names the breach.
+fn check(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> Result<(), &'static str> {
+    if result < 0 && !Error::ALL.iter().any(|error| error.code() == result) {
+        return Err("an error code the ABI does not define");
+    }
+    let is = |error: Error| result == error.code();
+    let unmapped = |address: u64| (NOT_MINE..NOT_MINE + (1 << 21)).contains(&address);
+    match H::from_number(number) {
+        None if !is(Error::NoSuchHypercall) => Err("an unknown number must be NoSuchHypercall"),
+        Some(H::DmesgRead | H::Platform | H::DomCtl | H::Physdev) if !is(Error::Permission) => {
+            Err("a dom0-only call must be refused with Permission")
+        }
+        Some(H::Version) if result != abi::ABI_VERSION as i64 => Err("Version must return the ABI version"),
+        Some(H::Null) if result != 0 => Err("Null must return 0"),
+        Some(H::ConsoleWrite) if arguments[1] > CONSOLE_WRITE_MAX && !is(Error::InvalidArgument) => {
+            Err("a console write over the limit must be InvalidArgument")
+        }
+        Some(H::ConsoleWrite) if result >= 0 && result as u64 != arguments[1] => {
+            Err("a console write must return its length")
+        }
+        Some(H::HvInfo) if arguments[1] < HV_INFO_MIN_SIZE && !is(Error::BufferTooSmall) => {
+            Err("a short HvInfo buffer must be BufferTooSmall")
+        }
+        Some(H::HvInfo) if arguments[1] >= HV_INFO_MIN_SIZE && unmapped(arguments[0]) && !is(Error::BadAddress) => {
+            Err("HvInfo into memory not mine must be BadAddress")
+        }
+        Some(H::HvInfo) if result >= 0 && result as u64 != arguments[1].min(size_of::<HvInfo>() as u64) => {
+            Err("HvInfo must return the bytes written")
+        }
+        Some(H::DomainInfo) if arguments[2] < DOMAIN_INFO_MIN_SIZE && !is(Error::BufferTooSmall) => {
+            Err("a short DomainInfo buffer must be BufferTooSmall")
+        }
+        Some(H::DomainInfo)
+            if arguments[2] >= DOMAIN_INFO_MIN_SIZE
+                && arguments[0] <= u32::MAX as u64
+                && arguments[0] != layout.me
+                && !is(Error::Permission) =>
+        {
+            Err("another domain's DomainInfo must be Permission")
+        }
+        Some(H::Sched | H::Vcpu | H::Event | H::Grant) if sub_operation_unknown(number, arguments[0]) => {
+            if is(Error::InvalidArgument) { Ok(()) } else { Err("an unknown sub-operation must be InvalidArgument") }
+        }
+        Some(H::Event) if arguments[0] == E::BindPirq as u64 && !is(Error::Permission) => {
+            Err("BindPirq from a guest must be Permission")
+        }
+        Some(H::Grant) if arguments[0] == G::Map as u64 && !is(Error::Permission) => {
+            Err("a grant map from a guest must be Permission")
+        }
+        Some(H::Grant) if arguments[0] == G::Copy as u64 && arguments[1] == layout.me && result >= 0 => {
+            Err("a grant copy from myself must be refused")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn sub_operation_unknown(number: u64, operation: u64) -> bool {
+    match H::from_number(number) {
+        Some(H::Sched) => SchedOp::from_number(operation).is_none(),
+        Some(H::Vcpu) => VcpuOp::from_number(operation).is_none(),
+        Some(H::Event) => E::from_number(operation).is_none(),
+        Some(H::Grant) => G::from_number(operation).is_none(),
+        _ => false,
+    }
+}
+
+/// Issues one call.
+fn call(number: u64, arguments: [u64; 5]) -> i64 {
+    // SAFETY: every pointer passed names either the scratch area (written
+    // at most WRITE_WINDOW + a page in), the start-info page (copied at
+    // start-up; only this page is written), read-only text, or memory this
+    // guest does not have; pages registered with hv are put back at once
+    // (see `put_back`).
+    unsafe { hypercall::raw(number, arguments) }
+}
+
+/// Re-registers the runtime's event page or grant table if the call just
+/// moved it somewhere else; true if it did.
+fn put_back(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> bool {
+    if result != 0 {
+        return false;
+    }
+    if number == H::Event as u64 && arguments[0] == E::RegisterPage as u64 {
+        // SAFETY: the runtime's own event page, registered again as at start-up.
+        let _ = unsafe { hypercall::register_event_page(layout.event_page, UPCALL_VECTOR) };
+        return true;
+    }
+    if number == H::Grant as u64 && arguments[0] == G::SetupTable as u64 {
+        let _ = hypercall::grant_setup_table(layout.grant_table);
+        return true;
+    }
+    false
+}
+
+fn guards_intact(layout: &Layout) -> bool {
+    let base = layout.scratch as *const u8;
+    (0..PAGE as usize).chain((SCRATCH_PAGES - 1) * PAGE as usize..SCRATCH_PAGES * PAGE as usize).all(|offset| {
+        // SAFETY: inside SCRATCH; read without a reference (hv writes it).
+        unsafe { core::ptr::read_volatile(base.add(offset)) == GUARD_BYTE }
+    })
+}
+
+fn port_status(port: u64) -> Option<PortStatus> {
+    hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode)
+}
+
+/// One structured check: its name, the call, the documented answer.
+type Check = (&'static str, u64, [u64; 5], Result<u64, Error>);
+
+/// The documented answers to known-bad (and a few good) inputs.
+fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
+    use abi::domctl::DomCtlOp as D;
+    let me = layout.me;
+    let buffer = layout.writable();
+    let ok = |value: i64| Ok(value as u64);
+    let hv_info_size = HV_INFO_MIN_SIZE as i64;
+    let free_port = (1..PORT_COUNT as u64).rev().find(|&p| !layout.protected[p as usize]).unwrap_or(255);
+    let checks: [Check; 56] = [
+        ("number 13 (one past the table)", HYPERCALL_COUNT as u64, [0; 5], Err(Error::NoSuchHypercall)),
+        ("number 2^32", 1 << 32, [0; 5], Err(Error::NoSuchHypercall)),
+        ("number 2^63", 1 << 63, [0; 5], Err(Error::NoSuchHypercall)),
+        ("number u64::MAX", u64::MAX, [0; 5], Err(Error::NoSuchHypercall)),
+        ("version", H::Version as u64, [u64::MAX; 5], ok(abi::ABI_VERSION as i64)),
+        ("null with junk arguments", H::Null as u64, [u64::MAX; 5], ok(0)),
+        ("console write of 4097 bytes", H::ConsoleWrite as u64, [buffer, 4097, 0, 0, 0], Err(Error::InvalidArgument)),
+        (
+            "console write of u64::MAX bytes",
+            H::ConsoleWrite as u64,
+            [buffer, u64::MAX, 0, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        ("console write of 0 bytes", H::ConsoleWrite as u64, [buffer, 0, 0, 0, 0], ok(0)),
+        (
+            "console write wrapping the address space",
+            H::ConsoleWrite as u64,
+            [u64::MAX - 7, 16, 0, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        ("console write at 2^47", H::ConsoleWrite as u64, [1 << 47, 16, 0, 0, 0], Err(Error::BadAddress)),
+        (
+            "console write running off the end of RAM",
+            H::ConsoleWrite as u64,
+            [layout.ram_end - 8, 16, 0, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        ("hv info, 0 bytes", H::HvInfo as u64, [buffer, 0, 0, 0, 0], Err(Error::BufferTooSmall)),
+        (
+            "hv info, one byte short",
+            H::HvInfo as u64,
+            [buffer, HV_INFO_MIN_SIZE - 1, 0, 0, 0],
+            Err(Error::BufferTooSmall),
+        ),
+        ("hv info, u64::MAX bytes", H::HvInfo as u64, [buffer, u64::MAX, 0, 0, 0], ok(hv_info_size)),
+        (
+            "hv info into the start-info page",
+            H::HvInfo as u64,
+            [layout.start_info, HV_INFO_MIN_SIZE, 0, 0, 0],
+            ok(hv_info_size),
+        ),
+        (
+            "hv info just past my RAM",
+            H::HvInfo as u64,
+            [layout.ram_end, HV_INFO_MIN_SIZE, 0, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        (
+            "hv info at u64::MAX - 8",
+            H::HvInfo as u64,
+            [u64::MAX - 8, HV_INFO_MIN_SIZE, 0, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        (
+            "my domain info, one byte short",
+            H::DomainInfo as u64,
+            [me, buffer, DOMAIN_INFO_MIN_SIZE - 1, 0, 0],
+            Err(Error::BufferTooSmall),
+        ),
+        ("domain info of id 2^32", H::DomainInfo as u64, [1 << 32, buffer, 4096, 0, 0], Err(Error::InvalidArgument)),
+        ("domain info of an absent domain", H::DomainInfo as u64, [32767, buffer, 4096, 0, 0], Err(Error::Permission)),
+        (
+            "my domain info into memory not mine",
+            H::DomainInfo as u64,
+            [me, NOT_MINE, 4096, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        ("dmesg", H::DmesgRead as u64, [buffer, 16, 0, 0, 0], Err(Error::Permission)),
+        ("platform reboot", H::Platform as u64, [1, 0, 0, 0, 0], Err(Error::Permission)),
+        ("platform, unknown operation", H::Platform as u64, [7, 0, 0, 0, 0], Err(Error::Permission)),
+        (
+            "domctl populate my memory",
+            H::DomCtl as u64,
+            [D::PopulateMemory as u64, me, 0, 1, 0],
+            Err(Error::Permission),
+        ),
+        (
+            "domctl map a foreign page",
+            H::DomCtl as u64,
+            [D::MapForeign as u64, 0, 0, buffer, 0],
+            Err(Error::Permission),
+        ),
+        (
+            "domctl raise my memory limit",
+            H::DomCtl as u64,
+            [D::SetMaxMemory as u64, me, 1 << 20, 0, 0],
+            Err(Error::Permission),
+        ),
+        ("domctl, unknown operation", H::DomCtl as u64, [12, 0, 0, 0, 0], Err(Error::Permission)),
+        ("physdev translate", H::Physdev as u64, [1, buffer, 0, 0, 0], Err(Error::Permission)),
+        ("physdev allow all ports", H::Physdev as u64, [2, 0, 256, 0, 0], Err(Error::Permission)),
+        ("physdev map the local APIC", H::Physdev as u64, [0, 0xfee0_0000, 1, 0, 0], Err(Error::Permission)),
+        ("sched, operation 3", H::Sched as u64, [3, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("sched, operation u64::MAX", H::Sched as u64, [u64::MAX, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        (
+            "shutdown with reason u64::MAX",
+            H::Sched as u64,
+            [SchedOp::Shutdown as u64, u64::MAX, 0, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        ("yield", H::Sched as u64, [SchedOp::Yield as u64, u64::MAX, 0, 0, 0], ok(0)),
+        ("vcpu, operation u64::MAX", H::Vcpu as u64, [u64::MAX, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("timer cancelled", H::Vcpu as u64, [VcpuOp::SetTimer as u64, 0, 0, 0, 0], ok(0)),
+        ("event, operation 10", H::Event as u64, [10, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        (
+            "event page with vector 256",
+            H::Event as u64,
+            [E::RegisterPage as u64, buffer, 256, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        (
+            "event page with vector 31",
+            H::Event as u64,
+            [E::RegisterPage as u64, buffer, 31, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        (
+            "event page at u64::MAX - 4095",
+            H::Event as u64,
+            [E::RegisterPage as u64, u64::MAX - 4095, 0xf3, 0, 0],
+            Err(Error::BadAddress),
+        ),
+        (
+            "unbound port for domain 2^32",
+            H::Event as u64,
+            [E::AllocUnbound as u64, 1 << 32, 0, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        (
+            "unbound port for an absent domain",
+            H::Event as u64,
+            [E::AllocUnbound as u64, 32767, 0, 0, 0],
+            Err(Error::NotFound),
+        ),
+        (
+            "bind to port 256 of dom0",
+            H::Event as u64,
+            [E::BindInterdomain as u64, 0, 256, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        ("bind virtual IRQ 2", H::Event as u64, [E::BindVirq as u64, 2, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("send on port 256", H::Event as u64, [E::Send as u64, 256, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("send on a free port", H::Event as u64, [E::Send as u64, free_port, 0, 0, 0], Err(Error::NotFound)),
+        ("mask port 2^32", H::Event as u64, [E::Mask as u64, 1 << 32, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("status of a free port", H::Event as u64, [E::Status as u64, free_port, 0, 0, 0], ok(0)),
+        ("bind physical line 4", H::Event as u64, [E::BindPirq as u64, 4, 0, 0, 0], Err(Error::Permission)),
+        ("grant, operation 4", H::Grant as u64, [4, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        (
+            "grant table unaligned",
+            H::Grant as u64,
+            [G::SetupTable as u64, buffer + 8, 0, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        ("grant map from a guest", H::Grant as u64, [G::Map as u64, 0, 1, 4 << 30, 1], Err(Error::Permission)),
+        ("grant copy from myself", H::Grant as u64, [G::Copy as u64, me, 1, buffer, 8], Err(Error::InvalidArgument)),
+        (
+            "grant copy past the granted page",
+            H::Grant as u64,
+            [G::Copy as u64, 0, 1 | 4000 << 32, buffer, 200],
+            Err(Error::InvalidArgument),
+        ),
+    ];
+    let mut passed = 0;
+    for (name, number, arguments, expected) in checks {
+        let raw = call(number, arguments);
+        put_back(number, &arguments, raw, layout);
+        if Error::decode(raw) == expected {
+            passed += 1;
+        } else {
+            let _ = writeln!(guest, "hcfuzz: FAILED: structured: {name}: rax {raw}, documented {expected:?}");
+        }
+    }
+    if !guards_intact(layout) {
+        let _ = writeln!(guest, "hcfuzz: FAILED: structured: hv wrote outside the buffers it was given");
+    }
+    (checks.len() as u64, passed)
+}
+
+fn parse(cmdline: &str, key: &str) -> Option<u64> {
+    cmdline.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
     let mut cmdline = arrayvec::ArrayString::<256>::new();
     let _ = cmdline.try_push_str(guest.cmdline());
-    let _ = writeln!(guest, "hcfuzz: no attack modes yet (cmdline {:?})", cmdline.as_str());
+    let count = parse(&cmdline, "count").unwrap_or(100_000);
+    let seed = parse(&cmdline, "seed").unwrap_or(1).max(1);
+    let mode = cmdline.split_whitespace().find_map(|word| word.strip_prefix("mode=")).unwrap_or("both");
+
+    let scratch = &raw mut SCRATCH as u64;
+    // SAFETY: SCRATCH is ours; filled before hv is told about it.
+    unsafe { core::ptr::write_bytes(scratch as *mut u8, GUARD_BYTE, SCRATCH_PAGES * PAGE as usize) };
+    let ram_end = guest.start_info.regions().iter().map(|region| region.base + region.size).max().unwrap_or(0);
+    let (event_page, grant_table) = guest.registered_pages();
+    let mut layout = Layout {
+        me: guest.domain_id() as u64,
+        start_info,
+        ram_end,
+        scratch,
+        event_page,
+        grant_table,
+        protected: [false; PORT_COUNT],
+    };
+    for port in 0..PORT_COUNT {
+        layout.protected[port] = port_status(port as u64).is_none_or(|status| status.state != PortState::Free);
+    }
+    let _ = writeln!(guest, "hcfuzz: domain {} seed {seed} count {count} mode {mode}", layout.me);
+
+    let mut failures = 0;
+    if mode != "random" {
+        let (checks, passed) = structured(&mut guest, &layout);
+        failures += checks - passed;
+        let _ = writeln!(guest, "hcfuzz: structured: {checks} checks, {passed} as documented");
+    }
+
+    let mut tally = Tally::default();
+    let mut random = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut ours = arrayvec::ArrayVec::<u64, 64>::new();
+    let started = guest::now();
+    let step = (count / 10).max(1);
+    let mut next_progress = step;
+    if mode != "structured" {
+        while tally.calls + tally.skipped < count {
+            let Some((number, arguments)) = generate(&mut random, &layout) else {
+                tally.skipped += 1;
+                continue;
+            };
+            let result = call(number, arguments);
+            tally.count(result);
+            if put_back(number, &arguments, result, &layout) {
+                tally.restored += 1;
+            }
+            if let Err(breach) = check(number, &arguments, result, &layout) {
+                tally.failed += 1;
+                if tally.failed <= 20 {
+                    let _ =
+                        writeln!(guest, "hcfuzz: FAILED: call {number} {arguments:#x?} returned {result}: {breach}",);
+                }
+            }
+            // Ports the fuzz bound are ours to close; close them in batches
+            // (each close must work) so the table never fills for good.
+            let binds = [E::AllocUnbound as u64, E::BindInterdomain as u64, E::BindVirq as u64];
+            let bound = number == H::Event as u64 && binds.contains(&arguments[0]) && result > 0;
+            if bound && (ours.try_push(result as u64).is_err() || ours.is_full()) {
+                for port in ours.drain(..) {
+                    if hypercall::event(E::Close, port, 0).is_err()
+                        && port_status(port).is_some_and(|s| s.state != PortState::Free)
+                    {
+                        tally.failed += 1;
+                        let _ = writeln!(guest, "hcfuzz: FAILED: closing port {port} the fuzz bound");
+                    }
+                }
+            }
+            let done = tally.calls + tally.skipped;
+            if done >= next_progress {
+                next_progress += step;
+                if !guards_intact(&layout) {
+                    tally.failed += 1;
+                    let _ = writeln!(guest, "hcfuzz: FAILED: hv wrote outside the buffers it was given");
+                    // SAFETY: as above; restore the guards to catch the next one.
+                    unsafe { core::ptr::write_bytes(scratch as *mut u8, GUARD_BYTE, PAGE as usize) };
+                }
+                let _ = writeln!(guest, "hcfuzz: progress {done} of {count}: {} ok, {} FAILED", tally.ok, tally.failed);
+            }
+        }
+    }
+    // Leave no port behind: every port that was free at the start is free again.
+    for port in ours.drain(..) {
+        let _ = hypercall::event(E::Close, port, 0);
+    }
+    for port in 1..PORT_COUNT as u64 {
+        if !layout.protected[port as usize] && port_status(port).is_some_and(|status| status.state != PortState::Free) {
+            let closed = hypercall::event(E::Close, port, 0).is_ok();
+            if !closed || port_status(port).is_some_and(|status| status.state != PortState::Free) {
+                tally.failed += 1;
+                let _ = writeln!(guest, "hcfuzz: FAILED: port {port} cannot be freed");
+            }
+        }
+    }
+    if !guards_intact(&layout) {
+        tally.failed += 1;
+        let _ = writeln!(guest, "hcfuzz: FAILED: hv wrote outside the buffers it was given");
+    }
+    let ticks = guest::now() - started;
+    let milliseconds = ticks / (guest.ticks_per_second() / 1000).max(1);
+    let mut by_code = arrayvec::ArrayString::<256>::new();
+    for (error, count) in Error::ALL.iter().zip(tally.errors) {
+        if count > 0 {
+            let _ = write!(by_code, "{}{} {count}", if by_code.is_empty() { "" } else { ", " }, error.describe());
+        }
+    }
+    let _ = writeln!(
+        guest,
+        "hcfuzz: {} calls, {} ok, {} errors ({by_code}), {} skipped, {} pages put back, {} ms guest time",
+        tally.calls,
+        tally.ok,
+        tally.calls - tally.ok,
+        tally.skipped,
+        tally.restored,
+        milliseconds,
+    );
+    failures += tally.failed;
+    let _ = writeln!(guest, "hcfuzz: {} FAILED, done", failures);
     loop {
         guest.wait_for_event();
     }

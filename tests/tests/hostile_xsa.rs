@@ -1,0 +1,105 @@
+//! Hostile-guest tests for the classes of Xen's security advisories:
+//! hypercall argument fuzzing (`hcfuzz`), grant refcount and revocation
+//! races and double fetches of ring slots (`attack-xsa-disk`), event storms,
+//! watch-queue growth and store request floods (`attack-xsa-store`). Each
+//! attacker runs next to victims (tests/src/hostile.rs): the shell must
+//! answer within a bound, the victims make progress with their I/O intact,
+//! and all memory comes back. One boot per group of classes, so a failure
+//! names its class.
+
+use mica_tests::hostile::{VictimOptions, Victims};
+use mica_tests::session::{boot_with, command, fail_with};
+use mica_tests::{BochsOptions, Machine, scan, seconds};
+
+fn boot() -> Machine {
+    boot_with(&BochsOptions { hard_timeout: seconds(900), ..Default::default() })
+}
+
+/// Fails unless `output` holds a line containing `wanted`.
+fn require(machine: &mut Machine, output: &str, wanted: &str, what: &str) {
+    if !output.lines().any(|line| line.contains(wanted)) {
+        fail_with(machine, &format!("{what}: expected a line containing {wanted:?}; the guest printed:\n{output}"));
+    }
+}
+
+/// 10^5 random and boundary-value hypercalls from a guest, after the
+/// structured checks of documented errors: none is reported FAILED, both
+/// successes and refusals are reached, and the victims carry on.
+#[test]
+fn a_hundred_thousand_fuzzed_hypercalls_leave_hv_and_victims_unharmed() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::NO_PING);
+    let id = victims.attacker(&mut machine, "hcfuzz", "hcfuzz");
+    victims.start_io(&mut machine);
+    let output = victims.wait_for(&mut machine, "hcfuzz", id, "hcfuzz: ", "FAILED, done", 600);
+    println!("{output}");
+    require(&mut machine, &output, "hcfuzz: structured: 56 checks, 56 as documented", "structured checks");
+    require(&mut machine, &output, "hcfuzz: 0 FAILED, done", "the fuzz run");
+    let summary = output.lines().find_map(|line| {
+        let head = &line[..line.find(" errors (")?];
+        scan("hcfuzz: {} calls, {} ok, {}", head)
+    });
+    match summary {
+        // Skipped calls (a valid shutdown) are few; both outcomes are reached.
+        Some(numbers) if numbers[0] >= 95_000 && numbers[1] >= 1000 && numbers[2] >= 1000 => {}
+        _ => fail_with(&mut machine, &format!("hcfuzz should make ~100000 calls, many ok and many refused:\n{output}")),
+    }
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
+}
+
+/// Grant revocation while disk requests are in flight, references revoked
+/// and granted again, and a request slot rewritten while dom0 reads it:
+/// dom0 never uses a revoked grant, answers each request once with a
+/// documented status, keeps the attacker's disk working, and the victims
+/// (counter, a disk guest, two guests pinging) carry on.
+#[test]
+fn grant_races_and_double_fetches_leave_dom0_and_victims_unharmed() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::ALL);
+    let id = victims.attacker(&mut machine, "attack-xsa-disk", "attack-xsa-disk");
+    victims.start_io(&mut machine);
+    let output = victims.wait_for(&mut machine, "attack-xsa-disk", id, "attack-xsa: done", "FAILED", 600);
+    println!("{output}");
+    require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
+    require(&mut machine, &output, "attack-xsa: grants: 48 requests revoked in flight", "revocation races");
+    require(&mut machine, &output, "revoking a mapped transfer page was refused (busy)", "revoking a mapped grant");
+    require(&mut machine, &output, "attack-xsa: grants: 80 references used: ", "grant reuse");
+    require(&mut machine, &output, "attack-xsa: doublefetch: 64 requests rewritten", "double fetch");
+    require(&mut machine, &output, "attack-xsa: doublefetch: the disk still reads back what was written", "the disk");
+    let devices = command(&mut machine, "devices");
+    if !devices
+        .lines()
+        .any(|line| line.contains("attack-xsa-disk") && line.contains(" disk ") && line.contains("connected"))
+    {
+        fail_with(&mut machine, &format!("the attacker's disk should stay connected (it broke no ring):\n{devices}"));
+    }
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
+}
+
+/// Event storms and bind/close churn, watches up to the quota and a flood
+/// of changes under them with the ring unread, and a flood of good and
+/// malformed store requests: dom0 bounds what it queues, answers on, and
+/// the victims carry on.
+#[test]
+fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::NO_PING);
+    let id = victims.attacker(&mut machine, "attack-xsa-store", "attack-xsa-store");
+    victims.start_io(&mut machine);
+    victims.shell_answers(&mut machine);
+    let output = victims.wait_for(&mut machine, "attack-xsa-store", id, "attack-xsa: done", "FAILED", 600);
+    println!("{output}");
+    require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
+    require(&mut machine, &output, "attack-xsa: events: done", "event storms");
+    require(&mut machine, &output, "the next refused (EQUOTA)", "the watch quota");
+    require(&mut machine, &output, "attack-xsa: watches: the store still answers", "watch-queue growth");
+    require(&mut machine, &output, "attack-xsa: storeflood: 1500 requests", "the request flood");
+    let store = command(&mut machine, "store");
+    if !store.contains(&format!("/local/domain/{id}/data/flood")) {
+        fail_with(&mut machine, &format!("the store should still show the attacker's own keys:\n{store}"));
+    }
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
+}
