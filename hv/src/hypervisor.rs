@@ -250,14 +250,21 @@ impl Hypervisor {
         }
         match exit {
             Exit::Hypercall => unreachable_hypercall(),
+            Exit::HypercallFromUserMode => {
+                // The kernel's user program gets the documented refusal
+                // (abi: hypercalls are refused from CPL > 0); nothing runs.
+                vcpu.registers.rax = abi::Error::Permission.code() as u64;
+                vcpu.skip_instruction();
+                true
+            }
             Exit::Cpuid => {
-                let osxsave = vcpu.guest_osxsave();
+                let leaf = vcpu.registers.rax as u32;
+                // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
+                let osxsave = leaf == 1 && vcpu.guest_osxsave();
                 let registers = &mut vcpu.registers;
-                let leaf = registers.rax as u32;
                 let raw = cpu::cpuid(leaf, registers.rcx as u32);
                 let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
                 if leaf == 1 {
-                    // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
                     ecx = hvcore::guest::with_osxsave(ecx, osxsave);
                 }
                 registers.rax = eax as u64;
