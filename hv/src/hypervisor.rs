@@ -383,10 +383,17 @@ impl Hypervisor {
                 vcpu.emulate_xsetbv(self.capabilities.xcr0_supported);
                 true
             }
-            Exit::Wbinvd => {
-                // A no-op: x86 DMA is cache-coherent and hv maps all guest
-                // memory write-back, so no domain needs caches written back.
+            Exit::CacheFlush => {
+                // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
+                // hv maps all guest memory write-back, so no domain needs
+                // caches written back (and INVD would drop other domains'
+                // and hv's dirty lines).
                 vcpu.skip_instruction();
+                true
+            }
+            Exit::VmxInstruction => {
+                // As on a CPU without VMX, which is what CPUID shows.
+                vcpu.inject_exception(6, None);
                 true
             }
             Exit::Rdpmc | Exit::DebugRegister => {

@@ -558,8 +558,11 @@ pub enum Exit {
     Xsetbv,
     /// RDPMC (RDPMC exiting).
     Rdpmc,
-    /// WBINVD (WBINVD exiting).
-    Wbinvd,
+    /// WBINVD (WBINVD exiting) or INVD (always exits).
+    CacheFlush,
+    /// A VMX instruction (VMCLEAR ... VMXON, INVEPT, INVVPID): always exits;
+    /// hv offers no nested virtualization (CPUID hides VMX).
+    VmxInstruction,
     /// MOV to or from a debug register (MOV-DR exiting).
     DebugRegister,
     /// The preemption timer reached zero.
@@ -1042,7 +1045,8 @@ impl Vcpu {
             }
             55 => Exit::Xsetbv,
             15 => Exit::Rdpmc,
-            54 => Exit::Wbinvd,
+            13 | 54 => Exit::CacheFlush,
+            19..=27 | 50 | 53 => Exit::VmxInstruction,
             29 => Exit::DebugRegister,
             52 => Exit::PreemptionTimer,
             7 => Exit::InterruptWindow,
