@@ -361,7 +361,11 @@ impl Hypervisor {
                 // watchdog event). It is no fault of the guest, which runs on.
                 let count = crate::arch::vmx::count_nmi();
                 if count <= 8 {
-                    crate::warning!("NMI #{count} while d{} ran (hv's; the domain runs on)", domain.id);
+                    let in_root = crate::arch::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed);
+                    crate::warning!(
+                        "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
+                        domain.id
+                    );
                 }
                 true
             }
