@@ -40,8 +40,9 @@
 //!   leaf 0xD offers no more. Anything else, or XCR1, gets #GP.
 //! - RDMSR/WRMSR of every MSR hv does not switch gets #GP (guests: all of
 //!   them; dom0 may use FS and GS base). RDPMC, MOV to or from a debug
-//!   register, and setting CR4.PKE (protection keys) get #GP. WBINVD is a
-//!   no-op (memory is write-back and DMA is coherent).
+//!   register, and setting CR4.PKE (protection keys) get #GP. WBINVD and
+//!   INVD are no-ops (memory is write-back and DMA is coherent). VMX
+//!   instructions get #UD (CPUID offers no VMX).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

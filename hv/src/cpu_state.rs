@@ -17,7 +17,8 @@
 //! | DR0-3, DR6                     | MOV-DR exiting: refused with #GP                 |
 //! | STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, every other MSR | RDMSR/WRMSR exit (guests: all; dom0: all but FS/GS base) and are refused with #GP, so no guest can set them; RDTSCP/RDPID read TSC_AUX, which hv never writes (0) |
 //! | performance counters           | RDPMC exiting: refused with #GP                  |
-//! | caches (WBINVD)                | WBINVD exiting: a no-op (hv keeps memory coherent; DMA on x86 is cache-coherent) |
+//! | caches (WBINVD, INVD)          | WBINVD exiting (INVD always exits): a no-op (memory is write-back, DMA on x86 is cache-coherent) |
+//! | VMX instructions               | always exit: #UD, as on a CPU without VMX        |
 
 /// Segment access rights bit positions (SDM Vol. 3C 25.4.1, Table 25-2).
 const ACCESS_DPL_SHIFT: u64 = 5;

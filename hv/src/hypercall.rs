@@ -32,13 +32,6 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
 /// Runs hypercall `number` for domain `caller`; the result goes in RAX.
 #[inline]
 pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64; 5]) -> i64 {
-    // Only the guest kernel makes hypercalls: its user programs get
-    // `Permission` (abi::hypercall), one VMCS read on the fast path.
-    if let Some(vcpu) = hv.domains[caller].vcpu.as_ref()
-        && !hvcore::cpu_state::hypercall_allowed(vcpu.privilege_level())
-    {
-        return Error::Permission.code();
-    }
     let Some(handler) = TABLE.get(number as usize) else {
         return Error::NoSuchHypercall.code();
     };

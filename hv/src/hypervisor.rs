@@ -287,14 +287,21 @@ impl Hypervisor {
         }
         match exit {
             Exit::Hypercall => unreachable_hypercall(),
+            Exit::HypercallFromUserMode => {
+                // The kernel's user program gets the documented refusal
+                // (abi: hypercalls are refused from CPL > 0); nothing runs.
+                vcpu.registers.rax = abi::Error::Permission.code() as u64;
+                vcpu.skip_instruction();
+                true
+            }
             Exit::Cpuid => {
-                let osxsave = vcpu.guest_osxsave();
+                let leaf = vcpu.registers.rax as u32;
+                // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
+                let osxsave = leaf == 1 && vcpu.guest_osxsave();
                 let registers = &mut vcpu.registers;
-                let leaf = registers.rax as u32;
                 let raw = cpu::cpuid(leaf, registers.rcx as u32);
                 let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
                 if leaf == 1 {
-                    // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
                     ecx = hvcore::guest::with_osxsave(ecx, osxsave);
                 }
                 registers.rax = eax as u64;
@@ -398,7 +405,11 @@ impl Hypervisor {
                 // watchdog event). It is no fault of the guest, which runs on.
                 let count = crate::arch::vmx::count_nmi();
                 if count <= 8 {
-                    crate::warning!("NMI #{count} while d{} ran (hv's; the domain runs on)", domain.id);
+                    let in_root = crate::arch::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed);
+                    crate::warning!(
+                        "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
+                        domain.id
+                    );
                 }
                 true
             }
@@ -420,10 +431,17 @@ impl Hypervisor {
                 vcpu.emulate_xsetbv(self.capabilities.xcr0_supported);
                 true
             }
-            Exit::Wbinvd => {
-                // A no-op: x86 DMA is cache-coherent and hv maps all guest
-                // memory write-back, so no domain needs caches written back.
+            Exit::CacheFlush => {
+                // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
+                // hv maps all guest memory write-back, so no domain needs
+                // caches written back (and INVD would drop other domains'
+                // and hv's dirty lines).
                 vcpu.skip_instruction();
+                true
+            }
+            Exit::VmxInstruction => {
+                // As on a CPU without VMX, which is what CPUID shows.
+                vcpu.inject_exception(6, None);
                 true
             }
             Exit::Rdpmc | Exit::DebugRegister => {

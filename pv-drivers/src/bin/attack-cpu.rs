@@ -9,7 +9,7 @@
 //!   checks it is kept across yields and that a fresh vCPU starts at 0.
 //! - `traps`: RDMSR/WRMSR of STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE and
 //!   TSC_AUX, RDPMC, MOV DR0 and setting CR4.PKE are refused with #GP (and
-//!   the guest runs on); WBINVD returns.
+//!   the guest runs on); WBINVD and INVD return; VMCLEAR gets #UD.
 //! - `xcr0`: XSETBV of `value` (1 or 3) is accepted and kept across yields
 //!   (XGETBV reads it back), a fresh vCPU has 1, and AVX state or XCR1 get #GP.
 //! - `cpl3`: drops to ring 3 and makes the null hypercall and a shutdown
@@ -300,6 +300,11 @@ fn traps(report: &mut Report) {
     report.check("CR4.PKE refused", fault == 13 && !pke, format_args!("vector {fault}, reads back {pke}"));
     let fault = probe!("wbinvd");
     report.check("WBINVD returns", fault == 0, format_args!("vector {fault}"));
+    let fault = probe!("invd");
+    report.check("INVD returns", fault == 0, format_args!("vector {fault}"));
+    let region = 0u64;
+    let fault = probe!("vmclear [{r}]", r = in(reg) &raw const region);
+    report.check("VMCLEAR gets #UD", fault == 6, format_args!("vector {fault}"));
 }
 
 fn xcr0(report: &mut Report, value: u64) {

@@ -1,5 +1,5 @@
 //! hv's IDT (SDM Vol. 3A 6.14): every exception prints a register dump and
-//! stops the machine. hv runs with interrupts disabled; device interrupts
+//! stops the machine; an NMI is only counted. hv runs with interrupts disabled; device interrupts
 //! reach it only as VM exits.
 
 use core::arch::{asm, global_asm};
@@ -214,7 +214,32 @@ device_stub_table:
     device_interrupt = sym super::ioapic::device_interrupt,
 );
 
+/// NMIs taken while hv itself ran (VMX root). An NMI is the platform's
+/// (hv has no NMI source of its own): counted and ignored, never fatal.
+/// NMIs that arrive while a guest runs are VM exits instead (see
+/// `vmx::count_nmi`).
+pub static NMIS_IN_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+global_asm!(
+    r#"
+    .section .text
+    .balign 16
+nmi_in_root_stub:
+    lock inc qword ptr [rip + {count}]
+    iretq
+
+    .section .rodata
+    .balign 8
+    .global nmi_stub_address
+nmi_stub_address:
+    .quad nmi_in_root_stub
+    .section .text
+"#,
+    count = sym NMIS_IN_ROOT,
+);
+
 unsafe extern "C" {
+    static nmi_stub_address: u64;
     static exception_stub_table: [u64; 32];
     static spurious_stub_address: u64;
     static timer_stub_address: u64;
@@ -264,6 +289,8 @@ pub fn init() {
             };
             (*idt).0[vector] = gate(exception_stub_table[vector], ist);
         }
+        // An NMI only counts (on its own stack; IRETQ unblocks NMIs again).
+        (*idt).0[2] = gate(nmi_stub_address, gdt::NMI_IST);
         (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
         (*idt).0[super::lapic::TIMER_VECTOR as usize] = gate(timer_stub_address, 0);
         for (line, stub) in device_stub_table.iter().enumerate() {

@@ -529,6 +529,8 @@ pub struct Vcpu {
 pub enum Exit {
     /// VMCALL: a hypercall.
     Hypercall,
+    /// VMCALL from guest CPL > 0: refused with `Permission`.
+    HypercallFromUserMode,
     /// CPUID.
     Cpuid,
     /// HLT.
@@ -556,8 +558,11 @@ pub enum Exit {
     Xsetbv,
     /// RDPMC (RDPMC exiting).
     Rdpmc,
-    /// WBINVD (WBINVD exiting).
-    Wbinvd,
+    /// WBINVD (WBINVD exiting) or INVD (always exits).
+    CacheFlush,
+    /// A VMX instruction (VMCLEAR ... VMXON, INVEPT, INVVPID): always exits;
+    /// hv offers no nested virtualization (CPUID hides VMX).
+    VmxInstruction,
     /// MOV to or from a debug register (MOV-DR exiting).
     DebugRegister,
     /// The preemption timer reached zero.
@@ -572,6 +577,16 @@ pub enum Exit {
     InterruptWindow,
     /// Any other exit reason; hv refuses what it does not understand.
     Other { reason: u32, qualification: u64 },
+}
+
+/// The exit for a VMLAUNCH/VMRESUME that failed with `status` (1 =
+/// VMfailInvalid, 2 = VMfailValid); kept out of line so that the hot path
+/// after an exit stays short.
+#[cold]
+#[inline(never)]
+fn launch_failed(status: u64) -> Exit {
+    let error = if status == 2 { vmcs::read(Field::InstructionError) as u32 } else { 0 };
+    Exit::LaunchFailed { error }
 }
 
 /// Guest segment access rights (SDM Vol. 3C 25.4.1, Table 25-2).
@@ -807,21 +822,18 @@ impl Vcpu {
             && vmcs::read(Field::EntryInterruptionInfo) & (1 << 31) == 0
     }
 
-    /// The guest's current privilege level (DPL of SS).
-    #[inline(always)]
-    pub fn privilege_level(&self) -> u8 {
-        self.load();
-        hvcore::cpu_state::current_privilege_level(vmcs::read(Field::GuestSsAccessRights))
-    }
-
     /// Queues again an event whose delivery this exit cut short (SDM
     /// 28.2.4, 27.6.1.1); without this the guest would lose it (an upcall,
     /// an exception). Call on every exit but VMCALL's (an instruction exit
     /// never interrupts event delivery).
     pub fn requeue_interrupted_event(&mut self) {
         self.load();
+        let vectoring = vmcs::read(Field::IdtVectoringInfo) as u32;
+        if vectoring & (1 << 31) == 0 {
+            return; // the usual case: no event was being delivered
+        }
         let Some(event) = hvcore::cpu_state::reinjection(
-            vmcs::read(Field::IdtVectoringInfo) as u32,
+            vectoring,
             vmcs::read(Field::IdtVectoringErrorCode) as u32,
             vmcs::read(Field::ExitInstructionLength) as u32,
         ) else {
@@ -971,15 +983,32 @@ impl Vcpu {
         // on the same stack after the exit.
         let status = unsafe { enter::vmx_enter(&mut self.registers, self.launched as u64) };
         if status != 0 {
-            let error = if status == 2 { vmcs::read(Field::InstructionError) as u32 } else { 0 };
-            return Err(Exit::LaunchFailed { error });
+            return Err(launch_failed(status));
         }
         self.launched = true;
-        Ok(vmcs::read(Field::ExitReason) as u32)
+        let raw = vmcs::read(Field::ExitReason) as u32;
+        // Only the guest kernel makes hypercalls (abi: refused from CPL > 0).
+        // Checked here, where the VMCS is known current: one VMREAD on the
+        // hot path; a refused call leaves it as a distinct exit.
+        if raw == Self::VMCALL_EXIT
+            && !hvcore::cpu_state::hypercall_allowed(hvcore::cpu_state::current_privilege_level(vmcs::read(
+                Field::GuestSsAccessRights,
+            )))
+        {
+            return Ok(raw | Self::USER_MODE_FLAG);
+        }
+        Ok(raw)
     }
 
     /// The basic exit reason of VMCALL.
     pub const VMCALL_EXIT: u32 = 18;
+
+    /// Set by [`Vcpu::enter`] in a VMCALL exit's reason when the guest was
+    /// not at CPL 0 (bit 30 of the exit reason is reserved, always 0 from
+    /// the CPU, SDM 25.9.1); [`Vcpu::decode`] makes it
+    /// [`Exit::HypercallFromUserMode`]. The basic reason stays 18, so the
+    /// call is counted as a VMCALL.
+    pub const USER_MODE_FLAG: u32 = 1 << 30;
 
     /// Decodes a raw exit reason of the current VMCS into an [`Exit`].
     pub fn decode(raw: u32) -> Exit {
@@ -988,6 +1017,7 @@ impl Vcpu {
             _ if raw & (1 << 31) != 0 => {
                 Exit::EntryFailure { reason, qualification: vmcs::read(Field::ExitQualification) }
             }
+            _ if raw & Self::USER_MODE_FLAG != 0 => Exit::HypercallFromUserMode,
             18 => Exit::Hypercall,
             10 => Exit::Cpuid,
             12 => Exit::Halt,
@@ -1015,7 +1045,8 @@ impl Vcpu {
             }
             55 => Exit::Xsetbv,
             15 => Exit::Rdpmc,
-            54 => Exit::Wbinvd,
+            13 | 54 => Exit::CacheFlush,
+            19..=27 | 50 | 53 => Exit::VmxInstruction,
             29 => Exit::DebugRegister,
             52 => Exit::PreemptionTimer,
             7 => Exit::InterruptWindow,
