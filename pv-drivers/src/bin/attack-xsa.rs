@@ -14,6 +14,10 @@
 //!   rewriting the slot's fields (segment count, sector, operation,
 //!   segments) while dom0 works: dom0 must copy the request once and answer
 //!   it once with a documented status; the disk must work on afterwards.
+//! - `aliasing`: a read into a read-only grant (refused, page untouched);
+//!   the ring page's own grant used as a data page (dom0 maps it twice;
+//!   revoking it is refused), then read over itself: dom0 overwrites its
+//!   own ring and must cut the disk off, not crash.
 //! - `events`: event storms (sends on every port dom0 serves, a loopback
 //!   channel to itself) and bind/close churn up to the port table's limit;
 //!   every port comes back free.
@@ -305,6 +309,49 @@ impl Attack {
         }
     }
 
+    /// Pages that alias something else: a read-only grant asked to take
+    /// data, and the ring page's own grant used as a data page (dom0 maps
+    /// that grant twice, then overwrites its own ring with the disk's data).
+    fn aliasing(&mut self) {
+        const MODE: &str = "aliasing";
+        // 1. A read into a read-only grant: refused, the page untouched.
+        fill(3, 0x77);
+        let Ok(readonly) = self.guest.grant_to_dom0(page_address(3), true) else {
+            return self.fail(MODE, format_args!("granting failed"));
+        };
+        let id = self.id();
+        match self.guest.disk_request(&one_page(id, OP_READ, 256, readonly)) {
+            Ok(STATUS_OK) => self.fail(MODE, format_args!("dom0 wrote into a read-only grant")),
+            Ok(_) if !holds(3, 0x77) => self.fail(MODE, format_args!("a refused read changed a read-only page")),
+            Ok(status) => self
+                .say(format_args!("attack-xsa: aliasing: a read into a read-only grant was refused (status {status})")),
+            Err(error) => return self.fail(MODE, format_args!("read-only grant: {error:?}")),
+        }
+        // 2. The ring's grant as a data page: dom0 maps it a second time.
+        let mut text = [0u8; 16];
+        let reference = match self.guest.store_read("device/vbd/0/ring-ref", &mut text) {
+            Ok(length) => abi::store::parse_decimal(&text[..length]).unwrap_or(0),
+            Err(error) => return self.fail(MODE, format_args!("reading ring-ref: {error:?}")),
+        };
+        let id = self.id();
+        let copied = self.guest.disk_request(&one_page(id, OP_WRITE, 264, reference));
+        self.say(format_args!("attack-xsa: aliasing: the ring page written to disk through its own grant: {copied:?}"));
+        // Mapped twice (ring and data) or once: revoking must be refused.
+        match self.guest.end_grant(reference) {
+            Err(Error::Busy) => {
+                self.say(format_args!("attack-xsa: aliasing: revoking the ring's grant was refused (busy)"))
+            }
+            other => self.fail(MODE, format_args!("revoking the ring's grant while dom0 maps it gave {other:?}")),
+        }
+        // 3. Read that image back over the ring: dom0 overwrites its own
+        //    ring with stale indices. It must cut the disk off, not crash.
+        let id = self.id();
+        let overwritten = self.guest.disk_request(&one_page(id, OP_READ, 264, reference));
+        self.say(format_args!("attack-xsa: aliasing: the ring page read over itself: {overwritten:?}"));
+        self.guest.disk_notify();
+        self.say(format_args!("attack-xsa: aliasing: done"));
+    }
+
     fn events(&mut self) {
         const MODE: &str = "events";
         let me = self.guest.domain_id() as u64;
@@ -547,7 +594,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     let modes = cmdline
         .split_whitespace()
         .find_map(|word| word.strip_prefix("mode="))
-        .unwrap_or("grants,doublefetch,events,watches,storeflood");
+        .unwrap_or("grants,doublefetch,aliasing,events,watches,storeflood");
     let mut attack = Attack { guest, failed: 0, next_id: 0 };
     let sectors = attack.guest.disk_sectors();
     attack
@@ -556,6 +603,7 @@ extern "C" fn _start(start_info: u64) -> ! {
         match mode {
             "grants" => attack.grants(),
             "doublefetch" => attack.doublefetch(),
+            "aliasing" => attack.aliasing(),
             "events" => attack.events(),
             "watches" => attack.watches(),
             "storeflood" => attack.storeflood(),
