@@ -113,11 +113,29 @@ impl Victims {
         end: &str,
         timeout: u64,
     ) -> String {
-        attach(machine, name, id);
         let description = format!("a line from {name} starting {prefix:?} and containing {end:?}");
-        let mut seen = machine
-            .expect(line_where(description, |line| line.starts_with(prefix) && line.contains(end)), seconds(timeout))
-            .unwrap_or_else(fail);
+        self.wait_for_line(
+            machine,
+            name,
+            id,
+            &description,
+            |line| line.starts_with(prefix) && line.contains(end),
+            timeout,
+        )
+    }
+
+    /// As [`Victims::wait_for`], for the first line that passes `test`.
+    pub fn wait_for_line(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+        id: u64,
+        description: &str,
+        test: impl Fn(&str) -> bool,
+        timeout: u64,
+    ) -> String {
+        attach(machine, name, id);
+        let mut seen = machine.expect(line_where(description, test), seconds(timeout)).unwrap_or_else(fail);
         seen += &detach(machine);
         seen
     }
@@ -126,9 +144,10 @@ impl Victims {
     /// counter advanced since the last check, the disk guest verified its
     /// disk, every ping was answered.
     pub fn check(&mut self, machine: &mut Machine) {
-        self.shell_answers(machine);
+        let first = self.shell_answers(machine);
         if self.options.counter {
             let seen = self.counter_reaches(machine, self.counter_seen + 1);
+            println!("victims: counter went from {} to {seen}", self.counter_seen);
             self.counter_seen = seen;
         }
         if !self.io_started {
@@ -136,9 +155,12 @@ impl Victims {
         }
         if self.options.disk {
             let id = self.id_of("victimdisk");
-            let seen = self.wait_for(machine, "victimdisk", id, "disktest: ", "sectors", 240);
-            let verdict = seen.lines().rev().find(|line| line.starts_with("disktest: ") && line.contains("sectors"));
-            if seen.contains("FAILED") || !verdict.is_some_and(|line| line.contains(": all match")) {
+            // Its verdict: "... sectors: all match" or a FAILED line.
+            let verdict = |line: &str| {
+                line.starts_with("disktest: ") && (line.contains(": all match") || line.contains("FAILED"))
+            };
+            let seen = self.wait_for_line(machine, "victimdisk", id, "disktest's verdict", verdict, 240);
+            if seen.contains("FAILED") || !seen.contains(" sectors: all match") {
                 fail_with(machine, &format!("victimdisk should write and verify its disk; it printed:\n{seen}"));
             }
         }
@@ -149,7 +171,8 @@ impl Victims {
                 fail_with(machine, &format!("netping should get every reply; it printed:\n{seen}"));
             }
         }
-        self.shell_answers(machine);
+        let last = self.shell_answers(machine);
+        println!("victims: the shell answered `list` in {first:.2?} and {last:.2?}");
     }
 
     /// Runs `list` and fails unless it answers within [`shell_bound`];

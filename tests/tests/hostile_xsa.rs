@@ -104,3 +104,17 @@ fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
     victims.check(&mut machine);
     victims.finish(&mut machine);
 }
+
+/// A guest notifying dom0's ports and asking the store as fast as it can,
+/// without end: while it runs the shell answers within the bound, the
+/// counter advances and a disk guest writes and verifies its disk.
+#[test]
+fn an_endless_event_and_store_storm_starves_nobody() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::NO_PING);
+    let id = victims.attacker(&mut machine, "attack-xsa-storm", "attack-xsa-storm");
+    victims.wait_for(&mut machine, "attack-xsa-storm", id, "attack-xsa: storm: ", "until destroyed", 120);
+    victims.start_io(&mut machine);
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
+}

@@ -28,6 +28,10 @@
 //! - `storeflood`: store requests back to back, good and malformed, with
 //!   replies read: dom0 answers every one (or refuses it with an error).
 //!
+//! - `storm` (last; never ends): notifies every port dom0 serves and
+//!   sends store requests as fast as it can, while the test checks that the
+//!   shell and the victims are not starved.
+//!
 //! Every mode prints `attack-xsa: <mode>: ...` lines, `FAILED` for what
 //! must not happen, and the guest ends with `attack-xsa: done, <n> FAILED`.
 #![no_std]
@@ -352,6 +356,46 @@ impl Attack {
         self.say(format_args!("attack-xsa: aliasing: done"));
     }
 
+    /// Never returns: notifies every port dom0 serves and keeps the store's
+    /// request ring full, as fast as it can, until the guest is destroyed (the
+    /// test checks the shell and the victims meanwhile).
+    fn storm(&mut self) -> ! {
+        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
+        let served: arrayvec::ArrayVec<u64, 8> = (1..PORT_COUNT as u64)
+            .filter(|&port| status(port).is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0))
+            .collect();
+        self.say(format_args!("attack-xsa: storm: notifying {} ports and the store until destroyed", served.len()));
+        // Store requests pipelined: as many as the request ring takes, the
+        // replies read and thrown away (the runtime's client is not used
+        // again, so the stream needs no parsing).
+        let page = self.guest.start_info.store_page;
+        // SAFETY: our own store ring page; from here on only this accessor uses it.
+        let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
+        let payload = b"data/storm\0";
+        let mut message = [0u8; STORE_HEADER_SIZE + 11];
+        let header = StoreHeader { kind: StoreOp::Read as u32, request_id: 1, transaction: 0, length: 11 };
+        message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        message[STORE_HEADER_SIZE..].copy_from_slice(payload);
+        let mut sent = 0;
+        let mut replies = [0u8; 2048];
+        loop {
+            for &port in &served {
+                let _ = hypercall::event(E::Send, port, 0);
+            }
+            loop {
+                match ring.client_send(&message[sent..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(count) => sent = (sent + count) % message.len(),
+                }
+            }
+            while let Ok(count) = ring.client_receive(&mut replies) {
+                if count == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
     fn events(&mut self) {
         const MODE: &str = "events";
         let me = self.guest.domain_id() as u64;
@@ -604,6 +648,7 @@ extern "C" fn _start(start_info: u64) -> ! {
             "grants" => attack.grants(),
             "doublefetch" => attack.doublefetch(),
             "aliasing" => attack.aliasing(),
+            "storm" => attack.storm(),
             "events" => attack.events(),
             "watches" => attack.watches(),
             "storeflood" => attack.storeflood(),
