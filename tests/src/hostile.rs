@@ -64,16 +64,36 @@ impl Victims {
     /// Records `mem` (the baseline for [`Victims::finish`]), then starts
     /// `counter` and `netserve` as the options say.
     pub fn start(machine: &mut Machine, options: VictimOptions) -> Victims {
-        let (_, before) = mem(machine);
-        let mut victims = Victims { options, before, guests: Vec::new(), counter_seen: 0, io_started: false };
-        if options.counter {
-            victims.create(machine, "counter", "counter");
-            victims.counter_seen = victims.counter_reaches(machine, 1);
-        }
-        if options.ping {
-            victims.create(machine, "netserve", "netserve");
-        }
+        let mut victims = Victims::begin(machine, options);
+        victims.start_victims(machine);
         victims
+    }
+
+    /// Records `mem` only: for tests that start something (a spy) before
+    /// the victims, then call [`Victims::start_victims`].
+    pub fn begin(machine: &mut Machine, options: VictimOptions) -> Victims {
+        let (_, before) = mem(machine);
+        Victims { options, before, guests: Vec::new(), counter_seen: 0, io_started: false }
+    }
+
+    /// Starts `counter` and `netserve` as the options say.
+    pub fn start_victims(&mut self, machine: &mut Machine) {
+        if self.options.counter {
+            self.create(machine, "counter", "counter");
+            self.counter_seen = self.counter_reaches(machine, 1);
+        }
+        if self.options.ping {
+            self.create(machine, "netserve", "netserve");
+        }
+    }
+
+    /// Destroys guest `name` before the others (it is not destroyed again
+    /// by `finish`).
+    pub fn destroy(&mut self, machine: &mut Machine, name: &str) {
+        if let Some(index) = self.guests.iter().position(|(guest, _)| guest == name) {
+            let (name, id) = self.guests.remove(index);
+            destroy(machine, &name, id);
+        }
     }
 
     /// Creates guest `name` from `config`; it is destroyed by `finish`.

@@ -118,3 +118,31 @@ fn an_endless_event_and_store_storm_starves_nobody() {
     victims.check(&mut machine);
     victims.finish(&mut machine);
 }
+
+/// A guest watching the whole tree (`/`, every home, dom0's back ends)
+/// while victims with disks and vifs are created, used and destroyed:
+/// the store sends it events only for nodes it may read (its own).
+#[test]
+fn a_guest_watching_the_whole_store_learns_nothing_of_others() {
+    let mut machine = boot();
+    let mut victims = Victims::begin(&mut machine, VictimOptions::ALL);
+    let spy = victims.attacker(&mut machine, "attack-xsa-spy", "attack-xsa-spy");
+    victims.wait_for(&mut machine, "attack-xsa-spy", spy, "attack-xsa: spy: ", "watching the tree", 60);
+    victims.start_victims(&mut machine);
+    victims.start_io(&mut machine);
+    victims.check(&mut machine);
+    for name in ["netping", "victimdisk", "netserve", "counter"] {
+        victims.destroy(&mut machine, name);
+    }
+    victims.shell_answers(&mut machine);
+    let output = victims.wait_for(&mut machine, "attack-xsa-spy", spy, "attack-xsa: spy: ", "watching the tree", 60);
+    println!("{output}");
+    if output.contains("FAILED") {
+        fail_with(&mut machine, &format!("the spy learned of other domains' nodes:\n{output}"));
+    }
+    let events = output.lines().filter_map(|line| scan("attack-xsa: spy: {} events, {} about nodes of others", line));
+    if !events.clone().any(|numbers| numbers[0] >= 3) || events.clone().any(|numbers| numbers[1] > 0) {
+        fail_with(&mut machine, &format!("the spy should count its own watches' events and no others:\n{output}"));
+    }
+    victims.finish(&mut machine);
+}

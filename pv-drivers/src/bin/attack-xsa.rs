@@ -32,6 +32,10 @@
 //!   sends store requests as fast as it can, while the test checks that the
 //!   shell and the victims are not starved.
 //!
+//! - `spy` (last; never ends): watches `/`, `/local/domain` and dom0's
+//!   back-end directory and reads every event while victims come and go:
+//!   no event may name another domain's node it cannot read.
+//!
 //! Every mode prints `attack-xsa: <mode>: ...` lines, `FAILED` for what
 //! must not happen, and the guest ends with `attack-xsa: done, <n> FAILED`.
 #![no_std]
@@ -82,6 +86,21 @@ fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> Request {
     let mut request = Request { id, operation, segment_count: 1, sector, ..Default::default() };
     request.segments[0] = Segment { grant: reference, first_sector: 0, last_sector: 7, _reserved: 0 };
     request
+}
+
+/// Free bytes in the request ring of the store page at `page` (whose
+/// indices the client and dom0 write; read without references).
+fn request_room(page: u64) -> usize {
+    use abi::store::{REQUEST_RING_SIZE, StoreRing};
+    use core::mem::offset_of;
+    // SAFETY: both indices lie in our own store ring page.
+    let (producer, consumer) = unsafe {
+        (
+            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_producer)) as *const u32),
+            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_consumer)) as *const u32),
+        )
+    };
+    REQUEST_RING_SIZE.saturating_sub(producer.wrapping_sub(consumer) as usize)
 }
 
 struct Attack {
@@ -354,6 +373,113 @@ impl Attack {
         self.say(format_args!("attack-xsa: aliasing: the ring page read over itself: {overwritten:?}"));
         self.guest.disk_notify();
         self.say(format_args!("attack-xsa: aliasing: done"));
+    }
+
+    /// Never returns: watches the whole tree (`/`, `/local/domain`, dom0's
+    /// back-end directory) and reads every event, while the test creates
+    /// and destroys victims: no event may name a node of another domain
+    /// that this guest may not read. Prints a tally when it changed (at most
+    /// once a second of guest time) and a `FAILED` line per leaked path.
+    fn spy(&mut self) -> ! {
+        const MODE: &str = "spy";
+        let me = self.guest.domain_id();
+        for (path, token) in [("/", "root"), ("/local/domain", "homes"), ("/local/domain/0/backend", "backends")] {
+            if let Err(error) = self.guest.store_watch(path, token) {
+                self.say(format_args!("attack-xsa: spy: watching {path} was refused ({error:?})"));
+            }
+        }
+        self.say(format_args!("attack-xsa: spy: watching the tree"));
+        let mut own = arrayvec::ArrayString::<64>::new();
+        let _ = write!(own, "/local/domain/{me}");
+        let mut backend_vbd = arrayvec::ArrayString::<64>::new();
+        let _ = write!(backend_vbd, "/local/domain/0/backend/vbd/{me}");
+        let mut backend_vif = arrayvec::ArrayString::<64>::new();
+        let _ = write!(backend_vif, "/local/domain/0/backend/vif/{me}");
+        let at_or_below = |path: &str, top: &str| {
+            path == top || (path.starts_with(top) && path.as_bytes().get(top.len()) == Some(&b'/'))
+        };
+        // The watched paths themselves come once at registration.
+        let allowed = |path: &str| {
+            ["/", "/local/domain", "/local/domain/0/backend"].contains(&path)
+                || at_or_below(path, &own)
+                || at_or_below(path, &backend_vbd)
+                || at_or_below(path, &backend_vif)
+        };
+        let page = self.guest.start_info.store_page;
+        // SAFETY: our own store ring page; from here on only this accessor reads it.
+        let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
+        let mut message = [0u8; abi::store::STORE_MESSAGE_MAX];
+        let mut length = 0;
+        let (mut events, mut leaked) = (0u64, 0u64);
+        let (mut report, mut reported, mut control) = (0, 0, 0);
+        loop {
+            let wanted = if length < STORE_HEADER_SIZE {
+                STORE_HEADER_SIZE
+            } else {
+                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
+                (STORE_HEADER_SIZE + header.length as usize).min(message.len())
+            };
+            if length >= STORE_HEADER_SIZE && length == wanted {
+                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
+                if header.kind == StoreOp::WatchEvent as u32 {
+                    events += 1;
+                    let payload = &message[STORE_HEADER_SIZE..length];
+                    let path = payload.split(|&b| b == 0).next().unwrap_or(&[]);
+                    let path = core::str::from_utf8(path).unwrap_or("?");
+                    if !allowed(path) {
+                        leaked += 1;
+                        if leaked <= 20 {
+                            self.fail(MODE, format_args!("an event named {path:?}, a node of another domain"));
+                        }
+                    }
+                }
+                length = 0;
+                continue;
+            }
+            match ring.client_receive(&mut message[length..wanted]) {
+                Ok(0) => {
+                    let _ = self.guest_notify_store();
+                    if guest::now() > control + self.guest.ticks_per_second() && request_room(page) >= 64 {
+                        control = guest::now();
+                        // The control: a change of its own node, which the
+                        // watch on `/` must report (the reply is skipped above).
+                        let mut request = [0u8; STORE_HEADER_SIZE + 32];
+                        let mut payload = arrayvec::ArrayString::<32>::new();
+                        let _ = write!(payload, "data/spy\0{events}\0");
+                        let header = StoreHeader {
+                            kind: StoreOp::Write as u32,
+                            request_id: 1,
+                            transaction: 0,
+                            length: payload.len() as u32,
+                        };
+                        request[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+                        let end = STORE_HEADER_SIZE + payload.len();
+                        request[STORE_HEADER_SIZE..end].copy_from_slice(payload.as_bytes());
+                        let mut sent = 0;
+                        while sent < end {
+                            sent += ring.client_send(&request[sent..end]).unwrap_or(0);
+                        }
+                        let _ = self.guest_notify_store();
+                    }
+                    if events != reported && guest::now() > report + self.guest.ticks_per_second() {
+                        (report, reported) = (guest::now(), events);
+                        self.say(format_args!("attack-xsa: spy: {events} events, {leaked} about nodes of others"));
+                    }
+                    let _ = hypercall::set_timer(guest::now() + self.guest.ticks_per_second() / 100);
+                    self.guest.wait_for_event();
+                }
+                Ok(count) => {
+                    length += count;
+                    let _ = self.guest_notify_store();
+                }
+                Err(_) => {
+                    self.fail(MODE, format_args!("dom0 corrupted the store ring"));
+                    loop {
+                        self.guest.wait_for_event();
+                    }
+                }
+            }
+        }
     }
 
     /// Never returns: notifies every port dom0 serves and keeps the store's
@@ -649,6 +775,7 @@ extern "C" fn _start(start_info: u64) -> ! {
             "doublefetch" => attack.doublefetch(),
             "aliasing" => attack.aliasing(),
             "storm" => attack.storm(),
+            "spy" => attack.spy(),
             "events" => attack.events(),
             "watches" => attack.watches(),
             "storeflood" => attack.storeflood(),
