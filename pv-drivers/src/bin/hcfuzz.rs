@@ -688,7 +688,7 @@ extern "C" fn _start(start_info: u64) -> ! {
                 tally.failed += 1;
                 if tally.failed <= 20 {
                     let _ =
-                        writeln!(guest, "hcfuzz: FAILED: call {number} {arguments:#x?} returned {result}: {breach}",);
+                        writeln!(guest, "hcfuzz: FAILED: call {number} {arguments:x?} returned {result}: {breach}",);
                 }
             }
             // Ports the fuzz bound are ours to close; close them in batches
