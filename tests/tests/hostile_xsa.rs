@@ -31,7 +31,7 @@ fn a_hundred_thousand_fuzzed_hypercalls_leave_hv_and_victims_unharmed() {
     let mut victims = Victims::start(&mut machine, VictimOptions::NO_PING);
     let id = victims.attacker(&mut machine, "hcfuzz", "hcfuzz");
     victims.start_io(&mut machine);
-    let output = victims.wait_for(&mut machine, "hcfuzz", id, "hcfuzz: ", "FAILED, done", 600);
+    let output = victims.wait_for(&mut machine, "hcfuzz", id, "hcfuzz: ", "FAILED, done", 300);
     println!("{output}");
     require(&mut machine, &output, "hcfuzz: structured: 56 checks, 56 as documented", "structured checks");
     require(&mut machine, &output, "hcfuzz: 0 FAILED, done", "the fuzz run");
@@ -62,7 +62,7 @@ fn grant_races_and_double_fetches_leave_dom0_and_victims_unharmed() {
     let mut victims = Victims::start(&mut machine, VictimOptions::ALL);
     let id = victims.attacker(&mut machine, "attack-xsa-disk", "attack-xsa-disk");
     victims.start_io(&mut machine);
-    let output = victims.wait_for(&mut machine, "attack-xsa-disk", id, "attack-xsa: done", "FAILED", 600);
+    let output = victims.wait_for(&mut machine, "attack-xsa-disk", id, "attack-xsa: ", "FAILED", 300);
     println!("{output}");
     require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
     require(&mut machine, &output, "attack-xsa: grants: 48 requests revoked in flight", "revocation races");
@@ -90,7 +90,7 @@ fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
     let id = victims.attacker(&mut machine, "attack-xsa-store", "attack-xsa-store");
     victims.start_io(&mut machine);
     victims.shell_answers(&mut machine);
-    let output = victims.wait_for(&mut machine, "attack-xsa-store", id, "attack-xsa: done", "FAILED", 600);
+    let output = victims.wait_for(&mut machine, "attack-xsa-store", id, "attack-xsa: ", "FAILED", 300);
     println!("{output}");
     require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
     require(&mut machine, &output, "attack-xsa: events: done", "event storms");
