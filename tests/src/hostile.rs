@@ -19,7 +19,9 @@
 //! The victims are `counter` (prints a number every second of guest time),
 //! `victimdisk` (disktest on a region of its own: writes, reads back and
 //! checks 1024 sectors) and, with `ping`, `netserve` and `netping` (ten
-//! pings through dom0's switch).
+//! pings through dom0's switch). `victimdisk` owns `ata1-master:10240+1024`:
+//! an attacker with a disk needs another region (`attack-xsa-disk` has
+//! 12288+1024; regions may not overlap, dom0 refuses the second guest).
 
 use std::time::{Duration, Instant};
 
