@@ -19,7 +19,9 @@
 //! The victims are `counter` (prints a number every second of guest time),
 //! `victimdisk` (disktest on a region of its own: writes, reads back and
 //! checks 1024 sectors) and, with `ping`, `netserve` and `netping` (ten
-//! pings through dom0's switch).
+//! pings through dom0's switch). `victimdisk` owns `ata1-master:10240+1024`:
+//! an attacker with a disk needs another region (`attack-xsa-disk` has
+//! 12288+1024; regions may not overlap, dom0 refuses the second guest).
 
 use std::time::{Duration, Instant};
 
@@ -64,16 +66,36 @@ impl Victims {
     /// Records `mem` (the baseline for [`Victims::finish`]), then starts
     /// `counter` and `netserve` as the options say.
     pub fn start(machine: &mut Machine, options: VictimOptions) -> Victims {
-        let (_, before) = mem(machine);
-        let mut victims = Victims { options, before, guests: Vec::new(), counter_seen: 0, io_started: false };
-        if options.counter {
-            victims.create(machine, "counter", "counter");
-            victims.counter_seen = victims.counter_reaches(machine, 1);
-        }
-        if options.ping {
-            victims.create(machine, "netserve", "netserve");
-        }
+        let mut victims = Victims::begin(machine, options);
+        victims.start_victims(machine);
         victims
+    }
+
+    /// Records `mem` only: for tests that start something (a spy) before
+    /// the victims, then call [`Victims::start_victims`].
+    pub fn begin(machine: &mut Machine, options: VictimOptions) -> Victims {
+        let (_, before) = mem(machine);
+        Victims { options, before, guests: Vec::new(), counter_seen: 0, io_started: false }
+    }
+
+    /// Starts `counter` and `netserve` as the options say.
+    pub fn start_victims(&mut self, machine: &mut Machine) {
+        if self.options.counter {
+            self.create(machine, "counter", "counter");
+            self.counter_seen = self.counter_reaches(machine, 1);
+        }
+        if self.options.ping {
+            self.create(machine, "netserve", "netserve");
+        }
+    }
+
+    /// Destroys guest `name` before the others (it is not destroyed again
+    /// by `finish`).
+    pub fn destroy(&mut self, machine: &mut Machine, name: &str) {
+        if let Some(index) = self.guests.iter().position(|(guest, _)| guest == name) {
+            let (name, id) = self.guests.remove(index);
+            destroy(machine, &name, id);
+        }
     }
 
     /// Creates guest `name` from `config`; it is destroyed by `finish`.
@@ -113,11 +135,29 @@ impl Victims {
         end: &str,
         timeout: u64,
     ) -> String {
-        attach(machine, name, id);
         let description = format!("a line from {name} starting {prefix:?} and containing {end:?}");
-        let mut seen = machine
-            .expect(line_where(description, |line| line.starts_with(prefix) && line.contains(end)), seconds(timeout))
-            .unwrap_or_else(fail);
+        self.wait_for_line(
+            machine,
+            name,
+            id,
+            &description,
+            |line| line.starts_with(prefix) && line.contains(end),
+            timeout,
+        )
+    }
+
+    /// As [`Victims::wait_for`], for the first line that passes `test`.
+    pub fn wait_for_line(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+        id: u64,
+        description: &str,
+        test: impl Fn(&str) -> bool,
+        timeout: u64,
+    ) -> String {
+        attach(machine, name, id);
+        let mut seen = machine.expect(line_where(description, test), seconds(timeout)).unwrap_or_else(fail);
         seen += &detach(machine);
         seen
     }
@@ -126,9 +166,10 @@ impl Victims {
     /// counter advanced since the last check, the disk guest verified its
     /// disk, every ping was answered.
     pub fn check(&mut self, machine: &mut Machine) {
-        self.shell_answers(machine);
+        let first = self.shell_answers(machine);
         if self.options.counter {
             let seen = self.counter_reaches(machine, self.counter_seen + 1);
+            println!("victims: counter went from {} to {seen}", self.counter_seen);
             self.counter_seen = seen;
         }
         if !self.io_started {
@@ -136,9 +177,12 @@ impl Victims {
         }
         if self.options.disk {
             let id = self.id_of("victimdisk");
-            let seen = self.wait_for(machine, "victimdisk", id, "disktest: ", "sectors", 240);
-            let verdict = seen.lines().rev().find(|line| line.starts_with("disktest: ") && line.contains("sectors"));
-            if seen.contains("FAILED") || !verdict.is_some_and(|line| line.contains(": all match")) {
+            // Its verdict: "... sectors: all match" or a FAILED line.
+            let verdict = |line: &str| {
+                line.starts_with("disktest: ") && (line.contains(": all match") || line.contains("FAILED"))
+            };
+            let seen = self.wait_for_line(machine, "victimdisk", id, "disktest's verdict", verdict, 240);
+            if seen.contains("FAILED") || !seen.contains(" sectors: all match") {
                 fail_with(machine, &format!("victimdisk should write and verify its disk; it printed:\n{seen}"));
             }
         }
@@ -149,7 +193,8 @@ impl Victims {
                 fail_with(machine, &format!("netping should get every reply; it printed:\n{seen}"));
             }
         }
-        self.shell_answers(machine);
+        let last = self.shell_answers(machine);
+        println!("victims: the shell answered `list` in {first:.2?} and {last:.2?}");
     }
 
     /// Runs `list` and fails unless it answers within [`shell_bound`];

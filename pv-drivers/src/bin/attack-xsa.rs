@@ -14,6 +14,10 @@
 //!   rewriting the slot's fields (segment count, sector, operation,
 //!   segments) while dom0 works: dom0 must copy the request once and answer
 //!   it once with a documented status; the disk must work on afterwards.
+//! - `aliasing`: a read into a read-only grant (refused, page untouched);
+//!   the ring page's own grant used as a data page (dom0 maps it twice;
+//!   revoking it is refused), then read over itself: dom0 overwrites its
+//!   own ring and must cut the disk off, not crash.
 //! - `events`: event storms (sends on every port dom0 serves, a loopback
 //!   channel to itself) and bind/close churn up to the port table's limit;
 //!   every port comes back free.
@@ -23,6 +27,14 @@
 //!   reading again the guest gets at most a queue's worth of events.
 //! - `storeflood`: store requests back to back, good and malformed, with
 //!   replies read: dom0 answers every one (or refuses it with an error).
+//!
+//! - `storm` (last; never ends): notifies every port dom0 serves and
+//!   sends store requests as fast as it can, while the test checks that the
+//!   shell and the victims are not starved.
+//!
+//! - `spy` (last; never ends): watches `/`, `/local/domain` and dom0's
+//!   back-end directory and reads every event while victims come and go:
+//!   no event may name another domain's node it cannot read.
 //!
 //! Every mode prints `attack-xsa: <mode>: ...` lines, `FAILED` for what
 //! must not happen, and the guest ends with `attack-xsa: done, <n> FAILED`.
@@ -74,6 +86,21 @@ fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> Request {
     let mut request = Request { id, operation, segment_count: 1, sector, ..Default::default() };
     request.segments[0] = Segment { grant: reference, first_sector: 0, last_sector: 7, _reserved: 0 };
     request
+}
+
+/// Free bytes in the request ring of the store page at `page` (whose
+/// indices the client and dom0 write; read without references).
+fn request_room(page: u64) -> usize {
+    use abi::store::{REQUEST_RING_SIZE, StoreRing};
+    use core::mem::offset_of;
+    // SAFETY: both indices lie in our own store ring page.
+    let (producer, consumer) = unsafe {
+        (
+            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_producer)) as *const u32),
+            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_consumer)) as *const u32),
+        )
+    };
+    REQUEST_RING_SIZE.saturating_sub(producer.wrapping_sub(consumer) as usize)
 }
 
 struct Attack {
@@ -302,6 +329,196 @@ impl Attack {
                 self.say(format_args!("attack-xsa: doublefetch: the disk still reads back what was written"))
             }
             other => self.fail(MODE, format_args!("the disk after the attack: {other:?}")),
+        }
+    }
+
+    /// Pages that alias something else: a read-only grant asked to take
+    /// data, and the ring page's own grant used as a data page (dom0 maps
+    /// that grant twice, then overwrites its own ring with the disk's data).
+    fn aliasing(&mut self) {
+        const MODE: &str = "aliasing";
+        // 1. A read into a read-only grant: refused, the page untouched.
+        fill(3, 0x77);
+        let Ok(readonly) = self.guest.grant_to_dom0(page_address(3), true) else {
+            return self.fail(MODE, format_args!("granting failed"));
+        };
+        let id = self.id();
+        match self.guest.disk_request(&one_page(id, OP_READ, 256, readonly)) {
+            Ok(STATUS_OK) => self.fail(MODE, format_args!("dom0 wrote into a read-only grant")),
+            Ok(_) if !holds(3, 0x77) => self.fail(MODE, format_args!("a refused read changed a read-only page")),
+            Ok(status) => self
+                .say(format_args!("attack-xsa: aliasing: a read into a read-only grant was refused (status {status})")),
+            Err(error) => return self.fail(MODE, format_args!("read-only grant: {error:?}")),
+        }
+        // 2. The ring's grant as a data page: dom0 maps it a second time.
+        let mut text = [0u8; 16];
+        let reference = match self.guest.store_read("device/vbd/0/ring-ref", &mut text) {
+            Ok(length) => abi::store::parse_decimal(&text[..length]).unwrap_or(0),
+            Err(error) => return self.fail(MODE, format_args!("reading ring-ref: {error:?}")),
+        };
+        let id = self.id();
+        let copied = self.guest.disk_request(&one_page(id, OP_WRITE, 264, reference));
+        self.say(format_args!("attack-xsa: aliasing: the ring page written to disk through its own grant: {copied:?}"));
+        // Mapped twice (ring and data) or once: revoking must be refused.
+        match self.guest.end_grant(reference) {
+            Err(Error::Busy) => {
+                self.say(format_args!("attack-xsa: aliasing: revoking the ring's grant was refused (busy)"))
+            }
+            other => self.fail(MODE, format_args!("revoking the ring's grant while dom0 maps it gave {other:?}")),
+        }
+        // 3. Read that image back over the ring: dom0 overwrites its own
+        //    ring with stale indices. It must cut the disk off, not crash.
+        let id = self.id();
+        let overwritten = self.guest.disk_request(&one_page(id, OP_READ, 264, reference));
+        self.say(format_args!("attack-xsa: aliasing: the ring page read over itself: {overwritten:?}"));
+        self.guest.disk_notify();
+        self.say(format_args!("attack-xsa: aliasing: done"));
+    }
+
+    /// Never returns: watches the whole tree (`/`, `/local/domain`, dom0's
+    /// back-end directory) and reads every event, while the test creates
+    /// and destroys victims: no event may name a node of another domain
+    /// that this guest may not read. Prints a tally when it changed (at most
+    /// once a second of guest time) and a `FAILED` line per leaked path.
+    fn spy(&mut self) -> ! {
+        const MODE: &str = "spy";
+        let me = self.guest.domain_id();
+        for (path, token) in [("/", "root"), ("/local/domain", "homes"), ("/local/domain/0/backend", "backends")] {
+            if let Err(error) = self.guest.store_watch(path, token) {
+                self.say(format_args!("attack-xsa: spy: watching {path} was refused ({error:?})"));
+            }
+        }
+        self.say(format_args!("attack-xsa: spy: watching the tree"));
+        let mut own = arrayvec::ArrayString::<64>::new();
+        let _ = write!(own, "/local/domain/{me}");
+        let mut backend_vbd = arrayvec::ArrayString::<64>::new();
+        let _ = write!(backend_vbd, "/local/domain/0/backend/vbd/{me}");
+        let mut backend_vif = arrayvec::ArrayString::<64>::new();
+        let _ = write!(backend_vif, "/local/domain/0/backend/vif/{me}");
+        let at_or_below = |path: &str, top: &str| {
+            path == top || (path.starts_with(top) && path.as_bytes().get(top.len()) == Some(&b'/'))
+        };
+        // The watched paths themselves come once at registration.
+        let allowed = |path: &str| {
+            ["/", "/local/domain", "/local/domain/0/backend"].contains(&path)
+                || at_or_below(path, &own)
+                || at_or_below(path, &backend_vbd)
+                || at_or_below(path, &backend_vif)
+        };
+        let page = self.guest.start_info.store_page;
+        // SAFETY: our own store ring page; from here on only this accessor reads it.
+        let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
+        let mut message = [0u8; abi::store::STORE_MESSAGE_MAX];
+        let mut length = 0;
+        let (mut events, mut leaked) = (0u64, 0u64);
+        let (mut report, mut reported, mut control) = (0, 0, 0);
+        loop {
+            let wanted = if length < STORE_HEADER_SIZE {
+                STORE_HEADER_SIZE
+            } else {
+                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
+                (STORE_HEADER_SIZE + header.length as usize).min(message.len())
+            };
+            if length >= STORE_HEADER_SIZE && length == wanted {
+                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
+                if header.kind == StoreOp::WatchEvent as u32 {
+                    events += 1;
+                    let payload = &message[STORE_HEADER_SIZE..length];
+                    let path = payload.split(|&b| b == 0).next().unwrap_or(&[]);
+                    let path = core::str::from_utf8(path).unwrap_or("?");
+                    if !allowed(path) {
+                        leaked += 1;
+                        if leaked <= 20 {
+                            self.fail(MODE, format_args!("an event named {path:?}, a node of another domain"));
+                        }
+                    }
+                }
+                length = 0;
+                continue;
+            }
+            match ring.client_receive(&mut message[length..wanted]) {
+                Ok(0) => {
+                    let _ = self.guest_notify_store();
+                    if guest::now() > control + self.guest.ticks_per_second() && request_room(page) >= 64 {
+                        control = guest::now();
+                        // The control: a change of its own node, which the
+                        // watch on `/` must report (the reply is skipped above).
+                        let mut request = [0u8; STORE_HEADER_SIZE + 32];
+                        let mut payload = arrayvec::ArrayString::<32>::new();
+                        let _ = write!(payload, "data/spy\0{events}\0");
+                        let header = StoreHeader {
+                            kind: StoreOp::Write as u32,
+                            request_id: 1,
+                            transaction: 0,
+                            length: payload.len() as u32,
+                        };
+                        request[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+                        let end = STORE_HEADER_SIZE + payload.len();
+                        request[STORE_HEADER_SIZE..end].copy_from_slice(payload.as_bytes());
+                        let mut sent = 0;
+                        while sent < end {
+                            sent += ring.client_send(&request[sent..end]).unwrap_or(0);
+                        }
+                        let _ = self.guest_notify_store();
+                    }
+                    if events != reported && guest::now() > report + self.guest.ticks_per_second() {
+                        (report, reported) = (guest::now(), events);
+                        self.say(format_args!("attack-xsa: spy: {events} events, {leaked} about nodes of others"));
+                    }
+                    let _ = hypercall::set_timer(guest::now() + self.guest.ticks_per_second() / 100);
+                    self.guest.wait_for_event();
+                }
+                Ok(count) => {
+                    length += count;
+                    let _ = self.guest_notify_store();
+                }
+                Err(_) => {
+                    self.fail(MODE, format_args!("dom0 corrupted the store ring"));
+                    loop {
+                        self.guest.wait_for_event();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Never returns: notifies every port dom0 serves and keeps the store's
+    /// request ring full, as fast as it can, until the guest is destroyed (the
+    /// test checks the shell and the victims meanwhile).
+    fn storm(&mut self) -> ! {
+        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
+        let served: arrayvec::ArrayVec<u64, 8> = (1..PORT_COUNT as u64)
+            .filter(|&port| status(port).is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0))
+            .collect();
+        self.say(format_args!("attack-xsa: storm: notifying {} ports and the store until destroyed", served.len()));
+        // Store requests pipelined: as many as the request ring takes, the
+        // replies read and thrown away (the runtime's client is not used
+        // again, so the stream needs no parsing).
+        let page = self.guest.start_info.store_page;
+        // SAFETY: our own store ring page; from here on only this accessor uses it.
+        let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
+        let payload = b"data/storm\0";
+        let mut message = [0u8; STORE_HEADER_SIZE + 11];
+        let header = StoreHeader { kind: StoreOp::Read as u32, request_id: 1, transaction: 0, length: 11 };
+        message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        message[STORE_HEADER_SIZE..].copy_from_slice(payload);
+        let mut sent = 0;
+        let mut replies = [0u8; 2048];
+        loop {
+            for &port in &served {
+                let _ = hypercall::event(E::Send, port, 0);
+            }
+            loop {
+                match ring.client_send(&message[sent..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(count) => sent = (sent + count) % message.len(),
+                }
+            }
+            while let Ok(count) = ring.client_receive(&mut replies) {
+                if count == 0 {
+                    break;
+                }
+            }
         }
     }
 
@@ -547,7 +764,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     let modes = cmdline
         .split_whitespace()
         .find_map(|word| word.strip_prefix("mode="))
-        .unwrap_or("grants,doublefetch,events,watches,storeflood");
+        .unwrap_or("grants,doublefetch,aliasing,events,watches,storeflood");
     let mut attack = Attack { guest, failed: 0, next_id: 0 };
     let sectors = attack.guest.disk_sectors();
     attack
@@ -556,6 +773,9 @@ extern "C" fn _start(start_info: u64) -> ! {
         match mode {
             "grants" => attack.grants(),
             "doublefetch" => attack.doublefetch(),
+            "aliasing" => attack.aliasing(),
+            "storm" => attack.storm(),
+            "spy" => attack.spy(),
             "events" => attack.events(),
             "watches" => attack.watches(),
             "storeflood" => attack.storeflood(),
