@@ -35,7 +35,8 @@ pub fn multiboot2(data: &[u8]) {
         let base = entry.base & !0xfff;
         for address in [base, entry.end().saturating_sub(1) & !0xfff, base.wrapping_add(0x1000)] {
             let Ok(range) = policy.check(address, 1) else { continue };
-            for ram in info.memory_map.iter().filter(|ram| ram.kind != 2) {
+            // Kind 2 is reserved; every other kind is RAM of some sort.
+            for ram in info.memory_map.iter().filter(|ram| ram.kind != 2 && ram.length != 0) {
                 assert!(range.end <= ram.base || ram.end() <= range.start, "{range:?} is RAM: {ram:?}");
             }
         }

@@ -11,8 +11,9 @@ use dom0core::net_backend::parse_vif;
 /// Parses the input as a config file. A rejection must display without
 /// panicking and name a line of the file; an accepted config must hold
 /// every documented rule, survive being written out and parsed again
-/// unchanged, and its disk and vif entries must parse (or be refused)
-/// into regions that do not wrap and unicast MACs.
+/// unchanged, reach the guest's start-info page whole (the command line),
+/// and its disk and vif entries must parse (or be refused) into regions
+/// that do not wrap and unicast MACs.
 pub fn config(data: &[u8]) {
     let config = match parse(data) {
         Ok(config) => config,
@@ -27,6 +28,10 @@ pub fn config(data: &[u8]) {
     check_rules(&config);
     let text = write_config(&config);
     assert_eq!(parse(text.as_bytes()), Ok(config.clone()), "written out as:\n{text}");
+    // The builder hands the command line to the guest in its start-info page.
+    let mut start_info = abi::start_info::StartInfo::new(1);
+    start_info.set_cmdline(&config.cmdline);
+    assert_eq!(start_info.cmdline(), config.cmdline.as_str(), "the guest gets another command line");
     for entry in &config.disks {
         if let Ok(spec) = disk_spec::parse(entry) {
             assert!(spec.sectors > 0 && spec.start.checked_add(spec.sectors).is_some(), "{spec:?}");

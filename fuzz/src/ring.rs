@@ -29,8 +29,8 @@ pub fn block_request(data: &[u8]) {
 
 /// A region as `disk_spec` accepts one: at least one sector, not wrapping.
 fn region(input: &mut Bytes) -> Region {
-    let start = input.u64();
-    let sectors = input.u64().clamp(1, u64::MAX - start.min(u64::MAX - 1));
+    let start = input.u64().min(u64::MAX - 1);
+    let sectors = input.u64().clamp(1, u64::MAX - start);
     Region { start, sectors, readonly: input.byte() & 1 != 0 }
 }
 
