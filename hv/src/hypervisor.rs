@@ -198,16 +198,18 @@ impl Hypervisor {
     /// timer is re-armed with what is left of the slice whenever
     /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
     /// stretch without exits overruns the slice by at most that much.
+    #[inline(never)]
     fn run_slice(&mut self, index: usize, slice: u64) -> u64 {
         self.switch_processor_state(index);
         let start = cpu::rdtsc();
-        let deadline = start.saturating_add(slice);
-        let retarget_every = (slice / TIMER_RETARGETS).max(1);
-        let mut retarget_at = start.saturating_add(retarget_every);
-        let timer_rate = self.capabilities.preemption_timer_rate;
-        if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
-            vcpu.set_preemption_timer(preemption_ticks(slice, timer_rate));
-        }
+        // The TSC does not wrap in practice (2^64 ticks are over a century),
+        // so plain sums keep the hot path free of saturation.
+        let deadline = start + slice;
+        let retarget_every = slice / TIMER_RETARGETS;
+        // The hot path compares the TSC with one value: the deadline or the
+        // next re-arming of the timer, whichever is first.
+        let mut next_check = (start + retarget_every).min(deadline);
+        self.rearm_preemption_timer(index, slice);
         self.domains[index].reschedule = false;
         loop {
             let domain = &mut self.domains[index];
@@ -216,7 +218,7 @@ impl Hypervisor {
             }
             let Some(vcpu) = domain.vcpu.as_mut() else { break };
             let raw = vcpu.enter();
-            let carry_on = if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
+            if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
                 // The hot path, kept inline: hypercalls are most exits.
                 let registers = &vcpu.registers;
                 let (number, arguments) =
@@ -226,36 +228,47 @@ impl Hypervisor {
                 domain.count_exit(Vcpu::VMCALL_EXIT);
                 let result = crate::hypercall::dispatch(self, index, number, arguments);
                 // dom0 cannot destroy itself, so the caller is still at `index`.
-                if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+                let domain = &mut self.domains[index];
+                if let Some(vcpu) = domain.vcpu.as_mut() {
                     vcpu.registers.rax = result as u64;
                 }
-                true
+                if domain.reschedule {
+                    break;
+                }
             } else {
                 let (exit, reason) = match raw {
                     Ok(raw) => (Vcpu::decode(raw), raw & 0xffff),
                     Err(exit) => (exit, u32::MAX),
                 };
                 domain.count_exit(reason);
-                self.handle_exit(index, exit)
-            };
-            if !carry_on || self.domains[index].reschedule {
-                break;
+                if !self.handle_exit(index, exit) || self.domains[index].reschedule {
+                    break;
+                }
             }
             // The slice is wall time, hv's included: one RDTSC per exit.
             let now = cpu::rdtsc();
-            if now >= deadline {
-                break;
-            }
-            if now >= retarget_at {
-                retarget_at = now.saturating_add(retarget_every);
-                if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
-                    vcpu.set_preemption_timer(preemption_ticks(deadline - now, timer_rate));
+            if now >= next_check {
+                if now >= deadline {
+                    break;
                 }
+                next_check = (now + retarget_every).min(deadline);
+                self.rearm_preemption_timer(index, deadline - now);
             }
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
         self.domains[index].cpu_time_tsc += ran;
         ran
+    }
+
+    /// Sets domain `index`'s preemption timer to `remaining` TSC ticks (the
+    /// rare path of `run_slice`, kept out of its loop).
+    #[cold]
+    #[inline(never)]
+    fn rearm_preemption_timer(&mut self, index: usize, remaining: u64) {
+        let rate = self.capabilities.preemption_timer_rate;
+        if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+            vcpu.set_preemption_timer(preemption_ticks(remaining, rate));
+        }
     }
 
     /// Makes the CPU's x87/SSE registers and CR2 those of domain `index`,

@@ -4,6 +4,8 @@
 //!
 //! - `hypercall-storm`: 4 KiB `ConsoleWrite`s in a loop, never an idle
 //!   moment: hv's time spent on them must count against its slice.
+//! - `exit-storm`: CPUID in a loop: the cheapest exits, each of them
+//!   mostly hv's time; that time too must count against its slice.
 //! - `log-flood`: writes `FLOOD_LINES` lines to hv's log, then says so on its
 //!   console: hv's own lines must survive.
 //! - `forge-crash`: writes, over and over, text that looks like hv's crash
@@ -41,6 +43,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     let _ = writeln!(guest, "attack-hv: domain {} mode={}", guest.domain_id(), mode);
     match mode.as_str() {
         "hypercall-storm" => hypercall_storm(&mut guest),
+        "exit-storm" => exit_storm(&mut guest),
         "log-flood" => log_flood(&mut guest),
         "forge-crash" => forge_crash(&mut guest),
         "event-server" => event_server(&mut guest),
@@ -64,6 +67,14 @@ fn hypercall_storm(guest: &mut Guest) -> ! {
     let _ = writeln!(guest, "attack-hv: storming");
     loop {
         let _ = hypercall::console_write(&text);
+    }
+}
+
+fn exit_storm(guest: &mut Guest) -> ! {
+    let _ = writeln!(guest, "attack-hv: storming");
+    loop {
+        // CPUID exits to hv every time.
+        let _ = core::arch::x86_64::__cpuid(0);
     }
 }
 

@@ -815,6 +815,7 @@ impl Vcpu {
     /// Whether the guest can take an external interrupt now: RFLAGS.IF set,
     /// no STI or MOV-SS blocking (SDM 26.4.2), and no event already queued
     /// for the next entry (a re-injected one must go first).
+    #[inline]
     pub fn interruptible(&self) -> bool {
         self.load();
         vmcs::read(Field::GuestRflags) & (1 << 9) != 0
@@ -949,6 +950,7 @@ impl Vcpu {
     }
 
     /// Queues external interrupt `vector` for delivery at the next entry.
+    #[inline]
     pub fn inject_interrupt(&mut self, vector: u8) {
         self.load();
         // Interruption type 0 = external interrupt; bit 31 = valid (SDM 25.8.3).
@@ -957,6 +959,7 @@ impl Vcpu {
 
     /// Turns interrupt-window exiting on or off (exit when the guest can
     /// take an interrupt, SDM 26.2).
+    #[inline]
     pub fn set_interrupt_window_exiting(&mut self, enabled: bool) {
         self.load();
         let bit = PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
