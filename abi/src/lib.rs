@@ -31,18 +31,24 @@
 //! # Processor state
 //! Every vCPU has its own copy of the state a guest can change without an
 //! exit: general registers, x87/SSE, CR2, IA32_KERNEL_GS_BASE (SWAPGS),
-//! XCR0 and the task priority CR8. From ABI 0.6:
+//! XCR0, the task priority CR8 and the debug registers. From ABI 0.6:
 //! - CR8 is a per-vCPU value 0..=15 (a larger one gets #GP) that a vCPU
 //!   reads back; it masks nothing. The event upcall ignores it (a guest
 //!   masks upcalls with RFLAGS.IF or the event page's masks), and it never
 //!   reaches the local APIC.
 //! - XCR0: XSETBV accepts x87 (bit 0, required) and SSE (bit 1) only; CPUID
 //!   leaf 0xD offers no more. Anything else, or XCR1, gets #GP.
+//! - Debug registers: MOV to and from DR0-DR7 behave as on hardware,
+//!   without exits (DR4/DR5 alias DR6/DR7 while CR4.DE is clear and give
+//!   #UD while it is set). A vCPU starts with DR0-3 = 0, DR6 = 0xffff0ff0
+//!   and DR7 = 0x400; its values, and breakpoints it arms, are its own:
+//!   they are never seen by, and never fire in, another domain or hv.
+//!   IA32_DEBUGCTL is not offered (an MSR, see below).
 //! - RDMSR/WRMSR of every MSR hv does not switch gets #GP (guests: all of
-//!   them; dom0 may use FS and GS base). RDPMC, MOV to or from a debug
-//!   register, and setting CR4.PKE (protection keys) get #GP. WBINVD and
-//!   INVD are no-ops (memory is write-back and DMA is coherent). VMX
-//!   instructions get #UD (CPUID offers no VMX).
+//!   them; dom0 may use FS and GS base). RDPMC and setting CR4.PKE
+//!   (protection keys) get #GP. WBINVD and INVD are no-ops (memory is
+//!   write-back and DMA is coherent). VMX instructions get #UD (CPUID
+//!   offers no VMX).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

@@ -11,14 +11,25 @@
 //! | GPRs, RIP, RFLAGS, segments, CR0/3/4, DR7, DEBUGCTL, EFER, PAT, SYSENTER MSRs, FS/GS base | VMCS guest area (switched by VM entry/exit) |
 //! | x87/SSE (FXSAVE image), CR2    | saved and restored on a domain switch (lazy)     |
 //! | IA32_KERNEL_GS_BASE (SWAPGS)   | saved and restored on a domain switch (lazy)     |
+//! | DR0-3, DR6 (no MOV-DR exiting) | saved and restored on a domain switch (lazy); DR7 and DEBUGCTL in the VMCS, 0x400 and 0 while hv runs, so no guest breakpoint is armed in root mode |
 //! | XCR0 (XSETBV exits)            | per vCPU, validated here, loaded on a switch     |
 //! | CR8 / TPR                      | CR8-load/store exiting; a per-vCPU value         |
 //! | CR4.PKE (PKRU), CR4.VMXE       | owned by hv (CR4 guest/host mask): setting is #GP|
-//! | DR0-3, DR6                     | MOV-DR exiting: refused with #GP                 |
 //! | STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, every other MSR | RDMSR/WRMSR exit (guests: all; dom0: all but FS/GS base) and are refused with #GP, so no guest can set them; RDTSCP/RDPID read TSC_AUX, which hv never writes (0) |
 //! | performance counters           | RDPMC exiting: refused with #GP                  |
 //! | caches (WBINVD, INVD)          | WBINVD exiting (INVD always exits): a no-op (memory is write-back, DMA on x86 is cache-coherent) |
 //! | VMX instructions               | always exit: #UD, as on a CPU without VMX        |
+
+/// Debug-register values (SDM Vol. 3B 18.2).
+pub mod debug {
+    /// DR6 after reset: no debug condition recorded, reserved bits as they
+    /// read. Every vCPU's initial DR6.
+    pub const DR6_INITIAL: u64 = 0xffff_0ff0;
+    /// DR7 after reset: every breakpoint disabled (bit 10 reads as 1).
+    /// Every vCPU's initial DR7, and what hv runs with (a VM exit loads it,
+    /// SDM Vol. 3C 28.5.1).
+    pub const DR7_INITIAL: u64 = 0x400;
+}
 
 /// Segment access rights bit positions (SDM Vol. 3C 25.4.1, Table 25-2).
 const ACCESS_DPL_SHIFT: u64 = 5;

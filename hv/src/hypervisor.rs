@@ -55,7 +55,8 @@ pub struct Hypervisor {
     pub reserved_pages: u64,
     /// The id the next created domain gets (ids are not reused soon).
     pub next_domain_id: DomainId,
-    /// The domain whose x87/SSE state and CR2 are in the CPU's registers.
+    /// The domain whose x87/SSE state, CR2, KERNEL_GS_BASE, XCR0 and debug
+    /// registers are in the CPU's registers.
     pub state_owner: Option<DomainId>,
     /// I/O bitmap page shared by every guest: all ports exit.
     pub guest_io_bitmap: u64,
@@ -271,9 +272,9 @@ impl Hypervisor {
         }
     }
 
-    /// Makes the CPU's x87/SSE registers and CR2 those of domain `index`,
-    /// saving the previous owner's (lazily: nothing moves while one domain
-    /// keeps running).
+    /// Makes the CPU's x87/SSE registers, CR2, IA32_KERNEL_GS_BASE, XCR0,
+    /// DR0-DR3 and DR6 those of domain `index`, saving the previous
+    /// owner's (lazily: nothing moves while one domain keeps running).
     fn switch_processor_state(&mut self, index: usize) {
         let id = self.domains[index].id;
         if self.state_owner == Some(id) {
@@ -458,8 +459,10 @@ impl Hypervisor {
                 true
             }
             Exit::Rdpmc | Exit::DebugRegister => {
-                // Performance counters and debug registers are not
-                // switched between domains, so none may use them.
+                // Performance counters are not switched between domains,
+                // so none may use them. MOV DR does not exit (debug
+                // registers are per vCPU); were a CPU to force the exit,
+                // refusing it keeps domains apart all the same.
                 let rip = vcpu.rip();
                 vcpu.inject_exception(13, Some(0));
                 if domain.should_report_refusal() {

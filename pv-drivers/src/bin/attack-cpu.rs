@@ -7,9 +7,16 @@
 //!   instance sets another). On the real TPR, 15 would block hv's interrupts.
 //! - `kgs`: puts `value` into IA32_KERNEL_GS_BASE with SWAPGS (no exit) and
 //!   checks it is kept across yields and that a fresh vCPU starts at 0.
+//! - `dr`: the debug registers are the vCPU's own, used without exits (a
+//!   guest kernel such as Linux writes them at start-up): a fresh vCPU
+//!   reads DR0-3 0, DR6 0xffff0ff0 and DR7 0x400; it writes markers (DR0-3
+//!   `value` + 8 * n, DR6 the low four bits of `value` as B0-B3, DR7
+//!   `dr7`, which arms no breakpoint) and checks for a guest second of
+//!   yields that they stay its own (another instance writes others); DR4
+//!   and DR5 alias DR6 and DR7, and get #UD with CR4.DE set.
 //! - `traps`: RDMSR/WRMSR of STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE and
-//!   TSC_AUX, RDPMC, MOV DR0 and setting CR4.PKE are refused with #GP (and
-//!   the guest runs on); WBINVD and INVD return; VMCLEAR gets #UD.
+//!   TSC_AUX, RDPMC and setting CR4.PKE are refused with #GP (and the guest
+//!   runs on); WBINVD and INVD return; VMCLEAR gets #UD.
 //! - `xcr0`: XSETBV of `value` (1 or 3) is accepted and kept across yields
 //!   (XGETBV reads it back), a fresh vCPU has 1, and AVX state or XCR1 get #GP.
 //! - `cpl3`: drops to ring 3 and makes the null hypercall and a shutdown
@@ -291,10 +298,6 @@ fn traps(report: &mut Report) {
     }
     let fault = probe!("rdpmc", in("ecx") 0u32, out("eax") _, out("edx") _);
     report.check("RDPMC refused", fault == 13, format_args!("vector {fault}"));
-    let fault = probe!("mov {t}, dr0", t = out(reg) _);
-    report.check("MOV from DR0 refused", fault == 13, format_args!("vector {fault}"));
-    let fault = probe!("mov dr0, {t}", t = in(reg) 0x1000u64);
-    report.check("MOV to DR0 refused", fault == 13, format_args!("vector {fault}"));
     let fault = set_cr4_bit(22);
     let pke = read_cr4() & (1 << 22) != 0;
     report.check("CR4.PKE refused", fault == 13 && !pke, format_args!("vector {fault}, reads back {pke}"));
@@ -305,6 +308,84 @@ fn traps(report: &mut Report) {
     let region = 0u64;
     let fault = probe!("vmclear [{r}]", r = in(reg) &raw const region);
     report.check("VMCLEAR gets #UD", fault == 6, format_args!("vector {fault}"));
+}
+
+/// DR0, DR1, DR2, DR3, DR6 and DR7, as the guest reads them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct DebugRegisters([u64; 6]);
+
+impl DebugRegisters {
+    /// The values after reset (SDM Vol. 3B 18.2).
+    const INITIAL: DebugRegisters = DebugRegisters([0, 0, 0, 0, 0xffff_0ff0, 0x400]);
+
+    fn read() -> DebugRegisters {
+        let mut r = [0u64; 6];
+        // SAFETY: MOV from a debug register at CPL 0 only reads it (DR7.GD
+        // is never set here); hv lets it run without an exit.
+        unsafe {
+            asm!(
+                "mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3", "mov {}, dr6", "mov {}, dr7",
+                out(reg) r[0], out(reg) r[1], out(reg) r[2], out(reg) r[3], out(reg) r[4], out(reg) r[5],
+                options(nostack, nomem, preserves_flags),
+            )
+        };
+        DebugRegisters(r)
+    }
+}
+
+impl core::fmt::Debug for DebugRegisters {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        let [dr0, dr1, dr2, dr3, dr6, dr7] = self.0;
+        write!(f, "DR0-3 {dr0:#x} {dr1:#x} {dr2:#x} {dr3:#x}, DR6 {dr6:#x}, DR7 {dr7:#x}")
+    }
+}
+
+fn debug_registers(report: &mut Report, value: u64, dr7: u64) {
+    let fault = probe!("mov {t}, dr0", t = out(reg) _);
+    report.check("MOV from DR0 runs", fault == 0, format_args!("vector {fault}"));
+    if fault != 0 {
+        return;
+    }
+    let initial = DebugRegisters::read();
+    report.check(
+        "a fresh vCPU has its own reset debug registers",
+        initial == DebugRegisters::INITIAL,
+        format_args!("{initial:?}"),
+    );
+    let markers = DebugRegisters([value, value + 8, value + 16, value + 24, 0xffff_0ff0 | (value & 0xf), dr7]);
+    let [dr0, dr1, dr2, dr3, dr6, dr7] = markers.0;
+    let fault = probe!(
+        "mov dr0, {dr0}\n mov dr1, {dr1}\n mov dr2, {dr2}\n mov dr3, {dr3}\n mov dr6, {dr6}\n mov dr7, {dr7}",
+        dr0 = in(reg) dr0, dr1 = in(reg) dr1, dr2 = in(reg) dr2, dr3 = in(reg) dr3, dr6 = in(reg) dr6, dr7 = in(reg) dr7
+    );
+    let now = DebugRegisters::read();
+    report.check(
+        "MOV to DR0-3, DR6, DR7 of the markers",
+        fault == 0 && now == markers,
+        format_args!("vector {fault}, read {now:?}"),
+    );
+    let (yields, changed) =
+        report.yield_while(|| (DebugRegisters::read() != markers).then(|| DebugRegisters::read().0[0]));
+    let now = DebugRegisters::read();
+    report.check(
+        "debug registers kept across yields",
+        changed.is_none() && now == markers,
+        format_args!("set {markers:?}, {yields} yields, read {now:?}"),
+    );
+    // CR4.DE clear: DR4 and DR5 are DR6 and DR7 (SDM Vol. 3B 18.2.2).
+    let (dr4, dr5): (u64, u64);
+    // SAFETY: as in `DebugRegisters::read`; CR4.DE is clear.
+    unsafe { asm!("mov {}, dr4", "mov {}, dr5", out(reg) dr4, out(reg) dr5, options(nostack, nomem)) };
+    report.check("DR4 and DR5 alias DR6 and DR7", dr4 == dr6 && dr5 == dr7, format_args!("DR4 {dr4:#x}, DR5 {dr5:#x}"));
+    let fault = set_cr4_bit(3);
+    let undefined = probe!("mov {t}, dr4", t = out(reg) _);
+    // SAFETY: clears CR4.DE again; nothing here depends on it.
+    unsafe { asm!("mov cr4, {}", in(reg) read_cr4() & !(1 << 3), options(nostack, nomem)) };
+    report.check(
+        "DR4 with CR4.DE set gets #UD",
+        fault == 0 && undefined == 6,
+        format_args!("setting CR4.DE: vector {fault}; MOV from DR4: vector {undefined}"),
+    );
 }
 
 fn xcr0(report: &mut Report, value: u64) {
@@ -449,6 +530,11 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut report = Report { guest: &mut guest, mode, passed: 0, total: 0 };
     match mode {
         "cr8" => cr8(&mut report, value),
+        "dr" => debug_registers(
+            &mut report,
+            value,
+            argument(&cmdline, "dr7").and_then(parse_number).unwrap_or(DebugRegisters::INITIAL.0[5]),
+        ),
         "kgs" => kernel_gs_base_mode(&mut report, value),
         "traps" => traps(&mut report),
         "xcr0" => xcr0(&mut report, value),

@@ -46,8 +46,11 @@ bitflags! {
         const CR8_LOAD_EXITING = 1 << 19;
         /// MOV from CR8 causes a VM exit.
         const CR8_STORE_EXITING = 1 << 20;
-        /// MOV to or from a debug register exits (debug registers are not
-        /// switched between domains, so no domain may use them).
+        /// MOV to or from a debug register exits. hv leaves it off: every
+        /// vCPU has its own debug registers (DR7 in the VMCS, DR0-3 and DR6
+        /// switched with the other processor state), so guests use them
+        /// natively. Not a default1 bit (SDM Vol. 3D A.3.2), so any CPU
+        /// lets hv clear it.
         const MOV_DR_EXITING = 1 << 23;
         /// Every I/O instruction exits (ignored when I/O bitmaps are used).
         const UNCONDITIONAL_IO_EXITING = 1 << 24;
@@ -142,6 +145,54 @@ impl FpuState {
         bytes[24] = 0x80;
         bytes[25] = 0x1f;
         FpuState(bytes)
+    }
+}
+
+/// The debug registers of a vCPU that the VMCS does not hold (SDM Vol. 3B
+/// 18.2): the breakpoint addresses DR0-DR3 and the status DR6.
+struct DebugRegisters {
+    addresses: [u64; 4],
+    status: u64,
+}
+
+impl DebugRegisters {
+    /// The values after reset.
+    const fn initial() -> DebugRegisters {
+        DebugRegisters { addresses: [0; 4], status: hvcore::cpu_state::debug::DR6_INITIAL }
+    }
+
+    /// Reads the CPU's DR0-DR3 and DR6.
+    fn save(&mut self) {
+        let [dr0, dr1, dr2, dr3] = &mut self.addresses;
+        // SAFETY: MOV from a debug register at CPL 0 only reads it (CR4.DE
+        // does not matter for DR0-3 and DR6, and hv never sets DR7.GD).
+        unsafe {
+            asm!(
+                "mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3", "mov {}, dr6",
+                out(reg) *dr0, out(reg) *dr1, out(reg) *dr2, out(reg) *dr3, out(reg) self.status,
+                options(nostack, nomem, preserves_flags),
+            )
+        };
+    }
+
+    /// Loads DR0-DR3 and DR6 into the CPU.
+    fn restore(&self) {
+        let [dr0, dr1, dr2, dr3] = self.addresses;
+        // SAFETY: the values are the initial ones or what `save` read from
+        // the CPU, so DR6's upper half is 0 (no #GP, SDM Vol. 2 MOV DR).
+        // The addresses arm nothing while hv runs: a breakpoint needs its
+        // enable bit in DR7, and DR7 is 0x400 (all disabled) in VMX root:
+        // every VM exit loads 0x400 into it (SDM Vol. 3C 28.5.1; the
+        // guest's DR7 stays in the VMCS, 28.3.1) and `enable` set it at
+        // boot. IA32_DEBUGCTL is likewise 0 after an exit (no branch
+        // trap), so hv never takes a #DB from a guest's debug registers.
+        unsafe {
+            asm!(
+                "mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}", "mov dr6, {}",
+                in(reg) dr0, in(reg) dr1, in(reg) dr2, in(reg) dr3, in(reg) self.status,
+                options(nostack, nomem, preserves_flags),
+            )
+        };
     }
 }
 
@@ -248,7 +299,6 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             | PrimaryControls::USE_MSR_BITMAPS
             | PrimaryControls::MWAIT_EXITING
             | PrimaryControls::MONITOR_EXITING
-            | PrimaryControls::MOV_DR_EXITING
             | PrimaryControls::RDPMC_EXITING
             | PrimaryControls::CR8_LOAD_EXITING
             | PrimaryControls::CR8_STORE_EXITING
@@ -256,13 +306,14 @@ pub fn probe() -> Result<Capabilities, &'static str> {
             .bits(),
         primary_cap,
     );
-    let isolating = (PrimaryControls::MOV_DR_EXITING
-        | PrimaryControls::RDPMC_EXITING
-        | PrimaryControls::CR8_LOAD_EXITING
-        | PrimaryControls::CR8_STORE_EXITING)
-        .bits();
+    let isolating =
+        (PrimaryControls::RDPMC_EXITING | PrimaryControls::CR8_LOAD_EXITING | PrimaryControls::CR8_STORE_EXITING)
+            .bits();
     if primary & isolating != isolating {
-        return Err("VT-x cannot intercept MOV CR8, MOV DR or RDPMC (needed to keep domains apart)");
+        return Err("VT-x cannot intercept MOV CR8 or RDPMC (needed to keep domains apart)");
+    }
+    if primary & PrimaryControls::MOV_DR_EXITING.bits() != 0 {
+        return Err("VT-x cannot let guests use debug registers without exits");
     }
     if primary & PrimaryControls::SECONDARY_CONTROLS.bits() == 0 {
         return Err("VT-x lacks secondary processor controls (needed for EPT)");
@@ -305,6 +356,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
     let exit = adjust(
         (ExitControls::HOST_ADDRESS_SPACE_SIZE
             | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT
+            | ExitControls::SAVE_DEBUG_CONTROLS
             | ExitControls::SAVE_EFER
             | ExitControls::LOAD_EFER
             | ExitControls::SAVE_PAT
@@ -314,7 +366,11 @@ pub fn probe() -> Result<Capabilities, &'static str> {
         exit_cap,
     );
     let entry = adjust(
-        (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER | EntryControls::LOAD_PAT).bits(),
+        (EntryControls::IA32E_MODE_GUEST
+            | EntryControls::LOAD_DEBUG_CONTROLS
+            | EntryControls::LOAD_EFER
+            | EntryControls::LOAD_PAT)
+            .bits(),
         entry_cap,
     );
     let needed_exit = (ExitControls::HOST_ADDRESS_SPACE_SIZE
@@ -325,6 +381,12 @@ pub fn probe() -> Result<Capabilities, &'static str> {
     let needed_entry = (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_EFER).bits();
     if exit & needed_exit != needed_exit || entry & needed_entry != needed_entry {
         return Err("VT-x cannot switch IA32_EFER or enter 64-bit guests");
+    }
+    // DR7 and IA32_DEBUGCTL live in the VMCS: each vCPU's are loaded on
+    // entry and saved on exit (SDM 28.3.1, 27.3.2.1); without these
+    // controls one guest's DR7 would reach the next.
+    if exit & ExitControls::SAVE_DEBUG_CONTROLS.bits() == 0 || entry & EntryControls::LOAD_DEBUG_CONTROLS.bits() == 0 {
+        return Err("VT-x cannot switch DR7 and IA32_DEBUGCTL");
     }
 
     let mut features = feature::EPT | feature::UNRESTRICTED_GUEST | feature::IO_BITMAPS | feature::MSR_BITMAPS;
@@ -419,6 +481,13 @@ pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static s
         cpu::write_cr0(cr0);
         cpu::write_cr4(cr4);
     }
+    // No breakpoint armed in VMX root from the start, before the first VM
+    // exit does it (SDM Vol. 3C 28.5.1), whatever the loader left in DR7:
+    // guests' DR0-3 are loaded while hv runs (see `DebugRegisters`).
+    // SAFETY: DR7 = 0x400 disables every breakpoint; hv uses none.
+    unsafe {
+        asm!("mov dr7, {}", in(reg) hvcore::cpu_state::debug::DR7_INITIAL, options(nostack, nomem, preserves_flags))
+    };
     // SAFETY: the region is hv-owned; the first word must hold the revision id.
     unsafe { core::ptr::write_volatile(region as *mut u32, capabilities.revision) };
     if vmx_instruction!("vmxon", region) { Ok(()) } else { Err("VMXON failed") }
@@ -517,6 +586,10 @@ pub struct Vcpu {
     kernel_gs_base: u64,
     /// XCR0 as the guest set it with XSETBV (validated), loaded on a switch.
     xcr0: u64,
+    /// DR0-DR3 and DR6, which the guest moves to and from without exits:
+    /// switched with the FPU state (see `save_processor_state`). DR7 is
+    /// in the VMCS.
+    debug: DebugRegisters,
     /// Whether the CPU has XSAVE (so XCR0 exists and hv loads it).
     xsave: bool,
     /// The virtual task priority (CR8): MOV to and from CR8 exit and read
@@ -678,7 +751,7 @@ impl Vcpu {
         write(Field::GuestCr0, cr0);
         write(Field::GuestCr3, config.cr3);
         write(Field::GuestCr4, cr4);
-        write(Field::GuestDr7, 0x400);
+        write(Field::GuestDr7, hvcore::cpu_state::debug::DR7_INITIAL);
         write(Field::GuestRsp, config.rsp);
         write(Field::GuestRip, config.rip);
         write(Field::GuestRflags, 0x2);
@@ -735,21 +808,26 @@ impl Vcpu {
             cr2: 0,
             kernel_gs_base: 0,
             xcr0: hvcore::cpu_state::xcr0::INITIAL,
+            debug: DebugRegisters::initial(),
             xsave: capabilities.xcr0_supported != 0,
             cr8: 0,
         })
     }
 
     /// Saves the processor state the VMCS does not hold (x87/SSE, CR2,
-    /// IA32_KERNEL_GS_BASE) before another domain's vCPU runs on this CPU.
+    /// IA32_KERNEL_GS_BASE, DR0-DR3 and DR6) before another domain's vCPU
+    /// runs on this CPU.
     ///
     /// Saved here, on a domain switch, rather than through the VMCS MSR
     /// load/store areas: those would cost an MSR load and store on every
     /// VM entry and exit (hypercalls included), while hv switches domains
     /// far less often and not at all while one domain keeps running.
     /// XCR0 needs no saving: it changes only through XSETBV, which exits.
+    /// DR6 is saved whether or not the guest wrote it: a #DB delivered to
+    /// the guest (single-step, a breakpoint) sets its bits in the CPU.
     pub fn save_processor_state(&mut self) {
         self.cr2 = cpu::read_cr2();
+        self.debug.save();
         // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU.
         self.kernel_gs_base = unsafe { rdmsr(msr::IA32_KERNEL_GS_BASE) };
         // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer we own;
@@ -770,6 +848,7 @@ impl Vcpu {
         // SWAPGS); the value is canonical (the CPU checked it when the guest
         // put it there with SWAPGS, or it is the initial 0).
         unsafe { cpu::wrmsr(msr::IA32_KERNEL_GS_BASE, self.kernel_gs_base) };
+        self.debug.restore();
         if self.xsave {
             // SAFETY: CR4.OSXSAVE is set in VMX root when the CPU has XSAVE
             // (`enable`); the value passed `cpu_state::xsetbv` (x87 set,
