@@ -72,7 +72,8 @@ pub struct Domain {
     pub reschedule: bool,
     /// TSC ticks spent scheduled.
     pub cpu_time_tsc: u64,
-    pub exit_total: u64,
+    /// VM exits by basic reason (the last slot counts every larger reason);
+    /// their sum is the total, so the hot path bumps one counter.
     pub exit_counts: [u64; EXIT_REASON_SLOTS],
     /// How many refused I/O or MSR accesses were logged so far.
     pub refusals_logged: u32,
@@ -121,7 +122,6 @@ impl Domain {
             upcall_due: false,
             reschedule: false,
             cpu_time_tsc: 0,
-            exit_total: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
             log_budget: hvcore::log_ring::LineBudget::new(),
@@ -148,7 +148,6 @@ impl Domain {
     /// Counts one VM exit by its basic reason.
     #[inline(always)]
     pub fn count_exit(&mut self, reason: u32) {
-        self.exit_total += 1;
         let slot = (reason as usize).min(EXIT_REASON_SLOTS - 1);
         self.exit_counts[slot] += 1;
     }
@@ -196,7 +195,7 @@ impl Domain {
             vcpu_count: 1,
             _reserved0: 0,
             cpu_time_tsc: self.cpu_time_tsc,
-            exit_total: self.exit_total,
+            exit_total: self.exit_counts.iter().sum(),
             exit_counts: self.exit_counts,
             weight: self.weight,
             cap: self.cap,
