@@ -26,7 +26,7 @@
 use std::time::{Duration, Instant};
 
 use crate::session::{attach, command, create, destroy, detach, fail_with, mem};
-use crate::{DomainList, Machine, MemoryReport, fail, line_where, scan, seconds};
+use crate::{DomainList, Machine, MemoryReport, fail, line_where, seconds};
 
 /// Which victims to run.
 #[derive(Clone, Copy, Debug)]
@@ -241,17 +241,6 @@ impl Victims {
     /// Attaches to the counter and waits for `counter: <N>` with N at
     /// least `at_least`; returns the highest N seen.
     fn counter_reaches(&mut self, machine: &mut Machine, at_least: u64) -> u64 {
-        let id = self.id_of("counter");
-        attach(machine, "counter", id);
-        let mut seen = machine
-            .expect(
-                line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
-                    scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
-                }),
-                seconds(60),
-            )
-            .unwrap_or_else(fail);
-        seen += &detach(machine);
-        seen.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).max().unwrap_or(0)
+        crate::session::counter_reaches(machine, self.id_of("counter"), at_least)
     }
 }

@@ -96,3 +96,51 @@ pub fn detach(machine: &mut Machine) -> String {
     let output = machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
     output[..output.len() - PROMPT.len()].to_owned()
 }
+
+/// The numbers of the `counter: <N>` lines in `text` (the `counter` guest's output).
+pub fn counter_values(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|line| crate::scan("counter: {}", line)).map(|numbers| numbers[0]).collect()
+}
+
+/// Attaches to the `counter` guest `id`, waits for a live or replayed
+/// `counter: <N>` line with N at least `at_least`, detaches; returns the
+/// highest N shown.
+pub fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
+    attach(machine, "counter", id);
+    let mut seen = machine
+        .expect(
+            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
+                crate::scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
+            }),
+            seconds(60),
+        )
+        .unwrap_or_else(fail);
+    seen += &detach(machine);
+    counter_values(&seen).into_iter().max().unwrap_or(0)
+}
+
+/// Checks that `mem` shows exactly the free memory and hv memory of
+/// `baseline` (to the KiB) and lists only Domain-0; `when` says when, for
+/// the failure message.
+pub fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str, when: &str) {
+    let (text, report) = mem(machine);
+    if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib {
+        fail_with(
+            machine,
+            &format!(
+                "{when}, `mem` should show exactly the free memory of before ({} KiB free, hv {} KiB), \
+                 but shows {} KiB free, hv {} KiB ({} KiB leaked)\n--- before ---\n{baseline_text}\n\
+                 --- now ---\n{text}",
+                baseline.free_kib,
+                baseline.hv_kib,
+                report.free_kib,
+                report.hv_kib,
+                baseline.free_kib as i64 - report.free_kib as i64
+            ),
+        );
+    }
+    let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
+    if names != ["Domain-0"] {
+        fail_with(machine, &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"));
+    }
+}

@@ -10,10 +10,12 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, list, mem};
+use mica_tests::session::{
+    attach, boot, command, counter_reaches, counter_values, create, destroy, detach, expect_memory_back, fail_with,
+    list, mem,
+};
 use mica_tests::{
-    DomainList, InfoReport, Machine, MemoryReport, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan,
-    seconds,
+    DomainList, InfoReport, Machine, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan, seconds,
 };
 
 /// The state column of `name` in a `list`, failing when it is not listed.
@@ -30,27 +32,6 @@ fn cpu_tenths(machine: &mut Machine, list: &DomainList, text: &str, name: &str) 
         Some(row) => row.cpu_tenths,
         None => fail_with(machine, &format!("`list` should show {name}; it printed:\n{text}")),
     }
-}
-
-/// The numbers of the `counter: <N>` lines in `text`.
-fn counter_values(text: &str) -> Vec<u64> {
-    text.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).collect()
-}
-
-/// Attaches to the counter guest, waits for a live or replayed `counter: <N>`
-/// line with N at least `at_least`, detaches; returns the highest N shown.
-fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
-    attach(machine, "counter", id);
-    let mut seen = machine
-        .expect(
-            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
-                scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
-            }),
-            seconds(30),
-        )
-        .unwrap_or_else(fail);
-    seen += &detach(machine);
-    counter_values(&seen).into_iter().max().unwrap_or(0)
 }
 
 /// `selftest` on a freshly booted system: every hostile hypercall gets its
@@ -471,31 +452,6 @@ fn a_crashing_guest_is_stopped_alone() {
         || state_of(&mut machine, &domains, &text, "crasher") != "----c-"
     {
         fail_with(&mut machine, &format!("`list` should still show counter and crasher, crashed; it printed:\n{text}"));
-    }
-}
-
-/// Checks that `mem` reports exactly the free memory of `baseline` and only
-/// Domain-0; `when` says at what point, for the message.
-fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str, when: &str) {
-    let (text, report) = mem(machine);
-    if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib {
-        fail_with(
-            machine,
-            &format!(
-                "{when}, `mem` should show exactly the free memory of before ({} KiB free, hv {} KiB), \
-                 but shows {} KiB free, hv {} KiB ({} KiB leaked)\n--- before ---\n{baseline_text}\n\
-                 --- now ---\n{text}",
-                baseline.free_kib,
-                baseline.hv_kib,
-                report.free_kib,
-                report.hv_kib,
-                baseline.free_kib as i64 - report.free_kib as i64
-            ),
-        );
-    }
-    let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
-    if names != ["Domain-0"] {
-        fail_with(machine, &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"));
     }
 }
 

@@ -7,8 +7,10 @@
 //! everything gives back all memory.
 
 use mica_tests::machine::DEFAULT_FAILURE_MARKERS;
-use mica_tests::session::{attach, boot, create, destroy, detach, fail_with, list, mem};
-use mica_tests::{Machine, MemoryReport, fail, line_where, scan, seconds};
+use mica_tests::session::{
+    attach, boot, counter_reaches, create, destroy, detach, expect_memory_back, fail_with, list, mem,
+};
+use mica_tests::{Machine, fail, line_where, scan, seconds};
 
 /// A guest dom0 reports as ended: for an attacker that is a finding (it
 /// lost its kernel to its own user program, or hv killed it for
@@ -51,21 +53,6 @@ fn attacker_passes(machine: &mut Machine, name: &str, id: u64, mode: &str, check
     output
 }
 
-/// The highest `counter: <N>` the counter guest has printed (live or replayed).
-fn counter_progress(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
-    attach(machine, "counter", id);
-    let mut seen = machine
-        .expect(
-            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
-                scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
-            }),
-            seconds(60),
-        )
-        .unwrap_or_else(fail);
-    seen += &detach(machine);
-    seen.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).max().unwrap_or(0)
-}
-
 /// Runs the attackers `(config, name, mode, checks)` next to a counter:
 /// every check passes, the shell answers, the counter counts on, and after
 /// destroying them all memory is back.
@@ -73,7 +60,7 @@ fn attackers_next_to_a_counter(attackers: &[(&str, &str, &str, u64)]) {
     let mut machine = boot_watching_guests();
     let (baseline_text, baseline) = mem(&mut machine);
     let counter = create(&mut machine, "counter", "counter");
-    let before = counter_progress(&mut machine, counter, 1);
+    let before = counter_reaches(&mut machine, counter, 1);
     let ids: Vec<u64> = attackers.iter().map(|(config, name, ..)| create(&mut machine, config, name)).collect();
     for (&(_, name, mode, checks), &id) in attackers.iter().zip(&ids) {
         let output = attacker_passes(&mut machine, name, id, mode, checks);
@@ -86,26 +73,12 @@ fn attackers_next_to_a_counter(attackers: &[(&str, &str, &str, u64)]) {
             fail_with(&mut machine, &format!("`list` should show {name} alive; it printed:\n{text}"));
         }
     }
-    counter_progress(&mut machine, counter, before + 2);
+    counter_reaches(&mut machine, counter, before + 2);
     for ((_, name, ..), &id) in attackers.iter().zip(&ids) {
         destroy(&mut machine, name, id);
     }
     destroy(&mut machine, "counter", counter);
-    expect_memory_back(&mut machine, &baseline, &baseline_text);
-}
-
-fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str) {
-    let (text, report) = mem(machine);
-    let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
-    if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib || names != ["Domain-0"] {
-        fail_with(
-            machine,
-            &format!(
-                "after destroying the guests, `mem` should show the memory of before and only Domain-0\n\
-                 --- before ---\n{baseline_text}\n--- now ---\n{text}"
-            ),
-        );
-    }
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying the guests");
 }
 
 /// CR8 is the task priority: on the real local APIC, 15 blocks every

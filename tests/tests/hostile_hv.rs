@@ -9,31 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use mica_tests::session::{attach, boot, command, create, destroy, detach, fail_with, mem};
-use mica_tests::{Machine, MemoryReport, PROMPT, fail, line_where, scan, seconds};
+use mica_tests::session::{
+    attach, boot, command, counter_reaches, create, destroy, detach, expect_memory_back, fail_with, mem,
+};
+use mica_tests::{Machine, PROMPT, fail, line_where, scan, seconds};
 
 /// Longest the shell may take to answer `list` next to an attacker.
 const SHELL_ANSWER: Duration = Duration::from_secs(5);
-
-/// Checks that `mem` reports exactly the free memory and hv memory of
-/// `baseline` and only Domain-0; `when` says at what point.
-fn expect_memory_back(machine: &mut Machine, baseline: &MemoryReport, baseline_text: &str, when: &str) {
-    let (text, report) = mem(machine);
-    if report.free_kib != baseline.free_kib || report.hv_kib != baseline.hv_kib {
-        fail_with(
-            machine,
-            &format!(
-                "{when}, `mem` should show exactly the free memory of before ({} KiB free, hv {} KiB), \
-                 but shows {} KiB free, hv {} KiB\n--- before ---\n{baseline_text}\n--- now ---\n{text}",
-                baseline.free_kib, baseline.hv_kib, report.free_kib, report.hv_kib
-            ),
-        );
-    }
-    let names: Vec<&str> = report.domains.iter().map(|row| row.name.as_str()).collect();
-    if names != ["Domain-0"] {
-        fail_with(machine, &format!("{when}, `mem` should list only Domain-0; it printed:\n{text}"));
-    }
-}
 
 /// `create <config>` with a long timeout (an attacker may already be
 /// running): returns the id from dom0's "created" line.
@@ -47,27 +29,6 @@ fn create_slowly(machine: &mut Machine, config: &str, name: &str) -> u64 {
     seen.lines()
         .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
         .unwrap_or_else(|| fail_with(machine, &format!("no domain id in dom0's line:\n{seen}")))
-}
-
-/// The numbers of the `counter: <N>` lines in `text`.
-fn counter_values(text: &str) -> Vec<u64> {
-    text.lines().filter_map(|line| scan("counter: {}", line)).map(|numbers| numbers[0]).collect()
-}
-
-/// Attaches to the counter guest, waits for a `counter: <N>` line with N at
-/// least `at_least`, detaches; returns the highest N shown.
-fn counter_reaches(machine: &mut Machine, id: u64, at_least: u64) -> u64 {
-    attach(machine, "counter", id);
-    let mut seen = machine
-        .expect(
-            line_where(format!("a line \"counter: <N>\" with N >= {at_least}"), |line| {
-                scan("counter: {}", line).is_some_and(|numbers| numbers[0] >= at_least)
-            }),
-            seconds(60),
-        )
-        .unwrap_or_else(fail);
-    seen += &detach(machine);
-    counter_values(&seen).into_iter().max().unwrap_or(0)
 }
 
 /// A guest that spends its whole slice in 4 KiB ConsoleWrite hypercalls,
