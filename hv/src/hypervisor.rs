@@ -296,7 +296,7 @@ impl Hypervisor {
     fn handle_exit(&mut self, index: usize, exit: Exit) -> bool {
         let domain = &mut self.domains[index];
         let Some(vcpu) = domain.vcpu.as_mut() else { return false };
-        if !matches!(exit, Exit::LaunchFailed { .. } | Exit::EntryFailure { .. }) {
+        if exit.may_interrupt_delivery() {
             vcpu.requeue_interrupted_event();
         }
         match exit {

@@ -652,6 +652,35 @@ pub enum Exit {
     Other { reason: u32, qualification: u64 },
 }
 
+impl Exit {
+    /// Whether this exit may have cut short the delivery of an event, so
+    /// that the IDT-vectoring information field can be valid (SDM 28.2.4).
+    /// Exits caused by executing an instruction cannot: the instruction
+    /// runs only after any event was delivered. Entry failures leave
+    /// nothing to re-inject.
+    #[inline]
+    pub fn may_interrupt_delivery(&self) -> bool {
+        !matches!(
+            self,
+            Exit::Hypercall
+                | Exit::HypercallFromUserMode
+                | Exit::Cpuid
+                | Exit::Halt
+                | Exit::Io { .. }
+                | Exit::MsrRead
+                | Exit::MsrWrite
+                | Exit::Xsetbv
+                | Exit::Rdpmc
+                | Exit::CacheFlush
+                | Exit::VmxInstruction
+                | Exit::DebugRegister
+                | Exit::ControlRegister { .. }
+                | Exit::EntryFailure { .. }
+                | Exit::LaunchFailed { .. }
+        )
+    }
+}
+
 /// The exit for a VMLAUNCH/VMRESUME that failed with `status` (1 =
 /// VMfailInvalid, 2 = VMfailValid); kept out of line so that the hot path
 /// after an exit stays short.
@@ -904,8 +933,8 @@ impl Vcpu {
 
     /// Queues again an event whose delivery this exit cut short (SDM
     /// 28.2.4, 27.6.1.1); without this the guest would lose it (an upcall,
-    /// an exception). Call on every exit but VMCALL's (an instruction exit
-    /// never interrupts event delivery).
+    /// an exception). Call after every exit that
+    /// [`Exit::may_interrupt_delivery`].
     pub fn requeue_interrupted_event(&mut self) {
         self.load();
         let vectoring = vmcs::read(Field::IdtVectoringInfo) as u32;
