@@ -351,6 +351,21 @@ fn copy_iso(iso: &Iso, directory: &Path) -> Result<(), String> {
         .map_err(|error| format!("cannot copy {} into {}: {error}", iso.path().display(), directory.display()))
 }
 
+/// A command that starts emulator `program` so that it dies with the
+/// thread that started it: `setpriv --pdeathsig KILL` (util-linux) when it
+/// is there. Dropping a [`Machine`] ends its emulator, but a test process
+/// killed from outside (a timeout, Ctrl-C) never drops it, and an
+/// orphaned Bochs would spin on a core for good.
+fn emulator_command(program: &str) -> Command {
+    if command_exists("setpriv") {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 fn command_exists(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|directory| directory.join(name).is_file()))
@@ -470,7 +485,7 @@ impl Bochs {
 
         let output = File::create(directory.join("bochs.out")).map_err(|error| error.to_string())?;
         let errors = output.try_clone().map_err(|error| error.to_string())?;
-        let child = Command::new("bochs")
+        let child = emulator_command("bochs")
             .args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"])
             .current_dir(&directory)
             .stdin(Stdio::null())
@@ -574,7 +589,7 @@ impl Qemu {
         let directory = make_directory("qemu")?;
         copy_iso(iso, &directory)?;
         let errors = File::create(directory.join("qemu.err")).map_err(|error| error.to_string())?;
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut child = emulator_command("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-cdrom", "mica.iso"])
             .args(["-serial", "stdio", "-monitor", "none", "-display", "none", "-no-reboot"])
             .current_dir(&directory)
