@@ -223,6 +223,7 @@ impl Shell {
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
                 busy = true;
+                self.toolstack.follow_disk_fronts(&mut self.console);
                 self.toolstack.advance_handshakes(&mut self.console);
                 self.toolstack.advance_vif_handshakes(&mut self.console);
                 self.toolstack.finish_vif_detaches(&mut self.console);

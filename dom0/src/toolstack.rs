@@ -10,6 +10,7 @@ use abi::{DomainId, Error};
 use arrayvec::{ArrayString, ArrayVec};
 use dom0core::builder::{self, BuildRequest, DomainControl};
 use dom0core::config::{GuestConfig, OnCrash};
+use dom0core::device_link::{self, Link, Step};
 use dom0core::tar::{Archive, EntryKind};
 use dom0core::window::Use;
 use pv_drivers::console::ConsoleRing;
@@ -203,6 +204,32 @@ fn detach_ready(id: DomainId, kind: &str, since: u64, timeout: u64) -> Option<bo
     (state == DeviceState::Closed || timed_out).then_some(timed_out)
 }
 
+/// The `state` guest `id`'s front end of device `<kind>/0` wrote (None
+/// when the node or its directory is absent).
+fn front_state(store_tree: &DefaultStore, id: DomainId, kind: &str) -> Option<DeviceState> {
+    let mut path: ArrayString<96> = ArrayString::new();
+    let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{}", keys::STATE);
+    store_tree.read(abi::DOM0, &path).ok().map(|value| DeviceState::from_key(Some(value.as_bytes())))
+}
+
+/// Lets go of a disk's connection: makes the writes durable, closes the
+/// event channel (unless dom0 closed it when the ring broke), unmaps the
+/// ring and every persistent grant (so the guest can revoke them) and
+/// returns their window pages. Nothing is in flight: dom0 serves a
+/// request to the end before it looks at the store again.
+fn release_block(window_slots: &mut ForeignWindow, disks: &mut ArrayVec<AtaDisk, 4>, block: BlockBackend) {
+    if let Some(disk) = disks.get_mut(block.disk) {
+        let _ = disk.flush();
+    }
+    if block.broken.is_none() {
+        let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
+    }
+    unmap_slot(window_slots, block.slot);
+    for (_, _, slot) in block.mapped {
+        unmap_slot(window_slots, slot);
+    }
+}
+
 /// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
 fn unmap_slot(window_slots: &mut ForeignWindow, slot: usize) {
     let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
@@ -284,6 +311,10 @@ pub struct Guest {
     pub block: Option<BlockBackend>,
     /// Its disk until the front end has connected: (physical disk, region).
     pub pending_disk: Option<(usize, Region)>,
+    /// Its disk while the back end is Closed (the front end closed it, or
+    /// dom0 refused what it offered): nothing mapped; the front end writing
+    /// Initialising offers it again.
+    pub closed_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
     /// Its vif's back end, once the front end connected through the store.
@@ -717,6 +748,7 @@ impl Toolstack {
             create_to_first_output: None,
             block: None,
             pending_disk: disk,
+            closed_disk: None,
             store,
             net: None,
             pending_vif: vif,
@@ -1017,6 +1049,52 @@ impl Toolstack {
         moved
     }
 
+    /// Follows front ends that close their disk or reconnect it
+    /// (`abi::store`'s state diagram, `device_link`): a connected (or
+    /// broken) disk whose front end left Connected is let go of (as a
+    /// `block-detach` would, but the store directories stay) and answered
+    /// Closed; a Closed disk whose front end writes Initialising is offered
+    /// again (InitWait), and `advance_handshakes` connects it anew. One
+    /// step per guest per call, each bounded (a ring and at most
+    /// `PERSISTENT_GRANTS` pages to unmap), so a front end flapping
+    /// Closing/Initialising costs dom0 no more than its own store writes.
+    pub fn follow_disk_fronts(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            if guest.disk_closing.is_some() {
+                // `block-detach` is under way: `finish_disk_detaches` ends it.
+                continue;
+            }
+            let link = match (&guest.block, guest.pending_disk, guest.closed_disk) {
+                (Some(block), _, _) if block.broken.is_some() => Link::Broken,
+                (Some(_), _, _) => Link::Connected,
+                (None, Some(_), _) => Link::Offered,
+                (None, None, Some(_)) => Link::Closed,
+                (None, None, None) => continue,
+            };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            match device_link::next_step(link, front_state(&store_tree, id, "vbd")) {
+                Step::Stay | Step::Connect => {}
+                Step::Close => {
+                    if let Some(block) = guest.block.take() {
+                        guest.closed_disk = Some((block.disk, block.region));
+                        release_block(&mut self.window_slots, &mut self.disks, block);
+                    }
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
+                    let _ = writeln!(out, "\ndom0: '{}': disk 0 closed by the front end", guest.config.name);
+                }
+                Step::Refuse => {
+                    guest.closed_disk = guest.pending_disk.take();
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
+                }
+                Step::Reoffer => {
+                    guest.pending_disk = guest.closed_disk.take();
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::InitWait);
+                }
+            }
+        }
+    }
+
     /// Connects disks whose front end reached Initialised in the store: maps
     /// its granted ring page, binds its event port, and answers Connected.
     /// A front end that names a bad grant or port is told Closed.
@@ -1075,6 +1153,8 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vbd", id, answer);
             if !connected {
+                // The front end may try again (Initialising).
+                guest.closed_disk = Some((disk, region));
                 let _ =
                     writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
             }
@@ -1109,7 +1189,7 @@ impl Toolstack {
         let overlapping = self
             .guests
             .iter()
-            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk))
+            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk).or(g.closed_disk))
             .any(|(disk, region)| {
                 disk == index && spec.start < region.start + region.sectors && region.start < spec.start + spec.sectors
             });
@@ -1125,7 +1205,7 @@ impl Toolstack {
     pub fn block_attach(&mut self, index: usize, entry: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_disk.is_some() || guest.block.is_some() {
+        if guest.pending_disk.is_some() || guest.closed_disk.is_some() || guest.block.is_some() {
             let _ = writeln!(out, "dom0: block-attach: '{name}' has a disk already (block-detach it first)");
             return;
         }
@@ -1157,7 +1237,7 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: '{name}': disk 0 closing (waiting for the front end)");
             return;
         }
-        if guest.pending_disk.take().is_none() {
+        if guest.pending_disk.take().or(guest.closed_disk.take()).is_none() {
             let _ = writeln!(out, "dom0: block-detach: '{name}' has no disk");
             return;
         }
@@ -1178,14 +1258,7 @@ impl Toolstack {
             let Some(timed_out) = detach_ready(id, "vbd", since, timeout) else { continue };
             guest.disk_closing = None;
             if let Some(block) = guest.block.take() {
-                if let Some(disk) = self.disks.get_mut(block.disk) {
-                    let _ = disk.flush();
-                }
-                let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
-                unmap_slot(&mut self.window_slots, block.slot);
-                for (_, _, slot) in block.mapped {
-                    unmap_slot(&mut self.window_slots, slot);
-                }
+                release_block(&mut self.window_slots, &mut self.disks, block);
             }
             {
                 let mut store_tree = STORE.lock();
@@ -1630,6 +1703,22 @@ impl Toolstack {
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
             let _ = writeln!(out, "  {:<20} console  {console}", guest.config.name);
+            let held = self.window_slots.held(guest.id);
+            let _ = writeln!(
+                out,
+                "  {:<20} window   {} ring pages, {} grant pages mapped",
+                guest.config.name, held.rings, held.grants
+            );
+            if let Some((disk, region)) = guest.closed_disk {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} disk     {}:{}+{}  closed by the front end (Initialising reconnects)",
+                    guest.config.name,
+                    self.disks.get(disk).map_or("?", |d| d.name()),
+                    region.start,
+                    region.sectors
+                );
+            }
             if let Some((disk, region)) = guest.pending_disk {
                 let _ = writeln!(
                     out,
