@@ -543,8 +543,8 @@ impl Guest {
     }
 
     /// Waits (a second of guest time at most, 1 ms per look) until the back
-    /// end of device `<kind>/0` says `wanted`.
-    fn wait_backend_state(&mut self, kind: &str, wanted: abi::store::DeviceState) -> bool {
+    /// end of device `<kind>/0` (`vbd`, `vif`) says `wanted`.
+    pub fn wait_backend_state(&mut self, kind: &str, wanted: abi::store::DeviceState) -> bool {
         use abi::store::DeviceState;
         let mut path = arrayvec::ArrayString::<64>::new();
         let _ = write!(path, "device/{kind}/0/backend");

@@ -38,6 +38,10 @@ fn run_to_closed(machine: &mut Machine, victims: &mut Victims, name: &str, round
     if seen.contains("FAILED") || !seen.contains(&wanted) {
         fail_with(machine, &format!("{name} should print {wanted:?}; it printed:\n{seen}"));
     }
+    let refused = "disktest: reconnect: a bad offer was refused (Closed)";
+    if rounds == 1 && !seen.contains(refused) {
+        fail_with(machine, &format!("{name} should print {refused:?}; it printed:\n{seen}"));
+    }
     let devices = command(machine, "devices");
     let (Some(baseline), Some(held)) = (window_pages(&devices, "counter"), window_pages(&devices, name)) else {
         fail_with(machine, &format!("`devices` should show counter's and {name}'s window pages:\n{devices}"));
@@ -60,8 +64,10 @@ fn run_to_closed(machine: &mut Machine, victims: &mut Victims, name: &str, round
     }
 }
 
-/// `reconnect` closes its disk once and reconnects (before the fix dom0
-/// never answered its Closing: "close: NoAnswer"); `flap` does it 50
+/// `reconnect` closes its disk once, makes an offer dom0 must refuse
+/// (Closed), and reconnects (before the fix dom0 never answered its
+/// Closing: "close: NoAnswer", and a refused offer lost the disk for
+/// good: "the back end did not reconnect"); `flap` does it 50
 /// times with I/O in each round. Both end with nothing of theirs mapped
 /// beyond the console and store rings; the victims carry on; all memory
 /// comes back after destroy.

@@ -376,6 +376,13 @@ fn reconnect(guest: &mut Guest, rounds: u64) -> ! {
         }
         if rounds == 1 {
             let _ = writeln!(guest, "disktest: reconnect: closed, dom0 let go of every page");
+            // An offer dom0 cannot use (a grant reference past the table):
+            // refused with Closed, after which a good one must still work.
+            if let Err(what) = bad_offer(guest) {
+                let _ = writeln!(guest, "disktest: FAILED: reconnect: bad offer: {what}");
+                idle(guest)
+            }
+            let _ = writeln!(guest, "disktest: reconnect: a bad offer was refused (Closed)");
         }
         if !guest.disk_reconnect() {
             let _ = writeln!(guest, "disktest: FAILED: reconnect: round {round}: the back end did not reconnect");
@@ -394,6 +401,27 @@ fn reconnect(guest: &mut Guest, rounds: u64) -> ! {
     }
     let _ = writeln!(guest, "disktest: reconnect: {rounds} rounds of close and reconnect: all match, disk closed");
     idle(guest)
+}
+
+/// Offers dom0 a ring it cannot map (after Initialising and InitWait) and
+/// expects Closed; then says Closed itself.
+fn bad_offer(guest: &mut Guest) -> Result<(), &'static str> {
+    use abi::store::DeviceState;
+    guest.store_write("device/vbd/0/state", DeviceState::Initialising.as_value()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", DeviceState::InitWait) {
+        return Err("the back end did not go back to InitWait");
+    }
+    let past_the_table = abi::grant::ENTRIES as u64 + 7;
+    let mut number = arrayvec::ArrayString::<16>::new();
+    let _ = write!(number, "{past_the_table}");
+    guest.store_write("device/vbd/0/ring-ref", &number).map_err(|_| "store write")?;
+    guest.store_write("device/vbd/0/event-channel", "1").map_err(|_| "store write")?;
+    guest.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", DeviceState::Closed) {
+        return Err("the back end did not refuse it");
+    }
+    guest.store_write("device/vbd/0/state", DeviceState::Closed.as_value()).map_err(|_| "store write")?;
+    Ok(())
 }
 
 /// Waits for good, letting go of the disk when dom0 takes it away.
