@@ -225,6 +225,7 @@ impl Shell {
                 busy = true;
                 self.toolstack.follow_disk_fronts(&mut self.console);
                 self.toolstack.advance_handshakes(&mut self.console);
+                self.toolstack.follow_vif_fronts(&mut self.console);
                 self.toolstack.advance_vif_handshakes(&mut self.console);
                 self.toolstack.finish_vif_detaches(&mut self.console);
                 self.toolstack.finish_disk_detaches(&mut self.console);

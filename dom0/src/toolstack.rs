@@ -230,6 +230,16 @@ fn release_block(window_slots: &mut ForeignWindow, disks: &mut ArrayVec<AtaDisk,
     }
 }
 
+/// Lets go of a vif's connection: closes the event channel, unmaps both
+/// ring pages (so the guest can revoke them) and returns their window
+/// pages. (The caller takes the vif off the switch.)
+fn release_net(window_slots: &mut ForeignWindow, net: NetBackend) {
+    let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+    for slot in net.slots {
+        unmap_slot(window_slots, slot);
+    }
+}
+
 /// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
 fn unmap_slot(window_slots: &mut ForeignWindow, slot: usize) {
     let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
@@ -323,7 +333,11 @@ pub struct Guest {
     pub pending_vif: Option<[u8; 6]>,
     /// A vif dom0 disconnected: the window slots of its ring pages (freed
     /// when the guest is destroyed) and why.
-    pub broken_vif: Option<([usize; 2], &'static str)>,
+    pub broken_vif: Option<([usize; 2], &'static str, [u8; 6])>,
+    /// Its vif's MAC while the back end is Closed (the front end closed
+    /// it, or dom0 refused what it offered): nothing mapped; the front end
+    /// writing Initialising offers it again.
+    pub closed_vif: Option<[u8; 6]>,
     /// `network-detach` asked the connected vif to close at this TSC.
     pub vif_closing: Option<u64>,
     /// `block-detach` asked the connected disk to close at this TSC.
@@ -753,6 +767,7 @@ impl Toolstack {
             net: None,
             pending_vif: vif,
             broken_vif: None,
+            closed_vif: None,
             vif_closing: None,
             disk_closing: None,
         });
@@ -782,7 +797,7 @@ impl Toolstack {
                 self.window_slots.release(slot);
             }
         }
-        if let Some((slots, _)) = guest.broken_vif.take() {
+        if let Some((slots, _, _)) = guest.broken_vif.take() {
             for slot in slots {
                 self.window_slots.release(slot);
             }
@@ -1275,7 +1290,11 @@ impl Toolstack {
     pub fn network_attach(&mut self, index: usize, settings: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_vif.is_some() || guest.net.is_some() || guest.broken_vif.is_some() {
+        if guest.pending_vif.is_some()
+            || guest.net.is_some()
+            || guest.broken_vif.is_some()
+            || guest.closed_vif.is_some()
+        {
             let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
             return;
         }
@@ -1306,10 +1325,12 @@ impl Toolstack {
     /// Whether `mac` is the NIC's or any guest's vif's.
     fn mac_in_use(&self, mac: [u8; 6]) -> bool {
         crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac)
-            || self
-                .guests
-                .iter()
-                .any(|g| g.pending_vif == Some(mac) || g.net.as_ref().is_some_and(|net| net.mac == mac))
+            || self.guests.iter().any(|g| {
+                g.pending_vif == Some(mac)
+                    || g.closed_vif == Some(mac)
+                    || g.broken_vif.is_some_and(|(_, _, broken)| broken == mac)
+                    || g.net.as_ref().is_some_and(|net| net.mac == mac)
+            })
     }
 
     /// `network-detach`: a connected vif is asked to close (state Closing)
@@ -1327,11 +1348,11 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: '{name}': vif 0 closing (waiting for the front end)");
             return;
         }
-        if guest.pending_vif.take().is_none() && guest.broken_vif.is_none() {
+        if guest.pending_vif.take().or(guest.closed_vif.take()).is_none() && guest.broken_vif.is_none() {
             let _ = writeln!(out, "dom0: network-detach: '{name}' has no vif");
             return;
         }
-        if let Some((slots, _)) = guest.broken_vif.take() {
+        if let Some((slots, _, _)) = guest.broken_vif.take() {
             for slot in slots {
                 unmap_slot(&mut self.window_slots, slot);
             }
@@ -1352,10 +1373,7 @@ impl Toolstack {
             let Some(timed_out) = detach_ready(id, "vif", since, timeout) else { continue };
             guest.vif_closing = None;
             if let Some(net) = guest.net.take() {
-                let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
-                for slot in net.slots {
-                    unmap_slot(&mut self.window_slots, slot);
-                }
+                release_net(&mut self.window_slots, net);
             }
             self.switch.remove_port(id as PortId);
             {
@@ -1365,6 +1383,55 @@ impl Toolstack {
             }
             let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
             let _ = writeln!(out, "\ndom0: '{}': vif 0 detached{how}", guest.config.name);
+        }
+    }
+
+    /// `follow_disk_fronts` for vifs: a connected (or broken) vif whose
+    /// front end left Connected is let go of (rings unmapped, port closed,
+    /// off the switch; directories kept) and answered Closed; a Closed vif
+    /// whose front end writes Initialising is offered again (InitWait).
+    pub fn follow_vif_fronts(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            if guest.vif_closing.is_some() {
+                // `network-detach` is under way: `finish_vif_detaches` ends it.
+                continue;
+            }
+            let link = match (&guest.net, guest.broken_vif, guest.pending_vif, guest.closed_vif) {
+                (Some(_), _, _, _) => Link::Connected,
+                (None, Some(_), _, _) => Link::Broken,
+                (None, None, Some(_), _) => Link::Offered,
+                (None, None, None, Some(_)) => Link::Closed,
+                (None, None, None, None) => continue,
+            };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            match device_link::next_step(link, front_state(&store_tree, id, "vif")) {
+                Step::Stay | Step::Connect => {}
+                Step::Close => {
+                    if let Some(net) = guest.net.take() {
+                        guest.closed_vif = Some(net.mac);
+                        release_net(&mut self.window_slots, net);
+                        self.switch.remove_port(id as PortId);
+                    }
+                    if let Some((slots, _, mac)) = guest.broken_vif.take() {
+                        // Its port was closed and it left the switch when it broke.
+                        guest.closed_vif = Some(mac);
+                        for slot in slots {
+                            unmap_slot(&mut self.window_slots, slot);
+                        }
+                    }
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                    let _ = writeln!(out, "\ndom0: '{}': vif 0 closed by the front end", guest.config.name);
+                }
+                Step::Refuse => {
+                    guest.closed_vif = guest.pending_vif.take();
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                }
+                Step::Reoffer => {
+                    guest.pending_vif = guest.closed_vif.take();
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::InitWait);
+                }
+            }
         }
     }
 
@@ -1428,6 +1495,8 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vif", id, answer);
             if !connected {
+                // The front end may try again (Initialising).
+                guest.closed_vif = Some(mac);
                 if locked {
                     self.switch.remove_port(id as PortId);
                 }
@@ -1489,9 +1558,9 @@ impl Toolstack {
                 ports.switch.remove_port(guest.id as PortId);
                 // The ring pages stay mapped (and their slots taken) until
                 // the guest is destroyed.
-                let slots = net.slots;
+                let (slots, mac) = (net.slots, net.mac);
                 guest.net = None;
-                guest.broken_vif = Some((slots, reason));
+                guest.broken_vif = Some((slots, reason, mac));
             }
         }
         moved
@@ -1738,7 +1807,15 @@ impl Toolstack {
                     abi::net::format_mac(mac, &mut text)
                 );
             }
-            if let Some((_, reason)) = guest.broken_vif {
+            if let Some(mac) = guest.closed_vif {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} vif      {}  closed by the front end (Initialising reconnects)",
+                    guest.config.name,
+                    abi::net::format_mac(mac, &mut text)
+                );
+            }
+            if let Some((_, reason, _)) = guest.broken_vif {
                 let _ = writeln!(out, "  {:<20} vif      disconnected: {reason}", guest.config.name);
             }
             if let Some(net) = &guest.net {

@@ -241,6 +241,16 @@ enum DeviceKind {
     Vif,
 }
 
+impl DeviceKind {
+    /// The device's directory name in the store (`device/<name>/0`).
+    fn store_name(self) -> &'static str {
+        match self {
+            DeviceKind::Disk => "vbd",
+            DeviceKind::Vif => "vif",
+        }
+    }
+}
+
 impl Guest {
     /// Sets the guest up from the start-info page at `start_info_address`.
     /// Stops the domain if the page is not a Mica start-info page.
@@ -511,13 +521,26 @@ impl Guest {
     /// dom0 still maps stays granted and listed; a later connection
     /// retries revoking it.
     pub fn disk_close(&mut self) -> Result<(), CloseError> {
+        let port = self.disk.take().ok_or(CloseError::NotConnected)?.port;
+        self.close_device(DeviceKind::Disk, port)
+    }
+
+    /// [`Guest::disk_close`] for the vif (both rings and every buffer page).
+    pub fn net_close(&mut self) -> Result<(), CloseError> {
+        let (_, port) = self.net.take().ok_or(CloseError::NotConnected)?;
+        self.close_device(DeviceKind::Vif, port)
+    }
+
+    fn close_device(&mut self, device: DeviceKind, port: u32) -> Result<(), CloseError> {
         use abi::store::DeviceState;
-        let disk = self.disk.take().ok_or(CloseError::NotConnected)?;
-        let _ = self.store_write("device/vbd/0/state", DeviceState::Closing.as_value());
-        let closed = self.wait_backend_state("vbd", DeviceState::Closed);
-        let _ = hypercall::event(EventOp::Close, disk.port as u64, 0);
-        let released = self.release_grants(DeviceKind::Disk);
-        let _ = self.store_write("device/vbd/0/state", DeviceState::Closed.as_value());
+        let kind = device.store_name();
+        let mut state = arrayvec::ArrayString::<32>::new();
+        let _ = write!(state, "device/{kind}/0/state");
+        let _ = self.store_write(&state, DeviceState::Closing.as_value());
+        let closed = self.wait_backend_state(kind, DeviceState::Closed);
+        let _ = hypercall::event(EventOp::Close, port as u64, 0);
+        let released = self.release_grants(device);
+        let _ = self.store_write(&state, DeviceState::Closed.as_value());
         match (closed, released) {
             (false, _) => Err(CloseError::NoAnswer),
             (true, false) => Err(CloseError::StillMapped),
@@ -530,16 +553,28 @@ impl Guest {
     /// then connects with a fresh ring and fresh grants. Whether it is
     /// connected.
     pub fn disk_reconnect(&mut self) -> bool {
-        use abi::store::DeviceState;
-        if self.disk.is_some() {
-            return true;
+        if self.disk.is_none() && self.reoffer(DeviceKind::Disk) {
+            self.disk = self.connect_disk();
         }
-        let _ = self.store_write("device/vbd/0/state", DeviceState::Initialising.as_value());
-        if !self.wait_backend_state("vbd", DeviceState::InitWait) {
-            return false;
-        }
-        self.disk = self.connect_disk();
         self.disk.is_some()
+    }
+
+    /// [`Guest::disk_reconnect`] for the vif.
+    pub fn net_reconnect(&mut self) -> bool {
+        if self.net.is_none() && self.reoffer(DeviceKind::Vif) {
+            self.net = self.connect_net();
+        }
+        self.net.is_some()
+    }
+
+    /// Writes `device`'s state Initialising and waits for the back end's InitWait.
+    fn reoffer(&mut self, device: DeviceKind) -> bool {
+        use abi::store::DeviceState;
+        let kind = device.store_name();
+        let mut state = arrayvec::ArrayString::<32>::new();
+        let _ = write!(state, "device/{kind}/0/state");
+        let _ = self.store_write(&state, DeviceState::Initialising.as_value());
+        self.wait_backend_state(kind, DeviceState::InitWait)
     }
 
     /// Waits (a second of guest time at most, 1 ms per look) until the back

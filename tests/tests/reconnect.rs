@@ -81,3 +81,48 @@ fn a_front_end_closes_and_reconnects_its_disk_without_leaks() {
     victims.check(&mut machine);
     victims.finish(&mut machine);
 }
+
+/// `vifflap` closes its vif and reconnects it 50 times (before the fix:
+/// "close: NoAnswer"), then pings `netserve` ten times over the last
+/// connection: every reply comes, dom0 maps no more of its pages than of
+/// `netserve` (console, store and two vif rings), the victims carry on and
+/// all memory comes back after destroy.
+#[test]
+fn a_front_end_closes_and_reconnects_its_vif_without_leaks() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::ALL);
+    let id = victims.attacker(&mut machine, "vifflap", "vifflap");
+    let seen = victims.wait_for_line(
+        &mut machine,
+        "vifflap",
+        id,
+        "nettest's ping summary or a failure",
+        |line| line.starts_with("nettest: ") && (line.contains(" replies") || line.contains("FAILED")),
+        600,
+    );
+    println!("{seen}");
+    let reconnected = "nettest: reconnect: 50 rounds of close and reconnect, dom0 let go of every page";
+    if seen.contains("FAILED")
+        || !seen.contains(reconnected)
+        || !seen.contains("nettest: ping 10.0.0.2: 10 of 10 replies")
+    {
+        fail_with(
+            &mut machine,
+            &format!("vifflap should print {reconnected:?}, then get every ping reply; it printed:\n{seen}"),
+        );
+    }
+    let devices = command(&mut machine, "devices");
+    let (Some(baseline), Some(held)) = (window_pages(&devices, "netserve"), window_pages(&devices, "vifflap")) else {
+        fail_with(&mut machine, &format!("`devices` should show netserve's and vifflap's window pages:\n{devices}"));
+    };
+    if held != baseline {
+        fail_with(
+            &mut machine,
+            &format!(
+                "dom0 should map as many of vifflap's pages as of netserve's ({baseline:?}), not {held:?}:\n{devices}"
+            ),
+        );
+    }
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
+}
