@@ -14,7 +14,11 @@
 //! else any page of its own), allocates an event port for dom0, writes
 //! `ring-ref`, `event-channel` and `state` = Initialised, and waits for
 //! Connected. Disconnecting (`block-detach`) goes through Closing and Closed
-//! as for a vif ([`crate::net`]). Features in this version: read, write,
+//! as for a vif ([`crate::net`]). The front end may also close the disk
+//! itself (state Closing): dom0 then answers Closed with the ring and every
+//! transfer page unmapped, keeps the disk for the guest, and offers it
+//! again (InitWait) when the front end writes Initialising ([`crate::store`]
+//! has the state diagram). Features in this version: read, write,
 //! flush; no discard, no barriers beyond flush. A back end that receives a
 //! request it cannot parse answers [`STATUS_ERROR`]; a ring whose indices
 //! run away is disconnected.

@@ -27,6 +27,15 @@
 //! front end that does not answer within 5 seconds loses the vif anyway.
 //! The block protocol ([`crate::block`]) disconnects the same way.
 //!
+//! The front end may also close the vif itself (state Closing): dom0 then
+//! unmaps both ring pages, closes its end, takes the vif off the switch and
+//! answers Closed, keeping both directories and the MAC for the guest; the
+//! front end can then revoke its grants, and reconnect by writing
+//! Initialising (dom0 answers InitWait) and publishing fresh rings
+//! ([`crate::store`] has the state diagram). A vif dom0 disconnected for a
+//! broken ring, or refused at connection, is closed and reconnected the
+//! same way.
+//!
 //! # Transmit ring (guest to dom0)
 //! The front end puts a frame in a page it granted to dom0 (read-only is
 //! enough) and queues a [`TxRequest`] naming the grant, the offset and the

@@ -181,13 +181,30 @@
 //!   Closing (either end starts by writing 5 Closing):
 //!   front end sees back end 5: stops issuing requests, waits for the
 //!   outstanding responses, -> 5 Closing.
-//!   back end sees front end 5 (or 6, or its directory gone): stops serving,
-//!   unmaps the ring, closes its port, -> 6 Closed.
-//!   front end sees back end 6: revokes its grants, closes its port,
-//!   -> 6 Closed.
-//!   To reconnect, the front end writes 1 Initialising; a Closed back end
-//!   that sees it goes back to 2 InitWait.
+//!   back end (Connected, or one that stopped serving a broken ring) sees
+//!   front end 5 or 6, its `state` gone, or any state but 3 or 4: finishes
+//!   the requests it took, unmaps the ring(s) and every page it kept
+//!   mapped (persistent grants), closes its port, -> 6 Closed. Both
+//!   directories stay (only a close the back end's side started, such as
+//!   dom0's `block-detach`, removes them).
+//!   front end sees back end 6: closes its port, revokes its grants (none
+//!   is still mapped now), -> 6 Closed.
+//!
+//!   Reconnecting (after the front end closed, or after the back end
+//!   refused an offer it could not use with 6 Closed):
+//!   front end writes 1 Initialising (the value "1"; an absent `state`
+//!   is not a request to reconnect).
+//!   back end 6 sees front end 1: -> 2 InitWait. It reacts to nothing
+//!   else while Closed; in particular not to 3 Initialised.
+//!   front end sees back end 2: grants a (fresh) ring page, allocates a
+//!   port, writes ring-ref, event-channel -> 3 Initialised, and the
+//!   connection proceeds as the first one.
 //! ```
+//!
+//! A back end takes one step per device each time it reads the store, and
+//! each step is bounded (one ring's pages and the persistent grants to
+//! unmap), so a front end that flaps between Closing and Initialising
+//! costs it no more than that front end's own store writes.
 //!
 //! Defaults when a key is absent: a missing `state` reads as Initialising
 //! (the other end has not started), except that an end that has seen its

@@ -223,7 +223,9 @@ impl Shell {
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
                 busy = true;
+                self.toolstack.follow_disk_fronts(&mut self.console);
                 self.toolstack.advance_handshakes(&mut self.console);
+                self.toolstack.follow_vif_fronts(&mut self.console);
                 self.toolstack.advance_vif_handshakes(&mut self.console);
                 self.toolstack.finish_vif_detaches(&mut self.console);
                 self.toolstack.finish_disk_detaches(&mut self.console);

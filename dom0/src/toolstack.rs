@@ -10,6 +10,7 @@ use abi::{DomainId, Error};
 use arrayvec::{ArrayString, ArrayVec};
 use dom0core::builder::{self, BuildRequest, DomainControl};
 use dom0core::config::{GuestConfig, OnCrash};
+use dom0core::device_link::{self, Link, Step};
 use dom0core::tar::{Archive, EntryKind};
 use dom0core::window::Use;
 use pv_drivers::console::ConsoleRing;
@@ -203,6 +204,42 @@ fn detach_ready(id: DomainId, kind: &str, since: u64, timeout: u64) -> Option<bo
     (state == DeviceState::Closed || timed_out).then_some(timed_out)
 }
 
+/// The `state` guest `id`'s front end of device `<kind>/0` wrote (None
+/// when the node or its directory is absent).
+fn front_state(store_tree: &DefaultStore, id: DomainId, kind: &str) -> Option<DeviceState> {
+    let mut path: ArrayString<96> = ArrayString::new();
+    let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{}", keys::STATE);
+    store_tree.read(abi::DOM0, &path).ok().map(|value| DeviceState::from_key(Some(value.as_bytes())))
+}
+
+/// Lets go of a disk's connection: makes the writes durable, closes the
+/// event channel (unless dom0 closed it when the ring broke), unmaps the
+/// ring and every persistent grant (so the guest can revoke them) and
+/// returns their window pages. Nothing is in flight: dom0 serves a
+/// request to the end before it looks at the store again.
+fn release_block(window_slots: &mut ForeignWindow, disks: &mut ArrayVec<AtaDisk, 4>, block: BlockBackend) {
+    if let Some(disk) = disks.get_mut(block.disk) {
+        let _ = disk.flush();
+    }
+    if block.broken.is_none() {
+        let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
+    }
+    unmap_slot(window_slots, block.slot);
+    for (_, _, slot) in block.mapped {
+        unmap_slot(window_slots, slot);
+    }
+}
+
+/// Lets go of a vif's connection: closes the event channel, unmaps both
+/// ring pages (so the guest can revoke them) and returns their window
+/// pages. (The caller takes the vif off the switch.)
+fn release_net(window_slots: &mut ForeignWindow, net: NetBackend) {
+    let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+    for slot in net.slots {
+        unmap_slot(window_slots, slot);
+    }
+}
+
 /// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
 fn unmap_slot(window_slots: &mut ForeignWindow, slot: usize) {
     let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
@@ -284,6 +321,10 @@ pub struct Guest {
     pub block: Option<BlockBackend>,
     /// Its disk until the front end has connected: (physical disk, region).
     pub pending_disk: Option<(usize, Region)>,
+    /// Its disk while the back end is Closed (the front end closed it, or
+    /// dom0 refused what it offered): nothing mapped; the front end writing
+    /// Initialising offers it again.
+    pub closed_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
     /// Its vif's back end, once the front end connected through the store.
@@ -292,7 +333,11 @@ pub struct Guest {
     pub pending_vif: Option<[u8; 6]>,
     /// A vif dom0 disconnected: the window slots of its ring pages (freed
     /// when the guest is destroyed) and why.
-    pub broken_vif: Option<([usize; 2], &'static str)>,
+    pub broken_vif: Option<([usize; 2], &'static str, [u8; 6])>,
+    /// Its vif's MAC while the back end is Closed (the front end closed
+    /// it, or dom0 refused what it offered): nothing mapped; the front end
+    /// writing Initialising offers it again.
+    pub closed_vif: Option<[u8; 6]>,
     /// `network-detach` asked the connected vif to close at this TSC.
     pub vif_closing: Option<u64>,
     /// `block-detach` asked the connected disk to close at this TSC.
@@ -717,10 +762,12 @@ impl Toolstack {
             create_to_first_output: None,
             block: None,
             pending_disk: disk,
+            closed_disk: None,
             store,
             net: None,
             pending_vif: vif,
             broken_vif: None,
+            closed_vif: None,
             vif_closing: None,
             disk_closing: None,
         });
@@ -750,7 +797,7 @@ impl Toolstack {
                 self.window_slots.release(slot);
             }
         }
-        if let Some((slots, _)) = guest.broken_vif.take() {
+        if let Some((slots, _, _)) = guest.broken_vif.take() {
             for slot in slots {
                 self.window_slots.release(slot);
             }
@@ -1017,6 +1064,52 @@ impl Toolstack {
         moved
     }
 
+    /// Follows front ends that close their disk or reconnect it
+    /// (`abi::store`'s state diagram, `device_link`): a connected (or
+    /// broken) disk whose front end left Connected is let go of (as a
+    /// `block-detach` would, but the store directories stay) and answered
+    /// Closed; a Closed disk whose front end writes Initialising is offered
+    /// again (InitWait), and `advance_handshakes` connects it anew. One
+    /// step per guest per call, each bounded (a ring and at most
+    /// `PERSISTENT_GRANTS` pages to unmap), so a front end flapping
+    /// Closing/Initialising costs dom0 no more than its own store writes.
+    pub fn follow_disk_fronts(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            if guest.disk_closing.is_some() {
+                // `block-detach` is under way: `finish_disk_detaches` ends it.
+                continue;
+            }
+            let link = match (&guest.block, guest.pending_disk, guest.closed_disk) {
+                (Some(block), _, _) if block.broken.is_some() => Link::Broken,
+                (Some(_), _, _) => Link::Connected,
+                (None, Some(_), _) => Link::Offered,
+                (None, None, Some(_)) => Link::Closed,
+                (None, None, None) => continue,
+            };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            match device_link::next_step(link, front_state(&store_tree, id, "vbd")) {
+                Step::Stay | Step::Connect => {}
+                Step::Close => {
+                    if let Some(block) = guest.block.take() {
+                        guest.closed_disk = Some((block.disk, block.region));
+                        release_block(&mut self.window_slots, &mut self.disks, block);
+                    }
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
+                    let _ = writeln!(out, "\ndom0: '{}': disk 0 closed by the front end", guest.config.name);
+                }
+                Step::Refuse => {
+                    guest.closed_disk = guest.pending_disk.take();
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
+                }
+                Step::Reoffer => {
+                    guest.pending_disk = guest.closed_disk.take();
+                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::InitWait);
+                }
+            }
+        }
+    }
+
     /// Connects disks whose front end reached Initialised in the store: maps
     /// its granted ring page, binds its event port, and answers Connected.
     /// A front end that names a bad grant or port is told Closed.
@@ -1075,6 +1168,8 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vbd", id, answer);
             if !connected {
+                // The front end may try again (Initialising).
+                guest.closed_disk = Some((disk, region));
                 let _ =
                     writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
             }
@@ -1109,7 +1204,7 @@ impl Toolstack {
         let overlapping = self
             .guests
             .iter()
-            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk))
+            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk).or(g.closed_disk))
             .any(|(disk, region)| {
                 disk == index && spec.start < region.start + region.sectors && region.start < spec.start + spec.sectors
             });
@@ -1125,7 +1220,7 @@ impl Toolstack {
     pub fn block_attach(&mut self, index: usize, entry: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_disk.is_some() || guest.block.is_some() {
+        if guest.pending_disk.is_some() || guest.closed_disk.is_some() || guest.block.is_some() {
             let _ = writeln!(out, "dom0: block-attach: '{name}' has a disk already (block-detach it first)");
             return;
         }
@@ -1157,7 +1252,7 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: '{name}': disk 0 closing (waiting for the front end)");
             return;
         }
-        if guest.pending_disk.take().is_none() {
+        if guest.pending_disk.take().or(guest.closed_disk.take()).is_none() {
             let _ = writeln!(out, "dom0: block-detach: '{name}' has no disk");
             return;
         }
@@ -1178,14 +1273,7 @@ impl Toolstack {
             let Some(timed_out) = detach_ready(id, "vbd", since, timeout) else { continue };
             guest.disk_closing = None;
             if let Some(block) = guest.block.take() {
-                if let Some(disk) = self.disks.get_mut(block.disk) {
-                    let _ = disk.flush();
-                }
-                let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
-                unmap_slot(&mut self.window_slots, block.slot);
-                for (_, _, slot) in block.mapped {
-                    unmap_slot(&mut self.window_slots, slot);
-                }
+                release_block(&mut self.window_slots, &mut self.disks, block);
             }
             {
                 let mut store_tree = STORE.lock();
@@ -1202,7 +1290,11 @@ impl Toolstack {
     pub fn network_attach(&mut self, index: usize, settings: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_vif.is_some() || guest.net.is_some() || guest.broken_vif.is_some() {
+        if guest.pending_vif.is_some()
+            || guest.net.is_some()
+            || guest.broken_vif.is_some()
+            || guest.closed_vif.is_some()
+        {
             let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
             return;
         }
@@ -1233,10 +1325,12 @@ impl Toolstack {
     /// Whether `mac` is the NIC's or any guest's vif's.
     fn mac_in_use(&self, mac: [u8; 6]) -> bool {
         crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac)
-            || self
-                .guests
-                .iter()
-                .any(|g| g.pending_vif == Some(mac) || g.net.as_ref().is_some_and(|net| net.mac == mac))
+            || self.guests.iter().any(|g| {
+                g.pending_vif == Some(mac)
+                    || g.closed_vif == Some(mac)
+                    || g.broken_vif.is_some_and(|(_, _, broken)| broken == mac)
+                    || g.net.as_ref().is_some_and(|net| net.mac == mac)
+            })
     }
 
     /// `network-detach`: a connected vif is asked to close (state Closing)
@@ -1254,11 +1348,11 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: '{name}': vif 0 closing (waiting for the front end)");
             return;
         }
-        if guest.pending_vif.take().is_none() && guest.broken_vif.is_none() {
+        if guest.pending_vif.take().or(guest.closed_vif.take()).is_none() && guest.broken_vif.is_none() {
             let _ = writeln!(out, "dom0: network-detach: '{name}' has no vif");
             return;
         }
-        if let Some((slots, _)) = guest.broken_vif.take() {
+        if let Some((slots, _, _)) = guest.broken_vif.take() {
             for slot in slots {
                 unmap_slot(&mut self.window_slots, slot);
             }
@@ -1279,10 +1373,7 @@ impl Toolstack {
             let Some(timed_out) = detach_ready(id, "vif", since, timeout) else { continue };
             guest.vif_closing = None;
             if let Some(net) = guest.net.take() {
-                let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
-                for slot in net.slots {
-                    unmap_slot(&mut self.window_slots, slot);
-                }
+                release_net(&mut self.window_slots, net);
             }
             self.switch.remove_port(id as PortId);
             {
@@ -1292,6 +1383,55 @@ impl Toolstack {
             }
             let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
             let _ = writeln!(out, "\ndom0: '{}': vif 0 detached{how}", guest.config.name);
+        }
+    }
+
+    /// `follow_disk_fronts` for vifs: a connected (or broken) vif whose
+    /// front end left Connected is let go of (rings unmapped, port closed,
+    /// off the switch; directories kept) and answered Closed; a Closed vif
+    /// whose front end writes Initialising is offered again (InitWait).
+    pub fn follow_vif_fronts(&mut self, out: &mut Uart) {
+        for guest in self.guests.iter_mut() {
+            if guest.vif_closing.is_some() {
+                // `network-detach` is under way: `finish_vif_detaches` ends it.
+                continue;
+            }
+            let link = match (&guest.net, guest.broken_vif, guest.pending_vif, guest.closed_vif) {
+                (Some(_), _, _, _) => Link::Connected,
+                (None, Some(_), _, _) => Link::Broken,
+                (None, None, Some(_), _) => Link::Offered,
+                (None, None, None, Some(_)) => Link::Closed,
+                (None, None, None, None) => continue,
+            };
+            let id = guest.id;
+            let mut store_tree = STORE.lock();
+            match device_link::next_step(link, front_state(&store_tree, id, "vif")) {
+                Step::Stay | Step::Connect => {}
+                Step::Close => {
+                    if let Some(net) = guest.net.take() {
+                        guest.closed_vif = Some(net.mac);
+                        release_net(&mut self.window_slots, net);
+                        self.switch.remove_port(id as PortId);
+                    }
+                    if let Some((slots, _, mac)) = guest.broken_vif.take() {
+                        // Its port was closed and it left the switch when it broke.
+                        guest.closed_vif = Some(mac);
+                        for slot in slots {
+                            unmap_slot(&mut self.window_slots, slot);
+                        }
+                    }
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                    let _ = writeln!(out, "\ndom0: '{}': vif 0 closed by the front end", guest.config.name);
+                }
+                Step::Refuse => {
+                    guest.closed_vif = guest.pending_vif.take();
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                }
+                Step::Reoffer => {
+                    guest.pending_vif = guest.closed_vif.take();
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::InitWait);
+                }
+            }
         }
     }
 
@@ -1355,6 +1495,8 @@ impl Toolstack {
             let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
             write_backend_state(&mut store_tree, "vif", id, answer);
             if !connected {
+                // The front end may try again (Initialising).
+                guest.closed_vif = Some(mac);
                 if locked {
                     self.switch.remove_port(id as PortId);
                 }
@@ -1416,9 +1558,9 @@ impl Toolstack {
                 ports.switch.remove_port(guest.id as PortId);
                 // The ring pages stay mapped (and their slots taken) until
                 // the guest is destroyed.
-                let slots = net.slots;
+                let (slots, mac) = (net.slots, net.mac);
                 guest.net = None;
-                guest.broken_vif = Some((slots, reason));
+                guest.broken_vif = Some((slots, reason, mac));
             }
         }
         moved
@@ -1630,6 +1772,22 @@ impl Toolstack {
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
             let _ = writeln!(out, "  {:<20} console  {console}", guest.config.name);
+            let held = self.window_slots.held(guest.id);
+            let _ = writeln!(
+                out,
+                "  {:<20} window   {} ring pages, {} grant pages mapped",
+                guest.config.name, held.rings, held.grants
+            );
+            if let Some((disk, region)) = guest.closed_disk {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} disk     {}:{}+{}  closed by the front end (Initialising reconnects)",
+                    guest.config.name,
+                    self.disks.get(disk).map_or("?", |d| d.name()),
+                    region.start,
+                    region.sectors
+                );
+            }
             if let Some((disk, region)) = guest.pending_disk {
                 let _ = writeln!(
                     out,
@@ -1649,7 +1807,15 @@ impl Toolstack {
                     abi::net::format_mac(mac, &mut text)
                 );
             }
-            if let Some((_, reason)) = guest.broken_vif {
+            if let Some(mac) = guest.closed_vif {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} vif      {}  closed by the front end (Initialising reconnects)",
+                    guest.config.name,
+                    abi::net::format_mac(mac, &mut text)
+                );
+            }
+            if let Some((_, reason, _)) = guest.broken_vif {
                 let _ = writeln!(out, "  {:<20} vif      disconnected: {reason}", guest.config.name);
             }
             if let Some(net) = &guest.net {

@@ -71,6 +71,18 @@ struct Disk {
     broken: bool,
 }
 
+/// Why [`Guest::disk_close`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseError {
+    /// No disk is connected.
+    NotConnected,
+    /// The back end did not answer Closed within a second.
+    NoAnswer,
+    /// The back end said Closed but still maps a page (its grant could
+    /// not be revoked).
+    StillMapped,
+}
+
 /// The store client: the ring page, the event port, the next request id.
 struct StoreClient {
     ring: crate::console::StoreRingAccess,
@@ -227,6 +239,16 @@ const _: () = assert!(NET_PAGES_COUNT <= DISK_PAGES + 1, "a vif's grants fit the
 enum DeviceKind {
     Disk,
     Vif,
+}
+
+impl DeviceKind {
+    /// The device's directory name in the store (`device/<name>/0`).
+    fn store_name(self) -> &'static str {
+        match self {
+            DeviceKind::Disk => "vbd",
+            DeviceKind::Vif => "vif",
+        }
+    }
 }
 
 impl Guest {
@@ -490,6 +512,93 @@ impl Guest {
         let _ = self.store_write(&state, abi::store::DeviceState::Closed.as_value());
         self.release_grants(device);
         Some(DeviceChange::Disconnected)
+    }
+
+    /// The front end closes its own disk (`abi::store`): writes Closing,
+    /// waits (a second at most) for the back end's Closed, closes its port,
+    /// revokes its grants and writes Closed. Ok once every grant was
+    /// revoked (dom0 unmapped the ring and every transfer page). A page
+    /// dom0 still maps stays granted and listed; a later connection
+    /// retries revoking it.
+    pub fn disk_close(&mut self) -> Result<(), CloseError> {
+        let port = self.disk.take().ok_or(CloseError::NotConnected)?.port;
+        self.close_device(DeviceKind::Disk, port)
+    }
+
+    /// [`Guest::disk_close`] for the vif (both rings and every buffer page).
+    pub fn net_close(&mut self) -> Result<(), CloseError> {
+        let (_, port) = self.net.take().ok_or(CloseError::NotConnected)?;
+        self.close_device(DeviceKind::Vif, port)
+    }
+
+    fn close_device(&mut self, device: DeviceKind, port: u32) -> Result<(), CloseError> {
+        use abi::store::DeviceState;
+        let kind = device.store_name();
+        let mut state = arrayvec::ArrayString::<32>::new();
+        let _ = write!(state, "device/{kind}/0/state");
+        let _ = self.store_write(&state, DeviceState::Closing.as_value());
+        let closed = self.wait_backend_state(kind, DeviceState::Closed);
+        let _ = hypercall::event(EventOp::Close, port as u64, 0);
+        let released = self.release_grants(device);
+        let _ = self.store_write(&state, DeviceState::Closed.as_value());
+        match (closed, released) {
+            (false, _) => Err(CloseError::NoAnswer),
+            (true, false) => Err(CloseError::StillMapped),
+            (true, true) => Ok(()),
+        }
+    }
+
+    /// Reconnects a disk closed with [`Guest::disk_close`]: writes
+    /// Initialising, waits (a second at most) for the back end's InitWait,
+    /// then connects with a fresh ring and fresh grants. Whether it is
+    /// connected.
+    pub fn disk_reconnect(&mut self) -> bool {
+        if self.disk.is_none() && self.reoffer(DeviceKind::Disk) {
+            self.disk = self.connect_disk();
+        }
+        self.disk.is_some()
+    }
+
+    /// [`Guest::disk_reconnect`] for the vif.
+    pub fn net_reconnect(&mut self) -> bool {
+        if self.net.is_none() && self.reoffer(DeviceKind::Vif) {
+            self.net = self.connect_net();
+        }
+        self.net.is_some()
+    }
+
+    /// Writes `device`'s state Initialising and waits for the back end's InitWait.
+    fn reoffer(&mut self, device: DeviceKind) -> bool {
+        use abi::store::DeviceState;
+        let kind = device.store_name();
+        let mut state = arrayvec::ArrayString::<32>::new();
+        let _ = write!(state, "device/{kind}/0/state");
+        let _ = self.store_write(&state, DeviceState::Initialising.as_value());
+        self.wait_backend_state(kind, DeviceState::InitWait)
+    }
+
+    /// Waits (a second of guest time at most, 1 ms per look) until the back
+    /// end of device `<kind>/0` (`vbd`, `vif`) says `wanted`.
+    pub fn wait_backend_state(&mut self, kind: &str, wanted: abi::store::DeviceState) -> bool {
+        use abi::store::DeviceState;
+        let mut path = arrayvec::ArrayString::<64>::new();
+        let _ = write!(path, "device/{kind}/0/backend");
+        let mut text = [0u8; 96];
+        let Ok(length) = self.store_read(&path, &mut text) else { return false };
+        let mut state = arrayvec::ArrayString::<128>::new();
+        let _ = write!(state, "{}/{}", core::str::from_utf8(&text[..length]).unwrap_or(""), abi::store::keys::STATE);
+        let give_up = now() + self.ticks_per_second();
+        loop {
+            let length = self.store_read(&state, &mut text).unwrap_or(0);
+            if DeviceState::from_key(Some(&text[..length])) == wanted {
+                return true;
+            }
+            if now() > give_up {
+                return false;
+            }
+            let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
+            self.wait_for_event();
+        }
     }
 
     /// Waits until the back end's `state` node (absolute path `state_key`)

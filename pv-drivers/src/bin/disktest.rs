@@ -6,6 +6,11 @@
 //! dom0 [`FLOOD_PAGES`] distinct pages (twice a guest's share of dom0's
 //! foreign window) and names each in its own request, so dom0 would map
 //! them all if it let a guest keep as many pages mapped as it asked.
+//! `mode=reconnect` closes its own disk and connects it again (a fresh
+//! ring and fresh grants), checking data across the gap; `mode=flap` does
+//! that [`FLAP_ROUNDS`] times with I/O in each round. Both check that dom0
+//! let go of every page when it said Closed (every grant revokes), and end
+//! with the disk closed.
 //!
 //! Sector `s` holds: bytes 0..8 `s` (little-endian), bytes 8..16 `MICADISK`,
 //! then byte `i` = `(s * 7 + i) % 251`. The system tests read the disk image
@@ -42,6 +47,12 @@ extern "C" fn _start(start_info: u64) -> ! {
     }
     if start.cmdline().split_whitespace().any(|word| word == "mode=flood") {
         flood(&mut guest);
+    }
+    if start.cmdline().split_whitespace().any(|word| word == "mode=reconnect") {
+        reconnect(&mut guest, 1);
+    }
+    if start.cmdline().split_whitespace().any(|word| word == "mode=flap") {
+        reconnect(&mut guest, FLAP_ROUNDS);
     }
     // `wait`: a guest created without a disk waits for `block-attach`.
     if guest.disk_sectors() == 0 && start.cmdline().split_whitespace().any(|word| word == "wait") {
@@ -309,6 +320,108 @@ fn flood(guest: &mut Guest) -> ! {
         pages as u64 * sectors_per_page
     );
     idle(guest)
+}
+
+/// Close/reconnect rounds of `mode=flap`.
+const FLAP_ROUNDS: u64 = 50;
+
+/// Writes the pattern over `count` sectors from `first` and reads them back.
+fn write_and_check(guest: &mut Guest, first: u64, count: u64, buffer: &mut [u8; CHUNK]) -> Result<(), &'static str> {
+    let bytes = count as usize * SECTOR;
+    for (index, chunk) in buffer[..bytes].chunks_exact_mut(SECTOR).enumerate() {
+        fill(first + index as u64, chunk);
+    }
+    guest.disk_write(first, &buffer[..bytes]).map_err(|_| "write failed")?;
+    guest.disk_flush().map_err(|_| "flush failed")?;
+    check(guest, first, count, buffer)
+}
+
+/// Reads `count` sectors from `first` and checks the pattern.
+fn check(guest: &mut Guest, first: u64, count: u64, buffer: &mut [u8; CHUNK]) -> Result<(), &'static str> {
+    let bytes = count as usize * SECTOR;
+    buffer[..bytes].fill(0);
+    guest.disk_read(first, &mut buffer[..bytes]).map_err(|_| "read failed")?;
+    let mut expected = [0u8; SECTOR];
+    for (index, chunk) in buffer[..bytes].chunks_exact(SECTOR).enumerate() {
+        fill(first + index as u64, &mut expected);
+        if chunk != expected {
+            return Err("a sector differs");
+        }
+    }
+    Ok(())
+}
+
+/// `mode=reconnect` (`rounds` = 1) and `mode=flap`: in each round writes
+/// and checks a chunk of its own, closes the disk from the front end
+/// (dom0 must answer Closed with every page unmapped: each grant revokes)
+/// and connects again with a fresh ring and grants. Then reads back every
+/// round's chunk over the last connection, and closes the disk for good.
+fn reconnect(guest: &mut Guest, rounds: u64) -> ! {
+    let per_chunk = (CHUNK / SECTOR) as u64;
+    let chunks = guest.disk_sectors() / per_chunk;
+    if chunks == 0 {
+        let _ = writeln!(guest, "disktest: FAILED: reconnect: no disk");
+        idle(guest)
+    }
+    let mut buffer = [0u8; CHUNK];
+    let sector_of = |round: u64| (round % chunks) * per_chunk;
+    for round in 0..rounds {
+        if let Err(what) = write_and_check(guest, sector_of(round), per_chunk, &mut buffer) {
+            let _ = writeln!(guest, "disktest: FAILED: reconnect: round {round}: {what}");
+            idle(guest)
+        }
+        if let Err(error) = guest.disk_close() {
+            let _ = writeln!(guest, "disktest: FAILED: reconnect: round {round}: close: {error:?}");
+            idle(guest)
+        }
+        if rounds == 1 {
+            let _ = writeln!(guest, "disktest: reconnect: closed, dom0 let go of every page");
+            // An offer dom0 cannot use (a grant reference past the table):
+            // refused with Closed, after which a good one must still work.
+            if let Err(what) = bad_offer(guest) {
+                let _ = writeln!(guest, "disktest: FAILED: reconnect: bad offer: {what}");
+                idle(guest)
+            }
+            let _ = writeln!(guest, "disktest: reconnect: a bad offer was refused (Closed)");
+        }
+        if !guest.disk_reconnect() {
+            let _ = writeln!(guest, "disktest: FAILED: reconnect: round {round}: the back end did not reconnect");
+            idle(guest)
+        }
+    }
+    for round in 0..rounds.min(chunks) {
+        if let Err(what) = check(guest, sector_of(round), per_chunk, &mut buffer) {
+            let _ = writeln!(guest, "disktest: FAILED: reconnect: reading round {round} back: {what}");
+            idle(guest)
+        }
+    }
+    if let Err(error) = guest.disk_close() {
+        let _ = writeln!(guest, "disktest: FAILED: reconnect: last close: {error:?}");
+        idle(guest)
+    }
+    let _ = writeln!(guest, "disktest: reconnect: {rounds} rounds of close and reconnect: all match, disk closed");
+    idle(guest)
+}
+
+/// Offers dom0 a ring it cannot map (after Initialising and InitWait) and
+/// expects Closed; then says Closed itself.
+fn bad_offer(guest: &mut Guest) -> Result<(), &'static str> {
+    use abi::store::DeviceState;
+    guest.store_write("device/vbd/0/state", DeviceState::Initialising.as_value()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", DeviceState::InitWait) {
+        return Err("the back end did not go back to InitWait");
+    }
+    let past_the_table = abi::grant::ENTRIES as u64 + 7;
+    let mut number = arrayvec::ArrayString::<16>::new();
+    let _ = write!(number, "{past_the_table}");
+    guest.store_write("device/vbd/0/ring-ref", &number).map_err(|_| "store write")?;
+    guest.store_write("device/vbd/0/event-channel", "1").map_err(|_| "store write")?;
+    guest.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", DeviceState::Closed) {
+        return Err("the back end did not refuse it");
+    }
+    guest.store_write("device/vbd/0/state", DeviceState::Closed.as_value()).map_err(|_| "store write")?;
+    Ok(())
 }
 
 /// Waits for good, letting go of the disk when dom0 takes it away.

@@ -23,7 +23,9 @@
 //! Hostile modes (the hostile-guest suite): `mode=hostile` and
 //! `mode=hostile-rx` break the vif's rings; `mode=spoof victim=<mac>` and
 //! `mode=flood-macs` attack dom0's switch and count the frames for other
-//! guests it receives (see [`sniff`]).
+//! guests it receives (see [`sniff`]). `mode=reconnect rounds=<n>` closes
+//! its own vif and reconnects it n times (dom0 must let go of every page
+//! each time) before it carries on as usual.
 #![no_std]
 #![no_main]
 
@@ -138,6 +140,24 @@ extern "C" fn _start(start_info: u64) -> ! {
                 let _ = guest.net_hotplug();
             }
         }
+    }
+    // `mode=reconnect rounds=<n>`: the front end closes its vif and
+    // connects it again (fresh rings and buffers) n times, then pings
+    // over the last connection as usual.
+    if argument(cmdline, "mode") == Some("reconnect") {
+        let rounds: u32 = argument(cmdline, "rounds").and_then(|text| text.parse().ok()).unwrap_or(1);
+        for round in 0..rounds {
+            if let Err(error) = guest.net_close() {
+                let _ = writeln!(guest, "nettest: FAILED: reconnect: round {round}: close: {error:?}");
+                stop(guest)
+            }
+            if !guest.net_reconnect() {
+                let _ = writeln!(guest, "nettest: FAILED: reconnect: round {round}: the back end did not reconnect");
+                stop(guest)
+            }
+        }
+        let _ =
+            writeln!(guest, "nettest: reconnect: {rounds} rounds of close and reconnect, dom0 let go of every page");
     }
     let Some(mac) = guest.net_mac() else {
         let _ = writeln!(guest, "nettest: the vif has no MAC address in the store; stopping");
