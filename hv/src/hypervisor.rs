@@ -116,7 +116,7 @@ impl Hypervisor {
             hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
             tsc_khz: self.tsc_khz,
             boot_tsc: self.boot_tsc,
-            cpu_count: 1,
+            cpu_count: crate::arch::smp::running(),
             _reserved0: 0,
             hv_version,
         }

@@ -11,6 +11,8 @@ pub struct InfoReport {
     pub memory_total_kib: u64,
     pub memory_free_kib: u64,
     pub memory_hv_kib: u64,
+    /// The `<N>` of `cpus:         <N> running hv` (HvInfo.cpu_count).
+    pub cpus: u64,
     /// The `<N>` of `dom0 exits:   <N> total`.
     pub exits_total: u64,
     /// The `  <reason-name> <count>` lines after it, in order.
@@ -39,6 +41,10 @@ impl InfoReport {
             )
         })?;
 
+        let cpus_line = lines[find("cpus:")?];
+        let cpus = scan("cpus: {} running hv", cpus_line.trim_end())
+            .ok_or_else(|| format!("`info` line {cpus_line:?} is not like \"cpus:         <N> running hv\""))?[0];
+
         let exits_index = find("dom0 exits:")?;
         let exits_line = lines[exits_index];
         let exits_total = scan("dom0 exits: {} total", exits_line.trim_end())
@@ -63,6 +69,7 @@ impl InfoReport {
             memory_total_kib: memory[0],
             memory_free_kib: memory[1],
             memory_hv_kib: memory[2],
+            cpus,
             exits_total,
             exits_by_reason,
         })
@@ -355,6 +362,7 @@ mod tests {
     const INFO: &str = "info\n\
         vmx features: ept vpid unrestricted-guest preemption-timer\n\
         memory:       total 262144 KiB, free 250000 KiB, hv 2048 KiB\n\
+        cpus:         2 running hv\n\
         dom0 exits:   20 total\n\
         \x20 vmcall 18\n\
         \x20 cpuid 2\n\
@@ -368,6 +376,7 @@ mod tests {
         assert_eq!(info.vmx_features.len(), 4);
         assert_eq!((info.memory_total_kib, info.memory_free_kib, info.memory_hv_kib), (262144, 250000, 2048));
         assert_eq!(info.exits_total, 20);
+        assert_eq!(info.cpus, 2);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
         assert_eq!(info.exits("hlt"), 0);
