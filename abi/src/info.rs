@@ -60,7 +60,13 @@ pub struct HvInfo {
     pub tsc_khz: u64,
     /// TSC value when the hypervisor started.
     pub boot_tsc: u64,
-    /// Number of physical CPUs the hypervisor runs on.
+    /// Number of physical CPUs running the hypervisor, written by hv: the
+    /// boot CPU and every application processor hv started that reached
+    /// VMX root operation (1 to 64). The CPUs are those the ACPI MADT lists
+    /// as enabled or online-capable, at most `maxcpus=N` of them (hv's
+    /// command line). Since 0.7 this counts every such CPU, even those
+    /// that run no domain yet (which idle in VMX root); before it was
+    /// always 1. Constant after boot.
     pub cpu_count: u32,
     /// Reserved, zero.
     pub _reserved0: u32,
