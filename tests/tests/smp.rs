@@ -1,8 +1,8 @@
 //! System tests of hv on a machine with several CPUs (issue 9, first step:
 //! boot every CPU). hv starts each CPU the ACPI MADT lists with
 //! INIT-SIPI-SIPI; each reaches VMX root and halts there (domains still run
-//! on the boot CPU only). `info` counts the CPUs running hv, `dmesg` names
-//! each, and everything works as on one CPU. Each test boots its own Bochs.
+//! on the boot CPU only). `info` counts and lists the CPUs running hv,
+//! `dmesg` names each, and everything works as on one CPU. Each test boots its own Bochs.
 //!
 //! Not covered: `maxcpus=N` in a system test. The harness boots the one ISO
 //! run-qemu.sh builds, whose GRUB entry has a fixed hv command line, so no
@@ -27,6 +27,27 @@ fn every_cpu_runs_hv(cpus: u32) {
         fail_with(
             &mut machine,
             &format!("on a {cpus}-CPU machine `info` should count {cpus} CPUs running hv; it printed:\n{info}"),
+        );
+    }
+    // One line per CPU: the boot CPU runs dom0, the others idle in VMX root,
+    // each with its own APIC id.
+    let states: Vec<&str> = report.cpu_list.iter().map(|(_, _, state)| state.as_str()).collect();
+    let mut apic_ids: Vec<u64> = report.cpu_list.iter().map(|&(_, id, _)| id).collect();
+    apic_ids.sort();
+    apic_ids.dedup();
+    let indices: Vec<u64> = report.cpu_list.iter().map(|&(index, _, _)| index).collect();
+    if report.cpu_list.len() != cpus as usize
+        || indices != (0..u64::from(cpus)).collect::<Vec<_>>()
+        || states.first() != Some(&"running dom0")
+        || states.iter().skip(1).any(|&state| state != "vmx-root idle")
+        || apic_ids.len() != cpus as usize
+    {
+        fail_with(
+            &mut machine,
+            &format!(
+                "`info` should list {cpus} CPUs with distinct APIC ids: CPU 0 running dom0, the others \
+                 vmx-root idle; it printed:\n{info}"
+            ),
         );
     }
     let dmesg = command(&mut machine, "dmesg");

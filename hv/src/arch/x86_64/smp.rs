@@ -86,6 +86,23 @@ pub fn running() -> u32 {
         .count() as u32
 }
 
+/// Fills `out` with the CPUs running hv, in slot order (the boot CPU
+/// first), as the ABI describes them; the rest stays as it was (zero).
+pub fn describe(out: &mut [abi::info::CpuInfo]) {
+    use abi::info::cpu_state;
+    let running = CPUS.iter().filter_map(|cpu| {
+        let state = match cpu.state.load(Ordering::Acquire) {
+            state::RUNNING_DOMAINS => cpu_state::RUNNING_DOMAINS,
+            state::VMX_ROOT_IDLE => cpu_state::VMX_ROOT_IDLE,
+            _ => return None,
+        };
+        Some(abi::info::CpuInfo { apic_id: cpu.apic_id.load(Ordering::Relaxed), state })
+    });
+    for (entry, cpu) in out.iter_mut().zip(running) {
+        *entry = cpu;
+    }
+}
+
 /// Slots in use (the boot CPU and every AP started or tried).
 pub fn slots() -> usize {
     CPU_SLOTS.load(Ordering::Acquire) as usize
