@@ -3,7 +3,8 @@
 //!
 //! Start-up order: serial log, descriptor tables, boot information, VT-x
 //! check (stop with one clear line if anything is missing), frame
-//! allocator, local APIC, VMXON, dom0, run loop.
+//! allocator, local APIC, VMXON, the other CPUs (each into VMX root, where
+//! it halts: see arch::smp), dom0, run loop.
 #![no_std]
 #![no_main]
 
