@@ -60,18 +60,67 @@ pub struct HvInfo {
     pub tsc_khz: u64,
     /// TSC value when the hypervisor started.
     pub boot_tsc: u64,
-    /// Number of physical CPUs the hypervisor runs on.
+    /// Number of physical CPUs running the hypervisor, written by hv: the
+    /// boot CPU and every application processor hv started that reached
+    /// VMX root operation (1 to 64). The CPUs are those the ACPI MADT lists
+    /// as enabled or online-capable, at most `maxcpus=N` of them (hv's
+    /// command line). Since 0.7 this counts every such CPU, even those
+    /// that run no domain yet (which idle in VMX root); before it was
+    /// always 1. Constant after boot.
     pub cpu_count: u32,
     /// Reserved, zero.
     pub _reserved0: u32,
     /// Hypervisor version string, NUL-padded UTF-8 (for example `0.1.0`).
     pub hv_version: [u8; 16],
+    /// Since 0.7: the CPUs `cpu_count` counts (at most [`HV_INFO_CPUS`]),
+    /// in the order hv started them (the boot CPU first), written by hv;
+    /// entries past them are zero. A caller passing the 0.6 size (80 bytes) does not get them.
+    pub cpus: [CpuInfo; HV_INFO_CPUS],
 }
 
-/// The smallest size a caller may pass for [`HvInfo`] (ABI 0.1 layout).
-pub const HV_INFO_MIN_SIZE: u64 = size_of::<HvInfo>() as u64;
+/// How many CPUs [`HvInfo::cpus`] describes one by one.
+pub const HV_INFO_CPUS: usize = 16;
 
-const _: () = assert!(size_of::<HvInfo>() == 80);
+/// One physical CPU in [`HvInfo::cpus`] (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// The CPU's local APIC id (from the ACPI MADT; 0 in an unused entry).
+    pub apic_id: u32,
+    /// One of [`cpu_state`]; [`cpu_state::NONE`] in an unused entry.
+    pub state: u32,
+}
+
+/// Values of [`CpuInfo::state`].
+pub mod cpu_state {
+    /// No CPU in this entry.
+    pub const NONE: u32 = 0;
+    /// Runs dom0 and the other domains (today the boot CPU).
+    pub const RUNNING_DOMAINS: u32 = 1;
+    /// Started, in VMX root operation, halted: runs no domain yet.
+    pub const VMX_ROOT_IDLE: u32 = 2;
+
+    /// A short name for `state`, as dom0's `info` prints it.
+    pub fn name(state: u32) -> &'static str {
+        match state {
+            RUNNING_DOMAINS => "running dom0",
+            VMX_ROOT_IDLE => "vmx-root idle",
+            NONE => "none",
+            _ => "unknown",
+        }
+    }
+}
+
+const _: () = assert!(size_of::<CpuInfo>() == 8);
+const _: () = assert!(offset_of!(CpuInfo, apic_id) == 0);
+const _: () = assert!(offset_of!(CpuInfo, state) == 4);
+
+/// The smallest size a caller may pass for [`HvInfo`] (ABI 0.1 layout,
+/// up to `hv_version`).
+pub const HV_INFO_MIN_SIZE: u64 = 80;
+
+const _: () = assert!(size_of::<HvInfo>() == 208);
+const _: () = assert!(offset_of!(HvInfo, cpus) == 80);
 const _: () = assert!(offset_of!(HvInfo, abi_version) == 0);
 const _: () = assert!(offset_of!(HvInfo, domain_count) == 4);
 const _: () = assert!(offset_of!(HvInfo, features) == 8);

@@ -12,6 +12,10 @@ pub fn write_info(out: &mut impl Write, hv: &HvInfo, dom0: &DomainInfo, cpu_bran
     let (major, minor) = abi::version_parts(hv.abi_version);
     writeln!(out, "Mica hv {version}, ABI {major}.{minor}")?;
     writeln!(out, "cpu:          {}", if cpu_brand.is_empty() { "unknown" } else { cpu_brand })?;
+    writeln!(out, "cpus:         {} running hv", hv.cpu_count)?;
+    for (index, cpu) in hv.cpus.iter().enumerate().take(hv.cpu_count as usize) {
+        writeln!(out, "  cpu {index:<2} apic id {:<3} {}", cpu.apic_id, abi::info::cpu_state::name(cpu.state))?;
+    }
     write!(out, "vmx features:")?;
     for (bit, name) in feature::NAMES {
         if hv.features & bit != 0 {
@@ -102,6 +106,9 @@ mod tests {
         hv.total_pages = 1000;
         hv.free_pages = 500;
         hv.hv_pages = 10;
+        hv.cpu_count = 2;
+        hv.cpus[0] = abi::info::CpuInfo { apic_id: 0, state: abi::info::cpu_state::RUNNING_DOMAINS };
+        hv.cpus[1] = abi::info::CpuInfo { apic_id: 3, state: abi::info::cpu_state::VMX_ROOT_IDLE };
         hv.hv_version[..5].copy_from_slice(b"0.1.0");
         let mut dom0 = DomainInfo { exit_total: 7, current_pages: 256, ..DomainInfo::default() };
         dom0.exit_counts[18] = 5;
@@ -112,6 +119,12 @@ mod tests {
         let heading = format!("Mica hv 0.1.0, ABI {}.{}\n", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
         assert!(out.starts_with(&heading), "{out}");
         assert!(out.contains("vmx features: ept vpid\n"), "{out}");
+        assert!(
+            out.contains(
+                "cpus:         2 running hv\n  cpu 0  apic id 0   running dom0\n  cpu 1  apic id 3   vmx-root idle\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("memory:       total 4000 KiB, free 2000 KiB, hv 40 KiB\n"), "{out}");
         assert!(out.contains("dom0 exits:   7 total\n"), "{out}");
         assert!(out.contains("  vmcall               5\n"), "{out}");

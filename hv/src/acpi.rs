@@ -1,7 +1,7 @@
 //! Just enough ACPI (ACPI 6.x spec, chapter 5) for hv: from the RSDP the boot
 //! loader hands over, find the FADT's PM1a/PM1b control ports and the
 //! DSDT's `\_S5` sleep type (to power off), the FADT's reset register (to
-//! reboot), and the MADT's I/O APIC address.
+//! reboot), and the MADT's I/O APIC address, interrupt overrides and CPUs.
 //!
 //! Every table is read through a [`PhysicalReader`] and length- and
 //! checksum-checked before use; firmware tables are data, not trusted code.
@@ -29,6 +29,39 @@ pub struct AcpiInfo {
     /// How each ISA IRQ reaches the I/O APIC: the MADT's interrupt source
     /// overrides (ACPI 5.2.12.5), identity and ISA defaults elsewhere.
     pub isa_routes: [IsaRoute; 16],
+    /// The enabled (or online-capable) processors' local APIC ids, in MADT
+    /// order (the boot CPU is conventionally first, but hv does not rely on
+    /// it); at most [`MAX_CPUS`].
+    pub cpu_ids: [u32; MAX_CPUS],
+    /// How many of `cpu_ids` are valid.
+    pub cpu_count: usize,
+}
+
+impl AcpiInfo {
+    /// The CPUs' local APIC ids.
+    pub fn cpus(&self) -> &[u32] {
+        &self.cpu_ids[..self.cpu_count]
+    }
+}
+
+/// The most CPUs hv takes from the MADT.
+pub const MAX_CPUS: usize = 64;
+
+/// A processor entry of the MADT: type 0 (processor local APIC, 8 bytes:
+/// ACPI id, APIC id, flags) or type 9 (processor local x2APIC, 16 bytes:
+/// reserved, x2APIC id, flags, ACPI uid). Flags bit 0 is Enabled, bit 1
+/// Online Capable (ACPI 6.3: may be enabled later; hv starts it too, as
+/// the firmware left it startable). An 8-bit id of 0xff is a placeholder.
+fn processor(entry: &[u8]) -> Option<u32> {
+    let (id, flags) = match *entry.first()? {
+        0 if entry.len() >= 8 => (u32::from(*entry.get(3)?), u32_at(entry, 4)?),
+        9 if entry.len() >= 16 => (u32_at(entry, 4)?, u32_at(entry, 8)?),
+        _ => return None,
+    };
+    if flags & 3 == 0 || (entry[0] == 0 && id == 0xff) || id == u32::MAX {
+        return None;
+    }
+    Some(id)
 }
 
 /// Where ISA IRQ `n` arrives at the I/O APIC and how it signals.
@@ -58,6 +91,8 @@ impl Default for AcpiInfo {
             ioapic_address: None,
             reset: None,
             isa_routes: core::array::from_fn(|irq| IsaRoute::identity(irq as u8)),
+            cpu_ids: [0; MAX_CPUS],
+            cpu_count: 0,
         }
     }
 }
@@ -250,6 +285,13 @@ pub fn parse(rsdp: &[u8], reader: &impl PhysicalReader) -> Option<AcpiInfo> {
                     {
                         info.isa_routes[irq as usize] = route;
                     }
+                    if let Some(id) = processor(&bytes[at..at + length])
+                        && !info.cpus().contains(&id)
+                        && info.cpu_count < MAX_CPUS
+                    {
+                        info.cpu_ids[info.cpu_count] = id;
+                        info.cpu_count += 1;
+                    }
                     at += length;
                 }
             }
@@ -325,7 +367,13 @@ mod tests {
         fadt_body[64 - 36..68 - 36].copy_from_slice(&0xb004u32.to_le_bytes());
         let fadt = table(b"FACP", &fadt_body);
         let mut madt_body = vec![0u8; 8];
-        madt_body.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]); // a local APIC
+        madt_body.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]); // a local APIC, id 0
+        madt_body.extend_from_slice(&[0, 8, 1, 1, 0, 0, 0, 0]); // disabled, id 1
+        madt_body.extend_from_slice(&[0, 8, 2, 3, 2, 0, 0, 0]); // online capable, id 3
+        madt_body.extend_from_slice(&[0, 8, 3, 0xff, 1, 0, 0, 0]); // placeholder id
+        madt_body.extend_from_slice(&[9, 16, 0, 0, 0x00, 0x01, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0]); // x2APIC id 256
+        madt_body.extend_from_slice(&[9, 16, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0]); // x2APIC, id 3 again
+        madt_body.extend_from_slice(&[0, 6, 4, 7, 1, 0]); // truncated local APIC
         madt_body.extend_from_slice(&[1, 12, 1, 0]);
         madt_body.extend_from_slice(&0xfec0_0000u32.to_le_bytes());
         madt_body.extend_from_slice(&0u32.to_le_bytes());
@@ -357,10 +405,23 @@ mod tests {
         assert_eq!(info.isa_routes[0], IsaRoute { gsi: 2, active_low: false, level: false });
         assert_eq!(info.isa_routes[9], IsaRoute { gsi: 9, active_low: true, level: true });
         assert_eq!(info.isa_routes[4], IsaRoute::identity(4));
+        assert_eq!(info.cpus(), &[0, 3, 256], "enabled and online-capable CPUs, each once");
         // An override of a non-ISA bus, or of an IRQ past 15, is not an ISA route.
         assert_eq!(isa_override(&[2, 10, 1, 5, 5, 0, 0, 0, 0x0f, 0]), None);
         assert_eq!(isa_override(&[2, 10, 0, 16, 16, 0, 0, 0, 0x0f, 0]), None);
         assert_eq!(isa_override(&[2, 10, 0, 5]), None, "truncated");
+    }
+
+    #[test]
+    fn processors_are_enabled_local_apic_or_x2apic_entries() {
+        assert_eq!(processor(&[0, 8, 0, 5, 1, 0, 0, 0]), Some(5));
+        assert_eq!(processor(&[0, 8, 0, 5, 0, 0, 0, 0]), None, "disabled");
+        assert_eq!(processor(&[0, 8, 0, 5, 2, 0, 0, 0]), Some(5), "online capable");
+        assert_eq!(processor(&[0, 8, 0, 0xff, 1, 0, 0, 0]), None, "placeholder");
+        assert_eq!(processor(&[9, 16, 0, 0, 0x34, 0x12, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]), Some(0x1234));
+        assert_eq!(processor(&[9, 16, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(processor(&[9, 12, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]), None, "truncated x2APIC");
+        assert_eq!(processor(&[1, 12, 1, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0]), None, "an I/O APIC");
     }
 
     #[test]

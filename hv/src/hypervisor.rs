@@ -107,6 +107,8 @@ impl Hypervisor {
         let mut hv_version = [0u8; 16];
         let length = HV_VERSION.len().min(hv_version.len());
         hv_version[..length].copy_from_slice(&HV_VERSION.as_bytes()[..length]);
+        let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
+        crate::arch::smp::describe(&mut cpus);
         HvInfo {
             abi_version: abi::ABI_VERSION,
             domain_count: self.domains.len() as u32,
@@ -116,9 +118,10 @@ impl Hypervisor {
             hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
             tsc_khz: self.tsc_khz,
             boot_tsc: self.boot_tsc,
-            cpu_count: 1,
+            cpu_count: crate::arch::smp::running(),
             _reserved0: 0,
             hv_version,
+            cpus,
         }
     }
 

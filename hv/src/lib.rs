@@ -19,5 +19,6 @@ pub mod mmio;
 pub mod multiboot2;
 pub mod paging;
 pub mod scheduler;
+pub mod smp;
 #[cfg(test)]
 mod test_random;

@@ -3,7 +3,8 @@
 //!
 //! Start-up order: serial log, descriptor tables, boot information, VT-x
 //! check (stop with one clear line if anything is missing), frame
-//! allocator, local APIC, VMXON, dom0, run loop.
+//! allocator, local APIC, VMXON, the other CPUs (each into VMX root, where
+//! it halts: see arch::smp), dom0, run loop.
 #![no_std]
 #![no_main]
 
@@ -139,6 +140,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     if let Err(reason) = vmx::enable(&capabilities, vmxon_region) {
         stop(reason);
     }
+    start_application_processors(&boot, acpi.as_ref(), apic_id, &capabilities, tsc_khz, &reserved);
+
     let names: ArrayVec<&str, 8> = abi::info::feature::NAMES
         .iter()
         .filter(|(bit, _)| capabilities.features & bit != 0)
@@ -185,6 +188,41 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     // reason, as whole lines). Only fatal hv errors still go to COM1.
     log::set_console_level(None);
     hv.run()
+}
+
+/// Starts the MADT's other CPUs (at most `maxcpus=N` CPUs in all), each
+/// into VMX root where it halts; logs one line per CPU.
+fn start_application_processors(
+    boot: &multiboot2::BootInfo,
+    acpi: Option<&hvcore::acpi::AcpiInfo>,
+    apic_id: u32,
+    capabilities: &vmx::Capabilities,
+    tsc_khz: u64,
+    reserved: &[PhysRange],
+) {
+    use arch::smp;
+    smp::init_boot_cpu(apic_id, capabilities);
+    info!("CPU 0: APIC id {apic_id}, boot CPU");
+    let max_cpus = hvcore::smp::max_cpus(boot.cmdline);
+    let madt = acpi.map_or(&[][..], |acpi| acpi.cpus());
+    let mut aps = [0u32; hvcore::acpi::MAX_CPUS];
+    let count = hvcore::smp::application_processors(madt, apic_id, max_cpus, &mut aps);
+    let trampoline = PhysRange { start: smp::TRAMPOLINE, end: smp::TRAMPOLINE + abi::PAGE_SIZE };
+    if count > 0 && reserved.iter().any(|range| range.start < trampoline.end && trampoline.start < range.end) {
+        warning!("the AP trampoline page {:#x} holds boot data: only the boot CPU runs", smp::TRAMPOLINE);
+        return;
+    }
+    for &id in &aps[..count] {
+        match smp::start_ap(id, tsc_khz) {
+            Ok(index) => info!("CPU {index}: APIC id {id}, vmx-root idle"),
+            Err(reason) => warning!("CPU with APIC id {id} not started: {reason}"),
+        }
+    }
+    let running = smp::running();
+    match max_cpus {
+        Some(limit) => info!("{running} CPUs running ({} in the MADT, maxcpus={limit})", madt.len().max(1)),
+        None => info!("{running} CPUs running ({} in the MADT)", madt.len().max(1)),
+    }
 }
 
 #[panic_handler]

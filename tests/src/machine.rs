@@ -387,6 +387,8 @@ pub struct BochsOptions {
     /// The e1000's Bochs back end: `null` (frames go nowhere) or `vnet`
     /// (Bochs's built-in virtual host at 192.168.10.1: ARP, ICMP echo).
     pub network: &'static str,
+    /// CPUs of the emulated machine (Bochs `cpu: count=`).
+    pub cpus: u32,
 }
 
 impl Default for BochsOptions {
@@ -397,6 +399,7 @@ impl Default for BochsOptions {
             connect_timeout: seconds(30),
             disk_image: None,
             network: "null",
+            cpus: 1,
         }
     }
 }
@@ -474,7 +477,7 @@ impl Bochs {
                 path
             }
         };
-        let bochsrc = bochsrc(options.memory_mib, &disk, options.network, port);
+        let bochsrc = bochsrc(options.memory_mib, options.cpus, &disk, options.network, port);
         let write = |name: &str, text: &str| {
             fs::write(directory.join(name), text).map_err(|error| format!("cannot write {name}: {error}"))
         };
@@ -539,11 +542,12 @@ impl Bochs {
 }
 
 /// The bochsrc of a test run: `tests/bochsrc.template` (shared with
-/// run-qemu.sh) with the guest memory, the disk image, the e1000's network
+/// run-qemu.sh) with the guest memory, the CPU count, the disk image, the e1000's network
 /// back end and COM1 connected to the harness on `com1_port`.
-pub fn bochsrc(memory_mib: u32, disk: &Path, network: &str, com1_port: u16) -> String {
+pub fn bochsrc(memory_mib: u32, cpus: u32, disk: &Path, network: &str, com1_port: u16) -> String {
     include_str!("../bochsrc.template")
         .replace("@MEMORY@", &memory_mib.to_string())
+        .replace("@CPUS@", &cpus.to_string())
         .replace("@DISK@", &disk.display().to_string())
         .replace("@ETHMOD@", network)
         .replace("@COM1@", &format!("mode=socket-client, dev=127.0.0.1:{com1_port}"))

@@ -11,6 +11,11 @@ pub struct InfoReport {
     pub memory_total_kib: u64,
     pub memory_free_kib: u64,
     pub memory_hv_kib: u64,
+    /// The `<N>` of `cpus:         <N> running hv` (HvInfo.cpu_count).
+    pub cpus: u64,
+    /// The `  cpu <index> apic id <id> <state>` lines after it: (index,
+    /// APIC id, state).
+    pub cpu_list: Vec<(u64, u64, String)>,
     /// The `<N>` of `dom0 exits:   <N> total`.
     pub exits_total: u64,
     /// The `  <reason-name> <count>` lines after it, in order.
@@ -39,6 +44,24 @@ impl InfoReport {
             )
         })?;
 
+        let cpus_index = find("cpus:")?;
+        let cpus_line = lines[cpus_index];
+        let cpus = scan("cpus: {} running hv", cpus_line.trim_end())
+            .ok_or_else(|| format!("`info` line {cpus_line:?} is not like \"cpus:         <N> running hv\""))?[0];
+        let mut cpu_list = Vec::new();
+        for line in lines[cpus_index + 1..].iter().take_while(|line| line.starts_with("  cpu ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let parsed = match words.as_slice() {
+                ["cpu", index, "apic", "id", id, state @ ..] => {
+                    index.parse().ok().zip(id.parse().ok()).map(|(index, id)| (index, id, state.join(" ")))
+                }
+                _ => None,
+            };
+            cpu_list.push(
+                parsed.ok_or_else(|| format!("`info` line {line:?} is not like \"  cpu <N> apic id <N> <state>\""))?,
+            );
+        }
+
         let exits_index = find("dom0 exits:")?;
         let exits_line = lines[exits_index];
         let exits_total = scan("dom0 exits: {} total", exits_line.trim_end())
@@ -63,6 +86,8 @@ impl InfoReport {
             memory_total_kib: memory[0],
             memory_free_kib: memory[1],
             memory_hv_kib: memory[2],
+            cpus,
+            cpu_list,
             exits_total,
             exits_by_reason,
         })
@@ -355,6 +380,9 @@ mod tests {
     const INFO: &str = "info\n\
         vmx features: ept vpid unrestricted-guest preemption-timer\n\
         memory:       total 262144 KiB, free 250000 KiB, hv 2048 KiB\n\
+        cpus:         2 running hv\n\
+        \x20 cpu 0  apic id 0   running dom0\n\
+        \x20 cpu 1  apic id 1   vmx-root idle\n\
         dom0 exits:   20 total\n\
         \x20 vmcall 18\n\
         \x20 cpuid 2\n\
@@ -368,6 +396,8 @@ mod tests {
         assert_eq!(info.vmx_features.len(), 4);
         assert_eq!((info.memory_total_kib, info.memory_free_kib, info.memory_hv_kib), (262144, 250000, 2048));
         assert_eq!(info.exits_total, 20);
+        assert_eq!(info.cpus, 2);
+        assert_eq!(info.cpu_list, vec![(0, 0, "running dom0".to_string()), (1, 1, "vmx-root idle".to_string())]);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
         assert_eq!(info.exits("hlt"), 0);

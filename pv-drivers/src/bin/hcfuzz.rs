@@ -484,7 +484,7 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
             [buffer, HV_INFO_MIN_SIZE - 1, 0, 0, 0],
             Err(Error::BufferTooSmall),
         ),
-        ("hv info, u64::MAX bytes", H::HvInfo as u64, [buffer, u64::MAX, 0, 0, 0], ok(hv_info_size)),
+        ("hv info, u64::MAX bytes", H::HvInfo as u64, [buffer, u64::MAX, 0, 0, 0], ok(size_of::<HvInfo>() as i64)),
         (
             "hv info into the start-info page",
             H::HvInfo as u64,

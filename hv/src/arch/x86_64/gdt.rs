@@ -68,7 +68,45 @@ pub fn tss_base() -> u64 {
 
 /// Builds and loads the GDT and TSS. Boot CPU, once, before anything that may fault.
 pub fn init() {
-    let tss = tss_base();
+    // SAFETY: boot runs single-threaded with interrupts off; nothing else
+    // touches these statics yet, and they live forever.
+    unsafe {
+        load(
+            &raw mut GDT,
+            &raw mut TSS,
+            (&raw const DOUBLE_FAULT_STACK as u64) + IST_STACK_SIZE as u64,
+            (&raw const NMI_STACK as u64) + IST_STACK_SIZE as u64,
+        )
+    }
+}
+
+/// Bytes an application processor's GDT and TSS take (one frame holds them).
+pub const AP_TABLES_SIZE: u64 = (size_of::<Gdt>() + size_of::<TaskStateSegment>()) as u64;
+/// Bytes of each IST stack an application processor needs.
+pub const AP_IST_STACK_SIZE: u64 = IST_STACK_SIZE as u64;
+
+/// Builds and loads an application processor's own GDT and TSS in
+/// `tables` (a zeroed, hv-owned frame, 16-byte aligned), with IST stacks
+/// ending at `double_fault_top` and `nmi_top`. That AP, once.
+///
+/// # Safety
+/// `tables` must be an identity-mapped frame of at least
+/// [`AP_TABLES_SIZE`] bytes owned by this CPU forever; the stack tops must
+/// end hv-owned stacks of [`AP_IST_STACK_SIZE`] bytes, used by nothing else.
+pub unsafe fn init_ap(tables: u64, double_fault_top: u64, nmi_top: u64) {
+    // SAFETY: the caller's contract; the GDT is first in the frame and the
+    // TSS follows it (both types need at most 16-byte alignment).
+    unsafe {
+        load(tables as *mut Gdt, (tables + size_of::<Gdt>() as u64) as *mut TaskStateSegment, double_fault_top, nmi_top)
+    }
+}
+
+/// Fills a GDT (null, code, data, TSS) and its TSS and loads them.
+///
+/// # Safety
+/// Both pointers are valid, exclusively this CPU's, and live forever.
+unsafe fn load(gdt: *mut Gdt, tss_pointer: *mut TaskStateSegment, double_fault_top: u64, nmi_top: u64) {
+    let tss = tss_pointer as u64;
     let limit = (size_of::<TaskStateSegment>() - 1) as u64;
     // Available 64-bit TSS (type 9), present.
     let tss_low = (limit & 0xffff)
@@ -77,16 +115,13 @@ pub fn init() {
         | ((limit >> 16) & 0xf) << 48
         | ((tss >> 24) & 0xff) << 56;
     let tss_high = tss >> 32;
-    // SAFETY: boot runs single-threaded with interrupts off; nothing else
-    // touches these statics yet, and they live forever.
+    // SAFETY: the caller's contract: both are this CPU's own tables.
     unsafe {
-        let tss_pointer = &raw mut TSS;
-        (*tss_pointer).interrupt_stacks[DOUBLE_FAULT_IST as usize - 1] =
-            (&raw const DOUBLE_FAULT_STACK as u64) + IST_STACK_SIZE as u64;
-        (*tss_pointer).interrupt_stacks[NMI_IST as usize - 1] = (&raw const NMI_STACK as u64) + IST_STACK_SIZE as u64;
-        let gdt = &raw mut GDT;
+        (*tss_pointer).io_map_base = size_of::<TaskStateSegment>() as u16;
+        (*tss_pointer).interrupt_stacks[DOUBLE_FAULT_IST as usize - 1] = double_fault_top;
+        (*tss_pointer).interrupt_stacks[NMI_IST as usize - 1] = nmi_top;
         (*gdt).0 = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_low, tss_high];
-        let pointer = DescriptorPointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt_base() };
+        let pointer = DescriptorPointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt as u64 };
         asm!(
             "lgdt [{pointer}]",
             "push {code}",

@@ -301,6 +301,16 @@ pub fn init() {
     }
 }
 
+/// Loads the IDT the boot CPU built on an application processor: the
+/// gates are the same on every CPU (each CPU's TSS gives its own IST
+/// stacks). After [`init`] on the boot CPU.
+pub fn load_on_ap() {
+    let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
+    // SAFETY: the IDT was filled by `init` before any AP started and is
+    // never written again.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(nostack)) };
+}
+
 const EXCEPTION_NAMES: [&str; 32] = [
     "#DE divide error",
     "#DB debug",

@@ -67,6 +67,48 @@ pub fn init() -> (u32, u32) {
     (read(ID) >> 24, read(VERSION) & 0xff)
 }
 
+/// Enables an application processor's local APIC like the boot CPU's
+/// (LVT masked, software-enabled; the 8259s are masked already). The
+/// registers are at the same address on every CPU. Returns its APIC id.
+pub fn init_ap() -> u32 {
+    write(TASK_PRIORITY, 0);
+    write(LVT_TIMER, MASKED);
+    write(LVT_LINT0, MASKED);
+    write(LVT_LINT1, MASKED);
+    write(LVT_ERROR, MASKED);
+    write(SPURIOUS_VECTOR_REGISTER, SOFTWARE_ENABLE | SPURIOUS_VECTOR as u32);
+    read(ID) >> 24
+}
+
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+/// ICR delivery status (bit 12): the previous IPI is not yet sent.
+const ICR_PENDING: u32 = 1 << 12;
+/// ICR: INIT (101b), level assert, edge.
+pub const ICR_INIT: u32 = 0b101 << 8 | 1 << 14;
+/// ICR: Start-up (110b) with the page number of the real-mode entry.
+pub const ICR_STARTUP: u32 = 0b110 << 8 | 1 << 14;
+
+/// Sends an interprocessor interrupt (`command`: the ICR's low word) to the
+/// CPU with xAPIC id `apic_id` and waits (at most `timeout_tsc` ticks) until
+/// the APIC has sent it (SDM Vol. 3A 12.6.1). Returns false on timeout or
+/// if the APIC is off.
+pub fn send_ipi(apic_id: u32, command: u32, timeout_tsc: u64) -> bool {
+    if base() == 0 || apic_id > 0xff {
+        return false;
+    }
+    write(ICR_HIGH, apic_id << 24);
+    write(ICR_LOW, command);
+    let deadline = super::cpu::rdtsc().saturating_add(timeout_tsc);
+    while read(ICR_LOW) & ICR_PENDING != 0 {
+        if super::cpu::rdtsc() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
 /// Physical address of the local APIC's registers (from IA32_APIC_BASE), 0
 /// when the APIC is disabled.
 pub fn base() -> u64 {

@@ -53,6 +53,41 @@ pub fn guard_boot_stack() -> u64 {
     guard
 }
 
+/// Unmaps the 4 KiB page at `page` (below 4 GiB, in a 2 MiB page of the
+/// boot page directories) from hv's identity map, so that touching it
+/// faults: the guard page under an application processor's stack. The
+/// 2 MiB page holding it is split into a page table (a frame from
+/// `allocate_table`, which hv gives up for good) unless it already was.
+/// Boot CPU, before the APs it guards start. Returns false (and maps
+/// nothing differently) if the page is above 4 GiB or no table frame came.
+pub fn unmap_guard_page(page: u64, allocate_table: impl FnOnce() -> Option<u64>) -> bool {
+    if page >= 4 << 30 || !page.is_multiple_of(4096) {
+        return false;
+    }
+    let index = (page >> 21) as usize;
+    // SAFETY: boot CPU, no AP running yet; the directory entry is replaced
+    // by a table with the same mappings (same cache bits: PCD/PWT are bits
+    // 3-4 in both) but for the guard page, and the TLB is flushed.
+    unsafe {
+        let directory = &raw mut boot_pd;
+        let entry = (*directory)[index];
+        let table_address = if entry & 0x80 != 0 {
+            let Some(table) = allocate_table() else { return false };
+            let region = entry & !((2 << 20) - 1) & 0x000f_ffff_ffff_ffff;
+            for slot in 0..512u64 {
+                write_u64(table + slot * 8, (region + slot * 4096) | (entry & 0x1f));
+            }
+            (*directory)[index] = table | 0x3;
+            table
+        } else {
+            entry & 0x000f_ffff_ffff_f000
+        };
+        write_u64(table_address + ((page >> 12) & 511) * 8, 0);
+        core::arch::asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack));
+    }
+    true
+}
+
 /// Identity-maps physical memory up to `top` (at most 512 GiB, one PDPT)
 /// with 1 GiB pages, write-back, when the CPU supports them (CPUID
 /// 8000_0001h:EDX bit 26, SDM Vol. 3A 5.5.4); otherwise hv keeps to the

@@ -9,5 +9,6 @@ pub mod lapic;
 pub mod memory;
 pub mod platform;
 pub mod serial;
+pub mod smp;
 pub mod tsc;
 pub mod vmx;

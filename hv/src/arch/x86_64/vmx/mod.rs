@@ -237,6 +237,18 @@ pub struct Capabilities {
     cr4_fixed1: u64,
 }
 
+/// Whether another CPU's VMX capabilities are the boot CPU's (so that
+/// the controls hv computed once hold on it): revision, controls, EPT/VPID,
+/// features, XCR0 and the CR0/CR4 fixed bits.
+pub fn same_capabilities(a: &Capabilities, b: &Capabilities) -> bool {
+    (a.revision, a.pin, a.primary, a.secondary, a.exit, a.entry, a.ept_vpid, a.preemption_timer_rate)
+        == (b.revision, b.pin, b.primary, b.secondary, b.exit, b.entry, b.ept_vpid, b.preemption_timer_rate)
+        && (a.features, a.timer_saved_on_exit, a.xcr0_supported)
+            == (b.features, b.timer_saved_on_exit, b.xcr0_supported)
+        && (a.cr0_fixed0, a.cr0_fixed1, a.cr4_fixed0, a.cr4_fixed1)
+            == (b.cr0_fixed0, b.cr0_fixed1, b.cr4_fixed0, b.cr4_fixed1)
+}
+
 impl Capabilities {
     /// Nothing: the value before `probe` ran.
     pub const NONE: Capabilities = Capabilities {

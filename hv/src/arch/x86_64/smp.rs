@@ -1,0 +1,327 @@
+//! Starting the application processors (SDM Vol. 3A 10.4, "Multiple-
+//! Processor (MP) Initialization"; 12.6 for the ICR).
+//!
+//! The boot CPU copies a real-mode trampoline to [`TRAMPOLINE`] (a page of
+//! the first MiB, which the frame allocator never hands out), then sends
+//! each AP INIT, and a Start-up IPI naming that page (a second one if the
+//! AP did not answer the first). The trampoline goes 16 -> 32 -> 64-bit
+//! with hv's own page tables (the boot CPU's CR3) and jumps to
+//! [`ap_entry`] on the AP's own stack. APs start one at a time: the
+//! trampoline's parameter block is shared.
+//!
+//! Each AP gets its own stack (with an unmapped guard page below it), GDT
+//! and TSS with its own IST stacks, the shared IDT, its local APIC set up
+//! like the boot CPU's, a VMXON region (after the same VMX capability
+//! checks), and its [`PerCpu`] slot. It then halts with interrupts enabled
+//! (waking only for an interrupt, of which none is sent to it yet) and
+//! runs nothing else: scheduling domains on APs is a later step.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::vmx::Capabilities;
+use super::{cpu, gdt, idt, lapic, vmx};
+use hvcore::acpi::MAX_CPUS;
+
+/// Physical address of the trampoline: page 8 of conventional memory,
+/// below the EBDA, above the BIOS data area; SIPI vector 0x08.
+pub const TRAMPOLINE: u64 = 0x8000;
+
+const _: () = assert!(gdt::AP_TABLES_SIZE <= 4096);
+
+/// Bytes of each AP's stack (above its guard page).
+const STACK_SIZE: u64 = 64 * 1024;
+
+/// What a CPU is doing, as `info` shows it.
+pub mod state {
+    /// No CPU in this slot (or not started: `maxcpus`, no ACPI).
+    pub const ABSENT: u32 = 0;
+    /// INIT-SIPI-SIPI sent, the AP has not reached hv's Rust code yet.
+    pub const STARTING: u32 = 1;
+    /// Set up, in VMX root operation, halted: runs no domain yet.
+    pub const VMX_ROOT_IDLE: u32 = 2;
+    /// Runs dom0 and the domains (the boot CPU).
+    pub const RUNNING_DOMAINS: u32 = 3;
+    /// Started but failed a check (its VMX capabilities differ from the
+    /// boot CPU's, VMXON failed, APIC id mismatch): halted for good.
+    pub const FAILED: u32 = 4;
+}
+
+/// One CPU's data. Slot 0 is the boot CPU; APs follow in start order.
+pub struct PerCpu {
+    /// Local APIC id.
+    pub apic_id: AtomicU32,
+    /// One of [`state`].
+    pub state: AtomicU32,
+    /// The IST stacks' tops and the GDT/TSS frame, set by the boot CPU
+    /// before the AP starts.
+    double_fault_top: AtomicU64,
+    nmi_top: AtomicU64,
+    tables: AtomicU64,
+    vmxon_region: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: PerCpu = PerCpu {
+    apic_id: AtomicU32::new(0),
+    state: AtomicU32::new(state::ABSENT),
+    double_fault_top: AtomicU64::new(0),
+    nmi_top: AtomicU64::new(0),
+    tables: AtomicU64::new(0),
+    vmxon_region: AtomicU64::new(0),
+};
+
+/// Every CPU hv knows, by CPU index.
+pub static CPUS: [PerCpu; MAX_CPUS] = [EMPTY; MAX_CPUS];
+
+/// The boot CPU's VMX capabilities, which every AP must match.
+static BOOT_CAPABILITIES: spin::Once<Capabilities> = spin::Once::new();
+
+/// CPUs in slots 0..this are in [`CPUS`] (started or tried).
+static CPU_SLOTS: AtomicU32 = AtomicU32::new(1);
+
+/// CPUs running hv: the boot CPU and every AP that reached VMX root.
+pub fn running() -> u32 {
+    CPUS.iter()
+        .filter(|cpu| matches!(cpu.state.load(Ordering::Acquire), state::VMX_ROOT_IDLE | state::RUNNING_DOMAINS))
+        .count() as u32
+}
+
+/// Fills `out` with the CPUs running hv, in slot order (the boot CPU
+/// first), as the ABI describes them; the rest stays as it was (zero).
+pub fn describe(out: &mut [abi::info::CpuInfo]) {
+    use abi::info::cpu_state;
+    let running = CPUS.iter().filter_map(|cpu| {
+        let state = match cpu.state.load(Ordering::Acquire) {
+            state::RUNNING_DOMAINS => cpu_state::RUNNING_DOMAINS,
+            state::VMX_ROOT_IDLE => cpu_state::VMX_ROOT_IDLE,
+            _ => return None,
+        };
+        Some(abi::info::CpuInfo { apic_id: cpu.apic_id.load(Ordering::Relaxed), state })
+    });
+    for (entry, cpu) in out.iter_mut().zip(running) {
+        *entry = cpu;
+    }
+}
+
+/// Slots in use (the boot CPU and every AP started or tried).
+pub fn slots() -> usize {
+    CPU_SLOTS.load(Ordering::Acquire) as usize
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .rodata.ap_trampoline, "a"
+    .balign 16
+    .global ap_trampoline_start
+ap_trampoline_start:
+    .code16
+    cli
+    cld
+    movw %cs, %ax
+    movw %ax, %ds
+    lgdtl ap_gdt_pointer - ap_trampoline_start
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $0x18, ${base} + ap_protected - ap_trampoline_start
+
+    .code32
+ap_protected:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl ${base}, %ebx
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl ap_trampoline_cr3 - ap_trampoline_start(%ebx), %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x900, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80010001, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, ${base} + ap_long - ap_trampoline_start
+
+    .code64
+ap_long:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    xorw %ax, %ax
+    movw %ax, %fs
+    movw %ax, %gs
+    movl ${base}, %ebx
+    movq ap_trampoline_stack - ap_trampoline_start(%rbx), %rsp
+    movq ap_trampoline_argument - ap_trampoline_start(%rbx), %rdi
+    movq ap_trampoline_entry - ap_trampoline_start(%rbx), %rax
+    pushq $0
+    jmpq *%rax
+
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff
+    .quad 0x00cf93000000ffff
+    .quad 0x00cf9b000000ffff
+ap_gdt_pointer:
+    .short 31
+    .long {base} + ap_gdt - ap_trampoline_start
+    .balign 8
+    .global ap_trampoline_cr3
+ap_trampoline_cr3:
+    .quad 0
+    .global ap_trampoline_stack
+ap_trampoline_stack:
+    .quad 0
+    .global ap_trampoline_entry
+ap_trampoline_entry:
+    .quad 0
+    .global ap_trampoline_argument
+ap_trampoline_argument:
+    .quad 0
+    .global ap_trampoline_end
+ap_trampoline_end:
+    .section .text
+"#,
+    base = const TRAMPOLINE,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+    static ap_trampoline_cr3: u8;
+    static ap_trampoline_stack: u8;
+    static ap_trampoline_entry: u8;
+    static ap_trampoline_argument: u8;
+}
+
+/// Where a parameter of the trampoline is in its copy at [`TRAMPOLINE`].
+fn parameter(symbol: *const u8) -> u64 {
+    TRAMPOLINE + (symbol as u64 - &raw const ap_trampoline_start as u64)
+}
+
+/// Records the boot CPU in slot 0.
+pub fn init_boot_cpu(apic_id: u32, capabilities: &Capabilities) {
+    BOOT_CAPABILITIES.call_once(|| *capabilities);
+    CPUS[0].apic_id.store(apic_id, Ordering::Relaxed);
+    CPUS[0].state.store(state::RUNNING_DOMAINS, Ordering::Release);
+}
+
+/// Why an AP did not come up.
+pub type StartError = &'static str;
+
+/// Starts the AP with APIC id `apic_id` in the next free slot and waits
+/// until it is idle in VMX root or failed. Boot CPU only, before dom0
+/// runs; `tsc_khz` times the waits. Returns the AP's CPU index.
+pub fn start_ap(apic_id: u32, tsc_khz: u64) -> Result<usize, StartError> {
+    let index = slots();
+    if index >= MAX_CPUS {
+        return Err("no per-CPU slot left");
+    }
+    if apic_id > 0xff {
+        return Err("x2APIC id above 255: hv drives the local APIC in xAPIC mode");
+    }
+    let size = &raw const ap_trampoline_end as u64 - &raw const ap_trampoline_start as u64;
+    // SAFETY: the trampoline is bytes of hv's read-only image.
+    let code = unsafe { core::slice::from_raw_parts(&raw const ap_trampoline_start, size as usize) };
+    // Stack: a guard page, then STACK_SIZE; IST stacks; GDT+TSS; VMXON.
+    let stack_frames = 1 + STACK_SIZE / 4096;
+    let stack = crate::memory::allocate_contiguous(stack_frames, 4096).ok_or("out of memory for its stack")?;
+    if !super::memory::unmap_guard_page(stack, crate::memory::allocate_frame) {
+        return Err("cannot unmap its stack's guard page");
+    }
+    let ist = crate::memory::allocate_contiguous(2 * gdt::AP_IST_STACK_SIZE / 4096, 4096)
+        .ok_or("out of memory for its IST stacks")?;
+    let tables = crate::memory::allocate_frame().ok_or("out of memory for its GDT")?;
+    let vmxon = crate::memory::allocate_frame().ok_or("out of memory for its VMXON region")?;
+    let cpu = &CPUS[index];
+    cpu.apic_id.store(apic_id, Ordering::Relaxed);
+    cpu.double_fault_top.store(ist + gdt::AP_IST_STACK_SIZE, Ordering::Relaxed);
+    cpu.nmi_top.store(ist + 2 * gdt::AP_IST_STACK_SIZE, Ordering::Relaxed);
+    cpu.tables.store(tables, Ordering::Relaxed);
+    cpu.vmxon_region.store(vmxon, Ordering::Relaxed);
+    cpu.state.store(state::STARTING, Ordering::Release);
+    CPU_SLOTS.store(index as u32 + 1, Ordering::Release);
+
+    super::memory::copy_to(TRAMPOLINE, code);
+    super::memory::write_u64(parameter(&raw const ap_trampoline_cr3), cpu::read_cr3());
+    super::memory::write_u64(parameter(&raw const ap_trampoline_stack), stack + stack_frames * 4096);
+    super::memory::write_u64(parameter(&raw const ap_trampoline_entry), ap_entry as *const () as u64);
+    super::memory::write_u64(parameter(&raw const ap_trampoline_argument), index as u64);
+
+    let ticks = |microseconds: u64| tsc_khz.max(1).saturating_mul(microseconds) / 1000;
+    let wait = |microseconds: u64| {
+        let deadline = cpu::rdtsc().saturating_add(ticks(microseconds));
+        while cpu::rdtsc() < deadline && cpu.state.load(Ordering::Acquire) == state::STARTING {
+            core::hint::spin_loop();
+        }
+    };
+    let vector = (TRAMPOLINE >> 12) as u32;
+    if !lapic::send_ipi(apic_id, lapic::ICR_INIT, ticks(10_000)) {
+        cpu.state.store(state::FAILED, Ordering::Release);
+        return Err("the INIT IPI was not sent");
+    }
+    let deadline = cpu::rdtsc().saturating_add(ticks(10_000));
+    while cpu::rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+    for _ in 0..2 {
+        if cpu.state.load(Ordering::Acquire) != state::STARTING {
+            break;
+        }
+        lapic::send_ipi(apic_id, lapic::ICR_STARTUP | vector, ticks(10_000));
+        wait(200);
+    }
+    // Up to a second for the AP to set itself up.
+    wait(1_000_000);
+    match cpu.state.load(Ordering::Acquire) {
+        state::VMX_ROOT_IDLE => Ok(index),
+        state::STARTING => {
+            // It may still run later: leave its slot (and frames) to it.
+            Err("no answer to INIT-SIPI-SIPI")
+        }
+        _ => Err("it failed its checks (VMX capabilities or VMXON)"),
+    }
+}
+
+/// Rust entry of an AP, on its own stack, from the trampoline, with
+/// interrupts off. Never returns.
+extern "C" fn ap_entry(index: u64) -> ! {
+    let Some(cpu) = CPUS.get(index as usize) else { cpu::halt_forever() };
+    // SAFETY: the boot CPU gave this AP these frames and stacks for good
+    // (start_ap) and nothing else uses them.
+    unsafe {
+        gdt::init_ap(
+            cpu.tables.load(Ordering::Relaxed),
+            cpu.double_fault_top.load(Ordering::Relaxed),
+            cpu.nmi_top.load(Ordering::Relaxed),
+        );
+    }
+    idt::load_on_ap();
+    let apic_id = lapic::init_ap();
+    let ready = apic_id == cpu.apic_id.load(Ordering::Relaxed)
+        && BOOT_CAPABILITIES.get().is_some_and(|boot| match vmx::probe() {
+            Ok(mine) => vmx::same_capabilities(boot, &mine),
+            Err(_) => false,
+        })
+        && BOOT_CAPABILITIES
+            .get()
+            .is_some_and(|boot| vmx::enable(boot, cpu.vmxon_region.load(Ordering::Relaxed)).is_ok());
+    if !ready {
+        cpu.state.store(state::FAILED, Ordering::Release);
+        cpu::halt_forever();
+    }
+    cpu.state.store(state::VMX_ROOT_IDLE, Ordering::Release);
+    loop {
+        // SAFETY: interrupts are enabled only across HLT, so the CPU sleeps
+        // until one arrives (none is routed to APs yet; a later IPI will
+        // wake it); its handler returns here. STI's shadow covers HLT.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+}
