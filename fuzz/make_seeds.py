@@ -2,7 +2,7 @@
 """Writes the seed inputs of every fuzz target into fuzz/seeds/<target>/:
 small valid inputs (a disk request, a vif request, a ring script, store
 messages, the guests' configs, tar archives, a tiny ELF, boot information,
-ACPI tables) that the fuzzers start from. `cargo fuzz run <target>
+ACPI tables, switch scripts) that the fuzzers start from. `cargo fuzz run <target>
 fuzz/corpus/<target> fuzz/seeds/<target>` merges what they reach into the
 corpus; the seeds themselves are not replayed (the corpus is)."""
 import io, os, struct, sys, tarfile
@@ -231,4 +231,20 @@ tags = [(1, b"console=com1\0"), (2, b"GRUB 2.12\0"), (3, struct.pack("<II", 0x20
 info = boot_info(tags)
 seed("multiboot2", "grub", info + bytes(acpi_at - len(info)) + bytes(tail))
 seed("multiboot2", "minimal", boot_info([(6, mmap)]))
+# ---- switch: steps [op][a][b]; op % 8: 0 lock vif a to MAC b, 1 remove port a,
+# 2/3/4 a 60-byte/14-byte/runt frame from port a to MAC b from MAC op >> 3,
+# 5 time moves a ticks on, 6 from port a's own MAC to MAC b, 7 to vif b's MAC.
+def step(kind, a, b, source=0):
+    return bytes([source << 3 | kind, a, b])
+
+
+vifs = step(0, 1, 1) + step(0, 2, 2) + step(0, 3, 3)
+seed("switch", "dom0", vifs + step(6, 1, 0xff) + step(7, 2, 0) + step(7, 0, 2, source=20) + step(6, 3, 20)
+     + step(2, 0, 1, source=21) + step(5, 10, 0) + step(7, 1, 2) + step(1, 2, 0) + step(6, 1, 2) + step(0, 2, 2))
+seed("switch", "spoof", vifs + step(2, 3, 2, source=1) + step(2, 0, 2, source=1) + step(2, 3, 0xff, source=30)
+     + step(3, 2, 1, source=9) + step(4, 1, 0x21, source=1) + step(6, 2, 1))
+seed("switch", "flood", vifs + b"".join(step(2, port, 0xff, source=n) for n in range(4, 24) for port in (0, 4))
+     + step(7, 0, 1) + step(5, 8, 0) + step(2, 4, 5, source=25) + step(5, 1, 1) + step(7, 4, 3, source=26))
+seed("switch", "full", b"".join(step(2, port, 0xff, source=port * 4 + n) for port in (0, 4) for n in range(4))
+     + step(0, 1, 2) + step(1, 4, 0) + step(0, 1, 2) + step(0, 2, 2) + step(0, 3, 0x82) + step(0, 3, 0xff))
 print("seeds written to", out)

@@ -184,23 +184,28 @@ impl<const ENTRIES: usize> Switch<ENTRIES> {
     }
 
     fn learn(&mut self, mac: Mac, port: PortId, now: u64) {
-        if let Some(entry) = self.table.iter_mut().find(|entry| entry.mac == mac) {
-            // Only learned entries get here (static ones were refused): a
-            // station that moved is now behind the new port.
-            entry.port = port;
-            entry.seen = now;
-            return;
+        // Only learned entries match here (static ones were refused).
+        if let Some(index) = self.table.iter().position(|entry| entry.mac == mac) {
+            if self.table[index].port == port {
+                self.table[index].seen = now;
+                return;
+            }
+            // A station that moved is learned afresh behind its new port,
+            // within that port's bound.
+            self.table.remove(index);
         }
         let entry = Entry { mac, port, fixed: false, seen: now };
-        // A stale entry of any port is free for the taking ...
+        let own = self.table.iter().filter(|old| !old.fixed && old.port == port).count();
+        // A port below its bound may take a stale entry of any port ...
         let max_age = self.max_age;
-        if let Some(stale) = self.table.iter_mut().find(|old| !old.fixed && now.saturating_sub(old.seen) > max_age) {
+        if own < self.learn_limit
+            && let Some(stale) = self.table.iter_mut().find(|old| !old.fixed && now.saturating_sub(old.seen) > max_age)
+        {
             *stale = entry;
             return;
         }
         // ... and otherwise a port at its bound, or finding the table full,
         // replaces its own stalest entry, never another port's.
-        let own = self.table.iter().filter(|old| !old.fixed && old.port == port).count();
         if own >= self.learn_limit || self.table.is_full() {
             let stalest = self.table.iter_mut().filter(|old| !old.fixed && old.port == port).min_by_key(|old| old.seen);
             if let Some(stalest) = stalest {
@@ -366,5 +371,22 @@ mod tests {
         }
         assert_eq!(full.lookup(&C, 200), Some(6));
         assert_eq!(full.lookup(&A, 200), Some(1));
+    }
+
+    /// Found by the `switch` fuzz target: a port at its bound still grew by
+    /// taking another port's stale entry, or a station moving to it.
+    #[test]
+    fn a_port_at_its_bound_gains_no_entry_from_other_ports() {
+        let own = |switch: &Switch<16>, port, now| switch.entries(now).filter(|&(_, at, _)| at == port).count();
+        let mut switch = Switch::<16>::new(10, 2);
+        switch.forward(6, &frame(BROADCAST, A), 0);
+        switch.forward(5, &frame(BROADCAST, fake(1)), 5);
+        switch.forward(5, &frame(BROADCAST, fake(2)), 5);
+        switch.forward(5, &frame(BROADCAST, fake(3)), 11);
+        assert_eq!(own(&switch, 5, 11), 2, "port 6's stale entry is not port 5's to take");
+        switch.forward(6, &frame(BROADCAST, B), 12);
+        switch.forward(5, &frame(BROADCAST, B), 12);
+        assert_eq!(own(&switch, 5, 12), 2, "a station moving to port 5 counts against its bound");
+        assert_eq!(switch.lookup(&B, 12), Some(5));
     }
 }

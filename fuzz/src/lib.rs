@@ -1,7 +1,7 @@
 //! Fuzz target bodies for every parser of untrusted input in Mica: block and
 //! net ring requests and the ring indices themselves, store messages, guest
-//! configs, the boot ramdisk's tar, ELF kernels, multiboot2 boot information
-//! and ACPI tables.
+//! configs, the boot ramdisk's tar, ELF kernels, multiboot2 boot information,
+//! ACPI tables, and the frames dom0's switch forwards.
 //!
 //! Each target takes arbitrary bytes, hands them to the real parser, and
 //! checks the invariants its callers rely on where they are cheap to check
@@ -17,12 +17,14 @@ mod config;
 mod image;
 mod ring;
 mod store;
+mod switch;
 
 pub use boot::{acpi, multiboot2};
 pub use config::config;
 pub use image::{elf, tar};
 pub use ring::{block_request, net_request, ring};
 pub use store::store;
+pub use switch::switch;
 
 /// A fuzz target: takes any bytes, panics only on a finding.
 pub type Target = fn(&[u8]);
@@ -39,4 +41,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("elf", elf),
     ("multiboot2", multiboot2),
     ("acpi", acpi),
+    ("switch", switch),
 ];

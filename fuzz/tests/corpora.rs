@@ -62,7 +62,7 @@ macro_rules! replay_tests {
     };
 }
 
-replay_tests!(block_request, net_request, ring, store, config, tar, elf, multiboot2, acpi);
+replay_tests!(block_request, net_request, ring, store, config, tar, elf, multiboot2, acpi, switch);
 
 /// Every corpus directory belongs to a target (none left behind by a rename).
 #[test]
