@@ -58,18 +58,13 @@ pub fn init() -> (u32, u32) {
         return (0, 0);
     }
     BASE.store(apic_base & 0x000f_ffff_ffff_f000, Ordering::Relaxed);
-    write(TASK_PRIORITY, 0);
-    write(LVT_TIMER, MASKED);
-    write(LVT_LINT0, MASKED);
-    write(LVT_LINT1, MASKED);
-    write(LVT_ERROR, MASKED);
-    write(SPURIOUS_VECTOR_REGISTER, SOFTWARE_ENABLE | SPURIOUS_VECTOR as u32);
-    (read(ID) >> 24, read(VERSION) & 0xff)
+    (init_ap(), read(VERSION) & 0xff)
 }
 
-/// Enables an application processor's local APIC like the boot CPU's
-/// (LVT masked, software-enabled; the 8259s are masked already). The
-/// registers are at the same address on every CPU. Returns its APIC id.
+/// Sets up this CPU's local APIC (task priority 0, every LVT entry masked,
+/// software-enabled; the 8259s are masked already): the boot CPU's through
+/// [`init`], each application processor's directly (the registers are at
+/// the same address on every CPU). Returns its APIC id.
 pub fn init_ap() -> u32 {
     write(TASK_PRIORITY, 0);
     write(LVT_TIMER, MASKED);
