@@ -95,15 +95,17 @@ pub struct CpuInfo {
 pub mod cpu_state {
     /// No CPU in this entry.
     pub const NONE: u32 = 0;
-    /// Runs dom0 and the other domains (today the boot CPU).
+    /// Runs domains: takes them from hv's run queue (every CPU once hv
+    /// has started dom0).
     pub const RUNNING_DOMAINS: u32 = 1;
-    /// Started, in VMX root operation, halted: runs no domain yet.
+    /// Started, in VMX root operation, waiting for hv to start running
+    /// domains (only during boot).
     pub const VMX_ROOT_IDLE: u32 = 2;
 
     /// A short name for `state`, as dom0's `info` prints it.
     pub fn name(state: u32) -> &'static str {
         match state {
-            RUNNING_DOMAINS => "running dom0",
+            RUNNING_DOMAINS => "running domains",
             VMX_ROOT_IDLE => "vmx-root idle",
             NONE => "none",
             _ => "unknown",

@@ -436,7 +436,7 @@ impl Shell {
             }
         };
         let mut brand = [0u8; 48];
-        let _ = report::write_info(&mut self.console, &hv, &dom0, cpu_brand(&mut brand));
+        let _ = report::write_info(&mut self.console, &hv, &dom0, cpu_brand(&mut brand), rdtsc());
     }
 
     fn self_test(&mut self) {

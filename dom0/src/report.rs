@@ -5,13 +5,17 @@ use core::fmt::{self, Write};
 
 use abi::info::{DomainInfo, HvInfo, exit_reason_name, feature};
 
-/// Writes the `info` report.
-pub fn write_info(out: &mut impl Write, hv: &HvInfo, dom0: &DomainInfo, cpu_brand: &str) -> fmt::Result {
+/// Writes the `info` report; `now_tsc` is the TSC when hv answered (for
+/// the uptime since hv started).
+pub fn write_info(out: &mut impl Write, hv: &HvInfo, dom0: &DomainInfo, cpu_brand: &str, now_tsc: u64) -> fmt::Result {
     let version_length = hv.hv_version.iter().position(|&b| b == 0).unwrap_or(hv.hv_version.len());
     let version = core::str::from_utf8(&hv.hv_version[..version_length]).unwrap_or("?");
     let (major, minor) = abi::version_parts(hv.abi_version);
     writeln!(out, "Mica hv {version}, ABI {major}.{minor}")?;
     writeln!(out, "cpu:          {}", if cpu_brand.is_empty() { "unknown" } else { cpu_brand })?;
+    // Tenths of a second since hv started (the TSC counts on every CPU).
+    let tenths = now_tsc.saturating_sub(hv.boot_tsc) / (hv.tsc_khz.max(1) * 100);
+    writeln!(out, "uptime:       {}.{} s", tenths / 10, tenths % 10)?;
     writeln!(out, "cpus:         {} running hv", hv.cpu_count)?;
     for (index, cpu) in hv.cpus.iter().enumerate().take(hv.cpu_count as usize) {
         writeln!(out, "  cpu {index:<2} apic id {:<3} {}", cpu.apic_id, abi::info::cpu_state::name(cpu.state))?;
@@ -107,26 +111,29 @@ mod tests {
         hv.free_pages = 500;
         hv.hv_pages = 10;
         hv.cpu_count = 2;
+        hv.tsc_khz = 2_000_000;
+        hv.boot_tsc = 777;
         hv.cpus[0] = abi::info::CpuInfo { apic_id: 0, state: abi::info::cpu_state::RUNNING_DOMAINS };
-        hv.cpus[1] = abi::info::CpuInfo { apic_id: 3, state: abi::info::cpu_state::VMX_ROOT_IDLE };
+        hv.cpus[1] = abi::info::CpuInfo { apic_id: 3, state: abi::info::cpu_state::RUNNING_DOMAINS };
         hv.hv_version[..5].copy_from_slice(b"0.1.0");
         let mut dom0 = DomainInfo { exit_total: 7, current_pages: 256, ..DomainInfo::default() };
         dom0.exit_counts[18] = 5;
         dom0.exit_counts[10] = 2;
         dom0.exit_counts[77] = 1;
         let mut out = String::new();
-        write_info(&mut out, &hv, &dom0, "Test CPU").unwrap();
+        write_info(&mut out, &hv, &dom0, "Test CPU", hv.boot_tsc + 123 * hv.tsc_khz * 100).unwrap();
         let heading = format!("Mica hv 0.1.0, ABI {}.{}\n", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
         assert!(out.starts_with(&heading), "{out}");
         assert!(out.contains("vmx features: ept vpid\n"), "{out}");
         assert!(
             out.contains(
-                "cpus:         2 running hv\n  cpu 0  apic id 0   running dom0\n  cpu 1  apic id 3   vmx-root idle\n"
+                "cpus:         2 running hv\n  cpu 0  apic id 0   running domains\n  cpu 1  apic id 3   running domains\n"
             ),
             "{out}"
         );
         assert!(out.contains("memory:       total 4000 KiB, free 2000 KiB, hv 40 KiB\n"), "{out}");
         assert!(out.contains("dom0 exits:   7 total\n"), "{out}");
+        assert!(out.contains("uptime:       12.3 s\n"), "{out}");
         assert!(out.contains("  vmcall               5\n"), "{out}");
         assert!(out.contains("  cpuid                2\n"), "{out}");
         assert!(out.contains("  reason-77"), "{out}");

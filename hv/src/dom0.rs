@@ -26,6 +26,7 @@ use hvcore::elf::{ElfImage, PF_X};
 use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
 
 use crate::arch::memory as physical;
+use crate::arch::memory::FrameBox;
 use crate::arch::serial::COM1_PORTS;
 use crate::arch::vmx::{self, Capabilities, Vcpu, VcpuConfig};
 use crate::domain::{Domain, bytes_of};
@@ -343,7 +344,7 @@ pub fn build(
         entry,
         start_info.ramdisk_size
     );
-    domain.vcpu = Some(vcpu);
+    domain.vcpu = Some(FrameBox::new(vcpu, memory::allocate_frame).map_err(|_| "out of memory for the vCPU")?);
     domain.io_bitmaps = [io_bitmap_a, io_bitmap_b];
     domain.current_pages = pages;
     domain.max_pages = pages;

@@ -8,6 +8,7 @@ use arrayvec::ArrayVec;
 use hvcore::paging::{Access, Ept, PageTable};
 
 use crate::arch::memory as physical;
+use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Capabilities, Vcpu};
 use crate::memory::{self, HvTables};
 
@@ -36,8 +37,10 @@ pub struct Domain {
     /// Pages of RAM the domain owns now and at most.
     pub current_pages: u64,
     pub max_pages: u64,
-    /// The vCPU, once its initial state is set.
-    pub vcpu: Option<Vcpu>,
+    /// The vCPU, once its initial state is set. While a CPU runs it, that
+    /// CPU holds it (taken out of here whenever it releases hv's lock), so
+    /// no other CPU can reach it: see `running`.
+    pub vcpu: Option<FrameBox<Vcpu>>,
     /// Paused by dom0.
     pub paused: bool,
     /// Waiting for an event or its timer.
@@ -82,6 +85,16 @@ pub struct Domain {
     /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
     /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
     pub crash_record: CrashRecord,
+    /// CPU index the vCPU runs on now or last ran on, u32::MAX = never ran.
+    pub last_cpu: u32,
+    /// A CPU has the vCPU checked out and is running it (its `vcpu` is
+    /// then None whenever that CPU does not hold hv's lock).
+    pub running: bool,
+    /// CPUs the vCPU may run on, bit i = CPU index i.
+    pub affinity: u64,
+    /// Its current hypercall must run again (with `reschedule` set): it
+    /// needs another domain stopped first, which another CPU is doing.
+    pub restart_call: bool,
 }
 
 /// What hv knows about the exit that ends a crashing domain, for its
@@ -126,6 +139,10 @@ impl Domain {
             refusals_logged: 0,
             log_budget: hvcore::log_ring::LineBudget::new(),
             crash_record: CrashRecord::NONE,
+            last_cpu: u32::MAX,
+            running: false,
+            affinity: u64::MAX,
+            restart_call: false,
         })
     }
 
@@ -142,7 +159,25 @@ impl Domain {
 
     /// Whether the scheduler may run it.
     pub fn runnable(&self) -> bool {
-        self.vcpu.is_some() && !self.paused && !self.blocked && self.ended.is_none()
+        self.has_vcpu() && !self.paused && !self.blocked && self.ended.is_none()
+    }
+
+    /// Whether its vCPU exists (set up by `SetVcpuContext`), wherever it is.
+    pub fn has_vcpu(&self) -> bool {
+        self.vcpu.is_some() || self.running
+    }
+
+    /// Makes sure a change to this domain's state (an event, a wake-up, a
+    /// pause) is seen: a CPU running it elsewhere is kicked out of the guest
+    /// to look at its flags; a domain now runnable wakes an idle CPU.
+    pub fn notify(&self) {
+        if self.running {
+            if self.last_cpu as usize != crate::arch::smp::this_cpu() {
+                crate::arch::smp::kick(self.last_cpu as usize);
+            }
+        } else if self.runnable() {
+            crate::arch::smp::wake_idle_cpu();
+        }
     }
 
     /// Counts one VM exit by its basic reason.
@@ -270,7 +305,9 @@ impl Domain {
     /// Foreign mappings of its pages must already be gone.
     pub fn tear_down(mut self, capabilities: &Capabilities) {
         if let Some(vcpu) = self.vcpu.take() {
+            let (vcpu, frame) = vcpu.into_inner();
             memory::free_frame(vcpu.release(capabilities));
+            memory::free_frame(frame);
         }
         for (guest_physical, pages) in core::mem::take(&mut self.populated) {
             self.release_range(guest_physical, pages);

@@ -9,6 +9,7 @@ use abi::{DomainId, Error};
 use hvcore::foreign::{ForeignWindow, Mapping};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
+use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
 use crate::domain::{Domain, read_struct};
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
@@ -35,22 +36,27 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         DomCtlOp::Create | DomCtlOp::UnmapForeign => unreachable_operation(),
         DomCtlOp::Destroy => {
             guest_only()?;
-            destroy(hv, target);
+            if stopped_elsewhere(hv, caller, target) {
+                destroy(hv, target);
+            }
             Ok(0)
         }
         DomCtlOp::Pause => {
             guest_only()?;
-            hv.domains[target].paused = true;
-            hv.domains[target].reschedule = true;
+            let domain = &mut hv.domains[target];
+            domain.paused = true;
+            domain.reschedule = true;
+            domain.notify();
             Ok(0)
         }
         DomCtlOp::Unpause => {
             guest_only()?;
             let domain = &mut hv.domains[target];
-            if domain.vcpu.is_none() {
+            if !domain.has_vcpu() {
                 return Err(Error::Busy);
             }
             domain.paused = false;
+            domain.notify();
             Ok(0)
         }
         DomCtlOp::PopulateMemory => {
@@ -113,11 +119,34 @@ fn create(hv: &mut Hypervisor, max_pages: u64) -> Result<u64, Error> {
         domain.tear_down(&hv.capabilities);
         return Err(Error::Busy);
     }
-    hv.domains.push(domain);
+    if let Err(domain) = hv.domains.insert(domain) {
+        let _ = hv.scheduler.remove(id);
+        domain.tear_down(&hv.capabilities);
+        return Err(Error::Busy);
+    }
     hv.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
     crate::info!("d{id} created (at most {} KiB)", max_pages * 4);
     const _: () = assert!(MAX_DOMAINS < 32767);
     Ok(id as u64)
+}
+
+/// Whether domain `target` is off every CPU, so it can be taken apart. If
+/// another CPU runs it, that CPU is told to stop it (paused, kicked) and
+/// the caller's hypercall is restarted (`Domain::restart_call`): it runs
+/// again once the caller is next entered, by which time the kicked CPU has
+/// let go of it (a kick takes it out of the guest at once).
+fn stopped_elsewhere(hv: &mut Hypervisor, caller: usize, target: usize) -> bool {
+    let domain = &mut hv.domains[target];
+    if !domain.running {
+        return true;
+    }
+    domain.paused = true;
+    domain.reschedule = true;
+    domain.notify();
+    let caller = &mut hv.domains[caller];
+    caller.restart_call = true;
+    caller.reschedule = true;
+    false
 }
 
 /// Removes domain `target` and returns everything it had.
@@ -137,14 +166,10 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
     crate::events::end_channels(hv, target);
-    // 3. Its registers in the CPU are dropped with it, so a later domain that
-    //    reuses its id does not inherit them.
-    if hv.state_owner == Some(id) {
-        hv.state_owner = None;
-    }
-    // 4. The scheduler forgets it; its frames, tables and VMCS are freed.
+    // 3. The scheduler forgets it; its frames, tables and VMCS are freed
+    //    (no CPU holds its registers: each saves them when it lets go).
     let _ = hv.scheduler.remove(id);
-    let domain = hv.domains.remove(target);
+    let Some(domain) = hv.domains.remove(target) else { return };
     let pages = domain.current_pages;
     domain.tear_down(&hv.capabilities);
     crate::info!("d{id} destroyed, {} KiB returned", pages * 4);
@@ -176,7 +201,7 @@ fn copy_to_guest(
 
 fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_address: u64) -> Result<u64, Error> {
     let context: VcpuContext = read_struct(&hv.domains[caller], context_address)?;
-    if hv.domains[target].vcpu.is_some() {
+    if hv.domains[target].has_vcpu() {
         return Err(Error::Busy);
     }
     let canonical = |address: u64| address < (1 << 47);
@@ -206,10 +231,16 @@ fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_a
         rdi: context.rdi,
     };
     match Vcpu::new(&hv.capabilities, &config) {
-        Ok(vcpu) => {
-            hv.domains[target].vcpu = Some(vcpu);
-            Ok(0)
-        }
+        Ok(vcpu) => match FrameBox::new(vcpu, memory::allocate_frame) {
+            Ok(vcpu) => {
+                hv.domains[target].vcpu = Some(vcpu);
+                Ok(0)
+            }
+            Err(vcpu) => {
+                memory::free_frame(vcpu.release(&hv.capabilities));
+                Err(Error::OutOfMemory)
+            }
+        },
         Err(reason) => {
             memory::free_frame(vmcs_region);
             crate::error!("d{}: creating its vCPU failed: {reason}", hv.domains[target].id);

@@ -18,7 +18,7 @@ const MASK_OFFSET: u64 = 8 * BITMAP_WORDS as u64;
 const UPCALL_PENDING_OFFSET: u64 = 16 * BITMAP_WORDS as u64;
 
 /// Port tables of all domains, by id, for the pure binding logic.
-pub struct Tables<'a>(pub &'a mut [Domain]);
+pub struct Tables<'a>(pub &'a mut crate::hypervisor::DomainTable);
 
 impl TableAccess for Tables<'_> {
     fn table(&mut self, id: abi::DomainId) -> Option<&mut ports::PortTable> {
@@ -37,6 +37,7 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     if page == 0 {
         // No page registered: the domain polls; a wake-up is all we can give.
         domain.blocked = false;
+        domain.notify();
         return;
     }
     let word = (port / 64) as u64 * 8;
@@ -45,9 +46,14 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     if was_pending || masked {
         return;
     }
-    domain.blocked = false;
-    if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
+    let woke = core::mem::replace(&mut domain.blocked, false);
+    let upcall = physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0;
+    if upcall {
         domain.upcall_due = true;
+    }
+    // Only a change needs telling (no IPI per event of a burst).
+    if woke || upcall {
+        domain.notify();
     }
 }
 

@@ -2,14 +2,26 @@
 //! scheduler, enter it, handle its VM exits until its slice ends, repeat.
 //! Nothing a domain does can stop this loop; a domain that misbehaves is
 //! marked crashed and no longer entered.
+//!
+//! Every CPU runs the loop ([`run`]) on the one state, [`HYPERVISOR`],
+//! behind a fair (ticket) lock that is held while hv works and never
+//! across a VM entry: a CPU takes the lock after each exit, handles it and
+//! lets go before entering the guest again. A domain has one vCPU, so at
+//! most one CPU runs a domain; while it does, `Domain::running` is set and
+//! the vCPU is out of the domain whenever that CPU lets go of the lock, so
+//! no other CPU can touch it: they set flags (`upcall_due`, `reschedule`,
+//! `paused`) and kick the CPU that runs it ([`Domain::notify`]), which
+//! looks at the flags after its next exit. Domains stay in their slot of
+//! [`DomainTable`] from creation to destruction (stable handles), so a
+//! CPU's slot number stays valid while it runs the domain.
 
 use abi::DomainId;
 use abi::info::HvInfo;
-use arrayvec::ArrayVec;
 use hvcore::scheduler::Scheduler;
+use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 use crate::arch::vmx::{Capabilities, Exit, Vcpu};
-use crate::arch::{cpu, lapic};
+use crate::arch::{cpu, lapic, smp};
 use crate::domain::{CrashDetails, Domain};
 use abi::info::CrashReason;
 
@@ -42,10 +54,104 @@ fn unreachable_hypercall() -> bool {
     true
 }
 
-/// Everything hv knows, owned by the run loop of the boot CPU.
+/// The domains, each in a slot that stays its own from creation until it
+/// is destroyed: a slot number is a stable handle (the `index` the rest of
+/// hv passes around), unlike a position in a list that shifts.
+pub struct DomainTable {
+    slots: [Option<Domain>; MAX_DOMAINS],
+    count: usize,
+}
+
+impl DomainTable {
+    /// No domains.
+    pub const fn new() -> DomainTable {
+        DomainTable { slots: [const { None }; MAX_DOMAINS], count: 0 }
+    }
+
+    /// How many domains there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether every slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.count == MAX_DOMAINS
+    }
+
+    /// Puts `domain` in the first free slot and returns it (or gives the
+    /// domain back when the table is full, for the caller to tear down).
+    #[allow(clippy::result_large_err)]
+    pub fn insert(&mut self, domain: Domain) -> Result<usize, Domain> {
+        let Some(slot) = self.slots.iter().position(Option::is_none) else { return Err(domain) };
+        self.slots[slot] = Some(domain);
+        self.count += 1;
+        Ok(slot)
+    }
+
+    /// Takes the domain out of `slot`.
+    pub fn remove(&mut self, slot: usize) -> Option<Domain> {
+        let domain = self.slots.get_mut(slot)?.take()?;
+        self.count -= 1;
+        Some(domain)
+    }
+
+    /// The domain in `slot`, if any.
+    pub fn get(&self, slot: usize) -> Option<&Domain> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    /// The domain in `slot`, if any.
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Domain> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// Every domain, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Domain> {
+        self.slots.iter().flatten()
+    }
+
+    /// Every domain, in slot order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The slot of domain `id`.
+    pub fn slot_of(&self, id: DomainId) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.as_ref().is_some_and(|d| d.id == id))
+    }
+}
+
+impl core::ops::Index<usize> for DomainTable {
+    type Output = Domain;
+    /// The domain in `slot`; hv only indexes with slots it got from
+    /// [`DomainTable::slot_of`], `insert` or its own run, which hold one.
+    fn index(&self, slot: usize) -> &Domain {
+        match self.get(slot) {
+            Some(domain) => domain,
+            None => empty_slot(slot),
+        }
+    }
+}
+
+impl core::ops::IndexMut<usize> for DomainTable {
+    fn index_mut(&mut self, slot: usize) -> &mut Domain {
+        match self.get_mut(slot) {
+            Some(domain) => domain,
+            None => empty_slot(slot),
+        }
+    }
+}
+
+/// An index into an empty slot: an hv bug, never a domain's doing.
+#[cold]
+fn empty_slot(slot: usize) -> ! {
+    panic!("hv bug: domain slot {slot} is empty")
+}
+
+/// Everything hv knows, shared by the run loops of every CPU.
 pub struct Hypervisor {
     pub capabilities: Capabilities,
-    pub domains: ArrayVec<Domain, MAX_DOMAINS>,
+    pub domains: DomainTable,
     pub scheduler: Scheduler<MAX_DOMAINS>,
     pub boot_tsc: u64,
     /// TSC frequency, 0 if unknown.
@@ -55,9 +161,6 @@ pub struct Hypervisor {
     pub reserved_pages: u64,
     /// The id the next created domain gets (ids are not reused soon).
     pub next_domain_id: DomainId,
-    /// The domain whose x87/SSE state, CR2, KERNEL_GS_BASE, XCR0 and debug
-    /// registers are in the CPU's registers.
-    pub state_owner: Option<DomainId>,
     /// I/O bitmap page shared by every guest: all ports exit.
     pub guest_io_bitmap: u64,
     /// MSR bitmap page shared by every guest.
@@ -70,17 +173,17 @@ pub struct Hypervisor {
     pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
 }
 
-/// The hypervisor's state. It is far too large for a stack (every domain's
-/// port table and statistics), so it lives here, built in place.
-pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
+/// hv's state. It is far too large for a stack (every domain's port table
+/// and statistics), so it lives here, built in place. The lock is fair, so
+/// every CPU gets its turn after an exit however busy the others are.
+pub static HYPERVISOR: TicketMutex<Hypervisor> = TicketMutex::new(Hypervisor {
     capabilities: Capabilities::NONE,
-    domains: ArrayVec::new_const(),
+    domains: DomainTable::new(),
     scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
     boot_tsc: 0,
     tsc_khz: 0,
     reserved_pages: 0,
     next_domain_id: 1,
-    state_owner: None,
     guest_io_bitmap: 0,
     guest_msr_bitmap: 0,
     device_policy: hvcore::mmio::DevicePolicy::new(),
@@ -88,17 +191,20 @@ pub static HYPERVISOR: spin::Mutex<Hypervisor> = spin::Mutex::new(Hypervisor {
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
 
+/// hv's state, locked.
+type Locked = TicketMutexGuard<'static, Hypervisor>;
+
 impl Hypervisor {
     /// Adds dom0, the first domain.
     pub fn add_dom0(&mut self, dom0: Domain) {
         // The table is empty: neither can fail.
         let _ = self.scheduler.add(dom0.id, dom0.weight);
-        let _ = self.domains.try_push(dom0);
+        let _ = self.domains.insert(dom0);
     }
 
-    /// The index of domain `id` in `domains`.
+    /// The slot of domain `id` in `domains`.
     pub fn index_of(&self, id: DomainId) -> Option<usize> {
-        self.domains.iter().position(|d| d.id == id)
+        self.domains.slot_of(id)
     }
 
     /// The `HvInfo` answer.
@@ -136,15 +242,17 @@ impl Hypervisor {
     /// Returns the earliest deadline still pending.
     fn fire_timers(&mut self, now: u64) -> Option<u64> {
         let mut earliest: Option<u64> = None;
-        for index in 0..self.domains.len() {
-            let deadline = self.domains[index].timer_deadline;
+        for index in 0..MAX_DOMAINS {
+            let Some(domain) = self.domains.get_mut(index) else { continue };
+            let deadline = domain.timer_deadline;
             if deadline == 0 {
                 continue;
             }
             if deadline <= now {
-                self.domains[index].timer_deadline = 0;
+                domain.timer_deadline = 0;
                 crate::events::raise_virq(self, index, abi::event::Virq::Timer);
                 self.domains[index].blocked = false;
+                self.domains[index].notify();
             } else {
                 earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
             }
@@ -152,116 +260,12 @@ impl Hypervisor {
         earliest
     }
 
-    /// Runs domains forever.
-    pub fn run(&mut self) -> ! {
-        loop {
-            crate::events::deliver_device_interrupts(self);
-            let now = cpu::rdtsc();
-            let next_timer = self.fire_timers(now);
-            for domain in &self.domains {
-                self.scheduler.set_runnable(domain.id, domain.runnable());
-            }
-            match self.scheduler.pick(now) {
-                Some((id, budget)) => {
-                    let Some(index) = self.index_of(id) else {
-                        let _ = self.scheduler.remove(id);
-                        continue;
-                    };
-                    // Wake in time for the next timer even if this domain spins.
-                    let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
-                    let ran = self.run_slice(index, slice);
-                    self.scheduler.charge(id, ran, cpu::rdtsc());
-                    // A domain that crashed or shut down leaves its peers'
-                    // channels Closed at once (dom0's run may have moved it).
-                    if let Some(index) = self.index_of(id)
-                        && self.domains[index].ended.is_some()
-                    {
-                        crate::events::end_channels(self, index);
-                    }
-                }
-                None => {
-                    let wake = match (next_timer, self.scheduler.next_event(now)) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    // Device interrupts also end the wait (dom0 may have bound lines).
-                    lapic::wait_until(wake.unwrap_or(u64::MAX));
-                }
-            }
+    /// Tells the scheduler which domains want a CPU, and where they may run.
+    fn sync_scheduler(&mut self) {
+        for domain in self.domains.iter() {
+            self.scheduler.set_runnable(domain.id, domain.runnable());
+            let _ = self.scheduler.set_affinity(domain.id, domain.affinity);
         }
-    }
-
-    /// Runs domain `index` for at most `slice` TSC ticks of wall time,
-    /// handling its exits. Returns the ticks it was scheduled (charged to
-    /// it, including hv's work on its behalf).
-    ///
-    /// The VMX-preemption timer counts only guest time (and, without the
-    /// "save timer" exit control, restarts at every entry), so a domain that
-    /// spends its slice in hypercalls or cheap exits would outrun it: after
-    /// every exit one RDTSC compares the slice's wall-clock deadline, and the
-    /// timer is re-armed with what is left of the slice whenever
-    /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
-    /// stretch without exits overruns the slice by at most that much.
-    #[inline(never)]
-    fn run_slice(&mut self, index: usize, slice: u64) -> u64 {
-        self.switch_processor_state(index);
-        let start = cpu::rdtsc();
-        // The TSC does not wrap in practice (2^64 ticks are over a century),
-        // so plain sums keep the hot path free of saturation.
-        let deadline = start + slice;
-        let retarget_every = slice / TIMER_RETARGETS;
-        // The hot path compares the TSC with one value: the deadline or the
-        // next re-arming of the timer, whichever is first.
-        let mut next_check = (start + retarget_every).min(deadline);
-        self.rearm_preemption_timer(index, slice);
-        self.domains[index].reschedule = false;
-        loop {
-            let domain = &mut self.domains[index];
-            if domain.upcall_due {
-                crate::events::deliver_upcall(domain);
-            }
-            let Some(vcpu) = domain.vcpu.as_mut() else { break };
-            let raw = vcpu.enter();
-            if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
-                // The hot path, kept inline: hypercalls are most exits.
-                let registers = &vcpu.registers;
-                let (number, arguments) =
-                    (registers.rax, [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8]);
-                // Move past VMCALL first, so a hypercall that blocks resumes after it.
-                vcpu.skip_exit_instruction();
-                domain.count_exit(Vcpu::VMCALL_EXIT);
-                let result = crate::hypercall::dispatch(self, index, number, arguments);
-                // dom0 cannot destroy itself, so the caller is still at `index`.
-                let domain = &mut self.domains[index];
-                if let Some(vcpu) = domain.vcpu.as_mut() {
-                    vcpu.registers.rax = result as u64;
-                }
-                if domain.reschedule {
-                    break;
-                }
-            } else {
-                let (exit, reason) = match raw {
-                    Ok(raw) => (Vcpu::decode(raw), raw & 0xffff),
-                    Err(exit) => (exit, u32::MAX),
-                };
-                domain.count_exit(reason);
-                if !self.handle_exit(index, exit) || self.domains[index].reschedule {
-                    break;
-                }
-            }
-            // The slice is wall time, hv's included: one RDTSC per exit.
-            let now = cpu::rdtsc();
-            if now >= next_check {
-                if now >= deadline {
-                    break;
-                }
-                next_check = (now + retarget_every).min(deadline);
-                self.rearm_preemption_timer(index, deadline - now);
-            }
-        }
-        let ran = cpu::rdtsc().wrapping_sub(start);
-        self.domains[index].cpu_time_tsc += ran;
-        ran
     }
 
     /// Sets domain `index`'s preemption timer to `remaining` TSC ticks (the
@@ -272,25 +276,6 @@ impl Hypervisor {
         let rate = self.capabilities.preemption_timer_rate;
         if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
             vcpu.set_preemption_timer(preemption_ticks(remaining, rate));
-        }
-    }
-
-    /// Makes the CPU's x87/SSE registers, CR2, IA32_KERNEL_GS_BASE, XCR0,
-    /// DR0-DR3 and DR6 those of domain `index`, saving the previous
-    /// owner's (lazily: nothing moves while one domain keeps running).
-    fn switch_processor_state(&mut self, index: usize) {
-        let id = self.domains[index].id;
-        if self.state_owner == Some(id) {
-            return;
-        }
-        if let Some(owner) = self.state_owner
-            && let Some(vcpu) = self.index_of(owner).and_then(|i| self.domains[i].vcpu.as_mut())
-        {
-            vcpu.save_processor_state();
-        }
-        if let Some(vcpu) = self.domains[index].vcpu.as_ref() {
-            vcpu.restore_processor_state();
-            self.state_owner = Some(id);
         }
     }
 
@@ -331,6 +316,12 @@ impl Hypervisor {
             Exit::PreemptionTimer => false,
             Exit::InterruptWindow => {
                 vcpu.set_interrupt_window_exiting(false);
+                true
+            }
+            Exit::ExternalInterrupt { vector: smp::KICK_VECTOR } => {
+                // Another CPU changed this domain's flags (an event, a
+                // pause): the run loop looks at them before the next entry.
+                lapic::end_of_interrupt();
                 true
             }
             Exit::ExternalInterrupt { vector } => {
@@ -493,5 +484,155 @@ impl Hypervisor {
                 false
             }
         }
+    }
+}
+
+/// Runs domains on this CPU forever: every CPU's loop after boot.
+pub fn run() -> ! {
+    let cpu = smp::this_cpu();
+    let this = smp::this();
+    loop {
+        let mut hv = HYPERVISOR.lock();
+        this.kicked.store(false, core::sync::atomic::Ordering::Relaxed);
+        crate::events::deliver_device_interrupts(&mut hv);
+        let now = cpu::rdtsc();
+        let next_timer = hv.fire_timers(now);
+        hv.sync_scheduler();
+        match hv.scheduler.pick(now, cpu as u32) {
+            Some((id, budget)) => {
+                // Wake in time for the next timer even if this domain spins.
+                let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
+                let mut ran = 0;
+                if let Some(index) = hv.index_of(id) {
+                    (hv, ran) = run_slice(hv, index, slice, cpu);
+                    // A domain that crashed or shut down leaves its peers'
+                    // channels Closed at once.
+                    if hv.domains[index].ended.is_some() {
+                        crate::events::end_channels(&mut hv, index);
+                    }
+                }
+                hv.scheduler.charge(id, ran, cpu::rdtsc());
+            }
+            None => {
+                let wake = match (next_timer, hv.scheduler.next_event(now)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                // Idle is announced under the lock, so whoever makes a
+                // domain runnable next sees it and kicks (smp::wake_idle_cpu).
+                smp::set_idle(true);
+                drop(hv);
+                // Device interrupts and kicks also end the wait.
+                lapic::wait_until(wake.unwrap_or(u64::MAX), &this.kicked);
+                smp::set_idle(false);
+            }
+        }
+    }
+}
+
+/// Runs domain `index` on CPU `cpu` for at most `slice` TSC ticks of wall
+/// time, handling its exits; hv's lock is let go across every VM entry.
+/// Returns the lock and the ticks it was scheduled (charged to it,
+/// including hv's work on its behalf).
+///
+/// The VMX-preemption timer counts only guest time (and, without the
+/// "save timer" exit control, restarts at every entry), so a domain that
+/// spends its slice in hypercalls or cheap exits would outrun it: after
+/// every exit one RDTSC compares the slice's wall-clock deadline, and the
+/// timer is re-armed with what is left of the slice whenever
+/// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
+/// stretch without exits overruns the slice by at most that much.
+#[inline(never)]
+fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u64) {
+    let capabilities = hv.capabilities;
+    let domain = &mut hv.domains[index];
+    let Some(vcpu) = domain.vcpu.as_mut() else { return (hv, 0) };
+    vcpu.check_out(cpu, &capabilities);
+    domain.running = true;
+    domain.last_cpu = cpu as u32;
+    domain.reschedule = false;
+    let start = cpu::rdtsc();
+    // The TSC does not wrap in practice (2^64 ticks are over a century),
+    // so plain sums keep the hot path free of saturation.
+    let deadline = start + slice;
+    let retarget_every = slice / TIMER_RETARGETS;
+    // The hot path compares the TSC with one value: the deadline or the
+    // next re-arming of the timer, whichever is first.
+    let mut next_check = (start + retarget_every).min(deadline);
+    hv.rearm_preemption_timer(index, slice);
+    loop {
+        let domain = &mut hv.domains[index];
+        if domain.upcall_due {
+            crate::events::deliver_upcall(domain);
+        }
+        // The vCPU leaves the domain while the lock is let go: only this
+        // CPU can reach it until it is put back.
+        let Some(mut vcpu) = domain.vcpu.take() else { break };
+        drop(hv);
+        let raw = vcpu.enter();
+        hv = HYPERVISOR.lock();
+        let domain = &mut hv.domains[index];
+        let vcpu = domain.vcpu.insert(vcpu);
+        if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
+            // The hot path, kept inline: hypercalls are most exits.
+            let registers = &vcpu.registers;
+            let (number, arguments) =
+                (registers.rax, [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8]);
+            // Move past VMCALL first, so a hypercall that blocks resumes after it.
+            vcpu.skip_exit_instruction();
+            domain.count_exit(Vcpu::VMCALL_EXIT);
+            let result = crate::hypercall::dispatch(&mut hv, index, number, arguments);
+            // dom0 cannot destroy itself, so the caller is still in its slot.
+            let domain = &mut hv.domains[index];
+            if let Some(vcpu) = domain.vcpu.as_mut() {
+                vcpu.registers.rax = result as u64;
+            }
+            if domain.reschedule {
+                if domain.restart_call {
+                    restart_hypercall(domain, number);
+                }
+                break;
+            }
+        } else {
+            let (exit, reason) = match raw {
+                Ok(raw) => (Vcpu::decode(raw), raw & 0xffff),
+                Err(exit) => (exit, u32::MAX),
+            };
+            domain.count_exit(reason);
+            if !hv.handle_exit(index, exit) || hv.domains[index].reschedule {
+                break;
+            }
+        }
+        // The slice is wall time, hv's included: one RDTSC per exit.
+        let now = cpu::rdtsc();
+        if now >= next_check {
+            if now >= deadline {
+                break;
+            }
+            next_check = (now + retarget_every).min(deadline);
+            hv.rearm_preemption_timer(index, deadline - now);
+        }
+    }
+    let domain = &mut hv.domains[index];
+    if let Some(vcpu) = domain.vcpu.as_mut() {
+        vcpu.check_in();
+    }
+    domain.running = false;
+    let ran = cpu::rdtsc().wrapping_sub(start);
+    domain.cpu_time_tsc += ran;
+    (hv, ran)
+}
+
+/// Makes the caller's VMCALL run again when it is next entered: the call
+/// had to wait for another CPU (`Domain::restart_call`), so the registers
+/// go back to how the guest made the call (RAX the hypercall number, RIP
+/// at the VMCALL). Cold: taken only while a target is being stopped.
+#[cold]
+#[inline(never)]
+fn restart_hypercall(domain: &mut Domain, number: u64) {
+    domain.restart_call = false;
+    if let Some(vcpu) = domain.vcpu.as_mut() {
+        vcpu.registers.rax = number;
+        vcpu.rewind_exit_instruction();
     }
 }

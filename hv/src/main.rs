@@ -4,7 +4,7 @@
 //! Start-up order: serial log, descriptor tables, boot information, VT-x
 //! check (stop with one clear line if anything is missing), frame
 //! allocator, local APIC, VMXON, the other CPUs (each into VMX root, where
-//! it halts: see arch::smp), dom0, run loop.
+//! it waits: see arch::smp), dom0, then the run loop on every CPU.
 #![no_std]
 #![no_main]
 
@@ -48,6 +48,7 @@ fn stop(reason: &str) -> ! {
 extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     serial::init();
     gdt::init();
+    arch::smp::claim_boot_slot();
     idt::init();
     let boot_tsc = cpu::rdtsc();
     info!("Mica hv {} (ABI {}.{})", env!("CARGO_PKG_VERSION"), abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
@@ -169,6 +170,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Err(reason) => stop(reason),
     };
     let mut hv = HYPERVISOR.lock();
+    hv.scheduler.set_cpus(arch::smp::running());
     hv.capabilities = capabilities;
     hv.boot_tsc = boot_tsc;
     hv.tsc_khz = tsc_khz;
@@ -187,7 +189,9 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     // ring (dom0 reports what concerns the operator, such as a crash and its
     // reason, as whole lines). Only fatal hv errors still go to COM1.
     log::set_console_level(None);
-    hv.run()
+    drop(hv);
+    arch::smp::start_scheduling();
+    hypervisor::run()
 }
 
 /// Starts the MADT's other CPUs (at most `maxcpus=N` CPUs in all), each

@@ -387,8 +387,21 @@ pub struct BochsOptions {
     /// The e1000's Bochs back end: `null` (frames go nowhere) or `vnet`
     /// (Bochs's built-in virtual host at 192.168.10.1: ARP, ICMP echo).
     pub network: &'static str,
-    /// CPUs of the emulated machine (Bochs `cpu: count=`).
+    /// CPUs of the emulated machine (Bochs `cpu: count=`). Default: the
+    /// `MICA_CPUS` environment variable (1 to 4), else 1, so the whole suite
+    /// can run on several CPUs (`MICA_CPUS=2 tests/run.sh`).
     pub cpus: u32,
+}
+
+/// The CPU count tests get unless they ask for one: `MICA_CPUS`, else 1.
+pub fn default_cpus() -> u32 {
+    match std::env::var("MICA_CPUS") {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(cpus @ 1..=4) => cpus,
+            _ => panic!("MICA_CPUS={text:?}: give a CPU count from 1 to 4"),
+        },
+        Err(_) => 1,
+    }
 }
 
 impl Default for BochsOptions {
@@ -399,7 +412,7 @@ impl Default for BochsOptions {
             connect_timeout: seconds(30),
             disk_image: None,
             network: "null",
-            cpus: 1,
+            cpus: default_cpus(),
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct InfoReport {
     pub exits_total: u64,
     /// The `  <reason-name> <count>` lines after it, in order.
     pub exits_by_reason: Vec<(String, u64)>,
+    /// `uptime: <N>.<tenth> s`, in tenths of a second since hv started.
+    pub uptime_tenths: u64,
 }
 
 impl InfoReport {
@@ -43,6 +45,11 @@ impl InfoReport {
                      \"memory:       total <N> KiB, free <N> KiB, hv <N> KiB\""
             )
         })?;
+
+        let uptime_line = lines[find("uptime:")?];
+        let uptime = scan("uptime: {}.{} s", uptime_line.trim_end())
+            .ok_or_else(|| format!("`info` line {uptime_line:?} is not like \"uptime:       <N>.<tenth> s\""))?;
+        let uptime_tenths = uptime[0] * 10 + uptime[1];
 
         let cpus_index = find("cpus:")?;
         let cpus_line = lines[cpus_index];
@@ -86,6 +93,7 @@ impl InfoReport {
             memory_total_kib: memory[0],
             memory_free_kib: memory[1],
             memory_hv_kib: memory[2],
+            uptime_tenths,
             cpus,
             cpu_list,
             exits_total,
@@ -380,8 +388,9 @@ mod tests {
     const INFO: &str = "info\n\
         vmx features: ept vpid unrestricted-guest preemption-timer\n\
         memory:       total 262144 KiB, free 250000 KiB, hv 2048 KiB\n\
+        uptime:       12.3 s\n\
         cpus:         2 running hv\n\
-        \x20 cpu 0  apic id 0   running dom0\n\
+        \x20 cpu 0  apic id 0   running domains\n\
         \x20 cpu 1  apic id 1   vmx-root idle\n\
         dom0 exits:   20 total\n\
         \x20 vmcall 18\n\
@@ -397,7 +406,8 @@ mod tests {
         assert_eq!((info.memory_total_kib, info.memory_free_kib, info.memory_hv_kib), (262144, 250000, 2048));
         assert_eq!(info.exits_total, 20);
         assert_eq!(info.cpus, 2);
-        assert_eq!(info.cpu_list, vec![(0, 0, "running dom0".to_string()), (1, 1, "vmx-root idle".to_string())]);
+        assert_eq!(info.uptime_tenths, 123);
+        assert_eq!(info.cpu_list, vec![(0, 0, "running domains".to_string()), (1, 1, "vmx-root idle".to_string())]);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
         assert_eq!(info.exits("hlt"), 0);

@@ -82,6 +82,8 @@ pub fn init() {
 
 /// Bytes an application processor's GDT and TSS take (one frame holds them).
 pub const AP_TABLES_SIZE: u64 = (size_of::<Gdt>() + size_of::<TaskStateSegment>()) as u64;
+/// Where an application processor's TSS is in its tables frame.
+pub const AP_TSS_OFFSET: u64 = size_of::<Gdt>() as u64;
 /// Bytes of each IST stack an application processor needs.
 pub const AP_IST_STACK_SIZE: u64 = IST_STACK_SIZE as u64;
 

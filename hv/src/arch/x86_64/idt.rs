@@ -293,6 +293,8 @@ pub fn init() {
         (*idt).0[2] = gate(nmi_stub_address, gdt::NMI_IST);
         (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
         (*idt).0[super::lapic::TIMER_VECTOR as usize] = gate(timer_stub_address, 0);
+        // A kick only ends HLT (see smp::kick): acknowledged like the timer.
+        (*idt).0[super::smp::KICK_VECTOR as usize] = gate(timer_stub_address, 0);
         for (line, stub) in device_stub_table.iter().enumerate() {
             (*idt).0[super::ioapic::FIRST_VECTOR as usize + line] = gate(*stub, 0);
         }

@@ -104,6 +104,21 @@ pub fn send_ipi(apic_id: u32, command: u32, timeout_tsc: u64) -> bool {
     true
 }
 
+/// Sends fixed interrupt `vector` to the CPU with xAPIC id `apic_id`
+/// without waiting for its delivery (a kick: the sender has nothing to wait
+/// for). Waits only until the ICR is free for the write (SDM 12.6.1).
+pub fn send_fixed_ipi(apic_id: u32, vector: u8) {
+    if base() == 0 || apic_id > 0xff {
+        return;
+    }
+    while read(ICR_LOW) & ICR_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    write(ICR_HIGH, apic_id << 24);
+    // Fixed delivery (000b), physical destination, edge, assert.
+    write(ICR_LOW, 1 << 14 | vector as u32);
+}
+
 /// Physical address of the local APIC's registers (from IA32_APIC_BASE), 0
 /// when the APIC is disabled.
 pub fn base() -> u64 {
@@ -122,11 +137,12 @@ fn tsc_deadline_supported() -> bool {
     BASE.load(Ordering::Relaxed) != 0 && super::cpu::cpuid(1, 0).ecx & (1 << 24) != 0
 }
 
-/// Idles the CPU until the TSC reaches `deadline` or a device interrupt
-/// arrives: halts with the APIC timer armed in TSC-deadline mode, or (where
+/// Idles the CPU until the TSC reaches `deadline`, a device interrupt
+/// arrives or `kicked` is set (by another CPU, which then sends a kick
+/// IPI): halts with the APIC timer armed in TSC-deadline mode, or (where
 /// that is missing) halts briefly in a loop.
-pub fn wait_until(deadline: u64) {
-    let waiting = || super::cpu::rdtsc() < deadline && !super::ioapic::any_pending();
+pub fn wait_until(deadline: u64, kicked: &core::sync::atomic::AtomicBool) {
+    let waiting = || super::cpu::rdtsc() < deadline && !super::ioapic::any_pending() && !kicked.load(Ordering::Acquire);
     if !tsc_deadline_supported() {
         while waiting() {
             // SAFETY: interrupts are enabled only across one NOP-length

@@ -265,3 +265,61 @@ pub unsafe fn boot_words_mut(address: u64, words: usize) -> &'static mut [u64] {
     // SAFETY: the caller guarantees exclusive, permanent ownership.
     unsafe { core::slice::from_raw_parts_mut(address as *mut u64, words) }
 }
+
+/// A value of type `T` in a frame of its own: an owning pointer whose
+/// target never moves, so one CPU can keep using it (a vCPU's register
+/// block, which the VM-exit code writes) while the structure that owns the
+/// box is changed by others. Moving the box moves only the pointer.
+/// There is no `Drop`: a box is retired with [`FrameBox::into_inner`]
+/// (a vCPU must be cleared from the CPU first), and one merely dropped
+/// leaks its frame.
+pub struct FrameBox<T> {
+    pointer: core::ptr::NonNull<T>,
+}
+
+// SAFETY: a FrameBox owns its value exactly like a Box does; sending it to
+// another CPU sends the value.
+unsafe impl<T: Send> Send for FrameBox<T> {}
+
+impl<T> FrameBox<T> {
+    const FITS: () = assert!(size_of::<T>() <= 4096 && align_of::<T>() <= 4096);
+
+    /// Moves `value` into a frame from `allocate` (a zeroed, identity-mapped
+    /// 4 KiB frame that the box then owns); gives `value` back when no
+    /// frame is left.
+    pub fn new(value: T, allocate: impl FnOnce() -> Option<u64>) -> Result<FrameBox<T>, T> {
+        let () = Self::FITS;
+        // A frame address is never 0 (the allocator never hands out page 0).
+        let Some(pointer) = allocate().and_then(|frame| core::ptr::NonNull::new(frame as *mut T)) else {
+            return Err(value);
+        };
+        // SAFETY: the frame is 4 KiB, page-aligned (enough for T, checked
+        // above), identity-mapped and nobody else's; writing initialises it.
+        unsafe { pointer.as_ptr().write(value) };
+        Ok(FrameBox { pointer })
+    }
+
+    /// Takes the value out and returns the frame (for `free`).
+    pub fn into_inner(self) -> (T, u64) {
+        let pointer = self.pointer.as_ptr();
+        // SAFETY: the box owned an initialised value, read exactly once
+        // here; the box is consumed (and has no Drop), so nothing reads or
+        // frees it again.
+        (unsafe { pointer.read() }, pointer as u64)
+    }
+}
+
+impl<T> core::ops::Deref for FrameBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the box owns an initialised value; borrows follow `self`.
+        unsafe { self.pointer.as_ref() }
+    }
+}
+
+impl<T> core::ops::DerefMut for FrameBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+        unsafe { self.pointer.as_mut() }
+    }
+}

@@ -12,11 +12,16 @@
 //! Each AP gets its own stack (with an unmapped guard page below it), GDT
 //! and TSS with its own IST stacks, the shared IDT, its local APIC set up
 //! like the boot CPU's, a VMXON region (after the same VMX capability
-//! checks), and its [`PerCpu`] slot. It then halts with interrupts enabled
-//! (waking only for an interrupt, of which none is sent to it yet) and
-//! runs nothing else: scheduling domains on APs is a later step.
+//! checks), and its [`PerCpu`] slot (its GS base points there). It then
+//! halts until the boot CPU has built dom0 and kicks it
+//! ([`start_scheduling`]), and from then on runs hv's run loop like the
+//! boot CPU: every CPU takes domains from the one run queue.
+//!
+//! CPUs signal each other with one IPI, the kick ([`KICK_VECTOR`]): a CPU
+//! that runs a guest leaves it (external-interrupt exiting) and looks at
+//! its domain's flags again; an idle CPU leaves HLT and picks again.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::vmx::Capabilities;
 use super::{cpu, gdt, idt, lapic, vmx};
@@ -47,27 +52,48 @@ pub mod state {
 }
 
 /// One CPU's data. Slot 0 is the boot CPU; APs follow in start order.
+/// Each CPU's GS base points at its own slot (see [`this_cpu`]), so the
+/// first fields are read with one GS-relative load.
+#[repr(C)]
 pub struct PerCpu {
+    /// This slot's index (read through GS: offset 0).
+    index: AtomicU64,
+    /// Physical address of the VMCS current on this CPU, 0 = none (offset 8).
+    pub current_vmcs: AtomicU64,
     /// Local APIC id.
     pub apic_id: AtomicU32,
     /// One of [`state`].
     pub state: AtomicU32,
+    /// Set by another CPU that wants this one to look at the run queue
+    /// again (a kick IPI follows); cleared by this CPU when it does.
+    pub kicked: AtomicBool,
     /// The IST stacks' tops and the GDT/TSS frame, set by the boot CPU
     /// before the AP starts.
     double_fault_top: AtomicU64,
     nmi_top: AtomicU64,
     tables: AtomicU64,
     vmxon_region: AtomicU64,
+    /// This CPU's GDT and TSS bases, for the host state of a VMCS it loads.
+    pub gdt_base: AtomicU64,
+    pub tss_base: AtomicU64,
 }
+
+const _: () = assert!(core::mem::offset_of!(PerCpu, index) == 0);
+const _: () = assert!(core::mem::offset_of!(PerCpu, current_vmcs) == 8);
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: PerCpu = PerCpu {
+    index: AtomicU64::new(0),
+    current_vmcs: AtomicU64::new(0),
     apic_id: AtomicU32::new(0),
     state: AtomicU32::new(state::ABSENT),
+    kicked: AtomicBool::new(false),
     double_fault_top: AtomicU64::new(0),
     nmi_top: AtomicU64::new(0),
     tables: AtomicU64::new(0),
     vmxon_region: AtomicU64::new(0),
+    gdt_base: AtomicU64::new(0),
+    tss_base: AtomicU64::new(0),
 };
 
 /// Every CPU hv knows, by CPU index.
@@ -206,11 +232,121 @@ fn parameter(symbol: *const u8) -> u64 {
     TRAMPOLINE + (symbol as u64 - &raw const ap_trampoline_start as u64)
 }
 
+/// IA32_GS_BASE: hv's GS base, which points at the CPU's [`PerCpu`].
+const IA32_GS_BASE: u32 = 0xc000_0101;
+
+/// Makes slot `index` this CPU's: GS base, index, descriptor-table bases.
+fn claim_slot(index: usize, gdt_base: u64, tss_base: u64) {
+    let cpu = &CPUS[index];
+    cpu.index.store(index as u64, Ordering::Relaxed);
+    cpu.gdt_base.store(gdt_base, Ordering::Relaxed);
+    cpu.tss_base.store(tss_base, Ordering::Relaxed);
+    // SAFETY: IA32_GS_BASE exists on every 64-bit CPU; hv never loads GS
+    // or executes SWAPGS, and every VM exit restores this value from the
+    // VMCS host state (`Vcpu::check_out` writes it).
+    unsafe { cpu::wrmsr(IA32_GS_BASE, cpu as *const PerCpu as u64) };
+}
+
+/// The index of the CPU this runs on (its [`CPUS`] slot): one GS-relative
+/// load. Valid once the CPU has claimed its slot (boot CPU: `init_boot_cpu`;
+/// APs: first thing in `ap_entry`).
+#[inline(always)]
+pub fn this_cpu() -> usize {
+    let index: u64;
+    // SAFETY: GS base points at this CPU's PerCpu, whose first field (offset
+    // 0, asserted) is its index; the load has no side effect.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, readonly, preserves_flags)) };
+    index as usize
+}
+
+/// This CPU's [`PerCpu`].
+#[inline(always)]
+pub fn this() -> &'static PerCpu {
+    &CPUS[this_cpu() % MAX_CPUS]
+}
+
+/// The physical address of the VMCS current on this CPU (0 = none): one
+/// GS-relative load, for the VMX hot path.
+#[inline(always)]
+pub fn current_vmcs() -> u64 {
+    let vmcs: u64;
+    // SAFETY: as in `this_cpu`: offset 8 of this CPU's PerCpu (asserted).
+    unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) vmcs, options(nostack, readonly, preserves_flags)) };
+    vmcs
+}
+
+/// Records which VMCS is current on this CPU.
+#[inline(always)]
+pub fn set_current_vmcs(vmcs: u64) {
+    this().current_vmcs.store(vmcs, Ordering::Relaxed);
+}
+
 /// Records the boot CPU in slot 0.
 pub fn init_boot_cpu(apic_id: u32, capabilities: &Capabilities) {
     BOOT_CAPABILITIES.call_once(|| *capabilities);
     CPUS[0].apic_id.store(apic_id, Ordering::Relaxed);
     CPUS[0].state.store(state::RUNNING_DOMAINS, Ordering::Release);
+}
+
+/// Gives the boot CPU slot 0 (GS base, descriptor tables): before
+/// anything calls [`this_cpu`].
+pub fn claim_boot_slot() {
+    claim_slot(0, gdt::gdt_base(), gdt::tss_base());
+}
+
+/// Set once the boot CPU has built dom0: APs then run domains.
+static SCHEDULING: AtomicBool = AtomicBool::new(false);
+
+/// Lets every AP that reached VMX root start running domains (boot CPU,
+/// once hv's state is complete).
+pub fn start_scheduling() {
+    SCHEDULING.store(true, Ordering::Release);
+    for index in 1..slots() {
+        kick(index);
+    }
+}
+
+/// Vector of the kick IPI: it only makes the CPU leave its guest or its
+/// idle HLT, so that it looks at the run queue again.
+pub const KICK_VECTOR: u8 = 0xf1;
+
+/// Asks CPU `index` to look at the run queue again: sets its `kicked` flag
+/// and sends it [`KICK_VECTOR`] (a guest it runs exits; an idle HLT ends).
+pub fn kick(index: usize) {
+    let Some(cpu) = CPUS.get(index) else { return };
+    if !matches!(cpu.state.load(Ordering::Acquire), state::RUNNING_DOMAINS | state::VMX_ROOT_IDLE) {
+        return;
+    }
+    cpu.kicked.store(true, Ordering::Release);
+    lapic::send_fixed_ipi(cpu.apic_id.load(Ordering::Relaxed), KICK_VECTOR);
+}
+
+/// CPUs idle in the run loop (bit = CPU index), so that a domain that
+/// becomes runnable can wake one.
+static IDLE: AtomicU64 = AtomicU64::new(0);
+
+/// Marks this CPU idle (`true`) or busy. Set under hv's lock before the
+/// CPU waits, so that whoever makes a domain runnable under that lock sees it.
+pub fn set_idle(idle: bool) {
+    let bit = 1u64 << (this_cpu() % 64);
+    if idle {
+        IDLE.fetch_or(bit, Ordering::AcqRel);
+    } else {
+        IDLE.fetch_and(!bit, Ordering::AcqRel);
+    }
+}
+
+/// Wakes one idle CPU other than this one, if there is one; returns
+/// whether it did.
+pub fn wake_idle_cpu() -> bool {
+    let others = IDLE.load(Ordering::Acquire) & !(1u64 << (this_cpu() % 64));
+    if others == 0 {
+        return false;
+    }
+    let index = others.trailing_zeros() as usize;
+    IDLE.fetch_and(!(1u64 << index), Ordering::AcqRel);
+    kick(index);
+    true
 }
 
 /// Why an AP did not come up.
@@ -294,15 +430,13 @@ pub fn start_ap(apic_id: u32, tsc_khz: u64) -> Result<usize, StartError> {
 /// interrupts off. Never returns.
 extern "C" fn ap_entry(index: u64) -> ! {
     let Some(cpu) = CPUS.get(index as usize) else { cpu::halt_forever() };
+    let tables = cpu.tables.load(Ordering::Relaxed);
     // SAFETY: the boot CPU gave this AP these frames and stacks for good
     // (start_ap) and nothing else uses them.
     unsafe {
-        gdt::init_ap(
-            cpu.tables.load(Ordering::Relaxed),
-            cpu.double_fault_top.load(Ordering::Relaxed),
-            cpu.nmi_top.load(Ordering::Relaxed),
-        );
+        gdt::init_ap(tables, cpu.double_fault_top.load(Ordering::Relaxed), cpu.nmi_top.load(Ordering::Relaxed));
     }
+    claim_slot(index as usize, tables, tables + gdt::AP_TSS_OFFSET);
     idt::load_on_ap();
     let apic_id = lapic::init_ap();
     let ready = apic_id == cpu.apic_id.load(Ordering::Relaxed)
@@ -318,10 +452,12 @@ extern "C" fn ap_entry(index: u64) -> ! {
         cpu::halt_forever();
     }
     cpu.state.store(state::VMX_ROOT_IDLE, Ordering::Release);
-    loop {
+    while !SCHEDULING.load(Ordering::Acquire) {
         // SAFETY: interrupts are enabled only across HLT, so the CPU sleeps
-        // until one arrives (none is routed to APs yet; a later IPI will
-        // wake it); its handler returns here. STI's shadow covers HLT.
+        // until the boot CPU's kick (or another interrupt) arrives; its
+        // handler returns here. STI's shadow covers HLT.
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
+    cpu.state.store(state::RUNNING_DOMAINS, Ordering::Release);
+    crate::hypervisor::run()
 }

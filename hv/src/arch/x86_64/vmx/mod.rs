@@ -538,10 +538,6 @@ pub fn count_nmi() -> u64 {
     NMI_EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
 }
 
-/// Physical address of the VMCS current on this CPU (0 = none). hv runs on
-/// one CPU, so one word suffices; per-CPU data comes with SMP.
-static CURRENT_VMCS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
 /// Everything needed to start a vCPU in 64-bit mode.
 #[derive(Clone, Copy, Debug)]
 pub struct VcpuConfig {
@@ -607,7 +603,12 @@ pub struct Vcpu {
     /// The virtual task priority (CR8): MOV to and from CR8 exit and read
     /// or write this; the local APIC's TPR is never touched.
     cr8: u8,
+    /// The CPU that last checked it out ([`NEVER_RAN`]: none yet).
+    last_cpu: usize,
 }
+
+/// `Vcpu::last_cpu` of a vCPU that never ran.
+const NEVER_RAN: usize = usize::MAX;
 
 /// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
 #[derive(Clone, Copy, Debug)]
@@ -726,7 +727,7 @@ impl Vcpu {
         if !vmx_instruction!("vmclear", config.vmcs_region) || !vmx_instruction!("vmptrld", config.vmcs_region) {
             return Err("VMCLEAR/VMPTRLD failed");
         }
-        CURRENT_VMCS.store(config.vmcs_region, core::sync::atomic::Ordering::Relaxed);
+        super::smp::set_current_vmcs(config.vmcs_region);
         use vmcs::write;
         // Controls.
         write(Field::PinBasedControls, capabilities.pin as u64);
@@ -835,8 +836,12 @@ impl Vcpu {
         write(Field::GuestSysenterEip, 0);
         write(Field::VmcsLinkPointer, u64::MAX);
 
-        invalidate_ept(capabilities, ept_pointer);
-        invalidate_vpid(capabilities, config.vpid);
+        // Written back and inactive until a CPU checks it out (`check_out`
+        // flushes its translations on each CPU it arrives at).
+        if !vmx_instruction!("vmclear", config.vmcs_region) {
+            return Err("VMCLEAR failed");
+        }
+        super::smp::set_current_vmcs(0);
         let registers = GuestRegisters { rdi: config.rdi, ..GuestRegisters::default() };
         Ok(Vcpu {
             vmcs_region: config.vmcs_region,
@@ -852,7 +857,44 @@ impl Vcpu {
             debug: DebugRegisters::initial(),
             xsave: capabilities.xcr0_supported != 0,
             cr8: 0,
+            last_cpu: NEVER_RAN,
         })
+    }
+
+    /// Makes this vCPU the one CPU `cpu` (the caller's) runs: loads its
+    /// VMCS, gives it this CPU's host state (descriptor tables, GS base),
+    /// flushes the translations this CPU may hold for its EPT and VPID
+    /// unless it ran here last (they may be stale: the guest changed its
+    /// page tables elsewhere, or an EPT root or VPID was reused), and loads
+    /// the processor state the VMCS does not hold. Until [`Vcpu::check_in`]
+    /// no other CPU may touch it.
+    pub fn check_out(&mut self, cpu: usize, capabilities: &Capabilities) {
+        if !vmx_instruction!("vmptrld", self.vmcs_region) {
+            crate::error!("VMPTRLD of {:#x} failed", self.vmcs_region);
+        }
+        super::smp::set_current_vmcs(self.vmcs_region);
+        let this = super::smp::this();
+        vmcs::write(Field::HostGdtrBase, this.gdt_base.load(core::sync::atomic::Ordering::Relaxed));
+        vmcs::write(Field::HostTrBase, this.tss_base.load(core::sync::atomic::Ordering::Relaxed));
+        vmcs::write(Field::HostGsBase, this as *const super::smp::PerCpu as u64);
+        if self.last_cpu != cpu {
+            invalidate_ept(capabilities, self.ept_pointer);
+            invalidate_vpid(capabilities, self.vpid);
+            self.last_cpu = cpu;
+        }
+        self.restore_processor_state();
+    }
+
+    /// Ends a [`Vcpu::check_out`]: saves the processor state and writes the
+    /// VMCS back to memory, inactive (VMCLEAR; the next entry is a
+    /// VMLAUNCH), so that any CPU may check it out next.
+    pub fn check_in(&mut self) {
+        self.save_processor_state();
+        if !vmx_instruction!("vmclear", self.vmcs_region) {
+            crate::error!("VMCLEAR of {:#x} failed", self.vmcs_region);
+        }
+        super::smp::set_current_vmcs(0);
+        self.launched = false;
     }
 
     /// Saves the processor state the VMCS does not hold (x87/SSE, CR2,
@@ -899,29 +941,31 @@ impl Vcpu {
         }
     }
 
-    /// Makes this vCPU's VMCS the current one (VMPTRLD) if it is not already.
+    /// Makes this vCPU's VMCS the current one (VMPTRLD) if it is not
+    /// already. Outside a check-out this happens only for a vCPU no CPU has
+    /// checked out (hv's lock held), which is VMCLEARed again by
+    /// [`Vcpu::release`] or written over by the next `check_out`.
     #[inline(always)]
     fn load(&self) {
-        if CURRENT_VMCS.load(core::sync::atomic::Ordering::Relaxed) != self.vmcs_region {
+        if super::smp::current_vmcs() != self.vmcs_region {
             if !vmx_instruction!("vmptrld", self.vmcs_region) {
                 crate::error!("VMPTRLD of {:#x} failed", self.vmcs_region);
             }
-            CURRENT_VMCS.store(self.vmcs_region, core::sync::atomic::Ordering::Relaxed);
+            super::smp::set_current_vmcs(self.vmcs_region);
         }
     }
 
-    /// Retires the vCPU: clears its VMCS (so the CPU holds no cached copy)
-    /// and flushes its translations. Returns the VMCS frame for freeing.
+    /// Retires the vCPU (not checked out): clears its VMCS (so the CPU holds
+    /// no cached copy) and flushes its translations here (any other CPU
+    /// flushes them when a vCPU that reuses the EPT root or VPID arrives
+    /// there: see `check_out`). Returns the VMCS frame for freeing.
     pub fn release(self, capabilities: &Capabilities) -> u64 {
         if !vmx_instruction!("vmclear", self.vmcs_region) {
             crate::error!("VMCLEAR of {:#x} failed", self.vmcs_region);
         }
-        let _ = CURRENT_VMCS.compare_exchange(
-            self.vmcs_region,
-            0,
-            core::sync::atomic::Ordering::Relaxed,
-            core::sync::atomic::Ordering::Relaxed,
-        );
+        if super::smp::current_vmcs() == self.vmcs_region {
+            super::smp::set_current_vmcs(0);
+        }
         invalidate_ept(capabilities, self.ept_pointer);
         invalidate_vpid(capabilities, self.vpid);
         self.vmcs_region
@@ -1192,6 +1236,15 @@ impl Vcpu {
         let length = vmcs::read(Field::ExitInstructionLength);
         let rip = vmcs::read(Field::GuestRip);
         vmcs::write(Field::GuestRip, rip.wrapping_add(length));
+    }
+
+    /// Undoes [`Vcpu::skip_exit_instruction`]: the instruction that caused
+    /// the last exit runs again at the next entry.
+    pub fn rewind_exit_instruction(&mut self) {
+        self.load();
+        let length = vmcs::read(Field::ExitInstructionLength);
+        let rip = vmcs::read(Field::GuestRip);
+        vmcs::write(Field::GuestRip, rip.wrapping_sub(length));
     }
 
     /// The guest's instruction pointer.
