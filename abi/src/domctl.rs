@@ -10,6 +10,7 @@
 //! 4. `SetVcpuContext` for the entry state;
 //! 5. optionally `MapForeign` for the rings dom0 serves (console);
 //! 6. `Unpause`.
+//!
 //! `Destroy` undoes all of it and returns every frame to the hypervisor.
 
 use core::mem::{offset_of, size_of};
