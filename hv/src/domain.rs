@@ -82,6 +82,12 @@ pub struct Domain {
     /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
     /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
     pub crash_record: CrashRecord,
+    /// CPU index the vCPU runs on now or last ran on, `u32::MAX` = never ran.
+    pub last_cpu: u32,
+    /// A CPU has the vCPU checked out and is running it.
+    pub running: bool,
+    /// CPUs the vCPU may run on, bit i = CPU index i.
+    pub affinity: u64,
 }
 
 /// What hv knows about the exit that ends a crashing domain, for its
@@ -126,6 +132,9 @@ impl Domain {
             refusals_logged: 0,
             log_budget: hvcore::log_ring::LineBudget::new(),
             crash_record: CrashRecord::NONE,
+            last_cpu: u32::MAX,
+            running: false,
+            affinity: u64::MAX,
         })
     }
 
@@ -299,6 +308,34 @@ impl Domain {
     pub fn host_frame(&self, guest_physical: u64, access: Access) -> Result<u64, Error> {
         translate(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
     }
+
+    /// What `DomCtlOp::GetVcpuInfo` reports of vCPU `vcpu`; `None` if the
+    /// domain has no such vCPU (it has one, id 0).
+    pub fn vcpu_info(&self, vcpu: u32) -> Option<abi::domctl::VcpuInfo> {
+        use abi::domctl::VcpuState;
+        if vcpu != 0 {
+            return None;
+        }
+        let state = if self.ended.is_some() || self.vcpu.is_none() {
+            VcpuState::Offline
+        } else if self.running {
+            VcpuState::Running
+        } else if self.paused {
+            VcpuState::Paused
+        } else if self.blocked {
+            VcpuState::Blocked
+        } else {
+            VcpuState::Runnable
+        };
+        Some(abi::domctl::VcpuInfo {
+            vcpu_id: vcpu,
+            state: state as u32,
+            cpu: self.last_cpu,
+            _reserved0: 0,
+            cpu_time_tsc: self.cpu_time_tsc,
+            affinity: self.affinity,
+        })
+    }
 }
 
 /// `why` formatted into a crash record's text: cut at `CRASH_TEXT_BYTES`,
@@ -378,3 +415,5 @@ unsafe impl AbiStruct for abi::info::DomainInfo {}
 unsafe impl AbiStruct for abi::start_info::StartInfo {}
 // SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
 unsafe impl AbiStruct for abi::domctl::VcpuContext {}
+// SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
+unsafe impl AbiStruct for abi::domctl::VcpuInfo {}

@@ -325,3 +325,12 @@ extern "C" fn ap_entry(index: u64) -> ! {
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 }
+
+/// The CPUs running hv as a mask, bit i = CPU slot i (the boot CPU and
+/// every AP in VMX root): what `DomCtlOp::SetAffinity` keeps of a mask.
+pub fn online_mask() -> u64 {
+    CPUS.iter()
+        .enumerate()
+        .filter(|(_, cpu)| matches!(cpu.state.load(Ordering::Acquire), state::VMX_ROOT_IDLE | state::RUNNING_DOMAINS))
+        .fold(0, |mask, (index, _)| mask | 1 << index)
+}
