@@ -74,19 +74,19 @@ pub fn dmesg(buffer: &mut [u8]) -> Result<usize, Error> {
 
 /// Whole-hypervisor information.
 pub fn hv_info() -> Result<HvInfo, Error> {
-    let info = HvInfo::default();
+    let mut info = HvInfo::default();
     let size = core::mem::size_of::<HvInfo>() as u64;
     // SAFETY: `info` is writable and `size` bytes long.
-    Error::decode(unsafe { raw(Hypercall::HvInfo as u64, [address_of(&info), size, 0, 0, 0]) })?;
+    Error::decode(unsafe { raw(Hypercall::HvInfo as u64, [&raw mut info as u64, size, 0, 0, 0]) })?;
     Ok(info)
 }
 
 /// Information about domain `domain`.
 pub fn domain_info(domain: DomainId) -> Result<DomainInfo, Error> {
-    let info = DomainInfo::default();
+    let mut info = DomainInfo::default();
     let size = core::mem::size_of::<DomainInfo>() as u64;
     // SAFETY: `info` is writable and `size` bytes long.
-    Error::decode(unsafe { raw(Hypercall::DomainInfo as u64, [domain as u64, address_of(&info), size, 0, 0]) })?;
+    Error::decode(unsafe { raw(Hypercall::DomainInfo as u64, [domain as u64, &raw mut info as u64, size, 0, 0]) })?;
     Ok(info)
 }
 
