@@ -10,6 +10,7 @@
 //! 4. `SetVcpuContext` for the entry state;
 //! 5. optionally `MapForeign` for the rings dom0 serves (console);
 //! 6. `Unpause`.
+//!
 //! `Destroy` undoes all of it and returns every frame to the hypervisor.
 
 use core::mem::{offset_of, size_of};
@@ -57,6 +58,22 @@ pub enum DomCtlOp {
     UnmapForeign = 10,
     /// Sets domain `a1`'s memory limit to `a2` pages (not below what it owns).
     SetMaxMemory = 11,
+    /// Writes a [`VcpuInfo`] for vCPU `a2` of domain `a1` (dom0 included) to
+    /// dom0 guest-physical `a3`. Returns 0. Errors: `NotFound` when there is
+    /// no domain `a1` or `a2` is not below its `DomainInfo::vcpu_count`
+    /// (vCPU ids are `0..vcpu_count`); `BadAddress` when the 32 bytes at
+    /// `a3` are not all writable dom0 RAM. Since ABI 0.8.
+    GetVcpuInfo = 12,
+    /// Sets which CPUs vCPU `a2` of domain `a1` (dom0 included) may run on:
+    /// `a3` is a CPU mask, bit i = CPU index i (see [`VcpuInfo::cpu`]).
+    /// Bits of CPUs that do not run hv are dropped: hv stores
+    /// `a3 & online` (online = the CPUs `HvInfo::cpus` lists), which
+    /// [`VcpuInfo::affinity`] then reports; `u64::MAX` means every CPU.
+    /// Takes effect the next time the domain is scheduled (a vCPU running
+    /// now finishes its slice where it is). Returns 0. Errors: `NotFound`
+    /// as for `GetVcpuInfo`; `InvalidArgument` when `a3` holds no CPU that
+    /// runs hv. A new domain's affinity is every CPU. Since ABI 0.8.
+    SetAffinity = 13,
 }
 
 impl DomCtlOp {
@@ -75,6 +92,8 @@ impl DomCtlOp {
             9 => DomCtlOp::MapForeign,
             10 => DomCtlOp::UnmapForeign,
             11 => DomCtlOp::SetMaxMemory,
+            12 => DomCtlOp::GetVcpuInfo,
+            13 => DomCtlOp::SetAffinity,
             _ => return None,
         })
     }
@@ -152,6 +171,75 @@ const _: () = assert!(offset_of!(VcpuContext, rdi) == 24);
 const _: () = assert!(offset_of!(VcpuContext, gdt_base) == 32);
 const _: () = assert!(offset_of!(VcpuContext, gdt_limit) == 40);
 
+/// What a vCPU is doing, in [`VcpuInfo::state`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuState {
+    /// On a CPU now ([`VcpuInfo::cpu`] names it).
+    Running = 0,
+    /// Ready to run, waiting for a CPU.
+    Runnable = 1,
+    /// Waiting for an event or its timer (`SchedOp::Block`).
+    Blocked = 2,
+    /// Its domain is paused by dom0.
+    Paused = 3,
+    /// It cannot run: its domain has ended (crashed or shut down), or its
+    /// initial state was never set (`SetVcpuContext`).
+    Offline = 4,
+}
+
+impl VcpuState {
+    /// Decodes [`VcpuInfo::state`].
+    pub const fn from_number(number: u32) -> Option<VcpuState> {
+        Some(match number {
+            0 => VcpuState::Running,
+            1 => VcpuState::Runnable,
+            2 => VcpuState::Blocked,
+            3 => VcpuState::Paused,
+            4 => VcpuState::Offline,
+            _ => return None,
+        })
+    }
+}
+
+/// One vCPU, as [`DomCtlOp::GetVcpuInfo`] reports it (32 bytes). Written
+/// by hv; a snapshot, since the vCPU keeps running while dom0 reads it.
+///
+/// A CPU index numbers the CPUs running hv from 0 in the order hv started
+/// them, the boot CPU 0: the order of `info::HvInfo::cpus`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuInfo {
+    /// The vCPU's id within its domain (`0..DomainInfo::vcpu_count`).
+    pub vcpu_id: u32,
+    /// A [`VcpuState`] value.
+    pub state: u32,
+    /// Index of the CPU it runs on now (state `Running`) or last ran on;
+    /// [`VCPU_NEVER_RAN`] if it has never run.
+    pub cpu: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+    /// TSC ticks this vCPU has been scheduled, including hv's work on its
+    /// exits and hypercalls (with one vCPU per domain, the domain's
+    /// `DomainInfo::cpu_time_tsc`).
+    pub cpu_time_tsc: u64,
+    /// CPUs it may run on, bit i = CPU index i: every CPU running hv for a
+    /// new domain (`u64::MAX` until the first `SetAffinity`), else what
+    /// `SetAffinity` stored.
+    pub affinity: u64,
+}
+
+/// [`VcpuInfo::cpu`] of a vCPU that has never run.
+pub const VCPU_NEVER_RAN: u32 = u32::MAX;
+
+const _: () = assert!(size_of::<VcpuInfo>() == 32);
+const _: () = assert!(offset_of!(VcpuInfo, vcpu_id) == 0);
+const _: () = assert!(offset_of!(VcpuInfo, state) == 4);
+const _: () = assert!(offset_of!(VcpuInfo, cpu) == 8);
+const _: () = assert!(offset_of!(VcpuInfo, _reserved0) == 12);
+const _: () = assert!(offset_of!(VcpuInfo, cpu_time_tsc) == 16);
+const _: () = assert!(offset_of!(VcpuInfo, affinity) == 24);
+
 /// The GDT every domain starts with: null, 64-bit code, data, and a 16-byte
 /// 64-bit TSS descriptor (base 0, limit 0x67, busy).
 pub const INITIAL_GDT: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
@@ -162,9 +250,17 @@ mod tests {
 
     #[test]
     fn operations_round_trip() {
-        for n in 0..12 {
+        for n in 0..14 {
             assert_eq!(DomCtlOp::from_number(n).unwrap() as u64, n);
         }
-        assert_eq!(DomCtlOp::from_number(12), None);
+        assert_eq!(DomCtlOp::from_number(14), None);
+    }
+
+    #[test]
+    fn vcpu_states_round_trip() {
+        for n in 0..5 {
+            assert_eq!(VcpuState::from_number(n).unwrap() as u32, n);
+        }
+        assert_eq!(VcpuState::from_number(5), None);
     }
 }

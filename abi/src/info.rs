@@ -73,8 +73,11 @@ pub struct HvInfo {
     /// Hypervisor version string, NUL-padded UTF-8 (for example `0.1.0`).
     pub hv_version: [u8; 16],
     /// Since 0.7: the CPUs `cpu_count` counts (at most [`HV_INFO_CPUS`]),
-    /// in the order hv started them (the boot CPU first), written by hv;
-    /// entries past them are zero. A caller passing the 0.6 size (80 bytes) does not get them.
+    /// written by hv. Since 0.8 each sits at its CPU index (entry 0 is the
+    /// boot CPU; the index is the one affinity masks and
+    /// `domctl::VcpuInfo::cpu` use), so a CPU that failed to start leaves
+    /// a zero (`cpu_state::NONE`) entry; other entries are zero too. A
+    /// caller passing the 0.6 size (80 bytes) does not get them.
     pub cpus: [CpuInfo; HV_INFO_CPUS],
 }
 

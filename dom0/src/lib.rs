@@ -8,6 +8,7 @@ pub mod ata_protocol;
 pub mod block_backend;
 pub mod builder;
 pub mod config;
+pub mod cpu_list;
 pub mod device_link;
 pub mod disk_spec;
 pub mod e1000_ring;

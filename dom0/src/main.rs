@@ -406,6 +406,8 @@ impl Shell {
                 }
             }
             Command::Sched { domain, weight, cap } => toolstack.sched(domain, weight, cap, out),
+            Command::VcpuList(domain) => toolstack.vcpu_list(domain, out),
+            Command::VcpuPin { domain, vcpu, cpus } => toolstack.vcpu_pin(domain, vcpu, cpus, out),
             Command::PowerOff | Command::Reboot => {
                 let (operation, what) = if command == Command::PowerOff {
                     (PlatformOp::PowerOff, "powering off")

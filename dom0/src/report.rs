@@ -17,7 +17,8 @@ pub fn write_info(out: &mut impl Write, hv: &HvInfo, dom0: &DomainInfo, cpu_bran
     let tenths = now_tsc.saturating_sub(hv.boot_tsc) / (hv.tsc_khz.max(1) * 100);
     writeln!(out, "uptime:       {}.{} s", tenths / 10, tenths % 10)?;
     writeln!(out, "cpus:         {} running hv", hv.cpu_count)?;
-    for (index, cpu) in hv.cpus.iter().enumerate().take(hv.cpu_count as usize) {
+    // Entries sit at their CPU index; a CPU that did not start leaves a gap.
+    for (index, cpu) in hv.cpus.iter().enumerate().filter(|(_, cpu)| cpu.state != abi::info::cpu_state::NONE) {
         writeln!(out, "  cpu {index:<2} apic id {:<3} {}", cpu.apic_id, abi::info::cpu_state::name(cpu.state))?;
     }
     write!(out, "vmx features:")?;

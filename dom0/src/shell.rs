@@ -1,5 +1,7 @@
 //! The dom0 shell's commands: parsing a line into a [`Command`].
 
+use crate::cpu_list::{self, CpuList, CpuListError};
+
 /// A parsed shell command. Domain arguments are a name or a numeric id,
 /// resolved by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,12 @@ pub enum Command<'a> {
     Console(&'a str),
     /// `sched <domain> [weight=N] [cap=N]`.
     Sched { domain: &'a str, weight: Option<u32>, cap: Option<u32> },
+    /// `vcpu-list [<domain>]`: each vCPU of every domain (or of one), like
+    /// `xl vcpu-list`.
+    VcpuList(Option<&'a str>),
+    /// `vcpu-pin <domain> <vcpu> <cpus>`: the CPUs a vCPU (`None`: every
+    /// vCPU, written `all`) may run on, like `xl vcpu-pin`.
+    VcpuPin { domain: &'a str, vcpu: Option<u32>, cpus: CpuList },
     /// `mem`: memory of hv and of each domain.
     Mem,
     /// `ls`: the files in the boot ramdisk.
@@ -61,7 +69,7 @@ pub enum Command<'a> {
 }
 
 /// One line of `help`: name, arguments, description.
-pub const COMMANDS: [(&str, &str, &str); 25] = [
+pub const COMMANDS: [(&str, &str, &str); 27] = [
     ("help", "", "list the commands"),
     ("list", "", "list the domains (Name, ID, Mem, VCPUs, State, Time)"),
     ("create", "<config>", "build and start a guest from a config file in the ramdisk"),
@@ -70,6 +78,12 @@ pub const COMMANDS: [(&str, &str, &str); 25] = [
     ("unpause", "<domain>", "let a paused guest run again"),
     ("console", "<domain>", "attach to a guest's console; Ctrl-] returns here"),
     ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
+    ("vcpu-list", "[<domain>]", "each vCPU: the CPU it runs or last ran on, state, CPU time, CPUs it may use"),
+    (
+        "vcpu-pin",
+        "<domain> <vcpu> <cpus>",
+        "let vCPU <vcpu> (a number or all) run only on <cpus>: all, or like 1, 0-1, 0,2-3",
+    ),
     ("mem", "", "memory of the hypervisor and of each domain"),
     ("ls", "", "list the files in the boot ramdisk"),
     ("devices", "", "disks, the NIC and the switch; each guest's console, disk and vif and their state"),
@@ -100,6 +114,10 @@ pub enum ParseError<'a> {
     MissingArgument { command: &'a str, usage: &'static str },
     /// An option is malformed or out of range.
     BadOption { command: &'a str, option: &'a str, expected: &'static str },
+    /// An argument (`what` it is) is malformed.
+    BadArgument { command: &'a str, what: &'static str, argument: &'a str, expected: &'static str },
+    /// A CPU list is malformed.
+    BadCpuList { command: &'a str, list: &'a str, error: CpuListError<'a> },
 }
 
 impl core::fmt::Display for ParseError<'_> {
@@ -113,6 +131,10 @@ impl core::fmt::Display for ParseError<'_> {
             ParseError::BadOption { command, option, expected } => {
                 write!(out, "{command}: bad option '{option}': {expected}")
             }
+            ParseError::BadArgument { command, what, argument, expected } => {
+                write!(out, "{command}: bad {what} '{argument}': {expected}")
+            }
+            ParseError::BadCpuList { command, list, error } => write!(out, "{command}: bad CPU list '{list}': {error}"),
         }
     }
 }
@@ -184,6 +206,33 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
             }
             Command::Sched { domain, weight, cap }
         }
+        "vcpu-list" => Command::VcpuList(words.next()),
+        "vcpu-pin" => {
+            let domain = words.next().ok_or(missing)?;
+            let vcpu_text = words.next().ok_or(missing)?;
+            let list = words.next().ok_or(missing)?;
+            let vcpu = match vcpu_text {
+                "all" => None,
+                digits if !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()) => {
+                    Some(digits.parse::<u32>().map_err(|_| ParseError::BadArgument {
+                        command: name,
+                        what: "vCPU",
+                        argument: digits,
+                        expected: "too large",
+                    })?)
+                }
+                _ => {
+                    return Err(ParseError::BadArgument {
+                        command: name,
+                        what: "vCPU",
+                        argument: vcpu_text,
+                        expected: "expected a vCPU number or 'all'",
+                    });
+                }
+            };
+            let cpus = cpu_list::parse(list).map_err(|error| ParseError::BadCpuList { command: name, list, error })?;
+            Command::VcpuPin { domain, vcpu, cpus }
+        }
         _ => return Err(ParseError::Unknown(name)),
     };
     if let Some(argument) = words.next() {
@@ -231,6 +280,49 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_commands_parse() {
+        assert_eq!(parse("vcpu-list"), Ok(Some(Command::VcpuList(None))));
+        assert_eq!(parse("vcpu-list counter"), Ok(Some(Command::VcpuList(Some("counter")))));
+        assert_eq!(
+            parse("vcpu-pin counter 0 1"),
+            Ok(Some(Command::VcpuPin { domain: "counter", vcpu: Some(0), cpus: CpuList::Mask(0b10) }))
+        );
+        assert_eq!(
+            parse("vcpu-pin 3 all 0,2-3"),
+            Ok(Some(Command::VcpuPin { domain: "3", vcpu: None, cpus: CpuList::Mask(0b1101) }))
+        );
+        assert_eq!(
+            parse("vcpu-pin Domain-0 0 all"),
+            Ok(Some(Command::VcpuPin { domain: "Domain-0", vcpu: Some(0), cpus: CpuList::All }))
+        );
+    }
+
+    #[test]
+    fn vcpu_command_mistakes_are_reported() {
+        let message = |line| format!("{}", parse(line).unwrap_err());
+        assert_eq!(message("vcpu-list a b"), "'vcpu-list' does not take 'b'");
+        assert_eq!(message("vcpu-pin counter 0"), "usage: vcpu-pin <domain> <vcpu> <cpus>");
+        assert_eq!(message("vcpu-pin counter"), "usage: vcpu-pin <domain> <vcpu> <cpus>");
+        assert_eq!(message("vcpu-pin counter x 1"), "vcpu-pin: bad vCPU 'x': expected a vCPU number or 'all'");
+        assert_eq!(message("vcpu-pin counter -1 1"), "vcpu-pin: bad vCPU '-1': expected a vCPU number or 'all'");
+        assert_eq!(message("vcpu-pin counter 99999999999 1"), "vcpu-pin: bad vCPU '99999999999': too large");
+        assert_eq!(
+            message("vcpu-pin counter 0 0-"),
+            "vcpu-pin: bad CPU list '0-': '0-' is not a CPU index or a range like 0-3"
+        );
+        assert_eq!(
+            message("vcpu-pin counter 0 3-1"),
+            "vcpu-pin: bad CPU list '3-1': range '3-1' ends before it starts"
+        );
+        assert_eq!(
+            message("vcpu-pin counter 0 1,,2"),
+            "vcpu-pin: bad CPU list '1,,2': an item is empty (two commas, or a comma at an end)"
+        );
+        assert_eq!(message("vcpu-pin counter 0 64"), "vcpu-pin: bad CPU list '64': '64' names a CPU beyond index 63");
+        assert_eq!(message("vcpu-pin counter 0 1 2"), "'vcpu-pin' does not take '2'");
+    }
+
+    #[test]
     fn mistakes_are_reported() {
         assert_eq!(parse("frobnicate now"), Err(ParseError::Unknown("frobnicate")));
         assert_eq!(parse("Info"), Err(ParseError::Unknown("Info")));
@@ -249,9 +341,10 @@ mod tests {
     #[test]
     fn every_listed_command_parses() {
         for (name, arguments, _) in COMMANDS {
-            // One word for each required `<argument>`.
+            // One word for each `<argument>`: "0" reads as a domain, a
+            // number, a vCPU and a CPU list.
             let required = arguments.matches('<').count();
-            let line = core::iter::once(name).chain(core::iter::repeat_n("x", required)).collect::<Vec<_>>().join(" ");
+            let line = core::iter::once(name).chain(core::iter::repeat_n("0", required)).collect::<Vec<_>>().join(" ");
             assert!(parse(&line).unwrap().is_some(), "{name}");
         }
     }

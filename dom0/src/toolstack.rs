@@ -10,6 +10,7 @@ use abi::{DomainId, Error};
 use arrayvec::{ArrayString, ArrayVec};
 use dom0core::builder::{self, BuildRequest, DomainControl};
 use dom0core::config::{GuestConfig, OnCrash};
+use dom0core::cpu_list::{self, CpuList, Cpus};
 use dom0core::device_link::{self, Link, Step};
 use dom0core::tar::{Archive, EntryKind};
 use dom0core::window::Use;
@@ -911,16 +912,9 @@ impl Toolstack {
 
     /// `sched`: sets what is given, then shows the values.
     pub fn sched(&mut self, target: &str, weight: Option<u32>, cap: Option<u32>, out: &mut Uart) {
-        let id = if target == "0" || target == "Domain-0" {
-            abi::DOM0
-        } else {
-            match self.find(target) {
-                Some(index) => self.guests[index].id,
-                None => {
-                    let _ = writeln!(out, "dom0: no domain '{target}'");
-                    return;
-                }
-            }
+        let Some(id) = self.domain_id(target) else {
+            let _ = writeln!(out, "dom0: no domain '{target}'");
+            return;
         };
         let info = match hypercall::domain_info(id) {
             Ok(info) => info,
@@ -936,6 +930,107 @@ impl Toolstack {
         }
         let _ = writeln!(out, "{:<20} {:>5} {:>6} {:>4}", "Name", "ID", "Weight", "Cap");
         let _ = writeln!(out, "{:<20} {:>5} {:>6} {:>4}", self.name_of(id), id, weight, cap);
+    }
+
+    /// The domain `target` names: dom0 (`0` or `Domain-0`), or a guest by
+    /// name or id.
+    fn domain_id(&self, target: &str) -> Option<DomainId> {
+        if target == "0" || target == "Domain-0" {
+            return Some(abi::DOM0);
+        }
+        self.find(target).map(|index| self.guests[index].id)
+    }
+
+    /// `vcpu-list [<domain>]`, like `xl vcpu-list`: a row per vCPU of every
+    /// domain, or of `target` (columns in `dom0core::cpu_list`).
+    pub fn vcpu_list(&self, target: Option<&str>, out: &mut Uart) {
+        let mut ids = [0u32; 64];
+        let count = match target {
+            Some(target) => match self.domain_id(target) {
+                Some(id) => {
+                    ids[0] = id;
+                    1
+                }
+                None => {
+                    let _ = writeln!(out, "dom0: vcpu-list: no domain '{target}' (see 'list')");
+                    return;
+                }
+            },
+            None => match hypercall::list_domains(0, &mut ids) {
+                Ok(count) => count,
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: vcpu-list: {}", error.describe());
+                    return;
+                }
+            },
+        };
+        let online = match hypercall::hv_info() {
+            Ok(hv) => cpu_list::online_mask_of(&hv.cpus),
+            Err(error) => {
+                let _ = writeln!(out, "dom0: vcpu-list: {}", error.describe());
+                return;
+            }
+        };
+        let _ = cpu_list::write_vcpu_header(out);
+        for &id in &ids[..count] {
+            // A domain destroyed since it was listed is left out.
+            let Ok(info) = hypercall::domain_info(id) else { continue };
+            for vcpu in 0..info.vcpu_count {
+                if let Ok(vcpu_info) = hypercall::vcpu_info(id, vcpu) {
+                    let _ = cpu_list::write_vcpu_row(out, self.name_of(id), id, &vcpu_info, self.tsc_khz, online);
+                }
+            }
+        }
+    }
+
+    /// `vcpu-pin <domain> <vcpu> <cpus>`, like `xl vcpu-pin`: lets vCPU
+    /// `vcpu` of `target` (every vCPU for `None`) run only on `cpus` from
+    /// its next scheduling on. Refuses, with one line, a domain or vCPU
+    /// that does not exist and CPUs that do not run hv; prints nothing
+    /// when it worked (`vcpu-list` shows the result).
+    pub fn vcpu_pin(&self, target: &str, vcpu: Option<u32>, cpus: CpuList, out: &mut Uart) {
+        let Some(id) = self.domain_id(target) else {
+            let _ = writeln!(out, "dom0: vcpu-pin: no domain '{target}' (see 'list')");
+            return;
+        };
+        let name = self.name_of(id);
+        let (vcpus, online) = match hypercall::domain_info(id).and_then(|info| Ok((info, hypercall::hv_info()?))) {
+            Ok((info, hv)) => (info.vcpu_count, cpu_list::online_mask_of(&hv.cpus)),
+            Err(error) => {
+                let _ = writeln!(out, "dom0: vcpu-pin: {name}: {}", error.describe());
+                return;
+            }
+        };
+        let chosen = match vcpu {
+            None => 0..vcpus,
+            Some(vcpu) if vcpu < vcpus => vcpu..vcpu + 1,
+            Some(vcpu) => {
+                let _ = writeln!(
+                    out,
+                    "dom0: vcpu-pin: '{name}' has no vCPU {vcpu} (its vCPUs: {})",
+                    Cpus(cpu_list::online_mask(vcpus))
+                );
+                return;
+            }
+        };
+        let mask = match cpu_list::pin_mask(cpus, online) {
+            Ok(mask) => mask,
+            Err(offline) => {
+                let _ = writeln!(
+                    out,
+                    "dom0: vcpu-pin: CPU {} not running hv (running hv: {})",
+                    Cpus(offline),
+                    Cpus(online)
+                );
+                return;
+            }
+        };
+        for vcpu in chosen {
+            if let Err(error) = hypercall::set_affinity(id, vcpu, mask) {
+                let _ = writeln!(out, "dom0: vcpu-pin: '{name}' vCPU {vcpu}: {}", error.describe());
+                return;
+            }
+        }
     }
 
     /// `list`, like `xl list`.

@@ -336,6 +336,34 @@ impl Domain {
     pub fn host_frame(&self, guest_physical: u64, access: Access) -> Result<u64, Error> {
         translate(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
     }
+
+    /// What `DomCtlOp::GetVcpuInfo` reports of vCPU `vcpu`; `None` if the
+    /// domain has no such vCPU (it has one, id 0).
+    pub fn vcpu_info(&self, vcpu: u32) -> Option<abi::domctl::VcpuInfo> {
+        use abi::domctl::VcpuState;
+        if vcpu != 0 {
+            return None;
+        }
+        let state = if self.ended.is_some() || !self.has_vcpu() {
+            VcpuState::Offline
+        } else if self.running {
+            VcpuState::Running
+        } else if self.paused {
+            VcpuState::Paused
+        } else if self.blocked {
+            VcpuState::Blocked
+        } else {
+            VcpuState::Runnable
+        };
+        Some(abi::domctl::VcpuInfo {
+            vcpu_id: vcpu,
+            state: state as u32,
+            cpu: self.last_cpu,
+            _reserved0: 0,
+            cpu_time_tsc: self.cpu_time_tsc,
+            affinity: self.affinity,
+        })
+    }
 }
 
 /// `why` formatted into a crash record's text: cut at `CRASH_TEXT_BYTES`,
@@ -415,3 +443,5 @@ unsafe impl AbiStruct for abi::info::DomainInfo {}
 unsafe impl AbiStruct for abi::start_info::StartInfo {}
 // SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
 unsafe impl AbiStruct for abi::domctl::VcpuContext {}
+// SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
+unsafe impl AbiStruct for abi::domctl::VcpuInfo {}

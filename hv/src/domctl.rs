@@ -11,7 +11,7 @@ use hvcore::paging::{Access, MemoryType, PageSize};
 
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
-use crate::domain::{Domain, read_struct};
+use crate::domain::{Domain, bytes_of, read_struct};
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
 use crate::memory::{self, HvTables};
 
@@ -94,6 +94,8 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             domain.max_pages = a2;
             Ok(0)
         }
+        DomCtlOp::GetVcpuInfo => get_vcpu_info(hv, caller, target, a2, a3),
+        DomCtlOp::SetAffinity => set_affinity(hv, target, a2, a3),
     }
 }
 
@@ -260,6 +262,24 @@ fn list_domains(hv: &mut Hypervisor, caller: usize, start: DomainId, address: u6
     }
     hv.domains[caller].write_guest(address, &bytes[..count * 4])?;
     Ok(count as u64)
+}
+
+fn get_vcpu_info(hv: &mut Hypervisor, caller: usize, target: usize, vcpu: u64, address: u64) -> Result<u64, Error> {
+    let vcpu = u32::try_from(vcpu).map_err(|_| Error::NotFound)?;
+    let info = hv.domains[target].vcpu_info(vcpu).ok_or(Error::NotFound)?;
+    hv.domains[caller].write_guest(address, bytes_of(&info))?;
+    Ok(0)
+}
+
+fn set_affinity(hv: &mut Hypervisor, target: usize, vcpu: u64, mask: u64) -> Result<u64, Error> {
+    let vcpu = u32::try_from(vcpu).map_err(|_| Error::NotFound)?;
+    hv.domains[target].vcpu_info(vcpu).ok_or(Error::NotFound)?;
+    let mask = mask & crate::arch::smp::online_mask();
+    if mask == 0 {
+        return Err(Error::InvalidArgument);
+    }
+    hv.domains[target].affinity = mask;
+    Ok(0)
 }
 
 // Every guest hv can run (all its domains but dom0) gets a full share of

@@ -1,6 +1,6 @@
 //! Hypercall wrappers (convention in the `abi` crate documentation).
 
-use abi::domctl::{DomCtlOp, VcpuContext};
+use abi::domctl::{DomCtlOp, VcpuContext, VcpuInfo};
 use abi::event::EventOp;
 use abi::grant::GrantOp;
 use abi::hypercall::{Hypercall, PlatformOp, SchedOp, ShutdownReason, VcpuOp};
@@ -74,19 +74,19 @@ pub fn dmesg(buffer: &mut [u8]) -> Result<usize, Error> {
 
 /// Whole-hypervisor information.
 pub fn hv_info() -> Result<HvInfo, Error> {
-    let info = HvInfo::default();
+    let mut info = HvInfo::default();
     let size = core::mem::size_of::<HvInfo>() as u64;
     // SAFETY: `info` is writable and `size` bytes long.
-    Error::decode(unsafe { raw(Hypercall::HvInfo as u64, [address_of(&info), size, 0, 0, 0]) })?;
+    Error::decode(unsafe { raw(Hypercall::HvInfo as u64, [&raw mut info as u64, size, 0, 0, 0]) })?;
     Ok(info)
 }
 
 /// Information about domain `domain`.
 pub fn domain_info(domain: DomainId) -> Result<DomainInfo, Error> {
-    let info = DomainInfo::default();
+    let mut info = DomainInfo::default();
     let size = core::mem::size_of::<DomainInfo>() as u64;
     // SAFETY: `info` is writable and `size` bytes long.
-    Error::decode(unsafe { raw(Hypercall::DomainInfo as u64, [domain as u64, address_of(&info), size, 0, 0]) })?;
+    Error::decode(unsafe { raw(Hypercall::DomainInfo as u64, [domain as u64, &raw mut info as u64, size, 0, 0]) })?;
     Ok(info)
 }
 
@@ -152,7 +152,10 @@ pub fn notify(port: u32) -> Result<(), Error> {
 
 /// Domain control with word arguments (dom0 only).
 pub fn domctl(operation: DomCtlOp, domain: DomainId, a2: u64, a3: u64, a4: u64) -> Result<u64, Error> {
-    debug_assert!(!matches!(operation, DomCtlOp::SetVcpuContext | DomCtlOp::ListDomains | DomCtlOp::CopyToGuest));
+    debug_assert!(!matches!(
+        operation,
+        DomCtlOp::SetVcpuContext | DomCtlOp::ListDomains | DomCtlOp::CopyToGuest | DomCtlOp::GetVcpuInfo
+    ));
     // SAFETY: the operations passed here take no pointers into dom0's memory
     // (the ones that do have their own wrappers below).
     Error::decode(unsafe { raw(Hypercall::DomCtl as u64, [operation as u64, domain as u64, a2, a3, a4]) })
@@ -190,6 +193,24 @@ pub fn list_domains(start: DomainId, ids: &mut [u32]) -> Result<usize, Error> {
     let arguments = [DomCtlOp::ListDomains as u64, start as u64, address_of(ids), ids.len() as u64, 0];
     // SAFETY: `ids` is writable for its length.
     Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|count| count as usize)
+}
+
+/// What vCPU `vcpu` of `domain` is doing (dom0 only).
+pub fn vcpu_info(domain: DomainId, vcpu: u32) -> Result<VcpuInfo, Error> {
+    let mut info = VcpuInfo::default();
+    let arguments = [DomCtlOp::GetVcpuInfo as u64, domain as u64, vcpu as u64, &raw mut info as u64, 0];
+    // SAFETY: `info` is writable for its size, which is what hv writes.
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) })?;
+    Ok(info)
+}
+
+/// Lets vCPU `vcpu` of `domain` run only on the CPUs of `mask` (bit i =
+/// CPU index i; hv keeps those running hv) from its next scheduling on
+/// (dom0 only).
+pub fn set_affinity(domain: DomainId, vcpu: u32, mask: u64) -> Result<(), Error> {
+    let arguments = [DomCtlOp::SetAffinity as u64, domain as u64, vcpu as u64, mask, 0];
+    // SAFETY: no pointer arguments.
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|_| ())
 }
 
 /// Registers this domain's grant table page.

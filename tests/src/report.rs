@@ -1,5 +1,6 @@
 //! Parsers for what the dom0 shell prints (`info`, `bench`, `list`, `mem`,
-//! `sched`, `selftest`), with errors that quote the text they could not read.
+//! `sched`, `selftest`, `vcpu-list`), with errors that quote the text they
+//! could not read.
 
 use crate::pattern::scan;
 
@@ -351,6 +352,87 @@ impl SelfTestReport {
     }
 }
 
+/// One row of the `vcpu-list` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuRow {
+    pub name: String,
+    pub id: u64,
+    pub vcpu: u64,
+    /// The `CPU` column: the CPU index it runs on or last ran on, `None`
+    /// for `-` (never ran).
+    pub cpu: Option<u64>,
+    /// The `State` column: `running`, `runnable`, `blocked`, `paused` or
+    /// `offline`.
+    pub state: String,
+    /// The `Time(s)` column in tenths of a second.
+    pub cpu_tenths: u64,
+    /// The `Affinity` column: `all`, or a CPU list like `1`, `0-1`, `0,2-3`.
+    pub affinity: String,
+}
+
+/// The output of the `vcpu-list` command: `Name ID VCPU CPU State Time(s)
+/// Affinity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuList {
+    pub rows: Vec<VcpuRow>,
+}
+
+impl VcpuList {
+    /// Parses the text of one `vcpu-list` command: the header, then one row
+    /// per line until an empty line, the prompt or the end; any other line
+    /// inside the table is an error.
+    pub fn parse(text: &str) -> Result<VcpuList, String> {
+        let rows = table_rows(text, "vcpu-list", &["Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity"])?;
+        let rows = rows
+            .into_iter()
+            .map(|(line, name, fields)| {
+                let bad = || {
+                    format!(
+                        "`vcpu-list` row {line:?} is not like \"<name> <id> <vcpu> <cpu or -> <state> \
+                         <seconds>.<tenth> <all or CPU list>\"; its output was:\n{text}"
+                    )
+                };
+                let number = |field: &str| field.parse::<u64>().map_err(|_| bad());
+                let cpu = match fields[2] {
+                    "-" => None,
+                    field => Some(number(field)?),
+                };
+                let state = fields[3];
+                if !["running", "runnable", "blocked", "paused", "offline"].contains(&state) {
+                    return Err(bad());
+                }
+                let (whole, tenth) = fields[4].split_once('.').ok_or_else(bad)?;
+                if tenth.len() != 1 {
+                    return Err(bad());
+                }
+                let affinity = fields[5];
+                let list = affinity.split(',').all(|item| {
+                    let (first, last) = item.split_once('-').unwrap_or((item, item));
+                    first.parse::<u8>().is_ok() && last.parse::<u8>().is_ok()
+                });
+                if affinity != "all" && !list {
+                    return Err(bad());
+                }
+                Ok(VcpuRow {
+                    name,
+                    id: number(fields[0])?,
+                    vcpu: number(fields[1])?,
+                    cpu,
+                    state: state.to_owned(),
+                    cpu_tenths: number(whole)? * 10 + number(tenth)?,
+                    affinity: affinity.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(VcpuList { rows })
+    }
+
+    /// The row of vCPU `vcpu` of the domain called `name`.
+    pub fn get(&self, name: &str, vcpu: u64) -> Option<&VcpuRow> {
+        self.rows.iter().find(|row| row.name == name && row.vcpu == vcpu)
+    }
+}
+
 /// A row of a table: the whole line, the name (first column), the other fields.
 type TableRow<'a> = (&'a str, String, Vec<&'a str>);
 
@@ -515,6 +597,60 @@ mod tests {
         );
         let error = SchedulingRow::parse("sched x\ndom0: no domain 'x'\n").unwrap_err();
         assert!(error.contains("no domain 'x'"), "{error}");
+    }
+
+    const VCPU_LIST: &str = "vcpu-list\n\
+        Name                                ID VCPU CPU    State   Time(s) Affinity\n\
+        Domain-0                             0    0   0  running       3.1 all\n\
+        counter                              1    0   1  blocked       0.2 1\n\
+        spinner                              2    0   -   paused       0.0 0,2-3\n\
+        dom0> ";
+
+    #[test]
+    fn vcpu_list_parses() {
+        let list = VcpuList::parse(VCPU_LIST).unwrap();
+        assert_eq!(list.rows.len(), 3);
+        assert_eq!(
+            list.get("counter", 0),
+            Some(&VcpuRow {
+                name: "counter".into(),
+                id: 1,
+                vcpu: 0,
+                cpu: Some(1),
+                state: "blocked".into(),
+                cpu_tenths: 2,
+                affinity: "1".into(),
+            })
+        );
+        let dom0 = list.get("Domain-0", 0).unwrap();
+        assert_eq!(
+            (dom0.cpu, dom0.state.as_str(), dom0.cpu_tenths, dom0.affinity.as_str()),
+            (Some(0), "running", 31, "all")
+        );
+        let spinner = list.get("spinner", 0).unwrap();
+        assert_eq!((spinner.cpu, spinner.affinity.as_str()), (None, "0,2-3"));
+        assert!(list.get("counter", 1).is_none());
+        let empty = "Name ID VCPU CPU State Time(s) Affinity\n";
+        assert_eq!(VcpuList::parse(empty).unwrap().rows, []);
+    }
+
+    #[test]
+    fn vcpu_list_errors_quote_the_bad_row() {
+        for (from, to) in [
+            ("0  running", "x  running"),
+            ("running", "r-----"),
+            ("3.1", "3"),
+            ("3.1 all", "3.1 every"),
+            ("0.2 1", "0.2 1-"),
+            ("0.2 1", "0.2 1,,2"),
+            ("0.0 0,2-3", "0.0 0,2-3 extra"),
+        ] {
+            let garbled = VCPU_LIST.replacen(from, to, 1);
+            let error = VcpuList::parse(&garbled).unwrap_err();
+            assert!(error.contains(to), "{from} -> {to}: {error}");
+        }
+        let error = VcpuList::parse("dom0: vcpu-list: no domain 'x' (see 'list')\n").unwrap_err();
+        assert!(error.contains("no header line") && error.contains("no domain 'x'"), "{error}");
     }
 
     #[test]

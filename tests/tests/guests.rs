@@ -11,11 +11,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mica_tests::session::{
-    attach, boot, boot_with, command, counter_reaches, counter_values, create, destroy, detach, expect_memory_back, fail_with,
-    list, mem,
+    attach, boot, boot_with, command, counter_reaches, counter_values, create, destroy, detach, expect_memory_back,
+    fail_with, list, mem,
 };
 use mica_tests::{
-    BochsOptions, DomainList, InfoReport, Machine, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan, seconds,
+    BochsOptions, DomainList, InfoReport, Machine, PROMPT, SchedulingRow, SelfTestReport, fail, line_where, scan,
+    seconds,
 };
 
 /// The state column of `name` in a `list`, failing when it is not listed.

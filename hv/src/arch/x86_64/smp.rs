@@ -112,20 +112,19 @@ pub fn running() -> u32 {
         .count() as u32
 }
 
-/// Fills `out` with the CPUs running hv, in slot order (the boot CPU
-/// first), as the ABI describes them; the rest stays as it was (zero).
+/// Fills `out` with the CPUs running hv as the ABI describes them, each
+/// at its CPU index (its slot: the numbering of affinity masks and
+/// `VcpuInfo::cpu`); other entries stay as they were (zero: `NONE`), so a
+/// CPU that failed to start leaves a gap rather than renumbering the rest.
 pub fn describe(out: &mut [abi::info::CpuInfo]) {
     use abi::info::cpu_state;
-    let running = CPUS.iter().filter_map(|cpu| {
+    for (entry, cpu) in out.iter_mut().zip(&CPUS) {
         let state = match cpu.state.load(Ordering::Acquire) {
             state::RUNNING_DOMAINS => cpu_state::RUNNING_DOMAINS,
             state::VMX_ROOT_IDLE => cpu_state::VMX_ROOT_IDLE,
-            _ => return None,
+            _ => continue,
         };
-        Some(abi::info::CpuInfo { apic_id: cpu.apic_id.load(Ordering::Relaxed), state })
-    });
-    for (entry, cpu) in out.iter_mut().zip(running) {
-        *entry = cpu;
+        *entry = abi::info::CpuInfo { apic_id: cpu.apic_id.load(Ordering::Relaxed), state };
     }
 }
 
@@ -460,4 +459,13 @@ extern "C" fn ap_entry(index: u64) -> ! {
     }
     cpu.state.store(state::RUNNING_DOMAINS, Ordering::Release);
     crate::hypervisor::run()
+}
+
+/// The CPUs running hv as a mask, bit i = CPU slot i (the boot CPU and
+/// every AP in VMX root): what `DomCtlOp::SetAffinity` keeps of a mask.
+pub fn online_mask() -> u64 {
+    CPUS.iter()
+        .enumerate()
+        .filter(|(_, cpu)| matches!(cpu.state.load(Ordering::Acquire), state::VMX_ROOT_IDLE | state::RUNNING_DOMAINS))
+        .fold(0, |mask, (index, _)| mask | 1 << index)
 }
