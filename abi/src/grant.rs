@@ -9,11 +9,15 @@
 //!
 //! The grantee either maps the page ([`GrantOp::Map`], dom0 only in this
 //! version: into its foreign window) or asks hv to copy ([`GrantOp::Copy`]).
-//! While mapped, hv keeps the `MAPPED` bit set in the entry.
+//! While mapped, and while a copy runs, hv keeps the `MAPPED` bit set in
+//! the entry. hv sets it with an atomic compare-exchange of the very entry
+//! it checked (since 0.8; the granter may revoke on another CPU at the same
+//! moment), so a map or copy and a revocation never both succeed.
 //!
 //! Revoking: the granter clears `flags` with an atomic compare-exchange that
-//! expects `MAPPED` clear. If the grantee still maps the page the exchange
-//! fails and the grant stays: revocation is refused while mapped.
+//! expects `MAPPED` clear. If the grantee still maps the page (or hv is
+//! copying) the exchange fails and the grant stays: revocation is refused
+//! meanwhile (`Busy` in pv-drivers); try again later.
 
 use core::mem::{offset_of, size_of};
 

@@ -1664,13 +1664,24 @@ impl Toolstack {
     /// Serves the guests' store requests and delivers their watch events.
     /// Returns whether anything moved.
     pub fn service_store(&mut self) -> bool {
+        /// Most store messages (requests answered, watch events sent) per
+        /// guest per pass of dom0's loop.
+        const STORE_BATCH: usize = 32;
         let mut moved = false;
         let mut store_tree = STORE.lock();
         for guest in self.guests.iter_mut() {
             let Some(channel) = guest.store.as_mut() else { continue };
             let mut notify = false;
             let mut broken = false;
+            // Messages handled for this guest in this pass: bounded, so a
+            // guest that refills its ring from another CPU as fast as dom0
+            // empties it cannot hold dom0 here (the next pass goes on).
+            let mut handled = 0;
             loop {
+                if handled == STORE_BATCH {
+                    moved = true;
+                    break;
+                }
                 // Finish sending what is pending first.
                 if channel.pending_sent < channel.pending_length {
                     match channel.ring.server_send(&channel.pending[channel.pending_sent..channel.pending_length]) {
@@ -1692,12 +1703,14 @@ impl Toolstack {
                     channel.pending_sent = 0;
                     channel.assembler.clear();
                     moved = true;
+                    handled += 1;
                     continue;
                 }
                 if store_tree.next_event_size(guest.id).is_some() {
                     channel.pending_length = store_tree.pop_event(guest.id, &mut channel.pending);
                     channel.pending_sent = 0;
                     moved = true;
+                    handled += 1;
                     continue;
                 }
                 // Then request bytes already taken from the ring, then more.

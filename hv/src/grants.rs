@@ -1,27 +1,40 @@
 //! Grant tables (`Hypercall::Grant`): a domain lets one other domain map or
-//! copy one of its pages. hv reads the granter's table entry at the moment
-//! of use, checks it names the caller and permits the access, and keeps the
-//! entry's `MAPPED` bit set while any mapping of it exists, which is what
-//! makes the granter's revocation fail while mapped (see `abi::grant`).
+//! copy one of its pages. hv claims the granter's table entry at the moment
+//! of use: it checks that the entry names the caller and permits the
+//! access and sets its `MAPPED` bit in one compare-exchange of the word it
+//! checked (`hvcore::grant_entry`: the granter may be revoking on another
+//! CPU at that moment), and keeps the bit set while a copy runs or any
+//! mapping of it exists, which is what makes the granter's revocation fail
+//! meanwhile (see `abi::grant`).
 //! Every mapping is recorded in `Hypervisor::foreign`, which also holds
 //! each granter to its share of dom0's foreign window.
 
-use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED, PERMIT_ACCESS, READONLY};
+use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED};
 use abi::{DomainId, Error};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
 use hvcore::foreign::Mapping;
+use hvcore::grant_entry::{self, Entry, EntryWord};
 
 use crate::arch::memory as physical;
 use crate::domctl::in_foreign_window;
 use crate::hypervisor::Hypervisor;
 use crate::memory::HvTables;
 
-/// A decoded grant entry.
-struct Entry {
-    flags: u16,
-    domain: u16,
-    frame: u32,
+/// A grant entry in a granter's table page: each access is one locked
+/// instruction on the raw address (the granter changes it concurrently).
+struct SharedEntry(u64);
+
+impl EntryWord for SharedEntry {
+    fn load(&mut self) -> u64 {
+        physical::atomic_load(self.0)
+    }
+    fn compare_exchange(&mut self, current: u64, new: u64) -> Result<u64, u64> {
+        physical::atomic_compare_exchange(self.0, current, new)
+    }
+    fn clear_mapped(&mut self) {
+        physical::atomic_test_and_clear_bit(self.0, MAPPED.trailing_zeros());
+    }
 }
 
 /// The host address of entry `reference` in domain `index`'s table.
@@ -36,33 +49,43 @@ fn entry_address(hv: &Hypervisor, index: usize, reference: u64) -> Result<u64, E
     Ok(table + reference * 8)
 }
 
-fn read_entry(address: u64) -> Entry {
-    // One 8-byte load: the granter may change the entry at any time, so it
-    // is read once and the copy is what gets checked and used.
-    let word = physical::atomic_load(address);
-    Entry { flags: word as u16, domain: (word >> 16) as u16, frame: (word >> 32) as u32 }
+/// A claimed grant: `MAPPED` is set in its entry, so the granter cannot
+/// revoke it until [`unclaim`].
+struct Claimed {
+    /// Host frame of the granted page.
+    frame: u64,
+    entry: Entry,
+    /// Host address of the entry.
+    entry_at: u64,
 }
 
-/// Checks grant `reference` of domain `granter_index` for use by `caller`
-/// (writable access if `write`), returning the host frame it names.
-fn check(
+/// Claims grant `reference` of domain `granter_index` for `caller`
+/// (writable access if `write`: see `hvcore::grant_entry::claim`) and
+/// finds the host frame it names.
+fn claim(
     hv: &Hypervisor,
     granter_index: usize,
     reference: u64,
     caller: DomainId,
     write: bool,
-) -> Result<(u64, Entry), Error> {
-    let address = entry_address(hv, granter_index, reference)?;
-    let entry = read_entry(address);
-    if entry.flags & PERMIT_ACCESS == 0 || entry.domain as u32 != caller {
-        return Err(Error::Permission);
+) -> Result<Claimed, Error> {
+    let entry_at = entry_address(hv, granter_index, reference)?;
+    let entry = grant_entry::claim(&mut SharedEntry(entry_at), caller, write)?;
+    let access = if entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
+    match hv.domains[granter_index].host_frame(entry.frame as u64 * abi::PAGE_SIZE, access) {
+        Ok(frame) => Ok(Claimed { frame, entry, entry_at }),
+        Err(error) => {
+            unclaim(hv, granter_index, reference, entry_at);
+            Err(error)
+        }
     }
-    if write && entry.flags & READONLY != 0 {
-        return Err(Error::Permission);
-    }
-    let access = if entry.flags & READONLY != 0 { Access::READ } else { Access::READ | Access::WRITE };
-    let frame = hv.domains[granter_index].host_frame(entry.frame as u64 * abi::PAGE_SIZE, access)?;
-    Ok((frame, entry))
+}
+
+/// Ends a claim of grant `reference` (entry at `entry_at`) of domain
+/// `granter_index` unless a mapping of it remains in dom0's window.
+fn unclaim(hv: &Hypervisor, granter_index: usize, reference: u64, entry_at: u64) {
+    let still_mapped = hv.foreign.maps_grant(hv.domains[granter_index].id, reference as u32);
+    grant_entry::release(&mut SharedEntry(entry_at), still_mapped);
 }
 
 fn granter_index(hv: &Hypervisor, caller: usize, granter: u64) -> Result<usize, Error> {
@@ -101,26 +124,27 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
                 return Err(Error::InvalidArgument);
             }
             let granter = granter_index(hv, caller, a1)?;
-            let (frame, entry) = check(hv, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
+            let claimed = claim(hv, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
             let owner = hv.domains[granter].id;
-            let entry_at = entry_address(hv, granter, a2)?;
             // Recorded first: refused here when the page is in use or the
             // granter has its share of the window mapped.
-            hv.foreign.insert(a3, Mapping { owner, grant: Some(a2 as u32) })?;
-            let access = if entry.flags & READONLY != 0 { Access::READ } else { Access::READ | Access::WRITE };
+            if let Err(error) = hv.foreign.insert(a3, Mapping { owner, grant: Some(a2 as u32) }) {
+                unclaim(hv, granter, a2, claimed.entry_at);
+                return Err(error);
+            }
+            let access = if claimed.entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
             let domain = &mut hv.domains[caller];
             if let Err(error) =
-                domain.ept.map(&mut HvTables, a3, frame, PageSize::Size4K, access, MemoryType::WriteBack)
+                domain.ept.map(&mut HvTables, a3, claimed.frame, PageSize::Size4K, access, MemoryType::WriteBack)
             {
                 hv.foreign.remove(a3, true);
+                unclaim(hv, granter, a2, claimed.entry_at);
                 return Err(match error {
                     hvcore::paging::MapError::AlreadyMapped => Error::Busy,
                     hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
                     _ => Error::InvalidArgument,
                 });
             }
-            // Entries are 8-byte aligned with `flags` in the low bits.
-            physical::atomic_test_and_set_bit(entry_at, MAPPED.trailing_zeros());
             Ok(0)
         }
         GrantOp::Unmap => {
@@ -135,10 +159,9 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
                 vcpu.flush_ept(&hv.capabilities);
             }
             if let (Some(owner), Some(reference)) = (hv.index_of(mapping.owner), mapping.grant)
-                && !hv.foreign.maps_grant(mapping.owner, reference)
                 && let Ok(entry_at) = entry_address(hv, owner, reference as u64)
             {
-                physical::atomic_test_and_clear_bit(entry_at, MAPPED.trailing_zeros());
+                unclaim(hv, owner, reference as u64, entry_at);
             }
             Ok(0)
         }
@@ -151,21 +174,23 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             if a2 >> 44 != 0 || offset + length > abi::PAGE_SIZE {
                 return Err(Error::InvalidArgument);
             }
-            let (frame, _) = check(hv, granter, reference, caller_id, to_grant)?;
+            // Claimed for the copy, so the granter cannot revoke (and reuse
+            // the page) while hv copies from or to it.
+            let claimed = claim(hv, granter, reference, caller_id, to_grant)?;
+            let frame = claimed.frame;
             let mut buffer = [0u8; abi::PAGE_SIZE as usize];
             let bytes = &mut buffer[..length as usize];
-            if to_grant {
-                hv.domains[caller].read_guest(a3, bytes)?;
-                if !physical::copy_to(frame + offset, bytes) {
-                    return Err(Error::BadAddress);
-                }
+            let copied = if to_grant {
+                hv.domains[caller].read_guest(a3, bytes).and_then(|()| {
+                    if physical::copy_to(frame + offset, bytes) { Ok(()) } else { Err(Error::BadAddress) }
+                })
+            } else if physical::copy_from(frame + offset, bytes) {
+                hv.domains[caller].write_guest(a3, bytes)
             } else {
-                if !physical::copy_from(frame + offset, bytes) {
-                    return Err(Error::BadAddress);
-                }
-                hv.domains[caller].write_guest(a3, bytes)?;
-            }
-            Ok(length)
+                Err(Error::BadAddress)
+            };
+            unclaim(hv, granter, reference, claimed.entry_at);
+            copied.map(|()| length)
         }
     }
 }

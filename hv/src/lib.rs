@@ -12,6 +12,7 @@ pub mod elf;
 pub mod event;
 pub mod foreign;
 pub mod frame;
+pub mod grant_entry;
 pub mod guest;
 pub mod io_ports;
 pub mod log_ring;

@@ -210,6 +210,22 @@ pub fn atomic_test_and_clear_bit(address: u64, bit: u32) -> bool {
     was_set != 0
 }
 
+/// Replaces the 64-bit word at `address` with `new` if it holds `current`
+/// (LOCK CMPXCHG); returns the word found, `Ok` when it was `current`.
+pub fn atomic_compare_exchange(address: u64, current: u64, new: u64) -> Result<u64, u64> {
+    if !word_ok(address) {
+        return Err(!current);
+    }
+    let found: u64;
+    // SAFETY: the word is identity-mapped and aligned; a locked CMPXCHG
+    // changes only that word and touches no Rust-visible memory.
+    unsafe {
+        core::arch::asm!("lock cmpxchg qword ptr [{address}], {new}", address = in(reg) address, new = in(reg) new,
+            inout("rax") current => found, options(nostack));
+    }
+    if found == current { Ok(found) } else { Err(found) }
+}
+
 /// Reads a 64-bit word (aligned 8-byte loads are atomic on x86-64).
 pub fn atomic_load(address: u64) -> u64 {
     read_u64(address)
