@@ -3,8 +3,9 @@
 # and QEMU; the x86_64-unknown-none Rust target), then `cargo test
 # --workspace`: the host unit tests of every crate and the system tests in
 # tests/tests/, which boot the ISO in Bochs and QEMU. Extra arguments go to
-# cargo test (e.g. `tests/run.sh -p mica-tests`). The last line sums up every
-# test binary's result: `tests: N passed, N failed, N skipped`.
+# cargo test (e.g. `tests/run.sh -p mica-tests`); without any, the system
+# tests run a second time on two emulated CPUs (`MICA_CPUS=2`). The last
+# line sums up every test binary's result: `tests: N passed, N failed, N skipped`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,6 +15,13 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# The system tests (tests/tests/) once more on an emulated machine with two
+# CPUs: everything must work whether domains share one CPU or run side by
+# side. Skipped when the caller chose a CPU count (MICA_CPUS) or arguments.
+if [ -z "${MICA_CPUS:-}" ] && [ "$#" -eq 0 ]; then
+    echo "tests: the system tests again with MICA_CPUS=2"
+    MICA_CPUS=2 cargo test -p mica-tests --test '*' 2>&1 | tee -a "$log" || status=$?
+fi
 # cargo prints one `test result:` line per test binary; add them up.
 awk '/^test result:/ {
         for (i = 1; i <= NF; i++) {
