@@ -66,16 +66,25 @@ pub fn permits(word: u64, grantee: DomainId, write: bool) -> Result<Entry, Error
 /// granter that keeps rewriting its entry only delays its own grantee).
 pub const CLAIM_ATTEMPTS: usize = 8;
 
+/// A successful [`claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The entry as checked.
+    pub entry: Entry,
+    /// `MAPPED` was set already (a mapping of the grant holds it), so
+    /// ending this claim must leave it set.
+    pub already: bool,
+}
+
 /// Checks the entry for `grantee` and sets `MAPPED` in the same word, so
-/// that the granter's revoke fails from then on; returns the entry as
-/// checked. `Permission` if the entry does not permit the access, `Busy`
-/// if the granter kept changing it.
-pub fn claim(word: &mut impl EntryWord, grantee: DomainId, write: bool) -> Result<Entry, Error> {
+/// that the granter's revoke fails from then on. `Permission` if the entry
+/// does not permit the access, `Busy` if the granter kept changing it.
+pub fn claim(word: &mut impl EntryWord, grantee: DomainId, write: bool) -> Result<Claim, Error> {
     for _ in 0..CLAIM_ATTEMPTS {
         let old = word.load();
         let entry = permits(old, grantee, write)?;
         if word.compare_exchange(old, old | u64::from(MAPPED)).is_ok() {
-            return Ok(entry);
+            return Ok(Claim { entry, already: old as u16 & MAPPED != 0 });
         }
     }
     Err(Error::Busy)
@@ -134,8 +143,9 @@ mod tests {
     #[test]
     fn claim_checks_the_entry_and_sets_mapped() {
         let mut word = Word(GRANTED);
-        assert_eq!(claim(&mut word, GRANTEE, true).map(|e| e.frame), Ok(0x1234));
+        assert_eq!(claim(&mut word, GRANTEE, true).map(|c| (c.entry.frame, c.already)), Ok((0x1234, false)));
         assert_ne!(word.0 as u16 & MAPPED, 0);
+        assert_eq!(claim(&mut word, GRANTEE, true).map(|c| c.already), Ok(true), "a second claim finds it set");
         assert_eq!(revoke(&mut word), Err(Error::Busy));
         release(&mut word, true);
         assert_eq!(revoke(&mut word), Err(Error::Busy), "another mapping remains");

@@ -50,13 +50,21 @@ fn entry_address(hv: &Hypervisor, index: usize, reference: u64) -> Result<u64, E
 }
 
 /// A claimed grant: `MAPPED` is set in its entry, so the granter cannot
-/// revoke it until [`unclaim`].
+/// revoke it until [`end_claim`].
 struct Claimed {
     /// Host frame of the granted page.
     frame: u64,
     entry: Entry,
     /// Host address of the entry.
     entry_at: u64,
+    /// `MAPPED` was set before (a mapping holds it).
+    already: bool,
+}
+
+/// Ends a claim that added no mapping: clears `MAPPED` unless a mapping
+/// held it before (then it stays, and no mapping list needs searching).
+fn end_claim(claimed: &Claimed) {
+    grant_entry::release(&mut SharedEntry(claimed.entry_at), claimed.already);
 }
 
 /// Claims grant `reference` of domain `granter_index` for `caller`
@@ -70,19 +78,20 @@ fn claim(
     write: bool,
 ) -> Result<Claimed, Error> {
     let entry_at = entry_address(hv, granter_index, reference)?;
-    let entry = grant_entry::claim(&mut SharedEntry(entry_at), caller, write)?;
+    let grant_entry::Claim { entry, already } = grant_entry::claim(&mut SharedEntry(entry_at), caller, write)?;
     let access = if entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
+    let claimed = Claimed { frame: 0, entry, entry_at, already };
     match hv.domains[granter_index].host_frame(entry.frame as u64 * abi::PAGE_SIZE, access) {
-        Ok(frame) => Ok(Claimed { frame, entry, entry_at }),
+        Ok(frame) => Ok(Claimed { frame, ..claimed }),
         Err(error) => {
-            unclaim(hv, granter_index, reference, entry_at);
+            end_claim(&claimed);
             Err(error)
         }
     }
 }
 
-/// Ends a claim of grant `reference` (entry at `entry_at`) of domain
-/// `granter_index` unless a mapping of it remains in dom0's window.
+/// Clears `MAPPED` in grant `reference` (entry at `entry_at`) of domain
+/// `granter_index` once no mapping of it remains in dom0's window.
 fn unclaim(hv: &Hypervisor, granter_index: usize, reference: u64, entry_at: u64) {
     let still_mapped = hv.foreign.maps_grant(hv.domains[granter_index].id, reference as u32);
     grant_entry::release(&mut SharedEntry(entry_at), still_mapped);
@@ -129,7 +138,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             // Recorded first: refused here when the page is in use or the
             // granter has its share of the window mapped.
             if let Err(error) = hv.foreign.insert(a3, Mapping { owner, grant: Some(a2 as u32) }) {
-                unclaim(hv, granter, a2, claimed.entry_at);
+                end_claim(&claimed);
                 return Err(error);
             }
             let access = if claimed.entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
@@ -138,7 +147,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
                 domain.ept.map(&mut HvTables, a3, claimed.frame, PageSize::Size4K, access, MemoryType::WriteBack)
             {
                 hv.foreign.remove(a3, true);
-                unclaim(hv, granter, a2, claimed.entry_at);
+                end_claim(&claimed);
                 return Err(match error {
                     hvcore::paging::MapError::AlreadyMapped => Error::Busy,
                     hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
@@ -189,7 +198,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             } else {
                 Err(Error::BadAddress)
             };
-            unclaim(hv, granter, reference, claimed.entry_at);
+            end_claim(&claimed);
             copied.map(|()| length)
         }
     }
