@@ -1162,6 +1162,11 @@ impl Guest {
         if self.start_info.tsc_khz == 0 { 1_000_000_000 } else { self.start_info.tsc_khz * 1000 }
     }
 
+    /// Tests and clears event port `port`'s pending bit.
+    pub fn take_port(&self, port: u32) -> bool {
+        take_pending(port)
+    }
+
     /// Upcalls taken so far.
     pub fn upcalls(&self) -> u64 {
         UPCALLS.load(core::sync::atomic::Ordering::Relaxed)

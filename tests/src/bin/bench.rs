@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use mica_tests::{BenchReport, Bochs, Iso, Machine, PROMPT, boot_to_prompt, seconds};
+use mica_tests::{BenchReport, Bochs, BochsOptions, Iso, Machine, PROMPT, boot_to_prompt, seconds};
 
 fn run() -> Result<(), String> {
     let iso = Iso::get()?;
@@ -59,6 +59,30 @@ fn run() -> Result<(), String> {
 
     block_and_network(&mut machine)?;
 
+    machine.send_line("poweroff")?;
+    machine.expect("hv: powering off", seconds(20))?;
+    machine.wait_exit(seconds(30))?;
+    cross_cpu_events(iso)
+}
+
+/// On a machine with two CPUs: an event's round trip between two guests
+/// that each spin on a CPU of their own (`hcping` sends, `hcpong`'s upcall
+/// answers, `hcping` takes the upcall). Half of it is one send-to-upcall
+/// across CPUs: the Send hypercall, hv's kick IPI, the other guest's exit,
+/// the upcall's injection and the guest's handler.
+fn cross_cpu_events(iso: &Iso) -> Result<(), String> {
+    let options = BochsOptions { cpus: 2, ..Default::default() };
+    let mut machine = Bochs::boot_with(iso, &options)?;
+    boot_to_prompt(&mut machine)?;
+    for config in ["hcping", "hcpong"] {
+        machine.send_line(&format!("create {config}"))?;
+        machine.expect(PROMPT, seconds(60))?;
+    }
+    let line = guest_line(&mut machine, "hcping", "hcbench: event round trip", "tsc", 300)?;
+    println!("cross-CPU event (2 CPUs): {}", line.trim());
+    if let Some(round_trip) = number_before(&line, " tsc") {
+        println!("cross-CPU send to upcall: {} tsc (half the round trip)", round_trip / 2);
+    }
     machine.send_line("poweroff")?;
     machine.expect("hv: powering off", seconds(20))?;
     machine.wait_exit(seconds(30))?;
