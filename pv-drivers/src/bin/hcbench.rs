@@ -34,8 +34,8 @@ extern "C" fn _start(start_info: u64) -> ! {
     }
 }
 
-/// Waits, spinning, until an upcall has come and `port` is pending (and
-/// takes it).
+/// Waits, spinning, until an upcall has come since the upcall count was
+/// `seen` and `port` is pending (and takes it).
 fn spin_for_upcall(guest: &Guest, port: u32, seen: u64) {
     while guest.upcalls() == seen || !guest.take_port(port) {
         core::hint::spin_loop();
@@ -82,9 +82,12 @@ fn pong(guest: &mut Guest) {
     };
     let port = port as u32;
     let _ = writeln!(guest, "hcbench: pong: port {port} offered to d{ping}");
+    // The upcall count is read before each send: ping's next event may
+    // come (and its upcall run) before this loop would read it afterwards.
+    let mut seen = guest.upcalls();
     loop {
-        let seen = guest.upcalls();
         spin_for_upcall(guest, port, seen);
+        seen = guest.upcalls();
         let _ = hypercall::notify(port);
     }
 }
