@@ -20,7 +20,10 @@ use core::mem::{offset_of, size_of};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomCtlOp {
     /// Creates a paused domain. `a1`: most pages it may own (its memory
-    /// limit). Returns the new domain id.
+    /// limit); `a2` (since 0.9): its number of vCPUs, 1 to
+    /// [`crate::hypercall::MAX_VCPUS`] (0 means 1; more: `InvalidArgument`).
+    /// `SetVcpuContext` sets vCPU 0's state; the guest starts the others
+    /// (`VcpuOp::Up`). Returns the new domain id.
     Create = 0,
     /// Destroys domain `a1`: its vCPU stops, its event channels close (their
     /// peers see them unbound), dom0's foreign mappings of it are removed,

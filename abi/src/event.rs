@@ -8,7 +8,12 @@
 //! 0, hv sets `upcall_pending` to 1, injects the vector once the vCPU has
 //! interrupts enabled, and wakes it if it is blocked. The guest's handler
 //! clears `upcall_pending`, then scans and clears `pending` bits
-//! (atomically: hv sets bits concurrently from another CPU in the future).
+//! (atomically: hv sets bits concurrently from other CPUs).
+//!
+//! A domain with several vCPUs (since 0.9): every port notifies vCPU 0,
+//! which gets the upcall and is woken; the other vCPUs get no upcall and
+//! wake from `Block` only for their own timer (binding ports to other
+//! vCPUs comes in a later version).
 //!
 //! A port is `Free`, `Unbound` (allocated for one remote domain to bind to),
 //! `Interdomain` (connected to a remote port) or `Virq`. Closing one end of

@@ -118,13 +118,16 @@ impl PlatformOp {
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedOp {
-    /// Gives up the rest of the time slice. Returns 0.
+    /// Gives up the rest of the calling vCPU's time slice. Returns 0.
     Yield = 0,
     /// Sleeps until an event channel of this domain is pending and unmasked
     /// or the vCPU timer fires; returns 0 at once if one already is. Events
     /// are delivered as usual (the upcall, if interrupts are enabled).
+    /// Blocks the calling vCPU only; a vCPU other than 0 is woken by its
+    /// timer alone (events notify vCPU 0: see `event`).
     Block = 1,
-    /// Stops the domain for good. `a1`: a [`ShutdownReason`]. Does not return.
+    /// Stops the domain (every vCPU) for good. `a1`: a [`ShutdownReason`].
+    /// Does not return.
     Shutdown = 2,
 }
 
@@ -171,15 +174,41 @@ pub enum VcpuOp {
     /// Arms the one-shot timer. `a1`: absolute TSC deadline; 0 cancels. When
     /// the TSC passes the deadline the timer virtual IRQ
     /// ([`crate::event::Virq::Timer`]) fires once and a blocked vCPU wakes.
-    /// A deadline in the past fires at once.
+    /// A deadline in the past fires at once. Each vCPU has its own timer:
+    /// this arms the calling vCPU's, and its expiry wakes that vCPU.
     SetTimer = 0,
+    /// Since 0.9: starts vCPU `a1` (1 to the domain's vCPU count minus one;
+    /// vCPU 0 starts with the domain) from the [`crate::domctl::VcpuContext`]
+    /// at guest-physical `a2` in the caller's memory: 64-bit mode, paging
+    /// on with that CR3, the GDT given (with the layout of
+    /// [`crate::domctl::INITIAL_GDT`]), interrupts off, every other
+    /// register zero but RDI. Errors: `InvalidArgument` (no such vCPU, or
+    /// a context that is not canonical or names a CR3 outside the domain's
+    /// RAM), `Busy` (it is up), `BadAddress` (the context is not readable
+    /// RAM), `OutOfMemory`.
+    Up = 1,
+    /// Since 0.9: takes vCPU `a1` down: it stops at once and loses its
+    /// state (`Up` starts it again with a new context). A vCPU may take
+    /// itself down (the call does not return). Errors: `InvalidArgument`
+    /// (no such vCPU), `NotFound` (it is not up), `Busy` (it is the only
+    /// vCPU up: the domain would stop; shut it down instead).
+    Down = 2,
+    /// Since 0.9: returns the calling vCPU's id (0 to the domain's vCPU
+    /// count minus one).
+    Id = 3,
 }
+
+/// Most vCPUs a domain may have (since 0.9).
+pub const MAX_VCPUS: u32 = 8;
 
 impl VcpuOp {
     /// Decodes the operation argument.
     pub const fn from_number(number: u64) -> Option<VcpuOp> {
         match number {
             0 => Some(VcpuOp::SetTimer),
+            1 => Some(VcpuOp::Up),
+            2 => Some(VcpuOp::Down),
+            3 => Some(VcpuOp::Id),
             _ => None,
         }
     }
