@@ -344,7 +344,8 @@ pub fn build(
         entry,
         start_info.ramdisk_size
     );
-    domain.vcpu = Some(FrameBox::new(vcpu, memory::allocate_frame).map_err(|_| "out of memory for the vCPU")?);
+    domain.vcpus[0].vcpu = Some(FrameBox::new(vcpu, memory::allocate_frame).map_err(|_| "out of memory for the vCPU")?);
+    domain.vcpus[0].up = true;
     domain.io_bitmaps = [io_bitmap_a, io_bitmap_b];
     domain.current_pages = pages;
     domain.max_pages = pages;

@@ -37,22 +37,18 @@ pub struct Domain {
     /// Pages of RAM the domain owns now and at most.
     pub current_pages: u64,
     pub max_pages: u64,
-    /// The vCPU, once its initial state is set. While a CPU runs it, that
-    /// CPU holds it (taken out of here whenever it releases hv's lock), so
-    /// no other CPU can reach it: see `running`.
-    pub vcpu: Option<FrameBox<Vcpu>>,
+    /// Its vCPUs: `vcpu_count` of them are usable, the rest stay down.
+    pub vcpus: [VcpuSlot; MAX_VCPUS],
+    /// How many vCPUs it has (1 to `MAX_VCPUS`).
+    pub vcpu_count: usize,
     /// Paused by dom0.
     pub paused: bool,
-    /// Waiting for an event or its timer.
-    pub blocked: bool,
     /// Set when the domain has stopped for good.
     pub ended: Option<Ended>,
     pub weight: u32,
     pub cap: u32,
     /// RAM ranges given by PopulateMemory: (guest-physical base, pages).
     pub populated: ArrayVec<(u64, u64), MAX_POPULATED_RANGES>,
-    /// Absolute TSC deadline of the one-shot timer, 0 = not armed.
-    pub timer_deadline: u64,
     /// Event channel ports.
     pub events: hvcore::event::PortTable,
     /// Its channels were ended (`events::end_channels`): set once it has
@@ -65,16 +61,8 @@ pub struct Domain {
     /// dom0 only: its own I/O bitmaps A and B (host-physical; 0 = the
     /// guests' shared deny-all page, which must never be changed).
     pub io_bitmaps: [u64; 2],
-    /// Vector injected as the event upcall, 0 = none.
+    /// Vector injected as the event upcall (into vCPU 0), 0 = none.
     pub upcall_vector: u8,
-    /// The upcall is raised and waits for the vCPU to take interrupts.
-    pub upcall_due: bool,
-    /// Its vCPU must leave the CPU at the next opportunity: it yielded,
-    /// blocked, shut down or crashed. Set by whatever changes its state, so
-    /// the run loop checks one flag per exit.
-    pub reschedule: bool,
-    /// TSC ticks spent scheduled.
-    pub cpu_time_tsc: u64,
     /// VM exits by basic reason (the last slot counts every larger reason);
     /// their sum is the total, so the hot path bumps one counter.
     pub exit_counts: [u64; EXIT_REASON_SLOTS],
@@ -85,16 +73,87 @@ pub struct Domain {
     /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
     /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
     pub crash_record: CrashRecord,
-    /// CPU index the vCPU runs on now or last ran on, u32::MAX = never ran.
-    pub last_cpu: u32,
-    /// A CPU has the vCPU checked out and is running it (its `vcpu` is
-    /// then None whenever that CPU does not hold hv's lock).
-    pub running: bool,
-    /// CPUs the vCPU may run on, bit i = CPU index i.
-    pub affinity: u64,
+}
+
+/// Most vCPUs a domain may have.
+pub const MAX_VCPUS: usize = abi::hypercall::MAX_VCPUS as usize;
+
+/// One vCPU of a domain and its scheduling state.
+pub struct VcpuSlot {
+    /// The vCPU once started (vCPU 0 by `SetVcpuContext`, the others by
+    /// `VcpuOp::Up`). While a CPU runs it, that CPU holds it: it is taken
+    /// out of here whenever that CPU lets go of hv's lock, so no other CPU
+    /// can reach it (see `running`).
+    pub vcpu: Option<FrameBox<Vcpu>>,
+    /// Started and not taken down (its `vcpu` exists, here or on a CPU).
+    pub up: bool,
+    /// Waiting for an event (vCPU 0) or its timer.
+    pub blocked: bool,
+    /// Absolute TSC deadline of its one-shot timer, 0 = not armed.
+    pub timer_deadline: u64,
+    /// The upcall is raised and waits for the vCPU to take interrupts
+    /// (vCPU 0 only: events notify vCPU 0).
+    pub upcall_due: bool,
+    /// It must leave the CPU at the next opportunity: it yielded, blocked,
+    /// went down, or its domain was paused, shut down or crashed. Set by
+    /// whatever changes its state, so the run loop checks one flag per exit.
+    pub reschedule: bool,
     /// Its current hypercall must run again (with `reschedule` set): it
-    /// needs another domain stopped first, which another CPU is doing.
+    /// needs another vCPU stopped first, which another CPU is doing.
     pub restart_call: bool,
+    /// A CPU has it checked out and is running it.
+    pub running: bool,
+    /// CPU index it runs on now or last ran on, u32::MAX = never ran.
+    pub last_cpu: u32,
+    /// CPUs it may run on, bit i = CPU index i.
+    pub affinity: u64,
+    /// TSC ticks spent scheduled.
+    pub cpu_time_tsc: u64,
+}
+
+impl VcpuSlot {
+    /// A vCPU that is down and never ran.
+    const fn down() -> VcpuSlot {
+        VcpuSlot {
+            vcpu: None,
+            up: false,
+            blocked: false,
+            timer_deadline: 0,
+            upcall_due: false,
+            reschedule: false,
+            restart_call: false,
+            running: false,
+            last_cpu: u32::MAX,
+            affinity: u64::MAX,
+            cpu_time_tsc: 0,
+        }
+    }
+
+    /// Makes sure a change to this vCPU's state (an event, a wake-up, a
+    /// pause) is seen: the CPU running it elsewhere is kicked out of the
+    /// guest to look at its flags; if it is now `runnable`, an idle CPU is
+    /// woken to run it.
+    pub fn notify(&self, runnable: bool) {
+        if self.running {
+            if self.last_cpu as usize != crate::arch::smp::this_cpu() {
+                crate::arch::smp::kick(self.last_cpu as usize);
+            }
+        } else if runnable {
+            crate::arch::smp::wake_idle_cpu();
+        }
+    }
+}
+
+/// The scheduler's key for vCPU `vcpu` of domain `id`: each vCPU is
+/// scheduled on its own.
+pub fn sched_key(id: DomainId, vcpu: usize) -> u32 {
+    id << 3 | vcpu as u32
+}
+const _: () = assert!(MAX_VCPUS <= 8);
+
+/// The domain and vCPU of a scheduler key.
+pub fn from_sched_key(key: u32) -> (DomainId, usize) {
+    (key >> 3, (key & 7) as usize)
 }
 
 /// What hv knows about the exit that ends a crashing domain, for its
@@ -118,66 +177,98 @@ impl Domain {
             ept,
             current_pages: 0,
             max_pages,
-            vcpu: None,
+            vcpus: [const { VcpuSlot::down() }; MAX_VCPUS],
+            vcpu_count: 1,
             paused: true,
-            blocked: false,
             ended: None,
             weight: abi::domctl::DEFAULT_WEIGHT,
             cap: 0,
             populated: ArrayVec::new(),
-            timer_deadline: 0,
             events: hvcore::event::PortTable::new(),
             channels_ended: false,
             event_page: 0,
             grant_table: 0,
             io_bitmaps: [0; 2],
             upcall_vector: 0,
-            upcall_due: false,
-            reschedule: false,
-            cpu_time_tsc: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
             log_budget: hvcore::log_ring::LineBudget::new(),
             crash_record: CrashRecord::NONE,
-            last_cpu: u32::MAX,
-            running: false,
-            affinity: u64::MAX,
-            restart_call: false,
         })
     }
 
     /// The state reported to dom0.
     pub fn state(&self) -> DomainState {
+        let up = || self.vcpus.iter().filter(|slot| slot.up);
         match self.ended {
             Some(Ended::Crashed) => DomainState::Crashed,
             Some(Ended::Shutdown(_)) => DomainState::Shutdown,
             None if self.paused => DomainState::Paused,
-            None if self.blocked => DomainState::Blocked,
+            None if up().next().is_some() && up().all(|slot| slot.blocked) => DomainState::Blocked,
             None => DomainState::Running,
         }
     }
 
-    /// Whether the scheduler may run it.
-    pub fn runnable(&self) -> bool {
-        self.has_vcpu() && !self.paused && !self.blocked && self.ended.is_none()
+    /// Whether the scheduler may run vCPU `vcpu`.
+    pub fn runnable(&self, vcpu: usize) -> bool {
+        let slot = &self.vcpus[vcpu];
+        slot.up && !slot.blocked && !self.paused && self.ended.is_none()
     }
 
-    /// Whether its vCPU exists (set up by `SetVcpuContext`), wherever it is.
+    /// Whether vCPU 0 exists (set up by `SetVcpuContext`), wherever it is.
     pub fn has_vcpu(&self) -> bool {
-        self.vcpu.is_some() || self.running
+        self.vcpus[0].up
     }
 
-    /// Makes sure a change to this domain's state (an event, a wake-up, a
-    /// pause) is seen: a CPU running it elsewhere is kicked out of the guest
-    /// to look at its flags; a domain now runnable wakes an idle CPU.
-    pub fn notify(&self) {
-        if self.running {
-            if self.last_cpu as usize != crate::arch::smp::this_cpu() {
-                crate::arch::smp::kick(self.last_cpu as usize);
+    /// Whether any of its vCPUs is on a CPU now.
+    pub fn running(&self) -> bool {
+        self.vcpus.iter().any(|slot| slot.running)
+    }
+
+    /// Makes sure a change to vCPU `vcpu`'s state is seen (see
+    /// [`VcpuSlot::notify`]).
+    pub fn notify(&self, vcpu: usize) {
+        self.vcpus[vcpu].notify(self.runnable(vcpu));
+    }
+
+    /// Makes every vCPU leave its CPU at its next exit (the domain was
+    /// paused, shut down or crashed, or is being destroyed); CPUs running
+    /// one elsewhere are kicked.
+    pub fn stop_all(&mut self) {
+        for index in 0..self.vcpu_count {
+            let slot = &mut self.vcpus[index];
+            if slot.up {
+                slot.reschedule = true;
+                slot.notify(false);
             }
-        } else if self.runnable() {
-            crate::arch::smp::wake_idle_cpu();
         }
+    }
+
+    /// Makes every vCPU that can run now known to the CPUs (after an
+    /// unpause).
+    pub fn notify_all(&self) {
+        for index in 0..self.vcpu_count {
+            self.notify(index);
+        }
+    }
+
+    /// The vCPU this CPU is running now (its exit is being handled), if it
+    /// is one of this domain's.
+    pub fn current_vcpu(&self) -> Option<usize> {
+        let vcpu = crate::arch::smp::current_vcpu();
+        let cpu = crate::arch::smp::this_cpu() as u32;
+        self.vcpus.get(vcpu).filter(|slot| slot.running && slot.last_cpu == cpu).map(|_| vcpu)
+    }
+
+    /// Invalidates this CPU's cached translations of the domain's EPT
+    /// (after access was removed). Enough while access is only removed from
+    /// the EPT of the caller (dom0, whose one vCPU is on this CPU) or of a
+    /// domain off every CPU: a vCPU flushes again whenever it arrives on
+    /// another CPU (`Vcpu::check_out`). A domain whose other vCPUs may run
+    /// elsewhere at that moment would need a shootdown (IPI and wait);
+    /// only dom0 maps foreign pages, and dom0 has one vCPU.
+    pub fn flush_ept(&self, capabilities: &Capabilities) {
+        crate::arch::vmx::invalidate_ept(capabilities, crate::arch::vmx::ept_pointer(capabilities, self.ept.root()));
     }
 
     /// Counts one VM exit by its basic reason.
@@ -196,7 +287,9 @@ impl Domain {
     /// Stops the domain for good because it misbehaved, with one log line
     /// and a crash record of reason `Other` whose text is `why`.
     pub fn crash(&mut self, why: core::fmt::Arguments) {
-        let rip = self.vcpu.as_ref().map_or(0, |vcpu| vcpu.rip());
+        // Only the vCPU whose exit is being handled here is loaded on this
+        // CPU; the others are not asked.
+        let rip = self.current_vcpu().and_then(|v| self.vcpus[v].vcpu.as_ref()).map_or(0, |vcpu| vcpu.rip());
         let details = CrashDetails { exit_reason: u32::MAX, rip, ..CrashDetails::default() };
         self.crash_with(CrashReason::Other, details, why);
     }
@@ -217,7 +310,7 @@ impl Domain {
             };
         }
         self.ended = Some(Ended::Crashed);
-        self.reschedule = true;
+        self.stop_all();
     }
 
     /// Fills the ABI information structure.
@@ -227,9 +320,9 @@ impl Domain {
             state: self.state() as u32,
             current_pages: self.current_pages,
             max_pages: self.max_pages,
-            vcpu_count: 1,
+            vcpu_count: self.vcpu_count as u32,
             _reserved0: 0,
-            cpu_time_tsc: self.cpu_time_tsc,
+            cpu_time_tsc: self.vcpus.iter().map(|slot| slot.cpu_time_tsc).sum(),
             exit_total: self.exit_counts.iter().sum(),
             exit_counts: self.exit_counts,
             weight: self.weight,
@@ -301,13 +394,13 @@ impl Domain {
         }
     }
 
-    /// Frees everything the domain owns: its vCPU, its RAM, its EPT.
+    /// Frees everything the domain owns: its vCPUs, its RAM, its EPT.
     /// Foreign mappings of its pages must already be gone.
     pub fn tear_down(mut self, capabilities: &Capabilities) {
-        if let Some(vcpu) = self.vcpu.take() {
-            let (vcpu, frame) = vcpu.into_inner();
-            memory::free_frame(vcpu.release(capabilities));
-            memory::free_frame(frame);
+        for slot in &mut self.vcpus {
+            if let Some(vcpu) = slot.vcpu.take() {
+                release_vcpu(vcpu, capabilities);
+            }
         }
         for (guest_physical, pages) in core::mem::take(&mut self.populated) {
             self.release_range(guest_physical, pages);
@@ -341,16 +434,14 @@ impl Domain {
     /// domain has no such vCPU (it has one, id 0).
     pub fn vcpu_info(&self, vcpu: u32) -> Option<abi::domctl::VcpuInfo> {
         use abi::domctl::VcpuState;
-        if vcpu != 0 {
-            return None;
-        }
-        let state = if self.ended.is_some() || !self.has_vcpu() {
+        let slot = self.vcpus.get(vcpu as usize).filter(|_| (vcpu as usize) < self.vcpu_count)?;
+        let state = if self.ended.is_some() || !slot.up {
             VcpuState::Offline
-        } else if self.running {
+        } else if slot.running {
             VcpuState::Running
         } else if self.paused {
             VcpuState::Paused
-        } else if self.blocked {
+        } else if slot.blocked {
             VcpuState::Blocked
         } else {
             VcpuState::Runnable
@@ -358,12 +449,20 @@ impl Domain {
         Some(abi::domctl::VcpuInfo {
             vcpu_id: vcpu,
             state: state as u32,
-            cpu: self.last_cpu,
+            cpu: slot.last_cpu,
             _reserved0: 0,
-            cpu_time_tsc: self.cpu_time_tsc,
-            affinity: self.affinity,
+            cpu_time_tsc: slot.cpu_time_tsc,
+            affinity: slot.affinity,
         })
     }
+}
+
+/// Retires a vCPU no CPU runs: clears it from this CPU and frees its VMCS
+/// and its frame.
+pub fn release_vcpu(vcpu: FrameBox<Vcpu>, capabilities: &Capabilities) {
+    let (vcpu, frame) = vcpu.into_inner();
+    memory::free_frame(vcpu.release(capabilities));
+    memory::free_frame(frame);
 }
 
 /// `why` formatted into a crash record's text: cut at `CRASH_TEXT_BYTES`,

@@ -11,7 +11,7 @@ use hvcore::paging::{Access, MemoryType, PageSize};
 
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
-use crate::domain::{Domain, bytes_of, read_struct};
+use crate::domain::{Domain, MAX_VCPUS, bytes_of, read_struct, sched_key};
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
 use crate::memory::{self, HvTables};
 
@@ -22,7 +22,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
     }
     let operation = DomCtlOp::from_number(operation).ok_or(Error::InvalidArgument)?;
     if operation == DomCtlOp::Create {
-        return create(hv, a1);
+        return create(hv, a1, a2);
     }
     if operation == DomCtlOp::UnmapForeign {
         return unmap_foreign(hv, caller, a2);
@@ -45,8 +45,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             guest_only()?;
             let domain = &mut hv.domains[target];
             domain.paused = true;
-            domain.reschedule = true;
-            domain.notify();
+            domain.stop_all();
             Ok(0)
         }
         DomCtlOp::Unpause => {
@@ -56,7 +55,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
                 return Err(Error::Busy);
             }
             domain.paused = false;
-            domain.notify();
+            domain.notify_all();
             Ok(0)
         }
         DomCtlOp::PopulateMemory => {
@@ -75,7 +74,10 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             let weight =
                 u32::try_from(a2).ok().filter(|w| (1..=MAX_WEIGHT).contains(w)).ok_or(Error::InvalidArgument)?;
             let cap = u32::try_from(a3).ok().filter(|c| *c <= 100).ok_or(Error::InvalidArgument)?;
-            hv.scheduler.set_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
+            // Each vCPU is scheduled with the domain's weight and cap.
+            for vcpu in 0..hv.domains[target].vcpu_count {
+                hv.scheduler.set_params(sched_key(id, vcpu), weight, cap).map_err(|_| Error::InvalidArgument)?;
+            }
             let domain = &mut hv.domains[target];
             domain.weight = weight;
             domain.cap = cap;
@@ -103,11 +105,12 @@ fn unreachable_operation() -> Result<u64, Error> {
     Err(Error::InvalidArgument)
 }
 
-fn create(hv: &mut Hypervisor, max_pages: u64) -> Result<u64, Error> {
+fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error> {
     if hv.domains.is_full() {
         return Err(Error::Busy);
     }
-    if max_pages == 0 || max_pages > crate::memory::totals().total_pages {
+    let vcpus = if vcpus == 0 { 1 } else { vcpus };
+    if max_pages == 0 || max_pages > crate::memory::totals().total_pages || vcpus > MAX_VCPUS as u64 {
         return Err(Error::InvalidArgument);
     }
     // Ids count up (1..=32767, then wrap), skipping ids in use, so a stale
@@ -116,20 +119,41 @@ fn create(hv: &mut Hypervisor, max_pages: u64) -> Result<u64, Error> {
     while id == abi::DOM0 || hv.index_of(id).is_some() {
         id = if id >= 32767 { 1 } else { id + 1 };
     }
-    let domain = Domain::new(id, false, max_pages)?;
-    if hv.scheduler.add(id, domain.weight).is_err() {
-        domain.tear_down(&hv.capabilities);
-        return Err(Error::Busy);
-    }
-    if let Err(domain) = hv.domains.insert(domain) {
-        let _ = hv.scheduler.remove(id);
+    let mut domain = Domain::new(id, false, max_pages)?;
+    domain.vcpu_count = vcpus as usize;
+    if let Err(domain) = add_to_scheduler(hv, domain) {
         domain.tear_down(&hv.capabilities);
         return Err(Error::Busy);
     }
     hv.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
-    crate::info!("d{id} created (at most {} KiB)", max_pages * 4);
+    crate::info!("d{id} created (at most {} KiB, {vcpus} vCPUs)", max_pages * 4);
     const _: () = assert!(MAX_DOMAINS < 32767);
     Ok(id as u64)
+}
+
+/// Enters each of `domain`'s vCPUs in the scheduler and the domain in the
+/// table (all or nothing; the domain comes back on failure).
+#[allow(clippy::result_large_err)]
+pub fn add_to_scheduler(hv: &mut Hypervisor, domain: Domain) -> Result<(), Domain> {
+    let id = domain.id;
+    for vcpu in 0..domain.vcpu_count {
+        if hv.scheduler.add(sched_key(id, vcpu), domain.weight).is_err() {
+            remove_from_scheduler(hv, id);
+            return Err(domain);
+        }
+    }
+    if let Err(domain) = hv.domains.insert(domain) {
+        remove_from_scheduler(hv, id);
+        return Err(domain);
+    }
+    Ok(())
+}
+
+/// Takes every vCPU of domain `id` out of the scheduler.
+fn remove_from_scheduler(hv: &mut Hypervisor, id: DomainId) {
+    for vcpu in 0..MAX_VCPUS {
+        let _ = hv.scheduler.remove(sched_key(id, vcpu));
+    }
 }
 
 /// Whether domain `target` is off every CPU, so it can be taken apart. If
@@ -139,16 +163,24 @@ fn create(hv: &mut Hypervisor, max_pages: u64) -> Result<u64, Error> {
 /// let go of it (a kick takes it out of the guest at once).
 fn stopped_elsewhere(hv: &mut Hypervisor, caller: usize, target: usize) -> bool {
     let domain = &mut hv.domains[target];
-    if !domain.running {
+    if !domain.running() {
         return true;
     }
     domain.paused = true;
-    domain.reschedule = true;
-    domain.notify();
-    let caller = &mut hv.domains[caller];
-    caller.restart_call = true;
-    caller.reschedule = true;
+    domain.stop_all();
+    restart(&mut hv.domains[caller]);
     false
+}
+
+/// Has the caller's current hypercall run again when its vCPU is next
+/// entered, and that vCPU leave its CPU now (the call waits for another
+/// CPU: see `VcpuSlot::restart_call`).
+fn restart(caller: &mut Domain) {
+    if let Some(vcpu) = caller.current_vcpu() {
+        let slot = &mut caller.vcpus[vcpu];
+        slot.restart_call = true;
+        slot.reschedule = true;
+    }
 }
 
 /// Removes domain `target` and returns everything it had.
@@ -159,18 +191,16 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
         let unmapped = hv.foreign.remove_owner(id, |address| {
             let _ = dom0.ept.unmap(&mut HvTables, address);
         });
-        if unmapped > 0
-            && let Some(vcpu) = dom0.vcpu.as_ref()
-        {
-            vcpu.flush_ept(&hv.capabilities);
+        if unmapped > 0 {
+            dom0.flush_ept(&hv.capabilities);
         }
     }
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
     crate::events::end_channels(hv, target);
-    // 3. The scheduler forgets it; its frames, tables and VMCS are freed
+    // 3. The scheduler forgets it; its frames, tables and VMCSs are freed
     //    (no CPU holds its registers: each saves them when it lets go).
-    let _ = hv.scheduler.remove(id);
+    remove_from_scheduler(hv, id);
     let Some(domain) = hv.domains.remove(target) else { return };
     let pages = domain.current_pages;
     domain.tear_down(&hv.capabilities);
@@ -203,7 +233,17 @@ fn copy_to_guest(
 
 fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_address: u64) -> Result<u64, Error> {
     let context: VcpuContext = read_struct(&hv.domains[caller], context_address)?;
-    if hv.domains[target].has_vcpu() {
+    start_vcpu(hv, target, 0, &context).map(|()| 0)
+}
+
+/// Creates vCPU `vcpu` of domain `target` from `context` (checked here:
+/// canonical addresses, a page-aligned CR3 in the domain's RAM range, the
+/// documented GDT size) and marks it up; it runs once the scheduler picks
+/// it (and the domain is not paused). `Busy` if it is up already.
+pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &VcpuContext) -> Result<(), Error> {
+    // Up, or taken down but still leaving its CPU (retired there).
+    let slot = &hv.domains[target].vcpus[vcpu];
+    if slot.up || slot.running {
         return Err(Error::Busy);
     }
     let canonical = |address: u64| address < (1 << 47);
@@ -221,7 +261,9 @@ fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_a
     let config = VcpuConfig {
         vmcs_region,
         ept_root: domain.ept.root(),
-        vpid: (domain.id + 1) as u16,
+        // One VPID per vCPU slot of the table (1..=512): a reused one is
+        // flushed on every CPU the new vCPU arrives at (Vcpu::check_out).
+        vpid: (target * MAX_VCPUS + vcpu + 1) as u16,
         io_bitmap_a: hv.guest_io_bitmap,
         io_bitmap_b: hv.guest_io_bitmap,
         msr_bitmap: hv.guest_msr_bitmap,
@@ -233,19 +275,26 @@ fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_a
         rdi: context.rdi,
     };
     match Vcpu::new(&hv.capabilities, &config) {
-        Ok(vcpu) => match FrameBox::new(vcpu, memory::allocate_frame) {
-            Ok(vcpu) => {
-                hv.domains[target].vcpu = Some(vcpu);
-                Ok(0)
+        Ok(created) => match FrameBox::new(created, memory::allocate_frame) {
+            Ok(created) => {
+                let domain = &mut hv.domains[target];
+                let slot = &mut domain.vcpus[vcpu];
+                slot.vcpu = Some(created);
+                slot.up = true;
+                slot.blocked = false;
+                slot.reschedule = false;
+                slot.timer_deadline = 0;
+                domain.notify(vcpu);
+                Ok(())
             }
-            Err(vcpu) => {
-                memory::free_frame(vcpu.release(&hv.capabilities));
+            Err(created) => {
+                memory::free_frame(created.release(&hv.capabilities));
                 Err(Error::OutOfMemory)
             }
         },
         Err(reason) => {
             memory::free_frame(vmcs_region);
-            crate::error!("d{}: creating its vCPU failed: {reason}", hv.domains[target].id);
+            crate::error!("d{}: creating its vCPU {vcpu} failed: {reason}", hv.domains[target].id);
             Err(Error::InvalidArgument)
         }
     }
@@ -278,7 +327,7 @@ fn set_affinity(hv: &mut Hypervisor, target: usize, vcpu: u64, mask: u64) -> Res
     if mask == 0 {
         return Err(Error::InvalidArgument);
     }
-    hv.domains[target].affinity = mask;
+    hv.domains[target].vcpus[vcpu as usize].affinity = mask;
     Ok(0)
 }
 
@@ -328,8 +377,6 @@ fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Resul
     hv.foreign.remove(dom0_address, false).ok_or(Error::NotFound)?;
     let dom0 = &mut hv.domains[caller];
     let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
-    if let Some(vcpu) = dom0.vcpu.as_ref() {
-        vcpu.flush_ept(&hv.capabilities);
-    }
+    dom0.flush_ept(&hv.capabilities);
     Ok(0)
 }

@@ -34,10 +34,11 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
         return;
     }
     let page = domain.event_page;
+    // Events notify vCPU 0.
     if page == 0 {
         // No page registered: the domain polls; a wake-up is all we can give.
-        domain.blocked = false;
-        domain.notify();
+        domain.vcpus[0].blocked = false;
+        domain.notify(0);
         return;
     }
     let word = (port / 64) as u64 * 8;
@@ -46,14 +47,14 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     if was_pending || masked {
         return;
     }
-    let woke = core::mem::replace(&mut domain.blocked, false);
+    let woke = core::mem::replace(&mut domain.vcpus[0].blocked, false);
     let upcall = physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0;
     if upcall {
-        domain.upcall_due = true;
+        domain.vcpus[0].upcall_due = true;
     }
     // Only a change needs telling (no IPI per event of a burst).
     if woke || upcall {
-        domain.notify();
+        domain.notify(0);
     }
 }
 
@@ -122,26 +123,30 @@ fn has_unmasked_pending(domain: &Domain) -> bool {
         .any(|word| physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0)
 }
 
-/// Blocks the domain's vCPU unless an event is already waiting.
-pub fn block(domain: &mut Domain) {
-    if !has_unmasked_pending(domain) {
-        domain.blocked = true;
-        domain.reschedule = true;
+/// Blocks vCPU `vcpu` of the domain: vCPU 0 unless an event is already
+/// waiting, another until its timer (events notify vCPU 0 only).
+pub fn block(domain: &mut Domain, vcpu: usize) {
+    if vcpu != 0 || !has_unmasked_pending(domain) {
+        let slot = &mut domain.vcpus[vcpu];
+        slot.blocked = true;
+        slot.reschedule = true;
     }
 }
 
-/// Injects the upcall if the vCPU can take it now, else asks for an exit
-/// as soon as it can. Out of line, with the VMCS accessors inlined into
-/// it: the run loop's top stays small.
+/// Injects the upcall into vCPU `vcpu` (which this CPU runs) if it can take
+/// it now, else asks for an exit as soon as it can. Out of line, with the
+/// VMCS accessors inlined into it: the run loop's top stays small.
 #[inline(never)]
-pub fn deliver_upcall(domain: &mut Domain) {
-    let Some(vcpu) = domain.vcpu.as_mut() else { return };
-    if vcpu.interruptible() {
-        vcpu.inject_interrupt(domain.upcall_vector);
-        vcpu.set_interrupt_window_exiting(false);
-        domain.upcall_due = false;
+pub fn deliver_upcall(domain: &mut Domain, vcpu: usize) {
+    let vector = domain.upcall_vector;
+    let slot = &mut domain.vcpus[vcpu];
+    let Some(cpu) = slot.vcpu.as_mut() else { return };
+    if cpu.interruptible() {
+        cpu.inject_interrupt(vector);
+        cpu.set_interrupt_window_exiting(false);
+        slot.upcall_due = false;
     } else {
-        vcpu.set_interrupt_window_exiting(true);
+        cpu.set_interrupt_window_exiting(true);
     }
 }
 
@@ -245,7 +250,8 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
                 if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
                     // Pending while masked: deliver it now.
                     if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
-                        domain.upcall_due = true;
+                        domain.vcpus[0].upcall_due = true;
+                        domain.notify(0);
                     }
                 }
             }
@@ -258,16 +264,17 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
     }
 }
 
-/// `Hypercall::Sched`.
+/// `Hypercall::Sched`: acts on the calling vCPU (`Shutdown`: on all).
 pub fn sched_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [u64; 5]) -> Result<u64, Error> {
+    let vcpu = crate::arch::smp::current_vcpu();
     let domain = &mut hv.domains[caller];
     match SchedOp::from_number(operation).ok_or(Error::InvalidArgument)? {
         SchedOp::Yield => {
-            domain.reschedule = true;
+            domain.vcpus[vcpu].reschedule = true;
             Ok(0)
         }
         SchedOp::Block => {
-            block(domain);
+            block(domain, vcpu);
             Ok(0)
         }
         SchedOp::Shutdown => {
@@ -278,18 +285,52 @@ pub fn sched_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [
             }
             crate::info!("d{} shut down ({reason:?})", domain.id);
             domain.ended = Some(Ended::Shutdown(reason));
-            domain.reschedule = true;
+            domain.stop_all();
             Ok(0)
         }
     }
 }
 
-/// `Hypercall::Vcpu`.
-pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, argument, ..]: [u64; 5]) -> Result<u64, Error> {
+/// `Hypercall::Vcpu`: the calling vCPU's timer and id; starting and
+/// stopping the domain's other vCPUs.
+pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64; 5]) -> Result<u64, Error> {
+    let me = crate::arch::smp::current_vcpu();
+    let count = hv.domains[caller].vcpu_count;
+    let target = || usize::try_from(a1).ok().filter(|&vcpu| vcpu < count).ok_or(Error::InvalidArgument);
     match VcpuOp::from_number(operation).ok_or(Error::InvalidArgument)? {
         VcpuOp::SetTimer => {
             // A past deadline fires at the next scheduling decision.
-            hv.domains[caller].timer_deadline = argument;
+            hv.domains[caller].vcpus[me].timer_deadline = a1;
+            Ok(0)
+        }
+        VcpuOp::Id => Ok(me as u64),
+        VcpuOp::Up => {
+            let vcpu = target()?;
+            let context: abi::domctl::VcpuContext = crate::domain::read_struct(&hv.domains[caller], a2)?;
+            crate::domctl::start_vcpu(hv, caller, vcpu, &context).map(|()| 0)
+        }
+        VcpuOp::Down => {
+            let vcpu = target()?;
+            let domain = &mut hv.domains[caller];
+            if !domain.vcpus[vcpu].up {
+                return Err(Error::NotFound);
+            }
+            if domain.vcpus.iter().filter(|slot| slot.up).count() == 1 {
+                return Err(Error::Busy);
+            }
+            let slot = &mut domain.vcpus[vcpu];
+            slot.up = false;
+            slot.blocked = false;
+            slot.timer_deadline = 0;
+            slot.upcall_due = false;
+            if slot.running {
+                // Its CPU (this one, if it took itself down) retires it
+                // when it lets go of it (`run_slice`).
+                slot.reschedule = true;
+                slot.notify(false);
+            } else if let Some(cpu) = slot.vcpu.take() {
+                crate::domain::release_vcpu(cpu, &hv.capabilities);
+            }
             Ok(0)
         }
     }

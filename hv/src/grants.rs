@@ -164,9 +164,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             let mapping = hv.foreign.remove(a1, true).ok_or(Error::NotFound)?;
             let domain = &mut hv.domains[caller];
             let _ = domain.ept.unmap(&mut HvTables, a1);
-            if let Some(vcpu) = domain.vcpu.as_ref() {
-                vcpu.flush_ept(&hv.capabilities);
-            }
+            domain.flush_ept(&hv.capabilities);
             if let (Some(owner), Some(reference)) = (hv.index_of(mapping.owner), mapping.grant)
                 && let Ok(entry_at) = entry_address(hv, owner, reference as u64)
             {

@@ -22,7 +22,7 @@ use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 use crate::arch::vmx::{Capabilities, Exit, Vcpu};
 use crate::arch::{cpu, lapic, smp};
-use crate::domain::{CrashDetails, Domain};
+use crate::domain::{CrashDetails, Domain, from_sched_key, sched_key};
 use abi::info::CrashReason;
 
 /// Most domains hv tracks at once (dom0 included).
@@ -197,9 +197,8 @@ type Locked = TicketMutexGuard<'static, Hypervisor>;
 impl Hypervisor {
     /// Adds dom0, the first domain.
     pub fn add_dom0(&mut self, dom0: Domain) {
-        // The table is empty: neither can fail.
-        let _ = self.scheduler.add(dom0.id, dom0.weight);
-        let _ = self.domains.insert(dom0);
+        // The table and the scheduler are empty: this cannot fail.
+        let _ = crate::domctl::add_to_scheduler(self, dom0);
     }
 
     /// The slot of domain `id` in `domains`.
@@ -244,27 +243,34 @@ impl Hypervisor {
         let mut earliest: Option<u64> = None;
         for index in 0..MAX_DOMAINS {
             let Some(domain) = self.domains.get_mut(index) else { continue };
-            let deadline = domain.timer_deadline;
-            if deadline == 0 {
-                continue;
-            }
-            if deadline <= now {
-                domain.timer_deadline = 0;
-                crate::events::raise_virq(self, index, abi::event::Virq::Timer);
-                self.domains[index].blocked = false;
-                self.domains[index].notify();
-            } else {
-                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            for vcpu in 0..domain.vcpu_count {
+                let domain = &mut self.domains[index];
+                let slot = &mut domain.vcpus[vcpu];
+                let deadline = slot.timer_deadline;
+                if deadline == 0 {
+                    continue;
+                }
+                if deadline <= now {
+                    slot.timer_deadline = 0;
+                    slot.blocked = false;
+                    domain.notify(vcpu);
+                    crate::events::raise_virq(self, index, abi::event::Virq::Timer);
+                } else {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                }
             }
         }
         earliest
     }
 
-    /// Tells the scheduler which domains want a CPU, and where they may run.
+    /// Tells the scheduler which vCPUs want a CPU, and where they may run.
     fn sync_scheduler(&mut self) {
         for domain in self.domains.iter() {
-            self.scheduler.set_runnable(domain.id, domain.runnable());
-            let _ = self.scheduler.set_affinity(domain.id, domain.affinity);
+            for vcpu in 0..domain.vcpu_count {
+                let key = sched_key(domain.id, vcpu);
+                self.scheduler.set_runnable(key, domain.runnable(vcpu));
+                let _ = self.scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
+            }
         }
     }
 
@@ -272,18 +278,18 @@ impl Hypervisor {
     /// rare path of `run_slice`, kept out of its loop).
     #[cold]
     #[inline(never)]
-    fn rearm_preemption_timer(&mut self, index: usize, remaining: u64) {
+    fn rearm_preemption_timer(&mut self, index: usize, vcpu: usize, remaining: u64) {
         let rate = self.capabilities.preemption_timer_rate;
-        if let Some(vcpu) = self.domains[index].vcpu.as_mut() {
+        if let Some(vcpu) = self.domains[index].vcpus[vcpu].vcpu.as_mut() {
             vcpu.set_preemption_timer(preemption_ticks(remaining, rate));
         }
     }
 
     /// Handles one VM exit. Returns false when the scheduler should pick again.
     #[inline]
-    fn handle_exit(&mut self, index: usize, exit: Exit) -> bool {
+    fn handle_exit(&mut self, index: usize, vcpu_index: usize, exit: Exit) -> bool {
         let domain = &mut self.domains[index];
-        let Some(vcpu) = domain.vcpu.as_mut() else { return false };
+        let Some(vcpu) = domain.vcpus[vcpu_index].vcpu.as_mut() else { return false };
         if exit.may_interrupt_delivery() {
             vcpu.requeue_interrupted_event();
         }
@@ -333,7 +339,7 @@ impl Hypervisor {
             }
             Exit::Halt => {
                 vcpu.skip_instruction();
-                crate::events::block(domain);
+                crate::events::block(domain, vcpu_index);
                 false
             }
             Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
@@ -499,19 +505,20 @@ pub fn run() -> ! {
         let next_timer = hv.fire_timers(now);
         hv.sync_scheduler();
         match hv.scheduler.pick(now, cpu as u32) {
-            Some((id, budget)) => {
-                // Wake in time for the next timer even if this domain spins.
+            Some((key, budget)) => {
+                // Wake in time for the next timer even if this vCPU spins.
                 let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
+                let (id, vcpu) = from_sched_key(key);
                 let mut ran = 0;
                 if let Some(index) = hv.index_of(id) {
-                    (hv, ran) = run_slice(hv, index, slice, cpu);
+                    (hv, ran) = run_slice(hv, index, vcpu, slice, cpu);
                     // A domain that crashed or shut down leaves its peers'
                     // channels Closed at once.
                     if hv.domains[index].ended.is_some() {
                         crate::events::end_channels(&mut hv, index);
                     }
                 }
-                hv.scheduler.charge(id, ran, cpu::rdtsc());
+                hv.scheduler.charge(key, ran, cpu::rdtsc());
             }
             None => {
                 let wake = match (next_timer, hv.scheduler.next_event(now)) {
@@ -519,7 +526,7 @@ pub fn run() -> ! {
                     (a, b) => a.or(b),
                 };
                 // Idle is announced under the lock, so whoever makes a
-                // domain runnable next sees it and kicks (smp::wake_idle_cpu).
+                // vCPU runnable next sees it and kicks (smp::wake_idle_cpu).
                 smp::set_idle(true);
                 drop(hv);
                 // Device interrupts and kicks also end the wait.
@@ -530,27 +537,28 @@ pub fn run() -> ! {
     }
 }
 
-/// Runs domain `index` on CPU `cpu` for at most `slice` TSC ticks of wall
-/// time, handling its exits; hv's lock is let go across every VM entry.
-/// Returns the lock and the ticks it was scheduled (charged to it,
-/// including hv's work on its behalf).
+/// Runs vCPU `v` of domain `index` on CPU `cpu` for at most `slice` TSC
+/// ticks of wall time, handling its exits; hv's lock is let go across
+/// every VM entry. Returns the lock and the ticks it was scheduled
+/// (charged to it, including hv's work on its behalf).
 ///
 /// The VMX-preemption timer counts only guest time (and, without the
-/// "save timer" exit control, restarts at every entry), so a domain that
+/// "save timer" exit control, restarts at every entry), so a vCPU that
 /// spends its slice in hypercalls or cheap exits would outrun it: after
 /// every exit one RDTSC compares the slice's wall-clock deadline, and the
 /// timer is re-armed with what is left of the slice whenever
 /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
 /// stretch without exits overruns the slice by at most that much.
 #[inline(never)]
-fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u64) {
+fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> (Locked, u64) {
     let capabilities = hv.capabilities;
-    let domain = &mut hv.domains[index];
-    let Some(vcpu) = domain.vcpu.as_mut() else { return (hv, 0) };
+    let slot = &mut hv.domains[index].vcpus[v];
+    let Some(vcpu) = slot.vcpu.as_mut() else { return (hv, 0) };
     vcpu.check_out(cpu, &capabilities);
-    domain.running = true;
-    domain.last_cpu = cpu as u32;
-    domain.reschedule = false;
+    smp::set_current_vcpu(v);
+    slot.running = true;
+    slot.last_cpu = cpu as u32;
+    slot.reschedule = false;
     let start = cpu::rdtsc();
     // The TSC does not wrap in practice (2^64 ticks are over a century),
     // so plain sums keep the hot path free of saturation.
@@ -559,20 +567,20 @@ fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u
     // The hot path compares the TSC with one value: the deadline or the
     // next re-arming of the timer, whichever is first.
     let mut next_check = (start + retarget_every).min(deadline);
-    hv.rearm_preemption_timer(index, slice);
+    hv.rearm_preemption_timer(index, v, slice);
     loop {
         let domain = &mut hv.domains[index];
-        if domain.upcall_due {
-            crate::events::deliver_upcall(domain);
+        if domain.vcpus[v].upcall_due {
+            crate::events::deliver_upcall(domain, v);
         }
-        // The vCPU leaves the domain while the lock is let go: only this
-        // CPU can reach it until it is put back.
-        let Some(mut vcpu) = domain.vcpu.take() else { break };
+        // The vCPU leaves its slot while the lock is let go: only this CPU
+        // can reach it until it is put back.
+        let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { break };
         drop(hv);
         let raw = vcpu.enter();
         hv = HYPERVISOR.lock();
         let domain = &mut hv.domains[index];
-        let vcpu = domain.vcpu.insert(vcpu);
+        let vcpu = domain.vcpus[v].vcpu.insert(vcpu);
         if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
             // The hot path, kept inline: hypercalls are most exits.
             let registers = &vcpu.registers;
@@ -583,13 +591,13 @@ fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u
             domain.count_exit(Vcpu::VMCALL_EXIT);
             let result = crate::hypercall::dispatch(&mut hv, index, number, arguments);
             // dom0 cannot destroy itself, so the caller is still in its slot.
-            let domain = &mut hv.domains[index];
-            if let Some(vcpu) = domain.vcpu.as_mut() {
+            let slot = &mut hv.domains[index].vcpus[v];
+            if let Some(vcpu) = slot.vcpu.as_mut() {
                 vcpu.registers.rax = result as u64;
             }
-            if domain.reschedule {
-                if domain.restart_call {
-                    restart_hypercall(domain, number);
+            if slot.reschedule {
+                if slot.restart_call {
+                    restart_hypercall(slot, number);
                 }
                 break;
             }
@@ -599,7 +607,7 @@ fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u
                 Err(exit) => (exit, u32::MAX),
             };
             domain.count_exit(reason);
-            if !hv.handle_exit(index, exit) || hv.domains[index].reschedule {
+            if !hv.handle_exit(index, v, exit) || hv.domains[index].vcpus[v].reschedule {
                 break;
             }
         }
@@ -610,28 +618,34 @@ fn run_slice(mut hv: Locked, index: usize, slice: u64, cpu: usize) -> (Locked, u
                 break;
             }
             next_check = (now + retarget_every).min(deadline);
-            hv.rearm_preemption_timer(index, deadline - now);
+            hv.rearm_preemption_timer(index, v, deadline - now);
         }
     }
-    let domain = &mut hv.domains[index];
-    if let Some(vcpu) = domain.vcpu.as_mut() {
+    let slot = &mut hv.domains[index].vcpus[v];
+    if let Some(vcpu) = slot.vcpu.as_mut() {
         vcpu.check_in();
     }
-    domain.running = false;
+    slot.running = false;
     let ran = cpu::rdtsc().wrapping_sub(start);
-    domain.cpu_time_tsc += ran;
+    slot.cpu_time_tsc += ran;
+    // A vCPU taken down while it ran is retired now that it is off the CPU.
+    if !slot.up
+        && let Some(vcpu) = slot.vcpu.take()
+    {
+        crate::domain::release_vcpu(vcpu, &capabilities);
+    }
     (hv, ran)
 }
 
 /// Makes the caller's VMCALL run again when it is next entered: the call
-/// had to wait for another CPU (`Domain::restart_call`), so the registers
+/// had to wait for another CPU (`VcpuSlot::restart_call`), so the registers
 /// go back to how the guest made the call (RAX the hypercall number, RIP
 /// at the VMCALL). Cold: taken only while a target is being stopped.
 #[cold]
 #[inline(never)]
-fn restart_hypercall(domain: &mut Domain, number: u64) {
-    domain.restart_call = false;
-    if let Some(vcpu) = domain.vcpu.as_mut() {
+fn restart_hypercall(slot: &mut crate::domain::VcpuSlot, number: u64) {
+    slot.restart_call = false;
+    if let Some(vcpu) = slot.vcpu.as_mut() {
         vcpu.registers.rax = number;
         vcpu.rewind_exit_instruction();
     }

@@ -50,8 +50,8 @@ fn map_mmio(hv: &mut Hypervisor, caller: usize, address: u64, pages: u64) -> Res
     }
     // New entries replace non-present ones, which the CPU does not cache;
     // the flush only makes that independent of the implementation.
-    if mapped_any && let Some(vcpu) = domain.vcpu.as_ref() {
-        vcpu.flush_ept(&hv.capabilities);
+    if mapped_any {
+        domain.flush_ept(&hv.capabilities);
     }
     Ok(0)
 }

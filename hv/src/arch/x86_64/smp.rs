@@ -60,6 +60,9 @@ pub struct PerCpu {
     index: AtomicU64,
     /// Physical address of the VMCS current on this CPU, 0 = none (offset 8).
     pub current_vmcs: AtomicU64,
+    /// Which vCPU of its domain this CPU runs (offset 16): the caller of
+    /// the hypercall or the subject of the exit hv handles here.
+    current_vcpu: AtomicU64,
     /// Local APIC id.
     pub apic_id: AtomicU32,
     /// One of [`state`].
@@ -80,11 +83,13 @@ pub struct PerCpu {
 
 const _: () = assert!(core::mem::offset_of!(PerCpu, index) == 0);
 const _: () = assert!(core::mem::offset_of!(PerCpu, current_vmcs) == 8);
+const _: () = assert!(core::mem::offset_of!(PerCpu, current_vcpu) == 16);
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: PerCpu = PerCpu {
     index: AtomicU64::new(0),
     current_vmcs: AtomicU64::new(0),
+    current_vcpu: AtomicU64::new(0),
     apic_id: AtomicU32::new(0),
     state: AtomicU32::new(state::ABSENT),
     kicked: AtomicBool::new(false),
@@ -272,6 +277,21 @@ pub fn current_vmcs() -> u64 {
     // SAFETY: as in `this_cpu`: offset 8 of this CPU's PerCpu (asserted).
     unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) vmcs, options(nostack, readonly, preserves_flags)) };
     vmcs
+}
+
+/// The index (within its domain) of the vCPU this CPU runs: one
+/// GS-relative load. Set by the run loop when it checks a vCPU out.
+#[inline(always)]
+pub fn current_vcpu() -> usize {
+    let vcpu: u64;
+    // SAFETY: as in `this_cpu`: offset 16 of this CPU's PerCpu (asserted).
+    unsafe { core::arch::asm!("mov {}, gs:[16]", out(reg) vcpu, options(nostack, readonly, preserves_flags)) };
+    vcpu as usize
+}
+
+/// Records which vCPU (index within its domain) this CPU runs.
+pub fn set_current_vcpu(vcpu: usize) {
+    this().current_vcpu.store(vcpu as u64, Ordering::Relaxed);
 }
 
 /// Records which VMCS is current on this CPU.

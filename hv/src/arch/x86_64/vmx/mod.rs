@@ -505,6 +505,13 @@ pub fn enable(capabilities: &Capabilities, region: u64) -> Result<(), &'static s
     if vmx_instruction!("vmxon", region) { Ok(()) } else { Err("VMXON failed") }
 }
 
+/// The EPT pointer of the tables at `root` (SDM 25.6.11): write-back,
+/// 4-level walk, accessed/dirty flags where the CPU offers them.
+pub fn ept_pointer(capabilities: &Capabilities, root: u64) -> u64 {
+    let accessed_dirty = if capabilities.features & feature::EPT_ACCESSED_DIRTY != 0 { 1 << 6 } else { 0 };
+    root | 6 | (3 << 3) | accessed_dirty
+}
+
 /// Invalidates EPT-derived translations for one EPT pointer (SDM Vol. 3C 31.3, INVEPT).
 pub fn invalidate_ept(capabilities: &Capabilities, ept_pointer: u64) {
     let descriptor: [u64; 2] = [ept_pointer, 0];
@@ -746,11 +753,7 @@ impl Vcpu {
         write(Field::IoBitmapA, config.io_bitmap_a);
         write(Field::IoBitmapB, config.io_bitmap_b);
         write(Field::MsrBitmap, config.msr_bitmap);
-        // EPT pointer (SDM 25.6.11): WB, 4-level walk, A/D flags if offered.
-        let mut ept_pointer = config.ept_root | 6 | (3 << 3);
-        if capabilities.features & feature::EPT_ACCESSED_DIRTY != 0 {
-            ept_pointer |= 1 << 6;
-        }
+        let ept_pointer = ept_pointer(capabilities, config.ept_root);
         write(Field::EptPointer, ept_pointer);
         if capabilities.features & feature::VPID != 0 {
             write(Field::VirtualProcessorId, config.vpid as u64);
@@ -969,11 +972,6 @@ impl Vcpu {
         invalidate_ept(capabilities, self.ept_pointer);
         invalidate_vpid(capabilities, self.vpid);
         self.vmcs_region
-    }
-
-    /// Flushes cached translations of this vCPU's EPT (after unmapping).
-    pub fn flush_ept(&self, capabilities: &Capabilities) {
-        invalidate_ept(capabilities, self.ept_pointer);
     }
 
     /// Whether the guest can take an external interrupt now: RFLAGS.IF set,
