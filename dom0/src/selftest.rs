@@ -66,12 +66,17 @@ const fn op(operation: abi::domctl::DomCtlOp) -> Argument {
 const fn event(operation: abi::event::EventOp) -> Argument {
     Value(operation as u64)
 }
+const VCPU: u64 = Hypercall::Vcpu as u64;
+const fn vcpu(operation: abi::hypercall::VcpuOp) -> Argument {
+    Value(operation as u64)
+}
 use abi::domctl::{COPY_MAX, DomCtlOp as D, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE};
 use abi::event::EventOp as E;
+use abi::hypercall::VcpuOp as V;
 use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, IO_PORTS_MAX, MMIO_PAGES_MAX, TRANSLATE_DEVICE_WRITES};
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 83] = [
+pub const CASES: [Case; 91] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
     case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
@@ -540,6 +545,35 @@ pub const CASES: [Case; 83] = [
         "allow the Bochs shutdown port",
         PHYSDEV,
         [ALLOW_PORTS, Value(0x8900), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    // vCPUs (ABI 0.9): dom0 has one.
+    case("vcpu id", VCPU, [vcpu(V::Id), NONE, NONE, NONE, NONE], Expected::Value(0)),
+    case(
+        "vcpu up beyond the count",
+        VCPU,
+        [vcpu(V::Up), Value(1), Buffer, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case(
+        "vcpu up of id 2^32",
+        VCPU,
+        [vcpu(V::Up), Value(1 << 32), Buffer, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case("vcpu up of itself", VCPU, [vcpu(V::Up), Value(0), Buffer, NONE, NONE], Expected::Error(Error::Busy)),
+    case("vcpu down of the only one", VCPU, [vcpu(V::Down), Value(0), NONE, NONE, NONE], Expected::Error(Error::Busy)),
+    case(
+        "vcpu down beyond the count",
+        VCPU,
+        [vcpu(V::Down), Value(8), NONE, NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
+    case("vcpu unknown operation", VCPU, [Value(99), NONE, NONE, NONE, NONE], Expected::Error(Error::InvalidArgument)),
+    case(
+        "create with 9 vcpus",
+        DOMCTL,
+        [op(D::Create), Value(16), Value(abi::hypercall::MAX_VCPUS as u64 + 1), NONE, NONE],
         Expected::Error(Error::InvalidArgument),
     ),
 ];
