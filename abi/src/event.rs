@@ -10,10 +10,13 @@
 //! clears `upcall_pending`, then scans and clears `pending` bits
 //! (atomically: hv sets bits concurrently from other CPUs).
 //!
-//! A domain with several vCPUs (since 0.9): every port notifies vCPU 0,
-//! which gets the upcall and is woken; the other vCPUs get no upcall and
-//! wake from `Block` only for their own timer (binding ports to other
-//! vCPUs comes in a later version).
+//! A domain with several vCPUs (since 0.9): each port notifies one vCPU,
+//! vCPU 0 unless [`EventOp::BindVcpu`] names another. That vCPU gets the
+//! upcall (its own `upcall_pending` word: [`EventPage::upcall_pending`]
+//! for vCPU 0, [`EventPage::upcall_pending_vcpu`] for the others; each
+//! vCPU's handler clears its own) and is woken from `Block`.
+//! [`EventOp::BindIpi`] gives a port whose `Send` notifies a vCPU of the
+//! same domain: an interprocessor interrupt between the domain's vCPUs.
 //!
 //! A port is `Free`, `Unbound` (allocated for one remote domain to bind to),
 //! `Interdomain` (connected to a remote port) or `Virq`. Closing one end of
@@ -79,6 +82,17 @@ pub enum EventOp {
     /// until dom0 has serviced the device and sends [`EventOp::Unmask`] for
     /// the port. Returns the port. Since ABI 0.4.
     BindPirq = 9,
+    /// Since 0.9: port `a1` (allocated, any kind) notifies vCPU `a2` of the
+    /// domain from now on (default: vCPU 0). `InvalidArgument` for a port
+    /// beyond the table or a vCPU the domain does not have, `NotFound` for
+    /// a free port. A port bound to a vCPU that is down notifies vCPU 0.
+    BindVcpu = 10,
+    /// Since 0.9: allocates a port of type [`PortState::Ipi`] that notifies
+    /// vCPU `a1` of the caller's own domain; `Send` on it (from any of the
+    /// domain's vCPUs) makes it pending there. Returns the port.
+    /// `InvalidArgument` for a vCPU the domain does not have, `Busy` when no
+    /// port is free.
+    BindIpi = 11,
 }
 
 impl EventOp {
@@ -95,6 +109,8 @@ impl EventOp {
             7 => EventOp::Unmask,
             8 => EventOp::Status,
             9 => EventOp::BindPirq,
+            10 => EventOp::BindVcpu,
+            11 => EventOp::BindIpi,
             _ => return None,
         })
     }
@@ -142,6 +158,9 @@ pub enum PortState {
     /// Was `Unbound` for or `Interdomain` with the remote domain, which has
     /// ended since; only `Close` frees it (since ABI 0.6).
     Closed = 5,
+    /// An interprocessor interrupt of the domain (since 0.9): `remote` is
+    /// the vCPU it notifies.
+    Ipi = 6,
 }
 
 /// A decoded `Status` answer.
@@ -168,6 +187,7 @@ impl PortStatus {
             2 => PortState::Interdomain,
             3 => PortState::Virq,
             4 => PortState::Pirq,
+            6 => PortState::Ipi,
             5 => PortState::Closed,
             _ => return None,
         };
@@ -184,11 +204,12 @@ pub struct EventPage {
     pub pending: [u64; BITMAP_WORDS],
     /// Bit `p` set: port `p` does not raise the upcall. Written by the guest.
     pub mask: [u64; BITMAP_WORDS],
-    /// 1 when hv has raised the upcall and the guest has not yet cleared it.
-    /// hv sets, the guest clears (before scanning `pending`).
+    /// 1 when hv has raised vCPU 0's upcall and the guest has not yet
+    /// cleared it. hv sets, the guest clears (before scanning `pending`).
     pub upcall_pending: u64,
-    /// Reserved, zero.
-    pub _reserved: [u64; 7],
+    /// Since 0.9: the same for vCPUs 1 to 7 (entry i is vCPU i + 1's);
+    /// zero before (reserved).
+    pub upcall_pending_vcpu: [u64; 7],
 }
 
 const _: () = assert!(size_of::<EventPage>() == 8 * (2 * BITMAP_WORDS + 8));
@@ -210,6 +231,7 @@ mod tests {
             PortState::Virq,
             PortState::Pirq,
             PortState::Closed,
+            PortState::Ipi,
         ] {
             let status = PortStatus { state, remote_domain: 0xdead_beef, remote: 0xabcd };
             assert_eq!(PortStatus::decode(status.encode()), Some(status));
@@ -219,10 +241,10 @@ mod tests {
 
     #[test]
     fn operations_round_trip() {
-        for n in 0..10 {
+        for n in 0..12 {
             assert_eq!(EventOp::from_number(n).unwrap() as u64, n);
         }
-        assert_eq!(EventOp::from_number(10), None);
+        assert_eq!(EventOp::from_number(12), None);
         assert_eq!(Virq::from_number(2), None);
     }
 }

@@ -69,6 +69,9 @@ pub enum Binding {
     Virq(Virq),
     /// Bound to a physical interrupt line (dom0's devices), which hv raises.
     Pirq(u8),
+    /// An interprocessor interrupt of the domain itself: `Send` makes this
+    /// port pending in the same domain (for the vCPU it notifies).
+    Ipi,
 }
 
 /// Marks an entry of `PortTable::virq_ports` with no port bound (port 0
@@ -82,6 +85,8 @@ pub struct PortTable {
     bindings: [Binding; PORT_COUNT],
     /// The port bound to each virtual IRQ (by its number), or `NO_PORT`.
     virq_ports: [Port; VIRQ_COUNT],
+    /// The vCPU each port notifies (0 unless bound to another).
+    vcpus: [u8; PORT_COUNT],
     /// Ports not Free.
     allocated: usize,
 }
@@ -105,7 +110,12 @@ fn port_number(index: usize) -> Port {
 impl PortTable {
     /// A table with every port Free, usable in a `static`.
     pub const fn new() -> Self {
-        Self { bindings: [Binding::Free; PORT_COUNT], virq_ports: [NO_PORT; VIRQ_COUNT], allocated: 0 }
+        Self {
+            bindings: [Binding::Free; PORT_COUNT],
+            virq_ports: [NO_PORT; VIRQ_COUNT],
+            vcpus: [0; PORT_COUNT],
+            allocated: 0,
+        }
     }
 
     /// The binding of `port` (Free included). `InvalidArgument` beyond the
@@ -126,6 +136,7 @@ impl PortTable {
             Binding::Closed { remote } => (PortState::Closed, remote, 0),
             Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
             Binding::Pirq(line) => (PortState::Pirq, 0, line as u16),
+            Binding::Ipi => (PortState::Ipi, 0, u16::from(self.vcpus[port_index(port)?])),
         };
         Ok(PortStatus { state, remote_domain, remote })
     }
@@ -184,8 +195,34 @@ impl PortTable {
             Binding::Free => Err(Error::NotFound),
             Binding::Closed { .. } => Err(Error::Closed),
             Binding::Unbound { .. } => Err(Error::Busy),
-            Binding::Virq(_) | Binding::Pirq(_) => Err(Error::InvalidArgument),
+            Binding::Virq(_) | Binding::Pirq(_) | Binding::Ipi => Err(Error::InvalidArgument),
         }
+    }
+
+    /// The vCPU `port` notifies (0 for ports beyond the table).
+    pub fn notify_vcpu(&self, port: Port) -> usize {
+        port_index(port).map_or(0, |index| usize::from(self.vcpus[index]))
+    }
+
+    /// Makes allocated port `port` notify vCPU `vcpu` (the caller checks
+    /// the domain has it). `InvalidArgument` beyond the table, `NotFound`
+    /// for a Free port.
+    pub fn bind_vcpu(&mut self, port: Port, vcpu: u8) -> Result<(), Error> {
+        let index = port_index(port)?;
+        if self.bindings[index] == Binding::Free {
+            return Err(Error::NotFound);
+        }
+        self.vcpus[index] = vcpu;
+        Ok(())
+    }
+
+    /// Allocates the lowest free port as an interprocessor interrupt that
+    /// notifies vCPU `vcpu` (the caller checks the domain has it). `Busy`
+    /// if no port is free.
+    pub fn bind_ipi(&mut self, vcpu: u8) -> Result<Port, Error> {
+        let port = self.claim(Binding::Ipi)?;
+        self.vcpus[port as usize] = vcpu;
+        Ok(port)
     }
 
     /// Binds a new port to physical interrupt line `line`. The caller (hv)
@@ -240,9 +277,14 @@ impl PortTable {
         match self.bindings[index] {
             Binding::Free => return,
             Binding::Virq(virq) => self.virq_ports[virq as usize] = NO_PORT,
-            Binding::Unbound { .. } | Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Pirq(_) => {}
+            Binding::Unbound { .. }
+            | Binding::Interdomain { .. }
+            | Binding::Closed { .. }
+            | Binding::Pirq(_)
+            | Binding::Ipi => {}
         }
         self.bindings[index] = Binding::Free;
+        self.vcpus[index] = 0;
         self.allocated -= 1;
     }
 }
@@ -274,7 +316,7 @@ pub fn bind_interdomain(
         Binding::Unbound { remote } if remote == local_id => {}
         Binding::Unbound { .. } => return Err(Error::Permission),
         Binding::Free => return Err(Error::NotFound),
-        Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Virq(_) | Binding::Pirq(_) => {
+        Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Virq(_) | Binding::Pirq(_) | Binding::Ipi => {
             return Err(Error::Busy);
         }
     }
@@ -470,7 +512,10 @@ mod tests {
                         }
                         Binding::Virq(virq) => assert_eq!(table.virq_port(virq), Some(port)),
                         Binding::Pirq(line) => assert_eq!(table.pirq_port(line), Some(port)),
-                        Binding::Free | Binding::Unbound { .. } | Binding::Closed { .. } => {}
+                        Binding::Free | Binding::Unbound { .. } | Binding::Closed { .. } | Binding::Ipi => {}
+                    }
+                    if binding == Binding::Free {
+                        assert_eq!(table.notify_vcpu(port), 0, "a free port notifies vCPU 0");
                     }
                 }
                 assert_eq!(table.allocated_count(), allocated);
@@ -882,5 +927,29 @@ mod tests {
             tables.check_invariants();
         }
         assert!(successes.iter().all(|&count| count > 20), "too few of some operation: {successes:?}");
+    }
+
+    #[test]
+    fn ipi_ports_and_vcpu_bindings() {
+        let mut table = PortTable::new();
+        let ipi = table.bind_ipi(3).unwrap();
+        assert_eq!(table.binding(ipi), Ok(Binding::Ipi));
+        assert_eq!(table.notify_vcpu(ipi), 3);
+        let status = table.status(ipi).unwrap();
+        assert_eq!((status.state, status.remote), (PortState::Ipi, 3));
+        // Send on an IPI port is hv's to route (to the domain itself).
+        assert_eq!(table.send_target(ipi), Err(Error::InvalidArgument));
+        let unbound = table.allocate_unbound(7).unwrap();
+        assert_eq!(table.notify_vcpu(unbound), 0);
+        assert_eq!(table.bind_vcpu(unbound, 2), Ok(()));
+        assert_eq!(table.notify_vcpu(unbound), 2);
+        assert_eq!(table.bind_vcpu(200, 1), Err(Error::NotFound), "a free port");
+        assert_eq!(table.bind_vcpu(PORT_COUNT as Port, 1), Err(Error::InvalidArgument));
+        let mut tables = Tables(HashMap::from([(0, table)]));
+        assert_eq!(close(&mut tables, 0, ipi), Ok(None));
+        let table = tables.0.get(&0).unwrap();
+        assert_eq!(table.binding(ipi), Ok(Binding::Free));
+        assert_eq!(table.notify_vcpu(ipi), 0, "closing forgets the vCPU");
+        assert_eq!(table.allocated_count(), 1);
     }
 }

@@ -27,18 +27,20 @@ impl TableAccess for Tables<'_> {
 }
 
 /// Marks `port` of domain `index` pending and, if it is unmasked, raises
-/// the upcall and wakes the domain.
+/// the upcall of the vCPU the port notifies (vCPU 0 if that one is down)
+/// and wakes it.
 pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     let Some(domain) = hv.domains.get_mut(index) else { return };
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
+    let vcpu =
+        Some(domain.events.notify_vcpu(port)).filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up).unwrap_or(0);
     let page = domain.event_page;
-    // Events notify vCPU 0.
     if page == 0 {
         // No page registered: the domain polls; a wake-up is all we can give.
-        domain.vcpus[0].blocked = false;
-        domain.notify(0);
+        domain.vcpus[vcpu].blocked = false;
+        domain.notify(vcpu);
         return;
     }
     let word = (port / 64) as u64 * 8;
@@ -47,15 +49,28 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     if was_pending || masked {
         return;
     }
-    let woke = core::mem::replace(&mut domain.vcpus[0].blocked, false);
-    let upcall = physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0;
+    raise_upcall(domain, vcpu);
+}
+
+/// Sets vCPU `vcpu`'s upcall-pending word; if it was clear, the upcall is
+/// due (with a vector registered). Wakes the vCPU; tells its CPU when
+/// something changed (no IPI per event of a burst).
+fn raise_upcall(domain: &mut Domain, vcpu: usize) {
+    let upcall_word = domain.event_page + upcall_offset(vcpu);
+    let woke = core::mem::replace(&mut domain.vcpus[vcpu].blocked, false);
+    let upcall = physical::atomic_swap(upcall_word, 1) == 0 && domain.upcall_vector != 0;
     if upcall {
-        domain.vcpus[0].upcall_due = true;
+        domain.vcpus[vcpu].upcall_due = true;
     }
-    // Only a change needs telling (no IPI per event of a burst).
     if woke || upcall {
-        domain.notify(0);
+        domain.notify(vcpu);
     }
+}
+
+/// Offset in the event page of vCPU `vcpu`'s upcall-pending word
+/// (`upcall_pending`, then `upcall_pending_vcpu[vcpu - 1]`).
+fn upcall_offset(vcpu: usize) -> u64 {
+    UPCALL_PENDING_OFFSET + 8 * vcpu as u64
 }
 
 /// Domain `index` has ended (crashed, shut down) or is being destroyed: its
@@ -123,10 +138,16 @@ fn has_unmasked_pending(domain: &Domain) -> bool {
         .any(|word| physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0)
 }
 
-/// Blocks vCPU `vcpu` of the domain: vCPU 0 unless an event is already
-/// waiting, another until its timer (events notify vCPU 0 only).
+/// Blocks vCPU `vcpu` of the domain unless an event is already waiting for
+/// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
+/// word (set when one of its ports fired).
 pub fn block(domain: &mut Domain, vcpu: usize) {
-    if vcpu != 0 || !has_unmasked_pending(domain) {
+    let waiting = if vcpu == 0 {
+        has_unmasked_pending(domain)
+    } else {
+        domain.event_page != 0 && physical::atomic_load(domain.event_page + upcall_offset(vcpu)) != 0
+    };
+    if !waiting {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
         slot.reschedule = true;
@@ -202,6 +223,11 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
         }
         EventOp::Send => {
             let port = port_argument(a1)?;
+            if hv.domains[caller].events.binding(port)? == ports::Binding::Ipi {
+                // An IPI: pending in the caller's own domain, for its vCPU.
+                raise(hv, caller, port);
+                return Ok(0);
+            }
             let (target, target_port) = ports::send_target(&mut Tables(&mut hv.domains), caller_id, port)?;
             if let Some(index) = hv.index_of(target) {
                 raise(hv, index, target_port);
@@ -249,13 +275,26 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
                 physical::atomic_test_and_clear_bit(word, port % 64);
                 if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
                     // Pending while masked: deliver it now.
-                    if physical::atomic_swap(page + UPCALL_PENDING_OFFSET, 1) == 0 && domain.upcall_vector != 0 {
-                        domain.vcpus[0].upcall_due = true;
-                        domain.notify(0);
-                    }
+                    let vcpu = Some(domain.events.notify_vcpu(port))
+                        .filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up)
+                        .unwrap_or(0);
+                    raise_upcall(domain, vcpu);
                 }
             }
             Ok(0)
+        }
+        EventOp::BindVcpu => {
+            let port = port_argument(a1)?;
+            let domain = &mut hv.domains[caller];
+            let vcpu =
+                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_vcpu(port, vcpu).map(|()| 0)
+        }
+        EventOp::BindIpi => {
+            let domain = &mut hv.domains[caller];
+            let vcpu =
+                u8::try_from(a1).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_ipi(vcpu).map(u64::from)
         }
         EventOp::Status => {
             let port = port_argument(a1)?;

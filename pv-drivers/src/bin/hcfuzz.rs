@@ -269,13 +269,19 @@ fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
             }
         }
         Some(H::Vcpu) => {
-            arguments[0] = operation(random, 1);
+            // SetTimer, Up, Down, Id: this guest has one vCPU, so Up and
+            // Down only ever get their documented refusals.
+            arguments[0] = operation(random, 4);
+            if arguments[0] != VcpuOp::SetTimer as u64 {
+                arguments[1] = random.below(10);
+                arguments[2] = pointer(random, layout, true);
+            }
             if random.chance(2) {
                 arguments[1] = guest::now().wrapping_add(random.below(1 << 24));
             }
         }
         Some(H::Event) => {
-            arguments[0] = operation(random, 10);
+            arguments[0] = operation(random, 12);
             match E::from_number(arguments[0]) {
                 Some(E::RegisterPage) => {
                     arguments[1] =
@@ -295,6 +301,11 @@ fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
                     }
                 }
                 Some(E::Send | E::Unmask | E::Status | E::BindPirq) => arguments[1] = port(random),
+                Some(E::BindVcpu) => {
+                    arguments[1] = port(random);
+                    arguments[2] = random.below(10);
+                }
+                Some(E::BindIpi) => arguments[1] = random.below(10),
                 None => {}
             }
         }
@@ -449,7 +460,7 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
     let ok = |value: i64| Ok(value as u64);
     let hv_info_size = HV_INFO_MIN_SIZE as i64;
     let free_port = (1..PORT_COUNT as u64).rev().find(|&p| !layout.protected[p as usize]).unwrap_or(255);
-    let checks: [Check; 56] = [
+    let checks: [Check; 60] = [
         ("number 13 (one past the table)", HYPERCALL_COUNT as u64, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^32", 1 << 32, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^63", 1 << 63, [0; 5], Err(Error::NoSuchHypercall)),
@@ -553,7 +564,16 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
         ("yield", H::Sched as u64, [SchedOp::Yield as u64, u64::MAX, 0, 0, 0], ok(0)),
         ("vcpu, operation u64::MAX", H::Vcpu as u64, [u64::MAX, 0, 0, 0, 0], Err(Error::InvalidArgument)),
         ("timer cancelled", H::Vcpu as u64, [VcpuOp::SetTimer as u64, 0, 0, 0, 0], ok(0)),
-        ("event, operation 10", H::Event as u64, [10, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("event, operation 12", H::Event as u64, [12, 0, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("bind a free port to vCPU 0", H::Event as u64, [E::BindVcpu as u64, 200, 0, 0, 0], Err(Error::NotFound)),
+        (
+            "bind a port to vCPU 1 of one",
+            H::Event as u64,
+            [E::BindVcpu as u64, 1, 1, 0, 0],
+            Err(Error::InvalidArgument),
+        ),
+        ("ipi for vCPU 1 of one", H::Event as u64, [E::BindIpi as u64, 1, 0, 0, 0], Err(Error::InvalidArgument)),
+        ("ipi for vCPU 2^32", H::Event as u64, [E::BindIpi as u64, 1 << 32, 0, 0, 0], Err(Error::InvalidArgument)),
         (
             "event page with vector 256",
             H::Event as u64,
