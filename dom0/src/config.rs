@@ -31,7 +31,7 @@
 //! | `memory`   | integer | required    | 1..=1024 (MiB)                                |
 //! | `kernel`   | string  | required    | 1..=100 bytes, no NUL                         |
 //! | `cmdline`  | string  | `""`        | at most 1023 bytes, no NUL                    |
-//! | `vcpus`    | integer | 1           | 1 (more is not supported yet)                 |
+//! | `vcpus`    | integer | 1           | 1..=8 ([`VCPUS_MAX`])                         |
 //! | `on_crash` | string  | `"destroy"` | `"destroy"`, `"restart"`, `"preserve"`        |
 //! | `weight`   | integer | 256         | 1..=65535                                     |
 //! | `cap`      | integer | 0 (no cap)  | 0..=100 (percent of one CPU)                  |
@@ -65,6 +65,11 @@ pub const LIST_ENTRIES_MAX: usize = 4;
 pub const LIST_ENTRY_MAX: usize = 128;
 /// Longest unknown key kept for the error message; longer ones are cut.
 pub const UNKNOWN_KEY_MAX: usize = 32;
+/// Largest `vcpus`: the most vCPUs hv gives a domain.
+pub const VCPUS_MAX: u32 = abi::hypercall::MAX_VCPUS;
+/// What `vcpus` accepts, for its error message (kept equal to [`VCPUS_MAX`]).
+const VCPUS_RANGE: &str = "must be 1..=8 (vCPUs of the guest)";
+const _: () = assert!(VCPUS_MAX == 8, "VCPUS_RANGE names the range");
 
 /// What to do when the guest crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +89,7 @@ pub struct GuestConfig {
     pub name: ArrayString<NAME_MAX>,
     /// RAM, in MiB: 1..=[`MEMORY_MIB_MAX`].
     pub memory_mib: u32,
-    /// Virtual CPUs: always 1 for now.
+    /// Virtual CPUs: 1..=[`VCPUS_MAX`]; the guest starts all but the first.
     pub vcpus: u32,
     /// The kernel's path inside the boot ramdisk, as written.
     pub kernel: ArrayString<KERNEL_MAX>,
@@ -126,8 +131,6 @@ pub enum ConfigErrorKind {
     WrongType { key: &'static str, expected: &'static str },
     /// The value is not one the key accepts; `detail` reads "must be ...".
     OutOfRange { key: &'static str, detail: &'static str },
-    /// The value is valid but Mica does not support it yet; `detail` says so.
-    Unsupported { key: &'static str, detail: &'static str },
     /// The line is not valid UTF-8.
     NotUtf8,
     /// A string (for a list, one entry) is longer than `max` bytes.
@@ -147,9 +150,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigErrorKind::MissingKey(key) => write!(f, "missing required key '{key}'"),
             ConfigErrorKind::WrongType { key, expected } => write!(f, "{key} must be {expected}"),
-            ConfigErrorKind::OutOfRange { key, detail } | ConfigErrorKind::Unsupported { key, detail } => {
-                write!(f, "{key} {detail}")
-            }
+            ConfigErrorKind::OutOfRange { key, detail } => write!(f, "{key} {detail}"),
             ConfigErrorKind::NotUtf8 => f.write_str("not valid UTF-8"),
             ConfigErrorKind::TooLong { key, max } => {
                 if Key::from_name(key).is_some_and(Key::is_list) {
@@ -265,21 +266,7 @@ fn apply(config: &mut GuestConfig, key: Key, value: Value<'_>) -> Result<(), Con
         Key::Memory => {
             config.memory_mib = integer(name, value, 1, MEMORY_MIB_MAX, "must be 1..=1024 MiB")?;
         }
-        Key::Vcpus => {
-            let Value::Integer { negative, magnitude } = value else {
-                return Err(ConfigErrorKind::WrongType { key: name, expected: EXPECTED_INTEGER });
-            };
-            if negative || magnitude == 0 {
-                return Err(ConfigErrorKind::OutOfRange { key: name, detail: "must be at least 1" });
-            }
-            if magnitude != 1 {
-                return Err(ConfigErrorKind::Unsupported {
-                    key: name,
-                    detail: "must be 1: only one vCPU per guest is supported for now",
-                });
-            }
-            config.vcpus = 1;
-        }
+        Key::Vcpus => config.vcpus = integer(name, value, 1, VCPUS_MAX, VCPUS_RANGE)?,
         Key::Kernel => {
             config.kernel = string(name, value, KERNEL_MAX)?;
             if config.kernel.is_empty() {
@@ -661,6 +648,15 @@ vif = [\"mac=00:16:3e:00:00:01\",]
     }
 
     #[test]
+    fn vcpus_from_one_to_the_most_hv_gives() {
+        for vcpus in 1..=VCPUS_MAX {
+            let config = parse(with_required(&std::format!("vcpus = {vcpus}")).as_bytes()).unwrap();
+            assert_eq!(config.vcpus, vcpus);
+        }
+        assert_eq!(error(&with_required("vcpus = 0")).to_string(), "line 4: vcpus must be 1..=8 (vCPUs of the guest)");
+    }
+
+    #[test]
     fn crlf_tabs_and_comments() {
         let crlf = GOOD.replace('\n', "\r\n");
         assert_eq!(parse(crlf.as_bytes()), parse(GOOD.as_bytes()));
@@ -786,7 +782,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
 
     #[test]
     fn range_errors() {
-        use ConfigErrorKind::{OutOfRange, TooLong, Unsupported};
+        use ConfigErrorKind::{OutOfRange, TooLong};
         for value in ["0", "1025", "-1", "99999999999999999999999"] {
             let text = std::format!("name = \"g\"\n\nmemory = {value}\nkernel = \"k\"");
             let error = parse(text.as_bytes()).unwrap_err();
@@ -794,11 +790,13 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             assert_eq!(error.to_string(), "line 3: memory must be 1..=1024 MiB");
         }
         assert!(parse(with_required("cap = -0").as_bytes()).is_ok());
-        for line in ["weight = 0", "weight = 65536", "cap = 101", "cap = -5", "vcpus = 0", "vcpus = -1"] {
+        for line in ["weight = 0", "weight = 65536", "cap = 101", "cap = -5"] {
             assert!(matches!(kind_of(line), OutOfRange { .. }), "{line}");
         }
-        for line in ["vcpus = 2", "vcpus = 4294967296"] {
-            assert!(matches!(kind_of(line), Unsupported { key: "vcpus", .. }), "{line}");
+        for line in
+            ["vcpus = 0", "vcpus = -0", "vcpus = -1", "vcpus = 9", "vcpus = 4294967297", "vcpus = 99999999999999999999"]
+        {
+            assert_eq!(kind_of(line), OutOfRange { key: "vcpus", detail: VCPUS_RANGE }, "{line}");
         }
         assert!(matches!(kind_of("on_crash = \"reboot\""), OutOfRange { key: "on_crash", .. }));
         assert!(matches!(kind_of("on_crash = \"a-string-far-too-long-to-be-any-action\""), OutOfRange { .. }));
@@ -859,7 +857,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             ("foo = 1", "line 4: unknown key 'foo'"),
             ("kernel = \"x\"", "line 4: kernel is already set on line 3"),
             ("cap = 101", "line 4: cap must be 0..=100 (percent of one CPU; 0 means no cap)"),
-            ("vcpus = 2", "line 4: vcpus must be 1: only one vCPU per guest is supported for now"),
+            ("vcpus = 9", "line 4: vcpus must be 1..=8 (vCPUs of the guest)"),
             ("disk = 1", "line 4: disk must be a list of strings, like [ \"a\", \"b\" ]"),
             ("cmdline = \"unterminated", "line 4: unterminated string"),
             ("cap = 1 # ok\nweight = 2 2", "line 5: unexpected text after the value"),
@@ -910,7 +908,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
                     accepted += 1;
                     assert!(check_name(&config.name).is_ok() && config.name.len() <= NAME_MAX);
                     assert!((1..=MEMORY_MIB_MAX).contains(&config.memory_mib));
-                    assert_eq!(config.vcpus, 1);
+                    assert!((1..=VCPUS_MAX).contains(&config.vcpus));
                     assert!(!config.kernel.is_empty() && !config.kernel.contains('\0'));
                     assert!(config.cmdline.len() <= CMDLINE_MAX);
                     assert!((1..=65535).contains(&config.weight) && config.cap <= 100);

@@ -429,6 +429,8 @@ pub struct Toolstack {
 /// The builder's view of the hypervisor: dom0's hypercalls.
 struct Hypervisor<'a> {
     window_slots: &'a mut ForeignWindow,
+    /// vCPUs of the domain `create` makes (the config's `vcpus`).
+    vcpus: u32,
     console: Option<Console>,
     /// The store ring being connected.
     store: Option<StoreChannel>,
@@ -457,7 +459,7 @@ impl Hypervisor<'_> {
 
 impl DomainControl for Hypervisor<'_> {
     fn create(&mut self, max_pages: u64) -> Result<DomainId, Error> {
-        hypercall::create_domain(max_pages)
+        hypercall::create_domain_with_vcpus(max_pages, self.vcpus)
     }
 
     fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error> {
@@ -706,7 +708,8 @@ impl Toolstack {
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
         };
-        let mut control = Hypervisor { window_slots: &mut self.window_slots, console: None, store: None };
+        let mut control =
+            Hypervisor { window_slots: &mut self.window_slots, vcpus: config.vcpus, console: None, store: None };
         let id = match builder::build(&mut control, &request) {
             Ok(id) => id,
             Err(error) => {

@@ -1,6 +1,6 @@
 //! A minimal runtime for guest kernels: reads the start-info page, registers
-//! the event page and the upcall handler, binds the console and offers
-//! console I/O and sleeping on the vCPU timer.
+//! the event page and the upcall handler, binds the console, offers
+//! console I/O and sleeping on the vCPU timer, and starts further vCPUs.
 
 use core::arch::{asm, global_asm};
 use core::fmt;
@@ -1142,6 +1142,48 @@ impl Guest {
         (&raw const EVENT_PAGE as u64, &raw const GRANT_PAGE as u64)
     }
 
+    /// This domain's number of vCPUs (`vcpus` in its config), from hv's
+    /// `DomainInfo`; 1 when hv does not say.
+    pub fn vcpu_count(&self) -> u32 {
+        hypercall::domain_info(self.domain_id()).map_or(1, |info| info.vcpu_count.max(1))
+    }
+
+    /// Starts vCPU `vcpu` (1 to [`Guest::vcpu_count`] minus one) running
+    /// `entry(argument)` on the stack below `stack_top`, with this vCPU's
+    /// page tables (CR3) and GDT, through [`hypercall::vcpu_up`].
+    ///
+    /// The new vCPU starts in 64-bit mode with interrupts off and no IDT:
+    /// an exception there is a triple fault, which crashes the domain. It
+    /// gets no upcalls (events notify vCPU 0 only), though its own timer
+    /// ([`hypercall::set_timer`]) wakes it from [`hypercall::block`]. It
+    /// must not use the `Guest` (console, store, devices): the runtime is
+    /// not thread-safe and belongs to vCPU 0; share data through atomics.
+    ///
+    /// Errors are hv's (`VcpuOp::Up`): `InvalidArgument` for no such vCPU,
+    /// `Busy` when it is up already.
+    ///
+    /// # Safety
+    /// `stack_top` must be the end of writable memory of this domain,
+    /// under the current page tables, that nothing else uses while the new
+    /// vCPU runs (its whole stack: a few KiB at least), for instance a
+    /// static array given to this vCPU alone.
+    pub unsafe fn start_vcpu(
+        &self,
+        vcpu: u32,
+        entry: extern "C" fn(u64) -> !,
+        stack_top: u64,
+        argument: u64,
+    ) -> Result<(), abi::Error> {
+        let (gdt_base, gdt_limit) = read_gdtr();
+        let context =
+            hypercall::vcpu_entry_context(entry as usize as u64, stack_top, argument, read_cr3(), gdt_base, gdt_limit);
+        // SAFETY: `entry` is a function of this kernel that takes a word
+        // and never returns; the caller dedicates the stack; the page
+        // tables and GDT are the ones this vCPU runs on, which the runtime
+        // never changes.
+        unsafe { hypercall::vcpu_up(vcpu, &context) }
+    }
+
     /// This domain's end of the console event channel (0 without a console).
     pub fn console_port(&self) -> u32 {
         self.console_port
@@ -1266,6 +1308,25 @@ impl fmt::Write for Guest {
         self.write(text.as_bytes());
         Ok(())
     }
+}
+
+/// The guest-physical address of the current page-table root (CR3
+/// without its flag bits; SDM 4.5).
+fn read_cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 at CPL 0 changes nothing.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags)) };
+    cr3 & 0x000f_ffff_ffff_f000
+}
+
+/// The GDT register: (base, limit). SGDT stores the 2-byte limit, then
+/// the 8-byte base (SDM 3.5.1).
+fn read_gdtr() -> (u64, u16) {
+    let mut register = [0u8; 10];
+    // SAFETY: SGDT writes exactly the 10 bytes of `register`.
+    unsafe { asm!("sgdt [{}]", in(reg) register.as_mut_ptr(), options(nostack, preserves_flags)) };
+    let [limit_low, limit_high, base @ ..] = register;
+    (u64::from_le_bytes(base), u16::from_le_bytes([limit_low, limit_high]))
 }
 
 /// The time-stamp counter.

@@ -127,6 +127,68 @@ pub fn set_timer(deadline: u64) -> Result<(), Error> {
     Error::decode(unsafe { raw(Hypercall::Vcpu as u64, [VcpuOp::SetTimer as u64, deadline, 0, 0, 0]) }).map(|_| ())
 }
 
+/// Starts vCPU `vcpu` of this domain (1 to its vCPU count minus one) from
+/// `context`, which hv reads during the call (ABI 0.9, `VcpuOp::Up`). The
+/// new vCPU runs at `context.rip` at once, beside the caller. Errors:
+/// `InvalidArgument` (no such vCPU, or a context hv refuses), `Busy` (it
+/// is up), `BadAddress`, `OutOfMemory`.
+///
+/// # Safety
+/// The new vCPU runs with the context's RIP, RSP, CR3 and GDT: they must
+/// name code that may run concurrently with the rest of this domain, a
+/// stack nothing else uses while it runs, and page tables and a GDT that
+/// stay valid (see [`vcpu_entry_context`] and `guest::Guest::start_vcpu`).
+pub unsafe fn vcpu_up(vcpu: u32, context: &VcpuContext) -> Result<(), Error> {
+    let arguments = [VcpuOp::Up as u64, u64::from(vcpu), address_of(context), 0, 0];
+    // SAFETY: `context` is readable for its size; the caller vouches for
+    // what the new vCPU runs.
+    Error::decode(unsafe { raw(Hypercall::Vcpu as u64, arguments) }).map(|_| ())
+}
+
+/// Takes vCPU `vcpu` of this domain down: it stops at once, wherever it
+/// is (ABI 0.9, `VcpuOp::Down`). Taking the calling vCPU down does not
+/// return. Errors: `InvalidArgument` (no such vCPU), `NotFound` (it is not
+/// up), `Busy` (it is the only vCPU up).
+pub fn vcpu_down(vcpu: u32) -> Result<(), Error> {
+    // SAFETY: no pointer arguments; a stopped vCPU never runs again, so
+    // nothing it borrowed is used after this.
+    Error::decode(unsafe { raw(Hypercall::Vcpu as u64, [VcpuOp::Down as u64, u64::from(vcpu), 0, 0, 0]) }).map(|_| ())
+}
+
+/// The calling vCPU's id, 0 to the domain's vCPU count minus one (ABI
+/// 0.9, `VcpuOp::Id`; an older hv answers `InvalidArgument`).
+pub fn vcpu_id() -> Result<u32, Error> {
+    // SAFETY: no pointer arguments.
+    Error::decode(unsafe { raw(Hypercall::Vcpu as u64, [VcpuOp::Id as u64, 0, 0, 0, 0]) }).map(|id| id as u32)
+}
+
+/// The [`VcpuContext`] for [`vcpu_up`] that calls `entry(argument)` (an
+/// `extern "C" fn(u64)` at address `entry`) on the stack below
+/// `stack_top`, with page tables `cr3` and the GDT at `gdt_base` (limit
+/// `gdt_limit`). The stack pointer is `stack_top` rounded down to 16 bytes,
+/// less 8: where a `call` would leave it, as the System V ABI expects at a
+/// function's first instruction (the builder starts vCPU 0 the same way).
+/// The return-address slot holds whatever the stack held; `entry` must
+/// never return.
+pub fn vcpu_entry_context(
+    entry: u64,
+    stack_top: u64,
+    argument: u64,
+    cr3: u64,
+    gdt_base: u64,
+    gdt_limit: u16,
+) -> VcpuContext {
+    VcpuContext {
+        rip: entry,
+        rsp: (stack_top & !0xf).wrapping_sub(8),
+        cr3,
+        rdi: argument,
+        gdt_base,
+        gdt_limit,
+        _reserved0: [0; 6],
+    }
+}
+
 /// An event channel operation with word arguments.
 pub fn event(operation: EventOp, a1: u64, a2: u64) -> Result<u64, Error> {
     // SAFETY: no operation takes a pointer except RegisterPage, whose page
@@ -161,11 +223,19 @@ pub fn domctl(operation: DomCtlOp, domain: DomainId, a2: u64, a3: u64, a4: u64) 
     Error::decode(unsafe { raw(Hypercall::DomCtl as u64, [operation as u64, domain as u64, a2, a3, a4]) })
 }
 
-/// Creates a paused, empty domain allowed `max_pages` pages; returns its id.
+/// Creates a paused, empty domain allowed `max_pages` pages, with one
+/// vCPU; returns its id.
 pub fn create_domain(max_pages: u64) -> Result<DomainId, Error> {
+    create_domain_with_vcpus(max_pages, 1)
+}
+
+/// Creates a paused, empty domain allowed `max_pages` pages, with `vcpus`
+/// vCPUs (1 to [`abi::hypercall::MAX_VCPUS`]; 0 means 1; more:
+/// `InvalidArgument`; ABI 0.9); returns its id.
+pub fn create_domain_with_vcpus(max_pages: u64, vcpus: u32) -> Result<DomainId, Error> {
+    let arguments = [DomCtlOp::Create as u64, max_pages, u64::from(vcpus), 0, 0];
     // SAFETY: no pointer arguments.
-    let raw_result = unsafe { raw(Hypercall::DomCtl as u64, [DomCtlOp::Create as u64, max_pages, 0, 0, 0]) };
-    Error::decode(raw_result).map(|id| id as DomainId)
+    Error::decode(unsafe { raw(Hypercall::DomCtl as u64, arguments) }).map(|id| id as DomainId)
 }
 
 /// Copies `bytes` (in dom0's identity-mapped memory) to `domain` at guest-physical `destination`.
@@ -295,4 +365,36 @@ pub fn physdev_allow_io_ports(first: u16, count: u16) -> Result<(), Error> {
     let arguments = [PhysdevOp::AllowIoPorts as u64, u64::from(first), u64::from(count), 0, 0];
     // SAFETY: hv only changes which ports exit; no memory of ours is written.
     Error::decode(unsafe { raw(Hypercall::Physdev as u64, arguments) }).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_context_aligns_the_stack_as_after_a_call() {
+        for (stack_top, rsp) in
+            [(0x10_0000, 0xf_fff8), (0x10_0008, 0xf_fff8), (0x10_000f, 0xf_fff8), (0x10_0010, 0x10_0008)]
+        {
+            let context = vcpu_entry_context(0x20_1000, stack_top, 3, 0x4000, 0x3000, 39);
+            assert_eq!(context.rsp, rsp, "stack top {stack_top:#x}");
+            assert_eq!(context.rsp % 16, 8);
+            assert!(context.rsp < stack_top);
+        }
+    }
+
+    #[test]
+    fn entry_context_carries_every_field() {
+        let context = vcpu_entry_context(0x20_1234, 0x8_0000, 0xdead_beef, 0x5000, 0x3000, 39);
+        let expected = VcpuContext {
+            rip: 0x20_1234,
+            rsp: 0x7_fff8,
+            cr3: 0x5000,
+            rdi: 0xdead_beef,
+            gdt_base: 0x3000,
+            gdt_limit: 39,
+            _reserved0: [0; 6],
+        };
+        assert_eq!(context, expected);
+    }
 }

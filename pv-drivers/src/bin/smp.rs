@@ -1,0 +1,120 @@
+//! Example guest: runs on every vCPU its domain has (`vcpus` in its
+//! config; the count comes from hv's `DomainInfo`). vCPU 0 starts vCPUs 1
+//! to N-1 (`VcpuOp::Up`), each on a stack of its own with its id as the
+//! argument, and prints `smp: vcpu <i> started` (or why not) for each.
+//! Each of them checks that `VcpuOp::Id` names the same id (else the
+//! domain crashes with a message in hv's log), then spins forever adding
+//! one to a counter of its own, yielding now and then. vCPU 0 prints,
+//! once per half second of guest time,
+//!
+//! ```text
+//! smp: vcpus 4 up; counts 0:<n> 1:<n> 2:<n> 3:<n>
+//! ```
+//!
+//! where `vcpus` counts the vCPUs running (vCPU 0 and those started), the
+//! counts are each vCPU's loop iterations (vCPU 0 counts its lines), one
+//! per vCPU of the domain. Only vCPU 0 uses the `Guest` (console, events):
+//! the runtime is not thread-safe; the others share only atomics.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use abi::hypercall::MAX_VCPUS;
+use pv_drivers::guest::{self, Guest};
+use pv_drivers::hypercall;
+
+/// One vCPU's counter, on a cache line of its own (no false sharing
+/// between vCPUs spinning on different CPUs).
+#[repr(C, align(64))]
+struct Counter(AtomicU64);
+
+/// Each vCPU's count, indexed by vCPU id.
+static COUNTS: [Counter; MAX_VCPUS as usize] = [const { Counter(AtomicU64::new(0)) }; MAX_VCPUS as usize];
+
+/// Bytes of stack for each vCPU vCPU 0 starts.
+const STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+/// The stacks of vCPUs 1 to `MAX_VCPUS - 1` (vCPU i uses entry i - 1);
+/// touched only by those vCPUs, never through a reference.
+static mut STACKS: [Stack; MAX_VCPUS as usize - 1] = [const { Stack([0; STACK_SIZE]) }; MAX_VCPUS as usize - 1];
+
+/// A spinning vCPU yields after this many iterations, so that the CPU it
+/// shares goes round sooner (the scheduler would preempt it anyway).
+const YIELD_EVERY: u64 = 1 << 16;
+
+/// The top of vCPU `vcpu`'s stack (1 to `MAX_VCPUS - 1`).
+fn stack_top(vcpu: u32) -> u64 {
+    let stacks = &raw mut STACKS as u64;
+    stacks + u64::from(vcpu) * STACK_SIZE as u64
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn _start(start_info: u64) -> ! {
+    let mut guest = Guest::init(start_info);
+    let vcpus = guest.vcpu_count().min(MAX_VCPUS);
+    let _ = writeln!(guest, "smp: domain {} has {vcpus} vcpus", guest.domain_id());
+    match hypercall::vcpu_id() {
+        Ok(0) => {}
+        other => {
+            let _ = writeln!(guest, "smp: vcpu 0 is told it is {other:?}");
+        }
+    }
+    let mut up = 1;
+    for vcpu in 1..vcpus {
+        // SAFETY: stack entry `vcpu - 1` belongs to this vCPU alone, and
+        // `secondary` touches only the atomic counters.
+        match unsafe { guest.start_vcpu(vcpu, secondary, stack_top(vcpu), u64::from(vcpu)) } {
+            Ok(()) => {
+                up += 1;
+                let _ = writeln!(guest, "smp: vcpu {vcpu} started");
+            }
+            Err(error) => {
+                let _ = writeln!(guest, "smp: vcpu {vcpu} not started: {}", error.describe());
+            }
+        }
+    }
+
+    let half_second = guest.ticks_per_second() / 2;
+    let mut deadline = guest::now() + half_second;
+    loop {
+        guest.sleep_until(deadline);
+        deadline += half_second;
+        COUNTS[0].0.fetch_add(1, Ordering::Relaxed);
+        // One write per line: the line reaches the console whole.
+        let mut line = arrayvec::ArrayString::<256>::new();
+        let _ = write!(line, "smp: vcpus {up} up; counts");
+        for (vcpu, counter) in COUNTS.iter().enumerate().take(vcpus as usize) {
+            let _ = write!(line, " {vcpu}:{}", counter.0.load(Ordering::Relaxed));
+        }
+        let _ = line.try_push('\n');
+        guest.write(line.as_bytes());
+    }
+}
+
+/// Where vCPUs 1.. start, with interrupts off and no IDT: checks its id,
+/// then counts forever.
+extern "C" fn secondary(vcpu: u64) -> ! {
+    match hypercall::vcpu_id() {
+        Ok(id) if u64::from(id) == vcpu => {}
+        other => guest::crash(format_args!("smp: vcpu {vcpu} is told it is {other:?}\n")),
+    }
+    let Some(counter) = COUNTS.get(vcpu as usize) else {
+        guest::crash(format_args!("smp: vcpu {vcpu} has no counter\n"))
+    };
+    loop {
+        let count = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
+        if count.is_multiple_of(YIELD_EVERY) {
+            hypercall::yield_now();
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    guest::crash(format_args!("smp: panic: {info}\n"))
+}
