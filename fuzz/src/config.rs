@@ -3,7 +3,8 @@
 use core::fmt::Write as _;
 
 use dom0core::config::{
-    CMDLINE_MAX, GuestConfig, KERNEL_MAX, LIST_ENTRIES_MAX, LIST_ENTRY_MAX, MEMORY_MIB_MAX, NAME_MAX, OnCrash, parse,
+    CMDLINE_MAX, GuestConfig, KERNEL_MAX, LIST_ENTRIES_MAX, LIST_ENTRY_MAX, MEMORY_MIB_MAX, NAME_MAX, OnCrash,
+    VCPUS_MAX, parse,
 };
 use dom0core::disk_spec;
 use dom0core::net_backend::parse_vif;
@@ -53,7 +54,7 @@ fn check_rules(config: &GuestConfig) {
     assert!(name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')));
     assert!(!name.starts_with(['-', '.']) && !name.bytes().all(|byte| byte.is_ascii_digit()));
     assert!((1..=MEMORY_MIB_MAX).contains(&config.memory_mib));
-    assert_eq!(config.vcpus, 1);
+    assert!((1..=VCPUS_MAX).contains(&config.vcpus));
     assert!((1..=KERNEL_MAX).contains(&config.kernel.len()) && !config.kernel.contains('\0'));
     assert!(config.cmdline.len() <= CMDLINE_MAX && !config.cmdline.contains('\0'));
     assert!((1..=65535).contains(&config.weight));
