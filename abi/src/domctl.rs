@@ -46,7 +46,9 @@ pub enum DomCtlOp {
     /// guest-physical `a2`. Only before the domain first runs (else `Busy`).
     SetVcpuContext = 6,
     /// Sets domain `a1`'s scheduling weight `a2` (1..=65535, default 256)
-    /// and cap `a3` (percent of one CPU, 0 = no cap, at most 100).
+    /// and cap `a3` (percent of one CPU, 0 = no cap, at most 100). Since
+    /// 0.9 each of its vCPUs is scheduled with this weight and cap (a
+    /// domain with more vCPUs gets a larger share).
     SetScheduling = 7,
     /// Lists domain ids: writes up to `a3` `u32` ids, each at least `a1`, in
     /// increasing order, to dom0 guest-physical `a2`. Returns the count.

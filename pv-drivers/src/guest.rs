@@ -182,12 +182,58 @@ unsafe extern "C" {
     fn mica_upcall_stub();
 }
 
+/// Upcalls each vCPU took (vCPU 0's also count in `UPCALLS`).
+static VCPU_UPCALLS: [core::sync::atomic::AtomicU64; abi::hypercall::MAX_VCPUS as usize] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; abi::hypercall::MAX_VCPUS as usize];
+
+/// Set once another vCPU takes upcalls ([`accept_upcalls`]): the handler
+/// then asks hv which vCPU it runs on (one hypercall per upcall).
+static SEVERAL_VCPUS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 extern "C" fn upcall_handler() {
-    // Acknowledge: hv raises the upcall again only after this is cleared.
+    let vcpu = if SEVERAL_VCPUS.load(core::sync::atomic::Ordering::Relaxed) {
+        hypercall::vcpu_id().unwrap_or(0).min(abi::hypercall::MAX_VCPUS - 1) as usize
+    } else {
+        0
+    };
+    // Acknowledge: hv raises this vCPU's upcall again only after its word
+    // (`upcall_pending`, then `upcall_pending_vcpu[vcpu - 1]`) is cleared.
     let page = &raw mut EVENT_PAGE as *mut u8;
-    // SAFETY: upcall_pending is a u64 inside the event page; volatile store, no reference.
-    unsafe { core::ptr::write_volatile(page.add(abi::event::BITMAP_WORDS * 16) as *mut u64, 0) };
-    UPCALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the word is a u64 inside the event page (offset 64 + 8 x vcpu,
+    // vcpu < 8); volatile store, no reference.
+    unsafe { core::ptr::write_volatile(page.add(abi::event::BITMAP_WORDS * 16 + 8 * vcpu) as *mut u64, 0) };
+    VCPU_UPCALLS[vcpu].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if vcpu == 0 {
+        UPCALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Upcalls vCPU `vcpu` has taken so far (0 for a vCPU beyond the limit).
+pub fn vcpu_upcalls(vcpu: u32) -> u64 {
+    VCPU_UPCALLS.get(vcpu as usize).map_or(0, |count| count.load(core::sync::atomic::Ordering::Relaxed))
+}
+
+/// Lets the calling vCPU (one started with [`Guest::start_vcpu`], after
+/// [`Guest::init`] ran on vCPU 0) take upcalls: loads the runtime's IDT
+/// and enables interrupts. Events reach it on the ports bound to it
+/// (`EventOp::BindVcpu`, `BindIpi`).
+///
+/// # Safety
+/// Call once per vCPU, from the vCPU itself, with a stack that can take an
+/// interrupt frame.
+pub unsafe fn accept_upcalls() {
+    SEVERAL_VCPUS.store(true, core::sync::atomic::Ordering::Relaxed);
+    let base = &raw const IDT as u64;
+    let pointer: [u16; 5] = [4095, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16];
+    // SAFETY: the IDT was filled by `Guest::init` and is never written
+    // again; its one gate is the upcall stub, which saves what it uses.
+    unsafe { asm!("lidt [{}]", "sti", in(reg) &pointer, options(nostack)) };
+}
+
+/// The address of the domain's event page (for vCPUs other than 0, which
+/// must not use the `Guest`: `event_page::take_pending` on it).
+pub fn event_page() -> u64 {
+    &raw const EVENT_PAGE as u64
 }
 
 /// Tests and clears port `port`'s pending bit.

@@ -10,7 +10,9 @@
 //! The `counter` guest wakes once per guest second, so each `counter: <N>`
 //! line it prints after a pin is a scheduling that obeyed the new affinity.
 //! The `smp` guest's vCPU 0 prints every vCPU's count twice per guest
-//! second (`smp: vcpus 4 up; counts 0:<n> 1:<n> 2:<n> 3:<n>`).
+//! second (`smp: vcpus 4 up; counts 0:<n> 1:<n> 2:<n> 3:<n>`), and
+//! vCPU 0 sends every other vCPU an IPI with each line, which each takes
+//! in its upcall and answers (`smp: ipis 1:<n> ...; answers <m>`).
 
 use mica_tests::report::{VcpuList, VcpuRow};
 use mica_tests::session::{
@@ -256,6 +258,34 @@ fn expect_counts_rise(machine: &mut Machine, vcpus: usize) -> (Vec<u64>, Vec<u64
     (first, second)
 }
 
+/// The numbers of a line `smp: ipis 1:<n> 2:<n> ...; answers <m>` of the
+/// smp guest with `vcpus` vCPUs: (IPIs each of vCPUs 1.. took, answers).
+fn smp_ipis(line: &str, vcpus: usize) -> Option<(Vec<u64>, u64)> {
+    let mut template = String::from("smp: ipis");
+    for vcpu in 1..vcpus {
+        template += &format!(" {vcpu}:{{}}");
+    }
+    template += "; answers {}";
+    let numbers = scan(&template, line)?;
+    Some((numbers[..vcpus - 1].to_vec(), numbers[vcpus - 1]))
+}
+
+/// Attached to the smp guest: waits for a line in which every vCPU but 0
+/// has taken at least two of vCPU 0's IPIs and vCPU 0 has seen answers
+/// (IPIs back) after at least two lines.
+fn expect_ipis(machine: &mut Machine, vcpus: usize) {
+    let enough = move |line: &str| {
+        smp_ipis(line, vcpus).is_some_and(|(ipis, answers)| ipis.iter().all(|&count| count >= 2) && answers >= 2)
+    };
+    let text = machine
+        .expect(
+            line_where("a line \"smp: ipis 1:<n> ...; answers <m>\" with every n >= 2 and m >= 2".to_string(), enough),
+            seconds(60),
+        )
+        .unwrap_or_else(fail);
+    eprintln!("smp ipis: {}", text.lines().last().unwrap_or(""));
+}
+
 /// `console <name>`, then [`expect_counts_rise`], then Ctrl-].
 fn counts_rise(machine: &mut Machine, name: &str, id: u64, vcpus: usize) {
     attach(machine, name, id);
@@ -284,6 +314,7 @@ fn create_smp(machine: &mut Machine, config: &str, name: &str, vcpus: usize) -> 
             .unwrap_or_else(fail);
     }
     expect_counts_rise(machine, vcpus);
+    expect_ipis(machine, vcpus);
     detach(machine);
     id
 }
@@ -414,6 +445,8 @@ fn vcpus_outside_one_to_eight_are_refused() {
 /// The console line parser the smp tests rely on (no Bochs).
 #[test]
 fn smp_lines_parse() {
+    assert_eq!(smp_ipis("smp: ipis 1:3 2:4 3:5; answers 6", 4), Some((vec![3, 4, 5], 6)));
+    assert_eq!(smp_ipis("smp: ipis 1:3 2:4; answers 6", 4), None);
     let line = "smp: vcpus 4 up; counts 0:12 1:345 2:0 3:18446744073709551615";
     assert_eq!(smp_counts(line, 4), Some((4, vec![12, 345, 0, u64::MAX])));
     assert_eq!(smp_counts("smp: vcpus 1 up; counts 0:7", 1), Some((1, vec![7])));

@@ -15,12 +15,25 @@
 //! counts are each vCPU's loop iterations (vCPU 0 counts its lines), one
 //! per vCPU of the domain. Only vCPU 0 uses the `Guest` (console, events):
 //! the runtime is not thread-safe; the others share only atomics.
+//!
+//! Interprocessor interrupts: before starting the others, vCPU 0 binds an
+//! IPI port for each of them (`EventOp::BindIpi`) and one for itself.
+//! Each other vCPU takes upcalls (`guest::accept_upcalls`); with every line
+//! vCPU 0 sends each of them an IPI, and each answers with an IPI to vCPU
+//! 0. vCPU 0 then prints
+//!
+//! ```text
+//! smp: ipis 1:<n> 2:<n> 3:<n>; answers <m>
+//! ```
+//!
+//! with the IPIs each vCPU took and the answers vCPU 0 saw.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use abi::event::EventOp;
 use abi::hypercall::MAX_VCPUS;
 use pv_drivers::guest::{self, Guest};
 use pv_drivers::hypercall;
@@ -32,6 +45,13 @@ struct Counter(AtomicU64);
 
 /// Each vCPU's count, indexed by vCPU id.
 static COUNTS: [Counter; MAX_VCPUS as usize] = [const { Counter(AtomicU64::new(0)) }; MAX_VCPUS as usize];
+
+/// The IPI port notifying each vCPU (index = vCPU id; 0 = none), and the
+/// one notifying vCPU 0 that the others answer on.
+static IPI_PORTS: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+static ANSWER_PORT: AtomicU64 = AtomicU64::new(0);
+/// IPIs each vCPU took (index = vCPU id).
+static IPIS: [Counter; MAX_VCPUS as usize] = [const { Counter(AtomicU64::new(0)) }; MAX_VCPUS as usize];
 
 /// Bytes of stack for each vCPU vCPU 0 starts.
 const STACK_SIZE: usize = 16 * 1024;
@@ -64,6 +84,15 @@ extern "C" fn _start(start_info: u64) -> ! {
             let _ = writeln!(guest, "smp: vcpu 0 is told it is {other:?}");
         }
     }
+    // IPI ports first, so the others find theirs when they start.
+    for vcpu in 1..vcpus {
+        if let Ok(port) = hypercall::event(EventOp::BindIpi, u64::from(vcpu), 0) {
+            IPI_PORTS[vcpu as usize].store(port, Ordering::Release);
+        }
+    }
+    let answers_port = hypercall::event(EventOp::BindIpi, 0, 0).unwrap_or(0);
+    ANSWER_PORT.store(answers_port, Ordering::Release);
+    let mut answers = 0;
     let mut up = 1;
     for vcpu in 1..vcpus {
         // SAFETY: stack entry `vcpu - 1` belongs to this vCPU alone, and
@@ -93,6 +122,24 @@ extern "C" fn _start(start_info: u64) -> ! {
         }
         let _ = line.try_push('\n');
         guest.write(line.as_bytes());
+        if guest.take_port(answers_port as u32) {
+            answers += 1;
+        }
+        if vcpus > 1 {
+            let mut line = arrayvec::ArrayString::<256>::new();
+            let _ = write!(line, "smp: ipis");
+            for (vcpu, count) in IPIS.iter().enumerate().take(vcpus as usize).skip(1) {
+                let _ = write!(line, " {vcpu}:{}", count.0.load(Ordering::Relaxed));
+            }
+            let _ = writeln!(line, "; answers {answers}");
+            guest.write(line.as_bytes());
+            for port in IPI_PORTS.iter().take(vcpus as usize).skip(1) {
+                let port = port.load(Ordering::Acquire);
+                if port != 0 {
+                    let _ = hypercall::notify(port as u32);
+                }
+            }
+        }
     }
 }
 
@@ -106,10 +153,25 @@ extern "C" fn secondary(vcpu: u64) -> ! {
     let Some(counter) = COUNTS.get(vcpu as usize) else {
         guest::crash(format_args!("smp: vcpu {vcpu} has no counter\n"))
     };
+    // SAFETY: once, on this vCPU, on its own stack.
+    unsafe { guest::accept_upcalls() };
+    let ipi_port = IPI_PORTS[vcpu as usize].load(Ordering::Acquire) as u32;
+    let mut upcalls = 0;
     loop {
         let count = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
         if count.is_multiple_of(YIELD_EVERY) {
             hypercall::yield_now();
+        }
+        // An upcall since the last look: was it our IPI? Then answer.
+        let taken = guest::vcpu_upcalls(vcpu as u32);
+        if taken != upcalls {
+            upcalls = taken;
+            // SAFETY: the runtime's registered event page; the bit is
+            // taken with an atomic operation.
+            if ipi_port != 0 && unsafe { pv_drivers::event_page::take_pending(guest::event_page(), ipi_port) } {
+                IPIS[vcpu as usize].0.fetch_add(1, Ordering::Relaxed);
+                let _ = hypercall::notify(ANSWER_PORT.load(Ordering::Acquire) as u32);
+            }
         }
     }
 }
