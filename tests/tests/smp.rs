@@ -223,3 +223,24 @@ fn guests_come_and_go_while_others_run_on_the_other_cpus() {
     }
     expect_memory_back(&mut machine, &before, &before_text, "after 20 guests came and went beside two spinners");
 }
+
+/// Two guests on two CPUs ping-pong events (`hcping` and `hcpong`, each
+/// spinning on a CPU of its own, answer each other's events from their
+/// upcalls): all 2,000 round trips complete. A lost kick or upcall would
+/// stall them, and so would running both on one CPU (each would spin out
+/// its slice waiting for the other: some 8 G instructions in all).
+#[test]
+fn two_guests_on_two_cpus_ping_pong_events() {
+    let mut machine = boot_cpus(2);
+    let ping = create(&mut machine, "hcping", "hcping");
+    create(&mut machine, "hcpong", "hcpong");
+    mica_tests::session::attach(&mut machine, "hcping", ping);
+    let done = |line: &str| {
+        line.starts_with("hcbench: event round trip to a vCPU on another CPU") && line.contains("2000 rounds")
+    };
+    let text = machine
+        .expect(mica_tests::line_where("hcping's line with its 2000 round trips".to_string(), done), seconds(120))
+        .unwrap_or_else(mica_tests::fail);
+    eprintln!("{}", text.lines().last().unwrap_or(""));
+    mica_tests::session::detach(&mut machine);
+}
