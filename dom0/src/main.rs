@@ -36,19 +36,14 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// The CPU's brand string (CPUID 0x8000_0002..4), trimmed.
+/// The CPU's brand string (CPUID 0x8000_0002..4, decoded by `raw-cpuid`),
+/// trimmed, copied into `buffer`.
 fn cpu_brand(buffer: &mut [u8; 48]) -> &str {
-    if cpuid(0x8000_0000)[0] < 0x8000_0004 {
-        return "";
-    }
-    for (index, leaf) in (0x8000_0002..=0x8000_0004u32).enumerate() {
-        for (word, value) in cpuid(leaf).iter().enumerate() {
-            let at = index * 16 + word * 4;
-            buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
-        }
-    }
-    let length = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    core::str::from_utf8(&buffer[..length]).unwrap_or("").trim()
+    let Some(brand) = raw_cpuid::CpuId::new().get_processor_brand_string() else { return "" };
+    let text = brand.as_str().trim().as_bytes();
+    let length = text.len().min(buffer.len());
+    buffer[..length].copy_from_slice(&text[..length]);
+    core::str::from_utf8(&buffer[..length]).unwrap_or("")
 }
 
 /// Entry point: `rdi` holds the start-info page's address (see `abi::start_info`).

@@ -17,6 +17,51 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 
+/// What hv needs to know of the CPU from CPUID, decoded by `raw-cpuid`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// VT-x (CPUID.1:ECX.VMX).
+    pub vmx: bool,
+    /// The local APIC timer's TSC-deadline mode (CPUID.1:ECX.TSC_DEADLINE).
+    pub tsc_deadline: bool,
+    /// 1 GiB pages (CPUID.8000_0001H:EDX.Page1GB).
+    pub pages_1g: bool,
+    /// The XCR0 bits the CPU supports (CPUID.(EAX=0DH,ECX=0)), 0 without
+    /// XSAVE: x87, SSE, AVX, MPX, AVX-512 and PKRU state as the leaf reports.
+    pub xcr0_supported: u64,
+}
+
+/// Reads the CPU's [`Features`].
+pub fn features() -> Features {
+    let cpuid = raw_cpuid::CpuId::new();
+    let info = cpuid.get_feature_info();
+    let has = |test: fn(&raw_cpuid::FeatureInfo) -> bool| info.as_ref().is_some_and(test);
+    let xsave = has(raw_cpuid::FeatureInfo::has_xsave);
+    let xcr0_supported = match cpuid.get_extended_state_info() {
+        Some(state) if xsave => [
+            (0, state.xcr0_supports_legacy_x87()),
+            (1, state.xcr0_supports_sse_128()),
+            (2, state.xcr0_supports_avx_256()),
+            (3, state.xcr0_supports_mpx_bndregs()),
+            (4, state.xcr0_supports_mpx_bndcsr()),
+            (5, state.xcr0_supports_avx512_opmask()),
+            (6, state.xcr0_supports_avx512_zmm_hi256()),
+            (7, state.xcr0_supports_avx512_zmm_hi16()),
+            (9, state.xcr0_supports_pkru()),
+        ]
+        .iter()
+        .filter(|(_, supported)| *supported)
+        .fold(0, |bits, (bit, _)| bits | 1u64 << bit),
+        _ => 0,
+    };
+    Features {
+        vmx: has(raw_cpuid::FeatureInfo::has_vmx),
+        tsc_deadline: has(raw_cpuid::FeatureInfo::has_tsc_deadline),
+        pages_1g: cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|ext| ext.has_1gib_pages()),
+        xcr0_supported,
+    }
+}
+
 /// Reads the time-stamp counter.
 #[inline(always)]
 pub fn rdtsc() -> u64 {

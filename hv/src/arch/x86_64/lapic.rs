@@ -134,7 +134,7 @@ const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
 
 /// Whether the APIC timer supports TSC-deadline mode (CPUID.1:ECX bit 24).
 fn tsc_deadline_supported() -> bool {
-    BASE.load(Ordering::Relaxed) != 0 && super::cpu::cpuid(1, 0).ecx & (1 << 24) != 0
+    BASE.load(Ordering::Relaxed) != 0 && super::cpu::features().tsc_deadline
 }
 
 /// Idles the CPU until the TSC reaches `deadline`, a device interrupt

@@ -94,7 +94,7 @@ pub fn unmap_guard_page(page: u64, allocate_table: impl FnOnce() -> Option<u64>)
 /// first 4 GiB. Boot CPU, once, before the frame allocator. Returns the new
 /// limit.
 pub fn extend_identity_map(top: u64) -> u64 {
-    let has_1g_pages = super::cpu::cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
+    let has_1g_pages = super::cpu::features().pages_1g;
     let gigabytes = top.div_ceil(1 << 30).min(512);
     if !has_1g_pages || gigabytes <= 4 {
         return identity_limit();

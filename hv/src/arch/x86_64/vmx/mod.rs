@@ -279,7 +279,8 @@ fn adjust(desired: u32, capability: u64) -> u32 {
 /// Checks everything hv needs from VT-x. On failure returns one sentence
 /// naming what is missing.
 pub fn probe() -> Result<Capabilities, &'static str> {
-    if cpu::cpuid(1, 0).ecx & (1 << 5) == 0 {
+    let cpu_features = cpu::features();
+    if !cpu_features.vmx {
         return Err("VT-x (VMX) is not supported by this CPU");
     }
     // SAFETY: IA32_FEATURE_CONTROL exists on every CPU with CPUID.1:ECX.VMX.
@@ -414,13 +415,8 @@ pub fn probe() -> Result<Capabilities, &'static str> {
     if ept_vpid & ept_vpid_cap::PAGES_2M != 0 {
         features |= feature::EPT_2M_PAGES;
     }
-    // CPUID.1:ECX.XSAVE (bit 26), then the supported XCR0 bits in leaf 0xD.
-    let xcr0_supported = if cpu::cpuid(1, 0).ecx & (1 << 26) != 0 {
-        let leaf = cpu::cpuid(0xd, 0);
-        (leaf.edx as u64) << 32 | leaf.eax as u64
-    } else {
-        0
-    };
+    // The XCR0 bits the CPU supports (leaf 0xD), 0 without XSAVE.
+    let xcr0_supported = cpu_features.xcr0_supported;
     // SAFETY: the fixed-bit MSRs exist whenever VMX does.
     let (cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) = unsafe {
         (
