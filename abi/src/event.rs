@@ -53,8 +53,12 @@ pub enum EventOp {
     /// Connects a new local port to port `a2` of domain `a1`, which must be
     /// `Unbound` for the caller. Returns the local port.
     BindInterdomain = 2,
-    /// Binds a new port to virtual IRQ `a1` (a [`Virq`]). Each virtual IRQ
-    /// binds to at most one port. Returns the port.
+    /// Binds a new port to virtual IRQ `a1` (a [`Virq`]) of vCPU `a2`
+    /// (since 0.9; before, `a2` was ignored and 0 is vCPU 0 as before): the
+    /// port notifies that vCPU, and each vCPU binds each virtual IRQ to at
+    /// most one port (`Busy` for a second). A vCPU's timer raises its own
+    /// `Timer` port. `InvalidArgument` for an unknown virtual IRQ or a vCPU
+    /// the domain does not have. Returns the port.
     BindVirq = 3,
     /// Makes the remote end of port `a1` pending (for interdomain ports).
     /// Fails with [`crate::Error::Closed`] once the remote domain has ended
@@ -82,9 +86,10 @@ pub enum EventOp {
     /// until dom0 has serviced the device and sends [`EventOp::Unmask`] for
     /// the port. Returns the port. Since ABI 0.4.
     BindPirq = 9,
-    /// Since 0.9: port `a1` (allocated, any kind) notifies vCPU `a2` of the
-    /// domain from now on (default: vCPU 0). `InvalidArgument` for a port
-    /// beyond the table or a vCPU the domain does not have, `NotFound` for
+    /// Since 0.9: port `a1` (allocated; not a virtual IRQ's, which
+    /// `BindVirq` binds per vCPU) notifies vCPU `a2` of the domain from now
+    /// on (default: vCPU 0). `InvalidArgument` for a port beyond the table,
+    /// a virtual IRQ port or a vCPU the domain does not have, `NotFound` for
     /// a free port. A port bound to a vCPU that is down notifies vCPU 0.
     BindVcpu = 10,
     /// Since 0.9: allocates a port of type [`PortState::Ipi`] that notifies

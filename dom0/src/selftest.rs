@@ -76,7 +76,7 @@ use abi::hypercall::VcpuOp as V;
 use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, IO_PORTS_MAX, MMIO_PAGES_MAX, TRANSLATE_DEVICE_WRITES};
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 94] = [
+pub const CASES: [Case; 95] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
     case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
@@ -548,6 +548,12 @@ pub const CASES: [Case; 94] = [
         Expected::Error(Error::InvalidArgument),
     ),
     // vCPUs (ABI 0.9): dom0 has one.
+    case(
+        "bind the timer of a vcpu dom0 lacks",
+        EVENT,
+        [event(E::BindVirq), Value(abi::event::Virq::Timer as u64), Value(1), NONE, NONE],
+        Expected::Error(Error::InvalidArgument),
+    ),
     case(
         "ipi for a vcpu dom0 lacks",
         EVENT,

@@ -48,6 +48,9 @@ use abi::event::{BITMAP_WORDS, PORT_COUNT, PortState, PortStatus, VIRQ_COUNT, Vi
 /// An event channel port number, `1..PORT_COUNT` when allocated.
 pub type Port = u32;
 
+/// Most vCPUs a domain has (each may bind its own virtual IRQs).
+const MAX_VCPUS: usize = abi::hypercall::MAX_VCPUS as usize;
+
 /// Identifier of a domain (as in the ABI).
 pub type DomainId = abi::DomainId;
 
@@ -84,7 +87,8 @@ pub struct PortTable {
     /// Binding of each port; index 0 stays Free.
     bindings: [Binding; PORT_COUNT],
     /// The port bound to each virtual IRQ (by its number), or `NO_PORT`.
-    virq_ports: [Port; VIRQ_COUNT],
+    /// (each vCPU binds its own: by vCPU, then virtual IRQ number)
+    virq_ports: [[Port; VIRQ_COUNT]; MAX_VCPUS],
     /// The vCPU each port notifies (0 unless bound to another).
     vcpus: [u8; PORT_COUNT],
     /// Ports not Free.
@@ -112,7 +116,7 @@ impl PortTable {
     pub const fn new() -> Self {
         Self {
             bindings: [Binding::Free; PORT_COUNT],
-            virq_ports: [NO_PORT; VIRQ_COUNT],
+            virq_ports: [[NO_PORT; VIRQ_COUNT]; MAX_VCPUS],
             vcpus: [0; PORT_COUNT],
             allocated: 0,
         }
@@ -150,18 +154,20 @@ impl PortTable {
 
     /// Binds the lowest free port to `virq`. `Busy` if `virq` is bound
     /// already or no port is free.
-    pub fn bind_virq(&mut self, virq: Virq) -> Result<Port, Error> {
-        if self.virq_port(virq).is_some() {
+    pub fn bind_virq(&mut self, virq: Virq, vcpu: u8) -> Result<Port, Error> {
+        let slot = self.virq_ports.get(usize::from(vcpu)).ok_or(Error::InvalidArgument)?;
+        if slot[virq as usize] != NO_PORT {
             return Err(Error::Busy);
         }
         let port = self.claim(Binding::Virq(virq))?;
-        self.virq_ports[virq as usize] = port;
+        self.vcpus[port as usize] = vcpu;
+        self.virq_ports[usize::from(vcpu)][virq as usize] = port;
         Ok(port)
     }
 
-    /// The port bound to `virq`, if any: where hv delivers it.
-    pub fn virq_port(&self, virq: Virq) -> Option<Port> {
-        Some(self.virq_ports[virq as usize]).filter(|&port| port != NO_PORT)
+    /// The port vCPU `vcpu` bound to `virq`, if any: where hv delivers it.
+    pub fn virq_port(&self, virq: Virq, vcpu: usize) -> Option<Port> {
+        Some(self.virq_ports.get(vcpu)?[virq as usize]).filter(|&port| port != NO_PORT)
     }
 
     /// Ports bound to domain `remote` (Unbound for it, connected to it, or
@@ -205,12 +211,15 @@ impl PortTable {
     }
 
     /// Makes allocated port `port` notify vCPU `vcpu` (the caller checks
-    /// the domain has it). `InvalidArgument` beyond the table, `NotFound`
-    /// for a Free port.
+    /// the domain has it). `InvalidArgument` beyond the table or for a
+    /// virtual IRQ port (bound per vCPU), `NotFound` for a Free port.
     pub fn bind_vcpu(&mut self, port: Port, vcpu: u8) -> Result<(), Error> {
         let index = port_index(port)?;
-        if self.bindings[index] == Binding::Free {
-            return Err(Error::NotFound);
+        match self.bindings[index] {
+            Binding::Free => return Err(Error::NotFound),
+            // A virtual IRQ is bound per vCPU (`bind_virq`), not moved.
+            Binding::Virq(_) => return Err(Error::InvalidArgument),
+            _ => {}
         }
         self.vcpus[index] = vcpu;
         Ok(())
@@ -276,7 +285,11 @@ impl PortTable {
     fn release(&mut self, index: usize) {
         match self.bindings[index] {
             Binding::Free => return,
-            Binding::Virq(virq) => self.virq_ports[virq as usize] = NO_PORT,
+            Binding::Virq(virq) => {
+                if let Some(slot) = self.virq_ports.get_mut(usize::from(self.vcpus[index])) {
+                    slot[virq as usize] = NO_PORT;
+                }
+            }
             Binding::Unbound { .. }
             | Binding::Interdomain { .. }
             | Binding::Closed { .. }
@@ -510,7 +523,9 @@ mod tests {
                                 "domain {id} port {port}"
                             );
                         }
-                        Binding::Virq(virq) => assert_eq!(table.virq_port(virq), Some(port)),
+                        Binding::Virq(virq) => {
+                            assert_eq!(table.virq_port(virq, table.notify_vcpu(port)), Some(port))
+                        }
                         Binding::Pirq(line) => assert_eq!(table.pirq_port(line), Some(port)),
                         Binding::Free | Binding::Unbound { .. } | Binding::Closed { .. } | Binding::Ipi => {}
                     }
@@ -520,7 +535,7 @@ mod tests {
                 }
                 assert_eq!(table.allocated_count(), allocated);
                 for virq in [Virq::Timer, Virq::Console] {
-                    if let Some(port) = table.virq_port(virq) {
+                    if let Some(port) = table.virq_port(virq, 0) {
                         assert_eq!(table.binding(port), Ok(Binding::Virq(virq)));
                     }
                 }
@@ -568,7 +583,7 @@ mod tests {
     fn binding_rules() {
         let mut tables = Tables::with_domains(&[0, 1, 2]);
         let for_one = tables.table(0).unwrap().allocate_unbound(1).unwrap();
-        let timer = tables.table(0).unwrap().bind_virq(Virq::Timer).unwrap();
+        let timer = tables.table(0).unwrap().bind_virq(Virq::Timer, 0).unwrap();
         // Not Unbound for the caller.
         assert_eq!(bind_interdomain(&mut tables, 2, 0, for_one), Err(Error::Permission));
         // Free, out of range, port 0, a missing domain, a virtual IRQ port.
@@ -624,18 +639,18 @@ mod tests {
     #[test]
     fn virq_binds_once() {
         let mut table = PortTable::new();
-        assert_eq!(table.virq_port(Virq::Console), None);
-        let console = table.bind_virq(Virq::Console).unwrap();
-        assert_eq!(table.bind_virq(Virq::Console), Err(Error::Busy));
-        assert_eq!(table.virq_port(Virq::Console), Some(console));
+        assert_eq!(table.virq_port(Virq::Console, 0), None);
+        let console = table.bind_virq(Virq::Console, 0).unwrap();
+        assert_eq!(table.bind_virq(Virq::Console, 0), Err(Error::Busy));
+        assert_eq!(table.virq_port(Virq::Console, 0), Some(console));
         assert_eq!(table.status(console).unwrap(), PortStatus { state: PortState::Virq, remote_domain: 0, remote: 1 });
-        let timer = table.bind_virq(Virq::Timer).unwrap();
+        let timer = table.bind_virq(Virq::Timer, 0).unwrap();
         assert_ne!(timer, console);
         let mut tables = Tables(HashMap::from([(0, table)]));
         assert_eq!(close(&mut tables, 0, console), Ok(None));
-        assert_eq!(tables.0[&0].virq_port(Virq::Console), None);
-        assert_eq!(tables.0[&0].virq_port(Virq::Timer), Some(timer));
-        assert_eq!(tables.table(0).unwrap().bind_virq(Virq::Console), Ok(console), "bindable again");
+        assert_eq!(tables.0[&0].virq_port(Virq::Console, 0), None);
+        assert_eq!(tables.0[&0].virq_port(Virq::Timer, 0), Some(timer));
+        assert_eq!(tables.table(0).unwrap().bind_virq(Virq::Console, 0), Ok(console), "bindable again");
         tables.check_invariants();
     }
 
@@ -652,7 +667,7 @@ mod tests {
         }
         let loop_end = tables.table(1).unwrap().allocate_unbound(1).unwrap();
         bind_interdomain(&mut tables, 1, 1, loop_end).unwrap();
-        tables.table(1).unwrap().bind_virq(Virq::Timer).unwrap();
+        tables.table(1).unwrap().bind_virq(Virq::Timer, 0).unwrap();
         tables.table(1).unwrap().allocate_unbound(0).unwrap();
         let waiting = tables.table(0).unwrap().allocate_unbound(1).unwrap();
         let unrelated = tables.table(0).unwrap().allocate_unbound(2).unwrap();
@@ -699,8 +714,8 @@ mod tests {
         }
         assert_eq!(table.allocated_count(), PORT_COUNT - 1);
         assert_eq!(table.allocate_unbound(1), Err(Error::Busy));
-        assert_eq!(table.bind_virq(Virq::Timer), Err(Error::Busy));
-        assert_eq!(table.virq_port(Virq::Timer), None);
+        assert_eq!(table.bind_virq(Virq::Timer, 0), Err(Error::Busy));
+        assert_eq!(table.virq_port(Virq::Timer, 0), None);
         // Domain 1 binds to one of them; then 0 cannot bind back to a port
         // of 1's: no free port, and nothing changes.
         let port_of_one = bind_interdomain(&mut tables, 1, 0, 77).unwrap();
@@ -828,11 +843,11 @@ mod tests {
                 8 => {
                     let virq = if next() % 2 == 0 { Virq::Timer } else { Virq::Console };
                     if let Some(table) = tables.table(id) {
-                        let bound = table.virq_port(virq).is_some();
-                        match table.bind_virq(virq) {
+                        let bound = table.virq_port(virq, 0).is_some();
+                        match table.bind_virq(virq, 0) {
                             Ok(port) => {
                                 assert!(!bound);
-                                assert_eq!(table.virq_port(virq), Some(port));
+                                assert_eq!(table.virq_port(virq, 0), Some(port));
                                 successes[2] += 1;
                             }
                             Err(error) => assert_eq!(error, Error::Busy),
@@ -951,5 +966,25 @@ mod tests {
         assert_eq!(table.binding(ipi), Ok(Binding::Free));
         assert_eq!(table.notify_vcpu(ipi), 0, "closing forgets the vCPU");
         assert_eq!(table.allocated_count(), 1);
+    }
+
+    #[test]
+    fn each_vcpu_binds_its_own_virtual_irqs() {
+        let mut table = PortTable::new();
+        let zero = table.bind_virq(Virq::Timer, 0).unwrap();
+        let two = table.bind_virq(Virq::Timer, 2).unwrap();
+        assert_ne!(zero, two);
+        assert_eq!(table.bind_virq(Virq::Timer, 2), Err(Error::Busy));
+        assert_eq!((table.virq_port(Virq::Timer, 0), table.virq_port(Virq::Timer, 2)), (Some(zero), Some(two)));
+        assert_eq!(table.virq_port(Virq::Timer, 1), None);
+        assert_eq!(table.notify_vcpu(two), 2);
+        assert_eq!(table.bind_virq(Virq::Timer, MAX_VCPUS as u8), Err(Error::InvalidArgument));
+        assert_eq!(table.bind_vcpu(two, 1), Err(Error::InvalidArgument), "a virtual IRQ is not moved");
+        let mut tables = Tables(HashMap::from([(0, table)]));
+        assert_eq!(close(&mut tables, 0, two), Ok(None));
+        let table = tables.0.get_mut(&0).unwrap();
+        assert_eq!(table.virq_port(Virq::Timer, 2), None);
+        assert_eq!(table.virq_port(Virq::Timer, 0), Some(zero), "vCPU 0's binding stays");
+        assert_eq!(table.bind_virq(Virq::Timer, 2), Ok(two), "bindable again");
     }
 }

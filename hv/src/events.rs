@@ -121,9 +121,10 @@ pub fn deliver_device_interrupts(hv: &mut Hypervisor) {
     }
 }
 
-/// Raises virtual IRQ `virq` of domain `index` if it has bound it.
-pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq) {
-    if let Some(port) = hv.domains.get(index).and_then(|d| d.events.virq_port(virq)) {
+/// Raises virtual IRQ `virq` of vCPU `vcpu` of domain `index` if that
+/// vCPU has bound it (each vCPU binds its own: its timer, for one).
+pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq, vcpu: usize) {
+    if let Some(port) = hv.domains.get(index).and_then(|d| d.events.virq_port(virq, vcpu)) {
         raise(hv, index, port);
     }
 }
@@ -219,7 +220,10 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
         }
         EventOp::BindVirq => {
             let virq = Virq::from_number(a1).ok_or(Error::InvalidArgument)?;
-            hv.domains[caller].events.bind_virq(virq).map(u64::from)
+            let domain = &mut hv.domains[caller];
+            let vcpu =
+                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_virq(virq, vcpu).map(u64::from)
         }
         EventOp::Send => {
             let port = port_argument(a1)?;

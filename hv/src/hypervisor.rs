@@ -254,7 +254,7 @@ impl Hypervisor {
                     slot.timer_deadline = 0;
                     slot.blocked = false;
                     domain.notify(vcpu);
-                    crate::events::raise_virq(self, index, abi::event::Virq::Timer);
+                    crate::events::raise_virq(self, index, abi::event::Virq::Timer, vcpu);
                 } else {
                     earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                 }
