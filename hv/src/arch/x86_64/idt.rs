@@ -2,8 +2,14 @@
 //! stops the machine; an NMI is only counted. hv runs with interrupts disabled; device interrupts
 //! reach it only as VM exits.
 
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::mem::size_of;
+
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::structures::gdt::SegmentSelector;
+use x86_64::structures::idt::{Entry, HandlerFunc};
 
 use super::gdt;
 
@@ -249,68 +255,81 @@ unsafe extern "C" {
 /// Vector of the local APIC's spurious interrupt.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
+/// hv's 256 gates, each the crate's gate entry. (The crate's
+/// `InterruptDescriptorTable` gives the first 32 vectors a type per
+/// exception, for `extern "x86-interrupt"` handlers; hv's stubs are
+/// assembly with one frame layout, so every vector gets the same entry type.)
 #[repr(C, align(16))]
-struct Idt([[u64; 2]; 256]);
+struct Idt([Entry<HandlerFunc>; 256]);
+const _: () = assert!(size_of::<Idt>() == 4096);
 
-static mut IDT: Idt = Idt([[0; 2]; 256]);
-
-#[repr(C, packed(2))]
-struct DescriptorPointer {
-    limit: u16,
-    base: u64,
-}
+static mut IDT: Idt = Idt([Entry::missing(); 256]);
 
 /// Base address of the IDT, for the VMCS host state.
 pub fn idt_base() -> u64 {
     &raw const IDT as u64
 }
 
-fn gate(handler: u64, ist: u8) -> [u64; 2] {
-    // 64-bit interrupt gate (type 0xE), present, DPL 0.
-    let low = (handler & 0xffff)
-        | (gdt::CODE_SELECTOR as u64) << 16
-        | (ist as u64 & 0x7) << 32
-        | 0x8e << 40
-        | ((handler >> 16) & 0xffff) << 48;
-    [low, handler >> 32]
+/// A 64-bit interrupt gate (type 0xE), present, DPL 0, into hv's code
+/// segment, on IST slot `ist` (0: the current stack).
+fn gate(handler: u64, ist: u8) -> Entry<HandlerFunc> {
+    let mut entry = Entry::missing();
+    // SAFETY: an entry is only data until an IDT holding it is loaded, and
+    // `init` makes gates only from the entry stubs above. hv's code selector
+    // is a 64-bit code segment on every CPU, and both IST slots are filled
+    // in every CPU's TSS (gdt). The crate counts IST slots from 0.
+    unsafe {
+        let options = entry.set_handler_addr(VirtAddr::new(handler));
+        options.set_code_selector(SegmentSelector(gdt::CODE_SELECTOR));
+        if ist != 0 {
+            options.set_stack_index(u16::from(ist) - 1);
+        }
+    }
+    entry
 }
 
 /// Fills and loads the IDT. Boot CPU, once, after the GDT.
 pub fn init() {
-    // SAFETY: boot is single-threaded; the stub table is an immutable array
-    // emitted above, and IDT is only written here.
-    unsafe {
-        let idt = &raw mut IDT;
-        for vector in 0..32 {
-            let ist = match vector {
-                8 => gdt::DOUBLE_FAULT_IST,
-                2 | 18 => gdt::NMI_IST,
-                _ => 0,
-            };
-            (*idt).0[vector] = gate(exception_stub_table[vector], ist);
-        }
-        // An NMI only counts (on its own stack; IRETQ unblocks NMIs again).
-        (*idt).0[2] = gate(nmi_stub_address, gdt::NMI_IST);
-        (*idt).0[SPURIOUS_VECTOR as usize] = gate(spurious_stub_address, 0);
-        (*idt).0[super::lapic::TIMER_VECTOR as usize] = gate(timer_stub_address, 0);
-        // A kick only ends HLT (see smp::kick): acknowledged like the timer.
-        (*idt).0[super::smp::KICK_VECTOR as usize] = gate(timer_stub_address, 0);
-        for (line, stub) in device_stub_table.iter().enumerate() {
-            (*idt).0[super::ioapic::FIRST_VECTOR as usize + line] = gate(*stub, 0);
-        }
-        let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
-        asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+    let mut idt = Idt([Entry::missing(); 256]);
+    // SAFETY: the stub tables are immutable data emitted above.
+    let (exceptions, nmi, spurious, timer, devices) = unsafe {
+        (exception_stub_table, nmi_stub_address, spurious_stub_address, timer_stub_address, device_stub_table)
+    };
+    for (vector, stub) in exceptions.into_iter().enumerate() {
+        let ist = match vector {
+            8 => gdt::DOUBLE_FAULT_IST,
+            2 | 18 => gdt::NMI_IST,
+            _ => 0,
+        };
+        idt.0[vector] = gate(stub, ist);
     }
+    // An NMI only counts (on its own stack; IRETQ unblocks NMIs again).
+    idt.0[2] = gate(nmi, gdt::NMI_IST);
+    idt.0[SPURIOUS_VECTOR as usize] = gate(spurious, 0);
+    idt.0[super::lapic::TIMER_VECTOR as usize] = gate(timer, 0);
+    // A kick only ends HLT (see smp::kick): acknowledged like the timer.
+    idt.0[super::smp::KICK_VECTOR as usize] = gate(timer, 0);
+    for (line, stub) in devices.into_iter().enumerate() {
+        idt.0[super::ioapic::FIRST_VECTOR as usize + line] = gate(stub, 0);
+    }
+    // SAFETY: boot is single-threaded and no CPU has loaded IDT yet; this
+    // is its only write.
+    unsafe { (&raw mut IDT).write(idt) };
+    load();
 }
 
 /// Loads the IDT the boot CPU built on an application processor: the
 /// gates are the same on every CPU (each CPU's TSS gives its own IST
 /// stacks). After [`init`] on the boot CPU.
 pub fn load_on_ap() {
-    let pointer = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: idt_base() };
-    // SAFETY: the IDT was filled by `init` before any AP started and is
-    // never written again.
-    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(nostack)) };
+    load();
+}
+
+fn load() {
+    let pointer = DescriptorTablePointer { limit: (size_of::<Idt>() - 1) as u16, base: VirtAddr::new(idt_base()) };
+    // SAFETY: IDT lives forever; `init` filled it before any CPU loads it
+    // and it is never written again.
+    unsafe { lidt(&pointer) };
 }
 
 const EXCEPTION_NAMES: [&str; 32] = [
