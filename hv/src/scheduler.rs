@@ -1,101 +1,130 @@
-//! A proportional-share (credit) scheduler for domains of one vCPU each, on
+//! A proportional-share (credit) scheduler for entries of one vCPU each, on
 //! one or more CPUs sharing one run queue, with a weight, a cap and a CPU
-//! affinity per domain.
+//! affinity per entry, and groups of entries that share a weight and a cap.
+//!
+//! An entry is named by a [`DomainId`] key: hv enters each vCPU of a domain
+//! (key `domain_id << 3 | vcpu`) and puts the vCPUs of a domain in one
+//! group, so that a domain's weight and cap hold across its vCPUs, as in
+//! Xen's credit scheduler.
 //!
 //! The scheduler never reads the clock: the caller passes the TSC (`now`)
-//! to [`Scheduler::pick`] and reports how long the chosen domain ran with
+//! to [`Scheduler::pick`] and reports how long the chosen entry ran with
 //! [`Scheduler::charge`]. Each CPU runs this loop, `cpu` being its index,
 //! with every call made under one lock around the scheduler:
 //!
 //! ```text
 //! loop {
 //!     match scheduler.pick(now, cpu) {
-//!         Some((domain, limit)) => { run domain for at most `limit` TSC ticks;
-//!                                    scheduler.charge(domain, ran, now) }
+//!         Some((entry, limit)) => { run entry for at most `limit` TSC ticks;
+//!                                   scheduler.charge(entry, ran, now) }
 //!         None => idle until scheduler.next_event(now), or until an interrupt
-//!                 makes a domain runnable (next_event None: only the interrupt)
+//!                 makes an entry runnable (next_event None: only the interrupt)
 //!     }
 //! }
 //! ```
 //!
-//! Every `pick` is followed by a `charge` of the domain picked (of 0 ticks if
+//! Every `pick` is followed by a `charge` of the entry picked (of 0 ticks if
 //! it did not run). An idle CPU is not told when a wake-up or another CPU's
-//! `charge` gives it a domain to run: the caller wakes it (an IPI).
+//! `charge` gives it an entry to run: the caller wakes it (an IPI).
 //!
 //! Time is cut into accounting periods of `period_tsc` ticks; the first one
 //! starts at the first `pick` or `charge`. The rules:
 //!
 //! - **CPUs.** [`set_cpus`](Scheduler::set_cpus) CPUs share the queue, so
 //!   a period holds `cpus × period_tsc` ticks of CPU time, its *capacity*.
-//!   A domain is *running* from the `pick` that returns it to the `charge`
-//!   that reports its run; `pick` skips running domains, so a domain (one
-//!   vCPU) never runs on two CPUs at once. A running domain is still
+//!   An entry is *running* from the `pick` that returns it to the `charge`
+//!   that reports its run; `pick` skips running entries, so an entry (one
+//!   vCPU) never runs on two CPUs at once. A running entry is still
 //!   runnable for everything else (credit, caps, wake-ups).
-//! - **Affinity.** A domain runs only on the CPUs in its affinity mask (bit
-//!   `i` for CPU `i`, all CPUs by default). Credit ignores affinity: domains
+//! - **Affinity.** An entry runs only on the CPUs in its affinity mask (bit
+//!   `i` for CPU `i`, all CPUs by default). Credit ignores affinity: entries
 //!   confined to fewer CPUs than their grants need share those CPUs in the
 //!   order of the rules below, not exactly by weight.
-//! - **Credit.** Each period's capacity is granted as credit to the domains
+//! - **Groups.** [`set_group`](Scheduler::set_group) puts an entry in a
+//!   group; the entries of a group share the group's weight and cap
+//!   ([`set_group_params`](Scheduler::set_group_params)), and their own go
+//!   unused while they belong to it. A group comes into being with its
+//!   first entry, taking that entry's weight and cap, and is forgotten when
+//!   its last entry leaves it (removed, or moved to another group). An entry
+//!   in no group is scheduled alone with its own weight and cap: in the
+//!   rules below, a *group* also means such an entry by itself.
+//! - **Credit.** Each period's capacity is granted as credit to the groups
 //!   that take part in it, in proportion to their weights, except that no
-//!   domain is granted more than one period (one vCPU uses at most one CPU):
-//!   a domain whose share would exceed that is granted one period, and the
-//!   rest is shared again among the others by weight (water-filling). On
-//!   one CPU this is plain proportional sharing. Running consumes credit
+//!   group is granted more than its *ceiling*: one period for each of its
+//!   entries taking part (one vCPU uses at most one CPU) and, for a group
+//!   with a cap, its cap budget (an entry alone is held to one period only:
+//!   its cap bounds its runs, not its credit). A group whose share would
+//!   exceed its ceiling is granted its ceiling, and the rest is shared again
+//!   among the others by weight (water-filling). A group's grant is split evenly among its entries
+//!   taking part, so that its weight goes to its active vCPUs, however many
+//!   it has (Xen's credit scheduler does the same). On one CPU without
+//!   groups this is plain proportional sharing. Running consumes credit
 //!   tick for tick; a run counts against the period it was picked in, even
 //!   when another CPU starts the next period before it is charged (`pick`
 //!   takes the limit in advance, `charge` settles the difference). When a
-//!   period starts, the domains that were *active* in the one that ended
-//!   (runnable at some moment of it) take part. A domain that slept through
+//!   period starts, the entries that were *active* in the one that ended
+//!   (runnable at some moment of it) take part. An entry that slept through
 //!   the whole last period takes part from the moment it wakes: the period
-//!   is shared again among all the domains now taking part, and the
-//!   difference is taken back from (or given to) the others' credit. A
-//!   domain is thus granted at most one period's share per period, the
-//!   grants of a period add up to its capacity (to one period per domain
-//!   when there are fewer domains than CPUs), and the result does not depend
-//!   on the order of wake-ups.
-//! - **Bounded credit.** Before the new credit is added, what a domain
+//!   is shared again among all the entries now taking part, and the
+//!   difference is taken back from (or given to) the others' credit. An
+//!   entry is thus granted at most one period's share per period, the
+//!   grants of a period add up to its capacity (to the groups' ceilings
+//!   when all of them reach theirs: fewer entries than CPUs, or caps), and
+//!   the result does not depend on the order of wake-ups.
+//! - **Bounded credit.** Before the new credit is added, what an entry
 //!   carries over (surplus or debt) is clamped to one slice either way: the
-//!   most a domain ever holds is one period's share plus one slice, and time
-//!   taken from an otherwise idle CPU is not held against a domain later.
+//!   most an entry ever holds is one period's share plus one slice, and time
+//!   taken from an otherwise idle CPU is not held against an entry later.
 //!   The slice of carry-over keeps the rounding of whole slices from
 //!   accumulating into unfairness.
-//! - **Choice.** Among the *eligible* domains (runnable, not running,
-//!   allowed on the asking CPU, and within their cap) `pick` prefers, in
-//!   order: a domain that woke since it last ran and
+//! - **Choice.** Among the *eligible* entries (runnable, not running,
+//!   allowed on the asking CPU, and within their group's cap) `pick`
+//!   prefers, in order: an entry that woke since it last ran and
 //!   still has credit (prompt service for I/O; it spends credit each time,
-//!   so it cannot starve the others); a domain that has not run yet in this
-//!   period (so every runnable domain runs at least once per period, however
+//!   so it cannot starve the others); an entry that has not run yet in this
+//!   period (so every runnable entry runs at least once per period, however
 //!   small its weight: that run, up to a slice, is the floor of a tiny
-//!   share); the most credit per unit of weight; the domain
-//!   picked least recently (round robin, so equal domains alternate). A
-//!   domain granted a whole period while others share the rest counts with
-//!   the weight that earns its grant at the others' rate, not its own
-//!   larger one, so that all domains spend their grants at the same pace.
-//! - **Work conserving.** Credit only orders the eligible domains: a domain
+//!   share); the most credit per unit of weight; the entry
+//!   picked least recently (round robin, so equal entries alternate). An
+//!   entry counts with the weight that earns its grant at the rate the
+//!   others earn theirs: its own weight when it is alone and below its
+//!   ceiling, its even part of its group's weight in a group below its
+//!   ceiling, and less than these when the ceiling stopped the grant; so
+//!   all entries spend their grants at the same pace.
+//! - **Work conserving.** Credit only orders the eligible entries: an entry
 //!   out of credit still runs when nobody else wants the CPU. Because the
-//!   order is by credit per unit of weight, time that a domain leaves unused
+//!   order is by credit per unit of weight, time that an entry leaves unused
 //!   is shared among the others by weight too.
-//! - **Cap.** A domain with a cap of `c` percent runs at most `c`% of one
-//!   CPU in each period. Once it has used that, it is not eligible until the
-//!   next period starts; if nothing else is eligible `pick` returns `None`
-//!   and the CPU idles (caps are not work conserving).
-//! - **Limit.** `pick` also says how long the domain may run: until the end
-//!   of its slice, of its cap budget, or of the period, whichever is first,
-//!   so that the scheduler is asked again at every boundary that matters.
+//! - **Cap.** A group with a cap of `c` percent of one CPU runs at most
+//!   `c`% of one CPU's period in each period, its entries' runs counted
+//!   together: an entry alone at most 100%, a group of `n` entries up to
+//!   `n` × 100% (150 is one and a half CPUs). Once it has used that, none
+//!   of its entries is eligible until the next period starts; if nothing
+//!   else is eligible `pick` returns `None` and the CPU idles (caps are not
+//!   work conserving). What an entry used stays with the group it ran in:
+//!   an entry moved to another group in the middle of a period brings none
+//!   of it along (hv groups an entry before it first runs).
+//! - **Limit.** `pick` also says how long the entry may run: until the end
+//!   of its slice, of its group's cap budget, or of the period, whichever is
+//!   first, so that the scheduler is asked again at every boundary that
+//!   matters.
 
 use arrayvec::ArrayVec;
 use core::cmp::Reverse;
 
-/// Identifier of a domain (as in the ABI).
+/// Identifier of a domain (as in the ABI); the scheduler takes it as the
+/// key of an entry.
 pub type DomainId = abi::DomainId;
 
 /// Smallest valid scheduling weight.
 pub const MIN_WEIGHT: u32 = 1;
 /// Largest valid scheduling weight.
 pub const MAX_WEIGHT: u32 = abi::domctl::MAX_WEIGHT;
-/// Largest valid cap, in percent of one CPU (0 means no cap). A domain has
-/// one vCPU, so it never uses more than 100%; caps above 100 come with
-/// domains of several vCPUs.
+/// Largest valid cap of one entry, in percent of one CPU (0 means no cap):
+/// an entry is one vCPU, which never uses more than 100%. A group's cap,
+/// across all its entries, may be up to `MAX_CAP_PERCENT` times its number
+/// of entries: a cap of 150 is one and a half CPUs, however many vCPUs the
+/// group spreads them over.
 pub const MAX_CAP_PERCENT: u32 = 100;
 /// Most CPUs the scheduler serves: CPU indexes are `0..MAX_CPUS`, one bit
 /// each in an affinity mask.
@@ -106,91 +135,103 @@ pub const ALL_CPUS: u64 = u64::MAX;
 /// Why the scheduler refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedError {
-    /// The scheduler already holds its maximum number of domains.
+    /// The scheduler already holds its maximum number of entries (or of
+    /// groups).
     Full,
-    /// No domain with that id is known.
+    /// No entry (or group) with that id is known.
     NotFound,
-    /// A domain with that id was added already.
+    /// An entry with that id was added already.
     Exists,
     /// The weight is outside `MIN_WEIGHT..=MAX_WEIGHT`.
     InvalidWeight,
-    /// The cap is above `MAX_CAP_PERCENT`.
+    /// The cap is above `MAX_CAP_PERCENT` (for a group: above
+    /// `MAX_CAP_PERCENT` times its number of entries).
     InvalidCap,
     /// The affinity mask names no CPU.
     InvalidAffinity,
 }
 
-/// One domain's scheduling state.
+/// One entry's scheduling state.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     id: DomainId,
-    /// Relative share, `MIN_WEIGHT..=MAX_WEIGHT`.
+    /// Relative share, `MIN_WEIGHT..=MAX_WEIGHT`; unused while in a group.
     weight: u32,
-    /// Most of each period the domain may run, in percent; 0 = no cap.
+    /// Most of each period the entry may run, in percent; 0 = no cap;
+    /// unused while in a group.
     cap_percent: u32,
-    /// The CPUs the domain may run on, bit `i` for CPU `i`; never 0.
+    /// The group the entry belongs to, which is always in `groups`; `None`:
+    /// the entry is alone.
+    group: Option<u32>,
+    /// The CPUs the entry may run on, bit `i` for CPU `i`; never 0.
     affinity: u64,
-    /// Whether the domain wants the CPU.
+    /// Whether the entry wants the CPU.
     runnable: bool,
-    /// While the domain runs (picked, not charged yet): the limit it was
-    /// picked with, which `pick` already charged.
-    running: Option<u64>,
+    /// While the entry runs (picked, not charged yet): the limit it was
+    /// picked with, which `pick` already charged, and the end of the period
+    /// it was picked in.
+    running: Option<(u64, u64)>,
     /// Runnable at some moment of the current period, so it earns credit at
     /// the period's end. Always true while `runnable` is.
     active: bool,
-    /// Credit granted for the current period; `None` while the domain does
+    /// Credit granted for the current period; `None` while the entry does
     /// not take part in it.
     grant: Option<i64>,
-    /// While the grant is one whole period (water-filling stopped it): the
-    /// weight, scaled by 2^16, that earns that grant at the rate the others
-    /// earn theirs. It orders the domain instead of its weight, so that all
-    /// domains spend their grants at the same pace.
-    full_weight: Option<u64>,
+    /// The weight, scaled by 2^16, that orders the entry instead of its
+    /// own (`None`: its own): the weight that earns its grant at the rate
+    /// the others earn theirs, so that all entries spend their grants at
+    /// the same pace. Set while the entry is in a group, or its grant is a
+    /// ceiling (water-filling stopped it).
+    order_weight: Option<u64>,
     /// Became runnable since it was last picked.
     woken: bool,
     /// Picked at least once in the current period.
     ran_this_period: bool,
-    /// TSC ticks the domain is owed (negative: ticks it ran beyond its share).
+    /// TSC ticks the entry is owed (negative: ticks it ran beyond its share).
     credit: i64,
     /// TSC ticks charged in the current period, for the cap.
     used_this_period: u64,
     /// The pick counter's value when last picked (0 = never); the least
-    /// recently picked domain wins a tie.
+    /// recently picked entry wins a tie.
     last_pick: u64,
 }
 
 impl Entry {
-    /// Whether a wake-up gives this domain priority over the others.
+    /// Whether a wake-up gives this entry priority over the others.
     fn boosted(&self) -> bool {
         self.woken && self.credit > 0
     }
 
     /// Credit per unit of weight (scaled by 2^16 to keep the precision of
-    /// a tick), the order among domains otherwise equal.
+    /// a tick), the order among entries otherwise equal.
     fn credit_per_weight(&self) -> i128 {
-        let scaled_weight = self.full_weight.unwrap_or(u64::from(self.weight) << 16);
+        let scaled_weight = self.order_weight.unwrap_or(u64::from(self.weight) << 16);
         (i128::from(self.credit) << 32) / i128::from(scaled_weight.max(1))
-    }
-
-    /// Adds `ticks` to the run being charged: to the credit it consumes and
-    /// to the cap's usage.
-    fn consume(&mut self, ticks: u64) {
-        self.credit = self.credit.saturating_sub(saturate_i64(ticks));
-        self.used_this_period = self.used_this_period.saturating_add(ticks);
-    }
-
-    /// Takes `ticks` back from the run being charged (it ran less than it
-    /// was charged in advance).
-    fn refund(&mut self, ticks: u64) {
-        self.credit = self.credit.saturating_add(saturate_i64(ticks));
-        self.used_this_period = self.used_this_period.saturating_sub(ticks);
     }
 }
 
-/// A credit scheduler for up to `N` domains sharing one or more CPUs.
+/// A group's shared scheduling state.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    id: u32,
+    /// Relative share of all the group's entries together,
+    /// `MIN_WEIGHT..=MAX_WEIGHT`.
+    weight: u32,
+    /// Most of each period the group's entries may run together, in percent
+    /// of one CPU; 0 = no cap.
+    cap_percent: u32,
+    /// TSC ticks charged to the group's entries in the current period, for
+    /// the cap.
+    used_this_period: u64,
+}
+
+/// A credit scheduler for up to `N` entries sharing one or more CPUs.
 #[derive(Debug)]
 pub struct Scheduler<const N: usize> {
     entries: ArrayVec<Entry, N>,
+    /// The groups; each has at least one entry, so there are never more
+    /// groups than entries.
+    groups: ArrayVec<Group, N>,
     /// Length of an accounting period, in TSC ticks (at least 1).
     period_tsc: u64,
     /// Longest run `pick` grants, in TSC ticks (at least 1).
@@ -200,18 +241,19 @@ pub struct Scheduler<const N: usize> {
     /// TSC at which the current period started; `None` before the first
     /// `pick` or `charge`.
     period_start: Option<u64>,
-    /// Number of picks so far, to order domains for round robin.
+    /// Number of picks so far, to order entries for round robin.
     picks: u64,
 }
 
 impl<const N: usize> Scheduler<N> {
-    /// A scheduler with no domains, for one CPU. `period_tsc` is the
-    /// accounting period (e.g. 30 ms of TSC); `slice_tsc` the longest a
-    /// domain runs before the scheduler is asked again. Zero lengths are
+    /// A scheduler with no entries, for one CPU. `period_tsc` is the
+    /// accounting period (e.g. 30 ms of TSC); `slice_tsc` the longest an
+    /// entry runs before the scheduler is asked again. Zero lengths are
     /// taken as 1.
     pub const fn new(period_tsc: u64, slice_tsc: u64) -> Self {
         Self {
             entries: ArrayVec::new_const(),
+            groups: ArrayVec::new_const(),
             period_tsc: if period_tsc == 0 { 1 } else { period_tsc },
             slice_tsc: if slice_tsc == 0 { 1 } else { slice_tsc },
             cpus: 1,
@@ -233,8 +275,8 @@ impl<const N: usize> Scheduler<N> {
         self.cpus
     }
 
-    /// Adds domain `id` with `weight` (`MIN_WEIGHT..=MAX_WEIGHT`), no cap,
-    /// every CPU, no credit, not runnable.
+    /// Adds entry `id` with `weight` (`MIN_WEIGHT..=MAX_WEIGHT`), no cap,
+    /// no group, every CPU, no credit, not runnable.
     pub fn add(&mut self, id: DomainId, weight: u32) -> Result<(), SchedError> {
         check_weight(weight)?;
         if self.find(id).is_some() {
@@ -244,12 +286,13 @@ impl<const N: usize> Scheduler<N> {
             id,
             weight,
             cap_percent: 0,
+            group: None,
             affinity: ALL_CPUS,
             runnable: false,
             running: None,
             active: false,
             grant: None,
-            full_weight: None,
+            order_weight: None,
             woken: false,
             ran_this_period: false,
             credit: 0,
@@ -259,18 +302,20 @@ impl<const N: usize> Scheduler<N> {
         self.entries.try_push(entry).map_err(|_| SchedError::Full)
     }
 
-    /// Removes domain `id`. Charging it afterwards is ignored, so it may be
-    /// removed while it runs.
+    /// Removes entry `id`, and its group if it was the group's last entry.
+    /// Charging it afterwards is ignored, so it may be removed while it
+    /// runs.
     pub fn remove(&mut self, id: DomainId) -> Result<(), SchedError> {
         let index = self.find(id).ok_or(SchedError::NotFound)?;
+        self.leave_group(index);
         self.entries.swap_remove(index);
         Ok(())
     }
 
-    /// Sets domain `id`'s weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
-    /// (`0..=MAX_CAP_PERCENT` percent of one CPU, 0 = none). Arguments are
-    /// checked before the id. The cap applies at once; the weight from the
-    /// next credit grant.
+    /// Sets entry `id`'s own weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
+    /// (`0..=MAX_CAP_PERCENT` percent of one CPU, 0 = none), which apply
+    /// while it is in no group. Arguments are checked before the id. The
+    /// cap applies at once; the weight from the next credit grant.
     pub fn set_params(&mut self, id: DomainId, weight: u32, cap_percent: u32) -> Result<(), SchedError> {
         check_weight(weight)?;
         if cap_percent > MAX_CAP_PERCENT {
@@ -283,15 +328,73 @@ impl<const N: usize> Scheduler<N> {
         Ok(())
     }
 
-    /// Domain `id`'s `(weight, cap_percent)`.
+    /// Entry `id`'s own `(weight, cap_percent)` (in a group, the group's
+    /// [apply](Self::group_params) instead).
     pub fn params(&self, id: DomainId) -> Option<(u32, u32)> {
         self.find(id).map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
     }
 
-    /// Sets the CPUs domain `id` may run on: bit `i` of `cpus` for CPU `i`
+    /// Puts entry `id` in `group`, out of the group it was in (forgotten
+    /// if the entry was its last). A group new to the scheduler takes the
+    /// entry's own weight and cap. From the next credit grant the entry
+    /// shares the group's weight; the group's cap applies at once, to the
+    /// runs picked from now on. `Full`: the group is new and no more groups
+    /// fit (never, while each group holds an entry); nothing changed then.
+    pub fn set_group(&mut self, id: DomainId, group: u32) -> Result<(), SchedError> {
+        let index = self.find(id).ok_or(SchedError::NotFound)?;
+        let old = self.entries[index].group;
+        if old == Some(group) {
+            return Ok(());
+        }
+        let frees_a_group = old.is_some_and(|old| self.members(old) == 1);
+        if self.find_group(group).is_none() && self.groups.is_full() && !frees_a_group {
+            return Err(SchedError::Full);
+        }
+        self.leave_group(index);
+        if self.find_group(group).is_none() {
+            let entry = &self.entries[index];
+            let new_group =
+                Group { id: group, weight: entry.weight, cap_percent: entry.cap_percent, used_this_period: 0 };
+            self.groups.try_push(new_group).map_err(|_| SchedError::Full)?;
+        }
+        self.entries[index].group = Some(group);
+        Ok(())
+    }
+
+    /// The group entry `id` is in (`None`: alone, or no such entry).
+    pub fn group_of(&self, id: DomainId) -> Option<u32> {
+        self.find(id).and_then(|index| self.entries[index].group)
+    }
+
+    /// Sets `group`'s weight (`MIN_WEIGHT..=MAX_WEIGHT`), shared by all its
+    /// entries, and cap (percent of one CPU for all its entries together,
+    /// 0 = none, at most `MAX_CAP_PERCENT` times its number of entries: 150
+    /// is one and a half CPUs). The weight is checked first, then the
+    /// group, then the cap against the group's entries. The cap applies at
+    /// once; the weight from the next credit grant. A cap left above what
+    /// the group's entries can use, when entries leave, does no harm.
+    pub fn set_group_params(&mut self, group: u32, weight: u32, cap_percent: u32) -> Result<(), SchedError> {
+        check_weight(weight)?;
+        let index = self.find_group(group).ok_or(SchedError::NotFound)?;
+        let most = u64::from(MAX_CAP_PERCENT) * self.members(group) as u64;
+        if u64::from(cap_percent) > most {
+            return Err(SchedError::InvalidCap);
+        }
+        let group = &mut self.groups[index];
+        group.weight = weight;
+        group.cap_percent = cap_percent;
+        Ok(())
+    }
+
+    /// `group`'s `(weight, cap_percent)`; `None` when no entry is in it.
+    pub fn group_params(&self, group: u32) -> Option<(u32, u32)> {
+        self.find_group(group).map(|index| (self.groups[index].weight, self.groups[index].cap_percent))
+    }
+
+    /// Sets the CPUs entry `id` may run on: bit `i` of `cpus` for CPU `i`
     /// (not 0; the argument is checked before the id). It applies from the
     /// next `pick`: a run under way is not cut short. A mask naming only
-    /// CPUs the machine lacks keeps the domain from running at all.
+    /// CPUs the machine lacks keeps the entry from running at all.
     pub fn set_affinity(&mut self, id: DomainId, cpus: u64) -> Result<(), SchedError> {
         if cpus == 0 {
             return Err(SchedError::InvalidAffinity);
@@ -301,13 +404,13 @@ impl<const N: usize> Scheduler<N> {
         Ok(())
     }
 
-    /// The CPUs domain `id` may run on (bit `i` for CPU `i`).
+    /// The CPUs entry `id` may run on (bit `i` for CPU `i`).
     pub fn affinity(&self, id: DomainId) -> Option<u64> {
         self.find(id).map(|index| self.entries[index].affinity)
     }
 
-    /// Marks domain `id` runnable (it wants the CPU) or blocked. Unknown ids
-    /// are ignored. A blocked domain that becomes runnable counts as woken,
+    /// Marks entry `id` runnable (it wants the CPU) or blocked. Unknown ids
+    /// are ignored. A blocked entry that becomes runnable counts as woken,
     /// and is granted credit if it has had none for this period.
     pub fn set_runnable(&mut self, id: DomainId, runnable: bool) {
         let Some(index) = self.find(id) else { return };
@@ -326,81 +429,147 @@ impl<const N: usize> Scheduler<N> {
         }
     }
 
-    /// Which domain CPU `cpu` should run now, and for how many TSC ticks at
-    /// most: until the end of its slice, of its cap budget in this period,
-    /// or of the period, whichever is first (always at least 1). The domain
-    /// is running until it is [charged](Self::charge). `None`: no domain
-    /// allowed on `cpu` is runnable, not running and within its cap (always
-    /// for a `cpu` beyond `MAX_CPUS`); the caller idles until
-    /// [`next_event`](Self::next_event) or an interrupt.
+    /// Which entry CPU `cpu` should run now, and for how many TSC ticks at
+    /// most: until the end of its slice, of its group's cap budget in this
+    /// period, or of the period, whichever is first (always at least 1).
+    /// The entry is running until it is [charged](Self::charge). `None`: no
+    /// entry allowed on `cpu` is runnable, not running and within its
+    /// group's cap (always for a `cpu` beyond `MAX_CPUS`); the caller idles
+    /// until [`next_event`](Self::next_event) or an interrupt.
     pub fn pick(&mut self, now: u64, cpu: u32) -> Option<(DomainId, u64)> {
         self.advance(now);
         let period_end = self.period_end()?;
-        let period_tsc = self.period_tsc;
         let cpu_bit = 1u64.checked_shl(cpu).unwrap_or(0);
         let index = self
             .entries
             .iter()
             .enumerate()
-            .filter(|(_, entry)| {
-                entry.runnable
-                    && entry.running.is_none()
-                    && entry.affinity & cpu_bit != 0
-                    && cap_left(entry, period_tsc) > 0
+            .filter(|&(index, entry)| {
+                entry.runnable && entry.running.is_none() && entry.affinity & cpu_bit != 0 && self.cap_left(index) > 0
             })
             .max_by_key(|(_, entry)| {
                 (entry.boosted(), !entry.ran_this_period, entry.credit_per_weight(), Reverse(entry.last_pick))
             })
             .map(|(index, _)| index)?;
         self.picks += 1;
+        // `advance` left `now` before the period's end, so every term is at
+        // least 1 (another CPU's clock may lag `period_start` a little).
+        let limit = self.slice_tsc.min(period_end - now).min(self.cap_left(index));
+        // Charged now, so that the run counts against this period even if
+        // another CPU starts the next one before this run is charged.
+        self.consume(index, limit);
         let entry = &mut self.entries[index];
         entry.last_pick = self.picks;
         entry.woken = false;
         entry.ran_this_period = true;
-        // `advance` left `now` before the period's end, so every term is at
-        // least 1 (another CPU's clock may lag `period_start` a little).
-        let limit = self.slice_tsc.min(period_end - now).min(cap_left(entry, period_tsc));
-        // Charged now, so that the run counts against this period even if
-        // another CPU starts the next one before this run is charged.
-        entry.consume(limit);
-        entry.running = Some(limit);
+        entry.running = Some((limit, period_end));
         Some((entry.id, limit))
     }
 
-    /// Charges `ran_tsc` ticks to domain `id`, which ran until `now`, and
+    /// Charges `ran_tsc` ticks to entry `id`, which ran until `now`, and
     /// ends its run. Ids that are unknown or not running are ignored. The
     /// run counts against the period it was picked in, even when `now` lies
     /// in a later one; only if another CPU started a later period meanwhile
-    /// does the difference from the limit (ticks beyond it, or left of it)
-    /// fall in that later period.
+    /// does the difference from the limit fall in that later period: ticks
+    /// beyond it count against it, ticks left of it go back to the credit
+    /// but not to that period's cap budget.
     pub fn charge(&mut self, id: DomainId, ran_tsc: u64, now: u64) {
         if let Some(index) = self.find(id)
-            && let Some(charged) = self.entries[index].running.take()
+            && let Some((charged, picked_in)) = self.entries[index].running.take()
         {
-            let entry = &mut self.entries[index];
             if ran_tsc >= charged {
-                entry.consume(ran_tsc - charged);
+                self.consume(index, ran_tsc - charged);
             } else {
-                entry.refund(charged - ran_tsc);
+                // Ticks left of a limit charged to an earlier period go back
+                // to the credit only: the cap's usage of this period does
+                // not hold them (another entry of the group may have run).
+                let same_period = self.period_end() == Some(picked_in);
+                self.refund(index, charged - ran_tsc, same_period);
             }
         }
         self.advance(now);
     }
 
-    /// When a runnable domain held back by its cap becomes eligible again:
-    /// the start of the next period (or `now`, if that has passed). `None`
-    /// when no runnable domain is capped out.
+    /// When a runnable entry held back by its group's cap becomes eligible
+    /// again: the start of the next period (or `now`, if that has passed).
+    /// `None` when no runnable entry is capped out.
     pub fn next_event(&self, now: u64) -> Option<u64> {
         let period_end = self.period_end()?;
-        self.entries
-            .iter()
-            .any(|entry| entry.runnable && cap_left(entry, self.period_tsc) == 0)
+        (0..self.entries.len())
+            .any(|index| self.entries[index].runnable && self.cap_left(index) == 0)
             .then_some(period_end.max(now))
     }
 
-    /// Index of domain `id` in `entries`.
+    /// Index of entry `id` in `entries`.
     fn find(&self, id: DomainId) -> Option<usize> {
         self.entries.iter().position(|entry| entry.id == id)
+    }
+
+    /// Index of `group` in `groups`.
+    fn find_group(&self, group: u32) -> Option<usize> {
+        self.groups.iter().position(|candidate| candidate.id == group)
+    }
+
+    /// Index in `groups` of the group of entry `index`; `None`: it is alone.
+    fn group_index(&self, index: usize) -> Option<usize> {
+        self.entries[index].group.and_then(|group| self.find_group(group))
+    }
+
+    /// Number of entries in `group`.
+    fn members(&self, group: u32) -> usize {
+        self.entries.iter().filter(|entry| entry.group == Some(group)).count()
+    }
+
+    /// Takes entry `index` out of its group, and forgets the group if the
+    /// entry was its last.
+    fn leave_group(&mut self, index: usize) {
+        let Some(group) = self.entries[index].group.take() else { return };
+        if self.members(group) == 0
+            && let Some(group_index) = self.find_group(group)
+        {
+            self.groups.swap_remove(group_index);
+        }
+    }
+
+    /// Ticks entry `index` may still run in this period under its cap, or
+    /// its group's (`u64::MAX` without a cap).
+    fn cap_left(&self, index: usize) -> u64 {
+        let entry = &self.entries[index];
+        match self.group_index(index) {
+            Some(group) => {
+                let group = &self.groups[group];
+                cap_left(group.cap_percent, group.used_this_period, self.period_tsc)
+            }
+            None => cap_left(entry.cap_percent, entry.used_this_period, self.period_tsc),
+        }
+    }
+
+    /// Adds `ticks` to the run of entry `index` being charged: to the
+    /// credit it consumes and to the cap's usage (its own and its group's).
+    fn consume(&mut self, index: usize, ticks: u64) {
+        if let Some(group) = self.group_index(index) {
+            let group = &mut self.groups[group];
+            group.used_this_period = group.used_this_period.saturating_add(ticks);
+        }
+        let entry = &mut self.entries[index];
+        entry.credit = entry.credit.saturating_sub(saturate_i64(ticks));
+        entry.used_this_period = entry.used_this_period.saturating_add(ticks);
+    }
+
+    /// Takes `ticks` back from the run of entry `index` being charged (it
+    /// ran less than it was charged in advance): from the credit it
+    /// consumed and, if `from_usage`, from the cap's usage.
+    fn refund(&mut self, index: usize, ticks: u64, from_usage: bool) {
+        let entry = &mut self.entries[index];
+        entry.credit = entry.credit.saturating_add(saturate_i64(ticks));
+        if !from_usage {
+            return;
+        }
+        entry.used_this_period = entry.used_this_period.saturating_sub(ticks);
+        if let Some(group) = self.group_index(index) {
+            let group = &mut self.groups[group];
+            group.used_this_period = group.used_this_period.saturating_sub(ticks);
+        }
     }
 
     /// TSC at which the current period ends.
@@ -425,26 +594,26 @@ impl<const N: usize> Scheduler<N> {
         self.grant_credit();
     }
 
-    /// Shares the current period again among the domains taking part in it
+    /// Shares the current period again among the entries taking part in it
     /// (those with a grant), adjusting each one's credit by the change in
-    /// its grant: when a domain joins, or the capacity changes.
+    /// its grant: when an entry joins, or the capacity changes.
     fn share_period_again(&mut self) {
         let mut taking_part = [false; N];
         for (takes_part, entry) in taking_part.iter_mut().zip(&self.entries) {
             *takes_part = entry.grant.is_some();
         }
         let grants = self.water_fill(&taking_part);
-        for (entry, (grant, full_weight)) in self.entries.iter_mut().zip(grants) {
+        for (entry, (grant, order_weight)) in self.entries.iter_mut().zip(grants) {
             if let Some(old_grant) = entry.grant {
                 entry.credit = entry.credit.saturating_add(grant - old_grant);
                 entry.grant = Some(grant);
-                entry.full_weight = full_weight;
+                entry.order_weight = order_weight;
             }
         }
     }
 
-    /// The accounting at a period boundary: clamp what each domain carries
-    /// over, share the new period among the domains active in the old one,
+    /// The accounting at a period boundary: clamp what each entry carries
+    /// over, share the new period among the entries active in the old one,
     /// and reset the per-period state.
     fn grant_credit(&mut self) {
         let carry = saturate_i64(self.slice_tsc);
@@ -453,65 +622,106 @@ impl<const N: usize> Scheduler<N> {
             *takes_part = entry.active;
         }
         let grants = self.water_fill(&taking_part);
-        for (entry, (grant, full_weight)) in self.entries.iter_mut().zip(grants) {
+        for (entry, (grant, order_weight)) in self.entries.iter_mut().zip(grants) {
             entry.credit = entry.credit.clamp(-carry, carry);
             entry.grant = None;
-            entry.full_weight = None;
+            entry.order_weight = None;
             if entry.active {
                 entry.credit = entry.credit.saturating_add(grant);
                 entry.grant = Some(grant);
-                entry.full_weight = full_weight;
+                entry.order_weight = order_weight;
             }
             entry.active = entry.runnable;
             entry.ran_this_period = false;
             entry.used_this_period = 0;
         }
+        for group in &mut self.groups {
+            group.used_this_period = 0;
+        }
     }
 
     /// The credit each entry marked in `taking_part` is granted for a
-    /// period (0 for the others), with its `full_weight`: the capacity shared
-    /// by weight, but at most one period each. Those whose share reaches a
-    /// period get one period, and the rest of the capacity is shared again
-    /// among the others; this only raises the others' shares, so it ends
-    /// after at most one round per entry.
+    /// period (0 for the others), with its `order_weight`. The capacity is
+    /// shared among the groups taking part (an entry alone counting as a
+    /// group) by weight, but at most up to each group's ceiling: those
+    /// whose share reaches their ceiling get it, and the rest of the
+    /// capacity is shared again among the others; this only raises the
+    /// others' shares, so it ends after at most one round per group. A
+    /// group's grant is split evenly among its entries taking part.
     fn water_fill(&self, taking_part: &[bool; N]) -> [(i64, Option<u64>); N] {
         let period = u128::from(self.period_tsc);
-        let weight = |index: usize| u128::from(self.entries[index].weight);
+        // Each group taking part is led by its first entry taking part; the
+        // group's figures are kept at the leader's index.
+        let mut leader = [0; N];
+        let mut members = [0u128; N];
+        for index in (0..self.entries.len()).filter(|&index| taking_part[index]) {
+            let group = self.entries[index].group;
+            leader[index] = match group {
+                Some(_) => {
+                    (0..index).find(|&other| taking_part[other] && self.entries[other].group == group).unwrap_or(index)
+                }
+                None => index,
+            };
+            members[leader[index]] += 1;
+        }
+        let leads = |index: &usize| taking_part[*index] && leader[*index] == *index;
+        let group_weight = |index: usize| {
+            u128::from(self.group_index(index).map_or(self.entries[index].weight, |group| self.groups[group].weight))
+        };
+        // One period per entry and, in a group, the cap budget.
+        let ceiling = |index: usize| match self.group_index(index) {
+            Some(group) => {
+                let cap = cap_left(self.groups[group].cap_percent, 0, self.period_tsc);
+                (members[index] * period).min(u128::from(cap))
+            }
+            None => period,
+        };
         let mut full = [false; N];
         let mut capacity = u128::from(self.cpus) * period;
-        // Capacity and weight of the last round that had entries left: the
+        // Capacity and weight of the last round that had groups left: the
         // rate at which weight earns credit.
         let mut rate = (capacity, 1);
         loop {
-            let unfilled = |index: &usize| taking_part[*index] && !full[*index];
-            let total_weight: u128 = (0..self.entries.len()).filter(unfilled).map(weight).sum();
+            let unfilled = |index: &usize| leads(index) && !full[*index];
+            let total_weight: u128 = (0..self.entries.len()).filter(unfilled).map(group_weight).sum();
             if total_weight == 0 {
                 break;
             }
             rate = (capacity, total_weight);
-            // A share of capacity × weight / total_weight reaches a period.
+            // A share of capacity × weight / total_weight reaches the ceiling.
             let fills: ArrayVec<usize, N> = (0..self.entries.len())
                 .filter(unfilled)
-                .filter(|&index| capacity * weight(index) >= period * total_weight)
+                .filter(|&index| capacity * group_weight(index) >= ceiling(index) * total_weight)
                 .collect();
             if fills.is_empty() {
                 break;
             }
             for &index in &fills {
                 full[index] = true;
+                capacity = capacity.saturating_sub(ceiling(index));
             }
-            capacity = capacity.saturating_sub(fills.len() as u128 * period);
         }
         let (rate_capacity, rate_weight) = rate;
-        core::array::from_fn(|index| match (taking_part[index], full[index]) {
-            (false, _) => (0, None),
-            // At most the entry's own weight, since its share reached a period.
-            (true, true) => {
-                let full_weight = ((period * rate_weight) << 16) / rate_capacity.max(1);
-                (saturate_i64(self.period_tsc), Some(full_weight.min(weight(index) << 16) as u64))
+        core::array::from_fn(|index| {
+            if !taking_part[index] {
+                return (0, None);
             }
-            // Below a period, since the entry was not filled.
-            (true, false) => (saturate_i64((rate_capacity * weight(index) / rate_weight) as u64), None),
+            let lead = leader[index];
+            let grouped = self.group_index(index).is_some();
+            // The entry's even part of its group's weight.
+            let weight = (group_weight(lead) << 16) / members[lead].max(1);
+            if full[lead] {
+                // At most one period, since the ceiling is at most one per
+                // entry; at most the entry's part of the weight, since the
+                // group's share reached the ceiling.
+                let grant = ceiling(lead) / members[lead].max(1);
+                let order_weight = ((grant * rate_weight) << 16) / rate_capacity.max(1);
+                (saturate_i64(grant as u64), Some(order_weight.min(weight) as u64))
+            } else {
+                // Below a period, since the group was not filled.
+                let grant = rate_capacity * group_weight(lead) / rate_weight / members[lead].max(1);
+                (saturate_i64(grant as u64), grouped.then_some(weight as u64))
+            }
         })
     }
 }
@@ -521,15 +731,15 @@ fn check_weight(weight: u32) -> Result<(), SchedError> {
     if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) { Ok(()) } else { Err(SchedError::InvalidWeight) }
 }
 
-/// Ticks `entry` may still run in this period under its cap (`u64::MAX`
-/// without a cap). A cap's budget is rounded up, so it is never zero.
-fn cap_left(entry: &Entry, period_tsc: u64) -> u64 {
-    if entry.cap_percent == 0 {
+/// Ticks still to run in this period under a cap of `cap_percent` of one
+/// CPU after `used` ticks (`u64::MAX` without a cap). A cap's budget is
+/// rounded up, so it is never zero.
+fn cap_left(cap_percent: u32, used: u64, period_tsc: u64) -> u64 {
+    if cap_percent == 0 {
         return u64::MAX;
     }
-    // At most period_tsc, since cap_percent <= 100.
-    let budget = (u128::from(period_tsc) * u128::from(entry.cap_percent)).div_ceil(100) as u64;
-    budget.saturating_sub(entry.used_this_period)
+    let budget = (u128::from(period_tsc) * u128::from(cap_percent)).div_ceil(100);
+    u64::try_from(budget).unwrap_or(u64::MAX).saturating_sub(used)
 }
 
 /// `value` as an `i64`, saturating at `i64::MAX`.
@@ -1479,5 +1689,392 @@ mod tests {
             }
         }
         assert!(picked > 1000 && idled > 1000, "{picked} picks, {idled} idles");
+    }
+
+    /// Puts entries `ids` in `group`, with `weight` and `cap_percent`.
+    fn make_group<const N: usize>(
+        scheduler: &mut Scheduler<N>,
+        group: u32,
+        ids: &[DomainId],
+        weight: u32,
+        cap_percent: u32,
+    ) {
+        for &id in ids {
+            scheduler.set_group(id, group).unwrap();
+        }
+        scheduler.set_group_params(group, weight, cap_percent).unwrap();
+    }
+
+    #[test]
+    fn group_of_two_next_to_an_entry_of_equal_weight_on_two_cpus() {
+        // Alone, three equal entries would get 2/3 of a CPU each. The
+        // group's entries share its weight: 256 against 256, a CPU each way.
+        let mut machine = Machine::new(2, &[(1, 256), (2, 256), (3, 256)]);
+        make_group(&mut machine.scheduler, 7, &[1, 2], 256, 0);
+        let shares = machine.cpu_shares(&[1, 2, 3], 100 * PERIOD);
+        assert_shares(&shares, &[0.5, 0.5, 1.0], 0.02);
+    }
+
+    #[test]
+    fn group_weight_counts_for_its_entries_together() {
+        // Entries of weight 512 each would get 2/3 of a CPU each against
+        // two of 256; as a group of weight 512, they get one CPU together.
+        let mut machine = Machine::new(2, &[(1, 512), (2, 512), (3, 256), (4, 256)]);
+        make_group(&mut machine.scheduler, 7, &[1, 2], 512, 0);
+        let shares = machine.cpu_shares(&[1, 2, 3, 4], 100 * PERIOD);
+        assert_shares(&shares, &[0.5, 0.5, 0.5, 0.5], 0.02);
+    }
+
+    #[test]
+    fn group_cap_holds_across_its_entries() {
+        // Four spinning entries on four CPUs, capped at 150% together: one
+        // and a half CPUs, evenly spread.
+        let mut machine = Machine::new(4, &[(1, 256), (2, 256), (3, 256), (4, 256)]);
+        make_group(&mut machine.scheduler, 7, &[1, 2, 3, 4], 256, 150);
+        let shares = machine.cpu_shares(&[1, 2, 3, 4], 100 * PERIOD);
+        let total: f64 = shares.iter().sum();
+        assert!((total - 1.5).abs() <= 0.015, "shares {shares:?}");
+        assert_shares(&shares, &[0.375; 4], 0.03);
+        // Each period on its own: at most the budget, counted in the
+        // periods the runs were picked in (so a run may reach a little
+        // past a period's start).
+        let start = machine.scheduler.period_start.unwrap();
+        machine.run_for(start + PERIOD - machine.now);
+        for _ in 0..10 {
+            machine.used.clear();
+            machine.run_for(PERIOD);
+            let used: u64 = (1..=4).map(|id| machine.used(id)).sum();
+            assert!(used.abs_diff(PERIOD * 3 / 2) <= 4 * SLICE, "ran {used} in a period");
+        }
+    }
+
+    #[test]
+    fn capped_group_next_to_an_uncapped_entry() {
+        // The group of two (cap 50) leaves the rest of two CPUs to entry 3.
+        let mut machine = Machine::new(2, &[(1, 256), (2, 256), (3, 256)]);
+        make_group(&mut machine.scheduler, 7, &[1, 2], 256, 50);
+        let shares = machine.cpu_shares(&[1, 2, 3], 100 * PERIOD);
+        assert!((shares[0] + shares[1] - 0.5).abs() <= 0.01, "shares {shares:?}");
+        assert!(shares[2] >= 0.99, "shares {shares:?}");
+    }
+
+    #[test]
+    fn group_entries_alternate_with_equal_entries() {
+        // Entries 1 and 2 share weight 512, as much each as entry 3 has:
+        // they spend their credit at the same pace, so the three alternate.
+        let mut simulation = Simulation::new(&[(1, 512), (2, 512), (3, 256)]);
+        make_group(&mut simulation.scheduler, 7, &[1, 2], 512, 0);
+        simulation.run_for(3 * PERIOD);
+        let start = simulation.scheduler.period_start.unwrap();
+        simulation.run_for(start + PERIOD - simulation.now);
+        let end = simulation.now + 10 * PERIOD;
+        let order: Vec<_> = (0..30).map(|_| simulation.step(end).unwrap()).collect();
+        for window in order.chunks(3) {
+            let mut sorted = window.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, [1, 2, 3], "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn group_share_goes_to_its_active_entries() {
+        // A group of four of which only entry 1 spins, and entry 5 of equal
+        // weight, on one CPU: the group's whole share is entry 1's.
+        let mut machine = Machine::new(1, &[(1, 256), (5, 256)]);
+        for id in 2..=4 {
+            machine.scheduler.add(id, 256).unwrap();
+        }
+        make_group(&mut machine.scheduler, 7, &[1, 2, 3, 4], 256, 0);
+        let shares = machine.cpu_shares(&[1, 5], 100 * PERIOD);
+        assert_shares(&shares, &[0.5, 0.5], 0.02);
+        // Entry 2 spins too: the group's half is split between the two
+        // (alone, three equal entries would get a third each).
+        machine.scheduler.set_runnable(2, true);
+        let shares = machine.cpu_shares(&[1, 2, 5], 100 * PERIOD);
+        assert_shares(&shares, &[0.25, 0.25, 0.5], 0.02);
+        // And back.
+        machine.scheduler.set_runnable(2, false);
+        let shares = machine.cpu_shares(&[1, 5], 100 * PERIOD);
+        assert_shares(&shares, &[0.5, 0.5], 0.02);
+    }
+
+    #[test]
+    fn group_grants_are_split_among_entries_taking_part() {
+        let mut scheduler = Scheduler::<6>::new(PERIOD, SLICE);
+        scheduler.set_cpus(2);
+        for id in 1..=5 {
+            scheduler.add(id, 256).unwrap();
+            scheduler.set_runnable(id, id != 3);
+        }
+        make_group(&mut scheduler, 7, &[1, 2, 3], 512, 0);
+        let (id, _) = scheduler.pick(0, 0).unwrap();
+        scheduler.charge(id, 0, 0);
+        let (id, _) = scheduler.pick(PERIOD, 0).unwrap();
+        scheduler.charge(id, 0, PERIOD);
+        let grants = |scheduler: &Scheduler<6>| -> Vec<_> {
+            (1..=5).map(|id| scheduler.find(id).and_then(|index| scheduler.entries[index].grant)).collect()
+        };
+        let period = PERIOD as i64;
+        // The group's weight 512 against 256 + 256: a CPU, for its two
+        // entries taking part.
+        assert_eq!(grants(&scheduler), [Some(period / 2), Some(period / 2), None, Some(period / 2), Some(period / 2)]);
+        // Entry 3 wakes: the group's CPU is split three ways.
+        scheduler.set_runnable(3, true);
+        let third = Some(period / 3);
+        assert_eq!(grants(&scheduler), [third, third, third, Some(period / 2), Some(period / 2)]);
+        // Capped at 50%, the group's grant is half a period; entries 4 and 5
+        // share the rest.
+        scheduler.set_group_params(7, 512, 50).unwrap();
+        scheduler.set_cpus(2);
+        let sixth = Some(period / 6);
+        assert_eq!(grants(&scheduler), [sixth, sixth, sixth, Some(period * 3 / 4), Some(period * 3 / 4)]);
+        // On four CPUs, a period each for the entries alone; the group is
+        // still held to its cap.
+        scheduler.set_cpus(4);
+        assert_eq!(grants(&scheduler), [sixth, sixth, sixth, Some(period), Some(period)]);
+    }
+
+    #[test]
+    fn group_params_are_checked_against_the_group() {
+        let mut scheduler = Scheduler::<4>::new(PERIOD, SLICE);
+        for id in 1..=3 {
+            scheduler.add(id, 300).unwrap();
+        }
+        scheduler.set_params(1, 300, 40).unwrap();
+        assert_eq!(scheduler.set_group(9, 7), Err(SchedError::NotFound));
+        assert_eq!(scheduler.set_group_params(7, 256, 0), Err(SchedError::NotFound));
+        assert_eq!(scheduler.group_of(1), None);
+        // A new group takes the parameters of its first entry.
+        scheduler.set_group(1, 7).unwrap();
+        assert_eq!(scheduler.group_of(1), Some(7));
+        assert_eq!(scheduler.group_params(7), Some((300, 40)));
+        assert_eq!(scheduler.set_group_params(7, 256, 101), Err(SchedError::InvalidCap));
+        scheduler.set_group(2, 7).unwrap();
+        scheduler.set_group(2, 7).unwrap();
+        assert_eq!(scheduler.set_group_params(7, 256, 201), Err(SchedError::InvalidCap));
+        assert_eq!(scheduler.set_group_params(7, 0, 150), Err(SchedError::InvalidWeight));
+        assert_eq!(scheduler.set_group_params(7, 65536, 150), Err(SchedError::InvalidWeight));
+        assert_eq!(scheduler.set_group_params(8, 0, 0), Err(SchedError::InvalidWeight), "weight first");
+        scheduler.set_group_params(7, 256, 200).unwrap();
+        assert_eq!(scheduler.group_params(7), Some((256, 200)));
+        assert_eq!(scheduler.group_params(8), None);
+        // The entries keep their own parameters, for use outside a group.
+        assert_eq!(scheduler.params(1), Some((300, 40)));
+        assert_eq!(scheduler.set_params(1, 300, 150), Err(SchedError::InvalidCap));
+    }
+
+    #[test]
+    fn group_is_forgotten_with_its_last_entry() {
+        let mut scheduler = Scheduler::<3>::new(PERIOD, SLICE);
+        for id in 1..=3 {
+            scheduler.add(id, 100).unwrap();
+        }
+        make_group(&mut scheduler, 7, &[1, 2], 1000, 150);
+        scheduler.remove(1).unwrap();
+        // One entry left: the cap stays, though it can no longer be set.
+        assert_eq!(scheduler.group_params(7), Some((1000, 150)));
+        assert_eq!(scheduler.set_group_params(7, 1000, 150), Err(SchedError::InvalidCap));
+        // Moving the last entry to another group forgets the first.
+        scheduler.set_group(2, 8).unwrap();
+        assert_eq!(scheduler.group_params(7), None);
+        assert_eq!(scheduler.group_params(8), Some((100, 0)));
+        scheduler.remove(2).unwrap();
+        assert_eq!(scheduler.group_params(8), None);
+        assert_eq!(scheduler.set_group_params(8, 256, 0), Err(SchedError::NotFound));
+        assert!(scheduler.groups.is_empty());
+        // A group of a forgotten id starts afresh.
+        scheduler.add(1, 50).unwrap();
+        scheduler.set_group(1, 7).unwrap();
+        assert_eq!(scheduler.group_params(7), Some((50, 0)));
+        // A group for each entry: moving one to a new group reuses the
+        // place of the group it leaves.
+        scheduler.add(2, 60).unwrap();
+        scheduler.set_group(2, 10).unwrap();
+        scheduler.set_group(3, 11).unwrap();
+        scheduler.set_group(2, 12).unwrap();
+        assert_eq!(scheduler.groups.len(), 3);
+        assert_eq!(scheduler.group_params(12), Some((60, 0)));
+        assert_eq!(scheduler.group_params(10), None);
+    }
+
+    #[test]
+    fn refund_in_a_later_period_does_not_lift_the_group_cap() {
+        // Entry 1 is picked at the end of a period and charged, having run
+        // less than its limit, after CPU 1 started the next period and
+        // picked entry 2 of the same group: the ticks left of entry 1's
+        // limit belong to the old period, and do not widen the new one's
+        // budget. (Entry 2 is first: it ties with entry 1, added earlier.)
+        let mut scheduler = Scheduler::<2>::new(PERIOD, SLICE);
+        scheduler.set_cpus(2);
+        for id in 1..=2 {
+            scheduler.add(id, 256).unwrap();
+            scheduler.set_runnable(id, true);
+        }
+        make_group(&mut scheduler, 7, &[1, 2], 256, 10); // 3 slices a period
+        assert_eq!(scheduler.pick(0, 0), Some((2, SLICE)));
+        scheduler.charge(2, SLICE, SLICE);
+        assert_eq!(scheduler.pick(PERIOD - SLICE, 0), Some((1, SLICE)));
+        assert_eq!(scheduler.pick(PERIOD, 1), Some((2, SLICE)));
+        scheduler.charge(1, SLICE / 2, PERIOD + 1);
+        let mut now = PERIOD + 1;
+        let mut ran = SLICE;
+        // At most ten picks, in case the cap does not hold.
+        for _ in 0..10 {
+            let Some((id, limit)) = scheduler.pick(now, 0) else { break };
+            ran += limit;
+            now += limit;
+            scheduler.charge(id, limit, now);
+        }
+        assert_eq!(ran, 3 * SLICE);
+    }
+
+    #[test]
+    fn random_operations_with_groups_keep_group_caps() {
+        // Random adds (into one of three groups, or none), removes, group
+        // parameter changes, blocks and wakes, picks on random CPUs and
+        // charges of the runs under way. Checks: a pick returns a runnable
+        // entry running nowhere; no group exceeds its cap in the period its
+        // runs were picked in; `None` only when every runnable entry runs
+        // or its group is capped out; group parameters are refused exactly
+        // when the cap is above 100 per entry of the group.
+        const CPUS: usize = 3;
+        let mut scheduler = Scheduler::<6>::new(PERIOD, SLICE);
+        scheduler.set_cpus(CPUS as u32);
+        let mut random = crate::test_random::XorShift(0x5851_f42d_4c95_7f2d);
+        let mut next = move || random.next();
+        // Model: entry -> (group, runnable); group -> cap.
+        let mut entries: HashMap<DomainId, (Option<u32>, bool)> = HashMap::new();
+        let mut caps: HashMap<u32, u32> = HashMap::new();
+        // Per CPU: the run under way (entry, limit, picked at, period).
+        let mut runs: [Option<(DomainId, u64, u64, u64)>; CPUS] = [None; CPUS];
+        // Ticks charged per (period, group), to the period of the pick.
+        let mut usage: HashMap<(u64, u32), u64> = HashMap::new();
+        let mut now = 777u64;
+        let mut period_start: Option<u64> = None;
+        let mut advance = |now: u64| {
+            let start = *period_start.get_or_insert(now);
+            let start = start + now.saturating_sub(start) / PERIOD * PERIOD;
+            period_start = Some(start);
+            start
+        };
+        let budget = |cap: u32| if cap == 0 { u64::MAX } else { (PERIOD * u64::from(cap)).div_ceil(100) };
+        let (mut picked, mut idled, mut capped_out, mut refused) = (0, 0, 0, 0);
+        for _ in 0..40_000 {
+            let id = (next() % 8) as DomainId;
+            let cpu = (next() % CPUS as u64) as usize;
+            let group = (next() % 3) as u32;
+            match next() % 12 {
+                0 => {
+                    if scheduler.add(id, 1 + (next() % 1000) as u32).is_ok() {
+                        let group = (next() % 4 != 0).then_some(group);
+                        if let Some(group) = group {
+                            scheduler.set_group(id, group).unwrap();
+                            caps.entry(group).or_insert(0);
+                        }
+                        entries.insert(id, (group, false));
+                    }
+                }
+                1 => {
+                    assert_eq!(scheduler.remove(id).is_ok(), entries.contains_key(&id));
+                    let Some((group, _)) = entries.remove(&id) else { continue };
+                    for run in &mut runs {
+                        if let Some((running, limit, _, period)) = *run
+                            && running == id
+                        {
+                            // The charge is ignored: the limit stays used.
+                            scheduler.charge(id, 0, now);
+                            advance(now);
+                            if let Some(group) = group {
+                                *usage.entry((period, group)).or_default() += limit;
+                            }
+                            *run = None;
+                        }
+                    }
+                    if let Some(group) = group
+                        && !entries.values().any(|entry| entry.0 == Some(group))
+                    {
+                        caps.remove(&group);
+                        usage.retain(|&(_, used_by), _| used_by != group);
+                        assert_eq!(scheduler.group_params(group), None);
+                    }
+                }
+                2 => {
+                    let members = entries.values().filter(|entry| entry.0 == Some(group)).count() as u32;
+                    let cap = (next() % u64::from(100 * members + 60)) as u32;
+                    let result = scheduler.set_group_params(group, 1 + (next() % 1000) as u32, cap);
+                    if members == 0 {
+                        assert_eq!(result, Err(SchedError::NotFound));
+                    } else if cap > 100 * members {
+                        assert_eq!(result, Err(SchedError::InvalidCap));
+                        refused += 1;
+                    } else {
+                        assert_eq!(result, Ok(()));
+                        caps.insert(group, cap);
+                    }
+                }
+                3..=4 => {
+                    let runnable = next() % 3 != 0;
+                    scheduler.set_runnable(id, runnable);
+                    if let Some(entry) = entries.get_mut(&id) {
+                        entry.1 = runnable;
+                    }
+                }
+                5..=6 => now += next() % SLICE,
+                _ => match runs[cpu] {
+                    Some((id, limit, at, period)) => {
+                        let ran = limit.min(now - at);
+                        let ran = if next() % 4 == 0 { next() % (ran + 1) } else { ran };
+                        scheduler.charge(id, ran, now);
+                        advance(now);
+                        if let Some(group) = entries[&id].0 {
+                            *usage.entry((period, group)).or_default() += ran;
+                        }
+                        runs[cpu] = None;
+                    }
+                    None => {
+                        let period = advance(now);
+                        let running = |id: DomainId| runs.iter().flatten().any(|run| run.0 == id);
+                        // Charged to `group` in this period, and taken in
+                        // advance by its runs under way.
+                        let used = |group: u32| {
+                            let in_flight: u64 = runs
+                                .iter()
+                                .flatten()
+                                .filter(|run| run.3 == period && entries[&run.0].0 == Some(group))
+                                .map(|run| run.1)
+                                .sum();
+                            usage.get(&(period, group)).copied().unwrap_or(0) + in_flight
+                        };
+                        match scheduler.pick(now, cpu as u32) {
+                            Some((id, limit)) => {
+                                let (group, runnable) = entries[&id];
+                                assert!(runnable && !running(id));
+                                assert!((1..=SLICE).contains(&limit) && now + limit <= period + PERIOD);
+                                if let Some(group) = group {
+                                    let cap = caps[&group];
+                                    assert!(used(group) + limit <= budget(cap), "group {group}: cap {cap} exceeded");
+                                }
+                                runs[cpu] = Some((id, limit, now, period));
+                                picked += 1;
+                            }
+                            None => {
+                                for (&id, &(group, runnable)) in &entries {
+                                    if runnable && !running(id) {
+                                        let group = group.unwrap_or_else(|| panic!("entry {id} left out"));
+                                        assert!(used(group) >= budget(caps[&group]), "entry {id} left out");
+                                    }
+                                }
+                                capped_out += entries.values().any(|entry| entry.1) as u32;
+                                idled += 1;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        assert!(
+            picked > 1000 && idled > 1000 && capped_out > 100 && refused > 100,
+            "{picked} picks, {idled} idles, {capped_out} capped out, {refused} refused"
+        );
     }
 }
