@@ -46,9 +46,10 @@ pub enum DomCtlOp {
     /// guest-physical `a2`. Only before the domain first runs (else `Busy`).
     SetVcpuContext = 6,
     /// Sets domain `a1`'s scheduling weight `a2` (1..=65535, default 256)
-    /// and cap `a3` (percent of one CPU, 0 = no cap, at most 100). Since
-    /// 0.9 each of its vCPUs is scheduled with this weight and cap (a
-    /// domain with more vCPUs gets a larger share).
+    /// and cap `a3` (percent of one CPU, 0 = no cap, at most 100 per vCPU
+    /// since 0.9: 150 = one and a half CPUs across its vCPUs). The weight is
+    /// the domain's, shared among its vCPUs that want a CPU; the cap limits
+    /// their sum.
     SetScheduling = 7,
     /// Lists domain ids: writes up to `a3` `u32` ids, each at least `a1`, in
     /// increasing order, to dom0 guest-physical `a2`. Returns the count.

@@ -34,7 +34,7 @@
 //! | `vcpus`    | integer | 1           | 1..=8 ([`VCPUS_MAX`])                         |
 //! | `on_crash` | string  | `"destroy"` | `"destroy"`, `"restart"`, `"preserve"`        |
 //! | `weight`   | integer | 256         | 1..=65535                                     |
-//! | `cap`      | integer | 0 (no cap)  | 0..=100 (percent of one CPU)                  |
+//! | `cap`      | integer | 0 (no cap)  | 0..=100 x `vcpus` (% of one CPU, whole guest) |
 //! | `disk`     | list    | `[]`        | at most 4 entries of at most 128 bytes each   |
 //! | `vif`      | list    | `[]`        | at most 4 entries of at most 128 bytes each   |
 //!
@@ -99,7 +99,8 @@ pub struct GuestConfig {
     pub on_crash: OnCrash,
     /// Scheduler weight, relative to other domains: 1..=65535.
     pub weight: u32,
-    /// Scheduler cap in percent of one CPU: 0..=100, 0 meaning no cap.
+    /// Scheduler cap in percent of one CPU for the whole guest: 0..=100 per
+    /// vCPU (150 = one and a half CPUs), 0 meaning no cap.
     pub cap: u32,
     /// `disk` entries, raw.
     pub disks: ArrayVec<ArrayString<LIST_ENTRY_MAX>, LIST_ENTRIES_MAX>,
@@ -205,6 +206,13 @@ pub fn parse(text: &[u8]) -> Result<GuestConfig, ConfigError> {
             return Err(ConfigError { line: 0, kind: ConfigErrorKind::MissingKey(key.name()) });
         }
     }
+    // The cap is the guest's, at most 100 percent of a CPU per vCPU.
+    if config.cap > 100 * config.vcpus {
+        return Err(ConfigError {
+            line: set_on_line[Key::Cap as usize],
+            kind: ConfigErrorKind::OutOfRange { key: "cap", detail: "must be at most 100 per vCPU (see vcpus)" },
+        });
+    }
     Ok(config)
 }
 
@@ -295,7 +303,13 @@ fn apply(config: &mut GuestConfig, key: Key, value: Value<'_>) -> Result<(), Con
         }
         Key::Weight => config.weight = integer(name, value, 1, 65535, "must be 1..=65535")?,
         Key::Cap => {
-            config.cap = integer(name, value, 0, 100, "must be 0..=100 (percent of one CPU; 0 means no cap)")?;
+            config.cap = integer(
+                name,
+                value,
+                0,
+                100 * VCPUS_MAX,
+                "must be 0..=800 (percent of one CPU for the guest, at most 100 per vCPU; 0 means no cap)",
+            )?;
         }
         Key::Disk => config.disks = list(name, value)?,
         Key::Vif => config.vifs = list(name, value)?,
@@ -790,9 +804,14 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             assert_eq!(error.to_string(), "line 3: memory must be 1..=1024 MiB");
         }
         assert!(parse(with_required("cap = -0").as_bytes()).is_ok());
-        for line in ["weight = 0", "weight = 65536", "cap = 101", "cap = -5"] {
+        for line in ["weight = 0", "weight = 65536", "cap = 101", "cap = 801", "cap = -5"] {
             assert!(matches!(kind_of(line), OutOfRange { .. }), "{line}");
         }
+        // A cap up to 100 per vCPU, wherever `vcpus` is.
+        assert_eq!(parse(with_required("cap = 150\nvcpus = 2").as_bytes()).map(|c| (c.cap, c.vcpus)), Ok((150, 2)));
+        assert_eq!(parse(with_required("vcpus = 2\ncap = 200").as_bytes()).map(|c| c.cap), Ok(200));
+        let too_much = error(&with_required("vcpus = 2\ncap = 201"));
+        assert_eq!(too_much.to_string(), "line 5: cap must be at most 100 per vCPU (see vcpus)");
         for line in
             ["vcpus = 0", "vcpus = -0", "vcpus = -1", "vcpus = 9", "vcpus = 4294967297", "vcpus = 99999999999999999999"]
         {
@@ -856,7 +875,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
         let cases: [(&str, &str); 10] = [
             ("foo = 1", "line 4: unknown key 'foo'"),
             ("kernel = \"x\"", "line 4: kernel is already set on line 3"),
-            ("cap = 101", "line 4: cap must be 0..=100 (percent of one CPU; 0 means no cap)"),
+            ("cap = 101", "line 4: cap must be at most 100 per vCPU (see vcpus)"),
             ("vcpus = 9", "line 4: vcpus must be 1..=8 (vCPUs of the guest)"),
             ("disk = 1", "line 4: disk must be a list of strings, like [ \"a\", \"b\" ]"),
             ("cmdline = \"unterminated", "line 4: unterminated string"),

@@ -77,7 +77,11 @@ pub const COMMANDS: [(&str, &str, &str); 27] = [
     ("pause", "<domain>", "stop running a guest, keeping its state"),
     ("unpause", "<domain>", "let a paused guest run again"),
     ("console", "<domain>", "attach to a guest's console; Ctrl-] returns here"),
-    ("sched", "<domain> [weight=N] [cap=N]", "show or set scheduling weight (1-65535) and cap (% of a CPU, 0 = none)"),
+    (
+        "sched",
+        "<domain> [weight=N] [cap=N]",
+        "show or set scheduling weight (1-65535) and cap (% of one CPU for the domain, 100 per vCPU at most, 0 = none)",
+    ),
     ("vcpu-list", "[<domain>]", "each vCPU: the CPU it runs or last ran on, state, CPU time, CPUs it may use"),
     (
         "vcpu-pin",
@@ -198,8 +202,8 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError<'_>> {
                     let value = value.parse::<u32>().ok().filter(|w| (1..=65535).contains(w));
                     weight = Some(value.ok_or(bad("weight must be 1..=65535"))?);
                 } else if let Some(value) = option.strip_prefix("cap=") {
-                    let value = value.parse::<u32>().ok().filter(|c| *c <= 100);
-                    cap = Some(value.ok_or(bad("cap must be 0..=100 (percent of a CPU)"))?);
+                    let value = value.parse::<u32>().ok().filter(|c| *c <= 100 * abi::hypercall::MAX_VCPUS);
+                    cap = Some(value.ok_or(bad("cap must be 0..=800 (percent of one CPU, at most 100 per vCPU)"))?);
                 } else {
                     return Err(bad("expected weight=N or cap=N"));
                 }
@@ -331,7 +335,8 @@ mod tests {
         assert_eq!(parse("destroy a b"), Err(ParseError::UnexpectedArgument { command: "destroy", argument: "b" }));
         assert!(matches!(parse("sched x weight=0"), Err(ParseError::BadOption { .. })));
         assert!(matches!(parse("sched x weight=70000"), Err(ParseError::BadOption { .. })));
-        assert!(matches!(parse("sched x cap=101"), Err(ParseError::BadOption { .. })));
+        assert!(matches!(parse("sched x cap=801"), Err(ParseError::BadOption { .. })));
+        assert!(parse("sched x cap=150").is_ok(), "a cap above one CPU is hv's to check against the vCPUs");
         assert!(matches!(parse("sched x speed=3"), Err(ParseError::BadOption { .. })));
         assert!(matches!(parse("diskmode ata1-master udma"), Err(ParseError::BadOption { .. })));
         let message = format!("{}", parse("create").unwrap_err());

@@ -927,6 +927,15 @@ impl Toolstack {
             }
         };
         let (weight, cap) = (weight.unwrap_or(info.weight), cap.unwrap_or(info.cap));
+        let most = 100 * info.vcpu_count.max(1);
+        if cap > most {
+            let _ = writeln!(
+                out,
+                "dom0: sched: cap {cap} is more than {most} ({} vCPUs, at most 100 percent of a CPU each)",
+                info.vcpu_count
+            );
+            return;
+        }
         if let Err(error) = hypercall::domctl(DomCtlOp::SetScheduling, id, weight as u64, cap as u64, 0) {
             let _ = writeln!(out, "dom0: sched: {}", error.describe());
             return;

@@ -58,7 +58,7 @@ fn check_rules(config: &GuestConfig) {
     assert!((1..=KERNEL_MAX).contains(&config.kernel.len()) && !config.kernel.contains('\0'));
     assert!(config.cmdline.len() <= CMDLINE_MAX && !config.cmdline.contains('\0'));
     assert!((1..=65535).contains(&config.weight));
-    assert!(config.cap <= 100);
+    assert!(config.cap <= 100 * config.vcpus);
     for list in [&config.disks, &config.vifs] {
         assert!(list.len() <= LIST_ENTRIES_MAX);
         assert!(list.iter().all(|entry| entry.len() <= LIST_ENTRY_MAX));

@@ -73,11 +73,11 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         DomCtlOp::SetScheduling => {
             let weight =
                 u32::try_from(a2).ok().filter(|w| (1..=MAX_WEIGHT).contains(w)).ok_or(Error::InvalidArgument)?;
-            let cap = u32::try_from(a3).ok().filter(|c| *c <= 100).ok_or(Error::InvalidArgument)?;
-            // Each vCPU is scheduled with the domain's weight and cap.
-            for vcpu in 0..hv.domains[target].vcpu_count {
-                hv.scheduler.set_params(sched_key(id, vcpu), weight, cap).map_err(|_| Error::InvalidArgument)?;
-            }
+            // The cap is in percent of one CPU for the whole domain: at most
+            // 100 per vCPU (150 = one and a half CPUs).
+            let most = 100 * hv.domains[target].vcpu_count as u64;
+            let cap = u32::try_from(a3).ok().filter(|&c| u64::from(c) <= most).ok_or(Error::InvalidArgument)?;
+            hv.scheduler.set_group_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
             let domain = &mut hv.domains[target];
             domain.weight = weight;
             domain.cap = cap;
@@ -136,11 +136,18 @@ fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error>
 #[allow(clippy::result_large_err)]
 pub fn add_to_scheduler(hv: &mut Hypervisor, domain: Domain) -> Result<(), Domain> {
     let id = domain.id;
+    // Each vCPU is an entry; a domain's entries form one group, which has
+    // the domain's weight and cap (shared among its active vCPUs).
     for vcpu in 0..domain.vcpu_count {
-        if hv.scheduler.add(sched_key(id, vcpu), domain.weight).is_err() {
+        let key = sched_key(id, vcpu);
+        if hv.scheduler.add(key, domain.weight).is_err() || hv.scheduler.set_group(key, id).is_err() {
             remove_from_scheduler(hv, id);
             return Err(domain);
         }
+    }
+    if hv.scheduler.set_group_params(id, domain.weight, domain.cap).is_err() {
+        remove_from_scheduler(hv, id);
+        return Err(domain);
     }
     if let Err(domain) = hv.domains.insert(domain) {
         remove_from_scheduler(hv, id);

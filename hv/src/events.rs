@@ -34,8 +34,7 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
-    let vcpu =
-        Some(domain.events.notify_vcpu(port)).filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up).unwrap_or(0);
+    let vcpu = notified_vcpu(domain, port);
     let page = domain.event_page;
     if page == 0 {
         // No page registered: the domain polls; a wake-up is all we can give.
@@ -129,14 +128,30 @@ pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq, vcpu: usize) {
     }
 }
 
-/// Whether the domain has a pending, unmasked port.
+/// Whether the domain has a pending, unmasked port that notifies vCPU 0
+/// (ports bound to other vCPUs that are up wake those, not vCPU 0).
 fn has_unmasked_pending(domain: &Domain) -> bool {
     let page = domain.event_page;
     if page == 0 {
         return false;
     }
-    (0..BITMAP_WORDS as u64)
-        .any(|word| physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8) != 0)
+    (0..BITMAP_WORDS as u64).any(|word| {
+        let mut bits = physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8);
+        while bits != 0 {
+            let port = (word * 64) as u32 + bits.trailing_zeros();
+            if notified_vcpu(domain, port) == 0 {
+                return true;
+            }
+            bits &= bits - 1;
+        }
+        false
+    })
+}
+
+/// The vCPU `port` notifies: the one it is bound to, or vCPU 0 if that one
+/// is down.
+fn notified_vcpu(domain: &Domain, port: u32) -> usize {
+    Some(domain.events.notify_vcpu(port)).filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up).unwrap_or(0)
 }
 
 /// Blocks vCPU `vcpu` of the domain unless an event is already waiting for
@@ -279,9 +294,7 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
                 physical::atomic_test_and_clear_bit(word, port % 64);
                 if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
                     // Pending while masked: deliver it now.
-                    let vcpu = Some(domain.events.notify_vcpu(port))
-                        .filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up)
-                        .unwrap_or(0);
+                    let vcpu = notified_vcpu(domain, port);
                     raise_upcall(domain, vcpu);
                 }
             }

@@ -244,3 +244,38 @@ fn two_guests_on_two_cpus_ping_pong_events() {
     eprintln!("{}", text.lines().last().unwrap_or(""));
     mica_tests::session::detach(&mut machine);
 }
+
+/// Weight and cap are a domain's, whatever its vCPUs: a 4-vCPU `smp` guest
+/// (three spinning vCPUs) and a 1-vCPU spinner of the same weight get one
+/// CPU each of two (per-vCPU weights would give smp 1.6); capped at 50,
+/// smp gets half a CPU; alone with cap 150 it gets one and a half.
+#[test]
+fn a_domains_weight_and_cap_cover_all_its_vcpus() {
+    let mut machine = boot_cpus(2);
+    let names = ["smp", "spinner"];
+    let smp = create(&mut machine, "smp", "smp");
+    let spinner = create(&mut machine, "spinner", "spinner");
+    let got = shares(&mut machine, &names, 60);
+    expect_shares(&mut machine, "a 4-vCPU guest and a spinner of equal weight on 2 CPUs", &names, &got, &[1.0, 1.0]);
+    command(&mut machine, "sched smp cap=50");
+    let got = shares(&mut machine, &names, 60);
+    expect_shares(&mut machine, "the 4-vCPU guest capped at 50", &names, &got, &[0.5, 1.0]);
+    destroy(&mut machine, "spinner", spinner);
+    let output = command(&mut machine, "sched smp cap=150");
+    if output.contains("dom0:") {
+        fail_with(
+            &mut machine,
+            &format!("`sched smp cap=150` should be taken for a 4-vCPU guest; it printed:\n{output}"),
+        );
+    }
+    let got = shares(&mut machine, &names[..1], 60);
+    expect_shares(&mut machine, "the 4-vCPU guest alone, capped at 150", &names[..1], &got, &[1.5]);
+    let output = command(&mut machine, "sched smp cap=401");
+    if !output.contains("dom0: sched: cap 401 is more than 400") {
+        fail_with(
+            &mut machine,
+            &format!("`sched smp cap=401` should be refused for a 4-vCPU guest; it printed:\n{output}"),
+        );
+    }
+    destroy(&mut machine, "smp", smp);
+}

@@ -91,6 +91,9 @@ extern "C" fn _start(start_info: u64) -> ! {
         }
     }
     let answers_port = hypercall::event(EventOp::BindIpi, 0, 0).unwrap_or(0);
+    // Masked: answers need no upcall (vCPU 0 looks once per line), and an
+    // unmasked pending port would keep vCPU 0 from sleeping.
+    let _ = hypercall::event(EventOp::Mask, answers_port, 0);
     ANSWER_PORT.store(answers_port, Ordering::Release);
     let mut answers = 0;
     let mut up = 1;
