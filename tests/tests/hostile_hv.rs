@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use mica_tests::hostile::{VictimOptions, Victims};
 use mica_tests::session::{
     attach, boot, command, counter_reaches, create, destroy, detach, expect_memory_back, fail_with, mem,
 };
@@ -206,4 +207,26 @@ fn events_to_a_dead_peer_report_the_channel_closed() {
     }
     destroy(&mut machine, "attack-event-peer", peer);
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying both");
+}
+
+/// A guest with two vCPUs attacks the vCPU operations (see `attack-hv`
+/// mode `vcpus`): every malformed or out-of-range call gets its documented
+/// error, a hundred starts and stops of vCPU 1 leave nothing behind, and
+/// vCPU 1, left spinning with interrupts off, neither starves the victims
+/// nor keeps the domain from being destroyed with every frame returned.
+#[test]
+fn a_guest_abusing_its_vcpus_gets_documented_errors_and_starves_nobody() {
+    let mut machine = boot();
+    let mut victims = Victims::start(&mut machine, VictimOptions::NO_PING);
+    let id = victims.attacker(&mut machine, "attack-vcpus", "attack-vcpus");
+    let output = victims.wait_for(&mut machine, "attack-vcpus", id, "attack-hv: vcpus: ", "done", 180);
+    println!("{output}");
+    let verdict = output.lines().find_map(|line| scan("attack-hv: vcpus: {} checks, {} as documented", line));
+    match verdict {
+        Some(numbers) if numbers[0] == numbers[1] && numbers[0] >= 20 => {}
+        _ => fail_with(&mut machine, &format!("every vCPU attack should get its documented answer:\n{output}")),
+    }
+    victims.start_io(&mut machine);
+    victims.check(&mut machine);
+    victims.finish(&mut machine);
 }

@@ -48,6 +48,7 @@ extern "C" fn _start(start_info: u64) -> ! {
         "forge-crash" => forge_crash(&mut guest),
         "event-server" => event_server(&mut guest),
         "event-peer" => event_peer(&mut guest),
+        "vcpus" => vcpus(&mut guest),
         _ => {
             let _ = writeln!(guest, "attack-hv: unknown mode");
         }
@@ -175,6 +176,138 @@ fn event_peer(guest: &mut Guest) {
         }
         guest.sleep_until(guest::now() + tick);
     }
+}
+
+/// The stack of vCPU 1 (the only other one `vcpus` starts).
+#[repr(C, align(16))]
+struct Stack([u8; 16 * 1024]);
+static mut VCPU1_STACK: Stack = Stack([0; 16 * 1024]);
+
+/// Where vCPU 1 starts: it spins with interrupts off, for ever (a CPU hog
+/// the scheduler must share out, and that destroy must stop).
+extern "C" fn parked(_: u64) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Attacks the vCPU operations of a domain with two vCPUs: malformed
+/// contexts, ids out of range, starting what is up, stopping what is down,
+/// taking the last vCPU down, starting and stopping vCPU 1 a hundred
+/// times, binding events to vCPUs it lacks, an IPI storm; vCPU 1 is left
+/// spinning with interrupts off. Prints `vcpus: <n> checks, <n> as
+/// documented` (each one that is not, with what it got) and `vcpus: done`.
+fn vcpus(guest: &mut Guest) {
+    use abi::domctl::VcpuContext;
+    use abi::hypercall::{Hypercall, VcpuOp};
+    let (mut checks, mut documented) = (0, 0);
+    let mut check = |guest: &mut Guest, what: &str, got: Result<u64, Error>, wanted: Result<u64, Error>| {
+        checks += 1;
+        if got == wanted {
+            documented += 1;
+        } else {
+            let _ = writeln!(guest, "attack-hv: vcpus: {what}: got {got:?}, documented {wanted:?}");
+        }
+    };
+    let up = |context: &VcpuContext, vcpu: u32| {
+        // SAFETY: every context here but the valid one (started through
+        // `start_vcpu`) is one hv must refuse; were it accepted, the
+        // attack has found its bug (the guest may then crash: a finding).
+        unsafe { hypercall::vcpu_up(vcpu, context) }.map(|()| 0)
+    };
+    let stack_top = &raw mut VCPU1_STACK as u64 + 16 * 1024;
+    let valid = hypercall::vcpu_entry_context(parked as *const () as u64, stack_top, 1, 0x1000, 0x2000, 39);
+    let vcpu_op = |operation: VcpuOp, a1: u64, a2: u64| {
+        // SAFETY: a VcpuOp with these arguments changes only vCPU state of
+        // this domain, or is refused.
+        Error::decode(unsafe { hypercall::raw(Hypercall::Vcpu as u64, [operation as u64, a1, a2, 0, 0]) })
+    };
+    check(guest, "up from an unmapped context", vcpu_op(VcpuOp::Up, 1, 0xdead_0000_0000), Err(Error::BadAddress));
+    check(
+        guest,
+        "up with a non-canonical rip",
+        up(&VcpuContext { rip: 1 << 63, ..valid }, 1),
+        Err(Error::InvalidArgument),
+    );
+    let foreign = abi::domctl::FOREIGN_WINDOW_BASE;
+    check(
+        guest,
+        "up with cr3 in the foreign window",
+        up(&VcpuContext { cr3: foreign, ..valid }, 1),
+        Err(Error::InvalidArgument),
+    );
+    check(guest, "up with an unaligned cr3", up(&VcpuContext { cr3: 0x1001, ..valid }, 1), Err(Error::InvalidArgument));
+    check(
+        guest,
+        "up with a GDT limit of 0",
+        up(&VcpuContext { gdt_limit: 0, ..valid }, 1),
+        Err(Error::InvalidArgument),
+    );
+    check(guest, "up of vcpu 2 of 2", up(&valid, 2), Err(Error::InvalidArgument));
+    check(guest, "up of vcpu u64::MAX", vcpu_op(VcpuOp::Up, u64::MAX, 0), Err(Error::InvalidArgument));
+    check(guest, "up of vcpu 0 (running)", up(&valid, 0), Err(Error::Busy));
+    check(guest, "down of vcpu 1 (never up)", vcpu_op(VcpuOp::Down, 1, 0), Err(Error::NotFound));
+    check(guest, "down of vcpu 5 of 2", vcpu_op(VcpuOp::Down, 5, 0), Err(Error::InvalidArgument));
+    check(guest, "down of the only vcpu up", vcpu_op(VcpuOp::Down, 0, 0), Err(Error::Busy));
+    check(guest, "vcpu id", vcpu_op(VcpuOp::Id, 0, 0), Ok(0));
+    // A hundred starts and stops (a vCPU taken down while it runs on
+    // another CPU is retired there: until then Up says Busy).
+    let mut cycles_ok = true;
+    for _ in 0..100 {
+        // SAFETY: `parked` never returns and touches no memory; the stack
+        // is vCPU 1's alone.
+        let started = (0..10_000).any(|_| match unsafe { guest.start_vcpu(1, parked, stack_top, 1) } {
+            Ok(()) => true,
+            Err(Error::Busy) => {
+                hypercall::yield_now();
+                false
+            }
+            Err(_) => false,
+        });
+        cycles_ok &= started && hypercall::vcpu_down(1).is_ok();
+    }
+    check(guest, "a hundred ups and downs of vcpu 1", Ok(u64::from(cycles_ok)), Ok(1));
+    // SAFETY: as above.
+    let last = (0..10_000).any(|_| {
+        unsafe { guest.start_vcpu(1, parked, stack_top, 1) }.is_ok() || {
+            hypercall::yield_now();
+            false
+        }
+    });
+    check(guest, "vcpu 1 up again", Ok(u64::from(last)), Ok(1));
+    // SAFETY: as above.
+    check(
+        guest,
+        "up of vcpu 1 (up)",
+        unsafe { guest.start_vcpu(1, parked, stack_top, 1) }.map(|()| 0),
+        Err(Error::Busy),
+    );
+    // Events bound to vCPUs this domain lacks, or twice.
+    check(guest, "ipi for vcpu 2 of 2", hypercall::event(EventOp::BindIpi, 2, 0), Err(Error::InvalidArgument));
+    check(guest, "timer of vcpu 2 of 2", hypercall::event(EventOp::BindVirq, 0, 2), Err(Error::InvalidArgument));
+    let timer1 = hypercall::event(EventOp::BindVirq, 0, 1);
+    check(guest, "timer of vcpu 1", timer1.map(|_| 0), Ok(0));
+    check(guest, "timer of vcpu 1 again", hypercall::event(EventOp::BindVirq, 0, 1), Err(Error::Busy));
+    if let Ok(port) = timer1 {
+        check(guest, "moving a timer port", hypercall::event(EventOp::BindVcpu, port, 0), Err(Error::InvalidArgument));
+    }
+    let console = u64::from(guest.console_port());
+    check(
+        guest,
+        "console port to vcpu 7 of 2",
+        hypercall::event(EventOp::BindVcpu, console, 7),
+        Err(Error::InvalidArgument),
+    );
+    // An IPI storm at vCPU 1, which never takes it (interrupts off).
+    match hypercall::event(EventOp::BindIpi, 1, 0) {
+        Ok(port) => {
+            let sent = (0..5_000).all(|_| hypercall::notify(port as u32).is_ok());
+            check(guest, "5000 IPIs to vcpu 1", Ok(u64::from(sent)), Ok(1));
+        }
+        Err(error) => check(guest, "ipi for vcpu 1", Err(error), Ok(0)),
+    }
+    let _ = writeln!(guest, "attack-hv: vcpus: {checks} checks, {documented} as documented");
+    let _ = writeln!(guest, "attack-hv: vcpus: done");
 }
 
 #[panic_handler]
