@@ -23,6 +23,10 @@ const SOFTWARE_ENABLE: u32 = 1 << 8;
 const GLOBAL_ENABLE: u64 = 1 << 11;
 
 static BASE: AtomicU64 = AtomicU64::new(0);
+/// The APIC timer has TSC-deadline mode (read once by `init`, not on every
+/// idle wait: the CPUID leaves `cpu::features` reads cost exits under a
+/// hypervisor and time on the idle path).
+static TSC_DEADLINE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 fn write(register: u64, value: u32) {
     let base = BASE.load(Ordering::Relaxed);
@@ -58,6 +62,7 @@ pub fn init() -> (u32, u32) {
         return (0, 0);
     }
     BASE.store(apic_base & 0x000f_ffff_ffff_f000, Ordering::Relaxed);
+    TSC_DEADLINE.store(super::cpu::features().tsc_deadline, Ordering::Relaxed);
     (init_ap(), read(VERSION) & 0xff)
 }
 
@@ -134,7 +139,7 @@ const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
 
 /// Whether the APIC timer supports TSC-deadline mode (CPUID.1:ECX bit 24).
 fn tsc_deadline_supported() -> bool {
-    BASE.load(Ordering::Relaxed) != 0 && super::cpu::features().tsc_deadline
+    BASE.load(Ordering::Relaxed) != 0 && TSC_DEADLINE.load(Ordering::Relaxed)
 }
 
 /// Idles the CPU until the TSC reaches `deadline`, a device interrupt
