@@ -278,6 +278,12 @@ impl Domain {
         self.exit_counts[slot] += 1;
     }
 
+    /// Counts `count` VM exits of one basic reason.
+    pub fn count_exits(&mut self, reason: u32, count: u64) {
+        let slot = (reason as usize).min(EXIT_REASON_SLOTS - 1);
+        self.exit_counts[slot] += count;
+    }
+
     /// Whether one more refusal should be logged (rate limit).
     pub fn should_report_refusal(&mut self) -> bool {
         self.refusals_logged += 1;

@@ -303,20 +303,7 @@ impl Hypervisor {
                 true
             }
             Exit::Cpuid => {
-                let leaf = vcpu.registers.rax as u32;
-                // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
-                let osxsave = leaf == 1 && vcpu.guest_osxsave();
-                let registers = &mut vcpu.registers;
-                let raw = cpu::cpuid(leaf, registers.rcx as u32);
-                let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
-                if leaf == 1 {
-                    ecx = hvcore::guest::with_osxsave(ecx, osxsave);
-                }
-                registers.rax = eax as u64;
-                registers.rbx = ebx as u64;
-                registers.rcx = ecx as u64;
-                registers.rdx = edx as u64;
-                vcpu.skip_exit_instruction();
+                emulate_cpuid(vcpu);
                 true
             }
             Exit::PreemptionTimer => false,
@@ -568,6 +555,8 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
     // next re-arming of the timer, whichever is first.
     let mut next_check = (start + retarget_every).min(deadline);
     hv.rearm_preemption_timer(index, v, slice);
+    let rate = capabilities.preemption_timer_rate;
+    let mut unlocked = UnlockedExits::default();
     loop {
         let domain = &mut hv.domains[index];
         if domain.vcpus[v].upcall_due {
@@ -577,12 +566,31 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
         // can reach it until it is put back.
         let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { break };
         drop(hv);
-        let raw = vcpu.enter();
+        // Exits that touch nothing but this vCPU are handled without the
+        // lock; anything another CPU wants from this one comes as a kick
+        // (an external-interrupt exit), which takes the lock.
+        let (raw, slice_over) = loop {
+            let raw = vcpu.enter();
+            if !handle_exit_unlocked(&mut vcpu, raw, &mut unlocked) {
+                break (raw, false);
+            }
+            let now = cpu::rdtsc();
+            if now >= next_check {
+                if now >= deadline {
+                    break (raw, true);
+                }
+                next_check = (now + retarget_every).min(deadline);
+                vcpu.set_preemption_timer(preemption_ticks(deadline - now, rate));
+            }
+        };
         hv = HYPERVISOR.lock();
         let domain = &mut hv.domains[index];
         let vcpu = domain.vcpus[v].vcpu.insert(vcpu);
+        if slice_over {
+            break;
+        }
         if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
-            // The hot path, kept inline: hypercalls are most exits.
+            // The hot path of the locked exits, kept inline.
             let registers = &vcpu.registers;
             let (number, arguments) =
                 (registers.rax, [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8]);
@@ -621,6 +629,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
             hv.rearm_preemption_timer(index, v, deadline - now);
         }
     }
+    unlocked.count_into(&mut hv.domains[index]);
     let slot = &mut hv.domains[index].vcpus[v];
     if let Some(vcpu) = slot.vcpu.as_mut() {
         vcpu.check_in();
@@ -635,6 +644,63 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
         crate::domain::release_vcpu(vcpu, &capabilities);
     }
     (hv, ran)
+}
+
+/// Exits [`run_slice`] handled without hv's lock in the current slice,
+/// added to the domain's exit counts when the slice ends.
+#[derive(Default)]
+struct UnlockedExits {
+    hypercalls: u64,
+    cpuid: u64,
+}
+
+impl UnlockedExits {
+    fn count_into(&mut self, domain: &mut Domain) {
+        domain.count_exits(Vcpu::VMCALL_EXIT, core::mem::take(&mut self.hypercalls));
+        domain.count_exits(Vcpu::CPUID_EXIT, core::mem::take(&mut self.cpuid));
+    }
+}
+
+/// Handles an exit that needs nothing but the vCPU that made it (which
+/// this CPU owns while it runs), without hv's lock: the hypercalls that
+/// read no state (`hypercall::without_state`) and CPUID. Returns false for
+/// every other exit, which [`run_slice`] handles under the lock.
+#[inline(always)]
+fn handle_exit_unlocked(vcpu: &mut Vcpu, raw: Result<u32, Exit>, counts: &mut UnlockedExits) -> bool {
+    match raw {
+        Ok(Vcpu::VMCALL_EXIT) => {
+            let Some(result) = crate::hypercall::without_state(vcpu.registers.rax) else { return false };
+            vcpu.registers.rax = result as u64;
+            vcpu.skip_exit_instruction();
+            counts.hypercalls += 1;
+            true
+        }
+        Ok(Vcpu::CPUID_EXIT) => {
+            emulate_cpuid(vcpu);
+            counts.cpuid += 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// CPUID as hv's policy (`hvcore::guest::filter_cpuid`) shows it.
+#[inline]
+fn emulate_cpuid(vcpu: &mut Vcpu) {
+    let leaf = vcpu.registers.rax as u32;
+    // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
+    let osxsave = leaf == 1 && vcpu.guest_osxsave();
+    let registers = &mut vcpu.registers;
+    let raw = cpu::cpuid(leaf, registers.rcx as u32);
+    let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
+    if leaf == 1 {
+        ecx = hvcore::guest::with_osxsave(ecx, osxsave);
+    }
+    registers.rax = eax as u64;
+    registers.rbx = ebx as u64;
+    registers.rcx = ecx as u64;
+    registers.rdx = edx as u64;
+    vcpu.skip_exit_instruction();
 }
 
 /// Makes the caller's VMCALL run again when it is next entered: the call

@@ -1163,6 +1163,8 @@ impl Vcpu {
 
     /// The basic exit reason of VMCALL.
     pub const VMCALL_EXIT: u32 = 18;
+    /// The basic exit reason of CPUID.
+    pub const CPUID_EXIT: u32 = 10;
 
     /// Set by [`Vcpu::enter`] in a VMCALL exit's reason when the guest was
     /// not at CPL 0 (bit 30 of the exit reason is reserved, always 0 from
