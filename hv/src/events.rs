@@ -242,12 +242,18 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
         }
         EventOp::Send => {
             let port = port_argument(a1)?;
-            if hv.domains[caller].events.binding(port)? == ports::Binding::Ipi {
+            let domain = &hv.domains[caller];
+            if domain.events.binding(port)? == ports::Binding::Ipi {
                 // An IPI: pending in the caller's own domain, for its vCPU.
                 raise(hv, caller, port);
                 return Ok(0);
             }
-            let (target, target_port) = ports::send_target(&mut Tables(&mut hv.domains), caller_id, port)?;
+            // The caller's own table, by its slot (a domain that ended has
+            // no channels left to send on).
+            if domain.ended.is_some() {
+                return Err(Error::NotFound);
+            }
+            let (target, target_port) = domain.events.send_target(port)?;
             if let Some(index) = hv.index_of(target) {
                 raise(hv, index, target_port);
             }

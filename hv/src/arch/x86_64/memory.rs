@@ -115,11 +115,13 @@ pub fn extend_identity_map(top: u64) -> u64 {
     identity_limit()
 }
 
+#[inline]
 fn mapped(address: u64, length: u64) -> bool {
     address.checked_add(length).is_some_and(|end| end <= identity_limit())
 }
 
 /// Reads a 64-bit word of physical memory (8-byte aligned).
+#[inline]
 pub fn read_u64(address: u64) -> u64 {
     if !mapped(address, 8) || !address.is_multiple_of(8) {
         return 0;
@@ -171,6 +173,7 @@ pub fn copy_from(address: u64, out: &mut [u8]) -> bool {
     true
 }
 
+#[inline]
 fn word_ok(address: u64) -> bool {
     mapped(address, 8) && address.is_multiple_of(8)
 }
@@ -181,6 +184,7 @@ fn word_ok(address: u64) -> bool {
 
 /// Atomically sets bit `bit` (0..64) of the 64-bit word at `address`;
 /// returns whether it was already set (LOCK BTS).
+#[inline]
 pub fn atomic_test_and_set_bit(address: u64, bit: u32) -> bool {
     if !word_ok(address) {
         return true;
@@ -197,6 +201,7 @@ pub fn atomic_test_and_set_bit(address: u64, bit: u32) -> bool {
 
 /// Atomically clears bit `bit` of the 64-bit word at `address`; returns
 /// whether it was set (LOCK BTR).
+#[inline]
 pub fn atomic_test_and_clear_bit(address: u64, bit: u32) -> bool {
     if !word_ok(address) {
         return false;
@@ -212,6 +217,7 @@ pub fn atomic_test_and_clear_bit(address: u64, bit: u32) -> bool {
 
 /// Replaces the 64-bit word at `address` with `new` if it holds `current`
 /// (LOCK CMPXCHG); returns the word found, `Ok` when it was `current`.
+#[inline]
 pub fn atomic_compare_exchange(address: u64, current: u64, new: u64) -> Result<u64, u64> {
     if !word_ok(address) {
         return Err(!current);
@@ -227,11 +233,13 @@ pub fn atomic_compare_exchange(address: u64, current: u64, new: u64) -> Result<u
 }
 
 /// Reads a 64-bit word (aligned 8-byte loads are atomic on x86-64).
+#[inline]
 pub fn atomic_load(address: u64) -> u64 {
     read_u64(address)
 }
 
 /// Atomically exchanges the 64-bit word at `address`; returns the old value (XCHG).
+#[inline]
 pub fn atomic_swap(address: u64, value: u64) -> u64 {
     if !word_ok(address) {
         return value;
