@@ -7,8 +7,9 @@
 //! `flags = PERMIT_ACCESS` (plus `READONLY`). The entry's index is the grant
 //! reference it passes to `d` (on a ring).
 //!
-//! The grantee either maps the page ([`GrantOp::Map`], dom0 only in this
-//! version: into its foreign window) or asks hv to copy ([`GrantOp::Copy`]).
+//! The grantee either maps the page ([`GrantOp::Map`]: dom0 into its
+//! foreign window, any other domain at a free guest-physical address of
+//! its own, since 0.10) or asks hv to copy ([`GrantOp::Copy`]).
 //! While mapped, and while a copy runs, hv keeps the `MAPPED` bit set in
 //! the entry. hv sets it with an atomic compare-exchange of the very entry
 //! it checked (since 0.8; the granter may revoke on another CPU at the same
@@ -55,15 +56,33 @@ const _: () = assert!(ENTRIES == 512);
 pub enum GrantOp {
     /// Registers the caller's grant table: one page at guest-physical `a1`.
     SetupTable = 0,
-    /// Maps grant `a2` of domain `a1` at the caller's guest-physical `a3`
-    /// (dom0: in its foreign window), read-only if the grant says so. `a4`
-    /// bit 0 ([`MAP_WRITABLE`]): the caller needs to write; a read-only grant
-    /// is then refused with `Permission` instead of mapped read-only. Refused
-    /// with `Busy` when `a3` is mapped already, or when the caller has
+    /// Maps grant `a2` of domain `a1` at the caller's guest-physical `a3`,
+    /// read-only if the grant says so. `a4` bit 0 ([`MAP_WRITABLE`]): the
+    /// caller needs to write; a read-only grant is then refused with
+    /// `Permission` instead of mapped read-only.
+    ///
+    /// dom0 maps in its foreign window (`InvalidArgument` outside it) and is
+    /// refused with `Busy` when `a3` is mapped already, or when it has
     /// [`crate::domctl::FOREIGN_SHARE_PAGES`] pages of domain `a1` mapped
     /// (its share of the window; see [`crate::domctl::FOREIGN_WINDOW_BASE`]).
+    ///
+    /// Any other domain (since 0.10) maps at a page-aligned `a3` below
+    /// [`GUEST_MAP_LIMIT`] (else `InvalidArgument`) where it has no RAM and
+    /// no other mapping (else `Busy`), at most [`GUEST_MAPPINGS`] grants at
+    /// once (`Busy` beyond). Its page tables must map `a3` for it to reach
+    /// the page (the initial tables identity-map the first GiB).
+    ///
+    /// A grant stays mapped until the grantee unmaps it, or until the
+    /// granter or the grantee is destroyed (hv unmaps it then). Touching
+    /// the address after that is an EPT violation, as for any address
+    /// without RAM: the domain is crashed.
     Map = 1,
-    /// Removes the caller's grant mapping at guest-physical `a1`.
+    /// Removes the caller's grant mapping at guest-physical `a1` (`NotFound`
+    /// if there is none). When it returns, no CPU reaches the page through
+    /// the mapping any more: hv has flushed the translations of every CPU
+    /// that ran the caller and waited for them (a TLB shootdown), and only
+    /// then cleared `MAPPED`, so the granter may revoke the grant and reuse
+    /// the page at once.
     Unmap = 2,
     /// Copies between a granted page and the caller's memory: `a1` the
     /// granter, `a2` the grant reference with the byte offset in the page in
@@ -85,6 +104,13 @@ impl GrantOp {
         }
     }
 }
+
+/// Most grants a domain other than dom0 has mapped at once (since 0.10).
+pub const GUEST_MAPPINGS: usize = 16;
+
+/// A domain other than dom0 maps grants below this guest-physical address
+/// (512 GiB; since 0.10).
+pub const GUEST_MAP_LIMIT: u64 = 1 << 39;
 
 /// `Map`'s flag in `a4`: the mapping must be writable.
 pub const MAP_WRITABLE: u64 = 1 << 0;

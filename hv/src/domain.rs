@@ -58,6 +58,12 @@ pub struct Domain {
     pub event_page: u64,
     /// Host-physical address of the registered grant table page, 0 = none.
     pub grant_table: u64,
+    /// Grants of others it has mapped (a guest; dom0's are in
+    /// `Hypervisor::foreign`).
+    pub mapped_grants: hvcore::foreign::GuestGrants,
+    /// CPUs that have run one of its vCPUs (bit i = CPU index i): those
+    /// that may hold translations of its EPT (see `flush_ept`).
+    pub ept_cpus: u64,
     /// dom0 only: its own I/O bitmaps A and B (host-physical; 0 = the
     /// guests' shared deny-all page, which must never be changed).
     pub io_bitmaps: [u64; 2],
@@ -188,6 +194,8 @@ impl Domain {
             channels_ended: false,
             event_page: 0,
             grant_table: 0,
+            mapped_grants: hvcore::foreign::GuestGrants::new(),
+            ept_cpus: 0,
             io_bitmaps: [0; 2],
             upcall_vector: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
@@ -260,15 +268,19 @@ impl Domain {
         self.vcpus.get(vcpu).filter(|slot| slot.running && slot.last_cpu == cpu).map(|_| vcpu)
     }
 
-    /// Invalidates this CPU's cached translations of the domain's EPT
-    /// (after access was removed). Enough while access is only removed from
-    /// the EPT of the caller (dom0, whose one vCPU is on this CPU) or of a
-    /// domain off every CPU: a vCPU flushes again whenever it arrives on
-    /// another CPU (`Vcpu::check_out`). A domain whose other vCPUs may run
-    /// elsewhere at that moment would need a shootdown (IPI and wait);
-    /// only dom0 maps foreign pages, and dom0 has one vCPU.
+    /// Invalidates the cached translations of the domain's EPT on every CPU
+    /// that may hold them (after access was removed), and returns once they
+    /// are gone: here at once, elsewhere by a TLB shootdown that waits for
+    /// each CPU running a guest (`smp::flush_ept_elsewhere`).
+    ///
+    /// A domain with one vCPU that is the caller (running here) needs no
+    /// shootdown: its vCPU flushes whenever it arrives on another CPU
+    /// (`Vcpu::check_out`), so no other CPU uses what it cached.
     pub fn flush_ept(&self, capabilities: &Capabilities) {
         crate::arch::vmx::invalidate_ept(capabilities, crate::arch::vmx::ept_pointer(capabilities, self.ept.root()));
+        if self.vcpu_count > 1 || self.current_vcpu().is_none() {
+            crate::arch::smp::flush_ept_elsewhere(self.ept_cpus);
+        }
     }
 
     /// Counts one VM exit by its basic reason.

@@ -202,6 +202,22 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
             dom0.flush_ept(&hv.capabilities);
         }
     }
+    //    So do the guests' mappings of its grants (each such guest's
+    //    CPUs drop their translations before its frames go: a shootdown).
+    for index in 0..crate::hypervisor::MAX_DOMAINS {
+        let Some(mapper) = hv.domains.get_mut(index) else { continue };
+        if mapper.mapped_grants.maps_grants_of(id) {
+            let ept = &mut mapper.ept;
+            mapper.mapped_grants.remove_owner(id, |grant| {
+                let _ = ept.unmap(&mut HvTables, grant.address);
+            });
+            mapper.flush_ept(&hv.capabilities);
+        }
+    }
+    //    And the grants it mapped itself are released, so their granters
+    //    may revoke them.
+    let mut mapped = core::mem::take(&mut hv.domains[target].mapped_grants);
+    mapped.clear(|grant| crate::grants::release_mapping(hv, grant.owner, grant.grant));
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
     crate::events::end_channels(hv, target);

@@ -1,5 +1,6 @@
 //! dom0's foreign window, page by page: whose page each window page holds
-//! (and through which grant), and how many pages of each domain are mapped.
+//! (and through which grant), and how many pages of each domain are mapped;
+//! and the few grants a guest maps itself ([`GuestGrants`]).
 //!
 //! Invariant: a domain never has more than the window's share
 //! (`abi::domctl::FOREIGN_SHARE_PAGES`) of its pages recorded here, and at
@@ -136,10 +137,133 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
     }
 }
 
+/// A grant a guest (a domain other than dom0) has mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestGrant {
+    /// Guest-physical address of the mapping in the guest.
+    pub address: u64,
+    /// The granter.
+    pub owner: DomainId,
+    /// The grant reference.
+    pub grant: u32,
+}
+
+/// The grants one guest has mapped, at most [`abi::grant::GUEST_MAPPINGS`].
+/// hv records a mapping before it changes the guest's EPT and forgets it
+/// after, so every grant mapping in a guest's EPT is here.
+#[derive(Debug, Default)]
+pub struct GuestGrants {
+    mapped: arrayvec::ArrayVec<GuestGrant, { abi::grant::GUEST_MAPPINGS }>,
+}
+
+impl GuestGrants {
+    /// No grants mapped.
+    pub const fn new() -> GuestGrants {
+        GuestGrants { mapped: arrayvec::ArrayVec::new_const() }
+    }
+
+    /// Records `grant`. `InvalidArgument` for an address that is not
+    /// page-aligned or not below `GUEST_MAP_LIMIT`; `Busy` when something
+    /// is mapped there already or the guest has its most grants mapped.
+    pub fn insert(&mut self, grant: GuestGrant) -> Result<(), Error> {
+        if !grant.address.is_multiple_of(PAGE_SIZE) || grant.address >= abi::grant::GUEST_MAP_LIMIT {
+            return Err(Error::InvalidArgument);
+        }
+        if self.mapped.iter().any(|m| m.address == grant.address) {
+            return Err(Error::Busy);
+        }
+        self.mapped.try_push(grant).map_err(|_| Error::Busy)
+    }
+
+    /// Forgets the mapping at `address`; returns it.
+    pub fn remove(&mut self, address: u64) -> Option<GuestGrant> {
+        let index = self.mapped.iter().position(|m| m.address == address)?;
+        Some(self.mapped.swap_remove(index))
+    }
+
+    /// Whether grant `grant` of `owner` is mapped here.
+    pub fn maps_grant(&self, owner: DomainId, grant: u32) -> bool {
+        self.mapped.iter().any(|m| m.owner == owner && m.grant == grant)
+    }
+
+    /// Whether any grant of `owner` is mapped here.
+    pub fn maps_grants_of(&self, owner: DomainId) -> bool {
+        self.mapped.iter().any(|m| m.owner == owner)
+    }
+
+    /// Forgets the mappings of `owner`'s grants, calling `unmapped` with
+    /// each; returns how many there were.
+    pub fn remove_owner(&mut self, owner: DomainId, mut unmapped: impl FnMut(GuestGrant)) -> usize {
+        let before = self.mapped.len();
+        self.mapped.retain(|m| {
+            let keep = m.owner != owner;
+            if !keep {
+                unmapped(*m);
+            }
+            keep
+        });
+        before - self.mapped.len()
+    }
+
+    /// Forgets every mapping, calling `unmapped` with each (the guest is
+    /// being destroyed).
+    pub fn clear(&mut self, unmapped: impl FnMut(GuestGrant)) {
+        self.mapped.drain(..).for_each(unmapped);
+    }
+
+    /// Grants mapped now.
+    pub fn len(&self) -> usize {
+        self.mapped.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mapped.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_random::XorShift;
+
+    fn guest_grant(address: u64, owner: DomainId, grant: u32) -> GuestGrant {
+        GuestGrant { address, owner, grant }
+    }
+
+    #[test]
+    fn a_guest_maps_at_most_its_limit_at_free_aligned_addresses() {
+        let mut grants = GuestGrants::new();
+        assert_eq!(grants.insert(guest_grant(0x1001, 2, 0)), Err(Error::InvalidArgument));
+        assert_eq!(grants.insert(guest_grant(abi::grant::GUEST_MAP_LIMIT, 2, 0)), Err(Error::InvalidArgument));
+        for index in 0..abi::grant::GUEST_MAPPINGS as u64 {
+            assert_eq!(grants.insert(guest_grant(0x4000_0000 + index * PAGE_SIZE, 2, index as u32)), Ok(()));
+        }
+        assert_eq!(grants.insert(guest_grant(0x5000_0000, 3, 0)), Err(Error::Busy));
+        assert_eq!(grants.remove(0x4000_0000), Some(guest_grant(0x4000_0000, 2, 0)));
+        assert_eq!(grants.remove(0x4000_0000), None);
+        assert_eq!(grants.insert(guest_grant(0x4000_1000, 3, 0)), Err(Error::Busy), "address in use");
+        assert_eq!(grants.insert(guest_grant(0x5000_0000, 3, 0)), Ok(()));
+        assert_eq!(grants.len(), abi::grant::GUEST_MAPPINGS);
+    }
+
+    #[test]
+    fn guest_grants_are_found_and_removed_by_owner() {
+        let mut grants = GuestGrants::new();
+        grants.insert(guest_grant(0x10_0000, 2, 7)).unwrap();
+        grants.insert(guest_grant(0x10_1000, 3, 7)).unwrap();
+        grants.insert(guest_grant(0x10_2000, 2, 9)).unwrap();
+        assert!(grants.maps_grant(2, 7) && grants.maps_grant(3, 7) && !grants.maps_grant(3, 9));
+        assert!(grants.maps_grants_of(2) && !grants.maps_grants_of(4));
+        let mut unmapped = Vec::new();
+        assert_eq!(grants.remove_owner(2, |m| unmapped.push(m.address)), 2);
+        unmapped.sort();
+        assert_eq!(unmapped, [0x10_0000, 0x10_2000]);
+        assert!(!grants.maps_grants_of(2) && grants.maps_grant(3, 7));
+        let mut cleared = Vec::new();
+        grants.clear(|m| cleared.push((m.owner, m.grant)));
+        assert_eq!(cleared, [(3, 7)]);
+        assert!(grants.is_empty());
+    }
 
     type Window = ForeignWindow<4>;
 

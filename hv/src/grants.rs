@@ -13,7 +13,7 @@ use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED};
 use abi::{DomainId, Error};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
-use hvcore::foreign::Mapping;
+use hvcore::foreign::{GuestGrant, Mapping};
 use hvcore::grant_entry::{self, Entry, EntryWord};
 
 use crate::arch::memory as physical;
@@ -91,10 +91,79 @@ fn claim(
 }
 
 /// Clears `MAPPED` in grant `reference` (entry at `entry_at`) of domain
-/// `granter_index` once no mapping of it remains in dom0's window.
+/// `granter_index` once no mapping of it remains (in dom0's window or a
+/// guest's).
 fn unclaim(hv: &Hypervisor, granter_index: usize, reference: u64, entry_at: u64) {
-    let still_mapped = hv.foreign.maps_grant(hv.domains[granter_index].id, reference as u32);
+    let owner = hv.domains[granter_index].id;
+    let still_mapped = hv.foreign.maps_grant(owner, reference as u32)
+        || hv.domains.iter().any(|d| d.mapped_grants.maps_grant(owner, reference as u32));
     grant_entry::release(&mut SharedEntry(entry_at), still_mapped);
+}
+
+/// Releases the claim of a mapping of grant `reference` of domain `owner`
+/// that is gone (unmapped, or its grantee destroyed).
+pub fn release_mapping(hv: &Hypervisor, owner: DomainId, reference: u32) {
+    if let Some(owner) = hv.index_of(owner)
+        && let Ok(entry_at) = entry_address(hv, owner, reference as u64)
+    {
+        unclaim(hv, owner, reference as u64, entry_at);
+    }
+}
+
+/// Maps grant `reference` of domain `granter` at `address` in guest
+/// `caller` (not dom0: see `GrantOp::Map`).
+fn map_in_guest(
+    hv: &mut Hypervisor,
+    caller: usize,
+    granter: u64,
+    reference: u64,
+    address: u64,
+    write: bool,
+) -> Result<u64, Error> {
+    if !address.is_multiple_of(abi::PAGE_SIZE) || address >= abi::grant::GUEST_MAP_LIMIT {
+        return Err(Error::InvalidArgument);
+    }
+    let caller_id = hv.domains[caller].id;
+    let granter = granter_index(hv, caller, granter)?;
+    let claimed = claim(hv, granter, reference, caller_id, write)?;
+    let owner = hv.domains[granter].id;
+    let domain = &mut hv.domains[caller];
+    // Recorded first, as for dom0: refused here for a bad or busy address
+    // or when the guest has its most grants mapped.
+    if let Err(error) = domain.mapped_grants.insert(GuestGrant { address, owner, grant: reference as u32 }) {
+        end_claim(&claimed);
+        return Err(error);
+    }
+    let access = if claimed.entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
+    if let Err(error) =
+        domain.ept.map(&mut HvTables, address, claimed.frame, PageSize::Size4K, access, MemoryType::WriteBack)
+    {
+        domain.mapped_grants.remove(address);
+        end_claim(&claimed);
+        return Err(map_error(error));
+    }
+    Ok(0)
+}
+
+/// The ABI's error for an EPT mapping that failed.
+fn map_error(error: hvcore::paging::MapError) -> Error {
+    match error {
+        // RAM or another mapping there.
+        hvcore::paging::MapError::AlreadyMapped => Error::Busy,
+        hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
+        _ => Error::InvalidArgument,
+    }
+}
+
+/// Unmaps guest `caller`'s grant mapping at `address`; returns once no CPU
+/// can reach the page through it (`Domain::flush_ept`), then releases it.
+fn unmap_in_guest(hv: &mut Hypervisor, caller: usize, address: u64) -> Result<u64, Error> {
+    let domain = &mut hv.domains[caller];
+    let mapping = domain.mapped_grants.remove(address).ok_or(Error::NotFound)?;
+    let _ = domain.ept.unmap(&mut HvTables, address);
+    domain.flush_ept(&hv.capabilities);
+    release_mapping(hv, mapping.owner, mapping.grant);
+    Ok(0)
 }
 
 fn granter_index(hv: &Hypervisor, caller: usize, granter: u64) -> Result<usize, Error> {
@@ -117,7 +186,9 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             }
             // Moving the table while another domain maps one of its grants
             // would lose track of the MAPPED bits.
-            if hv.foreign.maps_grants_of(caller_id) {
+            if hv.foreign.maps_grants_of(caller_id)
+                || hv.domains.iter().any(|d| d.mapped_grants.maps_grants_of(caller_id))
+            {
                 return Err(Error::Busy);
             }
             let domain = &mut hv.domains[caller];
@@ -126,8 +197,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
         }
         GrantOp::Map => {
             if !hv.domains[caller].privileged {
-                // Only dom0 has a foreign window in this version; guests copy.
-                return Err(Error::Permission);
+                return map_in_guest(hv, caller, a1, a2, a3, a4 & MAP_WRITABLE != 0);
             }
             if !in_foreign_window(a3) {
                 return Err(Error::InvalidArgument);
@@ -148,27 +218,20 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             {
                 hv.foreign.remove(a3, true);
                 end_claim(&claimed);
-                return Err(match error {
-                    hvcore::paging::MapError::AlreadyMapped => Error::Busy,
-                    hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
-                    _ => Error::InvalidArgument,
-                });
+                return Err(map_error(error));
             }
             Ok(0)
         }
         GrantOp::Unmap => {
-            // Only dom0 maps grants (into its foreign window).
             if !hv.domains[caller].privileged {
-                return Err(Error::NotFound);
+                return unmap_in_guest(hv, caller, a1);
             }
             let mapping = hv.foreign.remove(a1, true).ok_or(Error::NotFound)?;
             let domain = &mut hv.domains[caller];
             let _ = domain.ept.unmap(&mut HvTables, a1);
             domain.flush_ept(&hv.capabilities);
-            if let (Some(owner), Some(reference)) = (hv.index_of(mapping.owner), mapping.grant)
-                && let Ok(entry_at) = entry_address(hv, owner, reference as u64)
-            {
-                unclaim(hv, owner, reference as u64, entry_at);
+            if let Some(reference) = mapping.grant {
+                release_mapping(hv, mapping.owner, reference);
             }
             Ok(0)
         }

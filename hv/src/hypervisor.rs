@@ -542,6 +542,8 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
     let slot = &mut hv.domains[index].vcpus[v];
     let Some(vcpu) = slot.vcpu.as_mut() else { return (hv, 0) };
     vcpu.check_out(cpu, &capabilities);
+    hv.domains[index].ept_cpus |= 1 << (cpu % 64);
+    let slot = &mut hv.domains[index].vcpus[v];
     smp::set_current_vcpu(v);
     slot.running = true;
     slot.last_cpu = cpu as u32;
@@ -566,6 +568,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
         // can reach it until it is put back.
         let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { break };
         drop(hv);
+        smp::enter_guest_mode();
         // Exits that touch nothing but this vCPU are handled without the
         // lock; anything another CPU wants from this one comes as a kick
         // (an external-interrupt exit), which takes the lock.
@@ -583,6 +586,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
                 vcpu.set_preemption_timer(preemption_ticks(deadline - now, rate));
             }
         };
+        smp::leave_guest_mode();
         hv = HYPERVISOR.lock();
         let domain = &mut hv.domains[index];
         let vcpu = domain.vcpus[v].vcpu.insert(vcpu);

@@ -383,8 +383,9 @@ fn check(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> Res
         Some(H::Event) if arguments[0] == E::BindPirq as u64 && !is(Error::Permission) => {
             Err("BindPirq from a guest must be Permission")
         }
-        Some(H::Grant) if arguments[0] == G::Map as u64 && !is(Error::Permission) => {
-            Err("a grant map from a guest must be Permission")
+        // Nobody grants this guest anything, so no map can succeed.
+        Some(H::Grant) if arguments[0] == G::Map as u64 && result >= 0 => {
+            Err("a grant map succeeded though no domain granted me a page")
         }
         // Nobody grants this guest anything, so no copy can succeed.
         Some(H::Grant) if arguments[0] == G::Copy as u64 && result >= 0 => {
@@ -460,7 +461,7 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
     let ok = |value: i64| Ok(value as u64);
     let hv_info_size = HV_INFO_MIN_SIZE as i64;
     let free_port = (1..PORT_COUNT as u64).rev().find(|&p| !layout.protected[p as usize]).unwrap_or(255);
-    let checks: [Check; 60] = [
+    let checks: [Check; 63] = [
         ("number 13 (one past the table)", HYPERCALL_COUNT as u64, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^32", 1 << 32, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^63", 1 << 63, [0; 5], Err(Error::NoSuchHypercall)),
@@ -623,7 +624,15 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
             [G::SetupTable as u64, buffer + 8, 0, 0, 0],
             Err(Error::InvalidArgument),
         ),
-        ("grant map from a guest", H::Grant as u64, [G::Map as u64, 0, 1, 4 << 30, 1], Err(Error::Permission)),
+        ("grant map unaligned", H::Grant as u64, [G::Map as u64, 0, 1, (1 << 30) + 8, 1], Err(Error::InvalidArgument)),
+        (
+            "grant map beyond the limit",
+            H::Grant as u64,
+            [G::Map as u64, 0, 1, abi::grant::GUEST_MAP_LIMIT, 1],
+            Err(Error::InvalidArgument),
+        ),
+        ("grant map from myself", H::Grant as u64, [G::Map as u64, me, 1, 1 << 30, 1], Err(Error::InvalidArgument)),
+        ("grant unmap of nothing", H::Grant as u64, [G::Unmap as u64, 1 << 30, 0, 0, 0], Err(Error::NotFound)),
         ("grant copy from myself", H::Grant as u64, [G::Copy as u64, me, 1, buffer, 8], Err(Error::InvalidArgument)),
         (
             "grant copy past the granted page",

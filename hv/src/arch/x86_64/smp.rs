@@ -70,6 +70,13 @@ pub struct PerCpu {
     /// Set by another CPU that wants this one to look at the run queue
     /// again (a kick IPI follows); cleared by this CPU when it does.
     pub kicked: AtomicBool,
+    /// Set while this CPU may be in a guest: from letting go of hv's lock
+    /// to enter one until it has left it again (see [`enter_guest_mode`]).
+    in_guest: AtomicBool,
+    /// Another CPU removed access from an EPT this CPU may have cached:
+    /// this CPU owes an INVEPT before its next VM entry (see
+    /// [`flush_ept_elsewhere`]).
+    ept_flush_due: AtomicBool,
     /// The IST stacks' tops and the GDT/TSS frame, set by the boot CPU
     /// before the AP starts.
     double_fault_top: AtomicU64,
@@ -93,6 +100,8 @@ const EMPTY: PerCpu = PerCpu {
     apic_id: AtomicU32::new(0),
     state: AtomicU32::new(state::ABSENT),
     kicked: AtomicBool::new(false),
+    in_guest: AtomicBool::new(false),
+    ept_flush_due: AtomicBool::new(false),
     double_fault_top: AtomicU64::new(0),
     nmi_top: AtomicU64::new(0),
     tables: AtomicU64::new(0),
@@ -338,6 +347,77 @@ pub fn kick(index: usize) {
     }
     cpu.kicked.store(true, Ordering::Release);
     lapic::send_fixed_ipi(cpu.apic_id.load(Ordering::Relaxed), KICK_VECTOR);
+}
+
+// TLB shootdown. A CPU caches translations derived from a domain's EPT
+// while it runs that domain and keeps them until INVEPT (SDM Vol. 3C
+// 29.4.3), across VM exits. When hv removes access from an EPT (a grant
+// unmapped, a foreign page unmapped, a granter destroyed) under its lock,
+// every other CPU that ran the domain must drop them before the frame
+// can be reused: `flush_ept_elsewhere` marks each such CPU and, if it may
+// be in a guest, kicks it and waits until it has flushed. A CPU flushes
+// what it owes without the lock, whenever it leaves guests and before it
+// enters one, so the waiting CPU never waits for its own lock. The two
+// sides write their flag, then read the other's (sequentially
+// consistent): either the requester sees the CPU in guests and waits, or
+// the CPU sees the request before it enters.
+
+/// This CPU is about to enter guests (the part of the run loop without
+/// hv's lock): announces it, then flushes what it owes.
+#[inline(always)]
+pub fn enter_guest_mode() {
+    let this = this();
+    this.in_guest.store(true, Ordering::SeqCst);
+    if this.ept_flush_due.load(Ordering::SeqCst) {
+        take_owed_flush(this);
+    }
+}
+
+/// This CPU has left guests (before it takes hv's lock again): flushes
+/// what it owes, so that a CPU waiting under the lock can go on.
+#[inline(always)]
+pub fn leave_guest_mode() {
+    let this = this();
+    this.in_guest.store(false, Ordering::SeqCst);
+    if this.ept_flush_due.load(Ordering::SeqCst) {
+        take_owed_flush(this);
+    }
+}
+
+/// Drops every EPT-derived translation of this CPU (it is in VMX root, so
+/// none is in use) and clears the request.
+#[cold]
+#[inline(never)]
+fn take_owed_flush(this: &PerCpu) {
+    vmx::invalidate_all_ept();
+    this.ept_flush_due.store(false, Ordering::SeqCst);
+}
+
+/// Makes every CPU in `cpus` (bit i = CPU index i) other than this one
+/// drop its EPT-derived translations, and returns once each that may be in
+/// a guest has done so; the others do it before their next VM entry.
+/// Called under hv's lock after access was removed from an EPT.
+pub fn flush_ept_elsewhere(cpus: u64) {
+    let me = this_cpu();
+    let mut waiting = 0u64;
+    for (index, cpu) in CPUS.iter().enumerate().take(64) {
+        if cpus & (1 << index) == 0 || index == me {
+            continue;
+        }
+        cpu.ept_flush_due.store(true, Ordering::SeqCst);
+        if cpu.in_guest.load(Ordering::SeqCst) {
+            // The kick makes it leave the guest (external-interrupt exiting).
+            lapic::send_fixed_ipi(cpu.apic_id.load(Ordering::Relaxed), KICK_VECTOR);
+            waiting |= 1 << index;
+        }
+    }
+    for (index, cpu) in CPUS.iter().enumerate().take(64) {
+        if waiting & (1 << index) != 0 {
+            while cpu.ept_flush_due.load(Ordering::SeqCst) {
+                core::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// CPUs idle in the run loop (bit = CPU index), so that a domain that

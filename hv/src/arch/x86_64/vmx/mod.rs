@@ -350,9 +350,11 @@ pub fn probe() -> Result<Capabilities, &'static str> {
     if secondary & SecondaryControls::UNRESTRICTED_GUEST.bits() == 0 {
         return Err("VT-x lacks unrestricted guest");
     }
-    let needed_ept = ept_vpid_cap::PAGE_WALK_4 | ept_vpid_cap::WRITE_BACK | ept_vpid_cap::INVEPT;
-    if ept_vpid & needed_ept != needed_ept || ept_vpid & (ept_vpid_cap::INVEPT_SINGLE | ept_vpid_cap::INVEPT_ALL) == 0 {
-        return Err("EPT lacks 4-level walks, write-back memory or INVEPT");
+    // All-context INVEPT: what a CPU owes after a TLB shootdown (smp).
+    let needed_ept =
+        ept_vpid_cap::PAGE_WALK_4 | ept_vpid_cap::WRITE_BACK | ept_vpid_cap::INVEPT | ept_vpid_cap::INVEPT_ALL;
+    if ept_vpid & needed_ept != needed_ept {
+        return Err("EPT lacks 4-level walks, write-back memory or all-context INVEPT");
     }
     let vpid_usable = secondary & SecondaryControls::ENABLE_VPID.bits() != 0
         && ept_vpid & ept_vpid_cap::INVVPID != 0
@@ -516,6 +518,17 @@ pub fn invalidate_ept(capabilities: &Capabilities, ept_pointer: u64) {
     // against the capability MSR.
     unsafe {
         asm!("invept {kind}, [{descriptor}]", kind = in(reg) kind, descriptor = in(reg) &descriptor, options(nostack))
+    }
+}
+
+/// Invalidates the EPT-derived translations of every EPT pointer
+/// (all-context INVEPT, which `probe` requires).
+pub fn invalidate_all_ept() {
+    let descriptor: [u64; 2] = [0, 0];
+    // SAFETY: INVEPT only drops cached translations; `probe` checked that
+    // the CPU supports the all-context type (2).
+    unsafe {
+        asm!("invept {kind}, [{descriptor}]", kind = in(reg) 2u64, descriptor = in(reg) &descriptor, options(nostack))
     }
 }
 
