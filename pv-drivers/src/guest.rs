@@ -1381,16 +1381,15 @@ pub fn now() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Stops the guest with a crash report (for panic handlers).
+/// Stops the guest with a crash report (for panic handlers). The report
+/// goes to hv's log in one write (one log line) when it fits 256 bytes.
 pub fn crash(message: fmt::Arguments) -> ! {
-    struct HvLog;
-    impl fmt::Write for HvLog {
-        fn write_str(&mut self, text: &str) -> fmt::Result {
-            let _ = hypercall::console_write(text.as_bytes());
-            Ok(())
-        }
+    let mut line = arrayvec::ArrayString::<256>::new();
+    if fmt::write(&mut line, message).is_ok() {
+        let _ = hypercall::console_write(line.as_bytes());
+    } else {
+        let _ = hypercall::console_write(b"crash report too long\n");
     }
-    let _ = fmt::write(&mut HvLog, message);
     hypercall::shutdown(abi::hypercall::ShutdownReason::Crash);
     loop {
         core::hint::spin_loop();

@@ -279,3 +279,58 @@ fn a_domains_weight_and_cap_cover_all_its_vcpus() {
     }
     destroy(&mut machine, "smp", smp);
 }
+
+/// TLB shootdown (ABI 0.10): `grantread` maps a page `grantgive` granted
+/// it, and its vCPU 1 reads the page in a tight loop while its vCPU 0
+/// unmaps it on another CPU. `grantgive`, spinning on a CPU of its own,
+/// revokes the grant the moment hv lets it and writes new data into the
+/// page, as its next owner. hv lets it go only once every CPU has dropped
+/// its translation, so the reader's next read faults (hv crashes
+/// `grantread` with an EPT violation at the mapped address) and it never
+/// reads the new data. Measured without the shootdown (`flush_ept_elsewhere`
+/// returning at once), 3 runs of 3: the reader read the new data
+/// (`grantmap: vcpu 1 read 0x6e65775f64617461 ...` in hv's log, and
+/// grantread stopped itself instead of faulting). Bochs flushes a CPU's
+/// TLB at every VM exit and entry, so the stale window is the reader's
+/// time in the guest: four CPUs keep the reader, the granter, the
+/// unmapping vCPU and dom0 off each other's.
+#[test]
+fn a_reader_on_another_cpu_never_sees_a_page_after_its_unmap_returned() {
+    let mut machine = boot_cpus(4);
+    let (before_text, before) = mem(&mut machine);
+    let giver = create(&mut machine, "grantgive", "grantgive");
+    machine.send_line("create grantread").unwrap_or_else(mica_tests::fail);
+    let seen = machine
+        .expect(
+            mica_tests::line_where("dom0's line \"dom0: 'grantread' (domain <id>) crashed ...\"", |line| {
+                line.starts_with("dom0: 'grantread' (domain ")
+            }),
+            seconds(120),
+        )
+        .unwrap_or_else(mica_tests::fail);
+    let reader = giver + 1;
+    let report = seen.lines().rev().find(|line| line.starts_with("dom0: 'grantread' (domain ")).unwrap_or_default();
+    let expected = format!("dom0: 'grantread' (domain {reader}) crashed: EPT violation at guest-physical 0x30000000");
+    machine.expect(mica_tests::PROMPT, seconds(60)).unwrap_or_else(mica_tests::fail);
+    let log = command(&mut machine, "dmesg");
+    if !report.starts_with(&expected) {
+        fail_with(
+            &mut machine,
+            &format!(
+                "the reader should fault on the unmapped page ({expected:?}...); dom0 printed {report:?}\n\
+                 --- dmesg ---\n{log}"
+            ),
+        );
+    }
+    if let Some(line) = log.lines().find(|line| line.contains("grantmap: vcpu 1 read")) {
+        fail_with(&mut machine, &format!("the reader read data it must not see: {line:?}\n--- dmesg ---\n{log}"));
+    }
+    // The grant was revoked while grantread still existed (crashed, kept):
+    // only its unmap can have let it go.
+    mica_tests::session::attach(&mut machine, "grantgive", giver);
+    machine.expect("grantmap: revoked; the page holds new data", seconds(60)).unwrap_or_else(mica_tests::fail);
+    mica_tests::session::detach(&mut machine);
+    destroy(&mut machine, "grantread", reader);
+    destroy(&mut machine, "grantgive", giver);
+    expect_memory_back(&mut machine, &before, &before_text, "after the grant reader and giver were destroyed");
+}

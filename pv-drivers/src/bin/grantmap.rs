@@ -1,0 +1,184 @@
+//! Example guest for grant mappings between guests and the TLB shootdown
+//! behind `GrantOp::Unmap` (ABI 0.10). Two modes (`mode=` on the command
+//! line), used as a pair: the granter first, the mapper right after it
+//! (the mapper is the granter's id + 1; see the `grantgive` and
+//! `grantread` configs of the tests).
+//!
+//! `mode=granter` fills a page with the old pattern ([`OLD`]), grants it
+//! to the next domain (reference 1, its table's first grant) and prints
+//! `grantmap: granted page to d<N> as reference 1`. Once the mapper has
+//! mapped it (hv sets `MAPPED` in the entry) it tries to revoke the grant
+//! in a tight loop, which hv refuses while the page is mapped; the moment
+//! it succeeds it writes the new pattern ([`NEW`]) into
+//! the page, as the page's next owner would, and prints
+//! `grantmap: revoked; the page holds new data`.
+//!
+//! `mode=mapper` (2 vCPUs) maps that grant at [`MAP_ADDRESS`], checks it
+//! reads the old pattern, waits half a second (so that the machine is
+//! quiet and the granter spins) and starts vCPU 1, which reads the page in
+//! a tight loop and counts its reads. Once vCPU 1 has read it a thousand
+//! times, vCPU 0 unmaps it (vCPU 1 runs on another CPU when the machine
+//! has enough) and prints `grantmap: unmapped after <n> reads by vcpu 1`.
+//! hv clears `MAPPED` only after every CPU has dropped its translation,
+//! so from then on vCPU 1 must fault at its next read (an EPT violation:
+//! hv crashes the domain). Were its CPU to keep a stale translation, vCPU
+//! 1 would read the granter's new data (the granter writes it a few
+//! instructions after `MAPPED` clears), or read anything after vCPU 0 saw
+//! the unmap return; it then stops the domain (a crash report, not a
+//! fault) with `grantmap: vcpu 1 read <hex> before|after the unmap
+//! returned` in hv's log.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use pv_drivers::grant::GrantTable;
+use pv_drivers::guest::{self, Guest};
+use pv_drivers::hypercall;
+
+/// What the granted page holds while it is granted.
+const OLD: u64 = 0x6f6c_645f_6461_7461; // "old_data"
+/// What the granter writes once the grant is revoked.
+const NEW: u64 = 0x6e65_775f_6461_7461; // "new_data"
+/// Where the mapper maps the grant: above its RAM, inside the first GiB
+/// its initial page tables identity-map.
+const MAP_ADDRESS: u64 = 0x3000_0000;
+/// The reference of the granter's first grant.
+const REFERENCE: u32 = 1;
+/// Reads by vCPU 1 before vCPU 0 unmaps.
+const READS_BEFORE_UNMAP: u64 = 1000;
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// The granter's grant table and the page it grants (touched through raw
+/// pointers only: hv and the mapper share them).
+static mut TABLE: Page = Page([0; 4096]);
+static mut SHARED: Page = Page([0; 4096]);
+
+/// vCPU 1's reads of the mapped page, and whether the unmap has returned.
+static READS: AtomicU64 = AtomicU64::new(0);
+static UNMAPPED: AtomicU64 = AtomicU64::new(0);
+
+#[repr(C, align(16))]
+struct Stack([u8; 16 * 1024]);
+static mut READER_STACK: Stack = Stack([0; 16 * 1024]);
+
+#[unsafe(no_mangle)]
+extern "C" fn _start(start_info: u64) -> ! {
+    let mut guest = Guest::init(start_info);
+    let mode = guest.cmdline().split_whitespace().find_map(|word| word.strip_prefix("mode=")).unwrap_or("");
+    match mode {
+        "granter" => granter(&mut guest),
+        "mapper" => mapper(&mut guest),
+        _ => {
+            let _ = writeln!(guest, "grantmap: mode=granter or mode=mapper, please");
+            loop {
+                hypercall::block();
+            }
+        }
+    }
+}
+
+fn granter(guest: &mut Guest) -> ! {
+    let mapper = guest.domain_id() + 1;
+    let shared = &raw mut SHARED as u64;
+    // SAFETY: the page is ours and nobody maps it yet.
+    unsafe { core::ptr::write_volatile(shared as *mut u64, OLD) };
+    // SAFETY: TABLE is dedicated to the grant table for good.
+    let table = unsafe { GrantTable::new(&raw mut TABLE as u64) };
+    let mut table = match table {
+        Ok(table) => table,
+        Err(error) => guest::crash(format_args!("grantmap: grant table: {}\n", error.describe())),
+    };
+    match table.grant(mapper, shared, true) {
+        Ok(REFERENCE) => {
+            let _ = writeln!(guest, "grantmap: granted page to d{mapper} as reference {REFERENCE}");
+        }
+        other => guest::crash(format_args!("grantmap: grant gave {other:?}\n")),
+    }
+    // Once the mapper has mapped the page (hv sets MAPPED in the entry),
+    // revoke as soon as hv lets us (it refuses while the page is mapped),
+    // then reuse the page at once.
+    let entry = &raw mut TABLE as u64 + u64::from(REFERENCE) * 8;
+    // SAFETY: an aligned entry of our table page, read with one load.
+    while unsafe { core::ptr::read_volatile(entry as *const u16) } & abi::grant::MAPPED == 0 {
+        hypercall::yield_now();
+    }
+    // No yield here: on a CPU of its own, the granter reuses the page
+    // within a few instructions of hv clearing MAPPED.
+    while table.end_access(REFERENCE).is_err() {
+        core::hint::spin_loop();
+    }
+    // SAFETY: the grant is revoked: the page is ours alone again.
+    unsafe { core::ptr::write_volatile(shared as *mut u64, NEW) };
+    let _ = writeln!(guest, "grantmap: revoked; the page holds new data");
+    loop {
+        hypercall::block();
+    }
+}
+
+fn mapper(guest: &mut Guest) -> ! {
+    let granter = guest.domain_id() - 1;
+    // The granter was created first, but may not have granted yet: try
+    // for a second.
+    let give_up = guest::now() + guest.ticks_per_second();
+    while let Err(error) = hypercall::grant_map(granter, REFERENCE, MAP_ADDRESS, false) {
+        if guest::now() > give_up {
+            guest::crash(format_args!("grantmap: map of d{granter} reference {REFERENCE}: {}\n", error.describe()));
+        }
+        hypercall::yield_now();
+    }
+    // SAFETY: hv mapped the granted page here, read-only; read it by address.
+    let first = unsafe { core::ptr::read_volatile(MAP_ADDRESS as *const u64) };
+    let _ = writeln!(guest, "grantmap: mapped d{granter} reference {REFERENCE} at {MAP_ADDRESS:#x}; reads {first:#x}");
+    if first != OLD {
+        guest::crash(format_args!("grantmap: the mapped page reads {first:#x}\n"));
+    }
+    // Let the machine settle first (dom0 done with the create, the granter
+    // spinning on its revocation), so the three run side by side.
+    let settle = guest::now() + guest.ticks_per_second() / 2;
+    guest.sleep_until(settle);
+    let stack_top = &raw mut READER_STACK as u64 + core::mem::size_of::<Stack>() as u64;
+    // SAFETY: the stack is vCPU 1's alone; `reader` touches only atomics
+    // and the mapped page.
+    if let Err(error) = unsafe { guest.start_vcpu(1, reader, stack_top, 0) } {
+        guest::crash(format_args!("grantmap: vcpu 1: {}\n", error.describe()));
+    }
+    while READS.load(Ordering::Relaxed) < READS_BEFORE_UNMAP {
+        core::hint::spin_loop();
+    }
+    if let Err(error) = hypercall::grant_unmap(MAP_ADDRESS) {
+        guest::crash(format_args!("grantmap: unmap: {}\n", error.describe()));
+    }
+    UNMAPPED.store(1, Ordering::SeqCst);
+    let reads = READS.load(Ordering::Relaxed);
+    let _ = writeln!(guest, "grantmap: unmapped after {reads} reads by vcpu 1");
+    loop {
+        hypercall::block();
+    }
+}
+
+/// vCPU 1: reads the mapped page until it faults. A read that completes
+/// once vCPU 0 has seen its unmap return (it looks at the flag first, and
+/// x86 keeps loads in order) went through a stale translation, whatever
+/// it read; so does one that reads anything but the old pattern.
+extern "C" fn reader(_: u64) -> ! {
+    loop {
+        let after = UNMAPPED.load(Ordering::SeqCst) != 0;
+        // SAFETY: the granted page while it is mapped; after the unmap the
+        // read must fault (that is what this guest checks).
+        let value = unsafe { core::ptr::read_volatile(MAP_ADDRESS as *const u64) };
+        READS.fetch_add(1, Ordering::Relaxed);
+        if after || value != OLD {
+            let when = if after { "after" } else { "before" };
+            guest::crash(format_args!("grantmap: vcpu 1 read {value:#x} {when} the unmap returned\n"));
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    guest::crash(format_args!("grantmap: panic: {info}\n"))
+}
