@@ -248,7 +248,8 @@ fn two_guests_on_two_cpus_ping_pong_events() {
 /// Weight and cap are a domain's, whatever its vCPUs: a 4-vCPU `smp` guest
 /// (three spinning vCPUs) and a 1-vCPU spinner of the same weight get one
 /// CPU each of two (per-vCPU weights would give smp 1.6); capped at 50,
-/// smp gets half a CPU; alone with cap 150 it gets one and a half.
+/// smp gets half a CPU; alone with cap 150 it gets one and a half, and
+/// uncapped at least 1.9 of the two.
 #[test]
 fn a_domains_weight_and_cap_cover_all_its_vcpus() {
     let mut machine = boot_cpus(2);
@@ -270,6 +271,13 @@ fn a_domains_weight_and_cap_cover_all_its_vcpus() {
     }
     let got = shares(&mut machine, &names[..1], 60);
     expect_shares(&mut machine, "the 4-vCPU guest alone, capped at 150", &names[..1], &got, &[1.5]);
+    // Uncapped and alone, its spinning vCPUs use both CPUs: N CPUs give
+    // at least 0.95 x N of one (issue 9).
+    command(&mut machine, "sched smp cap=0");
+    let got = shares(&mut machine, &names[..1], 60);
+    if got[0] < 1.9 {
+        fail_with(&mut machine, &format!("the 4-vCPU guest alone should get at least 1.9 of 2 CPUs; it got {got:.2?}"));
+    }
     let output = command(&mut machine, "sched smp cap=401");
     if !output.contains("dom0: sched: cap 401 is more than 400") {
         fail_with(
