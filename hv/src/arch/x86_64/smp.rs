@@ -63,6 +63,9 @@ pub struct PerCpu {
     /// Which vCPU of its domain this CPU runs (offset 16): the caller of
     /// the hypercall or the subject of the exit hv handles here.
     current_vcpu: AtomicU64,
+    /// [`IN_GUEST`] and [`FLUSH_DUE`] (offset 24, changed by this CPU with
+    /// one GS-relative XCHG: see [`enter_guest_mode`]).
+    guest_state: AtomicU64,
     /// Local APIC id.
     pub apic_id: AtomicU32,
     /// One of [`state`].
@@ -70,13 +73,6 @@ pub struct PerCpu {
     /// Set by another CPU that wants this one to look at the run queue
     /// again (a kick IPI follows); cleared by this CPU when it does.
     pub kicked: AtomicBool,
-    /// Set while this CPU may be in a guest: from letting go of hv's lock
-    /// to enter one until it has left it again (see [`enter_guest_mode`]).
-    in_guest: AtomicBool,
-    /// Another CPU removed access from an EPT this CPU may have cached:
-    /// this CPU owes an INVEPT before its next VM entry (see
-    /// [`flush_ept_elsewhere`]).
-    ept_flush_due: AtomicBool,
     /// The IST stacks' tops and the GDT/TSS frame, set by the boot CPU
     /// before the AP starts.
     double_fault_top: AtomicU64,
@@ -91,17 +87,17 @@ pub struct PerCpu {
 const _: () = assert!(core::mem::offset_of!(PerCpu, index) == 0);
 const _: () = assert!(core::mem::offset_of!(PerCpu, current_vmcs) == 8);
 const _: () = assert!(core::mem::offset_of!(PerCpu, current_vcpu) == 16);
+const _: () = assert!(core::mem::offset_of!(PerCpu, guest_state) == 24);
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: PerCpu = PerCpu {
     index: AtomicU64::new(0),
     current_vmcs: AtomicU64::new(0),
     current_vcpu: AtomicU64::new(0),
+    guest_state: AtomicU64::new(0),
     apic_id: AtomicU32::new(0),
     state: AtomicU32::new(state::ABSENT),
     kicked: AtomicBool::new(false),
-    in_guest: AtomicBool::new(false),
-    ept_flush_due: AtomicBool::new(false),
     double_fault_top: AtomicU64::new(0),
     nmi_top: AtomicU64::new(0),
     tables: AtomicU64::new(0),
@@ -352,24 +348,40 @@ pub fn kick(index: usize) {
 // TLB shootdown. A CPU caches translations derived from a domain's EPT
 // while it runs that domain and keeps them until INVEPT (SDM Vol. 3C
 // 29.4.3), across VM exits. When hv removes access from an EPT (a grant
-// unmapped, a foreign page unmapped, a granter destroyed) under its lock,
-// every other CPU that ran the domain must drop them before the frame
-// can be reused: `flush_ept_elsewhere` marks each such CPU and, if it may
-// be in a guest, kicks it and waits until it has flushed. A CPU flushes
-// what it owes without the lock, whenever it leaves guests and before it
-// enters one, so the waiting CPU never waits for its own lock. The two
-// sides write their flag, then read the other's (sequentially
-// consistent): either the requester sees the CPU in guests and waits, or
-// the CPU sees the request before it enters.
+// unmapped, a granter destroyed) under its lock, every other CPU that ran
+// the domain must drop them before the frame can be reused:
+// `flush_ept_elsewhere` sets FLUSH_DUE in each such CPU's `guest_state`
+// and, if it was IN_GUEST, kicks it and waits until FLUSH_DUE clears. A
+// CPU exchanges its `guest_state` whenever it enters guests (IN_GUEST)
+// and leaves them (0), without the lock, and flushes if FLUSH_DUE was set:
+// it is in VMX root then, using no guest translation, so the requester
+// may go on the moment the bit is gone, and never waits for its own lock.
+// All of it is one location changed by locked instructions: no request
+// is missed.
+
+/// `PerCpu::guest_state`: the CPU may be in a guest (from letting go of
+/// hv's lock to enter one until it has left it).
+const IN_GUEST: u64 = 1;
+/// `PerCpu::guest_state`: the CPU owes an all-context INVEPT before its
+/// next VM entry.
+const FLUSH_DUE: u64 = 2;
+
+/// Sets this CPU's `guest_state` to `state`; returns the old one.
+#[inline(always)]
+fn exchange_guest_state(state: u64) -> u64 {
+    let mut old = state;
+    // SAFETY: offset 24 of this CPU's PerCpu (asserted) is `guest_state`,
+    // an AtomicU64; XCHG with memory is atomic (implicitly locked).
+    unsafe { core::arch::asm!("xchg gs:[24], {}", inout(reg) old, options(nostack, preserves_flags)) };
+    old
+}
 
 /// This CPU is about to enter guests (the part of the run loop without
-/// hv's lock): announces it, then flushes what it owes.
+/// hv's lock): announces it and flushes what it owes.
 #[inline(always)]
 pub fn enter_guest_mode() {
-    let this = this();
-    this.in_guest.store(true, Ordering::SeqCst);
-    if this.ept_flush_due.load(Ordering::SeqCst) {
-        take_owed_flush(this);
+    if exchange_guest_state(IN_GUEST) & FLUSH_DUE != 0 {
+        vmx::invalidate_all_ept();
     }
 }
 
@@ -377,20 +389,9 @@ pub fn enter_guest_mode() {
 /// what it owes, so that a CPU waiting under the lock can go on.
 #[inline(always)]
 pub fn leave_guest_mode() {
-    let this = this();
-    this.in_guest.store(false, Ordering::SeqCst);
-    if this.ept_flush_due.load(Ordering::SeqCst) {
-        take_owed_flush(this);
+    if exchange_guest_state(0) & FLUSH_DUE != 0 {
+        vmx::invalidate_all_ept();
     }
-}
-
-/// Drops every EPT-derived translation of this CPU (it is in VMX root, so
-/// none is in use) and clears the request.
-#[cold]
-#[inline(never)]
-fn take_owed_flush(this: &PerCpu) {
-    vmx::invalidate_all_ept();
-    this.ept_flush_due.store(false, Ordering::SeqCst);
 }
 
 /// Makes every CPU in `cpus` (bit i = CPU index i) other than this one
@@ -404,8 +405,7 @@ pub fn flush_ept_elsewhere(cpus: u64) {
         if cpus & (1 << index) == 0 || index == me {
             continue;
         }
-        cpu.ept_flush_due.store(true, Ordering::SeqCst);
-        if cpu.in_guest.load(Ordering::SeqCst) {
+        if cpu.guest_state.fetch_or(FLUSH_DUE, Ordering::SeqCst) & IN_GUEST != 0 {
             // The kick makes it leave the guest (external-interrupt exiting).
             lapic::send_fixed_ipi(cpu.apic_id.load(Ordering::Relaxed), KICK_VECTOR);
             waiting |= 1 << index;
@@ -413,7 +413,7 @@ pub fn flush_ept_elsewhere(cpus: u64) {
     }
     for (index, cpu) in CPUS.iter().enumerate().take(64) {
         if waiting & (1 << index) != 0 {
-            while cpu.ept_flush_due.load(Ordering::SeqCst) {
+            while cpu.guest_state.load(Ordering::SeqCst) & FLUSH_DUE != 0 {
                 core::hint::spin_loop();
             }
         }
