@@ -100,7 +100,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     info!("memory: {} KiB managed, {} KiB free", totals.total_pages * 4, totals.free_pages * 4);
 
     let (apic_id, apic_version) = lapic::init();
-    info!("local APIC id {apic_id}, version {apic_version:#x}");
+    let apic_mode = if lapic::x2apic() { "x2APIC" } else { "xAPIC" };
+    info!("local APIC id {apic_id}, version {apic_version:#x}, {apic_mode} mode");
     let acpi = boot.acpi_rsdp.and_then(|rsdp| hvcore::acpi::parse(rsdp, &arch::memory::PhysicalMemory));
     match acpi {
         Some(acpi) => {

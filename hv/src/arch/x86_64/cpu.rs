@@ -24,6 +24,8 @@ pub struct Features {
     pub vmx: bool,
     /// The local APIC timer's TSC-deadline mode (CPUID.1:ECX.TSC_DEADLINE).
     pub tsc_deadline: bool,
+    /// x2APIC mode of the local APIC (CPUID.1:ECX.x2APIC).
+    pub x2apic: bool,
     /// 1 GiB pages (CPUID.8000_0001H:EDX.Page1GB).
     pub pages_1g: bool,
     /// The XCR0 bits the CPU supports (CPUID.(EAX=0DH,ECX=0)), 0 without
@@ -57,6 +59,7 @@ pub fn features() -> Features {
     Features {
         vmx: has(raw_cpuid::FeatureInfo::has_vmx),
         tsc_deadline: has(raw_cpuid::FeatureInfo::has_tsc_deadline),
+        x2apic: has(raw_cpuid::FeatureInfo::has_x2apic),
         pages_1g: cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|ext| ext.has_1gib_pages()),
         xcr0_supported,
     }

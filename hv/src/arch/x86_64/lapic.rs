@@ -1,5 +1,9 @@
-//! The local APIC in xAPIC mode (SDM Vol. 3A 12.4): hv enables it, masks its
-//! local interrupt sources and acknowledges interrupts that reach it.
+//! The local APIC (SDM Vol. 3A 12.4): hv enables it, masks its local
+//! interrupt sources, acknowledges interrupts that reach it and sends IPIs.
+//! In x2APIC mode (SDM 12.12) when the CPU has it: registers are MSRs
+//! (0x800 + offset / 16), the ICR is one 64-bit MSR with a 32-bit
+//! destination, and APIC ids above 255 can be reached; else xAPIC mode,
+//! through the MMIO page.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,8 +25,14 @@ const MASKED: u32 = 1 << 16;
 const SOFTWARE_ENABLE: u32 = 1 << 8;
 /// IA32_APIC_BASE bit 11: APIC global enable.
 const GLOBAL_ENABLE: u64 = 1 << 11;
+/// IA32_APIC_BASE bit 10: x2APIC mode (with bit 11).
+const X2APIC_ENABLE: u64 = 1 << 10;
+/// The x2APIC MSR of xAPIC register offset 0 (SDM Table 12-6).
+const X2APIC_MSR_BASE: u32 = 0x800;
 
 static BASE: AtomicU64 = AtomicU64::new(0);
+/// Every CPU drives its APIC in x2APIC mode (the boot CPU has it: `init`).
+static X2APIC: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// The APIC timer has TSC-deadline mode (read once by `init`, not on every
 /// idle wait: the CPUID leaves `cpu::features` reads cost exits under a
 /// hypervisor and time on the idle path).
@@ -33,6 +43,11 @@ fn write(register: u64, value: u32) {
     if base == 0 {
         return;
     }
+    if x2apic() {
+        // SAFETY: the x2APIC MSR of an architectural register (x2APIC mode
+        // is on: `enable_x2apic`); hv writes only documented values.
+        return unsafe { super::cpu::wrmsr(X2APIC_MSR_BASE + (register >> 4) as u32, value as u64) };
+    }
     // SAFETY: BASE is the APIC's MMIO page, identity-mapped uncached by the
     // boot page tables; a volatile 32-bit store is the documented access.
     unsafe { core::ptr::write_volatile((base + register) as *mut u32, value) }
@@ -42,6 +57,10 @@ fn read(register: u64) -> u32 {
     let base = BASE.load(Ordering::Relaxed);
     if base == 0 {
         return 0;
+    }
+    if x2apic() {
+        // SAFETY: as in `write`: a readable architectural register's MSR.
+        return unsafe { rdmsr(X2APIC_MSR_BASE + (register >> 4) as u32) } as u32;
     }
     // SAFETY: as in `write`: an aligned 32-bit volatile load from the APIC page.
     unsafe { core::ptr::read_volatile((base + register) as *const u32) }
@@ -62,8 +81,15 @@ pub fn init() -> (u32, u32) {
         return (0, 0);
     }
     BASE.store(apic_base & 0x000f_ffff_ffff_f000, Ordering::Relaxed);
-    TSC_DEADLINE.store(super::cpu::features().tsc_deadline, Ordering::Relaxed);
+    let features = super::cpu::features();
+    TSC_DEADLINE.store(features.tsc_deadline, Ordering::Relaxed);
+    X2APIC.store(features.x2apic, Ordering::Relaxed);
     (init_ap(), read(VERSION) & 0xff)
+}
+
+/// Whether the APICs are in x2APIC mode.
+pub fn x2apic() -> bool {
+    X2APIC.load(Ordering::Relaxed)
 }
 
 /// Sets up this CPU's local APIC (task priority 0, every LVT entry masked,
@@ -71,13 +97,23 @@ pub fn init() -> (u32, u32) {
 /// [`init`], each application processor's directly (the registers are at
 /// the same address on every CPU). Returns its APIC id.
 pub fn init_ap() -> u32 {
+    if x2apic() {
+        // SAFETY: the CPU has x2APIC (the boot CPU's features, which every
+        // AP shares); setting EXTD with the APIC enabled is the documented
+        // xAPIC-to-x2APIC transition (SDM 12.12.5).
+        unsafe {
+            let apic_base = rdmsr(msr::IA32_APIC_BASE);
+            super::cpu::wrmsr(msr::IA32_APIC_BASE, apic_base | GLOBAL_ENABLE | X2APIC_ENABLE);
+        }
+    }
     write(TASK_PRIORITY, 0);
     write(LVT_TIMER, MASKED);
     write(LVT_LINT0, MASKED);
     write(LVT_LINT1, MASKED);
     write(LVT_ERROR, MASKED);
     write(SPURIOUS_VECTOR_REGISTER, SOFTWARE_ENABLE | SPURIOUS_VECTOR as u32);
-    read(ID) >> 24
+    // The x2APIC id is the whole register; the xAPIC id its top byte.
+    if x2apic() { read(ID) } else { read(ID) >> 24 }
 }
 
 const ICR_LOW: u64 = 0x300;
@@ -94,6 +130,10 @@ pub const ICR_STARTUP: u32 = 0b110 << 8 | 1 << 14;
 /// the APIC has sent it (SDM Vol. 3A 12.6.1). Returns false on timeout or
 /// if the APIC is off.
 pub fn send_ipi(apic_id: u32, command: u32, timeout_tsc: u64) -> bool {
+    if x2apic() {
+        send_x2apic(apic_id, command);
+        return true;
+    }
     if base() == 0 || apic_id > 0xff {
         return false;
     }
@@ -113,6 +153,10 @@ pub fn send_ipi(apic_id: u32, command: u32, timeout_tsc: u64) -> bool {
 /// without waiting for its delivery (a kick: the sender has nothing to wait
 /// for). Waits only until the ICR is free for the write (SDM 12.6.1).
 pub fn send_fixed_ipi(apic_id: u32, vector: u8) {
+    if x2apic() {
+        // Fixed delivery (000b), physical destination, edge, assert.
+        return send_x2apic(apic_id, 1 << 14 | vector as u32);
+    }
     if base() == 0 || apic_id > 0xff {
         return;
     }
@@ -122,6 +166,15 @@ pub fn send_fixed_ipi(apic_id: u32, vector: u8) {
     write(ICR_HIGH, apic_id << 24);
     // Fixed delivery (000b), physical destination, edge, assert.
     write(ICR_LOW, 1 << 14 | vector as u32);
+}
+
+/// Sends an IPI in x2APIC mode: one write of the 64-bit ICR, destination
+/// in its top half; the x2APIC has no delivery status to wait for (SDM
+/// 12.12.9).
+fn send_x2apic(apic_id: u32, command: u32) {
+    // SAFETY: the x2APIC ICR MSR (0x830) in x2APIC mode; `command` is a
+    // fixed, INIT or start-up IPI to one CPU hv started or starts.
+    unsafe { super::cpu::wrmsr(X2APIC_MSR_BASE + 0x30, u64::from(apic_id) << 32 | u64::from(command)) }
 }
 
 /// Physical address of the local APIC's registers (from IA32_APIC_BASE), 0

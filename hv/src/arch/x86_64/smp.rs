@@ -459,8 +459,8 @@ pub fn start_ap(apic_id: u32, tsc_khz: u64) -> Result<usize, StartError> {
     if index >= MAX_CPUS {
         return Err("no per-CPU slot left");
     }
-    if apic_id > 0xff {
-        return Err("x2APIC id above 255: hv drives the local APIC in xAPIC mode");
+    if apic_id > 0xff && !lapic::x2apic() {
+        return Err("x2APIC id above 255 on a CPU without x2APIC mode");
     }
     let size = &raw const ap_trampoline_end as u64 - &raw const ap_trampoline_start as u64;
     // SAFETY: the trampoline is bytes of hv's read-only image.
