@@ -24,7 +24,8 @@ fn boot_cpus(cpus: u32) -> Machine {
 }
 
 /// Boots `cpus` CPUs and checks that `info` counts them all, `dmesg` shows
-/// each started CPU (APIC id, VMX root, idle) and none that failed, and that
+/// each started CPU (APIC id, VMX root, idle) and none that failed and the
+/// APIC in x2APIC mode, and that
 /// a guest runs, counts, and leaves no memory behind when destroyed.
 fn every_cpu_runs_hv(cpus: u32) {
     let mut machine = boot_cpus(cpus);
@@ -75,6 +76,11 @@ fn every_cpu_runs_hv(cpus: u32) {
                  and none as not started; it shows {started:?}:\n{dmesg}"
             ),
         );
+    }
+    // Bochs's CPU has x2APIC, so hv drives every APIC in x2APIC mode (the
+    // APs were started and are kicked through the x2APIC ICR).
+    if !dmesg.lines().any(|line| line.contains("local APIC id 0,") && line.ends_with("x2APIC mode")) {
+        fail_with(&mut machine, &format!("hv's log should say the local APIC runs in x2APIC mode:\n{dmesg}"));
     }
 
     // The system works as on one CPU.
