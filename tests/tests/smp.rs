@@ -348,3 +348,41 @@ fn a_reader_on_another_cpu_never_sees_a_page_after_its_unmap_returned() {
     destroy(&mut machine, "grantgive", giver);
     expect_memory_back(&mut machine, &before, &before_text, "after the grant reader and giver were destroyed");
 }
+
+/// A grant a guest maps outlives neither end (ABI 0.10), on two CPUs: when
+/// the guest that maps it is destroyed, hv releases the grant and its
+/// granter can revoke it; when the granter is destroyed while the guest
+/// maps its page on another CPU, hv unmaps it there (a shootdown) before
+/// the granter's frames are freed, and the guest's next read faults. No
+/// memory is lost either way.
+#[test]
+fn a_granted_page_mapped_by_a_guest_goes_with_either_end() {
+    let mut machine = boot_cpus(2);
+    let (before_text, before) = mem(&mut machine);
+    let holding = "grantmap: holding d";
+
+    // The grantee goes first: its grant is released.
+    let giver = create(&mut machine, "grantgive", "grantgive");
+    let holder = create(&mut machine, "grantheld", "grantheld");
+    mica_tests::session::attach(&mut machine, "grantheld", holder);
+    machine.expect(holding, seconds(60)).unwrap_or_else(mica_tests::fail);
+    mica_tests::session::detach(&mut machine);
+    destroy(&mut machine, "grantheld", holder);
+    mica_tests::session::attach(&mut machine, "grantgive", giver);
+    machine.expect("grantmap: revoked; the page holds new data", seconds(60)).unwrap_or_else(mica_tests::fail);
+    mica_tests::session::detach(&mut machine);
+    destroy(&mut machine, "grantgive", giver);
+
+    // The granter goes first: the mapping goes with it.
+    let giver = create(&mut machine, "grantgive", "grantgive");
+    let holder = create(&mut machine, "grantheld", "grantheld");
+    mica_tests::session::attach(&mut machine, "grantheld", holder);
+    machine.expect(holding, seconds(60)).unwrap_or_else(mica_tests::fail);
+    mica_tests::session::detach(&mut machine);
+    machine.send_line("destroy grantgive").unwrap_or_else(mica_tests::fail);
+    let crashed = format!("dom0: 'grantheld' (domain {holder}) crashed: EPT violation at guest-physical 0x30000000");
+    machine.expect(mica_tests::line_starting(crashed.as_str()), seconds(60)).unwrap_or_else(mica_tests::fail);
+    machine.expect(mica_tests::PROMPT, seconds(60)).unwrap_or_else(mica_tests::fail);
+    destroy(&mut machine, "grantheld", holder);
+    expect_memory_back(&mut machine, &before, &before_text, "after granters and grantees went in either order");
+}

@@ -13,6 +13,10 @@
 //! the page, as the page's next owner would, and prints
 //! `grantmap: revoked; the page holds new data`.
 //!
+//! `mode=holder` maps that grant, prints `grantmap: holding d<N> reference
+//! 1 at 0x30000000` and reads the page for good (yielding between reads):
+//! for the tests of a granter or grantee destroyed while it is mapped.
+//!
 //! `mode=mapper` (2 vCPUs) maps that grant at [`MAP_ADDRESS`], checks it
 //! reads the old pattern, waits half a second (so that the machine is
 //! quiet and the granter spins) and starts vCPU 1, which reads the page in
@@ -72,6 +76,7 @@ extern "C" fn _start(start_info: u64) -> ! {
     match mode {
         "granter" => granter(&mut guest),
         "mapper" => mapper(&mut guest),
+        "holder" => holder(&mut guest),
         _ => {
             let _ = writeln!(guest, "grantmap: mode=granter or mode=mapper, please");
             loop {
@@ -119,7 +124,8 @@ fn granter(guest: &mut Guest) -> ! {
     }
 }
 
-fn mapper(guest: &mut Guest) -> ! {
+/// Maps the granter's (the previous domain's) page at [`MAP_ADDRESS`]; returns its id.
+fn map_granted(guest: &mut Guest) -> u32 {
     let granter = guest.domain_id() - 1;
     // The granter was created first, but may not have granted yet: try
     // for a second.
@@ -130,6 +136,28 @@ fn mapper(guest: &mut Guest) -> ! {
         }
         hypercall::yield_now();
     }
+    granter
+}
+
+/// `mode=holder`: maps the page and reads it for good, on one vCPU, until
+/// the mapping goes (its granter destroyed: the next read faults) or the
+/// domain is destroyed (hv releases the grant, and the granter revokes).
+fn holder(guest: &mut Guest) -> ! {
+    let granter = map_granted(guest);
+    let _ = writeln!(guest, "grantmap: holding d{granter} reference {REFERENCE} at {MAP_ADDRESS:#x}");
+    loop {
+        // SAFETY: the granted page while it is mapped; once its granter is
+        // destroyed the read faults, which is what the holder is for.
+        let value = unsafe { core::ptr::read_volatile(MAP_ADDRESS as *const u64) };
+        if value != OLD {
+            guest::crash(format_args!("grantmap: holder read {value:#x}\n"));
+        }
+        hypercall::yield_now();
+    }
+}
+
+fn mapper(guest: &mut Guest) -> ! {
+    let granter = map_granted(guest);
     // SAFETY: hv mapped the granted page here, read-only; read it by address.
     let first = unsafe { core::ptr::read_volatile(MAP_ADDRESS as *const u64) };
     let _ = writeln!(guest, "grantmap: mapped d{granter} reference {REFERENCE} at {MAP_ADDRESS:#x}; reads {first:#x}");
