@@ -3,19 +3,16 @@
 //! event pages and the vCPUs.
 
 use abi::Error;
-use abi::event::{BITMAP_WORDS, EventOp, PORT_COUNT, Virq};
+use abi::event::{EventOp, PORT_COUNT, Virq};
 use abi::hypercall::{SchedOp, ShutdownReason, VcpuOp};
 use arrayvec::ArrayVec;
 use hvcore::event::{self as ports, TableAccess};
+use hvcore::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset};
 use hvcore::paging::Access;
 
 use crate::arch::memory as physical;
 use crate::domain::{Domain, Ended};
 use crate::hypervisor::Hypervisor;
-
-/// Byte offsets within `abi::event::EventPage`.
-const MASK_OFFSET: u64 = 8 * BITMAP_WORDS as u64;
-const UPCALL_PENDING_OFFSET: u64 = 16 * BITMAP_WORDS as u64;
 
 /// Port tables of all domains, by id, for the pure binding logic.
 pub struct Tables<'a>(pub &'a mut crate::hypervisor::DomainTable);
@@ -23,6 +20,36 @@ pub struct Tables<'a>(pub &'a mut crate::hypervisor::DomainTable);
 impl TableAccess for Tables<'_> {
     fn table(&mut self, id: abi::DomainId) -> Option<&mut ports::PortTable> {
         self.0.iter_mut().find(|d| d.id == id && d.ended.is_none()).map(|d| &mut d.events)
+    }
+}
+
+/// A domain's event page at its host address: each call is one atomic
+/// access (the protocol is `hvcore::event_page`).
+struct SharedPage(u64);
+
+impl EventWords for SharedPage {
+    fn test_and_set_pending(&mut self, port: u32) -> bool {
+        physical::atomic_test_and_set_bit(self.0 + (port / 64) as u64 * 8, port % 64)
+    }
+    fn load_pending(&mut self, word: usize) -> u64 {
+        physical::atomic_load(self.0 + word as u64 * 8)
+    }
+    fn load_mask(&mut self, word: usize) -> u64 {
+        physical::atomic_load(self.0 + MASK_OFFSET + word as u64 * 8)
+    }
+    fn set_mask(&mut self, port: u32, masked: bool) {
+        let word = self.0 + MASK_OFFSET + (port / 64) as u64 * 8;
+        if masked {
+            physical::atomic_test_and_set_bit(word, port % 64);
+        } else {
+            physical::atomic_test_and_clear_bit(word, port % 64);
+        }
+    }
+    fn test_and_set_upcall(&mut self, vcpu: usize) -> bool {
+        physical::atomic_swap(self.0 + upcall_offset(vcpu), 1) != 0
+    }
+    fn load_upcall(&mut self, vcpu: usize) -> u64 {
+        physical::atomic_load(self.0 + upcall_offset(vcpu))
     }
 }
 
@@ -42,34 +69,24 @@ pub fn raise(hv: &mut Hypervisor, index: usize, port: u32) {
         domain.notify(vcpu);
         return;
     }
-    let word = (port / 64) as u64 * 8;
-    let was_pending = physical::atomic_test_and_set_bit(page + word, port % 64);
-    let masked = physical::atomic_load(page + MASK_OFFSET + word) & (1 << (port % 64)) != 0;
-    if was_pending || masked {
-        return;
-    }
-    raise_upcall(domain, vcpu);
+    let delivery = event_page::raise(&mut SharedPage(page), port, vcpu, domain.upcall_vector != 0);
+    deliver(domain, vcpu, delivery);
 }
 
-/// Sets vCPU `vcpu`'s upcall-pending word; if it was clear, the upcall is
-/// due (with a vector registered). Wakes the vCPU; tells its CPU when
-/// something changed (no IPI per event of a burst).
-fn raise_upcall(domain: &mut Domain, vcpu: usize) {
-    let upcall_word = domain.event_page + upcall_offset(vcpu);
+/// Wakes vCPU `vcpu` and makes its upcall due as `delivery` says; tells
+/// its CPU when something changed (no IPI per event of a burst).
+fn deliver(domain: &mut Domain, vcpu: usize, delivery: Delivery) {
+    if matches!(delivery, Delivery::AlreadyPending | Delivery::Masked) {
+        return;
+    }
     let woke = core::mem::replace(&mut domain.vcpus[vcpu].blocked, false);
-    let upcall = physical::atomic_swap(upcall_word, 1) == 0 && domain.upcall_vector != 0;
+    let upcall = delivery == Delivery::Upcall;
     if upcall {
         domain.vcpus[vcpu].upcall_due = true;
     }
     if woke || upcall {
         domain.notify(vcpu);
     }
-}
-
-/// Offset in the event page of vCPU `vcpu`'s upcall-pending word
-/// (`upcall_pending`, then `upcall_pending_vcpu[vcpu - 1]`).
-fn upcall_offset(vcpu: usize) -> u64 {
-    UPCALL_PENDING_OFFSET + 8 * vcpu as u64
 }
 
 /// Domain `index` has ended (crashed, shut down) or is being destroyed: its
@@ -128,26 +145,6 @@ pub fn raise_virq(hv: &mut Hypervisor, index: usize, virq: Virq, vcpu: usize) {
     }
 }
 
-/// Whether the domain has a pending, unmasked port that notifies vCPU 0
-/// (ports bound to other vCPUs that are up wake those, not vCPU 0).
-fn has_unmasked_pending(domain: &Domain) -> bool {
-    let page = domain.event_page;
-    if page == 0 {
-        return false;
-    }
-    (0..BITMAP_WORDS as u64).any(|word| {
-        let mut bits = physical::atomic_load(page + word * 8) & !physical::atomic_load(page + MASK_OFFSET + word * 8);
-        while bits != 0 {
-            let port = (word * 64) as u32 + bits.trailing_zeros();
-            if notified_vcpu(domain, port) == 0 {
-                return true;
-            }
-            bits &= bits - 1;
-        }
-        false
-    })
-}
-
 /// The vCPU `port` notifies: the one it is bound to, or vCPU 0 if that one
 /// is down.
 fn notified_vcpu(domain: &Domain, port: u32) -> usize {
@@ -158,11 +155,8 @@ fn notified_vcpu(domain: &Domain, port: u32) -> usize {
 /// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
 /// word (set when one of its ports fired).
 pub fn block(domain: &mut Domain, vcpu: usize) {
-    let waiting = if vcpu == 0 {
-        has_unmasked_pending(domain)
-    } else {
-        domain.event_page != 0 && physical::atomic_load(domain.event_page + upcall_offset(vcpu)) != 0
-    };
+    let page = domain.event_page;
+    let waiting = page != 0 && event_page::waiting(&mut SharedPage(page), vcpu, |port| notified_vcpu(domain, port));
     if !waiting {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
@@ -289,19 +283,17 @@ pub fn event_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u6
             if page == 0 {
                 return Err(Error::Busy);
             }
-            let word = page + MASK_OFFSET + (port / 64) as u64 * 8;
             if operation == EventOp::Mask {
-                physical::atomic_test_and_set_bit(word, port % 64);
+                SharedPage(page).set_mask(port, true);
             } else {
                 // A level-triggered line hv masked when it fired comes back.
                 if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
                     crate::arch::ioapic::unmask(line);
                 }
-                physical::atomic_test_and_clear_bit(word, port % 64);
-                if physical::atomic_load(page + (port / 64) as u64 * 8) & (1 << (port % 64)) != 0 {
-                    // Pending while masked: deliver it now.
-                    let vcpu = notified_vcpu(domain, port);
-                    raise_upcall(domain, vcpu);
+                // Pending while masked: deliver it now.
+                let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
+                if let Some(delivery) = event_page::unmask(&mut SharedPage(page), port, vcpu, vector) {
+                    deliver(domain, vcpu, delivery);
                 }
             }
             Ok(0)

@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod cpu_state;
 pub mod elf;
 pub mod event;
+pub mod event_page;
 pub mod foreign;
 pub mod frame;
 pub mod grant_entry;
