@@ -8,7 +8,13 @@
 //! 0, hv sets `upcall_pending` to 1, injects the vector once the vCPU has
 //! interrupts enabled, and wakes it if it is blocked. The guest's handler
 //! clears `upcall_pending`, then scans and clears `pending` bits
-//! (atomically: hv sets bits concurrently from other CPUs).
+//! (atomically: hv sets bits concurrently from other CPUs). The clear must
+//! be ordered before the scan's loads (a locked instruction such as XCHG,
+//! or a fence after a plain store): a load moved ahead of the clear can
+//! miss a bit hv set just before it set `upcall_pending` again, and the
+//! port then waits for the next upcall. A guest that takes pending bits
+//! outside its handler (in its main loop, before `Block`) loses nothing:
+//! `Block` returns at once while a port that notifies the vCPU is pending.
 //!
 //! A domain with several vCPUs (since 0.9): each port notifies one vCPU,
 //! vCPU 0 unless [`EventOp::BindVcpu`] names another. That vCPU gets the

@@ -123,8 +123,11 @@ pub enum SchedOp {
     /// Sleeps until an event channel of this domain is pending and unmasked
     /// or the vCPU timer fires; returns 0 at once if one already is. Events
     /// are delivered as usual (the upcall, if interrupts are enabled).
-    /// Blocks the calling vCPU only; a vCPU other than 0 is woken by its
-    /// timer alone (events notify vCPU 0: see `event`).
+    /// Blocks the calling vCPU only, until a port that notifies it (see
+    /// `event`) becomes pending and unmasked or its timer fires; returns at
+    /// once if such a port is pending already (since 0.10 for vCPUs other
+    /// than 0, which before looked only at their `upcall_pending_vcpu`
+    /// word, and still return at once when it is set).
     Block = 1,
     /// Stops the domain (every vCPU) for good. `a1`: a [`ShutdownReason`].
     /// Does not return.
