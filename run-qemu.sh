@@ -85,8 +85,8 @@ bochs_deps=(
     "vgabios:/usr/share/vgabios/vgabios.bin"
 )
 qemu_deps=("qemu-system-x86:qemu-system-x86_64")
-# OVMF, QEMU's UEFI firmware: the code (read-only) and the template of its
-# variable store (each boot gets a fresh copy).
+# OVMF, QEMU's UEFI firmware: its code and its variable store (each boot
+# writes only to a snapshot of it).
 ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
 ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
 uefi_deps=("ovmf:$ovmf_code")
@@ -283,9 +283,8 @@ if [ "$mode" = qemu ]; then
     fi
     firmware=()
     if [ "$uefi" = yes ]; then
-        cp "$ovmf_vars" "$target_dir/ovmf-vars.fd" || die "could not copy $ovmf_vars"
         firmware=(-drive "if=pflash,format=raw,readonly=on,file=$ovmf_code"
-            -drive "if=pflash,format=raw,file=$target_dir/ovmf-vars.fd")
+            -drive "if=pflash,format=raw,snapshot=on,file=$ovmf_vars")
         say "UEFI firmware: $ovmf_code (OVMF; its lines and GRUB's come before hv's)"
     fi
     say "booting QEMU; leave with Ctrl-a x"
