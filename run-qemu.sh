@@ -9,17 +9,21 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: ./run-qemu.sh [--qemu | --bochs | --build-only | --install-deps | --help]
+Usage: ./run-qemu.sh [--qemu | --bochs | --build-only | --install-deps] [--uefi] [--help]
 
 Builds hv and dom0 (cargo, release, x86_64-unknown-none), packs the ramdisk
 (every file under <target>/ramdisk/) and makes <target>/mica.iso with GRUB,
-then boots it with COM1 on this terminal.
+then boots it with COM1 on this terminal. The ISO boots by BIOS and by UEFI,
+from a CD or written to a USB stick (see README.md).
 
   (no flag)       QEMU with KVM if the host offers VT-x (/dev/kvm and vmx in
                   /proc/cpuinfo), otherwise Bochs
   --qemu          use QEMU (with KVM when the host offers VT-x, else TCG
                   emulation, which has no VT-x: hv then says it cannot start)
   --bochs         use Bochs (emulates VT-x with EPT; slower)
+  --uefi          boot QEMU with UEFI firmware (OVMF, installed when
+                  missing) instead of its BIOS; implies --qemu, since
+                  Bochs boots by BIOS only
   --build-only    build the ISO only; its path is the last line of stdout
   --install-deps  install every missing package and the Rust target, then exit
   --help          show this text
@@ -38,16 +42,24 @@ die() { say "error: $*"; exit 1; }
 root_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 mode=auto
+uefi=no
 for arg in "$@"; do
     case "$arg" in
         --qemu) mode=qemu ;;
         --bochs) mode=bochs ;;
         --build-only) mode=build ;;
         --install-deps) mode=deps ;;
+        --uefi) uefi=yes ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$arg'" ;;
     esac
 done
+if [ "$uefi" = yes ]; then
+    case "$mode" in
+        bochs) die "--uefi needs QEMU: Bochs boots by BIOS only" ;;
+        auto) mode=qemu ;;
+    esac
+fi
 
 # Cargo resolves a relative CARGO_TARGET_DIR against the current directory.
 target_dir=${CARGO_TARGET_DIR:-$root_dir/target}
@@ -59,9 +71,11 @@ export CARGO_TARGET_DIR=$target_dir
 # Each entry: package name and a file or command whose absence means the
 # package is missing (checked without dpkg so that other distributions at
 # least get the package names).
+# The ISO carries both GRUB platforms: BIOS (i386-pc) and UEFI (x86_64-efi).
 iso_deps=(
     "grub-common:grub-mkrescue"
     "grub-pc-bin:/usr/lib/grub/i386-pc/multiboot2.mod"
+    "grub-efi-amd64-bin:/usr/lib/grub/x86_64-efi/multiboot2.mod"
     "xorriso:xorriso"
     "mtools:mformat"
 )
@@ -71,6 +85,11 @@ bochs_deps=(
     "vgabios:/usr/share/vgabios/vgabios.bin"
 )
 qemu_deps=("qemu-system-x86:qemu-system-x86_64")
+# OVMF, QEMU's UEFI firmware: its code and its variable store (each boot
+# writes only to a snapshot of it).
+ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
+ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+uefi_deps=("ovmf:$ovmf_code")
 
 have() {
     case "$1" in
@@ -140,7 +159,7 @@ fi
 
 case "$mode" in
     deps)
-        ensure_packages "${iso_deps[@]}" "${bochs_deps[@]}" "${qemu_deps[@]}"
+        ensure_packages "${iso_deps[@]}" "${bochs_deps[@]}" "${qemu_deps[@]}" "${uefi_deps[@]}"
         ensure_rust
         say "all dependencies are present"
         exit 0
@@ -149,6 +168,9 @@ case "$mode" in
     bochs) ensure_packages "${iso_deps[@]}" "${bochs_deps[@]}" ;;
     qemu) ensure_packages "${iso_deps[@]}" "${qemu_deps[@]}" ;;
 esac
+if [ "$uefi" = yes ] && [ "$mode" = qemu ]; then
+    ensure_packages "${uefi_deps[@]}"
+fi
 
 # --- build --------------------------------------------------------------------
 
@@ -207,13 +229,20 @@ menuentry "Mica" {
 }
 EOF
 
-    # Only the modules grub.cfg needs (their dependencies come along): a small
-    # ISO that Bochs reads quickly. BIOS boot only (i386-pc), which Bochs,
-    # QEMU and PCs with legacy boot all use.
+    # One hybrid image for both GRUB platforms grub-mkrescue finds: BIOS
+    # (i386-pc: El Torito and an MBR boot record) and UEFI (x86_64-efi: an
+    # El Torito EFI entry and an EFI system partition), so it boots from a CD
+    # and from a USB stick it was written to with dd. Each platform's core
+    # image holds its disk, partition and ISO 9660 drivers; on the ISO are
+    # only the modules grub.cfg needs (their dependencies come along) and the
+    # partition maps GRUB probes when it searches the disks (it complains
+    # about each one missing): a small ISO that Bochs reads quickly.
     say "making $iso"
     local grub_log=$target_dir/grub-mkrescue.log
-    if ! grub-mkrescue -d /usr/lib/grub/i386-pc \
-        --install-modules="normal multiboot2 iso9660 biosdisk" \
+    local partition_maps
+    partition_maps=$(tr '\n' ' ' </usr/lib/grub/i386-pc/partmap.lst)
+    if ! grub-mkrescue \
+        --install-modules="normal multiboot2 iso9660 $partition_maps" \
         --locales= --fonts= --themes= \
         -o "$iso.tmp" "$iso_root" >"$grub_log" 2>&1; then
         cat "$grub_log" >&2
@@ -252,8 +281,14 @@ if [ "$mode" = qemu ]; then
         accel=(-accel tcg -cpu max)
         say "note: the host offers no VT-x to KVM guests, so QEMU runs with TCG, which emulates no VT-x: hv will say it cannot start"
     fi
+    firmware=()
+    if [ "$uefi" = yes ]; then
+        firmware=(-drive "if=pflash,format=raw,readonly=on,file=$ovmf_code"
+            -drive "if=pflash,format=raw,snapshot=on,file=$ovmf_vars")
+        say "UEFI firmware: $ovmf_code (OVMF; its lines and GRUB's come before hv's)"
+    fi
     say "booting QEMU; leave with Ctrl-a x"
-    exec qemu-system-x86_64 "${accel[@]}" -m 512 \
+    exec qemu-system-x86_64 "${accel[@]}" "${firmware[@]}" -m 512 \
         -drive "file=$iso,media=cdrom,if=ide,index=0" \
         -drive "file=$disk,format=raw,if=ide,index=2" \
         -nic user,model=e1000 \

@@ -1,10 +1,11 @@
 //! The Mica hypervisor: boots from multiboot2, takes the CPU into VMX root
 //! mode, partitions memory with EPT and runs dom0 in VMX non-root mode.
 //!
-//! Start-up order: serial log, descriptor tables, boot information, VT-x
-//! check (stop with one clear line if anything is missing), frame
-//! allocator, local APIC, VMXON, the other CPUs (each into VMX root, where
-//! it waits: see arch::smp), dom0, then the run loop on every CPU.
+//! Start-up order: serial log, descriptor tables, boot information, frame
+//! allocator, ACPI tables, VT-x check (stop with one clear line if anything
+//! is missing; the lines before say what memory and ACPI hv found), local
+//! APIC, VMXON, the other CPUs (each into VMX root, where it waits: see
+//! arch::smp), dom0, then the run loop on every CPU.
 #![no_std]
 #![no_main]
 
@@ -75,11 +76,6 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     }
     info!("command line '{}', loaded by '{}'", boot.cmdline, boot.bootloader_name);
 
-    let capabilities = match vmx::probe() {
-        Ok(capabilities) => capabilities,
-        Err(missing) => stop(missing),
-    };
-
     // Modules: "dom0" and "ramdisk" by the first word of their command line.
     let module_named = |name: &str| boot.modules.iter().find(|m| m.cmdline.split_whitespace().next() == Some(name));
     let Some(dom0_module) = module_named("dom0") else { stop("no boot module named 'dom0'") };
@@ -99,23 +95,33 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     };
     info!("memory: {} KiB managed, {} KiB free", totals.total_pages * 4, totals.free_pages * 4);
 
-    let (apic_id, apic_version) = lapic::init();
-    let apic_mode = if lapic::x2apic() { "x2APIC" } else { "xAPIC" };
-    info!("local APIC id {apic_id}, version {apic_version:#x}, {apic_mode} mode");
     let acpi = boot.acpi_rsdp.and_then(|rsdp| hvcore::acpi::parse(rsdp, &arch::memory::PhysicalMemory));
     match acpi {
         Some(acpi) => {
+            // Tag 15's RSDP is 36 bytes or more, tag 14's 20.
+            let rsdp = if boot.acpi_rsdp.is_some_and(|rsdp| rsdp.len() >= 36) { "2.0+" } else { "1.0" };
             info!(
-                "ACPI: PM1a control {:#x}, S5 sleep types {:?}, I/O APIC at {:#x}, reset register {:?}",
+                "ACPI {rsdp} RSDP: FADT PM1a control {:#x}, reset register {:?}; DSDT S5 sleep types {:?}; \
+                 MADT I/O APIC at {:#x}, {} CPUs",
                 acpi.pm1a_control,
+                acpi.reset,
                 acpi.s5_sleep_types,
                 acpi.ioapic_address.unwrap_or(0),
-                acpi.reset
+                acpi.cpus().len()
             );
             arch::platform::set_acpi(acpi);
         }
         None => warning!("no usable ACPI tables; power-off falls back to emulator ports"),
     }
+
+    let capabilities = match vmx::probe() {
+        Ok(capabilities) => capabilities,
+        Err(missing) => stop(missing),
+    };
+
+    let (apic_id, apic_version) = lapic::init();
+    let apic_mode = if lapic::x2apic() { "x2APIC" } else { "xAPIC" };
+    info!("local APIC id {apic_id}, version {apic_version:#x}, {apic_mode} mode");
     let routes = acpi.map_or_else(|| hvcore::acpi::AcpiInfo::default().isa_routes, |a| a.isa_routes);
     let ioapic_entries = arch::ioapic::init(apic_id, acpi.and_then(|a| a.ioapic_address), &routes);
     info!("I/O APIC: {ioapic_entries} redirection entries, ISA lines routed to vectors 0x30-0x3f (masked)");

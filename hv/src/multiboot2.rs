@@ -24,6 +24,20 @@ mod tag_type {
     pub const MEMORY_MAP: u32 = 6;
     pub const ACPI_OLD_RSDP: u32 = 14;
     pub const ACPI_NEW_RSDP: u32 = 15;
+    pub const EFI_MEMORY_MAP: u32 = 17;
+    pub const EFI_BOOT_SERVICES_NOT_TERMINATED: u32 = 18;
+}
+
+/// The UEFI memory types (UEFI spec 7.2, `EFI_MEMORY_TYPE`) that are not reserved.
+mod efi_type {
+    pub const LOADER_CODE: u32 = 1;
+    pub const LOADER_DATA: u32 = 2;
+    pub const BOOT_SERVICES_CODE: u32 = 3;
+    pub const BOOT_SERVICES_DATA: u32 = 4;
+    pub const CONVENTIONAL_MEMORY: u32 = 7;
+    pub const UNUSABLE_MEMORY: u32 = 8;
+    pub const ACPI_RECLAIM_MEMORY: u32 = 9;
+    pub const ACPI_MEMORY_NVS: u32 = 10;
 }
 
 /// Bytes in the info header and in each tag header.
@@ -32,6 +46,8 @@ const HEADER_SIZE: usize = 8;
 const TAG_ALIGN: usize = 8;
 /// Bytes in a memory map entry as defined today; later versions may add fields.
 const MEMORY_MAP_ENTRY_MINIMUM: u32 = 24;
+/// Bytes in a UEFI memory descriptor; firmware may use larger ones.
+const EFI_DESCRIPTOR_MINIMUM: u32 = 40;
 
 /// One range of the physical memory map (tag type 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +98,7 @@ pub enum Multiboot2Error {
         offset: usize,
     },
     /// A memory map tag is too short, has an entry size that is below 24 or
-    /// not a multiple of 8, or appears twice.
+    /// not a multiple of 8 (EFI: below 40), or appears twice.
     BadMemoryMap,
     /// A string is not NUL-terminated or not valid UTF-8.
     BadString,
@@ -92,7 +108,7 @@ pub enum Multiboot2Error {
     TooManyEntries,
     /// The tags run out before an end tag.
     MissingEndTag,
-    /// No memory map tag: the hypervisor cannot know what is RAM.
+    /// No memory map tag (neither 6 nor 17): the hypervisor cannot know what is RAM.
     MissingMemoryMap,
 }
 
@@ -104,7 +120,8 @@ pub struct BootInfo<'a> {
     pub cmdline: &'a str,
     /// The boot loader's name; empty if there is no tag 2.
     pub bootloader_name: &'a str,
-    /// The physical memory map, in the order the boot loader gave it.
+    /// The physical memory map, in the order the boot loader gave it: tag
+    /// 6, or else tag 17 (the EFI memory map) converted to tag 6's kinds.
     pub memory_map: ArrayVec<MemoryMapEntry, 128>,
     /// Boot modules, in the order the boot loader gave them.
     pub modules: ArrayVec<Module<'a>, 16>,
@@ -117,8 +134,10 @@ pub struct BootInfo<'a> {
 /// `total_size`/`reserved` header) and may extend past `total_size`.
 ///
 /// Unknown tag types are skipped. If a string tag appears more than once the
-/// last one wins; a second memory map is an error because the two could
-/// disagree about what is RAM.
+/// last one wins; a second memory map of one type is an error because the
+/// two could disagree about what is RAM. The EFI memory map (tag 17) is
+/// read only when there is no tag 6: GRUB gives both, tag 6 converted from
+/// the EFI map by GRUB itself.
 pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
     let total_size = read_u32(bytes, 0).ok_or(Multiboot2Error::Truncated)? as usize;
     if total_size < HEADER_SIZE {
@@ -135,6 +154,8 @@ pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
         acpi_rsdp: None,
     };
     let mut have_memory_map = false;
+    let mut efi_memory_map = None;
+    let mut boot_services_exited = true;
     let mut old_rsdp = None;
     let mut new_rsdp = None;
 
@@ -174,6 +195,9 @@ pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
             }
             tag_type::ACPI_OLD_RSDP => old_rsdp = Some(payload),
             tag_type::ACPI_NEW_RSDP => new_rsdp = Some(payload),
+            tag_type::EFI_MEMORY_MAP if efi_memory_map.is_some() => return Err(Multiboot2Error::BadMemoryMap),
+            tag_type::EFI_MEMORY_MAP => efi_memory_map = Some(payload),
+            tag_type::EFI_BOOT_SERVICES_NOT_TERMINATED => boot_services_exited = false,
             _ => {}
         }
         // A size near usize::MAX cannot get here: the tag fits in `info`.
@@ -181,7 +205,8 @@ pub fn parse(bytes: &[u8]) -> Result<BootInfo<'_>, Multiboot2Error> {
     }
 
     if !have_memory_map {
-        return Err(Multiboot2Error::MissingMemoryMap);
+        let payload = efi_memory_map.ok_or(Multiboot2Error::MissingMemoryMap)?;
+        parse_efi_memory_map(payload, boot_services_exited, &mut boot_info.memory_map)?;
     }
     boot_info.acpi_rsdp = new_rsdp.or(old_rsdp);
     Ok(boot_info)
@@ -237,6 +262,54 @@ fn parse_memory_map(payload: &[u8], entries: &mut ArrayVec<MemoryMapEntry, 128>)
     Ok(())
 }
 
+/// An EFI memory map tag payload (spec 3.6, "EFI memory map"):
+/// `descriptor_size: u32`, `descriptor_version: u32`, then UEFI memory
+/// descriptors (UEFI spec 7.2, `EFI_MEMORY_DESCRIPTOR`): `type: u32`, 4
+/// bytes padding, `physical_start: u64`, `virtual_start: u64`,
+/// `number_of_pages: u64` (of 4 KiB), `attribute: u64`. Firmware cuts RAM
+/// into many descriptors, so one that continues the previous entry with the
+/// same kind extends it.
+fn parse_efi_memory_map(
+    payload: &[u8],
+    boot_services_exited: bool,
+    entries: &mut ArrayVec<MemoryMapEntry, 128>,
+) -> Result<(), Multiboot2Error> {
+    let descriptor_size = read_u32(payload, 0).ok_or(Multiboot2Error::BadMemoryMap)?;
+    if descriptor_size < EFI_DESCRIPTOR_MINIMUM {
+        return Err(Multiboot2Error::BadMemoryMap);
+    }
+    let list = payload.get(8..).ok_or(Multiboot2Error::BadMemoryMap)?;
+    for raw in list.chunks_exact(descriptor_size as usize) {
+        let (Some(efi_type), Some(base), Some(pages)) = (read_u32(raw, 0), read_u64(raw, 8), read_u64(raw, 24)) else {
+            return Err(Multiboot2Error::BadMemoryMap);
+        };
+        let entry =
+            MemoryMapEntry { base, length: pages.saturating_mul(4096), kind: efi_kind(efi_type, boot_services_exited) };
+        match entries.last_mut() {
+            Some(last) if last.kind == entry.kind && last.end() == base => {
+                last.length = last.length.saturating_add(entry.length);
+            }
+            _ => entries.try_push(entry).map_err(|_| Multiboot2Error::TooManyEntries)?,
+        }
+    }
+    Ok(())
+}
+
+/// The tag 6 kind of a UEFI memory type. Loader, boot-services and
+/// conventional memory is free RAM once the boot services exited (GRUB exits
+/// them unless the kernel asks it not to; hv does not); runtime services,
+/// MMIO and unknown types stay reserved, as in GRUB's own conversion.
+fn efi_kind(efi_type: u32, boot_services_exited: bool) -> u32 {
+    use efi_type::*;
+    match (efi_type, boot_services_exited) {
+        (LOADER_CODE | LOADER_DATA | BOOT_SERVICES_CODE | BOOT_SERVICES_DATA | CONVENTIONAL_MEMORY, true) => 1,
+        (ACPI_RECLAIM_MEMORY, _) => 3,
+        (ACPI_MEMORY_NVS, _) => 4,
+        (UNUSABLE_MEMORY, _) => 5,
+        _ => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +360,48 @@ mod tests {
             bytes.extend_from_slice(&entry);
         }
         bytes
+    }
+
+    /// An EFI memory map payload of `(type, base, pages)` descriptors of
+    /// `descriptor_size` bytes, with a nonzero virtual start and attribute
+    /// that must not matter.
+    fn efi_memory_map(descriptors: &[(u32, u64, u64)], descriptor_size: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&descriptor_size.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        for &(kind, base, pages) in descriptors {
+            let mut descriptor = vec![0xee; descriptor_size as usize];
+            descriptor[..4].copy_from_slice(&kind.to_le_bytes());
+            descriptor[8..16].copy_from_slice(&base.to_le_bytes());
+            descriptor[24..32].copy_from_slice(&pages.to_le_bytes());
+            bytes.extend_from_slice(&descriptor);
+        }
+        bytes
+    }
+
+    /// A small UEFI machine's map, as OVMF gives it: loader, boot-services
+    /// and conventional memory interleaved, runtime services, ACPI, MMIO.
+    fn ovmf_like_map() -> Vec<u8> {
+        efi_memory_map(
+            &[
+                (3, 0, 1),                       // boot-services code
+                (7, 0x1000, 0x9f),               // conventional
+                (7, 0x10_0000, 0x700),           // conventional, after a hole
+                (2, 0x80_0000, 0x10),            // loader data (GRUB, the modules)
+                (4, 0x81_0000, 0x100),           // boot-services data
+                (1, 0x91_0000, 0x20),            // loader code
+                (9, 0x93_0000, 0x4),             // ACPI reclaimable
+                (10, 0x93_4000, 0x4),            // ACPI NVS
+                (6, 0x93_8000, 0x8),             // runtime-services data
+                (5, 0x94_0000, 0x8),             // runtime-services code
+                (7, 0x94_8000, 0xf6b8),          // conventional
+                (8, 0x1000_0000, 1),             // unusable
+                (0, 0x1000_1000, 1),             // reserved
+                (11, 0xffc0_0000, 0x400),        // MMIO (the flash)
+                (0x7000_0000, 0x2_0000_0000, 1), // an OEM type
+            ],
+            48,
+        )
     }
 
     /// A module payload.
@@ -379,6 +494,103 @@ mod tests {
                 MemoryMapEntry { base: 0x5000, length: 0x1000, kind: 5 }
             ]
         );
+    }
+
+    #[test]
+    fn efi_memory_map_is_used_without_a_tag_6() {
+        let blob = build(&[(1, string("loglevel=info")), (17, ovmf_like_map()), (15, vec![b'X'; 36])], true);
+        let info = parse(&blob).unwrap();
+        let entry = |base, length, kind| MemoryMapEntry { base, length, kind };
+        // Boot-services, loader and conventional memory is RAM once the boot
+        // services exited; neighbours of one kind merge; runtime services,
+        // MMIO and unknown types stay reserved.
+        assert_eq!(
+            info.memory_map.as_slice(),
+            &[
+                entry(0, 0xa_0000, 1),
+                entry(0x10_0000, 0x83_0000, 1),
+                entry(0x93_0000, 0x4000, 3),
+                entry(0x93_4000, 0x4000, 4),
+                entry(0x93_8000, 0x1_0000, 2),
+                entry(0x94_8000, 0xf6b8 * 4096, 1),
+                entry(0x1000_0000, 0x1000, 5),
+                entry(0x1000_1000, 0x1000, 2),
+                entry(0xffc0_0000, 0x40_0000, 2),
+                entry(0x2_0000_0000, 0x1000, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn tag_6_wins_over_the_efi_memory_map() {
+        // GRUB on UEFI gives both; tag 6 is used and tag 17 not even read.
+        let map = (6, memory_map(&[(0x10_0000, 0x100_0000, 1)]));
+        for efi in [ovmf_like_map(), vec![1, 2, 3]] {
+            for tags in [vec![map.clone(), (17, efi.clone())], vec![(17, efi), map.clone()]] {
+                let blob = build(&tags, true);
+                let info = parse(&blob).unwrap();
+                assert_eq!(
+                    info.memory_map.as_slice(),
+                    &[MemoryMapEntry { base: 0x10_0000, length: 0x100_0000, kind: 1 }]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn boot_services_memory_is_reserved_while_boot_services_run() {
+        let map = efi_memory_map(&[(3, 0, 1), (7, 0x1000, 0x9f), (1, 0x10_0000, 1), (9, 0x20_0000, 1)], 40);
+        for tags in [vec![(18, vec![0; 8]), (17, map.clone())], vec![(17, map.clone()), (18, vec![0; 8])]] {
+            let blob = build(&tags, true);
+            let info = parse(&blob).unwrap();
+            assert_eq!(
+                info.memory_map.as_slice(),
+                &[
+                    MemoryMapEntry { base: 0, length: 0xa_0000, kind: 2 },
+                    MemoryMapEntry { base: 0x10_0000, length: 0x1000, kind: 2 },
+                    MemoryMapEntry { base: 0x20_0000, length: 0x1000, kind: 3 },
+                ]
+            );
+        }
+        // Without tag 18 the same map is RAM.
+        assert_eq!(parse(&build(&[(17, map)], true)).unwrap().memory_map[0].kind, 1);
+    }
+
+    #[test]
+    fn bad_efi_memory_maps() {
+        for descriptor_size in [0, 8, 24, 39] {
+            let mut payload = efi_memory_map(&[(7, 0, 1)], 40);
+            payload[..4].copy_from_slice(&u32::to_le_bytes(descriptor_size));
+            assert_eq!(parse(&build(&[(17, payload)], true)).unwrap_err(), Multiboot2Error::BadMemoryMap);
+        }
+        assert_eq!(parse(&build(&[(17, vec![48, 0, 0, 0])], true)).unwrap_err(), Multiboot2Error::BadMemoryMap);
+        let twice = [(17, efi_memory_map(&[], 48)), (17, efi_memory_map(&[], 48))];
+        assert_eq!(parse(&build(&twice, true)).unwrap_err(), Multiboot2Error::BadMemoryMap);
+        // A descriptor cut short is ignored, as in tag 6; a huge page count saturates.
+        let mut payload = efi_memory_map(&[(7, 0x1000, u64::MAX)], 40);
+        payload.extend_from_slice(&[0xaa; 39]);
+        let blob = build(&[(17, payload)], true);
+        let info = parse(&blob).unwrap();
+        assert_eq!(info.memory_map.as_slice(), &[MemoryMapEntry { base: 0x1000, length: u64::MAX, kind: 1 }]);
+        assert_eq!(info.memory_map[0].end(), u64::MAX);
+    }
+
+    #[test]
+    fn efi_descriptors_merge_so_many_fit() {
+        // 400 descriptors alternating boot-services data and conventional
+        // memory are one range; 129 separate ranges are too many.
+        let contiguous: Vec<_> = (0..400u64).map(|index| (3 + 4 * (index as u32 % 2), index * 0x1000, 1)).collect();
+        let blob = build(&[(17, efi_memory_map(&contiguous, 40))], true);
+        let info = parse(&blob).unwrap();
+        assert_eq!(info.memory_map.as_slice(), &[MemoryMapEntry { base: 0, length: 400 * 0x1000, kind: 1 }]);
+        let apart: Vec<_> = (0..129u64).map(|index| (7, index * 0x2000, 1)).collect();
+        assert_eq!(
+            parse(&build(&[(17, efi_memory_map(&apart, 40))], true)).unwrap_err(),
+            Multiboot2Error::TooManyEntries
+        );
+        let blob = build(&[(17, efi_memory_map(&apart[..128], 40))], true);
+        let info = parse(&blob).unwrap();
+        assert_eq!(info.memory_map.len(), 128);
     }
 
     #[test]
@@ -543,10 +755,10 @@ mod tests {
     #[test]
     fn mutated_boot_info_never_panics() {
         let mut random = XorShift(0x0123_4567_89ab_cdef);
-        let original = build(&typical_tags(), true);
+        let originals = [build(&typical_tags(), true), build(&[(2, string("GRUB")), (17, ovmf_like_map())], true)];
         let mut accepted = 0;
-        for _ in 0..20_000 {
-            let mut blob = original.clone();
+        for round in 0..20_000 {
+            let mut blob = originals[round % 2].clone();
             for _ in 0..1 + random.below(4) {
                 if blob.is_empty() {
                     break;

@@ -125,14 +125,19 @@ fn bochs_poweroff_ends_the_emulator() {
     assert!(panics.is_empty(), "Bochs ended ({status}) but bochs.log reports panics:\n{}", panics.join("\n"));
 }
 
-/// QEMU without KVM emulates no VT-x: hv must say so and halt, not crash.
+/// QEMU without KVM emulates no VT-x: hv must say so and halt, not crash,
+/// after the lines saying what memory and ACPI tables it found. (The UEFI
+/// boot of the same check is in uefi.rs.)
 #[test]
 fn qemu_without_vmx_says_hv_cannot_start() {
     let iso = Iso::get().unwrap_or_else(fail);
     let mut machine = Qemu::boot_tcg(iso, seconds(90)).unwrap_or_else(fail);
-    machine.set_failure_markers(&["EXCEPTION", "panicked at"]);
 
+    // The default failure markers stop these waits at an early refusal.
     machine.expect("Mica hv ", seconds(30)).unwrap_or_else(fail);
+    machine.expect(line_starting("hv: memory: "), seconds(30)).unwrap_or_else(fail);
+    machine.expect(line_starting("hv: ACPI "), seconds(30)).unwrap_or_else(fail);
+    machine.set_failure_markers(&["EXCEPTION", "panicked at"]);
     let reason = machine.expect(line_starting("hv: cannot start: "), seconds(30)).unwrap_or_else(fail);
     let reason = reason.lines().last().unwrap_or_default().to_owned();
     assert!(reason.contains("VT-x"), "hv's reason for not starting should name VT-x, got {reason:?}");
