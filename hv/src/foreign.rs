@@ -28,6 +28,9 @@ pub struct ForeignWindow<const OWNERS: usize> {
     pages: [Option<Mapping>; PAGES],
     /// Pages mapped per domain: (owner, count); count 0 = a free entry.
     counts: [(DomainId, u32); OWNERS],
+    /// Of those, the grant mappings (same entry as in `counts`): a grant
+    /// is looked for in the window only when its owner has one mapped.
+    grant_counts: [u32; OWNERS],
     /// Most pages of one domain mapped at once.
     share: u32,
 }
@@ -35,7 +38,7 @@ pub struct ForeignWindow<const OWNERS: usize> {
 impl<const OWNERS: usize> ForeignWindow<OWNERS> {
     /// An empty window that lets each domain have `share` pages mapped.
     pub const fn new(share: u32) -> Self {
-        ForeignWindow { pages: [None; PAGES], counts: [(0, 0); OWNERS], share }
+        ForeignWindow { pages: [None; PAGES], counts: [(0, 0); OWNERS], grant_counts: [0; OWNERS], share }
     }
 
     /// An empty window with the ABI's share.
@@ -60,7 +63,17 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
 
     /// Pages of `owner` mapped now.
     pub fn mapped_by(&self, owner: DomainId) -> u32 {
-        self.counts.iter().find(|(id, count)| *count > 0 && *id == owner).map_or(0, |(_, count)| *count)
+        self.entry_of(owner).map_or(0, |entry| self.counts[entry].1)
+    }
+
+    /// Grants of `owner` mapped now.
+    fn grants_mapped_by(&self, owner: DomainId) -> u32 {
+        self.entry_of(owner).map_or(0, |entry| self.grant_counts[entry])
+    }
+
+    /// `owner`'s entry in `counts`, if it has pages mapped.
+    fn entry_of(&self, owner: DomainId) -> Option<usize> {
+        self.counts.iter().position(|(id, count)| *count > 0 && *id == owner)
     }
 
     /// Records `mapping` at `address`. Refused with `InvalidArgument` if the
@@ -72,7 +85,7 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
         if self.pages[page].is_some() {
             return Err(Error::Busy);
         }
-        let entry = match self.counts.iter().position(|(id, count)| *count > 0 && *id == mapping.owner) {
+        let entry = match self.entry_of(mapping.owner) {
             Some(entry) => entry,
             None => self.counts.iter().position(|(_, count)| *count == 0).ok_or(Error::Busy)?,
         };
@@ -80,7 +93,11 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
         if count >= self.share {
             return Err(Error::Busy);
         }
+        if count == 0 {
+            self.grant_counts[entry] = 0;
+        }
         self.counts[entry] = (mapping.owner, count + 1);
+        self.grant_counts[entry] += u32::from(mapping.grant.is_some());
         self.pages[page] = Some(mapping);
         Ok(())
     }
@@ -91,20 +108,22 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
         let page = Self::page_of(address)?;
         let mapping = self.pages[page].filter(|mapping| mapping.grant.is_some() == grant)?;
         self.pages[page] = None;
-        if let Some(entry) = self.counts.iter_mut().find(|(id, count)| *count > 0 && *id == mapping.owner) {
-            entry.1 -= 1;
+        if let Some(entry) = self.entry_of(mapping.owner) {
+            self.counts[entry].1 -= 1;
+            self.grant_counts[entry] -= u32::from(grant);
         }
         Some(mapping)
     }
 
     /// Whether grant `grant` of `owner` is mapped anywhere in the window.
     pub fn maps_grant(&self, owner: DomainId, grant: u32) -> bool {
-        self.mapped_by(owner) > 0 && self.pages.iter().flatten().any(|m| m.owner == owner && m.grant == Some(grant))
+        self.grants_mapped_by(owner) > 0
+            && self.pages.iter().flatten().any(|m| m.owner == owner && m.grant == Some(grant))
     }
 
     /// Whether any grant of `owner` is mapped.
     pub fn maps_grants_of(&self, owner: DomainId) -> bool {
-        self.mapped_by(owner) > 0 && self.pages.iter().flatten().any(|m| m.owner == owner && m.grant.is_some())
+        self.grants_mapped_by(owner) > 0
     }
 
     /// Forgets every mapping of `owner`, calling `unmapped` with each one's
@@ -121,8 +140,9 @@ impl<const OWNERS: usize> ForeignWindow<OWNERS> {
                 removed += 1;
             }
         }
-        if let Some(entry) = self.counts.iter_mut().find(|(id, count)| *count > 0 && *id == owner) {
-            entry.1 = 0;
+        if let Some(entry) = self.entry_of(owner) {
+            self.counts[entry].1 = 0;
+            self.grant_counts[entry] = 0;
         }
         removed
     }
@@ -456,6 +476,10 @@ mod tests {
                 let held = model.iter().flatten().filter(|m| m.owner == owner).count();
                 assert_eq!(window.mapped_by(owner) as usize, held);
                 assert!(held <= 6);
+                let grants = || model.iter().flatten().filter(move |m| m.owner == owner && m.grant.is_some());
+                assert_eq!(window.maps_grants_of(owner), grants().count() > 0);
+                let grant = (random.next() % 64) as u32;
+                assert_eq!(window.maps_grant(owner, grant), grants().any(|m| m.grant == Some(grant)));
             }
         }
         assert!(accepted > 1000 && refused_share > 100, "accepted {accepted}, refused for share {refused_share}");

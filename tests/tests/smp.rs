@@ -386,3 +386,51 @@ fn a_granted_page_mapped_by_a_guest_goes_with_either_end() {
     destroy(&mut machine, "grantheld", holder);
     expect_memory_back(&mut machine, &before, &before_text, "after granters and grantees went in either order");
 }
+
+/// Hostile shootdowns (ABI 0.10): `grantstorm` (2 vCPUs, the second
+/// spinning) maps and unmaps a page `grantkeep` granted it as fast as it
+/// can, on a machine with 2 CPUs, so that every unmap kicks the other CPU
+/// and waits for its flush. Beside it a spinner keeps most of a CPU, a
+/// counter keeps counting, the shell answers, and everything comes back.
+#[test]
+fn a_guest_storming_shootdowns_starves_nobody() {
+    let mut machine = boot_cpus(2);
+    let (before_text, before) = mem(&mut machine);
+    let spinner = create(&mut machine, "spinner", "spinner");
+    let counter = create(&mut machine, "counter", "counter");
+    let keeper = create(&mut machine, "grantkeep", "grantkeep");
+    let storm = create(&mut machine, "grantstorm", "grantstorm");
+    if storm != keeper + 1 {
+        fail_with(&mut machine, &format!("grantstorm should follow grantkeep ({keeper}); it is {storm}"));
+    }
+    let rounds = |machine: &mut Machine, at_least: u64| {
+        mica_tests::session::attach(machine, "grantstorm", storm);
+        let text = machine
+            .expect(
+                mica_tests::line_where(
+                    format!("grantstorm's line \"grantmap: storm <n> rounds\", n >= {at_least}"),
+                    |line| scan("grantmap: storm {} rounds", line).is_some_and(|n| n[0] >= at_least),
+                ),
+                seconds(120),
+            )
+            .unwrap_or_else(mica_tests::fail);
+        let text = text + &mica_tests::session::detach(machine);
+        text.lines().filter_map(|line| scan("grantmap: storm {} rounds", line)).map(|n| n[0]).max().unwrap_or(0)
+    };
+    let first = rounds(&mut machine, 1000);
+    let start = uptime(&mut machine);
+    let got = shares(&mut machine, &["spinner", "grantstorm"], 40);
+    let last = rounds(&mut machine, first + 1000);
+    let seconds_up = (uptime(&mut machine) - start) as f64 / 10.0;
+    eprintln!("storm: {} map/unmap rounds in {seconds_up:.1} s of uptime", last - first);
+    if got[0] < 0.8 {
+        fail_with(&mut machine, &format!("the spinner should keep most of a CPU beside the storm; it got {got:.2?}"));
+    }
+    let seen = counter_reaches(&mut machine, counter, 1);
+    counter_reaches(&mut machine, counter, seen + 1);
+    destroy(&mut machine, "grantstorm", storm);
+    destroy(&mut machine, "grantkeep", keeper);
+    destroy(&mut machine, "counter", counter);
+    destroy(&mut machine, "spinner", spinner);
+    expect_memory_back(&mut machine, &before, &before_text, "after the shootdown storm");
+}

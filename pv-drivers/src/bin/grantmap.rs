@@ -17,6 +17,11 @@
 //! 1 at 0x30000000` and reads the page for good (yielding between reads):
 //! for the tests of a granter or grantee destroyed while it is mapped.
 //!
+//! `mode=keeper` grants the page and never revokes; `mode=storm` (2 vCPUs,
+//! after a keeper) maps and unmaps it in a loop while its vCPU 1 spins, so
+//! that every unmap shoots down another CPU, and prints `grantmap: storm
+//! <n> rounds` every 1,000 rounds: the hostile test of shootdowns.
+//!
 //! `mode=mapper` (2 vCPUs) maps that grant at [`MAP_ADDRESS`], checks it
 //! reads the old pattern, waits half a second (so that the machine is
 //! quiet and the granter spins) and starts vCPU 1, which reads the page in
@@ -77,16 +82,18 @@ extern "C" fn _start(start_info: u64) -> ! {
         "granter" => granter(&mut guest),
         "mapper" => mapper(&mut guest),
         "holder" => holder(&mut guest),
+        "keeper" => keeper(&mut guest),
+        "storm" => storm(&mut guest),
         _ => {
-            let _ = writeln!(guest, "grantmap: mode=granter or mode=mapper, please");
-            loop {
-                hypercall::block();
-            }
+            let _ = writeln!(guest, "grantmap: mode=granter, keeper, mapper, holder or storm, please");
+            idle(&mut guest)
         }
     }
 }
 
-fn granter(guest: &mut Guest) -> ! {
+/// Grants the shared page (old pattern) to the next domain as reference
+/// 1; returns the table.
+fn grant_page(guest: &mut Guest) -> GrantTable {
     let mapper = guest.domain_id() + 1;
     let shared = &raw mut SHARED as u64;
     // SAFETY: the page is ours and nobody maps it yet.
@@ -103,6 +110,12 @@ fn granter(guest: &mut Guest) -> ! {
         }
         other => guest::crash(format_args!("grantmap: grant gave {other:?}\n")),
     }
+    table
+}
+
+fn granter(guest: &mut Guest) -> ! {
+    let mut table = grant_page(guest);
+    let shared = &raw mut SHARED as u64;
     // Once the mapper has mapped the page (hv sets MAPPED in the entry),
     // revoke as soon as hv lets us (it refuses while the page is mapped),
     // then reuse the page at once.
@@ -119,8 +132,48 @@ fn granter(guest: &mut Guest) -> ! {
     // SAFETY: the grant is revoked: the page is ours alone again.
     unsafe { core::ptr::write_volatile(shared as *mut u64, NEW) };
     let _ = writeln!(guest, "grantmap: revoked; the page holds new data");
+    idle(guest)
+}
+
+/// `mode=keeper`: grants the page and keeps the grant for good.
+fn keeper(guest: &mut Guest) -> ! {
+    let _table = grant_page(guest);
+    idle(guest)
+}
+
+/// `mode=storm` (2 vCPUs): vCPU 1 spins, so every unmap needs a shootdown;
+/// vCPU 0 maps and unmaps the keeper's grant as fast as it can, and prints
+/// `grantmap: storm <n> rounds` after every 1,000 rounds.
+fn storm(guest: &mut Guest) -> ! {
+    map_granted(guest);
+    let stack_top = &raw mut READER_STACK as u64 + core::mem::size_of::<Stack>() as u64;
+    // SAFETY: the stack is vCPU 1's alone; `spinner` touches nothing.
+    if guest.vcpu_count() > 1
+        && let Err(error) = unsafe { guest.start_vcpu(1, spinner, stack_top, 0) }
+    {
+        guest::crash(format_args!("grantmap: vcpu 1: {}\n", error.describe()));
+    }
+    let granter = guest.domain_id() - 1;
+    let mut rounds = 0u64;
     loop {
-        hypercall::block();
+        if let Err(error) = hypercall::grant_unmap(MAP_ADDRESS) {
+            guest::crash(format_args!("grantmap: storm unmap: {}\n", error.describe()));
+        }
+        if let Err(error) = hypercall::grant_map(granter, REFERENCE, MAP_ADDRESS, false) {
+            guest::crash(format_args!("grantmap: storm map: {}\n", error.describe()));
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(1000) {
+            let _ = writeln!(guest, "grantmap: storm {rounds} rounds");
+        }
+    }
+}
+
+/// vCPU 1 of the storm: spins (it runs on a CPU, so the domain's EPT is
+/// cached there).
+extern "C" fn spinner(_: u64) -> ! {
+    loop {
+        core::hint::spin_loop();
     }
 }
 
@@ -183,9 +236,7 @@ fn mapper(guest: &mut Guest) -> ! {
     UNMAPPED.store(1, Ordering::SeqCst);
     let reads = READS.load(Ordering::Relaxed);
     let _ = writeln!(guest, "grantmap: unmapped after {reads} reads by vcpu 1");
-    loop {
-        hypercall::block();
-    }
+    idle(guest)
 }
 
 /// vCPU 1: reads the mapped page until it faults. A read that completes
@@ -203,6 +254,15 @@ extern "C" fn reader(_: u64) -> ! {
             let when = if after { "after" } else { "before" };
             guest::crash(format_args!("grantmap: vcpu 1 read {value:#x} {when} the unmap returned\n"));
         }
+    }
+}
+
+/// Sleeps for good, a second at a time, taking the events that come (a
+/// bare `Block` loop would spin: a console port stays pending).
+fn idle(guest: &mut Guest) -> ! {
+    loop {
+        let next = guest::now() + guest.ticks_per_second();
+        guest.sleep_until(next);
     }
 }
 
