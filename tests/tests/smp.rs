@@ -359,14 +359,18 @@ fn a_reader_on_another_cpu_never_sees_a_page_after_its_unmap_returned() {
 fn a_granted_page_mapped_by_a_guest_goes_with_either_end() {
     let mut machine = boot_cpus(2);
     let (before_text, before) = mem(&mut machine);
-    let holding = "grantmap: holding d";
+    // grantgive grants, grantheld (the next domain) maps and reads.
+    let give_and_hold = |machine: &mut Machine| {
+        let giver = create(machine, "grantgive", "grantgive");
+        let holder = create(machine, "grantheld", "grantheld");
+        mica_tests::session::attach(machine, "grantheld", holder);
+        machine.expect("grantmap: holding d", seconds(60)).unwrap_or_else(mica_tests::fail);
+        mica_tests::session::detach(machine);
+        (giver, holder)
+    };
 
     // The grantee goes first: its grant is released.
-    let giver = create(&mut machine, "grantgive", "grantgive");
-    let holder = create(&mut machine, "grantheld", "grantheld");
-    mica_tests::session::attach(&mut machine, "grantheld", holder);
-    machine.expect(holding, seconds(60)).unwrap_or_else(mica_tests::fail);
-    mica_tests::session::detach(&mut machine);
+    let (giver, holder) = give_and_hold(&mut machine);
     destroy(&mut machine, "grantheld", holder);
     mica_tests::session::attach(&mut machine, "grantgive", giver);
     machine.expect("grantmap: revoked; the page holds new data", seconds(60)).unwrap_or_else(mica_tests::fail);
@@ -374,11 +378,7 @@ fn a_granted_page_mapped_by_a_guest_goes_with_either_end() {
     destroy(&mut machine, "grantgive", giver);
 
     // The granter goes first: the mapping goes with it.
-    let giver = create(&mut machine, "grantgive", "grantgive");
-    let holder = create(&mut machine, "grantheld", "grantheld");
-    mica_tests::session::attach(&mut machine, "grantheld", holder);
-    machine.expect(holding, seconds(60)).unwrap_or_else(mica_tests::fail);
-    mica_tests::session::detach(&mut machine);
+    let (_, holder) = give_and_hold(&mut machine);
     machine.send_line("destroy grantgive").unwrap_or_else(mica_tests::fail);
     let crashed = format!("dom0: 'grantheld' (domain {holder}) crashed: EPT violation at guest-physical 0x30000000");
     machine.expect(mica_tests::line_starting(crashed.as_str()), seconds(60)).unwrap_or_else(mica_tests::fail);
