@@ -33,6 +33,8 @@ Leaving: in QEMU press Ctrl-a then x; in Bochs press Ctrl-C. Typing
 <target> is $CARGO_TARGET_DIR if set, else ./target. Setting MICA_ISO=<path>
 boots that ISO instead of building one. The physical disk guests' disks live
 on is <target>/disk.img (64 MiB, created once), or MICA_DISK=<path>.
+MICA_HV_ARGS="<words>" adds to hv's command line (after loglevel=info; e.g.
+maxcpus=1, loglevel=debug); the ISO is then <target>/mica-<words>.iso (other characters as _).
 EOF
 }
 
@@ -175,7 +177,9 @@ fi
 # --- build --------------------------------------------------------------------
 
 kernels=$target_dir/x86_64-unknown-none/release
-iso=$target_dir/mica.iso
+# hv's command line in grub.cfg; extra words make an ISO of their own.
+hv_args="loglevel=info${MICA_HV_ARGS:+ $MICA_HV_ARGS}"
+iso=$target_dir/mica${MICA_HV_ARGS:+-$(printf '%s' "$MICA_HV_ARGS" | tr -c 'A-Za-z0-9.-' '_')}.iso
 
 # build_iso: cargo build, pack the ramdisk, make $iso.
 build_iso() {
@@ -217,12 +221,12 @@ build_iso() {
 
     # GRUB stays off the serial port (no `serial`/`terminal_output` here), so
     # COM1 carries only what hv and dom0 print.
-    cat >"$iso_root/boot/grub/grub.cfg" <<'EOF'
+    cat >"$iso_root/boot/grub/grub.cfg" <<EOF
 set timeout=0
 set timeout_style=hidden
 set default=0
 menuentry "Mica" {
-    multiboot2 /boot/hv loglevel=info
+    multiboot2 /boot/hv $hv_args
     module2 /boot/dom0 dom0
     module2 /boot/ramdisk.tar ramdisk
     boot

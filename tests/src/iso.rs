@@ -29,6 +29,18 @@ impl Iso {
         &self.path
     }
 
+    /// An ISO whose hv command line also has `hv_args` (e.g. `maxcpus=2`):
+    /// built after [`Iso::get`]'s, by `run-qemu.sh --build-only` with
+    /// `MICA_HV_ARGS` (the binaries are built already; only the image is
+    /// new). Not with `$MICA_ISO`, which names one fixed image.
+    pub fn with_hv_args(hv_args: &str) -> Result<Iso, String> {
+        Iso::get()?;
+        if std::env::var_os("MICA_ISO").is_some() {
+            return Err(format!("MICA_ISO is set: no ISO with hv arguments {hv_args:?} can be built"));
+        }
+        Iso::build(Some(hv_args))
+    }
+
     fn locate_or_build() -> Result<Iso, String> {
         if let Some(path) = std::env::var_os("MICA_ISO") {
             let path = PathBuf::from(path);
@@ -38,6 +50,10 @@ impl Iso {
                 Err(format!("MICA_ISO={} is not a file", path.display()))
             };
         }
+        Iso::build(None)
+    }
+
+    fn build(hv_args: Option<&str>) -> Result<Iso, String> {
         let root = workspace_root();
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => root.join(dir).join("system"),
@@ -54,7 +70,11 @@ impl Iso {
                 .map_err(|error| format!("copying {}: {error}", entry.path().display()))?;
         }
         let script = root.join("run-qemu.sh");
-        let output = Command::new("bash")
+        let mut command = Command::new("bash");
+        if let Some(hv_args) = hv_args {
+            command.env("MICA_HV_ARGS", hv_args);
+        }
+        let output = command
             .arg(&script)
             .arg("--build-only")
             .env("CARGO_TARGET_DIR", &target)

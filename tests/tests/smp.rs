@@ -9,15 +9,14 @@
 //! TSC, which under Bochs (`clock: sync=none`) counts emulated
 //! instructions on every CPU alike.
 //!
-//! Not covered: `maxcpus=N` in a system test. The harness boots the one ISO
-//! run-qemu.sh builds, whose GRUB entry has a fixed hv command line, so no
-//! test can pass `maxcpus=`; its parsing and the CPU choice it makes are
+//! `maxcpus=N` boots an ISO of its own (`Iso::with_hv_args`: run-qemu.sh's
+//! `MICA_HV_ARGS`); its parsing and the CPU choice it makes are also
 //! host-tested (hvcore::smp).
 
 use mica_tests::session::{
     boot_with, command, counter_reaches, create, destroy, expect_memory_back, fail_with, list, mem,
 };
-use mica_tests::{BochsOptions, InfoReport, Machine, scan, seconds};
+use mica_tests::{Bochs, BochsOptions, InfoReport, Iso, Machine, boot_to_prompt, fail, scan, seconds};
 
 fn boot_cpus(cpus: u32) -> Machine {
     boot_with(&BochsOptions { cpus, hard_timeout: seconds(240), ..Default::default() })
@@ -108,6 +107,29 @@ fn four_cpus_boot_and_the_system_works() {
 }
 
 /// hv's uptime in tenths of a second (`info`).
+/// `maxcpus=2` on hv's command line, on a machine with 4 CPUs: hv starts
+/// two, says why in its log, `info` counts two, and a guest runs.
+#[test]
+fn maxcpus_limits_the_cpus_hv_starts() {
+    let iso = Iso::with_hv_args("maxcpus=2").unwrap_or_else(fail);
+    let options = BochsOptions { cpus: 4, hard_timeout: seconds(240), ..Default::default() };
+    let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
+    boot_to_prompt(&mut machine).unwrap_or_else(fail);
+    let info = command(&mut machine, "info");
+    let report = InfoReport::parse(&info).unwrap_or_else(|error| fail_with(&mut machine, &error));
+    let dmesg = command(&mut machine, "dmesg");
+    if report.cpus != 2 || !dmesg.contains("2 CPUs running (4 in the MADT, maxcpus=2)") {
+        fail_with(
+            &mut machine,
+            &format!("with maxcpus=2 on 4 CPUs hv should run on 2 and say so:\n{info}\n--- dmesg ---\n{dmesg}"),
+        );
+    }
+    let id = create(&mut machine, "counter", "counter");
+    let first = counter_reaches(&mut machine, id, 1);
+    counter_reaches(&mut machine, id, first + 1);
+    destroy(&mut machine, "counter", id);
+}
+
 fn uptime(machine: &mut Machine) -> u64 {
     let info = command(machine, "info");
     InfoReport::parse(&info).unwrap_or_else(|error| fail_with(machine, &error)).uptime_tenths
