@@ -5,15 +5,18 @@
 //!
 //! Every CPU runs the loop ([`run`]) on the one state, [`HYPERVISOR`],
 //! behind a fair (ticket) lock that is held while hv works and never
-//! across a VM entry: a CPU takes the lock after each exit, handles it and
-//! lets go before entering the guest again. A domain has one vCPU, so at
-//! most one CPU runs a domain; while it does, `Domain::running` is set and
-//! the vCPU is out of the domain whenever that CPU lets go of the lock, so
-//! no other CPU can touch it: they set flags (`upcall_due`, `reschedule`,
-//! `paused`) and kick the CPU that runs it ([`Domain::notify`]), which
-//! looks at the flags after its next exit. Domains stay in their slot of
-//! [`DomainTable`] from creation to destruction (stable handles), so a
-//! CPU's slot number stays valid while it runs the domain.
+//! across a VM entry: a CPU takes the lock after an exit, handles it and
+//! lets go before entering the guest again. Exits that need nothing but
+//! the vCPU that made them (CPUID, hypercalls that read no state) are
+//! handled without the lock at all ([`handle_exit_unlocked`]). While a CPU
+//! runs a vCPU, `VcpuSlot::running` is set and the vCPU is out of its slot
+//! whenever that CPU lets go of the lock, so no other CPU can touch it:
+//! they set flags (`upcall_due`, `reschedule`, `paused`) and kick the CPU
+//! that runs it ([`Domain::notify`]), which looks at the flags after its
+//! next exit (the kick is an external-interrupt exit, which takes the
+//! lock). Domains stay in their slot of [`DomainTable`] from creation to
+//! destruction (stable handles), so a CPU's slot number stays valid while
+//! it runs one of the domain's vCPUs.
 
 use abi::DomainId;
 use abi::info::HvInfo;
