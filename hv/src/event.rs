@@ -374,16 +374,6 @@ pub fn close(tables: &mut impl TableAccess, id: DomainId, port: Port) -> Result<
     Ok(Some((remote, remote_port)))
 }
 
-/// The (domain, port) that [`abi::event::EventOp::Send`] on `port` of
-/// domain `id` makes pending: `InvalidArgument` if `port` is beyond the
-/// table, `NotFound` if `id` has no table, otherwise as
-/// [`PortTable::send_target`]. Changes nothing (it takes `&mut` only to
-/// share [`TableAccess`] with the other operations).
-pub fn send_target(tables: &mut impl TableAccess, id: DomainId, port: Port) -> Result<(DomainId, Port), Error> {
-    port_index(port)?;
-    tables.table(id).ok_or(Error::NotFound)?.send_target(port)
-}
-
 /// Domain `id` has ended (crashed, shut down or is being destroyed): its
 /// own ports are all freed and every port of the others that names it
 /// becomes Closed ([`PortTable::remote_ended`]). `others` yields every
@@ -560,9 +550,8 @@ mod tests {
         assert_eq!(status, PortStatus { state: PortState::Interdomain, remote_domain: 0, remote: 1 });
         // Sends reach the other end, both ways.
         assert_eq!(tables.0[&0].send_target(offered), Ok((5, bound)));
-        assert_eq!(send_target(&mut tables, 5, bound), Ok((0, offered)));
-        assert_eq!(send_target(&mut tables, 6, bound), Err(Error::NotFound));
-        assert_eq!(send_target(&mut tables, 6, PORT_COUNT as Port), Err(Error::InvalidArgument));
+        assert_eq!(tables.0[&5].send_target(bound), Ok((0, offered)));
+        assert_eq!(tables.0[&5].send_target(PORT_COUNT as Port), Err(Error::InvalidArgument));
         tables.check_invariants();
         // Domain 5 closes: domain 0's end is Unbound for 5 again.
         assert_eq!(close(&mut tables, 5, bound), Ok(Some((0, offered))));
@@ -685,7 +674,6 @@ mod tests {
             let status = tables.0[&owner].status(port).unwrap();
             assert_eq!(status, PortStatus { state: PortState::Closed, remote_domain: 1, remote: 0 });
             assert_eq!(tables.0[&owner].send_target(port), Err(Error::Closed));
-            assert_eq!(send_target(&mut tables, owner, port), Err(Error::Closed));
         }
         assert_eq!(tables.binding(0, unrelated), Binding::Unbound { remote: 2 });
         tables.check_invariants();
