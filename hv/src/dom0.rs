@@ -25,11 +25,13 @@ use abi::start_info::{MemoryKind, StartInfo, flags};
 use hvcore::elf::{ElfImage, PF_X};
 use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
 
+use crate::abi_bytes::bytes_of;
+use crate::arch::machine::Machine;
 use crate::arch::memory as physical;
 use crate::arch::memory::FrameBox;
 use crate::arch::serial::COM1_PORTS;
 use crate::arch::vmx::{self, Capabilities, Vcpu, VcpuConfig};
-use crate::domain::{Domain, bytes_of};
+use crate::hypervisor::Domain;
 use crate::memory::{self, HvTables};
 
 const START_INFO: u64 = 0x1000;
@@ -190,7 +192,8 @@ pub fn build(
 
     let ept = &domain.ept;
     let write = |guest_physical, bytes: &[u8]| {
-        crate::domain::write_through(ept, guest_physical, bytes).map_err(|_| "dom0's image does not fit its memory")
+        hvcore::domain::write_through::<Machine>(ept, guest_physical, bytes)
+            .map_err(|_| "dom0's image does not fit its memory")
     };
     for segment in image.segments() {
         write(segment.phys_addr, image.segment_data(segment))?;

@@ -1,16 +1,19 @@
-//! Domains: a guest-physical address space (EPT), memory accounting, one
-//! vCPU, scheduling parameters, event channels and statistics.
+//! Domains: a guest-physical address space (EPT), memory accounting,
+//! vCPUs, scheduling parameters, event channels and statistics; and the
+//! table that holds them under stable handles. Generic over the machine
+//! ([`Platform`]), so it runs on the host in tests.
 
 use abi::hypercall::ShutdownReason;
 use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord, DomainInfo, DomainState, EXIT_REASON_SLOTS};
 use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
-use hvcore::paging::{Access, Ept, PageTable};
 
-use crate::arch::memory as physical;
-use crate::arch::memory::FrameBox;
-use crate::arch::vmx::{Capabilities, Vcpu};
-use crate::memory::{self, HvTables};
+use crate::log_ring::Level;
+use crate::paging::{Access, Ept, MapError, MemoryType, PageSize, PageTable};
+use crate::platform::Platform;
+
+/// Most domains hv tracks at once (dom0 included).
+pub const MAX_DOMAINS: usize = 64;
 
 /// Most refused-port reports logged per domain (the rest are only counted).
 const REFUSAL_REPORTS: u32 = 8;
@@ -28,7 +31,7 @@ pub enum Ended {
 }
 
 /// A domain.
-pub struct Domain {
+pub struct Domain<P: Platform> {
     pub id: DomainId,
     /// dom0: may use dom0-only hypercalls and owns the devices.
     pub privileged: bool,
@@ -38,7 +41,7 @@ pub struct Domain {
     pub current_pages: u64,
     pub max_pages: u64,
     /// Its vCPUs: `vcpu_count` of them are usable, the rest stay down.
-    pub vcpus: [VcpuSlot; MAX_VCPUS],
+    pub vcpus: [VcpuSlot<P>; MAX_VCPUS],
     /// How many vCPUs it has (1 to `MAX_VCPUS`).
     pub vcpu_count: usize,
     /// Paused by dom0.
@@ -50,7 +53,7 @@ pub struct Domain {
     /// RAM ranges given by PopulateMemory: (guest-physical base, pages).
     pub populated: ArrayVec<(u64, u64), MAX_POPULATED_RANGES>,
     /// Event channel ports.
-    pub events: hvcore::event::PortTable,
+    pub events: crate::event::PortTable,
     /// Its channels were ended (`events::end_channels`): set once it has
     /// crashed, shut down or is being destroyed.
     pub channels_ended: bool,
@@ -60,7 +63,7 @@ pub struct Domain {
     pub grant_table: u64,
     /// Grants of others it has mapped (a guest; dom0's are in
     /// `Hypervisor::foreign`).
-    pub mapped_grants: hvcore::foreign::GuestGrants,
+    pub mapped_grants: crate::foreign::GuestGrants,
     /// CPUs that have run one of its vCPUs (bit i = CPU index i): those
     /// that may hold translations of its EPT (see `flush_ept`).
     pub ept_cpus: u64,
@@ -75,7 +78,7 @@ pub struct Domain {
     /// How many refused I/O or MSR accesses were logged so far.
     pub refusals_logged: u32,
     /// Its share of hv's log for `ConsoleWrite` text (see `log::domain_text`).
-    pub log_budget: hvcore::log_ring::LineBudget,
+    pub log_budget: crate::log_ring::LineBudget,
     /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
     /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
     pub crash_record: CrashRecord,
@@ -85,12 +88,12 @@ pub struct Domain {
 pub const MAX_VCPUS: usize = abi::hypercall::MAX_VCPUS as usize;
 
 /// One vCPU of a domain and its scheduling state.
-pub struct VcpuSlot {
+pub struct VcpuSlot<P: Platform> {
     /// The vCPU once started (vCPU 0 by `SetVcpuContext`, the others by
     /// `VcpuOp::Up`). While a CPU runs it, that CPU holds it: it is taken
     /// out of here whenever that CPU lets go of hv's lock, so no other CPU
     /// can reach it (see `running`).
-    pub vcpu: Option<FrameBox<Vcpu>>,
+    pub vcpu: Option<P::Vcpu>,
     /// Started and not taken down (its `vcpu` exists, here or on a CPU).
     pub up: bool,
     /// Waiting for an event (vCPU 0) or its timer.
@@ -117,9 +120,9 @@ pub struct VcpuSlot {
     pub cpu_time_tsc: u64,
 }
 
-impl VcpuSlot {
+impl<P: Platform> VcpuSlot<P> {
     /// A vCPU that is down and never ran.
-    const fn down() -> VcpuSlot {
+    const fn down() -> Self {
         VcpuSlot {
             vcpu: None,
             up: false,
@@ -141,11 +144,11 @@ impl VcpuSlot {
     /// woken to run it.
     pub fn notify(&self, runnable: bool) {
         if self.running {
-            if self.last_cpu as usize != crate::arch::smp::this_cpu() {
-                crate::arch::smp::kick(self.last_cpu as usize);
+            if self.last_cpu as usize != P::this_cpu() {
+                P::kick(self.last_cpu as usize);
             }
         } else if runnable {
-            crate::arch::smp::wake_idle_cpu();
+            P::wake_idle_cpu();
         }
     }
 }
@@ -173,10 +176,10 @@ pub struct CrashDetails {
     pub qualification: u64,
 }
 
-impl Domain {
+impl<P: Platform> Domain<P> {
     /// A domain with an address space and no memory or vCPU yet.
-    pub fn new(id: DomainId, privileged: bool, max_pages: u64) -> Result<Domain, Error> {
-        let ept = PageTable::<Ept>::new(&mut HvTables).map_err(|_| Error::OutOfMemory)?;
+    pub fn new(id: DomainId, privileged: bool, max_pages: u64) -> Result<Self, Error> {
+        let ept = PageTable::<Ept>::new(&mut P::tables()).map_err(|_| Error::OutOfMemory)?;
         Ok(Domain {
             id,
             privileged,
@@ -190,17 +193,17 @@ impl Domain {
             weight: abi::domctl::DEFAULT_WEIGHT,
             cap: 0,
             populated: ArrayVec::new(),
-            events: hvcore::event::PortTable::new(),
+            events: crate::event::PortTable::new(),
             channels_ended: false,
             event_page: 0,
             grant_table: 0,
-            mapped_grants: hvcore::foreign::GuestGrants::new(),
+            mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,
             io_bitmaps: [0; 2],
             upcall_vector: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
-            log_budget: hvcore::log_ring::LineBudget::new(),
+            log_budget: crate::log_ring::LineBudget::new(),
             crash_record: CrashRecord::NONE,
         })
     }
@@ -263,8 +266,8 @@ impl Domain {
     /// The vCPU this CPU is running now (its exit is being handled), if it
     /// is one of this domain's.
     pub fn current_vcpu(&self) -> Option<usize> {
-        let vcpu = crate::arch::smp::current_vcpu();
-        let cpu = crate::arch::smp::this_cpu() as u32;
+        let vcpu = P::current_vcpu();
+        let cpu = P::this_cpu() as u32;
         self.vcpus.get(vcpu).filter(|slot| slot.running && slot.last_cpu == cpu).map(|_| vcpu)
     }
 
@@ -276,11 +279,9 @@ impl Domain {
     /// A domain with one vCPU that is the caller (running here) needs no
     /// shootdown: its vCPU flushes whenever it arrives on another CPU
     /// (`Vcpu::check_out`), so no other CPU uses what it cached.
-    pub fn flush_ept(&self, capabilities: &Capabilities) {
-        crate::arch::vmx::invalidate_ept(capabilities, crate::arch::vmx::ept_pointer(capabilities, self.ept.root()));
-        if self.vcpu_count > 1 || self.current_vcpu().is_none() {
-            crate::arch::smp::flush_ept_elsewhere(self.ept_cpus);
-        }
+    pub fn flush_ept(&self) {
+        let elsewhere = if self.vcpu_count > 1 || self.current_vcpu().is_none() { self.ept_cpus } else { 0 };
+        P::flush_ept(self.ept.root(), elsewhere);
     }
 
     /// Counts one VM exit by its basic reason.
@@ -307,7 +308,7 @@ impl Domain {
     pub fn crash(&mut self, why: core::fmt::Arguments) {
         // Only the vCPU whose exit is being handled here is loaded on this
         // CPU; the others are not asked.
-        let rip = self.current_vcpu().and_then(|v| self.vcpus[v].vcpu.as_ref()).map_or(0, |vcpu| vcpu.rip());
+        let rip = self.current_vcpu().and_then(|v| self.vcpus[v].vcpu.as_ref()).map_or(0, P::vcpu_rip);
         let details = CrashDetails { exit_reason: u32::MAX, rip, ..CrashDetails::default() };
         self.crash_with(CrashReason::Other, details, why);
     }
@@ -316,7 +317,7 @@ impl Domain {
     /// the crash record dom0 reads (`reason`, `details`, `why` as its text).
     /// The first crash is the one recorded.
     pub fn crash_with(&mut self, reason: CrashReason, details: CrashDetails, why: core::fmt::Arguments) {
-        crate::error!("d{} crashed: {}", self.id, why);
+        P::log(Level::Error, format_args!("d{} crashed: {}", self.id, why));
         if self.ended.is_none() {
             self.crash_record = CrashRecord {
                 reason: reason as u32,
@@ -373,24 +374,16 @@ impl Domain {
         let rwx = Access::READ | Access::WRITE | Access::EXECUTE;
         for index in 0..pages {
             let address = guest_physical + index * abi::PAGE_SIZE;
-            let mapped = memory::allocate_frame().ok_or(Error::OutOfMemory).and_then(|frame| {
-                self.ept
-                    .map(
-                        &mut HvTables,
-                        address,
-                        frame,
-                        hvcore::paging::PageSize::Size4K,
-                        rwx,
-                        hvcore::paging::MemoryType::WriteBack,
-                    )
-                    .map_err(|error| {
-                        memory::free_frame(frame);
-                        match error {
-                            hvcore::paging::MapError::AlreadyMapped => Error::Busy,
-                            hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
-                            _ => Error::InvalidArgument,
-                        }
-                    })
+            let mapped = P::allocate_frame().ok_or(Error::OutOfMemory).and_then(|frame| {
+                let tables = &mut P::tables();
+                self.ept.map(tables, address, frame, PageSize::Size4K, rwx, MemoryType::WriteBack).map_err(|error| {
+                    P::free_frame(frame);
+                    match error {
+                        MapError::AlreadyMapped => Error::Busy,
+                        MapError::OutOfTables => Error::OutOfMemory,
+                        _ => Error::InvalidArgument,
+                    }
+                })
             });
             if let Err(error) = mapped {
                 // Undo this call's pages so nothing is left half-populated.
@@ -406,31 +399,31 @@ impl Domain {
     /// Unmaps and frees `pages` pages from `guest_physical`.
     fn release_range(&mut self, guest_physical: u64, pages: u64) {
         for index in 0..pages {
-            if let Ok((frame, _)) = self.ept.unmap(&mut HvTables, guest_physical + index * abi::PAGE_SIZE) {
-                memory::free_frame(frame);
+            if let Ok((frame, _)) = self.ept.unmap(&mut P::tables(), guest_physical + index * abi::PAGE_SIZE) {
+                P::free_frame(frame);
             }
         }
     }
 
     /// Frees everything the domain owns: its vCPUs, its RAM, its EPT.
     /// Foreign mappings of its pages must already be gone.
-    pub fn tear_down(mut self, capabilities: &Capabilities) {
+    pub fn tear_down(mut self) {
         for slot in &mut self.vcpus {
             if let Some(vcpu) = slot.vcpu.take() {
-                release_vcpu(vcpu, capabilities);
+                P::release_vcpu(vcpu);
             }
         }
         for (guest_physical, pages) in core::mem::take(&mut self.populated) {
             self.release_range(guest_physical, pages);
         }
-        self.ept.destroy(&mut HvTables);
+        self.ept.destroy(&mut P::tables());
     }
 
     /// Copies a guest buffer into `out`.
     pub fn read_guest(&self, guest_physical: u64, out: &mut [u8]) -> Result<(), Error> {
-        for chunk in hvcore::guest::page_chunks(guest_physical, out.len() as u64, u64::MAX)? {
-            let host = translate(&self.ept, chunk.guest_physical, Access::READ)?;
-            if !physical::copy_from(host, &mut out[chunk.offset..chunk.offset + chunk.length]) {
+        for chunk in crate::guest::page_chunks(guest_physical, out.len() as u64, u64::MAX)? {
+            let host = translate::<P>(&self.ept, chunk.guest_physical, Access::READ)?;
+            if !P::copy_from(host, &mut out[chunk.offset..chunk.offset + chunk.length]) {
                 return Err(Error::BadAddress);
             }
         }
@@ -440,12 +433,12 @@ impl Domain {
     /// Copies `bytes` into the guest. On error some leading chunks may
     /// already have been written (the guest's own memory; no hv state changes).
     pub fn write_guest(&self, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
-        write_through(&self.ept, guest_physical, bytes)
+        write_through::<P>(&self.ept, guest_physical, bytes)
     }
 
     /// The host frame behind a writable guest page.
     pub fn host_frame(&self, guest_physical: u64, access: Access) -> Result<u64, Error> {
-        translate(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
+        translate::<P>(&self.ept, guest_physical & !(abi::PAGE_SIZE - 1), access)
     }
 
     /// What `DomCtlOp::GetVcpuInfo` reports of vCPU `vcpu`; `None` if the
@@ -475,14 +468,6 @@ impl Domain {
     }
 }
 
-/// Retires a vCPU no CPU runs: clears it from this CPU and frees its VMCS
-/// and its frame.
-pub fn release_vcpu(vcpu: FrameBox<Vcpu>, capabilities: &Capabilities) {
-    let (vcpu, frame) = vcpu.into_inner();
-    memory::free_frame(vcpu.release(capabilities));
-    memory::free_frame(frame);
-}
-
 /// `why` formatted into a crash record's text: cut at `CRASH_TEXT_BYTES`,
 /// anything but printable ASCII as '?', NUL-padded.
 fn crash_text(why: core::fmt::Arguments) -> [u8; CRASH_TEXT_BYTES] {
@@ -508,57 +493,112 @@ fn crash_text(why: core::fmt::Arguments) -> [u8; CRASH_TEXT_BYTES] {
 }
 
 /// Translates a guest-physical address the domain may access with `access`.
-fn translate(ept: &PageTable<Ept>, guest_physical: u64, access: Access) -> Result<u64, Error> {
-    match ept.translate(&HvTables, guest_physical) {
+fn translate<P: Platform>(ept: &PageTable<Ept>, guest_physical: u64, access: Access) -> Result<u64, Error> {
+    match ept.translate(&P::tables(), guest_physical) {
         Some((host, allowed, _)) if allowed.contains(access) => Ok(host),
         _ => Err(Error::BadAddress),
     }
 }
 
 /// Copies `bytes` to guest-physical memory mapped writable by `ept`.
-pub fn write_through(ept: &PageTable<Ept>, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
-    for chunk in hvcore::guest::page_chunks(guest_physical, bytes.len() as u64, u64::MAX)? {
-        let host = translate(ept, chunk.guest_physical, Access::WRITE)?;
-        if !physical::copy_to(host, &bytes[chunk.offset..chunk.offset + chunk.length]) {
+pub fn write_through<P: Platform>(ept: &PageTable<Ept>, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {
+    for chunk in crate::guest::page_chunks(guest_physical, bytes.len() as u64, u64::MAX)? {
+        let host = translate::<P>(ept, chunk.guest_physical, Access::WRITE)?;
+        if !P::copy_to(host, &bytes[chunk.offset..chunk.offset + chunk.length]) {
             return Err(Error::BadAddress);
         }
     }
     Ok(())
 }
 
-/// The byte image of a `#[repr(C)]` ABI structure, for copying to a guest.
-pub fn bytes_of<T: AbiStruct>(value: &T) -> &[u8] {
-    // SAFETY: AbiStruct is only implemented for padding-free #[repr(C)]
-    // structures of integers (their layouts are asserted in `abi`), so every
-    // byte is initialised; the slice borrows `value`.
-    unsafe { core::slice::from_raw_parts(value as *const T as *const u8, core::mem::size_of::<T>()) }
+/// The domains, each in a slot that stays its own from creation until it
+/// is destroyed: a slot number is a stable handle (the `index` the rest of
+/// hv passes around), unlike a position in a list that shifts.
+pub struct DomainTable<P: Platform> {
+    slots: [Option<Domain<P>>; MAX_DOMAINS],
+    count: usize,
 }
 
-/// Reads an ABI structure out of guest memory (a copy; the guest may change
-/// its memory at any time, so the copy is what gets validated and used).
-pub fn read_struct<T: AbiStruct + Default>(domain: &Domain, guest_physical: u64) -> Result<T, Error> {
-    let mut value = T::default();
-    // SAFETY: AbiStruct types are plain integers without padding, so any
-    // byte pattern is a valid value; the slice covers exactly `value`.
-    let bytes = unsafe { core::slice::from_raw_parts_mut(&mut value as *mut T as *mut u8, core::mem::size_of::<T>()) };
-    domain.read_guest(guest_physical, bytes)?;
-    Ok(value)
+impl<P: Platform> DomainTable<P> {
+    /// No domains.
+    pub const EMPTY: Self = DomainTable { slots: [const { None }; MAX_DOMAINS], count: 0 };
+
+    /// How many domains there are.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether every slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.count == MAX_DOMAINS
+    }
+
+    /// Puts `domain` in the first free slot and returns it (or gives the
+    /// domain back when the table is full, for the caller to tear down).
+    #[allow(clippy::result_large_err)]
+    pub fn insert(&mut self, domain: Domain<P>) -> Result<usize, Domain<P>> {
+        let Some(slot) = self.slots.iter().position(Option::is_none) else { return Err(domain) };
+        self.slots[slot] = Some(domain);
+        self.count += 1;
+        Ok(slot)
+    }
+
+    /// Takes the domain out of `slot`.
+    pub fn remove(&mut self, slot: usize) -> Option<Domain<P>> {
+        let domain = self.slots.get_mut(slot)?.take()?;
+        self.count -= 1;
+        Some(domain)
+    }
+
+    /// The domain in `slot`, if any.
+    pub fn get(&self, slot: usize) -> Option<&Domain<P>> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    /// The domain in `slot`, if any.
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Domain<P>> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// Every domain, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Domain<P>> {
+        self.slots.iter().flatten()
+    }
+
+    /// Every domain, in slot order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain<P>> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The slot of domain `id`.
+    pub fn slot_of(&self, id: DomainId) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.as_ref().is_some_and(|d| d.id == id))
+    }
 }
 
-/// Marker for ABI structures that are plain bytes (no padding, no pointers).
-///
-/// # Safety
-/// Implement only for `#[repr(C)]` types whose fields are integers or arrays
-/// of integers with no implicit padding.
-pub unsafe trait AbiStruct {}
+impl<P: Platform> core::ops::Index<usize> for DomainTable<P> {
+    type Output = Domain<P>;
+    /// The domain in `slot`; hv only indexes with slots it got from
+    /// [`DomainTable::slot_of`], `insert` or its own run, which hold one.
+    fn index(&self, slot: usize) -> &Domain<P> {
+        match self.get(slot) {
+            Some(domain) => domain,
+            None => empty_slot(slot),
+        }
+    }
+}
 
-// SAFETY: layouts asserted padding-free in abi::info and abi::start_info.
-unsafe impl AbiStruct for abi::info::HvInfo {}
-// SAFETY: as above.
-unsafe impl AbiStruct for abi::info::DomainInfo {}
-// SAFETY: as above.
-unsafe impl AbiStruct for abi::start_info::StartInfo {}
-// SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
-unsafe impl AbiStruct for abi::domctl::VcpuContext {}
-// SAFETY: layout asserted padding-free in abi::domctl (explicit _reserved0).
-unsafe impl AbiStruct for abi::domctl::VcpuInfo {}
+impl<P: Platform> core::ops::IndexMut<usize> for DomainTable<P> {
+    fn index_mut(&mut self, slot: usize) -> &mut Domain<P> {
+        match self.get_mut(slot) {
+            Some(domain) => domain,
+            None => empty_slot(slot),
+        }
+    }
+}
+
+/// An index into an empty slot: an hv bug, never a domain's doing.
+#[cold]
+fn empty_slot(slot: usize) -> ! {
+    panic!("hv bug: domain slot {slot} is empty")
+}

@@ -9,11 +9,13 @@ use abi::{DomainId, Error};
 use hvcore::foreign::{ForeignWindow, Mapping};
 use hvcore::paging::{Access, MemoryType, PageSize};
 
+use crate::abi_bytes::{bytes_of, read_struct};
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
-use crate::domain::{Domain, MAX_VCPUS, bytes_of, read_struct, sched_key};
+use crate::hypervisor::Domain;
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
 use crate::memory::{self, HvTables};
+use hvcore::domain::{MAX_VCPUS, sched_key};
 
 /// `Hypercall::DomCtl`.
 pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [u64; 5]) -> Result<u64, Error> {
@@ -122,7 +124,7 @@ fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error>
     let mut domain = Domain::new(id, false, max_pages)?;
     domain.vcpu_count = vcpus as usize;
     if let Err(domain) = add_to_scheduler(hv, domain) {
-        domain.tear_down(&hv.capabilities);
+        domain.tear_down();
         return Err(Error::Busy);
     }
     hv.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
@@ -199,7 +201,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
             let _ = dom0.ept.unmap(&mut HvTables, address);
         });
         if unmapped > 0 {
-            dom0.flush_ept(&hv.capabilities);
+            dom0.flush_ept();
         }
     }
     //    So do the guests' mappings of its grants (each such guest's
@@ -211,7 +213,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
             mapper.mapped_grants.remove_owner(id, |grant| {
                 let _ = ept.unmap(&mut HvTables, grant.address);
             });
-            mapper.flush_ept(&hv.capabilities);
+            mapper.flush_ept();
         }
     }
     //    And the grants it mapped itself are released, so their granters
@@ -226,7 +228,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     remove_from_scheduler(hv, id);
     let Some(domain) = hv.domains.remove(target) else { return };
     let pages = domain.current_pages;
-    domain.tear_down(&hv.capabilities);
+    domain.tear_down();
     crate::info!("d{id} destroyed, {} KiB returned", pages * 4);
 }
 
@@ -400,6 +402,6 @@ fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Resul
     hv.foreign.remove(dom0_address, false).ok_or(Error::NotFound)?;
     let dom0 = &mut hv.domains[caller];
     let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
-    dom0.flush_ept(&hv.capabilities);
+    dom0.flush_ept();
     Ok(0)
 }

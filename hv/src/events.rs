@@ -11,8 +11,10 @@ use hvcore::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset}
 use hvcore::paging::Access;
 
 use crate::arch::memory as physical;
-use crate::domain::{Domain, Ended};
+use crate::hypervisor::Domain;
 use crate::hypervisor::Hypervisor;
+use hvcore::domain::Ended;
+use hvcore::platform::Platform;
 
 /// Port tables of all domains, by id, for the pure binding logic.
 pub struct Tables<'a>(pub &'a mut crate::hypervisor::DomainTable);
@@ -360,7 +362,7 @@ pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64
         VcpuOp::Id => Ok(me as u64),
         VcpuOp::Up => {
             let vcpu = target()?;
-            let context: abi::domctl::VcpuContext = crate::domain::read_struct(&hv.domains[caller], a2)?;
+            let context: abi::domctl::VcpuContext = crate::abi_bytes::read_struct(&hv.domains[caller], a2)?;
             crate::domctl::start_vcpu(hv, caller, vcpu, &context).map(|()| 0)
         }
         VcpuOp::Down => {
@@ -383,7 +385,7 @@ pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64
                 slot.reschedule = true;
                 slot.notify(false);
             } else if let Some(cpu) = slot.vcpu.take() {
-                crate::domain::release_vcpu(cpu, &hv.capabilities);
+                crate::arch::machine::Machine::release_vcpu(cpu);
             }
             Ok(0)
         }

@@ -161,7 +161,7 @@ fn unmap_in_guest(hv: &mut Hypervisor, caller: usize, address: u64) -> Result<u6
     let domain = &mut hv.domains[caller];
     let mapping = domain.mapped_grants.remove(address).ok_or(Error::NotFound)?;
     let _ = domain.ept.unmap(&mut HvTables, address);
-    domain.flush_ept(&hv.capabilities);
+    domain.flush_ept();
     release_mapping(hv, mapping.owner, mapping.grant);
     Ok(0)
 }
@@ -229,7 +229,7 @@ pub fn grant_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]:
             let mapping = hv.foreign.remove(a1, true).ok_or(Error::NotFound)?;
             let domain = &mut hv.domains[caller];
             let _ = domain.ept.unmap(&mut HvTables, a1);
-            domain.flush_ept(&hv.capabilities);
+            domain.flush_ept();
             if let Some(reference) = mapping.grant {
                 release_mapping(hv, mapping.owner, reference);
             }

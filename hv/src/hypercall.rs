@@ -6,7 +6,7 @@ use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, PlatformOp};
 use abi::info::{DOMAIN_INFO_MIN_SIZE, DomainInfo, HV_INFO_MIN_SIZE, HvInfo};
 use abi::{DomainId, Error};
 
-use crate::domain::bytes_of;
+use crate::abi_bytes::bytes_of;
 use crate::hypervisor::Hypervisor;
 
 /// A handler: the hypervisor, the calling domain's index, the five arguments.

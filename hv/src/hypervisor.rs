@@ -20,16 +20,16 @@
 
 use abi::DomainId;
 use abi::info::HvInfo;
+use hvcore::platform::Platform;
 use hvcore::scheduler::Scheduler;
 use spin::mutex::{TicketMutex, TicketMutexGuard};
 
+use crate::arch::machine::Machine;
 use crate::arch::vmx::{Capabilities, Exit, Vcpu};
 use crate::arch::{cpu, lapic, smp};
-use crate::domain::{CrashDetails, Domain, from_sched_key, sched_key};
 use abi::info::CrashReason;
-
-/// Most domains hv tracks at once (dom0 included).
-pub const MAX_DOMAINS: usize = 64;
+pub use hvcore::domain::MAX_DOMAINS;
+use hvcore::domain::{CrashDetails, from_sched_key, sched_key};
 
 /// Longest time slice in TSC ticks (about 2 million instructions under
 /// Bochs, where the TSC counts instructions; about 1 ms on a 2 GHz CPU).
@@ -57,99 +57,12 @@ fn unreachable_hypercall() -> bool {
     true
 }
 
-/// The domains, each in a slot that stays its own from creation until it
-/// is destroyed: a slot number is a stable handle (the `index` the rest of
-/// hv passes around), unlike a position in a list that shifts.
-pub struct DomainTable {
-    slots: [Option<Domain>; MAX_DOMAINS],
-    count: usize,
-}
-
-impl DomainTable {
-    /// No domains.
-    pub const fn new() -> DomainTable {
-        DomainTable { slots: [const { None }; MAX_DOMAINS], count: 0 }
-    }
-
-    /// How many domains there are.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether every slot is taken.
-    pub fn is_full(&self) -> bool {
-        self.count == MAX_DOMAINS
-    }
-
-    /// Puts `domain` in the first free slot and returns it (or gives the
-    /// domain back when the table is full, for the caller to tear down).
-    #[allow(clippy::result_large_err)]
-    pub fn insert(&mut self, domain: Domain) -> Result<usize, Domain> {
-        let Some(slot) = self.slots.iter().position(Option::is_none) else { return Err(domain) };
-        self.slots[slot] = Some(domain);
-        self.count += 1;
-        Ok(slot)
-    }
-
-    /// Takes the domain out of `slot`.
-    pub fn remove(&mut self, slot: usize) -> Option<Domain> {
-        let domain = self.slots.get_mut(slot)?.take()?;
-        self.count -= 1;
-        Some(domain)
-    }
-
-    /// The domain in `slot`, if any.
-    pub fn get(&self, slot: usize) -> Option<&Domain> {
-        self.slots.get(slot)?.as_ref()
-    }
-
-    /// The domain in `slot`, if any.
-    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Domain> {
-        self.slots.get_mut(slot)?.as_mut()
-    }
-
-    /// Every domain, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = &Domain> {
-        self.slots.iter().flatten()
-    }
-
-    /// Every domain, in slot order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain> {
-        self.slots.iter_mut().flatten()
-    }
-
-    /// The slot of domain `id`.
-    pub fn slot_of(&self, id: DomainId) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.as_ref().is_some_and(|d| d.id == id))
-    }
-}
-
-impl core::ops::Index<usize> for DomainTable {
-    type Output = Domain;
-    /// The domain in `slot`; hv only indexes with slots it got from
-    /// [`DomainTable::slot_of`], `insert` or its own run, which hold one.
-    fn index(&self, slot: usize) -> &Domain {
-        match self.get(slot) {
-            Some(domain) => domain,
-            None => empty_slot(slot),
-        }
-    }
-}
-
-impl core::ops::IndexMut<usize> for DomainTable {
-    fn index_mut(&mut self, slot: usize) -> &mut Domain {
-        match self.get_mut(slot) {
-            Some(domain) => domain,
-            None => empty_slot(slot),
-        }
-    }
-}
-
-/// An index into an empty slot: an hv bug, never a domain's doing.
-#[cold]
-fn empty_slot(slot: usize) -> ! {
-    panic!("hv bug: domain slot {slot} is empty")
-}
+/// A domain on this machine.
+pub type Domain = hvcore::domain::Domain<Machine>;
+/// A vCPU slot of a domain on this machine.
+pub type VcpuSlot = hvcore::domain::VcpuSlot<Machine>;
+/// The domains on this machine.
+pub type DomainTable = hvcore::domain::DomainTable<Machine>;
 
 /// Everything hv knows, shared by the run loops of every CPU.
 pub struct Hypervisor {
@@ -181,7 +94,7 @@ pub struct Hypervisor {
 /// every CPU gets its turn after an exit however busy the others are.
 pub static HYPERVISOR: TicketMutex<Hypervisor> = TicketMutex::new(Hypervisor {
     capabilities: Capabilities::NONE,
-    domains: DomainTable::new(),
+    domains: DomainTable::EMPTY,
     scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
     boot_tsc: 0,
     tsc_khz: 0,
@@ -219,7 +132,7 @@ impl Hypervisor {
         crate::arch::smp::describe(&mut cpus);
         HvInfo {
             abi_version: abi::ABI_VERSION,
-            domain_count: self.domains.len() as u32,
+            domain_count: self.domains.count() as u32,
             features: self.capabilities.features,
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
@@ -648,7 +561,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
     if !slot.up
         && let Some(vcpu) = slot.vcpu.take()
     {
-        crate::domain::release_vcpu(vcpu, &capabilities);
+        Machine::release_vcpu(vcpu);
     }
     (hv, ran)
 }
@@ -716,7 +629,7 @@ fn emulate_cpuid(vcpu: &mut Vcpu) {
 /// at the VMCALL). Cold: taken only while a target is being stopped.
 #[cold]
 #[inline(never)]
-fn restart_hypercall(slot: &mut crate::domain::VcpuSlot, number: u64) {
+fn restart_hypercall(slot: &mut VcpuSlot, number: u64) {
     slot.restart_call = false;
     if let Some(vcpu) = slot.vcpu.as_mut() {
         vcpu.registers.rax = number;

@@ -8,6 +8,7 @@
 
 pub mod acpi;
 pub mod cpu_state;
+pub mod domain;
 pub mod elf;
 pub mod event;
 pub mod event_page;
@@ -20,6 +21,7 @@ pub mod log_ring;
 pub mod mmio;
 pub mod multiboot2;
 pub mod paging;
+pub mod platform;
 pub mod scheduler;
 pub mod smp;
 #[cfg(test)]

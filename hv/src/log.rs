@@ -20,35 +20,15 @@ use spin::Mutex;
 
 use crate::arch::serial;
 
-/// Severity of a log line; a lower value is more severe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Level {
-    Error = 0,
-    Warning = 1,
-    Info = 2,
-    Debug = 3,
-}
+pub use hvcore::log_ring::Level;
 
-impl Level {
-    /// Parses `error`, `warning`, `info`, `debug` (the `loglevel=` option).
-    pub fn parse(text: &str) -> Option<Level> {
-        Some(match text {
-            "error" => Level::Error,
-            "warning" | "warn" => Level::Warning,
-            "info" => Level::Info,
-            "debug" => Level::Debug,
-            _ => return None,
-        })
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            Level::Error => "hv: error: ",
-            Level::Warning => "hv: warning: ",
-            Level::Info => "hv: ",
-            Level::Debug => "hv: debug: ",
-        }
+/// What starts each of hv's lines at `level`.
+fn prefix(level: Level) -> &'static str {
+    match level {
+        Level::Error => "hv: error: ",
+        Level::Warning => "hv: warning: ",
+        Level::Info => "hv: ",
+        Level::Debug => "hv: debug: ",
     }
 }
 
@@ -122,7 +102,7 @@ pub fn write(level: Level, arguments: fmt::Arguments) {
         return;
     }
     let mut line = LineBuffer::new();
-    let _ = line.write_str(level.prefix());
+    let _ = line.write_str(prefix(level));
     let _ = line.write_fmt(arguments);
     if line.len == line.bytes.len() {
         line.len -= 1;

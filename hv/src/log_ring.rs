@@ -10,6 +10,29 @@
 //! (a token bucket of lines), so no domain takes more than its share of the
 //! guest ring's turnover.
 
+/// Severity of a log line; a lower value is more severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Error = 0,
+    Warning = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl Level {
+    /// Parses `error`, `warning`, `info`, `debug` (the `loglevel=` option).
+    pub fn parse(text: &str) -> Option<Level> {
+        Some(match text {
+            "error" => Level::Error,
+            "warning" | "warn" => Level::Warning,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            _ => return None,
+        })
+    }
+}
+
 /// A byte ring of capacity `N` (must be non-zero) that overwrites its oldest
 /// bytes when full.
 #[derive(Debug)]

@@ -9,9 +9,9 @@
 #![no_std]
 #![no_main]
 
+mod abi_bytes;
 mod arch;
 mod dom0;
-mod domain;
 mod domctl;
 mod events;
 mod grants;
@@ -118,6 +118,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(capabilities) => capabilities,
         Err(missing) => stop(missing),
     };
+    arch::machine::Machine::set_capabilities(capabilities);
 
     let (apic_id, apic_version) = lapic::init();
     let apic_mode = if lapic::x2apic() { "x2APIC" } else { "xAPIC" };

@@ -51,7 +51,7 @@ fn map_mmio(hv: &mut Hypervisor, caller: usize, address: u64, pages: u64) -> Res
     // New entries replace non-present ones, which the CPU does not cache;
     // the flush only makes that independent of the implementation.
     if mapped_any {
-        domain.flush_ept(&hv.capabilities);
+        domain.flush_ept();
     }
     Ok(0)
 }

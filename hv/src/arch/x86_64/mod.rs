@@ -6,6 +6,7 @@ pub mod gdt;
 pub mod idt;
 pub mod ioapic;
 pub mod lapic;
+pub mod machine;
 pub mod memory;
 pub mod platform;
 pub mod serial;

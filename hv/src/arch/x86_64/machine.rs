@@ -1,0 +1,108 @@
+//! The machine hvcore runs on ([`hvcore::platform::Platform`]): x86-64 with
+//! VT-x, physical memory through hv's identity map.
+
+use core::fmt;
+
+use hvcore::log_ring::Level;
+use hvcore::platform::Platform;
+use spin::Once;
+
+use super::memory::{self as physical, FrameBox};
+use super::vmx::{self, Capabilities, Vcpu};
+use super::{ioapic, smp};
+
+/// x86-64 with VT-x.
+pub struct Machine;
+
+/// The VMX capabilities every CPU shares (set once, at boot).
+static CAPABILITIES: Once<Capabilities> = Once::new();
+
+impl Machine {
+    /// Records the VMX capabilities hv found (boot CPU, before any domain).
+    pub fn set_capabilities(capabilities: Capabilities) {
+        CAPABILITIES.call_once(|| capabilities);
+    }
+
+    fn capabilities() -> &'static Capabilities {
+        CAPABILITIES.get().unwrap_or(&Capabilities::NONE)
+    }
+}
+
+impl Platform for Machine {
+    type Vcpu = FrameBox<Vcpu>;
+    type Tables = crate::memory::HvTables;
+
+    fn tables() -> Self::Tables {
+        crate::memory::HvTables
+    }
+    fn allocate_frame() -> Option<u64> {
+        crate::memory::allocate_frame()
+    }
+    fn free_frame(frame: u64) {
+        crate::memory::free_frame(frame)
+    }
+    fn copy_to(address: u64, bytes: &[u8]) -> bool {
+        physical::copy_to(address, bytes)
+    }
+    fn copy_from(address: u64, out: &mut [u8]) -> bool {
+        physical::copy_from(address, out)
+    }
+    #[inline]
+    fn test_and_set_bit(address: u64, bit: u32) -> bool {
+        physical::atomic_test_and_set_bit(address, bit)
+    }
+    #[inline]
+    fn test_and_clear_bit(address: u64, bit: u32) -> bool {
+        physical::atomic_test_and_clear_bit(address, bit)
+    }
+    #[inline]
+    fn compare_exchange(address: u64, current: u64, new: u64) -> Result<u64, u64> {
+        physical::atomic_compare_exchange(address, current, new)
+    }
+    #[inline]
+    fn load(address: u64) -> u64 {
+        physical::atomic_load(address)
+    }
+    #[inline]
+    fn swap(address: u64, value: u64) -> u64 {
+        physical::atomic_swap(address, value)
+    }
+    #[inline]
+    fn this_cpu() -> usize {
+        smp::this_cpu()
+    }
+    #[inline]
+    fn current_vcpu() -> usize {
+        smp::current_vcpu()
+    }
+    fn kick(cpu: usize) {
+        smp::kick(cpu)
+    }
+    fn wake_idle_cpu() {
+        smp::wake_idle_cpu();
+    }
+    fn flush_ept(root: u64, elsewhere: u64) {
+        let capabilities = Self::capabilities();
+        vmx::invalidate_ept(capabilities, vmx::ept_pointer(capabilities, root));
+        if elsewhere != 0 {
+            smp::flush_ept_elsewhere(elsewhere);
+        }
+    }
+    fn vcpu_rip(vcpu: &Self::Vcpu) -> u64 {
+        vcpu.rip()
+    }
+    fn release_vcpu(vcpu: Self::Vcpu) {
+        let (vcpu, frame) = vcpu.into_inner();
+        crate::memory::free_frame(vcpu.release(Self::capabilities()));
+        crate::memory::free_frame(frame);
+    }
+    fn mask_line(line: u8) {
+        ioapic::mask(line)
+    }
+    fn unmask_line(line: u8) -> bool {
+        ioapic::unmask(line)
+    }
+    fn log(level: Level, line: fmt::Arguments) {
+        crate::log::write(level, line)
+    }
+}

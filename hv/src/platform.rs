@@ -1,0 +1,72 @@
+//! What hvcore needs of the machine it runs on: physical memory, the CPUs
+//! (which one is asking, kicks, TLB shootdowns), a started vCPU's hardware
+//! state, interrupt lines and the log. The `hv` binary implements it for
+//! x86-64 with VT-x (`arch::Machine`); host tests implement it over plain
+//! memory (`fake_platform`), so the domain and hypercall code above it runs
+//! on the host.
+//!
+//! Every function is associated (no `self`): there is one machine, and the
+//! code that calls them holds no handle to it. Addresses are host-physical.
+
+use core::fmt;
+
+use crate::log_ring::Level;
+use crate::paging::TableMemory;
+
+/// The machine below hvcore.
+pub trait Platform: 'static {
+    /// A started vCPU's hardware state (VT-x: its VMCS and registers).
+    type Vcpu;
+    /// Memory for the domains' EPT tables.
+    type Tables: TableMemory;
+
+    /// The table memory (a handle; all tables live in one allocator).
+    fn tables() -> Self::Tables;
+    /// A zeroed 4 KiB frame.
+    fn allocate_frame() -> Option<u64>;
+    /// Gives back a frame from `allocate_frame`.
+    fn free_frame(frame: u64);
+    /// Copies `bytes` to host-physical `address`; false if it is not RAM.
+    fn copy_to(address: u64, bytes: &[u8]) -> bool;
+    /// Copies from host-physical `address` into `out`; false if it is not RAM.
+    fn copy_from(address: u64, out: &mut [u8]) -> bool;
+
+    // Words of pages shared with domains, each access one atomic
+    // instruction (the domain changes them concurrently).
+    /// Sets bit `bit` (0..64) of the word at `address`; whether it was set.
+    fn test_and_set_bit(address: u64, bit: u32) -> bool;
+    /// Clears bit `bit` (0..64) of the word at `address`; whether it was set.
+    fn test_and_clear_bit(address: u64, bit: u32) -> bool;
+    /// Replaces the word at `address` with `new` if it holds `current`;
+    /// the word found, `Ok` when it was `current`.
+    fn compare_exchange(address: u64, current: u64, new: u64) -> Result<u64, u64>;
+    /// The word at `address`.
+    fn load(address: u64) -> u64;
+    /// Stores `value` in the word at `address`; the old value.
+    fn swap(address: u64, value: u64) -> u64;
+
+    /// The index of the CPU asking.
+    fn this_cpu() -> usize;
+    /// The vCPU whose exit this CPU is handling (its index in its domain).
+    fn current_vcpu() -> usize;
+    /// Makes CPU `cpu`, running a guest, leave it and look at its vCPU's flags.
+    fn kick(cpu: usize);
+    /// Wakes one idle CPU to pick a vCPU that became runnable.
+    fn wake_idle_cpu();
+    /// Drops this CPU's cached translations of the EPT at `root` and, by a
+    /// shootdown that waits for them, those of the CPUs in `elsewhere`
+    /// (bit i = CPU index i; this CPU's bit may be set).
+    fn flush_ept(root: u64, elsewhere: u64);
+    /// The guest instruction pointer of a vCPU this CPU has loaded.
+    fn vcpu_rip(vcpu: &Self::Vcpu) -> u64;
+    /// Retires a vCPU no CPU runs and frees what it holds.
+    fn release_vcpu(vcpu: Self::Vcpu);
+
+    /// Masks the device interrupt line `line`.
+    fn mask_line(line: u8);
+    /// Unmasks `line`; false if the machine has no such line.
+    fn unmask_line(line: u8) -> bool;
+
+    /// Logs one line at `level`.
+    fn log(level: Level, line: fmt::Arguments);
+}
