@@ -222,7 +222,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     mapped.clear(|grant| crate::grants::release_mapping(hv, grant.owner, grant.grant));
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
-    crate::events::end_channels(hv, target);
+    hvcore::event_ops::end_channels(&mut hv.domains, target);
     // 3. The scheduler forgets it; its frames, tables and VMCSs are freed
     //    (no CPU holds its registers: each saves them when it lets go).
     remove_from_scheduler(hv, id);

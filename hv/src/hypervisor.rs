@@ -170,7 +170,7 @@ impl Hypervisor {
                     slot.timer_deadline = 0;
                     slot.blocked = false;
                     domain.notify(vcpu);
-                    crate::events::raise_virq(self, index, abi::event::Virq::Timer, vcpu);
+                    hvcore::event_ops::raise_virq(&mut self.domains, index, abi::event::Virq::Timer, vcpu);
                 } else {
                     earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                 }
@@ -242,7 +242,7 @@ impl Hypervisor {
             }
             Exit::Halt => {
                 vcpu.skip_instruction();
-                crate::events::block(domain, vcpu_index);
+                hvcore::event_ops::block(domain, vcpu_index);
                 false
             }
             Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
@@ -418,7 +418,7 @@ pub fn run() -> ! {
                     // A domain that crashed or shut down leaves its peers'
                     // channels Closed at once.
                     if hv.domains[index].ended.is_some() {
-                        crate::events::end_channels(&mut hv, index);
+                        hvcore::event_ops::end_channels(&mut hv.domains, index);
                     }
                 }
                 hv.scheduler.charge(key, ran, cpu::rdtsc());

@@ -11,7 +11,10 @@ pub mod cpu_state;
 pub mod domain;
 pub mod elf;
 pub mod event;
+pub mod event_ops;
 pub mod event_page;
+#[cfg(test)]
+pub mod fake_platform;
 pub mod foreign;
 pub mod frame;
 pub mod grant_entry;

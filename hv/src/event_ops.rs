@@ -1,0 +1,531 @@
+//! Event channel delivery and the `Event` and `Sched` hypercalls: the glue
+//! between the port tables ([`crate::event`]), the domains' event pages
+//! ([`crate::event_page`]) and the vCPUs, over the domain table.
+//!
+//! Every function here runs with the domain table to itself (hv's lock);
+//! the event pages are shared with the guests, whose every access
+//! races with these (the page protocol is `event_page`'s).
+
+use abi::Error;
+use abi::event::{EventOp, PORT_COUNT, Virq};
+use abi::hypercall::{SchedOp, ShutdownReason};
+use arrayvec::ArrayVec;
+
+use crate::domain::{Domain, DomainTable, Ended};
+use crate::event::{self as ports, TableAccess};
+use crate::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset};
+use crate::log_ring::Level;
+use crate::paging::Access;
+use crate::platform::Platform;
+
+/// Port tables of all domains, by id, for the binding logic.
+struct Tables<'a, P: Platform>(&'a mut DomainTable<P>);
+
+impl<P: Platform> TableAccess for Tables<'_, P> {
+    fn table(&mut self, id: abi::DomainId) -> Option<&mut ports::PortTable> {
+        self.0.iter_mut().find(|d| d.id == id && d.ended.is_none()).map(|d| &mut d.events)
+    }
+}
+
+/// A domain's event page at its host address: each call is one atomic
+/// access (the protocol is `event_page`'s).
+struct SharedPage<P>(u64, core::marker::PhantomData<P>);
+
+impl<P: Platform> SharedPage<P> {
+    fn at(address: u64) -> Self {
+        SharedPage(address, core::marker::PhantomData)
+    }
+}
+
+impl<P: Platform> EventWords for SharedPage<P> {
+    fn test_and_set_pending(&mut self, port: u32) -> bool {
+        P::test_and_set_bit(self.0 + (port / 64) as u64 * 8, port % 64)
+    }
+    fn load_pending(&mut self, word: usize) -> u64 {
+        P::load(self.0 + word as u64 * 8)
+    }
+    fn load_mask(&mut self, word: usize) -> u64 {
+        P::load(self.0 + MASK_OFFSET + word as u64 * 8)
+    }
+    fn set_mask(&mut self, port: u32, masked: bool) {
+        let word = self.0 + MASK_OFFSET + (port / 64) as u64 * 8;
+        if masked {
+            P::test_and_set_bit(word, port % 64);
+        } else {
+            P::test_and_clear_bit(word, port % 64);
+        }
+    }
+    fn test_and_set_upcall(&mut self, vcpu: usize) -> bool {
+        P::swap(self.0 + upcall_offset(vcpu), 1) != 0
+    }
+    fn load_upcall(&mut self, vcpu: usize) -> u64 {
+        P::load(self.0 + upcall_offset(vcpu))
+    }
+}
+
+/// Marks `port` of domain `index` pending and, if it is unmasked, raises
+/// the upcall of the vCPU the port notifies (vCPU 0 if that one is down)
+/// and wakes it.
+pub fn raise<P: Platform>(domains: &mut DomainTable<P>, index: usize, port: u32) {
+    let Some(domain) = domains.get_mut(index) else { return };
+    if port as usize >= PORT_COUNT || domain.ended.is_some() {
+        return;
+    }
+    let vcpu = notified_vcpu(domain, port);
+    let page = domain.event_page;
+    if page == 0 {
+        // No page registered: the domain polls; a wake-up is all we can give.
+        domain.vcpus[vcpu].blocked = false;
+        domain.notify(vcpu);
+        return;
+    }
+    let delivery = event_page::raise(&mut SharedPage::<P>::at(page), port, vcpu, domain.upcall_vector != 0);
+    deliver(domain, vcpu, delivery);
+}
+
+/// Wakes vCPU `vcpu` and makes its upcall due as `delivery` says; tells
+/// its CPU when something changed (no IPI per event of a burst).
+fn deliver<P: Platform>(domain: &mut Domain<P>, vcpu: usize, delivery: Delivery) {
+    if matches!(delivery, Delivery::AlreadyPending | Delivery::Masked) {
+        return;
+    }
+    let woke = core::mem::replace(&mut domain.vcpus[vcpu].blocked, false);
+    let upcall = delivery == Delivery::Upcall;
+    if upcall {
+        domain.vcpus[vcpu].upcall_due = true;
+    }
+    if woke || upcall {
+        domain.notify(vcpu);
+    }
+}
+
+/// Domain `index` has ended (crashed, shut down) or is being destroyed: its
+/// ports are freed, and every port of the others bound to it becomes
+/// Closed (`hvcore::event::end_domain`), the connected ones also pending so
+/// their owners notice. Done once per domain; later calls do nothing.
+pub fn end_channels<P: Platform>(domains: &mut DomainTable<P>, index: usize) {
+    let Some(domain) = domains.get_mut(index) else { return };
+    if domain.channels_ended {
+        return;
+    }
+    domain.channels_ended = true;
+    let id = domain.id;
+    let mut own = core::mem::take(&mut domain.events);
+    // Each of the ended domain's ports was connected to at most one port,
+    // so at most PORT_COUNT ports are notified.
+    let mut notified: ArrayVec<(abi::DomainId, u32), PORT_COUNT> = ArrayVec::new();
+    let others = domains.iter_mut().filter(|d| d.id != id).map(|d| (d.id, &mut d.events));
+    ports::end_domain(&mut own, id, others, |owner, port| {
+        let _ = notified.try_push((owner, port));
+    });
+    for (owner, port) in notified {
+        if let Some(owner_index) = domains.slot_of(owner) {
+            raise(domains, owner_index, port);
+        }
+    }
+}
+
+/// Raises virtual IRQ `virq` of vCPU `vcpu` of domain `index` if that
+/// vCPU has bound it (each vCPU binds its own: its timer, for one).
+pub fn raise_virq<P: Platform>(domains: &mut DomainTable<P>, index: usize, virq: Virq, vcpu: usize) {
+    if let Some(port) = domains.get(index).and_then(|d| d.events.virq_port(virq, vcpu)) {
+        raise(domains, index, port);
+    }
+}
+
+/// The vCPU `port` notifies: the one it is bound to, or vCPU 0 if that one
+/// is down.
+fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
+    Some(domain.events.notify_vcpu(port)).filter(|&v| v < domain.vcpu_count && domain.vcpus[v].up).unwrap_or(0)
+}
+
+/// Blocks vCPU `vcpu` of the domain unless an event is already waiting for
+/// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
+/// word (set when one of its ports fired).
+pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
+    let page = domain.event_page;
+    let waiting =
+        page != 0 && event_page::waiting(&mut SharedPage::<P>::at(page), vcpu, |port| notified_vcpu(domain, port));
+    if !waiting {
+        let slot = &mut domain.vcpus[vcpu];
+        slot.blocked = true;
+        slot.reschedule = true;
+    }
+}
+
+fn port_argument(value: u64) -> Result<u32, Error> {
+    u32::try_from(value).ok().filter(|&p| (p as usize) < PORT_COUNT).ok_or(Error::InvalidArgument)
+}
+
+fn domain_argument(value: u64) -> Result<abi::DomainId, Error> {
+    abi::DomainId::try_from(value).map_err(|_| Error::InvalidArgument)
+}
+
+/// `Hypercall::Event`.
+pub fn event_op<P: Platform>(
+    domains: &mut DomainTable<P>,
+    caller: usize,
+    [operation, a1, a2, ..]: [u64; 5],
+) -> Result<u64, Error> {
+    let operation = EventOp::from_number(operation).ok_or(Error::InvalidArgument)?;
+    let caller_id = domains[caller].id;
+    match operation {
+        EventOp::RegisterPage => {
+            let vector = u8::try_from(a2).map_err(|_| Error::InvalidArgument)?;
+            if vector != 0 && vector < 32 {
+                return Err(Error::InvalidArgument);
+            }
+            if a1 % abi::PAGE_SIZE != 0 {
+                return Err(Error::InvalidArgument);
+            }
+            let domain = &mut domains[caller];
+            // The page must be the domain's own RAM: hv keeps its host frame,
+            // which stays valid as long as the domain exists.
+            let frame = domain.host_frame(a1, Access::READ | Access::WRITE)?;
+            if domain.privileged && a1 >= abi::domctl::FOREIGN_WINDOW_BASE {
+                return Err(Error::InvalidArgument);
+            }
+            domain.event_page = frame;
+            domain.upcall_vector = vector;
+            Ok(0)
+        }
+        EventOp::AllocUnbound => {
+            let remote = domain_argument(a1)?;
+            // A domain that ended is gone as far as channels go: a port
+            // offered to it now would outlive the Closed ports it left.
+            if domains.slot_of(remote).is_none_or(|index| domains[index].ended.is_some()) {
+                return Err(Error::NotFound);
+            }
+            domains[caller].events.allocate_unbound(remote).map(u64::from)
+        }
+        EventOp::BindInterdomain => {
+            let remote = domain_argument(a1)?;
+            let remote_port = port_argument(a2)?;
+            ports::bind_interdomain(&mut Tables(domains), caller_id, remote, remote_port).map(u64::from)
+        }
+        EventOp::BindVirq => {
+            let virq = Virq::from_number(a1).ok_or(Error::InvalidArgument)?;
+            let domain = &mut domains[caller];
+            let vcpu =
+                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_virq(virq, vcpu).map(u64::from)
+        }
+        EventOp::Send => {
+            let port = port_argument(a1)?;
+            let domain = &domains[caller];
+            if domain.events.binding(port)? == ports::Binding::Ipi {
+                // An IPI: pending in the caller's own domain, for its vCPU.
+                raise(domains, caller, port);
+                return Ok(0);
+            }
+            // The caller's own table, by its slot (a domain that ended has
+            // no channels left to send on).
+            if domain.ended.is_some() {
+                return Err(Error::NotFound);
+            }
+            let (target, target_port) = domain.events.send_target(port)?;
+            if let Some(index) = domains.slot_of(target) {
+                raise(domains, index, target_port);
+            }
+            Ok(0)
+        }
+        EventOp::Close => {
+            let port = port_argument(a1)?;
+            let binding = domains[caller].events.binding(port)?;
+            ports::close(&mut Tables(domains), caller_id, port)?;
+            if let ports::Binding::Pirq(line) = binding {
+                P::mask_line(line);
+            }
+            Ok(0)
+        }
+        EventOp::BindPirq => {
+            if !domains[caller].privileged {
+                return Err(Error::Permission);
+            }
+            // hv keeps the PIT (0), the cascade (2) and the RTC (8).
+            let line =
+                u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
+            let port = domains[caller].events.bind_pirq(line)?;
+            if !P::unmask_line(line) {
+                let _ = ports::close(&mut Tables(domains), caller_id, port);
+                return Err(Error::NotFound);
+            }
+            Ok(port as u64)
+        }
+        EventOp::Mask | EventOp::Unmask => {
+            let port = port_argument(a1)?;
+            let domain = &mut domains[caller];
+            let page = domain.event_page;
+            if page == 0 {
+                return Err(Error::Busy);
+            }
+            if operation == EventOp::Mask {
+                SharedPage::<P>::at(page).set_mask(port, true);
+            } else {
+                // A level-triggered line hv masked when it fired comes back.
+                if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
+                    P::unmask_line(line);
+                }
+                // Pending while masked: deliver it now.
+                let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
+                if let Some(delivery) = event_page::unmask(&mut SharedPage::<P>::at(page), port, vcpu, vector) {
+                    deliver(domain, vcpu, delivery);
+                }
+            }
+            Ok(0)
+        }
+        EventOp::BindVcpu => {
+            let port = port_argument(a1)?;
+            let domain = &mut domains[caller];
+            let vcpu =
+                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_vcpu(port, vcpu).map(|()| 0)
+        }
+        EventOp::BindIpi => {
+            let domain = &mut domains[caller];
+            let vcpu =
+                u8::try_from(a1).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
+            domain.events.bind_ipi(vcpu).map(u64::from)
+        }
+        EventOp::Status => {
+            let port = port_argument(a1)?;
+            domains[caller].events.status(port).map(|status| status.encode())
+        }
+    }
+}
+
+/// `Hypercall::Sched`: acts on the calling vCPU (`Shutdown`: on all).
+pub fn sched_op<P: Platform>(
+    domains: &mut DomainTable<P>,
+    caller: usize,
+    [operation, argument, ..]: [u64; 5],
+) -> Result<u64, Error> {
+    let vcpu = P::current_vcpu();
+    let domain = &mut domains[caller];
+    match SchedOp::from_number(operation).ok_or(Error::InvalidArgument)? {
+        SchedOp::Yield => {
+            domain.vcpus[vcpu].reschedule = true;
+            Ok(0)
+        }
+        SchedOp::Block => {
+            block(domain, vcpu);
+            Ok(0)
+        }
+        SchedOp::Shutdown => {
+            let reason = ShutdownReason::from_number(argument).ok_or(Error::InvalidArgument)?;
+            if domain.privileged {
+                // dom0 shutting down is the machine shutting down.
+                return Err(Error::Permission);
+            }
+            P::log(Level::Info, format_args!("d{} shut down ({reason:?})", domain.id));
+            domain.ended = Some(Ended::Shutdown(reason));
+            domain.stop_all();
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_platform::{self as machine, Fake};
+    use abi::event::{PortState, PortStatus};
+
+    /// Guest-physical address of each test domain's event page.
+    const EVENT_PAGE: u64 = 0x2000;
+    const VECTOR: u64 = 0x40;
+
+    /// A domain with 4 pages of RAM from 0, `vcpus` vCPUs up, its event
+    /// page registered with an upcall vector; returns its slot.
+    fn domain(domains: &mut DomainTable<Fake>, id: abi::DomainId, privileged: bool, vcpus: usize) -> usize {
+        let mut domain = Domain::<Fake>::new(id, privileged, 16).unwrap();
+        domain.populate(0, 4).unwrap();
+        domain.vcpu_count = vcpus;
+        for slot in &mut domain.vcpus[..vcpus] {
+            slot.up = true;
+        }
+        domain.paused = false;
+        let slot = domains.insert(domain).ok().unwrap();
+        call(domains, slot, EventOp::RegisterPage, EVENT_PAGE, VECTOR).unwrap();
+        slot
+    }
+
+    fn call(domains: &mut DomainTable<Fake>, caller: usize, op: EventOp, a1: u64, a2: u64) -> Result<u64, Error> {
+        event_op(domains, caller, [op as u64, a1, a2, 0, 0])
+    }
+
+    /// Word `offset` of the domain's event page, read as the guest would.
+    fn page_word(domains: &DomainTable<Fake>, slot: usize, offset: u64) -> u64 {
+        let mut bytes = [0; 8];
+        domains[slot].read_guest(EVENT_PAGE + offset, &mut bytes).unwrap();
+        u64::from_le_bytes(bytes)
+    }
+
+    fn pending(domains: &DomainTable<Fake>, slot: usize, port: u64) -> bool {
+        page_word(domains, slot, port / 64 * 8) & (1 << (port % 64)) != 0
+    }
+
+    fn status(domains: &mut DomainTable<Fake>, slot: usize, port: u64) -> PortStatus {
+        PortStatus::decode(call(domains, slot, EventOp::Status, port, 0).unwrap()).unwrap()
+    }
+
+    /// Two connected domains: (table, d1's slot, d1's port, d2's slot, d2's port).
+    fn connected() -> (DomainTable<Fake>, usize, u64, usize, u64) {
+        let mut domains = DomainTable::EMPTY;
+        let one = domain(&mut domains, 1, false, 1);
+        let two = domain(&mut domains, 2, false, 1);
+        let offered = call(&mut domains, one, EventOp::AllocUnbound, 2, 0).unwrap();
+        let bound = call(&mut domains, two, EventOp::BindInterdomain, 1, offered).unwrap();
+        (domains, one, offered, two, bound)
+    }
+
+    #[test]
+    fn a_send_reaches_the_other_end_and_raises_its_upcall() {
+        let (mut domains, one, offered, two, bound) = connected();
+        assert_eq!(status(&mut domains, two, bound).state, PortState::Interdomain);
+        call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
+        assert!(pending(&domains, one, offered));
+        assert!(!pending(&domains, two, bound));
+        assert_eq!(page_word(&domains, one, upcall_offset(0)), 1);
+        assert!(domains[one].vcpus[0].upcall_due);
+        // Not running anywhere, runnable: an idle CPU is woken.
+        assert_eq!(machine::with(|m| m.idle_wakes), 1);
+        // A second send while pending changes nothing and tells nobody.
+        call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
+        assert_eq!(machine::with(|m| m.idle_wakes), 1);
+    }
+
+    #[test]
+    fn an_event_for_a_vcpu_running_on_another_cpu_kicks_that_cpu() {
+        let (mut domains, one, offered, two, bound) = connected();
+        let slot = &mut domains[one].vcpus[0];
+        slot.running = true;
+        slot.last_cpu = 3;
+        call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
+        assert!(pending(&domains, one, offered));
+        assert_eq!(machine::with(|m| m.kicks.clone()), [3]);
+    }
+
+    #[test]
+    fn a_masked_port_is_delivered_when_unmasked() {
+        let (mut domains, one, offered, two, bound) = connected();
+        call(&mut domains, one, EventOp::Mask, offered, 0).unwrap();
+        call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
+        assert!(pending(&domains, one, offered));
+        assert!(!domains[one].vcpus[0].upcall_due);
+        call(&mut domains, one, EventOp::Unmask, offered, 0).unwrap();
+        assert!(domains[one].vcpus[0].upcall_due);
+    }
+
+    #[test]
+    fn a_blocked_vcpu_wakes_on_an_event_and_blocks_only_with_none_waiting() {
+        let (mut domains, one, offered, two, bound) = connected();
+        block(&mut domains[one], 0);
+        assert!(domains[one].vcpus[0].blocked && domains[one].vcpus[0].reschedule);
+        call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
+        assert!(!domains[one].vcpus[0].blocked);
+        // The port is still pending: blocking again returns at once.
+        domains[one].vcpus[0].reschedule = false;
+        block(&mut domains[one], 0);
+        assert!(!domains[one].vcpus[0].blocked);
+        assert!(pending(&domains, one, offered));
+    }
+
+    #[test]
+    fn closing_one_end_frees_it_and_later_sends_fail() {
+        let (mut domains, one, offered, two, bound) = connected();
+        call(&mut domains, one, EventOp::Close, offered, 0).unwrap();
+        assert_eq!(status(&mut domains, one, offered).state, PortState::Free);
+        assert!(call(&mut domains, two, EventOp::Send, bound, 0).is_err());
+        assert!(!pending(&domains, one, offered));
+        assert_eq!(call(&mut domains, one, EventOp::Send, offered, 0), Err(Error::NotFound));
+    }
+
+    #[test]
+    fn a_domain_that_ends_leaves_its_peers_ports_closed_and_pending() {
+        let (mut domains, one, _, two, bound) = connected();
+        domains[one].ended = Some(Ended::Crashed);
+        end_channels(&mut domains, one);
+        let status = status(&mut domains, two, bound);
+        assert_eq!((status.state, status.remote_domain), (PortState::Closed, 1));
+        assert!(pending(&domains, two, bound));
+        assert_eq!(call(&mut domains, two, EventOp::Send, bound, 0), Err(Error::Closed));
+        // Nothing can be offered to, or sent by, the domain that ended.
+        assert_eq!(call(&mut domains, two, EventOp::AllocUnbound, 1, 0), Err(Error::NotFound));
+        // Ending twice notifies nobody again.
+        domains[two].write_guest(EVENT_PAGE, &[0; 8]).unwrap();
+        end_channels(&mut domains, one);
+        assert!(!pending(&domains, two, bound));
+    }
+
+    #[test]
+    fn an_ipi_reaches_the_vcpu_it_names_and_wakes_it() {
+        let mut domains = DomainTable::EMPTY;
+        let slot = domain(&mut domains, 1, false, 2);
+        let port = call(&mut domains, slot, EventOp::BindIpi, 1, 0).unwrap();
+        domains[slot].vcpus[1].blocked = true;
+        call(&mut domains, slot, EventOp::Send, port, 0).unwrap();
+        assert!(pending(&domains, slot, port));
+        assert_eq!(page_word(&domains, slot, upcall_offset(1)), 1);
+        assert_eq!(page_word(&domains, slot, upcall_offset(0)), 0);
+        assert!(!domains[slot].vcpus[1].blocked && domains[slot].vcpus[1].upcall_due);
+        assert!(!domains[slot].vcpus[0].upcall_due);
+        // A vCPU the domain does not have is refused.
+        assert_eq!(call(&mut domains, slot, EventOp::BindIpi, 2, 0), Err(Error::InvalidArgument));
+        // Taken down, its ports notify vCPU 0.
+        let second = call(&mut domains, slot, EventOp::BindIpi, 1, 0).unwrap();
+        domains[slot].vcpus[1].up = false;
+        call(&mut domains, slot, EventOp::Send, second, 0).unwrap();
+        assert!(domains[slot].vcpus[0].upcall_due);
+    }
+
+    #[test]
+    fn physical_lines_are_dom0s_and_a_missing_line_is_refused() {
+        let mut domains = DomainTable::EMPTY;
+        let dom0 = domain(&mut domains, 0, true, 1);
+        let guest = domain(&mut domains, 1, false, 1);
+        assert_eq!(call(&mut domains, guest, EventOp::BindPirq, 4, 0), Err(Error::Permission));
+        for kept in [0, 2, 8, 16] {
+            assert_eq!(call(&mut domains, dom0, EventOp::BindPirq, kept, 0), Err(Error::InvalidArgument));
+        }
+        machine::with(|m| m.missing_lines.push(5));
+        assert_eq!(call(&mut domains, dom0, EventOp::BindPirq, 5, 0), Err(Error::NotFound));
+        let port = call(&mut domains, dom0, EventOp::BindPirq, 4, 0).unwrap();
+        assert_eq!(status(&mut domains, dom0, port).state, PortState::Pirq);
+        // The refused line's port was given back: the next bind reuses it.
+        assert_eq!(call(&mut domains, dom0, EventOp::BindPirq, 6, 0).unwrap(), port + 1);
+        call(&mut domains, dom0, EventOp::Close, port, 0).unwrap();
+        assert_eq!(machine::with(|m| m.masked_lines.clone()), [4]);
+    }
+
+    #[test]
+    fn the_event_page_must_be_the_callers_aligned_ram_and_the_vector_an_interrupt() {
+        let mut domains = DomainTable::EMPTY;
+        let slot = domain(&mut domains, 1, false, 1);
+        for (address, vector, error) in [
+            (0x2001, VECTOR, Error::InvalidArgument),
+            (0x2000, 31, Error::InvalidArgument),
+            (0x2000, 256, Error::InvalidArgument),
+            (0x10_0000, VECTOR, Error::BadAddress),
+        ] {
+            assert_eq!(call(&mut domains, slot, EventOp::RegisterPage, address, vector), Err(error));
+        }
+        assert_eq!(call(&mut domains, slot, EventOp::RegisterPage, 0x3000, 0), Ok(0));
+        assert_eq!(event_op(&mut domains, slot, [99, 0, 0, 0, 0]), Err(Error::InvalidArgument));
+    }
+
+    #[test]
+    fn a_shutdown_stops_every_vcpu_once_and_dom0_cannot_shut_down() {
+        let mut domains = DomainTable::EMPTY;
+        let dom0 = domain(&mut domains, 0, true, 1);
+        let guest = domain(&mut domains, 1, false, 2);
+        let shutdown = |domains: &mut DomainTable<Fake>, slot| {
+            sched_op(domains, slot, [SchedOp::Shutdown as u64, ShutdownReason::Reboot as u64, 0, 0, 0])
+        };
+        assert_eq!(shutdown(&mut domains, dom0), Err(Error::Permission));
+        shutdown(&mut domains, guest).unwrap();
+        assert_eq!(domains[guest].ended, Some(Ended::Shutdown(ShutdownReason::Reboot)));
+        assert!(domains[guest].vcpus[..2].iter().all(|slot| slot.reschedule));
+        assert!(machine::with(|m| m.log.iter().any(|line| line.contains("d1 shut down (Reboot)"))));
+    }
+}
