@@ -16,6 +16,7 @@ use crate::hypervisor::Domain;
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
 use crate::memory::{self, HvTables};
 use hvcore::domain::{MAX_VCPUS, sched_key};
+use hvcore::grant_ops::Grants;
 
 /// `Hypercall::DomCtl`.
 pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [u64; 5]) -> Result<u64, Error> {
@@ -195,31 +196,9 @@ fn restart(caller: &mut Domain) {
 /// Removes domain `target` and returns everything it had.
 pub fn destroy(hv: &mut Hypervisor, target: usize) {
     let id = hv.domains[target].id;
-    // 1. dom0's mappings of its pages go first, so no frame is freed while mapped.
-    if let Some(dom0) = hv.domains.iter_mut().find(|d| d.privileged) {
-        let unmapped = hv.foreign.remove_owner(id, |address| {
-            let _ = dom0.ept.unmap(&mut HvTables, address);
-        });
-        if unmapped > 0 {
-            dom0.flush_ept();
-        }
-    }
-    //    So do the guests' mappings of its grants (each such guest's
-    //    CPUs drop their translations before its frames go: a shootdown).
-    for index in 0..crate::hypervisor::MAX_DOMAINS {
-        let Some(mapper) = hv.domains.get_mut(index) else { continue };
-        if mapper.mapped_grants.maps_grants_of(id) {
-            let ept = &mut mapper.ept;
-            mapper.mapped_grants.remove_owner(id, |grant| {
-                let _ = ept.unmap(&mut HvTables, grant.address);
-            });
-            mapper.flush_ept();
-        }
-    }
-    //    And the grants it mapped itself are released, so their granters
-    //    may revoke them.
-    let mut mapped = core::mem::take(&mut hv.domains[target].mapped_grants);
-    mapped.clear(|grant| crate::grants::release_mapping(hv, grant.owner, grant.grant));
+    // 1. Every mapping of its pages goes first, so no frame is freed
+    //    while mapped, and the grants it mapped are released.
+    hvcore::grant_ops::end_domain(&mut Grants { domains: &mut hv.domains, foreign: &mut hv.foreign }, target);
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
     hvcore::event_ops::end_channels(&mut hv.domains, target);

@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(Window::page_of(FOREIGN_WINDOW_BASE - PAGE_SIZE), None);
         assert_eq!(Window::page_of(at(PAGES - 1)), Some(PAGES - 1));
         assert_eq!(Window::page_of(at(PAGES)), None);
-        assert_eq!(Window::page_of(u64::MAX & !0xfff), None);
+        assert_eq!(Window::page_of(!0xfff), None);
         assert_eq!(window.insert(at(PAGES), grant(1, 1)), Err(Error::InvalidArgument));
         assert_eq!(window.insert(at(0) + 8, grant(1, 1)), Err(Error::InvalidArgument));
         assert!(window.is_empty());
@@ -435,7 +435,8 @@ mod tests {
             let owner = 1 + (random.next() % 5) as DomainId;
             match random.next() % 16 {
                 0..8 => {
-                    let mapping = if random.next() % 2 == 0 { builder(owner) } else { grant(owner, page as u32) };
+                    let mapping =
+                        if random.next().is_multiple_of(2) { builder(owner) } else { grant(owner, page as u32) };
                     let held = model.iter().flatten().filter(|m| m.owner == owner).count();
                     let owners = {
                         let mut ids: Vec<_> = model.iter().flatten().map(|m| m.owner).collect();
@@ -458,7 +459,7 @@ mod tests {
                     }
                 }
                 8..15 => {
-                    let grant_kind = random.next() % 2 == 0;
+                    let grant_kind = random.next().is_multiple_of(2);
                     let expected = model[page].filter(|m| m.grant.is_some() == grant_kind);
                     assert_eq!(window.remove(at(page), grant_kind), expected);
                     if expected.is_some() {

@@ -18,6 +18,7 @@ pub mod fake_platform;
 pub mod foreign;
 pub mod frame;
 pub mod grant_entry;
+pub mod grant_ops;
 pub mod guest;
 pub mod io_ports;
 pub mod log_ring;

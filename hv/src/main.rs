@@ -14,7 +14,6 @@ mod arch;
 mod dom0;
 mod domctl;
 mod events;
-mod grants;
 mod hypercall;
 mod hypervisor;
 mod log;
