@@ -297,10 +297,13 @@ impl<P: Platform> Domain<P> {
         self.exit_counts[slot] += count;
     }
 
-    /// Whether one more refusal should be logged (rate limit).
-    pub fn should_report_refusal(&mut self) -> bool {
+    /// Logs a refused access (`what`, as a warning) unless the domain has
+    /// had `REFUSAL_REPORTS` logged already: the rest are only counted.
+    pub fn report_refusal(&mut self, what: core::fmt::Arguments) {
         self.refusals_logged += 1;
-        self.refusals_logged <= REFUSAL_REPORTS
+        if self.refusals_logged <= REFUSAL_REPORTS {
+            P::log(Level::Warning, format_args!("d{}: refused {what}", self.id));
+        }
     }
 
     /// Stops the domain for good because it misbehaved, with one log line

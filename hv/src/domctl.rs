@@ -31,7 +31,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         return unmap_foreign(hv, caller, a2);
     }
     let id = DomainId::try_from(a1).map_err(|_| Error::InvalidArgument)?;
-    let target = hv.index_of(id).ok_or(Error::NotFound)?;
+    let target = hv.domains.slot_of(id).ok_or(Error::NotFound)?;
     // dom0 itself can be listed and scheduled, but not destroyed, paused or built.
     let is_guest = !hv.domains[target].privileged;
     let guest_only = || if is_guest { Ok(()) } else { Err(Error::InvalidArgument) };
@@ -119,7 +119,7 @@ fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error>
     // Ids count up (1..=32767, then wrap), skipping ids in use, so a stale
     // id in dom0's tools rarely names a new domain.
     let mut id = hv.next_domain_id;
-    while id == abi::DOM0 || hv.index_of(id).is_some() {
+    while id == abi::DOM0 || hv.domains.slot_of(id).is_some() {
         id = if id >= 32767 { 1 } else { id + 1 };
     }
     let mut domain = Domain::new(id, false, max_pages)?;

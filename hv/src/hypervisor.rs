@@ -117,11 +117,6 @@ impl Hypervisor {
         let _ = crate::domctl::add_to_scheduler(self, dom0);
     }
 
-    /// The slot of domain `id` in `domains`.
-    pub fn index_of(&self, id: DomainId) -> Option<usize> {
-        self.domains.slot_of(id)
-    }
-
     /// The `HvInfo` answer.
     pub fn info(&self) -> HvInfo {
         let totals = crate::memory::totals();
@@ -272,26 +267,16 @@ impl Hypervisor {
                     vcpu.registers.rax |= mask;
                 }
                 vcpu.skip_instruction();
-                if domain.should_report_refusal() {
-                    crate::warning!(
-                        "d{}: refused I/O {} port {port:#x} ({size} bytes) at rip {rip:#x}",
-                        domain.id,
-                        if input { "read from" } else { "write to" },
-                    );
-                }
+                let direction = if input { "read from" } else { "write to" };
+                domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
                 true
             }
             Exit::MsrRead | Exit::MsrWrite => {
                 let msr = vcpu.registers.rcx as u32;
                 let rip = vcpu.rip();
                 vcpu.inject_exception(13, Some(0));
-                if domain.should_report_refusal() {
-                    crate::warning!(
-                        "d{}: refused {} of MSR {msr:#x} at rip {rip:#x}; injecting #GP",
-                        domain.id,
-                        if matches!(exit, Exit::MsrRead) { "read" } else { "write" },
-                    );
-                }
+                let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
+                domain.report_refusal(format_args!("{access} of MSR {msr:#x} at rip {rip:#x}; injecting #GP"));
                 true
             }
             Exit::EptViolation { guest_physical, qualification } => {
@@ -368,13 +353,8 @@ impl Hypervisor {
                 // refusing it keeps domains apart all the same.
                 let rip = vcpu.rip();
                 vcpu.inject_exception(13, Some(0));
-                if domain.should_report_refusal() {
-                    crate::warning!(
-                        "d{}: refused {} at rip {rip:#x}; injecting #GP",
-                        domain.id,
-                        if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" },
-                    );
-                }
+                let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
+                domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
                 true
             }
             Exit::EntryFailure { reason, qualification } => {
@@ -413,7 +393,7 @@ pub fn run() -> ! {
                 let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
                 let (id, vcpu) = from_sched_key(key);
                 let mut ran = 0;
-                if let Some(index) = hv.index_of(id) {
+                if let Some(index) = hv.domains.slot_of(id) {
                     (hv, ran) = run_slice(hv, index, vcpu, slice, cpu);
                     // A domain that crashed or shut down leaves its peers'
                     // channels Closed at once.

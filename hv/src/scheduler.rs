@@ -312,28 +312,6 @@ impl<const N: usize> Scheduler<N> {
         Ok(())
     }
 
-    /// Sets entry `id`'s own weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
-    /// (`0..=MAX_CAP_PERCENT` percent of one CPU, 0 = none), which apply
-    /// while it is in no group. Arguments are checked before the id. The
-    /// cap applies at once; the weight from the next credit grant.
-    pub fn set_params(&mut self, id: DomainId, weight: u32, cap_percent: u32) -> Result<(), SchedError> {
-        check_weight(weight)?;
-        if cap_percent > MAX_CAP_PERCENT {
-            return Err(SchedError::InvalidCap);
-        }
-        let index = self.find(id).ok_or(SchedError::NotFound)?;
-        let entry = &mut self.entries[index];
-        entry.weight = weight;
-        entry.cap_percent = cap_percent;
-        Ok(())
-    }
-
-    /// Entry `id`'s own `(weight, cap_percent)` (in a group, the group's
-    /// [apply](Self::group_params) instead).
-    pub fn params(&self, id: DomainId) -> Option<(u32, u32)> {
-        self.find(id).map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
-    }
-
     /// Puts entry `id` in `group`, out of the group it was in (forgotten
     /// if the entry was its last). A group new to the scheduler takes the
     /// entry's own weight and cap. From the next credit grant the entry
@@ -751,6 +729,32 @@ fn saturate_i64(value: u64) -> i64 {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// An entry's own weight and cap (hv always groups its entries; the
+    /// rules for an entry alone are tested through these).
+    impl<const N: usize> Scheduler<N> {
+        /// Sets entry `id`'s own weight (`MIN_WEIGHT..=MAX_WEIGHT`) and cap
+        /// (`0..=MAX_CAP_PERCENT` percent of one CPU, 0 = none), which apply
+        /// while it is in no group. Arguments are checked before the id. The
+        /// cap applies at once; the weight from the next credit grant.
+        fn set_params(&mut self, id: DomainId, weight: u32, cap_percent: u32) -> Result<(), SchedError> {
+            check_weight(weight)?;
+            if cap_percent > MAX_CAP_PERCENT {
+                return Err(SchedError::InvalidCap);
+            }
+            let index = self.find(id).ok_or(SchedError::NotFound)?;
+            let entry = &mut self.entries[index];
+            entry.weight = weight;
+            entry.cap_percent = cap_percent;
+            Ok(())
+        }
+
+        /// Entry `id`'s own `(weight, cap_percent)` (in a group, the group's
+        /// [apply](Self::group_params) instead).
+        fn params(&self, id: DomainId) -> Option<(u32, u32)> {
+            self.find(id).map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
+        }
+    }
 
     const SLICE: u64 = 1_000;
     const PERIOD: u64 = 30 * SLICE;

@@ -47,31 +47,24 @@ impl Platform for Machine {
     fn copy_from(address: u64, out: &mut [u8]) -> bool {
         physical::copy_from(address, out)
     }
-    #[inline]
     fn test_and_set_bit(address: u64, bit: u32) -> bool {
         physical::atomic_test_and_set_bit(address, bit)
     }
-    #[inline]
     fn test_and_clear_bit(address: u64, bit: u32) -> bool {
         physical::atomic_test_and_clear_bit(address, bit)
     }
-    #[inline]
     fn compare_exchange(address: u64, current: u64, new: u64) -> Result<u64, u64> {
         physical::atomic_compare_exchange(address, current, new)
     }
-    #[inline]
     fn load(address: u64) -> u64 {
         physical::atomic_load(address)
     }
-    #[inline]
     fn swap(address: u64, value: u64) -> u64 {
         physical::atomic_swap(address, value)
     }
-    #[inline]
     fn this_cpu() -> usize {
         smp::this_cpu()
     }
-    #[inline]
     fn current_vcpu() -> usize {
         smp::current_vcpu()
     }
