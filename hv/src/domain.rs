@@ -9,7 +9,7 @@ use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
 
 use crate::log_ring::Level;
-use crate::paging::{Access, Ept, MapError, MemoryType, PageSize, PageTable};
+use crate::paging::{Access, Ept, MemoryType, PageSize, PageTable};
 use crate::platform::Platform;
 
 /// Most domains hv tracks at once (dom0 included).
@@ -381,11 +381,7 @@ impl<P: Platform> Domain<P> {
                 let tables = &mut P::tables();
                 self.ept.map(tables, address, frame, PageSize::Size4K, rwx, MemoryType::WriteBack).map_err(|error| {
                     P::free_frame(frame);
-                    match error {
-                        MapError::AlreadyMapped => Error::Busy,
-                        MapError::OutOfTables => Error::OutOfMemory,
-                        _ => Error::InvalidArgument,
-                    }
+                    Error::from(error)
                 })
             });
             if let Err(error) = mapped {

@@ -6,15 +6,13 @@ use abi::domctl::{
     COPY_MAX, DomCtlOp, FOREIGN_SHARE_PAGES, FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_PAGES, MAX_WEIGHT, VcpuContext,
 };
 use abi::{DomainId, Error};
-use hvcore::foreign::{ForeignWindow, Mapping};
-use hvcore::paging::{Access, MemoryType, PageSize};
 
 use crate::abi_bytes::{bytes_of, read_struct};
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
 use crate::hypervisor::Domain;
 use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
-use crate::memory::{self, HvTables};
+use crate::memory;
 use hvcore::domain::{MAX_VCPUS, sched_key};
 use hvcore::grant_ops::Grants;
 
@@ -28,7 +26,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         return create(hv, a1, a2);
     }
     if operation == DomCtlOp::UnmapForeign {
-        return unmap_foreign(hv, caller, a2);
+        return hvcore::grant_ops::unmap_foreign(&mut grants(hv), caller, a2);
     }
     let id = DomainId::try_from(a1).map_err(|_| Error::InvalidArgument)?;
     let target = hv.domains.slot_of(id).ok_or(Error::NotFound)?;
@@ -89,7 +87,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         DomCtlOp::ListDomains => list_domains(hv, caller, id, a2, a3),
         DomCtlOp::MapForeign => {
             guest_only()?;
-            map_foreign(hv, caller, target, a2, a3)
+            hvcore::grant_ops::map_foreign(&mut grants(hv), caller, target, a2, a3)
         }
         DomCtlOp::SetMaxMemory => {
             let domain = &mut hv.domains[target];
@@ -198,7 +196,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     let id = hv.domains[target].id;
     // 1. Every mapping of its pages goes first, so no frame is freed
     //    while mapped, and the grants it mapped are released.
-    hvcore::grant_ops::end_domain(&mut Grants { domains: &mut hv.domains, foreign: &mut hv.foreign }, target);
+    hvcore::grant_ops::end_domain(&mut grants(hv), target);
     // 2. Its event channels end; peers see them Closed (if it crashed or
     //    shut down, this happened then).
     hvcore::event_ops::end_channels(&mut hv.domains, target);
@@ -339,48 +337,7 @@ fn set_affinity(hv: &mut Hypervisor, target: usize, vcpu: u64, mask: u64) -> Res
 // dom0's foreign window.
 const _: () = assert!((MAX_DOMAINS as u64 - 1) * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
 
-pub fn in_foreign_window(address: u64) -> bool {
-    ForeignWindow::<MAX_DOMAINS>::page_of(address).is_some()
-}
-
-fn map_foreign(
-    hv: &mut Hypervisor,
-    caller: usize,
-    target: usize,
-    guest_address: u64,
-    dom0_address: u64,
-) -> Result<u64, Error> {
-    if !in_foreign_window(dom0_address) || !guest_address.is_multiple_of(abi::PAGE_SIZE) {
-        return Err(Error::InvalidArgument);
-    }
-    let frame = hv.domains[target].host_frame(guest_address, Access::READ | Access::WRITE)?;
-    let owner = hv.domains[target].id;
-    // Recorded first: refused here when the page is in use or the guest has
-    // its share of the window mapped.
-    hv.foreign.insert(dom0_address, Mapping { owner, grant: None })?;
-    let dom0 = &mut hv.domains[caller];
-    if let Err(error) = dom0.ept.map(
-        &mut HvTables,
-        dom0_address,
-        frame,
-        PageSize::Size4K,
-        Access::READ | Access::WRITE,
-        MemoryType::WriteBack,
-    ) {
-        hv.foreign.remove(dom0_address, false);
-        return Err(match error {
-            hvcore::paging::MapError::AlreadyMapped => Error::Busy,
-            hvcore::paging::MapError::OutOfTables => Error::OutOfMemory,
-            _ => Error::InvalidArgument,
-        });
-    }
-    Ok(0)
-}
-
-fn unmap_foreign(hv: &mut Hypervisor, caller: usize, dom0_address: u64) -> Result<u64, Error> {
-    hv.foreign.remove(dom0_address, false).ok_or(Error::NotFound)?;
-    let dom0 = &mut hv.domains[caller];
-    let _ = dom0.ept.unmap(&mut HvTables, dom0_address);
-    dom0.flush_ept();
-    Ok(0)
+/// What the grant code works on, of `hv`.
+pub fn grants(hv: &mut Hypervisor) -> Grants<'_, crate::arch::machine::Machine> {
+    Grants { domains: &mut hv.domains, foreign: &mut hv.foreign }
 }

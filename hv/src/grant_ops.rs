@@ -16,7 +16,7 @@ use abi::{DomainId, Error};
 use crate::domain::{DomainTable, MAX_DOMAINS};
 use crate::foreign::{GuestGrant, Mapping};
 use crate::grant_entry::{self, Entry, EntryWord};
-use crate::paging::{Access, MapError, MemoryType, PageSize};
+use crate::paging::{Access, MemoryType, PageSize};
 use crate::platform::Platform;
 
 /// dom0's foreign window, as hv keeps it.
@@ -153,19 +153,9 @@ fn map_in_guest<P: Platform>(
     {
         domain.mapped_grants.remove(address);
         end_claim::<P>(&claimed);
-        return Err(map_error(error));
+        return Err(error.into());
     }
     Ok(0)
-}
-
-/// The ABI's error for an EPT mapping that failed.
-pub fn map_error(error: MapError) -> Error {
-    match error {
-        // RAM or another mapping there.
-        MapError::AlreadyMapped => Error::Busy,
-        MapError::OutOfTables => Error::OutOfMemory,
-        _ => Error::InvalidArgument,
-    }
 }
 
 /// Unmaps guest `caller`'s grant mapping at `address`; returns once no CPU
@@ -203,6 +193,59 @@ pub fn end_domain<P: Platform>(on: &mut Grants<P>, target: usize) {
     }
     let mut mapped = core::mem::take(&mut on.domains[target].mapped_grants);
     mapped.clear(|grant| release_mapping(on, grant.owner, grant.grant));
+}
+
+/// Maps host `frame` at `address` in dom0's (slot `dom0`) foreign window
+/// as `mapping` says: recorded first (refused when the page is in use or
+/// the owner has its share of the window mapped), then in dom0's EPT.
+fn map_in_window<P: Platform>(
+    on: &mut Grants<P>,
+    dom0: usize,
+    address: u64,
+    frame: u64,
+    access: Access,
+    mapping: Mapping,
+) -> Result<u64, Error> {
+    on.foreign.insert(address, mapping)?;
+    let ept = &mut on.domains[dom0].ept;
+    if let Err(error) = ept.map(&mut P::tables(), address, frame, PageSize::Size4K, access, MemoryType::WriteBack) {
+        on.foreign.remove(address, mapping.grant.is_some());
+        return Err(error.into());
+    }
+    Ok(0)
+}
+
+/// Removes dom0's (slot `dom0`) mapping at `address` in its foreign window
+/// (of a grant if `grant`, else of a guest page) and returns it once no
+/// CPU can reach the page through it.
+fn unmap_in_window<P: Platform>(on: &mut Grants<P>, dom0: usize, address: u64, grant: bool) -> Result<Mapping, Error> {
+    let mapping = on.foreign.remove(address, grant).ok_or(Error::NotFound)?;
+    let domain = &mut on.domains[dom0];
+    let _ = domain.ept.unmap(&mut P::tables(), address);
+    domain.flush_ept();
+    Ok(mapping)
+}
+
+/// `DomCtlOp::MapForeign`: maps page `guest_address` of guest `target` at
+/// `dom0_address` in dom0's (slot `dom0`) foreign window.
+pub fn map_foreign<P: Platform>(
+    on: &mut Grants<P>,
+    dom0: usize,
+    target: usize,
+    guest_address: u64,
+    dom0_address: u64,
+) -> Result<u64, Error> {
+    if ForeignWindow::page_of(dom0_address).is_none() || !guest_address.is_multiple_of(abi::PAGE_SIZE) {
+        return Err(Error::InvalidArgument);
+    }
+    let frame = on.domains[target].host_frame(guest_address, Access::READ | Access::WRITE)?;
+    let mapping = Mapping { owner: on.domains[target].id, grant: None };
+    map_in_window(on, dom0, dom0_address, frame, Access::READ | Access::WRITE, mapping)
+}
+
+/// `DomCtlOp::UnmapForeign`: removes dom0's mapping of a guest page at `address`.
+pub fn unmap_foreign<P: Platform>(on: &mut Grants<P>, dom0: usize, address: u64) -> Result<u64, Error> {
+    unmap_in_window(on, dom0, address, false).map(|_| 0)
 }
 
 fn granter_index<P: Platform>(domains: &DomainTable<P>, caller: usize, granter: u64) -> Result<usize, Error> {
@@ -247,32 +290,15 @@ pub fn grant_op<P: Platform>(
             }
             let granter = granter_index(on.domains, caller, a1)?;
             let claimed = claim(on.domains, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
-            let owner = on.domains[granter].id;
-            // Recorded first: refused here when the page is in use or the
-            // granter has its share of the window mapped.
-            if let Err(error) = on.foreign.insert(a3, Mapping { owner, grant: Some(a2 as u32) }) {
-                end_claim::<P>(&claimed);
-                return Err(error);
-            }
+            let mapping = Mapping { owner: on.domains[granter].id, grant: Some(a2 as u32) };
             let access = if claimed.entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
-            let domain = &mut on.domains[caller];
-            if let Err(error) =
-                domain.ept.map(&mut P::tables(), a3, claimed.frame, PageSize::Size4K, access, MemoryType::WriteBack)
-            {
-                on.foreign.remove(a3, true);
-                end_claim::<P>(&claimed);
-                return Err(map_error(error));
-            }
-            Ok(0)
+            map_in_window(on, caller, a3, claimed.frame, access, mapping).inspect_err(|_| end_claim::<P>(&claimed))
         }
         GrantOp::Unmap => {
             if !on.domains[caller].privileged {
                 return unmap_in_guest(on, caller, a1);
             }
-            let mapping = on.foreign.remove(a1, true).ok_or(Error::NotFound)?;
-            let domain = &mut on.domains[caller];
-            let _ = domain.ept.unmap(&mut P::tables(), a1);
-            domain.flush_ept();
+            let mapping = unmap_in_window(on, caller, a1, true)?;
             if let Some(reference) = mapping.grant {
                 release_mapping(on, mapping.owner, reference);
             }
@@ -473,5 +499,34 @@ mod tests {
         machine.grant(granter, 1, 2, PERMIT_ACCESS | READONLY);
         assert_eq!(machine.call(copier, GrantOp::Copy, [1, 1, 0x3000, 1 | COPY_TO_GRANT]), Err(Error::Permission));
         assert_eq!(machine.call(copier, GrantOp::Copy, [1, 1, 0x3000, 5]), Ok(5));
+    }
+
+    #[test]
+    fn dom0_maps_a_guest_page_in_its_window_only_and_unmaps_it_with_a_flush() {
+        let mut machine = Machine::new();
+        let dom0 = machine.domain(0);
+        let guest = machine.domain(1);
+        let window = abi::domctl::FOREIGN_WINDOW_BASE;
+        machine.domains[guest].write_guest(GRANTED, &7u64.to_le_bytes()).unwrap();
+        let on = &mut Grants { domains: &mut machine.domains, foreign: &mut machine.foreign };
+        assert_eq!(map_foreign(on, dom0, guest, GRANTED, window - 0x1000), Err(Error::InvalidArgument));
+        assert_eq!(map_foreign(on, dom0, guest, GRANTED + 1, window), Err(Error::InvalidArgument));
+        assert_eq!(map_foreign(on, dom0, guest, 0x10_0000, window), Err(Error::BadAddress));
+        map_foreign(on, dom0, guest, GRANTED, window).unwrap();
+        assert_eq!(map_foreign(on, dom0, guest, 0, window), Err(Error::Busy));
+        // A page mapped by MapForeign is not a grant's to unmap, and back.
+        assert_eq!(on.call_unmap_grant(dom0, window), Err(Error::NotFound));
+        assert_eq!(machine.read(dom0, window), Ok(7));
+        let on = &mut Grants { domains: &mut machine.domains, foreign: &mut machine.foreign };
+        unmap_foreign(on, dom0, window).unwrap();
+        assert_eq!(unmap_foreign(on, dom0, window), Err(Error::NotFound));
+        assert_eq!(machine.read(dom0, window), Err(Error::BadAddress));
+        assert_eq!(machine::with(|m| m.flushes.len()), 1);
+    }
+
+    impl Grants<'_, Fake> {
+        fn call_unmap_grant(&mut self, caller: usize, address: u64) -> Result<u64, Error> {
+            grant_op(self, caller, [GrantOp::Unmap as u64, address, 0, 0, 0])
+        }
     }
 }

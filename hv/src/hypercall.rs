@@ -6,8 +6,6 @@ use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, PlatformOp};
 use abi::info::{DOMAIN_INFO_MIN_SIZE, DomainInfo, HV_INFO_MIN_SIZE, HvInfo};
 use abi::{DomainId, Error};
 
-use hvcore::grant_ops::Grants;
-
 use crate::abi_bytes::bytes_of;
 use crate::hypervisor::Hypervisor;
 
@@ -27,10 +25,7 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains, caller, arguments),
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
     crate::events::vcpu_op,
-    |hv, caller, arguments| {
-        let on = &mut Grants { domains: &mut hv.domains, foreign: &mut hv.foreign };
-        hvcore::grant_ops::grant_op(on, caller, arguments)
-    },
+    |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut crate::domctl::grants(hv), caller, arguments),
     crate::physdev::physdev_op,
 ];
 

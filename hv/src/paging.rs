@@ -119,6 +119,19 @@ pub enum MapError {
     Overflow,
 }
 
+impl From<MapError> for abi::Error {
+    /// The ABI's error for a mapping of guest memory that failed: `Busy`
+    /// when something is mapped there (RAM or another mapping),
+    /// `OutOfMemory` when no table was left, else `InvalidArgument`.
+    fn from(error: MapError) -> abi::Error {
+        match error {
+            MapError::AlreadyMapped => abi::Error::Busy,
+            MapError::OutOfTables => abi::Error::OutOfMemory,
+            _ => abi::Error::InvalidArgument,
+        }
+    }
+}
+
 /// Entries per table.
 const ENTRIES: usize = 512;
 /// The root's level: the PML4 (or EPT PML4).
