@@ -276,7 +276,7 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         gdt_limit: context.gdt_limit,
         rdi: context.rdi,
     };
-    match Vcpu::new(&hv.capabilities, &config) {
+    match Vcpu::new(crate::arch::smp::capabilities(), &config) {
         Ok(created) => match FrameBox::new(created, memory::allocate_frame) {
             Ok(created) => {
                 let domain = &mut hv.domains[target];
@@ -290,7 +290,7 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
                 Ok(())
             }
             Err(created) => {
-                memory::free_frame(created.release(&hv.capabilities));
+                memory::free_frame(created.release(crate::arch::smp::capabilities()));
                 Err(Error::OutOfMemory)
             }
         },

@@ -25,7 +25,7 @@ use hvcore::scheduler::Scheduler;
 use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 use crate::arch::machine::Machine;
-use crate::arch::vmx::{Capabilities, Exit, Vcpu};
+use crate::arch::vmx::{Exit, Vcpu};
 use crate::arch::{cpu, lapic, smp};
 use abi::info::CrashReason;
 pub use hvcore::domain::MAX_DOMAINS;
@@ -66,7 +66,6 @@ pub type DomainTable = hvcore::domain::DomainTable<Machine>;
 
 /// Everything hv knows, shared by the run loops of every CPU.
 pub struct Hypervisor {
-    pub capabilities: Capabilities,
     pub domains: DomainTable,
     pub scheduler: Scheduler<MAX_DOMAINS>,
     pub boot_tsc: u64,
@@ -93,7 +92,6 @@ pub struct Hypervisor {
 /// and statistics), so it lives here, built in place. The lock is fair, so
 /// every CPU gets its turn after an exit however busy the others are.
 pub static HYPERVISOR: TicketMutex<Hypervisor> = TicketMutex::new(Hypervisor {
-    capabilities: Capabilities::NONE,
     domains: DomainTable::EMPTY,
     scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
     boot_tsc: 0,
@@ -128,7 +126,7 @@ impl Hypervisor {
         HvInfo {
             abi_version: abi::ABI_VERSION,
             domain_count: self.domains.count() as u32,
-            features: self.capabilities.features,
+            features: smp::capabilities().features,
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
             hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
@@ -190,7 +188,7 @@ impl Hypervisor {
     #[cold]
     #[inline(never)]
     fn rearm_preemption_timer(&mut self, index: usize, vcpu: usize, remaining: u64) {
-        let rate = self.capabilities.preemption_timer_rate;
+        let rate = smp::capabilities().preemption_timer_rate;
         if let Some(vcpu) = self.domains[index].vcpus[vcpu].vcpu.as_mut() {
             vcpu.set_preemption_timer(preemption_ticks(remaining, rate));
         }
@@ -330,7 +328,7 @@ impl Hypervisor {
                 false
             }
             Exit::Xsetbv => {
-                vcpu.emulate_xsetbv(self.capabilities.xcr0_supported);
+                vcpu.emulate_xsetbv(smp::capabilities().xcr0_supported);
                 true
             }
             Exit::CacheFlush => {
@@ -434,10 +432,10 @@ pub fn run() -> ! {
 /// stretch without exits overruns the slice by at most that much.
 #[inline(never)]
 fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> (Locked, u64) {
-    let capabilities = hv.capabilities;
+    let capabilities = smp::capabilities();
     let slot = &mut hv.domains[index].vcpus[v];
     let Some(vcpu) = slot.vcpu.as_mut() else { return (hv, 0) };
-    vcpu.check_out(cpu, &capabilities);
+    vcpu.check_out(cpu, capabilities);
     hv.domains[index].ept_cpus |= 1 << (cpu % 64);
     let slot = &mut hv.domains[index].vcpus[v];
     smp::set_current_vcpu(v);

@@ -117,7 +117,6 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(capabilities) => capabilities,
         Err(missing) => stop(missing),
     };
-    arch::machine::Machine::set_capabilities(capabilities);
 
     let (apic_id, apic_version) = lapic::init();
     let apic_mode = if lapic::x2apic() { "x2APIC" } else { "xAPIC" };
@@ -178,7 +177,6 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     };
     let mut hv = HYPERVISOR.lock();
     hv.scheduler.set_cpus(arch::smp::running());
-    hv.capabilities = capabilities;
     hv.boot_tsc = boot_tsc;
     hv.tsc_khz = tsc_khz;
     hv.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;

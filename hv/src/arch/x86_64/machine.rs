@@ -5,28 +5,13 @@ use core::fmt;
 
 use hvcore::log_ring::Level;
 use hvcore::platform::Platform;
-use spin::Once;
 
 use super::memory::{self as physical, FrameBox};
-use super::vmx::{self, Capabilities, Vcpu};
+use super::vmx::{self, Vcpu};
 use super::{ioapic, smp};
 
 /// x86-64 with VT-x.
 pub struct Machine;
-
-/// The VMX capabilities every CPU shares (set once, at boot).
-static CAPABILITIES: Once<Capabilities> = Once::new();
-
-impl Machine {
-    /// Records the VMX capabilities hv found (boot CPU, before any domain).
-    pub fn set_capabilities(capabilities: Capabilities) {
-        CAPABILITIES.call_once(|| capabilities);
-    }
-
-    fn capabilities() -> &'static Capabilities {
-        CAPABILITIES.get().unwrap_or(&Capabilities::NONE)
-    }
-}
 
 impl Platform for Machine {
     type Vcpu = FrameBox<Vcpu>;
@@ -75,7 +60,7 @@ impl Platform for Machine {
         smp::wake_idle_cpu();
     }
     fn flush_ept(root: u64, elsewhere: u64) {
-        let capabilities = Self::capabilities();
+        let capabilities = smp::capabilities();
         vmx::invalidate_ept(capabilities, vmx::ept_pointer(capabilities, root));
         if elsewhere != 0 {
             smp::flush_ept_elsewhere(elsewhere);
@@ -86,7 +71,7 @@ impl Platform for Machine {
     }
     fn release_vcpu(vcpu: Self::Vcpu) {
         let (vcpu, frame) = vcpu.into_inner();
-        crate::memory::free_frame(vcpu.release(Self::capabilities()));
+        crate::memory::free_frame(vcpu.release(smp::capabilities()));
         crate::memory::free_frame(frame);
     }
     fn mask_line(line: u8) {

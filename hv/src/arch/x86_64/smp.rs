@@ -112,6 +112,12 @@ pub static CPUS: [PerCpu; MAX_CPUS] = [EMPTY; MAX_CPUS];
 /// The boot CPU's VMX capabilities, which every AP must match.
 static BOOT_CAPABILITIES: spin::Once<Capabilities> = spin::Once::new();
 
+/// The VMX capabilities every running CPU has (the boot CPU's; none
+/// before `init_boot_cpu`).
+pub fn capabilities() -> &'static Capabilities {
+    BOOT_CAPABILITIES.get().unwrap_or(&Capabilities::NONE)
+}
+
 /// CPUs in slots 0..this are in [`CPUS`] (started or tried).
 static CPU_SLOTS: AtomicU32 = AtomicU32::new(1);
 

@@ -1020,42 +1020,17 @@ impl Vcpu {
         vmcs::write(Field::EntryInterruptionInfo, event.information as u64);
     }
 
-    /// General-purpose register `number` (0 = RAX ... 15 = R15, the
-    /// encoding of exit qualifications).
-    fn register(&self, number: u8) -> u64 {
-        let r = &self.registers;
-        match number & 15 {
-            0 => r.rax,
-            1 => r.rcx,
-            2 => r.rdx,
-            3 => r.rbx,
-            4 => vmcs::read(Field::GuestRsp),
-            5 => r.rbp,
-            6 => r.rsi,
-            7 => r.rdi,
-            8 => r.r8,
-            9 => r.r9,
-            10 => r.r10,
-            11 => r.r11,
-            12 => r.r12,
-            13 => r.r13,
-            14 => r.r14,
-            _ => r.r15,
-        }
-    }
-
-    /// Sets general-purpose register `number` (as [`Vcpu::register`]).
-    fn set_register(&mut self, number: u8, value: u64) {
+    /// The saved general-purpose register `number` (0 = RAX ... 15 = R15,
+    /// the encoding of exit qualifications); `None` for RSP (4), which the
+    /// VMCS holds.
+    fn saved_register(&mut self, number: u8) -> Option<&mut u64> {
         let r = &mut self.registers;
-        let slot = match number & 15 {
+        Some(match number & 15 {
             0 => &mut r.rax,
             1 => &mut r.rcx,
             2 => &mut r.rdx,
             3 => &mut r.rbx,
-            4 => {
-                vmcs::write(Field::GuestRsp, value);
-                return;
-            }
+            4 => return None,
             5 => &mut r.rbp,
             6 => &mut r.rsi,
             7 => &mut r.rdi,
@@ -1067,8 +1042,20 @@ impl Vcpu {
             13 => &mut r.r13,
             14 => &mut r.r14,
             _ => &mut r.r15,
-        };
-        *slot = value;
+        })
+    }
+
+    /// General-purpose register `number` (as [`Vcpu::saved_register`]).
+    fn register(&mut self, number: u8) -> u64 {
+        self.saved_register(number).map_or_else(|| vmcs::read(Field::GuestRsp), |value| *value)
+    }
+
+    /// Sets general-purpose register `number` (as [`Vcpu::saved_register`]).
+    fn set_register(&mut self, number: u8, value: u64) {
+        match self.saved_register(number) {
+            Some(slot) => *slot = value,
+            None => vmcs::write(Field::GuestRsp, value),
+        }
     }
 
     /// Emulates a control-register access exit: MOV to/from CR8 use the
