@@ -7,6 +7,8 @@ use abi::hypercall::ShutdownReason;
 use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord, DomainInfo, DomainState, EXIT_REASON_SLOTS};
 use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
+use core::sync::atomic::{AtomicU32, Ordering};
+use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 use crate::log_ring::Level;
 use crate::paging::{Access, Ept, MemoryType, PageSize, PageTable};
@@ -510,72 +512,145 @@ pub fn write_through<P: Platform>(ept: &PageTable<Ept>, guest_physical: u64, byt
     Ok(())
 }
 
-/// The domains, each in a slot that stays its own from creation until it
-/// is destroyed: a slot number is a stable handle (the `index` the rest of
-/// hv passes around), unlike a position in a list that shifts.
-pub struct DomainTable<P: Platform> {
-    slots: [Option<Domain<P>>; MAX_DOMAINS],
-    count: usize,
+/// A domain slot's id when no domain is in it.
+const VACANT: u32 = u32::MAX;
+
+/// One slot of [`Domains`]: a domain under its own lock, and its id,
+/// readable without the lock (written under it).
+struct Slot<P: Platform> {
+    id: AtomicU32,
+    domain: TicketMutex<Option<Domain<P>>>,
 }
 
-impl<P: Platform> DomainTable<P> {
-    /// No domains.
-    pub const EMPTY: Self = DomainTable { slots: [const { None }; MAX_DOMAINS], count: 0 };
+/// The domains, each in a slot that stays its own from creation until it
+/// is destroyed: a slot number is a stable handle (the `index` the rest of
+/// hv passes around), unlike a position in a list that shifts. Each slot
+/// has a lock of its own: work on one domain locks just its slot
+/// ([`Domains::lock`]); work across domains holds hv's table lock and
+/// locks every domain ([`Domains::lock_all`]), so domains come and go only
+/// under that lock.
+pub struct Domains<P: Platform> {
+    slots: [Slot<P>; MAX_DOMAINS],
+}
 
+impl<P: Platform> Domains<P> {
+    /// No domains.
+    pub const fn new() -> Self {
+        Domains { slots: [const { Slot { id: AtomicU32::new(VACANT), domain: TicketMutex::new(None) } }; MAX_DOMAINS] }
+    }
+
+    /// The slot domain `id` is in now (a hint unless the caller holds the
+    /// table lock: lock the slot and check the id).
+    pub fn slot_of(&self, id: DomainId) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.id.load(Ordering::Acquire) == id)
+    }
+
+    /// Locks slot `slot` and returns its domain, if one is in it.
+    pub fn lock(&self, slot: usize) -> Option<DomainGuard<'_, P>> {
+        let guard = self.slots.get(slot)?.domain.lock();
+        guard.is_some().then_some(DomainGuard(guard))
+    }
+
+    /// Locks every domain, in slot order, for work across domains. Only
+    /// under hv's table lock, which every insertion and removal holds: the
+    /// slots in use cannot change meanwhile.
+    pub fn lock_all(&self) -> DomainTable<'_, P> {
+        let guards = core::array::from_fn(|index| {
+            let slot = &self.slots[index];
+            (slot.id.load(Ordering::Acquire) != VACANT).then(|| slot.domain.lock())
+        });
+        DomainTable { slots: &self.slots, guards }
+    }
+}
+
+impl<P: Platform> Default for Domains<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One locked domain (see [`Domains::lock`]).
+pub struct DomainGuard<'a, P: Platform>(TicketMutexGuard<'a, Option<Domain<P>>>);
+
+impl<P: Platform> core::ops::Deref for DomainGuard<'_, P> {
+    type Target = Domain<P>;
+    fn deref(&self) -> &Domain<P> {
+        self.0.as_ref().unwrap_or_else(|| empty_slot(usize::MAX))
+    }
+}
+
+impl<P: Platform> core::ops::DerefMut for DomainGuard<'_, P> {
+    fn deref_mut(&mut self) -> &mut Domain<P> {
+        self.0.as_mut().unwrap_or_else(|| empty_slot(usize::MAX))
+    }
+}
+
+/// Every domain, locked (see [`Domains::lock_all`]); domains are added and
+/// removed through it.
+pub struct DomainTable<'a, P: Platform> {
+    slots: &'a [Slot<P>; MAX_DOMAINS],
+    guards: [Option<TicketMutexGuard<'a, Option<Domain<P>>>>; MAX_DOMAINS],
+}
+
+impl<'a, P: Platform> DomainTable<'a, P> {
     /// How many domains there are.
     pub fn count(&self) -> usize {
-        self.count
+        self.iter().count()
     }
 
     /// Whether every slot is taken.
     pub fn is_full(&self) -> bool {
-        self.count == MAX_DOMAINS
+        self.count() == MAX_DOMAINS
     }
 
     /// Puts `domain` in the first free slot and returns it (or gives the
     /// domain back when the table is full, for the caller to tear down).
     #[allow(clippy::result_large_err)]
     pub fn insert(&mut self, domain: Domain<P>) -> Result<usize, Domain<P>> {
-        let Some(slot) = self.slots.iter().position(Option::is_none) else { return Err(domain) };
-        self.slots[slot] = Some(domain);
-        self.count += 1;
-        Ok(slot)
+        let Some(index) = self.guards.iter().position(Option::is_none) else { return Err(domain) };
+        let slot = &self.slots[index];
+        let mut guard = slot.domain.lock();
+        slot.id.store(domain.id, Ordering::Release);
+        *guard = Some(domain);
+        self.guards[index] = Some(guard);
+        Ok(index)
     }
 
     /// Takes the domain out of `slot`.
     pub fn remove(&mut self, slot: usize) -> Option<Domain<P>> {
-        let domain = self.slots.get_mut(slot)?.take()?;
-        self.count -= 1;
+        let domain = self.guards.get_mut(slot)?.as_mut()?.take()?;
+        self.slots[slot].id.store(VACANT, Ordering::Release);
+        self.guards[slot] = None;
         Some(domain)
     }
 
     /// The domain in `slot`, if any.
     pub fn get(&self, slot: usize) -> Option<&Domain<P>> {
-        self.slots.get(slot)?.as_ref()
+        self.guards.get(slot)?.as_ref()?.as_ref()
     }
 
     /// The domain in `slot`, if any.
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut Domain<P>> {
-        self.slots.get_mut(slot)?.as_mut()
+        self.guards.get_mut(slot)?.as_mut()?.as_mut()
     }
 
     /// Every domain, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = &Domain<P>> {
-        self.slots.iter().flatten()
+        self.guards.iter().flatten().filter_map(|guard| guard.as_ref())
     }
 
     /// Every domain, in slot order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain<P>> {
-        self.slots.iter_mut().flatten()
+        self.guards.iter_mut().flatten().filter_map(|guard| guard.as_mut())
     }
 
     /// The slot of domain `id`.
     pub fn slot_of(&self, id: DomainId) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.as_ref().is_some_and(|d| d.id == id))
+        (0..MAX_DOMAINS).find(|&slot| self.get(slot).is_some_and(|d| d.id == id))
     }
 }
 
-impl<P: Platform> core::ops::Index<usize> for DomainTable<P> {
+impl<P: Platform> core::ops::Index<usize> for DomainTable<'_, P> {
     type Output = Domain<P>;
     /// The domain in `slot`; hv only indexes with slots it got from
     /// [`DomainTable::slot_of`], `insert` or its own run, which hold one.
@@ -587,7 +662,7 @@ impl<P: Platform> core::ops::Index<usize> for DomainTable<P> {
     }
 }
 
-impl<P: Platform> core::ops::IndexMut<usize> for DomainTable<P> {
+impl<P: Platform> core::ops::IndexMut<usize> for DomainTable<'_, P> {
     fn index_mut(&mut self, slot: usize) -> &mut Domain<P> {
         match self.get_mut(slot) {
             Some(domain) => domain,
@@ -600,4 +675,37 @@ impl<P: Platform> core::ops::IndexMut<usize> for DomainTable<P> {
 #[cold]
 fn empty_slot(slot: usize) -> ! {
     panic!("hv bug: domain slot {slot} is empty")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fake_platform::Fake;
+
+    /// An empty table on the fake machine, locked (its slots live as long
+    /// as the test).
+    pub(crate) fn table() -> DomainTable<'static, Fake> {
+        let slots: &'static Domains<Fake> = Box::leak(Box::default());
+        slots.lock_all()
+    }
+
+    #[test]
+    fn a_domain_keeps_its_slot_and_others_find_it_by_id_without_the_table() {
+        let slots: &'static Domains<Fake> = Box::leak(Box::default());
+        let mut table = slots.lock_all();
+        let first = table.insert(Domain::new(7, false, 1).unwrap()).ok().unwrap();
+        let second = table.insert(Domain::new(9, false, 1).unwrap()).ok().unwrap();
+        assert_eq!((first, second), (0, 1));
+        assert!(table.remove(first).is_some());
+        assert_eq!(table.count(), 1);
+        drop(table);
+        assert_eq!(slots.slot_of(9), Some(1));
+        assert_eq!(slots.slot_of(7), None);
+        assert!(slots.lock(first).is_none());
+        assert_eq!(slots.lock(second).map(|domain| domain.id), Some(9));
+        // The freed slot is the next domain's; the other keeps its own.
+        let mut table = slots.lock_all();
+        assert_eq!(table.insert(Domain::new(11, false, 1).unwrap()).ok(), Some(0));
+        assert_eq!(table.slot_of(9), Some(1));
+    }
 }

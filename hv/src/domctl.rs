@@ -338,6 +338,6 @@ fn set_affinity(hv: &mut Hypervisor, target: usize, vcpu: u64, mask: u64) -> Res
 const _: () = assert!((MAX_DOMAINS as u64 - 1) * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
 
 /// What the grant code works on, of `hv`.
-pub fn grants(hv: &mut Hypervisor) -> Grants<'_, crate::arch::machine::Machine> {
-    Grants { domains: &mut hv.domains, foreign: &mut hv.foreign }
+pub fn grants<'a, 'd>(hv: &'a mut Hypervisor<'d>) -> Grants<'a, 'd, crate::arch::machine::Machine> {
+    Grants { domains: &mut hv.domains, foreign: &mut hv.state.foreign }
 }

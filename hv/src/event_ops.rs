@@ -19,9 +19,9 @@ use crate::paging::Access;
 use crate::platform::Platform;
 
 /// Port tables of all domains, by id, for the binding logic.
-struct Tables<'a, P: Platform>(&'a mut DomainTable<P>);
+struct Tables<'a, 'd, P: Platform>(&'a mut DomainTable<'d, P>);
 
-impl<P: Platform> TableAccess for Tables<'_, P> {
+impl<P: Platform> TableAccess for Tables<'_, '_, P> {
     fn table(&mut self, id: abi::DomainId) -> Option<&mut ports::PortTable> {
         self.0.iter_mut().find(|d| d.id == id && d.ended.is_none()).map(|d| &mut d.events)
     }
@@ -66,7 +66,7 @@ impl<P: Platform> EventWords for SharedPage<P> {
 /// Marks `port` of domain `index` pending and, if it is unmasked, raises
 /// the upcall of the vCPU the port notifies (vCPU 0 if that one is down)
 /// and wakes it.
-pub fn raise<P: Platform>(domains: &mut DomainTable<P>, index: usize, port: u32) {
+pub fn raise<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, port: u32) {
     let Some(domain) = domains.get_mut(index) else { return };
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
@@ -103,7 +103,7 @@ fn deliver<P: Platform>(domain: &mut Domain<P>, vcpu: usize, delivery: Delivery)
 /// ports are freed, and every port of the others bound to it becomes
 /// Closed (`hvcore::event::end_domain`), the connected ones also pending so
 /// their owners notice. Done once per domain; later calls do nothing.
-pub fn end_channels<P: Platform>(domains: &mut DomainTable<P>, index: usize) {
+pub fn end_channels<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize) {
     let Some(domain) = domains.get_mut(index) else { return };
     if domain.channels_ended {
         return;
@@ -127,7 +127,7 @@ pub fn end_channels<P: Platform>(domains: &mut DomainTable<P>, index: usize) {
 
 /// Raises virtual IRQ `virq` of vCPU `vcpu` of domain `index` if that
 /// vCPU has bound it (each vCPU binds its own: its timer, for one).
-pub fn raise_virq<P: Platform>(domains: &mut DomainTable<P>, index: usize, virq: Virq, vcpu: usize) {
+pub fn raise_virq<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, virq: Virq, vcpu: usize) {
     if let Some(port) = domains.get(index).and_then(|d| d.events.virq_port(virq, vcpu)) {
         raise(domains, index, port);
     }
@@ -163,7 +163,7 @@ fn domain_argument(value: u64) -> Result<abi::DomainId, Error> {
 
 /// `Hypercall::Event`.
 pub fn event_op<P: Platform>(
-    domains: &mut DomainTable<P>,
+    domains: &mut DomainTable<'_, P>,
     caller: usize,
     [operation, a1, a2, ..]: [u64; 5],
 ) -> Result<u64, Error> {
@@ -296,7 +296,7 @@ pub fn event_op<P: Platform>(
 
 /// `Hypercall::Sched`: acts on the calling vCPU (`Shutdown`: on all).
 pub fn sched_op<P: Platform>(
-    domains: &mut DomainTable<P>,
+    domains: &mut DomainTable<'_, P>,
     caller: usize,
     [operation, argument, ..]: [u64; 5],
 ) -> Result<u64, Error> {
@@ -337,7 +337,7 @@ mod tests {
 
     /// A domain with 4 pages of RAM from 0, `vcpus` vCPUs up, its event
     /// page registered with an upcall vector; returns its slot.
-    fn domain(domains: &mut DomainTable<Fake>, id: abi::DomainId, privileged: bool, vcpus: usize) -> usize {
+    fn domain(domains: &mut DomainTable<'static, Fake>, id: abi::DomainId, privileged: bool, vcpus: usize) -> usize {
         let mut domain = Domain::<Fake>::new(id, privileged, 16).unwrap();
         domain.populate(0, 4).unwrap();
         domain.vcpu_count = vcpus;
@@ -350,28 +350,34 @@ mod tests {
         slot
     }
 
-    fn call(domains: &mut DomainTable<Fake>, caller: usize, op: EventOp, a1: u64, a2: u64) -> Result<u64, Error> {
+    fn call(
+        domains: &mut DomainTable<'static, Fake>,
+        caller: usize,
+        op: EventOp,
+        a1: u64,
+        a2: u64,
+    ) -> Result<u64, Error> {
         event_op(domains, caller, [op as u64, a1, a2, 0, 0])
     }
 
     /// Word `offset` of the domain's event page, read as the guest would.
-    fn page_word(domains: &DomainTable<Fake>, slot: usize, offset: u64) -> u64 {
+    fn page_word(domains: &DomainTable<'static, Fake>, slot: usize, offset: u64) -> u64 {
         let mut bytes = [0; 8];
         domains[slot].read_guest(EVENT_PAGE + offset, &mut bytes).unwrap();
         u64::from_le_bytes(bytes)
     }
 
-    fn pending(domains: &DomainTable<Fake>, slot: usize, port: u64) -> bool {
+    fn pending(domains: &DomainTable<'static, Fake>, slot: usize, port: u64) -> bool {
         page_word(domains, slot, port / 64 * 8) & (1 << (port % 64)) != 0
     }
 
-    fn status(domains: &mut DomainTable<Fake>, slot: usize, port: u64) -> PortStatus {
+    fn status(domains: &mut DomainTable<'static, Fake>, slot: usize, port: u64) -> PortStatus {
         PortStatus::decode(call(domains, slot, EventOp::Status, port, 0).unwrap()).unwrap()
     }
 
     /// Two connected domains: (table, d1's slot, d1's port, d2's slot, d2's port).
-    fn connected() -> (DomainTable<Fake>, usize, u64, usize, u64) {
-        let mut domains = DomainTable::EMPTY;
+    fn connected() -> (DomainTable<'static, Fake>, usize, u64, usize, u64) {
+        let mut domains = crate::domain::tests::table();
         let one = domain(&mut domains, 1, false, 1);
         let two = domain(&mut domains, 2, false, 1);
         let offered = call(&mut domains, one, EventOp::AllocUnbound, 2, 0).unwrap();
@@ -460,7 +466,7 @@ mod tests {
 
     #[test]
     fn an_ipi_reaches_the_vcpu_it_names_and_wakes_it() {
-        let mut domains = DomainTable::EMPTY;
+        let mut domains = crate::domain::tests::table();
         let slot = domain(&mut domains, 1, false, 2);
         let port = call(&mut domains, slot, EventOp::BindIpi, 1, 0).unwrap();
         domains[slot].vcpus[1].blocked = true;
@@ -481,7 +487,7 @@ mod tests {
 
     #[test]
     fn physical_lines_are_dom0s_and_a_missing_line_is_refused() {
-        let mut domains = DomainTable::EMPTY;
+        let mut domains = crate::domain::tests::table();
         let dom0 = domain(&mut domains, 0, true, 1);
         let guest = domain(&mut domains, 1, false, 1);
         assert_eq!(call(&mut domains, guest, EventOp::BindPirq, 4, 0), Err(Error::Permission));
@@ -500,7 +506,7 @@ mod tests {
 
     #[test]
     fn the_event_page_must_be_the_callers_aligned_ram_and_the_vector_an_interrupt() {
-        let mut domains = DomainTable::EMPTY;
+        let mut domains = crate::domain::tests::table();
         let slot = domain(&mut domains, 1, false, 1);
         for (address, vector, error) in [
             (0x2001, VECTOR, Error::InvalidArgument),
@@ -516,10 +522,10 @@ mod tests {
 
     #[test]
     fn a_shutdown_stops_every_vcpu_once_and_dom0_cannot_shut_down() {
-        let mut domains = DomainTable::EMPTY;
+        let mut domains = crate::domain::tests::table();
         let dom0 = domain(&mut domains, 0, true, 1);
         let guest = domain(&mut domains, 1, false, 2);
-        let shutdown = |domains: &mut DomainTable<Fake>, slot| {
+        let shutdown = |domains: &mut DomainTable<'static, Fake>, slot| {
             sched_op(domains, slot, [SchedOp::Shutdown as u64, ShutdownReason::Reboot as u64, 0, 0, 0])
         };
         assert_eq!(shutdown(&mut domains, dom0), Err(Error::Permission));

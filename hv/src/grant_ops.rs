@@ -24,8 +24,8 @@ pub type ForeignWindow = crate::foreign::ForeignWindow<MAX_DOMAINS>;
 
 /// What the grant hypercall works on: every domain, and what dom0 has
 /// mapped in its foreign window.
-pub struct Grants<'a, P: Platform> {
-    pub domains: &'a mut DomainTable<P>,
+pub struct Grants<'a, 'd, P: Platform> {
+    pub domains: &'a mut DomainTable<'d, P>,
     pub foreign: &'a mut ForeignWindow,
 }
 
@@ -51,7 +51,7 @@ fn shared_entry<P>(address: u64) -> SharedEntry<P> {
 }
 
 /// The host address of entry `reference` in domain `index`'s table.
-fn entry_address<P: Platform>(domains: &DomainTable<P>, index: usize, reference: u64) -> Result<u64, Error> {
+fn entry_address<P: Platform>(domains: &DomainTable<'_, P>, index: usize, reference: u64) -> Result<u64, Error> {
     let table = domains[index].grant_table;
     if table == 0 {
         return Err(Error::NotFound);
@@ -84,7 +84,7 @@ fn end_claim<P: Platform>(claimed: &Claimed) {
 /// (writable access if `write`: see `hvcore::grant_entry::claim`) and
 /// finds the host frame it names.
 fn claim<P: Platform>(
-    domains: &DomainTable<P>,
+    domains: &DomainTable<'_, P>,
     granter_index: usize,
     reference: u64,
     caller: DomainId,
@@ -106,7 +106,7 @@ fn claim<P: Platform>(
 /// Clears `MAPPED` in grant `reference` (entry at `entry_at`) of domain
 /// `granter_index` once no mapping of it remains (in dom0's window or a
 /// guest's).
-fn unclaim<P: Platform>(on: &Grants<P>, granter_index: usize, reference: u64, entry_at: u64) {
+fn unclaim<P: Platform>(on: &Grants<'_, '_, P>, granter_index: usize, reference: u64, entry_at: u64) {
     let owner = on.domains[granter_index].id;
     let still_mapped = on.foreign.maps_grant(owner, reference as u32)
         || on.domains.iter().any(|d| d.mapped_grants.maps_grant(owner, reference as u32));
@@ -115,7 +115,7 @@ fn unclaim<P: Platform>(on: &Grants<P>, granter_index: usize, reference: u64, en
 
 /// Releases the claim of a mapping of grant `reference` of domain `owner`
 /// that is gone (unmapped, or its grantee destroyed).
-pub fn release_mapping<P: Platform>(on: &Grants<P>, owner: DomainId, reference: u32) {
+pub fn release_mapping<P: Platform>(on: &Grants<'_, '_, P>, owner: DomainId, reference: u32) {
     if let Some(owner) = on.domains.slot_of(owner)
         && let Ok(entry_at) = entry_address(on.domains, owner, reference as u64)
     {
@@ -126,7 +126,7 @@ pub fn release_mapping<P: Platform>(on: &Grants<P>, owner: DomainId, reference: 
 /// Maps grant `reference` of domain `granter` at `address` in guest
 /// `caller` (not dom0: see `GrantOp::Map`).
 fn map_in_guest<P: Platform>(
-    domains: &mut DomainTable<P>,
+    domains: &mut DomainTable<'_, P>,
     caller: usize,
     granter: u64,
     reference: u64,
@@ -160,7 +160,7 @@ fn map_in_guest<P: Platform>(
 
 /// Unmaps guest `caller`'s grant mapping at `address`; returns once no CPU
 /// can reach the page through it (`Domain::flush_ept`), then releases it.
-fn unmap_in_guest<P: Platform>(on: &mut Grants<P>, caller: usize, address: u64) -> Result<u64, Error> {
+fn unmap_in_guest<P: Platform>(on: &mut Grants<'_, '_, P>, caller: usize, address: u64) -> Result<u64, Error> {
     let domain = &mut on.domains[caller];
     let mapping = domain.mapped_grants.remove(address).ok_or(Error::NotFound)?;
     let _ = domain.ept.unmap(&mut P::tables(), address);
@@ -174,7 +174,7 @@ fn unmap_in_guest<P: Platform>(on: &mut Grants<P>, caller: usize, address: u64) 
 /// translations before the call returns, so its frames may be freed), and
 /// the grants it mapped itself are released, so their granters may revoke
 /// them.
-pub fn end_domain<P: Platform>(on: &mut Grants<P>, target: usize) {
+pub fn end_domain<P: Platform>(on: &mut Grants<'_, '_, P>, target: usize) {
     let id = on.domains[target].id;
     if let Some(dom0) = on.domains.iter_mut().find(|d| d.privileged) {
         let unmapped = on.foreign.remove_owner(id, |address| {
@@ -199,7 +199,7 @@ pub fn end_domain<P: Platform>(on: &mut Grants<P>, target: usize) {
 /// as `mapping` says: recorded first (refused when the page is in use or
 /// the owner has its share of the window mapped), then in dom0's EPT.
 fn map_in_window<P: Platform>(
-    on: &mut Grants<P>,
+    on: &mut Grants<'_, '_, P>,
     dom0: usize,
     address: u64,
     frame: u64,
@@ -218,7 +218,12 @@ fn map_in_window<P: Platform>(
 /// Removes dom0's (slot `dom0`) mapping at `address` in its foreign window
 /// (of a grant if `grant`, else of a guest page) and returns it once no
 /// CPU can reach the page through it.
-fn unmap_in_window<P: Platform>(on: &mut Grants<P>, dom0: usize, address: u64, grant: bool) -> Result<Mapping, Error> {
+fn unmap_in_window<P: Platform>(
+    on: &mut Grants<'_, '_, P>,
+    dom0: usize,
+    address: u64,
+    grant: bool,
+) -> Result<Mapping, Error> {
     let mapping = on.foreign.remove(address, grant).ok_or(Error::NotFound)?;
     let domain = &mut on.domains[dom0];
     let _ = domain.ept.unmap(&mut P::tables(), address);
@@ -229,7 +234,7 @@ fn unmap_in_window<P: Platform>(on: &mut Grants<P>, dom0: usize, address: u64, g
 /// `DomCtlOp::MapForeign`: maps page `guest_address` of guest `target` at
 /// `dom0_address` in dom0's (slot `dom0`) foreign window.
 pub fn map_foreign<P: Platform>(
-    on: &mut Grants<P>,
+    on: &mut Grants<'_, '_, P>,
     dom0: usize,
     target: usize,
     guest_address: u64,
@@ -244,11 +249,11 @@ pub fn map_foreign<P: Platform>(
 }
 
 /// `DomCtlOp::UnmapForeign`: removes dom0's mapping of a guest page at `address`.
-pub fn unmap_foreign<P: Platform>(on: &mut Grants<P>, dom0: usize, address: u64) -> Result<u64, Error> {
+pub fn unmap_foreign<P: Platform>(on: &mut Grants<'_, '_, P>, dom0: usize, address: u64) -> Result<u64, Error> {
     unmap_in_window(on, dom0, address, false).map(|_| 0)
 }
 
-fn granter_index<P: Platform>(domains: &DomainTable<P>, caller: usize, granter: u64) -> Result<usize, Error> {
+fn granter_index<P: Platform>(domains: &DomainTable<'_, P>, caller: usize, granter: u64) -> Result<usize, Error> {
     let granter = DomainId::try_from(granter).map_err(|_| Error::InvalidArgument)?;
     let index = domains.slot_of(granter).ok_or(Error::NotFound)?;
     if index == caller || domains[index].ended.is_some() {
@@ -259,7 +264,7 @@ fn granter_index<P: Platform>(domains: &DomainTable<P>, caller: usize, granter: 
 
 /// `Hypercall::Grant`.
 pub fn grant_op<P: Platform>(
-    on: &mut Grants<P>,
+    on: &mut Grants<'_, '_, P>,
     caller: usize,
     [operation, a1, a2, a3, a4]: [u64; 5],
 ) -> Result<u64, Error> {
@@ -348,13 +353,13 @@ mod tests {
     const MAP_AT: u64 = 0x4000_0000;
 
     struct Machine {
-        domains: DomainTable<Fake>,
+        domains: DomainTable<'static, Fake>,
         foreign: ForeignWindow,
     }
 
     impl Machine {
         fn new() -> Machine {
-            Machine { domains: DomainTable::EMPTY, foreign: ForeignWindow::with_abi_share() }
+            Machine { domains: crate::domain::tests::table(), foreign: ForeignWindow::with_abi_share() }
         }
 
         /// A domain with 4 pages of RAM from 0 and its grant table at `TABLE`.
@@ -524,7 +529,7 @@ mod tests {
         assert_eq!(machine::with(|m| m.flushes.len()), 1);
     }
 
-    impl Grants<'_, Fake> {
+    impl Grants<'_, '_, Fake> {
         fn call_unmap_grant(&mut self, caller: usize, address: u64) -> Result<u64, Error> {
             grant_op(self, caller, [GrantOp::Unmap as u64, address, 0, 0, 0])
         }

@@ -61,12 +61,11 @@ fn unreachable_hypercall() -> bool {
 pub type Domain = hvcore::domain::Domain<Machine>;
 /// A vCPU slot of a domain on this machine.
 pub type VcpuSlot = hvcore::domain::VcpuSlot<Machine>;
-/// The domains on this machine.
-pub type DomainTable = hvcore::domain::DomainTable<Machine>;
+/// The domains on this machine, locked for work across them.
+pub type DomainTable<'a> = hvcore::domain::DomainTable<'a, Machine>;
 
-/// Everything hv knows, shared by the run loops of every CPU.
-pub struct Hypervisor {
-    pub domains: DomainTable,
+/// Everything hv knows besides the domains, under hv's table lock.
+pub struct State {
     pub scheduler: Scheduler<MAX_DOMAINS>,
     pub boot_tsc: u64,
     /// TSC frequency, 0 if unknown.
@@ -88,11 +87,10 @@ pub struct Hypervisor {
     pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
 }
 
-/// hv's state. It is far too large for a stack (every domain's port table
-/// and statistics), so it lives here, built in place. The lock is fair, so
-/// every CPU gets its turn after an exit however busy the others are.
-pub static HYPERVISOR: TicketMutex<Hypervisor> = TicketMutex::new(Hypervisor {
-    domains: DomainTable::EMPTY,
+/// hv's table lock and what it guards. The lock is fair, so every CPU
+/// gets its turn however busy the others are. It comes before any
+/// domain's lock.
+static STATE: TicketMutex<State> = TicketMutex::new(State {
     scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
     boot_tsc: 0,
     tsc_khz: 0,
@@ -105,10 +103,41 @@ pub static HYPERVISOR: TicketMutex<Hypervisor> = TicketMutex::new(Hypervisor {
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
 
-/// hv's state, locked.
-type Locked = TicketMutexGuard<'static, Hypervisor>;
+/// The domains, each under its own lock. Far too large for a stack (every
+/// domain's port table and statistics), so they live here, built in place.
+pub static DOMAINS: hvcore::domain::Domains<Machine> = hvcore::domain::Domains::new();
 
-impl Hypervisor {
+/// hv's state with every domain locked: the table lock, then each domain.
+pub struct Hypervisor<'a> {
+    pub state: TicketMutexGuard<'a, State>,
+    pub domains: DomainTable<'a>,
+}
+
+impl Hypervisor<'static> {
+    /// Takes the table lock and every domain's.
+    pub fn lock() -> Self {
+        let state = STATE.lock();
+        Hypervisor { state, domains: DOMAINS.lock_all() }
+    }
+}
+
+impl core::ops::Deref for Hypervisor<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl core::ops::DerefMut for Hypervisor<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+/// hv's state, locked.
+type Locked = Hypervisor<'static>;
+
+impl Hypervisor<'_> {
     /// Adds dom0, the first domain.
     pub fn add_dom0(&mut self, dom0: Domain) {
         // The table and the scheduler are empty: this cannot fail.
@@ -177,8 +206,8 @@ impl Hypervisor {
         for domain in self.domains.iter() {
             for vcpu in 0..domain.vcpu_count {
                 let key = sched_key(domain.id, vcpu);
-                self.scheduler.set_runnable(key, domain.runnable(vcpu));
-                let _ = self.scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
+                self.state.scheduler.set_runnable(key, domain.runnable(vcpu));
+                let _ = self.state.scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
             }
         }
     }
@@ -379,7 +408,7 @@ pub fn run() -> ! {
     let cpu = smp::this_cpu();
     let this = smp::this();
     loop {
-        let mut hv = HYPERVISOR.lock();
+        let mut hv = Hypervisor::lock();
         this.kicked.store(false, core::sync::atomic::Ordering::Relaxed);
         crate::events::deliver_device_interrupts(&mut hv);
         let now = cpu::rdtsc();
@@ -481,7 +510,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
             }
         };
         smp::leave_guest_mode();
-        hv = HYPERVISOR.lock();
+        hv = Hypervisor::lock();
         let domain = &mut hv.domains[index];
         let vcpu = domain.vcpus[v].vcpu.insert(vcpu);
         if slice_over {

@@ -25,7 +25,7 @@ use hvcore::frame::PhysRange;
 use hvcore::multiboot2;
 
 use crate::arch::{cpu, gdt, idt, lapic, serial, vmx};
-use crate::hypervisor::HYPERVISOR;
+use crate::hypervisor::Hypervisor;
 use crate::log::Level;
 
 unsafe extern "C" {
@@ -175,7 +175,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(domain) => domain,
         Err(reason) => stop(reason),
     };
-    let mut hv = HYPERVISOR.lock();
+    let mut hv = Hypervisor::lock();
     hv.scheduler.set_cpus(arch::smp::running());
     hv.boot_tsc = boot_tsc;
     hv.tsc_khz = tsc_khz;
