@@ -309,11 +309,9 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Stops the domain for good because it misbehaved, with one log line
-    /// and a crash record of reason `Other` whose text is `why`.
-    pub fn crash(&mut self, why: core::fmt::Arguments) {
-        // Only the vCPU whose exit is being handled here is loaded on this
-        // CPU; the others are not asked.
-        let rip = self.current_vcpu().and_then(|v| self.vcpus[v].vcpu.as_ref()).map_or(0, P::vcpu_rip);
+    /// and a crash record of reason `Other` whose text is `why` (`rip`: the
+    /// instruction pointer of the vCPU whose exit showed it).
+    pub fn crash(&mut self, rip: u64, why: core::fmt::Arguments) {
         let details = CrashDetails { exit_reason: u32::MAX, rip, ..CrashDetails::default() };
         self.crash_with(CrashReason::Other, details, why);
     }
@@ -543,6 +541,12 @@ impl<P: Platform> Domains<P> {
     /// table lock: lock the slot and check the id).
     pub fn slot_of(&self, id: DomainId) -> Option<usize> {
         self.slots.iter().position(|slot| slot.id.load(Ordering::Acquire) == id)
+    }
+
+    /// Locks slot `slot`, which holds a domain one of whose vCPUs this CPU
+    /// runs (so it cannot be destroyed meanwhile).
+    pub fn lock_running(&self, slot: usize) -> DomainGuard<'_, P> {
+        self.lock(slot).unwrap_or_else(|| empty_slot(slot))
     }
 
     /// Locks slot `slot` and returns its domain, if one is in it.

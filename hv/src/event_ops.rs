@@ -64,10 +64,17 @@ impl<P: Platform> EventWords for SharedPage<P> {
 }
 
 /// Marks `port` of domain `index` pending and, if it is unmasked, raises
-/// the upcall of the vCPU the port notifies (vCPU 0 if that one is down)
-/// and wakes it.
+/// the upcall of the vCPU the port notifies (see [`raise_in`]).
 pub fn raise<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, port: u32) {
-    let Some(domain) = domains.get_mut(index) else { return };
+    if let Some(domain) = domains.get_mut(index) {
+        raise_in(domain, port);
+    }
+}
+
+/// Marks `port` of `domain` pending and, if it is unmasked, raises the
+/// upcall of the vCPU the port notifies (vCPU 0 if that one is down) and
+/// wakes it. Nothing for a domain that ended.
+pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
@@ -81,6 +88,15 @@ pub fn raise<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, port: 
     }
     let delivery = event_page::raise(&mut SharedPage::<P>::at(page), port, vcpu, domain.upcall_vector != 0);
     deliver(domain, vcpu, delivery);
+}
+
+/// The end of a [`Call::Raise`]: raises `port` of `domain` if it is still
+/// connected to port `from_port` of domain `from` (it may have been closed,
+/// or the sender's port closed, since the sender read its binding).
+pub fn raise_connected<P: Platform>(domain: &mut Domain<P>, port: u32, from: abi::DomainId, from_port: u32) {
+    if domain.events.binding(port) == Ok(ports::Binding::Interdomain { remote: from, remote_port: from_port }) {
+        raise_in(domain, port);
+    }
 }
 
 /// Wakes vCPU `vcpu` and makes its upcall due as `delivery` says; tells
@@ -161,24 +177,36 @@ fn domain_argument(value: u64) -> Result<abi::DomainId, Error> {
     abi::DomainId::try_from(value).map_err(|_| Error::InvalidArgument)
 }
 
-/// `Hypercall::Event`.
-pub fn event_op<P: Platform>(
-    domains: &mut DomainTable<'_, P>,
-    caller: usize,
-    [operation, a1, a2, ..]: [u64; 5],
-) -> Result<u64, Error> {
+/// What an event hypercall came to on its caller's domain alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Its result.
+    Done(Result<u64, Error>),
+    /// A send to another domain: its result is 0 once port `port` of domain
+    /// `target` is raised with [`raise_connected`] (from the caller's port
+    /// `from`), under that domain's lock.
+    Raise { target: abi::DomainId, port: u32, from: u32 },
+    /// It concerns other domains: [`event_op`] runs it on the whole table.
+    Table,
+}
+
+/// `Hypercall::Event` on the caller's domain alone (its lock held): every
+/// operation but those that bind, close or offer ports between domains.
+pub fn event_op_own<P: Platform>(domain: &mut Domain<P>, arguments: [u64; 5]) -> Call {
+    own_event(domain, arguments).unwrap_or_else(|error| Call::Done(Err(error)))
+}
+
+fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64; 5]) -> Result<Call, Error> {
     let operation = EventOp::from_number(operation).ok_or(Error::InvalidArgument)?;
-    let caller_id = domains[caller].id;
-    match operation {
+    let vcpu_argument = |value: u64, count: usize| {
+        u8::try_from(value).ok().filter(|&v| (v as usize) < count).ok_or(Error::InvalidArgument)
+    };
+    let result = match operation {
         EventOp::RegisterPage => {
             let vector = u8::try_from(a2).map_err(|_| Error::InvalidArgument)?;
-            if vector != 0 && vector < 32 {
+            if vector != 0 && vector < 32 || a1 % abi::PAGE_SIZE != 0 {
                 return Err(Error::InvalidArgument);
             }
-            if a1 % abi::PAGE_SIZE != 0 {
-                return Err(Error::InvalidArgument);
-            }
-            let domain = &mut domains[caller];
             // The page must be the domain's own RAM: hv keeps its host frame,
             // which stays valid as long as the domain exists.
             let frame = domain.host_frame(a1, Access::READ | Access::WRITE)?;
@@ -187,74 +215,28 @@ pub fn event_op<P: Platform>(
             }
             domain.event_page = frame;
             domain.upcall_vector = vector;
-            Ok(0)
-        }
-        EventOp::AllocUnbound => {
-            let remote = domain_argument(a1)?;
-            // A domain that ended is gone as far as channels go: a port
-            // offered to it now would outlive the Closed ports it left.
-            if domains.slot_of(remote).is_none_or(|index| domains[index].ended.is_some()) {
-                return Err(Error::NotFound);
-            }
-            domains[caller].events.allocate_unbound(remote).map(u64::from)
-        }
-        EventOp::BindInterdomain => {
-            let remote = domain_argument(a1)?;
-            let remote_port = port_argument(a2)?;
-            ports::bind_interdomain(&mut Tables(domains), caller_id, remote, remote_port).map(u64::from)
+            0
         }
         EventOp::BindVirq => {
             let virq = Virq::from_number(a1).ok_or(Error::InvalidArgument)?;
-            let domain = &mut domains[caller];
-            let vcpu =
-                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
-            domain.events.bind_virq(virq, vcpu).map(u64::from)
+            domain.events.bind_virq(virq, vcpu_argument(a2, domain.vcpu_count)?)?.into()
         }
         EventOp::Send => {
             let port = port_argument(a1)?;
-            let domain = &domains[caller];
             if domain.events.binding(port)? == ports::Binding::Ipi {
                 // An IPI: pending in the caller's own domain, for its vCPU.
-                raise(domains, caller, port);
-                return Ok(0);
+                raise_in(domain, port);
+                return Ok(Call::Done(Ok(0)));
             }
-            // The caller's own table, by its slot (a domain that ended has
-            // no channels left to send on).
+            // A domain that ended has no channels left to send on.
             if domain.ended.is_some() {
                 return Err(Error::NotFound);
             }
             let (target, target_port) = domain.events.send_target(port)?;
-            if let Some(index) = domains.slot_of(target) {
-                raise(domains, index, target_port);
-            }
-            Ok(0)
-        }
-        EventOp::Close => {
-            let port = port_argument(a1)?;
-            let binding = domains[caller].events.binding(port)?;
-            ports::close(&mut Tables(domains), caller_id, port)?;
-            if let ports::Binding::Pirq(line) = binding {
-                P::mask_line(line);
-            }
-            Ok(0)
-        }
-        EventOp::BindPirq => {
-            if !domains[caller].privileged {
-                return Err(Error::Permission);
-            }
-            // hv keeps the PIT (0), the cascade (2) and the RTC (8).
-            let line =
-                u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
-            let port = domains[caller].events.bind_pirq(line)?;
-            if !P::unmask_line(line) {
-                let _ = ports::close(&mut Tables(domains), caller_id, port);
-                return Err(Error::NotFound);
-            }
-            Ok(port as u64)
+            return Ok(Call::Raise { target, port: target_port, from: port });
         }
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;
-            let domain = &mut domains[caller];
             let page = domain.event_page;
             if page == 0 {
                 return Err(Error::Busy);
@@ -272,36 +254,83 @@ pub fn event_op<P: Platform>(
                     deliver(domain, vcpu, delivery);
                 }
             }
-            Ok(0)
+            0
         }
         EventOp::BindVcpu => {
             let port = port_argument(a1)?;
-            let domain = &mut domains[caller];
-            let vcpu =
-                u8::try_from(a2).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
-            domain.events.bind_vcpu(port, vcpu).map(|()| 0)
+            domain.events.bind_vcpu(port, vcpu_argument(a2, domain.vcpu_count)?)?;
+            0
         }
-        EventOp::BindIpi => {
-            let domain = &mut domains[caller];
-            let vcpu =
-                u8::try_from(a1).ok().filter(|&v| (v as usize) < domain.vcpu_count).ok_or(Error::InvalidArgument)?;
-            domain.events.bind_ipi(vcpu).map(u64::from)
+        EventOp::BindIpi => domain.events.bind_ipi(vcpu_argument(a1, domain.vcpu_count)?)?.into(),
+        EventOp::Status => domain.events.status(port_argument(a1)?)?.encode(),
+        EventOp::AllocUnbound | EventOp::BindInterdomain | EventOp::Close | EventOp::BindPirq => {
+            return Ok(Call::Table);
         }
-        EventOp::Status => {
+    };
+    Ok(Call::Done(Ok(result)))
+}
+
+/// `Hypercall::Event` with every domain at hand.
+pub fn event_op<P: Platform>(
+    domains: &mut DomainTable<'_, P>,
+    caller: usize,
+    arguments @ [operation, a1, a2, ..]: [u64; 5],
+) -> Result<u64, Error> {
+    let caller_id = domains[caller].id;
+    match EventOp::from_number(operation) {
+        Some(EventOp::AllocUnbound) => {
+            let remote = domain_argument(a1)?;
+            // A domain that ended is gone as far as channels go: a port
+            // offered to it now would outlive the Closed ports it left.
+            if domains.slot_of(remote).is_none_or(|index| domains[index].ended.is_some()) {
+                return Err(Error::NotFound);
+            }
+            domains[caller].events.allocate_unbound(remote).map(u64::from)
+        }
+        Some(EventOp::BindInterdomain) => {
+            let remote = domain_argument(a1)?;
+            let remote_port = port_argument(a2)?;
+            ports::bind_interdomain(&mut Tables(domains), caller_id, remote, remote_port).map(u64::from)
+        }
+        Some(EventOp::Close) => {
             let port = port_argument(a1)?;
-            domains[caller].events.status(port).map(|status| status.encode())
+            let binding = domains[caller].events.binding(port)?;
+            ports::close(&mut Tables(domains), caller_id, port)?;
+            if let ports::Binding::Pirq(line) = binding {
+                P::mask_line(line);
+            }
+            Ok(0)
         }
+        Some(EventOp::BindPirq) => {
+            if !domains[caller].privileged {
+                return Err(Error::Permission);
+            }
+            // hv keeps the PIT (0), the cascade (2) and the RTC (8).
+            let line =
+                u8::try_from(a1).ok().filter(|l| *l < 16 && ![0, 2, 8].contains(l)).ok_or(Error::InvalidArgument)?;
+            let port = domains[caller].events.bind_pirq(line)?;
+            if !P::unmask_line(line) {
+                let _ = ports::close(&mut Tables(domains), caller_id, port);
+                return Err(Error::NotFound);
+            }
+            Ok(port as u64)
+        }
+        _ => match event_op_own(&mut domains[caller], arguments) {
+            Call::Done(result) => result,
+            Call::Raise { target, port, from } => {
+                if let Some(index) = domains.slot_of(target) {
+                    raise_connected(&mut domains[index], port, caller_id, from);
+                }
+                Ok(0)
+            }
+            Call::Table => Err(Error::InvalidArgument),
+        },
     }
 }
 
 /// `Hypercall::Sched`: acts on the calling vCPU (`Shutdown`: on all).
-pub fn sched_op<P: Platform>(
-    domains: &mut DomainTable<'_, P>,
-    caller: usize,
-    [operation, argument, ..]: [u64; 5],
-) -> Result<u64, Error> {
+pub fn sched_op<P: Platform>(domain: &mut Domain<P>, [operation, argument, ..]: [u64; 5]) -> Result<u64, Error> {
     let vcpu = P::current_vcpu();
-    let domain = &mut domains[caller];
     match SchedOp::from_number(operation).ok_or(Error::InvalidArgument)? {
         SchedOp::Yield => {
             domain.vcpus[vcpu].reschedule = true;
@@ -526,12 +555,30 @@ mod tests {
         let dom0 = domain(&mut domains, 0, true, 1);
         let guest = domain(&mut domains, 1, false, 2);
         let shutdown = |domains: &mut DomainTable<'static, Fake>, slot| {
-            sched_op(domains, slot, [SchedOp::Shutdown as u64, ShutdownReason::Reboot as u64, 0, 0, 0])
+            sched_op(&mut domains[slot], [SchedOp::Shutdown as u64, ShutdownReason::Reboot as u64, 0, 0, 0])
         };
         assert_eq!(shutdown(&mut domains, dom0), Err(Error::Permission));
         shutdown(&mut domains, guest).unwrap();
         assert_eq!(domains[guest].ended, Some(Ended::Shutdown(ShutdownReason::Reboot)));
         assert!(domains[guest].vcpus[..2].iter().all(|slot| slot.reschedule));
         assert!(machine::with(|m| m.log.iter().any(|line| line.contains("d1 shut down (Reboot)"))));
+    }
+
+    #[test]
+    fn a_send_lands_only_while_its_channel_stays_connected() {
+        let (mut domains, one, offered, two, bound) = connected();
+        let send = [EventOp::Send as u64, bound, 0, 0, 0];
+        let Call::Raise { target, port, from } = event_op_own(&mut domains[two], send) else { panic!("not a raise") };
+        assert_eq!((target, u64::from(port), u64::from(from)), (1, offered, bound));
+        raise_connected(&mut domains[one], port, 2, from);
+        assert!(pending(&domains, one, offered));
+        domains[one].write_guest(EVENT_PAGE, &[0; 8]).unwrap();
+        // The receiver closes its end (on another CPU) before the next
+        // raise lands, and the port number is reused for an IPI: the
+        // stale raise must not make the IPI pending.
+        call(&mut domains, one, EventOp::Close, offered, 0).unwrap();
+        assert_eq!(call(&mut domains, one, EventOp::BindIpi, 0, 0), Ok(offered));
+        raise_connected(&mut domains[one], port, 2, from);
+        assert!(!pending(&domains, one, offered));
     }
 }

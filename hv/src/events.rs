@@ -5,10 +5,11 @@
 
 use abi::Error;
 use abi::hypercall::VcpuOp;
-use hvcore::event_ops::raise;
+use hvcore::event_ops::{Call, raise};
 use hvcore::platform::Platform;
 
 use crate::arch::machine::Machine;
+use crate::arch::vmx::Vcpu;
 use crate::hypervisor::{Domain, Hypervisor};
 
 /// Delivers the device interrupts that arrived: each line's port in the
@@ -33,14 +34,14 @@ pub fn deliver_device_interrupts(hv: &mut Hypervisor) {
     }
 }
 
-/// Injects the upcall into vCPU `vcpu` (which this CPU runs) if it can take
-/// it now, else asks for an exit as soon as it can. Out of line, with the
-/// VMCS accessors inlined into it: the run loop's top stays small.
+/// Injects the upcall into vCPU `vcpu` of `domain` (`cpu`, which this CPU
+/// runs) if it can take it now, else asks for an exit as soon as it can.
+/// Out of line, with the VMCS accessors inlined into it: the run loop's
+/// top stays small.
 #[inline(never)]
-pub fn deliver_upcall(domain: &mut Domain, vcpu: usize) {
+pub fn deliver_upcall(domain: &mut Domain, vcpu: usize, cpu: &mut Vcpu) {
     let vector = domain.upcall_vector;
     let slot = &mut domain.vcpus[vcpu];
-    let Some(cpu) = slot.vcpu.as_mut() else { return };
     if cpu.interruptible() {
         cpu.inject_interrupt(vector);
         cpu.set_interrupt_window_exiting(false);
@@ -52,23 +53,20 @@ pub fn deliver_upcall(domain: &mut Domain, vcpu: usize) {
 
 /// `Hypercall::Vcpu`: the calling vCPU's timer and id; starting and
 /// stopping the domain's other vCPUs.
-pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64; 5]) -> Result<u64, Error> {
-    let me = Machine::current_vcpu();
+pub fn vcpu_op(
+    hv: &mut Hypervisor,
+    caller: usize,
+    arguments @ [operation, a1, a2, ..]: [u64; 5],
+) -> Result<u64, Error> {
     let count = hv.domains[caller].vcpu_count;
     let target = || usize::try_from(a1).ok().filter(|&vcpu| vcpu < count).ok_or(Error::InvalidArgument);
-    match VcpuOp::from_number(operation).ok_or(Error::InvalidArgument)? {
-        VcpuOp::SetTimer => {
-            // A past deadline fires at the next scheduling decision.
-            hv.domains[caller].vcpus[me].timer_deadline = a1;
-            Ok(0)
-        }
-        VcpuOp::Id => Ok(me as u64),
-        VcpuOp::Up => {
+    match VcpuOp::from_number(operation) {
+        Some(VcpuOp::Up) => {
             let vcpu = target()?;
             let context: abi::domctl::VcpuContext = crate::abi_bytes::read_struct(&hv.domains[caller], a2)?;
             crate::domctl::start_vcpu(hv, caller, vcpu, &context).map(|()| 0)
         }
-        VcpuOp::Down => {
+        Some(VcpuOp::Down) => {
             let vcpu = target()?;
             let domain = &mut hv.domains[caller];
             if !domain.vcpus[vcpu].up {
@@ -92,5 +90,25 @@ pub fn vcpu_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [u64
             }
             Ok(0)
         }
+        _ => match vcpu_op_own(&mut hv.domains[caller], arguments) {
+            Call::Done(result) => result,
+            _ => Err(Error::InvalidArgument),
+        },
     }
+}
+
+/// `Hypercall::Vcpu` on the caller's domain alone: the calling vCPU's
+/// timer and id ([`Call::Table`] for starting and stopping vCPUs).
+pub fn vcpu_op_own(domain: &mut Domain, [operation, a1, ..]: [u64; 5]) -> Call {
+    let me = Machine::current_vcpu();
+    Call::Done(match VcpuOp::from_number(operation) {
+        Some(VcpuOp::SetTimer) => {
+            // A past deadline fires at the next scheduling decision.
+            domain.vcpus[me].timer_deadline = a1;
+            Ok(0)
+        }
+        Some(VcpuOp::Id) => Ok(me as u64),
+        Some(VcpuOp::Up | VcpuOp::Down) => return Call::Table,
+        None => Err(Error::InvalidArgument),
+    })
 }

@@ -164,9 +164,6 @@ impl Platform for Fake {
     fn flush_ept(root: u64, elsewhere: u64) {
         with(|state| state.flushes.push((root, elsewhere)));
     }
-    fn vcpu_rip(vcpu: &FakeVcpu) -> u64 {
-        vcpu.rip
-    }
     fn release_vcpu(vcpu: FakeVcpu) {
         with(|state| state.released_vcpus.push(vcpu.rip));
     }

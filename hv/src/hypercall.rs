@@ -6,7 +6,10 @@ use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, PlatformOp};
 use abi::info::{DOMAIN_INFO_MIN_SIZE, DomainInfo, HV_INFO_MIN_SIZE, HvInfo};
 use abi::{DomainId, Error};
 
+use hvcore::event_ops::{Call, event_op_own};
+
 use crate::abi_bytes::bytes_of;
+use crate::hypervisor::Domain;
 use crate::hypervisor::Hypervisor;
 
 /// A handler: the hypervisor, the calling domain's index, the five arguments.
@@ -22,20 +25,40 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     null,
     platform,
     crate::domctl::domctl,
-    |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains, caller, arguments),
+    |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains[caller], arguments),
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
     crate::events::vcpu_op,
     |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut crate::domctl::grants(hv), caller, arguments),
     crate::physdev::physdev_op,
 ];
 
-/// Runs hypercall `number` for domain `caller`; the result goes in RAX.
+/// Runs hypercall `number` for domain `caller` with every domain at hand.
+pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64; 5]) -> Result<u64, Error> {
+    let handler = TABLE.get(number as usize).ok_or(Error::NoSuchHypercall)?;
+    handler(hv, caller, arguments)
+}
+
+/// Runs hypercall `number` on the caller's domain alone (its lock held)
+/// when it concerns no other: the `Sched` operations, the `Event`
+/// operations [`event_op_own`] takes, the calling vCPU's timer and id.
+/// [`Call::Table`] for the rest, which [`dispatch`] runs.
 #[inline]
-pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64; 5]) -> i64 {
-    let Some(handler) = TABLE.get(number as usize) else {
-        return Error::NoSuchHypercall.code();
-    };
-    match handler(hv, caller, arguments) {
+pub fn dispatch_own(domain: &mut Domain, number: u64, arguments: [u64; 5]) -> Call {
+    const EVENT: u64 = abi::Hypercall::Event as u64;
+    const SCHED: u64 = abi::Hypercall::Sched as u64;
+    const VCPU: u64 = abi::Hypercall::Vcpu as u64;
+    match number {
+        EVENT => event_op_own(domain, arguments),
+        SCHED => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
+        VCPU => crate::events::vcpu_op_own(domain, arguments),
+        _ => Call::Table,
+    }
+}
+
+/// A hypercall's result as RAX holds it: the value, or the negative error code.
+#[inline]
+pub fn encode(result: Result<u64, Error>) -> i64 {
+    match result {
         Ok(value) => value.min(i64::MAX as u64) as i64,
         Err(error) => error.code(),
     }

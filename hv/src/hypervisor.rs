@@ -20,6 +20,7 @@
 
 use abi::DomainId;
 use abi::info::HvInfo;
+use hvcore::event_ops::Call;
 use hvcore::platform::Platform;
 use hvcore::scheduler::Scheduler;
 use spin::mutex::{TicketMutex, TicketMutexGuard};
@@ -59,8 +60,6 @@ fn unreachable_hypercall() -> bool {
 
 /// A domain on this machine.
 pub type Domain = hvcore::domain::Domain<Machine>;
-/// A vCPU slot of a domain on this machine.
-pub type VcpuSlot = hvcore::domain::VcpuSlot<Machine>;
 /// The domains on this machine, locked for work across them.
 pub type DomainTable<'a> = hvcore::domain::DomainTable<'a, Machine>;
 
@@ -133,9 +132,6 @@ impl core::ops::DerefMut for Hypervisor<'_> {
         &mut self.state
     }
 }
-
-/// hv's state, locked.
-type Locked = Hypervisor<'static>;
 
 impl Hypervisor<'_> {
     /// Adds dom0, the first domain.
@@ -211,194 +207,185 @@ impl Hypervisor<'_> {
             }
         }
     }
+}
 
-    /// Sets domain `index`'s preemption timer to `remaining` TSC ticks (the
-    /// rare path of `run_slice`, kept out of its loop).
-    #[cold]
-    #[inline(never)]
-    fn rearm_preemption_timer(&mut self, index: usize, vcpu: usize, remaining: u64) {
-        let rate = smp::capabilities().preemption_timer_rate;
-        if let Some(vcpu) = self.domains[index].vcpus[vcpu].vcpu.as_mut() {
-            vcpu.set_preemption_timer(preemption_ticks(remaining, rate));
-        }
+/// Handles one VM exit of vCPU `vcpu_index` of `domain` (`vcpu`, which
+/// this CPU runs). Returns false when the scheduler should pick again.
+#[inline]
+fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Exit) -> bool {
+    if exit.may_interrupt_delivery() {
+        vcpu.requeue_interrupted_event();
     }
-
-    /// Handles one VM exit. Returns false when the scheduler should pick again.
-    #[inline]
-    fn handle_exit(&mut self, index: usize, vcpu_index: usize, exit: Exit) -> bool {
-        let domain = &mut self.domains[index];
-        let Some(vcpu) = domain.vcpus[vcpu_index].vcpu.as_mut() else { return false };
-        if exit.may_interrupt_delivery() {
-            vcpu.requeue_interrupted_event();
+    match exit {
+        Exit::Hypercall => unreachable_hypercall(),
+        Exit::HypercallFromUserMode => {
+            // The kernel's user program gets the documented refusal
+            // (abi: hypercalls are refused from CPL > 0); nothing runs.
+            vcpu.registers.rax = abi::Error::Permission.code() as u64;
+            vcpu.skip_instruction();
+            true
         }
-        match exit {
-            Exit::Hypercall => unreachable_hypercall(),
-            Exit::HypercallFromUserMode => {
-                // The kernel's user program gets the documented refusal
-                // (abi: hypercalls are refused from CPL > 0); nothing runs.
-                vcpu.registers.rax = abi::Error::Permission.code() as u64;
-                vcpu.skip_instruction();
-                true
-            }
-            Exit::Cpuid => {
-                emulate_cpuid(vcpu);
-                true
-            }
-            Exit::PreemptionTimer => false,
-            Exit::InterruptWindow => {
-                vcpu.set_interrupt_window_exiting(false);
-                true
-            }
-            Exit::ExternalInterrupt { vector: smp::KICK_VECTOR } => {
-                // Another CPU changed this domain's flags (an event, a
-                // pause): the run loop looks at them before the next entry.
-                lapic::end_of_interrupt();
-                true
-            }
-            Exit::ExternalInterrupt { vector } => {
-                // A device line is recorded and delivered by the run loop;
-                // anything else was only a wake-up.
-                crate::arch::ioapic::record(vector);
-                lapic::end_of_interrupt();
-                false
-            }
-            Exit::Halt => {
-                vcpu.skip_instruction();
-                hvcore::event_ops::block(domain, vcpu_index);
-                false
-            }
-            Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
-                // dom0's PCI configuration address: any value only selects
-                // a register (the data port passes through); 0xcf9 stays hv's.
-                // SAFETY: the address latch of configuration mechanism #1,
-                // doubleword access only, which never reaches 0xcf9's reset bits.
-                unsafe {
-                    if input {
-                        vcpu.registers.rax = cpu::inl(PCI_CONFIG_ADDRESS) as u64;
-                    } else {
-                        cpu::outl(PCI_CONFIG_ADDRESS, vcpu.registers.rax as u32);
-                    }
+        Exit::Cpuid => {
+            emulate_cpuid(vcpu);
+            true
+        }
+        Exit::PreemptionTimer => false,
+        Exit::InterruptWindow => {
+            vcpu.set_interrupt_window_exiting(false);
+            true
+        }
+        Exit::ExternalInterrupt { vector: smp::KICK_VECTOR } => {
+            // Another CPU changed this domain's flags (an event, a
+            // pause): the run loop looks at them before the next entry.
+            lapic::end_of_interrupt();
+            true
+        }
+        Exit::ExternalInterrupt { vector } => {
+            // A device line is recorded and delivered by the run loop;
+            // anything else was only a wake-up.
+            crate::arch::ioapic::record(vector);
+            lapic::end_of_interrupt();
+            false
+        }
+        Exit::Halt => {
+            vcpu.skip_instruction();
+            hvcore::event_ops::block(domain, vcpu_index);
+            false
+        }
+        Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
+            // dom0's PCI configuration address: any value only selects
+            // a register (the data port passes through); 0xcf9 stays hv's.
+            // SAFETY: the address latch of configuration mechanism #1,
+            // doubleword access only, which never reaches 0xcf9's reset bits.
+            unsafe {
+                if input {
+                    vcpu.registers.rax = cpu::inl(PCI_CONFIG_ADDRESS) as u64;
+                } else {
+                    cpu::outl(PCI_CONFIG_ADDRESS, vcpu.registers.rax as u32);
                 }
-                vcpu.skip_instruction();
-                true
             }
-            Exit::Io { port, size, input, string } => {
-                let rip = vcpu.rip();
-                if input && !string {
-                    // Reads of absent devices float high.
-                    let mask = match size {
-                        1 => 0xff,
-                        2 => 0xffff,
-                        _ => 0xffff_ffff,
-                    };
-                    vcpu.registers.rax |= mask;
-                }
-                vcpu.skip_instruction();
-                let direction = if input { "read from" } else { "write to" };
-                domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
-                true
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::Io { port, size, input, string } => {
+            let rip = vcpu.rip();
+            if input && !string {
+                // Reads of absent devices float high.
+                let mask = match size {
+                    1 => 0xff,
+                    2 => 0xffff,
+                    _ => 0xffff_ffff,
+                };
+                vcpu.registers.rax |= mask;
             }
-            Exit::MsrRead | Exit::MsrWrite => {
-                let msr = vcpu.registers.rcx as u32;
-                let rip = vcpu.rip();
-                vcpu.inject_exception(13, Some(0));
-                let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
-                domain.report_refusal(format_args!("{access} of MSR {msr:#x} at rip {rip:#x}; injecting #GP"));
-                true
-            }
-            Exit::EptViolation { guest_physical, qualification } => {
-                let rip = vcpu.rip();
-                let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
-                domain.crash_with(CrashReason::EptViolation, details, format_args!(
-                    "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
-                ));
-                false
-            }
-            Exit::EptMisconfiguration { guest_physical } => {
-                let details = CrashDetails { exit_reason: 49, guest_physical, ..CrashDetails::default() };
-                domain.crash_with(
-                    CrashReason::EptMisconfiguration,
-                    details,
-                    format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"),
+            vcpu.skip_instruction();
+            let direction = if input { "read from" } else { "write to" };
+            domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
+            true
+        }
+        Exit::MsrRead | Exit::MsrWrite => {
+            let msr = vcpu.registers.rcx as u32;
+            let rip = vcpu.rip();
+            vcpu.inject_exception(13, Some(0));
+            let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
+            domain.report_refusal(format_args!("{access} of MSR {msr:#x} at rip {rip:#x}; injecting #GP"));
+            true
+        }
+        Exit::EptViolation { guest_physical, qualification } => {
+            let rip = vcpu.rip();
+            let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
+            domain.crash_with(CrashReason::EptViolation, details, format_args!(
+                "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
+            ));
+            false
+        }
+        Exit::EptMisconfiguration { guest_physical } => {
+            let details = CrashDetails { exit_reason: 49, guest_physical, ..CrashDetails::default() };
+            domain.crash_with(
+                CrashReason::EptMisconfiguration,
+                details,
+                format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"),
+            );
+            false
+        }
+        Exit::TripleFault => {
+            let rip = vcpu.rip();
+            let details = CrashDetails { exit_reason: 2, rip, ..CrashDetails::default() };
+            domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
+            false
+        }
+        Exit::Nmi => {
+            // hv's NMI (hv has no NMI source of its own: a platform or
+            // watchdog event). It is no fault of the guest, which runs on.
+            let count = crate::arch::vmx::count_nmi();
+            if count <= 8 {
+                let in_root = crate::arch::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed);
+                crate::warning!(
+                    "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
+                    domain.id
                 );
-                false
             }
-            Exit::TripleFault => {
-                let rip = vcpu.rip();
-                let details = CrashDetails { exit_reason: 2, rip, ..CrashDetails::default() };
-                domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
-                false
+            true
+        }
+        Exit::Exception { information } => {
+            domain.crash(vcpu.rip(), format_args!("unexpected exception exit (information {information:#x})"));
+            false
+        }
+        Exit::ControlRegister { qualification } => {
+            if vcpu.emulate_control_register(qualification) {
+                return true;
             }
-            Exit::Nmi => {
-                // hv's NMI (hv has no NMI source of its own: a platform or
-                // watchdog event). It is no fault of the guest, which runs on.
-                let count = crate::arch::vmx::count_nmi();
-                if count <= 8 {
-                    let in_root = crate::arch::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed);
-                    crate::warning!(
-                        "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
-                        domain.id
-                    );
-                }
-                true
-            }
-            Exit::Exception { information } => {
-                domain.crash(format_args!("unexpected exception exit (information {information:#x})"));
-                false
-            }
-            Exit::ControlRegister { qualification } => {
-                if vcpu.emulate_control_register(qualification) {
-                    return true;
-                }
-                let rip = vcpu.rip();
-                domain.crash(format_args!(
-                    "refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"
-                ));
-                false
-            }
-            Exit::Xsetbv => {
-                vcpu.emulate_xsetbv(smp::capabilities().xcr0_supported);
-                true
-            }
-            Exit::CacheFlush => {
-                // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
-                // hv maps all guest memory write-back, so no domain needs
-                // caches written back (and INVD would drop other domains'
-                // and hv's dirty lines).
-                vcpu.skip_instruction();
-                true
-            }
-            Exit::VmxInstruction => {
-                // As on a CPU without VMX, which is what CPUID shows.
-                vcpu.inject_exception(6, None);
-                true
-            }
-            Exit::Rdpmc | Exit::DebugRegister => {
-                // Performance counters are not switched between domains,
-                // so none may use them. MOV DR does not exit (debug
-                // registers are per vCPU); were a CPU to force the exit,
-                // refusing it keeps domains apart all the same.
-                let rip = vcpu.rip();
-                vcpu.inject_exception(13, Some(0));
-                let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
-                domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
-                true
-            }
-            Exit::EntryFailure { reason, qualification } => {
-                domain.crash(format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
-                false
-            }
-            Exit::LaunchFailed { error } => {
-                domain.crash(format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
-                false
-            }
-            Exit::Other { reason, qualification } => {
-                let rip = vcpu.rip();
-                domain.crash(format_args!(
-                    "unhandled VM exit reason {reason} (qualification {qualification:#x}) at rip {rip:#x}"
-                ));
-                false
-            }
+            let rip = vcpu.rip();
+            domain.crash(
+                rip,
+                format_args!("refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"),
+            );
+            false
+        }
+        Exit::Xsetbv => {
+            vcpu.emulate_xsetbv(smp::capabilities().xcr0_supported);
+            true
+        }
+        Exit::CacheFlush => {
+            // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
+            // hv maps all guest memory write-back, so no domain needs
+            // caches written back (and INVD would drop other domains'
+            // and hv's dirty lines).
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::VmxInstruction => {
+            // As on a CPU without VMX, which is what CPUID shows.
+            vcpu.inject_exception(6, None);
+            true
+        }
+        Exit::Rdpmc | Exit::DebugRegister => {
+            // Performance counters are not switched between domains,
+            // so none may use them. MOV DR does not exit (debug
+            // registers are per vCPU); were a CPU to force the exit,
+            // refusing it keeps domains apart all the same.
+            let rip = vcpu.rip();
+            vcpu.inject_exception(13, Some(0));
+            let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
+            domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
+            true
+        }
+        Exit::EntryFailure { reason, qualification } => {
+            domain
+                .crash(vcpu.rip(), format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
+            false
+        }
+        Exit::LaunchFailed { error } => {
+            domain.crash(vcpu.rip(), format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
+            false
+        }
+        Exit::Other { reason, qualification } => {
+            let rip = vcpu.rip();
+            domain.crash(
+                rip,
+                format_args!("unhandled VM exit reason {reason} (qualification {qualification:#x}) at rip {rip:#x}"),
+            );
+            false
         }
     }
 }
@@ -407,50 +394,61 @@ impl Hypervisor<'_> {
 pub fn run() -> ! {
     let cpu = smp::this_cpu();
     let this = smp::this();
+    let mut hv = Hypervisor::lock();
     loop {
-        let mut hv = Hypervisor::lock();
         this.kicked.store(false, core::sync::atomic::Ordering::Relaxed);
         crate::events::deliver_device_interrupts(&mut hv);
         let now = cpu::rdtsc();
         let next_timer = hv.fire_timers(now);
         hv.sync_scheduler();
-        match hv.scheduler.pick(now, cpu as u32) {
+        match hv.state.scheduler.pick(now, cpu as u32) {
             Some((key, budget)) => {
                 // Wake in time for the next timer even if this vCPU spins.
                 let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
                 let (id, vcpu) = from_sched_key(key);
-                let mut ran = 0;
-                if let Some(index) = hv.domains.slot_of(id) {
-                    (hv, ran) = run_slice(hv, index, vcpu, slice, cpu);
-                    // A domain that crashed or shut down leaves its peers'
-                    // channels Closed at once.
-                    if hv.domains[index].ended.is_some() {
-                        hvcore::event_ops::end_channels(&mut hv.domains, index);
-                    }
+                let index = hv.domains.slot_of(id);
+                // Only the domain's own lock is taken while it runs.
+                drop(hv);
+                let ran = index.map_or(0, |index| run_slice(index, id, vcpu, slice, cpu));
+                hv = Hypervisor::lock();
+                // A domain that crashed or shut down leaves its peers'
+                // channels Closed at once.
+                if let Some(index) = index
+                    && hv.domains.get(index).is_some_and(|domain| domain.id == id && domain.ended.is_some())
+                {
+                    hvcore::event_ops::end_channels(&mut hv.domains, index);
                 }
-                hv.scheduler.charge(key, ran, cpu::rdtsc());
+                hv.state.scheduler.charge(key, ran, cpu::rdtsc());
             }
             None => {
-                let wake = match (next_timer, hv.scheduler.next_event(now)) {
+                let wake = match (next_timer, hv.state.scheduler.next_event(now)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                // Idle is announced under the lock, so whoever makes a
-                // vCPU runnable next sees it and kicks (smp::wake_idle_cpu).
+                // Idle is announced while every domain is locked, so
+                // whoever makes a vCPU runnable next (under its domain's
+                // lock) sees it and kicks (smp::wake_idle_cpu).
                 smp::set_idle(true);
                 drop(hv);
                 // Device interrupts and kicks also end the wait.
                 lapic::wait_until(wake.unwrap_or(u64::MAX), &this.kicked);
                 smp::set_idle(false);
+                hv = Hypervisor::lock();
             }
         }
     }
 }
 
-/// Runs vCPU `v` of domain `index` on CPU `cpu` for at most `slice` TSC
-/// ticks of wall time, handling its exits; hv's lock is let go across
-/// every VM entry. Returns the lock and the ticks it was scheduled
-/// (charged to it, including hv's work on its behalf).
+/// Runs vCPU `v` of domain `id` (in slot `index`) on CPU `cpu` for at most
+/// `slice` TSC ticks of wall time, handling its exits, if it can run now.
+/// Holds no lock across a VM entry, and only the domain's own lock after
+/// an exit, unless the exit concerns other domains: then hv's table lock
+/// and every domain's (`Hypervisor::lock`). Returns the ticks it was
+/// scheduled (charged to it, including hv's work on its behalf).
+///
+/// The vCPU stays out of its slot while this CPU runs it (`running` is
+/// set), so only this CPU reaches its registers and VMCS, and the domain
+/// cannot be destroyed meanwhile (destroy waits for its vCPUs to stop).
 ///
 /// The VMX-preemption timer counts only guest time (and, without the
 /// "save timer" exit control, restarts at every entry), so a vCPU that
@@ -460,14 +458,17 @@ pub fn run() -> ! {
 /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
 /// stretch without exits overruns the slice by at most that much.
 #[inline(never)]
-fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> (Locked, u64) {
+fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u64 {
     let capabilities = smp::capabilities();
-    let slot = &mut hv.domains[index].vcpus[v];
-    let Some(vcpu) = slot.vcpu.as_mut() else { return (hv, 0) };
+    // It may have blocked, been paused or gone since the scheduler chose it.
+    let Some(mut domain) = DOMAINS.lock(index).filter(|domain| domain.id == id && domain.runnable(v)) else {
+        return 0;
+    };
+    let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { return 0 };
     vcpu.check_out(cpu, capabilities);
-    hv.domains[index].ept_cpus |= 1 << (cpu % 64);
-    let slot = &mut hv.domains[index].vcpus[v];
+    domain.ept_cpus |= 1 << (cpu % 64);
     smp::set_current_vcpu(v);
+    let slot = &mut domain.vcpus[v];
     slot.running = true;
     slot.last_cpu = cpu as u32;
     slot.reschedule = false;
@@ -479,22 +480,18 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
     // The hot path compares the TSC with one value: the deadline or the
     // next re-arming of the timer, whichever is first.
     let mut next_check = (start + retarget_every).min(deadline);
-    hv.rearm_preemption_timer(index, v, slice);
     let rate = capabilities.preemption_timer_rate;
+    vcpu.set_preemption_timer(preemption_ticks(slice, rate));
     let mut unlocked = UnlockedExits::default();
     loop {
-        let domain = &mut hv.domains[index];
         if domain.vcpus[v].upcall_due {
-            crate::events::deliver_upcall(domain, v);
+            crate::events::deliver_upcall(&mut domain, v, &mut vcpu);
         }
-        // The vCPU leaves its slot while the lock is let go: only this CPU
-        // can reach it until it is put back.
-        let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { break };
-        drop(hv);
+        drop(domain);
         smp::enter_guest_mode();
-        // Exits that touch nothing but this vCPU are handled without the
+        // Exits that touch nothing but this vCPU are handled without any
         // lock; anything another CPU wants from this one comes as a kick
-        // (an external-interrupt exit), which takes the lock.
+        // (an external-interrupt exit), which takes the domain's lock.
         let (raw, slice_over) = loop {
             let raw = vcpu.enter();
             if !handle_exit_unlocked(&mut vcpu, raw, &mut unlocked) {
@@ -510,9 +507,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
             }
         };
         smp::leave_guest_mode();
-        hv = Hypervisor::lock();
-        let domain = &mut hv.domains[index];
-        let vcpu = domain.vcpus[v].vcpu.insert(vcpu);
+        domain = DOMAINS.lock_running(index);
         if slice_over {
             break;
         }
@@ -524,15 +519,20 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
             // Move past VMCALL first, so a hypercall that blocks resumes after it.
             vcpu.skip_exit_instruction();
             domain.count_exit(Vcpu::VMCALL_EXIT);
-            let result = crate::hypercall::dispatch(&mut hv, index, number, arguments);
-            // dom0 cannot destroy itself, so the caller is still in its slot.
-            let slot = &mut hv.domains[index].vcpus[v];
-            if let Some(vcpu) = slot.vcpu.as_mut() {
-                vcpu.registers.rax = result as u64;
-            }
+            let result = match crate::hypercall::dispatch_own(&mut domain, number, arguments) {
+                Call::Done(result) => result,
+                call => {
+                    drop(domain);
+                    let result = hypercall_elsewhere(call, index, id, number, arguments);
+                    domain = DOMAINS.lock_running(index);
+                    result
+                }
+            };
+            vcpu.registers.rax = crate::hypercall::encode(result) as u64;
+            let slot = &mut domain.vcpus[v];
             if slot.reschedule {
-                if slot.restart_call {
-                    restart_hypercall(slot, number);
+                if core::mem::take(&mut slot.restart_call) {
+                    restart_hypercall(&mut vcpu, number);
                 }
                 break;
             }
@@ -542,7 +542,7 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
                 Err(exit) => (exit, u32::MAX),
             };
             domain.count_exit(reason);
-            if !hv.handle_exit(index, v, exit) || hv.domains[index].vcpus[v].reschedule {
+            if !handle_exit(&mut domain, &mut vcpu, v, exit) || domain.vcpus[v].reschedule {
                 break;
             }
         }
@@ -553,24 +553,48 @@ fn run_slice(mut hv: Locked, index: usize, v: usize, slice: u64, cpu: usize) -> 
                 break;
             }
             next_check = (now + retarget_every).min(deadline);
-            hv.rearm_preemption_timer(index, v, deadline - now);
+            vcpu.set_preemption_timer(preemption_ticks(deadline - now, rate));
         }
     }
-    unlocked.count_into(&mut hv.domains[index]);
-    let slot = &mut hv.domains[index].vcpus[v];
-    if let Some(vcpu) = slot.vcpu.as_mut() {
-        vcpu.check_in();
-    }
+    unlocked.count_into(&mut domain);
+    vcpu.check_in();
+    let slot = &mut domain.vcpus[v];
     slot.running = false;
     let ran = cpu::rdtsc().wrapping_sub(start);
     slot.cpu_time_tsc += ran;
     // A vCPU taken down while it ran is retired now that it is off the CPU.
-    if !slot.up
-        && let Some(vcpu) = slot.vcpu.take()
-    {
+    if slot.up {
+        slot.vcpu = Some(vcpu);
+    } else {
         Machine::release_vcpu(vcpu);
     }
-    (hv, ran)
+    ran
+}
+
+/// The part of hypercall `number` of domain `sender` (in slot `index`)
+/// that its own domain could not do (`call`), with no lock held: a send
+/// raised in its target under the target's lock, or the whole call under
+/// hv's table lock and every domain's. Out of line: the hot path stays in
+/// `run_slice`.
+#[inline(never)]
+fn hypercall_elsewhere(
+    call: Call,
+    index: usize,
+    sender: DomainId,
+    number: u64,
+    arguments: [u64; 5],
+) -> Result<u64, abi::Error> {
+    match call {
+        Call::Raise { target, port, from } => {
+            if let Some(slot) = DOMAINS.slot_of(target)
+                && let Some(mut domain) = DOMAINS.lock(slot).filter(|domain| domain.id == target)
+            {
+                hvcore::event_ops::raise_connected(&mut domain, port, sender, from);
+            }
+            Ok(0)
+        }
+        _ => crate::hypercall::dispatch(&mut Hypervisor::lock(), index, number, arguments),
+    }
 }
 
 /// Exits [`run_slice`] handled without hv's lock in the current slice,
@@ -636,10 +660,7 @@ fn emulate_cpuid(vcpu: &mut Vcpu) {
 /// at the VMCALL). Cold: taken only while a target is being stopped.
 #[cold]
 #[inline(never)]
-fn restart_hypercall(slot: &mut VcpuSlot, number: u64) {
-    slot.restart_call = false;
-    if let Some(vcpu) = slot.vcpu.as_mut() {
-        vcpu.registers.rax = number;
-        vcpu.rewind_exit_instruction();
-    }
+fn restart_hypercall(vcpu: &mut Vcpu, number: u64) {
+    vcpu.registers.rax = number;
+    vcpu.rewind_exit_instruction();
 }

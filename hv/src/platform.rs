@@ -57,8 +57,6 @@ pub trait Platform: 'static {
     /// shootdown that waits for them, those of the CPUs in `elsewhere`
     /// (bit i = CPU index i; this CPU's bit may be set).
     fn flush_ept(root: u64, elsewhere: u64);
-    /// The guest instruction pointer of a vCPU this CPU has loaded.
-    fn vcpu_rip(vcpu: &Self::Vcpu) -> u64;
     /// Retires a vCPU no CPU runs and frees what it holds.
     fn release_vcpu(vcpu: Self::Vcpu);
 

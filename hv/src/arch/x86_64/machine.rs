@@ -66,9 +66,6 @@ impl Platform for Machine {
             smp::flush_ept_elsewhere(elsewhere);
         }
     }
-    fn vcpu_rip(vcpu: &Self::Vcpu) -> u64 {
-        vcpu.rip()
-    }
     fn release_vcpu(vcpu: Self::Vcpu) {
         let (vcpu, frame) = vcpu.into_inner();
         crate::memory::free_frame(vcpu.release(smp::capabilities()));
