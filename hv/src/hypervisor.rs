@@ -3,20 +3,27 @@
 //! Nothing a domain does can stop this loop; a domain that misbehaves is
 //! marked crashed and no longer entered.
 //!
-//! Every CPU runs the loop ([`run`]) on the one state, [`HYPERVISOR`],
-//! behind a fair (ticket) lock that is held while hv works and never
-//! across a VM entry: a CPU takes the lock after an exit, handles it and
-//! lets go before entering the guest again. Exits that need nothing but
-//! the vCPU that made them (CPUID, hypercalls that read no state) are
-//! handled without the lock at all ([`handle_exit_unlocked`]). While a CPU
-//! runs a vCPU, `VcpuSlot::running` is set and the vCPU is out of its slot
-//! whenever that CPU lets go of the lock, so no other CPU can touch it:
-//! they set flags (`upcall_due`, `reschedule`, `paused`) and kick the CPU
-//! that runs it ([`Domain::notify`]), which looks at the flags after its
-//! next exit (the kick is an external-interrupt exit, which takes the
-//! lock). Domains stay in their slot of [`DomainTable`] from creation to
-//! destruction (stable handles), so a CPU's slot number stays valid while
-//! it runs one of the domain's vCPUs.
+//! Every CPU runs the loop ([`run`]). Each domain has a lock of its own
+//! ([`DOMAINS`]); what concerns several domains (the scheduler, dom0's
+//! foreign window, creating and destroying domains, binding channels,
+//! grants) is under hv's table lock ([`State`]), which comes first and is
+//! held with every domain's lock ([`Hypervisor::lock`]). No lock is held
+//! across a VM entry. After an exit a CPU takes its domain's lock alone
+//! for what concerns that domain only (most exits, scheduling and event
+//! hypercalls, a send to another domain, which then locks that one alone);
+//! exits that need nothing but the vCPU (CPUID, hypercalls that read no
+//! state) take no lock ([`handle_exit_unlocked`]). A CPU never waits for
+//! a lock while it holds a domain's, unless it holds the table lock and
+//! takes domains in slot order, so no two CPUs wait for each other.
+//!
+//! While a CPU runs a vCPU, `VcpuSlot::running` is set and the vCPU is out
+//! of its slot, so no other CPU can touch it: they set flags
+//! (`upcall_due`, `reschedule`, `paused`) under the domain's lock and kick
+//! the CPU that runs it ([`Domain::notify`]), which looks at the flags
+//! after its next exit (the kick is an external-interrupt exit). Domains
+//! stay in their slot from creation to destruction (stable handles), and a
+//! domain with a running vCPU is not destroyed, so a CPU's slot number
+//! stays valid while it runs one of the domain's vCPUs.
 
 use abi::DomainId;
 use abi::info::HvInfo;

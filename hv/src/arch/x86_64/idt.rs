@@ -57,38 +57,13 @@ exception_stub_\vector:
     .endm
 
     .section .text
-    EXCEPTION_NO_ERROR 0
-    EXCEPTION_NO_ERROR 1
-    EXCEPTION_NO_ERROR 2
-    EXCEPTION_NO_ERROR 3
-    EXCEPTION_NO_ERROR 4
-    EXCEPTION_NO_ERROR 5
-    EXCEPTION_NO_ERROR 6
-    EXCEPTION_NO_ERROR 7
-    EXCEPTION_ERROR 8
-    EXCEPTION_NO_ERROR 9
-    EXCEPTION_ERROR 10
-    EXCEPTION_ERROR 11
-    EXCEPTION_ERROR 12
-    EXCEPTION_ERROR 13
-    EXCEPTION_ERROR 14
-    EXCEPTION_NO_ERROR 15
-    EXCEPTION_NO_ERROR 16
-    EXCEPTION_ERROR 17
-    EXCEPTION_NO_ERROR 18
-    EXCEPTION_NO_ERROR 19
-    EXCEPTION_NO_ERROR 20
-    EXCEPTION_ERROR 21
-    EXCEPTION_NO_ERROR 22
-    EXCEPTION_NO_ERROR 23
-    EXCEPTION_NO_ERROR 24
-    EXCEPTION_NO_ERROR 25
-    EXCEPTION_NO_ERROR 26
-    EXCEPTION_NO_ERROR 27
-    EXCEPTION_NO_ERROR 28
-    EXCEPTION_ERROR 29
-    EXCEPTION_ERROR 30
-    EXCEPTION_NO_ERROR 31
+    /* The exceptions that push an error code (SDM 6.13), then the others. */
+    .irp vector, 8, 10, 11, 12, 13, 14, 17, 21, 29, 30
+    EXCEPTION_ERROR \vector
+    .endr
+    .irp vector, 0, 1, 2, 3, 4, 5, 6, 7, 9, 15, 16, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28, 31
+    EXCEPTION_NO_ERROR \vector
+    .endr
 
     /* Spurious APIC interrupts need no acknowledgement (SDM 12.9). */
     .balign 16
@@ -104,22 +79,9 @@ device_stub_\vector:
     mov edi, \vector
     jmp device_common
     .endm
-    DEVICE_INTERRUPT 48
-    DEVICE_INTERRUPT 49
-    DEVICE_INTERRUPT 50
-    DEVICE_INTERRUPT 51
-    DEVICE_INTERRUPT 52
-    DEVICE_INTERRUPT 53
-    DEVICE_INTERRUPT 54
-    DEVICE_INTERRUPT 55
-    DEVICE_INTERRUPT 56
-    DEVICE_INTERRUPT 57
-    DEVICE_INTERRUPT 58
-    DEVICE_INTERRUPT 59
-    DEVICE_INTERRUPT 60
-    DEVICE_INTERRUPT 61
-    DEVICE_INTERRUPT 62
-    DEVICE_INTERRUPT 63
+    .irp vector, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63
+    DEVICE_INTERRUPT \vector
+    .endr
 device_common:
     push rax
     push rcx
@@ -193,14 +155,9 @@ exception_common:
     .balign 8
     .global exception_stub_table
 exception_stub_table:
-    .quad exception_stub_0, exception_stub_1, exception_stub_2, exception_stub_3
-    .quad exception_stub_4, exception_stub_5, exception_stub_6, exception_stub_7
-    .quad exception_stub_8, exception_stub_9, exception_stub_10, exception_stub_11
-    .quad exception_stub_12, exception_stub_13, exception_stub_14, exception_stub_15
-    .quad exception_stub_16, exception_stub_17, exception_stub_18, exception_stub_19
-    .quad exception_stub_20, exception_stub_21, exception_stub_22, exception_stub_23
-    .quad exception_stub_24, exception_stub_25, exception_stub_26, exception_stub_27
-    .quad exception_stub_28, exception_stub_29, exception_stub_30, exception_stub_31
+    .irp vector, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    .quad exception_stub_\vector
+    .endr
     .global spurious_stub_address
 spurious_stub_address:
     .quad spurious_interrupt_stub
@@ -209,10 +166,9 @@ timer_stub_address:
     .quad timer_interrupt_stub
     .global device_stub_table
 device_stub_table:
-    .quad device_stub_48, device_stub_49, device_stub_50, device_stub_51
-    .quad device_stub_52, device_stub_53, device_stub_54, device_stub_55
-    .quad device_stub_56, device_stub_57, device_stub_58, device_stub_59
-    .quad device_stub_60, device_stub_61, device_stub_62, device_stub_63
+    .irp vector, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63
+    .quad device_stub_\vector
+    .endr
     .section .text
 "#,
     handler = sym exception_handler,
