@@ -78,7 +78,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             // 100 per vCPU (150 = one and a half CPUs).
             let most = 100 * hv.domains[target].vcpu_count as u64;
             let cap = u32::try_from(a3).ok().filter(|&c| u64::from(c) <= most).ok_or(Error::InvalidArgument)?;
-            hv.scheduler.set_group_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
+            hv.state.scheduler.set_group_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
             let domain = &mut hv.domains[target];
             domain.weight = weight;
             domain.cap = cap;
@@ -116,7 +116,7 @@ fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error>
     }
     // Ids count up (1..=32767, then wrap), skipping ids in use, so a stale
     // id in dom0's tools rarely names a new domain.
-    let mut id = hv.next_domain_id;
+    let mut id = hv.state.next_domain_id;
     while id == abi::DOM0 || hv.domains.slot_of(id).is_some() {
         id = if id >= 32767 { 1 } else { id + 1 };
     }
@@ -126,7 +126,7 @@ fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error>
         domain.tear_down();
         return Err(Error::Busy);
     }
-    hv.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
+    hv.state.next_domain_id = if id >= 32767 { 1 } else { id + 1 };
     crate::info!("d{id} created (at most {} KiB, {vcpus} vCPUs)", max_pages * 4);
     const _: () = assert!(MAX_DOMAINS < 32767);
     Ok(id as u64)
@@ -141,12 +141,12 @@ pub fn add_to_scheduler(hv: &mut Hypervisor, domain: Domain) -> Result<(), Domai
     // the domain's weight and cap (shared among its active vCPUs).
     for vcpu in 0..domain.vcpu_count {
         let key = sched_key(id, vcpu);
-        if hv.scheduler.add(key, domain.weight).is_err() || hv.scheduler.set_group(key, id).is_err() {
+        if hv.state.scheduler.add(key, domain.weight).is_err() || hv.state.scheduler.set_group(key, id).is_err() {
             remove_from_scheduler(hv, id);
             return Err(domain);
         }
     }
-    if hv.scheduler.set_group_params(id, domain.weight, domain.cap).is_err() {
+    if hv.state.scheduler.set_group_params(id, domain.weight, domain.cap).is_err() {
         remove_from_scheduler(hv, id);
         return Err(domain);
     }
@@ -160,7 +160,7 @@ pub fn add_to_scheduler(hv: &mut Hypervisor, domain: Domain) -> Result<(), Domai
 /// Takes every vCPU of domain `id` out of the scheduler.
 fn remove_from_scheduler(hv: &mut Hypervisor, id: DomainId) {
     for vcpu in 0..MAX_VCPUS {
-        let _ = hv.scheduler.remove(sched_key(id, vcpu));
+        let _ = hv.state.scheduler.remove(sched_key(id, vcpu));
     }
 }
 
@@ -266,9 +266,9 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         // One VPID per vCPU slot of the table (1..=512): a reused one is
         // flushed on every CPU the new vCPU arrives at (Vcpu::check_out).
         vpid: (target * MAX_VCPUS + vcpu + 1) as u16,
-        io_bitmap_a: hv.guest_io_bitmap,
-        io_bitmap_b: hv.guest_io_bitmap,
-        msr_bitmap: hv.guest_msr_bitmap,
+        io_bitmap_a: hv.state.guest_io_bitmap,
+        io_bitmap_b: hv.state.guest_io_bitmap,
+        msr_bitmap: hv.state.guest_msr_bitmap,
         cr3: context.cr3,
         rip: context.rip,
         rsp: context.rsp,

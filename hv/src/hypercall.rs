@@ -96,7 +96,7 @@ fn console_write(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64
     }
     let mut buffer = [0u8; CONSOLE_WRITE_MAX as usize];
     let text = &mut buffer[..length as usize];
-    let interval = crate::log::guest_line_interval(hv.tsc_khz);
+    let interval = crate::log::guest_line_interval(hv.state.tsc_khz);
     let domain = &mut hv.domains[caller];
     domain.read_guest(address, text)?;
     let now = crate::arch::cpu::rdtsc();

@@ -127,19 +127,6 @@ impl Hypervisor<'static> {
     }
 }
 
-impl core::ops::Deref for Hypervisor<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.state
-    }
-}
-
-impl core::ops::DerefMut for Hypervisor<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        &mut self.state
-    }
-}
-
 impl Hypervisor<'_> {
     /// Adds dom0, the first domain.
     pub fn add_dom0(&mut self, dom0: Domain) {
@@ -161,9 +148,9 @@ impl Hypervisor<'_> {
             features: smp::capabilities().features,
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
-            hv_pages: self.reserved_pages + self.hv_allocated_pages(totals),
-            tsc_khz: self.tsc_khz,
-            boot_tsc: self.boot_tsc,
+            hv_pages: self.state.reserved_pages + self.hv_allocated_pages(totals),
+            tsc_khz: self.state.tsc_khz,
+            boot_tsc: self.state.boot_tsc,
             cpu_count: crate::arch::smp::running(),
             _reserved0: 0,
             hv_version,

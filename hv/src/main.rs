@@ -176,19 +176,19 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Err(reason) => stop(reason),
     };
     let mut hv = Hypervisor::lock();
-    hv.scheduler.set_cpus(arch::smp::running());
-    hv.boot_tsc = boot_tsc;
-    hv.tsc_khz = tsc_khz;
-    hv.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
-    hv.device_policy = device_policy;
-    hv.dom0_ram_bytes = dom0.max_pages * abi::PAGE_SIZE;
+    hv.state.scheduler.set_cpus(arch::smp::running());
+    hv.state.boot_tsc = boot_tsc;
+    hv.state.tsc_khz = tsc_khz;
+    hv.state.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
+    hv.state.device_policy = device_policy;
+    hv.state.dom0_ram_bytes = dom0.max_pages * abi::PAGE_SIZE;
     hv.add_dom0(dom0);
     // Guests get no ports and no MSRs: one all-ones page serves as both I/O
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
     let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };
     arch::memory::copy_to(deny_all, &[0xff; 4096]);
-    hv.guest_io_bitmap = deny_all;
-    hv.guest_msr_bitmap = deny_all;
+    hv.state.guest_io_bitmap = deny_all;
+    hv.state.guest_msr_bitmap = deny_all;
     info!("starting dom0; hv log continues in 'dmesg'");
     // dom0 owns the console from here: hv writes its log only to the dmesg
     // ring (dom0 reports what concerns the operator, such as a crash and its

@@ -25,7 +25,7 @@ pub fn physdev_op(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, ..]: [
 }
 
 fn map_mmio(hv: &mut Hypervisor, caller: usize, address: u64, pages: u64) -> Result<u64, Error> {
-    let range = hv.device_policy.check(address, pages).map_err(|_| Error::InvalidArgument)?;
+    let range = hv.state.device_policy.check(address, pages).map_err(|_| Error::InvalidArgument)?;
     let domain = &mut hv.domains[caller];
     let mut mapped_any = false;
     for page in (range.start..range.end).step_by(abi::PAGE_SIZE as usize) {
@@ -66,7 +66,7 @@ fn translate(hv: &Hypervisor, caller: usize, guest_physical: u64, flags: u64) ->
     let in_window = (FOREIGN_WINDOW_BASE..FOREIGN_WINDOW_BASE + FOREIGN_WINDOW_SIZE).contains(&guest_physical);
     let needed = if in_window && flags & TRANSLATE_DEVICE_WRITES == 0 {
         Access::READ
-    } else if in_window || guest_physical < hv.dom0_ram_bytes {
+    } else if in_window || guest_physical < hv.state.dom0_ram_bytes {
         Access::READ | Access::WRITE
     } else {
         return Err(Error::InvalidArgument);
