@@ -581,4 +581,39 @@ mod tests {
         raise_connected(&mut domains[one], port, 2, from);
         assert!(!pending(&domains, one, offered));
     }
+
+    /// A send runs in two steps under two different locks (its binding read
+    /// under the sender's, the raise under the receiver's), while the
+    /// receiver may close its port and reuse the number in between. In
+    /// every interleaving the raise lands exactly when the channel was
+    /// still connected at that moment, and never on the reused port.
+    #[test]
+    fn a_send_racing_a_close_and_reuse_lands_only_while_connected_in_every_interleaving() {
+        // Steps: 0 = read the binding, 1 = raise; 2 = close, 3 = rebind the port as an IPI.
+        let orders = [[0, 1, 2, 3], [0, 2, 1, 3], [0, 2, 3, 1], [2, 0, 1, 3], [2, 0, 3, 1], [2, 3, 0, 1]];
+        for order in orders {
+            let (mut domains, one, offered, two, bound) = connected();
+            let mut call = None;
+            let mut raised_while_connected = false;
+            for step in order {
+                match step {
+                    0 => call = Some(event_op_own(&mut domains[two], [EventOp::Send as u64, bound, 0, 0, 0])),
+                    1 => {
+                        if let Some(Call::Raise { port, from, .. }) = call {
+                            raised_while_connected = domains[one].events.binding(port)
+                                == Ok(ports::Binding::Interdomain { remote: 2, remote_port: from });
+                            raise_connected(&mut domains[one], port, 2, from);
+                        }
+                    }
+                    2 => assert_eq!(super::tests::call(&mut domains, one, EventOp::Close, offered, 0), Ok(0)),
+                    _ => assert_eq!(super::tests::call(&mut domains, one, EventOp::BindIpi, 0, 0), Ok(offered)),
+                };
+            }
+            assert_eq!(pending(&domains, one, offered), raised_while_connected, "order {order:?}");
+            // A send that read the binding after the close was refused.
+            if order.iter().position(|&s| s == 2) < order.iter().position(|&s| s == 0) {
+                assert_eq!(call, Some(Call::Done(Err(Error::Busy))), "order {order:?}");
+            }
+        }
+    }
 }
