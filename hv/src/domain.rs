@@ -555,6 +555,13 @@ impl<P: Platform> Domains<P> {
         guard.is_some().then_some(DomainGuard(guard))
     }
 
+    /// Locks slot `slot` if nobody holds it (`None` when somebody does: the
+    /// caller may not wait for it), and returns its domain, if one is in it.
+    pub fn try_lock(&self, slot: usize) -> Option<Option<DomainGuard<'_, P>>> {
+        let guard = self.slots.get(slot)?.domain.try_lock()?;
+        Some(guard.is_some().then_some(DomainGuard(guard)))
+    }
+
     /// Locks every domain, in slot order, for work across domains. Only
     /// under hv's table lock, which every insertion and removal holds: the
     /// slots in use cannot change meanwhile.

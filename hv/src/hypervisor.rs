@@ -12,9 +12,11 @@
 //! for what concerns that domain only (most exits, scheduling and event
 //! hypercalls, a send to another domain, which then locks that one alone);
 //! exits that need nothing but the vCPU (CPUID, hypercalls that read no
-//! state) take no lock ([`handle_exit_unlocked`]). A CPU never waits for
-//! a lock while it holds a domain's, unless it holds the table lock and
-//! takes domains in slot order, so no two CPUs wait for each other.
+//! state) take no lock ([`handle_exit_unlocked`]). A CPU that holds a
+//! domain's lock waits only for the lock of a domain in a higher slot
+//! (the table lock's holder takes every domain in slot order; a sender
+//! takes a lower slot's only if it is free), so no two CPUs wait for each
+//! other.
 //!
 //! While a CPU runs a vCPU, `VcpuSlot::running` is set and the vCPU is out
 //! of its slot, so no other CPU can touch it: they set flags
@@ -27,6 +29,7 @@
 
 use abi::DomainId;
 use abi::info::HvInfo;
+use hvcore::domain::DomainGuard as Guard;
 use hvcore::event_ops::Call;
 use hvcore::platform::Platform;
 use hvcore::scheduler::Scheduler;
@@ -69,6 +72,8 @@ fn unreachable_hypercall() -> bool {
 pub type Domain = hvcore::domain::Domain<Machine>;
 /// The domains on this machine, locked for work across them.
 pub type DomainTable<'a> = hvcore::domain::DomainTable<'a, Machine>;
+/// One domain of this machine, locked.
+pub type DomainGuard<'a> = Guard<'a, Machine>;
 
 /// Everything hv knows besides the domains, under hv's table lock.
 pub struct State {
@@ -515,9 +520,14 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
             domain.count_exit(Vcpu::VMCALL_EXIT);
             let result = match crate::hypercall::dispatch_own(&mut domain, number, arguments) {
                 Call::Done(result) => result,
-                call => {
+                Call::Raise { target, port, from } => {
+                    domain = send(domain, index, target, port, from);
+                    Ok(0)
+                }
+                Call::Table => {
+                    // Out of line: the hot path stays small.
                     drop(domain);
-                    let result = hypercall_elsewhere(call, index, id, number, arguments);
+                    let result = crate::hypercall::dispatch(&mut Hypervisor::lock(), index, number, arguments);
                     domain = DOMAINS.lock_running(index);
                     result
                 }
@@ -565,29 +575,43 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
     ran
 }
 
-/// The part of hypercall `number` of domain `sender` (in slot `index`)
-/// that its own domain could not do (`call`), with no lock held: a send
-/// raised in its target under the target's lock, or the whole call under
-/// hv's table lock and every domain's. Out of line: the hot path stays in
-/// `run_slice`.
+/// The end of a send by `sender` (locked, in slot `index`) from its port
+/// `from`: raises port `port` of domain `target` if the two are still
+/// connected, under the target's lock. That lock is taken with the
+/// sender's held when this keeps the slot order (a higher slot) or needs
+/// no wait (a free lower one); else the sender's is let go meanwhile.
+/// Returns the sender, locked.
 #[inline(never)]
-fn hypercall_elsewhere(
-    call: Call,
+fn send(
+    mut sender: DomainGuard<'static>,
     index: usize,
-    sender: DomainId,
-    number: u64,
-    arguments: [u64; 5],
-) -> Result<u64, abi::Error> {
-    match call {
-        Call::Raise { target, port, from } => {
-            if let Some(slot) = DOMAINS.slot_of(target)
-                && let Some(mut domain) = DOMAINS.lock(slot).filter(|domain| domain.id == target)
-            {
-                hvcore::event_ops::raise_connected(&mut domain, port, sender, from);
-            }
-            Ok(0)
+    target: DomainId,
+    port: u32,
+    from: u32,
+) -> DomainGuard<'static> {
+    let id = sender.id;
+    let raise = |receiver: Option<DomainGuard>| {
+        if let Some(mut receiver) = receiver.filter(|domain| domain.id == target) {
+            hvcore::event_ops::raise_connected(&mut receiver, port, id, from);
         }
-        _ => crate::hypercall::dispatch(&mut Hypervisor::lock(), index, number, arguments),
+    };
+    match DOMAINS.slot_of(target) {
+        None => sender,
+        Some(slot) if slot == index => {
+            hvcore::event_ops::raise_connected(&mut sender, port, id, from);
+            sender
+        }
+        Some(slot) => match if slot > index { Some(DOMAINS.lock(slot)) } else { DOMAINS.try_lock(slot) } {
+            Some(receiver) => {
+                raise(receiver);
+                sender
+            }
+            None => {
+                drop(sender);
+                raise(DOMAINS.lock(slot));
+                DOMAINS.lock_running(index)
+            }
+        },
     }
 }
 
