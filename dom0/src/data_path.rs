@@ -35,10 +35,12 @@ use crate::ata::AtaDisk;
 use crate::netback::{NetBackend, TX_BATCH, Transmit};
 use crate::toolstack::MAX_GUESTS;
 
-/// A spin lock whose waiter gives its CPU back to hv between tries: the
-/// holder may be the other dom0 vCPU, descheduled while a guest runs, and
-/// spinning would only keep it off the CPU longer.
-pub type Lock<T> = spin::mutex::Mutex<T, YieldToHv>;
+/// A fair spin lock (a ticket lock: the vCPUs take turns, so a shell
+/// command that takes the disks again and again cannot starve the
+/// guests' requests) whose waiter gives its CPU back to hv between tries:
+/// the holder may be the other dom0 vCPU, descheduled while a guest runs,
+/// and spinning would only keep it off the CPU longer.
+pub type Lock<T> = spin::mutex::TicketMutex<T, YieldToHv>;
 
 /// The relax step of [`Lock`]: a `SchedOp::Yield`.
 pub struct YieldToHv;
