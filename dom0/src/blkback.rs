@@ -20,7 +20,8 @@ use arrayvec::ArrayVec;
 use dom0core::block_backend::Transfer;
 
 use crate::ata::AtaDisk;
-use crate::toolstack::{BlockBackend, ForeignWindow};
+use crate::data_path::BlockBackend;
+use crate::toolstack::WINDOW;
 pub use dom0core::window::PERSISTENT_GRANTS;
 use dom0core::window::Use;
 
@@ -33,7 +34,7 @@ const BATCH: usize = 32;
 
 impl BlockBackend {
     /// Serves up to a batch of requests. Returns whether any was served.
-    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId, slots: &mut ForeignWindow) -> bool {
+    pub fn service(&mut self, disks: &mut [AtaDisk], guest: DomainId) -> bool {
         let mut served = 0;
         while served < BATCH {
             let request = match self.ring.pop_request() {
@@ -53,7 +54,7 @@ impl BlockBackend {
             served += 1;
             self.requests += 1;
             let status = match plan(&request, &self.region) {
-                Ok(plan) => self.execute(&plan, disks.get_mut(self.disk), guest, slots),
+                Ok(plan) => self.execute(&plan, disks.get_mut(self.disk), guest),
                 Err(Refusal::UnknownOperation) => STATUS_UNSUPPORTED,
                 Err(_) => STATUS_ERROR,
             };
@@ -72,8 +73,10 @@ impl BlockBackend {
 
 impl BlockBackend {
     /// The dom0 address of grant `grant`, mapping it (writable if asked)
-    /// on first use; None when it cannot be mapped (then copy instead).
-    fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool, slots: &mut ForeignWindow) -> Option<u64> {
+    /// on first use into a page of dom0's window (`WINDOW`, held only to
+    /// take or give back the page); None when it cannot be mapped (then
+    /// copy instead).
+    fn mapped_page(&mut self, guest: DomainId, grant: u32, writable: bool) -> Option<u64> {
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let known = self.mapped_by_grant.get(grant as usize).copied().unwrap_or(0);
         if known != 0 {
@@ -85,9 +88,9 @@ impl BlockBackend {
             return None;
         }
         // Refused once the guest's budget of persistent grants is spent.
-        let slot = slots.take(guest, Use::PersistentGrant)?;
+        let slot = WINDOW.lock().take(guest, Use::PersistentGrant)?;
         if hypercall::grant_map(guest, grant, address(slot), writable).is_err() {
-            slots.release(slot);
+            WINDOW.lock().release(slot);
             return None;
         }
         self.mapped.push((grant, writable, slot));
@@ -95,7 +98,7 @@ impl BlockBackend {
         Some(address(slot))
     }
 
-    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId, slots: &mut ForeignWindow) -> i32 {
+    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId) -> i32 {
         let Some(disk) = disk else { return STATUS_ERROR };
         let (transfers, to_guest) = match plan {
             Plan::Flush => return if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR },
@@ -106,7 +109,7 @@ impl BlockBackend {
         // page is mapped, one disk command moves them all in place.
         let mut pieces: ArrayVec<(u64, usize), MAX_SEGMENTS> = ArrayVec::new();
         for transfer in transfers {
-            match self.mapped_page(guest, transfer.grant, to_guest, slots) {
+            match self.mapped_page(guest, transfer.grant, to_guest) {
                 Some(page) => pieces.push((page + transfer.offset as u64, transfer.bytes as usize)),
                 None => break,
             }

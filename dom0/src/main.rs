@@ -5,6 +5,7 @@
 
 mod ata;
 mod blkback;
+mod data_path;
 mod e1000;
 mod netback;
 mod pci;
@@ -21,6 +22,7 @@ use dom0core::report::{self, Measurement};
 use dom0core::shell::{self, COMMANDS, Command};
 use pv_drivers::hypercall;
 
+use crate::data_path::DATA;
 use crate::toolstack::{TOOLSTACK, Toolstack};
 use crate::uart::Uart;
 
@@ -103,8 +105,8 @@ extern "C" fn _start(start_info_address: u64) -> ! {
             pci::class_name(device.class, device.subclass)
         );
     }
-    toolstack.disks = ata::probe_all(&devices);
-    for disk in &toolstack.disks {
+    let disks = ata::probe_all(&devices);
+    for disk in &disks {
         let (name, sectors, model, mode) = (disk.name(), disk.sectors(), disk.model(), disk.transfer_mode());
         let _ = writeln!(console, "dom0: disk {name}: {sectors} sectors, {model}, {mode}");
     }
@@ -123,6 +125,10 @@ extern "C" fn _start(start_info_address: u64) -> ! {
             }
         }
     }
+    // The NIC's interrupt port: its receive ring is looked at when the
+    // port fired (or on every pass when the NIC has no interrupt).
+    let nic_port = e1000::NIC.lock().as_ref().map(|nic| nic.interrupt_port());
+    DATA.lock().init(disks, nic_port, start_info.tsc_khz);
     let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info, toolstack };
     shell.run()
 }
@@ -139,6 +145,11 @@ struct Page([u8; 4096]);
 
 /// dom0's event page: guests' notifications wake dom0 from `block`.
 static mut EVENT_PAGE: Page = Page([0; 4096]);
+
+/// The address of dom0's event page (registered once, in `Shell::run`).
+fn event_page() -> u64 {
+    &raw mut EVENT_PAGE as u64
+}
 
 /// Ctrl-]: detaches from a guest console.
 const DETACH: u8 = 0x1d;
@@ -159,7 +170,17 @@ impl Shell {
 
     fn run(&mut self) -> ! {
         // SAFETY: the static page is dedicated to hv's event bits for good.
-        let _ = unsafe { hypercall::register_event_page(&raw mut EVENT_PAGE as u64, 0) };
+        let _ = unsafe { hypercall::register_event_page(event_page(), 0) };
+        // A second vCPU, if dom0 has one, serves the disks and the network.
+        match data_path::start() {
+            Ok(true) => {
+                let _ = writeln!(self.console, "dom0: vCPU 1 serves the disks and the network, vCPU 0 the shell");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                let _ = writeln!(self.console, "dom0: vCPU 1 not started ({}); vCPU 0 serves all", error.describe());
+            }
+        }
         self.boot_to_prompt = rdtsc();
         self.prompt();
         // Typed input wakes dom0 through COM1's interrupt line when hv can
@@ -172,19 +193,6 @@ impl Shell {
         let poll_interval = if serial_interrupt { ticks_per_ms * 10 } else { ticks_per_ms / 2 };
         let reap_interval = ticks_per_ms * 50;
         let mut next_reap = rdtsc() + reap_interval;
-        // The NIC's interrupt port: its receive ring is looked at when the
-        // port fired (or on every pass when the NIC has no interrupt).
-        let nic_port = e1000::NIC.lock().as_ref().map(|nic| nic.interrupt_port());
-        // The NIC's line fired and, if it is level-triggered, hv keeps it
-        // masked until dom0 has drained the NIC and unmasks its port.
-        let mut nic_fired = false;
-        // Firings in a row that found no cause in the NIC: the line is
-        // shared with a device nobody services (an ACPI SCI, say) and, if
-        // level-triggered, would keep firing; after `SPURIOUS_MAX` of them
-        // dom0 leaves it masked and polls the NIC on its timer.
-        const SPURIOUS_MAX: u32 = 1000;
-        let mut nic_spurious = 0u32;
-        let mut nic_causes = 0u64;
         loop {
             let mut busy = false;
             let output_queued = self.console.drain();
@@ -193,28 +201,11 @@ impl Shell {
                 self.receive(byte);
             }
             busy |= self.toolstack.service_consoles(&mut self.console);
-            busy |= self.toolstack.service_disks(&mut self.console);
-            if matches!(nic_port, Some(None)) {
-                self.toolstack.nic_due = true;
+            if !data_path::on_own_vcpu() {
+                // One vCPU: it serves the disks and the network itself.
+                busy |= DATA.lock().serve();
             }
-            busy |= self.toolstack.service_net(&mut self.console);
-            if nic_fired
-                && !self.toolstack.nic_due
-                && let Some(Some(port)) = nic_port
-            {
-                nic_fired = false;
-                let causes = e1000::NIC.lock().as_ref().map_or(0, |nic| nic.stats().interrupts);
-                nic_spurious = if causes == nic_causes { nic_spurious + 1 } else { 0 };
-                nic_causes = causes;
-                if nic_spurious < SPURIOUS_MAX {
-                    let _ = hypercall::event(EventOp::Unmask, port as u64, 0);
-                } else if nic_spurious == SPURIOUS_MAX {
-                    let _ = writeln!(
-                        self.console,
-                        "\ndom0: the NIC's interrupt line keeps firing for another device; polling the NIC instead"
-                    );
-                }
-            }
+            self.toolstack.report_data_path(&mut self.console);
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
                 busy = true;
@@ -244,21 +235,13 @@ impl Shell {
                 let deadline = rdtsc() + if output_queued { ticks_per_ms } else { poll_interval };
                 let _ = hypercall::set_timer(deadline);
                 hypercall::block();
-                // On the poll timer, look at the NIC too: an interrupt on a
-                // shared line may have gone to another device's edge.
-                if rdtsc() >= deadline {
-                    self.toolstack.nic_due = true;
-                }
+                let timer_expired = rdtsc() >= deadline;
                 // Whatever fired, the next pass polls everything: take all
-                // the bits, or hv would never let dom0 block again.
-                // SAFETY: EVENT_PAGE is dom0's registered event page.
-                let fired = unsafe { pv_drivers::event_page::take_all_pending(&raw mut EVENT_PAGE as u64) };
-                if let Some(Some(port)) = nic_port
-                    && fired.get(port as usize / 64).is_some_and(|word| word & (1 << (port % 64)) != 0)
-                {
-                    self.toolstack.nic_due = true;
-                    self.toolstack.nic_interrupts += 1;
-                    nic_fired = true;
+                // the bits of vCPU 0's ports, or hv would never let it block
+                // again (the data-path vCPU's, if it runs, are its own).
+                let fired = data_path::take_vcpu0_events();
+                if !data_path::on_own_vcpu() {
+                    DATA.lock().woke(&fired, timer_expired);
                 }
             }
         }

@@ -1,5 +1,8 @@
 //! dom0's toolstack: the guests it built, their console back ends, and the
 //! shell commands that manage them (`create`, `destroy`, `list`, ...).
+//! Their disk and vif back ends live in `data_path::DATA`, which the
+//! toolstack connects and disconnects there (under that lock) and which
+//! the data paths serve, on a vCPU of their own when dom0 has two.
 
 use core::fmt::Write;
 
@@ -17,7 +20,7 @@ use dom0core::window::Use;
 use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
-use crate::ata::AtaDisk;
+use crate::data_path::{self, BlockBackend, DATA, Lock, Notice, UPLINK};
 use crate::uart::Uart;
 use abi::store::Access;
 use abi::store::{DeviceState, STORE_MESSAGE_MAX, keys, parse_decimal};
@@ -26,8 +29,8 @@ use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
 
-use crate::netback::{NetBackend, TX_BATCH, Transmit};
-use dom0core::switch::{Forward, PortId, Switch};
+use crate::netback::NetBackend;
+use dom0core::switch::PortId;
 use dom0core::terminal::{Context, escape};
 
 /// `store [path]`: prints the tree below `path`, one `path = "value"` line
@@ -213,38 +216,52 @@ fn front_state(store_tree: &DefaultStore, id: DomainId, kind: &str) -> Option<De
     store_tree.read(abi::DOM0, &path).ok().map(|value| DeviceState::from_key(Some(value.as_bytes())))
 }
 
-/// Lets go of a disk's connection: makes the writes durable, closes the
-/// event channel (unless dom0 closed it when the ring broke), unmaps the
-/// ring and every persistent grant (so the guest can revoke them) and
-/// returns their window pages. Nothing is in flight: dom0 serves a
-/// request to the end before it looks at the store again.
-fn release_block(window_slots: &mut ForeignWindow, disks: &mut ArrayVec<AtaDisk, 4>, block: BlockBackend) {
-    if let Some(disk) = disks.get_mut(block.disk) {
+/// Lets go of a disk's connection, taken out of `DATA` (the caller holds
+/// no lock but the store's): makes the writes durable, closes the event
+/// channel (unless dom0 closed it when the ring broke), unmaps the ring
+/// and every persistent grant (so the guest can revoke them) and returns
+/// their window pages. Nothing is in flight: the data paths serve a
+/// request to the end before they let go of `DATA`.
+fn release_block(block: BlockBackend) {
+    if let Some(disk) = DATA.lock().disks.get_mut(block.disk) {
         let _ = disk.flush();
     }
     if block.broken.is_none() {
-        let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
+        data_path::close_port(block.port);
     }
-    unmap_slot(window_slots, block.slot);
+    unmap_slot(block.slot);
     for (_, _, slot) in block.mapped {
-        unmap_slot(window_slots, slot);
+        unmap_slot(slot);
     }
 }
 
-/// Lets go of a vif's connection: closes the event channel, unmaps both
-/// ring pages (so the guest can revoke them) and returns their window
-/// pages. (The caller takes the vif off the switch.)
-fn release_net(window_slots: &mut ForeignWindow, net: NetBackend) {
-    let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+/// The event port of guest `id`'s connected disk (None when none is).
+fn block_port(id: DomainId) -> Option<u32> {
+    DATA.lock().guest(id).and_then(|d| d.block.as_ref()).map(|block| block.port)
+}
+
+/// Guest `id`'s vif as the data paths hold it: the event port of a
+/// connected one, and whether one broke.
+fn vif_link(id: DomainId) -> (Option<u32>, bool) {
+    let data = DATA.lock();
+    let devices = data.guest(id);
+    (devices.and_then(|d| d.net.as_ref()).map(|net| net.port), devices.is_some_and(|d| d.broken_vif.is_some()))
+}
+
+/// Lets go of a vif's connection, taken out of `DATA`: closes the event
+/// channel, unmaps both ring pages (so the guest can revoke them) and
+/// returns their window pages. (The caller takes the vif off the switch.)
+fn release_net(net: NetBackend) {
+    data_path::close_port(net.port);
     for slot in net.slots {
-        unmap_slot(window_slots, slot);
+        unmap_slot(slot);
     }
 }
 
 /// Unmaps the grant mapped at foreign-window slot `slot` and frees the slot.
-fn unmap_slot(window_slots: &mut ForeignWindow, slot: usize) {
+fn unmap_slot(slot: usize) {
     let _ = hypercall::grant_unmap(FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE);
-    window_slots.release(slot);
+    WINDOW.lock().release(slot);
 }
 
 /// Removes guest `id`'s vif 0 from the store (both directories; the
@@ -256,17 +273,8 @@ fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
     let _ = store_tree.remove(abi::DOM0, &frontend);
 }
 
-/// The switch port of the physical NIC (guest vifs use their domain id).
-pub const UPLINK: PortId = 0;
 /// Seconds a front end has to let go of a vif being detached.
 const DETACH_TIMEOUT_SECONDS: u64 = 5;
-/// Switch entries not refreshed for this many milliseconds are forgotten.
-const SWITCH_AGE_MS: u64 = 300_000;
-/// Most addresses the switch learns behind the NIC. Guests' vifs learn
-/// nothing (each is locked to its MAC, a static entry), so the table holds
-/// every guest's and this many more.
-const NIC_LEARN_LIMIT: usize = 128;
-const _: () = assert!(MAX_GUESTS + NIC_LEARN_LIMIT <= 256, "the switch table holds every guest and the NIC's share");
 
 /// Where dom0 keeps the back-end side of guest `id`'s first disk.
 fn backend_path(id: DomainId) -> ArrayString<64> {
@@ -287,6 +295,9 @@ pub const WINDOW_SLOTS: usize = abi::domctl::FOREIGN_WINDOW_PAGES as usize;
 /// dom0's foreign window: each guest's pages within its share (see
 /// `dom0core::window`).
 pub type ForeignWindow = dom0core::window::Window<WINDOW_SLOTS, MAX_GUESTS>;
+/// dom0's foreign window, shared by the toolstack and the data paths (which
+/// map persistent grants). Held for one change at a time.
+pub static WINDOW: Lock<ForeignWindow> = Lock::new(ForeignWindow::new());
 /// A guest that dies within this many seconds of starting counts as a quick death.
 const QUICK_DEATH_SECONDS: u64 = 10;
 /// Quick deaths in a row after which `on_crash = "restart"` gives up.
@@ -318,8 +329,6 @@ pub struct Guest {
     quick_restarts: u32,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
-    /// Its disk's back end, once the front end connected through the store.
-    pub block: Option<BlockBackend>,
     /// Its disk until the front end has connected: (physical disk, region).
     pub pending_disk: Option<(usize, Region)>,
     /// Its disk while the back end is Closed (the front end closed it, or
@@ -328,13 +337,8 @@ pub struct Guest {
     pub closed_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
-    /// Its vif's back end, once the front end connected through the store.
-    pub net: Option<NetBackend>,
     /// Its vif's MAC until the front end has connected.
     pub pending_vif: Option<[u8; 6]>,
-    /// A vif dom0 disconnected: the window slots of its ring pages (freed
-    /// when the guest is destroyed) and why.
-    pub broken_vif: Option<([usize; 2], &'static str, [u8; 6])>,
     /// Its vif's MAC while the back end is Closed (the front end closed
     /// it, or dom0 refused what it offered): nothing mapped; the front end
     /// writing Initialising offers it again.
@@ -365,29 +369,6 @@ pub struct StoreChannel {
 /// The store, served to every domain (dom0 uses it directly).
 pub static STORE: spin::Mutex<DefaultStore> = spin::Mutex::new(DefaultStore::new());
 
-/// A guest disk's back end: the ring dom0 maps, the event port, and the
-/// region of a physical disk it serves.
-pub struct BlockBackend {
-    pub ring: BlockBack,
-    pub port: u32,
-    slot: usize,
-    /// Index of the physical disk in `Toolstack::disks`.
-    pub disk: usize,
-    pub region: Region,
-    /// Requests served so far.
-    pub requests: u64,
-    /// TSC ticks dom0 spent serving them (disk I/O included).
-    pub service_tsc: u64,
-    /// Set when the front end broke the protocol; the ring is no longer read.
-    pub broken: Option<&'static str>,
-    /// Grants dom0 keeps mapped (persistent grants): (grant, writable,
-    /// window slot). The disk reads and writes them in place.
-    pub mapped: ArrayVec<(u32, bool, usize), { crate::blkback::PERSISTENT_GRANTS }>,
-    /// `mapped` indexed by grant reference (index + 1; 0 = not mapped), so
-    /// the lookup on every segment costs one load.
-    pub mapped_by_grant: [u8; abi::grant::ENTRIES],
-}
-
 impl Guest {
     fn remember(&mut self, bytes: &[u8]) {
         for &byte in bytes {
@@ -401,34 +382,19 @@ impl Guest {
     }
 }
 
-/// The guests, the ramdisk, the physical disks and the foreign-window slots.
+/// The guests and the ramdisk.
 pub struct Toolstack {
-    /// ATA disks found at start-up.
-    pub disks: ArrayVec<AtaDisk, 4>,
     pub guests: ArrayVec<Guest, MAX_GUESTS>,
     pub ramdisk: Archive<'static>,
     pub tsc_khz: u64,
-    window_slots: ForeignWindow,
     /// The guest whose console is attached to the serial line.
     pub attached: Option<DomainId>,
-    /// The L2 switch joining the guests' vifs and the physical NIC.
-    pub switch: Switch<256>,
-    /// Frames the switch dropped (no port could take them, or malformed).
-    pub switch_dropped: u64,
-    /// The NIC may hold received frames (its interrupt fired, or it has no
-    /// interrupt and dom0 polls it).
-    pub nic_due: bool,
-    /// Times the NIC's interrupt port fired (for `devices`).
-    pub nic_interrupts: u64,
-    /// One frame on its way through the switch.
-    frame: [u8; 2048],
     /// Console output on its way to the history and the serial line.
     console_buffer: [u8; 512],
 }
 
 /// The builder's view of the hypervisor: dom0's hypercalls.
-struct Hypervisor<'a> {
-    window_slots: &'a mut ForeignWindow,
+struct Hypervisor {
     /// vCPUs of the domain `create` makes (the config's `vcpus`).
     vcpus: u32,
     console: Option<Console>,
@@ -436,11 +402,11 @@ struct Hypervisor<'a> {
     store: Option<StoreChannel>,
 }
 
-impl Hypervisor<'_> {
+impl Hypervisor {
     /// Maps `page` of `domain` into a free foreign-window slot and allocates
     /// dom0's end of an event channel to it. Returns (address, slot, port).
     fn map_and_bind(&mut self, domain: DomainId, page: u64) -> Result<(u64, usize, u32), Error> {
-        let slot = self.window_slots.take(domain, Use::Ring).ok_or(Error::Busy)?;
+        let slot = WINDOW.lock().take(domain, Use::Ring).ok_or(Error::Busy)?;
         let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let port = hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0).and_then(|_| {
             hypercall::event(EventOp::AllocUnbound, domain as u64, 0).inspect_err(|_| {
@@ -450,14 +416,14 @@ impl Hypervisor<'_> {
         match port {
             Ok(port) => Ok((address, slot, port as u32)),
             Err(error) => {
-                self.window_slots.release(slot);
+                WINDOW.lock().release(slot);
                 Err(error)
             }
         }
     }
 }
 
-impl DomainControl for Hypervisor<'_> {
+impl DomainControl for Hypervisor {
     fn create(&mut self, max_pages: u64) -> Result<DomainId, Error> {
         hypercall::create_domain_with_vcpus(max_pages, self.vcpus)
     }
@@ -510,28 +476,28 @@ impl DomainControl for Hypervisor<'_> {
 
     fn destroy(&mut self, domain: DomainId) {
         if let Some(console) = self.console.take() {
-            release_console(self.window_slots, console);
+            release_console(console);
         }
         if let Some(store) = self.store.take() {
-            release_slot(self.window_slots, store.port, store.slot);
+            release_slot(store.port, store.slot);
         }
         let _ = hypercall::domctl(DomCtlOp::Destroy, domain, 0, 0, 0);
-        self.window_slots.release_guest(domain);
+        WINDOW.lock().release_guest(domain);
     }
 }
 
 /// Closes dom0's end of a back end's channel and frees its window slot. hv
 /// removes the mapping itself when the guest is destroyed; unmapping first
 /// is harmless.
-fn release_slot(window_slots: &mut ForeignWindow, port: u32, slot: usize) {
+fn release_slot(port: u32, slot: usize) {
     let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
     let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
-    let _ = hypercall::event(EventOp::Close, port as u64, 0);
-    window_slots.release(slot);
+    data_path::close_port(port);
+    WINDOW.lock().release(slot);
 }
 
-fn release_console(window_slots: &mut ForeignWindow, console: Console) {
-    release_slot(window_slots, console.port, console.slot);
+fn release_console(console: Console) {
+    release_slot(console.port, console.slot);
 }
 
 /// A one-letter-per-flag state column like `xl list`'s.
@@ -548,17 +514,10 @@ fn state_flags(state: DomainState) -> &'static str {
 /// The toolstack's state: far too large for dom0's stack (every guest's
 /// console history), so it lives here.
 pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
-    disks: ArrayVec::new_const(),
     guests: ArrayVec::new_const(),
     ramdisk: Archive::new(&[]),
     tsc_khz: 0,
-    window_slots: ForeignWindow::new(),
     attached: None,
-    switch: Switch::new(SWITCH_AGE_MS, NIC_LEARN_LIMIT),
-    switch_dropped: 0,
-    nic_due: true,
-    nic_interrupts: 0,
-    frame: [0; 2048],
     console_buffer: [0; 512],
 });
 
@@ -708,8 +667,7 @@ impl Toolstack {
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
         };
-        let mut control =
-            Hypervisor { window_slots: &mut self.window_slots, vcpus: config.vcpus, console: None, store: None };
+        let mut control = Hypervisor { vcpus: config.vcpus, console: None, store: None };
         let id = match builder::build(&mut control, &request) {
             Ok(id) => id,
             Err(error) => {
@@ -754,6 +712,7 @@ impl Toolstack {
             return None;
         }
         let _ = writeln!(out, "dom0: created '{}' as domain {id}", config.name);
+        DATA.lock().add_guest(id, config.name);
         self.guests.push(Guest {
             id,
             config,
@@ -764,13 +723,10 @@ impl Toolstack {
             created_at,
             quick_restarts: 0,
             create_to_first_output: None,
-            block: None,
             pending_disk: disk,
             closed_disk: None,
             store,
-            net: None,
             pending_vif: vif,
-            broken_vif: None,
             closed_vif: None,
             vif_closing: None,
             disk_closing: None,
@@ -785,44 +741,47 @@ impl Toolstack {
             self.attached = None;
         }
         if let Some(console) = guest.console.take() {
-            release_console(&mut self.window_slots, console);
+            release_console(console);
         }
         if let Some(store) = guest.store.take() {
-            release_slot(&mut self.window_slots, store.port, store.slot);
+            release_slot(store.port, store.slot);
         }
         let _ = STORE.lock().remove_domain(guest.id);
         let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vbd", guest.id));
         let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vif", guest.id));
-        if let Some(net) = guest.net.take() {
-            let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
+        // Out of the data paths (and off the switch) first: nothing serves
+        // its back ends once they are taken.
+        let devices = DATA.lock().remove_guest(guest.id);
+        let (block, net, broken_vif) = devices.map_or((None, None, None), |d| (d.block, d.net, d.broken_vif));
+        if let Some(net) = net {
+            data_path::close_port(net.port);
             // hv removes dom0's grant mappings of the ring pages when the
             // guest is destroyed; the slots come back here.
             for slot in net.slots {
-                self.window_slots.release(slot);
+                WINDOW.lock().release(slot);
             }
         }
-        if let Some((slots, _, _)) = guest.broken_vif.take() {
+        if let Some((slots, _, _)) = broken_vif {
             for slot in slots {
-                self.window_slots.release(slot);
+                WINDOW.lock().release(slot);
             }
         }
-        self.switch.remove_port(guest.id as PortId);
-        if let Some(block) = guest.block.take() {
+        if let Some(block) = block {
             // Make what the guest wrote durable before it goes away.
-            if let Some(disk) = self.disks.get_mut(block.disk) {
+            if let Some(disk) = DATA.lock().disks.get_mut(block.disk) {
                 let _ = disk.flush();
             }
-            release_slot(&mut self.window_slots, block.port, block.slot);
+            release_slot(block.port, block.slot);
             // hv removes dom0's mappings of the guest's pages when it is
             // destroyed; the slots come back here.
             for (_, _, slot) in block.mapped {
-                self.window_slots.release(slot);
+                WINDOW.lock().release(slot);
             }
         }
         let destroyed = hypercall::domctl(DomCtlOp::Destroy, guest.id, 0, 0, 0);
         // hv removed every mapping of the guest's pages; whatever window
         // page dom0 still counted for it is free again.
-        self.window_slots.release_guest(guest.id);
+        WINDOW.lock().release_guest(guest.id);
         match destroyed {
             Ok(_) => {
                 let _ = writeln!(out, "dom0: destroyed '{}' (domain {})", guest.config.name, guest.id);
@@ -840,15 +799,17 @@ impl Toolstack {
     /// new domain still maps there; after one of the first is unmapped, the
     /// scratch domain's page maps there too. Everything is unmapped and the
     /// second domain destroyed. Returns the refused call's result, or what
-    /// went wrong.
+    /// went wrong. The window stays locked throughout, so the data paths map
+    /// no persistent grant into the page the check borrows.
     pub fn check_foreign_share(&mut self, domain: DomainId) -> Result<i64, &'static str> {
+        let mut window = WINDOW.lock();
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let map = |owner: DomainId, slot: usize| hypercall::domctl(DomCtlOp::MapForeign, owner, 0, address(slot), 0);
         let unmap = |slot: usize| hypercall::domctl(DomCtlOp::UnmapForeign, 0, address(slot), 0, 0);
         let mut slots: ArrayVec<usize, { dom0core::window::SHARE }> = ArrayVec::new();
         let mut outcome = Ok(0);
         while !slots.is_full() {
-            let Some(slot) = self.window_slots.take(domain, Use::Ring) else {
+            let Some(slot) = window.take(domain, Use::Ring) else {
                 outcome = Err("no window page for a mapping within the share");
                 break;
             };
@@ -859,7 +820,7 @@ impl Toolstack {
             }
         }
         // A page no one uses, so only the share can make hv refuse it.
-        let extra = self.window_slots.first_free();
+        let extra = window.first_free();
         if let (Ok(_), Some(extra)) = (outcome, extra) {
             outcome = match map(domain, extra) {
                 Ok(_) => {
@@ -899,7 +860,7 @@ impl Toolstack {
         }
         for slot in slots {
             let _ = unmap(slot);
-            self.window_slots.release(slot);
+            window.release(slot);
         }
         outcome
     }
@@ -1162,7 +1123,7 @@ impl Toolstack {
             let guest = &mut self.guests[index];
             let _ = writeln!(out, "\ndom0: '{}' corrupted its console ring; console disconnected", guest.config.name);
             if let Some(console) = guest.console.take() {
-                release_console(&mut self.window_slots, console);
+                release_console(console);
             }
             if self.attached == Some(guest.id) {
                 self.attached = None;
@@ -1186,21 +1147,24 @@ impl Toolstack {
                 // `block-detach` is under way: `finish_disk_detaches` ends it.
                 continue;
             }
-            let link = match (&guest.block, guest.pending_disk, guest.closed_disk) {
-                (Some(block), _, _) if block.broken.is_some() => Link::Broken,
-                (Some(_), _, _) => Link::Connected,
+            let id = guest.id;
+            // Some(broken) when connected.
+            let connected = DATA.lock().guest(id).and_then(|d| d.block.as_ref()).map(|block| block.broken.is_some());
+            let link = match (connected, guest.pending_disk, guest.closed_disk) {
+                (Some(true), _, _) => Link::Broken,
+                (Some(false), _, _) => Link::Connected,
                 (None, Some(_), _) => Link::Offered,
                 (None, None, Some(_)) => Link::Closed,
                 (None, None, None) => continue,
             };
-            let id = guest.id;
             let mut store_tree = STORE.lock();
             match device_link::next_step(link, front_state(&store_tree, id, "vbd")) {
                 Step::Stay | Step::Connect => {}
                 Step::Close => {
-                    if let Some(block) = guest.block.take() {
+                    let block = DATA.lock().guest_mut(id).and_then(|d| d.block.take());
+                    if let Some(block) = block {
                         guest.closed_disk = Some((block.disk, block.region));
-                        release_block(&mut self.window_slots, &mut self.disks, block);
+                        release_block(block);
                     }
                     write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
                     let _ = writeln!(out, "\ndom0: '{}': disk 0 closed by the front end", guest.config.name);
@@ -1231,7 +1195,8 @@ impl Toolstack {
                 continue;
             };
             guest.pending_disk = None;
-            let connected = match (ring_ref, port, self.window_slots.take(id, Use::Ring)) {
+            let window_slot = WINDOW.lock().take(id, Use::Ring);
+            let connected = match (ring_ref, port, window_slot) {
                 (Some(ring_ref), Some(port), Some(slot)) => {
                     let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
                     let mapped = hypercall::grant_map(id, ring_ref, address, true);
@@ -1243,7 +1208,7 @@ impl Toolstack {
                             // read-write at this identity-mapped address; dom0
                             // keeps it mapped until the guest is destroyed.
                             let ring = unsafe { BlockBack::attach(address as *mut u8) };
-                            guest.block = Some(BlockBackend {
+                            let block = BlockBackend {
                                 ring,
                                 port: dom0_port as u32,
                                 slot,
@@ -1254,20 +1219,26 @@ impl Toolstack {
                                 broken: None,
                                 mapped: ArrayVec::new(),
                                 mapped_by_grant: [0; abi::grant::ENTRIES],
-                            });
+                            };
+                            if let Some(devices) = DATA.lock().guest_mut(id) {
+                                devices.block = Some(block);
+                            }
+                            // Served from now on (on the data-path vCPU, if
+                            // dom0 has one, which its port then notifies).
+                            data_path::adopt(dom0_port as u32);
                             let _ = hypercall::notify(dom0_port as u32);
                             true
                         }
                         Err(_) => {
                             let _ = hypercall::grant_unmap(address);
-                            self.window_slots.release(slot);
+                            WINDOW.lock().release(slot);
                             false
                         }
                     }
                 }
                 (_, _, slot) => {
                     if let Some(slot) = slot {
-                        self.window_slots.release(slot);
+                        WINDOW.lock().release(slot);
                     }
                     false
                 }
@@ -1295,11 +1266,12 @@ impl Toolstack {
                 return Err(message);
             }
         };
-        let Some(index) = self.disks.iter().position(|d| d.name() == spec.device) else {
+        let data = DATA.lock();
+        let Some(index) = data.disks.iter().position(|d| d.name() == spec.device) else {
             let _ = write!(message, "no disk '{}' (see 'devices')", spec.device);
             return Err(message);
         };
-        let size = self.disks[index].sectors();
+        let size = data.disks[index].sectors();
         if spec.start + spec.sectors > size {
             let _ = write!(
                 message,
@@ -1311,7 +1283,10 @@ impl Toolstack {
         let overlapping = self
             .guests
             .iter()
-            .filter_map(|g| g.block.as_ref().map(|b| (b.disk, b.region)).or(g.pending_disk).or(g.closed_disk))
+            .filter_map(|g| {
+                let connected = data.guest(g.id).and_then(|d| d.block.as_ref()).map(|b| (b.disk, b.region));
+                connected.or(g.pending_disk).or(g.closed_disk)
+            })
             .any(|(disk, region)| {
                 disk == index && spec.start < region.start + region.sectors && region.start < spec.start + spec.sectors
             });
@@ -1327,7 +1302,7 @@ impl Toolstack {
     pub fn block_attach(&mut self, index: usize, entry: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_disk.is_some() || guest.closed_disk.is_some() || guest.block.is_some() {
+        if guest.pending_disk.is_some() || guest.closed_disk.is_some() || block_port(guest.id).is_some() {
             let _ = writeln!(out, "dom0: block-attach: '{name}' has a disk already (block-detach it first)");
             return;
         }
@@ -1350,10 +1325,10 @@ impl Toolstack {
     pub fn block_detach(&mut self, index: usize, out: &mut Uart) {
         let guest = &mut self.guests[index];
         let (id, name) = (guest.id, guest.config.name);
-        if let Some(block) = &guest.block {
+        if let Some(port) = block_port(id) {
             if guest.disk_closing.is_none() {
                 write_backend_state(&mut STORE.lock(), "vbd", id, DeviceState::Closing);
-                let _ = hypercall::notify(block.port);
+                let _ = hypercall::notify(port);
                 guest.disk_closing = Some(rdtsc());
             }
             let _ = writeln!(out, "dom0: '{name}': disk 0 closing (waiting for the front end)");
@@ -1379,8 +1354,9 @@ impl Toolstack {
             let id = guest.id;
             let Some(timed_out) = detach_ready(id, "vbd", since, timeout) else { continue };
             guest.disk_closing = None;
-            if let Some(block) = guest.block.take() {
-                release_block(&mut self.window_slots, &mut self.disks, block);
+            let block = DATA.lock().guest_mut(id).and_then(|d| d.block.take());
+            if let Some(block) = block {
+                release_block(block);
             }
             {
                 let mut store_tree = STORE.lock();
@@ -1397,11 +1373,8 @@ impl Toolstack {
     pub fn network_attach(&mut self, index: usize, settings: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_vif.is_some()
-            || guest.net.is_some()
-            || guest.broken_vif.is_some()
-            || guest.closed_vif.is_some()
-        {
+        let (connected, broken) = vif_link(guest.id);
+        if guest.pending_vif.is_some() || connected.is_some() || broken || guest.closed_vif.is_some() {
             let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
             return;
         }
@@ -1431,13 +1404,12 @@ impl Toolstack {
 
     /// Whether `mac` is the NIC's or any guest's vif's.
     fn mac_in_use(&self, mac: [u8; 6]) -> bool {
-        crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac)
-            || self.guests.iter().any(|g| {
-                g.pending_vif == Some(mac)
-                    || g.closed_vif == Some(mac)
-                    || g.broken_vif.is_some_and(|(_, _, broken)| broken == mac)
-                    || g.net.as_ref().is_some_and(|net| net.mac == mac)
-            })
+        // One lock at a time (the data paths take the NIC's inside `DATA`).
+        let nic = crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac);
+        let connected = DATA.lock().guests.iter().any(|d| {
+            d.broken_vif.is_some_and(|(_, _, broken)| broken == mac) || d.net.as_ref().is_some_and(|net| net.mac == mac)
+        });
+        nic || connected || self.guests.iter().any(|g| g.pending_vif == Some(mac) || g.closed_vif == Some(mac))
     }
 
     /// `network-detach`: a connected vif is asked to close (state Closing)
@@ -1446,22 +1418,24 @@ impl Toolstack {
     pub fn network_detach(&mut self, index: usize, out: &mut Uart) {
         let guest = &mut self.guests[index];
         let (id, name) = (guest.id, guest.config.name);
-        if let Some(net) = &guest.net {
+        let (connected, broken) = vif_link(id);
+        if let Some(port) = connected {
             if guest.vif_closing.is_none() {
                 write_backend_state(&mut STORE.lock(), "vif", id, DeviceState::Closing);
-                let _ = hypercall::notify(net.port);
+                let _ = hypercall::notify(port);
                 guest.vif_closing = Some(rdtsc());
             }
             let _ = writeln!(out, "dom0: '{name}': vif 0 closing (waiting for the front end)");
             return;
         }
-        if guest.pending_vif.take().or(guest.closed_vif.take()).is_none() && guest.broken_vif.is_none() {
+        if guest.pending_vif.take().or(guest.closed_vif.take()).is_none() && !broken {
             let _ = writeln!(out, "dom0: network-detach: '{name}' has no vif");
             return;
         }
-        if let Some((slots, _, _)) = guest.broken_vif.take() {
+        let broken_vif = DATA.lock().guest_mut(id).and_then(|d| d.broken_vif.take());
+        if let Some((slots, _, _)) = broken_vif {
             for slot in slots {
-                unmap_slot(&mut self.window_slots, slot);
+                unmap_slot(slot);
             }
         }
         unpublish_vif(&mut STORE.lock(), id);
@@ -1479,10 +1453,14 @@ impl Toolstack {
             let id = guest.id;
             let Some(timed_out) = detach_ready(id, "vif", since, timeout) else { continue };
             guest.vif_closing = None;
-            if let Some(net) = guest.net.take() {
-                release_net(&mut self.window_slots, net);
+            let net = {
+                let mut data = DATA.lock();
+                data.switch.remove_port(id as PortId);
+                data.guest_mut(id).and_then(|d| d.net.take())
+            };
+            if let Some(net) = net {
+                release_net(net);
             }
-            self.switch.remove_port(id as PortId);
             {
                 let mut store_tree = STORE.lock();
                 write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
@@ -1503,28 +1481,36 @@ impl Toolstack {
                 // `network-detach` is under way: `finish_vif_detaches` ends it.
                 continue;
             }
-            let link = match (&guest.net, guest.broken_vif, guest.pending_vif, guest.closed_vif) {
-                (Some(_), _, _, _) => Link::Connected,
-                (None, Some(_), _, _) => Link::Broken,
-                (None, None, Some(_), _) => Link::Offered,
-                (None, None, None, Some(_)) => Link::Closed,
-                (None, None, None, None) => continue,
-            };
             let id = guest.id;
+            let (connected, broken) = vif_link(id);
+            let link = match (connected, broken, guest.pending_vif, guest.closed_vif) {
+                (Some(_), _, _, _) => Link::Connected,
+                (None, true, _, _) => Link::Broken,
+                (None, false, Some(_), _) => Link::Offered,
+                (None, false, None, Some(_)) => Link::Closed,
+                (None, false, None, None) => continue,
+            };
             let mut store_tree = STORE.lock();
             match device_link::next_step(link, front_state(&store_tree, id, "vif")) {
                 Step::Stay | Step::Connect => {}
                 Step::Close => {
-                    if let Some(net) = guest.net.take() {
+                    let (net, broken_vif) = {
+                        let mut data = DATA.lock();
+                        let taken = data.guest_mut(id).map_or((None, None), |d| (d.net.take(), d.broken_vif.take()));
+                        if taken.0.is_some() {
+                            data.switch.remove_port(id as PortId);
+                        }
+                        taken
+                    };
+                    if let Some(net) = net {
                         guest.closed_vif = Some(net.mac);
-                        release_net(&mut self.window_slots, net);
-                        self.switch.remove_port(id as PortId);
+                        release_net(net);
                     }
-                    if let Some((slots, _, mac)) = guest.broken_vif.take() {
+                    if let Some((slots, _, mac)) = broken_vif {
                         // Its port was closed and it left the switch when it broke.
                         guest.closed_vif = Some(mac);
                         for slot in slots {
-                            unmap_slot(&mut self.window_slots, slot);
+                            unmap_slot(slot);
                         }
                     }
                     write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
@@ -1554,9 +1540,9 @@ impl Toolstack {
             let Some([tx_ref, rx_ref, port]) = initialised_front(&store_tree, id, "vif", published) else { continue };
             guest.pending_vif = None;
             // The vif may send from its MAC only, and frames to it come here.
-            let locked = self.switch.add_static(id as PortId, mac).is_ok();
-            let tx_slot = self.window_slots.take(id, Use::Ring);
-            let rx_slot = self.window_slots.take(id, Use::Ring);
+            let locked = DATA.lock().switch.add_static(id as PortId, mac).is_ok();
+            let tx_slot = WINDOW.lock().take(id, Use::Ring);
+            let rx_slot = WINDOW.lock().take(id, Use::Ring);
             let connected = match (locked, tx_ref, rx_ref, port, tx_slot, rx_slot) {
                 (true, Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
                     let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
@@ -1575,7 +1561,11 @@ impl Toolstack {
                                     pv_drivers::net::RxBack::attach(address(rx_slot) as *mut u8),
                                 )
                             };
-                            guest.net = Some(NetBackend::new(tx, rx, dom0_port as u32, [tx_slot, rx_slot], mac));
+                            let net = NetBackend::new(tx, rx, dom0_port as u32, [tx_slot, rx_slot], mac);
+                            if let Some(devices) = DATA.lock().guest_mut(id) {
+                                devices.net = Some(net);
+                            }
+                            data_path::adopt(dom0_port as u32);
                             let _ = hypercall::notify(dom0_port as u32);
                             true
                         }
@@ -1586,15 +1576,15 @@ impl Toolstack {
                             if rx_mapped.is_ok() {
                                 let _ = hypercall::grant_unmap(address(rx_slot));
                             }
-                            self.window_slots.release(tx_slot);
-                            self.window_slots.release(rx_slot);
+                            WINDOW.lock().release(tx_slot);
+                            WINDOW.lock().release(rx_slot);
                             false
                         }
                     }
                 }
                 _ => {
                     for slot in [tx_slot, rx_slot].into_iter().flatten() {
-                        self.window_slots.release(slot);
+                        WINDOW.lock().release(slot);
                     }
                     false
                 }
@@ -1605,72 +1595,11 @@ impl Toolstack {
                 // The front end may try again (Initialising).
                 guest.closed_vif = Some(mac);
                 if locked {
-                    self.switch.remove_port(id as PortId);
+                    DATA.lock().switch.remove_port(id as PortId);
                 }
                 let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
             }
         }
-    }
-
-    /// Moves frames: from every guest's transmit ring and (when its
-    /// interrupt fired, or `nic_due` was set otherwise) from the NIC,
-    /// through the switch to guests' receive buffers and the NIC. A front
-    /// end that breaks its rings is disconnected with a log line. Returns
-    /// whether any frame moved.
-    pub fn service_net(&mut self, out: &mut Uart) -> bool {
-        let Toolstack { guests, switch, switch_dropped, frame, nic_due, tsc_khz, .. } = self;
-        let mut ports = Ports { guests, switch, dropped: switch_dropped };
-        let mut moved = false;
-        let now = rdtsc() / (*tsc_khz).max(1);
-        for index in 0..ports.guests.len() {
-            let id = ports.guests[index].id;
-            for _ in 0..TX_BATCH {
-                let Some(net) = ports.guests[index].net.as_mut() else { break };
-                match net.take_frame(id, frame) {
-                    Transmit::Frame(length) => {
-                        moved = true;
-                        ports.switch_frame(id as PortId, &frame[..length], now);
-                    }
-                    Transmit::Again => moved = true,
-                    Transmit::Idle => break,
-                }
-            }
-        }
-        if *nic_due {
-            // Drained unless a whole batch came in (then look again next pass).
-            *nic_due = false;
-            for _ in 0..TX_BATCH {
-                // The lock is dropped before switching: the switch may send
-                // the frame back out through the NIC.
-                let Some(length) = crate::e1000::NIC.lock().as_mut().and_then(|nic| nic.receive(frame)) else {
-                    break;
-                };
-                moved = true;
-                *nic_due = true;
-                if (abi::net::FRAME_MIN..=abi::net::FRAME_MAX).contains(&length) {
-                    ports.switch_frame(UPLINK, &frame[..length], now);
-                } else {
-                    *ports.dropped += 1;
-                }
-            }
-        }
-        for guest in ports.guests.iter_mut() {
-            let Some(net) = guest.net.as_mut() else { continue };
-            net.flush();
-            if let Some(reason) = net.broken {
-                let _ =
-                    writeln!(out, "\ndom0: '{}' broke its vif rings ({reason}); vif disconnected", guest.config.name);
-                let _ = hypercall::event(EventOp::Close, net.port as u64, 0);
-                write_backend_state(&mut STORE.lock(), "vif", guest.id, DeviceState::Closed);
-                ports.switch.remove_port(guest.id as PortId);
-                // The ring pages stay mapped (and their slots taken) until
-                // the guest is destroyed.
-                let (slots, mac) = (net.slots, net.mac);
-                guest.net = None;
-                guest.broken_vif = Some((slots, reason, mac));
-            }
-        }
-        moved
     }
 
     /// Serves the guests' store requests and delivers their watch events.
@@ -1750,7 +1679,7 @@ impl Toolstack {
             }
             if broken {
                 if let Some(channel) = guest.store.take() {
-                    release_slot(&mut self.window_slots, channel.port, channel.slot);
+                    release_slot(channel.port, channel.slot);
                 }
             } else if notify {
                 let _ = hypercall::notify(channel.port);
@@ -1759,31 +1688,11 @@ impl Toolstack {
         moved
     }
 
-    /// Serves the guests' disk requests. Returns whether anything was done.
-    pub fn service_disks(&mut self, out: &mut Uart) -> bool {
-        let mut busy = false;
-        for guest in self.guests.iter_mut() {
-            let Some(block) = guest.block.as_mut() else { continue };
-            if block.broken.is_some() {
-                continue;
-            }
-            let started = rdtsc();
-            let served = block.service(&mut self.disks, guest.id, &mut self.window_slots);
-            if served {
-                block.service_tsc += rdtsc() - started;
-            }
-            busy |= served;
-            if let Some(reason) = block.broken {
-                let _ =
-                    writeln!(out, "\ndom0: '{}' broke its disk ring ({reason}); disk disconnected", guest.config.name);
-                let _ = hypercall::event(EventOp::Close, block.port as u64, 0);
-            }
-        }
-        busy
-    }
-
     /// `diskbench`: reads a region of a physical disk directly, 64 sectors
     /// (one front-end request's worth) at a time, and reports the TSC ticks.
+    /// The disks are locked for one read at a time: the guests' disk
+    /// requests (served on the data-path vCPU, if dom0 has one) take turns
+    /// with the bench.
     pub fn disk_bench(&mut self, region: &str, out: &mut Uart) {
         let spec = match dom0core::disk_spec::parse(region) {
             Ok(spec) => spec,
@@ -1792,7 +1701,7 @@ impl Toolstack {
                 return;
             }
         };
-        let Some(disk) = self.disks.iter_mut().find(|d| d.name() == spec.device) else {
+        let Some(disk) = DATA.lock().disks.iter().position(|d| d.name() == spec.device) else {
             let _ = writeln!(out, "dom0: diskbench: no disk '{}' (see 'devices')", spec.device);
             return;
         };
@@ -1802,7 +1711,8 @@ impl Toolstack {
         let end = spec.start + spec.sectors;
         while sector < end {
             let count = (end - sector).min(64) as usize;
-            if let Err(error) = disk.read(sector, &mut buffer[..count * 512]) {
+            let read = DATA.lock().disks[disk].read(sector, &mut buffer[..count * 512]);
+            if let Err(error) = read {
                 let _ = writeln!(out, "dom0: diskbench: read at {sector}: {error}");
                 return;
             }
@@ -1813,24 +1723,34 @@ impl Toolstack {
 
     /// `diskmode <disk> [pio|dma]`: shows, or chooses, how a disk moves data.
     pub fn disk_mode(&mut self, name: &str, dma: Option<bool>, out: &mut Uart) {
-        let Some(disk) = self.disks.iter_mut().find(|d| d.name() == name) else {
-            let _ = writeln!(out, "dom0: diskmode: no disk '{name}' (see 'devices')");
-            return;
-        };
-        if let Some(on) = dma
-            && let Err(reason) = disk.set_dma(on)
-        {
-            let _ = writeln!(out, "dom0: diskmode: {name} cannot use DMA: {reason}");
-            return;
+        let outcome = DATA.lock().disks.iter_mut().find(|d| d.name() == name).map(|disk| match dma {
+            Some(on) => disk.set_dma(on).map(|()| disk.transfer_mode()),
+            None => Ok(disk.transfer_mode()),
+        });
+        match outcome {
+            None => {
+                let _ = writeln!(out, "dom0: diskmode: no disk '{name}' (see 'devices')");
+            }
+            Some(Err(reason)) => {
+                let _ = writeln!(out, "dom0: diskmode: {name} cannot use DMA: {reason}");
+            }
+            Some(Ok(mode)) => {
+                let _ = writeln!(out, "{name}: {mode}");
+            }
         }
-        let _ = writeln!(out, "{name}: {}", disk.transfer_mode());
     }
 
     /// `switch`: the MAC table, one line per fresh entry.
     pub fn show_switch(&self, out: &mut Uart) {
         let now = rdtsc() / self.tsc_khz.max(1);
+        // Copied out first: the data paths do not wait while the serial line prints.
+        let (entries, dropped, refused) = {
+            let data = DATA.lock();
+            let entries: ArrayVec<_, 256> = data.switch.entries(now).collect();
+            (entries, data.switch_dropped, data.switch.refused())
+        };
         let _ = writeln!(out, "{:<17}  {:<20} {:>8}", "MAC", "Port", "Age(s)");
-        for (mac, port, age_ms) in self.switch.entries(now) {
+        for (mac, port, age_ms) in entries {
             let mut text = [0u8; 17];
             let name = if port == UPLINK { "nic0" } else { self.name_of(port as DomainId) };
             let mac = abi::net::format_mac(mac, &mut text);
@@ -1845,36 +1765,52 @@ impl Toolstack {
                 }
             }
         }
-        let _ = writeln!(out, "{} frames dropped", self.switch_dropped);
-        let _ = writeln!(out, "{} frames refused (source MAC not the port's)", self.switch.refused());
+        let _ = writeln!(out, "{dropped} frames dropped");
+        let _ = writeln!(out, "{refused} frames refused (source MAC not the port's)");
     }
 
-    /// `devices`: physical disks, and each guest's console and disk.
+    /// `devices`: physical disks, and each guest's console and disk. What
+    /// the data paths hold is copied out of their lock before it is
+    /// printed: they do not wait while the serial line prints.
     pub fn devices(&self, out: &mut Uart) {
+        let (disks, switch, nic_interrupts) = {
+            let data = DATA.lock();
+            let disks: ArrayVec<_, 4> = data
+                .disks
+                .iter()
+                .map(|d| {
+                    (d.name(), d.sectors(), ArrayString::<40>::from(d.model()).unwrap_or_default(), d.transfer_mode())
+                })
+                .collect();
+            (disks, (data.switch.len(), data.switch_dropped, data.switch.refused()), data.nic.interrupts)
+        };
+        let disk_name = |index: usize| disks.get(index).map_or("?", |disk| disk.0);
         let _ = writeln!(out, "Physical disks:");
-        if self.disks.is_empty() {
+        if disks.is_empty() {
             let _ = writeln!(out, "  (none found)");
         }
-        for disk in &self.disks {
-            let (name, sectors, model, mode) = (disk.name(), disk.sectors(), disk.model(), disk.transfer_mode());
+        for (name, sectors, model, mode) in &disks {
             let _ = writeln!(out, "  {name:<12} {sectors:>10} sectors  {model}, {mode}");
         }
         let _ = writeln!(out, "Network:");
-        match crate::e1000::NIC.lock().as_ref() {
-            Some(nic) => {
-                let stats = nic.stats();
+        let nic = crate::e1000::NIC
+            .lock()
+            .as_ref()
+            .map(|nic| (nic.stats(), nic.mac(), nic.link_up(), nic.interrupt_port().is_some()));
+        match nic {
+            Some((stats, mac, link_up, interrupt)) => {
                 let mut text = [0u8; 17];
                 let _ = writeln!(
                     out,
                     "  {:<12} e1000 mac {}  link {}, {}, tx {} frames ({} dropped), rx {} frames, {} interrupt events",
                     "nic0",
-                    abi::net::format_mac(nic.mac(), &mut text),
-                    if nic.link_up() { "up" } else { "down" },
-                    if nic.interrupt_port().is_some() { "interrupt-driven" } else { "polled" },
+                    abi::net::format_mac(mac, &mut text),
+                    if link_up { "up" } else { "down" },
+                    if interrupt { "interrupt-driven" } else { "polled" },
                     stats.tx_frames,
                     stats.tx_dropped,
                     stats.rx_frames,
-                    self.nic_interrupts
+                    nic_interrupts
                 );
             }
             None => {
@@ -1884,15 +1820,13 @@ impl Toolstack {
         let _ = writeln!(
             out,
             "  switch: {} addresses learned, {} frames dropped, {} refused (source MAC not the port's)",
-            self.switch.len(),
-            self.switch_dropped,
-            self.switch.refused()
+            switch.0, switch.1, switch.2
         );
         let _ = writeln!(out, "Guest devices:");
         for guest in &self.guests {
             let console = if guest.console.is_some() { "connected" } else { "disconnected" };
             let _ = writeln!(out, "  {:<20} console  {console}", guest.config.name);
-            let held = self.window_slots.held(guest.id);
+            let held = WINDOW.lock().held(guest.id);
             let _ = writeln!(
                 out,
                 "  {:<20} window   {} ring pages, {} grant pages mapped",
@@ -1903,7 +1837,7 @@ impl Toolstack {
                     out,
                     "  {:<20} disk     {}:{}+{}  closed by the front end (Initialising reconnects)",
                     guest.config.name,
-                    self.disks.get(disk).map_or("?", |d| d.name()),
+                    disk_name(disk),
                     region.start,
                     region.sectors
                 );
@@ -1913,7 +1847,7 @@ impl Toolstack {
                     out,
                     "  {:<20} disk     {}:{}+{}  waiting for the front end (store: device/vbd/0)",
                     guest.config.name,
-                    self.disks.get(disk).map_or("?", |d| d.name()),
+                    disk_name(disk),
                     region.start,
                     region.sectors
                 );
@@ -1935,16 +1869,27 @@ impl Toolstack {
                     abi::net::format_mac(mac, &mut text)
                 );
             }
-            if let Some((_, reason, _)) = guest.broken_vif {
+            let (broken_vif, net, block) = {
+                let data = DATA.lock();
+                let devices = data.guest(guest.id);
+                (
+                    devices.and_then(|d| d.broken_vif).map(|(_, reason, _)| reason),
+                    devices.and_then(|d| d.net.as_ref()).map(|net| (net.mac, net.stats)),
+                    devices.and_then(|d| d.block.as_ref()).map(|block| {
+                        let counts = (block.requests, block.service_tsc, block.mapped.len());
+                        (block.broken, block.disk, block.region, counts)
+                    }),
+                )
+            };
+            if let Some(reason) = broken_vif {
                 let _ = writeln!(out, "  {:<20} vif      disconnected: {reason}", guest.config.name);
             }
-            if let Some(net) = &guest.net {
-                let stats = net.stats;
+            if let Some((mac, stats)) = net {
                 let _ = writeln!(
                     out,
                     "  {:<20} vif      {}  {}, tx {} frames ({} refused, {} spoofed), rx {} frames ({} dropped)",
                     guest.config.name,
-                    abi::net::format_mac(net.mac, &mut text),
+                    abi::net::format_mac(mac, &mut text),
                     if guest.vif_closing.is_some() { "closing" } else { "connected" },
                     stats.tx_frames,
                     stats.tx_errors,
@@ -1953,22 +1898,40 @@ impl Toolstack {
                     stats.rx_dropped
                 );
             }
-            if let Some(block) = &guest.block {
-                let state = block.broken.unwrap_or("connected");
+            if let Some((broken, disk, region, (requests, service_tsc, mapped))) = block {
+                let state = broken.unwrap_or("connected");
                 let _ = writeln!(
                     out,
-                    "  {:<20} disk     {}:{}+{}{}  {state}, {} requests, {} tsc serving them, {} pages mapped",
+                    "  {:<20} disk     {}:{}+{}{}  {state}, {requests} requests, {service_tsc} tsc serving them, {mapped} pages mapped",
                     guest.config.name,
-                    self.disks.get(block.disk).map_or("?", |d| d.name()),
-                    block.region.start,
-                    block.region.sectors,
-                    if block.region.readonly { ",ro" } else { "" },
-                    block.requests,
-                    block.service_tsc,
-                    block.mapped.len()
+                    disk_name(disk),
+                    region.start,
+                    region.sectors,
+                    if region.readonly { ",ro" } else { "" },
                 );
             }
         }
+    }
+
+    /// Reports what the data paths noticed (`data_path::Notice`), a line
+    /// each, on the serial line, which is vCPU 0's. A broken vif is
+    /// answered Closed in the store, unless its front end's own steps have
+    /// moved it on already (`follow_vif_fronts`, also on vCPU 0, so the two
+    /// never race). Returns whether anything was printed.
+    pub fn report_data_path(&mut self, out: &mut Uart) -> bool {
+        let mut printed = false;
+        loop {
+            let Some(notice) = DATA.lock().next_notice() else { break };
+            notice.write(out);
+            printed = true;
+            if let Notice::VifBroken { id, .. } = notice {
+                let mut store_tree = STORE.lock();
+                if DATA.lock().guest(id).is_some_and(|d| d.broken_vif.is_some()) {
+                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                }
+            }
+        }
+        printed
     }
 
     /// Acts on guests that crashed or shut down (their `on_crash`).
@@ -2053,56 +2016,5 @@ impl Toolstack {
             }
         }
         printed
-    }
-}
-
-/// The switch's view of its ports: the guests' vifs and the NIC (borrowed
-/// apart from the toolstack's frame buffer).
-struct Ports<'a> {
-    guests: &'a mut ArrayVec<Guest, MAX_GUESTS>,
-    switch: &'a mut Switch<256>,
-    dropped: &'a mut u64,
-}
-
-impl Ports<'_> {
-    /// Sends one frame that arrived on switch port `from` where the switch says.
-    fn switch_frame(&mut self, from: PortId, frame: &[u8], now: u64) {
-        match self.switch.forward(from, frame, now) {
-            Forward::Port(port) => self.send_to_port(port, frame),
-            Forward::Flood => {
-                if from != UPLINK {
-                    self.send_to_port(UPLINK, frame);
-                }
-                for index in 0..self.guests.len() {
-                    let port = self.guests[index].id as PortId;
-                    if port != from && self.guests[index].net.is_some() {
-                        self.send_to_port(port, frame);
-                    }
-                }
-            }
-            Forward::Drop => *self.dropped += 1,
-            // Counted by the switch, and against the vif that sent it.
-            Forward::Refused => {
-                if let Some(net) = self.guests.iter_mut().find(|g| g.id as PortId == from).and_then(|g| g.net.as_mut())
-                {
-                    net.stats.tx_spoofed += 1;
-                }
-            }
-        }
-    }
-
-    fn send_to_port(&mut self, port: PortId, frame: &[u8]) {
-        if port == UPLINK {
-            if let Some(nic) = crate::e1000::NIC.lock().as_mut()
-                && nic.transmit(frame).is_err()
-            {
-                *self.dropped += 1;
-            }
-            return;
-        }
-        match self.guests.iter_mut().find(|g| g.id as PortId == port).and_then(|g| Some((g.id, g.net.as_mut()?))) {
-            Some((id, net)) => net.deliver(id, frame),
-            None => *self.dropped += 1,
-        }
     }
 }

@@ -33,6 +33,7 @@ use crate::arch::serial::COM1_PORTS;
 use crate::arch::vmx::{self, Capabilities, Vcpu, VcpuConfig};
 use crate::hypervisor::Domain;
 use crate::memory::{self, HvTables};
+use hvcore::domain::MAX_VCPUS;
 
 const START_INFO: u64 = 0x1000;
 const GDT: u64 = 0x2000;
@@ -130,12 +131,22 @@ pub fn memory_from_command_line(command_line: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
-/// Builds dom0 with `memory_bytes` of RAM. On error everything allocated
+/// Parses `dom0_vcpus=N` from hv's command line (the last one wins), kept
+/// within 1 to `MAX_VCPUS`; 1 when absent or not a number.
+pub fn vcpus_from_command_line(command_line: &str) -> usize {
+    let value = command_line.split_whitespace().filter_map(|word| word.strip_prefix("dom0_vcpus=")).next_back();
+    value.and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).clamp(1, MAX_VCPUS)
+}
+
+/// Builds dom0 with `memory_bytes` of RAM and `vcpus` vCPUs: hv starts
+/// vCPU 0; dom0 starts the others (`VcpuOp::Up`), which then get its I/O
+/// and MSR bitmaps (`domctl::start_vcpu`). On error everything allocated
 /// stays allocated: hv cannot run without dom0 and stops.
 pub fn build(
     capabilities: &Capabilities,
     images: &Dom0Images,
     memory_bytes: u64,
+    vcpus: usize,
     tsc_khz: u64,
 ) -> Result<Domain, &'static str> {
     let image = ElfImage::parse(images.kernel).map_err(|error| error.describe())?;
@@ -340,7 +351,7 @@ pub fn build(
         },
     )?;
     crate::info!(
-        "dom0: {} MiB at guest-physical 0, kernel {:#x}-{:#x}, entry {:#x}, ramdisk {} bytes",
+        "dom0: {} MiB at guest-physical 0, {vcpus} vCPUs, kernel {:#x}-{:#x}, entry {:#x}, ramdisk {} bytes",
         memory_bytes >> 20,
         kernel_start,
         kernel_end,
@@ -350,6 +361,8 @@ pub fn build(
     domain.vcpus[0].vcpu = Some(FrameBox::new(vcpu, memory::allocate_frame).map_err(|_| "out of memory for the vCPU")?);
     domain.vcpus[0].up = true;
     domain.io_bitmaps = [io_bitmap_a, io_bitmap_b];
+    domain.msr_bitmap = msr_bitmap;
+    domain.vcpu_count = vcpus;
     domain.current_pages = pages;
     domain.max_pages = pages;
     domain.paused = false;

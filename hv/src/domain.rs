@@ -72,6 +72,9 @@ pub struct Domain<P: Platform> {
     /// dom0 only: its own I/O bitmaps A and B (host-physical; 0 = the
     /// guests' shared deny-all page, which must never be changed).
     pub io_bitmaps: [u64; 2],
+    /// dom0 only: its own MSR bitmap (host-physical; 0 = the guests'
+    /// shared one). Every vCPU of the domain uses these bitmaps.
+    pub msr_bitmap: u64,
     /// Vector injected as the event upcall (into vCPU 0), 0 = none.
     pub upcall_vector: u8,
     /// VM exits by basic reason (the last slot counts every larger reason);
@@ -202,6 +205,7 @@ impl<P: Platform> Domain<P> {
             mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,
             io_bitmaps: [0; 2],
+            msr_bitmap: 0,
             upcall_vector: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,

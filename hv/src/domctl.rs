@@ -260,15 +260,19 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
     }
     let vmcs_region = memory::allocate_frame().ok_or(Error::OutOfMemory)?;
     let domain = &hv.domains[target];
+    // dom0's vCPUs share its own bitmaps (its ports, its MSRs); a guest's
+    // are the shared deny-all page.
+    let own_or = |own: u64, shared: u64| if own != 0 { own } else { shared };
     let config = VcpuConfig {
         vmcs_region,
         ept_root: domain.ept.root(),
         // One VPID per vCPU slot of the table (1..=512): a reused one is
         // flushed on every CPU the new vCPU arrives at (Vcpu::check_out).
+        // dom0, in slot 0, has VPID 1 for the vCPU hv built (`dom0::build`).
         vpid: (target * MAX_VCPUS + vcpu + 1) as u16,
-        io_bitmap_a: hv.state.guest_io_bitmap,
-        io_bitmap_b: hv.state.guest_io_bitmap,
-        msr_bitmap: hv.state.guest_msr_bitmap,
+        io_bitmap_a: own_or(domain.io_bitmaps[0], hv.state.guest_io_bitmap),
+        io_bitmap_b: own_or(domain.io_bitmaps[1], hv.state.guest_io_bitmap),
+        msr_bitmap: own_or(domain.msr_bitmap, hv.state.guest_msr_bitmap),
         cr3: context.cr3,
         rip: context.rip,
         rsp: context.rsp,

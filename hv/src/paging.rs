@@ -343,6 +343,12 @@ impl<F: EntryFormat> PageTable<F> {
         Ok(Self { root, format: PhantomData })
     }
 
+    /// Adopts tables that already exist at `root` (built elsewhere, for
+    /// example in a guest's memory), to walk or extend them.
+    pub const fn from_root(root: u64) -> Self {
+        Self { root, format: PhantomData }
+    }
+
     /// Physical address of the root table, for CR3 or the EPT pointer.
     pub fn root(&self) -> u64 {
         self.root

@@ -1220,14 +1220,8 @@ impl Guest {
         stack_top: u64,
         argument: u64,
     ) -> Result<(), abi::Error> {
-        let (gdt_base, gdt_limit) = read_gdtr();
-        let context =
-            hypercall::vcpu_entry_context(entry as usize as u64, stack_top, argument, read_cr3(), gdt_base, gdt_limit);
-        // SAFETY: `entry` is a function of this kernel that takes a word
-        // and never returns; the caller dedicates the stack; the page
-        // tables and GDT are the ones this vCPU runs on, which the runtime
-        // never changes.
-        unsafe { hypercall::vcpu_up(vcpu, &context) }
+        // SAFETY: the caller's promises are this function's.
+        unsafe { start_vcpu(vcpu, entry, stack_top, argument) }
     }
 
     /// This domain's end of the console event channel (0 without a console).
@@ -1354,6 +1348,31 @@ impl fmt::Write for Guest {
         self.write(text.as_bytes());
         Ok(())
     }
+}
+
+/// Starts vCPU `vcpu` of this domain running `entry(argument)` on the
+/// stack below `stack_top`, with the calling vCPU's page tables (CR3) and
+/// GDT, through [`hypercall::vcpu_up`]: [`Guest::start_vcpu`] without the
+/// runtime, for kernels that set themselves up (dom0). The new vCPU
+/// starts in 64-bit mode with interrupts off and no IDT.
+///
+/// # Safety
+/// As for [`Guest::start_vcpu`]: `stack_top` ends writable memory of this
+/// domain that only the new vCPU uses, and the page tables and GDT of the
+/// calling vCPU stay as they are while the new one runs.
+pub unsafe fn start_vcpu(
+    vcpu: u32,
+    entry: extern "C" fn(u64) -> !,
+    stack_top: u64,
+    argument: u64,
+) -> Result<(), abi::Error> {
+    let (gdt_base, gdt_limit) = read_gdtr();
+    let context =
+        hypercall::vcpu_entry_context(entry as usize as u64, stack_top, argument, read_cr3(), gdt_base, gdt_limit);
+    // SAFETY: `entry` is a function of this kernel that takes a word and
+    // never returns; the caller dedicates the stack and keeps the page
+    // tables and GDT this vCPU runs on.
+    unsafe { hypercall::vcpu_up(vcpu, &context) }
 }
 
 /// The guest-physical address of the current page-table root (CR3
