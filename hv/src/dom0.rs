@@ -28,11 +28,11 @@ use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, 
 use crate::abi_bytes::bytes_of;
 use crate::arch::machine::Machine;
 use crate::arch::memory as physical;
-use crate::arch::memory::FrameBox;
 use crate::arch::serial::COM1_PORTS;
-use crate::arch::vmx::{self, Capabilities, Vcpu, VcpuConfig};
+use crate::arch::vmx;
 use crate::hypervisor::Domain;
 use crate::memory::{self, HvTables};
+use abi::domctl::VcpuContext;
 use hvcore::domain::MAX_VCPUS;
 
 const START_INFO: u64 = 0x1000;
@@ -143,12 +143,11 @@ pub fn vcpus_from_command_line(command_line: &str) -> usize {
 /// and MSR bitmaps (`domctl::start_vcpu`). On error everything allocated
 /// stays allocated: hv cannot run without dom0 and stops.
 pub fn build(
-    capabilities: &Capabilities,
     images: &Dom0Images,
     memory_bytes: u64,
     vcpus: usize,
     tsc_khz: u64,
-) -> Result<Domain, &'static str> {
+) -> Result<(Domain, VcpuContext), &'static str> {
     let image = ElfImage::parse(images.kernel).map_err(|error| error.describe())?;
     let memory_bytes = memory_bytes.next_multiple_of(TWO_MIB).max(MINIMUM_MEMORY);
     image.check_fits(KERNEL_BASE, memory_bytes).map_err(|error| error.describe())?;
@@ -332,24 +331,15 @@ pub fn build(
         clear_bit(msr_bitmap, base + 0x100);
         clear_bit(msr_bitmap, base + 0x101);
     }
-    let vmcs_region = memory::allocate_frame().ok_or("out of memory for the VMCS")?;
-    let vcpu = Vcpu::new(
-        capabilities,
-        &VcpuConfig {
-            vmcs_region,
-            ept_root: ept.root(),
-            vpid: 1,
-            io_bitmap_a,
-            io_bitmap_b,
-            msr_bitmap,
-            cr3: paging.root(),
-            rip: entry,
-            rsp: STACK_TOP - 8, // as if a call had pushed a return address (SysV alignment)
-            gdt_base: GDT,
-            gdt_limit: (vmx::guest_gdt::DESCRIPTORS.len() * 8 - 1) as u16,
-            rdi: START_INFO,
-        },
-    )?;
+    let context = VcpuContext {
+        cr3: paging.root(),
+        rip: entry,
+        rsp: STACK_TOP - 8, // as if a call had pushed a return address (SysV alignment)
+        gdt_base: GDT,
+        gdt_limit: (vmx::guest_gdt::DESCRIPTORS.len() * 8 - 1) as u16,
+        rdi: START_INFO,
+        ..VcpuContext::default()
+    };
     crate::info!(
         "dom0: {} MiB at guest-physical 0, {vcpus} vCPUs, kernel {:#x}-{:#x}, entry {:#x}, ramdisk {} bytes",
         memory_bytes >> 20,
@@ -358,15 +348,13 @@ pub fn build(
         entry,
         start_info.ramdisk_size
     );
-    domain.vcpus[0].vcpu = Some(FrameBox::new(vcpu, memory::allocate_frame).map_err(|_| "out of memory for the vCPU")?);
-    domain.vcpus[0].up = true;
     domain.io_bitmaps = [io_bitmap_a, io_bitmap_b];
     domain.msr_bitmap = msr_bitmap;
     domain.vcpu_count = vcpus;
     domain.current_pages = pages;
     domain.max_pages = pages;
     domain.paused = false;
-    Ok(domain)
+    Ok((domain, context))
 }
 
 fn gdt_bytes() -> [u8; 40] {

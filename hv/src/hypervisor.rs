@@ -133,12 +133,6 @@ impl Hypervisor<'static> {
 }
 
 impl Hypervisor<'_> {
-    /// Adds dom0, the first domain.
-    pub fn add_dom0(&mut self, dom0: Domain) {
-        // The table and the scheduler are empty: this cannot fail.
-        let _ = crate::domctl::add_to_scheduler(self, dom0);
-    }
-
     /// The `HvInfo` answer.
     pub fn info(&self) -> HvInfo {
         let totals = crate::memory::totals();

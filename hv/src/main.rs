@@ -172,8 +172,8 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     };
     let dom0_memory = dom0::memory_from_command_line(boot.cmdline).unwrap_or(dom0::DEFAULT_MEMORY);
     let dom0_vcpus = dom0::vcpus_from_command_line(boot.cmdline);
-    let dom0 = match dom0::build(&capabilities, &images, dom0_memory, dom0_vcpus, tsc_khz) {
-        Ok(domain) => domain,
+    let (dom0, dom0_context) = match dom0::build(&images, dom0_memory, dom0_vcpus, tsc_khz) {
+        Ok(built) => built,
         Err(reason) => stop(reason),
     };
     let mut hv = Hypervisor::lock();
@@ -183,13 +183,18 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     hv.state.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
     hv.state.device_policy = device_policy;
     hv.state.dom0_ram_bytes = dom0.max_pages * abi::PAGE_SIZE;
-    hv.add_dom0(dom0);
     // Guests get no ports and no MSRs: one all-ones page serves as both I/O
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
     let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };
     arch::memory::copy_to(deny_all, &[0xff; 4096]);
     hv.state.guest_io_bitmap = deny_all;
     hv.state.guest_msr_bitmap = deny_all;
+    // The table and the scheduler are empty: dom0 goes in slot 0.
+    if crate::domctl::add_to_scheduler(&mut hv, dom0).is_err()
+        || crate::domctl::start_vcpu(&mut hv, 0, 0, &dom0_context).is_err()
+    {
+        stop("dom0's vCPU could not be created");
+    }
     info!("starting dom0; hv log continues in 'dmesg'");
     // dom0 owns the console from here: hv writes its log only to the dmesg
     // ring (dom0 reports what concerns the operator, such as a crash and its
