@@ -566,6 +566,18 @@ impl<P: Platform> Domains<P> {
         Some(guard.is_some().then_some(DomainGuard(guard)))
     }
 
+    /// Runs `f` on every domain in turn, each under its own lock (taken one
+    /// at a time, in slot order).
+    pub fn for_each(&self, mut f: impl FnMut(&mut Domain<P>)) {
+        for slot in &self.slots {
+            if slot.id.load(Ordering::Acquire) != VACANT
+                && let Some(domain) = slot.domain.lock().as_mut()
+            {
+                f(domain);
+            }
+        }
+    }
+
     /// Locks every domain, in slot order, for work across domains. Only
     /// under hv's table lock, which every insertion and removal holds: the
     /// slots in use cannot change meanwhile.

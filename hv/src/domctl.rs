@@ -11,7 +11,7 @@ use crate::abi_bytes::{bytes_of, read_struct};
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
 use crate::hypervisor::Domain;
-use crate::hypervisor::{Hypervisor, MAX_DOMAINS};
+use crate::hypervisor::{Hypervisor, MAX_DOMAINS, SCHEDULER};
 use crate::memory;
 use hvcore::domain::{MAX_VCPUS, sched_key};
 use hvcore::grant_ops::Grants;
@@ -78,7 +78,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
             // 100 per vCPU (150 = one and a half CPUs).
             let most = 100 * hv.domains[target].vcpu_count as u64;
             let cap = u32::try_from(a3).ok().filter(|&c| u64::from(c) <= most).ok_or(Error::InvalidArgument)?;
-            hv.state.scheduler.set_group_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
+            SCHEDULER.lock().set_group_params(id, weight, cap).map_err(|_| Error::InvalidArgument)?;
             let domain = &mut hv.domains[target];
             domain.weight = weight;
             domain.cap = cap;
@@ -141,26 +141,29 @@ pub fn add_to_scheduler(hv: &mut Hypervisor, domain: Domain) -> Result<(), Domai
     // the domain's weight and cap (shared among its active vCPUs).
     for vcpu in 0..domain.vcpu_count {
         let key = sched_key(id, vcpu);
-        if hv.state.scheduler.add(key, domain.weight).is_err() || hv.state.scheduler.set_group(key, id).is_err() {
-            remove_from_scheduler(hv, id);
+        let mut scheduler = SCHEDULER.lock();
+        if scheduler.add(key, domain.weight).is_err() || scheduler.set_group(key, id).is_err() {
+            drop(scheduler);
+            remove_from_scheduler(id);
             return Err(domain);
         }
     }
-    if hv.state.scheduler.set_group_params(id, domain.weight, domain.cap).is_err() {
-        remove_from_scheduler(hv, id);
+    if SCHEDULER.lock().set_group_params(id, domain.weight, domain.cap).is_err() {
+        remove_from_scheduler(id);
         return Err(domain);
     }
     if let Err(domain) = hv.domains.insert(domain) {
-        remove_from_scheduler(hv, id);
+        remove_from_scheduler(id);
         return Err(domain);
     }
     Ok(())
 }
 
 /// Takes every vCPU of domain `id` out of the scheduler.
-fn remove_from_scheduler(hv: &mut Hypervisor, id: DomainId) {
+fn remove_from_scheduler(id: DomainId) {
+    let mut scheduler = SCHEDULER.lock();
     for vcpu in 0..MAX_VCPUS {
-        let _ = hv.state.scheduler.remove(sched_key(id, vcpu));
+        let _ = scheduler.remove(sched_key(id, vcpu));
     }
 }
 
@@ -202,7 +205,7 @@ pub fn destroy(hv: &mut Hypervisor, target: usize) {
     hvcore::event_ops::end_channels(&mut hv.domains, target);
     // 3. The scheduler forgets it; its frames, tables and VMCSs are freed
     //    (no CPU holds its registers: each saves them when it lets go).
-    remove_from_scheduler(hv, id);
+    remove_from_scheduler(id);
     let Some(domain) = hv.domains.remove(target) else { return };
     let pages = domain.current_pages;
     domain.tear_down();

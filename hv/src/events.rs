@@ -5,31 +5,24 @@
 
 use abi::Error;
 use abi::hypercall::VcpuOp;
-use hvcore::event_ops::{Call, raise};
+use hvcore::event_ops::{Call, raise_in};
 use hvcore::platform::Platform;
 
 use crate::arch::machine::Machine;
 use crate::arch::vmx::Vcpu;
-use crate::hypervisor::{Domain, Hypervisor};
+use crate::hypervisor::{DOMAINS, Domain, Hypervisor};
 
 /// Delivers the device interrupts that arrived: each line's port in the
 /// domain that bound it (dom0) becomes pending.
-pub fn deliver_device_interrupts(hv: &mut Hypervisor) {
+pub fn deliver_device_interrupts() {
     let lines = crate::arch::ioapic::take_pending();
     if lines == 0 {
         return;
     }
-    for line in 0..16u8 {
-        if lines & (1 << line) == 0 {
-            continue;
-        }
-        let target = hv
-            .domains
-            .iter()
-            .position(|d| d.privileged)
-            .and_then(|index| hv.domains[index].events.pirq_port(line).map(|port| (index, port)));
-        if let Some((index, port)) = target {
-            raise(&mut hv.domains, index, port);
+    let Some(mut dom0) = DOMAINS.slot_of(abi::DOM0).and_then(|slot| DOMAINS.lock(slot)) else { return };
+    for line in (0..16u8).filter(|line| lines & (1 << line) != 0) {
+        if let Some(port) = dom0.events.pirq_port(line) {
+            raise_in(&mut dom0, port);
         }
     }
 }

@@ -4,10 +4,12 @@
 //! marked crashed and no longer entered.
 //!
 //! Every CPU runs the loop ([`run`]). Each domain has a lock of its own
-//! ([`DOMAINS`]); what concerns several domains (the scheduler, dom0's
-//! foreign window, creating and destroying domains, binding channels,
-//! grants) is under hv's table lock ([`State`]), which comes first and is
-//! held with every domain's lock ([`Hypervisor::lock`]). No lock is held
+//! ([`DOMAINS`]), and so does the scheduler ([`SCHEDULER`], taken last);
+//! what concerns several domains (dom0's foreign window, creating and
+//! destroying domains, binding channels, grants) is under hv's table lock
+//! ([`State`]), which comes first and is held with every domain's lock
+//! ([`Hypervisor::lock`]). The run loop itself takes no table lock: it
+//! looks at each domain under its own lock to pick the next vCPU. No lock is held
 //! across a VM entry. After an exit a CPU takes its domain's lock alone
 //! for what concerns that domain only (most exits, scheduling and event
 //! hypercalls, a send to another domain, which then locks that one alone);
@@ -77,7 +79,6 @@ pub type DomainGuard<'a> = Guard<'a, Machine>;
 
 /// Everything hv knows besides the domains, under hv's table lock.
 pub struct State {
-    pub scheduler: Scheduler<MAX_DOMAINS>,
     pub boot_tsc: u64,
     /// TSC frequency, 0 if unknown.
     pub tsc_khz: u64,
@@ -102,7 +103,6 @@ pub struct State {
 /// gets its turn however busy the others are. It comes before any
 /// domain's lock.
 static STATE: TicketMutex<State> = TicketMutex::new(State {
-    scheduler: Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC),
     boot_tsc: 0,
     tsc_khz: 0,
     reserved_pages: 0,
@@ -113,6 +113,11 @@ static STATE: TicketMutex<State> = TicketMutex::new(State {
     dom0_ram_bytes: 0,
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
+
+/// The scheduler, under a lock of its own that comes after any domain's
+/// (a CPU holding it takes no other).
+pub static SCHEDULER: TicketMutex<Scheduler<MAX_DOMAINS>> =
+    TicketMutex::new(Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC));
 
 /// The domains, each under its own lock. Far too large for a stack (every
 /// domain's port table and statistics), so they live here, built in place.
@@ -162,43 +167,6 @@ impl Hypervisor<'_> {
         let allocated = totals.total_pages - totals.free_pages;
         let owned: u64 = self.domains.iter().map(|d| d.current_pages).sum();
         allocated.saturating_sub(owned)
-    }
-
-    /// Wakes domains whose timer has expired, raising their timer event.
-    /// Returns the earliest deadline still pending.
-    fn fire_timers(&mut self, now: u64) -> Option<u64> {
-        let mut earliest: Option<u64> = None;
-        for index in 0..MAX_DOMAINS {
-            let Some(domain) = self.domains.get_mut(index) else { continue };
-            for vcpu in 0..domain.vcpu_count {
-                let domain = &mut self.domains[index];
-                let slot = &mut domain.vcpus[vcpu];
-                let deadline = slot.timer_deadline;
-                if deadline == 0 {
-                    continue;
-                }
-                if deadline <= now {
-                    slot.timer_deadline = 0;
-                    slot.blocked = false;
-                    domain.notify(vcpu);
-                    hvcore::event_ops::raise_virq(&mut self.domains, index, abi::event::Virq::Timer, vcpu);
-                } else {
-                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-                }
-            }
-        }
-        earliest
-    }
-
-    /// Tells the scheduler which vCPUs want a CPU, and where they may run.
-    fn sync_scheduler(&mut self) {
-        for domain in self.domains.iter() {
-            for vcpu in 0..domain.vcpu_count {
-                let key = sched_key(domain.id, vcpu);
-                self.state.scheduler.set_runnable(key, domain.runnable(vcpu));
-                let _ = self.state.scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
-            }
-        }
     }
 }
 
@@ -383,53 +351,111 @@ fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Ex
     }
 }
 
-/// Runs domains on this CPU forever: every CPU's loop after boot.
+/// Runs domains on this CPU forever: every CPU's loop after boot. It
+/// takes no lock of its own: each domain's, one at a time, to look at it,
+/// and the scheduler's to pick and to charge.
 pub fn run() -> ! {
     let cpu = smp::this_cpu();
     let this = smp::this();
-    let mut hv = Hypervisor::lock();
     loop {
         this.kicked.store(false, core::sync::atomic::Ordering::Relaxed);
-        crate::events::deliver_device_interrupts(&mut hv);
-        let now = cpu::rdtsc();
-        let next_timer = hv.fire_timers(now);
-        hv.sync_scheduler();
-        match hv.state.scheduler.pick(now, cpu as u32) {
+        crate::events::deliver_device_interrupts();
+        let mut choice = choose(cpu);
+        if choice.picked.is_none() {
+            // About to idle: say so, then look once more. Whoever makes a
+            // vCPU runnable does it under its domain's lock and then looks
+            // for an idle CPU to kick (smp::wake_idle_cpu): either it sees
+            // this CPU idle, or this second look (which takes that lock
+            // after) sees the vCPU.
+            smp::set_idle(true);
+            choice = choose(cpu);
+        }
+        match choice.picked {
             Some((key, budget)) => {
+                smp::set_idle(false);
+                let now = choice.now;
                 // Wake in time for the next timer even if this vCPU spins.
-                let slice = next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
+                let slice =
+                    choice.next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
                 let (id, vcpu) = from_sched_key(key);
-                let index = hv.domains.slot_of(id);
-                // Only the domain's own lock is taken while it runs.
-                drop(hv);
+                let index = DOMAINS.slot_of(id);
                 let ran = index.map_or(0, |index| run_slice(index, id, vcpu, slice, cpu));
-                hv = Hypervisor::lock();
                 // A domain that crashed or shut down leaves its peers'
-                // channels Closed at once.
-                if let Some(index) = index
-                    && hv.domains.get(index).is_some_and(|domain| domain.id == id && domain.ended.is_some())
-                {
-                    hvcore::event_ops::end_channels(&mut hv.domains, index);
+                // channels Closed at once (its own lock let go first).
+                let ended = |index| DOMAINS.lock(index).is_some_and(|d| d.id == id && d.ended.is_some());
+                if let Some(index) = index.filter(|&index| ended(index)) {
+                    hvcore::event_ops::end_channels(&mut Hypervisor::lock().domains, index);
                 }
-                hv.state.scheduler.charge(key, ran, cpu::rdtsc());
+                SCHEDULER.lock().charge(key, ran, cpu::rdtsc());
             }
             None => {
-                let wake = match (next_timer, hv.state.scheduler.next_event(now)) {
+                let wake = match (choice.next_timer, choice.next_event) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                // Idle is announced while every domain is locked, so
-                // whoever makes a vCPU runnable next (under its domain's
-                // lock) sees it and kicks (smp::wake_idle_cpu).
-                smp::set_idle(true);
-                drop(hv);
                 // Device interrupts and kicks also end the wait.
                 lapic::wait_until(wake.unwrap_or(u64::MAX), &this.kicked);
                 smp::set_idle(false);
-                hv = Hypervisor::lock();
             }
         }
     }
+}
+
+/// What one look at the domains found ([`choose`]).
+struct Choice {
+    /// The vCPU (scheduler key) this CPU runs next and its budget.
+    picked: Option<(u32, u64)>,
+    /// The TSC when the look began.
+    now: u64,
+    /// The earliest vCPU timer still armed.
+    next_timer: Option<u64>,
+    /// When the scheduler next has something to say (a period's end).
+    next_event: Option<u64>,
+}
+
+/// Looks at every domain in turn, each under its own lock: fires the vCPU
+/// timers that are due and tells the scheduler which vCPUs can run and
+/// where; then picks a vCPU for CPU `cpu`.
+fn choose(cpu: usize) -> Choice {
+    let now = cpu::rdtsc();
+    let mut next_timer: Option<u64> = None;
+    DOMAINS.for_each(|domain| {
+        if let Some(deadline) = fire_timers(domain, now) {
+            next_timer = Some(next_timer.map_or(deadline, |earliest| earliest.min(deadline)));
+        }
+        let mut scheduler = SCHEDULER.lock();
+        for vcpu in 0..domain.vcpu_count {
+            let key = sched_key(domain.id, vcpu);
+            scheduler.set_runnable(key, domain.runnable(vcpu));
+            let _ = scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
+        }
+    });
+    let mut scheduler = SCHEDULER.lock();
+    Choice { picked: scheduler.pick(now, cpu as u32), now, next_timer, next_event: scheduler.next_event(now) }
+}
+
+/// Wakes the vCPUs of `domain` whose timer has expired, raising their
+/// timer event. Returns the earliest deadline still pending.
+fn fire_timers(domain: &mut Domain, now: u64) -> Option<u64> {
+    let mut earliest: Option<u64> = None;
+    for vcpu in 0..domain.vcpu_count {
+        let deadline = domain.vcpus[vcpu].timer_deadline;
+        if deadline == 0 {
+            continue;
+        }
+        if deadline <= now {
+            let slot = &mut domain.vcpus[vcpu];
+            slot.timer_deadline = 0;
+            slot.blocked = false;
+            domain.notify(vcpu);
+            if let Some(port) = domain.events.virq_port(abi::event::Virq::Timer, vcpu) {
+                hvcore::event_ops::raise_in(domain, port);
+            }
+        } else {
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+        }
+    }
+    earliest
 }
 
 /// Runs vCPU `v` of domain `id` (in slot `index`) on CPU `cpu` for at most

@@ -177,7 +177,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Err(reason) => stop(reason),
     };
     let mut hv = Hypervisor::lock();
-    hv.state.scheduler.set_cpus(arch::smp::running());
+    hypervisor::SCHEDULER.lock().set_cpus(arch::smp::running());
     hv.state.boot_tsc = boot_tsc;
     hv.state.tsc_khz = tsc_khz;
     hv.state.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
