@@ -141,12 +141,29 @@ pub fn end_channels<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize)
     }
 }
 
-/// Raises virtual IRQ `virq` of vCPU `vcpu` of domain `index` if that
-/// vCPU has bound it (each vCPU binds its own: its timer, for one).
-pub fn raise_virq<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, virq: Virq, vcpu: usize) {
-    if let Some(port) = domains.get(index).and_then(|d| d.events.virq_port(virq, vcpu)) {
-        raise(domains, index, port);
+/// Wakes the vCPUs of `domain` whose timer has expired, raising their
+/// timer event (the `Timer` virtual IRQ each vCPU binds for itself).
+/// Returns the earliest deadline still pending.
+pub fn fire_timers<P: Platform>(domain: &mut Domain<P>, now: u64) -> Option<u64> {
+    let mut earliest: Option<u64> = None;
+    for vcpu in 0..domain.vcpu_count {
+        let deadline = domain.vcpus[vcpu].timer_deadline;
+        if deadline == 0 {
+            continue;
+        }
+        if deadline <= now {
+            let slot = &mut domain.vcpus[vcpu];
+            slot.timer_deadline = 0;
+            slot.blocked = false;
+            domain.notify(vcpu);
+            if let Some(port) = domain.events.virq_port(Virq::Timer, vcpu) {
+                raise_in(domain, port);
+            }
+        } else {
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+        }
     }
+    earliest
 }
 
 /// The vCPU `port` notifies: the one it is bound to, or vCPU 0 if that one
@@ -615,5 +632,27 @@ mod tests {
                 assert_eq!(call, Some(Call::Done(Err(Error::Busy))), "order {order:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_due_timer_wakes_its_vcpu_and_raises_its_own_port_only() {
+        let mut domains = crate::domain::tests::table();
+        let slot = domain(&mut domains, 1, false, 2);
+        let timer_of = |domains: &mut DomainTable<'static, Fake>, vcpu| {
+            call(domains, slot, EventOp::BindVirq, Virq::Timer as u64, vcpu).unwrap()
+        };
+        let (port0, port1) = (timer_of(&mut domains, 0), timer_of(&mut domains, 1));
+        let vcpus = &mut domains[slot].vcpus;
+        (vcpus[0].timer_deadline, vcpus[0].blocked) = (100, true);
+        (vcpus[1].timer_deadline, vcpus[1].blocked) = (300, true);
+        assert_eq!(fire_timers(&mut domains[slot], 99), Some(100));
+        assert!(!pending(&domains, slot, port0));
+        assert_eq!(fire_timers(&mut domains[slot], 200), Some(300));
+        assert!(pending(&domains, slot, port0) && !pending(&domains, slot, port1));
+        let vcpus = &domains[slot].vcpus;
+        assert!(!vcpus[0].blocked && vcpus[0].timer_deadline == 0 && vcpus[0].upcall_due);
+        assert!(vcpus[1].blocked && !vcpus[1].upcall_due);
+        assert_eq!(fire_timers(&mut domains[slot], 300), None);
+        assert!(pending(&domains, slot, port1) && domains[slot].vcpus[1].upcall_due);
     }
 }

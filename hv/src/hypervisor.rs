@@ -420,7 +420,7 @@ fn choose(cpu: usize) -> Choice {
     let now = cpu::rdtsc();
     let mut next_timer: Option<u64> = None;
     DOMAINS.for_each(|domain| {
-        if let Some(deadline) = fire_timers(domain, now) {
+        if let Some(deadline) = hvcore::event_ops::fire_timers(domain, now) {
             next_timer = Some(next_timer.map_or(deadline, |earliest| earliest.min(deadline)));
         }
         let mut scheduler = SCHEDULER.lock();
@@ -432,30 +432,6 @@ fn choose(cpu: usize) -> Choice {
     });
     let mut scheduler = SCHEDULER.lock();
     Choice { picked: scheduler.pick(now, cpu as u32), now, next_timer, next_event: scheduler.next_event(now) }
-}
-
-/// Wakes the vCPUs of `domain` whose timer has expired, raising their
-/// timer event. Returns the earliest deadline still pending.
-fn fire_timers(domain: &mut Domain, now: u64) -> Option<u64> {
-    let mut earliest: Option<u64> = None;
-    for vcpu in 0..domain.vcpu_count {
-        let deadline = domain.vcpus[vcpu].timer_deadline;
-        if deadline == 0 {
-            continue;
-        }
-        if deadline <= now {
-            let slot = &mut domain.vcpus[vcpu];
-            slot.timer_deadline = 0;
-            slot.blocked = false;
-            domain.notify(vcpu);
-            if let Some(port) = domain.events.virq_port(abi::event::Virq::Timer, vcpu) {
-                hvcore::event_ops::raise_in(domain, port);
-            }
-        } else {
-            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-        }
-    }
-    earliest
 }
 
 /// Runs vCPU `v` of domain `id` (in slot `index`) on CPU `cpu` for at most
