@@ -1,14 +1,23 @@
 //! Validation of an ELF64 x86-64 executable before loading it (System V gABI, "Object Files" chapter).
 //!
 //! Only what loading needs is read: the file header and the `PT_LOAD`
-//! program headers. Every field is read little-endian from the byte slice
-//! with bounds checks, and every segment is checked to lie inside the file,
+//! program headers, decoded by the `elf` crate (bounds-checked, no
+//! allocation), and every segment is checked here to lie inside the file,
 //! to have sane sizes, to not wrap around the address space and to not
 //! overlap another. Once `parse` succeeds, a loader may copy each segment's
 //! file bytes and zero the rest of its memory without further checks, after
 //! [`ElfImage::check_fits`] has confirmed the target memory.
 
 use arrayvec::ArrayVec;
+use elf::ElfBytes;
+use elf::abi;
+use elf::endian::LittleEndian;
+use elf::file::{Class, parse_ident};
+use elf::parse::ParseError;
+use elf::segment::ProgramHeader;
+
+/// Bytes in an ELF64 file header (gABI "ELF Header").
+const FILE_HEADER_SIZE: usize = 64;
 
 /// Why an image was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,40 +113,6 @@ pub const PF_R: u32 = 4;
 /// Most loadable segments accepted; real kernels have three or four.
 const MAX_SEGMENTS: usize = 16;
 
-/// File header layout (gABI "ELF Header").
-mod header {
-    pub const SIZE: usize = 64;
-    pub const MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
-    pub const CLASS: usize = 4;
-    pub const CLASS_64: u8 = 2;
-    pub const DATA: usize = 5;
-    pub const DATA_LITTLE_ENDIAN: u8 = 1;
-    pub const IDENT_VERSION: usize = 6;
-    pub const VERSION_CURRENT: u8 = 1;
-    pub const TYPE: usize = 16;
-    pub const TYPE_EXECUTABLE: u16 = 2;
-    pub const MACHINE: usize = 18;
-    pub const MACHINE_X86_64: u16 = 62;
-    pub const VERSION: usize = 20;
-    pub const ENTRY: usize = 24;
-    pub const PROGRAM_HEADER_OFFSET: usize = 32;
-    pub const PROGRAM_HEADER_ENTRY_SIZE: usize = 54;
-    pub const PROGRAM_HEADER_COUNT: usize = 56;
-}
-
-/// Program header layout (gABI "Program Header").
-mod program_header {
-    pub const SIZE: usize = 56;
-    pub const TYPE: usize = 0;
-    pub const TYPE_LOAD: u32 = 1;
-    pub const FLAGS: usize = 4;
-    pub const OFFSET: usize = 8;
-    pub const VIRTUAL_ADDRESS: usize = 16;
-    pub const PHYSICAL_ADDRESS: usize = 24;
-    pub const FILE_SIZE: usize = 32;
-    pub const MEMORY_SIZE: usize = 40;
-}
-
 /// A validated ELF64 executable, borrowing the file bytes.
 #[derive(Debug)]
 pub struct ElfImage<'a> {
@@ -154,34 +129,37 @@ impl<'a> ElfImage<'a> {
     /// are kept; other program headers and segments with no memory are
     /// ignored. The entry point must lie in a segment with `PF_X`.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ElfError> {
-        let file_header = bytes.get(..header::SIZE).ok_or(ElfError::TooShort)?;
-        if file_header.get(..4) != Some(&header::MAGIC[..]) {
-            return Err(ElfError::BadMagic);
+        if bytes.len() < FILE_HEADER_SIZE {
+            return Err(ElfError::TooShort);
         }
-        let byte_at = |offset| file_header.get(offset).copied();
-        if byte_at(header::CLASS) != Some(header::CLASS_64) {
+        let identification = |error| match error {
+            ParseError::BadMagic(_) => ElfError::BadMagic,
+            ParseError::UnsupportedElfClass(_) => ElfError::NotElf64,
+            ParseError::UnsupportedElfEndianness(_) => ElfError::NotLittleEndian,
+            ParseError::UnsupportedVersion(_) => ElfError::BadVersion,
+            // The header is whole, so anything else is about the tables.
+            _ => ElfError::BadProgramHeaders,
+        };
+        // The class first: a 32-bit header would be read with 32-bit tables.
+        let (_, class, _, _) = parse_ident::<LittleEndian>(bytes).map_err(identification)?;
+        if class != Class::ELF64 {
             return Err(ElfError::NotElf64);
         }
-        if byte_at(header::DATA) != Some(header::DATA_LITTLE_ENDIAN) {
-            return Err(ElfError::NotLittleEndian);
-        }
-        if byte_at(header::IDENT_VERSION) != Some(header::VERSION_CURRENT)
-            || read_u32(file_header, header::VERSION) != Some(u32::from(header::VERSION_CURRENT))
-        {
+        let file = ElfBytes::<LittleEndian>::minimal_parse(bytes).map_err(identification)?;
+        let header = &file.ehdr;
+        if header.version != u32::from(abi::EV_CURRENT) {
             return Err(ElfError::BadVersion);
         }
-        if read_u16(file_header, header::TYPE) != Some(header::TYPE_EXECUTABLE) {
+        if header.e_type != abi::ET_EXEC {
             return Err(ElfError::NotExecutable);
         }
-        if read_u16(file_header, header::MACHINE) != Some(header::MACHINE_X86_64) {
+        if header.e_machine != abi::EM_X86_64 {
             return Err(ElfError::WrongMachine);
         }
-        let entry = read_u64(file_header, header::ENTRY).ok_or(ElfError::TooShort)?;
-
-        let table = program_header_table(bytes, file_header)?;
+        let entry = header.e_entry;
         let mut segments = ArrayVec::<Segment, MAX_SEGMENTS>::new();
-        for raw in table.chunks_exact(program_header::SIZE) {
-            let Some(segment) = parse_segment(bytes, raw)? else {
+        for header in file.segments().into_iter().flatten() {
+            let Some(segment) = check_segment(bytes, &header)? else {
                 continue;
             };
             if segments.iter().any(|other| overlaps(other, &segment)) {
@@ -242,34 +220,17 @@ impl<'a> ElfImage<'a> {
     }
 }
 
-/// The program header table's bytes, after checking its entry size and
-/// that it lies inside the file.
-fn program_header_table<'a>(bytes: &'a [u8], file_header: &[u8]) -> Result<&'a [u8], ElfError> {
-    let offset = read_u64(file_header, header::PROGRAM_HEADER_OFFSET).ok_or(ElfError::BadProgramHeaders)?;
-    let entry_size = read_u16(file_header, header::PROGRAM_HEADER_ENTRY_SIZE).ok_or(ElfError::BadProgramHeaders)?;
-    let count = read_u16(file_header, header::PROGRAM_HEADER_COUNT).ok_or(ElfError::BadProgramHeaders)?;
-    if usize::from(entry_size) != program_header::SIZE {
-        return Err(ElfError::BadProgramHeaders);
-    }
-    let start = usize::try_from(offset).map_err(|_| ElfError::BadProgramHeaders)?;
-    let length = usize::from(count) * program_header::SIZE;
-    let end = start.checked_add(length).ok_or(ElfError::BadProgramHeaders)?;
-    bytes.get(start..end).ok_or(ElfError::BadProgramHeaders)
-}
-
 /// Checks one program header; `None` if it is not a `PT_LOAD` with memory.
-fn parse_segment(bytes: &[u8], raw: &[u8]) -> Result<Option<Segment>, ElfError> {
-    let field = |offset| read_u64(raw, offset).ok_or(ElfError::BadProgramHeaders);
-    let kind = read_u32(raw, program_header::TYPE).ok_or(ElfError::BadProgramHeaders)?;
+fn check_segment(bytes: &[u8], header: &ProgramHeader) -> Result<Option<Segment>, ElfError> {
     let segment = Segment {
-        phys_addr: field(program_header::PHYSICAL_ADDRESS)?,
-        virt_addr: field(program_header::VIRTUAL_ADDRESS)?,
-        file_offset: field(program_header::OFFSET)?,
-        file_size: field(program_header::FILE_SIZE)?,
-        mem_size: field(program_header::MEMORY_SIZE)?,
-        flags: read_u32(raw, program_header::FLAGS).ok_or(ElfError::BadProgramHeaders)?,
+        phys_addr: header.p_paddr,
+        virt_addr: header.p_vaddr,
+        file_offset: header.p_offset,
+        file_size: header.p_filesz,
+        mem_size: header.p_memsz,
+        flags: header.p_flags,
     };
-    if kind != program_header::TYPE_LOAD || segment.mem_size == 0 {
+    if header.p_type != abi::PT_LOAD || segment.mem_size == 0 {
         return Ok(None);
     }
     if segment.file_size > segment.mem_size {
@@ -297,24 +258,6 @@ fn overlaps(first: &Segment, second: &Segment) -> bool {
         first_start < second_start + second.mem_size && second_start < first_start + first.mem_size
     };
     ranges_meet(first.phys_addr, second.phys_addr) || ranges_meet(first.virt_addr, second.virt_addr)
-}
-
-/// A little-endian u16 at `offset`, or `None` if it does not fit.
-fn read_u16(bytes: &[u8], offset: usize) -> Option<u16> {
-    let field = bytes.get(offset..offset.checked_add(2)?)?;
-    Some(u16::from_le_bytes(field.try_into().ok()?))
-}
-
-/// A little-endian u32 at `offset`, or `None` if it does not fit.
-fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
-    let field = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_le_bytes(field.try_into().ok()?))
-}
-
-/// A little-endian u64 at `offset`, or `None` if it does not fit.
-fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
-    let field = bytes.get(offset..offset.checked_add(8)?)?;
-    Some(u64::from_le_bytes(field.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -471,7 +414,10 @@ mod tests {
         // Wrong entry size, and a count reaching past the end.
         assert_eq!(corrupt(54, &32u16.to_le_bytes()), ElfError::BadProgramHeaders);
         assert_eq!(corrupt(54, &64u16.to_le_bytes()), ElfError::BadProgramHeaders);
-        assert_eq!(corrupt(56, &u16::MAX.to_le_bytes()), ElfError::BadProgramHeaders);
+        assert_eq!(corrupt(56, &(u16::MAX - 1).to_le_bytes()), ElfError::BadProgramHeaders);
+        // 0xffff (PN_XNUM) means the count is in section header 0, which
+        // this file does not have: it counts as none.
+        assert_eq!(corrupt(56, &u16::MAX.to_le_bytes()), ElfError::NoLoadableSegments);
         // No program headers at all.
         assert_eq!(corrupt(56, &0u16.to_le_bytes()), ElfError::NoLoadableSegments);
     }
