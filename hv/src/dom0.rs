@@ -217,67 +217,21 @@ pub fn build(
     // the foreign window.
     let mut tables = GuestTables { ept, next: TABLES_START };
     let mut paging = PageTable::<X86Paging>::new(&mut tables).map_err(|_| "dom0 page tables")?;
-    paging
-        .map_range(
-            &mut tables,
-            abi::PAGE_SIZE,
-            abi::PAGE_SIZE,
-            TWO_MIB - abi::PAGE_SIZE,
-            rwx,
-            MemoryType::WriteBack,
-            PageSize::Size4K,
-        )
-        .and_then(|()| {
-            paging.map_range(
-                &mut tables,
-                TWO_MIB,
-                TWO_MIB,
-                memory_bytes - TWO_MIB,
-                rwx,
-                MemoryType::WriteBack,
-                PageSize::Size2M,
-            )
-        })
-        .and_then(|()| {
-            // The foreign window: page tables only; EPT backs what MapForeign maps.
-            paging.map_range(
-                &mut tables,
-                FOREIGN_WINDOW_BASE,
-                FOREIGN_WINDOW_BASE,
-                FOREIGN_WINDOW_SIZE,
-                Access::READ | Access::WRITE,
-                MemoryType::WriteBack,
-                PageSize::Size2M,
-            )
-        })
-        .and_then(|()| {
-            // The device window: page tables only; EPT backs what MapMmio maps.
-            paging.map_range(
-                &mut tables,
-                DEVICE_WINDOW_BASE,
-                DEVICE_WINDOW_BASE,
-                DEVICE_WINDOW_END - DEVICE_WINDOW_BASE,
-                Access::READ | Access::WRITE,
-                MemoryType::Uncacheable,
-                PageSize::Size2M,
-            )
-        })
-        .and_then(|()| {
-            if mapped_top > memory_bytes {
-                paging.map_range(
-                    &mut tables,
-                    memory_bytes,
-                    memory_bytes,
-                    mapped_top - memory_bytes,
-                    Access::READ,
-                    MemoryType::WriteBack,
-                    PageSize::Size2M,
-                )
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(|_| "dom0's initial page tables do not fit its boot area")?;
+    let rw = Access::READ | Access::WRITE;
+    let identity = [
+        (abi::PAGE_SIZE, TWO_MIB - abi::PAGE_SIZE, rwx, MemoryType::WriteBack, PageSize::Size4K),
+        (TWO_MIB, memory_bytes - TWO_MIB, rwx, MemoryType::WriteBack, PageSize::Size2M),
+        // The foreign and device windows: page tables only; EPT backs what
+        // MapForeign and MapMmio map.
+        (FOREIGN_WINDOW_BASE, FOREIGN_WINDOW_SIZE, rw, MemoryType::WriteBack, PageSize::Size2M),
+        (DEVICE_WINDOW_BASE, DEVICE_WINDOW_END - DEVICE_WINDOW_BASE, rw, MemoryType::Uncacheable, PageSize::Size2M),
+        (memory_bytes, mapped_top - memory_bytes, Access::READ, MemoryType::WriteBack, PageSize::Size2M),
+    ];
+    for (start, length, access, memory_type, size) in identity.into_iter().filter(|range| range.1 > 0) {
+        paging
+            .map_range(&mut tables, start, start, length, access, memory_type, size)
+            .map_err(|_| "dom0's initial page tables do not fit its boot area")?;
+    }
 
     // The start-info page and memory map.
     let (kernel_start, kernel_end) = image.physical_extent();
