@@ -10,8 +10,7 @@ use abi::{DomainId, Error};
 use crate::abi_bytes::{bytes_of, read_struct};
 use crate::arch::memory::FrameBox;
 use crate::arch::vmx::{Vcpu, VcpuConfig, guest_gdt};
-use crate::hypervisor::Domain;
-use crate::hypervisor::{Hypervisor, MAX_DOMAINS, SCHEDULER};
+use crate::hypervisor::{Domain, Hypervisor, MAX_DOMAINS, SCHEDULER};
 use crate::memory;
 use hvcore::domain::{MAX_VCPUS, sched_key};
 use hvcore::grant_ops::Grants;
@@ -34,7 +33,8 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
     let is_guest = !hv.domains[target].privileged;
     let guest_only = || if is_guest { Ok(()) } else { Err(Error::InvalidArgument) };
     match operation {
-        DomCtlOp::Create | DomCtlOp::UnmapForeign => unreachable_operation(),
+        // Both were answered above.
+        DomCtlOp::Create | DomCtlOp::UnmapForeign => Err(Error::InvalidArgument),
         DomCtlOp::Destroy => {
             guest_only()?;
             if stopped_elsewhere(hv, caller, target) {
@@ -100,10 +100,6 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
         DomCtlOp::GetVcpuInfo => get_vcpu_info(hv, caller, target, a2, a3),
         DomCtlOp::SetAffinity => set_affinity(hv, target, a2, a3),
     }
-}
-
-fn unreachable_operation() -> Result<u64, Error> {
-    Err(Error::InvalidArgument)
 }
 
 fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error> {
@@ -273,9 +269,9 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         // flushed on every CPU the new vCPU arrives at (Vcpu::check_out).
         // dom0, in slot 0, has VPID 1 for the vCPU hv built (`dom0::build`).
         vpid: (target * MAX_VCPUS + vcpu + 1) as u16,
-        io_bitmap_a: own_or(domain.io_bitmaps[0], hv.state.guest_io_bitmap),
-        io_bitmap_b: own_or(domain.io_bitmaps[1], hv.state.guest_io_bitmap),
-        msr_bitmap: own_or(domain.msr_bitmap, hv.state.guest_msr_bitmap),
+        io_bitmap_a: own_or(domain.io_bitmaps[0], hv.state.guest_bitmaps),
+        io_bitmap_b: own_or(domain.io_bitmaps[1], hv.state.guest_bitmaps),
+        msr_bitmap: own_or(domain.msr_bitmap, hv.state.guest_bitmaps),
         cr3: context.cr3,
         rip: context.rip,
         rsp: context.rsp,

@@ -9,8 +9,7 @@ use abi::{DomainId, Error};
 use hvcore::event_ops::{Call, event_op_own};
 
 use crate::abi_bytes::bytes_of;
-use crate::hypervisor::Domain;
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{Domain, Hypervisor};
 
 /// A handler: the hypervisor, the calling domain's index, the five arguments.
 type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;

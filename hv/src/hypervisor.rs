@@ -30,8 +30,7 @@
 //! stays valid while it runs one of the domain's vCPUs.
 
 use abi::DomainId;
-use abi::info::HvInfo;
-use hvcore::domain::DomainGuard as Guard;
+use abi::info::{CrashReason, HvInfo};
 use hvcore::event_ops::Call;
 use hvcore::platform::Platform;
 use hvcore::scheduler::Scheduler;
@@ -40,9 +39,8 @@ use spin::mutex::{TicketMutex, TicketMutexGuard};
 use crate::arch::machine::Machine;
 use crate::arch::vmx::{Exit, Vcpu};
 use crate::arch::{cpu, lapic, smp};
-use abi::info::CrashReason;
 pub use hvcore::domain::MAX_DOMAINS;
-use hvcore::domain::{CrashDetails, from_sched_key, sched_key};
+use hvcore::domain::{CrashDetails, DomainGuard as Guard, from_sched_key, sched_key};
 
 /// Longest time slice in TSC ticks (about 2 million instructions under
 /// Bochs, where the TSC counts instructions; about 1 ms on a 2 GHz CPU).
@@ -87,10 +85,9 @@ pub struct State {
     pub reserved_pages: u64,
     /// The id the next created domain gets (ids are not reused soon).
     pub next_domain_id: DomainId,
-    /// I/O bitmap page shared by every guest: all ports exit.
-    pub guest_io_bitmap: u64,
-    /// MSR bitmap page shared by every guest.
-    pub guest_msr_bitmap: u64,
+    /// The all-ones page every guest has as its I/O bitmaps and its MSR
+    /// bitmap: all ports and MSRs exit (the CPU only reads it).
+    pub guest_bitmaps: u64,
     /// What dom0 may map as device memory (`Hypercall::Physdev`).
     pub device_policy: hvcore::mmio::DevicePolicy,
     /// Bytes of RAM dom0 has from guest-physical 0 (what `Translate` answers for).
@@ -107,8 +104,7 @@ static STATE: TicketMutex<State> = TicketMutex::new(State {
     tsc_khz: 0,
     reserved_pages: 0,
     next_domain_id: 1,
-    guest_io_bitmap: 0,
-    guest_msr_bitmap: 0,
+    guest_bitmaps: 0,
     device_policy: hvcore::mmio::DevicePolicy::new(),
     dom0_ram_bytes: 0,
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
@@ -132,8 +128,7 @@ pub struct Hypervisor<'a> {
 impl Hypervisor<'static> {
     /// Takes the table lock and every domain's.
     pub fn lock() -> Self {
-        let state = STATE.lock();
-        Hypervisor { state, domains: DOMAINS.lock_all() }
+        Hypervisor { state: STATE.lock(), domains: DOMAINS.lock_all() }
     }
 }
 
@@ -141,6 +136,7 @@ impl Hypervisor<'_> {
     /// The `HvInfo` answer.
     pub fn info(&self) -> HvInfo {
         let totals = crate::memory::totals();
+        let owned: u64 = self.domains.iter().map(|d| d.current_pages).sum();
         let mut hv_version = [0u8; 16];
         let length = HV_VERSION.len().min(hv_version.len());
         hv_version[..length].copy_from_slice(&HV_VERSION.as_bytes()[..length]);
@@ -152,7 +148,8 @@ impl Hypervisor<'_> {
             features: smp::capabilities().features,
             total_pages: totals.total_pages,
             free_pages: totals.free_pages,
-            hv_pages: self.state.reserved_pages + self.hv_allocated_pages(totals),
+            // Allocated frames no domain owns: hv's own tables and VMX structures.
+            hv_pages: self.state.reserved_pages + (totals.total_pages - totals.free_pages).saturating_sub(owned),
             tsc_khz: self.state.tsc_khz,
             boot_tsc: self.state.boot_tsc,
             cpu_count: crate::arch::smp::running(),
@@ -160,13 +157,6 @@ impl Hypervisor<'_> {
             hv_version,
             cpus,
         }
-    }
-
-    /// Allocated frames that no domain owns: hv's own tables and VMX structures.
-    fn hv_allocated_pages(&self, totals: crate::memory::Totals) -> u64 {
-        let allocated = totals.total_pages - totals.free_pages;
-        let owned: u64 = self.domains.iter().map(|d| d.current_pages).sum();
-        allocated.saturating_sub(owned)
     }
 }
 
