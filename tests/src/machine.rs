@@ -454,6 +454,11 @@ impl Bochs {
             eprintln!(
                 "Bochs: its VNC display found no free port (5900-5949) and Bochs died before booting; starting it again"
             );
+            // The Bochs that died leaves the lock of a caller's disk image
+            // behind (`<image>.lock`), which would stop the next one.
+            if let Some(image) = &options.disk_image {
+                let _ = std::fs::remove_file(format!("{}.lock", image.display()));
+            }
             attempt += 1;
             thread::sleep(Duration::from_millis(500));
         }
