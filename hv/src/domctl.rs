@@ -103,7 +103,7 @@ pub fn domctl(hv: &mut Hypervisor, caller: usize, [operation, a1, a2, a3, a4]: [
 }
 
 fn create(hv: &mut Hypervisor, max_pages: u64, vcpus: u64) -> Result<u64, Error> {
-    if hv.domains.is_full() {
+    if hv.domains.count() == MAX_DOMAINS {
         return Err(Error::Busy);
     }
     let vcpus = if vcpus == 0 { 1 } else { vcpus };

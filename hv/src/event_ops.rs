@@ -16,7 +16,7 @@ use crate::event::{self as ports, TableAccess};
 use crate::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset};
 use crate::log_ring::Level;
 use crate::paging::Access;
-use crate::platform::Platform;
+use crate::platform::{Platform, Shared};
 
 /// Port tables of all domains, by id, for the binding logic.
 struct Tables<'a, 'd, P: Platform>(&'a mut DomainTable<'d, P>);
@@ -27,17 +27,9 @@ impl<P: Platform> TableAccess for Tables<'_, '_, P> {
     }
 }
 
-/// A domain's event page at its host address: each call is one atomic
-/// access (the protocol is `event_page`'s).
-struct SharedPage<P>(u64, core::marker::PhantomData<P>);
-
-impl<P: Platform> SharedPage<P> {
-    fn at(address: u64) -> Self {
-        SharedPage(address, core::marker::PhantomData)
-    }
-}
-
-impl<P: Platform> EventWords for SharedPage<P> {
+/// A domain's event page: each call is one atomic access (the protocol is
+/// `event_page`'s).
+impl<P: Platform> EventWords for Shared<P> {
     fn test_and_set_pending(&mut self, port: u32) -> bool {
         P::test_and_set_bit(self.0 + (port / 64) as u64 * 8, port % 64)
     }
@@ -86,7 +78,7 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
         domain.notify(vcpu);
         return;
     }
-    let delivery = event_page::raise(&mut SharedPage::<P>::at(page), port, vcpu, domain.upcall_vector != 0);
+    let delivery = event_page::raise(&mut Shared::<P>::at(page), port, vcpu, domain.upcall_vector != 0);
     deliver(domain, vcpu, delivery);
 }
 
@@ -178,7 +170,7 @@ fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
 pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
     let page = domain.event_page;
     let waiting =
-        page != 0 && event_page::waiting(&mut SharedPage::<P>::at(page), vcpu, |port| notified_vcpu(domain, port));
+        page != 0 && event_page::waiting(&mut Shared::<P>::at(page), vcpu, |port| notified_vcpu(domain, port));
     if !waiting {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
@@ -259,7 +251,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
                 return Err(Error::Busy);
             }
             if operation == EventOp::Mask {
-                SharedPage::<P>::at(page).set_mask(port, true);
+                Shared::<P>::at(page).set_mask(port, true);
             } else {
                 // A level-triggered line hv masked when it fired comes back.
                 if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
@@ -267,7 +259,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
                 }
                 // Pending while masked: deliver it now.
                 let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
-                if let Some(delivery) = event_page::unmask(&mut SharedPage::<P>::at(page), port, vcpu, vector) {
+                if let Some(delivery) = event_page::unmask(&mut Shared::<P>::at(page), port, vcpu, vector) {
                     deliver(domain, vcpu, delivery);
                 }
             }

@@ -17,7 +17,7 @@ use crate::domain::{DomainTable, MAX_DOMAINS};
 use crate::foreign::{GuestGrant, Mapping};
 use crate::grant_entry::{self, Entry, EntryWord};
 use crate::paging::{Access, MemoryType, PageSize};
-use crate::platform::Platform;
+use crate::platform::{Platform, Shared};
 
 /// dom0's foreign window, as hv keeps it.
 pub type ForeignWindow = crate::foreign::ForeignWindow<MAX_DOMAINS>;
@@ -31,9 +31,7 @@ pub struct Grants<'a, 'd, P: Platform> {
 
 /// A grant entry in a granter's table page: each access is one locked
 /// instruction on the raw address (the granter changes it concurrently).
-struct SharedEntry<P>(u64, core::marker::PhantomData<P>);
-
-impl<P: Platform> EntryWord for SharedEntry<P> {
+impl<P: Platform> EntryWord for Shared<P> {
     fn load(&mut self) -> u64 {
         P::load(self.0)
     }
@@ -43,11 +41,6 @@ impl<P: Platform> EntryWord for SharedEntry<P> {
     fn clear_mapped(&mut self) {
         P::test_and_clear_bit(self.0, MAPPED.trailing_zeros());
     }
-}
-
-/// The entry word at host address `address`.
-fn shared_entry<P>(address: u64) -> SharedEntry<P> {
-    SharedEntry(address, core::marker::PhantomData)
 }
 
 /// The host address of entry `reference` in domain `index`'s table.
@@ -77,7 +70,7 @@ struct Claimed {
 /// Ends a claim that added no mapping: clears `MAPPED` unless a mapping
 /// held it before (then it stays, and no mapping list needs searching).
 fn end_claim<P: Platform>(claimed: &Claimed) {
-    grant_entry::release(&mut shared_entry::<P>(claimed.entry_at), claimed.already);
+    grant_entry::release(&mut Shared::<P>::at(claimed.entry_at), claimed.already);
 }
 
 /// Claims grant `reference` of domain `granter_index` for `caller`
@@ -91,7 +84,7 @@ fn claim<P: Platform>(
     write: bool,
 ) -> Result<Claimed, Error> {
     let entry_at = entry_address(domains, granter_index, reference)?;
-    let grant_entry::Claim { entry, already } = grant_entry::claim(&mut shared_entry::<P>(entry_at), caller, write)?;
+    let grant_entry::Claim { entry, already } = grant_entry::claim(&mut Shared::<P>::at(entry_at), caller, write)?;
     let access = if entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
     let claimed = Claimed { frame: 0, entry, entry_at, already };
     match domains[granter_index].host_frame(entry.frame as u64 * abi::PAGE_SIZE, access) {
@@ -110,7 +103,7 @@ fn unclaim<P: Platform>(on: &Grants<'_, '_, P>, granter_index: usize, reference:
     let owner = on.domains[granter_index].id;
     let still_mapped = on.foreign.maps_grant(owner, reference as u32)
         || on.domains.iter().any(|d| d.mapped_grants.maps_grant(owner, reference as u32));
-    grant_entry::release(&mut shared_entry::<P>(entry_at), still_mapped);
+    grant_entry::release(&mut Shared::<P>::at(entry_at), still_mapped);
 }
 
 /// Releases the claim of a mapping of grant `reference` of domain `owner`

@@ -28,7 +28,7 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
     crate::events::vcpu_op,
     |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut crate::domctl::grants(hv), caller, arguments),
-    crate::physdev::physdev_op,
+    |hv, caller, arguments| physdev(&mut hv.domains[caller], arguments),
 ];
 
 /// Runs hypercall `number` for domain `caller` with every domain at hand.
@@ -39,19 +39,29 @@ pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64
 
 /// Runs hypercall `number` on the caller's domain alone (its lock held)
 /// when it concerns no other: the `Sched` operations, the `Event`
-/// operations [`event_op_own`] takes, the calling vCPU's timer and id.
+/// operations [`event_op_own`] takes, the calling vCPU's timer and id,
+/// and dom0's `Physdev`.
 /// [`Call::Table`] for the rest, which [`dispatch`] runs.
 #[inline]
 pub fn dispatch_own(domain: &mut Domain, number: u64, arguments: [u64; 5]) -> Call {
-    const EVENT: u64 = abi::Hypercall::Event as u64;
-    const SCHED: u64 = abi::Hypercall::Sched as u64;
-    const VCPU: u64 = abi::Hypercall::Vcpu as u64;
-    match number {
-        EVENT => event_op_own(domain, arguments),
-        SCHED => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
-        VCPU => crate::events::vcpu_op_own(domain, arguments),
+    match abi::Hypercall::from_number(number) {
+        Some(abi::Hypercall::Event) => event_op_own(domain, arguments),
+        Some(abi::Hypercall::Sched) => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
+        Some(abi::Hypercall::Vcpu) => crate::events::vcpu_op_own(domain, arguments),
+        Some(abi::Hypercall::Physdev) => Call::Done(physdev(domain, arguments)),
         _ => Call::Table,
     }
+}
+
+/// What dom0 may map as device memory and the bytes of RAM it has from
+/// guest-physical 0: fixed at boot (`main`).
+pub static DEVICES: spin::Once<(hvcore::mmio::DevicePolicy, u64)> = spin::Once::new();
+
+/// `Hypercall::Physdev`, on dom0's domain alone (its DMA translations need
+/// no other lock).
+fn physdev(domain: &mut Domain, arguments: [u64; 5]) -> Result<u64, Error> {
+    let devices = DEVICES.get().ok_or(Error::Busy)?;
+    hvcore::physdev::physdev_op(domain, devices, crate::arch::platform::acpi(), arguments)
 }
 
 /// A hypercall's result as RAX holds it: the value, or the negative error code.

@@ -88,10 +88,6 @@ pub struct State {
     /// The all-ones page every guest has as its I/O bitmaps and its MSR
     /// bitmap: all ports and MSRs exit (the CPU only reads it).
     pub guest_bitmaps: u64,
-    /// What dom0 may map as device memory (`Hypercall::Physdev`).
-    pub device_policy: hvcore::mmio::DevicePolicy,
-    /// Bytes of RAM dom0 has from guest-physical 0 (what `Translate` answers for).
-    pub dom0_ram_bytes: u64,
     /// What dom0 has mapped in its foreign window, and of whom.
     pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
 }
@@ -105,8 +101,6 @@ static STATE: TicketMutex<State> = TicketMutex::new(State {
     reserved_pages: 0,
     next_domain_id: 1,
     guest_bitmaps: 0,
-    device_policy: hvcore::mmio::DevicePolicy::new(),
-    dom0_ram_bytes: 0,
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
 

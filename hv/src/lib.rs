@@ -25,6 +25,7 @@ pub mod log_ring;
 pub mod mmio;
 pub mod multiboot2;
 pub mod paging;
+pub mod physdev;
 pub mod platform;
 pub mod scheduler;
 pub mod smp;

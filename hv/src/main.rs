@@ -18,7 +18,6 @@ mod hypercall;
 mod hypervisor;
 mod log;
 mod memory;
-mod physdev;
 
 use arrayvec::ArrayVec;
 use hvcore::frame::PhysRange;
@@ -181,8 +180,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     hv.state.boot_tsc = boot_tsc;
     hv.state.tsc_khz = tsc_khz;
     hv.state.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
-    hv.state.device_policy = device_policy;
-    hv.state.dom0_ram_bytes = dom0.max_pages * abi::PAGE_SIZE;
+    hypercall::DEVICES.call_once(|| (device_policy, dom0.max_pages * abi::PAGE_SIZE));
     // Guests get no ports and no MSRs: one all-ones page serves as both I/O
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
     let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };

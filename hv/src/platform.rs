@@ -13,6 +13,18 @@ use core::fmt;
 use crate::log_ring::Level;
 use crate::paging::TableMemory;
 
+/// Memory shared with a domain at host address `.0` (an event page, a
+/// grant entry): reached only through the machine's atomic accesses,
+/// since the domain changes it concurrently (see `event_ops`, `grant_ops`).
+pub struct Shared<P>(pub u64, core::marker::PhantomData<P>);
+
+impl<P> Shared<P> {
+    /// The shared memory at host address `address`.
+    pub fn at(address: u64) -> Self {
+        Shared(address, core::marker::PhantomData)
+    }
+}
+
 /// The machine below hvcore.
 pub trait Platform: 'static {
     /// A started vCPU's hardware state (VT-x: its VMCS and registers).
