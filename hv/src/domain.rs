@@ -75,7 +75,8 @@ pub struct Domain<P: Platform> {
     /// dom0 only: its own MSR bitmap (host-physical; 0 = the guests'
     /// shared one). Every vCPU of the domain uses these bitmaps.
     pub msr_bitmap: u64,
-    /// Vector injected as the event upcall (into vCPU 0), 0 = none.
+    /// Vector injected as the event upcall (into the vCPU a port notifies),
+    /// 0 = none.
     pub upcall_vector: u8,
     /// VM exits by basic reason (the last slot counts every larger reason);
     /// their sum is the total, so the hot path bumps one counter.
@@ -95,18 +96,18 @@ pub const MAX_VCPUS: usize = abi::hypercall::MAX_VCPUS as usize;
 /// One vCPU of a domain and its scheduling state.
 pub struct VcpuSlot<P: Platform> {
     /// The vCPU once started (vCPU 0 by `SetVcpuContext`, the others by
-    /// `VcpuOp::Up`). While a CPU runs it, that CPU holds it: it is taken
-    /// out of here whenever that CPU lets go of hv's lock, so no other CPU
-    /// can reach it (see `running`).
+    /// `VcpuOp::Up`). While a CPU runs it, that CPU holds it: it is out of
+    /// here for the whole slice, so no other CPU can reach it (see
+    /// `running`).
     pub vcpu: Option<P::Vcpu>,
     /// Started and not taken down (its `vcpu` exists, here or on a CPU).
     pub up: bool,
-    /// Waiting for an event (vCPU 0) or its timer.
+    /// Waiting for an event or its timer.
     pub blocked: bool,
     /// Absolute TSC deadline of its one-shot timer, 0 = not armed.
     pub timer_deadline: u64,
     /// The upcall is raised and waits for the vCPU to take interrupts
-    /// (vCPU 0 only: events notify vCPU 0).
+    /// (a port notifies the vCPU it is bound to, vCPU 0 by default).
     pub upcall_due: bool,
     /// It must leave the CPU at the next opportunity: it yielded, blocked,
     /// went down, or its domain was paused, shut down or crashed. Set by

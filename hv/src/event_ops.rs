@@ -2,9 +2,10 @@
 //! between the port tables ([`crate::event`]), the domains' event pages
 //! ([`crate::event_page`]) and the vCPUs, over the domain table.
 //!
-//! Every function here runs with the domain table to itself (hv's lock);
-//! the event pages are shared with the guests, whose every access
-//! races with these (the page protocol is `event_page`'s).
+//! Each function runs under the lock of each domain it is given (one
+//! domain's, or every domain's for a `DomainTable`); the event pages are
+//! shared with the guests, whose every access races with these (the page
+//! protocol is `event_page`'s).
 
 use abi::Error;
 use abi::event::{EventOp, PORT_COUNT, Virq};

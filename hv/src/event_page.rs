@@ -149,7 +149,7 @@ mod tests {
         due: [bool; VCPUS],
         /// The vCPU sleeps until hv wakes it.
         blocked: [bool; VCPUS],
-        /// hv's lock over the domain is held.
+        /// The domain's lock is held by hv.
         locked: bool,
     }
 
@@ -603,7 +603,7 @@ mod tests {
     /// vCPU `vcpu`'s loop waiting for `port`: it takes the port, may take
     /// an upcall (interrupts enabled) whose handler only acknowledges it
     /// (pv-drivers' does; the loop scans) or also scans (`abi::event`),
-    /// then blocks (hv's lock held: `block` and `raise` exclude each other).
+    /// then blocks (under the domain's lock: `block` and `raise` exclude each other).
     fn guest_waits(
         side: &mut Replay,
         vcpu: usize,

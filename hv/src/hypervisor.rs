@@ -595,7 +595,7 @@ fn send(
     }
 }
 
-/// Exits [`run_slice`] handled without hv's lock in the current slice,
+/// Exits [`run_slice`] handled without any lock in the current slice,
 /// added to the domain's exit counts when the slice ends.
 #[derive(Default)]
 struct UnlockedExits {
@@ -611,7 +611,7 @@ impl UnlockedExits {
 }
 
 /// Handles an exit that needs nothing but the vCPU that made it (which
-/// this CPU owns while it runs), without hv's lock: the hypercalls that
+/// this CPU owns while it runs), without any lock: the hypercalls that
 /// read no state (`hypercall::without_state`) and CPUID. Returns false for
 /// every other exit, which [`run_slice`] handles under the lock.
 #[inline(always)]

@@ -366,7 +366,7 @@ pub fn kick(index: usize) {
 // is missed.
 
 /// `PerCpu::guest_state`: the CPU may be in a guest (from letting go of
-/// hv's lock to enter one until it has left it).
+/// its domain's lock to enter one until it has left it).
 const IN_GUEST: u64 = 1;
 /// `PerCpu::guest_state`: the CPU owes an all-context INVEPT before its
 /// next VM entry.
@@ -383,7 +383,7 @@ fn exchange_guest_state(state: u64) -> u64 {
 }
 
 /// This CPU is about to enter guests (the part of the run loop without
-/// hv's lock): announces it and flushes what it owes.
+/// any lock): announces it and flushes what it owes.
 #[inline(always)]
 pub fn enter_guest_mode() {
     if exchange_guest_state(IN_GUEST) & FLUSH_DUE != 0 {
@@ -391,8 +391,8 @@ pub fn enter_guest_mode() {
     }
 }
 
-/// This CPU has left guests (before it takes hv's lock again): flushes
-/// what it owes, so that a CPU waiting under the lock can go on.
+/// This CPU has left guests (before it takes any lock again): flushes
+/// what it owes, so that a CPU waiting under its locks can go on.
 #[inline(always)]
 pub fn leave_guest_mode() {
     if exchange_guest_state(0) & FLUSH_DUE != 0 {
@@ -403,7 +403,7 @@ pub fn leave_guest_mode() {
 /// Makes every CPU in `cpus` (bit i = CPU index i) other than this one
 /// drop its EPT-derived translations, and returns once each that may be in
 /// a guest has done so; the others do it before their next VM entry.
-/// Called under hv's lock after access was removed from an EPT.
+/// Called under the domain's lock after access was removed from its EPT.
 pub fn flush_ept_elsewhere(cpus: u64) {
     let me = this_cpu();
     let mut waiting = 0u64;
@@ -430,8 +430,9 @@ pub fn flush_ept_elsewhere(cpus: u64) {
 /// becomes runnable can wake one.
 static IDLE: AtomicU64 = AtomicU64::new(0);
 
-/// Marks this CPU idle (`true`) or busy. Set under hv's lock before the
-/// CPU waits, so that whoever makes a domain runnable under that lock sees it.
+/// Marks this CPU idle (`true`) or busy. Set before the CPU's last look at
+/// the domains (each under its lock) before it waits, so that whoever makes
+/// a vCPU runnable under its domain's lock afterwards sees it (`hypervisor::run`).
 pub fn set_idle(idle: bool) {
     let bit = 1u64 << (this_cpu() % 64);
     if idle {
