@@ -285,10 +285,7 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
                 let domain = &mut hv.domains[target];
                 let slot = &mut domain.vcpus[vcpu];
                 slot.vcpu = Some(created);
-                slot.up = true;
-                slot.blocked = false;
-                slot.reschedule = false;
-                slot.timer_deadline = 0;
+                (slot.up, slot.blocked, slot.reschedule, slot.timer_deadline) = (true, false, false, 0);
                 domain.notify(vcpu);
                 Ok(())
             }

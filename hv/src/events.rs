@@ -69,10 +69,7 @@ pub fn vcpu_op(
                 return Err(Error::Busy);
             }
             let slot = &mut domain.vcpus[vcpu];
-            slot.up = false;
-            slot.blocked = false;
-            slot.timer_deadline = 0;
-            slot.upcall_due = false;
+            (slot.up, slot.blocked, slot.timer_deadline, slot.upcall_due) = (false, false, 0, false);
             if slot.running {
                 // Its CPU (this one, if it took itself down) retires it
                 // when it lets go of it (`run_slice`).

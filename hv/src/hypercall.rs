@@ -17,8 +17,8 @@ type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;
 /// Handlers indexed by hypercall number (see `abi::Hypercall`).
 static TABLE: [Handler; HYPERCALL_COUNT] = [
     version,
-    console_write,
-    dmesg_read,
+    |hv, caller, arguments| console_write(&mut hv.domains[caller], arguments),
+    |hv, caller, arguments| dmesg_read(&mut hv.domains[caller], arguments),
     hv_info,
     domain_info,
     null,
@@ -40,7 +40,7 @@ pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64
 /// Runs hypercall `number` on the caller's domain alone (its lock held)
 /// when it concerns no other: the `Sched` operations, the `Event`
 /// operations [`event_op_own`] takes, the calling vCPU's timer and id,
-/// and dom0's `Physdev`.
+/// console writes, and dom0's `Physdev` and `DmesgRead`.
 /// [`Call::Table`] for the rest, which [`dispatch`] runs.
 #[inline]
 pub fn dispatch_own(domain: &mut Domain, number: u64, arguments: [u64; 5]) -> Call {
@@ -49,6 +49,8 @@ pub fn dispatch_own(domain: &mut Domain, number: u64, arguments: [u64; 5]) -> Ca
         Some(abi::Hypercall::Sched) => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
         Some(abi::Hypercall::Vcpu) => crate::events::vcpu_op_own(domain, arguments),
         Some(abi::Hypercall::Physdev) => Call::Done(physdev(domain, arguments)),
+        Some(abi::Hypercall::ConsoleWrite) => Call::Done(console_write(domain, arguments)),
+        Some(abi::Hypercall::DmesgRead) => Call::Done(dmesg_read(domain, arguments)),
         _ => Call::Table,
     }
 }
@@ -87,8 +89,8 @@ pub fn without_state(number: u64) -> Option<i64> {
     }
 }
 
-fn require_privileged(hv: &Hypervisor, caller: usize) -> Result<(), Error> {
-    if hv.domains[caller].privileged { Ok(()) } else { Err(Error::Permission) }
+fn require_privileged(domain: &Domain) -> Result<(), Error> {
+    if domain.privileged { Ok(()) } else { Err(Error::Permission) }
 }
 
 fn version(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
@@ -99,28 +101,26 @@ fn null(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
     Ok(0)
 }
 
-fn console_write(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
+fn console_write(domain: &mut Domain, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
     if length > CONSOLE_WRITE_MAX {
         return Err(Error::InvalidArgument);
     }
     let mut buffer = [0u8; CONSOLE_WRITE_MAX as usize];
     let text = &mut buffer[..length as usize];
-    let interval = crate::log::guest_line_interval(hv.state.tsc_khz);
-    let domain = &mut hv.domains[caller];
     domain.read_guest(address, text)?;
     let now = crate::arch::cpu::rdtsc();
-    crate::log::domain_text(domain.id, text, &mut domain.log_budget, now, interval);
+    crate::log::domain_text(domain.id, text, &mut domain.log_budget, now);
     Ok(length)
 }
 
-fn dmesg_read(hv: &mut Hypervisor, caller: usize, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
-    require_privileged(hv, caller)?;
+fn dmesg_read(domain: &mut Domain, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
+    require_privileged(domain)?;
     let mut buffer = [0u8; crate::log::RING_BYTES];
     let wanted = length.min(buffer.len() as u64) as usize;
     // Validate the whole destination before doing any work.
     hvcore::guest::page_chunks(address, length, u64::MAX)?;
     let copied = crate::log::copy_latest(&mut buffer[..wanted]);
-    hv.domains[caller].write_guest(address, &buffer[..copied])?;
+    domain.write_guest(address, &buffer[..copied])?;
     Ok(copied as u64)
 }
 
@@ -135,7 +135,7 @@ fn domain_info(hv: &mut Hypervisor, caller: usize, [domain, address, size, ..]: 
     let length = hvcore::guest::versioned_size(size, DOMAIN_INFO_MIN_SIZE, core::mem::size_of::<DomainInfo>())?;
     let target = DomainId::try_from(domain).map_err(|_| Error::InvalidArgument)?;
     if target != hv.domains[caller].id {
-        require_privileged(hv, caller)?;
+        require_privileged(&hv.domains[caller])?;
     }
     let info = hv.domains.iter().find(|d| d.id == target).ok_or(Error::NotFound)?.info();
     hv.domains[caller].write_guest(address, &bytes_of(&info)[..length])?;
@@ -143,7 +143,7 @@ fn domain_info(hv: &mut Hypervisor, caller: usize, [domain, address, size, ..]: 
 }
 
 fn platform(hv: &mut Hypervisor, caller: usize, [operation, ..]: [u64; 5]) -> Result<u64, Error> {
-    require_privileged(hv, caller)?;
+    require_privileged(&hv.domains[caller])?;
     match PlatformOp::from_number(operation).ok_or(Error::InvalidArgument)? {
         PlatformOp::PowerOff => {
             crate::warning!("powering off (requested by d{})", hv.domains[caller].id);

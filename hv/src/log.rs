@@ -13,7 +13,7 @@
 //! still shows everything.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use hvcore::log_ring::{LineBudget, SplitLog};
 use spin::Mutex;
@@ -117,7 +117,8 @@ pub fn write(level: Level, arguments: fmt::Arguments) {
 /// the domain's `budget` (at TSC `now`, one line per `interval` ticks) are
 /// dropped and counted; the count is logged before the next line that
 /// passes.
-pub fn domain_text(domain: u32, text: &[u8], budget: &mut LineBudget, now: u64, interval: u64) {
+pub fn domain_text(domain: u32, text: &[u8], budget: &mut LineBudget, now: u64) {
+    let interval = GUEST_LINE_INTERVAL.load(Ordering::Relaxed);
     let mut line = LineBuffer::new();
     let _ = write!(line, "(d{domain}) ");
     let prefix_len = line.len;
@@ -151,10 +152,15 @@ pub fn domain_text(domain: u32, text: &[u8], budget: &mut LineBudget, now: u64, 
     }
 }
 
-/// The TSC ticks per guest log line after the burst, for `tsc_khz` (0:
-/// unknown, then about 2^21 ticks, a slice).
-pub fn guest_line_interval(tsc_khz: u64) -> u64 {
-    if tsc_khz == 0 { 1 << 21 } else { tsc_khz * 1000 / GUEST_LINES_PER_SECOND }
+/// The TSC ticks per guest log line after the burst (see `set_tsc_khz`).
+static GUEST_LINE_INTERVAL: AtomicU64 = AtomicU64::new(1 << 21);
+
+/// Sets the guests' line rate from the TSC frequency (0: unknown, then
+/// about 2^21 ticks a line, a slice). Once, at boot.
+pub fn set_tsc_khz(tsc_khz: u64) {
+    if tsc_khz != 0 {
+        GUEST_LINE_INTERVAL.store(tsc_khz * 1000 / GUEST_LINES_PER_SECOND, Ordering::Relaxed);
+    }
 }
 
 /// Guest text goes to the guest ring only (never to COM1: dom0 owns it, and

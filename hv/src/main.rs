@@ -141,6 +141,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     }
     let tsc_khz = arch::tsc::calibrate();
     info!("TSC runs at {} kHz", tsc_khz);
+    log::set_tsc_khz(tsc_khz);
 
     let Some(vmxon_region) = memory::allocate_frame() else { stop("out of memory for the VMXON region") };
     if let Err(reason) = vmx::enable(&capabilities, vmxon_region) {
