@@ -243,7 +243,12 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
                 return Err(Error::NotFound);
             }
             let (target, target_port) = domain.events.send_target(port)?;
-            return Ok(Call::Raise { target, port: target_port, from: port });
+            if target != domain.id {
+                return Ok(Call::Raise { target, port: target_port, from: port });
+            }
+            // A loopback channel: its other end is under the same lock.
+            raise_in(domain, target_port);
+            0
         }
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;
@@ -647,5 +652,16 @@ mod tests {
         assert!(vcpus[1].blocked && !vcpus[1].upcall_due);
         assert_eq!(fire_timers(&mut domains[slot], 300), None);
         assert!(pending(&domains, slot, port1) && domains[slot].vcpus[1].upcall_due);
+    }
+
+    #[test]
+    fn a_loopback_send_is_raised_under_the_one_lock() {
+        let mut domains = crate::domain::tests::table();
+        let slot = domain(&mut domains, 0, true, 1);
+        let offered = call(&mut domains, slot, EventOp::AllocUnbound, 0, 0).unwrap();
+        let bound = call(&mut domains, slot, EventOp::BindInterdomain, 0, offered).unwrap();
+        let send = [EventOp::Send as u64, bound, 0, 0, 0];
+        assert_eq!(event_op_own(&mut domains[slot], send), Call::Done(Ok(0)));
+        assert!(pending(&domains, slot, offered) && !pending(&domains, slot, bound));
     }
 }

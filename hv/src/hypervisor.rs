@@ -561,14 +561,8 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
 /// sender's held when this keeps the slot order (a higher slot) or needs
 /// no wait (a free lower one); else the sender's is let go meanwhile.
 /// Returns the sender, locked.
-#[inline(never)]
-fn send(
-    mut sender: DomainGuard<'static>,
-    index: usize,
-    target: DomainId,
-    port: u32,
-    from: u32,
-) -> DomainGuard<'static> {
+#[inline]
+fn send(sender: DomainGuard<'static>, index: usize, target: DomainId, port: u32, from: u32) -> DomainGuard<'static> {
     let id = sender.id;
     let raise = |receiver: Option<DomainGuard>| {
         if let Some(mut receiver) = receiver.filter(|domain| domain.id == target) {
@@ -577,10 +571,6 @@ fn send(
     };
     match DOMAINS.slot_of(target) {
         None => sender,
-        Some(slot) if slot == index => {
-            hvcore::event_ops::raise_connected(&mut sender, port, id, from);
-            sender
-        }
         Some(slot) => match if slot > index { Some(DOMAINS.lock(slot)) } else { DOMAINS.try_lock(slot) } {
             Some(receiver) => {
                 raise(receiver);
