@@ -87,7 +87,9 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
 /// connected to port `from_port` of domain `from` (it may have been closed,
 /// or the sender's port closed, since the sender read its binding).
 pub fn raise_connected<P: Platform>(domain: &mut Domain<P>, port: u32, from: abi::DomainId, from_port: u32) {
-    if domain.events.binding(port) == Ok(ports::Binding::Interdomain { remote: from, remote_port: from_port }) {
+    if let Ok(ports::Binding::Interdomain { remote, remote_port }) = domain.events.binding(port)
+        && (remote, remote_port) == (from, from_port)
+    {
         raise_in(domain, port);
     }
 }
@@ -233,7 +235,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
         }
         EventOp::Send => {
             let port = port_argument(a1)?;
-            if domain.events.binding(port)? == ports::Binding::Ipi {
+            if matches!(domain.events.binding(port)?, ports::Binding::Ipi) {
                 // An IPI: pending in the caller's own domain, for its vCPU.
                 raise_in(domain, port);
                 return Ok(Call::Done(Ok(0)));
