@@ -234,16 +234,20 @@ fn copy_to_guest(
 
 fn set_vcpu_context(hv: &mut Hypervisor, caller: usize, target: usize, context_address: u64) -> Result<u64, Error> {
     let context: VcpuContext = read_struct(&hv.domains[caller], context_address)?;
-    start_vcpu(hv, target, 0, &context).map(|()| 0)
+    start_vcpu(&mut hv.domains[target], target, 0, &context).map(|()| 0)
 }
 
-/// Creates vCPU `vcpu` of domain `target` from `context` (checked here:
+/// The all-ones page every guest has as its I/O bitmaps and its MSR bitmap:
+/// all ports and MSRs exit (the CPU only reads it). Set once at boot.
+pub static GUEST_BITMAPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Creates vCPU `vcpu` of `domain` (in slot `target`) from `context` (checked here:
 /// canonical addresses, a page-aligned CR3 in the domain's RAM range, the
 /// documented GDT size) and marks it up; it runs once the scheduler picks
 /// it (and the domain is not paused). `Busy` if it is up already.
-pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &VcpuContext) -> Result<(), Error> {
+pub fn start_vcpu(domain: &mut Domain, target: usize, vcpu: usize, context: &VcpuContext) -> Result<(), Error> {
     // Up, or taken down but still leaving its CPU (retired there).
-    let slot = &hv.domains[target].vcpus[vcpu];
+    let slot = &domain.vcpus[vcpu];
     if slot.up || slot.running {
         return Err(Error::Busy);
     }
@@ -258,7 +262,7 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         return Err(Error::InvalidArgument);
     }
     let vmcs_region = memory::allocate_frame().ok_or(Error::OutOfMemory)?;
-    let domain = &hv.domains[target];
+    let guest_bitmaps = GUEST_BITMAPS.load(core::sync::atomic::Ordering::Relaxed);
     // dom0's vCPUs share its own bitmaps (its ports, its MSRs); a guest's
     // are the shared deny-all page.
     let own_or = |own: u64, shared: u64| if own != 0 { own } else { shared };
@@ -269,9 +273,9 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         // flushed on every CPU the new vCPU arrives at (Vcpu::check_out).
         // dom0, in slot 0, has VPID 1 for the vCPU hv built (`dom0::build`).
         vpid: (target * MAX_VCPUS + vcpu + 1) as u16,
-        io_bitmap_a: own_or(domain.io_bitmaps[0], hv.state.guest_bitmaps),
-        io_bitmap_b: own_or(domain.io_bitmaps[1], hv.state.guest_bitmaps),
-        msr_bitmap: own_or(domain.msr_bitmap, hv.state.guest_bitmaps),
+        io_bitmap_a: own_or(domain.io_bitmaps[0], guest_bitmaps),
+        io_bitmap_b: own_or(domain.io_bitmaps[1], guest_bitmaps),
+        msr_bitmap: own_or(domain.msr_bitmap, guest_bitmaps),
         cr3: context.cr3,
         rip: context.rip,
         rsp: context.rsp,
@@ -282,7 +286,6 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
     match Vcpu::new(crate::arch::smp::capabilities(), &config) {
         Ok(created) => match FrameBox::new(created, memory::allocate_frame) {
             Ok(created) => {
-                let domain = &mut hv.domains[target];
                 let slot = &mut domain.vcpus[vcpu];
                 slot.vcpu = Some(created);
                 (slot.up, slot.blocked, slot.reschedule, slot.timer_deadline) = (true, false, false, 0);
@@ -296,7 +299,7 @@ pub fn start_vcpu(hv: &mut Hypervisor, target: usize, vcpu: usize, context: &Vcp
         },
         Err(reason) => {
             memory::free_frame(vmcs_region);
-            crate::error!("d{}: creating its vCPU {vcpu} failed: {reason}", hv.domains[target].id);
+            crate::error!("d{}: creating its vCPU {vcpu} failed: {reason}", domain.id);
             Err(Error::InvalidArgument)
         }
     }

@@ -5,12 +5,12 @@
 
 use abi::Error;
 use abi::hypercall::VcpuOp;
-use hvcore::event_ops::{Call, raise_in};
+use hvcore::event_ops::raise_in;
 use hvcore::platform::Platform;
 
 use crate::arch::machine::Machine;
 use crate::arch::vmx::Vcpu;
-use crate::hypervisor::{DOMAINS, Domain, Hypervisor};
+use crate::hypervisor::{DOMAINS, Domain};
 
 /// Delivers the device interrupts that arrived: each line's port in the
 /// domain that bound it (dom0) becomes pending.
@@ -44,24 +44,26 @@ pub fn deliver_upcall(domain: &mut Domain, vcpu: usize, cpu: &mut Vcpu) {
     }
 }
 
-/// `Hypercall::Vcpu`: the calling vCPU's timer and id; starting and
-/// stopping the domain's other vCPUs.
-pub fn vcpu_op(
-    hv: &mut Hypervisor,
-    caller: usize,
-    arguments @ [operation, a1, a2, ..]: [u64; 5],
-) -> Result<u64, Error> {
-    let count = hv.domains[caller].vcpu_count;
+/// `Hypercall::Vcpu` on the caller's domain alone (in slot `slot`): the
+/// calling vCPU's timer and id; starting and stopping its other vCPUs.
+pub fn vcpu_op(domain: &mut Domain, slot: usize, [operation, a1, a2, ..]: [u64; 5]) -> Result<u64, Error> {
+    let me = Machine::current_vcpu();
+    let count = domain.vcpu_count;
     let target = || usize::try_from(a1).ok().filter(|&vcpu| vcpu < count).ok_or(Error::InvalidArgument);
-    match VcpuOp::from_number(operation) {
-        Some(VcpuOp::Up) => {
-            let vcpu = target()?;
-            let context: abi::domctl::VcpuContext = crate::abi_bytes::read_struct(&hv.domains[caller], a2)?;
-            crate::domctl::start_vcpu(hv, caller, vcpu, &context).map(|()| 0)
+    match VcpuOp::from_number(operation).ok_or(Error::InvalidArgument)? {
+        VcpuOp::SetTimer => {
+            // A past deadline fires at the next scheduling decision.
+            domain.vcpus[me].timer_deadline = a1;
+            Ok(0)
         }
-        Some(VcpuOp::Down) => {
+        VcpuOp::Id => Ok(me as u64),
+        VcpuOp::Up => {
             let vcpu = target()?;
-            let domain = &mut hv.domains[caller];
+            let context: abi::domctl::VcpuContext = crate::abi_bytes::read_struct(domain, a2)?;
+            crate::domctl::start_vcpu(domain, slot, vcpu, &context).map(|()| 0)
+        }
+        VcpuOp::Down => {
+            let vcpu = target()?;
             if !domain.vcpus[vcpu].up {
                 return Err(Error::NotFound);
             }
@@ -76,29 +78,9 @@ pub fn vcpu_op(
                 slot.reschedule = true;
                 slot.notify(false);
             } else if let Some(cpu) = slot.vcpu.take() {
-                crate::arch::machine::Machine::release_vcpu(cpu);
+                Machine::release_vcpu(cpu);
             }
             Ok(0)
         }
-        _ => match vcpu_op_own(&mut hv.domains[caller], arguments) {
-            Call::Done(result) => result,
-            _ => Err(Error::InvalidArgument),
-        },
     }
-}
-
-/// `Hypercall::Vcpu` on the caller's domain alone: the calling vCPU's
-/// timer and id ([`Call::Table`] for starting and stopping vCPUs).
-pub fn vcpu_op_own(domain: &mut Domain, [operation, a1, ..]: [u64; 5]) -> Call {
-    let me = Machine::current_vcpu();
-    Call::Done(match VcpuOp::from_number(operation) {
-        Some(VcpuOp::SetTimer) => {
-            // A past deadline fires at the next scheduling decision.
-            domain.vcpus[me].timer_deadline = a1;
-            Ok(0)
-        }
-        Some(VcpuOp::Id) => Ok(me as u64),
-        Some(VcpuOp::Up | VcpuOp::Down) => return Call::Table,
-        None => Err(Error::InvalidArgument),
-    })
 }

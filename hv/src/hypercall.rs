@@ -26,7 +26,7 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     crate::domctl::domctl,
     |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains[caller], arguments),
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
-    crate::events::vcpu_op,
+    |hv, caller, arguments| crate::events::vcpu_op(&mut hv.domains[caller], caller, arguments),
     |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut crate::domctl::grants(hv), caller, arguments),
     |hv, caller, arguments| physdev(&mut hv.domains[caller], arguments),
 ];
@@ -37,17 +37,17 @@ pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64
     handler(hv, caller, arguments)
 }
 
-/// Runs hypercall `number` on the caller's domain alone (its lock held)
+/// Runs hypercall `number` on the caller's domain (in slot `slot`) alone (its lock held)
 /// when it concerns no other: the `Sched` operations, the `Event`
-/// operations [`event_op_own`] takes, the calling vCPU's timer and id,
+/// operations [`event_op_own`] takes, `Vcpu` (its domain's vCPUs),
 /// console writes, and dom0's `Physdev` and `DmesgRead`.
 /// [`Call::Table`] for the rest, which [`dispatch`] runs.
 #[inline]
-pub fn dispatch_own(domain: &mut Domain, number: u64, arguments: [u64; 5]) -> Call {
+pub fn dispatch_own(domain: &mut Domain, slot: usize, number: u64, arguments: [u64; 5]) -> Call {
     match abi::Hypercall::from_number(number) {
         Some(abi::Hypercall::Event) => event_op_own(domain, arguments),
         Some(abi::Hypercall::Sched) => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
-        Some(abi::Hypercall::Vcpu) => crate::events::vcpu_op_own(domain, arguments),
+        Some(abi::Hypercall::Vcpu) => Call::Done(crate::events::vcpu_op(domain, slot, arguments)),
         Some(abi::Hypercall::Physdev) => Call::Done(physdev(domain, arguments)),
         Some(abi::Hypercall::ConsoleWrite) => Call::Done(console_write(domain, arguments)),
         Some(abi::Hypercall::DmesgRead) => Call::Done(dmesg_read(domain, arguments)),

@@ -85,9 +85,6 @@ pub struct State {
     pub reserved_pages: u64,
     /// The id the next created domain gets (ids are not reused soon).
     pub next_domain_id: DomainId,
-    /// The all-ones page every guest has as its I/O bitmaps and its MSR
-    /// bitmap: all ports and MSRs exit (the CPU only reads it).
-    pub guest_bitmaps: u64,
     /// What dom0 has mapped in its foreign window, and of whom.
     pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
 }
@@ -100,7 +97,6 @@ static STATE: TicketMutex<State> = TicketMutex::new(State {
     tsc_khz: 0,
     reserved_pages: 0,
     next_domain_id: 1,
-    guest_bitmaps: 0,
     foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
 });
 
@@ -498,7 +494,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
             // Move past VMCALL first, so a hypercall that blocks resumes after it.
             vcpu.skip_exit_instruction();
             domain.count_exit(Vcpu::VMCALL_EXIT);
-            let result = match crate::hypercall::dispatch_own(&mut domain, number, arguments) {
+            let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
                 Call::Done(result) => result,
                 Call::Raise { target, port, from } => {
                     domain = send(domain, index, target, port, from);

@@ -186,10 +186,10 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
     let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };
     arch::memory::copy_to(deny_all, &[0xff; 4096]);
-    hv.state.guest_bitmaps = deny_all;
+    crate::domctl::GUEST_BITMAPS.store(deny_all, core::sync::atomic::Ordering::Relaxed);
     // The table and the scheduler are empty: dom0 goes in slot 0.
     if crate::domctl::add_to_scheduler(&mut hv, dom0).is_err()
-        || crate::domctl::start_vcpu(&mut hv, 0, 0, &dom0_context).is_err()
+        || crate::domctl::start_vcpu(&mut hv.domains[0], 0, 0, &dom0_context).is_err()
     {
         stop("dom0's vCPU could not be created");
     }
