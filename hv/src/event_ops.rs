@@ -198,6 +198,9 @@ pub enum Call {
     /// `target` is raised with [`raise_connected`] (from the caller's port
     /// `from`), under that domain's lock.
     Raise { target: abi::DomainId, port: u32, from: u32 },
+    /// It concerns the caller and domain `other` alone (a grant copy): it
+    /// runs with both locked (`grant_ops::copy`).
+    Pair { other: abi::DomainId },
     /// It concerns other domains: [`event_op`] runs it on the whole table.
     Table,
 }
@@ -340,7 +343,7 @@ pub fn event_op<P: Platform>(
                 }
                 Ok(0)
             }
-            Call::Table => Err(Error::InvalidArgument),
+            Call::Pair { .. } | Call::Table => Err(Error::InvalidArgument),
         },
     }
 }

@@ -13,7 +13,7 @@
 use abi::grant::{COPY_TO_GRANT, ENTRIES, GrantOp, MAP_WRITABLE, MAPPED};
 use abi::{DomainId, Error};
 
-use crate::domain::{DomainTable, MAX_DOMAINS};
+use crate::domain::{Domain, DomainTable, MAX_DOMAINS};
 use crate::foreign::{GuestGrant, Mapping};
 use crate::grant_entry::{self, Entry, EntryWord};
 use crate::paging::{Access, MemoryType, PageSize};
@@ -43,9 +43,9 @@ impl<P: Platform> EntryWord for Shared<P> {
     }
 }
 
-/// The host address of entry `reference` in domain `index`'s table.
-fn entry_address<P: Platform>(domains: &DomainTable<'_, P>, index: usize, reference: u64) -> Result<u64, Error> {
-    let table = domains[index].grant_table;
+/// The host address of entry `reference` in `granter`'s table.
+fn entry_address<P: Platform>(granter: &Domain<P>, reference: u64) -> Result<u64, Error> {
+    let table = granter.grant_table;
     if table == 0 {
         return Err(Error::NotFound);
     }
@@ -73,21 +73,15 @@ fn end_claim<P: Platform>(claimed: &Claimed) {
     grant_entry::release(&mut Shared::<P>::at(claimed.entry_at), claimed.already);
 }
 
-/// Claims grant `reference` of domain `granter_index` for `caller`
-/// (writable access if `write`: see `hvcore::grant_entry::claim`) and
-/// finds the host frame it names.
-fn claim<P: Platform>(
-    domains: &DomainTable<'_, P>,
-    granter_index: usize,
-    reference: u64,
-    caller: DomainId,
-    write: bool,
-) -> Result<Claimed, Error> {
-    let entry_at = entry_address(domains, granter_index, reference)?;
+/// Claims grant `reference` of `granter` for `caller` (writable access if
+/// `write`: see `hvcore::grant_entry::claim`) and finds the host frame it
+/// names.
+fn claim<P: Platform>(granter: &Domain<P>, reference: u64, caller: DomainId, write: bool) -> Result<Claimed, Error> {
+    let entry_at = entry_address(granter, reference)?;
     let grant_entry::Claim { entry, already } = grant_entry::claim(&mut Shared::<P>::at(entry_at), caller, write)?;
     let access = if entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
     let claimed = Claimed { frame: 0, entry, entry_at, already };
-    match domains[granter_index].host_frame(entry.frame as u64 * abi::PAGE_SIZE, access) {
+    match granter.host_frame(entry.frame as u64 * abi::PAGE_SIZE, access) {
         Ok(frame) => Ok(Claimed { frame, ..claimed }),
         Err(error) => {
             end_claim::<P>(&claimed);
@@ -110,7 +104,7 @@ fn unclaim<P: Platform>(on: &Grants<'_, '_, P>, granter_index: usize, reference:
 /// that is gone (unmapped, or its grantee destroyed).
 pub fn release_mapping<P: Platform>(on: &Grants<'_, '_, P>, owner: DomainId, reference: u32) {
     if let Some(owner) = on.domains.slot_of(owner)
-        && let Ok(entry_at) = entry_address(on.domains, owner, reference as u64)
+        && let Ok(entry_at) = entry_address(&on.domains[owner], reference as u64)
     {
         unclaim(on, owner, reference as u64, entry_at);
     }
@@ -131,7 +125,7 @@ fn map_in_guest<P: Platform>(
     }
     let caller_id = domains[caller].id;
     let granter = granter_index(domains, caller, granter)?;
-    let claimed = claim(domains, granter, reference, caller_id, write)?;
+    let claimed = claim(&domains[granter], reference, caller_id, write)?;
     let owner = domains[granter].id;
     let domain = &mut domains[caller];
     // Recorded first, as for dom0: refused here for a bad or busy address
@@ -255,11 +249,42 @@ fn granter_index<P: Platform>(domains: &DomainTable<'_, P>, caller: usize, grant
     Ok(index)
 }
 
+/// `GrantOp::Copy` by `caller` of a grant of `granter`, each under its
+/// own lock (the granter's keeps the copy apart from maps and unmaps of
+/// its grants, which hold every domain's): between a granted page and the
+/// caller's memory, within the page.
+pub fn copy<P: Platform>(caller: &Domain<P>, granter: &Domain<P>, [_, _, a2, a3, a4]: [u64; 5]) -> Result<u64, Error> {
+    let reference = a2 & 0xffff_ffff;
+    let offset = (a2 >> 32) & 0xfff;
+    let to_grant = a4 & COPY_TO_GRANT != 0;
+    let length = a4 & !COPY_TO_GRANT;
+    if granter.ended.is_some() || a2 >> 44 != 0 || offset + length > abi::PAGE_SIZE {
+        return Err(Error::InvalidArgument);
+    }
+    // Claimed for the copy, so the granter cannot revoke (and reuse the
+    // page) while hv copies from or to it.
+    let claimed = claim(granter, reference, caller.id, to_grant)?;
+    let frame = claimed.frame;
+    let mut buffer = [0u8; abi::PAGE_SIZE as usize];
+    let bytes = &mut buffer[..length as usize];
+    let copied = if to_grant {
+        caller
+            .read_guest(a3, bytes)
+            .and_then(|()| if P::copy_to(frame + offset, bytes) { Ok(()) } else { Err(Error::BadAddress) })
+    } else if P::copy_from(frame + offset, bytes) {
+        caller.write_guest(a3, bytes)
+    } else {
+        Err(Error::BadAddress)
+    };
+    end_claim::<P>(&claimed);
+    copied.map(|()| length)
+}
+
 /// `Hypercall::Grant`.
 pub fn grant_op<P: Platform>(
     on: &mut Grants<'_, '_, P>,
     caller: usize,
-    [operation, a1, a2, a3, a4]: [u64; 5],
+    arguments @ [operation, a1, a2, a3, a4]: [u64; 5],
 ) -> Result<u64, Error> {
     let operation = GrantOp::from_number(operation).ok_or(Error::InvalidArgument)?;
     let caller_id = on.domains[caller].id;
@@ -287,7 +312,7 @@ pub fn grant_op<P: Platform>(
                 return Err(Error::InvalidArgument);
             }
             let granter = granter_index(on.domains, caller, a1)?;
-            let claimed = claim(on.domains, granter, a2, caller_id, a4 & MAP_WRITABLE != 0)?;
+            let claimed = claim(&on.domains[granter], a2, caller_id, a4 & MAP_WRITABLE != 0)?;
             let mapping = Mapping { owner: on.domains[granter].id, grant: Some(a2 as u32) };
             let access = if claimed.entry.writable() { Access::READ | Access::WRITE } else { Access::READ };
             map_in_window(on, caller, a3, claimed.frame, access, mapping).inspect_err(|_| end_claim::<P>(&claimed))
@@ -304,30 +329,7 @@ pub fn grant_op<P: Platform>(
         }
         GrantOp::Copy => {
             let granter = granter_index(on.domains, caller, a1)?;
-            let reference = a2 & 0xffff_ffff;
-            let offset = (a2 >> 32) & 0xfff;
-            let to_grant = a4 & COPY_TO_GRANT != 0;
-            let length = a4 & !COPY_TO_GRANT;
-            if a2 >> 44 != 0 || offset + length > abi::PAGE_SIZE {
-                return Err(Error::InvalidArgument);
-            }
-            // Claimed for the copy, so the granter cannot revoke (and reuse
-            // the page) while hv copies from or to it.
-            let claimed = claim(on.domains, granter, reference, caller_id, to_grant)?;
-            let frame = claimed.frame;
-            let mut buffer = [0u8; abi::PAGE_SIZE as usize];
-            let bytes = &mut buffer[..length as usize];
-            let copied = if to_grant {
-                on.domains[caller]
-                    .read_guest(a3, bytes)
-                    .and_then(|()| if P::copy_to(frame + offset, bytes) { Ok(()) } else { Err(Error::BadAddress) })
-            } else if P::copy_from(frame + offset, bytes) {
-                on.domains[caller].write_guest(a3, bytes)
-            } else {
-                Err(Error::BadAddress)
-            };
-            end_claim::<P>(&claimed);
-            copied.map(|()| length)
+            copy(&on.domains[caller], &on.domains[granter], arguments)
         }
     }
 }

@@ -51,6 +51,13 @@ pub fn dispatch_own(domain: &mut Domain, slot: usize, number: u64, arguments: [u
         Some(abi::Hypercall::Physdev) => Call::Done(physdev(domain, arguments)),
         Some(abi::Hypercall::ConsoleWrite) => Call::Done(console_write(domain, arguments)),
         Some(abi::Hypercall::DmesgRead) => Call::Done(dmesg_read(domain, arguments)),
+        // A copy locks the granter alone; anything odd gets the table's answer.
+        Some(abi::Hypercall::Grant) if arguments[0] == abi::grant::GrantOp::Copy as u64 => {
+            match DomainId::try_from(arguments[1]) {
+                Ok(other) if other != domain.id => Call::Pair { other },
+                _ => Call::Table,
+            }
+        }
         _ => Call::Table,
     }
 }

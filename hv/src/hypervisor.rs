@@ -12,7 +12,8 @@
 //! looks at each domain under its own lock to pick the next vCPU. No lock is held
 //! across a VM entry. After an exit a CPU takes its domain's lock alone
 //! for what concerns that domain only (most exits, scheduling and event
-//! hypercalls, a send to another domain, which then locks that one alone);
+//! hypercalls); a send to another domain and a grant copy also take that
+//! domain's lock ([`with_other`]);
 //! exits that need nothing but the vCPU (CPUID, hypercalls that read no
 //! state) take no lock ([`handle_exit_unlocked`]). A CPU that holds a
 //! domain's lock waits only for the lock of a domain in a higher slot
@@ -497,8 +498,21 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
             let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
                 Call::Done(result) => result,
                 Call::Raise { target, port, from } => {
-                    domain = send(domain, index, target, port, from);
+                    domain = with_other(domain, index, target, |sender, receiver| {
+                        if let Some(receiver) = receiver {
+                            hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
+                        }
+                    });
                     Ok(0)
+                }
+                Call::Pair { other } => {
+                    let mut result = Err(abi::Error::NotFound);
+                    domain = with_other(domain, index, other, |caller, other| {
+                        if let Some(other) = other {
+                            result = hvcore::grant_ops::copy(caller, other, arguments);
+                        }
+                    });
+                    result
                 }
                 Call::Table => {
                     // Out of line: the hot path stays small.
@@ -551,34 +565,34 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
     ran
 }
 
-/// The end of a send by `sender` (locked, in slot `index`) from its port
-/// `from`: raises port `port` of domain `target` if the two are still
-/// connected, under the target's lock. That lock is taken with the
-/// sender's held when this keeps the slot order (a higher slot) or needs
-/// no wait (a free lower one); else the sender's is let go meanwhile.
-/// Returns the sender, locked.
+/// Runs `f` on `caller` (locked, in slot `index`) and on domain `other`
+/// if it exists, both locked: `other`'s lock is taken with the caller's
+/// held when that keeps the slot order (a higher slot) or needs no wait (a
+/// free lower one); else the caller's is let go and both are taken in slot
+/// order. Returns the caller, locked.
 #[inline]
-fn send(sender: DomainGuard<'static>, index: usize, target: DomainId, port: u32, from: u32) -> DomainGuard<'static> {
-    let id = sender.id;
-    let raise = |receiver: Option<DomainGuard>| {
-        if let Some(mut receiver) = receiver.filter(|domain| domain.id == target) {
-            hvcore::event_ops::raise_connected(&mut receiver, port, id, from);
+fn with_other(
+    caller: DomainGuard<'static>,
+    index: usize,
+    other: DomainId,
+    f: impl FnOnce(&mut Domain, Option<&mut Domain>),
+) -> DomainGuard<'static> {
+    let Some(slot) = DOMAINS.slot_of(other).filter(|&slot| slot != index) else {
+        let mut caller = caller;
+        f(&mut caller, None);
+        return caller;
+    };
+    let (mut caller, other_guard) = match if slot > index { Some(DOMAINS.lock(slot)) } else { DOMAINS.try_lock(slot) } {
+        Some(locked) => (caller, locked),
+        None => {
+            drop(caller);
+            let locked = DOMAINS.lock(slot);
+            (DOMAINS.lock_running(index), locked)
         }
     };
-    match DOMAINS.slot_of(target) {
-        None => sender,
-        Some(slot) => match if slot > index { Some(DOMAINS.lock(slot)) } else { DOMAINS.try_lock(slot) } {
-            Some(receiver) => {
-                raise(receiver);
-                sender
-            }
-            None => {
-                drop(sender);
-                raise(DOMAINS.lock(slot));
-                DOMAINS.lock_running(index)
-            }
-        },
-    }
+    let mut other_guard = other_guard.filter(|domain| domain.id == other);
+    f(&mut caller, other_guard.as_deref_mut());
+    caller
 }
 
 /// Exits [`run_slice`] handled without any lock in the current slice,
