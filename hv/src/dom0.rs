@@ -33,7 +33,6 @@ use crate::arch::vmx;
 use crate::hypervisor::Domain;
 use crate::memory::{self, HvTables};
 use abi::domctl::VcpuContext;
-use hvcore::domain::MAX_VCPUS;
 
 const START_INFO: u64 = 0x1000;
 const GDT: u64 = 0x2000;
@@ -129,13 +128,6 @@ pub fn memory_from_command_line(command_line: &str) -> Option<u64> {
         _ => (value, 1),
     };
     digits.parse::<u64>().ok()?.checked_mul(unit)
-}
-
-/// Parses `dom0_vcpus=N` from hv's command line (the last one wins), kept
-/// within 1 to `MAX_VCPUS`; 1 when absent or not a number.
-pub fn vcpus_from_command_line(command_line: &str) -> usize {
-    let value = command_line.split_whitespace().filter_map(|word| word.strip_prefix("dom0_vcpus=")).next_back();
-    value.and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).clamp(1, MAX_VCPUS)
 }
 
 /// Builds dom0 with `memory_bytes` of RAM and `vcpus` vCPUs: hv starts

@@ -171,7 +171,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         ramdisk: ramdisk_module.map(|m| (m.start as u64, m.end as u64)),
     };
     let dom0_memory = dom0::memory_from_command_line(boot.cmdline).unwrap_or(dom0::DEFAULT_MEMORY);
-    let dom0_vcpus = dom0::vcpus_from_command_line(boot.cmdline);
+    let dom0_vcpus = hvcore::smp::dom0_vcpus(boot.cmdline);
     let (dom0, dom0_context) = match dom0::build(&images, dom0_memory, dom0_vcpus, tsc_khz) {
         Ok(built) => built,
         Err(reason) => stop(reason),

@@ -12,6 +12,13 @@ pub fn max_cpus(command_line: &str) -> Option<usize> {
         .map(|n| n.max(1))
 }
 
+/// The `dom0_vcpus=N` option, kept within 1 to `MAX_VCPUS`; 1 when
+/// absent or not a number (the last occurrence wins).
+pub fn dom0_vcpus(command_line: &str) -> usize {
+    let value = command_line.split_whitespace().filter_map(|word| word.strip_prefix("dom0_vcpus=")).next_back();
+    value.and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).clamp(1, crate::domain::MAX_VCPUS)
+}
+
 /// The APIC ids of the application processors to start, in MADT order:
 /// every MADT CPU but the boot CPU (`boot_apic_id`), so that with it they
 /// are at most `max_cpus` (None: no limit). `out` receives them; returns
@@ -34,6 +41,17 @@ pub fn application_processors(madt: &[u32], boot_apic_id: u32, max_cpus: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dom0_vcpus_is_read_from_the_command_line_and_kept_in_range() {
+        assert_eq!(dom0_vcpus("maxcpus=4"), 1);
+        assert_eq!(dom0_vcpus("dom0_vcpus=2"), 2);
+        assert_eq!(dom0_vcpus("dom0_vcpus=2 loglevel=info dom0_vcpus=3"), 3);
+        assert_eq!(dom0_vcpus("dom0_vcpus=0"), 1);
+        assert_eq!(dom0_vcpus("dom0_vcpus=99"), crate::domain::MAX_VCPUS);
+        assert_eq!(dom0_vcpus("dom0_vcpus=two"), 1);
+        assert_eq!(dom0_vcpus("xdom0_vcpus=2"), 1);
+    }
 
     #[test]
     fn maxcpus_is_read_from_the_command_line() {
