@@ -227,11 +227,8 @@ fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Ex
         }
         Exit::MsrRead | Exit::MsrWrite => {
             let msr = vcpu.registers.rcx as u32;
-            let rip = vcpu.rip();
-            vcpu.inject_exception(13, Some(0));
             let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
-            domain.report_refusal(format_args!("{access} of MSR {msr:#x} at rip {rip:#x}; injecting #GP"));
-            true
+            refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"))
         }
         Exit::EptViolation { guest_physical, qualification } => {
             let rip = vcpu.rip();
@@ -306,11 +303,8 @@ fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Ex
             // so none may use them. MOV DR does not exit (debug
             // registers are per vCPU); were a CPU to force the exit,
             // refusing it keeps domains apart all the same.
-            let rip = vcpu.rip();
-            vcpu.inject_exception(13, Some(0));
             let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
-            domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
-            true
+            refuse_with_gp(domain, vcpu, format_args!("{what}"))
         }
         Exit::EntryFailure { reason, qualification } => {
             domain
@@ -330,6 +324,16 @@ fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Ex
             false
         }
     }
+}
+
+/// Refuses the instruction that exited as a CPU without it would, with
+/// #GP(0), and logs `what` (rate-limited: `Domain::report_refusal`).
+/// Returns true: the vCPU runs on.
+fn refuse_with_gp(domain: &mut Domain, vcpu: &mut Vcpu, what: core::fmt::Arguments) -> bool {
+    let rip = vcpu.rip();
+    vcpu.inject_exception(13, Some(0));
+    domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
+    true
 }
 
 /// Runs domains on this CPU forever: every CPU's loop after boot. It
@@ -360,11 +364,10 @@ pub fn run() -> ! {
                     choice.next_timer.map_or(budget, |deadline| budget.min(deadline.saturating_sub(now).max(1)));
                 let (id, vcpu) = from_sched_key(key);
                 let index = DOMAINS.slot_of(id);
-                let ran = index.map_or(0, |index| run_slice(index, id, vcpu, slice, cpu));
+                let (ran, ended) = index.map_or((0, false), |index| run_slice(index, id, vcpu, slice, cpu));
                 // A domain that crashed or shut down leaves its peers'
                 // channels Closed at once (its own lock let go first).
-                let ended = |index| DOMAINS.lock(index).is_some_and(|d| d.id == id && d.ended.is_some());
-                if let Some(index) = index.filter(|&index| ended(index)) {
+                if let Some(index) = index.filter(|_| ended) {
                     hvcore::event_ops::end_channels(&mut Hypervisor::lock().domains, index);
                 }
                 SCHEDULER.lock().charge(key, ran, cpu::rdtsc());
@@ -420,7 +423,9 @@ fn choose(cpu: usize) -> Choice {
 /// Holds no lock across a VM entry, and only the domain's own lock after
 /// an exit, unless the exit concerns other domains: then hv's table lock
 /// and every domain's (`Hypervisor::lock`). Returns the ticks it was
-/// scheduled (charged to it, including hv's work on its behalf).
+/// scheduled (charged to it, including hv's work on its behalf) and
+/// whether the domain has ended (crashed or shut down) with its channels
+/// still to be ended.
 ///
 /// The vCPU stays out of its slot while this CPU runs it (`running` is
 /// set), so only this CPU reaches its registers and VMCS, and the domain
@@ -434,13 +439,13 @@ fn choose(cpu: usize) -> Choice {
 /// `slice / TIMER_RETARGETS` has passed since it was last set, so a long
 /// stretch without exits overruns the slice by at most that much.
 #[inline(never)]
-fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u64 {
+fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u64, bool) {
     let capabilities = smp::capabilities();
     // It may have blocked, been paused or gone since the scheduler chose it.
     let Some(mut domain) = DOMAINS.lock(index).filter(|domain| domain.id == id && domain.runnable(v)) else {
-        return 0;
+        return (0, false);
     };
-    let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { return 0 };
+    let Some(mut vcpu) = domain.vcpus[v].vcpu.take() else { return (0, false) };
     vcpu.check_out(cpu, capabilities);
     domain.ept_cpus |= 1 << (cpu % 64);
     smp::set_current_vcpu(v);
@@ -562,7 +567,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> u6
     } else {
         Machine::release_vcpu(vcpu);
     }
-    ran
+    (ran, domain.ended.is_some() && !domain.channels_ended)
 }
 
 /// Runs `f` on `caller` (locked, in slot `index`) and on domain `other`
