@@ -223,8 +223,10 @@ pub struct VcpuInfo {
     /// Index of the CPU it runs on now (state `Running`) or last ran on;
     /// [`VCPU_NEVER_RAN`] if it has never run.
     pub cpu: u32,
-    /// Reserved, zero.
-    pub _reserved0: u32,
+    /// How many times it ran on another CPU than the time before (it
+    /// moved between CPUs' run queues); saturates at `u32::MAX`. Since
+    /// ABI 0.11 (zero before).
+    pub moves: u32,
     /// TSC ticks this vCPU has been scheduled, including hv's work on its
     /// exits and hypercalls (with one vCPU per domain, the domain's
     /// `DomainInfo::cpu_time_tsc`).
@@ -242,7 +244,7 @@ const _: () = assert!(size_of::<VcpuInfo>() == 32);
 const _: () = assert!(offset_of!(VcpuInfo, vcpu_id) == 0);
 const _: () = assert!(offset_of!(VcpuInfo, state) == 4);
 const _: () = assert!(offset_of!(VcpuInfo, cpu) == 8);
-const _: () = assert!(offset_of!(VcpuInfo, _reserved0) == 12);
+const _: () = assert!(offset_of!(VcpuInfo, moves) == 12);
 const _: () = assert!(offset_of!(VcpuInfo, cpu_time_tsc) == 16);
 const _: () = assert!(offset_of!(VcpuInfo, affinity) == 24);
 

@@ -98,7 +98,7 @@ pub struct CpuInfo {
 pub mod cpu_state {
     /// No CPU in this entry.
     pub const NONE: u32 = 0;
-    /// Runs domains: takes them from hv's run queue (every CPU once hv
+    /// Runs domains from its run queue (every CPU once hv
     /// has started dom0).
     pub const RUNNING_DOMAINS: u32 = 1;
     /// Started, in VMX root operation, waiting for hv to start running

@@ -71,7 +71,7 @@ pub use hypercall::Hypercall;
 /// Major version of the ABI. Changes only when compatibility breaks.
 pub const ABI_VERSION_MAJOR: u16 = 0;
 /// Minor version of the ABI. Changes when something is added.
-pub const ABI_VERSION_MINOR: u16 = 10;
+pub const ABI_VERSION_MINOR: u16 = 11;
 /// The ABI version as one word: `major << 16 | minor`.
 pub const ABI_VERSION: u32 = (ABI_VERSION_MAJOR as u32) << 16 | ABI_VERSION_MINOR as u32;
 

@@ -179,7 +179,11 @@ pub fn state_word(state: u32) -> &'static str {
 
 /// Writes the `vcpu-list` header: `Name ID VCPU CPU State Time(s) Affinity`.
 pub fn write_vcpu_header(out: &mut impl Write) -> fmt::Result {
-    writeln!(out, "{:<32} {:>5} {:>4} {:>3} {:>8} {:>9} Affinity", "Name", "ID", "VCPU", "CPU", "State", "Time(s)")
+    writeln!(
+        out,
+        "{:<32} {:>5} {:>4} {:>3} {:>8} {:>9} {:>6} Affinity",
+        "Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Moves"
+    )
 }
 
 /// Writes one `vcpu-list` row for vCPU `info` of domain `name` (`id`):
@@ -203,7 +207,7 @@ pub fn write_vcpu_row(
     let tenths = info.cpu_time_tsc.checked_div(tsc_khz.saturating_mul(100)).unwrap_or(0);
     writeln!(
         out,
-        "{:<32} {:>5} {:>4} {:>3} {:>8} {:>7}.{} {}",
+        "{:<32} {:>5} {:>4} {:>3} {:>8} {:>7}.{} {:>6} {}",
         name,
         id,
         info.vcpu_id,
@@ -211,6 +215,7 @@ pub fn write_vcpu_row(
         state_word(info.state),
         tenths / 10,
         tenths % 10,
+        info.moves,
         Affinity { mask: info.affinity, online }
     )
 }
@@ -332,6 +337,7 @@ mod tests {
             cpu: 1,
             cpu_time_tsc: 12_345_000_000,
             affinity: u64::MAX,
+            moves: 7,
             ..VcpuInfo::default()
         };
         write_vcpu_row(&mut out, "Domain-0", 0, &info, 1_000_000, 0b11).unwrap();
@@ -340,9 +346,9 @@ mod tests {
         let unknown = VcpuInfo { state: 77, ..never };
         write_vcpu_row(&mut out, "x", 4, &unknown, 0, 0b11).unwrap();
         let lines: Vec<Vec<&str>> = out.lines().map(|line| line.split_whitespace().collect()).collect();
-        assert_eq!(lines[0], ["Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity"]);
-        assert_eq!(lines[1], ["Domain-0", "0", "0", "1", "running", "12.3", "all"]);
-        assert_eq!(lines[2], ["counter", "3", "0", "-", "paused", "0.0", "1"]);
+        assert_eq!(lines[0], ["Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Moves", "Affinity"]);
+        assert_eq!(lines[1], ["Domain-0", "0", "0", "1", "running", "12.3", "7", "all"]);
+        assert_eq!(lines[2], ["counter", "3", "0", "-", "paused", "0.0", "7", "1"]);
         assert_eq!(lines[3][4], "?");
         for (state, word) in [(1, "runnable"), (2, "blocked"), (4, "offline")] {
             assert_eq!(state_word(state), word);

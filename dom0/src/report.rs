@@ -16,6 +16,7 @@ pub fn write_info(out: &mut impl Write, hv: &HvInfo, dom0: &DomainInfo, cpu_bran
     // Tenths of a second since hv started (the TSC counts on every CPU).
     let tenths = now_tsc.saturating_sub(hv.boot_tsc) / (hv.tsc_khz.max(1) * 100);
     writeln!(out, "uptime:       {}.{} s", tenths / 10, tenths % 10)?;
+    writeln!(out, "tsc:          {} kHz", hv.tsc_khz)?;
     writeln!(out, "cpus:         {} running hv", hv.cpu_count)?;
     // Entries sit at their CPU index; a CPU that did not start leaves a gap.
     for (index, cpu) in hv.cpus.iter().enumerate().filter(|(_, cpu)| cpu.state != abi::info::cpu_state::NONE) {
@@ -134,7 +135,7 @@ mod tests {
         );
         assert!(out.contains("memory:       total 4000 KiB, free 2000 KiB, hv 40 KiB\n"), "{out}");
         assert!(out.contains("dom0 exits:   7 total\n"), "{out}");
-        assert!(out.contains("uptime:       12.3 s\n"), "{out}");
+        assert!(out.contains("uptime:       12.3 s\ntsc:          2000000 kHz\n"), "{out}");
         assert!(out.contains("  vmcall               5\n"), "{out}");
         assert!(out.contains("  cpuid                2\n"), "{out}");
         assert!(out.contains("  reason-77"), "{out}");

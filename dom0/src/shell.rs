@@ -82,7 +82,7 @@ pub const COMMANDS: [(&str, &str, &str); 27] = [
         "<domain> [weight=N] [cap=N]",
         "show or set scheduling weight (1-65535) and cap (% of one CPU for the domain, 100 per vCPU at most, 0 = none)",
     ),
-    ("vcpu-list", "[<domain>]", "each vCPU: the CPU it runs or last ran on, state, CPU time, CPUs it may use"),
+    ("vcpu-list", "[<domain>]", "each vCPU: the CPU it runs or last ran on, state, CPU time, moves, CPUs it may use"),
     (
         "vcpu-pin",
         "<domain> <vcpu> <cpus>",

@@ -120,6 +120,8 @@ pub struct VcpuSlot<P: Platform> {
     pub running: bool,
     /// CPU index it runs on now or last ran on, u32::MAX = never ran.
     pub last_cpu: u32,
+    /// Times it ran on another CPU than the time before.
+    pub moves: u32,
     /// CPUs it may run on, bit i = CPU index i.
     pub affinity: u64,
     /// TSC ticks spent scheduled.
@@ -139,6 +141,7 @@ impl<P: Platform> VcpuSlot<P> {
             restart_call: false,
             running: false,
             last_cpu: u32::MAX,
+            moves: 0,
             affinity: u64::MAX,
             cpu_time_tsc: 0,
         }
@@ -154,7 +157,7 @@ impl<P: Platform> VcpuSlot<P> {
                 P::kick(self.last_cpu as usize);
             }
         } else if runnable {
-            P::wake_idle_cpu();
+            P::wake_idle_cpu(self.last_cpu as usize);
         }
     }
 }
@@ -465,7 +468,7 @@ impl<P: Platform> Domain<P> {
             vcpu_id: vcpu,
             state: state as u32,
             cpu: slot.last_cpu,
-            _reserved0: 0,
+            moves: slot.moves,
             cpu_time_tsc: slot.cpu_time_tsc,
             affinity: slot.affinity,
         })

@@ -443,11 +443,12 @@ mod tests {
         assert!(!pending(&domains, two, bound));
         assert_eq!(page_word(&domains, one, upcall_offset(0)), 1);
         assert!(domains[one].vcpus[0].upcall_due);
-        // Not running anywhere, runnable: an idle CPU is woken.
-        assert_eq!(machine::with(|m| m.idle_wakes), 1);
+        // Not running anywhere, runnable: an idle CPU is woken, its own
+        // (where it last ran) first.
+        assert_eq!(machine::with(|m| m.idle_wakes.clone()), [domains[one].vcpus[0].last_cpu as usize]);
         // A second send while pending changes nothing and tells nobody.
         call(&mut domains, two, EventOp::Send, bound, 0).unwrap();
-        assert_eq!(machine::with(|m| m.idle_wakes), 1);
+        assert_eq!(machine::with(|m| m.idle_wakes.len()), 1);
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct State {
     pub this_cpu: usize,
     pub current_vcpu: usize,
     pub kicks: Vec<usize>,
-    pub idle_wakes: usize,
+    /// The home CPU named by each idle wake-up.
+    pub idle_wakes: Vec<usize>,
     pub flushes: Vec<(u64, u64)>,
     pub released_vcpus: Vec<u64>,
     pub masked_lines: Vec<u8>,
@@ -158,8 +159,8 @@ impl Platform for Fake {
     fn kick(cpu: usize) {
         with(|state| state.kicks.push(cpu));
     }
-    fn wake_idle_cpu() {
-        with(|state| state.idle_wakes += 1);
+    fn wake_idle_cpu(home: usize) {
+        with(|state| state.idle_wakes.push(home));
     }
     fn flush_ept(root: u64, elsewhere: u64) {
         with(|state| state.flushes.push((root, elsewhere)));

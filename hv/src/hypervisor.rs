@@ -451,6 +451,9 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
     smp::set_current_vcpu(v);
     let slot = &mut domain.vcpus[v];
     slot.running = true;
+    if slot.last_cpu != cpu as u32 && slot.last_cpu != u32::MAX {
+        slot.moves = slot.moves.saturating_add(1);
+    }
     slot.last_cpu = cpu as u32;
     slot.reschedule = false;
     let start = cpu::rdtsc();

@@ -63,8 +63,9 @@ pub trait Platform: 'static {
     fn current_vcpu() -> usize;
     /// Makes CPU `cpu`, running a guest, leave it and look at its vCPU's flags.
     fn kick(cpu: usize);
-    /// Wakes one idle CPU to pick a vCPU that became runnable.
-    fn wake_idle_cpu();
+    /// Wakes one idle CPU to pick a vCPU that became runnable: `home`
+    /// (the CPU whose run queue holds it) if that one is idle.
+    fn wake_idle_cpu(home: usize);
     /// Drops this CPU's cached translations of the EPT at `root` and, by a
     /// shootdown that waits for them, those of the CPUs in `elsewhere`
     /// (bit i = CPU index i; this CPU's bit may be set).

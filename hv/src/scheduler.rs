@@ -1,5 +1,5 @@
 //! A proportional-share (credit) scheduler for entries of one vCPU each, on
-//! one or more CPUs sharing one run queue, with a weight, a cap and a CPU
+//! one or more CPUs with a run queue each, with a weight, a cap and a CPU
 //! affinity per entry, and groups of entries that share a weight and a cap.
 //!
 //! An entry is named by a [`DomainId`] key: hv enters each vCPU of a domain
@@ -36,6 +36,17 @@
 //!   that reports its run; `pick` skips running entries, so an entry (one
 //!   vCPU) never runs on two CPUs at once. A running entry is still
 //!   runnable for everything else (credit, caps, wake-ups).
+//! - **Run queues.** Each CPU has a run queue: the entries that last ran
+//!   on it (an entry that never ran is in none). A CPU picks from its own
+//!   queue, and takes an entry from another CPU's queue (or one in none)
+//!   only when its own offers nothing eligible, or when that entry is
+//!   ahead by the order below: in a better class (woken with credit, then
+//!   not run in this period), or in the same class with more than a
+//!   slice's worth of credit over the best of its own. An entry taken so
+//!   moves to the CPU's queue. Entries thus keep to one CPU (its caches,
+//!   its TLB tags) and move only to even out the shares. The queues are
+//!   parts of one structure under the caller's one lock, as Xen's credit2
+//!   shares a run queue among the CPUs of a socket.
 //! - **Affinity.** An entry runs only on the CPUs in its affinity mask (bit
 //!   `i` for CPU `i`, all CPUs by default). Credit ignores affinity: entries
 //!   confined to fewer CPUs than their grants need share those CPUs in the
@@ -78,8 +89,8 @@
 //!   The slice of carry-over keeps the rounding of whole slices from
 //!   accumulating into unfairness.
 //! - **Choice.** Among the *eligible* entries (runnable, not running,
-//!   allowed on the asking CPU, and within their group's cap) `pick`
-//!   prefers, in order: an entry that woke since it last ran and
+//!   allowed on the asking CPU, and within their group's cap) of each
+//!   queue it looks at (see Run queues) `pick` prefers, in order: an entry that woke since it last ran and
 //!   still has credit (prompt service for I/O; it spends credit each time,
 //!   so it cannot starve the others); an entry that has not run yet in this
 //!   period (so every runnable entry runs at least once per period, however
@@ -152,7 +163,7 @@ pub enum SchedError {
 }
 
 /// One entry's scheduling state.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Entry {
     id: DomainId,
     /// Relative share, `MIN_WEIGHT..=MAX_WEIGHT`; unused while in a group.
@@ -194,9 +205,17 @@ struct Entry {
     /// The pick counter's value when last picked (0 = never); the least
     /// recently picked entry wins a tie.
     last_pick: u64,
+    /// The CPU whose run queue holds the entry: the one it last ran on
+    /// (`None` before its first run).
+    home: Option<u32>,
 }
 
 impl Entry {
+    /// The order among eligible entries, best last (see the module doc).
+    fn order(&self) -> (bool, bool, i128, Reverse<u64>) {
+        (self.boosted(), !self.ran_this_period, self.credit_per_weight(), Reverse(self.last_pick))
+    }
+
     /// Whether a wake-up gives this entry priority over the others.
     fn boosted(&self) -> bool {
         self.woken && self.credit > 0
@@ -205,8 +224,29 @@ impl Entry {
     /// Credit per unit of weight (scaled by 2^16 to keep the precision of
     /// a tick), the order among entries otherwise equal.
     fn credit_per_weight(&self) -> i128 {
+        self.per_weight(self.credit)
+    }
+
+    /// `credit` per unit of this entry's weight (see `credit_per_weight`).
+    fn per_weight(&self, credit: i64) -> i128 {
         let scaled_weight = self.order_weight.unwrap_or(u64::from(self.weight) << 16);
-        (i128::from(self.credit) << 32) / i128::from(scaled_weight.max(1))
+        (i128::from(credit) << 32) / i128::from(scaled_weight.max(1))
+    }
+
+    /// Whether a CPU whose own queue offers `own` takes this entry from
+    /// another CPU's queue instead: when it is in a better class (woken
+    /// with credit, then not run in this period), or in the same class and
+    /// ahead by more than `margin` ticks of credit. The margin keeps
+    /// entries in their queues while the order among them is close, so
+    /// they move only to even out a real imbalance.
+    fn beats(&self, own: &Entry, margin: u64) -> bool {
+        let class = |entry: &Entry| (entry.boosted(), !entry.ran_this_period);
+        match class(self).cmp(&class(own)) {
+            core::cmp::Ordering::Equal => {
+                self.per_weight(self.credit.saturating_sub(saturate_i64(margin))) > own.credit_per_weight()
+            }
+            ordering => ordering.is_gt(),
+        }
     }
 }
 
@@ -270,11 +310,6 @@ impl<const N: usize> Scheduler<N> {
         self.share_period_again();
     }
 
-    /// The number of CPUs sharing the queue.
-    pub fn cpus(&self) -> u32 {
-        self.cpus
-    }
-
     /// Adds entry `id` with `weight` (`MIN_WEIGHT..=MAX_WEIGHT`), no cap,
     /// no group, every CPU, no credit, not runnable.
     pub fn add(&mut self, id: DomainId, weight: u32) -> Result<(), SchedError> {
@@ -282,23 +317,8 @@ impl<const N: usize> Scheduler<N> {
         if self.find(id).is_some() {
             return Err(SchedError::Exists);
         }
-        let entry = Entry {
-            id,
-            weight,
-            cap_percent: 0,
-            group: None,
-            affinity: ALL_CPUS,
-            runnable: false,
-            running: None,
-            active: false,
-            grant: None,
-            order_weight: None,
-            woken: false,
-            ran_this_period: false,
-            credit: 0,
-            used_this_period: 0,
-            last_pick: 0,
-        };
+        // Everything else starts empty: no cap, no group, no credit, not runnable.
+        let entry = Entry { id, weight, affinity: ALL_CPUS, ..Entry::default() };
         self.entries.try_push(entry).map_err(|_| SchedError::Full)
     }
 
@@ -339,11 +359,6 @@ impl<const N: usize> Scheduler<N> {
         Ok(())
     }
 
-    /// The group entry `id` is in (`None`: alone, or no such entry).
-    pub fn group_of(&self, id: DomainId) -> Option<u32> {
-        self.find(id).and_then(|index| self.entries[index].group)
-    }
-
     /// Sets `group`'s weight (`MIN_WEIGHT..=MAX_WEIGHT`), shared by all its
     /// entries, and cap (percent of one CPU for all its entries together,
     /// 0 = none, at most `MAX_CAP_PERCENT` times its number of entries: 150
@@ -364,11 +379,6 @@ impl<const N: usize> Scheduler<N> {
         Ok(())
     }
 
-    /// `group`'s `(weight, cap_percent)`; `None` when no entry is in it.
-    pub fn group_params(&self, group: u32) -> Option<(u32, u32)> {
-        self.find_group(group).map(|index| (self.groups[index].weight, self.groups[index].cap_percent))
-    }
-
     /// Sets the CPUs entry `id` may run on: bit `i` of `cpus` for CPU `i`
     /// (not 0; the argument is checked before the id). It applies from the
     /// next `pick`: a run under way is not cut short. A mask naming only
@@ -380,11 +390,6 @@ impl<const N: usize> Scheduler<N> {
         let index = self.find(id).ok_or(SchedError::NotFound)?;
         self.entries[index].affinity = cpus;
         Ok(())
-    }
-
-    /// The CPUs entry `id` may run on (bit `i` for CPU `i`).
-    pub fn affinity(&self, id: DomainId) -> Option<u64> {
-        self.find(id).map(|index| self.entries[index].affinity)
     }
 
     /// Marks entry `id` runnable (it wants the CPU) or blocked. Unknown ids
@@ -418,17 +423,21 @@ impl<const N: usize> Scheduler<N> {
         self.advance(now);
         let period_end = self.period_end()?;
         let cpu_bit = 1u64.checked_shl(cpu).unwrap_or(0);
-        let index = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|&(index, entry)| {
-                entry.runnable && entry.running.is_none() && entry.affinity & cpu_bit != 0 && self.cap_left(index) > 0
-            })
-            .max_by_key(|(_, entry)| {
-                (entry.boosted(), !entry.ran_this_period, entry.credit_per_weight(), Reverse(entry.last_pick))
-            })
-            .map(|(index, _)| index)?;
+        // The best eligible entry of this CPU's queue, and of the others'.
+        let mut best: [Option<usize>; 2] = [None; 2];
+        for (index, entry) in self.entries.iter().enumerate() {
+            if entry.runnable && entry.running.is_none() && entry.affinity & cpu_bit != 0 && self.cap_left(index) > 0 {
+                let queue = &mut best[usize::from(entry.home != Some(cpu))];
+                if queue.is_none_or(|other| self.entries[other].order() <= entry.order()) {
+                    *queue = Some(index);
+                }
+            }
+        }
+        let index = match best {
+            [Some(own), Some(other)] if self.entries[other].beats(&self.entries[own], self.slice_tsc) => other,
+            [Some(own), _] => own,
+            [None, other] => other?,
+        };
         self.picks += 1;
         // `advance` left `now` before the period's end, so every term is at
         // least 1 (another CPU's clock may lag `period_start` a little).
@@ -441,6 +450,7 @@ impl<const N: usize> Scheduler<N> {
         entry.woken = false;
         entry.ran_this_period = true;
         entry.running = Some((limit, period_end));
+        entry.home = Some(cpu);
         Some((entry.id, limit))
     }
 
@@ -749,6 +759,26 @@ mod tests {
             Ok(())
         }
 
+        /// The number of CPUs sharing the queue.
+        fn cpus(&self) -> u32 {
+            self.cpus
+        }
+
+        /// The group entry `id` is in (`None`: alone, or no such entry).
+        fn group_of(&self, id: DomainId) -> Option<u32> {
+            self.find(id).and_then(|index| self.entries[index].group)
+        }
+
+        /// `group`'s `(weight, cap_percent)`; `None` when no entry is in it.
+        fn group_params(&self, group: u32) -> Option<(u32, u32)> {
+            self.find_group(group).map(|index| (self.groups[index].weight, self.groups[index].cap_percent))
+        }
+
+        /// The CPUs entry `id` may run on (bit `i` for CPU `i`).
+        fn affinity(&self, id: DomainId) -> Option<u64> {
+            self.find(id).map(|index| self.entries[index].affinity)
+        }
+
         /// Entry `id`'s own `(weight, cap_percent)` (in a group, the group's
         /// [apply](Self::group_params) instead).
         fn params(&self, id: DomainId) -> Option<(u32, u32)> {
@@ -836,6 +866,10 @@ mod tests {
         cpus: Vec<Cpu>,
         /// TSC ticks each domain ran on each CPU.
         used: HashMap<(DomainId, u32), u64>,
+        /// The CPU each domain last ran on, and how often it ran on
+        /// another CPU than the one before (migrations).
+        last_cpu: HashMap<DomainId, u32>,
+        moves: HashMap<DomainId, u64>,
     }
 
     /// One CPU of a [`Machine`].
@@ -856,7 +890,14 @@ mod tests {
                 scheduler.set_runnable(id, true);
             }
             let cpu = Cpu { at: None, running: None };
-            Machine { scheduler, now: 123_456_789, cpus: vec![cpu; cpus as usize], used: HashMap::new() }
+            Machine {
+                scheduler,
+                now: 123_456_789,
+                cpus: vec![cpu; cpus as usize],
+                used: HashMap::new(),
+                last_cpu: HashMap::new(),
+                moves: HashMap::new(),
+            }
         }
 
         /// Runs the CPUs until `duration` ticks have passed; runs under way
@@ -910,6 +951,9 @@ mod tests {
                     assert_eq!(elsewhere, None, "domain {id} picked on CPU {cpu} while it runs on another");
                     assert_ne!(self.scheduler.affinity(id).unwrap() & 1 << cpu, 0, "domain {id} on CPU {cpu}");
                     self.cpus[index] = Cpu { at: Some(at + limit.min(end - at)), running: Some((id, at)) };
+                    if self.last_cpu.insert(id, cpu).is_some_and(|last| last != cpu) {
+                        *self.moves.entry(id).or_default() += 1;
+                    }
                 }
                 None => {
                     let wake = self.scheduler.next_event(at);
@@ -934,6 +978,7 @@ mod tests {
         fn cpu_shares(&mut self, ids: &[DomainId], duration: u64) -> Vec<f64> {
             self.run_for(3 * PERIOD);
             self.used.clear();
+            self.moves.clear();
             self.run_for(duration);
             ids.iter().map(|&id| self.used(id) as f64 / duration as f64).collect()
         }
@@ -1384,6 +1429,24 @@ mod tests {
         let mut machine = Machine::new(2, &[(1, 256), (2, 256)]);
         let shares = machine.cpu_shares(&[1, 2], 100 * PERIOD);
         assert!(shares.iter().all(|&share| share >= 0.95), "shares {shares:?}");
+    }
+
+    #[test]
+    fn entries_keep_to_their_cpus_queues_while_sharing_evenly() {
+        // More equal spinners than CPUs: each gets its share, and moves to
+        // another CPU's queue only to even out the shares (a few times a
+        // period), not at every run as from one shared queue.
+        for (cpus, entries) in [(2u32, 3u32), (4, 5), (2, 2), (4, 8)] {
+            let ids: Vec<DomainId> = (1..=entries).collect();
+            let weights: Vec<(DomainId, u32)> = ids.iter().map(|&id| (id, 256)).collect();
+            let mut machine = Machine::new(cpus, &weights);
+            let shares = machine.cpu_shares(&ids, 100 * PERIOD);
+            let even = f64::from(cpus) / f64::from(entries);
+            assert_shares(&shares, &vec![even; ids.len()], 0.02);
+            let runs = 100 * PERIOD / SLICE * u64::from(cpus);
+            let moves: u64 = machine.moves.values().sum();
+            assert!(moves * 8 <= runs, "{entries} entries on {cpus} CPUs: {moves} moves in {runs} runs");
+        }
     }
 
     #[test]

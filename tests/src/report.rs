@@ -23,6 +23,8 @@ pub struct InfoReport {
     pub exits_by_reason: Vec<(String, u64)>,
     /// `uptime: <N>.<tenth> s`, in tenths of a second since hv started.
     pub uptime_tenths: u64,
+    /// `tsc: <N> kHz`: how fast the TSC counts (hv's measure).
+    pub tsc_khz: u64,
 }
 
 impl InfoReport {
@@ -51,6 +53,9 @@ impl InfoReport {
         let uptime = scan("uptime: {}.{} s", uptime_line.trim_end())
             .ok_or_else(|| format!("`info` line {uptime_line:?} is not like \"uptime:       <N>.<tenth> s\""))?;
         let uptime_tenths = uptime[0] * 10 + uptime[1];
+        let tsc_line = lines[find("tsc:")?];
+        let tsc_khz = scan("tsc: {} kHz", tsc_line.trim_end())
+            .ok_or_else(|| format!("`info` line {tsc_line:?} is not like \"tsc:          <N> kHz\""))?[0];
 
         let cpus_index = find("cpus:")?;
         let cpus_line = lines[cpus_index];
@@ -95,6 +100,7 @@ impl InfoReport {
             memory_free_kib: memory[1],
             memory_hv_kib: memory[2],
             uptime_tenths,
+            tsc_khz,
             cpus,
             cpu_list,
             exits_total,
@@ -366,6 +372,8 @@ pub struct VcpuRow {
     pub state: String,
     /// The `Time(s)` column in tenths of a second.
     pub cpu_tenths: u64,
+    /// The `Moves` column: how often it ran on another CPU than before.
+    pub moves: u64,
     /// The `Affinity` column: `all`, or a CPU list like `1`, `0-1`, `0,2-3`.
     pub affinity: String,
 }
@@ -382,14 +390,15 @@ impl VcpuList {
     /// per line until an empty line, the prompt or the end; any other line
     /// inside the table is an error.
     pub fn parse(text: &str) -> Result<VcpuList, String> {
-        let rows = table_rows(text, "vcpu-list", &["Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity"])?;
+        let rows =
+            table_rows(text, "vcpu-list", &["Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Moves", "Affinity"])?;
         let rows = rows
             .into_iter()
             .map(|(line, name, fields)| {
                 let bad = || {
                     format!(
                         "`vcpu-list` row {line:?} is not like \"<name> <id> <vcpu> <cpu or -> <state> \
-                         <seconds>.<tenth> <all or CPU list>\"; its output was:\n{text}"
+                         <seconds>.<tenth> <moves> <all or CPU list>\"; its output was:\n{text}"
                     )
                 };
                 let number = |field: &str| field.parse::<u64>().map_err(|_| bad());
@@ -405,7 +414,8 @@ impl VcpuList {
                 if tenth.len() != 1 {
                     return Err(bad());
                 }
-                let affinity = fields[5];
+                let moves = number(fields[5])?;
+                let affinity = fields[6];
                 let list = affinity.split(',').all(|item| {
                     let (first, last) = item.split_once('-').unwrap_or((item, item));
                     first.parse::<u8>().is_ok() && last.parse::<u8>().is_ok()
@@ -420,6 +430,7 @@ impl VcpuList {
                     cpu,
                     state: state.to_owned(),
                     cpu_tenths: number(whole)? * 10 + number(tenth)?,
+                    moves,
                     affinity: affinity.to_owned(),
                 })
             })
@@ -471,6 +482,7 @@ mod tests {
         vmx features: ept vpid unrestricted-guest preemption-timer\n\
         memory:       total 262144 KiB, free 250000 KiB, hv 2048 KiB\n\
         uptime:       12.3 s\n\
+        tsc:          50000 kHz\n\
         cpus:         2 running hv\n\
         \x20 cpu 0  apic id 0   running domains\n\
         \x20 cpu 1  apic id 1   vmx-root idle\n\
@@ -489,6 +501,7 @@ mod tests {
         assert_eq!(info.exits_total, 20);
         assert_eq!(info.cpus, 2);
         assert_eq!(info.uptime_tenths, 123);
+        assert_eq!(info.tsc_khz, 50_000);
         assert_eq!(info.cpu_list, vec![(0, 0, "running domains".to_string()), (1, 1, "vmx-root idle".to_string())]);
         assert_eq!(info.exits("vmcall"), 18);
         assert_eq!(info.exits("cpuid"), 2);
@@ -600,10 +613,10 @@ mod tests {
     }
 
     const VCPU_LIST: &str = "vcpu-list\n\
-        Name                                ID VCPU CPU    State   Time(s) Affinity\n\
-        Domain-0                             0    0   0  running       3.1 all\n\
-        counter                              1    0   1  blocked       0.2 1\n\
-        spinner                              2    0   -   paused       0.0 0,2-3\n\
+        Name                                ID VCPU CPU    State   Time(s)  Moves Affinity\n\
+        Domain-0                             0    0   0  running       3.1      4 all\n\
+        counter                              1    0   1  blocked       0.2      0 1\n\
+        spinner                              2    0   -   paused       0.0      0 0,2-3\n\
         dom0> ";
 
     #[test]
@@ -619,18 +632,19 @@ mod tests {
                 cpu: Some(1),
                 state: "blocked".into(),
                 cpu_tenths: 2,
+                moves: 0,
                 affinity: "1".into(),
             })
         );
         let dom0 = list.get("Domain-0", 0).unwrap();
         assert_eq!(
-            (dom0.cpu, dom0.state.as_str(), dom0.cpu_tenths, dom0.affinity.as_str()),
-            (Some(0), "running", 31, "all")
+            (dom0.cpu, dom0.state.as_str(), dom0.cpu_tenths, dom0.moves, dom0.affinity.as_str()),
+            (Some(0), "running", 31, 4, "all")
         );
         let spinner = list.get("spinner", 0).unwrap();
         assert_eq!((spinner.cpu, spinner.affinity.as_str()), (None, "0,2-3"));
         assert!(list.get("counter", 1).is_none());
-        let empty = "Name ID VCPU CPU State Time(s) Affinity\n";
+        let empty = "Name ID VCPU CPU State Time(s) Moves Affinity\n";
         assert_eq!(VcpuList::parse(empty).unwrap().rows, []);
     }
 
@@ -640,10 +654,11 @@ mod tests {
             ("0  running", "x  running"),
             ("running", "r-----"),
             ("3.1", "3"),
-            ("3.1 all", "3.1 every"),
-            ("0.2 1", "0.2 1-"),
-            ("0.2 1", "0.2 1,,2"),
-            ("0.0 0,2-3", "0.0 0,2-3 extra"),
+            ("3.1      4 all", "3.1      4 every"),
+            ("4 all", "four all"),
+            ("0.2      0 1", "0.2      0 1-"),
+            ("0.2      0 1", "0.2      0 1,,2"),
+            ("0 0,2-3", "0 0,2-3 extra"),
         ] {
             let garbled = VCPU_LIST.replacen(from, to, 1);
             let error = VcpuList::parse(&garbled).unwrap_err();

@@ -56,8 +56,8 @@ impl Platform for Machine {
     fn kick(cpu: usize) {
         smp::kick(cpu)
     }
-    fn wake_idle_cpu() {
-        smp::wake_idle_cpu();
+    fn wake_idle_cpu(home: usize) {
+        smp::wake_idle_cpu(home);
     }
     fn flush_ept(root: u64, elsewhere: u64) {
         let capabilities = smp::capabilities();

@@ -442,14 +442,16 @@ pub fn set_idle(idle: bool) {
     }
 }
 
-/// Wakes one idle CPU other than this one, if there is one; returns
+/// Wakes one idle CPU other than this one, if there is one: `home` (the
+/// CPU whose run queue holds the vCPU that woke) if it is idle; returns
 /// whether it did.
-pub fn wake_idle_cpu() -> bool {
+pub fn wake_idle_cpu(home: usize) -> bool {
     let others = IDLE.load(Ordering::Acquire) & !(1u64 << (this_cpu() % 64));
     if others == 0 {
         return false;
     }
-    let index = others.trailing_zeros() as usize;
+    let home_bit = 1u64.checked_shl(home as u32).unwrap_or(0);
+    let index = if others & home_bit != 0 { home } else { others.trailing_zeros() as usize };
     IDLE.fetch_and(!(1u64 << index), Ordering::AcqRel);
     kick(index);
     true
