@@ -15,6 +15,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Domain control operations (`a0` of the hypercall).
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +153,7 @@ const _: () = assert!(FOREIGN_WINDOW_SIZE.is_multiple_of(2 << 20));
 /// segments from a GDT laid out as `hv` documents: null, code (0x08),
 /// data (0x10), TSS (0x18, 16 bytes, base 0, limit 0x67).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuContext {
     /// Entry point (guest-virtual = guest-physical under the initial tables).
     pub rip: u64,
@@ -214,7 +216,7 @@ impl VcpuState {
 /// A CPU index numbers the CPUs running hv from 0 in the order hv started
 /// them, the boot CPU 0: the order of `info::HvInfo::cpus`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuInfo {
     /// The vCPU's id within its domain (`0..DomainInfo::vcpu_count`).
     pub vcpu_id: u32,

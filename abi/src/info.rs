@@ -7,6 +7,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Feature bits in [`HvInfo::features`]: the hardware virtualization features
 /// the hypervisor found and uses.
 pub mod feature {
@@ -42,7 +44,7 @@ pub mod feature {
 
 /// Whole-hypervisor information. Written by hv, read by any domain.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct HvInfo {
     /// [`crate::ABI_VERSION`] of the running hypervisor.
     pub abi_version: u32,
@@ -86,7 +88,7 @@ pub const HV_INFO_CPUS: usize = 16;
 
 /// One physical CPU in [`HvInfo::cpus`] (8 bytes).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct CpuInfo {
     /// The CPU's local APIC id (from the ACPI MADT; 0 in an unused entry).
     pub apic_id: u32,
@@ -226,7 +228,7 @@ pub const CRASH_TEXT_BYTES: usize = 96;
 /// console, `ConsoleWrite` text) ever reaches it, so dom0 reports a crash
 /// from this record, never from log text. Since ABI 0.6.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct CrashRecord {
     /// A [`CrashReason`] value.
     pub reason: u32,
@@ -280,7 +282,7 @@ const _: () = assert!(offset_of!(CrashRecord, text) == 32);
 
 /// Per-domain information. Written by hv.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct DomainInfo {
     /// The domain's id.
     pub domain_id: u32,

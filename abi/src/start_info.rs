@@ -10,6 +10,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Value of [`StartInfo::magic`]: "MICASTRT" in little-endian bytes.
 pub const START_INFO_MAGIC: u64 = u64::from_le_bytes(*b"MICASTRT");
 
@@ -55,7 +57,7 @@ impl MemoryKind {
 
 /// One region of the domain's guest-physical address space.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct MemoryRegion {
     /// Guest-physical start, page-aligned.
     pub base: u64,
@@ -74,7 +76,7 @@ const _: () = assert!(offset_of!(MemoryRegion, kind) == 16);
 
 /// The start-info page. Written by the domain builder, read by the domain.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct StartInfo {
     /// [`START_INFO_MAGIC`].
     pub magic: u64,

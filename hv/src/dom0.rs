@@ -25,7 +25,6 @@ use abi::start_info::{MemoryKind, StartInfo, flags};
 use hvcore::elf::{ElfImage, PF_X};
 use hvcore::paging::{Access, Ept, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
 
-use crate::abi_bytes::bytes_of;
 use crate::arch::machine::Machine;
 use crate::arch::memory as physical;
 use crate::arch::serial::COM1_PORTS;
@@ -33,6 +32,7 @@ use crate::arch::vmx;
 use crate::hypervisor::Domain;
 use crate::memory::{self, HvTables};
 use abi::domctl::VcpuContext;
+use zerocopy::IntoBytes;
 
 const START_INFO: u64 = 0x1000;
 const GDT: u64 = 0x2000;
@@ -249,7 +249,7 @@ pub fn build(
     if start_info.ramdisk_size > 0 {
         start_info.push_region(memory_bytes, mapped_top - memory_bytes, MemoryKind::Ramdisk);
     }
-    write(START_INFO, bytes_of(&start_info))?;
+    write(START_INFO, start_info.as_bytes())?;
 
     let entry = image.entry();
     let entry_executable = image

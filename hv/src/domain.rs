@@ -437,6 +437,15 @@ impl<P: Platform> Domain<P> {
         Ok(())
     }
 
+    /// Reads an ABI structure out of guest memory (a copy: the guest may
+    /// change its memory at any time, so the copy is what gets checked and
+    /// used).
+    pub fn read_struct<T: zerocopy::FromBytes + zerocopy::IntoBytes>(&self, guest_physical: u64) -> Result<T, Error> {
+        let mut value = T::new_zeroed();
+        self.read_guest(guest_physical, value.as_mut_bytes())?;
+        Ok(value)
+    }
+
     /// Copies `bytes` into the guest. On error some leading chunks may
     /// already have been written (the guest's own memory; no hv state changes).
     pub fn write_guest(&self, guest_physical: u64, bytes: &[u8]) -> Result<(), Error> {

@@ -170,26 +170,6 @@ impl PortTable {
         Some(self.virq_ports.get(vcpu)?[virq as usize]).filter(|&port| port != NO_PORT)
     }
 
-    /// Ports bound to domain `remote` (Unbound for it, connected to it, or
-    /// Closed since it ended), in increasing order.
-    pub fn ports_connected_to(&self, remote: DomainId) -> impl Iterator<Item = Port> + '_ {
-        self.bindings.iter().enumerate().filter_map(move |(index, binding)| match *binding {
-            Binding::Unbound { remote: domain }
-            | Binding::Interdomain { remote: domain, .. }
-            | Binding::Closed { remote: domain }
-                if domain == remote =>
-            {
-                Some(port_number(index))
-            }
-            _ => None,
-        })
-    }
-
-    /// Number of ports that are not Free.
-    pub fn allocated_count(&self) -> usize {
-        self.allocated
-    }
-
     /// The (domain, port) that [`abi::event::EventOp::Send`] on `port` makes
     /// pending: the Interdomain peer. `InvalidArgument` beyond the table or
     /// for a virtual IRQ port (hv alone raises those), `NotFound` for a Free
@@ -408,17 +388,7 @@ pub struct Delivery {
     pub masked: bool,
 }
 
-impl Delivery {
-    /// Whether to raise the upcall (set `upcall_pending`; inject the vector
-    /// if it was 0): the port has just become pending and is not masked. A
-    /// port that was pending already needs none: either it was masked when
-    /// it became pending (unmasking with [`abi::event::EventOp::Unmask`]
-    /// delivers it), or the upcall was raised then, and the guest clears
-    /// `upcall_pending` before it scans `pending`, so it will see the port.
-    pub const fn raises_upcall(self) -> bool {
-        !self.was_pending && !self.masked
-    }
-}
+impl Delivery {}
 
 /// The word index and bit of `port` in an event page bitmap, or `None`
 /// beyond it. The hypervisor uses it to apply [`set_pending`]'s rule with
@@ -454,6 +424,44 @@ mod pirq_tests {
         assert_eq!(table.send_target(port), Err(Error::InvalidArgument));
         assert_eq!(table.status(port).unwrap().state, PortState::Pirq);
         assert_eq!(table.status(port).unwrap().remote, 4);
+    }
+}
+
+/// Test-only views.
+#[cfg(test)]
+impl PortTable {
+    /// Ports bound to domain `remote` (Unbound for it, connected to it, or
+    /// Closed since it ended), in increasing order.
+    pub fn ports_connected_to(&self, remote: DomainId) -> impl Iterator<Item = Port> + '_ {
+        self.bindings.iter().enumerate().filter_map(move |(index, binding)| match *binding {
+            Binding::Unbound { remote: domain }
+            | Binding::Interdomain { remote: domain, .. }
+            | Binding::Closed { remote: domain }
+                if domain == remote =>
+            {
+                Some(port_number(index))
+            }
+            _ => None,
+        })
+    }
+
+    /// Number of ports that are not Free.
+    pub fn allocated_count(&self) -> usize {
+        self.allocated
+    }
+}
+
+/// Test-only views.
+#[cfg(test)]
+impl Delivery {
+    /// Whether to raise the upcall (set `upcall_pending`; inject the vector
+    /// if it was 0): the port has just become pending and is not masked. A
+    /// port that was pending already needs none: either it was masked when
+    /// it became pending (unmasking with [`abi::event::EventOp::Unmask`]
+    /// delivers it), or the upcall was raised then, and the guest clears
+    /// `upcall_pending` before it scans `pending`, so it will see the port.
+    pub const fn raises_upcall(self) -> bool {
+        !self.was_pending && !self.masked
     }
 }
 

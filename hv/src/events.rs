@@ -59,8 +59,8 @@ pub fn vcpu_op(domain: &mut Domain, slot: usize, [operation, a1, a2, ..]: [u64; 
         VcpuOp::Id => Ok(me as u64),
         VcpuOp::Up => {
             let vcpu = target()?;
-            let context: abi::domctl::VcpuContext = crate::abi_bytes::read_struct(domain, a2)?;
-            crate::domctl::start_vcpu(domain, slot, vcpu, &context).map(|()| 0)
+            let context: abi::domctl::VcpuContext = domain.read_struct(a2)?;
+            hvcore::domctl::start_vcpu(domain, slot, vcpu, &context).map(|()| 0)
         }
         VcpuOp::Down => {
             let vcpu = target()?;

@@ -7,17 +7,26 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
+use abi::Error;
+use spin::mutex::TicketMutex;
+
 use crate::log_ring::Level;
 use crate::paging::TableMemory;
-use crate::platform::Platform;
+use crate::platform::{Platform, SCHEDULER_ENTRIES, VcpuSetup};
+use crate::scheduler::Scheduler;
+
+/// The fake machine's RAM, in frames (`total_pages`).
+pub const TOTAL_PAGES: u64 = 1 << 20;
 
 /// The fake machine.
 pub struct Fake;
 
-/// A fake vCPU: just its instruction pointer.
+/// A fake vCPU: its instruction pointer and a frame standing for its VMCS
+/// (so a vCPU never released shows as a frame never freed).
 #[derive(Debug)]
 pub struct FakeVcpu {
     pub rip: u64,
+    pub frame: u64,
 }
 
 /// What the machine holds and what was asked of it.
@@ -39,10 +48,17 @@ pub struct State {
     /// Lines `unmask_line` refuses.
     pub missing_lines: Vec<u8>,
     pub log: Vec<String>,
+    /// The CPUs running domains (`online_cpus`).
+    pub online_cpus: u64,
+    /// `create_vcpu` refuses the state (as a CPU whose VM entry checks fail).
+    pub refuse_vcpus: bool,
 }
 
 thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State { next_frame: 0x10_0000, ..State::default() });
+    static STATE: RefCell<State> =
+        RefCell::new(State { next_frame: 0x10_0000, online_cpus: 0b11, ..State::default() });
+    static SCHEDULER: &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> =
+        Box::leak(Box::new(TicketMutex::new(Scheduler::new(30_000, 1_000))));
 }
 
 /// Runs `f` on this thread's machine.
@@ -165,8 +181,25 @@ impl Platform for Fake {
     fn flush_ept(root: u64, elsewhere: u64) {
         with(|state| state.flushes.push((root, elsewhere)));
     }
+    fn create_vcpu(setup: &VcpuSetup) -> Result<FakeVcpu, Error> {
+        if with(|state| state.refuse_vcpus) {
+            return Err(Error::InvalidArgument);
+        }
+        let frame = Self::allocate_frame().ok_or(Error::OutOfMemory)?;
+        Ok(FakeVcpu { rip: setup.context.rip, frame })
+    }
     fn release_vcpu(vcpu: FakeVcpu) {
+        Self::free_frame(vcpu.frame);
         with(|state| state.released_vcpus.push(vcpu.rip));
+    }
+    fn online_cpus() -> u64 {
+        with(|state| state.online_cpus)
+    }
+    fn total_pages() -> u64 {
+        TOTAL_PAGES
+    }
+    fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
+        SCHEDULER.with(|scheduler| *scheduler)
     }
     fn mask_line(line: u8) {
         with(|state| state.masked_lines.push(line));

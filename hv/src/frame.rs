@@ -206,13 +206,6 @@ impl<'a> FrameAllocator<'a> {
         self.total
     }
 
-    /// Whether the frame containing `address` is free. Frames beyond the
-    /// bitmap are never free.
-    pub fn is_free(&self, address: u64) -> bool {
-        let frame = address / FRAME_SIZE;
-        frame < self.frame_limit() && !self.frame_is_used(frame)
-    }
-
     /// Whether `frame`'s bit is set; frames beyond the bitmap count as used.
     fn frame_is_used(&self, frame: u64) -> bool {
         let (word_index, bit) = split_frame(frame);
@@ -281,6 +274,17 @@ fn lowest_fit(range: &PhysRange, reserved: &[PhysRange], size: u64, align: u64) 
             // The candidate only ever grows, so the loop ends.
             Some(blocker) => candidate = blocker.end.checked_next_multiple_of(align)?,
         }
+    }
+}
+
+/// Test-only views.
+#[cfg(test)]
+impl FrameAllocator<'_> {
+    /// Whether the frame containing `address` is free. Frames beyond the
+    /// bitmap are never free.
+    pub fn is_free(&self, address: u64) -> bool {
+        let frame = address / FRAME_SIZE;
+        frame < self.frame_limit() && !self.frame_is_used(frame)
     }
 }
 

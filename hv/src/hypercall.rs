@@ -8,8 +8,8 @@ use abi::{DomainId, Error};
 
 use hvcore::event_ops::{Call, event_op_own};
 
-use crate::abi_bytes::bytes_of;
 use crate::hypervisor::{Domain, Hypervisor};
+use zerocopy::IntoBytes;
 
 /// A handler: the hypervisor, the calling domain's index, the five arguments.
 type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;
@@ -23,11 +23,11 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
     domain_info,
     null,
     platform,
-    crate::domctl::domctl,
+    hvcore::domctl::domctl,
     |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains[caller], arguments),
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
     |hv, caller, arguments| crate::events::vcpu_op(&mut hv.domains[caller], caller, arguments),
-    |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut crate::domctl::grants(hv), caller, arguments),
+    |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut hv.grants(), caller, arguments),
     |hv, caller, arguments| physdev(&mut hv.domains[caller], arguments),
 ];
 
@@ -133,8 +133,8 @@ fn dmesg_read(domain: &mut Domain, [address, length, ..]: [u64; 5]) -> Result<u6
 
 fn hv_info(hv: &mut Hypervisor, caller: usize, [address, size, ..]: [u64; 5]) -> Result<u64, Error> {
     let length = hvcore::guest::versioned_size(size, HV_INFO_MIN_SIZE, core::mem::size_of::<HvInfo>())?;
-    let info = hv.info();
-    hv.domains[caller].write_guest(address, &bytes_of(&info)[..length])?;
+    let info = crate::hypervisor::info(hv);
+    hv.domains[caller].write_guest(address, &info.as_bytes()[..length])?;
     Ok(length as u64)
 }
 
@@ -145,7 +145,7 @@ fn domain_info(hv: &mut Hypervisor, caller: usize, [domain, address, size, ..]: 
         require_privileged(&hv.domains[caller])?;
     }
     let info = hv.domains.iter().find(|d| d.id == target).ok_or(Error::NotFound)?.info();
-    hv.domains[caller].write_guest(address, &bytes_of(&info)[..length])?;
+    hv.domains[caller].write_guest(address, &info.as_bytes()[..length])?;
     Ok(length as u64)
 }
 

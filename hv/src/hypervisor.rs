@@ -8,7 +8,7 @@
 //! what concerns several domains (dom0's foreign window, creating and
 //! destroying domains, binding channels, grants) is under hv's table lock
 //! ([`State`]), which comes first and is held with every domain's lock
-//! ([`Hypervisor::lock`]). The run loop itself takes no table lock: it
+//! ([`lock`]). The run loop itself takes no table lock: it
 //! looks at each domain under its own lock to pick the next vCPU. No lock is held
 //! across a VM entry. After an exit a CPU takes its domain's lock alone
 //! for what concerns that domain only (most exits, scheduling and event
@@ -32,15 +32,16 @@
 
 use abi::DomainId;
 use abi::info::{CrashReason, HvInfo};
+use hvcore::domctl::State;
 use hvcore::event_ops::Call;
 use hvcore::platform::Platform;
+use hvcore::platform::SCHEDULER_ENTRIES;
 use hvcore::scheduler::Scheduler;
-use spin::mutex::{TicketMutex, TicketMutexGuard};
+use spin::mutex::TicketMutex;
 
 use crate::arch::machine::Machine;
 use crate::arch::vmx::{Exit, Vcpu};
 use crate::arch::{cpu, lapic, smp};
-pub use hvcore::domain::MAX_DOMAINS;
 use hvcore::domain::{CrashDetails, DomainGuard as Guard, from_sched_key, sched_key};
 
 /// Longest time slice in TSC ticks (about 2 million instructions under
@@ -71,83 +72,54 @@ fn unreachable_hypercall() -> bool {
 
 /// A domain on this machine.
 pub type Domain = hvcore::domain::Domain<Machine>;
-/// The domains on this machine, locked for work across them.
-pub type DomainTable<'a> = hvcore::domain::DomainTable<'a, Machine>;
 /// One domain of this machine, locked.
 pub type DomainGuard<'a> = Guard<'a, Machine>;
-
-/// Everything hv knows besides the domains, under hv's table lock.
-pub struct State {
-    pub boot_tsc: u64,
-    /// TSC frequency, 0 if unknown.
-    pub tsc_khz: u64,
-    /// Pages reserved for hv at boot (its image and the frame bitmap);
-    /// frames it allocates later (tables, VMCSs) are counted on top.
-    pub reserved_pages: u64,
-    /// The id the next created domain gets (ids are not reused soon).
-    pub next_domain_id: DomainId,
-    /// What dom0 has mapped in its foreign window, and of whom.
-    pub foreign: hvcore::foreign::ForeignWindow<MAX_DOMAINS>,
-}
 
 /// hv's table lock and what it guards. The lock is fair, so every CPU
 /// gets its turn however busy the others are. It comes before any
 /// domain's lock.
-static STATE: TicketMutex<State> = TicketMutex::new(State {
-    boot_tsc: 0,
-    tsc_khz: 0,
-    reserved_pages: 0,
-    next_domain_id: 1,
-    foreign: hvcore::foreign::ForeignWindow::with_abi_share(),
-});
+static STATE: TicketMutex<State> = TicketMutex::new(State::new());
 
 /// The scheduler, under a lock of its own that comes after any domain's
 /// (a CPU holding it takes no other).
-pub static SCHEDULER: TicketMutex<Scheduler<MAX_DOMAINS>> =
+pub static SCHEDULER: TicketMutex<Scheduler<SCHEDULER_ENTRIES>> =
     TicketMutex::new(Scheduler::new(PERIOD_TSC, TIME_SLICE_TSC));
 
 /// The domains, each under its own lock. Far too large for a stack (every
 /// domain's port table and statistics), so they live here, built in place.
 pub static DOMAINS: hvcore::domain::Domains<Machine> = hvcore::domain::Domains::new();
 
-/// hv's state with every domain locked: the table lock, then each domain.
-pub struct Hypervisor<'a> {
-    pub state: TicketMutexGuard<'a, State>,
-    pub domains: DomainTable<'a>,
+/// hv's state with every domain locked.
+pub type Hypervisor<'a> = hvcore::domctl::Hypervisor<'a, Machine>;
+
+/// Takes the table lock and every domain's.
+pub fn lock() -> Hypervisor<'static> {
+    Hypervisor { state: STATE.lock(), domains: DOMAINS.lock_all() }
 }
 
-impl Hypervisor<'static> {
-    /// Takes the table lock and every domain's.
-    pub fn lock() -> Self {
-        Hypervisor { state: STATE.lock(), domains: DOMAINS.lock_all() }
-    }
-}
-
-impl Hypervisor<'_> {
-    /// The `HvInfo` answer.
-    pub fn info(&self) -> HvInfo {
-        let totals = crate::memory::totals();
-        let owned: u64 = self.domains.iter().map(|d| d.current_pages).sum();
-        let mut hv_version = [0u8; 16];
-        let length = HV_VERSION.len().min(hv_version.len());
-        hv_version[..length].copy_from_slice(&HV_VERSION.as_bytes()[..length]);
-        let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
-        crate::arch::smp::describe(&mut cpus);
-        HvInfo {
-            abi_version: abi::ABI_VERSION,
-            domain_count: self.domains.count() as u32,
-            features: smp::capabilities().features,
-            total_pages: totals.total_pages,
-            free_pages: totals.free_pages,
-            // Allocated frames no domain owns: hv's own tables and VMX structures.
-            hv_pages: self.state.reserved_pages + (totals.total_pages - totals.free_pages).saturating_sub(owned),
-            tsc_khz: self.state.tsc_khz,
-            boot_tsc: self.state.boot_tsc,
-            cpu_count: crate::arch::smp::running(),
-            _reserved0: 0,
-            hv_version,
-            cpus,
-        }
+/// The `HvInfo` answer.
+pub fn info(hv: &Hypervisor) -> HvInfo {
+    let totals = crate::memory::totals();
+    let owned: u64 = hv.domains.iter().map(|d| d.current_pages).sum();
+    let mut hv_version = [0u8; 16];
+    let length = HV_VERSION.len().min(hv_version.len());
+    hv_version[..length].copy_from_slice(&HV_VERSION.as_bytes()[..length]);
+    let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
+    crate::arch::smp::describe(&mut cpus);
+    HvInfo {
+        abi_version: abi::ABI_VERSION,
+        domain_count: hv.domains.count() as u32,
+        features: smp::capabilities().features,
+        total_pages: totals.total_pages,
+        free_pages: totals.free_pages,
+        // Allocated frames no domain owns: hv's own tables and VMX structures.
+        hv_pages: hv.state.reserved_pages + (totals.total_pages - totals.free_pages).saturating_sub(owned),
+        tsc_khz: hv.state.tsc_khz,
+        boot_tsc: hv.state.boot_tsc,
+        cpu_count: crate::arch::smp::running(),
+        _reserved0: 0,
+        hv_version,
+        cpus,
     }
 }
 
@@ -368,7 +340,7 @@ pub fn run() -> ! {
                 // A domain that crashed or shut down leaves its peers'
                 // channels Closed at once (its own lock let go first).
                 if let Some(index) = index.filter(|_| ended) {
-                    hvcore::event_ops::end_channels(&mut Hypervisor::lock().domains, index);
+                    hvcore::event_ops::end_channels(&mut lock().domains, index);
                 }
                 SCHEDULER.lock().charge(key, ran, cpu::rdtsc());
             }
@@ -422,7 +394,7 @@ fn choose(cpu: usize) -> Choice {
 /// `slice` TSC ticks of wall time, handling its exits, if it can run now.
 /// Holds no lock across a VM entry, and only the domain's own lock after
 /// an exit, unless the exit concerns other domains: then hv's table lock
-/// and every domain's (`Hypervisor::lock`). Returns the ticks it was
+/// and every domain's (`lock`). Returns the ticks it was
 /// scheduled (charged to it, including hv's work on its behalf) and
 /// whether the domain has ended (crashed or shut down) with its channels
 /// still to be ended.
@@ -525,7 +497,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                 Call::Table => {
                     // Out of line: the hot path stays small.
                     drop(domain);
-                    let result = crate::hypercall::dispatch(&mut Hypervisor::lock(), index, number, arguments);
+                    let result = crate::hypercall::dispatch(&mut lock(), index, number, arguments);
                     domain = DOMAINS.lock_running(index);
                     result
                 }

@@ -9,6 +9,7 @@
 pub mod acpi;
 pub mod cpu_state;
 pub mod domain;
+pub mod domctl;
 pub mod elf;
 pub mod event;
 pub mod event_ops;

@@ -9,10 +9,8 @@
 #![no_std]
 #![no_main]
 
-mod abi_bytes;
 mod arch;
 mod dom0;
-mod domctl;
 mod events;
 mod hypercall;
 mod hypervisor;
@@ -24,7 +22,6 @@ use hvcore::frame::PhysRange;
 use hvcore::multiboot2;
 
 use crate::arch::{cpu, gdt, idt, lapic, serial, vmx};
-use crate::hypervisor::Hypervisor;
 use crate::log::Level;
 
 unsafe extern "C" {
@@ -176,7 +173,7 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
         Ok(built) => built,
         Err(reason) => stop(reason),
     };
-    let mut hv = Hypervisor::lock();
+    let mut hv = hypervisor::lock();
     hypervisor::SCHEDULER.lock().set_cpus(arch::smp::running());
     hv.state.boot_tsc = boot_tsc;
     hv.state.tsc_khz = tsc_khz;
@@ -186,10 +183,10 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     // bitmaps and as the MSR bitmap of every guest (the CPU only reads them).
     let Some(deny_all) = memory::allocate_frame() else { stop("out of memory for the guest bitmaps") };
     arch::memory::copy_to(deny_all, &[0xff; 4096]);
-    crate::domctl::GUEST_BITMAPS.store(deny_all, core::sync::atomic::Ordering::Relaxed);
+    crate::arch::machine::GUEST_BITMAPS.store(deny_all, core::sync::atomic::Ordering::Relaxed);
     // The table and the scheduler are empty: dom0 goes in slot 0.
-    if crate::domctl::add_to_scheduler(&mut hv, dom0).is_err()
-        || crate::domctl::start_vcpu(&mut hv.domains[0], 0, 0, &dom0_context).is_err()
+    if hvcore::domctl::add_to_scheduler(&mut hv, dom0).is_err()
+        || hvcore::domctl::start_vcpu(&mut hv.domains[0], 0, 0, &dom0_context).is_err()
     {
         stop("dom0's vCPU could not be created");
     }

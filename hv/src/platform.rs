@@ -10,8 +10,27 @@
 
 use core::fmt;
 
+use abi::Error;
+use abi::domctl::VcpuContext;
+use spin::mutex::TicketMutex;
+
 use crate::log_ring::Level;
 use crate::paging::TableMemory;
+use crate::scheduler::Scheduler;
+
+/// Most entries the scheduler holds: every vCPU of a full domain table.
+pub const SCHEDULER_ENTRIES: usize = crate::domain::MAX_DOMAINS * crate::domain::MAX_VCPUS;
+
+/// What the machine needs to build a vCPU ([`Platform::create_vcpu`]): the
+/// domain's address space, the vCPU's tag in the TLB, its domain's I/O and
+/// MSR bitmaps (0: the machine's deny-all ones) and its first registers.
+pub struct VcpuSetup<'a> {
+    pub ept_root: u64,
+    pub vpid: u16,
+    pub io_bitmaps: [u64; 2],
+    pub msr_bitmap: u64,
+    pub context: &'a VcpuContext,
+}
 
 /// Memory shared with a domain at host address `.0` (an event page, a
 /// grant entry): reached only through the machine's atomic accesses,
@@ -70,8 +89,19 @@ pub trait Platform: 'static {
     /// shootdown that waits for them, those of the CPUs in `elsewhere`
     /// (bit i = CPU index i; this CPU's bit may be set).
     fn flush_ept(root: u64, elsewhere: u64);
+    /// Builds a vCPU from `setup` (checked by the caller), not yet run on
+    /// any CPU. `OutOfMemory`, or `InvalidArgument` (logged) when the CPU
+    /// refuses the state.
+    fn create_vcpu(setup: &VcpuSetup) -> Result<Self::Vcpu, Error>;
     /// Retires a vCPU no CPU runs and frees what it holds.
     fn release_vcpu(vcpu: Self::Vcpu);
+    /// The CPUs that run domains, bit i = CPU index i.
+    fn online_cpus() -> u64;
+    /// Frames of RAM the machine has in all.
+    fn total_pages() -> u64;
+    /// The scheduler, under a lock of its own that comes after any
+    /// domain's (a CPU holding it takes no other).
+    fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>>;
 
     /// Masks the device interrupt line `line`.
     fn mask_line(line: u8);

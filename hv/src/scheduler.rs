@@ -641,7 +641,7 @@ impl<const N: usize> Scheduler<N> {
         // Each group taking part is led by its first entry taking part; the
         // group's figures are kept at the leader's index.
         let mut leader = [0; N];
-        let mut members = [0u128; N];
+        let mut members = [0u32; N];
         for index in (0..self.entries.len()).filter(|&index| taking_part[index]) {
             let group = self.entries[index].group;
             leader[index] = match group {
@@ -660,7 +660,7 @@ impl<const N: usize> Scheduler<N> {
         let ceiling = |index: usize| match self.group_index(index) {
             Some(group) => {
                 let cap = cap_left(self.groups[group].cap_percent, 0, self.period_tsc);
-                (members[index] * period).min(u128::from(cap))
+                (u128::from(members[index]) * period).min(u128::from(cap))
             }
             None => period,
         };
@@ -697,17 +697,17 @@ impl<const N: usize> Scheduler<N> {
             let lead = leader[index];
             let grouped = self.group_index(index).is_some();
             // The entry's even part of its group's weight.
-            let weight = (group_weight(lead) << 16) / members[lead].max(1);
+            let weight = (group_weight(lead) << 16) / u128::from(members[lead].max(1));
             if full[lead] {
                 // At most one period, since the ceiling is at most one per
                 // entry; at most the entry's part of the weight, since the
                 // group's share reached the ceiling.
-                let grant = ceiling(lead) / members[lead].max(1);
+                let grant = ceiling(lead) / u128::from(members[lead].max(1));
                 let order_weight = ((grant * rate_weight) << 16) / rate_capacity.max(1);
                 (saturate_i64(grant as u64), Some(order_weight.min(weight) as u64))
             } else {
                 // Below a period, since the group was not filled.
-                let grant = rate_capacity * group_weight(lead) / rate_weight / members[lead].max(1);
+                let grant = rate_capacity * group_weight(lead) / rate_weight / u128::from(members[lead].max(1));
                 (saturate_i64(grant as u64), grouped.then_some(weight as u64))
             }
         })

@@ -3,8 +3,11 @@
 
 use core::fmt;
 
+use abi::Error;
 use hvcore::log_ring::Level;
-use hvcore::platform::Platform;
+use hvcore::platform::{Platform, SCHEDULER_ENTRIES, VcpuSetup};
+use hvcore::scheduler::Scheduler;
+use spin::mutex::TicketMutex;
 
 use super::memory::{self as physical, FrameBox};
 use super::vmx::{self, Vcpu};
@@ -12,6 +15,10 @@ use super::{ioapic, smp};
 
 /// x86-64 with VT-x.
 pub struct Machine;
+
+/// The all-ones page every guest has as its I/O bitmaps and its MSR bitmap:
+/// all ports and MSRs exit (the CPU only reads it). Set once at boot.
+pub static GUEST_BITMAPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 impl Platform for Machine {
     type Vcpu = FrameBox<Vcpu>;
@@ -66,10 +73,37 @@ impl Platform for Machine {
             smp::flush_ept_elsewhere(elsewhere);
         }
     }
+    fn create_vcpu(setup: &VcpuSetup) -> Result<Self::Vcpu, Error> {
+        let vmcs_region = crate::memory::allocate_frame().ok_or(Error::OutOfMemory)?;
+        // dom0's vCPUs share its own bitmaps (its ports, its MSRs); a
+        // guest's are the shared deny-all page.
+        let guest_bitmaps = GUEST_BITMAPS.load(core::sync::atomic::Ordering::Relaxed);
+        let own_or_shared = |own: u64| if own != 0 { own } else { guest_bitmaps };
+        let bitmaps = [own_or_shared(setup.io_bitmaps[0]), own_or_shared(setup.io_bitmaps[1])];
+        let setup = VcpuSetup { io_bitmaps: bitmaps, msr_bitmap: own_or_shared(setup.msr_bitmap), ..*setup };
+        let created = Vcpu::new(smp::capabilities(), vmcs_region, &setup).map_err(|reason| {
+            crate::memory::free_frame(vmcs_region);
+            crate::error!("creating a vCPU failed: {reason}");
+            Error::InvalidArgument
+        })?;
+        FrameBox::new(created, crate::memory::allocate_frame).map_err(|created| {
+            crate::memory::free_frame(created.release(smp::capabilities()));
+            Error::OutOfMemory
+        })
+    }
     fn release_vcpu(vcpu: Self::Vcpu) {
         let (vcpu, frame) = vcpu.into_inner();
         crate::memory::free_frame(vcpu.release(smp::capabilities()));
         crate::memory::free_frame(frame);
+    }
+    fn online_cpus() -> u64 {
+        smp::online_mask()
+    }
+    fn total_pages() -> u64 {
+        crate::memory::totals().total_pages
+    }
+    fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
+        &crate::hypervisor::SCHEDULER
     }
     fn mask_line(line: u8) {
         ioapic::mask(line)

@@ -12,6 +12,7 @@ use core::arch::asm;
 
 use abi::info::feature;
 use bitflags::bitflags;
+use hvcore::platform::VcpuSetup;
 
 pub use self::enter::GuestRegisters;
 use self::vmcs::Field;
@@ -554,29 +555,6 @@ pub fn count_nmi() -> u64 {
     NMI_EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
 }
 
-/// Everything needed to start a vCPU in 64-bit mode.
-#[derive(Clone, Copy, Debug)]
-pub struct VcpuConfig {
-    /// Physical address of the zeroed page to use as the VMCS.
-    pub vmcs_region: u64,
-    /// Root (PML4) of the domain's EPT.
-    pub ept_root: u64,
-    /// Non-zero VPID (ignored without VPID support).
-    pub vpid: u16,
-    /// Physical addresses of I/O bitmaps A and B and of the MSR bitmap.
-    pub io_bitmap_a: u64,
-    pub io_bitmap_b: u64,
-    pub msr_bitmap: u64,
-    /// Guest CR3 (its initial PML4), entry point, stack, GDT.
-    pub cr3: u64,
-    pub rip: u64,
-    pub rsp: u64,
-    pub gdt_base: u64,
-    pub gdt_limit: u16,
-    /// Value of `rdi` at entry (the start-info page).
-    pub rdi: u64,
-}
-
 /// The guest GDT layout the domain builder writes (selectors used at entry).
 pub mod guest_gdt {
     /// 64-bit code.
@@ -735,15 +713,17 @@ const GUEST_CR4: u64 = 1 << 5;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
 impl Vcpu {
-    /// Builds and loads a VMCS for a 64-bit guest. The VMCS stays current
-    /// on this CPU.
-    pub fn new(capabilities: &Capabilities, config: &VcpuConfig) -> Result<Vcpu, &'static str> {
+    /// Builds a VMCS in the zeroed page `vmcs_region` for a 64-bit guest
+    /// started as `setup` says (its bitmaps' addresses all set), and leaves
+    /// it inactive.
+    pub fn new(capabilities: &Capabilities, vmcs_region: u64, setup: &VcpuSetup) -> Result<Vcpu, &'static str> {
+        let context = setup.context;
         // SAFETY: the region is a zeroed page owned by this vCPU.
-        unsafe { core::ptr::write_volatile(config.vmcs_region as *mut u32, capabilities.revision) };
-        if !vmx_instruction!("vmclear", config.vmcs_region) || !vmx_instruction!("vmptrld", config.vmcs_region) {
+        unsafe { core::ptr::write_volatile(vmcs_region as *mut u32, capabilities.revision) };
+        if !vmx_instruction!("vmclear", vmcs_region) || !vmx_instruction!("vmptrld", vmcs_region) {
             return Err("VMCLEAR/VMPTRLD failed");
         }
-        super::smp::set_current_vmcs(config.vmcs_region);
+        super::smp::set_current_vmcs(vmcs_region);
         use vmcs::write;
         // Controls.
         write(Field::PinBasedControls, capabilities.pin as u64);
@@ -759,13 +739,13 @@ impl Vcpu {
         write(Field::ExitMsrLoadCount, 0);
         write(Field::EntryMsrLoadCount, 0);
         write(Field::EntryInterruptionInfo, 0);
-        write(Field::IoBitmapA, config.io_bitmap_a);
-        write(Field::IoBitmapB, config.io_bitmap_b);
-        write(Field::MsrBitmap, config.msr_bitmap);
-        let ept_pointer = ept_pointer(capabilities, config.ept_root);
+        write(Field::IoBitmapA, setup.io_bitmaps[0]);
+        write(Field::IoBitmapB, setup.io_bitmaps[1]);
+        write(Field::MsrBitmap, setup.msr_bitmap);
+        let ept_pointer = ept_pointer(capabilities, setup.ept_root);
         write(Field::EptPointer, ept_pointer);
         if capabilities.features & feature::VPID != 0 {
-            write(Field::VirtualProcessorId, config.vpid as u64);
+            write(Field::VirtualProcessorId, setup.vpid as u64);
         }
         // The guest owns CR0 and CR4 except VMXE, which VMX forces on and
         // which the read shadow hides (SDM 25.6.6).
@@ -803,11 +783,11 @@ impl Vcpu {
 
         // Guest state (SDM 26.3.1): 64-bit mode, flat segments, paging on.
         write(Field::GuestCr0, cr0);
-        write(Field::GuestCr3, config.cr3);
+        write(Field::GuestCr3, context.cr3);
         write(Field::GuestCr4, cr4);
         write(Field::GuestDr7, hvcore::cpu_state::debug::DR7_INITIAL);
-        write(Field::GuestRsp, config.rsp);
-        write(Field::GuestRip, config.rip);
+        write(Field::GuestRsp, context.rsp);
+        write(Field::GuestRip, context.rip);
         write(Field::GuestRflags, 0x2);
         write(Field::GuestEfer, GUEST_EFER);
         write(Field::GuestPat, DEFAULT_PAT);
@@ -836,8 +816,8 @@ impl Vcpu {
         write(Field::GuestTrBase, 0);
         write(Field::GuestTrLimit, 0x67);
         write(Field::GuestTrAccessRights, TASK_BUSY_ACCESS);
-        write(Field::GuestGdtrBase, config.gdt_base);
-        write(Field::GuestGdtrLimit, config.gdt_limit as u64);
+        write(Field::GuestGdtrBase, context.gdt_base);
+        write(Field::GuestGdtrLimit, context.gdt_limit as u64);
         write(Field::GuestIdtrBase, 0);
         write(Field::GuestIdtrLimit, 0);
         write(Field::GuestInterruptibility, 0);
@@ -850,15 +830,15 @@ impl Vcpu {
 
         // Written back and inactive until a CPU checks it out (`check_out`
         // flushes its translations on each CPU it arrives at).
-        if !vmx_instruction!("vmclear", config.vmcs_region) {
+        if !vmx_instruction!("vmclear", vmcs_region) {
             return Err("VMCLEAR failed");
         }
         super::smp::set_current_vmcs(0);
-        let registers = GuestRegisters { rdi: config.rdi, ..GuestRegisters::default() };
+        let registers = GuestRegisters { rdi: context.rdi, ..GuestRegisters::default() };
         Ok(Vcpu {
-            vmcs_region: config.vmcs_region,
+            vmcs_region,
             ept_pointer,
-            vpid: config.vpid,
+            vpid: setup.vpid,
             primary_controls: capabilities.primary,
             launched: false,
             registers,
