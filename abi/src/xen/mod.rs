@@ -73,6 +73,7 @@
 
 pub mod errno;
 pub mod hypercall;
+pub mod version;
 
 pub use errno::Errno;
 pub use hypercall::Hypercall;
