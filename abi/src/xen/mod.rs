@@ -73,6 +73,7 @@
 
 pub mod errno;
 pub mod hypercall;
+pub mod shared_info;
 pub mod version;
 
 pub use errno::Errno;
