@@ -72,6 +72,7 @@
 //! useful for a precise refusal.
 
 pub mod errno;
+pub mod event_channel;
 pub mod hypercall;
 pub mod shared_info;
 pub mod version;
