@@ -74,6 +74,7 @@
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
+pub mod hvm;
 pub mod hypercall;
 pub mod memory;
 pub mod shared_info;
