@@ -78,6 +78,7 @@ pub mod hvm;
 pub mod hypercall;
 pub mod memory;
 pub mod shared_info;
+pub mod vcpu;
 pub mod version;
 
 pub use errno::Errno;
