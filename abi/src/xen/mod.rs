@@ -71,12 +71,14 @@
 //! PVH guest never passes are listed by number only, where their number is
 //! useful for a precise refusal.
 
+pub mod console_io;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
 pub mod memory;
+pub mod sched;
 pub mod shared_info;
 pub mod vcpu;
 pub mod version;
