@@ -80,6 +80,7 @@ pub mod hypercall;
 pub mod memory;
 pub mod sched;
 pub mod shared_info;
+pub mod start_info;
 pub mod vcpu;
 pub mod version;
 
