@@ -72,6 +72,7 @@
 //! useful for a precise refusal.
 
 pub mod console_io;
+pub mod cpuid;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
