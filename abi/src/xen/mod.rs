@@ -78,6 +78,7 @@ pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
+pub mod io;
 pub mod memory;
 pub mod sched;
 pub mod shared_info;
