@@ -41,7 +41,9 @@
 
 use core::mem::{offset_of, size_of};
 
+pub mod block;
 pub mod console;
+pub mod net;
 pub mod store;
 pub mod xenbus;
 
