@@ -220,7 +220,7 @@ const _: () = assert!(offset_of!(XenMemoryMap, buffer) == 8);
 
 /// One entry of [`MemoryOp::MemoryMap`]'s buffer, in the BIOS E820 format:
 /// 20 bytes, no padding (so `addr` and `size` are only 4-byte aligned).
-/// `kind` (C: `type`) uses the same values as
+/// `type` uses the same values as
 /// [`super::start_info::HvmMemmapType`].
 #[repr(C, packed(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,7 +230,7 @@ pub struct E820Entry {
     /// Length of the range in bytes.
     pub size: u64,
     /// What the range is ([`super::start_info::HvmMemmapType`] number).
-    pub kind: u32,
+    pub r#type: u32,
 }
 
 /// Bytes of one [`E820Entry`].
@@ -239,13 +239,13 @@ pub const E820_ENTRY_SIZE: usize = 20;
 const _: () = assert!(size_of::<E820Entry>() == E820_ENTRY_SIZE);
 const _: () = assert!(offset_of!(E820Entry, addr) == 0);
 const _: () = assert!(offset_of!(E820Entry, size) == 8);
-const _: () = assert!(offset_of!(E820Entry, kind) == 16);
+const _: () = assert!(offset_of!(E820Entry, r#type) == 16);
 
 impl E820Entry {
     /// The entry's 20 bytes (little-endian), for writing into a buffer.
     pub const fn to_bytes(self) -> [u8; E820_ENTRY_SIZE] {
         let mut out = [0u8; E820_ENTRY_SIZE];
-        let (addr, size, kind) = (self.addr.to_le_bytes(), self.size.to_le_bytes(), self.kind.to_le_bytes());
+        let (addr, size, kind) = (self.addr.to_le_bytes(), self.size.to_le_bytes(), self.r#type.to_le_bytes());
         let mut index = 0;
         while index < 8 {
             out[index] = addr[index];
@@ -266,7 +266,7 @@ impl E820Entry {
         E820Entry {
             addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
             size: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
-            kind: u32::from_le_bytes([k0, k1, k2, k3]),
+            r#type: u32::from_le_bytes([k0, k1, k2, k3]),
         }
     }
 }
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn e820_entry_bytes_round_trip() {
-        let entry = E820Entry { addr: 0x1_0000_0000, size: 0x20_0000, kind: 1 };
+        let entry = E820Entry { addr: 0x1_0000_0000, size: 0x20_0000, r#type: 1 };
         let bytes = entry.to_bytes();
         assert_eq!(bytes[..8], 0x1_0000_0000u64.to_le_bytes());
         assert_eq!(bytes[8..16], 0x20_0000u64.to_le_bytes());

@@ -123,8 +123,8 @@ pub struct HvmMemmapTableEntry {
     pub addr: u64,
     /// Length in bytes.
     pub size: u64,
-    /// What the range is: a [`HvmMemmapType`] number (C: `type`).
-    pub kind: u32,
+    /// What the range is: a [`HvmMemmapType`] number.
+    pub r#type: u32,
     /// Reserved, zero.
     pub reserved: u32,
 }
@@ -132,7 +132,7 @@ pub struct HvmMemmapTableEntry {
 const _: () = assert!(size_of::<HvmMemmapTableEntry>() == 24);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, addr) == 0);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, size) == 8);
-const _: () = assert!(offset_of!(HvmMemmapTableEntry, kind) == 16);
+const _: () = assert!(offset_of!(HvmMemmapTableEntry, r#type) == 16);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, reserved) == 20);
 
 numbered_enum! {

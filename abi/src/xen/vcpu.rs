@@ -183,7 +183,8 @@ impl VcpuRegisterVcpuInfo {
     /// Whether `offset` places a 64-byte, 8-byte aligned `vcpu_info`
     /// inside the page (else Xen answers `-ENXIO`).
     pub const fn offset_is_valid(&self) -> bool {
-        self.offset.is_multiple_of(8) && self.offset as usize + size_of::<super::shared_info::VcpuInfo>() <= super::XEN_PAGE_SIZE
+        self.offset.is_multiple_of(8)
+            && self.offset as usize + size_of::<super::shared_info::VcpuInfo>() <= super::XEN_PAGE_SIZE
     }
 }
 
