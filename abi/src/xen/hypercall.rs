@@ -189,8 +189,8 @@ pub const HYPERCALL_PAGE_MSR: u32 = 0x4000_0000;
 /// The bytes of stub `number` of an Intel hypercall page, before the zero
 /// padding that fills the rest of its 32 bytes.
 ///
-/// A guest that asks for a hypercall page (through
-/// [`HYPERCALL_PAGE_MSR`], or an ELF note) calls `page + 32 * number`
+/// A guest that asks for a hypercall page (by writing the page's address
+/// to [`HYPERCALL_PAGE_MSR`]) calls `page + 32 * number`
 /// instead of writing `vmcall` itself. Each stub is `mov eax, number;
 /// vmcall; ret`; the stub of [`Hypercall::Iret`] is `ud2` (PV only). A
 /// guest that issues `vmcall` directly (Linux 6.1 PVH does) needs no page.

@@ -20,12 +20,22 @@
 //! constant `GNTST_bad_gntref` is [`grant_table::GrantStatus::BadGntref`];
 //! field names are kept as in C so a reader can put the two side by side.
 //!
-//! Every structure is `#[repr(C)]` and its size and every field offset are
-//! asserted at compile time. Where C leaves padding implicit, the Rust
+//! Every structure is `#[repr(C)]` (one, [`memory::E820Entry`], also
+//! packed, as the BIOS format it copies is) and its size and every field
+//! offset are asserted at compile time. Where C leaves padding implicit, the Rust
 //! structure names it (`_pad*`, always zero when written, ignored when
 //! read). Where C uses a union, this module gives either one structure per
 //! case with the same size (so no `unsafe` is needed to read it) or an
 //! integer field with accessors; each such place says which.
+//!
+//! Where each Xen header went: `xen.h` -> [`hypercall`], [`shared_info`],
+//! [`event_channel`] (VIRQs), the domain ids below; `errno.h` -> [`errno`];
+//! `version.h`, `features.h` -> [`version`]; `event_channel.h` ->
+//! [`event_channel`]; `grant_table.h` -> [`grant_table`]; `memory.h` ->
+//! [`memory`]; `hvm/hvm_op.h`, `hvm/params.h` -> [`hvm`]; `vcpu.h`,
+//! `hvm/hvm_vcpu.h` -> [`vcpu`]; `sched.h` -> [`sched`];
+//! `arch-x86/hvm/start_info.h` -> [`start_info`]; `arch-x86/cpuid.h` ->
+//! [`cpuid`]; `arch-x86/xen*.h` -> [`shared_info`]; `io/*.h` -> [`io`].
 //!
 //! # Calling convention (x86_64, Intel VT-x)
 //! A hypercall is the `vmcall` instruction executed at guest CPL 0:
@@ -50,10 +60,13 @@
 //! page boundary. An address the hypervisor cannot translate or that is not
 //! RAM of the caller gives `-EFAULT`.
 //!
-//! A `vmcall` at guest CPL 3 does not reach the hypercall: Xen injects #UD.
-//! (Mica's own calls return an error in `rax` instead; see the crate
-//! documentation. Which of the two Mica does for Xen-numbered calls is
-//! decided when hv implements them.)
+//! A `vmcall` at guest CPL > 0 (user space) does not reach the hypercall:
+//! it returns `-EPERM` in `rax`, whatever the number (as Mica's own calls
+//! already do). The convention above is for callers in 64-bit mode, the
+//! only mode in which a PVH kernel makes hypercalls; Xen also accepts
+//! 32-bit callers (arguments in `ebx`, `ecx`, `edx`, `esi`, `edi`), which
+//! this module does not describe. Xen reserves numbers with bit 31 set for
+//! Hyper-V calls when it offers Hyper-V's interface.
 //!
 //! # Mica's own calls
 //! Mica keeps a few calls Xen does not have (domain control, the log,
@@ -65,11 +78,13 @@
 //!
 //! # What is left out
 //! PV-only interfaces (page-table updates, trap tables, segment
-//! descriptors, `multicall`), FIFO event channels, grant table version 2,
-//! transfers, domain control for toolstacks (`domctl`, `sysctl`), the
-//! device model interface and everything ARM-specific. Structures that a
-//! PVH guest never passes are listed by number only, where their number is
-//! useful for a precise refusal.
+//! descriptors, `multicall`, the PV `start_info`), FIFO event channels,
+//! grant table version 2 and transfers, `physdev_op`, domain control for
+//! toolstacks (`domctl`, `sysctl`), the device model interface, the
+//! network protocol's extra-info slots and control ring, multi-page and
+//! multi-queue device rings, and everything ARM-specific. Operations a
+//! PVH guest does not use are listed by number (a few with their layout),
+//! so that a refusal can be precise.
 
 pub mod console_io;
 pub mod cpuid;
