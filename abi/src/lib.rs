@@ -2,6 +2,8 @@
 //! CPUID interface and every structure shared between hv, dom0 and guests.
 //!
 //! This crate is the specification that guest PV drivers are written against.
+//! [`xen`] restates the subset of Xen's guest ABI (PVH) that Mica is moving
+//! to; hv does not implement it yet.
 //! Every shared structure is `#[repr(C)]` with fixed-width fields and explicit
 //! reserved padding, and its size and field offsets are asserted at compile
 //! time, so a layout can never change by accident.
@@ -65,6 +67,7 @@ pub mod physdev;
 pub mod ring;
 pub mod start_info;
 pub mod store;
+pub mod xen;
 
 pub use hypercall::Hypercall;
 

@@ -1,0 +1,213 @@
+//! Xen's PVH guest interface: the subset of Xen's public ABI that Mica
+//! implements (issue 10), with Xen's numbers, flag bits, error values and
+//! byte-exact structure layouts for x86_64.
+//!
+//! Status: **specification only.** Nothing in hv, dom0 or pv-drivers uses
+//! this module yet; until they do, Mica's own interface (the rest of this
+//! crate) is what the hypervisor implements. A guest must not assume any of
+//! these calls work before the CHANGELOG says so.
+//!
+//! # What this module is
+//! Xen's interface is defined by C headers (`xen/include/public/` in the
+//! Xen tree). This module restates, in Rust and with its own wording, the
+//! part of it a Linux PVH guest (Linux 6.1 and later) and Mica's own front
+//! ends need: hypercall and sub-operation numbers, argument structures,
+//! the shared-info page, event channels (2-level only), grant tables
+//! (version 1 only), the PVH start-of-day structure, Xen's CPUID leaves,
+//! and the shared-memory protocols of the console, the store, block and
+//! network devices. Names are Xen's, Rust-cased: the C structure
+//! `evtchn_alloc_unbound` is [`event_channel::EvtchnAllocUnbound`], the
+//! constant `GNTST_bad_gntref` is [`grant_table::GrantStatus::BadGntref`];
+//! field names are kept as in C so a reader can put the two side by side.
+//!
+//! Every structure is `#[repr(C)]` (one, [`memory::E820Entry`], also
+//! packed, as the BIOS format it copies is) and its size and every field
+//! offset are asserted at compile time. Where C leaves padding implicit, the Rust
+//! structure names it (`_pad*`, always zero when written, ignored when
+//! read). Where C uses a union, this module gives either one structure per
+//! case with the same size (so no `unsafe` is needed to read it) or an
+//! integer field with accessors; each such place says which.
+//!
+//! Where each Xen header went: `xen.h` -> [`hypercall`], [`shared_info`],
+//! [`event_channel`] (VIRQs), the domain ids below; `errno.h` -> [`errno`];
+//! `version.h`, `features.h` -> [`version`]; `event_channel.h` ->
+//! [`event_channel`]; `grant_table.h` -> [`grant_table`]; `memory.h` ->
+//! [`memory`]; `hvm/hvm_op.h`, `hvm/params.h` -> [`hvm`]; `vcpu.h`,
+//! `hvm/hvm_vcpu.h` -> [`vcpu`]; `sched.h` -> [`sched`];
+//! `arch-x86/hvm/start_info.h` -> [`start_info`]; `arch-x86/cpuid.h` ->
+//! [`cpuid`]; `arch-x86/xen*.h` -> [`shared_info`]; `io/*.h` -> [`io`].
+//!
+//! # Calling convention (x86_64, Intel VT-x)
+//! A hypercall is the `vmcall` instruction executed at guest CPL 0:
+//! - `rax`: the hypercall number ([`hypercall::Hypercall`]);
+//! - `rdi`, `rsi`, `rdx`, `r10`, `r8`: arguments 1 to 5, in that order. Most
+//!   calls take a sub-operation (`cmd`, only its low 32 bits are read) in
+//!   `rdi` and the address of an argument structure in `rsi`;
+//! - result in `rax`: zero or a positive value on success (its meaning
+//!   depends on the call), or a negated [`errno::Errno`] number on failure
+//!   (`-22` is `EINVAL`). The argument registers may be clobbered; every
+//!   other register is preserved.
+//!
+//! An unknown hypercall number or sub-operation fails with `-ENOSYS`.
+//!
+//! **Addresses.** As in Xen for HVM and PVH guests, an argument that
+//! points at a structure or buffer (a "guest handle" in Xen's headers) is a
+//! *guest-virtual* address in the calling vCPU's current address space:
+//! the hypervisor translates it through the guest's page tables (it is a
+//! guest-physical address while the guest runs with paging off). A field
+//! that names a frame (`gfn`, `gpfn`, `mfn`, `frame`) is a guest frame
+//! number: guest-physical address / 4096. A structure or buffer may cross a
+//! page boundary. An address the hypervisor cannot translate or that is not
+//! RAM of the caller gives `-EFAULT`.
+//!
+//! A `vmcall` at guest CPL > 0 (user space) does not reach the hypercall:
+//! it returns `-EPERM` in `rax`, whatever the number (as Mica's own calls
+//! already do). The convention above is for callers in 64-bit mode, the
+//! only mode in which a PVH kernel makes hypercalls; Xen also accepts
+//! 32-bit callers (arguments in `ebx`, `ecx`, `edx`, `esi`, `edi`), which
+//! this module does not describe. Xen reserves numbers with bit 31 set for
+//! Hyper-V calls when it offers Hyper-V's interface.
+//!
+//! # Mica's own calls
+//! Mica keeps a few calls Xen does not have (domain control, the log,
+//! platform control). They will be numbered from
+//! [`hypercall::MICA_HYPERCALL_BASE`] up, outside every range Xen uses or
+//! can reach through a hypercall page; see [`hypercall`]. Mica's present
+//! numbers (`crate::Hypercall`, 0..=12) overlap Xen's and move there in a
+//! later step.
+//!
+//! # What is left out
+//! PV-only interfaces (page-table updates, trap tables, segment
+//! descriptors, `multicall`, the PV `start_info`), FIFO event channels,
+//! grant table version 2 and transfers, `physdev_op`, domain control for
+//! toolstacks (`domctl`, `sysctl`), the device model interface, the
+//! network protocol's extra-info slots and control ring, multi-page and
+//! multi-queue device rings, and everything ARM-specific. Operations a
+//! PVH guest does not use are listed by number (a few with their layout),
+//! so that a refusal can be precise.
+
+pub mod console_io;
+pub mod cpuid;
+pub mod errno;
+pub mod event_channel;
+pub mod grant_table;
+pub mod hvm;
+pub mod hypercall;
+pub mod io;
+pub mod memory;
+pub mod sched;
+pub mod shared_info;
+pub mod start_info;
+pub mod vcpu;
+pub mod version;
+
+pub use errno::Errno;
+pub use hypercall::Hypercall;
+
+/// A domain id as Xen's structures carry it (`domid_t`, 16 bits).
+pub type DomId = u16;
+
+/// Domain ids from this one up are never ordinary domains.
+pub const DOMID_FIRST_RESERVED: DomId = 0x7ff0;
+/// "The calling domain", accepted wherever an operation names a domain.
+pub const DOMID_SELF: DomId = 0x7ff0;
+/// The I/O pseudo-domain (owner of device memory); not used by guests.
+pub const DOMID_IO: DomId = 0x7ff1;
+/// The hypervisor itself as the owner of a page; not used by guests.
+pub const DOMID_XEN: DomId = 0x7ff2;
+/// The copy-on-write pseudo-domain; not used by guests.
+pub const DOMID_COW: DomId = 0x7ff3;
+/// "No domain" (for example the owner of a page nobody owns).
+pub const DOMID_INVALID: DomId = 0x7ff4;
+/// "Any domain", where an operation accepts a wildcard.
+pub const DOMID_ANY: DomId = 0x7ff5;
+/// The idle domain.
+pub const DOMID_IDLE: DomId = 0x7fff;
+/// The bits of a [`DomId`] that carry the id.
+pub const DOMID_MASK: DomId = 0x7fff;
+
+/// An event channel port number (`evtchn_port_t`).
+pub type EvtchnPort = u32;
+
+/// A grant reference: an index into the granting domain's grant table
+/// (`grant_ref_t`).
+pub type GrantRef = u32;
+
+/// A grant mapping handle returned by a map and passed to the unmap
+/// (`grant_handle_t`).
+pub type GrantHandle = u32;
+
+/// Size of a page in Xen's interfaces on x86, in bytes. Frame numbers count
+/// these.
+pub const XEN_PAGE_SIZE: usize = 4096;
+
+/// Defines a field-less enum of wire numbers with `number`, `from_number`
+/// and `ALL`, so every operation table in this module decodes the same way.
+macro_rules! numbered_enum {
+    (
+        $(#[$enum_meta:meta])*
+        pub enum $name:ident: $repr:ident {
+            $( $(#[$meta:meta])* $variant:ident = $value:expr, )+
+        }
+    ) => {
+        $(#[$enum_meta])*
+        #[repr($repr)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$meta])* $variant = $value, )+
+        }
+
+        impl $name {
+            /// Every value this crate defines, in the order listed.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The number on the wire.
+            pub const fn number(self) -> $repr {
+                self as $repr
+            }
+
+            /// Decodes a wire number; `None` for a number this crate does
+            /// not define.
+            pub const fn from_number(number: $repr) -> Option<$name> {
+                $( if number == $value { return Some($name::$variant); } )+
+                None
+            }
+        }
+    };
+}
+pub(crate) use numbered_enum;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Checks a numbered enum: every value decodes to itself, numbers are
+    /// distinct, and numbers not listed decode to `None`.
+    macro_rules! check_numbered {
+        ($name:ty, $repr:ty) => {{
+            let all = <$name>::ALL;
+            for (index, value) in all.iter().enumerate() {
+                assert_eq!(<$name>::from_number(value.number()), Some(*value));
+                for other in &all[index + 1..] {
+                    assert_ne!(value.number(), other.number(), "{value:?} and {other:?} share a number");
+                }
+            }
+            for probe in 0..=255 as $repr {
+                if !all.iter().any(|v| v.number() == probe) {
+                    assert_eq!(<$name>::from_number(probe), None);
+                }
+            }
+        }};
+    }
+    pub(crate) use check_numbered;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reserved_domain_ids_are_above_ordinary_ones() {
+        use super::*;
+        for id in [DOMID_SELF, DOMID_IO, DOMID_XEN, DOMID_COW, DOMID_INVALID, DOMID_ANY, DOMID_IDLE] {
+            assert!(id >= DOMID_FIRST_RESERVED);
+            assert_eq!(id & DOMID_MASK, id);
+        }
+    }
+}
