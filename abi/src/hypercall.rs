@@ -3,12 +3,18 @@
 //! See the crate documentation for the register convention. Arguments are
 //! named `a0`..`a4` below for `rdi`, `rsi`, `rdx`, `r10`, `r8`.
 
-/// Hypercall numbers, passed in `rax`.
+/// The first of Mica's own hypercall numbers: they lie in the range
+/// `xen::hypercall::MICA_HYPERCALL_BASE..=MICA_HYPERCALL_LAST`, clear of
+/// every number Xen uses (since ABI 1.0; before, 0..=12).
+pub const MICA_HYPERCALL_BASE: u64 = crate::xen::hypercall::MICA_HYPERCALL_BASE;
+
+/// Mica's own hypercall numbers, passed in `rax`: `MICA_HYPERCALL_BASE`
+/// plus the call's index (see [`Hypercall::index`]).
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hypercall {
     /// Returns [`crate::ABI_VERSION`]. No arguments. Any domain.
-    Version = 0,
+    Version = 0x1000 + 0,
     /// Writes bytes to the hypervisor's debug log (and its serial console).
     /// `a0`: guest-physical address of the bytes, `a1`: length in bytes, at
     /// most [`CONSOLE_WRITE_MAX`]. Returns the number of bytes accepted
@@ -20,49 +26,49 @@ pub enum Hypercall {
     /// that; the rest are dropped and counted, and the count is logged as
     /// `hv: d<id>: <count> lines suppressed (rate limit)` before its next
     /// line (since ABI 0.6).
-    ConsoleWrite = 1,
+    ConsoleWrite = 0x1000 + 1,
     /// Copies the most recent bytes of the hypervisor log into a buffer.
     /// `a0`: guest-physical address of the buffer, `a1`: its length. Returns
     /// the number of bytes copied (at most the log's capacity, 16 KiB).
     /// hv's own lines come first, then the guests' `ConsoleWrite` lines,
     /// each part starting at a whole line (since ABI 0.6; before, one
     /// stream). dom0 only.
-    DmesgRead = 2,
+    DmesgRead = 0x1000 + 2,
     /// Fills a [`crate::info::HvInfo`]. `a0`: guest-physical address of the
     /// structure, `a1`: the size the caller allocated. The hypervisor writes
     /// `min(a1, size_of::<HvInfo>())` bytes and returns the number written, so
     /// callers built against an older, shorter structure keep working.
     /// `a1` must be at least [`crate::info::HV_INFO_MIN_SIZE`]. Any domain.
-    HvInfo = 3,
+    HvInfo = 0x1000 + 3,
     /// Fills a [`crate::info::DomainInfo`] for domain `a0`. `a1`: guest-physical
     /// address, `a2`: size allocated; sizes as for [`Hypercall::HvInfo`]. A
     /// domain may ask about itself; only dom0 may ask about others.
-    DomainInfo = 4,
+    DomainInfo = 0x1000 + 4,
     /// Does nothing and returns 0: the cheapest round trip, for benchmarks.
-    Null = 5,
+    Null = 0x1000 + 5,
     /// Platform control, dom0 only. `a0`: a [`PlatformOp`]. Does not return on
     /// success.
-    Platform = 6,
+    Platform = 0x1000 + 6,
     /// Domain control, dom0 only. `a0`: a [`crate::domctl::DomCtlOp`], `a1`:
     /// the target domain (except for `Create`), `a2`..`a4`: as the operation
     /// says. Since ABI 0.2.
-    DomCtl = 7,
+    DomCtl = 0x1000 + 7,
     /// Scheduling of the calling vCPU. `a0`: a [`SchedOp`], `a1`: its
     /// argument. Any domain. Since ABI 0.2.
-    Sched = 8,
+    Sched = 0x1000 + 8,
     /// Event channels. `a0`: a [`crate::event::EventOp`], `a1`..`a3`: as the
     /// operation says. Any domain. Since ABI 0.2.
-    Event = 9,
+    Event = 0x1000 + 9,
     /// vCPU services. `a0`: a [`VcpuOp`], `a1`: its argument. Any domain.
     /// Since ABI 0.2.
-    Vcpu = 10,
+    Vcpu = 0x1000 + 10,
     /// Grant tables. `a0`: a [`crate::grant::GrantOp`], `a1`..`a4`: as the
     /// operation says. Since ABI 0.3.
-    Grant = 11,
+    Grant = 0x1000 + 11,
     /// Physical device access, dom0 only. `a0`: a
     /// [`crate::physdev::PhysdevOp`], `a1`, `a2`: as the operation says.
     /// Since ABI 0.5.
-    Physdev = 12,
+    Physdev = 0x1000 + 12,
 }
 
 /// Number of hypercall numbers defined by this ABI version (they are dense).
@@ -72,9 +78,17 @@ pub const HYPERCALL_COUNT: usize = 13;
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl Hypercall {
+    /// The call's place among Mica's own calls, `0..HYPERCALL_COUNT`.
+    pub const fn index(self) -> usize {
+        (self as u64 - MICA_HYPERCALL_BASE) as usize
+    }
+
     /// Decodes a hypercall number from `rax`.
     pub const fn from_number(number: u64) -> Option<Hypercall> {
-        Some(match number {
+        if number < MICA_HYPERCALL_BASE {
+            return None;
+        }
+        Some(match number - MICA_HYPERCALL_BASE {
             0 => Hypercall::Version,
             1 => Hypercall::ConsoleWrite,
             2 => Hypercall::DmesgRead,
@@ -222,12 +236,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_are_dense_and_round_trip() {
-        for n in 0..HYPERCALL_COUNT as u64 {
-            let call = Hypercall::from_number(n).expect("dense numbering");
-            assert_eq!(call as u64, n);
+    fn numbers_are_dense_above_the_base_and_round_trip() {
+        for index in 0..HYPERCALL_COUNT {
+            let call = Hypercall::from_number(MICA_HYPERCALL_BASE + index as u64).expect("dense numbering");
+            assert_eq!((call as u64, call.index()), (MICA_HYPERCALL_BASE + index as u64, index));
+            assert!(crate::xen::hypercall::is_mica_number(call as u64));
         }
-        assert_eq!(Hypercall::from_number(HYPERCALL_COUNT as u64), None);
-        assert_eq!(Hypercall::from_number(u64::MAX), None);
+        for outside in [0, 12, 17, MICA_HYPERCALL_BASE - 1, MICA_HYPERCALL_BASE + HYPERCALL_COUNT as u64, u64::MAX] {
+            assert_eq!(Hypercall::from_number(outside), None, "{outside:#x}");
+        }
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! # Calling convention
 //! A hypercall is the `vmcall` instruction with the hypercall number in `rax`
-//! and up to five arguments in `rdi`, `rsi`, `rdx`, `r10`, `r8`. The result is
+//! (Mica's own calls: [`hypercall::MICA_HYPERCALL_BASE`] and up; the
+//! numbers below are Xen's, [`xen`]) and up to five arguments in `rdi`, `rsi`, `rdx`, `r10`, `r8`. The result is
 //! returned in `rax`: a non-negative value is success (its meaning depends on
 //! the call), a negative value is an [`Error`]. All other registers are
 //! preserved. Pointer arguments are guest-physical addresses of the calling
@@ -72,9 +73,9 @@ pub mod xen;
 pub use hypercall::Hypercall;
 
 /// Major version of the ABI. Changes only when compatibility breaks.
-pub const ABI_VERSION_MAJOR: u16 = 0;
+pub const ABI_VERSION_MAJOR: u16 = 1;
 /// Minor version of the ABI. Changes when something is added.
-pub const ABI_VERSION_MINOR: u16 = 11;
+pub const ABI_VERSION_MINOR: u16 = 0;
 /// The ABI version as one word: `major << 16 | minor`.
 pub const ABI_VERSION: u32 = (ABI_VERSION_MAJOR as u32) << 16 | ABI_VERSION_MINOR as u32;
 

@@ -33,8 +33,8 @@ static TABLE: [Handler; HYPERCALL_COUNT] = [
 
 /// Runs hypercall `number` for domain `caller` with every domain at hand.
 pub fn dispatch(hv: &mut Hypervisor, caller: usize, number: u64, arguments: [u64; 5]) -> Result<u64, Error> {
-    let handler = TABLE.get(number as usize).ok_or(Error::NoSuchHypercall)?;
-    handler(hv, caller, arguments)
+    let call = abi::Hypercall::from_number(number).ok_or(Error::NoSuchHypercall)?;
+    TABLE[call.index()](hv, caller, arguments)
 }
 
 /// Runs hypercall `number` on the caller's domain (in slot `slot`) alone (its lock held)

@@ -70,11 +70,10 @@
 //!
 //! # Mica's own calls
 //! Mica keeps a few calls Xen does not have (domain control, the log,
-//! platform control). They will be numbered from
-//! [`hypercall::MICA_HYPERCALL_BASE`] up, outside every range Xen uses or
-//! can reach through a hypercall page; see [`hypercall`]. Mica's present
-//! numbers (`crate::Hypercall`, 0..=12) overlap Xen's and move there in a
-//! later step.
+//! platform control). They are numbered from
+//! [`hypercall::MICA_HYPERCALL_BASE`] up (`crate::Hypercall`, since ABI
+//! 1.0), outside every range Xen uses or can reach through a hypercall
+//! page; see [`hypercall`].
 //!
 //! # What is left out
 //! PV-only interfaces (page-table updates, trap tables, segment

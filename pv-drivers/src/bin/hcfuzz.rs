@@ -32,7 +32,7 @@ use abi::Error;
 use abi::Hypercall as H;
 use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
 use abi::grant::GrantOp as G;
-use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, SchedOp, VcpuOp};
+use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, MICA_HYPERCALL_BASE, SchedOp, VcpuOp};
 use abi::info::{DOMAIN_INFO_MIN_SIZE, HV_INFO_MIN_SIZE, HvInfo};
 use core::mem::size_of;
 use pv_drivers::guest::{self, Guest, UPCALL_VECTOR};
@@ -224,12 +224,12 @@ fn domain(random: &mut Random, layout: &Layout) -> u64 {
 fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     let number = if random.chance(12) {
         match random.below(4) {
-            0 => HYPERCALL_COUNT as u64 + random.below(4),
+            0 => MICA_HYPERCALL_BASE + HYPERCALL_COUNT as u64 + random.below(4),
             1 => word(random),
             _ => random.next() | (1 << 63),
         }
     } else {
-        random.below(HYPERCALL_COUNT as u64)
+        MICA_HYPERCALL_BASE + random.below(HYPERCALL_COUNT as u64)
     };
     let mut arguments = [word(random), word(random), word(random), word(random), word(random)];
     match H::from_number(number) {
@@ -462,7 +462,7 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
     let hv_info_size = HV_INFO_MIN_SIZE as i64;
     let free_port = (1..PORT_COUNT as u64).rev().find(|&p| !layout.protected[p as usize]).unwrap_or(255);
     let checks: [Check; 63] = [
-        ("number 13 (one past the table)", HYPERCALL_COUNT as u64, [0; 5], Err(Error::NoSuchHypercall)),
+        ("one past Mica's calls", MICA_HYPERCALL_BASE + HYPERCALL_COUNT as u64, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^32", 1 << 32, [0; 5], Err(Error::NoSuchHypercall)),
         ("number 2^63", 1 << 63, [0; 5], Err(Error::NoSuchHypercall)),
         ("number u64::MAX", u64::MAX, [0; 5], Err(Error::NoSuchHypercall)),
