@@ -204,7 +204,7 @@ build_iso() {
     mkdir -p "$ramdisk_tmp"
     # Debug sections are not loaded; dropping them keeps the ramdisk small.
     for guest in counter echo spinner smp grantmap crasher hcbench hostile disktest storetest nettest \
-        attack-cpu attack-hv attack-dom0 attack-xsa hcfuzz; do
+        attack-cpu attack-hv attack-dom0 attack-xsa hcfuzz xenhello; do
         objcopy --strip-debug "$kernels/$guest" "$ramdisk_tmp/$guest.elf" 2>/dev/null \
             || cp "$kernels/$guest" "$ramdisk_tmp/$guest.elf"
     done

@@ -14,7 +14,7 @@ pub const MICA_HYPERCALL_BASE: u64 = crate::xen::hypercall::MICA_HYPERCALL_BASE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hypercall {
     /// Returns [`crate::ABI_VERSION`]. No arguments. Any domain.
-    Version = 0x1000 + 0,
+    Version = 0x1000,
     /// Writes bytes to the hypervisor's debug log (and its serial console).
     /// `a0`: guest-physical address of the bytes, `a1`: length in bytes, at
     /// most [`CONSOLE_WRITE_MAX`]. Returns the number of bytes accepted
@@ -26,49 +26,49 @@ pub enum Hypercall {
     /// that; the rest are dropped and counted, and the count is logged as
     /// `hv: d<id>: <count> lines suppressed (rate limit)` before its next
     /// line (since ABI 0.6).
-    ConsoleWrite = 0x1000 + 1,
+    ConsoleWrite = 0x1001,
     /// Copies the most recent bytes of the hypervisor log into a buffer.
     /// `a0`: guest-physical address of the buffer, `a1`: its length. Returns
     /// the number of bytes copied (at most the log's capacity, 16 KiB).
     /// hv's own lines come first, then the guests' `ConsoleWrite` lines,
     /// each part starting at a whole line (since ABI 0.6; before, one
     /// stream). dom0 only.
-    DmesgRead = 0x1000 + 2,
+    DmesgRead = 0x1002,
     /// Fills a [`crate::info::HvInfo`]. `a0`: guest-physical address of the
     /// structure, `a1`: the size the caller allocated. The hypervisor writes
     /// `min(a1, size_of::<HvInfo>())` bytes and returns the number written, so
     /// callers built against an older, shorter structure keep working.
     /// `a1` must be at least [`crate::info::HV_INFO_MIN_SIZE`]. Any domain.
-    HvInfo = 0x1000 + 3,
+    HvInfo = 0x1003,
     /// Fills a [`crate::info::DomainInfo`] for domain `a0`. `a1`: guest-physical
     /// address, `a2`: size allocated; sizes as for [`Hypercall::HvInfo`]. A
     /// domain may ask about itself; only dom0 may ask about others.
-    DomainInfo = 0x1000 + 4,
+    DomainInfo = 0x1004,
     /// Does nothing and returns 0: the cheapest round trip, for benchmarks.
-    Null = 0x1000 + 5,
+    Null = 0x1005,
     /// Platform control, dom0 only. `a0`: a [`PlatformOp`]. Does not return on
     /// success.
-    Platform = 0x1000 + 6,
+    Platform = 0x1006,
     /// Domain control, dom0 only. `a0`: a [`crate::domctl::DomCtlOp`], `a1`:
     /// the target domain (except for `Create`), `a2`..`a4`: as the operation
     /// says. Since ABI 0.2.
-    DomCtl = 0x1000 + 7,
+    DomCtl = 0x1007,
     /// Scheduling of the calling vCPU. `a0`: a [`SchedOp`], `a1`: its
     /// argument. Any domain. Since ABI 0.2.
-    Sched = 0x1000 + 8,
+    Sched = 0x1008,
     /// Event channels. `a0`: a [`crate::event::EventOp`], `a1`..`a3`: as the
     /// operation says. Any domain. Since ABI 0.2.
-    Event = 0x1000 + 9,
+    Event = 0x1009,
     /// vCPU services. `a0`: a [`VcpuOp`], `a1`: its argument. Any domain.
     /// Since ABI 0.2.
-    Vcpu = 0x1000 + 10,
+    Vcpu = 0x100a,
     /// Grant tables. `a0`: a [`crate::grant::GrantOp`], `a1`..`a4`: as the
     /// operation says. Since ABI 0.3.
-    Grant = 0x1000 + 11,
+    Grant = 0x100b,
     /// Physical device access, dom0 only. `a0`: a
     /// [`crate::physdev::PhysdevOp`], `a1`, `a2`: as the operation says.
     /// Since ABI 0.5.
-    Physdev = 0x1000 + 12,
+    Physdev = 0x100c,
 }
 
 /// Number of hypercall numbers defined by this ABI version (they are dense).

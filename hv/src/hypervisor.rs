@@ -475,34 +475,42 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
             // Move past VMCALL first, so a hypercall that blocks resumes after it.
             vcpu.skip_exit_instruction();
             domain.count_exit(Vcpu::VMCALL_EXIT);
-            let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
-                Call::Done(result) => result,
-                Call::Raise { target, port, from } => {
-                    domain = with_other(domain, index, target, |sender, receiver| {
-                        if let Some(receiver) = receiver {
-                            hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
-                        }
-                    });
-                    Ok(0)
-                }
-                Call::Pair { other } => {
-                    let mut result = Err(abi::Error::NotFound);
-                    domain = with_other(domain, index, other, |caller, other| {
-                        if let Some(other) = other {
-                            result = hvcore::grant_ops::copy(caller, other, arguments);
-                        }
-                    });
-                    result
-                }
-                Call::Table => {
-                    // Out of line: the hot path stays small.
-                    drop(domain);
-                    let result = crate::hypercall::dispatch(&mut lock(), index, number, arguments);
-                    domain = DOMAINS.lock_running(index);
-                    result
-                }
+            // Xen's calls answer in Xen's terms (their value or -errno),
+            // Mica's own in Mica's.
+            vcpu.registers.rax = if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
+                let space = vcpu.address_space();
+                let result = hvcore::xen::dispatch(&mut domain, &space, number, arguments);
+                result.unwrap_or_else(|errno| errno.code() as u64)
+            } else {
+                let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
+                    Call::Done(result) => result,
+                    Call::Raise { target, port, from } => {
+                        domain = with_other(domain, index, target, |sender, receiver| {
+                            if let Some(receiver) = receiver {
+                                hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
+                            }
+                        });
+                        Ok(0)
+                    }
+                    Call::Pair { other } => {
+                        let mut result = Err(abi::Error::NotFound);
+                        domain = with_other(domain, index, other, |caller, other| {
+                            if let Some(other) = other {
+                                result = hvcore::grant_ops::copy(caller, other, arguments);
+                            }
+                        });
+                        result
+                    }
+                    Call::Table => {
+                        // Out of line: the hot path stays small.
+                        drop(domain);
+                        let result = crate::hypercall::dispatch(&mut lock(), index, number, arguments);
+                        domain = DOMAINS.lock_running(index);
+                        result
+                    }
+                };
+                crate::hypercall::encode(result) as u64
             };
-            vcpu.registers.rax = crate::hypercall::encode(result) as u64;
             let slot = &mut domain.vcpus[v];
             if slot.reschedule {
                 if core::mem::take(&mut slot.restart_call) {

@@ -32,3 +32,4 @@ pub mod scheduler;
 pub mod smp;
 #[cfg(test)]
 mod test_random;
+pub mod xen;

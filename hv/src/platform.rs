@@ -110,4 +110,7 @@ pub trait Platform: 'static {
 
     /// Logs one line at `level`.
     fn log(level: Level, line: fmt::Arguments);
+    /// Logs text a domain wrote to hv's console, as `(d<id>) <line>`,
+    /// within the domain's line `budget`.
+    fn domain_text(id: abi::DomainId, text: &[u8], budget: &mut crate::log_ring::LineBudget);
 }

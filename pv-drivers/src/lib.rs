@@ -15,6 +15,7 @@ pub mod guest;
 pub mod hypercall;
 pub mod net;
 pub mod ring;
+pub mod xen;
 // The tests share hv core's generator (one file for the workspace's tests).
 #[cfg(test)]
 #[path = "../../hv/src/test_random.rs"]

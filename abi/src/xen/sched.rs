@@ -5,6 +5,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 use super::{DomId, numbered_enum};
 
 numbered_enum! {
@@ -64,7 +66,7 @@ numbered_enum! {
 
 /// Argument of [`SchedOp::Shutdown`] and [`SchedOp::ShutdownCode`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SchedShutdown {
     /// A [`ShutdownReason`] number.
     pub reason: u32,

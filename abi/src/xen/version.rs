@@ -8,6 +8,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 use super::numbered_enum;
 
 numbered_enum! {
@@ -70,7 +72,7 @@ pub const XEN_EXTRAVERSION_LEN: usize = 16;
 /// The version suffix ([`XenVersionOp::Extraversion`]): text, NUL-padded,
 /// written by the hypervisor.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenExtraversion {
     /// ASCII text; the unused tail and at least the last byte are NUL.
     pub text: [u8; XEN_EXTRAVERSION_LEN],
@@ -101,7 +103,7 @@ impl XenExtraversion {
 
 /// Argument of [`XenVersionOp::GetFeatures`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenFeatureInfo {
     /// Which 32-bit word of the feature bitmap (guest; 0).
     pub submap_idx: u32,

@@ -267,8 +267,8 @@ fn vcpus(guest: &mut Guest) {
         cycles_ok &= started && hypercall::vcpu_down(1).is_ok();
     }
     check(guest, "a hundred ups and downs of vcpu 1", Ok(u64::from(cycles_ok)), Ok(1));
-    // SAFETY: as above.
     let last = (0..10_000).any(|_| {
+        // SAFETY: as above.
         unsafe { guest.start_vcpu(1, parked, stack_top, 1) }.is_ok() || {
             hypercall::yield_now();
             false

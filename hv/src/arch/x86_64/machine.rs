@@ -111,6 +111,9 @@ impl Platform for Machine {
     fn unmask_line(line: u8) -> bool {
         ioapic::unmask(line)
     }
+    fn domain_text(id: abi::DomainId, text: &[u8], budget: &mut hvcore::log_ring::LineBudget) {
+        crate::log::domain_text(id, text, budget, super::cpu::rdtsc())
+    }
     fn log(level: Level, line: fmt::Arguments) {
         crate::log::write(level, line)
     }

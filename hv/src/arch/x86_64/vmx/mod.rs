@@ -1038,6 +1038,21 @@ impl Vcpu {
         }
     }
 
+    /// How the guest translates addresses now, for the pointer arguments
+    /// of its Xen hypercalls: paging off, 4-level long mode, or a mode
+    /// they cannot be read in (32-bit paging, 5-level paging).
+    pub fn address_space(&self) -> hvcore::xen::AddressSpace {
+        use hvcore::xen::AddressSpace;
+        let paging = vmcs::read(Field::GuestCr0) & 1 << 31 != 0;
+        let long_mode = vmcs::read(Field::GuestEfer) & 1 << 10 != 0;
+        let five_level = vmcs::read(Field::GuestCr4) & 1 << 12 != 0;
+        match (paging, long_mode && !five_level) {
+            (false, _) => AddressSpace::Physical,
+            (true, true) => AddressSpace::LongMode { cr3: vmcs::read(Field::GuestCr3) },
+            (true, false) => AddressSpace::Unsupported,
+        }
+    }
+
     /// Emulates a control-register access exit: MOV to/from CR8 use the
     /// vCPU's virtual TPR; a MOV to CR4 that would set a bit hv owns
     /// (VMXE, PKE) gets #GP, as on a CPU without those features. Returns

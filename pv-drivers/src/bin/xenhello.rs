@@ -1,0 +1,61 @@
+//! Example guest on Xen's interface (issue 10): asks which Xen it runs on
+//! (`xen_version`: version, suffix, features), says so on hv's console
+//! with `console_io`, and powers itself off with `sched_op`: the calls a
+//! Xen guest makes first, with Xen's numbers, structures and errors.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+
+use abi::xen::sched::ShutdownReason;
+use abi::xen::version::feature;
+use pv_drivers::xen;
+
+/// Formats a line and writes it with `console_io`.
+struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        xen::console_write(text.as_bytes()).map_err(|_| core::fmt::Error)
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn _start(_start_info: u64) -> ! {
+    let version = xen::version();
+    let extraversion = xen::extraversion();
+    let features = xen::features(0);
+    let suffix = extraversion.as_ref().ok().and_then(|text| text.as_str()).unwrap_or("?");
+    match (version, features) {
+        (Ok(version), Ok(features)) => {
+            let translated = features & 1 << feature::AUTO_TRANSLATED_PHYSMAP != 0;
+            let _ = writeln!(
+                Console,
+                "xenhello: Xen {}.{}{suffix}, features {features:#x} (auto-translated physmap: {translated})",
+                version >> 16,
+                version & 0xffff
+            );
+        }
+        (version, features) => {
+            let _ = writeln!(Console, "xenhello: xen_version failed: {version:?} {features:?}");
+        }
+    }
+    // An unknown feature word and a reason Mica does not offer are refused.
+    let _ = writeln!(Console, "xenhello: feature word 1: {:?}", xen::features(1));
+    let _ = writeln!(Console, "xenhello: suspend: {:?}", xen::shutdown(ShutdownReason::Suspend));
+    let _ = writeln!(Console, "xenhello: powering off");
+    let refused = xen::shutdown(ShutdownReason::Poweroff);
+    let _ = writeln!(Console, "xenhello: still running after poweroff: {refused:?}");
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    let _ = xen::console_write(b"xenhello: panic\n");
+    let _ = xen::shutdown(ShutdownReason::Crash);
+    loop {
+        core::hint::spin_loop();
+    }
+}

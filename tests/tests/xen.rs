@@ -1,0 +1,42 @@
+//! System tests of Xen's guest interface (issue 10), as far as hv offers
+//! it: the `xenhello` guest makes its calls with Xen's numbers, structures
+//! and errors (`pv_drivers::xen`), its pointers guest-virtual addresses
+//! that hv translates through the guest's page tables.
+
+use mica_tests::session::{boot, command, create, expect_memory_back, fail_with, list, mem};
+use mica_tests::{fail, seconds};
+
+/// `xenhello` learns it runs on Xen 4.17 with Mica's suffix and the
+/// features hv offers (`xen_version`), writes that to hv's console
+/// (`console_io`: lines in `dmesg` under its domain), has an unknown
+/// feature word and a suspend refused with `-EINVAL`, and powers off
+/// (`sched_op`): dom0 sees it shut down and destroys it, every page back.
+#[test]
+fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers_off() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let id = create(&mut machine, "xenhello", "xenhello");
+    let ended = format!("dom0: 'xenhello' (domain {id}) shut down; on_crash=destroy");
+    machine.expect(ended.as_str(), seconds(30)).unwrap_or_else(fail);
+    let dmesg = command(&mut machine, "dmesg");
+    let lines = [
+        format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
+        format!("(d{id}) xenhello: feature word 1: Err(Einval)"),
+        format!("(d{id}) xenhello: suspend: Err(Einval)"),
+        format!("(d{id}) xenhello: powering off"),
+        format!("d{id} shut down (PowerOff)"),
+    ];
+    for line in &lines {
+        if !dmesg.lines().any(|logged| logged.ends_with(line.as_str())) {
+            fail_with(&mut machine, &format!("`dmesg` should hold {line:?}; it printed:\n{dmesg}"));
+        }
+    }
+    if dmesg.contains("still running after poweroff") {
+        fail_with(&mut machine, &format!("xenhello ran on after its poweroff:\n{dmesg}"));
+    }
+    let (text, domains) = list(&mut machine);
+    if domains.names() != ["Domain-0"] {
+        fail_with(&mut machine, &format!("`list` should show dom0 alone once xenhello is gone; it printed:\n{text}"));
+    }
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after xenhello powered off");
+}
