@@ -1,12 +1,17 @@
 //! The CPUID interface of the hypervisor (the 0x4000_0000 leaf range).
 //!
-//! A domain detects Mica by CPUID leaf 0x1 ECX bit 31 ("hypervisor present")
-//! and then leaf [`LEAF_SIGNATURE`], whose EBX, ECX, EDX hold [`SIGNATURE`].
+//! A domain detects a hypervisor by CPUID leaf 0x1 ECX bit 31 ("hypervisor
+//! present"). From ABI 1.0 the first leaves, 0x4000_0000 to 0x4000_0004,
+//! are Xen's ([`crate::xen::cpuid`]: signature "XenVMMXenVMM", version
+//! 4.17, the hypercall page MSR, the vCPU and domain ids), so that Xen
+//! guests find Xen; Mica's own come next, at [`LEAF_SIGNATURE`], whose
+//! EBX, ECX, EDX hold [`SIGNATURE`] (Xen guests scan the range in steps
+//! of 0x100 and stop at Xen's). Every other leaf of the range reads zero.
 
 /// EAX: highest hypervisor leaf. EBX, ECX, EDX: [`SIGNATURE`].
-pub const LEAF_SIGNATURE: u32 = 0x4000_0000;
+pub const LEAF_SIGNATURE: u32 = 0x4000_0100;
 /// EAX: [`crate::ABI_VERSION`]. EBX, ECX, EDX: zero (reserved).
-pub const LEAF_VERSION: u32 = 0x4000_0001;
+pub const LEAF_VERSION: u32 = 0x4000_0101;
 /// The highest hypervisor leaf this ABI defines.
 pub const LEAF_MAX: u32 = LEAF_VERSION;
 

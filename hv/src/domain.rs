@@ -16,6 +16,8 @@ use crate::platform::Platform;
 
 /// Most domains hv tracks at once (dom0 included).
 pub const MAX_DOMAINS: usize = 64;
+/// Longest console line a domain's `console_io` writes are gathered into.
+pub const CONSOLE_LINE_BYTES: usize = 256;
 
 /// Most refused-port reports logged per domain (the rest are only counted).
 const REFUSAL_REPORTS: u32 = 8;
@@ -85,6 +87,9 @@ pub struct Domain<P: Platform> {
     pub refusals_logged: u32,
     /// Its share of hv's log for `ConsoleWrite` text (see `log::domain_text`).
     pub log_budget: crate::log_ring::LineBudget,
+    /// The start of a line the domain wrote with Xen's `console_io` and
+    /// has not ended yet (logged once its newline comes, or when full).
+    pub console_line: ArrayVec<u8, CONSOLE_LINE_BYTES>,
     /// Why hv stopped it (`abi::info::CrashRecord`): written once, by hv
     /// alone, when it crashes; reported to dom0 in `DomainInfo::crash`.
     pub crash_record: CrashRecord,
@@ -214,6 +219,7 @@ impl<P: Platform> Domain<P> {
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
             log_budget: crate::log_ring::LineBudget::new(),
+            console_line: ArrayVec::new_const(),
             crash_record: CrashRecord::NONE,
         })
     }

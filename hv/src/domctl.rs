@@ -314,6 +314,8 @@ pub fn start_vcpu<P: Platform>(
         return Err(Error::InvalidArgument);
     }
     let setup = VcpuSetup {
+        domain_id: domain.id,
+        vcpu_id: vcpu as u32,
         ept_root: domain.ept.root(),
         // One VPID per vCPU slot of the table (1..=512): a reused one is
         // flushed on every CPU the new vCPU arrives at.

@@ -70,19 +70,32 @@ pub fn versioned_size(requested: u64, minimum: u64, full: usize) -> Result<usize
 /// MONITOR/MWAIT (3; they exit and are refused).
 const HIDDEN_LEAF1_ECX: u32 = (1 << 5) | (1 << 3);
 
-/// The CPUID result a domain sees for `leaf`, given what the CPU returned.
-/// Leaf 1 gains the hypervisor-present bit and loses what hv does not offer;
-/// the 0x4000_00xx range is Mica's (see `abi::cpuid`); all else passes through.
-pub fn filter_cpuid(leaf: u32, raw: [u32; 4]) -> [u32; 4] {
+/// The CPUID result vCPU `vcpu` of domain `domain` sees for `leaf`, given
+/// what the CPU returned. Leaf 1 gains the hypervisor-present bit and
+/// loses what hv does not offer; the hypervisor range 0x4000_0000.. holds
+/// Xen's leaves, then Mica's (see `abi::cpuid`), and zeros; all else
+/// passes through.
+pub fn filter_cpuid(leaf: u32, raw: [u32; 4], (domain, vcpu): (u32, u32)) -> [u32; 4] {
+    use abi::xen::cpuid as xen;
     let [eax, ebx, ecx, edx] = raw;
     match leaf {
         1 => [eax, ebx, (ecx | cpuid::HYPERVISOR_PRESENT_BIT) & !HIDDEN_LEAF1_ECX, edx],
+        0x4000_0000 => {
+            let [b, c, d] = xen::signature_registers();
+            [xen::XEN_CPUID_FIRST_LEAF + xen::LEAF_HVM, b, c, d]
+        }
+        0x4000_0001 => [abi::xen::version::MICA_XEN_VERSION, 0, 0, 0],
+        // One hypercall page, filled by a write of its address to this MSR.
+        0x4000_0002 => [1, abi::xen::hypercall::HYPERCALL_PAGE_MSR, 0, 0],
+        // The time leaf: the TSC is the CPU's, never emulated.
+        0x4000_0003 => [0; 4],
+        0x4000_0004 => [xen::MICA_HVM_CPUID_FEATURES, vcpu, domain, 0],
         cpuid::LEAF_SIGNATURE => {
             let [b, c, d] = cpuid::signature_registers();
             [cpuid::LEAF_MAX, b, c, d]
         }
         cpuid::LEAF_VERSION => [abi::ABI_VERSION, 0, 0, 0],
-        0x4000_0002..=0x4000_00ff => [0; 4],
+        0x4000_0000..=0x4fff_ffff => [0; 4],
         // Structured extended features: no protection keys (hv keeps
         // CR4.PKE, so PKRU, to itself).
         7 => [eax, ebx, ecx & !HIDDEN_LEAF7_ECX, edx],
@@ -113,9 +126,9 @@ mod tests {
     #[test]
     fn cpuid_offers_only_state_hv_switches() {
         // Leaf 7: PKU and OSPKE hidden, the rest kept.
-        assert_eq!(filter_cpuid(7, [0, 1, 0xff, 2]), [0, 1, 0xe7, 2]);
+        assert_eq!(filter_cpuid(7, [0, 1, 0xff, 2], (1, 0)), [0, 1, 0xe7, 2]);
         // Leaf 0xD: a Skylake-X's x87..PKRU becomes x87 and SSE only.
-        assert_eq!(filter_cpuid(0xd, [0x2ff, 0x240, 0xa88, 0]), [3, 0x240, 576, 0]);
+        assert_eq!(filter_cpuid(0xd, [0x2ff, 0x240, 0xa88, 0], (1, 0)), [3, 0x240, 576, 0]);
         assert_eq!(with_osxsave(0, true), 1 << 27);
         assert_eq!(with_osxsave(u32::MAX, false), !(1 << 27));
     }
@@ -174,16 +187,37 @@ mod tests {
 
     #[test]
     fn cpuid_view() {
-        let leaf1 = filter_cpuid(1, [0x906ea, 0, (1 << 5) | (1 << 3) | 1, 0]);
+        let ids = (7, 2);
+        let leaf1 = filter_cpuid(1, [0x906ea, 0, (1 << 5) | (1 << 3) | 1, 0], ids);
         assert_eq!(leaf1[2] & (1 << 5), 0, "VMX hidden");
         assert_eq!(leaf1[2] & (1 << 3), 0, "MONITOR hidden");
         assert_ne!(leaf1[2] & cpuid::HYPERVISOR_PRESENT_BIT, 0);
         assert_eq!(leaf1[2] & 1, 1, "other bits pass");
-        let signature = filter_cpuid(cpuid::LEAF_SIGNATURE, [0; 4]);
+        let signature = filter_cpuid(cpuid::LEAF_SIGNATURE, [0; 4], ids);
         assert_eq!(signature[0], cpuid::LEAF_MAX);
         assert_eq!(cpuid::signature_from_registers(signature[1], signature[2], signature[3]), cpuid::SIGNATURE);
-        assert_eq!(filter_cpuid(cpuid::LEAF_VERSION, [7; 4]), [abi::ABI_VERSION, 0, 0, 0]);
-        assert_eq!(filter_cpuid(0x4000_0010, [7; 4]), [0; 4]);
-        assert_eq!(filter_cpuid(0, [1, 2, 3, 4]), [1, 2, 3, 4]);
+        assert_eq!(filter_cpuid(cpuid::LEAF_VERSION, [7; 4], ids), [abi::ABI_VERSION, 0, 0, 0]);
+        for leaf in [0x4000_0010, 0x4000_0005, 0x4000_0102, 0x4000_0200, 0x4fff_ffff] {
+            assert_eq!(filter_cpuid(leaf, [7; 4], ids), [0; 4], "{leaf:#x}: not the CPU's (or an outer hypervisor's)");
+        }
+        assert_eq!(filter_cpuid(0, [1, 2, 3, 4], ids), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn xen_guests_find_xen_4_17_with_their_ids_and_a_hypercall_page() {
+        use abi::xen::cpuid as xen;
+        let ids = (7, 2);
+        let base = xen::find_xen_base(|leaf| filter_cpuid(leaf, [0x55; 4], ids));
+        assert_eq!(base, Some(0x4000_0000));
+        let [max, ..] = filter_cpuid(0x4000_0000, [0; 4], ids);
+        assert_eq!(max, 0x4000_0004);
+        assert_eq!(filter_cpuid(0x4000_0001, [0; 4], ids)[0], 4 << 16 | 17);
+        assert_eq!(filter_cpuid(0x4000_0002, [0; 4], ids), [1, 0x4000_0000, 0, 0], "one page, its MSR");
+        let [features, vcpu, domain, _] = filter_cpuid(0x4000_0004, [0; 4], ids);
+        assert_ne!(features & xen::XEN_HVM_CPUID_VCPU_ID_PRESENT, 0);
+        assert_eq!((vcpu, domain), (2, 7));
+        // Mica's own leaves come after Xen's, where a Xen guest's scan
+        // (which stops at the first Xen signature) never looks.
+        assert!(cpuid::LEAF_SIGNATURE >= 0x4000_0100);
     }
 }

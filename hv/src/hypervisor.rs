@@ -197,6 +197,14 @@ fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Ex
             domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
             true
         }
+        Exit::MsrWrite if vcpu.registers.rcx as u32 == abi::xen::hypercall::HYPERCALL_PAGE_MSR => {
+            let value = vcpu.registers.rdx << 32 | (vcpu.registers.rax & 0xffff_ffff);
+            if hvcore::xen::fill_hypercall_page(domain, value).is_err() {
+                return refuse_with_gp(domain, vcpu, format_args!("hypercall page at {value:#x}"));
+            }
+            vcpu.skip_instruction();
+            true
+        }
         Exit::MsrRead | Exit::MsrWrite => {
             let msr = vcpu.registers.rcx as u32;
             let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
@@ -627,9 +635,10 @@ fn emulate_cpuid(vcpu: &mut Vcpu) {
     let leaf = vcpu.registers.rax as u32;
     // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
     let osxsave = leaf == 1 && vcpu.guest_osxsave();
+    let raw = cpu::cpuid(leaf, vcpu.registers.rcx as u32);
+    let ids = vcpu.ids;
     let registers = &mut vcpu.registers;
-    let raw = cpu::cpuid(leaf, registers.rcx as u32);
-    let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx]);
+    let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx], ids);
     if leaf == 1 {
         ecx = hvcore::guest::with_osxsave(ecx, osxsave);
     }

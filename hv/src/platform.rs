@@ -25,6 +25,9 @@ pub const SCHEDULER_ENTRIES: usize = crate::domain::MAX_DOMAINS * crate::domain:
 /// domain's address space, the vCPU's tag in the TLB, its domain's I/O and
 /// MSR bitmaps (0: the machine's deny-all ones) and its first registers.
 pub struct VcpuSetup<'a> {
+    /// Its domain's id and its own (CPUID shows them to the guest).
+    pub domain_id: u32,
+    pub vcpu_id: u32,
     pub ept_root: u64,
     pub vpid: u16,
     pub io_bitmaps: [u64; 2],

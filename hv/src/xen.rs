@@ -30,6 +30,26 @@ pub const FEATURES: u32 = 1 << feature::WRITABLE_PAGE_TABLES | 1 << feature::AUT
 /// longer one is cut here (the result is 0 either way, as in Xen).
 pub const CONSOLE_WRITE_MAX: usize = 4096;
 
+/// Fills the hypercall page a guest asked for by writing `value` to MSR
+/// `HYPERCALL_PAGE_MSR` (CPUID leaf 0x4000_0002 names it): `value` is the
+/// page's guest-physical address, whose low 12 bits select the page (Mica
+/// offers one, 0). Stub `n` at offset `32 * n` is `mov eax, n; vmcall;
+/// ret`, the rest of the page `int3`, so a stray jump into it traps.
+/// `Err` for another page index or an address outside the domain's RAM:
+/// the write gets #GP, as on Xen.
+pub fn fill_hypercall_page<P: Platform>(domain: &Domain<P>, value: u64) -> Result<(), Errno> {
+    use abi::xen::hypercall::{HYPERCALL_PAGE_STUBS, HYPERCALL_STUB_SIZE, hypercall_page_stub};
+    if value % abi::PAGE_SIZE != 0 {
+        return Err(Errno::Einval);
+    }
+    let mut page = [0xccu8; abi::PAGE_SIZE as usize];
+    for (number, stub) in page.chunks_exact_mut(HYPERCALL_STUB_SIZE).enumerate().take(HYPERCALL_PAGE_STUBS) {
+        let code = hypercall_page_stub(number as u32);
+        stub[..code.len()].copy_from_slice(&code);
+    }
+    domain.write_guest(value, &page).map_err(|_| Errno::Efault)
+}
+
 /// How the calling vCPU translated addresses at the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressSpace {
@@ -172,7 +192,16 @@ fn console_io<P: Platform>(
             let mut buffer = [0u8; CONSOLE_WRITE_MAX];
             let text = &mut buffer[..count.min(CONSOLE_WRITE_MAX as u64) as usize];
             space.read(domain, address, text)?;
-            P::domain_text(domain.id, text, &mut domain.log_budget);
+            // As Xen does, pieces are gathered into whole lines: a guest
+            // printing a line in parts logs it once.
+            for &byte in text.iter() {
+                let line = &mut domain.console_line;
+                line.push(byte);
+                if byte == b'\n' || line.is_full() {
+                    P::domain_text(domain.id, line, &mut domain.log_budget);
+                    line.clear();
+                }
+            }
             Ok(0)
         }
         // hv's console input belongs to dom0's UART driver, not to a call.
@@ -320,8 +349,17 @@ mod tests {
         let (mut domain, space) = domain(false);
         domain.write_guest(DATA, b"hello from a Xen guest\n").unwrap();
         let write = u64::from(ConsoleIoOp::Write.number());
-        assert_eq!(call(&mut domain, &space, H::ConsoleIo, [write, 23, VIRTUAL]), Ok(0));
-        assert!(machine::with(|state| state.log.contains(&"(d1) hello from a Xen guest\n".to_string())));
+        // In three pieces: logged once, as one line.
+        for (offset, length) in [(0, 5), (5, 10), (15, 8)] {
+            assert_eq!(call(&mut domain, &space, H::ConsoleIo, [write, length, VIRTUAL + offset]), Ok(0));
+        }
+        assert_eq!(machine::with(|state| state.log.clone()), ["(d1) hello from a Xen guest\n"]);
+        // A line longer than the buffer is logged in full pieces.
+        let long = [b'x'; crate::domain::CONSOLE_LINE_BYTES + 1];
+        domain.write_guest(DATA, &long).unwrap();
+        assert_eq!(call(&mut domain, &space, H::ConsoleIo, [write, long.len() as u64, VIRTUAL]), Ok(0));
+        assert_eq!(machine::with(|state| state.log.len()), 2);
+        assert_eq!(domain.console_line.as_slice(), b"x", "the rest waits for its newline");
         assert_eq!(call(&mut domain, &space, H::ConsoleIo, [write, 4, VIRTUAL + 0x2000]), Err(Errno::Efault));
         let read = u64::from(ConsoleIoOp::Read.number());
         assert_eq!(call(&mut domain, &space, H::ConsoleIo, [read, 4, VIRTUAL]), Err(Errno::Eperm));
@@ -366,6 +404,19 @@ mod tests {
         assert!(domain.vcpus[0].reschedule);
         let poll = u64::from(SchedOp::Poll.number());
         assert_eq!(call(&mut domain, &space, H::SchedOp, [poll, VIRTUAL, 0]), Err(Errno::Enosys), "not yet");
+    }
+
+    #[test]
+    fn the_hypercall_page_holds_a_vmcall_stub_per_number() {
+        let (domain, _) = domain(false);
+        assert_eq!(fill_hypercall_page(&domain, DATA), Ok(()));
+        let mut page = [0; 4096];
+        domain.read_guest(DATA, &mut page).unwrap();
+        // Stub 17 (xen_version): mov eax, 17; vmcall; ret; then int3.
+        assert_eq!(&page[17 * 32..17 * 32 + 10], [0xb8, 17, 0, 0, 0, 0x0f, 0x01, 0xc1, 0xc3, 0xcc]);
+        assert_eq!(&page[127 * 32..127 * 32 + 5], [0xb8, 127, 0, 0, 0]);
+        assert_eq!(fill_hypercall_page(&domain, DATA + 1), Err(Errno::Einval), "page 1: Mica has one");
+        assert_eq!(fill_hypercall_page(&domain, 1 << 40), Err(Errno::Efault), "not its RAM");
     }
 
     #[test]

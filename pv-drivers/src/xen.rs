@@ -53,6 +53,62 @@ pub fn console_write(text: &[u8]) -> Result<(), Errno> {
     unsafe { call(Hypercall::ConsoleIo, [u64::from(ConsoleIoOp::Write.number()), count, address]) }.map(|_| ())
 }
 
+/// Xen's CPUID leaf `base + offset` (EAX, EBX, ECX, EDX), `base` being
+/// where the Xen signature was found ([`cpuid_base`]).
+pub fn cpuid(leaf: u32) -> [u32; 4] {
+    let result = core::arch::x86_64::__cpuid(leaf);
+    [result.eax, result.ebx, result.ecx, result.edx]
+}
+
+/// Where Xen's CPUID leaves start, if the hypervisor shows them.
+pub fn cpuid_base() -> Option<u32> {
+    abi::xen::cpuid::find_xen_base(cpuid)
+}
+
+/// A page-aligned page, for the hypercall page.
+#[repr(C, align(4096))]
+pub struct Page(pub [u8; 4096]);
+
+/// Asks hv to fill `page` with the hypercall stubs (a write of its address
+/// to the MSR CPUID leaf `base + 2` names); `false` if no hypervisor
+/// offers a page.
+///
+/// # Safety
+/// `page` must be a page of this domain's RAM that nothing else uses, at
+/// its guest-physical address (Mica's identity map): hv writes all of it.
+pub unsafe fn fill_hypercall_page(page: &mut Page) -> bool {
+    let Some(base) = cpuid_base() else { return false };
+    let [pages, msr, ..] = cpuid(base + abi::xen::cpuid::LEAF_HYPERCALL);
+    if pages == 0 {
+        return false;
+    }
+    let address = page as *mut Page as u64;
+    // SAFETY: the MSR is the hypervisor's, which CPUID named: hv fills
+    // the page, which the caller gave up.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") address as u32, in("edx") (address >> 32) as u32,
+            options(nostack));
+    }
+    true
+}
+
+/// Calls Xen hypercall `number` through a filled hypercall `page`.
+///
+/// # Safety
+/// `page` was filled by [`fill_hypercall_page`]; pointer arguments as for
+/// the call itself.
+pub unsafe fn call_through_page(page: &Page, number: Hypercall, [a1, a2, a3]: [u64; 3]) -> Result<u64, Errno> {
+    let entry = page.0.as_ptr() as u64 + 32 * number.number();
+    let result: i64;
+    // SAFETY: the stub is `mov eax, n; vmcall; ret`: it clobbers RAX alone
+    // (hv preserves every other register) and returns here.
+    unsafe {
+        core::arch::asm!("call {entry}", entry = in(reg) entry, in("rdi") a1, in("rsi") a2, in("rdx") a3,
+            lateout("rax") result);
+    }
+    Errno::decode(result)
+}
+
 /// Shuts this domain down for `reason`. Once hv took it the vCPU does not
 /// run again, so this returns only hv's refusal.
 pub fn shutdown(reason: ShutdownReason) -> Result<(), Errno> {

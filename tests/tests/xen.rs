@@ -6,9 +6,11 @@
 use mica_tests::session::{boot, command, create, expect_memory_back, fail_with, list, mem};
 use mica_tests::{fail, seconds};
 
-/// `xenhello` learns it runs on Xen 4.17 with Mica's suffix and the
-/// features hv offers (`xen_version`), writes that to hv's console
-/// (`console_io`: lines in `dmesg` under its domain), has an unknown
+/// `xenhello` finds Xen's CPUID leaves (version 4.17, its domain and vCPU
+/// ids), learns it runs on Xen 4.17 with Mica's suffix and the features
+/// hv offers (`xen_version`), writes that to hv's console (`console_io`:
+/// lines in `dmesg` under its domain), calls through the hypercall page
+/// hv filled when it wrote the page's address to the MSR, has an unknown
 /// feature word and a suspend refused with `-EINVAL`, and powers off
 /// (`sched_op`): dom0 sees it shut down and destroys it, every page back.
 #[test]
@@ -20,7 +22,9 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
     machine.expect(ended.as_str(), seconds(30)).unwrap_or_else(fail);
     let dmesg = command(&mut machine, "dmesg");
     let lines = [
+        format!("(d{id}) xenhello: CPUID: Xen at 0x40000000, version 4.17, domain {id}, vCPU 0"),
         format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
+        format!("(d{id}) xenhello: xen_version through the hypercall page: Ok(40011)"),
         format!("(d{id}) xenhello: feature word 1: Err(Einval)"),
         format!("(d{id}) xenhello: suspend: Err(Einval)"),
         format!("(d{id}) xenhello: powering off"),

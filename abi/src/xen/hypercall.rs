@@ -192,8 +192,10 @@ pub const HYPERCALL_PAGE_MSR: u32 = 0x4000_0000;
 /// A guest that asks for a hypercall page (by writing the page's address
 /// to [`HYPERCALL_PAGE_MSR`]) calls `page + 32 * number`
 /// instead of writing `vmcall` itself. Each stub is `mov eax, number;
-/// vmcall; ret`; the stub of [`Hypercall::Iret`] is `ud2` (PV only). A
-/// guest that issues `vmcall` directly (Linux 6.1 PVH does) needs no page.
+/// vmcall; ret`; the stub of [`Hypercall::Iret`] is `ud2` (PV only).
+/// Linux 6.1 as a PVH guest asks for a page (`xen_pvh_init` writes the MSR
+/// that leaf 2's EBX names) and makes its calls through it; a guest that
+/// issues `vmcall` itself needs none.
 pub const fn hypercall_page_stub(number: u32) -> [u8; 9] {
     if number as u64 == Hypercall::Iret as u64 {
         return [0x0f, 0x0b, 0, 0, 0, 0, 0, 0, 0];

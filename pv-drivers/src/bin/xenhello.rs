@@ -1,15 +1,20 @@
-//! Example guest on Xen's interface (issue 10): asks which Xen it runs on
-//! (`xen_version`: version, suffix, features), says so on hv's console
-//! with `console_io`, and powers itself off with `sched_op`: the calls a
-//! Xen guest makes first, with Xen's numbers, structures and errors.
+//! Example guest on Xen's interface (issue 10): finds Xen's CPUID leaves,
+//! asks which Xen it runs on (`xen_version`: version, suffix, features),
+//! says so on hv's console with `console_io`, makes a call through the
+//! hypercall page, and powers itself off with `sched_op`: the first steps
+//! of a Xen guest, with Xen's numbers, structures and errors.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
+use abi::xen::Hypercall;
 use abi::xen::sched::ShutdownReason;
-use abi::xen::version::feature;
+use abi::xen::version::{XenVersionOp, feature};
 use pv_drivers::xen;
+
+/// The page hv fills with hypercall stubs.
+static mut HYPERCALL_PAGE: xen::Page = xen::Page([0; 4096]);
 
 /// Formats a line and writes it with `console_io`.
 struct Console;
@@ -22,6 +27,21 @@ impl Write for Console {
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(_start_info: u64) -> ! {
+    match xen::cpuid_base() {
+        Some(base) => {
+            let [_, vcpu, domain, _] = xen::cpuid(base + abi::xen::cpuid::LEAF_HVM);
+            let version = xen::cpuid(base + abi::xen::cpuid::LEAF_VERSION)[0];
+            let _ = writeln!(
+                Console,
+                "xenhello: CPUID: Xen at {base:#x}, version {}.{}, domain {domain}, vCPU {vcpu}",
+                version >> 16,
+                version & 0xffff
+            );
+        }
+        None => {
+            let _ = writeln!(Console, "xenhello: CPUID shows no Xen");
+        }
+    }
     let version = xen::version();
     let extraversion = xen::extraversion();
     let features = xen::features(0);
@@ -39,6 +59,15 @@ extern "C" fn _start(_start_info: u64) -> ! {
         (version, features) => {
             let _ = writeln!(Console, "xenhello: xen_version failed: {version:?} {features:?}");
         }
+    }
+    // SAFETY: the page is this guest's alone, used for nothing else.
+    let page = unsafe { &mut *(&raw mut HYPERCALL_PAGE) };
+    // SAFETY: as above.
+    if unsafe { xen::fill_hypercall_page(page) } {
+        let op = [u64::from(XenVersionOp::Version.number()), 0, 0];
+        // SAFETY: hv filled the page; the call takes no pointer.
+        let version = unsafe { xen::call_through_page(page, Hypercall::XenVersion, op) };
+        let _ = writeln!(Console, "xenhello: xen_version through the hypercall page: {version:x?}");
     }
     // An unknown feature word and a reason Mica does not offer are refused.
     let _ = writeln!(Console, "xenhello: feature word 1: {:?}", xen::features(1));

@@ -572,6 +572,8 @@ pub mod guest_gdt {
 /// Every method makes this vCPU's VMCS current first, so generic code never
 /// has to track which VMCS the CPU has loaded.
 pub struct Vcpu {
+    /// Its domain's id and its own, for CPUID.
+    pub ids: (u32, u32),
     vmcs_region: u64,
     ept_pointer: u64,
     vpid: u16,
@@ -836,6 +838,7 @@ impl Vcpu {
         super::smp::set_current_vmcs(0);
         let registers = GuestRegisters { rdi: context.rdi, ..GuestRegisters::default() };
         Ok(Vcpu {
+            ids: (setup.domain_id, setup.vcpu_id),
             vmcs_region,
             ept_pointer,
             vpid: setup.vpid,
