@@ -95,7 +95,7 @@ pub fn filter_cpuid(leaf: u32, raw: [u32; 4], (domain, vcpu): (u32, u32)) -> [u3
             [cpuid::LEAF_MAX, b, c, d]
         }
         cpuid::LEAF_VERSION => [abi::ABI_VERSION, 0, 0, 0],
-        0x4000_0000..=0x4fff_ffff => [0; 4],
+        _ if (0x4000_0000..=0x4fff_ffff).contains(&leaf) => [0; 4],
         // Structured extended features: no protection keys (hv keeps
         // CR4.PKE, so PKRU, to itself).
         7 => [eax, ebx, ecx & !HIDDEN_LEAF7_ECX, edx],
@@ -216,8 +216,5 @@ mod tests {
         let [features, vcpu, domain, _] = filter_cpuid(0x4000_0004, [0; 4], ids);
         assert_ne!(features & xen::XEN_HVM_CPUID_VCPU_ID_PRESENT, 0);
         assert_eq!((vcpu, domain), (2, 7));
-        // Mica's own leaves come after Xen's, where a Xen guest's scan
-        // (which stops at the first Xen signature) never looks.
-        assert!(cpuid::LEAF_SIGNATURE >= 0x4000_0100);
     }
 }

@@ -39,7 +39,7 @@ pub const CONSOLE_WRITE_MAX: usize = 4096;
 /// the write gets #GP, as on Xen.
 pub fn fill_hypercall_page<P: Platform>(domain: &Domain<P>, value: u64) -> Result<(), Errno> {
     use abi::xen::hypercall::{HYPERCALL_PAGE_STUBS, HYPERCALL_STUB_SIZE, hypercall_page_stub};
-    if value % abi::PAGE_SIZE != 0 {
+    if !value.is_multiple_of(abi::PAGE_SIZE) {
         return Err(Errno::Einval);
     }
     let mut page = [0xccu8; abi::PAGE_SIZE as usize];
