@@ -60,6 +60,7 @@
 //! `evtchn_upcall_pending` set; `SCHEDOP_poll` waits for given ports.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{DomId, EvtchnPort, numbered_enum};
 
@@ -189,7 +190,7 @@ impl Virq {
 
 /// Argument of [`EvtchnOp::AllocUnbound`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnAllocUnbound {
     /// IN: the domain that gets the port: [`super::DOMID_SELF`] or the
     /// caller's id (a privileged domain may name another).
@@ -207,7 +208,7 @@ const _: () = assert!(offset_of!(EvtchnAllocUnbound, port) == 4);
 
 /// Argument of [`EvtchnOp::BindInterdomain`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnBindInterdomain {
     /// IN: the domain that allocated the unbound port.
     pub remote_dom: DomId,
@@ -227,7 +228,7 @@ const _: () = assert!(offset_of!(EvtchnBindInterdomain, local_port) == 8);
 
 /// Argument of [`EvtchnOp::BindVirq`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnBindVirq {
     /// IN: a [`Virq`] number.
     pub virq: u32,
@@ -245,7 +246,7 @@ const _: () = assert!(offset_of!(EvtchnBindVirq, port) == 8);
 
 /// Argument of [`EvtchnOp::BindIpi`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnBindIpi {
     /// IN: the vCPU that sends on the port notify.
     pub vcpu: u32,
@@ -259,7 +260,7 @@ const _: () = assert!(offset_of!(EvtchnBindIpi, port) == 4);
 
 /// Argument of [`EvtchnOp::BindVcpu`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnBindVcpu {
     /// IN: the port (interdomain, unbound or domain-wide virtual IRQ).
     pub port: EvtchnPort,
@@ -273,7 +274,7 @@ const _: () = assert!(offset_of!(EvtchnBindVcpu, vcpu) == 4);
 
 /// Argument of [`EvtchnOp::Close`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnClose {
     /// IN: the port to close.
     pub port: EvtchnPort,
@@ -284,7 +285,7 @@ const _: () = assert!(offset_of!(EvtchnClose, port) == 0);
 
 /// Argument of [`EvtchnOp::Send`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnSend {
     /// IN: the local port to notify through.
     pub port: EvtchnPort,
@@ -295,7 +296,7 @@ const _: () = assert!(offset_of!(EvtchnSend, port) == 0);
 
 /// Argument of [`EvtchnOp::Unmask`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnUnmask {
     /// IN: the port to unmask.
     pub port: EvtchnPort,
@@ -330,7 +331,7 @@ numbered_enum! {
 /// or the IRQ number of a PIRQ or VIRQ port; `u[1]` the remote port of an
 /// interdomain port.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EvtchnStatus {
     /// IN: the domain: [`super::DOMID_SELF`] or the caller's id (a
     /// privileged domain may name another).

@@ -42,6 +42,7 @@
 //! operations that only version 2 uses return `-ENOSYS`.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{DomId, GrantHandle, GrantRef, numbered_enum};
 
@@ -49,7 +50,7 @@ use super::{DomId, GrantHandle, GrantRef, numbered_enum};
 /// `GTF_READING`/`GTF_WRITING` in `flags`, which the hypervisor sets and
 /// clears.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GrantEntryV1 {
     /// `GTF_*`: the type in bits 0..2 and the flag bits above.
     pub flags: u16,
@@ -226,7 +227,7 @@ pub const GNTMAP_GUEST_AVAIL_MASK: u32 = 0xffff_0000;
 /// caller's. `dev_bus_addr` is the address a device would use; Mica writes
 /// the same guest-physical address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabMapGrantRef {
     /// IN: where to map (see above).
     pub host_addr: u64,
@@ -255,7 +256,7 @@ const _: () = assert!(offset_of!(GnttabMapGrantRef, dev_bus_addr) == 24);
 
 /// Argument of [`GnttabOp::UnmapGrantRef`] (one array entry).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabUnmapGrantRef {
     /// IN: the `host_addr` the page was mapped at.
     pub host_addr: u64,
@@ -277,7 +278,7 @@ const _: () = assert!(offset_of!(GnttabUnmapGrantRef, status) == 20);
 
 /// Argument of [`GnttabOp::SetupTable`] (PV; listed for its layout).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabSetupTable {
     /// IN: the domain, [`super::DOMID_SELF`] for the caller.
     pub dom: DomId,
@@ -314,7 +315,7 @@ pub const GNTCOPY_DEST_GREF: u16 = 1 << 1;
 /// ignored), otherwise it is a guest frame number of the caller's
 /// ([`GnttabCopyPtr::grant_ref`], [`GnttabCopyPtr::gmfn`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabCopyPtr {
     /// The grant reference or frame number (see above).
     pub u: u64,
@@ -349,7 +350,7 @@ impl GnttabCopyPtr {
 /// ([`GrantStatus::BadCopyArg`], see [`copy_range_is_valid`]); a grant used
 /// as `dest` must be writable.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabCopy {
     /// IN: where to read.
     pub source: GnttabCopyPtr,
@@ -379,7 +380,7 @@ pub const fn copy_range_is_valid(offset: u16, len: u16) -> bool {
 
 /// Argument of [`GnttabOp::QuerySize`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabQuerySize {
     /// IN: the domain, [`super::DOMID_SELF`] for the caller.
     pub dom: DomId,
@@ -403,7 +404,7 @@ const _: () = assert!(offset_of!(GnttabQuerySize, status) == 12);
 
 /// Argument of [`GnttabOp::SetVersion`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabSetVersion {
     /// IN: the version wanted; OUT: the version in effect (1).
     pub version: u32,
@@ -414,7 +415,7 @@ const _: () = assert!(offset_of!(GnttabSetVersion, version) == 0);
 
 /// Argument of [`GnttabOp::GetVersion`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GnttabGetVersion {
     /// IN: the domain, [`super::DOMID_SELF`] for the caller.
     pub dom: DomId,

@@ -4,6 +4,7 @@
 //! `rdi` is an [`HvmOp`], `rsi` the address of its argument.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{DomId, numbered_enum};
 
@@ -60,7 +61,7 @@ numbered_enum! {
 
 /// Argument of [`HvmOp::SetParam`] and [`HvmOp::GetParam`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenHvmParam {
     /// IN: the domain, [`super::DOMID_SELF`] or the caller.
     pub domid: DomId,
@@ -210,7 +211,7 @@ impl CallbackVia {
 
 /// Argument of [`HvmOp::PagetableDying`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenHvmPagetableDying {
     /// The domain, [`super::DOMID_SELF`].
     pub domid: DomId,
@@ -226,7 +227,7 @@ const _: () = assert!(offset_of!(XenHvmPagetableDying, gpa) == 8);
 
 /// Argument of [`HvmOp::GetTime`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenHvmGetTime {
     /// OUT: system time in nanoseconds.
     pub now: u64,
@@ -236,7 +237,7 @@ const _: () = assert!(size_of::<XenHvmGetTime>() == 8);
 
 /// Argument of [`HvmOp::SetEvtchnUpcallVector`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenHvmEvtchnUpcallVector {
     /// The vCPU.
     pub vcpu: u32,

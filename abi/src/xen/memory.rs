@@ -10,6 +10,7 @@
 //! bits above; a guest passes the bare number ([`MEMOP_CMD_MASK`]).
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{DomId, numbered_enum};
 
@@ -126,7 +127,7 @@ pub const XENMAPIDX_GRANT_TABLE_STATUS: u64 = 0x8000_0000;
 
 /// Argument of [`MemoryOp::AddToPhysmap`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenAddToPhysmap {
     /// The domain whose map changes: [`super::DOMID_SELF`] or the caller.
     pub domid: DomId,
@@ -149,7 +150,7 @@ const _: () = assert!(offset_of!(XenAddToPhysmap, gpfn) == 16);
 
 /// Argument of [`MemoryOp::RemoveFromPhysmap`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenRemoveFromPhysmap {
     /// The domain: [`super::DOMID_SELF`] or the caller.
     pub domid: DomId,
@@ -166,7 +167,7 @@ const _: () = assert!(offset_of!(XenRemoveFromPhysmap, gpfn) == 8);
 /// Argument of the reservation queries ([`MemoryOp::CurrentReservation`],
 /// [`MemoryOp::MaximumReservation`], [`MemoryOp::MaximumGpfn`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenMemoryDomain {
     /// The domain: [`super::DOMID_SELF`] or the caller.
     pub domid: DomId,
@@ -177,7 +178,7 @@ const _: () = assert!(size_of::<XenMemoryDomain>() == 2);
 /// Argument of the reservation changes (`XENMEM_increase_reservation`,
 /// `decrease_reservation`, `populate_physmap`); listed for its layout.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenMemoryReservation {
     /// Address of an array of `nr_extents` 64-bit frame numbers (the first
     /// frame of each extent).
@@ -203,7 +204,7 @@ const _: () = assert!(offset_of!(XenMemoryReservation, domid) == 24);
 
 /// Argument of [`MemoryOp::MemoryMap`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenMemoryMap {
     /// IN: entries the buffer holds; OUT: entries written.
     pub nr_entries: u32,
@@ -223,7 +224,7 @@ const _: () = assert!(offset_of!(XenMemoryMap, buffer) == 8);
 /// `type` uses the same values as
 /// [`super::start_info::HvmMemmapType`].
 #[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct E820Entry {
     /// Start of the range (guest-physical).
     pub addr: u64,

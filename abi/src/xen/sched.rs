@@ -76,7 +76,7 @@ const _: () = assert!(size_of::<SchedShutdown>() == 4);
 
 /// Argument of [`SchedOp::Poll`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SchedPoll {
     /// Guest-virtual address of an array of `nr_ports` 32-bit ports.
     pub ports: u64,
@@ -98,7 +98,7 @@ pub const SCHED_POLL_MAX_PORTS: u32 = 128;
 
 /// Argument of [`SchedOp::RemoteShutdown`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SchedRemoteShutdown {
     /// The domain to shut down.
     pub domain_id: DomId,
@@ -114,7 +114,7 @@ const _: () = assert!(offset_of!(SchedRemoteShutdown, reason) == 4);
 
 /// Argument of [`SchedOp::Watchdog`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SchedWatchdog {
     /// The watchdog's id (0 to create one).
     pub id: u32,

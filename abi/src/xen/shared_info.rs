@@ -44,6 +44,7 @@
 //! time 0) follows the same rule with `wc_version`.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// vCPUs that have a slot in [`SharedInfo::vcpu_info`].
 pub const XEN_LEGACY_MAX_VCPUS: usize = 32;
@@ -54,7 +55,7 @@ pub const EVTCHN_WORDS: usize = 64;
 /// One vCPU's time parameters (`vcpu_time_info`). Written by the
 /// hypervisor, read by the guest.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuTimeInfo {
     /// Update counter: odd while an update is in progress.
     pub version: u32,
@@ -150,7 +151,7 @@ impl VcpuTimeInfo {
 /// x86_64 part of [`VcpuInfo`] (`arch_vcpu_info`). PV only: a PV guest's
 /// CR2 on a page fault. Zero and unused for PVH.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct ArchVcpuInfo {
     /// PV only: the faulting address of the last page fault.
     pub cr2: u64,
@@ -164,7 +165,7 @@ const _: () = assert!(offset_of!(ArchVcpuInfo, pad) == 8);
 
 /// One vCPU's event and time state (`vcpu_info`), 64 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuInfo {
     /// Non-zero when events are pending for this vCPU. Set to 1 by the
     /// hypervisor before it raises the upcall; cleared by the guest
@@ -198,7 +199,7 @@ const _: () = assert!(offset_of!(VcpuInfo, time) == 32);
 /// x86_64 part of [`SharedInfo`] (`arch_shared_info`). PV only (the PV
 /// physical-to-machine table and NMI reason); zero and unused for PVH.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct ArchSharedInfo {
     /// PV only: entries in the guest's physical-to-machine table.
     pub max_pfn: u64,
@@ -225,7 +226,7 @@ const _: () = assert!(offset_of!(ArchSharedInfo, p2m_generation) == 40);
 /// The shared-info page (`shared_info`), x86_64 layout. See the module
 /// documentation for who writes which field.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SharedInfo {
     /// The legacy `vcpu_info` slots of vCPUs 0..=31.
     pub vcpu_info: [VcpuInfo; XEN_LEGACY_MAX_VCPUS],

@@ -27,6 +27,7 @@
 //! at address 0, so an address field of 0 means "absent".
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::numbered_enum;
 
@@ -49,7 +50,7 @@ pub const SIF_INITDOMAIN: u32 = 1 << 1;
 /// The start-of-day structure (`hvm_start_info`), 56 bytes. Written by the
 /// domain builder, read by the kernel.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct HvmStartInfo {
     /// [`XEN_HVM_START_MAGIC_VALUE`].
     pub magic: u32,
@@ -96,7 +97,7 @@ pub const HVM_START_INFO_V0_SIZE: usize = 40;
 
 /// One module (`hvm_modlist_entry`), 32 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct HvmModlistEntry {
     /// Guest-physical address of the module.
     pub paddr: u64,
@@ -117,7 +118,7 @@ const _: () = assert!(offset_of!(HvmModlistEntry, reserved) == 24);
 
 /// One memory map entry (`hvm_memmap_table_entry`), 24 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct HvmMemmapTableEntry {
     /// Guest-physical start of the range.
     pub addr: u64,

@@ -12,6 +12,7 @@
 //! [`super::event_channel::Virq::Timer`] port becomes pending.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::numbered_enum;
 
@@ -83,7 +84,7 @@ numbered_enum! {
 /// A vCPU's time accounting (`vcpu_runstate_info`). Written by the
 /// hypervisor.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuRunstateInfo {
     /// The current state, a `RUNSTATE_*` value.
     pub state: i32,
@@ -117,7 +118,7 @@ pub const XEN_RUNSTATE_UPDATE: u64 = 1 << 63;
 
 /// Argument of [`VcpuOp::RegisterRunstateMemoryArea`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuRegisterRunstateMemoryArea {
     /// Guest-virtual address of a [`VcpuRunstateInfo`] (Xen's union of a
     /// handle, a pointer and a 64-bit value: all three are this one word).
@@ -131,7 +132,7 @@ const _: () = assert!(size_of::<VcpuRegisterRunstateMemoryArea>() == 8);
 
 /// Argument of [`VcpuOp::SetPeriodicTimer`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuSetPeriodicTimer {
     /// The period in nanoseconds, at least 1 ms.
     pub period_ns: u64,
@@ -141,7 +142,7 @@ const _: () = assert!(size_of::<VcpuSetPeriodicTimer>() == 8);
 
 /// Argument of [`VcpuOp::SetSingleshotTimer`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuSetSingleshotTimer {
     /// When to fire, in absolute system time (ns).
     pub timeout_abs_ns: u64,
@@ -162,7 +163,7 @@ pub const VCPU_SSHOTTMR_FUTURE: u32 = 1 << 0;
 
 /// Argument of [`VcpuOp::RegisterVcpuInfo`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuRegisterVcpuInfo {
     /// Guest frame number of the page (for a PVH guest a guest frame, not
     /// a machine frame, despite the name).
@@ -190,7 +191,7 @@ impl VcpuRegisterVcpuInfo {
 
 /// Argument of [`VcpuOp::GetPhysid`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuGetPhysid {
     /// OUT: the APIC id in bits 0..32, the ACPI id in bits 32..64.
     pub phys_id: u64,
@@ -200,7 +201,7 @@ const _: () = assert!(size_of::<VcpuGetPhysid>() == 8);
 
 /// Argument of [`VcpuOp::RegisterVcpuTimeMemoryArea`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuRegisterTimeMemoryArea {
     /// Guest-virtual address of a [`super::shared_info::VcpuTimeInfo`]
     /// (same rules as [`VcpuRegisterRunstateMemoryArea::addr`]).
@@ -222,7 +223,7 @@ pub const VCPU_HVM_MODE_64B: u32 = 1;
 /// bit 8 AVL, bit 9 L, bit 10 D/B, bit 11 G; bits 12..16 are zero. That
 /// is descriptor bits 40..48 in bits 0..8 and bits 52..56 in bits 8..12.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuHvmX86_32 {
     /// EAX.
     pub eax: u32,
@@ -308,7 +309,7 @@ const _: () = assert!(offset_of!(VcpuHvmX86_32, pad2) == 114);
 /// 64-bit register state of [`VcpuOp::Initialise`] (`vcpu_hvm_x86_64`):
 /// the vCPU starts in 64-bit mode with flat segments.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuHvmX86_64 {
     /// RAX.
     pub rax: u64,
@@ -356,7 +357,7 @@ const _: () = assert!(offset_of!(VcpuHvmX86_64, efer) == 104);
 /// structure per mode, both 128 bytes: read `mode` (the first word) to
 /// know which one the guest passed ([`hvm_context_mode`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuHvmContext32 {
     /// [`VCPU_HVM_MODE_32B`].
     pub mode: u32,
@@ -369,7 +370,7 @@ pub struct VcpuHvmContext32 {
 /// Argument of [`VcpuOp::Initialise`] with [`VCPU_HVM_MODE_64B`]; see
 /// [`VcpuHvmContext32`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuHvmContext64 {
     /// [`VCPU_HVM_MODE_64B`].
     pub mode: u32,

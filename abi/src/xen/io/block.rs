@@ -32,6 +32,7 @@
 //! `id`, in any order.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::page_ring_size;
 use crate::xen::{GrantRef, numbered_enum};
@@ -96,7 +97,7 @@ pub const VDISK_READONLY: u32 = 0x4;
 
 /// One data segment (`blkif_request_segment`), 8 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlkifRequestSegment {
     /// Grant of the data page (writable by the back end for a read).
     pub gref: GrantRef,
@@ -126,7 +127,7 @@ impl BlkifRequestSegment {
 /// A read, write, barrier or flush request (`blkif_request`), 112 bytes.
 /// Written by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlkifRequest {
     /// A [`BlkifOp`] number.
     pub operation: u8,
@@ -155,7 +156,7 @@ const _: () = assert!(offset_of!(BlkifRequest, seg) == 24);
 /// A discard request (`blkif_request_discard`), 32 bytes at the start of
 /// a ring entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlkifRequestDiscard {
     /// [`BlkifOp::Discard`].
     pub operation: u8,
@@ -183,7 +184,7 @@ const _: () = assert!(offset_of!(BlkifRequestDiscard, nr_sectors) == 24);
 /// the start of a ring entry. Each indirect page holds up to 512
 /// [`BlkifRequestSegment`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlkifRequestIndirect {
     /// [`BlkifOp::Indirect`].
     pub operation: u8,
@@ -218,7 +219,7 @@ const _: () = assert!(offset_of!(BlkifRequestIndirect, indirect_grefs) == 28);
 /// A response (`blkif_response`), 16 bytes. Written by the back end into
 /// the entry of a consumed request.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlkifResponse {
     /// The request's `id`.
     pub id: u64,

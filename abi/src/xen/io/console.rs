@@ -20,6 +20,7 @@
 //! `out_prod`; `connection` is the one field it does not have.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes of the input ring (back end to guest).
 pub const XENCONS_IN_SIZE: usize = 1024;
@@ -34,7 +35,7 @@ pub const XENCONSOLE_DISCONNECTED: u8 = 1;
 
 /// The console page (`xencons_interface`), at the start of its page.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenconsInterface {
     /// Input bytes (back end writes, guest reads).
     pub r#in: [u8; XENCONS_IN_SIZE],

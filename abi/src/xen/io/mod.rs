@@ -40,6 +40,7 @@
 //! broken or hostile, and the connection is dropped.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod block;
 pub mod console;
@@ -53,7 +54,7 @@ pub const SRING_HEADER_SIZE: usize = 64;
 /// The header of a shared ring page (the fixed part of Xen's
 /// `*_sring`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SringHeader {
     /// Requests published so far (front end).
     pub req_prod: u32,

@@ -39,6 +39,7 @@
 //! this module names their keys but defines no layouts for them.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::page_ring_size;
 use crate::xen::{GrantRef, numbered_enum};
@@ -92,7 +93,7 @@ pub const XEN_NETIF_MAX_TX_SIZE: u32 = 0xffff;
 /// One transmit slot (`netif_tx_request`), 12 bytes. Written by the front
 /// end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct NetifTxRequest {
     /// Grant of the page holding the data (read-only for the back end is
     /// enough).
@@ -117,7 +118,7 @@ const _: () = assert!(offset_of!(NetifTxRequest, size) == 10);
 /// One transmit response (`netif_tx_response`), 4 bytes. Written by the
 /// back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct NetifTxResponse {
     /// The request's `id`.
     pub id: u16,
@@ -131,7 +132,7 @@ const _: () = assert!(offset_of!(NetifTxResponse, status) == 2);
 /// One posted receive buffer (`netif_rx_request`), 8 bytes. Written by
 /// the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct NetifRxRequest {
     /// The front end's tag, echoed in the response.
     pub id: u16,
@@ -148,7 +149,7 @@ const _: () = assert!(offset_of!(NetifRxRequest, gref) == 4);
 /// One receive response (`netif_rx_response`), 8 bytes. Written by the
 /// back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct NetifRxResponse {
     /// The request's `id`.
     pub id: u16,

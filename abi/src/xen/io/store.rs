@@ -46,6 +46,7 @@
 //! relative; values should be printable ASCII without a NUL.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::xen::errno::Errno;
 use crate::xen::numbered_enum;
@@ -132,7 +133,7 @@ pub const XS_WATCH_TOKEN: usize = 1;
 
 /// A message header (`xsd_sockmsg`), 16 bytes, little-endian on the ring.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XsdSockmsg {
     /// An [`XsdSockmsgType`] number.
     pub r#type: u32,
@@ -252,7 +253,7 @@ pub const XENSTORE_ERROR_PROTO: u32 = 3;
 
 /// The store page (`xenstore_domain_interface`), at the start of its page.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct XenstoreDomainInterface {
     /// Requests (guest writes, store reads).
     pub req: [u8; XENSTORE_RING_SIZE],
