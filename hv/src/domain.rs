@@ -63,6 +63,13 @@ pub struct Domain<P: Platform> {
     pub channels_ended: bool,
     /// Host-physical address of the registered event page, 0 = none.
     pub event_page: u64,
+    /// Host address of its Xen shared-info page (`memory_op`
+    /// add_to_physmap), 0 if none: then its events use Xen's 2-level
+    /// layout there instead of `event_page`.
+    pub xen_shared_info: u64,
+    /// Host address of each vCPU's Xen `vcpu_info` (`vcpu_op`
+    /// register_vcpu_info); 0: its slot in the shared-info page.
+    pub xen_vcpu_info: [u64; MAX_VCPUS],
     /// Host-physical address of the registered grant table page, 0 = none.
     pub grant_table: u64,
     /// Grants of others it has mapped (a guest; dom0's are in
@@ -210,6 +217,8 @@ impl<P: Platform> Domain<P> {
             events: crate::event::PortTable::new(),
             channels_ended: false,
             event_page: 0,
+            xen_shared_info: 0,
+            xen_vcpu_info: [0; MAX_VCPUS],
             grant_table: 0,
             mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,

@@ -12,7 +12,7 @@ use abi::event::{EventOp, PORT_COUNT, Virq};
 use abi::hypercall::{SchedOp, ShutdownReason};
 use arrayvec::ArrayVec;
 
-use crate::domain::{Domain, DomainTable, Ended};
+use crate::domain::{Domain, DomainTable, Ended, MAX_VCPUS};
 use crate::event::{self as ports, TableAccess};
 use crate::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset};
 use crate::log_ring::Level;
@@ -56,6 +56,90 @@ impl<P: Platform> EventWords for Shared<P> {
     }
 }
 
+/// A domain's event words: Mica's event page, or Xen's shared-info page
+/// and `vcpu_info` structures (2-level layout: pending and mask bitmaps
+/// at 2048 and 2560 of shared info; per vCPU `evtchn_upcall_pending` at
+/// byte 0 and `evtchn_pending_sel` at 8 of its `vcpu_info`).
+pub enum Words<P> {
+    Mica(Shared<P>),
+    Xen { shared_info: u64, vcpu_info: [u64; MAX_VCPUS] },
+}
+
+/// Byte offsets of Xen's pending and mask bitmaps in shared info.
+const XEN_PENDING: u64 = 2048;
+const XEN_MASK: u64 = 2560;
+
+impl<P: Platform> Words<P> {
+    /// `domain`'s words, if it registered any (Xen's first).
+    pub fn of(domain: &Domain<P>) -> Option<Words<P>> {
+        match (domain.xen_shared_info, domain.event_page) {
+            (0, 0) => None,
+            (0, page) => Some(Words::Mica(Shared::at(page))),
+            (shared_info, _) => Some(Words::Xen { shared_info, vcpu_info: domain.xen_vcpu_info }),
+        }
+    }
+
+    /// Host address of `vcpu`'s Xen `vcpu_info`.
+    fn vcpu_info(shared_info: u64, vcpu_info: &[u64; MAX_VCPUS], vcpu: usize) -> u64 {
+        match vcpu_info[vcpu] {
+            0 => shared_info + 64 * vcpu as u64,
+            registered => registered,
+        }
+    }
+
+    /// Host address of the bitmap word holding `port` (`bitmap`: Mica's or
+    /// Xen's offset of the pending or mask bitmap).
+    fn word(&self, mica: u64, xen: u64, word: usize) -> u64 {
+        match self {
+            Words::Mica(page) => page.0 + mica + word as u64 * 8,
+            Words::Xen { shared_info, .. } => shared_info + xen + word as u64 * 8,
+        }
+    }
+}
+
+impl<P: Platform> EventWords for Words<P> {
+    fn test_and_set_pending(&mut self, port: u32) -> bool {
+        P::test_and_set_bit(self.word(0, XEN_PENDING, port as usize / 64), port % 64)
+    }
+    fn load_pending(&mut self, word: usize) -> u64 {
+        P::load(self.word(0, XEN_PENDING, word))
+    }
+    fn load_mask(&mut self, word: usize) -> u64 {
+        P::load(self.word(MASK_OFFSET, XEN_MASK, word))
+    }
+    fn set_mask(&mut self, port: u32, masked: bool) {
+        let word = self.word(MASK_OFFSET, XEN_MASK, port as usize / 64);
+        if masked {
+            P::test_and_set_bit(word, port % 64);
+        } else {
+            P::test_and_clear_bit(word, port % 64);
+        }
+    }
+    fn test_and_set_upcall(&mut self, vcpu: usize) -> bool {
+        match self {
+            Words::Mica(page) => page.test_and_set_upcall(vcpu),
+            // `evtchn_upcall_pending` is byte 0: bit 0 of the word.
+            Words::Xen { shared_info, vcpu_info } => {
+                P::test_and_set_bit(Self::vcpu_info(*shared_info, vcpu_info, vcpu), 0)
+            }
+        }
+    }
+    fn load_upcall(&mut self, vcpu: usize) -> u64 {
+        match self {
+            Words::Mica(page) => page.load_upcall(vcpu),
+            Words::Xen { shared_info, vcpu_info } => P::load(Self::vcpu_info(*shared_info, vcpu_info, vcpu)) & 0xff,
+        }
+    }
+    fn test_and_set_selector(&mut self, vcpu: usize, word: usize) -> bool {
+        match self {
+            Words::Mica(_) => false,
+            Words::Xen { shared_info, vcpu_info } => {
+                P::test_and_set_bit(Self::vcpu_info(*shared_info, vcpu_info, vcpu) + 8, word as u32)
+            }
+        }
+    }
+}
+
 /// Marks `port` of domain `index` pending and, if it is unmasked, raises
 /// the upcall of the vCPU the port notifies (see [`raise_in`]).
 pub fn raise<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, port: u32) {
@@ -72,14 +156,13 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
         return;
     }
     let vcpu = notified_vcpu(domain, port);
-    let page = domain.event_page;
-    if page == 0 {
+    let Some(mut words) = Words::of(domain) else {
         // No page registered: the domain polls; a wake-up is all we can give.
         domain.vcpus[vcpu].blocked = false;
         domain.notify(vcpu);
         return;
-    }
-    let delivery = event_page::raise(&mut Shared::<P>::at(page), port, vcpu, domain.upcall_vector != 0);
+    };
+    let delivery = event_page::raise(&mut words, port, vcpu, domain.upcall_vector != 0);
     deliver(domain, vcpu, delivery);
 }
 
@@ -171,9 +254,8 @@ fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
 /// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
 /// word (set when one of its ports fired).
 pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
-    let page = domain.event_page;
-    let waiting =
-        page != 0 && event_page::waiting(&mut Shared::<P>::at(page), vcpu, |port| notified_vcpu(domain, port));
+    let waiting = Words::of(domain)
+        .is_some_and(|mut words| event_page::waiting(&mut words, vcpu, |port| notified_vcpu(domain, port)));
     if !waiting {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
@@ -257,12 +339,9 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
         }
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;
-            let page = domain.event_page;
-            if page == 0 {
-                return Err(Error::Busy);
-            }
+            let Some(mut words) = Words::of(domain) else { return Err(Error::Busy) };
             if operation == EventOp::Mask {
-                Shared::<P>::at(page).set_mask(port, true);
+                words.set_mask(port, true);
             } else {
                 // A level-triggered line hv masked when it fired comes back.
                 if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
@@ -270,7 +349,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
                 }
                 // Pending while masked: deliver it now.
                 let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
-                if let Some(delivery) = event_page::unmask(&mut Shared::<P>::at(page), port, vcpu, vector) {
+                if let Some(delivery) = event_page::unmask(&mut words, port, vcpu, vector) {
                     deliver(domain, vcpu, delivery);
                 }
             }

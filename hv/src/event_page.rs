@@ -52,6 +52,12 @@ pub trait EventWords {
     fn test_and_set_upcall(&mut self, vcpu: usize) -> bool;
     /// Reads vCPU `vcpu`'s upcall flag.
     fn load_upcall(&mut self, vcpu: usize) -> u64;
+    /// Sets bit `word` of vCPU `vcpu`'s pending-word selector, where the
+    /// layout has one (Xen's `evtchn_pending_sel`); whether it was set.
+    /// A set bit means an upcall for that word is on its way already.
+    fn test_and_set_selector(&mut self, _vcpu: usize, _word: usize) -> bool {
+        false
+    }
 }
 
 /// What hv does for the vCPU a port notifies, once the page is updated.
@@ -83,10 +89,15 @@ pub fn raise(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -
     if page.load_mask(port as usize / 64) & bit(port) != 0 {
         return Delivery::Masked;
     }
-    raise_upcall(page, vcpu, vector)
+    raise_upcall(page, port, vcpu, vector)
 }
 
-fn raise_upcall(page: &mut impl EventWords, vcpu: usize, vector: bool) -> Delivery {
+fn raise_upcall(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -> Delivery {
+    // Xen's layout: the guest takes the selector, then scans its words; a
+    // selector bit already set will lead it to this port's word.
+    if page.test_and_set_selector(vcpu, port as usize / 64) {
+        return Delivery::AlreadyPending;
+    }
     if !page.test_and_set_upcall(vcpu) && vector { Delivery::Upcall } else { Delivery::Wake }
 }
 
@@ -96,7 +107,7 @@ fn raise_upcall(page: &mut impl EventWords, vcpu: usize, vector: bool) -> Delive
 /// pending.
 pub fn unmask(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -> Option<Delivery> {
     page.set_mask(port, false);
-    (page.load_pending(port as usize / 64) & bit(port) != 0).then(|| raise_upcall(page, vcpu, vector))
+    (page.load_pending(port as usize / 64) & bit(port) != 0).then(|| raise_upcall(page, port, vcpu, vector))
 }
 
 /// Whether an event waits for vCPU `vcpu`, so that it must not block: a
@@ -571,7 +582,7 @@ mod tests {
             } else if masked {
                 Delivery::Masked
             } else {
-                raise_upcall(side, 0, true)
+                raise_upcall(side, P, 0, true)
             };
             deliver(side, 0, delivery);
             Effect { delivery: Some(delivery), ..Effect::default() }

@@ -37,6 +37,7 @@ use hvcore::event_ops::Call;
 use hvcore::platform::Platform;
 use hvcore::platform::SCHEDULER_ENTRIES;
 use hvcore::scheduler::Scheduler;
+use hvcore::xen::XenCall;
 use spin::mutex::TicketMutex;
 
 use crate::arch::machine::Machine;
@@ -487,17 +488,25 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
             // Mica's own in Mica's.
             vcpu.registers.rax = if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
                 let space = vcpu.address_space();
-                let result = hvcore::xen::dispatch(&mut domain, &space, number, arguments);
+                let result = match hvcore::xen::dispatch(&mut domain, &space, number, arguments) {
+                    XenCall::Done(result) => result,
+                    XenCall::Raise { target, port, from } => {
+                        domain = raise_remote(domain, index, target, port, from);
+                        Ok(0)
+                    }
+                    XenCall::Table => {
+                        drop(domain);
+                        let result = hvcore::xen::dispatch_table(&mut lock().domains, index, &space, number, arguments);
+                        domain = DOMAINS.lock_running(index);
+                        result
+                    }
+                };
                 result.unwrap_or_else(|errno| errno.code() as u64)
             } else {
                 let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
                     Call::Done(result) => result,
                     Call::Raise { target, port, from } => {
-                        domain = with_other(domain, index, target, |sender, receiver| {
-                            if let Some(receiver) = receiver {
-                                hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
-                            }
-                        });
+                        domain = raise_remote(domain, index, target, port, from);
                         Ok(0)
                     }
                     Call::Pair { other } => {
@@ -559,6 +568,24 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
         Machine::release_vcpu(vcpu);
     }
     (ran, domain.ended.is_some() && !domain.channels_ended)
+}
+
+/// The end of a send to another domain (`Call::Raise`): port `port` of
+/// domain `target` is raised, under its lock, if it is still connected to
+/// the caller's port `from`. Returns the caller, locked.
+#[inline]
+fn raise_remote(
+    caller: DomainGuard<'static>,
+    index: usize,
+    target: DomainId,
+    port: u32,
+    from: u32,
+) -> DomainGuard<'static> {
+    with_other(caller, index, target, |sender, receiver| {
+        if let Some(receiver) = receiver {
+            hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
+        }
+    })
 }
 
 /// Runs `f` on `caller` (locked, in slot `index`) and on domain `other`

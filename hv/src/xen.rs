@@ -1,21 +1,39 @@
 //! Xen's guest hypercalls (`abi::xen`), as far as hv implements them yet
-//! (issue 10): `xen_version`, `console_io` and `sched_op`, on the calling
-//! domain alone (its lock held). Every other number below
-//! `XEN_HYPERCALL_LIMIT` answers `-ENOSYS`.
+//! (issue 10): `xen_version`, `console_io`, `sched_op`, `memory_op`
+//! (placing the shared-info page), `hvm_op` (the callback vector),
+//! `vcpu_op` (placing `vcpu_info`) and `event_channel_op` (2-level), on
+//! the calling domain alone (its lock held) or, for what binds or closes
+//! channels between domains, with every domain locked
+//! ([`dispatch_table`]). Every other number below `XEN_HYPERCALL_LIMIT`
+//! answers `-ENOSYS`.
+//!
+//! The event channel operations run Mica's own (`event_ops`) on Xen's
+//! argument structures; a domain that placed a shared-info page gets its
+//! events in Xen's 2-level layout there (`event_ops::Words`).
 //!
 //! As in Xen for HVM and PVH guests, an argument that points at memory is
 //! a guest-virtual address of the calling vCPU, translated through its
 //! page tables as they are at the call ([`AddressSpace`]); results and
 //! errors are Xen's (`-errno`).
 
+use abi::event::EventOp;
 use abi::xen::console_io::ConsoleIoOp;
+use abi::xen::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnOp,
+    EvtchnSend, EvtchnStatus, EvtchnUnmask, PortState as XenPortState, Virq as XenVirq,
+};
+use abi::xen::hvm::{CallbackVia, HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HvmOp, XenHvmParam};
+use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
 use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
+use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo};
 use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp, feature};
 use abi::xen::{Errno, Hypercall};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::domain::{Domain, Ended};
+use crate::domain::{Domain, DomainTable, Ended};
+use crate::event_ops::Call;
 use crate::log_ring::Level;
+use crate::paging::Access;
 use crate::platform::Platform;
 
 /// What `XENVER_version` reports: the Xen interface Mica follows.
@@ -137,6 +155,19 @@ impl AddressSpace {
     }
 }
 
+/// What a Xen call came to on its caller's domain alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenCall {
+    /// Its result.
+    Done(Result<u64, Errno>),
+    /// A send to another domain (as `event_ops::Call::Raise`); its result
+    /// is 0.
+    Raise { target: abi::DomainId, port: u32, from: u32 },
+    /// It binds or closes channels between domains: [`dispatch_table`]
+    /// runs it with every domain locked.
+    Table,
+}
+
 /// Runs Xen hypercall `number` for the calling vCPU of `domain`, whose
 /// addresses `space` translates. `-ENOSYS` for what hv does not offer.
 pub fn dispatch<P: Platform>(
@@ -144,13 +175,299 @@ pub fn dispatch<P: Platform>(
     space: &AddressSpace,
     number: u64,
     [a1, a2, a3, ..]: [u64; 5],
-) -> Result<u64, Errno> {
+) -> XenCall {
     // Sub-operations are 32-bit (`cmd` is an `int` in Xen's prototypes).
     let operation = a1 as u32;
-    match Hypercall::from_number(number) {
+    XenCall::Done(match Hypercall::from_number(number) {
         Some(Hypercall::XenVersion) => xen_version(domain, space, operation, a2),
         Some(Hypercall::ConsoleIo) => console_io(domain, space, operation, a2, a3),
         Some(Hypercall::SchedOp) => sched_op(domain, space, operation, a2),
+        Some(Hypercall::MemoryOp) => memory_op(domain, space, operation, a2),
+        Some(Hypercall::HvmOp) => hvm_op(domain, space, operation, a2),
+        Some(Hypercall::VcpuOp) => vcpu_op(domain, space, operation, a2, a3),
+        Some(Hypercall::EventChannelOp) => {
+            return event_channel_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
+        }
+        _ => Err(Errno::Enosys),
+    })
+}
+
+/// Runs what [`dispatch`] answered [`XenCall::Table`] for, with every
+/// domain locked: binding and closing channels between domains.
+pub fn dispatch_table<P: Platform>(
+    domains: &mut DomainTable<'_, P>,
+    caller: usize,
+    space: &AddressSpace,
+    number: u64,
+    [a1, a2, ..]: [u64; 5],
+) -> Result<u64, Errno> {
+    if Hypercall::from_number(number) != Some(Hypercall::EventChannelOp) {
+        return Err(Errno::Enosys);
+    }
+    let me = domains[caller].id;
+    // A domain names itself as DOMID_SELF or by its id.
+    let named = |dom: u16| if dom == abi::xen::DOMID_SELF { me } else { u32::from(dom) };
+    let mica = |domains: &mut DomainTable<'_, P>, operation: EventOp, a1: u64, a2: u64| {
+        crate::event_ops::event_op(domains, caller, [operation as u64, a1, a2, 0, 0]).map_err(errno)
+    };
+    match EvtchnOp::from_number(a1 as u32).ok_or(Errno::Enosys)? {
+        EvtchnOp::AllocUnbound => {
+            let mut request: EvtchnAllocUnbound = space.read_struct(&domains[caller], a2)?;
+            if named(request.dom) != me {
+                // Allocating in another domain's table is a toolstack's.
+                return Err(Errno::Eperm);
+            }
+            let remote = u64::from(named(request.remote_dom));
+            request.port = mica(domains, EventOp::AllocUnbound, remote, 0).map_err(unknown_domain)? as u32;
+            space.write(&domains[caller], a2, request.as_bytes()).map(|()| 0)
+        }
+        EvtchnOp::BindInterdomain => {
+            let mut request: EvtchnBindInterdomain = space.read_struct(&domains[caller], a2)?;
+            let remote = u64::from(named(request.remote_dom));
+            let port = mica(domains, EventOp::BindInterdomain, remote, u64::from(request.remote_port));
+            request.local_port = port.map_err(unknown_domain)? as u32;
+            space.write(&domains[caller], a2, request.as_bytes()).map(|()| 0)
+        }
+        EvtchnOp::Close => {
+            let request: EvtchnClose = space.read_struct(&domains[caller], a2)?;
+            mica(domains, EventOp::Close, u64::from(request.port), 0).map(|_| 0)
+        }
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// Xen's errno for one of Mica's errors (event channel operations).
+fn errno(error: abi::Error) -> Errno {
+    match error {
+        abi::Error::Permission => Errno::Eperm,
+        abi::Error::NotFound => Errno::Enoent,
+        abi::Error::Busy => Errno::Ebusy,
+        abi::Error::OutOfMemory => Errno::Enomem,
+        abi::Error::BadAddress => Errno::Efault,
+        _ => Errno::Einval,
+    }
+}
+
+/// Where Mica says NotFound of a domain, Xen says "no such domain".
+fn unknown_domain(errno: Errno) -> Errno {
+    if errno == Errno::Enoent { Errno::Esrch } else { errno }
+}
+
+/// `event_channel_op` on the caller's domain alone; the operations across
+/// domains come back as [`XenCall::Table`]. FIFO channels
+/// (`init_control`, `expand_array`, `set_priority`) are refused with
+/// `-ENOSYS`, so guests use the 2-level ones.
+fn event_channel_op<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    operation: u32,
+    address: u64,
+) -> Result<XenCall, Errno> {
+    let mica = |domain: &mut Domain<P>, operation: EventOp, a1: u64, a2: u64| match crate::event_ops::event_op_own(
+        domain,
+        [operation as u64, a1, a2, 0, 0],
+    ) {
+        Call::Done(result) => Ok(XenCall::Done(result.map_err(errno))),
+        Call::Raise { target, port, from } => Ok(XenCall::Raise { target, port, from }),
+        Call::Pair { .. } | Call::Table => Err(Errno::Einval),
+    };
+    // The port a binding returns goes back into the argument structure.
+    let returned = |call: XenCall| match call {
+        XenCall::Done(result) => result.map(|port| port as u32),
+        _ => Err(Errno::Einval),
+    };
+    match EvtchnOp::from_number(operation).ok_or(Errno::Enosys)? {
+        EvtchnOp::Send => {
+            let request: EvtchnSend = space.read_struct(domain, address)?;
+            // As in Xen, a send on a port whose other end is gone (unbound,
+            // or its domain ended) is dropped without an error.
+            match crate::event_ops::event_op_own(domain, [EventOp::Send as u64, u64::from(request.port), 0, 0, 0]) {
+                Call::Done(Err(abi::Error::Busy | abi::Error::Closed)) => Ok(XenCall::Done(Ok(0))),
+                Call::Raise { target, port, from } => Ok(XenCall::Raise { target, port, from }),
+                Call::Done(result) => Ok(XenCall::Done(result.map_err(errno))),
+                Call::Pair { .. } | Call::Table => Err(Errno::Einval),
+            }
+        }
+        EvtchnOp::Unmask => {
+            let request: EvtchnUnmask = space.read_struct(domain, address)?;
+            mica(domain, EventOp::Unmask, u64::from(request.port), 0)
+        }
+        EvtchnOp::BindVcpu => {
+            let request: EvtchnBindVcpu = space.read_struct(domain, address)?;
+            mica(domain, EventOp::BindVcpu, u64::from(request.port), u64::from(request.vcpu))
+        }
+        EvtchnOp::BindIpi => {
+            let mut request: EvtchnBindIpi = space.read_struct(domain, address)?;
+            request.port = returned(mica(domain, EventOp::BindIpi, u64::from(request.vcpu), 0)?)?;
+            space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
+        }
+        EvtchnOp::BindVirq => {
+            let mut request: EvtchnBindVirq = space.read_struct(domain, address)?;
+            // Mica raises the timer; the others never fire (bound all the same).
+            let virq = match XenVirq::from_number(request.virq).ok_or(Errno::Einval)? {
+                XenVirq::Timer => abi::event::Virq::Timer,
+                XenVirq::Console => abi::event::Virq::Console,
+                _ => return Err(Errno::Einval),
+            };
+            let port = mica(domain, EventOp::BindVirq, virq as u64, u64::from(request.vcpu))?;
+            request.port = returned(port).map_err(|errno| if errno == Errno::Ebusy { Errno::Eexist } else { errno })?;
+            space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
+        }
+        EvtchnOp::Status => {
+            let mut request: EvtchnStatus = space.read_struct(domain, address)?;
+            if request.dom != abi::xen::DOMID_SELF && u32::from(request.dom) != domain.id {
+                return Err(Errno::Eperm);
+            }
+            let XenCall::Done(word) = mica(domain, EventOp::Status, u64::from(request.port), 0)? else {
+                return Err(Errno::Einval);
+            };
+            let status = abi::event::PortStatus::decode(word?).ok_or(Errno::Einval)?;
+            use abi::event::PortState as Mica;
+            let remote_dom = status.remote_domain as u16;
+            request.set_state(match status.state {
+                Mica::Free | Mica::Closed => XenPortState::Closed,
+                Mica::Unbound => XenPortState::Unbound { remote_dom },
+                Mica::Interdomain => XenPortState::Interdomain { remote_dom, remote_port: u32::from(status.remote) },
+                Mica::Virq => XenPortState::Virq(u32::from(status.remote)),
+                Mica::Pirq => XenPortState::Pirq(u32::from(status.remote)),
+                Mica::Ipi => XenPortState::Ipi,
+            });
+            request.vcpu = domain.events.notify_vcpu(request.port) as u32;
+            space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
+        }
+        EvtchnOp::AllocUnbound | EvtchnOp::BindInterdomain | EvtchnOp::Close => Ok(XenCall::Table),
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// Checks that `domid` names the caller (`DOMID_SELF` or its id).
+fn own<P: Platform>(domain: &Domain<P>, domid: u16) -> Result<(), Errno> {
+    if domid == abi::xen::DOMID_SELF || u32::from(domid) == domain.id { Ok(()) } else { Err(Errno::Eperm) }
+}
+
+/// The host frame of guest frame `gfn`, writable RAM of the domain (not
+/// dom0's foreign window).
+fn own_page<P: Platform>(domain: &Domain<P>, gfn: u64) -> Result<u64, Errno> {
+    let address = gfn.checked_mul(abi::PAGE_SIZE).filter(|&a| a < abi::domctl::FOREIGN_WINDOW_BASE);
+    let address = address.ok_or(Errno::Einval)?;
+    domain.host_frame(address, Access::READ | Access::WRITE).map_err(|_| Errno::Einval)
+}
+
+/// `memory_op`: `add_to_physmap` of the shared-info page. Mica keeps the
+/// guest's own RAM page at that frame as the page (Xen puts one of its
+/// own there): its contents become the shared info, zeroed the first
+/// time, carried over when the page moves.
+fn memory_op<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    operation: u32,
+    address: u64,
+) -> Result<u64, Errno> {
+    match MemoryOp::from_number(operation & MEMOP_CMD_MASK).ok_or(Errno::Enosys)? {
+        MemoryOp::AddToPhysmap => {
+            let request: XenAddToPhysmap = space.read_struct(domain, address)?;
+            own(domain, request.domid)?;
+            if request.space != XENMAPSPACE_SHARED_INFO {
+                return Err(Errno::Enosys);
+            }
+            if request.idx != 0 {
+                return Err(Errno::Einval);
+            }
+            let frame = own_page(domain, request.gpfn)?;
+            let mut page = [0u8; abi::PAGE_SIZE as usize];
+            if domain.xen_shared_info != 0 && !P::copy_from(domain.xen_shared_info, &mut page) {
+                return Err(Errno::Efault);
+            }
+            if !P::copy_to(frame, &page) {
+                return Err(Errno::Efault);
+            }
+            domain.xen_shared_info = frame;
+            Ok(0)
+        }
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// `hvm_op`: the callback vector (`HVM_PARAM_CALLBACK_IRQ`, vector type
+/// only) is set and read; the store and console parameters read 0 until
+/// dom0 sets them.
+fn hvm_op<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    operation: u32,
+    address: u64,
+) -> Result<u64, Errno> {
+    use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+    let operation = HvmOp::from_number(operation).ok_or(Errno::Enosys)?;
+    if !matches!(operation, HvmOp::SetParam | HvmOp::GetParam) {
+        return Err(Errno::Enosys);
+    }
+    let mut request: XenHvmParam = space.read_struct(domain, address)?;
+    own(domain, request.domid)?;
+    if request.index >= HVM_NR_PARAMS {
+        return Err(Errno::Einval);
+    }
+    match (operation, request.index) {
+        (HvmOp::SetParam, HVM_PARAM_CALLBACK_IRQ) => {
+            domain.upcall_vector = match CallbackVia::decode(request.value) {
+                CallbackVia::None => 0,
+                CallbackVia::Vector(vector) if vector >= 32 => vector,
+                // Mica raises no interrupt lines for guests: vectors only.
+                _ => return Err(Errno::Einval),
+            };
+            Ok(0)
+        }
+        (HvmOp::GetParam, index) => {
+            request.value = match index {
+                HVM_PARAM_CALLBACK_IRQ if domain.upcall_vector != 0 => {
+                    CallbackVia::Vector(domain.upcall_vector).encode()
+                }
+                HVM_PARAM_CALLBACK_IRQ
+                | HVM_PARAM_STORE_PFN
+                | HVM_PARAM_STORE_EVTCHN
+                | HVM_PARAM_CONSOLE_PFN
+                | HVM_PARAM_CONSOLE_EVTCHN => 0,
+                _ => return Err(Errno::Eperm),
+            };
+            space.write(domain, address, request.as_bytes()).map(|()| 0)
+        }
+        _ => Err(Errno::Eperm),
+    }
+}
+
+/// `vcpu_op`: placing a vCPU's `vcpu_info` (once per vCPU, as in Xen; its
+/// contents move along), whether a vCPU is up, and the calls Linux makes
+/// that need nothing from Mica: the runstate area is accepted and left
+/// unwritten, and there is no periodic timer to stop.
+fn vcpu_op<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    operation: u32,
+    vcpu: u64,
+    address: u64,
+) -> Result<u64, Errno> {
+    let vcpu = usize::try_from(vcpu).ok().filter(|&v| v < domain.vcpu_count).ok_or(Errno::Enoent)?;
+    match VcpuOp::from_number(operation).ok_or(Errno::Enosys)? {
+        VcpuOp::RegisterVcpuInfo => {
+            let request: VcpuRegisterVcpuInfo = space.read_struct(domain, address)?;
+            let size = size_of::<abi::xen::shared_info::VcpuInfo>() as u32;
+            if domain.xen_vcpu_info[vcpu] != 0 || !request.offset.is_multiple_of(8) || request.offset > 4096 - size {
+                return Err(Errno::Einval);
+            }
+            let info = own_page(domain, request.mfn)? + u64::from(request.offset);
+            // What the guest had in its shared-info slot comes along.
+            let mut bytes = [0u8; 64];
+            if domain.xen_shared_info != 0 && !P::copy_from(domain.xen_shared_info + 64 * vcpu as u64, &mut bytes) {
+                return Err(Errno::Efault);
+            }
+            if !P::copy_to(info, &bytes) {
+                return Err(Errno::Efault);
+            }
+            domain.xen_vcpu_info[vcpu] = info;
+            Ok(0)
+        }
+        VcpuOp::IsUp => Ok(u64::from(domain.vcpus[vcpu].up)),
+        VcpuOp::RegisterRunstateMemoryArea | VcpuOp::StopPeriodicTimer => Ok(0),
         _ => Err(Errno::Enosys),
     }
 }
@@ -272,7 +589,12 @@ mod tests {
     /// `DATA + 4 KiB` (read-only), 2 MiB pages at 1 GiB and a 1 GiB page
     /// at 512 GiB onto low memory.
     fn domain(privileged: bool) -> (Domain<Fake>, AddressSpace) {
-        let mut domain = Domain::<Fake>::new(if privileged { 0 } else { 1 }, privileged, 64).unwrap();
+        domain_with_id(if privileged { 0 } else { 1 })
+    }
+
+    /// As [`domain`], with id `id` (dom0 for 0).
+    fn domain_with_id(id: abi::DomainId) -> (Domain<Fake>, AddressSpace) {
+        let mut domain = Domain::<Fake>::new(id, id == abi::DOM0, 64).unwrap();
         domain.populate(0, 16).unwrap();
         let entry = |domain: &Domain<Fake>, table: u64, index: u64, value: u64| {
             domain.write_guest(table + index * 8, &value.to_le_bytes()).unwrap();
@@ -293,7 +615,10 @@ mod tests {
     }
 
     fn call(domain: &mut Domain<Fake>, space: &AddressSpace, number: H, arguments: [u64; 3]) -> Result<u64, Errno> {
-        dispatch(domain, space, number.number(), [arguments[0], arguments[1], arguments[2], 0, 0])
+        match dispatch(domain, space, number.number(), [arguments[0], arguments[1], arguments[2], 0, 0]) {
+            XenCall::Done(result) => result,
+            other => panic!("{number:?} {arguments:x?}: {other:?}"),
+        }
     }
 
     #[test]
@@ -419,12 +744,242 @@ mod tests {
         assert_eq!(fill_hypercall_page(&domain, 1 << 40), Err(Errno::Efault), "not its RAM");
     }
 
+    /// Where the tests place a domain's shared info, and the vector.
+    const SHARED_INFO: u64 = 0xb000;
+    const VECTOR: u64 = 0x40;
+
+    /// Calls `event_channel_op` `operation` with `request` at `DATA`, as hv's
+    /// run loop would: on the caller alone, or with every domain locked;
+    /// a send to another domain is raised there. Returns the result and
+    /// the structure as the call left it.
+    fn evtchn<T: FromBytes + IntoBytes + zerocopy::Immutable>(
+        domains: &mut DomainTable<'static, Fake>,
+        caller: usize,
+        operation: EvtchnOp,
+        request: T,
+    ) -> (Result<u64, Errno>, T) {
+        let space = AddressSpace::LongMode { cr3: PML4 };
+        domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
+        let arguments = [u64::from(operation.number()), VIRTUAL, 0, 0, 0];
+        let result = match dispatch(&mut domains[caller], &space, H::EventChannelOp.number(), arguments) {
+            XenCall::Done(result) => result,
+            XenCall::Raise { target, port, from } => {
+                let sender = domains[caller].id;
+                let slot = domains.slot_of(target).unwrap();
+                crate::event_ops::raise_connected(&mut domains[slot], port, sender, from);
+                Ok(0)
+            }
+            XenCall::Table => dispatch_table(domains, caller, &space, H::EventChannelOp.number(), arguments),
+        };
+        let mut bytes = vec![0; size_of::<T>()];
+        domains[caller].read_guest(DATA, &mut bytes).unwrap();
+        (result, T::read_from_bytes(&bytes).unwrap())
+    }
+
+    /// A domain `id` with page tables, its shared info at `SHARED_INFO` and
+    /// the callback vector set, in `domains`; returns its slot.
+    fn xen_domain(domains: &mut DomainTable<'static, Fake>, id: abi::DomainId) -> usize {
+        let (mut domain, space) = domain_with_id(id);
+        let add = XenAddToPhysmap {
+            domid: abi::xen::DOMID_SELF,
+            space: XENMAPSPACE_SHARED_INFO,
+            gpfn: SHARED_INFO / 4096,
+            ..Default::default()
+        };
+        domain.write_guest(DATA, add.as_bytes()).unwrap();
+        let add_to_physmap = u64::from(MemoryOp::AddToPhysmap.number());
+        assert_eq!(call(&mut domain, &space, H::MemoryOp, [add_to_physmap, VIRTUAL, 0]), Ok(0));
+        let callback = XenHvmParam {
+            domid: abi::xen::DOMID_SELF,
+            index: HVM_PARAM_CALLBACK_IRQ,
+            value: 2 << 56 | VECTOR,
+            ..Default::default()
+        };
+        domain.write_guest(DATA, callback.as_bytes()).unwrap();
+        assert_eq!(call(&mut domain, &space, H::HvmOp, [u64::from(HvmOp::SetParam.number()), VIRTUAL, 0]), Ok(0));
+        domain.vcpus[0].up = true;
+        domains.insert(domain).ok().unwrap()
+    }
+
+    fn word(domains: &DomainTable<'static, Fake>, slot: usize, address: u64) -> u64 {
+        let mut bytes = [0; 8];
+        domains[slot].read_guest(address, &mut bytes).unwrap();
+        u64::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn two_domains_bind_a_channel_and_a_send_lands_in_xens_2_level_layout() {
+        let mut domains = crate::domain::tests::table();
+        let (one, two) = (xen_domain(&mut domains, 1), xen_domain(&mut domains, 2));
+        // Two offers a port to one, which binds it.
+        let offer = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 };
+        let (result, offer) = evtchn(&mut domains, two, EvtchnOp::AllocUnbound, offer);
+        assert_eq!(result, Ok(0));
+        let bind = EvtchnBindInterdomain { remote_dom: 2, remote_port: offer.port, ..Default::default() };
+        let (result, bound) = evtchn(&mut domains, one, EvtchnOp::BindInterdomain, bind);
+        assert_eq!(result, Ok(0));
+        let local = bound.local_port;
+        assert_ne!(local, 0);
+        let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: local, ..Default::default() };
+        let (_, status) = evtchn(&mut domains, one, EvtchnOp::Status, status);
+        assert_eq!(status.state(), Some(XenPortState::Interdomain { remote_dom: 2, remote_port: offer.port }));
+        // One sends: two's pending bit, its vCPU 0's selector bit and
+        // upcall flag are set, and its upcall is due (vector registered).
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        let port = offer.port;
+        let pending = SHARED_INFO + 2048 + u64::from(port / 64) * 8;
+        assert_eq!(word(&domains, two, pending), 1 << (port % 64));
+        assert_eq!(word(&domains, two, SHARED_INFO + 8), 1 << (port / 64), "evtchn_pending_sel");
+        assert_eq!(word(&domains, two, SHARED_INFO) & 0xff, 1, "evtchn_upcall_pending");
+        assert!(domains[two].vcpus[0].upcall_due);
+        // The guest takes its upcall (clears the flag and the selector) but
+        // not yet the port: a second send changes nothing.
+        domains[two].vcpus[0].upcall_due = false;
+        domains[two].write_guest(SHARED_INFO, &[0; 16]).unwrap();
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert!(!domains[two].vcpus[0].upcall_due);
+        assert_eq!(word(&domains, two, SHARED_INFO + 8), 0);
+        // Once it cleared the port, a masked send waits for the unmask.
+        domains[two].write_guest(pending, &[0; 8]).unwrap();
+        domains[two]
+            .write_guest(SHARED_INFO + 2560 + u64::from(port / 64) * 8, &(1u64 << (port % 64)).to_le_bytes())
+            .unwrap();
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert!(!domains[two].vcpus[0].upcall_due, "masked");
+        assert_eq!(evtchn(&mut domains, two, EvtchnOp::Unmask, EvtchnUnmask { port }).0, Ok(0));
+        assert!(domains[two].vcpus[0].upcall_due, "delivered on unmask");
+        assert_eq!(word(&domains, two, SHARED_INFO + 8), 1 << (port / 64));
+        // Closing one end: the other's sends are dropped, as in Xen; a
+        // send on a port that is not allocated is refused.
+        assert_eq!(evtchn(&mut domains, two, EvtchnOp::Close, EvtchnClose { port }).0, Ok(0));
+        domains[two].write_guest(pending, &[0; 8]).unwrap();
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert_eq!(word(&domains, two, pending), 0, "nothing reaches the closed port");
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: 200 }).0, Err(Errno::Enoent));
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: 5000 }).0, Err(Errno::Einval));
+        // Offers for unknown domains or in another's table are refused.
+        let bad = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 9, port: 0 };
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
+        let theirs = EvtchnAllocUnbound { dom: 2, remote_dom: 1, port: 0 };
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+    }
+
+    #[test]
+    fn a_registered_vcpu_info_takes_the_upcall_flag_and_selector() {
+        let mut domains = crate::domain::tests::table();
+        let one = xen_domain(&mut domains, 1);
+        let space = AddressSpace::LongMode { cr3: PML4 };
+        let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
+        let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 64, ..Default::default() };
+        domains[one].write_guest(DATA, info.as_bytes()).unwrap();
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Err(Errno::Einval), "once");
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 5, VIRTUAL]), Err(Errno::Enoent), "no vCPU 5");
+        // An IPI to itself lands in the new vcpu_info, not the old slot.
+        let (result, ipi) = evtchn(&mut domains, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 });
+        assert_eq!(result, Ok(0));
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: ipi.port }).0, Ok(0));
+        assert_eq!(word(&domains, one, 0xc000 + 64) & 0xff, 1);
+        assert_eq!(word(&domains, one, 0xc000 + 64 + 8), 1 << (ipi.port / 64));
+        assert_eq!(word(&domains, one, SHARED_INFO), 0);
+        let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: ipi.port, ..Default::default() };
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Status, status).1.state(), Some(XenPortState::Ipi));
+        // The timer binds once per vCPU.
+        let virq = EvtchnBindVirq { virq: XenVirq::Timer.number(), vcpu: 0, port: 0 };
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, virq).0, Ok(0));
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, virq).0, Err(Errno::Eexist));
+        let debug = EvtchnBindVirq { virq: XenVirq::DomExc.number(), vcpu: 0, port: 0 };
+        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, debug).0, Err(Errno::Einval));
+        for bad in [
+            VcpuRegisterVcpuInfo { mfn: 0xc, offset: 4090, ..Default::default() },
+            VcpuRegisterVcpuInfo { mfn: 1 << 30, ..Default::default() },
+        ] {
+            domains[one].write_guest(DATA, bad.as_bytes()).unwrap();
+            assert_eq!(
+                call(&mut domains[one], &space, H::VcpuOp, [register, 1, VIRTUAL]),
+                Err(Errno::Enoent),
+                "vCPU 1 is not the domain's"
+            );
+        }
+    }
+
+    #[test]
+    fn the_callback_is_a_vector_and_the_shared_info_page_must_be_the_callers_ram() {
+        let (mut domain, space) = domain(false);
+        let hvm = |domain: &mut Domain<Fake>, op: HvmOp, request: XenHvmParam| {
+            domain.write_guest(DATA, request.as_bytes()).unwrap();
+            let result = call(domain, &space, H::HvmOp, [u64::from(op.number()), VIRTUAL, 0]);
+            let mut bytes = [0; 16];
+            domain.read_guest(DATA, &mut bytes).unwrap();
+            (result, XenHvmParam::read_from_bytes(&bytes).unwrap())
+        };
+        let param = |index, value| XenHvmParam { domid: abi::xen::DOMID_SELF, index, value, ..Default::default() };
+        assert_eq!(hvm(&mut domain, HvmOp::SetParam, param(HVM_PARAM_CALLBACK_IRQ, 2 << 56 | 0xf3)).0, Ok(0));
+        assert_eq!(domain.upcall_vector, 0xf3);
+        assert_eq!(hvm(&mut domain, HvmOp::GetParam, param(HVM_PARAM_CALLBACK_IRQ, 0)).1.value, 2 << 56 | 0xf3);
+        for value in [5, 1 << 56 | 3, 2 << 56 | 0x10] {
+            assert_eq!(
+                hvm(&mut domain, HvmOp::SetParam, param(HVM_PARAM_CALLBACK_IRQ, value)).0,
+                Err(Errno::Einval),
+                "{value:#x}"
+            );
+        }
+        assert_eq!(domain.upcall_vector, 0xf3, "unchanged");
+        let store = abi::xen::hvm::HVM_PARAM_STORE_PFN;
+        assert_eq!(hvm(&mut domain, HvmOp::SetParam, param(store, 5)).0, Err(Errno::Eperm));
+        assert_eq!(hvm(&mut domain, HvmOp::GetParam, param(store, 7)), (Ok(0), param(store, 0)));
+        assert_eq!(hvm(&mut domain, HvmOp::GetParam, param(HVM_NR_PARAMS, 0)).0, Err(Errno::Einval));
+        let other = XenHvmParam { domid: 2, ..param(HVM_PARAM_CALLBACK_IRQ, 0) };
+        assert_eq!(hvm(&mut domain, HvmOp::GetParam, other).0, Err(Errno::Eperm));
+        // Shared info: only idx 0, only the caller's RAM; a move keeps it.
+        let add = |domain: &mut Domain<Fake>, request: XenAddToPhysmap| {
+            domain.write_guest(DATA, request.as_bytes()).unwrap();
+            call(domain, &space, H::MemoryOp, [u64::from(MemoryOp::AddToPhysmap.number()), VIRTUAL, 0])
+        };
+        let at = |gpfn| XenAddToPhysmap {
+            domid: abi::xen::DOMID_SELF,
+            space: XENMAPSPACE_SHARED_INFO,
+            gpfn,
+            ..Default::default()
+        };
+        domain.write_guest(0xb000, &[0xff; 4096]).unwrap();
+        assert_eq!(add(&mut domain, at(0xb)), Ok(0));
+        assert_eq!(domain.xen_shared_info, domain.host_frame(0xb000, Access::READ).unwrap());
+        assert_eq!(domain.read_struct::<u64>(0xb000), Ok(0), "zeroed");
+        domain.write_guest(0xb000 + 2048, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(add(&mut domain, at(0xe)), Ok(0));
+        assert_eq!(domain.read_struct::<u64>(0xe000 + 2048), Ok(7), "moved with its contents");
+        assert_eq!(add(&mut domain, XenAddToPhysmap { idx: 1, ..at(0xb) }), Err(Errno::Einval));
+        assert_eq!(add(&mut domain, at(0x4_0000)), Err(Errno::Einval), "not its RAM");
+        assert_eq!(
+            add(&mut domain, XenAddToPhysmap { space: 1, ..at(0xb) }),
+            Err(Errno::Enosys),
+            "grant frames: not yet"
+        );
+        assert_eq!(add(&mut domain, XenAddToPhysmap { domid: 3, ..at(0xb) }), Err(Errno::Eperm));
+    }
+
     #[test]
     fn calls_hv_does_not_offer_yet_answer_enosys() {
         let (mut domain, space) = domain(false);
-        for number in [H::MemoryOp, H::EventChannelOp, H::GrantTableOp, H::VcpuOp, H::HvmOp, H::SetTrapTable] {
+        for number in [H::GrantTableOp, H::SetTrapTable, H::PhysdevOp, H::Multicall] {
             assert_eq!(call(&mut domain, &space, number, [0, VIRTUAL, 0]), Err(Errno::Enosys), "{number:?}");
         }
-        assert_eq!(dispatch(&mut domain, &space, 63, [0; 5]), Err(Errno::Enosys));
+        assert_eq!(dispatch(&mut domain, &space, 63, [0; 5]), XenCall::Done(Err(Errno::Enosys)));
+        // Sub-operations not offered, FIFO event channels among them.
+        for (number, operation) in [
+            (H::MemoryOp, MemoryOp::IncreaseReservation.number()),
+            (H::EventChannelOp, EvtchnOp::InitControl.number()),
+            (H::EventChannelOp, EvtchnOp::ExpandArray.number()),
+            (H::HvmOp, HvmOp::PagetableDying.number()),
+            (H::VcpuOp, VcpuOp::Initialise.number()),
+        ] {
+            let arguments = if number == H::VcpuOp {
+                [u64::from(operation), 0, VIRTUAL]
+            } else {
+                [u64::from(operation), VIRTUAL, 0]
+            };
+            assert_eq!(call(&mut domain, &space, number, arguments), Err(Errno::Enosys), "{number:?} {operation}");
+        }
     }
 }
