@@ -1,6 +1,6 @@
 //! Wrappers for Xen's guest hypercalls (`abi::xen`) as far as hv offers
-//! them (issue 10: `xen_version`, `console_io`, `sched_op`). Results are
-//! Xen's: a value, or an [`Errno`].
+//! them (issue 10: `xen_version`, `console_io`, `sched_op`, the shared-info
+//! page, `event_channel_op`). Results are Xen's: a value, or an [`Errno`].
 //!
 //! Pointer arguments are guest-virtual addresses (hv walks the calling
 //! vCPU's page tables); a reference passed here is such an address.
@@ -11,6 +11,34 @@ use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp};
 use abi::xen::{Errno, Hypercall};
 
 use crate::hypercall::raw;
+
+/// Calls `event_channel_op` `operation` on `request` (which the call may
+/// update: the ports bindings return).
+pub fn event_channel<T: zerocopy::IntoBytes + zerocopy::FromBytes>(
+    operation: abi::xen::event_channel::EvtchnOp,
+    request: &mut T,
+) -> Result<(), Errno> {
+    let address = request as *mut T as u64;
+    // SAFETY: hv reads and writes `request`, which is ours for the call.
+    unsafe { call(Hypercall::EventChannelOp, [u64::from(operation.number()), address, 0]) }.map(|_| ())
+}
+
+/// Places this domain's shared-info page at `page` (`memory_op`
+/// add_to_physmap); from then on its events arrive there, in Xen's
+/// 2-level layout.
+///
+/// # Safety
+/// `page` must be a page of this domain's RAM that nothing else uses, at
+/// its guest-physical address (Mica's identity map): hv takes it over.
+pub unsafe fn place_shared_info(page: &mut Page) -> Result<(), Errno> {
+    use abi::xen::memory::{MemoryOp, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
+    let gpfn = page as *mut Page as u64 / 4096;
+    let request =
+        XenAddToPhysmap { domid: abi::xen::DOMID_SELF, space: XENMAPSPACE_SHARED_INFO, gpfn, ..Default::default() };
+    let address = &raw const request as u64;
+    // SAFETY: hv reads `request`; the caller gave up `page`.
+    unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::AddToPhysmap.number()), address, 0]) }.map(|_| ())
+}
 
 /// Makes Xen hypercall `number` with `arguments` (the rest 0).
 ///

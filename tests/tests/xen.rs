@@ -10,7 +10,10 @@ use mica_tests::{fail, seconds};
 /// ids), learns it runs on Xen 4.17 with Mica's suffix and the features
 /// hv offers (`xen_version`), writes that to hv's console (`console_io`:
 /// lines in `dmesg` under its domain), calls through the hypercall page
-/// hv filled when it wrote the page's address to the MSR, has an unknown
+/// hv filled when it wrote the page's address to the MSR, places its
+/// shared-info page and sends itself an event on a loopback channel (the
+/// port's pending bit, vCPU 0's selector and upcall flag appear in Xen's
+/// layout; `status` shows the channel; FIFO channels are refused), has an unknown
 /// feature word and a suspend refused with `-EINVAL`, and powers off
 /// (`sched_op`): dom0 sees it shut down and destroys it, every page back.
 #[test]
@@ -25,6 +28,9 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
         format!("(d{id}) xenhello: CPUID: Xen at 0x40000000, version 4.17, domain {id}, vCPU 0"),
         format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
         format!("(d{id}) xenhello: xen_version through the hypercall page: Ok(40011)"),
+        format!("(d{id}) xenhello: loopback 2 -> 1: send Ok(()), pending 1, selector 0x1, upcall 1"),
+        format!("(d{id}) xenhello: status Ok(()) Some(Interdomain {{ remote_dom: {id}, remote_port: 1 }})"),
+        format!("(d{id}) xenhello: init_control Err(Enosys)"),
         format!("(d{id}) xenhello: feature word 1: Err(Einval)"),
         format!("(d{id}) xenhello: suspend: Err(Einval)"),
         format!("(d{id}) xenhello: powering off"),

@@ -1,20 +1,70 @@
 //! Example guest on Xen's interface (issue 10): finds Xen's CPUID leaves,
 //! asks which Xen it runs on (`xen_version`: version, suffix, features),
 //! says so on hv's console with `console_io`, makes a call through the
-//! hypercall page, and powers itself off with `sched_op`: the first steps
-//! of a Xen guest, with Xen's numbers, structures and errors.
+//! hypercall page, places its shared-info page and sends itself events on
+//! a loopback channel (polled: no callback vector), and powers itself off
+//! with `sched_op`: the first steps of a Xen guest, with Xen's numbers,
+//! structures and errors.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
-use abi::xen::Hypercall;
+use abi::xen::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnClose, EvtchnOp, EvtchnSend, EvtchnStatus,
+};
 use abi::xen::sched::ShutdownReason;
 use abi::xen::version::{XenVersionOp, feature};
+use abi::xen::{DOMID_SELF, Hypercall};
 use pv_drivers::xen;
 
 /// The page hv fills with hypercall stubs.
 static mut HYPERCALL_PAGE: xen::Page = xen::Page([0; 4096]);
+/// The shared-info page.
+static mut SHARED_INFO: xen::Page = xen::Page([0; 4096]);
+
+/// The word at byte `offset` of the shared-info page, as hv left it.
+fn shared_word(offset: usize) -> u64 {
+    // SAFETY: in bounds of the static page; a volatile read, since hv
+    // writes the page behind the compiler's back.
+    unsafe { core::ptr::read_volatile((&raw const SHARED_INFO).cast::<u8>().add(offset).cast::<u64>()) }
+}
+
+/// Places the shared-info page, opens a loopback channel (a port offered
+/// to itself, then bound) and sends on it: the other end's pending bit,
+/// vCPU 0's selector and upcall flag show up in Xen's layout.
+fn events() {
+    // SAFETY: the page is this guest's alone, used for nothing else.
+    if let Err(errno) = unsafe { xen::place_shared_info(&mut *(&raw mut SHARED_INFO)) } {
+        let _ = writeln!(Console, "xenhello: shared info refused: {errno:?}");
+        return;
+    }
+    let mut offer = EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: DOMID_SELF, port: 0 };
+    let mut bind = EvtchnBindInterdomain { remote_dom: DOMID_SELF, ..Default::default() };
+    let bound = xen::event_channel(EvtchnOp::AllocUnbound, &mut offer).and_then(|()| {
+        bind.remote_port = offer.port;
+        xen::event_channel(EvtchnOp::BindInterdomain, &mut bind)
+    });
+    if let Err(errno) = bound {
+        let _ = writeln!(Console, "xenhello: loopback channel refused: {errno:?}");
+        return;
+    }
+    let sent = xen::event_channel(EvtchnOp::Send, &mut EvtchnSend { port: bind.local_port });
+    let port = offer.port as usize;
+    let pending = shared_word(2048 + port / 64 * 8) >> (port % 64) & 1;
+    let (selector, upcall) = (shared_word(8), shared_word(0) & 0xff);
+    let _ = writeln!(
+        Console,
+        "xenhello: loopback {} -> {port}: send {sent:?}, pending {pending}, selector {selector:#x}, upcall {upcall}",
+        bind.local_port
+    );
+    let mut status = EvtchnStatus { dom: DOMID_SELF, port: bind.local_port, ..Default::default() };
+    let asked = xen::event_channel(EvtchnOp::Status, &mut status);
+    let _ = writeln!(Console, "xenhello: status {asked:?} {:?}", status.state());
+    // FIFO event channels are refused, so a guest falls back to 2-level.
+    let fifo = xen::event_channel(EvtchnOp::InitControl, &mut EvtchnClose { port: 0 });
+    let _ = writeln!(Console, "xenhello: init_control {fifo:?}");
+}
 
 /// Formats a line and writes it with `console_io`.
 struct Console;
@@ -69,6 +119,7 @@ extern "C" fn _start(_start_info: u64) -> ! {
         let version = unsafe { xen::call_through_page(page, Hypercall::XenVersion, op) };
         let _ = writeln!(Console, "xenhello: xen_version through the hypercall page: {version:x?}");
     }
+    events();
     // An unknown feature word and a reason Mica does not offer are refused.
     let _ = writeln!(Console, "xenhello: feature word 1: {:?}", xen::features(1));
     let _ = writeln!(Console, "xenhello: suspend: {:?}", xen::shutdown(ShutdownReason::Suspend));
