@@ -585,6 +585,9 @@ impl<const N: usize> Scheduler<N> {
     /// Shares the current period again among the entries taking part in it
     /// (those with a grant), adjusting each one's credit by the change in
     /// its grant: when an entry joins, or the capacity changes.
+    // Out of line: its arrays (one slot per entry) are on the stack only
+    // while it runs, not in every caller's frame.
+    #[inline(never)]
     fn share_period_again(&mut self) {
         let mut taking_part = [false; N];
         for (takes_part, entry) in taking_part.iter_mut().zip(&self.entries) {
@@ -603,6 +606,9 @@ impl<const N: usize> Scheduler<N> {
     /// The accounting at a period boundary: clamp what each entry carries
     /// over, share the new period among the entries active in the old one,
     /// and reset the per-period state.
+    // Out of line: its arrays (one slot per entry) are on the stack only
+    // while it runs, not in every caller's frame.
+    #[inline(never)]
     fn grant_credit(&mut self) {
         let carry = saturate_i64(self.slice_tsc);
         let mut taking_part = [false; N];
@@ -636,6 +642,9 @@ impl<const N: usize> Scheduler<N> {
     /// capacity is shared again among the others; this only raises the
     /// others' shares, so it ends after at most one round per group. A
     /// group's grant is split evenly among its entries taking part.
+    // Out of line: its arrays (one slot per entry) are on the stack only
+    // while it runs, not in every caller's frame.
+    #[inline(never)]
     fn water_fill(&self, taking_part: &[bool; N]) -> [(i64, Option<u64>); N] {
         let period = u128::from(self.period_tsc);
         // Each group taking part is led by its first entry taking part; the

@@ -33,8 +33,11 @@ pub const TRAMPOLINE: u64 = 0x8000;
 
 const _: () = assert!(gdt::AP_TABLES_SIZE <= 4096);
 
-/// Bytes of each AP's stack (above its guard page).
-const STACK_SIZE: u64 = 64 * 1024;
+/// Bytes of each AP's stack (above its guard page): as much as the boot
+/// CPU's, since any CPU may run any hypercall. The deepest path, a
+/// `DomCtl` destroy from the run loop, took about 60 KiB (measured from
+/// the frames' sizes, with 512 scheduler entries) and overflowed 64 KiB.
+const STACK_SIZE: u64 = 256 * 1024;
 
 /// What a CPU is doing, as `info` shows it.
 pub mod state {
