@@ -17,6 +17,8 @@ use crate::scheduler::Scheduler;
 
 /// The fake machine's RAM, in frames (`total_pages`).
 pub const TOTAL_PAGES: u64 = 1 << 20;
+/// The fake machine's TSC: 2 GHz.
+pub const TSC_KHZ: u64 = 2_000_000;
 
 /// The fake machine.
 pub struct Fake;
@@ -197,6 +199,9 @@ impl Platform for Fake {
     }
     fn total_pages() -> u64 {
         TOTAL_PAGES
+    }
+    fn tsc_khz() -> u64 {
+        TSC_KHZ
     }
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         SCHEDULER.with(|scheduler| *scheduler)

@@ -155,9 +155,18 @@ pub fn domain_text(domain: u32, text: &[u8], budget: &mut LineBudget, now: u64) 
 /// The TSC ticks per guest log line after the burst (see `set_tsc_khz`).
 static GUEST_LINE_INTERVAL: AtomicU64 = AtomicU64::new(1 << 21);
 
+/// The TSC frequency `set_tsc_khz` was given (0: unknown).
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+
+/// The TSC frequency measured at boot, in kHz (0: unknown).
+pub fn tsc_khz() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed)
+}
+
 /// Sets the guests' line rate from the TSC frequency (0: unknown, then
 /// about 2^21 ticks a line, a slice). Once, at boot.
 pub fn set_tsc_khz(tsc_khz: u64) {
+    TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
     if tsc_khz != 0 {
         GUEST_LINE_INTERVAL.store(tsc_khz * 1000 / GUEST_LINES_PER_SECOND, Ordering::Relaxed);
     }

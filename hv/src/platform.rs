@@ -102,6 +102,8 @@ pub trait Platform: 'static {
     fn online_cpus() -> u64;
     /// Frames of RAM the machine has in all.
     fn total_pages() -> u64;
+    /// The TSC's rate in kHz (0 if unknown): the same on every CPU.
+    fn tsc_khz() -> u64;
     /// The scheduler, under a lock of its own that comes after any
     /// domain's (a CPU holding it takes no other).
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>>;

@@ -25,7 +25,8 @@ use abi::xen::event_channel::{
 use abi::xen::hvm::{CallbackVia, HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HvmOp, XenHvmParam};
 use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
 use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
-use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo};
+use abi::xen::shared_info::{PVCLOCK_TSC_STABLE_BIT, VcpuTimeInfo, pvclock_scale_for_frequency};
+use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer};
 use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp, feature};
 use abi::xen::{Errno, Hypercall};
 use zerocopy::{FromBytes, IntoBytes};
@@ -382,6 +383,9 @@ fn memory_op<P: Platform>(
                 return Err(Errno::Efault);
             }
             domain.xen_shared_info = frame;
+            for vcpu in 0..domain.vcpu_count {
+                write_time_info(domain, vcpu)?;
+            }
             Ok(0)
         }
         _ => Err(Errno::Enosys),
@@ -435,6 +439,39 @@ fn hvm_op<P: Platform>(
     }
 }
 
+/// Host address of `vcpu`'s `vcpu_info`, if the domain placed its shared
+/// info (the slot there) or registered one.
+fn vcpu_info_address<P: Platform>(domain: &Domain<P>, vcpu: usize) -> Option<u64> {
+    match (domain.xen_vcpu_info[vcpu], domain.xen_shared_info) {
+        (0, 0) => None,
+        (0, shared_info) => Some(shared_info + 64 * vcpu as u64),
+        (registered, _) => Some(registered),
+    }
+}
+
+/// Writes vCPU `vcpu`'s time (pvclock) into its `vcpu_info`: system time
+/// is nanoseconds since the TSC's zero, at the TSC's rate. hv runs on
+/// CPUs whose TSCs tick alike and together, so the one snapshot holds
+/// for good (`PVCLOCK_TSC_STABLE_BIT`), and it is written only when the
+/// structure is placed. The version is odd while it changes, as the
+/// protocol asks.
+fn write_time_info<P: Platform>(domain: &Domain<P>, vcpu: usize) -> Result<(), Errno> {
+    let Some(info) = vcpu_info_address(domain, vcpu) else { return Ok(()) };
+    let (mul, shift) = pvclock_scale_for_frequency(P::tsc_khz() * 1000).ok_or(Errno::Einval)?;
+    let time = info + 32;
+    let snapshot =
+        VcpuTimeInfo { tsc_to_system_mul: mul, tsc_shift: shift, flags: PVCLOCK_TSC_STABLE_BIT, ..Default::default() };
+    // Odd while the rest changes, then the next even value (the word also
+    // holds `pad0`, zero).
+    let odd = P::load(time) as u32 | 1;
+    P::swap(time, u64::from(odd));
+    if !P::copy_to(time + 8, &snapshot.as_bytes()[8..]) {
+        return Err(Errno::Efault);
+    }
+    P::swap(time, u64::from(odd.wrapping_add(1)));
+    Ok(())
+}
+
 /// `vcpu_op`: placing a vCPU's `vcpu_info` (once per vCPU, as in Xen; its
 /// contents move along), whether a vCPU is up, and the calls Linux makes
 /// that need nothing from Mica: the runstate area is accepted and left
@@ -451,8 +488,11 @@ fn vcpu_op<P: Platform>(
         VcpuOp::RegisterVcpuInfo => {
             let request: VcpuRegisterVcpuInfo = space.read_struct(domain, address)?;
             let size = size_of::<abi::xen::shared_info::VcpuInfo>() as u32;
-            if domain.xen_vcpu_info[vcpu] != 0 || !request.offset.is_multiple_of(8) || request.offset > 4096 - size {
-                return Err(Errno::Einval);
+            if domain.xen_vcpu_info[vcpu] != 0 {
+                return Err(Errno::Ebusy);
+            }
+            if !request.offset.is_multiple_of(8) || request.offset > 4096 - size {
+                return Err(Errno::Enxio);
             }
             let info = own_page(domain, request.mfn)? + u64::from(request.offset);
             // What the guest had in its shared-info slot comes along.
@@ -464,6 +504,22 @@ fn vcpu_op<P: Platform>(
                 return Err(Errno::Efault);
             }
             domain.xen_vcpu_info[vcpu] = info;
+            write_time_info(domain, vcpu).map(|()| 0)
+        }
+        // The single-shot timer, in system time (ns): the calling vCPU's
+        // own, which raises its VIRQ_TIMER port. A time already past fires
+        // at once (Xen's `VCPU_SSHOTTMR_future` is ignored, as Xen does).
+        VcpuOp::SetSingleshotTimer | VcpuOp::StopSingleshotTimer if vcpu != P::current_vcpu() => Err(Errno::Einval),
+        VcpuOp::SetSingleshotTimer => {
+            let request: VcpuSetSingleshotTimer = space.read_struct(domain, address)?;
+            let khz = u128::from(P::tsc_khz().max(1));
+            // Rounded up: the timer never fires before the time asked for.
+            let deadline = (u128::from(request.timeout_abs_ns) * khz).div_ceil(1_000_000);
+            domain.vcpus[vcpu].timer_deadline = u64::try_from(deadline).unwrap_or(u64::MAX).max(1);
+            Ok(0)
+        }
+        VcpuOp::StopSingleshotTimer => {
+            domain.vcpus[vcpu].timer_deadline = 0;
             Ok(0)
         }
         VcpuOp::IsUp => Ok(u64::from(domain.vcpus[vcpu].up)),
@@ -873,7 +929,7 @@ mod tests {
         let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 64, ..Default::default() };
         domains[one].write_guest(DATA, info.as_bytes()).unwrap();
         assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Err(Errno::Einval), "once");
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Err(Errno::Ebusy), "once");
         assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 5, VIRTUAL]), Err(Errno::Enoent), "no vCPU 5");
         // An IPI to itself lands in the new vcpu_info, not the old slot.
         let (result, ipi) = evtchn(&mut domains, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 });
@@ -890,17 +946,16 @@ mod tests {
         assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, virq).0, Err(Errno::Eexist));
         let debug = EvtchnBindVirq { virq: XenVirq::DomExc.number(), vcpu: 0, port: 0 };
         assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, debug).0, Err(Errno::Einval));
-        for bad in [
-            VcpuRegisterVcpuInfo { mfn: 0xc, offset: 4090, ..Default::default() },
-            VcpuRegisterVcpuInfo { mfn: 1 << 30, ..Default::default() },
+        domains[one].vcpu_count = 2;
+        for (bad, errno) in [
+            (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 4040, ..Default::default() }, Errno::Enxio),
+            (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 12, ..Default::default() }, Errno::Enxio),
+            (VcpuRegisterVcpuInfo { mfn: 1 << 30, ..Default::default() }, Errno::Einval),
         ] {
             domains[one].write_guest(DATA, bad.as_bytes()).unwrap();
-            assert_eq!(
-                call(&mut domains[one], &space, H::VcpuOp, [register, 1, VIRTUAL]),
-                Err(Errno::Enoent),
-                "vCPU 1 is not the domain's"
-            );
+            assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 1, VIRTUAL]), Err(errno), "{bad:?}");
         }
+        assert_eq!(domains[one].xen_vcpu_info[1], 0, "nothing placed");
     }
 
     #[test]
@@ -957,6 +1012,51 @@ mod tests {
             "grant frames: not yet"
         );
         assert_eq!(add(&mut domain, XenAddToPhysmap { domid: 3, ..at(0xb) }), Err(Errno::Eperm));
+    }
+
+    #[test]
+    fn pvclock_time_is_written_where_vcpu_info_is_and_the_timer_counts_in_nanoseconds() {
+        use abi::xen::shared_info::VcpuTimeInfo;
+        let mut domains = crate::domain::tests::table();
+        let one = xen_domain(&mut domains, 1);
+        let time = |domains: &DomainTable<'static, Fake>, address: u64| {
+            VcpuTimeInfo::read_from_bytes(&{
+                let mut bytes = [0; 32];
+                domains[one].read_guest(address, &mut bytes).unwrap();
+                bytes
+            })
+            .unwrap()
+        };
+        // Placed with the shared info: 2 GHz, stable, version even.
+        let at_start = time(&domains, SHARED_INFO + 32);
+        assert_eq!(at_start.version % 2, 0);
+        assert_ne!(at_start.version, 0);
+        assert_eq!(at_start.flags, PVCLOCK_TSC_STABLE_BIT);
+        assert_eq!(at_start.system_time_at(2_000_000_000), 1_000_000_000, "2e9 ticks are one second");
+        // Moved with vcpu_info, and written again there.
+        let space = AddressSpace::LongMode { cr3: PML4 };
+        let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 0, ..Default::default() };
+        domains[one].write_guest(DATA, info.as_bytes()).unwrap();
+        let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
+        let moved = time(&domains, 0xc000 + 32);
+        assert_eq!(moved.version, at_start.version + 2, "one more update");
+        assert_eq!(moved.system_time_at(4_000_000), 2_000_000);
+        // The timer: 1.5 ms of system time is 3 million ticks.
+        let timer = VcpuSetSingleshotTimer { timeout_abs_ns: 1_500_000, ..Default::default() };
+        domains[one].write_guest(DATA, timer.as_bytes()).unwrap();
+        let set = u64::from(VcpuOp::SetSingleshotTimer.number());
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
+        assert_eq!(domains[one].vcpus[0].timer_deadline, 3_000_000);
+        domains[one].vcpu_count = 2;
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 1, VIRTUAL]), Err(Errno::Einval), "its own only");
+        let stop = u64::from(VcpuOp::StopSingleshotTimer.number());
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [stop, 0, 0]), Ok(0));
+        assert_eq!(domains[one].vcpus[0].timer_deadline, 0);
+        // A timeout at 0 (long past) still arms the timer: it fires at once.
+        domains[one].write_guest(DATA, VcpuSetSingleshotTimer::default().as_bytes()).unwrap();
+        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
+        assert_eq!(domains[one].vcpus[0].timer_deadline, 1);
     }
 
     #[test]

@@ -137,6 +137,23 @@ pub unsafe fn call_through_page(page: &Page, number: Hypercall, [a1, a2, a3]: [u
     Errno::decode(result)
 }
 
+/// Arms the calling vCPU's single-shot timer for system time `at_ns`
+/// (its VIRQ_TIMER port fires then).
+pub fn set_timer(vcpu: u32, at_ns: u64) -> Result<(), Errno> {
+    use abi::xen::vcpu::{VcpuOp, VcpuSetSingleshotTimer};
+    let request = VcpuSetSingleshotTimer { timeout_abs_ns: at_ns, ..Default::default() };
+    let address = &raw const request as u64;
+    let operation = u64::from(VcpuOp::SetSingleshotTimer.number());
+    // SAFETY: hv reads `request`, which outlives the call.
+    unsafe { call(Hypercall::VcpuOp, [operation, u64::from(vcpu), address]) }.map(|_| ())
+}
+
+/// Blocks the calling vCPU until an event is pending for it.
+pub fn block() {
+    // SAFETY: no pointer argument.
+    let _ = unsafe { call(Hypercall::SchedOp, [u64::from(SchedOp::Block.number()), 0, 0]) };
+}
+
 /// Shuts this domain down for `reason`. Once hv took it the vCPU does not
 /// run again, so this returns only hv's refusal.
 pub fn shutdown(reason: ShutdownReason) -> Result<(), Errno> {

@@ -13,7 +13,9 @@ use mica_tests::{fail, seconds};
 /// hv filled when it wrote the page's address to the MSR, places its
 /// shared-info page and sends itself an event on a loopback channel (the
 /// port's pending bit, vCPU 0's selector and upcall flag appear in Xen's
-/// layout; `status` shows the channel; FIFO channels are refused), has an unknown
+/// layout; `status` shows the channel; FIFO channels are refused), sleeps
+/// on its single-shot timer for 1 ms of pvclock time (VIRQ_TIMER wakes
+/// it), has an unknown
 /// feature word and a suspend refused with `-EINVAL`, and powers off
 /// (`sched_op`): dom0 sees it shut down and destroys it, every page back.
 #[test]
@@ -31,6 +33,7 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
         format!("(d{id}) xenhello: loopback 2 -> 1: send Ok(()), pending 1, selector 0x1, upcall 1"),
         format!("(d{id}) xenhello: status Ok(()) Some(Interdomain {{ remote_dom: {id}, remote_port: 1 }})"),
         format!("(d{id}) xenhello: init_control Err(Enosys)"),
+        format!("(d{id}) xenhello: timer Ok(()): woke after 1 ms: true, timer port pending: 1"),
         format!("(d{id}) xenhello: feature word 1: Err(Einval)"),
         format!("(d{id}) xenhello: suspend: Err(Einval)"),
         format!("(d{id}) xenhello: powering off"),

@@ -2,10 +2,17 @@
 //! implements (issue 10), with Xen's numbers, flag bits, error values and
 //! byte-exact structure layouts for x86_64.
 //!
-//! Status: **specification only.** Nothing in hv, dom0 or pv-drivers uses
-//! this module yet; until they do, Mica's own interface (the rest of this
-//! crate) is what the hypervisor implements. A guest must not assume any of
-//! these calls work before the CHANGELOG says so.
+//! Status (ABI 1.0, in progress): hv implements `xen_version`,
+//! `console_io` (write), `sched_op` (yield, block, shutdown), `memory_op`
+//! `add_to_physmap` of the shared-info page, `hvm_op` get/set of the
+//! callback vector, `vcpu_op` `register_vcpu_info` (and accepts the
+//! runstate area), `event_channel_op` in the 2-level layout, the hypercall
+//! page and Xen's CPUID leaves; the CHANGELOG lists what each version
+//! adds. Grant tables, timers, the store and device protocols are defined
+//! here but not yet implemented: until they are, Mica's own interface (the
+//! rest of this crate) serves them. Every structure derives zerocopy's
+//! `FromBytes` and `IntoBytes`, so Rust code reads and writes it as bytes
+//! without `unsafe`.
 //!
 //! # What this module is
 //! Xen's interface is defined by C headers (`xen/include/public/` in the

@@ -11,12 +11,14 @@
 use core::fmt::Write;
 
 use abi::xen::event_channel::{
-    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnClose, EvtchnOp, EvtchnSend, EvtchnStatus,
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnClose, EvtchnOp, EvtchnSend, EvtchnStatus, Virq,
 };
 use abi::xen::sched::ShutdownReason;
+use abi::xen::shared_info::VcpuTimeInfo;
 use abi::xen::version::{XenVersionOp, feature};
 use abi::xen::{DOMID_SELF, Hypercall};
 use pv_drivers::xen;
+use zerocopy::FromBytes;
 
 /// The page hv fills with hypercall stubs.
 static mut HYPERCALL_PAGE: xen::Page = xen::Page([0; 4096]);
@@ -64,6 +66,57 @@ fn events() {
     // FIFO event channels are refused, so a guest falls back to 2-level.
     let fifo = xen::event_channel(EvtchnOp::InitControl, &mut EvtchnClose { port: 0 });
     let _ = writeln!(Console, "xenhello: init_control {fifo:?}");
+    timer();
+}
+
+/// Takes every event as a guest's handler would: clears vCPU 0's upcall
+/// flag and selector, then the pending words (none is in flight here).
+fn take_events() {
+    for offset in [0, 8].into_iter().chain((0..4).map(|word| 2048 + 8 * word)) {
+        // SAFETY: in bounds of the static page, which is this guest's.
+        unsafe { core::ptr::write_volatile((&raw mut SHARED_INFO).cast::<u8>().add(offset).cast::<u64>(), 0) };
+    }
+}
+
+/// System time (ns) from vCPU 0's pvclock in the shared-info page.
+fn system_time() -> u64 {
+    loop {
+        let before = shared_word(32) as u32;
+        let mut bytes = [0u8; 32];
+        for (index, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&shared_word(32 + 8 * index).to_le_bytes());
+        }
+        let time = VcpuTimeInfo::read_from_bytes(&bytes).unwrap_or_default();
+        // SAFETY: RDTSC reads the time-stamp counter and nothing else.
+        let now = unsafe { core::arch::x86_64::_rdtsc() };
+        if abi::xen::shared_info::read_is_consistent(before, shared_word(32) as u32) {
+            return time.system_time_at(now);
+        }
+    }
+}
+
+/// Binds VIRQ_TIMER, arms the timer 1 ms ahead on the pvclock and blocks:
+/// the timer's port wakes it, pending, and at least 1 ms has passed.
+fn timer() {
+    let mut bind = EvtchnBindVirq { virq: Virq::Timer.number(), vcpu: 0, port: 0 };
+    if let Err(errno) = xen::event_channel(EvtchnOp::BindVirq, &mut bind) {
+        let _ = writeln!(Console, "xenhello: VIRQ_TIMER refused: {errno:?}");
+        return;
+    }
+    // The loopback's event would end the block at once.
+    take_events();
+    let start = system_time();
+    let armed = xen::set_timer(0, start + 1_000_000);
+    xen::block();
+    let slept = system_time().saturating_sub(start);
+    let port = bind.port as usize;
+    let pending = shared_word(2048 + port / 64 * 8) >> (port % 64) & 1;
+    let _ = writeln!(
+        Console,
+        "xenhello: timer {armed:?}: woke after 1 ms: {}, timer port pending: {pending}",
+        // 1 ms, give or take the rounding of ns to TSC ticks and back.
+        (999_000..100_000_000).contains(&slept)
+    );
 }
 
 /// Formats a line and writes it with `console_io`.

@@ -102,6 +102,9 @@ impl Platform for Machine {
     fn total_pages() -> u64 {
         crate::memory::totals().total_pages
     }
+    fn tsc_khz() -> u64 {
+        crate::log::tsc_khz()
+    }
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         &crate::hypervisor::SCHEDULER
     }
