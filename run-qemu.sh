@@ -80,6 +80,9 @@ iso_deps=(
     "grub-efi-amd64-bin:/usr/lib/grub/x86_64-efi/multiboot2.mod"
     "xorriso:xorriso"
     "mtools:mformat"
+    # The C example guest: the host's compiler and Xen's public headers.
+    "gcc:gcc"
+    "libxen-dev:/usr/include/xen/xen.h"
 )
 bochs_deps=(
     "bochs:bochs"
@@ -208,6 +211,12 @@ build_iso() {
         objcopy --strip-debug "$kernels/$guest" "$ramdisk_tmp/$guest.elf" 2>/dev/null \
             || cp "$kernels/$guest" "$ramdisk_tmp/$guest.elf"
     done
+    # The C guest, on Xen's own headers, freestanding, linked as the Rust
+    # guests are (pv-drivers/linker.ld).
+    gcc -std=c11 -O2 -Wall -Wextra -Werror -ffreestanding -fno-stack-protector -fno-pic -no-pie \
+        -mno-red-zone -mgeneral-regs-only -nostdlib -static -Wl,--build-id=none \
+        -T "$root_dir/pv-drivers/linker.ld" -o "$ramdisk_tmp/xenhelloc.elf" "$root_dir/pv-drivers/c/xenhello.c" \
+        || die "building the C guest (pv-drivers/c/xenhello.c) failed"
     cp "$root_dir"/pv-drivers/guests/*.cfg "$ramdisk_tmp/"
     cp -a "$ramdisk_stage/." "$ramdisk_tmp/"
     [ -e "$ramdisk_tmp/README.txt" ] \

@@ -53,3 +53,32 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
     }
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after xenhello powered off");
 }
+
+/// `xenhelloc`, a guest in C built on Xen's own public headers (Debian's
+/// libxen-dev: `shared_info_t`, `struct evtchn_*`, `__HYPERVISOR_*`):
+/// hv's answers match Xen's definitions. It reads the version and suffix,
+/// places its shared info, sends itself an event on a loopback channel
+/// and finds it where Xen's `shared_info_t` says (pending bit, vCPU 0's
+/// upcall flag and selector), and powers off.
+#[test]
+fn a_c_guest_on_xens_headers_runs() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let id = create(&mut machine, "xenhelloc", "xenhelloc");
+    let ended = format!("dom0: 'xenhelloc' (domain {id}) shut down; on_crash=destroy");
+    machine.expect(ended.as_str(), seconds(30)).unwrap_or_else(fail);
+    let dmesg = command(&mut machine, "dmesg");
+    for line in [
+        format!("(d{id}) xenhello-c: Xen 4.17.0-mica"),
+        format!("(d{id}) xenhello-c: shared info 0, channel 0 0 0: pending 1, upcall 1, selector 1"),
+        format!("d{id} shut down (PowerOff)"),
+    ] {
+        if !dmesg.lines().any(|logged| logged.ends_with(line.as_str())) {
+            fail_with(&mut machine, &format!("`dmesg` should hold {line:?}; it printed:\n{dmesg}"));
+        }
+    }
+    if dmesg.contains("still running after poweroff") {
+        fail_with(&mut machine, &format!("xenhelloc ran on after its poweroff:\n{dmesg}"));
+    }
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after xenhelloc powered off");
+}
