@@ -25,12 +25,27 @@ use core::mem::{offset_of, size_of};
 /// Entries in a one-page grant table.
 pub const ENTRIES: usize = crate::PAGE_SIZE as usize / size_of::<GrantEntry>();
 
-/// `flags`: the grantee may access the page (set by the granter).
-pub const PERMIT_ACCESS: u16 = 1 << 0;
-/// `flags`: read-only access (set by the granter).
-pub const READONLY: u16 = 1 << 1;
-/// `flags`: the grantee has the page mapped (set and cleared by hv).
-pub const MAPPED: u16 = 1 << 2;
+/// `flags` bits 0..2, the entry's type: [`PERMIT_ACCESS`] is the one type
+/// Mica offers (Xen's `GTF_type_mask`; since ABI 1.0 any other value,
+/// Xen's transfer and transitive types included, permits nothing).
+pub const TYPE_MASK: u16 = 3;
+/// `flags` type: the grantee may access the page (set by the granter;
+/// Xen's `GTF_permit_access`).
+pub const PERMIT_ACCESS: u16 = 1;
+/// `flags`: read-only access (set by the granter; Xen's `GTF_readonly`,
+/// bit 2 since ABI 1.0, bit 1 before).
+pub const READONLY: u16 = 1 << 2;
+/// `flags`: the grantee has the page mapped, or hv is copying it (set and
+/// cleared by hv; Xen's `GTF_reading`, bit 3 since ABI 1.0, bit 2 before).
+/// hv sets it for writable use too and never sets `GTF_writing` (bit 4):
+/// a granter that checks both before revoking, as Xen's guests do, sees
+/// the grant in use either way.
+pub const MAPPED: u16 = 1 << 3;
+
+const _: () = assert!(PERMIT_ACCESS == crate::xen::grant_table::GTF_PERMIT_ACCESS);
+const _: () = assert!(TYPE_MASK == crate::xen::grant_table::GTF_TYPE_MASK);
+const _: () = assert!(READONLY == crate::xen::grant_table::GTF_READONLY);
+const _: () = assert!(MAPPED == crate::xen::grant_table::GTF_READING);
 
 /// One grant, written by the granter (except `MAPPED`).
 #[repr(C)]

@@ -16,7 +16,7 @@
 //! runs on the host against a model that interleaves both sides step by
 //! step (the tests below try every interleaving).
 
-use abi::grant::{MAPPED, PERMIT_ACCESS, READONLY};
+use abi::grant::{MAPPED, PERMIT_ACCESS, READONLY, TYPE_MASK};
 use abi::{DomainId, Error};
 
 /// A grant entry as one 64-bit word in shared memory: each call is one
@@ -55,7 +55,7 @@ impl Entry {
 /// too if `write`); `Permission` if not.
 pub fn permits(word: u64, grantee: DomainId, write: bool) -> Result<Entry, Error> {
     let entry = Entry::decode(word);
-    if entry.flags & PERMIT_ACCESS == 0 || u32::from(entry.domain) != grantee || (write && !entry.writable()) {
+    if entry.flags & TYPE_MASK != PERMIT_ACCESS || u32::from(entry.domain) != grantee || (write && !entry.writable()) {
         return Err(Error::Permission);
     }
     Ok(entry)

@@ -496,7 +496,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                     }
                     XenCall::Table => {
                         drop(domain);
-                        let result = hvcore::xen::dispatch_table(&mut lock().domains, index, &space, number, arguments);
+                        let result = hvcore::xen::dispatch_table(&mut lock(), index, &space, number, arguments);
                         domain = DOMAINS.lock_running(index);
                         result
                     }

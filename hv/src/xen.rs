@@ -23,7 +23,7 @@ use abi::xen::event_channel::{
     EvtchnSend, EvtchnStatus, EvtchnUnmask, PortState as XenPortState, Virq as XenVirq,
 };
 use abi::xen::hvm::{CallbackVia, HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HvmOp, XenHvmParam};
-use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
+use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
 use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
 use abi::xen::shared_info::{PVCLOCK_TSC_STABLE_BIT, VcpuTimeInfo, pvclock_scale_for_frequency};
 use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer};
@@ -32,6 +32,7 @@ use abi::xen::{Errno, Hypercall};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::domain::{Domain, DomainTable, Ended};
+use crate::domctl::Hypervisor;
 use crate::event_ops::Call;
 use crate::log_ring::Level;
 use crate::paging::Access;
@@ -183,7 +184,10 @@ pub fn dispatch<P: Platform>(
         Some(Hypercall::XenVersion) => xen_version(domain, space, operation, a2),
         Some(Hypercall::ConsoleIo) => console_io(domain, space, operation, a2, a3),
         Some(Hypercall::SchedOp) => sched_op(domain, space, operation, a2),
-        Some(Hypercall::MemoryOp) => memory_op(domain, space, operation, a2),
+        Some(Hypercall::MemoryOp) => {
+            return memory_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
+        }
+        Some(Hypercall::GrantTableOp) => grant_table_op(domain, space, operation, a2, a3),
         Some(Hypercall::HvmOp) => hvm_op(domain, space, operation, a2),
         Some(Hypercall::VcpuOp) => vcpu_op(domain, space, operation, a2, a3),
         Some(Hypercall::EventChannelOp) => {
@@ -194,17 +198,41 @@ pub fn dispatch<P: Platform>(
 }
 
 /// Runs what [`dispatch`] answered [`XenCall::Table`] for, with every
-/// domain locked: binding and closing channels between domains.
+/// domain locked: binding and closing channels between domains, placing
+/// the grant table.
 pub fn dispatch_table<P: Platform>(
-    domains: &mut DomainTable<'_, P>,
+    hv: &mut Hypervisor<'_, P>,
     caller: usize,
     space: &AddressSpace,
     number: u64,
     [a1, a2, ..]: [u64; 5],
 ) -> Result<u64, Errno> {
-    if Hypercall::from_number(number) != Some(Hypercall::EventChannelOp) {
-        return Err(Errno::Enosys);
+    match Hypercall::from_number(number) {
+        Some(Hypercall::EventChannelOp) => event_channel_table(&mut hv.domains, caller, space, a1, a2),
+        Some(Hypercall::MemoryOp) => {
+            // The grant table's frame 0 (checked again: the guest may have
+            // changed its request since `memory_op` looked).
+            let request: XenAddToPhysmap = space.read_struct(&hv.domains[caller], a2)?;
+            if (request.space, request.idx) != (XENMAPSPACE_GRANT_TABLE, 0) {
+                return Err(Errno::Einval);
+            }
+            own_page(&hv.domains[caller], request.gpfn)?;
+            let address = request.gpfn * abi::PAGE_SIZE;
+            let setup = [abi::grant::GrantOp::SetupTable as u64, address, 0, 0, 0];
+            crate::grant_ops::grant_op(&mut hv.grants(), caller, setup).map(|_| 0).map_err(errno)
+        }
+        _ => Err(Errno::Enosys),
     }
+}
+
+/// The `event_channel_op`s across domains.
+fn event_channel_table<P: Platform>(
+    domains: &mut DomainTable<'_, P>,
+    caller: usize,
+    space: &AddressSpace,
+    a1: u64,
+    a2: u64,
+) -> Result<u64, Errno> {
     let me = domains[caller].id;
     // A domain names itself as DOMID_SELF or by its id.
     let named = |dom: u16| if dom == abi::xen::DOMID_SELF { me } else { u32::from(dom) };
@@ -354,25 +382,32 @@ fn own_page<P: Platform>(domain: &Domain<P>, gfn: u64) -> Result<u64, Errno> {
     domain.host_frame(address, Access::READ | Access::WRITE).map_err(|_| Errno::Einval)
 }
 
-/// `memory_op`: `add_to_physmap` of the shared-info page. Mica keeps the
-/// guest's own RAM page at that frame as the page (Xen puts one of its
-/// own there): its contents become the shared info, zeroed the first
-/// time, carried over when the page moves.
+/// `memory_op`: `add_to_physmap` of the shared-info page and of the
+/// grant table's one frame. Mica keeps the guest's own RAM page at that
+/// frame as the page (Xen puts one of its own there): for shared info,
+/// its contents become the shared info, zeroed the first time, carried
+/// over when the page moves; for the grant table, the guest's entries
+/// there are the table (as `GrantOp::SetupTable` registers it).
 fn memory_op<P: Platform>(
     domain: &mut Domain<P>,
     space: &AddressSpace,
     operation: u32,
     address: u64,
-) -> Result<u64, Errno> {
+) -> Result<XenCall, Errno> {
     match MemoryOp::from_number(operation & MEMOP_CMD_MASK).ok_or(Errno::Enosys)? {
         MemoryOp::AddToPhysmap => {
             let request: XenAddToPhysmap = space.read_struct(domain, address)?;
             own(domain, request.domid)?;
-            if request.space != XENMAPSPACE_SHARED_INFO {
-                return Err(Errno::Enosys);
-            }
-            if request.idx != 0 {
-                return Err(Errno::Einval);
+            match (request.space, request.idx) {
+                (XENMAPSPACE_SHARED_INFO, 0) => {}
+                // One frame of 512 entries (`GnttabQuerySize`): where it
+                // is concerns the domains that map its grants.
+                (XENMAPSPACE_GRANT_TABLE, 0) => {
+                    own_page(domain, request.gpfn)?;
+                    return Ok(XenCall::Table);
+                }
+                (XENMAPSPACE_SHARED_INFO | XENMAPSPACE_GRANT_TABLE, _) => return Err(Errno::Einval),
+                _ => return Err(Errno::Enosys),
             }
             let frame = own_page(domain, request.gpfn)?;
             let mut page = [0u8; abi::PAGE_SIZE as usize];
@@ -386,7 +421,47 @@ fn memory_op<P: Platform>(
             for vcpu in 0..domain.vcpu_count {
                 write_time_info(domain, vcpu)?;
             }
-            Ok(0)
+            Ok(XenCall::Done(Ok(0)))
+        }
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// `grant_table_op` on the caller alone: the table's size (one frame of
+/// 512 entries, also the most) and its version (1 only). Mapping and
+/// copying grants are Mica's own calls for now (`-ENOSYS` here).
+fn grant_table_op<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    operation: u32,
+    address: u64,
+    count: u64,
+) -> Result<u64, Errno> {
+    use abi::xen::grant_table::{GnttabOp, GnttabQuerySize, GnttabSetVersion, GrantStatus};
+    let operation = GnttabOp::from_number(operation).ok_or(Errno::Enosys)?;
+    if matches!(operation, GnttabOp::QuerySize | GnttabOp::SetVersion) && count != 1 {
+        return Err(Errno::Einval);
+    }
+    match operation {
+        GnttabOp::QuerySize => {
+            let mut request: GnttabQuerySize = space.read_struct(domain, address)?;
+            if request.dom != abi::xen::DOMID_SELF && u32::from(request.dom) != domain.id {
+                request.status = GrantStatus::BadDomain.number();
+            } else {
+                (request.nr_frames, request.max_nr_frames, request.status) = (1, 1, GrantStatus::Okay.number());
+            }
+            space.write(domain, address, request.as_bytes()).map(|()| 0)
+        }
+        GnttabOp::SetVersion => {
+            let mut request: GnttabSetVersion = space.read_struct(domain, address)?;
+            let answer = match request.version {
+                1 => Ok(0),
+                2 => Err(Errno::Enosys),
+                _ => Err(Errno::Einval),
+            };
+            request.version = 1;
+            space.write(domain, address, request.as_bytes())?;
+            answer
         }
         _ => Err(Errno::Enosys),
     }
@@ -800,6 +875,13 @@ mod tests {
         assert_eq!(fill_hypercall_page(&domain, 1 << 40), Err(Errno::Efault), "not its RAM");
     }
 
+    /// hv's state over the fake machine, with no domain yet.
+    fn hypervisor() -> Hypervisor<'static, Fake> {
+        let state: &'static spin::mutex::TicketMutex<crate::domctl::State> =
+            Box::leak(Box::new(spin::mutex::TicketMutex::new(crate::domctl::State::new())));
+        Hypervisor { state: state.lock(), domains: crate::domain::tests::table() }
+    }
+
     /// Where the tests place a domain's shared info, and the vector.
     const SHARED_INFO: u64 = 0xb000;
     const VECTOR: u64 = 0x40;
@@ -809,26 +891,26 @@ mod tests {
     /// a send to another domain is raised there. Returns the result and
     /// the structure as the call left it.
     fn evtchn<T: FromBytes + IntoBytes + zerocopy::Immutable>(
-        domains: &mut DomainTable<'static, Fake>,
+        hv: &mut Hypervisor<'static, Fake>,
         caller: usize,
         operation: EvtchnOp,
         request: T,
     ) -> (Result<u64, Errno>, T) {
         let space = AddressSpace::LongMode { cr3: PML4 };
-        domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
+        hv.domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
         let arguments = [u64::from(operation.number()), VIRTUAL, 0, 0, 0];
-        let result = match dispatch(&mut domains[caller], &space, H::EventChannelOp.number(), arguments) {
+        let result = match dispatch(&mut hv.domains[caller], &space, H::EventChannelOp.number(), arguments) {
             XenCall::Done(result) => result,
             XenCall::Raise { target, port, from } => {
-                let sender = domains[caller].id;
-                let slot = domains.slot_of(target).unwrap();
-                crate::event_ops::raise_connected(&mut domains[slot], port, sender, from);
+                let sender = hv.domains[caller].id;
+                let slot = hv.domains.slot_of(target).unwrap();
+                crate::event_ops::raise_connected(&mut hv.domains[slot], port, sender, from);
                 Ok(0)
             }
-            XenCall::Table => dispatch_table(domains, caller, &space, H::EventChannelOp.number(), arguments),
+            XenCall::Table => dispatch_table(hv, caller, &space, H::EventChannelOp.number(), arguments),
         };
         let mut bytes = vec![0; size_of::<T>()];
-        domains[caller].read_guest(DATA, &mut bytes).unwrap();
+        hv.domains[caller].read_guest(DATA, &mut bytes).unwrap();
         (result, T::read_from_bytes(&bytes).unwrap())
     }
 
@@ -865,97 +947,101 @@ mod tests {
 
     #[test]
     fn two_domains_bind_a_channel_and_a_send_lands_in_xens_2_level_layout() {
-        let mut domains = crate::domain::tests::table();
-        let (one, two) = (xen_domain(&mut domains, 1), xen_domain(&mut domains, 2));
+        let mut hv = hypervisor();
+        let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
         // Two offers a port to one, which binds it.
         let offer = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 };
-        let (result, offer) = evtchn(&mut domains, two, EvtchnOp::AllocUnbound, offer);
+        let (result, offer) = evtchn(&mut hv, two, EvtchnOp::AllocUnbound, offer);
         assert_eq!(result, Ok(0));
         let bind = EvtchnBindInterdomain { remote_dom: 2, remote_port: offer.port, ..Default::default() };
-        let (result, bound) = evtchn(&mut domains, one, EvtchnOp::BindInterdomain, bind);
+        let (result, bound) = evtchn(&mut hv, one, EvtchnOp::BindInterdomain, bind);
         assert_eq!(result, Ok(0));
         let local = bound.local_port;
         assert_ne!(local, 0);
         let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: local, ..Default::default() };
-        let (_, status) = evtchn(&mut domains, one, EvtchnOp::Status, status);
+        let (_, status) = evtchn(&mut hv, one, EvtchnOp::Status, status);
         assert_eq!(status.state(), Some(XenPortState::Interdomain { remote_dom: 2, remote_port: offer.port }));
         // One sends: two's pending bit, its vCPU 0's selector bit and
         // upcall flag are set, and its upcall is due (vector registered).
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
         let port = offer.port;
         let pending = SHARED_INFO + 2048 + u64::from(port / 64) * 8;
-        assert_eq!(word(&domains, two, pending), 1 << (port % 64));
-        assert_eq!(word(&domains, two, SHARED_INFO + 8), 1 << (port / 64), "evtchn_pending_sel");
-        assert_eq!(word(&domains, two, SHARED_INFO) & 0xff, 1, "evtchn_upcall_pending");
-        assert!(domains[two].vcpus[0].upcall_due);
+        assert_eq!(word(&hv.domains, two, pending), 1 << (port % 64));
+        assert_eq!(word(&hv.domains, two, SHARED_INFO + 8), 1 << (port / 64), "evtchn_pending_sel");
+        assert_eq!(word(&hv.domains, two, SHARED_INFO) & 0xff, 1, "evtchn_upcall_pending");
+        assert!(hv.domains[two].vcpus[0].upcall_due);
         // The guest takes its upcall (clears the flag and the selector) but
         // not yet the port: a second send changes nothing.
-        domains[two].vcpus[0].upcall_due = false;
-        domains[two].write_guest(SHARED_INFO, &[0; 16]).unwrap();
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
-        assert!(!domains[two].vcpus[0].upcall_due);
-        assert_eq!(word(&domains, two, SHARED_INFO + 8), 0);
+        hv.domains[two].vcpus[0].upcall_due = false;
+        hv.domains[two].write_guest(SHARED_INFO, &[0; 16]).unwrap();
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert!(!hv.domains[two].vcpus[0].upcall_due);
+        assert_eq!(word(&hv.domains, two, SHARED_INFO + 8), 0);
         // Once it cleared the port, a masked send waits for the unmask.
-        domains[two].write_guest(pending, &[0; 8]).unwrap();
-        domains[two]
+        hv.domains[two].write_guest(pending, &[0; 8]).unwrap();
+        hv.domains[two]
             .write_guest(SHARED_INFO + 2560 + u64::from(port / 64) * 8, &(1u64 << (port % 64)).to_le_bytes())
             .unwrap();
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
-        assert!(!domains[two].vcpus[0].upcall_due, "masked");
-        assert_eq!(evtchn(&mut domains, two, EvtchnOp::Unmask, EvtchnUnmask { port }).0, Ok(0));
-        assert!(domains[two].vcpus[0].upcall_due, "delivered on unmask");
-        assert_eq!(word(&domains, two, SHARED_INFO + 8), 1 << (port / 64));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert!(!hv.domains[two].vcpus[0].upcall_due, "masked");
+        assert_eq!(evtchn(&mut hv, two, EvtchnOp::Unmask, EvtchnUnmask { port }).0, Ok(0));
+        assert!(hv.domains[two].vcpus[0].upcall_due, "delivered on unmask");
+        assert_eq!(word(&hv.domains, two, SHARED_INFO + 8), 1 << (port / 64));
         // Closing one end: the other's sends are dropped, as in Xen; a
         // send on a port that is not allocated is refused.
-        assert_eq!(evtchn(&mut domains, two, EvtchnOp::Close, EvtchnClose { port }).0, Ok(0));
-        domains[two].write_guest(pending, &[0; 8]).unwrap();
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
-        assert_eq!(word(&domains, two, pending), 0, "nothing reaches the closed port");
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: 200 }).0, Err(Errno::Enoent));
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: 5000 }).0, Err(Errno::Einval));
+        assert_eq!(evtchn(&mut hv, two, EvtchnOp::Close, EvtchnClose { port }).0, Ok(0));
+        hv.domains[two].write_guest(pending, &[0; 8]).unwrap();
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
+        assert_eq!(word(&hv.domains, two, pending), 0, "nothing reaches the closed port");
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: 200 }).0, Err(Errno::Enoent));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: 5000 }).0, Err(Errno::Einval));
         // Offers for unknown domains or in another's table are refused.
         let bad = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 9, port: 0 };
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
         let theirs = EvtchnAllocUnbound { dom: 2, remote_dom: 1, port: 0 };
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
     }
 
     #[test]
     fn a_registered_vcpu_info_takes_the_upcall_flag_and_selector() {
-        let mut domains = crate::domain::tests::table();
-        let one = xen_domain(&mut domains, 1);
+        let mut hv = hypervisor();
+        let one = xen_domain(&mut hv.domains, 1);
         let space = AddressSpace::LongMode { cr3: PML4 };
         let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
         let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 64, ..Default::default() };
-        domains[one].write_guest(DATA, info.as_bytes()).unwrap();
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Err(Errno::Ebusy), "once");
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 5, VIRTUAL]), Err(Errno::Enoent), "no vCPU 5");
+        hv.domains[one].write_guest(DATA, info.as_bytes()).unwrap();
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Err(Errno::Ebusy), "once");
+        assert_eq!(
+            call(&mut hv.domains[one], &space, H::VcpuOp, [register, 5, VIRTUAL]),
+            Err(Errno::Enoent),
+            "no vCPU 5"
+        );
         // An IPI to itself lands in the new vcpu_info, not the old slot.
-        let (result, ipi) = evtchn(&mut domains, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 });
+        let (result, ipi) = evtchn(&mut hv, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 });
         assert_eq!(result, Ok(0));
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Send, EvtchnSend { port: ipi.port }).0, Ok(0));
-        assert_eq!(word(&domains, one, 0xc000 + 64) & 0xff, 1);
-        assert_eq!(word(&domains, one, 0xc000 + 64 + 8), 1 << (ipi.port / 64));
-        assert_eq!(word(&domains, one, SHARED_INFO), 0);
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: ipi.port }).0, Ok(0));
+        assert_eq!(word(&hv.domains, one, 0xc000 + 64) & 0xff, 1);
+        assert_eq!(word(&hv.domains, one, 0xc000 + 64 + 8), 1 << (ipi.port / 64));
+        assert_eq!(word(&hv.domains, one, SHARED_INFO), 0);
         let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: ipi.port, ..Default::default() };
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::Status, status).1.state(), Some(XenPortState::Ipi));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Status, status).1.state(), Some(XenPortState::Ipi));
         // The timer binds once per vCPU.
         let virq = EvtchnBindVirq { virq: XenVirq::Timer.number(), vcpu: 0, port: 0 };
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, virq).0, Ok(0));
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, virq).0, Err(Errno::Eexist));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, virq).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, virq).0, Err(Errno::Eexist));
         let debug = EvtchnBindVirq { virq: XenVirq::DomExc.number(), vcpu: 0, port: 0 };
-        assert_eq!(evtchn(&mut domains, one, EvtchnOp::BindVirq, debug).0, Err(Errno::Einval));
-        domains[one].vcpu_count = 2;
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, debug).0, Err(Errno::Einval));
+        hv.domains[one].vcpu_count = 2;
         for (bad, errno) in [
             (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 4040, ..Default::default() }, Errno::Enxio),
             (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 12, ..Default::default() }, Errno::Enxio),
             (VcpuRegisterVcpuInfo { mfn: 1 << 30, ..Default::default() }, Errno::Einval),
         ] {
-            domains[one].write_guest(DATA, bad.as_bytes()).unwrap();
-            assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 1, VIRTUAL]), Err(errno), "{bad:?}");
+            hv.domains[one].write_guest(DATA, bad.as_bytes()).unwrap();
+            assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [register, 1, VIRTUAL]), Err(errno), "{bad:?}");
         }
-        assert_eq!(domains[one].xen_vcpu_info[1], 0, "nothing placed");
+        assert_eq!(hv.domains[one].xen_vcpu_info[1], 0, "nothing placed");
     }
 
     #[test]
@@ -1006,19 +1092,16 @@ mod tests {
         assert_eq!(domain.read_struct::<u64>(0xe000 + 2048), Ok(7), "moved with its contents");
         assert_eq!(add(&mut domain, XenAddToPhysmap { idx: 1, ..at(0xb) }), Err(Errno::Einval));
         assert_eq!(add(&mut domain, at(0x4_0000)), Err(Errno::Einval), "not its RAM");
-        assert_eq!(
-            add(&mut domain, XenAddToPhysmap { space: 1, ..at(0xb) }),
-            Err(Errno::Enosys),
-            "grant frames: not yet"
-        );
+        assert_eq!(add(&mut domain, XenAddToPhysmap { space: 1, idx: 1, ..at(0xb) }), Err(Errno::Einval), "one frame");
+        assert_eq!(add(&mut domain, XenAddToPhysmap { space: 2, ..at(0xb) }), Err(Errno::Enosys), "gmfn moves");
         assert_eq!(add(&mut domain, XenAddToPhysmap { domid: 3, ..at(0xb) }), Err(Errno::Eperm));
     }
 
     #[test]
     fn pvclock_time_is_written_where_vcpu_info_is_and_the_timer_counts_in_nanoseconds() {
         use abi::xen::shared_info::VcpuTimeInfo;
-        let mut domains = crate::domain::tests::table();
-        let one = xen_domain(&mut domains, 1);
+        let mut hv = hypervisor();
+        let one = xen_domain(&mut hv.domains, 1);
         let time = |domains: &DomainTable<'static, Fake>, address: u64| {
             VcpuTimeInfo::read_from_bytes(&{
                 let mut bytes = [0; 32];
@@ -1028,7 +1111,7 @@ mod tests {
             .unwrap()
         };
         // Placed with the shared info: 2 GHz, stable, version even.
-        let at_start = time(&domains, SHARED_INFO + 32);
+        let at_start = time(&hv.domains, SHARED_INFO + 32);
         assert_eq!(at_start.version % 2, 0);
         assert_ne!(at_start.version, 0);
         assert_eq!(at_start.flags, PVCLOCK_TSC_STABLE_BIT);
@@ -1036,33 +1119,96 @@ mod tests {
         // Moved with vcpu_info, and written again there.
         let space = AddressSpace::LongMode { cr3: PML4 };
         let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 0, ..Default::default() };
-        domains[one].write_guest(DATA, info.as_bytes()).unwrap();
+        hv.domains[one].write_guest(DATA, info.as_bytes()).unwrap();
         let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
-        let moved = time(&domains, 0xc000 + 32);
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [register, 0, VIRTUAL]), Ok(0));
+        let moved = time(&hv.domains, 0xc000 + 32);
         assert_eq!(moved.version, at_start.version + 2, "one more update");
         assert_eq!(moved.system_time_at(4_000_000), 2_000_000);
         // The timer: 1.5 ms of system time is 3 million ticks.
         let timer = VcpuSetSingleshotTimer { timeout_abs_ns: 1_500_000, ..Default::default() };
-        domains[one].write_guest(DATA, timer.as_bytes()).unwrap();
+        hv.domains[one].write_guest(DATA, timer.as_bytes()).unwrap();
         let set = u64::from(VcpuOp::SetSingleshotTimer.number());
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
-        assert_eq!(domains[one].vcpus[0].timer_deadline, 3_000_000);
-        domains[one].vcpu_count = 2;
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 1, VIRTUAL]), Err(Errno::Einval), "its own only");
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
+        assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 3_000_000);
+        hv.domains[one].vcpu_count = 2;
+        assert_eq!(
+            call(&mut hv.domains[one], &space, H::VcpuOp, [set, 1, VIRTUAL]),
+            Err(Errno::Einval),
+            "its own only"
+        );
         let stop = u64::from(VcpuOp::StopSingleshotTimer.number());
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [stop, 0, 0]), Ok(0));
-        assert_eq!(domains[one].vcpus[0].timer_deadline, 0);
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [stop, 0, 0]), Ok(0));
+        assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 0);
         // A timeout at 0 (long past) still arms the timer: it fires at once.
-        domains[one].write_guest(DATA, VcpuSetSingleshotTimer::default().as_bytes()).unwrap();
-        assert_eq!(call(&mut domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
-        assert_eq!(domains[one].vcpus[0].timer_deadline, 1);
+        hv.domains[one].write_guest(DATA, VcpuSetSingleshotTimer::default().as_bytes()).unwrap();
+        assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
+        assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 1);
+    }
+
+    #[test]
+    fn the_grant_table_frame_is_placed_like_xens_and_holds_v1_entries() {
+        use abi::xen::grant_table::{
+            GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GnttabOp, GnttabQuerySize, GnttabSetVersion,
+        };
+        let mut hv = hypervisor();
+        let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
+        let space = AddressSpace::LongMode { cr3: PML4 };
+        // Frame 0 of the table at guest frame 0xd: to the table path.
+        let add = XenAddToPhysmap {
+            domid: abi::xen::DOMID_SELF,
+            space: XENMAPSPACE_GRANT_TABLE,
+            gpfn: 0xd,
+            ..Default::default()
+        };
+        hv.domains[one].write_guest(DATA, add.as_bytes()).unwrap();
+        let arguments = [u64::from(MemoryOp::AddToPhysmap.number()), VIRTUAL, 0, 0, 0];
+        assert_eq!(dispatch(&mut hv.domains[one], &space, H::MemoryOp.number(), arguments), XenCall::Table);
+        assert_eq!(dispatch_table(&mut hv, one, &space, H::MemoryOp.number(), arguments), Ok(0));
+        assert_eq!(hv.domains[one].grant_table, hv.domains[one].host_frame(0xd000, Access::READ).unwrap());
+        // A request changed between the two looks is checked again.
+        let changed = XenAddToPhysmap { gpfn: 1 << 30, ..add };
+        hv.domains[one].write_guest(DATA, changed.as_bytes()).unwrap();
+        assert_eq!(dispatch_table(&mut hv, one, &space, H::MemoryOp.number(), arguments), Err(Errno::Einval));
+        // A v1 entry in Xen's layout grants domain 2 a read-only page: the
+        // grantee maps it, and hv marks it GTF_reading meanwhile.
+        let entry = u64::from(GTF_PERMIT_ACCESS | GTF_READONLY) | 2 << 16 | (DATA / 4096) << 32;
+        hv.domains[one].write_guest(0xd000 + 5 * 8, &entry.to_le_bytes()).unwrap();
+        let map = [abi::grant::GrantOp::Map as u64, 1, 5, 0x4000_0000, 0];
+        assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, map), Ok(0));
+        assert_eq!(word(&hv.domains, one, 0xd000 + 5 * 8) as u16 & GTF_READING, GTF_READING);
+        let writable = [abi::grant::GrantOp::Map as u64, 1, 5, 0x4000_1000, abi::grant::MAP_WRITABLE];
+        assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, writable), Err(abi::Error::Permission));
+        // Xen's other types permit nothing.
+        let transitive = u64::from(abi::xen::grant_table::GTF_TRANSITIVE) | 2 << 16 | (DATA / 4096) << 32;
+        hv.domains[one].write_guest(0xd000 + 6 * 8, &transitive.to_le_bytes()).unwrap();
+        let map = [abi::grant::GrantOp::Map as u64, 1, 6, 0x4000_2000, 0];
+        assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, map), Err(abi::Error::Permission));
+        // The size is one frame, the version 1.
+        let query = GnttabQuerySize { dom: abi::xen::DOMID_SELF, ..Default::default() };
+        hv.domains[one].write_guest(DATA, query.as_bytes()).unwrap();
+        let size = [u64::from(GnttabOp::QuerySize.number()), VIRTUAL, 1];
+        assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, size), Ok(0));
+        let answer: GnttabQuerySize = hv.domains[one].read_struct(DATA).unwrap();
+        assert_eq!((answer.nr_frames, answer.max_nr_frames, answer.status), (1, 1, 0));
+        for (version, expected) in [(1, Ok(0)), (2, Err(Errno::Enosys)), (3, Err(Errno::Einval))] {
+            hv.domains[one].write_guest(DATA, GnttabSetVersion { version }.as_bytes()).unwrap();
+            let set = [u64::from(GnttabOp::SetVersion.number()), VIRTUAL, 1];
+            assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, set), expected, "version {version}");
+            assert_eq!(hv.domains[one].read_struct::<u32>(DATA), Ok(1), "the version in effect");
+        }
+        let map_ref = [u64::from(GnttabOp::MapGrantRef.number()), VIRTUAL, 1];
+        assert_eq!(
+            call(&mut hv.domains[one], &space, H::GrantTableOp, map_ref),
+            Err(Errno::Enosys),
+            "Mica's own for now"
+        );
     }
 
     #[test]
     fn calls_hv_does_not_offer_yet_answer_enosys() {
         let (mut domain, space) = domain(false);
-        for number in [H::GrantTableOp, H::SetTrapTable, H::PhysdevOp, H::Multicall] {
+        for number in [H::SetTrapTable, H::PhysdevOp, H::Multicall] {
             assert_eq!(call(&mut domain, &space, number, [0, VIRTUAL, 0]), Err(Errno::Enosys), "{number:?}");
         }
         assert_eq!(dispatch(&mut domain, &space, 63, [0; 5]), XenCall::Done(Err(Errno::Enosys)));
