@@ -4,7 +4,20 @@
 //! that hv translates through the guest's page tables.
 
 use mica_tests::session::{boot, command, create, expect_memory_back, fail_with, list, mem};
-use mica_tests::{fail, seconds};
+use mica_tests::{Machine, seconds};
+
+/// Waits for dom0 to report guest `name` (domain `id`) shut down and
+/// destroyed; returns `dmesg`, which also goes into the failure report
+/// when the guest does not get that far.
+fn shut_down(machine: &mut Machine, name: &str, id: u64) -> String {
+    let ended = format!("dom0: '{name}' (domain {id}) shut down; on_crash=destroy");
+    let waited = machine.expect(ended.as_str(), seconds(30));
+    let dmesg = command(machine, "dmesg");
+    if let Err(error) = waited {
+        fail_with(machine, &format!("{error}\n`dmesg` printed:\n{dmesg}"));
+    }
+    dmesg
+}
 
 /// `xenhello` finds Xen's CPUID leaves (version 4.17, its domain and vCPU
 /// ids), learns it runs on Xen 4.17 with Mica's suffix and the features
@@ -23,9 +36,7 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
     let mut machine = boot();
     let (baseline_text, baseline) = mem(&mut machine);
     let id = create(&mut machine, "xenhello", "xenhello");
-    let ended = format!("dom0: 'xenhello' (domain {id}) shut down; on_crash=destroy");
-    machine.expect(ended.as_str(), seconds(30)).unwrap_or_else(fail);
-    let dmesg = command(&mut machine, "dmesg");
+    let dmesg = shut_down(&mut machine, "xenhello", id);
     let lines = [
         format!("(d{id}) xenhello: CPUID: Xen at 0x40000000, version 4.17, domain {id}, vCPU 0"),
         format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
@@ -65,9 +76,7 @@ fn a_c_guest_on_xens_headers_runs() {
     let mut machine = boot();
     let (baseline_text, baseline) = mem(&mut machine);
     let id = create(&mut machine, "xenhelloc", "xenhelloc");
-    let ended = format!("dom0: 'xenhelloc' (domain {id}) shut down; on_crash=destroy");
-    machine.expect(ended.as_str(), seconds(30)).unwrap_or_else(fail);
-    let dmesg = command(&mut machine, "dmesg");
+    let dmesg = shut_down(&mut machine, "xenhelloc", id);
     for line in [
         format!("(d{id}) xenhello-c: Xen 4.17.0-mica"),
         format!("(d{id}) xenhello-c: shared info 0, channel 0 0 0: pending 1, upcall 1, selector 1"),
