@@ -9,6 +9,13 @@
  * pv-drivers/linker.ld.
  */
 #include <stdint.h>
+/*
+ * Without it Xen's headers describe interface version 0, whose names are
+ * the retired calls (__HYPERVISOR_sched_op is then sched_op_compat, 6);
+ * Mica offers only the current ones, as a guest that asks for the latest
+ * interface (Linux does) uses them.
+ */
+#define __XEN_INTERFACE_VERSION__ 0x00040e00
 #include <xen/xen.h>
 #include <xen/version.h>
 #include <xen/sched.h>

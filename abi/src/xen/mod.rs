@@ -75,6 +75,14 @@
 //! this module does not describe. Xen reserves numbers with bit 31 set for
 //! Hyper-V calls when it offers Hyper-V's interface.
 //!
+//! # C guests on Xen's headers
+//! Xen's public headers describe the interface version a program asks
+//! for with `__XEN_INTERFACE_VERSION__` (Linux asks for the latest);
+//! without it they describe version 0, whose names are the retired calls
+//! (`__HYPERVISOR_sched_op` is then `sched_op_compat`, 6, and
+//! `__HYPERVISOR_event_channel_op` is 16), which Mica does not offer
+//! (`-ENOSYS`). Define it, as `pv-drivers/c/xenhello.c` does.
+//!
 //! # Mica's own calls
 //! Mica keeps a few calls Xen does not have (domain control, the log,
 //! platform control). They are numbered from
