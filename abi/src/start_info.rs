@@ -105,8 +105,10 @@ pub struct StartInfo {
     /// Guest-physical address of the console ring page
     /// ([`crate::console::ConsoleRing`]), 0 if none (since ABI 0.2).
     pub console_page: u64,
-    /// Event channel port of the console, already bound by the builder
-    /// (since ABI 0.2).
+    /// dom0's event channel port of the console, allocated unbound for this
+    /// domain (since ABI 0.2): the domain binds it with
+    /// [`crate::event::EventOp::BindInterdomain`] (dom0, this port) and uses the local port
+    /// that returns; nothing is bound for it ([`crate::console`]).
     pub console_port: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
