@@ -29,10 +29,21 @@ pub enum MemoryKind {
     Free = 1,
     /// The domain's loaded kernel image.
     Kernel = 2,
-    /// Boot structures: this page, the initial page tables and GDT. The domain
-    /// may reuse them once it has built its own.
+    /// Boot structures, page by page (see the module docs for a guest's
+    /// layout):
+    /// - this start-info page: free once the domain has copied out what it
+    ///   needs (nothing reads it after the domain starts);
+    /// - the initial GDT (GDTR) and page tables (CR3): free once the domain
+    ///   has loaded its own GDT (and TSS) and its own CR3;
+    /// - the console ring ([`StartInfo::console_page`]) and the store ring
+    ///   ([`StartInfo::store_page`]): **never free**. dom0 maps both before
+    ///   the domain first runs and polls them until the domain is
+    ///   destroyed, whether the domain uses them or not;
+    /// - the page [`StartInfo::block_ring`] names: free unless the domain
+    ///   makes it its block ring (dom0 touches it only once a front end
+    ///   grants it as its `ring-ref`, and until the back end is Closed).
     Boot = 3,
-    /// The initial stack.
+    /// The initial stack: free once the domain runs on a stack of its own.
     Stack = 4,
     /// The initial ramdisk (read-only).
     Ramdisk = 5,
