@@ -32,7 +32,8 @@
 //! user programs tell a refusal from a missing hypervisor without a fault.)
 //!
 //! # Processor state
-//! Every vCPU has its own copy of the state a guest can change without an
+//! The state a vCPU starts in (mode, registers, GDT, stack, paging, which
+//! memory is RAM) is in [`start_info`]. Every vCPU has its own copy of the state a guest can change without an
 //! exit: general registers, x87/SSE, CR2, IA32_KERNEL_GS_BASE (SWAPGS),
 //! XCR0, the task priority CR8 and the debug registers. From ABI 0.6:
 //! - CR8 is a per-vCPU value 0..=15 (a larger one gets #GP) that a vCPU
