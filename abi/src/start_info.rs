@@ -28,16 +28,16 @@
 //!   ([`crate::event::EventOp::RegisterPage`]) and IF set.
 //! - Segments from the initial GDT ([`crate::domctl::INITIAL_GDT`], 5
 //!   descriptors, GDTR limit 39): CS = 0x08 (64-bit code), SS = DS = ES = FS
-//!   = GS = 0x10 (flat data); FS, GS and kernel GS bases 0; LDTR unusable; TR
-//!   = 0x18, a busy TSS at base 0 (limit 0x67) — in page 0, which is
-//!   unmapped: load a TSS of your own before anything reads it (an
+//!   = GS = 0x10 (flat data); FS, GS and kernel GS bases 0; LDTR unusable;
+//!   TR = 0x18, a busy TSS at base 0 (limit 0x67), which lies in the
+//!   unmapped page 0: load a TSS of your own before anything reads it (an
 //!   interrupt taken at CPL 3, an IST stack).
 //! - General registers zero, except RDI = this page's guest-physical
 //!   address and RSP = 8 below the top of the [`MemoryKind::Stack`] region
 //!   (RSP + 8 is 16-byte aligned, as on entry to a System V function, so
 //!   the entry may be an `extern "C" fn(start_info: u64) -> !`). x87/SSE
 //!   state as after FNINIT (FCW 0x37f, MXCSR 0x1f80), XCR0 = 1 (x87), CR2 =
-//!   CR8 = 0; debug registers as the crate docs say.
+//!   CR8 = 0; debug registers as the [crate] docs say.
 //! - Paging: 4-level, CR3 = the initial PML4 (in the [`MemoryKind::Boot`]
 //!   region). The tables identity-map (virtual = guest-physical) the first
 //!   [`StartInfo::identity_mapped_bytes`] except page 0: below 2 MiB in
@@ -72,10 +72,10 @@
 //!
 //! dom0, which hv builds, differs: its Boot region is 0x1000 - 0xffff (no
 //! ring pages: it has no console, store or block ring); its RAM is rounded
-//! up to 2 MiB and followed by the ramdisk ([`MemoryKind::Ramdisk`],
-//! mapped read-only and not executable), which `identity_mapped_bytes` covers; and its tables
-//! also map the device window ([`crate::physdev`]) and the foreign window
-//! ([`crate::domctl::FOREIGN_WINDOW_BASE`]).
+//! up to 2 MiB and followed by the ramdisk ([`MemoryKind::Ramdisk`], mapped
+//! read-only and not executable), which `identity_mapped_bytes` covers;
+//! and its tables also map the device window ([`crate::physdev`]) and the
+//! foreign window ([`crate::domctl::FOREIGN_WINDOW_BASE`]).
 
 use core::mem::{offset_of, size_of};
 
