@@ -22,6 +22,28 @@
 //! flush; no discard, no barriers beyond flush. A back end that receives a
 //! request it cannot parse answers [`STATUS_ERROR`]; a ring whose indices
 //! run away is disconnected.
+//!
+//! # Data pages (persistent grants)
+//! dom0 maps a segment's grant the first time a request names it (writable
+//! when that request is a read) and keeps it mapped for later requests
+//! naming the same grant, up to 64 grants per guest; past that, or when a
+//! grant cannot be mapped as the request needs, it moves the data with a
+//! hypervisor grant copy instead and keeps nothing. Its mappings last until
+//! the back end has written Closed (or removed its directory) or the guest
+//! is destroyed. Hence, for the front end:
+//! - A data page is its own again once the response to the request that
+//!   named it has arrived: dom0 touches a data page only while it serves
+//!   such a request, and answers after the transfer is complete. Until
+//!   then the front end must neither read what a read brings nor change
+//!   what a write takes.
+//! - It cannot count on revoking a grant it has named in a request while
+//!   connected (revocation is refused while dom0 maps the page), and keeps
+//!   the page and its grant entry unchanged, since dom0 keeps using the
+//!   page it mapped. Once the back end is Closed, every grant can be
+//!   revoked.
+//! - Reusing the same few pages (and grants) for all requests is what
+//!   makes transfers copy-free; a fresh grant per request soon spends the
+//!   64 and falls back to copies.
 
 use core::mem::{offset_of, size_of};
 

@@ -1,5 +1,5 @@
 //! The guest console ring: one page in the guest's memory that dom0's console
-//! back end maps, with an event channel each way for notification.
+//! back end maps, with one event channel for notification both ways.
 //!
 //! Two byte rings: `output` (guest writes, dom0 reads) and `input` (dom0
 //! writes, guest reads). Indices are free-running `u32` counters, never
@@ -8,11 +8,22 @@
 //! bytes, then (release) the producer index; the consumer reads the producer
 //! index (acquire), copies the bytes out, then (release) its consumer
 //! index. A side that finds `producer - consumer > SIZE` treats the ring as
-//! corrupt and stops using it. After producing, send an event on the
-//! console port; the other side may also poll.
+//! corrupt and stops using it (dom0 then disconnects the console for
+//! good). After producing, send an event on the console channel; the other
+//! side may also poll (dom0 polls every console's output ring, event or
+//! not).
 //!
-//! The guest finds the page and its port in its start-info page
-//! (`console_page`, `console_port`).
+//! The guest finds the page in its start-info page (`console_page`: dom0
+//! maps it before the guest first runs and keeps it mapped until the guest
+//! is destroyed or corrupts the ring) and dom0's end of the channel in
+//! `console_port`. That port is dom0's, allocated unbound for the guest
+//! ([`crate::event::EventOp::AllocUnbound`]); nothing is bound on the
+//! guest's side. The guest binds it with
+//! [`crate::event::EventOp::BindInterdomain`] (`a1` = 0, dom0; `a2` =
+//! `console_port`) and sends and receives the console's events on the port
+//! that call returns. Until it binds, dom0's events for it are lost (hv
+//! refuses them) and the guest can only poll `input`; its output still
+//! reaches dom0.
 
 use core::mem::{offset_of, size_of};
 

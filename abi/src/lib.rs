@@ -32,7 +32,8 @@
 //! user programs tell a refusal from a missing hypervisor without a fault.)
 //!
 //! # Processor state
-//! Every vCPU has its own copy of the state a guest can change without an
+//! The state a vCPU starts in (mode, registers, GDT, stack, paging, which
+//! memory is RAM) is in [`start_info`]. Every vCPU has its own copy of the state a guest can change without an
 //! exit: general registers, x87/SSE, CR2, IA32_KERNEL_GS_BASE (SWAPGS),
 //! XCR0, the task priority CR8 and the debug registers. From ABI 0.6:
 //! - CR8 is a per-vCPU value 0..=15 (a larger one gets #GP) that a vCPU
@@ -93,7 +94,9 @@ pub const DOM0: DomainId = 0;
 /// Errors returned by hypercalls, as negative values in `rax`.
 ///
 /// `0` and positive values mean success. The numbering is stable across minor
-/// versions; new codes are only added.
+/// versions; new codes are only added, so a guest may meet a negative code
+/// its version of this crate does not define: [`Error::decode`] turns it
+/// into [`Error::Unknown`].
 #[repr(i64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -119,10 +122,17 @@ pub enum Error {
     /// was destroyed): the port is `PortState::Closed` and only `Close` is
     /// left to do with it. Since ABI 0.6.
     Closed = -9,
+    /// A negative code this version of the ABI does not define (a later
+    /// hypervisor's): only [`Error::decode`] makes it, hv never returns it,
+    /// and its [`Error::code`] is `i64::MIN`, which no hypercall returns.
+    /// Treat it as a failure of unknown cause. Since ABI 1.0 (before, such
+    /// a code decoded as `InvalidArgument`).
+    Unknown = i64::MIN,
 }
 
 impl Error {
-    /// All error codes, for decoding and for tests.
+    /// Every code hv returns, for decoding and for tests ([`Error::Unknown`]
+    /// is not one).
     pub const ALL: [Error; 9] = [
         Error::Permission,
         Error::InvalidArgument,
@@ -140,12 +150,14 @@ impl Error {
         self as i64
     }
 
-    /// Decodes a hypercall result: `Ok(value)` when non-negative.
+    /// Decodes a hypercall result: `Ok(value)` when non-negative, else the
+    /// error with that code, or [`Error::Unknown`] for a code not in
+    /// [`Error::ALL`].
     pub fn decode(raw: i64) -> Result<u64, Error> {
         if raw >= 0 {
             return Ok(raw as u64);
         }
-        Err(Error::ALL.iter().copied().find(|e| e.code() == raw).unwrap_or(Error::InvalidArgument))
+        Err(Error::ALL.iter().copied().find(|e| e.code() == raw).unwrap_or(Error::Unknown))
     }
 
     /// A short lower-case description, for shells and logs.
@@ -160,6 +172,7 @@ impl Error {
             Error::NotFound => "not found",
             Error::Busy => "busy",
             Error::Closed => "channel closed: the peer domain is gone",
+            Error::Unknown => "unknown error",
         }
     }
 }
@@ -184,7 +197,18 @@ mod tests {
         }
         assert_eq!(Error::decode(0), Ok(0));
         assert_eq!(Error::decode(42), Ok(42));
-        // Unknown negative codes decode to a generic error rather than panicking.
-        assert_eq!(Error::decode(-1000), Err(Error::InvalidArgument));
+        assert_eq!(Error::decode(i64::MAX), Ok(i64::MAX as u64));
+    }
+
+    #[test]
+    fn unknown_codes_are_told_apart_from_known_ones() {
+        // A later hypervisor's code, the first unused one, the far end.
+        for raw in [-10, -1000, i64::MIN] {
+            assert_eq!(Error::decode(raw), Err(Error::Unknown), "{raw}");
+        }
+        assert!(!Error::ALL.contains(&Error::Unknown));
+        assert!(Error::ALL.iter().all(|e| e.code() != Error::Unknown.code() && e.describe() != "unknown error"));
+        // It decodes to itself, like every other error.
+        assert_eq!(Error::decode(Error::Unknown.code()), Err(Error::Unknown));
     }
 }

@@ -45,7 +45,7 @@
 //! drop it, as a real switch would, when no port can take it), or
 //! [`STATUS_ERROR`] for a malformed request (bad grant, range past the page,
 //! length outside [`FRAME_MIN`]..=[`FRAME_MAX`]). The page may be reused
-//! once the response arrived.
+//! once the response arrived (see Data pages).
 //!
 //! # Receive ring (dom0 to guest)
 //! The front end posts empty buffers: an [`RxRequest`] names a whole page
@@ -55,6 +55,13 @@
 //! frame's length (or [`STATUS_ERROR`] when the grant was unusable: the
 //! buffer is returned empty). Frames for a vif with no posted buffer are
 //! dropped and counted in dom0. Frames carry no FCS and are not padded.
+//!
+//! # Data pages
+//! dom0 never maps a transmit page or receive buffer: each frame moves in
+//! one hypervisor grant copy, finished before its response is written. So
+//! the front end may reuse or revoke a page as soon as the response naming
+//! it arrived (a receive buffer's grant must stay valid while the buffer is
+//! posted). Only the two ring pages stay mapped, until disconnection.
 //!
 //! # Hostile ends
 //! The back end copies each request out of the ring once and validates it;

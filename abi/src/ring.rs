@@ -8,16 +8,41 @@
 //!
 //! Protocol (front end = requester):
 //! 1. The front end writes requests into slots `req_prod..`, then (release)
-//!    advances `req_prod`. If `req_prod` passed `req_event` (the back end
-//!    asked to be told), it sends an event.
+//!    advances `req_prod`, then notifies the back end if the rule below
+//!    says so.
 //! 2. The back end reads `req_prod` (acquire), **copies each request out of
 //!    the ring before validating it**, and checks that `req_prod - rsp_prod`
 //!    never exceeds the slot count (else the front end is hostile: disconnect).
-//! 3. The back end writes responses into slots `rsp_prod..`, then advances
-//!    `rsp_prod`; if it passed `rsp_event`, it sends an event.
-//! 4. Event suppression: a side that is about to wait sets the other side's
-//!    `*_event` to "the index after the last one I have seen + 1", then
-//!    re-checks the producer index (to close the race), and only then waits.
+//! 3. The back end writes responses into slots `rsp_prod..`, then (release)
+//!    advances `rsp_prod`, then notifies the front end if the rule says so.
+//!
+//! # Starting
+//! The front end zeroes the whole header each time it hands a ring over
+//! (before it grants the page and publishes its reference; a reconnection
+//! too): both ends count every index from 0. The slots need no initial
+//! value.
+//!
+//! # Notifications
+//! Each consumer writes its own event index: the back end `req_event`, the
+//! front end `rsp_event`. An event index `e` asks the producer for an event
+//! when its index reaches or passes `e`. 0, the value at start, is reached
+//! only when the index wraps, so at start neither end asks: no event flows
+//! until the consumer arms, and each end looks at the ring once before it
+//! first waits (arming, below, does so).
+//! - Posting: after advancing its index from `old` (the value it last
+//!   published) to `new`, the producer issues a full fence (a store-load
+//!   barrier: `mfence` or a locked instruction; release is not enough),
+//!   reads the consumer's event index `e` and sends one event on the
+//!   ring's channel exactly when [`should_notify`]`(old, new, e)`: `e` lies
+//!   in `old + 1 ..= new` (wrapping).
+//! - Arming: a consumer that found nothing to take and is about to wait
+//!   stores `e = consumed + 1` (`consumed` = the items it has taken, i.e.
+//!   the index of the next one), issues a full fence, and reads the
+//!   producer index again; if that moved, it consumes instead of waiting.
+//!   Either the producer's read sees the new `e` or the consumer's re-read
+//!   sees the new index, so no wake-up is lost.
+//!
+//! Events are hints: the indices are the truth, and an end may also poll.
 //!
 //! Each side treats every index and field written by the other as hostile.
 
@@ -33,11 +58,11 @@ pub const HEADER_SIZE: usize = 64;
 pub struct RingHeader {
     /// Requests produced so far (front end).
     pub req_prod: u32,
-    /// Send an event when `req_prod` passes this (back end).
+    /// Send an event when `req_prod` reaches this (back end; 0 at start).
     pub req_event: u32,
     /// Responses produced so far (back end).
     pub rsp_prod: u32,
-    /// Send an event when `rsp_prod` passes this (front end).
+    /// Send an event when `rsp_prod` reaches this (front end; 0 at start).
     pub rsp_event: u32,
     /// Reserved, zero.
     pub _reserved: [u32; 12],
@@ -59,8 +84,9 @@ pub const fn slot_count(slot_size: usize) -> usize {
     1 << (usize::BITS - 1 - room.leading_zeros())
 }
 
-/// Whether the producer index `new` passed the event index `event` since
-/// `old` (all wrapping), i.e. whether to notify the other side.
+/// Whether a producer that moved its index from `old` to `new` must notify
+/// the consumer whose event index is `event`: `event` is in `old + 1 ..=
+/// new` (all wrapping). See the module docs for the fences around it.
 pub const fn should_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }

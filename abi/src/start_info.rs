@@ -1,12 +1,81 @@
-//! The start-info page: what a domain is told when it starts.
+//! The start-info page: what a domain is told when it starts, and the state
+//! it starts in.
 //!
-//! The hypervisor (for dom0) or the toolstack (for guests) writes one page of
-//! this layout into the domain's memory before its first instruction and
-//! passes its guest-physical address in `rdi`. The domain starts in 64-bit
-//! mode with paging on: the first [`StartInfo::identity_mapped_bytes`] of its
-//! guest-physical space are identity-mapped (virtual = guest-physical), except
-//! page 0, which is left unmapped to catch null pointers. `rsp` points at the
-//! top of a stack inside a [`MemoryKind::Stack`] region; interrupts are off.
+//! The hypervisor (for dom0) or dom0's domain builder (for guests) writes one
+//! page of this layout into the domain's memory before its first instruction
+//! and passes its guest-physical address in `rdi`.
+//!
+//! # The kernel image
+//! An x86-64 ELF64 executable (`ET_EXEC`). The builder copies each `PT_LOAD`
+//! segment's file bytes to its physical address `p_paddr`; the segment
+//! (`p_memsz` bytes) must lie between 1 MiB and the end of RAM. Every page
+//! of a new domain's RAM is zero and the builder writes nothing past
+//! `p_filesz`, so `.bss` reads zero. `e_entry` must lie in a segment with
+//! `PF_X` (by `p_vaddr`); since the initial page tables map virtual =
+//! physical, link with `p_vaddr == p_paddr`.
+//!
+//! # Entry state
+//! vCPU 0 starts at `e_entry` in this state (a vCPU started later with
+//! [`crate::hypercall::VcpuOp::Up`] in the same one, with the RIP, RSP, CR3,
+//! RDI and GDT base of its [`crate::domctl::VcpuContext`]):
+//! - 64-bit mode at CPL 0. CR0 = PE | MP | ET | NE | WP | PG (0x8005_0033:
+//!   x87 usable). CR4 = PAE only: OSFXSR is clear, so SSE instructions raise
+//!   #UD until the domain sets CR4.OSFXSR. EFER = LME | LMA | NXE, fixed (a
+//!   guest's WRMSR gets #GP, so no SYSCALL). PAT at its power-on value.
+//! - RFLAGS = 0x2: interrupts off, DF clear. No IDT (IDTR base 0, limit 0):
+//!   an exception before the domain loads its own IDT triple-faults, and hv
+//!   crashes the domain. Event upcalls need an IDT, a registered event page
+//!   ([`crate::event::EventOp::RegisterPage`]) and IF set.
+//! - Segments from the initial GDT ([`crate::domctl::INITIAL_GDT`], 5
+//!   descriptors, GDTR limit 39): CS = 0x08 (64-bit code), SS = DS = ES = FS
+//!   = GS = 0x10 (flat data); FS, GS and kernel GS bases 0; LDTR unusable;
+//!   TR = 0x18, a busy TSS at base 0 (limit 0x67), which lies in the
+//!   unmapped page 0: load a TSS of your own before anything reads it (an
+//!   interrupt taken at CPL 3, an IST stack).
+//! - General registers zero, except RDI = this page's guest-physical
+//!   address and RSP = 8 below the top of the [`MemoryKind::Stack`] region
+//!   (RSP + 8 is 16-byte aligned, as on entry to a System V function, so
+//!   the entry may be an `extern "C" fn(start_info: u64) -> !`). x87/SSE
+//!   state as after FNINIT (FCW 0x37f, MXCSR 0x1f80), XCR0 = 1 (x87), CR2 =
+//!   CR8 = 0; debug registers as the [crate] docs say.
+//! - Paging: 4-level, CR3 = the initial PML4 (in the [`MemoryKind::Boot`]
+//!   region). The tables identity-map (virtual = guest-physical) the first
+//!   [`StartInfo::identity_mapped_bytes`] except page 0: below 2 MiB in
+//!   4 KiB pages, above in 2 MiB pages; every page present, writable,
+//!   executable, supervisor-only (user mode reaches nothing) and write-back.
+//!
+//! # Memory
+//! A guest's RAM is guest-physical 0 up to its memory size (2 MiB to 1 GiB,
+//! the end of the last region of the memory map); page 0 is RAM too, but
+//! unmapped and in no region. The identity map always spans 1 GiB
+//! (`identity_mapped_bytes`); touching a mapped address with no RAM behind
+//! it is an EPT violation, and hv crashes the domain. The builder lays a
+//! guest out as follows today; a guest takes the addresses from this page
+//! and its registers, not from this table:
+//!
+//! | guest-physical       | contents                         | region |
+//! |----------------------|----------------------------------|--------|
+//! | 0x0000               | null guard (unmapped)            | none   |
+//! | 0x1000               | this page                        | Boot   |
+//! | 0x2000               | initial GDT                      | Boot   |
+//! | 0x3000 - 0xefff      | initial page tables (CR3 0x3000) | Boot   |
+//! | 0xf000               | console ring (`console_page`)    | Boot   |
+//! | 0x10000              | `block_ring`'s page              | Boot   |
+//! | 0x11000              | store ring (`store_page`)        | Boot   |
+//! | 0x12000 - 0x3ffff    | free                             | Free   |
+//! | 0x40000 - 0x7ffff    | initial stack (RSP 0x7fff8)      | Stack  |
+//! | 0x80000 - kernel     | free                             | Free   |
+//! | kernel (from 1 MiB)  | the ELF segments, page-rounded   | Kernel |
+//! | kernel end - RAM end | free                             | Free   |
+//!
+//! [`MemoryKind::Boot`] says which of its pages a domain may reuse.
+//!
+//! dom0, which hv builds, differs: its Boot region is 0x1000 - 0xffff (no
+//! ring pages: it has no console, store or block ring); its RAM is rounded
+//! up to 2 MiB and followed by the ramdisk ([`MemoryKind::Ramdisk`], mapped
+//! read-only and not executable), which `identity_mapped_bytes` covers;
+//! and its tables also map the device window ([`crate::physdev`]) and the
+//! foreign window ([`crate::domctl::FOREIGN_WINDOW_BASE`]).
 
 use core::mem::{offset_of, size_of};
 
@@ -29,10 +98,21 @@ pub enum MemoryKind {
     Free = 1,
     /// The domain's loaded kernel image.
     Kernel = 2,
-    /// Boot structures: this page, the initial page tables and GDT. The domain
-    /// may reuse them once it has built its own.
+    /// Boot structures, page by page (see the module docs for a guest's
+    /// layout):
+    /// - this start-info page: free once the domain has copied out what it
+    ///   needs (nothing reads it after the domain starts);
+    /// - the initial GDT (GDTR) and page tables (CR3): free once the domain
+    ///   has loaded its own GDT (and TSS) and its own CR3;
+    /// - the console ring ([`StartInfo::console_page`]) and the store ring
+    ///   ([`StartInfo::store_page`]): **never free**. dom0 maps both before
+    ///   the domain first runs and polls them until the domain is
+    ///   destroyed, whether the domain uses them or not;
+    /// - the page [`StartInfo::block_ring`] names: free unless the domain
+    ///   makes it its block ring (dom0 touches it only once a front end
+    ///   grants it as its `ring-ref`, and until the back end is Closed).
     Boot = 3,
-    /// The initial stack.
+    /// The initial stack: free once the domain runs on a stack of its own.
     Stack = 4,
     /// The initial ramdisk (read-only).
     Ramdisk = 5,
@@ -105,8 +185,10 @@ pub struct StartInfo {
     /// Guest-physical address of the console ring page
     /// ([`crate::console::ConsoleRing`]), 0 if none (since ABI 0.2).
     pub console_page: u64,
-    /// Event channel port of the console, already bound by the builder
-    /// (since ABI 0.2).
+    /// dom0's event channel port of the console, allocated unbound for this
+    /// domain (since ABI 0.2): the domain binds it with
+    /// [`crate::event::EventOp::BindInterdomain`] (dom0, this port) and uses the local port
+    /// that returns; nothing is bound for it ([`crate::console`]).
     pub console_port: u32,
     /// Reserved, zero.
     pub _reserved1: u32,

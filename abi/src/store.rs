@@ -53,6 +53,34 @@
 //! entry grants its domain that access. `n5` `r7` = owned by domain 5, no
 //! access for others, domain 7 may read.
 //!
+//! # A domain's home
+//! When dom0 builds guest `<g>` it fills in the guest's home before the
+//! guest first runs:
+//!
+//! ```text
+//! /local/domain/<g>          owned by <g>; other domains: no access
+//!     name                   owned by dom0, readable by <g> only
+//!     domid                  owned by dom0, readable by <g> only
+//!     device/vbd/0/...       if its config gives it a disk (see Devices)
+//!     device/vif/0/...       if its config gives it a vif (see Devices)
+//! ```
+//!
+//! - `name`: the guest's name from its config, which the shell's commands
+//!   take: 1 to 32 bytes of `A-Z a-z 0-9 _ . -`, not starting with `-` or
+//!   `.`, not all digits.
+//! - `domid`: `<g>`, decimal.
+//!
+//! The guest may read `name` and `domid` but not write or remove them (so
+//! it cannot remove its home either); everything else below its home is
+//! its own, within its quota (this dom0's: 48 nodes, 6 KiB, 16 watches;
+//! the device nodes dom0 creates there are the guest's and count too).
+//! dom0 adds and removes `device/vbd/0` and `device/vif/0` while the guest
+//! runs as the operator attaches and detaches devices. When the guest is
+//! destroyed, dom0 removes its home with everything below it and drops its
+//! watches. dom0's own home, `/local/domain/0`, holds `name` = `Domain-0`
+//! and the back-end directories; of these a guest may read only its own
+//! devices' back-end directories.
+//!
 //! # Messages
 //! A message is a 16-byte [`StoreHeader`] followed by `length` payload bytes
 //! (`length <= STORE_PAYLOAD_MAX`, so a whole message fits in
