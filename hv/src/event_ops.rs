@@ -56,88 +56,94 @@ impl<P: Platform> EventWords for Shared<P> {
     }
 }
 
-/// A domain's event words: Mica's event page, or Xen's shared-info page
-/// and `vcpu_info` structures (2-level layout: pending and mask bitmaps
-/// at 2048 and 2560 of shared info; per vCPU `evtchn_upcall_pending` at
-/// byte 0 and `evtchn_pending_sel` at 8 of its `vcpu_info`).
-pub enum Words<P> {
-    Mica(Shared<P>),
-    Xen { shared_info: u64, vcpu_info: [u64; MAX_VCPUS] },
+/// Xen's event words: the shared-info page and the vCPUs' `vcpu_info`
+/// structures (2-level layout: pending and mask bitmaps at 2048 and 2560
+/// of shared info; per vCPU `evtchn_upcall_pending` at byte 0 and
+/// `evtchn_pending_sel` at 8 of its `vcpu_info`).
+pub struct XenWords<P> {
+    shared_info: u64,
+    vcpu_info: [u64; MAX_VCPUS],
+    machine: core::marker::PhantomData<P>,
 }
 
 /// Byte offsets of Xen's pending and mask bitmaps in shared info.
 const XEN_PENDING: u64 = 2048;
 const XEN_MASK: u64 = 2560;
 
+/// Where a domain's event words are: each layout has code of its own
+/// (`event_page` is generic over them), so Mica's page, the hot path of
+/// dom0 and its back ends, pays nothing for Xen's.
+pub enum Words<P> {
+    /// None registered: the domain polls.
+    None,
+    Mica(Shared<P>),
+    Xen(XenWords<P>),
+}
+
 impl<P: Platform> Words<P> {
-    /// `domain`'s words, if it registered any (Xen's first).
-    pub fn of(domain: &Domain<P>) -> Option<Words<P>> {
+    /// `domain`'s words (Xen's when it placed a shared-info page).
+    #[inline]
+    pub fn of(domain: &Domain<P>) -> Words<P> {
         match (domain.xen_shared_info, domain.event_page) {
-            (0, 0) => None,
-            (0, page) => Some(Words::Mica(Shared::at(page))),
-            (shared_info, _) => Some(Words::Xen { shared_info, vcpu_info: domain.xen_vcpu_info }),
-        }
-    }
-
-    /// Host address of `vcpu`'s Xen `vcpu_info`.
-    fn vcpu_info(shared_info: u64, vcpu_info: &[u64; MAX_VCPUS], vcpu: usize) -> u64 {
-        match vcpu_info[vcpu] {
-            0 => shared_info + 64 * vcpu as u64,
-            registered => registered,
-        }
-    }
-
-    /// Host address of the bitmap word holding `port` (`bitmap`: Mica's or
-    /// Xen's offset of the pending or mask bitmap).
-    fn word(&self, mica: u64, xen: u64, word: usize) -> u64 {
-        match self {
-            Words::Mica(page) => page.0 + mica + word as u64 * 8,
-            Words::Xen { shared_info, .. } => shared_info + xen + word as u64 * 8,
+            (0, 0) => Words::None,
+            (0, page) => Words::Mica(Shared::at(page)),
+            (shared_info, _) => Words::Xen(XenWords {
+                shared_info,
+                vcpu_info: domain.xen_vcpu_info,
+                machine: core::marker::PhantomData,
+            }),
         }
     }
 }
 
-impl<P: Platform> EventWords for Words<P> {
+impl<P: Platform> XenWords<P> {
+    /// Host address of `vcpu`'s `vcpu_info`.
+    fn vcpu_info(&self, vcpu: usize) -> u64 {
+        match self.vcpu_info[vcpu] {
+            0 => self.shared_info + 64 * vcpu as u64,
+            registered => registered,
+        }
+    }
+}
+
+impl<P: Platform> EventWords for XenWords<P> {
     fn test_and_set_pending(&mut self, port: u32) -> bool {
-        P::test_and_set_bit(self.word(0, XEN_PENDING, port as usize / 64), port % 64)
+        P::test_and_set_bit(self.shared_info + XEN_PENDING + u64::from(port / 64) * 8, port % 64)
     }
     fn load_pending(&mut self, word: usize) -> u64 {
-        P::load(self.word(0, XEN_PENDING, word))
+        P::load(self.shared_info + XEN_PENDING + word as u64 * 8)
     }
     fn load_mask(&mut self, word: usize) -> u64 {
-        P::load(self.word(MASK_OFFSET, XEN_MASK, word))
+        P::load(self.shared_info + XEN_MASK + word as u64 * 8)
     }
     fn set_mask(&mut self, port: u32, masked: bool) {
-        let word = self.word(MASK_OFFSET, XEN_MASK, port as usize / 64);
+        let word = self.shared_info + XEN_MASK + u64::from(port / 64) * 8;
         if masked {
             P::test_and_set_bit(word, port % 64);
         } else {
             P::test_and_clear_bit(word, port % 64);
         }
     }
+    // `evtchn_upcall_pending` is byte 0: bit 0 of the word.
     fn test_and_set_upcall(&mut self, vcpu: usize) -> bool {
-        match self {
-            Words::Mica(page) => page.test_and_set_upcall(vcpu),
-            // `evtchn_upcall_pending` is byte 0: bit 0 of the word.
-            Words::Xen { shared_info, vcpu_info } => {
-                P::test_and_set_bit(Self::vcpu_info(*shared_info, vcpu_info, vcpu), 0)
-            }
-        }
+        P::test_and_set_bit(self.vcpu_info(vcpu), 0)
     }
     fn load_upcall(&mut self, vcpu: usize) -> u64 {
-        match self {
-            Words::Mica(page) => page.load_upcall(vcpu),
-            Words::Xen { shared_info, vcpu_info } => P::load(Self::vcpu_info(*shared_info, vcpu_info, vcpu)) & 0xff,
-        }
+        P::load(self.vcpu_info(vcpu)) & 0xff
     }
     fn test_and_set_selector(&mut self, vcpu: usize, word: usize) -> bool {
-        match self {
-            Words::Mica(_) => false,
-            Words::Xen { shared_info, vcpu_info } => {
-                P::test_and_set_bit(Self::vcpu_info(*shared_info, vcpu_info, vcpu) + 8, word as u32)
-            }
-        }
+        P::test_and_set_bit(self.vcpu_info(vcpu) + 8, word as u32)
     }
+}
+
+/// Sets port `port`'s mask bit (`mask`), or clears it and says what the
+/// unmask delivers (see `event_page::unmask`).
+fn mask_or_unmask(words: &mut impl EventWords, port: u32, mask: bool, vcpu: usize, vector: bool) -> Option<Delivery> {
+    if mask {
+        words.set_mask(port, true);
+        return None;
+    }
+    event_page::unmask(words, port, vcpu, vector)
 }
 
 /// Marks `port` of domain `index` pending and, if it is unmasked, raises
@@ -156,13 +162,17 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
         return;
     }
     let vcpu = notified_vcpu(domain, port);
-    let Some(mut words) = Words::of(domain) else {
-        // No page registered: the domain polls; a wake-up is all we can give.
-        domain.vcpus[vcpu].blocked = false;
-        domain.notify(vcpu);
-        return;
+    let vector = domain.upcall_vector != 0;
+    let delivery = match Words::of(domain) {
+        Words::Mica(mut page) => event_page::raise(&mut page, port, vcpu, vector),
+        Words::Xen(mut words) => event_page::raise(&mut words, port, vcpu, vector),
+        Words::None => {
+            // No page registered: the domain polls; a wake-up is all we can give.
+            domain.vcpus[vcpu].blocked = false;
+            domain.notify(vcpu);
+            return;
+        }
     };
-    let delivery = event_page::raise(&mut words, port, vcpu, domain.upcall_vector != 0);
     deliver(domain, vcpu, delivery);
 }
 
@@ -254,8 +264,12 @@ fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
 /// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
 /// word (set when one of its ports fired).
 pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
-    let waiting = Words::of(domain)
-        .is_some_and(|mut words| event_page::waiting(&mut words, vcpu, |port| notified_vcpu(domain, port)));
+    let notified = |port| notified_vcpu(domain, port);
+    let waiting = match Words::of(domain) {
+        Words::Mica(mut page) => event_page::waiting(&mut page, vcpu, notified),
+        Words::Xen(mut words) => event_page::waiting(&mut words, vcpu, notified),
+        Words::None => false,
+    };
     if !waiting {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
@@ -339,19 +353,24 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
         }
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;
-            let Some(mut words) = Words::of(domain) else { return Err(Error::Busy) };
-            if operation == EventOp::Mask {
-                words.set_mask(port, true);
-            } else {
-                // A level-triggered line hv masked when it fired comes back.
-                if let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
-                    P::unmask_line(line);
-                }
-                // Pending while masked: deliver it now.
-                let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
-                if let Some(delivery) = event_page::unmask(&mut words, port, vcpu, vector) {
-                    deliver(domain, vcpu, delivery);
-                }
+            let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
+            let mask = operation == EventOp::Mask;
+            let words = Words::of(domain);
+            if matches!(words, Words::None) {
+                return Err(Error::Busy);
+            }
+            // A level-triggered line hv masked when it fired comes back.
+            if !mask && let Ok(ports::Binding::Pirq(line)) = domain.events.binding(port) {
+                P::unmask_line(line);
+            }
+            let delivery = match words {
+                Words::Mica(mut page) => mask_or_unmask(&mut page, port, mask, vcpu, vector),
+                Words::Xen(mut words) => mask_or_unmask(&mut words, port, mask, vcpu, vector),
+                Words::None => None,
+            };
+            // Pending while masked: delivered now.
+            if let Some(delivery) = delivery {
+                deliver(domain, vcpu, delivery);
             }
             0
         }

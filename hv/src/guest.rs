@@ -75,27 +75,11 @@ const HIDDEN_LEAF1_ECX: u32 = (1 << 5) | (1 << 3);
 /// loses what hv does not offer; the hypervisor range 0x4000_0000.. holds
 /// Xen's leaves, then Mica's (see `abi::cpuid`), and zeros; all else
 /// passes through.
-pub fn filter_cpuid(leaf: u32, raw: [u32; 4], (domain, vcpu): (u32, u32)) -> [u32; 4] {
-    use abi::xen::cpuid as xen;
+pub fn filter_cpuid(leaf: u32, raw: [u32; 4], ids: (u32, u32)) -> [u32; 4] {
     let [eax, ebx, ecx, edx] = raw;
     match leaf {
         1 => [eax, ebx, (ecx | cpuid::HYPERVISOR_PRESENT_BIT) & !HIDDEN_LEAF1_ECX, edx],
-        0x4000_0000 => {
-            let [b, c, d] = xen::signature_registers();
-            [xen::XEN_CPUID_FIRST_LEAF + xen::LEAF_HVM, b, c, d]
-        }
-        0x4000_0001 => [abi::xen::version::MICA_XEN_VERSION, 0, 0, 0],
-        // One hypercall page, filled by a write of its address to this MSR.
-        0x4000_0002 => [1, abi::xen::hypercall::HYPERCALL_PAGE_MSR, 0, 0],
-        // The time leaf: the TSC is the CPU's, never emulated.
-        0x4000_0003 => [0; 4],
-        0x4000_0004 => [xen::MICA_HVM_CPUID_FEATURES, vcpu, domain, 0],
-        cpuid::LEAF_SIGNATURE => {
-            let [b, c, d] = cpuid::signature_registers();
-            [cpuid::LEAF_MAX, b, c, d]
-        }
-        cpuid::LEAF_VERSION => [abi::ABI_VERSION, 0, 0, 0],
-        _ if (0x4000_0000..=0x4fff_ffff).contains(&leaf) => [0; 4],
+        0x4000_0000..=0x4fff_ffff => hypervisor_leaf(leaf, ids),
         // Structured extended features: no protection keys (hv keeps
         // CR4.PKE, so PKRU, to itself).
         7 => [eax, ebx, ecx & !HIDDEN_LEAF7_ECX, edx],
@@ -103,6 +87,29 @@ pub fn filter_cpuid(leaf: u32, raw: [u32; 4], (domain, vcpu): (u32, u32)) -> [u3
         // legacy area and the header (512 + 64 bytes).
         0xd => [eax & crate::cpu_state::xcr0::ALLOWED as u32, ebx, XSAVE_AREA_BYTES, 0],
         _ => raw,
+    }
+}
+
+/// The hypervisor range: Mica's own leaves (most asked for: dom0 checks
+/// them), Xen's, and zeros for the rest.
+fn hypervisor_leaf(leaf: u32, (domain, vcpu): (u32, u32)) -> [u32; 4] {
+    use abi::xen::cpuid as xen;
+    match leaf {
+        cpuid::LEAF_SIGNATURE => {
+            let [b, c, d] = cpuid::signature_registers();
+            [cpuid::LEAF_MAX, b, c, d]
+        }
+        cpuid::LEAF_VERSION => [abi::ABI_VERSION, 0, 0, 0],
+        0x4000_0000 => {
+            let [b, c, d] = xen::signature_registers();
+            [xen::XEN_CPUID_FIRST_LEAF + xen::LEAF_HVM, b, c, d]
+        }
+        0x4000_0001 => [abi::xen::version::MICA_XEN_VERSION, 0, 0, 0],
+        // One hypercall page, filled by a write of its address to this MSR.
+        0x4000_0002 => [1, abi::xen::hypercall::HYPERCALL_PAGE_MSR, 0, 0],
+        0x4000_0004 => [xen::MICA_HVM_CPUID_FEATURES, vcpu, domain, 0],
+        // The time leaf (the TSC is the CPU's, never emulated) and the rest.
+        _ => [0; 4],
     }
 }
 
