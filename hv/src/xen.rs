@@ -172,6 +172,8 @@ pub enum XenCall {
 
 /// Runs Xen hypercall `number` for the calling vCPU of `domain`, whose
 /// addresses `space` translates. `-ENOSYS` for what hv does not offer.
+/// Out of line: the run loop's hot path (Mica's calls) keeps its registers.
+#[inline(never)]
 pub fn dispatch<P: Platform>(
     domain: &mut Domain<P>,
     space: &AddressSpace,
