@@ -21,8 +21,6 @@ use crate::platform::{Platform, VcpuSetup};
 /// Everything hv knows besides the domains, under hv's table lock.
 pub struct State {
     pub boot_tsc: u64,
-    /// TSC frequency, 0 if unknown.
-    pub tsc_khz: u64,
     /// Pages reserved for hv at boot (its image and the frame bitmap);
     /// frames it allocates later (tables, VMCSs) are counted on top.
     pub reserved_pages: u64,
@@ -36,13 +34,7 @@ impl State {
     /// The state before boot fills it in.
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Self {
-        State {
-            boot_tsc: 0,
-            tsc_khz: 0,
-            reserved_pages: 0,
-            next_domain_id: 1,
-            foreign: ForeignWindow::with_abi_share(),
-        }
+        State { boot_tsc: 0, reserved_pages: 0, next_domain_id: 1, foreign: ForeignWindow::with_abi_share() }
     }
 }
 

@@ -115,7 +115,7 @@ pub fn info(hv: &Hypervisor) -> HvInfo {
         free_pages: totals.free_pages,
         // Allocated frames no domain owns: hv's own tables and VMX structures.
         hv_pages: hv.state.reserved_pages + (totals.total_pages - totals.free_pages).saturating_sub(owned),
-        tsc_khz: hv.state.tsc_khz,
+        tsc_khz: crate::log::tsc_khz(),
         boot_tsc: hv.state.boot_tsc,
         cpu_count: crate::arch::smp::running(),
         _reserved0: 0,

@@ -176,7 +176,6 @@ extern "C" fn hv_main(magic: u32, info_address: u32) -> ! {
     let mut hv = hypervisor::lock();
     hypervisor::SCHEDULER.lock().set_cpus(arch::smp::running());
     hv.state.boot_tsc = boot_tsc;
-    hv.state.tsc_khz = tsc_khz;
     hv.state.reserved_pages = (hv_end - hv_start).div_ceil(4096) + totals.bitmap_pages;
     hypercall::DEVICES.call_once(|| (device_policy, dom0.max_pages * abi::PAGE_SIZE));
     // Guests get no ports and no MSRs: one all-ones page serves as both I/O
