@@ -138,6 +138,9 @@ pub struct VcpuSlot<P: Platform> {
     pub affinity: u64,
     /// TSC ticks spent scheduled.
     pub cpu_time_tsc: u64,
+    /// Its last walk of its page tables for a hypercall's argument
+    /// (`guest_virtual`).
+    pub walk: core::cell::RefCell<crate::guest_virtual::Walk>,
 }
 
 impl<P: Platform> VcpuSlot<P> {
@@ -156,6 +159,7 @@ impl<P: Platform> VcpuSlot<P> {
             moves: 0,
             affinity: u64::MAX,
             cpu_time_tsc: 0,
+            walk: core::cell::RefCell::new(crate::guest_virtual::Walk::EMPTY),
         }
     }
 

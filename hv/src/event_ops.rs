@@ -332,25 +332,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
             let virq = Virq::from_number(a1).ok_or(Error::InvalidArgument)?;
             domain.events.bind_virq(virq, vcpu_argument(a2, domain.vcpu_count)?)?.into()
         }
-        EventOp::Send => {
-            let port = port_argument(a1)?;
-            if matches!(domain.events.binding(port)?, ports::Binding::Ipi) {
-                // An IPI: pending in the caller's own domain, for its vCPU.
-                raise_in(domain, port);
-                return Ok(Call::Done(Ok(0)));
-            }
-            // A domain that ended has no channels left to send on.
-            if domain.ended.is_some() {
-                return Err(Error::NotFound);
-            }
-            let (target, target_port) = domain.events.send_target(port)?;
-            if target != domain.id {
-                return Ok(Call::Raise { target, port: target_port, from: port });
-            }
-            // A loopback channel: its other end is under the same lock.
-            raise_in(domain, target_port);
-            0
-        }
+        EventOp::Send => return send(domain, port_argument(a1)?),
         EventOp::Mask | EventOp::Unmask => {
             let port = port_argument(a1)?;
             let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
@@ -386,6 +368,30 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
         }
     };
     Ok(Call::Done(Ok(result)))
+}
+
+/// A send on port `port` of `domain` (Mica's `EventOp::Send`, Xen's
+/// `EVTCHNOP_send`): an IPI or a loopback channel is raised here; a
+/// channel to another domain comes back as [`Call::Raise`], for the caller
+/// to finish under that domain's lock.
+#[inline]
+pub fn send<P: Platform>(domain: &mut Domain<P>, port: u32) -> Result<Call, Error> {
+    if matches!(domain.events.binding(port)?, ports::Binding::Ipi) {
+        // An IPI: pending in the caller's own domain, for its vCPU.
+        raise_in(domain, port);
+        return Ok(Call::Done(Ok(0)));
+    }
+    // A domain that ended has no channels left to send on.
+    if domain.ended.is_some() {
+        return Err(Error::NotFound);
+    }
+    let (target, target_port) = domain.events.send_target(port)?;
+    if target != domain.id {
+        return Ok(Call::Raise { target, port: target_port, from: port });
+    }
+    // A loopback channel: its other end is under the same lock.
+    raise_in(domain, target_port);
+    Ok(Call::Done(Ok(0)))
 }
 
 /// `Hypercall::Event` with every domain at hand.

@@ -487,7 +487,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
             // Xen's calls answer in Xen's terms (their value or -errno),
             // Mica's own in Mica's.
             vcpu.registers.rax = if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
-                let space = vcpu.address_space();
+                let space = vcpu.address_space(v);
                 let result = match hvcore::xen::dispatch(&mut domain, &space, number, arguments) {
                     XenCall::Done(result) => result,
                     XenCall::Raise { target, port, from } => {

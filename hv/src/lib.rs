@@ -21,6 +21,7 @@ pub mod frame;
 pub mod grant_entry;
 pub mod grant_ops;
 pub mod guest;
+pub mod guest_virtual;
 pub mod io_ports;
 pub mod log_ring;
 pub mod mmio;

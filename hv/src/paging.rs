@@ -333,6 +333,8 @@ struct CreatedTables {
 pub struct PageTable<F: EntryFormat> {
     /// Physical address of the root (PML4 or EPT PML4) table.
     root: u64,
+    /// Pages unmapped so far (see [`PageTable::unmaps`]).
+    unmaps: u64,
     format: PhantomData<F>,
 }
 
@@ -340,18 +342,25 @@ impl<F: EntryFormat> PageTable<F> {
     /// An empty structure: just a zeroed root table.
     pub fn new(memory: &mut impl TableMemory) -> Result<Self, MapError> {
         let root = memory.allocate_table().ok_or(MapError::OutOfTables)?;
-        Ok(Self { root, format: PhantomData })
+        Ok(Self { root, unmaps: 0, format: PhantomData })
     }
 
     /// Adopts tables that already exist at `root` (built elsewhere, for
     /// example in a guest's memory), to walk or extend them.
     pub const fn from_root(root: u64) -> Self {
-        Self { root, format: PhantomData }
+        Self { root, unmaps: 0, format: PhantomData }
     }
 
     /// Physical address of the root table, for CR3 or the EPT pointer.
     pub fn root(&self) -> u64 {
         self.root
+    }
+
+    /// How many pages were unmapped so far. Only `unmap` takes a
+    /// translation away (`map` refuses to replace one), so a translation
+    /// read while this count had some value holds as long as it keeps it.
+    pub fn unmaps(&self) -> u64 {
+        self.unmaps
     }
 
     /// Maps one page of `size` at input address `virt` to physical `phys`.
@@ -488,6 +497,7 @@ impl<F: EntryFormat> PageTable<F> {
             }
             if let Some(size) = PageSize::at_level(level).filter(|_| Self::is_leaf(entry, level)) {
                 memory.write_entry(table, index, 0);
+                self.unmaps += 1;
                 self.free_empty_tables(memory, path.get(..=depth).unwrap_or(&[]));
                 return Ok((address_of(entry, size), size));
             }

@@ -29,11 +29,12 @@ use abi::xen::shared_info::{PVCLOCK_TSC_STABLE_BIT, VcpuTimeInfo, pvclock_scale_
 use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer};
 use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp, feature};
 use abi::xen::{Errno, Hypercall};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::domain::{Domain, DomainTable, Ended};
 use crate::domctl::Hypervisor;
 use crate::event_ops::Call;
+pub use crate::guest_virtual::AddressSpace;
 use crate::log_ring::Level;
 use crate::paging::Access;
 use crate::platform::Platform;
@@ -68,93 +69,6 @@ pub fn fill_hypercall_page<P: Platform>(domain: &Domain<P>, value: u64) -> Resul
         stub[..code.len()].copy_from_slice(&code);
     }
     domain.write_guest(value, &page).map_err(|_| Errno::Efault)
-}
-
-/// How the calling vCPU translated addresses at the call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressSpace {
-    /// Paging off: guest-virtual is guest-physical.
-    Physical,
-    /// 4-level paging (long mode) rooted at guest-physical `cr3`.
-    LongMode { cr3: u64 },
-    /// A mode hypercall arguments cannot be read in (32-bit paging, 5-level
-    /// paging): every pointer argument is `-EFAULT`.
-    Unsupported,
-}
-
-/// Page-table entry bits (SDM Vol. 3A 4.5).
-const PRESENT: u64 = 1;
-const WRITABLE: u64 = 1 << 1;
-const LARGE: u64 = 1 << 7;
-/// Bits 12..52 of an entry: the next table's or the page's frame.
-const FRAME: u64 = 0x000f_ffff_ffff_f000;
-
-impl AddressSpace {
-    /// The guest-physical address of guest-virtual `address`, if the
-    /// vCPU's page tables map it (writable, when `write`).
-    pub fn translate<P: Platform>(&self, domain: &Domain<P>, address: u64, write: bool) -> Result<u64, Errno> {
-        let cr3 = match *self {
-            AddressSpace::Physical => return Ok(address),
-            AddressSpace::LongMode { cr3 } => cr3,
-            AddressSpace::Unsupported => return Err(Errno::Efault),
-        };
-        // Canonical: bits 63..47 all equal.
-        if ((address as i64) << 16 >> 16) as u64 != address {
-            return Err(Errno::Efault);
-        }
-        let mut table = cr3 & FRAME;
-        for level in (0..4).rev() {
-            let shift = 12 + 9 * level;
-            let mut entry = [0u8; 8];
-            let index = (address >> shift) & 0x1ff;
-            domain.read_guest(table + index * 8, &mut entry).map_err(|_| Errno::Efault)?;
-            let entry = u64::from_le_bytes(entry);
-            if entry & PRESENT == 0 || (write && entry & WRITABLE == 0) {
-                return Err(Errno::Efault);
-            }
-            // A 1 GiB page (level 2) or a 2 MiB page (level 1) ends the walk.
-            if level == 0 || (entry & LARGE != 0 && level < 3) {
-                let offset = address & ((1 << shift) - 1);
-                return Ok((entry & FRAME & !((1 << shift) - 1)) | offset);
-            }
-            table = entry & FRAME;
-        }
-        Err(Errno::Efault)
-    }
-
-    /// Copies guest-virtual `address..+out.len()` into `out`.
-    pub fn read<P: Platform>(&self, domain: &Domain<P>, address: u64, out: &mut [u8]) -> Result<(), Errno> {
-        let mut done = 0;
-        while done < out.len() {
-            let at = address.checked_add(done as u64).ok_or(Errno::Efault)?;
-            let piece = (out.len() - done).min((abi::PAGE_SIZE - at % abi::PAGE_SIZE) as usize);
-            let physical = self.translate(domain, at, false)?;
-            domain.read_guest(physical, &mut out[done..done + piece]).map_err(|_| Errno::Efault)?;
-            done += piece;
-        }
-        Ok(())
-    }
-
-    /// Copies `bytes` to guest-virtual `address` (each page checked
-    /// writable first; on error leading pages may have been written).
-    pub fn write<P: Platform>(&self, domain: &Domain<P>, address: u64, bytes: &[u8]) -> Result<(), Errno> {
-        let mut done = 0;
-        while done < bytes.len() {
-            let at = address.checked_add(done as u64).ok_or(Errno::Efault)?;
-            let piece = (bytes.len() - done).min((abi::PAGE_SIZE - at % abi::PAGE_SIZE) as usize);
-            let physical = self.translate(domain, at, true)?;
-            domain.write_guest(physical, &bytes[done..done + piece]).map_err(|_| Errno::Efault)?;
-            done += piece;
-        }
-        Ok(())
-    }
-
-    /// Reads a structure from guest-virtual `address`.
-    fn read_struct<T: FromBytes + IntoBytes, P: Platform>(&self, domain: &Domain<P>, address: u64) -> Result<T, Errno> {
-        let mut value = T::new_zeroed();
-        self.read(domain, address, value.as_mut_bytes())?;
-        Ok(value)
-    }
 }
 
 /// What a Xen call came to on its caller's domain alone.
@@ -312,11 +226,10 @@ fn event_channel_op<P: Platform>(
             let request: EvtchnSend = space.read_struct(domain, address)?;
             // As in Xen, a send on a port whose other end is gone (unbound,
             // or its domain ended) is dropped without an error.
-            match crate::event_ops::event_op_own(domain, [EventOp::Send as u64, u64::from(request.port), 0, 0, 0]) {
-                Call::Done(Err(abi::Error::Busy | abi::Error::Closed)) => Ok(XenCall::Done(Ok(0))),
-                Call::Raise { target, port, from } => Ok(XenCall::Raise { target, port, from }),
-                Call::Done(result) => Ok(XenCall::Done(result.map_err(errno))),
-                Call::Pair { .. } | Call::Table => Err(Errno::Einval),
+            match crate::event_ops::send(domain, request.port) {
+                Ok(Call::Raise { target, port, from }) => Ok(XenCall::Raise { target, port, from }),
+                Ok(_) | Err(abi::Error::Busy | abi::Error::Closed) => Ok(XenCall::Done(Ok(0))),
+                Err(error) => Err(errno(error)),
             }
         }
         EvtchnOp::Unmask => {
@@ -702,7 +615,9 @@ fn sched_op<P: Platform>(
 mod tests {
     use super::*;
     use crate::fake_platform::{self as machine, Fake};
+    use crate::guest_virtual::{LARGE, PRESENT, WRITABLE};
     use abi::xen::hypercall::Hypercall as H;
+    use zerocopy::FromBytes;
 
     /// Guest-physical layout: four page-table pages, then data.
     const PML4: u64 = 0x1000;
@@ -744,7 +659,7 @@ mod tests {
         entry(&domain, PD_LOW, 0, LARGE | table);
         entry(&domain, PML4, 1, PDPT_HIGH | table);
         entry(&domain, PDPT_HIGH, 0, LARGE | table);
-        (domain, AddressSpace::LongMode { cr3: PML4 })
+        (domain, AddressSpace::LongMode { cr3: PML4, vcpu: 0 })
     }
 
     fn call(domain: &mut Domain<Fake>, space: &AddressSpace, number: H, arguments: [u64; 3]) -> Result<u64, Errno> {
@@ -762,7 +677,8 @@ mod tests {
         assert_eq!(translate(VIRTUAL + 0x1008, false), Ok(DATA + 0x1008));
         assert_eq!(translate(VIRTUAL + 0x1008, true), Err(Errno::Efault), "a read-only page is not written");
         assert_eq!(translate(VIRTUAL + 0x2000, false), Err(Errno::Efault), "not present");
-        assert_eq!(translate(0x4000_0000 + 0x1_2345, false), Ok(0x1_2345), "2 MiB page");
+        assert_eq!(translate(0x4000_0000 + 0x5123, false), Ok(0x5123), "2 MiB page");
+        assert_eq!(translate(0x4000_0000 + 0x1_2345, false), Err(Errno::Efault), "mapped, but not the domain's RAM");
         assert_eq!(translate((512 << 30) + 0x3456, true), Ok(0x3456), "1 GiB page");
         assert_eq!(translate(0x0000_8000_0000_0000, false), Err(Errno::Efault), "not canonical");
         assert_eq!(AddressSpace::Physical.translate(&domain, 0x1234, true), Ok(0x1234));
@@ -775,6 +691,43 @@ mod tests {
         space.read(&domain, VIRTUAL + 0xffc, &mut bytes).unwrap();
         assert_eq!(&bytes, b"abcdefgh");
         assert_eq!(space.write(&domain, VIRTUAL + 0xffc, b"12345678"), Err(Errno::Efault));
+    }
+
+    #[test]
+    fn a_cached_walk_is_used_only_while_the_tables_and_the_ept_say_the_same() {
+        let (mut domain, space) = domain(false);
+        domain.write_guest(DATA, b"data").unwrap();
+        domain.write_guest(DATA + 0x1000, b"next").unwrap();
+        let read = |domain: &Domain<Fake>| {
+            let mut bytes = [0; 4];
+            space.read(domain, VIRTUAL, &mut bytes).map(|()| bytes)
+        };
+        assert_eq!(read(&domain), Ok(*b"data"));
+        assert_eq!(domain.vcpus[0].walk.borrow().page(), Some(VIRTUAL), "the walk is kept");
+        assert_eq!(read(&domain), Ok(*b"data"));
+        // The guest points the page elsewhere (read-only): the next call
+        // sees it, TLB flush or not.
+        let entry = PT + ((VIRTUAL >> 12) & 0x1ff) * 8;
+        domain.write_guest(entry, &((DATA + 0x1000) | PRESENT).to_le_bytes()).unwrap();
+        assert_eq!(read(&domain), Ok(*b"next"));
+        assert_eq!(space.write(&domain, VIRTUAL, b"xxxx"), Err(Errno::Efault));
+        domain.write_guest(entry, &(DATA | PRESENT | WRITABLE).to_le_bytes()).unwrap();
+        assert_eq!(space.write(&domain, VIRTUAL, b"DATA"), Ok(()));
+        assert_eq!(read(&domain), Ok(*b"DATA"));
+        // An upper level goes away: so does the translation.
+        let top = PML4 + ((VIRTUAL >> 39) & 0x1ff) * 8;
+        domain.write_guest(top, &0u64.to_le_bytes()).unwrap();
+        assert_eq!(read(&domain), Err(Errno::Efault));
+        domain.write_guest(top, &(PDPT | PRESENT | WRITABLE).to_le_bytes()).unwrap();
+        assert_eq!(read(&domain), Ok(*b"DATA"));
+        // Another CR3 walks its own tables (none at 0: all zero).
+        let other = AddressSpace::LongMode { cr3: DATA + 0x2000, vcpu: 0 };
+        assert_eq!(other.read(&domain, VIRTUAL, &mut [0; 4]), Err(Errno::Efault));
+        assert_eq!(read(&domain), Ok(*b"DATA"));
+        // hv takes the frame from the domain: the walk kept must not reach
+        // it (the fake's memory still holds the old bytes).
+        domain.ept.unmap(&mut Fake::tables(), DATA).unwrap();
+        assert_eq!(read(&domain), Err(Errno::Efault));
     }
 
     #[test]
@@ -898,7 +851,7 @@ mod tests {
         operation: EvtchnOp,
         request: T,
     ) -> (Result<u64, Errno>, T) {
-        let space = AddressSpace::LongMode { cr3: PML4 };
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         hv.domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
         let arguments = [u64::from(operation.number()), VIRTUAL, 0, 0, 0];
         let result = match dispatch(&mut hv.domains[caller], &space, H::EventChannelOp.number(), arguments) {
@@ -1008,7 +961,7 @@ mod tests {
     fn a_registered_vcpu_info_takes_the_upcall_flag_and_selector() {
         let mut hv = hypervisor();
         let one = xen_domain(&mut hv.domains, 1);
-        let space = AddressSpace::LongMode { cr3: PML4 };
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
         let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 64, ..Default::default() };
         hv.domains[one].write_guest(DATA, info.as_bytes()).unwrap();
@@ -1119,7 +1072,7 @@ mod tests {
         assert_eq!(at_start.flags, PVCLOCK_TSC_STABLE_BIT);
         assert_eq!(at_start.system_time_at(2_000_000_000), 1_000_000_000, "2e9 ticks are one second");
         // Moved with vcpu_info, and written again there.
-        let space = AddressSpace::LongMode { cr3: PML4 };
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         let info = VcpuRegisterVcpuInfo { mfn: 0xc, offset: 0, ..Default::default() };
         hv.domains[one].write_guest(DATA, info.as_bytes()).unwrap();
         let register = u64::from(VcpuOp::RegisterVcpuInfo.number());
@@ -1155,7 +1108,7 @@ mod tests {
         };
         let mut hv = hypervisor();
         let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
-        let space = AddressSpace::LongMode { cr3: PML4 };
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         // Frame 0 of the table at guest frame 0xd: to the table path.
         let add = XenAddToPhysmap {
             domid: abi::xen::DOMID_SELF,
@@ -1218,7 +1171,7 @@ mod tests {
     fn random_xen_calls_answer_xens_errors_and_touch_no_other_domain() {
         let mut hv = hypervisor();
         let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
-        let space = AddressSpace::LongMode { cr3: PML4 };
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         let ram = |hv: &Hypervisor<'static, Fake>| {
             let mut bytes = vec![0; 16 * 4096];
             hv.domains[two].read_guest(0, &mut bytes).unwrap();

@@ -37,7 +37,7 @@ fn run() -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
     machine.send_line("console hcbench")?;
-    let guest_null = machine.expect(mica_tests::line_starting("hcbench: event send to dom0"), seconds(60))?;
+    let guest_null = machine.expect(mica_tests::line_starting("hcbench: xen event send to dom0"), seconds(60))?;
     machine.send(&[0x1d])?;
     machine.expect(PROMPT, seconds(20))?;
     machine.send_line("bench")?;
@@ -45,6 +45,7 @@ fn run() -> Result<(), String> {
     for (label, text, prefix) in [
         ("guest null:     ", &guest_null, "hcbench: null hypercall"),
         ("guest event:    ", &guest_null, "hcbench: event send to dom0"),
+        ("guest xen event:", &guest_null, "hcbench: xen event send to dom0"),
         ("event delivery: ", &output, "bench: event send+deliver"),
         ("create->output: ", &output, "bench: create to first output"),
     ] {

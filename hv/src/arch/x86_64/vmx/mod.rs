@@ -1041,17 +1041,18 @@ impl Vcpu {
         }
     }
 
-    /// How the guest translates addresses now, for the pointer arguments
-    /// of its Xen hypercalls: paging off, 4-level long mode, or a mode
-    /// they cannot be read in (32-bit paging, 5-level paging).
-    pub fn address_space(&self) -> hvcore::xen::AddressSpace {
-        use hvcore::xen::AddressSpace;
+    /// How the guest (this vCPU, number `vcpu` of its domain) translates
+    /// addresses now, for the pointer arguments of its Xen hypercalls:
+    /// paging off, 4-level long mode, or a mode they cannot be read in
+    /// (32-bit paging, 5-level paging).
+    pub fn address_space(&self, vcpu: usize) -> hvcore::guest_virtual::AddressSpace {
+        use hvcore::guest_virtual::AddressSpace;
         let paging = vmcs::read(Field::GuestCr0) & 1 << 31 != 0;
         let long_mode = vmcs::read(Field::GuestEfer) & 1 << 10 != 0;
         let five_level = vmcs::read(Field::GuestCr4) & 1 << 12 != 0;
         match (paging, long_mode && !five_level) {
             (false, _) => AddressSpace::Physical,
-            (true, true) => AddressSpace::LongMode { cr3: vmcs::read(Field::GuestCr3) },
+            (true, true) => AddressSpace::LongMode { cr3: vmcs::read(Field::GuestCr3), vcpu },
             (true, false) => AddressSpace::Unsupported,
         }
     }
