@@ -161,11 +161,22 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
+    let mut words = Words::of(domain);
+    // Already pending or masked: nothing more (which vCPU it notifies is
+    // looked up only when it matters).
+    let pending = match &mut words {
+        Words::Mica(page) => event_page::mark_pending(page, port),
+        Words::Xen(words) => event_page::mark_pending(words, port),
+        Words::None => Ok(()),
+    };
+    if pending.is_err() {
+        return;
+    }
     let vcpu = notified_vcpu(domain, port);
     let vector = domain.upcall_vector != 0;
-    let delivery = match Words::of(domain) {
-        Words::Mica(mut page) => event_page::raise(&mut page, port, vcpu, vector),
-        Words::Xen(mut words) => event_page::raise(&mut words, port, vcpu, vector),
+    let delivery = match &mut words {
+        Words::Mica(page) => event_page::raise_upcall(page, port, vcpu, vector),
+        Words::Xen(words) => event_page::raise_upcall(words, port, vcpu, vector),
         Words::None => {
             // No page registered: the domain polls; a wake-up is all we can give.
             domain.vcpus[vcpu].blocked = false;

@@ -83,16 +83,29 @@ fn bit(port: u32) -> u64 {
 /// Makes port `port` pending for vCPU `vcpu` (the vCPU the port notifies);
 /// `vector`: the domain registered an upcall vector.
 pub fn raise(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -> Delivery {
-    if page.test_and_set_pending(port) {
-        return Delivery::AlreadyPending;
+    match mark_pending(page, port) {
+        Err(delivery) => delivery,
+        Ok(()) => raise_upcall(page, port, vcpu, vector),
     }
-    if page.load_mask(port as usize / 64) & bit(port) != 0 {
-        return Delivery::Masked;
-    }
-    raise_upcall(page, port, vcpu, vector)
 }
 
-fn raise_upcall(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -> Delivery {
+/// The first half of [`raise`]: makes port `port` pending. `Err` with
+/// the delivery when that is all (it was pending already, or is masked);
+/// `Ok` when the vCPU it notifies is to get the upcall ([`raise_upcall`]),
+/// so a burst of events on one port costs one bit test each.
+pub fn mark_pending(page: &mut impl EventWords, port: u32) -> Result<(), Delivery> {
+    if page.test_and_set_pending(port) {
+        return Err(Delivery::AlreadyPending);
+    }
+    if page.load_mask(port as usize / 64) & bit(port) != 0 {
+        return Err(Delivery::Masked);
+    }
+    Ok(())
+}
+
+/// The second half of [`raise`], for a port [`mark_pending`] made pending
+/// and found unmasked.
+pub fn raise_upcall(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -> Delivery {
     // Xen's layout: the guest takes the selector, then scans its words; a
     // selector bit already set will lead it to this port's word.
     if page.test_and_set_selector(vcpu, port as usize / 64) {
