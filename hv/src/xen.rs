@@ -97,7 +97,7 @@ pub fn dispatch<P: Platform>(
     // Sub-operations are 32-bit (`cmd` is an `int` in Xen's prototypes).
     let operation = a1 as u32;
     // The hot path, ahead of the tables: a send.
-    if number == u64::from(Hypercall::EventChannelOp.number()) && operation == EvtchnOp::Send.number() {
+    if number == Hypercall::EventChannelOp.number() && operation == EvtchnOp::Send.number() {
         return send(domain, space, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
     }
     XenCall::Done(match Hypercall::from_number(number) {
