@@ -70,6 +70,10 @@ pub struct Domain<P: Platform> {
     /// Host address of each vCPU's Xen `vcpu_info` (`vcpu_op`
     /// register_vcpu_info); 0: its slot in the shared-info page.
     pub xen_vcpu_info: [u64; MAX_VCPUS],
+    /// The HVM parameters the toolstack sets for Xen's guests
+    /// (`xen::TOOLSTACK_PARAMS`, in that order: store frame and port,
+    /// console frame and port), 0 = not set.
+    pub hvm_params: [u64; 4],
     /// Host-physical address of the registered grant table page, 0 = none.
     pub grant_table: u64,
     /// Grants of others it has mapped (a guest; dom0's are in
@@ -223,6 +227,7 @@ impl<P: Platform> Domain<P> {
             event_page: 0,
             xen_shared_info: 0,
             xen_vcpu_info: [0; MAX_VCPUS],
+            hvm_params: [0; 4],
             grant_table: 0,
             mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,

@@ -108,7 +108,9 @@ pub fn dispatch<P: Platform>(
             return memory_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
         }
         Some(Hypercall::GrantTableOp) => grant_table_op(domain, space, operation, a2, a3),
-        Some(Hypercall::HvmOp) => hvm_op(domain, space, operation, a2),
+        Some(Hypercall::HvmOp) => {
+            return hvm_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
+        }
         Some(Hypercall::VcpuOp) => vcpu_op(domain, space, operation, a2, a3),
         Some(Hypercall::EventChannelOp) => {
             return event_channel_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
@@ -129,6 +131,7 @@ pub fn dispatch_table<P: Platform>(
 ) -> Result<u64, Errno> {
     match Hypercall::from_number(number) {
         Some(Hypercall::EventChannelOp) => event_channel_table(&mut hv.domains, caller, space, a1, a2),
+        Some(Hypercall::HvmOp) => toolstack_param(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::MemoryOp) => {
             // The grant table's frame 0 (checked again: the guest may have
             // changed its request since `memory_op` looked).
@@ -162,12 +165,21 @@ fn event_channel_table<P: Platform>(
     match EvtchnOp::from_number(a1 as u32).ok_or(Errno::Enosys)? {
         EvtchnOp::AllocUnbound => {
             let mut request: EvtchnAllocUnbound = space.read_struct(&domains[caller], a2)?;
-            if named(request.dom) != me {
-                // Allocating in another domain's table is a toolstack's.
-                return Err(Errno::Eperm);
-            }
             let remote = u64::from(named(request.remote_dom));
-            request.port = mica(domains, EventOp::AllocUnbound, remote, 0).map_err(unknown_domain)? as u32;
+            let owner = named(request.dom);
+            request.port = if owner == me {
+                mica(domains, EventOp::AllocUnbound, remote, 0)
+            } else {
+                // A port in another domain's table: the toolstack's (dom0
+                // offers a domain it builds its store and console ports).
+                if !domains[caller].privileged {
+                    return Err(Errno::Eperm);
+                }
+                let owner = domains.slot_of(owner).ok_or(Errno::Esrch)?;
+                crate::event_ops::event_op(domains, owner, [EventOp::AllocUnbound as u64, remote, 0, 0, 0])
+                    .map_err(errno)
+            }
+            .map_err(unknown_domain)? as u32;
             space.write(&domains[caller], a2, request.as_bytes()).map(|()| 0)
         }
         EvtchnOp::BindInterdomain => {
@@ -399,17 +411,21 @@ fn hvm_op<P: Platform>(
     space: &AddressSpace,
     operation: u32,
     address: u64,
-) -> Result<u64, Errno> {
-    use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+) -> Result<XenCall, Errno> {
     let operation = HvmOp::from_number(operation).ok_or(Errno::Enosys)?;
     if !matches!(operation, HvmOp::SetParam | HvmOp::GetParam) {
         return Err(Errno::Enosys);
     }
     let mut request: XenHvmParam = space.read_struct(domain, address)?;
+    if own(domain, request.domid).is_err() && domain.privileged {
+        // The toolstack sets another domain's parameters.
+        return Ok(XenCall::Table);
+    }
     own(domain, request.domid)?;
     if request.index >= HVM_NR_PARAMS {
         return Err(Errno::Einval);
     }
+    let done = |result| Ok(XenCall::Done(result));
     match (operation, request.index) {
         (HvmOp::SetParam, HVM_PARAM_CALLBACK_IRQ) => {
             domain.upcall_vector = match CallbackVia::decode(request.value) {
@@ -418,23 +434,68 @@ fn hvm_op<P: Platform>(
                 // Mica raises no interrupt lines for guests: vectors only.
                 _ => return Err(Errno::Einval),
             };
-            Ok(0)
+            done(Ok(0))
         }
         (HvmOp::GetParam, index) => {
             request.value = match index {
                 HVM_PARAM_CALLBACK_IRQ if domain.upcall_vector != 0 => {
                     CallbackVia::Vector(domain.upcall_vector).encode()
                 }
-                HVM_PARAM_CALLBACK_IRQ
-                | HVM_PARAM_STORE_PFN
-                | HVM_PARAM_STORE_EVTCHN
-                | HVM_PARAM_CONSOLE_PFN
-                | HVM_PARAM_CONSOLE_EVTCHN => 0,
-                _ => return Err(Errno::Eperm),
+                HVM_PARAM_CALLBACK_IRQ => 0,
+                index => match TOOLSTACK_PARAMS.iter().position(|&param| param == index) {
+                    Some(slot) => domain.hvm_params[slot],
+                    None => return Err(Errno::Eperm),
+                },
             };
-            space.write(domain, address, request.as_bytes()).map(|()| 0)
+            done(space.write(domain, address, request.as_bytes()).map(|()| 0))
         }
         _ => Err(Errno::Eperm),
+    }
+}
+
+/// The HVM parameters the toolstack sets and the guest reads: the store's
+/// frame and port, the console's frame and port (in `Domain::hvm_params`
+/// order). A port is the guest's own, bound to dom0's end before it runs.
+pub const TOOLSTACK_PARAMS: [u32; 4] = {
+    use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+    [HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_CONSOLE_EVTCHN]
+};
+
+/// `hvm_op` set_param or get_param by dom0 on another domain (the
+/// toolstack): one of [`TOOLSTACK_PARAMS`], else `-EINVAL`. A frame must
+/// be the domain's RAM, a port within its table; `-ESRCH` for a domain
+/// that does not exist.
+fn toolstack_param<P: Platform>(
+    domains: &mut DomainTable<'_, P>,
+    caller: usize,
+    space: &AddressSpace,
+    operation: u64,
+    address: u64,
+) -> Result<u64, Errno> {
+    use abi::xen::hvm::{HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_PFN};
+    let mut request: XenHvmParam = space.read_struct(&domains[caller], address)?;
+    if !domains[caller].privileged {
+        return Err(Errno::Eperm);
+    }
+    let target = domains.slot_of(u32::from(request.domid)).ok_or(Errno::Esrch)?;
+    let slot = TOOLSTACK_PARAMS.iter().position(|&param| param == request.index).ok_or(Errno::Einval)?;
+    match HvmOp::from_number(operation as u32) {
+        Some(HvmOp::SetParam) => {
+            let valid = match request.index {
+                HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN => own_page(&domains[target], request.value).is_ok(),
+                _ => request.value < abi::event::PORT_COUNT as u64,
+            };
+            if !valid {
+                return Err(Errno::Einval);
+            }
+            domains[target].hvm_params[slot] = request.value;
+            Ok(0)
+        }
+        Some(HvmOp::GetParam) => {
+            request.value = domains[target].hvm_params[slot];
+            space.write(&domains[caller], address, request.as_bytes()).map(|()| 0)
+        }
+        _ => Err(Errno::Enosys),
     }
 }
 
@@ -864,10 +925,21 @@ mod tests {
         operation: EvtchnOp,
         request: T,
     ) -> (Result<u64, Errno>, T) {
+        xen_call(hv, caller, H::EventChannelOp, operation.number(), request)
+    }
+
+    /// As [`evtchn`], for any call that takes an operation and a structure.
+    fn xen_call<T: FromBytes + IntoBytes + zerocopy::Immutable>(
+        hv: &mut Hypervisor<'static, Fake>,
+        caller: usize,
+        number: H,
+        operation: u32,
+        request: T,
+    ) -> (Result<u64, Errno>, T) {
         let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         hv.domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
-        let arguments = [u64::from(operation.number()), VIRTUAL, 0, 0, 0];
-        let result = match dispatch(&mut hv.domains[caller], &space, H::EventChannelOp.number(), arguments) {
+        let arguments = [u64::from(operation), VIRTUAL, 0, 0, 0];
+        let result = match dispatch(&mut hv.domains[caller], &space, number.number(), arguments) {
             XenCall::Done(result) => result,
             XenCall::Raise { target, port, from } => {
                 let sender = hv.domains[caller].id;
@@ -875,7 +947,7 @@ mod tests {
                 crate::event_ops::raise_connected(&mut hv.domains[slot], port, sender, from);
                 Ok(0)
             }
-            XenCall::Table => dispatch_table(hv, caller, &space, H::EventChannelOp.number(), arguments),
+            XenCall::Table => dispatch_table(hv, caller, &space, number.number(), arguments),
         };
         let mut bytes = vec![0; size_of::<T>()];
         hv.domains[caller].read_guest(DATA, &mut bytes).unwrap();
@@ -968,6 +1040,56 @@ mod tests {
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
         let theirs = EvtchnAllocUnbound { dom: 2, remote_dom: 1, port: 0 };
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+    }
+
+    #[test]
+    fn the_toolstack_gives_a_guest_its_store_port_and_frame_which_the_guest_reads() {
+        use abi::xen::hvm::{HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+        let mut hv = hypervisor();
+        let (dom0, guest) = (xen_domain(&mut hv.domains, 0), xen_domain(&mut hv.domains, 5));
+        // dom0 allocates the guest's port for itself and binds its end.
+        let offer = EvtchnAllocUnbound { dom: 5, remote_dom: 0, port: 0 };
+        let (result, offer) = evtchn(&mut hv, dom0, EvtchnOp::AllocUnbound, offer);
+        assert_eq!(result, Ok(0));
+        assert_eq!(hv.domains[guest].events.binding(offer.port), Ok(crate::event::Binding::Unbound { remote: 0 }));
+        let bind = EvtchnBindInterdomain { remote_dom: 5, remote_port: offer.port, ..Default::default() };
+        let (result, bound) = evtchn(&mut hv, dom0, EvtchnOp::BindInterdomain, bind);
+        assert_eq!(result, Ok(0));
+        // It sets the parameters; the guest reads them.
+        let param = |domid, index, value| XenHvmParam { domid, index, value, ..Default::default() };
+        let (set, get) = (HvmOp::SetParam.number(), HvmOp::GetParam.number());
+        let hvm = |hv: &mut Hypervisor<'static, Fake>, caller, operation, request| {
+            xen_call(hv, caller, H::HvmOp, operation, request)
+        };
+        assert_eq!(hvm(&mut hv, dom0, set, param(5, HVM_PARAM_STORE_EVTCHN, offer.port.into())).0, Ok(0));
+        assert_eq!(hvm(&mut hv, dom0, set, param(5, HVM_PARAM_STORE_PFN, DATA / 4096)).0, Ok(0));
+        let mine = |index| param(abi::xen::DOMID_SELF, index, 0);
+        assert_eq!(
+            hvm(&mut hv, guest, get, mine(HVM_PARAM_STORE_EVTCHN)),
+            (Ok(0), param(abi::xen::DOMID_SELF, HVM_PARAM_STORE_EVTCHN, offer.port.into()))
+        );
+        assert_eq!(hvm(&mut hv, guest, get, mine(HVM_PARAM_STORE_PFN)).1.value, DATA / 4096);
+        assert_eq!(hvm(&mut hv, guest, get, mine(HVM_PARAM_CONSOLE_PFN)).1.value, 0, "not set yet");
+        assert_eq!(hvm(&mut hv, dom0, get, param(5, HVM_PARAM_STORE_PFN, 0)).1.value, DATA / 4096);
+        // The guest's port reaches dom0's end.
+        assert_eq!(evtchn(&mut hv, guest, EvtchnOp::Send, EvtchnSend { port: offer.port }).0, Ok(0));
+        let pending = SHARED_INFO + 2048 + u64::from(bound.local_port / 64) * 8;
+        assert_eq!(word(&hv.domains, dom0, pending), 1 << (bound.local_port % 64));
+        // Bad values, other parameters and unknown domains are refused.
+        assert_eq!(hvm(&mut hv, dom0, set, param(5, HVM_PARAM_STORE_PFN, 1 << 30)).0, Err(Errno::Einval));
+        assert_eq!(hvm(&mut hv, dom0, set, param(5, HVM_PARAM_STORE_EVTCHN, 256)).0, Err(Errno::Einval));
+        assert_eq!(hvm(&mut hv, dom0, set, param(5, HVM_PARAM_CALLBACK_IRQ, 0)).0, Err(Errno::Einval));
+        assert_eq!(hvm(&mut hv, dom0, set, param(9, HVM_PARAM_STORE_PFN, 1)).0, Err(Errno::Esrch));
+        let offer_for_9 = EvtchnAllocUnbound { dom: 9, remote_dom: 0, port: 0 };
+        assert_eq!(evtchn(&mut hv, dom0, EvtchnOp::AllocUnbound, offer_for_9).0, Err(Errno::Esrch));
+        // A guest sets neither its own nor another's, nor offers ports in
+        // another's table.
+        assert_eq!(hvm(&mut hv, guest, set, param(abi::xen::DOMID_SELF, HVM_PARAM_STORE_PFN, 1)).0, Err(Errno::Eperm));
+        assert_eq!(hvm(&mut hv, guest, set, param(0, HVM_PARAM_STORE_PFN, 1)).0, Err(Errno::Eperm));
+        assert_eq!(hvm(&mut hv, guest, get, param(0, HVM_PARAM_STORE_PFN, 0)).0, Err(Errno::Eperm));
+        let theirs = EvtchnAllocUnbound { dom: 0, remote_dom: 5, port: 0 };
+        assert_eq!(evtchn(&mut hv, guest, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+        assert_eq!(hvm(&mut hv, guest, get, mine(HVM_PARAM_STORE_PFN)).1.value, DATA / 4096, "unchanged");
     }
 
     #[test]

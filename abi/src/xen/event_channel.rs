@@ -113,9 +113,11 @@ numbered_enum! {
         /// number beyond the table.
         Status = 5,
         /// Allocates a port that one remote domain may connect to
-        /// ([`EvtchnAllocUnbound`]). Errors: `-EPERM` `dom` is not the
-        /// caller (unprivileged); `-ESRCH` no such domain; `-ENOSPC` no
-        /// free port.
+        /// ([`EvtchnAllocUnbound`]) in domain `dom`'s table: the caller's
+        /// own, or (dom0, the toolstack) a domain it builds, whose store
+        /// and console ports dom0 allocates this way and then binds.
+        /// Errors: `-EPERM` `dom` is not the caller (unprivileged);
+        /// `-ESRCH` no such domain; `-ENOSPC` no free port.
         AllocUnbound = 6,
         /// Allocates a port whose sends notify a vCPU of the caller's own
         /// domain ([`EvtchnBindIpi`]). Errors: `-ENOENT` no such vCPU;

@@ -12,17 +12,23 @@ numbered_enum! {
     /// HVM operations (`HVMOP_*`), in `rdi`. Mica offers those whose
     /// documentation does not say otherwise; the rest return `-ENOSYS`.
     pub enum HvmOp: u32 {
-        /// Sets a parameter ([`XenHvmParam`]). A guest may set only
-        /// [`HVM_PARAM_CALLBACK_IRQ`]. Errors: `-EINVAL` an index from
-        /// [`HVM_NR_PARAMS`] up, or a value Mica does not accept; `-EPERM`
-        /// a parameter the guest may not set, or another domain;
-        /// `-ESRCH` no such domain.
+        /// Sets a parameter ([`XenHvmParam`]). A guest may set only its
+        /// own [`HVM_PARAM_CALLBACK_IRQ`]. dom0 (the toolstack) sets
+        /// another domain's [`HVM_PARAM_STORE_PFN`],
+        /// [`HVM_PARAM_STORE_EVTCHN`], [`HVM_PARAM_CONSOLE_PFN`] and
+        /// [`HVM_PARAM_CONSOLE_EVTCHN`] (a frame of that domain's RAM, a
+        /// port below 256) before it first runs. Errors: `-EINVAL` an
+        /// index from [`HVM_NR_PARAMS`] up, a value Mica does not accept,
+        /// or (dom0 on another domain) another parameter; `-EPERM` a
+        /// parameter the guest may not set, or another domain; `-ESRCH`
+        /// no such domain.
         SetParam = 0,
         /// Reads a parameter into [`XenHvmParam::value`]. A guest may read
         /// [`HVM_PARAM_CALLBACK_IRQ`], [`HVM_PARAM_STORE_PFN`],
         /// [`HVM_PARAM_STORE_EVTCHN`], [`HVM_PARAM_CONSOLE_PFN`] and
         /// [`HVM_PARAM_CONSOLE_EVTCHN`]; a parameter that was never set
-        /// reads 0. Errors as for [`HvmOp::SetParam`].
+        /// reads 0. dom0 reads those four of any domain. Errors as for
+        /// [`HvmOp::SetParam`].
         GetParam = 1,
         /// Retired: drive a PCI INTx line (device models). Not offered.
         SetPciIntxLevel = 2,
