@@ -52,6 +52,9 @@ pub enum ElfError {
     TooManySegments,
     /// The entry point is not inside an executable segment.
     EntryNotExecutable,
+    /// A Xen PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`) is not a 4- or
+    /// 8-byte number below 4 GiB.
+    BadPvhEntry,
     /// A segment lies outside the memory given to it.
     OutsideMemory,
 }
@@ -75,6 +78,7 @@ impl ElfError {
             ElfError::NoLoadableSegments => "file has no loadable segments",
             ElfError::TooManySegments => "file has too many loadable segments",
             ElfError::EntryNotExecutable => "entry point is not in an executable segment",
+            ElfError::BadPvhEntry => "the Xen PVH entry note is malformed",
             ElfError::OutsideMemory => "a segment lies outside the memory reserved for it",
         }
     }
@@ -113,6 +117,12 @@ pub const PF_R: u32 = 4;
 /// Most loadable segments accepted; real kernels have three or four.
 const MAX_SEGMENTS: usize = 16;
 
+/// Name of Xen's ELF notes.
+const XEN_NOTE_NAME: &str = "Xen";
+/// Xen's note holding a PVH kernel's 32-bit physical entry point
+/// (`abi::xen::start_info::XEN_ELFNOTE_PHYS32_ENTRY`).
+const XEN_ELFNOTE_PHYS32_ENTRY: u64 = 18;
+
 /// A validated ELF64 executable, borrowing the file bytes.
 #[derive(Debug)]
 pub struct ElfImage<'a> {
@@ -122,12 +132,17 @@ pub struct ElfImage<'a> {
     entry: u64,
     /// The `PT_LOAD` segments with memory, in file order.
     segments: ArrayVec<Segment, MAX_SEGMENTS>,
+    /// The PVH entry point from Xen's `PHYS32_ENTRY` note, if any.
+    pvh_entry: Option<u32>,
 }
 
 impl<'a> ElfImage<'a> {
     /// Validates `bytes` as an x86-64 `ET_EXEC` file. Only `PT_LOAD` segments
     /// are kept; other program headers and segments with no memory are
-    /// ignored. The entry point must lie in a segment with `PF_X`.
+    /// ignored, but for Xen's PVH entry note in a `PT_NOTE` segment. The
+    /// entry point must lie in a segment with `PF_X`: the PVH entry at a
+    /// physical address of one when the note is there, else `e_entry` at a
+    /// virtual one.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ElfError> {
         if bytes.len() < FILE_HEADER_SIZE {
             return Err(ElfError::TooShort);
@@ -158,7 +173,11 @@ impl<'a> ElfImage<'a> {
         }
         let entry = header.e_entry;
         let mut segments = ArrayVec::<Segment, MAX_SEGMENTS>::new();
+        let mut pvh_entry = None;
         for header in file.segments().into_iter().flatten() {
+            if header.p_type == abi::PT_NOTE {
+                pvh_entry = pvh_entry.or(xen_pvh_entry(&file, &header)?);
+            }
             let Some(segment) = check_segment(bytes, &header)? else {
                 continue;
             };
@@ -170,18 +189,31 @@ impl<'a> ElfImage<'a> {
         if segments.is_empty() {
             return Err(ElfError::NoLoadableSegments);
         }
-        let entry_is_executable = segments.iter().any(|segment| {
-            segment.flags & PF_X != 0 && segment.virt_addr <= entry && entry - segment.virt_addr < segment.mem_size
-        });
+        let executable = |at: u64, base: fn(&Segment) -> u64| {
+            segments.iter().any(|segment| {
+                segment.flags & PF_X != 0 && base(segment) <= at && at - base(segment) < segment.mem_size
+            })
+        };
+        let entry_is_executable = match pvh_entry {
+            Some(pvh) => executable(u64::from(pvh), |segment| segment.phys_addr),
+            None => executable(entry, |segment| segment.virt_addr),
+        };
         if !entry_is_executable {
             return Err(ElfError::EntryNotExecutable);
         }
-        Ok(Self { bytes, entry, segments })
+        Ok(Self { bytes, entry, segments, pvh_entry })
     }
 
     /// Virtual address of the first instruction.
     pub fn entry(&self) -> u64 {
         self.entry
+    }
+
+    /// The physical address a PVH boot starts at, in 32-bit protected
+    /// mode with paging off (`abi::xen::start_info`): Xen's
+    /// `PHYS32_ENTRY` note. `None` for a kernel without one.
+    pub fn pvh_entry(&self) -> Option<u32> {
+        self.pvh_entry
     }
 
     /// The loadable segments, in file order.
@@ -218,6 +250,27 @@ impl<'a> ElfImage<'a> {
         let highest = self.segments.iter().map(|segment| segment.phys_addr + segment.mem_size).max().unwrap_or(0);
         (lowest, highest)
     }
+}
+
+/// The value of Xen's `PHYS32_ENTRY` note in note segment `header`, if it
+/// has one: a little-endian number of 4 or 8 bytes (Linux writes a
+/// pointer-sized one) below 4 GiB. Notes that do not parse end the search
+/// of this segment: a loader only needs to find this one.
+fn xen_pvh_entry(file: &ElfBytes<LittleEndian>, header: &ProgramHeader) -> Result<Option<u32>, ElfError> {
+    let Ok(notes) = file.segment_data_as_notes(header) else { return Ok(None) };
+    for note in notes {
+        let elf::note::Note::Unknown(note) = note else { continue };
+        if note.n_type != XEN_ELFNOTE_PHYS32_ENTRY || note.name_str().ok() != Some(XEN_NOTE_NAME) {
+            continue;
+        }
+        let value = match *note.desc {
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(ElfError::BadPvhEntry),
+        };
+        return u32::try_from(value).map(Some).map_err(|_| ElfError::BadPvhEntry);
+    }
+    Ok(None)
 }
 
 /// Checks one program header; `None` if it is not a `PT_LOAD` with memory.
@@ -306,7 +359,9 @@ mod tests {
             file[at + 24..at + 32].copy_from_slice(&header.phys.to_le_bytes());
             file[at + 32..at + 40].copy_from_slice(&header.file_size.to_le_bytes());
             file[at + 40..at + 48].copy_from_slice(&header.mem_size.to_le_bytes());
-            file[at + 48..at + 56].copy_from_slice(&0x1000u64.to_le_bytes());
+            // Notes are 4-byte aligned (as Linux's are), loads page-aligned.
+            let align: u64 = if header.kind == 4 { 4 } else { 0x1000 };
+            file[at + 48..at + 56].copy_from_slice(&align.to_le_bytes());
         }
         file
     }
@@ -375,6 +430,57 @@ mod tests {
         // The entry point is virtual: the physical address does not count.
         let file = build(0x100_0004, &[header], 0x1010);
         assert_eq!(ElfImage::parse(&file).unwrap_err(), ElfError::EntryNotExecutable);
+    }
+
+    /// A file like Linux's vmlinux: one executable segment at virtual
+    /// 0xffff_ffff_8100_0000, physical 16 MiB, and a note segment at file
+    /// offset 0x2000 holding a GNU note, then Xen's PVH entry note with a
+    /// `desc` of `entry` (its bytes as given).
+    fn pvh_kernel(entry: &[u8]) -> Vec<u8> {
+        let text = Header {
+            kind: 1,
+            flags: PF_R | PF_X,
+            offset: 0x1000,
+            virt: 0xffff_ffff_8100_0000,
+            phys: 0x100_0000,
+            file_size: 0x1000,
+            mem_size: 0x1000,
+        };
+        let mut notes = Vec::new();
+        let mut note = |name: &[u8], kind: u32, desc: &[u8]| {
+            notes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            notes.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            notes.extend_from_slice(&kind.to_le_bytes());
+            for part in [name, desc] {
+                notes.extend_from_slice(part);
+                notes.resize(notes.len().next_multiple_of(4), 0);
+            }
+        };
+        note(b"GNU\0", 3, &[0xab; 20]);
+        note(b"Xen\0", 18, entry);
+        let size = notes.len() as u64;
+        let note_header =
+            Header { kind: 4, flags: PF_R, offset: 0x2000, virt: 0, phys: 0, file_size: size, mem_size: size };
+        let mut file = build(0x100_0000, &[text, note_header], 0x2000 + notes.len());
+        file[0x2000..].copy_from_slice(&notes);
+        file
+    }
+
+    #[test]
+    fn a_pvh_kernel_names_its_32_bit_entry_in_xens_note() {
+        // Linux writes the entry pointer-sized; others may write 4 bytes.
+        let entry = |file: &[u8]| ElfImage::parse(file).map(|image| image.pvh_entry());
+        assert_eq!(entry(&pvh_kernel(&0x100_0850u64.to_le_bytes())), Ok(Some(0x100_0850)));
+        assert_eq!(entry(&pvh_kernel(&0x100_0004u32.to_le_bytes())), Ok(Some(0x100_0004)));
+        // The PVH entry must be in the executable segment, physically.
+        let outside = pvh_kernel(&0x200_0000u32.to_le_bytes());
+        assert_eq!(ElfImage::parse(&outside).unwrap_err(), ElfError::EntryNotExecutable);
+        let too_high = pvh_kernel(&0x1_0000_0000u64.to_le_bytes());
+        assert_eq!(ElfImage::parse(&too_high).unwrap_err(), ElfError::BadPvhEntry);
+        assert_eq!(ElfImage::parse(&pvh_kernel(&[1, 2])).unwrap_err(), ElfError::BadPvhEntry);
+        // Without the note: an ordinary kernel, whose (virtual) entry is
+        // checked as before.
+        assert_eq!(ElfImage::parse(&typical()).unwrap().pvh_entry(), None);
     }
 
     #[test]
