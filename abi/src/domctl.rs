@@ -148,10 +148,13 @@ pub const FOREIGN_SHARE_PAGES: u64 = 128;
 const _: () = assert!(63 * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
 const _: () = assert!(FOREIGN_WINDOW_SIZE.is_multiple_of(2 << 20));
 
-/// A guest's initial vCPU state, for [`DomCtlOp::SetVcpuContext`]. The
-/// vCPU starts in 64-bit mode with paging on, interrupts off, and flat
-/// segments from a GDT laid out as `hv` documents: null, code (0x08),
-/// data (0x10), TSS (0x18, 16 bytes, base 0, limit 0x67).
+/// A guest's initial vCPU state, for [`DomCtlOp::SetVcpuContext`]. In
+/// [`VCPU_MODE_LONG`] the vCPU starts in 64-bit mode with paging on,
+/// interrupts off, and flat segments from a GDT laid out as `hv`
+/// documents: null, code (0x08), data (0x10), TSS (0x18, 16 bytes, base
+/// 0, limit 0x67). In [`VCPU_MODE_PVH`] (since ABI 1.0) it starts as Xen
+/// starts a PVH kernel (`crate::xen::start_info`): 32-bit protected mode,
+/// paging off, flat 32-bit segments, EBX = `rdi`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct VcpuContext {
@@ -167,9 +170,21 @@ pub struct VcpuContext {
     pub gdt_base: u64,
     /// GDT limit (size in bytes minus one).
     pub gdt_limit: u16,
+    /// [`VCPU_MODE_LONG`] or [`VCPU_MODE_PVH`] (since ABI 1.0; before, a
+    /// reserved zero byte). Anything else: `InvalidArgument`.
+    pub mode: u8,
     /// Reserved, zero.
-    pub _reserved0: [u8; 6],
+    pub _reserved0: [u8; 5],
 }
+
+/// [`VcpuContext::mode`]: Mica's entry, 64-bit mode with paging on
+/// through the tables at `cr3`, RDI = `rdi`.
+pub const VCPU_MODE_LONG: u8 = 0;
+/// [`VcpuContext::mode`]: Xen's PVH entry. `rip` (the kernel's
+/// `PHYS32_ENTRY`) and `rdi` (the `hvm_start_info` address, loaded into
+/// EBX) are below 4 GiB; `rsp`, `cr3`, `gdt_base` and `gdt_limit` are 0
+/// (the kernel sets up its own). Else `InvalidArgument`.
+pub const VCPU_MODE_PVH: u8 = 1;
 
 const _: () = assert!(size_of::<VcpuContext>() == 48);
 const _: () = assert!(offset_of!(VcpuContext, rip) == 0);
@@ -178,6 +193,7 @@ const _: () = assert!(offset_of!(VcpuContext, cr3) == 16);
 const _: () = assert!(offset_of!(VcpuContext, rdi) == 24);
 const _: () = assert!(offset_of!(VcpuContext, gdt_base) == 32);
 const _: () = assert!(offset_of!(VcpuContext, gdt_limit) == 40);
+const _: () = assert!(offset_of!(VcpuContext, mode) == 42);
 
 /// What a vCPU is doing, in [`VcpuInfo::state`].
 #[repr(u32)]

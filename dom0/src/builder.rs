@@ -237,7 +237,8 @@ fn populate_and_load(
         rdi: START_INFO,
         gdt_base: GDT,
         gdt_limit: (INITIAL_GDT.len() * 8 - 1) as u16,
-        _reserved0: [0; 6],
+        mode: abi::domctl::VCPU_MODE_LONG,
+        _reserved0: [0; 5],
     };
     control.set_context(id, &context).map_err(step("set vCPU context"))?;
     control.set_scheduling(id, request.weight, request.cap).map_err(step("set scheduling"))?;

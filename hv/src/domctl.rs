@@ -296,13 +296,24 @@ pub fn start_vcpu<P: Platform>(
         return Err(Error::Busy);
     }
     let canonical = |address: u64| address < (1 << 47);
-    if !canonical(context.rip)
-        || !canonical(context.rsp)
-        || !canonical(context.gdt_base)
-        || !context.cr3.is_multiple_of(abi::PAGE_SIZE)
-        || context.cr3 >= FOREIGN_WINDOW_BASE
-        || context.gdt_limit as usize != INITIAL_GDT.len() * 8 - 1
-    {
+    let valid = match context.mode {
+        abi::domctl::VCPU_MODE_LONG => {
+            canonical(context.rip)
+                && canonical(context.rsp)
+                && canonical(context.gdt_base)
+                && context.cr3.is_multiple_of(abi::PAGE_SIZE)
+                && context.cr3 < FOREIGN_WINDOW_BASE
+                && context.gdt_limit as usize == INITIAL_GDT.len() * 8 - 1
+        }
+        // 32-bit registers; the kernel makes its own stack and tables.
+        abi::domctl::VCPU_MODE_PVH => {
+            context.rip <= u64::from(u32::MAX)
+                && context.rdi <= u64::from(u32::MAX)
+                && (context.rsp, context.cr3, context.gdt_base, context.gdt_limit) == (0, 0, 0, 0)
+        }
+        _ => false,
+    };
+    if !valid {
         return Err(Error::InvalidArgument);
     }
     let setup = VcpuSetup {
@@ -386,6 +397,11 @@ mod tests {
 
     fn call(hv: &mut Hypervisor<Fake>, caller: usize, op: DomCtlOp, [a1, a2, a3, a4]: [u64; 4]) -> Result<u64, Error> {
         domctl(hv, caller, [op as u64, a1, a2, a3, a4])
+    }
+
+    /// A PVH context `start_vcpu` accepts.
+    fn pvh_context() -> VcpuContext {
+        VcpuContext { rip: 0x100_0850, rdi: 0x1000, mode: abi::domctl::VCPU_MODE_PVH, ..VcpuContext::default() }
     }
 
     /// A context `start_vcpu` accepts.
@@ -485,6 +501,11 @@ mod tests {
             VcpuContext { gdt_base: 1 << 63, ..context() },
             VcpuContext { cr3: 0x3008, ..context() },
             VcpuContext { cr3: abi::domctl::FOREIGN_WINDOW_BASE, ..context() },
+            VcpuContext { mode: 2, ..context() },
+            VcpuContext { mode: abi::domctl::VCPU_MODE_PVH, ..context() },
+            VcpuContext { mode: abi::domctl::VCPU_MODE_PVH, rip: 1 << 32, ..pvh_context() },
+            VcpuContext { mode: abi::domctl::VCPU_MODE_PVH, rdi: 1 << 32, ..pvh_context() },
+            VcpuContext { mode: abi::domctl::VCPU_MODE_PVH, rsp: 0x1000, ..pvh_context() },
             VcpuContext { gdt_limit: 47, ..context() },
         ];
         for context in bad {
@@ -501,6 +522,9 @@ mod tests {
         assert!(!hv.domains[target].has_vcpu());
         assert_eq!(call(&mut hv, 0, DomCtlOp::Unpause, [id as u64, 0, 0, 0]), Err(Error::Busy), "nothing to run");
         assert_eq!(call(&mut hv, 0, DomCtlOp::SetVcpuContext, [id as u64, 1 << 40, 0, 0]), Err(Error::BadAddress));
+        // A PVH kernel's entry state is taken.
+        assert_eq!(set_context(&mut hv, id, &pvh_context()).map(|_| ()), Ok(()));
+        assert!(hv.domains[target].has_vcpu());
     }
 
     #[test]

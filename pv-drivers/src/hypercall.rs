@@ -185,7 +185,8 @@ pub fn vcpu_entry_context(
         rdi: argument,
         gdt_base,
         gdt_limit,
-        _reserved0: [0; 6],
+        mode: abi::domctl::VCPU_MODE_LONG,
+        _reserved0: [0; 5],
     }
 }
 
@@ -393,7 +394,8 @@ mod tests {
             rdi: 0xdead_beef,
             gdt_base: 0x3000,
             gdt_limit: 39,
-            _reserved0: [0; 6],
+            mode: abi::domctl::VCPU_MODE_LONG,
+            _reserved0: [0; 5],
         };
         assert_eq!(context, expected);
     }

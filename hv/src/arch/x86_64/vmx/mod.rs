@@ -702,6 +702,13 @@ fn launch_failed(status: u64) -> Exit {
 
 /// Guest segment access rights (SDM Vol. 3C 25.4.1, Table 25-2).
 const CODE64_ACCESS: u64 = 0xa09b;
+/// 32-bit code, execute/read, accessed, present, 4 KiB granular (PVH entry).
+const CODE32_ACCESS: u64 = 0xc09b;
+/// CR0's protection-enable and paging bits.
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+/// Guest CR0 at a PVH entry: PE | ET | NE, paging off.
+const PVH_CR0: u64 = 0x0000_0031;
 const DATA_ACCESS: u64 = 0xc093;
 const TASK_BUSY_ACCESS: u64 = 0x8b;
 const UNUSABLE: u64 = 1 << 16;
@@ -783,7 +790,22 @@ impl Vcpu {
         write(Field::HostPat, host_pat);
         write(Field::HostRip, enter::vmx_exit as *const () as u64);
 
-        // Guest state (SDM 26.3.1): 64-bit mode, flat segments, paging on.
+        // Guest state (SDM 26.3.1): 64-bit mode, flat segments, paging on;
+        // or Xen's PVH entry: 32-bit protected mode, paging off (allowed by
+        // unrestricted guest), flat 32-bit segments, no IA-32e mode until
+        // the kernel turns it on (a VM exit then stores EFER.LMA into the
+        // IA-32e mode guest entry control, SDM 28.3.1).
+        let pvh = context.mode == abi::domctl::VCPU_MODE_PVH;
+        let (cr0, cr4, code_access) = if pvh {
+            let cr0 = (PVH_CR0 | capabilities.cr0_fixed0 & !(CR0_PE | CR0_PG)) & capabilities.cr0_fixed1;
+            write(Field::Cr0ReadShadow, cr0);
+            write(Field::Cr4ReadShadow, 0);
+            let entry = capabilities.entry & !EntryControls::IA32E_MODE_GUEST.bits();
+            write(Field::EntryControls, entry as u64);
+            (cr0, capabilities.cr4_fixed0 & capabilities.cr4_fixed1, CODE32_ACCESS)
+        } else {
+            (cr0, cr4, CODE64_ACCESS)
+        };
         write(Field::GuestCr0, cr0);
         write(Field::GuestCr3, context.cr3);
         write(Field::GuestCr4, cr4);
@@ -791,13 +813,13 @@ impl Vcpu {
         write(Field::GuestRsp, context.rsp);
         write(Field::GuestRip, context.rip);
         write(Field::GuestRflags, 0x2);
-        write(Field::GuestEfer, GUEST_EFER);
+        write(Field::GuestEfer, if pvh { 0 } else { GUEST_EFER });
         write(Field::GuestPat, DEFAULT_PAT);
         write(Field::GuestDebugControl, 0);
         write(Field::GuestCsSelector, guest_gdt::CODE as u64);
         write(Field::GuestCsBase, 0);
         write(Field::GuestCsLimit, 0xffff_ffff);
-        write(Field::GuestCsAccessRights, CODE64_ACCESS);
+        write(Field::GuestCsAccessRights, code_access);
         for (selector, base, limit, access) in [
             (Field::GuestSsSelector, Field::GuestSsBase, Field::GuestSsLimit, Field::GuestSsAccessRights),
             (Field::GuestDsSelector, Field::GuestDsBase, Field::GuestDsLimit, Field::GuestDsAccessRights),
@@ -836,7 +858,11 @@ impl Vcpu {
             return Err("VMCLEAR failed");
         }
         super::smp::set_current_vmcs(0);
-        let registers = GuestRegisters { rdi: context.rdi, ..GuestRegisters::default() };
+        let registers = if pvh {
+            GuestRegisters { rbx: context.rdi, ..GuestRegisters::default() }
+        } else {
+            GuestRegisters { rdi: context.rdi, ..GuestRegisters::default() }
+        };
         Ok(Vcpu {
             ids: (setup.domain_id, setup.vcpu_id),
             vmcs_region,
