@@ -19,12 +19,29 @@
 //! | 0x11000             | store ring page                       |
 //! | 0x40000 - 0x7ffff   | initial stack                         |
 //! | 0x100000 -          | kernel, then free RAM                  |
+//!
+//! A kernel with Xen's PVH entry note (`ElfImage::pvh_entry`) is started
+//! as Xen starts a PVH kernel instead (`abi::xen::start_info`): 32-bit
+//! protected mode at that entry, EBX pointing at an `hvm_start_info`, its
+//! store and console found through HVM parameters, no page tables or GDT
+//! of the builder's:
+//!
+//! | range               | contents                                   |
+//! |---------------------|--------------------------------------------|
+//! | 0x0000              | reserved (null guard)                      |
+//! | 0x1000              | `hvm_start_info`, then the memory map      |
+//! | 0x2000              | command line (NUL-terminated)              |
+//! | 0x3000              | console ring page (reserved in the map)    |
+//! | 0x4000              | store ring page (reserved in the map)      |
+//! | 0x5000 -            | RAM; the kernel where its segments say     |
 
-use abi::domctl::{INITIAL_GDT, VcpuContext};
+use abi::domctl::{INITIAL_GDT, VCPU_MODE_PVH, VcpuContext};
 use abi::start_info::{MemoryKind, StartInfo};
+use abi::xen::start_info::{HvmMemmapTableEntry, HvmMemmapType, HvmStartInfo};
 use abi::{DomainId, Error};
 use hvcore::elf::{ElfError, ElfImage};
 use hvcore::paging::{Access, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
+use zerocopy::IntoBytes;
 
 pub const START_INFO: u64 = 0x1000;
 pub const GDT: u64 = 0x2000;
@@ -38,6 +55,19 @@ pub const STACK_TOP: u64 = 0x80000;
 pub const KERNEL_BASE: u64 = 0x100000;
 /// Guest-physical space the initial page tables identity-map.
 pub const IDENTITY_MAP: u64 = 1 << 30;
+
+/// A PVH boot's `hvm_start_info` (the memory map follows it).
+pub const PVH_START_INFO: u64 = 0x1000;
+/// The memory map, after the start info in its page.
+pub const PVH_MEMMAP: u64 = PVH_START_INFO + 0x100;
+/// A PVH boot's command line.
+pub const PVH_CMDLINE: u64 = 0x2000;
+/// A PVH boot's console ring page.
+pub const PVH_CONSOLE_PAGE: u64 = 0x3000;
+/// A PVH boot's store ring page.
+pub const PVH_STORE_PAGE: u64 = 0x4000;
+/// Where a PVH boot's RAM starts (below: the builder's pages).
+pub const PVH_RAM: u64 = 0x5000;
 /// Smallest guest: 2 MiB.
 pub const MIN_MEMORY: u64 = 2 << 20;
 
@@ -56,6 +86,9 @@ pub trait DomainControl {
     /// Sets up the store for `domain`, whose ring page is at `page`; returns
     /// dom0's port for the guest to bind.
     fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
+    /// Sets HVM parameter `index` (`abi::xen::hvm`) of `domain` to `value`
+    /// (Xen's toolstack call; the PVH boot's store and console).
+    fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error>;
     fn destroy(&mut self, domain: DomainId);
 }
 
@@ -145,10 +178,16 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
     if !(MIN_MEMORY..=IDENTITY_MAP).contains(&memory) || !memory.is_multiple_of(4096) {
         return Err(BuildError::Memory);
     }
-    image.check_fits(KERNEL_BASE, memory).map_err(BuildError::Kernel)?;
+    let pvh = image.pvh_entry().is_some();
+    image.check_fits(if pvh { PVH_RAM } else { KERNEL_BASE }, memory).map_err(BuildError::Kernel)?;
     let pages = memory / 4096;
     let id = control.create(pages).map_err(|error| BuildError::Hypervisor("create", error))?;
-    match populate_and_load(control, id, &image, request) {
+    let built = if pvh {
+        populate_and_load_pvh(control, id, &image, request)
+    } else {
+        populate_and_load(control, id, &image, request)
+    };
+    match built {
         Ok(()) => Ok(id),
         Err(error) => {
             control.destroy(id);
@@ -245,6 +284,60 @@ fn populate_and_load(
     Ok(())
 }
 
+/// The PVH boot of a kernel with Xen's entry note (see the module docs):
+/// its segments, an `hvm_start_info` with the command line and memory map,
+/// the store and console as HVM parameters, vCPU 0 at the 32-bit entry.
+fn populate_and_load_pvh(
+    control: &mut impl DomainControl,
+    id: DomainId,
+    image: &ElfImage,
+    request: &BuildRequest,
+) -> Result<(), BuildError> {
+    use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+    let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
+    let memory = request.memory_bytes;
+    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
+    for segment in image.segments() {
+        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
+    }
+    let mut cmdline = [0u8; 4096];
+    let length = request.cmdline.len().min(cmdline.len() - 1);
+    cmdline[..length].copy_from_slice(&request.cmdline.as_bytes()[..length]);
+    control.copy(id, PVH_CMDLINE, &cmdline[..=length]).map_err(step("write command line"))?;
+
+    let console_port = control.connect_console(id, PVH_CONSOLE_PAGE).map_err(step("connect console"))?;
+    let store_port = control.connect_store(id, PVH_STORE_PAGE).map_err(step("connect store"))?;
+    for (index, value) in [
+        (HVM_PARAM_CONSOLE_PFN, PVH_CONSOLE_PAGE / 4096),
+        (HVM_PARAM_CONSOLE_EVTCHN, u64::from(console_port)),
+        (HVM_PARAM_STORE_PFN, PVH_STORE_PAGE / 4096),
+        (HVM_PARAM_STORE_EVTCHN, u64::from(store_port)),
+    ] {
+        control.set_hvm_param(id, index, value).map_err(step("set HVM parameters"))?;
+    }
+
+    let memmap = [(0, PVH_RAM, HvmMemmapType::Reserved), (PVH_RAM, memory - PVH_RAM, HvmMemmapType::Ram)]
+        .map(|(addr, size, kind)| HvmMemmapTableEntry { addr, size, r#type: kind.number(), reserved: 0 });
+    let info = HvmStartInfo {
+        cmdline_paddr: PVH_CMDLINE,
+        memmap_paddr: PVH_MEMMAP,
+        memmap_entries: memmap.len() as u32,
+        ..HvmStartInfo::new()
+    };
+    control.copy(id, PVH_START_INFO, info.as_bytes()).map_err(step("write start info"))?;
+    control.copy(id, PVH_MEMMAP, memmap.as_bytes()).map_err(step("write memory map"))?;
+
+    let context = VcpuContext {
+        rip: image.pvh_entry().map_or(0, u64::from),
+        rdi: PVH_START_INFO,
+        mode: VCPU_MODE_PVH,
+        ..VcpuContext::default()
+    };
+    control.set_context(id, &context).map_err(step("set vCPU context"))?;
+    control.set_scheduling(id, request.weight, request.cap).map_err(step("set scheduling"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +353,7 @@ mod tests {
         context: Option<VcpuContext>,
         fail_at: Option<&'static str>,
         destroyed: Vec<DomainId>,
+        params: HashMap<(DomainId, u32), u64>,
     }
 
     impl Mock {
@@ -307,14 +401,19 @@ mod tests {
             Ok(())
         }
         fn connect_console(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
-            assert_eq!(page, CONSOLE_PAGE);
+            assert!([CONSOLE_PAGE, PVH_CONSOLE_PAGE].contains(&page));
             self.fail("console")?;
             Ok(5)
         }
         fn connect_store(&mut self, _domain: DomainId, page: u64) -> Result<u32, Error> {
-            assert_eq!(page, STORE_PAGE);
+            assert!([STORE_PAGE, PVH_STORE_PAGE].contains(&page));
             self.fail("store")?;
             Ok(7)
+        }
+        fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error> {
+            self.fail("param")?;
+            self.params.insert((domain, index), value);
+            Ok(())
         }
         fn destroy(&mut self, domain: DomainId) {
             assert!(self.live.remove(&domain));
@@ -351,6 +450,71 @@ mod tests {
             *byte = 0x90 ^ i as u8;
         }
         elf
+    }
+
+    /// [`kernel`] with a second program header: a note segment holding
+    /// Xen's PVH entry note (entry 1 MiB + 16, 8 bytes as Linux writes it).
+    fn pvh_kernel() -> Vec<u8> {
+        let mut elf = kernel();
+        let mut note = Vec::new();
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&8u32.to_le_bytes());
+        note.extend_from_slice(&18u32.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&0x100010u64.to_le_bytes());
+        let note_offset = elf.len() as u64;
+        elf.extend_from_slice(&note);
+        // The header table grows by one entry: move it to the end.
+        let table = elf.len() as u64;
+        let mut headers = elf[64..120].to_vec();
+        let mut header = [0u8; 56];
+        header[0..4].copy_from_slice(&4u32.to_le_bytes());
+        header[4..8].copy_from_slice(&4u32.to_le_bytes());
+        header[8..16].copy_from_slice(&note_offset.to_le_bytes());
+        header[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        header[40..48].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        header[48..56].copy_from_slice(&4u64.to_le_bytes());
+        headers.extend_from_slice(&header);
+        elf.extend_from_slice(&headers);
+        elf[32..40].copy_from_slice(&table.to_le_bytes());
+        elf[56..58].copy_from_slice(&2u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn a_pvh_kernel_starts_in_32_bit_mode_with_an_hvm_start_info() {
+        use abi::xen::hvm::{
+            HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
+        };
+        use zerocopy::FromBytes;
+        let kernel = pvh_kernel();
+        let mut mock = Mock::default();
+        let id = build(&mut mock, &request(&kernel)).unwrap();
+        assert_eq!(mock.memory[&id][&0x100000], 0x90, "segments at their physical addresses");
+        let context = mock.context.unwrap();
+        assert_eq!(
+            context,
+            VcpuContext { rip: 0x100010, rdi: PVH_START_INFO, mode: VCPU_MODE_PVH, ..VcpuContext::default() }
+        );
+        let bytes = |address: u64, length: usize| -> Vec<u8> {
+            (0..length as u64).map(|i| *mock.memory[&id].get(&(address + i)).unwrap_or(&0)).collect()
+        };
+        let info = HvmStartInfo::read_from_bytes(&bytes(PVH_START_INFO, 56)).unwrap();
+        assert!(info.has_memmap());
+        assert_eq!((info.cmdline_paddr, info.memmap_paddr, info.memmap_entries), (PVH_CMDLINE, PVH_MEMMAP, 2));
+        assert_eq!(bytes(PVH_CMDLINE, 10), b"mode=test\0");
+        let map = <[HvmMemmapTableEntry; 2]>::read_from_bytes(&bytes(PVH_MEMMAP, 48)).unwrap();
+        assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, PVH_RAM, 2), "the builder's pages reserved");
+        assert_eq!((map[1].addr, map[1].size, map[1].r#type), (PVH_RAM, (16 << 20) - PVH_RAM, 1));
+        // The store and console, as Xen's guests look for them.
+        assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_PFN)], PVH_CONSOLE_PAGE / 4096);
+        assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_EVTCHN)], 5);
+        assert_eq!(mock.params[&(id, HVM_PARAM_STORE_PFN)], PVH_STORE_PAGE / 4096);
+        assert_eq!(mock.params[&(id, HVM_PARAM_STORE_EVTCHN)], 7);
+        // A failing parameter destroys the half-built domain.
+        let mut failing = Mock { fail_at: Some("param"), ..Mock::default() };
+        assert!(matches!(build(&mut failing, &request(&kernel)), Err(BuildError::Hypervisor("set HVM parameters", _))));
+        assert_eq!(failing.destroyed, [1]);
     }
 
     fn request(kernel: &[u8]) -> BuildRequest<'_> {

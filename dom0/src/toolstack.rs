@@ -444,6 +444,16 @@ impl DomainControl for Hypervisor {
         hypercall::domctl(DomCtlOp::SetScheduling, domain, weight as u64, cap as u64, 0).map(|_| ())
     }
 
+    fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error> {
+        use abi::xen::Errno;
+        let domid = u16::try_from(domain).map_err(|_| Error::InvalidArgument)?;
+        pv_drivers::xen::set_hvm_param(domid, index, value).map_err(|errno| match errno {
+            Errno::Esrch => Error::NotFound,
+            Errno::Eperm => Error::Permission,
+            _ => Error::InvalidArgument,
+        })
+    }
+
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
         let (address, slot, port) = self.map_and_bind(domain, page)?;
         // SAFETY: hv just mapped the guest's console page read-write at this

@@ -162,3 +162,24 @@ pub fn shutdown(reason: ShutdownReason) -> Result<(), Errno> {
     // SAFETY: hv reads `request`, which outlives the call.
     unsafe { call(Hypercall::SchedOp, [u64::from(SchedOp::Shutdown.number()), address, 0]) }.map(|_| ())
 }
+
+/// HVM parameter `index` (`abi::xen::hvm`) of domain `domid`
+/// (`DOMID_SELF` for the caller): its store and console frame and port.
+pub fn hvm_param(domid: u16, index: u32) -> Result<u64, Errno> {
+    use abi::xen::hvm::{HvmOp, XenHvmParam};
+    let mut request = XenHvmParam { domid, index, ..Default::default() };
+    let address = &raw mut request as u64;
+    // SAFETY: hv reads and writes `request`, which outlives the call.
+    unsafe { call(Hypercall::HvmOp, [u64::from(HvmOp::GetParam.number()), address, 0]) }?;
+    Ok(request.value)
+}
+
+/// Sets HVM parameter `index` of domain `domid` to `value`: a guest its
+/// own callback vector; dom0 (the toolstack) a domain's store and console.
+pub fn set_hvm_param(domid: u16, index: u32, value: u64) -> Result<(), Errno> {
+    use abi::xen::hvm::{HvmOp, XenHvmParam};
+    let request = XenHvmParam { domid, index, value, ..Default::default() };
+    let address = &raw const request as u64;
+    // SAFETY: hv reads `request`, which outlives the call.
+    unsafe { call(Hypercall::HvmOp, [u64::from(HvmOp::SetParam.number()), address, 0]) }.map(|_| ())
+}
