@@ -48,7 +48,7 @@ const DOM0_PORTS: [core::ops::Range<u16>; 6] = [
     // PCI configuration mechanism #1: the data port. The address port
     // 0xcf8 shares its doubleword with 0xcf9, the PIIX reset control
     // register (hv's), so it exits and hv performs dom0's doubleword
-    // accesses to it (see `Hypervisor::handle_exit`).
+    // accesses to it (see `hvcore::exits::handle_exit`).
     0xcfc..0xd00,
     // ATA primary and secondary channels: command blocks and control ports.
     0x1f0..0x1f8,

@@ -1,7 +1,7 @@
 //! A [`Platform`] over plain memory for host tests: frames in a map, one
 //! thread's machine per test thread (tests run in parallel, each with its
 //! own), and a record of what hvcore asked of the machine (kicks, wake-ups,
-//! flushes, released vCPUs, interrupt lines, log lines).
+//! flushes, released vCPUs, interrupt lines, log lines) and of a vCPU.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use spin::mutex::TicketMutex;
 
 use crate::log_ring::Level;
 use crate::paging::TableMemory;
-use crate::platform::{Platform, SCHEDULER_ENTRIES, VcpuSetup};
+use crate::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use crate::scheduler::Scheduler;
 
 /// The fake machine's RAM, in frames (`total_pages`).
@@ -23,12 +23,76 @@ pub const TSC_KHZ: u64 = 2_000_000;
 /// The fake machine.
 pub struct Fake;
 
-/// A fake vCPU: its instruction pointer and a frame standing for its VMCS
-/// (so a vCPU never released shows as a frame never freed).
-#[derive(Debug)]
+/// The fake machine's XCR0 bits (`xcr0_supported`): x87, SSE, AVX.
+pub const XCR0_SUPPORTED: u64 = 0b111;
+/// The fake machine's kick vector.
+pub const KICK_VECTOR: u8 = 0xf1;
+
+/// A fake vCPU: its instruction pointer, a frame standing for its VMCS
+/// (so a vCPU never released shows as a frame never freed), the registers
+/// exits read and what was asked of it.
+#[derive(Debug, Default)]
 pub struct FakeVcpu {
     pub rip: u64,
     pub frame: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    /// Instructions skipped.
+    pub skipped: u32,
+    /// Exceptions injected: (vector, error code).
+    pub exceptions: Vec<(u8, Option<u32>)>,
+    pub interrupt_window_exiting: bool,
+    /// How many times an interrupted event was queued again.
+    pub requeued: u32,
+    /// Whether `emulate_control_register` accepts an access.
+    pub emulates_control_registers: bool,
+    /// The qualifications of the control-register accesses asked.
+    pub control_registers: Vec<u64>,
+    /// The supported bits passed with each XSETBV.
+    pub xsetbv: Vec<u64>,
+    /// How many CPUIDs were emulated.
+    pub cpuids: u32,
+}
+
+impl VcpuOps for FakeVcpu {
+    fn rip(&self) -> u64 {
+        self.rip
+    }
+    fn rax(&self) -> u64 {
+        self.rax
+    }
+    fn rcx(&self) -> u64 {
+        self.rcx
+    }
+    fn rdx(&self) -> u64 {
+        self.rdx
+    }
+    fn set_rax(&mut self, value: u64) {
+        self.rax = value;
+    }
+    fn skip_instruction(&mut self) {
+        self.skipped += 1;
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.exceptions.push((vector, error_code));
+    }
+    fn set_interrupt_window_exiting(&mut self, enabled: bool) {
+        self.interrupt_window_exiting = enabled;
+    }
+    fn requeue_interrupted_event(&mut self) {
+        self.requeued += 1;
+    }
+    fn emulate_control_register(&mut self, qualification: u64) -> bool {
+        self.control_registers.push(qualification);
+        self.emulates_control_registers
+    }
+    fn emulate_xsetbv(&mut self, supported: u64) {
+        self.xsetbv.push(supported);
+    }
+    fn emulate_cpuid(&mut self) {
+        self.cpuids += 1;
+    }
 }
 
 /// What the machine holds and what was asked of it.
@@ -54,6 +118,14 @@ pub struct State {
     pub online_cpus: u64,
     /// `create_vcpu` refuses the state (as a CPU whose VM entry checks fail).
     pub refuse_vcpus: bool,
+    pub end_of_interrupts: u32,
+    /// The vectors `record_device_vector` was given.
+    pub device_vectors: Vec<u8>,
+    /// The PCI configuration address port's latch.
+    pub pci_config_address: u32,
+    /// NMIs counted while a guest ran, and while hv ran.
+    pub nmis: u64,
+    pub nmis_in_root: u64,
 }
 
 thread_local! {
@@ -188,7 +260,7 @@ impl Platform for Fake {
             return Err(Error::InvalidArgument);
         }
         let frame = Self::allocate_frame().ok_or(Error::OutOfMemory)?;
-        Ok(FakeVcpu { rip: setup.context.rip, frame })
+        Ok(FakeVcpu { rip: setup.context.rip, frame, ..FakeVcpu::default() })
     }
     fn release_vcpu(vcpu: FakeVcpu) {
         Self::free_frame(vcpu.frame);
@@ -205,6 +277,31 @@ impl Platform for Fake {
     }
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         SCHEDULER.with(|scheduler| *scheduler)
+    }
+    const KICK_VECTOR: u8 = KICK_VECTOR;
+    fn end_of_interrupt() {
+        with(|state| state.end_of_interrupts += 1);
+    }
+    fn record_device_vector(vector: u8) {
+        with(|state| state.device_vectors.push(vector));
+    }
+    fn read_pci_config_address() -> u32 {
+        with(|state| state.pci_config_address)
+    }
+    fn write_pci_config_address(value: u32) {
+        with(|state| state.pci_config_address = value);
+    }
+    fn count_nmi() -> u64 {
+        with(|state| {
+            state.nmis += 1;
+            state.nmis
+        })
+    }
+    fn nmis_in_root() -> u64 {
+        with(|state| state.nmis_in_root)
+    }
+    fn xcr0_supported() -> u64 {
+        XCR0_SUPPORTED
     }
     fn mask_line(line: u8) {
         with(|state| state.masked_lines.push(line));

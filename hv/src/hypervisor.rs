@@ -31,9 +31,10 @@
 //! stays valid while it runs one of the domain's vCPUs.
 
 use abi::DomainId;
-use abi::info::{CrashReason, HvInfo};
+use abi::info::HvInfo;
 use hvcore::domctl::State;
 use hvcore::event_ops::Call;
+use hvcore::exits::Exit;
 use hvcore::platform::Platform;
 use hvcore::platform::SCHEDULER_ENTRIES;
 use hvcore::scheduler::Scheduler;
@@ -41,9 +42,9 @@ use hvcore::xen::XenCall;
 use spin::mutex::TicketMutex;
 
 use crate::arch::machine::Machine;
-use crate::arch::vmx::{Exit, Vcpu};
+use crate::arch::vmx::Vcpu;
 use crate::arch::{cpu, lapic, smp};
-use hvcore::domain::{CrashDetails, DomainGuard as Guard, from_sched_key, sched_key};
+use hvcore::domain::{DomainGuard as Guard, from_sched_key, sched_key};
 
 /// Longest time slice in TSC ticks (about 2 million instructions under
 /// Bochs, where the TSC counts instructions; about 1 ms on a 2 GHz CPU).
@@ -61,15 +62,6 @@ fn preemption_ticks(tsc: u64, rate: u8) -> u32 {
 }
 
 const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// PCI configuration mechanism #1's address port (see `handle_exit`).
-const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
-
-/// Hypercall exits are handled inline in `run_slice`; this arm is never taken.
-fn unreachable_hypercall() -> bool {
-    crate::error!("hypercall exit reached the generic handler (hv bug)");
-    true
-}
 
 /// A domain on this machine.
 pub type Domain = hvcore::domain::Domain<Machine>;
@@ -122,199 +114,6 @@ pub fn info(hv: &Hypervisor) -> HvInfo {
         hv_version,
         cpus,
     }
-}
-
-/// Handles one VM exit of vCPU `vcpu_index` of `domain` (`vcpu`, which
-/// this CPU runs). Returns false when the scheduler should pick again.
-#[inline]
-fn handle_exit(domain: &mut Domain, vcpu: &mut Vcpu, vcpu_index: usize, exit: Exit) -> bool {
-    if exit.may_interrupt_delivery() {
-        vcpu.requeue_interrupted_event();
-    }
-    match exit {
-        Exit::Hypercall => unreachable_hypercall(),
-        Exit::HypercallFromUserMode => {
-            // The kernel's user program gets the documented refusal
-            // (abi: hypercalls are refused from CPL > 0); nothing runs.
-            vcpu.registers.rax = abi::Error::Permission.code() as u64;
-            vcpu.skip_instruction();
-            true
-        }
-        Exit::Cpuid => {
-            emulate_cpuid(vcpu);
-            true
-        }
-        Exit::PreemptionTimer => false,
-        Exit::InterruptWindow => {
-            vcpu.set_interrupt_window_exiting(false);
-            true
-        }
-        Exit::ExternalInterrupt { vector: smp::KICK_VECTOR } => {
-            // Another CPU changed this domain's flags (an event, a
-            // pause): the run loop looks at them before the next entry.
-            lapic::end_of_interrupt();
-            true
-        }
-        Exit::ExternalInterrupt { vector } => {
-            // A device line is recorded and delivered by the run loop;
-            // anything else was only a wake-up.
-            crate::arch::ioapic::record(vector);
-            lapic::end_of_interrupt();
-            false
-        }
-        Exit::Halt => {
-            vcpu.skip_instruction();
-            hvcore::event_ops::block(domain, vcpu_index);
-            false
-        }
-        Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
-            // dom0's PCI configuration address: any value only selects
-            // a register (the data port passes through); 0xcf9 stays hv's.
-            // SAFETY: the address latch of configuration mechanism #1,
-            // doubleword access only, which never reaches 0xcf9's reset bits.
-            unsafe {
-                if input {
-                    vcpu.registers.rax = cpu::inl(PCI_CONFIG_ADDRESS) as u64;
-                } else {
-                    cpu::outl(PCI_CONFIG_ADDRESS, vcpu.registers.rax as u32);
-                }
-            }
-            vcpu.skip_instruction();
-            true
-        }
-        Exit::Io { port, size, input, string } => {
-            let rip = vcpu.rip();
-            if input && !string {
-                // Reads of absent devices float high.
-                let mask = match size {
-                    1 => 0xff,
-                    2 => 0xffff,
-                    _ => 0xffff_ffff,
-                };
-                vcpu.registers.rax |= mask;
-            }
-            vcpu.skip_instruction();
-            let direction = if input { "read from" } else { "write to" };
-            domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
-            true
-        }
-        Exit::MsrWrite if vcpu.registers.rcx as u32 == abi::xen::hypercall::HYPERCALL_PAGE_MSR => {
-            let value = vcpu.registers.rdx << 32 | (vcpu.registers.rax & 0xffff_ffff);
-            if hvcore::xen::fill_hypercall_page(domain, value).is_err() {
-                return refuse_with_gp(domain, vcpu, format_args!("hypercall page at {value:#x}"));
-            }
-            vcpu.skip_instruction();
-            true
-        }
-        Exit::MsrRead | Exit::MsrWrite => {
-            let msr = vcpu.registers.rcx as u32;
-            let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
-            refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"))
-        }
-        Exit::EptViolation { guest_physical, qualification } => {
-            let rip = vcpu.rip();
-            let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
-            domain.crash_with(CrashReason::EptViolation, details, format_args!(
-                "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
-            ));
-            false
-        }
-        Exit::EptMisconfiguration { guest_physical } => {
-            let details = CrashDetails { exit_reason: 49, guest_physical, ..CrashDetails::default() };
-            domain.crash_with(
-                CrashReason::EptMisconfiguration,
-                details,
-                format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"),
-            );
-            false
-        }
-        Exit::TripleFault => {
-            let rip = vcpu.rip();
-            let details = CrashDetails { exit_reason: 2, rip, ..CrashDetails::default() };
-            domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
-            false
-        }
-        Exit::Nmi => {
-            // hv's NMI (hv has no NMI source of its own: a platform or
-            // watchdog event). It is no fault of the guest, which runs on.
-            let count = crate::arch::vmx::count_nmi();
-            if count <= 8 {
-                let in_root = crate::arch::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed);
-                crate::warning!(
-                    "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
-                    domain.id
-                );
-            }
-            true
-        }
-        Exit::Exception { information } => {
-            domain.crash(vcpu.rip(), format_args!("unexpected exception exit (information {information:#x})"));
-            false
-        }
-        Exit::ControlRegister { qualification } => {
-            if vcpu.emulate_control_register(qualification) {
-                return true;
-            }
-            let rip = vcpu.rip();
-            domain.crash(
-                rip,
-                format_args!("refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"),
-            );
-            false
-        }
-        Exit::Xsetbv => {
-            vcpu.emulate_xsetbv(smp::capabilities().xcr0_supported);
-            true
-        }
-        Exit::CacheFlush => {
-            // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
-            // hv maps all guest memory write-back, so no domain needs
-            // caches written back (and INVD would drop other domains'
-            // and hv's dirty lines).
-            vcpu.skip_instruction();
-            true
-        }
-        Exit::VmxInstruction => {
-            // As on a CPU without VMX, which is what CPUID shows.
-            vcpu.inject_exception(6, None);
-            true
-        }
-        Exit::Rdpmc | Exit::DebugRegister => {
-            // Performance counters are not switched between domains,
-            // so none may use them. MOV DR does not exit (debug
-            // registers are per vCPU); were a CPU to force the exit,
-            // refusing it keeps domains apart all the same.
-            let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
-            refuse_with_gp(domain, vcpu, format_args!("{what}"))
-        }
-        Exit::EntryFailure { reason, qualification } => {
-            domain
-                .crash(vcpu.rip(), format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
-            false
-        }
-        Exit::LaunchFailed { error } => {
-            domain.crash(vcpu.rip(), format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
-            false
-        }
-        Exit::Other { reason, qualification } => {
-            let rip = vcpu.rip();
-            domain.crash(
-                rip,
-                format_args!("unhandled VM exit reason {reason} (qualification {qualification:#x}) at rip {rip:#x}"),
-            );
-            false
-        }
-    }
-}
-
-/// Refuses the instruction that exited as a CPU without it would, with
-/// #GP(0), and logs `what` (rate-limited: `Domain::report_refusal`).
-/// Returns true: the vCPU runs on.
-fn refuse_with_gp(domain: &mut Domain, vcpu: &mut Vcpu, what: core::fmt::Arguments) -> bool {
-    let rip = vcpu.rip();
-    vcpu.inject_exception(13, Some(0));
-    domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
-    true
 }
 
 /// Runs domains on this CPU forever: every CPU's loop after boot. It
@@ -541,7 +340,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                 Err(exit) => (exit, u32::MAX),
             };
             domain.count_exit(reason);
-            if !handle_exit(&mut domain, &mut vcpu, v, exit) || domain.vcpus[v].reschedule {
+            if !hvcore::exits::handle_exit(&mut domain, &mut vcpu, v, exit) || domain.vcpus[v].reschedule {
                 break;
             }
         }
@@ -658,7 +457,7 @@ fn handle_exit_unlocked(vcpu: &mut Vcpu, raw: Result<u32, Exit>, counts: &mut Un
 
 /// CPUID as hv's policy (`hvcore::guest::filter_cpuid`) shows it.
 #[inline]
-fn emulate_cpuid(vcpu: &mut Vcpu) {
+pub(crate) fn emulate_cpuid(vcpu: &mut Vcpu) {
     let leaf = vcpu.registers.rax as u32;
     // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
     let osxsave = leaf == 1 && vcpu.guest_osxsave();

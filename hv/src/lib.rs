@@ -14,6 +14,7 @@ pub mod elf;
 pub mod event;
 pub mod event_ops;
 pub mod event_page;
+pub mod exits;
 #[cfg(test)]
 pub mod fake_platform;
 pub mod foreign;

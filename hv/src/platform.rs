@@ -1,6 +1,7 @@
 //! What hvcore needs of the machine it runs on: physical memory, the CPUs
 //! (which one is asking, kicks, TLB shootdowns), a started vCPU's hardware
-//! state, interrupt lines and the log. The `hv` binary implements it for
+//! state ([`VcpuOps`]), interrupts, dom0's PCI configuration address port
+//! and the log. The `hv` binary implements it for
 //! x86-64 with VT-x (`arch::Machine`); host tests implement it over plain
 //! memory (`fake_platform`), so the domain and hypercall code above it runs
 //! on the host.
@@ -47,10 +48,42 @@ impl<P> Shared<P> {
     }
 }
 
+/// What the exit handler ([`crate::exits`]) does to the vCPU that exited,
+/// on the CPU that runs it (VT-x: through its VMCS).
+pub trait VcpuOps {
+    /// The guest's instruction pointer.
+    fn rip(&self) -> u64;
+    /// RAX as the guest left it (an I/O value, an MSR value's low half).
+    fn rax(&self) -> u64;
+    /// RCX (an MSR's number).
+    fn rcx(&self) -> u64;
+    /// RDX (an MSR value's high half).
+    fn rdx(&self) -> u64;
+    /// Sets RAX (a result, an I/O read's value).
+    fn set_rax(&mut self, value: u64);
+    /// Moves the guest past the instruction that caused the exit.
+    fn skip_instruction(&mut self);
+    /// Queues hardware exception `vector` (with `error_code`, if it has
+    /// one) for delivery at the next entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Turns on or off an exit as soon as the guest can take an interrupt.
+    fn set_interrupt_window_exiting(&mut self, enabled: bool);
+    /// Queues again an event whose delivery the exit cut short (see
+    /// [`crate::exits::Exit::may_interrupt_delivery`]).
+    fn requeue_interrupted_event(&mut self);
+    /// Emulates a control-register access (`qualification` as the exit
+    /// reports it); false for one hv never intercepts.
+    fn emulate_control_register(&mut self, qualification: u64) -> bool;
+    /// Emulates XSETBV, letting the guest set only bits of `supported`.
+    fn emulate_xsetbv(&mut self, supported: u64);
+    /// Emulates CPUID as hv's policy shows it, and moves past it.
+    fn emulate_cpuid(&mut self);
+}
+
 /// The machine below hvcore.
 pub trait Platform: 'static {
     /// A started vCPU's hardware state (VT-x: its VMCS and registers).
-    type Vcpu;
+    type Vcpu: VcpuOps;
     /// Memory for the domains' EPT tables.
     type Tables: TableMemory;
 
@@ -107,6 +140,26 @@ pub trait Platform: 'static {
     /// The scheduler, under a lock of its own that comes after any
     /// domain's (a CPU holding it takes no other).
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>>;
+
+    /// The vector of the kick ([`Platform::kick`]).
+    const KICK_VECTOR: u8;
+    /// Ends the interrupt this CPU took at a VM exit (local APIC EOI).
+    fn end_of_interrupt();
+    /// Records that the device interrupt `vector` arrived, for the run
+    /// loop to deliver; a vector that is no device line is only a wake-up.
+    fn record_device_vector(vector: u8);
+    /// Reads PCI configuration mechanism #1's address port (0xcf8) as a
+    /// doubleword, for the privileged domain.
+    fn read_pci_config_address() -> u32;
+    /// Writes the address port (0xcf8) as a doubleword, for the privileged
+    /// domain (which never reaches 0xcf9's reset bits).
+    fn write_pci_config_address(value: u32);
+    /// Counts an NMI that arrived while a guest ran; the count since boot.
+    fn count_nmi() -> u64;
+    /// The NMIs that arrived while hv itself ran, since boot.
+    fn nmis_in_root() -> u64;
+    /// The XCR0 bits the CPU supports (0 without XSAVE).
+    fn xcr0_supported() -> u64;
 
     /// Masks the device interrupt line `line`.
     fn mask_line(line: u8);

@@ -5,13 +5,13 @@ use core::fmt;
 
 use abi::Error;
 use hvcore::log_ring::Level;
-use hvcore::platform::{Platform, SCHEDULER_ENTRIES, VcpuSetup};
+use hvcore::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use hvcore::scheduler::Scheduler;
 use spin::mutex::TicketMutex;
 
 use super::memory::{self as physical, FrameBox};
 use super::vmx::{self, Vcpu};
-use super::{ioapic, smp};
+use super::{cpu, ioapic, lapic, smp};
 
 /// x86-64 with VT-x.
 pub struct Machine;
@@ -108,6 +108,32 @@ impl Platform for Machine {
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         &crate::hypervisor::SCHEDULER
     }
+    const KICK_VECTOR: u8 = smp::KICK_VECTOR;
+    fn end_of_interrupt() {
+        lapic::end_of_interrupt();
+    }
+    fn record_device_vector(vector: u8) {
+        ioapic::record(vector);
+    }
+    fn read_pci_config_address() -> u32 {
+        // SAFETY: the address latch of configuration mechanism #1,
+        // doubleword access only, which never reaches 0xcf9's reset bits.
+        unsafe { cpu::inl(hvcore::exits::PCI_CONFIG_ADDRESS) }
+    }
+    fn write_pci_config_address(value: u32) {
+        // SAFETY: as in `read_pci_config_address`: any value only selects
+        // a configuration register (the data port passes through).
+        unsafe { cpu::outl(hvcore::exits::PCI_CONFIG_ADDRESS, value) }
+    }
+    fn count_nmi() -> u64 {
+        vmx::count_nmi()
+    }
+    fn nmis_in_root() -> u64 {
+        super::idt::NMIS_IN_ROOT.load(core::sync::atomic::Ordering::Relaxed)
+    }
+    fn xcr0_supported() -> u64 {
+        smp::capabilities().xcr0_supported
+    }
     fn mask_line(line: u8) {
         ioapic::mask(line)
     }
@@ -119,5 +145,47 @@ impl Platform for Machine {
     }
     fn log(level: Level, line: fmt::Arguments) {
         crate::log::write(level, line)
+    }
+}
+
+/// The exit handler's view of a vCPU (`hvcore::exits`): each call is the
+/// `Vcpu` method of the same name (named by path, since a method call on
+/// the box would find this trait's first).
+impl VcpuOps for FrameBox<Vcpu> {
+    fn rip(&self) -> u64 {
+        Vcpu::rip(self)
+    }
+    fn rax(&self) -> u64 {
+        self.registers.rax
+    }
+    fn rcx(&self) -> u64 {
+        self.registers.rcx
+    }
+    fn rdx(&self) -> u64 {
+        self.registers.rdx
+    }
+    fn set_rax(&mut self, value: u64) {
+        self.registers.rax = value;
+    }
+    fn skip_instruction(&mut self) {
+        Vcpu::skip_instruction(self)
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        Vcpu::inject_exception(self, vector, error_code)
+    }
+    fn set_interrupt_window_exiting(&mut self, enabled: bool) {
+        Vcpu::set_interrupt_window_exiting(self, enabled)
+    }
+    fn requeue_interrupted_event(&mut self) {
+        Vcpu::requeue_interrupted_event(self)
+    }
+    fn emulate_control_register(&mut self, qualification: u64) -> bool {
+        Vcpu::emulate_control_register(self, qualification)
+    }
+    fn emulate_xsetbv(&mut self, supported: u64) {
+        Vcpu::emulate_xsetbv(self, supported)
+    }
+    fn emulate_cpuid(&mut self) {
+        crate::hypervisor::emulate_cpuid(self)
     }
 }

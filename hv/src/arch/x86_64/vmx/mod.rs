@@ -12,6 +12,7 @@ use core::arch::asm;
 
 use abi::info::feature;
 use bitflags::bitflags;
+use hvcore::exits::Exit;
 use hvcore::platform::VcpuSetup;
 
 pub use self::enter::GuestRegisters;
@@ -605,90 +606,6 @@ pub struct Vcpu {
 
 /// `Vcpu::last_cpu` of a vCPU that never ran.
 const NEVER_RAN: usize = usize::MAX;
-
-/// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
-#[derive(Clone, Copy, Debug)]
-pub enum Exit {
-    /// VMCALL: a hypercall.
-    Hypercall,
-    /// VMCALL from guest CPL > 0: refused with `Permission`.
-    HypercallFromUserMode,
-    /// CPUID.
-    Cpuid,
-    /// HLT.
-    Halt,
-    /// IN/OUT/INS/OUTS to a port the bitmap does not pass through.
-    Io { port: u16, size: u8, input: bool, string: bool },
-    /// RDMSR of an MSR the bitmap does not pass through (number in RCX).
-    MsrRead,
-    /// WRMSR of an MSR the bitmap does not pass through.
-    MsrWrite,
-    /// Guest-physical access EPT does not allow.
-    EptViolation { guest_physical: u64, qualification: u64 },
-    /// A malformed EPT entry (a hv bug, reported as such).
-    EptMisconfiguration { guest_physical: u64 },
-    /// The guest triple-faulted.
-    TripleFault,
-    /// An external interrupt arrived (already acknowledged, SDM 28.2.2).
-    ExternalInterrupt { vector: u8 },
-    /// An NMI arrived while the guest ran: hv's, never the guest's fault.
-    Nmi,
-    /// A guest exception hv intercepts (the exception bitmap is empty, so
-    /// none today).
-    Exception { information: u32 },
-    /// XSETBV (always exits, SDM 26.1.2).
-    Xsetbv,
-    /// RDPMC (RDPMC exiting).
-    Rdpmc,
-    /// WBINVD (WBINVD exiting) or INVD (always exits).
-    CacheFlush,
-    /// A VMX instruction (VMCLEAR ... VMXON, INVEPT, INVVPID): always exits;
-    /// hv offers no nested virtualization (CPUID hides VMX).
-    VmxInstruction,
-    /// MOV to or from a debug register (MOV-DR exiting).
-    DebugRegister,
-    /// The preemption timer reached zero.
-    PreemptionTimer,
-    /// MOV to or from a control register hv intercepts.
-    ControlRegister { qualification: u64 },
-    /// VM entry failed on guest state or MSR loading (SDM 27.8).
-    EntryFailure { reason: u32, qualification: u64 },
-    /// VMLAUNCH/VMRESUME itself failed; `error` is the VM-instruction error (SDM 31.4).
-    LaunchFailed { error: u32 },
-    /// The guest can now take an external interrupt (interrupt-window exiting).
-    InterruptWindow,
-    /// Any other exit reason; hv refuses what it does not understand.
-    Other { reason: u32, qualification: u64 },
-}
-
-impl Exit {
-    /// Whether this exit may have cut short the delivery of an event, so
-    /// that the IDT-vectoring information field can be valid (SDM 28.2.4).
-    /// Exits caused by executing an instruction cannot: the instruction
-    /// runs only after any event was delivered. Entry failures leave
-    /// nothing to re-inject.
-    #[inline]
-    pub fn may_interrupt_delivery(&self) -> bool {
-        !matches!(
-            self,
-            Exit::Hypercall
-                | Exit::HypercallFromUserMode
-                | Exit::Cpuid
-                | Exit::Halt
-                | Exit::Io { .. }
-                | Exit::MsrRead
-                | Exit::MsrWrite
-                | Exit::Xsetbv
-                | Exit::Rdpmc
-                | Exit::CacheFlush
-                | Exit::VmxInstruction
-                | Exit::DebugRegister
-                | Exit::ControlRegister { .. }
-                | Exit::EntryFailure { .. }
-                | Exit::LaunchFailed { .. }
-        )
-    }
-}
 
 /// The exit for a VMLAUNCH/VMRESUME that failed with `status` (1 =
 /// VMfailInvalid, 2 = VMfailValid); kept out of line so that the hot path

@@ -1,0 +1,538 @@
+//! What hv does for each VM exit but the hypercall (which the run loop
+//! handles inline): emulate, refuse as a CPU without the feature would, or
+//! crash the domain alone. The architecture code decodes the hardware's
+//! exit reason into an [`Exit`] (VT-x: `arch::vmx::Vcpu::decode`); what
+//! the handler needs of the vCPU and the machine is [`VcpuOps`] and
+//! [`Platform`].
+
+use abi::info::CrashReason;
+
+use crate::domain::{CrashDetails, Domain};
+use crate::log_ring::Level;
+use crate::platform::{Platform, VcpuOps};
+
+/// PCI configuration mechanism #1's address port, which dom0 reaches as a
+/// doubleword (see [`handle_exit`]).
+pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+
+/// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
+#[derive(Clone, Copy, Debug)]
+pub enum Exit {
+    /// VMCALL: a hypercall.
+    Hypercall,
+    /// VMCALL from guest CPL > 0: refused with `Permission`.
+    HypercallFromUserMode,
+    /// CPUID.
+    Cpuid,
+    /// HLT.
+    Halt,
+    /// IN/OUT/INS/OUTS to a port the bitmap does not pass through.
+    Io { port: u16, size: u8, input: bool, string: bool },
+    /// RDMSR of an MSR the bitmap does not pass through (number in RCX).
+    MsrRead,
+    /// WRMSR of an MSR the bitmap does not pass through.
+    MsrWrite,
+    /// Guest-physical access EPT does not allow.
+    EptViolation { guest_physical: u64, qualification: u64 },
+    /// A malformed EPT entry (a hv bug, reported as such).
+    EptMisconfiguration { guest_physical: u64 },
+    /// The guest triple-faulted.
+    TripleFault,
+    /// An external interrupt arrived (already acknowledged, SDM 28.2.2).
+    ExternalInterrupt { vector: u8 },
+    /// An NMI arrived while the guest ran: hv's, never the guest's fault.
+    Nmi,
+    /// A guest exception hv intercepts (the exception bitmap is empty, so
+    /// none today).
+    Exception { information: u32 },
+    /// XSETBV (always exits, SDM 26.1.2).
+    Xsetbv,
+    /// RDPMC (RDPMC exiting).
+    Rdpmc,
+    /// WBINVD (WBINVD exiting) or INVD (always exits).
+    CacheFlush,
+    /// A VMX instruction (VMCLEAR ... VMXON, INVEPT, INVVPID): always exits;
+    /// hv offers no nested virtualization (CPUID hides VMX).
+    VmxInstruction,
+    /// MOV to or from a debug register (MOV-DR exiting).
+    DebugRegister,
+    /// The preemption timer reached zero.
+    PreemptionTimer,
+    /// MOV to or from a control register hv intercepts.
+    ControlRegister { qualification: u64 },
+    /// VM entry failed on guest state or MSR loading (SDM 27.8).
+    EntryFailure { reason: u32, qualification: u64 },
+    /// VMLAUNCH/VMRESUME itself failed; `error` is the VM-instruction error (SDM 31.4).
+    LaunchFailed { error: u32 },
+    /// The guest can now take an external interrupt (interrupt-window exiting).
+    InterruptWindow,
+    /// Any other exit reason; hv refuses what it does not understand.
+    Other { reason: u32, qualification: u64 },
+}
+
+impl Exit {
+    /// Whether this exit may have cut short the delivery of an event, so
+    /// that the IDT-vectoring information field can be valid (SDM 28.2.4).
+    /// Exits caused by executing an instruction cannot: the instruction
+    /// runs only after any event was delivered. Entry failures leave
+    /// nothing to re-inject.
+    #[inline]
+    pub fn may_interrupt_delivery(&self) -> bool {
+        !matches!(
+            self,
+            Exit::Hypercall
+                | Exit::HypercallFromUserMode
+                | Exit::Cpuid
+                | Exit::Halt
+                | Exit::Io { .. }
+                | Exit::MsrRead
+                | Exit::MsrWrite
+                | Exit::Xsetbv
+                | Exit::Rdpmc
+                | Exit::CacheFlush
+                | Exit::VmxInstruction
+                | Exit::DebugRegister
+                | Exit::ControlRegister { .. }
+                | Exit::EntryFailure { .. }
+                | Exit::LaunchFailed { .. }
+        )
+    }
+}
+
+/// Handles one VM exit of vCPU `vcpu_index` of `domain` (`vcpu`, which
+/// this CPU runs). Returns false when the scheduler should pick again.
+#[inline]
+pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu_index: usize, exit: Exit) -> bool {
+    if exit.may_interrupt_delivery() {
+        vcpu.requeue_interrupted_event();
+    }
+    match exit {
+        Exit::Hypercall => {
+            // The run loop handles hypercall exits inline.
+            P::log(Level::Error, format_args!("hypercall exit reached the generic handler (hv bug)"));
+            true
+        }
+        Exit::HypercallFromUserMode => {
+            // The kernel's user program gets the documented refusal
+            // (abi: hypercalls are refused from CPL > 0); nothing runs.
+            vcpu.set_rax(abi::Error::Permission.code() as u64);
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::Cpuid => {
+            vcpu.emulate_cpuid();
+            true
+        }
+        Exit::PreemptionTimer => false,
+        Exit::InterruptWindow => {
+            vcpu.set_interrupt_window_exiting(false);
+            true
+        }
+        Exit::ExternalInterrupt { vector } if vector == P::KICK_VECTOR => {
+            // Another CPU changed this domain's flags (an event, a
+            // pause): the run loop looks at them before the next entry.
+            P::end_of_interrupt();
+            true
+        }
+        Exit::ExternalInterrupt { vector } => {
+            // A device line is recorded and delivered by the run loop;
+            // anything else was only a wake-up.
+            P::record_device_vector(vector);
+            P::end_of_interrupt();
+            false
+        }
+        Exit::Halt => {
+            vcpu.skip_instruction();
+            crate::event_ops::block(domain, vcpu_index);
+            false
+        }
+        Exit::Io { port: PCI_CONFIG_ADDRESS, size: 4, input, string: false } if domain.privileged => {
+            // dom0's PCI configuration address: any value only selects
+            // a register (the data port passes through); 0xcf9 stays hv's.
+            if input {
+                vcpu.set_rax(P::read_pci_config_address() as u64);
+            } else {
+                P::write_pci_config_address(vcpu.rax() as u32);
+            }
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::Io { port, size, input, string } => {
+            let rip = vcpu.rip();
+            if input && !string {
+                // Reads of absent devices float high.
+                let mask = match size {
+                    1 => 0xff,
+                    2 => 0xffff,
+                    _ => 0xffff_ffff,
+                };
+                vcpu.set_rax(vcpu.rax() | mask);
+            }
+            vcpu.skip_instruction();
+            let direction = if input { "read from" } else { "write to" };
+            domain.report_refusal(format_args!("I/O {direction} port {port:#x} ({size} bytes) at rip {rip:#x}"));
+            true
+        }
+        Exit::MsrWrite if vcpu.rcx() as u32 == abi::xen::hypercall::HYPERCALL_PAGE_MSR => {
+            let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
+            if crate::xen::fill_hypercall_page(domain, value).is_err() {
+                return refuse_with_gp(domain, vcpu, format_args!("hypercall page at {value:#x}"));
+            }
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::MsrRead | Exit::MsrWrite => {
+            let msr = vcpu.rcx() as u32;
+            let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
+            refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"))
+        }
+        Exit::EptViolation { guest_physical, qualification } => {
+            let rip = vcpu.rip();
+            let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
+            domain.crash_with(CrashReason::EptViolation, details, format_args!(
+                "EPT violation at guest-physical {guest_physical:#x} (qualification {qualification:#x}) at rip {rip:#x}"
+            ));
+            false
+        }
+        Exit::EptMisconfiguration { guest_physical } => {
+            let details = CrashDetails { exit_reason: 49, guest_physical, ..CrashDetails::default() };
+            domain.crash_with(
+                CrashReason::EptMisconfiguration,
+                details,
+                format_args!("EPT misconfiguration at {guest_physical:#x} (hv bug)"),
+            );
+            false
+        }
+        Exit::TripleFault => {
+            let rip = vcpu.rip();
+            let details = CrashDetails { exit_reason: 2, rip, ..CrashDetails::default() };
+            domain.crash_with(CrashReason::TripleFault, details, format_args!("triple fault at rip {rip:#x}"));
+            false
+        }
+        Exit::Nmi => {
+            // hv's NMI (hv has no NMI source of its own: a platform or
+            // watchdog event). It is no fault of the guest, which runs on.
+            let count = P::count_nmi();
+            if count <= 8 {
+                let in_root = P::nmis_in_root();
+                P::log(
+                    Level::Warning,
+                    format_args!(
+                        "NMI #{count} while d{} ran (hv's; the domain runs on; {in_root} more while hv ran)",
+                        domain.id
+                    ),
+                );
+            }
+            true
+        }
+        Exit::Exception { information } => {
+            domain.crash(vcpu.rip(), format_args!("unexpected exception exit (information {information:#x})"));
+            false
+        }
+        Exit::ControlRegister { qualification } => {
+            if vcpu.emulate_control_register(qualification) {
+                return true;
+            }
+            let rip = vcpu.rip();
+            domain.crash(
+                rip,
+                format_args!("refused control-register access (qualification {qualification:#x}) at rip {rip:#x}"),
+            );
+            false
+        }
+        Exit::Xsetbv => {
+            vcpu.emulate_xsetbv(P::xcr0_supported());
+            true
+        }
+        Exit::CacheFlush => {
+            // WBINVD and INVD are no-ops: x86 DMA is cache-coherent and
+            // hv maps all guest memory write-back, so no domain needs
+            // caches written back (and INVD would drop other domains'
+            // and hv's dirty lines).
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::VmxInstruction => {
+            // As on a CPU without VMX, which is what CPUID shows.
+            vcpu.inject_exception(6, None);
+            true
+        }
+        Exit::Rdpmc | Exit::DebugRegister => {
+            // Performance counters are not switched between domains,
+            // so none may use them. MOV DR does not exit (debug
+            // registers are per vCPU); were a CPU to force the exit,
+            // refusing it keeps domains apart all the same.
+            let what = if matches!(exit, Exit::Rdpmc) { "RDPMC" } else { "a debug-register access" };
+            refuse_with_gp(domain, vcpu, format_args!("{what}"))
+        }
+        Exit::EntryFailure { reason, qualification } => {
+            domain
+                .crash(vcpu.rip(), format_args!("VM entry failed (reason {reason}, qualification {qualification:#x})"));
+            false
+        }
+        Exit::LaunchFailed { error } => {
+            domain.crash(vcpu.rip(), format_args!("VMLAUNCH/VMRESUME failed (VM-instruction error {error})"));
+            false
+        }
+        Exit::Other { reason, qualification } => {
+            let rip = vcpu.rip();
+            domain.crash(
+                rip,
+                format_args!("unhandled VM exit reason {reason} (qualification {qualification:#x}) at rip {rip:#x}"),
+            );
+            false
+        }
+    }
+}
+
+/// Refuses the instruction that exited as a CPU without it would, with
+/// #GP(0), and logs `what` (rate-limited: `Domain::report_refusal`).
+/// Returns true: the vCPU runs on.
+fn refuse_with_gp<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, what: core::fmt::Arguments) -> bool {
+    let rip = vcpu.rip();
+    vcpu.inject_exception(13, Some(0));
+    domain.report_refusal(format_args!("{what} at rip {rip:#x}; injecting #GP"));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Ended;
+    use crate::fake_platform::{self as machine, Fake, FakeVcpu};
+    use abi::xen::hypercall::{HYPERCALL_PAGE_MSR, hypercall_page_stub};
+
+    const RIP: u64 = 0x20_1234;
+    /// #GP(0), as `refuse_with_gp` injects it.
+    const GP: (u8, Option<u32>) = (13, Some(0));
+
+    /// Dom0 (privileged) or d1, with 4 pages of RAM from 0 and one vCPU up.
+    fn domain(privileged: bool) -> Domain<Fake> {
+        let mut domain = Domain::<Fake>::new(u32::from(!privileged), privileged, 16).unwrap();
+        domain.populate(0, 4).unwrap();
+        domain.vcpus[0].up = true;
+        domain
+    }
+
+    fn vcpu() -> FakeVcpu {
+        FakeVcpu { rip: RIP, ..FakeVcpu::default() }
+    }
+
+    /// The log lines that report a refusal.
+    fn refusals() -> Vec<String> {
+        machine::with(|m| m.log.iter().filter(|line| line.contains("refused")).cloned().collect())
+    }
+
+    fn crash_text(domain: &Domain<Fake>) -> String {
+        let text = &domain.crash_record.text;
+        String::from_utf8_lossy(&text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())]).into_owned()
+    }
+
+    #[test]
+    fn a_hypercall_from_user_mode_gets_permission_and_runs_nothing() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        vcpu.rax = 3;
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::HypercallFromUserMode));
+        assert_eq!(vcpu.rax, abi::Error::Permission.code() as u64);
+        assert_eq!((vcpu.skipped, vcpu.requeued), (1, 0));
+        assert_eq!(domain.ended, None);
+    }
+
+    #[test]
+    fn an_ept_violation_crashes_the_domain_alone_with_its_crash_record() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        let exit = Exit::EptViolation { guest_physical: 0x3000_0000, qualification: 0x182 };
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, exit));
+        assert_eq!(domain.ended, Some(Ended::Crashed));
+        assert!(domain.vcpus[0].reschedule, "its vCPUs stop");
+        let record = &domain.crash_record;
+        assert_eq!(
+            (record.reason, record.exit_reason, record.guest_physical, record.rip, record.qualification),
+            (CrashReason::EptViolation as u32, 48, 0x3000_0000, RIP, 0x182)
+        );
+        assert_eq!(
+            crash_text(&domain),
+            "EPT violation at guest-physical 0x30000000 (qualification 0x182) at rip 0x201234"
+        );
+        // An event it interrupted is queued again; nothing else is done to the vCPU.
+        assert_eq!((vcpu.requeued, vcpu.skipped, vcpu.exceptions.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn every_exit_hv_cannot_handle_crashes_the_domain_with_its_reason() {
+        let other = CrashReason::Other as u32;
+        let cases = [
+            (
+                Exit::EptMisconfiguration { guest_physical: 0x5000 },
+                CrashReason::EptMisconfiguration as u32,
+                49,
+                0x5000,
+                0,
+            ),
+            (Exit::TripleFault, CrashReason::TripleFault as u32, 2, 0, RIP),
+            (Exit::Other { reason: 37, qualification: 4 }, other, u32::MAX, 0, RIP),
+            (Exit::Exception { information: 0x80000b0e }, other, u32::MAX, 0, RIP),
+            (Exit::EntryFailure { reason: 33, qualification: 0 }, other, u32::MAX, 0, RIP),
+            (Exit::LaunchFailed { error: 7 }, other, u32::MAX, 0, RIP),
+            (Exit::ControlRegister { qualification: 0x1f }, other, u32::MAX, 0, RIP),
+        ];
+        for (exit, reason, exit_reason, guest_physical, rip) in cases {
+            let (mut domain, mut vcpu) = (domain(false), vcpu());
+            assert!(!handle_exit(&mut domain, &mut vcpu, 0, exit), "{exit:?}");
+            assert_eq!(domain.ended, Some(Ended::Crashed), "{exit:?}");
+            let record = &domain.crash_record;
+            assert_eq!(
+                (record.reason, record.exit_reason, record.guest_physical, record.rip),
+                (reason, exit_reason, guest_physical, rip),
+                "{exit:?}"
+            );
+        }
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        handle_exit(&mut domain, &mut vcpu, 0, Exit::Other { reason: 37, qualification: 4 });
+        assert_eq!(crash_text(&domain), "unhandled VM exit reason 37 (qualification 0x4) at rip 0x201234");
+    }
+
+    #[test]
+    fn a_control_register_access_the_vcpu_emulates_runs_on() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        vcpu.emulates_control_registers = true;
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::ControlRegister { qualification: 0x18 }));
+        assert_eq!(vcpu.control_registers, [0x18]);
+        assert_eq!(domain.ended, None);
+    }
+
+    #[test]
+    fn a_refused_port_read_floats_high_and_every_refusal_is_counted_but_few_logged() {
+        for (size, mask) in [(1, 0xff), (2, 0xffff), (4, 0xffff_ffff)] {
+            let (mut domain, mut vcpu) = (domain(false), vcpu());
+            vcpu.rax = 0xaaaa_0000_0000_0000;
+            let exit = Exit::Io { port: 0x60, size, input: true, string: false };
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit));
+            assert_eq!(vcpu.rax, 0xaaaa_0000_0000_0000 | mask, "{size} bytes");
+            assert_eq!(vcpu.skipped, 1);
+        }
+        assert_eq!(refusals()[0], "Warning: d1: refused I/O read from port 0x60 (1 bytes) at rip 0x201234");
+        // A write and a string read leave RAX as it was.
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        vcpu.rax = 0x12;
+        for (input, string) in [(false, false), (true, true)] {
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input, string }));
+        }
+        assert_eq!((vcpu.rax, vcpu.skipped), (0x12, 2));
+        for _ in 0..10 {
+            handle_exit(&mut domain, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input: false, string: false });
+        }
+        assert_eq!(domain.refusals_logged, 12);
+        assert_eq!(refusals().len(), 3 + 8, "a domain's refusals are logged 8 times at most");
+    }
+
+    #[test]
+    fn the_pci_config_address_port_passes_through_for_the_privileged_domain_alone() {
+        let access = |size, input| Exit::Io { port: PCI_CONFIG_ADDRESS, size, input, string: false };
+        let (mut dom0, mut vcpu) = (domain(true), vcpu());
+        vcpu.rax = 0xffff_ffff_8000_0810;
+        assert!(handle_exit(&mut dom0, &mut vcpu, 0, access(4, false)));
+        assert_eq!(machine::with(|m| m.pci_config_address), 0x8000_0810);
+        vcpu.rax = 0;
+        assert!(handle_exit(&mut dom0, &mut vcpu, 0, access(4, true)));
+        assert_eq!((vcpu.rax, vcpu.skipped), (0x8000_0810, 2));
+        assert!(refusals().is_empty());
+        // Only as a doubleword: a byte access is refused like any port's.
+        vcpu.rax = 0x42;
+        handle_exit(&mut dom0, &mut vcpu, 0, access(1, false));
+        // So is every access of another domain.
+        let (mut guest, mut guest_vcpu) = (domain(false), vcpu);
+        guest_vcpu.rax = 0x8000_1000;
+        handle_exit(&mut guest, &mut guest_vcpu, 0, access(4, false));
+        handle_exit(&mut guest, &mut guest_vcpu, 0, access(4, true));
+        assert_eq!(machine::with(|m| m.pci_config_address), 0x8000_0810);
+        assert_eq!(guest_vcpu.rax, 0xffff_ffff);
+        assert_eq!(refusals().len(), 3);
+    }
+
+    #[test]
+    fn writing_xens_hypercall_page_msr_fills_the_page_and_a_bad_address_gets_gp() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        // EDX:EAX is the value; RAX's upper half is not part of it.
+        (vcpu.rcx, vcpu.rdx, vcpu.rax) = (HYPERCALL_PAGE_MSR as u64, 0, 0xdead_0000_0000_2000);
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrWrite));
+        assert_eq!((vcpu.skipped, vcpu.exceptions.len()), (1, 0));
+        let mut page = [0; 64];
+        domain.read_guest(0x2000, &mut page).unwrap();
+        let (stub0, stub1) = (hypercall_page_stub(0), hypercall_page_stub(1));
+        assert_eq!((&page[..stub0.len()], &page[32..32 + stub1.len()]), (&stub0[..], &stub1[..]));
+        for (rdx, rax) in [(0, 0x2001), (1, 0x2000)] {
+            (vcpu.rdx, vcpu.rax) = (rdx, rax);
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrWrite));
+        }
+        assert_eq!((vcpu.skipped, &vcpu.exceptions[..]), (1, &[GP, GP][..]));
+        assert!(refusals()[1].contains("hypercall page at 0x100002000"), "{:?}", refusals());
+    }
+
+    #[test]
+    fn other_msrs_and_rdpmc_get_gp_and_vmx_instructions_ud() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        for (exit, rcx) in [(Exit::MsrRead, HYPERCALL_PAGE_MSR as u64), (Exit::MsrWrite, 0x1b)] {
+            vcpu.rcx = rcx;
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit));
+        }
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Rdpmc));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::DebugRegister));
+        assert_eq!(vcpu.exceptions, [GP; 4]);
+        assert_eq!(refusals()[1], "Warning: d1: refused write of MSR 0x1b at rip 0x201234; injecting #GP");
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::VmxInstruction));
+        assert_eq!(vcpu.exceptions[4], (6, None));
+        assert_eq!((vcpu.skipped, domain.ended), (0, None));
+    }
+
+    #[test]
+    fn hlt_blocks_the_vcpu_unless_an_event_waits() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt));
+        assert!(domain.vcpus[0].blocked && domain.vcpus[0].reschedule);
+        assert_eq!(vcpu.skipped, 1);
+        // With port 1 pending on its event page it runs on at once.
+        domain.vcpus[0].blocked = false;
+        domain.event_page = domain.host_frame(0x2000, crate::paging::Access::READ).unwrap();
+        domain.write_guest(0x2000, &2u64.to_le_bytes()).unwrap();
+        handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt);
+        assert!(!domain.vcpus[0].blocked);
+        assert_eq!(vcpu.skipped, 2);
+    }
+
+    #[test]
+    fn a_kick_runs_on_and_a_device_interrupt_is_recorded_for_the_run_loop() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::ExternalInterrupt { vector: machine::KICK_VECTOR }));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::ExternalInterrupt { vector: 0x24 }));
+        assert_eq!(machine::with(|m| (m.end_of_interrupts, m.device_vectors.clone())), (2, vec![0x24]));
+        assert_eq!(vcpu.requeued, 2, "an interrupt may cut short an event's delivery");
+    }
+
+    #[test]
+    fn the_vcpu_emulates_cpuid_xsetbv_and_cache_flushes_and_stops_interrupt_window_exits() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        vcpu.interrupt_window_exiting = true;
+        for exit in [Exit::Cpuid, Exit::Xsetbv, Exit::CacheFlush, Exit::InterruptWindow] {
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit), "{exit:?}");
+        }
+        assert_eq!((vcpu.cpuids, &vcpu.xsetbv[..]), (1, &[machine::XCR0_SUPPORTED][..]));
+        assert_eq!((vcpu.skipped, vcpu.interrupt_window_exiting), (1, false));
+        assert_eq!(vcpu.requeued, 1, "only the interrupt window is no instruction's exit");
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::PreemptionTimer));
+        assert_eq!(domain.ended, None);
+    }
+
+    #[test]
+    fn an_nmi_is_no_fault_of_the_guest_and_is_logged_eight_times() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        machine::with(|m| m.nmis_in_root = 3);
+        for _ in 0..10 {
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Nmi));
+        }
+        let log = machine::with(|m| m.log.clone());
+        assert_eq!(log.len(), 8);
+        assert_eq!(log[0], "Warning: NMI #1 while d1 ran (hv's; the domain runs on; 3 more while hv ran)");
+        assert_eq!(domain.ended, None);
+    }
+}
