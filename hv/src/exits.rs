@@ -15,6 +15,15 @@ use crate::platform::{Platform, VcpuOps};
 /// doubleword (see [`handle_exit`]).
 pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
 
+/// IA32_EFER: the one MSR a guest reads and writes through hv (a PVH
+/// kernel enters 64-bit mode itself); its bits (SDM Vol. 3A 2.2.1).
+pub const IA32_EFER: u32 = 0xc000_0080;
+const EFER_SCE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+const CR0_PG: u64 = 1 << 31;
+
 /// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
 #[derive(Clone, Copy, Debug)]
 pub enum Exit {
@@ -178,6 +187,27 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
             if crate::xen::fill_hypercall_page(domain, value).is_err() {
                 return refuse_with_gp(domain, vcpu, format_args!("hypercall page at {value:#x}"));
             }
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::MsrRead if vcpu.rcx() as u32 == IA32_EFER => {
+            let value = vcpu.efer();
+            vcpu.set_rax(value & 0xffff_ffff);
+            vcpu.set_rdx(value >> 32);
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::MsrWrite if vcpu.rcx() as u32 == IA32_EFER => {
+            let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
+            let current = vcpu.efer();
+            // As a CPU: reserved bits, or LME changed with paging on, #GP.
+            let paging = vcpu.cr0() & CR0_PG != 0;
+            if value & !(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE) != 0 || paging && (value ^ current) & EFER_LME != 0
+            {
+                return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to EFER"));
+            }
+            // LMA is the CPU's: it follows LME once paging is on.
+            vcpu.set_efer(value & (EFER_SCE | EFER_LME | EFER_NXE) | current & EFER_LMA);
             vcpu.skip_instruction();
             true
         }
@@ -467,6 +497,31 @@ mod tests {
         }
         assert_eq!((vcpu.skipped, &vcpu.exceptions[..]), (1, &[GP, GP][..]));
         assert!(refusals()[1].contains("hypercall page at 0x100002000"), "{:?}", refusals());
+    }
+
+    #[test]
+    fn efer_is_read_and_written_as_a_cpu_would_and_lme_enters_long_mode_with_paging() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        let write = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, value: u64| {
+            (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(IA32_EFER), value >> 32, value & 0xffff_ffff);
+            assert!(handle_exit(domain, vcpu, 0, Exit::MsrWrite));
+        };
+        // A PVH kernel at its entry: paging off, EFER 0. It sets LME.
+        write(&mut domain, &mut vcpu, EFER_LME | EFER_NXE);
+        assert_eq!((vcpu.efer, vcpu.skipped, vcpu.exceptions.len()), (EFER_LME | EFER_NXE, 1, 0));
+        (vcpu.rcx, vcpu.rax, vcpu.rdx) = (u64::from(IA32_EFER), 0, 0xffff);
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrRead));
+        assert_eq!((vcpu.rax, vcpu.rdx, vcpu.skipped), (EFER_LME | EFER_NXE, 0, 2));
+        // Paging on: the CPU set LMA. A write keeps it, and may not drop
+        // LME; reserved bits are refused.
+        (vcpu.cr0, vcpu.efer) = (CR0_PG | 1, EFER_LME | EFER_LMA | EFER_NXE);
+        write(&mut domain, &mut vcpu, EFER_SCE | EFER_LME | EFER_NXE);
+        assert_eq!(vcpu.efer, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE);
+        write(&mut domain, &mut vcpu, EFER_NXE);
+        write(&mut domain, &mut vcpu, EFER_LME | 1 << 12);
+        assert_eq!(vcpu.exceptions, [GP, GP]);
+        assert_eq!(vcpu.efer, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE, "unchanged by the refused writes");
+        assert_eq!((vcpu.skipped, domain.ended), (3, None));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct FakeVcpu {
     pub xsetbv: Vec<u64>,
     /// How many CPUIDs were emulated.
     pub cpuids: u32,
+    pub efer: u64,
+    pub cr0: u64,
 }
 
 impl VcpuOps for FakeVcpu {
@@ -70,6 +72,18 @@ impl VcpuOps for FakeVcpu {
     }
     fn set_rax(&mut self, value: u64) {
         self.rax = value;
+    }
+    fn set_rdx(&mut self, value: u64) {
+        self.rdx = value;
+    }
+    fn efer(&self) -> u64 {
+        self.efer
+    }
+    fn set_efer(&mut self, value: u64) {
+        self.efer = value;
+    }
+    fn cr0(&self) -> u64 {
+        self.cr0
     }
     fn skip_instruction(&mut self) {
         self.skipped += 1;

@@ -61,6 +61,14 @@ pub trait VcpuOps {
     fn rdx(&self) -> u64;
     /// Sets RAX (a result, an I/O read's value).
     fn set_rax(&mut self, value: u64);
+    /// Sets RDX (an MSR value's high half).
+    fn set_rdx(&mut self, value: u64);
+    /// The guest's IA32_EFER, as it runs with it.
+    fn efer(&self) -> u64;
+    /// Sets the guest's IA32_EFER (checked by the caller).
+    fn set_efer(&mut self, value: u64);
+    /// The guest's CR0.
+    fn cr0(&self) -> u64;
     /// Moves the guest past the instruction that caused the exit.
     fn skip_instruction(&mut self);
     /// Queues hardware exception `vector` (with `error_code`, if it has

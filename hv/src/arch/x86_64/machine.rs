@@ -167,6 +167,18 @@ impl VcpuOps for FrameBox<Vcpu> {
     fn set_rax(&mut self, value: u64) {
         self.registers.rax = value;
     }
+    fn set_rdx(&mut self, value: u64) {
+        self.registers.rdx = value;
+    }
+    fn efer(&self) -> u64 {
+        Vcpu::efer(self)
+    }
+    fn set_efer(&mut self, value: u64) {
+        Vcpu::set_efer(self, value)
+    }
+    fn cr0(&self) -> u64 {
+        Vcpu::cr0(self)
+    }
     fn skip_instruction(&mut self) {
         Vcpu::skip_instruction(self)
     }

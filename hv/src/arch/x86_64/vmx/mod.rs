@@ -1191,6 +1191,28 @@ impl Vcpu {
         vmcs::read(Field::GuestRip)
     }
 
+    /// The guest's IA32_EFER (loaded at entry, saved at exit).
+    pub fn efer(&self) -> u64 {
+        self.load();
+        vmcs::read(Field::GuestEfer)
+    }
+
+    /// Sets the guest's IA32_EFER, and the IA-32e mode guest entry control
+    /// to its LMA bit, which VM entry checks them against (SDM 26.3.1.1).
+    pub fn set_efer(&mut self, value: u64) {
+        self.load();
+        vmcs::write(Field::GuestEfer, value);
+        let entry = vmcs::read(Field::EntryControls) & !(EntryControls::IA32E_MODE_GUEST.bits() as u64);
+        let long_mode = if value & 1 << 10 != 0 { EntryControls::IA32E_MODE_GUEST.bits() as u64 } else { 0 };
+        vmcs::write(Field::EntryControls, entry | long_mode);
+    }
+
+    /// The guest's CR0.
+    pub fn cr0(&self) -> u64 {
+        self.load();
+        vmcs::read(Field::GuestCr0)
+    }
+
     /// Queues a hardware exception for delivery at the next entry (SDM 27.6).
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.load();
