@@ -23,6 +23,11 @@
 //!   resolved; a value at most [`VALUE_MAX`] bytes; a watch token at most
 //!   [`TOKEN_MAX`] bytes. Values and tokens are UTF-8 without NUL bytes.
 //!   Longer ones are refused with `E2BIG`.
+//! - Compared with Xen's rules (components of `A-Z a-z 0-9 - _ @`, no
+//!   `//`, no trailing `/`, 3072 bytes absolute): Mica also allows `.`
+//!   inside a component, refuses the components `.` and `..`, and keeps
+//!   paths, values and tokens shorter. Every path Linux's xenbus writes
+//!   (`device/vbd/51712/ring-ref`, `control/shutdown`, ...) is valid.
 //! - Numbers stored as values (states, grant references, ports, sizes) are
 //!   decimal ASCII digits, no sign, no spaces ([`parse_decimal`]).
 //!
@@ -192,7 +197,9 @@
 //!
 //! # Transport
 //! A [`StoreRing`]: one page of the guest's memory, which dom0 maps, with an
-//! event channel for notification in both directions. Two byte rings:
+//! event channel for notification in both directions. (This is still
+//! Mica's page layout, not Xen's `XenstoreDomainInterface`: only the
+//! messages are Xen's so far.) Two byte rings:
 //! `request` (client writes, server reads) and `response` (server writes,
 //! client reads). Indices are free-running `u32` counters, never reduced
 //! modulo the size; a ring holds `producer - consumer` bytes (wrapping
