@@ -3692,6 +3692,58 @@ mod tests {
         assert!(committed == 300 && refusals > 50, "{refusals} refusals");
     }
 
+    /// The messages Linux's xenbus sends when a block front end connects
+    /// (`talk_to_blkback`: its keys in one transaction, then
+    /// `xenbus_switch_state` in another), byte for byte: relative paths,
+    /// `TRANSACTION_START` with an empty string, values without NUL. The
+    /// back end writing its own directory meanwhile does not conflict; dom0
+    /// writing the front end's `state` does, and the retry commits.
+    #[test]
+    fn linux_xenbus_connects_a_disk() {
+        let mut store = small();
+        let store = &mut *store;
+        let front = "/local/domain/5/device/vbd/51712";
+        store.introduce_domain(5, Quota::GUEST).unwrap();
+        store.write(DOM0, &format!("{front}/state"), "1").unwrap();
+        store.write(DOM0, "/local/domain/0/backend/vbd/5/51712/state", "2").unwrap();
+        let send = |store: &mut Small, kind: T, tx_id: u32, payload: &[u8]| -> (u32, Vec<u8>) {
+            let mut response = [0u8; MESSAGE_MAX];
+            let size = store.handle(5, &framed(kind.number(), 9, tx_id, payload), &mut response);
+            let (header, reply) = parse_reply(&response[..size]);
+            assert_eq!((header.req_id, header.tx_id), (9, tx_id));
+            (header.r#type, reply.to_vec())
+        };
+        let ok = (T::Write.number(), b"OK\0".to_vec());
+        for attempt in 0..2 {
+            let (kind, id) = send(store, T::TransactionStart, 0, b"\0");
+            assert_eq!(kind, T::TransactionStart.number());
+            let tx = abi::store::parse_decimal(id.strip_suffix(&[0]).unwrap()).unwrap();
+            for (key, value) in
+                [("ring-ref", "8"), ("event-channel", "3"), ("protocol", "x86_64-abi"), ("feature-persistent", "1")]
+            {
+                let payload = format!("device/vbd/51712/{key}\0{value}");
+                assert_eq!(send(store, T::Write, tx, payload.as_bytes()), ok);
+            }
+            // xenbus_switch_state reads the state in the transaction first.
+            assert_eq!(send(store, T::Read, tx, b"device/vbd/51712/state\0"), (T::Read.number(), b"1".to_vec()));
+            assert_eq!(send(store, T::Write, tx, b"device/vbd/51712/state\x003"), ok);
+            store.write(DOM0, "/local/domain/0/backend/vbd/5/51712/sectors", "2048").unwrap();
+            if attempt == 0 {
+                store.write(DOM0, &format!("{front}/state"), "1").unwrap();
+            }
+            let end = send(store, T::TransactionEnd, tx, b"T\0");
+            if attempt == 0 {
+                assert_eq!(end, (T::Error.number(), b"EAGAIN\0".to_vec()));
+                assert_eq!(store.read(DOM0, &format!("{front}/ring-ref")), Err(Errno::Enoent));
+            } else {
+                assert_eq!(end, (T::TransactionEnd.number(), b"OK\0".to_vec()));
+            }
+        }
+        assert_eq!(store.read(DOM0, &format!("{front}/protocol")), Ok("x86_64-abi"));
+        assert_eq!(store.read(DOM0, &format!("{front}/state")), Ok("3"));
+        check_consistent(store);
+    }
+
     #[test]
     fn guests_at_their_quotas_cannot_exhaust_the_default_store() {
         // The default store is about 1 MiB: build it on a thread with room.
