@@ -3635,6 +3635,21 @@ mod tests {
         store.introduce_domain(2, Quota::GUEST).unwrap();
         assert_eq!(end(store, 2, id, true), Err(Errno::Enoent), "a new domain 2 inherits nothing");
         assert_eq!(store.read(2, "pending"), Err(Errno::Enoent));
+        // Another domain's transaction that looked at a node whose grants
+        // named the removed domain sees the change.
+        store.introduce_domain(3, Quota::GUEST).unwrap();
+        let mut shared = Permissions::owned_by(DOM0);
+        shared.grant(3, Access::Read).unwrap();
+        shared.grant(2, Access::Both).unwrap();
+        store.mkdir(DOM0, "/shared").unwrap();
+        store.set_permissions(DOM0, "/shared", &shared).unwrap();
+        let id = start(store, 3).unwrap();
+        assert_eq!(call_in(store, 3, id, T::GetPerms, &["/shared"]), Ok(vec!["n0".into(), "r3".into(), "b2".into()]));
+        store.remove_domain(2).unwrap();
+        assert_eq!(end(store, 3, id, true), Err(Errno::Eagain), "its grant was revoked meanwhile");
+        store.remove(DOM0, "/shared").unwrap();
+        store.remove_domain(3).unwrap();
+        store.introduce_domain(2, Quota::GUEST).unwrap();
         assert_eq!((store.node_count(), store.arena_bytes()), (nodes, bytes));
         check_consistent(store);
     }
