@@ -61,10 +61,18 @@ seed("ring", "transmit", script(1, tx(1, 5, 0, 60), 4))
 seed("ring", "receive", script(2, struct.pack("<HHI", 1, 0, 3), 4))
 seed("ring", "corrupt", bytes([0, 0, 0]) + struct.pack("<I", 1000) + bytes([3, 6]))
 
-# ---- store: steps [control = length << 1 | guest][bytes], messages framed as the ABI says.
-def message(kind, request_id, *fields):
-    payload = b"".join(f + b"\0" for f in fields)
-    return struct.pack("<IIII", kind, request_id, 0, len(payload)) + payload
+# ---- store: steps [control = length << 1 | guest][bytes], messages framed as xs_wire has them
+# (Xen's type numbers; strings NUL-terminated, a WRITE's value not).
+READ, WATCH, UNWATCH, TRANSACTION_START, TRANSACTION_END = 2, 4, 5, 6, 7
+GET_PERMS, WRITE, MKDIR, RM, SET_PERMS, DIRECTORY = 3, 11, 12, 13, 14, 1
+
+
+def message(kind, request_id, *fields, tx=0):
+    if kind == WRITE:
+        payload = fields[0] + b"\0" + fields[1]
+    else:
+        payload = b"".join(f + b"\0" for f in fields)
+    return struct.pack("<IIII", kind, request_id, tx, len(payload)) + payload
 
 
 def stream(*messages, guest=0):
@@ -77,22 +85,33 @@ def stream(*messages, guest=0):
 
 
 seed("store", "device", stream(
-    message(8, 1, b"device/vbd", b"tok"),
-    message(2, 2, b"device/vbd/0/ring-ref", b"8"),
-    message(2, 3, b"device/vbd/0/state", b"3"),
-    message(1, 4, b"device/vbd/0/state"),
-    message(5, 5, b"device/vbd/0"),
-    message(9, 6, b"device/vbd", b"tok"),
+    message(WATCH, 1, b"device/vbd", b"tok"),
+    message(WRITE, 2, b"device/vbd/0/ring-ref", b"8"),
+    message(WRITE, 3, b"device/vbd/0/state", b"3"),
+    message(READ, 4, b"device/vbd/0/state"),
+    message(DIRECTORY, 5, b"device/vbd/0"),
+    message(UNWATCH, 6, b"device/vbd", b"tok"),
 ))
 seed("store", "permissions", stream(
-    message(3, 1, b"shared"),
-    message(7, 2, b"shared", b"n1", b"r3", b"b2"),
-    message(6, 3, b"shared"),
-    message(4, 4, b"shared"),
+    message(MKDIR, 1, b"shared"),
+    message(SET_PERMS, 2, b"shared", b"n1", b"r3", b"b2"),
+    message(GET_PERMS, 3, b"shared"),
+    message(RM, 4, b"shared"),
 ))
-seed("store", "two-guests", stream(message(1, 1, b"/local/domain/2/secret"))
-     + stream(message(8, 1, b"/local/domain/1", b"w"), guest=1) + bytes([0, 1])
-     + stream(message(2, 9, b"x", b"y"), guest=1))
+seed("store", "two-guests", stream(message(READ, 1, b"/local/domain/2/secret"))
+     + stream(message(WATCH, 1, b"/local/domain/1", b"w"), guest=1) + bytes([0, 1])
+     + stream(message(WRITE, 9, b"x", b"y"), guest=1))
+seed("store", "transaction", stream(
+    message(TRANSACTION_START, 1, b""),
+    message(WRITE, 2, b"device/vbd/0/state", b"3", tx=1),
+    message(READ, 3, b"device/vbd/0/state", tx=1),
+    message(RM, 4, b"device/vbd/0/state"),
+    message(TRANSACTION_END, 5, b"T", tx=1),
+    message(TRANSACTION_START, 6, b""),
+    message(MKDIR, 7, b"a/b", tx=2),
+    message(DIRECTORY, 8, b"a", tx=2),
+    message(TRANSACTION_END, 9, b"F", tx=2),
+))
 
 # ---- config: the guests' configs, plus one with every key.
 for cfg in sorted((here.parent / "pv-drivers" / "guests").glob("*.cfg")):

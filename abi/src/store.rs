@@ -1,6 +1,9 @@
-//! The store protocol (since ABI 0.4): how a domain talks to dom0's store, a
-//! hierarchical key/value tree with watches through which front ends and
-//! back ends find each other.
+//! The store (since ABI 0.4; Xen's wire format since 1.0): how a domain
+//! talks to dom0's store, a hierarchical key/value tree with watches and
+//! transactions through which front ends and back ends find each other.
+//! The messages are Xen's xenstore protocol ([`crate::xen::io::store`]);
+//! this module holds what Mica adds to it: the tree's rules, permissions,
+//! quotas, a domain's home, the ring page and the device handshake.
 //!
 //! # The tree
 //! Nodes are named by paths. Every node has a value (UTF-8 text, possibly
@@ -19,7 +22,12 @@
 //! - A path is at most [`PATH_MAX`] bytes *after* a relative path has been
 //!   resolved; a value at most [`VALUE_MAX`] bytes; a watch token at most
 //!   [`TOKEN_MAX`] bytes. Values and tokens are UTF-8 without NUL bytes.
-//!   Longer ones are refused with [`StoreError::TooBig`].
+//!   Longer ones are refused with `E2BIG`.
+//! - Compared with Xen's rules (components of `A-Z a-z 0-9 - _ @`, no
+//!   `//`, no trailing `/`, 3072 bytes absolute): Mica also allows `.`
+//!   inside a component, refuses the components `.` and `..`, and keeps
+//!   paths, values and tokens shorter. Every path Linux's xenbus writes
+//!   (`device/vbd/51712/ring-ref`, `control/shutdown`, ...) is valid.
 //! - Numbers stored as values (states, grant references, ports, sizes) are
 //!   decimal ASCII digits, no sign, no spaces ([`parse_decimal`]).
 //!
@@ -36,16 +44,16 @@
 //!
 //! Existence is no secret only where a domain may look: every operation
 //! first follows the path to its deepest existing node, and a domain with
-//! no access at all to that node gets [`StoreError::Access`] whether the
+//! no access at all to that node gets `EACCES` whether the
 //! rest of the path exists or not (it cannot tell another domain's node
 //! from a missing one). Where it has some access, a missing node is
-//! [`StoreError::NoEntry`].
+//! `ENOENT`.
 //!
 //! A node created by a guest is owned by that guest and inherits its
 //! parent's other-access and grants. A node created by dom0 keeps its
 //! parent's owner as well, so the toolstack filling in a guest's home makes
 //! nodes the guest owns. Nodes count against their owner's quota; a guest
-//! over quota gets [`StoreError::Quota`].
+//! over quota gets `ENOSPC`.
 //!
 //! On the wire, permissions are a list of entries, each a letter
 //! ([`Access::letter`]) followed by a decimal domain id: the first entry is
@@ -82,69 +90,116 @@
 //! devices' back-end directories.
 //!
 //! # Messages
-//! A message is a 16-byte [`StoreHeader`] followed by `length` payload bytes
-//! (`length <= STORE_PAYLOAD_MAX`, so a whole message fits in
-//! [`STORE_MESSAGE_MAX`] = one page of buffer on each side). All header
-//! fields are little-endian. The payload is a sequence of fields, each
-//! UTF-8 text *terminated* by a NUL byte (the last one too); `length`
-//! counts the NULs. A payload with a missing final NUL, a wrong number of
-//! fields or invalid UTF-8 is refused with [`StoreError::Invalid`].
+//! The store speaks Xen's xenstore wire protocol (`xs_wire.h`), specified
+//! in [`crate::xen::io::store`]: a 16-byte
+//! [`XsdSockmsg`](crate::xen::io::store::XsdSockmsg) header
+//! `{type, req_id, tx_id, len}` (little-endian) followed by `len` payload
+//! bytes, `len <= XENSTORE_PAYLOAD_MAX` (4096; the header is not counted,
+//! so a whole message is 4112 bytes). Types are Xen's numbers
+//! ([`XsdSockmsgType`](crate::xen::io::store::XsdSockmsgType)). In the
+//! payloads below `|` is a NUL byte; strings end with one, a value does not
+//! (its length is what is left of `len`).
 //!
-//! | kind             | request payload              | success reply payload           |
-//! |------------------|------------------------------|---------------------------------|
-//! | `Read`           | path                         | value                           |
-//! | `Write`          | path, value                  | (empty)                         |
-//! | `Mkdir`          | path                         | (empty)                         |
-//! | `Remove`         | path                         | (empty)                         |
-//! | `Directory`      | path                         | child name, child name, ...     |
-//! | `GetPermissions` | path                         | owner entry, grant entries, ... |
-//! | `SetPermissions` | path, owner entry, grants... | (empty)                         |
-//! | `Watch`          | path, token                  | (empty)                         |
-//! | `Unwatch`        | path, token                  | (empty)                         |
+//! | type               | request payload            | success reply payload          |
+//! |--------------------|----------------------------|--------------------------------|
+//! | `READ`             | `path|`                    | the value (no NUL)             |
+//! | `WRITE`            | `path|value`               | `OK|`                          |
+//! | `MKDIR`            | `path|`                    | `OK|`                          |
+//! | `RM`               | `path|`                    | `OK|`                          |
+//! | `DIRECTORY`        | `path|`                    | `name|name|...` (each child)   |
+//! | `GET_PERMS`        | `path|`                    | `owner-entry|grant|grant|...`  |
+//! | `SET_PERMS`        | `path|owner-entry|grant|...` | `OK|`                        |
+//! | `WATCH`            | `path|token|`              | `OK|`                          |
+//! | `UNWATCH`          | `path|token|`              | `OK|`                          |
+//! | `GET_DOMAIN_PATH`  | `domid|`                   | `/local/domain/<domid>|`       |
+//! | `TRANSACTION_START`| `|` (ignored)              | `<decimal id>|`                |
+//! | `TRANSACTION_END`  | `T|` commit, `F|` abort    | `OK|`                          |
+//! | `RESET_WATCHES`    | `|` (ignored)              | `OK|`                          |
 //!
-//! The reply to a request has the request's `kind`, `request_id` and
-//! `transaction` on success, or kind [`StoreOp::Error`] with one field, the
-//! error's name ([`StoreError::name`], e.g. `ENOENT`). Replies come in
+//! A reply has the request's `type`, `req_id` and `tx_id`; a failure is
+//! type `ERROR` with the error's name and a NUL (`ENOENT|`), `req_id` and
+//! `tx_id` echoed likewise. Names are Xen's errno names
+//! ([`crate::xen::errno::Errno::name`], only those in
+//! [`XSD_ERRORS`](crate::xen::io::store::XSD_ERRORS)). Replies come in
 //! request order; a client may send several requests before reading
-//! replies. [`StoreOp::WatchEvent`] messages (fields: path, token;
-//! `request_id` 0) may arrive between replies at any time.
+//! replies. `WATCH_EVENT` messages (`path|token|`, `req_id` and `tx_id`
+//! 0) may arrive between replies at any time.
+//!
+//! Errors, as this store uses them:
+//! - `ENOENT`: no such node, watch or transaction (a `tx_id` that is not
+//!   one of the caller's open transactions).
+//! - `EACCES`: the caller lacks the access the operation needs.
+//! - `EINVAL`: a malformed payload (a string without its NUL, the wrong
+//!   number of strings, invalid UTF-8, a value holding a NUL), path or
+//!   permission entry, or an operation that makes no sense (removing `/`,
+//!   `TRANSACTION_END` with neither `T` nor `F`).
+//! - `E2BIG`: a path, value, token or listing over its limit, a header
+//!   announcing more than 4096 payload bytes, or more permission entries
+//!   than a node holds.
+//! - `ENOSPC`: the caller (or the node's owner) is at its quota of nodes,
+//!   bytes, watches or open transactions, a transaction outgrew its log,
+//!   or the store as a whole is full (dom0 sizes it so that guests within
+//!   their quotas cannot fill it). Xen's C xenstored answers `ENOSPC` for
+//!   quotas too; `EQUOTA` is not a name Xen's clients know.
+//! - `EEXIST`: the watch is already registered.
+//! - `EAGAIN`: `TRANSACTION_END T` found a conflict; nothing of the
+//!   transaction was applied: run it again from `TRANSACTION_START`.
+//! - `EBUSY`: `TRANSACTION_START` sent inside a transaction (a nonzero
+//!   `tx_id` naming an open one).
+//! - `ENOSYS`: a type this store does not serve: the toolstack's types
+//!   (`INTRODUCE`, `RELEASE`, `RESUME`, `SET_TARGET`,
+//!   `IS_DOMAIN_INTRODUCED`, `CONTROL`), `DIRECTORY_PART`, features and
+//!   quotas, `WATCH_EVENT` and `ERROR` sent by a client, and unknown
+//!   numbers; as Xen's C xenstored answers an unknown type.
 //!
 //! Semantics worth knowing:
-//! - `Write` creates missing parents (with empty values). `Mkdir` creates a
+//! - `WRITE` creates missing parents (with empty values). `MKDIR` creates a
 //!   node with an empty value and succeeds without change if it exists and
-//!   the caller may write it.
-//! - `Remove` removes the node and its whole subtree; removing `/` is
-//!   [`StoreError::Invalid`]; a missing node is [`StoreError::NoEntry`]; a
-//!   subtree holding a node the caller may not write is
-//!   [`StoreError::Access`] (the `name` and `domid` dom0 writes in a guest's
-//!   home are dom0's, readable by the guest, so it cannot drop them with
-//!   its home).
-//! - `Directory` lists child names (not paths) in no promised order; a list
-//!   longer than [`STORE_PAYLOAD_MAX`] is [`StoreError::TooBig`].
-//! - `transaction` must be 0 in this version; anything else, and any `kind`
-//!   the server does not know, is [`StoreError::NotSupported`], so a client
-//!   can probe for later features.
+//!   the caller may write it. Values are UTF-8 without NUL bytes (Xen
+//!   allows any bytes; this store is stricter).
+//! - `RM` removes the node and its whole subtree; removing `/` is
+//!   `EINVAL`; a missing node is `ENOENT`; a subtree holding a node the
+//!   caller may not write is `EACCES` (the `name` and `domid` dom0 writes
+//!   in a guest's home are dom0's, readable by the guest, so it cannot
+//!   drop them with its home).
+//! - `DIRECTORY` lists child names (not paths) in no promised order; a
+//!   list longer than 4096 bytes is `E2BIG`.
+//! - `tx_id` is ignored by `WATCH`, `UNWATCH`, `GET_DOMAIN_PATH` and
+//!   `RESET_WATCHES` (as in Xen), and echoed by every reply.
 //!
-//! # Watches
-//! `Watch` registers (path, token) for the caller; the path need not exist.
-//! The server at once queues one event for the watched path (so the client
-//! reads the current state without racing a change), then one event
-//! whenever a node at or below the watched path is written, created, has
-//! its permissions changed or is removed, and when an ancestor of the
-//! watched path is removed. The event carries the *absolute* path of the
-//! changed node (for a removed ancestor: the watched path) and the
-//! registration's token. A domain only gets events for nodes it may read.
-//! Registering the same (path, token) twice is [`StoreError::Exists`];
-//! `Unwatch` of an unknown pair is [`StoreError::NoEntry`].
+//! # Transactions
+//! `TRANSACTION_START` opens a transaction and answers its id (nonzero,
+//! unique among the caller's open ones). `READ`, `WRITE`, `MKDIR`, `RM`,
+//! `DIRECTORY`, `GET_PERMS` and `SET_PERMS` sent with that `tx_id` act
+//! inside it: they see the store as it was plus the transaction's own
+//! changes, and change nothing anyone else can see. `TRANSACTION_END T`
+//! commits: if nothing the transaction read or changed was changed by
+//! anyone else since it looked, all its changes are applied at once (and
+//! only then fire watches); otherwise the answer is `EAGAIN` and nothing is
+//! applied. `TRANSACTION_END F` abandons it. Either way the transaction is
+//! over (also after `EAGAIN`). A client retries a transaction that ended
+//! with `EAGAIN` from the start, reading again what it read.
 //!
-//! Events say *that* something changed, never what: the client reads the
-//! keys it cares about after any event. A domain's pending events are kept
-//! in a bounded queue; when a client falls behind, the oldest are dropped,
-//! which is harmless under that rule as long as one event remains.
+//! Permissions are checked inside the transaction as outside, against
+//! what it sees, and quotas again at commit: a commit that would take the
+//! caller (or an owner) over quota, or the store over its capacity, is
+//! `ENOSPC` and applies nothing. The commit counts what the transaction
+//! creates and grows, not what it removes, so a transaction must fit
+//! within the quota on its own.
+//!
+//! Limits (this dom0's): a domain has at most 4 transactions open
+//! (`ENOSPC` beyond, as Xen's per-domain transaction quota); a transaction
+//! holds at most 32 changes with 2048 bytes of paths and values, and
+//! looks at most 64 times at nodes it has not changed (`ENOSPC` for the
+//! request that would outgrow it; the transaction stays open and may
+//! still commit or be abandoned). A domain's transactions end, unapplied,
+//! when it sends `RESET_WATCHES` and when it is destroyed.
 //!
 //! # Transport
 //! A [`StoreRing`]: one page of the guest's memory, which dom0 maps, with an
-//! event channel for notification in both directions. Two byte rings:
+//! event channel for notification in both directions. (This is still
+//! Mica's page layout, not Xen's `XenstoreDomainInterface`: only the
+//! messages are Xen's so far.) Two byte rings:
 //! `request` (client writes, server reads) and `response` (server writes,
 //! client reads). Indices are free-running `u32` counters, never reduced
 //! modulo the size; a ring holds `producer - consumer` bytes (wrapping
@@ -158,10 +213,12 @@
 //! The rings are a byte stream: a message larger than the free space is
 //! written in pieces, each published as it is written; the reader
 //! reassembles. A writer finishes one message before starting the next, so
-//! messages never interleave. A header whose `length` exceeds
-//! [`STORE_PAYLOAD_MAX`] is answered with [`StoreError::TooBig`] after the
-//! server has skipped its `length` payload bytes, so the stream stays in
-//! step. A client that stops reading responses stalls only itself: the
+//! messages never interleave. A header whose `len` exceeds 4096 is
+//! answered with `E2BIG` (its `req_id` and `tx_id` echoed) after the server
+//! has skipped its `len` payload bytes, so the stream stays in step. (Xen's
+//! xenstored drops such a client's connection instead; Mica keeps serving
+//! it, since the client can tell what went wrong and nothing else is
+//! lost.) A client that stops reading responses stalls only itself: the
 //! server stops reading its requests until the reply fits.
 //!
 //! The builder of the domain names the store page and the event port in
@@ -245,13 +302,9 @@
 
 use core::mem::{offset_of, size_of};
 
-/// Bytes of a message header.
-pub const STORE_HEADER_SIZE: usize = 16;
-/// Largest message, header included: one page, the reassembly buffer each
-/// side needs.
-pub const STORE_MESSAGE_MAX: usize = 4096;
-/// Largest payload of a message: the rest of the page after the header.
-pub const STORE_PAYLOAD_MAX: usize = STORE_MESSAGE_MAX - STORE_HEADER_SIZE;
+use crate::xen::errno::Errno;
+use crate::xen::io::store::XENSTORE_PAYLOAD_MAX;
+
 /// Longest path, in bytes, after a relative path is resolved; its NUL is
 /// not counted.
 pub const PATH_MAX: usize = 1024;
@@ -265,159 +318,11 @@ pub const GRANTS_MAX: usize = 4;
 pub const HOME_PREFIX: &str = "/local/domain/";
 
 /// Payload of the largest request (a write of a maximal path and value).
-const LARGEST_WRITE: usize = PATH_MAX + 1 + VALUE_MAX + 1;
+const LARGEST_WRITE: usize = PATH_MAX + 1 + VALUE_MAX;
 /// Payload of the largest event (or watch request).
 const LARGEST_EVENT: usize = PATH_MAX + 1 + TOKEN_MAX + 1;
-const _: () = assert!(LARGEST_WRITE <= STORE_PAYLOAD_MAX && LARGEST_EVENT <= STORE_PAYLOAD_MAX);
-
-/// Message kinds ([`StoreHeader::kind`]).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreOp {
-    /// Read a node's value.
-    Read = 1,
-    /// Write a node's value, creating it and its missing parents.
-    Write = 2,
-    /// Create a node with an empty value if it does not exist.
-    Mkdir = 3,
-    /// Remove a node and its subtree.
-    Remove = 4,
-    /// List a node's children.
-    Directory = 5,
-    /// Read a node's permissions.
-    GetPermissions = 6,
-    /// Replace a node's permissions.
-    SetPermissions = 7,
-    /// Register a watch.
-    Watch = 8,
-    /// Remove a watch.
-    Unwatch = 9,
-    /// Server to client only: a watched node changed.
-    WatchEvent = 10,
-    /// Server to client only: the request failed.
-    Error = 11,
-}
-
-impl StoreOp {
-    /// Every kind, for decoding and tests.
-    pub const ALL: [StoreOp; 11] = [
-        StoreOp::Read,
-        StoreOp::Write,
-        StoreOp::Mkdir,
-        StoreOp::Remove,
-        StoreOp::Directory,
-        StoreOp::GetPermissions,
-        StoreOp::SetPermissions,
-        StoreOp::Watch,
-        StoreOp::Unwatch,
-        StoreOp::WatchEvent,
-        StoreOp::Error,
-    ];
-
-    /// Decodes [`StoreHeader::kind`]; `None` for a kind this version does
-    /// not know.
-    pub fn from_number(number: u32) -> Option<StoreOp> {
-        StoreOp::ALL.iter().copied().find(|op| *op as u32 == number)
-    }
-}
-
-/// The header of every message, in both directions.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreHeader {
-    /// A [`StoreOp`] value. Requests: any but `WatchEvent` and `Error`.
-    pub kind: u32,
-    /// Chosen by the client, echoed in the reply; 0 in a `WatchEvent`.
-    pub request_id: u32,
-    /// 0 in this version (transactions are a later feature); echoed.
-    pub transaction: u32,
-    /// Payload bytes after the header, at most [`STORE_PAYLOAD_MAX`].
-    pub length: u32,
-}
-
-const _: () = assert!(size_of::<StoreHeader>() == STORE_HEADER_SIZE);
-const _: () = assert!(offset_of!(StoreHeader, kind) == 0);
-const _: () = assert!(offset_of!(StoreHeader, request_id) == 4);
-const _: () = assert!(offset_of!(StoreHeader, transaction) == 8);
-const _: () = assert!(offset_of!(StoreHeader, length) == 12);
-
-impl StoreHeader {
-    /// The header as it travels (little-endian fields).
-    pub fn to_bytes(&self) -> [u8; STORE_HEADER_SIZE] {
-        let mut bytes = [0; STORE_HEADER_SIZE];
-        bytes[0..4].copy_from_slice(&self.kind.to_le_bytes());
-        bytes[4..8].copy_from_slice(&self.request_id.to_le_bytes());
-        bytes[8..12].copy_from_slice(&self.transaction.to_le_bytes());
-        bytes[12..16].copy_from_slice(&self.length.to_le_bytes());
-        bytes
-    }
-
-    /// Decodes a header; the fields are not checked.
-    pub fn from_bytes(bytes: &[u8; STORE_HEADER_SIZE]) -> StoreHeader {
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        StoreHeader { kind: word(0), request_id: word(4), transaction: word(8), length: word(12) }
-    }
-}
-
-/// Why a request failed: the payload of an [`StoreOp::Error`] reply is the
-/// [`StoreError::name`]. Names are only added, never changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreError {
-    /// `ENOENT`: no such node, or no such watch.
-    NoEntry,
-    /// `EACCES`: the caller lacks the access the operation needs.
-    Access,
-    /// `EINVAL`: a malformed message or path, or an operation that makes no
-    /// sense (removing `/`, a client sending `WatchEvent`).
-    Invalid,
-    /// `E2BIG`: a path, value, token, listing or message over its limit, or
-    /// more permission entries than a node holds.
-    TooBig,
-    /// `EQUOTA`: the caller (or the node's owner) is at its quota of nodes,
-    /// bytes or watches.
-    Quota,
-    /// `EEXIST`: the watch is already registered.
-    Exists,
-    /// `ENOSPC`: the store as a whole is full (dom0 sizes it so that guests
-    /// within their quotas cannot fill it).
-    NoSpace,
-    /// `ENOSYS`: a kind or feature (transactions) this server does not have.
-    NotSupported,
-}
-
-impl StoreError {
-    /// Every error, for decoding and tests.
-    pub const ALL: [StoreError; 8] = [
-        StoreError::NoEntry,
-        StoreError::Access,
-        StoreError::Invalid,
-        StoreError::TooBig,
-        StoreError::Quota,
-        StoreError::Exists,
-        StoreError::NoSpace,
-        StoreError::NotSupported,
-    ];
-
-    /// The name carried in an `Error` reply.
-    pub const fn name(self) -> &'static str {
-        match self {
-            StoreError::NoEntry => "ENOENT",
-            StoreError::Access => "EACCES",
-            StoreError::Invalid => "EINVAL",
-            StoreError::TooBig => "E2BIG",
-            StoreError::Quota => "EQUOTA",
-            StoreError::Exists => "EEXIST",
-            StoreError::NoSpace => "ENOSPC",
-            StoreError::NotSupported => "ENOSYS",
-        }
-    }
-
-    /// Decodes an error name; `None` for a name this version does not know
-    /// (a client should treat it as a failure all the same).
-    pub fn from_name(name: &[u8]) -> Option<StoreError> {
-        StoreError::ALL.iter().copied().find(|error| error.name().as_bytes() == name)
-    }
-}
+const _: () = assert!(LARGEST_WRITE <= XENSTORE_PAYLOAD_MAX as usize);
+const _: () = assert!(LARGEST_EVENT <= XENSTORE_PAYLOAD_MAX as usize);
 
 /// What a domain other than the owner may do with a node.
 #[repr(u8)]
@@ -590,19 +495,19 @@ pub enum PathForm {
 }
 
 /// Checks a path's syntax (not the length after resolution, which depends
-/// on the caller): [`StoreError::TooBig`] if longer than [`PATH_MAX`],
-/// [`StoreError::Invalid`] if malformed.
-pub fn check_path(path: &[u8]) -> Result<PathForm, StoreError> {
+/// on the caller): `E2BIG` if longer than [`PATH_MAX`], `EINVAL` if
+/// malformed.
+pub fn check_path(path: &[u8]) -> Result<PathForm, Errno> {
     if path.len() > PATH_MAX {
-        return Err(StoreError::TooBig);
+        return Err(Errno::E2big);
     }
     let (form, rest) = match path {
-        [] => return Err(StoreError::Invalid),
+        [] => return Err(Errno::Einval),
         [b'/'] => return Ok(PathForm::Absolute),
         [b'/', rest @ ..] => (PathForm::Absolute, rest),
         _ => (PathForm::Relative, path),
     };
-    if rest.split(|&byte| byte == b'/').all(is_valid_component) { Ok(form) } else { Err(StoreError::Invalid) }
+    if rest.split(|&byte| byte == b'/').all(is_valid_component) { Ok(form) } else { Err(Errno::Einval) }
 }
 
 /// Bytes in the request ring (client to server).
@@ -648,27 +553,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_round_trips_little_endian() {
-        let header = StoreHeader { kind: StoreOp::Write as u32, request_id: 0x0102_0304, transaction: 0, length: 7 };
-        let bytes = header.to_bytes();
-        assert_eq!(bytes[..8], [2, 0, 0, 0, 4, 3, 2, 1]);
-        assert_eq!(StoreHeader::from_bytes(&bytes), header);
-    }
-
-    #[test]
-    fn kinds_and_errors_decode_to_themselves() {
-        for op in StoreOp::ALL {
-            assert_eq!(StoreOp::from_number(op as u32), Some(op));
-        }
-        assert_eq!(StoreOp::from_number(0), None);
-        assert_eq!(StoreOp::from_number(12), None);
-        for error in StoreError::ALL {
-            assert_eq!(StoreError::from_name(error.name().as_bytes()), Some(error));
-        }
-        assert_eq!(StoreError::from_name(b"EWHAT"), None);
-    }
-
-    #[test]
     fn access_letters() {
         for access in [Access::None, Access::Read, Access::Write, Access::Both] {
             assert_eq!(Access::from_letter(access.letter()), Some(access));
@@ -708,11 +592,11 @@ mod tests {
         assert_eq!(check_path(b"device/vbd/0/state"), Ok(PathForm::Relative));
         assert_eq!(check_path(b"a_b.c-d@e/F9"), Ok(PathForm::Relative));
         for bad in [&b""[..], b"//", b"/a/", b"a//b", b"/a b", b"a/./b", b"..", b"/a/..", b"a\0b", b"\xc3\xa9"] {
-            assert_eq!(check_path(bad), Err(StoreError::Invalid), "{bad:?}");
+            assert_eq!(check_path(bad), Err(Errno::Einval), "{bad:?}");
         }
         let mut long = [b'a'; PATH_MAX + 1];
         long[0] = b'/';
-        assert_eq!(check_path(&long), Err(StoreError::TooBig));
+        assert_eq!(check_path(&long), Err(Errno::E2big));
         assert_eq!(check_path(&long[..PATH_MAX]), Ok(PathForm::Absolute));
     }
 }

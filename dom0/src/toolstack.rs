@@ -23,9 +23,9 @@ use pv_drivers::hypercall;
 use crate::data_path::{self, BlockBackend, DATA, Lock, Notice, UPLINK};
 use crate::uart::Uart;
 use abi::store::Access;
-use abi::store::{DeviceState, STORE_MESSAGE_MAX, keys, parse_decimal};
+use abi::store::{DeviceState, keys, parse_decimal};
 use dom0core::block_backend::Region;
-use dom0core::store::{DefaultStore, MessageAssembler, Permissions, Quota};
+use dom0core::store::{DefaultStore, MESSAGE_MAX, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
 
@@ -358,7 +358,7 @@ pub struct StoreChannel {
     assembler: MessageAssembler,
     /// A reply or event that did not fit in the ring yet, and how much of
     /// it was sent.
-    pending: [u8; STORE_MESSAGE_MAX],
+    pending: [u8; MESSAGE_MAX],
     pending_length: usize,
     pending_sent: usize,
     /// Request bytes taken from the ring but not yet fed to the assembler.
@@ -475,7 +475,7 @@ impl DomainControl for Hypervisor {
             port,
             slot,
             assembler: MessageAssembler::new(),
-            pending: [0; STORE_MESSAGE_MAX],
+            pending: [0; MESSAGE_MAX],
             pending_length: 0,
             pending_sent: 0,
             carry: [0; 256],

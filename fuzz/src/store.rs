@@ -1,10 +1,10 @@
-//! The store's wire protocol as guests speak it: byte streams from two
-//! guests, cut at arbitrary points, assembled into messages and handled by
-//! a small store, with domains coming and going.
+//! The store's wire protocol (Xen's xs_wire) as guests speak it: byte
+//! streams from two guests, cut at arbitrary points, assembled into
+//! messages and handled by a small store, with domains coming and going.
 
 use abi::DomainId;
-use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreError, StoreHeader, StoreOp};
-use dom0core::store::{MessageAssembler, Quota, Store};
+use abi::xen::io::store::{XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType, xsd_error_from_payload};
+use dom0core::store::{MESSAGE_MAX, MessageAssembler, Quota, Store};
 
 use crate::bytes::Bytes;
 
@@ -34,7 +34,7 @@ pub fn store(data: &[u8]) {
     // A device as dom0 sets one up: its directory, the guest's state node.
     store.write(abi::DOM0, "/local/domain/1/device/vbd/0/state", "1").expect("dom0 writes");
     let mut assemblers = [MessageAssembler::new(), MessageAssembler::new()];
-    let mut reply = [0u8; STORE_MESSAGE_MAX];
+    let mut reply = [0u8; MESSAGE_MAX];
     let mut input = Bytes::new(data);
     while !input.is_empty() {
         let control = input.byte();
@@ -72,34 +72,41 @@ pub fn store(data: &[u8]) {
     }
 }
 
-/// The header and NUL-terminated fields of a message, checking the framing.
-fn parse(message: &[u8]) -> (StoreHeader, Vec<&[u8]>) {
-    assert!(message.len() >= STORE_HEADER_SIZE && message.len() <= STORE_MESSAGE_MAX);
-    let header = StoreHeader::from_bytes(message.first_chunk().expect("a header"));
-    let payload = &message[STORE_HEADER_SIZE..];
-    assert_eq!(header.length as usize, payload.len(), "header length disagrees with the message");
-    let fields = match payload.split_last() {
+/// The header and payload of a message, checking the framing.
+fn parse(message: &[u8]) -> (XsdSockmsg, &[u8]) {
+    assert!(message.len() >= XSD_SOCKMSG_SIZE && message.len() <= MESSAGE_MAX);
+    let header = XsdSockmsg::from_bytes(message.first_chunk().expect("a header"));
+    let payload = &message[XSD_SOCKMSG_SIZE..];
+    assert_eq!(header.len as usize, payload.len(), "header length disagrees with the message");
+    (header, payload)
+}
+
+/// The NUL-terminated strings of a payload.
+fn strings(payload: &[u8]) -> Vec<&[u8]> {
+    match payload.split_last() {
         None => Vec::new(),
         Some((&last, body)) => {
             assert_eq!(last, 0, "payload not NUL-terminated");
             body.split(|&byte| byte == 0).collect()
         }
-    };
-    (header, fields)
+    }
 }
 
 fn check_reply(request: &[u8], reply: &[u8], leaks_checked: bool) {
-    let (header, fields) = parse(reply);
-    let sent = request.first_chunk::<STORE_HEADER_SIZE>().map(StoreHeader::from_bytes).unwrap_or_default();
-    assert_eq!(header.request_id, sent.request_id);
-    assert_eq!(header.transaction, sent.transaction);
-    if header.kind == StoreOp::Error as u32 {
-        assert_eq!(fields.len(), 1);
-        assert!(StoreError::from_name(fields[0]).is_some(), "unknown error name");
+    let (header, payload) = parse(reply);
+    let sent = request.first_chunk::<XSD_SOCKMSG_SIZE>().map(XsdSockmsg::from_bytes).unwrap_or_default();
+    assert_eq!(header.req_id, sent.req_id);
+    assert_eq!(header.tx_id, sent.tx_id);
+    if header.r#type == XsdSockmsgType::Error.number() {
+        assert_eq!(strings(payload).len(), 1);
+        assert!(xsd_error_from_payload(payload).is_some(), "unknown error name");
     } else {
-        assert_eq!(header.kind, sent.kind);
-        let op = StoreOp::from_number(sent.kind).expect("success for an unknown kind");
-        assert!(!matches!(op, StoreOp::WatchEvent | StoreOp::Error), "a guest's {op:?} succeeded");
+        assert_eq!(header.r#type, sent.r#type);
+        let kind = XsdSockmsgType::from_number(sent.r#type).expect("success for an unknown type");
+        assert!(!matches!(kind, XsdSockmsgType::WatchEvent | XsdSockmsgType::Error), "a guest's {kind:?} succeeded");
+        if kind != XsdSockmsgType::Read {
+            strings(payload);
+        }
     }
     if leaks_checked {
         assert!(!contains_secret(reply), "a guest read domain 2's secret");
@@ -107,10 +114,10 @@ fn check_reply(request: &[u8], reply: &[u8], leaks_checked: bool) {
 }
 
 fn check_event(event: &[u8], leaks_checked: bool) {
-    let (header, fields) = parse(event);
-    assert_eq!(header.kind, StoreOp::WatchEvent as u32);
-    assert_eq!(header.request_id, 0);
-    assert_eq!(fields.len(), 2, "an event is a path and a token");
+    let (header, payload) = parse(event);
+    assert_eq!(header.r#type, XsdSockmsgType::WatchEvent.number());
+    assert_eq!((header.req_id, header.tx_id), (0, 0));
+    assert_eq!(strings(payload).len(), 2, "an event is a path and a token");
     if leaks_checked {
         assert!(!contains_secret(event), "a watch event carried domain 2's secret");
     }

@@ -8,6 +8,8 @@ use core::fmt::Write as _;
 
 use abi::event::{EventOp, PortState, PortStatus, Virq};
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
+use abi::xen::errno::Errno;
+use abi::xen::io::store::{XENSTORE_PAYLOAD_MAX, XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType, xsd_error_from_payload};
 
 use crate::console::ConsoleRing;
 use crate::hypercall;
@@ -83,13 +85,17 @@ pub enum CloseError {
     StillMapped,
 }
 
+/// Bytes of the largest store message (xs_wire): the header and a payload
+/// of at most `XENSTORE_PAYLOAD_MAX` bytes.
+const STORE_MESSAGE_MAX: usize = XSD_SOCKMSG_SIZE + XENSTORE_PAYLOAD_MAX as usize;
+
 /// The store client: the ring page, the event port, the next request id.
 struct StoreClient {
     ring: crate::console::StoreRingAccess,
     port: u32,
     next_id: u32,
     /// The message being received (header, then exactly its payload).
-    incoming: [u8; abi::store::STORE_MESSAGE_MAX],
+    incoming: [u8; STORE_MESSAGE_MAX],
     incoming_length: usize,
     /// Watch events received and not yet taken by `take_watch_events`.
     watch_events: u32,
@@ -100,22 +106,18 @@ impl StoreClient {
     /// it is complete (it is then in `incoming[..total]`; the caller resets
     /// `incoming_length`).
     fn receive(&mut self) -> Result<Option<usize>, StoreFailure> {
-        use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreHeader};
         loop {
-            let wanted = if self.incoming_length < STORE_HEADER_SIZE {
-                STORE_HEADER_SIZE
+            let wanted = if self.incoming_length < XSD_SOCKMSG_SIZE {
+                XSD_SOCKMSG_SIZE
             } else {
-                let header = StoreHeader::from_bytes(
-                    self.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
-                );
-                let total = STORE_HEADER_SIZE + header.length as usize;
+                let total = XSD_SOCKMSG_SIZE + self.header().len as usize;
                 if total > STORE_MESSAGE_MAX {
                     return Err(StoreFailure::Broken);
                 }
                 total
             };
             // Complete: the header is in, and as much payload as it announces.
-            if self.incoming_length >= STORE_HEADER_SIZE && self.incoming_length == wanted {
+            if self.incoming_length >= XSD_SOCKMSG_SIZE && self.incoming_length == wanted {
                 return Ok(Some(wanted));
             }
             let count = self
@@ -129,6 +131,25 @@ impl StoreClient {
             self.incoming_length += count;
         }
     }
+
+    /// The header of the incoming message (once 16 bytes are in).
+    fn header(&self) -> XsdSockmsg {
+        XsdSockmsg::from_bytes(self.incoming.first_chunk().unwrap_or(&[0; XSD_SOCKMSG_SIZE]))
+    }
+}
+
+/// An open store transaction ([`Guest::store_transaction_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTransaction(pub u32);
+
+/// How [`Guest::store_transaction_end`] ended a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransactionEnd {
+    /// Committed (or, when abandoning, abandoned).
+    Done,
+    /// Not committed: something it read changed meanwhile (`EAGAIN`).
+    /// Nothing of it was applied; run it again from the start.
+    Retry,
 }
 
 /// Why a store request failed.
@@ -136,8 +157,8 @@ impl StoreClient {
 pub enum StoreFailure {
     /// The guest has no store connection.
     NoStore,
-    /// dom0 answered with this error.
-    Refused(abi::store::StoreError),
+    /// dom0 answered with this error (a name from Xen's table).
+    Refused(Errno),
     /// The request does not fit a message, or the reply was malformed or
     /// too long for the caller's buffer.
     BadMessage,
@@ -351,7 +372,7 @@ impl Guest {
                 ring,
                 port: port as u32,
                 next_id: 1,
-                incoming: [0; abi::store::STORE_MESSAGE_MAX],
+                incoming: [0; STORE_MESSAGE_MAX],
                 incoming_length: 0,
                 watch_events: 0,
             });
@@ -1061,11 +1082,20 @@ impl Guest {
     /// Reads store node `path` (absolute, or relative to this domain's home)
     /// into `out`; returns the value's length.
     pub fn store_read(&mut self, path: &str, out: &mut [u8]) -> Result<usize, StoreFailure> {
-        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
-        let length = self.store_request(abi::store::StoreOp::Read, &[path], &mut reply)?;
-        // The reply payload is the value and its NUL.
-        let value = &reply[abi::store::STORE_HEADER_SIZE..abi::store::STORE_HEADER_SIZE + length];
-        let value = value.strip_suffix(&[0]).unwrap_or(value);
+        self.store_read_in(None, path, out)
+    }
+
+    /// [`Guest::store_read`] inside `transaction` (or outside, `None`).
+    pub fn store_read_in(
+        &mut self,
+        transaction: Option<StoreTransaction>,
+        path: &str,
+        out: &mut [u8],
+    ) -> Result<usize, StoreFailure> {
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        let length = self.store_request(XsdSockmsgType::Read, transaction, &[path], &mut reply)?;
+        // The reply payload is the value, without a NUL.
+        let value = &reply[XSD_SOCKMSG_SIZE..XSD_SOCKMSG_SIZE + length];
         let destination = out.get_mut(..value.len()).ok_or(StoreFailure::BadMessage)?;
         destination.copy_from_slice(value);
         Ok(value.len())
@@ -1073,48 +1103,90 @@ impl Guest {
 
     /// Writes `value` at store node `path`, creating it.
     pub fn store_write(&mut self, path: &str, value: &str) -> Result<(), StoreFailure> {
-        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
-        self.store_request(abi::store::StoreOp::Write, &[path, value], &mut reply).map(|_| ())
+        self.store_write_in(None, path, value)
     }
 
-    /// Sends any one request (`fields` as the operation takes them) and
-    /// waits for its reply; returns the reply's payload length. For guests
-    /// that probe the store (the hostile-guest suite).
-    pub fn store_op(&mut self, operation: abi::store::StoreOp, fields: &[&str]) -> Result<usize, StoreFailure> {
-        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
-        self.store_request(operation, fields, &mut reply)
+    /// [`Guest::store_write`] inside `transaction` (or outside, `None`).
+    pub fn store_write_in(
+        &mut self,
+        transaction: Option<StoreTransaction>,
+        path: &str,
+        value: &str,
+    ) -> Result<(), StoreFailure> {
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        self.store_request(XsdSockmsgType::Write, transaction, &[path, value], &mut reply).map(|_| ())
+    }
+
+    /// Opens a store transaction: requests made with it see the store as
+    /// it was plus their own changes, and nobody else sees those until
+    /// [`Guest::store_transaction_end`] commits them.
+    pub fn store_transaction_start(&mut self) -> Result<StoreTransaction, StoreFailure> {
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        let length = self.store_request(XsdSockmsgType::TransactionStart, None, &[""], &mut reply)?;
+        // The reply payload is the id in decimal and a NUL.
+        let text = &reply[XSD_SOCKMSG_SIZE..XSD_SOCKMSG_SIZE + length];
+        let digits = text.strip_suffix(&[0]).ok_or(StoreFailure::BadMessage)?;
+        match abi::store::parse_decimal(digits) {
+            Some(id) if id != 0 => Ok(StoreTransaction(id)),
+            _ => Err(StoreFailure::BadMessage),
+        }
+    }
+
+    /// Ends `transaction`: commits its changes (`commit`) or abandons them.
+    /// [`TransactionEnd::Retry`] when the store refused the commit for a
+    /// conflict (`EAGAIN`): the caller starts again, reading anew.
+    pub fn store_transaction_end(
+        &mut self,
+        transaction: StoreTransaction,
+        commit: bool,
+    ) -> Result<TransactionEnd, StoreFailure> {
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        let argument = if commit { "T" } else { "F" };
+        match self.store_request(XsdSockmsgType::TransactionEnd, Some(transaction), &[argument], &mut reply) {
+            Ok(_) => Ok(TransactionEnd::Done),
+            Err(StoreFailure::Refused(Errno::Eagain)) => Ok(TransactionEnd::Retry),
+            Err(failure) => Err(failure),
+        }
+    }
+
+    /// Sends any one request (`fields` as the type takes them: strings,
+    /// and for `WRITE` the path then the value) and waits for its reply;
+    /// returns the reply's payload length. For guests that probe the store
+    /// (the hostile-guest suite).
+    pub fn store_op(&mut self, kind: XsdSockmsgType, fields: &[&str]) -> Result<usize, StoreFailure> {
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        self.store_request(kind, None, fields, &mut reply)
     }
 
     /// Sends one request and waits for its reply; watch events that arrive
-    /// meanwhile are counted for [`Guest::take_watch_events`]. Returns the
-    /// reply's payload length (the payload follows the header in `reply`).
+    /// meanwhile are counted for [`Guest::take_watch_events`]. Each field
+    /// goes with a NUL after it, except a `WRITE`'s value (its second
+    /// field), as xs_wire has it. Returns the reply's payload length (the
+    /// payload follows the header in `reply`).
     fn store_request(
         &mut self,
-        operation: abi::store::StoreOp,
+        kind: XsdSockmsgType,
+        transaction: Option<StoreTransaction>,
         fields: &[&str],
-        reply: &mut [u8; abi::store::STORE_MESSAGE_MAX],
+        reply: &mut [u8; STORE_MESSAGE_MAX],
     ) -> Result<usize, StoreFailure> {
-        use abi::store::{STORE_HEADER_SIZE, STORE_MESSAGE_MAX, StoreHeader, StoreOp};
         let store = self.store.as_mut().ok_or(StoreFailure::NoStore)?;
         let mut message = [0u8; STORE_MESSAGE_MAX];
-        let mut length = STORE_HEADER_SIZE;
-        for field in fields {
-            let end = length + field.len() + 1;
+        let mut length = XSD_SOCKMSG_SIZE;
+        for (index, field) in fields.iter().enumerate() {
+            let terminated = !(kind == XsdSockmsgType::Write && index == 1);
+            let end = length + field.len() + terminated as usize;
             if end > STORE_MESSAGE_MAX || field.as_bytes().contains(&0) {
                 return Err(StoreFailure::BadMessage);
             }
-            message[length..end - 1].copy_from_slice(field.as_bytes());
+            message[length..length + field.len()].copy_from_slice(field.as_bytes());
             length = end;
         }
         let id = store.next_id;
         store.next_id = store.next_id.wrapping_add(1).max(1);
-        let header = StoreHeader {
-            kind: operation as u32,
-            request_id: id,
-            transaction: 0,
-            length: (length - STORE_HEADER_SIZE) as u32,
-        };
-        message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        let tx_id = transaction.map_or(0, |transaction| transaction.0);
+        let header = XsdSockmsg { r#type: kind.number(), req_id: id, tx_id, len: (length - XSD_SOCKMSG_SIZE) as u32 };
+        message[..XSD_SOCKMSG_SIZE].copy_from_slice(&header.to_bytes());
         let mut sent = 0;
         loop {
             let store = self.store.as_mut().ok_or(StoreFailure::NoStore)?;
@@ -1130,20 +1202,18 @@ impl Guest {
             if let Some(total) = store.receive()? {
                 progress = true;
                 store.incoming_length = 0;
-                let header = StoreHeader::from_bytes(
-                    store.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
-                );
-                match StoreOp::from_number(header.kind) {
-                    Some(StoreOp::WatchEvent) => store.watch_events = store.watch_events.saturating_add(1),
-                    Some(StoreOp::Error) if header.request_id == id => {
-                        let name = &store.incoming[STORE_HEADER_SIZE..total];
-                        let name = name.strip_suffix(&[0]).unwrap_or(name);
-                        return Err(abi::store::StoreError::from_name(name)
-                            .map_or(StoreFailure::BadMessage, StoreFailure::Refused));
+                let header = store.header();
+                match XsdSockmsgType::from_number(header.r#type) {
+                    Some(XsdSockmsgType::WatchEvent) => store.watch_events = store.watch_events.saturating_add(1),
+                    Some(XsdSockmsgType::Error) if header.req_id == id => {
+                        let name = &store.incoming[XSD_SOCKMSG_SIZE..total];
+                        return Err(
+                            xsd_error_from_payload(name).map_or(StoreFailure::BadMessage, StoreFailure::Refused)
+                        );
                     }
-                    Some(_) if header.request_id == id => {
+                    Some(answered) if header.req_id == id && answered == kind => {
                         reply[..total].copy_from_slice(&store.incoming[..total]);
-                        return Ok(header.length as usize);
+                        return Ok(header.len as usize);
                     }
                     _ => return Err(StoreFailure::BadMessage),
                 }
@@ -1159,22 +1229,18 @@ impl Guest {
     /// this domain's home, or absolute); events are counted, see
     /// [`Guest::take_watch_events`]. The store reports once at once.
     pub fn store_watch(&mut self, path: &str, token: &str) -> Result<(), StoreFailure> {
-        let mut reply = [0u8; abi::store::STORE_MESSAGE_MAX];
-        self.store_request(abi::store::StoreOp::Watch, &[path, token], &mut reply).map(|_| ())
+        let mut reply = [0u8; STORE_MESSAGE_MAX];
+        self.store_request(XsdSockmsgType::Watch, None, &[path, token], &mut reply).map(|_| ())
     }
 
     /// Watch events that arrived since the last call (reads any waiting on
     /// the store ring first, without blocking).
     pub fn take_watch_events(&mut self) -> u32 {
-        use abi::store::{STORE_HEADER_SIZE, StoreHeader, StoreOp};
         let Some(store) = self.store.as_mut() else { return 0 };
         while let Ok(Some(_)) = store.receive() {
             store.incoming_length = 0;
-            let header = StoreHeader::from_bytes(
-                store.incoming[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; STORE_HEADER_SIZE]),
-            );
             // Nothing else is outstanding here: anything but an event is dropped.
-            if StoreOp::from_number(header.kind) == Some(StoreOp::WatchEvent) {
+            if XsdSockmsgType::from_number(store.header().r#type) == Some(XsdSockmsgType::WatchEvent) {
                 store.watch_events = store.watch_events.saturating_add(1);
             }
         }

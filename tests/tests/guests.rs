@@ -686,16 +686,18 @@ fn a_hostile_guest_gets_documented_errors() {
     }
 }
 
-/// `storetest` talks to dom0's store over its own ring: it writes and reads
-/// back a key in its home, reads the name dom0 wrote there, and is refused
-/// dom0's home, dom0's tree and a path with `..`. Destroyed and built
-/// again, it starts from a clean home.
+/// `storetest` talks to dom0's store over its own ring (xs_wire): it writes
+/// and reads back a key in its home, reads the name dom0 wrote there, is
+/// refused dom0's home, dom0's tree and a path with `..`, and uses
+/// transactions (isolation until commit, a conflict answered EAGAIN and
+/// retried, an abandoned one). Destroyed and built again, it starts from a
+/// clean home.
 #[test]
 fn a_guest_uses_the_store_over_its_ring() {
     let mut machine = boot();
     for _round in 0..2 {
         let id = create(&mut machine, "storetest", "storetest");
-        all_checks_pass(&mut machine, "storetest", id, "storetest", 6);
+        all_checks_pass(&mut machine, "storetest", id, "storetest", 9);
         destroy(&mut machine, "storetest", id);
     }
 }

@@ -95,7 +95,7 @@ fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
     println!("{output}");
     require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
     require(&mut machine, &output, "attack-xsa: events: done", "event storms");
-    require(&mut machine, &output, "the next refused (EQUOTA)", "the watch quota");
+    require(&mut machine, &output, "the next refused (ENOSPC)", "the watch quota");
     require(&mut machine, &output, "attack-xsa: watches: the store still answers", "watch-queue growth");
     require(&mut machine, &output, "attack-xsa: storeflood: 1500 requests", "the request flood");
     let store = command(&mut machine, "store");

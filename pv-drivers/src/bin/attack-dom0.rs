@@ -18,7 +18,7 @@
 
 use core::fmt::Write;
 
-use abi::store::StoreOp;
+use abi::xen::io::store::XsdSockmsgType;
 use arrayvec::ArrayString;
 use pv_drivers::guest::{self, Guest};
 use pv_drivers::hypercall;
@@ -49,13 +49,13 @@ extern "C" fn _start(start_info: u64) -> ! {
 fn probe_store(guest: &mut Guest) {
     let me = guest.domain_id();
     let operations = [
-        StoreOp::Mkdir,
-        StoreOp::Read,
-        StoreOp::Directory,
-        StoreOp::GetPermissions,
-        StoreOp::SetPermissions,
-        StoreOp::Remove,
-        StoreOp::Write,
+        XsdSockmsgType::Mkdir,
+        XsdSockmsgType::Read,
+        XsdSockmsgType::Directory,
+        XsdSockmsgType::GetPerms,
+        XsdSockmsgType::SetPerms,
+        XsdSockmsgType::Rm,
+        XsdSockmsgType::Write,
     ];
     let mut revealed = 0;
     let mut permissions = ArrayString::<16>::new();
@@ -68,8 +68,8 @@ fn probe_store(guest: &mut Guest) {
         for operation in operations {
             let mut ask = |path: &str| {
                 let fields: &[&str] = match operation {
-                    StoreOp::SetPermissions => &[path, &permissions],
-                    StoreOp::Write => &[path, "x"],
+                    XsdSockmsgType::SetPerms => &[path, &permissions],
+                    XsdSockmsgType::Write => &[path, "x"],
                     _ => &[path],
                 };
                 guest.store_op(operation, fields).map(|_| ())
@@ -89,7 +89,7 @@ fn probe_store(guest: &mut Guest) {
     let _ = writeln!(guest, "attack-dom0: store: rewrite my name: {rewrite:?}");
     let rewrite = guest.store_write("domid", "0");
     let _ = writeln!(guest, "attack-dom0: store: rewrite my domid: {rewrite:?}");
-    let removed = guest.store_op(StoreOp::Remove, &["name"]).map(|_| ());
+    let removed = guest.store_op(XsdSockmsgType::Rm, &["name"]).map(|_| ());
     let _ = writeln!(guest, "attack-dom0: store: remove my name: {removed:?}");
 }
 

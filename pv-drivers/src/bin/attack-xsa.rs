@@ -22,7 +22,7 @@
 //!   channel to itself) and bind/close churn up to the port table's limit;
 //!   every port comes back free.
 //! - `watches`: registers watches up to its quota (the next is refused with
-//!   EQUOTA), then floods writes under them without reading its store ring:
+//!   ENOSPC), then floods writes under them without reading its store ring:
 //!   dom0 must stop reading its requests and bound its event queue; after
 //!   reading again the guest gets at most a queue's worth of events.
 //! - `storeflood`: store requests back to back, good and malformed, with
@@ -46,7 +46,8 @@ use core::fmt::Write;
 use abi::Error;
 use abi::block::{OP_READ, OP_WRITE, Request, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED, Segment};
 use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
-use abi::store::{STORE_HEADER_SIZE, StoreHeader, StoreOp};
+use abi::xen::errno::Errno;
+use abi::xen::io::store::{XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType};
 use pv_drivers::guest::{self, Guest, StoreFailure};
 use pv_drivers::hypercall;
 
@@ -415,22 +416,22 @@ impl Attack {
         let page = self.guest.start_info.store_page;
         // SAFETY: our own store ring page; from here on only this accessor reads it.
         let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
-        let mut message = [0u8; abi::store::STORE_MESSAGE_MAX];
+        let mut message = [0u8; XSD_SOCKMSG_SIZE + abi::xen::io::store::XENSTORE_PAYLOAD_MAX as usize];
         let mut length = 0;
         let (mut events, mut leaked) = (0u64, 0u64);
         let (mut report, mut reported, mut control) = (0, 0, 0);
         loop {
-            let wanted = if length < STORE_HEADER_SIZE {
-                STORE_HEADER_SIZE
+            let wanted = if length < XSD_SOCKMSG_SIZE {
+                XSD_SOCKMSG_SIZE
             } else {
-                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
-                (STORE_HEADER_SIZE + header.length as usize).min(message.len())
+                let header = XsdSockmsg::from_bytes(message[..XSD_SOCKMSG_SIZE].try_into().unwrap_or(&[0; 16]));
+                (XSD_SOCKMSG_SIZE + header.len as usize).min(message.len())
             };
-            if length >= STORE_HEADER_SIZE && length == wanted {
-                let header = StoreHeader::from_bytes(message[..STORE_HEADER_SIZE].try_into().unwrap_or(&[0; 16]));
-                if header.kind == StoreOp::WatchEvent as u32 {
+            if length >= XSD_SOCKMSG_SIZE && length == wanted {
+                let header = XsdSockmsg::from_bytes(message[..XSD_SOCKMSG_SIZE].try_into().unwrap_or(&[0; 16]));
+                if header.r#type == XsdSockmsgType::WatchEvent.number() {
                     events += 1;
-                    let payload = &message[STORE_HEADER_SIZE..length];
+                    let payload = &message[XSD_SOCKMSG_SIZE..length];
                     let path = payload.split(|&b| b == 0).next().unwrap_or(&[]);
                     let path = core::str::from_utf8(path).unwrap_or("?");
                     if !allowed(path) {
@@ -450,18 +451,18 @@ impl Attack {
                         control = guest::now();
                         // The control: a change of its own node, which the
                         // watch on `/` must report (the reply is skipped above).
-                        let mut request = [0u8; STORE_HEADER_SIZE + 32];
+                        let mut request = [0u8; XSD_SOCKMSG_SIZE + 32];
                         let mut payload = arrayvec::ArrayString::<32>::new();
-                        let _ = write!(payload, "data/spy\0{events}\0");
-                        let header = StoreHeader {
-                            kind: StoreOp::Write as u32,
-                            request_id: 1,
-                            transaction: 0,
-                            length: payload.len() as u32,
+                        let _ = write!(payload, "data/spy\0{events}");
+                        let header = XsdSockmsg {
+                            r#type: XsdSockmsgType::Write.number(),
+                            req_id: 1,
+                            tx_id: 0,
+                            len: payload.len() as u32,
                         };
-                        request[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
-                        let end = STORE_HEADER_SIZE + payload.len();
-                        request[STORE_HEADER_SIZE..end].copy_from_slice(payload.as_bytes());
+                        request[..XSD_SOCKMSG_SIZE].copy_from_slice(&header.to_bytes());
+                        let end = XSD_SOCKMSG_SIZE + payload.len();
+                        request[XSD_SOCKMSG_SIZE..end].copy_from_slice(payload.as_bytes());
                         let mut sent = 0;
                         while sent < end {
                             sent += ring.client_send(&request[sent..end]).unwrap_or(0);
@@ -505,10 +506,10 @@ impl Attack {
         // SAFETY: our own store ring page; from here on only this accessor uses it.
         let ring = unsafe { pv_drivers::console::StoreRingAccess::new(page as *mut u8) };
         let payload = b"data/storm\0";
-        let mut message = [0u8; STORE_HEADER_SIZE + 11];
-        let header = StoreHeader { kind: StoreOp::Read as u32, request_id: 1, transaction: 0, length: 11 };
-        message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
-        message[STORE_HEADER_SIZE..].copy_from_slice(payload);
+        let mut message = [0u8; XSD_SOCKMSG_SIZE + 11];
+        let header = XsdSockmsg { r#type: XsdSockmsgType::Read.number(), req_id: 1, tx_id: 0, len: 11 };
+        message[..XSD_SOCKMSG_SIZE].copy_from_slice(&header.to_bytes());
+        message[XSD_SOCKMSG_SIZE..].copy_from_slice(payload);
         let mut sent = 0;
         let mut replies = [0u8; 2048];
         loop {
@@ -639,11 +640,11 @@ impl Attack {
                 break StoreFailure::BadMessage;
             }
         };
-        if refusal != StoreFailure::Refused(abi::store::StoreError::Quota) {
-            return self.fail(MODE, format_args!("watch {registered} was answered {refusal:?}, not EQUOTA"));
+        if refusal != StoreFailure::Refused(Errno::Enospc) {
+            return self.fail(MODE, format_args!("watch {registered} was answered {refusal:?}, not ENOSPC"));
         }
         let _ = self.guest.take_watch_events();
-        self.say(format_args!("attack-xsa: watches: {registered} more watches registered, the next refused (EQUOTA)"));
+        self.say(format_args!("attack-xsa: watches: {registered} more watches registered, the next refused (ENOSPC)"));
         // Flood writes under every watch, never reading the ring.
         let page = self.guest.start_info.store_page;
         // SAFETY: our own store ring page; the runtime's client is not used
@@ -654,17 +655,17 @@ impl Attack {
         let give_up = guest::now() + self.guest.ticks_per_second();
         'flood: for round in 0..4000u32 {
             let mut payload = arrayvec::ArrayString::<128>::new();
-            let _ = write!(payload, "{path}\0{round}\0");
-            let header = StoreHeader {
-                kind: StoreOp::Write as u32,
-                request_id: 0x7000_0000 + round,
-                transaction: 0,
-                length: payload.len() as u32,
+            let _ = write!(payload, "{path}\0{round}");
+            let header = XsdSockmsg {
+                r#type: XsdSockmsgType::Write.number(),
+                req_id: 0x7000_0000 + round,
+                tx_id: 0,
+                len: payload.len() as u32,
             };
-            message[..STORE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
-            message[STORE_HEADER_SIZE..STORE_HEADER_SIZE + payload.len()].copy_from_slice(payload.as_bytes());
+            message[..XSD_SOCKMSG_SIZE].copy_from_slice(&header.to_bytes());
+            message[XSD_SOCKMSG_SIZE..XSD_SOCKMSG_SIZE + payload.len()].copy_from_slice(payload.as_bytes());
             let mut sent = 0;
-            let total = STORE_HEADER_SIZE + payload.len();
+            let total = XSD_SOCKMSG_SIZE + payload.len();
             while sent < total {
                 match ring.client_send(&message[sent..total]) {
                     Ok(0) => {
