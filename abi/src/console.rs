@@ -15,15 +15,15 @@
 //!
 //! The guest finds the page in its start-info page (`console_page`: dom0
 //! maps it before the guest first runs and keeps it mapped until the guest
-//! is destroyed or corrupts the ring) and dom0's end of the channel in
-//! `console_port`. That port is dom0's, allocated unbound for the guest
-//! ([`crate::event::EventOp::AllocUnbound`]); nothing is bound on the
-//! guest's side. The guest binds it with
-//! [`crate::event::EventOp::BindInterdomain`] (`a1` = 0, dom0; `a2` =
-//! `console_port`) and sends and receives the console's events on the port
-//! that call returns. Until it binds, dom0's events for it are lost (hv
-//! refuses them) and the guest can only poll `input`; its output still
-//! reaches dom0.
+//! is destroyed or corrupts the ring) and its end of the channel in
+//! `console_port` (a PVH guest: in the HVM parameters
+//! `HVM_PARAM_CONSOLE_PFN` and `HVM_PARAM_CONSOLE_EVTCHN`). Since ABI 1.0
+//! that port is the guest's own and already connected, as Xen's toolstack
+//! does it: dom0 allocated it in the guest's table for itself
+//! (`event_channel_op` alloc_unbound on the guest's behalf) and bound its
+//! end before the guest first ran. The guest sends and receives the
+//! console's events on it, binding nothing. (Before 1.0 the port was
+//! dom0's, for the guest to bind.)
 
 use core::mem::{offset_of, size_of};
 

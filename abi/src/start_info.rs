@@ -185,10 +185,10 @@ pub struct StartInfo {
     /// Guest-physical address of the console ring page
     /// ([`crate::console::ConsoleRing`]), 0 if none (since ABI 0.2).
     pub console_page: u64,
-    /// dom0's event channel port of the console, allocated unbound for this
-    /// domain (since ABI 0.2): the domain binds it with
-    /// [`crate::event::EventOp::BindInterdomain`] (dom0, this port) and uses the local port
-    /// that returns; nothing is bound for it ([`crate::console`]).
+    /// The domain's own event channel port of the console, connected to
+    /// dom0's before it first runs (since ABI 1.0; from 0.2, dom0's port
+    /// for the domain to bind): it sends and receives the console's events
+    /// on it ([`crate::console`]).
     pub console_port: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
@@ -206,9 +206,12 @@ pub struct StartInfo {
     /// Size of the disk in 512-byte sectors (since ABI 0.3).
     pub block_sectors: u64,
     /// Guest-physical address of the store ring page
-    /// ([`crate::store::StoreRing`]), 0 if none (since ABI 0.4).
+    /// ([`crate::xen::io::store::XenstoreDomainInterface`] since ABI 1.0),
+    /// 0 if none (since ABI 0.4).
     pub store_page: u64,
-    /// dom0's event port of the store, for the guest to bind (since ABI 0.4).
+    /// The domain's own event port of the store, connected to dom0's
+    /// before it first runs (since ABI 1.0; from 0.4, dom0's port for the
+    /// domain to bind).
     pub store_port: u32,
     /// Reserved, zero.
     pub _reserved3: u32,

@@ -196,12 +196,13 @@
 //! when it sends `RESET_WATCHES` and when it is destroyed.
 //!
 //! # Transport
-//! A [`StoreRing`]: one page of the guest's memory, which dom0 maps, with an
-//! event channel for notification in both directions. (This is still
-//! Mica's page layout, not Xen's `XenstoreDomainInterface`: only the
-//! messages are Xen's so far.) Two byte rings:
-//! `request` (client writes, server reads) and `response` (server writes,
-//! client reads). Indices are free-running `u32` counters, never reduced
+//! Xen's [`crate::xen::io::store::XenstoreDomainInterface`] (since ABI
+//! 1.0; before, a page of Mica's own layout): one page of the guest's
+//! memory, which dom0 maps, with an event channel for notification in
+//! both directions. Two byte rings of 1024 bytes: `req` (client writes,
+//! server reads) and `rsp` (server writes, client reads); Mica leaves
+//! `server_features`, `connection` and `error` zero (no reconnection
+//! protocol). Indices are free-running `u32` counters, never reduced
 //! modulo the size; a ring holds `producer - consumer` bytes (wrapping
 //! arithmetic) at index `counter % SIZE`. The producer writes the bytes,
 //! then (release) its producer index; the consumer reads the producer index
@@ -221,8 +222,10 @@
 //! lost.) A client that stops reading responses stalls only itself: the
 //! server stops reading its requests until the reply fits.
 //!
-//! The builder of the domain names the store page and the event port in
-//! the domain's start-info page.
+//! The builder of the domain names the store page and the domain's event
+//! port in its start-info page (Mica's boot) or as the HVM parameters
+//! `HVM_PARAM_STORE_PFN` and `HVM_PARAM_STORE_EVTCHN` (a PVH boot, as
+//! Xen's toolstack does).
 //!
 //! # Devices and the handshake
 //! A split device `vbd` number `<n>` of guest `<g>`, served by back-end
@@ -299,8 +302,6 @@
 //! optional keys take the defaults listed above; a missing required key
 //! (`ring-ref`, `event-channel`, `sectors`) after the peer said it was ready
 //! means the peer is broken: write Closing.
-
-use core::mem::{offset_of, size_of};
 
 use crate::xen::errno::Errno;
 use crate::xen::io::store::XENSTORE_PAYLOAD_MAX;
@@ -509,44 +510,6 @@ pub fn check_path(path: &[u8]) -> Result<PathForm, Errno> {
     };
     if rest.split(|&byte| byte == b'/').all(is_valid_component) { Ok(form) } else { Err(Errno::Einval) }
 }
-
-/// Bytes in the request ring (client to server).
-pub const REQUEST_RING_SIZE: usize = 1024;
-/// Bytes in the response ring (server to client): larger, since replies
-/// (values, listings) and unsolicited events travel this way.
-pub const RESPONSE_RING_SIZE: usize = 2048;
-/// Reserved words at the end of the page, for later fields.
-const RESERVED_WORDS: usize = (crate::PAGE_SIZE as usize - REQUEST_RING_SIZE - RESPONSE_RING_SIZE - 16) / 4;
-
-/// The store ring page layout. The client is the domain, the server dom0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoreRing {
-    /// Request bytes, written by the client.
-    pub request: [u8; REQUEST_RING_SIZE],
-    /// Response bytes (replies and events), written by the server.
-    pub response: [u8; RESPONSE_RING_SIZE],
-    /// Request consumer index, written by the server.
-    pub request_consumer: u32,
-    /// Request producer index, written by the client.
-    pub request_producer: u32,
-    /// Response consumer index, written by the client.
-    pub response_consumer: u32,
-    /// Response producer index, written by the server.
-    pub response_producer: u32,
-    /// Reserved, zero; later minor versions may define fields here.
-    pub _reserved: [u32; RESERVED_WORDS],
-}
-
-const _: () = assert!(REQUEST_RING_SIZE.is_power_of_two() && RESPONSE_RING_SIZE.is_power_of_two());
-const _: () = assert!(size_of::<StoreRing>() == crate::PAGE_SIZE as usize);
-const _: () = assert!(offset_of!(StoreRing, request) == 0);
-const _: () = assert!(offset_of!(StoreRing, response) == 1024);
-const _: () = assert!(offset_of!(StoreRing, request_consumer) == 3072);
-const _: () = assert!(offset_of!(StoreRing, request_producer) == 3076);
-const _: () = assert!(offset_of!(StoreRing, response_consumer) == 3080);
-const _: () = assert!(offset_of!(StoreRing, response_producer) == 3084);
-const _: () = assert!(offset_of!(StoreRing, _reserved) == 3088);
 
 #[cfg(test)]
 mod tests {

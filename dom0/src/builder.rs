@@ -81,10 +81,10 @@ pub trait DomainControl {
     fn set_context(&mut self, domain: DomainId, context: &VcpuContext) -> Result<(), Error>;
     fn set_scheduling(&mut self, domain: DomainId, weight: u32, cap: u32) -> Result<(), Error>;
     /// Sets up the console back end for `domain`, whose ring page is at
-    /// `page`; returns dom0's port for the guest to bind.
+    /// `page`; returns the domain's port, already connected to dom0's.
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
     /// Sets up the store for `domain`, whose ring page is at `page`; returns
-    /// dom0's port for the guest to bind.
+    /// the domain's port, already connected to dom0's.
     fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error>;
     /// Sets HVM parameter `index` (`abi::xen::hvm`) of `domain` to `value`
     /// (Xen's toolstack call; the PVH boot's store and console).

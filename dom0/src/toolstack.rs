@@ -403,24 +403,42 @@ struct Hypervisor {
 }
 
 impl Hypervisor {
-    /// Maps `page` of `domain` into a free foreign-window slot and allocates
-    /// dom0's end of an event channel to it. Returns (address, slot, port).
-    fn map_and_bind(&mut self, domain: DomainId, page: u64) -> Result<(u64, usize, u32), Error> {
+    /// Maps `page` of `domain` into a free foreign-window slot and connects
+    /// an event channel to it as Xen's toolstack does: a port of the
+    /// domain's own, allocated for dom0 in its table, which dom0 binds at
+    /// once, so the domain finds it connected when it first runs. Returns
+    /// (address, slot, dom0's port, the domain's port).
+    fn map_and_bind(&mut self, domain: DomainId, page: u64) -> Result<(u64, usize, u32, u32), Error> {
         let slot = WINDOW.lock().take(domain, Use::Ring).ok_or(Error::Busy)?;
         let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-        let port = hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0).and_then(|_| {
-            hypercall::event(EventOp::AllocUnbound, domain as u64, 0).inspect_err(|_| {
+        let ports = hypercall::domctl(DomCtlOp::MapForeign, domain, page, address, 0).and_then(|_| {
+            connect_port(domain).inspect_err(|_| {
                 let _ = hypercall::domctl(DomCtlOp::UnmapForeign, 0, address, 0, 0);
             })
         });
-        match port {
-            Ok(port) => Ok((address, slot, port as u32)),
+        match ports {
+            Ok((ours, theirs)) => Ok((address, slot, ours, theirs)),
             Err(error) => {
                 WINDOW.lock().release(slot);
                 Err(error)
             }
         }
     }
+}
+
+/// A channel between dom0 and `domain` as Xen's toolstack makes one: a port
+/// in the domain's table, unbound for dom0 (`event_channel_op`
+/// alloc_unbound on its behalf), then bound by dom0. Returns (dom0's port,
+/// the domain's port); on failure nothing stays allocated (the domain's
+/// port is closed with the domain when it is destroyed, which a failed
+/// build does).
+fn connect_port(domain: DomainId) -> Result<(u32, u32), Error> {
+    use abi::xen::event_channel::{EvtchnAllocUnbound, EvtchnOp};
+    let dom = u16::try_from(domain).map_err(|_| Error::InvalidArgument)?;
+    let mut offer = EvtchnAllocUnbound { dom, remote_dom: abi::DOM0 as u16, port: 0 };
+    pv_drivers::xen::event_channel(EvtchnOp::AllocUnbound, &mut offer).map_err(|_| Error::Busy)?;
+    let ours = hypercall::event(EventOp::BindInterdomain, domain as u64, u64::from(offer.port))?;
+    Ok((ours as u32, offer.port))
 }
 
 impl DomainControl for Hypervisor {
@@ -455,17 +473,17 @@ impl DomainControl for Hypervisor {
     }
 
     fn connect_console(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
-        let (address, slot, port) = self.map_and_bind(domain, page)?;
+        let (address, slot, port, guest_port) = self.map_and_bind(domain, page)?;
         // SAFETY: hv just mapped the guest's console page read-write at this
         // identity-mapped address of the foreign window; it stays mapped
         // until dom0 destroys the guest (which drops this Console first).
         let ring = unsafe { ConsoleRing::new(address as *mut u8) };
         self.console = Some(Console { ring, port, slot });
-        Ok(port)
+        Ok(guest_port)
     }
 
     fn connect_store(&mut self, domain: DomainId, page: u64) -> Result<u32, Error> {
-        let (address, slot, port) = self.map_and_bind(domain, page)?;
+        let (address, slot, port, guest_port) = self.map_and_bind(domain, page)?;
         // SAFETY: hv just mapped the guest's store page read-write at this
         // identity-mapped address of the foreign window; it stays mapped
         // until dom0 destroys the guest (which drops the channel first).
@@ -481,7 +499,7 @@ impl DomainControl for Hypervisor {
             carry: [0; 256],
             carry_length: 0,
         });
-        Ok(port)
+        Ok(guest_port)
     }
 
     fn destroy(&mut self, domain: DomainId) {

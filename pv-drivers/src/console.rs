@@ -123,8 +123,13 @@ impl ConsoleRing {
 
     /// Back end: free bytes in the output ring (what `write_output` would take).
     pub fn output_room(&self) -> Result<usize, Corrupt> {
-        let used = pending(self.load(FROM_GUEST.producer), self.load(FROM_GUEST.consumer), FROM_GUEST.size)?;
-        Ok(FROM_GUEST.size - used)
+        self.room(FROM_GUEST)
+    }
+
+    /// Free bytes in `direction`'s ring.
+    fn room(&self, direction: Direction) -> Result<usize, Corrupt> {
+        let used = pending(self.load(direction.producer), self.load(direction.consumer), direction.size)?;
+        Ok(direction.size - used)
     }
 
     /// Back end: queues input for the guest; returns how many bytes fit.
@@ -133,53 +138,69 @@ impl ConsoleRing {
     }
 }
 
-/// A store ring page (`abi::store::StoreRing`): the console page's layout
-/// (the ABI asserts the same offsets) with the directions named for the
-/// store: requests go client to server in the 1024-byte ring, replies and
-/// watch events server to client in the 2048-byte ring.
+/// A store ring page, Xen's `xenstore_domain_interface`
+/// (`abi::xen::io::store::XenstoreDomainInterface`): requests go client to
+/// server in the 1024-byte `req` ring, replies and watch events server to
+/// client in the 1024-byte `rsp` ring, with the console's protocol.
 #[derive(Debug)]
 pub struct StoreRingAccess(ConsoleRing);
 
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request) == INPUT);
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response) == OUTPUT);
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request_consumer) == INPUT_CONSUMER);
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, request_producer) == INPUT_PRODUCER);
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response_consumer) == OUTPUT_CONSUMER);
-const _: () = assert!(core::mem::offset_of!(abi::store::StoreRing, response_producer) == OUTPUT_PRODUCER);
+mod store_layout {
+    use super::Direction;
+    use abi::xen::io::store::{XENSTORE_RING_SIZE, XenstoreDomainInterface};
+    use core::mem::offset_of;
+
+    /// Client to server.
+    pub const REQUESTS: Direction = Direction {
+        data: offset_of!(XenstoreDomainInterface, req),
+        size: XENSTORE_RING_SIZE,
+        producer: offset_of!(XenstoreDomainInterface, req_prod),
+        consumer: offset_of!(XenstoreDomainInterface, req_cons),
+    };
+    /// Server to client.
+    pub const REPLIES: Direction = Direction {
+        data: offset_of!(XenstoreDomainInterface, rsp),
+        size: XENSTORE_RING_SIZE,
+        producer: offset_of!(XenstoreDomainInterface, rsp_prod),
+        consumer: offset_of!(XenstoreDomainInterface, rsp_cons),
+    };
+}
 
 impl StoreRingAccess {
     /// Wraps the store page at `base`.
     ///
     /// # Safety
-    /// As for [`ConsoleRing::new`].
+    /// `base` must point to a mapped, writable 4 KiB page laid out as
+    /// `XenstoreDomainInterface` that stays mapped while this value lives.
     pub const unsafe fn new(base: *mut u8) -> StoreRingAccess {
-        // SAFETY: the caller's promise is the one ConsoleRing needs.
+        // SAFETY: the caller's promise covers the whole page, all the
+        // ring ever touches (store_layout's offsets are inside it).
         StoreRingAccess(unsafe { ConsoleRing::new(base) })
     }
 
     /// Client: queues request bytes; returns how many fit.
     pub fn client_send(&self, bytes: &[u8]) -> Result<usize, Corrupt> {
-        self.0.write_input(bytes)
+        self.0.produce(store_layout::REQUESTS, bytes)
     }
 
     /// Client: takes reply and event bytes.
     pub fn client_receive(&self, out: &mut [u8]) -> Result<usize, Corrupt> {
-        self.0.read_output(out)
+        self.0.consume(store_layout::REPLIES, out)
     }
 
     /// Server: takes request bytes.
     pub fn server_receive(&self, out: &mut [u8]) -> Result<usize, Corrupt> {
-        self.0.read_input(out)
+        self.0.consume(store_layout::REQUESTS, out)
     }
 
     /// Server: queues reply and event bytes; returns how many fit.
     pub fn server_send(&self, bytes: &[u8]) -> Result<usize, Corrupt> {
-        self.0.write_output(bytes)
+        self.0.produce(store_layout::REPLIES, bytes)
     }
 
     /// Server: bytes of room in the reply ring.
     pub fn server_room(&self) -> Result<usize, Corrupt> {
-        self.0.output_room()
+        self.0.room(store_layout::REPLIES)
     }
 }
 
@@ -231,6 +252,28 @@ mod tests {
         assert!(received.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
         // SAFETY: both users are done.
         drop(unsafe { Box::from_raw(page) });
+    }
+
+    #[test]
+    fn the_store_ring_is_xens_xenstore_domain_interface() {
+        let mut page = Box::new(Page([0; 4096]));
+        let base = page.0.as_mut_ptr();
+        // SAFETY: `page` outlives `ring`.
+        let ring = unsafe { StoreRingAccess::new(base) };
+        let word = |page: &Page, at: usize| u32::from_le_bytes(page.0[at..at + 4].try_into().unwrap());
+        assert_eq!(ring.client_send(b"req"), Ok(3));
+        assert_eq!(ring.server_send(b"reply"), Ok(5));
+        drop(ring);
+        // req at 0, rsp at 1024; req_cons, req_prod, rsp_cons, rsp_prod from 2048.
+        assert_eq!((&page.0[..3], &page.0[1024..1029]), (&b"req"[..], &b"reply"[..]));
+        assert_eq!([2048, 2052, 2056, 2060].map(|at| word(&page, at)), [0, 3, 0, 5]);
+        // SAFETY: as above.
+        let ring = unsafe { StoreRingAccess::new(page.0.as_mut_ptr()) };
+        let mut out = [0; 8];
+        assert_eq!((ring.server_receive(&mut out), &out[..3]), (Ok(3), &b"req"[..]));
+        assert_eq!(ring.server_room(), Ok(1024 - 5), "a 1024-byte reply ring");
+        drop(ring);
+        assert_eq!(word(&page, 2048), 3);
     }
 
     #[test]

@@ -362,28 +362,25 @@ impl Guest {
             net_grants: arrayvec::ArrayVec::new_const(),
             disk_grants: arrayvec::ArrayVec::new_const(),
         };
-        if start_info.store_page != 0
-            && let Ok(port) = hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.store_port as u64)
-        {
+        // The store's and the console's ports are ours, connected to
+        // dom0's before we first ran (ABI 1.0).
+        if start_info.store_page != 0 {
             // SAFETY: the builder reserved this page of our RAM for the store
             // ring; dom0 maps it; it stays ours for the guest's life.
             let ring = unsafe { crate::console::StoreRingAccess::new(start_info.store_page as *mut u8) };
             guest.store = Some(StoreClient {
                 ring,
-                port: port as u32,
+                port: start_info.store_port,
                 next_id: 1,
                 incoming: [0; STORE_MESSAGE_MAX],
                 incoming_length: 0,
                 watch_events: 0,
             });
         }
-        if start_info.console_page != 0
-            && let Ok(port) =
-                hypercall::event(EventOp::BindInterdomain, abi::DOM0 as u64, start_info.console_port as u64)
-        {
+        if start_info.console_page != 0 {
             // SAFETY: the builder reserved this page of our RAM for the console.
             guest.console = Some(unsafe { ConsoleRing::new(start_info.console_page as *mut u8) });
-            guest.console_port = port as u32;
+            guest.console_port = start_info.console_port;
         }
         if guest.store.is_some() {
             // SAFETY: the static page is dedicated to the grant table for good.

@@ -92,16 +92,16 @@ fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> Request {
 /// Free bytes in the request ring of the store page at `page` (whose
 /// indices the client and dom0 write; read without references).
 fn request_room(page: u64) -> usize {
-    use abi::store::{REQUEST_RING_SIZE, StoreRing};
+    use abi::xen::io::store::{XENSTORE_RING_SIZE, XenstoreDomainInterface};
     use core::mem::offset_of;
     // SAFETY: both indices lie in our own store ring page.
     let (producer, consumer) = unsafe {
         (
-            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_producer)) as *const u32),
-            core::ptr::read_volatile((page as usize + offset_of!(StoreRing, request_consumer)) as *const u32),
+            core::ptr::read_volatile((page as usize + offset_of!(XenstoreDomainInterface, req_prod)) as *const u32),
+            core::ptr::read_volatile((page as usize + offset_of!(XenstoreDomainInterface, req_cons)) as *const u32),
         )
     };
-    REQUEST_RING_SIZE.saturating_sub(producer.wrapping_sub(consumer) as usize)
+    XENSTORE_RING_SIZE.saturating_sub(producer.wrapping_sub(consumer) as usize)
 }
 
 struct Attack {
@@ -724,14 +724,8 @@ impl Attack {
     }
 
     fn guest_notify_store(&self) -> Result<(), Error> {
-        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
-        // The store's port: the one bound to dom0's store_port.
-        let wanted = self.guest.start_info.store_port as u16;
-        let port = (1..PORT_COUNT as u64).find(|&port| {
-            status(port)
-                .is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0 && s.remote == wanted)
-        });
-        port.map_or(Err(Error::NotFound), |port| hypercall::notify(port as u32))
+        // The store's port is ours, connected to dom0's (ABI 1.0).
+        hypercall::notify(self.guest.start_info.store_port)
     }
 
     fn storeflood(&mut self) {
