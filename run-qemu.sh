@@ -211,12 +211,13 @@ build_iso() {
         objcopy --strip-debug "$kernels/$guest" "$ramdisk_tmp/$guest.elf" 2>/dev/null \
             || cp "$kernels/$guest" "$ramdisk_tmp/$guest.elf"
     done
-    # The C guest, on Xen's own headers, freestanding, linked as the Rust
-    # guests are (pv-drivers/linker.ld).
+    # The C guest, on Xen's own headers, freestanding: a PVH kernel (its
+    # entry in pv-drivers/c/pvh.S, linked at 1 MiB by pv-drivers/c/pvh.ld).
     gcc -std=c11 -O2 -Wall -Wextra -Werror -ffreestanding -fno-stack-protector -fno-pic -no-pie \
         -mno-red-zone -mgeneral-regs-only -nostdlib -static -Wl,--build-id=none \
-        -T "$root_dir/pv-drivers/linker.ld" -o "$ramdisk_tmp/xenhelloc.elf" "$root_dir/pv-drivers/c/xenhello.c" \
-        || die "building the C guest (pv-drivers/c/xenhello.c) failed"
+        -T "$root_dir/pv-drivers/c/pvh.ld" -o "$ramdisk_tmp/xenhelloc.elf" \
+        "$root_dir/pv-drivers/c/pvh.S" "$root_dir/pv-drivers/c/xenhello.c" \
+        || die "building the C guest (pv-drivers/c/) failed"
     cp "$root_dir"/pv-drivers/guests/*.cfg "$ramdisk_tmp/"
     cp -a "$ramdisk_stage/." "$ramdisk_tmp/"
     [ -e "$ramdisk_tmp/README.txt" ] \

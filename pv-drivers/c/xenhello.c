@@ -1,12 +1,13 @@
 /*
  * A guest in C on Xen's own public headers (Debian's libxen-dev), built
- * freestanding with the host's C compiler: it checks that Mica speaks the
- * Xen interface as Xen's headers define it (numbers, structures, the
- * 2-level event layout of shared_info_t), then powers off.
- *
- * Entry: Mica's guest entry (64-bit mode, identity-mapped RAM, a stack,
- * the start-info page's address in rdi, unused here), linked at 1 MiB with
- * pv-drivers/linker.ld.
+ * freestanding with the host's C compiler: a PVH kernel as Xen defines one.
+ * dom0 starts it at pvh_start (pvh.S: Xen's PHYS32_ENTRY note, 32-bit
+ * protected mode, EBX = hvm_start_info), which enters 64-bit mode and
+ * calls guest_main. It checks that Mica speaks the Xen interface as Xen's
+ * headers define it: the start info (magic, command line, memory map),
+ * the version, the 2-level event layout of shared_info_t, the console ring
+ * and the store found through HVM parameters (xencons_interface, xs_wire),
+ * then waits for a key on its console and powers off.
  */
 #include <stdint.h>
 /*
@@ -21,8 +22,14 @@
 #include <xen/sched.h>
 #include <xen/memory.h>
 #include <xen/event_channel.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/hvm/params.h>
+#include <xen/arch-x86/hvm/start_info.h>
+#include <xen/io/console.h>
+#include <xen/io/xs_wire.h>
 
-/* A Xen hypercall: vmcall with the number in rax, arguments in rdi, rsi. */
+/* A Xen hypercall: vmcall with the number in rax, arguments in rdi, rsi
+ * (64-bit mode: pvh.S switched to it). */
 static long hypercall(unsigned long number, unsigned long a1, unsigned long a2)
 {
     long result;
@@ -40,6 +47,58 @@ static void write_text(const char *text, unsigned long length)
                        "S"(length), "d"(text)
                      : "memory");
     (void)result;
+}
+
+static long send(evtchn_port_t port)
+{
+    struct evtchn_send request = {.port = port};
+    return hypercall(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (unsigned long)&request);
+}
+
+/* Lets dom0 run (it serves the rings this guest waits on). */
+static void yield(void)
+{
+    hypercall(__HYPERVISOR_sched_op, SCHEDOP_yield, 0);
+}
+
+/* HVM parameter `index` of this domain; 0 if refused. */
+static uint64_t param(uint32_t index)
+{
+    xen_hvm_param_t request = {.domid = DOMID_SELF, .index = index};
+    return hypercall(__HYPERVISOR_hvm_op, HVMOP_get_param, (unsigned long)&request) == 0 ? request.value : 0;
+}
+
+/* The console ring and its port (HVM_PARAM_CONSOLE_PFN, _EVTCHN). */
+static volatile struct xencons_interface *console;
+static evtchn_port_t console_port;
+
+static void console_write(const char *text, unsigned long length)
+{
+    if (!console)
+        return;
+    for (unsigned long i = 0; i < length; i++) {
+        while (console->out_prod - console->out_cons >= sizeof(console->out)) {
+            send(console_port);
+            yield();
+        }
+        console->out[MASK_XENCONS_IDX(console->out_prod, console->out)] = text[i];
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        console->out_prod++;
+    }
+    send(console_port);
+}
+
+/* Waits for a byte typed at this guest's console. */
+static char console_read(void)
+{
+    while (console->in_cons == console->in_prod)
+        yield();
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    char byte = console->in[MASK_XENCONS_IDX(console->in_cons, console->in)];
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    console->in_cons++;
+    send(console_port);
+    return byte;
 }
 
 /* A line under construction. */
@@ -68,11 +127,74 @@ static void put_number(long value)
         line[used < sizeof(line) - 1 ? used++ : used] = digits[--count];
 }
 
+/* Ends the line: to hv's console (console_io, in dom0's dmesg) and to the
+ * console ring (dom0's `console` command). */
 static void end_line(void)
 {
     put("\n");
     write_text(line, used);
+    console_write(line, used);
     used = 0;
+}
+
+/* The store ring and its port (HVM_PARAM_STORE_PFN, _EVTCHN). */
+static volatile struct xenstore_domain_interface *store;
+static evtchn_port_t store_port;
+
+static void store_put(const void *bytes, unsigned long length)
+{
+    const char *from = bytes;
+    for (unsigned long i = 0; i < length; i++) {
+        while (store->req_prod - store->req_cons >= XENSTORE_RING_SIZE) {
+            send(store_port);
+            yield();
+        }
+        store->req[MASK_XENSTORE_IDX(store->req_prod)] = from[i];
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        store->req_prod++;
+    }
+    send(store_port);
+}
+
+static void store_get(void *bytes, unsigned long length)
+{
+    char *to = bytes;
+    for (unsigned long i = 0; i < length; i++) {
+        while (store->rsp_cons == store->rsp_prod)
+            yield();
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        to[i] = store->rsp[MASK_XENSTORE_IDX(store->rsp_cons)];
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        store->rsp_cons++;
+    }
+    send(store_port);
+}
+
+/* XS_READ of `path` (relative to this domain's home) into `value`
+ * (NUL-terminated); the reply's type (XS_READ, or XS_ERROR with the
+ * error's name in `value`). Watch events in between are skipped. */
+static uint32_t store_read(const char *path, char *value, unsigned long size)
+{
+    unsigned long length = 0;
+    while (path[length])
+        length++;
+    struct xsd_sockmsg request = {.type = XS_READ, .req_id = 1, .tx_id = 0, .len = length + 1};
+    store_put(&request, sizeof(request));
+    store_put(path, length + 1);
+    for (;;) {
+        struct xsd_sockmsg reply;
+        store_get(&reply, sizeof(reply));
+        unsigned long kept = 0;
+        for (uint32_t i = 0; i < reply.len; i++) {
+            char byte;
+            store_get(&byte, 1);
+            if (kept < size - 1)
+                value[kept++] = byte;
+        }
+        value[kept] = 0;
+        if (reply.type != XS_WATCH_EVENT)
+            return reply.type;
+    }
 }
 
 /* The page that becomes the shared info, with Xen's own layout. */
@@ -81,8 +203,29 @@ static union {
     unsigned char bytes[4096];
 } shared __attribute__((aligned(4096)));
 
-void _start(void)
+void guest_main(const struct hvm_start_info *start)
 {
+    console = (volatile struct xencons_interface *)(param(HVM_PARAM_CONSOLE_PFN) << 12);
+    console_port = (evtchn_port_t)param(HVM_PARAM_CONSOLE_EVTCHN);
+    store = (volatile struct xenstore_domain_interface *)(param(HVM_PARAM_STORE_PFN) << 12);
+    store_port = (evtchn_port_t)param(HVM_PARAM_STORE_EVTCHN);
+
+    /* The start of day dom0 handed over. */
+    put("xenhello-c: PVH start info ");
+    put(start->magic == XEN_HVM_START_MAGIC_VALUE ? "magic ok" : "BAD MAGIC");
+    put(", version ");
+    put_number(start->version);
+    put(", command line '");
+    put(start->cmdline_paddr ? (const char *)start->cmdline_paddr : "");
+    put("', memory map:");
+    const struct hvm_memmap_table_entry *map = (const void *)start->memmap_paddr;
+    for (uint32_t i = 0; i < start->memmap_entries && map; i++) {
+        put(" ");
+        put_number((long)(map[i].size >> 10));
+        put(map[i].type == XEN_HVM_MEMMAP_TYPE_RAM ? " KiB RAM" : " KiB reserved");
+    }
+    end_line();
+
     long version = hypercall(__HYPERVISOR_xen_version, XENVER_version, 0);
     xen_extraversion_t extra = {0};
     long extra_result = hypercall(__HYPERVISOR_xen_version, XENVER_extraversion, (unsigned long)extra);
@@ -125,6 +268,25 @@ void _start(void)
     put_number(info->vcpu_info[0].evtchn_upcall_pending);
     put(", selector ");
     put_number((long)info->vcpu_info[0].evtchn_pending_sel);
+    end_line();
+
+    /* The store: this guest's name, which dom0 wrote in its home. */
+    char name[64];
+    uint32_t type = store ? store_read("name", name, sizeof(name)) : XS_ERROR;
+    put("xenhello-c: store: name ");
+    put(type == XS_READ ? name : "(refused: ");
+    if (type != XS_READ) {
+        put(store ? name : "no store");
+        put(")");
+    }
+    end_line();
+
+    put("xenhello-c: console ring: press a key to power off");
+    end_line();
+    char key[2] = {console ? console_read() : '?', 0};
+    put("xenhello-c: got '");
+    put(key);
+    put("', powering off");
     end_line();
 
     struct sched_shutdown shutdown = {.reason = SHUTDOWN_poweroff};

@@ -3,7 +3,7 @@
 //! and errors (`pv_drivers::xen`), its pointers guest-virtual addresses
 //! that hv translates through the guest's page tables.
 
-use mica_tests::session::{boot, command, create, expect_memory_back, fail_with, list, mem};
+use mica_tests::session::{attach, boot, command, create, expect_memory_back, fail_with, list, mem};
 use mica_tests::{Machine, seconds};
 
 /// Waits for dom0 to report guest `name` (domain `id`) shut down and
@@ -41,8 +41,8 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
         format!("(d{id}) xenhello: CPUID: Xen at 0x40000000, version 4.17, domain {id}, vCPU 0"),
         format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
         format!("(d{id}) xenhello: xen_version through the hypercall page: Ok(40011)"),
-        format!("(d{id}) xenhello: loopback 2 -> 1: send Ok(()), pending 1, selector 0x1, upcall 1"),
-        format!("(d{id}) xenhello: status Ok(()) Some(Interdomain {{ remote_dom: {id}, remote_port: 1 }})"),
+        format!("(d{id}) xenhello: loopback 4 -> 3: send Ok(()), pending 1, selector 0x1, upcall 1"),
+        format!("(d{id}) xenhello: status Ok(()) Some(Interdomain {{ remote_dom: {id}, remote_port: 3 }})"),
         format!("(d{id}) xenhello: init_control Err(Enosys)"),
         format!("(d{id}) xenhello: timer Ok(()): woke after 1 ms: true, timer port pending: 1"),
         format!("(d{id}) xenhello: feature word 1: Err(Einval)"),
@@ -66,20 +66,41 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
 }
 
 /// `xenhelloc`, a guest in C built on Xen's own public headers (Debian's
-/// libxen-dev: `shared_info_t`, `struct evtchn_*`, `__HYPERVISOR_*`):
-/// hv's answers match Xen's definitions. It reads the version and suffix,
-/// places its shared info, sends itself an event on a loopback channel
-/// and finds it where Xen's `shared_info_t` says (pending bit, vCPU 0's
-/// upcall flag and selector), and powers off.
+/// libxen-dev: `shared_info_t`, `struct evtchn_*`, `__HYPERVISOR_*`,
+/// `struct hvm_start_info`, `struct xencons_interface`, `xs_wire.h`) and
+/// booted as Xen boots a PVH kernel: dom0 starts it at the 32-bit entry
+/// its ELF note names with an `hvm_start_info` (command line, memory map),
+/// and it enters 64-bit mode itself. hv's answers match Xen's definitions:
+/// it reads the version and suffix, places its shared info, sends itself
+/// an event on a loopback channel and finds it where Xen's
+/// `shared_info_t` says, finds its console ring and its store through
+/// HVM parameters, writes to the ring (`console`), reads its name from
+/// the store (an xs_wire `XS_READ`), waits for a key typed at its console
+/// and powers off.
 #[test]
-fn a_c_guest_on_xens_headers_runs() {
+fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
     let mut machine = boot();
     let (baseline_text, baseline) = mem(&mut machine);
     let id = create(&mut machine, "xenhelloc", "xenhelloc");
+    attach(&mut machine, "xenhelloc", id);
+    let prompt = "xenhello-c: console ring: press a key to power off";
+    let output =
+        machine.expect(prompt, seconds(60)).unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
+    for line in [
+        "xenhello-c: PVH start info magic ok, version 1, command line '', memory map: 20 KiB reserved 4076 KiB RAM",
+        "xenhello-c: Xen 4.17.0-mica",
+        "xenhello-c: store: name xenhelloc",
+    ] {
+        if !output.lines().any(|printed| printed.trim_end() == line) {
+            fail_with(&mut machine, &format!("its console should show {line:?}; it printed:\n{output}"));
+        }
+    }
+    machine.send(b"k").unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
     let dmesg = shut_down(&mut machine, "xenhelloc", id);
     for line in [
         format!("(d{id}) xenhello-c: Xen 4.17.0-mica"),
         format!("(d{id}) xenhello-c: shared info 0, channel 0 0 0: pending 1, upcall 1, selector 1"),
+        format!("(d{id}) xenhello-c: got 'k', powering off"),
         format!("d{id} shut down (PowerOff)"),
     ] {
         if !dmesg.lines().any(|logged| logged.ends_with(line.as_str())) {
