@@ -35,3 +35,4 @@ pub mod smp;
 #[cfg(test)]
 mod test_random;
 pub mod xen;
+pub mod xen_grant;

@@ -107,6 +107,8 @@ pub fn dispatch<P: Platform>(
         Some(Hypercall::MemoryOp) => {
             return memory_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
         }
+        // Map, unmap and copy concern other domains.
+        Some(Hypercall::GrantTableOp) if crate::xen_grant::is_table_op(operation) => return XenCall::Table,
         Some(Hypercall::GrantTableOp) => grant_table_op(domain, space, operation, a2, a3),
         Some(Hypercall::HvmOp) => {
             return hvm_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
@@ -127,11 +129,12 @@ pub fn dispatch_table<P: Platform>(
     caller: usize,
     space: &AddressSpace,
     number: u64,
-    [a1, a2, ..]: [u64; 5],
+    [a1, a2, a3, ..]: [u64; 5],
 ) -> Result<u64, Errno> {
     match Hypercall::from_number(number) {
         Some(Hypercall::EventChannelOp) => event_channel_table(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::HvmOp) => toolstack_param(&mut hv.domains, caller, space, a1, a2),
+        Some(Hypercall::GrantTableOp) => crate::xen_grant::table_op(hv, caller, space, a1 as u32, a2, a3),
         Some(Hypercall::MemoryOp) => {
             // The grant table's frame 0 (checked again: the guest may have
             // changed its request since `memory_op` looked).
@@ -373,9 +376,9 @@ fn grant_table_op<P: Platform>(
     address: u64,
     count: u64,
 ) -> Result<u64, Errno> {
-    use abi::xen::grant_table::{GnttabOp, GnttabQuerySize, GnttabSetVersion, GrantStatus};
+    use abi::xen::grant_table::{GnttabGetVersion, GnttabOp, GnttabQuerySize, GnttabSetVersion, GrantStatus};
     let operation = GnttabOp::from_number(operation).ok_or(Errno::Enosys)?;
-    if matches!(operation, GnttabOp::QuerySize | GnttabOp::SetVersion) && count != 1 {
+    if matches!(operation, GnttabOp::QuerySize | GnttabOp::SetVersion | GnttabOp::GetVersion) && count != 1 {
         return Err(Errno::Einval);
     }
     match operation {
@@ -398,6 +401,12 @@ fn grant_table_op<P: Platform>(
             request.version = 1;
             space.write(domain, address, request.as_bytes())?;
             answer
+        }
+        GnttabOp::GetVersion => {
+            let mut request: GnttabGetVersion = space.read_struct(domain, address)?;
+            own(domain, request.dom)?;
+            request.version = 1;
+            space.write(domain, address, request.as_bytes()).map(|()| 0)
         }
         _ => Err(Errno::Enosys),
     }
@@ -936,9 +945,22 @@ mod tests {
         operation: u32,
         request: T,
     ) -> (Result<u64, Errno>, T) {
+        xen_batch(hv, caller, number, operation, request, 1)
+    }
+
+    /// As [`xen_call`], with `count` (the third argument: the entries of
+    /// an array `request` holds).
+    fn xen_batch<T: FromBytes + IntoBytes + zerocopy::Immutable>(
+        hv: &mut Hypervisor<'static, Fake>,
+        caller: usize,
+        number: H,
+        operation: u32,
+        request: T,
+        count: u64,
+    ) -> (Result<u64, Errno>, T) {
         let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
         hv.domains[caller].write_guest(DATA, request.as_bytes()).unwrap();
-        let arguments = [u64::from(operation), VIRTUAL, 0, 0, 0];
+        let arguments = [u64::from(operation), VIRTUAL, count, 0, 0];
         let result = match dispatch(&mut hv.domains[caller], &space, number.number(), arguments) {
             XenCall::Done(result) => result,
             XenCall::Raise { target, port, from } => {
@@ -1287,12 +1309,116 @@ mod tests {
             assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, set), expected, "version {version}");
             assert_eq!(hv.domains[one].read_struct::<u32>(DATA), Ok(1), "the version in effect");
         }
-        let map_ref = [u64::from(GnttabOp::MapGrantRef.number()), VIRTUAL, 1];
+        let get = [u64::from(GnttabOp::GetVersion.number()), VIRTUAL, 1];
+        let version = abi::xen::grant_table::GnttabGetVersion { dom: abi::xen::DOMID_SELF, ..Default::default() };
+        hv.domains[one].write_guest(DATA, version.as_bytes()).unwrap();
+        assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, get), Ok(0));
+        assert_eq!(hv.domains[one].read_struct::<u64>(DATA), Ok(1 << 32 | 0x7ff0), "version 1, domain unchanged");
+        let theirs = abi::xen::grant_table::GnttabGetVersion { dom: 2, ..Default::default() };
+        hv.domains[one].write_guest(DATA, theirs.as_bytes()).unwrap();
+        assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, get), Err(Errno::Eperm));
+    }
+
+    #[test]
+    fn xens_map_unmap_and_copy_work_on_grants_with_a_status_per_entry() {
+        use abi::xen::grant_table::{
+            GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY, GTF_PERMIT_ACCESS, GTF_READING,
+            GTF_READONLY, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef, GrantStatus,
+        };
+        let mut hv = hypervisor();
+        let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
+        // Domain one's table at 0xd000: grant 5 its page 0x6000 read-only,
+        // grant 7 its page 0x7000 writable, both to domain two.
+        hv.domains[one].grant_table = hv.domains[one].host_frame(0xd000, Access::READ).unwrap();
+        let entry = |flags: u16, page: u64| u64::from(flags) | 2 << 16 | (page / 4096) << 32;
+        hv.domains[one]
+            .write_guest(0xd000 + 5 * 8, &entry(GTF_PERMIT_ACCESS | GTF_READONLY, 0x6000).to_le_bytes())
+            .unwrap();
+        hv.domains[one].write_guest(0xd000 + 7 * 8, &entry(GTF_PERMIT_ACCESS, 0x7000).to_le_bytes()).unwrap();
+        hv.domains[one].write_guest(0x6000, b"granted!").unwrap();
+        let (map, unmap, copy) =
+            (GnttabOp::MapGrantRef.number(), GnttabOp::UnmapGrantRef.number(), GnttabOp::Copy.number());
+        let request =
+            |r#ref, dom, host_addr, flags| GnttabMapGrantRef { host_addr, flags, r#ref, dom, ..Default::default() };
+        // Two maps in one call: each gets its own status.
+        let batch = [
+            request(5, 1, 0x4000_0000, GNTMAP_HOST_MAP | GNTMAP_READONLY),
+            request(5, 1, 0x4000_1000, GNTMAP_HOST_MAP),
+        ];
+        let (result, done) = xen_batch(&mut hv, two, H::GrantTableOp, map, batch, 2);
+        assert_eq!(result, Ok(0));
+        assert_eq!((done[0].status, done[0].handle, done[0].dev_bus_addr), (0, 0x40000, 0x4000_0000));
+        assert_eq!(done[1].status, GrantStatus::PermissionDenied.number(), "a read-only grant, mapped writable");
         assert_eq!(
-            call(&mut hv.domains[one], &space, H::GrantTableOp, map_ref),
-            Err(Errno::Enosys),
-            "Mica's own for now"
+            hv.domains[two].host_frame(0x4000_0000, Access::READ),
+            hv.domains[one].host_frame(0x6000, Access::READ)
         );
+        assert_eq!(word(&hv.domains, one, 0xd000 + 5 * 8) as u16 & GTF_READING, GTF_READING);
+        for (bad, status) in [
+            (request(600, 1, 0x4000_2000, GNTMAP_HOST_MAP), GrantStatus::BadGntref),
+            (request(5, 9, 0x4000_2000, GNTMAP_HOST_MAP), GrantStatus::BadDomain),
+            (request(5, 1, 0x4000_2000, GNTMAP_READONLY), GrantStatus::GeneralError),
+            (request(5, 1, 0x4000_2000, GNTMAP_HOST_MAP | 1 << 3), GrantStatus::GeneralError),
+            (request(5, 1, 0x4000_2008, GNTMAP_HOST_MAP | GNTMAP_READONLY), GrantStatus::BadVirtAddr),
+            (request(5, 1, 0x4000_0000, GNTMAP_HOST_MAP | GNTMAP_READONLY), GrantStatus::NoDeviceSpace),
+        ] {
+            assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, map, bad).1.status, status.number(), "{bad:?}");
+        }
+        let too_many = [request(5, 1, 0x4000_2000, GNTMAP_HOST_MAP); 2];
+        assert_eq!(xen_batch(&mut hv, two, H::GrantTableOp, map, too_many, 65).0, Err(Errno::Einval));
+        // Unmap needs the map's handle; then the page is gone and the grant free.
+        let undo = |handle| GnttabUnmapGrantRef { host_addr: 0x4000_0000, handle, ..Default::default() };
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, unmap, undo(7)).1.status, GrantStatus::BadHandle.number());
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, unmap, undo(0x40000)).1.status, 0);
+        assert!(hv.domains[two].host_frame(0x4000_0000, Access::READ).is_err());
+        assert_eq!(word(&hv.domains, one, 0xd000 + 5 * 8) as u16 & GTF_READING, 0);
+        assert_eq!(
+            xen_call(&mut hv, two, H::GrantTableOp, unmap, undo(0x40000)).1.status,
+            GrantStatus::BadVirtAddr.number()
+        );
+        // Copies: from grant 5 into two's page 0x8000; from two's page into
+        // grant 7 (writable) at offset 16.
+        let gref = |r#ref: u32, offset| GnttabCopyPtr { u: u64::from(r#ref), domid: 1, offset, ..Default::default() };
+        let frame = |page: u64, offset| GnttabCopyPtr {
+            u: page / 4096,
+            domid: abi::xen::DOMID_SELF,
+            offset,
+            ..Default::default()
+        };
+        let take = GnttabCopy {
+            source: gref(5, 0),
+            dest: frame(0x8000, 4),
+            len: 8,
+            flags: GNTCOPY_SOURCE_GREF,
+            ..Default::default()
+        };
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, copy, take).1.status, 0);
+        let mut bytes = [0; 8];
+        hv.domains[two].read_guest(0x8004, &mut bytes).unwrap();
+        assert_eq!(&bytes, b"granted!");
+        let give = GnttabCopy {
+            source: frame(0x8000, 4),
+            dest: gref(7, 16),
+            len: 8,
+            flags: GNTCOPY_DEST_GREF,
+            ..Default::default()
+        };
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, copy, give).1.status, 0);
+        hv.domains[one].read_guest(0x7010, &mut bytes).unwrap();
+        assert_eq!(&bytes, b"granted!");
+        for (bad, status) in [
+            (GnttabCopy { dest: gref(5, 0), ..give }, GrantStatus::PermissionDenied),
+            (GnttabCopy { source: frame(0x8000, 4090), ..give }, GrantStatus::BadCopyArg),
+            (GnttabCopy { flags: GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF, ..give }, GrantStatus::GeneralError),
+            (GnttabCopy { flags: 0, ..give }, GrantStatus::GeneralError),
+            (GnttabCopy { source: GnttabCopyPtr { domid: 1, ..frame(0x8000, 4) }, ..give }, GrantStatus::BadDomain),
+        ] {
+            assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, copy, bad).1.status, status.number(), "{bad:?}");
+        }
+        // An array the caller cannot read is the call's own error.
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
+        let unreadable = [u64::from(map), VIRTUAL + 0x2000, 1, 0, 0];
+        assert_eq!(dispatch_table(&mut hv, two, &space, H::GrantTableOp.number(), unreadable), Err(Errno::Efault));
     }
 
     /// A hostile domain's Xen calls, at random: every number below 64,

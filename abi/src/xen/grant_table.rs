@@ -110,9 +110,19 @@ pub const GTF_TRANSFER_COMPLETED: u16 = 1 << 3;
 numbered_enum! {
     /// Grant table operations (`GNTTABOP_*`), in `rdi`.
     pub enum GnttabOp: u32 {
-        /// Maps grants ([`GnttabMapGrantRef`] array).
+        /// Maps grants ([`GnttabMapGrantRef`] array of `count`, in `rdx`,
+        /// at most 64: else `-EINVAL`): with `GNTMAP_host_map` (and
+        /// optionally `GNTMAP_readonly`) only; the page appears at
+        /// guest-physical `host_addr` (dom0: in its foreign window; a
+        /// guest: a free page below `crate::grant::GUEST_MAP_LIMIT`),
+        /// `handle` is its frame number. Each entry's `status` says how it
+        /// went ([`GrantStatus`]); the call returns 0, or `-EFAULT` when
+        /// the array cannot be read or written.
         MapGrantRef = 0,
-        /// Unmaps them ([`GnttabUnmapGrantRef`] array).
+        /// Unmaps them ([`GnttabUnmapGrantRef`] array, as for
+        /// [`GnttabOp::MapGrantRef`]): by `host_addr`, with the map's
+        /// handle (else `GNTST_bad_handle`). On return no CPU reaches the
+        /// page through the mapping.
         UnmapGrantRef = 1,
         /// PV: returns the machine frames of the caller's table
         /// ([`GnttabSetupTable`]). A PVH guest uses `XENMEM_add_to_physmap`
@@ -122,7 +132,10 @@ numbered_enum! {
         DumpTable = 3,
         /// Page transfer. Not offered (`-ENOSYS`).
         Transfer = 4,
-        /// Copies between granted and own pages ([`GnttabCopy`] array).
+        /// Copies between granted and own pages ([`GnttabCopy`] array, as
+        /// for [`GnttabOp::MapGrantRef`]): one end a grant, the other a
+        /// frame of the caller's; a copy between two grants is
+        /// `GNTST_general_error` in Mica.
         Copy = 5,
         /// Reports the table's size ([`GnttabQuerySize`], one entry).
         QuerySize = 6,
