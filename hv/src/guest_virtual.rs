@@ -55,10 +55,10 @@ pub struct Walk {
     page: u64,
     /// The EPT's unmap count when it was taken.
     unmaps: u64,
-    /// Host address and value of each guest entry it read, root first.
+    /// Host address and value of each guest entry it read, root first;
+    /// a walk that ended early (a large page) repeats its last entry, so
+    /// a check always reads four.
     entries: [(u64, u64); 4],
-    /// How many of `entries` it read (fewer for large pages).
-    levels: usize,
     /// Host-physical address of the page.
     host: u64,
     /// Every entry on the way and the EPT allow writes to the page.
@@ -68,7 +68,7 @@ pub struct Walk {
 impl Walk {
     /// No walk yet.
     pub const EMPTY: Walk =
-        Walk { valid: false, cr3: 0, page: 0, unmaps: 0, entries: [(0, 0); 4], levels: 0, host: 0, writable: false };
+        Walk { valid: false, cr3: 0, page: 0, unmaps: 0, entries: [(0, 0); 4], host: 0, writable: false };
 }
 
 impl AddressSpace {
@@ -181,7 +181,7 @@ fn still_valid<P: Platform>(domain: &Domain<P>, walk: &Walk, cr3: u64, address: 
         && walk.cr3 == cr3
         && walk.unmaps == domain.ept.unmaps()
         && (walk.writable || !write)
-        && walk.entries[..walk.levels].iter().all(|&(host, value)| P::load(host) == value)
+        && walk.entries.iter().all(|&(host, value)| P::load(host) == value)
 }
 
 /// Walks the 4-level tables at `cr3` for `address`: the walk (for the
@@ -207,8 +207,10 @@ fn walk<P: Platform>(domain: &Domain<P>, cr3: u64, address: u64, write: bool) ->
         let host =
             domain.host_frame(entry_address, Access::READ).map_err(|_| Errno::Efault)? | entry_address & PAGE_MASK;
         let entry = P::load(host);
-        walk.entries[walk.levels] = (host, entry);
-        walk.levels += 1;
+        // This level's slot and, should the walk end here, the rest.
+        for slot in &mut walk.entries[3 - level..] {
+            *slot = (host, entry);
+        }
         walk.writable &= entry & WRITABLE != 0;
         if entry & PRESENT == 0 || (write && !walk.writable) {
             return Err(Errno::Efault);

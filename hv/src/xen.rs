@@ -86,20 +86,37 @@ pub enum XenCall {
 
 /// Runs Xen hypercall `number` for the calling vCPU of `domain`, whose
 /// addresses `space` translates. `-ENOSYS` for what hv does not offer.
-/// Out of line: the run loop's hot path (Mica's calls) keeps its registers.
-#[inline(never)]
+/// The hot path, a send, goes straight to its own small function; the
+/// rest, out of line, keeps the run loop's registers.
+#[inline]
 pub fn dispatch<P: Platform>(
+    domain: &mut Domain<P>,
+    space: &AddressSpace,
+    number: u64,
+    arguments @ [a1, a2, ..]: [u64; 5],
+) -> XenCall {
+    // Sub-operations are 32-bit (`cmd` is an `int` in Xen's prototypes).
+    if number == Hypercall::EventChannelOp.number() && a1 as u32 == EvtchnOp::Send.number() {
+        return send_call(domain, space, a2);
+    }
+    dispatch_other(domain, space, number, arguments)
+}
+
+/// `EVTCHNOP_send` ([`send`]), out of line with a small frame.
+#[inline(never)]
+fn send_call<P: Platform>(domain: &mut Domain<P>, space: &AddressSpace, address: u64) -> XenCall {
+    send(domain, space, address).unwrap_or_else(|errno| XenCall::Done(Err(errno)))
+}
+
+/// [`dispatch`] for every call but a send.
+#[inline(never)]
+fn dispatch_other<P: Platform>(
     domain: &mut Domain<P>,
     space: &AddressSpace,
     number: u64,
     [a1, a2, a3, ..]: [u64; 5],
 ) -> XenCall {
-    // Sub-operations are 32-bit (`cmd` is an `int` in Xen's prototypes).
     let operation = a1 as u32;
-    // The hot path, ahead of the tables: a send.
-    if number == Hypercall::EventChannelOp.number() && operation == EvtchnOp::Send.number() {
-        return send(domain, space, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
-    }
     XenCall::Done(match Hypercall::from_number(number) {
         Some(Hypercall::XenVersion) => xen_version(domain, space, operation, a2),
         Some(Hypercall::ConsoleIo) => console_io(domain, space, operation, a2, a3),

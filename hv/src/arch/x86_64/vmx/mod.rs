@@ -990,14 +990,18 @@ impl Vcpu {
     /// (32-bit paging, 5-level paging).
     pub fn address_space(&self, vcpu: usize) -> hvcore::guest_virtual::AddressSpace {
         use hvcore::guest_virtual::AddressSpace;
-        let paging = vmcs::read(Field::GuestCr0) & 1 << 31 != 0;
-        let long_mode = vmcs::read(Field::GuestEfer) & 1 << 10 != 0;
-        let five_level = vmcs::read(Field::GuestCr4) & 1 << 12 != 0;
-        match (paging, long_mode && !five_level) {
-            (false, _) => AddressSpace::Physical,
-            (true, true) => AddressSpace::LongMode { cr3: vmcs::read(Field::GuestCr3), vcpu },
-            (true, false) => AddressSpace::Unsupported,
+        // EFER.LMA implies paging on (SDM 10.8.5): the common case, 64-bit
+        // mode, takes three reads.
+        if vmcs::read(Field::GuestEfer) & 1 << 10 != 0 {
+            let five_level = vmcs::read(Field::GuestCr4) & 1 << 12 != 0;
+            return if five_level {
+                AddressSpace::Unsupported
+            } else {
+                AddressSpace::LongMode { cr3: vmcs::read(Field::GuestCr3), vcpu }
+            };
         }
+        let paging = vmcs::read(Field::GuestCr0) & 1 << 31 != 0;
+        if paging { AddressSpace::Unsupported } else { AddressSpace::Physical }
     }
 
     /// Emulates a control-register access exit: MOV to/from CR8 use the
