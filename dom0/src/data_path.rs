@@ -541,8 +541,12 @@ pub fn close_port(port: u32) {
 /// port but the data-path vCPU's. Returns the bits taken.
 pub fn take_vcpu0_events() -> [u64; BITMAP_WORDS] {
     let others = DATA_PORTS.words().map(|word| !word);
-    // SAFETY: dom0's registered event page; bits are taken atomically.
-    unsafe { pv_drivers::event_page::take_pending_of(crate::event_page(), &others) }
+    // SAFETY: dom0's shared-info page; vCPU 0's flag and selector are
+    // cleared before the bits are taken (`event_page`), each atomically.
+    unsafe {
+        pv_drivers::event_page::clear_upcall(crate::event_page(), 0);
+        pv_drivers::event_page::take_pending_of(crate::event_page(), &others)
+    }
 }
 
 /// The data-path vCPU: passes over the data paths while there is work,

@@ -143,7 +143,8 @@ fn stop() -> ! {
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
 
-/// dom0's event page: guests' notifications wake dom0 from `block`.
+/// dom0's shared-info page (Xen's layout), where guests' notifications
+/// land: they wake dom0 from `block`.
 static mut EVENT_PAGE: Page = Page([0; 4096]);
 
 /// The address of dom0's event page (registered once, in `Shell::run`).
@@ -169,8 +170,10 @@ impl Shell {
     }
 
     fn run(&mut self) -> ! {
+        // Events in Xen's 2-level layout in this shared-info page (ABI
+        // 1.0); dom0 polls (no callback vector).
         // SAFETY: the static page is dedicated to hv's event bits for good.
-        let _ = unsafe { hypercall::register_event_page(event_page(), 0) };
+        let _ = unsafe { pv_drivers::xen::place_shared_info_at(event_page()) };
         // A second vCPU, if dom0 has one, serves the disks and the network.
         match data_path::start() {
             Ok(true) => {

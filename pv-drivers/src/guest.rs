@@ -20,7 +20,8 @@ pub const UPCALL_VECTOR: u8 = 0xf3;
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
 
-/// The event page, shared with hv (accessed only through raw pointers).
+/// The shared-info page (Xen's layout: event words, `vcpu_info`, time),
+/// shared with hv (accessed only through raw pointers).
 static mut EVENT_PAGE: Page = Page([0; 4096]);
 
 #[repr(C, align(16))]
@@ -217,12 +218,10 @@ extern "C" fn upcall_handler() {
     } else {
         0
     };
-    // Acknowledge: hv raises this vCPU's upcall again only after its word
-    // (`upcall_pending`, then `upcall_pending_vcpu[vcpu - 1]`) is cleared.
-    let page = &raw mut EVENT_PAGE as *mut u8;
-    // SAFETY: the word is a u64 inside the event page (offset 64 + 8 x vcpu,
-    // vcpu < 8); volatile store, no reference.
-    unsafe { core::ptr::write_volatile(page.add(abi::event::BITMAP_WORDS * 16 + 8 * vcpu) as *mut u64, 0) };
+    // Acknowledge: hv raises this vCPU's upcall again only after its flag
+    // and selector (in its `vcpu_info`) are cleared.
+    // SAFETY: EVENT_PAGE is this domain's shared-info page.
+    unsafe { crate::event_page::clear_upcall(&raw mut EVENT_PAGE as u64, vcpu as u32) };
     VCPU_UPCALLS[vcpu].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     if vcpu == 0 {
         UPCALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -251,8 +250,9 @@ pub unsafe fn accept_upcalls() {
     unsafe { asm!("lidt [{}]", "sti", in(reg) &pointer, options(nostack)) };
 }
 
-/// The address of the domain's event page (for vCPUs other than 0, which
-/// must not use the `Guest`: `event_page::take_pending` on it).
+/// The address of the domain's shared-info page, its event words (for
+/// vCPUs other than 0, which must not use the `Guest`:
+/// `event_page::take_pending` on it).
 pub fn event_page() -> u64 {
     &raw const EVENT_PAGE as u64
 }
@@ -343,9 +343,11 @@ impl Guest {
             };
             asm!("lidt [{}]", in(reg) &pointer, options(nostack));
         }
-        let page = &raw mut EVENT_PAGE as u64;
+        // Events in Xen's 2-level layout, in the shared-info page (ABI 1.0),
+        // raised as upcalls on UPCALL_VECTOR.
         // SAFETY: the static page is dedicated to hv's use for the domain's life.
-        let _ = unsafe { hypercall::register_event_page(page, UPCALL_VECTOR) };
+        let _ = unsafe { crate::xen::place_shared_info_at(&raw mut EVENT_PAGE as u64) };
+        let _ = crate::xen::set_callback_vector(UPCALL_VECTOR);
         let timer_port = hypercall::event(EventOp::BindVirq, Virq::Timer as u64, 0).unwrap_or(0) as u32;
         let mut guest = Guest {
             start_info,

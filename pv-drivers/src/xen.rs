@@ -40,6 +40,24 @@ pub unsafe fn place_shared_info(page: &mut Page) -> Result<(), Errno> {
     unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::AddToPhysmap.number()), address, 0]) }.map(|_| ())
 }
 
+/// Places this domain's shared-info page at guest-physical (and, under
+/// Mica's identity map, virtual) `address`, as [`place_shared_info`].
+///
+/// # Safety
+/// As for [`place_shared_info`], for the page at `address`.
+pub unsafe fn place_shared_info_at(address: u64) -> Result<(), Errno> {
+    // SAFETY: passed on: the caller gave up the page at `address`.
+    unsafe { place_shared_info(&mut *(address as *mut Page)) }
+}
+
+/// Makes the event upcall vector `vector` (Xen's callback via a vector,
+/// `HVM_PARAM_CALLBACK_IRQ`); 0 turns upcalls off.
+pub fn set_callback_vector(vector: u8) -> Result<(), Errno> {
+    use abi::xen::hvm::{CallbackVia, HVM_PARAM_CALLBACK_IRQ};
+    let via = if vector == 0 { CallbackVia::None } else { CallbackVia::Vector(vector) };
+    set_hvm_param(abi::xen::DOMID_SELF, HVM_PARAM_CALLBACK_IRQ, via.encode())
+}
+
 /// Makes Xen hypercall `number` with `arguments` (the rest 0).
 ///
 /// # Safety
