@@ -88,6 +88,9 @@ pub struct Domain<P: Platform> {
     /// dom0 only: its own MSR bitmap (host-physical; 0 = the guests'
     /// shared one). Every vCPU of the domain uses these bitmaps.
     pub msr_bitmap: u64,
+    /// The vCPUs polling ports (bit v = vCPU v; see `VcpuSlot::poll_ports`):
+    /// a raise looks for pollers only when one is set.
+    pub polling: u8,
     /// Vector injected as the event upcall (into the vCPU a port notifies),
     /// 0 = none.
     pub upcall_vector: u8,
@@ -122,6 +125,12 @@ pub struct VcpuSlot<P: Platform> {
     pub blocked: bool,
     /// Absolute TSC deadline of its one-shot timer, 0 = not armed.
     pub timer_deadline: u64,
+    /// The ports it waits on in Xen's `sched_op` poll (bit p % 64 of word
+    /// p / 64), zero when it is not polling: one of them becoming pending
+    /// wakes it, masked or not (`event_ops::poll`).
+    pub poll_ports: [u64; abi::event::BITMAP_WORDS],
+    /// Absolute TSC deadline of its poll, 0 = none.
+    pub poll_deadline: u64,
     /// The upcall is raised and waits for the vCPU to take interrupts
     /// (a port notifies the vCPU it is bound to, vCPU 0 by default).
     pub upcall_due: bool,
@@ -155,6 +164,8 @@ impl<P: Platform> VcpuSlot<P> {
             up: false,
             blocked: false,
             timer_deadline: 0,
+            poll_ports: [0; abi::event::BITMAP_WORDS],
+            poll_deadline: 0,
             upcall_due: false,
             reschedule: false,
             restart_call: false,
@@ -234,6 +245,7 @@ impl<P: Platform> Domain<P> {
             io_bitmaps: [0; 2],
             msr_bitmap: 0,
             upcall_vector: 0,
+            polling: 0,
             exit_counts: [0; EXIT_REASON_SLOTS],
             refusals_logged: 0,
             log_budget: crate::log_ring::LineBudget::new(),

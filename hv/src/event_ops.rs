@@ -8,7 +8,7 @@
 //! protocol is `event_page`'s).
 
 use abi::Error;
-use abi::event::{EventOp, PORT_COUNT, Virq};
+use abi::event::{BITMAP_WORDS, EventOp, PORT_COUNT, Virq};
 use abi::hypercall::{SchedOp, ShutdownReason};
 use arrayvec::ArrayVec;
 
@@ -169,6 +169,9 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
         Words::Xen(words) => event_page::mark_pending(words, port),
         Words::None => Ok(()),
     };
+    if domain.polling != 0 && pending != Err(Delivery::AlreadyPending) {
+        wake_pollers(domain, port);
+    }
     if pending.is_err() {
         return;
     }
@@ -198,11 +201,57 @@ pub fn raise_connected<P: Platform>(domain: &mut Domain<P>, port: u32, from: abi
     }
 }
 
+/// Xen's `sched_op` poll by vCPU `vcpu`: returns at once (true) if one
+/// of `ports` is pending; otherwise blocks the vCPU until one becomes
+/// pending, masked or not ([`raise_in`]), or the TSC reaches `deadline`
+/// (0: no timeout; [`fire_timers`]), and returns false. Ports beyond the
+/// table must be left out by the caller.
+pub fn poll<P: Platform>(domain: &mut Domain<P>, vcpu: usize, ports: [u64; BITMAP_WORDS], deadline: u64) -> bool {
+    let pending = |words: &mut dyn FnMut(usize) -> u64| (0..BITMAP_WORDS).any(|word| words(word) & ports[word] != 0);
+    let any = match Words::of(domain) {
+        Words::Mica(mut page) => pending(&mut |word| page.load_pending(word)),
+        Words::Xen(mut words) => pending(&mut |word| words.load_pending(word)),
+        Words::None => false,
+    };
+    if any {
+        return true;
+    }
+    let slot = &mut domain.vcpus[vcpu];
+    (slot.poll_ports, slot.poll_deadline) = (ports, deadline);
+    (slot.blocked, slot.reschedule) = (true, true);
+    domain.polling |= 1 << vcpu;
+    false
+}
+
+/// Ends vCPU `vcpu`'s poll (its ports and deadline forgotten).
+fn end_poll<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
+    let slot = &mut domain.vcpus[vcpu];
+    (slot.poll_ports, slot.poll_deadline) = ([0; BITMAP_WORDS], 0);
+    domain.polling &= !(1 << vcpu);
+}
+
+/// Wakes the vCPUs polling `port`, which just became pending.
+#[cold]
+fn wake_pollers<P: Platform>(domain: &mut Domain<P>, port: u32) {
+    let (word, bit) = (port as usize / 64, 1u64 << (port % 64));
+    for vcpu in 0..domain.vcpu_count.min(8) {
+        if domain.polling & 1 << vcpu != 0 && domain.vcpus[vcpu].poll_ports[word] & bit != 0 {
+            end_poll(domain, vcpu);
+            domain.vcpus[vcpu].blocked = false;
+            domain.notify(vcpu);
+        }
+    }
+}
+
 /// Wakes vCPU `vcpu` and makes its upcall due as `delivery` says; tells
 /// its CPU when something changed (no IPI per event of a burst).
 fn deliver<P: Platform>(domain: &mut Domain<P>, vcpu: usize, delivery: Delivery) {
     if matches!(delivery, Delivery::AlreadyPending | Delivery::Masked) {
         return;
+    }
+    if domain.polling & 1 << vcpu != 0 {
+        // Woken by another event: its poll is over too.
+        end_poll(domain, vcpu);
     }
     let woke = core::mem::replace(&mut domain.vcpus[vcpu].blocked, false);
     let upcall = delivery == Delivery::Upcall;
@@ -246,6 +295,15 @@ pub fn end_channels<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize)
 pub fn fire_timers<P: Platform>(domain: &mut Domain<P>, now: u64) -> Option<u64> {
     let mut earliest: Option<u64> = None;
     for vcpu in 0..domain.vcpu_count {
+        let polled = domain.vcpus[vcpu].poll_deadline;
+        if polled != 0 && polled <= now {
+            // A poll that timed out: the vCPU runs again, nothing raised.
+            end_poll(domain, vcpu);
+            domain.vcpus[vcpu].blocked = false;
+            domain.notify(vcpu);
+        } else if polled != 0 {
+            earliest = Some(earliest.map_or(polled, |e| e.min(polled)));
+        }
         let deadline = domain.vcpus[vcpu].timer_deadline;
         if deadline == 0 {
             continue;

@@ -598,10 +598,7 @@ fn vcpu_op<P: Platform>(
         VcpuOp::SetSingleshotTimer | VcpuOp::StopSingleshotTimer if vcpu != P::current_vcpu() => Err(Errno::Einval),
         VcpuOp::SetSingleshotTimer => {
             let request: VcpuSetSingleshotTimer = space.read_struct(domain, address)?;
-            let khz = u128::from(P::tsc_khz().max(1));
-            // Rounded up: the timer never fires before the time asked for.
-            let deadline = (u128::from(request.timeout_abs_ns) * khz).div_ceil(1_000_000);
-            domain.vcpus[vcpu].timer_deadline = u64::try_from(deadline).unwrap_or(u64::MAX).max(1);
+            domain.vcpus[vcpu].timer_deadline = tsc_deadline::<P>(request.timeout_abs_ns);
             Ok(0)
         }
         VcpuOp::StopSingleshotTimer => {
@@ -668,6 +665,14 @@ fn console_io<P: Platform>(
     }
 }
 
+/// The TSC value at system time `ns` (hv's pvclock: ns since TSC 0),
+/// rounded up so that a timer never fires early; at least 1 (0 means
+/// "none" in the deadlines).
+fn tsc_deadline<P: Platform>(ns: u64) -> u64 {
+    let khz = u128::from(P::tsc_khz().max(1));
+    u64::try_from((u128::from(ns) * khz).div_ceil(1_000_000)).unwrap_or(u64::MAX).max(1)
+}
+
 fn sched_op<P: Platform>(
     domain: &mut Domain<P>,
     space: &AddressSpace,
@@ -701,6 +706,25 @@ fn sched_op<P: Platform>(
             P::log(Level::Info, format_args!("d{} shut down ({reason:?})", domain.id));
             domain.ended = Some(Ended::Shutdown(reason));
             domain.stop_all();
+            Ok(0)
+        }
+        SchedOp::Poll => {
+            use abi::xen::sched::{SCHED_POLL_MAX_PORTS, SchedPoll};
+            let request: SchedPoll = space.read_struct(domain, address)?;
+            if request.nr_ports > SCHED_POLL_MAX_PORTS {
+                return Err(Errno::Einval);
+            }
+            let mut ports = [0u64; abi::event::BITMAP_WORDS];
+            for index in 0..u64::from(request.nr_ports) {
+                let at = request.ports.checked_add(index * 4).ok_or(Errno::Efault)?;
+                let port = space.read_u32(domain, at)? as usize;
+                if port >= abi::event::PORT_COUNT {
+                    return Err(Errno::Einval);
+                }
+                ports[port / 64] |= 1 << (port % 64);
+            }
+            let deadline = if request.timeout == 0 { 0 } else { tsc_deadline::<P>(request.timeout) };
+            crate::event_ops::poll(domain, vcpu, ports, deadline);
             Ok(0)
         }
         _ => Err(Errno::Enosys),
@@ -913,8 +937,51 @@ mod tests {
         assert_eq!(dom0.ended, None);
         assert_eq!(call(&mut domain, &space, H::SchedOp, [u64::from(SchedOp::Yield.number()), 0, 0]), Ok(0));
         assert!(domain.vcpus[0].reschedule);
-        let poll = u64::from(SchedOp::Poll.number());
-        assert_eq!(call(&mut domain, &space, H::SchedOp, [poll, VIRTUAL, 0]), Err(Errno::Enosys), "not yet");
+    }
+
+    #[test]
+    fn sched_op_poll_waits_for_its_ports_masked_or_not_or_its_timeout() {
+        use abi::xen::sched::SchedPoll;
+        let mut hv = hypervisor();
+        let one = xen_domain(&mut hv.domains, 1);
+        let poll = SchedOp::Poll.number();
+        // Ports 7 and 9 masked (as Linux masks its spinlock kick port).
+        hv.domains[one].write_guest(SHARED_INFO + 2560, &(1u64 << 7 | 1 << 9).to_le_bytes()).unwrap();
+        let request = |hv: &mut Hypervisor<'static, Fake>, ports: &[u32], timeout| {
+            let array: Vec<u8> = ports.iter().flat_map(|port| port.to_le_bytes()).collect();
+            hv.domains[one].write_guest(DATA + 0x100, &array).unwrap();
+            let request =
+                SchedPoll { ports: VIRTUAL + 0x100, nr_ports: ports.len() as u32, timeout, ..Default::default() };
+            xen_call(hv, one, H::SchedOp, poll, request).0
+        };
+        let blocked = |hv: &Hypervisor<'static, Fake>| (hv.domains[one].vcpus[0].blocked, hv.domains[one].polling);
+        assert_eq!(request(&mut hv, &[5, 9], 0), Ok(0));
+        assert_eq!(blocked(&hv), (true, 1), "nothing pending: it waits");
+        crate::event_ops::raise_in(&mut hv.domains[one], 7);
+        assert_eq!(blocked(&hv), (true, 1), "a masked port it does not poll leaves it asleep");
+        crate::event_ops::raise_in(&mut hv.domains[one], 9);
+        assert_eq!(blocked(&hv), (false, 0), "a masked port it polls wakes it");
+        assert_eq!(hv.domains[one].vcpus[0].poll_ports, [0; 4]);
+        // Port 9 still pending: the next poll returns at once.
+        assert_eq!(request(&mut hv, &[9], 0), Ok(0));
+        assert_eq!(blocked(&hv), (false, 0));
+        // A timeout (system time in ns, a TSC deadline at the platform's
+        // rate) wakes it without raising anything.
+        hv.domains[one].write_guest(SHARED_INFO + 2048, &0u64.to_le_bytes()).unwrap();
+        assert_eq!(request(&mut hv, &[9], 2_000_000), Ok(0));
+        let deadline = hv.domains[one].vcpus[0].poll_deadline;
+        assert_eq!(deadline, tsc_deadline::<Fake>(2_000_000));
+        assert_eq!(crate::event_ops::fire_timers(&mut hv.domains[one], deadline - 1), Some(deadline));
+        assert_eq!(blocked(&hv), (true, 1));
+        assert_eq!(crate::event_ops::fire_timers(&mut hv.domains[one], deadline), None);
+        assert_eq!(blocked(&hv), (false, 0));
+        assert_eq!(word(&hv.domains, one, SHARED_INFO + 2048), 0, "nothing was raised");
+        // Bad requests.
+        assert_eq!(request(&mut hv, &[5; 129], 0), Err(Errno::Einval));
+        assert_eq!(request(&mut hv, &[5, 256], 0), Err(Errno::Einval));
+        let unreadable = SchedPoll { ports: VIRTUAL + 0x2000, nr_ports: 1, ..Default::default() };
+        assert_eq!(xen_call(&mut hv, one, H::SchedOp, poll, unreadable).0, Err(Errno::Efault));
+        assert_eq!(blocked(&hv), (false, 0), "refused polls block nothing");
     }
 
     #[test]

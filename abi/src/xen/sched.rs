@@ -26,11 +26,12 @@ numbered_enum! {
         /// a resume; not offered by Mica: `-EINVAL`). Errors: `-EINVAL`
         /// an unknown reason.
         Shutdown = 2,
-        /// Blocks until one of the given ports is pending or the timeout
-        /// passes ([`SchedPoll`]). Returns 0 either way. Errors:
-        /// `-EINVAL` more than 128 ports, or a port beyond the table.
-        /// Not offered by Mica yet (`-ENOSYS`; Linux uses it only for
-        /// spinlocks across vCPUs, and only if it succeeds).
+        /// Blocks until one of the given ports is pending, masked or not,
+        /// or the timeout (system time, ns; 0 none) passes
+        /// ([`SchedPoll`]): at once if one already is. Returns 0 either
+        /// way; another event for the vCPU may also end it (the caller
+        /// looks again). Errors: `-EINVAL` more than 128 ports, or a port
+        /// beyond the table (256 in Mica); `-EFAULT` an unreadable array.
         Poll = 3,
         /// Shuts another domain down ([`SchedRemoteShutdown`]; control
         /// domain). Not offered.
