@@ -2,17 +2,47 @@
 //! implements (issue 10), with Xen's numbers, flag bits, error values and
 //! byte-exact structure layouts for x86_64.
 //!
-//! Status (ABI 1.0, in progress): hv implements `xen_version`,
-//! `console_io` (write), `sched_op` (yield, block, shutdown), `memory_op`
-//! `add_to_physmap` of the shared-info page, `hvm_op` get/set of the
-//! callback vector, `vcpu_op` `register_vcpu_info` (and accepts the
-//! runstate area), `event_channel_op` in the 2-level layout, the hypercall
-//! page and Xen's CPUID leaves; the CHANGELOG lists what each version
-//! adds. Grant tables, timers, the store and device protocols are defined
-//! here but not yet implemented: until they are, Mica's own interface (the
-//! rest of this crate) serves them. Every structure derives zerocopy's
-//! `FromBytes` and `IntoBytes`, so Rust code reads and writes it as bytes
-//! without `unsafe`.
+//! Status (ABI 1.0, in progress): the conformance table below says, for
+//! each of Xen's calls, what Mica does; the CHANGELOG lists what each
+//! version adds. Every structure derives zerocopy's `FromBytes` and
+//! `IntoBytes`, so Rust code reads and writes it as bytes without
+//! `unsafe`.
+//!
+//! # Conformance
+//! Every number below 64 that is not listed, and every sub-operation not
+//! listed, answers `-ENOSYS`. "dom0" marks what only the control domain
+//! may do (others: `-EPERM`).
+//!
+//! | call (number) | sub-operation | Mica |
+//! |---|---|---|
+//! | `memory_op` (12) | `add_to_physmap` | shared info (`XENMAPSPACE_shared_info`, idx 0): the guest's own RAM page at `gpfn` becomes it (zeroed the first time, carried along when moved); grant table frame 0 (`XENMAPSPACE_grant_table`): the guest's RAM page at `gpfn` holds its 512 v1 entries; other spaces or indices `-EINVAL`/`-ENOSYS` |
+//! | | others, `memory_map` included | `-ENOSYS` (a PVH guest reads its map in `hvm_start_info`) |
+//! | `xen_version` (17) | `version`, `extraversion`, `get_features` (word 0), `pagesize` | 4.17, `".0-mica"`, auto-translated physmap and writable page tables, 4096; other feature words `-EINVAL` |
+//! | | others | `-ENOSYS` |
+//! | `console_io` (18) | `write` | to hv's log, per line, rate-limited; returns 0 |
+//! | | `read` | `-EPERM` (hv's console is dom0's) |
+//! | `grant_table_op` (20) | `map_grant_ref`, `unmap_grant_ref`, `copy` | arrays of at most 64, a `GNTST_*` status each ([`grant_table::GnttabOp`]); host mappings only; a copy between two grants `GNTST_general_error` |
+//! | | `query_size`, `set_version`, `get_version` | 1 frame (512 entries) at most and now; version 1 only (`set_version(2)` `-ENOSYS`) |
+//! | | `setup_table` and the rest | `-ENOSYS` |
+//! | `vcpu_op` (24) | `register_vcpu_info` | once per vCPU (`-EBUSY` again; `-ENXIO` a slot crossing its page) |
+//! | | `register_runstate_memory_area`, `stop_periodic_timer` | accepted, nothing done |
+//! | | `set_singleshot_timer`, `stop_singleshot_timer` | the caller's own vCPU only (`-EINVAL` another); fires `VIRQ_TIMER` |
+//! | | `is_up` | 1 or 0 |
+//! | | `initialise`, `up`, `down` and the rest | `-ENOSYS` (Mica's own `Vcpu` calls start and stop vCPUs) |
+//! | `sched_op` (29) | `yield`, `block`, `poll` | as Xen ([`sched::SchedOp`]) |
+//! | | `shutdown` | `poweroff`, `reboot`, `crash`; `suspend`, `watchdog`, `soft_reset` `-EINVAL`; dom0 `-EPERM` |
+//! | | others | `-ENOSYS` |
+//! | `event_channel_op` (32) | `alloc_unbound` | in the caller's table, or (dom0) another domain's |
+//! | | `bind_interdomain`, `bind_virq` (`TIMER`, `CONSOLE`), `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0) |
+//! | | `init_control`, `expand_array`, `set_priority` (FIFO) and the rest | `-ENOSYS` |
+//! | `hvm_op` (34) | `set_param` | `HVM_PARAM_CALLBACK_IRQ` (vector type only); dom0 on another domain: its store and console frame and port |
+//! | | `get_param` | the callback, store and console parameters (0 until set) |
+//! | | others | `-ENOSYS` |
+//!
+//! Xen's CPUID leaves 0x4000_0000..=0x4000_0004 and the hypercall page
+//! (MSR 0x4000_0000) are offered ([`cpuid`], [`hypercall`]); a kernel
+//! with a `PHYS32_ENTRY` note boots as PVH ([`start_info`]); IA32_EFER is
+//! the one MSR a guest reads and writes.
 //!
 //! # What this module is
 //! Xen's interface is defined by C headers (`xen/include/public/` in the
