@@ -43,10 +43,14 @@ use crate::platform::Platform;
 pub const XEN_VERSION: u32 = abi::xen::version::MICA_XEN_VERSION;
 /// The version suffix: Mica names itself here (`xen_version` 4.17.0-mica).
 pub const EXTRAVERSION: &str = ".0-mica";
-/// The feature bits hv offers so far: memory is translated by EPT (the
-/// guest sees its own frame numbers) and page tables are the guest's own.
-/// The callback vector and pvclock join them when hv implements them.
-pub const FEATURES: u32 = 1 << feature::WRITABLE_PAGE_TABLES | 1 << feature::AUTO_TRANSLATED_PHYSMAP;
+/// The feature bits hv offers: memory is translated by EPT (the guest sees
+/// its own frame numbers), page tables are the guest's own, events arrive
+/// as an upcall vector (`HVM_PARAM_CALLBACK_IRQ`), and the pvclock in
+/// `vcpu_info` is safe to use (the TSC is stable).
+pub const FEATURES: u32 = 1 << feature::WRITABLE_PAGE_TABLES
+    | 1 << feature::AUTO_TRANSLATED_PHYSMAP
+    | 1 << feature::HVM_CALLBACK_VECTOR
+    | 1 << feature::HVM_SAFE_PVCLOCK;
 /// Longest `console_io` write taken in one call; Xen takes any count, a
 /// longer one is cut here (the result is 0 either way, as in Xen).
 pub const CONSOLE_WRITE_MAX: usize = 4096;
@@ -872,6 +876,7 @@ mod tests {
         domain.read_guest(DATA, &mut info).unwrap();
         assert_eq!(u32::from_le_bytes(info[4..].try_into().unwrap()), FEATURES);
         assert_ne!(FEATURES & 1 << feature::AUTO_TRANSLATED_PHYSMAP, 0);
+        assert_ne!(FEATURES & 1 << feature::HVM_CALLBACK_VECTOR, 0, "Linux PVH needs the vector callback");
         domain.write_guest(DATA, &1u32.to_le_bytes()).unwrap();
         assert_eq!(version(&mut domain, XenVersionOp::GetFeatures, VIRTUAL), Err(Errno::Einval), "one word only");
         assert_eq!(version(&mut domain, XenVersionOp::Extraversion, VIRTUAL + 0x1000), Err(Errno::Efault));

@@ -39,7 +39,7 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
     let dmesg = shut_down(&mut machine, "xenhello", id);
     let lines = [
         format!("(d{id}) xenhello: CPUID: Xen at 0x40000000, version 4.17, domain {id}, vCPU 0"),
-        format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x5 (auto-translated physmap: true)"),
+        format!("(d{id}) xenhello: Xen 4.17.0-mica, features 0x305 (auto-translated physmap: true)"),
         format!("(d{id}) xenhello: xen_version through the hypercall page: Ok(40011)"),
         format!("(d{id}) xenhello: loopback 4 -> 3: send Ok(()), pending 1, selector 0x1, upcall 1"),
         format!("(d{id}) xenhello: status Ok(()) Some(Interdomain {{ remote_dom: {id}, remote_port: 3 }})"),
