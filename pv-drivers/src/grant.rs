@@ -1,7 +1,8 @@
-//! The granter's side of grant tables (`abi::grant`): a table page in this
-//! domain's RAM, granting and revoking access to its pages. Entries are
-//! shared with the hypervisor: written with volatile stores and revoked
-//! with an atomic compare-exchange, never through Rust references.
+//! The granter's side of grant tables (Xen's v1 entries, `abi::grant`): a
+//! table page in this domain's RAM, granting and revoking access to its
+//! pages. Entries are shared with the hypervisor: written with volatile
+//! stores and revoked with an atomic compare-exchange, never through Rust
+//! references.
 
 use abi::grant::{ENTRIES, MAPPED, PERMIT_ACCESS, READONLY};
 use abi::{DomainId, Error};
@@ -18,7 +19,9 @@ unsafe impl Send for GrantTable {}
 
 impl GrantTable {
     /// Takes over the page at guest-physical (= virtual) address `page` and
-    /// registers it with the hypervisor.
+    /// makes it this domain's grant table as Xen's guests do (`memory_op`
+    /// add_to_physmap of the table's frame 0; `Busy` while another domain
+    /// maps one of its grants, `InvalidArgument` for anything else).
     ///
     /// # Safety
     /// `page` must be a page of this domain's RAM dedicated to the grant
@@ -27,7 +30,11 @@ impl GrantTable {
         // SAFETY: the caller dedicates the page; zeroing it revokes nothing
         // (it was never registered).
         unsafe { core::ptr::write_bytes(page as *mut u8, 0, abi::PAGE_SIZE as usize) };
-        crate::hypercall::grant_setup_table(page)?;
+        // SAFETY: passed on from the caller.
+        unsafe { crate::xen::place_grant_table_at(page) }.map_err(|errno| match errno {
+            abi::xen::Errno::Ebusy => Error::Busy,
+            _ => Error::InvalidArgument,
+        })?;
         // Reference 0 is never handed out, so a zeroed ring slot names no grant.
         Ok(GrantTable {
             page,

@@ -201,3 +201,125 @@ pub fn set_hvm_param(domid: u16, index: u32, value: u64) -> Result<(), Errno> {
     // SAFETY: hv reads `request`, which outlives the call.
     unsafe { call(Hypercall::HvmOp, [u64::from(HvmOp::SetParam.number()), address, 0]) }.map(|_| ())
 }
+
+/// Event channel operations in Xen's form, for the runtime and front ends
+/// (`event_channel_op`; ports are this domain's own).
+pub mod evtchn {
+    use abi::xen::Errno;
+    use abi::xen::event_channel::{
+        EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose,
+        EvtchnOp, EvtchnSend, EvtchnStatus, EvtchnUnmask, Virq,
+    };
+
+    use super::event_channel;
+
+    /// Notifies the other end of `port`.
+    #[inline]
+    pub fn notify(port: u32) -> Result<(), Errno> {
+        event_channel(EvtchnOp::Send, &mut EvtchnSend { port })
+    }
+
+    /// A new port of this domain that domain `remote` may bind.
+    pub fn alloc_unbound(remote: u16) -> Result<u32, Errno> {
+        let mut request = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: remote, port: 0 };
+        event_channel(EvtchnOp::AllocUnbound, &mut request).map(|()| request.port)
+    }
+
+    /// Binds port `remote_port` of domain `remote`; returns the local port.
+    pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<u32, Errno> {
+        let mut request = EvtchnBindInterdomain { remote_dom: remote, remote_port, ..Default::default() };
+        event_channel(EvtchnOp::BindInterdomain, &mut request).map(|()| request.local_port)
+    }
+
+    /// Binds virtual IRQ `virq` for vCPU `vcpu`; returns the port.
+    pub fn bind_virq(virq: Virq, vcpu: u32) -> Result<u32, Errno> {
+        let mut request = EvtchnBindVirq { virq: virq.number(), vcpu, port: 0 };
+        event_channel(EvtchnOp::BindVirq, &mut request).map(|()| request.port)
+    }
+
+    /// A port whose sends notify vCPU `vcpu` of this domain (an IPI).
+    pub fn bind_ipi(vcpu: u32) -> Result<u32, Errno> {
+        let mut request = EvtchnBindIpi { vcpu, port: 0 };
+        event_channel(EvtchnOp::BindIpi, &mut request).map(|()| request.port)
+    }
+
+    /// Makes `port` notify vCPU `vcpu`.
+    pub fn bind_vcpu(port: u32, vcpu: u32) -> Result<(), Errno> {
+        event_channel(EvtchnOp::BindVcpu, &mut EvtchnBindVcpu { port, vcpu })
+    }
+
+    /// Closes `port`.
+    pub fn close(port: u32) -> Result<(), Errno> {
+        event_channel(EvtchnOp::Close, &mut EvtchnClose { port })
+    }
+
+    /// Unmasks `port` (a pending one is delivered).
+    pub fn unmask(port: u32) -> Result<(), Errno> {
+        event_channel(EvtchnOp::Unmask, &mut EvtchnUnmask { port })
+    }
+
+    /// `port`'s state.
+    pub fn status(port: u32) -> Result<EvtchnStatus, Errno> {
+        let mut request = EvtchnStatus { dom: abi::xen::DOMID_SELF, port, ..Default::default() };
+        event_channel(EvtchnOp::Status, &mut request).map(|()| request)
+    }
+}
+
+/// System time (ns, hv's pvclock: nanoseconds since TSC 0) at TSC value
+/// `tsc`, with the TSC ticking `tsc_khz` times a millisecond: how a guest
+/// that counts in TSC ticks asks for Xen's single-shot timer. Rounded up,
+/// as hv rounds its TSC deadline up: the timer fires at `tsc` or later.
+pub fn tsc_to_ns(tsc: u64, tsc_khz: u64) -> u64 {
+    u64::try_from((u128::from(tsc) * 1_000_000).div_ceil(u128::from(tsc_khz.max(1)))).unwrap_or(u64::MAX)
+}
+
+/// Stops the calling vCPU's single-shot timer.
+pub fn stop_timer(vcpu: u32) -> Result<(), Errno> {
+    use abi::xen::vcpu::VcpuOp;
+    // SAFETY: no pointer argument.
+    unsafe { call(Hypercall::VcpuOp, [u64::from(VcpuOp::StopSingleshotTimer.number()), u64::from(vcpu), 0]) }
+        .map(|_| ())
+}
+
+/// Gives the CPU up (`sched_op` yield).
+pub fn yield_now() {
+    // SAFETY: no pointer argument.
+    let _ = unsafe { call(Hypercall::SchedOp, [u64::from(SchedOp::Yield.number()), 0, 0]) };
+}
+
+/// Makes the page at guest-physical (= virtual) `address` this domain's
+/// grant table, frame 0 (`memory_op` add_to_physmap of
+/// `XENMAPSPACE_grant_table`): its 512 entries are Xen's v1 entries.
+///
+/// # Safety
+/// The page must be this domain's RAM, dedicated to the table for good.
+pub unsafe fn place_grant_table_at(address: u64) -> Result<(), Errno> {
+    use abi::xen::memory::{MemoryOp, XENMAPSPACE_GRANT_TABLE, XenAddToPhysmap};
+    let request = XenAddToPhysmap {
+        domid: abi::xen::DOMID_SELF,
+        space: XENMAPSPACE_GRANT_TABLE,
+        idx: 0,
+        gpfn: address / 4096,
+        ..Default::default()
+    };
+    let pointer = &raw const request as u64;
+    // SAFETY: hv reads `request`; the caller gave up the page.
+    unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::AddToPhysmap.number()), pointer, 0]) }.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tsc_to_ns_rounds_up_so_the_timer_fires_on_the_tick_or_after() {
+        assert_eq!(super::tsc_to_ns(50_000, 50_000), 1_000_000, "1 ms at 50 MHz");
+        assert_eq!(super::tsc_to_ns(3, 3_000_000), 1, "3 ticks at 3 GHz");
+        assert_eq!(super::tsc_to_ns(2, 3_000_000), 1, "rounded up");
+        // hv turns the time back into ticks rounding up: never before.
+        for (tsc, khz) in [(3u64, 2_000_000u64), (1_234_567, 50_001), (7, 3)] {
+            let back = (u128::from(super::tsc_to_ns(tsc, khz)) * u128::from(khz)).div_ceil(1_000_000);
+            assert!(back >= u128::from(tsc), "{tsc} at {khz} kHz came back as {back}");
+        }
+        assert_eq!(super::tsc_to_ns(u64::MAX, 1), u64::MAX, "saturates");
+        assert_eq!(super::tsc_to_ns(7, 0), 7_000_000, "a zero rate taken as 1 kHz");
+    }
+}
