@@ -15,7 +15,10 @@
 //! | XCR0 (XSETBV exits)            | per vCPU, validated here, loaded on a switch     |
 //! | CR8 / TPR                      | CR8-load/store exiting; a per-vCPU value         |
 //! | CR4.PKE (PKRU), CR4.VMXE       | owned by hv (CR4 guest/host mask): setting is #GP|
-//! | STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, every other MSR | RDMSR/WRMSR exit (guests: all; dom0: all but FS/GS base) and are refused with #GP, so no guest can set them; RDTSCP/RDPID read TSC_AUX, which hv never writes (0) |
+//! | STAR, LSTAR, CSTAR, SFMASK, TSC_AUX (SYSCALL and RDTSCP use them) | RDMSR/WRMSR exit and are emulated (`exits::GuestMsr`: values checked as a CPU checks them); saved and restored on a domain switch (lazy) with KERNEL_GS_BASE |
+//! | FS/GS base, KERNEL_GS_BASE, PAT, EFER by RDMSR/WRMSR | exit (guests; dom0's FS/GS base pass through) and are emulated on the VMCS fields or the switched value, checked |
+//! | IA32_MISC_ENABLE               | reads a fixed value, writes #GP                   |
+//! | every other MSR                | RDMSR/WRMSR exit and are refused with #GP        |
 //! | performance counters           | RDPMC exiting: refused with #GP                  |
 //! | caches (WBINVD, INVD)          | WBINVD exiting (INVD always exits): a no-op (memory is write-back, DMA on x86 is cache-coherent) |
 //! | VMX instructions               | always exit: #UD, as on a CPU without VMX        |

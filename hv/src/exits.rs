@@ -24,6 +24,62 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
 const CR0_PG: u64 = 1 << 31;
 
+/// IA32_MISC_ENABLE: read as fast strings on, BTS and PEBS unavailable
+/// (bits 0, 11, 12; the rest, thermal and power features, off); writes
+/// are refused (#GP), which Linux's safe accessors expect.
+pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const MISC_ENABLE_VALUE: u64 = 1 | 1 << 11 | 1 << 12;
+
+/// The MSRs besides EFER a guest kernel reads and writes through hv (issue
+/// 11's Linux needs them): each is the vCPU's own, held by its VMCS (FS
+/// and GS base, PAT) or switched with its other state when another vCPU
+/// takes the CPU (the rest), and written only with values a CPU takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMsr {
+    FsBase,
+    GsBase,
+    KernelGsBase,
+    Star,
+    Lstar,
+    Cstar,
+    Sfmask,
+    TscAux,
+    Pat,
+}
+
+impl GuestMsr {
+    /// The MSR numbered `msr`, if it is one of these.
+    pub const fn from_number(msr: u32) -> Option<GuestMsr> {
+        Some(match msr {
+            0xc000_0100 => GuestMsr::FsBase,
+            0xc000_0101 => GuestMsr::GsBase,
+            0xc000_0102 => GuestMsr::KernelGsBase,
+            0xc000_0081 => GuestMsr::Star,
+            0xc000_0082 => GuestMsr::Lstar,
+            0xc000_0083 => GuestMsr::Cstar,
+            0xc000_0084 => GuestMsr::Sfmask,
+            0xc000_0103 => GuestMsr::TscAux,
+            0x277 => GuestMsr::Pat,
+            _ => return None,
+        })
+    }
+
+    /// Whether a CPU takes `value` (else WRMSR raises #GP): addresses
+    /// canonical, SFMASK and TSC_AUX 32-bit, PAT entries valid memory
+    /// types (0, 1, 4, 5, 6, 7).
+    pub fn accepts(self, value: u64) -> bool {
+        let canonical = ((value as i64) << 16 >> 16) as u64 == value;
+        match self {
+            GuestMsr::FsBase | GuestMsr::GsBase | GuestMsr::KernelGsBase | GuestMsr::Lstar | GuestMsr::Cstar => {
+                canonical
+            }
+            GuestMsr::Star => true,
+            GuestMsr::Sfmask | GuestMsr::TscAux => value >> 32 == 0,
+            GuestMsr::Pat => value.to_le_bytes().iter().all(|kind| matches!(kind, 0 | 1 | 4..=7)),
+        }
+    }
+}
+
 /// Why the guest stopped running (decoded from the exit reason, SDM Vol. 3D Appendix C).
 #[derive(Clone, Copy, Debug)]
 pub enum Exit {
@@ -192,9 +248,7 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
         }
         Exit::MsrRead if vcpu.rcx() as u32 == IA32_EFER => {
             let value = vcpu.efer();
-            vcpu.set_rax(value & 0xffff_ffff);
-            vcpu.set_rdx(value >> 32);
-            vcpu.skip_instruction();
+            complete_read(vcpu, value);
             true
         }
         Exit::MsrWrite if vcpu.rcx() as u32 == IA32_EFER => {
@@ -209,6 +263,25 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
             // LMA is the CPU's: it follows LME once paging is on.
             vcpu.set_efer(value & (EFER_SCE | EFER_LME | EFER_NXE) | current & EFER_LMA);
             vcpu.skip_instruction();
+            true
+        }
+        Exit::MsrRead if let Some(msr) = GuestMsr::from_number(vcpu.rcx() as u32) => match vcpu.read_msr(msr) {
+            Some(value) => {
+                complete_read(vcpu, value);
+                true
+            }
+            None => refuse_with_gp(domain, vcpu, format_args!("read of {msr:?}, which this CPU lacks")),
+        },
+        Exit::MsrWrite if let Some(msr) = GuestMsr::from_number(vcpu.rcx() as u32) => {
+            let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
+            if !msr.accepts(value) || !vcpu.write_msr(msr, value) {
+                return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to {msr:?}"));
+            }
+            vcpu.skip_instruction();
+            true
+        }
+        Exit::MsrRead if vcpu.rcx() as u32 == IA32_MISC_ENABLE => {
+            complete_read(vcpu, MISC_ENABLE_VALUE);
             true
         }
         Exit::MsrRead | Exit::MsrWrite => {
@@ -313,6 +386,14 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
             false
         }
     }
+}
+
+/// Ends an emulated RDMSR: `value` in EDX:EAX, the guest past the
+/// instruction.
+fn complete_read(vcpu: &mut impl VcpuOps, value: u64) {
+    vcpu.set_rax(value & 0xffff_ffff);
+    vcpu.set_rdx(value >> 32);
+    vcpu.skip_instruction();
 }
 
 /// Refuses the instruction that exited as a CPU without it would, with
@@ -522,6 +603,54 @@ mod tests {
         assert_eq!(vcpu.exceptions, [GP, GP]);
         assert_eq!(vcpu.efer, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE, "unchanged by the refused writes");
         assert_eq!((vcpu.skipped, domain.ended), (3, None));
+    }
+
+    #[test]
+    fn a_kernels_msrs_are_taken_as_a_cpu_takes_them_and_misc_enable_reads_fixed() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        let access = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, exit, msr: u32, value: u64| {
+            (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(msr), value >> 32, value & 0xffff_ffff);
+            let faults = vcpu.exceptions.len();
+            assert!(handle_exit(domain, vcpu, 0, exit));
+            (vcpu.exceptions.len() == faults).then_some(vcpu.rdx << 32 | vcpu.rax)
+        };
+        let good = [
+            (0xc000_0081, 0x0023_0010_0000_0000u64),
+            (0xc000_0082, 0xffff_ffff_8100_0000),
+            (0xc000_0083, 0xffff_ffff_8100_1000),
+            (0xc000_0084, 0x4_7700),
+            (0xc000_0100, 0x7f00_0000_1000),
+            (0xc000_0101, 0xffff_8880_0000_0000),
+            (0xc000_0102, 0xffff_8880_0001_0000),
+            (0xc000_0103, 3),
+            (0x277, 0x0007_0406_0007_0106),
+        ];
+        for (msr, value) in good {
+            assert!(access(&mut domain, &mut vcpu, Exit::MsrWrite, msr, value).is_some(), "{msr:#x}");
+            assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrRead, msr, 0), Some(value), "{msr:#x} reads back");
+        }
+        let bad = [
+            (0xc000_0082, 0x0000_8000_0000_0000u64),
+            (0xc000_0100, 0x8000_0000_0000_0000),
+            (0xc000_0084, 1 << 32),
+            (0xc000_0103, 1 << 40),
+            (0x277, 0x0007_0406_0007_0206),
+            (0x277, 0x0807_0406_0007_0406),
+        ];
+        for (msr, value) in bad {
+            assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, msr, value), None, "{msr:#x} {value:#x}");
+        }
+        assert_eq!(vcpu.msrs["Lstar"], 0xffff_ffff_8100_0000, "a refused write changes nothing");
+        // A CPU without TSC_AUX: both accesses refused.
+        vcpu.missing_msr = "TscAux".into();
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrRead, 0xc000_0103, 0), None);
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, 0xc000_0103, 1), None);
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrRead, IA32_MISC_ENABLE, 0), Some(MISC_ENABLE_VALUE));
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, IA32_MISC_ENABLE, MISC_ENABLE_VALUE), None);
+        assert_eq!(vcpu.skipped as usize, 2 * good.len() + 1, "each emulated access moves on, refusals do not");
+        assert_eq!(vcpu.exceptions.len(), bad.len() + 3);
+        assert!(vcpu.exceptions.iter().all(|&exception| exception == GP));
+        assert_eq!(domain.ended, None);
     }
 
     #[test]

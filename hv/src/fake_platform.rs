@@ -55,6 +55,10 @@ pub struct FakeVcpu {
     pub cpuids: u32,
     pub efer: u64,
     pub cr0: u64,
+    /// The guest MSRs written, by `GuestMsr` name.
+    pub msrs: HashMap<String, u64>,
+    /// A `GuestMsr` name the fake CPU lacks ("" for none).
+    pub missing_msr: String,
 }
 
 impl VcpuOps for FakeVcpu {
@@ -84,6 +88,14 @@ impl VcpuOps for FakeVcpu {
     }
     fn cr0(&self) -> u64 {
         self.cr0
+    }
+    fn read_msr(&self, msr: crate::exits::GuestMsr) -> Option<u64> {
+        let name = format!("{msr:?}");
+        (name != self.missing_msr).then(|| self.msrs.get(&name).copied().unwrap_or(0))
+    }
+    fn write_msr(&mut self, msr: crate::exits::GuestMsr, value: u64) -> bool {
+        let name = format!("{msr:?}");
+        (name != self.missing_msr).then(|| self.msrs.insert(name, value)).is_some()
     }
     fn skip_instruction(&mut self) {
         self.skipped += 1;

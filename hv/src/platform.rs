@@ -69,6 +69,12 @@ pub trait VcpuOps {
     fn set_efer(&mut self, value: u64);
     /// The guest's CR0.
     fn cr0(&self) -> u64;
+    /// The vCPU's value of `msr` (it runs on this CPU: its values are
+    /// loaded); `None` when the CPU lacks the MSR (TSC_AUX without RDTSCP).
+    fn read_msr(&self, msr: crate::exits::GuestMsr) -> Option<u64>;
+    /// Sets the vCPU's `msr` to `value`, which `GuestMsr::accepts`; false
+    /// when the CPU lacks the MSR.
+    fn write_msr(&mut self, msr: crate::exits::GuestMsr, value: u64) -> bool;
     /// Moves the guest past the instruction that caused the exit.
     fn skip_instruction(&mut self);
     /// Queues hardware exception `vector` (with `error_code`, if it has

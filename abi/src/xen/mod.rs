@@ -41,8 +41,11 @@
 //!
 //! Xen's CPUID leaves 0x4000_0000..=0x4000_0004 and the hypercall page
 //! (MSR 0x4000_0000) are offered ([`cpuid`], [`hypercall`]); a kernel
-//! with a `PHYS32_ENTRY` note boots as PVH ([`start_info`]); IA32_EFER is
-//! the one MSR a guest reads and writes.
+//! with a `PHYS32_ENTRY` note boots as PVH ([`start_info`]). A guest
+//! reads and writes IA32_EFER, the SYSCALL MSRs (STAR, LSTAR, CSTAR,
+//! SFMASK), KERNEL_GS_BASE, TSC_AUX, FS/GS base and PAT, each its vCPU's
+//! own and checked as a CPU checks it, and reads IA32_MISC_ENABLE; every
+//! other MSR access gets #GP.
 //!
 //! # What this module is
 //! Xen's interface is defined by C headers (`xen/include/public/` in the

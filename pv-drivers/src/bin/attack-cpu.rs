@@ -14,9 +14,16 @@
 //!   `dr7`, which arms no breakpoint) and checks for a guest second of
 //!   yields that they stay its own (another instance writes others); DR4
 //!   and DR5 alias DR6 and DR7, and get #UD with CR4.DE set.
-//! - `traps`: RDMSR/WRMSR of STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE and
-//!   TSC_AUX, RDPMC and setting CR4.PKE are refused with #GP (and the guest
-//!   runs on); WBINVD and INVD return; VMCLEAR gets #UD.
+//! - `traps`: RDMSR/WRMSR of hv's own MSRs (APIC_BASE, FEATURE_CONTROL),
+//!   RDPMC and setting CR4.PKE are refused with #GP (and the guest runs
+//!   on); WBINVD and INVD return; VMCLEAR gets #UD.
+//! - `msrs`: the MSRs a kernel sets up (STAR, LSTAR, CSTAR, SFMASK,
+//!   KERNEL_GS_BASE, TSC_AUX, FS and GS base, PAT) read their reset values
+//!   on a fresh vCPU, take markers derived from `value` (RDTSCP returns
+//!   TSC_AUX) and keep them for a guest second of yields (another instance
+//!   writes others); values a CPU refuses (non-canonical addresses, high
+//!   bits, a reserved PAT type) get #GP and change nothing;
+//!   IA32_MISC_ENABLE reads as fast strings with BTS and PEBS unavailable.
 //! - `xcr0`: XSETBV of `value` (1 or 3) is accepted and kept across yields
 //!   (XGETBV reads it back), a fresh vCPU has 1, and AVX state or XCR1 get #GP.
 //! - `cpl3`: drops to ring 3 and makes the null hypercall and a shutdown
@@ -282,16 +289,91 @@ fn kernel_gs_base_mode(report: &mut Report, value: u64) {
     }
 }
 
-fn traps(report: &mut Report) {
-    // MSRs a guest kernel would like: every access is refused.
-    for (name, msr) in [
-        ("STAR", 0xc000_0081u32),
-        ("LSTAR", 0xc000_0082),
-        ("CSTAR", 0xc000_0083),
-        ("SFMASK", 0xc000_0084),
-        ("KERNEL_GS_BASE", 0xc000_0102),
-        ("TSC_AUX", 0xc000_0103),
+/// The MSRs `msrs` mode sets, and the values a fresh vCPU reads.
+const KERNEL_MSRS: [(&str, u32, u64); 9] = [
+    ("STAR", 0xc000_0081, 0),
+    ("LSTAR", 0xc000_0082, 0),
+    ("CSTAR", 0xc000_0083, 0),
+    ("SFMASK", 0xc000_0084, 0),
+    ("KERNEL_GS_BASE", 0xc000_0102, 0),
+    ("TSC_AUX", 0xc000_0103, 0),
+    ("FS_BASE", 0xc000_0100, 0),
+    ("GS_BASE", 0xc000_0101, 0),
+    ("PAT", 0x277, 0x0007_0406_0007_0406),
+];
+
+/// RDMSR of `msr`: the value, or the vector it faulted with.
+fn read_msr(msr: u32) -> Result<u64, u64> {
+    let (low, high): (u32, u32);
+    let fault = probe!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high);
+    if fault == 0 { Ok(u64::from(high) << 32 | u64::from(low)) } else { Err(fault) }
+}
+
+/// WRMSR of `value` to `msr`: the vector it faulted with, 0 if none.
+fn write_msr(msr: u32, value: u64) -> u64 {
+    probe!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32)
+}
+
+fn msrs(report: &mut Report, value: u64) {
+    let fresh: [Result<u64, u64>; 9] = KERNEL_MSRS.map(|(_, msr, _)| read_msr(msr));
+    let reset = KERNEL_MSRS.map(|(.., initial)| Ok(initial));
+    report.check("a fresh vCPU reads the reset values", fresh == reset, format_args!("read {fresh:x?}"));
+    // Markers from `value` (1..=255): addresses canonical, 32-bit where the
+    // CPU wants it, PAT with a valid type of its own in entry 1.
+    let markers: [u64; 9] = [
+        value << 48 | 0x10 << 32,
+        0xffff_ffff_8100_0000 + (value << 12),
+        0xffff_ffff_8200_0000 + (value << 12),
+        0x4_7700 | value,
+        0xffff_8880_0000_0000 + (value << 20),
+        value,
+        0x7f00_0000_0000 + (value << 12),
+        0xffff_8880_1000_0000 + (value << 20),
+        0x0007_0406_0007_0006 | (if value % 2 == 0 { 1 } else { 5 }) << 8,
+    ];
+    let faults: [u64; 9] = core::array::from_fn(|i| write_msr(KERNEL_MSRS[i].1, markers[i]));
+    let read: [Result<u64, u64>; 9] = KERNEL_MSRS.map(|(_, msr, _)| read_msr(msr));
+    let wanted = markers.map(Ok);
+    report.check(
+        "WRMSR of the markers",
+        faults == [0; 9] && read == wanted,
+        format_args!("faults {faults:?}, read {read:x?}"),
+    );
+    let (ecx, fault): (u32, u64);
+    {
+        let aux: u32;
+        fault = probe!("rdtscp", out("eax") _, out("edx") _, out("ecx") aux);
+        ecx = aux;
+    }
+    report.check(
+        "RDTSCP returns TSC_AUX",
+        fault == 0 && u64::from(ecx) == value,
+        format_args!("ecx {ecx}, vector {fault}"),
+    );
+    let changed = |_: ()| KERNEL_MSRS.iter().zip(&markers).find(|((_, msr, _), wanted)| read_msr(*msr) != Ok(**wanted));
+    let (yields, moved) = report.yield_while(|| changed(()).map(|((_, msr, _), _)| u64::from(*msr)));
+    report.check("kept across yields", moved.is_none(), format_args!("{yields} yields, MSR {moved:x?} changed"));
+    for (name, msr, bad) in [
+        ("a non-canonical LSTAR", 0xc000_0082u32, 0x0000_8000_0000_0000u64),
+        ("a 64-bit TSC_AUX", 0xc000_0103, 1 << 32),
+        ("a reserved PAT type", 0x277, 0x0007_0406_0007_0206),
     ] {
+        let fault = write_msr(msr, bad);
+        let kept = KERNEL_MSRS.iter().position(|entry| entry.1 == msr).map(|i| read_msr(msr) == Ok(markers[i]));
+        report.check(name, fault == 13 && kept == Some(true), format_args!("vector {fault}, value kept {kept:?}"));
+    }
+    let misc = read_msr(0x1a0);
+    let refused = write_msr(0x1a0, 0);
+    report.check(
+        "IA32_MISC_ENABLE reads fixed, refuses writes",
+        misc == Ok(1 | 1 << 11 | 1 << 12) && refused == 13,
+        format_args!("read {misc:x?}, write vector {refused}"),
+    );
+}
+
+fn traps(report: &mut Report) {
+    // hv's own MSRs: every access is refused.
+    for (name, msr) in [("APIC_BASE", 0x1bu32), ("FEATURE_CONTROL", 0x3a)] {
         let read = probe!("rdmsr", in("ecx") msr, out("eax") _, out("edx") _);
         let written = probe!("wrmsr", in("ecx") msr, in("eax") 0x1000u32, in("edx") 0u32);
         report.check(name, read == 13 && written == 13, format_args!("RDMSR vector {read}, WRMSR vector {written}"));
@@ -537,6 +619,7 @@ extern "C" fn _start(start_info: u64) -> ! {
         ),
         "kgs" => kernel_gs_base_mode(&mut report, value),
         "traps" => traps(&mut report),
+        "msrs" => msrs(&mut report, value),
         "xcr0" => xcr0(&mut report, value),
         "cpl3" => cpl3(&mut report),
         _ => report.check("known mode", false, format_args!("mode {mode:?}")),

@@ -28,6 +28,8 @@ pub struct Features {
     pub x2apic: bool,
     /// 1 GiB pages (CPUID.8000_0001H:EDX.Page1GB).
     pub pages_1g: bool,
+    /// RDTSCP and IA32_TSC_AUX (CPUID.8000_0001H:EDX.RDTSCP).
+    pub rdtscp: bool,
     /// The XCR0 bits the CPU supports (CPUID.(EAX=0DH,ECX=0)), 0 without
     /// XSAVE: x87, SSE, AVX, MPX, AVX-512 and PKRU state as the leaf reports.
     pub xcr0_supported: u64,
@@ -61,6 +63,7 @@ pub fn features() -> Features {
         tsc_deadline: has(raw_cpuid::FeatureInfo::has_tsc_deadline),
         x2apic: has(raw_cpuid::FeatureInfo::has_x2apic),
         pages_1g: cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|ext| ext.has_1gib_pages()),
+        rdtscp: cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|ext| ext.has_rdtscp()),
         xcr0_supported,
     }
 }
@@ -228,6 +231,11 @@ pub fn halt_forever() -> ! {
 /// Model-specific register numbers (SDM Vol. 4).
 pub mod msr {
     pub const IA32_APIC_BASE: u32 = 0x1b;
+    pub const IA32_STAR: u32 = 0xc000_0081;
+    pub const IA32_LSTAR: u32 = 0xc000_0082;
+    pub const IA32_CSTAR: u32 = 0xc000_0083;
+    pub const IA32_FMASK: u32 = 0xc000_0084;
+    pub const IA32_TSC_AUX: u32 = 0xc000_0103;
     pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
     pub const IA32_VMX_BASIC: u32 = 0x480;
     pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;

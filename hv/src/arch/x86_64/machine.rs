@@ -179,6 +179,12 @@ impl VcpuOps for FrameBox<Vcpu> {
     fn cr0(&self) -> u64 {
         Vcpu::cr0(self)
     }
+    fn read_msr(&self, msr: hvcore::exits::GuestMsr) -> Option<u64> {
+        Vcpu::read_msr(self, msr)
+    }
+    fn write_msr(&mut self, msr: hvcore::exits::GuestMsr, value: u64) -> bool {
+        Vcpu::write_msr(self, msr, value)
+    }
     fn skip_instruction(&mut self) {
         Vcpu::skip_instruction(self)
     }

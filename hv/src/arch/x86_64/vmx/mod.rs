@@ -233,6 +233,9 @@ pub struct Capabilities {
     /// without XSAVE. hv lets a guest set only some of them (see
     /// `hvcore::cpu_state::xsetbv`) and loads each vCPU's XCR0 on a switch.
     pub xcr0_supported: u64,
+    /// Whether the CPU has IA32_TSC_AUX (RDTSCP): switched per vCPU, and
+    /// refused to guests without it.
+    pub tsc_aux: bool,
     cr0_fixed0: u64,
     cr0_fixed1: u64,
     cr4_fixed0: u64,
@@ -245,8 +248,8 @@ pub struct Capabilities {
 pub fn same_capabilities(a: &Capabilities, b: &Capabilities) -> bool {
     (a.revision, a.pin, a.primary, a.secondary, a.exit, a.entry, a.ept_vpid, a.preemption_timer_rate)
         == (b.revision, b.pin, b.primary, b.secondary, b.exit, b.entry, b.ept_vpid, b.preemption_timer_rate)
-        && (a.features, a.timer_saved_on_exit, a.xcr0_supported)
-            == (b.features, b.timer_saved_on_exit, b.xcr0_supported)
+        && (a.features, a.timer_saved_on_exit, a.xcr0_supported, a.tsc_aux)
+            == (b.features, b.timer_saved_on_exit, b.xcr0_supported, b.tsc_aux)
         && (a.cr0_fixed0, a.cr0_fixed1, a.cr4_fixed0, a.cr4_fixed1)
             == (b.cr0_fixed0, b.cr0_fixed1, b.cr4_fixed0, b.cr4_fixed1)
 }
@@ -265,6 +268,7 @@ impl Capabilities {
         features: 0,
         timer_saved_on_exit: false,
         xcr0_supported: 0,
+        tsc_aux: false,
         cr0_fixed0: 0,
         cr0_fixed1: 0,
         cr4_fixed0: 0,
@@ -442,6 +446,7 @@ pub fn probe() -> Result<Capabilities, &'static str> {
         features,
         timer_saved_on_exit: exit & ExitControls::SAVE_PREEMPTION_TIMER.bits() != 0,
         xcr0_supported,
+        tsc_aux: cpu_features.rdtscp,
         cr0_fixed0,
         cr0_fixed1,
         cr4_fixed0,
@@ -589,6 +594,12 @@ pub struct Vcpu {
     /// IA32_KERNEL_GS_BASE, which SWAPGS changes without an exit: switched
     /// with the FPU state (see `save_processor_state`).
     kernel_gs_base: u64,
+    /// The SYSCALL MSRs (STAR, LSTAR, CSTAR, FMASK) and TSC_AUX, which the
+    /// guest writes through hv (`hvcore::exits::GuestMsr`) and SYSCALL and
+    /// RDTSCP use without exits: switched with the FPU state.
+    syscall_msrs: [u64; 5],
+    /// How many of `SWITCHED_MSRS` the CPU has: 5 with TSC_AUX, else 4.
+    switched_msrs: usize,
     /// XCR0 as the guest set it with XSETBV (validated), loaded on a switch.
     xcr0: u64,
     /// DR0-DR3 and DR6, which the guest moves to and from without exits:
@@ -618,6 +629,10 @@ fn launch_failed(status: u64) -> Exit {
 }
 
 /// Guest segment access rights (SDM Vol. 3C 25.4.1, Table 25-2).
+/// The MSRs switched with a vCPU's other state, in `Vcpu::syscall_msrs`
+/// order (TSC_AUX last: only on CPUs with RDTSCP).
+const SWITCHED_MSRS: [u32; 5] = [msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK, msr::IA32_TSC_AUX];
+
 const CODE64_ACCESS: u64 = 0xa09b;
 /// 32-bit code, execute/read, accessed, present, 4 KiB granular (PVH entry).
 const CODE32_ACCESS: u64 = 0xc09b;
@@ -791,6 +806,8 @@ impl Vcpu {
             fpu: FpuState::initial(),
             cr2: 0,
             kernel_gs_base: 0,
+            syscall_msrs: [0; 5],
+            switched_msrs: if capabilities.tsc_aux { 5 } else { 4 },
             xcr0: hvcore::cpu_state::xcr0::INITIAL,
             debug: DebugRegisters::initial(),
             xsave: capabilities.xcr0_supported != 0,
@@ -851,6 +868,12 @@ impl Vcpu {
         self.debug.save();
         // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU.
         self.kernel_gs_base = unsafe { rdmsr(msr::IA32_KERNEL_GS_BASE) };
+        for (value, number) in self.syscall_msrs.iter_mut().zip(&SWITCHED_MSRS[..self.switched_msrs]) {
+            // SAFETY: the SYSCALL MSRs exist on every 64-bit CPU, TSC_AUX
+            // where `switched_msrs` counts it (CPUID said RDTSCP); reading
+            // them changes nothing.
+            *value = unsafe { rdmsr(*number) };
+        }
         // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer we own;
         // CR4.OSFXSR is set and CR0.EM/TS are clear in VMX root.
         unsafe { asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
@@ -869,6 +892,12 @@ impl Vcpu {
         // SWAPGS); the value is canonical (the CPU checked it when the guest
         // put it there with SWAPGS, or it is the initial 0).
         unsafe { cpu::wrmsr(msr::IA32_KERNEL_GS_BASE, self.kernel_gs_base) };
+        for (&value, number) in self.syscall_msrs.iter().zip(&SWITCHED_MSRS[..self.switched_msrs]) {
+            // SAFETY: hv never uses SYSCALL or TSC_AUX; each value passed
+            // `GuestMsr::accepts` (canonical, 32-bit where the CPU wants it)
+            // or is the initial 0; the MSR exists (see `save_processor_state`).
+            unsafe { cpu::wrmsr(*number, value) };
+        }
         self.debug.restore();
         if self.xsave {
             // SAFETY: CR4.OSXSAVE is set in VMX root when the CPU has XSAVE
@@ -1209,6 +1238,58 @@ impl Vcpu {
         let entry = vmcs::read(Field::EntryControls) & !(EntryControls::IA32E_MODE_GUEST.bits() as u64);
         let long_mode = if value & 1 << 10 != 0 { EntryControls::IA32E_MODE_GUEST.bits() as u64 } else { 0 };
         vmcs::write(Field::EntryControls, entry | long_mode);
+    }
+
+    /// The vCPU's `msr` (it runs on this CPU: its switched MSRs are
+    /// loaded; FS and GS base and PAT are in its VMCS); `None` for one the
+    /// CPU lacks.
+    pub fn read_msr(&self, msr: hvcore::exits::GuestMsr) -> Option<u64> {
+        use hvcore::exits::GuestMsr;
+        self.load();
+        Some(match msr {
+            GuestMsr::FsBase => vmcs::read(Field::GuestFsBase),
+            GuestMsr::GsBase => vmcs::read(Field::GuestGsBase),
+            GuestMsr::Pat => vmcs::read(Field::GuestPat),
+            // SAFETY: the MSR exists (`switched`); reading changes nothing.
+            switched => unsafe { rdmsr(self.machine_msr(switched)?) },
+        })
+    }
+
+    /// Sets the vCPU's `msr` to `value` (checked by `GuestMsr::accepts`);
+    /// false for one the CPU lacks.
+    pub fn write_msr(&mut self, msr: hvcore::exits::GuestMsr, value: u64) -> bool {
+        use hvcore::exits::GuestMsr;
+        self.load();
+        match msr {
+            GuestMsr::FsBase => vmcs::write(Field::GuestFsBase, value),
+            GuestMsr::GsBase => vmcs::write(Field::GuestGsBase, value),
+            GuestMsr::Pat => vmcs::write(Field::GuestPat, value),
+            switched => {
+                let Some(number) = self.machine_msr(switched) else { return false };
+                // SAFETY: hv itself uses none of these (no SYSCALL, no
+                // SWAPGS, no RDTSCP); the value is one the CPU takes
+                // (`accepts`), and the vCPU's switch saves it before another
+                // vCPU runs here.
+                unsafe { cpu::wrmsr(number, value) };
+            }
+        }
+        true
+    }
+
+    /// The machine MSR behind a guest MSR hv switches, if the CPU has it
+    /// (`None` too for those the VMCS holds).
+    fn machine_msr(&self, msr: hvcore::exits::GuestMsr) -> Option<u32> {
+        use hvcore::exits::GuestMsr;
+        let index = match msr {
+            GuestMsr::KernelGsBase => return Some(msr::IA32_KERNEL_GS_BASE),
+            GuestMsr::Star => 0,
+            GuestMsr::Lstar => 1,
+            GuestMsr::Cstar => 2,
+            GuestMsr::Sfmask => 3,
+            GuestMsr::TscAux => 4,
+            GuestMsr::FsBase | GuestMsr::GsBase | GuestMsr::Pat => return None,
+        };
+        SWITCHED_MSRS[..self.switched_msrs].get(index).copied()
     }
 
     /// The guest's CR0.
