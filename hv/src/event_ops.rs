@@ -12,7 +12,7 @@ use abi::event::{BITMAP_WORDS, EventOp, PORT_COUNT, Virq};
 use abi::hypercall::{SchedOp, ShutdownReason};
 use arrayvec::ArrayVec;
 
-use crate::domain::{Domain, DomainTable, Ended, MAX_VCPUS};
+use crate::domain::{Domain, DomainTable, Ended};
 use crate::event::{self as ports, TableAccess};
 use crate::event_page::{self, Delivery, EventWords, MASK_OFFSET, upcall_offset};
 use crate::log_ring::Level;
@@ -56,13 +56,17 @@ impl<P: Platform> EventWords for Shared<P> {
     }
 }
 
-/// Xen's event words: the shared-info page and the vCPUs' `vcpu_info`
-/// structures (2-level layout: pending and mask bitmaps at 2048 and 2560
-/// of shared info; per vCPU `evtchn_upcall_pending` at byte 0 and
-/// `evtchn_pending_sel` at 8 of its `vcpu_info`).
+/// Xen's event words: the shared-info page and one vCPU's `vcpu_info`
+/// (2-level layout: pending and mask bitmaps at 2048 and 2560 of shared
+/// info; the vCPU's `evtchn_upcall_pending` at byte 0 and
+/// `evtchn_pending_sel` at 8 of its `vcpu_info`). Built for the one vCPU
+/// an operation concerns ([`Words::of`]), so the hot path copies one
+/// address, not every vCPU's.
 pub struct XenWords<P> {
     shared_info: u64,
-    vcpu_info: [u64; MAX_VCPUS],
+    /// The vCPU it was built for, and the host address of its `vcpu_info`.
+    vcpu: usize,
+    vcpu_info: u64,
     machine: core::marker::PhantomData<P>,
 }
 
@@ -81,28 +85,30 @@ pub enum Words<P> {
 }
 
 impl<P: Platform> Words<P> {
-    /// `domain`'s words (Xen's when it placed a shared-info page).
+    /// `domain`'s words (Xen's when it placed a shared-info page), for an
+    /// operation that concerns vCPU `vcpu` (the only one whose upcall flag
+    /// and selector they reach in Xen's layout).
     #[inline]
-    pub fn of(domain: &Domain<P>) -> Words<P> {
+    pub fn of(domain: &Domain<P>, vcpu: usize) -> Words<P> {
         match (domain.xen_shared_info, domain.event_page) {
             (0, 0) => Words::None,
             (0, page) => Words::Mica(Shared::at(page)),
-            (shared_info, _) => Words::Xen(XenWords {
-                shared_info,
-                vcpu_info: domain.xen_vcpu_info,
-                machine: core::marker::PhantomData,
-            }),
+            (shared_info, _) => {
+                let vcpu_info = match domain.xen_vcpu_info.get(vcpu) {
+                    Some(&0) | None => shared_info + 64 * vcpu as u64,
+                    Some(&registered) => registered,
+                };
+                Words::Xen(XenWords { shared_info, vcpu, vcpu_info, machine: core::marker::PhantomData })
+            }
         }
     }
 }
 
 impl<P: Platform> XenWords<P> {
-    /// Host address of `vcpu`'s `vcpu_info`.
+    /// Host address of `vcpu`'s `vcpu_info`: the words were built for it.
     fn vcpu_info(&self, vcpu: usize) -> u64 {
-        match self.vcpu_info[vcpu] {
-            0 => self.shared_info + 64 * vcpu as u64,
-            registered => registered,
-        }
+        debug_assert_eq!(vcpu, self.vcpu, "Xen's words reach the vCPU they were built for");
+        self.vcpu_info
     }
 }
 
@@ -161,10 +167,10 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
-    let mut words = Words::of(domain);
     // Already pending or masked: nothing more (which vCPU it notifies is
-    // looked up only when it matters).
-    let pending = match &mut words {
+    // looked up only when it matters; the pending and mask bits are the
+    // same words whichever vCPU the words are built for).
+    let pending = match &mut Words::of(domain, 0) {
         Words::Mica(page) => event_page::mark_pending(page, port),
         Words::Xen(words) => event_page::mark_pending(words, port),
         Words::None => Ok(()),
@@ -177,7 +183,7 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
     }
     let vcpu = notified_vcpu(domain, port);
     let vector = domain.upcall_vector != 0;
-    let delivery = match &mut words {
+    let delivery = match &mut Words::of(domain, vcpu) {
         Words::Mica(page) => event_page::raise_upcall(page, port, vcpu, vector),
         Words::Xen(words) => event_page::raise_upcall(words, port, vcpu, vector),
         Words::None => {
@@ -208,7 +214,7 @@ pub fn raise_connected<P: Platform>(domain: &mut Domain<P>, port: u32, from: abi
 /// table must be left out by the caller.
 pub fn poll<P: Platform>(domain: &mut Domain<P>, vcpu: usize, ports: [u64; BITMAP_WORDS], deadline: u64) -> bool {
     let pending = |words: &mut dyn FnMut(usize) -> u64| (0..BITMAP_WORDS).any(|word| words(word) & ports[word] != 0);
-    let any = match Words::of(domain) {
+    let any = match Words::of(domain, vcpu) {
         Words::Mica(mut page) => pending(&mut |word| page.load_pending(word)),
         Words::Xen(mut words) => pending(&mut |word| words.load_pending(word)),
         Words::None => false,
@@ -334,7 +340,7 @@ fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
 /// word (set when one of its ports fired).
 pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
     let notified = |port| notified_vcpu(domain, port);
-    let waiting = match Words::of(domain) {
+    let waiting = match Words::of(domain, vcpu) {
         Words::Mica(mut page) => event_page::waiting(&mut page, vcpu, notified),
         Words::Xen(mut words) => event_page::waiting(&mut words, vcpu, notified),
         Words::None => false,
@@ -406,7 +412,7 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
             let port = port_argument(a1)?;
             let (vcpu, vector) = (notified_vcpu(domain, port), domain.upcall_vector != 0);
             let mask = operation == EventOp::Mask;
-            let words = Words::of(domain);
+            let words = Words::of(domain, vcpu);
             if matches!(words, Words::None) {
                 return Err(Error::Busy);
             }
