@@ -46,6 +46,7 @@
 //!   64 and falls back to copies.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes per sector.
 pub const SECTOR_SIZE: u64 = 512;
@@ -70,7 +71,7 @@ pub const STATUS_UNSUPPORTED: i32 = -2;
 
 /// One page of a transfer.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Segment {
     /// Grant reference of the page (front end's grant table).
     pub grant: u32,
@@ -88,7 +89,7 @@ const _: () = assert!(offset_of!(Segment, last_sector) == 5);
 
 /// A request, written by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Request {
     /// Echoed in the response; the front end's own tag.
     pub id: u64,
@@ -112,7 +113,7 @@ const _: () = assert!(offset_of!(Request, segments) == 24);
 
 /// A response, written by the back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Response {
     /// The request's `id`.
     pub id: u64,

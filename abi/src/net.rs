@@ -79,6 +79,7 @@
 //! - [`keys::MTU`]: the largest payload, default [`MTU`].
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Largest Ethernet payload.
 pub const MTU: usize = 1500;
@@ -96,7 +97,7 @@ pub const STATUS_ERROR: i16 = -1;
 
 /// A frame to send, written by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TxRequest {
     /// The front end's tag, echoed in the response.
     pub id: u16,
@@ -120,7 +121,7 @@ const _: () = assert!(offset_of!(TxRequest, size) == 10);
 
 /// The answer to a [`TxRequest`], written by the back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TxResponse {
     /// The request's `id`.
     pub id: u16,
@@ -135,7 +136,7 @@ const _: () = assert!(offset_of!(TxResponse, status) == 2);
 
 /// An empty receive buffer, posted by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct RxRequest {
     /// The front end's tag, echoed in the response.
     pub id: u16,
@@ -150,7 +151,7 @@ const _: () = assert!(offset_of!(RxRequest, grant) == 4);
 
 /// A received frame (or a returned buffer), written by the back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct RxResponse {
     /// The buffer's `id`.
     pub id: u16,
