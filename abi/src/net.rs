@@ -1,6 +1,7 @@
 //! The network device protocol (since ABI 0.5): a guest's virtual network
 //! interface (vif) carries Ethernet frames to and from dom0's software
-//! switch over two [`crate::ring`] rings, one for each direction.
+//! switch over two rings of Xen's `io/ring.h` layout ([`crate::xen::io`]),
+//! one for each direction.
 //!
 //! # Connecting
 //! dom0 publishes the back-end directory `/local/domain/0/backend/vif/<guest>/<n>`
@@ -10,7 +11,8 @@
 //! before the guest first runs for a vif in its config, or while it runs
 //! (`network-attach`; a front end that wants hot-plug watches
 //! `device/vif`). The front end then:
-//! 1. initialises two ring pages (all zero is a valid empty ring), grants
+//! 1. initialises two ring pages (Xen's `SHARED_RING_INIT`:
+//!    [`crate::xen::io::SringHeader::new`]), grants
 //!    each to dom0 read-write, and allocates one event port for dom0;
 //! 2. writes [`keys::TX_RING_REF`], [`keys::RX_RING_REF`],
 //!    `event-channel`, then `state` = Initialised;
@@ -170,12 +172,12 @@ const _: () = assert!(offset_of!(RxResponse, status) == 4);
 /// Bytes per transmit-ring slot.
 pub const TX_SLOT_SIZE: usize = size_of::<TxRequest>();
 /// Slots in the transmit ring.
-pub const TX_SLOTS: usize = crate::ring::slot_count(TX_SLOT_SIZE);
+pub const TX_SLOTS: usize = crate::xen::io::page_ring_size(TX_SLOT_SIZE) as usize;
 const _: () = assert!(TX_SLOTS == 128);
 /// Bytes per receive-ring slot.
 pub const RX_SLOT_SIZE: usize = size_of::<RxRequest>();
 /// Slots in the receive ring.
-pub const RX_SLOTS: usize = crate::ring::slot_count(RX_SLOT_SIZE);
+pub const RX_SLOTS: usize = crate::xen::io::page_ring_size(RX_SLOT_SIZE) as usize;
 const _: () = assert!(RX_SLOTS == 256);
 
 /// Store keys of the vif protocol (besides those in [`crate::store::keys`]).

@@ -6,8 +6,8 @@
 use core::fmt::Debug;
 use core::mem::{offset_of, size_of};
 
-use abi::block::{OP_FLUSH, OP_READ, OP_WRITE, Request, Response, SECTOR_SIZE};
 use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
+use abi::xen::io::block::{BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifResponse};
 use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
 use dom0core::block_backend::{Plan, Region, plan};
 use dom0core::net_backend::{check_rx, check_tx};
@@ -21,7 +21,7 @@ use crate::bytes::Bytes;
 pub fn block_request(data: &[u8]) {
     let mut input = Bytes::new(data);
     let region = region(&mut input);
-    let request = entry::<Request>(&input.array::<{ size_of::<Request>() }>());
+    let request = entry::<BlkifRequest>(&input.array::<{ size_of::<BlkifRequest>() }>());
     check_block_request(&request, &region);
 }
 
@@ -32,28 +32,29 @@ fn region(input: &mut Bytes) -> Region {
     Region { start, sectors, readonly: input.byte() & 1 != 0 }
 }
 
-fn check_block_request(request: &Request, region: &Region) {
+fn check_block_request(request: &BlkifRequest, region: &Region) {
+    const SECTOR_SIZE: u64 = BLKIF_SECTOR_SIZE as u64;
     let Ok(planned) = plan(request, region) else { return };
     let transfers = match planned {
         Plan::Flush => {
-            assert_eq!(request.operation, OP_FLUSH);
+            assert_eq!(request.operation, BlkifOp::FlushDiskcache.number());
             return;
         }
         Plan::Read(transfers) => {
-            assert_eq!(request.operation, OP_READ);
+            assert_eq!(request.operation, BlkifOp::Read.number());
             transfers
         }
         Plan::Write(transfers) => {
-            assert_eq!(request.operation, OP_WRITE);
+            assert_eq!(request.operation, BlkifOp::Write.number());
             assert!(!region.readonly, "a write planned on a read-only disk");
             transfers
         }
     };
-    assert_eq!(transfers.len(), request.segment_count as usize);
+    assert_eq!(transfers.len(), request.nr_segments as usize);
     let region_end = region.start + region.sectors;
-    let mut next_sector = region.start.checked_add(request.sector).expect("accepted sector past the region");
-    for (transfer, segment) in transfers.iter().zip(&request.segments) {
-        assert_eq!(transfer.grant, segment.grant);
+    let mut next_sector = region.start.checked_add(request.sector_number).expect("accepted sector past the region");
+    for (transfer, segment) in transfers.iter().zip(&request.seg) {
+        assert_eq!(transfer.grant, segment.gref);
         let bytes = u64::from(transfer.bytes);
         assert!(bytes > 0 && bytes.is_multiple_of(SECTOR_SIZE), "{transfer:?}");
         assert!(u64::from(transfer.offset).is_multiple_of(SECTOR_SIZE));
@@ -110,10 +111,10 @@ fn entry<T: Slot>(bytes: &[u8]) -> T {
 pub fn ring(data: &[u8]) {
     let mut input = Bytes::new(data);
     match input.byte() % 3 {
-        0 => drive::<Request, Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>(
+        0 => drive::<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>(
             &mut input,
             |request| check_block_request(request, &Region { start: 2048, sectors: 8192, readonly: false }),
-            |request| Response { id: request.id, operation: request.operation, ..Response::default() },
+            |request| BlkifResponse { id: request.id, operation: request.operation, ..BlkifResponse::default() },
         ),
         1 => drive::<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>(
             &mut input,

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use abi::xen::io::block::{BlkifRequest, BlkifResponse, BlkifRsp};
-use pv_drivers::ring::{BlkifBack, BlkifFront};
+use pv_drivers::ring::{BlockBack, BlockFront};
 
 const ROUND_TRIPS: u64 = 4_000_000;
 /// Requests in flight at most (the ring has 32 slots).
@@ -40,13 +40,13 @@ unsafe impl Send for Shared {}
 fn rust_ring() -> f64 {
     let page = Box::into_raw(Box::new(Page([0; 4096]))) as *mut u8;
     // SAFETY: the page outlives both ends (freed after the join below).
-    let mut front = unsafe { BlkifFront::new(page) };
+    let mut front = unsafe { BlockFront::new(page) };
     let shared = Shared(page);
     let started = Instant::now();
     let back = std::thread::spawn(move || {
         let shared = shared;
         // SAFETY: as above.
-        let mut back = unsafe { BlkifBack::attach(shared.0) };
+        let mut back = unsafe { BlockBack::attach(shared.0) };
         let mut answered = 0;
         while answered < ROUND_TRIPS {
             match back.pop_request() {

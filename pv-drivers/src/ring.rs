@@ -519,16 +519,10 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> BackRing<
     }
 }
 
-/// The block device ring's front end (`abi::block`).
-pub type BlockFront =
-    FrontRing<abi::block::Request, abi::block::Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>;
-/// The block device ring's back end (`abi::block`).
-pub type BlockBack =
-    BackRing<abi::block::Request, abi::block::Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>;
-/// The blkif ring's front end (`abi::xen::io::block`).
-pub type BlkifFront = FrontRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
-/// The blkif ring's back end (`abi::xen::io::block`).
-pub type BlkifBack = BackRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
+/// The block device ring's front end (blkif, `abi::xen::io::block`).
+pub type BlockFront = FrontRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
+/// The block device ring's back end (blkif, `abi::xen::io::block`).
+pub type BlockBack = BackRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
 
 #[cfg(test)]
 #[allow(unsafe_code, reason = "the tests allocate and free the shared page")]
@@ -553,8 +547,8 @@ mod tests {
     /// plays either end, honestly through `front` and `back` or hostilely by
     /// writing header words with `poke`.
     struct MockPeer {
-        front: BlkifFront,
-        back: BlkifBack,
+        front: BlockFront,
+        back: BlockBack,
         page: *mut Page,
     }
 
@@ -563,9 +557,9 @@ mod tests {
             let page = Box::into_raw(Box::new(Page([0xA5; 4096])));
             // SAFETY: the page is page-aligned, lives until `drop`, and is
             // only touched through the rings.
-            let front = unsafe { BlkifFront::new(page.cast()) };
+            let front = unsafe { BlockFront::new(page.cast()) };
             // SAFETY: as above.
-            let back = unsafe { BlkifBack::attach(page.cast()) };
+            let back = unsafe { BlockBack::attach(page.cast()) };
             MockPeer { front, back, page }
         }
 
@@ -889,9 +883,9 @@ mod tests {
         let page = Box::into_raw(Box::new(Page([0; 4096])));
         // SAFETY: the page is page-aligned, outlives both threads (joined
         // below) and is only touched through the rings.
-        let mut front = unsafe { BlkifFront::new(page.cast()) };
+        let mut front = unsafe { BlockFront::new(page.cast()) };
         // SAFETY: as above.
-        let mut back = unsafe { BlkifBack::attach(page.cast()) };
+        let mut back = unsafe { BlockBack::attach(page.cast()) };
         let to_back = std::sync::Arc::new(Doorbell(AtomicBool::new(false)));
         let to_front = std::sync::Arc::new(Doorbell(AtomicBool::new(false)));
 
