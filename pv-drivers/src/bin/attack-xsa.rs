@@ -316,6 +316,17 @@ impl Attack {
                 }
                 rewrites += 1;
             }
+            // A blkif response overwrites the first 16 bytes of its request's
+            // slot, its id where the request has operation and nr_segments:
+            // a rewrite that lands after dom0 wrote the answer changes the
+            // answer's id. Once dom0 has published (it writes the slot no
+            // more) put the id's bytes back; before, this is one more rewrite.
+            let id_bytes = id.to_le_bytes();
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(slot as *mut u8, id_bytes[0]);
+                core::ptr::write_volatile((slot + 1) as *mut u8, id_bytes[1]);
+            }
             match self.guest.disk_wait_response(id) {
                 Ok(STATUS_OK) => good += 1,
                 Ok(STATUS_ERROR | STATUS_UNSUPPORTED) => refused += 1,
