@@ -668,8 +668,15 @@ mod tests {
         assert_eq!(page[64..80], *response(&request(0)).as_bytes());
         assert_eq!(page[80..64 + 112], request(0).as_bytes()[16..]);
         assert_eq!(page[..4], [2, 0, 0, 0], "req_prod at 0, little endian");
+        // blkif_response: id at 0, operation at 8, an int16 status at 10.
+        let taken = peer.back.pop_request().unwrap().unwrap();
+        let status = abi::xen::io::block::BlkifRsp::Eopnotsupp.number();
+        peer.back.push_response(&BlkifResponse { id: taken.id, operation: 7, status, ..Default::default() }).unwrap();
+        let page = peer.bytes();
+        assert_eq!(page[176..184], 1u64.to_le_bytes());
+        assert_eq!((page[184], page[186], page[187]), (7, 0xFE, 0xFF), "BLKIF_RSP_EOPNOTSUPP = -2 at 10");
         peer.back.publish_responses();
-        assert_eq!(peer.bytes()[8..12], [1, 0, 0, 0], "rsp_prod at 8");
+        assert_eq!(peer.bytes()[8..12], [2, 0, 0, 0], "rsp_prod at 8");
     }
 
     #[test]
