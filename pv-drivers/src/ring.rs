@@ -4,8 +4,11 @@
 //!
 //! The page is shared memory, touched only through the `shared_page`
 //! module: header words with volatile 32-bit loads and stores, whole
-//! entries with one volatile load or store of the entry type, never through
-//! Rust references. That module is the only unsafe code here besides the
+//! entries in one pass of volatile 8-byte words (4-byte words or bytes for
+//! an entry that is not made of 8-byte words), never through Rust
+//! references; no access is bounds-checked at run time, since every offset
+//! stays inside the page by construction (a const assertion on the
+//! ring's geometry). That module is the only unsafe code here besides the
 //! two constructors that take the raw page; the protocol logic is safe code
 //! (`deny(unsafe_code)` below).
 //!
