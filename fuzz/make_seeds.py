@@ -18,12 +18,14 @@ def seed(target, name, data):
     (folder / name).write_bytes(bytes(data))
 
 
-# ---- block_request: region (start, sectors, readonly), then an 88-byte request.
+# ---- block_request: region (start, sectors, readonly), then a 112-byte
+# blkif request (x86_64 blkif_request: operation, nr_segments, handle, pad,
+# id, sector_number, 11 segments of gref, first_sect, last_sect, pad).
 def block(op, count, sector, segments, request_id=7):
-    body = struct.pack("<QBB6xQ", request_id, op, count, sector)
-    for grant, first, last in segments + [(0, 0, 0)] * (8 - len(segments)):
+    body = struct.pack("<BBH4xQQ", op, count, 0, request_id, sector)
+    for grant, first, last in segments + [(0, 0, 0)] * (11 - len(segments)):
         body += struct.pack("<IBBH", grant, first, last, 0)
-    assert len(body) == 88
+    assert len(body) == 112
     return body
 
 
@@ -32,8 +34,8 @@ def region(start, sectors, readonly):
 
 
 seed("block_request", "read", region(2048, 8192, 0) + block(0, 2, 10, [(5, 0, 7), (6, 2, 3)]))
-seed("block_request", "write", region(2048, 64, 0) + block(1, 8, 0, [(i + 1, 0, 7) for i in range(8)]))
-seed("block_request", "flush", region(0, 1, 0) + block(2, 0, 0, []))
+seed("block_request", "write", region(2048, 128, 0) + block(1, 11, 0, [(i + 1, 0, 7) for i in range(11)]))
+seed("block_request", "flush", region(0, 1, 0) + block(3, 0, 0, []))
 seed("block_request", "readonly", region(16384, 1024, 1) + block(1, 1, 1023, [(9, 7, 7)]))
 
 # ---- net_request: 16-byte transmit requests (the first 8 bytes also as a receive buffer).

@@ -1,9 +1,17 @@
-//! The block device protocol: requests and responses carried on an
-//! [`crate::ring`] ring between a guest's block front end and dom0's back end.
+//! The block device as Mica offers it: Xen's blkif (since ABI 1.0),
+//! whose ring entries, operations and statuses [`crate::xen::io::block`]
+//! specifies ([`BlkifRequest`], [`BlkifResponse`], [`BlkifOp`],
+//! [`BlkifRsp`]), on a one-page ring of Xen's `io/ring.h` layout
+//! ([`crate::xen::io`]: a 64-byte header, then [`BLKIF_RING_SIZE`] = 32
+//! entries of 112 bytes), between a guest's block front end and dom0's
+//! back end. This module says how Mica connects and serves it.
 //!
 //! A virtual disk is an array of 512-byte sectors, `0..sectors`. Data moves
-//! through pages the front end grants to dom0 ([`crate::grant`]): each
-//! segment names a grant and the sectors of that page to transfer.
+//! through pages the front end grants to dom0 ([`crate::grant`]): each of a
+//! request's 1..=[`BLKIF_MAX_SEGMENTS_PER_REQUEST`] (11) segments names a
+//! grant (`gref`) and the sectors `first_sect..=last_sect` (0..=7) of that
+//! page to transfer; the segments' sectors are consecutive on the disk from
+//! `sector_number`.
 //!
 //! Front and back end meet through the store (since ABI 0.4): dom0
 //! publishes `/local/domain/0/backend/vbd/<guest>/0` (`frontend`,
@@ -18,10 +26,17 @@
 //! itself (state Closing): dom0 then answers Closed with the ring and every
 //! transfer page unmapped, keeps the disk for the guest, and offers it
 //! again (InitWait) when the front end writes Initialising ([`crate::store`]
-//! has the state diagram). Features in this version: read, write,
-//! flush; no discard, no barriers beyond flush. A back end that receives a
-//! request it cannot parse answers [`STATUS_ERROR`]; a ring whose indices
-//! run away is disconnected.
+//! has the state diagram). Operations in this version: [`BlkifOp::Read`],
+//! [`BlkifOp::Write`], [`BlkifOp::FlushDiskcache`] (with or without
+//! segments; the segments are ignored); no discard, no barriers, no
+//! indirect requests (dom0 advertises none of them). Every other operation
+//! is answered [`BlkifRsp::Eopnotsupp`]; a request dom0 finds invalid (no
+//! or more than 11 segments, a segment whose `first_sect > last_sect` or
+//! `last_sect > 7`, sectors past the disk's end, a write to a read-only
+//! disk, a grant dom0 cannot use) [`BlkifRsp::Error`]. A response carries
+//! the request's `id` and `operation`; dom0 answers in request order. A
+//! ring whose indices run away (more than 32 requests unanswered, or
+//! `req_prod` behind what dom0 took) is disconnected.
 //!
 //! # Data pages (persistent grants)
 //! dom0 maps a segment's grant the first time a request names it (writable
@@ -44,91 +59,15 @@
 //! - Reusing the same few pages (and grants) for all requests is what
 //!   makes transfers copy-free; a fresh grant per request soon spends the
 //!   64 and falls back to copies.
-
-use core::mem::{offset_of, size_of};
-
-/// Bytes per sector.
-pub const SECTOR_SIZE: u64 = 512;
-/// Sectors per page.
-pub const SECTORS_PER_PAGE: u8 = 8;
-/// Most segments (pages) in one request.
-pub const MAX_SEGMENTS: usize = 8;
-
-/// Read sectors into the granted pages.
-pub const OP_READ: u8 = 0;
-/// Write sectors from the granted pages.
-pub const OP_WRITE: u8 = 1;
-/// Make earlier writes durable.
-pub const OP_FLUSH: u8 = 2;
-
-/// Success.
-pub const STATUS_OK: i32 = 0;
-/// The request failed (bad field, out of range, device error).
-pub const STATUS_ERROR: i32 = -1;
-/// The operation is not supported.
-pub const STATUS_UNSUPPORTED: i32 = -2;
-
-/// One page of a transfer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Segment {
-    /// Grant reference of the page (front end's grant table).
-    pub grant: u32,
-    /// First sector within the page, 0..8.
-    pub first_sector: u8,
-    /// Last sector within the page (inclusive), first..8.
-    pub last_sector: u8,
-    /// Reserved, zero.
-    pub _reserved: u16,
-}
-
-const _: () = assert!(size_of::<Segment>() == 8);
-const _: () = assert!(offset_of!(Segment, first_sector) == 4);
-const _: () = assert!(offset_of!(Segment, last_sector) == 5);
-
-/// A request, written by the front end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    /// Echoed in the response; the front end's own tag.
-    pub id: u64,
-    /// `OP_READ`, `OP_WRITE` or `OP_FLUSH`.
-    pub operation: u8,
-    /// Valid entries in `segments` (1..=8; 0 for flush).
-    pub segment_count: u8,
-    /// Reserved, zero.
-    pub _reserved: [u8; 6],
-    /// First sector of the transfer on the virtual disk.
-    pub sector: u64,
-    /// The pages; sectors are transferred in segment order, contiguously.
-    pub segments: [Segment; MAX_SEGMENTS],
-}
-
-const _: () = assert!(size_of::<Request>() == 88);
-const _: () = assert!(offset_of!(Request, operation) == 8);
-const _: () = assert!(offset_of!(Request, segment_count) == 9);
-const _: () = assert!(offset_of!(Request, sector) == 16);
-const _: () = assert!(offset_of!(Request, segments) == 24);
-
-/// A response, written by the back end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Response {
-    /// The request's `id`.
-    pub id: u64,
-    /// The request's `operation`.
-    pub operation: u8,
-    /// Reserved, zero.
-    pub _reserved: [u8; 3],
-    /// `STATUS_OK`, `STATUS_ERROR` or `STATUS_UNSUPPORTED`.
-    pub status: i32,
-}
-
-const _: () = assert!(size_of::<Response>() == 16);
-const _: () = assert!(offset_of!(Response, status) == 12);
-
-/// Bytes per ring slot (the larger of request and response).
-pub const SLOT_SIZE: usize = size_of::<Request>();
-/// Slots in the block ring.
-pub const SLOTS: usize = crate::ring::slot_count(SLOT_SIZE);
-const _: () = assert!(SLOTS == 32);
+//!
+//! [`BlkifRequest`]: crate::xen::io::block::BlkifRequest
+//! [`BlkifResponse`]: crate::xen::io::block::BlkifResponse
+//! [`BlkifOp`]: crate::xen::io::block::BlkifOp
+//! [`BlkifOp::Read`]: crate::xen::io::block::BlkifOp::Read
+//! [`BlkifOp::Write`]: crate::xen::io::block::BlkifOp::Write
+//! [`BlkifOp::FlushDiskcache`]: crate::xen::io::block::BlkifOp::FlushDiskcache
+//! [`BlkifRsp`]: crate::xen::io::block::BlkifRsp
+//! [`BlkifRsp::Eopnotsupp`]: crate::xen::io::block::BlkifRsp::Eopnotsupp
+//! [`BlkifRsp::Error`]: crate::xen::io::block::BlkifRsp::Error
+//! [`BLKIF_RING_SIZE`]: crate::xen::io::block::BLKIF_RING_SIZE
+//! [`BLKIF_MAX_SEGMENTS_PER_REQUEST`]: crate::xen::io::block::BLKIF_MAX_SEGMENTS_PER_REQUEST

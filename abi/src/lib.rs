@@ -66,7 +66,6 @@ pub mod hypercall;
 pub mod info;
 pub mod net;
 pub mod physdev;
-pub mod ring;
 pub mod start_info;
 pub mod store;
 pub mod xen;

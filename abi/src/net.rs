@@ -1,6 +1,7 @@
 //! The network device protocol (since ABI 0.5): a guest's virtual network
 //! interface (vif) carries Ethernet frames to and from dom0's software
-//! switch over two [`crate::ring`] rings, one for each direction.
+//! switch over two rings of Xen's `io/ring.h` layout ([`crate::xen::io`]),
+//! one for each direction.
 //!
 //! # Connecting
 //! dom0 publishes the back-end directory `/local/domain/0/backend/vif/<guest>/<n>`
@@ -10,7 +11,8 @@
 //! before the guest first runs for a vif in its config, or while it runs
 //! (`network-attach`; a front end that wants hot-plug watches
 //! `device/vif`). The front end then:
-//! 1. initialises two ring pages (all zero is a valid empty ring), grants
+//! 1. initialises two ring pages (Xen's `SHARED_RING_INIT`:
+//!    [`crate::xen::io::SringHeader::new`]), grants
 //!    each to dom0 read-write, and allocates one event port for dom0;
 //! 2. writes [`keys::TX_RING_REF`], [`keys::RX_RING_REF`],
 //!    `event-channel`, then `state` = Initialised;
@@ -79,6 +81,7 @@
 //! - [`keys::MTU`]: the largest payload, default [`MTU`].
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Largest Ethernet payload.
 pub const MTU: usize = 1500;
@@ -96,7 +99,7 @@ pub const STATUS_ERROR: i16 = -1;
 
 /// A frame to send, written by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TxRequest {
     /// The front end's tag, echoed in the response.
     pub id: u16,
@@ -120,7 +123,7 @@ const _: () = assert!(offset_of!(TxRequest, size) == 10);
 
 /// The answer to a [`TxRequest`], written by the back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TxResponse {
     /// The request's `id`.
     pub id: u16,
@@ -135,7 +138,7 @@ const _: () = assert!(offset_of!(TxResponse, status) == 2);
 
 /// An empty receive buffer, posted by the front end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct RxRequest {
     /// The front end's tag, echoed in the response.
     pub id: u16,
@@ -150,7 +153,7 @@ const _: () = assert!(offset_of!(RxRequest, grant) == 4);
 
 /// A received frame (or a returned buffer), written by the back end.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct RxResponse {
     /// The buffer's `id`.
     pub id: u16,
@@ -169,12 +172,12 @@ const _: () = assert!(offset_of!(RxResponse, status) == 4);
 /// Bytes per transmit-ring slot.
 pub const TX_SLOT_SIZE: usize = size_of::<TxRequest>();
 /// Slots in the transmit ring.
-pub const TX_SLOTS: usize = crate::ring::slot_count(TX_SLOT_SIZE);
+pub const TX_SLOTS: usize = crate::xen::io::page_ring_size(TX_SLOT_SIZE) as usize;
 const _: () = assert!(TX_SLOTS == 128);
 /// Bytes per receive-ring slot.
 pub const RX_SLOT_SIZE: usize = size_of::<RxRequest>();
 /// Slots in the receive ring.
-pub const RX_SLOTS: usize = crate::ring::slot_count(RX_SLOT_SIZE);
+pub const RX_SLOTS: usize = crate::xen::io::page_ring_size(RX_SLOT_SIZE) as usize;
 const _: () = assert!(RX_SLOTS == 256);
 
 /// Store keys of the vif protocol (besides those in [`crate::store::keys`]).

@@ -1,4 +1,4 @@
-//! The block back end's I/O: takes checked requests off a guest's ring,
+//! The block back end's I/O: takes checked blkif requests off a guest's ring,
 //! moves the data between the physical disk and the guest's granted pages,
 //! and answers.
 //!
@@ -10,14 +10,11 @@
 //! hypervisor grant copy instead.
 
 use abi::DomainId;
-use abi::block::{Response, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED};
-use dom0core::block_backend::{Plan, Refusal, plan};
-use pv_drivers::hypercall;
-
-use abi::block::MAX_SEGMENTS;
 use abi::domctl::FOREIGN_WINDOW_BASE;
+use abi::xen::io::block::{BlkifResponse, BlkifRsp};
 use arrayvec::ArrayVec;
-use dom0core::block_backend::Transfer;
+use dom0core::block_backend::{MAX_SEGMENTS, Plan, Refusal, Transfer, plan};
+use pv_drivers::hypercall;
 
 use crate::ata::AtaDisk;
 use crate::data_path::BlockBackend;
@@ -55,10 +52,15 @@ impl BlockBackend {
             self.requests += 1;
             let status = match plan(&request, &self.region) {
                 Ok(plan) => self.execute(&plan, disks.get_mut(self.disk), guest),
-                Err(Refusal::UnknownOperation) => STATUS_UNSUPPORTED,
-                Err(_) => STATUS_ERROR,
+                Err(Refusal::UnknownOperation) => BlkifRsp::Eopnotsupp,
+                Err(_) => BlkifRsp::Error,
             };
-            let response = Response { id: request.id, operation: request.operation, _reserved: [0; 3], status };
+            let response = BlkifResponse {
+                id: request.id,
+                operation: request.operation,
+                status: status.number(),
+                ..BlkifResponse::default()
+            };
             if self.ring.push_response(&response).is_err() {
                 self.broken = Some("more responses than requests");
                 return true;
@@ -98,10 +100,10 @@ impl BlockBackend {
         Some(address(slot))
     }
 
-    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId) -> i32 {
-        let Some(disk) = disk else { return STATUS_ERROR };
+    fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId) -> BlkifRsp {
+        let Some(disk) = disk else { return BlkifRsp::Error };
         let (transfers, to_guest) = match plan {
-            Plan::Flush => return if disk.flush().is_ok() { STATUS_OK } else { STATUS_ERROR },
+            Plan::Flush => return if disk.flush().is_ok() { BlkifRsp::Okay } else { BlkifRsp::Error },
             Plan::Read(transfers) => (transfers, true),
             Plan::Write(transfers) => (transfers, false),
         };
@@ -130,14 +132,14 @@ impl BlockBackend {
                     disk.write_gathered(first, &pieces)
                 }
             };
-            return if result.is_ok() { STATUS_OK } else { STATUS_ERROR };
+            return if result.is_ok() { BlkifRsp::Okay } else { BlkifRsp::Error };
         }
         for transfer in transfers {
             if !copied(disk, transfer, guest, to_guest) {
-                return STATUS_ERROR;
+                return BlkifRsp::Error;
             }
         }
-        STATUS_OK
+        BlkifRsp::Okay
     }
 }
 

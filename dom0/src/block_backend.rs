@@ -1,11 +1,16 @@
 //! The block back end's request checking: everything a guest's front end
-//! writes is hostile, so a request is copied out of the ring (by the ring
-//! code) and then checked here, field by field, before any I/O happens.
-//! The result is a plan of disk transfers that cannot leave the guest's
-//! region of the physical disk.
+//! writes is hostile, so a blkif request (`abi::xen::io::block`) is copied
+//! out of the ring (by the ring code) and then checked here, field by
+//! field, before any I/O happens. The result is a plan of disk transfers
+//! that cannot leave the guest's region of the physical disk.
 
-use abi::block::{MAX_SEGMENTS, OP_FLUSH, OP_READ, OP_WRITE, Request, SECTOR_SIZE, SECTORS_PER_PAGE};
+use abi::xen::io::block::{BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest};
 use arrayvec::ArrayVec;
+
+/// Most transfers (segments) in one request.
+pub const MAX_SEGMENTS: usize = BLKIF_MAX_SEGMENTS_PER_REQUEST;
+/// Bytes per sector as requests count them.
+const SECTOR_SIZE: u64 = BLKIF_SECTOR_SIZE as u64;
 
 /// One page's transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +33,8 @@ pub enum Plan {
     Flush,
 }
 
-/// Why a request is refused (answered with `STATUS_ERROR` or `STATUS_UNSUPPORTED`).
+/// Why a request is refused (answered `BLKIF_RSP_EOPNOTSUPP` for an
+/// unknown operation, else `BLKIF_RSP_ERROR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     UnknownOperation,
@@ -48,56 +54,107 @@ pub struct Region {
     pub readonly: bool,
 }
 
-/// Checks a request against the region and plans its transfers.
-pub fn plan(request: &Request, region: &Region) -> Result<Plan, Refusal> {
-    match request.operation {
-        OP_FLUSH => return Ok(Plan::Flush),
-        OP_READ | OP_WRITE => {}
+/// Checks a request against the region and plans its transfers: reads,
+/// writes and cache flushes (whose segments, if any, are ignored); any
+/// other operation is unknown.
+pub fn plan(request: &BlkifRequest, region: &Region) -> Result<Plan, Refusal> {
+    let write = match BlkifOp::from_number(request.operation) {
+        Some(BlkifOp::FlushDiskcache) => return Ok(Plan::Flush),
+        Some(BlkifOp::Read) => false,
+        Some(BlkifOp::Write) => true,
         _ => return Err(Refusal::UnknownOperation),
-    }
-    if request.operation == OP_WRITE && region.readonly {
+    };
+    if write && region.readonly {
         return Err(Refusal::ReadOnly);
     }
-    let count = request.segment_count as usize;
+    let count = request.nr_segments as usize;
     if count == 0 || count > MAX_SEGMENTS {
         return Err(Refusal::BadSegmentCount);
     }
     let mut transfers = ArrayVec::new();
-    let mut sector = request.sector;
-    for segment in &request.segments[..count] {
-        if segment.first_sector > segment.last_sector || segment.last_sector >= SECTORS_PER_PAGE {
-            return Err(Refusal::BadSegment);
-        }
-        let sectors = (segment.last_sector - segment.first_sector + 1) as u64;
+    let mut sector = request.sector_number;
+    for segment in &request.seg[..count] {
+        // `first_sect..=last_sect` inside the page's eight sectors.
+        let sectors = u64::from(segment.sectors().ok_or(Refusal::BadSegment)?);
         let end = sector.checked_add(sectors).ok_or(Refusal::OutOfRange)?;
         if end > region.sectors {
             return Err(Refusal::OutOfRange);
         }
         transfers.push(Transfer {
-            grant: segment.grant,
-            offset: segment.first_sector as u16 * SECTOR_SIZE as u16,
+            grant: segment.gref,
+            offset: segment.first_sect as u16 * SECTOR_SIZE as u16,
             bytes: (sectors * SECTOR_SIZE) as u16,
             disk_sector: region.start + sector,
         });
         sector = end;
     }
-    Ok(if request.operation == OP_READ { Plan::Read(transfers) } else { Plan::Write(transfers) })
+    Ok(if write { Plan::Write(transfers) } else { Plan::Read(transfers) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi::block::Segment;
+    use abi::xen::io::block::BlkifRequestSegment;
+    use zerocopy::FromBytes;
 
     const REGION: Region = Region { start: 1000, sectors: 64, readonly: false };
+    const OP_READ: u8 = BlkifOp::Read.number();
+    const OP_WRITE: u8 = BlkifOp::Write.number();
+    const OP_FLUSH: u8 = BlkifOp::FlushDiskcache.number();
 
-    fn request(operation: u8, sector: u64, segments: &[(u8, u8)]) -> Request {
-        let mut request =
-            Request { id: 7, operation, segment_count: segments.len() as u8, sector, ..Request::default() };
-        for (slot, &(first, last)) in request.segments.iter_mut().zip(segments) {
-            *slot = Segment { grant: 5, first_sector: first, last_sector: last, _reserved: 0 };
+    fn request(operation: u8, sector: u64, segments: &[(u8, u8)]) -> BlkifRequest {
+        let mut request = BlkifRequest {
+            id: 7,
+            operation,
+            nr_segments: segments.len() as u8,
+            sector_number: sector,
+            ..BlkifRequest::default()
+        };
+        for (slot, &(first_sect, last_sect)) in request.seg.iter_mut().zip(segments) {
+            *slot = BlkifRequestSegment { gref: 5, first_sect, last_sect, _pad0: 0 };
         }
         request
+    }
+
+    #[test]
+    fn a_request_in_xen_bytes_plans_as_linux_meant_it() {
+        // A read as Linux's blkfront lays it out (x86_64 `blkif_request`):
+        // operation at 0, nr_segments at 1, handle at 2, id at 8,
+        // sector_number at 16, segments of 8 bytes from 24 (gref, then
+        // first_sect and last_sect).
+        let mut bytes = [0u8; 112];
+        bytes[0] = 0; // BLKIF_OP_READ
+        bytes[1] = 2;
+        bytes[2..4].copy_from_slice(&0xCA00u16.to_le_bytes());
+        bytes[8..16].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        bytes[16..24].copy_from_slice(&3u64.to_le_bytes());
+        bytes[24..28].copy_from_slice(&41u32.to_le_bytes());
+        bytes[28..30].copy_from_slice(&[0, 7]);
+        bytes[32..36].copy_from_slice(&42u32.to_le_bytes());
+        bytes[36..38].copy_from_slice(&[2, 5]);
+        bytes[104..112].copy_from_slice(&[0xEE; 8]); // the last (11th) segment, unused
+        let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+        assert_eq!(request.id, 0x1122_3344_5566_7788);
+        let Ok(Plan::Read(transfers)) = plan(&request, &REGION) else { panic!("{request:?}") };
+        assert_eq!(
+            transfers.as_slice(),
+            [
+                Transfer { grant: 41, offset: 0, bytes: 4096, disk_sector: 1003 },
+                Transfer { grant: 42, offset: 1024, bytes: 2048, disk_sector: 1011 },
+            ]
+        );
+        bytes[0] = 1; // BLKIF_OP_WRITE
+        let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+        assert!(matches!(plan(&request, &REGION), Ok(Plan::Write(_))));
+        bytes[0] = 3; // BLKIF_OP_FLUSH_DISKCACHE
+        let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+        assert_eq!(plan(&request, &REGION), Ok(Plan::Flush));
+        // Barriers, discard, indirect requests: not offered, so unknown.
+        for operation in [2, 4, 5, 6, 7, 255] {
+            bytes[0] = operation;
+            let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+            assert_eq!(plan(&request, &REGION), Err(Refusal::UnknownOperation), "operation {operation}");
+        }
     }
 
     #[test]
@@ -113,8 +170,10 @@ mod tests {
     fn hostile_requests_are_refused() {
         assert_eq!(plan(&request(9, 0, &[(0, 0)]), &REGION), Err(Refusal::UnknownOperation));
         assert_eq!(plan(&request(OP_READ, 0, &[]), &REGION), Err(Refusal::BadSegmentCount));
-        let mut too_many = request(OP_READ, 0, &[(0, 0)]);
-        too_many.segment_count = 9;
+        let eleven = request(OP_READ, 0, &[(0, 0); 11]);
+        assert!(matches!(plan(&eleven, &REGION), Ok(Plan::Read(transfers)) if transfers.len() == 11));
+        let mut too_many = eleven;
+        too_many.nr_segments = 12;
         assert_eq!(plan(&too_many, &REGION), Err(Refusal::BadSegmentCount));
         assert_eq!(plan(&request(OP_READ, 0, &[(3, 2)]), &REGION), Err(Refusal::BadSegment));
         assert_eq!(plan(&request(OP_READ, 0, &[(0, 8)]), &REGION), Err(Refusal::BadSegment));
@@ -136,20 +195,20 @@ mod tests {
             // Half the requests are near-valid (short, in-page segments
             // near the region), so that the edges are hit from both sides.
             let near_valid = next() % 2 == 0;
-            let mut request = Request {
+            let mut request = BlkifRequest {
                 id: next(),
-                operation: (next() % 4) as u8,
-                segment_count: if near_valid { 1 + next() % 3 } else { next() % 11 } as u8,
-                sector: if near_valid || next() % 2 == 0 { next() % 80 } else { next() },
-                ..Request::default()
+                operation: (next() % 5) as u8,
+                nr_segments: if near_valid { 1 + next() % 3 } else { next() % 14 } as u8,
+                sector_number: if near_valid || next() % 2 == 0 { next() % 80 } else { next() },
+                ..BlkifRequest::default()
             };
-            for segment in &mut request.segments {
-                segment.grant = next() as u32;
-                segment.first_sector = (next() % 10) as u8;
-                segment.last_sector = (next() % 10) as u8;
+            for segment in &mut request.seg {
+                segment.gref = next() as u32;
+                segment.first_sect = (next() % 10) as u8;
+                segment.last_sect = (next() % 10) as u8;
                 if near_valid {
-                    segment.first_sector %= 8;
-                    segment.last_sector = (segment.first_sector + (next() % 3) as u8).min(8);
+                    segment.first_sect %= 8;
+                    segment.last_sect = (segment.first_sect + (next() % 3) as u8).min(8);
                 }
             }
             let planned = plan(&request, &REGION);

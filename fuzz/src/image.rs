@@ -158,6 +158,9 @@ impl DomainControl for Recorder {
     fn connect_store(&mut self, _domain: DomainId, _page: u64) -> Result<u32, Error> {
         Ok(2)
     }
+    fn set_hvm_param(&mut self, _domain: DomainId, _index: u32, _value: u64) -> Result<(), Error> {
+        Ok(())
+    }
     fn destroy(&mut self, domain: DomainId) {
         assert!(self.live && domain == 5);
         self.live = false;

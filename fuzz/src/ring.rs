@@ -4,11 +4,11 @@
 #![allow(unsafe_code, reason = "the ring target hands a raw page to the ring code, as dom0 does")]
 
 use core::fmt::Debug;
-use core::mem::offset_of;
+use core::mem::{offset_of, size_of};
 
-use abi::block::{OP_FLUSH, OP_READ, OP_WRITE, Request, Response, SECTOR_SIZE};
 use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
-use abi::ring::{HEADER_SIZE, RingHeader};
+use abi::xen::io::block::{BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifResponse};
+use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
 use dom0core::block_backend::{Plan, Region, plan};
 use dom0core::net_backend::{check_rx, check_tx};
 use pv_drivers::ring::{BackRing, RingError, Slot};
@@ -21,9 +21,7 @@ use crate::bytes::Bytes;
 pub fn block_request(data: &[u8]) {
     let mut input = Bytes::new(data);
     let region = region(&mut input);
-    let bytes = input.array::<{ Request::SIZE }>();
-    let request = Request::from_bytes(&bytes);
-    check_encoding(&request, &bytes);
+    let request = entry::<BlkifRequest>(&input.array::<{ size_of::<BlkifRequest>() }>());
     check_block_request(&request, &region);
 }
 
@@ -34,28 +32,29 @@ fn region(input: &mut Bytes) -> Region {
     Region { start, sectors, readonly: input.byte() & 1 != 0 }
 }
 
-fn check_block_request(request: &Request, region: &Region) {
+fn check_block_request(request: &BlkifRequest, region: &Region) {
+    const SECTOR_SIZE: u64 = BLKIF_SECTOR_SIZE as u64;
     let Ok(planned) = plan(request, region) else { return };
     let transfers = match planned {
         Plan::Flush => {
-            assert_eq!(request.operation, OP_FLUSH);
+            assert_eq!(request.operation, BlkifOp::FlushDiskcache.number());
             return;
         }
         Plan::Read(transfers) => {
-            assert_eq!(request.operation, OP_READ);
+            assert_eq!(request.operation, BlkifOp::Read.number());
             transfers
         }
         Plan::Write(transfers) => {
-            assert_eq!(request.operation, OP_WRITE);
+            assert_eq!(request.operation, BlkifOp::Write.number());
             assert!(!region.readonly, "a write planned on a read-only disk");
             transfers
         }
     };
-    assert_eq!(transfers.len(), request.segment_count as usize);
+    assert_eq!(transfers.len(), request.nr_segments as usize);
     let region_end = region.start + region.sectors;
-    let mut next_sector = region.start.checked_add(request.sector).expect("accepted sector past the region");
-    for (transfer, segment) in transfers.iter().zip(&request.segments) {
-        assert_eq!(transfer.grant, segment.grant);
+    let mut next_sector = region.start.checked_add(request.sector_number).expect("accepted sector past the region");
+    for (transfer, segment) in transfers.iter().zip(&request.seg) {
+        assert_eq!(transfer.grant, segment.gref);
         let bytes = u64::from(transfer.bytes);
         assert!(bytes > 0 && bytes.is_multiple_of(SECTOR_SIZE), "{transfer:?}");
         assert!(u64::from(transfer.offset).is_multiple_of(SECTOR_SIZE));
@@ -71,15 +70,11 @@ fn check_block_request(request: &Request, region: &Region) {
 /// names a frame of legal length inside its page and a grant inside the
 /// table; an accepted receive buffer a grant inside the table.
 pub fn net_request(data: &[u8]) {
-    for chunk in data.chunks(TxRequest::SIZE) {
-        let mut bytes = [0u8; TxRequest::SIZE];
+    for chunk in data.chunks(size_of::<TxRequest>()) {
+        let mut bytes = [0u8; size_of::<TxRequest>()];
         bytes[..chunk.len()].copy_from_slice(chunk);
-        let transmit = TxRequest::from_bytes(&bytes);
-        check_encoding(&transmit, &bytes);
-        check_transmit(&transmit);
-        let receive = RxRequest::from_bytes(&bytes[..RxRequest::SIZE]);
-        check_encoding(&receive, &bytes[..RxRequest::SIZE]);
-        check_receive(&receive);
+        check_transmit(&entry(&bytes));
+        check_receive(&entry(&bytes));
     }
 }
 
@@ -99,12 +94,10 @@ fn check_receive(request: &RxRequest) {
     assert_eq!(request._reserved, 0);
 }
 
-/// The slot encoding is a bijection on the structure's bytes: what the back
-/// end decodes is exactly what the front end wrote.
-fn check_encoding<T: Slot + PartialEq + Debug>(value: &T, bytes: &[u8]) {
-    let mut encoded = [0u8; 128];
-    value.to_bytes(&mut encoded);
-    assert_eq!(&encoded[..T::SIZE], &bytes[..T::SIZE]);
+/// The entry of type `T` at the start of `bytes` (as long as one), as the
+/// ring copies it out of a slot: any bytes are a value.
+fn entry<T: Slot>(bytes: &[u8]) -> T {
+    T::read_from_prefix(bytes).expect("bytes for a whole entry").0
 }
 
 /// A back end's ring (block, net transmit or net receive, by the first
@@ -118,10 +111,10 @@ fn check_encoding<T: Slot + PartialEq + Debug>(value: &T, bytes: &[u8]) {
 pub fn ring(data: &[u8]) {
     let mut input = Bytes::new(data);
     match input.byte() % 3 {
-        0 => drive::<Request, Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>(
+        0 => drive::<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>(
             &mut input,
             |request| check_block_request(request, &Region { start: 2048, sectors: 8192, readonly: false }),
-            |request| Response { id: request.id, operation: request.operation, ..Response::default() },
+            |request| BlkifResponse { id: request.id, operation: request.operation, ..BlkifResponse::default() },
         ),
         1 => drive::<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>(
             &mut input,
@@ -188,9 +181,9 @@ impl Drop for SharedPage {
     }
 }
 
-const REQ_PROD: usize = offset_of!(RingHeader, req_prod);
-const REQ_EVENT: usize = offset_of!(RingHeader, req_event);
-const RSP_PROD: usize = offset_of!(RingHeader, rsp_prod);
+const REQ_PROD: usize = offset_of!(SringHeader, req_prod);
+const REQ_EVENT: usize = offset_of!(SringHeader, req_event);
+const RSP_PROD: usize = offset_of!(SringHeader, rsp_prod);
 
 fn drive<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize>(
     input: &mut Bytes,
@@ -204,20 +197,27 @@ fn drive<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize>(
     // SAFETY: the page is 4 KiB, page-aligned, writable, outlives the ring
     // (dropped after it), and is only accessed through raw pointers.
     let mut back = unsafe { BackRing::<Req, Rsp, SLOTS, SLOT_SIZE>::attach(page.base()) };
-    let slot_offset = |index: u32| HEADER_SIZE + index as usize % SLOTS * SLOT_SIZE;
+    let slot_offset = |index: u32| SRING_HEADER_SIZE + index as usize % SLOTS * SLOT_SIZE;
     let slot = |index: u32| {
         let mut bytes = [0u8; SLOT_SIZE];
         page.read(slot_offset(index), &mut bytes);
         bytes
     };
-    // The model: requests taken, responses written, responses published.
-    let (mut taken, mut answered, mut published) = (0u32, 0u32, 0u32);
+    // The model: requests taken, responses written, responses published,
+    // and req_prod as the back end last accepted it (it takes requests up
+    // to there without reading req_prod again).
+    let (mut taken, mut answered, mut published, mut checked) = (0u32, 0u32, 0u32, 0u32);
+    // Whether the back end would accept `req_prod` when it reads it now.
+    let legal = |req_prod: u32, taken: u32, answered: u32| {
+        let unanswered = req_prod.wrapping_sub(answered);
+        unanswered <= SLOTS as u32 && req_prod.wrapping_sub(taken) <= unanswered
+    };
     let mut steps = 0;
     while !input.is_empty() && steps < 4096 {
         steps += 1;
         match input.byte() % 7 {
             0 => {
-                let word = input.byte() as usize % (HEADER_SIZE / 4) * 4;
+                let word = input.byte() as usize % (SRING_HEADER_SIZE / 4) * 4;
                 page.set_word(word, input.u32());
             }
             1 => {
@@ -233,29 +233,34 @@ fn drive<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize>(
             }
             3 => {
                 let req_prod = page.word(REQ_PROD);
-                let unanswered = req_prod.wrapping_sub(answered);
-                let available = req_prod.wrapping_sub(taken);
-                let expected = Req::from_bytes(&slot(taken));
-                match back.pop_request() {
-                    Err(RingError::Corrupt) => {
-                        assert!(unanswered > SLOTS as u32 || available > unanswered, "corrupt on a good index")
-                    }
+                let expected: Req = entry(&slot(taken));
+                let result = back.pop_request();
+                if taken != checked {
+                    // Inside the batch accepted before: req_prod is not read.
+                    assert_eq!(result, Ok(Some(expected)), "not the bytes of slot {taken}");
+                    taken = taken.wrapping_add(1);
+                    check(&expected);
+                    continue;
+                }
+                match result {
+                    Err(RingError::Corrupt) => assert!(!legal(req_prod, taken, answered), "corrupt on a good index"),
                     Err(RingError::Full) => panic!("pop_request never reports Full"),
-                    Ok(None) => assert_eq!(available, 0),
+                    Ok(None) => assert_eq!(req_prod, taken),
                     Ok(Some(request)) => {
-                        assert!(unanswered <= SLOTS as u32 && available <= unanswered && available > 0);
+                        assert!(legal(req_prod, taken, answered) && req_prod != taken);
                         assert_eq!(request, expected, "not the bytes of slot {taken}");
+                        checked = req_prod;
                         taken = taken.wrapping_add(1);
                         check(&request);
                     }
                 }
             }
             4 => {
-                let response = respond(&Req::from_bytes(&slot(answered)));
+                let response = respond(&entry(&slot(answered)));
                 match back.push_response(&response) {
                     Ok(()) => {
                         assert_ne!(answered, taken, "a response with no request taken");
-                        let written = Rsp::from_bytes(&slot(answered));
+                        let written: Rsp = entry(&slot(answered));
                         assert_eq!(written, response, "response not in its request's slot");
                         answered = answered.wrapping_add(1);
                     }
@@ -270,14 +275,23 @@ fn drive<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize>(
                 }
             }
             _ => {
-                let pending = page.word(REQ_PROD) != taken;
-                assert_eq!(back.arm_request_event(), pending);
-                if !pending {
+                let req_prod = page.word(REQ_PROD);
+                let armed = back.arm_request_event();
+                if taken != checked {
+                    assert!(armed, "requests of the accepted batch are pending");
+                } else if !legal(req_prod, taken, answered) {
+                    assert!(armed, "corruption is reported, not waited on");
+                } else if req_prod != taken {
+                    assert!(armed);
+                    checked = req_prod;
+                } else {
+                    assert!(!armed);
                     assert_eq!(page.word(REQ_EVENT), taken.wrapping_add(1));
                 }
             }
         }
         assert!(taken.wrapping_sub(answered) <= SLOTS as u32, "more requests taken than slots");
+        assert!(checked.wrapping_sub(answered) <= SLOTS as u32, "a batch past the ring");
     }
     // `back` is dropped before `page` (declared after it).
 }

@@ -9,6 +9,10 @@ use core::fmt::Write as _;
 use abi::event::{EventOp, PortState, PortStatus, Virq};
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 use abi::xen::errno::Errno;
+use abi::xen::io::block::{
+    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifRequestSegment, BlkifRsp,
+    SECTORS_PER_PAGE,
+};
 use abi::xen::io::store::{XENSTORE_PAYLOAD_MAX, XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType, xsd_error_from_payload};
 
 use crate::console::ConsoleRing;
@@ -42,8 +46,10 @@ static mut NET_PAGES: NetPages = NetPages([[0; 4096]; NET_PAGES_COUNT]);
 /// after start-up).
 static mut DISK_RING: Page = Page([0; 4096]);
 
-/// Pages for disk transfers, granted to dom0 once at start-up.
-const DISK_PAGES: usize = 8 * abi::block::MAX_SEGMENTS;
+/// Pages for disk transfers, granted to dom0 once at start-up: as many as
+/// dom0 keeps mapped for a guest (persistent grants, `abi::block`), so
+/// every transfer is copy-free.
+const DISK_PAGES: usize = 64;
 #[repr(C, align(4096))]
 struct DiskBuffer([[u8; 4096]; DISK_PAGES]);
 static mut DISK_BUFFER: DiskBuffer = DiskBuffer([[0; 4096]; DISK_PAGES]);
@@ -55,8 +61,8 @@ pub enum DiskError {
     NoDisk,
     /// Not a whole number of sectors, more than the buffer, or past the end.
     BadRequest,
-    /// dom0 answered with an error status.
-    Status(i32),
+    /// dom0 answered with an error status (`abi::xen::io::block::BlkifRsp`).
+    Status(i16),
     /// dom0 broke the ring protocol; the disk is no longer used.
     Broken,
 }
@@ -876,12 +882,12 @@ impl Guest {
     }
 
     /// Most bytes one disk transfer moves.
-    pub const DISK_TRANSFER_MAX: usize = abi::block::MAX_SEGMENTS * 4096;
+    pub const DISK_TRANSFER_MAX: usize = BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096;
 
     /// Reads whole sectors from `sector` into `out` (at most
     /// [`Guest::DISK_TRANSFER_MAX`] bytes), waiting for dom0's answer.
     pub fn disk_read(&mut self, sector: u64, out: &mut [u8]) -> Result<(), DiskError> {
-        self.disk_transfer(abi::block::OP_READ, sector, out.len())?;
+        self.disk_transfer(BlkifOp::Read, sector, out.len())?;
         let buffer = &raw const DISK_BUFFER as *const u8;
         // SAFETY: the buffer holds `out.len()` bytes dom0 just wrote through
         // the grants; no Rust reference to it exists.
@@ -893,7 +899,7 @@ impl Guest {
     /// from `sector` into the transfer pages and leaves them there: no copy,
     /// for callers that can use the data in place (and for measurements).
     pub fn disk_read_in_place(&mut self, sector: u64, bytes: usize) -> Result<(), DiskError> {
-        self.disk_transfer(abi::block::OP_READ, sector, bytes)
+        self.disk_transfer(BlkifOp::Read, sector, bytes)
     }
 
     /// Writes whole sectors from `data` at `sector`, waiting for dom0's answer.
@@ -904,7 +910,7 @@ impl Guest {
         let buffer = &raw mut DISK_BUFFER as *mut u8;
         // SAFETY: the buffer is ours and large enough (checked above).
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), buffer, data.len()) };
-        self.disk_transfer(abi::block::OP_WRITE, sector, data.len())
+        self.disk_transfer(BlkifOp::Write, sector, data.len())
     }
 
     /// Reads `requests` requests of `pages_each` pages (8 sectors a page)
@@ -913,22 +919,22 @@ impl Guest {
     /// speed, for throughput measurements. Returns how many succeeded.
     pub fn disk_read_ahead(&mut self, sector: u64, requests: usize, pages_each: usize) -> Result<usize, DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
-        let pages_each = pages_each.clamp(1, abi::block::MAX_SEGMENTS);
+        let pages_each = pages_each.clamp(1, BLKIF_MAX_SEGMENTS_PER_REQUEST);
         let pages = (requests * pages_each).min(DISK_PAGES) / pages_each * pages_each;
         if sector.checked_add(pages as u64 * 8).is_none_or(|end| end > disk.sectors) {
             return Err(DiskError::BadRequest);
         }
         let first_id = disk.next_id;
         for first_page in (0..pages).step_by(pages_each) {
-            let mut request = abi::block::Request {
+            let mut request = BlkifRequest {
                 id: disk.next_id,
-                operation: abi::block::OP_READ,
-                segment_count: pages_each as u8,
-                sector: sector + first_page as u64 * 8,
+                operation: BlkifOp::Read.number(),
+                nr_segments: pages_each as u8,
+                sector_number: sector + first_page as u64 * 8,
                 ..Default::default()
             };
-            for (slot, page) in request.segments.iter_mut().zip(first_page..first_page + pages_each) {
-                *slot = abi::block::Segment { grant: disk.grants[page], first_sector: 0, last_sector: 7, _reserved: 0 };
+            for (slot, page) in request.seg.iter_mut().zip(first_page..first_page + pages_each) {
+                *slot = BlkifRequestSegment { gref: disk.grants[page], first_sect: 0, last_sect: 7, _pad0: 0 };
             }
             disk.next_id += 1;
             disk.ring.push_request(&request).map_err(|_| DiskError::Broken)?;
@@ -944,7 +950,7 @@ impl Guest {
             match disk.ring.pop_response() {
                 Ok(Some(response)) if (first_id..first_id + pages as u64).contains(&response.id) => {
                     answered += 1;
-                    good += (response.status == abi::block::STATUS_OK) as usize;
+                    good += (response.status == BlkifRsp::Okay.number()) as usize;
                 }
                 Ok(Some(_)) | Err(_) => {
                     disk.broken = true;
@@ -962,7 +968,7 @@ impl Guest {
 
     /// Asks dom0 to make earlier writes durable.
     pub fn disk_flush(&mut self) -> Result<(), DiskError> {
-        self.disk_transfer(abi::block::OP_FLUSH, 0, 0)
+        self.disk_transfer(BlkifOp::FlushDiskcache, 0, 0)
     }
 
     /// Grants dom0 access to the page at `address` through the disk's grant
@@ -987,7 +993,7 @@ impl Guest {
     }
 
     /// Sends `request` as it is (no checks) and waits for its response's status.
-    pub fn disk_request(&mut self, request: &abi::block::Request) -> Result<i32, DiskError> {
+    pub fn disk_request(&mut self, request: &BlkifRequest) -> Result<i16, DiskError> {
         self.disk_submit(request)?;
         self.wait_for_response(request.id)
     }
@@ -995,7 +1001,7 @@ impl Guest {
     /// Sends `request` as it is (no checks) and notifies dom0 without
     /// waiting (tests of hostile front ends race dom0 with it); take the
     /// answer with [`Guest::disk_wait_response`].
-    pub fn disk_submit(&mut self, request: &abi::block::Request) -> Result<(), DiskError> {
+    pub fn disk_submit(&mut self, request: &BlkifRequest) -> Result<(), DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
         if disk.ring.push_request(request).is_err() {
             return Err(DiskError::Broken);
@@ -1008,7 +1014,7 @@ impl Guest {
 
     /// Waits for the response to the request `id` sent by
     /// [`Guest::disk_submit`] (the next one on the ring); its status.
-    pub fn disk_wait_response(&mut self, id: u64) -> Result<i32, DiskError> {
+    pub fn disk_wait_response(&mut self, id: u64) -> Result<i16, DiskError> {
         self.wait_for_response(id)
     }
 
@@ -1024,7 +1030,7 @@ impl Guest {
         }
     }
 
-    fn wait_for_response(&mut self, id: u64) -> Result<i32, DiskError> {
+    fn wait_for_response(&mut self, id: u64) -> Result<i16, DiskError> {
         loop {
             let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
             match disk.ring.pop_response() {
@@ -1042,38 +1048,43 @@ impl Guest {
         }
     }
 
-    fn disk_transfer(&mut self, operation: u8, sector: u64, bytes: usize) -> Result<(), DiskError> {
+    fn disk_transfer(&mut self, operation: BlkifOp, sector: u64, bytes: usize) -> Result<(), DiskError> {
         let disk = self.disk.as_mut().ok_or(DiskError::NoDisk)?;
         if disk.broken {
             return Err(DiskError::Broken);
         }
-        let sector_size = abi::block::SECTOR_SIZE as usize;
+        let sector_size = BLKIF_SECTOR_SIZE as usize;
         let count = bytes / sector_size;
         if !bytes.is_multiple_of(sector_size)
             || bytes > Self::DISK_TRANSFER_MAX
-            || (operation != abi::block::OP_FLUSH && count == 0)
+            || (operation != BlkifOp::FlushDiskcache && count == 0)
         {
             return Err(DiskError::BadRequest);
         }
         if sector.checked_add(count as u64).is_none_or(|end| end > disk.sectors) {
             return Err(DiskError::BadRequest);
         }
-        let mut request = abi::block::Request { id: disk.next_id, operation, sector, ..Default::default() };
+        let mut request = BlkifRequest {
+            id: disk.next_id,
+            operation: operation.number(),
+            sector_number: sector,
+            ..Default::default()
+        };
         disk.next_id += 1;
-        let pages = count.div_ceil(abi::block::SECTORS_PER_PAGE as usize);
+        let pages = count.div_ceil(SECTORS_PER_PAGE as usize);
         for page in 0..pages {
             let first = page * 8;
             let last = (count - 1).min(first + 7);
-            request.segments[page] = abi::block::Segment {
-                grant: disk.grants[page],
-                first_sector: 0,
-                last_sector: (last - first) as u8,
-                _reserved: 0,
+            request.seg[page] = BlkifRequestSegment {
+                gref: disk.grants[page],
+                first_sect: 0,
+                last_sect: (last - first) as u8,
+                _pad0: 0,
             };
         }
-        request.segment_count = pages as u8;
+        request.nr_segments = pages as u8;
         match self.disk_request(&request)? {
-            abi::block::STATUS_OK => Ok(()),
+            status if status == BlkifRsp::Okay.number() => Ok(()),
             status => Err(DiskError::Status(status)),
         }
     }

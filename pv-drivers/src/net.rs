@@ -5,91 +5,9 @@
 //! the event channel. Responses are checked like requests in a back end:
 //! a response for a buffer that is not in flight marks the vif broken.
 
-use core::mem::{offset_of, size_of};
-
 use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
 
-use crate::ring::{BackRing, FrontRing, RingError, Slot, put, take};
-
-impl Slot for TxRequest {
-    const SIZE: usize = size_of::<TxRequest>();
-
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(TxRequest, id), &self.id.to_le_bytes());
-        put(out, offset_of!(TxRequest, flags), &self.flags.to_le_bytes());
-        put(out, offset_of!(TxRequest, grant), &self.grant.to_le_bytes());
-        put(out, offset_of!(TxRequest, offset), &self.offset.to_le_bytes());
-        put(out, offset_of!(TxRequest, size), &self.size.to_le_bytes());
-        put(out, offset_of!(TxRequest, _reserved), &self._reserved.to_le_bytes());
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Self {
-        TxRequest {
-            id: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, id))),
-            flags: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, flags))),
-            grant: u32::from_le_bytes(take(bytes, offset_of!(TxRequest, grant))),
-            offset: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, offset))),
-            size: u16::from_le_bytes(take(bytes, offset_of!(TxRequest, size))),
-            _reserved: u32::from_le_bytes(take(bytes, offset_of!(TxRequest, _reserved))),
-        }
-    }
-}
-
-impl Slot for TxResponse {
-    const SIZE: usize = size_of::<TxResponse>();
-
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(TxResponse, id), &self.id.to_le_bytes());
-        put(out, offset_of!(TxResponse, status), &self.status.to_le_bytes());
-        put(out, offset_of!(TxResponse, _reserved), &self._reserved.to_le_bytes());
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Self {
-        TxResponse {
-            id: u16::from_le_bytes(take(bytes, offset_of!(TxResponse, id))),
-            status: i16::from_le_bytes(take(bytes, offset_of!(TxResponse, status))),
-            _reserved: u32::from_le_bytes(take(bytes, offset_of!(TxResponse, _reserved))),
-        }
-    }
-}
-
-impl Slot for RxRequest {
-    const SIZE: usize = size_of::<RxRequest>();
-
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(RxRequest, id), &self.id.to_le_bytes());
-        put(out, offset_of!(RxRequest, _reserved), &self._reserved.to_le_bytes());
-        put(out, offset_of!(RxRequest, grant), &self.grant.to_le_bytes());
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Self {
-        RxRequest {
-            id: u16::from_le_bytes(take(bytes, offset_of!(RxRequest, id))),
-            _reserved: u16::from_le_bytes(take(bytes, offset_of!(RxRequest, _reserved))),
-            grant: u32::from_le_bytes(take(bytes, offset_of!(RxRequest, grant))),
-        }
-    }
-}
-
-impl Slot for RxResponse {
-    const SIZE: usize = size_of::<RxResponse>();
-
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(RxResponse, id), &self.id.to_le_bytes());
-        put(out, offset_of!(RxResponse, offset), &self.offset.to_le_bytes());
-        put(out, offset_of!(RxResponse, status), &self.status.to_le_bytes());
-        put(out, offset_of!(RxResponse, _reserved), &self._reserved.to_le_bytes());
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Self {
-        RxResponse {
-            id: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, id))),
-            offset: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, offset))),
-            status: i16::from_le_bytes(take(bytes, offset_of!(RxResponse, status))),
-            _reserved: u16::from_le_bytes(take(bytes, offset_of!(RxResponse, _reserved))),
-        }
-    }
-}
+use crate::ring::{BackRing, FrontRing, RingError};
 
 /// The transmit ring's front end.
 pub type TxFront = FrontRing<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>;
@@ -401,24 +319,19 @@ mod tests {
     }
 
     #[test]
-    fn slot_encodings_round_trip_at_abi_offsets() {
+    fn entries_are_the_abi_bytes() {
+        use zerocopy::{FromBytes, IntoBytes};
         let request = TxRequest { id: 0x1234, flags: 0, grant: 0xdead_beef, offset: 0x100, size: 1514, _reserved: 0 };
-        let mut bytes = [0u8; 16];
-        request.to_bytes(&mut bytes);
+        let bytes = request.as_bytes();
         assert_eq!(&bytes[4..8], &0xdead_beefu32.to_le_bytes());
         assert_eq!(&bytes[10..12], &1514u16.to_le_bytes());
-        assert_eq!(TxRequest::from_bytes(&bytes), request);
+        assert_eq!(TxRequest::read_from_bytes(bytes), Ok(request));
         let response = RxResponse { id: 7, offset: 0, status: -1, _reserved: 0 };
-        let mut bytes = [0u8; 8];
-        response.to_bytes(&mut bytes);
-        assert_eq!(&bytes[4..6], &(-1i16).to_le_bytes());
-        assert_eq!(RxResponse::from_bytes(&bytes), response);
+        assert_eq!(&response.as_bytes()[4..6], &(-1i16).to_le_bytes());
         let request = RxRequest { id: 3, _reserved: 0, grant: 77 };
-        request.to_bytes(&mut bytes);
-        assert_eq!(RxRequest::from_bytes(&bytes), request);
-        let response = TxResponse { id: 9, status: 0, _reserved: 0 };
-        response.to_bytes(&mut bytes);
-        assert_eq!(TxResponse::from_bytes(&bytes), response);
+        assert_eq!(request.as_bytes(), [3, 0, 0, 0, 77, 0, 0, 0]);
+        let response = TxResponse { id: 9, status: -1, _reserved: 0 };
+        assert_eq!(response.as_bytes(), [9, 0, 0xff, 0xff, 0, 0, 0, 0]);
     }
 
     #[test]

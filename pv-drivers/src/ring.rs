@@ -1,35 +1,60 @@
-//! The generic one-page request/response ring (layout and protocol in
-//! `abi::ring`), both ends: [`FrontRing`] for the requester, [`BackRing`] for
-//! the responder.
+//! The generic one-page request/response ring of Xen's `io/ring.h`
+//! (layout and rules in `abi::xen::io`), both ends: [`FrontRing`] for the
+//! requester, [`BackRing`] for the responder. Block (blkif) and net use it.
 //!
-//! The page is shared memory. It is touched only through `SharedPage`: header
-//! words with volatile 32-bit loads and stores, slots with volatile word and
-//! byte copies, never through Rust references. That accessor is the only unsafe
-//! code here besides the two constructors that take the raw page; the
-//! protocol logic is safe code (`deny(unsafe_code)` below).
+//! The page is shared memory, touched only through the `shared_page`
+//! module: header words with volatile 32-bit loads and stores, whole
+//! entries in one pass of volatile 8-byte words (4-byte words or bytes for
+//! an entry that is not made of 8-byte words), never through Rust
+//! references; no access is bounds-checked at run time, since every offset
+//! stays inside the page by construction (a const assertion on the
+//! ring's geometry). That module is the only unsafe code here besides the
+//! two constructors that take the raw page; the protocol logic is safe code
+//! (`deny(unsafe_code)` below).
 //!
-//! A request or response is copied out of its slot into a private buffer and
-//! decoded from that copy ([`Slot`]), so a peer rewriting the slot meanwhile
-//! can change only the value received, never a value after it was checked.
-//! Each end keeps private copies of the indices it produces and checks every
-//! index the other end writes; an index outside the window the protocol
-//! allows is reported as [`RingError::Corrupt`], with the ring's state left
-//! unchanged, and the caller disconnects.
+//! # Xen's macros and these methods
+//! | `io/ring.h`                              | here                                   |
+//! |------------------------------------------|----------------------------------------|
+//! | `SHARED_RING_INIT` + `FRONT_RING_INIT`   | [`FrontRing::new`]                      |
+//! | `BACK_RING_INIT`                         | [`BackRing::attach`]                    |
+//! | `RING_GET_REQUEST` + `req_prod_pvt++`    | [`FrontRing::push_request`]             |
+//! | `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`    | [`FrontRing::publish_requests`]         |
+//! | `RING_COPY_REQUEST` + `req_cons++`       | [`BackRing::pop_request`]               |
+//! | `RING_FINAL_CHECK_FOR_REQUESTS`          | [`BackRing::arm_request_event`]         |
+//! | `RING_GET_RESPONSE` + `rsp_prod_pvt++`   | [`BackRing::push_response`]             |
+//! | `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`   | [`BackRing::publish_responses`]         |
+//! | `RING_COPY_RESPONSE` + `rsp_cons++`      | [`FrontRing::pop_response`]             |
+//! | `RING_FINAL_CHECK_FOR_RESPONSES`         | [`FrontRing::arm_response_event`]       |
 //!
-//! The front end zeroes the header when it creates the ring, so both event
-//! indices start "not waiting": no publish notifies until the other end has
-//! armed its event. An end therefore polls once before it first waits, which
-//! `arm_*_event` does anyway.
+//! # A hostile peer
+//! Each end keeps private copies of the indices it produces (Xen's macros
+//! read back the shared `req_prod` in `RING_PUSH_*`; a peer could have
+//! rewritten it) and checks every index the other end writes. A consumer
+//! reads the peer's producer index once per batch: when it has taken every
+//! entry of the last batch, it loads the index again and checks it against
+//! the window the protocol allows (a back end: no more than a ring's worth
+//! of unanswered requests, the `prod - cons > size` test of Xen's back
+//! ends; a front end: no more responses than published requests). An index
+//! outside the window is reported as [`RingError::Corrupt`], with the
+//! ring's state left unchanged, and the caller disconnects. Within a
+//! checked batch no index is reloaded, so a peer that moves its index
+//! meanwhile changes only where the next batch ends.
+//!
+//! An entry is copied out of its slot whole, into a private value, before
+//! anything looks at it (Xen's `RING_COPY_*`, the fix for XSA-155), so a
+//! peer rewriting the slot meanwhile can change only the value received,
+//! never a value after it was checked. Entry types are `zerocopy`
+//! [`FromBytes`]: every bit pattern a peer writes is a valid value, and
+//! the caller validates the fields of the copy.
 #![deny(unsafe_code)]
 
-use core::marker::PhantomData;
-use core::mem::{offset_of, size_of};
 use core::sync::atomic::{Ordering, fence};
 
-use abi::block::{MAX_SEGMENTS, Request, Response, Segment};
-use abi::ring::{HEADER_SIZE, RingHeader, should_notify};
+use abi::xen::io::block::{BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BlkifRequest, BlkifResponse};
+use abi::xen::io::{SringHeader, final_check_event, push_needs_notify};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use shared_page::SharedPage;
+use shared_page::{HeaderWord, SharedPage};
 
 /// Why a ring operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,246 +67,219 @@ pub enum RingError {
     Corrupt,
 }
 
-/// A value carried in a ring slot. It is encoded field by field in little
-/// endian at its ABI offsets, so bytes from the ring are never reinterpreted
-/// in place as a Rust value.
-pub trait Slot: Copy + Default {
-    /// Bytes of the encoding: the ABI structure's size.
-    const SIZE: usize;
-    /// Writes the encoding into `out[..SIZE]` (panics if `out` is shorter).
-    fn to_bytes(&self, out: &mut [u8]);
-    /// Decodes `bytes[..SIZE]`, whatever they hold: the caller validates the
-    /// fields (panics if `bytes` is shorter).
-    fn from_bytes(bytes: &[u8]) -> Self;
-}
+/// A value carried in a ring entry: a plain ABI structure that any bytes
+/// are a valid value of (`FromBytes`), with no padding (`IntoBytes`), so it
+/// is copied in and out of the page whole. Implemented for every such type.
+pub trait Slot: FromBytes + IntoBytes + Immutable + Copy {}
 
-pub(crate) fn put(out: &mut [u8], offset: usize, field: &[u8]) {
-    out[offset..offset + field.len()].copy_from_slice(field);
-}
-
-pub(crate) fn take<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
-    let mut field = [0; N];
-    field.copy_from_slice(&bytes[offset..offset + N]);
-    field
-}
-
-/// Offset of segment `index` within a request.
-const fn segment_offset(index: usize) -> usize {
-    offset_of!(Request, segments) + index * size_of::<Segment>()
-}
-
-impl Slot for Request {
-    const SIZE: usize = size_of::<Request>();
-
-    #[inline]
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(Request, id), &self.id.to_le_bytes());
-        put(out, offset_of!(Request, operation), &[self.operation]);
-        put(out, offset_of!(Request, segment_count), &[self.segment_count]);
-        put(out, offset_of!(Request, _reserved), &self._reserved);
-        put(out, offset_of!(Request, sector), &self.sector.to_le_bytes());
-        for (index, segment) in self.segments.iter().enumerate() {
-            let base = segment_offset(index);
-            put(out, base + offset_of!(Segment, grant), &segment.grant.to_le_bytes());
-            put(out, base + offset_of!(Segment, first_sector), &[segment.first_sector]);
-            put(out, base + offset_of!(Segment, last_sector), &[segment.last_sector]);
-            put(out, base + offset_of!(Segment, _reserved), &segment._reserved.to_le_bytes());
-        }
-    }
-
-    #[inline]
-    fn from_bytes(bytes: &[u8]) -> Self {
-        let mut segments = [Segment::default(); MAX_SEGMENTS];
-        for (index, segment) in segments.iter_mut().enumerate() {
-            let base = segment_offset(index);
-            *segment = Segment {
-                grant: u32::from_le_bytes(take(bytes, base + offset_of!(Segment, grant))),
-                first_sector: bytes[base + offset_of!(Segment, first_sector)],
-                last_sector: bytes[base + offset_of!(Segment, last_sector)],
-                _reserved: u16::from_le_bytes(take(bytes, base + offset_of!(Segment, _reserved))),
-            };
-        }
-        Request {
-            id: u64::from_le_bytes(take(bytes, offset_of!(Request, id))),
-            operation: bytes[offset_of!(Request, operation)],
-            segment_count: bytes[offset_of!(Request, segment_count)],
-            _reserved: take(bytes, offset_of!(Request, _reserved)),
-            sector: u64::from_le_bytes(take(bytes, offset_of!(Request, sector))),
-            segments,
-        }
-    }
-}
-
-impl Slot for Response {
-    const SIZE: usize = size_of::<Response>();
-
-    fn to_bytes(&self, out: &mut [u8]) {
-        put(out, offset_of!(Response, id), &self.id.to_le_bytes());
-        put(out, offset_of!(Response, operation), &[self.operation]);
-        put(out, offset_of!(Response, _reserved), &self._reserved);
-        put(out, offset_of!(Response, status), &self.status.to_le_bytes());
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Self {
-        Response {
-            id: u64::from_le_bytes(take(bytes, offset_of!(Response, id))),
-            operation: bytes[offset_of!(Response, operation)],
-            _reserved: take(bytes, offset_of!(Response, _reserved)),
-            status: i32::from_le_bytes(take(bytes, offset_of!(Response, status))),
-        }
-    }
-}
+impl<T: FromBytes + IntoBytes + Immutable + Copy> Slot for T {}
 
 mod shared_page {
     //! The raw accessor of the ring page: the only place that dereferences it.
     #![allow(unsafe_code, reason = "the one raw accessor of the shared page")]
 
+    use core::marker::PhantomData;
+    use core::mem::{align_of, offset_of, size_of};
+
+    use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
+
+    use super::Slot;
+
     const PAGE_SIZE: usize = abi::PAGE_SIZE as usize;
 
-    /// A 4 KiB page shared with another domain, read and written only with
-    /// volatile accesses. Every access is bounds-checked against the page, so
-    /// the methods are safe whatever offsets the protocol computes.
+    /// A word of the ring header.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum HeaderWord {
+        /// `req_prod`: requests published (front end).
+        RequestProducer,
+        /// `req_event`: the back end wants an event when `req_prod` passes it.
+        RequestEvent,
+        /// `rsp_prod`: responses published (back end).
+        ResponseProducer,
+        /// `rsp_event`: the front end wants an event when `rsp_prod` passes it.
+        ResponseEvent,
+    }
+
+    impl HeaderWord {
+        const fn offset(self) -> usize {
+            match self {
+                HeaderWord::RequestProducer => offset_of!(SringHeader, req_prod),
+                HeaderWord::RequestEvent => offset_of!(SringHeader, req_event),
+                HeaderWord::ResponseProducer => offset_of!(SringHeader, rsp_prod),
+                HeaderWord::ResponseEvent => offset_of!(SringHeader, rsp_event),
+            }
+        }
+    }
+
+    /// A 4 KiB ring page shared with another domain, holding `SLOTS` entries
+    /// of `SLOT_SIZE` bytes after the header, read and written only with
+    /// volatile accesses. Every offset it touches is inside the page by
+    /// construction (the geometry is checked when the type is built), so
+    /// its methods are safe whatever index the protocol passes.
     #[derive(Debug)]
-    pub(super) struct SharedPage {
+    pub(crate) struct SharedPage<const SLOTS: usize, const SLOT_SIZE: usize> {
         base: *mut u8,
+        _not_sync: PhantomData<*mut u8>,
     }
 
     // SAFETY: the page is only accessed through volatile loads and stores
     // with fences, which is sound from any thread: the other end of the ring
     // is another domain anyway, so moving the handle adds no new concurrency.
-    unsafe impl Send for SharedPage {}
+    unsafe impl<const SLOTS: usize, const SLOT_SIZE: usize> Send for SharedPage<SLOTS, SLOT_SIZE> {}
 
-    impl SharedPage {
+    impl<const SLOTS: usize, const SLOT_SIZE: usize> SharedPage<SLOTS, SLOT_SIZE> {
+        /// Fails the build of any ring whose slots do not fit the page.
+        const GEOMETRY_FITS: () = {
+            // u32 indices wrap at 2^32; a power-of-two slot count divides
+            // that, so an index names the same slot before and after the
+            // wrap, and `index & (SLOTS - 1)` is the slot.
+            assert!(SLOTS.is_power_of_two(), "the slot count must be a power of two");
+            assert!(SRING_HEADER_SIZE + SLOTS * SLOT_SIZE <= PAGE_SIZE, "the slots must fit in one page");
+            assert!(SRING_HEADER_SIZE == size_of::<SringHeader>());
+        };
+
         /// Wraps the page at `base`.
         ///
         /// # Safety
         /// `base` must point to a mapped, writable, page-aligned 4 KiB page
         /// that stays mapped while this value lives, and that nothing in this
         /// domain accesses through Rust references meanwhile.
-        pub(super) const unsafe fn new(base: *mut u8) -> SharedPage {
-            SharedPage { base }
+        pub(crate) unsafe fn new(base: *mut u8) -> Self {
+            let () = Self::GEOMETRY_FITS;
+            SharedPage { base, _not_sync: PhantomData }
         }
 
-        /// Reads the 32-bit word at `offset`, a multiple of 4 inside the page.
-        #[inline]
-        pub(super) fn load(&self, offset: usize) -> u32 {
-            assert!(offset.is_multiple_of(4) && offset < PAGE_SIZE, "word outside the ring page");
-            // SAFETY: the word is inside the page `new` vouched for and
-            // 4-byte aligned (the page is page-aligned).
-            unsafe { core::ptr::read_volatile(self.base.add(offset).cast::<u32>()) }
+        /// Reads a header word.
+        #[inline(always)]
+        pub(crate) fn load(&self, word: HeaderWord) -> u32 {
+            // SAFETY: the header's words are inside the page `new` vouched
+            // for and 4-byte aligned (the page is page-aligned).
+            unsafe { core::ptr::read_volatile(self.base.add(word.offset()).cast::<u32>()) }
         }
 
-        /// Writes the 32-bit word at `offset`, a multiple of 4 inside the page.
-        #[inline]
-        pub(super) fn store(&self, offset: usize, value: u32) {
-            assert!(offset.is_multiple_of(4) && offset < PAGE_SIZE, "word outside the ring page");
+        /// Writes a header word.
+        #[inline(always)]
+        pub(crate) fn store(&self, word: HeaderWord, value: u32) {
             // SAFETY: as for `load`; the page is writable.
-            unsafe { core::ptr::write_volatile(self.base.add(offset).cast::<u32>(), value) }
+            unsafe { core::ptr::write_volatile(self.base.add(word.offset()).cast::<u32>(), value) }
         }
 
-        /// Copies `out.len()` bytes of the page starting at `offset` into
-        /// `out`: whole 8-byte words where aligned (every slot of the block
-        /// ring), the rest byte by byte. Byte order in memory is preserved.
-        #[inline]
-        pub(super) fn copy_out(&self, offset: usize, out: &mut [u8]) {
-            assert!(offset <= PAGE_SIZE && out.len() <= PAGE_SIZE - offset, "bytes outside the ring page");
-            let word_bytes = if offset.is_multiple_of(8) { out.len() / 8 * 8 } else { 0 };
-            let (words, bytes) = out.split_at_mut(word_bytes);
-            for (index, chunk) in words.chunks_exact_mut(8).enumerate() {
-                // SAFETY: the word is inside the page and 8-byte aligned.
-                let word = unsafe { core::ptr::read_volatile(self.base.add(offset + index * 8).cast::<u64>()) };
-                chunk.copy_from_slice(&word.to_ne_bytes());
+        /// Writes the whole header (the front end's `SHARED_RING_INIT`).
+        pub(crate) fn store_header(&self, header: SringHeader) {
+            // SAFETY: the header is the page's first 64 bytes, page-aligned
+            // (more than `SringHeader` needs); the page is writable.
+            unsafe { core::ptr::write_volatile(self.base.cast::<SringHeader>(), header) }
+        }
+
+        /// The address of the slot of entry `index`, for an entry type `T`
+        /// that fits the slot and whose alignment the slots keep.
+        #[inline(always)]
+        fn slot<T: Slot>(&self, index: u32) -> *mut T {
+            const {
+                assert!(size_of::<T>() <= SLOT_SIZE, "an entry must fit its slot");
+                assert!(SLOT_SIZE.is_multiple_of(align_of::<T>()), "every slot must be aligned for the entry");
+                assert!(SRING_HEADER_SIZE.is_multiple_of(align_of::<T>()), "the first slot must be aligned");
             }
-            for (index, byte) in bytes.iter_mut().enumerate() {
-                // SAFETY: the byte is inside the page.
-                *byte = unsafe { core::ptr::read_volatile(self.base.add(offset + word_bytes + index)) };
+            let slot = index as usize & (SLOTS - 1);
+            // SAFETY: `slot < SLOTS`, so the slot's bytes end at or before
+            // `SRING_HEADER_SIZE + SLOTS * SLOT_SIZE <= PAGE_SIZE`
+            // (`GEOMETRY_FITS`): inside the page.
+            unsafe { self.base.add(SRING_HEADER_SIZE + slot * SLOT_SIZE).cast::<T>() }
+        }
+
+        /// Copies entry `index` (modulo the slot count) out of the page:
+        /// the whole entry, word by word, with volatile loads of the widest
+        /// words its size and the slots' alignment allow (8 bytes for every
+        /// entry of blkif and netif), whatever its fields.
+        #[inline(always)]
+        pub(crate) fn read<T: Slot>(&self, index: u32) -> T {
+            let source = self.slot::<T>(index).cast::<u8>();
+            let mut value = T::new_zeroed();
+            let bytes = value.as_mut_bytes();
+            if const { Self::fits_words::<T, 8>() } {
+                for (word, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+                    // SAFETY: the word is inside the entry's slot (`slot`),
+                    // 8-byte aligned (the slots and the entry are multiples
+                    // of 8 bytes from a page-aligned page).
+                    let loaded = unsafe { core::ptr::read_volatile(source.add(word * 8).cast::<u64>()) };
+                    chunk.copy_from_slice(&loaded.to_ne_bytes());
+                }
+            } else if const { Self::fits_words::<T, 4>() } {
+                for (word, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                    // SAFETY: as above, with 4-byte words.
+                    let loaded = unsafe { core::ptr::read_volatile(source.add(word * 4).cast::<u32>()) };
+                    chunk.copy_from_slice(&loaded.to_ne_bytes());
+                }
+            } else {
+                for (offset, byte) in bytes.iter_mut().enumerate() {
+                    // SAFETY: the byte is inside the entry's slot.
+                    *byte = unsafe { core::ptr::read_volatile(source.add(offset)) };
+                }
+            }
+            // Any bytes are a valid `T` (`FromBytes`), whatever the peer wrote.
+            value
+        }
+
+        /// Copies `value` into entry `index` (modulo the slot count), word
+        /// by word as `read`.
+        #[inline(always)]
+        pub(crate) fn write<T: Slot>(&self, index: u32, value: T) {
+            let target = self.slot::<T>(index).cast::<u8>();
+            let bytes = value.as_bytes();
+            if const { Self::fits_words::<T, 8>() } {
+                for (word, chunk) in bytes.chunks_exact(8).enumerate() {
+                    let stored = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+                    // SAFETY: as in `read`; the page is writable.
+                    unsafe { core::ptr::write_volatile(target.add(word * 8).cast::<u64>(), stored) };
+                }
+            } else if const { Self::fits_words::<T, 4>() } {
+                for (word, chunk) in bytes.chunks_exact(4).enumerate() {
+                    let stored = u32::from_ne_bytes(chunk.try_into().unwrap_or_default());
+                    // SAFETY: as in `read`, with 4-byte words; the page is writable.
+                    unsafe { core::ptr::write_volatile(target.add(word * 4).cast::<u32>(), stored) };
+                }
+            } else {
+                for (offset, &byte) in bytes.iter().enumerate() {
+                    // SAFETY: the byte is inside the entry's slot; the page is writable.
+                    unsafe { core::ptr::write_volatile(target.add(offset), byte) };
+                }
             }
         }
 
-        /// Copies `bytes` into the page starting at `offset`, as `copy_out`.
-        #[inline]
-        pub(super) fn copy_in(&self, offset: usize, bytes: &[u8]) {
-            assert!(offset <= PAGE_SIZE && bytes.len() <= PAGE_SIZE - offset, "bytes outside the ring page");
-            let word_bytes = if offset.is_multiple_of(8) { bytes.len() / 8 * 8 } else { 0 };
-            let (words, rest) = bytes.split_at(word_bytes);
-            for (index, chunk) in words.chunks_exact(8).enumerate() {
-                let mut word = [0; 8];
-                word.copy_from_slice(chunk);
-                // SAFETY: the word is inside the writable page and 8-byte aligned.
-                unsafe {
-                    core::ptr::write_volatile(self.base.add(offset + index * 8).cast::<u64>(), u64::from_ne_bytes(word))
-                };
-            }
-            for (index, &byte) in rest.iter().enumerate() {
-                // SAFETY: the byte is inside the writable page.
-                unsafe { core::ptr::write_volatile(self.base.add(offset + word_bytes + index), byte) };
-            }
+        /// Whether entries of `T` are whole `WORD`-byte words at
+        /// `WORD`-aligned offsets in every slot.
+        const fn fits_words<T, const WORD: usize>() -> bool {
+            size_of::<T>().is_multiple_of(WORD)
+                && SLOT_SIZE.is_multiple_of(WORD)
+                && SRING_HEADER_SIZE.is_multiple_of(WORD)
         }
     }
 }
 
-/// Byte offsets of the header words in the page.
-const REQ_PROD: usize = offset_of!(RingHeader, req_prod);
-const REQ_EVENT: usize = offset_of!(RingHeader, req_event);
-const RSP_PROD: usize = offset_of!(RingHeader, rsp_prod);
-const RSP_EVENT: usize = offset_of!(RingHeader, rsp_event);
+use HeaderWord::{RequestEvent, RequestProducer, ResponseEvent, ResponseProducer};
 
-/// The page with its geometry: what both ends share.
-#[derive(Debug)]
-struct Ring<Req, Rsp, const SLOTS: usize, const SLOT_SIZE: usize> {
-    page: SharedPage,
-    _carries: PhantomData<fn() -> (Req, Rsp)>,
-}
-
-impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> Ring<Req, Rsp, SLOTS, SLOT_SIZE> {
-    /// Fails the build of any ring type whose slots do not fit the page.
-    const GEOMETRY_FITS: () = {
-        // u32 indices wrap at 2^32; a power-of-two slot count divides that,
-        // so an index names the same slot before and after the wrap.
-        assert!(SLOTS.is_power_of_two(), "the slot count must be a power of two");
-        assert!(HEADER_SIZE + SLOTS * SLOT_SIZE <= abi::PAGE_SIZE as usize, "the slots must fit in one page");
-        assert!(Req::SIZE <= SLOT_SIZE && Rsp::SIZE <= SLOT_SIZE, "requests and responses must fit a slot");
-    };
-
-    fn new(page: SharedPage) -> Self {
-        let () = Self::GEOMETRY_FITS;
-        Ring { page, _carries: PhantomData }
-    }
-
-    fn slot_offset(index: u32) -> usize {
-        HEADER_SIZE + index as usize % SLOTS * SLOT_SIZE
-    }
-
-    /// Copies `value` into slot `index` (modulo the slot count).
-    fn write<T: Slot>(&self, index: u32, value: &T) {
-        let mut bytes = [0u8; SLOT_SIZE];
-        value.to_bytes(&mut bytes);
-        self.page.copy_in(Self::slot_offset(index), &bytes[..T::SIZE]);
-    }
-
-    /// Copies slot `index` out of the ring, then decodes the private copy.
-    fn read<T: Slot>(&self, index: u32) -> T {
-        let mut bytes = [0u8; SLOT_SIZE];
-        self.page.copy_out(Self::slot_offset(index), &mut bytes[..T::SIZE]);
-        T::from_bytes(&bytes)
-    }
-}
-
-/// Front end (requester) of a ring of `SLOTS` slots of `SLOT_SIZE` bytes.
+/// Front end (requester) of a ring of `SLOTS` entries of `SLOT_SIZE` bytes
+/// carrying `Req` requests and `Rsp` responses.
 #[derive(Debug)]
 pub struct FrontRing<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> {
-    ring: Ring<Req, Rsp, SLOTS, SLOT_SIZE>,
-    /// Requests written so far, published or not.
+    page: SharedPage<SLOTS, SLOT_SIZE>,
+    /// Requests written so far, published or not (Xen's `req_prod_pvt`).
     req_prod_private: u32,
     /// Requests published: the `req_prod` last stored. The page's copy is
     /// not trusted, since the back end can write it too.
     req_prod_published: u32,
-    /// Responses taken so far.
+    /// Responses taken so far (`rsp_cons`).
     rsp_cons: u32,
+    /// The back end's `rsp_prod` as last loaded and checked: responses up
+    /// to it are taken without loading it again.
+    rsp_prod_checked: u32,
+    _carries: core::marker::PhantomData<fn() -> (Req, Rsp)>,
 }
 
 impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> FrontRing<Req, Rsp, SLOTS, SLOT_SIZE> {
-    /// Creates the ring in `page`, zeroing its header.
+    /// Creates the ring in `page`: writes a fresh header (Xen's
+    /// `SHARED_RING_INIT`: no entries, each end wants an event for the
+    /// first entry the other publishes). The slots need no initial value.
     ///
     /// # Safety
     /// `page` must be a mapped, writable, page-aligned 4 KiB page shared
@@ -290,14 +288,20 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> FrontRing
     #[allow(unsafe_code, reason = "takes the raw page")]
     pub unsafe fn new(page: *mut u8) -> Self {
         // SAFETY: the caller's guarantee is the one `SharedPage::new` needs.
-        let ring = Ring::new(unsafe { SharedPage::new(page) });
-        for word in (0..HEADER_SIZE).step_by(4) {
-            ring.page.store(word, 0);
+        let page = unsafe { SharedPage::new(page) };
+        page.store_header(SringHeader::new());
+        FrontRing {
+            page,
+            req_prod_private: 0,
+            req_prod_published: 0,
+            rsp_cons: 0,
+            rsp_prod_checked: 0,
+            _carries: core::marker::PhantomData,
         }
-        FrontRing { ring, req_prod_private: 0, req_prod_published: 0, rsp_cons: 0 }
     }
 
     /// Slots a request can be queued in now.
+    #[inline]
     pub fn free_slots(&self) -> usize {
         // Every request occupies its slot until its response is taken.
         SLOTS.saturating_sub(self.req_prod_private.wrapping_sub(self.rsp_cons) as usize)
@@ -305,17 +309,20 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> FrontRing
 
     /// Queues a request (not yet visible to the back end); `Err(Full)` when
     /// no slot is free.
+    #[inline]
     pub fn push_request(&mut self, request: &Req) -> Result<(), RingError> {
         if self.free_slots() == 0 {
             return Err(RingError::Full);
         }
-        self.ring.write(self.req_prod_private, request);
+        self.page.write(self.req_prod_private, *request);
         self.req_prod_private = self.req_prod_private.wrapping_add(1);
         Ok(())
     }
 
-    /// Publishes the queued requests; returns true if the back end must be
-    /// notified (it armed `req_event` and the new requests passed it).
+    /// Publishes the queued requests (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`);
+    /// returns true if the back end must be notified (the new requests
+    /// passed its `req_event`).
+    #[inline]
     pub fn publish_requests(&mut self) -> bool {
         let old = self.req_prod_published;
         let new = self.req_prod_private;
@@ -324,22 +331,29 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> FrontRing
         }
         // The requests' bytes must be visible before the index that publishes them.
         fence(Ordering::Release);
-        self.ring.page.store(REQ_PROD, new);
+        self.page.store(RequestProducer, new);
         self.req_prod_published = new;
         // The store of req_prod must be ordered before the load of req_event;
         // the back end's `arm_request_event` orders them the other way round,
         // so at least one of us sees the other's store: either it finds the
         // requests or we find its event and notify.
         fence(Ordering::SeqCst);
-        should_notify(old, new, self.ring.page.load(REQ_EVENT))
+        push_needs_notify(old, new, self.page.load(RequestEvent))
     }
 
-    /// Takes the next response, if any. `Err(Corrupt)` if the back end's
-    /// `rsp_prod` is behind the responses taken or ahead of the requests
-    /// published.
-    pub fn pop_response(&mut self) -> Result<Option<Rsp>, RingError> {
-        let rsp_prod = self.ring.page.load(RSP_PROD);
-        // Read the slot only after the index that published it.
+    /// Responses published and not yet taken (`RING_HAS_UNCONSUMED_RESPONSES`),
+    /// loading and checking the back end's `rsp_prod` when the last checked
+    /// batch is used up: that many [`FrontRing::pop_response`] calls return
+    /// a response without loading it again. `Err(Corrupt)` if `rsp_prod`
+    /// went behind the responses taken or ahead of the requests published
+    /// (the ring is left unchanged).
+    #[inline]
+    pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
+        if self.rsp_prod_checked != self.rsp_cons {
+            return Ok(self.rsp_prod_checked.wrapping_sub(self.rsp_cons));
+        }
+        let rsp_prod = self.page.load(ResponseProducer);
+        // Read the entries only after the index that published them.
         fence(Ordering::Acquire);
         let available = rsp_prod.wrapping_sub(self.rsp_cons);
         // Only published requests can have been answered (this also catches
@@ -347,92 +361,135 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> FrontRing
         if available > self.req_prod_published.wrapping_sub(self.rsp_cons) {
             return Err(RingError::Corrupt);
         }
-        if available == 0 {
+        self.rsp_prod_checked = rsp_prod;
+        Ok(available)
+    }
+
+    /// Copies the next response out of the ring, if any (only the index is
+    /// validated; the caller checks the fields, the id first).
+    /// `Err(Corrupt)` if the back end's `rsp_prod` is behind the responses
+    /// taken or ahead of the requests published.
+    #[inline]
+    pub fn pop_response(&mut self) -> Result<Option<Rsp>, RingError> {
+        if self.unconsumed_responses()? == 0 {
             return Ok(None);
         }
-        let response = self.ring.read(self.rsp_cons);
+        let response = self.page.read(self.rsp_cons);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(response))
     }
 
-    /// Prepares to wait: asks the back end to notify on the next response.
-    /// Returns true if `pop_response` has something to report (a response,
-    /// or corruption) and the caller must not wait.
+    /// Prepares to wait (`RING_FINAL_CHECK_FOR_RESPONSES`): asks the back
+    /// end to notify on the next response. Returns true if `pop_response`
+    /// has something to report (a response, or corruption) and the caller
+    /// must not wait.
     pub fn arm_response_event(&mut self) -> bool {
-        if self.ring.page.load(RSP_PROD) != self.rsp_cons {
+        if self.unconsumed_responses() != Ok(0) {
             return true;
         }
-        self.ring.page.store(RSP_EVENT, self.rsp_cons.wrapping_add(1));
+        self.page.store(ResponseEvent, final_check_event(self.rsp_cons));
         // The store of rsp_event must be ordered before the re-read of
         // rsp_prod: pairs with the fence in `BackRing::publish_responses`, so
         // a response published meanwhile is either seen here or notified.
         fence(Ordering::SeqCst);
-        self.ring.page.load(RSP_PROD) != self.rsp_cons
+        self.unconsumed_responses() != Ok(0)
     }
 }
 
-/// Back end (responder) of a ring of `SLOTS` slots of `SLOT_SIZE` bytes.
+/// Back end (responder) of a ring of `SLOTS` entries of `SLOT_SIZE` bytes
+/// carrying `Req` requests and `Rsp` responses.
 #[derive(Debug)]
 pub struct BackRing<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> {
-    ring: Ring<Req, Rsp, SLOTS, SLOT_SIZE>,
-    /// Requests taken so far.
+    page: SharedPage<SLOTS, SLOT_SIZE>,
+    /// Requests taken so far (`req_cons`).
     req_cons: u32,
-    /// Responses written so far, published or not.
+    /// The front end's `req_prod` as last loaded and checked: requests up
+    /// to it are taken without loading it again.
+    req_prod_checked: u32,
+    /// Responses written so far, published or not (`rsp_prod_pvt`).
     rsp_prod_private: u32,
     /// Responses published: the `rsp_prod` last stored.
     rsp_prod_published: u32,
+    _carries: core::marker::PhantomData<fn() -> (Req, Rsp)>,
 }
 
 impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> BackRing<Req, Rsp, SLOTS, SLOT_SIZE> {
-    /// Attaches to a ring the front end has just created in `page`. Reads
-    /// nothing yet: every index the front end writes is checked when used.
+    /// Attaches to a ring the front end has just created in `page` (Xen's
+    /// `BACK_RING_INIT`: every index from 0). Reads nothing yet: every
+    /// index the front end writes is checked when used.
     ///
     /// # Safety
     /// As for [`FrontRing::new`]: `page` is the front end's ring page,
     /// mapped and writable in this domain for the life of the value.
     #[allow(unsafe_code, reason = "takes the raw page")]
     pub unsafe fn attach(page: *mut u8) -> Self {
-        // SAFETY: the caller's guarantee is the one `SharedPage::new` needs.
-        let ring = Ring::new(unsafe { SharedPage::new(page) });
-        BackRing { ring, req_cons: 0, rsp_prod_private: 0, rsp_prod_published: 0 }
+        BackRing {
+            // SAFETY: the caller's guarantee is the one `SharedPage::new` needs.
+            page: unsafe { SharedPage::new(page) },
+            req_cons: 0,
+            req_prod_checked: 0,
+            rsp_prod_private: 0,
+            rsp_prod_published: 0,
+            _carries: core::marker::PhantomData,
+        }
     }
 
-    /// Copies the next request out of the ring. Only the indices are
-    /// validated; the caller validates the fields of the copy.
-    /// `Err(Corrupt)` when `req_prod` is behind `req_cons` or more than
-    /// `SLOTS` ahead of the responses written (a hostile front end).
-    pub fn pop_request(&mut self) -> Result<Option<Req>, RingError> {
-        let req_prod = self.ring.page.load(REQ_PROD);
-        // Read the slot only after the index that published it.
+    /// Requests published and not yet taken (`RING_HAS_UNCONSUMED_REQUESTS`),
+    /// loading and checking the front end's `req_prod` when the last
+    /// checked batch is used up: that many [`BackRing::pop_request`] calls
+    /// return a request without loading it again. `Err(Corrupt)` when
+    /// `req_prod` is behind `req_cons` or more than `SLOTS` ahead of the
+    /// responses written (the ring is left unchanged).
+    #[inline]
+    pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
+        if self.req_prod_checked != self.req_cons {
+            return Ok(self.req_prod_checked.wrapping_sub(self.req_cons));
+        }
+        let req_prod = self.page.load(RequestProducer);
+        // Read the entries only after the index that published them.
         fence(Ordering::Acquire);
         // Requests not yet answered each hold their own slot: more than
-        // SLOTS of them would make us read slots we are writing responses to.
+        // SLOTS of them would make us read slots we are writing responses
+        // to (`prod - cons > size`, with responses as what was consumed).
         let unanswered = req_prod.wrapping_sub(self.rsp_prod_private);
         let available = req_prod.wrapping_sub(self.req_cons);
         if unanswered > SLOTS as u32 || available > unanswered {
             return Err(RingError::Corrupt);
         }
-        if available == 0 {
+        self.req_prod_checked = req_prod;
+        Ok(available)
+    }
+
+    /// Copies the next request out of the ring, if any. Only the indices
+    /// are validated; the caller validates the fields of the copy.
+    /// `Err(Corrupt)` when `req_prod` is behind `req_cons` or more than
+    /// `SLOTS` ahead of the responses written (a hostile front end).
+    #[inline]
+    pub fn pop_request(&mut self) -> Result<Option<Req>, RingError> {
+        if self.unconsumed_requests()? == 0 {
             return Ok(None);
         }
-        let request = self.ring.read(self.req_cons);
+        let request = self.page.read(self.req_cons);
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(request))
     }
 
     /// Writes the response to the oldest unanswered request into its slot
     /// (not yet visible); `Err(Full)` if every request taken is answered.
+    #[inline]
     pub fn push_response(&mut self, response: &Rsp) -> Result<(), RingError> {
         if self.rsp_prod_private == self.req_cons {
             return Err(RingError::Full);
         }
-        self.ring.write(self.rsp_prod_private, response);
+        self.page.write(self.rsp_prod_private, *response);
         self.rsp_prod_private = self.rsp_prod_private.wrapping_add(1);
         Ok(())
     }
 
-    /// Publishes the written responses; returns true if the front end must
-    /// be notified (it armed `rsp_event` and the new responses passed it).
+    /// Publishes the written responses
+    /// (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`); returns true if the front
+    /// end must be notified (the new responses passed its `rsp_event`).
+    #[inline]
     pub fn publish_responses(&mut self) -> bool {
         let old = self.rsp_prod_published;
         let new = self.rsp_prod_private;
@@ -441,41 +498,50 @@ impl<Req: Slot, Rsp: Slot, const SLOTS: usize, const SLOT_SIZE: usize> BackRing<
         }
         // The responses' bytes must be visible before the index that publishes them.
         fence(Ordering::Release);
-        self.ring.page.store(RSP_PROD, new);
+        self.page.store(ResponseProducer, new);
         self.rsp_prod_published = new;
         // The store of rsp_prod must be ordered before the load of rsp_event;
         // pairs with the fence in `FrontRing::arm_response_event`.
         fence(Ordering::SeqCst);
-        should_notify(old, new, self.ring.page.load(RSP_EVENT))
+        push_needs_notify(old, new, self.page.load(ResponseEvent))
     }
 
-    /// Prepares to wait: asks the front end to notify on the next request.
-    /// Returns true if `pop_request` has something to report (a request, or
-    /// corruption) and the caller must not wait.
+    /// Prepares to wait (`RING_FINAL_CHECK_FOR_REQUESTS`): asks the front
+    /// end to notify on the next request. Returns true if `pop_request` has
+    /// something to report (a request, or corruption) and the caller must
+    /// not wait.
     pub fn arm_request_event(&mut self) -> bool {
-        if self.ring.page.load(REQ_PROD) != self.req_cons {
+        if self.unconsumed_requests() != Ok(0) {
             return true;
         }
-        self.ring.page.store(REQ_EVENT, self.req_cons.wrapping_add(1));
+        self.page.store(RequestEvent, final_check_event(self.req_cons));
         // The store of req_event must be ordered before the re-read of
         // req_prod: pairs with the fence in `FrontRing::publish_requests`.
         fence(Ordering::SeqCst);
-        self.ring.page.load(REQ_PROD) != self.req_cons
+        self.unconsumed_requests() != Ok(0)
     }
 }
 
-/// The block device ring's front end (`abi::block`).
-pub type BlockFront = FrontRing<Request, Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>;
-/// The block device ring's back end (`abi::block`).
-pub type BlockBack = BackRing<Request, Response, { abi::block::SLOTS }, { abi::block::SLOT_SIZE }>;
+/// The block device ring's front end (blkif, `abi::xen::io::block`).
+pub type BlockFront = FrontRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
+/// The block device ring's back end (blkif, `abi::xen::io::block`).
+pub type BlockBack = BackRing<BlkifRequest, BlkifResponse, { BLKIF_RING_SIZE as usize }, BLKIF_ENTRY_SIZE>;
 
 #[cfg(test)]
 #[allow(unsafe_code, reason = "the tests allocate and free the shared page")]
 mod tests {
     use super::*;
-    use abi::block::{OP_READ, OP_WRITE, SLOTS};
+    use abi::xen::io::SRING_HEADER_SIZE;
+    use abi::xen::io::block::{BLKIF_MAX_SEGMENTS_PER_REQUEST, BlkifOp, BlkifRequestSegment};
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
+    use zerocopy::IntoBytes;
+
+    const SLOTS: usize = BLKIF_RING_SIZE as usize;
+    const REQ_PROD: HeaderWord = RequestProducer;
+    const REQ_EVENT: HeaderWord = RequestEvent;
+    const RSP_PROD: HeaderWord = ResponseProducer;
+    const RSP_EVENT: HeaderWord = ResponseEvent;
 
     #[repr(C, align(4096))]
     struct Page([u8; 4096]);
@@ -500,28 +566,40 @@ mod tests {
             MockPeer { front, back, page }
         }
 
-        /// A ring whose indices all start at `index`, as if that many
+        /// A fresh ring whose indices all start at `index`, as if that many
         /// requests had gone through already: to cross the u32 wrap soon.
         fn starting_at(index: u32) -> MockPeer {
             let mut peer = MockPeer::new();
             peer.front.req_prod_private = index;
             peer.front.req_prod_published = index;
             peer.front.rsp_cons = index;
+            peer.front.rsp_prod_checked = index;
             peer.back.req_cons = index;
+            peer.back.req_prod_checked = index;
             peer.back.rsp_prod_private = index;
             peer.back.rsp_prod_published = index;
-            for word in [REQ_PROD, REQ_EVENT, RSP_PROD, RSP_EVENT] {
+            for word in [REQ_PROD, RSP_PROD] {
                 peer.poke(word, index);
+            }
+            // Each end wants an event for the first entry, as after `new`.
+            for word in [REQ_EVENT, RSP_EVENT] {
+                peer.poke(word, index.wrapping_add(1));
             }
             peer
         }
 
-        fn peek(&self, word: usize) -> u32 {
-            self.front.ring.page.load(word)
+        fn peek(&self, word: HeaderWord) -> u32 {
+            self.front.page.load(word)
         }
 
-        fn poke(&self, word: usize, value: u32) {
-            self.front.ring.page.store(word, value);
+        fn poke(&self, word: HeaderWord, value: u32) {
+            self.front.page.store(word, value);
+        }
+
+        /// The page's bytes (the rings are idle while the test looks).
+        fn bytes(&self) -> [u8; 4096] {
+            // SAFETY: a volatile copy of the live page.
+            unsafe { core::ptr::read_volatile(self.page) }.0
         }
     }
 
@@ -549,46 +627,59 @@ mod tests {
     }
 
     /// A request whose every field depends on `id`, to catch torn or stale slots.
-    fn request(id: u64) -> Request {
-        let mut segments = [Segment::default(); MAX_SEGMENTS];
-        for (index, segment) in segments.iter_mut().enumerate() {
-            segment.grant = (id as u32).wrapping_mul(31).wrapping_add(index as u32);
-            segment.first_sector = (id % 8) as u8;
-            segment.last_sector = 7;
+    fn request(id: u64) -> BlkifRequest {
+        let mut seg = [BlkifRequestSegment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        for (index, segment) in seg.iter_mut().enumerate() {
+            segment.gref = (id as u32).wrapping_mul(31).wrapping_add(index as u32);
+            segment.first_sect = (id % 8) as u8;
+            segment.last_sect = 7;
         }
-        Request {
+        BlkifRequest {
+            operation: if id.is_multiple_of(2) { BlkifOp::Read.number() } else { BlkifOp::Write.number() },
+            nr_segments: (id % 11) as u8 + 1,
+            handle: id as u16,
+            _pad0: 0,
             id,
-            operation: if id.is_multiple_of(2) { OP_READ } else { OP_WRITE },
-            segment_count: (id % 8) as u8 + 1,
-            _reserved: [0; 6],
-            sector: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            segments,
+            sector_number: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            seg,
         }
     }
 
-    fn response(request: &Request) -> Response {
-        Response { id: request.id, operation: request.operation, _reserved: [0; 3], status: request.id as i32 }
+    fn response(request: &BlkifRequest) -> BlkifResponse {
+        BlkifResponse { id: request.id, operation: request.operation, status: request.id as i16, ..Default::default() }
     }
 
     #[test]
-    fn slot_encoding_follows_the_abi_layout() {
-        let mut bytes = [0u8; 16];
-        Response { id: 0x0102_0304_0506_0708, operation: 2, _reserved: [9, 10, 11], status: -2 }.to_bytes(&mut bytes);
-        assert_eq!(bytes, [8, 7, 6, 5, 4, 3, 2, 1, 2, 9, 10, 11, 0xFE, 0xFF, 0xFF, 0xFF]);
-
-        // Every byte of a request survives decode and re-encode, reserved
-        // ones included: the encoding covers the whole structure.
-        let mut random = Random(0x1234_5678);
-        for _ in 0..100 {
-            let original: Vec<u8> = (0..Request::SIZE).map(|_| random.next() as u8).collect();
-            let mut again = [0u8; Request::SIZE];
-            Request::from_bytes(&original).to_bytes(&mut again);
-            assert_eq!(original, again);
+    fn entries_sit_at_xen_offsets_byte_for_byte() {
+        let mut peer = MockPeer::new();
+        let header = SringHeader::new();
+        assert_eq!(peer.bytes()[..SRING_HEADER_SIZE], *header.as_bytes(), "SHARED_RING_INIT's header");
+        assert_eq!((peer.peek(REQ_EVENT), peer.peek(RSP_EVENT)), (1, 1));
+        for id in 0..2 {
+            peer.front.push_request(&request(id)).unwrap();
         }
-        let mut bytes = [0u8; Request::SIZE];
-        request(5).to_bytes(&mut bytes);
-        assert_eq!(bytes[16..24], request(5).sector.to_le_bytes(), "sector at offset 16");
-        assert_eq!(bytes[24 + 8..24 + 12], request(5).segments[1].grant.to_le_bytes(), "second segment's grant");
+        let page = peer.bytes();
+        // Entry i at 64 + i * 112: blkif's request size, not the response's.
+        assert_eq!(page[64..64 + 112], *request(0).as_bytes());
+        assert_eq!(page[176..176 + 112], *request(1).as_bytes());
+        assert_eq!(page[176 + 16..176 + 24], request(1).sector_number.to_le_bytes(), "sector_number at 16");
+        peer.front.publish_requests();
+        let taken = peer.back.pop_request().unwrap().unwrap();
+        peer.back.push_response(&response(&taken)).unwrap();
+        let page = peer.bytes();
+        // A response overwrites the first 16 bytes of its request's entry.
+        assert_eq!(page[64..80], *response(&request(0)).as_bytes());
+        assert_eq!(page[80..64 + 112], request(0).as_bytes()[16..]);
+        assert_eq!(page[..4], [2, 0, 0, 0], "req_prod at 0, little endian");
+        // blkif_response: id at 0, operation at 8, an int16 status at 10.
+        let taken = peer.back.pop_request().unwrap().unwrap();
+        let status = abi::xen::io::block::BlkifRsp::Eopnotsupp.number();
+        peer.back.push_response(&BlkifResponse { id: taken.id, operation: 7, status, ..Default::default() }).unwrap();
+        let page = peer.bytes();
+        assert_eq!(page[176..184], 1u64.to_le_bytes());
+        assert_eq!((page[184], page[186], page[187]), (7, 0xFE, 0xFF), "BLKIF_RSP_EOPNOTSUPP = -2 at 10");
+        peer.back.publish_responses();
+        assert_eq!(peer.bytes()[8..12], [2, 0, 0, 0], "rsp_prod at 8");
     }
 
     #[test]
@@ -618,7 +709,7 @@ mod tests {
         let mut peer = MockPeer::new();
         assert_eq!(peer.front.pop_response(), Ok(None));
         assert_eq!(peer.back.pop_request(), Ok(None));
-        assert_eq!(peer.back.push_response(&Response::default()), Err(RingError::Full), "nothing to answer");
+        assert_eq!(peer.back.push_response(&BlkifResponse::default()), Err(RingError::Full), "nothing to answer");
         assert_eq!(peer.front.free_slots(), SLOTS);
         for id in 0..SLOTS as u64 {
             peer.front.push_request(&request(id)).unwrap();
@@ -632,7 +723,7 @@ mod tests {
             peer.back.push_response(&response(&taken)).unwrap();
         }
         assert_eq!(peer.back.pop_request(), Ok(None));
-        assert_eq!(peer.back.push_response(&Response::default()), Err(RingError::Full), "every request answered");
+        assert_eq!(peer.back.push_response(&BlkifResponse::default()), Err(RingError::Full), "every request answered");
         peer.back.publish_responses();
         // A slot frees only once its response is taken.
         assert_eq!(peer.front.push_request(&request(99)), Err(RingError::Full));
@@ -678,44 +769,49 @@ mod tests {
         let mut peer = MockPeer::new();
         let (front, back) = (&mut peer.front, &mut peer.back);
 
-        // Nobody waits yet: publishing notifies no one.
+        // A fresh ring asks for an event on the first request (req_event = 1).
         front.push_request(&request(0)).unwrap();
-        assert!(!front.publish_requests());
+        assert!(front.publish_requests(), "SHARED_RING_INIT: the first request notifies");
+        front.push_request(&request(1)).unwrap();
+        assert!(!front.publish_requests(), "notified already; the back end has not armed again");
         assert_eq!(back.pop_request().unwrap().unwrap().id, 0);
+        assert_eq!(back.pop_request().unwrap().unwrap().id, 1);
         assert_eq!(back.pop_request(), Ok(None));
         // The back end arms with nothing pending and waits: the next publish notifies, once.
         assert!(!back.arm_request_event());
         assert!(!front.publish_requests(), "nothing new to publish");
-        front.push_request(&request(1)).unwrap();
-        assert!(front.publish_requests());
         front.push_request(&request(2)).unwrap();
+        assert!(front.publish_requests());
+        front.push_request(&request(3)).unwrap();
         assert!(!front.publish_requests(), "already notified; the back end has not armed again");
         // Arming with requests pending says so instead of asking to be told.
         assert!(back.arm_request_event());
-        front.push_request(&request(3)).unwrap();
+        front.push_request(&request(4)).unwrap();
         assert!(!front.publish_requests());
         // One notification for a batch.
-        for id in 1..4 {
+        for id in 2..5 {
             assert_eq!(back.pop_request().unwrap().unwrap().id, id);
         }
         assert!(!back.arm_request_event());
-        for id in 4..9 {
+        for id in 5..10 {
             front.push_request(&request(id)).unwrap();
         }
         assert!(front.publish_requests());
 
-        // The same for responses.
+        // The same for responses: the first notifies (rsp_event = 1).
         for id in 0..4 {
             back.push_response(&response(&request(id))).unwrap();
         }
+        assert!(back.publish_responses(), "the front end wants the first response");
+        back.push_response(&response(&request(4))).unwrap();
         assert!(!back.publish_responses(), "the front end is not waiting");
         assert!(front.arm_response_event(), "responses are pending");
-        for id in 0..4 {
+        for id in 0..5 {
             assert_eq!(front.pop_response().unwrap().unwrap().id, id);
         }
         assert!(!front.arm_response_event());
         assert!(!back.publish_responses(), "nothing new to publish");
-        for id in 4..9 {
+        for id in 5..10 {
             assert_eq!(back.pop_request().unwrap().unwrap().id, id);
             back.push_response(&response(&request(id))).unwrap();
         }
@@ -727,8 +823,9 @@ mod tests {
     fn notifications_match_a_model_over_random_sequences() {
         let mut peer = MockPeer::starting_at(u32::MAX - 50);
         let mut random = Random(0xC0FFEE);
-        // Whether each end armed with nothing pending and is not yet notified.
-        let (mut back_waiting, mut front_waiting) = (false, false);
+        // Whether each end wants an event and is not yet notified: both do
+        // on a fresh ring.
+        let (mut back_waiting, mut front_waiting) = (true, true);
         let (mut next_id, mut notifications) = (0u64, 0u32);
         for _ in 0..100_000 {
             match random.below(6) {
@@ -753,7 +850,7 @@ mod tests {
                 }
                 3 => {
                     let mut pushed = 0;
-                    while peer.back.push_response(&Response::default()).is_ok() {
+                    while peer.back.push_response(&BlkifResponse::default()).is_ok() {
                         pushed += 1;
                     }
                     let notify = peer.back.publish_responses();
@@ -857,8 +954,14 @@ mod tests {
             peer.front.push_request(&request(id)).unwrap();
         }
         peer.front.publish_requests();
+        assert_eq!(peer.back.unconsumed_requests(), Ok(3));
         assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 0);
-        for hostile in [1_000_000, SLOTS as u32 + 1, u32::MAX, 0] {
+        // req_prod is checked once per batch: the batch of three stands.
+        assert_eq!(peer.back.unconsumed_requests(), Ok(2));
+        peer.poke(REQ_PROD, 1_000_000);
+        assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 1);
+        assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 2);
+        for hostile in [1_000_000, SLOTS as u32 + 1, u32::MAX, 0, 2] {
             peer.poke(REQ_PROD, hostile);
             assert_eq!(peer.back.pop_request(), Err(RingError::Corrupt), "req_prod {hostile}");
             assert!(peer.back.arm_request_event(), "corruption is reported, not waited on");
@@ -872,17 +975,23 @@ mod tests {
         peer.front.push_request(&request(0)).unwrap();
         peer.front.push_request(&request(1)).unwrap();
         peer.front.publish_requests();
-        assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 0);
         peer.poke(REQ_PROD, 500);
         assert_eq!(peer.back.pop_request(), Err(RingError::Corrupt));
+        assert_eq!(peer.back.pop_request(), Err(RingError::Corrupt), "still corrupt on the next look");
         peer.poke(REQ_PROD, 2);
-        assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 1);
+        assert_eq!(peer.back.pop_request().unwrap().unwrap().id, 0);
         // A slot rewritten after the copy does not change the request taken.
-        peer.front.push_request(&request(2)).unwrap();
-        peer.front.publish_requests();
         let taken = peer.back.pop_request().unwrap().unwrap();
-        peer.front.ring.write(2, &request(77));
-        assert_eq!(taken, request(2));
+        peer.front.page.write(1, request(77));
+        assert_eq!(taken, request(1));
+        // Responses written make room for exactly that many more requests.
+        for _ in 0..2 {
+            peer.back.push_response(&BlkifResponse::default()).unwrap();
+        }
+        peer.poke(REQ_PROD, 2 + SLOTS as u32 + 1);
+        assert_eq!(peer.back.pop_request(), Err(RingError::Corrupt));
+        peer.poke(REQ_PROD, 2 + SLOTS as u32);
+        assert!(peer.back.pop_request().unwrap().is_some());
     }
 
     #[test]
@@ -895,12 +1004,14 @@ mod tests {
         peer.front.push_request(&request(4)).unwrap(); // queued, not published
         for hostile in [5, 1_000, u32::MAX] {
             peer.poke(RSP_PROD, hostile);
+            assert_eq!(peer.front.unconsumed_responses(), Err(RingError::Corrupt), "rsp_prod {hostile}");
             assert_eq!(peer.front.pop_response(), Err(RingError::Corrupt), "rsp_prod {hostile}");
             assert!(peer.front.arm_response_event(), "corruption is reported, not waited on");
         }
         // Answers to every published request are legal, even if the back
         // end skipped writing them (the caller checks the ids).
         peer.poke(RSP_PROD, 4);
+        assert_eq!(peer.front.unconsumed_responses(), Ok(4));
         for _ in 0..4 {
             assert!(peer.front.pop_response().unwrap().is_some());
         }
@@ -935,6 +1046,8 @@ mod tests {
             let start = start as u64;
             let (mut queued, mut published, mut responses_taken) = (start, start, start);
             let (mut requests_taken, mut answered) = (start, start);
+            // The producer indices as each end last checked them.
+            let (mut requests_checked, mut responses_checked) = (start, start);
             for _ in 0..100 {
                 match random.below(16) {
                     0..=2 => {
@@ -949,35 +1062,45 @@ mod tests {
                     4..=5 => {
                         let rsp_prod = peer.peek(RSP_PROD);
                         let result = peer.front.pop_response();
-                        // Legal: rsp_prod names a count between the responses
-                        // taken and the requests published.
-                        if !in_window(rsp_prod, responses_taken, published) {
+                        if responses_taken < responses_checked {
+                            // Inside a checked batch: no index is read.
+                            assert!(matches!(result, Ok(Some(_))));
+                            responses_taken += 1;
+                        } else if !in_window(rsp_prod, responses_taken, published) {
+                            // Legal: rsp_prod names a count between the
+                            // responses taken and the requests published.
                             assert_eq!(result, Err(RingError::Corrupt));
                             corrupt_reports += 1;
                         } else if rsp_prod == responses_taken as u32 {
                             assert_eq!(result, Ok(None));
                         } else {
                             assert!(matches!(result, Ok(Some(_))));
+                            responses_checked = responses_taken + rsp_prod.wrapping_sub(responses_taken as u32) as u64;
                             responses_taken += 1;
                         }
                     }
                     6..=8 => {
                         let req_prod = peer.peek(REQ_PROD);
                         let result = peer.back.pop_request();
-                        // Legal: req_prod names a count between the requests
-                        // taken and a ring's worth past the responses written.
-                        if !in_window(req_prod, requests_taken, answered + SLOTS as u64) {
+                        if requests_taken < requests_checked {
+                            assert!(matches!(result, Ok(Some(_))));
+                            requests_taken += 1;
+                        } else if !in_window(req_prod, requests_taken, answered + SLOTS as u64) {
+                            // Legal: req_prod names a count between the
+                            // requests taken and a ring's worth past the
+                            // responses written.
                             assert_eq!(result, Err(RingError::Corrupt));
                             corrupt_reports += 1;
                         } else if req_prod == requests_taken as u32 {
                             assert_eq!(result, Ok(None));
                         } else {
                             assert!(matches!(result, Ok(Some(_))));
+                            requests_checked = requests_taken + req_prod.wrapping_sub(requests_taken as u32) as u64;
                             requests_taken += 1;
                         }
                     }
                     9..=10 => {
-                        let result = peer.back.push_response(&Response::default());
+                        let result = peer.back.push_response(&BlkifResponse::default());
                         assert_eq!(result.is_err(), answered == requests_taken);
                         answered += result.is_ok() as u64;
                     }
@@ -985,10 +1108,24 @@ mod tests {
                         peer.back.publish_responses();
                     }
                     13 => {
+                        // Arming checks the producer index as taking does
+                        // (the ends' own writes happen between the loads,
+                        // so the index is read after arming).
                         if random.next().is_multiple_of(2) {
                             peer.front.arm_response_event();
+                            let rsp_prod = peer.peek(RSP_PROD);
+                            if responses_taken == responses_checked && in_window(rsp_prod, responses_taken, published) {
+                                responses_checked =
+                                    responses_taken + rsp_prod.wrapping_sub(responses_taken as u32) as u64;
+                            }
                         } else {
                             peer.back.arm_request_event();
+                            let req_prod = peer.peek(REQ_PROD);
+                            if requests_taken == requests_checked
+                                && in_window(req_prod, requests_taken, answered + SLOTS as u64)
+                            {
+                                requests_checked = requests_taken + req_prod.wrapping_sub(requests_taken as u32) as u64;
+                            }
                         }
                     }
                     _ => {
@@ -1008,9 +1145,10 @@ mod tests {
                 assert_eq!(peer.front.rsp_cons, responses_taken as u32);
                 assert_eq!(peer.back.req_cons, requests_taken as u32);
                 assert_eq!(peer.back.rsp_prod_private, answered as u32);
-                assert!(responses_taken <= published && published <= queued);
-                assert!(queued - responses_taken <= SLOTS as u64);
-                assert!(answered <= requests_taken && requests_taken - answered <= SLOTS as u64);
+                assert!(responses_taken <= responses_checked && responses_checked <= published);
+                assert!(published <= queued && queued - responses_taken <= SLOTS as u64);
+                assert!(answered <= requests_taken && requests_taken <= requests_checked);
+                assert!(requests_checked - answered <= SLOTS as u64);
             }
             requests_moved += requests_taken - start;
             responses_moved += responses_taken - start;

@@ -44,14 +44,23 @@
 use core::fmt::Write;
 
 use abi::Error;
-use abi::block::{OP_READ, OP_WRITE, Request, STATUS_ERROR, STATUS_OK, STATUS_UNSUPPORTED, Segment};
 use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
 use abi::xen::errno::Errno;
+use abi::xen::io::block::{
+    BLKIF_ENTRY_SIZE, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_RING_SIZE, BlkifOp, BlkifRequest, BlkifRequestSegment,
+    BlkifRsp,
+};
 use abi::xen::io::store::{XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType};
 use pv_drivers::guest::{self, Guest, StoreFailure};
 use pv_drivers::hypercall;
 
 const PAGE: usize = 4096;
+const OP_READ: u8 = BlkifOp::Read.number();
+const OP_WRITE: u8 = BlkifOp::Write.number();
+const OP_FLUSH: u8 = BlkifOp::FlushDiskcache.number();
+const STATUS_OK: i16 = BlkifRsp::Okay.number();
+const STATUS_ERROR: i16 = BlkifRsp::Error.number();
+const STATUS_UNSUPPORTED: i16 = BlkifRsp::Eopnotsupp.number();
 const SECTOR: usize = 512;
 /// Pages of its own this guest grants to dom0 one request at a time.
 const OWN_PAGES: usize = 4;
@@ -83,9 +92,9 @@ fn holds(index: usize, byte: u8) -> bool {
 }
 
 /// A one-page request naming grant `reference`.
-fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> Request {
-    let mut request = Request { id, operation, segment_count: 1, sector, ..Default::default() };
-    request.segments[0] = Segment { grant: reference, first_sector: 0, last_sector: 7, _reserved: 0 };
+fn one_page(id: u64, operation: u8, sector: u64, reference: u32) -> BlkifRequest {
+    let mut request = BlkifRequest { id, operation, nr_segments: 1, sector_number: sector, ..Default::default() };
+    request.seg[0] = BlkifRequestSegment { gref: reference, first_sect: 0, last_sect: 7, _pad0: 0 };
     request
 }
 
@@ -283,28 +292,40 @@ impl Attack {
             if self.guest.disk_submit(&one_page(id, OP_WRITE, sector, reference)).is_err() {
                 return self.fail(MODE, format_args!("the ring is broken"));
             }
-            let slot = ring + 64 + (index as u64 % abi::block::SLOTS as u64) * abi::block::SLOT_SIZE as u64;
+            let slot = ring + 64 + (index as u64 % BLKIF_RING_SIZE as u64) * BLKIF_ENTRY_SIZE as u64;
             let until = guest::now() + slice;
             // Rewrite everything but the id until dom0 answers (or a while).
             while self.responses_produced() == index && guest::now() < until {
                 let value = next();
-                let operation = [OP_WRITE, OP_READ, 7, abi::block::OP_FLUSH][value as usize % 4];
-                let count = [1u8, 9, 255, 0, 8][(value >> 8) as usize % 5];
+                let operation = [OP_WRITE, OP_READ, 7, OP_FLUSH][value as usize % 4];
+                let count = [1u8, 12, 255, 0, 11][(value >> 8) as usize % 5];
                 let bad_sector = [sector, u64::MAX - 3, sectors - 1, 1 << 40, sectors][(value >> 16) as usize % 5];
                 let last = [7u8, 200, 0, 8][(value >> 24) as usize % 4];
                 // SAFETY: the slot lies in our ring page; dom0 may read it
                 // meanwhile, which is the point; no reference is made.
                 unsafe {
-                    core::ptr::write_volatile((slot + 8) as *mut u8, operation);
-                    core::ptr::write_volatile((slot + 9) as *mut u8, count);
+                    // blkif: operation at 0, nr_segments at 1, id at 8.
+                    core::ptr::write_volatile(slot as *mut u8, operation);
+                    core::ptr::write_volatile((slot + 1) as *mut u8, count);
                     core::ptr::write_volatile((slot + 16) as *mut u64, bad_sector);
-                    for segment in 0..abi::block::MAX_SEGMENTS as u64 {
+                    for segment in 0..BLKIF_MAX_SEGMENTS_PER_REQUEST as u64 {
                         let at = slot + 24 + 8 * segment;
                         core::ptr::write_volatile(at as *mut u32, (value >> 32) as u32 ^ segment as u32);
                         core::ptr::write_volatile((at + 5) as *mut u8, last);
                     }
                 }
                 rewrites += 1;
+            }
+            // A blkif response overwrites the first 16 bytes of its request's
+            // slot, its id where the request has operation and nr_segments:
+            // a rewrite that lands after dom0 wrote the answer changes the
+            // answer's id. Once dom0 has published (it writes the slot no
+            // more) put the id's bytes back; before, this is one more rewrite.
+            let id_bytes = id.to_le_bytes();
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(slot as *mut u8, id_bytes[0]);
+                core::ptr::write_volatile((slot + 1) as *mut u8, id_bytes[1]);
             }
             match self.guest.disk_wait_response(id) {
                 Ok(STATUS_OK) => good += 1,
