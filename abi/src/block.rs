@@ -13,19 +13,24 @@
 //! page to transfer; the segments' sectors are consecutive on the disk from
 //! `sector_number`.
 //!
-//! Front and back end meet through the store (since ABI 0.4): dom0
-//! publishes `/local/domain/0/backend/vbd/<guest>/0` (`frontend`,
-//! `sectors`, `mode`, `state` = InitWait) and `device/vbd/0` (`backend`,
-//! `state` = Initialising), before the guest runs for a disk in its config
-//! or while it runs (`block-attach`). The front end grants dom0 its ring
-//! page (the start-info page's `block_ring` when the builder reserved one,
-//! else any page of its own), allocates an event port for dom0, writes
-//! `ring-ref`, `event-channel` and `state` = Initialised, and waits for
-//! Connected. Disconnecting (`block-detach`) goes through Closing and Closed
-//! as for a vif ([`crate::net`]). The front end may also close the disk
-//! itself (state Closing): dom0 then answers Closed with the ring and every
-//! transfer page unmapped, keeps the disk for the guest, and offers it
-//! again (InitWait) when the front end writes Initialising ([`crate::store`]
+//! Front and back end meet through the store as Xen's toolstack and
+//! Linux's `xen-blkfront` do ([`crate::store`] has the directories, keys
+//! and state diagram): dom0 publishes
+//! `/local/domain/0/backend/vbd/<guest>/51712` (the first disk, `xvda`:
+//! `sectors`, `info`, `mode`, `feature-flush-cache`, `feature-persistent`,
+//! ..., `state` = 2 InitWait) and `device/vbd/51712` (`backend`,
+//! `virtual-device`, `device-type`, `state` = 1 Initialising), before the
+//! guest runs for a disk in its config or while it runs (`block-attach`).
+//! The front end grants dom0 its ring page (the start-info page's
+//! `block_ring` when the builder reserved one, else any page of its own),
+//! allocates an event port for dom0, writes `ring-ref`, `event-channel`,
+//! `protocol` = `x86_64-abi`, `feature-persistent` = 1 and `state` = 3
+//! Initialised, and waits for 4 Connected. Disconnecting (`block-detach`)
+//! goes through Closing and Closed as for a vif ([`crate::net`]). The
+//! front end may also close the disk itself (state 5 Closing): dom0 then
+//! answers 6 Closed with the ring and every transfer page unmapped, keeps
+//! the disk for the guest, and offers it again (2 InitWait) when the front
+//! end writes 1 Initialising ([`crate::store`]
 //! has the state diagram). Operations in this version: [`BlkifOp::Read`],
 //! [`BlkifOp::Write`], [`BlkifOp::FlushDiskcache`] (with or without
 //! segments; the segments are ignored); no discard, no barriers, no
@@ -39,13 +44,16 @@
 //! `req_prod` behind what dom0 took) is disconnected.
 //!
 //! # Data pages (persistent grants)
-//! dom0 maps a segment's grant the first time a request names it (writable
+//! When the front end wrote `feature-persistent` = 1 (dom0 always offers
+//! it), dom0 maps a segment's grant the first time a request names it (writable
 //! when that request is a read) and keeps it mapped for later requests
 //! naming the same grant, up to 64 grants per guest; past that, or when a
 //! grant cannot be mapped as the request needs, it moves the data with a
 //! hypervisor grant copy instead and keeps nothing. Its mappings last until
 //! the back end has written Closed (or removed its directory) or the guest
-//! is destroyed. Hence, for the front end:
+//! is destroyed. Without the front end's `feature-persistent`, every
+//! transfer is a grant copy and no data page stays mapped. Hence, for a
+//! front end that wrote it:
 //! - A data page is its own again once the response to the request that
 //!   named it has arrived: dom0 touches a data page only while it serves
 //!   such a request, and answers after the transfer is complete. Until

@@ -4,25 +4,28 @@
 //! one for each direction.
 //!
 //! # Connecting
-//! dom0 publishes the back-end directory `/local/domain/0/backend/vif/<guest>/<n>`
-//! with `frontend`, `frontend-id`, [`keys::MAC`], the feature keys below and
-//! `state` = InitWait, and the front-end directory `device/vif/<n>` with
-//! `backend`, `backend-id`, [`keys::MAC`] and `state` = Initialising:
-//! before the guest first runs for a vif in its config, or while it runs
-//! (`network-attach`; a front end that wants hot-plug watches
-//! `device/vif`). The front end then:
+//! As Xen's toolstack and Linux's `xen-netfront` do it ([`crate::store`]
+//! has the directories, keys and state diagram). dom0 publishes the
+//! back-end directory `/local/domain/0/backend/vif/<guest>/<n>` (`<n>` the
+//! vif's handle, 0 for the first) with its keys and features and `state`
+//! = 2 InitWait, and the front-end directory `device/vif/<n>` with
+//! `backend`, `backend-id`, `handle`, `mac`, `mtu` and `state` = 1
+//! Initialising: before the guest first runs for a vif in its config, or
+//! while it runs (`network-attach`; a front end that wants hot-plug
+//! watches `device/vif`). The front end then:
 //! 1. initialises two ring pages (Xen's `SHARED_RING_INIT`:
 //!    [`crate::xen::io::SringHeader::new`]), grants
 //!    each to dom0 read-write, and allocates one event port for dom0;
-//! 2. writes [`keys::TX_RING_REF`], [`keys::RX_RING_REF`],
-//!    `event-channel`, then `state` = Initialised;
-//! 3. waits for the back end's `state` = Connected (Closed: refused).
+//! 2. writes `tx-ring-ref`, `rx-ring-ref`, `event-channel`,
+//!    `request-rx-copy` = 1, `feature-rx-notify` = 1, then `state` = 4
+//!    Connected (as Linux's netfront; 3 Initialised is accepted too);
+//! 3. waits for the back end's `state` = 4 Connected (6 Closed: refused).
 //!
 //! One event channel serves both rings in both directions.
 //!
 //! # Disconnecting
-//! To take a vif away (`network-detach`) dom0 sets its `state` to Closing
-//! (and notifies). The front end stops using the rings, closes its port and
+//! To take a vif away (`network-detach`) dom0 sets `online` to 0 and its
+//! `state` to Closing (and notifies). The front end stops using the rings, closes its port and
 //! writes its own `state` = Closed; dom0 then unmaps the ring pages, closes
 //! its end and removes both directories, after which the front end can
 //! revoke its grants (they stay mapped, and unrevocable, until then). A
@@ -71,14 +74,17 @@
 //! (state Closed) with a log line in dom0. Other vifs are not affected.
 //!
 //! # Features
-//! Keys the back end writes in its directory; absent means the default.
-//! - [`keys::FEATURE_RX_COPY`] = `1`: frames are copied into posted
-//!   buffers (the only receive mode of this version). Default `1`.
-//! - [`keys::FEATURE_SG`] = `0`: a frame is one buffer; no scatter-gather.
-//!   Default `0`.
-//! - [`keys::FEATURE_CSUM_OFFLOAD`] = `0`: checksums are the sender's job.
-//!   Default `0`.
-//! - [`keys::MTU`]: the largest payload, default [`MTU`].
+//! Keys the back end writes in its directory (Xen's names,
+//! [`crate::xen::io::net`]):
+//! - `feature-rx-copy` = `1`: frames are copied into posted buffers (the
+//!   only receive mode of this version).
+//! - `feature-sg` = `0`: a frame is one slot; no scatter-gather.
+//! - `feature-gso-tcpv4` = `0`: no segmentation offload.
+//! - `feature-no-csum-offload` = `1`: checksums are the sender's job (a
+//!   transmit request with any flag, `NETTXF_CSUM_BLANK` included, is
+//!   refused).
+//!
+//! `mtu` (front-end directory, toolstack): the largest payload, [`MTU`].
 
 use core::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -179,25 +185,6 @@ pub const RX_SLOT_SIZE: usize = size_of::<RxRequest>();
 /// Slots in the receive ring.
 pub const RX_SLOTS: usize = crate::xen::io::page_ring_size(RX_SLOT_SIZE) as usize;
 const _: () = assert!(RX_SLOTS == 256);
-
-/// Store keys of the vif protocol (besides those in [`crate::store::keys`]).
-pub mod keys {
-    /// Both directories: the vif's MAC address, `xx:xx:xx:xx:xx:xx` in
-    /// lower-case hex, chosen by dom0 (from the config or generated).
-    pub const MAC: &str = "mac";
-    /// Front end: grant reference of the transmit ring page.
-    pub const TX_RING_REF: &str = "tx-ring-ref";
-    /// Front end: grant reference of the receive ring page.
-    pub const RX_RING_REF: &str = "rx-ring-ref";
-    /// Back end: `1` when frames are copied into posted buffers.
-    pub const FEATURE_RX_COPY: &str = "feature-rx-copy";
-    /// Back end: `1` when a frame may span several buffers (never, here).
-    pub const FEATURE_SG: &str = "feature-sg";
-    /// Back end: `1` when checksums may be left to the other side (never, here).
-    pub const FEATURE_CSUM_OFFLOAD: &str = "feature-csum-offload";
-    /// Back end: the largest payload in bytes, decimal.
-    pub const MTU: &str = "mtu";
-}
 
 /// Parses a MAC address written as six `:`-separated pairs of hex digits.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

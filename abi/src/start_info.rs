@@ -198,7 +198,7 @@ pub struct StartInfo {
     /// Since ABI 0.3.
     pub block_ring: u64,
     /// ABI 0.3 only: dom0's event port of the disk. Since ABI 0.4 it is 0:
-    /// the front end connects through the store (`device/vbd/0`, see
+    /// the front end connects through the store (`device/vbd/51712`, see
     /// `abi::store`), granting this ring page and allocating its own port.
     pub block_port: u32,
     /// Reserved, zero.

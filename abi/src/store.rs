@@ -69,7 +69,7 @@
 //! /local/domain/<g>          owned by <g>; other domains: no access
 //!     name                   owned by dom0, readable by <g> only
 //!     domid                  owned by dom0, readable by <g> only
-//!     device/vbd/0/...       if its config gives it a disk (see Devices)
+//!     device/vbd/51712/...   if its config gives it a disk (see Devices)
 //!     device/vif/0/...       if its config gives it a vif (see Devices)
 //! ```
 //!
@@ -82,7 +82,7 @@
 //! it cannot remove its home either); everything else below its home is
 //! its own, within its quota (this dom0's: 48 nodes, 6 KiB, 16 watches;
 //! the device nodes dom0 creates there are the guest's and count too).
-//! dom0 adds and removes `device/vbd/0` and `device/vif/0` while the guest
+//! dom0 adds and removes `device/vbd/51712` and `device/vif/0` while the guest
 //! runs as the operator attaches and detaches devices. When the guest is
 //! destroyed, dom0 removes its home with everything below it and drops its
 //! watches. dom0's own home, `/local/domain/0`, holds `name` = `Domain-0`
@@ -228,80 +228,120 @@
 //! Xen's toolstack does).
 //!
 //! # Devices and the handshake
-//! A split device `vbd` number `<n>` of guest `<g>`, served by back-end
-//! domain `<b>` (dom0 in this version), lives in two directories, both
-//! created by the toolstack:
+//! Split devices are laid out as Xen's toolstack (libxl) lays them out and
+//! as Linux's xenbus, `xen-blkfront` and `xen-netfront` expect them; the
+//! states are Xen's [`XenbusState`] numbers, written as decimal text. Guest
+//! `<g>`'s device of class `<class>` (`vbd`, `vif`) number `<n>`, served
+//! by back-end domain `<b>` (dom0 in this version), lives in two
+//! directories, both created by the toolstack before the guest first runs
+//! (a device in its config) or while it runs (`block-attach`,
+//! `network-attach`):
 //!
 //! ```text
-//! /local/domain/<g>/device/vbd/<n>/        owned by <g>, readable by <b>
-//!     backend        absolute path of the back-end directory   (toolstack)
-//!     backend-id     <b>; absent = 0                           (toolstack)
-//!     state          the front end's DeviceState               (front end)
-//!     ring-ref       grant reference of the ring page          (front end)
-//!     event-channel  port the front end allocated for <b>      (front end)
-//! /local/domain/<b>/backend/vbd/<g>/<n>/   owned by <b>, readable by <g>
-//!     frontend       absolute path of the front-end directory  (toolstack)
-//!     frontend-id    <g>                                        (toolstack)
-//!     state          the back end's DeviceState                (back end)
-//!     sectors        disk size in sector-size units            (back end)
-//!     sector-size    bytes per sector; absent = 512            (back end)
-//!     mode           "r" read-only or "w" read-write; absent = "w" (back end)
+//! /local/domain/<g>/device/<class>/<n>/        owned by <g>, readable by <b>
+//!     backend          absolute path of the back-end directory   (toolstack)
+//!     backend-id       <b>                                        (toolstack)
+//!     state            the front end's XenbusState               (toolstack 1, then front end)
+//! /local/domain/<b>/backend/<class>/<g>/<n>/   owned by <b>, readable by <g>
+//!     frontend         absolute path of the front-end directory  (toolstack)
+//!     frontend-id      <g>                                        (toolstack)
+//!     online           1                                          (toolstack)
+//!     state            the back end's XenbusState                (back end)
+//! ```
+//!
+//! A disk (`vbd`, [`crate::xen::io::block`]): `<n>` is Xen's virtual-device
+//! number, 51712 for the first disk (`xvda`,
+//! [`xvd_virtual_device`](crate::xen::io::block::xvd_virtual_device)).
+//!
+//! ```text
+//! front end:  virtual-device 51712 (toolstack), device-type "disk" (toolstack),
+//!             ring-ref, event-channel, protocol "x86_64-abi",
+//!             feature-persistent 1 (front end, before it writes 3 Initialised)
+//! back end:   sectors (512-byte sectors), sector-size 512,
+//!             physical-sector-size 512, info (VDISK_* bits: 4 read-only),
+//!             mode "r" or "w", feature-flush-cache 1, feature-persistent 1
+//!             (all written before InitWait); no feature-barrier, no
+//!             feature-discard, no max-ring-page-order (one ring page),
+//!             no indirect segments
+//! ```
+//!
+//! A vif (`vif`, [`crate::xen::io::net`]): `<n>` is the vif's handle, 0
+//! for the first.
+//!
+//! ```text
+//! front end:  handle, mac, mtu 1500 (toolstack; Linux's netfront reads its
+//!             MAC from its own directory), tx-ring-ref, rx-ring-ref,
+//!             event-channel, request-rx-copy 1, feature-rx-notify 1 (front end)
+//! back end:   handle, mac (toolstack), feature-rx-copy 1, feature-sg 0,
+//!             feature-gso-tcpv4 0, feature-no-csum-offload 1 (dom0 moves
+//!             whole frames in one slot, with their checksums filled in by
+//!             the sender; written before InitWait)
 //! ```
 //!
 //! Each end watches the other's `state` and reacts to what it reads there
-//! (a read, not the event, is the truth). States ([`DeviceState`]):
+//! (a read, not the event, is the truth):
 //!
 //! ```text
 //!   front end                                   back end
-//!   1 Initialising (toolstack)                  1 Initialising (toolstack)
-//!                                               writes sectors, mode ...
-//!                                               -> 2 InitWait
-//!   sees back end 2: grants the ring page,
-//!   allocates a port for <b>, writes
-//!   ring-ref, event-channel
-//!   -> 3 Initialised
-//!                                               sees front end 3: reads
-//!                                               ring-ref and event-channel,
-//!                                               maps the ring, binds the port
-//!                                               -> 4 Connected
+//!   1 Initialising (toolstack)                  writes its keys -> 2 InitWait
+//!   sees back end 2: grants the ring page(s),
+//!   allocates a port for <b>, writes its
+//!   keys, -> 3 Initialised (vbd, as Linux's
+//!   blkfront) or straight -> 4 Connected
+//!   (vif, as Linux's netfront)
+//!                                               sees front end 3 or 4: reads
+//!                                               the keys, maps the ring(s),
+//!                                               binds the port -> 4 Connected
+//!                                               (6 Closed if it cannot use
+//!                                               what the front end named)
 //!   sees back end 4: -> 4 Connected
 //!
-//!   Closing (either end starts by writing 5 Closing):
-//!   front end sees back end 5: stops issuing requests, waits for the
-//!   outstanding responses, -> 5 Closing.
-//!   back end (Connected, or one that stopped serving a broken ring) sees
-//!   front end 5 or 6, its `state` gone, or any state but 3 or 4: finishes
-//!   the requests it took, unmaps the ring(s) and every page it kept
-//!   mapped (persistent grants), closes its port, -> 6 Closed. Both
-//!   directories stay (only a close the back end's side started, such as
-//!   dom0's `block-detach`, removes them).
+//!   The front end closes (writes 5 Closing, or any state but 3 and 4,
+//!   or removes its `state`):
+//!   back end (Connected, or one that stopped serving a broken ring):
+//!   finishes the requests it took, makes the writes durable, unmaps the
+//!   ring(s) and every page it kept mapped (persistent grants), closes its
+//!   port -> 6 Closed. Both directories stay.
 //!   front end sees back end 6: closes its port, revokes its grants (none
 //!   is still mapped now), -> 6 Closed.
 //!
+//!   The toolstack takes the device away (`block-detach`, `network-detach`):
+//!   back end writes online 0 and -> 5 Closing.
+//!   front end sees back end 5: stops issuing requests, closes its port,
+//!   -> 6 Closed.
+//!   back end sees front end 6 (or its `state` gone, or 5 seconds passed):
+//!   unmaps and closes as above, -> 6 Closed, and removes both directories.
+//!   A device that is not connected goes at once.
+//!
 //!   Reconnecting (after the front end closed, or after the back end
-//!   refused an offer it could not use with 6 Closed):
-//!   front end writes 1 Initialising (the value "1"; an absent `state`
-//!   is not a request to reconnect).
+//!   refused with 6 Closed):
+//!   front end writes 1 Initialising.
 //!   back end 6 sees front end 1: -> 2 InitWait. It reacts to nothing
-//!   else while Closed; in particular not to 3 Initialised.
-//!   front end sees back end 2: grants a (fresh) ring page, allocates a
-//!   port, writes ring-ref, event-channel -> 3 Initialised, and the
-//!   connection proceeds as the first one.
+//!   else while Closed; in particular not to 3 or 4.
+//!   front end sees back end 2: grants (fresh) ring pages, allocates a
+//!   port, writes its keys, and the connection proceeds as the first one.
 //! ```
 //!
-//! A back end takes one step per device each time it reads the store, and
-//! each step is bounded (one ring's pages and the persistent grants to
-//! unmap), so a front end that flaps between Closing and Initialising
-//! costs it no more than that front end's own store writes.
+//! A back end takes at most one step per device each time it reads the
+//! store, and each step is bounded (one ring's pages and the persistent
+//! grants to unmap), so a front end that flaps between Closing and
+//! Initialising costs it no more than that front end's own store writes.
 //!
-//! Defaults when a key is absent: a missing `state` reads as Initialising
-//! (the other end has not started), except that an end that has seen its
-//! peer in any later state and then finds `state` (or the whole directory)
-//! gone treats the peer as Closed; a `state` value that does not parse is
-//! read as Closed, the safe reading ([`DeviceState::from_key`]). Missing
-//! optional keys take the defaults listed above; a missing required key
-//! (`ring-ref`, `event-channel`, `sectors`) after the peer said it was ready
-//! means the peer is broken: write Closing.
+//! Readings ([`XenbusState::from_key`]): an absent `state` is
+//! [`XenbusState::Unknown`] (0): not started, or, for an end that has
+//! seen its peer past Initialising, gone (Closed). A value that does not
+//! parse reads as Closed. 7 Reconfiguring and 8 Reconfigured are not used
+//! by these classes: a back end offering a device refuses a front end
+//! that writes them (6 Closed), and one that is connected closes. A
+//! missing or malformed required key (`ring-ref`, `tx-ring-ref`,
+//! `rx-ring-ref`, `event-channel`) when the front end says it is ready
+//! is refused the same way. Persistent grants are used only when both
+//! ends write `feature-persistent` = 1; without the front end's, dom0
+//! copies every transfer and keeps no page mapped.
+//!
+//! [`XenbusState`]: crate::xen::io::xenbus::XenbusState
+//! [`XenbusState::from_key`]: crate::xen::io::xenbus::XenbusState::from_key
+//! [`XenbusState::Unknown`]: crate::xen::io::xenbus::XenbusState::Unknown
 
 use crate::xen::errno::Errno;
 use crate::xen::io::store::XENSTORE_PAYLOAD_MAX;
@@ -373,93 +413,6 @@ impl Access {
     }
 }
 
-/// The state each end of a split device publishes in its `state` key
-/// (decimal text). See the module docs for the diagram.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceState {
-    /// The directory exists; this end has not started.
-    Initialising = 1,
-    /// Back end: its parameters are published; waiting for the front end.
-    InitWait = 2,
-    /// Front end: ring-ref and event-channel are published.
-    Initialised = 3,
-    /// Requests may flow.
-    Connected = 4,
-    /// This end asks to close, or acknowledges the peer's request.
-    Closing = 5,
-    /// This end has released everything it held for the device.
-    Closed = 6,
-}
-
-impl DeviceState {
-    /// Every state, for decoding and tests.
-    pub const ALL: [DeviceState; 6] = [
-        DeviceState::Initialising,
-        DeviceState::InitWait,
-        DeviceState::Initialised,
-        DeviceState::Connected,
-        DeviceState::Closing,
-        DeviceState::Closed,
-    ];
-
-    /// Decodes a state number.
-    pub fn from_number(number: u32) -> Option<DeviceState> {
-        DeviceState::ALL.iter().copied().find(|state| *state as u32 == number)
-    }
-
-    /// The value to write to a `state` key.
-    pub const fn as_value(self) -> &'static str {
-        match self {
-            DeviceState::Initialising => "1",
-            DeviceState::InitWait => "2",
-            DeviceState::Initialised => "3",
-            DeviceState::Connected => "4",
-            DeviceState::Closing => "5",
-            DeviceState::Closed => "6",
-        }
-    }
-
-    /// Decodes a `state` value; `None` if it is not one.
-    pub fn from_value(value: &[u8]) -> Option<DeviceState> {
-        parse_decimal(value).and_then(DeviceState::from_number)
-    }
-
-    /// The reading of a peer's `state` key under the default rules: absent
-    /// is Initialising, unparseable is Closed. (An end that has seen its
-    /// peer past Initialising reads a later absence as Closed itself.)
-    pub fn from_key(value: Option<&[u8]>) -> DeviceState {
-        match value {
-            None => DeviceState::Initialising,
-            Some(value) => DeviceState::from_value(value).unwrap_or(DeviceState::Closed),
-        }
-    }
-}
-
-/// Key names of the device directories (see the module docs).
-pub mod keys {
-    /// Both ends: the [`super::DeviceState`].
-    pub const STATE: &str = "state";
-    /// Front end: absolute path of the back-end directory.
-    pub const BACKEND: &str = "backend";
-    /// Front end: the back end's domain id; absent = 0.
-    pub const BACKEND_ID: &str = "backend-id";
-    /// Front end: grant reference of the ring page.
-    pub const RING_REF: &str = "ring-ref";
-    /// Front end: the port the front end allocated for the back end.
-    pub const EVENT_CHANNEL: &str = "event-channel";
-    /// Back end: absolute path of the front-end directory.
-    pub const FRONTEND: &str = "frontend";
-    /// Back end: the front end's domain id.
-    pub const FRONTEND_ID: &str = "frontend-id";
-    /// Back end (vbd): disk size in sectors.
-    pub const SECTORS: &str = "sectors";
-    /// Back end (vbd): bytes per sector; absent = 512.
-    pub const SECTOR_SIZE: &str = "sector-size";
-    /// Back end (vbd): `r` or `w`; absent = `w`.
-    pub const MODE: &str = "mode";
-}
-
 /// Parses a decimal number as stored in values: 1 to 10 ASCII digits, no
 /// sign, no spaces, at most `u32::MAX`.
 pub fn parse_decimal(text: &[u8]) -> Option<u32> {
@@ -523,18 +476,6 @@ mod tests {
         assert_eq!(Access::from_letter(b'x'), None);
         assert!(Access::Both.can_read() && Access::Both.can_write());
         assert!(!Access::Write.can_read() && !Access::Read.can_write());
-    }
-
-    #[test]
-    fn device_states_and_defaults() {
-        for state in DeviceState::ALL {
-            assert_eq!(DeviceState::from_value(state.as_value().as_bytes()), Some(state));
-        }
-        assert_eq!(DeviceState::from_key(None), DeviceState::Initialising);
-        assert_eq!(DeviceState::from_key(Some(b"4")), DeviceState::Connected);
-        assert_eq!(DeviceState::from_key(Some(b"7")), DeviceState::Closed);
-        assert_eq!(DeviceState::from_key(Some(b"four")), DeviceState::Closed);
-        assert_eq!(DeviceState::from_key(Some(b"")), DeviceState::Closed);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! moves the data between the physical disk and the guest's granted pages,
 //! and answers.
 //!
-//! Grants are kept mapped once used (persistent grants: the front end
-//! reuses the same pages), so the disk's PIO transfers land in the guest's
+//! Grants are kept mapped once used when the front end said it reuses the
+//! same pages (`feature-persistent`: persistent grants), so the disk's PIO transfers land in the guest's
 //! page with no copy. At most [`PERSISTENT_GRANTS`] per guest, within its
 //! share of dom0's foreign window (`dom0core::window`): when that budget is
 //! spent, or a grant cannot be mapped as needed, the data goes through a
@@ -86,7 +86,9 @@ impl BlockBackend {
             // A read-only mapping does not serve a transfer into the guest.
             return (mapped_writable || !writable).then(|| address(slot));
         }
-        if self.mapped.is_full() || grant as usize >= abi::grant::ENTRIES {
+        // Only a front end that keeps its grants for reuse (it wrote
+        // `feature-persistent`) has its pages kept mapped.
+        if !self.persistent || self.mapped.is_full() || grant as usize >= abi::grant::ENTRIES {
             return None;
         }
         // Refused once the guest's budget of persistent grants is spent.

@@ -250,7 +250,7 @@ fn populate_and_load(
     start_info.store_port = control.connect_store(id, STORE_PAGE).map_err(step("connect store"))?;
     start_info.store_page = STORE_PAGE;
     if let Some(sectors) = request.block_sectors {
-        // The front end connects through the store (device/vbd/0); the page
+        // The front end connects through the store (device/vbd/51712); the page
         // is reserved for its ring, the size is only informational.
         start_info.block_ring = BLOCK_RING;
         start_info.block_sectors = sectors;

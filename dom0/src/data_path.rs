@@ -133,6 +133,9 @@ pub struct BlockBackend {
     pub service_tsc: u64,
     /// Set when the front end broke the protocol; the ring is no longer read.
     pub broken: Option<&'static str>,
+    /// The front end wrote `feature-persistent` = 1: dom0 may keep its
+    /// data pages mapped (`mapped`); without it every transfer is a copy.
+    pub persistent: bool,
     /// Grants dom0 keeps mapped (persistent grants): (grant, writable,
     /// window slot). The disk reads and writes them in place.
     pub mapped: ArrayVec<(u32, bool, usize), { crate::blkback::PERSISTENT_GRANTS }>,

@@ -212,19 +212,13 @@ impl Shell {
             // Front ends move through the handshake by writing the store.
             if self.toolstack.service_store() {
                 busy = true;
-                self.toolstack.follow_disk_fronts(&mut self.console);
-                self.toolstack.advance_handshakes(&mut self.console);
-                self.toolstack.follow_vif_fronts(&mut self.console);
-                self.toolstack.advance_vif_handshakes(&mut self.console);
-                self.toolstack.finish_vif_detaches(&mut self.console);
-                self.toolstack.finish_disk_detaches(&mut self.console);
+                self.toolstack.follow_devices(&mut self.console);
             }
             let now = rdtsc();
             if now >= next_reap {
                 next_reap = now + reap_interval;
                 // Detaches whose front end never answers end on time too.
-                self.toolstack.finish_vif_detaches(&mut self.console);
-                self.toolstack.finish_disk_detaches(&mut self.console);
+                self.toolstack.follow_devices(&mut self.console);
                 if self.toolstack.reap(&mut self.console) && self.toolstack.attached.is_none() {
                     self.prompt();
                     let line = self.editor.line();

@@ -2113,9 +2113,9 @@ impl Default for MessageAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi::store::DeviceState;
     use abi::xen::io::store::XsdSockmsgType as T;
     use abi::xen::io::store::xsd_error_from_payload;
+    use abi::xen::io::xenbus::XenbusState;
     use std::collections::BTreeMap;
     use std::string::{String, ToString};
     use std::vec::Vec;
@@ -3239,17 +3239,17 @@ mod tests {
         /// Its own directory and its peer's, absolute.
         own: String,
         peer: String,
-        seen_peer: DeviceState,
+        seen_peer: XenbusState,
     }
 
     impl End {
-        fn state(&self, store: &mut Small, path: &str) -> DeviceState {
+        fn state(&self, store: &mut Small, path: &str) -> XenbusState {
             let value = call(store, self.domain, T::Read, &[&format!("{path}/state")]);
-            DeviceState::from_key(value.ok().as_ref().map(|fields| fields[0].as_bytes()))
+            XenbusState::from_key(value.ok().as_ref().map(|fields| fields[0].as_bytes()))
         }
 
-        fn set(&self, store: &mut Small, state: DeviceState) {
-            call(store, self.domain, T::Write, &[&format!("{}/state", self.own), state.as_value()]).unwrap();
+        fn set(&self, store: &mut Small, state: XenbusState) {
+            call(store, self.domain, T::Write, &[&format!("{}/state", self.own), state.format()]).unwrap();
         }
 
         fn read(&self, store: &mut Small, key: &str) -> u32 {
@@ -3263,8 +3263,8 @@ mod tests {
         let mut store = small();
         let store = &mut *store;
         let guest = 5;
-        let front_dir = "/local/domain/5/device/vbd/0";
-        let back_dir = "/local/domain/0/backend/vbd/5/0";
+        let front_dir = "/local/domain/5/device/vbd/51712";
+        let back_dir = "/local/domain/0/backend/vbd/5/51712";
         // The toolstack: the guest's home, both directories, permissions
         // first so that the keys inherit them.
         store.introduce_domain(guest, Quota::GUEST).unwrap();
@@ -3274,35 +3274,35 @@ mod tests {
         store.set_permissions(DOM0, front_dir, &front_permissions).unwrap();
         store.write(DOM0, &format!("{front_dir}/backend"), back_dir).unwrap();
         store.write(DOM0, &format!("{front_dir}/backend-id"), "0").unwrap();
-        store.write(DOM0, &format!("{front_dir}/state"), DeviceState::Initialising.as_value()).unwrap();
+        store.write(DOM0, &format!("{front_dir}/state"), XenbusState::Initialising.format()).unwrap();
         store.mkdir(DOM0, back_dir).unwrap();
         let mut back_permissions = Permissions::owned_by(DOM0);
         back_permissions.grant(guest, Access::Read).unwrap();
         store.set_permissions(DOM0, back_dir, &back_permissions).unwrap();
         store.write(DOM0, &format!("{back_dir}/frontend"), front_dir).unwrap();
         store.write(DOM0, &format!("{back_dir}/frontend-id"), "5").unwrap();
-        store.write(DOM0, &format!("{back_dir}/state"), DeviceState::Initialising.as_value()).unwrap();
+        store.write(DOM0, &format!("{back_dir}/state"), XenbusState::Initialising.format()).unwrap();
 
         // The front end finds its back end through its own directory.
-        let found = call(store, guest, T::Read, &["device/vbd/0/backend"]).unwrap();
+        let found = call(store, guest, T::Read, &["device/vbd/51712/backend"]).unwrap();
         let mut front = End {
             domain: guest,
             own: front_dir.to_string(),
             peer: found[0].clone(),
-            seen_peer: DeviceState::Initialising,
+            seen_peer: XenbusState::Initialising,
         };
         let mut back = End {
             domain: DOM0,
             own: back_dir.to_string(),
             peer: front_dir.to_string(),
-            seen_peer: DeviceState::Initialising,
+            seen_peer: XenbusState::Initialising,
         };
         call(store, guest, T::Watch, &[&format!("{}/state", front.peer), "backend-state"]).unwrap();
         call(store, DOM0, T::Watch, &[&format!("{}/state", back.peer), "frontend-state"]).unwrap();
 
         // The back end publishes its parameters and waits.
         call(store, DOM0, T::Write, &[&format!("{back_dir}/sectors"), "2048"]).unwrap();
-        back.set(store, DeviceState::InitWait);
+        back.set(store, XenbusState::InitWait);
 
         let mut mapped = None;
         for _round in 0..10 {
@@ -3311,15 +3311,15 @@ mod tests {
                 let peer = front.state(store, &front.peer.clone());
                 let own = front.state(store, &front.own.clone());
                 match (own, peer) {
-                    (DeviceState::Initialising, DeviceState::InitWait) => {
+                    (XenbusState::Initialising, XenbusState::InitWait) => {
                         assert_eq!(front.read(store, "sectors"), 2048);
-                        call(store, guest, T::Write, &["device/vbd/0/ring-ref", "8"]).unwrap();
-                        call(store, guest, T::Write, &["device/vbd/0/event-channel", "3"]).unwrap();
-                        front.set(store, DeviceState::Initialised);
+                        call(store, guest, T::Write, &["device/vbd/51712/ring-ref", "8"]).unwrap();
+                        call(store, guest, T::Write, &["device/vbd/51712/event-channel", "3"]).unwrap();
+                        front.set(store, XenbusState::Initialised);
                     }
-                    (DeviceState::Initialised, DeviceState::Connected) => front.set(store, DeviceState::Connected),
-                    (DeviceState::Connected, DeviceState::Closing) => front.set(store, DeviceState::Closing),
-                    (DeviceState::Closing, DeviceState::Closed) => front.set(store, DeviceState::Closed),
+                    (XenbusState::Initialised, XenbusState::Connected) => front.set(store, XenbusState::Connected),
+                    (XenbusState::Connected, XenbusState::Closing) => front.set(store, XenbusState::Closing),
+                    (XenbusState::Closing, XenbusState::Closed) => front.set(store, XenbusState::Closed),
                     _ => {}
                 }
                 front.seen_peer = peer;
@@ -3329,43 +3329,43 @@ mod tests {
                 let peer = back.state(store, &back.peer.clone());
                 let own = back.state(store, &back.own.clone());
                 match (own, peer) {
-                    (DeviceState::InitWait, DeviceState::Initialised) => {
+                    (XenbusState::InitWait, XenbusState::Initialised) => {
                         mapped = Some((back.read(store, "ring-ref"), back.read(store, "event-channel")));
-                        back.set(store, DeviceState::Connected);
+                        back.set(store, XenbusState::Connected);
                     }
-                    (DeviceState::Connected, DeviceState::Closing) => back.set(store, DeviceState::Closed),
+                    (XenbusState::Connected, XenbusState::Closing) => back.set(store, XenbusState::Closed),
                     _ => {}
                 }
                 back.seen_peer = peer;
             }
         }
         assert_eq!(mapped, Some((8, 3)));
-        assert_eq!(front.state(store, front_dir), DeviceState::Connected);
-        assert_eq!(back.state(store, back_dir), DeviceState::Connected);
-        assert_eq!((front.seen_peer, back.seen_peer), (DeviceState::Connected, DeviceState::Connected));
+        assert_eq!(front.state(store, front_dir), XenbusState::Connected);
+        assert_eq!(back.state(store, back_dir), XenbusState::Connected);
+        assert_eq!((front.seen_peer, back.seen_peer), (XenbusState::Connected, XenbusState::Connected));
         // The guest cannot move the back end's state.
         assert_eq!(call(store, guest, T::Write, &[&format!("{back_dir}/state"), "6"]), Err(Errno::Eacces));
 
         // The front end closes; both reach Closed.
-        front.set(store, DeviceState::Closing);
+        front.set(store, XenbusState::Closing);
         for _round in 0..10 {
             for _ in events(store, DOM0) {
-                if back.state(store, front_dir) == DeviceState::Closing
-                    && back.state(store, back_dir) == DeviceState::Connected
+                if back.state(store, front_dir) == XenbusState::Closing
+                    && back.state(store, back_dir) == XenbusState::Connected
                 {
-                    back.set(store, DeviceState::Closed);
+                    back.set(store, XenbusState::Closed);
                 }
             }
             for _ in events(store, guest) {
-                if front.state(store, back_dir) == DeviceState::Closed
-                    && front.state(store, front_dir) == DeviceState::Closing
+                if front.state(store, back_dir) == XenbusState::Closed
+                    && front.state(store, front_dir) == XenbusState::Closing
                 {
-                    front.set(store, DeviceState::Closed);
+                    front.set(store, XenbusState::Closed);
                 }
             }
         }
-        assert_eq!(front.state(store, front_dir), DeviceState::Closed);
-        assert_eq!(back.state(store, back_dir), DeviceState::Closed);
+        assert_eq!(front.state(store, front_dir), XenbusState::Closed);
+        assert_eq!(back.state(store, back_dir), XenbusState::Closed);
 
         // The guest is destroyed: the back end's watch fires and the key is gone.
         store.remove_domain(guest).unwrap();

@@ -14,7 +14,7 @@ use arrayvec::{ArrayString, ArrayVec};
 use dom0core::builder::{self, BuildRequest, DomainControl};
 use dom0core::config::{GuestConfig, OnCrash};
 use dom0core::cpu_list::{self, CpuList, Cpus};
-use dom0core::device_link::{self, Link, Step};
+use dom0core::device_link::{self, Class, Link, Offer, Published, Step};
 use dom0core::tar::{Archive, EntryKind};
 use dom0core::window::Use;
 use pv_drivers::console::ConsoleRing;
@@ -22,8 +22,7 @@ use pv_drivers::hypercall;
 
 use crate::data_path::{self, BlockBackend, DATA, Lock, Notice, UPLINK};
 use crate::uart::Uart;
-use abi::store::Access;
-use abi::store::{DeviceState, keys, parse_decimal};
+use abi::xen::io::xenbus::XenbusState;
 use dom0core::block_backend::Region;
 use dom0core::store::{DefaultStore, MESSAGE_MAX, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
@@ -78,144 +77,6 @@ fn decimal(n: u64) -> ArrayString<20> {
     text
 }
 
-/// Where dom0 keeps the back-end sides of all of guest `id`'s devices of
-/// `kind` (`vbd`, `vif`).
-fn backend_directory(kind: &str, id: DomainId) -> ArrayString<64> {
-    let mut path = ArrayString::new();
-    let _ = write!(path, "/local/domain/0/backend/{kind}/{id}");
-    path
-}
-
-/// Where dom0 keeps the back-end side of guest `id`'s first vif.
-fn vif_backend_path(id: DomainId) -> ArrayString<64> {
-    let mut path = ArrayString::new();
-    let _ = write!(path, "/local/domain/0/backend/vif/{id}/0");
-    path
-}
-
-/// Publishes guest `id`'s vif 0 in the store: the back-end directory (read
-/// by the guest only) with the MAC and features, state InitWait, and the
-/// front-end directory with the MAC, state Initialising (`abi::net`).
-fn publish_vif(store_tree: &mut DefaultStore, id: DomainId, mac: [u8; 6]) {
-    let backend = vif_backend_path(id);
-    let key = |name: &str| {
-        let mut path: ArrayString<96> = ArrayString::new();
-        let _ = write!(path, "{backend}/{name}");
-        path
-    };
-    let front = |name: &str| {
-        let mut path: ArrayString<96> = ArrayString::new();
-        let _ = write!(path, "/local/domain/{id}/device/vif/0/{name}");
-        path
-    };
-    let mut text = [0u8; 17];
-    let mac_text = abi::net::format_mac(mac, &mut text);
-    let mut readable = Permissions::owned_by(abi::DOM0);
-    let _ = readable.grant(id, Access::Read);
-    let _ = store_tree.mkdir(abi::DOM0, &backend);
-    let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
-    let mut frontend: ArrayString<96> = ArrayString::new();
-    let _ = write!(frontend, "/local/domain/{id}/device/vif/0");
-    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &frontend);
-    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
-    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MAC), mac_text);
-    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_RX_COPY), "1");
-    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_SG), "0");
-    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::FEATURE_CSUM_OFFLOAD), "0");
-    let _ = store_tree.write(abi::DOM0, &key(abi::net::keys::MTU), &decimal(abi::net::MTU as u64));
-    let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
-    let _ = store_tree.write(abi::DOM0, &front("backend"), &backend);
-    let _ = store_tree.write(abi::DOM0, &front("backend-id"), "0");
-    let _ = store_tree.write(abi::DOM0, &front(abi::net::keys::MAC), mac_text);
-    let _ = store_tree.write(abi::DOM0, &front(keys::STATE), DeviceState::Initialising.as_value());
-}
-
-/// What guest `id`'s front end of device `<kind>/0` published, once it
-/// says Initialised (None before): the decimal values of `names`, in
-/// order, each None when absent or malformed.
-fn initialised_front<const N: usize>(
-    store_tree: &DefaultStore,
-    id: DomainId,
-    kind: &str,
-    names: [&str; N],
-) -> Option<[Option<u32>; N]> {
-    let front = |key: &str| {
-        let mut path: ArrayString<96> = ArrayString::new();
-        let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{key}");
-        path
-    };
-    let state = DeviceState::from_key(store_tree.read(abi::DOM0, &front(keys::STATE)).ok().map(str::as_bytes));
-    (state == DeviceState::Initialised).then(|| {
-        names.map(|key| store_tree.read(abi::DOM0, &front(key)).ok().and_then(|v| parse_decimal(v.as_bytes())))
-    })
-}
-
-/// Publishes guest `id`'s disk 0 in the store: the back-end directory
-/// (read by the guest only) with its size and mode, state InitWait, and the
-/// front-end directory, state Initialising (`abi::block`, `abi::store`).
-fn publish_vbd(store_tree: &mut DefaultStore, id: DomainId, region: Region) {
-    let backend = backend_path(id);
-    let key = |name: &str| {
-        let mut path: ArrayString<96> = ArrayString::new();
-        let _ = write!(path, "{backend}/{name}");
-        path
-    };
-    let front = |name: &str| {
-        let mut path: ArrayString<96> = ArrayString::new();
-        let _ = write!(path, "/local/domain/{id}/device/vbd/0/{name}");
-        path
-    };
-    // Permissions first: nodes created below inherit them.
-    let mut readable = Permissions::owned_by(abi::DOM0);
-    let _ = readable.grant(id, Access::Read);
-    let _ = store_tree.mkdir(abi::DOM0, &backend);
-    let _ = store_tree.set_permissions(abi::DOM0, &backend, &readable);
-    let mut frontend: ArrayString<96> = ArrayString::new();
-    let _ = write!(frontend, "/local/domain/{id}/device/vbd/0");
-    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND), &frontend);
-    let _ = store_tree.write(abi::DOM0, &key(keys::FRONTEND_ID), &decimal(id as u64));
-    let _ = store_tree.write(abi::DOM0, &key(keys::SECTORS), &decimal(region.sectors));
-    let _ = store_tree.write(abi::DOM0, &key(keys::MODE), if region.readonly { "r" } else { "w" });
-    let _ = store_tree.write(abi::DOM0, &key(keys::STATE), DeviceState::InitWait.as_value());
-    let _ = store_tree.write(abi::DOM0, &front("backend"), &backend);
-    let _ = store_tree.write(abi::DOM0, &front("backend-id"), "0");
-    let _ = store_tree.write(abi::DOM0, &front(keys::STATE), DeviceState::Initialising.as_value());
-}
-
-/// Removes guest `id`'s disk 0 from the store (both directories).
-fn unpublish_vbd(store_tree: &mut DefaultStore, id: DomainId) {
-    let _ = store_tree.remove(abi::DOM0, &backend_directory("vbd", id));
-    let mut frontend: ArrayString<96> = ArrayString::new();
-    let _ = write!(frontend, "/local/domain/{id}/device/vbd/0");
-    let _ = store_tree.remove(abi::DOM0, &frontend);
-}
-
-/// Sets the back-end `state` of guest `id`'s device `<kind>/0`.
-fn write_backend_state(store_tree: &mut DefaultStore, kind: &str, id: DomainId, state: DeviceState) {
-    let mut path: ArrayString<96> = ArrayString::new();
-    let _ = write!(path, "/local/domain/0/backend/{kind}/{id}/0/{}", keys::STATE);
-    let _ = store_tree.write(abi::DOM0, &path, state.as_value());
-}
-
-/// Whether a device `<kind>/0` of guest `id` that dom0 asked to close at
-/// TSC `since` may go now: `Some(timed_out)` once its front end says Closed
-/// or `timeout` ticks have passed.
-fn detach_ready(id: DomainId, kind: &str, since: u64, timeout: u64) -> Option<bool> {
-    let mut path: ArrayString<96> = ArrayString::new();
-    let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{}", keys::STATE);
-    let state = DeviceState::from_key(STORE.lock().read(abi::DOM0, &path).ok().map(str::as_bytes));
-    let timed_out = rdtsc().wrapping_sub(since) > timeout;
-    (state == DeviceState::Closed || timed_out).then_some(timed_out)
-}
-
-/// The `state` guest `id`'s front end of device `<kind>/0` wrote (None
-/// when the node or its directory is absent).
-fn front_state(store_tree: &DefaultStore, id: DomainId, kind: &str) -> Option<DeviceState> {
-    let mut path: ArrayString<96> = ArrayString::new();
-    let _ = write!(path, "/local/domain/{id}/device/{kind}/0/{}", keys::STATE);
-    store_tree.read(abi::DOM0, &path).ok().map(|value| DeviceState::from_key(Some(value.as_bytes())))
-}
-
 /// Lets go of a disk's connection, taken out of `DATA` (the caller holds
 /// no lock but the store's): makes the writes durable, closes the event
 /// channel (unless dom0 closed it when the ring broke), unmaps the ring
@@ -235,19 +96,6 @@ fn release_block(block: BlockBackend) {
     }
 }
 
-/// The event port of guest `id`'s connected disk (None when none is).
-fn block_port(id: DomainId) -> Option<u32> {
-    DATA.lock().guest(id).and_then(|d| d.block.as_ref()).map(|block| block.port)
-}
-
-/// Guest `id`'s vif as the data paths hold it: the event port of a
-/// connected one, and whether one broke.
-fn vif_link(id: DomainId) -> (Option<u32>, bool) {
-    let data = DATA.lock();
-    let devices = data.guest(id);
-    (devices.and_then(|d| d.net.as_ref()).map(|net| net.port), devices.is_some_and(|d| d.broken_vif.is_some()))
-}
-
 /// Lets go of a vif's connection, taken out of `DATA`: closes the event
 /// channel, unmaps both ring pages (so the guest can revoke them) and
 /// returns their window pages. (The caller takes the vif off the switch.)
@@ -264,23 +112,215 @@ fn unmap_slot(slot: usize) {
     WINDOW.lock().release(slot);
 }
 
-/// Removes guest `id`'s vif 0 from the store (both directories; the
-/// back-end side's per-guest directory too, vif 0 being its only entry).
-fn unpublish_vif(store_tree: &mut DefaultStore, id: DomainId) {
-    let _ = store_tree.remove(abi::DOM0, &backend_directory("vif", id));
-    let mut frontend: ArrayString<96> = ArrayString::new();
-    let _ = write!(frontend, "/local/domain/{id}/device/vif/0");
-    let _ = store_tree.remove(abi::DOM0, &frontend);
-}
-
-/// Seconds a front end has to let go of a vif being detached.
+/// Seconds a front end has to let go of a device being detached.
 const DETACH_TIMEOUT_SECONDS: u64 = 5;
 
-/// Where dom0 keeps the back-end side of guest `id`'s first disk.
-fn backend_path(id: DomainId) -> ArrayString<64> {
-    let mut path = ArrayString::new();
-    let _ = write!(path, "/local/domain/0/backend/vbd/{id}/0");
-    path
+/// What backs a guest's device, whatever its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A region of a physical disk (its index in `DataPath::disks`).
+    Disk { disk: usize, region: Region },
+    /// A port of the switch, locked to this MAC.
+    Vif { mac: [u8; 6] },
+}
+
+impl Backing {
+    fn class(self) -> Class {
+        self.offer().class()
+    }
+
+    /// What the store offers the front end.
+    fn offer(self) -> Offer {
+        match self {
+            Backing::Disk { region, .. } => Offer::Disk { sectors: region.sectors, readonly: region.readonly },
+            Backing::Vif { mac } => Offer::Vif { mac },
+        }
+    }
+}
+
+/// Where a guest's device is in `device_link`'s machine, as the toolstack
+/// keeps it (whether a live one is connected or broken, the data paths say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Offered (back end InitWait).
+    Offered,
+    /// Connected, in `DATA` (possibly broken since).
+    Live,
+    /// Back end Closed, nothing mapped.
+    Closed,
+    /// The operator detaches it (back end Closing) since this TSC.
+    Detaching { since: u64 },
+}
+
+/// A guest's device of one class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub backing: Backing,
+    pub phase: Phase,
+}
+
+/// The `device_link::Link` of guest `id`'s `device`.
+fn link_of(id: DomainId, device: &Device) -> Link {
+    match device.phase {
+        Phase::Offered => Link::Offered,
+        Phase::Closed => Link::Closed,
+        Phase::Detaching { .. } => Link::Detaching,
+        Phase::Live => match live_port(id, device.backing.class()) {
+            Some((_, false)) => Link::Connected,
+            Some((_, true)) => Link::Broken,
+            None => Link::Closed,
+        },
+    }
+}
+
+/// The event port of guest `id`'s connected device of `class`, and whether
+/// its ring broke (then the port may be closed already); None when the
+/// data paths hold none.
+fn live_port(id: DomainId, class: Class) -> Option<(u32, bool)> {
+    let data = DATA.lock();
+    let devices = data.guest(id)?;
+    match class {
+        Class::Vbd => devices.block.as_ref().map(|block| (block.port, block.broken.is_some())),
+        Class::Vif => match (&devices.net, devices.broken_vif) {
+            (Some(net), _) => Some((net.port, false)),
+            (None, Some(_)) => Some((0, true)),
+            (None, None) => None,
+        },
+    }
+}
+
+/// Lets go of whatever the data paths hold of guest `id`'s device of
+/// `class` (connected or broken): makes a disk's writes durable, closes
+/// the port, takes a vif off the switch, unmaps the rings and persistent
+/// grants (so the guest can revoke them) and returns their window pages.
+/// Bounded: one device's rings and at most `PERSISTENT_GRANTS` pages.
+fn release_device(id: DomainId, class: Class) {
+    match class {
+        Class::Vbd => {
+            let block = DATA.lock().guest_mut(id).and_then(|d| d.block.take());
+            if let Some(block) = block {
+                release_block(block);
+            }
+        }
+        Class::Vif => {
+            let (net, broken_vif) = {
+                let mut data = DATA.lock();
+                let taken = data.guest_mut(id).map_or((None, None), |d| (d.net.take(), d.broken_vif.take()));
+                if taken.0.is_some() {
+                    data.switch.remove_port(id as PortId);
+                }
+                taken
+            };
+            if let Some(net) = net {
+                release_net(net);
+            }
+            if let Some((slots, _, _)) = broken_vif {
+                // Its port was closed and it left the switch when it broke.
+                for slot in slots {
+                    unmap_slot(slot);
+                }
+            }
+        }
+    }
+}
+
+/// Connects guest `id`'s disk: maps the ring page the front end granted,
+/// binds its port and hands the back end to the data paths. False (nothing
+/// left mapped or bound) when anything it named is unusable.
+fn connect_disk(id: DomainId, disk: usize, region: Region, published: &Published) -> bool {
+    let Some(slot) = WINDOW.lock().take(id, Use::Ring) else { return false };
+    let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+    let mapped = hypercall::grant_map(id, published.grants[0], address, true);
+    let bound = mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, published.port as u64));
+    let Ok(dom0_port) = bound else {
+        if mapped.is_ok() {
+            let _ = hypercall::grant_unmap(address);
+        }
+        WINDOW.lock().release(slot);
+        return false;
+    };
+    // SAFETY: hv just mapped the guest's granted ring page read-write at
+    // this identity-mapped address; dom0 keeps it mapped until it releases
+    // the device or the guest is destroyed.
+    let ring = unsafe { BlockBack::attach(address as *mut u8) };
+    let block = BlockBackend {
+        ring,
+        port: dom0_port as u32,
+        slot,
+        disk,
+        region,
+        requests: 0,
+        service_tsc: 0,
+        broken: None,
+        persistent: published.persistent,
+        mapped: ArrayVec::new(),
+        mapped_by_grant: [0; abi::grant::ENTRIES],
+    };
+    if let Some(devices) = DATA.lock().guest_mut(id) {
+        devices.block = Some(block);
+    }
+    // Served from now on (on the data-path vCPU, if dom0 has one, which its
+    // port then notifies).
+    data_path::adopt(dom0_port as u32);
+    let _ = hypercall::notify(dom0_port as u32);
+    true
+}
+
+/// Connects guest `id`'s vif: locks its switch port to `mac`, maps both
+/// ring pages, binds the port and hands the back end to the data paths.
+/// False (nothing left mapped, bound or on the switch) when anything it
+/// named is unusable.
+fn connect_vif(id: DomainId, mac: [u8; 6], published: &Published) -> bool {
+    // The vif may send from its MAC only, and frames to it come here.
+    if DATA.lock().switch.add_static(id as PortId, mac).is_err() {
+        return false;
+    }
+    let tx_slot = WINDOW.lock().take(id, Use::Ring);
+    let rx_slot = WINDOW.lock().take(id, Use::Ring);
+    let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
+    let (tx_mapped, rx_mapped, bound) = match (tx_slot, rx_slot) {
+        (Some(tx_slot), Some(rx_slot)) => {
+            let tx_mapped = hypercall::grant_map(id, published.grants[0], address(tx_slot), true);
+            let rx_mapped =
+                tx_mapped.and_then(|()| hypercall::grant_map(id, published.grants[1], address(rx_slot), true));
+            let bound =
+                rx_mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, published.port as u64));
+            (tx_mapped.is_ok(), rx_mapped.is_ok(), bound.ok())
+        }
+        _ => (false, false, None),
+    };
+    match (tx_slot, rx_slot, bound) {
+        (Some(tx_slot), Some(rx_slot), Some(dom0_port)) => {
+            // SAFETY: hv just mapped the guest's granted ring pages read-write
+            // at these identity-mapped addresses; dom0 keeps them mapped until
+            // it releases the device or the guest is destroyed.
+            let (tx, rx) = unsafe {
+                (
+                    pv_drivers::net::TxBack::attach(address(tx_slot) as *mut u8),
+                    pv_drivers::net::RxBack::attach(address(rx_slot) as *mut u8),
+                )
+            };
+            let net = NetBackend::new(tx, rx, dom0_port as u32, [tx_slot, rx_slot], mac);
+            if let Some(devices) = DATA.lock().guest_mut(id) {
+                devices.net = Some(net);
+            }
+            data_path::adopt(dom0_port as u32);
+            let _ = hypercall::notify(dom0_port as u32);
+            true
+        }
+        _ => {
+            for (slot, mapped) in [(tx_slot, tx_mapped), (rx_slot, rx_mapped)] {
+                if let Some(slot) = slot {
+                    if mapped {
+                        let _ = hypercall::grant_unmap(address(slot));
+                    }
+                    WINDOW.lock().release(slot);
+                }
+            }
+            DATA.lock().switch.remove_port(id as PortId);
+            false
+        }
+    }
 }
 
 fn rdtsc() -> u64 {
@@ -329,24 +369,10 @@ pub struct Guest {
     quick_restarts: u32,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
-    /// Its disk until the front end has connected: (physical disk, region).
-    pub pending_disk: Option<(usize, Region)>,
-    /// Its disk while the back end is Closed (the front end closed it, or
-    /// dom0 refused what it offered): nothing mapped; the front end writing
-    /// Initialising offers it again.
-    pub closed_disk: Option<(usize, Region)>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
-    /// Its vif's MAC until the front end has connected.
-    pub pending_vif: Option<[u8; 6]>,
-    /// Its vif's MAC while the back end is Closed (the front end closed
-    /// it, or dom0 refused what it offered): nothing mapped; the front end
-    /// writing Initialising offers it again.
-    pub closed_vif: Option<[u8; 6]>,
-    /// `network-detach` asked the connected vif to close at this TSC.
-    pub vif_closing: Option<u64>,
-    /// `block-detach` asked the connected disk to close at this TSC.
-    pub disk_closing: Option<u64>,
+    /// Its disk and its vif (indexed by `Class`), in whatever phase.
+    pub devices: [Option<Device>; 2],
 }
 
 /// A guest's connection to the store: its ring page (mapped in dom0), the
@@ -720,20 +746,21 @@ impl Toolstack {
             let _ = store_tree.write_read_only(&home("domid"), &decimal(id as u64), id);
             let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
             if let Some((_, region)) = disk {
-                publish_vbd(&mut store_tree, id, region);
+                device_link::publish(&mut *store_tree, id, Backing::Disk { disk: 0, region }.offer());
             }
             if let Some(mac) = vif.as_mut() {
                 if *mac == [0; 6] {
                     *mac = dom0core::net_backend::default_mac(id, 0);
                 }
-                publish_vif(&mut store_tree, id, *mac);
+                device_link::publish(&mut *store_tree, id, Offer::Vif { mac: *mac });
             }
         }
         if let Err(error) = hypercall::domctl(DomCtlOp::Unpause, id, 0, 0, 0) {
             let _ = writeln!(out, "dom0: create: {}: unpause failed: {}", config.name, error.describe());
             let _ = STORE.lock().remove_domain(id);
-            let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vbd", id));
-            let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vif", id));
+            for class in Class::ALL {
+                let _ = STORE.lock().remove(abi::DOM0, &device_link::back_class_directory(class, id));
+            }
             control.console = console;
             control.store = store;
             control.destroy(id);
@@ -751,13 +778,11 @@ impl Toolstack {
             created_at,
             quick_restarts: 0,
             create_to_first_output: None,
-            pending_disk: disk,
-            closed_disk: None,
             store,
-            pending_vif: vif,
-            closed_vif: None,
-            vif_closing: None,
-            disk_closing: None,
+            devices: [
+                disk.map(|(disk, region)| Device { backing: Backing::Disk { disk, region }, phase: Phase::Offered }),
+                vif.map(|mac| Device { backing: Backing::Vif { mac }, phase: Phase::Offered }),
+            ],
         });
         Some(id)
     }
@@ -775,8 +800,9 @@ impl Toolstack {
             release_slot(store.port, store.slot);
         }
         let _ = STORE.lock().remove_domain(guest.id);
-        let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vbd", guest.id));
-        let _ = STORE.lock().remove(abi::DOM0, &backend_directory("vif", guest.id));
+        for class in Class::ALL {
+            let _ = STORE.lock().remove(abi::DOM0, &device_link::back_class_directory(class, guest.id));
+        }
         // Out of the data paths (and off the switch) first: nothing serves
         // its back ends once they are taken.
         let devices = DATA.lock().remove_guest(guest.id);
@@ -1160,131 +1186,74 @@ impl Toolstack {
         moved
     }
 
-    /// Follows front ends that close their disk or reconnect it
-    /// (`abi::store`'s state diagram, `device_link`): a connected (or
-    /// broken) disk whose front end left Connected is let go of (as a
-    /// `block-detach` would, but the store directories stay) and answered
-    /// Closed; a Closed disk whose front end writes Initialising is offered
-    /// again (InitWait), and `advance_handshakes` connects it anew. One
-    /// step per guest per call, each bounded (a ring and at most
+    /// Moves every guest's disk and vif one step through `device_link`'s
+    /// machine (`abi::store`'s "Devices and the handshake"): connects a
+    /// device whose front end is ready (Initialised, or Connected as
+    /// Linux's netfront writes), lets go of one whose front end left
+    /// Connected (directories kept; answered Closed), offers a Closed one
+    /// again when its front end writes Initialising, and finishes a detach
+    /// once the front end says Closed (or went away, or the timeout
+    /// passed): released, Closed, both directories removed. One step per
+    /// device per call, each bounded (a device's rings and at most
     /// `PERSISTENT_GRANTS` pages to unmap), so a front end flapping
     /// Closing/Initialising costs dom0 no more than its own store writes.
-    pub fn follow_disk_fronts(&mut self, out: &mut Uart) {
+    pub fn follow_devices(&mut self, out: &mut Uart) {
+        let timeout = self.tsc_khz.max(1) * 1000 * DETACH_TIMEOUT_SECONDS;
         for guest in self.guests.iter_mut() {
-            if guest.disk_closing.is_some() {
-                // `block-detach` is under way: `finish_disk_detaches` ends it.
-                continue;
-            }
-            let id = guest.id;
-            // Some(broken) when connected.
-            let connected = DATA.lock().guest(id).and_then(|d| d.block.as_ref()).map(|block| block.broken.is_some());
-            let link = match (connected, guest.pending_disk, guest.closed_disk) {
-                (Some(true), _, _) => Link::Broken,
-                (Some(false), _, _) => Link::Connected,
-                (None, Some(_), _) => Link::Offered,
-                (None, None, Some(_)) => Link::Closed,
-                (None, None, None) => continue,
-            };
-            let mut store_tree = STORE.lock();
-            match device_link::next_step(link, front_state(&store_tree, id, "vbd")) {
-                Step::Stay | Step::Connect => {}
-                Step::Close => {
-                    let block = DATA.lock().guest_mut(id).and_then(|d| d.block.take());
-                    if let Some(block) = block {
-                        guest.closed_disk = Some((block.disk, block.region));
-                        release_block(block);
-                    }
-                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
-                    let _ = writeln!(out, "\ndom0: '{}': disk 0 closed by the front end", guest.config.name);
-                }
-                Step::Refuse => {
-                    guest.closed_disk = guest.pending_disk.take();
-                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
-                }
-                Step::Reoffer => {
-                    guest.pending_disk = guest.closed_disk.take();
-                    write_backend_state(&mut store_tree, "vbd", id, DeviceState::InitWait);
-                }
-            }
-        }
-    }
-
-    /// Connects disks whose front end reached Initialised in the store: maps
-    /// its granted ring page, binds its event port, and answers Connected.
-    /// A front end that names a bad grant or port is told Closed.
-    pub fn advance_handshakes(&mut self, out: &mut Uart) {
-        for guest in self.guests.iter_mut() {
-            let Some((disk, region)) = guest.pending_disk else { continue };
-            let id = guest.id;
-            let mut store_tree = STORE.lock();
-            let Some([ring_ref, port]) =
-                initialised_front(&store_tree, id, "vbd", [keys::RING_REF, keys::EVENT_CHANNEL])
-            else {
-                continue;
-            };
-            guest.pending_disk = None;
-            let window_slot = WINDOW.lock().take(id, Use::Ring);
-            let connected = match (ring_ref, port, window_slot) {
-                (Some(ring_ref), Some(port), Some(slot)) => {
-                    let address = FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-                    let mapped = hypercall::grant_map(id, ring_ref, address, true);
-                    let bound =
-                        mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
-                    match bound {
-                        Ok(dom0_port) => {
-                            // SAFETY: hv just mapped the guest's granted ring page
-                            // read-write at this identity-mapped address; dom0
-                            // keeps it mapped until the guest is destroyed.
-                            let ring = unsafe { BlockBack::attach(address as *mut u8) };
-                            let block = BlockBackend {
-                                ring,
-                                port: dom0_port as u32,
-                                slot,
-                                disk,
-                                region,
-                                requests: 0,
-                                service_tsc: 0,
-                                broken: None,
-                                mapped: ArrayVec::new(),
-                                mapped_by_grant: [0; abi::grant::ENTRIES],
-                            };
-                            if let Some(devices) = DATA.lock().guest_mut(id) {
-                                devices.block = Some(block);
-                            }
-                            // Served from now on (on the data-path vCPU, if
-                            // dom0 has one, which its port then notifies).
-                            data_path::adopt(dom0_port as u32);
-                            let _ = hypercall::notify(dom0_port as u32);
-                            true
-                        }
-                        Err(_) => {
-                            let _ = hypercall::grant_unmap(address);
-                            WINDOW.lock().release(slot);
-                            false
+            let (id, name) = (guest.id, guest.config.name);
+            for class in Class::ALL {
+                let Some(device) = guest.devices[class as usize] else { continue };
+                let noun = class.noun();
+                let timed_out =
+                    matches!(device.phase, Phase::Detaching { since } if rdtsc().wrapping_sub(since) > timeout);
+                let mut store_tree = STORE.lock();
+                let front = device_link::front_state(&*store_tree, class, id);
+                let (answer, phase) = match device_link::next_step(link_of(id, &device), front, timed_out) {
+                    Step::Stay => continue,
+                    Step::Connect => {
+                        let published = device_link::published(&*store_tree, class, id);
+                        let connected = published.is_some_and(|published| match device.backing {
+                            Backing::Disk { disk, region } => connect_disk(id, disk, region, &published),
+                            Backing::Vif { mac } => connect_vif(id, mac, &published),
+                        });
+                        if connected {
+                            (XenbusState::Connected, Some(Phase::Live))
+                        } else {
+                            // The front end may try again (Initialising).
+                            let _ =
+                                writeln!(out, "\ndom0: '{name}' offered a {noun} ring dom0 cannot use; {noun} closed");
+                            (XenbusState::Closed, Some(Phase::Closed))
                         }
                     }
-                }
-                (_, _, slot) => {
-                    if let Some(slot) = slot {
-                        WINDOW.lock().release(slot);
+                    Step::Close => {
+                        release_device(id, class);
+                        let _ = writeln!(out, "\ndom0: '{name}': {noun} 0 closed by the front end");
+                        (XenbusState::Closed, Some(Phase::Closed))
                     }
-                    false
+                    Step::Refuse => (XenbusState::Closed, Some(Phase::Closed)),
+                    Step::Reoffer => (XenbusState::InitWait, Some(Phase::Offered)),
+                    Step::Remove => {
+                        release_device(id, class);
+                        let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
+                        let _ = writeln!(out, "\ndom0: '{name}': {noun} 0 detached{how}");
+                        (XenbusState::Closed, None)
+                    }
+                };
+                device_link::write_back_state(&mut *store_tree, class, id, answer);
+                match phase {
+                    Some(phase) => guest.devices[class as usize] = Some(Device { phase, ..device }),
+                    None => {
+                        device_link::unpublish(&mut *store_tree, class, id);
+                        guest.devices[class as usize] = None;
+                    }
                 }
-            };
-            let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
-            write_backend_state(&mut store_tree, "vbd", id, answer);
-            if !connected {
-                // The front end may try again (Initialising).
-                guest.closed_disk = Some((disk, region));
-                let _ =
-                    writeln!(out, "\ndom0: '{}' offered a disk ring dom0 cannot use; disk closed", guest.config.name);
             }
         }
     }
 
     /// The physical disk and region a `disk` entry names, checked: the disk
-    /// exists, the region fits it, and no other guest's disk (connected or
-    /// waiting for its front end) overlaps it.
+    /// exists, the region fits it, and no other guest's disk (in any
+    /// phase) overlaps it.
     fn disk_region(&self, entry: &str) -> Result<(usize, Region), ArrayString<200>> {
         let mut message = ArrayString::new();
         let spec = match dom0core::disk_spec::parse(entry) {
@@ -1311,9 +1280,9 @@ impl Toolstack {
         let overlapping = self
             .guests
             .iter()
-            .filter_map(|g| {
-                let connected = data.guest(g.id).and_then(|d| d.block.as_ref()).map(|b| (b.disk, b.region));
-                connected.or(g.pending_disk).or(g.closed_disk)
+            .filter_map(|g| match g.devices[Class::Vbd as usize]?.backing {
+                Backing::Disk { disk, region } => Some((disk, region)),
+                Backing::Vif { .. } => None,
             })
             .any(|(disk, region)| {
                 disk == index && spec.start < region.start + region.sectors && region.start < spec.start + spec.sectors
@@ -1330,7 +1299,7 @@ impl Toolstack {
     pub fn block_attach(&mut self, index: usize, entry: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        if guest.pending_disk.is_some() || guest.closed_disk.is_some() || block_port(guest.id).is_some() {
+        if guest.devices[Class::Vbd as usize].is_some() {
             let _ = writeln!(out, "dom0: block-attach: '{name}' has a disk already (block-detach it first)");
             return;
         }
@@ -1341,59 +1310,52 @@ impl Toolstack {
                 return;
             }
         };
-        let id = guest.id;
-        publish_vbd(&mut STORE.lock(), id, region);
-        self.guests[index].pending_disk = Some((disk, region));
+        self.offer(index, Backing::Disk { disk, region });
         let _ = writeln!(out, "dom0: '{name}': disk 0 offered ({entry}, {} sectors)", region.sectors);
     }
 
-    /// `block-detach`: a connected disk is asked to close (state Closing)
-    /// and goes once the front end says Closed, or after
-    /// `DETACH_TIMEOUT_SECONDS`; an unconnected one goes at once.
-    pub fn block_detach(&mut self, index: usize, out: &mut Uart) {
+    /// Publishes `backing` to guest `index` (back end InitWait).
+    fn offer(&mut self, index: usize, backing: Backing) {
         let guest = &mut self.guests[index];
-        let (id, name) = (guest.id, guest.config.name);
-        if let Some(port) = block_port(id) {
-            if guest.disk_closing.is_none() {
-                write_backend_state(&mut STORE.lock(), "vbd", id, DeviceState::Closing);
-                let _ = hypercall::notify(port);
-                guest.disk_closing = Some(rdtsc());
-            }
-            let _ = writeln!(out, "dom0: '{name}': disk 0 closing (waiting for the front end)");
-            return;
-        }
-        if guest.pending_disk.take().or(guest.closed_disk.take()).is_none() {
-            let _ = writeln!(out, "dom0: block-detach: '{name}' has no disk");
-            return;
-        }
-        unpublish_vbd(&mut STORE.lock(), id);
-        let _ = writeln!(out, "dom0: '{name}': disk 0 detached");
+        device_link::publish(&mut *STORE.lock(), guest.id, backing.offer());
+        guest.devices[backing.class() as usize] = Some(Device { backing, phase: Phase::Offered });
     }
 
-    /// Finishes `block-detach` of disks whose front end answered Closed, or
-    /// that have been Closing for longer than the timeout: dom0 makes the
-    /// writes durable, unmaps the ring and every persistent grant (so the
-    /// guest can revoke them), closes the channel and removes both store
-    /// directories.
-    pub fn finish_disk_detaches(&mut self, out: &mut Uart) {
-        let timeout = self.tsc_khz.max(1) * 1000 * DETACH_TIMEOUT_SECONDS;
-        for guest in self.guests.iter_mut() {
-            let Some(since) = guest.disk_closing else { continue };
-            let id = guest.id;
-            let Some(timed_out) = detach_ready(id, "vbd", since, timeout) else { continue };
-            guest.disk_closing = None;
-            let block = DATA.lock().guest_mut(id).and_then(|d| d.block.take());
-            if let Some(block) = block {
-                release_block(block);
+    /// `block-detach`: see [`Toolstack::detach`].
+    pub fn block_detach(&mut self, index: usize, out: &mut Uart) {
+        self.detach(index, Class::Vbd, "block-detach", out);
+    }
+
+    /// `network-detach`: see [`Toolstack::detach`].
+    pub fn network_detach(&mut self, index: usize, out: &mut Uart) {
+        self.detach(index, Class::Vif, "network-detach", out);
+    }
+
+    /// Takes guest `index`'s device of `class` away: a connected one is
+    /// asked to close as Xen's toolstack asks (`online` 0, back end
+    /// Closing) and goes once the front end says Closed, or after
+    /// `DETACH_TIMEOUT_SECONDS` (`follow_devices`); any other (offered,
+    /// closed, or with a broken ring) goes at once.
+    fn detach(&mut self, index: usize, class: Class, command: &str, out: &mut Uart) {
+        let guest = &mut self.guests[index];
+        let (id, name, noun) = (guest.id, guest.config.name, class.noun());
+        let Some(device) = guest.devices[class as usize].as_mut() else {
+            let _ = writeln!(out, "dom0: {command}: '{name}' has no {noun}");
+            return;
+        };
+        if let (Phase::Live | Phase::Detaching { .. }, Some((port, false))) = (device.phase, live_port(id, class)) {
+            if device.phase == Phase::Live {
+                device_link::begin_detach(&mut *STORE.lock(), class, id);
+                let _ = hypercall::notify(port);
+                device.phase = Phase::Detaching { since: rdtsc() };
             }
-            {
-                let mut store_tree = STORE.lock();
-                write_backend_state(&mut store_tree, "vbd", id, DeviceState::Closed);
-                unpublish_vbd(&mut store_tree, id);
-            }
-            let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
-            let _ = writeln!(out, "\ndom0: '{}': disk 0 detached{how}", guest.config.name);
+            let _ = writeln!(out, "dom0: '{name}': {noun} 0 closing (waiting for the front end)");
+            return;
         }
+        guest.devices[class as usize] = None;
+        release_device(id, class);
+        device_link::unpublish(&mut *STORE.lock(), class, id);
+        let _ = writeln!(out, "dom0: '{name}': {noun} 0 detached");
     }
 
     /// `network-attach`: offers guest `index` a vif (settings as in a
@@ -1401,8 +1363,7 @@ impl Toolstack {
     pub fn network_attach(&mut self, index: usize, settings: &str, out: &mut Uart) {
         let guest = &self.guests[index];
         let name = guest.config.name;
-        let (connected, broken) = vif_link(guest.id);
-        if guest.pending_vif.is_some() || connected.is_some() || broken || guest.closed_vif.is_some() {
+        if guest.devices[Class::Vif as usize].is_some() {
             let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
             return;
         }
@@ -1413,10 +1374,9 @@ impl Toolstack {
                 return;
             }
         };
-        let id = guest.id;
-        let mac = spec.mac.unwrap_or(dom0core::net_backend::default_mac(id, 0));
+        let mac = spec.mac.unwrap_or(dom0core::net_backend::default_mac(guest.id, 0));
+        let mut text = [0u8; 17];
         if self.mac_in_use(mac) {
-            let mut text = [0u8; 17];
             let _ = writeln!(
                 out,
                 "dom0: network-attach: MAC {} is already on the switch",
@@ -1424,210 +1384,17 @@ impl Toolstack {
             );
             return;
         }
-        publish_vif(&mut STORE.lock(), id, mac);
-        self.guests[index].pending_vif = Some(mac);
-        let mut text = [0u8; 17];
+        self.offer(index, Backing::Vif { mac });
         let _ = writeln!(out, "dom0: '{name}': vif 0 offered, mac {}", abi::net::format_mac(mac, &mut text));
     }
 
-    /// Whether `mac` is the NIC's or any guest's vif's.
+    /// Whether `mac` is the NIC's or any guest's vif's (in any phase).
     fn mac_in_use(&self, mac: [u8; 6]) -> bool {
-        // One lock at a time (the data paths take the NIC's inside `DATA`).
         let nic = crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac);
-        let connected = DATA.lock().guests.iter().any(|d| {
-            d.broken_vif.is_some_and(|(_, _, broken)| broken == mac) || d.net.as_ref().is_some_and(|net| net.mac == mac)
-        });
-        nic || connected || self.guests.iter().any(|g| g.pending_vif == Some(mac) || g.closed_vif == Some(mac))
-    }
-
-    /// `network-detach`: a connected vif is asked to close (state Closing)
-    /// and goes once the front end says Closed, or after
-    /// `DETACH_TIMEOUT_SECONDS`; an unconnected or broken one goes at once.
-    pub fn network_detach(&mut self, index: usize, out: &mut Uart) {
-        let guest = &mut self.guests[index];
-        let (id, name) = (guest.id, guest.config.name);
-        let (connected, broken) = vif_link(id);
-        if let Some(port) = connected {
-            if guest.vif_closing.is_none() {
-                write_backend_state(&mut STORE.lock(), "vif", id, DeviceState::Closing);
-                let _ = hypercall::notify(port);
-                guest.vif_closing = Some(rdtsc());
-            }
-            let _ = writeln!(out, "dom0: '{name}': vif 0 closing (waiting for the front end)");
-            return;
-        }
-        if guest.pending_vif.take().or(guest.closed_vif.take()).is_none() && !broken {
-            let _ = writeln!(out, "dom0: network-detach: '{name}' has no vif");
-            return;
-        }
-        let broken_vif = DATA.lock().guest_mut(id).and_then(|d| d.broken_vif.take());
-        if let Some((slots, _, _)) = broken_vif {
-            for slot in slots {
-                unmap_slot(slot);
-            }
-        }
-        unpublish_vif(&mut STORE.lock(), id);
-        let _ = writeln!(out, "dom0: '{name}': vif 0 detached");
-    }
-
-    /// Finishes `network-detach` of vifs whose front end answered Closed,
-    /// or that have been Closing for longer than the timeout: dom0 lets go
-    /// of the ring pages (so the guest can revoke its grants), closes the
-    /// channel, leaves the switch and removes both store directories.
-    pub fn finish_vif_detaches(&mut self, out: &mut Uart) {
-        let timeout = self.tsc_khz.max(1) * 1000 * DETACH_TIMEOUT_SECONDS;
-        for guest in self.guests.iter_mut() {
-            let Some(since) = guest.vif_closing else { continue };
-            let id = guest.id;
-            let Some(timed_out) = detach_ready(id, "vif", since, timeout) else { continue };
-            guest.vif_closing = None;
-            let net = {
-                let mut data = DATA.lock();
-                data.switch.remove_port(id as PortId);
-                data.guest_mut(id).and_then(|d| d.net.take())
-            };
-            if let Some(net) = net {
-                release_net(net);
-            }
-            {
-                let mut store_tree = STORE.lock();
-                write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
-                unpublish_vif(&mut store_tree, id);
-            }
-            let how = if timed_out { " (the front end did not answer; taken away)" } else { "" };
-            let _ = writeln!(out, "\ndom0: '{}': vif 0 detached{how}", guest.config.name);
-        }
-    }
-
-    /// `follow_disk_fronts` for vifs: a connected (or broken) vif whose
-    /// front end left Connected is let go of (rings unmapped, port closed,
-    /// off the switch; directories kept) and answered Closed; a Closed vif
-    /// whose front end writes Initialising is offered again (InitWait).
-    pub fn follow_vif_fronts(&mut self, out: &mut Uart) {
-        for guest in self.guests.iter_mut() {
-            if guest.vif_closing.is_some() {
-                // `network-detach` is under way: `finish_vif_detaches` ends it.
-                continue;
-            }
-            let id = guest.id;
-            let (connected, broken) = vif_link(id);
-            let link = match (connected, broken, guest.pending_vif, guest.closed_vif) {
-                (Some(_), _, _, _) => Link::Connected,
-                (None, true, _, _) => Link::Broken,
-                (None, false, Some(_), _) => Link::Offered,
-                (None, false, None, Some(_)) => Link::Closed,
-                (None, false, None, None) => continue,
-            };
-            let mut store_tree = STORE.lock();
-            match device_link::next_step(link, front_state(&store_tree, id, "vif")) {
-                Step::Stay | Step::Connect => {}
-                Step::Close => {
-                    let (net, broken_vif) = {
-                        let mut data = DATA.lock();
-                        let taken = data.guest_mut(id).map_or((None, None), |d| (d.net.take(), d.broken_vif.take()));
-                        if taken.0.is_some() {
-                            data.switch.remove_port(id as PortId);
-                        }
-                        taken
-                    };
-                    if let Some(net) = net {
-                        guest.closed_vif = Some(net.mac);
-                        release_net(net);
-                    }
-                    if let Some((slots, _, mac)) = broken_vif {
-                        // Its port was closed and it left the switch when it broke.
-                        guest.closed_vif = Some(mac);
-                        for slot in slots {
-                            unmap_slot(slot);
-                        }
-                    }
-                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
-                    let _ = writeln!(out, "\ndom0: '{}': vif 0 closed by the front end", guest.config.name);
-                }
-                Step::Refuse => {
-                    guest.closed_vif = guest.pending_vif.take();
-                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
-                }
-                Step::Reoffer => {
-                    guest.pending_vif = guest.closed_vif.take();
-                    write_backend_state(&mut store_tree, "vif", id, DeviceState::InitWait);
-                }
-            }
-        }
-    }
-
-    /// Connects vifs whose front end reached Initialised: maps both granted
-    /// ring pages, binds the event port and answers Connected (Closed when
-    /// anything it named is unusable; then nothing stays mapped or bound).
-    pub fn advance_vif_handshakes(&mut self, out: &mut Uart) {
-        for guest in self.guests.iter_mut() {
-            let Some(mac) = guest.pending_vif else { continue };
-            let id = guest.id;
-            let mut store_tree = STORE.lock();
-            let published = [abi::net::keys::TX_RING_REF, abi::net::keys::RX_RING_REF, keys::EVENT_CHANNEL];
-            let Some([tx_ref, rx_ref, port]) = initialised_front(&store_tree, id, "vif", published) else { continue };
-            guest.pending_vif = None;
-            // The vif may send from its MAC only, and frames to it come here.
-            let locked = DATA.lock().switch.add_static(id as PortId, mac).is_ok();
-            let tx_slot = WINDOW.lock().take(id, Use::Ring);
-            let rx_slot = WINDOW.lock().take(id, Use::Ring);
-            let connected = match (locked, tx_ref, rx_ref, port, tx_slot, rx_slot) {
-                (true, Some(tx_ref), Some(rx_ref), Some(port), Some(tx_slot), Some(rx_slot)) => {
-                    let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
-                    let tx_mapped = hypercall::grant_map(id, tx_ref, address(tx_slot), true);
-                    let rx_mapped = tx_mapped.and_then(|()| hypercall::grant_map(id, rx_ref, address(rx_slot), true));
-                    let bound =
-                        rx_mapped.and_then(|()| hypercall::event(EventOp::BindInterdomain, id as u64, port as u64));
-                    match bound {
-                        Ok(dom0_port) => {
-                            // SAFETY: hv just mapped the guest's granted ring pages
-                            // read-write at these identity-mapped addresses; dom0
-                            // keeps them mapped until the guest is destroyed.
-                            let (tx, rx) = unsafe {
-                                (
-                                    pv_drivers::net::TxBack::attach(address(tx_slot) as *mut u8),
-                                    pv_drivers::net::RxBack::attach(address(rx_slot) as *mut u8),
-                                )
-                            };
-                            let net = NetBackend::new(tx, rx, dom0_port as u32, [tx_slot, rx_slot], mac);
-                            if let Some(devices) = DATA.lock().guest_mut(id) {
-                                devices.net = Some(net);
-                            }
-                            data_path::adopt(dom0_port as u32);
-                            let _ = hypercall::notify(dom0_port as u32);
-                            true
-                        }
-                        Err(_) => {
-                            if tx_mapped.is_ok() {
-                                let _ = hypercall::grant_unmap(address(tx_slot));
-                            }
-                            if rx_mapped.is_ok() {
-                                let _ = hypercall::grant_unmap(address(rx_slot));
-                            }
-                            WINDOW.lock().release(tx_slot);
-                            WINDOW.lock().release(rx_slot);
-                            false
-                        }
-                    }
-                }
-                _ => {
-                    for slot in [tx_slot, rx_slot].into_iter().flatten() {
-                        WINDOW.lock().release(slot);
-                    }
-                    false
-                }
-            };
-            let answer = if connected { DeviceState::Connected } else { DeviceState::Closed };
-            write_backend_state(&mut store_tree, "vif", id, answer);
-            if !connected {
-                // The front end may try again (Initialising).
-                guest.closed_vif = Some(mac);
-                if locked {
-                    DATA.lock().switch.remove_port(id as PortId);
-                }
-                let _ = writeln!(out, "\ndom0: '{}' offered vif rings dom0 cannot use; vif closed", guest.config.name);
-            }
-        }
+        nic || self
+            .guests
+            .iter()
+            .any(|g| g.devices[Class::Vif as usize].is_some_and(|device| device.backing == Backing::Vif { mac }))
     }
 
     /// Serves the guests' store requests and delivers their watch events.
@@ -1860,42 +1627,31 @@ impl Toolstack {
                 "  {:<20} window   {} ring pages, {} grant pages mapped",
                 guest.config.name, held.rings, held.grants
             );
-            if let Some((disk, region)) = guest.closed_disk {
-                let _ = writeln!(
-                    out,
-                    "  {:<20} disk     {}:{}+{}  closed by the front end (Initialising reconnects)",
-                    guest.config.name,
-                    disk_name(disk),
-                    region.start,
-                    region.sectors
-                );
-            }
-            if let Some((disk, region)) = guest.pending_disk {
-                let _ = writeln!(
-                    out,
-                    "  {:<20} disk     {}:{}+{}  waiting for the front end (store: device/vbd/0)",
-                    guest.config.name,
-                    disk_name(disk),
-                    region.start,
-                    region.sectors
-                );
-            }
             let mut text = [0u8; 17];
-            if let Some(mac) = guest.pending_vif {
-                let _ = writeln!(
-                    out,
-                    "  {:<20} vif      {}  waiting for the front end (store: device/vif/0)",
-                    guest.config.name,
-                    abi::net::format_mac(mac, &mut text)
-                );
-            }
-            if let Some(mac) = guest.closed_vif {
-                let _ = writeln!(
-                    out,
-                    "  {:<20} vif      {}  closed by the front end (Initialising reconnects)",
-                    guest.config.name,
-                    abi::net::format_mac(mac, &mut text)
-                );
+            for device in guest.devices.iter().flatten() {
+                let state = match device.phase {
+                    Phase::Offered => "waiting for the front end",
+                    Phase::Closed => "closed by the front end (Initialising reconnects)",
+                    Phase::Live | Phase::Detaching { .. } => continue,
+                };
+                let class = device.backing.class();
+                let (front, name) = (device_link::front_directory(class, guest.id), guest.config.name);
+                // The front-end directory as the guest names it (relative to its home).
+                let store_path = front.split_once("/device/").map_or(front.as_str(), |(_, path)| path);
+                let _ = match device.backing {
+                    Backing::Disk { disk, region } => writeln!(
+                        out,
+                        "  {name:<20} disk     {}:{}+{}  {state} (store: device/{store_path})",
+                        disk_name(disk),
+                        region.start,
+                        region.sectors
+                    ),
+                    Backing::Vif { mac } => writeln!(
+                        out,
+                        "  {name:<20} vif      {}  {state} (store: device/{store_path})",
+                        abi::net::format_mac(mac, &mut text)
+                    ),
+                };
             }
             let (broken_vif, net, block) = {
                 let data = DATA.lock();
@@ -1918,7 +1674,12 @@ impl Toolstack {
                     "  {:<20} vif      {}  {}, tx {} frames ({} refused, {} spoofed), rx {} frames ({} dropped)",
                     guest.config.name,
                     abi::net::format_mac(mac, &mut text),
-                    if guest.vif_closing.is_some() { "closing" } else { "connected" },
+                    if matches!(guest.devices[Class::Vif as usize], Some(Device { phase: Phase::Detaching { .. }, .. }))
+                    {
+                        "closing"
+                    } else {
+                        "connected"
+                    },
                     stats.tx_frames,
                     stats.tx_errors,
                     stats.tx_spoofed,
@@ -1944,7 +1705,7 @@ impl Toolstack {
     /// Reports what the data paths noticed (`data_path::Notice`), a line
     /// each, on the serial line, which is vCPU 0's. A broken vif is
     /// answered Closed in the store, unless its front end's own steps have
-    /// moved it on already (`follow_vif_fronts`, also on vCPU 0, so the two
+    /// moved it on already (`follow_devices`, also on vCPU 0, so the two
     /// never race). Returns whether anything was printed.
     pub fn report_data_path(&mut self, out: &mut Uart) -> bool {
         let mut printed = false;
@@ -1955,7 +1716,7 @@ impl Toolstack {
             if let Notice::VifBroken { id, .. } = notice {
                 let mut store_tree = STORE.lock();
                 if DATA.lock().guest(id).is_some_and(|d| d.broken_vif.is_some()) {
-                    write_backend_state(&mut store_tree, "vif", id, DeviceState::Closed);
+                    device_link::write_back_state(&mut *store_tree, Class::Vif, id, XenbusState::Closed);
                 }
             }
         }

@@ -314,8 +314,29 @@ enum DeviceKind {
     Vif,
 }
 
+/// The store directory of the guest's first device of class `kind`
+/// (`vbd`, `vif`), relative to its home, as Xen's toolstack names it:
+/// `device/vbd/51712` (Xen's virtual-device number of `xvda`),
+/// `device/vif/0` (handle 0).
+pub fn device_directory(kind: &str) -> arrayvec::ArrayString<32> {
+    let number = match kind {
+        "vbd" => abi::xen::io::block::xvd_virtual_device(0, 0).unwrap_or(0),
+        _ => 0,
+    };
+    let mut path = arrayvec::ArrayString::new();
+    let _ = write!(path, "device/{kind}/{number}");
+    path
+}
+
+/// The path of `key` in [`device_directory`]`(kind)`.
+pub fn device_key(kind: &str, key: &str) -> arrayvec::ArrayString<64> {
+    let mut path = arrayvec::ArrayString::new();
+    let _ = write!(path, "{}/{key}", device_directory(kind));
+    path
+}
+
 impl DeviceKind {
-    /// The device's directory name in the store (`device/<name>/0`).
+    /// The device's class in the store ([`device_directory`]).
     fn store_name(self) -> &'static str {
         match self {
             DeviceKind::Disk => "vbd",
@@ -414,7 +435,8 @@ impl Guest {
     /// Connects the block front end through the store (`abi::store`):
     /// reads the back end's directory and the disk size, grants dom0 the ring
     /// page and the transfer pages, allocates an event port for dom0,
-    /// publishes `ring-ref`, `event-channel` and `state` = Initialised, and
+    /// publishes `ring-ref`, `event-channel`, `protocol`,
+    /// `feature-persistent` and `state` = Initialised, and
     /// waits (bounded) for the back end to answer Connected. On failure
     /// nothing stays granted or allocated.
     fn connect_disk(&mut self) -> Option<Disk> {
@@ -458,9 +480,13 @@ impl Guest {
     }
 
     fn try_connect_disk(&mut self, allocated_port: &mut Option<u32>) -> Option<Disk> {
-        use abi::store::{DeviceState, keys, parse_decimal};
+        use abi::store::parse_decimal;
+        use abi::xen::io::block::{
+            KEY_EVENT_CHANNEL, KEY_FEATURE_PERSISTENT, KEY_PROTOCOL, KEY_RING_REF, KEY_SECTORS, XEN_IO_PROTO_ABI_X86_64,
+        };
+        use abi::xen::io::xenbus::{KEY_BACKEND, KEY_STATE, XenbusState};
         let mut backend = [0u8; 96];
-        let length = self.store_read("device/vbd/0/backend", &mut backend).ok()?;
+        let length = self.store_read(&device_key("vbd", KEY_BACKEND), &mut backend).ok()?;
         let backend = core::str::from_utf8(&backend[..length]).ok()?;
         let mut backend_path = arrayvec::ArrayString::<96>::new();
         backend_path.try_push_str(backend).ok()?;
@@ -470,11 +496,11 @@ impl Guest {
             path
         };
         let mut value = [0u8; 32];
-        let length = self.store_read(&key(keys::STATE), &mut value).ok()?;
-        if DeviceState::from_key(Some(&value[..length])) != DeviceState::InitWait {
+        let length = self.store_read(&key(KEY_STATE), &mut value).ok()?;
+        if XenbusState::from_key(Some(&value[..length])) != XenbusState::InitWait {
             return None;
         }
-        let length = self.store_read(&key(keys::SECTORS), &mut value).ok()?;
+        let length = self.store_read(&key(KEY_SECTORS), &mut value).ok()?;
         let sectors = parse_decimal(&value[..length])? as u64;
 
         // The builder's ring page if it reserved one (a disk in the config),
@@ -500,40 +526,40 @@ impl Guest {
         *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
         let _ = write!(number, "{ring_ref}");
-        self.store_write("device/vbd/0/ring-ref", &number).ok()?;
+        self.store_write(&device_key("vbd", KEY_RING_REF), &number).ok()?;
         number.clear();
         let _ = write!(number, "{port}");
-        self.store_write("device/vbd/0/event-channel", &number).ok()?;
-        self.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).ok()?;
-        if !self.wait_for_backend(&key(keys::STATE), port) {
+        self.store_write(&device_key("vbd", KEY_EVENT_CHANNEL), &number).ok()?;
+        self.store_write(&device_key("vbd", KEY_PROTOCOL), XEN_IO_PROTO_ABI_X86_64).ok()?;
+        // The same transfer pages (and grants) serve every request.
+        self.store_write(&device_key("vbd", KEY_FEATURE_PERSISTENT), "1").ok()?;
+        let state = device_key("vbd", KEY_STATE);
+        self.store_write(&state, XenbusState::Initialised.format()).ok()?;
+        if !self.wait_for_backend(&key(KEY_STATE), port) {
             return None;
         }
-        let _ = self.store_write("device/vbd/0/state", DeviceState::Connected.as_value());
+        let _ = self.store_write(&state, XenbusState::Connected.format());
         // Hear of the back end's state changes (block-detach).
         let _ = self.store_watch(&backend_path, "vbd-backend");
         Some(Disk { ring, ring_page, port, sectors, grants, next_id: 1, broken: false })
     }
 
-    /// Whether dom0 closed (or removed) device `<kind>/0`'s back end.
+    /// Whether dom0 closed (or removed) the back end of [`device_directory`]`(kind)`.
     fn backend_closing(&mut self, kind: &str) -> bool {
-        use abi::store::DeviceState;
-        let mut path = arrayvec::ArrayString::<64>::new();
-        let _ = write!(path, "device/{kind}/0/backend");
+        use abi::xen::io::xenbus::{KEY_BACKEND, KEY_STATE, XenbusState};
         let mut text = [0u8; 96];
-        let Ok(length) = self.store_read(&path, &mut text) else { return true };
+        let Ok(length) = self.store_read(&device_key(kind, KEY_BACKEND), &mut text) else { return true };
         let mut state = arrayvec::ArrayString::<128>::new();
-        let _ = write!(state, "{}/{}", core::str::from_utf8(&text[..length]).unwrap_or(""), abi::store::keys::STATE);
+        let _ = write!(state, "{}/{KEY_STATE}", core::str::from_utf8(&text[..length]).unwrap_or(""));
         let length = self.store_read(&state, &mut text).unwrap_or(0);
-        matches!(DeviceState::from_key(Some(&text[..length])), DeviceState::Closing | DeviceState::Closed)
+        matches!(XenbusState::from_key(Some(&text[..length])), XenbusState::Closing | XenbusState::Closed)
     }
 
-    /// Whether dom0 offers device `<kind>/0` (its front-end directory names
-    /// a back end).
+    /// Whether dom0 offers [`device_directory`]`(kind)` (its front-end
+    /// directory names a back end).
     fn device_offered(&mut self, kind: &str) -> bool {
-        let mut path = arrayvec::ArrayString::<64>::new();
-        let _ = write!(path, "device/{kind}/0/backend");
         let mut text = [0u8; 96];
-        self.store_read(&path, &mut text).is_ok()
+        self.store_read(&device_key(kind, abi::xen::io::xenbus::KEY_BACKEND), &mut text).is_ok()
     }
 
     /// Follows dom0's changes to the disk (call after store watch events):
@@ -579,9 +605,8 @@ impl Guest {
         if let Some(port) = port {
             let _ = hypercall::event(EventOp::Close, port as u64, 0);
         }
-        let mut state = arrayvec::ArrayString::<32>::new();
-        let _ = write!(state, "device/{kind}/0/state");
-        let _ = self.store_write(&state, abi::store::DeviceState::Closed.as_value());
+        let state = device_key(kind, abi::xen::io::xenbus::KEY_STATE);
+        let _ = self.store_write(&state, abi::xen::io::xenbus::XenbusState::Closed.format());
         self.release_grants(device);
         Some(DeviceChange::Disconnected)
     }
@@ -604,15 +629,14 @@ impl Guest {
     }
 
     fn close_device(&mut self, device: DeviceKind, port: u32) -> Result<(), CloseError> {
-        use abi::store::DeviceState;
+        use abi::xen::io::xenbus::{KEY_STATE, XenbusState};
         let kind = device.store_name();
-        let mut state = arrayvec::ArrayString::<32>::new();
-        let _ = write!(state, "device/{kind}/0/state");
-        let _ = self.store_write(&state, DeviceState::Closing.as_value());
-        let closed = self.wait_backend_state(kind, DeviceState::Closed);
+        let state = device_key(kind, KEY_STATE);
+        let _ = self.store_write(&state, XenbusState::Closing.format());
+        let closed = self.wait_backend_state(kind, XenbusState::Closed);
         let _ = hypercall::event(EventOp::Close, port as u64, 0);
         let released = self.release_grants(device);
-        let _ = self.store_write(&state, DeviceState::Closed.as_value());
+        let _ = self.store_write(&state, XenbusState::Closed.format());
         match (closed, released) {
             (false, _) => Err(CloseError::NoAnswer),
             (true, false) => Err(CloseError::StillMapped),
@@ -641,28 +665,24 @@ impl Guest {
 
     /// Writes `device`'s state Initialising and waits for the back end's InitWait.
     fn reoffer(&mut self, device: DeviceKind) -> bool {
-        use abi::store::DeviceState;
+        use abi::xen::io::xenbus::{KEY_STATE, XenbusState};
         let kind = device.store_name();
-        let mut state = arrayvec::ArrayString::<32>::new();
-        let _ = write!(state, "device/{kind}/0/state");
-        let _ = self.store_write(&state, DeviceState::Initialising.as_value());
-        self.wait_backend_state(kind, DeviceState::InitWait)
+        let _ = self.store_write(&device_key(kind, KEY_STATE), XenbusState::Initialising.format());
+        self.wait_backend_state(kind, XenbusState::InitWait)
     }
 
     /// Waits (a second of guest time at most, 1 ms per look) until the back
-    /// end of device `<kind>/0` (`vbd`, `vif`) says `wanted`.
-    pub fn wait_backend_state(&mut self, kind: &str, wanted: abi::store::DeviceState) -> bool {
-        use abi::store::DeviceState;
-        let mut path = arrayvec::ArrayString::<64>::new();
-        let _ = write!(path, "device/{kind}/0/backend");
+    /// end of [`device_directory`]`(kind)` (`vbd`, `vif`) says `wanted`.
+    pub fn wait_backend_state(&mut self, kind: &str, wanted: abi::xen::io::xenbus::XenbusState) -> bool {
+        use abi::xen::io::xenbus::{KEY_BACKEND, KEY_STATE, XenbusState};
         let mut text = [0u8; 96];
-        let Ok(length) = self.store_read(&path, &mut text) else { return false };
+        let Ok(length) = self.store_read(&device_key(kind, KEY_BACKEND), &mut text) else { return false };
         let mut state = arrayvec::ArrayString::<128>::new();
-        let _ = write!(state, "{}/{}", core::str::from_utf8(&text[..length]).unwrap_or(""), abi::store::keys::STATE);
+        let _ = write!(state, "{}/{KEY_STATE}", core::str::from_utf8(&text[..length]).unwrap_or(""));
         let give_up = now() + self.ticks_per_second();
         loop {
             let length = self.store_read(&state, &mut text).unwrap_or(0);
-            if DeviceState::from_key(Some(&text[..length])) == wanted {
+            if XenbusState::from_key(Some(&text[..length])) == wanted {
                 return true;
             }
             if now() > give_up {
@@ -689,14 +709,14 @@ impl Guest {
     }
 
     fn poll_backend_state(&mut self, state_key: &str) -> bool {
-        use abi::store::DeviceState;
+        use abi::xen::io::xenbus::XenbusState;
         let mut value = [0u8; 32];
         let give_up = now() + self.ticks_per_second();
         loop {
             let length = self.store_read(state_key, &mut value).unwrap_or(0);
-            match DeviceState::from_key(Some(&value[..length])) {
-                DeviceState::Connected => return true,
-                DeviceState::Closing | DeviceState::Closed => return false,
+            match XenbusState::from_key(Some(&value[..length])) {
+                XenbusState::Connected => return true,
+                XenbusState::Closing | XenbusState::Closed => return false,
                 _ if now() > give_up => return false,
                 _ => {
                     let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
@@ -708,26 +728,30 @@ impl Guest {
 
     /// Connects the first vif's front end through the store (`abi::net`):
     /// grants dom0 both ring pages and the buffer pages, allocates the event
-    /// port, publishes `tx-ring-ref`, `rx-ring-ref`, `event-channel` and
-    /// `state` = Initialised, waits for Connected, then posts the receive
-    /// buffers. None when the guest has no vif or the back end refused.
+    /// port, publishes `tx-ring-ref`, `rx-ring-ref`, `event-channel`,
+    /// `request-rx-copy`, `feature-rx-notify` and `state` = Connected (as
+    /// Linux's netfront), waits for the back end's Connected, then posts the
+    /// receive buffers. None when the guest has no vif or the back end refused.
     fn connect_net(&mut self) -> Option<(crate::net::NetFront, u32)> {
         self.connect_device(DeviceKind::Vif, Guest::try_connect_net)
     }
 
     fn try_connect_net(&mut self, allocated_port: &mut Option<u32>) -> Option<(crate::net::NetFront, u32)> {
         use crate::net::{Buffer, NetFront, RX_BUFFERS, TX_BUFFERS};
-        use abi::store::{DeviceState, keys};
+        use abi::xen::io::net::{
+            KEY_EVENT_CHANNEL, KEY_FEATURE_RX_NOTIFY, KEY_REQUEST_RX_COPY, KEY_RX_RING_REF, KEY_TX_RING_REF,
+        };
+        use abi::xen::io::xenbus::{KEY_BACKEND, KEY_STATE, XenbusState};
         let mut text = [0u8; 96];
-        let length = self.store_read("device/vif/0/backend", &mut text).ok()?;
+        let length = self.store_read(&device_key("vif", KEY_BACKEND), &mut text).ok()?;
         let mut backend_state = arrayvec::ArrayString::<128>::new();
         let backend = core::str::from_utf8(&text[..length]).ok()?;
-        write!(backend_state, "{backend}/{}", keys::STATE).ok()?;
+        write!(backend_state, "{backend}/{KEY_STATE}").ok()?;
         let mut backend_path = arrayvec::ArrayString::<96>::new();
         backend_path.try_push_str(backend).ok()?;
         let mut state = [0u8; 8];
         let length = self.store_read(&backend_state, &mut state).ok()?;
-        if DeviceState::from_key(Some(&state[..length])) != DeviceState::InitWait {
+        if XenbusState::from_key(Some(&state[..length])) != XenbusState::InitWait {
             return None;
         }
         let rings = &raw mut NET_PAGES as u64;
@@ -756,22 +780,24 @@ impl Guest {
         let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
         *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
+        // Receive by copy (the only mode), and a notification whenever it
+        // posts receive buffers (`net_receive`).
         for (key, value) in [
-            (abi::net::keys::TX_RING_REF, tx_ring),
-            (abi::net::keys::RX_RING_REF, rx_ring),
-            (keys::EVENT_CHANNEL, port),
+            (KEY_TX_RING_REF, tx_ring),
+            (KEY_RX_RING_REF, rx_ring),
+            (KEY_EVENT_CHANNEL, port),
+            (KEY_REQUEST_RX_COPY, 1),
+            (KEY_FEATURE_RX_NOTIFY, 1),
         ] {
-            let mut path = arrayvec::ArrayString::<64>::new();
-            write!(path, "device/vif/0/{key}").ok()?;
             number.clear();
             write!(number, "{value}").ok()?;
-            self.store_write(&path, &number).ok()?;
+            self.store_write(&device_key("vif", key), &number).ok()?;
         }
-        self.store_write("device/vif/0/state", DeviceState::Initialised.as_value()).ok()?;
+        // Straight to Connected, as Linux's netfront goes.
+        self.store_write(&device_key("vif", KEY_STATE), XenbusState::Connected.format()).ok()?;
         if !self.wait_for_backend(&backend_state, port) {
             return None;
         }
-        let _ = self.store_write("device/vif/0/state", DeviceState::Connected.as_value());
         // Hear of the back end's state changes (network-detach).
         let _ = self.store_watch(&backend_path, "vif-backend");
         front.post_receive_buffers().ok()?;
@@ -798,7 +824,7 @@ impl Guest {
     pub fn net_mac(&mut self) -> Option<[u8; 6]> {
         self.net.as_ref()?;
         let mut text = [0u8; 32];
-        let length = self.store_read("device/vif/0/mac", &mut text).ok()?;
+        let length = self.store_read(&device_key("vif", abi::xen::io::net::KEY_MAC), &mut text).ok()?;
         abi::net::parse_mac(core::str::from_utf8(&text[..length]).ok()?)
     }
 

@@ -51,10 +51,28 @@ fn a_guest_disk_lands_on_the_image_at_its_offset_and_persists() {
     }
     // Front and back end met through the store: both sides say Connected (4).
     let store = command(&mut machine, "store");
-    let front = format!("/local/domain/{id}/device/vbd/0/state = \"4\"");
-    let back = format!("/local/domain/0/backend/vbd/{id}/0/state = \"4\"");
+    // The directories and keys are Xen's (xvda = 51712), as Linux's
+    // blkfront reads and writes them.
+    let front = format!("/local/domain/{id}/device/vbd/51712/state = \"4\"");
+    let back = format!("/local/domain/0/backend/vbd/{id}/51712/state = \"4\"");
     if !store.contains(&front) || !store.contains(&back) {
         fail_with(&mut machine, &format!("the store should show both ends Connected ({front}, {back}):\n{store}"));
+    }
+    for (directory, key, value) in [
+        (format!("/local/domain/{id}/device/vbd/51712"), "backend", format!("/local/domain/0/backend/vbd/{id}/51712")),
+        (format!("/local/domain/{id}/device/vbd/51712"), "virtual-device", "51712".to_string()),
+        (format!("/local/domain/{id}/device/vbd/51712"), "device-type", "disk".to_string()),
+        (format!("/local/domain/{id}/device/vbd/51712"), "protocol", "x86_64-abi".to_string()),
+        (format!("/local/domain/{id}/device/vbd/51712"), "feature-persistent", "1".to_string()),
+        (format!("/local/domain/0/backend/vbd/{id}/51712"), "online", "1".to_string()),
+        (format!("/local/domain/0/backend/vbd/{id}/51712"), "sectors", "8192".to_string()),
+        (format!("/local/domain/0/backend/vbd/{id}/51712"), "feature-flush-cache", "1".to_string()),
+        (format!("/local/domain/0/backend/vbd/{id}/51712"), "feature-persistent", "1".to_string()),
+    ] {
+        let line = format!("{directory}/{key} = \"{value}\"");
+        if !store.contains(&line) {
+            fail_with(&mut machine, &format!("the store should hold {line}:\n{store}"));
+        }
     }
     destroy(&mut machine, "disktest", id);
     let store = command(&mut machine, "store");
@@ -205,7 +223,7 @@ fn a_disk_is_attached_and_detached_while_the_guest_runs() {
         fail_with(&mut machine, &format!("`devices` should show no disk for disklate after the detach:\n{devices}"));
     }
     let store = command(&mut machine, "store");
-    if store.contains(&format!("backend/vbd/{id}")) || store.contains(&format!("/local/domain/{id}/device/vbd/0")) {
+    if store.contains(&format!("backend/vbd/{id}")) || store.contains(&format!("/local/domain/{id}/device/vbd/51712")) {
         fail_with(&mut machine, &format!("the detached disk's store entries should be gone:\n{store}"));
     }
     for (line, wanted) in [

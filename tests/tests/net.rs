@@ -84,8 +84,18 @@ fn two_guests_ping_each_other_through_the_switch() {
             fail_with(&mut machine, &format!("the store should show both ends Connected ({front}, {back}):\n{store}"));
         }
     }
-    if !store.contains(&format!("/local/domain/0/backend/vif/{server}/0/feature-rx-copy = \"1\"")) {
-        fail_with(&mut machine, &format!("the back end should publish its features:\n{store}"));
+    // Xen's keys, as Linux's netfront reads and writes them.
+    for line in [
+        format!("/local/domain/0/backend/vif/{server}/0/feature-rx-copy = \"1\""),
+        format!("/local/domain/0/backend/vif/{server}/0/feature-no-csum-offload = \"1\""),
+        format!("/local/domain/0/backend/vif/{server}/0/online = \"1\""),
+        format!("/local/domain/{server}/device/vif/0/mac = \"02:00:00:00:00:02\""),
+        format!("/local/domain/{server}/device/vif/0/request-rx-copy = \"1\""),
+        format!("/local/domain/{server}/device/vif/0/backend = \"/local/domain/0/backend/vif/{server}/0\""),
+    ] {
+        if !store.contains(&line) {
+            fail_with(&mut machine, &format!("the store should hold {line}:\n{store}"));
+        }
     }
 
     destroy(&mut machine, "netping", client);

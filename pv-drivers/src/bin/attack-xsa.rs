@@ -374,7 +374,7 @@ impl Attack {
         }
         // 2. The ring's grant as a data page: dom0 maps it a second time.
         let mut text = [0u8; 16];
-        let reference = match self.guest.store_read("device/vbd/0/ring-ref", &mut text) {
+        let reference = match self.guest.store_read(&pv_drivers::guest::device_key("vbd", "ring-ref"), &mut text) {
             Ok(length) => abi::store::parse_decimal(&text[..length]).unwrap_or(0),
             Err(error) => return self.fail(MODE, format_args!("reading ring-ref: {error:?}")),
         };

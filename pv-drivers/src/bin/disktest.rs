@@ -414,21 +414,23 @@ fn reconnect(guest: &mut Guest, rounds: u64) -> ! {
 /// Offers dom0 a ring it cannot map (after Initialising and InitWait) and
 /// expects Closed; then says Closed itself.
 fn bad_offer(guest: &mut Guest) -> Result<(), &'static str> {
-    use abi::store::DeviceState;
-    guest.store_write("device/vbd/0/state", DeviceState::Initialising.as_value()).map_err(|_| "store write")?;
-    if !guest.wait_backend_state("vbd", DeviceState::InitWait) {
+    use abi::xen::io::xenbus::XenbusState;
+    use pv_drivers::guest::device_key;
+    let state = device_key("vbd", "state");
+    guest.store_write(&state, XenbusState::Initialising.format()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", XenbusState::InitWait) {
         return Err("the back end did not go back to InitWait");
     }
     let past_the_table = abi::grant::ENTRIES as u64 + 7;
     let mut number = arrayvec::ArrayString::<16>::new();
     let _ = write!(number, "{past_the_table}");
-    guest.store_write("device/vbd/0/ring-ref", &number).map_err(|_| "store write")?;
-    guest.store_write("device/vbd/0/event-channel", "1").map_err(|_| "store write")?;
-    guest.store_write("device/vbd/0/state", DeviceState::Initialised.as_value()).map_err(|_| "store write")?;
-    if !guest.wait_backend_state("vbd", DeviceState::Closed) {
+    guest.store_write(&device_key("vbd", "ring-ref"), &number).map_err(|_| "store write")?;
+    guest.store_write(&device_key("vbd", "event-channel"), "1").map_err(|_| "store write")?;
+    guest.store_write(&state, XenbusState::Initialised.format()).map_err(|_| "store write")?;
+    if !guest.wait_backend_state("vbd", XenbusState::Closed) {
         return Err("the back end did not refuse it");
     }
-    guest.store_write("device/vbd/0/state", DeviceState::Closed.as_value()).map_err(|_| "store write")?;
+    guest.store_write(&state, XenbusState::Closed.format()).map_err(|_| "store write")?;
     Ok(())
 }
 

@@ -92,6 +92,17 @@ impl XenbusState {
         }
         u32::try_from(value).ok().and_then(XenbusState::from_number)
     }
+
+    /// The reading of a peer's `state` key, `None` when the key (or its
+    /// directory) is absent: absent is [`XenbusState::Unknown`], as Linux's
+    /// `xenbus_read_driver_state` reads it; a value that does not parse is
+    /// [`XenbusState::Closed`], the safe reading.
+    pub fn from_key(value: Option<&[u8]>) -> XenbusState {
+        match value {
+            None => XenbusState::Unknown,
+            Some(value) => XenbusState::parse(value).unwrap_or(XenbusState::Closed),
+        }
+    }
 }
 
 /// Front end key: path of the back end's directory.
@@ -143,5 +154,15 @@ mod tests {
         assert_eq!(XenbusState::parse(b"4294967300"), None, "beyond u32");
         assert_eq!(XenbusState::parse(b"99999999999999999999"), None);
         assert_eq!(XenbusState::parse(b"Connected"), None);
+    }
+
+    #[test]
+    fn key_readings() {
+        assert_eq!(XenbusState::from_key(None), XenbusState::Unknown);
+        assert_eq!(XenbusState::from_key(Some(b"4")), XenbusState::Connected);
+        assert_eq!(XenbusState::from_key(Some(b"8")), XenbusState::Reconfigured);
+        assert_eq!(XenbusState::from_key(Some(b"9")), XenbusState::Closed);
+        assert_eq!(XenbusState::from_key(Some(b"four")), XenbusState::Closed);
+        assert_eq!(XenbusState::from_key(Some(b"")), XenbusState::Closed);
     }
 }
