@@ -33,7 +33,8 @@
 //! | 0x2000              | command line (NUL-terminated)              |
 //! | 0x3000              | console ring page (reserved in the map)    |
 //! | 0x4000              | store ring page (reserved in the map)      |
-//! | 0x5000 -            | RAM; the kernel where its segments say     |
+//! | 0x5000              | ACPI tables (RSDP, XSDT, FADT, MADT, DSDT: `acpi_tables`; ACPI in the map) |
+//! | 0x6000 -            | RAM; the kernel where its segments say     |
 
 use abi::domctl::{INITIAL_GDT, VCPU_MODE_PVH, VcpuContext};
 use abi::start_info::{MemoryKind, StartInfo};
@@ -66,8 +67,10 @@ pub const PVH_CMDLINE: u64 = 0x2000;
 pub const PVH_CONSOLE_PAGE: u64 = 0x3000;
 /// A PVH boot's store ring page.
 pub const PVH_STORE_PAGE: u64 = 0x4000;
+/// A PVH boot's ACPI tables (`acpi_tables`: the RSDP first).
+pub const PVH_ACPI: u64 = 0x5000;
 /// Where a PVH boot's RAM starts (below: the builder's pages).
-pub const PVH_RAM: u64 = 0x5000;
+pub const PVH_RAM: u64 = 0x6000;
 /// Smallest guest: 2 MiB.
 pub const MIN_MEMORY: u64 = 2 << 20;
 
@@ -89,6 +92,9 @@ pub trait DomainControl {
     /// Sets HVM parameter `index` (`abi::xen::hvm`) of `domain` to `value`
     /// (Xen's toolstack call; the PVH boot's store and console).
     fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error>;
+    /// How many vCPUs `create` gives a domain (the PVH boot's MADT names
+    /// each).
+    fn vcpus(&self) -> u32;
     fn destroy(&mut self, domain: DomainId);
 }
 
@@ -316,10 +322,17 @@ fn populate_and_load_pvh(
         control.set_hvm_param(id, index, value).map_err(step("set HVM parameters"))?;
     }
 
-    let memmap = [(0, PVH_RAM, HvmMemmapType::Reserved), (PVH_RAM, memory - PVH_RAM, HvmMemmapType::Ram)]
-        .map(|(addr, size, kind)| HvmMemmapTableEntry { addr, size, r#type: kind.number(), reserved: 0 });
+    let tables = crate::acpi_tables::build(PVH_ACPI, control.vcpus());
+    control.copy(id, PVH_ACPI, &tables).map_err(step("write ACPI tables"))?;
+    let memmap = [
+        (0, PVH_ACPI, HvmMemmapType::Reserved),
+        (PVH_ACPI, PVH_RAM - PVH_ACPI, HvmMemmapType::Acpi),
+        (PVH_RAM, memory - PVH_RAM, HvmMemmapType::Ram),
+    ]
+    .map(|(addr, size, kind)| HvmMemmapTableEntry { addr, size, r#type: kind.number(), reserved: 0 });
     let info = HvmStartInfo {
         cmdline_paddr: PVH_CMDLINE,
+        rsdp_paddr: PVH_ACPI,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
         ..HvmStartInfo::new()
@@ -409,6 +422,9 @@ mod tests {
             assert!([STORE_PAGE, PVH_STORE_PAGE].contains(&page));
             self.fail("store")?;
             Ok(7)
+        }
+        fn vcpus(&self) -> u32 {
+            2
         }
         fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error> {
             self.fail("param")?;
@@ -501,11 +517,17 @@ mod tests {
         };
         let info = HvmStartInfo::read_from_bytes(&bytes(PVH_START_INFO, 56)).unwrap();
         assert!(info.has_memmap());
-        assert_eq!((info.cmdline_paddr, info.memmap_paddr, info.memmap_entries), (PVH_CMDLINE, PVH_MEMMAP, 2));
+        assert_eq!((info.cmdline_paddr, info.memmap_paddr, info.memmap_entries), (PVH_CMDLINE, PVH_MEMMAP, 3));
         assert_eq!(bytes(PVH_CMDLINE, 10), b"mode=test\0");
-        let map = <[HvmMemmapTableEntry; 2]>::read_from_bytes(&bytes(PVH_MEMMAP, 48)).unwrap();
-        assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, PVH_RAM, 2), "the builder's pages reserved");
-        assert_eq!((map[1].addr, map[1].size, map[1].r#type), (PVH_RAM, (16 << 20) - PVH_RAM, 1));
+        let map = <[HvmMemmapTableEntry; 3]>::read_from_bytes(&bytes(PVH_MEMMAP, 72)).unwrap();
+        assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, PVH_ACPI, 2), "the builder's pages reserved");
+        assert_eq!((map[1].addr, map[1].size, map[1].r#type), (PVH_ACPI, 4096, 3), "the ACPI tables");
+        assert_eq!((map[2].addr, map[2].size, map[2].r#type), (PVH_RAM, (16 << 20) - PVH_RAM, 1));
+        // The ACPI tables, as a kernel finds them: one local APIC per vCPU.
+        assert_eq!(info.rsdp_paddr, PVH_ACPI);
+        assert_eq!(&bytes(PVH_ACPI, 8)[..], b"RSD PTR ");
+        let tables = bytes(PVH_ACPI, crate::acpi_tables::TABLES_SIZE);
+        assert_eq!(tables, crate::acpi_tables::build(PVH_ACPI, 2));
         // The store and console, as Xen's guests look for them.
         assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_PFN)], PVH_CONSOLE_PAGE / 4096);
         assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_EVTCHN)], 5);

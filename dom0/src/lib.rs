@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod acpi_tables;
 pub mod ata_protocol;
 pub mod block_backend;
 pub mod builder;

@@ -472,6 +472,10 @@ impl DomainControl for Hypervisor {
         hypercall::create_domain_with_vcpus(max_pages, self.vcpus)
     }
 
+    fn vcpus(&self) -> u32 {
+        self.vcpus.max(1)
+    }
+
     fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error> {
         hypercall::domctl(DomCtlOp::PopulateMemory, domain, guest_physical, pages, 0).map(|_| ())
     }

@@ -161,6 +161,9 @@ impl DomainControl for Recorder {
     fn set_hvm_param(&mut self, _domain: DomainId, _index: u32, _value: u64) -> Result<(), Error> {
         Ok(())
     }
+    fn vcpus(&self) -> u32 {
+        1
+    }
     fn destroy(&mut self, domain: DomainId) {
         assert!(self.live && domain == 5);
         self.live = false;

@@ -222,8 +222,16 @@ void guest_main(const struct hvm_start_info *start)
     for (uint32_t i = 0; i < start->memmap_entries && map; i++) {
         put(" ");
         put_number((long)(map[i].size >> 10));
-        put(map[i].type == XEN_HVM_MEMMAP_TYPE_RAM ? " KiB RAM" : " KiB reserved");
+        put(map[i].type == XEN_HVM_MEMMAP_TYPE_RAM    ? " KiB RAM"
+            : map[i].type == XEN_HVM_MEMMAP_TYPE_ACPI ? " KiB ACPI"
+                                                      : " KiB reserved");
     }
+    const char *rsdp = (const char *)start->rsdp_paddr;
+    const char signature[] = "RSD PTR ";
+    int rsdp_ok = rsdp != 0;
+    for (int i = 0; rsdp_ok && i < 8; i++)
+        rsdp_ok = rsdp[i] == signature[i];
+    put(rsdp_ok ? ", ACPI RSDP found" : ", no ACPI RSDP");
     end_line();
 
     long version = hypercall(__HYPERVISOR_xen_version, XENVER_version, 0);

@@ -69,8 +69,8 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
 /// libxen-dev: `shared_info_t`, `struct evtchn_*`, `__HYPERVISOR_*`,
 /// `struct hvm_start_info`, `struct xencons_interface`, `xs_wire.h`) and
 /// booted as Xen boots a PVH kernel: dom0 starts it at the 32-bit entry
-/// its ELF note names with an `hvm_start_info` (command line, memory map),
-/// and it enters 64-bit mode itself. hv's answers match Xen's definitions:
+/// its ELF note names with an `hvm_start_info` (command line, memory map,
+/// the ACPI tables' RSDP), and it enters 64-bit mode itself. hv's answers match Xen's definitions:
 /// it reads the version and suffix, places its shared info, sends itself
 /// an event on a loopback channel and finds it where Xen's
 /// `shared_info_t` says, finds its console ring and its store through
@@ -87,7 +87,7 @@ fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
     let output =
         machine.expect(prompt, seconds(60)).unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
     for line in [
-        "xenhello-c: PVH start info magic ok, version 1, command line '', memory map: 20 KiB reserved 4076 KiB RAM",
+        "xenhello-c: PVH start info magic ok, version 1, command line '', memory map: 20 KiB reserved 4 KiB ACPI 4072 KiB RAM, ACPI RSDP found",
         "xenhello-c: Xen 4.17.0-mica",
         "xenhello-c: store: name xenhelloc",
     ] {
