@@ -27,6 +27,32 @@
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/io/console.h>
 #include <xen/io/xs_wire.h>
+#include <xen/grant_table.h>
+/* ring.h wants the barriers from its user (interface versions >= 3.2.8). */
+#define xen_mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define xen_rmb() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define xen_wmb() __atomic_thread_fence(__ATOMIC_RELEASE)
+#include <xen/io/blkif.h>
+#include <xen/io/xenbus.h>
+#include <xen/io/protocols.h>
+
+/* The freestanding build has no libc: what ring.h and the compiler use. */
+void *memset(void *to, int value, unsigned long count)
+{
+    unsigned char *bytes = to;
+    while (count--)
+        *bytes++ = (unsigned char)value;
+    return to;
+}
+
+void *memcpy(void *to, const void *from, unsigned long count)
+{
+    unsigned char *out = to;
+    const unsigned char *in = from;
+    while (count--)
+        *out++ = *in++;
+    return to;
+}
 
 /* A Xen hypercall: vmcall with the number in rax, arguments in rdi, rsi
  * (64-bit mode: pvh.S switched to it). */
@@ -170,6 +196,53 @@ static void store_get(void *bytes, unsigned long length)
     send(store_port);
 }
 
+/* Sends one store request of `type` with `fields` (each with its NUL,
+ * `lengths` bytes) and reads the reply's payload into `value` (NUL-
+ * terminated); the reply's type. Watch events in between are skipped. */
+static uint32_t store_request(uint32_t type, const char *const *fields, const unsigned long *lengths, int count,
+                              char *value, unsigned long size)
+{
+    uint32_t length = 0;
+    for (int i = 0; i < count; i++)
+        length += (uint32_t)lengths[i];
+    struct xsd_sockmsg request = {.type = type, .req_id = 2, .tx_id = 0, .len = length};
+    store_put(&request, sizeof(request));
+    for (int i = 0; i < count; i++)
+        store_put(fields[i], lengths[i]);
+    for (;;) {
+        struct xsd_sockmsg reply;
+        store_get(&reply, sizeof(reply));
+        unsigned long kept = 0;
+        for (uint32_t i = 0; i < reply.len; i++) {
+            char byte;
+            store_get(&byte, 1);
+            if (kept < size - 1)
+                value[kept++] = byte;
+        }
+        value[kept] = 0;
+        if (reply.type != XS_WATCH_EVENT)
+            return reply.type;
+    }
+}
+
+static unsigned long length_of(const char *text)
+{
+    unsigned long length = 0;
+    while (text[length])
+        length++;
+    return length;
+}
+
+/* XS_WRITE of `text` at `path`; whether the store said OK. */
+static int store_write(const char *path, const char *text)
+{
+    const char *fields[] = {path, text};
+    /* The path with its NUL, the value without (xs_wire). */
+    unsigned long lengths[] = {length_of(path) + 1, length_of(text)};
+    char reply[16];
+    return store_request(XS_WRITE, fields, lengths, 2, reply, sizeof(reply)) == XS_WRITE;
+}
+
 /* XS_READ of `path` (relative to this domain's home) into `value`
  * (NUL-terminated); the reply's type (XS_READ, or XS_ERROR with the
  * error's name in `value`). Watch events in between are skipped. */
@@ -202,6 +275,164 @@ static union {
     shared_info_t info;
     unsigned char bytes[4096];
 } shared __attribute__((aligned(4096)));
+
+/* The grant table (frame 0, placed with add_to_physmap), the block ring
+ * and one data page, granted to dom0. */
+static grant_entry_v1_t grant_table[4096 / sizeof(grant_entry_v1_t)] __attribute__((aligned(4096)));
+static union {
+    blkif_sring_t ring;
+    unsigned char bytes[4096];
+} block_page __attribute__((aligned(4096)));
+static unsigned char data_page[4096] __attribute__((aligned(4096)));
+
+static void grant(grant_ref_t ref, void *page)
+{
+    grant_table[ref].domid = 0;
+    grant_table[ref].frame = (uint32_t)((unsigned long)page >> 12);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    grant_table[ref].flags = GTF_permit_access;
+}
+
+static long parse(const char *text)
+{
+    long value = 0;
+    while (*text >= '0' && *text <= '9')
+        value = value * 10 + (*text++ - '0');
+    return value;
+}
+
+/* Reads `key` of directory `dir` into `value`; the reply's type. */
+static uint32_t read_key(const char *dir, const char *key, char *value, unsigned long size)
+{
+    char path[128];
+    unsigned long at = 0;
+    for (const char *p = dir; *p && at < sizeof(path) - 2; p++)
+        path[at++] = *p;
+    path[at++] = '/';
+    for (const char *p = key; *p && at < sizeof(path) - 1; p++)
+        path[at++] = *p;
+    path[at] = 0;
+    return store_read(path, value, size);
+}
+
+/* Waits (yielding) until the back end at `backend` is in `state`. */
+static int wait_backend(const char *backend, int state)
+{
+    char value[16];
+    for (int tries = 0; tries < 100000; tries++) {
+        if (read_key(backend, "state", value, sizeof(value)) == XS_READ && parse(value) == state)
+            return 1;
+        yield();
+    }
+    return 0;
+}
+
+/* One request on the ring for sector 0 through the data page, answered. */
+static int block_io(blkif_front_ring_t *ring, evtchn_port_t port, uint8_t operation)
+{
+    blkif_request_t *request = RING_GET_REQUEST(ring, ring->req_prod_pvt);
+    request->operation = operation;
+    request->nr_segments = 1;
+    request->handle = 0;
+    request->id = operation;
+    request->sector_number = 0;
+    request->seg[0].gref = 2;
+    request->seg[0].first_sect = 0;
+    request->seg[0].last_sect = 0;
+    ring->req_prod_pvt++;
+    int notify;
+    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(ring, notify);
+    if (notify)
+        send(port);
+    for (int tries = 0; tries < 1000000; tries++) {
+        if (RING_HAS_UNCONSUMED_RESPONSES(ring)) {
+            blkif_response_t *response = RING_GET_RESPONSE(ring, ring->rsp_cons);
+            ring->rsp_cons++;
+            return response->id == operation && response->status == BLKIF_RSP_OKAY;
+        }
+        yield();
+    }
+    return 0;
+}
+
+/* The first disk (device/vbd/51712) through blkif: connects as Linux's
+ * blkfront does, writes a marker to sector 0 and reads it back. */
+static void disk(void)
+{
+    const char *dir = "device/vbd/51712";
+    char backend[96], value[32];
+    put("xenhello-c: disk: ");
+    if (!store || read_key(dir, "backend", backend, sizeof(backend)) != XS_READ) {
+        put("none offered");
+        end_line();
+        return;
+    }
+    struct xen_add_to_physmap add = {
+        .domid = DOMID_SELF,
+        .space = XENMAPSPACE_grant_table,
+        .idx = 0,
+        .gpfn = (unsigned long)grant_table / 4096,
+    };
+    long placed = hypercall(__HYPERVISOR_memory_op, XENMEM_add_to_physmap, (unsigned long)&add);
+    struct evtchn_alloc_unbound alloc = {.dom = DOMID_SELF, .remote_dom = 0};
+    long allocated = hypercall(__HYPERVISOR_event_channel_op, EVTCHNOP_alloc_unbound, (unsigned long)&alloc);
+    if (placed != 0 || allocated != 0 || !wait_backend(backend, XenbusStateInitWait)) {
+        put("setting up failed");
+        end_line();
+        return;
+    }
+    blkif_front_ring_t ring;
+    SHARED_RING_INIT(&block_page.ring);
+    FRONT_RING_INIT(&ring, &block_page.ring, sizeof(block_page));
+    grant(1, &block_page);
+    grant(2, data_page);
+    char number[12];
+    int digits = 0;
+    for (uint32_t port = alloc.port; digits == 0 || port; port /= 10)
+        number[digits++] = (char)('0' + port % 10);
+    for (int i = 0; i < digits / 2; i++) {
+        char swap = number[i];
+        number[i] = number[digits - 1 - i];
+        number[digits - 1 - i] = swap;
+    }
+    number[digits] = 0;
+    char path[64];
+    const char *keys[] = {"ring-ref", "event-channel", "protocol", "state"};
+    const char *values[] = {"1", number, XEN_IO_PROTO_ABI_NATIVE, "3"};
+    int written = 1;
+    for (int k = 0; k < 4; k++) {
+        unsigned long at = 0;
+        for (const char *p = dir; *p; p++)
+            path[at++] = *p;
+        path[at++] = '/';
+        for (const char *p = keys[k]; *p; p++)
+            path[at++] = *p;
+        path[at] = 0;
+        written &= store_write(path, values[k]);
+    }
+    if (!written || !wait_backend(backend, XenbusStateConnected)) {
+        put("the back end did not connect");
+        end_line();
+        return;
+    }
+    long sectors = read_key(backend, "sectors", value, sizeof(value)) == XS_READ ? parse(value) : -1;
+    const char marker[] = "xenhello-c was here";
+    for (unsigned long i = 0; i < sizeof(marker); i++)
+        data_page[i] = (unsigned char)marker[i];
+    int wrote = block_io(&ring, alloc.port, BLKIF_OP_WRITE);
+    for (unsigned long i = 0; i < sizeof(data_page); i++)
+        data_page[i] = 0;
+    int read = block_io(&ring, alloc.port, BLKIF_OP_READ);
+    int same = 1;
+    for (unsigned long i = 0; i < sizeof(marker); i++)
+        same &= data_page[i] == (unsigned char)marker[i];
+    put_number(sectors);
+    put(" sectors; sector 0 written ");
+    put(wrote ? "ok" : "FAILED");
+    put(", read back ");
+    put(read && same ? "the same" : "WRONG");
+    end_line();
+}
 
 void guest_main(const struct hvm_start_info *start)
 {
@@ -288,6 +519,8 @@ void guest_main(const struct hvm_start_info *start)
         put(")");
     }
     end_line();
+
+    disk();
 
     put("xenhello-c: console ring: press a key to power off");
     end_line();

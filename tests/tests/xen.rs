@@ -75,8 +75,11 @@ fn a_guest_on_xens_interface_learns_the_version_writes_to_the_console_and_powers
 /// an event on a loopback channel and finds it where Xen's
 /// `shared_info_t` says, finds its console ring and its store through
 /// HVM parameters, writes to the ring (`console`), reads its name from
-/// the store (an xs_wire `XS_READ`), waits for a key typed at its console
-/// and powers off.
+/// the store (an xs_wire `XS_READ`), connects its disk as Linux's blkfront
+/// does (Xen's device path and keys, a grant table placed with
+/// add_to_physmap, Xen's `ring.h` macros) and writes and reads back a
+/// sector through blkif, waits for a key typed at its console and powers
+/// off.
 #[test]
 fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
     let mut machine = boot();
@@ -90,6 +93,7 @@ fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
         "xenhello-c: PVH start info magic ok, version 1, command line '', memory map: 20 KiB reserved 4 KiB ACPI 4072 KiB RAM, ACPI RSDP found",
         "xenhello-c: Xen 4.17.0-mica",
         "xenhello-c: store: name xenhelloc",
+        "xenhello-c: disk: 64 sectors; sector 0 written ok, read back the same",
     ] {
         if !output.lines().any(|printed| printed.trim_end() == line) {
             fail_with(&mut machine, &format!("its console should show {line:?}; it printed:\n{output}"));
