@@ -95,6 +95,9 @@ pub trait DomainControl {
     /// How many vCPUs `create` gives a domain (the PVH boot's MADT names
     /// each).
     fn vcpus(&self) -> u32;
+    /// Sets `domain`'s memory map (Xen's `memory_op` set_memory_map), which
+    /// a PVH guest may also ask for.
+    fn set_memory_map(&mut self, domain: DomainId, map: &[abi::xen::memory::E820Entry]) -> Result<(), Error>;
     fn destroy(&mut self, domain: DomainId);
 }
 
@@ -339,6 +342,9 @@ fn populate_and_load_pvh(
     };
     control.copy(id, PVH_START_INFO, info.as_bytes()).map_err(step("write start info"))?;
     control.copy(id, PVH_MEMMAP, memmap.as_bytes()).map_err(step("write memory map"))?;
+    let e820 =
+        memmap.map(|entry| abi::xen::memory::E820Entry { addr: entry.addr, size: entry.size, r#type: entry.r#type });
+    control.set_memory_map(id, &e820).map_err(step("set memory map"))?;
 
     let context = VcpuContext {
         rip: image.pvh_entry().map_or(0, u64::from),
@@ -367,6 +373,7 @@ mod tests {
         fail_at: Option<&'static str>,
         destroyed: Vec<DomainId>,
         params: HashMap<(DomainId, u32), u64>,
+        memory_maps: HashMap<DomainId, Vec<abi::xen::memory::E820Entry>>,
     }
 
     impl Mock {
@@ -425,6 +432,11 @@ mod tests {
         }
         fn vcpus(&self) -> u32 {
             2
+        }
+        fn set_memory_map(&mut self, domain: DomainId, map: &[abi::xen::memory::E820Entry]) -> Result<(), Error> {
+            self.fail("memory map")?;
+            self.memory_maps.insert(domain, map.to_vec());
+            Ok(())
         }
         fn set_hvm_param(&mut self, domain: DomainId, index: u32, value: u64) -> Result<(), Error> {
             self.fail("param")?;
@@ -523,6 +535,9 @@ mod tests {
         assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, PVH_ACPI, 2), "the builder's pages reserved");
         assert_eq!((map[1].addr, map[1].size, map[1].r#type), (PVH_ACPI, 4096, 3), "the ACPI tables");
         assert_eq!((map[2].addr, map[2].size, map[2].r#type), (PVH_RAM, (16 << 20) - PVH_RAM, 1));
+        // The same map for `memory_op` memory_map.
+        let e820: Vec<(u64, u64, u32)> = mock.memory_maps[&id].iter().map(|e| (e.addr, e.size, e.r#type)).collect();
+        assert_eq!(e820, map.iter().map(|e| (e.addr, e.size, e.r#type)).collect::<Vec<_>>());
         // The ACPI tables, as a kernel finds them: one local APIC per vCPU.
         assert_eq!(info.rsdp_paddr, PVH_ACPI);
         assert_eq!(&bytes(PVH_ACPI, 8)[..], b"RSD PTR ");

@@ -476,6 +476,15 @@ impl DomainControl for Hypervisor {
         self.vcpus.max(1)
     }
 
+    fn set_memory_map(&mut self, domain: DomainId, map: &[abi::xen::memory::E820Entry]) -> Result<(), Error> {
+        let domid = u16::try_from(domain).map_err(|_| Error::InvalidArgument)?;
+        pv_drivers::xen::set_memory_map(domid, map).map_err(|errno| match errno {
+            abi::xen::Errno::Esrch => Error::NotFound,
+            abi::xen::Errno::Eperm => Error::Permission,
+            _ => Error::InvalidArgument,
+        })
+    }
+
     fn populate(&mut self, domain: DomainId, guest_physical: u64, pages: u64) -> Result<(), Error> {
         hypercall::domctl(DomCtlOp::PopulateMemory, domain, guest_physical, pages, 0).map(|_| ())
     }

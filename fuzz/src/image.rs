@@ -164,6 +164,9 @@ impl DomainControl for Recorder {
     fn vcpus(&self) -> u32 {
         1
     }
+    fn set_memory_map(&mut self, _domain: DomainId, _map: &[abi::xen::memory::E820Entry]) -> Result<(), Error> {
+        Ok(())
+    }
     fn destroy(&mut self, domain: DomainId) {
         assert!(self.live && domain == 5);
         self.live = false;

@@ -70,6 +70,9 @@ pub struct Domain<P: Platform> {
     /// Host address of each vCPU's Xen `vcpu_info` (`vcpu_op`
     /// register_vcpu_info); 0: its slot in the shared-info page.
     pub xen_vcpu_info: [u64; MAX_VCPUS],
+    /// Its memory map as the toolstack set it (`memory_op`
+    /// set_memory_map), which `memory_op` memory_map answers.
+    pub memory_map: ArrayVec<abi::xen::memory::E820Entry, { abi::xen::memory::MEMORY_MAP_MAX_ENTRIES }>,
     /// The HVM parameters the toolstack sets for Xen's guests
     /// (`xen::TOOLSTACK_PARAMS`, in that order: store frame and port,
     /// console frame and port), 0 = not set.
@@ -239,6 +242,7 @@ impl<P: Platform> Domain<P> {
             xen_shared_info: 0,
             xen_vcpu_info: [0; MAX_VCPUS],
             hvm_params: [0; 4],
+            memory_map: ArrayVec::new_const(),
             grant_table: 0,
             mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,

@@ -156,6 +156,9 @@ pub fn dispatch_table<P: Platform>(
         Some(Hypercall::EventChannelOp) => event_channel_table(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::HvmOp) => toolstack_param(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::GrantTableOp) => crate::xen_grant::table_op(hv, caller, space, a1 as u32, a2, a3),
+        Some(Hypercall::MemoryOp) if a1 as u32 & MEMOP_CMD_MASK == MemoryOp::SetMemoryMap.number() => {
+            set_memory_map(&mut hv.domains, caller, space, a2)
+        }
         Some(Hypercall::MemoryOp) => {
             // The grant table's frame 0 (checked again: the guest may have
             // changed its request since `memory_op` looked).
@@ -383,8 +386,50 @@ fn memory_op<P: Platform>(
             }
             Ok(XenCall::Done(Ok(0)))
         }
+        MemoryOp::MemoryMap => {
+            use abi::xen::memory::XenMemoryMap;
+            if domain.memory_map.is_empty() {
+                return Err(Errno::Enosys);
+            }
+            let mut request: XenMemoryMap = space.read_struct(domain, address)?;
+            let count = domain.memory_map.len().min(request.nr_entries as usize);
+            for (index, entry) in domain.memory_map[..count].iter().enumerate() {
+                let at = request.buffer.checked_add(index as u64 * 20).ok_or(Errno::Efault)?;
+                space.write(domain, at, &entry.to_bytes())?;
+            }
+            request.nr_entries = count as u32;
+            space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
+        }
+        // The toolstack's: another domain's map.
+        MemoryOp::SetMemoryMap if domain.privileged => Ok(XenCall::Table),
+        MemoryOp::SetMemoryMap => Err(Errno::Eperm),
         _ => Err(Errno::Enosys),
     }
+}
+
+/// `memory_op` set_memory_map by dom0: domain `domid`'s map, at most
+/// `MEMORY_MAP_MAX_ENTRIES` entries.
+fn set_memory_map<P: Platform>(
+    domains: &mut DomainTable<'_, P>,
+    caller: usize,
+    space: &AddressSpace,
+    address: u64,
+) -> Result<u64, Errno> {
+    use abi::xen::memory::{E820Entry, MEMORY_MAP_MAX_ENTRIES, XenForeignMemoryMap};
+    let request: XenForeignMemoryMap = space.read_struct(&domains[caller], address)?;
+    let target = domains.slot_of(u32::from(request.domid)).ok_or(Errno::Esrch)?;
+    let count = request.map.nr_entries as usize;
+    if count > MEMORY_MAP_MAX_ENTRIES {
+        return Err(Errno::Einval);
+    }
+    let mut map = arrayvec::ArrayVec::new();
+    for index in 0..count as u64 {
+        let at = request.map.buffer.checked_add(index * 20).ok_or(Errno::Efault)?;
+        let entry: E820Entry = space.read_struct(&domains[caller], at)?;
+        map.try_push(entry).map_err(|_| Errno::Einval)?;
+    }
+    domains[target].memory_map = map;
+    Ok(0)
 }
 
 /// `grant_table_op` on the caller alone: the table's size (one frame of
@@ -942,6 +987,39 @@ mod tests {
         assert_eq!(dom0.ended, None);
         assert_eq!(call(&mut domain, &space, H::SchedOp, [u64::from(SchedOp::Yield.number()), 0, 0]), Ok(0));
         assert!(domain.vcpus[0].reschedule);
+    }
+
+    #[test]
+    fn the_toolstack_sets_a_guests_memory_map_which_the_guest_reads() {
+        use abi::xen::memory::{E820Entry, XenForeignMemoryMap, XenMemoryMap};
+        let mut hv = hypervisor();
+        let (dom0, guest) = (xen_domain(&mut hv.domains, 0), xen_domain(&mut hv.domains, 5));
+        let (set, get) = (MemoryOp::SetMemoryMap.number(), MemoryOp::MemoryMap.number());
+        let map = [E820Entry { addr: 0, size: 0x6000, r#type: 2 }, E820Entry { addr: 0x6000, size: 0xa000, r#type: 1 }];
+        let bytes: Vec<u8> = map.iter().flat_map(|entry| entry.to_bytes()).collect();
+        hv.domains[dom0].write_guest(DATA + 0x200, &bytes).unwrap();
+        let request = |domid, nr_entries| XenForeignMemoryMap {
+            domid,
+            map: XenMemoryMap { nr_entries, buffer: VIRTUAL + 0x200, ..Default::default() },
+            ..Default::default()
+        };
+        let read = |hv: &mut Hypervisor<'static, Fake>, nr_entries| {
+            let asked = XenMemoryMap { nr_entries, buffer: VIRTUAL + 0x200, ..Default::default() };
+            let (result, answer) = xen_call(hv, guest, H::MemoryOp, get, asked);
+            let mut entries = [0u8; 40];
+            hv.domains[guest].read_guest(DATA + 0x200, &mut entries).unwrap();
+            (result, answer.nr_entries, entries)
+        };
+        assert_eq!(read(&mut hv, 8).0, Err(Errno::Enosys), "no map yet");
+        assert_eq!(xen_call(&mut hv, dom0, H::MemoryOp, set, request(5, 2)).0, Ok(0));
+        let (result, count, entries) = read(&mut hv, 8);
+        assert_eq!((result, count, &entries[..]), (Ok(0), 2, &bytes[..]));
+        let (result, count, _) = read(&mut hv, 1);
+        assert_eq!((result, count), (Ok(0), 1), "a short buffer gets the first entries");
+        assert_eq!(xen_call(&mut hv, dom0, H::MemoryOp, set, request(5, 9)).0, Err(Errno::Einval));
+        assert_eq!(xen_call(&mut hv, dom0, H::MemoryOp, set, request(9, 1)).0, Err(Errno::Esrch));
+        assert_eq!(xen_call(&mut hv, guest, H::MemoryOp, set, request(5, 1)).0, Err(Errno::Eperm));
+        assert_eq!(hv.domains[guest].memory_map.len(), 2, "refused calls changed nothing");
     }
 
     #[test]

@@ -465,6 +465,23 @@ void guest_main(const struct hvm_start_info *start)
     put(rsdp_ok ? ", ACPI RSDP found" : ", no ACPI RSDP");
     end_line();
 
+    /* The same map through memory_op (E820 entries of 20 bytes). */
+    static unsigned char e820[8 * 20];
+    struct xen_memory_map memory_map = {.nr_entries = 8};
+    set_xen_guest_handle(memory_map.buffer, (void *)e820);
+    long mapped = hypercall(__HYPERVISOR_memory_op, XENMEM_memory_map, (unsigned long)&memory_map);
+    put("xenhello-c: memory_map ");
+    put_number(mapped);
+    put(": ");
+    put_number((long)memory_map.nr_entries);
+    put(" entries, the last at ");
+    uint64_t last = 0;
+    for (int i = 0; i < 8 && mapped == 0 && memory_map.nr_entries > 0; i++)
+        last |= (uint64_t)e820[(memory_map.nr_entries - 1) * 20 + i] << (8 * i);
+    put_number((long)(last >> 10));
+    put(" KiB");
+    end_line();
+
     long version = hypercall(__HYPERVISOR_xen_version, XENVER_version, 0);
     xen_extraversion_t extra = {0};
     long extra_result = hypercall(__HYPERVISOR_xen_version, XENVER_extraversion, (unsigned long)extra);

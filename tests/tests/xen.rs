@@ -91,6 +91,7 @@ fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
         machine.expect(prompt, seconds(60)).unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
     for line in [
         "xenhello-c: PVH start info magic ok, version 1, command line '', memory map: 20 KiB reserved 4 KiB ACPI 4072 KiB RAM, ACPI RSDP found",
+        "xenhello-c: memory_map 0: 3 entries, the last at 24 KiB",
         "xenhello-c: Xen 4.17.0-mica",
         "xenhello-c: store: name xenhelloc",
         "xenhello-c: disk: 64 sectors; sector 0 written ok, read back the same",

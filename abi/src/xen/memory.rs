@@ -52,8 +52,9 @@ numbered_enum! {
         /// [`E820Entry`]). Writes the first `min(nr_entries, entries in
         /// the map)` entries, sets `nr_entries` to that count and returns
         /// 0: a buffer that is too small silently gets a truncated map.
-        /// Errors: `-ENOSYS` the domain has no memory map (a domain whose
-        /// `hvm_start_info` carries one need not call this).
+        /// Errors: `-ENOSYS` the domain has no memory map (dom0 sets one
+        /// for every PVH guest, the same as its `hvm_start_info` carries);
+        /// `-EFAULT` an unwritable buffer.
         MemoryMap = 9,
         /// The host's memory map (control domain). Not offered.
         MachineMemoryMap = 10,
@@ -61,7 +62,12 @@ numbered_enum! {
         Exchange = 11,
         /// PV: where the machine-to-physical table is mapped. Not offered.
         MachphysMapping = 12,
-        /// Sets a domain's memory map (toolstack). Not offered.
+        /// Sets a domain's memory map ([`XenForeignMemoryMap`]; dom0, the
+        /// toolstack, for a domain it builds): at most
+        /// [`MEMORY_MAP_MAX_ENTRIES`] entries, which
+        /// [`MemoryOp::MemoryMap`] then answers. Errors: `-EPERM` not dom0;
+        /// `-ESRCH` no such domain; `-EINVAL` too many entries; `-EFAULT`
+        /// unreadable ones.
         SetMemoryMap = 13,
         /// The highest guest frame in use ([`XenMemoryDomain`]), returned
         /// in `rax`; errors as [`MemoryOp::CurrentReservation`].
@@ -218,6 +224,25 @@ pub struct XenMemoryMap {
 const _: () = assert!(size_of::<XenMemoryMap>() == 16);
 const _: () = assert!(offset_of!(XenMemoryMap, nr_entries) == 0);
 const _: () = assert!(offset_of!(XenMemoryMap, buffer) == 8);
+
+/// Argument of [`MemoryOp::SetMemoryMap`] (`xen_foreign_memory_map`):
+/// the domain and its map (`map.nr_entries` entries at `map.buffer`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct XenForeignMemoryMap {
+    /// The domain whose map this is.
+    pub domid: DomId,
+    /// Padding (implicit in C), zero.
+    pub _pad0: [u16; 3],
+    /// The map.
+    pub map: XenMemoryMap,
+}
+
+const _: () = assert!(size_of::<XenForeignMemoryMap>() == 24);
+const _: () = assert!(offset_of!(XenForeignMemoryMap, map) == 8);
+
+/// Most entries a domain's memory map holds in Mica.
+pub const MEMORY_MAP_MAX_ENTRIES: usize = 8;
 
 /// One entry of [`MemoryOp::MemoryMap`]'s buffer, in the BIOS E820 format:
 /// 20 bytes, no padding (so `addr` and `size` are only 4-byte aligned).

@@ -16,7 +16,9 @@
 //! | call (number) | sub-operation | Mica |
 //! |---|---|---|
 //! | `memory_op` (12) | `add_to_physmap` | shared info (`XENMAPSPACE_shared_info`, idx 0): the guest's own RAM page at `gpfn` becomes it (zeroed the first time, carried along when moved); grant table frame 0 (`XENMAPSPACE_grant_table`): the guest's RAM page at `gpfn` holds its 512 v1 entries; other spaces or indices `-EINVAL`/`-ENOSYS` |
-//! | | others, `memory_map` included | `-ENOSYS` (a PVH guest reads its map in `hvm_start_info`) |
+//! | | `memory_map` | the map dom0 set (the same as `hvm_start_info`'s for a PVH guest); `-ENOSYS` without one |
+//! | | `set_memory_map` | dom0 on a domain it builds (at most 8 entries) |
+//! | | others | `-ENOSYS` |
 //! | `xen_version` (17) | `version`, `extraversion`, `get_features` (word 0), `pagesize` | 4.17, `".0-mica"`, writable page tables, auto-translated physmap, HVM callback vector and safe pvclock (0x305), 4096; other feature words `-EINVAL` |
 //! | | others | `-ENOSYS` |
 //! | `console_io` (18) | `write` | to hv's log, per line, rate-limited; returns 0 |
