@@ -6,7 +6,7 @@ use core::arch::{asm, global_asm};
 use core::fmt;
 use core::fmt::Write as _;
 
-use abi::event::{EventOp, PortState, PortStatus, Virq};
+use abi::event::EventOp;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 use abi::xen::errno::Errno;
 use abi::xen::io::block::{
@@ -134,7 +134,7 @@ impl StoreClient {
             if count == 0 {
                 return Ok(None);
             }
-            let _ = hypercall::notify(self.port);
+            let _ = crate::xen::evtchn::notify(self.port);
             self.incoming_length += count;
         }
     }
@@ -375,7 +375,7 @@ impl Guest {
         // SAFETY: the static page is dedicated to hv's use for the domain's life.
         let _ = unsafe { crate::xen::place_shared_info_at(&raw mut EVENT_PAGE as u64) };
         let _ = crate::xen::set_callback_vector(UPCALL_VECTOR);
-        let timer_port = hypercall::event(EventOp::BindVirq, Virq::Timer as u64, 0).unwrap_or(0) as u32;
+        let timer_port = crate::xen::evtchn::bind_virq(abi::xen::event_channel::Virq::Timer, 0).unwrap_or(0);
         let mut guest = Guest {
             start_info,
             console: None,
@@ -459,7 +459,7 @@ impl Guest {
         let connected = attempt(self, &mut port);
         if connected.is_none() {
             if let Some(port) = port {
-                let _ = hypercall::event(EventOp::Close, port as u64, 0);
+                let _ = crate::xen::evtchn::close(port);
             }
             self.release_grants(device);
         }
@@ -522,7 +522,7 @@ impl Guest {
         for (index, reference) in grants.iter_mut().enumerate() {
             *reference = grant((&raw mut DISK_BUFFER as u64) + index as u64 * 4096)?;
         }
-        let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        let port = crate::xen::evtchn::alloc_unbound(abi::DOM0 as u16).ok()?;
         *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
         let _ = write!(number, "{ring_ref}");
@@ -603,7 +603,7 @@ impl Guest {
             DeviceKind::Vif => self.net.take().map(|(_, port)| port),
         };
         if let Some(port) = port {
-            let _ = hypercall::event(EventOp::Close, port as u64, 0);
+            let _ = crate::xen::evtchn::close(port);
         }
         let state = device_key(kind, abi::xen::io::xenbus::KEY_STATE);
         let _ = self.store_write(&state, abi::xen::io::xenbus::XenbusState::Closed.format());
@@ -634,7 +634,7 @@ impl Guest {
         let state = device_key(kind, KEY_STATE);
         let _ = self.store_write(&state, XenbusState::Closing.format());
         let closed = self.wait_backend_state(kind, XenbusState::Closed);
-        let _ = hypercall::event(EventOp::Close, port as u64, 0);
+        let _ = crate::xen::evtchn::close(port);
         let released = self.release_grants(device);
         let _ = self.store_write(&state, XenbusState::Closed.format());
         match (closed, released) {
@@ -688,7 +688,7 @@ impl Guest {
             if now() > give_up {
                 return false;
             }
-            let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
+            self.set_timer(now() + self.ticks_per_second() / 1000);
             self.wait_for_event();
         }
     }
@@ -719,7 +719,7 @@ impl Guest {
                 XenbusState::Closing | XenbusState::Closed => return false,
                 _ if now() > give_up => return false,
                 _ => {
-                    let _ = hypercall::set_timer(now() + self.ticks_per_second() / 1000);
+                    self.set_timer(now() + self.ticks_per_second() / 1000);
                     self.wait_for_event();
                 }
             }
@@ -967,7 +967,7 @@ impl Guest {
         }
         let pages = pages / pages_each;
         if disk.ring.publish_requests() {
-            let _ = hypercall::notify(disk.port);
+            let _ = crate::xen::evtchn::notify(disk.port);
         }
         let mut good = 0;
         let mut answered = 0;
@@ -1034,7 +1034,7 @@ impl Guest {
         }
         // Always notify: a hostile front end wants dom0 running now.
         disk.ring.publish_requests();
-        let _ = hypercall::notify(disk.port);
+        let _ = crate::xen::evtchn::notify(disk.port);
         Ok(())
     }
 
@@ -1052,7 +1052,7 @@ impl Guest {
     /// Notifies dom0's disk back end.
     pub fn disk_notify(&self) {
         if let Some(disk) = &self.disk {
-            let _ = hypercall::notify(disk.port);
+            let _ = crate::xen::evtchn::notify(disk.port);
         }
     }
 
@@ -1232,7 +1232,7 @@ impl Guest {
                 if count > 0 {
                     sent += count;
                     progress = true;
-                    let _ = hypercall::notify(store.port);
+                    let _ = crate::xen::evtchn::notify(store.port);
                 }
             }
             if let Some(total) = store.receive()? {
@@ -1366,8 +1366,8 @@ impl Guest {
         while !bytes.is_empty() {
             match ring.write_output(bytes) {
                 Ok(0) => {
-                    let _ = hypercall::notify(self.console_port);
-                    hypercall::yield_now();
+                    let _ = crate::xen::evtchn::notify(self.console_port);
+                    crate::xen::yield_now();
                 }
                 Ok(count) => bytes = &bytes[count..],
                 Err(_) => {
@@ -1377,14 +1377,14 @@ impl Guest {
                 }
             }
         }
-        let _ = hypercall::notify(self.console_port);
+        let _ = crate::xen::evtchn::notify(self.console_port);
     }
 
     /// Reads waiting console input (non-blocking).
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let count = self.console.as_ref().and_then(|ring| ring.read_input(out).ok()).unwrap_or(0);
         if count > 0 {
-            let _ = hypercall::notify(self.console_port);
+            let _ = crate::xen::evtchn::notify(self.console_port);
         }
         count
     }
@@ -1420,9 +1420,15 @@ impl Guest {
         }
     }
 
+    /// Arms this vCPU's single-shot timer (Xen's `vcpu_op`) for TSC value
+    /// `deadline`: its `VIRQ_TIMER` port fires then.
+    fn set_timer(&self, deadline: u64) {
+        let _ = crate::xen::set_timer(0, crate::xen::tsc_to_ns(deadline, self.start_info.tsc_khz));
+    }
+
     /// Sleeps until the TSC reaches `deadline`.
     pub fn sleep_until(&mut self, deadline: u64) {
-        let _ = hypercall::set_timer(deadline);
+        self.set_timer(deadline);
         while now() < deadline {
             self.wait_for_event();
         }
@@ -1438,10 +1444,9 @@ impl Guest {
 
     /// Whether the console port is connected (dom0 still serves it).
     pub fn console_connected(&self) -> bool {
-        hypercall::event(EventOp::Status, self.console_port as u64, 0)
-            .ok()
-            .and_then(PortStatus::decode)
-            .is_some_and(|status| status.state == PortState::Interdomain)
+        use abi::xen::event_channel::EvtchnStat;
+        crate::xen::evtchn::status(self.console_port)
+            .is_ok_and(|status| status.status == EvtchnStat::Interdomain.number())
     }
 }
 
