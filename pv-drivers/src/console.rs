@@ -257,22 +257,23 @@ mod tests {
     #[test]
     fn the_store_ring_is_xens_xenstore_domain_interface() {
         let mut page = Box::new(Page([0; 4096]));
-        let base = page.0.as_mut_ptr();
-        // SAFETY: `page` outlives `ring`.
-        let ring = unsafe { StoreRingAccess::new(base) };
         let word = |page: &Page, at: usize| u32::from_le_bytes(page.0[at..at + 4].try_into().unwrap());
-        assert_eq!(ring.client_send(b"req"), Ok(3));
-        assert_eq!(ring.server_send(b"reply"), Ok(5));
-        drop(ring);
+        {
+            // SAFETY: `page` outlives `ring` (this block).
+            let ring = unsafe { StoreRingAccess::new(page.0.as_mut_ptr()) };
+            assert_eq!(ring.client_send(b"req"), Ok(3));
+            assert_eq!(ring.server_send(b"reply"), Ok(5));
+        }
         // req at 0, rsp at 1024; req_cons, req_prod, rsp_cons, rsp_prod from 2048.
         assert_eq!((&page.0[..3], &page.0[1024..1029]), (&b"req"[..], &b"reply"[..]));
         assert_eq!([2048, 2052, 2056, 2060].map(|at| word(&page, at)), [0, 3, 0, 5]);
-        // SAFETY: as above.
-        let ring = unsafe { StoreRingAccess::new(page.0.as_mut_ptr()) };
-        let mut out = [0; 8];
-        assert_eq!((ring.server_receive(&mut out), &out[..3]), (Ok(3), &b"req"[..]));
-        assert_eq!(ring.server_room(), Ok(1024 - 5), "a 1024-byte reply ring");
-        drop(ring);
+        {
+            // SAFETY: as above.
+            let ring = unsafe { StoreRingAccess::new(page.0.as_mut_ptr()) };
+            let mut out = [0; 8];
+            assert_eq!((ring.server_receive(&mut out), &out[..3]), (Ok(3), &b"req"[..]));
+            assert_eq!(ring.server_room(), Ok(1024 - 5), "a 1024-byte reply ring");
+        }
         assert_eq!(word(&page, 2048), 3);
     }
 
