@@ -307,6 +307,22 @@ pub unsafe fn place_grant_table_at(address: u64) -> Result<(), Errno> {
     unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::AddToPhysmap.number()), pointer, 0]) }.map(|_| ())
 }
 
+/// Sets domain `domid`'s memory map (`memory_op` set_memory_map; dom0,
+/// the toolstack), which the domain reads with `memory_map`.
+pub fn set_memory_map(domid: u16, entries: &[abi::xen::memory::E820Entry]) -> Result<(), Errno> {
+    use abi::xen::memory::{E820_ENTRY_SIZE, MEMORY_MAP_MAX_ENTRIES, MemoryOp, XenForeignMemoryMap, XenMemoryMap};
+    let mut buffer = [0u8; E820_ENTRY_SIZE * MEMORY_MAP_MAX_ENTRIES];
+    let count = entries.len().min(MEMORY_MAP_MAX_ENTRIES);
+    for (slot, entry) in buffer.chunks_exact_mut(E820_ENTRY_SIZE).zip(&entries[..count]) {
+        slot.copy_from_slice(&entry.to_bytes());
+    }
+    let map = XenMemoryMap { nr_entries: count as u32, buffer: buffer.as_ptr() as u64, ..Default::default() };
+    let request = XenForeignMemoryMap { domid, map, ..Default::default() };
+    let address = &raw const request as u64;
+    // SAFETY: hv reads `request` and the entries in `buffer`, both ours for the call.
+    unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::SetMemoryMap.number()), address, 0]) }.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -322,20 +338,4 @@ mod tests {
         assert_eq!(super::tsc_to_ns(u64::MAX, 1), u64::MAX, "saturates");
         assert_eq!(super::tsc_to_ns(7, 0), 7_000_000, "a zero rate taken as 1 kHz");
     }
-}
-
-/// Sets domain `domid`'s memory map (`memory_op` set_memory_map; dom0,
-/// the toolstack), which the domain reads with `memory_map`.
-pub fn set_memory_map(domid: u16, entries: &[abi::xen::memory::E820Entry]) -> Result<(), Errno> {
-    use abi::xen::memory::{E820_ENTRY_SIZE, MEMORY_MAP_MAX_ENTRIES, MemoryOp, XenForeignMemoryMap, XenMemoryMap};
-    let mut buffer = [0u8; E820_ENTRY_SIZE * MEMORY_MAP_MAX_ENTRIES];
-    let count = entries.len().min(MEMORY_MAP_MAX_ENTRIES);
-    for (slot, entry) in buffer.chunks_exact_mut(E820_ENTRY_SIZE).zip(&entries[..count]) {
-        slot.copy_from_slice(&entry.to_bytes());
-    }
-    let map = XenMemoryMap { nr_entries: count as u32, buffer: buffer.as_ptr() as u64, ..Default::default() };
-    let request = XenForeignMemoryMap { domid, map, ..Default::default() };
-    let address = &raw const request as u64;
-    // SAFETY: hv reads `request` and the entries in `buffer`, both ours for the call.
-    unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::SetMemoryMap.number()), address, 0]) }.map(|_| ())
 }
