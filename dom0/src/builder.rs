@@ -205,6 +205,22 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
     }
 }
 
+/// Gives domain `id` `memory` bytes of RAM from 0 and copies the kernel's
+/// segments to their physical addresses.
+fn populate_and_copy_segments(
+    control: &mut impl DomainControl,
+    id: DomainId,
+    image: &ElfImage,
+    memory: u64,
+) -> Result<(), BuildError> {
+    let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
+    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
+    for segment in image.segments() {
+        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
+    }
+    Ok(())
+}
+
 fn populate_and_load(
     control: &mut impl DomainControl,
     id: DomainId,
@@ -213,10 +229,7 @@ fn populate_and_load(
 ) -> Result<(), BuildError> {
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
     let memory = request.memory_bytes;
-    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
-    for segment in image.segments() {
-        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
-    }
+    populate_and_copy_segments(control, id, image, memory)?;
 
     // Page tables: 4 KiB pages below 2 MiB (page 0 left out), 2 MiB pages above.
     let mut tables = LocalTables { pages: [[0; 512]; TABLE_PAGES], used: 0 };
@@ -305,10 +318,7 @@ fn populate_and_load_pvh(
     use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
     let memory = request.memory_bytes;
-    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
-    for segment in image.segments() {
-        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
-    }
+    populate_and_copy_segments(control, id, image, memory)?;
     let mut cmdline = [0u8; 4096];
     let length = request.cmdline.len().min(cmdline.len() - 1);
     cmdline[..length].copy_from_slice(&request.cmdline.as_bytes()[..length]);

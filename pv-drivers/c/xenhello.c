@@ -248,26 +248,9 @@ static int store_write(const char *path, const char *text)
  * error's name in `value`). Watch events in between are skipped. */
 static uint32_t store_read(const char *path, char *value, unsigned long size)
 {
-    unsigned long length = 0;
-    while (path[length])
-        length++;
-    struct xsd_sockmsg request = {.type = XS_READ, .req_id = 1, .tx_id = 0, .len = length + 1};
-    store_put(&request, sizeof(request));
-    store_put(path, length + 1);
-    for (;;) {
-        struct xsd_sockmsg reply;
-        store_get(&reply, sizeof(reply));
-        unsigned long kept = 0;
-        for (uint32_t i = 0; i < reply.len; i++) {
-            char byte;
-            store_get(&byte, 1);
-            if (kept < size - 1)
-                value[kept++] = byte;
-        }
-        value[kept] = 0;
-        if (reply.type != XS_WATCH_EVENT)
-            return reply.type;
-    }
+    const char *fields[] = {path};
+    unsigned long lengths[] = {length_of(path) + 1};
+    return store_request(XS_READ, fields, lengths, 1, value, size);
 }
 
 /* The page that becomes the shared info, with Xen's own layout. */
