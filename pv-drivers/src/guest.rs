@@ -868,7 +868,7 @@ impl Guest {
 
     /// Sends a raw transmit request (tests of hostile front ends: nothing is
     /// checked) and notifies dom0.
-    pub fn net_send_raw(&mut self, request: &abi::net::TxRequest) -> Result<(), crate::net::NetError> {
+    pub fn net_send_raw(&mut self, request: &abi::xen::io::net::NetifTxRequest) -> Result<(), crate::net::NetError> {
         let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
         front.send_raw(request)?;
         let _ = hypercall::notify(*port);

@@ -312,7 +312,7 @@ fn hostile(mut guest: Guest) -> ! {
     // Guest-physical 1 GiB is far past this guest's memory.
     let foreign = guest.grant_to_dom0(1 << 30, true);
     let request = match foreign {
-        Ok(grant) => abi::net::TxRequest { id: 0, flags: 0, grant, offset: 0, size: 60, _reserved: 0 },
+        Ok(gref) => abi::xen::io::net::NetifTxRequest { gref, offset: 0, flags: 0, id: 0, size: 60 },
         Err(_) => {
             let _ = writeln!(guest, "nettest: hostile: could not create the grant; stopping");
             stop(guest)
