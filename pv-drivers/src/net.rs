@@ -9,7 +9,7 @@
 use abi::net::{FRAME_MAX, FRAME_MIN};
 use abi::xen::io::net::{
     NETIF_RSP_NULL, NETIF_RSP_OKAY, NETIF_RX_ENTRY_SIZE, NETIF_RX_RING_SIZE, NETIF_TX_ENTRY_SIZE, NETIF_TX_RING_SIZE,
-    NETRXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
+    NETRXF_MORE_DATA, NETTXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 
 use crate::ring::{BackRing, FrontRing, RingError};
@@ -256,16 +256,81 @@ impl NetFront {
         tx || rx
     }
 
-    /// Queues `request` as it is, without checks (for tests of hostile front
-    /// ends); its `id` names a transmit buffer that must be free. Returns
-    /// whether to notify dom0.
-    pub fn send_raw(&mut self, request: &NetifTxRequest) -> Result<bool, NetError> {
-        let index = request.id as usize;
-        if index >= TX_BUFFERS || self.tx_in_flight & (1 << index) != 0 {
+    /// Sends `frame` in two slots, as Linux's netfront sends a frame that
+    /// crosses a page: its first `first` bytes at the end of one transmit
+    /// buffer's page (`NETTXF_MORE_DATA`, the whole frame's `size`), the
+    /// rest at the start of another's. Returns whether to notify dom0.
+    pub fn send_split(&mut self, frame: &[u8], first: usize) -> Result<bool, NetError> {
+        if self.broken {
+            return Err(NetError::Broken);
+        }
+        if !(FRAME_MIN..=FRAME_MAX).contains(&frame.len()) || !(1..frame.len()).contains(&first) {
+            return Err(NetError::BadFrame);
+        }
+        self.reclaim()?;
+        let head = (!self.tx_in_flight).trailing_zeros() as usize;
+        let tail = (!(self.tx_in_flight | 1 << head.min(31))).trailing_zeros() as usize;
+        if head >= TX_BUFFERS || tail >= TX_BUFFERS || self.tx.free_slots() < 2 {
             return Err(NetError::Full);
         }
-        self.tx.push_request(request).map_err(|_| NetError::Full)?;
-        self.tx_in_flight |= 1 << index;
+        let page = abi::PAGE_SIZE as usize;
+        let (head_buffer, tail_buffer) = (self.tx_buffers[head], self.tx_buffers[tail]);
+        // SAFETY: both buffers are pages of ours (see `new`) not in flight,
+        // so dom0 does not read them now; each part fits its page (a frame
+        // is at most FRAME_MAX bytes, checked above).
+        #[allow(unsafe_code, reason = "writes the buffer pages")]
+        unsafe {
+            let head_at = (head_buffer.address as usize + page - first) as *mut u8;
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), head_at, first);
+            let rest = &frame[first..];
+            core::ptr::copy_nonoverlapping(rest.as_ptr(), tail_buffer.address as *mut u8, rest.len());
+        }
+        let slots = [
+            NetifTxRequest {
+                gref: head_buffer.grant,
+                offset: (page - first) as u16,
+                flags: NETTXF_MORE_DATA,
+                id: head as u16,
+                size: frame.len() as u16,
+            },
+            NetifTxRequest {
+                gref: tail_buffer.grant,
+                offset: 0,
+                flags: 0,
+                id: tail as u16,
+                size: (frame.len() - first) as u16,
+            },
+        ];
+        for slot in &slots {
+            self.tx.push_request(slot).map_err(|_| NetError::Full)?;
+        }
+        self.tx_in_flight |= 1 << head | 1 << tail;
+        Ok(self.tx.publish_requests())
+    }
+
+    /// Queues `slots` as they are, without checks, and publishes them
+    /// together (for tests of hostile front ends). A slot whose `id` names
+    /// a transmit buffer takes that buffer, which must be free; other ids
+    /// (an extra-info slot's bytes) take none. Returns whether to notify
+    /// dom0.
+    pub fn send_raw(&mut self, slots: &[NetifTxRequest]) -> Result<bool, NetError> {
+        let mut taken = 0u32;
+        for slot in slots {
+            let index = slot.id as usize;
+            if index < TX_BUFFERS {
+                if (self.tx_in_flight | taken) & (1 << index) != 0 {
+                    return Err(NetError::Full);
+                }
+                taken |= 1 << index;
+            }
+        }
+        if self.tx.free_slots() < slots.len() {
+            return Err(NetError::Full);
+        }
+        for slot in slots {
+            self.tx.push_request(slot).map_err(|_| NetError::Full)?;
+        }
+        self.tx_in_flight |= taken;
         Ok(self.tx.publish_requests())
     }
 
@@ -399,6 +464,42 @@ mod tests {
         assert_eq!(front.tx_in_flight(), 0);
         assert_eq!(front.stats.tx_frames, 200);
         assert_eq!(front.stats.rx_frames, 200);
+    }
+
+    #[test]
+    fn a_split_frame_crosses_a_page_as_netfronts_do() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, _) = pair(&pages);
+        let sent = frame(98, 5);
+        front.send_split(&sent, 20).unwrap();
+        let head = tx_back.pop_request().unwrap().unwrap();
+        let tail = tx_back.pop_request().unwrap().unwrap();
+        assert_eq!((head.offset, head.flags, head.size), (4096 - 20, NETTXF_MORE_DATA, 98));
+        assert_eq!((tail.offset, tail.flags, tail.size), (0, 0, 78));
+        let mut seen = Vec::new();
+        for (slot, length) in [(head, 20), (tail, 78)] {
+            let page = pages.page(2 + slot.gref as usize - 1);
+            // SAFETY: the page is one of the test's.
+            seen.extend_from_slice(unsafe { std::slice::from_raw_parts(page.add(slot.offset as usize), length) });
+        }
+        assert_eq!(seen, sent);
+        assert_eq!(front.tx_in_flight(), 2);
+        for slot in [head, tail] {
+            tx_back.push_response(&NetifTxResponse { id: slot.id, status: NETIF_RSP_OKAY }).unwrap();
+        }
+        tx_back.publish_responses();
+        front.reclaim().unwrap();
+        assert_eq!(front.tx_in_flight(), 0);
+        assert_eq!(front.send_split(&sent, 0), Err(NetError::BadFrame));
+        assert_eq!(front.send_split(&sent, 98), Err(NetError::BadFrame));
+        // Raw slots: an id naming no buffer (an extra-info slot's bytes)
+        // takes none; a busy buffer refuses the whole frame.
+        let raw = |id| NetifTxRequest { gref: 1, offset: 0, flags: 0, id, size: 60 };
+        front.send_raw(&[raw(0), raw(0xffff), raw(1)]).unwrap();
+        assert_eq!(front.tx_in_flight(), 2);
+        assert_eq!(front.send_raw(&[raw(2), raw(1)]), Err(NetError::Full));
+        assert_eq!(front.send_raw(&[raw(2), raw(2)]), Err(NetError::Full));
+        assert_eq!(front.tx_in_flight(), 2);
     }
 
     #[test]
