@@ -38,13 +38,24 @@ seed("block_request", "write", region(2048, 128, 0) + block(1, 11, 0, [(i + 1, 0
 seed("block_request", "flush", region(0, 1, 0) + block(3, 0, 0, []))
 seed("block_request", "readonly", region(16384, 1024, 1) + block(1, 1, 1023, [(9, 7, 7)]))
 
-# ---- net_request: 16-byte transmit requests (the first 8 bytes also as a receive buffer).
+# ---- net_request: 12-byte netif_tx_request slots (gref, offset, flags, id,
+# size) assembled into frames; the first 8 bytes of each also as a
+# netif_rx_request (id, pad, gref).
+CSUM_BLANK, DATA_VALIDATED, MORE_DATA, EXTRA_INFO = 1, 2, 4, 8
+
+
 def tx(request_id, grant, offset, size, flags=0):
-    return struct.pack("<HHIHHI", request_id, flags, grant, offset, size, 0)
+    return struct.pack("<IHHHH", grant, offset, flags, request_id, size)
+
+
+def extra(kind, flags=0):
+    return struct.pack("<BB10x", kind, flags)
 
 
 seed("net_request", "transmit", tx(1, 5, 0, 60) + tx(2, 6, 4096 - 1514, 1514) + tx(3, 511, 100, 14))
-seed("net_request", "receive", struct.pack("<HHI", 1, 0, 3) + bytes(8) + struct.pack("<HHI", 2, 0, 300) + bytes(8))
+seed("net_request", "slots", tx(1, 5, 3996, 1514, MORE_DATA | CSUM_BLANK | DATA_VALIDATED) + tx(2, 6, 0, 1414))
+seed("net_request", "gso", tx(1, 5, 0, 3000, EXTRA_INFO | MORE_DATA) + extra(1) + tx(2, 6, 0, 1500))
+seed("net_request", "receive", struct.pack("<HHI", 1, 0, 3) + bytes(4) + struct.pack("<HHI", 2, 0, 300) + bytes(4))
 
 # ---- ring: kind (0 block, 1 transmit, 2 receive), then a script of operations:
 # 0 poke header word, 1 write slot, 2 set req_prod near the window, 3 pop,
@@ -61,6 +72,7 @@ def script(kind, request, count):
 seed("ring", "block", script(0, block(0, 1, 0, [(5, 0, 7)]), 3))
 seed("ring", "transmit", script(1, tx(1, 5, 0, 60), 4))
 seed("ring", "receive", script(2, struct.pack("<HHI", 1, 0, 3), 4))
+seed("ring", "transmit-slots", script(1, tx(1, 5, 0, 60, MORE_DATA), 4))
 seed("ring", "corrupt", bytes([0, 0, 0]) + struct.pack("<I", 1000) + bytes([3, 6]))
 
 # ---- store: steps [control = length << 1 | guest][bytes], messages framed as xs_wire has them

@@ -1,7 +1,7 @@
 //! The network device protocol (since ABI 0.5): a guest's virtual network
 //! interface (vif) carries Ethernet frames to and from dom0's software
 //! switch over two rings of Xen's `io/ring.h` layout ([`crate::xen::io`]),
-//! one for each direction.
+//! one for each direction, with Xen's `netif` entries.
 //!
 //! # Connecting
 //! As Xen's toolstack and Linux's `xen-netfront` do it ([`crate::store`]
@@ -42,52 +42,101 @@
 //! same way.
 //!
 //! # Transmit ring (guest to dom0)
-//! The front end puts a frame in a page it granted to dom0 (read-only is
-//! enough) and queues a [`TxRequest`] naming the grant, the offset and the
-//! length. The back end copies the frame out (one hypervisor grant copy),
-//! hands it to the switch and answers a [`TxResponse`] with the request's
-//! `id`: [`STATUS_OK`] once the frame left the vif (the switch may still
-//! drop it, as a real switch would, when no port can take it), or
-//! [`STATUS_ERROR`] for a malformed request (bad grant, range past the page,
-//! length outside [`FRAME_MIN`]..=[`FRAME_MAX`]). The page may be reused
-//! once the response arrived (see Data pages).
+//! Xen's `netif` ([`crate::xen::io::net`]): [`NetifTxRequest`] slots of
+//! 12 bytes and [`NetifTxResponse`]s of 4 on a ring of
+//! [`NETIF_TX_RING_SIZE`] = 256 entries. A frame is one or more slots, as
+//! Linux's `xen-netfront` builds it: the first slot's `size` is the whole
+//! frame's length and its own bytes are that length less the later
+//! slots' sizes; every slot but the last carries `NETTXF_MORE_DATA`; all
+//! of a frame's slots are published together. The back end copies the
+//! frame out (one hypervisor grant copy a slot, each checked first),
+//! hands it to the switch and answers every slot with the frame's status,
+//! in ring order, each with its own `id`: `NETIF_RSP_OKAY` once the frame
+//! left the vif (the switch may still drop it, as a real switch would,
+//! when no port can take it), or `NETIF_RSP_ERROR` for a refused frame.
+//! A page may be reused once the response naming it arrived (see Data
+//! pages).
+//!
+//! What dom0 does with each transmit flag (`NETTXF_*`, first slot):
+//! - `CSUM_BLANK` (Linux sets it, with `DATA_VALIDATED`, for every frame
+//!   whose checksum the guest's stack left to the device): dom0 fills in
+//!   the TCP or UDP checksum of an IPv4 frame (the field is recomputed
+//!   whole over the pseudo-header and the segment, whatever the front end
+//!   left in it; a UDP sum of 0 is sent as 0xffff) before the frame goes
+//!   to the switch, which offers no checksum offload. A frame flagged so
+//!   that is not an unfragmented IPv4 TCP or UDP packet wholly inside the
+//!   frame (IPv6 included: dom0 offers no `feature-ipv6-csum-offload`) is
+//!   refused with `NETIF_RSP_ERROR`.
+//! - `DATA_VALIDATED`: accepted and ignored (nothing after dom0 relies on
+//!   it).
+//! - `MORE_DATA`: the frame continues in the next slot; a frame may use
+//!   up to [`XEN_NETIF_NR_SLOTS_MIN`] = 18 data slots (Linux's most).
+//! - `EXTRA_INFO`: extra-info slots ([`NetifExtraInfo`], chained by
+//!   `XEN_NETIF_EXTRA_FLAG_MORE`, at most 4) follow the first slot. dom0
+//!   offers no GSO, multicast control or hashing, so such a frame is
+//!   refused: the first slot and its data slots are answered
+//!   `NETIF_RSP_ERROR` and each extra-info slot `NETIF_RSP_NULL` (id 0),
+//!   which keeps both ends' indices in step.
+//! - Any other bit: the frame is refused (`NETIF_RSP_ERROR`).
+//!
+//! Flags on later slots other than `MORE_DATA` are ignored, as Xen's
+//! netback does. A frame is also refused when a slot's grant is outside
+//! the grant table or fails to copy, a slot runs past its page, the total
+//! length is outside [`FRAME_MIN`]..=[`FRAME_MAX`], or the later slots
+//! hold more bytes than the total.
 //!
 //! # Receive ring (dom0 to guest)
-//! The front end posts empty buffers: an [`RxRequest`] names a whole page
-//! granted to dom0 read-write. For each frame the switch sends to the vif,
-//! the back end takes the oldest posted buffer, copies the frame to offset
-//! 0 of its page, and answers an [`RxResponse`] whose `status` is the
-//! frame's length (or [`STATUS_ERROR`] when the grant was unusable: the
-//! buffer is returned empty). Frames for a vif with no posted buffer are
-//! dropped and counted in dom0. Frames carry no FCS and are not padded.
+//! The front end posts empty buffers: a [`NetifRxRequest`] names a whole
+//! page granted to dom0 read-write (its `pad` is ignored: Linux leaves
+//! it unwritten). For each frame the switch sends to the vif, the back
+//! end takes the oldest posted buffer, copies the frame to offset 0 of its
+//! page, and answers a [`NetifRxResponse`] whose `status` is the frame's
+//! length, with `flags` = 0 (or `NETIF_RSP_ERROR` when the grant was
+//! unusable: the buffer is returned empty, and the frame goes to the next
+//! buffer). A frame always fits one buffer, so `NETRXF_MORE_DATA` is never
+//! set; nor is `NETRXF_EXTRA_INFO` (no GSO), `NETRXF_CSUM_BLANK` (every
+//! frame on the switch carries its checksums: dom0 filled any blank ones)
+//! or `NETRXF_DATA_VALIDATED` (dom0 does not verify checksums, so the
+//! guest does). Frames for a vif with no posted buffer are dropped and
+//! counted in dom0. Frames carry no FCS and are not padded.
 //!
 //! # Data pages
-//! dom0 never maps a transmit page or receive buffer: each frame moves in
+//! dom0 never maps a transmit page or receive buffer: each slot moves in
 //! one hypervisor grant copy, finished before its response is written. So
 //! the front end may reuse or revoke a page as soon as the response naming
 //! it arrived (a receive buffer's grant must stay valid while the buffer is
 //! posted). Only the two ring pages stay mapped, until disconnection.
 //!
 //! # Hostile ends
-//! The back end copies each request out of the ring once and validates it;
-//! a front end whose producer index runs past the ring is disconnected
-//! (state Closed) with a log line in dom0. Other vifs are not affected.
+//! The back end copies each slot out of the ring once and validates it.
+//! A front end is disconnected (state Closed, with a log line in dom0)
+//! when its producer index runs past the ring, when a frame's slots
+//! (`MORE_DATA` or extra-info chains) run past the requests it published,
+//! or when a frame has more than 18 data slots or 4 extra-info slots (as
+//! Xen's netback treats its fatal cases). Every other malformed frame is
+//! answered with errors and the ring goes on. Other vifs are not affected.
 //!
 //! # Features
 //! Keys the back end writes in its directory (Xen's names,
 //! [`crate::xen::io::net`]):
 //! - `feature-rx-copy` = `1`: frames are copied into posted buffers (the
 //!   only receive mode of this version).
-//! - `feature-sg` = `0`: a frame is one slot; no scatter-gather.
+//! - `feature-sg` = `1`: a transmitted frame may span several slots
+//!   (Linux's netfront drops frames that cross a page without it).
 //! - `feature-gso-tcpv4` = `0`: no segmentation offload.
-//! - `feature-no-csum-offload` = `1`: checksums are the sender's job (a
-//!   transmit request with any flag, `NETTXF_CSUM_BLANK` included, is
-//!   refused).
+//! - `feature-no-csum-offload` = `1`: dom0 sends the front end no blank
+//!   checksums. Linux's netfront sends `CSUM_BLANK` frames whatever this
+//!   key says; dom0 fills them (above).
 //!
 //! `mtu` (front-end directory, toolstack): the largest payload, [`MTU`].
-
-use core::mem::{offset_of, size_of};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+//!
+//! [`NetifTxRequest`]: crate::xen::io::net::NetifTxRequest
+//! [`NetifTxResponse`]: crate::xen::io::net::NetifTxResponse
+//! [`NetifRxRequest`]: crate::xen::io::net::NetifRxRequest
+//! [`NetifRxResponse`]: crate::xen::io::net::NetifRxResponse
+//! [`NetifExtraInfo`]: crate::xen::io::net::NetifExtraInfo
+//! [`NETIF_TX_RING_SIZE`]: crate::xen::io::net::NETIF_TX_RING_SIZE
+//! [`XEN_NETIF_NR_SLOTS_MIN`]: crate::xen::io::net::XEN_NETIF_NR_SLOTS_MIN
 
 /// Largest Ethernet payload.
 pub const MTU: usize = 1500;
@@ -97,94 +146,10 @@ pub const HEADER: usize = 14;
 pub const FRAME_MAX: usize = HEADER + MTU;
 /// Shortest frame on a vif (the header alone).
 pub const FRAME_MIN: usize = HEADER;
-
-/// Success.
-pub const STATUS_OK: i16 = 0;
-/// The request was malformed (bad grant, offset or length).
-pub const STATUS_ERROR: i16 = -1;
-
-/// A frame to send, written by the front end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct TxRequest {
-    /// The front end's tag, echoed in the response.
-    pub id: u16,
-    /// Reserved, zero.
-    pub flags: u16,
-    /// Grant reference of the page holding the frame.
-    pub grant: u32,
-    /// Offset of the frame in the page; `offset + size <= 4096`.
-    pub offset: u16,
-    /// Length of the frame, [`FRAME_MIN`]..=[`FRAME_MAX`].
-    pub size: u16,
-    /// Reserved, zero.
-    pub _reserved: u32,
-}
-
-const _: () = assert!(size_of::<TxRequest>() == 16);
-const _: () = assert!(offset_of!(TxRequest, flags) == 2);
-const _: () = assert!(offset_of!(TxRequest, grant) == 4);
-const _: () = assert!(offset_of!(TxRequest, offset) == 8);
-const _: () = assert!(offset_of!(TxRequest, size) == 10);
-
-/// The answer to a [`TxRequest`], written by the back end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct TxResponse {
-    /// The request's `id`.
-    pub id: u16,
-    /// [`STATUS_OK`] or [`STATUS_ERROR`].
-    pub status: i16,
-    /// Reserved, zero.
-    pub _reserved: u32,
-}
-
-const _: () = assert!(size_of::<TxResponse>() == 8);
-const _: () = assert!(offset_of!(TxResponse, status) == 2);
-
-/// An empty receive buffer, posted by the front end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct RxRequest {
-    /// The front end's tag, echoed in the response.
-    pub id: u16,
-    /// Reserved, zero.
-    pub _reserved: u16,
-    /// Grant reference of a page granted read-write to dom0.
-    pub grant: u32,
-}
-
-const _: () = assert!(size_of::<RxRequest>() == 8);
-const _: () = assert!(offset_of!(RxRequest, grant) == 4);
-
-/// A received frame (or a returned buffer), written by the back end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct RxResponse {
-    /// The buffer's `id`.
-    pub id: u16,
-    /// Offset of the frame in the page (0 in this version).
-    pub offset: u16,
-    /// The frame's length (> 0), or [`STATUS_ERROR`].
-    pub status: i16,
-    /// Reserved, zero.
-    pub _reserved: u16,
-}
-
-const _: () = assert!(size_of::<RxResponse>() == 8);
-const _: () = assert!(offset_of!(RxResponse, offset) == 2);
-const _: () = assert!(offset_of!(RxResponse, status) == 4);
-
-/// Bytes per transmit-ring slot.
-pub const TX_SLOT_SIZE: usize = size_of::<TxRequest>();
-/// Slots in the transmit ring.
-pub const TX_SLOTS: usize = crate::xen::io::page_ring_size(TX_SLOT_SIZE) as usize;
-const _: () = assert!(TX_SLOTS == 128);
-/// Bytes per receive-ring slot.
-pub const RX_SLOT_SIZE: usize = size_of::<RxRequest>();
-/// Slots in the receive ring.
-pub const RX_SLOTS: usize = crate::xen::io::page_ring_size(RX_SLOT_SIZE) as usize;
-const _: () = assert!(RX_SLOTS == 256);
+/// Most data slots of one transmitted frame.
+pub const TX_FRAME_SLOTS: usize = crate::xen::io::net::XEN_NETIF_NR_SLOTS_MIN as usize;
+/// Most extra-info slots after one transmitted frame's first slot.
+pub const TX_EXTRA_SLOTS: usize = 4;
 
 /// Parses a MAC address written as six `:`-separated pairs of hex digits.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

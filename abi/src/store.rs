@@ -272,10 +272,11 @@
 //! front end:  handle, mac, mtu 1500 (toolstack; Linux's netfront reads its
 //!             MAC from its own directory), tx-ring-ref, rx-ring-ref,
 //!             event-channel, request-rx-copy 1, feature-rx-notify 1 (front end)
-//! back end:   handle, mac (toolstack), feature-rx-copy 1, feature-sg 0,
-//!             feature-gso-tcpv4 0, feature-no-csum-offload 1 (dom0 moves
-//!             whole frames in one slot, with their checksums filled in by
-//!             the sender; written before InitWait)
+//! back end:   handle, mac (toolstack), feature-rx-copy 1, feature-sg 1,
+//!             feature-gso-tcpv4 0, feature-no-csum-offload 1 (dom0 takes
+//!             frames of up to 18 slots, fills blank IPv4 TCP/UDP
+//!             checksums, sends no blank ones and no GSO, see `abi::net`;
+//!             written before InitWait)
 //! ```
 //!
 //! Each end watches the other's `state` and reacts to what it reads there

@@ -218,7 +218,7 @@ pub fn publish(store: &mut impl DeviceStore, guest: DomainId, offer: Offer) {
             }
             write_key(store, &front, KEY_MTU, &decimal(abi::net::MTU as u64));
             write_key(store, &back, KEY_FEATURE_RX_COPY, "1");
-            write_key(store, &back, KEY_FEATURE_SG, "0");
+            write_key(store, &back, KEY_FEATURE_SG, "1");
             write_key(store, &back, KEY_FEATURE_GSO_TCPV4, "0");
             write_key(store, &back, KEY_FEATURE_NO_CSUM_OFFLOAD, "1");
         }
@@ -447,7 +447,7 @@ mod tests {
             ("state", "2"),
             ("mac", "02:00:00:00:00:05"),
             ("feature-rx-copy", "1"),
-            ("feature-sg", "0"),
+            ("feature-sg", "1"),
             ("feature-gso-tcpv4", "0"),
             ("feature-no-csum-offload", "1"),
         ] {

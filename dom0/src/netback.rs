@@ -1,12 +1,13 @@
-//! The net back end's I/O: takes frames off guests' transmit rings (one
-//! hypervisor grant copy each, after the request is checked), and copies
+//! The net back end's I/O: takes frames off guests' transmit rings (Xen's
+//! netif: one hypervisor grant copy a slot, after the frame's slots are
+//! checked; blank checksums filled), and copies
 //! frames the switch sends to a guest into the buffers it posted on its
 //! receive ring. The switch itself (MAC learning) is `dom0core::switch`;
 //! `Toolstack::service_net` joins the two and the physical NIC.
 
 use abi::DomainId;
-use abi::net::{RxResponse, STATUS_ERROR, STATUS_OK, TxResponse};
-use dom0core::net_backend::{check_rx, check_tx};
+use abi::xen::io::net::{NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NetifRxResponse, NetifTxResponse};
+use dom0core::net_backend::{Next, TxFrame, check_rx, fill_checksum};
 use pv_drivers::hypercall;
 use pv_drivers::net::{RxBack, TxBack};
 
@@ -19,7 +20,7 @@ pub const TX_BATCH: usize = 32;
 pub struct VifStats {
     /// Frames the guest sent that the switch took.
     pub tx_frames: u64,
-    /// Transmit requests refused (bad grant, size or range).
+    /// Transmitted frames refused (bad grant, size, range or flags).
     pub tx_errors: u64,
     /// Frames the guest sent from a source MAC not its vif's: refused by
     /// the switch (counted in `tx_frames` too).
@@ -65,12 +66,13 @@ impl NetBackend {
     }
 
     /// Takes the next frame the guest `guest` sent into `frame` (at least
-    /// `FRAME_MAX` bytes) and answers its request.
+    /// `FRAME_MAX` bytes): all its slots, copied and checked as
+    /// `abi::net` says, each answered.
     pub fn take_frame(&mut self, guest: DomainId, frame: &mut [u8]) -> Transmit {
         if self.broken.is_some() {
             return Transmit::Idle;
         }
-        let request = match self.tx.pop_request() {
+        let first = match self.tx.pop_request() {
             Ok(Some(request)) => request,
             Ok(None) => {
                 // Ask to be told of the next request, then look once more.
@@ -81,15 +83,29 @@ impl NetBackend {
                 return Transmit::Idle;
             }
         };
-        let copied = check_tx(&request).ok().and_then(|plan| {
-            let bytes = frame.get_mut(..plan.size as usize)?;
-            hypercall::grant_copy(guest, plan.grant, plan.offset, bytes, false).ok()?;
-            Some(plan.size as usize)
-        });
-        let status = if copied.is_some() { STATUS_OK } else { STATUS_ERROR };
-        if self.tx.push_response(&TxResponse { id: request.id, status, _reserved: 0 }).is_err() {
-            self.broken = Some("more transmit responses than requests");
+        // The frame's later slots (extra-info, then data) were published
+        // with its first: one missing is the front end's fault.
+        let mut assembly = TxFrame::start(&first);
+        let mut next = assembly.next();
+        while next == Next::Slot {
+            next = match self.tx.pop_request() {
+                Ok(Some(slot)) => assembly.add(&slot),
+                Ok(None) => Next::Fatal("a transmitted frame runs past the published requests"),
+                Err(_) => Next::Fatal("transmit request index out of range"),
+            };
+        }
+        if let Next::Fatal(reason) = next {
+            self.broken = Some(reason);
             return Transmit::Idle;
+        }
+        let copied = Self::copy_frame(guest, &mut assembly, frame);
+        let status = if copied.is_some() { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR };
+        for (id, data) in assembly.responses() {
+            let response = NetifTxResponse { id, status: if data { status } else { NETIF_RSP_NULL } };
+            if self.tx.push_response(&response).is_err() {
+                self.broken = Some("more transmit responses than requests");
+                return Transmit::Idle;
+            }
         }
         self.dirty = true;
         match copied {
@@ -102,6 +118,26 @@ impl NetBackend {
                 Transmit::Again
             }
         }
+    }
+
+    /// Copies a whole, checked frame's slots into `frame` and fills a blank
+    /// checksum; returns its length, or None when it is refused.
+    fn copy_frame(guest: DomainId, assembly: &mut TxFrame, frame: &mut [u8]) -> Option<usize> {
+        let length = assembly.length();
+        let checksum_blank = assembly.checksum_blank();
+        let mut at = 0;
+        for plan in assembly.outcome().ok()? {
+            let bytes = frame.get_mut(at..at + plan.size as usize)?;
+            if !bytes.is_empty() {
+                hypercall::grant_copy(guest, plan.grant, plan.offset, bytes, false).ok()?;
+            }
+            at += plan.size as usize;
+        }
+        let frame = frame.get_mut(..length)?;
+        if checksum_blank {
+            fill_checksum(frame).ok()?;
+        }
+        Some(length)
     }
 
     /// Copies `frame` into the oldest buffer guest `guest` posted; drops it
@@ -126,8 +162,8 @@ impl NetBackend {
                 .ok()
                 .and_then(|grant| hypercall::grant_copy_to(guest, grant, 0, frame).ok())
                 .is_some();
-            let status = if copied { frame.len() as i16 } else { STATUS_ERROR };
-            let response = RxResponse { id: request.id, offset: 0, status, _reserved: 0 };
+            let status = if copied { frame.len() as i16 } else { NETIF_RSP_ERROR };
+            let response = NetifRxResponse { id: request.id, offset: 0, flags: 0, status };
             if self.rx.push_response(&response).is_err() {
                 self.broken = Some("more receive responses than requests");
                 return;

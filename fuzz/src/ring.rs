@@ -6,11 +6,15 @@
 use core::fmt::Debug;
 use core::mem::{offset_of, size_of};
 
-use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
+use abi::net::{FRAME_MAX, FRAME_MIN};
 use abi::xen::io::block::{BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifResponse};
+use abi::xen::io::net::{
+    NETIF_RSP_OKAY, NETIF_RX_ENTRY_SIZE, NETIF_RX_RING_SIZE, NETIF_TX_ENTRY_SIZE, NETIF_TX_RING_SIZE, NetifRxRequest,
+    NetifRxResponse, NetifTxRequest, NetifTxResponse,
+};
 use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
 use dom0core::block_backend::{Plan, Region, plan};
-use dom0core::net_backend::{check_rx, check_tx};
+use dom0core::net_backend::{Next, TxFrame, check_rx, fill_checksum};
 use pv_drivers::ring::{BackRing, RingError, Slot};
 
 use crate::bytes::Bytes;
@@ -65,33 +69,69 @@ fn check_block_request(request: &BlkifRequest, region: &Region) {
     }
 }
 
-/// Net requests, 16 bytes at a time: each is decoded as a transmit request
-/// and its first 8 bytes as a posted receive buffer. An accepted transmit
-/// names a frame of legal length inside its page and a grant inside the
-/// table; an accepted receive buffer a grant inside the table.
+/// Net requests, 12 bytes at a time, as dom0's back end takes them: the
+/// transmit slots are assembled into frames (a first slot, its extra-info
+/// and data slots), and each slot's first 8 bytes are also decoded as a
+/// posted receive buffer. A whole frame that is accepted has a legal
+/// length, equal to its data slots' bytes, each inside its page and naming
+/// a grant in the table; every slot taken is answered once; an accepted
+/// receive buffer names a grant in the table. The input is also filled as
+/// a frame with a blank checksum: filling twice changes nothing more.
 pub fn net_request(data: &[u8]) {
-    for chunk in data.chunks(size_of::<TxRequest>()) {
-        let mut bytes = [0u8; size_of::<TxRequest>()];
+    let mut slots = data.chunks(size_of::<NetifTxRequest>()).map(|chunk| {
+        let mut bytes = [0u8; size_of::<NetifTxRequest>()];
         bytes[..chunk.len()].copy_from_slice(chunk);
-        check_transmit(&entry(&bytes));
         check_receive(&entry(&bytes));
+        entry::<NetifTxRequest>(&bytes)
+    });
+    while let Some(first) = slots.next() {
+        let mut frame = TxFrame::start(&first);
+        let mut taken = 1;
+        let mut next = frame.next();
+        while next == Next::Slot {
+            // Slots missing at the end of the input are the ring's
+            // "runs past the published requests".
+            let Some(slot) = slots.next() else { return };
+            taken += 1;
+            next = frame.add(&slot);
+        }
+        if let Next::Fatal(_) = next {
+            return;
+        }
+        assert_eq!(frame.responses().count(), taken, "every slot is answered once");
+        check_frame(&mut frame);
+    }
+    let mut frame = data[..data.len().min(FRAME_MAX)].to_vec();
+    if fill_checksum(&mut frame).is_ok() {
+        let filled = frame.clone();
+        assert_eq!(fill_checksum(&mut frame), Ok(()));
+        assert_eq!(frame, filled, "a filled checksum is filled again the same");
     }
 }
 
-fn check_transmit(request: &TxRequest) {
-    let Ok(plan) = check_tx(request) else { return };
-    assert_eq!((plan.grant, plan.offset, plan.size), (request.grant, request.offset, request.size));
-    assert!(plan.grant != 0 && (plan.grant as usize) < abi::grant::ENTRIES, "{request:?}");
-    assert!((FRAME_MIN..=FRAME_MAX).contains(&(plan.size as usize)), "{request:?}");
-    assert!(plan.offset as usize + plan.size as usize <= abi::PAGE_SIZE as usize, "{request:?}");
-    assert_eq!((request.flags, request._reserved), (0, 0));
+fn check_frame(frame: &mut TxFrame) {
+    let length = frame.length();
+    let Ok(plans) = frame.outcome() else { return };
+    assert!((FRAME_MIN..=FRAME_MAX).contains(&length), "{plans:?}");
+    assert_eq!(plans.iter().map(|plan| plan.size as usize).sum::<usize>(), length);
+    for plan in plans {
+        assert!(plan.grant != 0 && (plan.grant as usize) < abi::grant::ENTRIES, "{plan:?}");
+        assert!(plan.offset as usize + plan.size as usize <= abi::PAGE_SIZE as usize, "{plan:?}");
+    }
 }
 
-fn check_receive(request: &RxRequest) {
+/// A transmit slot taken off the ring alone, as the first of a frame.
+fn check_transmit(request: &NetifTxRequest) {
+    let mut frame = TxFrame::start(request);
+    if frame.next() == Next::Done {
+        check_frame(&mut frame);
+    }
+}
+
+fn check_receive(request: &NetifRxRequest) {
     let Ok(grant) = check_rx(request) else { return };
-    assert_eq!(grant, request.grant);
+    assert_eq!(grant, request.gref);
     assert!(grant != 0 && (grant as usize) < abi::grant::ENTRIES, "{request:?}");
-    assert_eq!(request._reserved, 0);
 }
 
 /// The entry of type `T` at the start of `bytes` (as long as one), as the
@@ -116,15 +156,15 @@ pub fn ring(data: &[u8]) {
             |request| check_block_request(request, &Region { start: 2048, sectors: 8192, readonly: false }),
             |request| BlkifResponse { id: request.id, operation: request.operation, ..BlkifResponse::default() },
         ),
-        1 => drive::<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>(
+        1 => drive::<NetifTxRequest, NetifTxResponse, { NETIF_TX_RING_SIZE as usize }, NETIF_TX_ENTRY_SIZE>(
             &mut input,
             check_transmit,
-            |request| TxResponse { id: request.id, status: abi::net::STATUS_OK, _reserved: 0 },
+            |request| NetifTxResponse { id: request.id, status: NETIF_RSP_OKAY },
         ),
-        _ => drive::<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>(
+        _ => drive::<NetifRxRequest, NetifRxResponse, { NETIF_RX_RING_SIZE as usize }, NETIF_RX_ENTRY_SIZE>(
             &mut input,
             check_receive,
-            |request| RxResponse { id: request.id, offset: 0, status: 60, _reserved: 0 },
+            |request| NetifRxResponse { id: request.id, offset: 0, flags: 0, status: 60 },
         ),
     }
 }

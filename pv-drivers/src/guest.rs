@@ -866,11 +866,21 @@ impl Guest {
         self.wait_for_event();
     }
 
-    /// Sends a raw transmit request (tests of hostile front ends: nothing is
-    /// checked) and notifies dom0.
-    pub fn net_send_raw(&mut self, request: &abi::net::TxRequest) -> Result<(), crate::net::NetError> {
+    /// Sends one Ethernet frame on the vif in two slots, the first `first`
+    /// bytes at the end of a page ([`crate::net::NetFront::send_split`]).
+    pub fn net_send_split(&mut self, frame: &[u8], first: usize) -> Result<(), crate::net::NetError> {
         let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
-        front.send_raw(request)?;
+        if front.send_split(frame, first)? {
+            let _ = hypercall::notify(*port);
+        }
+        Ok(())
+    }
+
+    /// Sends raw transmit slots (tests of hostile front ends: nothing is
+    /// checked; see [`crate::net::NetFront::send_raw`]) and notifies dom0.
+    pub fn net_send_raw(&mut self, slots: &[abi::xen::io::net::NetifTxRequest]) -> Result<(), crate::net::NetError> {
+        let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
+        front.send_raw(slots)?;
         let _ = hypercall::notify(*port);
         Ok(())
     }

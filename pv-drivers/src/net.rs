@@ -1,22 +1,32 @@
-//! The network front end's ring logic (`abi::net`): the transmit and
+//! The network front end's ring logic (`abi::net`, on Xen's netif
+//! entries): the transmit and
 //! receive rings, and the bookkeeping of the buffer pages granted to dom0.
 //! It moves frames in and out of those pages and tells the caller when to
 //! notify dom0; the guest runtime connects it through the store and owns
 //! the event channel. Responses are checked like requests in a back end:
 //! a response for a buffer that is not in flight marks the vif broken.
 
-use abi::net::{FRAME_MAX, FRAME_MIN, RxRequest, RxResponse, TxRequest, TxResponse};
+use abi::net::{FRAME_MAX, FRAME_MIN};
+use abi::xen::io::net::{
+    NETIF_RSP_NULL, NETIF_RSP_OKAY, NETIF_RX_ENTRY_SIZE, NETIF_RX_RING_SIZE, NETIF_TX_ENTRY_SIZE, NETIF_TX_RING_SIZE,
+    NETRXF_MORE_DATA, NETTXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
+};
 
 use crate::ring::{BackRing, FrontRing, RingError};
 
+/// Entries in the transmit ring (256).
+const TX_SLOTS: usize = NETIF_TX_RING_SIZE as usize;
+/// Entries in the receive ring (256).
+const RX_SLOTS: usize = NETIF_RX_RING_SIZE as usize;
+
 /// The transmit ring's front end.
-pub type TxFront = FrontRing<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>;
+pub type TxFront = FrontRing<NetifTxRequest, NetifTxResponse, TX_SLOTS, NETIF_TX_ENTRY_SIZE>;
 /// The transmit ring's back end.
-pub type TxBack = BackRing<TxRequest, TxResponse, { abi::net::TX_SLOTS }, { abi::net::TX_SLOT_SIZE }>;
+pub type TxBack = BackRing<NetifTxRequest, NetifTxResponse, TX_SLOTS, NETIF_TX_ENTRY_SIZE>;
 /// The receive ring's front end.
-pub type RxFront = FrontRing<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>;
+pub type RxFront = FrontRing<NetifRxRequest, NetifRxResponse, RX_SLOTS, NETIF_RX_ENTRY_SIZE>;
 /// The receive ring's back end.
-pub type RxBack = BackRing<RxRequest, RxResponse, { abi::net::RX_SLOTS }, { abi::net::RX_SLOT_SIZE }>;
+pub type RxBack = BackRing<NetifRxRequest, NetifRxResponse, RX_SLOTS, NETIF_RX_ENTRY_SIZE>;
 
 /// Transmit buffers (one page each, one frame a page).
 pub const TX_BUFFERS: usize = 16;
@@ -120,7 +130,7 @@ impl NetFront {
             if self.rx_posted & (1 << index) != 0 {
                 continue;
             }
-            let request = RxRequest { id: index as u16, _reserved: 0, grant: self.rx_buffers[index].grant };
+            let request = NetifRxRequest { id: index as u16, pad: 0, gref: self.rx_buffers[index].grant };
             if self.rx.push_request(&request).is_err() {
                 break;
             }
@@ -134,13 +144,16 @@ impl NetFront {
     pub fn reclaim(&mut self) -> Result<(), NetError> {
         loop {
             match self.tx.pop_response() {
+                // An extra-info slot's answer names no buffer (this front
+                // end sends none, but a back end may answer so anyway).
+                Ok(Some(response)) if response.status == NETIF_RSP_NULL => {}
                 Ok(Some(response)) => {
                     let index = response.id as usize;
                     if index >= TX_BUFFERS || self.tx_in_flight & (1 << index) == 0 {
                         return self.fail();
                     }
                     self.tx_in_flight &= !(1 << index);
-                    if response.status == abi::net::STATUS_OK {
+                    if response.status == NETIF_RSP_OKAY {
                         self.stats.tx_frames += 1;
                     } else {
                         self.stats.tx_errors += 1;
@@ -173,14 +186,9 @@ impl NetFront {
         unsafe {
             core::ptr::copy_nonoverlapping(frame.as_ptr(), buffer.address as *mut u8, frame.len())
         };
-        let request = TxRequest {
-            id: index as u16,
-            flags: 0,
-            grant: buffer.grant,
-            offset: 0,
-            size: frame.len() as u16,
-            _reserved: 0,
-        };
+        // One slot, checksums already in the frame: no flags.
+        let request =
+            NetifTxRequest { gref: buffer.grant, offset: 0, flags: 0, id: index as u16, size: frame.len() as u16 };
         if self.tx.push_request(&request).is_err() {
             return Err(NetError::Full);
         }
@@ -208,7 +216,11 @@ impl NetFront {
             self.rx_posted &= !(1 << index);
             let length = response.status as usize;
             let offset = response.offset as usize;
-            let good = response.status > 0 && offset + length <= abi::PAGE_SIZE as usize && length <= out.len();
+            // This front end offers no feature-sg, so a frame is one buffer.
+            let good = response.status > 0
+                && response.flags & NETRXF_MORE_DATA == 0
+                && offset + length <= abi::PAGE_SIZE as usize
+                && length <= out.len();
             if good {
                 let source = self.rx_buffers[index].address + offset as u64;
                 // SAFETY: the buffer is ours and dom0 finished with it (it
@@ -244,16 +256,81 @@ impl NetFront {
         tx || rx
     }
 
-    /// Queues `request` as it is, without checks (for tests of hostile front
-    /// ends); its `id` names a transmit buffer that must be free. Returns
-    /// whether to notify dom0.
-    pub fn send_raw(&mut self, request: &TxRequest) -> Result<bool, NetError> {
-        let index = request.id as usize;
-        if index >= TX_BUFFERS || self.tx_in_flight & (1 << index) != 0 {
+    /// Sends `frame` in two slots, as Linux's netfront sends a frame that
+    /// crosses a page: its first `first` bytes at the end of one transmit
+    /// buffer's page (`NETTXF_MORE_DATA`, the whole frame's `size`), the
+    /// rest at the start of another's. Returns whether to notify dom0.
+    pub fn send_split(&mut self, frame: &[u8], first: usize) -> Result<bool, NetError> {
+        if self.broken {
+            return Err(NetError::Broken);
+        }
+        if !(FRAME_MIN..=FRAME_MAX).contains(&frame.len()) || !(1..frame.len()).contains(&first) {
+            return Err(NetError::BadFrame);
+        }
+        self.reclaim()?;
+        let head = (!self.tx_in_flight).trailing_zeros() as usize;
+        let tail = (!(self.tx_in_flight | 1 << head.min(31))).trailing_zeros() as usize;
+        if head >= TX_BUFFERS || tail >= TX_BUFFERS || self.tx.free_slots() < 2 {
             return Err(NetError::Full);
         }
-        self.tx.push_request(request).map_err(|_| NetError::Full)?;
-        self.tx_in_flight |= 1 << index;
+        let page = abi::PAGE_SIZE as usize;
+        let (head_buffer, tail_buffer) = (self.tx_buffers[head], self.tx_buffers[tail]);
+        // SAFETY: both buffers are pages of ours (see `new`) not in flight,
+        // so dom0 does not read them now; each part fits its page (a frame
+        // is at most FRAME_MAX bytes, checked above).
+        #[allow(unsafe_code, reason = "writes the buffer pages")]
+        unsafe {
+            let head_at = (head_buffer.address as usize + page - first) as *mut u8;
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), head_at, first);
+            let rest = &frame[first..];
+            core::ptr::copy_nonoverlapping(rest.as_ptr(), tail_buffer.address as *mut u8, rest.len());
+        }
+        let slots = [
+            NetifTxRequest {
+                gref: head_buffer.grant,
+                offset: (page - first) as u16,
+                flags: NETTXF_MORE_DATA,
+                id: head as u16,
+                size: frame.len() as u16,
+            },
+            NetifTxRequest {
+                gref: tail_buffer.grant,
+                offset: 0,
+                flags: 0,
+                id: tail as u16,
+                size: (frame.len() - first) as u16,
+            },
+        ];
+        for slot in &slots {
+            self.tx.push_request(slot).map_err(|_| NetError::Full)?;
+        }
+        self.tx_in_flight |= 1 << head | 1 << tail;
+        Ok(self.tx.publish_requests())
+    }
+
+    /// Queues `slots` as they are, without checks, and publishes them
+    /// together (for tests of hostile front ends). A slot whose `id` names
+    /// a transmit buffer takes that buffer, which must be free; other ids
+    /// (an extra-info slot's bytes) take none. Returns whether to notify
+    /// dom0.
+    pub fn send_raw(&mut self, slots: &[NetifTxRequest]) -> Result<bool, NetError> {
+        let mut taken = 0u32;
+        for slot in slots {
+            let index = slot.id as usize;
+            if index < TX_BUFFERS {
+                if (self.tx_in_flight | taken) & (1 << index) != 0 {
+                    return Err(NetError::Full);
+                }
+                taken |= 1 << index;
+            }
+        }
+        if self.tx.free_slots() < slots.len() {
+            return Err(NetError::Full);
+        }
+        for slot in slots {
+            self.tx.push_request(slot).map_err(|_| NetError::Full)?;
+        }
+        self.tx_in_flight |= taken;
         Ok(self.tx.publish_requests())
     }
 
@@ -319,19 +396,37 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_the_abi_bytes() {
+    fn entries_are_xens_bytes() {
         use zerocopy::{FromBytes, IntoBytes};
-        let request = TxRequest { id: 0x1234, flags: 0, grant: 0xdead_beef, offset: 0x100, size: 1514, _reserved: 0 };
-        let bytes = request.as_bytes();
-        assert_eq!(&bytes[4..8], &0xdead_beefu32.to_le_bytes());
-        assert_eq!(&bytes[10..12], &1514u16.to_le_bytes());
-        assert_eq!(TxRequest::read_from_bytes(bytes), Ok(request));
-        let response = RxResponse { id: 7, offset: 0, status: -1, _reserved: 0 };
-        assert_eq!(&response.as_bytes()[4..6], &(-1i16).to_le_bytes());
-        let request = RxRequest { id: 3, _reserved: 0, grant: 77 };
-        assert_eq!(request.as_bytes(), [3, 0, 0, 0, 77, 0, 0, 0]);
-        let response = TxResponse { id: 9, status: -1, _reserved: 0 };
-        assert_eq!(response.as_bytes(), [9, 0, 0xff, 0xff, 0, 0, 0, 0]);
+        // netif_tx_request: gref 0, offset 4, flags 6, id 8, size 10.
+        let request = NetifTxRequest { gref: 0xdead_beef, offset: 0x100, flags: 0x0003, id: 0x1234, size: 1514 };
+        assert_eq!(request.as_bytes(), [0xef, 0xbe, 0xad, 0xde, 0, 1, 3, 0, 0x34, 0x12, 0xea, 0x05]);
+        assert_eq!(NetifTxRequest::read_from_bytes(request.as_bytes()), Ok(request));
+        // netif_tx_response: id 0, status 2 (int16).
+        assert_eq!(NetifTxResponse { id: 9, status: -1 }.as_bytes(), [9, 0, 0xff, 0xff]);
+        // netif_rx_request: id 0, pad 2, gref 4.
+        assert_eq!(NetifRxRequest { id: 3, pad: 0, gref: 77 }.as_bytes(), [3, 0, 0, 0, 77, 0, 0, 0]);
+        // netif_rx_response: id 0, offset 2, flags 4, status 6 (int16).
+        let response = NetifRxResponse { id: 7, offset: 0x10, flags: 1, status: -1 };
+        assert_eq!(response.as_bytes(), [7, 0, 0x10, 0, 1, 0, 0xff, 0xff]);
+        // Both rings hold 256 entries in a page.
+        assert_eq!((TX_SLOTS, RX_SLOTS), (256, 256));
+    }
+
+    #[test]
+    fn a_sent_frame_is_one_slot_without_flags_and_null_answers_are_skipped() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, _) = pair(&pages);
+        front.send(&frame(60, 1)).unwrap();
+        front.send(&frame(60, 2)).unwrap();
+        let request = tx_back.pop_request().unwrap().unwrap();
+        assert_eq!((request.flags, request.offset, request.size), (0, 0, 60));
+        let _ = tx_back.pop_request().unwrap().unwrap();
+        tx_back.push_response(&NetifTxResponse { id: 0x7777, status: NETIF_RSP_NULL }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: request.id, status: NETIF_RSP_OKAY }).unwrap();
+        tx_back.publish_responses();
+        assert_eq!(front.reclaim(), Ok(()), "a NULL answer names no buffer");
+        assert_eq!((front.tx_in_flight(), front.stats.tx_frames), (1, 1));
     }
 
     #[test]
@@ -345,20 +440,20 @@ mod tests {
             front.send(&sent).unwrap();
             let request = tx_back.pop_request().unwrap().expect("a request");
             assert_eq!(request.size as usize, sent.len());
-            let page = pages.page(2 + request.grant as usize - 1);
+            let page = pages.page(2 + request.gref as usize - 1);
             // SAFETY: the page is one of the test's.
             let seen = unsafe { std::slice::from_raw_parts(page.add(request.offset as usize), sent.len()) };
             assert_eq!(seen, &sent[..]);
-            tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+            tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
             tx_back.publish_responses();
 
             // The back end delivers it into a posted buffer.
             let buffer = rx_back.pop_request().unwrap().expect("a posted buffer");
-            let page = pages.page(2 + buffer.grant as usize - 1);
+            let page = pages.page(2 + buffer.gref as usize - 1);
             // SAFETY: as above.
             unsafe { std::ptr::copy_nonoverlapping(sent.as_ptr(), page, sent.len()) };
             rx_back
-                .push_response(&RxResponse { id: buffer.id, offset: 0, status: sent.len() as i16, _reserved: 0 })
+                .push_response(&NetifRxResponse { id: buffer.id, offset: 0, flags: 0, status: sent.len() as i16 })
                 .unwrap();
             rx_back.publish_responses();
             let mut out = [0u8; FRAME_MAX];
@@ -372,13 +467,49 @@ mod tests {
     }
 
     #[test]
+    fn a_split_frame_crosses_a_page_as_netfronts_do() {
+        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let (mut front, mut tx_back, _) = pair(&pages);
+        let sent = frame(98, 5);
+        front.send_split(&sent, 20).unwrap();
+        let head = tx_back.pop_request().unwrap().unwrap();
+        let tail = tx_back.pop_request().unwrap().unwrap();
+        assert_eq!((head.offset, head.flags, head.size), (4096 - 20, NETTXF_MORE_DATA, 98));
+        assert_eq!((tail.offset, tail.flags, tail.size), (0, 0, 78));
+        let mut seen = Vec::new();
+        for (slot, length) in [(head, 20), (tail, 78)] {
+            let page = pages.page(2 + slot.gref as usize - 1);
+            // SAFETY: the page is one of the test's.
+            seen.extend_from_slice(unsafe { std::slice::from_raw_parts(page.add(slot.offset as usize), length) });
+        }
+        assert_eq!(seen, sent);
+        assert_eq!(front.tx_in_flight(), 2);
+        for slot in [head, tail] {
+            tx_back.push_response(&NetifTxResponse { id: slot.id, status: NETIF_RSP_OKAY }).unwrap();
+        }
+        tx_back.publish_responses();
+        front.reclaim().unwrap();
+        assert_eq!(front.tx_in_flight(), 0);
+        assert_eq!(front.send_split(&sent, 0), Err(NetError::BadFrame));
+        assert_eq!(front.send_split(&sent, 98), Err(NetError::BadFrame));
+        // Raw slots: an id naming no buffer (an extra-info slot's bytes)
+        // takes none; a busy buffer refuses the whole frame.
+        let raw = |id| NetifTxRequest { gref: 1, offset: 0, flags: 0, id, size: 60 };
+        front.send_raw(&[raw(0), raw(0xffff), raw(1)]).unwrap();
+        assert_eq!(front.tx_in_flight(), 2);
+        assert_eq!(front.send_raw(&[raw(2), raw(1)]), Err(NetError::Full));
+        assert_eq!(front.send_raw(&[raw(2), raw(2)]), Err(NetError::Full));
+        assert_eq!(front.tx_in_flight(), 2);
+    }
+
+    #[test]
     fn transmit_answers_alone_do_not_cut_a_wait_short() {
         let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
         let (mut front, mut tx_back, mut rx_back) = pair(&pages);
         front.post_receive_buffers().unwrap();
         front.send(&frame(60, 1)).unwrap();
         let request = tx_back.pop_request().unwrap().unwrap();
-        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
         tx_back.publish_responses();
         // Only a transmit answer waits: it is taken, and the caller may sleep.
         assert!(!front.arm_events(), "a transmit answer must not keep the front end awake");
@@ -386,7 +517,7 @@ mod tests {
         // Transmit answers are not asked for while buffers are free...
         front.send(&frame(60, 2)).unwrap();
         let request = tx_back.pop_request().unwrap().unwrap();
-        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
         assert!(!tx_back.publish_responses(), "no wake-up for a transmit answer with buffers free");
         // ...but are when every buffer is in flight.
         for _ in 0..TX_BUFFERS {
@@ -394,10 +525,10 @@ mod tests {
         }
         assert!(!front.arm_events());
         let request = tx_back.pop_request().unwrap().unwrap();
-        tx_back.push_response(&TxResponse { id: request.id, status: 0, _reserved: 0 }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
         assert!(tx_back.publish_responses(), "a full front end is woken by the answer that frees a buffer");
         let buffer = rx_back.pop_request().unwrap().unwrap();
-        rx_back.push_response(&RxResponse { id: buffer.id, offset: 0, status: 60, _reserved: 0 }).unwrap();
+        rx_back.push_response(&NetifRxResponse { id: buffer.id, offset: 0, flags: 0, status: 60 }).unwrap();
         assert!(rx_back.publish_responses(), "the receive answer must be notified");
         assert!(front.arm_events(), "a received frame ends the wait");
     }
@@ -411,7 +542,7 @@ mod tests {
         }
         assert_eq!(front.send(&frame(60, 1)), Err(NetError::Full));
         let request = tx_back.pop_request().unwrap().unwrap();
-        tx_back.push_response(&TxResponse { id: request.id, status: -1, _reserved: 0 }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: request.id, status: -1 }).unwrap();
         tx_back.publish_responses();
         front.send(&frame(60, 2)).unwrap();
         assert_eq!(front.stats.tx_errors, 1);
@@ -445,6 +576,19 @@ mod tests {
                         unsafe { (page.add(8) as *mut u32).write_unaligned(random.below(48) as u32) };
                     }
                 }
+                // Often a plausible receive answer (any flags, a status
+                // around a frame's length) in one of the first slots.
+                if random.below(2) == 0 {
+                    let response = NetifRxResponse {
+                        id: random.below(40) as u16,
+                        offset: random.below(64) as u16,
+                        flags: random.below(16) as u16,
+                        status: random.below(1600) as i16 - 2,
+                    };
+                    let slot = 64 + 8 * random.below(48);
+                    // SAFETY: a slot inside the test's receive ring page.
+                    unsafe { (pages.page(1).add(slot) as *mut NetifRxResponse).write_unaligned(response) };
+                }
                 let sent = front.send(&frame(60 + round, round as u8));
                 let received = front.receive(&mut out);
                 let _ = front.reclaim();
@@ -472,7 +616,7 @@ mod tests {
         let (mut front, mut tx_back, _) = pair(&pages);
         front.send(&frame(60, 1)).unwrap();
         let _ = tx_back.pop_request().unwrap().unwrap();
-        tx_back.push_response(&TxResponse { id: 5, status: 0, _reserved: 0 }).unwrap();
+        tx_back.push_response(&NetifTxResponse { id: 5, status: 0 }).unwrap();
         tx_back.publish_responses();
         assert_eq!(front.reclaim(), Err(NetError::Broken));
         assert_eq!(front.send(&frame(60, 1)), Err(NetError::Broken));
@@ -481,15 +625,22 @@ mod tests {
         let (mut front, _, mut rx_back) = pair(&pages);
         front.post_receive_buffers().unwrap();
         let buffer = rx_back.pop_request().unwrap().unwrap();
-        rx_back.push_response(&RxResponse { id: buffer.id, offset: 4000, status: 200, _reserved: 0 }).unwrap();
+        rx_back.push_response(&NetifRxResponse { id: buffer.id, offset: 4000, flags: 0, status: 200 }).unwrap();
         rx_back.publish_responses();
         let mut out = [0u8; FRAME_MAX];
         assert_eq!(front.receive(&mut out), Ok(None), "a bad frame is dropped, not delivered");
         assert_eq!(front.stats.rx_errors, 1);
+        // A frame said to continue in another buffer (no feature-sg here).
+        let buffer = rx_back.pop_request().unwrap().unwrap();
+        let response = NetifRxResponse { id: buffer.id, offset: 0, flags: NETRXF_MORE_DATA, status: 60 };
+        rx_back.push_response(&response).unwrap();
+        rx_back.publish_responses();
+        assert_eq!(front.receive(&mut out), Ok(None), "a frame in several buffers is dropped");
+        assert_eq!(front.stats.rx_errors, 2);
         let _ = rx_back.pop_request().unwrap().unwrap();
         let _ = rx_back.pop_request().unwrap().unwrap();
-        rx_back.push_response(&RxResponse { id: 31, offset: 0, status: 60, _reserved: 0 }).unwrap();
-        rx_back.push_response(&RxResponse { id: RX_BUFFERS as u16, offset: 0, status: 60, _reserved: 0 }).unwrap();
+        rx_back.push_response(&NetifRxResponse { id: 31, offset: 0, flags: 0, status: 60 }).unwrap();
+        rx_back.push_response(&NetifRxResponse { id: RX_BUFFERS as u16, offset: 0, flags: 0, status: 60 }).unwrap();
         rx_back.publish_responses();
         // Buffer 31 is posted: its answer is fine; there is no buffer 32.
         assert!(front.receive(&mut out).unwrap().is_some());

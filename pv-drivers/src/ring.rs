@@ -189,8 +189,9 @@ mod shared_page {
 
         /// Copies entry `index` (modulo the slot count) out of the page:
         /// the whole entry, word by word, with volatile loads of the widest
-        /// words its size and the slots' alignment allow (8 bytes for every
-        /// entry of blkif and netif), whatever its fields.
+        /// words its size and the slots' alignment allow (8 bytes for blkif
+        /// and netif's receive ring, 4 for netif's transmit ring, whose
+        /// entries are 12 bytes), whatever its fields.
         #[inline(always)]
         pub(crate) fn read<T: Slot>(&self, index: u32) -> T {
             let source = self.slot::<T>(index).cast::<u8>();

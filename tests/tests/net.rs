@@ -88,6 +88,7 @@ fn two_guests_ping_each_other_through_the_switch() {
     for line in [
         format!("/local/domain/0/backend/vif/{server}/0/feature-rx-copy = \"1\""),
         format!("/local/domain/0/backend/vif/{server}/0/feature-no-csum-offload = \"1\""),
+        format!("/local/domain/0/backend/vif/{server}/0/feature-sg = \"1\""),
         format!("/local/domain/0/backend/vif/{server}/0/online = \"1\""),
         format!("/local/domain/{server}/device/vif/0/mac = \"02:00:00:00:00:02\""),
         format!("/local/domain/{server}/device/vif/0/request-rx-copy = \"1\""),
@@ -113,15 +114,22 @@ fn two_guests_ping_each_other_through_the_switch() {
     }
 }
 
-/// A guest that sends a transmit request naming memory it does not own gets
-/// an error answer; when it then runs its ring index away dom0 disconnects
-/// its vif (and says so) while two other guests ping on unharmed.
+/// A guest that sends a GSO frame (an extra-info slot, which dom0 does not
+/// offer) gets error answers and keeps its vif; one that sends a transmit
+/// request naming memory it does not own gets an error answer; when it
+/// then runs its ring index away dom0 disconnects its vif (and says so)
+/// while two other guests ping on unharmed (netserve answering in two
+/// slots a frame).
 #[test]
 fn a_hostile_vif_is_disconnected_and_the_others_keep_pinging() {
     let mut machine = boot();
     let server = create(&mut machine, "netserve", "netserve");
     let hostile = create(&mut machine, "nethostile", "nethostile");
     attach(&mut machine, "nethostile", hostile);
+    let gso = expect_line(&mut machine, "nettest: hostile: GSO frame refused by dom0:", 60);
+    if !gso.trim_end().ends_with("yes") {
+        fail_with(&mut machine, &format!("dom0 should answer a GSO frame with errors and keep the vif: {gso:?}"));
+    }
     let refused = expect_line(&mut machine, "nettest: hostile: foreign grant refused by dom0:", 60);
     if !refused.trim_end().ends_with("yes") {
         fail_with(&mut machine, &format!("dom0 should refuse the foreign grant with an error: {refused:?}"));

@@ -6,7 +6,10 @@
 //! cmdline = "ip=10.0.0.1/24 ping=10.0.0.2 count=10"
 //! ```
 //!
-//! (`interval=<ms>` pauses that long between an answer and the next ping.)
+//! (`interval=<ms>` pauses that long between an answer and the next ping;
+//! `split=<n>` sends every frame in two slots, its first n bytes at the
+//! end of one page and the rest in another, as Linux's netfront sends a
+//! frame that crosses a page.)
 //!
 //! A guest created without a vif waits for one (`network-attach`); when dom0
 //! takes the vif away (`network-detach`) it says so, and when a vif comes
@@ -42,6 +45,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, 
 struct Vif {
     guest: Guest,
     ticks_per_micro: u64,
+    /// `split=<n>`: the bytes of each frame sent in its first slot.
+    split: Option<usize>,
 }
 
 struct RxToken {
@@ -51,6 +56,7 @@ struct RxToken {
 
 struct TxToken<'a> {
     guest: &'a mut Guest,
+    split: Option<usize>,
 }
 
 impl phy::RxToken for RxToken {
@@ -66,7 +72,12 @@ impl phy::TxToken for TxToken<'_> {
         let result = f(&mut frame[..length]);
         // Transmit buffers free up as dom0 answers; wait (bounded) for one.
         let give_up = guest::now() + self.guest.ticks_per_second() / 10;
-        while self.guest.net_send(&frame[..length]) == Err(pv_drivers::net::NetError::Full) {
+        let frame = &frame[..length];
+        let send = |guest: &mut Guest| match self.split {
+            Some(first) if first < frame.len() => guest.net_send_split(frame, first),
+            _ => guest.net_send(frame),
+        };
+        while send(self.guest) == Err(pv_drivers::net::NetError::Full) {
             if guest::now() > give_up {
                 break;
             }
@@ -83,11 +94,11 @@ impl Device for Vif {
     fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let mut frame = [0u8; abi::net::FRAME_MAX];
         let length = self.guest.net_receive(&mut frame).ok()??;
-        Some((RxToken { frame, length }, TxToken { guest: &mut self.guest }))
+        Some((RxToken { frame, length }, TxToken { guest: &mut self.guest, split: self.split }))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken { guest: &mut self.guest })
+        Some(TxToken { guest: &mut self.guest, split: self.split })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -175,7 +186,8 @@ extern "C" fn _start(start_info: u64) -> ! {
     let quiet = cmdline.split_whitespace().any(|word| word == "quiet");
 
     let ticks_per_micro = (guest.ticks_per_second() / 1_000_000).max(1);
-    let mut vif = Vif { guest, ticks_per_micro };
+    let split = argument(cmdline, "split").and_then(|text| text.parse().ok()).filter(|&first| first > 0);
+    let mut vif = Vif { guest, ticks_per_micro, split };
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = guest::now();
     let start = vif.now();
@@ -304,27 +316,52 @@ extern "C" fn _start(start_info: u64) -> ! {
     }
 }
 
-/// Attacks dom0's net back end: a transmit request naming a grant of memory
-/// this guest does not own (dom0 must answer an error), then a runaway
-/// transmit producer index (dom0 must disconnect the vif). Reports each step.
+/// Attacks dom0's net back end: a frame with an extra-info (GSO) slot,
+/// which dom0 does not offer (it must answer both data slots with errors,
+/// the extra slot with NULL, and keep the vif), a transmit request naming
+/// a grant of memory this guest does not own (dom0 must answer an error),
+/// then a runaway transmit producer index (dom0 must disconnect the vif).
+/// Reports each step.
 fn hostile(mut guest: Guest) -> ! {
+    use abi::xen::io::net::{
+        NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, NetifTxRequest, XEN_NETIF_EXTRA_TYPE_GSO,
+    };
     let _ = writeln!(guest, "nettest: hostile: start");
+    // As Linux's netfront sends a TCP segment for GSO: the first slot, a
+    // GSO extra-info slot (type 1, no further extras, an id no buffer has),
+    // then the rest of the data.
+    let extra =
+        NetifTxRequest { gref: u32::from(XEN_NETIF_EXTRA_TYPE_GSO), offset: 1448, flags: 0, id: 0xffff, size: 0 };
+    let gso = [
+        NetifTxRequest {
+            gref: 1,
+            offset: 0,
+            flags: NETTXF_EXTRA_INFO | NETTXF_MORE_DATA | NETTXF_CSUM_BLANK,
+            id: 0,
+            size: 3000,
+        },
+        extra,
+        NetifTxRequest { gref: 1, offset: 0, flags: 0, id: 1, size: 1500 },
+    ];
+    let _ = guest.net_send_raw(&gso);
+    let errors = wait_for_errors(&mut guest, 2);
+    let kept = guest.net_stats().is_some() && guest.net_reclaim().is_ok();
+    let _ = writeln!(
+        guest,
+        "nettest: hostile: GSO frame refused by dom0: {}",
+        if errors == 2 && kept { "yes" } else { "NO" }
+    );
     // Guest-physical 1 GiB is far past this guest's memory.
     let foreign = guest.grant_to_dom0(1 << 30, true);
     let request = match foreign {
-        Ok(grant) => abi::net::TxRequest { id: 0, flags: 0, grant, offset: 0, size: 60, _reserved: 0 },
+        Ok(gref) => NetifTxRequest { gref, offset: 0, flags: 0, id: 0, size: 60 },
         Err(_) => {
             let _ = writeln!(guest, "nettest: hostile: could not create the grant; stopping");
             stop(guest)
         }
     };
-    let _ = guest.net_send_raw(&request);
-    let give_up = guest::now() + guest.ticks_per_second();
-    while guest.net_stats().is_some_and(|stats| stats.tx_errors == 0) && guest::now() < give_up {
-        guest.net_wait(guest::now() + guest.ticks_per_second() / 100);
-        let _ = guest.net_reclaim();
-    }
-    let refused = guest.net_stats().map_or(0, |stats| stats.tx_errors);
+    let _ = guest.net_send_raw(&[request]);
+    let refused = wait_for_errors(&mut guest, errors + 1) - errors;
     let _ =
         writeln!(guest, "nettest: hostile: foreign grant refused by dom0: {}", if refused == 1 { "yes" } else { "NO" });
     if let Some(page) = guest.net_tx_ring_page() {
@@ -334,6 +371,17 @@ fn hostile(mut guest: Guest) -> ! {
         let _ = writeln!(guest, "nettest: hostile: transmit index corrupted");
     }
     stop(guest)
+}
+
+/// Waits (a second at most) until dom0 answered `errors` transmit slots
+/// with an error in all; returns how many it did.
+fn wait_for_errors(guest: &mut Guest, errors: u64) -> u64 {
+    let give_up = guest::now() + guest.ticks_per_second();
+    while guest.net_stats().is_some_and(|stats| stats.tx_errors < errors) && guest::now() < give_up {
+        guest.net_wait(guest::now() + guest.ticks_per_second() / 100);
+        let _ = guest.net_reclaim();
+    }
+    guest.net_stats().map_or(0, |stats| stats.tx_errors)
 }
 
 /// Attacks the receive side: runs the receive ring's producer index away

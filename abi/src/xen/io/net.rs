@@ -80,6 +80,10 @@ numbered_enum! {
     }
 }
 
+/// [`NetifRsp::Dropped`] as a number.
+pub const NETIF_RSP_DROPPED: i16 = -2;
+/// [`NetifRsp::Error`] as a number.
+pub const NETIF_RSP_ERROR: i16 = -1;
 /// [`NetifRsp::Okay`] as a number.
 pub const NETIF_RSP_OKAY: i16 = 0;
 /// [`NetifRsp::Null`] as a number.
@@ -114,6 +118,37 @@ const _: () = assert!(offset_of!(NetifTxRequest, offset) == 4);
 const _: () = assert!(offset_of!(NetifTxRequest, flags) == 6);
 const _: () = assert!(offset_of!(NetifTxRequest, id) == 8);
 const _: () = assert!(offset_of!(NetifTxRequest, size) == 10);
+
+/// Extra-info flag: another extra-info slot follows this one.
+pub const XEN_NETIF_EXTRA_FLAG_MORE: u8 = 1 << 0;
+/// Extra-info type: segmentation offload (`u.gso`).
+pub const XEN_NETIF_EXTRA_TYPE_GSO: u8 = 1;
+/// Extra-info type: add a multicast address (`u.mcast`).
+pub const XEN_NETIF_EXTRA_TYPE_MCAST_ADD: u8 = 2;
+/// Extra-info type: remove a multicast address (`u.mcast`).
+pub const XEN_NETIF_EXTRA_TYPE_MCAST_DEL: u8 = 3;
+/// Extra-info type: the packet's hash (`u.hash`).
+pub const XEN_NETIF_EXTRA_TYPE_HASH: u8 = 4;
+/// One more than the largest extra-info type.
+pub const XEN_NETIF_EXTRA_TYPE_MAX: u8 = 5;
+
+/// An extra-info slot (`netif_extra_info`), 12 bytes, in a transmit
+/// slot after a request carrying [`NETTXF_EXTRA_INFO`] (or a receive slot
+/// after a response carrying [`NETRXF_EXTRA_INFO`]). Only the header is
+/// named here; the type-specific body is left as bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct NetifExtraInfo {
+    /// `XEN_NETIF_EXTRA_TYPE_*`.
+    pub kind: u8,
+    /// [`XEN_NETIF_EXTRA_FLAG_MORE`] or 0.
+    pub flags: u8,
+    /// The type's body (`u.gso`, `u.mcast`, `u.hash`), padded to 10 bytes.
+    pub body: [u8; 10],
+}
+
+const _: () = assert!(size_of::<NetifExtraInfo>() == size_of::<NetifTxRequest>());
+const _: () = assert!(offset_of!(NetifExtraInfo, flags) == 1);
 
 /// One transmit response (`netif_tx_response`), 4 bytes. Written by the
 /// back end.
@@ -231,6 +266,8 @@ mod tests {
         assert_eq!(NetifRsp::Dropped.number(), -2);
         assert_eq!(NetifRsp::Null.number(), NETIF_RSP_NULL);
         assert_eq!(NetifRsp::Okay.number(), NETIF_RSP_OKAY);
+        assert_eq!(NetifRsp::Error.number(), NETIF_RSP_ERROR);
+        assert_eq!(NetifRsp::Dropped.number(), NETIF_RSP_DROPPED);
         assert_eq!((NETTXF_MORE_DATA, NETRXF_MORE_DATA), (4, 4));
         assert_eq!((NETTXF_CSUM_BLANK, NETRXF_CSUM_BLANK), (1, 2), "the two rings number them differently");
     }
