@@ -136,7 +136,7 @@ fn block_and_network(machine: &mut Machine) -> Result<(), String> {
         }
     }
 
-    machine.send_line("create netserve")?;
+    machine.send_line("create netanswer")?;
     machine.expect(PROMPT, seconds(60))?;
     machine.send_line("create netbench")?;
     machine.expect(PROMPT, seconds(60))?;
