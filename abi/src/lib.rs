@@ -152,11 +152,18 @@ impl Error {
     /// Decodes a hypercall result: `Ok(value)` when non-negative, else the
     /// error with that code, or [`Error::Unknown`] for a code not in
     /// [`Error::ALL`].
+    #[inline]
     pub fn decode(raw: i64) -> Result<u64, Error> {
         if raw >= 0 {
             return Ok(raw as u64);
         }
-        Err(Error::ALL.iter().copied().find(|e| e.code() == raw).unwrap_or(Error::Unknown))
+        Err(Error::from_code(raw))
+    }
+
+    /// The error with (negative) code `code`, or [`Error::Unknown`].
+    #[inline(never)]
+    fn from_code(code: i64) -> Error {
+        Error::ALL.iter().copied().find(|e| e.code() == code).unwrap_or(Error::Unknown)
     }
 
     /// A short lower-case description, for shells and logs.

@@ -164,6 +164,12 @@ pub fn raise<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize, port: 
 /// upcall of the vCPU the port notifies (vCPU 0 if that one is down) and
 /// wakes it. Nothing for a domain that ended.
 pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
+    raise_inline(domain, port);
+}
+
+/// [`raise_in`], inline for the sends' hot path ([`raise_connected`]).
+#[inline(always)]
+fn raise_inline<P: Platform>(domain: &mut Domain<P>, port: u32) {
     if port as usize >= PORT_COUNT || domain.ended.is_some() {
         return;
     }
@@ -199,11 +205,12 @@ pub fn raise_in<P: Platform>(domain: &mut Domain<P>, port: u32) {
 /// The end of a [`Call::Raise`]: raises `port` of `domain` if it is still
 /// connected to port `from_port` of domain `from` (it may have been closed,
 /// or the sender's port closed, since the sender read its binding).
+#[inline(always)]
 pub fn raise_connected<P: Platform>(domain: &mut Domain<P>, port: u32, from: abi::DomainId, from_port: u32) {
     if let Ok(ports::Binding::Interdomain { remote, remote_port }) = domain.events.binding(port)
         && (remote, remote_port) == (from, from_port)
     {
-        raise_in(domain, port);
+        raise_inline(domain, port);
     }
 }
 
@@ -449,24 +456,26 @@ fn own_event<P: Platform>(domain: &mut Domain<P>, [operation, a1, a2, ..]: [u64;
 /// `EVTCHNOP_send`): an IPI or a loopback channel is raised here; a
 /// channel to another domain comes back as [`Call::Raise`], for the caller
 /// to finish under that domain's lock.
-#[inline]
+#[inline(always)]
 pub fn send<P: Platform>(domain: &mut Domain<P>, port: u32) -> Result<Call, Error> {
-    if matches!(domain.events.binding(port)?, ports::Binding::Ipi) {
+    match domain.events.binding(port)? {
+        // A domain that ended has no channels left to send on.
+        _ if domain.ended.is_some() => Err(Error::NotFound),
+        ports::Binding::Interdomain { remote, remote_port } if remote != domain.id => {
+            Ok(Call::Raise { target: remote, port: remote_port, from: port })
+        }
+        // A loopback channel: its other end is under the same lock.
+        ports::Binding::Interdomain { remote_port, .. } => {
+            raise_in(domain, remote_port);
+            Ok(Call::Done(Ok(0)))
+        }
         // An IPI: pending in the caller's own domain, for its vCPU.
-        raise_in(domain, port);
-        return Ok(Call::Done(Ok(0)));
+        ports::Binding::Ipi => {
+            raise_in(domain, port);
+            Ok(Call::Done(Ok(0)))
+        }
+        _ => domain.events.send_target(port).map(|_| Call::Done(Ok(0))),
     }
-    // A domain that ended has no channels left to send on.
-    if domain.ended.is_some() {
-        return Err(Error::NotFound);
-    }
-    let (target, target_port) = domain.events.send_target(port)?;
-    if target != domain.id {
-        return Ok(Call::Raise { target, port: target_port, from: port });
-    }
-    // A loopback channel: its other end is under the same lock.
-    raise_in(domain, target_port);
-    Ok(Call::Done(Ok(0)))
 }
 
 /// `Hypercall::Event` with every domain at hand.

@@ -93,6 +93,7 @@ pub fn raise(page: &mut impl EventWords, port: u32, vcpu: usize, vector: bool) -
 /// the delivery when that is all (it was pending already, or is masked);
 /// `Ok` when the vCPU it notifies is to get the upcall ([`raise_upcall`]),
 /// so a burst of events on one port costs one bit test each.
+#[inline]
 pub fn mark_pending(page: &mut impl EventWords, port: u32) -> Result<(), Delivery> {
     if page.test_and_set_pending(port) {
         return Err(Delivery::AlreadyPending);

@@ -12,13 +12,14 @@
 //! looks at each domain under its own lock to pick the next vCPU. No lock is held
 //! across a VM entry. After an exit a CPU takes its domain's lock alone
 //! for what concerns that domain only (most exits, scheduling and event
-//! hypercalls); a send to another domain and a grant copy also take that
-//! domain's lock ([`with_other`]);
+//! hypercalls); a grant copy also takes the other domain's lock
+//! ([`with_other`]); a send to another domain takes the receiver's alone,
+//! once the sender's is let go ([`raise_remote`]);
 //! exits that need nothing but the vCPU (CPUID, hypercalls that read no
 //! state) take no lock ([`handle_exit_unlocked`]). A CPU that holds a
 //! domain's lock waits only for the lock of a domain in a higher slot
-//! (the table lock's holder takes every domain in slot order; a sender
-//! takes a lower slot's only if it is free), so no two CPUs wait for each
+//! (the table lock's holder takes every domain in slot order; a grant
+//! copy takes a lower slot's only if it is free), so no two CPUs wait for each
 //! other.
 //!
 //! While a CPU runs a vCPU, `VcpuSlot::running` is set and the vCPU is out
@@ -247,11 +248,16 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
     let rate = capabilities.preemption_timer_rate;
     vcpu.set_preemption_timer(preemption_ticks(slice, rate));
     let mut unlocked = UnlockedExits::default();
+    // A send to another domain, raised once the caller's lock is let go.
+    let mut raise = None;
     loop {
         if domain.vcpus[v].upcall_due {
             crate::events::deliver_upcall(&mut domain, v, &mut vcpu);
         }
         drop(domain);
+        if let Some(send) = raise.take() {
+            raise_remote(id, send);
+        }
         smp::enter_guest_mode();
         // Exits that touch nothing but this vCPU are handled without any
         // lock; anything another CPU wants from this one comes as a kick
@@ -277,20 +283,34 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
         }
         if matches!(raw, Ok(Vcpu::VMCALL_EXIT)) {
             // The hot path of the locked exits, kept inline.
-            let registers = &vcpu.registers;
-            let (number, arguments) =
-                (registers.rax, [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8]);
+            let number = vcpu.registers.rax;
             // Move past VMCALL first, so a hypercall that blocks resumes after it.
             vcpu.skip_exit_instruction();
             domain.count_exit(Vcpu::VMCALL_EXIT);
             // Xen's calls answer in Xen's terms (their value or -errno),
             // Mica's own in Mica's.
-            vcpu.registers.rax = if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
+            vcpu.registers.rax = if number == MICA_EVENT && vcpu.registers.rdi == MICA_SEND {
+                // The most frequent call of all, ahead of the tables.
+                // Ports beyond the table are refused (by `send`) as
+                // every port above 2^32 is.
+                let port = vcpu.registers.rsi.min(u64::from(u32::MAX)) as u32;
+                let sent = hvcore::event_ops::send(&mut domain, port);
+                match sent {
+                    Ok(Call::Raise { target, port, from }) => {
+                        raise = Some(RemoteRaise { target, port, from });
+                        0
+                    }
+                    Ok(Call::Done(Ok(_))) => 0,
+                    Ok(Call::Done(Err(error))) | Err(error) => error.code() as u64,
+                    Ok(Call::Pair { .. } | Call::Table) => abi::Error::InvalidArgument.code() as u64,
+                }
+            } else if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
+                let arguments = vcpu.arguments();
                 let space = vcpu.address_space(v);
                 let result = match hvcore::xen::dispatch(&mut domain, &space, number, arguments) {
                     XenCall::Done(result) => result,
                     XenCall::Raise { target, port, from } => {
-                        domain = raise_remote(domain, index, target, port, from);
+                        raise = Some(RemoteRaise { target, port, from });
                         Ok(0)
                     }
                     XenCall::Table => {
@@ -302,10 +322,11 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                 };
                 result.unwrap_or_else(|errno| errno.code() as u64)
             } else {
+                let arguments = vcpu.arguments();
                 let result = match crate::hypercall::dispatch_own(&mut domain, index, number, arguments) {
                     Call::Done(result) => result,
                     Call::Raise { target, port, from } => {
-                        domain = raise_remote(domain, index, target, port, from);
+                        raise = Some(RemoteRaise { target, port, from });
                         Ok(0)
                     }
                     Call::Pair { other } => {
@@ -366,25 +387,47 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
     } else {
         Machine::release_vcpu(vcpu);
     }
-    (ran, domain.ended.is_some() && !domain.channels_ended)
+    let ended = domain.ended.is_some() && !domain.channels_ended;
+    drop(domain);
+    if let Some(send) = raise {
+        raise_remote_cold(id, send);
+    }
+    (ran, ended)
 }
 
-/// The end of a send to another domain (`Call::Raise`): port `port` of
-/// domain `target` is raised, under its lock, if it is still connected to
-/// the caller's port `from`. Returns the caller, locked.
-#[inline]
-fn raise_remote(
-    caller: DomainGuard<'static>,
-    index: usize,
+/// Mica's event send (`Hypercall::Event`, `EventOp::Send`), which
+/// [`run_slice`] takes ahead of the dispatch tables.
+const MICA_EVENT: u64 = abi::Hypercall::Event as u64;
+const MICA_SEND: u64 = abi::event::EventOp::Send as u64;
+
+/// [`raise_remote`] out of line, for a send that ended a slice.
+#[inline(never)]
+fn raise_remote_cold(sender: DomainId, send: RemoteRaise) {
+    raise_remote(sender, send);
+}
+
+/// A send to another domain that [`run_slice`] finishes once it has let
+/// go of the sender's lock (`Call::Raise`).
+#[derive(Clone, Copy)]
+struct RemoteRaise {
     target: DomainId,
     port: u32,
     from: u32,
-) -> DomainGuard<'static> {
-    with_other(caller, index, target, |sender, receiver| {
-        if let Some(receiver) = receiver {
-            hvcore::event_ops::raise_connected(receiver, port, sender.id, from);
-        }
-    })
+}
+
+/// The end of domain `sender`'s send (`Call::Raise`): port `port` of
+/// domain `target` is raised, under its lock alone, if it is still
+/// connected to the sender's port `from`. The sender's lock is not held:
+/// the receiver's binding is what decides (a channel closed or rebound
+/// since the sender read its port is closed on both ends, under both
+/// locks), and holding one lock only needs no lock order. It runs before
+/// the sender's vCPU is entered again, so the guest sees its send done
+/// when the hypercall returns.
+#[inline(always)]
+fn raise_remote(sender: DomainId, RemoteRaise { target, port, from }: RemoteRaise) {
+    if let Some(mut receiver) = DOMAINS.slot_of(target).and_then(|slot| DOMAINS.lock(slot)).filter(|d| d.id == target) {
+        hvcore::event_ops::raise_connected(&mut receiver, port, sender, from);
+    }
 }
 
 /// Runs `f` on `caller` (locked, in slot `index`) and on domain `other`

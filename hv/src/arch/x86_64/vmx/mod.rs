@@ -1209,6 +1209,14 @@ impl Vcpu {
         vmcs::write(Field::GuestRip, rip.wrapping_add(length));
     }
 
+    /// A hypercall's five arguments, in the registers of the calling
+    /// convention (RDI, RSI, RDX, R10, R8).
+    #[inline(always)]
+    pub fn arguments(&self) -> [u64; 5] {
+        let r = &self.registers;
+        [r.rdi, r.rsi, r.rdx, r.r10, r.r8]
+    }
+
     /// Undoes [`Vcpu::skip_exit_instruction`]: the instruction that caused
     /// the last exit runs again at the next entry.
     pub fn rewind_exit_instruction(&mut self) {
