@@ -1,30 +1,58 @@
 //! dom0: Mica's privileged driver domain. It drives the serial console and
 //! offers the operator a shell.
+//!
+//! The binary holds the device side of dom0's parts and the shell's loop
+//! (`Shell`, below); their hardware-free logic is the library, `dom0core`
+//! (`lib.rs`). The two share the part folders: a folder's `mod.rs` is the
+//! library's module for it, and the binary declares its own files in the
+//! same folder through the inline modules below (`drivers { uart }` is
+//! `drivers/uart.rs`).
 #![no_std]
 #![no_main]
 
-mod ata;
-mod blkback;
-mod data_path;
-mod e1000;
-mod netback;
-mod pci;
-mod toolstack;
-mod uart;
+/// The drivers that touch the hardware (their protocols are
+/// `dom0core::drivers`).
+mod drivers {
+    pub mod ata;
+    pub mod e1000;
+    pub mod pci;
+    pub mod uart;
+}
+
+/// The back ends' I/O and the data paths that serve them (their checks
+/// are `dom0core::backends`).
+mod backends {
+    pub mod data_path;
+    /// The block back end's I/O.
+    pub mod block {
+        pub mod blkback;
+    }
+    /// The net back end's I/O.
+    pub mod net {
+        pub mod netback;
+    }
+}
+
+/// The live toolstack, over hypercalls (its builder and parsers are
+/// `dom0core::toolstack`).
+mod toolstack {
+    pub mod domains;
+}
 
 use core::fmt::Write;
 
 use abi::event::EventOp;
 use abi::hypercall::PlatformOp;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
-use dom0core::line_editor::{Action, LineEditor};
-use dom0core::report::{self, Measurement};
+use dom0core::shell::line_editor::{Action, LineEditor};
+use dom0core::shell::report::{self, Measurement};
 use dom0core::shell::{self, COMMANDS, Command};
 use pv_drivers::hypercall;
 
-use crate::data_path::DATA;
-use crate::toolstack::{TOOLSTACK, Toolstack};
-use crate::uart::Uart;
+use crate::backends::data_path::{self, DATA};
+use crate::drivers::uart::Uart;
+use crate::drivers::{ata, e1000, pci};
+use crate::toolstack::domains::{self, TOOLSTACK, Toolstack};
 
 const PROMPT: &str = "dom0> ";
 
@@ -87,7 +115,7 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     let mut toolstack = TOOLSTACK.lock();
     toolstack.init(ramdisk, start_info.tsc_khz);
     {
-        let mut store = toolstack::STORE.lock();
+        let mut store = domains::STORE.lock();
         let _ = store.introduce_domain(abi::DOM0, dom0core::store::Quota::UNLIMITED);
         let _ = store.write(abi::DOM0, "/local/domain/0/name", "Domain-0");
     }
@@ -270,7 +298,7 @@ impl Shell {
             }
             Action::Submit => {
                 self.console.write_bytes(b"\n");
-                let mut line = [0u8; dom0core::line_editor::MAX_LINE];
+                let mut line = [0u8; dom0core::shell::line_editor::MAX_LINE];
                 let text = self.editor.line();
                 let length = text.len();
                 line[..length].copy_from_slice(text.as_bytes());
@@ -324,7 +352,10 @@ impl Shell {
                         let _ = write!(
                             out,
                             "{}",
-                            dom0core::terminal::escape(&buffer[..length], dom0core::terminal::Context::Log)
+                            dom0core::shell::terminal::escape(
+                                &buffer[..length],
+                                dom0core::shell::terminal::Context::Log
+                            )
                         );
                     }
                     Err(error) => {
@@ -339,7 +370,7 @@ impl Shell {
             Command::Ls => toolstack.ls(out),
             Command::Devices => toolstack.devices(out),
             Command::Switch => toolstack.show_switch(out),
-            Command::Store(path) => toolstack::show_store(path.unwrap_or("/local/domain"), out),
+            Command::Store(path) => domains::show_store(path.unwrap_or("/local/domain"), out),
             Command::DiskBench(region) => toolstack.disk_bench(region, out),
             Command::DiskMode { disk, dma } => toolstack.disk_mode(disk, dma, out),
             Command::Create(config) => {
@@ -417,7 +448,7 @@ impl Shell {
     }
 
     fn self_test(&mut self) {
-        use dom0core::selftest::{Argument, CASES, matches};
+        use dom0core::shell::selftest::{Argument, CASES, matches};
         let mapped_end = self.start_info.identity_mapped_bytes;
         let ramdisk = if self.start_info.ramdisk_size > 0 { self.start_info.ramdisk_base } else { mapped_end };
         let free_before = hypercall::hv_info().map(|info| info.free_pages).unwrap_or(0);

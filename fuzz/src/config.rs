@@ -2,12 +2,12 @@
 
 use core::fmt::Write as _;
 
-use dom0core::config::{
+use dom0core::backends::net::parse_vif;
+use dom0core::toolstack::config::{
     CMDLINE_MAX, GuestConfig, KERNEL_MAX, LIST_ENTRIES_MAX, LIST_ENTRY_MAX, MEMORY_MIB_MAX, NAME_MAX, OnCrash,
     VCPUS_MAX, parse,
 };
-use dom0core::disk_spec;
-use dom0core::net_backend::parse_vif;
+use dom0core::toolstack::disk_spec;
 
 /// Parses the input as a config file. A rejection must display without
 /// panicking and name a line of the file; an accepted config must hold

@@ -3,8 +3,8 @@
 
 use abi::domctl::VcpuContext;
 use abi::{DomainId, Error};
-use dom0core::builder::{BuildRequest, DomainControl, KERNEL_BASE, build};
-use dom0core::tar::{Archive, BLOCK_SIZE, EntryKind, PATH_MAX};
+use dom0core::toolstack::builder::{BuildRequest, DomainControl, KERNEL_BASE, build};
+use dom0core::toolstack::tar::{Archive, BLOCK_SIZE, EntryKind, PATH_MAX};
 use hvcore::elf::{ElfImage, PF_X};
 
 /// Reads the input as a tar archive, and again with every 512-byte block's

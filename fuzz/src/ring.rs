@@ -13,8 +13,8 @@ use abi::xen::io::net::{
     NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
-use dom0core::block_backend::{Plan, Region, plan};
-use dom0core::net_backend::{Next, TxFrame, check_rx, fill_checksum};
+use dom0core::backends::block::{Plan, Region, plan};
+use dom0core::backends::net::{Next, TxFrame, check_rx, fill_checksum};
 use pv_drivers::ring::{BackRing, RingError, Slot};
 
 use crate::bytes::Bytes;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use dom0core::switch::{Forward, HEADER, Mac, PortId, StaticError, Switch};
+use dom0core::backends::net::switch::{Forward, HEADER, Mac, PortId, StaticError, Switch};
 
 use crate::bytes::Bytes;
 

@@ -13,7 +13,7 @@ fn expect_line(machine: &mut Machine, wanted: &str, timeout: u64) -> String {
         .unwrap_or_else(fail)
 }
 
-/// Grants dom0 keeps mapped per disk at most (`dom0::blkback::PERSISTENT_GRANTS`,
+/// Grants dom0 keeps mapped per disk at most (`dom0core::backends::window::PERSISTENT_GRANTS`,
 /// which fits a guest's share of the window, `abi::domctl::FOREIGN_SHARE_PAGES`).
 const PERSISTENT_GRANTS: u64 = 64;
 

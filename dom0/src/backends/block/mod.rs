@@ -3,6 +3,9 @@
 //! out of the ring (by the ring code) and then checked here, field by
 //! field, before any I/O happens. The result is a plan of disk transfers
 //! that cannot leave the guest's region of the physical disk.
+//!
+//! The block back end's I/O, `blkback.rs` in this folder, is the binary's
+//! (declared in `main.rs`).
 
 use abi::xen::io::block::{BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest};
 use arrayvec::ArrayVec;

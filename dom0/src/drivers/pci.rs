@@ -1,15 +1,15 @@
 //! PCI bus enumeration through configuration mechanism #1 (the data port
 //! 0xCFC passes through to dom0; hv performs dom0's doubleword accesses to
 //! the address port 0xCF8 and keeps 0xCF9, the reset control register). Decoding lives in
-//! `dom0core::ata_protocol::pci`, host-tested; this file only moves dwords.
+//! `dom0core::drivers::ata_protocol::pci`, host-tested; this file only moves dwords.
 
 use core::arch::asm;
 
 use arrayvec::ArrayVec;
-use dom0core::ata_protocol::pci::{
+use dom0core::drivers::ata_protocol::pci::{
     DEVICES_PER_BUS, FUNCTIONS_PER_DEVICE, HEADER_DWORDS, NO_VENDOR, config_address, decode, is_multi_function,
 };
-pub use dom0core::ata_protocol::pci::{PciDevice, class_name};
+pub use dom0core::drivers::ata_protocol::pci::{PciDevice, class_name};
 
 /// CONFIG_ADDRESS: which dword of configuration space 0xCFC reaches.
 const CONFIG_ADDRESS: u16 = 0xcf8;

@@ -335,7 +335,7 @@ fn populate_and_load_pvh(
         control.set_hvm_param(id, index, value).map_err(step("set HVM parameters"))?;
     }
 
-    let tables = crate::acpi_tables::build(PVH_ACPI, control.vcpus());
+    let tables = crate::toolstack::acpi_tables::build(PVH_ACPI, control.vcpus());
     control.copy(id, PVH_ACPI, &tables).map_err(step("write ACPI tables"))?;
     let memmap = [
         (0, PVH_ACPI, HvmMemmapType::Reserved),
@@ -551,8 +551,8 @@ mod tests {
         // The ACPI tables, as a kernel finds them: one local APIC per vCPU.
         assert_eq!(info.rsdp_paddr, PVH_ACPI);
         assert_eq!(&bytes(PVH_ACPI, 8)[..], b"RSD PTR ");
-        let tables = bytes(PVH_ACPI, crate::acpi_tables::TABLES_SIZE);
-        assert_eq!(tables, crate::acpi_tables::build(PVH_ACPI, 2));
+        let tables = bytes(PVH_ACPI, crate::toolstack::acpi_tables::TABLES_SIZE);
+        assert_eq!(tables, crate::toolstack::acpi_tables::build(PVH_ACPI, 2));
         // The store and console, as Xen's guests look for them.
         assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_PFN)], PVH_CONSOLE_PAGE / 4096);
         assert_eq!(mock.params[&(id, HVM_PARAM_CONSOLE_EVTCHN)], 5);

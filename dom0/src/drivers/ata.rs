@@ -20,7 +20,7 @@
 //! polls a status register against a deadline on the TSC, so a dead or
 //! hostile device costs dom0 at most a timeout, never a hang. What the
 //! bytes mean (IDENTIFY data, task-file values, status bits, request
-//! splitting, PRD entries) is decided in `dom0core::ata_protocol`,
+//! splitting, PRD entries) is decided in `dom0core::drivers::ata_protocol`,
 //! host-tested.
 //!
 //! Packet devices (ATAPI CD-ROMs, like Bochs's boot CD on ata0-master) are
@@ -31,17 +31,17 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use arrayvec::{ArrayString, ArrayVec};
-pub use dom0core::ata_protocol::AtaError;
-use dom0core::ata_protocol::bus_master::{
+pub use dom0core::drivers::ata_protocol::AtaError;
+use dom0core::drivers::ata_protocol::bus_master::{
     self, DmaChannel, NoBusMaster, PRD_ENTRIES_MAX, PrdList, page_spans, run_transfer,
 };
-use dom0core::ata_protocol::{
+use dom0core::drivers::ata_protocol::{
     Condition, DeviceKind, Direction, MAX_SECTORS_PER_COMMAND, SECTOR_SIZE, Status, TaskFile, control, device,
     device_kind, dma_task_file, flush_command, parse_identify, register, split, task_file,
 };
 use pv_drivers::hypercall;
 
-use crate::pci::{self, PciDevice};
+use crate::drivers::pci::{self, PciDevice};
 
 /// Longest wait for BSY to clear after a software reset (ATA allows a
 /// device 31 s to spin up; emulated and solid-state devices take
@@ -478,7 +478,7 @@ fn identify(channel: Channel, slave: bool, clock: Clock) -> Result<(AtaDisk, boo
     if signature() != DeviceKind::Ata {
         return Err(AtaError::NoDevice);
     }
-    channel.write(register::COMMAND, dom0core::ata_protocol::command::IDENTIFY_DEVICE);
+    channel.write(register::COMMAND, dom0core::drivers::ata_protocol::command::IDENTIFY_DEVICE);
     channel.delay_400ns();
     if channel.status().0 == 0 {
         return Err(AtaError::NoDevice);

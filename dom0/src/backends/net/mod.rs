@@ -2,6 +2,12 @@
 //! hardware: guests' vif entries (`vif = [...]`), their MAC addresses, and
 //! the validation of every request a front end puts on its rings (copied
 //! out by the ring code, then checked here field by field before any copy).
+//! The software switch between the vifs and the NIC is [`switch`].
+//!
+//! The net back end's I/O, `netback.rs` in this folder, is the binary's
+//! (declared in `main.rs`).
+
+pub mod switch;
 
 use core::fmt;
 

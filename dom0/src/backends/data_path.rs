@@ -6,11 +6,12 @@
 //! guest's disk or network, nor these the shell. With one vCPU, vCPU 0
 //! serves them in its own loop ([`DataPath::serve`]), as it always did.
 //!
-//! Locks, always taken in this order: `toolstack::STORE`, then [`DATA`],
-//! then `toolstack::WINDOW` or `e1000::NIC`. The data-path vCPU takes only
-//! the last three (vCPU 0 holds `TOOLSTACK` for good): what it has for the
-//! operator or the store it queues as a [`Notice`] for vCPU 0. No lock is
-//! held across `SchedOp::Block`, nor while the serial line prints.
+//! Locks, always taken in this order: `toolstack::domains::STORE`, then
+//! [`DATA`], then `toolstack::domains::WINDOW` or `drivers::e1000::NIC`.
+//! The data-path vCPU takes only the last three (vCPU 0 holds `TOOLSTACK`
+//! for good): what it has for the operator or the store it queues as a
+//! [`Notice`] for vCPU 0. No lock is held across `SchedOp::Block`, nor
+//! while the serial line prints.
 //!
 //! Events: a port notifies one vCPU (`EventOp::BindVcpu`). Each back end's
 //! port, the NIC's and the data-path vCPU's wake-up port notify that vCPU
@@ -24,16 +25,16 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use abi::DomainId;
 use abi::event::{BITMAP_WORDS, EventOp};
 use arrayvec::{ArrayString, ArrayVec};
-use dom0core::block_backend::Region;
-use dom0core::config::NAME_MAX;
-use dom0core::switch::{Forward, PortId, Switch};
+use dom0core::backends::block::Region;
+use dom0core::backends::net::switch::{Forward, PortId, Switch};
+use dom0core::toolstack::config::NAME_MAX;
 use pv_drivers::hypercall;
 use pv_drivers::ring::BlockBack;
 use spin::relax::RelaxStrategy;
 
-use crate::ata::AtaDisk;
-use crate::netback::{NetBackend, TX_BATCH, Transmit};
-use crate::toolstack::MAX_GUESTS;
+use crate::backends::net::netback::{NetBackend, TX_BATCH, Transmit};
+use crate::drivers::ata::AtaDisk;
+use crate::toolstack::domains::MAX_GUESTS;
 
 /// A fair spin lock (a ticket lock: the vCPUs take turns, so a shell
 /// command that takes the disks again and again cannot starve the
@@ -138,7 +139,7 @@ pub struct BlockBackend {
     pub persistent: bool,
     /// Grants dom0 keeps mapped (persistent grants): (grant, writable,
     /// window slot). The disk reads and writes them in place.
-    pub mapped: ArrayVec<(u32, bool, usize), { crate::blkback::PERSISTENT_GRANTS }>,
+    pub mapped: ArrayVec<(u32, bool, usize), { crate::backends::block::blkback::PERSISTENT_GRANTS }>,
     /// `mapped` indexed by grant reference (index + 1; 0 = not mapped), so
     /// the lookup on every segment costs one load.
     pub mapped_by_grant: [u8; abi::grant::ENTRIES],
@@ -319,7 +320,7 @@ impl DataPath {
             return;
         }
         self.nic.fired = false;
-        let causes = crate::e1000::NIC.lock().as_ref().map_or(0, |nic| nic.stats().interrupts);
+        let causes = crate::drivers::e1000::NIC.lock().as_ref().map_or(0, |nic| nic.stats().interrupts);
         self.nic.spurious = if causes == self.nic.causes { self.nic.spurious + 1 } else { 0 };
         self.nic.causes = causes;
         if self.nic.spurious < SPURIOUS_MAX {
@@ -382,7 +383,7 @@ impl DataPath {
             for _ in 0..TX_BATCH {
                 // The lock is dropped before switching: the switch may send
                 // the frame back out through the NIC.
-                let Some(length) = crate::e1000::NIC.lock().as_mut().and_then(|nic| nic.receive(frame)) else {
+                let Some(length) = crate::drivers::e1000::NIC.lock().as_mut().and_then(|nic| nic.receive(frame)) else {
                     break;
                 };
                 moved = true;
@@ -449,7 +450,7 @@ impl Ports<'_> {
 
     fn send_to_port(&mut self, port: PortId, frame: &[u8]) {
         if port == UPLINK {
-            if let Some(nic) = crate::e1000::NIC.lock().as_mut()
+            if let Some(nic) = crate::drivers::e1000::NIC.lock().as_mut()
                 && nic.transmit(frame).is_err()
             {
                 *self.dropped += 1;

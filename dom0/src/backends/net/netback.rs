@@ -2,12 +2,12 @@
 //! netif: one hypervisor grant copy a slot, after the frame's slots are
 //! checked; blank checksums filled), and copies
 //! frames the switch sends to a guest into the buffers it posted on its
-//! receive ring. The switch itself (MAC learning) is `dom0core::switch`;
+//! receive ring. The switch itself (MAC learning) is `dom0core::backends::net::switch`;
 //! `Toolstack::service_net` joins the two and the physical NIC.
 
 use abi::DomainId;
 use abi::xen::io::net::{NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NetifRxResponse, NetifTxResponse};
-use dom0core::net_backend::{Next, TxFrame, check_rx, fill_checksum};
+use dom0core::backends::net::{Next, TxFrame, check_rx, fill_checksum};
 use pv_drivers::hypercall;
 use pv_drivers::net::{RxBack, TxBack};
 

@@ -9,19 +9,19 @@
 //! touched through the small volatile / raw-pointer functions below, never
 //! through Rust references. The device is trusted no more than a guest:
 //! lengths it writes back are checked against the buffer (see
-//! `dom0core::e1000_ring`), and every wait has a deadline.
+//! `dom0core::drivers::e1000_ring`), and every wait has a deadline.
 
 use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use abi::event::EventOp;
-pub use dom0core::e1000_ring::NicStats;
-use dom0core::e1000_ring::{
+pub use dom0core::drivers::e1000_ring::NicStats;
+use dom0core::drivers::e1000_ring::{
     self as ring, BUFFER_SIZE, DESCRIPTOR_DONE, DESCRIPTOR_SIZE, FRAME_MAX, FRAME_MIN, RxRing, RxWriteBack, TxRing,
     ctrl, eerd, interrupt, rctl, register, status, tctl,
 };
 use pv_drivers::hypercall;
 
-use crate::pci::{self, PciDevice};
+use crate::drivers::pci::{self, PciDevice};
 
 /// Intel's PCI vendor id and the 82540EM's device id.
 const VENDOR_INTEL: u16 = 0x8086;

@@ -11,26 +11,26 @@ use abi::event::EventOp;
 use abi::info::DomainState;
 use abi::{DomainId, Error};
 use arrayvec::{ArrayString, ArrayVec};
-use dom0core::builder::{self, BuildRequest, DomainControl};
-use dom0core::config::{GuestConfig, OnCrash};
-use dom0core::cpu_list::{self, CpuList, Cpus};
-use dom0core::device_link::{self, Class, Link, Offer, Published, Step};
-use dom0core::tar::{Archive, EntryKind};
-use dom0core::window::Use;
+use dom0core::backends::device_link::{self, Class, Link, Offer, Published, Step};
+use dom0core::backends::window::Use;
+use dom0core::shell::cpu_list::{self, CpuList, Cpus};
+use dom0core::toolstack::builder::{self, BuildRequest, DomainControl};
+use dom0core::toolstack::config::{GuestConfig, OnCrash};
+use dom0core::toolstack::tar::{Archive, EntryKind};
 use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
 
-use crate::data_path::{self, BlockBackend, DATA, Lock, Notice, UPLINK};
-use crate::uart::Uart;
+use crate::backends::data_path::{self, BlockBackend, DATA, Lock, Notice, UPLINK};
+use crate::drivers::uart::Uart;
 use abi::xen::io::xenbus::XenbusState;
-use dom0core::block_backend::Region;
+use dom0core::backends::block::Region;
 use dom0core::store::{DefaultStore, MESSAGE_MAX, MessageAssembler, Permissions, Quota};
 use pv_drivers::console::StoreRingAccess;
 use pv_drivers::ring::BlockBack;
 
-use crate::netback::NetBackend;
-use dom0core::switch::PortId;
-use dom0core::terminal::{Context, escape};
+use crate::backends::net::netback::NetBackend;
+use dom0core::backends::net::switch::PortId;
+use dom0core::shell::terminal::{Context, escape};
 
 /// `store [path]`: prints the tree below `path`, one `path = "value"` line
 /// per node, depth first (bounded depth and output).
@@ -333,8 +333,8 @@ pub const MAX_GUESTS: usize = 63;
 /// Pages of dom0's foreign window it hands out (consoles, rings, data pages).
 pub const WINDOW_SLOTS: usize = abi::domctl::FOREIGN_WINDOW_PAGES as usize;
 /// dom0's foreign window: each guest's pages within its share (see
-/// `dom0core::window`).
-pub type ForeignWindow = dom0core::window::Window<WINDOW_SLOTS, MAX_GUESTS>;
+/// `dom0core::backends::window`).
+pub type ForeignWindow = dom0core::backends::window::Window<WINDOW_SLOTS, MAX_GUESTS>;
 /// dom0's foreign window, shared by the toolstack and the data paths (which
 /// map persistent grants). Held for one change at a time.
 pub static WINDOW: Lock<ForeignWindow> = Lock::new(ForeignWindow::new());
@@ -652,7 +652,7 @@ impl Toolstack {
                 return None;
             }
         };
-        let config = match dom0core::config::parse(text) {
+        let config = match dom0core::toolstack::config::parse(text) {
             Ok(config) => config,
             Err(error) => {
                 let _ = writeln!(out, "dom0: create: {config_name}: {error}");
@@ -701,7 +701,7 @@ impl Toolstack {
             return None;
         }
         if let Some(entry) = config.vifs.first() {
-            let spec = match dom0core::net_backend::parse_vif(entry) {
+            let spec = match dom0core::backends::net::parse_vif(entry) {
                 Ok(spec) => spec,
                 Err(error) => {
                     let _ = writeln!(out, "dom0: create: {}: vif \"{entry}\": {error}", config.name);
@@ -763,7 +763,7 @@ impl Toolstack {
             }
             if let Some(mac) = vif.as_mut() {
                 if *mac == [0; 6] {
-                    *mac = dom0core::net_backend::default_mac(id, 0);
+                    *mac = dom0core::backends::net::default_mac(id, 0);
                 }
                 device_link::publish(&mut *store_tree, id, Offer::Vif { mac: *mac });
             }
@@ -873,7 +873,7 @@ impl Toolstack {
         let address = |slot: usize| FOREIGN_WINDOW_BASE + slot as u64 * abi::PAGE_SIZE;
         let map = |owner: DomainId, slot: usize| hypercall::domctl(DomCtlOp::MapForeign, owner, 0, address(slot), 0);
         let unmap = |slot: usize| hypercall::domctl(DomCtlOp::UnmapForeign, 0, address(slot), 0, 0);
-        let mut slots: ArrayVec<usize, { dom0core::window::SHARE }> = ArrayVec::new();
+        let mut slots: ArrayVec<usize, { dom0core::backends::window::SHARE }> = ArrayVec::new();
         let mut outcome = Ok(0);
         while !slots.is_full() {
             let Some(slot) = window.take(domain, Use::Ring) else {
@@ -982,7 +982,7 @@ impl Toolstack {
     }
 
     /// `vcpu-list [<domain>]`, like `xl vcpu-list`: a row per vCPU of every
-    /// domain, or of `target` (columns in `dom0core::cpu_list`).
+    /// domain, or of `target` (columns in `dom0core::shell::cpu_list`).
     pub fn vcpu_list(&self, target: Option<&str>, out: &mut Uart) {
         let mut ids = [0u32; 64];
         let count = match target {
@@ -1269,7 +1269,7 @@ impl Toolstack {
     /// phase) overlaps it.
     fn disk_region(&self, entry: &str) -> Result<(usize, Region), ArrayString<200>> {
         let mut message = ArrayString::new();
-        let spec = match dom0core::disk_spec::parse(entry) {
+        let spec = match dom0core::toolstack::disk_spec::parse(entry) {
             Ok(spec) => spec,
             Err(error) => {
                 let _ = write!(message, "disk \"{entry}\": {error}");
@@ -1380,14 +1380,14 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: network-attach: '{name}' has a vif already (network-detach it first)");
             return;
         }
-        let spec = match dom0core::net_backend::parse_vif(settings) {
+        let spec = match dom0core::backends::net::parse_vif(settings) {
             Ok(spec) => spec,
             Err(error) => {
                 let _ = writeln!(out, "dom0: network-attach: \"{settings}\": {error}");
                 return;
             }
         };
-        let mac = spec.mac.unwrap_or(dom0core::net_backend::default_mac(guest.id, 0));
+        let mac = spec.mac.unwrap_or(dom0core::backends::net::default_mac(guest.id, 0));
         let mut text = [0u8; 17];
         if self.mac_in_use(mac) {
             let _ = writeln!(
@@ -1403,7 +1403,7 @@ impl Toolstack {
 
     /// Whether `mac` is the NIC's or any guest's vif's (in any phase).
     fn mac_in_use(&self, mac: [u8; 6]) -> bool {
-        let nic = crate::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac);
+        let nic = crate::drivers::e1000::NIC.lock().as_ref().is_some_and(|nic| nic.mac() == mac);
         nic || self
             .guests
             .iter()
@@ -1502,7 +1502,7 @@ impl Toolstack {
     /// requests (served on the data-path vCPU, if dom0 has one) take turns
     /// with the bench.
     pub fn disk_bench(&mut self, region: &str, out: &mut Uart) {
-        let spec = match dom0core::disk_spec::parse(region) {
+        let spec = match dom0core::toolstack::disk_spec::parse(region) {
             Ok(spec) => spec,
             Err(error) => {
                 let _ = writeln!(out, "dom0: diskbench: {error}");
@@ -1601,7 +1601,7 @@ impl Toolstack {
             let _ = writeln!(out, "  {name:<12} {sectors:>10} sectors  {model}, {mode}");
         }
         let _ = writeln!(out, "Network:");
-        let nic = crate::e1000::NIC
+        let nic = crate::drivers::e1000::NIC
             .lock()
             .as_ref()
             .map(|nic| (nic.stats(), nic.mac(), nic.link_up(), nic.interrupt_port().is_some()));
@@ -1773,7 +1773,7 @@ impl Toolstack {
             // text, which any guest can write.
             let mut reason: ArrayString<200> = ArrayString::new();
             if crashed && let Some(info) = info {
-                dom0core::report::crash_reason(&info.crash, &mut reason);
+                dom0core::shell::report::crash_reason(&info.crash, &mut reason);
             }
             let what = if !crashed {
                 "shut down"

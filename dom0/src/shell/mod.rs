@@ -1,6 +1,23 @@
 //! The dom0 shell's commands: parsing a line into a [`Command`].
+//!
+//! The shell's other host-tested parts are here too:
+//! - [`line_editor`]: received bytes into echo output and complete lines.
+//! - [`cpu_list`]: CPU lists as `vcpu-pin` reads them and `vcpu-list`
+//!   prints them.
+//! - [`report`]: what `info` and `bench` print.
+//! - [`terminal`]: guest-controlled text made safe for the terminal.
+//! - [`selftest`]: the table of hostile hypercalls `selftest` makes.
+//!
+//! The shell's loop, which reads the serial console and runs each
+//! command, is the binary's (`main.rs`).
 
-use crate::cpu_list::{self, CpuList, CpuListError};
+pub mod cpu_list;
+pub mod line_editor;
+pub mod report;
+pub mod selftest;
+pub mod terminal;
+
+use crate::shell::cpu_list::{CpuList, CpuListError};
 
 /// A parsed shell command. Domain arguments are a name or a numeric id,
 /// resolved by the caller.

@@ -5,7 +5,7 @@
 //! Grants are kept mapped once used when the front end said it reuses the
 //! same pages (`feature-persistent`: persistent grants), so the disk's PIO transfers land in the guest's
 //! page with no copy. At most [`PERSISTENT_GRANTS`] per guest, within its
-//! share of dom0's foreign window (`dom0core::window`): when that budget is
+//! share of dom0's foreign window (`dom0core::backends::window`): when that budget is
 //! spent, or a grant cannot be mapped as needed, the data goes through a
 //! hypervisor grant copy instead.
 
@@ -13,14 +13,14 @@ use abi::DomainId;
 use abi::domctl::FOREIGN_WINDOW_BASE;
 use abi::xen::io::block::{BlkifResponse, BlkifRsp};
 use arrayvec::ArrayVec;
-use dom0core::block_backend::{MAX_SEGMENTS, Plan, Refusal, Transfer, plan};
+use dom0core::backends::block::{MAX_SEGMENTS, Plan, Refusal, Transfer, plan};
 use pv_drivers::hypercall;
 
-use crate::ata::AtaDisk;
-use crate::data_path::BlockBackend;
-use crate::toolstack::WINDOW;
-pub use dom0core::window::PERSISTENT_GRANTS;
-use dom0core::window::Use;
+use crate::backends::data_path::BlockBackend;
+use crate::drivers::ata::AtaDisk;
+use crate::toolstack::domains::WINDOW;
+pub use dom0core::backends::window::PERSISTENT_GRANTS;
+use dom0core::backends::window::Use;
 
 // `mapped_by_grant` holds indexes into `mapped` as u8.
 const _: () = assert!(PERSISTENT_GRANTS < u8::MAX as usize);

@@ -1,0 +1,20 @@
+//! dom0's toolstack: builds guests from their configs and images in the
+//! boot ramdisk, connects their devices, and tears them down.
+//!
+//! The library holds what needs no hypervisor, host-tested:
+//! - [`config`]: guest configuration files (xl.cfg-like).
+//! - [`disk_spec`]: the entries of a config's `disk = [...]`.
+//! - [`tar`]: the boot ramdisk's archive reader.
+//! - [`builder`]: the domain builder, over a `DomainControl` trait that
+//!   tests mock.
+//! - [`acpi_tables`]: the ACPI tables a PVH guest is given.
+//!
+//! The binary's toolstack sits beside them (declared in `main.rs`):
+//! `domains.rs`, the guests dom0 built, their consoles and devices, and
+//! the shell commands that manage them, through hypercalls.
+
+pub mod acpi_tables;
+pub mod builder;
+pub mod config;
+pub mod disk_spec;
+pub mod tar;
