@@ -6,7 +6,6 @@ use core::arch::{asm, global_asm};
 use core::fmt;
 use core::fmt::Write as _;
 
-use abi::event::EventOp;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
 use abi::xen::errno::Errno;
 use abi::xen::io::block::{
@@ -777,7 +776,7 @@ impl Guest {
         // the buffers, each granted to dom0 as passed; nothing else uses them
         // (an earlier connection's grants were all revoked above).
         let mut front = unsafe { NetFront::new(page(0) as *mut u8, page(1) as *mut u8, tx_buffers, rx_buffers) };
-        let port = hypercall::event(EventOp::AllocUnbound, abi::DOM0 as u64, 0).ok()? as u32;
+        let port = crate::xen::evtchn::alloc_unbound(abi::DOM0 as u16).ok()?;
         *allocated_port = Some(port);
         let mut number = arrayvec::ArrayString::<16>::new();
         // Receive by copy (the only mode), and a notification whenever it
@@ -802,7 +801,7 @@ impl Guest {
         let _ = self.store_watch(&backend_path, "vif-backend");
         front.post_receive_buffers().ok()?;
         // The back end has not asked for events yet: tell it once.
-        let _ = hypercall::notify(port);
+        let _ = crate::xen::evtchn::notify(port);
         Some((front, port))
     }
 
@@ -832,7 +831,7 @@ impl Guest {
     pub fn net_send(&mut self, frame: &[u8]) -> Result<(), crate::net::NetError> {
         let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
         if front.send(frame)? {
-            let _ = hypercall::notify(*port);
+            let _ = crate::xen::evtchn::notify(*port);
         }
         Ok(())
     }
@@ -844,7 +843,7 @@ impl Guest {
         match front.receive(out)? {
             Some((length, notify)) => {
                 if notify {
-                    let _ = hypercall::notify(*port);
+                    let _ = crate::xen::evtchn::notify(*port);
                 }
                 Ok(Some(length))
             }
@@ -862,7 +861,7 @@ impl Guest {
         if front.arm_events() || now() >= deadline {
             return;
         }
-        let _ = hypercall::set_timer(deadline);
+        self.set_timer(deadline);
         self.wait_for_event();
     }
 
@@ -871,7 +870,7 @@ impl Guest {
     pub fn net_send_split(&mut self, frame: &[u8], first: usize) -> Result<(), crate::net::NetError> {
         let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
         if front.send_split(frame, first)? {
-            let _ = hypercall::notify(*port);
+            let _ = crate::xen::evtchn::notify(*port);
         }
         Ok(())
     }
@@ -881,7 +880,7 @@ impl Guest {
     pub fn net_send_raw(&mut self, slots: &[abi::xen::io::net::NetifTxRequest]) -> Result<(), crate::net::NetError> {
         let (front, port) = self.net.as_mut().ok_or(crate::net::NetError::Broken)?;
         front.send_raw(slots)?;
-        let _ = hypercall::notify(*port);
+        let _ = crate::xen::evtchn::notify(*port);
         Ok(())
     }
 
@@ -903,7 +902,7 @@ impl Guest {
     /// Notifies dom0's net back end.
     pub fn net_notify(&self) {
         if let Some((_, port)) = &self.net {
-            let _ = hypercall::notify(*port);
+            let _ = crate::xen::evtchn::notify(*port);
         }
     }
 
