@@ -286,3 +286,106 @@ impl StoreClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostileStore, Model};
+
+    #[test]
+    fn values_written_are_read_back_and_missing_ones_are_refused() {
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        store.write(&mut model, "data/greeting", "hello").unwrap();
+        assert_eq!(model.store().read("/local/domain/5/data/greeting"), Some("hello"), "relative to the home");
+        let mut out = [0u8; 16];
+        assert_eq!(store.read(&mut model, "data/greeting", &mut out), Ok(5));
+        assert_eq!(&out[..5], b"hello");
+        model.store().write("data/empty", "");
+        assert_eq!(store.read(&mut model, "data/empty", &mut out), Ok(0));
+        assert_eq!(store.read(&mut model, "data/missing", &mut out), Err(StoreFailure::Refused(Errno::Enoent)));
+        assert_eq!(store.read(&mut model, "data/greeting", &mut [0; 4]), Err(StoreFailure::BadMessage));
+        // A NUL inside a field would end it early: refused before sending.
+        assert_eq!(store.write(&mut model, "data/a\0b", "x"), Err(StoreFailure::BadMessage));
+        // Requests the store does not serve come back refused.
+        assert_eq!(store.op(&mut model, XsdSockmsgType::Rm, &["data"]), Err(StoreFailure::Refused(Errno::Einval)));
+        let kinds: Vec<_> = model.store().log.iter().map(|(kind, _)| *kind).collect();
+        use XsdSockmsgType::{Read, Rm, Write};
+        assert_eq!(kinds, [Write, Read, Read, Read, Read, Rm], "one message per request, none for the bad one");
+    }
+
+    #[test]
+    fn a_long_value_crosses_the_ring_in_pieces() {
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        // Three times the 1024-byte ring each way.
+        let value: String = (0..3000).map(|index| char::from(b'a' + (index % 26) as u8)).collect();
+        store.write(&mut model, "data/long", &value).unwrap();
+        assert_eq!(model.store().read("data/long"), Some(value.as_str()));
+        let mut out = vec![0u8; 4096];
+        assert_eq!(store.read(&mut model, "data/long", &mut out), Ok(3000));
+        assert_eq!(&out[..3000], value.as_bytes());
+    }
+
+    #[test]
+    fn a_transaction_commits_whole_or_is_retried_after_a_conflict() {
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        let mut out = [0u8; 16];
+        let transaction = store.transaction_start(&mut model).unwrap();
+        store.write_in(&mut model, Some(transaction), "data/a", "1").unwrap();
+        store.write_in(&mut model, Some(transaction), "data/b", "2").unwrap();
+        assert_eq!(store.read_in(&mut model, Some(transaction), "data/a", &mut out), Ok(1), "its own writes");
+        assert_eq!(model.store().read("data/a"), None, "nobody else sees them before the commit");
+        assert_eq!(store.transaction_end(&mut model, transaction, true), Ok(TransactionEnd::Done));
+        let dom0 = model.store();
+        assert_eq!((dom0.read("data/a"), dom0.read("data/b")), (Some("1"), Some("2")));
+
+        // dom0 writes meanwhile: the commit is refused, nothing applied.
+        let transaction = store.transaction_start(&mut model).unwrap();
+        store.write_in(&mut model, Some(transaction), "data/a", "3").unwrap();
+        model.store().write("data/other", "x");
+        assert_eq!(store.transaction_end(&mut model, transaction, true), Ok(TransactionEnd::Retry));
+        assert_eq!(model.store().read("data/a"), Some("1"));
+        // Run again, it goes through; abandoned, it changes nothing.
+        let transaction = store.transaction_start(&mut model).unwrap();
+        store.write_in(&mut model, Some(transaction), "data/a", "3").unwrap();
+        assert_eq!(store.transaction_end(&mut model, transaction, true), Ok(TransactionEnd::Done));
+        let transaction = store.transaction_start(&mut model).unwrap();
+        store.write_in(&mut model, Some(transaction), "data/a", "4").unwrap();
+        assert_eq!(store.transaction_end(&mut model, transaction, false), Ok(TransactionEnd::Done));
+        assert_eq!(model.store().read("data/a"), Some("3"));
+        // A transaction that is no longer open.
+        let ended = StoreTransaction(transaction.0);
+        assert_eq!(store.transaction_end(&mut model, ended, true), Err(StoreFailure::Refused(Errno::Enoent)));
+    }
+
+    #[test]
+    fn watch_events_are_counted_around_replies() {
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        store.watch(&mut model, "device", "devices").unwrap();
+        assert_eq!(store.take_watch_events(&mut model), 1, "a new watch fires once");
+        assert_eq!(store.take_watch_events(&mut model), 0);
+        model.store().write("device/vbd/51712/backend", "/somewhere");
+        model.store().write("data/unwatched", "x");
+        model.store().write("device/vif/0/backend", "/elsewhere");
+        // The events arrive while the next request waits for its reply.
+        store.write(&mut model, "data/y", "1").unwrap();
+        assert_eq!(store.take_watch_events(&mut model), 2);
+    }
+
+    #[test]
+    fn a_hostile_store_gets_errors_not_panics() {
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        model.store().hostile = Some(HostileStore::WrongId);
+        assert_eq!(store.write(&mut model, "data/a", "1"), Err(StoreFailure::BadMessage));
+        assert_eq!(store.transaction_start(&mut model), Err(StoreFailure::BadMessage));
+
+        let mut model = Model::new();
+        let mut store = model.store_client();
+        model.store().hostile = Some(HostileStore::Oversized);
+        assert_eq!(store.read(&mut model, "data/a", &mut [0; 8]), Err(StoreFailure::Broken));
+    }
+}

@@ -6,6 +6,7 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
+use crate::console::StoreRingAccess;
 use crate::platform::{GuestMemory, NotDeviceMemory};
 use crate::ring::{BackRing, FrontRing, Slot};
 
@@ -66,6 +67,16 @@ impl Memory {
         // ring of a test (tests drop the memory last), and is only reached
         // through raw pointers.
         unsafe { BackRing::attach(pointer) }
+    }
+}
+
+impl Memory {
+    /// A handle on the store ring page `page`, for the client or the
+    /// model store (panics for a page that is not ours: a broken test).
+    pub fn store_ring(&self, page: u64) -> StoreRingAccess {
+        let pointer = self.page_pointer(page).expect("a store ring on a page of the model");
+        // SAFETY: as for `back_ring`; the store ring's accesses are volatile.
+        unsafe { StoreRingAccess::new(pointer) }
     }
 }
 
