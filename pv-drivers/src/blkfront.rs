@@ -320,3 +320,161 @@ impl Disk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostileDisk, Model};
+    use crate::platform::GuestMemory;
+    use crate::xenbus::{CloseError, Device, DeviceChange};
+
+    const SECTORS: u64 = 1024;
+    const SECTOR: usize = BLKIF_SECTOR_SIZE as usize;
+
+    /// A guest with a disk of SECTORS sectors, connected.
+    fn connected() -> (Model, StoreClient, Device<Disk>) {
+        let mut model = Model::new();
+        model.offer_disk(SECTORS);
+        let mut store = model.store_client();
+        let mut disk = Device::new(model.disk_pages());
+        assert_eq!(disk.hotplug(&mut model, &mut store), Some(DeviceChange::Connected));
+        (model, store, disk)
+    }
+
+    fn pattern(length: usize, seed: usize) -> Vec<u8> {
+        (0..length).map(|index| (index * 7 + index / SECTOR + seed) as u8).collect()
+    }
+
+    #[test]
+    fn the_handshake_publishes_xens_keys() {
+        let (mut model, _, disk) = connected();
+        let store = model.store();
+        let key = |key: &str| store.read(&format!("device/vbd/51712/{key}")).map(str::to_string);
+        assert_eq!(key("state").as_deref(), Some("4"), "Connected");
+        assert_eq!(key("protocol").as_deref(), Some("x86_64-abi"));
+        assert_eq!(key("feature-persistent").as_deref(), Some("1"));
+        assert_eq!(key("event-channel"), disk.front().map(|disk| disk.port().to_string()));
+        assert_eq!(disk.front().map(Disk::sectors), Some(SECTORS));
+        // The ring and every transfer page, granted to dom0.
+        assert_eq!((disk.grants().len(), model.dom0.grants.live()), (1 + TRANSFER_PAGES, 1 + TRANSFER_PAGES));
+    }
+
+    #[test]
+    fn a_pattern_written_reads_back_from_the_disk() {
+        let (mut model, _, mut disk) = connected();
+        let front = disk.front_mut().unwrap();
+        let written = pattern(Disk::TRANSFER_MAX, 1);
+        front.write(&mut model, 100, &written).unwrap();
+        let at = 100 * SECTOR;
+        assert_eq!(&model.blkback().disk[at..at + written.len()], &written[..], "on the back end's disk");
+        let mut read = vec![0; written.len()];
+        front.read(&mut model, 100, &mut read).unwrap();
+        assert_eq!(read, written);
+        // Three sectors from the middle of the first page.
+        let mut three = vec![0; 3 * SECTOR];
+        front.read(&mut model, 102, &mut three).unwrap();
+        assert_eq!(three, written[2 * SECTOR..5 * SECTOR]);
+        front.flush(&mut model).unwrap();
+        // Every page of the transfer area, several requests in flight.
+        let whole = pattern(TRANSFER_PAGES * abi::PAGE_SIZE as usize, 3);
+        model.blkback().disk[..whole.len()].copy_from_slice(&whole);
+        assert_eq!(front.read_ahead(&mut model, 0, 16, 4), Ok(16));
+        let mut transferred = vec![0; whole.len()];
+        model.read(disk.pages().transfer, &mut transferred).unwrap();
+        assert_eq!(transferred, whole);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_they_reach_the_ring() {
+        let (mut model, _, mut disk) = connected();
+        let front = disk.front_mut().unwrap();
+        let mut out = vec![0; 2 * SECTOR];
+        assert_eq!(front.read(&mut model, SECTORS - 1, &mut out), Err(DiskError::BadRequest), "past the end");
+        assert_eq!(front.read(&mut model, 0, &mut out[..100]), Err(DiskError::BadRequest), "part of a sector");
+        assert_eq!(front.read(&mut model, 0, &mut []), Err(DiskError::BadRequest), "nothing");
+        let too_long = vec![0; Disk::TRANSFER_MAX + SECTOR];
+        assert_eq!(front.write(&mut model, 0, &too_long), Err(DiskError::BadRequest));
+        assert_eq!(front.read_ahead(&mut model, SECTORS - 8, 2, 1), Err(DiskError::BadRequest));
+        assert_eq!(model.blkback().requests, 0);
+    }
+
+    #[test]
+    fn a_hostile_back_end_gets_errors_not_panics() {
+        let (mut model, _, mut disk) = connected();
+        let front = disk.front_mut().unwrap();
+        let mut out = vec![0; SECTOR];
+        model.blkback().hostile = Some(HostileDisk::Status(BlkifRsp::Error.number()));
+        assert_eq!(front.read(&mut model, 0, &mut out), Err(DiskError::Status(-1)));
+        model.blkback().hostile = Some(HostileDisk::Status(77));
+        assert_eq!(front.write(&mut model, 0, &out), Err(DiskError::Status(77)));
+        // An error status leaves the ring in step: the disk still works.
+        model.blkback().hostile = None;
+        assert_eq!(front.read(&mut model, 0, &mut out), Ok(()));
+
+        model.blkback().hostile = Some(HostileDisk::WrongId);
+        assert_eq!(front.read(&mut model, 0, &mut out), Err(DiskError::Broken));
+        model.blkback().hostile = None;
+        assert_eq!(front.read(&mut model, 0, &mut out), Err(DiskError::Broken), "a broken disk stays broken");
+
+        let (mut model, _, mut disk) = connected();
+        let front = disk.front_mut().unwrap();
+        model.blkback().hostile = Some(HostileDisk::RunawayProducer);
+        assert_eq!(front.read(&mut model, 0, &mut out), Err(DiskError::Broken));
+        assert_eq!(front.read_ahead(&mut model, 0, 2, 1), Err(DiskError::Broken));
+    }
+
+    #[test]
+    fn a_back_end_that_never_connects_leaves_nothing_allocated() {
+        let mut model = Model::new();
+        model.offer_disk(SECTORS);
+        // dom0 offered the disk, then its back end went away.
+        model.blkback = None;
+        let mut store = model.store_client();
+        let mut disk = Device::<Disk>::new(model.disk_pages());
+        assert_eq!(disk.hotplug(&mut model, &mut store), None);
+        assert!(model.waits >= 1000, "it waited its second");
+        assert_eq!((disk.grants().len(), model.dom0.grants.live()), (0, 0), "every grant revoked");
+        assert!(model.open_ports.is_empty(), "its port closed");
+    }
+
+    #[test]
+    fn closing_lets_go_of_everything_and_reconnecting_starts_afresh() {
+        let (mut model, mut store, mut disk) = connected();
+        let written = pattern(8 * SECTOR, 5);
+        disk.front_mut().unwrap().write(&mut model, 8, &written).unwrap();
+        assert_eq!(disk.close(&mut model, &mut store), Ok(()));
+        assert_eq!(model.store().read("device/vbd/51712/state"), Some("6"), "Closed");
+        assert_eq!((model.dom0.grants.live(), model.open_ports.len()), (0, 0));
+        assert_eq!(disk.close(&mut model, &mut store), Err(CloseError::NotConnected));
+
+        assert!(disk.reconnect(&mut model, &mut store));
+        let mut read = vec![0; written.len()];
+        disk.front_mut().unwrap().read(&mut model, 8, &mut read).unwrap();
+        assert_eq!(read, written, "a fresh ring on the same disk");
+    }
+
+    #[test]
+    fn a_page_dom0_keeps_mapped_stays_granted_until_it_lets_go() {
+        let (mut model, mut store, mut disk) = connected();
+        model.blkback().keep_mapped = true;
+        assert_eq!(disk.close(&mut model, &mut store), Err(CloseError::StillMapped));
+        assert_eq!(disk.grants().len(), 1, "the ring's grant");
+        let ring_ref = disk.grants()[0];
+        assert!(!disk.reconnect(&mut model, &mut store), "no new connection while the old ring is mapped");
+        model.dom0.grants.unmap(ring_ref);
+        assert!(disk.reconnect(&mut model, &mut store));
+        assert_eq!(disk.grants().len(), 1 + TRANSFER_PAGES);
+    }
+
+    #[test]
+    fn dom0_detaching_the_disk_disconnects_the_front_end() {
+        let (mut model, mut store, mut disk) = connected();
+        assert_eq!(disk.hotplug(&mut model, &mut store), None, "nothing changed");
+        let state = model.blkback().state_key();
+        model.store().write(&state, "5");
+        assert_eq!(disk.hotplug(&mut model, &mut store), Some(DeviceChange::Disconnected));
+        assert!(disk.front().is_none());
+        assert_eq!(model.store().read("device/vbd/51712/state"), Some("6"));
+        assert_eq!((model.dom0.grants.live(), model.open_ports.len()), (0, 0));
+    }
+}

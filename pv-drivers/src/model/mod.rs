@@ -6,6 +6,7 @@
 //! comes, is caught: dom0's services look at a ring only after its port
 //! was notified, and a test that waits too long fails.
 
+mod blkback;
 mod memory;
 mod store;
 
@@ -13,10 +14,12 @@ use std::collections::BTreeSet;
 
 use abi::DomainId;
 
+use crate::blkfront::DiskPages;
 use crate::platform::{GuestMemory, NotDeviceMemory, Platform};
 use crate::ring::{FrontRing, Slot};
 use crate::store_client::StoreClient;
 
+pub use blkback::{Blkback, HostileDisk};
 pub use memory::Memory;
 pub use store::{HostileStore, Store};
 
@@ -147,6 +150,8 @@ impl Dom0 {
 pub struct Model {
     /// dom0's side.
     pub dom0: Dom0,
+    /// dom0's block back end, once a disk is offered.
+    pub blkback: Option<Blkback>,
     /// Ports the guest allocated and has not closed.
     pub open_ports: BTreeSet<u32>,
     time: u64,
@@ -168,6 +173,7 @@ impl Model {
                 notified: BTreeSet::new(),
                 pending: BTreeSet::new(),
             },
+            blkback: None,
             open_ports: BTreeSet::new(),
             time: 0,
             waits: 0,
@@ -186,11 +192,32 @@ impl Model {
         &mut self.dom0.store
     }
 
-    /// Lets dom0 run once.
+    /// Offers the guest a disk of `sectors` sectors.
+    pub fn offer_disk(&mut self, sectors: u64) {
+        self.blkback = Some(Blkback::offer(&mut self.dom0, sectors));
+    }
+
+    /// The disk's back end (panics without one: a broken test).
+    pub fn blkback(&mut self) -> &mut Blkback {
+        self.blkback.as_mut().expect("a disk was offered")
+    }
+
+    /// The pages the runtime would give the disk.
+    pub fn disk_pages(&self) -> DiskPages {
+        let memory = &self.dom0.memory;
+        DiskPages { ring: memory.page(DISK_RING_PAGE), transfer: memory.page(DISK_TRANSFER_PAGE) }
+    }
+
+    /// Lets dom0 run once: the back ends, then the store (which then also
+    /// sends the watch events their writes fired).
     fn run_dom0(&mut self) {
         let dom0 = &mut self.dom0;
         let notified = dom0.take_notified(STORE_PORT);
         dom0.store.serve(notified);
+        if let Some(blkback) = self.blkback.as_mut() {
+            blkback.run(dom0);
+        }
+        dom0.store.serve(false);
     }
 }
 

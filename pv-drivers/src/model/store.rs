@@ -84,15 +84,6 @@ impl Store {
         self.commit_write(path, value.to_string());
     }
 
-    /// Removes `path` and everything below it (fires watches).
-    pub fn remove(&mut self, path: &str) {
-        let path = self.absolute(path);
-        let below = format!("{path}/");
-        self.nodes.retain(|node, _| *node != path && !node.starts_with(&below));
-        self.generation += 1;
-        self.fire_watches(&path);
-    }
-
     fn commit_write(&mut self, path: String, value: String) {
         self.generation += 1;
         self.fire_watches(&path);
