@@ -192,3 +192,114 @@ impl Vif {
         self.front.tx_in_flight()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostileNet, MAC, Model};
+    use crate::xenbus::{Device, DeviceChange};
+    use abi::net::FRAME_MAX;
+
+    /// A guest with a vif, connected.
+    fn connected() -> (Model, StoreClient, Device<Vif>) {
+        let mut model = Model::new();
+        model.offer_vif();
+        let mut store = model.store_client();
+        let mut vif = Device::new(model.vif_pages());
+        assert_eq!(vif.hotplug(&mut model, &mut store), Some(DeviceChange::Connected));
+        (model, store, vif)
+    }
+
+    fn frame(length: usize, seed: u8) -> Vec<u8> {
+        (0..length).map(|index| (index as u8).wrapping_mul(13).wrapping_add(seed)).collect()
+    }
+
+    /// Waits for the next frame (a second of model time at most).
+    fn next_frame(model: &mut Model, vif: &mut Vif) -> Option<Vec<u8>> {
+        let mut out = [0u8; FRAME_MAX];
+        let give_up = model.now() + model.ticks_per_second();
+        while model.now() < give_up {
+            if let Some(length) = vif.receive(model, &mut out).unwrap() {
+                return Some(out[..length].to_vec());
+            }
+            let deadline = model.now() + model.ticks_per_second() / 100;
+            vif.wait(model, deadline);
+        }
+        None
+    }
+
+    #[test]
+    fn the_handshake_publishes_xens_keys_and_posts_every_buffer() {
+        let (mut model, _, vif) = connected();
+        let store = model.store();
+        let key = |key: &str| store.read(&format!("device/vif/0/{key}")).map(str::to_string);
+        assert_eq!(key("state").as_deref(), Some("4"), "Connected");
+        assert_eq!((key("request-rx-copy").as_deref(), key("feature-rx-notify").as_deref()), (Some("1"), Some("1")));
+        assert_eq!(key("event-channel"), vif.front().map(|vif| vif.port().to_string()));
+        assert_eq!(key("mac").as_deref(), Some(MAC));
+        assert_eq!((vif.grants().len(), model.dom0.grants.live()), (VIF_PAGES, VIF_PAGES));
+    }
+
+    #[test]
+    fn frames_sent_come_back_whole() {
+        let (mut model, _, mut vif) = connected();
+        let front = vif.front_mut().unwrap();
+        // More frames than buffers either way, so every buffer is reused.
+        for round in 0..3 * RX_BUFFERS {
+            let sent = frame(60 + round * 23 % (FRAME_MAX - 60), round as u8);
+            front.send(&mut model, &sent).unwrap();
+            assert_eq!(next_frame(&mut model, front), Some(sent), "round {round}");
+        }
+        // A frame in two slots, crossing a page, arrives as one.
+        let sent = frame(300, 9);
+        front.send_split(&mut model, &sent, 20).unwrap();
+        assert_eq!(next_frame(&mut model, front).as_ref(), Some(&sent));
+        assert_eq!(model.netback().sent.last(), Some(&sent));
+        front.reclaim().unwrap();
+        assert_eq!(front.tx_in_flight(), 0);
+        let stats = front.stats();
+        assert_eq!((stats.rx_frames, stats.rx_errors, stats.tx_errors), (3 * RX_BUFFERS as u64 + 1, 0, 0));
+    }
+
+    #[test]
+    fn a_hostile_back_end_breaks_the_vif_without_a_panic() {
+        for (hostile, broken) in
+            [(HostileNet::UnpostedBuffer, true), (HostileNet::WrongTxId, true), (HostileNet::PastThePage, false)]
+        {
+            let (mut model, _, mut vif) = connected();
+            let front = vif.front_mut().unwrap();
+            model.netback().hostile = Some(hostile);
+            front.send(&mut model, &frame(60, 1)).unwrap();
+            let mut out = [0u8; FRAME_MAX];
+            let mut outcome = Ok(None);
+            for _ in 0..10 {
+                let deadline = model.now() + 1000;
+                front.wait(&mut model, deadline);
+                let _ = front.reclaim();
+                outcome = front.receive(&mut model, &mut out);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            if broken {
+                assert_eq!(outcome, Err(NetError::Broken), "{hostile:?}");
+                assert_eq!(front.send(&mut model, &frame(60, 2)), Err(NetError::Broken), "{hostile:?}");
+            } else {
+                // A frame that does not fit its page is dropped and counted.
+                assert_eq!((outcome, front.stats().rx_errors), (Ok(None), 1), "{hostile:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_closed_vif_lets_go_of_everything_and_reconnects() {
+        let (mut model, mut store, mut vif) = connected();
+        assert_eq!(vif.close(&mut model, &mut store), Ok(()));
+        assert_eq!((model.dom0.grants.live(), model.open_ports.len()), (0, 0));
+        assert!(vif.reconnect(&mut model, &mut store));
+        let front = vif.front_mut().unwrap();
+        let sent = frame(100, 4);
+        front.send(&mut model, &sent).unwrap();
+        assert_eq!(next_frame(&mut model, front), Some(sent));
+    }
+}

@@ -8,6 +8,7 @@
 
 mod blkback;
 mod memory;
+mod netback;
 mod store;
 
 use std::collections::BTreeSet;
@@ -15,12 +16,14 @@ use std::collections::BTreeSet;
 use abi::DomainId;
 
 use crate::blkfront::DiskPages;
+use crate::netfront::VifPages;
 use crate::platform::{GuestMemory, NotDeviceMemory, Platform};
 use crate::ring::{FrontRing, Slot};
 use crate::store_client::StoreClient;
 
 pub use blkback::{Blkback, HostileDisk};
 pub use memory::Memory;
+pub use netback::{HostileNet, MAC, Netback};
 pub use store::{HostileStore, Store};
 
 /// The guest's domain id in the model.
@@ -152,6 +155,8 @@ pub struct Model {
     pub dom0: Dom0,
     /// dom0's block back end, once a disk is offered.
     pub blkback: Option<Blkback>,
+    /// dom0's net back end, once a vif is offered.
+    pub netback: Option<Netback>,
     /// Ports the guest allocated and has not closed.
     pub open_ports: BTreeSet<u32>,
     time: u64,
@@ -174,6 +179,7 @@ impl Model {
                 pending: BTreeSet::new(),
             },
             blkback: None,
+            netback: None,
             open_ports: BTreeSet::new(),
             time: 0,
             waits: 0,
@@ -208,6 +214,21 @@ impl Model {
         DiskPages { ring: memory.page(DISK_RING_PAGE), transfer: memory.page(DISK_TRANSFER_PAGE) }
     }
 
+    /// Offers the guest a vif.
+    pub fn offer_vif(&mut self) {
+        self.netback = Some(Netback::offer(&mut self.dom0));
+    }
+
+    /// The vif's back end (panics without one: a broken test).
+    pub fn netback(&mut self) -> &mut Netback {
+        self.netback.as_mut().expect("a vif was offered")
+    }
+
+    /// The pages the runtime would give the vif.
+    pub fn vif_pages(&self) -> VifPages {
+        VifPages { first: self.dom0.memory.page(VIF_PAGE) }
+    }
+
     /// Lets dom0 run once: the back ends, then the store (which then also
     /// sends the watch events their writes fired).
     fn run_dom0(&mut self) {
@@ -216,6 +237,9 @@ impl Model {
         dom0.store.serve(notified);
         if let Some(blkback) = self.blkback.as_mut() {
             blkback.run(dom0);
+        }
+        if let Some(netback) = self.netback.as_mut() {
+            netback.run(dom0);
         }
         dom0.store.serve(false);
     }
