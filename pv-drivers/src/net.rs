@@ -1,10 +1,12 @@
 //! The network front end's ring logic (`abi::net`, on Xen's netif
 //! entries): the transmit and
 //! receive rings, and the bookkeeping of the buffer pages granted to dom0.
-//! It moves frames in and out of those pages and tells the caller when to
-//! notify dom0; the guest runtime connects it through the store and owns
-//! the event channel. Responses are checked like requests in a back end:
-//! a response for a buffer that is not in flight marks the vif broken.
+//! It moves frames in and out of those pages (through [`GuestMemory`]) and
+//! tells the caller when to notify dom0; `netfront` connects it through the
+//! store and owns the event channel. Responses are checked like requests in
+//! a back end: a response for a buffer that is not in flight marks the vif
+//! broken.
+#![forbid(unsafe_code)]
 
 use abi::net::{FRAME_MAX, FRAME_MIN};
 use abi::xen::io::net::{
@@ -12,6 +14,7 @@ use abi::xen::io::net::{
     NETRXF_MORE_DATA, NETTXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 
+use crate::platform::GuestMemory;
 use crate::ring::{BackRing, FrontRing, RingError};
 
 /// Entries in the transmit ring (256).
@@ -79,27 +82,21 @@ pub struct NetFront {
 const _: () = assert!(TX_BUFFERS <= 32 && RX_BUFFERS <= 32);
 
 impl NetFront {
-    /// Creates both rings (zeroing their headers) over the buffer pages.
-    /// Nothing is posted yet: call [`NetFront::post_receive_buffers`].
-    ///
-    /// # Safety
-    /// `tx_ring` and `rx_ring` must be distinct writable 4 KiB pages shared
-    /// with dom0 for the life of the value; every buffer's address must be a
-    /// writable page of this domain, granted to dom0 as `grant` (read-write
-    /// for receive buffers), used by nothing else; none of these pages may
-    /// be accessed through Rust references meanwhile.
-    #[allow(unsafe_code, reason = "takes raw pages")]
-    pub unsafe fn new(
-        tx_ring: *mut u8,
-        rx_ring: *mut u8,
+    /// A front end on both rings (made fresh: see
+    /// [`GuestMemory::front_ring`]) and the buffer pages. Every buffer's
+    /// address must be a page of the memory passed to the methods below,
+    /// granted to dom0 as `grant` (read-write for receive buffers) and used
+    /// by nothing else. Nothing is posted yet: call
+    /// [`NetFront::post_receive_buffers`].
+    pub fn new(
+        tx: TxFront,
+        rx: RxFront,
         tx_buffers: [Buffer; TX_BUFFERS],
         rx_buffers: [Buffer; RX_BUFFERS],
     ) -> NetFront {
         NetFront {
-            // SAFETY: the caller's guarantees are those `FrontRing::new` needs.
-            tx: unsafe { TxFront::new(tx_ring) },
-            // SAFETY: as above.
-            rx: unsafe { RxFront::new(rx_ring) },
+            tx,
+            rx,
             tx_buffers,
             rx_buffers,
             tx_in_flight: 0,
@@ -165,9 +162,9 @@ impl NetFront {
         }
     }
 
-    /// Copies `frame` into a free transmit buffer and queues it. Returns
-    /// whether to notify dom0.
-    pub fn send(&mut self, frame: &[u8]) -> Result<bool, NetError> {
+    /// Copies `frame` into a free transmit buffer (in `memory`) and queues
+    /// it. Returns whether to notify dom0.
+    pub fn send(&mut self, memory: &mut impl GuestMemory, frame: &[u8]) -> Result<bool, NetError> {
         if self.broken {
             return Err(NetError::Broken);
         }
@@ -180,12 +177,11 @@ impl NetFront {
             return Err(NetError::Full);
         }
         let buffer = self.tx_buffers[index];
-        // SAFETY: the buffer is a page of ours (see `new`) not in flight, so
-        // dom0 does not read it now; the frame fits (checked above).
-        #[allow(unsafe_code, reason = "writes the buffer page")]
-        unsafe {
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), buffer.address as *mut u8, frame.len())
-        };
+        // The buffer is not in flight, so dom0 does not read it now; the
+        // frame fits its page (checked above).
+        if memory.write(buffer.address, frame).is_err() {
+            return self.fail();
+        }
         // One slot, checksums already in the frame: no flags.
         let request =
             NetifTxRequest { gref: buffer.grant, offset: 0, flags: 0, id: index as u16, size: frame.len() as u16 };
@@ -196,10 +192,11 @@ impl NetFront {
         Ok(self.tx.publish_requests())
     }
 
-    /// Copies the next received frame into `out` (at least [`FRAME_MAX`]
-    /// bytes) and posts its buffer again. `Ok(None)` when none is waiting;
-    /// `Ok(Some((length, notify)))` otherwise.
-    pub fn receive(&mut self, out: &mut [u8]) -> Result<Option<(usize, bool)>, NetError> {
+    /// Copies the next received frame (from its buffer in `memory`) into
+    /// `out` (at least [`FRAME_MAX`] bytes) and posts its buffer again.
+    /// `Ok(None)` when none is waiting; `Ok(Some((length, notify)))`
+    /// otherwise.
+    pub fn receive(&mut self, memory: &impl GuestMemory, out: &mut [u8]) -> Result<Option<(usize, bool)>, NetError> {
         if self.broken {
             return Err(NetError::Broken);
         }
@@ -222,13 +219,12 @@ impl NetFront {
                 && offset + length <= abi::PAGE_SIZE as usize
                 && length <= out.len();
             if good {
+                // dom0 finished with the buffer (it answered); the range lies
+                // inside its page and fits `out` (checked above).
                 let source = self.rx_buffers[index].address + offset as u64;
-                // SAFETY: the buffer is ours and dom0 finished with it (it
-                // answered); the range lies inside its page and fits `out`.
-                #[allow(unsafe_code, reason = "reads the buffer page")]
-                unsafe {
-                    core::ptr::copy_nonoverlapping(source as *const u8, out.as_mut_ptr(), length)
-                };
+                if memory.read(source, &mut out[..length]).is_err() {
+                    return self.fail();
+                }
                 self.stats.rx_frames += 1;
             } else {
                 self.stats.rx_errors += 1;
@@ -260,7 +256,7 @@ impl NetFront {
     /// crosses a page: its first `first` bytes at the end of one transmit
     /// buffer's page (`NETTXF_MORE_DATA`, the whole frame's `size`), the
     /// rest at the start of another's. Returns whether to notify dom0.
-    pub fn send_split(&mut self, frame: &[u8], first: usize) -> Result<bool, NetError> {
+    pub fn send_split(&mut self, memory: &mut impl GuestMemory, frame: &[u8], first: usize) -> Result<bool, NetError> {
         if self.broken {
             return Err(NetError::Broken);
         }
@@ -275,15 +271,13 @@ impl NetFront {
         }
         let page = abi::PAGE_SIZE as usize;
         let (head_buffer, tail_buffer) = (self.tx_buffers[head], self.tx_buffers[tail]);
-        // SAFETY: both buffers are pages of ours (see `new`) not in flight,
-        // so dom0 does not read them now; each part fits its page (a frame
-        // is at most FRAME_MAX bytes, checked above).
-        #[allow(unsafe_code, reason = "writes the buffer pages")]
-        unsafe {
-            let head_at = (head_buffer.address as usize + page - first) as *mut u8;
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), head_at, first);
-            let rest = &frame[first..];
-            core::ptr::copy_nonoverlapping(rest.as_ptr(), tail_buffer.address as *mut u8, rest.len());
+        // Neither buffer is in flight, so dom0 does not read them now; each
+        // part fits its page (a frame is at most FRAME_MAX bytes, checked
+        // above).
+        let (head_part, tail_part) = frame.split_at(first);
+        let head_at = head_buffer.address + (page - first) as u64;
+        if memory.write(head_at, head_part).is_err() || memory.write(tail_buffer.address, tail_part).is_err() {
+            return self.fail();
         }
         let slots = [
             NetifTxRequest {
@@ -348,47 +342,34 @@ impl From<RingError> for NetError {
 }
 
 #[cfg(test)]
-#[allow(unsafe_code, reason = "the tests allocate the shared pages")]
 mod tests {
     use super::*;
-    use std::alloc::{Layout, alloc_zeroed, dealloc};
+    use crate::model::Memory;
 
-    struct Pages {
-        base: *mut u8,
-        count: usize,
-    }
-
-    impl Pages {
-        fn new(count: usize) -> Pages {
-            let layout = Layout::from_size_align(count * 4096, 4096).unwrap();
-            // SAFETY: non-zero size.
-            Pages { base: unsafe { alloc_zeroed(layout) }, count }
-        }
-        fn page(&self, index: usize) -> *mut u8 {
-            assert!(index < self.count);
-            // SAFETY: inside the allocation.
-            unsafe { self.base.add(index * 4096) }
-        }
-    }
-
-    impl Drop for Pages {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { dealloc(self.base, Layout::from_size_align(self.count * 4096, 4096).unwrap()) }
-        }
-    }
+    /// Pages of a vif: both rings, then the transmit and receive buffers.
+    const PAGES: usize = 2 + TX_BUFFERS + RX_BUFFERS;
 
     /// A front end and a model back end over host pages; grant `g` names
     /// buffer page `g - 1` (tx first, then rx).
-    fn pair(pages: &Pages) -> (NetFront, TxBack, RxBack) {
-        let buffer = |index: usize| Buffer { address: pages.page(2 + index) as u64, grant: index as u32 + 1 };
+    fn pair(memory: &mut Memory) -> (NetFront, TxBack, RxBack) {
+        let buffer = |index: usize| Buffer { address: memory.page(2 + index), grant: index as u32 + 1 };
         let tx_buffers = core::array::from_fn(buffer);
         let rx_buffers = core::array::from_fn(|index| buffer(TX_BUFFERS + index));
-        // SAFETY: the pages live as long as the test's `pages`.
-        let front = unsafe { NetFront::new(pages.page(0), pages.page(1), tx_buffers, rx_buffers) };
-        // SAFETY: as above.
-        let back = unsafe { (TxBack::attach(pages.page(0)), RxBack::attach(pages.page(1))) };
-        (front, back.0, back.1)
+        let (tx_page, rx_page) = (memory.page(0), memory.page(1));
+        let front = NetFront::new(
+            memory.front_ring(tx_page).unwrap(),
+            memory.front_ring(rx_page).unwrap(),
+            tx_buffers,
+            rx_buffers,
+        );
+        (front, memory.back_ring(tx_page), memory.back_ring(rx_page))
+    }
+
+    /// `length` bytes at `offset` in the page granted as `grant`.
+    fn granted(memory: &Memory, grant: u32, offset: u16, length: usize) -> Vec<u8> {
+        let mut bytes = vec![0; length];
+        memory.read(memory.page(2 + grant as usize - 1) + u64::from(offset), &mut bytes).unwrap();
+        bytes
     }
 
     fn frame(length: usize, seed: u8) -> Vec<u8> {
@@ -415,10 +396,10 @@ mod tests {
 
     #[test]
     fn a_sent_frame_is_one_slot_without_flags_and_null_answers_are_skipped() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
-        let (mut front, mut tx_back, _) = pair(&pages);
-        front.send(&frame(60, 1)).unwrap();
-        front.send(&frame(60, 2)).unwrap();
+        let mut memory = Memory::new(PAGES);
+        let (mut front, mut tx_back, _) = pair(&mut memory);
+        front.send(&mut memory, &frame(60, 1)).unwrap();
+        front.send(&mut memory, &frame(60, 2)).unwrap();
         let request = tx_back.pop_request().unwrap().unwrap();
         assert_eq!((request.flags, request.offset, request.size), (0, 0, 60));
         let _ = tx_back.pop_request().unwrap().unwrap();
@@ -431,33 +412,28 @@ mod tests {
 
     #[test]
     fn frames_travel_both_ways_and_buffers_are_recycled() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
-        let (mut front, mut tx_back, mut rx_back) = pair(&pages);
+        let mut memory = Memory::new(PAGES);
+        let (mut front, mut tx_back, mut rx_back) = pair(&mut memory);
         front.post_receive_buffers().unwrap();
         // Many more frames than buffers, so every buffer is reused.
         for round in 0..200usize {
             let sent = frame(FRAME_MIN + round * 7 % (FRAME_MAX - FRAME_MIN), round as u8);
-            front.send(&sent).unwrap();
+            front.send(&mut memory, &sent).unwrap();
             let request = tx_back.pop_request().unwrap().expect("a request");
             assert_eq!(request.size as usize, sent.len());
-            let page = pages.page(2 + request.gref as usize - 1);
-            // SAFETY: the page is one of the test's.
-            let seen = unsafe { std::slice::from_raw_parts(page.add(request.offset as usize), sent.len()) };
-            assert_eq!(seen, &sent[..]);
+            assert_eq!(granted(&memory, request.gref, request.offset, sent.len()), sent);
             tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
             tx_back.publish_responses();
 
             // The back end delivers it into a posted buffer.
             let buffer = rx_back.pop_request().unwrap().expect("a posted buffer");
-            let page = pages.page(2 + buffer.gref as usize - 1);
-            // SAFETY: as above.
-            unsafe { std::ptr::copy_nonoverlapping(sent.as_ptr(), page, sent.len()) };
+            memory.write(memory.page(2 + buffer.gref as usize - 1), &sent).unwrap();
             rx_back
                 .push_response(&NetifRxResponse { id: buffer.id, offset: 0, flags: 0, status: sent.len() as i16 })
                 .unwrap();
             rx_back.publish_responses();
             let mut out = [0u8; FRAME_MAX];
-            let (length, _) = front.receive(&mut out).unwrap().expect("a frame");
+            let (length, _) = front.receive(&memory, &mut out).unwrap().expect("a frame");
             assert_eq!(&out[..length], &sent[..]);
         }
         front.reclaim().unwrap();
@@ -468,19 +444,17 @@ mod tests {
 
     #[test]
     fn a_split_frame_crosses_a_page_as_netfronts_do() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
-        let (mut front, mut tx_back, _) = pair(&pages);
+        let mut memory = Memory::new(PAGES);
+        let (mut front, mut tx_back, _) = pair(&mut memory);
         let sent = frame(98, 5);
-        front.send_split(&sent, 20).unwrap();
+        front.send_split(&mut memory, &sent, 20).unwrap();
         let head = tx_back.pop_request().unwrap().unwrap();
         let tail = tx_back.pop_request().unwrap().unwrap();
         assert_eq!((head.offset, head.flags, head.size), (4096 - 20, NETTXF_MORE_DATA, 98));
         assert_eq!((tail.offset, tail.flags, tail.size), (0, 0, 78));
         let mut seen = Vec::new();
         for (slot, length) in [(head, 20), (tail, 78)] {
-            let page = pages.page(2 + slot.gref as usize - 1);
-            // SAFETY: the page is one of the test's.
-            seen.extend_from_slice(unsafe { std::slice::from_raw_parts(page.add(slot.offset as usize), length) });
+            seen.extend_from_slice(&granted(&memory, slot.gref, slot.offset, length));
         }
         assert_eq!(seen, sent);
         assert_eq!(front.tx_in_flight(), 2);
@@ -490,8 +464,8 @@ mod tests {
         tx_back.publish_responses();
         front.reclaim().unwrap();
         assert_eq!(front.tx_in_flight(), 0);
-        assert_eq!(front.send_split(&sent, 0), Err(NetError::BadFrame));
-        assert_eq!(front.send_split(&sent, 98), Err(NetError::BadFrame));
+        assert_eq!(front.send_split(&mut memory, &sent, 0), Err(NetError::BadFrame));
+        assert_eq!(front.send_split(&mut memory, &sent, 98), Err(NetError::BadFrame));
         // Raw slots: an id naming no buffer (an extra-info slot's bytes)
         // takes none; a busy buffer refuses the whole frame.
         let raw = |id| NetifTxRequest { gref: 1, offset: 0, flags: 0, id, size: 60 };
@@ -504,10 +478,10 @@ mod tests {
 
     #[test]
     fn transmit_answers_alone_do_not_cut_a_wait_short() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
-        let (mut front, mut tx_back, mut rx_back) = pair(&pages);
+        let mut memory = Memory::new(PAGES);
+        let (mut front, mut tx_back, mut rx_back) = pair(&mut memory);
         front.post_receive_buffers().unwrap();
-        front.send(&frame(60, 1)).unwrap();
+        front.send(&mut memory, &frame(60, 1)).unwrap();
         let request = tx_back.pop_request().unwrap().unwrap();
         tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
         tx_back.publish_responses();
@@ -515,13 +489,13 @@ mod tests {
         assert!(!front.arm_events(), "a transmit answer must not keep the front end awake");
         assert_eq!(front.tx_in_flight(), 0);
         // Transmit answers are not asked for while buffers are free...
-        front.send(&frame(60, 2)).unwrap();
+        front.send(&mut memory, &frame(60, 2)).unwrap();
         let request = tx_back.pop_request().unwrap().unwrap();
         tx_back.push_response(&NetifTxResponse { id: request.id, status: 0 }).unwrap();
         assert!(!tx_back.publish_responses(), "no wake-up for a transmit answer with buffers free");
         // ...but are when every buffer is in flight.
         for _ in 0..TX_BUFFERS {
-            front.send(&frame(60, 3)).unwrap();
+            front.send(&mut memory, &frame(60, 3)).unwrap();
         }
         assert!(!front.arm_events());
         let request = tx_back.pop_request().unwrap().unwrap();
@@ -535,45 +509,45 @@ mod tests {
 
     #[test]
     fn transmit_buffers_run_out_then_come_back() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
-        let (mut front, mut tx_back, _) = pair(&pages);
+        let mut memory = Memory::new(PAGES);
+        let (mut front, mut tx_back, _) = pair(&mut memory);
         for _ in 0..TX_BUFFERS {
-            front.send(&frame(60, 1)).unwrap();
+            front.send(&mut memory, &frame(60, 1)).unwrap();
         }
-        assert_eq!(front.send(&frame(60, 1)), Err(NetError::Full));
+        assert_eq!(front.send(&mut memory, &frame(60, 1)), Err(NetError::Full));
         let request = tx_back.pop_request().unwrap().unwrap();
         tx_back.push_response(&NetifTxResponse { id: request.id, status: -1 }).unwrap();
         tx_back.publish_responses();
-        front.send(&frame(60, 2)).unwrap();
+        front.send(&mut memory, &frame(60, 2)).unwrap();
         assert_eq!(front.stats.tx_errors, 1);
-        assert_eq!(front.send(&[0; 13]), Err(NetError::BadFrame));
-        assert_eq!(front.send(&[0; FRAME_MAX + 1]), Err(NetError::BadFrame));
+        assert_eq!(front.send(&mut memory, &[0; 13]), Err(NetError::BadFrame));
+        assert_eq!(front.send(&mut memory, &[0; FRAME_MAX + 1]), Err(NetError::BadFrame));
     }
 
     #[test]
     fn random_back_end_writes_never_get_past_the_checks() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        use zerocopy::IntoBytes;
+        let mut memory = Memory::new(PAGES);
         let mut random = crate::test_random::XorShift(0x6e65_7466_757a_7a31);
         let mut out = [0u8; FRAME_MAX];
         let (mut delivered, mut broken) = (0, 0);
         for _ in 0..300 {
-            let (mut front, _, _) = pair(&pages);
+            let (mut front, _, _) = pair(&mut memory);
             front.post_receive_buffers().unwrap();
             for round in 0..40 {
                 // A back end that scribbles over the rings' response side:
                 // producer indices and slot bytes, anything at all.
                 for ring in [0, 1] {
-                    let page = pages.page(ring);
+                    let page = memory.page(ring);
                     for _ in 0..4 {
                         let offset = 4 * random.below(1024);
-                        // SAFETY: inside the test's ring page.
-                        unsafe { (page.add(offset) as *mut u32).write_unaligned(random.next() as u32) };
+                        memory.write(page + offset as u64, &(random.next() as u32).to_le_bytes()).unwrap();
                     }
                     // Often a plausible producer index, so random slots are
                     // taken as answers and their fields checked.
                     if random.below(2) == 0 {
-                        // SAFETY: rsp_prod, inside the test's ring page.
-                        unsafe { (page.add(8) as *mut u32).write_unaligned(random.below(48) as u32) };
+                        // rsp_prod.
+                        memory.write(page + 8, &(random.below(48) as u32).to_le_bytes()).unwrap();
                     }
                 }
                 // Often a plausible receive answer (any flags, a status
@@ -586,18 +560,17 @@ mod tests {
                         status: random.below(1600) as i16 - 2,
                     };
                     let slot = 64 + 8 * random.below(48);
-                    // SAFETY: a slot inside the test's receive ring page.
-                    unsafe { (pages.page(1).add(slot) as *mut NetifRxResponse).write_unaligned(response) };
+                    memory.write(memory.page(1) + slot as u64, response.as_bytes()).unwrap();
                 }
-                let sent = front.send(&frame(60 + round, round as u8));
-                let received = front.receive(&mut out);
+                let sent = front.send(&mut memory, &frame(60 + round, round as u8));
+                let received = front.receive(&memory, &mut out);
                 let _ = front.reclaim();
                 if let Ok(Some((length, _))) = received {
                     assert!((1..=FRAME_MAX).contains(&length), "a delivered frame fits its buffer");
                     delivered += 1;
                 }
                 if front.is_broken() {
-                    assert_eq!(front.send(&frame(60, 0)), Err(NetError::Broken));
+                    assert_eq!(front.send(&mut memory, &frame(60, 0)), Err(NetError::Broken));
                     broken += 1;
                     break;
                 }
@@ -611,31 +584,31 @@ mod tests {
 
     #[test]
     fn a_hostile_back_end_breaks_the_vif() {
-        let pages = Pages::new(2 + TX_BUFFERS + RX_BUFFERS);
+        let mut memory = Memory::new(PAGES);
         // An answer for a transmit buffer that is not in flight.
-        let (mut front, mut tx_back, _) = pair(&pages);
-        front.send(&frame(60, 1)).unwrap();
+        let (mut front, mut tx_back, _) = pair(&mut memory);
+        front.send(&mut memory, &frame(60, 1)).unwrap();
         let _ = tx_back.pop_request().unwrap().unwrap();
         tx_back.push_response(&NetifTxResponse { id: 5, status: 0 }).unwrap();
         tx_back.publish_responses();
         assert_eq!(front.reclaim(), Err(NetError::Broken));
-        assert_eq!(front.send(&frame(60, 1)), Err(NetError::Broken));
+        assert_eq!(front.send(&mut memory, &frame(60, 1)), Err(NetError::Broken));
 
         // A received frame longer than the page, then a buffer id never posted.
-        let (mut front, _, mut rx_back) = pair(&pages);
+        let (mut front, _, mut rx_back) = pair(&mut memory);
         front.post_receive_buffers().unwrap();
         let buffer = rx_back.pop_request().unwrap().unwrap();
         rx_back.push_response(&NetifRxResponse { id: buffer.id, offset: 4000, flags: 0, status: 200 }).unwrap();
         rx_back.publish_responses();
         let mut out = [0u8; FRAME_MAX];
-        assert_eq!(front.receive(&mut out), Ok(None), "a bad frame is dropped, not delivered");
+        assert_eq!(front.receive(&memory, &mut out), Ok(None), "a bad frame is dropped, not delivered");
         assert_eq!(front.stats.rx_errors, 1);
         // A frame said to continue in another buffer (no feature-sg here).
         let buffer = rx_back.pop_request().unwrap().unwrap();
         let response = NetifRxResponse { id: buffer.id, offset: 0, flags: NETRXF_MORE_DATA, status: 60 };
         rx_back.push_response(&response).unwrap();
         rx_back.publish_responses();
-        assert_eq!(front.receive(&mut out), Ok(None), "a frame in several buffers is dropped");
+        assert_eq!(front.receive(&memory, &mut out), Ok(None), "a frame in several buffers is dropped");
         assert_eq!(front.stats.rx_errors, 2);
         let _ = rx_back.pop_request().unwrap().unwrap();
         let _ = rx_back.pop_request().unwrap().unwrap();
@@ -643,8 +616,8 @@ mod tests {
         rx_back.push_response(&NetifRxResponse { id: RX_BUFFERS as u16, offset: 0, flags: 0, status: 60 }).unwrap();
         rx_back.publish_responses();
         // Buffer 31 is posted: its answer is fine; there is no buffer 32.
-        assert!(front.receive(&mut out).unwrap().is_some());
-        assert_eq!(front.receive(&mut out), Err(NetError::Broken));
-        assert_eq!(front.receive(&mut out), Err(NetError::Broken), "stays broken");
+        assert!(front.receive(&memory, &mut out).unwrap().is_some());
+        assert_eq!(front.receive(&memory, &mut out), Err(NetError::Broken));
+        assert_eq!(front.receive(&memory, &mut out), Err(NetError::Broken), "stays broken");
     }
 }
