@@ -337,6 +337,36 @@ pub fn start_vcpu<P: Platform>(
     Ok(())
 }
 
+/// Takes vCPU `vcpu` of `domain` down: it stops at once, wherever it is,
+/// and loses its state (its timer, a block, a pending upcall go with it).
+/// One on another CPU is kicked and retired there when it lets go of it
+/// (`run_slice`; until then `start_vcpu` says `Busy`), as is the calling
+/// vCPU taking itself down; one no CPU holds is released here.
+/// `InvalidArgument` for no such vCPU, `NotFound` if it is not up, `Busy`
+/// if it is the only vCPU up (the domain would stop: shut it down instead).
+pub fn stop_vcpu<P: Platform>(domain: &mut Domain<P>, vcpu: usize) -> Result<(), Error> {
+    if vcpu >= domain.vcpu_count {
+        return Err(Error::InvalidArgument);
+    }
+    if !domain.vcpus[vcpu].up {
+        return Err(Error::NotFound);
+    }
+    if domain.vcpus.iter().filter(|slot| slot.up).count() == 1 {
+        return Err(Error::Busy);
+    }
+    let slot = &mut domain.vcpus[vcpu];
+    (slot.up, slot.blocked, slot.timer_deadline, slot.upcall_due) = (false, false, 0, false);
+    if slot.running {
+        // Its CPU (this one, if it took itself down) retires it when it
+        // lets go of it (`run_slice`).
+        slot.reschedule = true;
+        slot.notify(false);
+    } else if let Some(cpu) = slot.vcpu.take() {
+        P::release_vcpu(cpu);
+    }
+    Ok(())
+}
+
 fn list_domains<P: Platform>(
     hv: &mut Hypervisor<P>,
     caller: usize,

@@ -1,16 +1,21 @@
 //! A [`Platform`] over plain memory for host tests: frames in a map, one
 //! thread's machine per test thread (tests run in parallel, each with its
 //! own), and a record of what hvcore asked of the machine (kicks, wake-ups,
-//! flushes, released vCPUs, interrupt lines, log lines) and of a vCPU.
+//! flushes, released vCPUs, interrupt lines, log lines, power) and of a
+//! vCPU.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
 use abi::Error;
+use abi::hypercall::PlatformOp;
+use abi::info::HvInfo;
 use spin::mutex::TicketMutex;
 
+use crate::acpi::AcpiInfo;
 use crate::log_ring::Level;
+use crate::mmio::DevicePolicy;
 use crate::paging::TableMemory;
 use crate::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use crate::scheduler::Scheduler;
@@ -152,6 +157,15 @@ pub struct State {
     /// NMIs counted while a guest ran, and while hv ran.
     pub nmis: u64,
     pub nmis_in_root: u64,
+    /// hv's log as `copy_log` copies it (its latest bytes).
+    pub dmesg: Vec<u8>,
+    /// What `machine_info` answers.
+    pub machine_info: HvInfo,
+    /// What `devices` answers (leaked: it is `'static` on the machine).
+    pub devices: Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)>,
+    /// The `power` operation asked for (the fake then panics: the machine
+    /// would not return).
+    pub power: Option<PlatformOp>,
 }
 
 thread_local! {
@@ -343,5 +357,22 @@ impl Platform for Fake {
     }
     fn log(level: Level, line: fmt::Arguments) {
         with(|state| state.log.push(format!("{level:?}: {line}")));
+    }
+    fn copy_log(out: &mut [u8]) -> usize {
+        with(|state| {
+            let copied = out.len().min(state.dmesg.len());
+            out[..copied].copy_from_slice(&state.dmesg[state.dmesg.len() - copied..]);
+            copied
+        })
+    }
+    fn machine_info() -> HvInfo {
+        with(|state| state.machine_info)
+    }
+    fn devices() -> Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)> {
+        with(|state| state.devices)
+    }
+    fn power(operation: PlatformOp) -> ! {
+        with(|state| state.power = Some(operation));
+        panic!("fake machine: {operation:?}")
     }
 }

@@ -4,7 +4,11 @@
 use core::fmt;
 
 use abi::Error;
+use abi::hypercall::PlatformOp;
+use abi::info::HvInfo;
+use hvcore::acpi::AcpiInfo;
 use hvcore::log_ring::Level;
+use hvcore::mmio::DevicePolicy;
 use hvcore::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use hvcore::scheduler::Scheduler;
 use spin::mutex::TicketMutex;
@@ -146,7 +150,36 @@ impl Platform for Machine {
     fn log(level: Level, line: fmt::Arguments) {
         crate::log::write(level, line)
     }
+    fn copy_log(out: &mut [u8]) -> usize {
+        crate::log::copy_latest(out)
+    }
+    fn machine_info() -> HvInfo {
+        let totals = crate::memory::totals();
+        let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
+        smp::describe(&mut cpus);
+        HvInfo {
+            features: smp::capabilities().features,
+            total_pages: totals.total_pages,
+            free_pages: totals.free_pages,
+            tsc_khz: crate::log::tsc_khz(),
+            cpu_count: smp::running(),
+            cpus,
+            ..HvInfo::default()
+        }
+    }
+    fn devices() -> Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)> {
+        Some((crate::hypercall::DEVICES.get()?, super::platform::acpi()))
+    }
+    fn power(operation: PlatformOp) -> ! {
+        match operation {
+            PlatformOp::PowerOff => super::platform::power_off(),
+            PlatformOp::Reboot => super::platform::reboot(),
+        }
+    }
 }
+
+// hv's log fits the buffer `DmesgRead` copies it through.
+const _: () = assert!(crate::log::RING_BYTES <= hvcore::mica_calls::LOG_BYTES);
 
 /// The exit handler's view of a vCPU (`hvcore::exits`): each call is the
 /// `Vcpu` method of the same name (named by path, since a method call on
