@@ -40,6 +40,9 @@ pub const KICK_VECTOR: u8 = 0xf1;
 pub struct FakeVcpu {
     pub rip: u64,
     pub frame: u64,
+    /// What it was built from.
+    pub context: abi::domctl::VcpuContext,
+    pub start_registers: crate::platform::StartRegisters,
     pub rax: u64,
     pub rcx: u64,
     pub rdx: u64,
@@ -300,7 +303,13 @@ impl Platform for Fake {
             return Err(Error::InvalidArgument);
         }
         let frame = Self::allocate_frame().ok_or(Error::OutOfMemory)?;
-        Ok(FakeVcpu { rip: setup.context.rip, frame, ..FakeVcpu::default() })
+        Ok(FakeVcpu {
+            rip: setup.context.rip,
+            frame,
+            context: *setup.context,
+            start_registers: setup.registers,
+            ..FakeVcpu::default()
+        })
     }
     fn release_vcpu(vcpu: FakeVcpu) {
         Self::free_frame(vcpu.frame);

@@ -160,7 +160,14 @@ pub fn vcpu_op<P: Platform>(
             let context: abi::domctl::VcpuContext = domain.read_struct(a2)?;
             crate::domctl::start_vcpu(domain, slot, vcpu, &context).map(|()| 0)
         }
-        VcpuOp::Down => crate::domctl::stop_vcpu(domain, target()?).map(|()| 0),
+        VcpuOp::Down => {
+            let vcpu = target()?;
+            crate::domctl::stop_vcpu(domain, vcpu)?;
+            // It loses its state: Xen's `VCPUOP_initialise` may give it a
+            // new one (it is no longer "initialised").
+            domain.vcpus[vcpu].start_state = None;
+            Ok(0)
+        }
     }
 }
 

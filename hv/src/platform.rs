@@ -38,7 +38,25 @@ pub struct VcpuSetup<'a> {
     pub vpid: u16,
     pub io_bitmaps: [u64; 2],
     pub msr_bitmap: u64,
+    /// Its mode, instruction and stack pointers, page tables and GDT.
     pub context: &'a VcpuContext,
+    /// Its general registers (the context's `rdi` is already among them).
+    pub registers: StartRegisters,
+}
+
+/// The general registers a vCPU starts with; RSP is the context's, R8 to
+/// R15 are zero. Mica's entries set one, from `VcpuContext::rdi`: RDI
+/// (`VCPU_MODE_LONG`) or RBX (`VCPU_MODE_PVH`); Xen's `VCPUOP_initialise`
+/// sets all seven.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartRegisters {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
 }
 
 /// Memory shared with a domain at host address `.0` (an event page, a

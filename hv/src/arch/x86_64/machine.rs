@@ -85,11 +85,15 @@ impl Platform for Machine {
         let own_or_shared = |own: u64| if own != 0 { own } else { guest_bitmaps };
         let bitmaps = [own_or_shared(setup.io_bitmaps[0]), own_or_shared(setup.io_bitmaps[1])];
         let setup = VcpuSetup { io_bitmaps: bitmaps, msr_bitmap: own_or_shared(setup.msr_bitmap), ..*setup };
-        let created = Vcpu::new(smp::capabilities(), vmcs_region, &setup).map_err(|reason| {
+        let mut created = Vcpu::new(smp::capabilities(), vmcs_region, &setup).map_err(|reason| {
             crate::memory::free_frame(vmcs_region);
             crate::error!("creating a vCPU failed: {reason}");
             Error::InvalidArgument
         })?;
+        let start = setup.registers;
+        let registers = &mut created.registers;
+        (registers.rax, registers.rcx, registers.rdx, registers.rbx) = (start.rax, start.rcx, start.rdx, start.rbx);
+        (registers.rbp, registers.rsi, registers.rdi) = (start.rbp, start.rsi, start.rdi);
         FrameBox::new(created, crate::memory::allocate_frame).map_err(|created| {
             crate::memory::free_frame(created.release(smp::capabilities()));
             Error::OutOfMemory
