@@ -124,6 +124,11 @@ pub struct VcpuSlot<P: Platform> {
     pub vcpu: Option<P::Vcpu>,
     /// Started and not taken down (its `vcpu` exists, here or on a CPU).
     pub up: bool,
+    /// The state it was last started from, or Xen's `VCPUOP_initialise`
+    /// gave it (it is "initialised", in Xen's words): Xen's `VCPUOP_up`
+    /// starts it from here again after a `VCPUOP_down`. Mica's
+    /// `VcpuOp::Down` forgets it (the vCPU loses its state).
+    pub start_state: Option<(abi::domctl::VcpuContext, crate::platform::StartRegisters)>,
     /// Waiting for an event or its timer.
     pub blocked: bool,
     /// Absolute TSC deadline of its one-shot timer, 0 = not armed.
@@ -165,6 +170,7 @@ impl<P: Platform> VcpuSlot<P> {
         VcpuSlot {
             vcpu: None,
             up: false,
+            start_state: None,
             blocked: false,
             timer_deadline: 0,
             poll_ports: [0; abi::event::BITMAP_WORDS],

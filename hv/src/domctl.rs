@@ -16,7 +16,7 @@ use crate::domain::{Domain, DomainTable, MAX_DOMAINS, MAX_VCPUS, sched_key};
 use crate::foreign::ForeignWindow;
 use crate::grant_ops::Grants;
 use crate::log_ring::Level;
-use crate::platform::{Platform, VcpuSetup};
+use crate::platform::{Platform, StartRegisters, VcpuSetup};
 
 /// Everything hv knows besides the domains, under hv's table lock.
 pub struct State {
@@ -230,7 +230,7 @@ fn stopped_elsewhere<P: Platform>(hv: &mut Hypervisor<P>, caller: usize, target:
 /// Has the caller's current hypercall run again when its vCPU is next
 /// entered, and that vCPU leave its CPU now (the call waits for another
 /// CPU: see `VcpuSlot::restart_call`).
-fn restart<P: Platform>(caller: &mut Domain<P>) {
+pub(crate) fn restart<P: Platform>(caller: &mut Domain<P>) {
     if let Some(vcpu) = caller.current_vcpu() {
         let slot = &mut caller.vcpus[vcpu];
         slot.restart_call = true;
@@ -316,6 +316,31 @@ pub fn start_vcpu<P: Platform>(
     if !valid {
         return Err(Error::InvalidArgument);
     }
+    let registers = if context.mode == abi::domctl::VCPU_MODE_PVH {
+        StartRegisters { rbx: context.rdi, ..StartRegisters::default() }
+    } else {
+        StartRegisters { rdi: context.rdi, ..StartRegisters::default() }
+    };
+    start_checked(domain, target, vcpu, context, registers)
+}
+
+/// [`start_vcpu`] of a `context` its caller has checked (Xen's
+/// `VCPUOP_up` too: `crate::xen`), with `registers`: creates the vCPU,
+/// marks it up and keeps what it started from (`VcpuSlot::start_state`).
+/// `InvalidArgument` for no such vCPU, `Busy` if it is up or still leaving
+/// its CPU, and the machine's errors.
+pub fn start_checked<P: Platform>(
+    domain: &mut Domain<P>,
+    target: usize,
+    vcpu: usize,
+    context: &VcpuContext,
+    registers: StartRegisters,
+) -> Result<(), Error> {
+    // Up, or taken down but still leaving its CPU (retired there).
+    let slot = domain.vcpus.get(vcpu).ok_or(Error::InvalidArgument)?;
+    if slot.up || slot.running {
+        return Err(Error::Busy);
+    }
     let setup = VcpuSetup {
         domain_id: domain.id,
         vcpu_id: vcpu as u32,
@@ -326,14 +351,46 @@ pub fn start_vcpu<P: Platform>(
         io_bitmaps: domain.io_bitmaps,
         msr_bitmap: domain.msr_bitmap,
         context,
+        registers,
     };
     let created = P::create_vcpu(&setup).inspect_err(|_| {
         P::log(Level::Error, format_args!("d{}: creating its vCPU {vcpu} failed", domain.id));
     })?;
     let slot = &mut domain.vcpus[vcpu];
     slot.vcpu = Some(created);
+    slot.start_state = Some((*context, registers));
     (slot.up, slot.blocked, slot.reschedule, slot.timer_deadline) = (true, false, false, 0);
     domain.notify(vcpu);
+    Ok(())
+}
+
+/// Takes vCPU `vcpu` of `domain` down: it stops at once, wherever it is,
+/// and loses its state (its timer, a block, a pending upcall go with it).
+/// One on another CPU is kicked and retired there when it lets go of it
+/// (`run_slice`; until then `start_vcpu` says `Busy`), as is the calling
+/// vCPU taking itself down; one no CPU holds is released here.
+/// `InvalidArgument` for no such vCPU, `NotFound` if it is not up, `Busy`
+/// if it is the only vCPU up (the domain would stop: shut it down instead).
+pub fn stop_vcpu<P: Platform>(domain: &mut Domain<P>, vcpu: usize) -> Result<(), Error> {
+    if vcpu >= domain.vcpu_count {
+        return Err(Error::InvalidArgument);
+    }
+    if !domain.vcpus[vcpu].up {
+        return Err(Error::NotFound);
+    }
+    if domain.vcpus.iter().filter(|slot| slot.up).count() == 1 {
+        return Err(Error::Busy);
+    }
+    let slot = &mut domain.vcpus[vcpu];
+    (slot.up, slot.blocked, slot.timer_deadline, slot.upcall_due) = (false, false, 0, false);
+    if slot.running {
+        // Its CPU (this one, if it took itself down) retires it when it
+        // lets go of it (`run_slice`).
+        slot.reschedule = true;
+        slot.notify(false);
+    } else if let Some(cpu) = slot.vcpu.take() {
+        P::release_vcpu(cpu);
+    }
     Ok(())
 }
 

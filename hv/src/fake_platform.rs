@@ -1,16 +1,21 @@
 //! A [`Platform`] over plain memory for host tests: frames in a map, one
 //! thread's machine per test thread (tests run in parallel, each with its
 //! own), and a record of what hvcore asked of the machine (kicks, wake-ups,
-//! flushes, released vCPUs, interrupt lines, log lines) and of a vCPU.
+//! flushes, released vCPUs, interrupt lines, log lines, power) and of a
+//! vCPU.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
 use abi::Error;
+use abi::hypercall::PlatformOp;
+use abi::info::HvInfo;
 use spin::mutex::TicketMutex;
 
+use crate::acpi::AcpiInfo;
 use crate::log_ring::Level;
+use crate::mmio::DevicePolicy;
 use crate::paging::TableMemory;
 use crate::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use crate::scheduler::Scheduler;
@@ -35,6 +40,9 @@ pub const KICK_VECTOR: u8 = 0xf1;
 pub struct FakeVcpu {
     pub rip: u64,
     pub frame: u64,
+    /// What it was built from.
+    pub context: abi::domctl::VcpuContext,
+    pub start_registers: crate::platform::StartRegisters,
     pub rax: u64,
     pub rcx: u64,
     pub rdx: u64,
@@ -152,6 +160,15 @@ pub struct State {
     /// NMIs counted while a guest ran, and while hv ran.
     pub nmis: u64,
     pub nmis_in_root: u64,
+    /// hv's log as `copy_log` copies it (its latest bytes).
+    pub dmesg: Vec<u8>,
+    /// What `machine_info` answers.
+    pub machine_info: HvInfo,
+    /// What `devices` answers (leaked: it is `'static` on the machine).
+    pub devices: Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)>,
+    /// The `power` operation asked for (the fake then panics: the machine
+    /// would not return).
+    pub power: Option<PlatformOp>,
 }
 
 thread_local! {
@@ -286,7 +303,13 @@ impl Platform for Fake {
             return Err(Error::InvalidArgument);
         }
         let frame = Self::allocate_frame().ok_or(Error::OutOfMemory)?;
-        Ok(FakeVcpu { rip: setup.context.rip, frame, ..FakeVcpu::default() })
+        Ok(FakeVcpu {
+            rip: setup.context.rip,
+            frame,
+            context: *setup.context,
+            start_registers: setup.registers,
+            ..FakeVcpu::default()
+        })
     }
     fn release_vcpu(vcpu: FakeVcpu) {
         Self::free_frame(vcpu.frame);
@@ -343,5 +366,22 @@ impl Platform for Fake {
     }
     fn log(level: Level, line: fmt::Arguments) {
         with(|state| state.log.push(format!("{level:?}: {line}")));
+    }
+    fn copy_log(out: &mut [u8]) -> usize {
+        with(|state| {
+            let copied = out.len().min(state.dmesg.len());
+            out[..copied].copy_from_slice(&state.dmesg[state.dmesg.len() - copied..]);
+            copied
+        })
+    }
+    fn machine_info() -> HvInfo {
+        with(|state| state.machine_info)
+    }
+    fn devices() -> Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)> {
+        with(|state| state.devices)
+    }
+    fn power(operation: PlatformOp) -> ! {
+        with(|state| state.power = Some(operation));
+        panic!("fake machine: {operation:?}")
     }
 }

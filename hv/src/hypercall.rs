@@ -1,32 +1,32 @@
-//! Hypercall dispatch: the table from `abi::Hypercall` numbers to handlers.
-//! Every handler validates its arguments and returns an `abi::Error` rather
-//! than trusting anything the domain passed.
+//! Hypercall dispatch: the table from `abi::Hypercall` numbers to handlers,
+//! which are hvcore's (host-tested there). Every handler validates its
+//! arguments and returns an `abi::Error` rather than trusting anything the
+//! domain passed.
 
-use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, PlatformOp};
-use abi::info::{DOMAIN_INFO_MIN_SIZE, DomainInfo, HV_INFO_MIN_SIZE, HvInfo};
+use abi::hypercall::HYPERCALL_COUNT;
 use abi::{DomainId, Error};
 
 use hvcore::event_ops::{Call, event_op_own};
+use hvcore::mica_calls::{console_write, dmesg_read, physdev, vcpu_op};
 
 use crate::hypervisor::{Domain, Hypervisor};
-use zerocopy::IntoBytes;
 
 /// A handler: the hypervisor, the calling domain's index, the five arguments.
 type Handler = fn(&mut Hypervisor, usize, [u64; 5]) -> Result<u64, Error>;
 
 /// Handlers indexed by hypercall number (see `abi::Hypercall`).
 static TABLE: [Handler; HYPERCALL_COUNT] = [
-    version,
+    hvcore::mica_calls::version,
     |hv, caller, arguments| console_write(&mut hv.domains[caller], arguments),
     |hv, caller, arguments| dmesg_read(&mut hv.domains[caller], arguments),
-    hv_info,
-    domain_info,
-    null,
-    platform,
+    hvcore::mica_calls::hv_info,
+    hvcore::mica_calls::domain_info,
+    hvcore::mica_calls::null,
+    hvcore::mica_calls::platform,
     hvcore::domctl::domctl,
     |hv, caller, arguments| hvcore::event_ops::sched_op(&mut hv.domains[caller], arguments),
     |hv, caller, arguments| hvcore::event_ops::event_op(&mut hv.domains, caller, arguments),
-    |hv, caller, arguments| crate::events::vcpu_op(&mut hv.domains[caller], caller, arguments),
+    |hv, caller, arguments| vcpu_op(&mut hv.domains[caller], caller, arguments),
     |hv, caller, arguments| hvcore::grant_ops::grant_op(&mut hv.grants(), caller, arguments),
     |hv, caller, arguments| physdev(&mut hv.domains[caller], arguments),
 ];
@@ -55,7 +55,7 @@ pub fn dispatch_own(domain: &mut Domain, slot: usize, number: u64, arguments: [u
         }
         Some(abi::Hypercall::Event) => event_op_own(domain, arguments),
         Some(abi::Hypercall::Sched) => Call::Done(hvcore::event_ops::sched_op(domain, arguments)),
-        Some(abi::Hypercall::Vcpu) => Call::Done(crate::events::vcpu_op(domain, slot, arguments)),
+        Some(abi::Hypercall::Vcpu) => Call::Done(vcpu_op(domain, slot, arguments)),
         Some(abi::Hypercall::Physdev) => Call::Done(physdev(domain, arguments)),
         Some(abi::Hypercall::ConsoleWrite) => Call::Done(console_write(domain, arguments)),
         Some(abi::Hypercall::DmesgRead) => Call::Done(dmesg_read(domain, arguments)),
@@ -71,15 +71,9 @@ pub fn dispatch_own(domain: &mut Domain, slot: usize, number: u64, arguments: [u
 }
 
 /// What dom0 may map as device memory and the bytes of RAM it has from
-/// guest-physical 0: fixed at boot (`main`).
+/// guest-physical 0: fixed at boot (`main`), read by `Physdev`
+/// (`Platform::devices`).
 pub static DEVICES: spin::Once<(hvcore::mmio::DevicePolicy, u64)> = spin::Once::new();
-
-/// `Hypercall::Physdev`, on dom0's domain alone (its DMA translations need
-/// no other lock).
-fn physdev(domain: &mut Domain, arguments: [u64; 5]) -> Result<u64, Error> {
-    let devices = DEVICES.get().ok_or(Error::Busy)?;
-    hvcore::physdev::physdev_op(domain, devices, crate::arch::platform::acpi(), arguments)
-}
 
 /// A hypercall's result as RAX holds it: the value, or the negative error code.
 #[inline]
@@ -101,72 +95,5 @@ pub fn without_state(number: u64) -> Option<i64> {
         VERSION => Some(abi::ABI_VERSION as i64),
         NULL => Some(0),
         _ => None,
-    }
-}
-
-fn require_privileged(domain: &Domain) -> Result<(), Error> {
-    if domain.privileged { Ok(()) } else { Err(Error::Permission) }
-}
-
-fn version(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
-    Ok(abi::ABI_VERSION as u64)
-}
-
-fn null(_: &mut Hypervisor, _: usize, _: [u64; 5]) -> Result<u64, Error> {
-    Ok(0)
-}
-
-fn console_write(domain: &mut Domain, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
-    if length > CONSOLE_WRITE_MAX {
-        return Err(Error::InvalidArgument);
-    }
-    let mut buffer = [0u8; CONSOLE_WRITE_MAX as usize];
-    let text = &mut buffer[..length as usize];
-    domain.read_guest(address, text)?;
-    let now = crate::arch::cpu::rdtsc();
-    crate::log::domain_text(domain.id, text, &mut domain.log_budget, now);
-    Ok(length)
-}
-
-fn dmesg_read(domain: &mut Domain, [address, length, ..]: [u64; 5]) -> Result<u64, Error> {
-    require_privileged(domain)?;
-    let mut buffer = [0u8; crate::log::RING_BYTES];
-    let wanted = length.min(buffer.len() as u64) as usize;
-    // Validate the whole destination before doing any work.
-    hvcore::guest::page_chunks(address, length, u64::MAX)?;
-    let copied = crate::log::copy_latest(&mut buffer[..wanted]);
-    domain.write_guest(address, &buffer[..copied])?;
-    Ok(copied as u64)
-}
-
-fn hv_info(hv: &mut Hypervisor, caller: usize, [address, size, ..]: [u64; 5]) -> Result<u64, Error> {
-    let length = hvcore::guest::versioned_size(size, HV_INFO_MIN_SIZE, core::mem::size_of::<HvInfo>())?;
-    let info = crate::hypervisor::info(hv);
-    hv.domains[caller].write_guest(address, &info.as_bytes()[..length])?;
-    Ok(length as u64)
-}
-
-fn domain_info(hv: &mut Hypervisor, caller: usize, [domain, address, size, ..]: [u64; 5]) -> Result<u64, Error> {
-    let length = hvcore::guest::versioned_size(size, DOMAIN_INFO_MIN_SIZE, core::mem::size_of::<DomainInfo>())?;
-    let target = DomainId::try_from(domain).map_err(|_| Error::InvalidArgument)?;
-    if target != hv.domains[caller].id {
-        require_privileged(&hv.domains[caller])?;
-    }
-    let info = hv.domains.iter().find(|d| d.id == target).ok_or(Error::NotFound)?.info();
-    hv.domains[caller].write_guest(address, &info.as_bytes()[..length])?;
-    Ok(length as u64)
-}
-
-fn platform(hv: &mut Hypervisor, caller: usize, [operation, ..]: [u64; 5]) -> Result<u64, Error> {
-    require_privileged(&hv.domains[caller])?;
-    match PlatformOp::from_number(operation).ok_or(Error::InvalidArgument)? {
-        PlatformOp::PowerOff => {
-            crate::warning!("powering off (requested by d{})", hv.domains[caller].id);
-            crate::arch::platform::power_off()
-        }
-        PlatformOp::Reboot => {
-            crate::warning!("rebooting (requested by d{})", hv.domains[caller].id);
-            crate::arch::platform::reboot()
-        }
     }
 }

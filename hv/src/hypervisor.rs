@@ -32,7 +32,6 @@
 //! stays valid while it runs one of the domain's vCPUs.
 
 use abi::DomainId;
-use abi::info::HvInfo;
 use hvcore::domctl::State;
 use hvcore::event_ops::Call;
 use hvcore::exits::Exit;
@@ -62,8 +61,6 @@ fn preemption_ticks(tsc: u64, rate: u8) -> u32 {
     (tsc >> rate).clamp(1, u32::MAX as u64) as u32
 }
 
-const HV_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// A domain on this machine.
 pub type Domain = hvcore::domain::Domain<Machine>;
 /// One domain of this machine, locked.
@@ -89,32 +86,6 @@ pub type Hypervisor<'a> = hvcore::domctl::Hypervisor<'a, Machine>;
 /// Takes the table lock and every domain's.
 pub fn lock() -> Hypervisor<'static> {
     Hypervisor { state: STATE.lock(), domains: DOMAINS.lock_all() }
-}
-
-/// The `HvInfo` answer.
-pub fn info(hv: &Hypervisor) -> HvInfo {
-    let totals = crate::memory::totals();
-    let owned: u64 = hv.domains.iter().map(|d| d.current_pages).sum();
-    let mut hv_version = [0u8; 16];
-    let length = HV_VERSION.len().min(hv_version.len());
-    hv_version[..length].copy_from_slice(&HV_VERSION.as_bytes()[..length]);
-    let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
-    crate::arch::smp::describe(&mut cpus);
-    HvInfo {
-        abi_version: abi::ABI_VERSION,
-        domain_count: hv.domains.count() as u32,
-        features: smp::capabilities().features,
-        total_pages: totals.total_pages,
-        free_pages: totals.free_pages,
-        // Allocated frames no domain owns: hv's own tables and VMX structures.
-        hv_pages: hv.state.reserved_pages + (totals.total_pages - totals.free_pages).saturating_sub(owned),
-        tsc_khz: crate::log::tsc_khz(),
-        boot_tsc: hv.state.boot_tsc,
-        cpu_count: crate::arch::smp::running(),
-        _reserved0: 0,
-        hv_version,
-        cpus,
-    }
 }
 
 /// Runs domains on this CPU forever: every CPU's loop after boot. It

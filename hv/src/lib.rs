@@ -25,6 +25,7 @@ pub mod guest;
 pub mod guest_virtual;
 pub mod io_ports;
 pub mod log_ring;
+pub mod mica_calls;
 pub mod mmio;
 pub mod multiboot2;
 pub mod paging;

@@ -1,7 +1,8 @@
 //! What hvcore needs of the machine it runs on: physical memory, the CPUs
 //! (which one is asking, kicks, TLB shootdowns), a started vCPU's hardware
 //! state ([`VcpuOps`]), interrupts, dom0's PCI configuration address port
-//! and the log. The `hv` binary implements it for
+//! and devices, the log, the machine's facts for `HvInfo`, and powering
+//! off. The `hv` binary implements it for
 //! x86-64 with VT-x (`arch::Machine`); host tests implement it over plain
 //! memory (`fake_platform`), so the domain and hypercall code above it runs
 //! on the host.
@@ -13,9 +14,13 @@ use core::fmt;
 
 use abi::Error;
 use abi::domctl::VcpuContext;
+use abi::hypercall::PlatformOp;
+use abi::info::HvInfo;
 use spin::mutex::TicketMutex;
 
+use crate::acpi::AcpiInfo;
 use crate::log_ring::Level;
+use crate::mmio::DevicePolicy;
 use crate::paging::TableMemory;
 use crate::scheduler::Scheduler;
 
@@ -33,7 +38,25 @@ pub struct VcpuSetup<'a> {
     pub vpid: u16,
     pub io_bitmaps: [u64; 2],
     pub msr_bitmap: u64,
+    /// Its mode, instruction and stack pointers, page tables and GDT.
     pub context: &'a VcpuContext,
+    /// Its general registers (the context's `rdi` is already among them).
+    pub registers: StartRegisters,
+}
+
+/// The general registers a vCPU starts with; RSP is the context's, R8 to
+/// R15 are zero. Mica's entries set one, from `VcpuContext::rdi`: RDI
+/// (`VCPU_MODE_LONG`) or RBX (`VCPU_MODE_PVH`); Xen's `VCPUOP_initialise`
+/// sets all seven.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartRegisters {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
 }
 
 /// Memory shared with a domain at host address `.0` (an event page, a
@@ -185,4 +208,19 @@ pub trait Platform: 'static {
     /// Logs text a domain wrote to hv's console, as `(d<id>) <line>`,
     /// within the domain's line `budget`.
     fn domain_text(id: abi::DomainId, text: &[u8], budget: &mut crate::log_ring::LineBudget);
+    /// Copies the most recent bytes of hv's log (its lines and the
+    /// domains') into `out`; how many. The log holds at most
+    /// [`crate::mica_calls::LOG_BYTES`].
+    fn copy_log(out: &mut [u8]) -> usize;
+
+    /// The machine's part of `HvInfo`: its memory (`total_pages`,
+    /// `free_pages`), `features`, `tsc_khz`, `cpu_count` and `cpus`; the
+    /// other fields zero (hvcore fills them).
+    fn machine_info() -> HvInfo;
+    /// What dom0 may map as device memory and the bytes of RAM it has
+    /// from guest-physical 0, and the ACPI facts found at boot (the ports
+    /// hv keeps); `None` until boot has fixed them.
+    fn devices() -> Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)>;
+    /// Powers the machine off or resets it, as `operation` says.
+    fn power(operation: PlatformOp) -> !;
 }

@@ -1,10 +1,12 @@
 //! Xen's guest hypercalls (`abi::xen`), as far as hv implements them yet
 //! (issue 10): `xen_version`, `console_io`, `sched_op`, `memory_op`
 //! (placing the shared-info page), `hvm_op` (the callback vector),
-//! `vcpu_op` (placing `vcpu_info`) and `event_channel_op` (2-level), on
+//! `vcpu_op` (placing `vcpu_info`, timers, starting and stopping vCPUs)
+//! and `event_channel_op` (2-level), on
 //! the calling domain alone (its lock held) or, for what binds or closes
 //! channels between domains, with every domain locked
-//! ([`dispatch_table`]). Every other number below `XEN_HYPERCALL_LIMIT`
+//! ([`dispatch_table`]; also `vcpu_op` up, which needs the domain's
+//! slot). Every other number below `XEN_HYPERCALL_LIMIT`
 //! answers `-ENOSYS`.
 //!
 //! The event channel operations run Mica's own (`event_ops`) on Xen's
@@ -16,6 +18,7 @@
 //! page tables as they are at the call ([`AddressSpace`]); results and
 //! errors are Xen's (`-errno`).
 
+use abi::domctl::VcpuContext;
 use abi::event::EventOp;
 use abi::xen::console_io::ConsoleIoOp;
 use abi::xen::event_channel::{
@@ -26,7 +29,10 @@ use abi::xen::hvm::{CallbackVia, HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HvmOp, X
 use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
 use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
 use abi::xen::shared_info::{PVCLOCK_TSC_STABLE_BIT, VcpuTimeInfo, pvclock_scale_for_frequency};
-use abi::xen::vcpu::{VcpuOp, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer};
+use abi::xen::vcpu::{
+    VCPU_HVM_MODE_32B, VCPU_HVM_MODE_64B, VcpuHvmContext32, VcpuHvmContext64, VcpuOp, VcpuRegisterVcpuInfo,
+    VcpuSetSingleshotTimer,
+};
 use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp, feature};
 use abi::xen::{Errno, Hypercall};
 use zerocopy::IntoBytes;
@@ -37,7 +43,7 @@ use crate::event_ops::Call;
 pub use crate::guest_virtual::AddressSpace;
 use crate::log_ring::Level;
 use crate::paging::Access;
-use crate::platform::Platform;
+use crate::platform::{Platform, StartRegisters};
 
 /// What `XENVER_version` reports: the Xen interface Mica follows.
 pub const XEN_VERSION: u32 = abi::xen::version::MICA_XEN_VERSION;
@@ -134,6 +140,8 @@ fn dispatch_other<P: Platform>(
         Some(Hypercall::HvmOp) => {
             return hvm_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
         }
+        // Starting a vCPU takes its domain's slot (the vCPU's VPID).
+        Some(Hypercall::VcpuOp) if operation == VcpuOp::Up.number() => return XenCall::Table,
         Some(Hypercall::VcpuOp) => vcpu_op(domain, space, operation, a2, a3),
         Some(Hypercall::EventChannelOp) => {
             return event_channel_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
@@ -156,6 +164,7 @@ pub fn dispatch_table<P: Platform>(
         Some(Hypercall::EventChannelOp) => event_channel_table(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::HvmOp) => toolstack_param(&mut hv.domains, caller, space, a1, a2),
         Some(Hypercall::GrantTableOp) => crate::xen_grant::table_op(hv, caller, space, a1 as u32, a2, a3),
+        Some(Hypercall::VcpuOp) if a1 as u32 == VcpuOp::Up.number() => vcpu_up(hv, caller, a2),
         Some(Hypercall::MemoryOp) if a1 as u32 & MEMOP_CMD_MASK == MemoryOp::SetMemoryMap.number() => {
             set_memory_map(&mut hv.domains, caller, space, a2)
         }
@@ -607,10 +616,17 @@ fn write_time_info<P: Platform>(domain: &Domain<P>, vcpu: usize) -> Result<(), E
     Ok(())
 }
 
+/// The index of the domain's vCPU `vcpu`; `-ENOENT` if it has none.
+fn vcpu_index<P: Platform>(domain: &Domain<P>, vcpu: u64) -> Result<usize, Errno> {
+    usize::try_from(vcpu).ok().filter(|&v| v < domain.vcpu_count).ok_or(Errno::Enoent)
+}
+
 /// `vcpu_op`: placing a vCPU's `vcpu_info` (once per vCPU, as in Xen; its
-/// contents move along), whether a vCPU is up, and the calls Linux makes
+/// contents move along), giving a vCPU its first state (`initialise`),
+/// taking one down, whether a vCPU is up, and the calls Linux makes
 /// that need nothing from Mica: the runstate area is accepted and left
-/// unwritten, and there is no periodic timer to stop.
+/// unwritten, and there is no periodic timer to stop. `up` is
+/// [`vcpu_up`].
 fn vcpu_op<P: Platform>(
     domain: &mut Domain<P>,
     space: &AddressSpace,
@@ -618,8 +634,34 @@ fn vcpu_op<P: Platform>(
     vcpu: u64,
     address: u64,
 ) -> Result<u64, Errno> {
-    let vcpu = usize::try_from(vcpu).ok().filter(|&v| v < domain.vcpu_count).ok_or(Errno::Enoent)?;
+    let vcpu = vcpu_index(domain, vcpu)?;
     match VcpuOp::from_number(operation).ok_or(Errno::Enosys)? {
+        // As in Xen: once per vCPU (a vCPU that was started or is up is
+        // initialised too), read before anything is checked.
+        VcpuOp::Initialise => {
+            let request: VcpuHvmContext32 = space.read_struct(domain, address)?;
+            let slot = &domain.vcpus[vcpu];
+            if slot.start_state.is_some() || slot.up || slot.running {
+                return Err(Errno::Eexist);
+            }
+            domain.vcpus[vcpu].start_state = Some(start_state(&request)?);
+            Ok(0)
+        }
+        // As in Xen, a vCPU that is down already stays so (0), and the
+        // last one up going down shuts the domain down (power-off); dom0
+        // going down would be the machine (`-EPERM`, as in `sched_op`).
+        // It keeps its initialised state for `up`.
+        VcpuOp::Down => match crate::domctl::stop_vcpu(domain, vcpu) {
+            Ok(()) | Err(abi::Error::NotFound) => Ok(0),
+            Err(abi::Error::Busy) if domain.privileged => Err(Errno::Eperm),
+            Err(abi::Error::Busy) => {
+                P::log(Level::Info, format_args!("d{} shut down (its last vCPU went down)", domain.id));
+                domain.ended = Some(Ended::Shutdown(abi::hypercall::ShutdownReason::PowerOff));
+                domain.stop_all();
+                Ok(0)
+            }
+            Err(error) => Err(errno(error)),
+        },
         VcpuOp::RegisterVcpuInfo => {
             let request: VcpuRegisterVcpuInfo = space.read_struct(domain, address)?;
             let size = size_of::<abi::xen::shared_info::VcpuInfo>() as u32;
@@ -657,6 +699,138 @@ fn vcpu_op<P: Platform>(
         VcpuOp::IsUp => Ok(u64::from(domain.vcpus[vcpu].up)),
         VcpuOp::RegisterRunstateMemoryArea | VcpuOp::StopPeriodicTimer => Ok(0),
         _ => Err(Errno::Enosys),
+    }
+}
+
+/// `vcpu_op` up, with every domain locked (the vCPU's VPID comes from its
+/// domain's slot, `caller`): starts an initialised vCPU that is down. As
+/// in Xen, one that is up stays as it is (0) and one never initialised is
+/// `-EINVAL`. One that went down starts again from the state it was
+/// initialised with or last started from: Xen resumes it where it
+/// stopped, but hv does not keep a stopped vCPU's registers. One still
+/// leaving its CPU after going down is waited for: the call runs again
+/// once the caller is next entered (`domctl::restart`).
+fn vcpu_up<P: Platform>(hv: &mut Hypervisor<'_, P>, caller: usize, vcpu: u64) -> Result<u64, Errno> {
+    let domain = &mut hv.domains[caller];
+    let vcpu = vcpu_index(domain, vcpu)?;
+    let slot = &domain.vcpus[vcpu];
+    if slot.up {
+        return Ok(0);
+    }
+    let (context, registers) = slot.start_state.ok_or(Errno::Einval)?;
+    if slot.running {
+        crate::domctl::restart(domain);
+        return Ok(0);
+    }
+    crate::domctl::start_checked(domain, caller, vcpu, &context, registers).map(|()| 0).map_err(errno)
+}
+
+/// CR0's protection-enable and paging bits, and those a CPU in VMX
+/// operation holds at 1 whatever is asked (extension type, numeric error).
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+const CR0_FIXED: u64 = 1 << 4 | 1 << 5;
+/// EFER's long-mode active bit, which the CPU sets with LME and paging.
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS bit 1, always 1.
+const RFLAGS_FIXED: u64 = 1 << 1;
+
+/// hv's 64-bit entry state (`abi::domctl::VCPU_MODE_LONG`): CR0 = PE, MP,
+/// ET, NE, WP, PG; CR4 = PAE; EFER = LME, LMA, NXE; RFLAGS = bit 1 alone
+/// (interrupts off). Xen's `VCPU_HVM_MODE_64B` must ask for it.
+pub const LONG_MODE_CR0: u64 = 0x8005_0033;
+/// See [`LONG_MODE_CR0`].
+pub const LONG_MODE_CR4: u64 = 1 << 5;
+/// See [`LONG_MODE_CR0`].
+pub const LONG_MODE_EFER: u64 = 1 << 8 | EFER_LMA | 1 << 11;
+/// hv's 32-bit entry state (`abi::domctl::VCPU_MODE_PVH`): CR0 = PE, ET,
+/// NE (paging off); CR3, CR4 and EFER 0; flat segments. Xen's
+/// `VCPU_HVM_MODE_32B` must ask for it.
+pub const PROTECTED_MODE_CR0: u64 = 0x31;
+/// Access rights, in Xen's `*_ar` layout, of the flat 32-bit code segment
+/// (execute/read, accessed, present, 32-bit, 4 KiB granular), the flat
+/// data segment (read/write) and the busy TSS of hv's entry states.
+const CODE32_AR: u16 = 0xc9b;
+const DATA32_AR: u16 = 0xc93;
+const TSS_BUSY_AR: u16 = 0x8b;
+
+/// Whether `address` is canonical (bits 63..48 copy bit 47).
+fn canonical(address: u64) -> bool {
+    ((address << 16) as i64 >> 16) as u64 == address
+}
+
+/// The state `VCPUOP_initialise` gives a vCPU, from Xen's
+/// `vcpu_hvm_context` (`request`; read as the 32-bit set, the 64-bit one
+/// is the same bytes). hv starts vCPUs in one of its two entry states, so
+/// the registers Xen lets a guest choose must ask for one of them (CR0
+/// bits the CPU fixes, RFLAGS bit 1 and EFER.LMA may be left out), with
+/// any general registers, instruction and stack pointer. 64-bit: RIP and
+/// RSP canonical, CR3 a page-aligned address below the foreign window;
+/// its segments are flat (hidden parts only: the GDT register is 0, as in
+/// Xen, until the guest loads its own). 32-bit: paging off, segments
+/// flat. `-EINVAL` for another mode or state.
+fn start_state(request: &VcpuHvmContext32) -> Result<(VcpuContext, StartRegisters), Errno> {
+    use zerocopy::FromBytes;
+    let no_gdt = |mode, rip, rsp, cr3| VcpuContext { rip, rsp, cr3, mode, ..VcpuContext::default() };
+    match request.mode {
+        VCPU_HVM_MODE_64B => {
+            let registers = VcpuHvmContext64::read_from_bytes(request.as_bytes()).map_err(|_| Errno::Einval)?.x86_64;
+            let valid = canonical(registers.rip)
+                && canonical(registers.rsp)
+                && registers.cr3.is_multiple_of(abi::PAGE_SIZE)
+                && registers.cr3 < abi::domctl::FOREIGN_WINDOW_BASE
+                && registers.cr0 & (CR0_PE | CR0_PG) == CR0_PE | CR0_PG
+                && registers.cr0 | CR0_FIXED == LONG_MODE_CR0
+                && registers.cr4 == LONG_MODE_CR4
+                && registers.efer | EFER_LMA == LONG_MODE_EFER
+                && registers.rflags | RFLAGS_FIXED == RFLAGS_FIXED;
+            if !valid {
+                return Err(Errno::Einval);
+            }
+            let context = no_gdt(abi::domctl::VCPU_MODE_LONG, registers.rip, registers.rsp, registers.cr3);
+            Ok((
+                VcpuContext { rdi: registers.rdi, ..context },
+                StartRegisters {
+                    rax: registers.rax,
+                    rcx: registers.rcx,
+                    rdx: registers.rdx,
+                    rbx: registers.rbx,
+                    rbp: registers.rbp,
+                    rsi: registers.rsi,
+                    rdi: registers.rdi,
+                },
+            ))
+        }
+        VCPU_HVM_MODE_32B => {
+            let registers = &request.x86_32;
+            let flat = |base: u32, limit: u32, ar: u16, wanted: u16| (base, limit, ar | 1) == (0, u32::MAX, wanted);
+            let valid = u64::from(registers.cr0) & (CR0_PE | CR0_PG) == CR0_PE
+                && u64::from(registers.cr0) | CR0_FIXED == PROTECTED_MODE_CR0
+                && (registers.cr3, registers.cr4, registers.efer) == (0, 0, 0)
+                && registers.eflags | RFLAGS_FIXED as u32 == RFLAGS_FIXED as u32
+                && flat(registers.cs_base, registers.cs_limit, registers.cs_ar, CODE32_AR)
+                && flat(registers.ds_base, registers.ds_limit, registers.ds_ar, DATA32_AR)
+                && flat(registers.ss_base, registers.ss_limit, registers.ss_ar, DATA32_AR)
+                && flat(registers.es_base, registers.es_limit, registers.es_ar, DATA32_AR)
+                && (registers.tr_base, registers.tr_limit, registers.tr_ar) == (0, 0x67, TSS_BUSY_AR);
+            if !valid {
+                return Err(Errno::Einval);
+            }
+            let context = no_gdt(abi::domctl::VCPU_MODE_PVH, registers.eip.into(), registers.esp.into(), 0);
+            Ok((
+                VcpuContext { rdi: registers.ebx.into(), ..context },
+                StartRegisters {
+                    rax: registers.eax.into(),
+                    rcx: registers.ecx.into(),
+                    rdx: registers.edx.into(),
+                    rbx: registers.ebx.into(),
+                    rbp: registers.ebp.into(),
+                    rsi: registers.esi.into(),
+                    rdi: registers.edi.into(),
+                },
+            ))
+        }
+        _ => Err(Errno::Einval),
     }
 }
 
@@ -1621,8 +1795,11 @@ mod tests {
                 [H::XenVersion, H::ConsoleIo, H::SchedOp, H::MemoryOp, H::HvmOp, H::VcpuOp, H::EventChannelOp];
             let number = if next() % 4 == 0 { next() % 64 } else { offered[(next() % 7) as usize].number() };
             let operation = if next() % 8 == 0 { next() } else { next() % 16 };
-            // Shutting down or blocking ends this test's caller.
-            if number == H::SchedOp.number() && matches!(operation as u32, 1 | 2) {
+            // Shutting down or blocking ends this test's caller, as does
+            // taking its one vCPU down.
+            if number == H::SchedOp.number() && matches!(operation as u32, 1 | 2)
+                || number == H::VcpuOp.number() && operation as u32 == VcpuOp::Down.number()
+            {
                 continue;
             }
             let argument = |value: u64| match value % 4 {
@@ -1660,6 +1837,292 @@ mod tests {
         assert_eq!(machine::with(|state| state.frames.len()), frames, "frames leaked or freed");
     }
 
+    /// A 64-bit `vcpu_hvm_context` in hv's entry state, starting at
+    /// `rip` with every general register set.
+    fn long_mode_request(rip: u64) -> VcpuHvmContext64 {
+        use abi::xen::vcpu::VcpuHvmX86_64;
+        VcpuHvmContext64 {
+            mode: VCPU_HVM_MODE_64B,
+            x86_64: VcpuHvmX86_64 {
+                rax: 1,
+                rcx: 2,
+                rdx: 3,
+                rbx: 4,
+                rsp: 0x20_0ff8,
+                rbp: 6,
+                rsi: 7,
+                rdi: 8,
+                rip,
+                rflags: 2,
+                cr0: LONG_MODE_CR0,
+                cr3: PML4,
+                cr4: LONG_MODE_CR4,
+                efer: LONG_MODE_EFER,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A 32-bit `vcpu_hvm_context` in hv's entry state (Xen's toolstack
+    /// starts a PVH kernel with the same).
+    fn protected_mode_request() -> VcpuHvmContext32 {
+        use abi::xen::vcpu::VcpuHvmX86_32;
+        let flat = u32::MAX;
+        VcpuHvmContext32 {
+            mode: VCPU_HVM_MODE_32B,
+            x86_32: VcpuHvmX86_32 {
+                eax: 1,
+                ebx: 0x5000,
+                edi: 9,
+                esp: 0x8000,
+                eip: 0x10_0000,
+                eflags: 2,
+                cr0: PROTECTED_MODE_CR0 as u32,
+                cs_limit: flat,
+                ds_limit: flat,
+                ss_limit: flat,
+                es_limit: flat,
+                tr_limit: 0x67,
+                cs_ar: 0xc9b,
+                ds_ar: 0xc93,
+                ss_ar: 0xc93,
+                es_ar: 0xc93,
+                tr_ar: 0x8b,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A Xen guest (id `id`) with `vcpus` vCPUs, vCPU 0 up.
+    fn smp_domain(hv: &mut Hypervisor<'static, Fake>, id: abi::DomainId, vcpus: usize) -> usize {
+        let slot = xen_domain(&mut hv.domains, id);
+        hv.domains[slot].vcpu_count = vcpus;
+        slot
+    }
+
+    /// `vcpu_op` `operation` on vCPU `vcpu` by the domain in `slot`, with
+    /// `request` (if any) at `DATA`, as the run loop makes it.
+    fn vcpu_call<T: IntoBytes + zerocopy::Immutable>(
+        hv: &mut Hypervisor<'static, Fake>,
+        slot: usize,
+        operation: VcpuOp,
+        vcpu: u64,
+        request: Option<T>,
+    ) -> Result<u64, Errno> {
+        if let Some(request) = request {
+            hv.domains[slot].write_guest(DATA, request.as_bytes()).unwrap();
+        }
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
+        let arguments = [u64::from(operation.number()), vcpu, VIRTUAL, 0, 0];
+        match dispatch(&mut hv.domains[slot], &space, H::VcpuOp.number(), arguments) {
+            XenCall::Done(result) => result,
+            XenCall::Table => dispatch_table(hv, slot, &space, H::VcpuOp.number(), arguments),
+            other => panic!("{operation:?}: {other:?}"),
+        }
+    }
+
+    const NONE: Option<u64> = None;
+
+    #[test]
+    fn initialise_gives_a_vcpu_hvs_64_bit_entry_state_once() {
+        let mut hv = hypervisor();
+        let one = smp_domain(&mut hv, 1, 3);
+        let request = long_mode_request(VIRTUAL);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(request)), Ok(0));
+        let slot = &hv.domains[one].vcpus[1];
+        assert!(!slot.up && slot.vcpu.is_none(), "it runs once it is up");
+        let (context, registers) = slot.start_state.unwrap();
+        let expected = VcpuContext {
+            rip: VIRTUAL,
+            rsp: 0x20_0ff8,
+            cr3: PML4,
+            rdi: 8,
+            mode: abi::domctl::VCPU_MODE_LONG,
+            ..VcpuContext::default()
+        };
+        assert_eq!(context, expected, "flat segments without a GDT");
+        assert_eq!(registers, StartRegisters { rax: 1, rcx: 2, rdx: 3, rbx: 4, rbp: 6, rsi: 7, rdi: 8 });
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(request)), Err(Errno::Eexist), "once");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 0, Some(request)), Err(Errno::Eexist), "vCPU 0 runs");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 3, Some(request)), Err(Errno::Enoent));
+        // What hv cannot start a vCPU in is refused, and changes nothing.
+        let x86_64 = request.x86_64;
+        let bad = [
+            VcpuHvmContext64 { mode: 2, ..request },
+            long_mode_request(1 << 47),
+            long_mode_request(0xffff_7fff_0000_0000),
+        ]
+        .into_iter()
+        .chain(
+            [
+                abi::xen::vcpu::VcpuHvmX86_64 { rsp: 1 << 63, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr3: PML4 + 8, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr3: abi::domctl::FOREIGN_WINDOW_BASE, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr0: LONG_MODE_CR0 & !CR0_PG, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr0: LONG_MODE_CR0 | 1 << 30, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr4: LONG_MODE_CR4 | 1 << 7, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { cr4: 0, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { efer: EFER_LMA | 1 << 11, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { efer: LONG_MODE_EFER | 1, ..x86_64 },
+                abi::xen::vcpu::VcpuHvmX86_64 { rflags: 0x202, ..x86_64 },
+            ]
+            .map(|x86_64| VcpuHvmContext64 { x86_64, ..request }),
+        );
+        for bad in bad {
+            assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 2, Some(bad)), Err(Errno::Einval), "{bad:x?}");
+        }
+        assert_eq!(hv.domains[one].vcpus[2].start_state, None);
+        // The bits the CPU fixes may be left out; the state is hv's anyway.
+        let lax = abi::xen::vcpu::VcpuHvmX86_64 {
+            cr0: LONG_MODE_CR0 & !0x30,
+            efer: LONG_MODE_EFER & !EFER_LMA,
+            rflags: 0,
+            ..x86_64
+        };
+        assert_eq!(
+            vcpu_call(&mut hv, one, VcpuOp::Initialise, 2, Some(VcpuHvmContext64 { x86_64: lax, ..request })),
+            Ok(0)
+        );
+        assert_eq!(hv.domains[one].vcpus[2].start_state.map(|(context, _)| context), Some(expected));
+        let space = AddressSpace::LongMode { cr3: PML4, vcpu: 0 };
+        let unmapped = [u64::from(VcpuOp::Initialise.number()), 2, VIRTUAL + 0x2000, 0, 0];
+        hv.domains[one].vcpus[2].start_state = None;
+        assert_eq!(
+            dispatch(&mut hv.domains[one], &space, H::VcpuOp.number(), unmapped),
+            XenCall::Done(Err(Errno::Efault))
+        );
+    }
+
+    #[test]
+    fn initialise_gives_a_vcpu_hvs_32_bit_entry_state_and_no_other() {
+        let mut hv = hypervisor();
+        let one = smp_domain(&mut hv, 1, 2);
+        let request = protected_mode_request();
+        let x86_32 = request.x86_32;
+        use abi::xen::vcpu::VcpuHvmX86_32 as R;
+        for bad in [
+            R { cr0: (PROTECTED_MODE_CR0 | CR0_PG) as u32, ..x86_32 },
+            R { cr0: 0x30, ..x86_32 },
+            R { cr3: 0x1000, ..x86_32 },
+            R { cr4: 1 << 4, ..x86_32 },
+            R { efer: 1 << 8, ..x86_32 },
+            R { eflags: 0x202, ..x86_32 },
+            R { cs_base: 0x1000, ..x86_32 },
+            R { cs_limit: 0xf_ffff, ..x86_32 },
+            R { cs_ar: 0x09b, ..x86_32 },
+            R { ds_ar: 0xc9b, ..x86_32 },
+            R { ss_limit: 0xffff, ..x86_32 },
+            R { es_base: 1, ..x86_32 },
+            R { tr_limit: 0x68, ..x86_32 },
+            R { tr_ar: 0x89, ..x86_32 },
+        ] {
+            let bad = VcpuHvmContext32 { x86_32: bad, ..request };
+            assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(bad)), Err(Errno::Einval), "{bad:x?}");
+        }
+        assert_eq!(hv.domains[one].vcpus[1].start_state, None);
+        // Segments not yet accessed are taken as they are after the entry.
+        let request = VcpuHvmContext32 { x86_32: R { cs_ar: 0xc9a, ds_ar: 0xc92, ..x86_32 }, ..request };
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(request)), Ok(0));
+        let (context, registers) = hv.domains[one].vcpus[1].start_state.unwrap();
+        assert_eq!(
+            context,
+            VcpuContext {
+                rip: 0x10_0000,
+                rsp: 0x8000,
+                rdi: 0x5000,
+                mode: abi::domctl::VCPU_MODE_PVH,
+                ..VcpuContext::default()
+            }
+        );
+        assert_eq!(registers, StartRegisters { rax: 1, rbx: 0x5000, rdi: 9, ..StartRegisters::default() });
+    }
+
+    #[test]
+    fn up_starts_an_initialised_vcpu_and_down_stops_it_keeping_that_state() {
+        let mut hv = hypervisor();
+        let one = smp_domain(&mut hv, 1, 3);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Err(Errno::Einval), "never initialised");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 3, NONE), Err(Errno::Enoent));
+        let request = long_mode_request(0x40_0000);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(request)), Ok(0));
+        let frames = machine::with(|state| state.frames.len());
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0));
+        let started = |hv: &Hypervisor<'static, Fake>| {
+            let slot = &hv.domains[one].vcpus[1];
+            slot.vcpu.as_ref().filter(|_| slot.up).map(|vcpu| (vcpu.rip, vcpu.context, vcpu.start_registers))
+        };
+        let (rip, context, registers) = started(&hv).expect("vCPU 1 is up");
+        assert_eq!((rip, context.gdt_base, context.gdt_limit), (0x40_0000, 0, 0));
+        assert_eq!(registers, StartRegisters { rax: 1, rcx: 2, rdx: 3, rbx: 4, rbp: 6, rsi: 7, rdi: 8 });
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0), "up already: nothing changes");
+        assert_eq!(machine::with(|state| state.frames.len()), frames + 1, "one vCPU built");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::IsUp, 1, NONE), Ok(1));
+        // Down: it stops (released: no CPU held it), keeping its state.
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 1, NONE), Ok(0));
+        assert_eq!(started(&hv), None);
+        assert_eq!(machine::with(|state| state.released_vcpus.clone()), [0x40_0000]);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::IsUp, 1, NONE), Ok(0));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 1, NONE), Ok(0), "down already");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 2, NONE), Ok(0), "never up");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(request)), Err(Errno::Eexist));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0));
+        assert_eq!(started(&hv), Some((rip, context, registers)), "from the state it was initialised with");
+        // Mica's own Down makes it lose that state: it may be initialised again.
+        let down = [abi::hypercall::VcpuOp::Down as u64, 1, 0, 0, 0];
+        assert_eq!(crate::mica_calls::vcpu_op(&mut hv.domains[one], one, down), Ok(0));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Err(Errno::Einval));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(long_mode_request(0x50_0000))), Ok(0));
+        // A vCPU started by Mica's `Up` is initialised too, from its context.
+        let mica =
+            VcpuContext { rip: 0x60_0000, cr3: PML4, rdi: 5, gdt_base: 0x3000, gdt_limit: 39, ..Default::default() };
+        hv.domains[one].write_guest(DATA, mica.as_bytes()).unwrap();
+        let up = [abi::hypercall::VcpuOp::Up as u64, 2, DATA, 0, 0];
+        assert_eq!(crate::mica_calls::vcpu_op(&mut hv.domains[one], one, up), Ok(0));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 2, Some(request)), Err(Errno::Eexist));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 2, NONE), Ok(0));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 2, NONE), Ok(0));
+        let vcpu = hv.domains[one].vcpus[2].vcpu.as_ref().unwrap();
+        assert_eq!((vcpu.context, vcpu.start_registers.rdi), (mica, 5));
+    }
+
+    #[test]
+    fn up_waits_for_a_vcpu_still_leaving_its_cpu() {
+        let mut hv = hypervisor();
+        let one = smp_domain(&mut hv, 1, 2);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Initialise, 1, Some(long_mode_request(0x40_0000))), Ok(0));
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0));
+        // vCPU 0 calls on this CPU (0); CPU 1 runs vCPU 1.
+        let caller = &mut hv.domains[one].vcpus[0];
+        (caller.running, caller.last_cpu) = (true, 0);
+        let slot = &mut hv.domains[one].vcpus[1];
+        let held = slot.vcpu.take();
+        (slot.running, slot.last_cpu) = (true, 1);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 1, NONE), Ok(0));
+        assert_eq!(machine::with(|state| state.kicks.clone()), [1], "CPU 1 told to let go of it");
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0));
+        let caller = &hv.domains[one].vcpus[0];
+        assert!(caller.restart_call && caller.reschedule, "the call runs again later");
+        assert!(!hv.domains[one].vcpus[1].up);
+        // CPU 1 retires it; the call, made again, starts it.
+        hv.domains[one].vcpus[1].running = false;
+        Fake::release_vcpu(held.unwrap());
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Up, 1, NONE), Ok(0));
+        assert!(hv.domains[one].vcpus[1].up && hv.domains[one].vcpus[1].vcpu.is_some());
+    }
+
+    #[test]
+    fn the_last_vcpu_going_down_shuts_a_guest_down_but_not_dom0() {
+        let mut hv = hypervisor();
+        let one = smp_domain(&mut hv, 1, 2);
+        let dom0 = smp_domain(&mut hv, abi::DOM0, 2);
+        assert_eq!(vcpu_call(&mut hv, dom0, VcpuOp::Down, 0, NONE), Err(Errno::Eperm));
+        assert!(hv.domains[dom0].ended.is_none() && hv.domains[dom0].vcpus[0].up);
+        assert_eq!(vcpu_call(&mut hv, one, VcpuOp::Down, 0, NONE), Ok(0));
+        assert_eq!(hv.domains[one].ended, Some(Ended::Shutdown(abi::hypercall::ShutdownReason::PowerOff)));
+        assert!(machine::with(|state| state.log.iter().any(|line| line.contains("d1 shut down"))));
+    }
+
     #[test]
     fn calls_hv_does_not_offer_yet_answer_enosys() {
         let (mut domain, space) = domain(false);
@@ -1673,7 +2136,8 @@ mod tests {
             (H::EventChannelOp, EvtchnOp::InitControl.number()),
             (H::EventChannelOp, EvtchnOp::ExpandArray.number()),
             (H::HvmOp, HvmOp::PagetableDying.number()),
-            (H::VcpuOp, VcpuOp::Initialise.number()),
+            (H::VcpuOp, VcpuOp::SendNmi.number()),
+            (H::VcpuOp, VcpuOp::SetPeriodicTimer.number()),
         ] {
             let arguments = if number == H::VcpuOp {
                 [u64::from(operation), 0, VIRTUAL]

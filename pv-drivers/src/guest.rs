@@ -370,7 +370,7 @@ impl Guest {
 
     /// Starts vCPU `vcpu` (1 to [`Guest::vcpu_count`] minus one) running
     /// `entry(argument)` on the stack below `stack_top`, with this vCPU's
-    /// page tables (CR3) and GDT, through [`crate::hypercall::vcpu_up`].
+    /// page tables (CR3) and GDT, through Xen's `VCPUOP_initialise` and `VCPUOP_up`.
     ///
     /// The new vCPU starts in 64-bit mode with interrupts off and no IDT:
     /// an exception there is a triple fault, which crashes the domain. It

@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use abi::DomainId;
 use abi::event::BITMAP_WORDS;
 use abi::start_info::{START_INFO_MAGIC, StartInfo};
+use abi::xen::Errno;
 
 use crate::blkfront::{DiskPages, TRANSFER_PAGES};
 use crate::console::{ConsoleRing, StoreRingAccess};
@@ -467,7 +468,8 @@ impl Platform for Runtime {
 
 /// Starts vCPU `vcpu` of this domain running `entry(argument)` on the
 /// stack below `stack_top`, with the calling vCPU's page tables (CR3) and
-/// GDT, through [`hypercall::vcpu_up`]: [`Guest::start_vcpu`] without the
+/// GDT, through Xen's `VCPUOP_initialise` and `VCPUOP_up`
+/// ([`crate::xen::vcpu_initialise`]): [`Guest::start_vcpu`] without the
 /// runtime, for kernels that set themselves up (dom0). The new vCPU
 /// starts in 64-bit mode with interrupts off and no IDT.
 ///
@@ -481,13 +483,45 @@ pub unsafe fn start_vcpu(
     stack_top: u64,
     argument: u64,
 ) -> Result<(), abi::Error> {
+    /// The new vCPU's first instructions. Xen's 64-bit entry state has
+    /// flat segments but no GDT, and an interrupt or IRET (an upcall, once
+    /// the vCPU takes them) reads the GDT: so it loads the caller's (base
+    /// in RDX, limit in CX, the pointer built below its stack pointer),
+    /// then jumps to `entry` (RSI), with RDI and RSP as `entry` expects.
+    #[unsafe(naked)]
+    extern "C" fn load_gdt_and_enter() -> ! {
+        core::arch::naked_asm!(
+            "sub rsp, 16",
+            "mov [rsp], cx",
+            "mov [rsp + 2], rdx",
+            "lgdt [rsp]",
+            "add rsp, 16",
+            "jmp rsi",
+        )
+    }
     let (gdt_base, gdt_limit) = read_gdtr();
-    let context =
-        hypercall::vcpu_entry_context(entry as usize as u64, stack_top, argument, read_cr3(), gdt_base, gdt_limit);
+    // Where a `call` would leave the stack pointer (see
+    // `hypercall::vcpu_entry_context`).
+    let rsp = (stack_top & !0xf).wrapping_sub(8);
+    let mut context = crate::xen::long_mode_context(load_gdt_and_enter as *const () as u64, rsp, read_cr3());
+    let registers = &mut context.x86_64;
+    (registers.rdi, registers.rsi) = (argument, entry as usize as u64);
+    (registers.rdx, registers.rcx) = (gdt_base, u64::from(gdt_limit));
+    // In Mica's terms, as `hypercall::vcpu_up` answered: a vCPU initialised
+    // already is up, or still stopping after `hypercall::vcpu_down`.
+    let refused = |errno: Errno| match errno {
+        Errno::Eexist | Errno::Ebusy => abi::Error::Busy,
+        Errno::Efault => abi::Error::BadAddress,
+        Errno::Enomem => abi::Error::OutOfMemory,
+        _ => abi::Error::InvalidArgument,
+    };
     // SAFETY: `entry` is a function of this kernel that takes a word and
-    // never returns; the caller dedicates the stack and keeps the page
-    // tables and GDT this vCPU runs on.
-    unsafe { hypercall::vcpu_up(vcpu, &context) }
+    // never returns, reached through `load_gdt_and_enter`, which touches
+    // only the new stack; the caller dedicates the stack and keeps the
+    // page tables and GDT this vCPU runs on.
+    unsafe { crate::xen::vcpu_initialise(vcpu, &context) }.map_err(refused)?;
+    // SAFETY: as above; its stack is its own from now on.
+    unsafe { crate::xen::vcpu_up(vcpu) }.map_err(refused)
 }
 
 /// The guest-physical address of the current page-table root (CR3

@@ -1,6 +1,7 @@
 //! Wrappers for Xen's guest hypercalls (`abi::xen`) as far as hv offers
 //! them (issue 10: `xen_version`, `console_io`, `sched_op`, the shared-info
-//! page, `event_channel_op`). Results are Xen's: a value, or an [`Errno`].
+//! page, `event_channel_op`, starting and stopping vCPUs). Results are
+//! Xen's: a value, or an [`Errno`].
 //!
 //! Pointer arguments are guest-virtual addresses (hv walks the calling
 //! vCPU's page tables); a reference passed here is such an address.
@@ -323,8 +324,98 @@ pub fn set_memory_map(domid: u16, entries: &[abi::xen::memory::E820Entry]) -> Re
     unsafe { call(Hypercall::MemoryOp, [u64::from(MemoryOp::SetMemoryMap.number()), address, 0]) }.map(|_| ())
 }
 
+/// The 64-bit state hv starts a vCPU in, for [`vcpu_initialise`]
+/// (`VCPU_HVM_MODE_64B`; see `abi::xen`'s conformance table): at `rip`
+/// with the stack pointer `rsp` and the page tables at `cr3`, CR0 = PE,
+/// MP, ET, NE, WP, PG; CR4 = PAE; EFER = LME, LMA, NXE; interrupts off;
+/// flat segments and no GDT (the GDT register is 0); every general
+/// register 0 (set them in `x86_64`).
+pub fn long_mode_context(rip: u64, rsp: u64, cr3: u64) -> abi::xen::vcpu::VcpuHvmContext64 {
+    use abi::xen::vcpu::{VCPU_HVM_MODE_64B, VcpuHvmContext64, VcpuHvmX86_64};
+    let x86_64 = VcpuHvmX86_64 {
+        rip,
+        rsp,
+        cr3,
+        rflags: 1 << 1,
+        cr0: 0x8005_0033,
+        cr4: 1 << 5,
+        efer: 1 << 8 | 1 << 10 | 1 << 11,
+        ..Default::default()
+    };
+    VcpuHvmContext64 { mode: VCPU_HVM_MODE_64B, x86_64, ..Default::default() }
+}
+
+/// Gives vCPU `vcpu` of this domain the state it starts in when it is
+/// brought up ([`vcpu_up`]): `context` is a `VcpuHvmContext64` (such as
+/// [`long_mode_context`]) or a `VcpuHvmContext32`, which hv reads during
+/// the call (`vcpu_op` initialise). Once per vCPU, as in Xen: `-EEXIST`
+/// for a vCPU initialised already (or started, or up; hv forgets the
+/// state only when Mica's own `VcpuOp::Down` takes it down). `-EINVAL`
+/// for a state hv does not start vCPUs in, `-ENOENT` for no such vCPU.
+///
+/// # Safety
+/// Whenever the vCPU is brought up, it runs `context`: its RIP, RSP and
+/// CR3 must name code that may run concurrently with the rest of this
+/// domain, a stack nothing else uses then, and page tables that stay
+/// valid while it runs.
+pub unsafe fn vcpu_initialise<C: zerocopy::IntoBytes + zerocopy::Immutable>(
+    vcpu: u32,
+    context: &C,
+) -> Result<(), Errno> {
+    use abi::xen::vcpu::{VCPU_HVM_CONTEXT_SIZE, VcpuOp};
+    const { assert!(size_of::<C>() == VCPU_HVM_CONTEXT_SIZE, "a vcpu_hvm_context is 128 bytes") };
+    let address = context.as_bytes().as_ptr() as u64;
+    // SAFETY: hv reads `context`, which outlives the call; the caller
+    // vouches for what the vCPU runs.
+    unsafe { call(Hypercall::VcpuOp, [u64::from(VcpuOp::Initialise.number()), u64::from(vcpu), address]) }.map(|_| ())
+}
+
+/// Brings vCPU `vcpu` of this domain up (`vcpu_op` up): it runs beside
+/// the caller from the state [`vcpu_initialise`] gave it. Also after a
+/// [`vcpu_down`]: hv starts it again from that state (Xen would resume
+/// it where it stopped). Does nothing to a vCPU that is up. `-EINVAL` for
+/// one never initialised, `-ENOENT` for no such vCPU, `-ENOMEM`.
+///
+/// # Safety
+/// What [`vcpu_initialise`] asks of the state must hold now: the stack in
+/// it is this vCPU's alone from now on.
+pub unsafe fn vcpu_up(vcpu: u32) -> Result<(), Errno> {
+    use abi::xen::vcpu::VcpuOp;
+    // SAFETY: no pointer argument; the caller vouches for what it runs.
+    unsafe { call(Hypercall::VcpuOp, [u64::from(VcpuOp::Up.number()), u64::from(vcpu), 0]) }.map(|_| ())
+}
+
+/// Takes vCPU `vcpu` of this domain down (`vcpu_op` down): it stops at
+/// once, wherever it is (taking the calling vCPU down does not return);
+/// it stays initialised, for [`vcpu_up`]. A vCPU that is down stays so
+/// (`Ok`). As in Xen, taking the domain's last vCPU up down powers the
+/// domain off (dom0: `-EPERM`). `-ENOENT` for no such vCPU.
+pub fn vcpu_down(vcpu: u32) -> Result<(), Errno> {
+    use abi::xen::vcpu::VcpuOp;
+    // SAFETY: no pointer argument; a vCPU taken down runs again only
+    // through `vcpu_up`, whose caller vouches for it.
+    unsafe { call(Hypercall::VcpuOp, [u64::from(VcpuOp::Down.number()), u64::from(vcpu), 0]) }.map(|_| ())
+}
+
+/// Whether vCPU `vcpu` of this domain is up (`vcpu_op` is_up).
+pub fn vcpu_is_up(vcpu: u32) -> Result<bool, Errno> {
+    use abi::xen::vcpu::VcpuOp;
+    // SAFETY: no pointer argument.
+    unsafe { call(Hypercall::VcpuOp, [u64::from(VcpuOp::IsUp.number()), u64::from(vcpu), 0]) }.map(|up| up == 1)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_long_mode_context_is_hvs_64_bit_entry_state() {
+        let context = super::long_mode_context(0x10_0000, 0x20_0000, 0x3000);
+        assert_eq!(context.mode, abi::xen::vcpu::VCPU_HVM_MODE_64B);
+        let registers = context.x86_64;
+        assert_eq!((registers.rip, registers.rsp, registers.cr3), (0x10_0000, 0x20_0000, 0x3000));
+        assert_eq!((registers.cr0, registers.cr4, registers.efer, registers.rflags), (0x8005_0033, 0x20, 0xd00, 2));
+        assert_eq!((registers.rax, registers.rdi), (0, 0));
+    }
+
     #[test]
     fn tsc_to_ns_rounds_up_so_the_timer_fires_on_the_tick_or_after() {
         assert_eq!(super::tsc_to_ns(50_000, 50_000), 1_000_000, "1 ms at 50 MHz");

@@ -30,7 +30,10 @@
 //! | | `register_runstate_memory_area`, `stop_periodic_timer` | accepted, nothing done |
 //! | | `set_singleshot_timer`, `stop_singleshot_timer` | the caller's own vCPU only (`-EINVAL` another); fires `VIRQ_TIMER` |
 //! | | `is_up` | 1 or 0 |
-//! | | `initialise`, `up`, `down` and the rest | `-ENOSYS` (Mica's own `Vcpu` calls start and stop vCPUs) |
+//! | | `initialise` | once per vCPU (`-EEXIST` again, and for a vCPU up or started before); hv's two entry states only, with any general registers, else `-EINVAL`. `VCPU_HVM_MODE_64B`: CR0 0x80050033, CR4 0x20 (PAE), EFER 0xd00 (LME, LMA, NXE), RFLAGS 0x2 (CR0.ET, CR0.NE, EFER.LMA and RFLAGS bit 1 may be left out), RIP and RSP canonical, CR3 page-aligned below the foreign window; flat segments, the GDT register 0. `VCPU_HVM_MODE_32B`: paging off (CR0 PE, ET, NE; CR3, CR4, EFER 0), RFLAGS 0x2, CS, DS, SS, ES base 0, limit 0xffffffff, `ar` 0xc9b (code) or 0xc93 (data), accessed bit optional, TR base 0, limit 0x67, `ar` 0x8b |
+//! | | `up` | starts an initialised vCPU (`-EINVAL` if never initialised; 0 if it is up); after `down`, from its initialised state again (Xen resumes it where it stopped) |
+//! | | `down` | stops it at once (0 if it is down); the last vCPU up: the domain powers off (dom0 `-EPERM`). It stays initialised; Mica's own `VcpuOp::Down` makes it lose that state |
+//! | | the rest | `-ENOSYS` |
 //! | `sched_op` (29) | `yield`, `block`, `poll` | as Xen ([`sched::SchedOp`]) |
 //! | | `shutdown` | `poweroff`, `reboot`, `crash`; `suspend`, `watchdog`, `soft_reset` `-EINVAL`; dom0 `-EPERM` |
 //! | | others | `-ENOSYS` |

@@ -4,7 +4,11 @@
 use core::fmt;
 
 use abi::Error;
+use abi::hypercall::PlatformOp;
+use abi::info::HvInfo;
+use hvcore::acpi::AcpiInfo;
 use hvcore::log_ring::Level;
+use hvcore::mmio::DevicePolicy;
 use hvcore::platform::{Platform, SCHEDULER_ENTRIES, VcpuOps, VcpuSetup};
 use hvcore::scheduler::Scheduler;
 use spin::mutex::TicketMutex;
@@ -81,11 +85,15 @@ impl Platform for Machine {
         let own_or_shared = |own: u64| if own != 0 { own } else { guest_bitmaps };
         let bitmaps = [own_or_shared(setup.io_bitmaps[0]), own_or_shared(setup.io_bitmaps[1])];
         let setup = VcpuSetup { io_bitmaps: bitmaps, msr_bitmap: own_or_shared(setup.msr_bitmap), ..*setup };
-        let created = Vcpu::new(smp::capabilities(), vmcs_region, &setup).map_err(|reason| {
+        let mut created = Vcpu::new(smp::capabilities(), vmcs_region, &setup).map_err(|reason| {
             crate::memory::free_frame(vmcs_region);
             crate::error!("creating a vCPU failed: {reason}");
             Error::InvalidArgument
         })?;
+        let start = setup.registers;
+        let registers = &mut created.registers;
+        (registers.rax, registers.rcx, registers.rdx, registers.rbx) = (start.rax, start.rcx, start.rdx, start.rbx);
+        (registers.rbp, registers.rsi, registers.rdi) = (start.rbp, start.rsi, start.rdi);
         FrameBox::new(created, crate::memory::allocate_frame).map_err(|created| {
             crate::memory::free_frame(created.release(smp::capabilities()));
             Error::OutOfMemory
@@ -146,7 +154,36 @@ impl Platform for Machine {
     fn log(level: Level, line: fmt::Arguments) {
         crate::log::write(level, line)
     }
+    fn copy_log(out: &mut [u8]) -> usize {
+        crate::log::copy_latest(out)
+    }
+    fn machine_info() -> HvInfo {
+        let totals = crate::memory::totals();
+        let mut cpus = [abi::info::CpuInfo::default(); abi::info::HV_INFO_CPUS];
+        smp::describe(&mut cpus);
+        HvInfo {
+            features: smp::capabilities().features,
+            total_pages: totals.total_pages,
+            free_pages: totals.free_pages,
+            tsc_khz: crate::log::tsc_khz(),
+            cpu_count: smp::running(),
+            cpus,
+            ..HvInfo::default()
+        }
+    }
+    fn devices() -> Option<(&'static (DevicePolicy, u64), Option<&'static AcpiInfo>)> {
+        Some((crate::hypercall::DEVICES.get()?, super::platform::acpi()))
+    }
+    fn power(operation: PlatformOp) -> ! {
+        match operation {
+            PlatformOp::PowerOff => super::platform::power_off(),
+            PlatformOp::Reboot => super::platform::reboot(),
+        }
+    }
 }
+
+// hv's log fits the buffer `DmesgRead` copies it through.
+const _: () = assert!(crate::log::RING_BYTES <= hvcore::mica_calls::LOG_BYTES);
 
 /// The exit handler's view of a vCPU (`hvcore::exits`): each call is the
 /// `Vcpu` method of the same name (named by path, since a method call on
