@@ -143,6 +143,7 @@ fn dispatch_other<P: Platform>(
         // Starting a vCPU takes its domain's slot (the vCPU's VPID).
         Some(Hypercall::VcpuOp) if operation == VcpuOp::Up.number() => return XenCall::Table,
         Some(Hypercall::VcpuOp) => vcpu_op(domain, space, operation, a2, a3),
+        Some(Hypercall::SetTimerOp) => Ok(set_timer_op(domain, a1)),
         Some(Hypercall::EventChannelOp) => {
             return event_channel_op(domain, space, operation, a2).unwrap_or_else(|errno| XenCall::Done(Err(errno)));
         }
@@ -832,6 +833,16 @@ fn start_state(request: &VcpuHvmContext32) -> Result<(VcpuContext, StartRegister
         }
         _ => Err(Errno::Einval),
     }
+}
+
+/// `set_timer_op`: the calling vCPU's single-shot timer, the deadline in
+/// a register (system time in ns; 0 stops it), as
+/// `VCPUOP_set_singleshot_timer` and `VCPUOP_stop_singleshot_timer` do
+/// with a structure. A time already past fires at once.
+fn set_timer_op<P: Platform>(domain: &mut Domain<P>, timeout_ns: u64) -> u64 {
+    let vcpu = P::current_vcpu();
+    domain.vcpus[vcpu].timer_deadline = if timeout_ns == 0 { 0 } else { tsc_deadline::<P>(timeout_ns) };
+    0
 }
 
 fn xen_version<P: Platform>(

@@ -454,7 +454,8 @@ impl Platform for Runtime {
     /// Arms this vCPU's single-shot timer (Xen's `vcpu_op`) for TSC value
     /// `deadline`: its `VIRQ_TIMER` port fires then.
     fn set_timer(&mut self, deadline: u64) {
-        let _ = crate::xen::set_timer(0, crate::xen::tsc_to_ns(deadline, self.start_info.tsc_khz));
+        // At least 1 ns: 0 would stop the timer.
+        let _ = crate::xen::set_timer_op(crate::xen::tsc_to_ns(deadline, self.start_info.tsc_khz).max(1));
     }
 
     fn grant(&mut self, domain: DomainId, address: u64, readonly: bool) -> Result<u32, abi::Error> {

@@ -11,7 +11,7 @@ use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
 use abi::xen::version::{XenExtraversion, XenFeatureInfo, XenVersionOp};
 use abi::xen::{Errno, Hypercall};
 
-use crate::hypercall::raw;
+use crate::hypercall::raw3;
 
 /// Calls `event_channel_op` `operation` on `request` (which the call may
 /// update: the ports bindings return).
@@ -59,14 +59,17 @@ pub fn set_callback_vector(vector: u8) -> Result<(), Errno> {
     set_hvm_param(abi::xen::DOMID_SELF, HVM_PARAM_CALLBACK_IRQ, via.encode())
 }
 
-/// Makes Xen hypercall `number` with `arguments` (the rest 0).
+/// Makes Xen hypercall `number` with `arguments` in RDI, RSI and RDX
+/// (no call this module makes takes more; R10 and R8 are left as they
+/// are, as Xen's own `_hypercall3` leaves them).
 ///
 /// # Safety
 /// Pointer arguments must name memory the caller owns for the call's
 /// duration, as the call's documentation requires.
+#[inline(always)]
 unsafe fn call(number: Hypercall, [a1, a2, a3]: [u64; 3]) -> Result<u64, Errno> {
     // SAFETY: passed on from the caller.
-    Errno::decode(unsafe { raw(number.number(), [a1, a2, a3, 0, 0]) })
+    Errno::decode(unsafe { raw3(number.number(), a1, a2, a3) })
 }
 
 /// The Xen interface version hv reports (`major << 16 | minor`).
@@ -156,8 +159,9 @@ pub unsafe fn call_through_page(page: &Page, number: Hypercall, [a1, a2, a3]: [u
     Errno::decode(result)
 }
 
-/// Arms the calling vCPU's single-shot timer for system time `at_ns`
-/// (its VIRQ_TIMER port fires then).
+/// Arms vCPU `vcpu`'s single-shot timer (the caller's own) for system
+/// time `at_ns` (its VIRQ_TIMER port fires then), with
+/// `VCPUOP_set_singleshot_timer` (Linux's call; see [`set_timer_op`]).
 pub fn set_timer(vcpu: u32, at_ns: u64) -> Result<(), Errno> {
     use abi::xen::vcpu::{VcpuOp, VcpuSetSingleshotTimer};
     let request = VcpuSetSingleshotTimer { timeout_abs_ns: at_ns, ..Default::default() };
@@ -165,6 +169,14 @@ pub fn set_timer(vcpu: u32, at_ns: u64) -> Result<(), Errno> {
     let operation = u64::from(VcpuOp::SetSingleshotTimer.number());
     // SAFETY: hv reads `request`, which outlives the call.
     unsafe { call(Hypercall::VcpuOp, [operation, u64::from(vcpu), address]) }.map(|_| ())
+}
+
+/// Arms the calling vCPU's single-shot timer for system time `at_ns`, or
+/// stops it (0), with `set_timer_op`: the time in a register, so hv reads
+/// no guest memory (the runtime's timer, set before every wait).
+pub fn set_timer_op(at_ns: u64) -> Result<(), Errno> {
+    // SAFETY: no pointer argument.
+    unsafe { call(Hypercall::SetTimerOp, [at_ns, 0, 0]) }.map(|_| ())
 }
 
 /// Blocks the calling vCPU until an event is pending for it.

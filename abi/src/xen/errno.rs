@@ -167,6 +167,7 @@ impl Errno {
 
     /// Decodes a hypercall result: `Ok(value)` when non-negative, else the
     /// error (an unlisted code gives [`Errno::Unknown`] with its number).
+    #[inline]
     pub const fn decode(raw: i64) -> Result<u64, Errno> {
         if raw >= 0 {
             return Ok(raw as u64);

@@ -46,8 +46,10 @@ numbered_enum! {
         Multicall = 13,
         /// PV only: update one page-table entry.
         UpdateVaMapping = 14,
-        /// Retired single-shot timer call; PVH guests use
-        /// [`super::vcpu::VcpuOp::SetSingleshotTimer`].
+        /// PVH: the calling vCPU's single-shot timer, the absolute system
+        /// time in ns in `rdi` (0 stops it): as
+        /// [`super::vcpu::VcpuOp::SetSingleshotTimer`], without a
+        /// structure in guest memory.
         SetTimerOp = 15,
         /// Retired form of [`Hypercall::EventChannelOp`].
         EventChannelOpCompat = 16,

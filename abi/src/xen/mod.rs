@@ -19,6 +19,7 @@
 //! | | `memory_map` | the map dom0 set (the same as `hvm_start_info`'s for a PVH guest); `-ENOSYS` without one |
 //! | | `set_memory_map` | dom0 on a domain it builds (at most 8 entries) |
 //! | | others | `-ENOSYS` |
+//! | `set_timer_op` (15) | (none: the time in `rdi`) | the caller's single-shot timer at that system time (ns), 0 stops it; fires `VIRQ_TIMER` (a time past at once); returns 0 |
 //! | `xen_version` (17) | `version`, `extraversion`, `get_features` (word 0), `pagesize` | 4.17, `".0-mica"`, writable page tables, auto-translated physmap, HVM callback vector and safe pvclock (0x305), 4096; other feature words `-EINVAL` |
 //! | | others | `-ENOSYS` |
 //! | `console_io` (18) | `write` | to hv's log, per line, rate-limited; returns 0 |

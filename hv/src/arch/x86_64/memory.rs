@@ -123,7 +123,7 @@ fn mapped(address: u64, length: u64) -> bool {
 /// Reads a 64-bit word of physical memory (8-byte aligned).
 #[inline]
 pub fn read_u64(address: u64) -> u64 {
-    if !mapped(address, 8) || !address.is_multiple_of(8) {
+    if !word_ok(address) {
         return 0;
     }
     // SAFETY: the address is identity-mapped and aligned; volatile because
@@ -134,7 +134,7 @@ pub fn read_u64(address: u64) -> u64 {
 /// Writes a 64-bit word of physical memory (8-byte aligned). The caller
 /// owns the frame (a page table or other hv-owned frame).
 pub fn write_u64(address: u64, value: u64) {
-    if !mapped(address, 8) || !address.is_multiple_of(8) {
+    if !word_ok(address) {
         return;
     }
     // SAFETY: as for `read_u64`; hv only writes frames it allocated.
@@ -173,9 +173,13 @@ pub fn copy_from(address: u64, out: &mut [u8]) -> bool {
     true
 }
 
-#[inline]
+/// Whether `address` is an aligned 64-bit word inside the identity map:
+/// two tests on the hot paths (event words, page-table entries). The map
+/// reaches at least 4 GiB, so `limit - 8` does not wrap, and an aligned
+/// address at most that ends inside it.
+#[inline(always)]
 fn word_ok(address: u64) -> bool {
-    mapped(address, 8) && address.is_multiple_of(8)
+    address.is_multiple_of(8) && address <= identity_limit() - 8
 }
 
 // The words below live in pages shared with guests. hv never makes a Rust
