@@ -1608,6 +1608,11 @@ mod tests {
         hv.domains[one].write_guest(DATA, VcpuSetSingleshotTimer::default().as_bytes()).unwrap();
         assert_eq!(call(&mut hv.domains[one], &space, H::VcpuOp, [set, 0, VIRTUAL]), Ok(0));
         assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 1);
+        // set_timer_op: the same timer, the time in a register; 0 stops it.
+        assert_eq!(call(&mut hv.domains[one], &space, H::SetTimerOp, [2_500_000, 0, 0]), Ok(0));
+        assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 5_000_000);
+        assert_eq!(call(&mut hv.domains[one], &space, H::SetTimerOp, [0, 0, 0]), Ok(0));
+        assert_eq!(hv.domains[one].vcpus[0].timer_deadline, 0);
     }
 
     #[test]
