@@ -275,6 +275,21 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                     Ok(Call::Done(Err(error))) | Err(error) => error.code() as u64,
                     Ok(Call::Pair { .. } | Call::Table) => abi::Error::InvalidArgument.code() as u64,
                 }
+            } else if number == XEN_EVENT_CHANNEL_OP && vcpu.registers.rdi as u32 == XEN_SEND {
+                // Xen's send, ahead of Xen's tables: the port is in guest
+                // memory (`evtchn_send`), read through the guest's tables.
+                let space = vcpu.address_space(v);
+                match hvcore::xen::send_port(&domain, &space, vcpu.registers.rsi) {
+                    Ok(port) => match hvcore::event_ops::send(&mut domain, port) {
+                        Ok(Call::Raise { target, port, from }) => {
+                            raise = Some(RemoteRaise { target, port, from });
+                            0
+                        }
+                        Ok(_) => 0,
+                        Err(error) => hvcore::xen::send_errno(error).map_or(0, |errno| errno.code() as u64),
+                    },
+                    Err(errno) => errno.code() as u64,
+                }
             } else if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
                 let arguments = vcpu.arguments();
                 let space = vcpu.address_space(v);
@@ -370,6 +385,9 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
 /// [`run_slice`] takes ahead of the dispatch tables.
 const MICA_EVENT: u64 = abi::Hypercall::Event as u64;
 const MICA_SEND: u64 = abi::event::EventOp::Send as u64;
+/// Xen's event send (`event_channel_op`, `EVTCHNOP_send`), taken likewise.
+const XEN_EVENT_CHANNEL_OP: u64 = abi::xen::hypercall::Hypercall::EventChannelOp.number();
+const XEN_SEND: u32 = abi::xen::event_channel::EvtchnOp::Send.number();
 
 /// [`raise_remote`] out of line, for a send that ended a slice.
 #[inline(never)]

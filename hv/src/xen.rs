@@ -256,12 +256,30 @@ fn unknown_domain(errno: Errno) -> Errno {
 /// dropped without an error.
 #[inline]
 fn send<P: Platform>(domain: &mut Domain<P>, space: &AddressSpace, address: u64) -> Result<XenCall, Errno> {
-    const _: () = assert!(size_of::<EvtchnSend>() == 4);
-    let port = space.read_u32(domain, address)?;
+    let port = send_port(domain, space, address)?;
     match crate::event_ops::send(domain, port) {
         Ok(Call::Raise { target, port, from }) => Ok(XenCall::Raise { target, port, from }),
-        Ok(_) | Err(abi::Error::Busy | abi::Error::Closed) => Ok(XenCall::Done(Ok(0))),
-        Err(error) => Err(errno(error)),
+        Ok(_) => Ok(XenCall::Done(Ok(0))),
+        Err(error) => send_errno(error).map_or(Ok(XenCall::Done(Ok(0))), Err),
+    }
+}
+
+/// The port of an `EVTCHNOP_send`: the `evtchn_send` at guest-virtual
+/// `address` (for a caller's own fast path, as hv's run loop takes it).
+#[inline(always)]
+pub fn send_port<P: Platform>(domain: &Domain<P>, space: &AddressSpace, address: u64) -> Result<u32, Errno> {
+    const _: () = assert!(size_of::<EvtchnSend>() == 4);
+    space.read_u32(domain, address)
+}
+
+/// What a refused send answers in Xen's terms: nothing (`None`, the send
+/// returns 0) for a port not connected yet or whose peer is gone, as Xen
+/// drops those; else the error.
+#[inline]
+pub fn send_errno(error: abi::Error) -> Option<Errno> {
+    match error {
+        abi::Error::Busy | abi::Error::Closed => None,
+        error => Some(errno(error)),
     }
 }
 
