@@ -50,6 +50,28 @@ pub unsafe fn take_pending(page: u64, port: u32) -> bool {
     was_set != 0
 }
 
+/// Byte offset of the mask bitmap in the shared-info page.
+const MASK: u64 = offset_of!(SharedInfo, evtchn_mask) as u64;
+
+/// Masks `port` (LOCK BTS on its bit of `evtchn_mask`), as a Xen guest
+/// masks a port: in the page, with no hypercall. hv then marks it pending
+/// without an upcall; `EVTCHNOP_unmask` (or clearing the bit) undoes it.
+///
+/// # Safety
+/// `page` must be the address of this domain's shared-info page.
+pub unsafe fn mask(page: u64, port: u32) {
+    if port as usize >= BITMAP_WORDS * 64 {
+        return;
+    }
+    let word = page + MASK + (port / 64) as u64 * 8;
+    // SAFETY: the word lies inside the page the caller vouches for; LOCK
+    // BTS is atomic against the hypervisor reading it.
+    unsafe {
+        core::arch::asm!("lock bts qword ptr [{word}], {bit}", word = in(reg) word, bit = in(reg) (port % 64) as u64,
+            options(nostack));
+    }
+}
+
 /// Takes every pending bit at once (an atomic swap with zero, word by word).
 ///
 /// # Safety

@@ -362,10 +362,13 @@ impl Guest {
         self.runtime.registered_pages()
     }
 
-    /// This domain's number of vCPUs (`vcpus` in its config), from hv's
-    /// `DomainInfo`; 1 when hv does not say.
+    /// This domain's number of vCPUs (`vcpus` in its config), as a Xen
+    /// guest finds it: `VCPUOP_is_up` answers for every vCPU the domain
+    /// has, up or not, and `-ENOENT` past the last; at least 1.
     pub fn vcpu_count(&self) -> u32 {
-        crate::hypercall::domain_info(self.domain_id()).map_or(1, |info| info.vcpu_count.max(1))
+        (1..abi::hypercall::MAX_VCPUS)
+            .find(|&vcpu| crate::xen::vcpu_is_up(vcpu).is_err())
+            .unwrap_or(abi::hypercall::MAX_VCPUS)
     }
 
     /// Starts vCPU `vcpu` (1 to [`Guest::vcpu_count`] minus one) running
@@ -375,13 +378,13 @@ impl Guest {
     /// The new vCPU starts in 64-bit mode with interrupts off and no IDT:
     /// an exception there is a triple fault, which crashes the domain. It
     /// gets no upcalls (events notify vCPU 0 only), though its own timer
-    /// ([`crate::hypercall::set_timer`]) wakes it from
-    /// [`crate::hypercall::block`]. It must not use the `Guest` (console,
+    /// ([`crate::xen::set_timer_op`]) wakes it from
+    /// [`crate::xen::block`]. It must not use the `Guest` (console,
     /// store, devices): the runtime is not thread-safe and belongs to vCPU
     /// 0; share data through atomics.
     ///
-    /// Errors are hv's (`VcpuOp::Up`): `InvalidArgument` for no such vCPU,
-    /// `Busy` when it is up already.
+    /// Errors, from Xen's calls put in Mica's terms: `InvalidArgument` for
+    /// no such vCPU, `Busy` when it is up already.
     ///
     /// # Safety
     /// `stack_top` must be the end of writable memory of this domain,

@@ -115,6 +115,14 @@ pub fn cpuid_base() -> Option<u32> {
     abi::xen::cpuid::find_xen_base(cpuid)
 }
 
+/// This vCPU's id, as Xen tells an HVM or PVH guest: EBX of CPUID leaf
+/// `base + 4` when EAX says it is there (`XEN_HVM_CPUID_VCPU_ID_PRESENT`).
+pub fn vcpu_id() -> Option<u32> {
+    use abi::xen::cpuid::{LEAF_HVM, XEN_HVM_CPUID_VCPU_ID_PRESENT};
+    let [flags, id, ..] = cpuid(cpuid_base()? + LEAF_HVM);
+    (flags & XEN_HVM_CPUID_VCPU_ID_PRESENT != 0).then_some(id)
+}
+
 /// A page-aligned page, for the hypercall page.
 #[repr(C, align(4096))]
 pub struct Page(pub [u8; 4096]);

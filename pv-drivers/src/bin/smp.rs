@@ -1,8 +1,9 @@
 //! Example guest: runs on every vCPU its domain has (`vcpus` in its
-//! config; the count comes from hv's `DomainInfo`). vCPU 0 starts vCPUs 1
-//! to N-1 (`VcpuOp::Up`), each on a stack of its own with its id as the
-//! argument, and prints `smp: vcpu <i> started` (or why not) for each.
-//! Each of them checks that `VcpuOp::Id` names the same id (else the
+//! config; [`Guest::vcpu_count`] asks Xen's `VCPUOP_is_up`). vCPU 0 starts
+//! vCPUs 1 to N-1 (`VCPUOP_initialise` and `VCPUOP_up`), each on a stack of
+//! its own with its id as the argument, and prints `smp: vcpu <i> started`
+//! (or why not) for each. Each of them checks that Xen's CPUID leaf
+//! (`base + 4`, EBX) names the same id (else the
 //! domain crashes with a message in hv's log), then spins forever adding
 //! one to a counter of its own, yielding now and then. vCPU 0 prints,
 //! once per half second of guest time,
@@ -17,7 +18,7 @@
 //! the runtime is not thread-safe; the others share only atomics.
 //!
 //! Interprocessor interrupts: before starting the others, vCPU 0 binds an
-//! IPI port for each of them (`EventOp::BindIpi`) and one for itself.
+//! IPI port for each of them (`EVTCHNOP_bind_ipi`) and one for itself.
 //! Each other vCPU takes upcalls (`guest::accept_upcalls`); with every line
 //! vCPU 0 sends each of them an IPI, and each answers with an IPI to vCPU
 //! 0. vCPU 0 then prints
@@ -33,10 +34,9 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::event::EventOp;
 use abi::hypercall::MAX_VCPUS;
 use pv_drivers::guest::{self, Guest};
-use pv_drivers::hypercall;
+use pv_drivers::xen;
 
 /// One vCPU's counter, on a cache line of its own (no false sharing
 /// between vCPUs spinning on different CPUs).
@@ -78,22 +78,23 @@ extern "C" fn _start(start_info: u64) -> ! {
     let mut guest = Guest::init(start_info);
     let vcpus = guest.vcpu_count().min(MAX_VCPUS);
     let _ = writeln!(guest, "smp: domain {} has {vcpus} vcpus", guest.domain_id());
-    match hypercall::vcpu_id() {
-        Ok(0) => {}
+    match xen::vcpu_id() {
+        Some(0) => {}
         other => {
             let _ = writeln!(guest, "smp: vcpu 0 is told it is {other:?}");
         }
     }
     // IPI ports first, so the others find theirs when they start.
     for vcpu in 1..vcpus {
-        if let Ok(port) = hypercall::event(EventOp::BindIpi, u64::from(vcpu), 0) {
-            IPI_PORTS[vcpu as usize].store(port, Ordering::Release);
+        if let Ok(port) = xen::evtchn::bind_ipi(vcpu) {
+            IPI_PORTS[vcpu as usize].store(u64::from(port), Ordering::Release);
         }
     }
-    let answers_port = hypercall::event(EventOp::BindIpi, 0, 0).unwrap_or(0);
+    let answers_port = u64::from(xen::evtchn::bind_ipi(0).unwrap_or(0));
     // Masked: answers need no upcall (vCPU 0 looks once per line), and an
     // unmasked pending port would keep vCPU 0 from sleeping.
-    let _ = hypercall::event(EventOp::Mask, answers_port, 0);
+    // SAFETY: the runtime's shared-info page; one locked bit operation.
+    unsafe { pv_drivers::event_page::mask(guest::event_page(), answers_port as u32) };
     ANSWER_PORT.store(answers_port, Ordering::Release);
     let mut answers = 0;
     let mut up = 1;
@@ -139,7 +140,7 @@ extern "C" fn _start(start_info: u64) -> ! {
             for port in IPI_PORTS.iter().take(vcpus as usize).skip(1) {
                 let port = port.load(Ordering::Acquire);
                 if port != 0 {
-                    let _ = hypercall::notify(port as u32);
+                    let _ = xen::evtchn::notify(port as u32);
                 }
             }
         }
@@ -149,8 +150,8 @@ extern "C" fn _start(start_info: u64) -> ! {
 /// Where vCPUs 1.. start, with interrupts off and no IDT: checks its id,
 /// then counts forever.
 extern "C" fn secondary(vcpu: u64) -> ! {
-    match hypercall::vcpu_id() {
-        Ok(id) if u64::from(id) == vcpu => {}
+    match xen::vcpu_id() {
+        Some(id) if u64::from(id) == vcpu => {}
         other => guest::crash(format_args!("smp: vcpu {vcpu} is told it is {other:?}\n")),
     }
     let Some(counter) = COUNTS.get(vcpu as usize) else {
@@ -163,7 +164,7 @@ extern "C" fn secondary(vcpu: u64) -> ! {
     loop {
         let count = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
         if count.is_multiple_of(YIELD_EVERY) {
-            hypercall::yield_now();
+            xen::yield_now();
         }
         // An upcall since the last look: was it our IPI? Then answer.
         let taken = guest::vcpu_upcalls(vcpu as u32);
@@ -173,7 +174,7 @@ extern "C" fn secondary(vcpu: u64) -> ! {
             // taken with an atomic operation.
             if ipi_port != 0 && unsafe { pv_drivers::event_page::take_pending(guest::event_page(), ipi_port) } {
                 IPIS[vcpu as usize].0.fetch_add(1, Ordering::Relaxed);
-                let _ = hypercall::notify(ANSWER_PORT.load(Ordering::Acquire) as u32);
+                let _ = xen::evtchn::notify(ANSWER_PORT.load(Ordering::Acquire) as u32);
             }
         }
     }
