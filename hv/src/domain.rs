@@ -761,13 +761,20 @@ pub(crate) mod tests {
     /// An empty table on the fake machine, locked (its slots live as long
     /// as the test).
     pub(crate) fn table() -> DomainTable<'static, Fake> {
-        let slots: &'static Domains<Fake> = Box::leak(Box::new(Domains::new()));
-        slots.lock_all()
+        slots().lock_all()
+    }
+
+    /// Empty slots that live as long as the test. Built on a thread with
+    /// a large stack: unoptimized, `Box::new` builds its argument (64
+    /// domains, about 0.8 MiB) on the stack, more than once.
+    fn slots() -> &'static Domains<Fake> {
+        let build = || -> &'static Domains<Fake> { Box::leak(Box::new(Domains::new())) };
+        std::thread::Builder::new().stack_size(16 << 20).spawn(build).unwrap().join().unwrap()
     }
 
     #[test]
     fn a_domain_keeps_its_slot_and_others_find_it_by_id_without_the_table() {
-        let slots: &'static Domains<Fake> = Box::leak(Box::new(Domains::new()));
+        let slots = slots();
         let mut table = slots.lock_all();
         let first = table.insert(Domain::new(7, false, 1).unwrap()).ok().unwrap();
         let second = table.insert(Domain::new(9, false, 1).unwrap()).ok().unwrap();
