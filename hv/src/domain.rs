@@ -139,9 +139,15 @@ pub struct VcpuSlot<P: Platform> {
     pub poll_ports: [u64; abi::event::BITMAP_WORDS],
     /// Absolute TSC deadline of its poll, 0 = none.
     pub poll_deadline: u64,
-    /// The upcall is raised and waits for the vCPU to take interrupts
-    /// (a port notifies the vCPU it is bound to, vCPU 0 by default).
+    /// An interrupt waits for the vCPU to take interrupts: its event
+    /// upcall (`upcall_raised`) or a vector its APIC has ready (see
+    /// `vlapic::take_interrupt`). The run loop looks at this flag alone.
     pub upcall_due: bool,
+    /// The event upcall is raised and not yet injected (a port notifies
+    /// the vCPU it is bound to, vCPU 0 by default).
+    pub upcall_raised: bool,
+    /// Its local APIC (guests only; dom0's stays unused).
+    pub apic: crate::vlapic::VirtualApic,
     /// It must leave the CPU at the next opportunity: it yielded, blocked,
     /// went down, or its domain was paused, shut down or crashed. Set by
     /// whatever changes its state, so the run loop checks one flag per exit.
@@ -176,6 +182,8 @@ impl<P: Platform> VcpuSlot<P> {
             poll_ports: [0; abi::event::BITMAP_WORDS],
             poll_deadline: 0,
             upcall_due: false,
+            upcall_raised: false,
+            apic: crate::vlapic::VirtualApic::RESET,
             reschedule: false,
             restart_call: false,
             running: false,
