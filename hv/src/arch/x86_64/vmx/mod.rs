@@ -1237,11 +1237,19 @@ impl Vcpu {
         }
     }
 
-    /// Moves the guest past the instruction that caused the exit.
+    /// Moves the guest past the instruction that caused the exit, which
+    /// ends a blocking by STI or MOV SS it ran under (SDM Vol. 3C 25.4.2):
+    /// after `sti; hlt` an interrupt is taken at once, as on a CPU. (The
+    /// hot path's [`Vcpu::skip_exit_instruction`] leaves the blocking to
+    /// end after the next instruction.)
     #[inline]
     pub fn skip_instruction(&mut self) {
         self.load();
         self.skip_exit_instruction();
+        let interruptibility = vmcs::read(Field::GuestInterruptibility);
+        if interruptibility & 0x3 != 0 {
+            vmcs::write(Field::GuestInterruptibility, interruptibility & !0x3);
+        }
     }
 
     /// As [`Vcpu::skip_instruction`], for the hot path right after
