@@ -253,25 +253,6 @@ pub fn handle_exit<P: Platform>(
             vcpu.skip_instruction();
             true
         }
-        // A guest's local APIC (dom0 has none).
-        Exit::MsrRead if !domain.privileged && crate::vlapic::handles(vcpu.rcx() as u32) => {
-            let msr = vcpu.rcx() as u32;
-            match crate::vlapic::read_msr(domain, vcpu_index, msr) {
-                Some(value) => {
-                    complete_read(vcpu, value);
-                    true
-                }
-                None => refuse_with_gp(domain, vcpu, format_args!("read of APIC MSR {msr:#x}")),
-            }
-        }
-        Exit::MsrWrite if !domain.privileged && crate::vlapic::handles(vcpu.rcx() as u32) => {
-            let (msr, value) = (vcpu.rcx() as u32, vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff));
-            if !crate::vlapic::write_msr(domain, slot, vcpu_index, msr, value) {
-                return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to APIC MSR {msr:#x}"));
-            }
-            vcpu.skip_instruction();
-            true
-        }
         Exit::MsrRead if vcpu.rcx() as u32 == IA32_EFER => {
             let value = vcpu.efer();
             complete_read(vcpu, value);
@@ -310,11 +291,7 @@ pub fn handle_exit<P: Platform>(
             complete_read(vcpu, MISC_ENABLE_VALUE);
             true
         }
-        Exit::MsrRead | Exit::MsrWrite => {
-            let msr = vcpu.rcx() as u32;
-            let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
-            refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"))
-        }
+        Exit::MsrRead | Exit::MsrWrite => other_msr(domain, slot, vcpu, vcpu_index, matches!(exit, Exit::MsrWrite)),
         Exit::EptViolation { guest_physical, qualification } => {
             let rip = vcpu.rip();
             let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
@@ -412,6 +389,40 @@ pub fn handle_exit<P: Platform>(
             false
         }
     }
+}
+
+/// RDMSR or WRMSR (`write`) of an MSR none of [`handle_exit`]'s arms
+/// takes: a guest's local APIC (`vlapic`; dom0 has none), else #GP. Out
+/// of line: the run loop, into which `handle_exit` is inlined, stays as
+/// it was.
+#[inline(never)]
+fn other_msr<P: Platform>(
+    domain: &mut Domain<P>,
+    slot: usize,
+    vcpu: &mut P::Vcpu,
+    vcpu_index: usize,
+    write: bool,
+) -> bool {
+    let msr = vcpu.rcx() as u32;
+    if domain.privileged || !crate::vlapic::handles(msr) {
+        let access = if write { "write" } else { "read" };
+        return refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"));
+    }
+    if !write {
+        return match crate::vlapic::read_msr(domain, vcpu_index, msr) {
+            Some(value) => {
+                complete_read(vcpu, value);
+                true
+            }
+            None => refuse_with_gp(domain, vcpu, format_args!("read of APIC MSR {msr:#x}")),
+        };
+    }
+    let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
+    if !crate::vlapic::write_msr(domain, slot, vcpu_index, msr, value) {
+        return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to APIC MSR {msr:#x}"));
+    }
+    vcpu.skip_instruction();
+    true
 }
 
 /// Ends an emulated RDMSR: `value` in EDX:EAX, the guest past the

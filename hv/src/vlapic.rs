@@ -203,6 +203,9 @@ pub struct VirtualApic {
     deadline: u64,
     /// An INIT reached it while its vCPU was down: a Start-up IPI starts it.
     wait_for_sipi: bool,
+    /// It made the run loop look for its vector ([`update`]) and may
+    /// still have one ready: the upcall's injection looks at this alone.
+    signalled: bool,
 }
 
 impl Default for VirtualApic {
@@ -251,6 +254,7 @@ impl VirtualApic {
         period: 0,
         deadline: 0,
         wait_for_sipi: false,
+        signalled: false,
     };
 
     /// When the timer fires next (TSC), 0 if it is not armed.
@@ -531,6 +535,7 @@ pub fn update<P: Platform>(domain: &mut Domain<P>, vcpu: usize, now: u64) {
     if slot.apic.ready().is_none() {
         return;
     }
+    slot.apic.signalled = true;
     let was_due = core::mem::replace(&mut slot.upcall_due, true);
     let woke = slot.blocked && !polling;
     if woke {
@@ -549,7 +554,11 @@ pub fn take_interrupt<P: Platform>(domain: &mut Domain<P>, vcpu: usize) -> Optio
     let upcall_vector = domain.upcall_vector;
     let slot = &mut domain.vcpus[vcpu];
     let vector = if core::mem::take(&mut slot.upcall_raised) { Some(upcall_vector) } else { slot.apic.acknowledge() };
-    slot.upcall_due = slot.upcall_raised || slot.apic.ready().is_some();
+    // The upcall alone (every event of dom0's) reads no APIC register.
+    if slot.apic.signalled {
+        slot.apic.signalled = slot.apic.ready().is_some();
+    }
+    slot.upcall_due = slot.apic.signalled;
     vector
 }
 
