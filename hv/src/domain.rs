@@ -37,6 +37,9 @@ pub enum Ended {
 /// A domain.
 pub struct Domain<P: Platform> {
     pub id: DomainId,
+    /// Its slot in the domain table (`DomainTable::insert` sets it): its
+    /// vCPUs' VPIDs come from it.
+    pub slot: usize,
     /// dom0: may use dom0-only hypercalls and owns the devices.
     pub privileged: bool,
     /// Guest-physical to host-physical translation.
@@ -239,6 +242,7 @@ impl<P: Platform> Domain<P> {
         let ept = PageTable::<Ept>::new(&mut P::tables()).map_err(|_| Error::OutOfMemory)?;
         Ok(Domain {
             id,
+            slot: 0,
             privileged,
             ept,
             current_pages: 0,
@@ -690,8 +694,9 @@ impl<'a, P: Platform> DomainTable<'a, P> {
     /// Puts `domain` in the first free slot and returns it (or gives the
     /// domain back when the table is full, for the caller to tear down).
     #[allow(clippy::result_large_err)]
-    pub fn insert(&mut self, domain: Domain<P>) -> Result<usize, Domain<P>> {
+    pub fn insert(&mut self, mut domain: Domain<P>) -> Result<usize, Domain<P>> {
         let Some(index) = self.guards.iter().position(Option::is_none) else { return Err(domain) };
+        domain.slot = index;
         let slot = &self.slots[index];
         let mut guard = slot.domain.lock();
         slot.id.store(domain.id, Ordering::Release);
@@ -787,6 +792,7 @@ pub(crate) mod tests {
         let first = table.insert(Domain::new(7, false, 1).unwrap()).ok().unwrap();
         let second = table.insert(Domain::new(9, false, 1).unwrap()).ok().unwrap();
         assert_eq!((first, second), (0, 1));
+        assert_eq!((table[first].slot, table[second].slot), (0, 1), "each knows its slot");
         assert!(table.remove(first).is_some());
         assert_eq!(table.count(), 1);
         drop(table);

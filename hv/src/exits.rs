@@ -164,17 +164,10 @@ impl Exit {
     }
 }
 
-/// Handles one VM exit of vCPU `vcpu_index` of `domain` (in slot `slot`
-/// of the domain table; `vcpu`, which this CPU runs). Returns false when
-/// the scheduler should pick again.
+/// Handles one VM exit of vCPU `vcpu_index` of `domain` (`vcpu`, which
+/// this CPU runs). Returns false when the scheduler should pick again.
 #[inline]
-pub fn handle_exit<P: Platform>(
-    domain: &mut Domain<P>,
-    slot: usize,
-    vcpu: &mut P::Vcpu,
-    vcpu_index: usize,
-    exit: Exit,
-) -> bool {
+pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu_index: usize, exit: Exit) -> bool {
     if exit.may_interrupt_delivery() {
         vcpu.requeue_interrupted_event();
     }
@@ -291,7 +284,7 @@ pub fn handle_exit<P: Platform>(
             complete_read(vcpu, MISC_ENABLE_VALUE);
             true
         }
-        Exit::MsrRead | Exit::MsrWrite => other_msr(domain, slot, vcpu, vcpu_index, matches!(exit, Exit::MsrWrite)),
+        Exit::MsrRead | Exit::MsrWrite => other_msr(domain, vcpu, vcpu_index, matches!(exit, Exit::MsrWrite)),
         Exit::EptViolation { guest_physical, qualification } => {
             let rip = vcpu.rip();
             let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
@@ -396,13 +389,7 @@ pub fn handle_exit<P: Platform>(
 /// of line: the run loop, into which `handle_exit` is inlined, stays as
 /// it was.
 #[inline(never)]
-fn other_msr<P: Platform>(
-    domain: &mut Domain<P>,
-    slot: usize,
-    vcpu: &mut P::Vcpu,
-    vcpu_index: usize,
-    write: bool,
-) -> bool {
+fn other_msr<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu_index: usize, write: bool) -> bool {
     let msr = vcpu.rcx() as u32;
     if domain.privileged || !crate::vlapic::handles(msr) {
         let access = if write { "write" } else { "read" };
@@ -418,7 +405,7 @@ fn other_msr<P: Platform>(
         };
     }
     let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
-    if !crate::vlapic::write_msr(domain, slot, vcpu_index, msr, value) {
+    if !crate::vlapic::write_msr(domain, vcpu_index, msr, value) {
         return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to APIC MSR {msr:#x}"));
     }
     vcpu.skip_instruction();
@@ -480,7 +467,7 @@ mod tests {
     fn a_hypercall_from_user_mode_gets_permission_and_runs_nothing() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         vcpu.rax = 3;
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::HypercallFromUserMode));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::HypercallFromUserMode));
         assert_eq!(vcpu.rax, abi::Error::Permission.code() as u64);
         assert_eq!((vcpu.skipped, vcpu.requeued), (1, 0));
         assert_eq!(domain.ended, None);
@@ -490,7 +477,7 @@ mod tests {
     fn an_ept_violation_crashes_the_domain_alone_with_its_crash_record() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         let exit = Exit::EptViolation { guest_physical: 0x3000_0000, qualification: 0x182 };
-        assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, exit));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, exit));
         assert_eq!(domain.ended, Some(Ended::Crashed));
         assert!(domain.vcpus[0].reschedule, "its vCPUs stop");
         let record = &domain.crash_record;
@@ -526,7 +513,7 @@ mod tests {
         ];
         for (exit, reason, exit_reason, guest_physical, rip) in cases {
             let (mut domain, mut vcpu) = (domain(false), vcpu());
-            assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, exit), "{exit:?}");
+            assert!(!handle_exit(&mut domain, &mut vcpu, 0, exit), "{exit:?}");
             assert_eq!(domain.ended, Some(Ended::Crashed), "{exit:?}");
             let record = &domain.crash_record;
             assert_eq!(
@@ -536,7 +523,7 @@ mod tests {
             );
         }
         let (mut domain, mut vcpu) = (domain(false), vcpu());
-        handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Other { reason: 37, qualification: 4 });
+        handle_exit(&mut domain, &mut vcpu, 0, Exit::Other { reason: 37, qualification: 4 });
         assert_eq!(crash_text(&domain), "unhandled VM exit reason 37 (qualification 0x4) at rip 0x201234");
     }
 
@@ -544,7 +531,7 @@ mod tests {
     fn a_control_register_access_the_vcpu_emulates_runs_on() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         vcpu.emulates_control_registers = true;
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::ControlRegister { qualification: 0x18 }));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::ControlRegister { qualification: 0x18 }));
         assert_eq!(vcpu.control_registers, [0x18]);
         assert_eq!(domain.ended, None);
     }
@@ -555,7 +542,7 @@ mod tests {
             let (mut domain, mut vcpu) = (domain(false), vcpu());
             vcpu.rax = 0xaaaa_0000_0000_0000;
             let exit = Exit::Io { port: 0x60, size, input: true, string: false };
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, exit));
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit));
             assert_eq!(vcpu.rax, 0xaaaa_0000_0000_0000 | mask, "{size} bytes");
             assert_eq!(vcpu.skipped, 1);
         }
@@ -564,11 +551,11 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         vcpu.rax = 0x12;
         for (input, string) in [(false, false), (true, true)] {
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input, string }));
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input, string }));
         }
         assert_eq!((vcpu.rax, vcpu.skipped), (0x12, 2));
         for _ in 0..10 {
-            handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input: false, string: false });
+            handle_exit(&mut domain, &mut vcpu, 0, Exit::Io { port: 0x61, size: 1, input: false, string: false });
         }
         assert_eq!(domain.refusals_logged, 12);
         assert_eq!(refusals().len(), 3 + 8, "a domain's refusals are logged 8 times at most");
@@ -579,20 +566,20 @@ mod tests {
         let access = |size, input| Exit::Io { port: PCI_CONFIG_ADDRESS, size, input, string: false };
         let (mut dom0, mut vcpu) = (domain(true), vcpu());
         vcpu.rax = 0xffff_ffff_8000_0810;
-        assert!(handle_exit(&mut dom0, 0, &mut vcpu, 0, access(4, false)));
+        assert!(handle_exit(&mut dom0, &mut vcpu, 0, access(4, false)));
         assert_eq!(machine::with(|m| m.pci_config_address), 0x8000_0810);
         vcpu.rax = 0;
-        assert!(handle_exit(&mut dom0, 0, &mut vcpu, 0, access(4, true)));
+        assert!(handle_exit(&mut dom0, &mut vcpu, 0, access(4, true)));
         assert_eq!((vcpu.rax, vcpu.skipped), (0x8000_0810, 2));
         assert!(refusals().is_empty());
         // Only as a doubleword: a byte access is refused like any port's.
         vcpu.rax = 0x42;
-        handle_exit(&mut dom0, 0, &mut vcpu, 0, access(1, false));
+        handle_exit(&mut dom0, &mut vcpu, 0, access(1, false));
         // So is every access of another domain.
         let (mut guest, mut guest_vcpu) = (domain(false), vcpu);
         guest_vcpu.rax = 0x8000_1000;
-        handle_exit(&mut guest, 0, &mut guest_vcpu, 0, access(4, false));
-        handle_exit(&mut guest, 0, &mut guest_vcpu, 0, access(4, true));
+        handle_exit(&mut guest, &mut guest_vcpu, 0, access(4, false));
+        handle_exit(&mut guest, &mut guest_vcpu, 0, access(4, true));
         assert_eq!(machine::with(|m| m.pci_config_address), 0x8000_0810);
         assert_eq!(guest_vcpu.rax, 0xffff_ffff);
         assert_eq!(refusals().len(), 3);
@@ -603,7 +590,7 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         // EDX:EAX is the value; RAX's upper half is not part of it.
         (vcpu.rcx, vcpu.rdx, vcpu.rax) = (HYPERCALL_PAGE_MSR as u64, 0, 0xdead_0000_0000_2000);
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::MsrWrite));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrWrite));
         assert_eq!((vcpu.skipped, vcpu.exceptions.len()), (1, 0));
         let mut page = [0; 64];
         domain.read_guest(0x2000, &mut page).unwrap();
@@ -611,7 +598,7 @@ mod tests {
         assert_eq!((&page[..stub0.len()], &page[32..32 + stub1.len()]), (&stub0[..], &stub1[..]));
         for (rdx, rax) in [(0, 0x2001), (1, 0x2000)] {
             (vcpu.rdx, vcpu.rax) = (rdx, rax);
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::MsrWrite));
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrWrite));
         }
         assert_eq!((vcpu.skipped, &vcpu.exceptions[..]), (1, &[GP, GP][..]));
         assert!(refusals()[1].contains("hypercall page at 0x100002000"), "{:?}", refusals());
@@ -622,13 +609,13 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         let write = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, value: u64| {
             (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(IA32_EFER), value >> 32, value & 0xffff_ffff);
-            assert!(handle_exit(domain, 0, vcpu, 0, Exit::MsrWrite));
+            assert!(handle_exit(domain, vcpu, 0, Exit::MsrWrite));
         };
         // A PVH kernel at its entry: paging off, EFER 0. It sets LME.
         write(&mut domain, &mut vcpu, EFER_LME | EFER_NXE);
         assert_eq!((vcpu.efer, vcpu.skipped, vcpu.exceptions.len()), (EFER_LME | EFER_NXE, 1, 0));
         (vcpu.rcx, vcpu.rax, vcpu.rdx) = (u64::from(IA32_EFER), 0, 0xffff);
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::MsrRead));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::MsrRead));
         assert_eq!((vcpu.rax, vcpu.rdx, vcpu.skipped), (EFER_LME | EFER_NXE, 0, 2));
         // Paging on: the CPU set LMA. A write keeps it, and may not drop
         // LME; reserved bits are refused.
@@ -648,7 +635,7 @@ mod tests {
         let access = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, exit, msr: u32, value: u64| {
             (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(msr), value >> 32, value & 0xffff_ffff);
             let faults = vcpu.exceptions.len();
-            assert!(handle_exit(domain, 0, vcpu, 0, exit));
+            assert!(handle_exit(domain, vcpu, 0, exit));
             (vcpu.exceptions.len() == faults).then_some(vcpu.rdx << 32 | vcpu.rax)
         };
         let good = [
@@ -695,13 +682,13 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         for (exit, rcx) in [(Exit::MsrRead, HYPERCALL_PAGE_MSR as u64), (Exit::MsrWrite, 0x10)] {
             vcpu.rcx = rcx;
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, exit));
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit));
         }
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Rdpmc));
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::DebugRegister));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Rdpmc));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::DebugRegister));
         assert_eq!(vcpu.exceptions, [GP; 4]);
         assert_eq!(refusals()[1], "Warning: d1: refused write of MSR 0x10 at rip 0x201234; injecting #GP");
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::VmxInstruction));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::VmxInstruction));
         assert_eq!(vcpu.exceptions[4], (6, None));
         assert_eq!((vcpu.skipped, domain.ended), (0, None));
     }
@@ -711,7 +698,7 @@ mod tests {
         let access = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, index, exit, msr: u32, value: u64| {
             (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(msr), value >> 32, value & 0xffff_ffff);
             let faults = vcpu.exceptions.len();
-            assert!(handle_exit(domain, 0, vcpu, index, exit));
+            assert!(handle_exit(domain, vcpu, index, exit));
             (vcpu.exceptions.len() == faults).then_some(vcpu.rdx << 32 | vcpu.rax)
         };
         let (mut guest, mut vcpu) = (domain(false), vcpu());
@@ -736,26 +723,26 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         let write = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, msr: u64, value| {
             (vcpu.rcx, vcpu.rdx, vcpu.rax) = (msr, 0, value);
-            assert!(handle_exit(domain, 0, vcpu, 0, Exit::MsrWrite));
+            assert!(handle_exit(domain, vcpu, 0, Exit::MsrWrite));
         };
         write(&mut domain, &mut vcpu, 0x80f, 0x1ff);
         write(&mut domain, &mut vcpu, 0x83f, 0x40);
         assert!(domain.vcpus[0].upcall_due, "the self IPI waits for injection");
-        assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Halt));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt));
         assert!(!domain.vcpus[0].blocked, "HLT ends at once: the interrupt is injected next");
     }
 
     #[test]
     fn hlt_blocks_the_vcpu_unless_an_event_waits() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
-        assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Halt));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt));
         assert!(domain.vcpus[0].blocked && domain.vcpus[0].reschedule);
         assert_eq!(vcpu.skipped, 1);
         // With port 1 pending on its event page it runs on at once.
         domain.vcpus[0].blocked = false;
         domain.event_page = domain.host_frame(0x2000, crate::paging::Access::READ).unwrap();
         domain.write_guest(0x2000, &2u64.to_le_bytes()).unwrap();
-        handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Halt);
+        handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt);
         assert!(!domain.vcpus[0].blocked);
         assert_eq!(vcpu.skipped, 2);
     }
@@ -763,8 +750,8 @@ mod tests {
     #[test]
     fn a_kick_runs_on_and_a_device_interrupt_is_recorded_for_the_run_loop() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
-        assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::ExternalInterrupt { vector: machine::KICK_VECTOR }));
-        assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::ExternalInterrupt { vector: 0x24 }));
+        assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::ExternalInterrupt { vector: machine::KICK_VECTOR }));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::ExternalInterrupt { vector: 0x24 }));
         assert_eq!(machine::with(|m| (m.end_of_interrupts, m.device_vectors.clone())), (2, vec![0x24]));
         assert_eq!(vcpu.requeued, 2, "an interrupt may cut short an event's delivery");
     }
@@ -774,12 +761,12 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         vcpu.interrupt_window_exiting = true;
         for exit in [Exit::Cpuid, Exit::Xsetbv, Exit::CacheFlush, Exit::InterruptWindow] {
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, exit), "{exit:?}");
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, exit), "{exit:?}");
         }
         assert_eq!((vcpu.cpuids, &vcpu.xsetbv[..]), (1, &[machine::XCR0_SUPPORTED][..]));
         assert_eq!((vcpu.skipped, vcpu.interrupt_window_exiting), (1, false));
         assert_eq!(vcpu.requeued, 1, "only the interrupt window is no instruction's exit");
-        assert!(!handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::PreemptionTimer));
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::PreemptionTimer));
         assert_eq!(domain.ended, None);
     }
 
@@ -788,7 +775,7 @@ mod tests {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         machine::with(|m| m.nmis_in_root = 3);
         for _ in 0..10 {
-            assert!(handle_exit(&mut domain, 0, &mut vcpu, 0, Exit::Nmi));
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Nmi));
         }
         let log = machine::with(|m| m.log.clone());
         assert_eq!(log.len(), 8);

@@ -332,7 +332,7 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                 Err(exit) => (exit, u32::MAX),
             };
             domain.count_exit(reason);
-            if !hvcore::exits::handle_exit(&mut domain, index, &mut vcpu, v, exit) || domain.vcpus[v].reschedule {
+            if !hvcore::exits::handle_exit(&mut domain, &mut vcpu, v, exit) || domain.vcpus[v].reschedule {
                 break;
             }
         }

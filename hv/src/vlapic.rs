@@ -512,12 +512,12 @@ pub fn handles(msr: u32) -> bool {
 }
 
 /// WRMSR of `value` to `msr` (one [`handles`] names) by vCPU `vcpu` of a
-/// guest in slot `slot`; false: #GP. An IPI is sent at once.
-pub fn write_msr<P: Platform>(domain: &mut Domain<P>, slot: usize, vcpu: usize, msr: u32, value: u64) -> bool {
+/// guest; false: #GP. An IPI is sent at once.
+pub fn write_msr<P: Platform>(domain: &mut Domain<P>, vcpu: usize, msr: u32, value: u64) -> bool {
     let clock = Clock::of::<P>();
     match domain.vcpus[vcpu].apic.write(vcpu as u32, msr, value, clock) {
         Err(Fault) => return false,
-        Ok(Some(icr)) => send(domain, slot, vcpu, icr, clock.now),
+        Ok(Some(icr)) => send(domain, vcpu, icr, clock.now),
         Ok(None) => {}
     }
     update(domain, vcpu, clock.now);
@@ -563,8 +563,8 @@ pub fn take_interrupt<P: Platform>(domain: &mut Domain<P>, vcpu: usize) -> Optio
 }
 
 /// Sends the IPI `icr` describes from vCPU `from` to the vCPUs of its
-/// domain (in slot `slot`) it names (see the module documentation).
-fn send<P: Platform>(domain: &mut Domain<P>, slot: usize, from: usize, icr: u64, now: u64) {
+/// domain it names (see the module documentation).
+fn send<P: Platform>(domain: &mut Domain<P>, from: usize, icr: u64, now: u64) {
     let (vector, delivery, destination) = (icr as u8, icr >> 8 & 7, (icr >> 32) as u32);
     let named = |id: u32| match icr >> 18 & 3 {
         0 if destination == BROADCAST => true,
@@ -605,7 +605,7 @@ fn send<P: Platform>(domain: &mut Domain<P>, slot: usize, from: usize, icr: u64,
                 // Else ignored, as a CPU not waiting for a SIPI does (one
                 // that is up never waits: starting resets its APIC).
                 if core::mem::take(&mut domain.vcpus[target].apic.wait_for_sipi) {
-                    start_in_real_mode(domain, slot, target, vector);
+                    start_in_real_mode(domain, target, vector);
                 }
             }
         }
@@ -615,10 +615,10 @@ fn send<P: Platform>(domain: &mut Domain<P>, slot: usize, from: usize, icr: u64,
 
 /// Starts vCPU `vcpu` as a Start-up IPI of `vector` does: real mode at
 /// vector × 0x1000 (`platform::VCPU_MODE_REAL`).
-fn start_in_real_mode<P: Platform>(domain: &mut Domain<P>, slot: usize, vcpu: usize, vector: u8) {
+fn start_in_real_mode<P: Platform>(domain: &mut Domain<P>, vcpu: usize, vector: u8) {
     let context =
         VcpuContext { rip: u64::from(vector) << 12, mode: crate::platform::VCPU_MODE_REAL, ..VcpuContext::default() };
-    if let Err(error) = crate::domctl::start_checked(domain, slot, vcpu, &context, StartRegisters::default()) {
+    if let Err(error) = crate::domctl::start_checked(domain, domain.slot, vcpu, &context, StartRegisters::default()) {
         P::log(Level::Warning, format_args!("d{}: a Start-up IPI could not start vCPU {vcpu}: {error:?}", domain.id));
     }
 }
@@ -898,7 +898,7 @@ mod tests {
         (domain.vcpu_count, domain.paused) = (vcpus, false);
         for &vcpu in up {
             domain.vcpus[vcpu].up = true;
-            assert!(write_msr(&mut domain, 3, vcpu, 0x80f, 0x1ff));
+            assert!(write_msr(&mut domain, vcpu, 0x80f, 0x1ff));
         }
         domain
     }
@@ -911,7 +911,7 @@ mod tests {
     fn a_fixed_ipi_reaches_the_vcpus_it_names_and_wakes_them() {
         let mut domain = guest(3, &[0, 1, 2]);
         domain.vcpus[1].blocked = true;
-        assert!(write_msr(&mut domain, 3, 0, 0x830, 1 << 32 | 0x40));
+        assert!(write_msr(&mut domain, 0, 0x830, 1 << 32 | 0x40));
         assert_eq!(pending(&domain), [None, Some(0x40), None]);
         let taker = &domain.vcpus[1];
         assert!(taker.upcall_due && !taker.blocked && !taker.upcall_raised);
@@ -921,7 +921,7 @@ mod tests {
         assert!(!domain.vcpus[1].upcall_due);
         // One running on another CPU is kicked out of the guest.
         (domain.vcpus[2].running, domain.vcpus[2].last_cpu) = (true, 1);
-        assert!(write_msr(&mut domain, 3, 0, 0x830, 2 << 32 | 0x41));
+        assert!(write_msr(&mut domain, 0, 0x830, 2 << 32 | 0x41));
         assert_eq!(machine::with(|m| m.kicks.clone()), [1]);
         let shorthands = [
             (1 << 18, [Some(0x50), None, None]),
@@ -935,7 +935,7 @@ mod tests {
         ];
         for (icr, reached) in shorthands {
             let mut domain = guest(3, &[0, 1, 2]);
-            assert!(write_msr(&mut domain, 3, 0, 0x830, icr | 0x50));
+            assert!(write_msr(&mut domain, 0, 0x830, icr | 0x50));
             assert_eq!(pending(&domain), reached, "{icr:#x}");
         }
     }
@@ -943,11 +943,11 @@ mod tests {
     #[test]
     fn an_ipi_is_lost_on_a_disabled_apic_a_vcpu_that_is_down_and_an_illegal_vector() {
         let mut domain = guest(3, &[0, 1]);
-        assert!(write_msr(&mut domain, 3, 1, 0x80f, 0xff));
-        assert!(write_msr(&mut domain, 3, 0, 0x830, 2 << 18 | 0x50));
+        assert!(write_msr(&mut domain, 1, 0x80f, 0xff));
+        assert!(write_msr(&mut domain, 0, 0x830, 2 << 18 | 0x50));
         assert_eq!(pending(&domain), [Some(0x50), None, None]);
-        assert!(write_msr(&mut domain, 3, 0, 0x830, 1 << 32 | 0x0f));
-        assert!(write_msr(&mut domain, 3, 0, 0x828, 0));
+        assert!(write_msr(&mut domain, 0, 0x830, 1 << 32 | 0x0f));
+        assert!(write_msr(&mut domain, 0, 0x828, 0));
         assert_eq!(domain.vcpus[0].apic.read(0, 0x828, 0), Some(u64::from(ESR_SEND_ILLEGAL_VECTOR)));
     }
 
@@ -955,7 +955,7 @@ mod tests {
     fn a_self_ipi_waits_for_the_vcpu_and_the_event_upcall_goes_first() {
         let mut domain = guest(1, &[0]);
         domain.upcall_vector = 0xf3;
-        assert!(write_msr(&mut domain, 3, 0, 0x83f, 0x45));
+        assert!(write_msr(&mut domain, 0, 0x83f, 0x45));
         (domain.vcpus[0].upcall_raised, domain.vcpus[0].upcall_due) = (true, true);
         assert_eq!(take_interrupt(&mut domain, 0), Some(0xf3));
         assert!(domain.vcpus[0].upcall_due, "the APIC's vector still waits");
@@ -967,7 +967,7 @@ mod tests {
     #[test]
     fn init_and_startup_ipis_start_a_vcpu_that_is_down_in_real_mode() {
         let mut domain = guest(3, &[0]);
-        let send = |domain: &mut Domain<Fake>, icr: u64| assert!(write_msr(domain, 3, 0, 0x830, icr));
+        let send = |domain: &mut Domain<Fake>, icr: u64| assert!(write_msr(domain, 0, 0x830, icr));
         // A Start-up IPI without INIT first is ignored, as is INIT de-assert.
         send(&mut domain, 1 << 32 | 0x4608);
         send(&mut domain, 1 << 32 | 0x8500);
@@ -1000,9 +1000,9 @@ mod tests {
     fn a_due_apic_timer_fires_with_the_domains_timers_and_wakes_its_vcpu() {
         let mut domain = guest(2, &[0, 1]);
         machine::with(|m| m.tsc = 1000);
-        assert!(write_msr(&mut domain, 3, 1, 0x832, 0x30));
-        assert!(write_msr(&mut domain, 3, 1, 0x83e, 0b1011));
-        assert!(write_msr(&mut domain, 3, 1, 0x838, 500));
+        assert!(write_msr(&mut domain, 1, 0x832, 0x30));
+        assert!(write_msr(&mut domain, 1, 0x83e, 0b1011));
+        assert!(write_msr(&mut domain, 1, 0x838, 500));
         domain.vcpus[1].blocked = true;
         assert_eq!(crate::event_ops::fire_timers(&mut domain, 1499), Some(1500));
         assert!(domain.vcpus[1].blocked);
@@ -1011,15 +1011,15 @@ mod tests {
         assert_eq!(pending(&domain), [None, Some(0x30)]);
         // A vCPU in Xen's poll stays there.
         machine::with(|m| m.tsc = 2000);
-        assert!(write_msr(&mut domain, 3, 0, 0x832, 0x31 | 2 << 17));
-        assert!(write_msr(&mut domain, 3, 0, IA32_TSC_DEADLINE, 2500));
+        assert!(write_msr(&mut domain, 0, 0x832, 0x31 | 2 << 17));
+        assert!(write_msr(&mut domain, 0, IA32_TSC_DEADLINE, 2500));
         (domain.vcpus[0].blocked, domain.polling) = (true, 1);
         assert_eq!(crate::event_ops::fire_timers(&mut domain, 2600), None);
         assert!(domain.vcpus[0].blocked && domain.vcpus[0].upcall_due);
         // A deadline already past fires on the write.
         assert_eq!(take_interrupt(&mut domain, 0), Some(0x31));
-        assert!(write_msr(&mut domain, 3, 0, 0x80b, 0));
-        assert!(write_msr(&mut domain, 3, 0, IA32_TSC_DEADLINE, 1));
+        assert!(write_msr(&mut domain, 0, 0x80b, 0));
+        assert!(write_msr(&mut domain, 0, IA32_TSC_DEADLINE, 1));
         assert_eq!(pending(&domain), [Some(0x31), Some(0x30)]);
         assert_eq!(domain.vcpus[0].apic.deadline(), 0);
     }
