@@ -37,6 +37,9 @@ pub enum Ended {
 /// A domain.
 pub struct Domain<P: Platform> {
     pub id: DomainId,
+    /// Its slot in the domain table (`DomainTable::insert` sets it): its
+    /// vCPUs' VPIDs come from it.
+    pub slot: usize,
     /// dom0: may use dom0-only hypercalls and owns the devices.
     pub privileged: bool,
     /// Guest-physical to host-physical translation.
@@ -139,9 +142,15 @@ pub struct VcpuSlot<P: Platform> {
     pub poll_ports: [u64; abi::event::BITMAP_WORDS],
     /// Absolute TSC deadline of its poll, 0 = none.
     pub poll_deadline: u64,
-    /// The upcall is raised and waits for the vCPU to take interrupts
-    /// (a port notifies the vCPU it is bound to, vCPU 0 by default).
+    /// An interrupt waits for the vCPU to take interrupts: its event
+    /// upcall (`upcall_raised`) or a vector its APIC has ready (see
+    /// `vlapic::take_interrupt`). The run loop looks at this flag alone.
     pub upcall_due: bool,
+    /// The event upcall is raised and not yet injected (a port notifies
+    /// the vCPU it is bound to, vCPU 0 by default).
+    pub upcall_raised: bool,
+    /// Its local APIC (guests only; dom0's stays unused).
+    pub apic: crate::vlapic::VirtualApic,
     /// It must leave the CPU at the next opportunity: it yielded, blocked,
     /// went down, or its domain was paused, shut down or crashed. Set by
     /// whatever changes its state, so the run loop checks one flag per exit.
@@ -176,6 +185,8 @@ impl<P: Platform> VcpuSlot<P> {
             poll_ports: [0; abi::event::BITMAP_WORDS],
             poll_deadline: 0,
             upcall_due: false,
+            upcall_raised: false,
+            apic: crate::vlapic::VirtualApic::RESET,
             reschedule: false,
             restart_call: false,
             running: false,
@@ -231,6 +242,7 @@ impl<P: Platform> Domain<P> {
         let ept = PageTable::<Ept>::new(&mut P::tables()).map_err(|_| Error::OutOfMemory)?;
         Ok(Domain {
             id,
+            slot: 0,
             privileged,
             ept,
             current_pages: 0,
@@ -682,8 +694,9 @@ impl<'a, P: Platform> DomainTable<'a, P> {
     /// Puts `domain` in the first free slot and returns it (or gives the
     /// domain back when the table is full, for the caller to tear down).
     #[allow(clippy::result_large_err)]
-    pub fn insert(&mut self, domain: Domain<P>) -> Result<usize, Domain<P>> {
+    pub fn insert(&mut self, mut domain: Domain<P>) -> Result<usize, Domain<P>> {
         let Some(index) = self.guards.iter().position(Option::is_none) else { return Err(domain) };
+        domain.slot = index;
         let slot = &self.slots[index];
         let mut guard = slot.domain.lock();
         slot.id.store(domain.id, Ordering::Release);
@@ -761,17 +774,25 @@ pub(crate) mod tests {
     /// An empty table on the fake machine, locked (its slots live as long
     /// as the test).
     pub(crate) fn table() -> DomainTable<'static, Fake> {
-        let slots: &'static Domains<Fake> = Box::leak(Box::new(Domains::new()));
-        slots.lock_all()
+        slots().lock_all()
+    }
+
+    /// Empty slots that live as long as the test. Built on a thread with
+    /// a large stack: unoptimized, `Box::new` builds its argument (64
+    /// domains, about 0.8 MiB) on the stack, more than once.
+    fn slots() -> &'static Domains<Fake> {
+        let build = || -> &'static Domains<Fake> { Box::leak(Box::new(Domains::new())) };
+        std::thread::Builder::new().stack_size(16 << 20).spawn(build).unwrap().join().unwrap()
     }
 
     #[test]
     fn a_domain_keeps_its_slot_and_others_find_it_by_id_without_the_table() {
-        let slots: &'static Domains<Fake> = Box::leak(Box::new(Domains::new()));
+        let slots = slots();
         let mut table = slots.lock_all();
         let first = table.insert(Domain::new(7, false, 1).unwrap()).ok().unwrap();
         let second = table.insert(Domain::new(9, false, 1).unwrap()).ok().unwrap();
         assert_eq!((first, second), (0, 1));
+        assert_eq!((table[first].slot, table[second].slot), (0, 1), "each knows its slot");
         assert!(table.remove(first).is_some());
         assert_eq!(table.count(), 1);
         drop(table);

@@ -360,6 +360,7 @@ pub fn start_checked<P: Platform>(
     slot.vcpu = Some(created);
     slot.start_state = Some((*context, registers));
     (slot.up, slot.blocked, slot.reschedule, slot.timer_deadline) = (true, false, false, 0);
+    slot.apic = crate::vlapic::VirtualApic::RESET;
     domain.notify(vcpu);
     Ok(())
 }
@@ -383,6 +384,7 @@ pub fn stop_vcpu<P: Platform>(domain: &mut Domain<P>, vcpu: usize) -> Result<(),
     }
     let slot = &mut domain.vcpus[vcpu];
     (slot.up, slot.blocked, slot.timer_deadline, slot.upcall_due) = (false, false, 0, false);
+    (slot.upcall_raised, slot.apic) = (false, crate::vlapic::VirtualApic::RESET);
     if slot.running {
         // Its CPU (this one, if it took itself down) retires it when it
         // lets go of it (`run_slice`).

@@ -269,7 +269,8 @@ fn deliver<P: Platform>(domain: &mut Domain<P>, vcpu: usize, delivery: Delivery)
     let woke = core::mem::replace(&mut domain.vcpus[vcpu].blocked, false);
     let upcall = delivery == Delivery::Upcall;
     if upcall {
-        domain.vcpus[vcpu].upcall_due = true;
+        let slot = &mut domain.vcpus[vcpu];
+        (slot.upcall_due, slot.upcall_raised) = (true, true);
     }
     if woke || upcall {
         domain.notify(vcpu);
@@ -303,8 +304,9 @@ pub fn end_channels<P: Platform>(domains: &mut DomainTable<'_, P>, index: usize)
 }
 
 /// Wakes the vCPUs of `domain` whose timer has expired, raising their
-/// timer event (the `Timer` virtual IRQ each vCPU binds for itself).
-/// Returns the earliest deadline still pending.
+/// timer event (the `Timer` virtual IRQ each vCPU binds for itself), and
+/// fires their APICs' timers that are due (`vlapic`). Returns the
+/// earliest deadline still pending.
 pub fn fire_timers<P: Platform>(domain: &mut Domain<P>, now: u64) -> Option<u64> {
     let mut earliest: Option<u64> = None;
     for vcpu in 0..domain.vcpu_count {
@@ -316,6 +318,16 @@ pub fn fire_timers<P: Platform>(domain: &mut Domain<P>, now: u64) -> Option<u64>
             domain.notify(vcpu);
         } else if polled != 0 {
             earliest = Some(earliest.map_or(polled, |e| e.min(polled)));
+        }
+        let apic = domain.vcpus[vcpu].apic.deadline();
+        if apic != 0 {
+            if apic <= now {
+                crate::vlapic::update(domain, vcpu, now);
+            }
+            let next = domain.vcpus[vcpu].apic.deadline();
+            if next != 0 {
+                earliest = Some(earliest.map_or(next, |e| e.min(next)));
+            }
         }
         let deadline = domain.vcpus[vcpu].timer_deadline;
         if deadline == 0 {
@@ -344,7 +356,8 @@ fn notified_vcpu<P: Platform>(domain: &Domain<P>, port: u32) -> usize {
 
 /// Blocks vCPU `vcpu` of the domain unless an event is already waiting for
 /// it: for vCPU 0 a pending unmasked port, for another its upcall-pending
-/// word (set when one of its ports fired).
+/// word (set when one of its ports fired); or its APIC has an interrupt
+/// ready.
 pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
     let notified = |port| notified_vcpu(domain, port);
     let waiting = match Words::of(domain, vcpu) {
@@ -352,7 +365,7 @@ pub fn block<P: Platform>(domain: &mut Domain<P>, vcpu: usize) {
         Words::Xen(mut words) => event_page::waiting(&mut words, vcpu, notified),
         Words::None => false,
     };
-    if !waiting {
+    if !waiting && domain.vcpus[vcpu].apic.ready().is_none() {
         let slot = &mut domain.vcpus[vcpu];
         slot.blocked = true;
         slot.reschedule = true;

@@ -22,18 +22,18 @@ pub fn deliver_device_interrupts() {
     }
 }
 
-/// Injects the upcall into vCPU `vcpu` of `domain` (`cpu`, which this CPU
-/// runs) if it can take it now, else asks for an exit as soon as it can.
-/// Out of line, with the VMCS accessors inlined into it: the run loop's
-/// top stays small.
+/// Injects the interrupt due for vCPU `vcpu` of `domain` (`cpu`, which
+/// this CPU runs: the upcall, else its APIC's, `vlapic::take_interrupt`)
+/// if it can take one now, and asks for an exit as soon as it can take
+/// the next one if another waits. Out of line, with the VMCS accessors
+/// inlined into it: the run loop's top stays small.
 #[inline(never)]
 pub fn deliver_upcall(domain: &mut Domain, vcpu: usize, cpu: &mut Vcpu) {
-    let vector = domain.upcall_vector;
-    let slot = &mut domain.vcpus[vcpu];
     if cpu.interruptible() {
-        cpu.inject_interrupt(vector);
-        cpu.set_interrupt_window_exiting(false);
-        slot.upcall_due = false;
+        if let Some(vector) = hvcore::vlapic::take_interrupt(domain, vcpu) {
+            cpu.inject_interrupt(vector);
+        }
+        cpu.set_interrupt_window_exiting(domain.vcpus[vcpu].upcall_due);
     } else {
         cpu.set_interrupt_window_exiting(true);
     }

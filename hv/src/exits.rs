@@ -284,11 +284,7 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
             complete_read(vcpu, MISC_ENABLE_VALUE);
             true
         }
-        Exit::MsrRead | Exit::MsrWrite => {
-            let msr = vcpu.rcx() as u32;
-            let access = if matches!(exit, Exit::MsrRead) { "read" } else { "write" };
-            refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"))
-        }
+        Exit::MsrRead | Exit::MsrWrite => other_msr(domain, vcpu, vcpu_index, matches!(exit, Exit::MsrWrite)),
         Exit::EptViolation { guest_physical, qualification } => {
             let rip = vcpu.rip();
             let details = CrashDetails { exit_reason: 48, guest_physical, rip, qualification };
@@ -386,6 +382,34 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
             false
         }
     }
+}
+
+/// RDMSR or WRMSR (`write`) of an MSR none of [`handle_exit`]'s arms
+/// takes: a guest's local APIC (`vlapic`; dom0 has none), else #GP. Out
+/// of line: the run loop, into which `handle_exit` is inlined, stays as
+/// it was.
+#[inline(never)]
+fn other_msr<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu_index: usize, write: bool) -> bool {
+    let msr = vcpu.rcx() as u32;
+    if domain.privileged || !crate::vlapic::handles(msr) {
+        let access = if write { "write" } else { "read" };
+        return refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"));
+    }
+    if !write {
+        return match crate::vlapic::read_msr(domain, vcpu_index, msr) {
+            Some(value) => {
+                complete_read(vcpu, value);
+                true
+            }
+            None => refuse_with_gp(domain, vcpu, format_args!("read of APIC MSR {msr:#x}")),
+        };
+    }
+    let value = vcpu.rdx() << 32 | (vcpu.rax() & 0xffff_ffff);
+    if !crate::vlapic::write_msr(domain, vcpu_index, msr, value) {
+        return refuse_with_gp(domain, vcpu, format_args!("write of {value:#x} to APIC MSR {msr:#x}"));
+    }
+    vcpu.skip_instruction();
+    true
 }
 
 /// Ends an emulated RDMSR: `value` in EDX:EAX, the guest past the
@@ -656,17 +680,56 @@ mod tests {
     #[test]
     fn other_msrs_and_rdpmc_get_gp_and_vmx_instructions_ud() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
-        for (exit, rcx) in [(Exit::MsrRead, HYPERCALL_PAGE_MSR as u64), (Exit::MsrWrite, 0x1b)] {
+        for (exit, rcx) in [(Exit::MsrRead, HYPERCALL_PAGE_MSR as u64), (Exit::MsrWrite, 0x10)] {
             vcpu.rcx = rcx;
             assert!(handle_exit(&mut domain, &mut vcpu, 0, exit));
         }
         assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::Rdpmc));
         assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::DebugRegister));
         assert_eq!(vcpu.exceptions, [GP; 4]);
-        assert_eq!(refusals()[1], "Warning: d1: refused write of MSR 0x1b at rip 0x201234; injecting #GP");
+        assert_eq!(refusals()[1], "Warning: d1: refused write of MSR 0x10 at rip 0x201234; injecting #GP");
         assert!(handle_exit(&mut domain, &mut vcpu, 0, Exit::VmxInstruction));
         assert_eq!(vcpu.exceptions[4], (6, None));
         assert_eq!((vcpu.skipped, domain.ended), (0, None));
+    }
+
+    #[test]
+    fn a_guests_apic_msrs_reach_its_apic_and_dom0_keeps_refusing_them() {
+        let access = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, index, exit, msr: u32, value: u64| {
+            (vcpu.rcx, vcpu.rdx, vcpu.rax) = (u64::from(msr), value >> 32, value & 0xffff_ffff);
+            let faults = vcpu.exceptions.len();
+            assert!(handle_exit(domain, vcpu, index, exit));
+            (vcpu.exceptions.len() == faults).then_some(vcpu.rdx << 32 | vcpu.rax)
+        };
+        let (mut guest, mut vcpu) = (domain(false), vcpu());
+        guest.vcpu_count = 2;
+        assert_eq!(access(&mut guest, &mut vcpu, 1, Exit::MsrRead, 0x802, 0), Some(1), "x2APIC id = vCPU");
+        assert_eq!(access(&mut guest, &mut vcpu, 0, Exit::MsrRead, 0x1b, 0), Some(0xfee0_0d00), "BSP, x2APIC");
+        // EDX:EAX is the value: a TPR with a high half is reserved.
+        assert_eq!(access(&mut guest, &mut vcpu, 0, Exit::MsrWrite, 0x808, 0x20), Some(0x20));
+        assert_eq!(access(&mut guest, &mut vcpu, 0, Exit::MsrRead, 0x808, 0), Some(0x20));
+        assert_eq!(access(&mut guest, &mut vcpu, 0, Exit::MsrWrite, 0x808, 1 << 32 | 0x20), None);
+        assert_eq!(access(&mut guest, &mut vcpu, 0, Exit::MsrWrite, 0x802, 5), None, "the id is read-only");
+        assert_eq!(refusals()[1], "Warning: d1: refused write of 0x5 to APIC MSR 0x802 at rip 0x201234; injecting #GP");
+        assert_eq!(vcpu.skipped, 4, "emulated accesses move on, refused ones do not");
+        let mut dom0 = domain(true);
+        assert_eq!(access(&mut dom0, &mut vcpu, 0, Exit::MsrRead, 0x802, 0), None);
+        assert_eq!(access(&mut dom0, &mut vcpu, 0, Exit::MsrWrite, 0x1b, 0xfee0_0d00), None);
+        assert_eq!(refusals()[3], "Warning: d0: refused write of MSR 0x1b at rip 0x201234; injecting #GP");
+    }
+
+    #[test]
+    fn a_vcpu_with_an_apic_interrupt_ready_does_not_halt() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        let write = |domain: &mut Domain<Fake>, vcpu: &mut FakeVcpu, msr: u64, value| {
+            (vcpu.rcx, vcpu.rdx, vcpu.rax) = (msr, 0, value);
+            assert!(handle_exit(domain, vcpu, 0, Exit::MsrWrite));
+        };
+        write(&mut domain, &mut vcpu, 0x80f, 0x1ff);
+        write(&mut domain, &mut vcpu, 0x83f, 0x40);
+        assert!(domain.vcpus[0].upcall_due, "the self IPI waits for injection");
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, Exit::Halt));
+        assert!(!domain.vcpus[0].blocked, "HLT ends at once: the interrupt is injected next");
     }
 
     #[test]

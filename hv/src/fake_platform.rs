@@ -138,6 +138,8 @@ pub struct State {
     pub frames_left: Option<u64>,
     pub this_cpu: usize,
     pub current_vcpu: usize,
+    /// The TSC (`tsc`), which tests move.
+    pub tsc: u64,
     pub kicks: Vec<usize>,
     /// The home CPU named by each idle wake-up.
     pub idle_wakes: Vec<usize>,
@@ -323,6 +325,9 @@ impl Platform for Fake {
     }
     fn tsc_khz() -> u64 {
         TSC_KHZ
+    }
+    fn tsc() -> u64 {
+        with(|state| state.tsc)
     }
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         SCHEDULER.with(|scheduler| *scheduler)

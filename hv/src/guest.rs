@@ -72,13 +72,25 @@ const HIDDEN_LEAF1_ECX: u32 = (1 << 5) | (1 << 3);
 
 /// The CPUID result vCPU `vcpu` of domain `domain` sees for `leaf`, given
 /// what the CPU returned. Leaf 1 gains the hypervisor-present bit and
-/// loses what hv does not offer; the hypervisor range 0x4000_0000.. holds
+/// loses what hv does not offer; a guest's (not dom0's) leaf 1 shows its
+/// x2APIC (`vlapic`) and leaves 0xB and 0x1F its x2APIC id; the hypervisor range 0x4000_0000.. holds
 /// Xen's leaves, then Mica's (see `abi::cpuid`), and zeros; all else
 /// passes through.
 pub fn filter_cpuid(leaf: u32, raw: [u32; 4], ids: (u32, u32)) -> [u32; 4] {
     let [eax, ebx, ecx, edx] = raw;
+    let guest = ids.0 != abi::DOM0;
     match leaf {
+        // A guest's local APIC is hv's (`vlapic`): x2APIC with the
+        // TSC-deadline timer, its id the vCPU's.
+        1 if guest => [
+            eax,
+            ebx & 0x00ff_ffff | ids.1 << 24,
+            (ecx | cpuid::HYPERVISOR_PRESENT_BIT | GUEST_APIC_LEAF1_ECX) & !HIDDEN_LEAF1_ECX,
+            edx | GUEST_APIC_LEAF1_EDX,
+        ],
         1 => [eax, ebx, (ecx | cpuid::HYPERVISOR_PRESENT_BIT) & !HIDDEN_LEAF1_ECX, edx],
+        // Extended topology: the x2APIC id in EDX.
+        0xb | 0x1f if guest => [eax, ebx, ecx, ids.1],
         0x4000_0000..=0x4fff_ffff => hypervisor_leaf(leaf, ids),
         // Structured extended features: no protection keys (hv keeps
         // CR4.PKE, so PKRU, to itself).
@@ -112,6 +124,11 @@ fn hypervisor_leaf(leaf: u32, (domain, vcpu): (u32, u32)) -> [u32; 4] {
         _ => [0; 4],
     }
 }
+
+/// CPUID.1:ECX bits of a guest's APIC: x2APIC (21) and TSC-deadline (24).
+const GUEST_APIC_LEAF1_ECX: u32 = (1 << 21) | (1 << 24);
+/// CPUID.1:EDX.APIC (9).
+const GUEST_APIC_LEAF1_EDX: u32 = 1 << 9;
 
 /// CPUID.7.0:ECX bits hv hides: PKU (3) and OSPKE (4).
 const HIDDEN_LEAF7_ECX: u32 = (1 << 3) | (1 << 4);
@@ -208,6 +225,19 @@ mod tests {
             assert_eq!(filter_cpuid(leaf, [7; 4], ids), [0; 4], "{leaf:#x}: not the CPU's (or an outer hypervisor's)");
         }
         assert_eq!(filter_cpuid(0, [1, 2, 3, 4], ids), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_guest_sees_its_x2apic_and_dom0_the_cpus_leaf_1() {
+        let raw = [0x906ea, 0x0a10_0800, 0, 0];
+        let [_, ebx, ecx, edx] = filter_cpuid(1, raw, (7, 2));
+        assert_eq!(ebx, 0x0210_0800, "initial APIC id: the vCPU's");
+        assert_eq!(ecx & (1 << 21 | 1 << 24), 1 << 21 | 1 << 24, "x2APIC, TSC-deadline");
+        assert_eq!(edx & (1 << 9), 1 << 9, "APIC");
+        assert_eq!(filter_cpuid(0xb, [1, 2, 0x100, 9], (7, 2)), [1, 2, 0x100, 2]);
+        let [_, ebx, ecx, edx] = filter_cpuid(1, raw, (abi::DOM0, 2));
+        assert_eq!((ebx, ecx & (1 << 21 | 1 << 24), edx), (0x0a10_0800, 0, 0), "dom0: as before");
+        assert_eq!(filter_cpuid(0xb, [1, 2, 0x100, 9], (abi::DOM0, 2)), [1, 2, 0x100, 9]);
     }
 
     #[test]

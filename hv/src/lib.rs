@@ -35,5 +35,6 @@ pub mod scheduler;
 pub mod smp;
 #[cfg(test)]
 mod test_random;
+pub mod vlapic;
 pub mod xen;
 pub mod xen_grant;

@@ -44,6 +44,12 @@ pub struct VcpuSetup<'a> {
     pub registers: StartRegisters,
 }
 
+/// [`abi::domctl::VcpuContext::mode`] of a vCPU a Start-up IPI starts
+/// (`vlapic`), never accepted from dom0: real mode, CS = `rip` >> 4 with
+/// base `rip`, IP 0, the other segments 0 with 64 KiB limits, paging and
+/// protection off (SDM Vol. 3A 10.1.1, 10.4).
+pub const VCPU_MODE_REAL: u8 = 2;
+
 /// The general registers a vCPU starts with; RSP is the context's, R8 to
 /// R15 are zero. Mica's entries set one, from `VcpuContext::rdi`: RDI
 /// (`VCPU_MODE_LONG`) or RBX (`VCPU_MODE_PVH`); Xen's `VCPUOP_initialise`
@@ -174,6 +180,8 @@ pub trait Platform: 'static {
     fn total_pages() -> u64;
     /// The TSC's rate in kHz (0 if unknown): the same on every CPU.
     fn tsc_khz() -> u64;
+    /// The TSC now (the clock of vCPU timers; guests read the same TSC).
+    fn tsc() -> u64;
     /// The scheduler, under a lock of its own that comes after any
     /// domain's (a CPU holding it takes no other).
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>>;

@@ -67,7 +67,28 @@ long_mode:
 2:  hlt
     jmp 2b
 
+/*
+ * What vCPU 1 runs when vCPU 0 starts it with INIT and a Start-up IPI
+ * (xenhello.c copies it to the IPI's page below 1 MiB): real mode, CS the
+ * page. It stores its x2APIC id (RDMSR 0x802) at offset 0x104 of the page
+ * and 0x1234 at offset 0x100, then halts for good.
+ */
     .section .rodata
+    .code16
+    .globl ap_trampoline, ap_trampoline_end
+ap_trampoline:
+    mov %cs, %ax
+    mov %ax, %ds
+    mov $0x802, %ecx
+    rdmsr
+    mov %eax, 0x104
+    movw $0x1234, 0x100
+3:  cli
+    hlt
+    jmp 3b
+ap_trampoline_end:
+    .code64
+
     .balign 8
 gdt:
     .quad 0

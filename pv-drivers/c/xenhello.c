@@ -417,6 +417,165 @@ static void disk(void)
     end_line();
 }
 
+/* The local x2APIC, through MSRs (abi::xen, Local APIC). */
+#define MSR_APIC_BASE 0x1b
+#define MSR_TSC_DEADLINE 0x6e0
+#define X2APIC_ID 0x802
+#define X2APIC_VERSION 0x803
+#define X2APIC_EOI 0x80b
+#define X2APIC_SVR 0x80f
+#define X2APIC_ISR 0x810
+#define X2APIC_ICR 0x830
+#define X2APIC_LVT_TIMER 0x832
+#define X2APIC_INITIAL_COUNT 0x838
+#define X2APIC_CURRENT_COUNT 0x839
+#define X2APIC_DIVIDE 0x83e
+#define X2APIC_SELF_IPI 0x83f
+#define TIMER_VECTOR 0x40
+#define SELF_VECTOR 0x41
+/* The page vCPU 1 starts in (a Start-up IPI's vector is its number). */
+#define AP_PAGE 0x8000
+
+static uint64_t rdmsr(uint32_t msr)
+{
+    uint32_t low, high;
+    __asm__ volatile("rdmsr" : "=a"(low), "=d"(high) : "c"(msr));
+    return (uint64_t)high << 32 | low;
+}
+
+static void wrmsr(uint32_t msr, uint64_t value)
+{
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)) : "memory");
+}
+
+static uint64_t rdtsc(void)
+{
+    uint32_t low, high;
+    __asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
+    return (uint64_t)high << 32 | low;
+}
+
+static void put_hex(uint64_t value)
+{
+    char digits[17];
+    int count = 0;
+    do {
+        digits[count++] = "0123456789abcdef"[value & 15];
+        value >>= 4;
+    } while (value);
+    put("0x");
+    while (count)
+        line[used < sizeof(line) - 1 ? used++ : used] = digits[--count];
+}
+
+/* The CPU's frame an interrupt handler gets (GCC's interrupt attribute). */
+struct interrupt_frame;
+
+/* A 64-bit interrupt gate. */
+struct gate {
+    uint16_t offset_low, selector;
+    uint8_t ist, type;
+    uint16_t offset_middle;
+    uint32_t offset_high, reserved;
+};
+static struct gate idt[256] __attribute__((aligned(16)));
+
+static void set_gate(uint8_t vector, void (*handler)(struct interrupt_frame *))
+{
+    uint64_t at = (uint64_t)handler;
+    idt[vector] = (struct gate){.offset_low = (uint16_t)at, .selector = 0x08, .type = 0x8e,
+                                .offset_middle = (uint16_t)(at >> 16), .offset_high = (uint32_t)(at >> 32)};
+}
+
+static volatile int timer_interrupts, self_interrupts;
+
+__attribute__((interrupt)) static void timer_interrupt(struct interrupt_frame *frame)
+{
+    (void)frame;
+    timer_interrupts++;
+    wrmsr(X2APIC_EOI, 0);
+}
+
+__attribute__((interrupt)) static void self_interrupt(struct interrupt_frame *frame)
+{
+    (void)frame;
+    self_interrupts++;
+    wrmsr(X2APIC_EOI, 0);
+}
+
+/* Halts with interrupts on until `count` reaches `wanted`. */
+static void wait_for(volatile int *count, int wanted)
+{
+    while (*count < wanted)
+        __asm__ volatile("sti; hlt; cli");
+}
+
+extern const unsigned char ap_trampoline[], ap_trampoline_end[];
+
+/* The local APIC as Linux finds it: its base and id, its timer one-shot
+ * and TSC-deadline, a self IPI, and INIT and Start-up IPIs that start
+ * vCPU 1 in real mode (with a second vCPU). */
+static void apic(void)
+{
+    put("xenhello-c: x2APIC: base ");
+    put_hex(rdmsr(MSR_APIC_BASE));
+    put(", id ");
+    put_number((long)rdmsr(X2APIC_ID));
+    put(", version ");
+    put_hex(rdmsr(X2APIC_VERSION));
+    end_line();
+
+    set_gate(TIMER_VECTOR, timer_interrupt);
+    set_gate(SELF_VECTOR, self_interrupt);
+    struct {
+        uint16_t limit;
+        uint64_t base;
+    } __attribute__((packed)) pointer = {sizeof(idt) - 1, (uint64_t)idt};
+    __asm__ volatile("lidt %0" : : "m"(pointer));
+    wrmsr(X2APIC_SVR, 0x1ff); /* software-enabled, spurious vector 0xff */
+    wrmsr(X2APIC_DIVIDE, 0xb); /* by 1: a count is a TSC tick */
+    wrmsr(X2APIC_LVT_TIMER, TIMER_VECTOR);
+    uint64_t start = rdtsc();
+    wrmsr(X2APIC_INITIAL_COUNT, 100000);
+    wait_for(&timer_interrupts, 1);
+    uint64_t waited = rdtsc() - start;
+    uint64_t left = rdmsr(X2APIC_CURRENT_COUNT);
+    wrmsr(X2APIC_LVT_TIMER, TIMER_VECTOR | 2 << 17);
+    wrmsr(MSR_TSC_DEADLINE, rdtsc() + 100000);
+    wait_for(&timer_interrupts, 2);
+    wrmsr(X2APIC_SELF_IPI, SELF_VECTOR);
+    wait_for(&self_interrupts, 1);
+    put("xenhello-c: APIC timer: one-shot after 100000 ticks: ");
+    put(waited >= 100000 && left == 0 ? "yes" : "NO");
+    put(", TSC-deadline: ");
+    put_number(timer_interrupts - 1);
+    put(", self IPI: ");
+    put_number(self_interrupts);
+    put(", in service after EOI: ");
+    put_hex(rdmsr(X2APIC_ISR + TIMER_VECTOR / 32));
+    end_line();
+
+    volatile uint16_t *ran = (volatile uint16_t *)(AP_PAGE + 0x100);
+    volatile uint32_t *id = (volatile uint32_t *)(AP_PAGE + 0x104);
+    memcpy((void *)AP_PAGE, ap_trampoline, (unsigned long)(ap_trampoline_end - ap_trampoline));
+    *ran = 0;
+    wrmsr(X2APIC_ICR, (uint64_t)1 << 32 | 0xc500); /* INIT, level assert */
+    wrmsr(X2APIC_ICR, (uint64_t)1 << 32 | 0x8500); /* INIT de-assert */
+    wrmsr(X2APIC_ICR, (uint64_t)1 << 32 | 0x4600 | AP_PAGE >> 12); /* Start-up */
+    for (int tries = 0; tries < 1000 && *ran != 0x1234; tries++)
+        yield();
+    put("xenhello-c: INIT and Start-up IPI: ");
+    if (*ran == 0x1234) {
+        put("vCPU 1 ran in real mode at ");
+        put_hex(AP_PAGE);
+        put(", its x2APIC id ");
+        put_number((long)*id);
+    } else {
+        put("no vCPU 1 started");
+    }
+    end_line();
+}
+
 void guest_main(const struct hvm_start_info *start)
 {
     console = (volatile struct xencons_interface *)(param(HVM_PARAM_CONSOLE_PFN) << 12);
@@ -520,6 +679,7 @@ void guest_main(const struct hvm_start_info *start)
     }
     end_line();
 
+    apic();
     disk();
 
     put("xenhello-c: console ring: press a key to power off");

@@ -117,3 +117,33 @@ fn a_c_guest_on_xens_headers_boots_as_pvh_and_uses_its_console_and_store() {
     }
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after xenhelloc powered off");
 }
+
+/// The C guest's local x2APIC, reached through MSRs as Linux reaches it
+/// (hv's `vlapic`): it reads its base (x2APIC mode, BSP) and id, takes
+/// its timer's interrupt one-shot (not before the count ran out, the
+/// count 0 after) and TSC-deadline, and a self IPI, each ended with an
+/// EOI; then it starts its second vCPU with INIT and a Start-up IPI,
+/// which runs real-mode code at the IPI's page and reads its own x2APIC
+/// id. The guest powers off at a key and every page comes back.
+#[test]
+fn a_c_guest_finds_its_x2apic_takes_its_timers_interrupts_and_starts_a_vcpu_with_init_and_sipi() {
+    let mut machine = boot();
+    let (baseline_text, baseline) = mem(&mut machine);
+    let id = create(&mut machine, "xenhelloc2", "xenhelloc2");
+    attach(&mut machine, "xenhelloc2", id);
+    let prompt = "xenhello-c: console ring: press a key to power off";
+    let output =
+        machine.expect(prompt, seconds(60)).unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
+    for line in [
+        "xenhello-c: x2APIC: base 0xfee00d00, id 0, version 0x50014",
+        "xenhello-c: APIC timer: one-shot after 100000 ticks: yes, TSC-deadline: 1, self IPI: 1, in service after EOI: 0x0",
+        "xenhello-c: INIT and Start-up IPI: vCPU 1 ran in real mode at 0x8000, its x2APIC id 1",
+    ] {
+        if !output.lines().any(|printed| printed.trim_end() == line) {
+            fail_with(&mut machine, &format!("its console should show {line:?}; it printed:\n{output}"));
+        }
+    }
+    machine.send(b"k").unwrap_or_else(|error| fail_with(&mut machine, &error.to_string()));
+    shut_down(&mut machine, "xenhelloc2", id);
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after xenhelloc2 powered off");
+}

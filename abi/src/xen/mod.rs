@@ -51,7 +51,24 @@
 //! reads and writes IA32_EFER, the SYSCALL MSRs (STAR, LSTAR, CSTAR,
 //! SFMASK), KERNEL_GS_BASE, TSC_AUX, FS/GS base and PAT, each its vCPU's
 //! own and checked as a CPU checks it, and reads IA32_MISC_ENABLE; every
-//! other MSR access gets #GP.
+//! other MSR access gets #GP, but for the local APIC below.
+//!
+//! **Local APIC.** Each vCPU of a guest (not dom0) has a local APIC in
+//! x2APIC mode, reached through MSRs only (0x800-0x83f, IA32_APIC_BASE
+//! 0x1b, IA32_TSC_DEADLINE 0x6e0; no page at 0xfee00000), as the SDM
+//! (Vol. 3A 11.12) defines it: its x2APIC id is the vCPU's index (the id
+//! the MADT gives it; CPUID leaf 1 shows x2APIC, APIC, TSC-deadline and
+//! that initial APIC id, leaves 0xB and 0x1F that x2APIC id); IA32_APIC_BASE
+//! reads 0xfee00c00 (BSP bit 8 on vCPU 0). Registers, reset values and
+//! what is #GP: hv's `vlapic` module. Interrupts are edge-triggered; the
+//! timer counts TSC ticks through its divider (one-shot, periodic with a
+//! period of at least 200 µs, TSC-deadline). IPIs reach the domain's own
+//! vCPUs (physical or logical destination, shorthands); INIT then a
+//! Start-up IPI starts a vCPU that is down in real mode at the vector's
+//! page, as on a PC. NMI, SMI and lowest-priority IPIs, and INIT to a
+//! vCPU that runs, are dropped and logged. The event callback vector
+//! (`HVM_PARAM_CALLBACK_IRQ`) bypasses the APIC, as in Xen: injected
+//! ahead of the APIC's vectors, with no ISR bit and no EOI.
 //!
 //! # What this module is
 //! Xen's interface is defined by C headers (`xen/include/public/` in the

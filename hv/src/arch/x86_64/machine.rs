@@ -113,6 +113,9 @@ impl Platform for Machine {
     fn tsc_khz() -> u64 {
         crate::log::tsc_khz()
     }
+    fn tsc() -> u64 {
+        cpu::rdtsc()
+    }
     fn scheduler() -> &'static TicketMutex<Scheduler<SCHEDULER_ENTRIES>> {
         &crate::hypervisor::SCHEDULER
     }

@@ -628,6 +628,38 @@ fn launch_failed(status: u64) -> Exit {
     Exit::LaunchFailed { error }
 }
 
+/// Writes the real-mode state a Start-up IPI gives a CPU (SDM Vol. 3A
+/// 10.4.3): CS = `entry` >> 4 with base `entry`, IP 0; the other data
+/// segments 0; 64 KiB limits, 16-bit; GDTR and IDTR base 0, limit 0xffff.
+/// The guest checks of an unrestricted guest with CR0.PE clear (SDM Vol.
+/// 3C 27.3.1.2): read/write data and execute/read code segments of DPL 0,
+/// a busy TSS, no LDT (the TSS and LDT as `Vcpu::new` set them).
+fn real_mode_segments(entry: u64) {
+    use vmcs::write;
+    write(Field::GuestCsSelector, entry >> 4);
+    write(Field::GuestCsBase, entry);
+    write(Field::GuestCsLimit, 0xffff);
+    write(Field::GuestCsAccessRights, REAL_CODE_ACCESS);
+    write(Field::GuestRip, 0);
+    for (selector, base, limit, access) in [
+        (Field::GuestSsSelector, Field::GuestSsBase, Field::GuestSsLimit, Field::GuestSsAccessRights),
+        (Field::GuestDsSelector, Field::GuestDsBase, Field::GuestDsLimit, Field::GuestDsAccessRights),
+        (Field::GuestEsSelector, Field::GuestEsBase, Field::GuestEsLimit, Field::GuestEsAccessRights),
+        (Field::GuestFsSelector, Field::GuestFsBase, Field::GuestFsLimit, Field::GuestFsAccessRights),
+        (Field::GuestGsSelector, Field::GuestGsBase, Field::GuestGsLimit, Field::GuestGsAccessRights),
+    ] {
+        write(selector, 0);
+        write(base, 0);
+        write(limit, 0xffff);
+        write(access, REAL_DATA_ACCESS);
+    }
+    for (base, limit) in [(Field::GuestGdtrBase, Field::GuestGdtrLimit), (Field::GuestIdtrBase, Field::GuestIdtrLimit)]
+    {
+        write(base, 0);
+        write(limit, 0xffff);
+    }
+}
+
 /// Guest segment access rights (SDM Vol. 3C 25.4.1, Table 25-2).
 /// The MSRs switched with a vCPU's other state, in `Vcpu::syscall_msrs`
 /// order (TSC_AUX last: only on CPUs with RDTSCP).
@@ -642,6 +674,10 @@ const CR0_PG: u64 = 1 << 31;
 /// Guest CR0 at a PVH entry: PE | ET | NE, paging off.
 const PVH_CR0: u64 = 0x0000_0031;
 const DATA_ACCESS: u64 = 0xc093;
+/// Real mode's 16-bit segments, byte granular: code execute/read,
+/// accessed, present; data read/write, accessed, present.
+const REAL_CODE_ACCESS: u64 = 0x9b;
+const REAL_DATA_ACCESS: u64 = 0x93;
 const TASK_BUSY_ACCESS: u64 = 0x8b;
 const UNUSABLE: u64 = 1 << 16;
 /// Guest EFER: LME | LMA | NXE.
@@ -727,9 +763,14 @@ impl Vcpu {
         // unrestricted guest), flat 32-bit segments, no IA-32e mode until
         // the kernel turns it on (a VM exit then stores EFER.LMA into the
         // IA-32e mode guest entry control, SDM 28.3.1).
-        let pvh = context.mode == abi::domctl::VCPU_MODE_PVH;
+        // A vCPU a Start-up IPI starts is as this one with protection off
+        // and real-mode segments (written below).
+        let real = context.mode == hvcore::platform::VCPU_MODE_REAL;
+        let pvh = context.mode == abi::domctl::VCPU_MODE_PVH || real;
         let (cr0, cr4, code_access) = if pvh {
-            let cr0 = (PVH_CR0 | capabilities.cr0_fixed0 & !(CR0_PE | CR0_PG)) & capabilities.cr0_fixed1;
+            let protection = if real { 0 } else { CR0_PE };
+            let cr0 = (PVH_CR0 & !CR0_PE | protection | capabilities.cr0_fixed0 & !(CR0_PE | CR0_PG))
+                & capabilities.cr0_fixed1;
             write(Field::Cr0ReadShadow, cr0);
             write(Field::Cr4ReadShadow, 0);
             let entry = capabilities.entry & !EntryControls::IA32E_MODE_GUEST.bits();
@@ -783,6 +824,9 @@ impl Vcpu {
         write(Field::GuestSysenterEsp, 0);
         write(Field::GuestSysenterEip, 0);
         write(Field::VmcsLinkPointer, u64::MAX);
+        if real {
+            real_mode_segments(context.rip);
+        }
 
         // Written back and inactive until a CPU checks it out (`check_out`
         // flushes its translations on each CPU it arrives at).
@@ -1193,11 +1237,19 @@ impl Vcpu {
         }
     }
 
-    /// Moves the guest past the instruction that caused the exit.
+    /// Moves the guest past the instruction that caused the exit, which
+    /// ends a blocking by STI or MOV SS it ran under (SDM Vol. 3C 25.4.2):
+    /// after `sti; hlt` an interrupt is taken at once, as on a CPU. (The
+    /// hot path's [`Vcpu::skip_exit_instruction`] leaves the blocking to
+    /// end after the next instruction.)
     #[inline]
     pub fn skip_instruction(&mut self) {
         self.load();
         self.skip_exit_instruction();
+        let interruptibility = vmcs::read(Field::GuestInterruptibility);
+        if interruptibility & 0x3 != 0 {
+            vmcs::write(Field::GuestInterruptibility, interruptibility & !0x3);
+        }
     }
 
     /// As [`Vcpu::skip_instruction`], for the hot path right after
