@@ -14,7 +14,8 @@
 //!   `dr7`, which arms no breakpoint) and checks for a guest second of
 //!   yields that they stay its own (another instance writes others); DR4
 //!   and DR5 alias DR6 and DR7, and get #UD with CR4.DE set.
-//! - `traps`: RDMSR/WRMSR of hv's own MSRs (APIC_BASE, FEATURE_CONTROL),
+//! - `traps`: RDMSR/WRMSR of hv's own MSR (FEATURE_CONTROL), APIC_BASE
+//!   (the guest's own x2APIC: reads enabled at 0xfee00000, cannot move),
 //!   RDPMC and setting CR4.PKE are refused with #GP (and the guest runs
 //!   on); WBINVD and INVD return; VMCLEAR gets #UD.
 //! - `msrs`: the MSRs a kernel sets up (STAR, LSTAR, CSTAR, SFMASK,
@@ -372,12 +373,23 @@ fn msrs(report: &mut Report, value: u64) {
 }
 
 fn traps(report: &mut Report) {
-    // hv's own MSRs: every access is refused.
-    for (name, msr) in [("APIC_BASE", 0x1bu32), ("FEATURE_CONTROL", 0x3a)] {
-        let read = probe!("rdmsr", in("ecx") msr, out("eax") _, out("edx") _);
-        let written = probe!("wrmsr", in("ecx") msr, in("eax") 0x1000u32, in("edx") 0u32);
-        report.check(name, read == 13 && written == 13, format_args!("RDMSR vector {read}, WRMSR vector {written}"));
-    }
+    // hv's own MSR: every access is refused.
+    let read = probe!("rdmsr", in("ecx") 0x3au32, out("eax") _, out("edx") _);
+    let written = probe!("wrmsr", in("ecx") 0x3au32, in("eax") 0x1000u32, in("edx") 0u32);
+    report.check(
+        "FEATURE_CONTROL",
+        read == 13 && written == 13,
+        format_args!("RDMSR vector {read}, WRMSR vector {written}"),
+    );
+    // APIC_BASE is the guest's own x2APIC's: it reads as enabled in x2APIC
+    // mode at 0xfee00000 (vCPU 0: the BSP bit), and cannot be moved.
+    let base = read_msr(0x1b);
+    let moved = write_msr(0x1b, 0x1000 | 1 << 11 | 1 << 10 | 1 << 8);
+    report.check(
+        "APIC_BASE the guest's x2APIC, not movable",
+        base == Ok(0xfee0_0000 | 1 << 11 | 1 << 10 | 1 << 8) && moved == 13 && read_msr(0x1b) == base,
+        format_args!("read {base:x?}, moving it vector {moved}"),
+    );
     let fault = probe!("rdpmc", in("ecx") 0u32, out("eax") _, out("edx") _);
     report.check("RDPMC refused", fault == 13, format_args!("vector {fault}"));
     let fault = set_cr4_bit(22);
