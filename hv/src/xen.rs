@@ -1833,6 +1833,12 @@ mod tests {
         ] {
             assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, map, bad).1.status, status.number(), "{bad:?}");
         }
+        // A domain that placed no table granted nothing (Xen's tables are
+        // all empty then); one that does not exist is a bad domain.
+        xen_domain(&mut hv.domains, 3);
+        let none = request(5, 3, 0x4000_2000, GNTMAP_HOST_MAP | GNTMAP_READONLY);
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, map, none).1.status, GrantStatus::PermissionDenied.number());
+        assert!(hv.domains[two].host_frame(0x4000_2000, Access::READ).is_err(), "nothing mapped");
         let too_many = [request(5, 1, 0x4000_2000, GNTMAP_HOST_MAP); 2];
         assert_eq!(xen_batch(&mut hv, two, H::GrantTableOp, map, too_many, 65).0, Err(Errno::Einval));
         // Unmap needs the map's handle; then the page is gone and the grant free.
@@ -1881,6 +1887,8 @@ mod tests {
             (GnttabCopy { flags: GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF, ..give }, GrantStatus::GeneralError),
             (GnttabCopy { flags: 0, ..give }, GrantStatus::GeneralError),
             (GnttabCopy { source: GnttabCopyPtr { domid: 1, ..frame(0x8000, 4) }, ..give }, GrantStatus::BadDomain),
+            (GnttabCopy { dest: GnttabCopyPtr { domid: 9, ..gref(7, 16) }, ..give }, GrantStatus::BadDomain),
+            (GnttabCopy { dest: GnttabCopyPtr { domid: 3, ..gref(7, 16) }, ..give }, GrantStatus::PermissionDenied),
         ] {
             assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, copy, bad).1.status, status.number(), "{bad:?}");
         }
