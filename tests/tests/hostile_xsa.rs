@@ -80,10 +80,12 @@ fn grant_races_and_double_fetches_leave_dom0_and_victims_unharmed() {
     victims.finish(&mut machine);
 }
 
-/// Event storms and bind/close churn, watches up to the quota and a flood
-/// of changes under them with the ring unread, and a flood of good and
-/// malformed store requests: dom0 bounds what it queues, answers on, and
-/// the victims carry on.
+/// Event storms and bind/close churn (through Xen's `event_channel_op`,
+/// then Mica's `EventOp`: a full table is refused with Xen's `-ENOSPC`,
+/// Mica's `Busy`), watches up to the quota and a flood of changes under
+/// them with the ring unread, and a flood of good and malformed store
+/// requests: dom0 bounds what it queues, answers on, and the victims
+/// carry on.
 #[test]
 fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
     let mut machine = boot();
@@ -95,6 +97,16 @@ fn event_storms_and_store_floods_leave_dom0_and_victims_unharmed() {
     println!("{output}");
     require(&mut machine, &output, "attack-xsa: done, 0 FAILED", "the attack");
     require(&mut machine, &output, "attack-xsa: events: done", "event storms");
+    require(&mut machine, &output, "through Xen's call and ", "a storm through both interfaces");
+    require(&mut machine, &output, "the table filled after", "bind/close churn");
+    for (part, answer) in [("xen", "(ENOSPC)"), ("mica", "(busy)")] {
+        let filled = output
+            .lines()
+            .any(|line| line.starts_with(&format!("attack-xsa: events: {part}: ")) && line.ends_with(answer));
+        if !filled {
+            fail_with(&mut machine, &format!("{part}: a full port table should be refused {answer}:\n{output}"));
+        }
+    }
     require(&mut machine, &output, "the next refused (ENOSPC)", "the watch quota");
     require(&mut machine, &output, "attack-xsa: watches: the store still answers", "watch-queue growth");
     require(&mut machine, &output, "attack-xsa: storeflood: 1500 requests", "the request flood");
