@@ -220,7 +220,7 @@ fn events_to_a_dead_peer_report_the_channel_closed() {
     let mut after = machine.expect(crashed.as_str(), seconds(30)).unwrap_or_else(fail);
     std::thread::sleep(Duration::from_secs(1));
     after += &detach(&mut machine);
-    let last = after.lines().rev().find(|line| line.starts_with("attack-hv: event-peer: send"));
+    let last = after.lines().rev().find(|line| line.starts_with("attack-hv: event-peer: xen: send"));
     if last != Some(crashed.trim_end()) {
         fail_with(
             &mut machine,

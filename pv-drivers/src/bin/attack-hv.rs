@@ -114,13 +114,16 @@ fn log_flood(guest: &mut Guest) {
 fn forge_crash(guest: &mut Guest) -> ! {
     let id = guest.domain_id();
     let forged = |through: &str| {
+        // A line of its own first (a tag naming the interface, which hv's
+        // rate limit lets through after it suppressed lines), so the
+        // forged lines start lines of their own if hv does not prefix
+        // every line.
         let mut text = ArrayString::<1024>::new();
+        let _ = writeln!(text, "attack-hv: FORGED-BY-d{id}-{through} follows");
         for victim in id + 1..=id + 3 {
-            // A newline first, so the forged text starts a line of its own
-            // if hv does not prefix every line.
-            let _ = write!(
+            let _ = writeln!(
                 text,
-                "\nhv: error: d{victim} crashed: FORGED-BY-d{id}-{through} EPT violation at guest-physical 0x0 (qualification 0x0) at rip 0x0\n"
+                "hv: error: d{victim} crashed: FORGED-BY-d{id}-{through} EPT violation at guest-physical 0x0 (qualification 0x0) at rip 0x0"
             );
         }
         text
