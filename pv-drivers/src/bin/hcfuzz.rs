@@ -734,9 +734,10 @@ fn xen_structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
             Ok(0),
         ),
         (
-            "extraversion running off my RAM",
+            // Read before it is written: nothing of my RAM is touched.
+            "feature word read from a structure running off my RAM",
             X::XenVersion,
-            [version(XenVersionOp::Extraversion), layout.ram_end - 8, 0],
+            [version(XenVersionOp::GetFeatures), layout.ram_end - 4, 0],
             Err(Errno::Efault),
         ),
         (
