@@ -393,14 +393,36 @@ fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     Some((number, arguments))
 }
 
+/// A sub-operation `abi::xen` defines for Xen call `number` (hv offers
+/// some of them), or a small number for a call without a table.
+fn xen_operation(random: &mut Random, number: u64) -> u64 {
+    use abi::xen::Hypercall as X;
+    fn pick<T: Copy>(random: &mut Random, all: &[T], number: impl Fn(T) -> u32) -> u64 {
+        u64::from(number(all[random.below(all.len() as u64) as usize]))
+    }
+    match X::from_number(number) {
+        Some(X::XenVersion) => pick(random, abi::xen::version::XenVersionOp::ALL, |op| op.number()),
+        Some(X::ConsoleIo) => pick(random, abi::xen::console_io::ConsoleIoOp::ALL, |op| op.number()),
+        Some(X::SchedOp) => pick(random, abi::xen::sched::SchedOp::ALL, |op| op.number()),
+        Some(X::MemoryOp) => pick(random, abi::xen::memory::MemoryOp::ALL, |op| op.number()),
+        Some(X::HvmOp) => pick(random, abi::xen::hvm::HvmOp::ALL, |op| op.number()),
+        Some(X::VcpuOp) => pick(random, abi::xen::vcpu::VcpuOp::ALL, |op| op.number()),
+        Some(X::EventChannelOp) => pick(random, abi::xen::event_channel::EvtchnOp::ALL, |op| op.number()),
+        Some(X::GrantTableOp) => pick(random, abi::xen::grant_table::GnttabOp::ALL, |op| op.number()),
+        _ => random.below(16),
+    }
+}
+
 /// One of Xen's calls (issue 10): the number of a call hv offers most of
-/// the time (any below 64 otherwise), a sub-operation, pointers as for
-/// Mica's calls (writes only into the scratch area or memory this guest
-/// lacks) and junk structures at the scratch area, small numbers first
-/// (ports, vCPUs, indices) half the time. Taken out: what would end or
-/// stall this guest (shutdown, block, poll), move its events or inject
-/// into it (shared info, the callback vector, vcpu_info), change its
-/// timer, or close a port (ports the fuzz binds are closed as Mica's are).
+/// the time (any below 64 otherwise), a sub-operation (one `abi::xen`
+/// defines for that call most of the time), pointers as for Mica's calls
+/// (writes only into the scratch area or memory this guest lacks), a vCPU
+/// id of 0 to 2 half the time for `vcpu_op`, and junk structures at the
+/// scratch area, small numbers first (ports, vCPUs, indices) half the
+/// time. Taken out: what would end or stall this guest (shutdown, block,
+/// poll, its only vCPU going down), move its events or inject into it
+/// (shared info, the callback vector, vcpu_info), change its timer, or
+/// close a port (ports the fuzz binds are closed as Mica's are).
 fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     use abi::xen::Hypercall as X;
     const OFFERED: [X; 8] =
@@ -410,16 +432,22 @@ fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     } else {
         OFFERED[random.below(OFFERED.len() as u64) as usize].number()
     };
-    let operation = if random.chance(8) { word(random) } else { random.below(16) };
+    let operation = match random.below(8) {
+        0 => word(random),
+        1 => random.below(16),
+        _ => xen_operation(random, number),
+    };
     // hv reads the low 32 bits (`cmd` is an int), memory_op only the low 6.
     let cmd = operation as u32;
+    let vcpu = random.below(3);
+    let small_vcpu = number == X::VcpuOp.number() && random.chance(2);
     let excluded = match X::from_number(number) {
         Some(X::SchedOp) => (1..=3).contains(&cmd),
         Some(X::MemoryOp) => cmd & abi::xen::memory::MEMOP_CMD_MASK == 7,
         Some(X::HvmOp) => cmd == 0,
         // Timers, and placing vcpu_info: hv would write it over a page of
         // this guest's own the junk names (its code, its page tables).
-        Some(X::VcpuOp) => (6..=10).contains(&cmd),
+        Some(X::VcpuOp) => (6..=10).contains(&cmd) || (small_vcpu && vcpu == 0 && cmd == 2),
         Some(X::EventChannelOp) => cmd == 3,
         // Its own timer, in a register.
         Some(X::SetTimerOp) => true,
@@ -438,6 +466,8 @@ fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
         if random.chance(2) { scratch } else { pointer(random, layout, true) }
     };
     let (a2, a3) = (pointer_or_scratch(random), pointer_or_scratch(random));
+    // vcpu_op's vCPU id comes second.
+    let a2 = if small_vcpu { vcpu } else { a2 };
     // console_io's count and grant_table_op's count come second and third.
     let a2 = if number == X::ConsoleIo.number() { length(random) } else { a2 };
     let a3 = if number == X::GrantTableOp.number() && random.chance(2) { 1 } else { a3 };
