@@ -204,31 +204,47 @@ fn event_channel_table<P: Platform>(
             let mut request: EvtchnAllocUnbound = space.read_struct(&domains[caller], a2)?;
             let remote = u64::from(named(request.remote_dom));
             let owner = named(request.dom);
-            request.port = if owner == me {
-                mica(domains, EventOp::AllocUnbound, remote, 0)
+            let owner = if owner == me {
+                caller
             } else {
                 // A port in another domain's table: the toolstack's (dom0
                 // offers a domain it builds its store and console ports).
                 if !domains[caller].privileged {
                     return Err(Errno::Eperm);
                 }
-                let owner = domains.slot_of(owner).ok_or(Errno::Esrch)?;
-                crate::event_ops::event_op(domains, owner, [EventOp::AllocUnbound as u64, remote, 0, 0, 0])
-                    .map_err(errno)
-            }
-            .map_err(unknown_domain)? as u32;
+                domains.slot_of(owner).ok_or(Errno::Esrch)?
+            };
+            let port = crate::event_ops::event_op(domains, owner, [EventOp::AllocUnbound as u64, remote, 0, 0, 0]);
+            request.port = port.map_err(|error| match error {
+                abi::Error::Busy => Errno::Enospc,
+                error => unknown_domain(errno(error)),
+            })? as u32;
             space.write(&domains[caller], a2, request.as_bytes()).map(|()| 0)
         }
         EvtchnOp::BindInterdomain => {
             let mut request: EvtchnBindInterdomain = space.read_struct(&domains[caller], a2)?;
-            let remote = u64::from(named(request.remote_dom));
-            let port = mica(domains, EventOp::BindInterdomain, remote, u64::from(request.remote_port));
-            request.local_port = port.map_err(unknown_domain)? as u32;
+            let remote = named(request.remote_dom);
+            if domains.slot_of(remote).is_none() {
+                return Err(Errno::Esrch);
+            }
+            let port = crate::event_ops::event_op(
+                domains,
+                caller,
+                [EventOp::BindInterdomain as u64, u64::from(remote), u64::from(request.remote_port), 0, 0],
+            );
+            // As Xen: a remote port that is not offered to the caller
+            // (beyond the table, free, offered to another, connected) is
+            // -EINVAL whatever Mica calls it; no free local port -ENOSPC.
+            request.local_port = port.map_err(|error| match error {
+                abi::Error::Busy if no_free_port(&domains[caller]) => Errno::Enospc,
+                _ => Errno::Einval,
+            })? as u32;
             space.write(&domains[caller], a2, request.as_bytes()).map(|()| 0)
         }
         EvtchnOp::Close => {
             let request: EvtchnClose = space.read_struct(&domains[caller], a2)?;
-            mica(domains, EventOp::Close, u64::from(request.port), 0).map(|_| 0)
+            // A free port or one beyond the table: -EINVAL, as in Xen.
+            mica(domains, EventOp::Close, u64::from(request.port), 0).map(|_| 0).map_err(|_| Errno::Einval)
         }
         _ => Err(Errno::Enosys),
     }
@@ -249,6 +265,18 @@ fn errno(error: abi::Error) -> Errno {
 /// Where Mica says NotFound of a domain, Xen says "no such domain".
 fn unknown_domain(errno: Errno) -> Errno {
     if errno == Errno::Enoent { Errno::Esrch } else { errno }
+}
+
+/// Whether `domain`'s port table has no free port left: where a binding
+/// fails for that, Mica says `Busy` and Xen `-ENOSPC`.
+fn no_free_port<P: Platform>(domain: &Domain<P>) -> bool {
+    (1..abi::event::PORT_COUNT as u32).all(|port| domain.events.binding(port) != Ok(crate::event::Binding::Free))
+}
+
+/// `-ENOENT` unless the domain has vCPU `vcpu`: Xen checks the vCPU an
+/// event channel operation names before anything else.
+fn event_vcpu<P: Platform>(domain: &Domain<P>, vcpu: u32) -> Result<(), Errno> {
+    vcpu_index(domain, u64::from(vcpu)).map(|_| ())
 }
 
 /// `EVTCHNOP_send` of the `evtchn_send` at `address`. As in Xen, a send
@@ -274,12 +302,13 @@ pub fn send_port<P: Platform>(domain: &Domain<P>, space: &AddressSpace, address:
 
 /// What a refused send answers in Xen's terms: nothing (`None`, the send
 /// returns 0) for a port not connected yet or whose peer is gone, as Xen
-/// drops those; else the error.
+/// drops those; `-EINVAL` for a free port, one beyond the table, a
+/// virtual IRQ's, as Xen.
 #[inline]
 pub fn send_errno(error: abi::Error) -> Option<Errno> {
     match error {
         abi::Error::Busy | abi::Error::Closed => None,
-        error => Some(errno(error)),
+        _ => Some(Errno::Einval),
     }
 }
 
@@ -314,11 +343,20 @@ fn event_channel_op<P: Platform>(
         }
         EvtchnOp::BindVcpu => {
             let request: EvtchnBindVcpu = space.read_struct(domain, address)?;
-            mica(domain, EventOp::BindVcpu, u64::from(request.port), u64::from(request.vcpu))
+            event_vcpu(domain, request.vcpu)?;
+            // A free port, an IPI's or a virtual IRQ's: -EINVAL, as in Xen
+            // (an IPI names its vCPU when it is bound).
+            if domain.events.binding(request.port) == Ok(crate::event::Binding::Ipi) {
+                return Err(Errno::Einval);
+            }
+            let bound = mica(domain, EventOp::BindVcpu, u64::from(request.port), u64::from(request.vcpu))?;
+            Ok(XenCall::Done(returned(bound).map(|_| 0).map_err(|_| Errno::Einval)))
         }
         EvtchnOp::BindIpi => {
             let mut request: EvtchnBindIpi = space.read_struct(domain, address)?;
-            request.port = returned(mica(domain, EventOp::BindIpi, u64::from(request.vcpu), 0)?)?;
+            event_vcpu(domain, request.vcpu)?;
+            let port = returned(mica(domain, EventOp::BindIpi, u64::from(request.vcpu), 0)?);
+            request.port = port.map_err(|errno| if errno == Errno::Ebusy { Errno::Enospc } else { errno })?;
             space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
         }
         EvtchnOp::BindVirq => {
@@ -329,8 +367,15 @@ fn event_channel_op<P: Platform>(
                 XenVirq::Console => abi::event::Virq::Console,
                 _ => return Err(Errno::Einval),
             };
+            event_vcpu(domain, request.vcpu)?;
             let port = mica(domain, EventOp::BindVirq, virq as u64, u64::from(request.vcpu))?;
-            request.port = returned(port).map_err(|errno| if errno == Errno::Ebusy { Errno::Eexist } else { errno })?;
+            // Busy: bound already on that vCPU (-EEXIST), or no free port.
+            let bound = domain.events.virq_port(virq, request.vcpu as usize).is_some();
+            request.port = returned(port).map_err(|errno| match errno {
+                Errno::Ebusy if bound => Errno::Eexist,
+                Errno::Ebusy => Errno::Enospc,
+                errno => errno,
+            })?;
             space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)))
         }
         EvtchnOp::Status => {
@@ -1425,13 +1470,80 @@ mod tests {
         hv.domains[two].write_guest(pending, &[0; 8]).unwrap();
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: local }).0, Ok(0));
         assert_eq!(word(&hv.domains, two, pending), 0, "nothing reaches the closed port");
-        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: 200 }).0, Err(Errno::Enoent));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: 200 }).0, Err(Errno::Einval));
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: 5000 }).0, Err(Errno::Einval));
         // Offers for unknown domains or in another's table are refused.
         let bad = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 9, port: 0 };
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
         let theirs = EvtchnAllocUnbound { dom: 2, remote_dom: 1, port: 0 };
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+    }
+
+    /// Each refusal a guest meets on Xen's event channels is the errno
+    /// Xen gives (`abi::xen::event_channel::EvtchnOp`), not Mica's error
+    /// turned into its nearest errno: a port in the wrong state `-EINVAL`,
+    /// a vCPU it lacks `-ENOENT`, a full table `-ENOSPC`, a domain that does
+    /// not exist `-ESRCH`.
+    #[test]
+    fn event_channel_refusals_are_xens_errnos() {
+        let mut hv = hypervisor();
+        let (one, two, three) =
+            (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2), xen_domain(&mut hv.domains, 3));
+        let offer = |hv: &mut Hypervisor<'static, Fake>, slot, remote_dom| {
+            let request = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom, port: 0 };
+            let (result, answer) = evtchn(hv, slot, EvtchnOp::AllocUnbound, request);
+            assert_eq!(result, Ok(0));
+            answer.port
+        };
+        let bind = |hv: &mut Hypervisor<'static, Fake>, slot, remote_dom, remote_port| {
+            let request = EvtchnBindInterdomain { remote_dom, remote_port, ..Default::default() };
+            evtchn(hv, slot, EvtchnOp::BindInterdomain, request).0
+        };
+        let (for_three, for_one) = (offer(&mut hv, two, 3), offer(&mut hv, two, 1));
+        assert_eq!(bind(&mut hv, one, 9, 1), Err(Errno::Esrch), "no such domain");
+        assert_eq!(bind(&mut hv, one, 2, 200), Err(Errno::Einval), "a free port");
+        assert_eq!(bind(&mut hv, one, 2, 5000), Err(Errno::Einval), "beyond the table");
+        assert_eq!(bind(&mut hv, one, 2, for_three), Err(Errno::Einval), "offered to another");
+        assert_eq!(bind(&mut hv, one, 2, for_one), Ok(0));
+        assert_eq!(bind(&mut hv, three, 2, for_one), Err(Errno::Einval), "connected");
+        assert_eq!(bind(&mut hv, one, 2, for_one), Err(Errno::Einval), "connected to the caller");
+        let free = 200;
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: free }).0, Err(Errno::Einval));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Close, EvtchnClose { port: free }).0, Err(Errno::Einval));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Close, EvtchnClose { port: 5000 }).0, Err(Errno::Einval));
+        let move_to = |hv: &mut Hypervisor<'static, Fake>, port, vcpu| {
+            evtchn(hv, one, EvtchnOp::BindVcpu, EvtchnBindVcpu { port, vcpu }).0
+        };
+        assert_eq!(move_to(&mut hv, free, 0), Err(Errno::Einval), "a free port");
+        assert_eq!(move_to(&mut hv, free, 7), Err(Errno::Enoent), "the vCPU is checked first");
+        let (result, ipi) = evtchn(&mut hv, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 });
+        assert_eq!(result, Ok(0));
+        assert_eq!(move_to(&mut hv, ipi.port, 0), Err(Errno::Einval), "an IPI names its vCPU when bound");
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 7, port: 0 }).0, Err(Errno::Enoent));
+        let timer = |vcpu| EvtchnBindVirq { virq: XenVirq::Timer.number(), vcpu, port: 0 };
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, timer(7)).0, Err(Errno::Enoent));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, timer(0)).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, timer(0)).0, Err(Errno::Eexist));
+        // A full table: every binding is -ENOSPC (Mica says Busy).
+        let mut allocated = 0;
+        while evtchn(
+            &mut hv,
+            three,
+            EvtchnOp::AllocUnbound,
+            EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 },
+        )
+        .0
+        .is_ok()
+        {
+            allocated += 1;
+        }
+        assert_eq!(allocated, abi::event::PORT_COUNT - 1);
+        let full = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 };
+        assert_eq!(evtchn(&mut hv, three, EvtchnOp::AllocUnbound, full).0, Err(Errno::Enospc));
+        assert_eq!(evtchn(&mut hv, three, EvtchnOp::BindIpi, EvtchnBindIpi { vcpu: 0, port: 0 }).0, Err(Errno::Enospc));
+        assert_eq!(evtchn(&mut hv, three, EvtchnOp::BindVirq, timer(0)).0, Err(Errno::Enospc));
+        let for_three = offer(&mut hv, two, 3);
+        assert_eq!(bind(&mut hv, three, 2, for_three), Err(Errno::Enospc), "offered, but no local port");
     }
 
     #[test]
@@ -1739,6 +1851,12 @@ mod tests {
         ] {
             assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, map, bad).1.status, status.number(), "{bad:?}");
         }
+        // A domain that placed no table granted nothing (Xen's tables are
+        // all empty then); one that does not exist is a bad domain.
+        xen_domain(&mut hv.domains, 3);
+        let none = request(5, 3, 0x4000_2000, GNTMAP_HOST_MAP | GNTMAP_READONLY);
+        assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, map, none).1.status, GrantStatus::PermissionDenied.number());
+        assert!(hv.domains[two].host_frame(0x4000_2000, Access::READ).is_err(), "nothing mapped");
         let too_many = [request(5, 1, 0x4000_2000, GNTMAP_HOST_MAP); 2];
         assert_eq!(xen_batch(&mut hv, two, H::GrantTableOp, map, too_many, 65).0, Err(Errno::Einval));
         // Unmap needs the map's handle; then the page is gone and the grant free.
@@ -1787,6 +1905,8 @@ mod tests {
             (GnttabCopy { flags: GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF, ..give }, GrantStatus::GeneralError),
             (GnttabCopy { flags: 0, ..give }, GrantStatus::GeneralError),
             (GnttabCopy { source: GnttabCopyPtr { domid: 1, ..frame(0x8000, 4) }, ..give }, GrantStatus::BadDomain),
+            (GnttabCopy { dest: GnttabCopyPtr { domid: 9, ..gref(7, 16) }, ..give }, GrantStatus::BadDomain),
+            (GnttabCopy { dest: GnttabCopyPtr { domid: 3, ..gref(7, 16) }, ..give }, GrantStatus::PermissionDenied),
         ] {
             assert_eq!(xen_call(&mut hv, two, H::GrantTableOp, copy, bad).1.status, status.number(), "{bad:?}");
         }

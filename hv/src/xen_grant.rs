@@ -93,6 +93,15 @@ fn named(hv: &Hypervisor<'_, impl Platform>, caller: usize, domid: u16) -> u64 {
     if domid == abi::xen::DOMID_SELF { u64::from(hv.domains[caller].id) } else { u64::from(domid) }
 }
 
+/// [`named`], for a domain that exists: else `GNTST_bad_domain`. (A
+/// domain that exists but placed no grant table has granted nothing, as a
+/// Xen domain whose table is all empty: `GNTST_permission_denied`.)
+fn existing<P: Platform>(hv: &Hypervisor<'_, P>, caller: usize, domid: u16) -> Result<u64, GrantStatus> {
+    let id = named(hv, caller, domid);
+    let exists = abi::DomainId::try_from(id).ok().and_then(|id| hv.domains.slot_of(id)).is_some();
+    if exists { Ok(id) } else { Err(GrantStatus::BadDomain) }
+}
+
 fn map<P: Platform>(
     hv: &mut Hypervisor<'_, P>,
     caller: usize,
@@ -108,10 +117,11 @@ fn map<P: Platform>(
         return Err(GrantStatus::BadVirtAddr);
     }
     let writable = if entry.flags & GNTMAP_READONLY == 0 { MAP_WRITABLE } else { 0 };
-    let granter = named(hv, caller, entry.dom);
+    let granter = existing(hv, caller, entry.dom)?;
     let arguments = [GrantOp::Map as u64, granter, u64::from(entry.r#ref), entry.host_addr, writable];
     crate::grant_ops::grant_op(&mut hv.grants(), caller, arguments).map_err(|error| match error {
-        Error::NotFound => GrantStatus::BadDomain,
+        // The granter exists but placed no table: it granted nothing.
+        Error::NotFound => GrantStatus::PermissionDenied,
         Error::Permission => GrantStatus::PermissionDenied,
         Error::Busy | Error::OutOfMemory => GrantStatus::NoDeviceSpace,
         Error::InvalidArgument | Error::BadAddress => GrantStatus::BadVirtAddr,
@@ -155,9 +165,11 @@ fn copy<P: Platform>(hv: &mut Hypervisor<'_, P>, caller: usize, entry: &GnttabCo
         frame.gmfn().checked_mul(abi::PAGE_SIZE).ok_or(GrantStatus::BadPage)? + u64::from(frame.offset);
     let reference = u64::from(grant.grant_ref()) | u64::from(grant.offset) << 32;
     let length = u64::from(entry.len) | u64::from(to_grant) << 63;
-    let arguments = [GrantOp::Copy as u64, named(hv, caller, grant.domid), reference, guest_physical, length];
+    let granter = existing(hv, caller, grant.domid)?;
+    let arguments = [GrantOp::Copy as u64, granter, reference, guest_physical, length];
     crate::grant_ops::grant_op(&mut hv.grants(), caller, arguments).map(|_| ()).map_err(|error| match error {
-        Error::NotFound => GrantStatus::BadDomain,
+        // The granter exists but placed no table: it granted nothing.
+        Error::NotFound => GrantStatus::PermissionDenied,
         Error::Permission => GrantStatus::PermissionDenied,
         Error::BadAddress => GrantStatus::BadPage,
         Error::InvalidArgument => GrantStatus::BadGntref,

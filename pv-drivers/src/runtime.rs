@@ -550,17 +550,30 @@ pub fn now() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Stops the guest with a crash report (for panic handlers). The report
-/// goes to hv's log in one write (one log line) when it fits 256 bytes.
+/// Stops the guest with a crash report (for panic handlers), through
+/// Xen's calls: the report goes to hv's log with `console_io` (one line
+/// when it fits 256 bytes; a newline is added if it lacks one, since hv
+/// logs a guest's console text by lines), then `sched_op` shutdown with
+/// `SHUTDOWN_crash` stops the domain. Should hv refuse the shutdown, the
+/// vCPU blocks for good rather than run on.
 pub fn crash(message: fmt::Arguments) -> ! {
     let mut line = arrayvec::ArrayString::<256>::new();
-    if fmt::write(&mut line, message).is_ok() {
-        let _ = hypercall::console_write(line.as_bytes());
-    } else {
-        let _ = hypercall::console_write(b"crash report too long\n");
+    if fmt::write(&mut line, message).is_err() {
+        line.clear();
+        let _ = line.try_push_str("crash report too long");
     }
-    hypercall::shutdown(abi::hypercall::ShutdownReason::Crash);
+    if !line.ends_with('\n') {
+        if line.is_full() {
+            line.pop();
+        }
+        let _ = line.try_push('\n');
+    }
+    let _ = crate::xen::console_write(line.as_bytes());
+    let _ = crate::xen::shutdown(abi::xen::sched::ShutdownReason::Crash);
     loop {
-        core::hint::spin_loop();
+        // SAFETY: CLI; HLT touches no memory: hv blocks the vCPU until an
+        // event is due (no upcall runs: interrupts are off), then it halts
+        // again.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }

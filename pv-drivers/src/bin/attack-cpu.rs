@@ -27,8 +27,10 @@
 //!   IA32_MISC_ENABLE reads as fast strings with BTS and PEBS unavailable.
 //! - `xcr0`: XSETBV of `value` (1 or 3) is accepted and kept across yields
 //!   (XGETBV reads it back), a fresh vCPU has 1, and AVX state or XCR1 get #GP.
-//! - `cpl3`: drops to ring 3 and makes the null hypercall and a shutdown
-//!   from there: both must return `Permission` and the kernel runs on.
+//! - `cpl3`: drops to ring 3 and makes hypercalls from there, Xen's
+//!   (`xen_version`, `sched_op` shutdown) and Mica's (the null call, a
+//!   shutdown): each must return -1 (Xen's `-EPERM`, Mica's `Permission`)
+//!   and the kernel runs on.
 //!
 //! Prints one line per check (`ok` or `WRONG`) and a summary
 //! `attack-cpu: <mode>: <passed> of <total> checks passed`, then prints
@@ -49,9 +51,15 @@ static mut FAULT: u64 = 0;
 static mut RECOVERY: u64 = 0;
 /// The kernel stack pointer saved while ring 3 runs.
 static mut SAVED_RSP: u64 = 0;
-/// What the ring-3 hypercalls returned in RAX.
+/// What the ring-3 hypercalls returned in RAX: Xen's `xen_version` and
+/// `sched_op` shutdown, Mica's null call and shutdown.
+static mut USER_XEN_VERSION_RESULT: u64 = 0;
+static mut USER_XEN_SHUTDOWN_RESULT: u64 = 0;
 static mut USER_NULL_RESULT: u64 = 0;
 static mut USER_SHUTDOWN_RESULT: u64 = 0;
+/// The `sched_shutdown` the ring-3 `sched_op` names: power off.
+static USER_SHUTDOWN_REQUEST: abi::xen::sched::SchedShutdown =
+    abi::xen::sched::SchedShutdown { reason: abi::xen::sched::ShutdownReason::Poweroff.number() };
 
 /// The vector ring 3 uses to come back to the kernel.
 const RETURN_VECTOR: usize = 0x80;
@@ -94,6 +102,15 @@ attack_cpu_enter_user:
     iretq
 
 attack_cpu_user_code:
+    mov eax, {xen_version}
+    xor edi, edi
+    vmcall
+    mov qword ptr [rip + {xen_version_result}], rax
+    mov eax, {xen_sched}
+    mov edi, {xen_shutdown}
+    lea rsi, [rip + {xen_shutdown_request}]
+    vmcall
+    mov qword ptr [rip + {xen_shutdown_result}], rax
     mov eax, {null}
     vmcall
     mov qword ptr [rip + {null_result}], rax
@@ -124,8 +141,14 @@ attack_cpu_return_stub:
     fault = sym FAULT,
     recovery = sym RECOVERY,
     saved_rsp = sym SAVED_RSP,
+    xen_version_result = sym USER_XEN_VERSION_RESULT,
+    xen_shutdown_result = sym USER_XEN_SHUTDOWN_RESULT,
+    xen_shutdown_request = sym USER_SHUTDOWN_REQUEST,
     null_result = sym USER_NULL_RESULT,
     shutdown_result = sym USER_SHUTDOWN_RESULT,
+    xen_version = const abi::xen::Hypercall::XenVersion.number(),
+    xen_sched = const abi::xen::Hypercall::SchedOp.number(),
+    xen_shutdown = const abi::xen::sched::SchedOp::Shutdown.number(),
     null = const abi::Hypercall::Null as u64,
     sched = const abi::Hypercall::Sched as u64,
     shutdown = const abi::hypercall::SchedOp::Shutdown as u64,
@@ -247,7 +270,7 @@ impl Report<'_> {
         let until = guest::now() + self.guest.ticks_per_second();
         let mut yields = 0;
         while guest::now() < until {
-            pv_drivers::hypercall::yield_now();
+            pv_drivers::xen::yield_now();
             yields += 1;
             if let Some(changed) = still() {
                 return (yields, Some(changed));
@@ -330,7 +353,7 @@ fn msrs(report: &mut Report, value: u64) {
         value,
         0x7f00_0000_0000 + (value << 12),
         0xffff_8880_1000_0000 + (value << 20),
-        0x0007_0406_0007_0006 | (if value % 2 == 0 { 1 } else { 5 }) << 8,
+        0x0007_0406_0007_0006 | (if value.is_multiple_of(2) { 1 } else { 5 }) << 8,
     ];
     let faults: [u64; 9] = core::array::from_fn(|i| write_msr(KERNEL_MSRS[i].1, markers[i]));
     let read: [Result<u64, u64>; 9] = KERNEL_MSRS.map(|(_, msr, _)| read_msr(msr));
@@ -582,20 +605,35 @@ fn cpl3(report: &mut Report) {
     }
     set_gate(RETURN_VECTOR, attack_cpu_return_stub, 3);
     // SAFETY: enters ring 3 at our user code with interrupts off; it makes
-    // two hypercalls and comes back through INT 0x80, which restores the
+    // four hypercalls and comes back through INT 0x80, which restores the
     // kernel stack and registers saved here.
     unsafe { attack_cpu_enter_user(&raw mut USER_STACK as u64 + 8192) };
     // SAFETY: written by the ring-3 code above; volatile, no reference.
-    let (null, shutdown) =
-        unsafe { (read_volatile(&raw const USER_NULL_RESULT), read_volatile(&raw const USER_SHUTDOWN_RESULT)) };
-    let permission = Error::Permission.code() as u64;
-    report.check("null hypercall from ring 3 refused", null == permission, format_args!("rax {}", null as i64));
-    report.check("shutdown from ring 3 refused", shutdown == permission, format_args!("rax {}", shutdown as i64));
-    let version = pv_drivers::hypercall::version();
+    let results = unsafe {
+        [
+            read_volatile(&raw const USER_XEN_VERSION_RESULT),
+            read_volatile(&raw const USER_XEN_SHUTDOWN_RESULT),
+            read_volatile(&raw const USER_NULL_RESULT),
+            read_volatile(&raw const USER_SHUTDOWN_RESULT),
+        ]
+    };
+    // Xen's -EPERM and Mica's Permission are both -1.
+    let refused = [abi::xen::Errno::Eperm.code() as u64, Error::Permission.code() as u64];
+    let names = [
+        "xen: version from ring 3 refused",
+        "xen: shutdown from ring 3 refused",
+        "mica: null hypercall from ring 3 refused",
+        "mica: shutdown from ring 3 refused",
+    ];
+    for (index, (name, result)) in names.iter().zip(results).enumerate() {
+        let wanted = refused[index / 2];
+        report.check(name, result == wanted, format_args!("rax {}", result as i64));
+    }
+    let (xen, mica) = (pv_drivers::xen::version(), pv_drivers::hypercall::version());
     report.check(
         "the kernel still makes hypercalls",
-        version == abi::ABI_VERSION,
-        format_args!("version {version:#x}"),
+        xen == Ok(abi::xen::version::MICA_XEN_VERSION) && mica == abi::ABI_VERSION,
+        format_args!("Xen's version {xen:x?}, Mica's {mica:#x}"),
     );
 }
 

@@ -10,7 +10,9 @@
 //!   `attack-dom0: store: rewrite my name: <result>`.
 //! - `escape`: writes terminal escape sequences (set the title, clear the
 //!   screen) on its console, into the store (`data/evil`) and into hv's
-//!   log, all marked `PWNED`, which dom0 must show escaped.
+//!   log (through Xen's `console_io`, `PWNED-LOG-XEN`, and Mica's
+//!   `ConsoleWrite`, `PWNED-LOG-MICA`), all marked `PWNED`, which dom0
+//!   must show escaped.
 //!
 //! It ends with `attack-dom0: done` and waits.
 #![no_std]
@@ -97,8 +99,10 @@ fn inject_escapes(guest: &mut Guest) {
     // Set the window title, clear the screen, home the cursor, ring the bell.
     let _ = writeln!(guest, "attack-dom0: escape: \x1b]0;PWNED-CONSOLE\x07\x1b[2J\x1b[H\x07 end");
     let stored = guest.store_write("data/evil", "\x1b]0;PWNED-STORE\x07\x1b[2J");
-    let logged = hypercall::console_write(b"attack-dom0: log \x1b]0;PWNED-LOG\x07\x1b[2J end\n");
-    let _ = writeln!(guest, "attack-dom0: escape: stored {stored:?}, logged {logged:?}");
+    let xen = pv_drivers::xen::console_write(b"attack-dom0: log \x1b]0;PWNED-LOG-XEN\x07\x1b[2J end\n");
+    let mica = hypercall::console_write(b"attack-dom0: log \x1b]0;PWNED-LOG-MICA\x07\x1b[2J end\n");
+    let _ =
+        writeln!(guest, "attack-dom0: escape: stored {stored:?}, logged through Xen's call {xen:?}, Mica's {mica:?}");
 }
 
 #[panic_handler]

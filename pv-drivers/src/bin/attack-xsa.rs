@@ -19,8 +19,10 @@
 //!   revoking it is refused), then read over itself: dom0 overwrites its
 //!   own ring and must cut the disk off, not crash.
 //! - `events`: event storms (sends on every port dom0 serves, a loopback
-//!   channel to itself) and bind/close churn up to the port table's limit;
-//!   every port comes back free.
+//!   channel to itself) and bind/close churn up to the port table's limit,
+//!   through Xen's `event_channel_op` (a full table is `-ENOSPC`), then
+//!   through Mica's own `EventOp` (a full table is `Busy`); every port
+//!   comes back free.
 //! - `watches`: registers watches up to its quota (the next is refused with
 //!   ENOSPC), then floods writes under them without reading its store ring:
 //!   dom0 must stop reading its requests and bound its event queue; after
@@ -28,9 +30,9 @@
 //! - `storeflood`: store requests back to back, good and malformed, with
 //!   replies read: dom0 answers every one (or refuses it with an error).
 //!
-//! - `storm` (last; never ends): notifies every port dom0 serves and
-//!   sends store requests as fast as it can, while the test checks that the
-//!   shell and the victims are not starved.
+//! - `storm` (last; never ends): notifies every port dom0 serves (Xen's
+//!   and Mica's sends in turn) and sends store requests as fast as it can,
+//!   while the test checks that the shell and the victims are not starved.
 //!
 //! - `spy` (last; never ends): watches `/`, `/local/domain` and dom0's
 //!   back-end directory and reads every event while victims come and go:
@@ -46,6 +48,7 @@ use core::fmt::Write;
 use abi::Error;
 use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
 use abi::xen::errno::Errno;
+use abi::xen::event_channel::{PortState as XenPortState, Virq};
 use abi::xen::io::block::{
     BLKIF_ENTRY_SIZE, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_RING_SIZE, BlkifOp, BlkifRequest, BlkifRequestSegment,
     BlkifRsp,
@@ -53,6 +56,7 @@ use abi::xen::io::block::{
 use abi::xen::io::store::{XSD_SOCKMSG_SIZE, XsdSockmsg, XsdSockmsgType};
 use pv_drivers::guest::{self, Guest, StoreFailure};
 use pv_drivers::hypercall;
+use pv_drivers::xen::{self, evtchn};
 
 const PAGE: usize = 4096;
 const OP_READ: u8 = BlkifOp::Read.number();
@@ -191,7 +195,7 @@ impl Attack {
             // Revoke at once, or after letting dom0 run a little: both
             // orders of the race happen.
             for _ in 0..round % 4 {
-                hypercall::yield_now();
+                xen::yield_now();
             }
             let revocation = self.guest.end_grant(reference);
             // After a revocation that worked, dom0 must not see or write the page.
@@ -494,7 +498,8 @@ impl Attack {
                         (report, reported) = (guest::now(), events);
                         self.say(format_args!("attack-xsa: spy: {events} events, {leaked} about nodes of others"));
                     }
-                    let _ = hypercall::set_timer(guest::now() + self.guest.ticks_per_second() / 100);
+                    let wake = guest::now() + self.guest.ticks_per_second() / 100;
+                    let _ = xen::set_timer_op(xen::tsc_to_ns(wake, self.guest.start_info.tsc_khz).max(1));
                     self.guest.wait_for_event();
                 }
                 Ok(count) => {
@@ -515,10 +520,7 @@ impl Attack {
     /// request ring full, as fast as it can, until the guest is destroyed (the
     /// test checks the shell and the victims meanwhile).
     fn storm(&mut self) -> ! {
-        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
-        let served: arrayvec::ArrayVec<u64, 8> = (1..PORT_COUNT as u64)
-            .filter(|&port| status(port).is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0))
-            .collect();
+        let served = served_by_dom0();
         self.say(format_args!("attack-xsa: storm: notifying {} ports and the store until destroyed", served.len()));
         // Store requests pipelined: as many as the request ring takes, the
         // replies read and thrown away (the runtime's client is not used
@@ -535,7 +537,8 @@ impl Attack {
         let mut replies = [0u8; 2048];
         loop {
             for &port in &served {
-                let _ = hypercall::event(E::Send, port, 0);
+                let _ = evtchn::notify(port);
+                let _ = hypercall::notify(port);
             }
             loop {
                 match ring.client_send(&message[sent..]) {
@@ -553,53 +556,84 @@ impl Attack {
 
     fn events(&mut self) {
         const MODE: &str = "events";
-        let me = self.guest.domain_id() as u64;
-        let status = |port: u64| hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode);
+        let free = |port: u32| matches!(xen_state(port), Some(XenPortState::Closed));
         let mut before = [false; PORT_COUNT];
         for (port, busy) in before.iter_mut().enumerate() {
-            *busy = status(port as u64).is_none_or(|status| status.state != PortState::Free);
+            *busy = !free(port as u32);
         }
         // 1. Storm every port dom0 serves (console, store, disk).
-        let served: arrayvec::ArrayVec<u64, 8> = (1..PORT_COUNT as u64)
-            .filter(|&port| status(port).is_some_and(|s| s.state == PortState::Interdomain && s.remote_domain == 0))
-            .collect();
-        let mut sent = 0u64;
+        let served = served_by_dom0();
+        let (mut sent, mut sent_mica) = (0u64, 0u64);
         let until = guest::now() + self.guest.ticks_per_second() / 2;
         while guest::now() < until {
             for &port in &served {
-                if hypercall::event(E::Send, port, 0).is_ok() {
-                    sent += 1;
-                }
+                sent += u64::from(evtchn::notify(port).is_ok());
+                sent_mica += u64::from(hypercall::notify(port).is_ok());
             }
         }
-        self.say(format_args!("attack-xsa: events: {sent} sends on the {} ports dom0 serves", served.len()));
+        self.say(format_args!(
+            "attack-xsa: events: {sent} sends through Xen's call and {sent_mica} through Mica's on the {} ports dom0 serves",
+            served.len()
+        ));
         // 2. A loopback channel to itself, sent as fast as possible.
+        let me = self.guest.domain_id() as u16;
         let upcalls = self.guest.upcalls();
-        match hypercall::event(E::AllocUnbound, me, 0)
-            .and_then(|unbound| Ok((unbound, hypercall::event(E::BindInterdomain, me, unbound)?)))
-        {
+        match evtchn::alloc_unbound(me).and_then(|unbound| Ok((unbound, evtchn::bind_interdomain(me, unbound)?))) {
             Ok((unbound, bound)) => {
                 let mut loops = 0;
                 for _ in 0..50_000 {
-                    loops += hypercall::event(E::Send, bound, 0).is_ok() as u32;
+                    loops += evtchn::notify(bound).is_ok() as u32;
                 }
-                let _ = hypercall::event(E::Close, bound, 0);
-                let _ = hypercall::event(E::Close, unbound, 0);
+                let _ = evtchn::close(bound);
+                let _ = evtchn::close(unbound);
                 // A bit left pending on a closed port would keep the vCPU
                 // from ever blocking again: take it.
                 let (event_page, _) = self.guest.registered_pages();
                 for port in [bound, unbound] {
                     // SAFETY: the runtime's registered event page.
-                    unsafe { pv_drivers::event_page::take_pending(event_page, port as u32) };
+                    unsafe { pv_drivers::event_page::take_pending(event_page, port) };
                 }
                 self.say(format_args!(
                     "attack-xsa: events: {loops} sends to itself, {} upcalls taken",
                     self.guest.upcalls() - upcalls
                 ));
             }
-            Err(error) => self.say(format_args!("attack-xsa: events: a loopback channel was refused ({error:?})")),
+            Err(errno) => self.say(format_args!("attack-xsa: events: a loopback channel was refused ({errno:?})")),
         }
-        // 3. Bind/close churn, then the whole table.
+        // 3. Bind/close churn, then the whole table, through Xen's calls.
+        let mut churned = 0;
+        for round in 0..3000u32 {
+            let bound = match round % 3 {
+                0 => evtchn::alloc_unbound(0),
+                1 => evtchn::alloc_unbound(me),
+                _ => evtchn::bind_virq(Virq::Console, 0),
+            };
+            if let Ok(port) = bound {
+                churned += evtchn::close(port).is_ok() as u32;
+            }
+        }
+        let mut held = arrayvec::ArrayVec::<u32, PORT_COUNT>::new();
+        let exhausted = loop {
+            match evtchn::alloc_unbound(0) {
+                Ok(port) if held.try_push(port).is_ok() => {}
+                Ok(port) => break Err(port),
+                Err(errno) => break Ok(errno),
+            }
+        };
+        match exhausted {
+            Ok(Errno::Enospc) => self.say(format_args!(
+                "attack-xsa: events: xen: {churned} bind/close rounds; the table filled after {} more ports (ENOSPC)",
+                held.len()
+            )),
+            other => self.fail(MODE, format_args!("xen: filling the port table: {other:?}, not ENOSPC")),
+        }
+        for port in held.drain(..) {
+            if evtchn::close(port).is_err() {
+                self.fail(MODE, format_args!("xen: closing port {port}"));
+            }
+        }
+        // 4. The same through Mica's own calls.
+        let me = u64::from(me);
         let mut churned = 0;
         for round in 0..3000u64 {
             let bound = match round % 3 {
@@ -611,32 +645,37 @@ impl Attack {
                 churned += hypercall::event(E::Close, port, 0).is_ok() as u32;
             }
         }
-        let mut held = arrayvec::ArrayVec::<u64, PORT_COUNT>::new();
         let exhausted = loop {
             match hypercall::event(E::AllocUnbound, 0, 0) {
-                Ok(port) if held.try_push(port).is_ok() => {}
+                Ok(port) if held.try_push(port as u32).is_ok() => {}
                 Ok(port) => break Err(port),
                 Err(error) => break Ok(error),
             }
         };
         match exhausted {
-            Ok(error) if Error::ALL.contains(&error) => self.say(format_args!(
-                "attack-xsa: events: {churned} bind/close rounds; the table filled after {} more ports ({})",
-                held.len(),
-                error.describe()
+            Ok(Error::Busy) => self.say(format_args!(
+                "attack-xsa: events: mica: {churned} bind/close rounds; the table filled after {} more ports (busy)",
+                held.len()
             )),
-            other => self.fail(MODE, format_args!("filling the port table: {other:?}")),
+            other => self.fail(MODE, format_args!("mica: filling the port table: {other:?}, not Busy")),
         }
         for port in held {
-            if hypercall::event(E::Close, port, 0).is_err() {
-                self.fail(MODE, format_args!("closing port {port}"));
+            if hypercall::event(E::Close, u64::from(port), 0).is_err() {
+                self.fail(MODE, format_args!("mica: closing port {port}"));
             }
         }
-        let leaked = (0..PORT_COUNT)
-            .filter(|&port| !before[port] && status(port as u64).is_none_or(|s| s.state != PortState::Free))
-            .count();
+        let leaked = (0..PORT_COUNT).filter(|&port| !before[port] && !free(port as u32)).count();
         if leaked > 0 {
             self.fail(MODE, format_args!("{leaked} ports are not free again"));
+        }
+        let mica_free = |port: usize| {
+            hypercall::event(E::Status, port as u64, 0)
+                .ok()
+                .and_then(PortStatus::decode)
+                .is_some_and(|status| status.state == PortState::Free)
+        };
+        if (0..PORT_COUNT).any(|port| !before[port] && !mica_free(port)) {
+            self.fail(MODE, format_args!("Mica's Status and Xen's disagree about a port"));
         }
         if !self.guest.console_connected() {
             self.fail(MODE, format_args!("the console port is no longer connected"));
@@ -699,13 +738,13 @@ impl Attack {
                             while sent < total {
                                 stalled_events += self.guest.take_watch_events() as u64;
                                 let _ = self.guest_notify_store();
-                                hypercall::yield_now();
+                                xen::yield_now();
                                 sent += ring.client_send(&message[sent..total]).unwrap_or(0);
                             }
                             queued += 1;
                             break 'flood;
                         }
-                        hypercall::yield_now();
+                        xen::yield_now();
                     }
                     Ok(count) => sent += count,
                     Err(_) => return self.fail(MODE, format_args!("dom0 corrupted the store ring")),
@@ -744,9 +783,9 @@ impl Attack {
         }
     }
 
-    fn guest_notify_store(&self) -> Result<(), Error> {
+    fn guest_notify_store(&self) -> Result<(), Errno> {
         // The store's port is ours, connected to dom0's (ABI 1.0).
-        hypercall::notify(self.guest.start_info.store_port)
+        evtchn::notify(self.guest.start_info.store_port)
     }
 
     fn storeflood(&mut self) {
@@ -777,6 +816,19 @@ impl Attack {
             "attack-xsa: storeflood: 1500 requests: {answered} answered, {refused} refused with an error"
         ));
     }
+}
+
+/// Port `port`'s state as Xen's `status` reports it.
+fn xen_state(port: u32) -> Option<XenPortState> {
+    evtchn::status(port).ok().and_then(|status| status.state())
+}
+
+/// This domain's ports connected to dom0 (console, store, disk, vif).
+fn served_by_dom0() -> arrayvec::ArrayVec<u32, 8> {
+    (1..PORT_COUNT as u32)
+        .filter(|&port| matches!(xen_state(port), Some(XenPortState::Interdomain { remote_dom: 0, .. })))
+        .take(8)
+        .collect()
 }
 
 #[unsafe(no_mangle)]

@@ -2,7 +2,9 @@
 //! Its command line picks how: `mode=memory` (default) writes to
 //! guest-physical memory it was never given; `mode=triple` triple-faults;
 //! `mode=port` touches an I/O port it does not own (refused, not fatal),
-//! then writes past its memory.
+//! then writes past its memory; `mode=panic` panics, so the runtime's
+//! crash report goes out through Xen's calls (`console_io`, then
+//! `sched_op` shutdown with `SHUTDOWN_crash`).
 #![no_std]
 #![no_main]
 
@@ -25,6 +27,7 @@ extern "C" fn _start(start_info: u64) -> ! {
             // which triple-faults: the point of this guest.
             unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) &[0u64; 2], options(noreturn)) }
         }
+        "panic" => panic!("on purpose (mode=panic)"),
         "port" => {
             // SAFETY: an OUT to the CMOS index port, which hv refuses for guests.
             unsafe { core::arch::asm!("out 0x70, al", in("al") 0u8, options(nomem, nostack)) };

@@ -1,13 +1,15 @@
 //! Example guest for grant mappings between guests and the TLB shootdown
-//! behind `GrantOp::Unmap` (ABI 0.10). Two modes (`mode=` on the command
-//! line), used as a pair: the granter first, the mapper right after it
-//! (the mapper is the granter's id + 1; see the `grantgive` and
+//! behind an unmap, through Xen's `grant_table_op` (`GNTTABOP_map_grant_ref`
+//! and `GNTTABOP_unmap_grant_ref`, one entry each; the table itself is
+//! placed with `memory_op` add_to_physmap). Two modes (`mode=` on the
+//! command line), used as a pair: the granter first, the mapper right
+//! after it (the mapper is the granter's id + 1; see the `grantgive` and
 //! `grantread` configs of the tests).
 //!
 //! `mode=granter` fills a page with the old pattern ([`OLD`]), grants it
 //! to the next domain (reference 1, its table's first grant) and prints
 //! `grantmap: granted page to d<N> as reference 1`. Once the mapper has
-//! mapped it (hv sets `MAPPED` in the entry) it tries to revoke the grant
+//! mapped it (hv sets `GTF_reading` in the entry) it tries to revoke the grant
 //! in a tight loop, which hv refuses while the page is mapped; the moment
 //! it succeeds it writes the new pattern ([`NEW`]) into
 //! the page, as the page's next owner would, and prints
@@ -28,11 +30,11 @@
 //! a tight loop and counts its reads. Once vCPU 1 has read it a thousand
 //! times, vCPU 0 unmaps it (vCPU 1 runs on another CPU when the machine
 //! has enough) and prints `grantmap: unmapped after <n> reads by vcpu 1`.
-//! hv clears `MAPPED` only after every CPU has dropped its translation,
+//! hv clears `GTF_reading` only after every CPU has dropped its translation,
 //! so from then on vCPU 1 must fault at its next read (an EPT violation:
 //! hv crashes the domain). Were its CPU to keep a stale translation, vCPU
 //! 1 would read the granter's new data (the granter writes it a few
-//! instructions after `MAPPED` clears), or read anything after vCPU 0 saw
+//! instructions after `GTF_reading` clears), or read anything after vCPU 0 saw
 //! the unmap return; it then stops the domain (a crash report, not a
 //! fault) with `grantmap: vcpu 1 read <hex> before|after the unmap
 //! returned` in hv's log.
@@ -42,9 +44,14 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use abi::xen::Errno;
+use abi::xen::grant_table::{
+    GNTMAP_HOST_MAP, GNTMAP_READONLY, GTF_READING, GTF_WRITING, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
+    GrantStatus,
+};
 use pv_drivers::grant::GrantTable;
 use pv_drivers::guest::{self, Guest};
-use pv_drivers::hypercall;
+use pv_drivers::xen::yield_now;
 
 /// What the granted page holds while it is granted.
 const OLD: u64 = 0x6f6c_645f_6461_7461; // "old_data"
@@ -73,6 +80,64 @@ static UNMAPPED: AtomicU64 = AtomicU64::new(0);
 #[repr(C, align(16))]
 struct Stack([u8; 16 * 1024]);
 static mut READER_STACK: Stack = Stack([0; 16 * 1024]);
+
+/// Why a grant map or unmap failed: the call itself (its errno) or the
+/// entry (its `GNTST_*` status).
+#[derive(Debug)]
+enum Refused {
+    Call(Errno),
+    Status(i16),
+}
+
+impl core::fmt::Display for Refused {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match *self {
+            Refused::Call(errno) => write!(f, "{}", errno.name()),
+            Refused::Status(status) => match GrantStatus::from_number(status) {
+                Some(status) => write!(f, "{}", status.describe()),
+                None => write!(f, "status {status}"),
+            },
+        }
+    }
+}
+
+/// Makes `grant_table_op` `operation` on the one entry `entry`; its
+/// status (written back by hv) if the call went through.
+fn grant_table_op<T: zerocopy::IntoBytes + zerocopy::FromBytes>(
+    operation: GnttabOp,
+    entry: &mut T,
+    status: impl Fn(&T) -> i16,
+) -> Result<(), Refused> {
+    let arguments = [u64::from(operation.number()), entry as *mut T as u64, 1, 0, 0];
+    // SAFETY: hv reads and writes `entry`, which is ours for the call; a
+    // map only maps the granted page at an address that is not our RAM.
+    let result = unsafe { pv_drivers::hypercall::raw(abi::xen::Hypercall::GrantTableOp.number(), arguments) };
+    Errno::decode(result).map_err(Refused::Call)?;
+    match status(entry) {
+        0 => Ok(()),
+        failed => Err(Refused::Status(failed)),
+    }
+}
+
+/// Maps grant `REFERENCE` of `granter` read-only at [`MAP_ADDRESS`];
+/// returns the mapping's handle.
+fn grant_map(granter: u32) -> Result<u32, Refused> {
+    let mut entry = GnttabMapGrantRef {
+        host_addr: MAP_ADDRESS,
+        flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
+        r#ref: REFERENCE,
+        dom: granter as u16,
+        ..Default::default()
+    };
+    grant_table_op(GnttabOp::MapGrantRef, &mut entry, |entry| entry.status).map(|()| entry.handle)
+}
+
+/// Unmaps the mapping `handle` at [`MAP_ADDRESS`]: on return no CPU
+/// reaches the page through it.
+fn grant_unmap(handle: u32) -> Result<(), Refused> {
+    let mut entry = GnttabUnmapGrantRef { host_addr: MAP_ADDRESS, handle, ..Default::default() };
+    grant_table_op(GnttabOp::UnmapGrantRef, &mut entry, |entry| entry.status)
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn _start(start_info: u64) -> ! {
@@ -116,16 +181,16 @@ fn grant_page(guest: &mut Guest) -> GrantTable {
 fn granter(guest: &mut Guest) -> ! {
     let mut table = grant_page(guest);
     let shared = &raw mut SHARED as u64;
-    // Once the mapper has mapped the page (hv sets MAPPED in the entry),
-    // revoke as soon as hv lets us (it refuses while the page is mapped),
-    // then reuse the page at once.
+    // Once the mapper has mapped the page (hv sets GTF_reading in the
+    // entry), revoke as soon as hv lets us (it refuses while the page is
+    // mapped), then reuse the page at once.
     let entry = &raw mut TABLE as u64 + u64::from(REFERENCE) * 8;
     // SAFETY: an aligned entry of our table page, read with one load.
-    while unsafe { core::ptr::read_volatile(entry as *const u16) } & abi::grant::MAPPED == 0 {
-        hypercall::yield_now();
+    while unsafe { core::ptr::read_volatile(entry as *const u16) } & (GTF_READING | GTF_WRITING) == 0 {
+        yield_now();
     }
     // No yield here: on a CPU of its own, the granter reuses the page
-    // within a few instructions of hv clearing MAPPED.
+    // within a few instructions of hv clearing GTF_reading.
     while table.end_access(REFERENCE).is_err() {
         core::hint::spin_loop();
     }
@@ -145,23 +210,24 @@ fn keeper(guest: &mut Guest) -> ! {
 /// vCPU 0 maps and unmaps the keeper's grant as fast as it can, and prints
 /// `grantmap: storm <n> rounds` after every 1,000 rounds.
 fn storm(guest: &mut Guest) -> ! {
-    map_granted(guest);
+    let (granter, mut handle) = map_granted(guest);
     let stack_top = &raw mut READER_STACK as u64 + core::mem::size_of::<Stack>() as u64;
-    // SAFETY: the stack is vCPU 1's alone; `spinner` touches nothing.
-    if guest.vcpu_count() > 1
-        && let Err(error) = unsafe { guest.start_vcpu(1, spinner, stack_top, 0) }
-    {
-        guest::crash(format_args!("grantmap: vcpu 1: {}\n", error.describe()));
+    if guest.vcpu_count() > 1 {
+        // SAFETY: the stack is vCPU 1's alone; `spinner` touches nothing.
+        let started = unsafe { guest.start_vcpu(1, spinner, stack_top, 0) };
+        if let Err(error) = started {
+            guest::crash(format_args!("grantmap: vcpu 1: {}\n", error.describe()));
+        }
     }
-    let granter = guest.domain_id() - 1;
     let mut rounds = 0u64;
     loop {
-        if let Err(error) = hypercall::grant_unmap(MAP_ADDRESS) {
-            guest::crash(format_args!("grantmap: storm unmap: {}\n", error.describe()));
+        if let Err(refused) = grant_unmap(handle) {
+            guest::crash(format_args!("grantmap: storm unmap: {refused}\n"));
         }
-        if let Err(error) = hypercall::grant_map(granter, REFERENCE, MAP_ADDRESS, false) {
-            guest::crash(format_args!("grantmap: storm map: {}\n", error.describe()));
-        }
+        handle = match grant_map(granter) {
+            Ok(handle) => handle,
+            Err(refused) => guest::crash(format_args!("grantmap: storm map: {refused}\n")),
+        };
         rounds += 1;
         if rounds.is_multiple_of(1000) {
             let _ = writeln!(guest, "grantmap: storm {rounds} rounds");
@@ -177,26 +243,29 @@ extern "C" fn spinner(_: u64) -> ! {
     }
 }
 
-/// Maps the granter's (the previous domain's) page at [`MAP_ADDRESS`]; returns its id.
-fn map_granted(guest: &mut Guest) -> u32 {
+/// Maps the granter's (the previous domain's) page at [`MAP_ADDRESS`];
+/// returns its id and the mapping's handle.
+fn map_granted(guest: &mut Guest) -> (u32, u32) {
     let granter = guest.domain_id() - 1;
     // The granter was created first, but may not have granted yet: try
     // for a second.
     let give_up = guest::now() + guest.ticks_per_second();
-    while let Err(error) = hypercall::grant_map(granter, REFERENCE, MAP_ADDRESS, false) {
-        if guest::now() > give_up {
-            guest::crash(format_args!("grantmap: map of d{granter} reference {REFERENCE}: {}\n", error.describe()));
+    loop {
+        match grant_map(granter) {
+            Ok(handle) => return (granter, handle),
+            Err(refused) if guest::now() > give_up => {
+                guest::crash(format_args!("grantmap: map of d{granter} reference {REFERENCE}: {refused}\n"))
+            }
+            Err(_) => yield_now(),
         }
-        hypercall::yield_now();
     }
-    granter
 }
 
 /// `mode=holder`: maps the page and reads it for good, on one vCPU, until
 /// the mapping goes (its granter destroyed: the next read faults) or the
 /// domain is destroyed (hv releases the grant, and the granter revokes).
 fn holder(guest: &mut Guest) -> ! {
-    let granter = map_granted(guest);
+    let (granter, _) = map_granted(guest);
     let _ = writeln!(guest, "grantmap: holding d{granter} reference {REFERENCE} at {MAP_ADDRESS:#x}");
     loop {
         // SAFETY: the granted page while it is mapped; once its granter is
@@ -205,12 +274,12 @@ fn holder(guest: &mut Guest) -> ! {
         if value != OLD {
             guest::crash(format_args!("grantmap: holder read {value:#x}\n"));
         }
-        hypercall::yield_now();
+        yield_now();
     }
 }
 
 fn mapper(guest: &mut Guest) -> ! {
-    let granter = map_granted(guest);
+    let (granter, handle) = map_granted(guest);
     // SAFETY: hv mapped the granted page here, read-only; read it by address.
     let first = unsafe { core::ptr::read_volatile(MAP_ADDRESS as *const u64) };
     let _ = writeln!(guest, "grantmap: mapped d{granter} reference {REFERENCE} at {MAP_ADDRESS:#x}; reads {first:#x}");
@@ -230,8 +299,8 @@ fn mapper(guest: &mut Guest) -> ! {
     while READS.load(Ordering::Relaxed) < READS_BEFORE_UNMAP {
         core::hint::spin_loop();
     }
-    if let Err(error) = hypercall::grant_unmap(MAP_ADDRESS) {
-        guest::crash(format_args!("grantmap: unmap: {}\n", error.describe()));
+    if let Err(refused) = grant_unmap(handle) {
+        guest::crash(format_args!("grantmap: unmap: {refused}\n"));
     }
     UNMAPPED.store(1, Ordering::SeqCst);
     let reads = READS.load(Ordering::Relaxed);

@@ -1,31 +1,39 @@
 //! Hostile-guest suite: hypercall fuzzing. `hostile` checks a fixed list
 //! and dom0's `selftest` checks dom0's view; this guest issues hypercalls
-//! at scale as an unprivileged domain: every number in the ABI's table and
-//! numbers past it, every sub-operation and some past the last, and
-//! arguments mixing random words, boundary values, and pointers into its
-//! own scratch memory, just outside it, into memory it does not have and
-//! into its start-info page. A quarter of the calls are Xen's (numbers
-//! below 64, ABI 1.0) with junk structures in the scratch area; each must
-//! answer a value or one of Xen's errnos (see `xen_call` for the calls
-//! left out).
+//! at scale as an unprivileged domain, in both of the number spaces a
+//! guest can reach: Xen's (below 64, the interface guests use) and Mica's
+//! own (from 0x1000), half of the calls each. For every number in either
+//! table and numbers past it, every sub-operation and some past the last,
+//! it passes arguments mixing random words, boundary values, and pointers
+//! into its own scratch memory, just outside it, into memory it does not
+//! have and into its start-info page; Xen's calls get junk structures in
+//! the scratch area (see `xen_call` for the calls left out).
 //!
 //! cmdline: `count=N` (random calls, default 100000), `seed=S`,
 //! `mode=structured|random|both` (default both: structured first).
 //!
-//! Structured mode checks the documented error of known-bad inputs. Random
-//! mode checks what must hold whatever the arguments (an unknown number is
-//! `NoSuchHypercall`, a dom0-only call is `Permission`, every error is one
-//! the ABI defines, a buffer over its limit is refused, memory around the
-//! scratch area is never written, no event port leaks). A wrong result is
-//! printed as `FAILED`. Calls that would end this guest on purpose
-//! (`SchedOp::Shutdown` with a valid reason) are skipped and counted; calls
-//! that would take its event page, grant table or bound ports away are put
-//! right at once (re-registered) or skipped.
+//! Structured mode checks the documented answer of known-bad (and a few
+//! good) inputs, Xen's calls first (each its errno, `xen_structured`),
+//! then Mica's (`mica_structured`). Random mode checks what must hold
+//! whatever the arguments: a Xen call answers a value or one of Xen's
+//! errnos, a number or sub-operation hv does not offer `-ENOSYS`, a guest
+//! naming another domain's parameters or ports `-EPERM`, the console read
+//! and the memory map setter `-EPERM`, and no grant map or copy succeeds
+//! (nobody grants this guest anything); a Mica call answers an unknown
+//! number with `NoSuchHypercall`, a dom0-only call with `Permission`, every
+//! error is one the ABI defines, a buffer over its limit is refused; in
+//! both, memory around the scratch area is never written and no event
+//! port leaks. A wrong result is printed as `FAILED`. Calls that would end
+//! this guest on purpose (a shutdown with a valid reason) are skipped and
+//! counted; calls that would take its event page, grant table or bound
+//! ports away are put right at once (re-registered) or skipped.
 //!
-//! Output: `hcfuzz: structured: <n> checks, <k> as documented` (one
-//! `FAILED` line per wrong one), progress every tenth of the calls, then
-//! `hcfuzz: <N> calls, <k> ok, <m> errors (permission a, ...), <s> skipped,
-//! <f> FAILED, done`.
+//! Output: `hcfuzz: structured: xen: <n> checks, <k> as documented` and
+//! `hcfuzz: structured: mica: ...` (one `FAILED` line per wrong one), then
+//! `hcfuzz: structured: <n> checks, <k> as documented`; progress every
+//! tenth of the calls, then `hcfuzz: <N> calls, <k> ok, <m> errors
+//! (...), <s> skipped, ...`, `hcfuzz: xen: <N> calls, <k> ok, <m> errors;
+//! mica: <N> calls, <k> ok, <m> errors`, and `hcfuzz: <f> FAILED, done`.
 #![no_std]
 #![no_main]
 
@@ -37,6 +45,7 @@ use abi::event::{EventOp as E, PORT_COUNT, PortState, PortStatus};
 use abi::grant::GrantOp as G;
 use abi::hypercall::{CONSOLE_WRITE_MAX, HYPERCALL_COUNT, MICA_HYPERCALL_BASE, SchedOp, VcpuOp};
 use abi::info::{DOMAIN_INFO_MIN_SIZE, HV_INFO_MIN_SIZE, HvInfo};
+use abi::xen::Errno;
 use core::mem::size_of;
 use pv_drivers::guest::{self, Guest, UPCALL_VECTOR};
 use pv_drivers::hypercall;
@@ -124,25 +133,65 @@ impl Layout {
 }
 
 /// Results by outcome.
-#[derive(Default)]
 struct Tally {
     calls: u64,
     ok: u64,
+    /// Mica's calls' errors, by `Error::ALL`.
     errors: [u64; Error::ALL.len()],
+    /// Xen's calls made, and their errors by `Errno::ALL`.
+    xen_calls: u64,
+    xen_ok: u64,
+    xen_errors: [u64; Errno::ALL.len()],
     skipped: u64,
     failed: u64,
     /// Event pages or grant tables registered elsewhere and put back.
     restored: u64,
 }
 
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            calls: 0,
+            ok: 0,
+            errors: [0; Error::ALL.len()],
+            xen_calls: 0,
+            xen_ok: 0,
+            xen_errors: [0; Errno::ALL.len()],
+            skipped: 0,
+            failed: 0,
+            restored: 0,
+        }
+    }
+}
+
 impl Tally {
-    fn count(&mut self, result: i64) {
+    fn count(&mut self, number: u64, result: i64) {
         self.calls += 1;
+        if is_xen(number) {
+            self.xen_calls += 1;
+            match Errno::decode(result) {
+                Ok(_) => {
+                    self.ok += 1;
+                    self.xen_ok += 1;
+                }
+                Err(errno) => {
+                    if let Some(index) = Errno::ALL.iter().position(|known| *known == errno) {
+                        self.xen_errors[index] += 1;
+                    }
+                }
+            }
+            return;
+        }
         match Error::ALL.iter().position(|error| error.code() == result) {
             Some(index) => self.errors[index] += 1,
             None => self.ok += 1,
         }
     }
+}
+
+/// Whether `number` is one of Xen's (answered in Xen's terms).
+fn is_xen(number: u64) -> bool {
+    number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT
 }
 
 /// Which kind of address a pointer argument gets. Calls that write get
@@ -234,8 +283,8 @@ fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     } else {
         MICA_HYPERCALL_BASE + random.below(HYPERCALL_COUNT as u64)
     };
-    // Xen's numbers (below 64): a call of their own kind, a quarter of the time.
-    if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT || random.chance(4) {
+    // Xen's numbers (below 64): a call of their own kind, half the time.
+    if is_xen(number) || random.chance(2) {
         return xen_call(random, layout);
     }
     let mut arguments = [word(random), word(random), word(random), word(random), word(random)];
@@ -344,14 +393,36 @@ fn generate(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     Some((number, arguments))
 }
 
+/// A sub-operation `abi::xen` defines for Xen call `number` (hv offers
+/// some of them), or a small number for a call without a table.
+fn xen_operation(random: &mut Random, number: u64) -> u64 {
+    use abi::xen::Hypercall as X;
+    fn pick<T: Copy>(random: &mut Random, all: &[T], number: impl Fn(T) -> u32) -> u64 {
+        u64::from(number(all[random.below(all.len() as u64) as usize]))
+    }
+    match X::from_number(number) {
+        Some(X::XenVersion) => pick(random, abi::xen::version::XenVersionOp::ALL, |op| op.number()),
+        Some(X::ConsoleIo) => pick(random, abi::xen::console_io::ConsoleIoOp::ALL, |op| op.number()),
+        Some(X::SchedOp) => pick(random, abi::xen::sched::SchedOp::ALL, |op| op.number()),
+        Some(X::MemoryOp) => pick(random, abi::xen::memory::MemoryOp::ALL, |op| op.number()),
+        Some(X::HvmOp) => pick(random, abi::xen::hvm::HvmOp::ALL, |op| op.number()),
+        Some(X::VcpuOp) => pick(random, abi::xen::vcpu::VcpuOp::ALL, |op| op.number()),
+        Some(X::EventChannelOp) => pick(random, abi::xen::event_channel::EvtchnOp::ALL, |op| op.number()),
+        Some(X::GrantTableOp) => pick(random, abi::xen::grant_table::GnttabOp::ALL, |op| op.number()),
+        _ => random.below(16),
+    }
+}
+
 /// One of Xen's calls (issue 10): the number of a call hv offers most of
-/// the time (any below 64 otherwise), a sub-operation, pointers as for
-/// Mica's calls (writes only into the scratch area or memory this guest
-/// lacks) and junk structures at the scratch area, small numbers first
-/// (ports, vCPUs, indices) half the time. Taken out: what would end or
-/// stall this guest (shutdown, block, poll), move its events or inject
-/// into it (shared info, the callback vector, vcpu_info), change its
-/// timer, or close a port (ports the fuzz binds are closed as Mica's are).
+/// the time (any below 64 otherwise), a sub-operation (one `abi::xen`
+/// defines for that call most of the time), pointers as for Mica's calls
+/// (writes only into the scratch area or memory this guest lacks), a vCPU
+/// id of 0 to 2 half the time for `vcpu_op`, and junk structures at the
+/// scratch area, small numbers first (ports, vCPUs, indices) half the
+/// time. Taken out: what would end or stall this guest (shutdown, block,
+/// poll, its only vCPU going down), move its events or inject into it
+/// (shared info, the callback vector, vcpu_info), change its timer, or
+/// close a port (ports the fuzz binds are closed as Mica's are).
 fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     use abi::xen::Hypercall as X;
     const OFFERED: [X; 8] =
@@ -361,15 +432,25 @@ fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
     } else {
         OFFERED[random.below(OFFERED.len() as u64) as usize].number()
     };
-    let operation = if random.chance(8) { word(random) } else { random.below(16) };
+    let operation = match random.below(8) {
+        0 => word(random),
+        1 => random.below(16),
+        _ => xen_operation(random, number),
+    };
+    // hv reads the low 32 bits (`cmd` is an int), memory_op only the low 6.
+    let cmd = operation as u32;
+    let vcpu = random.below(3);
+    let small_vcpu = number == X::VcpuOp.number() && random.chance(2);
     let excluded = match X::from_number(number) {
-        Some(X::SchedOp) => (1..=3).contains(&operation),
-        Some(X::MemoryOp) => operation == 7,
-        Some(X::HvmOp) => operation == 0,
+        Some(X::SchedOp) => (1..=3).contains(&cmd),
+        Some(X::MemoryOp) => cmd & abi::xen::memory::MEMOP_CMD_MASK == 7,
+        Some(X::HvmOp) => cmd == 0,
         // Timers, and placing vcpu_info: hv would write it over a page of
         // this guest's own the junk names (its code, its page tables).
-        Some(X::VcpuOp) => (6..=10).contains(&operation),
-        Some(X::EventChannelOp) => operation == 3,
+        Some(X::VcpuOp) => (6..=10).contains(&cmd) || (small_vcpu && vcpu == 0 && cmd == 2),
+        Some(X::EventChannelOp) => cmd == 3,
+        // Its own timer, in a register.
+        Some(X::SetTimerOp) => true,
         _ => false,
     };
     if excluded {
@@ -385,6 +466,8 @@ fn xen_call(random: &mut Random, layout: &Layout) -> Option<(u64, [u64; 5])> {
         if random.chance(2) { scratch } else { pointer(random, layout, true) }
     };
     let (a2, a3) = (pointer_or_scratch(random), pointer_or_scratch(random));
+    // vcpu_op's vCPU id comes second.
+    let a2 = if small_vcpu { vcpu } else { a2 };
     // console_io's count and grant_table_op's count come second and third.
     let a2 = if number == X::ConsoleIo.number() { length(random) } else { a2 };
     let a3 = if number == X::GrantTableOp.number() && random.chance(2) { 1 } else { a3 };
@@ -409,12 +492,8 @@ fn xen_bound_port(number: u64, arguments: &[u64; 5], layout: &Layout) -> Option<
 
 /// What must hold for this call whatever the arguments; `Err` names the breach.
 fn check(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> Result<(), &'static str> {
-    if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
-        // Xen's calls answer a value or one of Xen's errnos, never Mica's.
-        return match abi::xen::Errno::decode(result) {
-            Err(abi::xen::Errno::Unknown(_)) => Err("an errno Xen does not define"),
-            _ => Ok(()),
-        };
+    if is_xen(number) {
+        return check_xen(number, arguments, result, layout);
     }
     if result < 0 && !Error::ALL.iter().any(|error| error.code() == result) {
         return Err("an error code the ABI does not define");
@@ -477,6 +556,85 @@ fn check(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> Res
     }
 }
 
+/// [`check`] for one of Xen's calls.
+fn check_xen(number: u64, arguments: &[u64; 5], result: i64, layout: &Layout) -> Result<(), &'static str> {
+    use abi::xen::Hypercall as X;
+    use abi::xen::event_channel::EvtchnOp;
+    use abi::xen::grant_table::GnttabOp;
+    use abi::xen::hvm::HvmOp;
+    use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp};
+    let answer = Errno::decode(result);
+    if matches!(answer, Err(Errno::Unknown(_))) {
+        return Err("an errno Xen does not define");
+    }
+    let cmd = arguments[0] as u32;
+    let scratch = arguments[1] == layout.writable();
+    // The 16-bit domain id at the start of the scratch structure.
+    let named = || {
+        // SAFETY: inside the scratch area.
+        let domid = unsafe { core::ptr::read_volatile(layout.writable() as *const u16) };
+        u64::from(domid)
+    };
+    let other_domain = |domid: u64| domid != u64::from(abi::xen::DOMID_SELF) && domid != layout.me;
+    let offered = |call: X| match call {
+        X::XenVersion => abi::xen::version::XenVersionOp::from_number(cmd).is_some(),
+        X::ConsoleIo => abi::xen::console_io::ConsoleIoOp::from_number(cmd).is_some(),
+        X::SchedOp => abi::xen::sched::SchedOp::from_number(cmd).is_some(),
+        X::MemoryOp => MemoryOp::from_number(cmd & MEMOP_CMD_MASK).is_some(),
+        X::HvmOp => HvmOp::from_number(cmd).is_some(),
+        X::EventChannelOp => EvtchnOp::from_number(cmd).is_some(),
+        X::GrantTableOp => GnttabOp::from_number(cmd).is_some(),
+        // Its vCPU id comes first (-ENOENT for one it lacks).
+        X::VcpuOp => true,
+        X::SetTimerOp => true,
+        _ => false,
+    };
+    match X::from_number(number) {
+        None if answer != Err(Errno::Enosys) => Err("a number Xen does not define must be ENOSYS"),
+        Some(call) if !call.is_pvh() && call != X::SetTimerOp && answer != Err(Errno::Enosys) => {
+            Err("a call hv does not offer must be ENOSYS")
+        }
+        Some(call) if !offered(call) && answer != Err(Errno::Enosys) => {
+            Err("a sub-operation Xen does not define must be ENOSYS")
+        }
+        Some(X::ConsoleIo) if cmd == 1 && answer != Err(Errno::Eperm) => Err("console read must be EPERM"),
+        Some(X::MemoryOp) if cmd & MEMOP_CMD_MASK == MemoryOp::SetMemoryMap.number() && answer != Err(Errno::Eperm) => {
+            Err("a guest setting a memory map must be EPERM")
+        }
+        Some(X::HvmOp)
+            if scratch && cmd == HvmOp::GetParam.number() && other_domain(named()) && answer != Err(Errno::Eperm) =>
+        {
+            Err("another domain's HVM parameter must be EPERM")
+        }
+        Some(X::EventChannelOp)
+            if scratch
+                && cmd == EvtchnOp::AllocUnbound.number()
+                && other_domain(named())
+                && answer != Err(Errno::Eperm) =>
+        {
+            Err("a port in another domain's table must be EPERM")
+        }
+        Some(X::GrantTableOp)
+            if scratch
+                && answer == Ok(0)
+                && (cmd == GnttabOp::MapGrantRef.number() || cmd == GnttabOp::Copy.number()) =>
+        {
+            // Nobody grants this guest anything: every entry must fail.
+            let (size, status) = if cmd == GnttabOp::Copy.number() { (40, 36) } else { (32, 18) };
+            let entries = arguments[2].min(64);
+            let succeeded = (0..entries).any(|index| {
+                let at = layout.writable() + index * size + status;
+                // SAFETY: inside the scratch area's writable part (64
+                // entries of 40 bytes), which hv just wrote.
+                let status = unsafe { core::ptr::read_volatile(at as *const i16) };
+                status == 0
+            });
+            if succeeded { Err("a grant map or copy succeeded though no domain granted me a page") } else { Ok(()) }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn sub_operation_unknown(number: u64, operation: u64) -> bool {
     match H::from_number(number) {
         Some(H::Sched) => SchedOp::from_number(operation).is_none(),
@@ -527,11 +685,277 @@ fn port_status(port: u64) -> Option<PortStatus> {
     hypercall::event(E::Status, port, 0).ok().and_then(PortStatus::decode)
 }
 
-/// One structured check: its name, the call, the documented answer.
+/// One structured check of a Mica call: its name, the call, the
+/// documented answer.
 type Check = (&'static str, u64, [u64; 5], Result<u64, Error>);
 
-/// The documented answers to known-bad (and a few good) inputs.
-fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
+/// One structured check of a Xen call: its name, the call, its arguments
+/// (RDI, RSI, RDX), the documented answer.
+type XenCheck = (&'static str, abi::xen::Hypercall, [u64; 3], Result<u64, Errno>);
+
+/// Xen's calls hv offers, which `xen_structured` leaves out of "not offered".
+const XEN_OFFERED: [abi::xen::Hypercall; 9] = {
+    use abi::xen::Hypercall as X;
+    [
+        X::XenVersion,
+        X::ConsoleIo,
+        X::SchedOp,
+        X::MemoryOp,
+        X::HvmOp,
+        X::VcpuOp,
+        X::EventChannelOp,
+        X::GrantTableOp,
+        X::SetTimerOp,
+    ]
+};
+
+/// Copies `value` to `at` in the scratch area; returns `at`.
+fn place<T: zerocopy::IntoBytes + zerocopy::Immutable>(at: u64, value: T) -> u64 {
+    let bytes = value.as_bytes();
+    // SAFETY: the callers name places in the scratch area's writable part.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
+    at
+}
+
+/// The documented answers of Xen's calls (each Xen's errno, as
+/// `abi::xen` documents it) to boundary and known-bad inputs, and to a
+/// few good ones; `(checks, passed)`.
+fn xen_structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
+    use abi::xen::Hypercall as X;
+    use abi::xen::event_channel::{
+        EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnOp, EvtchnSend,
+        EvtchnStatus, EvtchnUnmask,
+    };
+    use abi::xen::grant_table::{GnttabGetVersion, GnttabOp, GnttabQuerySize, GnttabSetVersion};
+    use abi::xen::hvm::{HVM_PARAM_CALLBACK_IRQ, HvmOp, XenHvmParam};
+    use abi::xen::memory::{MemoryOp, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
+    use abi::xen::sched::SchedOp;
+    use abi::xen::vcpu::VcpuOp;
+    use abi::xen::version::{XenFeatureInfo, XenVersionOp};
+    let writable = layout.writable();
+    // The last byte hv may write, and structures placed a page apart.
+    let end = layout.scratch + (SCRATCH_PAGES as u64 - 1) * PAGE;
+    let slot = |index: u64| writable + index * 64;
+    let free_port = (1..PORT_COUNT as u32).rev().find(|&p| !layout.protected[p as usize]).unwrap_or(255);
+    let (any, me) = (abi::xen::DOMID_ANY, layout.me);
+    let evtchn = |operation: EvtchnOp| u64::from(operation.number());
+    let grant = |operation: GnttabOp| u64::from(operation.number());
+    let version = |operation: XenVersionOp| u64::from(operation.number());
+    let physmap =
+        XenAddToPhysmap { domid: any, space: XENMAPSPACE_SHARED_INFO, gpfn: writable / PAGE, ..Default::default() };
+    let checks: [XenCheck; 32] = [
+        (
+            "version with junk above the operation",
+            X::XenVersion,
+            [0xdead << 32, u64::MAX, u64::MAX],
+            Ok(u64::from(abi::xen::version::MICA_XEN_VERSION)),
+        ),
+        ("page size", X::XenVersion, [version(XenVersionOp::Pagesize), 0, 0], Ok(PAGE)),
+        (
+            "feature word 0",
+            X::XenVersion,
+            [version(XenVersionOp::GetFeatures), place(slot(0), XenFeatureInfo::default()), 0],
+            Ok(0),
+        ),
+        (
+            "extraversion into my writable part's last 16 bytes",
+            X::XenVersion,
+            [version(XenVersionOp::Extraversion), end - 16, 0],
+            Ok(0),
+        ),
+        (
+            // Read before it is written: nothing of my RAM is touched.
+            "feature word read from a structure running off my RAM",
+            X::XenVersion,
+            [version(XenVersionOp::GetFeatures), layout.ram_end - 4, 0],
+            Err(Errno::Efault),
+        ),
+        (
+            "extraversion at u64::MAX - 7",
+            X::XenVersion,
+            [version(XenVersionOp::Extraversion), u64::MAX - 7, 0],
+            Err(Errno::Efault),
+        ),
+        ("console write of 0 bytes from memory not mine", X::ConsoleIo, [0, 0, NOT_MINE], Ok(0)),
+        ("console write of 2^32 bytes from memory not mine", X::ConsoleIo, [0, 1 << 32, NOT_MINE], Err(Errno::Efault)),
+        ("console write running off my RAM", X::ConsoleIo, [0, 64, layout.ram_end - 32], Err(Errno::Efault)),
+        ("grant map of 0 entries", X::GrantTableOp, [grant(GnttabOp::MapGrantRef), NOT_MINE, 0], Ok(0)),
+        (
+            "grant map from an array running off my RAM",
+            X::GrantTableOp,
+            [grant(GnttabOp::MapGrantRef), layout.ram_end - 16, 1],
+            Err(Errno::Efault),
+        ),
+        (
+            "grant copy of u64::MAX entries",
+            X::GrantTableOp,
+            [grant(GnttabOp::Copy), writable, u64::MAX],
+            Err(Errno::Einval),
+        ),
+        (
+            "grant table size, 2 entries",
+            X::GrantTableOp,
+            [grant(GnttabOp::QuerySize), place(slot(1), GnttabQuerySize::default()), 2],
+            Err(Errno::Einval),
+        ),
+        (
+            "grant table version of dom0",
+            X::GrantTableOp,
+            [grant(GnttabOp::GetVersion), place(slot(2), GnttabGetVersion::default()), 1],
+            Err(Errno::Eperm),
+        ),
+        (
+            "grant table version 0",
+            X::GrantTableOp,
+            [grant(GnttabOp::SetVersion), place(slot(3), GnttabSetVersion { version: 0 }), 1],
+            Err(Errno::Einval),
+        ),
+        (
+            "grant table version 1",
+            X::GrantTableOp,
+            [grant(GnttabOp::SetVersion), place(slot(4), GnttabSetVersion { version: 1 }), 1],
+            Ok(0),
+        ),
+        ("grant setup_table (PV)", X::GrantTableOp, [grant(GnttabOp::SetupTable), slot(5), 1], Err(Errno::Enosys)),
+        (
+            "status of port 2^32 - 1",
+            X::EventChannelOp,
+            [
+                evtchn(EvtchnOp::Status),
+                place(slot(6), EvtchnStatus { dom: abi::xen::DOMID_SELF, port: u32::MAX, ..Default::default() }),
+                0,
+            ],
+            Err(Errno::Einval),
+        ),
+        (
+            "status of a free port",
+            X::EventChannelOp,
+            [
+                evtchn(EvtchnOp::Status),
+                place(slot(7), EvtchnStatus { dom: abi::xen::DOMID_SELF, port: free_port, ..Default::default() }),
+                0,
+            ],
+            Ok(0),
+        ),
+        (
+            "status from u64::MAX - 3",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::Status), u64::MAX - 3, 0],
+            Err(Errno::Efault),
+        ),
+        (
+            "send on port 256",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::Send), place(slot(8), EvtchnSend { port: 256 }), 0],
+            Err(Errno::Einval),
+        ),
+        (
+            "close port 256",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::Close), place(slot(9), EvtchnClose { port: 256 }), 0],
+            Err(Errno::Einval),
+        ),
+        (
+            "unmask port 256",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::Unmask), place(slot(10), EvtchnUnmask { port: 256 }), 0],
+            Err(Errno::Einval),
+        ),
+        (
+            "virtual IRQ 2^32 - 1",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::BindVirq), place(slot(11), EvtchnBindVirq { virq: u32::MAX, vcpu: 0, port: 0 }), 0],
+            Err(Errno::Einval),
+        ),
+        (
+            "ipi for vCPU 2^31",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::BindIpi), place(slot(12), EvtchnBindIpi { vcpu: 1 << 31, port: 0 }), 0],
+            Err(Errno::Enoent),
+        ),
+        (
+            "a free port to vCPU 1 of 1",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::BindVcpu), place(slot(13), EvtchnBindVcpu { port: free_port, vcpu: 1 }), 0],
+            Err(Errno::Enoent),
+        ),
+        (
+            "bind to my own port 0",
+            X::EventChannelOp,
+            [
+                evtchn(EvtchnOp::BindInterdomain),
+                place(slot(14), EvtchnBindInterdomain { remote_dom: me as u16, remote_port: 0, ..Default::default() }),
+                0,
+            ],
+            Err(Errno::Einval),
+        ),
+        ("is vCPU 2^32 up", X::VcpuOp, [u64::from(VcpuOp::IsUp.number()), 1 << 32, 0], Err(Errno::Enoent)),
+        ("is vCPU 0 up", X::VcpuOp, [u64::from(VcpuOp::IsUp.number()), 0, 0], Ok(1)),
+        (
+            "the callback parameter of DOMID_ANY",
+            X::HvmOp,
+            [
+                u64::from(HvmOp::GetParam.number()),
+                place(slot(15), XenHvmParam { domid: any, index: HVM_PARAM_CALLBACK_IRQ, ..Default::default() }),
+                0,
+            ],
+            Err(Errno::Eperm),
+        ),
+        (
+            "shared info of DOMID_ANY",
+            X::MemoryOp,
+            [u64::from(MemoryOp::AddToPhysmap.number()), place(slot(16), physmap), 0],
+            Err(Errno::Eperm),
+        ),
+        (
+            "shutdown from a structure running off my RAM",
+            X::SchedOp,
+            [u64::from(SchedOp::Shutdown.number()), layout.ram_end - 2, 0],
+            Err(Errno::Efault),
+        ),
+    ];
+    let mut passed = 0;
+    let mut total = checks.len() as u64;
+    for (name, call, [a1, a2, a3], expected) in checks {
+        let raw = self::call(call.number(), [a1, a2, a3, 0, 0]);
+        if Errno::decode(raw) == expected {
+            passed += 1;
+        } else {
+            let _ = writeln!(guest, "hcfuzz: FAILED: structured: xen: {name}: rax {raw}, documented {expected:?}");
+        }
+    }
+    // Every number below 64 that hv does not offer, and every call it
+    // offers with a sub-operation past every table: -ENOSYS.
+    let unoffered = (0..abi::xen::hypercall::XEN_HYPERCALL_LIMIT)
+        .filter(|&number| !XEN_OFFERED.iter().any(|call| call.number() == number))
+        .find(|&number| Errno::decode(call(number, [0, writable, 0, 0, 0])) != Err(Errno::Enosys));
+    let past = XEN_OFFERED[..8]
+        .iter()
+        .find(|call| Errno::decode(self::call(call.number(), [1 << 31, 0, 0, 0, 0])) != Err(Errno::Enosys));
+    for (name, breach) in [
+        ("every number below 64 hv does not offer is ENOSYS", unoffered.map(|number| number as i64)),
+        ("every offered call's sub-operation 2^31 is ENOSYS", past.map(|call| call.number() as i64)),
+    ] {
+        total += 1;
+        match breach {
+            None => passed += 1,
+            Some(number) => {
+                let _ = writeln!(guest, "hcfuzz: FAILED: structured: xen: {name}: not so for call {number}");
+            }
+        }
+    }
+    total += 1;
+    if guards_intact(layout) {
+        passed += 1;
+    } else {
+        let _ = writeln!(guest, "hcfuzz: FAILED: structured: xen: hv wrote outside the buffers it was given");
+    }
+    (total, passed)
+}
+
+/// The documented answers of Mica's calls to known-bad (and a few good)
+/// inputs; `(checks, passed)`.
+fn mica_structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
     use abi::domctl::DomCtlOp as D;
     let me = layout.me;
     let buffer = layout.writable();
@@ -725,13 +1149,15 @@ fn structured(guest: &mut Guest, layout: &Layout) -> (u64, u64) {
         if Error::decode(raw) == expected {
             passed += 1;
         } else {
-            let _ = writeln!(guest, "hcfuzz: FAILED: structured: {name}: rax {raw}, documented {expected:?}");
+            let _ = writeln!(guest, "hcfuzz: FAILED: structured: mica: {name}: rax {raw}, documented {expected:?}");
         }
     }
-    if !guards_intact(layout) {
-        let _ = writeln!(guest, "hcfuzz: FAILED: structured: hv wrote outside the buffers it was given");
+    if guards_intact(layout) {
+        passed += 1;
+    } else {
+        let _ = writeln!(guest, "hcfuzz: FAILED: structured: mica: hv wrote outside the buffers it was given");
     }
-    (checks.len() as u64, passed)
+    (checks.len() as u64 + 1, passed)
 }
 
 fn parse(cmdline: &str, key: &str) -> Option<u64> {
@@ -768,7 +1194,11 @@ extern "C" fn _start(start_info: u64) -> ! {
 
     let mut failures = 0;
     if mode != "random" {
-        let (checks, passed) = structured(&mut guest, &layout);
+        let (xen_checks, xen_passed) = xen_structured(&mut guest, &layout);
+        let _ = writeln!(guest, "hcfuzz: structured: xen: {xen_checks} checks, {xen_passed} as documented");
+        let (mica_checks, mica_passed) = mica_structured(&mut guest, &layout);
+        let _ = writeln!(guest, "hcfuzz: structured: mica: {mica_checks} checks, {mica_passed} as documented");
+        let (checks, passed) = (xen_checks + mica_checks, xen_passed + mica_passed);
         failures += checks - passed;
         let _ = writeln!(guest, "hcfuzz: structured: {checks} checks, {passed} as documented");
     }
@@ -786,7 +1216,7 @@ extern "C" fn _start(start_info: u64) -> ! {
                 continue;
             };
             let result = call(number, arguments);
-            tally.count(result);
+            tally.count(number, result);
             if put_back(number, &arguments, result, &layout) {
                 tally.restored += 1;
             }
@@ -849,12 +1279,20 @@ extern "C" fn _start(start_info: u64) -> ! {
     }
     let ticks = guest::now() - started;
     let milliseconds = ticks / (guest.ticks_per_second() / 1000).max(1);
-    let mut by_code = arrayvec::ArrayString::<256>::new();
+    let mut by_code = arrayvec::ArrayString::<512>::new();
+    let _ = write!(by_code, "mica:");
     for (error, count) in Error::ALL.iter().zip(tally.errors) {
         if count > 0 {
-            let _ = write!(by_code, "{}{} {count}", if by_code.is_empty() { "" } else { ", " }, error.describe());
+            let _ = write!(by_code, " {} {count},", error.describe());
         }
     }
+    let _ = write!(by_code, " xen:");
+    for (errno, count) in Errno::ALL.iter().zip(tally.xen_errors) {
+        if count > 0 {
+            let _ = write!(by_code, " {} {count},", errno.name());
+        }
+    }
+    let by_code = by_code.trim_end_matches(',');
     let _ = writeln!(
         guest,
         "hcfuzz: {} calls, {} ok, {} errors ({by_code}), {} skipped, {} pages put back, {} ms guest time",
@@ -864,6 +1302,16 @@ extern "C" fn _start(start_info: u64) -> ! {
         tally.skipped,
         tally.restored,
         milliseconds,
+    );
+    let mica_calls = tally.calls - tally.xen_calls;
+    let _ = writeln!(
+        guest,
+        "hcfuzz: xen: {} calls, {} ok, {} errors; mica: {mica_calls} calls, {} ok, {} errors",
+        tally.xen_calls,
+        tally.xen_ok,
+        tally.xen_calls - tally.xen_ok,
+        tally.ok - tally.xen_ok,
+        mica_calls - (tally.ok - tally.xen_ok),
     );
     failures += tally.failed;
     let _ = writeln!(guest, "hcfuzz: {} FAILED, done", failures);
