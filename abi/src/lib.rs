@@ -106,7 +106,10 @@ pub enum Error {
     InvalidArgument = -2,
     /// A guest-physical buffer is not entirely inside the caller's memory.
     BadAddress = -3,
-    /// The hypercall number is not known to this hypervisor.
+    /// The hypercall number is in Mica's range
+    /// (`abi::xen::hypercall::MICA_HYPERCALL_BASE`..) but names no call.
+    /// A number outside that range that Xen does not define gets Xen's
+    /// `-ENOSYS` (-38) instead.
     NoSuchHypercall = -4,
     /// The hypervisor has no free memory for the request.
     OutOfMemory = -5,

@@ -290,7 +290,9 @@ fn run_slice(index: usize, id: DomainId, v: usize, slice: u64, cpu: usize) -> (u
                     },
                     Err(errno) => errno.code() as u64,
                 }
-            } else if number < abi::xen::hypercall::XEN_HYPERCALL_LIMIT {
+            } else if !abi::xen::hypercall::is_mica_number(number) {
+                // Xen's calls, and every number outside Mica's range:
+                // Xen's -ENOSYS for those it does not define.
                 let arguments = vcpu.arguments();
                 let space = vcpu.address_space(v);
                 let result = match hvcore::xen::dispatch(&mut domain, &space, number, arguments) {

@@ -1087,6 +1087,20 @@ mod tests {
     }
 
     #[test]
+    fn numbers_xen_does_not_define_are_enosys_wherever_they_are() {
+        let (mut domain, space) = domain(false);
+        // Below 64, between Xen's and Mica's ranges, above Mica's: hv's run
+        // loop sends every number outside Mica's range here.
+        for number in [11, 63, 64, 9999, 0x1100, 1 << 32, u64::MAX] {
+            assert!(!abi::xen::hypercall::is_mica_number(number));
+            match dispatch(&mut domain, &space, number, [0; 5]) {
+                XenCall::Done(result) => assert_eq!(result, Err(Errno::Enosys), "number {number:#x}"),
+                other => panic!("number {number:#x}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn guest_virtual_addresses_go_through_the_vcpus_page_tables() {
         let (domain, space) = domain(false);
         let translate = |address, write| space.translate(&domain, address, write);

@@ -161,8 +161,9 @@ pub const XEN_HYPERCALL_LIMIT: u64 = 64;
 /// [`XEN_HYPERCALL_LIMIT`], and above the 128 numbers a hypercall page can
 /// hold, so no present or future Xen call a guest can make through a page
 /// collides with it. Mica answers a number in this range that it does not
-/// define, and every number between Xen's and Mica's ranges, with
-/// `-ENOSYS`.
+/// define with its own `abi::Error::NoSuchHypercall`, and every number
+/// outside the range that Xen does not define (below 64 or not) with
+/// Xen's `-ENOSYS`.
 pub const MICA_HYPERCALL_BASE: u64 = 0x1000;
 /// Last number of the range reserved for Mica's own hypercalls.
 pub const MICA_HYPERCALL_LAST: u64 = 0x10ff;

@@ -31,6 +31,8 @@ pub enum Expected {
     Value(u64),
     /// This error.
     Error(Error),
+    /// This Xen errno (a number outside Mica's range: Xen's answer).
+    Xen(abi::xen::Errno),
 }
 
 /// One check.
@@ -76,11 +78,17 @@ use abi::hypercall::VcpuOp as V;
 use abi::physdev::{DEVICE_WINDOW_BASE, DEVICE_WINDOW_END, IO_PORTS_MAX, MMIO_PAGES_MAX, TRANSLATE_DEVICE_WRITES};
 
 /// The checks, in the order they run.
-pub const CASES: [Case; 95] = [
+pub const CASES: [Case; 96] = [
     case("version", Hypercall::Version as u64, [NONE; 5], Expected::Value(abi::ABI_VERSION as u64)),
     case("null", Hypercall::Null as u64, [NONE; 5], Expected::Value(0)),
-    case("unknown number", 999, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
-    case("number u64::MAX", u64::MAX, [NONE; 5], Expected::Error(Error::NoSuchHypercall)),
+    case("unknown number", 999, [NONE; 5], Expected::Xen(abi::xen::Errno::Enosys)),
+    case("number u64::MAX", u64::MAX, [NONE; 5], Expected::Xen(abi::xen::Errno::Enosys)),
+    case(
+        "unknown number of Mica's range",
+        abi::xen::hypercall::MICA_HYPERCALL_LAST,
+        [NONE; 5],
+        Expected::Error(Error::NoSuchHypercall),
+    ),
     case(
         "console past mapped memory",
         CONSOLE,
@@ -607,6 +615,7 @@ pub fn matches(expected: Expected, result: i64) -> bool {
     match expected {
         Expected::Value(value) => result >= 0 && result as u64 == value,
         Expected::Error(error) => result == error.code(),
+        Expected::Xen(errno) => result == errno.code(),
     }
 }
 
