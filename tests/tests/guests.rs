@@ -458,6 +458,61 @@ fn a_crashing_guest_is_stopped_alone() {
     }
 }
 
+/// A guest whose kernel panics reports it as Xen's guests do (console_io,
+/// then sched_op shutdown with SHUTDOWN_crash): dom0 counts that as a
+/// crash, as xl does: its on_crash policy applies (preserve here), `list`
+/// shows it crashed, and the report is in hv's log. Before, dom0 took it for
+/// a plain shutdown and destroyed the guest with its evidence.
+#[test]
+fn a_guest_that_says_it_crashed_gets_its_on_crash_policy() {
+    let mut machine = boot();
+    machine.send_line("create crashpanic").unwrap_or_else(fail);
+    let mut seen = machine
+        .expect(
+            line_where("dom0's line \"dom0: 'crashpanic' (domain <id>) ...\"", |line| {
+                line.starts_with("dom0: 'crashpanic' (domain ")
+            }),
+            seconds(30),
+        )
+        .unwrap_or_else(fail);
+    seen += &machine.expect(PROMPT, seconds(20)).unwrap_or_else(fail);
+    let id = seen
+        .lines()
+        .find_map(|line| scan("dom0: created 'crashpanic' as domain {}", line))
+        .map(|numbers| numbers[0])
+        .unwrap_or_else(|| fail_with(&mut machine, &format!("`create crashpanic` printed no domain id:\n{seen}")));
+    let report = format!(
+        "dom0: 'crashpanic' (domain {id}) crashed (it said so: see its last console lines); on_crash=preserve"
+    );
+    if !seen.lines().any(|line| line == report) {
+        fail_with(&mut machine, &format!("dom0 should report {report:?}; it printed:\n{seen}"));
+    }
+    let (text, domains) = list(&mut machine);
+    if state_of(&mut machine, &domains, &text, "crashpanic") != "----c-" {
+        fail_with(&mut machine, &format!("`list` should show crashpanic crashed (\"----c-\"); it printed:\n{text}"));
+    }
+    // The guest's own words, through console_io, and hv's line for its shutdown.
+    let dmesg = command(&mut machine, "dmesg");
+    let said = [format!("(d{id}) crasher: panic: "), format!("(d{id}) on purpose (mode=panic)")];
+    if !said.iter().all(|words| dmesg.lines().any(|line| line.starts_with(words.as_str())))
+        || !dmesg.lines().any(|line| line == format!("hv: d{id} shut down (Crash)"))
+    {
+        fail_with(
+            &mut machine,
+            &format!(
+                "`dmesg` should hold the guest's panic report ({said:?}) and \"hv: d{id} shut down (Crash)\"; \
+                 it printed:\n{dmesg}"
+            ),
+        );
+    }
+    // Preserved until the operator lets it go.
+    destroy(&mut machine, "crashpanic", id);
+    let (text, domains) = list(&mut machine);
+    if domains.names() != ["Domain-0"] {
+        fail_with(&mut machine, &format!("`destroy crashpanic` should remove it; `list` printed:\n{text}"));
+    }
+}
+
 /// Destroying guests, crashed ones included, returns every frame to hv,
 /// and so do many create/destroy cycles.
 #[test]

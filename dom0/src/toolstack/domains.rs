@@ -567,14 +567,24 @@ fn release_console(console: Console) {
     release_slot(console.port, console.slot);
 }
 
-/// A one-letter-per-flag state column like `xl list`'s.
-fn state_flags(state: DomainState) -> &'static str {
+/// Whether a domain crashed: hv stopped it, or it shut down saying it
+/// crashed (Xen's SHUTDOWN_crash: a kernel's panic), as libxl counts it.
+fn crashed(state: DomainState, shutdown_reason: u32) -> bool {
     match state {
+        DomainState::Crashed => true,
+        DomainState::Shutdown => shutdown_reason == abi::hypercall::ShutdownReason::Crash as u32,
+        _ => false,
+    }
+}
+
+/// A one-letter-per-flag state column like `xl list`'s.
+fn state_flags(state: DomainState, shutdown_reason: u32) -> &'static str {
+    match state {
+        _ if crashed(state, shutdown_reason) => "----c-",
         DomainState::Running => "r-----",
         DomainState::Blocked => "-b----",
         DomainState::Paused => "--p---",
-        DomainState::Shutdown => "---s--",
-        DomainState::Crashed => "----c-",
+        DomainState::Shutdown | DomainState::Crashed => "---s--",
     }
 }
 
@@ -1086,7 +1096,7 @@ impl Toolstack {
         let _ = writeln!(out, "{:<32} {:>5} {:>5} {:>5} {:>8} {:>9}", "Name", "ID", "Mem", "VCPUs", "State", "Time(s)");
         for &id in &ids[..count] {
             let Ok(info) = hypercall::domain_info(id) else { continue };
-            let state = DomainState::from_number(info.state).map_or("------", state_flags);
+            let state = DomainState::from_number(info.state).map_or("------", |state| state_flags(state, info.shutdown_reason));
             let tenths = if self.tsc_khz == 0 { 0 } else { info.cpu_time_tsc / (self.tsc_khz * 100) };
             let _ = writeln!(
                 out,
@@ -1745,10 +1755,11 @@ impl Toolstack {
             let guest = &self.guests[index];
             let info = hypercall::domain_info(guest.id).ok();
             let state = info.map(|i| (DomainState::from_number(i.state), i.shutdown_reason));
+            // A guest that shut down saying it crashed (Xen's SHUTDOWN_crash:
+            // a kernel's panic) gets its on_crash policy, as in xl.
             let (crashed, reboot) = match state {
-                Some((Some(DomainState::Crashed), _)) => (true, false),
-                Some((Some(DomainState::Shutdown), reason)) => {
-                    (false, reason == abi::hypercall::ShutdownReason::Reboot as u32)
+                Some((Some(state @ (DomainState::Crashed | DomainState::Shutdown)), reason)) => {
+                    (crashed(state, reason), reason == abi::hypercall::ShutdownReason::Reboot as u32)
                 }
                 _ => {
                     index += 1;
@@ -1777,6 +1788,8 @@ impl Toolstack {
             }
             let what = if !crashed {
                 "shut down"
+            } else if matches!(state, Some((Some(DomainState::Shutdown), _))) {
+                "crashed (it said so: see its last console lines)"
             } else if reason.is_empty() {
                 "crashed (see dmesg)"
             } else {
