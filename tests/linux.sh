@@ -182,7 +182,7 @@ memory = 256
 vcpus = 1
 kernel = "vmlinux"
 ramdisk = "initramfs.gz"
-cmdline = "console=hvc0 earlyprintk=xen quiet cryptomgr.notests"
+cmdline = "console=hvc0 earlyprintk=xen cryptomgr.notests"
 CONFIG
 
 echo "linux.sh: $kernel_package in $out"
