@@ -60,6 +60,9 @@ pub enum ControlRegisterAccess {
     ReadCr8 { register: u8 },
     /// MOV to CR4 (only exits when a bit hv owns would change).
     WriteCr4 { register: u8 },
+    /// MOV to CR0 (only exits when NE, the one bit hv owns, would differ
+    /// from the read shadow: see [`cr0_write`]).
+    WriteCr0 { register: u8 },
     /// Any other control-register access (CLTS, LMSW, CR0/CR3): hv asked
     /// for none of these exits.
     Other,
@@ -74,8 +77,75 @@ pub fn decode_control_register_access(qualification: u64) -> ControlRegisterAcce
         (8, 0) => ControlRegisterAccess::WriteCr8 { register },
         (8, 1) => ControlRegisterAccess::ReadCr8 { register },
         (4, 0) => ControlRegisterAccess::WriteCr4 { register },
+        (0, 0) => ControlRegisterAccess::WriteCr0 { register },
         _ => ControlRegisterAccess::Other,
     }
+}
+
+/// CR0 bits (SDM Vol. 3A 2.5).
+pub mod cr0 {
+    /// Protection enable.
+    pub const PE: u64 = 1 << 0;
+    /// Numeric error: VMX operation fixes it to 1 (IA32_VMX_CR0_FIXED0), so
+    /// hv owns it (guest/host mask) and the guest sees its own value in the
+    /// read shadow; Xen's PVH entry state has it clear (CR0 = PE | ET).
+    pub const NE: u64 = 1 << 5;
+    /// Not write-through, cache disable: setting NW without CD is #GP.
+    pub const NW: u64 = 1 << 29;
+    /// Cache disable.
+    pub const CD: u64 = 1 << 30;
+    /// Paging.
+    pub const PG: u64 = 1 << 31;
+}
+
+/// EFER's long mode enable and active bits (SDM Vol. 3A 2.2.1).
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// CR4's physical address extension bit.
+const CR4_PAE: u64 = 1 << 5;
+
+/// What an emulated MOV to CR0 does: the new read shadow (the guest's
+/// CR0), the CR0 the CPU runs with (NE forced on) and the new EFER (LMA
+/// follows paging when LME is set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cr0Write {
+    /// The guest's view: the value it wrote.
+    pub shadow: u64,
+    /// The value for the VMCS guest CR0.
+    pub cr0: u64,
+    /// The guest's EFER afterwards.
+    pub efer: u64,
+}
+
+/// Emulates a MOV of `value` to CR0 by a guest whose CR0 is `current`,
+/// EFER `efer` and CR4 `cr4` (SDM Vol. 3A 2.5, 9.8.5 for the long-mode
+/// switch); `None` when the instruction must raise #GP(0): reserved bits
+/// (63:32), NW without CD, PG without PE, turning paging on in long mode
+/// without PAE, turning paging on with PAE outside long mode (the CPU
+/// would load the PDPTEs, which hv does not emulate), or turning it off
+/// while long mode is active from 64-bit code (only compatibility mode
+/// may; hv does not tell the two apart and refuses both).
+pub fn cr0_write(value: u64, current: u64, efer: u64, cr4: u64) -> Option<Cr0Write> {
+    if value >> 32 != 0 || (value & cr0::NW != 0 && value & cr0::CD == 0) {
+        return None;
+    }
+    if value & cr0::PG != 0 && value & cr0::PE == 0 {
+        return None;
+    }
+    let paging_before = current & cr0::PG != 0;
+    let paging_after = value & cr0::PG != 0;
+    let efer = match (paging_before, paging_after) {
+        (false, true) if efer & EFER_LME != 0 => {
+            if cr4 & CR4_PAE == 0 {
+                return None;
+            }
+            efer | EFER_LMA
+        }
+        (false, true) if cr4 & CR4_PAE != 0 => return None,
+        (true, false) if efer & EFER_LMA != 0 => return None,
+        _ => efer,
+    };
+    Some(Cr0Write { shadow: value, cr0: value | cr0::NE, efer })
 }
 
 /// The task priority a MOV to CR8 of `value` sets, or `None` when the
@@ -164,6 +234,36 @@ pub fn is_nmi(exit_interruption_information: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cr0_write_keeps_ne_on_under_the_guests_view() {
+        use super::cr0::{NE, PE, PG};
+        const ET: u64 = 1 << 4;
+        // Linux's PVH entry: paging on with long mode enabled, NE clear.
+        let write = cr0_write(PG | PE | ET, PE | ET, EFER_LME, CR4_PAE).unwrap();
+        assert_eq!(write, Cr0Write { shadow: PG | PE | ET, cr0: PG | PE | ET | NE, efer: EFER_LME | EFER_LMA });
+        // Later, NE set (as Linux's cpu_init does): long mode stays.
+        let write = cr0_write(PG | PE | ET | NE, PG | PE | ET | NE, EFER_LME | EFER_LMA, CR4_PAE).unwrap();
+        assert_eq!(write.shadow, PG | PE | ET | NE);
+        assert_eq!(write.efer, EFER_LME | EFER_LMA);
+        // Protected mode without paging: nothing else changes.
+        assert_eq!(cr0_write(PE, PE | NE, 0, 0), Some(Cr0Write { shadow: PE, cr0: PE | NE, efer: 0 }));
+        // 32-bit paging (no PAE): allowed, no long mode.
+        assert_eq!(cr0_write(PG | PE, PE, 0, 0).unwrap().efer, 0);
+    }
+
+    #[test]
+    fn a_cr0_write_the_cpu_would_refuse_is_a_general_protection_fault() {
+        use super::cr0::{CD, NW, PE, PG};
+        assert_eq!(cr0_write(1 << 32 | PE, PE, 0, 0), None, "reserved bits");
+        assert_eq!(cr0_write(NW | PE, PE, 0, 0), None, "NW without CD");
+        assert!(cr0_write(NW | CD | PE, PE, 0, 0).is_some());
+        assert_eq!(cr0_write(PG, 0, 0, 0), None, "PG without PE");
+        assert_eq!(cr0_write(PG | PE, PE, EFER_LME, 0), None, "long mode without PAE");
+        assert_eq!(cr0_write(PG | PE, PE, 0, CR4_PAE), None, "PAE paging: PDPTEs hv does not load");
+        assert_eq!(cr0_write(PE, PG | PE, EFER_LME | EFER_LMA, CR4_PAE), None, "paging off in long mode");
+        assert_eq!(decode_control_register_access(3 << 8), ControlRegisterAccess::WriteCr0 { register: 3 });
+    }
+
     use super::*;
 
     #[test]

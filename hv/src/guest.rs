@@ -69,6 +69,11 @@ pub fn versioned_size(requested: u64, minimum: u64, full: usize) -> Result<usize
 /// CPUID.1:ECX bits hv hides: VMX (5; no nested virtualization) and
 /// MONITOR/MWAIT (3; they exit and are refused).
 const HIDDEN_LEAF1_ECX: u32 = (1 << 5) | (1 << 3);
+/// CPUID.1:EDX bits hv hides: machine-check exception (7) and
+/// architecture (14): hv emulates no machine-check MSRs (MCG_CAP,
+/// MCG_STATUS, the banks), and Linux panics ("MCA architectural
+/// violation") when a CPU that claims MCA faults on reading them.
+const HIDDEN_LEAF1_EDX: u32 = (1 << 7) | (1 << 14);
 
 /// The CPUID result vCPU `vcpu` of domain `domain` sees for `leaf`, given
 /// what the CPU returned. Leaf 1 gains the hypervisor-present bit and
@@ -86,9 +91,9 @@ pub fn filter_cpuid(leaf: u32, raw: [u32; 4], ids: (u32, u32)) -> [u32; 4] {
             eax,
             ebx & 0x00ff_ffff | ids.1 << 24,
             (ecx | cpuid::HYPERVISOR_PRESENT_BIT | GUEST_APIC_LEAF1_ECX) & !HIDDEN_LEAF1_ECX,
-            edx | GUEST_APIC_LEAF1_EDX,
+            (edx | GUEST_APIC_LEAF1_EDX) & !HIDDEN_LEAF1_EDX,
         ],
-        1 => [eax, ebx, (ecx | cpuid::HYPERVISOR_PRESENT_BIT) & !HIDDEN_LEAF1_ECX, edx],
+        1 => [eax, ebx, (ecx | cpuid::HYPERVISOR_PRESENT_BIT) & !HIDDEN_LEAF1_ECX, edx & !HIDDEN_LEAF1_EDX],
         // Extended topology: the x2APIC id in EDX.
         0xb | 0x1f if guest => [eax, ebx, ecx, ids.1],
         0x4000_0000..=0x4fff_ffff => hypervisor_leaf(leaf, ids),
@@ -217,6 +222,11 @@ mod tests {
         assert_eq!(leaf1[2] & (1 << 3), 0, "MONITOR hidden");
         assert_ne!(leaf1[2] & cpuid::HYPERVISOR_PRESENT_BIT, 0);
         assert_eq!(leaf1[2] & 1, 1, "other bits pass");
+        for domain in [abi::DOM0, 7] {
+            let edx = filter_cpuid(1, [0x906ea, 0, 0, (1 << 7) | (1 << 14) | 1], (domain, 0))[3];
+            assert_eq!(edx & ((1 << 7) | (1 << 14)), 0, "d{domain}: MCE and MCA hidden");
+            assert_eq!(edx & 1, 1, "d{domain}: other bits pass");
+        }
         let signature = filter_cpuid(cpuid::LEAF_SIGNATURE, [0; 4], ids);
         assert_eq!(signature[0], cpuid::LEAF_MAX);
         assert_eq!(cpuid::signature_from_registers(signature[1], signature[2], signature[3]), cpuid::SIGNATURE);

@@ -41,6 +41,48 @@ impl Iso {
         Iso::build(Some(hv_args))
     }
 
+    /// An ISO whose boot ramdisk also holds `files` (e.g. the Linux guest's
+    /// kernel, initramfs and config from tests/linux.sh), with `hv_args` on
+    /// hv's command line, which name the image (`<target>/system/mica-<hv_args>.iso`):
+    /// built after [`Iso::get`]'s by `run-qemu.sh --build-only` with the files
+    /// staged for that one build only, so other tests' ISOs stay small. Not
+    /// with `$MICA_ISO`.
+    pub fn with_ramdisk_files(hv_args: &str, files: &[PathBuf]) -> Result<Iso, String> {
+        Iso::get()?;
+        if std::env::var_os("MICA_ISO").is_some() {
+            return Err("MICA_ISO is set: no ISO with extra ramdisk files can be built".to_owned());
+        }
+        let stage = Iso::target().join("ramdisk");
+        let mut staged = Vec::new();
+        let mut result = Ok(());
+        for file in files {
+            let Some(name) = file.file_name() else {
+                result = Err(format!("{} names no file", file.display()));
+                break;
+            };
+            let destination = stage.join(name);
+            if let Err(error) = std::fs::copy(file, &destination) {
+                result = Err(format!("copying {} into the ramdisk: {error}", file.display()));
+                break;
+            }
+            staged.push(destination);
+        }
+        let built = result.and_then(|()| Iso::build(Some(hv_args)));
+        for path in staged {
+            let _ = std::fs::remove_file(path);
+        }
+        built
+    }
+
+    /// Where the tests' ISOs are built: `<target>/system`.
+    fn target() -> PathBuf {
+        let root = workspace_root();
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root.join(dir).join("system"),
+            None => root.join("target").join("system"),
+        }
+    }
+
     fn locate_or_build() -> Result<Iso, String> {
         if let Some(path) = std::env::var_os("MICA_ISO") {
             let path = PathBuf::from(path);
@@ -55,10 +97,7 @@ impl Iso {
 
     fn build(hv_args: Option<&str>) -> Result<Iso, String> {
         let root = workspace_root();
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => root.join(dir).join("system"),
-            None => root.join("target").join("system"),
-        };
+        let target = Iso::target();
         // The tests' extra ramdisk files (broken configs, a corrupt kernel)
         // go into the staging directory run-qemu.sh packs.
         let stage = target.join("ramdisk");

@@ -29,16 +29,23 @@
 //! | range               | contents                                   |
 //! |---------------------|--------------------------------------------|
 //! | 0x0000              | reserved (null guard)                      |
-//! | 0x1000              | `hvm_start_info`, then the memory map      |
+//! | 0x1000              | `hvm_start_info`, the memory map, at 0x1800 the module list |
 //! | 0x2000              | command line (NUL-terminated)              |
 //! | 0x3000              | console ring page (reserved in the map)    |
 //! | 0x4000              | store ring page (reserved in the map)      |
 //! | 0x5000              | ACPI tables (RSDP, XSDT, FADT, MADT, DSDT: `acpi_tables`; ACPI in the map) |
 //! | 0x6000 -            | RAM; the kernel where its segments say     |
+//! | after the kernel    | the ramdisk, if any (page-aligned)         |
+//!
+//! The ramdisk (a Linux initramfs) is the start info's one module. It
+//! stays RAM in the memory map, as Xen's builder leaves it: the kernel
+//! reserves it itself before allocating anything and frees it once
+//! unpacked (Linux: `early_reserve_initrd`, `free_initrd_mem`); a reserved
+//! range would be outside Linux's direct map and be copied first.
 
 use abi::domctl::{INITIAL_GDT, VCPU_MODE_PVH, VcpuContext};
 use abi::start_info::{MemoryKind, StartInfo};
-use abi::xen::start_info::{HvmMemmapTableEntry, HvmMemmapType, HvmStartInfo};
+use abi::xen::start_info::{HvmMemmapTableEntry, HvmMemmapType, HvmModlistEntry, HvmStartInfo};
 use abi::{DomainId, Error};
 use hvcore::elf::{ElfError, ElfImage};
 use hvcore::paging::{Access, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
@@ -61,6 +68,10 @@ pub const IDENTITY_MAP: u64 = 1 << 30;
 pub const PVH_START_INFO: u64 = 0x1000;
 /// The memory map, after the start info in its page.
 pub const PVH_MEMMAP: u64 = PVH_START_INFO + 0x100;
+/// A PVH boot's module list (one `hvm_modlist_entry`: the ramdisk).
+pub const PVH_MODLIST: u64 = PVH_START_INFO + 0x800;
+// The module list lies between the memory map (3 entries) and the command line.
+const _: () = assert!(PVH_MEMMAP + 3 * 24 <= PVH_MODLIST && PVH_MODLIST + 32 <= PVH_CMDLINE);
 /// A PVH boot's command line.
 pub const PVH_CMDLINE: u64 = 0x2000;
 /// A PVH boot's console ring page.
@@ -112,6 +123,8 @@ pub struct BuildRequest<'a> {
     pub cap: u32,
     /// The guest's disk size in sectors, if it has a disk.
     pub block_sectors: Option<u64>,
+    /// The file a PVH kernel gets as its module (its initramfs), if any.
+    pub ramdisk: Option<&'a [u8]>,
 }
 
 /// Why a build failed.
@@ -123,6 +136,11 @@ pub enum BuildError {
     Memory,
     /// A hypervisor operation failed (the step, the error); the domain was destroyed.
     Hypervisor(&'static str, Error),
+    /// The ramdisk does not fit the guest's memory above the kernel.
+    RamdiskTooBig,
+    /// A ramdisk was given for a kernel without Xen's PVH entry note (only a
+    /// PVH boot has a module list).
+    RamdiskNeedsPvh,
 }
 
 impl core::fmt::Display for BuildError {
@@ -131,6 +149,8 @@ impl core::fmt::Display for BuildError {
             BuildError::Kernel(error) => write!(out, "bad kernel: {}", error.describe()),
             BuildError::Memory => write!(out, "memory must be between 2 MiB and 1024 MiB"),
             BuildError::Hypervisor(step, error) => write!(out, "{step} failed: {}", error.describe()),
+            BuildError::RamdiskTooBig => write!(out, "the ramdisk does not fit the memory above the kernel"),
+            BuildError::RamdiskNeedsPvh => write!(out, "a ramdisk needs a PVH kernel (Xen's PHYS32_ENTRY note)"),
         }
     }
 }
@@ -189,10 +209,15 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
     }
     let pvh = image.pvh_entry().is_some();
     image.check_fits(if pvh { PVH_RAM } else { KERNEL_BASE }, memory).map_err(BuildError::Kernel)?;
+    let ramdisk = match request.ramdisk {
+        Some(_) if !pvh => return Err(BuildError::RamdiskNeedsPvh),
+        Some(bytes) => Some(ramdisk_address(&image, bytes.len() as u64, memory)?),
+        None => None,
+    };
     let pages = memory / 4096;
     let id = control.create(pages).map_err(|error| BuildError::Hypervisor("create", error))?;
     let built = if pvh {
-        populate_and_load_pvh(control, id, &image, request)
+        populate_and_load_pvh(control, id, &image, request, ramdisk)
     } else {
         populate_and_load(control, id, &image, request)
     };
@@ -202,6 +227,18 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
             control.destroy(id);
             Err(error)
         }
+    }
+}
+
+/// Where a ramdisk of `length` bytes goes: the first page after the
+/// kernel's last segment (its memory size, bss included), ending within
+/// `memory`.
+fn ramdisk_address(image: &ElfImage, length: u64, memory: u64) -> Result<u64, BuildError> {
+    let (_, kernel_end) = image.physical_extent();
+    let start = kernel_end.next_multiple_of(4096);
+    match start.checked_add(length) {
+        Some(end) if end <= memory => Ok(start),
+        _ => Err(BuildError::RamdiskTooBig),
     }
 }
 
@@ -314,6 +351,7 @@ fn populate_and_load_pvh(
     id: DomainId,
     image: &ElfImage,
     request: &BuildRequest,
+    ramdisk_address: Option<u64>,
 ) -> Result<(), BuildError> {
     use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
@@ -343,13 +381,20 @@ fn populate_and_load_pvh(
         (PVH_RAM, memory - PVH_RAM, HvmMemmapType::Ram),
     ]
     .map(|(addr, size, kind)| HvmMemmapTableEntry { addr, size, r#type: kind.number(), reserved: 0 });
-    let info = HvmStartInfo {
+    let mut info = HvmStartInfo {
         cmdline_paddr: PVH_CMDLINE,
         rsdp_paddr: PVH_ACPI,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
         ..HvmStartInfo::new()
     };
+    if let (Some(bytes), Some(paddr)) = (request.ramdisk, ramdisk_address) {
+        control.copy(id, paddr, bytes).map_err(step("load ramdisk"))?;
+        let module = HvmModlistEntry { paddr, size: bytes.len() as u64, cmdline_paddr: 0, reserved: 0 };
+        control.copy(id, PVH_MODLIST, module.as_bytes()).map_err(step("write module list"))?;
+        info.modlist_paddr = PVH_MODLIST;
+        info.nr_modules = 1;
+    }
     control.copy(id, PVH_START_INFO, info.as_bytes()).map_err(step("write start info"))?;
     control.copy(id, PVH_MEMMAP, memmap.as_bytes()).map_err(step("write memory map"))?;
     let e820 =
@@ -564,6 +609,51 @@ mod tests {
         assert_eq!(failing.destroyed, [1]);
     }
 
+    #[test]
+    fn a_ramdisk_is_the_pvh_boots_module_after_the_kernel() {
+        use zerocopy::FromBytes;
+        let kernel = pvh_kernel();
+        let ramdisk: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut mock = Mock::default();
+        let id = build(&mut mock, &BuildRequest { ramdisk: Some(&ramdisk), ..request(&kernel) }).unwrap();
+        let bytes = |address: u64, length: usize| -> Vec<u8> {
+            (0..length as u64).map(|i| *mock.memory[&id].get(&(address + i)).unwrap_or(&0)).collect()
+        };
+        let info = HvmStartInfo::read_from_bytes(&bytes(PVH_START_INFO, 56)).unwrap();
+        assert_eq!((info.nr_modules, info.modlist_paddr), (1, PVH_MODLIST));
+        let module = HvmModlistEntry::read_from_bytes(&bytes(PVH_MODLIST, 32)).unwrap();
+        // The kernel's segment ends at 1 MiB + 64 + 4 KiB of bss: the next page.
+        assert_eq!(module, HvmModlistEntry { paddr: 0x102000, size: 5000, cmdline_paddr: 0, reserved: 0 });
+        assert_eq!(bytes(0x102000, 5000), ramdisk);
+        // The map still says RAM.
+        let map = <[HvmMemmapTableEntry; 3]>::read_from_bytes(&bytes(PVH_MEMMAP, 72)).unwrap();
+        assert_eq!((map[2].addr, map[2].size, map[2].r#type), (PVH_RAM, (16 << 20) - PVH_RAM, 1));
+
+        // Without a ramdisk: no module.
+        let id = build(&mut mock, &request(&kernel)).unwrap();
+        let info = HvmStartInfo::read_from_bytes(
+            &(0..56).map(|i| *mock.memory[&id].get(&(PVH_START_INFO + i)).unwrap_or(&0)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+    }
+
+    #[test]
+    fn a_ramdisk_that_does_not_fit_or_has_no_module_list_allocates_nothing() {
+        let kernel = pvh_kernel();
+        let mut mock = Mock::default();
+        // 16 MiB of memory, the kernel up to 0x102000: exactly the rest fits.
+        let fits = vec![1u8; (16 << 20) - 0x102000];
+        assert!(build(&mut mock, &BuildRequest { ramdisk: Some(&fits), ..request(&kernel) }).is_ok());
+        let too_big = vec![1u8; (16 << 20) - 0x102000 + 1];
+        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&too_big), ..request(&kernel) });
+        assert_eq!(result, Err(BuildError::RamdiskTooBig));
+        let native = self::kernel();
+        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&[1, 2, 3]), ..request(&native) });
+        assert_eq!(result, Err(BuildError::RamdiskNeedsPvh));
+        assert_eq!(mock.next, 1, "only the first build created a domain");
+    }
+
     fn request(kernel: &[u8]) -> BuildRequest<'_> {
         BuildRequest {
             kernel,
@@ -573,6 +663,7 @@ mod tests {
             weight: 256,
             cap: 0,
             block_sectors: Some(100),
+            ramdisk: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! name    = "web-1"                # required
 //! memory  = 64                     # required, MiB
 //! kernel  = "boot/guest.elf"       # required, a path in the boot ramdisk
+//! ramdisk = "boot/initramfs.gz"    # a PVH kernel's first module
 //! cmdline = "console=hvc0 quiet"
 //! vcpus   = 1
 //! on_crash = "restart"
@@ -30,6 +31,7 @@
 //! | `name`     | string  | required    | 1..=32 of `A-Z a-z 0-9 _ . -`, not starting with `-` or `.`, not all digits |
 //! | `memory`   | integer | required    | 1..=1024 (MiB)                                |
 //! | `kernel`   | string  | required    | 1..=100 bytes, no NUL                         |
+//! | `ramdisk`  | string  | none        | 1..=100 bytes, no NUL: a file in the boot ramdisk the builder loads as the guest's module (its initramfs) |
 //! | `cmdline`  | string  | `""`        | at most 1023 bytes, no NUL                    |
 //! | `vcpus`    | integer | 1           | 1..=8 ([`VCPUS_MAX`])                         |
 //! | `on_crash` | string  | `"destroy"` | `"destroy"`, `"restart"`, `"preserve"`        |
@@ -93,6 +95,9 @@ pub struct GuestConfig {
     pub vcpus: u32,
     /// The kernel's path inside the boot ramdisk, as written.
     pub kernel: ArrayString<KERNEL_MAX>,
+    /// The path inside the boot ramdisk of the file given to the guest as
+    /// its module (a Linux initramfs); empty for none.
+    pub ramdisk: ArrayString<KERNEL_MAX>,
     /// The kernel command line: at most [`CMDLINE_MAX`] bytes, no NUL.
     pub cmdline: ArrayString<1024>,
     /// What to do when the guest crashes.
@@ -171,6 +176,7 @@ pub fn parse(text: &[u8]) -> Result<GuestConfig, ConfigError> {
         memory_mib: 0,
         vcpus: 1,
         kernel: ArrayString::new(),
+        ramdisk: ArrayString::new(),
         cmdline: ArrayString::new(),
         on_crash: OnCrash::Destroy,
         weight: 256,
@@ -223,6 +229,7 @@ enum Key {
     Memory,
     Vcpus,
     Kernel,
+    Ramdisk,
     Cmdline,
     OnCrash,
     Weight,
@@ -232,11 +239,12 @@ enum Key {
 }
 
 /// Each key's spelling, indexed by `Key as usize`.
-const KEYS: [(&str, Key); 10] = [
+const KEYS: [(&str, Key); 11] = [
     ("name", Key::Name),
     ("memory", Key::Memory),
     ("vcpus", Key::Vcpus),
     ("kernel", Key::Kernel),
+    ("ramdisk", Key::Ramdisk),
     ("cmdline", Key::Cmdline),
     ("on_crash", Key::OnCrash),
     ("weight", Key::Weight),
@@ -281,6 +289,13 @@ fn apply(config: &mut GuestConfig, key: Key, value: Value<'_>) -> Result<(), Con
                 return Err(ConfigErrorKind::OutOfRange { key: name, detail: "must not be empty" });
             }
             reject_nul(name, &config.kernel)?;
+        }
+        Key::Ramdisk => {
+            config.ramdisk = string(name, value, KERNEL_MAX)?;
+            if config.ramdisk.is_empty() {
+                return Err(ConfigErrorKind::OutOfRange { key: name, detail: "must not be empty" });
+            }
+            reject_nul(name, &config.ramdisk)?;
         }
         Key::Cmdline => {
             config.cmdline = string(name, value, CMDLINE_MAX)?;
@@ -651,6 +666,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             memory_mib: 1,
             vcpus: 1,
             kernel: ArrayString::from("/k").unwrap(),
+            ramdisk: ArrayString::new(),
             cmdline: ArrayString::new(),
             on_crash: OnCrash::Destroy,
             weight: 256,
@@ -659,6 +675,19 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             vifs: ArrayVec::new(),
         };
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn a_ramdisk_is_a_path_in_the_boot_ramdisk() {
+        let config = parse(with_required("ramdisk = \"linux/initramfs.gz\"").as_bytes()).unwrap();
+        assert_eq!(config.ramdisk.as_str(), "linux/initramfs.gz");
+        assert_eq!(error(&with_required("ramdisk = \"\"")).to_string(), "line 4: ramdisk must not be empty");
+        assert_eq!(
+            error(&with_required("ramdisk = 1")).to_string(),
+            "line 4: ramdisk must be a string in double quotes"
+        );
+        let long = std::format!("ramdisk = \"{}\"", "r".repeat(KERNEL_MAX + 1));
+        assert_eq!(error(&with_required(&long)).to_string(), "line 4: ramdisk must be at most 100 bytes");
     }
 
     #[test]

@@ -689,6 +689,17 @@ impl Toolstack {
                 return None;
             }
         };
+        let ramdisk = if config.ramdisk.is_empty() {
+            None
+        } else {
+            match self.read_file(&config.ramdisk) {
+                Ok(ramdisk) => Some(ramdisk),
+                Err(message) => {
+                    let _ = writeln!(out, "dom0: create: ramdisk: {message}");
+                    return None;
+                }
+            }
+        };
         // The disk: at most one per guest for now, a region of a disk dom0 found.
         let mut disk = None;
         if config.disks.len() > 1 {
@@ -743,6 +754,7 @@ impl Toolstack {
             weight: config.weight,
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
+            ramdisk,
         };
         let mut control = Hypervisor { vcpus: config.vcpus, console: None, store: None };
         let id = match builder::build(&mut control, &request) {

@@ -671,7 +671,10 @@ const CODE32_ACCESS: u64 = 0xc09b;
 /// CR0's protection-enable and paging bits.
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
-/// Guest CR0 at a PVH entry: PE | ET | NE, paging off.
+/// The CR0 bits hv owns: NE, which VMX fixes to 1 (IA32_VMX_CR0_FIXED0).
+const CR0_OWNED_BY_HV: u64 = hvcore::cpu_state::cr0::NE;
+/// Guest CR0 at a PVH entry: PE | ET | NE, paging off (the guest sees NE
+/// clear, as Xen's PVH entry state says).
 const PVH_CR0: u64 = 0x0000_0031;
 const DATA_ACCESS: u64 = 0xc093;
 /// Real mode's 16-bit segments, byte granular: code execute/read,
@@ -724,11 +727,13 @@ impl Vcpu {
         if capabilities.features & feature::VPID != 0 {
             write(Field::VirtualProcessorId, setup.vpid as u64);
         }
-        // The guest owns CR0 and CR4 except VMXE, which VMX forces on and
-        // which the read shadow hides (SDM 25.6.6).
+        // The guest owns CR0 and CR4 except NE and VMXE, which VMX forces
+        // on and which the read shadows hide (SDM 25.6.6): a MOV to CR0
+        // that changes the guest's NE exits and hv emulates it
+        // (`emulate_control_register`).
         let cr0 = (GUEST_CR0 | capabilities.cr0_fixed0) & capabilities.cr0_fixed1;
         let cr4 = (GUEST_CR4 | capabilities.cr4_fixed0) & capabilities.cr4_fixed1;
-        write(Field::Cr0GuestHostMask, 0);
+        write(Field::Cr0GuestHostMask, CR0_OWNED_BY_HV);
         write(Field::Cr0ReadShadow, cr0);
         write(Field::Cr4GuestHostMask, CR4_OWNED_BY_HV);
         write(Field::Cr4ReadShadow, cr4 & !CR4_OWNED_BY_HV);
@@ -771,7 +776,10 @@ impl Vcpu {
             let protection = if real { 0 } else { CR0_PE };
             let cr0 = (PVH_CR0 & !CR0_PE | protection | capabilities.cr0_fixed0 & !(CR0_PE | CR0_PG))
                 & capabilities.cr0_fixed1;
-            write(Field::Cr0ReadShadow, cr0);
+            // Xen's PVH entry state: CR0 = PE | ET, NE clear (Linux's
+            // head.S then writes PG | PE | ET, which must not exit as a
+            // fault: NE is hv's bit, so it keeps its real value).
+            write(Field::Cr0ReadShadow, cr0 & !CR0_OWNED_BY_HV);
             write(Field::Cr4ReadShadow, 0);
             let entry = capabilities.entry & !EntryControls::IA32E_MODE_GUEST.bits();
             write(Field::EntryControls, entry as u64);
@@ -1079,7 +1087,9 @@ impl Vcpu {
 
     /// Emulates a control-register access exit: MOV to/from CR8 use the
     /// vCPU's virtual TPR; a MOV to CR4 that would set a bit hv owns
-    /// (VMXE, PKE) gets #GP, as on a CPU without those features. Returns
+    /// (VMXE, PKE) gets #GP, as on a CPU without those features; a MOV to
+    /// CR0 that changes the guest's NE is done as `cpu_state::cr0_write`
+    /// says (NE stays on underneath, long mode follows paging). Returns
     /// false for an access hv never asked to intercept.
     pub fn emulate_control_register(&mut self, qualification: u64) -> bool {
         use hvcore::cpu_state::ControlRegisterAccess as Access;
@@ -1097,6 +1107,20 @@ impl Vcpu {
                 self.skip_exit_instruction();
             }
             Access::WriteCr4 { .. } => self.inject_exception(13, Some(0)),
+            Access::WriteCr0 { register } => {
+                let value = self.register(register);
+                let current = vmcs::read(Field::GuestCr0);
+                let cr4 = vmcs::read(Field::GuestCr4);
+                match hvcore::cpu_state::cr0_write(value, current, self.efer(), cr4) {
+                    Some(write) => {
+                        vmcs::write(Field::Cr0ReadShadow, write.shadow);
+                        vmcs::write(Field::GuestCr0, write.cr0);
+                        self.set_efer(write.efer);
+                        self.skip_exit_instruction();
+                    }
+                    None => self.inject_exception(13, Some(0)),
+                }
+            }
             Access::Other => return false,
         }
         true

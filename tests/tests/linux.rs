@@ -1,0 +1,64 @@
+//! Debian 12's stock kernel as a PVH guest (issue 11), with the images
+//! tests/linux.sh makes (`<target>/linux/`): dom0 loads the ELF vmlinux at
+//! its physical addresses and the busybox initramfs as its module, and
+//! Linux runs on Mica's Xen subset.
+//!
+//! Ignored by a plain `cargo test`: the images come from the network.
+//! tests/run.sh runs tests/linux.sh and then this test with `--ignored`;
+//! run by hand: `tests/linux.sh && cargo test -p mica-tests --test linux -- --ignored`.
+//! Run without the images, it fails (a skip is never a pass).
+
+use std::path::PathBuf;
+
+use mica_tests::Machine;
+use mica_tests::session::{attach, command, create, detach, fail_with};
+use mica_tests::{Bochs, BochsOptions, Iso, boot_to_prompt, fail, seconds};
+
+/// tests/linux.sh's output directory.
+fn images() -> PathBuf {
+    let root = mica_tests::workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir).join("linux"),
+        None => root.join("target").join("linux"),
+    }
+}
+
+#[test]
+#[ignore = "needs tests/linux.sh's images (Debian's kernel); tests/run.sh runs it"]
+fn debians_kernel_boots_as_a_pvh_guest_to_its_console() {
+    let directory = images();
+    let files: Vec<PathBuf> =
+        ["vmlinux", "initramfs.gz", "linux.cfg"].iter().map(|name| directory.join(name)).collect();
+    if let Some(missing) = files.iter().find(|file| !file.is_file()) {
+        panic!(
+            "\nLINUX TEST NOT RUN: {} is missing. Run tests/linux.sh first (it downloads Debian's \
+             kernel and busybox with apt-get); this is a failure, not a pass.\n",
+            missing.display()
+        );
+    }
+    // dom0's default memory, said on the command line: the ISO needs a name of its own.
+    let iso = Iso::with_ramdisk_files("dom0_mem=64M", &files).unwrap_or_else(fail);
+    let options = BochsOptions { memory_mib: 512, hard_timeout: seconds(900), ..BochsOptions::default() };
+    let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
+    boot_to_prompt(&mut machine).unwrap_or_else(fail);
+    let id = create(&mut machine, "linux", "linux");
+    attach(&mut machine, "linux", id);
+    // Messages before hvc0 went to the boot console (console_io: `dmesg`); hvc0 starts here.
+    let banner = machine.expect("printk: console [hvc0] enabled", seconds(300));
+    if let Err(error) = banner {
+        fail_with_dmesg(&mut machine, &error);
+    }
+    let init = machine.expect("mica-linux: /init reached", seconds(600));
+    if let Err(error) = init {
+        fail_with_dmesg(&mut machine, &error);
+    }
+}
+
+/// Leaves the guest's console and fails with `error` and hv's log, which
+/// holds what Linux wrote with `console_io` (earlyprintk=xen) and what hv
+/// refused it.
+fn fail_with_dmesg(machine: &mut Machine, error: &str) -> ! {
+    let console = detach(machine);
+    let dmesg = command(machine, "dmesg");
+    fail_with(machine, &format!("{error}\nthe guest's console ended with:\n{console}\n`dmesg` printed:\n{dmesg}"))
+}
