@@ -489,18 +489,20 @@ fn handle_exit_unlocked(vcpu: &mut Vcpu, raw: Result<u32, Exit>, counts: &mut Un
     }
 }
 
-/// CPUID as hv's policy (`hvcore::guest::filter_cpuid`) shows it.
+/// CPUID as hv's policy (`hvcore::cpuid_policy`) shows it.
 #[inline]
 pub(crate) fn emulate_cpuid(vcpu: &mut Vcpu) {
     let leaf = vcpu.registers.rax as u32;
     // OSXSAVE mirrors the guest's CR4, not hv's (CPUID ran in root).
     let osxsave = leaf == 1 && vcpu.guest_osxsave();
-    let raw = cpu::cpuid(leaf, vcpu.registers.rcx as u32);
+    let subleaf = vcpu.registers.rcx as u32;
+    let raw = cpu::cpuid(leaf, subleaf);
     let ids = vcpu.ids;
     let registers = &mut vcpu.registers;
-    let [eax, ebx, mut ecx, edx] = hvcore::guest::filter_cpuid(leaf, [raw.eax, raw.ebx, raw.ecx, raw.edx], ids);
+    let [eax, ebx, mut ecx, edx] =
+        hvcore::cpuid_policy::filter_cpuid(leaf, subleaf, [raw.eax, raw.ebx, raw.ecx, raw.edx], ids);
     if leaf == 1 {
-        ecx = hvcore::guest::with_osxsave(ecx, osxsave);
+        ecx = hvcore::cpuid_policy::with_osxsave(ecx, osxsave);
     }
     registers.rax = eax as u64;
     registers.rbx = ebx as u64;

@@ -8,6 +8,7 @@
 
 pub mod acpi;
 pub mod cpu_state;
+pub mod cpuid_policy;
 pub mod domain;
 pub mod domctl;
 pub mod elf;
