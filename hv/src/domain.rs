@@ -4,6 +4,7 @@
 //! ([`Platform`]), so it runs on the host in tests.
 
 use abi::hypercall::ShutdownReason;
+use abi::xen::grant_table::GRANT_TABLE_FRAMES;
 use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord, DomainInfo, DomainState, EXIT_REASON_SLOTS};
 use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
@@ -80,8 +81,13 @@ pub struct Domain<P: Platform> {
     /// (`xen::TOOLSTACK_PARAMS`, in that order: store frame and port,
     /// console frame and port), 0 = not set.
     pub hvm_params: [u64; 4],
-    /// Host-physical address of the registered grant table page, 0 = none.
-    pub grant_table: u64,
+    /// The grant table's frames (host-physical, 0 = not placed): frame `i`
+    /// holds entries `512 i` to `512 i + 511` (`grant_ops::place_table_frame`).
+    pub grant_frames: [u64; GRANT_TABLE_FRAMES],
+    /// Where each frame hv supplied is mapped (guest-physical; `None`: the
+    /// frame is the guest's own RAM page, or not placed). Freed with the
+    /// domain.
+    pub grant_supplied: [Option<u64>; GRANT_TABLE_FRAMES],
     /// Grants of others it has mapped (a guest; dom0's are in
     /// `Hypervisor::foreign`).
     pub mapped_grants: crate::foreign::GuestGrants,
@@ -261,7 +267,8 @@ impl<P: Platform> Domain<P> {
             xen_vcpu_info: [0; MAX_VCPUS],
             hvm_params: [0; 4],
             memory_map: ArrayVec::new_const(),
-            grant_table: 0,
+            grant_frames: [0; GRANT_TABLE_FRAMES],
+            grant_supplied: [None; GRANT_TABLE_FRAMES],
             mapped_grants: crate::foreign::GuestGrants::new(),
             ept_cpus: 0,
             io_bitmaps: [0; 2],
@@ -480,6 +487,9 @@ impl<P: Platform> Domain<P> {
         }
         for (guest_physical, pages) in core::mem::take(&mut self.populated) {
             self.release_range(guest_physical, pages);
+        }
+        for guest_physical in core::mem::take(&mut self.grant_supplied).into_iter().flatten() {
+            self.release_range(guest_physical, 1);
         }
         self.ept.destroy(&mut P::tables());
     }

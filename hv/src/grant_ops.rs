@@ -43,16 +43,67 @@ impl<P: Platform> EntryWord for Shared<P> {
     }
 }
 
-/// The host address of entry `reference` in `granter`'s table.
+/// The host address of entry `reference` in `granter`'s table: in frame
+/// `reference / 512`. `NotFound` without a table (no frame 0),
+/// `InvalidArgument` past the frames placed.
 fn entry_address<P: Platform>(granter: &Domain<P>, reference: u64) -> Result<u64, Error> {
-    let table = granter.grant_table;
-    if table == 0 {
+    if granter.grant_frames[0] == 0 {
         return Err(Error::NotFound);
     }
-    if reference >= ENTRIES as u64 {
+    let frame = usize::try_from(reference / ENTRIES as u64).ok().and_then(|index| granter.grant_frames.get(index));
+    match frame {
+        Some(&frame) if frame != 0 => Ok(frame + reference % ENTRIES as u64 * 8),
+        _ => Err(Error::InvalidArgument),
+    }
+}
+
+/// Places frame `index` of domain `caller`'s grant table at its
+/// guest-physical `address` (see `abi::xen::grant_table`): its own RAM page
+/// there becomes the frame; where it has nothing and `supply`, hv maps a
+/// zeroed frame of its own, freed with the domain (`Domain::grant_supplied`).
+/// A supplied frame stays where it was first placed (again there: done;
+/// elsewhere: `InvalidArgument`). `Busy` while another domain maps one of
+/// the table's grants: moving a frame would lose track of its MAPPED bits.
+pub fn place_table_frame<P: Platform>(
+    on: &mut Grants<'_, '_, P>,
+    caller: usize,
+    index: usize,
+    address: u64,
+    supply: bool,
+) -> Result<(), Error> {
+    if !address.is_multiple_of(abi::PAGE_SIZE) || address >= abi::grant::GUEST_MAP_LIMIT {
         return Err(Error::InvalidArgument);
     }
-    Ok(table + reference * 8)
+    let domain = &on.domains[caller];
+    match domain.grant_supplied.get(index).ok_or(Error::InvalidArgument)? {
+        Some(placed) if *placed == address => return Ok(()),
+        Some(_) => return Err(Error::InvalidArgument),
+        None => {}
+    }
+    let caller_id = domain.id;
+    if on.foreign.maps_grants_of(caller_id) || on.domains.iter().any(|d| d.mapped_grants.maps_grants_of(caller_id)) {
+        return Err(Error::Busy);
+    }
+    let domain = &mut on.domains[caller];
+    let rw = Access::READ | Access::WRITE;
+    match domain.host_frame(address, rw) {
+        Ok(frame) => {
+            domain.grant_frames[index] = frame;
+            return Ok(());
+        }
+        Err(error) if !supply => return Err(error),
+        Err(_) => {}
+    }
+    // Nothing there (a page the guest cannot write is something: `map`
+    // refuses it).
+    let frame = P::allocate_frame().ok_or(Error::OutOfMemory)?;
+    if let Err(error) = domain.ept.map(&mut P::tables(), address, frame, PageSize::Size4K, rw, MemoryType::WriteBack) {
+        P::free_frame(frame);
+        return Err(error.into());
+    }
+    domain.grant_frames[index] = frame;
+    domain.grant_supplied[index] = Some(address);
+    Ok(())
 }
 
 /// A claimed grant: `MAPPED` is set in its entry, so the granter cannot
@@ -289,21 +340,8 @@ pub fn grant_op<P: Platform>(
     let operation = GrantOp::from_number(operation).ok_or(Error::InvalidArgument)?;
     let caller_id = on.domains[caller].id;
     match operation {
-        GrantOp::SetupTable => {
-            if a1 % abi::PAGE_SIZE != 0 {
-                return Err(Error::InvalidArgument);
-            }
-            // Moving the table while another domain maps one of its grants
-            // would lose track of the MAPPED bits.
-            if on.foreign.maps_grants_of(caller_id)
-                || on.domains.iter().any(|d| d.mapped_grants.maps_grants_of(caller_id))
-            {
-                return Err(Error::Busy);
-            }
-            let domain = &mut on.domains[caller];
-            domain.grant_table = domain.host_frame(a1, Access::READ | Access::WRITE)?;
-            Ok(0)
-        }
+        // Mica's call: frame 0 only, at the guest's own RAM.
+        GrantOp::SetupTable => place_table_frame(on, caller, 0, a1, false).map(|()| 0),
         GrantOp::Map => {
             if !on.domains[caller].privileged {
                 return map_in_guest(on.domains, caller, a1, a2, a3, a4 & MAP_WRITABLE != 0);

@@ -25,6 +25,7 @@ use abi::xen::event_channel::{
     EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnOp,
     EvtchnSend, EvtchnStatus, EvtchnUnmask, PortState as XenPortState, Virq as XenVirq,
 };
+use abi::xen::grant_table::GRANT_TABLE_FRAMES;
 use abi::xen::hvm::{CallbackVia, HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HvmOp, XenHvmParam};
 use abi::xen::memory::{MEMOP_CMD_MASK, MemoryOp, XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XenAddToPhysmap};
 use abi::xen::sched::{SchedOp, SchedShutdown, ShutdownReason};
@@ -170,16 +171,22 @@ pub fn dispatch_table<P: Platform>(
             set_memory_map(&mut hv.domains, caller, space, a2)
         }
         Some(Hypercall::MemoryOp) => {
-            // The grant table's frame 0 (checked again: the guest may have
+            // A frame of the grant table (checked again: the guest may have
             // changed its request since `memory_op` looked).
             let request: XenAddToPhysmap = space.read_struct(&hv.domains[caller], a2)?;
-            if (request.space, request.idx) != (XENMAPSPACE_GRANT_TABLE, 0) {
+            let index = usize::try_from(request.idx).ok().filter(|&index| index < GRANT_TABLE_FRAMES);
+            let address = request.gpfn.checked_mul(abi::PAGE_SIZE);
+            let (Some(index), Some(address), XENMAPSPACE_GRANT_TABLE) = (index, address, request.space) else {
                 return Err(Errno::Einval);
-            }
-            own_page(&hv.domains[caller], request.gpfn)?;
-            let address = request.gpfn * abi::PAGE_SIZE;
-            let setup = [abi::grant::GrantOp::SetupTable as u64, address, 0, 0, 0];
-            crate::grant_ops::grant_op(&mut hv.grants(), caller, setup).map(|_| 0).map_err(errno)
+            };
+            crate::grant_ops::place_table_frame(&mut hv.grants(), caller, index, address, true).map(|()| 0).map_err(
+                |error| match error {
+                    // Xen's answers: a bad place, no memory, in use.
+                    abi::Error::OutOfMemory => Errno::Enomem,
+                    abi::Error::Busy => Errno::Ebusy,
+                    _ => Errno::Einval,
+                },
+            )
         }
         _ => Err(Errno::Enosys),
     }
@@ -436,10 +443,9 @@ fn memory_op<P: Platform>(
             own(domain, request.domid)?;
             match (request.space, request.idx) {
                 (XENMAPSPACE_SHARED_INFO, 0) => {}
-                // One frame of 512 entries (`GnttabQuerySize`): where it
-                // is concerns the domains that map its grants.
-                (XENMAPSPACE_GRANT_TABLE, 0) => {
-                    own_page(domain, request.gpfn)?;
+                // Where a frame of the table goes concerns the domains that
+                // map its grants (`grant_ops::place_table_frame`).
+                (XENMAPSPACE_GRANT_TABLE, index) if index < GRANT_TABLE_FRAMES as u64 => {
                     return Ok(XenCall::Table);
                 }
                 (XENMAPSPACE_SHARED_INFO | XENMAPSPACE_GRANT_TABLE, _) => return Err(Errno::Einval),
@@ -526,7 +532,11 @@ fn grant_table_op<P: Platform>(
             if request.dom != abi::xen::DOMID_SELF && u32::from(request.dom) != domain.id {
                 request.status = GrantStatus::BadDomain.number();
             } else {
-                (request.nr_frames, request.max_nr_frames, request.status) = (1, 1, GrantStatus::Okay.number());
+                // The frames placed: up to the highest one (Linux places
+                // them from the highest down).
+                let placed = domain.grant_frames.iter().rposition(|&frame| frame != 0).map_or(0, |last| last + 1);
+                (request.nr_frames, request.max_nr_frames, request.status) =
+                    (placed as u32, GRANT_TABLE_FRAMES as u32, GrantStatus::Okay.number());
             }
             space.write(domain, address, request.as_bytes()).map(|()| 0)
         }
@@ -1700,7 +1710,7 @@ mod tests {
         assert_eq!(domain.read_struct::<u64>(0xe000 + 2048), Ok(7), "moved with its contents");
         assert_eq!(add(&mut domain, XenAddToPhysmap { idx: 1, ..at(0xb) }), Err(Errno::Einval));
         assert_eq!(add(&mut domain, at(0x4_0000)), Err(Errno::Einval), "not its RAM");
-        assert_eq!(add(&mut domain, XenAddToPhysmap { space: 1, idx: 1, ..at(0xb) }), Err(Errno::Einval), "one frame");
+        assert_eq!(add(&mut domain, XenAddToPhysmap { space: 1, idx: 4, ..at(0xb) }), Err(Errno::Einval), "four frames");
         assert_eq!(add(&mut domain, XenAddToPhysmap { space: 2, ..at(0xb) }), Err(Errno::Enosys), "gmfn moves");
         assert_eq!(add(&mut domain, XenAddToPhysmap { domid: 3, ..at(0xb) }), Err(Errno::Eperm));
     }
@@ -1778,9 +1788,9 @@ mod tests {
         let arguments = [u64::from(MemoryOp::AddToPhysmap.number()), VIRTUAL, 0, 0, 0];
         assert_eq!(dispatch(&mut hv.domains[one], &space, H::MemoryOp.number(), arguments), XenCall::Table);
         assert_eq!(dispatch_table(&mut hv, one, &space, H::MemoryOp.number(), arguments), Ok(0));
-        assert_eq!(hv.domains[one].grant_table, hv.domains[one].host_frame(0xd000, Access::READ).unwrap());
+        assert_eq!(hv.domains[one].grant_frames[0], hv.domains[one].host_frame(0xd000, Access::READ).unwrap());
         // A request changed between the two looks is checked again.
-        let changed = XenAddToPhysmap { gpfn: 1 << 30, ..add };
+        let changed = XenAddToPhysmap { idx: 4, ..add };
         hv.domains[one].write_guest(DATA, changed.as_bytes()).unwrap();
         assert_eq!(dispatch_table(&mut hv, one, &space, H::MemoryOp.number(), arguments), Err(Errno::Einval));
         // A v1 entry in Xen's layout grants domain 2 a read-only page: the
@@ -1797,13 +1807,13 @@ mod tests {
         hv.domains[one].write_guest(0xd000 + 6 * 8, &transitive.to_le_bytes()).unwrap();
         let map = [abi::grant::GrantOp::Map as u64, 1, 6, 0x4000_2000, 0];
         assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, map), Err(abi::Error::Permission));
-        // The size is one frame, the version 1.
+        // The size is one frame of four, the version 1.
         let query = GnttabQuerySize { dom: abi::xen::DOMID_SELF, ..Default::default() };
         hv.domains[one].write_guest(DATA, query.as_bytes()).unwrap();
         let size = [u64::from(GnttabOp::QuerySize.number()), VIRTUAL, 1];
         assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, size), Ok(0));
         let answer: GnttabQuerySize = hv.domains[one].read_struct(DATA).unwrap();
-        assert_eq!((answer.nr_frames, answer.max_nr_frames, answer.status), (1, 1, 0));
+        assert_eq!((answer.nr_frames, answer.max_nr_frames, answer.status), (1, 4, 0));
         for (version, expected) in [(1, Ok(0)), (2, Err(Errno::Enosys)), (3, Err(Errno::Einval))] {
             hv.domains[one].write_guest(DATA, GnttabSetVersion { version }.as_bytes()).unwrap();
             let set = [u64::from(GnttabOp::SetVersion.number()), VIRTUAL, 1];
@@ -1820,6 +1830,64 @@ mod tests {
         assert_eq!(call(&mut hv.domains[one], &space, H::GrantTableOp, get), Err(Errno::Eperm));
     }
 
+    /// Linux places its table's frames where it has no RAM (unpopulated
+    /// physical address space), the highest index first: hv supplies
+    /// zeroed frames there, reports them in `query_size`, finds grants in
+    /// every frame, keeps a supplied frame where it is, and frees them
+    /// with the domain.
+    #[test]
+    fn a_table_of_several_frames_is_supplied_where_the_guest_has_no_ram() {
+        use abi::xen::grant_table::{GTF_PERMIT_ACCESS, GnttabOp, GnttabQuerySize};
+        let mut hv = hypervisor();
+        let frames_before = machine::with(|state| state.frames.len());
+        let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
+        let frames_with_domains = machine::with(|state| state.frames.len());
+        // 256 MiB: far past the test domain's RAM.
+        let hole = 0x1000_0000 / 4096;
+        let add = |idx: u64, gpfn: u64| XenAddToPhysmap {
+            domid: abi::xen::DOMID_SELF,
+            space: XENMAPSPACE_GRANT_TABLE,
+            idx,
+            gpfn,
+            ..Default::default()
+        };
+        let add_to_physmap = MemoryOp::AddToPhysmap.number();
+        // Frames 3, 2, 1 in the hole; frame 0 at the guest's own page 0xd000.
+        for (idx, gpfn) in [(3, hole + 3), (2, hole + 2), (1, hole + 1), (0, 0xd)] {
+            let (result, _) = xen_call(&mut hv, one, H::MemoryOp, add_to_physmap, add(idx, gpfn));
+            assert_eq!(result, Ok(0), "frame {idx}");
+        }
+        // Three frames, and one EPT table for the hole's addresses.
+        assert_eq!(machine::with(|state| state.frames.len()), frames_with_domains + 3 + 1, "three frames supplied");
+        // Again at the same place: nothing changes; elsewhere, or a fifth: refused.
+        assert_eq!(xen_call(&mut hv, one, H::MemoryOp, add_to_physmap, add(2, hole + 2)).0, Ok(0));
+        assert_eq!(xen_call(&mut hv, one, H::MemoryOp, add_to_physmap, add(2, hole + 9)).0, Err(Errno::Einval));
+        assert_eq!(xen_call(&mut hv, one, H::MemoryOp, add_to_physmap, add(4, hole + 4)).0, Err(Errno::Einval));
+        assert_eq!(machine::with(|state| state.frames.len()), frames_with_domains + 4, "no more frames");
+        assert_eq!(hv.domains[one].grant_frames[0], hv.domains[one].host_frame(0xd000, Access::READ).unwrap());
+        let query = GnttabQuerySize { dom: abi::xen::DOMID_SELF, ..Default::default() };
+        let (result, answer) = xen_call(&mut hv, one, H::GrantTableOp, GnttabOp::QuerySize.number(), query);
+        assert_eq!((result, answer.nr_frames, answer.max_nr_frames), (Ok(0), 4, 4));
+        // The frames are zeroed and the guest's: it writes grant 1,600
+        // (frame 3, entry 64) there, and domain two maps it.
+        let entry_at = (hole + 3) * 4096 + 64 * 8;
+        assert_eq!(hv.domains[one].read_struct::<u64>(entry_at), Ok(0));
+        let entry = u64::from(GTF_PERMIT_ACCESS) | 2 << 16 | (DATA / 4096) << 32;
+        hv.domains[one].write_guest(entry_at, &entry.to_le_bytes()).unwrap();
+        let map = [abi::grant::GrantOp::Map as u64, 1, 1600, 0x4000_0000, abi::grant::MAP_WRITABLE];
+        assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, map), Ok(0));
+        assert_eq!(hv.domains[two].host_frame(0x4000_0000, Access::WRITE), hv.domains[one].host_frame(DATA, Access::WRITE));
+        // Past the table: refused.
+        let past = [abi::grant::GrantOp::Map as u64, 1, 2048, 0x4000_1000, 0];
+        assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, past), Err(abi::Error::InvalidArgument));
+        // While a grant is mapped, no frame moves.
+        assert_eq!(xen_call(&mut hv, one, H::MemoryOp, add_to_physmap, add(0, 0xe)).0, Err(Errno::Ebusy));
+        // Every frame goes back with the domains.
+        crate::domctl::destroy(&mut hv, two);
+        crate::domctl::destroy(&mut hv, one);
+        assert_eq!(machine::with(|state| state.frames.len()), frames_before, "every frame back");
+    }
+
     #[test]
     fn xens_map_unmap_and_copy_work_on_grants_with_a_status_per_entry() {
         use abi::xen::grant_table::{
@@ -1830,7 +1898,7 @@ mod tests {
         let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
         // Domain one's table at 0xd000: grant 5 its page 0x6000 read-only,
         // grant 7 its page 0x7000 writable, both to domain two.
-        hv.domains[one].grant_table = hv.domains[one].host_frame(0xd000, Access::READ).unwrap();
+        hv.domains[one].grant_frames[0] = hv.domains[one].host_frame(0xd000, Access::READ).unwrap();
         let entry = |flags: u16, page: u64| u64::from(flags) | 2 << 16 | (page / 4096) << 32;
         hv.domains[one]
             .write_guest(0xd000 + 5 * 8, &entry(GTF_PERMIT_ACCESS | GTF_READONLY, 0x6000).to_le_bytes())

@@ -9,7 +9,17 @@
 //! [`crate::xen::memory::XENMAPSPACE_GRANT_TABLE`], `idx` = frame index
 //! 0, 1, ..., each at a guest frame of its choice (Linux puts them in
 //! unused physical address space). [`GnttabOp::QuerySize`] reports how many
-//! frames the table has and may grow to; Linux assumes 4 when it fails.
+//! frames the table has and may grow to ([`GRANT_TABLE_FRAMES`] on Mica);
+//! Linux assumes 4 when it fails.
+//!
+//! Mica places a frame two ways: at a guest frame that is the guest's own
+//! RAM, that page becomes the frame (its contents the entries; Mica's own
+//! guests place their one frame so); at a guest frame where the guest has
+//! nothing (below [`crate::grant::GUEST_MAP_LIMIT`]), the hypervisor maps a
+//! zeroed frame of its own there, as Xen does, and frees it with the
+//! domain. A frame the hypervisor supplied stays where it was first placed
+//! (placing it elsewhere is `-EINVAL`); a frame is not moved while another
+//! domain maps one of the table's grants (`-EBUSY`).
 //! Entries 0..[`GNTTAB_NR_RESERVED_ENTRIES`] are reserved for the
 //! toolstack (the console's and the store's ring pages).
 //!
@@ -45,6 +55,13 @@ use core::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{DomId, GrantHandle, GrantRef, numbered_enum};
+
+/// Frames a domain's grant table has at most on Mica: 4 of 512 entries
+/// (Xen's default maximum is 64; 4 is what Linux assumes of a Xen that
+/// does not say, and holds a disk's and a network card's grants).
+pub const GRANT_TABLE_FRAMES: usize = 4;
+/// Grant references a domain's table can hold at most: 0 to 2,047.
+pub const GRANT_TABLE_ENTRIES: usize = GRANT_TABLE_FRAMES * GRANT_ENTRIES_PER_FRAME;
 
 /// One version-1 grant (`grant_entry_v1`). Written by the granter, except
 /// `GTF_READING`/`GTF_WRITING` in `flags`, which the hypervisor sets and

@@ -25,7 +25,7 @@
 //! | `console_io` (18) | `write` | to hv's log, per line, rate-limited; returns 0 |
 //! | | `read` | `-EPERM` (hv's console is dom0's) |
 //! | `grant_table_op` (20) | `map_grant_ref`, `unmap_grant_ref`, `copy` | arrays of at most 64, a `GNTST_*` status each ([`grant_table::GnttabOp`]); host mappings only; a copy between two grants `GNTST_general_error` |
-//! | | `query_size`, `set_version`, `get_version` | 1 frame (512 entries) at most and now; version 1 only (`set_version(2)` `-ENOSYS`) |
+//! | | `query_size`, `set_version`, `get_version` | the frames placed now, 4 (2,048 entries) at most ([`grant_table::GRANT_TABLE_FRAMES`]); version 1 only (`set_version(2)` `-ENOSYS`) |
 //! | | `setup_table` and the rest | `-ENOSYS` |
 //! | `vcpu_op` (24) | `register_vcpu_info` | once per vCPU (`-EBUSY` again; `-ENXIO` a slot crossing its page) |
 //! | | `register_runstate_memory_area`, `stop_periodic_timer` | accepted, nothing done |

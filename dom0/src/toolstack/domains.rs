@@ -254,7 +254,7 @@ fn connect_disk(id: DomainId, disk: usize, region: Region, published: &Published
         broken: None,
         persistent: published.persistent,
         mapped: ArrayVec::new(),
-        mapped_by_grant: [0; abi::grant::ENTRIES],
+        mapped_by_grant: [0; abi::xen::grant_table::GRANT_TABLE_ENTRIES],
     };
     if let Some(devices) = DATA.lock().guest_mut(id) {
         devices.block = Some(block);

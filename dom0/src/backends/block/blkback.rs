@@ -88,7 +88,7 @@ impl BlockBackend {
         }
         // Only a front end that keeps its grants for reuse (it wrote
         // `feature-persistent`) has its pages kept mapped.
-        if !self.persistent || self.mapped.is_full() || grant as usize >= abi::grant::ENTRIES {
+        if !self.persistent || self.mapped.is_full() || grant as usize >= abi::xen::grant_table::GRANT_TABLE_ENTRIES {
             return None;
         }
         // Refused once the guest's budget of persistent grants is spent.

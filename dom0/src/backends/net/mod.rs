@@ -49,7 +49,7 @@ pub enum Refusal {
 
 /// Checks a data slot's grant and range (`size` is the slot's own bytes).
 fn check_slot(grant: u32, offset: u16, size: u16) -> Result<TxPlan, Refusal> {
-    if grant == 0 || grant as usize >= abi::grant::ENTRIES {
+    if grant == 0 || grant as usize >= abi::xen::grant_table::GRANT_TABLE_ENTRIES {
         return Err(Refusal::BadGrant);
     }
     if offset as usize + size as usize > abi::PAGE_SIZE as usize {
@@ -197,7 +197,7 @@ impl TxFrame {
 /// Checks a posted receive buffer; returns its grant reference. Its `pad`
 /// is ignored (Linux's netfront leaves it unwritten).
 pub fn check_rx(request: &NetifRxRequest) -> Result<u32, Refusal> {
-    if request.gref == 0 || request.gref as usize >= abi::grant::ENTRIES {
+    if request.gref == 0 || request.gref as usize >= abi::xen::grant_table::GRANT_TABLE_ENTRIES {
         return Err(Refusal::BadGrant);
     }
     Ok(request.gref)
@@ -371,7 +371,8 @@ mod tests {
         assert_eq!(plan(&[tx(5, 0, 13)]), Err(Refusal::BadSize));
         assert_eq!(plan(&[tx(5, 0, 1515)]), Err(Refusal::BadSize));
         assert_eq!(plan(&[tx(0, 0, 60)]), Err(Refusal::BadGrant));
-        assert_eq!(plan(&[tx(512, 0, 60)]), Err(Refusal::BadGrant));
+        assert_eq!(plan(&[tx(2047, 0, 60)]).map(|p| p[0].grant), Ok(2047), "the last of four frames");
+        assert_eq!(plan(&[tx(2048, 0, 60)]), Err(Refusal::BadGrant));
         assert_eq!(plan(&[NetifTxRequest { flags: 1 << 4, ..tx(5, 0, 60) }]), Err(Refusal::UnknownFlag));
         let rx = |gref, pad| NetifRxRequest { id: 0, pad, gref };
         assert_eq!(check_rx(&rx(3, 0)), Ok(3));
@@ -535,7 +536,7 @@ mod tests {
                 assert!((FRAME_MIN..=FRAME_MAX).contains(&length));
                 assert_eq!(plans.iter().map(|plan| plan.size as usize).sum::<usize>(), length);
                 for plan in plans {
-                    assert!(plan.grant > 0 && (plan.grant as usize) < abi::grant::ENTRIES);
+                    assert!(plan.grant > 0 && (plan.grant as usize) < abi::xen::grant_table::GRANT_TABLE_ENTRIES);
                     assert!(plan.offset as usize + plan.size as usize <= 4096);
                 }
             }
