@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use mica_tests::Machine;
 use mica_tests::session::{attach, command, create, detach, fail_with};
+use mica_tests::machine::DEFAULT_FAILURE_MARKERS;
 use mica_tests::{Bochs, BochsOptions, Iso, boot_to_prompt, fail, seconds};
 
 /// tests/linux.sh's output directory.
@@ -41,6 +42,9 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_console() {
     let options = BochsOptions { memory_mib: 512, hard_timeout: seconds(900), ..BochsOptions::default() };
     let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
     boot_to_prompt(&mut machine).unwrap_or_else(fail);
+    // A Linux that panics or powers off ends the test at once, with its console.
+    let markers: Vec<&str> = DEFAULT_FAILURE_MARKERS.iter().copied().chain(["dom0: 'linux' (domain "]).collect();
+    machine.set_failure_markers(&markers);
     let id = create(&mut machine, "linux", "linux");
     attach(&mut machine, "linux", id);
     // Messages before hvc0 went to the boot console (console_io: `dmesg`); hvc0 starts here.
