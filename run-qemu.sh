@@ -333,7 +333,7 @@ trap 'printf "\r\n" >&2; say "Ctrl-C: stopping Bochs"; exit 130' INT TERM
 # 5900 or the next free one); COM1 is the console that matters.
 ln -s "$iso" "$work/mica.iso"
 # One configuration for this script and the test harness.
-sed -e "s|@MEMORY@|256|g" -e "s|@CPUS@|1|" -e "s|@DISK@|$disk|" -e "s|@ETHMOD@|slirp|" -e "s|@COM1@|mode=term, dev=$tty_path|" \
+sed -e "s|@MEMORY@|512|g" -e "s|@CPUS@|1|" -e "s|@DISK@|$disk|" -e "s|@ETHMOD@|slirp|" -e "s|@COM1@|mode=term, dev=$tty_path|" \
     "$root_dir/tests/bochsrc.template" >"$work/bochsrc"
 printf 'c\nquit\n' >"$work/dbg.rc"
 
