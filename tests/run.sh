@@ -14,13 +14,13 @@ cd "$root"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # The system tests (tests/tests/) once more on an emulated machine with two
 # CPUs: everything must work whether domains share one CPU or run side by
 # side. Skipped when the caller chose a CPU count (MICA_CPUS) or arguments.
 if [ -z "${MICA_CPUS:-}" ] && [ "$#" -eq 0 ]; then
     echo "tests: the system tests again with MICA_CPUS=2"
-    MICA_CPUS=2 cargo test -p mica-tests --test '*' 2>&1 | tee -a "$log" || status=$?
+    MICA_CPUS=2 cargo test --no-fail-fast -p mica-tests --test '*' 2>&1 | tee -a "$log" || status=$?
 fi
 # Debian's kernel as a PVH guest (tests/tests/linux.rs, ignored by the plain
 # run above): tests/linux.sh gets the images with apt-get, then the test runs.

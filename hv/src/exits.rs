@@ -7,7 +7,9 @@
 
 use abi::info::CrashReason;
 
-use crate::domain::{CrashDetails, Domain};
+use abi::xen::start_info::{ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT};
+
+use crate::domain::{CrashDetails, Domain, Ended};
 use crate::log_ring::Level;
 use crate::platform::{Platform, VcpuOps};
 
@@ -164,6 +166,9 @@ impl Exit {
     }
 }
 
+/// SLP_EN: bit 5 of a write to the ACPI sleep control register.
+const SLP_EN: u8 = 1 << 5;
+
 /// Handles one VM exit of vCPU `vcpu_index` of `domain` (`vcpu`, which
 /// this CPU runs). Returns false when the scheduler should pick again.
 #[inline]
@@ -218,6 +223,28 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
                 vcpu.set_rax(P::read_pci_config_address() as u64);
             } else {
                 P::write_pci_config_address(vcpu.rax() as u32);
+            }
+            vcpu.skip_instruction();
+            true
+        }
+        // A guest's ACPI sleep control register (`abi::xen::start_info`):
+        // S5 with SLP_EN powers it off; any other write does nothing.
+        Exit::Io { port: ACPI_SLEEP_CONTROL_PORT, size: 1, input: false, string: false } if !domain.privileged => {
+            vcpu.skip_instruction();
+            let value = vcpu.rax() as u8;
+            if value & SLP_EN == 0 || (value >> 2) & 7 != ACPI_S5_SLEEP_TYPE {
+                return true;
+            }
+            P::log(Level::Info, format_args!("d{} shut down (PowerOff): ACPI S5", domain.id));
+            domain.ended = Some(Ended::Shutdown(abi::hypercall::ShutdownReason::PowerOff));
+            domain.stop_all();
+            false
+        }
+        // Its status register: a write (clearing WAK_STS) does nothing, a
+        // read says no wake.
+        Exit::Io { port: ACPI_SLEEP_STATUS_PORT, size: 1, input, string: false } if !domain.privileged => {
+            if input {
+                vcpu.set_rax(vcpu.rax() & !0xff);
             }
             vcpu.skip_instruction();
             true
@@ -433,7 +460,6 @@ fn refuse_with_gp<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, what:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Ended;
     use crate::fake_platform::{self as machine, Fake, FakeVcpu};
     use abi::xen::hypercall::{HYPERCALL_PAGE_MSR, hypercall_page_stub};
 
@@ -559,6 +585,29 @@ mod tests {
         }
         assert_eq!(domain.refusals_logged, 12);
         assert_eq!(refusals().len(), 3 + 8, "a domain's refusals are logged 8 times at most");
+    }
+
+    /// Linux's ACPI power-off: WAK_STS to the status port (ignored, as
+    /// any write but S5 with SLP_EN to the control port), then 0x34 to the
+    /// control port: the domain is shut down, powered off.
+    #[test]
+    fn a_write_of_s5_to_the_sleep_control_port_powers_a_guest_off() {
+        let (mut domain, mut vcpu) = (domain(false), vcpu());
+        let write = |port| Exit::Io { port, size: 1, input: false, string: false };
+        for (port, value) in [(ACPI_SLEEP_STATUS_PORT, 0x80), (ACPI_SLEEP_CONTROL_PORT, 0x14), (ACPI_SLEEP_CONTROL_PORT, 0x30)] {
+            vcpu.rax = value;
+            assert!(handle_exit(&mut domain, &mut vcpu, 0, write(port)), "{port:#x} <- {value:#x}");
+            assert_eq!(domain.ended, None);
+        }
+        vcpu.rax = 0xffff_ff34;
+        assert!(!handle_exit(&mut domain, &mut vcpu, 0, write(ACPI_SLEEP_CONTROL_PORT)));
+        assert_eq!(domain.ended, Some(Ended::Shutdown(abi::hypercall::ShutdownReason::PowerOff)));
+        assert_eq!(vcpu.skipped, 4);
+        // dom0's ports are its own: no power-off here.
+        let mut dom0 = super::tests::domain(true);
+        vcpu.rax = 0x34;
+        handle_exit(&mut dom0, &mut vcpu, 0, write(ACPI_SLEEP_CONTROL_PORT));
+        assert_eq!(dom0.ended, None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! tests/linux.sh makes (`<target>/linux/`): dom0 loads the ELF vmlinux at
 //! its physical addresses and the busybox initramfs as its module, and
 //! Linux runs on Mica's Xen subset to busybox's shell on hvc0, where it
-//! finds itself a Xen PVH guest; destroyed, it returns every page.
+//! finds itself a Xen PVH guest; powered off from its shell (ACPI S5) or
+//! destroyed, it returns every page.
 //!
 //! Ignored by a plain `cargo test`: the images come from the network.
 //! tests/run.sh runs tests/linux.sh and then this test with `--ignored`;
@@ -65,10 +66,29 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     shell(&mut machine, "dmesg | grep -o 'Hypervisor detected: [A-Za-z ]*'", "Hypervisor detected: Xen HVM");
     shell(&mut machine, "echo guest_type=$(cat /sys/hypervisor/guest_type)", "guest_type=PVH");
     shell(&mut machine, "echo cpus=$(grep -c ^processor /proc/cpuinfo) hypervisor=$(grep -c ' hypervisor' /proc/cpuinfo)", "cpus=1 hypervisor=1");
-    // `destroy` of the running Linux returns every page. (Its `poweroff`
-    // halts: Mica's ACPI tables offer no S5 sleep state yet.)
+    // `poweroff -f` powers the domain off (ACPI S5: the DSDT's \_S5, the
+    // FADT's sleep control port, which hv turns into a power-off); dom0
+    // destroys it and every page comes back.
     machine.set_failure_markers(DEFAULT_FAILURE_MARKERS);
+    machine.send_line("poweroff -f").unwrap_or_else(fail);
+    let ended = format!("dom0: 'linux' (domain {id}) shut down; on_crash=destroy");
+    if let Err(error) = machine.expect(ended.as_str(), seconds(120)) {
+        fail_with_dmesg(&mut machine, &error);
+    }
+    machine.expect(format!("dom0: destroyed 'linux' (domain {id})").as_str(), seconds(30)).unwrap_or_else(fail);
     eprintln!("Linux's console, from its shell on:\n{}", detach(&mut machine));
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after Linux powered off");
+    if !command(&mut machine, "dmesg").contains(&format!("hv: d{id} shut down (PowerOff): ACPI S5")) {
+        fail_with(&mut machine, "hv's log should say the domain shut down by ACPI S5");
+    }
+
+    // Again, and this time `destroy` the running Linux: every page comes back.
+    let id = create(&mut machine, "linux", "linux");
+    attach(&mut machine, "linux", id);
+    if let Err(error) = machine.expect("mica-linux: /init reached", seconds(600)) {
+        fail_with_dmesg(&mut machine, &error);
+    }
+    detach(&mut machine);
     destroy(&mut machine, "linux", id);
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying the running Linux");
 }

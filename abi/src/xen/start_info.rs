@@ -18,7 +18,15 @@
 //!
 //! The console and store pages and ports are not in the start info: the
 //! kernel reads them with `HVMOP_get_param` ([`super::hvm`]). ACPI tables
-//! (found through [`HvmStartInfo::rsdp_paddr`]) describe the vCPUs.
+//! (found through [`HvmStartInfo::rsdp_paddr`]) describe the vCPUs and the
+//! one sleep state, S5 (soft off): the DSDT's `\_S5` says sleep type
+//! [`ACPI_S5_SLEEP_TYPE`], and the hardware-reduced FADT's sleep control
+//! and status registers are the byte-wide I/O ports
+//! [`ACPI_SLEEP_CONTROL_PORT`] and [`ACPI_SLEEP_STATUS_PORT`]. Writing
+//! `SLP_EN | ACPI_S5_SLEEP_TYPE << 2` (0x34) to the control port powers the
+//! domain off, as `sched_op` shutdown with `SHUTDOWN_poweroff` does (Linux's
+//! ACPI power-off takes that path); other writes, and the status port, are
+//! ignored (reads float high, as of an absent device).
 //!
 //! # Where things are
 //! The builder places the structure, the module list, the command line,
@@ -28,6 +36,14 @@
 
 use core::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The FADT's sleep control register (ACPI 6.4, 4.8.3.7): an I/O port.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0xb100;
+/// The FADT's sleep status register (ACPI 6.4, 4.8.3.8): an I/O port.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0xb101;
+/// The sleep type the DSDT's `\_S5` names (SLP_TYP, bits 2-4 of a write
+/// to the control port; SLP_EN is bit 5).
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 
 use super::numbered_enum;
 

@@ -7,11 +7,15 @@
 //! |--------|--------------------------------------------------------------|
 //! | 0      | RSDP (revision 2), pointing at the XSDT                      |
 //! | 64     | XSDT: the FADT and the MADT                                  |
-//! | 128    | FADT (revision 6.4): hardware-reduced, no legacy devices     |
-//! | 448    | DSDT: a header alone (no devices to describe)                |
+//! | 128    | FADT (revision 6.4): hardware-reduced, no legacy devices; the sleep control and status registers are I/O ports |
+//! | 448    | DSDT: `\_S5` alone (no devices to describe)                  |
 //! | 512    | MADT: one enabled local APIC per vCPU (APIC id = vCPU id), no I/O APIC, no 8259 |
 //!
 //! The guest may not reclaim the page: the memory map marks it ACPI.
+//!
+//! S5 (soft off) is the one sleep state: a guest powers off through it as
+//! on a machine (`abi::xen::start_info`: the ports and the sleep type;
+//! hv turns the write into a power-off).
 
 /// Bytes of the tables: one page.
 pub const TABLES_SIZE: usize = 4096;
@@ -29,7 +33,16 @@ const FADT_LENGTH: usize = 276;
 /// Most vCPUs the MADT can name in its page (8-byte entries after 44 bytes).
 pub const MAX_VCPUS: u32 = ((TABLES_SIZE - MADT - 44) / 8) as u32;
 
-const _: () = assert!(XSDT + HEADER + 16 <= FADT && FADT + FADT_LENGTH <= DSDT && DSDT + HEADER <= MADT);
+/// The DSDT's one definition, in AML: `Name (_S5, Package () { 5, 5 })`
+/// (NameOp, the name, PackageOp, PkgLength 6, 2 elements, two BytePrefix
+/// constants: SLP_TYPa and SLP_TYPb).
+const S5_AML: [u8; 12] = {
+    use abi::xen::start_info::ACPI_S5_SLEEP_TYPE as S5;
+    [0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5, 0x0a, S5]
+};
+
+const _: () =
+    assert!(XSDT + HEADER + 16 <= FADT && FADT + FADT_LENGTH <= DSDT && DSDT + HEADER + S5_AML.len() <= MADT);
 
 /// The tables for a guest with `vcpus` vCPUs (at most [`MAX_VCPUS`]), to be
 /// placed at guest-physical `base`; the RSDP is at `base`.
@@ -54,11 +67,20 @@ pub fn build(base: u64, vcpus: u32) -> [u8; TABLES_SIZE] {
     page[FADT + 112..][..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
     page[FADT + 131] = 4; // FADT minor version: ACPI 6.4.
     page[FADT + 140..][..8].copy_from_slice(&dsdt.to_le_bytes());
+    // The sleep control and status registers (offsets 244 and 256): byte
+    // ports in system I/O space (generic address: space 1, 8 bits at bit
+    // 0, byte access, the port).
+    for (offset, port) in [(244, ACPI_SLEEP_CONTROL_PORT), (256, ACPI_SLEEP_STATUS_PORT)] {
+        page[FADT + offset..][..4].copy_from_slice(&[1, 8, 0, 1]);
+        page[FADT + offset + 4..][..8].copy_from_slice(&u64::from(port).to_le_bytes());
+    }
     checksum(&mut page[FADT..FADT + FADT_LENGTH]);
 
-    // DSDT: no definition blocks.
-    header(&mut page[DSDT..], b"DSDT", HEADER, 2);
-    checksum(&mut page[DSDT..DSDT + HEADER]);
+    // DSDT: `\_S5` alone.
+    let dsdt_length = HEADER + S5_AML.len();
+    header(&mut page[DSDT..], b"DSDT", dsdt_length, 2);
+    page[DSDT + HEADER..dsdt_length + DSDT].copy_from_slice(&S5_AML);
+    checksum(&mut page[DSDT..DSDT + dsdt_length]);
 
     // MADT: the local APIC address, no PC-AT 8259s (flags 0), then a
     // processor local APIC entry (type 0, 8 bytes: ACPI uid, APIC id,
@@ -87,6 +109,8 @@ pub fn build(base: u64, vcpus: u32) -> [u8; TABLES_SIZE] {
 }
 
 const OEM_ID: &[u8; 6] = b"MICA  ";
+
+use abi::xen::start_info::{ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT};
 
 /// Writes a table header: `signature`, `length`, `revision`, Mica's ids.
 fn header(table: &mut [u8], signature: &[u8; 4], length: usize, revision: u8) {
@@ -140,17 +164,23 @@ mod tests {
             assert_eq!(info.cpus(), &(0..vcpus).collect::<Vec<_>>()[..], "one local APIC per vCPU");
             assert_eq!(info.ioapic_address, None);
             assert_eq!((info.pm1a_control, info.pm1b_control, info.reset), (0, 0, None), "hardware-reduced");
+            assert_eq!(info.s5_sleep_types, Some((5, 5)), "the DSDT's \\_S5, read as the firmware's is");
         }
         let page = build(base, 2);
         let sum = |range: core::ops::Range<usize>| page[range].iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
         assert_eq!((sum(0..20), sum(0..36)), (0, 0), "both RSDP checksums");
-        for (table, length) in [(XSDT, HEADER + 16), (FADT, FADT_LENGTH), (DSDT, HEADER), (MADT, 44 + 16)] {
+        for (table, length) in [(XSDT, HEADER + 16), (FADT, FADT_LENGTH), (DSDT, HEADER + S5_AML.len()), (MADT, 44 + 16)] {
             assert_eq!(sum(table..table + length), 0, "table at {table}");
             assert_eq!(u32::from_le_bytes(page[table + 4..table + 8].try_into().unwrap()) as usize, length);
         }
         let flags = u32::from_le_bytes(page[FADT + 112..FADT + 116].try_into().unwrap());
         assert_ne!(flags & 1 << 20, 0, "HW_REDUCED_ACPI");
         assert_eq!(&page[FADT + 140..FADT + 148], &(base + DSDT as u64).to_le_bytes());
+        // The sleep registers: byte-wide I/O ports, hv's.
+        for (offset, port) in [(244, 0xb100u64), (256, 0xb101)] {
+            assert_eq!(&page[FADT + offset..FADT + offset + 4], &[1, 8, 0, 1]);
+            assert_eq!(&page[FADT + offset + 4..FADT + offset + 12], &port.to_le_bytes());
+        }
         // Too many vCPUs for the page: the MADT names as many as fit.
         let page = Page(base, build(base, 1000));
         assert_eq!(hvcore::acpi::parse(&page.1[..36], &page).unwrap().cpus().len(), MAX_VCPUS.min(64) as usize);

@@ -779,6 +779,13 @@ impl Toolstack {
             // dom0's word about the guest: it may read them, never change them.
             let _ = store_tree.write_read_only(&home("name"), &config.name, id);
             let _ = store_tree.write_read_only(&home("domid"), &decimal(id as u64), id);
+            // Each vCPU's availability, as Xen's toolstack writes it: Linux
+            // reads it (its Xen CPU hotplug) and keeps a vCPU said offline down.
+            for vcpu in 0..config.vcpus {
+                let mut key: ArrayString<32> = ArrayString::new();
+                let _ = write!(key, "cpu/{vcpu}/availability");
+                let _ = store_tree.write_read_only(&home(&key), "online", id);
+            }
             let _ = store_tree.set_permissions(abi::DOM0, &home(""), &Permissions::owned_by(id));
             if let Some((_, region)) = disk {
                 device_link::publish(&mut *store_tree, id, Backing::Disk { disk: 0, region }.offer());

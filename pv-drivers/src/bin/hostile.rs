@@ -123,7 +123,7 @@ fn xen_checks(me: u16, buffer: u64, ram_end: u64) -> [XenCheck; 69] {
         |at: &mut Layout, domid, space, idx, gpfn| at.put(XenAddToPhysmap { domid, space, idx, gpfn, size: 0 });
     let dom0_shared_info = physmap(&mut at, 0, XENMAPSPACE_SHARED_INFO, 0, buffer / 4096);
     let shared_info_not_mine = physmap(&mut at, DOMID_SELF, XENMAPSPACE_SHARED_INFO, 0, NOT_MINE / 4096);
-    let grant_frame_1 = physmap(&mut at, DOMID_SELF, XENMAPSPACE_GRANT_TABLE, 1, buffer / 4096);
+    let grant_frame_4 = physmap(&mut at, DOMID_SELF, XENMAPSPACE_GRANT_TABLE, 4, buffer / 4096);
     let unknown_space = physmap(&mut at, DOMID_SELF, 99, 0, buffer / 4096);
     let param = |at: &mut Layout, domid, index, value| at.put(XenHvmParam { domid, pad: 0, index, value });
     let dom0_store = param(&mut at, 0, HVM_PARAM_STORE_PFN, 0);
@@ -213,9 +213,9 @@ fn xen_checks(me: u16, buffer: u64, ram_end: u64) -> [XenCheck; 69] {
             Fails(Errno::Einval),
         ),
         (
-            "grant table frame 1",
+            "grant table frame 4 (a table has 4: 0-3)",
             X::MemoryOp,
-            [op(MemoryOp::AddToPhysmap.number()), grant_frame_1, 0],
+            [op(MemoryOp::AddToPhysmap.number()), grant_frame_4, 0],
             Fails(Errno::Einval),
         ),
         (
