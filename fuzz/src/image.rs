@@ -94,6 +94,8 @@ pub fn elf(data: &[u8]) {
         weight: 256,
         cap: 0,
         block_sectors: Some(8),
+        // The kernel image is what is fuzzed here; a ramdisk only follows it.
+        ramdisk: None,
     };
     let fits = image.check_fits(KERNEL_BASE, GUEST_MEMORY).is_ok();
     match build(&mut control, &request) {
