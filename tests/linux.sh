@@ -11,7 +11,7 @@
 #   initramfs.gz   a gzip'd cpio (newc) archive: /init (a busybox sh script),
 #                  /bin/busybox, /dev/console; built without root
 #   linux.cfg      the guest's configuration for dom0 (type, kernel, ramdisk,
-#                  command line, 256 MiB, one vCPU)
+#                  command line, 256 MiB, two vCPUs)
 # Exits 0 with the images in place, or non-zero saying what it could not get
 # (no network, no apt): callers must treat that as "not tested", never as a pass.
 set -euo pipefail
@@ -179,7 +179,7 @@ cat >linux.cfg <<'CONFIG'
 # (made by tests/linux.sh; tests/tests/linux.rs).
 name = "linux"
 memory = 256
-vcpus = 1
+vcpus = 2
 kernel = "vmlinux"
 ramdisk = "initramfs.gz"
 cmdline = "console=hvc0 earlyprintk=xen cryptomgr.notests"

@@ -237,7 +237,11 @@ mod tests {
         assert_eq!(cpuid::signature_from_registers(signature[1], signature[2], signature[3]), cpuid::SIGNATURE);
         assert_eq!(filter_cpuid(cpuid::LEAF_VERSION, 0, [7; 4], ids), [abi::ABI_VERSION, 0, 0, 0]);
         for leaf in [0x4000_0010, 0x4000_0005, 0x4000_0102, 0x4000_0200, 0x4fff_ffff] {
-            assert_eq!(filter_cpuid(leaf, 0, [7; 4], ids), [0; 4], "{leaf:#x}: not the CPU's (or an outer hypervisor's)");
+            assert_eq!(
+                filter_cpuid(leaf, 0, [7; 4], ids),
+                [0; 4],
+                "{leaf:#x}: not the CPU's (or an outer hypervisor's)"
+            );
         }
         assert_eq!(filter_cpuid(0, 0, [1, 2, 3, 4], ids), [1, 2, 3, 4]);
         assert_eq!(with_osxsave(0, true), 1 << 27);

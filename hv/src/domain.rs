@@ -4,8 +4,8 @@
 //! ([`Platform`]), so it runs on the host in tests.
 
 use abi::hypercall::ShutdownReason;
-use abi::xen::grant_table::GRANT_TABLE_FRAMES;
 use abi::info::{CRASH_TEXT_BYTES, CrashReason, CrashRecord, DomainInfo, DomainState, EXIT_REASON_SLOTS};
+use abi::xen::grant_table::GRANT_TABLE_FRAMES;
 use abi::{DomainId, Error};
 use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -70,6 +70,10 @@ pub enum Binding {
     Closed { remote: DomainId },
     /// Bound to a virtual IRQ that hv raises.
     Virq(Virq),
+    /// Bound to one of Xen's virtual IRQs that hv never raises (by Xen's
+    /// number: `VIRQ_DEBUG` and the like), so that a guest that binds
+    /// them, as Linux does on every CPU, finds them bound; never pending.
+    SilentVirq(u8),
     /// Bound to a physical interrupt line (dom0's devices), which hv raises.
     Pirq(u8),
     /// An interprocessor interrupt of the domain itself: `Send` makes this
@@ -89,6 +93,8 @@ pub struct PortTable {
     /// The port bound to each virtual IRQ (by its number), or `NO_PORT`.
     /// (each vCPU binds its own: by vCPU, then virtual IRQ number)
     virq_ports: [[Port; VIRQ_COUNT]; MAX_VCPUS],
+    /// The silent virtual IRQs bound on each vCPU (bit n: Xen's number n).
+    silent_virqs: [u32; MAX_VCPUS],
     /// The vCPU each port notifies (0 unless bound to another).
     vcpus: [u8; PORT_COUNT],
     /// Ports not Free.
@@ -117,6 +123,7 @@ impl PortTable {
         Self {
             bindings: [Binding::Free; PORT_COUNT],
             virq_ports: [[NO_PORT; VIRQ_COUNT]; MAX_VCPUS],
+            silent_virqs: [0; MAX_VCPUS],
             vcpus: [0; PORT_COUNT],
             allocated: 0,
         }
@@ -139,6 +146,7 @@ impl PortTable {
             Binding::Interdomain { remote, remote_port } => (PortState::Interdomain, remote, remote_port as u16),
             Binding::Closed { remote } => (PortState::Closed, remote, 0),
             Binding::Virq(virq) => (PortState::Virq, 0, virq as u16),
+            Binding::SilentVirq(virq) => (PortState::Virq, 0, u16::from(virq)),
             Binding::Pirq(line) => (PortState::Pirq, 0, line as u16),
             Binding::Ipi => (PortState::Ipi, 0, u16::from(self.vcpus[port_index(port)?])),
         };
@@ -166,6 +174,29 @@ impl PortTable {
     }
 
     /// The port vCPU `vcpu` bound to `virq`, if any: where hv delivers it.
+    /// Binds the lowest free port to silent virtual IRQ `virq` (Xen's
+    /// number, below 32) on `vcpu`. `InvalidArgument` for a vCPU or number
+    /// beyond the table, `Busy` if it is bound there already or no port is
+    /// free.
+    pub fn bind_silent_virq(&mut self, virq: u8, vcpu: u8) -> Result<Port, Error> {
+        let bit = 1u32.checked_shl(u32::from(virq)).ok_or(Error::InvalidArgument)?;
+        let bound = self.silent_virqs.get(usize::from(vcpu)).ok_or(Error::InvalidArgument)?;
+        if bound & bit != 0 {
+            return Err(Error::Busy);
+        }
+        let port = self.claim(Binding::SilentVirq(virq))?;
+        self.vcpus[port as usize] = vcpu;
+        self.silent_virqs[usize::from(vcpu)] |= bit;
+        Ok(port)
+    }
+
+    /// Whether silent virtual IRQ `virq` is bound on `vcpu`.
+    pub fn silent_virq_bound(&self, virq: u8, vcpu: u8) -> bool {
+        let bit = 1u32.checked_shl(u32::from(virq)).unwrap_or(0);
+        self.silent_virqs.get(usize::from(vcpu)).is_some_and(|bound| bound & bit != 0)
+    }
+
+    /// The port a virtual IRQ of hv is bound to on `vcpu`, if any.
     pub fn virq_port(&self, virq: Virq, vcpu: usize) -> Option<Port> {
         Some(self.virq_ports.get(vcpu)?[virq as usize]).filter(|&port| port != NO_PORT)
     }
@@ -181,7 +212,7 @@ impl PortTable {
             Binding::Free => Err(Error::NotFound),
             Binding::Closed { .. } => Err(Error::Closed),
             Binding::Unbound { .. } => Err(Error::Busy),
-            Binding::Virq(_) | Binding::Pirq(_) | Binding::Ipi => Err(Error::InvalidArgument),
+            Binding::Virq(_) | Binding::SilentVirq(_) | Binding::Pirq(_) | Binding::Ipi => Err(Error::InvalidArgument),
         }
     }
 
@@ -198,7 +229,7 @@ impl PortTable {
         match self.bindings[index] {
             Binding::Free => return Err(Error::NotFound),
             // A virtual IRQ is bound per vCPU (`bind_virq`), not moved.
-            Binding::Virq(_) => return Err(Error::InvalidArgument),
+            Binding::Virq(_) | Binding::SilentVirq(_) => return Err(Error::InvalidArgument),
             _ => {}
         }
         self.vcpus[index] = vcpu;
@@ -270,6 +301,11 @@ impl PortTable {
                     slot[virq as usize] = NO_PORT;
                 }
             }
+            Binding::SilentVirq(virq) => {
+                if let Some(bound) = self.silent_virqs.get_mut(usize::from(self.vcpus[index])) {
+                    *bound &= !1u32.checked_shl(u32::from(virq)).unwrap_or(0);
+                }
+            }
             Binding::Unbound { .. }
             | Binding::Interdomain { .. }
             | Binding::Closed { .. }
@@ -309,7 +345,12 @@ pub fn bind_interdomain(
         Binding::Unbound { remote } if remote == local_id => {}
         Binding::Unbound { .. } => return Err(Error::Permission),
         Binding::Free => return Err(Error::NotFound),
-        Binding::Interdomain { .. } | Binding::Closed { .. } | Binding::Virq(_) | Binding::Pirq(_) | Binding::Ipi => {
+        Binding::Interdomain { .. }
+        | Binding::Closed { .. }
+        | Binding::Virq(_)
+        | Binding::SilentVirq(_)
+        | Binding::Pirq(_)
+        | Binding::Ipi => {
             return Err(Error::Busy);
         }
     }
@@ -525,6 +566,9 @@ mod tests {
                             assert_eq!(table.virq_port(virq, table.notify_vcpu(port)), Some(port))
                         }
                         Binding::Pirq(line) => assert_eq!(table.pirq_port(line), Some(port)),
+                        Binding::SilentVirq(virq) => {
+                            assert!(table.silent_virq_bound(virq, table.notify_vcpu(port) as u8))
+                        }
                         Binding::Free | Binding::Unbound { .. } | Binding::Closed { .. } | Binding::Ipi => {}
                     }
                     if binding == Binding::Free {

@@ -594,7 +594,9 @@ mod tests {
     fn a_write_of_s5_to_the_sleep_control_port_powers_a_guest_off() {
         let (mut domain, mut vcpu) = (domain(false), vcpu());
         let write = |port| Exit::Io { port, size: 1, input: false, string: false };
-        for (port, value) in [(ACPI_SLEEP_STATUS_PORT, 0x80), (ACPI_SLEEP_CONTROL_PORT, 0x14), (ACPI_SLEEP_CONTROL_PORT, 0x30)] {
+        for (port, value) in
+            [(ACPI_SLEEP_STATUS_PORT, 0x80), (ACPI_SLEEP_CONTROL_PORT, 0x14), (ACPI_SLEEP_CONTROL_PORT, 0x30)]
+        {
             vcpu.rax = value;
             assert!(handle_exit(&mut domain, &mut vcpu, 0, write(port)), "{port:#x} <- {value:#x}");
             assert_eq!(domain.ended, None);

@@ -368,13 +368,30 @@ fn event_channel_op<P: Platform>(
         }
         EvtchnOp::BindVirq => {
             let mut request: EvtchnBindVirq = space.read_struct(domain, address)?;
-            // Mica raises the timer; the others never fire (bound all the same).
-            let virq = match XenVirq::from_number(request.virq).ok_or(Errno::Einval)? {
+            // Mica raises the timer and the console; the others never
+            // fire, and are bound all the same (Linux binds VIRQ_DEBUG on
+            // every CPU and gives up on a CPU where that fails). As in Xen,
+            // one bound once per domain is bound on vCPU 0.
+            let xen_virq = XenVirq::from_number(request.virq).ok_or(Errno::Einval)?;
+            if !xen_virq.is_per_vcpu() && request.vcpu != 0 {
+                return Err(Errno::Einval);
+            }
+            event_vcpu(domain, request.vcpu)?;
+            let virq = match xen_virq {
                 XenVirq::Timer => abi::event::Virq::Timer,
                 XenVirq::Console => abi::event::Virq::Console,
-                _ => return Err(Errno::Einval),
+                silent => {
+                    let (number, vcpu) = (silent.number() as u8, request.vcpu as u8);
+                    if domain.events.silent_virq_bound(number, vcpu) {
+                        return Err(Errno::Eexist);
+                    }
+                    request.port = domain.events.bind_silent_virq(number, vcpu).map_err(|error| match error {
+                        abi::Error::Busy => Errno::Enospc,
+                        _ => Errno::Einval,
+                    })?;
+                    return space.write(domain, address, request.as_bytes()).map(|()| XenCall::Done(Ok(0)));
+                }
             };
-            event_vcpu(domain, request.vcpu)?;
             let port = mica(domain, EventOp::BindVirq, virq as u64, u64::from(request.vcpu))?;
             // Busy: bound already on that vCPU (-EEXIST), or no free port.
             let bound = domain.events.virq_port(virq, request.vcpu as usize).is_some();
@@ -400,7 +417,12 @@ fn event_channel_op<P: Platform>(
                 Mica::Free | Mica::Closed => XenPortState::Closed,
                 Mica::Unbound => XenPortState::Unbound { remote_dom },
                 Mica::Interdomain => XenPortState::Interdomain { remote_dom, remote_port: u32::from(status.remote) },
-                Mica::Virq => XenPortState::Virq(u32::from(status.remote)),
+                // By Xen's number: Mica's own numbers differ.
+                Mica::Virq => XenPortState::Virq(match domain.events.binding(request.port) {
+                    Ok(crate::event::Binding::Virq(abi::event::Virq::Timer)) => XenVirq::Timer.number(),
+                    Ok(crate::event::Binding::Virq(abi::event::Virq::Console)) => XenVirq::Console.number(),
+                    _ => u32::from(status.remote),
+                }),
                 Mica::Pirq => XenPortState::Pirq(u32::from(status.remote)),
                 Mica::Ipi => XenPortState::Ipi,
             });
@@ -1648,9 +1670,30 @@ mod tests {
         let virq = EvtchnBindVirq { virq: XenVirq::Timer.number(), vcpu: 0, port: 0 };
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, virq).0, Ok(0));
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, virq).0, Err(Errno::Eexist));
-        let debug = EvtchnBindVirq { virq: XenVirq::DomExc.number(), vcpu: 0, port: 0 };
-        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, debug).0, Err(Errno::Einval));
         hv.domains[one].vcpu_count = 2;
+        // The IRQs hv never raises bind all the same (Linux binds
+        // VIRQ_DEBUG on every CPU and gives up on one where it fails): per
+        // vCPU, once each; a domain-wide one on vCPU 0 only; a number Xen
+        // does not define: -EINVAL. Status names them by Xen's numbers;
+        // closed, they bind again.
+        let bind = |virq: XenVirq, vcpu| EvtchnBindVirq { virq: virq.number(), vcpu, port: 0 };
+        let (result, debug0) = evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::Debug, 0));
+        assert_eq!(result, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::Debug, 1)).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::Debug, 0)).0, Err(Errno::Eexist));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::DomExc, 1)).0, Err(Errno::Einval));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::DomExc, 0)).0, Ok(0));
+        let unknown = EvtchnBindVirq { virq: 5, vcpu: 0, port: 0 };
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, unknown).0, Err(Errno::Einval));
+        let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: debug0.port, ..Default::default() };
+        let (result, status) = evtchn(&mut hv, one, EvtchnOp::Status, status);
+        assert_eq!((result, status.state(), status.vcpu), (Ok(0), Some(XenPortState::Virq(1)), 0));
+        let timer = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: 0, ..Default::default() };
+        let timer_port = hv.domains[one].events.virq_port(abi::event::Virq::Timer, 0).unwrap();
+        let (_, status) = evtchn(&mut hv, one, EvtchnOp::Status, EvtchnStatus { port: timer_port, ..timer });
+        assert_eq!(status.state(), Some(XenPortState::Virq(0)));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Close, EvtchnClose { port: debug0.port }).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::BindVirq, bind(XenVirq::Debug, 0)).0, Ok(0));
         for (bad, errno) in [
             (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 4040, ..Default::default() }, Errno::Enxio),
             (VcpuRegisterVcpuInfo { mfn: 0xc, offset: 12, ..Default::default() }, Errno::Enxio),
@@ -1710,7 +1753,11 @@ mod tests {
         assert_eq!(domain.read_struct::<u64>(0xe000 + 2048), Ok(7), "moved with its contents");
         assert_eq!(add(&mut domain, XenAddToPhysmap { idx: 1, ..at(0xb) }), Err(Errno::Einval));
         assert_eq!(add(&mut domain, at(0x4_0000)), Err(Errno::Einval), "not its RAM");
-        assert_eq!(add(&mut domain, XenAddToPhysmap { space: 1, idx: 4, ..at(0xb) }), Err(Errno::Einval), "four frames");
+        assert_eq!(
+            add(&mut domain, XenAddToPhysmap { space: 1, idx: 4, ..at(0xb) }),
+            Err(Errno::Einval),
+            "four frames"
+        );
         assert_eq!(add(&mut domain, XenAddToPhysmap { space: 2, ..at(0xb) }), Err(Errno::Enosys), "gmfn moves");
         assert_eq!(add(&mut domain, XenAddToPhysmap { domid: 3, ..at(0xb) }), Err(Errno::Eperm));
     }
@@ -1876,7 +1923,10 @@ mod tests {
         hv.domains[one].write_guest(entry_at, &entry.to_le_bytes()).unwrap();
         let map = [abi::grant::GrantOp::Map as u64, 1, 1600, 0x4000_0000, abi::grant::MAP_WRITABLE];
         assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, map), Ok(0));
-        assert_eq!(hv.domains[two].host_frame(0x4000_0000, Access::WRITE), hv.domains[one].host_frame(DATA, Access::WRITE));
+        assert_eq!(
+            hv.domains[two].host_frame(0x4000_0000, Access::WRITE),
+            hv.domains[one].host_frame(DATA, Access::WRITE)
+        );
         // Past the table: refused.
         let past = [abi::grant::GrantOp::Map as u64, 1, 2048, 0x4000_1000, 0];
         assert_eq!(crate::grant_ops::grant_op(&mut hv.grants(), two, past), Err(abi::Error::InvalidArgument));

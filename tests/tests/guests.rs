@@ -481,9 +481,8 @@ fn a_guest_that_says_it_crashed_gets_its_on_crash_policy() {
         .find_map(|line| scan("dom0: created 'crashpanic' as domain {}", line))
         .map(|numbers| numbers[0])
         .unwrap_or_else(|| fail_with(&mut machine, &format!("`create crashpanic` printed no domain id:\n{seen}")));
-    let report = format!(
-        "dom0: 'crashpanic' (domain {id}) crashed (it said so: see its last console lines); on_crash=preserve"
-    );
+    let report =
+        format!("dom0: 'crashpanic' (domain {id}) crashed (it said so: see its last console lines); on_crash=preserve");
     if !seen.lines().any(|line| line == report) {
         fail_with(&mut machine, &format!("dom0 should report {report:?}; it printed:\n{seen}"));
     }

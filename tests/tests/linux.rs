@@ -2,7 +2,7 @@
 //! tests/linux.sh makes (`<target>/linux/`): dom0 loads the ELF vmlinux at
 //! its physical addresses and the busybox initramfs as its module, and
 //! Linux runs on Mica's Xen subset to busybox's shell on hvc0, where it
-//! finds itself a Xen PVH guest; powered off from its shell (ACPI S5) or
+//! finds itself a Xen PVH guest with both its vCPUs online; powered off from its shell (ACPI S5) or
 //! destroyed, it returns every page.
 //!
 //! Ignored by a plain `cargo test`: the images come from the network.
@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 
 use mica_tests::Machine;
-use mica_tests::session::{attach, command, create, destroy, detach, expect_memory_back, fail_with, mem};
 use mica_tests::machine::DEFAULT_FAILURE_MARKERS;
+use mica_tests::session::{attach, command, create, destroy, detach, expect_memory_back, fail_with, mem};
 use mica_tests::{Bochs, BochsOptions, Iso, boot_to_prompt, fail, seconds};
 
 /// tests/linux.sh's output directory.
@@ -65,7 +65,13 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     // Linux 6.1 names Xen's HVM and PVH guests "Xen HVM" here; the kind is in sysfs.
     shell(&mut machine, "dmesg | grep -o 'Hypervisor detected: [A-Za-z ]*'", "Hypervisor detected: Xen HVM");
     shell(&mut machine, "echo guest_type=$(cat /sys/hypervisor/guest_type)", "guest_type=PVH");
-    shell(&mut machine, "echo cpus=$(grep -c ^processor /proc/cpuinfo) hypervisor=$(grep -c ' hypervisor' /proc/cpuinfo)", "cpus=1 hypervisor=1");
+    // Both vCPUs online, each with the hypervisor flag.
+    shell(
+        &mut machine,
+        "echo cpus=$(grep -c ^processor /proc/cpuinfo) hypervisor=$(grep -c ' hypervisor' /proc/cpuinfo)",
+        "cpus=2 hypervisor=2",
+    );
+    shell(&mut machine, "echo online=$(cat /sys/devices/system/cpu/online)", "online=0-1");
     // `poweroff -f` powers the domain off (ACPI S5: the DSDT's \_S5, the
     // FADT's sleep control port, which hv turns into a power-off); dom0
     // destroys it and every page comes back.

@@ -41,8 +41,7 @@ const S5_AML: [u8; 12] = {
     [0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5, 0x0a, S5]
 };
 
-const _: () =
-    assert!(XSDT + HEADER + 16 <= FADT && FADT + FADT_LENGTH <= DSDT && DSDT + HEADER + S5_AML.len() <= MADT);
+const _: () = assert!(XSDT + HEADER + 16 <= FADT && FADT + FADT_LENGTH <= DSDT && DSDT + HEADER + S5_AML.len() <= MADT);
 
 /// The tables for a guest with `vcpus` vCPUs (at most [`MAX_VCPUS`]), to be
 /// placed at guest-physical `base`; the RSDP is at `base`.
@@ -169,7 +168,9 @@ mod tests {
         let page = build(base, 2);
         let sum = |range: core::ops::Range<usize>| page[range].iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
         assert_eq!((sum(0..20), sum(0..36)), (0, 0), "both RSDP checksums");
-        for (table, length) in [(XSDT, HEADER + 16), (FADT, FADT_LENGTH), (DSDT, HEADER + S5_AML.len()), (MADT, 44 + 16)] {
+        for (table, length) in
+            [(XSDT, HEADER + 16), (FADT, FADT_LENGTH), (DSDT, HEADER + S5_AML.len()), (MADT, 44 + 16)]
+        {
             assert_eq!(sum(table..table + length), 0, "table at {table}");
             assert_eq!(u32::from_le_bytes(page[table + 4..table + 8].try_into().unwrap()) as usize, length);
         }

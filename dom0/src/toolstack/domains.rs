@@ -1115,7 +1115,8 @@ impl Toolstack {
         let _ = writeln!(out, "{:<32} {:>5} {:>5} {:>5} {:>8} {:>9}", "Name", "ID", "Mem", "VCPUs", "State", "Time(s)");
         for &id in &ids[..count] {
             let Ok(info) = hypercall::domain_info(id) else { continue };
-            let state = DomainState::from_number(info.state).map_or("------", |state| state_flags(state, info.shutdown_reason));
+            let state =
+                DomainState::from_number(info.state).map_or("------", |state| state_flags(state, info.shutdown_reason));
             let tenths = if self.tsc_khz == 0 { 0 } else { info.cpu_time_tsc / (self.tsc_khz * 100) };
             let _ = writeln!(
                 out,

@@ -140,7 +140,7 @@ fn xen_checks(me: u16, buffer: u64, ram_end: u64) -> [XenCheck; 69] {
     let dom0_status = at.put(EvtchnStatus { dom: 0, port: 1, ..Default::default() });
     let unmask_beyond = at.put(EvtchnUnmask { port: 4096 });
     let timer_of_vcpu_5 = at.put(EvtchnBindVirq { virq: Virq::Timer.number(), vcpu: 5, port: 0 });
-    let debug_virq = at.put(EvtchnBindVirq { virq: Virq::Debug.number(), vcpu: 0, port: 0 });
+    let undefined_virq = at.put(EvtchnBindVirq { virq: 5, vcpu: 0, port: 0 });
     let ipi_far = at.put(EvtchnBindIpi { vcpu: u32::MAX, port: 0 });
     let move_free = at.put(EvtchnBindVcpu { port: 200, vcpu: 0 });
     let map = |at: &mut Layout, dom, r#ref, host_addr, flags| {
@@ -279,7 +279,12 @@ fn xen_checks(me: u16, buffer: u64, ram_end: u64) -> [XenCheck; 69] {
             [evtchn(EvtchnOp::BindVirq), timer_of_vcpu_5, 0],
             Fails(Errno::Enoent),
         ),
-        ("the debug IRQ", X::EventChannelOp, [evtchn(EvtchnOp::BindVirq), debug_virq, 0], Fails(Errno::Einval)),
+        (
+            "virtual IRQ 5 (Xen defines none)",
+            X::EventChannelOp,
+            [evtchn(EvtchnOp::BindVirq), undefined_virq, 0],
+            Fails(Errno::Einval),
+        ),
         ("ipi for vcpu 2^32 - 1", X::EventChannelOp, [evtchn(EvtchnOp::BindIpi), ipi_far, 0], Fails(Errno::Enoent)),
         ("move a free port", X::EventChannelOp, [evtchn(EvtchnOp::BindVcpu), move_free, 0], Fails(Errno::Einval)),
         ("FIFO event channels", X::EventChannelOp, [evtchn(EvtchnOp::InitControl), buffer, 0], Fails(Errno::Enosys)),
