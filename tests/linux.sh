@@ -9,7 +9,10 @@
 #                  each PT_LOAD's trailing zero bytes dropped from p_filesz
 #                  (p_memsz kept: the domain builder zero-fills them)
 #   initramfs.gz   a gzip'd cpio (newc) archive: /init (a busybox sh script),
-#                  /bin/busybox, /dev/console; built without root
+#                  /bin/busybox, /dev/console, and the Xen front ends
+#                  /lib/modules/xen-blkfront.ko and xen-netfront.ko (from the
+#                  kernel's package; modules without dependencies, loaded
+#                  with insmod); built without root
 #   linux.cfg      the guest's configuration for dom0 (type, kernel, ramdisk,
 #                  command line, 256 MiB, two vCPUs)
 # Exits 0 with the images in place, or non-zero saying what it could not get
@@ -121,15 +124,32 @@ PYTHON
     rm -rf kernel-deb
 fi
 
-if [ ! -s initramfs.gz ]; then
+# The front ends, modules of the same kernel package.
+if [ ! -s modules/xen-blkfront.ko ] || [ ! -s modules/xen-netfront.ko ] ||
+    [ "$(cat modules/package 2>/dev/null)" != "$kernel_package" ]; then
+    deb=$(download "$kernel_package")
+    rm -rf kernel-deb modules
+    dpkg-deb -x "$deb" kernel-deb
+    mkdir -p modules
+    for module in block/xen-blkfront net/xen-netfront; do
+        cp "$(ls kernel-deb/lib/modules/*/kernel/drivers/$module.ko | head -n 1)" modules/
+    done
+    echo "$kernel_package" >modules/package
+    rm -rf kernel-deb initramfs.gz
+fi
+
+# The archive's layout; a change here rebuilds it.
+initramfs_version=2
+if [ ! -s initramfs.gz ] || [ "$(cat initramfs.version 2>/dev/null)" != "$initramfs_version" ]; then
     deb=$(download busybox-static)
     rm -rf busybox-deb
     dpkg-deb -x "$deb" busybox-deb
-    python3 - busybox-deb/bin/busybox initramfs.gz <<'PYTHON'
+    python3 - busybox-deb/bin/busybox initramfs.gz modules/xen-blkfront.ko modules/xen-netfront.ko <<'PYTHON'
 # A cpio newc archive, written without root (device nodes included), gzip'd.
-import gzip, sys
+import gzip, os, sys
 
 busybox = open(sys.argv[1], "rb").read()
+modules = [(os.path.basename(path), open(path, "rb").read()) for path in sys.argv[3:]]
 init = b"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp
@@ -153,7 +173,9 @@ entries = [
     ("bin/busybox", 0o100755, busybox, None),
     ("bin/sh", 0o120777, b"busybox", None),
     ("init", 0o100755, init, None),
-]
+    ("lib", 0o040755, b"", None),
+    ("lib/modules", 0o040755, b"", None),
+] + [("lib/modules/" + name, 0o100644, content, None) for name, content in modules]
 
 def record(inode, name, mode, content, device):
     major, minor = device or (0, 0)
@@ -172,6 +194,7 @@ archive += b"\0" * (-len(archive) % 512)
 open(sys.argv[2], "wb").write(gzip.compress(archive, 9))
 PYTHON
     rm -rf busybox-deb
+    echo "$initramfs_version" >initramfs.version
 fi
 
 cat >linux.cfg <<'CONFIG'
@@ -181,6 +204,7 @@ name = "linux"
 memory = 256
 vcpus = 2
 kernel = "vmlinux"
+disk = [ "ata1-master:4096+8192" ]
 ramdisk = "initramfs.gz"
 cmdline = "console=hvc0 earlyprintk=xen cryptomgr.notests"
 CONFIG

@@ -41,7 +41,18 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     }
     // dom0's default memory, said on the command line: the ISO needs a name of its own.
     let iso = Iso::with_ramdisk_files("dom0_mem=64M", &files).unwrap_or_else(fail);
-    let options = BochsOptions { memory_mib: 512, hard_timeout: seconds(900), ..BochsOptions::default() };
+    // The machine's disk, kept to be read here afterwards: linux.cfg gives
+    // the guest sectors 4096-12287 of it as xvda.
+    let disk = std::env::temp_dir().join(format!("mica-linux-disk-{}.img", std::process::id()));
+    std::fs::File::create(&disk)
+        .and_then(|file| file.set_len(16 << 20))
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", disk.display()));
+    let options = BochsOptions {
+        memory_mib: 512,
+        hard_timeout: seconds(900),
+        disk_image: Some(disk.clone()),
+        ..BochsOptions::default()
+    };
     let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
     boot_to_prompt(&mut machine).unwrap_or_else(fail);
     let (baseline_text, baseline) = mem(&mut machine);
@@ -72,6 +83,15 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
         "cpus=2 hypervisor=2",
     );
     shell(&mut machine, "echo online=$(cat /sys/devices/system/cpu/online)", "online=0-1");
+    // xen-blkfront: the module loads, connects to dom0's back end, and
+    // xvda has the configured 8,192 sectors; a pattern written with dd
+    // (and flushed) lands in the disk image at the region's offset.
+    attach_xvda(&mut machine);
+    shell(
+        &mut machine,
+        "echo mica-xvda-$((6 * 7)) | dd of=/dev/xvda bs=512 seek=5 conv=fsync 2>/dev/null; echo dd-$?",
+        "dd-0",
+    );
     // `poweroff -f` powers the domain off (ACPI S5: the DSDT's \_S5, the
     // FADT's sleep control port, which hv turns into a power-off); dom0
     // destroys it and every page comes back.
@@ -84,6 +104,14 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     machine.expect(format!("dom0: destroyed 'linux' (domain {id})").as_str(), seconds(30)).unwrap_or_else(fail);
     eprintln!("Linux's console, from its shell on:\n{}", detach(&mut machine));
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after Linux powered off");
+    let image = std::fs::read(&disk).unwrap_or_else(|error| panic!("cannot read {}: {error}", disk.display()));
+    let at = (4096 + 5) * 512;
+    if &image[at..at + 13] != b"mica-xvda-42\n" {
+        fail_with(
+            &mut machine,
+            &format!("the disk image should hold Linux's pattern at byte {at}; it holds {:?}", &image[at..at + 13]),
+        );
+    }
     if !command(&mut machine, "dmesg").contains(&format!("hv: d{id} shut down (PowerOff): ACPI S5")) {
         fail_with(&mut machine, "hv's log should say the domain shut down by ACPI S5");
     }
@@ -94,9 +122,25 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     if let Err(error) = machine.expect("mica-linux: /init reached", seconds(600)) {
         fail_with_dmesg(&mut machine, &error);
     }
+    // The pattern reads back through xvda after the re-create.
+    attach_xvda(&mut machine);
+    shell(&mut machine, "dd if=/dev/xvda bs=512 skip=5 count=1 2>/dev/null | head -c 12; echo", "mica-xvda-42");
     detach(&mut machine);
     destroy(&mut machine, "linux", id);
     expect_memory_back(&mut machine, &baseline, &baseline_text, "after destroying the running Linux");
+    let _ = std::fs::remove_file(&disk);
+}
+
+/// Loads xen-blkfront and waits (10 s of guest time at most) for xvda,
+/// which must have the configured 8,192 sectors.
+fn attach_xvda(machine: &mut Machine) {
+    shell(machine, "insmod /lib/modules/xen-blkfront.ko; echo insmod-$?", "insmod-0");
+    shell(
+        machine,
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/xvda ] && break; sleep 1; done; \
+         echo size=$(cat /sys/block/xvda/size)",
+        "size=8192",
+    );
 }
 
 /// Types `line` at Linux's shell and waits for `answer`.
