@@ -205,6 +205,7 @@ memory = 256
 vcpus = 2
 kernel = "vmlinux"
 disk = [ "ata1-master:4096+8192" ]
+vif = [ "mac=02:00:00:00:00:0a" ]
 ramdisk = "initramfs.gz"
 cmdline = "console=hvc0 earlyprintk=xen cryptomgr.notests"
 CONFIG

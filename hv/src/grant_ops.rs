@@ -62,8 +62,10 @@ fn entry_address<P: Platform>(granter: &Domain<P>, reference: u64) -> Result<u64
 /// there becomes the frame; where it has nothing and `supply`, hv maps a
 /// zeroed frame of its own, freed with the domain (`Domain::grant_supplied`).
 /// A supplied frame stays where it was first placed (again there: done;
-/// elsewhere: `InvalidArgument`). `Busy` while another domain maps one of
-/// the table's grants: moving a frame would lose track of its MAPPED bits.
+/// elsewhere: `InvalidArgument`). Placing a frame already placed elsewhere
+/// is `Busy` while another domain maps one of the table's grants: the move
+/// would lose track of its MAPPED bits. A new frame may be placed at any
+/// time (Linux grows its table while its disk's grants are mapped).
 pub fn place_table_frame<P: Platform>(
     on: &mut Grants<'_, '_, P>,
     caller: usize,
@@ -81,7 +83,11 @@ pub fn place_table_frame<P: Platform>(
         None => {}
     }
     let caller_id = domain.id;
-    if on.foreign.maps_grants_of(caller_id) || on.domains.iter().any(|d| d.mapped_grants.maps_grants_of(caller_id)) {
+    let moving = domain.grant_frames[index] != 0;
+    if moving
+        && (on.foreign.maps_grants_of(caller_id)
+            || on.domains.iter().any(|d| d.mapped_grants.maps_grants_of(caller_id)))
+    {
         return Err(Error::Busy);
     }
     let domain = &mut on.domains[caller];

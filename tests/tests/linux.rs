@@ -92,6 +92,22 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
         "echo mica-xvda-$((6 * 7)) | dd of=/dev/xvda bs=512 seek=5 conv=fsync 2>/dev/null; echo dd-$?",
         "dd-0",
     );
+    // xen-netfront: eth0 comes up, and Linux pings a Mica smoltcp guest
+    // (netserve, 10.0.0.2) through dom0's switch, 10 of 10.
+    shell(&mut machine, "insmod /lib/modules/xen-netfront.ko; echo insmod-$?", "insmod-0");
+    shell(
+        &mut machine,
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 1; done; \
+         ifconfig eth0 10.0.0.10 netmask 255.255.255.0 up; echo eth0-$?",
+        "eth0-0",
+    );
+    detach(&mut machine);
+    let netserve = create(&mut machine, "netserve", "netserve");
+    attach(&mut machine, "linux", id);
+    shell(&mut machine, "ping -c 10 -W 5 10.0.0.2 | tail -2", "10 packets transmitted, 10 packets received");
+    detach(&mut machine);
+    destroy(&mut machine, "netserve", netserve);
+    attach(&mut machine, "linux", id);
     // `poweroff -f` powers the domain off (ACPI S5: the DSDT's \_S5, the
     // FADT's sleep control port, which hv turns into a power-off); dom0
     // destroys it and every page comes back.
