@@ -38,6 +38,7 @@ impl Iso {
         if std::env::var_os("MICA_ISO").is_some() {
             return Err(format!("MICA_ISO is set: no ISO with hv arguments {hv_args:?} can be built"));
         }
+        let _only_build = Iso::build_lock();
         Iso::build(Some(hv_args))
     }
 
@@ -52,6 +53,8 @@ impl Iso {
         if std::env::var_os("MICA_ISO").is_some() {
             return Err("MICA_ISO is set: no ISO with extra ramdisk files can be built".to_owned());
         }
+        // Tests run in parallel threads; the staging directory is one.
+        let _only_build = Iso::build_lock();
         let stage = Iso::target().join("ramdisk");
         let mut staged = Vec::new();
         let mut result = Ok(());
@@ -72,6 +75,13 @@ impl Iso {
             let _ = std::fs::remove_file(path);
         }
         built
+    }
+
+    /// Held while an extra ISO is built: `run-qemu.sh --build-only` stages
+    /// the ramdisk in one directory, which two builds at once would share.
+    fn build_lock() -> std::sync::MutexGuard<'static, ()> {
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the tests' ISOs are built: `<target>/system`.

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use mica_tests::Machine;
 use mica_tests::machine::DEFAULT_FAILURE_MARKERS;
-use mica_tests::session::{attach, command, create, destroy, detach, expect_memory_back, fail_with, mem};
-use mica_tests::{Bochs, BochsOptions, Iso, boot_to_prompt, fail, seconds};
+use mica_tests::session::{attach, command, create, destroy, detach, expect_memory_back, fail_with, list, mem};
+use mica_tests::{Bochs, BochsOptions, Iso, boot_to_prompt, fail, line_where, seconds};
 
 /// tests/linux.sh's output directory.
 fn images() -> PathBuf {
@@ -29,47 +29,15 @@ fn images() -> PathBuf {
 #[test]
 #[ignore = "needs tests/linux.sh's images (Debian's kernel); tests/run.sh runs it"]
 fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
-    let directory = images();
-    let files: Vec<PathBuf> =
-        ["vmlinux", "initramfs.gz", "linux.cfg"].iter().map(|name| directory.join(name)).collect();
-    if let Some(missing) = files.iter().find(|file| !file.is_file()) {
-        panic!(
-            "\nLINUX TEST NOT RUN: {} is missing. Run tests/linux.sh first (it downloads Debian's \
-             kernel and busybox with apt-get); this is a failure, not a pass.\n",
-            missing.display()
-        );
-    }
-    // dom0's default memory, said on the command line: the ISO needs a name of its own.
-    let iso = Iso::with_ramdisk_files("dom0_mem=64M", &files).unwrap_or_else(fail);
     // The machine's disk, kept to be read here afterwards: linux.cfg gives
     // the guest sectors 4096-12287 of it as xvda.
     let disk = std::env::temp_dir().join(format!("mica-linux-disk-{}.img", std::process::id()));
     std::fs::File::create(&disk)
         .and_then(|file| file.set_len(16 << 20))
         .unwrap_or_else(|error| panic!("cannot create {}: {error}", disk.display()));
-    let options = BochsOptions {
-        memory_mib: 512,
-        hard_timeout: seconds(900),
-        disk_image: Some(disk.clone()),
-        ..BochsOptions::default()
-    };
-    let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
-    boot_to_prompt(&mut machine).unwrap_or_else(fail);
+    let mut machine = linux_machine(Some(disk.clone()));
     let (baseline_text, baseline) = mem(&mut machine);
-    // A Linux that panics or powers off ends the test at once, with its console.
-    let markers: Vec<&str> = DEFAULT_FAILURE_MARKERS.iter().copied().chain(["dom0: 'linux' (domain "]).collect();
-    machine.set_failure_markers(&markers);
-    let id = create(&mut machine, "linux", "linux");
-    attach(&mut machine, "linux", id);
-    // Messages before hvc0 went to the boot console (console_io: `dmesg`); hvc0 starts here.
-    let banner = machine.expect("printk: console [hvc0] enabled", seconds(300));
-    if let Err(error) = banner {
-        fail_with_dmesg(&mut machine, &error);
-    }
-    let init = machine.expect("mica-linux: /init reached", seconds(600));
-    if let Err(error) = init {
-        fail_with_dmesg(&mut machine, &error);
-    }
+    let id = start_linux(&mut machine);
     // busybox's shell on hvc0: Linux knows where it runs. (Each answer is
     // one the typed line, echoed, does not hold.)
     shell(&mut machine, "uname -sm", "Linux x86_64");
@@ -133,11 +101,8 @@ fn debians_kernel_boots_as_a_pvh_guest_to_its_shell() {
     }
 
     // Again, and this time `destroy` the running Linux: every page comes back.
-    let id = create(&mut machine, "linux", "linux");
-    attach(&mut machine, "linux", id);
-    if let Err(error) = machine.expect("mica-linux: /init reached", seconds(600)) {
-        fail_with_dmesg(&mut machine, &error);
-    }
+    machine.set_failure_markers(&[DEFAULT_FAILURE_MARKERS, &["dom0: 'linux' (domain "]].concat());
+    let id = start_linux(&mut machine);
     // The pattern reads back through xvda after the re-create.
     attach_xvda(&mut machine);
     shell(&mut machine, "dd if=/dev/xvda bs=512 skip=5 count=1 2>/dev/null | head -c 12; echo", "mica-xvda-42");
@@ -157,6 +122,111 @@ fn attach_xvda(machine: &mut Machine) {
          echo size=$(cat /sys/block/xvda/size)",
         "size=8192",
     );
+}
+
+/// Linux next to the hostile suite's attackers (`hostile`: every bad call
+/// of both ABIs; `hcfuzz`: 100,000 random and boundary-value hypercalls):
+/// their checks pass, and Linux's shell answers and its clock and network
+/// keep working all along.
+#[test]
+#[ignore = "needs tests/linux.sh's images (Debian's kernel); tests/run.sh runs it"]
+fn linux_runs_on_beside_the_hostile_suite() {
+    let mut machine = linux_machine(None);
+    let id = start_linux(&mut machine);
+    shell(&mut machine, "insmod /lib/modules/xen-netfront.ko; echo insmod-$?", "insmod-0");
+    // The kernel's complaints so far (its boot has a few: MSRs hv refuses
+    // it probes with safe accessors); none may come from the attackers.
+    shell(&mut machine, &format!("{TRACES} >/tmp/traces; echo saved-$?"), "saved-0");
+    detach(&mut machine);
+    let hostile = create(&mut machine, "hostile", "hostile");
+    let fuzz = create(&mut machine, "hcfuzz", "hcfuzz");
+    attach(&mut machine, "linux", id);
+    // Meanwhile, Linux's timer and shell: three seconds of sleep, counted.
+    shell(&mut machine, "for i in 1 2 3; do sleep 1; echo tick-$i; done", "tick-3");
+    detach(&mut machine);
+    attach(&mut machine, "hostile", hostile);
+    let output = machine
+        .expect(
+            line_where("hostile's summary line", |line| {
+                line.starts_with("hostile: ") && line.contains(" checks passed")
+            }),
+            seconds(120),
+        )
+        .unwrap_or_else(fail);
+    detach(&mut machine);
+    if output.contains("WRONG") {
+        fail_with(&mut machine, &format!("hostile found a check failing beside Linux:\n{output}"));
+    }
+    attach(&mut machine, "hcfuzz", fuzz);
+    machine.expect("hcfuzz: 0 FAILED, done", seconds(300)).unwrap_or_else(fail);
+    detach(&mut machine);
+    // Linux is unharmed: its shell answers, it saw no oops, and it still
+    // pings a Mica guest.
+    attach(&mut machine, "linux", id);
+    shell(&mut machine, &format!("echo new-traces=$(( $({TRACES}) - $(cat /tmp/traces) ))"), "new-traces=0");
+    shell(
+        &mut machine,
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 1; done; \
+         ifconfig eth0 10.0.0.10 netmask 255.255.255.0 up; echo eth0-$?",
+        "eth0-0",
+    );
+    detach(&mut machine);
+    create(&mut machine, "netserve", "netserve");
+    attach(&mut machine, "linux", id);
+    shell(&mut machine, "ping -c 10 -W 5 10.0.0.2 | tail -2", "10 packets transmitted, 10 packets received");
+    detach(&mut machine);
+    let (text, domains) = list(&mut machine);
+    for name in ["linux", "hostile", "hcfuzz", "netserve"] {
+        if domains.get(name).is_none_or(|row| row.state.contains('c') || row.state.contains('s')) {
+            fail_with(&mut machine, &format!("{name} should still run; `list` printed:\n{text}"));
+        }
+    }
+}
+
+/// Counts the kernel's oopses, BUGs and warnings (each prints a call trace)
+/// in its log.
+const TRACES: &str = "dmesg | grep -c -e 'Call Trace' -e 'Oops' -e 'BUG:'";
+
+/// A machine for Linux (512 MiB; dom0 64 MiB) booted to dom0's prompt,
+/// from an ISO whose ramdisk holds tests/linux.sh's images; `disk`, if
+/// given, is its disk image (else a fresh one). A Linux that panics or
+/// powers off ends the test at once, with its console (dom0's report of it
+/// is a failure marker).
+fn linux_machine(disk: Option<PathBuf>) -> Machine {
+    let directory = images();
+    let files: Vec<PathBuf> =
+        ["vmlinux", "initramfs.gz", "linux.cfg"].iter().map(|name| directory.join(name)).collect();
+    if let Some(missing) = files.iter().find(|file| !file.is_file()) {
+        panic!(
+            "\nLINUX TEST NOT RUN: {} is missing. Run tests/linux.sh first (it downloads Debian's \
+             kernel and busybox with apt-get); this is a failure, not a pass.\n",
+            missing.display()
+        );
+    }
+    // dom0's default memory, said on the command line: the ISO needs a name of its own.
+    let iso = Iso::with_ramdisk_files("dom0_mem=64M", &files).unwrap_or_else(fail);
+    let options =
+        BochsOptions { memory_mib: 512, hard_timeout: seconds(900), disk_image: disk, ..BochsOptions::default() };
+    let mut machine = Bochs::boot_with(&iso, &options).unwrap_or_else(fail);
+    boot_to_prompt(&mut machine).unwrap_or_else(fail);
+    let markers: Vec<&str> = DEFAULT_FAILURE_MARKERS.iter().copied().chain(["dom0: 'linux' (domain "]).collect();
+    machine.set_failure_markers(&markers);
+    machine
+}
+
+/// `create linux`, attached to its console until its /init runs; returns
+/// its domain id.
+fn start_linux(machine: &mut Machine) -> u64 {
+    let id = create(machine, "linux", "linux");
+    attach(machine, "linux", id);
+    // Messages before hvc0 went to the boot console (console_io: `dmesg`); hvc0 starts here.
+    if let Err(error) = machine.expect("printk: console [hvc0] enabled", seconds(300)) {
+        fail_with_dmesg(machine, &error);
+    }
+    if let Err(error) = machine.expect("mica-linux: /init reached", seconds(600)) {
+        fail_with_dmesg(machine, &error);
+    }
+    id
 }
 
 /// Types `line` at Linux's shell and waits for `answer`.
