@@ -568,6 +568,9 @@ impl Shell {
             if let Some(ticks) = guest.create_to_first_output {
                 let _ = writeln!(self.console, "bench: create to first output {ticks} tsc ({})", guest.config.name);
             }
+            if let Some(ticks) = guest.create_to_latest_output {
+                let _ = writeln!(self.console, "bench: create to latest output {ticks} tsc ({})", guest.config.name);
+            }
         }
     }
 }

@@ -369,6 +369,9 @@ pub struct Guest {
     quick_restarts: u32,
     /// TSC ticks from `create` to the first console byte dom0 saw.
     pub create_to_first_output: Option<u64>,
+    /// TSC ticks from `create` to the latest console output dom0 saw (for
+    /// a guest now waiting at its shell: to its prompt).
+    pub create_to_latest_output: Option<u64>,
     /// Its store connection.
     pub store: Option<StoreChannel>,
     /// Its disk and its vif (indexed by `Class`), in whatever phase.
@@ -820,6 +823,7 @@ impl Toolstack {
             created_at,
             quick_restarts: 0,
             create_to_first_output: None,
+            create_to_latest_output: None,
             store,
             devices: [
                 disk.map(|(disk, region)| Device { backing: Backing::Disk { disk, region }, phase: Phase::Offered }),
@@ -1203,9 +1207,9 @@ impl Toolstack {
                 Ok(count) => {
                     moved = true;
                     let _ = hypercall::notify(console.port);
-                    if guest.create_to_first_output.is_none() {
-                        guest.create_to_first_output = Some(rdtsc().wrapping_sub(guest.created_at));
-                    }
+                    let age = rdtsc().wrapping_sub(guest.created_at);
+                    guest.create_to_first_output.get_or_insert(age);
+                    guest.create_to_latest_output = Some(age);
                     guest.remember(&buffer[..count]);
                     if attached == Some(guest.id) {
                         let _ = write!(out, "{}", escape(&buffer[..count], Context::Console));

@@ -3,13 +3,18 @@
 //! prints the path lengths and powers off.
 //!
 //!     cargo run --release -p mica-tests --bin bench
+//!
+//! `-- linux` runs the Linux guest's part alone.
 
 use std::process::ExitCode;
 
-use mica_tests::{BenchReport, Bochs, BochsOptions, Iso, Machine, PROMPT, boot_to_prompt, seconds};
+use mica_tests::{BenchReport, Bochs, BochsOptions, Iso, Machine, PROMPT, boot_to_prompt, line_where, scan, seconds};
 
 fn run() -> Result<(), String> {
     let iso = Iso::get()?;
+    if std::env::args().nth(1).as_deref() == Some("linux") {
+        return linux();
+    }
     eprintln!("bench: booting {} in Bochs", iso.path().display());
     let mut machine = Bochs::boot(iso)?;
     boot_to_prompt(&mut machine)?;
@@ -63,7 +68,142 @@ fn run() -> Result<(), String> {
     machine.send_line("poweroff")?;
     machine.expect("hv: powering off", seconds(20))?;
     machine.wait_exit(seconds(30))?;
-    cross_cpu_events(iso)
+    cross_cpu_events(iso)?;
+    linux()
+}
+
+/// Debian's kernel as a guest, with tests/linux.sh's images (if they are
+/// there: the bench downloads nothing): `create linux` to its shell
+/// prompt; reading 4 MiB of xvda with dd (O_DIRECT, 32 KiB and 1 MiB blocks)
+/// against dom0 reading the same region itself (`diskbench`), both with
+/// the disk in PIO mode; the ping round trip from Linux to `netanswer`.
+/// Linux reports its times in its own clock (pvclock, from the TSC at the
+/// rate hv measured and logs at boot), converted back to TSC ticks here.
+fn linux() -> Result<(), String> {
+    let root = mica_tests::workspace_root();
+    let directory = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir).join("linux"),
+        None => root.join("target").join("linux"),
+    };
+    let files: Vec<std::path::PathBuf> =
+        ["vmlinux", "initramfs.gz", "linux.cfg"].iter().map(|name| directory.join(name)).collect();
+    if let Some(missing) = files.iter().find(|file| !file.is_file()) {
+        println!("linux: NOT MEASURED: {} is missing (run tests/linux.sh)", missing.display());
+        return Ok(());
+    }
+    let iso = Iso::with_ramdisk_files("dom0_mem=64M", &files)?;
+    let options = BochsOptions { memory_mib: 512, hard_timeout: seconds(1800), ..Default::default() };
+    let mut machine = Bochs::boot_with(&iso, &options)?;
+    let boot = boot_to_prompt(&mut machine)?;
+    let khz = boot
+        .lines()
+        .find_map(|line| line.strip_prefix("hv: TSC runs at ")?.strip_suffix(" kHz")?.trim().parse::<f64>().ok())
+        .ok_or("hv's boot log names no TSC rate")?;
+    let ticks = |seconds: f64| (seconds * khz * 1000.0).round() as u64;
+    let command = |machine: &mut Machine, line: &str| -> Result<String, String> {
+        machine.send_line(line)?;
+        machine.expect(PROMPT, seconds(120))
+    };
+    let shell = |machine: &mut Machine, line: &str, answer: &str| -> Result<String, String> {
+        machine.send_line(line)?;
+        machine.expect(answer, seconds(120))
+    };
+    let detach = |machine: &mut Machine| -> Result<String, String> {
+        machine.send(&[0x1d])?;
+        machine.expect(PROMPT, seconds(20))
+    };
+
+    command(&mut machine, "diskmode ata1-master pio")?;
+    command(&mut machine, "create linux")?;
+    machine.send_line("console linux")?;
+    machine.expect("mica-linux: /init reached", seconds(600))?;
+    machine.expect("/ # ", seconds(60))?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    detach(&mut machine)?;
+    let bench = command(&mut machine, "bench")?;
+    let prompt =
+        bench.lines().find(|line| line.starts_with("bench: create to latest output") && line.contains("(linux)"));
+    match prompt.and_then(|line| number_before(line, "tsc")) {
+        Some(tsc) => println!("linux: create to its shell prompt (its latest console output) {tsc} tsc"),
+        None => println!("linux: create to prompt (missing)"),
+    }
+
+    machine.send_line("console linux")?;
+    shell(
+        &mut machine,
+        "insmod /lib/modules/xen-blkfront.ko; for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/xvda ] && break; \
+         sleep 1; done; echo size=$(cat /sys/block/xvda/size)",
+        "size=8192",
+    )?;
+    detach(&mut machine)?;
+    let dom0 = command(&mut machine, "diskbench ata1-master:4096+8192")?;
+    let dom0 = dom0
+        .lines()
+        .find(|line| line.starts_with("diskbench: read 8192 sectors in"))
+        .and_then(|line| number_before(line, "tsc"));
+    // Linux's monotonic clock (ns, /proc/timer_list) around the read, and
+    // around a dd that reads nothing: the difference is the data's time,
+    // without dd's start and exit. One request at a time (32 KiB), and
+    // 1 MiB at once (blkfront splits it into requests of 11 pages).
+    for (blocks, size, count) in [("32 KiB", "32k", 128), ("1 MiB", "1M", 4)] {
+        machine.send_line("console linux")?;
+        machine.send_line(&format!(
+            "t() {{ grep -m1 'now at' /proc/timer_list | cut -d' ' -f3; }}; a=$(t); \
+             dd if=/dev/xvda of=/dev/null bs={size} count={count} iflag=direct 2>/dev/null; b=$(t); \
+             dd if=/dev/xvda of=/dev/null bs={size} count=0 iflag=direct 2>/dev/null; c=$(t); \
+             echo dd-{size}-ns=$((b - a)) empty-ns=$((c - b))"
+        ))?;
+        // Named by the block size: `console` replays the earlier round's line.
+        let prefix = format!("dd-{size}-ns=");
+        let dd = machine
+            .expect(line_where(format!("{prefix}<n> empty-ns=<n>"), |line| line.starts_with(&prefix)), seconds(120))?;
+        detach(&mut machine)?;
+        let dd_seconds = dd.lines().find(|line| line.starts_with(&prefix)).and_then(|line| {
+            let numbers = scan(&format!("{prefix}{{}} empty-ns={{}}"), line.trim())?;
+            Some(numbers[0].saturating_sub(numbers[1]) as f64 / 1e9)
+        });
+        match (dd_seconds, dom0) {
+            (Some(seconds), Some(dom0)) if seconds > 0.0 => println!(
+                "linux: xvda read 4 MiB (dd, O_DIRECT, {blocks} blocks, PIO; an empty dd's time subtracted): {seconds} s = {} tsc; dom0 direct {dom0} tsc; ratio {:.3}",
+                ticks(seconds),
+                dom0 as f64 / ticks(seconds) as f64
+            ),
+            _ => println!("linux: xvda read, {blocks} blocks (missing: dd {dd:?}, diskbench {dom0:?})"),
+        }
+    }
+
+    machine.send_line("console linux")?;
+    shell(
+        &mut machine,
+        "insmod /lib/modules/xen-netfront.ko; for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; \
+         sleep 1; done; ifconfig eth0 10.0.0.10 netmask 255.255.255.0 up; echo eth0-$?",
+        "eth0-0",
+    )?;
+    detach(&mut machine)?;
+    command(&mut machine, "create netanswer")?;
+    machine.send_line("console linux")?;
+    let ping = shell(&mut machine, "ping -c 20 10.0.0.2 | tail -1", " ms")?;
+    detach(&mut machine)?;
+    // "round-trip min/avg/max = 0.612/0.700/1.004 ms"
+    let times: Vec<f64> = ping
+        .lines()
+        .find(|line| line.starts_with("round-trip"))
+        .and_then(|line| line.split(" = ").nth(1))
+        .map(|values| values.trim_end_matches(" ms").split('/').filter_map(|v| v.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    match times[..] {
+        [min, avg, max] => println!(
+            "linux: ping to netanswer, 20 round trips: avg {avg} ms = {} tsc (min {} tsc, max {} tsc)",
+            ticks(avg / 1000.0),
+            ticks(min / 1000.0),
+            ticks(max / 1000.0)
+        ),
+        _ => println!("linux: ping (missing: {ping:?})"),
+    }
+    machine.send_line("poweroff")?;
+    machine.expect("hv: powering off", seconds(20))?;
+    machine.wait_exit(seconds(30))?;
+    Ok(())
 }
 
 /// On a machine with two CPUs: an event's round trip between two guests
