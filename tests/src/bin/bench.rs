@@ -144,11 +144,13 @@ fn linux() -> Result<(), String> {
         .and_then(|line| number_before(line, "tsc"));
     // Linux's monotonic clock (ns, /proc/timer_list) around the read, and
     // around a dd that reads nothing: the difference is the data's time,
-    // without dd's start and exit. One request at a time (32 KiB), and
-    // 1 MiB at once (blkfront splits it into requests of 11 pages).
+    // without dd's start and exit. One request at a time (4 and 32 KiB:
+    // the difference is the cost per byte, the rest the cost per request),
+    // and 1 MiB at once (blkfront splits it into requests of 11 pages).
     // And through the page cache (emptied first), as a plain `dd` reads:
     // Linux's read-ahead makes the requests.
     for (blocks, size, count, flag) in [
+        ("O_DIRECT, 4 KiB", "4k", 1024, "iflag=direct"),
         ("O_DIRECT, 32 KiB", "32k", 128, "iflag=direct"),
         ("O_DIRECT, 1 MiB", "1M", 4, "iflag=direct"),
         ("buffered, 1 MiB", "1M", 4, ""),
