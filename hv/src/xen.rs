@@ -414,8 +414,10 @@ fn event_channel_op<P: Platform>(
             use abi::event::PortState as Mica;
             let remote_dom = status.remote_domain as u16;
             request.set_state(match status.state {
-                Mica::Free | Mica::Closed => XenPortState::Closed,
-                Mica::Unbound => XenPortState::Unbound { remote_dom },
+                Mica::Free => XenPortState::Closed,
+                // A port whose peer ended: Xen makes it unbound for that
+                // domain again (Mica keeps it from being bound: Closed).
+                Mica::Unbound | Mica::Closed => XenPortState::Unbound { remote_dom },
                 Mica::Interdomain => XenPortState::Interdomain { remote_dom, remote_port: u32::from(status.remote) },
                 // By Xen's number: Mica's own numbers differ.
                 Mica::Virq => XenPortState::Virq(match domain.events.binding(request.port) {
@@ -1020,13 +1022,24 @@ fn sched_op<P: Platform>(
         }
         SchedOp::Shutdown => {
             let request: SchedShutdown = space.read_struct(domain, address)?;
-            let reason = match ShutdownReason::from_number(request.reason).ok_or(Errno::Einval)? {
-                ShutdownReason::Poweroff => abi::hypercall::ShutdownReason::PowerOff,
-                ShutdownReason::Reboot => abi::hypercall::ShutdownReason::Reboot,
-                ShutdownReason::Crash => abi::hypercall::ShutdownReason::Crash,
-                // A suspend needs a resume, a watchdog and a soft reset a
-                // toolstack that restarts: Mica has none of these.
-                _ => return Err(Errno::Einval),
+            let reason = match ShutdownReason::from_number(request.reason) {
+                Some(ShutdownReason::Poweroff) => abi::hypercall::ShutdownReason::PowerOff,
+                Some(ShutdownReason::Reboot) => abi::hypercall::ShutdownReason::Reboot,
+                Some(ShutdownReason::Crash) => abi::hypercall::ShutdownReason::Crash,
+                // A suspend needs a resume and a soft reset a toolstack
+                // that rebuilds in place: Mica has neither, so the guest
+                // goes on (Linux takes the error as a cancelled suspend).
+                Some(ShutdownReason::Suspend | ShutdownReason::SoftReset) => return Err(Errno::Einval),
+                // Xen ends the domain whatever the code, and its toolstack
+                // destroys one with a code it does not know: here both end
+                // as a crash (the on_crash policy), the code logged.
+                Some(ShutdownReason::Watchdog) | None => {
+                    P::log(
+                        Level::Warning,
+                        format_args!("d{} shut down with reason {}: a crash", domain.id, request.reason),
+                    );
+                    abi::hypercall::ShutdownReason::Crash
+                }
             };
             if domain.privileged {
                 // dom0 shutting down is the machine shutting down.
@@ -1251,15 +1264,20 @@ mod tests {
     #[test]
     fn sched_op_shuts_a_guest_down_for_the_reasons_mica_has() {
         let shutdown = u64::from(SchedOp::Shutdown.number());
+        use abi::hypercall::ShutdownReason as Ends;
         for (reason, expected) in [
-            (ShutdownReason::Poweroff, Ok(abi::hypercall::ShutdownReason::PowerOff)),
-            (ShutdownReason::Reboot, Ok(abi::hypercall::ShutdownReason::Reboot)),
-            (ShutdownReason::Crash, Ok(abi::hypercall::ShutdownReason::Crash)),
-            (ShutdownReason::Suspend, Err(Errno::Einval)),
-            (ShutdownReason::Watchdog, Err(Errno::Einval)),
+            (ShutdownReason::Poweroff.number(), Ok(Ends::PowerOff)),
+            (ShutdownReason::Reboot.number(), Ok(Ends::Reboot)),
+            (ShutdownReason::Crash.number(), Ok(Ends::Crash)),
+            (ShutdownReason::Suspend.number(), Err(Errno::Einval)),
+            (ShutdownReason::SoftReset.number(), Err(Errno::Einval)),
+            // Xen ends the domain whatever the code: a crash here.
+            (ShutdownReason::Watchdog.number(), Ok(Ends::Crash)),
+            (7, Ok(Ends::Crash)),
+            (u32::MAX, Ok(Ends::Crash)),
         ] {
             let (mut domain, space) = domain(false);
-            domain.write_guest(DATA, &reason.number().to_le_bytes()).unwrap();
+            domain.write_guest(DATA, &reason.to_le_bytes()).unwrap();
             let result = call(&mut domain, &space, H::SchedOp, [shutdown, VIRTUAL, 0]);
             match expected {
                 Ok(ended) => {
@@ -1273,8 +1291,6 @@ mod tests {
             }
         }
         let (mut domain, space) = domain(false);
-        domain.write_guest(DATA, &7u32.to_le_bytes()).unwrap();
-        assert_eq!(call(&mut domain, &space, H::SchedOp, [shutdown, VIRTUAL, 0]), Err(Errno::Einval));
         assert_eq!(call(&mut domain, &space, H::SchedOp, [shutdown, VIRTUAL + 0x2000, 0]), Err(Errno::Efault));
         let (mut dom0, space) = self::domain(true);
         assert_eq!(call(&mut dom0, &space, H::SchedOp, [shutdown, VIRTUAL, 0]), Err(Errno::Eperm));
@@ -1523,6 +1539,27 @@ mod tests {
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, bad).0, Err(Errno::Esrch));
         let theirs = EvtchnAllocUnbound { dom: 2, remote_dom: 1, port: 0 };
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::AllocUnbound, theirs).0, Err(Errno::Eperm));
+    }
+
+    #[test]
+    fn a_port_whose_peer_ended_reads_as_unbound_for_that_domain_as_in_xen() {
+        let mut hv = hypervisor();
+        let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
+        let offer = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 };
+        let (_, offer) = evtchn(&mut hv, two, EvtchnOp::AllocUnbound, offer);
+        let bind = EvtchnBindInterdomain { remote_dom: 2, remote_port: offer.port, ..Default::default() };
+        let (result, bound) = evtchn(&mut hv, one, EvtchnOp::BindInterdomain, bind);
+        assert_eq!(result, Ok(0));
+        crate::event_ops::end_channels(&mut hv.domains, two);
+        let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: bound.local_port, ..Default::default() };
+        let (result, status) = evtchn(&mut hv, one, EvtchnOp::Status, status);
+        assert_eq!(result, Ok(0));
+        assert_eq!(status.state(), Some(XenPortState::Unbound { remote_dom: 2 }));
+        // Sends on it are dropped, and closing it frees it.
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: bound.local_port }).0, Ok(0));
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Close, EvtchnClose { port: bound.local_port }).0, Ok(0));
+        let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: bound.local_port, ..Default::default() };
+        assert_eq!(evtchn(&mut hv, one, EvtchnOp::Status, status).1.state(), Some(XenPortState::Closed));
     }
 
     /// Each refusal a guest meets on Xen's event channels is the errno

@@ -15,7 +15,7 @@
 //!
 //! | call (number) | sub-operation | Mica |
 //! |---|---|---|
-//! | `memory_op` (12) | `add_to_physmap` | shared info (`XENMAPSPACE_shared_info`, idx 0): the guest's own RAM page at `gpfn` becomes it (zeroed the first time, carried along when moved); grant table frame 0 (`XENMAPSPACE_grant_table`): the guest's RAM page at `gpfn` holds its 512 v1 entries; other spaces or indices `-EINVAL`/`-ENOSYS` |
+//! | `memory_op` (12) | `add_to_physmap` | shared info (`XENMAPSPACE_shared_info`, idx 0): the guest's own RAM page at `gpfn` becomes it (zeroed the first time, carried along when moved); grant table frames 0 to 3 (`XENMAPSPACE_grant_table`, 512 v1 entries each, [`grant_table::GRANT_TABLE_FRAMES`]): the guest's RAM page at `gpfn` becomes the frame, or, where the guest has no RAM (Linux's unpopulated space), a page of hv's is placed there, freed with the domain; a frame may be placed while the table's grants are mapped, moved only while none are; other spaces or indices `-EINVAL`/`-ENOSYS` |
 //! | | `memory_map` | the map dom0 set (the same as `hvm_start_info`'s for a PVH guest); `-ENOSYS` without one |
 //! | | `set_memory_map` | dom0 on a domain it builds (at most 8 entries) |
 //! | | others | `-ENOSYS` |
@@ -36,14 +36,29 @@
 //! | | `down` | stops it at once (0 if it is down); the last vCPU up: the domain powers off (dom0 `-EPERM`). It stays initialised; Mica's own `VcpuOp::Down` makes it lose that state |
 //! | | the rest | `-ENOSYS` |
 //! | `sched_op` (29) | `yield`, `block`, `poll` | as Xen ([`sched::SchedOp`]) |
-//! | | `shutdown` | `poweroff`, `reboot`, `crash`; `suspend`, `watchdog`, `soft_reset` `-EINVAL`; dom0 `-EPERM` |
+//! | | `shutdown` | `poweroff`, `reboot`, `crash` end the domain so (dom0's `on_poweroff`, `on_reboot`, `on_crash`); `watchdog` and unknown codes end it as a crash (Xen ends the domain for any code, its toolstack destroys one with a code it does not know); `suspend` and `soft_reset` `-EINVAL`, the guest goes on (Linux takes it as a cancelled suspend); dom0 `-EPERM` |
 //! | | others | `-ENOSYS` |
 //! | `event_channel_op` (32) | `alloc_unbound` | in the caller's table, or (dom0) another domain's |
-//! | | `bind_interdomain`, `bind_virq` (`TIMER`, `CONSOLE`), `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0) |
+//! | | `bind_interdomain`, `bind_virq`, `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0); a port whose peer ended reads as unbound for that domain. Every VIRQ Xen defines binds (per vCPU, or on vCPU 0 for the domain-wide ones); hv raises `TIMER` and `CONSOLE` (dom0), the others never fire |
 //! | | `init_control`, `expand_array`, `set_priority` (FIFO) and the rest | `-ENOSYS` |
 //! | `hvm_op` (34) | `set_param` | `HVM_PARAM_CALLBACK_IRQ` (vector type only); dom0 on another domain: its store and console frame and port |
 //! | | `get_param` | the callback, store and console parameters (0 until set) |
 //! | | others | `-ENOSYS` |
+//!
+//! **Where Mica differs from Xen on purpose.** A guest written for Xen
+//! meets these differences only on error paths or in what Mica leaves out:
+//! - `alloc_unbound` for a domain that does not exist is `-ESRCH` (Xen
+//!   accepts any id): a port offered to a domain yet to come would let
+//!   whichever domain gets that id bind it.
+//! - A port whose peer ended reads as unbound for that domain, as in Xen,
+//!   but no domain can bind it again: only `close` frees it.
+//! - `suspend` and `soft_reset` shutdowns are refused (no save/restore, no
+//!   in-place rebuild); `watchdog` and unknown codes are crashes.
+//! - `VIRQ_CONSOLE` is raised for dom0 only (a guest's console is its
+//!   xencons ring, served by dom0); like every domain-wide VIRQ it binds
+//!   on vCPU 0 and moves with `bind_vcpu`.
+//! - Grant tables are version 1 with 4 frames; no `setup_table`, no
+//!   transitive or sub-page grants; event channels are 2-level only.
 //!
 //! Xen's CPUID leaves 0x4000_0000..=0x4000_0004 and the hypercall page
 //! (MSR 0x4000_0000) are offered ([`cpuid`], [`hypercall`]); a kernel
