@@ -190,8 +190,12 @@ impl Runtime {
         // copied out once.
         let start_info: StartInfo = unsafe { core::ptr::read_volatile(start_info_address as *const StartInfo) };
         if start_info.magic != START_INFO_MAGIC {
-            let _ = hypercall::console_write(b"guest: bad start-info magic\n");
-            hypercall::shutdown(abi::hypercall::ShutdownReason::Crash);
+            let _ = crate::xen::console_write(b"guest: bad start-info magic\n");
+            let _ = crate::xen::shutdown(abi::xen::sched::ShutdownReason::Crash);
+            // Refused (it never is for a guest): nothing to run on.
+            loop {
+                crate::xen::block();
+            }
         }
         // IDT: only the upcall vector (an exception in a guest without
         // handlers triple-faults, and hv reports the crash).
@@ -324,7 +328,7 @@ impl Runtime {
     /// waiting while the ring is full.
     pub fn write(&mut self, mut bytes: &[u8]) {
         let Some(ring) = &self.console else {
-            let _ = hypercall::console_write(bytes);
+            let _ = crate::xen::console_write(bytes);
             return;
         };
         while !bytes.is_empty() {
@@ -336,7 +340,7 @@ impl Runtime {
                 Ok(count) => bytes = &bytes[count..],
                 Err(_) => {
                     // dom0 corrupted the ring: fall back to the hv log.
-                    let _ = hypercall::console_write(bytes);
+                    let _ = crate::xen::console_write(bytes);
                     return;
                 }
             }
