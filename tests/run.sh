@@ -4,7 +4,7 @@
 # --workspace`: the host unit tests of every crate and the system tests in
 # tests/tests/, which boot the ISO in Bochs and QEMU. Extra arguments go to
 # cargo test (e.g. `tests/run.sh -p mica-tests`); without any, the system
-# tests run a second time on two emulated CPUs (`MICA_CPUS=2`). The last
+# tests run again on two and on four emulated CPUs (`MICA_CPUS=2`, `=4`). The last
 # line sums up every test binary's result: `tests: N passed, N failed, N skipped`.
 set -euo pipefail
 
@@ -16,11 +16,14 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # The system tests (tests/tests/) once more on an emulated machine with two
-# CPUs: everything must work whether domains share one CPU or run side by
-# side. Skipped when the caller chose a CPU count (MICA_CPUS) or arguments.
+# CPUs, and again with four: everything must work whether domains share one
+# CPU or run side by side. Skipped when the caller chose a CPU count
+# (MICA_CPUS) or arguments.
 if [ -z "${MICA_CPUS:-}" ] && [ "$#" -eq 0 ]; then
-    echo "tests: the system tests again with MICA_CPUS=2"
-    MICA_CPUS=2 cargo test --no-fail-fast -p mica-tests --test '*' 2>&1 | tee -a "$log" || status=$?
+    for cpus in 2 4; do
+        echo "tests: the system tests again with MICA_CPUS=$cpus"
+        MICA_CPUS=$cpus cargo test --no-fail-fast -p mica-tests --test '*' 2>&1 | tee -a "$log" || status=$?
+    done
 fi
 # Debian's kernel as a PVH guest (tests/tests/linux.rs, ignored by the plain
 # run above): tests/linux.sh gets the images with apt-get, then the test runs.
