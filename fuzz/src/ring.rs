@@ -7,13 +7,15 @@ use core::fmt::Debug;
 use core::mem::{offset_of, size_of};
 
 use abi::net::{FRAME_MAX, FRAME_MIN};
-use abi::xen::io::block::{BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifResponse};
+use abi::xen::io::block::{
+    BLKIF_ENTRY_SIZE, BLKIF_RING_SIZE, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifRequestSegment, BlkifResponse,
+};
 use abi::xen::io::net::{
     NETIF_RSP_OKAY, NETIF_RX_ENTRY_SIZE, NETIF_RX_RING_SIZE, NETIF_TX_ENTRY_SIZE, NETIF_TX_RING_SIZE, NetifRxRequest,
     NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 use abi::xen::io::{SRING_HEADER_SIZE, SringHeader};
-use dom0core::backends::block::{Plan, Region, plan};
+use dom0core::backends::block::{Plan, Region, plan, plan_indirect, response_operation};
 use dom0core::backends::net::{Next, TxFrame, check_rx, fill_checksum};
 use pv_drivers::ring::{BackRing, RingError, Slot};
 
@@ -39,25 +41,42 @@ fn region(input: &mut Bytes) -> Region {
 fn check_block_request(request: &BlkifRequest, region: &Region) {
     const SECTOR_SIZE: u64 = BLKIF_SECTOR_SIZE as u64;
     let Ok(planned) = plan(request, region) else { return };
+    // An indirect request's segments stand in a page of the guest's: here
+    // the input's own segment bytes, repeated to the count it names.
+    let (planned, segments, sector) = match planned {
+        Plan::Indirect(indirect) => {
+            assert_eq!(request.operation, BlkifOp::Indirect.number());
+            let segments: Vec<BlkifRequestSegment> =
+                request.seg.iter().cycle().take(indirect.segments).copied().collect();
+            let Ok(planned) = plan_indirect(&indirect, &segments, region) else { return };
+            (planned, segments, indirect.sector)
+        }
+        planned => (planned, request.seg.to_vec(), request.sector_number),
+    };
+    // What a response names: the operation inside an indirect request.
+    let operation = response_operation(request);
     let transfers = match planned {
         Plan::Flush => {
             assert_eq!(request.operation, BlkifOp::FlushDiskcache.number());
             return;
         }
         Plan::Read(transfers) => {
-            assert_eq!(request.operation, BlkifOp::Read.number());
+            assert_eq!(operation, BlkifOp::Read.number());
             transfers
         }
         Plan::Write(transfers) => {
-            assert_eq!(request.operation, BlkifOp::Write.number());
+            assert_eq!(operation, BlkifOp::Write.number());
             assert!(!region.readonly, "a write planned on a read-only disk");
             transfers
         }
+        Plan::Indirect(_) => panic!("an indirect request planned as indirect again"),
     };
-    assert_eq!(transfers.len(), request.nr_segments as usize);
+    let expected =
+        if request.operation == BlkifOp::Indirect.number() { segments.len() } else { request.nr_segments as usize };
+    assert_eq!(transfers.len(), expected);
     let region_end = region.start + region.sectors;
-    let mut next_sector = region.start.checked_add(request.sector_number).expect("accepted sector past the region");
-    for (transfer, segment) in transfers.iter().zip(&request.seg) {
+    let mut next_sector = region.start.checked_add(sector).expect("accepted sector past the region");
+    for (transfer, segment) in transfers.iter().zip(&segments) {
         assert_eq!(transfer.grant, segment.gref);
         let bytes = u64::from(transfer.bytes);
         assert!(bytes > 0 && bytes.is_multiple_of(SECTOR_SIZE), "{transfer:?}");

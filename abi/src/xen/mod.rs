@@ -36,7 +36,7 @@
 //! | | `down` | stops it at once (0 if it is down); the last vCPU up: the domain powers off (dom0 `-EPERM`). It stays initialised; Mica's own `VcpuOp::Down` makes it lose that state |
 //! | | the rest | `-ENOSYS` |
 //! | `sched_op` (29) | `yield`, `block`, `poll` | as Xen ([`sched::SchedOp`]) |
-//! | | `shutdown` | `poweroff`, `reboot`, `crash` end the domain so (dom0's `on_poweroff`, `on_reboot`, `on_crash`); `watchdog` and unknown codes end it as a crash (Xen ends the domain for any code, its toolstack destroys one with a code it does not know); `suspend` and `soft_reset` `-EINVAL`, the guest goes on (Linux takes it as a cancelled suspend); dom0 `-EPERM` |
+//! | | `shutdown` | `poweroff`, `reboot`, `crash` end the domain so (dom0's `on_poweroff`, `on_reboot`, `on_crash`); `watchdog` ends it as a crash (`on_crash`); `suspend` and `soft_reset` `-EINVAL`, the guest goes on (Linux takes it as a cancelled suspend); a code Xen does not define `-EINVAL`; dom0 `-EPERM` |
 //! | | others | `-ENOSYS` |
 //! | `event_channel_op` (32) | `alloc_unbound` | in the caller's table, or (dom0) another domain's |
 //! | | `bind_interdomain`, `bind_virq`, `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0); a port whose peer ended reads as unbound for that domain. Every VIRQ Xen defines binds (per vCPU, or on vCPU 0 for the domain-wide ones); hv raises `TIMER` and `CONSOLE` (dom0), the others never fire |
@@ -53,7 +53,8 @@
 //! - A port whose peer ended reads as unbound for that domain, as in Xen,
 //!   but no domain can bind it again: only `close` frees it.
 //! - `suspend` and `soft_reset` shutdowns are refused (no save/restore, no
-//!   in-place rebuild); `watchdog` and unknown codes are crashes.
+//!   in-place rebuild), and so is a code Xen does not define (Xen ends the
+//!   domain whatever the code); `watchdog` is a crash.
 //! - `VIRQ_CONSOLE` is raised for dom0 only (a guest's console is its
 //!   xencons ring, served by dom0); like every domain-wide VIRQ it binds
 //!   on vCPU 0 and moves with `bind_vcpu`.

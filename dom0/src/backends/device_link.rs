@@ -12,9 +12,9 @@ use core::fmt::Write;
 use abi::DomainId;
 use abi::store::{Access, parse_decimal};
 use abi::xen::io::block::{
-    KEY_DEVICE_TYPE, KEY_EVENT_CHANNEL, KEY_FEATURE_FLUSH_CACHE, KEY_FEATURE_PERSISTENT, KEY_INFO, KEY_MODE,
-    KEY_PHYSICAL_SECTOR_SIZE, KEY_RING_REF, KEY_SECTOR_SIZE, KEY_SECTORS, KEY_VIRTUAL_DEVICE, VDISK_READONLY,
-    xvd_virtual_device,
+    KEY_DEVICE_TYPE, KEY_EVENT_CHANNEL, KEY_FEATURE_FLUSH_CACHE, KEY_FEATURE_MAX_INDIRECT_SEGMENTS,
+    KEY_FEATURE_PERSISTENT, KEY_INFO, KEY_MODE, KEY_PHYSICAL_SECTOR_SIZE, KEY_RING_REF, KEY_SECTOR_SIZE, KEY_SECTORS,
+    KEY_VIRTUAL_DEVICE, VDISK_READONLY, xvd_virtual_device,
 };
 use abi::xen::io::net::{
     KEY_FEATURE_GSO_TCPV4, KEY_FEATURE_NO_CSUM_OFFLOAD, KEY_FEATURE_RX_COPY, KEY_FEATURE_SG, KEY_HANDLE, KEY_MAC,
@@ -207,6 +207,8 @@ pub fn publish(store: &mut impl DeviceStore, guest: DomainId, offer: Offer) {
             write_key(store, &back, KEY_MODE, if readonly { "r" } else { "w" });
             write_key(store, &back, KEY_FEATURE_FLUSH_CACHE, "1");
             write_key(store, &back, KEY_FEATURE_PERSISTENT, "1");
+            let indirect = crate::backends::block::MAX_INDIRECT_SEGMENTS as u64;
+            write_key(store, &back, KEY_FEATURE_MAX_INDIRECT_SEGMENTS, &decimal(indirect));
         }
         Offer::Vif { mac } => {
             let mut text = [0u8; 17];
@@ -410,6 +412,7 @@ mod tests {
             ("mode", "r"),
             ("feature-flush-cache", "1"),
             ("feature-persistent", "1"),
+            ("feature-max-indirect-segments", "32"),
         ] {
             assert_eq!(read(&store, GUEST, &format!("{back}/{key}")), Some(value), "{key}");
         }

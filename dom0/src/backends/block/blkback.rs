@@ -8,13 +8,21 @@
 //! share of dom0's foreign window (`dom0core::backends::window`): when that budget is
 //! spent, or a grant cannot be mapped as needed, the data goes through a
 //! hypervisor grant copy instead.
+//!
+//! Indirect requests (`feature-max-indirect-segments`, up to
+//! [`MAX_INDIRECT_SEGMENTS`] pages: one disk command) name a page of
+//! segment descriptors; dom0 copies the descriptors out of it once (the
+//! page kept mapped like a data page) and checks the copy.
 
 use abi::DomainId;
 use abi::domctl::FOREIGN_WINDOW_BASE;
-use abi::xen::io::block::{BlkifResponse, BlkifRsp};
+use abi::xen::io::block::{BlkifRequestSegment, BlkifResponse, BlkifRsp};
 use arrayvec::ArrayVec;
-use dom0core::backends::block::{MAX_SEGMENTS, Plan, Refusal, Transfer, plan};
+use dom0core::backends::block::{
+    Indirect, MAX_INDIRECT_SEGMENTS, MAX_SEGMENTS, Plan, Refusal, Transfer, plan, plan_indirect, response_operation,
+};
 use pv_drivers::hypercall;
+use zerocopy::FromBytes;
 
 use crate::backends::data_path::BlockBackend;
 use crate::drivers::ata::AtaDisk;
@@ -50,14 +58,18 @@ impl BlockBackend {
             };
             served += 1;
             self.requests += 1;
-            let status = match plan(&request, &self.region) {
+            let planned = match plan(&request, &self.region) {
+                Ok(Plan::Indirect(indirect)) => self.plan_indirect(&indirect, guest),
+                planned => planned,
+            };
+            let status = match planned {
                 Ok(plan) => self.execute(&plan, disks.get_mut(self.disk), guest),
                 Err(Refusal::UnknownOperation) => BlkifRsp::Eopnotsupp,
                 Err(_) => BlkifRsp::Error,
             };
             let response = BlkifResponse {
                 id: request.id,
-                operation: request.operation,
+                operation: response_operation(&request),
                 status: status.number(),
                 ..BlkifResponse::default()
             };
@@ -93,13 +105,50 @@ impl BlockBackend {
         }
         // Refused once the guest's budget of persistent grants is spent.
         let slot = WINDOW.lock().take(guest, Use::PersistentGrant)?;
-        if hypercall::grant_map(guest, grant, address(slot), writable).is_err() {
+        // Writable whenever the guest granted it so (as Xen's blkback maps
+        // persistent grants): Linux's pool serves reads, writes and
+        // indirect pages alike, and a page first mapped for a write would
+        // otherwise never serve a read in place.
+        let mapped_writable = if hypercall::grant_map(guest, grant, address(slot), true).is_ok() {
+            true
+        } else if !writable && hypercall::grant_map(guest, grant, address(slot), false).is_ok() {
+            false
+        } else {
             WINDOW.lock().release(slot);
             return None;
-        }
-        self.mapped.push((grant, writable, slot));
+        };
+        self.mapped.push((grant, mapped_writable, slot));
         self.mapped_by_grant[grant as usize] = self.mapped.len() as u8;
         Some(address(slot))
+    }
+
+    /// The plan of an indirect request: its segments copied once out of
+    /// the guest's indirect page (kept mapped like a data page, else
+    /// through a grant copy), then checked.
+    fn plan_indirect(&mut self, indirect: &Indirect, guest: DomainId) -> Result<Plan, Refusal> {
+        const SEGMENT_BYTES: usize = size_of::<BlkifRequestSegment>();
+        let mut bytes = [0u8; MAX_INDIRECT_SEGMENTS * SEGMENT_BYTES];
+        let bytes = &mut bytes[..indirect.segments * SEGMENT_BYTES];
+        match self.mapped_page(guest, indirect.page, false) {
+            Some(page) => {
+                for (index, chunk) in bytes.chunks_exact_mut(SEGMENT_BYTES).enumerate() {
+                    // SAFETY: hv mapped the guest's page at `page` in dom0's
+                    // window (readable); `index` < 32, so the 8 bytes lie
+                    // inside it. The guest may change them at any time:
+                    // they are read once, here, and checked from the copy.
+                    let word = unsafe { ((page + (index * SEGMENT_BYTES) as u64) as *const u64).read_volatile() };
+                    chunk.copy_from_slice(&word.to_le_bytes());
+                }
+            }
+            None => {
+                hypercall::grant_copy(guest, indirect.page, 0, bytes, false).map_err(|_| Refusal::BadSegment)?;
+            }
+        }
+        let mut segments: ArrayVec<BlkifRequestSegment, MAX_INDIRECT_SEGMENTS> = ArrayVec::new();
+        for chunk in bytes.chunks_exact(SEGMENT_BYTES) {
+            segments.push(BlkifRequestSegment::read_from_bytes(chunk).map_err(|_| Refusal::BadSegment)?);
+        }
+        plan_indirect(indirect, &segments, &self.region)
     }
 
     fn execute(&mut self, plan: &Plan, disk: Option<&mut AtaDisk>, guest: DomainId) -> BlkifRsp {
@@ -108,6 +157,8 @@ impl BlockBackend {
             Plan::Flush => return if disk.flush().is_ok() { BlkifRsp::Okay } else { BlkifRsp::Error },
             Plan::Read(transfers) => (transfers, true),
             Plan::Write(transfers) => (transfers, false),
+            // Resolved into a read or a write before (`plan_indirect`).
+            Plan::Indirect(_) => return BlkifRsp::Error,
         };
         // The transfers are consecutive on the disk (see `plan`): when every
         // page is mapped, one disk command moves them all in place.

@@ -7,11 +7,22 @@
 //! The block back end's I/O, `blkback.rs` in this folder, is the binary's
 //! (declared in `main.rs`).
 
-use abi::xen::io::block::{BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest};
+use abi::xen::io::block::{
+    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BlkifOp, BlkifRequest, BlkifRequestIndirect,
+    BlkifRequestSegment, SECTORS_PER_PAGE,
+};
 use arrayvec::ArrayVec;
+use zerocopy::{FromBytes, IntoBytes};
 
-/// Most transfers (segments) in one request.
-pub const MAX_SEGMENTS: usize = BLKIF_MAX_SEGMENTS_PER_REQUEST;
+/// Most segments dom0 takes in an indirect request, as it advertises them
+/// (`feature-max-indirect-segments`): 32 pages are 256 sectors, the most
+/// one ATA command moves, and what Linux's blkfront uses by default. Their
+/// descriptors fit one indirect page (512 a page).
+pub const MAX_INDIRECT_SEGMENTS: usize = 32;
+/// Most transfers (segments) in one request, direct or indirect.
+pub const MAX_SEGMENTS: usize = MAX_INDIRECT_SEGMENTS;
+const _: () = assert!(MAX_SEGMENTS >= BLKIF_MAX_SEGMENTS_PER_REQUEST);
+const _: () = assert!(MAX_INDIRECT_SEGMENTS * SECTORS_PER_PAGE as usize <= 256);
 /// Bytes per sector as requests count them.
 const SECTOR_SIZE: u64 = BLKIF_SECTOR_SIZE as u64;
 
@@ -34,6 +45,31 @@ pub enum Plan {
     Read(ArrayVec<Transfer, MAX_SEGMENTS>),
     Write(ArrayVec<Transfer, MAX_SEGMENTS>),
     Flush,
+    /// An indirect request whose header passed its checks: its segments
+    /// are in a page of the guest's, to be copied out and checked by
+    /// [`plan_indirect`].
+    Indirect(Indirect),
+}
+
+/// An indirect request's header, checked (`BLKIF_OP_INDIRECT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Indirect {
+    /// A write (else a read).
+    pub write: bool,
+    /// First guest sector.
+    pub sector: u64,
+    /// Segments, `1..=MAX_INDIRECT_SEGMENTS`.
+    pub segments: usize,
+    /// The grant of the page holding the segments (the first
+    /// `segments` of its 512 descriptors).
+    pub page: u32,
+}
+
+/// The operation a response to `request` names: the request's own, or
+/// for an indirect request the operation inside it (Linux's blkfront
+/// checks this).
+pub fn response_operation(request: &BlkifRequest) -> u8 {
+    if request.operation == BlkifOp::Indirect.number() { request.nr_segments } else { request.operation }
 }
 
 /// Why a request is refused (answered `BLKIF_RSP_EOPNOTSUPP` for an
@@ -65,18 +101,61 @@ pub fn plan(request: &BlkifRequest, region: &Region) -> Result<Plan, Refusal> {
         Some(BlkifOp::FlushDiskcache) => return Ok(Plan::Flush),
         Some(BlkifOp::Read) => false,
         Some(BlkifOp::Write) => true,
+        Some(BlkifOp::Indirect) => return check_indirect(request, region),
+        _ => return Err(Refusal::UnknownOperation),
+    };
+    let count = request.nr_segments as usize;
+    if count > BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        return Err(Refusal::BadSegmentCount);
+    }
+    plan_segments(write, request.sector_number, &request.seg[..count], region)
+}
+
+/// Checks an indirect request's header (its segments come later, from
+/// the guest's page, through [`plan_indirect`]).
+fn check_indirect(request: &BlkifRequest, region: &Region) -> Result<Plan, Refusal> {
+    // The same 112 bytes, laid out as `blkif_request_indirect`.
+    let Ok((indirect, _)) = BlkifRequestIndirect::read_from_prefix(request.as_bytes()) else {
+        return Err(Refusal::UnknownOperation);
+    };
+    let write = match BlkifOp::from_number(indirect.indirect_op) {
+        Some(BlkifOp::Read) => false,
+        Some(BlkifOp::Write) => true,
         _ => return Err(Refusal::UnknownOperation),
     };
     if write && region.readonly {
         return Err(Refusal::ReadOnly);
     }
-    let count = request.nr_segments as usize;
-    if count == 0 || count > MAX_SEGMENTS {
+    let segments = usize::from(indirect.nr_segments);
+    if segments == 0 || segments > MAX_INDIRECT_SEGMENTS {
+        return Err(Refusal::BadSegmentCount);
+    }
+    let page = indirect.indirect_grefs[0];
+    Ok(Plan::Indirect(Indirect { write, sector: indirect.sector_number, segments, page }))
+}
+
+/// Plans an indirect request from its segments, copied out of the guest's
+/// page: exactly `indirect.segments` of them, checked as a direct
+/// request's.
+pub fn plan_indirect(indirect: &Indirect, segments: &[BlkifRequestSegment], region: &Region) -> Result<Plan, Refusal> {
+    if segments.len() != indirect.segments {
+        return Err(Refusal::BadSegmentCount);
+    }
+    plan_segments(indirect.write, indirect.sector, segments, region)
+}
+
+/// Plans the transfers of `segments` (1..=MAX_SEGMENTS), consecutive from
+/// guest sector `sector`.
+fn plan_segments(write: bool, sector: u64, segments: &[BlkifRequestSegment], region: &Region) -> Result<Plan, Refusal> {
+    if write && region.readonly {
+        return Err(Refusal::ReadOnly);
+    }
+    if segments.is_empty() || segments.len() > MAX_SEGMENTS {
         return Err(Refusal::BadSegmentCount);
     }
     let mut transfers = ArrayVec::new();
-    let mut sector = request.sector_number;
-    for segment in &request.seg[..count] {
+    let mut sector = sector;
+    for segment in segments {
         // `first_sect..=last_sect` inside the page's eight sectors.
         let sectors = u64::from(segment.sectors().ok_or(Refusal::BadSegment)?);
         let end = sector.checked_add(sectors).ok_or(Refusal::OutOfRange)?;
@@ -152,12 +231,85 @@ mod tests {
         bytes[0] = 3; // BLKIF_OP_FLUSH_DISKCACHE
         let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
         assert_eq!(plan(&request, &REGION), Ok(Plan::Flush));
-        // Barriers, discard, indirect requests: not offered, so unknown.
-        for operation in [2, 4, 5, 6, 7, 255] {
+        // Barriers and discard: not offered, so unknown.
+        for operation in [2, 4, 5, 7, 255] {
             bytes[0] = operation;
             let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
             assert_eq!(plan(&request, &REGION), Err(Refusal::UnknownOperation), "operation {operation}");
         }
+    }
+
+    #[test]
+    fn an_indirect_request_in_xen_bytes_plans_as_linux_meant_it() {
+        // `blkif_request_indirect` as Linux's blkfront lays it out on
+        // x86_64: operation 6 at 0, indirect_op at 1, nr_segments (16 bits)
+        // at 2, id at 8, sector_number at 16, handle at 24, the indirect
+        // pages' grants from 28.
+        let mut bytes = [0u8; 112];
+        bytes[0] = 6; // BLKIF_OP_INDIRECT
+        bytes[1] = 0; // BLKIF_OP_READ
+        bytes[2..4].copy_from_slice(&20u16.to_le_bytes());
+        bytes[8..16].copy_from_slice(&0x55u64.to_le_bytes());
+        bytes[16..24].copy_from_slice(&8u64.to_le_bytes());
+        bytes[28..32].copy_from_slice(&77u32.to_le_bytes());
+        let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+        let indirect = Indirect { write: false, sector: 8, segments: 20, page: 77 };
+        assert_eq!(plan(&request, &REGION), Ok(Plan::Indirect(indirect)));
+        assert_eq!(response_operation(&request), 0, "a response names the operation inside");
+        assert_eq!(request.id, 0x55, "the id sits where a direct request's does");
+        // Its segments, copied out of page 77: whole pages but the last.
+        let mut segments = [BlkifRequestSegment { gref: 9, first_sect: 0, last_sect: 7, _pad0: 0 }; 20];
+        segments[19].last_sect = 3;
+        let Ok(Plan::Read(transfers)) = plan_indirect(&indirect, &segments, &Region { sectors: 1000, ..REGION }) else {
+            panic!("{segments:?}")
+        };
+        assert_eq!(transfers.len(), 20);
+        assert_eq!(transfers[0], Transfer { grant: 9, offset: 0, bytes: 4096, disk_sector: 1008 });
+        assert_eq!(transfers[19], Transfer { grant: 9, offset: 0, bytes: 2048, disk_sector: 1008 + 19 * 8 });
+        bytes[1] = 1; // BLKIF_OP_WRITE
+        let request = BlkifRequest::read_from_bytes(&bytes).unwrap();
+        assert_eq!(plan(&request, &REGION), Ok(Plan::Indirect(Indirect { write: true, ..indirect })));
+        assert_eq!(response_operation(&request), 1);
+        let direct = BlkifRequest { operation: 0, nr_segments: 3, ..BlkifRequest::default() };
+        assert_eq!(response_operation(&direct), 0);
+    }
+
+    #[test]
+    fn hostile_indirect_requests_are_refused() {
+        let indirect = |indirect_op: u8, segments: u16| {
+            let header = BlkifRequestIndirect {
+                operation: 6,
+                indirect_op,
+                nr_segments: segments,
+                indirect_grefs: [5; 8],
+                ..BlkifRequestIndirect::default()
+            };
+            let mut bytes = [0u8; 112];
+            bytes[..64].copy_from_slice(header.as_bytes());
+            BlkifRequest::read_from_bytes(&bytes).unwrap()
+        };
+        assert!(matches!(plan(&indirect(0, 32), &REGION), Ok(Plan::Indirect(_))));
+        assert_eq!(plan(&indirect(0, 0), &REGION), Err(Refusal::BadSegmentCount));
+        assert_eq!(plan(&indirect(0, 33), &REGION), Err(Refusal::BadSegmentCount));
+        assert_eq!(plan(&indirect(0, u16::MAX), &REGION), Err(Refusal::BadSegmentCount));
+        // Only reads and writes go indirect (not flushes, nor indirect ones).
+        for operation in [3, 6, 2, 5, 200] {
+            assert_eq!(plan(&indirect(operation, 4), &REGION), Err(Refusal::UnknownOperation), "{operation}");
+        }
+        let readonly = Region { readonly: true, ..REGION };
+        assert_eq!(plan(&indirect(1, 4), &readonly), Err(Refusal::ReadOnly));
+        // The page's segments are checked as a direct request's: their
+        // count must be the header's, each in its page, all in the region.
+        let header = Indirect { write: false, sector: 60, segments: 2, page: 5 };
+        let whole = BlkifRequestSegment { gref: 1, first_sect: 0, last_sect: 7, _pad0: 0 };
+        assert_eq!(plan_indirect(&header, &[whole], &REGION), Err(Refusal::BadSegmentCount));
+        assert_eq!(plan_indirect(&header, &[whole, whole], &REGION), Err(Refusal::OutOfRange));
+        let bad = BlkifRequestSegment { first_sect: 4, last_sect: 2, ..whole };
+        let header = Indirect { sector: 0, ..header };
+        assert_eq!(plan_indirect(&header, &[whole, bad], &REGION), Err(Refusal::BadSegment));
+        assert!(matches!(plan_indirect(&header, &[whole, whole], &REGION), Ok(Plan::Read(t)) if t.len() == 2));
+        let write = Indirect { write: true, ..header };
+        assert_eq!(plan_indirect(&write, &[whole, whole], &readonly), Err(Refusal::ReadOnly));
     }
 
     #[test]
