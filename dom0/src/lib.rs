@@ -18,6 +18,9 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+// The images disk's filesystem reader allocates (the binary's heap).
+extern crate alloc;
+
 pub mod backends;
 pub mod drivers;
 pub mod shell;
