@@ -769,6 +769,44 @@ mod tests {
         assert_eq!(mock.next, 0);
     }
 
+    /// A file whose reads of bytes in `bad` fail (a disk that fails mid-way).
+    struct Failing {
+        bytes: Vec<u8>,
+        bad: core::ops::Range<u64>,
+    }
+
+    impl ImageFile for Failing {
+        fn length(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), ReadError> {
+            if offset < self.bad.end && self.bad.start < offset + buffer.len() as u64 {
+                return Err(ReadError("the disk failed"));
+            }
+            self.bytes.read_at(offset, buffer)
+        }
+    }
+
+    #[test]
+    fn a_file_that_fails_while_streaming_destroys_the_half_built_domain() {
+        let kernel = pvh_kernel();
+        // The headers and the note read, the segment's bytes (120-183) do not.
+        let failing = Failing { bytes: kernel.clone(), bad: 120..184 };
+        let mut mock = Mock::default();
+        assert_eq!(build(&mut mock, &request(&failing)), Err(BuildError::Read("kernel", ReadError("the disk failed"))));
+        assert_eq!(mock.destroyed, [1]);
+        // The initramfs fails past its first chunk: nothing is left either.
+        let ramdisk = Failing { bytes: vec![7u8; 3 * CHUNK], bad: CHUNK as u64..3 * CHUNK as u64 };
+        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&ramdisk), ..request(&kernel) });
+        assert_eq!(result, Err(BuildError::Read("ramdisk", ReadError("the disk failed"))));
+        assert_eq!(mock.destroyed, [1, 2]);
+        assert!(mock.live.is_empty());
+        // Read whole, the same initramfs lands intact, a chunk at a time.
+        let whole = vec![7u8; 3 * CHUNK];
+        let id = build(&mut mock, &BuildRequest { ramdisk: Some(&whole), ..request(&kernel) }).unwrap();
+        assert!((0..3 * CHUNK as u64).all(|offset| mock.memory[&id][&(0x102000 + offset)] == 7));
+    }
+
     #[test]
     fn a_failing_step_destroys_the_half_built_domain() {
         let kernel = kernel();
