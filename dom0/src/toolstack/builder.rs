@@ -1,9 +1,15 @@
 //! The guest builder: turns a kernel ELF and a memory size into a ready,
 //! paused domain through the hypervisor's domain-control operations.
 //!
-//! Everything is checked before anything is allocated (the ELF, the memory
-//! size); if a hypervisor operation fails midway, the half-built domain is
-//! destroyed, so a failed `create` leaves nothing behind.
+//! Everything is checked before anything is allocated (the ELF headers,
+//! the memory size); if a hypervisor operation or a read of the kernel or
+//! ramdisk fails midway, the half-built domain is destroyed, so a failed
+//! `create` leaves nothing behind.
+//!
+//! The kernel and the ramdisk are [`ImageFile`]s (the boot ramdisk's or
+//! the images disk's): their headers are read first, then each segment
+//! and the ramdisk are streamed into the guest a [`CHUNK`] at a time, so a
+//! guest of hundreds of MiB never sits whole in dom0.
 //!
 //! A guest's guest-physical layout (identity-mapped by its page tables up
 //! to [`IDENTITY_MAP`]; only RAM is backed, the rest faults in EPT):

@@ -1,5 +1,6 @@
 //! dom0's toolstack: builds guests from their configs and images in the
-//! boot ramdisk, connects their devices, and tears them down.
+//! boot ramdisk or on the images disk, connects their devices, and tears
+//! them down.
 //!
 //! The library holds what needs no hypervisor, host-tested:
 //! - [`config`]: guest configuration files (xl.cfg-like).
