@@ -363,6 +363,85 @@ mod tests {
         assert_eq!(refused(&no_execute), Some(HeaderError::Elf(ElfError::EntryNotExecutable)));
     }
 
+    /// An accepted kernel: entry, PVH entry, and each segment's (physical
+    /// address, memory size, flags, file offset, file size).
+    type Verdict = Option<(u64, Option<u32>, Vec<(u64, u64, u32, u64, u64)>)>;
+
+    /// hv core's verdict on a whole file (its section table dropped, which
+    /// a streamed read never looks at), as the streamed reader reports it.
+    fn whole_file_verdict(bytes: &[u8]) -> Verdict {
+        let mut whole = bytes.to_vec();
+        if whole.len() >= 64 {
+            whole[40..48].fill(0);
+            whole[60..64].fill(0);
+        }
+        let image = ElfImage::parse(&whole).ok()?;
+        let segments = image
+            .segments()
+            .iter()
+            .map(|segment| (segment.phys_addr, segment.mem_size, segment.flags, segment.file_offset, segment.file_size))
+            .collect();
+        Some((image.entry(), image.pvh_entry(), segments))
+    }
+
+    fn streamed_verdict(bytes: &[u8]) -> Verdict {
+        let headers = ElfHeaders::read(&bytes).ok()?;
+        let image = headers.image();
+        let segments = image
+            .segments()
+            .iter()
+            .enumerate()
+            .map(|(index, segment)| {
+                let (offset, size) = headers.file_range(index);
+                (segment.phys_addr, segment.mem_size, segment.flags, offset, size)
+            })
+            .collect();
+        Some((image.entry(), image.pvh_entry(), segments))
+    }
+
+    /// Random damage to the headers of good kernels: the streamed reader
+    /// accepts exactly what hv core accepts of the whole file, and finds
+    /// the same entry points and segments.
+    #[test]
+    fn streamed_headers_agree_with_hv_core_on_damaged_files() {
+        let mut random = crate::test_random::XorShift(0x1ead_e125);
+        let kernels = [
+            file(64, &[(0x1000, 0x100000, 0x3000, 0x3000, 5), (0x4000, 0x200000, 0x800, 0x9000, 6)], None, 0x4800),
+            file(0x200, &[(0x1000, 0x100000, 0x3000, 0x3000, 5)], Some(0x100010), 0x4800),
+            file(
+                0x3000,
+                &[(0x1000, 0x100000, 0x1000, 0x3000, 7), (0x0, 0x400000, 0, 0x1000, 6)],
+                Some(0x100000),
+                0x3400,
+            ),
+        ];
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let mut bytes = kernels[round % kernels.len()].clone();
+            let table = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+            for _ in 0..1 + random.below(3) {
+                // A byte of the file header or of the program header table.
+                let at = if random.below(2) == 0 { random.below(64) } else { table + random.below(3 * 56) };
+                let value = match random.below(3) {
+                    0 => random.next() as u8,
+                    1 => bytes[at] ^ (1 << random.below(8)),
+                    _ => 0,
+                };
+                if let Some(byte) = bytes.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            let count = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
+            if count > MAX_PROGRAM_HEADERS {
+                continue; // more than the streamed reader reads: refused by design
+            }
+            let expected = whole_file_verdict(&bytes);
+            assert_eq!(streamed_verdict(&bytes), expected, "round {round}");
+            if expected.is_some() { accepted += 1 } else { refused += 1 }
+        }
+        assert!(accepted > 1000 && refused > 1000, "both outcomes reached: {accepted} accepted, {refused} refused");
+    }
+
     #[test]
     fn streaming_moves_a_chunk_at_a_time_and_stops_at_the_first_failure() {
         let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
