@@ -33,6 +33,9 @@ Leaving: in QEMU press Ctrl-a then x; in Bochs press Ctrl-C. Typing
 <target> is $CARGO_TARGET_DIR if set, else ./target. Setting MICA_ISO=<path>
 boots that ISO instead of building one. The physical disk guests' disks live
 on is <target>/disk.img (64 MiB, created once), or MICA_DISK=<path>.
+MICA_IMAGES=<image> attaches an images disk as the second disk on that
+channel (ata1-slave): an ext4 image of guest kernels and configs, made
+with `mkfs.ext4 -d <folder> <image> <size>`; dom0 lists it in `ls`.
 MICA_HV_ARGS="<words>" adds to hv's command line (after loglevel=info; e.g.
 maxcpus=1, loglevel=debug); the ISO is then <target>/mica-<words>.iso (other characters as _).
 EOF
@@ -95,6 +98,8 @@ qemu_deps=("qemu-system-x86:qemu-system-x86_64")
 ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
 ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
 uefi_deps=("ovmf:$ovmf_code")
+# mkfs.ext4 makes images disks (the tests make theirs at run time).
+images_deps=("e2fsprogs:/sbin/mkfs.ext4")
 
 have() {
     case "$1" in
@@ -164,7 +169,7 @@ fi
 
 case "$mode" in
     deps)
-        ensure_packages "${iso_deps[@]}" "${bochs_deps[@]}" "${qemu_deps[@]}" "${uefi_deps[@]}"
+        ensure_packages "${iso_deps[@]}" "${bochs_deps[@]}" "${qemu_deps[@]}" "${uefi_deps[@]}" "${images_deps[@]}"
         ensure_rust
         say "all dependencies are present"
         exit 0
@@ -287,6 +292,17 @@ disk=${MICA_DISK:-$target_dir/disk.img}
 [ -e "$disk" ] || truncate -s 64M "$disk" || die "could not create the disk image $disk"
 disk=$(cd "$(dirname "$disk")" && pwd)/$(basename "$disk")
 say "disk image: $disk (ata1-master)"
+# The images disk, if one is given: ata1-slave in both emulators.
+images=${MICA_IMAGES:-}
+images_qemu=()
+images_bochs=
+if [ -n "$images" ]; then
+    [ -f "$images" ] || die "MICA_IMAGES=$images is not a file (make one with mkfs.ext4 -d <folder> <image> <size>)"
+    images=$(cd "$(dirname "$images")" && pwd)/$(basename "$images")
+    images_qemu=(-drive "file=$images,format=raw,if=ide,index=3")
+    images_bochs="ata1-slave: type=disk, mode=flat, path=$images"
+    say "images disk: $images (ata1-slave)"
+fi
 
 if [ "$mode" = qemu ]; then
     if kvm_usable && host_has_vmx; then
@@ -304,7 +320,7 @@ if [ "$mode" = qemu ]; then
     say "booting QEMU; leave with Ctrl-a x"
     exec qemu-system-x86_64 "${accel[@]}" "${firmware[@]}" -m 512 \
         -drive "file=$iso,media=cdrom,if=ide,index=0" \
-        -drive "file=$disk,format=raw,if=ide,index=2" \
+        -drive "file=$disk,format=raw,if=ide,index=2" "${images_qemu[@]}" \
         -nic user,model=e1000 \
         -serial mon:stdio -display none -no-reboot
 fi
@@ -333,7 +349,8 @@ trap 'printf "\r\n" >&2; say "Ctrl-C: stopping Bochs"; exit 130' INT TERM
 # 5900 or the next free one); COM1 is the console that matters.
 ln -s "$iso" "$work/mica.iso"
 # One configuration for this script and the test harness.
-sed -e "s|@MEMORY@|512|g" -e "s|@CPUS@|1|" -e "s|@DISK@|$disk|" -e "s|@ETHMOD@|slirp|" -e "s|@COM1@|mode=term, dev=$tty_path|" \
+sed -e "s|@MEMORY@|512|g" -e "s|@CPUS@|1|" -e "s|@DISK@|$disk|" -e "s|@ATA1_SLAVE@|$images_bochs|" \
+    -e "s|@ETHMOD@|slirp|" -e "s|@COM1@|mode=term, dev=$tty_path|" \
     "$root_dir/tests/bochsrc.template" >"$work/bochsrc"
 printf 'c\nquit\n' >"$work/dbg.rc"
 

@@ -15,6 +15,9 @@
 #                  with insmod); built without root
 #   linux.cfg      the guest's configuration for dom0 (type, kernel, ramdisk,
 #                  command line, 256 MiB, two vCPUs)
+#   images.img     an images disk for dom0 (ata1-slave): an ext4 filesystem
+#                  made with `mkfs.ext4 -d` holding the three files above, so
+#                  `create linux` finds them there (too big for the ramdisk)
 # Exits 0 with the images in place, or non-zero saying what it could not get
 # (no network, no apt): callers must treat that as "not tested", never as a pass.
 set -euo pipefail
@@ -197,7 +200,8 @@ PYTHON
     echo "$initramfs_version" >initramfs.version
 fi
 
-cat >linux.cfg <<'CONFIG'
+# Rewritten only when it changes (the images disk is remade after it).
+cat >linux.cfg.new <<'CONFIG'
 # Debian 12's stock kernel as a PVH guest with a busybox initramfs
 # (made by tests/linux.sh; tests/tests/linux.rs).
 name = "linux"
@@ -209,8 +213,25 @@ vif = [ "mac=02:00:00:00:00:0a" ]
 ramdisk = "initramfs.gz"
 cmdline = "console=hvc0 earlyprintk=xen cryptomgr.notests"
 CONFIG
+if cmp -s linux.cfg.new linux.cfg; then rm linux.cfg.new; else mv linux.cfg.new linux.cfg; fi
+
+# The images disk: the three files, with room to spare. Remade when any is newer.
+if [ ! -s images.img ] || [ vmlinux -nt images.img ] || [ initramfs.gz -nt images.img ] ||
+    [ linux.cfg -nt images.img ]; then
+    mkfs=$(command -v mkfs.ext4 || ls /sbin/mkfs.ext4 /usr/sbin/mkfs.ext4 2>/dev/null | head -n 1 || true)
+    if [ -z "$mkfs" ]; then
+        echo "linux.sh: mkfs.ext4 is missing: install e2fsprogs (./run-qemu.sh --install-deps)" >&2
+        exit 1
+    fi
+    rm -rf images images.img
+    mkdir images
+    cp vmlinux initramfs.gz linux.cfg images/
+    megabytes=$(( ($(du -sm images | cut -f1) * 5 / 4) + 16 ))
+    "$mkfs" -q -F -L mica-images -d images images.img "${megabytes}M"
+    rm -rf images
+fi
 
 echo "linux.sh: $kernel_package in $out"
-for file in vmlinux initramfs.gz; do
+for file in vmlinux initramfs.gz images.img; do
     echo "linux.sh: $file $(stat -c %s "$file") bytes"
 done

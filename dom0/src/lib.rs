@@ -11,12 +11,15 @@
 //!   the software switch, the attach/detach handshake, the foreign window.
 //! - [`store`]: the xenstore-compatible key/value store and its wire
 //!   protocol.
-//! - [`toolstack`]: guest configs, disk specs, the boot ramdisk, and the
-//!   domain builder with its ACPI tables.
+//! - [`toolstack`]: guest configs, disk specs, the boot ramdisk, the
+//!   images disk, and the domain builder with its ACPI tables.
 //! - [`shell`]: the operator's shell: commands, line editor, and what it
 //!   prints.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+// The images disk's filesystem reader allocates (the binary's heap).
+extern crate alloc;
 
 pub mod backends;
 pub mod drivers;

@@ -10,6 +10,9 @@
 #![no_std]
 #![no_main]
 
+// The images disk's filesystem reader (ext4-view) allocates.
+extern crate alloc;
+
 /// The drivers that touch the hardware (their protocols are
 /// `dom0core::drivers`).
 mod drivers {
@@ -112,6 +115,10 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     } else {
         &[]
     };
+    let heap = init_heap(&start_info);
+    if heap == 0 {
+        let _ = writeln!(console, "dom0: no free RAM for a heap: no images disk");
+    }
     let mut toolstack = TOOLSTACK.lock();
     toolstack.init(ramdisk, start_info.tsc_khz);
     {
@@ -157,8 +164,36 @@ extern "C" fn _start(start_info_address: u64) -> ! {
     // port fired (or on every pass when the NIC has no interrupt).
     let nic_port = e1000::NIC.lock().as_ref().map(|nic| nic.interrupt_port());
     DATA.lock().init(disks, nic_port, start_info.tsc_khz);
+    if heap > 0 {
+        toolstack.find_images(&mut console);
+    }
     let mut shell = Shell { console, editor: LineEditor::new(), boot_to_prompt: 0, start_info, toolstack };
     shell.run()
+}
+
+/// dom0's heap: the images disk's filesystem (its block cache, directory
+/// listings, an open file's extents) and the builder's transfer buffers.
+/// A first-fit list (linked_list_allocator) rather than a hand-made one:
+/// dom0 allocates at boot and a few times per `create`, so its speed does
+/// not matter, and its spin lock serves dom0's two vCPUs.
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Gives the heap the largest free RAM region hv described: the RAM after
+/// dom0's image, which nothing else in dom0 uses. Returns its size.
+fn init_heap(start_info: &StartInfo) -> u64 {
+    let free = start_info
+        .regions()
+        .iter()
+        .filter(|region| region.kind == abi::start_info::MemoryKind::Free as u32)
+        .filter(|region| region.base + region.size <= start_info.identity_mapped_bytes)
+        .max_by_key(|region| region.size);
+    let Some(region) = free else { return 0 };
+    // SAFETY: hv gave dom0 this region as free RAM, identity-mapped and
+    // writable; nothing else in dom0 touches it, and this runs once,
+    // before anything allocates.
+    unsafe { HEAP.lock().init(region.base as *mut u8, region.size as usize) };
+    region.size
 }
 
 fn stop() -> ! {

@@ -152,3 +152,62 @@ impl Iso {
         Ok(Iso { path })
     }
 }
+
+/// Where `mkfs.ext4` is (e2fsprogs; `run-qemu.sh --install-deps` installs
+/// it), or why not.
+fn mkfs_ext4() -> Result<PathBuf, String> {
+    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].into_iter().map(PathBuf::from).find(|path| path.is_file()).ok_or_else(
+        || {
+            "mkfs.ext4 is not installed: the images disk is made with `mkfs.ext4 -d`; \
+             install e2fsprogs (`./run-qemu.sh --install-deps` or `sudo apt-get install e2fsprogs`)"
+                .to_owned()
+        },
+    )
+}
+
+/// Makes an images disk at `image`: an ext4 filesystem of `size_mib` MiB
+/// holding `files` (each a path on the disk, e.g. `guests/linux.cfg`, and
+/// the host file to copy there), with `mkfs.ext4 -d` as an operator makes
+/// one. Returns `image`.
+pub fn make_images_disk(files: &[(&str, PathBuf)], size_mib: u32, image: &Path) -> Result<PathBuf, String> {
+    let mkfs = mkfs_ext4()?;
+    let folder = image.with_extension("files");
+    let _ = std::fs::remove_dir_all(&folder);
+    for (name, source) in files {
+        let destination = folder.join(name);
+        if let Some(parent) = destination.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| format!("creating {}: {error}", parent.display()))?;
+        }
+        std::fs::copy(source, &destination)
+            .map_err(|error| format!("copying {} to {}: {error}", source.display(), destination.display()))?;
+    }
+    std::fs::create_dir_all(&folder).map_err(|error| format!("creating {}: {error}", folder.display()))?;
+    let _ = std::fs::remove_file(image);
+    let output = Command::new(&mkfs)
+        .args(["-q", "-F", "-L", "mica-images", "-d"])
+        .arg(&folder)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .map_err(|error| format!("could not run {}: {error}", mkfs.display()))?;
+    let _ = std::fs::remove_dir_all(&folder);
+    if !output.status.success() {
+        return Err(format!(
+            "`mkfs.ext4 -d {} {} {size_mib}M` failed ({}): {}",
+            folder.display(),
+            image.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(image.to_path_buf())
+}
+
+/// An example guest's kernel (e.g. `counter`) as `run-qemu.sh
+/// --build-only` built it for the tests' ISO:
+/// `<target>/system/x86_64-unknown-none/release/<name>`.
+pub fn built_guest(name: &str) -> Result<PathBuf, String> {
+    Iso::get()?;
+    let path = Iso::target().join("x86_64-unknown-none").join("release").join(name);
+    if path.is_file() { Ok(path) } else { Err(format!("{} is not there (was the ISO built?)", path.display())) }
+}

@@ -384,6 +384,10 @@ pub struct BochsOptions {
     /// a later run sees what an earlier one wrote). `None`: a fresh, zeroed
     /// 16 MiB `disk.img` in the run's own directory.
     pub disk_image: Option<PathBuf>,
+    /// The images disk (ata1-slave): an ext4 image of guest kernels and
+    /// configs ([`make_images_disk`](crate::iso::make_images_disk) makes one), used in
+    /// place. `None`: no second disk.
+    pub images_disk: Option<PathBuf>,
     /// The e1000's Bochs back end: `null` (frames go nowhere) or `vnet`
     /// (Bochs's built-in virtual host at 192.168.10.1: ARP, ICMP echo).
     pub network: &'static str,
@@ -411,6 +415,7 @@ impl Default for BochsOptions {
             memory_mib: 256,
             connect_timeout: seconds(30),
             disk_image: None,
+            images_disk: None,
             network: "null",
             cpus: default_cpus(),
         }
@@ -456,7 +461,7 @@ impl Bochs {
             );
             // The Bochs that died leaves the lock of a caller's disk image
             // behind (`<image>.lock`), which would stop the next one.
-            if let Some(image) = &options.disk_image {
+            for image in options.disk_image.iter().chain(&options.images_disk) {
                 let _ = std::fs::remove_file(format!("{}.lock", image.display()));
             }
             attempt += 1;
@@ -495,7 +500,8 @@ impl Bochs {
                 path
             }
         };
-        let bochsrc = bochsrc(options.memory_mib, options.cpus, &disk, options.network, port);
+        let bochsrc =
+            bochsrc(options.memory_mib, options.cpus, &disk, options.images_disk.as_deref(), options.network, port);
         let write = |name: &str, text: &str| {
             fs::write(directory.join(name), text).map_err(|error| format!("cannot write {name}: {error}"))
         };
@@ -560,13 +566,24 @@ impl Bochs {
 }
 
 /// The bochsrc of a test run: `tests/bochsrc.template` (shared with
-/// run-qemu.sh) with the guest memory, the CPU count, the disk image, the e1000's network
-/// back end and COM1 connected to the harness on `com1_port`.
-pub fn bochsrc(memory_mib: u32, cpus: u32, disk: &Path, network: &str, com1_port: u16) -> String {
+/// run-qemu.sh) with the guest memory, the CPU count, the disk image, the
+/// images disk if any, the e1000's network back end and COM1 connected to
+/// the harness on `com1_port`.
+pub fn bochsrc(
+    memory_mib: u32,
+    cpus: u32,
+    disk: &Path,
+    images: Option<&Path>,
+    network: &str,
+    com1_port: u16,
+) -> String {
+    let images =
+        images.map_or(String::new(), |path| format!("ata1-slave: type=disk, mode=flat, path={}", path.display()));
     include_str!("../bochsrc.template")
         .replace("@MEMORY@", &memory_mib.to_string())
         .replace("@CPUS@", &cpus.to_string())
         .replace("@DISK@", &disk.display().to_string())
+        .replace("@ATA1_SLAVE@", &images)
         .replace("@ETHMOD@", network)
         .replace("@COM1@", &format!("mode=socket-client, dev=127.0.0.1:{com1_port}"))
 }

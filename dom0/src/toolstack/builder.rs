@@ -1,9 +1,15 @@
 //! The guest builder: turns a kernel ELF and a memory size into a ready,
 //! paused domain through the hypervisor's domain-control operations.
 //!
-//! Everything is checked before anything is allocated (the ELF, the memory
-//! size); if a hypervisor operation fails midway, the half-built domain is
-//! destroyed, so a failed `create` leaves nothing behind.
+//! Everything is checked before anything is allocated (the ELF headers,
+//! the memory size); if a hypervisor operation or a read of the kernel or
+//! ramdisk fails midway, the half-built domain is destroyed, so a failed
+//! `create` leaves nothing behind.
+//!
+//! The kernel and the ramdisk are [`ImageFile`]s (the boot ramdisk's or
+//! the images disk's): their headers are read first, then each segment
+//! and the ramdisk are streamed into the guest a [`CHUNK`] at a time, so a
+//! guest of hundreds of MiB never sits whole in dom0.
 //!
 //! A guest's guest-physical layout (identity-mapped by its page tables up
 //! to [`IDENTITY_MAP`]; only RAM is backed, the rest faults in EPT):
@@ -48,6 +54,8 @@ use abi::start_info::{MemoryKind, StartInfo};
 use abi::xen::start_info::{HvmMemmapTableEntry, HvmMemmapType, HvmModlistEntry, HvmStartInfo};
 use abi::{DomainId, Error};
 use hvcore::elf::{ElfError, ElfImage};
+
+use crate::toolstack::image_file::{self, CHUNK, ElfHeaders, HeaderError, ImageFile, ReadError, StreamError};
 use hvcore::paging::{Access, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
 use zerocopy::IntoBytes;
 
@@ -113,9 +121,10 @@ pub trait DomainControl {
 }
 
 /// What to build.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct BuildRequest<'a> {
-    pub kernel: &'a [u8],
+    /// The kernel's ELF file, read a range at a time.
+    pub kernel: &'a dyn ImageFile,
     pub memory_bytes: u64,
     pub cmdline: &'a str,
     pub tsc_khz: u64,
@@ -124,7 +133,7 @@ pub struct BuildRequest<'a> {
     /// The guest's disk size in sectors, if it has a disk.
     pub block_sectors: Option<u64>,
     /// The file a PVH kernel gets as its module (its initramfs), if any.
-    pub ramdisk: Option<&'a [u8]>,
+    pub ramdisk: Option<&'a dyn ImageFile>,
 }
 
 /// Why a build failed.
@@ -141,6 +150,9 @@ pub enum BuildError {
     /// A ramdisk was given for a kernel without Xen's PVH entry note (only a
     /// PVH boot has a module list).
     RamdiskNeedsPvh,
+    /// The kernel's or the ramdisk's file could not be read (which, the
+    /// reason); the domain, if made, was destroyed.
+    Read(&'static str, ReadError),
 }
 
 impl core::fmt::Display for BuildError {
@@ -151,6 +163,7 @@ impl core::fmt::Display for BuildError {
             BuildError::Hypervisor(step, error) => write!(out, "{step} failed: {}", error.describe()),
             BuildError::RamdiskTooBig => write!(out, "the ramdisk does not fit the memory above the kernel"),
             BuildError::RamdiskNeedsPvh => write!(out, "a ramdisk needs a PVH kernel (Xen's PHYS32_ENTRY note)"),
+            BuildError::Read(file, error) => write!(out, "reading the {file}: {error}"),
         }
     }
 }
@@ -202,7 +215,11 @@ fn page_bytes(words: &[u64; 512]) -> [u8; 4096] {
 
 /// Builds a paused guest; returns its id.
 pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result<DomainId, BuildError> {
-    let image = ElfImage::parse(request.kernel).map_err(BuildError::Kernel)?;
+    let headers = ElfHeaders::read(request.kernel).map_err(|error| match error {
+        HeaderError::Elf(error) => BuildError::Kernel(error),
+        HeaderError::Read(error) => BuildError::Read("kernel", error),
+    })?;
+    let image = headers.image();
     let memory = request.memory_bytes;
     if !(MIN_MEMORY..=IDENTITY_MAP).contains(&memory) || !memory.is_multiple_of(4096) {
         return Err(BuildError::Memory);
@@ -211,15 +228,15 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
     image.check_fits(if pvh { PVH_RAM } else { KERNEL_BASE }, memory).map_err(BuildError::Kernel)?;
     let ramdisk = match request.ramdisk {
         Some(_) if !pvh => return Err(BuildError::RamdiskNeedsPvh),
-        Some(bytes) => Some(ramdisk_address(&image, bytes.len() as u64, memory)?),
+        Some(file) => Some(ramdisk_address(&image, file.length(), memory)?),
         None => None,
     };
     let pages = memory / 4096;
     let id = control.create(pages).map_err(|error| BuildError::Hypervisor("create", error))?;
     let built = if pvh {
-        populate_and_load_pvh(control, id, &image, request, ramdisk)
+        populate_and_load_pvh(control, id, &headers, request, ramdisk)
     } else {
-        populate_and_load(control, id, &image, request)
+        populate_and_load(control, id, &headers, request)
     };
     match built {
         Ok(()) => Ok(id),
@@ -242,31 +259,58 @@ fn ramdisk_address(image: &ElfImage, length: u64, memory: u64) -> Result<u64, Bu
     }
 }
 
-/// Gives domain `id` `memory` bytes of RAM from 0 and copies the kernel's
-/// segments to their physical addresses.
+/// Gives domain `id` `memory` bytes of RAM from 0 and streams the
+/// kernel's segments from its file to their physical addresses (the rest
+/// of each segment, its bss, is the fresh memory's zeros).
 fn populate_and_copy_segments(
     control: &mut impl DomainControl,
     id: DomainId,
-    image: &ElfImage,
-    memory: u64,
+    headers: &ElfHeaders,
+    request: &BuildRequest,
 ) -> Result<(), BuildError> {
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
-    control.populate(id, 0, memory / 4096).map_err(step("populate memory"))?;
-    for segment in image.segments() {
-        control.copy(id, segment.phys_addr, image.segment_data(segment)).map_err(step("load kernel"))?;
+    control.populate(id, 0, request.memory_bytes / 4096).map_err(step("populate memory"))?;
+    let mut buffer = alloc::vec![0u8; CHUNK];
+    for (index, segment) in headers.image().segments().iter().enumerate() {
+        let (offset, length) = headers.file_range(index);
+        load_file(control, id, request.kernel, offset, length, segment.phys_addr, &mut buffer, "kernel")?;
     }
     Ok(())
+}
+
+/// Streams `length` bytes of `file` from `offset` on into domain `id` at
+/// `destination`.
+#[allow(clippy::too_many_arguments)] // one step of the build, named by its caller
+fn load_file(
+    control: &mut impl DomainControl,
+    id: DomainId,
+    file: &dyn ImageFile,
+    offset: u64,
+    length: u64,
+    destination: u64,
+    buffer: &mut [u8],
+    what: &'static str,
+) -> Result<(), BuildError> {
+    image_file::stream(file, offset, length, buffer, |done, piece| control.copy(id, destination + done, piece)).map_err(
+        |error| match error {
+            StreamError::Read(error) => BuildError::Read(what, error),
+            StreamError::Write(error) => {
+                BuildError::Hypervisor(if what == "kernel" { "load kernel" } else { "load ramdisk" }, error)
+            }
+        },
+    )
 }
 
 fn populate_and_load(
     control: &mut impl DomainControl,
     id: DomainId,
-    image: &ElfImage,
+    headers: &ElfHeaders,
     request: &BuildRequest,
 ) -> Result<(), BuildError> {
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
     let memory = request.memory_bytes;
-    populate_and_copy_segments(control, id, image, memory)?;
+    populate_and_copy_segments(control, id, headers, request)?;
+    let image = headers.image();
 
     // Page tables: 4 KiB pages below 2 MiB (page 0 left out), 2 MiB pages above.
     let mut tables = LocalTables { pages: [[0; 512]; TABLE_PAGES], used: 0 };
@@ -349,14 +393,15 @@ fn populate_and_load(
 fn populate_and_load_pvh(
     control: &mut impl DomainControl,
     id: DomainId,
-    image: &ElfImage,
+    headers: &ElfHeaders,
     request: &BuildRequest,
     ramdisk_address: Option<u64>,
 ) -> Result<(), BuildError> {
     use abi::xen::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
     let memory = request.memory_bytes;
-    populate_and_copy_segments(control, id, image, memory)?;
+    populate_and_copy_segments(control, id, headers, request)?;
+    let image = headers.image();
     let mut cmdline = [0u8; 4096];
     let length = request.cmdline.len().min(cmdline.len() - 1);
     cmdline[..length].copy_from_slice(&request.cmdline.as_bytes()[..length]);
@@ -388,9 +433,10 @@ fn populate_and_load_pvh(
         memmap_entries: memmap.len() as u32,
         ..HvmStartInfo::new()
     };
-    if let (Some(bytes), Some(paddr)) = (request.ramdisk, ramdisk_address) {
-        control.copy(id, paddr, bytes).map_err(step("load ramdisk"))?;
-        let module = HvmModlistEntry { paddr, size: bytes.len() as u64, cmdline_paddr: 0, reserved: 0 };
+    if let (Some(file), Some(paddr)) = (request.ramdisk, ramdisk_address) {
+        let mut buffer = alloc::vec![0u8; CHUNK];
+        load_file(control, id, file, 0, file.length(), paddr, &mut buffer, "ramdisk")?;
+        let module = HvmModlistEntry { paddr, size: file.length(), cmdline_paddr: 0, reserved: 0 };
         control.copy(id, PVH_MODLIST, module.as_bytes()).map_err(step("write module list"))?;
         info.modlist_paddr = PVH_MODLIST;
         info.nr_modules = 1;
@@ -649,12 +695,12 @@ mod tests {
         let result = build(&mut mock, &BuildRequest { ramdisk: Some(&too_big), ..request(&kernel) });
         assert_eq!(result, Err(BuildError::RamdiskTooBig));
         let native = self::kernel();
-        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&[1, 2, 3]), ..request(&native) });
+        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&vec![1u8, 2, 3]), ..request(&native) });
         assert_eq!(result, Err(BuildError::RamdiskNeedsPvh));
         assert_eq!(mock.next, 1, "only the first build created a domain");
     }
 
-    fn request(kernel: &[u8]) -> BuildRequest<'_> {
+    fn request(kernel: &dyn ImageFile) -> BuildRequest<'_> {
         BuildRequest {
             kernel,
             memory_bytes: 16 << 20,
@@ -717,7 +763,7 @@ mod tests {
         assert!(matches!(build(&mut mock, &request(&broken)), Err(BuildError::Kernel(_))));
         assert_eq!(mock.next, 0, "no domain was created");
         for length in [0, 10, 63, 100, 150] {
-            assert!(matches!(build(&mut mock, &request(&kernel()[..length])), Err(BuildError::Kernel(_))));
+            assert!(matches!(build(&mut mock, &request(&kernel()[..length].to_vec())), Err(BuildError::Kernel(_))));
         }
         assert_eq!(mock.next, 0);
         let kernel = kernel();
@@ -727,6 +773,44 @@ mod tests {
         small.memory_bytes = 2 << 30;
         assert_eq!(build(&mut mock, &small), Err(BuildError::Memory));
         assert_eq!(mock.next, 0);
+    }
+
+    /// A file whose reads of bytes in `bad` fail (a disk that fails mid-way).
+    struct Failing {
+        bytes: Vec<u8>,
+        bad: core::ops::Range<u64>,
+    }
+
+    impl ImageFile for Failing {
+        fn length(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), ReadError> {
+            if offset < self.bad.end && self.bad.start < offset + buffer.len() as u64 {
+                return Err(ReadError("the disk failed"));
+            }
+            self.bytes.read_at(offset, buffer)
+        }
+    }
+
+    #[test]
+    fn a_file_that_fails_while_streaming_destroys_the_half_built_domain() {
+        let kernel = pvh_kernel();
+        // The headers and the note read, the segment's bytes (120-183) do not.
+        let failing = Failing { bytes: kernel.clone(), bad: 120..184 };
+        let mut mock = Mock::default();
+        assert_eq!(build(&mut mock, &request(&failing)), Err(BuildError::Read("kernel", ReadError("the disk failed"))));
+        assert_eq!(mock.destroyed, [1]);
+        // The initramfs fails past its first chunk: nothing is left either.
+        let ramdisk = Failing { bytes: vec![7u8; 3 * CHUNK], bad: CHUNK as u64..3 * CHUNK as u64 };
+        let result = build(&mut mock, &BuildRequest { ramdisk: Some(&ramdisk), ..request(&kernel) });
+        assert_eq!(result, Err(BuildError::Read("ramdisk", ReadError("the disk failed"))));
+        assert_eq!(mock.destroyed, [1, 2]);
+        assert!(mock.live.is_empty());
+        // Read whole, the same initramfs lands intact, a chunk at a time.
+        let whole = vec![7u8; 3 * CHUNK];
+        let id = build(&mut mock, &BuildRequest { ramdisk: Some(&whole), ..request(&kernel) }).unwrap();
+        assert!((0..3 * CHUNK as u64).all(|offset| mock.memory[&id][&(0x102000 + offset)] == 7));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use dom0core::backends::window::Use;
 use dom0core::shell::cpu_list::{self, CpuList, Cpus};
 use dom0core::toolstack::builder::{self, BuildRequest, DomainControl};
 use dom0core::toolstack::config::{GuestConfig, OnCrash};
+use dom0core::toolstack::image_file::ImageFile;
+use dom0core::toolstack::images::{self, DiskFile, Ext4Read, ImagesDisk, Store};
 use dom0core::toolstack::tar::{Archive, EntryKind};
 use pv_drivers::console::ConsoleRing;
 use pv_drivers::hypercall;
@@ -358,6 +360,9 @@ pub struct Console {
 pub struct Guest {
     pub id: DomainId,
     pub config: GuestConfig,
+    /// Where its config was found: its kernel is looked for there first
+    /// (again when it is restarted).
+    pub config_store: Store,
     pub console: Option<Console>,
     history: [u8; HISTORY],
     history_length: usize,
@@ -411,10 +416,91 @@ impl Guest {
     }
 }
 
-/// The guests and the ramdisk.
+/// The images disk (`dom0core::toolstack::images`): which disk, and its
+/// filesystem.
+pub struct Images {
+    /// Its index in `DATA.disks`.
+    disk: usize,
+    name: &'static str,
+    filesystem: ImagesDisk,
+}
+
+// SAFETY: the filesystem shares a reference count (`Rc`) among its parts,
+// which is not atomic. Every share lives inside `filesystem` or in a
+// `DiskFile` that borrows it (`ImagesDisk::open`), so all of them are
+// reached only through the `Toolstack` that owns this, under its lock:
+// moving the whole to another vCPU never lets two touch the count at once.
+// Its reader (`AtaReader`) holds only a disk index.
+unsafe impl Send for Images {}
+
+/// The images disk's bytes for ext4-view: its sectors through the ATA
+/// driver, under `DATA`'s lock (the data paths share the driver).
+struct AtaReader {
+    disk: usize,
+}
+
+/// Why the images disk could not be read.
+#[derive(Debug)]
+struct DiskReadError(dom0core::drivers::ata_protocol::AtaError);
+
+impl core::fmt::Display for DiskReadError {
+    fn fmt(&self, out: &mut core::fmt::Formatter) -> core::fmt::Result {
+        write!(out, "disk read failed: {}", self.0)
+    }
+}
+
+impl core::error::Error for DiskReadError {}
+
+impl Ext4Read for AtaReader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        destination: &mut [u8],
+    ) -> Result<(), alloc::boxed::Box<dyn core::error::Error + Send + Sync>> {
+        const SECTOR: u64 = 512;
+        let end = start_byte + destination.len() as u64;
+        let first = start_byte / SECTOR;
+        let mut data = DATA.lock();
+        let disk = data.disks.get_mut(self.disk).ok_or_else(|| {
+            alloc::boxed::Box::new(DiskReadError(dom0core::drivers::ata_protocol::AtaError::NoDevice))
+        })?;
+        let failed = |error| alloc::boxed::Box::new(DiskReadError(error));
+        if start_byte.is_multiple_of(SECTOR) && end.is_multiple_of(SECTOR) {
+            // ext4's blocks are whole sectors: straight into the caller's buffer.
+            return disk.read(first, destination).map_err(failed).map_err(Into::into);
+        }
+        let mut sectors = alloc::vec![0u8; ((end.div_ceil(SECTOR) - first) * SECTOR) as usize];
+        disk.read(first, &mut sectors).map_err(failed)?;
+        let skip = (start_byte - first * SECTOR) as usize;
+        destination.copy_from_slice(&sectors[skip..skip + destination.len()]);
+        Ok(())
+    }
+}
+
+/// A file `create` found: in the ramdisk, or open on the images disk.
+enum Found<'a> {
+    Ramdisk(&'static [u8]),
+    Disk(alloc::boxed::Box<DiskFile<'a>>),
+}
+
+impl Found<'_> {
+    fn file(&self) -> &dyn ImageFile {
+        match self {
+            Found::Ramdisk(bytes) => bytes,
+            Found::Disk(file) => &**file,
+        }
+    }
+}
+
+/// Longest config file read from the images disk.
+const CONFIG_MAX: u64 = 64 * 1024;
+
+/// The guests, the ramdisk and the images disk.
 pub struct Toolstack {
     pub guests: ArrayVec<Guest, MAX_GUESTS>,
     pub ramdisk: Archive<'static>,
+    /// The images disk, if dom0 found one (`find_images`).
+    pub images: Option<Images>,
     pub tsc_khz: u64,
     /// The guest whose console is attached to the serial line.
     pub attached: Option<DomainId>,
@@ -596,6 +682,7 @@ fn state_flags(state: DomainState, shutdown_reason: u32) -> &'static str {
 pub static TOOLSTACK: spin::Mutex<Toolstack> = spin::Mutex::new(Toolstack {
     guests: ArrayVec::new_const(),
     ramdisk: Archive::new(&[]),
+    images: None,
     tsc_khz: 0,
     attached: None,
     console_buffer: [0; 512],
@@ -623,59 +710,147 @@ impl Toolstack {
         self.guests.iter().find(|g| g.id == id).map_or("(unknown)", |g| g.config.name.as_str())
     }
 
-    /// `ls`.
+    /// Looks for the images disk: the first disk whose superblock says
+    /// ext4 (`dom0core::toolstack::images`). One whose filesystem does not
+    /// load is reported and left alone.
+    pub fn find_images(&mut self, out: &mut Uart) {
+        let names: ArrayVec<&'static str, 4> = DATA.lock().disks.iter().map(|disk| disk.name()).collect();
+        for (disk, name) in names.into_iter().enumerate() {
+            let mut superblock = [0u8; 512];
+            let read = DATA.lock().disks[disk].read(images::SUPERBLOCK_OFFSET / 512, &mut superblock);
+            if read.is_err() || !images::has_ext4_magic(&superblock) {
+                continue;
+            }
+            if let Some(images) = &self.images {
+                let _ = writeln!(out, "dom0: images: {name} holds ext4 too; the images disk is {}", images.name);
+                continue;
+            }
+            match ImagesDisk::load(alloc::boxed::Box::new(AtaReader { disk })) {
+                Ok(filesystem) => {
+                    let count = filesystem.files().len();
+                    let more = if filesystem.truncated() { " (more left out)" } else { "" };
+                    let _ = writeln!(out, "dom0: images: ext4 on {name}, {count} files{more}");
+                    self.images = Some(Images { disk, name, filesystem });
+                }
+                Err(error) => {
+                    let _ = writeln!(
+                        out,
+                        "dom0: images: {name} has an ext4 superblock but its filesystem cannot be read ({error}); carrying on without an images disk"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `ls`: the ramdisk's files, then the images disk's, each with its
+    /// store and size.
     pub fn ls(&self, out: &mut Uart) {
         for entry in self.ramdisk.entries() {
             match entry {
                 Ok(entry) if entry.kind == EntryKind::File => {
-                    let _ = writeln!(out, "{:>9}  {}", entry.data.len(), entry.name);
+                    let _ = writeln!(out, "ramdisk     {:>10}  {}", entry.data.len(), entry.name);
                 }
                 Ok(_) => {}
                 Err(error) => {
                     let _ = writeln!(out, "dom0: ramdisk: {error}");
-                    return;
+                    break;
                 }
             }
         }
-    }
-
-    fn read_file(&self, name: &str) -> Result<&'static [u8], ArrayString<160>> {
-        let mut message = ArrayString::new();
-        match self.ramdisk.find(name) {
-            Ok(Some(entry)) => Ok(entry.data),
-            Ok(None) => {
-                let _ = write!(message, "no file '{name}' in the ramdisk (see 'ls')");
-                Err(message)
+        if let Some(images) = &self.images {
+            for entry in images.filesystem.files() {
+                let _ = writeln!(out, "{:<11} {:>10}  {}", images.name, entry.length, entry.path);
             }
-            Err(error) => {
-                let _ = write!(message, "ramdisk: {error}");
-                Err(message)
+            if images.filesystem.truncated() {
+                let _ = writeln!(out, "dom0: images: only the first {} files are listed", images::MAX_FILES);
             }
         }
     }
 
-    /// `create <config>`: returns the new guest's id.
-    pub fn create(&mut self, config_name: &str, out: &mut Uart) -> Option<DomainId> {
-        let mut with_suffix: ArrayString<300> = ArrayString::new();
-        let _ = write!(with_suffix, "{config_name}.cfg");
-        let text = match self.read_file(config_name).or_else(|_| self.read_file(&with_suffix)) {
-            Ok(text) => text,
-            Err(message) => {
-                let _ = writeln!(out, "dom0: create: {message}");
-                return None;
+    /// Whether `store` holds a file `name`.
+    fn exists(&self, store: Store, name: &str) -> bool {
+        match store {
+            Store::Ramdisk => matches!(self.ramdisk.find(name), Ok(Some(entry)) if entry.kind == EntryKind::File),
+            Store::Disk => self.images.as_ref().is_some_and(|images| images.filesystem.contains(name)),
+        }
+    }
+
+    /// Finds file `name`: in `first`, then in the other store.
+    fn find_file(&self, name: &str, first: Store) -> Result<(Store, Found<'_>), alloc::string::String> {
+        let mut message = alloc::string::String::new();
+        let disk_name = self.images.as_ref().map(|images| images.name);
+        let Some((store, _)) =
+            images::look_up(&[name], &[first, first.other()], |store, name| self.exists(store, name))
+        else {
+            if let Err(error) = self.ramdisk.find(name) {
+                let _ = write!(message, "ramdisk: {error}");
+            } else {
+                let _ = write!(message, "{}", images::not_found(&[name], disk_name));
             }
+            return Err(message);
         };
-        let config = match dom0core::toolstack::config::parse(text) {
+        match (store, &self.images) {
+            (Store::Disk, Some(images)) => match images.filesystem.open(name) {
+                Ok(file) => Ok((store, Found::Disk(alloc::boxed::Box::new(file)))),
+                Err(error) => {
+                    let _ = write!(message, "{name} on {}: {error}", images.name);
+                    Err(message)
+                }
+            },
+            _ => match self.ramdisk.find(name) {
+                Ok(Some(entry)) => Ok((store, Found::Ramdisk(entry.data))),
+                _ => {
+                    let _ = write!(message, "{name}: the ramdisk changed");
+                    Err(message)
+                }
+            },
+        }
+    }
+
+    /// `create <config>`: `create NAME` finds NAME.cfg or NAME in the
+    /// ramdisk or on the images disk (`dom0core::toolstack::images`).
+    /// Returns the new guest's id.
+    pub fn create(&mut self, config_name: &str, out: &mut Uart) -> Option<DomainId> {
+        let names = images::config_names(config_name);
+        let both = [Store::Ramdisk, Store::Disk];
+        let Some((store, name)) = images::look_up(&names, &both, |store, name| self.exists(store, name)) else {
+            let disk_name = self.images.as_ref().map(|images| images.name);
+            match self.ramdisk.find(config_name) {
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: create: ramdisk: {error}");
+                }
+                Ok(_) => {
+                    let _ = writeln!(out, "dom0: create: {}", images::not_found(&names, disk_name));
+                }
+            }
+            return None;
+        };
+        let parsed = match (store, &self.images) {
+            (Store::Disk, Some(images)) => match images.filesystem.read_small(name, CONFIG_MAX) {
+                Ok(text) => dom0core::toolstack::config::parse(&text),
+                Err(error) => {
+                    let _ = writeln!(out, "dom0: create: {name} on {}: {error}", images.name);
+                    return None;
+                }
+            },
+            _ => match self.ramdisk.find(name) {
+                Ok(Some(entry)) => dom0core::toolstack::config::parse(entry.data),
+                _ => return None,
+            },
+        };
+        let config = match parsed {
             Ok(config) => config,
             Err(error) => {
                 let _ = writeln!(out, "dom0: create: {config_name}: {error}");
                 return None;
             }
         };
-        self.create_from(config, out)
+        self.create_from(config, store, out)
     }
 
-    fn create_from(&mut self, config: GuestConfig, out: &mut Uart) -> Option<DomainId> {
+    /// Builds and starts the guest `config` describes; its kernel and
+    /// ramdisk are looked for in `store` (the config's) first.
+    fn create_from(&mut self, config: GuestConfig, config_store: Store, out: &mut Uart) -> Option<DomainId> {
         let created_at = rdtsc();
         if self.find(&config.name).is_some() {
             let _ = writeln!(out, "dom0: create: a guest named '{}' exists already", config.name);
@@ -685,8 +860,8 @@ impl Toolstack {
             let _ = writeln!(out, "dom0: create: dom0 manages at most {MAX_GUESTS} guests");
             return None;
         }
-        let kernel = match self.read_file(&config.kernel) {
-            Ok(kernel) => kernel,
+        let kernel = match self.find_file(&config.kernel, config_store) {
+            Ok((_, kernel)) => kernel,
             Err(message) => {
                 let _ = writeln!(out, "dom0: create: kernel: {message}");
                 return None;
@@ -695,8 +870,8 @@ impl Toolstack {
         let ramdisk = if config.ramdisk.is_empty() {
             None
         } else {
-            match self.read_file(&config.ramdisk) {
-                Ok(ramdisk) => Some(ramdisk),
+            match self.find_file(&config.ramdisk, config_store) {
+                Ok((_, ramdisk)) => Some(ramdisk),
                 Err(message) => {
                     let _ = writeln!(out, "dom0: create: ramdisk: {message}");
                     return None;
@@ -750,14 +925,14 @@ impl Toolstack {
             vif = Some(mac);
         }
         let request = BuildRequest {
-            kernel,
+            kernel: kernel.file(),
             memory_bytes: config.memory_mib as u64 * (1 << 20),
             cmdline: &config.cmdline,
             tsc_khz: self.tsc_khz,
             weight: config.weight,
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
-            ramdisk,
+            ramdisk: ramdisk.as_ref().map(Found::file),
         };
         let mut control = Hypervisor { vcpus: config.vcpus, console: None, store: None };
         let id = match builder::build(&mut control, &request) {
@@ -816,6 +991,7 @@ impl Toolstack {
         self.guests.push(Guest {
             id,
             config,
+            config_store,
             console,
             history: [0; HISTORY],
             history_length: 0,
@@ -1315,6 +1491,14 @@ impl Toolstack {
             let _ = write!(message, "no disk '{}' (see 'devices')", spec.device);
             return Err(message);
         };
+        if self.images.as_ref().is_some_and(|images| images.disk == index) {
+            let _ = write!(
+                message,
+                "disk \"{entry}\": {} is the images disk (guest images and configs); a guest may not use it",
+                spec.device
+            );
+            return Err(message);
+        }
         let size = data.disks[index].sectors();
         if spec.start + spec.sectors > size {
             let _ = write!(
@@ -1839,14 +2023,14 @@ impl Toolstack {
                     let quick =
                         rdtsc().wrapping_sub(guest.created_at) < self.tsc_khz.max(1) * 1000 * QUICK_DEATH_SECONDS;
                     let restarts = if quick { guest.quick_restarts + 1 } else { 0 };
-                    let config = guest.config.clone();
+                    let (config, store) = (guest.config.clone(), guest.config_store);
                     self.destroy(index, out);
                     if restarts > RESTARTS_MAX {
                         let _ = writeln!(
                             out,
                             "dom0: '{name}' died {restarts} times within {QUICK_DEATH_SECONDS} s of starting; not restarting it"
                         );
-                    } else if let Some(id) = self.create_from(config, out)
+                    } else if let Some(id) = self.create_from(config, store, out)
                         && let Some(new) = self.guests.iter_mut().find(|g| g.id == id)
                     {
                         new.quick_restarts = restarts;

@@ -1,10 +1,15 @@
 //! dom0's toolstack: builds guests from their configs and images in the
-//! boot ramdisk, connects their devices, and tears them down.
+//! boot ramdisk or on the images disk, connects their devices, and tears
+//! them down.
 //!
 //! The library holds what needs no hypervisor, host-tested:
 //! - [`config`]: guest configuration files (xl.cfg-like).
 //! - [`disk_spec`]: the entries of a config's `disk = [...]`.
 //! - [`tar`]: the boot ramdisk's archive reader.
+//! - [`images`]: the images disk's filesystem (ext4), and where `create`
+//!   looks for a file: the ramdisk or that disk.
+//! - [`image_file`]: files the builder reads ranges of, and a kernel's
+//!   ELF headers read from one.
 //! - [`builder`]: the domain builder, over a `DomainControl` trait that
 //!   tests mock.
 //! - [`acpi_tables`]: the ACPI tables a PVH guest is given.
@@ -17,4 +22,6 @@ pub mod acpi_tables;
 pub mod builder;
 pub mod config;
 pub mod disk_spec;
+pub mod image_file;
+pub mod images;
 pub mod tar;
