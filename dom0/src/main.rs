@@ -600,6 +600,7 @@ impl Shell {
             }
         }
         for guest in &self.toolstack.guests {
+            let _ = writeln!(self.console, "bench: create built in {} tsc ({})", guest.create_build, guest.config.name);
             if let Some(ticks) = guest.create_to_first_output {
                 let _ = writeln!(self.console, "bench: create to first output {ticks} tsc ({})", guest.config.name);
             }
