@@ -95,7 +95,7 @@ mod shared_page {
 
     const PAGE_SIZE: usize = abi::PAGE_SIZE as usize;
     /// Bytes of an x86 cache line.
-    #[cfg(any(test, all(target_arch = "x86_64", target_feature = "sse")))]
+    #[cfg(any(test, target_arch = "x86_64"))]
     const CACHE_LINE: usize = 64;
 
     /// A word of the ring header.
@@ -264,33 +264,40 @@ mod shared_page {
         /// copies then find their lines on the way or arrived, instead of
         /// waiting for each in turn while the other end's core still holds
         /// it. A hint (`PREFETCHT0`): it reads nothing into the program and
-        /// cannot fault. Left out where the target has no SSE (the soft-float
-        /// kernel target of dom0 and the guests).
+        /// cannot fault. On every x86_64 target, the soft-float kernels of
+        /// dom0 and the guests included.
         #[inline(always)]
         #[cfg_attr(
-            not(all(target_arch = "x86_64", target_feature = "sse")),
-            allow(clippy::extra_unused_type_parameters, reason = "the hint is left out without SSE")
+            not(target_arch = "x86_64"),
+            allow(clippy::extra_unused_type_parameters, reason = "the hint is x86_64's")
         )]
         pub(crate) fn prefetch<T: Slot>(&self, first: u32, count: u32) {
-            #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+            #[cfg(target_arch = "x86_64")]
             if count != 0 {
                 Self::prefetch_lines::<T>(self.base, first, count);
             }
-            #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+            #[cfg(not(target_arch = "x86_64"))]
             let _ = (first, count);
         }
 
         /// `prefetch`'s loop, out of line (it runs once a batch): the
         /// ring's state stays in registers on the path taken per entry.
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+        #[cfg(target_arch = "x86_64")]
         #[inline(never)]
         fn prefetch_lines<T>(base: *mut u8, first: u32, count: u32) {
             Self::for_each_entry_line::<T>(first, count, |line| {
-                use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
                 // SAFETY: a prefetch only hints the cache, with no effect
                 // on the program and no fault whatever the address; this
                 // one is inside the page anyway (`for_each_entry_line`).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line).cast::<i8>()) };
+                // PREFETCHT0 names no SSE register, so the soft-float
+                // kernel targets (dom0, guests) use it too.
+                unsafe {
+                    core::arch::asm!(
+                        "prefetcht0 [{line}]",
+                        line = in(reg) base.wrapping_add(line),
+                        options(nostack, preserves_flags, readonly)
+                    )
+                };
             });
         }
 
@@ -298,7 +305,7 @@ mod shared_page {
         /// holding bytes of the `count` (at most `SLOTS`) entries of `T`
         /// from entry `first` (modulo the slot count): each such line once,
         /// no other, and none outside the page, whatever the indices.
-        #[cfg(any(test, all(target_arch = "x86_64", target_feature = "sse")))]
+        #[cfg(any(test, target_arch = "x86_64"))]
         #[inline(always)]
         pub(crate) fn for_each_entry_line<T>(first: u32, count: u32, mut visit: impl FnMut(usize)) {
             let size = const {
