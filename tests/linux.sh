@@ -205,6 +205,7 @@ cat >linux.cfg.new <<'CONFIG'
 # Debian 12's stock kernel as a PVH guest with a busybox initramfs
 # (made by tests/linux.sh; tests/tests/linux.rs).
 name = "linux"
+type = "pvh"
 memory = 256
 vcpus = 2
 kernel = "vmlinux"

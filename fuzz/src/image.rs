@@ -87,7 +87,7 @@ pub fn elf(data: &[u8]) {
 
     let mut control = Recorder::default();
     let request = BuildRequest {
-        kernel: data,
+        kernel: &data,
         memory_bytes: GUEST_MEMORY,
         cmdline: "fuzz",
         tsc_khz: 1_000_000,
@@ -96,6 +96,7 @@ pub fn elf(data: &[u8]) {
         block_sectors: Some(8),
         // The kernel image is what is fuzzed here; a ramdisk only follows it.
         ramdisk: None,
+        require_pvh: false,
     };
     let fits = image.check_fits(KERNEL_BASE, GUEST_MEMORY).is_ok();
     match build(&mut control, &request) {

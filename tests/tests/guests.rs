@@ -646,8 +646,17 @@ fn bad_configs_and_kernels_give_clear_errors() {
             &format!("`create nosuchfile` should say that no such file is in the ramdisk; it printed {missing:?}"),
         );
     }
-    eprintln!("errors:\n  {broken}\n  {nokernel}\n  {corrupt}\n  {missing}");
-    expect_memory_back(&mut machine, &baseline, &baseline_text, "after four failed creates");
+    let notpvh = error_line(&mut machine, "create notpvh", "dom0: create:");
+    if !notpvh.starts_with("dom0: create: notpvh: type = \"pvh\", but the kernel has no PVH entry") {
+        fail_with(
+            &mut machine,
+            &format!(
+                "`create notpvh` (type = \"pvh\", a Mica kernel) should be refused for the kernel's missing PVH entry; it printed {notpvh:?}"
+            ),
+        );
+    }
+    eprintln!("errors:\n  {broken}\n  {nokernel}\n  {corrupt}\n  {missing}\n  {notpvh}");
+    expect_memory_back(&mut machine, &baseline, &baseline_text, "after five failed creates");
 
     let counter = create(&mut machine, "counter", "counter");
     let (with_counter_text, with_counter) = mem(&mut machine);

@@ -134,6 +134,9 @@ pub struct BuildRequest<'a> {
     pub block_sectors: Option<u64>,
     /// The file a PVH kernel gets as its module (its initramfs), if any.
     pub ramdisk: Option<&'a dyn ImageFile>,
+    /// The config said `type = "pvh"`: a kernel without Xen's PVH entry
+    /// note is refused instead of booted as a Mica guest.
+    pub require_pvh: bool,
 }
 
 /// Why a build failed.
@@ -150,6 +153,8 @@ pub enum BuildError {
     /// A ramdisk was given for a kernel without Xen's PVH entry note (only a
     /// PVH boot has a module list).
     RamdiskNeedsPvh,
+    /// `type = "pvh"`, and the kernel has no PVH entry note.
+    NotPvh,
     /// The kernel's or the ramdisk's file could not be read (which, the
     /// reason); the domain, if made, was destroyed.
     Read(&'static str, ReadError),
@@ -163,6 +168,11 @@ impl core::fmt::Display for BuildError {
             BuildError::Hypervisor(step, error) => write!(out, "{step} failed: {}", error.describe()),
             BuildError::RamdiskTooBig => write!(out, "the ramdisk does not fit the memory above the kernel"),
             BuildError::RamdiskNeedsPvh => write!(out, "a ramdisk needs a PVH kernel (Xen's PHYS32_ENTRY note)"),
+            BuildError::NotPvh => write!(
+                out,
+                "type = \"pvh\", but the kernel has no PVH entry (Xen's PHYS32_ENTRY note): a bzImage must be unpacked \
+                 to its ELF vmlinux first (tests/linux.sh shows how)"
+            ),
             BuildError::Read(file, error) => write!(out, "reading the {file}: {error}"),
         }
     }
@@ -225,6 +235,9 @@ pub fn build(control: &mut impl DomainControl, request: &BuildRequest) -> Result
         return Err(BuildError::Memory);
     }
     let pvh = image.pvh_entry().is_some();
+    if request.require_pvh && !pvh {
+        return Err(BuildError::NotPvh);
+    }
     image.check_fits(if pvh { PVH_RAM } else { KERNEL_BASE }, memory).map_err(BuildError::Kernel)?;
     let ramdisk = match request.ramdisk {
         Some(_) if !pvh => return Err(BuildError::RamdiskNeedsPvh),
@@ -697,7 +710,11 @@ mod tests {
         let native = self::kernel();
         let result = build(&mut mock, &BuildRequest { ramdisk: Some(&vec![1u8, 2, 3]), ..request(&native) });
         assert_eq!(result, Err(BuildError::RamdiskNeedsPvh));
+        // `type = "pvh"`: a PVH kernel builds, a Mica kernel is refused.
+        let result = build(&mut mock, &BuildRequest { require_pvh: true, ..request(&native) });
+        assert_eq!(result, Err(BuildError::NotPvh));
         assert_eq!(mock.next, 1, "only the first build created a domain");
+        assert!(build(&mut mock, &BuildRequest { require_pvh: true, ..request(&kernel) }).is_ok());
     }
 
     fn request(kernel: &dyn ImageFile) -> BuildRequest<'_> {
@@ -710,6 +727,7 @@ mod tests {
             cap: 0,
             block_sectors: Some(100),
             ramdisk: None,
+            require_pvh: false,
         }
     }
 

@@ -39,6 +39,7 @@
 //! | `cap`      | integer | 0 (no cap)  | 0..=100 x `vcpus` (% of one CPU, whole guest) |
 //! | `disk`     | list    | `[]`        | at most 4 entries of at most 128 bytes each   |
 //! | `vif`      | list    | `[]`        | at most 4 entries of at most 128 bytes each   |
+//! | `type`     | string  | from the kernel | `"pvh"`: the kernel must have Xen's PVH entry note (without the key, a kernel with the note boots as PVH and one without as a Mica guest); Xen's `"pv"` and `"hvm"` are refused |
 //!
 //! A name must not be all digits because shell commands accept a domain name
 //! or a domain id in the same place. Disk and vif entries are kept as raw
@@ -111,6 +112,8 @@ pub struct GuestConfig {
     pub disks: ArrayVec<ArrayString<LIST_ENTRY_MAX>, LIST_ENTRIES_MAX>,
     /// `vif` entries, raw.
     pub vifs: ArrayVec<ArrayString<LIST_ENTRY_MAX>, LIST_ENTRIES_MAX>,
+    /// `type = "pvh"` was given: the kernel must boot as a PVH guest.
+    pub pvh: bool,
 }
 
 /// Why a configuration file was rejected, and where.
@@ -183,6 +186,7 @@ pub fn parse(text: &[u8]) -> Result<GuestConfig, ConfigError> {
         cap: 0,
         disks: ArrayVec::new(),
         vifs: ArrayVec::new(),
+        pvh: false,
     };
     // The line each key was set on; 0 while unset.
     let mut set_on_line = [0usize; KEYS.len()];
@@ -236,10 +240,11 @@ enum Key {
     Cap,
     Disk,
     Vif,
+    Type,
 }
 
 /// Each key's spelling, indexed by `Key as usize`.
-const KEYS: [(&str, Key); 11] = [
+const KEYS: [(&str, Key); 12] = [
     ("name", Key::Name),
     ("memory", Key::Memory),
     ("vcpus", Key::Vcpus),
@@ -251,6 +256,7 @@ const KEYS: [(&str, Key); 11] = [
     ("cap", Key::Cap),
     ("disk", Key::Disk),
     ("vif", Key::Vif),
+    ("type", Key::Type),
 ];
 
 impl Key {
@@ -328,6 +334,20 @@ fn apply(config: &mut GuestConfig, key: Key, value: Value<'_>) -> Result<(), Con
         }
         Key::Disk => config.disks = list(name, value)?,
         Key::Vif => config.vifs = list(name, value)?,
+        Key::Type => {
+            let invalid = ConfigErrorKind::OutOfRange {
+                key: name,
+                detail: "must be \"pvh\" (Mica builds PVH guests; Xen's \"pv\" and \"hvm\" types it does not run)",
+            };
+            let kind: ArrayString<4> = string(name, value, 4).map_err(|error| match error {
+                ConfigErrorKind::TooLong { .. } => invalid,
+                other => other,
+            })?;
+            if kind.as_str() != "pvh" {
+                return Err(invalid);
+            }
+            config.pvh = true;
+        }
     }
     Ok(())
 }
@@ -673,6 +693,7 @@ vif = [\"mac=00:16:3e:00:00:01\",]
             cap: 0,
             disks: ArrayVec::new(),
             vifs: ArrayVec::new(),
+            pvh: false,
         };
         assert_eq!(config, expected);
     }
@@ -849,6 +870,15 @@ vif = [\"mac=00:16:3e:00:00:01\",]
         assert!(matches!(kind_of("on_crash = \"reboot\""), OutOfRange { key: "on_crash", .. }));
         assert!(matches!(kind_of("on_crash = \"a-string-far-too-long-to-be-any-action\""), OutOfRange { .. }));
         assert!(matches!(kind_of("on_crash = \"Destroy\""), OutOfRange { .. }));
+        // `type`: xl's key; only "pvh" is a type Mica builds.
+        assert_eq!(parse(with_required("type = \"pvh\"").as_bytes()).map(|c| c.pvh), Ok(true));
+        assert_eq!(parse(with_required("").as_bytes()).map(|c| c.pvh), Ok(false));
+        for line in ["type = \"pv\"", "type = \"hvm\"", "type = \"PVH\"", "type = \"pvhvm-and-more\"", "type = \"\""] {
+            assert!(matches!(kind_of(line), OutOfRange { key: "type", .. }), "{line}");
+        }
+        assert_eq!(kind_of("type = 1"), ConfigErrorKind::WrongType { key: "type", expected: EXPECTED_STRING });
+        let hvm = error(&with_required("type = \"hvm\"")).to_string();
+        assert!(hvm.contains("must be \"pvh\"") && hvm.contains("\"hvm\""), "{hvm}");
         assert!(matches!(
             kind_of("disk = [\"a\", \"b\", \"c\", \"d\", \"e\"]"),
             OutOfRange { key: "disk", detail: "must have at most 4 entries" }

@@ -976,6 +976,7 @@ impl Toolstack {
             cap: config.cap,
             block_sectors: disk.map(|(_, region)| region.sectors),
             ramdisk: ramdisk.as_ref().map(Found::file),
+            require_pvh: config.pvh,
         };
         let mut control = Hypervisor { vcpus: config.vcpus, console: None, store: None };
         let id = match builder::build(&mut control, &request) {
