@@ -35,6 +35,11 @@ pub trait ImageFile {
     /// Fills `buffer` with the file's bytes from `offset` on. Reading past
     /// the end is an error.
     fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), ReadError>;
+    /// The whole file, when it is in memory already (the boot ramdisk's):
+    /// [`stream`] then hands out its bytes without copying them first.
+    fn in_memory(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A file in memory (the boot ramdisk's, or a test's).
@@ -44,11 +49,19 @@ impl ImageFile for &[u8] {
     }
 
     fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), ReadError> {
-        let start = usize::try_from(offset).map_err(|_| PAST_END)?;
-        let bytes = start.checked_add(buffer.len()).and_then(|end| self.get(start..end)).ok_or(PAST_END)?;
-        buffer.copy_from_slice(bytes);
+        buffer.copy_from_slice(range(self, offset, buffer.len())?);
         Ok(())
     }
+
+    fn in_memory(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+/// `length` bytes of `bytes` from `offset` on; past the end is an error.
+fn range(bytes: &[u8], offset: u64, length: usize) -> Result<&[u8], ReadError> {
+    let start = usize::try_from(offset).map_err(|_| PAST_END)?;
+    start.checked_add(length).and_then(|end| bytes.get(start..end)).ok_or(PAST_END)
 }
 
 /// A test's file.
@@ -213,8 +226,14 @@ pub fn stream<E>(
     let mut done = 0;
     while done < length {
         let piece = (length - done).min(buffer.len() as u64) as usize;
-        file.read_at(offset + done, &mut buffer[..piece]).map_err(StreamError::Read)?;
-        write(done, &buffer[..piece]).map_err(StreamError::Write)?;
+        let bytes = match file.in_memory() {
+            Some(whole) => range(whole, offset + done, piece).map_err(StreamError::Read)?,
+            None => {
+                file.read_at(offset + done, &mut buffer[..piece]).map_err(StreamError::Read)?;
+                &buffer[..piece]
+            }
+        };
+        write(done, bytes).map_err(StreamError::Write)?;
         done += piece as u64;
     }
     Ok(())
@@ -463,6 +482,25 @@ mod tests {
         });
         assert_eq!(result, Err(StreamError::Write("full")));
         let result = stream(&counted, 190_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
+        assert_eq!(result, Err(StreamError::Read(PAST_END)));
+    }
+
+    #[test]
+    fn a_file_in_memory_streams_its_own_bytes_without_a_copy() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let file: &[u8] = &bytes;
+        // The buffer is never written: the pieces are the file's own bytes.
+        let mut buffer = vec![0xAAu8; CHUNK];
+        let mut pieces = Vec::new();
+        stream(&file, 10_000, 150_000, &mut buffer, |at, piece| -> Result<(), ()> {
+            assert_eq!(piece.as_ptr(), bytes[10_000 + at as usize..].as_ptr(), "a piece of the file itself");
+            pieces.push((at, piece.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces, [(0, CHUNK), (CHUNK as u64, CHUNK), (2 * CHUNK as u64, 150_000 - 2 * CHUNK)]);
+        assert!(buffer.iter().all(|&byte| byte == 0xAA));
+        let result = stream(&file, 190_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
         assert_eq!(result, Err(StreamError::Read(PAST_END)));
     }
 }
