@@ -414,10 +414,11 @@ fn event_channel_op<P: Platform>(
             use abi::event::PortState as Mica;
             let remote_dom = status.remote_domain as u16;
             request.set_state(match status.state {
-                Mica::Free => XenPortState::Closed,
-                // A port whose peer ended: Xen makes it unbound for that
-                // domain again (Mica keeps it from being bound: Closed).
-                Mica::Unbound | Mica::Closed => XenPortState::Unbound { remote_dom },
+                // A port whose peer ended reads as closed: Xen makes it
+                // unbound for the dead domain's id, which a later domain
+                // with that id could bind; here nothing can, until closed.
+                Mica::Free | Mica::Closed => XenPortState::Closed,
+                Mica::Unbound => XenPortState::Unbound { remote_dom },
                 Mica::Interdomain => XenPortState::Interdomain { remote_dom, remote_port: u32::from(status.remote) },
                 // By Xen's number: Mica's own numbers differ.
                 Mica::Virq => XenPortState::Virq(match domain.events.binding(request.port) {
@@ -1540,7 +1541,7 @@ mod tests {
     }
 
     #[test]
-    fn a_port_whose_peer_ended_reads_as_unbound_for_that_domain_as_in_xen() {
+    fn a_port_whose_peer_ended_reads_as_closed_and_binds_nothing() {
         let mut hv = hypervisor();
         let (one, two) = (xen_domain(&mut hv.domains, 1), xen_domain(&mut hv.domains, 2));
         let offer = EvtchnAllocUnbound { dom: abi::xen::DOMID_SELF, remote_dom: 1, port: 0 };
@@ -1552,7 +1553,11 @@ mod tests {
         let status = EvtchnStatus { dom: abi::xen::DOMID_SELF, port: bound.local_port, ..Default::default() };
         let (result, status) = evtchn(&mut hv, one, EvtchnOp::Status, status);
         assert_eq!(result, Ok(0));
-        assert_eq!(status.state(), Some(XenPortState::Unbound { remote_dom: 2 }));
+        assert_eq!(status.state(), Some(XenPortState::Closed));
+        // Nothing binds it again: not a new offer's taker, not a domain
+        // with the dead one's id.
+        let again = EvtchnBindInterdomain { remote_dom: 2, remote_port: offer.port, ..Default::default() };
+        assert!(evtchn(&mut hv, one, EvtchnOp::BindInterdomain, again).0.is_err());
         // Sends on it are dropped, and closing it frees it.
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::Send, EvtchnSend { port: bound.local_port }).0, Ok(0));
         assert_eq!(evtchn(&mut hv, one, EvtchnOp::Close, EvtchnClose { port: bound.local_port }).0, Ok(0));

@@ -39,7 +39,7 @@
 //! | | `shutdown` | `poweroff`, `reboot`, `crash` end the domain so (dom0's `on_poweroff`, `on_reboot`, `on_crash`); `watchdog` ends it as a crash (`on_crash`); `suspend` and `soft_reset` `-EINVAL`, the guest goes on (Linux takes it as a cancelled suspend); a code Xen does not define `-EINVAL`; dom0 `-EPERM` |
 //! | | others | `-ENOSYS` |
 //! | `event_channel_op` (32) | `alloc_unbound` | in the caller's table, or (dom0) another domain's |
-//! | | `bind_interdomain`, `bind_virq`, `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0); a port whose peer ended reads as unbound for that domain. Every VIRQ Xen defines binds (per vCPU, or on vCPU 0 for the domain-wide ones); hv raises `TIMER` and `CONSOLE` (dom0), the others never fire |
+//! | | `bind_interdomain`, `bind_virq`, `bind_ipi`, `bind_vcpu`, `send`, `close`, `unmask`, `status` | as Xen, 2-level layout, 256 ports per domain; a send to a peer that is gone is dropped (0); a port whose peer ended reads as closed. Every VIRQ Xen defines binds (per vCPU, or on vCPU 0 for the domain-wide ones); hv raises `TIMER` and `CONSOLE` (dom0), the others never fire |
 //! | | `init_control`, `expand_array`, `set_priority` (FIFO) and the rest | `-ENOSYS` |
 //! | `hvm_op` (34) | `set_param` | `HVM_PARAM_CALLBACK_IRQ` (vector type only); dom0 on another domain: its store and console frame and port |
 //! | | `get_param` | the callback, store and console parameters (0 until set) |
@@ -50,8 +50,9 @@
 //! - `alloc_unbound` for a domain that does not exist is `-ESRCH` (Xen
 //!   accepts any id): a port offered to a domain yet to come would let
 //!   whichever domain gets that id bind it.
-//! - A port whose peer ended reads as unbound for that domain, as in Xen,
-//!   but no domain can bind it again: only `close` frees it.
+//! - A port whose peer ended reads as closed (Xen: unbound for the dead
+//!   domain's id, which a later domain with that id could bind); sends on
+//!   it are dropped (0) as in Xen, and only `close` frees it.
 //! - `suspend` and `soft_reset` shutdowns are refused (no save/restore, no
 //!   in-place rebuild), and so is a code Xen does not define (Xen ends the
 //!   domain whatever the code); `watchdog` is a crash.
