@@ -32,6 +32,8 @@
 //! stays valid while it runs one of the domain's vCPUs.
 
 use abi::DomainId;
+use arrayvec::ArrayVec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use hvcore::domctl::State;
 use hvcore::event_ops::Call;
 use hvcore::exits::Exit;
@@ -155,20 +157,32 @@ struct Choice {
 fn choose(cpu: usize) -> Choice {
     let now = cpu::rdtsc();
     let mut next_timer: Option<u64> = None;
+    // Each vCPU's state, snapshotted under its domain's lock and numbered
+    // there, then all applied under one take of the scheduler's lock (not
+    // one a domain): the numbers keep a snapshot older than one another
+    // CPU applied from overwriting it (`Scheduler::apply_snapshot`).
+    let mut snapshots: ArrayVec<(u32, bool, u64, u64), SCHEDULER_ENTRIES> = ArrayVec::new();
     DOMAINS.for_each(|domain| {
         if let Some(deadline) = hvcore::event_ops::fire_timers(domain, now) {
             next_timer = Some(next_timer.map_or(deadline, |earliest| earliest.min(deadline)));
         }
-        let mut scheduler = SCHEDULER.lock();
         for vcpu in 0..domain.vcpu_count {
-            let key = sched_key(domain.id, vcpu);
-            scheduler.set_runnable(key, domain.runnable(vcpu));
-            let _ = scheduler.set_affinity(key, domain.vcpus[vcpu].affinity);
+            let number = SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1;
+            let state = (sched_key(domain.id, vcpu), domain.runnable(vcpu), domain.vcpus[vcpu].affinity, number);
+            let _ = snapshots.try_push(state);
         }
     });
     let mut scheduler = SCHEDULER.lock();
+    for (key, runnable, affinity, number) in snapshots {
+        scheduler.apply_snapshot(key, runnable, affinity, number);
+    }
     Choice { picked: scheduler.pick(now, cpu as u32), now, next_timer, next_event: scheduler.next_event(now) }
 }
+
+/// Numbers the vCPU state snapshots `choose` takes (see there). Taken
+/// under the snapshotted domain's lock, whose release orders it before any
+/// later snapshot of that domain on another CPU.
+static SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs vCPU `v` of domain `id` (in slot `index`) on CPU `cpu` for at most
 /// `slice` TSC ticks of wall time, handling its exits, if it can run now.

@@ -210,6 +210,9 @@ struct Entry {
     /// The CPU whose run queue holds the entry: the one it last ran on
     /// (`None` before its first run).
     home: Option<u32>,
+    /// The number of the last snapshot [`Scheduler::apply_snapshot`] took
+    /// (0: none yet).
+    snapshot: u64,
 }
 
 impl Entry {
@@ -392,6 +395,25 @@ impl<const N: usize> Scheduler<N> {
         let index = self.find(id).ok_or(SchedError::NotFound)?;
         self.entries[index].affinity = cpus;
         Ok(())
+    }
+
+    /// Sets entry `id`'s runnable state and affinity (ignored if 0) from
+    /// snapshot number `snapshot` of its vCPU, unless a later one (a
+    /// higher number) was applied already. Snapshots are taken under the
+    /// vCPU's domain's lock and numbered there, so the numbers follow the
+    /// domain's changes; they are applied later, in any order, under the
+    /// scheduler's: an older snapshot never overwrites a newer (a wake-up
+    /// is not undone by a stale "blocked"). Unknown ids are ignored.
+    pub fn apply_snapshot(&mut self, id: DomainId, runnable: bool, affinity: u64, snapshot: u64) {
+        let Some(index) = self.find(id) else { return };
+        if snapshot <= self.entries[index].snapshot {
+            return;
+        }
+        self.entries[index].snapshot = snapshot;
+        if affinity != 0 {
+            self.entries[index].affinity = affinity;
+        }
+        self.set_runnable(id, runnable);
     }
 
     /// Marks entry `id` runnable (it wants the CPU) or blocked. Unknown ids
@@ -795,6 +817,30 @@ mod tests {
         fn params(&self, id: DomainId) -> Option<(u32, u32)> {
             self.find(id).map(|index| (self.entries[index].weight, self.entries[index].cap_percent))
         }
+    }
+
+    #[test]
+    fn an_older_snapshot_never_overwrites_a_newer_one() {
+        let mut scheduler: Scheduler<4> = Scheduler::new(10 * SLICE, SLICE);
+        scheduler.add(1, 256).unwrap();
+        // Snapshot 5 (runnable, CPU 1) arrives first, then an older one,
+        // 3, taken before the wake-up (blocked, CPU 0): it is dropped.
+        scheduler.apply_snapshot(1, true, 0b10, 5);
+        scheduler.apply_snapshot(1, false, 0b01, 3);
+        assert_eq!(scheduler.affinity(1), Some(0b10));
+        assert_eq!(scheduler.pick(0, 1).map(|(id, _)| id), Some(1), "still runnable, on CPU 1");
+        scheduler.charge(1, 10, 10);
+        // A newer one applies; affinity 0 leaves the affinity alone; an
+        // equal number is not newer.
+        scheduler.apply_snapshot(1, false, 0, 6);
+        assert_eq!(scheduler.affinity(1), Some(0b10));
+        assert_eq!(scheduler.pick(20, 1), None, "blocked");
+        scheduler.apply_snapshot(1, true, 0b01, 6);
+        assert_eq!(scheduler.pick(30, 0), None, "snapshot 6 again: not newer");
+        scheduler.apply_snapshot(1, true, 0b01, 7);
+        assert_eq!(scheduler.pick(40, 0).map(|(id, _)| id), Some(1));
+        // Unknown ids are ignored.
+        scheduler.apply_snapshot(9, true, 1, 8);
     }
 
     const SLICE: u64 = 1_000;
