@@ -173,7 +173,8 @@ fn choose(cpu: usize) -> Choice {
         }
     });
     let mut scheduler = SCHEDULER.lock();
-    for (key, runnable, affinity, number) in snapshots {
+    // By reference: moving the ArrayVec would copy all its capacity.
+    for &(key, runnable, affinity, number) in &snapshots {
         scheduler.apply_snapshot(key, runnable, affinity, number);
     }
     Choice { picked: scheduler.pick(now, cpu as u32), now, next_timer, next_event: scheduler.next_event(now) }

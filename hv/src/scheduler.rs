@@ -48,7 +48,8 @@
 //!   parts of one structure under the caller's one lock, as Xen's credit2
 //!   shares a run queue among the CPUs of a socket (measured on 4 CPUs
 //!   under a mixed load: 0.3% of the CPUs' time waiting for it;
-//!   BENCHMARKS.md, ninth session).
+//!   BENCHMARKS.md, ninth session). hv takes it once a pick: the vCPUs'
+//!   states come as numbered snapshots ([`apply_snapshot`](Scheduler::apply_snapshot)).
 //! - **Affinity.** An entry runs only on the CPUs in its affinity mask (bit
 //!   `i` for CPU `i`, all CPUs by default). Credit ignores affinity: entries
 //!   confined to fewer CPUs than their grants need share those CPUs in the
