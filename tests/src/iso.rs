@@ -42,41 +42,6 @@ impl Iso {
         Iso::build(Some(hv_args))
     }
 
-    /// An ISO whose boot ramdisk also holds `files` (e.g. the Linux guest's
-    /// kernel, initramfs and config from tests/linux.sh), with `hv_args` on
-    /// hv's command line, which name the image (`<target>/system/mica-<hv_args>.iso`):
-    /// built after [`Iso::get`]'s by `run-qemu.sh --build-only` with the files
-    /// staged for that one build only, so other tests' ISOs stay small. Not
-    /// with `$MICA_ISO`.
-    pub fn with_ramdisk_files(hv_args: &str, files: &[PathBuf]) -> Result<Iso, String> {
-        Iso::get()?;
-        if std::env::var_os("MICA_ISO").is_some() {
-            return Err("MICA_ISO is set: no ISO with extra ramdisk files can be built".to_owned());
-        }
-        // Tests run in parallel threads; the staging directory is one.
-        let _only_build = Iso::build_lock();
-        let stage = Iso::target().join("ramdisk");
-        let mut staged = Vec::new();
-        let mut result = Ok(());
-        for file in files {
-            let Some(name) = file.file_name() else {
-                result = Err(format!("{} names no file", file.display()));
-                break;
-            };
-            let destination = stage.join(name);
-            if let Err(error) = std::fs::copy(file, &destination) {
-                result = Err(format!("copying {} into the ramdisk: {error}", file.display()));
-                break;
-            }
-            staged.push(destination);
-        }
-        let built = result.and_then(|()| Iso::build(Some(hv_args)));
-        for path in staged {
-            let _ = std::fs::remove_file(path);
-        }
-        built
-    }
-
     /// Held while an extra ISO is built: `run-qemu.sh --build-only` stages
     /// the ramdisk in one directory, which two builds at once would share.
     fn build_lock() -> std::sync::MutexGuard<'static, ()> {

@@ -338,7 +338,6 @@ mod tests {
             cpu_time_tsc: 12_345_000_000,
             affinity: u64::MAX,
             moves: 7,
-            ..VcpuInfo::default()
         };
         write_vcpu_row(&mut out, "Domain-0", 0, &info, 1_000_000, 0b11).unwrap();
         let never = VcpuInfo { state: VcpuState::Paused as u32, cpu: VCPU_NEVER_RAN, affinity: 0b10, ..info };
