@@ -821,33 +821,37 @@ impl Toolstack {
     /// Finds file `name`: in `first`, then in the other store.
     fn find_file(&self, name: &str, first: Store) -> Result<(Store, Found<'_>), alloc::string::String> {
         let mut message = alloc::string::String::new();
-        let disk_name = self.images.as_ref().map(|images| images.name);
-        let Some((store, _)) =
-            images::look_up(&[name], &[first, first.other()], |store, name| self.exists(store, name))
-        else {
-            if let Err(error) = self.ramdisk.find(name) {
-                let _ = write!(message, "ramdisk: {error}");
-            } else {
-                let _ = write!(message, "{}", images::not_found(&[name], disk_name));
+        // Each store looked at once (a ramdisk lookup walks the archive,
+        // checking every header on the way: taking the entry found there,
+        // not looking again, halves what `create` spends before building).
+        for store in [first, first.other()] {
+            match (store, &self.images) {
+                (Store::Ramdisk, _) => {
+                    if let Ok(Some(entry)) = self.ramdisk.find(name)
+                        && entry.kind == EntryKind::File
+                    {
+                        return Ok((store, Found::Ramdisk(entry.data)));
+                    }
+                }
+                (Store::Disk, Some(images)) if images.filesystem.contains(name) => {
+                    return match images.filesystem.open(name) {
+                        Ok(file) => Ok((store, Found::Disk(alloc::boxed::Box::new(file)))),
+                        Err(error) => {
+                            let _ = write!(message, "{name} on {}: {error}", images.name);
+                            Err(message)
+                        }
+                    };
+                }
+                (Store::Disk, _) => {}
             }
-            return Err(message);
-        };
-        match (store, &self.images) {
-            (Store::Disk, Some(images)) => match images.filesystem.open(name) {
-                Ok(file) => Ok((store, Found::Disk(alloc::boxed::Box::new(file)))),
-                Err(error) => {
-                    let _ = write!(message, "{name} on {}: {error}", images.name);
-                    Err(message)
-                }
-            },
-            _ => match self.ramdisk.find(name) {
-                Ok(Some(entry)) => Ok((store, Found::Ramdisk(entry.data))),
-                _ => {
-                    let _ = write!(message, "{name}: the ramdisk changed");
-                    Err(message)
-                }
-            },
         }
+        if let Err(error) = self.ramdisk.find(name) {
+            let _ = write!(message, "ramdisk: {error}");
+        } else {
+            let disk_name = self.images.as_ref().map(|images| images.name);
+            let _ = write!(message, "{}", images::not_found(&[name], disk_name));
+        }
+        Err(message)
     }
 
     /// `create <config>`: `create NAME` finds NAME.cfg or NAME in the
