@@ -810,41 +810,35 @@ impl Toolstack {
         }
     }
 
-    /// Whether `store` holds a file `name`.
-    fn exists(&self, store: Store, name: &str) -> bool {
-        match store {
-            Store::Ramdisk => matches!(self.ramdisk.find(name), Ok(Some(entry)) if entry.kind == EntryKind::File),
-            Store::Disk => self.images.as_ref().is_some_and(|images| images.filesystem.contains(name)),
+    /// File `name` in `store`: `None` if it is not there, `Some(Err(..))`
+    /// if it is but cannot be opened (why), else the file. A ramdisk
+    /// lookup walks the archive, checking every header on the way: the
+    /// entry found is the one taken, never looked up again.
+    fn found_file(&self, store: Store, name: &str) -> Option<Result<Found<'_>, alloc::string::String>> {
+        match (store, &self.images) {
+            (Store::Ramdisk, _) => match self.ramdisk.find(name) {
+                Ok(Some(entry)) if entry.kind == EntryKind::File => Some(Ok(Found::Ramdisk(entry.data))),
+                _ => None,
+            },
+            (Store::Disk, Some(images)) if images.filesystem.contains(name) => Some(
+                images.filesystem.open(name).map(|file| Found::Disk(alloc::boxed::Box::new(file))).map_err(|error| {
+                    let mut message = alloc::string::String::new();
+                    let _ = write!(message, "{name} on {}: {error}", images.name);
+                    message
+                }),
+            ),
+            (Store::Disk, _) => None,
         }
     }
 
     /// Finds file `name`: in `first`, then in the other store.
     fn find_file(&self, name: &str, first: Store) -> Result<(Store, Found<'_>), alloc::string::String> {
-        let mut message = alloc::string::String::new();
-        // Each store looked at once (a ramdisk lookup walks the archive,
-        // checking every header on the way: taking the entry found there,
-        // not looking again, halves what `create` spends before building).
-        for store in [first, first.other()] {
-            match (store, &self.images) {
-                (Store::Ramdisk, _) => {
-                    if let Ok(Some(entry)) = self.ramdisk.find(name)
-                        && entry.kind == EntryKind::File
-                    {
-                        return Ok((store, Found::Ramdisk(entry.data)));
-                    }
-                }
-                (Store::Disk, Some(images)) if images.filesystem.contains(name) => {
-                    return match images.filesystem.open(name) {
-                        Ok(file) => Ok((store, Found::Disk(alloc::boxed::Box::new(file)))),
-                        Err(error) => {
-                            let _ = write!(message, "{name} on {}: {error}", images.name);
-                            Err(message)
-                        }
-                    };
-                }
-                (Store::Disk, _) => {}
-            }
+        if let Some((store, _, found)) =
+            images::look_up(&[name], &[first, first.other()], |store, name| self.found_file(store, name))
+        {
+            return found.map(|file| (store, file));
         }
+        let mut message = alloc::string::String::new();
         if let Err(error) = self.ramdisk.find(name) {
             let _ = write!(message, "ramdisk: {error}");
         } else {
@@ -860,7 +854,8 @@ impl Toolstack {
     pub fn create(&mut self, config_name: &str, out: &mut Uart) -> Option<DomainId> {
         let names = images::config_names(config_name);
         let both = [Store::Ramdisk, Store::Disk];
-        let Some((store, name)) = images::look_up(&names, &both, |store, name| self.exists(store, name)) else {
+        let Some((store, name, found)) = images::look_up(&names, &both, |store, name| self.found_file(store, name))
+        else {
             let disk_name = self.images.as_ref().map(|images| images.name);
             match self.ramdisk.find(config_name) {
                 Err(error) => {
@@ -872,18 +867,20 @@ impl Toolstack {
             }
             return None;
         };
-        let parsed = match (store, &self.images) {
-            (Store::Disk, Some(images)) => match images.filesystem.read_small(name, CONFIG_MAX) {
+        let parsed = match found {
+            Ok(Found::Ramdisk(text)) => dom0core::toolstack::config::parse(text),
+            Ok(disk) => match images::read_small(disk.file(), CONFIG_MAX) {
                 Ok(text) => dom0core::toolstack::config::parse(&text),
                 Err(error) => {
-                    let _ = writeln!(out, "dom0: create: {name} on {}: {error}", images.name);
+                    let disk_name = self.images.as_ref().map_or("the images disk", |images| images.name);
+                    let _ = writeln!(out, "dom0: create: {name} on {disk_name}: {error}");
                     return None;
                 }
             },
-            _ => match self.ramdisk.find(name) {
-                Ok(Some(entry)) => dom0core::toolstack::config::parse(entry.data),
-                _ => return None,
-            },
+            Err(message) => {
+                let _ = writeln!(out, "dom0: create: {message}");
+                return None;
+            }
         };
         let config = match parsed {
             Ok(config) => config,

@@ -162,14 +162,18 @@ impl ImagesDisk {
 
     /// The whole of file `name`, for a config (at most `limit` bytes).
     pub fn read_small(&self, name: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
-        let file = self.open(name)?;
-        if file.length > limit {
-            return Err(ReadError("the file is too large for a config"));
-        }
-        let mut bytes = alloc::vec![0u8; file.length as usize];
-        file.read_at(0, &mut bytes)?;
-        Ok(bytes)
+        read_small(&self.open(name)?, limit)
     }
+}
+
+/// The whole of `file`, for a config (at most `limit` bytes).
+pub fn read_small(file: &dyn ImageFile, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if file.length() > limit {
+        return Err(ReadError("the file is too large for a config"));
+    }
+    let mut bytes = alloc::vec![0u8; file.length() as usize];
+    file.read_at(0, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// ext4-view's error, as a fixed reason.
@@ -259,17 +263,18 @@ pub fn config_names(name: &str) -> ArrayVec<ArrayString<NAME_MAX>, 2> {
     names
 }
 
-/// The first of `names` that `exists` in one of `stores` (each name in
-/// every store before the next name), with its store.
-pub fn look_up<'n, N: AsRef<str>>(
+/// The first of `names` that `find` finds in one of `stores` (each name
+/// in every store before the next name), with its store and what `find`
+/// gave for it: the file itself, so that nothing is looked up twice.
+pub fn look_up<'n, N: AsRef<str>, T>(
     names: &'n [N],
     stores: &[Store],
-    exists: impl Fn(Store, &str) -> bool,
-) -> Option<(Store, &'n str)> {
+    find: impl Fn(Store, &str) -> Option<T>,
+) -> Option<(Store, &'n str, T)> {
     names
         .iter()
         .map(AsRef::as_ref)
-        .find_map(|name| stores.iter().find(|&&store| exists(store, name)).map(|&store| (store, name)))
+        .find_map(|name| stores.iter().find_map(|&store| find(store, name).map(|found| (store, name, found))))
 }
 
 /// The error when none of `names` was found: which names, and where it
@@ -305,13 +310,15 @@ mod tests {
         assert_eq!(names("guests/netserve"), ["guests/netserve.cfg", "guests/netserve"]);
         let ramdisk = ["counter.cfg", "counter.elf", "linux"];
         let disk = ["linux.cfg", "vmlinux", "counter.cfg", "only-on-disk"];
-        let exists = |store: Store, name: &str| match store {
-            Store::Ramdisk => ramdisk.contains(&name),
-            Store::Disk => disk.contains(&name),
+        // What a store gives for a name: here its place in the store's list.
+        let find = |store: Store, name: &str| match store {
+            Store::Ramdisk => ramdisk.iter().position(|&file| file == name),
+            Store::Disk => disk.iter().position(|&file| file == name),
         };
         let both = [Store::Ramdisk, Store::Disk];
         let config =
-            |name: &str| look_up(&config_names(name), &both, exists).map(|(store, found)| (store, found.to_owned()));
+            |name: &str| look_up(&config_names(name), &both, find).map(|(store, found, _)| (store, found.to_owned()));
+        assert_eq!(look_up(&["vmlinux"], &both, find), Some((Store::Disk, "vmlinux", 1)), "what find gave");
         // The config before a kernel file of the same name; the ramdisk first.
         assert_eq!(config("linux"), Some((Store::Disk, "linux.cfg".into())));
         assert_eq!(config("linux.cfg"), Some((Store::Disk, "linux.cfg".into())));
@@ -319,7 +326,7 @@ mod tests {
         assert_eq!(config("only-on-disk"), Some((Store::Disk, "only-on-disk".into())));
         assert_eq!(config("missing"), None);
         // A kernel: the config's store first, then the other.
-        let kernel = |from: Store, name: &str| look_up(&[name], &[from, from.other()], exists).map(|(store, _)| store);
+        let kernel = |from: Store, name: &str| look_up(&[name], &[from, from.other()], find).map(|(store, ..)| store);
         assert_eq!(kernel(Store::Disk, "counter.cfg"), Some(Store::Disk));
         assert_eq!(kernel(Store::Ramdisk, "counter.cfg"), Some(Store::Ramdisk));
         assert_eq!(kernel(Store::Disk, "counter.elf"), Some(Store::Ramdisk));
