@@ -438,7 +438,22 @@ impl Bochs {
         let mut attempt = 1;
         loop {
             let no_display_port = |log: &str| log.contains("Could not bind socket") && log.contains("Trying port 5949");
+            // Bochs killed by a signal before it opened COM1 (a SIGSEGV of
+            // the emulator at start, seen once with 4 CPUs): nothing of
+            // Mica's had run yet.
+            let died_at_start = |error: &str| error.contains("(signal: ") && error.contains("before connecting COM1");
             match Bochs::boot_once(iso, options) {
+                Err(error) if attempt < 3 && died_at_start(&error) => {
+                    eprintln!(
+                        "Bochs: the emulator died before connecting COM1 (no Mica code had run); starting it again"
+                    );
+                    for image in options.disk_image.iter().chain(&options.images_disk) {
+                        let _ = std::fs::remove_file(format!("{}.lock", image.display()));
+                    }
+                    attempt += 1;
+                    thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
                 Err(error) if attempt < 3 && no_display_port(&error) => {}
                 Err(error) => return Err(error),
                 Ok(machine) => {
