@@ -436,15 +436,19 @@ pub struct Images {
 // Its reader (`AtaReader`) holds only a disk index.
 unsafe impl Send for Images {}
 
-/// The images disk's bytes for ext4-view: its sectors through the ATA
-/// driver, under `DATA`'s lock (the data paths share the driver).
+/// The images disk's bytes for ext4-view and for files read by their
+/// block maps: its sectors through the ATA driver, under `DATA`'s lock
+/// (the data paths share the driver).
 ///
-/// ext4-view asks for one 4 KiB block at a time, and a disk command costs
-/// about as much as the PIO of a few KiB: so each miss reads ahead
+/// ext4-view asks for 32 KiB at a time, and a disk command costs about as
+/// much as the PIO of a few KiB: so each miss reads ahead
 /// [`READ_AHEAD_SECTORS`] (one command) into `ahead`, from which the next
 /// blocks of a file (mostly contiguous on a disk `mkfs.ext4 -d` filled)
-/// are copied. The disk is never written while dom0 reads it (guests may
-/// not have regions on it), so what was read ahead stays true.
+/// are copied. A read of at least [`DIRECT_BYTES`] (a run of a file's
+/// blocks, read by its block map) goes straight into the caller's buffer.
+/// The disk is never written while dom0 reads it (guests may not have
+/// regions on it), so what was read ahead stays true.
+#[derive(Clone)]
 struct AtaReader {
     disk: usize,
     /// The sectors read ahead, from `ahead_first`.
@@ -454,6 +458,8 @@ struct AtaReader {
 
 /// Sectors one read-ahead takes: the most one ATA command moves.
 const READ_AHEAD_SECTORS: u64 = 256;
+/// Reads this long or longer are not read ahead (ext4-view's are shorter).
+const DIRECT_BYTES: usize = 64 * 1024;
 
 impl AtaReader {
     fn new(disk: usize) -> AtaReader {
@@ -493,6 +499,10 @@ impl Ext4Read for AtaReader {
             alloc::boxed::Box::new(DiskReadError(dom0core::drivers::ata_protocol::AtaError::NoDevice))
         })?;
         let failed = |error| alloc::boxed::Box::new(DiskReadError(error));
+        let whole_sectors = start_byte.is_multiple_of(SECTOR) && end.is_multiple_of(SECTOR);
+        if whole_sectors && destination.len() >= DIRECT_BYTES {
+            return disk.read(first, destination).map_err(failed).map_err(Into::into);
+        }
         if !self.ahead_holds(start_byte, end) {
             // Read ahead from the first sector asked for, up to the disk's end.
             let sectors = READ_AHEAD_SECTORS.min(disk.sectors().saturating_sub(first));
@@ -508,7 +518,7 @@ impl Ext4Read for AtaReader {
             return Ok(());
         }
         // Longer than a read-ahead, or it failed: exactly what was asked.
-        if start_byte.is_multiple_of(SECTOR) && end.is_multiple_of(SECTOR) {
+        if whole_sectors {
             // ext4's blocks are whole sectors: straight into the caller's buffer.
             return disk.read(first, destination).map_err(failed).map_err(Into::into);
         }
@@ -768,7 +778,7 @@ impl Toolstack {
                 let _ = writeln!(out, "dom0: images: {name} holds ext4 too; the images disk is {}", images.name);
                 continue;
             }
-            match ImagesDisk::load(alloc::boxed::Box::new(AtaReader::new(disk))) {
+            match ImagesDisk::load(AtaReader::new(disk)) {
                 Ok(filesystem) => {
                     let count = filesystem.files().len();
                     let more = if filesystem.truncated() { " (more left out)" } else { "" };

@@ -21,13 +21,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt::{self, Write};
-use core::marker::PhantomData;
 
 use arrayvec::{ArrayString, ArrayVec};
 use ext4_view::{Ext4, Ext4Error};
 
 pub use ext4_view::Ext4Read;
 
+use crate::toolstack::ext4_map::{self, BlockMap};
 use crate::toolstack::image_file::{ImageFile, ReadError};
 
 /// Byte offset of an ext2/3/4 superblock on its disk.
@@ -69,6 +69,9 @@ impl fmt::Display for LoadError {
 /// The images disk's filesystem, and the regular files on it.
 pub struct ImagesDisk {
     filesystem: Ext4,
+    /// A second reader of the disk, for files' blocks read by their block
+    /// maps (`ext4-view` owns the first).
+    direct: RefCell<Box<dyn Ext4Read>>,
     files: Vec<DiskEntry>,
     /// More than [`MAX_FILES`] files, or folders deeper than eight: some
     /// were left out.
@@ -83,10 +86,12 @@ impl fmt::Debug for ImagesDisk {
 
 impl ImagesDisk {
     /// Loads the filesystem that `reader` reads (its superblock, group
-    /// descriptors and journal) and lists its regular files.
-    pub fn load(reader: Box<dyn Ext4Read>) -> Result<Self, LoadError> {
-        let filesystem = Ext4::load(reader).map_err(LoadError)?;
-        let mut disk = Self { filesystem, files: Vec::new(), truncated: false };
+    /// descriptors and journal) and lists its regular files. A clone of
+    /// `reader` reads files by their block maps.
+    pub fn load<R: Ext4Read + Clone + 'static>(reader: R) -> Result<Self, LoadError> {
+        let direct = RefCell::new(Box::new(reader.clone()) as Box<dyn Ext4Read>);
+        let filesystem = Ext4::load(Box::new(reader)).map_err(LoadError)?;
+        let mut disk = Self { filesystem, direct, files: Vec::new(), truncated: false };
         disk.walk(String::new(), 0).map_err(LoadError)?;
         disk.files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(disk)
@@ -146,10 +151,16 @@ impl ImagesDisk {
         self.files.binary_search_by(|entry| entry.path.as_str().cmp(name)).is_ok()
     }
 
-    /// Opens regular file `name` for reading ranges of it. (The file
-    /// borrows the disk: it shares the filesystem's unsynchronized
+    /// Opens regular file `name` for reading ranges of it: by its block
+    /// map where [`ext4_map`] can read one, else through `ext4-view`. (The
+    /// file borrows the disk: it shares the filesystem's unsynchronized
     /// reference count, so it must not outlive or leave its owner.)
     pub fn open(&self, name: &str) -> Result<DiskFile<'_>, ReadError> {
+        self.open_as(name, true)
+    }
+
+    /// Opens `name`, by its block map if `mapped` and there is one.
+    fn open_as(&self, name: &str, mapped: bool) -> Result<DiskFile<'_>, ReadError> {
         if !self.contains(name) {
             return Err(ReadError("no such file on the images disk"));
         }
@@ -157,7 +168,12 @@ impl ImagesDisk {
         absolute.push_str(name);
         let file = self.filesystem.open(absolute.as_str()).map_err(read_error)?;
         let length = file.metadata().len();
-        Ok(DiskFile { file: RefCell::new(file), length, _disk: PhantomData })
+        let map = mapped.then(|| ext4_map::map_file(&mut **self.direct.borrow_mut(), name, length)).flatten();
+        let source = match map {
+            Some(map) => Source::Mapped(map),
+            None => Source::Ext4View(Box::new(RefCell::new(file))),
+        };
+        Ok(DiskFile { source, length, disk: self })
     }
 
     /// The whole of file `name`, for a config (at most `limit` bytes).
@@ -190,11 +206,26 @@ fn read_error(error: Ext4Error) -> ReadError {
 
 /// An open file on the images disk.
 pub struct DiskFile<'a> {
-    /// ext4-view's file and its position: reading on from where the last
-    /// read ended is cheap; a seek walks the file's blocks from the start.
-    file: RefCell<ext4_view::File>,
+    source: Source,
     length: u64,
-    _disk: PhantomData<&'a ImagesDisk>,
+    disk: &'a ImagesDisk,
+}
+
+/// How a [`DiskFile`]'s bytes are read.
+enum Source {
+    /// By its block map, in runs of contiguous blocks.
+    Mapped(BlockMap),
+    /// Through ext4-view's file and its position: reading on from where
+    /// the last read ended is cheap; a seek walks the file's blocks from
+    /// the start.
+    Ext4View(Box<RefCell<ext4_view::File>>),
+}
+
+impl DiskFile<'_> {
+    /// Whether the file is read by its block map (else through ext4-view).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.source, Source::Mapped(_))
+    }
 }
 
 impl ImageFile for DiskFile<'_> {
@@ -206,7 +237,11 @@ impl ImageFile for DiskFile<'_> {
         if offset.checked_add(buffer.len() as u64).is_none_or(|end| end > self.length) {
             return Err(ReadError("read past the end of the file"));
         }
-        let mut file = self.file.borrow_mut();
+        let file = match &self.source {
+            Source::Mapped(map) => return map.read(&mut **self.disk.direct.borrow_mut(), offset, buffer),
+            Source::Ext4View(file) => file,
+        };
+        let mut file = file.borrow_mut();
         if file.position() != offset {
             file.seek_to(offset).map_err(read_error)?;
         }
@@ -297,7 +332,7 @@ pub fn not_found<N: AsRef<str>>(names: &[N], disk: Option<&str>) -> ArrayString<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -346,7 +381,7 @@ mod tests {
 
     /// An ext4 image made by `mkfs.ext4 -d` from `folder`, or `None` (said
     /// loudly) where e2fsprogs is not installed.
-    fn make_image(folder: &Path, image: &Path, megabytes: u32) -> Option<Vec<u8>> {
+    pub(crate) fn make_image(folder: &Path, image: &Path, megabytes: u32) -> Option<Vec<u8>> {
         // An existing file: mkfs.ext4 then says nothing of making one.
         std::fs::File::create(image).unwrap();
         let made = Command::new("mkfs.ext4")
@@ -372,7 +407,7 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
+    pub(crate) fn scratch(name: &str) -> PathBuf {
         let folder = std::env::temp_dir().join(format!("mica-images-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&folder);
         std::fs::create_dir_all(&folder).unwrap();
@@ -391,7 +426,7 @@ mod tests {
         std::fs::write(files.join("debian/deep/empty"), b"").unwrap();
         let Some(image) = make_image(&files, &folder.join("images.img"), 16) else { return };
         assert!(has_ext4_magic(&image[SUPERBLOCK_OFFSET as usize..]));
-        let disk = ImagesDisk::load(Box::new(image.clone())).unwrap();
+        let disk = ImagesDisk::load(image.clone()).unwrap();
         let listed: Vec<(&str, u64)> = disk.files().iter().map(|entry| (entry.path.as_str(), entry.length)).collect();
         assert_eq!(listed, [("debian/deep/empty", 0), ("debian/vmlinux", 3_000_000), ("linux.cfg", 15)]);
         assert!(!disk.truncated());
@@ -399,16 +434,20 @@ mod tests {
         assert!(disk.read_small("debian/vmlinux", 4096).is_err(), "too large for a config");
         assert!(disk.open("debian").is_err() && disk.open("nothing").is_err());
         // Ranges: in order, backwards, unaligned, across blocks, to the end.
-        let file = disk.open("debian/vmlinux").unwrap();
-        assert_eq!(file.length(), 3_000_000);
-        for (offset, length) in
-            [(0, 100), (100, 70_000), (2_999_000, 1000), (4095, 2), (1_234_567, 300_001), (0, 3_000_000)]
-        {
-            let mut buffer = vec![0u8; length];
-            file.read_at(offset as u64, &mut buffer).unwrap();
-            assert!(buffer == big[offset..offset + length], "range {offset}+{length}");
+        // Both ways of reading a file: by its block map, through ext4-view.
+        for mapped in [true, false] {
+            let file = disk.open_as("debian/vmlinux", mapped).unwrap();
+            assert_eq!(file.length(), 3_000_000);
+            assert_eq!(file.is_mapped(), mapped);
+            for (offset, length) in
+                [(0, 100), (100, 70_000), (2_999_000, 1000), (4095, 2), (1_234_567, 300_001), (0, 3_000_000)]
+            {
+                let mut buffer = vec![0u8; length];
+                file.read_at(offset as u64, &mut buffer).unwrap();
+                assert!(buffer == big[offset..offset + length], "range {offset}+{length}, mapped {mapped}");
+            }
+            assert!(file.read_at(2_999_999, &mut [0u8; 2]).is_err(), "past the end");
         }
-        assert!(file.read_at(2_999_999, &mut [0u8; 2]).is_err(), "past the end");
         let _ = std::fs::remove_dir_all(&folder);
     }
 
@@ -426,10 +465,10 @@ mod tests {
         let mut damaged = image.clone();
         damaged[SUPERBLOCK_OFFSET as usize + 0x78] ^= 0x20;
         assert!(has_ext4_magic(&damaged[SUPERBLOCK_OFFSET as usize..]));
-        let error = ImagesDisk::load(Box::new(damaged)).unwrap_err();
+        let error = ImagesDisk::load(damaged).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
         // Cut short: reads past the end fail.
-        assert!(ImagesDisk::load(Box::new(image[..4096].to_vec())).is_err());
+        assert!(ImagesDisk::load(image[..4096].to_vec()).is_err());
         let _ = std::fs::remove_dir_all(&folder);
     }
 }

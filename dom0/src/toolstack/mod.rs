@@ -8,6 +8,8 @@
 //! - [`tar`]: the boot ramdisk's archive reader.
 //! - [`images`]: the images disk's filesystem (ext4), and where `create`
 //!   looks for a file: the ramdisk or that disk.
+//! - [`ext4_map`]: where a file's blocks are on that disk (its extents), so
+//!   a kernel is read from it in runs of blocks.
 //! - [`image_file`]: files the builder reads ranges of, and a kernel's
 //!   ELF headers read from one.
 //! - [`builder`]: the domain builder, over a `DomainControl` trait that
@@ -22,6 +24,7 @@ pub mod acpi_tables;
 pub mod builder;
 pub mod config;
 pub mod disk_spec;
+pub mod ext4_map;
 pub mod image_file;
 pub mod images;
 pub mod tar;
