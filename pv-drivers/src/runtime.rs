@@ -17,7 +17,6 @@ use crate::blkfront::{DiskPages, TRANSFER_PAGES};
 use crate::console::{ConsoleRing, StoreRingAccess};
 #[cfg(doc)]
 use crate::guest::Guest;
-use crate::hypercall;
 use crate::netfront::{VIF_PAGES, VifPages};
 use crate::platform::{GuestMemory, NotDeviceMemory, Platform};
 use crate::ring::{FrontRing, Slot};
@@ -103,12 +102,13 @@ static VCPU_UPCALLS: [AtomicU64; abi::hypercall::MAX_VCPUS as usize] =
     [const { AtomicU64::new(0) }; abi::hypercall::MAX_VCPUS as usize];
 
 /// Set once another vCPU takes upcalls ([`accept_upcalls`]): the handler
-/// then asks hv which vCPU it runs on (one hypercall per upcall).
+/// then asks which vCPU it runs on, as Xen tells an HVM or PVH guest (CPUID
+/// leaf `base + 4`: one exit per upcall).
 static SEVERAL_VCPUS: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn upcall_handler() {
     let vcpu = if SEVERAL_VCPUS.load(Ordering::Relaxed) {
-        hypercall::vcpu_id().unwrap_or(0).min(abi::hypercall::MAX_VCPUS - 1) as usize
+        crate::xen::vcpu_id().unwrap_or(0).min(abi::hypercall::MAX_VCPUS - 1) as usize
     } else {
         0
     };
