@@ -1,6 +1,6 @@
 //! Where a file's bytes lie on the images disk: its block map, read from
 //! its inode's extent tree, so that the builder moves a kernel off the
-//! disk in runs of contiguous blocks (one disk command for each 64 KiB
+//! disk in runs of contiguous blocks (one disk command for each 128 KiB
 //! chunk, straight into the chunk) instead of through `ext4-view`'s reads
 //! of one block at a time (its block cache, and two more copies of each
 //! block: about 8,000 instructions a 4 KiB block, BENCHMARKS.md).

@@ -78,8 +78,9 @@ impl ImageFile for Vec<u8> {
 
 const PAST_END: ReadError = ReadError("read past the end of the file");
 
-/// Bytes the builder moves at a time, from a file into a guest.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes the builder moves at a time, from a file into a guest: the most
+/// one ATA command reads (256 sectors), for a file read by its block map.
+pub const CHUNK: usize = 128 * 1024;
 
 /// Most program headers read (real kernels have about five).
 const MAX_PROGRAM_HEADERS: usize = 64;
@@ -463,44 +464,47 @@ mod tests {
 
     #[test]
     fn streaming_moves_a_chunk_at_a_time_and_stops_at_the_first_failure() {
-        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let length = 2 * CHUNK + 20_000;
+        let bytes: Vec<u8> = (0..length as u32 + 50_000).map(|i| (i % 253) as u8).collect();
         let counted = Counted { bytes: &bytes, reads: RefCell::new(Vec::new()) };
         let mut buffer = vec![0u8; CHUNK];
-        let mut copy = vec![0u8; 150_000];
-        stream(&counted, 10_000, 150_000, &mut buffer, |at, piece| -> Result<(), ()> {
+        let mut copy = vec![0u8; length];
+        stream(&counted, 10_000, length as u64, &mut buffer, |at, piece| -> Result<(), ()> {
             copy[at as usize..at as usize + piece.len()].copy_from_slice(piece);
             Ok(())
         })
         .unwrap();
-        assert_eq!(copy, bytes[10_000..160_000]);
+        assert_eq!(copy, bytes[10_000..10_000 + length]);
         assert!(counted.reads.borrow().iter().all(|&(_, length)| length <= CHUNK));
         assert_eq!(counted.reads.borrow().len(), 3);
         let mut writes = 0;
-        let result = stream(&counted, 0, 150_000, &mut buffer, |_, _| {
+        let result = stream(&counted, 0, length as u64, &mut buffer, |_, _| {
             writes += 1;
             if writes == 2 { Err("full") } else { Ok(()) }
         });
         assert_eq!(result, Err(StreamError::Write("full")));
-        let result = stream(&counted, 190_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
+        let result =
+            stream(&counted, bytes.len() as u64 - 10_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
         assert_eq!(result, Err(StreamError::Read(PAST_END)));
     }
 
     #[test]
     fn a_file_in_memory_streams_its_own_bytes_without_a_copy() {
-        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..3 * CHUNK as u32 + 50_000).map(|i| (i % 251) as u8).collect();
         let file: &[u8] = &bytes;
         // The buffer is never written: the pieces are the file's own bytes.
         let mut buffer = vec![0xAAu8; CHUNK];
         let mut pieces = Vec::new();
-        stream(&file, 10_000, 150_000, &mut buffer, |at, piece| -> Result<(), ()> {
+        stream(&file, 10_000, 2 * CHUNK as u64 + 20_000, &mut buffer, |at, piece| -> Result<(), ()> {
             assert_eq!(piece.as_ptr(), bytes[10_000 + at as usize..].as_ptr(), "a piece of the file itself");
             pieces.push((at, piece.len()));
             Ok(())
         })
         .unwrap();
-        assert_eq!(pieces, [(0, CHUNK), (CHUNK as u64, CHUNK), (2 * CHUNK as u64, 150_000 - 2 * CHUNK)]);
+        assert_eq!(pieces, [(0, CHUNK), (CHUNK as u64, CHUNK), (2 * CHUNK as u64, 20_000)]);
         assert!(buffer.iter().all(|&byte| byte == 0xAA));
-        let result = stream(&file, 190_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
+        let result =
+            stream(&file, bytes.len() as u64 - 10_000, 20_000, &mut buffer, |_, _| -> Result<(), ()> { Ok(()) });
         assert_eq!(result, Err(StreamError::Read(PAST_END)));
     }
 }

@@ -327,7 +327,99 @@ fn flood(guest: &mut Guest) -> ! {
         "disktest: flood: {pages} distinct grants, wrote and verified {} sectors: all match",
         pages as u64 * sectors_per_page
     );
+    mixed(guest, &grants[..pages], page_address);
     idle(guest)
+}
+
+/// Requests `mixed` makes, of [`MIXED_SEGMENTS`] pages each.
+const MIXED_REQUESTS: usize = 16;
+const MIXED_SEGMENTS: usize = 8;
+/// Pages dom0 has mapped after `flood`'s first pass (the first of the
+/// guest's persistent-grant budget), and where the pages it copies for
+/// start: `mixed` takes one of each in turn.
+const MIXED_MAPPED: usize = 64;
+
+/// After `flood`: requests of several pages, half of them pages dom0 keeps
+/// mapped and half pages past its budget, which dom0 serves with one disk
+/// command through its bounce buffer. Writes a pattern unlike the flood's
+/// over the same sectors, clears the pages, reads it back and checks it.
+fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64) {
+    let sectors_per_page = (4096 / SECTOR) as u64;
+    if grants.len() < 2 * MIXED_MAPPED {
+        let _ = writeln!(guest, "disktest: FAILED: flood: {} pages granted, too few for mixed requests", grants.len());
+        idle(guest)
+    }
+    // Segment `j` of request `r`: a mapped page, then one past the budget.
+    let page = |r: usize, j: usize| (j % 2) * MIXED_MAPPED + (r * MIXED_SEGMENTS + j) / 2;
+    let salt = 1 << 40; // a pattern unlike the flood's on the same sectors
+    let mut sector_bytes = [0u8; SECTOR];
+    let mut id = 2 << 32;
+    for (operation, label) in [(BlkifOp::Write, "write"), (BlkifOp::Read, "read")] {
+        for r in 0..MIXED_REQUESTS {
+            let first = (r * MIXED_SEGMENTS) as u64 * sectors_per_page;
+            let mut request = BlkifRequest {
+                id,
+                operation: operation.number(),
+                nr_segments: MIXED_SEGMENTS as u8,
+                sector_number: first,
+                ..Default::default()
+            };
+            id += 1;
+            for j in 0..MIXED_SEGMENTS {
+                for index in 0..sectors_per_page {
+                    let sector = first + j as u64 * sectors_per_page + index;
+                    if operation == BlkifOp::Write {
+                        fill(sector + salt, &mut sector_bytes);
+                    } else {
+                        sector_bytes = [0; SECTOR];
+                    }
+                    // SAFETY: as in `flood`: our free RAM, raw pointers only.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            sector_bytes.as_ptr(),
+                            (page_address(page(r, j)) + index * SECTOR as u64) as *mut u8,
+                            SECTOR,
+                        );
+                    }
+                }
+                request.seg[j] =
+                    BlkifRequestSegment { gref: grants[page(r, j)], first_sect: 0, last_sect: 7, _pad0: 0 };
+            }
+            match guest.disk_request(&request) {
+                Ok(status) if status == BlkifRsp::Okay.number() => {}
+                other => {
+                    let _ = writeln!(guest, "disktest: FAILED: flood: mixed {label} {r}: {other:?}");
+                    idle(guest)
+                }
+            }
+        }
+    }
+    let mut expected = [0u8; SECTOR];
+    for r in 0..MIXED_REQUESTS {
+        for j in 0..MIXED_SEGMENTS {
+            for index in 0..sectors_per_page {
+                let sector = (r * MIXED_SEGMENTS + j) as u64 * sectors_per_page + index;
+                fill(sector + salt, &mut expected);
+                // SAFETY: as above; dom0 has answered every request.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        (page_address(page(r, j)) + index * SECTOR as u64) as *const u8,
+                        sector_bytes.as_mut_ptr(),
+                        SECTOR,
+                    );
+                }
+                if sector_bytes != expected {
+                    let _ = writeln!(guest, "disktest: FAILED: flood: mixed requests: sector {sector} differs");
+                    idle(guest)
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        guest,
+        "disktest: flood: {MIXED_REQUESTS} requests of mapped and copied pages, wrote and verified {} sectors: all match",
+        (MIXED_REQUESTS * MIXED_SEGMENTS) as u64 * sectors_per_page
+    );
 }
 
 /// Close/reconnect rounds of `mode=flap`.

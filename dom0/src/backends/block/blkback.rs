@@ -6,8 +6,9 @@
 //! same pages (`feature-persistent`: persistent grants), so the disk's PIO transfers land in the guest's
 //! page with no copy. At most [`PERSISTENT_GRANTS`] per guest, within its
 //! share of dom0's foreign window (`dom0core::backends::window`): when that budget is
-//! spent, or a grant cannot be mapped as needed, the data goes through a
-//! hypervisor grant copy instead.
+//! spent, or a grant cannot be mapped as needed, the request still takes one
+//! disk command, into or out of a bounce buffer, and its unmapped pages are
+//! moved by hypervisor grant copies.
 //!
 //! Indirect requests (`feature-max-indirect-segments`, up to
 //! [`MAX_INDIRECT_SEGMENTS`] pages: one disk command) name a page of
@@ -162,13 +163,15 @@ impl BlockBackend {
         };
         // The transfers are consecutive on the disk (see `plan`): when every
         // page is mapped, one disk command moves them all in place.
-        let mut pieces: ArrayVec<(u64, usize), MAX_SEGMENTS> = ArrayVec::new();
-        for transfer in transfers {
-            match self.mapped_page(guest, transfer.grant, to_guest) {
-                Some(page) => pieces.push((page + transfer.offset as u64, transfer.bytes as usize)),
-                None => break,
-            }
-        }
+        let places: ArrayVec<Option<u64>, MAX_SEGMENTS> = transfers
+            .iter()
+            .map(|transfer| self.mapped_page(guest, transfer.grant, to_guest).map(|page| page + transfer.offset as u64))
+            .collect();
+        let pieces: ArrayVec<(u64, usize), MAX_SEGMENTS> = transfers
+            .iter()
+            .zip(&places)
+            .map_while(|(transfer, place)| Some(((*place)?, transfer.bytes as usize)))
+            .collect();
         if pieces.len() == transfers.len() {
             let first = transfers[0].disk_sector;
             // SAFETY: each piece lies in a guest page hv mapped into dom0's
@@ -187,24 +190,62 @@ impl BlockBackend {
             };
             return if result.is_ok() { BlkifRsp::Okay } else { BlkifRsp::Error };
         }
-        for transfer in transfers {
-            if !copied(disk, transfer, guest, to_guest) {
-                return BlkifRsp::Error;
-            }
-        }
-        BlkifRsp::Okay
+        if bounced(disk, transfers, &places, guest, to_guest).is_ok() { BlkifRsp::Okay } else { BlkifRsp::Error }
     }
 }
 
-/// Moves one transfer through a bounce buffer and a hypervisor grant copy.
-fn copied(disk: &mut AtaDisk, transfer: &Transfer, guest: DomainId, to_guest: bool) -> bool {
-    let mut buffer = [0u8; 4096];
-    let bytes = &mut buffer[..transfer.bytes as usize];
+/// A request's worth of bytes (at most [`MAX_INDIRECT_SEGMENTS`] pages:
+/// one disk command), for a request whose pages are not all mapped.
+#[repr(C, align(4096))]
+struct Bounce([u8; MAX_INDIRECT_SEGMENTS * 4096]);
+
+/// The one bounce buffer: the block back ends run one at a time, on the
+/// data path (under its lock), so it is never contended.
+static BOUNCE: spin::Mutex<Bounce> = spin::Mutex::new(Bounce([0; MAX_INDIRECT_SEGMENTS * 4096]));
+
+/// Moves a request whose pages are not all mapped (the guest's budget of
+/// persistent grants is spent, or it did not offer them) through the
+/// bounce buffer: still one disk command for the whole request (as the
+/// disk sees it, the same transfer as in place), and each page copied
+/// between the buffer and the guest: with a plain copy where dom0 has the
+/// page mapped (`places`), else by hv's grant copy.
+fn bounced(
+    disk: &mut AtaDisk,
+    transfers: &[Transfer],
+    places: &[Option<u64>],
+    guest: DomainId,
+    to_guest: bool,
+) -> Result<(), ()> {
+    let mut bounce = BOUNCE.lock();
+    let total: usize = transfers.iter().map(|transfer| usize::from(transfer.bytes)).sum();
+    let bytes = bounce.0.get_mut(..total).ok_or(())?;
+    let first = transfers.first().ok_or(())?.disk_sector;
     if to_guest {
-        disk.read(transfer.disk_sector, bytes).is_ok()
-            && hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, true).is_ok()
-    } else {
-        hypercall::grant_copy(guest, transfer.grant, transfer.offset, bytes, false).is_ok()
-            && disk.write(transfer.disk_sector, bytes).is_ok()
+        disk.read(first, bytes).map_err(|_| ())?;
     }
+    let mut at = 0;
+    for (transfer, place) in transfers.iter().zip(places) {
+        let piece = &mut bytes[at..at + usize::from(transfer.bytes)];
+        at += piece.len();
+        match (*place, to_guest) {
+            // SAFETY: `address` lies in a guest page hv mapped into dom0's
+            // foreign window (writable when `to_guest`: `mapped_page`), with
+            // `piece.len()` bytes left in the page (checked by `plan`); it is
+            // reached only through raw pointers, never a reference.
+            (Some(address), true) => unsafe {
+                core::ptr::copy_nonoverlapping(piece.as_ptr(), address as *mut u8, piece.len());
+            },
+            // SAFETY: as above, read from the guest's page.
+            (Some(address), false) => unsafe {
+                core::ptr::copy_nonoverlapping(address as *const u8, piece.as_mut_ptr(), piece.len());
+            },
+            (None, _) => {
+                hypercall::grant_copy(guest, transfer.grant, transfer.offset, piece, to_guest).map_err(|_| ())?;
+            }
+        }
+    }
+    if !to_guest {
+        disk.write(first, bytes).map_err(|_| ())?;
+    }
+    Ok(())
 }
