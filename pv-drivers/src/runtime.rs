@@ -176,6 +176,12 @@ pub struct Runtime {
     /// Ports every wait takes, bit `p % 64` of word `p / 64`: the timer's,
     /// the store's, and those allocated for devices until closed.
     listened: [u64; BITMAP_WORDS],
+    /// The timer's `VIRQ_TIMER` port.
+    timer_port: u32,
+    /// The TSC deadline the single-shot timer is armed for, until its
+    /// port fires: a wait for a later deadline leaves it armed (it wakes
+    /// the waiter sooner, who then waits again) instead of a hypercall.
+    timer_armed: Option<u64>,
 }
 
 impl Runtime {
@@ -224,6 +230,8 @@ impl Runtime {
             console_event: false,
             grants: None,
             listened: [0; BITMAP_WORDS],
+            timer_port,
+            timer_armed: None,
         };
         runtime.listen(timer_port);
         // The store's and the console's ports are ours, connected to
@@ -307,7 +315,11 @@ impl Runtime {
     /// the console's fired.
     fn collect_events(&mut self) {
         // SAFETY: EVENT_PAGE is this domain's registered event page.
-        let _ = unsafe { crate::event_page::take_pending_of(&raw mut EVENT_PAGE as u64, &self.listened) };
+        let taken = unsafe { crate::event_page::take_pending_of(&raw mut EVENT_PAGE as u64, &self.listened) };
+        let timer = self.timer_port as usize;
+        if taken.get(timer / 64).is_some_and(|word| word & (1 << (timer % 64)) != 0) {
+            self.timer_armed = None;
+        }
         if self.console.is_some() && take_pending(self.console_port) {
             self.console_event = true;
         }
@@ -374,8 +386,10 @@ impl Runtime {
 
     /// Sleeps until the TSC reaches `deadline`.
     pub fn sleep_until(&mut self, deadline: u64) {
-        self.set_timer(deadline);
+        // Armed on every round: a timer that fired a little early (hv
+        // counts in ns) is armed again, not waited on forever.
         while now() < deadline {
+            self.set_timer(deadline);
             self.wait_for_event();
         }
     }
@@ -455,11 +469,17 @@ impl Platform for Runtime {
         if self.start_info.tsc_khz == 0 { 1_000_000_000 } else { self.start_info.tsc_khz * 1000 }
     }
 
-    /// Arms this vCPU's single-shot timer (Xen's `vcpu_op`) for TSC value
-    /// `deadline`: its `VIRQ_TIMER` port fires then.
+    /// Arms this vCPU's single-shot timer (Xen's `set_timer_op`) for TSC
+    /// value `deadline`: its `VIRQ_TIMER` port fires then, or sooner when
+    /// it is armed already for an earlier time that has not come (a
+    /// waiter woken early waits again; a hypercall a wait saved).
     fn set_timer(&mut self, deadline: u64) {
+        if self.timer_armed.is_some_and(|armed| armed <= deadline && now() < armed) {
+            return;
+        }
         // At least 1 ns: 0 would stop the timer.
         let _ = crate::xen::set_timer_op(crate::xen::tsc_to_ns(deadline, self.start_info.tsc_khz).max(1));
+        self.timer_armed = Some(deadline);
     }
 
     fn grant(&mut self, domain: DomainId, address: u64, readonly: bool) -> Result<u32, abi::Error> {
