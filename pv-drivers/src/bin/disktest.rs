@@ -263,28 +263,11 @@ fn flood(guest: &mut Guest) -> ! {
         };
     }
     let _ = writeln!(guest, "disktest: flood: {pages} pages granted to dom0");
-    let mut sector_bytes = [0u8; SECTOR];
     let mut id = 1 << 32;
     for (operation, label) in [(BlkifOp::Write, "write"), (BlkifOp::Read, "read")] {
         for (page, &grant) in grants.iter().enumerate().take(pages) {
             let first = page as u64 * sectors_per_page;
-            for index in 0..sectors_per_page {
-                if operation == BlkifOp::Write {
-                    fill(first + index, &mut sector_bytes);
-                } else {
-                    sector_bytes = [0; SECTOR];
-                }
-                // SAFETY: the page is free RAM of ours, reached only through
-                // raw pointers; dom0 touches it only while serving a request
-                // we wait for.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        sector_bytes.as_ptr(),
-                        (page_address(page) + index * SECTOR as u64) as *mut u8,
-                        SECTOR,
-                    );
-                }
-            }
+            prepare_page(page_address(page), first, 0, operation);
             id += 1;
             let mut request = BlkifRequest {
                 id,
@@ -303,23 +286,10 @@ fn flood(guest: &mut Guest) -> ! {
             }
         }
     }
-    let mut expected = [0u8; SECTOR];
     for page in 0..pages {
-        for index in 0..sectors_per_page {
-            let sector = page as u64 * sectors_per_page + index;
-            fill(sector, &mut expected);
-            // SAFETY: as above; dom0 has answered every request.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    (page_address(page) + index * SECTOR as u64) as *const u8,
-                    sector_bytes.as_mut_ptr(),
-                    SECTOR,
-                );
-            }
-            if sector_bytes != expected {
-                let _ = writeln!(guest, "disktest: FAILED: flood: sector {sector} differs");
-                idle(guest)
-            }
+        if let Some(sector) = page_differs(page_address(page), page as u64 * sectors_per_page, 0) {
+            let _ = writeln!(guest, "disktest: FAILED: flood: sector {sector} differs");
+            idle(guest)
         }
     }
     let _ = writeln!(
@@ -329,6 +299,41 @@ fn flood(guest: &mut Guest) -> ! {
     );
     mixed(guest, &grants[..pages], page_address);
     idle(guest)
+}
+
+/// Before a request on the page at `address` that holds sectors from
+/// `first`: for a write, the pattern of those sectors (offset by `salt`);
+/// for a read, zeros.
+fn prepare_page(address: u64, first: u64, salt: u64, operation: BlkifOp) {
+    let mut sector_bytes = [0u8; SECTOR];
+    for index in 0..(4096 / SECTOR) as u64 {
+        if operation == BlkifOp::Write {
+            fill(first + index + salt, &mut sector_bytes);
+        }
+        // SAFETY: the page is free RAM of ours, reached only through raw
+        // pointers; dom0 touches it only while serving a request we wait for.
+        unsafe {
+            core::ptr::copy_nonoverlapping(sector_bytes.as_ptr(), (address + index * SECTOR as u64) as *mut u8, SECTOR)
+        };
+    }
+}
+
+/// After the reads: the first sector of the page at `address` (sectors
+/// from `first`) that does not hold its pattern (offset by `salt`).
+fn page_differs(address: u64, first: u64, salt: u64) -> Option<u64> {
+    let (mut expected, mut found) = ([0u8; SECTOR], [0u8; SECTOR]);
+    (0..(4096 / SECTOR) as u64).map(|index| first + index).find(|&sector| {
+        fill(sector + salt, &mut expected);
+        // SAFETY: as in `prepare_page`; dom0 has answered every request.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (address + (sector - first) * SECTOR as u64) as *const u8,
+                found.as_mut_ptr(),
+                SECTOR,
+            )
+        };
+        found != expected
+    })
 }
 
 /// Requests `mixed` makes, of [`MIXED_SEGMENTS`] pages each.
@@ -352,7 +357,6 @@ fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64)
     // Segment `j` of request `r`: a mapped page, then one past the budget.
     let page = |r: usize, j: usize| (j % 2) * MIXED_MAPPED + (r * MIXED_SEGMENTS + j) / 2;
     let salt = 1 << 40; // a pattern unlike the flood's on the same sectors
-    let mut sector_bytes = [0u8; SECTOR];
     let mut id = 2 << 32;
     for (operation, label) in [(BlkifOp::Write, "write"), (BlkifOp::Read, "read")] {
         for r in 0..MIXED_REQUESTS {
@@ -366,22 +370,7 @@ fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64)
             };
             id += 1;
             for j in 0..MIXED_SEGMENTS {
-                for index in 0..sectors_per_page {
-                    let sector = first + j as u64 * sectors_per_page + index;
-                    if operation == BlkifOp::Write {
-                        fill(sector + salt, &mut sector_bytes);
-                    } else {
-                        sector_bytes = [0; SECTOR];
-                    }
-                    // SAFETY: as in `flood`: our free RAM, raw pointers only.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(
-                            sector_bytes.as_ptr(),
-                            (page_address(page(r, j)) + index * SECTOR as u64) as *mut u8,
-                            SECTOR,
-                        );
-                    }
-                }
+                prepare_page(page_address(page(r, j)), first + j as u64 * sectors_per_page, salt, operation);
                 request.seg[j] =
                     BlkifRequestSegment { gref: grants[page(r, j)], first_sect: 0, last_sect: 7, _pad0: 0 };
             }
@@ -394,24 +383,12 @@ fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64)
             }
         }
     }
-    let mut expected = [0u8; SECTOR];
     for r in 0..MIXED_REQUESTS {
         for j in 0..MIXED_SEGMENTS {
-            for index in 0..sectors_per_page {
-                let sector = (r * MIXED_SEGMENTS + j) as u64 * sectors_per_page + index;
-                fill(sector + salt, &mut expected);
-                // SAFETY: as above; dom0 has answered every request.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        (page_address(page(r, j)) + index * SECTOR as u64) as *const u8,
-                        sector_bytes.as_mut_ptr(),
-                        SECTOR,
-                    );
-                }
-                if sector_bytes != expected {
-                    let _ = writeln!(guest, "disktest: FAILED: flood: mixed requests: sector {sector} differs");
-                    idle(guest)
-                }
+            let first = (r * MIXED_SEGMENTS + j) as u64 * sectors_per_page;
+            if let Some(sector) = page_differs(page_address(page(r, j)), first, salt) {
+                let _ = writeln!(guest, "disktest: FAILED: flood: mixed requests: sector {sector} differs");
+                idle(guest)
             }
         }
     }
