@@ -435,26 +435,20 @@ impl Bochs {
         // takes a port from 5900 to 5949 and crashes when it finds none free
         // (seen under load). That is the emulator failing to start, not Mica
         // failing: start it again, at most twice, and say so.
+        let no_display_port = |log: &str| log.contains("Could not bind socket") && log.contains("Trying port 5949");
+        // Bochs killed by a signal before it opened COM1 (a SIGSEGV of the
+        // emulator at start, seen once with 4 CPUs): nothing of Mica's had
+        // run yet either.
+        let died_at_start = |error: &str| error.contains("(signal: ") && error.contains("before connecting COM1");
         let mut attempt = 1;
         loop {
-            let no_display_port = |log: &str| log.contains("Could not bind socket") && log.contains("Trying port 5949");
-            // Bochs killed by a signal before it opened COM1 (a SIGSEGV of
-            // the emulator at start, seen once with 4 CPUs): nothing of
-            // Mica's had run yet.
-            let died_at_start = |error: &str| error.contains("(signal: ") && error.contains("before connecting COM1");
-            match Bochs::boot_once(iso, options) {
+            let why = match Bochs::boot_once(iso, options) {
                 Err(error) if attempt < 3 && died_at_start(&error) => {
-                    eprintln!(
-                        "Bochs: the emulator died before connecting COM1 (no Mica code had run); starting it again"
-                    );
-                    for image in options.disk_image.iter().chain(&options.images_disk) {
-                        let _ = std::fs::remove_file(format!("{}.lock", image.display()));
-                    }
-                    attempt += 1;
-                    thread::sleep(Duration::from_millis(500));
-                    continue;
+                    "the emulator died before connecting COM1 (no Mica code had run)"
                 }
-                Err(error) if attempt < 3 && no_display_port(&error) => {}
+                Err(error) if attempt < 3 && no_display_port(&error) => {
+                    "its VNC display found no free port (5900-5949) and Bochs died before booting"
+                }
                 Err(error) => return Err(error),
                 Ok(machine) => {
                     // The display starts after COM1 connects: wait for the
@@ -469,11 +463,10 @@ impl Bochs {
                     if attempt >= 3 || !no_display_port(&machine.log("bochs.log")) {
                         return Ok(machine);
                     }
+                    "its VNC display found no free port (5900-5949) and Bochs died before booting"
                 }
-            }
-            eprintln!(
-                "Bochs: its VNC display found no free port (5900-5949) and Bochs died before booting; starting it again"
-            );
+            };
+            eprintln!("Bochs: {why}; starting it again");
             // The Bochs that died leaves the lock of a caller's disk image
             // behind (`<image>.lock`), which would stop the next one.
             for image in options.disk_image.iter().chain(&options.images_disk) {
