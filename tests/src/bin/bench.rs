@@ -82,6 +82,16 @@ fn run() -> Result<(), String> {
 /// Linux reports its times in its own clock (pvclock, from the TSC at the
 /// rate hv measured and logs at boot), converted back to TSC ticks here.
 fn linux() -> Result<(), String> {
+    linux_on(1)?;
+    linux_on(2)
+}
+
+/// [`linux`] on a machine of `cpus` CPUs. On one CPU a number of ticks is
+/// a number of instructions (create to prompt, the measure); on
+/// two, dom0 and Linux's two vCPUs run side by side, as on the machines
+/// Mica is for, and ticks are the emulated machine's time.
+fn linux_on(cpus: u32) -> Result<(), String> {
+    let label = if cpus == 1 { "linux (1 CPU):".to_string() } else { format!("linux ({cpus} CPUs):") };
     let root = mica_tests::workspace_root();
     let directory = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir).join("linux"),
@@ -91,7 +101,7 @@ fn linux() -> Result<(), String> {
     // linux.cfg on ext4), as ata1-slave; a copy, as Bochs locks an image.
     let image = directory.join("images.img");
     if !image.is_file() {
-        println!("linux: NOT MEASURED: {} is missing (run tests/linux.sh)", image.display());
+        println!("{label} NOT MEASURED: {} is missing (run tests/linux.sh)", image.display());
         return Ok(());
     }
     let copy = std::env::temp_dir().join(format!("mica-bench-linux-images-{}.img", std::process::id()));
@@ -101,6 +111,7 @@ fn linux() -> Result<(), String> {
         memory_mib: 512,
         hard_timeout: seconds(1800),
         images_disk: Some(copy.clone()),
+        cpus,
         ..Default::default()
     };
     let mut machine = Bochs::boot_with(&iso, &options)?;
@@ -139,23 +150,23 @@ fn linux() -> Result<(), String> {
     let prompt =
         bench.lines().find(|line| line.starts_with("bench: create to latest output") && line.contains("(linux)"));
     match prompt.and_then(|line| number_before(line, "tsc")) {
-        Some(tsc) => println!("linux: create to its shell prompt (its latest console output) {tsc} tsc"),
-        None => println!("linux: create to prompt (missing)"),
+        Some(tsc) => println!("{label} create to its shell prompt (its latest console output) {tsc} tsc"),
+        None => println!("{label} create to prompt (missing)"),
     }
     // Of which dom0's build: reading the images (from the images disk) and
     // loading them.
     let built = bench.lines().find(|line| line.starts_with("bench: create built in") && line.contains("(linux)"));
     match built.and_then(|line| number_before(line, "tsc")) {
-        Some(tsc) => println!("linux: of which dom0 built the domain (images read and loaded) {tsc} tsc"),
-        None => println!("linux: create's build (missing)"),
+        Some(tsc) => println!("{label} of which dom0 built the domain (images read and loaded) {tsc} tsc"),
+        None => println!("{label} create's build (missing)"),
     }
     // What the boot ramdisk costs before hv runs (GRUB reads every module).
     match bench
         .lines()
         .find_map(|line| line.split("firmware and GRUB took ").nth(1)?.split(')').next()?.trim().parse::<u64>().ok())
     {
-        Some(tsc) => println!("linux: power-on to hv's entry (firmware, GRUB loading the ISO's modules) {tsc} tsc"),
-        None => println!("linux: power-on to hv's entry (missing)"),
+        Some(tsc) => println!("{label} power-on to hv's entry (firmware, GRUB loading the ISO's modules) {tsc} tsc"),
+        None => println!("{label} power-on to hv's entry (missing)"),
     }
 
     machine.send_line("console linux")?;
@@ -206,9 +217,11 @@ fn linux() -> Result<(), String> {
         ("O_DIRECT, 32 KiB blocks", "32k", 128, "iflag=direct", "1", "PIO"),
         ("O_DIRECT, 32 KiB blocks, dd on the other vCPU", "32k", 128, "iflag=direct", "2", "PIO"),
         ("O_DIRECT, 1 MiB blocks", "1M", 4, "iflag=direct", "1", "PIO"),
+        ("O_DIRECT, one 4 MiB block (32 requests at once)", "4M", 1, "iflag=direct", "1", "PIO"),
         ("buffered, 1 MiB blocks", "1M", 4, "", "1", "PIO"),
         ("O_DIRECT, 32 KiB blocks", "32k", 128, "iflag=direct", "1", "DMA"),
         ("O_DIRECT, 1 MiB blocks", "1M", 4, "iflag=direct", "1", "DMA"),
+        ("O_DIRECT, one 4 MiB block (32 requests at once)", "4M", 1, "iflag=direct", "1", "DMA"),
         ("buffered, 1 MiB blocks", "1M", 4, "", "1", "DMA"),
     ] {
         if mode == "DMA" && size == "32k" {
@@ -234,11 +247,11 @@ fn linux() -> Result<(), String> {
         });
         match (dd_seconds, dom0) {
             (Some(seconds), Some(dom0)) if seconds > 0.0 => println!(
-                "linux: xvda read 4 MiB (dd, {blocks}, {mode}; an empty dd's time subtracted): {seconds} s = {} tsc; dom0 direct {dom0} tsc; ratio {:.3}",
+                "{label} xvda read 4 MiB (dd, {blocks}, {mode}; an empty dd's time subtracted): {seconds} s = {} tsc; dom0 direct {dom0} tsc; ratio {:.3}",
                 ticks(seconds),
                 dom0 as f64 / ticks(seconds) as f64
             ),
-            _ => println!("linux: xvda read, {blocks} (missing: dd {dd:?}, diskbench {dom0:?})"),
+            _ => println!("{label} xvda read, {blocks} (missing: dd {dd:?}, diskbench {dom0:?})"),
         }
     }
 
@@ -263,12 +276,12 @@ fn linux() -> Result<(), String> {
         .unwrap_or_default();
     match times[..] {
         [min, avg, max] => println!(
-            "linux: ping to netanswer, 20 round trips: avg {avg} ms = {} tsc (min {} tsc, max {} tsc)",
+            "{label} ping to netanswer, 20 round trips: avg {avg} ms = {} tsc (min {} tsc, max {} tsc)",
             ticks(avg / 1000.0),
             ticks(min / 1000.0),
             ticks(max / 1000.0)
         ),
-        _ => println!("linux: ping (missing: {ping:?})"),
+        _ => println!("{label} ping (missing: {ping:?})"),
     }
     machine.send_line("poweroff")?;
     machine.expect("hv: powering off", seconds(20))?;
