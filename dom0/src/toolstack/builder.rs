@@ -8,7 +8,7 @@
 //!
 //! The kernel and the ramdisk are [`ImageFile`]s (the boot ramdisk's or
 //! the images disk's): their headers are read first, then each segment
-//! and the ramdisk are streamed into the guest a [`CHUNK`] at a time, so a
+//! and the ramdisk are streamed into the guest a [`CHUNK`](image_file::CHUNK) at a time, so a
 //! guest of hundreds of MiB never sits whole in dom0.
 //!
 //! A guest's guest-physical layout (identity-mapped by its page tables up
@@ -49,13 +49,15 @@
 //! unpacked (Linux: `early_reserve_initrd`, `free_initrd_mem`); a reserved
 //! range would be outside Linux's direct map and be copied first.
 
+use alloc::vec::Vec;
+
 use abi::domctl::{INITIAL_GDT, VCPU_MODE_PVH, VcpuContext};
 use abi::start_info::{MemoryKind, StartInfo};
 use abi::xen::start_info::{HvmMemmapTableEntry, HvmMemmapType, HvmModlistEntry, HvmStartInfo};
 use abi::{DomainId, Error};
 use hvcore::elf::{ElfError, ElfImage};
 
-use crate::toolstack::image_file::{self, CHUNK, ElfHeaders, HeaderError, ImageFile, ReadError, StreamError};
+use crate::toolstack::image_file::{self, ElfHeaders, HeaderError, ImageFile, ReadError, StreamError};
 use hvcore::paging::{Access, MemoryType, PageSize, PageTable, TableMemory, X86Paging};
 use zerocopy::IntoBytes;
 
@@ -283,7 +285,7 @@ fn populate_and_copy_segments(
 ) -> Result<(), BuildError> {
     let step = |name: &'static str| move |error| BuildError::Hypervisor(name, error);
     control.populate(id, 0, request.memory_bytes / 4096).map_err(step("populate memory"))?;
-    let mut buffer = alloc::vec![0u8; CHUNK];
+    let mut buffer = Vec::new();
     for (index, segment) in headers.image().segments().iter().enumerate() {
         let (offset, length) = headers.file_range(index);
         load_file(control, id, request.kernel, offset, length, segment.phys_addr, &mut buffer, "kernel")?;
@@ -301,7 +303,7 @@ fn load_file(
     offset: u64,
     length: u64,
     destination: u64,
-    buffer: &mut [u8],
+    buffer: &mut Vec<u8>,
     what: &'static str,
 ) -> Result<(), BuildError> {
     image_file::stream(file, offset, length, buffer, |done, piece| control.copy(id, destination + done, piece)).map_err(
@@ -447,7 +449,7 @@ fn populate_and_load_pvh(
         ..HvmStartInfo::new()
     };
     if let (Some(file), Some(paddr)) = (request.ramdisk, ramdisk_address) {
-        let mut buffer = alloc::vec![0u8; CHUNK];
+        let mut buffer = Vec::new();
         load_file(control, id, file, 0, file.length(), paddr, &mut buffer, "ramdisk")?;
         let module = HvmModlistEntry { paddr, size: file.length(), cmdline_paddr: 0, reserved: 0 };
         control.copy(id, PVH_MODLIST, module.as_bytes()).map_err(step("write module list"))?;
@@ -474,6 +476,7 @@ fn populate_and_load_pvh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::toolstack::image_file::CHUNK;
     use std::collections::{HashMap, HashSet};
 
     /// A pretend hypervisor: memory per domain as a byte map.
