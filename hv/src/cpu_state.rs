@@ -18,6 +18,7 @@
 //! | STAR, LSTAR, CSTAR, SFMASK, TSC_AUX (SYSCALL and RDTSCP use them) | RDMSR/WRMSR exit and are emulated (`exits::GuestMsr`: values checked as a CPU checks them); saved and restored on a domain switch (lazy) with KERNEL_GS_BASE |
 //! | FS/GS base, KERNEL_GS_BASE, PAT, EFER by RDMSR/WRMSR | exit (guests; dom0's FS/GS base pass through) and are emulated on the VMCS fields or the switched value, checked |
 //! | IA32_MISC_ENABLE               | reads a fixed value, writes #GP                   |
+//! | IA32_BIOS_SIGN_ID (microcode revision) | reads 0, writes taken and dropped          |
 //! | every other MSR                | RDMSR/WRMSR exit and are refused with #GP        |
 //! | performance counters           | RDPMC exiting: refused with #GP                  |
 //! | caches (WBINVD, INVD)          | WBINVD exiting (INVD always exits): a no-op (memory is write-back, DMA on x86 is cache-coherent) |

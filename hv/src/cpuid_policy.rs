@@ -119,14 +119,19 @@ const fn bits(numbers: &[u32]) -> u32 {
 /// SMX (6), EST (7), TM2 (8), FMA (12), xTPR (14), PDCM (15), PCID (17),
 /// DCA (18), AVX (28), F16C (29).
 const HIDDEN_LEAF1_ECX: u32 = bits(&[2, 3, 4, 5, 6, 7, 8, 12, 14, 15, 17, 18, 28, 29]);
-/// CPUID.1:EDX bits hv hides: MCE (7), MCA (14), DS (21), ACPI (22), TM
-/// (29), PBE (31). Without MCE and MCA hidden, Debian's kernel read
-/// MCG_STATUS, got #GP and panicked ("MCA architectural violation").
-const HIDDEN_LEAF1_EDX: u32 = bits(&[7, 14, 21, 22, 29, 31]);
-/// CPUID.7.0:EBX bits hv hides: SGX (2), AVX2 (5), RDT-M (12), MPX (14),
-/// RDT-A (15), AVX512F (16), AVX512DQ (17), AVX512_IFMA (21), Intel PT (25),
-/// AVX512PF (26), AVX512ER (27), AVX512CD (28), AVX512BW (30), AVX512VL (31).
-const HIDDEN_LEAF7_EBX: u32 = bits(&[2, 5, 12, 14, 15, 16, 17, 21, 25, 26, 27, 28, 30, 31]);
+/// CPUID.1:EDX bits hv hides: MCE (7), MTRR (12), MCA (14), DS (21), ACPI
+/// (22), TM (29), PBE (31). Without MCE and MCA hidden, Debian's kernel
+/// read MCG_STATUS, got #GP and panicked ("MCA architectural violation").
+/// The MTRR MSRs are not virtualized (EPT sets memory types): with MTRR
+/// shown, the kernel read MTRRcap unchecked and logged a call trace; with
+/// it hidden it finds MTRRs off, as it did when those reads faulted.
+const HIDDEN_LEAF1_EDX: u32 = bits(&[7, 12, 14, 21, 22, 29, 31]);
+/// CPUID.7.0:EBX bits hv hides: TSC_ADJUST (1: the MSR is not
+/// virtualized; Debian's kernel read it unchecked and logged a call
+/// trace), SGX (2), AVX2 (5), RDT-M (12), MPX (14), RDT-A (15), AVX512F
+/// (16), AVX512DQ (17), AVX512_IFMA (21), Intel PT (25), AVX512PF (26),
+/// AVX512ER (27), AVX512CD (28), AVX512BW (30), AVX512VL (31).
+const HIDDEN_LEAF7_EBX: u32 = bits(&[1, 2, 5, 12, 14, 15, 16, 17, 21, 25, 26, 27, 28, 30, 31]);
 /// CPUID.7.0:ECX bits hv hides: AVX512_VBMI (1), PKU (3), OSPKE (4; hv
 /// keeps CR4.PKE, so PKRU, to itself), WAITPKG (5), AVX512_VBMI2 (6), VAES
 /// (9), VPCLMULQDQ (10), AVX512_VNNI (11), AVX512_BITALG (12),
@@ -205,12 +210,13 @@ mod tests {
         for (bit, name) in [(28, "AVX"), (12, "FMA"), (29, "F16C"), (5, "VMX"), (3, "MONITOR"), (17, "PCID")] {
             assert_eq!(leaf1[2] & 1 << bit, 0, "leaf 1 ECX: {name} hidden");
         }
-        for (bit, name) in [(7, "MCE"), (14, "MCA"), (22, "ACPI"), (29, "TM")] {
+        for (bit, name) in [(7, "MCE"), (12, "MTRR"), (14, "MCA"), (22, "ACPI"), (29, "TM")] {
             assert_eq!(leaf1[3] & 1 << bit, 0, "leaf 1 EDX: {name} hidden");
         }
         let [max_subleaf, ebx, ecx, edx] = filter_cpuid(7, 0, skylake(7, 0), (7, 0));
         assert_eq!(max_subleaf, 0, "sub-leaf 0 only");
         assert_eq!(ebx & bits(&[5, 16, 17, 28, 30, 31]), 0, "AVX2 and AVX-512 hidden");
+        assert_eq!(ebx & bits(&[1]), 0, "TSC_ADJUST hidden (its MSR is not virtualized)");
         assert_eq!(ebx & bits(&[0, 3, 8, 9, 10]), bits(&[0, 3, 8, 9, 10]), "FSGSBASE, BMI1/2, ERMS, INVPCID kept");
         assert_eq!(ecx & bits(&[3, 4]), 0, "PKU, OSPKE hidden");
         assert_eq!(edx & bits(&[26, 27, 28, 29, 31]), 0, "speculation-control MSRs hidden");

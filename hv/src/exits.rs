@@ -32,6 +32,13 @@ const CR0_PG: u64 = 1 << 31;
 pub const IA32_MISC_ENABLE: u32 = 0x1a0;
 pub const MISC_ENABLE_VALUE: u64 = 1 | 1 << 11 | 1 << 12;
 
+/// IA32_BIOS_SIGN_ID: the loaded microcode's revision, in the high half.
+/// Linux clears it and runs CPUID before reading it, as the SDM's update
+/// procedure says, without a safe accessor (a refusal prints a call trace
+/// in its log): writes are taken and dropped, reads say no update was
+/// loaded (0), which also keeps the host's revision to itself.
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+
 /// The MSRs besides EFER a guest kernel reads and writes through hv (issue
 /// 11's Linux needs them): each is the vCPU's own, held by its VMCS (FS
 /// and GS base, PAT) or switched with its other state when another vCPU
@@ -412,12 +419,21 @@ pub fn handle_exit<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu
 }
 
 /// RDMSR or WRMSR (`write`) of an MSR none of [`handle_exit`]'s arms
-/// takes: a guest's local APIC (`vlapic`; dom0 has none), else #GP. Out
+/// takes: [`IA32_BIOS_SIGN_ID`], a guest's local APIC (`vlapic`; dom0 has
+/// none), else #GP. Out
 /// of line: the run loop, into which `handle_exit` is inlined, stays as
 /// it was.
 #[inline(never)]
 fn other_msr<P: Platform>(domain: &mut Domain<P>, vcpu: &mut P::Vcpu, vcpu_index: usize, write: bool) -> bool {
     let msr = vcpu.rcx() as u32;
+    if msr == IA32_BIOS_SIGN_ID {
+        if write {
+            vcpu.skip_instruction();
+        } else {
+            complete_read(vcpu, 0);
+        }
+        return true;
+    }
     if domain.privileged || !crate::vlapic::handles(msr) {
         let access = if write { "write" } else { "read" };
         return refuse_with_gp(domain, vcpu, format_args!("{access} of MSR {msr:#x}"));
@@ -722,7 +738,10 @@ mod tests {
         assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, 0xc000_0103, 1), None);
         assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrRead, IA32_MISC_ENABLE, 0), Some(MISC_ENABLE_VALUE));
         assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, IA32_MISC_ENABLE, MISC_ENABLE_VALUE), None);
-        assert_eq!(vcpu.skipped as usize, 2 * good.len() + 1, "each emulated access moves on, refusals do not");
+        // The microcode revision, as Linux reads it: cleared, then 0.
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrWrite, IA32_BIOS_SIGN_ID, 0), Some(0));
+        assert_eq!(access(&mut domain, &mut vcpu, Exit::MsrRead, IA32_BIOS_SIGN_ID, 0xdead_beef_0000_1234), Some(0));
+        assert_eq!(vcpu.skipped as usize, 2 * good.len() + 3, "each emulated access moves on, refusals do not");
         assert_eq!(vcpu.exceptions.len(), bad.len() + 3);
         assert!(vcpu.exceptions.iter().all(|&exception| exception == GP));
         assert_eq!(domain.ended, None);

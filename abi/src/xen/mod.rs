@@ -67,8 +67,13 @@
 //! with a `PHYS32_ENTRY` note boots as PVH ([`start_info`]). A guest
 //! reads and writes IA32_EFER, the SYSCALL MSRs (STAR, LSTAR, CSTAR,
 //! SFMASK), KERNEL_GS_BASE, TSC_AUX, FS/GS base and PAT, each its vCPU's
-//! own and checked as a CPU checks it, and reads IA32_MISC_ENABLE; every
-//! other MSR access gets #GP, but for the local APIC below.
+//! own and checked as a CPU checks it, and reads IA32_MISC_ENABLE; the
+//! microcode revision (IA32_BIOS_SIGN_ID, 0x8b) reads 0 and takes any
+//! write; every other MSR access gets #GP, but for the local APIC below.
+//! CPUID hides what hv does not virtualize (hv's `cpuid_policy`: among
+//! others MCE, MCA, MTRR, TSC_ADJUST, PCID, AVX and AVX-512, performance
+//! counters, APERF/MPERF), so a kernel that reads CPUID first never
+//! touches those MSRs.
 //!
 //! **Local APIC.** Each vCPU of a guest (not dom0) has a local APIC in
 //! x2APIC mode, reached through MSRs only (0x800-0x83f, IA32_APIC_BASE
