@@ -127,23 +127,25 @@ pub const MAX_WEIGHT: u32 = 65535;
 /// of one domain with `Busy`, so one guest's grants can never take the
 /// window from the others.
 ///
-/// Cost: in dom0's page tables, 2 MiB pages (16 entries of one page
+/// Cost: in dom0's page tables, 2 MiB pages (40 entries of one page
 /// directory); in EPT, 4 KiB pages, with one EPT page table per 2 MiB of
-/// the window in use (at most 16 pages, 64 KiB, allocated on map and freed
-/// when emptied); in hv, one record per window page (128 KiB in all).
+/// the window in use (allocated on map and freed when emptied); in hv,
+/// one 12-byte record per window page (240 KiB in all).
 pub const FOREIGN_WINDOW_BASE: u64 = 4 << 30;
 /// Pages in the foreign window: a full share ([`FOREIGN_SHARE_PAGES`]) for
-/// each of the 63 guests hv runs at most (64 domains less dom0), 8064
-/// pages, rounded up to 8192 (32 MiB).
-pub const FOREIGN_WINDOW_PAGES: u64 = 8192;
+/// each of the 63 guests hv runs at most (64 domains less dom0), 20,160
+/// pages, rounded up to 20,480 (80 MiB).
+pub const FOREIGN_WINDOW_PAGES: u64 = 20_480;
 /// Length of the foreign window in bytes.
 pub const FOREIGN_WINDOW_SIZE: u64 = FOREIGN_WINDOW_PAGES * crate::PAGE_SIZE;
 /// Most pages of one domain dom0 may have mapped in its foreign window at
 /// once, through `MapForeign` and `GrantOp::Map` together; a further
 /// mapping fails with `Busy` until dom0 unmaps one. A guest needs 5 for its
 /// rings (console, store, block, vif transmit and receive); dom0 spends the
-/// rest on the disk's persistent grants (see dom0's block back end).
-pub const FOREIGN_SHARE_PAGES: u64 = 128;
+/// rest on the disk's persistent grants (see dom0's block back end): 315,
+/// enough for Linux's blkfront reading 1 MiB at once (8 requests of 32
+/// pages and their 8 indirect pages: 264 grants).
+pub const FOREIGN_SHARE_PAGES: u64 = 320;
 
 const _: () = assert!(63 * FOREIGN_SHARE_PAGES <= FOREIGN_WINDOW_PAGES);
 const _: () = assert!(FOREIGN_WINDOW_SIZE.is_multiple_of(2 << 20));

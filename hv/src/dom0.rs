@@ -15,7 +15,7 @@
 //! | after RAM (2 MiB aligned) | the ramdisk, read-only                 |
 //! | 0xc000_0000 - 4 GiB    | device window: uncached, not executable;  |
 //! |                        | EPT backs only what `MapMmio` mapped       |
-//! | 4 GiB - 4 GiB + 32 MiB | foreign window (EPT: what dom0 mapped)    |
+//! | 4 GiB - 4 GiB + 80 MiB | foreign window (EPT: what dom0 mapped)    |
 //!
 //! RAM and ramdisk must end below the device window.
 

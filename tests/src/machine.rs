@@ -382,7 +382,7 @@ pub struct BochsOptions {
     pub connect_timeout: Duration,
     /// The physical disk (ata1-master): this image file, used in place (so
     /// a later run sees what an earlier one wrote). `None`: a fresh, zeroed
-    /// 16 MiB `disk.img` in the run's own directory.
+    /// 32 MiB `disk.img` in the run's own directory.
     pub disk_image: Option<PathBuf>,
     /// The images disk (ata1-slave): an ext4 image of guest kernels and
     /// configs ([`make_images_disk`](crate::iso::make_images_disk) makes one), used in
@@ -504,7 +504,7 @@ impl Bochs {
             None => {
                 let path = directory.join("disk.img");
                 let file = File::create(&path).map_err(|error| format!("cannot create {}: {error}", path.display()))?;
-                file.set_len(16 << 20).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
+                file.set_len(32 << 20).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
                 path
             }
         };

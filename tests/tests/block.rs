@@ -229,7 +229,7 @@ fn a_disk_is_attached_and_detached_while_the_guest_runs() {
     for (line, wanted) in [
         ("block-detach disklate", "has no disk"),
         ("block-attach disklate nosuch:0+8", "no disk 'nosuch'"),
-        ("block-attach disklate ata1-master:32760+100", "past the end"),
+        ("block-attach disklate ata1-master:65530+100", "past the end"),
         ("block-attach nobody ata1-master:0+8", "no guest 'nobody'"),
     ] {
         let answer = command(&mut machine, line);

@@ -29,7 +29,7 @@ use mica_tests::session::{attach, command, create, detach, fail_with};
 use mica_tests::{Bochs, BochsOptions, Iso, Machine, PROMPT, boot_to_prompt, fail, line_where, scan, seconds};
 
 const SECTOR: u64 = 512;
-/// The physical disk: four times the harness's usual 16 MiB, so the bench
+/// The physical disk: twice the harness's usual 32 MiB, so the bench
 /// outlasts the guest's I/O several times over.
 const DISK_SECTORS: u64 = (64 << 20) / SECTOR;
 /// The region `block-attach` gives the guest (well inside the disk).

@@ -142,7 +142,7 @@ pub struct BlockBackend {
     pub mapped: ArrayVec<(u32, bool, usize), { crate::backends::block::blkback::PERSISTENT_GRANTS }>,
     /// `mapped` indexed by grant reference (index + 1; 0 = not mapped), so
     /// the lookup on every segment costs one load.
-    pub mapped_by_grant: [u8; abi::xen::grant_table::GRANT_TABLE_ENTRIES],
+    pub mapped_by_grant: [u16; abi::xen::grant_table::GRANT_TABLE_ENTRIES],
 }
 
 /// A guest's back ends, as the data paths hold them.

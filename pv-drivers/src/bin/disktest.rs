@@ -3,7 +3,7 @@
 //! and checks what an earlier run wrote (`mode=verify`). `mode=hostile`
 //! attacks dom0's back end instead: a request naming a page it does not
 //! own, then a ring whose producer index runs away. `mode=flood` grants
-//! dom0 [`FLOOD_PAGES`] distinct pages (twice a guest's share of dom0's
+//! dom0 [`FLOOD_PAGES`] distinct pages (more than a guest's share of dom0's
 //! foreign window) and names each in its own request, so dom0 would map
 //! them all if it let a guest keep as many pages mapped as it asked.
 //! `mode=reconnect` closes its own disk and connects it again (a fresh
@@ -233,9 +233,10 @@ fn hostile(guest: &mut Guest) -> ! {
     idle(guest)
 }
 
-/// Pages `mode=flood` grants dom0, one request each: twice its share of
-/// dom0's foreign window.
-const FLOOD_PAGES: usize = 2 * abi::domctl::FOREIGN_SHARE_PAGES as usize;
+/// Pages `mode=flood` grants dom0, one request each: its whole share of
+/// dom0's foreign window and 96 more (the runtime's grant table holds
+/// about 440), so the last 96 lie past any budget dom0 may keep mapped.
+const FLOOD_PAGES: usize = abi::domctl::FOREIGN_SHARE_PAGES as usize + 96;
 
 /// `mode=flood`: grants dom0 `FLOOD_PAGES` pages of its free RAM (the
 /// start-info page's largest free region), writes the pattern over the
@@ -339,10 +340,6 @@ fn page_differs(address: u64, first: u64, salt: u64) -> Option<u64> {
 /// Requests `mixed` makes, of [`MIXED_SEGMENTS`] pages each.
 const MIXED_REQUESTS: usize = 16;
 const MIXED_SEGMENTS: usize = 8;
-/// Pages dom0 has mapped after `flood`'s first pass (the first of the
-/// guest's persistent-grant budget), and where the pages it copies for
-/// start: `mixed` takes one of each in turn.
-const MIXED_MAPPED: usize = 64;
 
 /// After `flood`: requests of several pages, half of them pages dom0 keeps
 /// mapped and half pages past its budget, which dom0 serves with one disk
@@ -350,12 +347,18 @@ const MIXED_MAPPED: usize = 64;
 /// over the same sectors, clears the pages, reads it back and checks it.
 fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64) {
     let sectors_per_page = (4096 / SECTOR) as u64;
-    if grants.len() < 2 * MIXED_MAPPED {
+    if grants.len() < FLOOD_PAGES {
         let _ = writeln!(guest, "disktest: FAILED: flood: {} pages granted, too few for mixed requests", grants.len());
         idle(guest)
     }
-    // Segment `j` of request `r`: a mapped page, then one past the budget.
-    let page = |r: usize, j: usize| (j % 2) * MIXED_MAPPED + (r * MIXED_SEGMENTS + j) / 2;
+    // Segment `j` of request `r`: in turn one of the first pages (dom0's
+    // budget of mapped grants, which the flood's first requests filled,
+    // holds at least 64) and one of the last (the flood granted more than
+    // a guest's share of dom0's window, so these lie past any budget).
+    let page = |r: usize, j: usize| {
+        let pair = (r * MIXED_SEGMENTS + j) / 2;
+        if j % 2 == 0 { pair } else { grants.len() - 1 - pair }
+    };
     let salt = 1 << 40; // a pattern unlike the flood's on the same sectors
     let mut id = 2 << 32;
     for (operation, label) in [(BlkifOp::Write, "write"), (BlkifOp::Read, "read")] {

@@ -31,8 +31,8 @@ use crate::toolstack::domains::WINDOW;
 pub use dom0core::backends::window::PERSISTENT_GRANTS;
 use dom0core::backends::window::Use;
 
-// `mapped_by_grant` holds indexes into `mapped` as u8.
-const _: () = assert!(PERSISTENT_GRANTS < u8::MAX as usize);
+// `mapped_by_grant` holds indexes into `mapped` as u16.
+const _: () = assert!(PERSISTENT_GRANTS < u16::MAX as usize);
 
 /// Most requests served per call, so one busy guest cannot keep dom0 from
 /// its other work.
@@ -119,7 +119,7 @@ impl BlockBackend {
             return None;
         };
         self.mapped.push((grant, mapped_writable, slot));
-        self.mapped_by_grant[grant as usize] = self.mapped.len() as u8;
+        self.mapped_by_grant[grant as usize] = self.mapped.len() as u16;
         Some(address(slot))
     }
 
