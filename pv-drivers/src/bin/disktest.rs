@@ -357,7 +357,7 @@ fn mixed(guest: &mut Guest, grants: &[u32], page_address: impl Fn(usize) -> u64)
     // a guest's share of dom0's window, so these lie past any budget).
     let page = |r: usize, j: usize| {
         let pair = (r * MIXED_SEGMENTS + j) / 2;
-        if j % 2 == 0 { pair } else { grants.len() - 1 - pair }
+        if j.is_multiple_of(2) { pair } else { grants.len() - 1 - pair }
     };
     let salt = 1 << 40; // a pattern unlike the flood's on the same sectors
     let mut id = 2 << 32;

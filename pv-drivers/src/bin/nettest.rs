@@ -298,11 +298,10 @@ extern "C" fn _start(start_info: u64) -> ! {
                 reported = true;
                 let total = guest::now() - started;
                 let _ = writeln!(vif.guest, "nettest: ping {target}: {replies} of {count} replies");
-                if timed > 0 {
+                if let Some(each) = round_trips.checked_div(timed) {
                     let _ = writeln!(
                         vif.guest,
-                        "nettest: bench: {timed} round trips in {total} tsc, {} tsc per round trip (after the first)",
-                        round_trips / timed
+                        "nettest: bench: {timed} round trips in {total} tsc, {each} tsc per round trip (after the first)"
                     );
                 }
             }

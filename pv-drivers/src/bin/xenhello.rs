@@ -37,7 +37,10 @@ fn shared_word(offset: usize) -> u64 {
 /// vCPU 0's selector and upcall flag show up in Xen's layout.
 fn events() {
     // SAFETY: the page is this guest's alone, used for nothing else.
-    if let Err(errno) = unsafe { xen::place_shared_info(&mut *(&raw mut SHARED_INFO)) } {
+    #[allow(clippy::deref_addrof, reason = "a `&mut` of a `static mut` goes through a raw pointer")]
+    let shared_info = unsafe { &mut *(&raw mut SHARED_INFO) };
+    // SAFETY: as above.
+    if let Err(errno) = unsafe { xen::place_shared_info(shared_info) } {
         let _ = writeln!(Console, "xenhello: shared info refused: {errno:?}");
         return;
     }
@@ -164,6 +167,7 @@ extern "C" fn _start(_start_info: u64) -> ! {
         }
     }
     // SAFETY: the page is this guest's alone, used for nothing else.
+    #[allow(clippy::deref_addrof, reason = "a `&mut` of a `static mut` goes through a raw pointer")]
     let page = unsafe { &mut *(&raw mut HYPERCALL_PAGE) };
     // SAFETY: as above.
     if unsafe { xen::fill_hypercall_page(page) } {
