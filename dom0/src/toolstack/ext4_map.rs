@@ -359,6 +359,15 @@ mod tests {
         (0..length as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect()
     }
 
+    /// The layout, and the inode number of `name` in the root folder.
+    fn in_root(reader: &mut Vec<u8>, name: &str) -> (Layout, u32) {
+        let layout = Layout::read(reader).unwrap();
+        let root = layout.inode(reader, ROOT_INODE).unwrap();
+        let entries = layout.map(reader, &root).unwrap();
+        let number = layout.find_entry(reader, &entries, name).unwrap();
+        (layout, number)
+    }
+
     /// The file's bytes read by its block map, or `None` if unmapped.
     fn read_mapped(image: &[u8], path: &str, length: u64) -> Option<Vec<u8>> {
         let mut reader = image.to_vec();
@@ -451,10 +460,7 @@ mod tests {
         assert!(status.status.success(), "{status:?}");
         let image = std::fs::read(&path).unwrap();
         let mut reader = image.clone();
-        let layout = Layout::read(&mut reader).unwrap();
-        let root = layout.inode(&mut reader, ROOT_INODE).unwrap();
-        let entries = layout.map(&mut reader, &root).unwrap();
-        let number = layout.find_entry(&mut reader, &entries, "big").unwrap();
+        let (layout, number) = in_root(&mut reader, "big");
         let inode = layout.inode(&mut reader, number).unwrap();
         let depth = u16_at(&inode.0, I_BLOCK + 6);
         let map = layout.map(&mut reader, &inode).unwrap();
@@ -472,10 +478,8 @@ mod tests {
         std::fs::write(files.join("kernel"), &data).unwrap();
         let Some(image) = make_image(&files, &folder.join("images.img"), 8) else { return };
         let mut reader = image.clone();
-        let layout = Layout::read(&mut reader).unwrap();
+        let (layout, number) = in_root(&mut reader, "kernel");
         let root = layout.inode(&mut reader, ROOT_INODE).unwrap();
-        let entries = layout.map(&mut reader, &root).unwrap();
-        let number = layout.find_entry(&mut reader, &entries, "kernel").unwrap();
         let inode = layout.inode_offset(&mut reader, number).unwrap() as usize;
         let extent = inode + I_BLOCK + EXTENT_ENTRY; // the first leaf entry
         let damaged = |change: &dyn Fn(&mut Vec<u8>)| {
