@@ -110,9 +110,22 @@ pub fn cpuid(leaf: u32) -> [u32; 4] {
     [result.eax, result.ebx, result.ecx, result.edx]
 }
 
-/// Where Xen's CPUID leaves start, if the hypervisor shows them.
+/// Where Xen's CPUID leaves start, if the hypervisor shows them: looked
+/// for once (a CPUID exit per leaf tried), then remembered, so that
+/// [`vcpu_id`] in an upcall costs one exit.
 pub fn cpuid_base() -> Option<u32> {
-    abi::xen::cpuid::find_xen_base(cpuid)
+    use core::sync::atomic::{AtomicU32, Ordering};
+    // 0: not looked for yet; u32::MAX: none (a base is 0x4000_0000 or above).
+    static BASE: AtomicU32 = AtomicU32::new(0);
+    match BASE.load(Ordering::Relaxed) {
+        0 => {
+            let found = abi::xen::cpuid::find_xen_base(cpuid);
+            BASE.store(found.unwrap_or(u32::MAX), Ordering::Relaxed);
+            found
+        }
+        u32::MAX => None,
+        base => Some(base),
+    }
 }
 
 /// This vCPU's id, as Xen tells an HVM or PVH guest: EBX of CPUID leaf
