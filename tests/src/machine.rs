@@ -422,6 +422,16 @@ impl Default for BochsOptions {
     }
 }
 
+/// Why a Bochs that died at start is started again: its only headless
+/// display on Debian is its VNC server, which takes a port from 5900 to
+/// 5949 and crashes when it finds none free (seen under load).
+const NO_DISPLAY_PORT: &str = "its VNC display found no free port (5900-5949) and Bochs died before booting";
+
+/// Whether Bochs's log `log` shows its display finding no free port.
+fn no_display_port(log: &str) -> bool {
+    log.contains("Could not bind socket") && log.contains("Trying port 5949")
+}
+
 /// Boots the ISO in Bochs, whose CPU emulation includes VT-x with EPT.
 pub struct Bochs;
 
@@ -435,7 +445,6 @@ impl Bochs {
         // takes a port from 5900 to 5949 and crashes when it finds none free
         // (seen under load). That is the emulator failing to start, not Mica
         // failing: start it again, at most twice, and say so.
-        let no_display_port = |log: &str| log.contains("Could not bind socket") && log.contains("Trying port 5949");
         // Bochs killed by a signal before it opened COM1 (a SIGSEGV of the
         // emulator at start, seen once with 4 CPUs): nothing of Mica's had
         // run yet either.
@@ -446,9 +455,7 @@ impl Bochs {
                 Err(error) if attempt < 3 && died_at_start(&error) => {
                     "the emulator died before connecting COM1 (no Mica code had run)"
                 }
-                Err(error) if attempt < 3 && no_display_port(&error) => {
-                    "its VNC display found no free port (5900-5949) and Bochs died before booting"
-                }
+                Err(error) if attempt < 3 && error.contains(NO_DISPLAY_PORT) => NO_DISPLAY_PORT,
                 Err(error) => return Err(error),
                 Ok(machine) => {
                     // The display starts after COM1 connects: wait for the
@@ -463,7 +470,7 @@ impl Bochs {
                     if attempt >= 3 || !no_display_port(&machine.log("bochs.log")) {
                         return Ok(machine);
                     }
-                    "its VNC display found no free port (5900-5949) and Bochs died before booting"
+                    NO_DISPLAY_PORT
                 }
             };
             eprintln!("Bochs: {why}; starting it again");
@@ -536,6 +543,11 @@ impl Bochs {
             Err(error) => {
                 let mut report =
                     format!("Bochs: {error} (working directory {})\n--- bochsrc ---\n{bochsrc}", directory.display());
+                // Said here, from the whole log: with 4 CPUs the register
+                // dumps push the display's lines out of the excerpt below.
+                if no_display_port(&std::fs::read_to_string(directory.join("bochs.log")).unwrap_or_default()) {
+                    let _ = writeln!(report, "--- {NO_DISPLAY_PORT} ---");
+                }
                 for (log, count) in &logs {
                     let lines = last_lines(log, *count);
                     let _ = write!(
